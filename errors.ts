@@ -1,0 +1,44 @@
+/**
+ * Every error safe-resume reports carries one of these codes. The same list is documented in
+ * docs/errors.md; keep the two in step.
+ */
+export const ERROR_CODES = {
+  LOCKED: 'another writer holds a live lock on the target; wait and retry',
+  MODIFIED: 'the target may have been modified by another writer while this handle was away',
+  SUPERSEDED: 'the same requestId was opened by another session; this one is fenced',
+  TIMEOUT: 'the handle stayed paused longer than its pause timeout',
+  CLOSED_BY_STORAGE: 'the storage closed the handle (its record is gone)',
+  UNAVAILABLE: 'storage is unreachable or dismounted right now (retryable)',
+  AUTH_FAILED: 'the peer did not present the cluster secret',
+  FORBIDDEN: 'the requestId belongs to another principal',
+  BAD_FRAME: 'a frame could not be decoded or failed schema validation',
+  UNKNOWN_TYPE: 'a frame named a message type this peer does not know',
+  FRAME_TOO_LARGE: 'a frame exceeded the maximum frame size',
+  NOT_OPEN: 'no open handle matches the request on this session',
+  INVALID_ARGUMENT: 'an argument was out of range or of the wrong type',
+  SEQ_GAP: 'a write arrived before an earlier sequence number of the same handle (retryable)',
+  CLOSED: 'the handle or the application was closed',
+  INTERNAL: 'an unexpected failure inside a peer; it kept running',
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** Reasons a handle can be invalidated (SPEC "Handle lifecycle"). */
+export type InvalidationReason = 'MODIFIED' | 'SUPERSEDED' | 'TIMEOUT' | 'CLOSED_BY_STORAGE';
+
+export const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['LOCKED', 'UNAVAILABLE', 'SEQ_GAP']);
+
+export class SafeResumeError extends Error {
+  readonly code: ErrorCode;
+  readonly retryable: boolean;
+  constructor(code: ErrorCode, message?: string) {
+    super(message ?? ERROR_CODES[code]);
+    this.name = 'SafeResumeError';
+    this.code = code;
+    this.retryable = RETRYABLE.has(code);
+  }
+}
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && Object.hasOwn(ERROR_CODES, value);
+}

@@ -1,0 +1,112 @@
+/**
+ * The store contract: SPEC "Rules of the store". Each method is one atomic step. Time enters as an
+ * argument (`nowMs`), so the same store runs under a simulated clock.
+ */
+import type { InvalidationReason } from '../errors.js';
+
+export type Mode = 'read' | 'write';
+
+/** The resume record of a target's writer: who holds it, through which session, until when. */
+export interface LockRecord {
+  target: string;
+  requestId: string;
+  principal: string;
+  session: string;
+  /** The lock is live while `nowMs < expiresAt`; the record outlives the lock until another writer opens. */
+  expiresAt: number;
+  /** Highest write sequence number applied for this requestId. */
+  lastSeq: number;
+}
+
+export interface OpenRequest {
+  target: string;
+  requestId: string;
+  principal: string;
+  mode: Mode;
+  session: string;
+  /** Lock expiry to set when a write open is granted. */
+  expiresAt: number;
+}
+
+export type OpenResult =
+  | { ok: true; version: number; lastSeq: number; takeover: boolean }
+  | { ok: false; code: 'LOCKED' | 'FORBIDDEN'; message: string };
+
+export interface ResumeRequest {
+  target: string;
+  requestId: string;
+  principal: string;
+  mode: Mode;
+  session: string;
+  expiresAt: number;
+  /** Read handles: the version they last saw. */
+  version?: number | undefined;
+}
+
+export type ResumeOutcome =
+  | { granted: true; lastSeq: number; version: number }
+  | { granted: false; reason: InvalidationReason; code: 'MODIFIED' | 'FORBIDDEN'; version: number };
+
+export interface WriteRequest {
+  target: string;
+  requestId: string;
+  session: string;
+  seq: number;
+  offset: number;
+  data: Uint8Array;
+}
+
+export type WriteResult =
+  | { ok: true; applied: boolean; version: number }
+  | { ok: false; code: 'MODIFIED' | 'SUPERSEDED' | 'SEQ_GAP' | 'INVALID_ARGUMENT'; message: string };
+
+export interface ReadRequest {
+  target: string;
+  offset: number;
+  length: number;
+  /** A write handle's read is fenced like its writes; a read handle passes none. */
+  fence?: { requestId: string; session: string } | undefined;
+}
+
+export type ReadResult =
+  | { ok: true; data: Uint8Array; version: number }
+  | { ok: false; code: 'MODIFIED' | 'SUPERSEDED'; message: string };
+
+export interface HandleRef {
+  target: string;
+  requestId: string;
+}
+
+export interface RenewResult {
+  /** Handles whose record no longer names this session, and why. */
+  lost: Array<HandleRef & { reason: InvalidationReason }>;
+}
+
+export interface Store {
+  readonly kind: string;
+  open(req: OpenRequest, nowMs: number): Promise<OpenResult>;
+  /** A batch of resumes; each is decided atomically on its own. */
+  resume(reqs: ResumeRequest[]): Promise<ResumeOutcome[]>;
+  write(req: WriteRequest): Promise<WriteResult>;
+  read(req: ReadRequest): Promise<ReadResult>;
+  /** Release the lock and delete the record, if this session holds it. */
+  close(ref: HandleRef, session: string): Promise<void>;
+  /** Set the expiry of every listed lock that this session still holds, in one batch. */
+  renew(session: string, refs: HandleRef[], expiresAt: number): Promise<RenewResult>;
+  /** For inspection and tests: the target's record, if any. */
+  record(target: string): Promise<LockRecord | undefined>;
+  /** Cheap liveness probe; throws StoreUnavailableError while the store cannot be used. */
+  ping(): Promise<void>;
+  shutdown(): Promise<void>;
+}
+
+/** Thrown by an adapter when its backing storage cannot be reached (the replica then dismounts). */
+export class StoreUnavailableError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StoreUnavailableError';
+  }
+}
+
+/** Largest target a store accepts, so one write cannot exhaust memory. */
+export const MAX_TARGET_BYTES = 64 * 1024 * 1024;

@@ -1,0 +1,75 @@
+/**
+ * The one message schema. Every frame that crosses a process boundary is decoded by codec.ts and
+ * validated here; nothing above the transport sees an unvalidated message.
+ */
+import { z } from 'zod';
+
+export const PROTOCOL_VERSION = 1;
+export const MAX_IO_BYTES = 1024 * 1024;
+
+const target = z.string().min(1).max(1024);
+const requestId = z.string().regex(/^[A-Za-z0-9_-]{21,64}$/, 'requestId must be 21-64 URL-safe characters');
+const principal = z.string().min(1).max(128);
+const corr = z.number().int().nonnegative();
+const u53 = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+const mode = z.enum(['read', 'write']);
+const bytes = z.instanceof(Uint8Array);
+const errorCode = z.string().min(1).max(64);
+const reason = z.enum(['MODIFIED', 'SUPERSEDED', 'TIMEOUT', 'CLOSED_BY_STORAGE']);
+
+export const ResumeItem = z.object({
+  target,
+  requestId,
+  principal,
+  mode,
+  /** For a read handle: the target version it last saw. */
+  version: u53.optional(),
+});
+
+export const ResumeResult = z.object({
+  target,
+  requestId,
+  granted: z.boolean(),
+  reason: reason.optional(),
+  code: errorCode.optional(),
+  lastSeq: u53,
+  version: u53,
+});
+
+// Node agent -> replica
+const hello = z.object({ type: z.literal('hello'), v: z.literal(PROTOCOL_VERSION), secret: z.string().max(256), node: z.string().min(1).max(128) });
+const ping = z.object({ type: z.literal('ping'), t: u53 });
+const open = z.object({ type: z.literal('open'), id: corr, target, requestId, principal, mode });
+const resume = z.object({ type: z.literal('resume'), id: corr, items: z.array(ResumeItem).min(1).max(10_000) });
+const write = z.object({ type: z.literal('write'), id: corr, target, requestId, seq: u53.min(1), offset: u53, data: bytes });
+const read = z.object({ type: z.literal('read'), id: corr, target, requestId, offset: u53, length: z.number().int().nonnegative().max(MAX_IO_BYTES) });
+const close = z.object({ type: z.literal('close'), id: corr, target, requestId });
+
+// Replica -> node agent
+const welcome = z.object({ type: z.literal('welcome'), session: z.string().min(1).max(64), replica: z.string().min(1).max(128), heartbeatMs: u53 });
+const pong = z.object({ type: z.literal('pong'), t: u53 });
+const opened = z.object({ type: z.literal('opened'), id: corr, version: u53, lastSeq: u53 });
+const resumed = z.object({ type: z.literal('resumed'), id: corr, results: z.array(ResumeResult) });
+const written = z.object({ type: z.literal('written'), id: corr, seq: u53, version: u53 });
+const data = z.object({ type: z.literal('data'), id: corr, version: u53, data: bytes });
+const closed = z.object({ type: z.literal('closed'), id: corr });
+const error = z.object({ type: z.literal('error'), id: corr.optional(), code: errorCode, message: z.string().max(4096), retryable: z.boolean() });
+const notice = z.object({ type: z.literal('notice'), kind: z.enum(['unavailable', 'available']) });
+const revoked = z.object({ type: z.literal('revoked'), target, requestId, reason });
+
+export const Message = z.discriminatedUnion('type', [
+  hello, ping, open, resume, write, read, close,
+  welcome, pong, opened, resumed, written, data, closed, error, notice, revoked,
+]);
+
+export type Message = z.infer<typeof Message>;
+export type MessageType = Message['type'];
+export type MessageOf<T extends MessageType> = Extract<Message, { type: T }>;
+export type ResumeItem = z.infer<typeof ResumeItem>;
+export type ResumeResult = z.infer<typeof ResumeResult>;
+export type Mode = z.infer<typeof mode>;
+
+export const MESSAGE_TYPES: ReadonlySet<string> = new Set(Message.options.map((o) => o.shape.type.value));
+
+/** Message types whose `data` field travels as raw bytes after the JSON header. */
+export const BYTES_FIELD = 'data';

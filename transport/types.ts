@@ -1,0 +1,55 @@
+/**
+ * The narrow transport interface. The WebSocket peer and the in-memory network both implement it;
+ * nothing above this line knows which one it has.
+ */
+import type { Decoded } from './codec.js';
+import type { Message } from './messages.js';
+
+export interface CloseInfo {
+  code: number;
+  reason: string;
+}
+
+export interface Connection {
+  /** Where the other end is, for logs. */
+  readonly remote: string;
+  readonly isOpen: boolean;
+  /** Encode and send. Returns false (and sends nothing) once the connection is closed. */
+  send(msg: Message): boolean;
+  /** Close gracefully; `terminate` drops the connection at once, as a crash would. */
+  close(code?: number, reason?: string): void;
+  terminate(): void;
+  /** Every frame, decoded and validated; a bad frame arrives as `{ ok: false, code }`. */
+  onFrame(cb: (frame: Decoded) => void): void;
+  onClose(cb: (info: CloseInfo) => void): void;
+}
+
+export interface Listener {
+  /** The address clients pass to `Transport.connect`. */
+  readonly url: string;
+  onConnection(cb: (conn: Connection) => void): void;
+  /** Stop accepting and drop every connection. */
+  close(): Promise<void>;
+}
+
+export interface ListenOptions {
+  host?: string;
+  port?: number;
+  /** For the in-memory network: the name to listen under. */
+  name?: string;
+}
+
+export interface Transport {
+  listen(opts: ListenOptions): Promise<Listener>;
+  connect(url: string, opts?: { timeoutMs?: number }): Promise<Connection>;
+}
+
+/** Close codes used on connections (4000-4999 is the application range). */
+export const CLOSE = {
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  AUTH_FAILED: 4001,
+  PROTOCOL: 4002,
+  HEARTBEAT: 4003,
+  SHUTDOWN: 4004,
+} as const;
