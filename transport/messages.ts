@@ -13,7 +13,7 @@ const principal = z.string().min(1).max(128);
 const corr = z.number().int().nonnegative();
 const u53 = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
 const mode = z.enum(['read', 'write']);
-const bytes = z.instanceof(Uint8Array);
+const bytes = z.custom<Uint8Array>((v) => v instanceof Uint8Array, 'expected bytes');
 const errorCode = z.string().min(1).max(64);
 const reason = z.enum(['MODIFIED', 'SUPERSEDED', 'TIMEOUT', 'CLOSED_BY_STORAGE']);
 

@@ -1,0 +1,68 @@
+/**
+ * One injected environment per actor: clock, seeded random, logger. Machines get time only through
+ * the clock handed to `createActor`, so a simulation swaps in `SimulatedClock`.
+ */
+import { pino, type Logger } from 'pino';
+import { SimulatedClock } from 'xstate';
+
+/** XState's clock (timers) plus the current time, in milliseconds. */
+export interface ActorClock {
+  // The timer id type is the clock's own (a Node Timeout, a number in simulation).
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(id: unknown): void;
+  now(): number;
+}
+
+export interface Env {
+  clock: ActorClock;
+  /** Uniform in [0, 1); seeded in simulation. */
+  random: () => number;
+  log: Logger;
+}
+
+export const realClock: ActorClock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (id) => clearTimeout(id as NodeJS.Timeout),
+};
+
+/** XState's SimulatedClock, starting at `startMs`. Advance it with `increment(ms)`. */
+export function simulatedClock(startMs = 0): SimulatedClock & ActorClock {
+  const clock = new SimulatedClock();
+  clock.set(startMs);
+  return clock;
+}
+
+/** mulberry32: a small, fast, seeded PRNG. */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const silent = pino({ level: 'silent' });
+
+export function defaultEnv(overrides: Partial<Env> = {}): Env {
+  return { clock: realClock, random: Math.random, log: silent, ...overrides };
+}
+
+/** Repeat `fn` every `ms` on the actor clock until the returned stop function is called. */
+export function every(clock: ActorClock, ms: number, fn: () => void): () => void {
+  let id: unknown;
+  let stopped = false;
+  const tick = () => {
+    if (stopped) return;
+    fn();
+    if (!stopped) id = clock.setTimeout(tick, ms);
+  };
+  id = clock.setTimeout(tick, ms);
+  return () => {
+    stopped = true;
+    clock.clearTimeout(id);
+  };
+}

@@ -1,0 +1,135 @@
+/**
+ * The application-side handle: what the application sees. Pure: the actor that runs it provides
+ * every action (I/O dispatch, promise settlement, lifecycle events) and the clock.
+ */
+import { assign, enqueueActions, setup } from 'xstate';
+import type { InvalidationReason } from '../errors.js';
+
+export interface AppHandleInput {
+  target: string;
+  mode: 'read' | 'write';
+  requestId: string;
+  onFailure: 'pause' | 'error';
+  pauseTimeoutMs: number;
+}
+
+export interface AppHandleContext extends AppHandleInput {
+  reason: InvalidationReason | undefined;
+  /** Operations waiting for the handle to be active again. */
+  queued: number;
+}
+
+export type AppHandleEvent =
+  | { type: 'OPENED' }
+  | { type: 'OPEN_FAILED'; code: string }
+  | { type: 'IO' }
+  | { type: 'PAUSED' }
+  | { type: 'RESUMING' }
+  | { type: 'GRANTED' }
+  | { type: 'DENIED'; reason: InvalidationReason }
+  | { type: 'INVALIDATE'; reason: InvalidationReason }
+  | { type: 'CLOSE' }
+  | { type: 'CLOSED' };
+
+export const appHandleMachine = setup({
+  types: {
+    input: {} as AppHandleInput,
+    context: {} as AppHandleContext,
+    events: {} as AppHandleEvent,
+  },
+  actions: {
+    /** Send one operation to the node agent now. */
+    dispatchIo: () => {},
+    /** Keep the operation until the handle is active again. */
+    queueIo: assign({ queued: ({ context }) => context.queued + 1 }),
+    /** Fail the operation at once (fail-fast handles, or the handle is gone). */
+    rejectIo: () => {},
+    /** Send every queued operation, in order. */
+    flushQueue: assign({ queued: 0 }),
+    /** Reject every queued and in-flight operation with the handle's reason. */
+    failAll: assign({ queued: 0 }),
+    /** Fail-fast handles: reject what is queued and in flight as UNAVAILABLE, keep the handle. */
+    failInFlight: assign({ queued: 0 }),
+    notifyPaused: () => {},
+    notifyResumed: () => {},
+    notifyInvalidated: () => {},
+    sendClose: () => {},
+    setReason: assign({ reason: (_, params: { reason: InvalidationReason }) => params.reason }),
+  },
+  guards: {
+    failsFast: ({ context }) => context.onFailure === 'error',
+  },
+  delays: {
+    pauseTimeout: ({ context }) => context.pauseTimeoutMs,
+  },
+}).createMachine({
+  id: 'handle',
+  context: ({ input }) => ({ ...input, reason: undefined, queued: 0 }),
+  initial: 'opening',
+  states: {
+    opening: {
+      on: {
+        OPENED: 'active',
+        OPEN_FAILED: 'closed',
+        IO: { actions: 'queueIo' },
+      },
+    },
+    active: {
+      entry: 'flushQueue',
+      on: {
+        IO: { actions: 'dispatchIo' },
+        PAUSED: 'paused',
+        INVALIDATE: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
+        CLOSE: 'closing',
+      },
+    },
+    paused: {
+      entry: [
+        'notifyPaused',
+        enqueueActions(({ enqueue, check }) => {
+          if (check('failsFast')) enqueue('failInFlight');
+        }),
+      ],
+      on: {
+        IO: [{ guard: 'failsFast', actions: 'rejectIo' }, { actions: 'queueIo' }],
+        RESUMING: 'resuming',
+        INVALIDATE: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
+        CLOSE: 'closed',
+      },
+      after: {
+        pauseTimeout: { target: 'invalidated', actions: { type: 'setReason', params: { reason: 'TIMEOUT' } } },
+      },
+    },
+    resuming: {
+      on: {
+        IO: [{ guard: 'failsFast', actions: 'rejectIo' }, { actions: 'queueIo' }],
+        GRANTED: { target: 'active', actions: 'notifyResumed' },
+        DENIED: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
+        INVALIDATE: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
+        PAUSED: 'paused',
+        CLOSE: 'closed',
+      },
+      after: {
+        pauseTimeout: { target: 'invalidated', actions: { type: 'setReason', params: { reason: 'TIMEOUT' } } },
+      },
+    },
+    invalidated: {
+      entry: ['failAll', 'notifyInvalidated'],
+      on: {
+        IO: { actions: 'rejectIo' },
+        CLOSE: 'closed',
+      },
+    },
+    closing: {
+      entry: 'sendClose',
+      on: {
+        IO: { actions: 'rejectIo' },
+        CLOSED: 'closed',
+      },
+    },
+    closed: {
+      type: 'final',
+      entry: 'failAll',
+    },
+  },
+});

@@ -1,0 +1,162 @@
+/**
+ * The node agent's session with the storage: connect, watch liveness, fail over, and drive the
+ * resumes of paused handles. Pure: the agent provides the `connect` actor (socket + handshake), the
+ * actions (pause/resume handles, ping, drop the connection) and the clock; backoff jitter comes
+ * from the agent's seeded random through the `backoff` delay.
+ */
+import { assign, fromPromise, setup } from 'xstate';
+
+export interface SessionInput {
+  replicas: string[];
+  heartbeatIntervalMs: number;
+  heartbeatTimeoutMs: number;
+  backoffBaseMs: number;
+  backoffMaxMs: number;
+  /** A replica whose store stays unavailable this long is abandoned for another. */
+  unavailableFailoverMs: number;
+}
+
+export interface SessionContext extends SessionInput {
+  /** Index in `replicas` of the replica being tried or used. */
+  index: number;
+  /** Failed attempts since the last successful connection. */
+  attempt: number;
+  session: string | undefined;
+  replica: string | undefined;
+  lastError: string | undefined;
+}
+
+export interface Connected {
+  session: string;
+  replica: string;
+}
+
+export type SessionEvent =
+  | { type: 'SOCKET_CLOSED'; reason?: string }
+  | { type: 'HEARD' }
+  | { type: 'STORAGE_UNAVAILABLE' }
+  | { type: 'STORAGE_AVAILABLE' }
+  | { type: 'STOP' };
+
+export const nodeSessionMachine = setup({
+  types: {
+    input: {} as SessionInput,
+    context: {} as SessionContext,
+    events: {} as SessionEvent,
+  },
+  actors: {
+    /** Open a connection to `url`, authenticate, resolve with the session. Provided by the agent. */
+    connect: fromPromise<Connected, { url: string }>(async () => {
+      throw new Error('connect is provided by the node agent');
+    }),
+  },
+  actions: {
+    sendPing: () => {},
+    /** Tell every handle of the node that storage is gone (application handles -> paused). */
+    pauseHandles: () => {},
+    /** Send one batched resume for every paused handle. */
+    resumeHandles: () => {},
+    dropConnection: () => {},
+    nextReplica: assign({
+      index: ({ context }) => (context.index + 1) % context.replicas.length,
+      attempt: ({ context }) => context.attempt + 1,
+      session: undefined,
+      replica: undefined,
+    }),
+  },
+  delays: {
+    heartbeatInterval: ({ context }) => context.heartbeatIntervalMs,
+    heartbeatTimeout: ({ context }) => context.heartbeatTimeoutMs,
+    unavailableFailover: ({ context }) => context.unavailableFailoverMs,
+    /** First retry goes straight to the next replica; then exponential, capped. */
+    backoff: ({ context }) =>
+      context.attempt <= 1 ? 0 : Math.min(context.backoffMaxMs, context.backoffBaseMs * 2 ** Math.min(20, context.attempt - 2)),
+  },
+}).createMachine({
+  id: 'session',
+  context: ({ input }) => ({ ...input, index: 0, attempt: 0, session: undefined, replica: undefined, lastError: undefined }),
+  initial: 'connecting',
+  on: {
+    STOP: { target: '.stopped' },
+  },
+  states: {
+    connecting: {
+      invoke: {
+        src: 'connect',
+        input: ({ context }) => ({ url: context.replicas[context.index] ?? '' }),
+        onDone: {
+          target: 'connected',
+          actions: assign({
+            session: ({ event }) => event.output.session,
+            replica: ({ event }) => event.output.replica,
+            attempt: 0,
+            lastError: undefined,
+          }),
+        },
+        onError: {
+          target: 'failed',
+          actions: assign({ lastError: ({ event }) => (event.error instanceof Error ? event.error.message : String(event.error)) }),
+        },
+      },
+    },
+    connected: {
+      type: 'parallel',
+      on: {
+        SOCKET_CLOSED: {
+          target: 'failed',
+          actions: assign({ lastError: ({ event }) => event.reason ?? 'connection closed' }),
+        },
+      },
+      states: {
+        liveness: {
+          initial: 'alive',
+          states: {
+            alive: {
+              after: { heartbeatInterval: 'probing' },
+            },
+            probing: {
+              entry: 'sendPing',
+              on: { HEARD: 'alive' },
+              after: {
+                heartbeatTimeout: {
+                  target: '#session.failed',
+                  actions: assign({ lastError: 'heartbeat timeout' }),
+                },
+              },
+            },
+          },
+        },
+        storage: {
+          initial: 'available',
+          states: {
+            available: {
+              entry: 'resumeHandles',
+              on: { STORAGE_UNAVAILABLE: 'unavailable' },
+            },
+            unavailable: {
+              entry: 'pauseHandles',
+              on: { STORAGE_AVAILABLE: 'available' },
+              after: {
+                unavailableFailover: {
+                  target: '#session.failed',
+                  actions: assign({ lastError: 'storage unavailable too long' }),
+                },
+              },
+            },
+          },
+        },
+      },
+    },
+    failed: {
+      entry: ['dropConnection', 'pauseHandles', 'nextReplica'],
+      always: 'reconnecting',
+    },
+    reconnecting: {
+      after: { backoff: 'connecting' },
+    },
+    stopped: {
+      type: 'final',
+      entry: 'dropConnection',
+    },
+  },
+});
