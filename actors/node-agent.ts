@@ -1,0 +1,511 @@
+/**
+ * NodeAgent: one per compute node. Holds the node's session with the storage (the node-session
+ * machine), detects failures, pauses the node's handles, reconnects with failover, and resumes
+ * every paused handle in one batch. Writes get sequence numbers here and are replayed after a
+ * resume until acknowledged, so each is applied exactly once.
+ */
+import { createActor, fromPromise, type Actor } from 'xstate';
+import { SafeResumeError, isErrorCode, type ErrorCode, type InvalidationReason } from '../errors.js';
+import { nodeSessionMachine, type Connected } from '../machines/node-session.js';
+import { PROTOCOL_VERSION, type Message, type MessageOf, type Mode, type ResumeItem } from '../transport/messages.js';
+import type { Connection, Transport } from '../transport/types.js';
+import { defaultEnv, type Env } from './env.js';
+import { FileKeptIds, MemoryKeptIds, type KeptHandle, type KeptIds } from './kept.js';
+
+export interface NodeAgentOptions {
+  id: string;
+  /** Replica addresses, tried in order; a lost replica fails over to the next. */
+  replicas: string[];
+  transport: Transport;
+  secret: string;
+  /** Where the node keeps its applications' requestIds. Without it they live in memory only. */
+  dataDir?: string;
+  kept?: KeptIds;
+  env?: Partial<Env>;
+  heartbeatIntervalMs?: number;
+  heartbeatTimeoutMs?: number;
+  backoffBaseMs?: number;
+  backoffMaxMs?: number;
+  unavailableFailoverMs?: number;
+  connectTimeoutMs?: number;
+}
+
+/** What the agent tells the owner of a handle (the application's handle machine). */
+export interface HandleListener {
+  paused(): void;
+  resuming(): void;
+  granted(): void;
+  invalidated(reason: InvalidationReason): void;
+}
+
+export type Op =
+  | { kind: 'write'; seq: number; offset: number; data: Uint8Array; resolve: (v: { version: number }) => void; reject: (e: Error) => void }
+  | { kind: 'read'; offset: number; length: number; resolve: (v: { data: Uint8Array; version: number }) => void; reject: (e: Error) => void };
+
+type HandleState = 'opening' | 'active' | 'paused' | 'resuming' | 'gone';
+
+export interface AgentHandle {
+  app: string;
+  target: string;
+  requestId: string;
+  principal: string;
+  mode: Mode;
+  /** `open` asks for a fresh grant; `resume` reclaims a requestId that may already hold the target. */
+  how: 'open' | 'resume';
+  state: HandleState;
+  version: number;
+  nextSeq: number;
+  /** Operations not yet answered, in issue order; replayed after a resume. */
+  ops: Op[];
+  listener: HandleListener;
+  settleOpen?: { resolve: () => void; reject: (e: Error) => void } | undefined;
+  settleClose?: (() => void) | undefined;
+}
+
+interface Pending {
+  handle: AgentHandle;
+  kind: 'open' | 'resume-open' | 'op' | 'close';
+  op?: Op;
+}
+
+export class NodeAgent {
+  readonly id: string;
+  readonly kept: KeptIds;
+  private readonly env: Env;
+  private readonly opts: NodeAgentOptions;
+  private readonly session: Actor<typeof nodeSessionMachine>;
+  private conn: Connection | undefined;
+  private readonly handles = new Map<string, AgentHandle>();
+  private readonly inflight = new Map<number, Pending>();
+  private readonly resumeBatches = new Map<number, AgentHandle[]>();
+  private nextId = 1;
+  private resumeScheduled = false;
+  private started = false;
+  private startWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
+
+  constructor(opts: NodeAgentOptions) {
+    if (opts.replicas.length === 0) throw new SafeResumeError('INVALID_ARGUMENT', 'a node agent needs at least one replica address');
+    this.opts = opts;
+    this.id = opts.id;
+    this.env = defaultEnv(opts.env);
+    this.env.log = this.env.log.child({ actor: opts.id });
+    this.kept = opts.kept ?? (opts.dataDir ? new FileKeptIds(opts.dataDir, opts.id) : new MemoryKeptIds());
+    const random = this.env.random;
+    const machine = nodeSessionMachine.provide({
+      actors: { connect: fromPromise<Connected, { url: string }>(({ input }) => this.connect(input.url)) },
+      actions: {
+        sendPing: () => void this.conn?.send({ type: 'ping', t: this.env.clock.now() }),
+        pauseHandles: () => this.pauseAll(),
+        resumeHandles: () => this.scheduleResume(),
+        dropConnection: () => this.dropConnection(),
+      },
+      delays: {
+        backoff: ({ context }) => {
+          if (context.attempt <= 1) return 0;
+          const base = Math.min(context.backoffMaxMs, context.backoffBaseMs * 2 ** Math.min(20, context.attempt - 2));
+          return Math.round(base * (0.5 + random() / 2));
+        },
+      },
+    });
+    this.session = createActor(machine, {
+      clock: this.env.clock,
+      input: {
+        replicas: opts.replicas,
+        heartbeatIntervalMs: opts.heartbeatIntervalMs ?? 1000,
+        heartbeatTimeoutMs: opts.heartbeatTimeoutMs ?? 1000,
+        backoffBaseMs: opts.backoffBaseMs ?? 100,
+        backoffMaxMs: opts.backoffMaxMs ?? 2000,
+        unavailableFailoverMs: opts.unavailableFailoverMs ?? 10_000,
+      },
+    });
+    this.session.subscribe((snap) => {
+      if (snap.matches('connected')) this.settleStart();
+      else if (snap.matches('reconnecting') && snap.context.lastError?.startsWith('AUTH_FAILED')) this.settleStart(new SafeResumeError('AUTH_FAILED', snap.context.lastError));
+    });
+  }
+
+  /** Start the session. Resolves once connected; rejects if the storage refuses this node's secret. */
+  start(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.startWaiters.push({ resolve, reject });
+      if (!this.started) {
+        this.started = true;
+        this.session.start();
+      } else if (this.session.getSnapshot().matches('connected')) this.settleStart();
+    });
+  }
+
+  private settleStart(err?: Error): void {
+    const waiters = this.startWaiters;
+    this.startWaiters = [];
+    for (const w of waiters) (err ? w.reject(err) : w.resolve());
+  }
+
+  /** Stop as a crash would: drop the connection, close nothing. Kept requestIds stay on disk. */
+  crash(): void {
+    this.session.send({ type: 'STOP' });
+    this.session.stop();
+    for (const h of this.handles.values()) h.state = 'gone';
+    this.handles.clear();
+  }
+
+  /** The session state, e.g. `connected`, `reconnecting`. */
+  get state(): string {
+    const v = this.session.getSnapshot().value;
+    return typeof v === 'string' ? v : Object.keys(v)[0]!;
+  }
+
+  get replica(): string | undefined {
+    return this.session.getSnapshot().context.replica;
+  }
+
+  get sessionId(): string | undefined {
+    return this.session.getSnapshot().context.session;
+  }
+
+  get machine(): Actor<typeof nodeSessionMachine> {
+    return this.session;
+  }
+
+  // ---- The API the application SDK uses ----
+
+  /** Open (or, with how='resume', reclaim) a handle. Resolves when granted. */
+  open(h: Omit<AgentHandle, 'state' | 'ops' | 'nextSeq' | 'settleOpen' | 'settleClose'>): Promise<AgentHandle> {
+    const handle: AgentHandle = { ...h, state: 'opening', ops: [], nextSeq: 1 };
+    if (this.handles.has(h.requestId)) return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', `requestId ${h.requestId} is already open on ${this.id}`));
+    this.handles.set(h.requestId, handle);
+    return new Promise((resolve, reject) => {
+      handle.settleOpen = { resolve: () => resolve(handle), reject };
+      this.sendOpen(handle);
+    });
+  }
+
+  submit(handle: AgentHandle, op: Op): void {
+    handle.ops.push(op);
+    if (handle.state === 'active') this.sendOp(handle, op);
+  }
+
+  /** Assign the next write sequence number of a handle. */
+  nextSeq(handle: AgentHandle): number {
+    return handle.nextSeq++;
+  }
+
+  /** Reject every operation of the handle (fail-fast handles while paused). Unsent writes are dropped. */
+  failOps(handle: AgentHandle, code: ErrorCode, message: string): void {
+    const ops = handle.ops;
+    handle.ops = [];
+    for (const [id, p] of this.inflight) if (p.handle === handle && p.kind === 'op') this.inflight.delete(id);
+    for (const op of ops) op.reject(new SafeResumeError(code, message));
+  }
+
+  close(handle: AgentHandle): Promise<void> {
+    if (handle.state === 'gone') return Promise.resolve();
+    this.kept.remove(handle.requestId);
+    if (handle.state !== 'active' || !this.conn?.isOpen) {
+      // The record stays until another writer takes the target after the hold period.
+      this.abandon(handle, 'CLOSED', `${handle.target}: handle closed`);
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      handle.settleClose = resolve;
+      const id = this.nextId++;
+      this.inflight.set(id, { handle, kind: 'close' });
+      this.conn!.send({ type: 'close', id, target: handle.target, requestId: handle.requestId });
+    });
+  }
+
+  /** The application gave up on the handle (closed while away, or its pause timed out). */
+  abandon(handle: AgentHandle, code: ErrorCode, message: string): void {
+    if (handle.state === 'gone') return;
+    this.kept.remove(handle.requestId);
+    this.forget(handle);
+    this.failOps(handle, code, message);
+  }
+
+  // ---- Session plumbing ----
+
+  private async connect(url: string): Promise<Connected> {
+    const conn = await this.opts.transport.connect(url, { timeoutMs: this.opts.connectTimeoutMs ?? 2000 });
+    return new Promise<Connected>((resolve, reject) => {
+      const timer = this.env.clock.setTimeout(() => {
+        conn.terminate();
+        reject(new Error(`no welcome from ${url}`));
+      }, this.opts.connectTimeoutMs ?? 2000);
+      let welcomed = false;
+      conn.onClose((info) => {
+        this.env.clock.clearTimeout(timer);
+        if (!welcomed) reject(new Error(`${url} closed the connection: ${info.reason || info.code}`));
+        else if (this.conn === conn) this.session.send({ type: 'SOCKET_CLOSED', reason: info.reason || `closed (${info.code})` });
+      });
+      conn.onFrame((frame) => {
+        if (welcomed) {
+          if (this.conn === conn) this.onFrame(frame.ok ? frame.msg : undefined, frame.ok ? undefined : frame);
+          return;
+        }
+        if (frame.ok && frame.msg.type === 'welcome') {
+          welcomed = true;
+          this.env.clock.clearTimeout(timer);
+          this.conn = conn;
+          resolve({ session: frame.msg.session, replica: frame.msg.replica });
+        } else if (frame.ok && frame.msg.type === 'error') {
+          this.env.clock.clearTimeout(timer);
+          conn.terminate();
+          reject(new SafeResumeError(isErrorCode(frame.msg.code) ? frame.msg.code : 'INTERNAL', `${frame.msg.code}: ${frame.msg.message}`));
+        }
+      });
+      conn.send({ type: 'hello', v: PROTOCOL_VERSION, secret: this.opts.secret, node: this.id });
+    });
+  }
+
+  private dropConnection(): void {
+    const conn = this.conn;
+    this.conn = undefined;
+    this.inflight.clear();
+    this.resumeBatches.clear();
+    conn?.terminate();
+  }
+
+  private pauseAll(): void {
+    this.inflight.clear();
+    this.resumeBatches.clear();
+    for (const h of this.handles.values()) this.pause(h);
+  }
+
+  private pause(h: AgentHandle): void {
+    if (h.state === 'active' || h.state === 'resuming') {
+      h.state = 'paused';
+      h.listener.paused();
+    }
+  }
+
+  private get storageReady(): boolean {
+    return this.conn?.isOpen === true && this.session.getSnapshot().matches({ connected: { storage: 'available' } });
+  }
+
+  /** Collect resumes over one turn, then send one batch for all paused and opening handles. */
+  private scheduleResume(): void {
+    if (this.resumeScheduled) return;
+    this.resumeScheduled = true;
+    queueMicrotask(() => {
+      this.resumeScheduled = false;
+      if (!this.storageReady) return;
+      const batch: AgentHandle[] = [];
+      for (const h of this.handles.values()) {
+        if (h.state === 'paused') batch.push(h);
+        else if (h.state === 'opening' && ![...this.inflight.values()].some((p) => p.handle === h)) this.sendOpen(h);
+      }
+      for (let i = 0; i < batch.length; i += 5000) this.sendResume(batch.slice(i, i + 5000));
+    });
+  }
+
+  private sendResume(batch: AgentHandle[]): void {
+    const id = this.nextId++;
+    const items: ResumeItem[] = batch.map((h) => {
+      h.state = 'resuming';
+      h.listener.resuming();
+      const item: ResumeItem = { target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode };
+      if (h.mode === 'read') item.version = h.version;
+      return item;
+    });
+    this.resumeBatches.set(id, batch);
+    this.conn!.send({ type: 'resume', id, items });
+  }
+
+  private sendOpen(h: AgentHandle): void {
+    if (!this.storageReady) return; // sent by the next resume round
+    const id = this.nextId++;
+    if (h.how === 'open') {
+      this.inflight.set(id, { handle: h, kind: 'open' });
+      this.conn!.send({ type: 'open', id, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode });
+    } else {
+      this.inflight.set(id, { handle: h, kind: 'resume-open' });
+      const item: ResumeItem = { target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode };
+      if (h.mode === 'read') item.version = h.version;
+      this.conn!.send({ type: 'resume', id, items: [item] });
+    }
+  }
+
+  private sendOp(h: AgentHandle, op: Op): void {
+    if (!this.storageReady) return; // replayed after the resume
+    const id = this.nextId++;
+    this.inflight.set(id, { handle: h, kind: 'op', op });
+    if (op.kind === 'write') {
+      this.conn!.send({ type: 'write', id, target: h.target, requestId: h.requestId, seq: op.seq, offset: op.offset, data: op.data });
+    } else {
+      this.conn!.send({ type: 'read', id, target: h.target, requestId: h.requestId, offset: op.offset, length: op.length });
+    }
+  }
+
+  private onFrame(msg: Message | undefined, bad?: { code: string; message: string }): void {
+    if (!msg) {
+      this.env.log.warn({ code: bad?.code, message: bad?.message }, 'bad frame from replica');
+      return;
+    }
+    switch (msg.type) {
+      case 'pong':
+        this.session.send({ type: 'HEARD' });
+        return;
+      case 'notice':
+        this.session.send({ type: msg.kind === 'unavailable' ? 'STORAGE_UNAVAILABLE' : 'STORAGE_AVAILABLE' });
+        return;
+      case 'revoked': {
+        const h = this.handles.get(msg.requestId);
+        if (h && h.target === msg.target) this.invalidate(h, msg.reason);
+        return;
+      }
+      case 'opened':
+        return this.onOpened(msg);
+      case 'resumed':
+        return this.onResumed(msg);
+      case 'written':
+      case 'data':
+        return this.onOpDone(msg);
+      case 'closed': {
+        const p = this.inflight.get(msg.id);
+        this.inflight.delete(msg.id);
+        if (p) this.forget(p.handle);
+        return;
+      }
+      case 'error':
+        return this.onError(msg);
+      default:
+        this.env.log.warn({ type: msg.type }, 'unexpected message from replica');
+    }
+  }
+
+  private onOpened(msg: MessageOf<'opened'>): void {
+    const p = this.inflight.get(msg.id);
+    this.inflight.delete(msg.id);
+    if (!p || p.handle.state !== 'opening') return;
+    this.granted(p.handle, msg.lastSeq, msg.version);
+  }
+
+  private granted(h: AgentHandle, lastSeq: number, version: number): void {
+    const wasOpening = h.state === 'opening';
+    h.state = 'active';
+    h.version = version;
+    if (wasOpening) {
+      this.kept.put({ app: h.app, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, version });
+      const settle = h.settleOpen;
+      h.settleOpen = undefined;
+      settle?.resolve();
+    }
+    // Writes the store already applied before the failure are acknowledged; the rest are replayed in
+    // order, renumbered after the last applied one. That is safe because the connection is ordered:
+    // every frame sent before this grant was handled before it, so no older copy is still in flight.
+    const ops = h.ops;
+    h.ops = [];
+    let seq = lastSeq;
+    for (const op of ops) {
+      if (op.kind === 'write' && op.seq <= lastSeq) op.resolve({ version });
+      else {
+        if (op.kind === 'write') op.seq = ++seq;
+        h.ops.push(op);
+      }
+    }
+    h.nextSeq = seq + 1;
+    if (!wasOpening) h.listener.granted();
+    for (const op of h.ops) this.sendOp(h, op);
+  }
+
+  private onResumed(msg: MessageOf<'resumed'>): void {
+    const batch = this.resumeBatches.get(msg.id);
+    this.resumeBatches.delete(msg.id);
+    const single = this.inflight.get(msg.id);
+    this.inflight.delete(msg.id);
+    const handles = batch ?? (single ? [single.handle] : []);
+    msg.results.forEach((r, i) => {
+      const h = handles[i];
+      if (!h || h.requestId !== r.requestId || h.state === 'gone') return;
+      if (r.granted) return this.granted(h, r.lastSeq, r.version);
+      if (h.state === 'opening') return this.failOpen(h, new SafeResumeError(r.code === 'FORBIDDEN' ? 'FORBIDDEN' : (r.reason ?? 'MODIFIED'), `resume of ${h.target} denied: ${r.reason ?? r.code}`));
+      this.invalidate(h, r.reason ?? 'MODIFIED');
+    });
+  }
+
+  private onOpDone(msg: MessageOf<'written'> | MessageOf<'data'>): void {
+    const p = this.inflight.get(msg.id);
+    this.inflight.delete(msg.id);
+    if (!p?.op) return;
+    const h = p.handle;
+    const i = h.ops.indexOf(p.op);
+    if (i < 0) return;
+    h.ops.splice(i, 1);
+    if (msg.type === 'written' && p.op.kind === 'write') p.op.resolve({ version: msg.version });
+    else if (msg.type === 'data' && p.op.kind === 'read') {
+      h.version = msg.version;
+      p.op.resolve({ data: msg.data, version: msg.version });
+    }
+  }
+
+  private onError(msg: MessageOf<'error'>): void {
+    const p = msg.id === undefined ? undefined : this.inflight.get(msg.id);
+    const batch = msg.id === undefined ? undefined : this.resumeBatches.get(msg.id);
+    if (msg.id !== undefined) {
+      this.inflight.delete(msg.id);
+      this.resumeBatches.delete(msg.id);
+    }
+    const code: ErrorCode = isErrorCode(msg.code) ? msg.code : 'INTERNAL';
+    if (batch) {
+      // The whole resume failed (e.g. the store went away): the handles wait for the next round.
+      for (const h of batch) if (h.state === 'resuming') this.pause(h);
+      if (this.storageReady) this.retryLater();
+      return;
+    }
+    if (!p) {
+      this.env.log.warn({ code, message: msg.message }, 'error from replica');
+      return;
+    }
+    const h = p.handle;
+    if (msg.retryable) {
+      // Keep the operation; the handle pauses and is resumed (and the operation replayed) next round.
+      if (h.state === 'active' || h.state === 'resuming') this.pause(h);
+      if (this.storageReady) this.retryLater();
+      return;
+    }
+    if (p.kind === 'open' || p.kind === 'resume-open') return this.failOpen(h, new SafeResumeError(code, msg.message));
+    if (p.kind === 'close') return this.forget(h);
+    if (code === 'MODIFIED' || code === 'SUPERSEDED') return this.invalidate(h, code);
+    if (p.op) {
+      const i = h.ops.indexOf(p.op);
+      if (i >= 0) h.ops.splice(i, 1);
+      p.op.reject(new SafeResumeError(code, msg.message));
+    }
+  }
+
+  private retryLater(): void {
+    this.env.clock.setTimeout(() => this.scheduleResume(), this.opts.backoffBaseMs ?? 100);
+  }
+
+  private failOpen(h: AgentHandle, err: Error): void {
+    const settle = h.settleOpen;
+    h.settleOpen = undefined;
+    if (h.how === 'resume') this.kept.remove(h.requestId);
+    this.forget(h);
+    settle?.reject(err);
+  }
+
+  private invalidate(h: AgentHandle, reason: InvalidationReason): void {
+    if (h.state === 'gone') return;
+    this.abandon(h, reason, `handle on ${h.target} invalidated: ${reason}`);
+    h.listener.invalidated(reason);
+  }
+
+  private forget(h: AgentHandle): void {
+    h.state = 'gone';
+    if (this.handles.get(h.requestId) === h) this.handles.delete(h.requestId);
+    for (const [id, p] of this.inflight) if (p.handle === h && p.kind !== 'op') this.inflight.delete(id);
+    const close = h.settleClose;
+    h.settleClose = undefined;
+    close?.();
+  }
+
+  /** Handles the agent holds, for status views and tests. */
+  list(): Array<Pick<AgentHandle, 'app' | 'target' | 'requestId' | 'mode' | 'state'>> {
+    return [...this.handles.values()].map(({ app, target, requestId, mode, state }) => ({ app, target, requestId, mode, state }));
+  }
+
+  findKept(app: string, target: string): KeptHandle | undefined {
+    return this.kept.find(app, target);
+  }
+}

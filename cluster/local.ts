@@ -1,0 +1,100 @@
+/**
+ * An in-process cluster of storage replicas over one store, for tests, examples and the demo.
+ * Each SQLite replica opens its own connection to the shared database file, as separate replica
+ * processes on one host would.
+ */
+import { join } from 'node:path';
+import { loadOrCreateSecret } from '../actors/auth.js';
+import { defaultEnv, type Env } from '../actors/env.js';
+import { NodeAgent, type NodeAgentOptions } from '../actors/node-agent.js';
+import { StorageReplica, type ReplicaOptions } from '../actors/replica.js';
+import { MemoryStore } from '../store/memory.js';
+import { SqliteStore } from '../store/sqlite.js';
+import type { Store } from '../store/types.js';
+import type { Transport } from '../transport/types.js';
+import { WebSocketTransport } from '../transport/ws.js';
+
+export interface LocalClusterOptions {
+  dir: string;
+  replicas?: number;
+  store?: 'sqlite' | 'memory';
+  transport?: Transport;
+  secret?: string;
+  env?: Partial<Env>;
+  replica?: Partial<Pick<ReplicaOptions, 'holdMs' | 'leaseMs' | 'renewIntervalMs' | 'heartbeatMs' | 'probeIntervalMs'>>;
+  node?: Partial<Pick<NodeAgentOptions, 'heartbeatIntervalMs' | 'heartbeatTimeoutMs' | 'backoffBaseMs' | 'backoffMaxMs' | 'unavailableFailoverMs'>>;
+}
+
+export class LocalCluster {
+  readonly replicas: StorageReplica[] = [];
+  readonly urls: string[] = [];
+  readonly secret: string;
+  readonly transport: Transport;
+  readonly nodes: NodeAgent[] = [];
+  private readonly ports: number[] = [];
+  private readonly memory = new MemoryStore();
+
+  private constructor(readonly opts: LocalClusterOptions) {
+    this.transport = opts.transport ?? new WebSocketTransport();
+    this.secret = opts.secret ?? loadOrCreateSecret(opts.dir);
+  }
+
+  static async start(opts: LocalClusterOptions): Promise<LocalCluster> {
+    const c = new LocalCluster(opts);
+    for (let i = 0; i < (opts.replicas ?? 3); i++) {
+      const r = await c.startReplica(i);
+      c.urls.push(r.url);
+      c.ports.push(Number(new URL(r.url).port) || 0);
+    }
+    return c;
+  }
+
+  get dbPath(): string {
+    return join(this.opts.dir, 'store.sqlite');
+  }
+
+  openStore(): Store {
+    return this.opts.store === 'memory' ? new MemoryStore(this.memory.state) : new SqliteStore(this.dbPath);
+  }
+
+  private async startReplica(i: number, port?: number): Promise<StorageReplica> {
+    const env = defaultEnv(this.opts.env);
+    const r = new StorageReplica({ id: `replica-${i + 1}`, store: this.openStore(), transport: this.transport, secret: this.secret, env, ...this.opts.replica, ...(port ? { port } : {}) });
+    await r.start();
+    this.replicas[i] = r;
+    return r;
+  }
+
+  replica(i: number): StorageReplica {
+    const r = this.replicas[i];
+    if (!r) throw new Error(`no replica ${i}`);
+    return r;
+  }
+
+  /** Crash replica `i`: its connections drop, its store connection closes. */
+  async kill(i: number): Promise<void> {
+    const r = this.replica(i);
+    await r.stop();
+    await r.store.shutdown();
+  }
+
+  /** Start replica `i` again on its old address, over the same store. */
+  async restart(i: number): Promise<StorageReplica> {
+    return this.startReplica(i, this.ports[i]);
+  }
+
+  async addNode(id: string, extra: Partial<NodeAgentOptions> = {}): Promise<NodeAgent> {
+    const agent = new NodeAgent({ id, replicas: this.urls, transport: this.transport, secret: this.secret, dataDir: this.opts.dir, env: this.opts.env, ...this.opts.node, ...extra });
+    this.nodes.push(agent);
+    await agent.start();
+    return agent;
+  }
+
+  async stop(): Promise<void> {
+    for (const n of this.nodes) n.crash();
+    for (const r of this.replicas) {
+      await r.stop();
+      await r.store.shutdown();
+    }
+  }
+}
