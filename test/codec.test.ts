@@ -1,0 +1,57 @@
+/** Bytes-only codec tests: no sockets. */
+import { describe, expect, it } from 'vitest';
+import { decode, encode } from '../transport/codec.js';
+import type { Message } from '../transport/messages.js';
+
+const RID = 'r'.repeat(21);
+
+describe('codec', () => {
+  it('round-trips a write; the 4 KiB payload travels raw, not base64', () => {
+    const data = new Uint8Array(4096).map((_, i) => i & 0xff);
+    const msg: Message = { type: 'write', id: 7, target: 'vm1.disk', requestId: RID, seq: 1, offset: 8192, data };
+    const frame = encode(msg);
+    expect(frame.length).toBeLessThan(4096 + 200);
+    const back = decode(frame);
+    expect(back.ok).toBe(true);
+    if (back.ok && back.msg.type === 'write') {
+      expect([...back.msg.data]).toEqual([...data]);
+      expect(back.msg.offset).toBe(8192);
+    }
+  });
+
+  it('round-trips messages without bytes, binary or text', () => {
+    const msg: Message = { type: 'resume', id: 1, items: [{ target: 't', requestId: RID, principal: 'p', mode: 'read', version: 3 }] };
+    expect(decode(encode(msg))).toEqual({ ok: true, msg });
+    expect(decode(JSON.stringify(msg))).toEqual({ ok: true, msg });
+  });
+
+  const cases: Array<[string, Uint8Array | string, string]> = [
+    ['garbage bytes', Uint8Array.from([0xff, 0xff, 0xff, 0xff, 1, 2]), 'BAD_FRAME'],
+    ['a frame shorter than its header length', Uint8Array.from([0, 0]), 'BAD_FRAME'],
+    ['invalid JSON', '{"type": "ping", ', 'BAD_FRAME'],
+    ['a JSON array', '[1,2]', 'BAD_FRAME'],
+    ['no type', '{"id": 1}', 'BAD_FRAME'],
+    ['an unknown type', '{"type": "format-disk", "id": 3}', 'UNKNOWN_TYPE'],
+    ['a wrong field type', `{"type": "open", "id": 4, "target": 5, "requestId": "${RID}", "principal": "p", "mode": "write"}`, 'BAD_FRAME'],
+    ['a short requestId', '{"type": "open", "id": 4, "target": "t", "requestId": "abc", "principal": "p", "mode": "write"}', 'BAD_FRAME'],
+    ['bytes inside the JSON header', `{"type": "write", "id": 1, "target": "t", "requestId": "${RID}", "seq": 1, "offset": 0, "data": "AAAA"}`, 'BAD_FRAME'],
+    ['a negative offset', `{"type": "read", "id": 1, "target": "t", "requestId": "${RID}", "offset": -1, "length": 1}`, 'BAD_FRAME'],
+  ];
+  for (const [name, frame, code] of cases) {
+    it(`answers ${name} with ${code}`, () => {
+      const r = decode(frame);
+      expect(r.ok).toBe(false);
+      if (!r.ok) expect(r.code).toBe(code);
+    });
+  }
+
+  it('keeps the id of a bad request so the sender can match the error reply', () => {
+    const r = decode('{"type": "open", "id": 42, "target": ""}');
+    expect(r).toMatchObject({ ok: false, code: 'BAD_FRAME', id: 42 });
+  });
+
+  it('refuses an oversize frame before parsing it', () => {
+    const r = decode(new Uint8Array(1000), 999);
+    expect(r).toMatchObject({ ok: false, code: 'FRAME_TOO_LARGE' });
+  });
+});

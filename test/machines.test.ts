@@ -1,0 +1,121 @@
+/** The machines alone, on a simulated clock: no sockets, no store. */
+import { describe, expect, it } from 'vitest';
+import { createActor, fromPromise } from 'xstate';
+import { simulatedClock } from '../actors/env.js';
+import { appHandleMachine } from '../machines/app-handle.js';
+import { nodeSessionMachine } from '../machines/node-session.js';
+import { replicaHandleMachine } from '../machines/replica-handle.js';
+
+const input = { target: 't', mode: 'write' as const, requestId: 'r'.repeat(21), onFailure: 'pause' as const, pauseTimeoutMs: 1000 };
+
+describe('application handle machine', () => {
+  it('walks active -> paused -> resuming -> active and queues I/O while away', () => {
+    const clock = simulatedClock();
+    const dispatched: string[] = [];
+    const m = appHandleMachine.provide({ actions: { dispatchIo: () => dispatched.push('io') } });
+    const a = createActor(m, { clock, input }).start();
+    a.send({ type: 'OPENED' });
+    a.send({ type: 'PAUSED' });
+    a.send({ type: 'IO' });
+    a.send({ type: 'IO' });
+    expect(a.getSnapshot().context.queued).toBe(2);
+    a.send({ type: 'RESUMING' });
+    a.send({ type: 'GRANTED' });
+    expect(a.getSnapshot().value).toBe('active');
+    expect(a.getSnapshot().context.queued).toBe(0);
+  });
+
+  it('invalidates with TIMEOUT when paused longer than the pause timeout', () => {
+    const clock = simulatedClock();
+    const a = createActor(appHandleMachine, { clock, input }).start();
+    a.send({ type: 'OPENED' });
+    a.send({ type: 'PAUSED' });
+    clock.increment(999);
+    expect(a.getSnapshot().value).toBe('paused');
+    clock.increment(1);
+    expect(a.getSnapshot().value).toBe('invalidated');
+    expect(a.getSnapshot().context.reason).toBe('TIMEOUT');
+  });
+
+  it('denied resume -> invalidated with the reason', () => {
+    const a = createActor(appHandleMachine, { clock: simulatedClock(), input }).start();
+    a.send({ type: 'OPENED' });
+    a.send({ type: 'PAUSED' });
+    a.send({ type: 'RESUMING' });
+    a.send({ type: 'DENIED', reason: 'MODIFIED' });
+    expect(a.getSnapshot().value).toBe('invalidated');
+    expect(a.getSnapshot().context.reason).toBe('MODIFIED');
+  });
+
+  it('fail-fast handles reject I/O while paused instead of queueing', () => {
+    let rejected = 0;
+    const m = appHandleMachine.provide({ actions: { rejectIo: () => void rejected++ } });
+    const a = createActor(m, { clock: simulatedClock(), input: { ...input, onFailure: 'error' } }).start();
+    a.send({ type: 'OPENED' });
+    a.send({ type: 'PAUSED' });
+    a.send({ type: 'IO' });
+    expect(rejected).toBe(1);
+    expect(a.getSnapshot().context.queued).toBe(0);
+  });
+});
+
+describe('node session machine', () => {
+  const sessionInput = { replicas: ['a', 'b'], heartbeatIntervalMs: 100, heartbeatTimeoutMs: 50, backoffBaseMs: 10, backoffMaxMs: 100, unavailableFailoverMs: 1000 };
+
+  it('detects a silent replica within interval + timeout, then fails over to the next replica', async () => {
+    const clock = simulatedClock();
+    const tried: string[] = [];
+    let pings = 0;
+    const m = nodeSessionMachine.provide({
+      actors: { connect: fromPromise(async ({ input }: { input: { url: string } }) => (tried.push(input.url), { session: 's', replica: input.url })) },
+      actions: { sendPing: () => void pings++ },
+    });
+    const a = createActor(m, { clock, input: sessionInput }).start();
+    await new Promise((r) => setImmediate(r));
+    expect(a.getSnapshot().matches('connected')).toBe(true);
+    clock.increment(100);
+    expect(pings).toBe(1);
+    a.send({ type: 'HEARD' });
+    clock.increment(100);
+    expect(pings).toBe(2);
+    clock.increment(50); // no answer to the second ping
+    expect(a.getSnapshot().value).toBe('reconnecting');
+    clock.increment(0);
+    await new Promise((r) => setImmediate(r));
+    expect(tried).toEqual(['a', 'b']);
+    expect(a.getSnapshot().context.replica).toBe('b');
+  });
+
+  it('pauses handles on a dismount notice and resumes them on the next one', async () => {
+    const clock = simulatedClock();
+    const calls: string[] = [];
+    const m = nodeSessionMachine.provide({
+      actors: { connect: fromPromise(async () => ({ session: 's', replica: 'a' })) },
+      actions: { pauseHandles: () => void calls.push('pause'), resumeHandles: () => void calls.push('resume') },
+    });
+    const a = createActor(m, { clock, input: sessionInput }).start();
+    await new Promise((r) => setImmediate(r));
+    a.send({ type: 'STORAGE_UNAVAILABLE' });
+    a.send({ type: 'STORAGE_AVAILABLE' });
+    expect(calls).toEqual(['resume', 'pause', 'resume']);
+  });
+});
+
+describe('replica handle machine', () => {
+  it('holds a lost session for the hold period, then releases it', () => {
+    const clock = simulatedClock();
+    const a = createActor(replicaHandleMachine, { clock, input: { target: 't', requestId: 'r', mode: 'write', session: 's', holdMs: 500, resume: false } }).start();
+    expect(a.getSnapshot().value).toBe('active');
+    a.send({ type: 'SESSION_LOST' });
+    expect(a.getSnapshot().value).toBe('paused');
+    clock.increment(500);
+    expect(a.getSnapshot().value).toBe('released');
+  });
+
+  it('starts in resuming for a resume and ends invalidated when denied', () => {
+    const a = createActor(replicaHandleMachine, { clock: simulatedClock(), input: { target: 't', requestId: 'r', mode: 'write', session: 's', holdMs: 0, resume: true } }).start();
+    expect(a.getSnapshot().value).toBe('resuming');
+    a.send({ type: 'DENIED', reason: 'MODIFIED' });
+    expect(a.getSnapshot().value).toBe('invalidated');
+  });
+});

@@ -1,0 +1,221 @@
+/** One contract suite, run against every store adapter (SPEC "Rules of the store"). */
+import { afterEach, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { MemoryStore } from '../store/memory.js';
+import { SqliteStore } from '../store/sqlite.js';
+import type { Store } from '../store/types.js';
+import { bytes, tempDir, text } from './helpers.js';
+
+interface Adapter {
+  name: string;
+  /** A fresh store, and a function that closes it and opens it again over the same data (a reboot). */
+  make(): { store: Store; reopen: () => Promise<Store>; cleanup: () => void };
+}
+
+const adapters: Adapter[] = [
+  {
+    name: 'memory',
+    make() {
+      const store = new MemoryStore();
+      return { store, reopen: async () => new MemoryStore(store.state), cleanup: () => {} };
+    },
+  },
+  {
+    name: 'sqlite',
+    make() {
+      const t = tempDir();
+      const path = join(t.dir, 'store.sqlite');
+      let current = new SqliteStore(path);
+      return {
+        store: current,
+        reopen: async () => {
+          await current.shutdown();
+          current = new SqliteStore(path);
+          return current;
+        },
+        cleanup: () => {
+          void current.shutdown();
+          t.cleanup();
+        },
+      };
+    },
+  },
+];
+
+const X = 'X'.repeat(21);
+const Y = 'Y'.repeat(21);
+const T = 'vm1.disk';
+const P = 'alice';
+
+for (const adapter of adapters) {
+  describe(`store contract: ${adapter.name}`, () => {
+    let env: ReturnType<Adapter['make']>;
+    let store: Store;
+    const setup = () => {
+      env = adapter.make();
+      store = env.store;
+    };
+    afterEach(() => env.cleanup());
+    const open = (requestId: string, session: string, now: number, expiresAt: number, mode: 'read' | 'write' = 'write', principal = P) =>
+      store.open({ target: T, requestId, principal, mode, session, expiresAt }, now);
+    const write = (requestId: string, session: string, seq: number, offset: number, s: string) =>
+      store.write({ target: T, requestId, session, seq, offset, data: bytes(s) });
+    const resume = (requestId: string, session: string, expiresAt = 10_000, mode: 'read' | 'write' = 'write', version?: number) =>
+      store.resume([{ target: T, requestId, principal: P, mode, session, expiresAt, version }]).then((r) => r[0]!);
+
+    it('grants a write open and refuses another writer with LOCKED while the lock is live', async () => {
+      setup();
+      expect(await open(X, 's1', 0, 1000)).toMatchObject({ ok: true, version: 0, lastSeq: 0 });
+      expect(await open(Y, 's2', 999, 2000)).toMatchObject({ ok: false, code: 'LOCKED' });
+      expect((await store.record(T))?.requestId).toBe(X);
+    });
+
+    it('revokes an expired lock: the new writer is granted and the old resume is denied MODIFIED', async () => {
+      setup();
+      await open(X, 's1', 0, 1000);
+      expect(await open(Y, 's2', 1000, 3000)).toMatchObject({ ok: true });
+      expect(await resume(X, 's3')).toMatchObject({ granted: false, reason: 'MODIFIED' });
+    });
+
+    it('read opens never conflict and never revoke', async () => {
+      setup();
+      await open(X, 's1', 0, 1000);
+      expect(await open(Y, 's2', 5000, 0, 'read')).toMatchObject({ ok: true });
+      expect((await store.record(T))?.requestId).toBe(X);
+    });
+
+    it('same requestId from a new session takes over and fences the old session', async () => {
+      setup();
+      await open(X, 's1', 0, 1000);
+      expect(await write(X, 's1', 1, 0, 'one')).toMatchObject({ ok: true, applied: true });
+      expect(await open(X, 's2', 10, 1000)).toMatchObject({ ok: true, takeover: true, lastSeq: 1 });
+      expect(await write(X, 's1', 2, 0, 'old')).toMatchObject({ ok: false, code: 'SUPERSEDED' });
+      expect(await write(X, 's2', 2, 3, 'two')).toMatchObject({ ok: true, applied: true });
+      const r = await store.read({ target: T, offset: 0, length: 10 });
+      expect(r.ok && text(r.data)).toBe('onetwo');
+    });
+
+    it('grants a resume while the record holds the requestId, even after the lock expired, with the last seq', async () => {
+      setup();
+      await open(X, 's1', 0, 100);
+      await write(X, 's1', 1, 0, 'a');
+      await write(X, 's1', 2, 1, 'b');
+      expect(await resume(X, 's2')).toMatchObject({ granted: true, lastSeq: 2 });
+      expect(await write(X, 's1', 3, 2, 'c')).toMatchObject({ ok: false, code: 'SUPERSEDED' });
+    });
+
+    it('denies a resume to another principal', async () => {
+      setup();
+      await open(X, 's1', 0, 100);
+      const r = await store.resume([{ target: T, requestId: X, principal: 'mallory', mode: 'write', session: 's2', expiresAt: 1 }]);
+      expect(r[0]).toMatchObject({ granted: false, code: 'FORBIDDEN' });
+      expect(await open(X, 's2', 0, 100, 'write', 'mallory')).toMatchObject({ ok: false, code: 'FORBIDDEN' });
+    });
+
+    it('grants a read handle resume iff the target version is unchanged', async () => {
+      setup();
+      await open(X, 's1', 0, 1000);
+      await write(X, 's1', 1, 0, 'a');
+      expect(await resume(Y, 's9', 0, 'read', 1)).toMatchObject({ granted: true, version: 1 });
+      await write(X, 's1', 2, 0, 'b');
+      expect(await resume(Y, 's9', 0, 'read', 1)).toMatchObject({ granted: false, reason: 'MODIFIED', version: 2 });
+    });
+
+    it('applies each seq once: a replay is acknowledged without applying; a gap is refused', async () => {
+      setup();
+      await open(X, 's1', 0, 1000);
+      expect(await write(X, 's1', 1, 0, 'aaaa')).toMatchObject({ ok: true, applied: true, version: 1 });
+      expect(await write(X, 's1', 1, 0, 'zzzz')).toMatchObject({ ok: true, applied: false, version: 1 });
+      expect(await write(X, 's1', 3, 0, 'cccc')).toMatchObject({ ok: false, code: 'SEQ_GAP' });
+      const r = await store.read({ target: T, offset: 0, length: 4 });
+      expect(r.ok && text(r.data)).toBe('aaaa');
+    });
+
+    it('refuses writes from a requestId that lost the target', async () => {
+      setup();
+      await open(X, 's1', 0, 10);
+      await open(Y, 's2', 10, 1000);
+      expect(await write(X, 's1', 1, 0, 'x')).toMatchObject({ ok: false, code: 'MODIFIED' });
+      const r = await store.read({ target: T, offset: 0, length: 1 });
+      expect(r.ok && r.data.length).toBe(0);
+    });
+
+    it('fences reads of a write handle but not of read handles', async () => {
+      setup();
+      await open(X, 's1', 0, 1000);
+      await open(X, 's2', 0, 1000);
+      expect(await store.read({ target: T, offset: 0, length: 1, fence: { requestId: X, session: 's1' } })).toMatchObject({ ok: false, code: 'SUPERSEDED' });
+      expect(await store.read({ target: T, offset: 0, length: 1 })).toMatchObject({ ok: true });
+    });
+
+    it('close releases the lock and deletes the record; a close from a fenced session does nothing', async () => {
+      setup();
+      await open(X, 's1', 0, 1000);
+      await open(X, 's2', 0, 1000);
+      await store.close({ target: T, requestId: X }, 's1');
+      expect((await store.record(T))?.session).toBe('s2');
+      await store.close({ target: T, requestId: X }, 's2');
+      expect(await store.record(T)).toBeUndefined();
+      expect(await open(Y, 's3', 1, 1000)).toMatchObject({ ok: true });
+      expect(await resume(X, 's4')).toMatchObject({ granted: false, reason: 'MODIFIED' });
+    });
+
+    it('renews a batch of locks of one session and reports the ones it lost', async () => {
+      setup();
+      const refs = ['a', 'b', 'c'].map((target) => ({ target, requestId: X }));
+      for (const r of refs) await store.open({ ...r, principal: P, mode: 'write', session: 's1', expiresAt: 100 }, 0);
+      await store.open({ target: 'c', requestId: X, principal: P, mode: 'write', session: 's2', expiresAt: 100 }, 0);
+      const res = await store.renew('s1', refs, 5000);
+      expect(res.lost).toEqual([{ target: 'c', requestId: X, reason: 'SUPERSEDED' }]);
+      expect((await store.record('a'))?.expiresAt).toBe(5000);
+      expect(await store.open({ target: 'a', requestId: Y, principal: P, mode: 'write', session: 's3', expiresAt: 1 }, 4999)).toMatchObject({ ok: false, code: 'LOCKED' });
+    });
+
+    it('extends a target with zeros on a write past its end and reads back ranges', async () => {
+      setup();
+      await open(X, 's1', 0, 1000);
+      await write(X, 's1', 1, 4, 'xy');
+      const r = await store.read({ target: T, offset: 0, length: 100 });
+      expect(r.ok && [...r.data]).toEqual([0, 0, 0, 0, 120, 121]);
+    });
+
+    it('keeps data, records and sequence numbers across a close and reopen (reboot)', async () => {
+      setup();
+      await open(X, 's1', 0, 1000);
+      await write(X, 's1', 1, 0, 'durable');
+      store = await env.reopen();
+      const r = await store.read({ target: T, offset: 0, length: 7 });
+      expect(r.ok && text(r.data)).toBe('durable');
+      expect(await resume(X, 's2')).toMatchObject({ granted: true, lastSeq: 1, version: 1 });
+      expect(await write(X, 's2', 1, 0, 'again')).toMatchObject({ ok: true, applied: false });
+    });
+  });
+}
+
+describe('sqlite specifics', () => {
+  it('two connections to one file (two replica processes) see each other and keep each rule atomic', async () => {
+    const t = tempDir();
+    const a = new SqliteStore(join(t.dir, 's.sqlite'));
+    const b = new SqliteStore(join(t.dir, 's.sqlite'));
+    try {
+      expect(await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', expiresAt: 100 }, 0)).toMatchObject({ ok: true });
+      expect(await b.open({ target: T, requestId: Y, principal: P, mode: 'write', session: 's2', expiresAt: 100 }, 50)).toMatchObject({ ok: false, code: 'LOCKED' });
+      await a.write({ target: T, requestId: X, session: 's1', seq: 1, offset: 0, data: bytes('hi') });
+      const r = await b.read({ target: T, offset: 0, length: 2 });
+      expect(r.ok && text(r.data)).toBe('hi');
+    } finally {
+      await a.shutdown();
+      await b.shutdown();
+      t.cleanup();
+    }
+  });
+
+  it('reports a closed database as unavailable, not as a crash', async () => {
+    const t = tempDir();
+    const a = new SqliteStore(join(t.dir, 's.sqlite'));
+    await a.shutdown();
+    await expect(a.ping()).rejects.toMatchObject({ name: 'StoreUnavailableError' });
+    await expect(a.read({ target: T, offset: 0, length: 1 })).rejects.toMatchObject({ name: 'StoreUnavailableError' });
+    t.cleanup();
+  });
+});
