@@ -9,15 +9,17 @@ import { defaultEnv, type Env } from '../actors/env.js';
 import { NodeAgent, type NodeAgentOptions } from '../actors/node-agent.js';
 import { StorageReplica, type ReplicaOptions } from '../actors/replica.js';
 import { MemoryStore } from '../store/memory.js';
-import { SqliteStore } from '../store/sqlite.js';
+import { SqliteStore, type SqliteStoreOptions } from '../store/sqlite.js';
 import type { Store } from '../store/types.js';
 import type { Transport } from '../transport/types.js';
+import { FaultProxy } from './fault-proxy.js';
 import { WebSocketTransport } from '../transport/ws.js';
 
 export interface LocalClusterOptions {
   dir: string;
   replicas?: number;
   store?: 'sqlite' | 'memory';
+  sqlite?: SqliteStoreOptions;
   transport?: Transport;
   secret?: string;
   env?: Partial<Env>;
@@ -33,6 +35,8 @@ export class LocalCluster {
   readonly nodes: NodeAgent[] = [];
   private readonly ports: number[] = [];
   private readonly memory = new MemoryStore();
+  /** Per node, one fault proxy per replica, when the node was added with `proxied`. */
+  readonly links = new Map<string, FaultProxy[]>();
 
   private constructor(readonly opts: LocalClusterOptions) {
     this.transport = opts.transport ?? new WebSocketTransport();
@@ -54,7 +58,7 @@ export class LocalCluster {
   }
 
   openStore(): Store {
-    return this.opts.store === 'memory' ? new MemoryStore(this.memory.state) : new SqliteStore(this.dbPath);
+    return this.opts.store === 'memory' ? new MemoryStore(this.memory.state) : new SqliteStore(this.dbPath, this.opts.sqlite);
   }
 
   private async startReplica(i: number, port?: number): Promise<StorageReplica> {
@@ -83,15 +87,59 @@ export class LocalCluster {
     return this.startReplica(i, this.ports[i]);
   }
 
-  async addNode(id: string, extra: Partial<NodeAgentOptions> = {}): Promise<NodeAgent> {
-    const agent = new NodeAgent({ id, replicas: this.urls, transport: this.transport, secret: this.secret, dataDir: this.opts.dir, env: this.opts.env, ...this.opts.node, ...extra });
+  /**
+   * Start a node agent. With `proxied`, its links to the replicas go through fault proxies, so
+   * `partition`, `heal` and `dropLinks` can break them for real (WebSocket transport only).
+   */
+  async addNode(id: string, extra: Partial<NodeAgentOptions> & { proxied?: boolean } = {}): Promise<NodeAgent> {
+    const { proxied, ...rest } = extra;
+    let replicas = this.urls;
+    if (proxied) {
+      const proxies = this.urls.map((u) => FaultProxy.forUrl(u));
+      replicas = await Promise.all(proxies.map((p) => p.listen()));
+      this.links.set(id, proxies);
+    }
+    const agent = new NodeAgent({ id, replicas, transport: this.transport, secret: this.secret, dataDir: this.opts.dir, env: this.opts.env, ...this.opts.node, ...rest });
     this.nodes.push(agent);
     await agent.start();
     return agent;
   }
 
+  private proxies(node: string): FaultProxy[] {
+    const p = this.links.get(node);
+    if (!p) throw new Error(`${node} was not added with proxied: true`);
+    return p;
+  }
+
+  /** Cut a node off from every replica, silently: bytes vanish, sockets stay open. */
+  partition(node: string): void {
+    for (const p of this.proxies(node)) p.partition();
+  }
+
+  heal(node: string): void {
+    for (const p of this.proxies(node)) p.heal();
+  }
+
+  /** Reset every connection of a node (it reconnects at once). */
+  dropLinks(node: string): void {
+    for (const p of this.proxies(node)) p.drop();
+  }
+
+  /** The proxy between a node and replica `i`. */
+  link(node: string, i: number): FaultProxy {
+    const p = this.proxies(node)[i];
+    if (!p) throw new Error(`no link from ${node} to replica ${i}`);
+    return p;
+  }
+
+  /** Index of the replica a node's session is on. */
+  servingIndex(agent: NodeAgent): number {
+    return this.replicas.findIndex((r) => r.id === agent.replica);
+  }
+
   async stop(): Promise<void> {
     for (const n of this.nodes) n.crash();
+    for (const proxies of this.links.values()) for (const p of proxies) await p.close();
     for (const r of this.replicas) {
       await r.stop();
       await r.store.shutdown();

@@ -1,0 +1,206 @@
+/**
+ * SPEC "Failures that must be handled", each over real WebSockets and SQLite, asserting the
+ * guarantee it exercises.
+ */
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Application } from '../actors/application.js';
+import { LocalCluster, type LocalClusterOptions } from '../cluster/local.js';
+import { bytes, tempDir, text, trace, waitFor, waitForState } from './helpers.js';
+
+const FAST: Omit<LocalClusterOptions, 'dir'> = {
+  replica: { holdMs: 400, heartbeatMs: 100, leaseMs: 300, probeIntervalMs: 50 },
+  node: { heartbeatIntervalMs: 100, heartbeatTimeoutMs: 150, backoffBaseMs: 20, backoffMaxMs: 200 },
+};
+
+let cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const c of cleanups.reverse()) await c();
+  cleanups = [];
+});
+
+async function cluster(opts: Partial<LocalClusterOptions> = {}): Promise<LocalCluster> {
+  const t = tempDir();
+  const c = await LocalCluster.start({ dir: t.dir, replicas: 2, ...FAST, ...opts });
+  cleanups.push(t.cleanup, () => c.stop());
+  return c;
+}
+
+describe('1. connection interruption', () => {
+  it('a dropped connection pauses the handle, which resumes with its data intact', async () => {
+    const c = await cluster();
+    const agent = await c.addNode('node-1', { proxied: true });
+    const h = await new Application(agent, { name: 'app-1' }).open('vm1.disk');
+    await h.write(0, bytes('before'));
+    const states = trace(h);
+    c.dropLinks('node-1');
+    await waitForState(h, 'paused');
+    await h.write(6, bytes('+after'));
+    await waitForState(h, 'active');
+    expect(states).toEqual(['active', 'paused', 'resuming', 'active']);
+    expect(text(await h.read(0, 12))).toBe('before+after');
+  });
+
+  it('a silent partition of the serving replica is detected by heartbeat; the handle resumes on another replica', async () => {
+    const c = await cluster();
+    const agent = await c.addNode('node-1', { proxied: true });
+    const h = await new Application(agent, { name: 'app-1' }).open('vm1.disk');
+    await h.write(0, bytes('abc'));
+    const first = c.servingIndex(agent);
+    c.link('node-1', first).partition();
+    const states = trace(h);
+    const pending = h.write(3, bytes('def'));
+    await waitForState(h, 'paused');
+    await waitForState(h, 'active');
+    await pending;
+    expect(states).toEqual(['active', 'paused', 'resuming', 'active']);
+    expect(c.servingIndex(agent)).not.toBe(first);
+    expect(text(await h.read(0, 6))).toBe('abcdef');
+  });
+});
+
+describe('2. dismount', () => {
+  it('a dismounted replica pauses its handles and they resume when the store is back', async () => {
+    const c = await cluster({ replicas: 1 });
+    const agent = await c.addNode('node-1');
+    const h = await new Application(agent, { name: 'app-1' }).open('vm1.disk');
+    await h.write(0, bytes('one'));
+    c.replica(0).dismount();
+    await waitForState(h, 'paused');
+    let settled = false;
+    const pending = h.write(3, bytes('two')).finally(() => (settled = true));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(settled).toBe(false); // I/O waits, it does not fail
+    c.replica(0).mount();
+    await waitForState(h, 'active');
+    await pending;
+    expect(text(await h.read(0, 6))).toBe('onetwo');
+  });
+
+  it('a store another process keeps locked makes the replica dismount by itself and remount when released', async () => {
+    const c = await cluster({ replicas: 1, sqlite: { busyTimeoutMs: 50 } });
+    const agent = await c.addNode('node-1');
+    const h = await new Application(agent, { name: 'app-1' }).open('vm1.disk');
+    await h.write(0, bytes('x'));
+    const blocker = new Database(c.dbPath);
+    blocker.exec('BEGIN IMMEDIATE');
+    const pending = h.write(1, bytes('y'));
+    await waitFor('replica to dismount', () => c.replica(0).isDismounted);
+    await waitForState(h, 'paused');
+    blocker.exec('ROLLBACK');
+    blocker.close();
+    await waitForState(h, 'active');
+    await pending;
+    expect(c.replica(0).isDismounted).toBe(false);
+    expect(text(await h.read(0, 2))).toBe('xy');
+  });
+});
+
+describe('3. reboot', () => {
+  it('the only replica restarts: the handle resumes on it with every acknowledged write', async () => {
+    const c = await cluster({ replicas: 1 });
+    const agent = await c.addNode('node-1');
+    const h = await new Application(agent, { name: 'app-1' }).open('vm1.disk');
+    await h.write(0, bytes('kept'));
+    await c.kill(0);
+    await waitForState(h, 'paused');
+    await c.restart(0);
+    await waitForState(h, 'active');
+    expect(text(await h.read(0, 4))).toBe('kept');
+  });
+
+  it('every replica restarts on SQLite: all handles resume and every acknowledged write is still there', async () => {
+    const c = await cluster({ replicas: 3 });
+    const agents = [await c.addNode('node-1'), await c.addNode('node-2')];
+    const handles = await Promise.all(agents.flatMap((a, n) => [0, 1].map((i) => new Application(a, { name: `app-${i + 1}` }).open(`n${n}-a${i}.disk`))));
+    const acked = new Map<string, string>();
+    for (let round = 0; round < 20; round++) {
+      await Promise.all(handles.map(async (h) => {
+        const s = `${h.target}#${round};`;
+        const offset = (acked.get(h.target) ?? '').length;
+        await h.write(offset, bytes(s));
+        acked.set(h.target, (acked.get(h.target) ?? '') + s);
+      }));
+    }
+    for (let i = 0; i < 3; i++) await c.kill(i);
+    await Promise.all(handles.map((h) => waitForState(h, 'paused')));
+    for (let i = 0; i < 3; i++) await c.restart(i);
+    await Promise.all(handles.map((h) => waitForState(h, 'active')));
+    for (const h of handles) {
+      const want = acked.get(h.target)!;
+      expect(text(await h.read(0, want.length + 10))).toBe(want);
+    }
+  });
+});
+
+describe('4. node agent restart', () => {
+  it('a restarted agent resumes its application with the requestId it kept on disk', async () => {
+    const c = await cluster();
+    const agent = await c.addNode('node-1');
+    const h = await new Application(agent, { name: 'app-1' }).open('vm1.disk');
+    await h.write(0, bytes('state'));
+    agent.crash();
+    const again = await c.addNode('node-1');
+    const h2 = await new Application(again, { name: 'app-1' }).open('vm1.disk');
+    expect(h2.requestId).toBe(h.requestId);
+    expect(h2.state).toBe('active');
+    expect(text(await h2.read(0, 5))).toBe('state');
+    await h2.write(5, bytes('ful'));
+    expect(text(await h2.read(0, 8))).toBe('stateful');
+  });
+
+  it('a kept requestId whose target was taken by another writer meanwhile is refused with MODIFIED', async () => {
+    const c = await cluster({ replica: { ...FAST.replica, holdMs: 0 } });
+    const agent = await c.addNode('node-1');
+    await new Application(agent, { name: 'app-1' }).open('vm1.disk');
+    agent.crash();
+    const other = new Application(await c.addNode('node-2'), { name: 'intruder' });
+    const foreign = await openWhenFree(other, 'vm1.disk');
+    await foreign.write(0, bytes('theirs'));
+    const again = await c.addNode('node-1');
+    await expect(new Application(again, { name: 'app-1' }).open('vm1.disk')).rejects.toMatchObject({ code: 'MODIFIED' });
+    // The stale id is forgotten: the next open is a fresh one.
+    const fresh = await openWhenFree(new Application(again, { name: 'app-1' }), 'vm1.disk', foreign);
+    expect(text(await fresh.read(0, 6))).toBe('theirs');
+  });
+});
+
+describe('5. application moves to another node', () => {
+  it('the same requestId from another node takes over; the old session is fenced', async () => {
+    const c = await cluster();
+    const n1 = await c.addNode('node-1');
+    const n2 = await c.addNode('node-2');
+    const h1 = await new Application(n1, { name: 'app-1' }).open('vm1.disk');
+    await h1.write(0, bytes('v1'));
+    const h2 = await new Application(n2, { name: 'app-1' }).open('vm1.disk', { requestId: h1.requestId });
+    expect(text(await h2.read(0, 2))).toBe('v1');
+    await expect(h1.write(0, bytes('XX'))).rejects.toMatchObject({ code: 'SUPERSEDED' });
+    expect(h1.state).toBe('invalidated');
+    expect(h1.reason).toBe('SUPERSEDED');
+    await h2.write(2, bytes('v2'));
+    expect(text(await h2.read(0, 4))).toBe('v1v2');
+  });
+
+  it('a fenced session that stays idle learns at the next renewal that it was superseded', async () => {
+    const c = await cluster();
+    const n1 = await c.addNode('node-1');
+    const n2 = await c.addNode('node-2');
+    const h1 = await new Application(n1, { name: 'app-1' }).open('vm1.disk');
+    const invalidated = new Promise((r) => h1.once('invalidated', r));
+    await new Application(n2, { name: 'app-1' }).open('vm1.disk', { requestId: h1.requestId });
+    expect(await invalidated).toBe('SUPERSEDED');
+  });
+});
+
+/** Open for writing, retrying while the old lock is live; `close` first closes a handle in the way. */
+async function openWhenFree(app: Application, target: string, close?: { close(): Promise<void> }) {
+  await close?.close();
+  for (let i = 0; ; i++) {
+    try {
+      return await app.open(target);
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'LOCKED' || i > 200) throw err;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
