@@ -67,6 +67,7 @@ export class Handle extends EventEmitter<HandleEvents> {
       actions: {
         dispatchIo: () => this.dispatch(this.queue.shift()),
         rejectIo: ({ context }) => this.queue.pop()?.reject(this.failure(context.reason)),
+        rejectIoUnavailable: () => this.queue.pop()?.reject(new SafeResumeError('UNAVAILABLE', `${this.target}: storage unavailable and the handle fails fast`)),
         flushQueue: () => {
           for (const q of this.queue.splice(0)) this.dispatch(q);
         },
@@ -169,8 +170,6 @@ export class Handle extends EventEmitter<HandleEvents> {
   }
 
   private failure(reason: InvalidationReason | undefined): SafeResumeError {
-    const state = this.state;
-    if (state === 'paused' || state === 'resuming') return new SafeResumeError('UNAVAILABLE', `${this.target}: storage unavailable and the handle fails fast`);
     if (reason) return new SafeResumeError(reason, `${this.target}: handle invalidated (${reason})`);
     return new SafeResumeError('CLOSED', `${this.target}: handle closed`);
   }
@@ -196,7 +195,9 @@ export class Application {
    */
   async open(target: string, options: OpenOptions = {}): Promise<Handle> {
     if (typeof target !== 'string' || target.length === 0 || target.length > 1024) throw new SafeResumeError('INVALID_ARGUMENT', 'target must be a non-empty string of at most 1024 characters');
-    const kept = options.requestId ? undefined : this.agent.findKept(this.name, target);
+    // A kept requestId is reclaimed only when nothing holds it now (it is left over from a restart).
+    const found = options.requestId ? undefined : this.agent.findKept(this.name, target);
+    const kept = found && !this.agent.holds(found.requestId) && (!options.mode || options.mode === found.mode) ? found : undefined;
     const requestId = options.requestId ?? kept?.requestId ?? nanoid();
     if (!/^[A-Za-z0-9_-]{21,64}$/.test(requestId)) throw new SafeResumeError('INVALID_ARGUMENT', 'requestId must be 21-64 URL-safe characters (use nanoid)');
     const mode = options.mode ?? kept?.mode ?? 'write';

@@ -457,13 +457,16 @@ export class NodeAgent {
       return;
     }
     const h = p.handle;
+    if ((p.kind === 'open' || p.kind === 'resume-open') && code !== 'UNAVAILABLE') {
+      // LOCKED is retryable for the application (wait and retry), not something to retry blindly here.
+      return this.failOpen(h, new SafeResumeError(code, msg.message));
+    }
     if (msg.retryable) {
       // Keep the operation; the handle pauses and is resumed (and the operation replayed) next round.
       if (h.state === 'active' || h.state === 'resuming') this.pause(h);
       if (this.storageReady) this.retryLater();
       return;
     }
-    if (p.kind === 'open' || p.kind === 'resume-open') return this.failOpen(h, new SafeResumeError(code, msg.message));
     if (p.kind === 'close') return this.forget(h);
     if (code === 'MODIFIED' || code === 'SUPERSEDED') return this.invalidate(h, code);
     if (p.op) {
@@ -503,6 +506,11 @@ export class NodeAgent {
   /** Handles the agent holds, for status views and tests. */
   list(): Array<Pick<AgentHandle, 'app' | 'target' | 'requestId' | 'mode' | 'state'>> {
     return [...this.handles.values()].map(({ app, target, requestId, mode, state }) => ({ app, target, requestId, mode, state }));
+  }
+
+  /** Whether a handle with this requestId is open (or being opened) on this agent. */
+  holds(requestId: string): boolean {
+    return this.handles.has(requestId);
   }
 
   findKept(app: string, target: string): KeptHandle | undefined {

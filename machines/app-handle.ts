@@ -42,8 +42,10 @@ export const appHandleMachine = setup({
     dispatchIo: () => {},
     /** Keep the operation until the handle is active again. */
     queueIo: assign({ queued: ({ context }) => context.queued + 1 }),
-    /** Fail the operation at once (fail-fast handles, or the handle is gone). */
+    /** Fail the operation at once: the handle is invalidated or closed. */
     rejectIo: () => {},
+    /** Fail the operation at once as UNAVAILABLE: a fail-fast handle while storage is away. */
+    rejectIoUnavailable: () => {},
     /** Send every queued operation, in order. */
     flushQueue: assign({ queued: 0 }),
     /** Reject every queued and in-flight operation with the handle's reason. */
@@ -91,7 +93,7 @@ export const appHandleMachine = setup({
         }),
       ],
       on: {
-        IO: [{ guard: 'failsFast', actions: 'rejectIo' }, { actions: 'queueIo' }],
+        IO: [{ guard: 'failsFast', actions: 'rejectIoUnavailable' }, { actions: 'queueIo' }],
         RESUMING: 'resuming',
         INVALIDATE: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
         CLOSE: 'closed',
@@ -102,7 +104,7 @@ export const appHandleMachine = setup({
     },
     resuming: {
       on: {
-        IO: [{ guard: 'failsFast', actions: 'rejectIo' }, { actions: 'queueIo' }],
+        IO: [{ guard: 'failsFast', actions: 'rejectIoUnavailable' }, { actions: 'queueIo' }],
         GRANTED: { target: 'active', actions: 'notifyResumed' },
         DENIED: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
         INVALIDATE: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },

@@ -49,7 +49,7 @@ describe('application handle machine', () => {
 
   it('fail-fast handles reject I/O while paused instead of queueing', () => {
     let rejected = 0;
-    const m = appHandleMachine.provide({ actions: { rejectIo: () => void rejected++ } });
+    const m = appHandleMachine.provide({ actions: { rejectIoUnavailable: () => void rejected++ } });
     const a = createActor(m, { clock: simulatedClock(), input: { ...input, onFailure: 'error' } }).start();
     a.send({ type: 'OPENED' });
     a.send({ type: 'PAUSED' });
