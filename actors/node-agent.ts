@@ -249,8 +249,8 @@ export class NodeAgent {
           resolve({ session: frame.msg.session, replica: frame.msg.replica });
         } else if (frame.ok && frame.msg.type === 'error') {
           this.env.clock.clearTimeout(timer);
-          conn.terminate();
           reject(new SafeResumeError(isErrorCode(frame.msg.code) ? frame.msg.code : 'INTERNAL', `${frame.msg.code}: ${frame.msg.message}`));
+          conn.terminate();
         }
       });
       conn.send({ type: 'hello', v: PROTOCOL_VERSION, secret: this.opts.secret, node: this.id });

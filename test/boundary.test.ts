@@ -1,0 +1,143 @@
+/** Bad input and trust at the replica's door, over a real WebSocket. */
+import { afterEach, describe, expect, it } from 'vitest';
+import { WebSocket } from 'ws';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { Application } from '../actors/application.js';
+import { loadOrCreateSecret } from '../actors/auth.js';
+import { NodeAgent } from '../actors/node-agent.js';
+import { LocalCluster } from '../cluster/local.js';
+import { decode, encode } from '../transport/codec.js';
+import type { Message } from '../transport/messages.js';
+import { WebSocketTransport } from '../transport/ws.js';
+import { bytes, tempDir, text } from './helpers.js';
+
+let cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const c of cleanups.reverse()) await c();
+  cleanups = [];
+});
+
+async function cluster(): Promise<LocalCluster> {
+  const t = tempDir();
+  const c = await LocalCluster.start({ dir: t.dir, replicas: 1 });
+  cleanups.push(t.cleanup, () => c.stop());
+  return c;
+}
+
+/** A raw WebSocket client that records every decoded reply. */
+async function raw(url: string) {
+  const ws = new WebSocket(url, { maxPayload: 16 * 1024 * 1024 });
+  const replies: Message[] = [];
+  let closed: { code: number; reason: string } | undefined;
+  ws.on('message', (data: Buffer, isBinary) => {
+    const d = decode(isBinary ? new Uint8Array(data) : data.toString());
+    if (d.ok) replies.push(d.msg);
+  });
+  ws.on('close', (code, reason) => (closed = { code, reason: reason.toString() }));
+  await new Promise((r, j) => ws.once('open', r).once('error', j));
+  cleanups.push(() => ws.terminate());
+  const next = async (n: number) => {
+    const deadline = Date.now() + 5000;
+    while (replies.length < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    return replies[n - 1];
+  };
+  return { ws, replies, next, closed: () => closed };
+}
+
+describe('bad frames', () => {
+  it('answers each bad frame with a coded error and keeps serving that session and the others', async () => {
+    const c = await cluster();
+    const good = await new Application(await c.addNode('node-1'), { name: 'app-1' }).open('vm1.disk');
+    await good.write(0, bytes('before'));
+
+    const peer = await raw(c.urls[0]!);
+    peer.ws.send(encode({ type: 'hello', v: 1, secret: c.secret, node: 'raw' }));
+    expect(await peer.next(1)).toMatchObject({ type: 'welcome' });
+
+    const bad: Array<[string, Buffer | string, string]> = [
+      ['garbage bytes', Buffer.from([0xde, 0xad, 0xbe, 0xef, 0, 1]), 'BAD_FRAME'],
+      ['invalid JSON', '{"type":', 'BAD_FRAME'],
+      ['unknown type', '{"type":"format","id":9}', 'UNKNOWN_TYPE'],
+      ['wrong field types', '{"type":"open","id":10,"target":1,"requestId":true,"principal":"p","mode":"write"}', 'BAD_FRAME'],
+      ['oversize', Buffer.alloc(3 * 1024 * 1024), 'FRAME_TOO_LARGE'],
+      ['a reply type sent to a replica', '{"type":"closed","id":11}', 'BAD_FRAME'],
+      ['a write on a handle never opened', encode({ type: 'write', id: 12, target: 't', requestId: 'r'.repeat(21), seq: 1, offset: 0, data: bytes('x') }), 'NOT_OPEN'],
+    ];
+    let n = 1;
+    for (const [name, frame, code] of bad) {
+      peer.ws.send(frame);
+      const reply = await peer.next(++n);
+      expect(reply, name).toMatchObject({ type: 'error', code });
+    }
+    // The id of a request that failed validation comes back, so a client can match it.
+    expect(peer.replies.find((m) => m.type === 'error' && m.code === 'BAD_FRAME' && m.id === 10)).toBeDefined();
+    // The same session still works ...
+    peer.ws.send(encode({ type: 'ping', t: 1 }));
+    expect(await peer.next(++n)).toMatchObject({ type: 'pong', t: 1 });
+    expect(peer.closed()).toBeUndefined();
+    // ... and so do the others.
+    await good.write(6, bytes('+after'));
+    expect(text(await good.read(0, 12))).toBe('before+after');
+  });
+
+  it('closes a peer that keeps sending bad frames', async () => {
+    const c = await cluster();
+    const peer = await raw(c.urls[0]!);
+    peer.ws.send(encode({ type: 'hello', v: 1, secret: c.secret, node: 'raw' }));
+    await peer.next(1);
+    for (let i = 0; i < 100; i++) peer.ws.send('nope');
+    const deadline = Date.now() + 5000;
+    while (!peer.closed() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    expect(peer.closed()?.code).toBe(4002);
+  });
+});
+
+describe('authentication', () => {
+  it('refuses the wrong cluster secret with AUTH_FAILED and closes the connection', async () => {
+    const c = await cluster();
+    const peer = await raw(c.urls[0]!);
+    peer.ws.send(encode({ type: 'hello', v: 1, secret: 'not-the-secret', node: 'mallory' }));
+    expect(await peer.next(1)).toMatchObject({ type: 'error', code: 'AUTH_FAILED' });
+    const deadline = Date.now() + 5000;
+    while (!peer.closed() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    expect(peer.closed()?.code).toBe(4001);
+  });
+
+  it('refuses any request before hello', async () => {
+    const c = await cluster();
+    const peer = await raw(c.urls[0]!);
+    peer.ws.send(encode({ type: 'ping', t: 1 }));
+    expect(await peer.next(1)).toMatchObject({ type: 'error', code: 'AUTH_FAILED' });
+  });
+
+  it('a node agent with the wrong secret fails to start with a clear AUTH_FAILED error', async () => {
+    const c = await cluster();
+    const agent = new NodeAgent({ id: 'node-x', replicas: c.urls, transport: new WebSocketTransport(), secret: 'wrong-secret-wrong-secret' });
+    cleanups.push(() => agent.crash());
+    await expect(agent.start()).rejects.toMatchObject({ code: 'AUTH_FAILED', message: expect.stringContaining('wrong cluster secret') });
+  });
+
+  it('generates a default secret in the data directory (mode 0600) and reuses it', () => {
+    const t = tempDir();
+    cleanups.push(t.cleanup);
+    const s1 = loadOrCreateSecret(t.dir);
+    const path = join(t.dir, 'cluster-secret');
+    expect(existsSync(path)).toBe(true);
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    expect(readFileSync(path, 'utf8').trim()).toBe(s1);
+    expect(loadOrCreateSecret(t.dir)).toBe(s1);
+    expect(s1.length).toBeGreaterThanOrEqual(32);
+  });
+
+  it('binds a requestId to its principal: another principal cannot reclaim it', async () => {
+    const c = await cluster();
+    const h = await new Application(await c.addNode('node-1'), { name: 'vm', principal: 'alice' }).open('vm1.disk');
+    await h.write(0, bytes('alice'));
+    const mallory = new Application(await c.addNode('node-2'), { name: 'vm', principal: 'mallory' });
+    await expect(mallory.open('vm1.disk', { requestId: h.requestId })).rejects.toMatchObject({ code: 'FORBIDDEN' });
+    expect(h.state).toBe('active');
+    await h.write(5, bytes('!'));
+    expect(text(await h.read(0, 6))).toBe('alice!');
+  });
+});
