@@ -469,6 +469,8 @@ export class NodeAgent {
     }
     if (p.kind === 'close') return this.forget(h);
     if (code === 'MODIFIED' || code === 'SUPERSEDED') return this.invalidate(h, code);
+    // The storage no longer knows this handle on this session: it was closed on the storage side.
+    if (code === 'NOT_OPEN') return this.invalidate(h, 'CLOSED_BY_STORAGE');
     if (p.op) {
       const i = h.ops.indexOf(p.op);
       if (i >= 0) h.ops.splice(i, 1);

@@ -24,6 +24,8 @@ export interface LocalClusterOptions {
   secret?: string;
   env?: Partial<Env>;
   replica?: Partial<Pick<ReplicaOptions, 'holdMs' | 'leaseMs' | 'renewIntervalMs' | 'heartbeatMs' | 'probeIntervalMs'>>;
+  /** Replica i listens on basePort + i (default: free ports). */
+  basePort?: number;
   node?: Partial<Pick<NodeAgentOptions, 'heartbeatIntervalMs' | 'heartbeatTimeoutMs' | 'backoffBaseMs' | 'backoffMaxMs' | 'unavailableFailoverMs'>>;
 }
 
@@ -46,7 +48,7 @@ export class LocalCluster {
   static async start(opts: LocalClusterOptions): Promise<LocalCluster> {
     const c = new LocalCluster(opts);
     for (let i = 0; i < (opts.replicas ?? 3); i++) {
-      const r = await c.startReplica(i);
+      const r = await c.startReplica(i, opts.basePort ? opts.basePort + i : undefined);
       c.urls.push(r.url);
       c.ports.push(Number(new URL(r.url).port) || 0);
     }

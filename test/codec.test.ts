@@ -55,3 +55,14 @@ describe('codec', () => {
     expect(r).toMatchObject({ ok: false, code: 'FRAME_TOO_LARGE' });
   });
 });
+
+describe('error codes', () => {
+  it('docs/errors.md lists exactly the codes the code can return', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { ERROR_CODES, RETRYABLE } = await import('../errors.js');
+    const doc = readFileSync(new URL('../docs/errors.md', import.meta.url), 'utf8');
+    const documented = [...doc.matchAll(/^\| `([A-Z_]+)` \| (yes|no) \|/gm)].map((m) => [m[1], m[2] === 'yes'] as const);
+    expect(documented.map(([c]) => c).sort()).toEqual(Object.keys(ERROR_CODES).sort());
+    for (const [code, retryable] of documented) expect(RETRYABLE.has(code as never), code).toBe(retryable);
+  });
+});

@@ -1,0 +1,24 @@
+/**
+ * safe-resume: applications pause through storage failures and resume with the same requestId;
+ * the storage grants the resume only if nobody else modified the data meanwhile.
+ *
+ * The public API. Everything here is documented in README.md.
+ */
+export { Application, Handle, type ApplicationOptions, type OpenOptions, type HandleState, type HandleEvents } from './actors/application.js';
+export { NodeAgent, type NodeAgentOptions } from './actors/node-agent.js';
+export { StorageReplica, type ReplicaOptions, type ReplicaHandleView } from './actors/replica.js';
+export { loadOrCreateSecret } from './actors/auth.js';
+export { FileKeptIds, MemoryKeptIds, type KeptHandle, type KeptIds } from './actors/kept.js';
+export { defaultEnv, realClock, simulatedClock, seededRandom, type ActorClock, type Env } from './actors/env.js';
+export { SafeResumeError, ERROR_CODES, type ErrorCode, type InvalidationReason } from './errors.js';
+export { MemoryStore } from './store/memory.js';
+export { SqliteStore, type SqliteStoreOptions } from './store/sqlite.js';
+export { StoreUnavailableError, type Store, type LockRecord } from './store/types.js';
+export { WebSocketTransport } from './transport/ws.js';
+export { MemoryNetwork } from './transport/memory.js';
+export type { Transport, Connection, Listener } from './transport/types.js';
+export { LocalCluster, type LocalClusterOptions } from './cluster/local.js';
+export { FaultProxy } from './cluster/fault-proxy.js';
+export { appHandleMachine } from './machines/app-handle.js';
+export { nodeSessionMachine } from './machines/node-session.js';
+export { replicaHandleMachine } from './machines/replica-handle.js';
