@@ -273,6 +273,7 @@ export class NodeAgent {
 
   private pause(h: AgentHandle): void {
     if (h.state === 'active' || h.state === 'resuming') {
+      this.env.log.info({ app: h.app, target: h.target, requestId: h.requestId }, 'handle paused');
       h.state = 'paused';
       h.listener.paused();
     }
@@ -404,7 +405,10 @@ export class NodeAgent {
       }
     }
     h.nextSeq = seq + 1;
-    if (!wasOpening) h.listener.granted();
+    if (!wasOpening) {
+      this.env.log.info({ app: h.app, target: h.target, requestId: h.requestId, lastSeq, replayed: h.ops.length }, 'handle resumed');
+      h.listener.granted();
+    }
     for (const op of h.ops) this.sendOp(h, op);
   }
 
@@ -492,6 +496,7 @@ export class NodeAgent {
 
   private invalidate(h: AgentHandle, reason: InvalidationReason): void {
     if (h.state === 'gone') return;
+    this.env.log.warn({ app: h.app, target: h.target, requestId: h.requestId, reason }, 'handle invalidated');
     this.abandon(h, reason, `handle on ${h.target} invalidated: ${reason}`);
     h.listener.invalidated(reason);
   }

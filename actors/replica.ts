@@ -73,6 +73,8 @@ export class StorageReplica {
   private readonly orphans = new Map<string, HandleActor>();
   private stopTimers: Array<() => void> = [];
   private dismounted: 'no' | 'manual' | 'auto' = 'no';
+  /** Counters for status views, tests and benchmarks. */
+  readonly stats = { sessions: 0, resumeMessages: 0, resumesGranted: 0, resumesDenied: 0, writesApplied: 0, badFrames: 0 };
   private stopped = false;
 
   constructor(opts: ReplicaOptions) {
@@ -182,6 +184,7 @@ export class StorageReplica {
     this.pending.delete(conn);
     const session: Session = { id: nanoid(), node: frame.msg.node, conn, handles: new Map(), lastHeardMs: this.env.clock.now(), badFrames: 0 };
     this.sessions.set(session.id, session);
+    this.stats.sessions++;
     conn.send({ type: 'welcome', session: session.id, replica: this.id, heartbeatMs: this.heartbeatMs });
     if (this.dismounted !== 'no') conn.send({ type: 'notice', kind: 'unavailable' });
     this.env.log.info({ session: session.id, node: session.node }, 'session opened');
@@ -190,6 +193,8 @@ export class StorageReplica {
 
   private onFrame(s: Session, frame: Decoded): void {
     if (!frame.ok) {
+      this.stats.badFrames++;
+      this.env.log.warn({ session: s.id, node: s.node, code: frame.code, message: frame.message }, 'bad frame');
       this.reply(s.conn, frame.id, frame.code, frame.message);
       if (++s.badFrames >= (this.opts.maxBadFrames ?? 100)) s.conn.close(CLOSE.PROTOCOL, 'too many bad frames');
       return;
@@ -258,14 +263,18 @@ export class StorageReplica {
   private async onResume(s: Session, msg: MessageOf<'resume'>): Promise<void> {
     this.checkMounted();
     const expiresAt = this.expiresAt();
+    this.stats.resumeMessages++;
     const outcomes = await this.store.resume(msg.items.map((it) => ({ ...it, session: s.id, expiresAt })));
     const results: ResumeResult[] = msg.items.map((it, i) => {
       const out = outcomes[i]!;
       const actor = this.attach(s, it.target, it.requestId, it.mode, true);
       if (out.granted) {
+        this.stats.resumesGranted++;
         actor.send({ type: 'GRANTED' });
         return { target: it.target, requestId: it.requestId, granted: true, lastSeq: out.lastSeq, version: out.version };
       }
+      this.stats.resumesDenied++;
+      this.env.log.info({ target: it.target, requestId: it.requestId, reason: out.reason, session: s.id }, 'resume denied');
       actor.send({ type: 'DENIED', reason: out.reason });
       this.detach(s, it.target, it.requestId);
       return { target: it.target, requestId: it.requestId, granted: false, reason: out.reason, code: out.code, lastSeq: 0, version: out.version };
@@ -285,6 +294,7 @@ export class StorageReplica {
     if (actor.getSnapshot().context.mode !== 'write') throw new SafeResumeError('INVALID_ARGUMENT', 'handle was opened for reading');
     const res = await this.store.write({ target: msg.target, requestId: msg.requestId, session: s.id, seq: msg.seq, offset: msg.offset, data: msg.data });
     if (res.ok) {
+      if (res.applied) this.stats.writesApplied++;
       s.conn.send({ type: 'written', id: msg.id, seq: msg.seq, version: res.version });
       return;
     }

@@ -204,3 +204,18 @@ async function openWhenFree(app: Application, target: string, close?: { close():
     }
   }
 }
+
+describe('batched resumes', () => {
+  it('after a reconnect, every paused handle of the node is resumed in one message', async () => {
+    const c = await cluster({ replicas: 1 });
+    const agent = await c.addNode('node-1', { proxied: true });
+    const app = new Application(agent, { name: 'app-1' });
+    const handles = await Promise.all(Array.from({ length: 50 }, (_, i) => app.open(`disk-${i}`)));
+    const before = c.replica(0).stats.resumeMessages;
+    c.dropLinks('node-1');
+    await Promise.all(handles.map((h) => waitForState(h, 'paused')));
+    await Promise.all(handles.map((h) => waitForState(h, 'active')));
+    expect(c.replica(0).stats.resumeMessages - before).toBe(1);
+    expect(c.replica(0).stats.resumesGranted).toBe(50);
+  });
+});
