@@ -157,6 +157,7 @@ export class Handle extends EventEmitter<HandleEvents> {
   }
 
   private io<T>(make: (resolve: (v: T) => void, reject: (e: Error) => void) => (h: AgentHandle) => void): Promise<T> {
+    if (this.actor.getSnapshot().status !== 'active') return Promise.reject(new SafeResumeError('CLOSED', `${this.target}: handle closed`));
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ run: make(resolve, reject), reject });
       this.actor.send({ type: 'IO' });
