@@ -1,39 +1,11 @@
 /** S1, L1, S4 and the lock rules, end to end over real WebSockets and SQLite. */
-import { afterEach, describe, expect, it } from 'vitest';
-import { Application, type Handle } from '../actors/application.js';
-import { LocalCluster, type LocalClusterOptions } from '../cluster/local.js';
-import { bytes, tempDir, text, trace, waitFor, waitForState } from './helpers.js';
+import { describe, expect, it } from 'vitest';
+import { Application } from '../actors/application.js';
+import type { LocalCluster } from '../cluster/local.js';
+import { bytes, clusters, FAST, openWhenFree, text, trace, waitFor, waitForState } from './helpers.js';
 
 const HOLD_MS = 300;
-const FAST: Omit<LocalClusterOptions, 'dir'> = {
-  replicas: 2,
-  replica: { holdMs: HOLD_MS, heartbeatMs: 100, leaseMs: 300 },
-  node: { heartbeatIntervalMs: 100, heartbeatTimeoutMs: 150, backoffBaseMs: 20, backoffMaxMs: 200 },
-};
-
-let cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.reverse()) await c();
-  cleanups = [];
-});
-
-async function cluster(opts: Partial<LocalClusterOptions> = {}): Promise<LocalCluster> {
-  const t = tempDir();
-  const c = await LocalCluster.start({ dir: t.dir, ...FAST, ...opts });
-  cleanups.push(t.cleanup, () => c.stop());
-  return c;
-}
-
-async function openRetrying(app: Application, target: string): Promise<Handle> {
-  for (let i = 0; ; i++) {
-    try {
-      return await app.open(target);
-    } catch (err) {
-      if ((err as { code?: string }).code !== 'LOCKED' || i > 300) throw err;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
-}
+const cluster = clusters({ replica: { ...FAST.replica, holdMs: HOLD_MS } });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -56,7 +28,7 @@ describe('S1 safe resume', () => {
     const { x, states } = await pausedPastHold(c);
     const stale = x.write(20, bytes('STALE'));
     const staleResult = stale.then(() => 'ok', (e: { code?: string }) => e.code);
-    const y = await openRetrying(new Application(await c.addNode('node-2'), { name: 'y' }), 'vm1.disk');
+    const y = await openWhenFree(new Application(await c.addNode('node-2'), { name: 'y' }), 'vm1.disk');
     await y.write(0, bytes('theirs'));
     c.heal('node-1');
     await waitForState(x, 'invalidated');
@@ -132,7 +104,7 @@ describe('locks', () => {
     await waitForState(x, 'paused');
     const other = new Application(await c.addNode('node-2'), { name: 'y' });
     const started = Date.now();
-    const y = await openRetrying(other, 'vm1.disk');
+    const y = await openWhenFree(other, 'vm1.disk');
     // Detection takes 3 replica heartbeats (300 ms); no hold is added on top.
     expect(Date.now() - started).toBeLessThan(3 * 100 + 300 + 1000);
     await y.write(0, bytes('y'));

@@ -1,7 +1,10 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Handle, HandleState } from '../actors/application.js';
+import { afterEach } from 'vitest';
+import type { Application, Handle, HandleState } from '../actors/application.js';
+import { LocalCluster, type LocalClusterOptions } from '../cluster/local.js';
+import { SafeResumeError } from '../errors.js';
 
 export function tempDir(): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), 'safe-resume-test-'));
@@ -30,3 +33,40 @@ export function trace(h: Handle): HandleState[] {
 
 export const bytes = (s: string) => new TextEncoder().encode(s);
 export const text = (b: Uint8Array) => new TextDecoder().decode(b);
+
+/** Cluster timings short enough for tests: 100 ms heartbeats, a 400 ms hold period. */
+export const FAST: Omit<LocalClusterOptions, 'dir'> = {
+  replicas: 2,
+  replica: { holdMs: 400, heartbeatMs: 100, leaseMs: 300, probeIntervalMs: 50 },
+  node: { heartbeatIntervalMs: 100, heartbeatTimeoutMs: 150, backoffBaseMs: 20, backoffMaxMs: 200 },
+};
+
+/**
+ * Register an afterEach that stops every cluster a test started; returns the function that starts
+ * one (FAST timings, a fresh data directory, overridable).
+ */
+export function clusters(defaults: Partial<LocalClusterOptions> = {}): (opts?: Partial<LocalClusterOptions>) => Promise<LocalCluster> {
+  let cleanups: Array<() => Promise<void> | void> = [];
+  afterEach(async () => {
+    for (const c of cleanups.reverse()) await c();
+    cleanups = [];
+  });
+  return async (opts = {}) => {
+    const t = tempDir();
+    const c = await LocalCluster.start({ dir: t.dir, ...FAST, ...defaults, ...opts });
+    cleanups.push(t.cleanup, () => c.stop());
+    return c;
+  };
+}
+
+/** Open for writing, retrying while another writer's lock is live. */
+export async function openWhenFree(app: Application, target: string): Promise<Handle> {
+  for (let i = 0; ; i++) {
+    try {
+      return await app.open(target);
+    } catch (err) {
+      if (!(err instanceof SafeResumeError) || err.code !== 'LOCKED' || i > 300) throw err;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}

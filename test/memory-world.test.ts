@@ -1,31 +1,16 @@
 /** The same actors over the in-memory network and store: only transport and store change. */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Application } from '../actors/application.js';
-import { LocalCluster } from '../cluster/local.js';
-import { SafeResumeError } from '../errors.js';
 import { MemoryNetwork } from '../transport/memory.js';
-import { bytes, tempDir, text, trace, waitForState } from './helpers.js';
+import { bytes, clusters, openWhenFree, text, trace, waitForState } from './helpers.js';
 
-let cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.reverse()) await c();
-  cleanups = [];
+const memoryCluster = clusters({
+  store: 'memory',
+  transport: new MemoryNetwork(),
+  secret: 's'.repeat(32),
+  replica: { holdMs: 100, heartbeatMs: 50 },
+  node: { heartbeatIntervalMs: 50, heartbeatTimeoutMs: 50, backoffBaseMs: 10 },
 });
-
-async function memoryCluster(): Promise<LocalCluster> {
-  const t = tempDir();
-  const c = await LocalCluster.start({
-    dir: t.dir,
-    replicas: 2,
-    store: 'memory',
-    transport: new MemoryNetwork(),
-    secret: 's'.repeat(32),
-    replica: { holdMs: 100, heartbeatMs: 50 },
-    node: { heartbeatIntervalMs: 50, heartbeatTimeoutMs: 50, backoffBaseMs: 10 },
-  });
-  cleanups.push(t.cleanup, () => c.stop());
-  return c;
-}
 
 describe('in-memory world', () => {
   it('a replica kill pauses the handle, which resumes on the other replica with its data', async () => {
@@ -48,15 +33,7 @@ describe('in-memory world', () => {
     const x = await new Application(await c.addNode('node-1'), { name: 'x' }).open('vm1.disk');
     c.nodes[0]!.crash();
     const other = new Application(await c.addNode('node-2'), { name: 'y' });
-    let y;
-    for (let i = 0; !y; i++) {
-      try {
-        y = await other.open('vm1.disk');
-      } catch (err) {
-        if (!(err instanceof SafeResumeError) || err.code !== 'LOCKED' || i > 200) throw err;
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    }
+    const y = await openWhenFree(other, 'vm1.disk');
     await y.write(0, bytes('y'));
     const again = await c.addNode('node-1');
     await expect(new Application(again, { name: 'x' }).open('vm1.disk')).rejects.toMatchObject({ code: 'MODIFIED' });
