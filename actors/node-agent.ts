@@ -81,6 +81,7 @@ export class NodeAgent {
   private nextId = 1;
   private resumeScheduled = false;
   private started = false;
+  private stopped = false;
   private startWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
 
   constructor(opts: NodeAgentOptions) {
@@ -143,6 +144,7 @@ export class NodeAgent {
 
   /** Stop as a crash would: drop the connection, close nothing. Kept requestIds stay on disk. */
   crash(): void {
+    this.stopped = true;
     this.session.send({ type: 'STOP' });
     this.session.stop();
     for (const h of this.handles.values()) h.state = 'gone';
@@ -171,6 +173,7 @@ export class NodeAgent {
 
   /** Open (or, with how='resume', reclaim) a handle. Resolves when granted. */
   open(h: Omit<AgentHandle, 'state' | 'ops' | 'nextSeq' | 'settleOpen' | 'settleClose'>): Promise<AgentHandle> {
+    if (this.stopped) return Promise.reject(new SafeResumeError('CLOSED', `node agent ${this.id} is stopped`));
     const handle: AgentHandle = { ...h, state: 'opening', ops: [], nextSeq: 1 };
     if (this.handles.has(h.requestId)) return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', `requestId ${h.requestId} is already open on ${this.id}`));
     this.handles.set(h.requestId, handle);
@@ -243,6 +246,10 @@ export class NodeAgent {
           return;
         }
         if (frame.ok && frame.msg.type === 'welcome') {
+          if (this.stopped) {
+            reject(new SafeResumeError('CLOSED', `node agent ${this.id} is stopped`));
+            return conn.terminate();
+          }
           welcomed = true;
           this.env.clock.clearTimeout(timer);
           this.conn = conn;
@@ -266,6 +273,9 @@ export class NodeAgent {
   }
 
   private pauseAll(): void {
+    // A close in flight is done as far as the application is concerned: the lock lapses after the hold.
+    const closing = [...this.inflight.values()].filter((p) => p.kind === 'close');
+    for (const p of closing) this.abandon(p.handle, 'CLOSED', `${p.handle.target}: handle closed`);
     this.inflight.clear();
     this.resumeBatches.clear();
     for (const h of this.handles.values()) this.pause(h);
@@ -420,7 +430,8 @@ export class NodeAgent {
     const handles = batch ?? (single ? [single.handle] : []);
     msg.results.forEach((r, i) => {
       const h = handles[i];
-      if (!h || h.requestId !== r.requestId || h.state === 'gone') return;
+      // A handle paused again after this resume was sent waits for the next round.
+      if (!h || h.requestId !== r.requestId || (h.state !== 'resuming' && h.state !== 'opening')) return;
       if (r.granted) return this.granted(h, r.lastSeq, r.version);
       if (h.state === 'opening') return this.failOpen(h, new SafeResumeError(r.code === 'FORBIDDEN' ? 'FORBIDDEN' : (r.reason ?? 'MODIFIED'), `resume of ${h.target} denied: ${r.reason ?? r.code}`));
       this.invalidate(h, r.reason ?? 'MODIFIED');
