@@ -5,7 +5,7 @@
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import { Application } from '../actors/application.js';
-import { bytes, clusters, FAST, openWhenFree, text, trace, waitFor, waitForState } from './helpers.js';
+import { bytes, clusters, FAST, openWhenFree, reached, text, trace, waitFor, waitForState } from './helpers.js';
 
 const cluster = clusters();
 
@@ -17,7 +17,7 @@ describe('1. connection interruption', () => {
     await h.write(0, bytes('before'));
     const states = trace(h);
     c.dropLinks('node-1');
-    await waitForState(h, 'paused');
+    await reached(states, 'paused');
     await h.write(6, bytes('+after'));
     await waitForState(h, 'active');
     expect(states).toEqual(['active', 'paused', 'resuming', 'active']);
@@ -33,7 +33,7 @@ describe('1. connection interruption', () => {
     c.link('node-1', first).partition();
     const states = trace(h);
     const pending = h.write(3, bytes('def'));
-    await waitForState(h, 'paused');
+    await reached(states, 'paused');
     await waitForState(h, 'active');
     await pending;
     expect(states).toEqual(['active', 'paused', 'resuming', 'active']);
@@ -173,5 +173,21 @@ describe('5. application moves to another node', () => {
     const invalidated = new Promise((r) => h1.once('invalidated', r));
     await new Application(n2, { name: 'app-1' }).open('vm1.disk', { requestId: h1.requestId });
     expect(await invalidated).toBe('SUPERSEDED');
+  });
+});
+
+describe('batched resumes', () => {
+  it('after a reconnect, every paused handle of the node is resumed in one message', async () => {
+    const c = await cluster({ replicas: 1 });
+    const agent = await c.addNode('node-1', { proxied: true });
+    const app = new Application(agent, { name: 'app-1' });
+    const handles = await Promise.all(Array.from({ length: 50 }, (_, i) => app.open(`disk-${i}`)));
+    const traces = handles.map((h) => trace(h));
+    const before = c.replica(0).stats.resumeMessages;
+    c.dropLinks('node-1');
+    await Promise.all(traces.map((t) => reached(t, 'paused')));
+    await Promise.all(handles.map((h) => waitForState(h, 'active')));
+    expect(c.replica(0).stats.resumeMessages - before).toBe(1);
+    expect(c.replica(0).stats.resumesGranted).toBe(50);
   });
 });

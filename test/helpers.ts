@@ -70,3 +70,8 @@ export async function openWhenFree(app: Application, target: string): Promise<Ha
     }
   }
 }
+
+/** Resolve once a trace (from `trace(h)`) has passed through `state`, however briefly. */
+export function reached(states: HandleState[], state: HandleState, timeoutMs = 10_000): Promise<void> {
+  return waitFor(`a handle to pass through ${state} (went ${states.join(' -> ')})`, () => states.includes(state), timeoutMs);
+}
