@@ -7,7 +7,6 @@
  *   h.on('invalidated', (reason) => …); // MODIFIED: reload before writing again
  */
 import { EventEmitter } from 'node:events';
-import { nanoid } from 'nanoid';
 import { createActor, type Actor } from 'xstate';
 import { SafeResumeError, type ErrorCode, type InvalidationReason } from '../errors.js';
 import { appHandleMachine } from '../machines/app-handle.js';
@@ -94,7 +93,7 @@ export class Handle extends EventEmitter<HandleEvents> {
         },
       },
     });
-    this.actor = createActor(machine, { clock: env.clock, input: init });
+    this.actor = createActor(machine, { clock: env.clock, inspect: env.inspect, input: init });
     let last: HandleState = 'opening';
     this.actor.subscribe((snap) => {
       const state = snap.value as HandleState;
@@ -199,7 +198,7 @@ export class Application {
     // A kept requestId is reclaimed only when nothing holds it now (it is left over from a restart).
     const found = options.requestId ? undefined : this.agent.findKept(this.name, target);
     const kept = found && !this.agent.holds(found.requestId) && (!options.mode || options.mode === found.mode) ? found : undefined;
-    const requestId = options.requestId ?? kept?.requestId ?? nanoid();
+    const requestId = options.requestId ?? kept?.requestId ?? this.env.newId();
     if (!/^[A-Za-z0-9_-]{21,64}$/.test(requestId)) throw new SafeResumeError('INVALID_ARGUMENT', 'requestId must be 21-64 URL-safe characters (use nanoid)');
     const mode = options.mode ?? kept?.mode ?? 'write';
     const handle = new Handle(

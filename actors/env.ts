@@ -3,7 +3,8 @@
  * the clock handed to `createActor`, so a simulation swaps in `SimulatedClock`.
  */
 import { pino, type Logger } from 'pino';
-import { SimulatedClock } from 'xstate';
+import { nanoid } from 'nanoid';
+import { SimulatedClock, type InspectionEvent } from 'xstate';
 
 /** XState's clock (timers) plus the current time, in milliseconds. */
 export interface ActorClock {
@@ -17,7 +18,24 @@ export interface Env {
   clock: ActorClock;
   /** Uniform in [0, 1); seeded in simulation. */
   random: () => number;
+  /** Fresh identifiers (requestIds, session ids): nanoid, or seeded in simulation. */
+  newId: () => string;
   log: Logger;
+  /** Receives the XState inspection events of every actor this environment creates. */
+  inspect?: InspectionObserver | undefined;
+}
+
+export type InspectionObserver = (event: InspectionEvent) => void;
+
+const URL_ALPHABET = 'useandom-26T198340PX75pxJACKVERYMINDBUSHWOLF_GQZbfghjklqvwyzrict';
+
+/** 21-character identifiers drawn from a seeded random source, in nanoid's alphabet. */
+export function seededIds(random: () => number): () => string {
+  return () => {
+    let id = '';
+    for (let i = 0; i < 21; i++) id += URL_ALPHABET[Math.floor(random() * 64)];
+    return id;
+  };
 }
 
 export const realClock: ActorClock = {
@@ -48,7 +66,7 @@ export function seededRandom(seed: number): () => number {
 const silent = pino({ level: 'silent' });
 
 export function defaultEnv(overrides: Partial<Env> = {}): Env {
-  return { clock: realClock, random: Math.random, log: silent, ...overrides };
+  return { clock: realClock, random: Math.random, newId: () => nanoid(), log: silent, ...overrides };
 }
 
 /** Repeat `fn` every `ms` on the actor clock until the returned stop function is called. */

@@ -9,7 +9,7 @@ import { SafeResumeError, isErrorCode, type ErrorCode, type InvalidationReason }
 import { nodeSessionMachine, type Connected } from '../machines/node-session.js';
 import { PROTOCOL_VERSION, type Message, type MessageOf, type Mode, type ResumeItem } from '../transport/messages.js';
 import type { Connection, Transport } from '../transport/types.js';
-import { defaultEnv, type Env } from './env.js';
+import { defaultEnv, every, type Env } from './env.js';
 import { FileKeptIds, MemoryKeptIds, type KeptHandle, type KeptIds } from './kept.js';
 
 export interface NodeAgentOptions {
@@ -28,6 +28,8 @@ export interface NodeAgentOptions {
   backoffMaxMs?: number;
   unavailableFailoverMs?: number;
   connectTimeoutMs?: number;
+  /** A request unanswered this long drops the session (default 4 heartbeat intervals). */
+  requestTimeoutMs?: number;
 }
 
 /** What the agent tells the owner of a handle (the application's handle machine). */
@@ -41,6 +43,9 @@ export interface HandleListener {
 export type Op =
   | { kind: 'write'; seq: number; offset: number; data: Uint8Array; resolve: (v: { version: number }) => void; reject: (e: Error) => void }
   | { kind: 'read'; offset: number; length: number; resolve: (v: { data: Uint8Array; version: number }) => void; reject: (e: Error) => void };
+
+const EMPTY = new Uint8Array(0);
+const noop = () => {};
 
 type HandleState = 'opening' | 'active' | 'paused' | 'resuming' | 'gone';
 
@@ -66,6 +71,7 @@ interface Pending {
   handle: AgentHandle;
   kind: 'open' | 'resume-open' | 'op' | 'close';
   op?: Op;
+  sentMs: number;
 }
 
 export class NodeAgent {
@@ -77,7 +83,8 @@ export class NodeAgent {
   private conn: Connection | undefined;
   private readonly handles = new Map<string, AgentHandle>();
   private readonly inflight = new Map<number, Pending>();
-  private readonly resumeBatches = new Map<number, AgentHandle[]>();
+  private readonly resumeBatches = new Map<number, { handles: AgentHandle[]; sentMs: number }>();
+  private stopWatchdog: (() => void) | undefined;
   private nextId = 1;
   private resumeScheduled = false;
   private started = false;
@@ -110,6 +117,7 @@ export class NodeAgent {
     });
     this.session = createActor(machine, {
       clock: this.env.clock,
+      inspect: this.env.inspect,
       input: {
         replicas: opts.replicas,
         heartbeatIntervalMs: opts.heartbeatIntervalMs ?? 1000,
@@ -132,8 +140,23 @@ export class NodeAgent {
       if (!this.started) {
         this.started = true;
         this.session.start();
+        this.stopWatchdog = every(this.env.clock, this.heartbeatIntervalMs, () => this.checkRequests());
       } else if (this.session.getSnapshot().matches('connected')) this.settleStart();
     });
+  }
+
+  /**
+   * A request unanswered for too long means the session lost frames: drop it, reconnect, resume and
+   * replay. Requests are kept in send order, so only the oldest needs a look.
+   */
+  private checkRequests(): void {
+    const limit = this.env.clock.now() - (this.opts.requestTimeoutMs ?? 4 * this.heartbeatIntervalMs);
+    const oldest = Math.min(this.inflight.values().next().value?.sentMs ?? Infinity, this.resumeBatches.values().next().value?.sentMs ?? Infinity);
+    if (oldest < limit && this.conn) this.session.send({ type: 'SOCKET_CLOSED', reason: 'request timeout' });
+  }
+
+  private get heartbeatIntervalMs(): number {
+    return this.opts.heartbeatIntervalMs ?? 1000;
   }
 
   private settleStart(err?: Error): void {
@@ -145,6 +168,7 @@ export class NodeAgent {
   /** Stop as a crash would: drop the connection, close nothing. Kept requestIds stay on disk. */
   crash(): void {
     this.stopped = true;
+    this.stopWatchdog?.();
     this.session.send({ type: 'STOP' });
     this.session.stop();
     for (const h of this.handles.values()) h.state = 'gone';
@@ -193,11 +217,25 @@ export class NodeAgent {
     return handle.nextSeq++;
   }
 
-  /** Reject every operation of the handle (fail-fast handles while paused). Unsent writes are dropped. */
+  /**
+   * Reject every operation of a handle that lives on (fail-fast handles while paused). Each rejected
+   * write's sequence number is kept by an empty write in its place, so the write either was applied
+   * before the failure or never will be.
+   */
   failOps(handle: AgentHandle, code: ErrorCode, message: string): void {
     const ops = handle.ops;
     handle.ops = [];
     for (const [id, p] of this.inflight) if (p.handle === handle && p.kind === 'op') this.inflight.delete(id);
+    for (const op of ops) {
+      op.reject(new SafeResumeError(code, message));
+      if (op.kind === 'write') handle.ops.push({ kind: 'write', seq: op.seq, offset: 0, data: EMPTY, resolve: noop, reject: noop });
+    }
+  }
+
+  /** Reject every operation of a handle that is gone. */
+  private dropOps(handle: AgentHandle, code: ErrorCode, message: string): void {
+    const ops = handle.ops;
+    handle.ops = [];
     for (const op of ops) op.reject(new SafeResumeError(code, message));
   }
 
@@ -212,7 +250,7 @@ export class NodeAgent {
     return new Promise((resolve) => {
       handle.settleClose = resolve;
       const id = this.nextId++;
-      this.inflight.set(id, { handle, kind: 'close' });
+      this.inflight.set(id, { handle, kind: 'close', sentMs: this.env.clock.now() });
       this.conn!.send({ type: 'close', id, target: handle.target, requestId: handle.requestId });
     });
   }
@@ -222,7 +260,7 @@ export class NodeAgent {
     if (handle.state === 'gone') return;
     this.kept.remove(handle.requestId);
     this.forget(handle);
-    this.failOps(handle, code, message);
+    this.dropOps(handle, code, message);
   }
 
   // ---- Session plumbing ----
@@ -318,7 +356,7 @@ export class NodeAgent {
       if (h.mode === 'read') item.version = h.version;
       return item;
     });
-    this.resumeBatches.set(id, batch);
+    this.resumeBatches.set(id, { handles: batch, sentMs: this.env.clock.now() });
     this.conn!.send({ type: 'resume', id, items });
   }
 
@@ -326,10 +364,10 @@ export class NodeAgent {
     if (!this.storageReady) return; // sent by the next resume round
     const id = this.nextId++;
     if (h.how === 'open') {
-      this.inflight.set(id, { handle: h, kind: 'open' });
+      this.inflight.set(id, { handle: h, kind: 'open', sentMs: this.env.clock.now() });
       this.conn!.send({ type: 'open', id, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode });
     } else {
-      this.inflight.set(id, { handle: h, kind: 'resume-open' });
+      this.inflight.set(id, { handle: h, kind: 'resume-open', sentMs: this.env.clock.now() });
       const item: ResumeItem = { target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode };
       if (h.mode === 'read') item.version = h.version;
       this.conn!.send({ type: 'resume', id, items: [item] });
@@ -339,7 +377,7 @@ export class NodeAgent {
   private sendOp(h: AgentHandle, op: Op): void {
     if (!this.storageReady) return; // replayed after the resume
     const id = this.nextId++;
-    this.inflight.set(id, { handle: h, kind: 'op', op });
+    this.inflight.set(id, { handle: h, kind: 'op', op, sentMs: this.env.clock.now() });
     if (op.kind === 'write') {
       this.conn!.send({ type: 'write', id, target: h.target, requestId: h.requestId, seq: op.seq, offset: op.offset, data: op.data });
     } else {
@@ -402,19 +440,15 @@ export class NodeAgent {
       settle?.resolve();
     }
     // Writes the store already applied before the failure are acknowledged; the rest are replayed in
-    // order, renumbered after the last applied one. That is safe because the connection is ordered:
-    // every frame sent before this grant was handled before it, so no older copy is still in flight.
+    // order with the sequence numbers they were first sent with, so a late copy of an old frame can
+    // never be applied as a different write.
     const ops = h.ops;
     h.ops = [];
-    let seq = lastSeq;
     for (const op of ops) {
       if (op.kind === 'write' && op.seq <= lastSeq) op.resolve({ version });
-      else {
-        if (op.kind === 'write') op.seq = ++seq;
-        h.ops.push(op);
-      }
+      else h.ops.push(op);
     }
-    h.nextSeq = seq + 1;
+    h.nextSeq = Math.max(h.nextSeq, lastSeq + 1);
     if (!wasOpening) {
       this.env.log.info({ app: h.app, target: h.target, requestId: h.requestId, lastSeq, replayed: h.ops.length }, 'handle resumed');
       h.listener.granted();
@@ -427,7 +461,7 @@ export class NodeAgent {
     this.resumeBatches.delete(msg.id);
     const single = this.inflight.get(msg.id);
     this.inflight.delete(msg.id);
-    const handles = batch ?? (single ? [single.handle] : []);
+    const handles = batch?.handles ?? (single ? [single.handle] : []);
     msg.results.forEach((r, i) => {
       const h = handles[i];
       // A handle paused again after this resume was sent waits for the next round.
@@ -463,7 +497,7 @@ export class NodeAgent {
     const code: ErrorCode = isErrorCode(msg.code) ? msg.code : 'INTERNAL';
     if (batch) {
       // The whole resume failed (e.g. the store went away): the handles wait for the next round.
-      for (const h of batch) if (h.state === 'resuming') this.pause(h);
+      for (const h of batch.handles) if (h.state === 'resuming') this.pause(h);
       if (this.storageReady) this.retryLater();
       return;
     }
@@ -515,7 +549,7 @@ export class NodeAgent {
   private forget(h: AgentHandle): void {
     h.state = 'gone';
     if (this.handles.get(h.requestId) === h) this.handles.delete(h.requestId);
-    for (const [id, p] of this.inflight) if (p.handle === h && p.kind !== 'op') this.inflight.delete(id);
+    for (const [id, p] of this.inflight) if (p.handle === h) this.inflight.delete(id);
     const close = h.settleClose;
     h.settleClose = undefined;
     close?.();

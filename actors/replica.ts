@@ -3,7 +3,6 @@
  * serves their handles, renews their locks in one batch per session, starts the hold period when a
  * session is lost, and tells its sessions when its store goes away and comes back (dismount).
  */
-import { nanoid } from 'nanoid';
 import { createActor, type Actor } from 'xstate';
 import { SafeResumeError, type ErrorCode } from '../errors.js';
 import { replicaHandleMachine } from '../machines/replica-handle.js';
@@ -45,7 +44,11 @@ interface Session {
   handles: Map<string, HandleActor>;
   lastHeardMs: number;
   badFrames: number;
+  /** Recent request ids, to drop duplicates. */
+  seen: Set<number>;
 }
+
+const SEEN_WINDOW = 4096;
 
 export interface ReplicaHandleView {
   target: string;
@@ -182,7 +185,7 @@ export class StorageReplica {
       return undefined;
     }
     this.pending.delete(conn);
-    const session: Session = { id: nanoid(), node: frame.msg.node, conn, handles: new Map(), lastHeardMs: this.env.clock.now(), badFrames: 0 };
+    const session: Session = { id: this.env.newId(), node: frame.msg.node, conn, handles: new Map(), lastHeardMs: this.env.clock.now(), badFrames: 0, seen: new Set() };
     this.sessions.set(session.id, session);
     this.stats.sessions++;
     conn.send({ type: 'welcome', session: session.id, replica: this.id, heartbeatMs: this.heartbeatMs });
@@ -200,6 +203,12 @@ export class StorageReplica {
       return;
     }
     const msg = frame.msg;
+    if ('id' in msg && msg.id !== undefined && msg.type !== 'error') {
+      // A request is handled once per session, even if the network delivers it twice.
+      if (s.seen.has(msg.id)) return;
+      s.seen.add(msg.id);
+      if (s.seen.size > SEEN_WINDOW) s.seen.delete(s.seen.values().next().value!);
+    }
     switch (msg.type) {
       case 'ping':
         s.conn.send({ type: 'pong', t: msg.t });
@@ -348,6 +357,7 @@ export class StorageReplica {
     this.orphans.delete(key);
     const actor = createActor(replicaHandleMachine, {
       clock: this.env.clock,
+      inspect: this.env.inspect,
       input: { target, requestId, mode, session: s.id, holdMs: this.holdMs, resume },
     }).start();
     s.handles.set(key, actor);

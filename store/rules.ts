@@ -68,7 +68,8 @@ export function write(tx: Tx, req: WriteRequest): WriteResult {
   if (req.offset + req.data.length > MAX_TARGET_BYTES) {
     return { ok: false, code: 'INVALID_ARGUMENT', message: `write past the maximum target size of ${MAX_TARGET_BYTES} bytes` };
   }
-  const version = tx.writeData(req.target, req.offset, req.data);
+  // An empty write only takes its sequence number (the SDK uses one in place of a write it gave up on).
+  const version = req.data.length === 0 ? tx.version(req.target) : tx.writeData(req.target, req.offset, req.data);
   tx.putRecord({ ...rec, lastSeq: req.seq });
   return { ok: true, applied: true, version };
 }

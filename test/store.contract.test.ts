@@ -131,6 +131,15 @@ for (const adapter of adapters) {
       expect(r.ok && text(r.data)).toBe('aaaa');
     });
 
+    it('an empty write takes its sequence number without changing data or version', async () => {
+      setup();
+      await open(X, 's1', 0, 1000);
+      await write(X, 's1', 1, 0, 'data');
+      expect(await write(X, 's1', 2, 0, '')).toMatchObject({ ok: true, applied: true, version: 1 });
+      expect(await write(X, 's1', 3, 4, '!')).toMatchObject({ ok: true, applied: true, version: 2 });
+      expect(await resume(X, 's2')).toMatchObject({ granted: true, lastSeq: 3 });
+    });
+
     it('refuses writes from a requestId that lost the target', async () => {
       setup();
       await open(X, 's1', 0, 10);
