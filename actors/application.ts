@@ -151,6 +151,12 @@ export class Handle extends EventEmitter<HandleEvents> {
   }
 
   /** @internal */
+  crash(): void {
+    if (this.agentHandle) this.agent.forgetQuietly(this.agentHandle);
+    this.actor.stop();
+  }
+
+  /** @internal */
   bind(h: AgentHandle): void {
     this.agentHandle = h;
   }
@@ -214,6 +220,8 @@ export class Application {
         principal: this.principal,
         mode,
         how: options.requestId || kept ? 'resume' : 'open',
+        // A kept requestId resumes strictly through the sessions it was held by; an explicit one takes over.
+        lineage: kept?.sessions,
         version: kept?.version ?? 0,
         listener: {
           paused: () => handle.actor.send({ type: 'PAUSED' }),
@@ -235,6 +243,15 @@ export class Application {
 
   list(): Handle[] {
     return [...this.handles];
+  }
+
+  /**
+   * The application process died: its handles stop where they are, nothing is closed, their
+   * promises never settle. The node agent forgets them (the locks lapse after the hold period).
+   */
+  crash(): void {
+    for (const h of this.handles) h.crash();
+    this.handles.clear();
   }
 }
 

@@ -13,6 +13,8 @@ export interface KeptHandle {
   mode: 'read' | 'write';
   /** Read handles: the target version seen at open (conservative: later reads are not recorded). */
   version: number;
+  /** Write handles: the sessions the grant was last held through (see ResumeItem.sessions). */
+  sessions?: string[];
 }
 
 export interface KeptIds {
@@ -20,6 +22,8 @@ export interface KeptIds {
   find(app: string, target: string): KeptHandle | undefined;
   put(h: KeptHandle): void;
   remove(requestId: string): void;
+  /** Put several at once (one write of the file). */
+  putMany(hs: KeptHandle[]): void;
 }
 
 export class MemoryKeptIds implements KeptIds {
@@ -37,6 +41,11 @@ export class MemoryKeptIds implements KeptIds {
   }
   remove(requestId: string): void {
     if (this.byId.delete(requestId)) this.persist();
+  }
+  putMany(hs: KeptHandle[]): void {
+    if (hs.length === 0) return;
+    for (const h of hs) this.byId.set(h.requestId, { ...h });
+    this.persist();
   }
   protected persist(): void {}
 }

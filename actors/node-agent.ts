@@ -57,6 +57,11 @@ export interface AgentHandle {
   mode: Mode;
   /** `open` asks for a fresh grant; `resume` reclaims a requestId that may already hold the target. */
   how: 'open' | 'resume';
+  /**
+   * Sessions this handle instance asked for its grant through. Undefined until the first grant of a
+   * takeover (a reclaim by requestId), so retries of the takeover stay takeovers.
+   */
+  lineage: string[] | undefined;
   state: HandleState;
   version: number;
   nextSeq: number;
@@ -255,6 +260,14 @@ export class NodeAgent {
     });
   }
 
+  /** The application process is gone: drop its handle without a word to the storage. */
+  forgetQuietly(handle: AgentHandle): void {
+    if (handle.state === 'gone') return;
+    this.kept.remove(handle.requestId);
+    this.forget(handle);
+    handle.ops = [];
+  }
+
   /** The application gave up on the handle (closed while away, or its pause timed out). */
   abandon(handle: AgentHandle, code: ErrorCode, message: string): void {
     if (handle.state === 'gone') return;
@@ -347,14 +360,23 @@ export class NodeAgent {
     });
   }
 
+  private resumeItem(h: AgentHandle): ResumeItem {
+    const item: ResumeItem = { target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode };
+    if (h.mode === 'read') item.version = h.version;
+    else if (h.lineage) {
+      const session = this.sessionId;
+      if (session && !h.lineage.includes(session)) h.lineage = [...h.lineage, session].slice(-16);
+      item.sessions = h.lineage;
+    }
+    return item;
+  }
+
   private sendResume(batch: AgentHandle[]): void {
     const id = this.nextId++;
     const items: ResumeItem[] = batch.map((h) => {
       h.state = 'resuming';
       h.listener.resuming();
-      const item: ResumeItem = { target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode };
-      if (h.mode === 'read') item.version = h.version;
-      return item;
+      return this.resumeItem(h);
     });
     this.resumeBatches.set(id, { handles: batch, sentMs: this.env.clock.now() });
     this.conn!.send({ type: 'resume', id, items });
@@ -368,9 +390,7 @@ export class NodeAgent {
       this.conn!.send({ type: 'open', id, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode });
     } else {
       this.inflight.set(id, { handle: h, kind: 'resume-open', sentMs: this.env.clock.now() });
-      const item: ResumeItem = { target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode };
-      if (h.mode === 'read') item.version = h.version;
-      this.conn!.send({ type: 'resume', id, items: [item] });
+      this.conn!.send({ type: 'resume', id, items: [this.resumeItem(h)] });
     }
   }
 
@@ -427,14 +447,27 @@ export class NodeAgent {
     this.inflight.delete(msg.id);
     if (!p || p.handle.state !== 'opening') return;
     this.granted(p.handle, msg.lastSeq, msg.version);
+    this.keep([p.handle]);
+  }
+
+  /** Write the requestIds and sessions of freshly granted handles to the node-local file, at once. */
+  private keep(hs: AgentHandle[]): void {
+    this.kept.putMany(
+      hs
+        .filter((h) => h.state === 'active')
+        .map((h) => ({ app: h.app, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, version: h.version, ...(h.lineage ? { sessions: h.lineage } : {}) })),
+    );
   }
 
   private granted(h: AgentHandle, lastSeq: number, version: number): void {
     const wasOpening = h.state === 'opening';
     h.state = 'active';
     h.version = version;
+    if (h.mode === 'write') {
+      const session = this.sessionId;
+      h.lineage = session ? [...(h.lineage ?? []).filter((s) => s !== session), session].slice(-16) : h.lineage;
+    }
     if (wasOpening) {
-      this.kept.put({ app: h.app, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, version });
       const settle = h.settleOpen;
       h.settleOpen = undefined;
       settle?.resolve();
@@ -462,14 +495,19 @@ export class NodeAgent {
     const single = this.inflight.get(msg.id);
     this.inflight.delete(msg.id);
     const handles = batch?.handles ?? (single ? [single.handle] : []);
+    const grantedNow: AgentHandle[] = [];
     msg.results.forEach((r, i) => {
       const h = handles[i];
       // A handle paused again after this resume was sent waits for the next round.
       if (!h || h.requestId !== r.requestId || (h.state !== 'resuming' && h.state !== 'opening')) return;
-      if (r.granted) return this.granted(h, r.lastSeq, r.version);
+      if (r.granted) {
+        grantedNow.push(h);
+        return this.granted(h, r.lastSeq, r.version);
+      }
       if (h.state === 'opening') return this.failOpen(h, new SafeResumeError(r.code === 'FORBIDDEN' ? 'FORBIDDEN' : (r.reason ?? 'MODIFIED'), `resume of ${h.target} denied: ${r.reason ?? r.code}`));
       this.invalidate(h, r.reason ?? 'MODIFIED');
     });
+    this.keep(grantedNow);
   }
 
   private onOpDone(msg: MessageOf<'written'> | MessageOf<'data'>): void {

@@ -273,7 +273,9 @@ export class StorageReplica {
     this.checkMounted();
     const expiresAt = this.expiresAt();
     this.stats.resumeMessages++;
-    const outcomes = await this.store.resume(msg.items.map((it) => ({ ...it, session: s.id, expiresAt })));
+    const outcomes = await this.store.resume(
+      msg.items.map(({ sessions, ...it }) => ({ ...it, lineage: sessions, session: s.id, expiresAt })),
+    );
     const results: ResumeResult[] = msg.items.map((it, i) => {
       const out = outcomes[i]!;
       const actor = this.attach(s, it.target, it.requestId, it.mode, true);
@@ -378,7 +380,7 @@ export class StorageReplica {
     for (const [key, actor] of s.handles) {
       const { target, requestId, mode } = actor.getSnapshot().context;
       if (mode === 'write') held.push({ target, requestId });
-      actor.send({ type: 'SESSION_LOST' });
+      if (actor.getSnapshot().status === 'active') actor.send({ type: 'SESSION_LOST' });
       if (keepOrphans && actor.getSnapshot().status === 'active') {
         this.orphans.get(key)?.stop();
         this.orphans.set(key, actor);
@@ -434,7 +436,7 @@ export class StorageReplica {
     }
     this.dismounted = kind;
     this.env.log.warn({ kind }, 'store unavailable: dismounted');
-    for (const s of this.sessions.values()) for (const a of s.handles.values()) a.send({ type: 'STORE_UNAVAILABLE' });
+    for (const s of this.sessions.values()) for (const a of s.handles.values()) if (a.getSnapshot().status === "active") a.send({ type: "STORE_UNAVAILABLE" });
     this.broadcast({ type: 'notice', kind: 'unavailable' });
     if (kind === 'auto') this.probe();
   }

@@ -55,6 +55,7 @@ export function resume(tx: Tx, req: ResumeRequest): ResumeOutcome {
   const rec = tx.getRecord(req.target);
   if (!rec || rec.requestId !== req.requestId) return { granted: false, reason: 'MODIFIED', code: 'MODIFIED', version };
   if (rec.principal !== req.principal) return { granted: false, reason: 'MODIFIED', code: 'FORBIDDEN', version };
+  if (req.lineage && !req.lineage.includes(rec.session)) return { granted: false, reason: 'SUPERSEDED', code: 'SUPERSEDED', version };
   tx.putRecord({ ...rec, session: req.session, expiresAt: req.expiresAt });
   return { granted: true, lastSeq: rec.lastSeq, version };
 }
@@ -83,9 +84,11 @@ export function read(tx: Tx, req: ReadRequest): ReadResult {
   return { ok: true, data: tx.readData(req.target, req.offset, req.length), version: tx.version(req.target) };
 }
 
-export function close(tx: Tx, ref: HandleRef, session: string): void {
+export function close(tx: Tx, ref: HandleRef, session: string): boolean {
   const rec = tx.getRecord(ref.target);
-  if (rec && rec.requestId === ref.requestId && rec.session === session) tx.deleteRecord(ref.target);
+  if (!rec || rec.requestId !== ref.requestId || rec.session !== session) return false;
+  tx.deleteRecord(ref.target);
+  return true;
 }
 
 export function renew(tx: Tx, session: string, refs: HandleRef[], expiresAt: number): RenewResult {

@@ -41,11 +41,16 @@ export interface ResumeRequest {
   expiresAt: number;
   /** Read handles: the version they last saw. */
   version?: number | undefined;
+  /**
+   * Write handles: the sessions this handle instance held the grant through. If given, the resume is
+   * denied SUPERSEDED when the record moved to a session outside it (another instance took over).
+   */
+  lineage?: string[] | undefined;
 }
 
 export type ResumeOutcome =
   | { granted: true; lastSeq: number; version: number }
-  | { granted: false; reason: InvalidationReason; code: 'MODIFIED' | 'FORBIDDEN'; version: number };
+  | { granted: false; reason: InvalidationReason; code: 'MODIFIED' | 'FORBIDDEN' | 'SUPERSEDED'; version: number };
 
 export interface WriteRequest {
   target: string;
@@ -89,8 +94,8 @@ export interface Store {
   resume(reqs: ResumeRequest[]): Promise<ResumeOutcome[]>;
   write(req: WriteRequest): Promise<WriteResult>;
   read(req: ReadRequest): Promise<ReadResult>;
-  /** Release the lock and delete the record, if this session holds it. */
-  close(ref: HandleRef, session: string): Promise<void>;
+  /** Release the lock and delete the record, if this session holds it; true if it did. */
+  close(ref: HandleRef, session: string): Promise<boolean>;
   /** Set the expiry of every listed lock that this session still holds, in one batch. */
   renew(session: string, refs: HandleRef[], expiresAt: number): Promise<RenewResult>;
   /** For inspection and tests: the target's record, if any. */

@@ -7,9 +7,19 @@ import { decode, DEFAULT_MAX_FRAME_BYTES, encode, type Decoded } from './codec.j
 import type { Message } from './messages.js';
 import type { CloseInfo, Connection, ListenOptions, Listener, Transport } from './types.js';
 
+/** What a delivery carries: a frame or a close, from one end of a link to the other. */
+export interface Delivery {
+  from: string;
+  to: string;
+  kind: 'frame' | 'close';
+}
+
 export interface MemoryNetworkOptions {
-  /** Runs a delivery later. Defaults to `setImmediate`. */
-  deliver?: (fn: () => void) => void;
+  /**
+   * Runs a delivery later. Defaults to `setImmediate`. A simulation passes its own, which may delay,
+   * drop or duplicate it (call `fn` zero, one or more times).
+   */
+  deliver?: (fn: () => void, d: Delivery) => void;
   maxFrameBytes?: number;
 }
 
@@ -21,7 +31,7 @@ class MemoryConnection implements Connection {
   /** When true, frames in both directions vanish (a silent partition). */
   cut = false;
 
-  constructor(readonly remote: string, private readonly net: MemoryNetwork) {}
+  constructor(readonly remote: string, private readonly net: MemoryNetwork, readonly local: string) {}
 
   get isOpen(): boolean {
     return !this.closed;
@@ -39,14 +49,14 @@ class MemoryConnection implements Connection {
     const peer = this.peer;
     this.net.deliver(() => {
       if (!peer.closed && !this.cut) peer.frameCb?.(decode(frame, this.net.maxFrameBytes));
-    });
+    }, { from: this.local, to: this.remote, kind: 'frame' });
   }
 
   close(code = 1000, reason = ''): void {
     if (this.closed) return;
     this.finish({ code, reason });
     const peer = this.peer;
-    this.net.deliver(() => peer.finish({ code, reason }));
+    this.net.deliver(() => peer.finish({ code, reason }), { from: this.local, to: this.remote, kind: 'close' });
   }
 
   terminate(): void {
@@ -69,7 +79,7 @@ class MemoryConnection implements Connection {
 }
 
 export class MemoryNetwork implements Transport {
-  readonly deliver: (fn: () => void) => void;
+  readonly deliver: (fn: () => void, d: Delivery) => void;
   readonly maxFrameBytes: number;
   private readonly listeners = new Map<string, { onConn?: (c: Connection) => void; conns: Set<MemoryConnection> }>();
   private nextPort = 1;
@@ -97,11 +107,24 @@ export class MemoryNetwork implements Transport {
     };
   }
 
-  async connect(url: string): Promise<Connection> {
+  /** A view of the network whose connections come from `name` (so a simulation can tell links apart). */
+  as(name: string): Transport {
+    return {
+      listen: (opts) => this.listen(opts),
+      connect: (url) => this.connectFrom(url, name),
+    };
+  }
+
+  connect(url: string): Promise<Connection> {
+    return this.connectFrom(url, 'client');
+  }
+
+  private async connectFrom(url: string, from: string): Promise<Connection> {
     const entry = this.listeners.get(url);
     if (!entry?.onConn) throw new Error(`cannot connect to ${url}: nothing listens there`);
-    const client = new MemoryConnection(url, this);
-    const server = new MemoryConnection(`client-of-${url}`, this);
+    const name = url.slice('mem://'.length);
+    const client = new MemoryConnection(name, this, from);
+    const server = new MemoryConnection(from, this, name);
     client.peer = server;
     server.peer = client;
     entry.conns.add(server);

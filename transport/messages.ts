@@ -24,6 +24,11 @@ export const ResumeItem = z.object({
   mode,
   /** For a read handle: the target version it last saw. */
   version: u53.optional(),
+  /**
+   * Write handles: the sessions this handle instance held its grant through. The resume is granted
+   * only if the record is still on one of them; without the list it is a takeover by requestId.
+   */
+  sessions: z.array(z.string().min(1).max(64)).max(16).optional(),
 });
 
 export const ResumeResult = z.object({

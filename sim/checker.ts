@@ -1,0 +1,194 @@
+/**
+ * The history checker: verifies SPEC guarantees S1-S4 and L1-L3 over a recorded history. It reads
+ * the history only; it never changes what happened.
+ */
+import type { History, HistoryEvent } from './history.js';
+
+export type Guarantee = 'S1' | 'S2' | 'S3' | 'S4' | 'L1' | 'L2' | 'L3';
+
+export interface Violation {
+  guarantee: Guarantee;
+  t: number;
+  target?: string;
+  message: string;
+}
+
+export const GUARANTEES: Record<Guarantee, string> = {
+  S1: 'safe resume: a granted resume implies no other writer wrote since the grant',
+  S2: 'fencing: every applied write came from the record holder through its current session',
+  S3: 'durability: every acknowledged write was applied and stays readable',
+  S4: 'exactly once: every write is applied at most once',
+  L1: 'no needless denial: a resume is denied only if another writer took the target',
+  L2: 'no stuck pause: once storage is reachable, every paused handle leaves paused',
+  L3: 'progress: every operation completes',
+};
+
+interface TargetState {
+  holder: { requestId: string; session: string } | undefined;
+  /** For each requestId: index into `applied` when its current record was freshly granted. */
+  epoch: Map<string, number>;
+  /** requestIds granted the target freshly, in order, with the index into `applied` at that time. */
+  fresh: Array<{ requestId: string; at: number }>;
+  /** requestIds whose record was released (closed). */
+  released: Set<string>;
+  applied: Array<{ requestId: string; bytes: string; version: number }>;
+  content: string;
+  version: number;
+  seqs: Set<string>;
+  bytesApplied: Map<string, number>;
+}
+
+function splice(content: string, offset: number, bytes: string): string {
+  const base = content.length < offset ? content.padEnd(offset, '\u0000') : content;
+  return base.slice(0, offset) + bytes + base.slice(offset + bytes.length);
+}
+
+export function check(history: History): Violation[] {
+  const out: Violation[] = [];
+  const targets = new Map<string, TargetState>();
+  const target = (name: string): TargetState => {
+    let s = targets.get(name);
+    if (!s) {
+      s = { holder: undefined, epoch: new Map(), fresh: [], released: new Set(), applied: [], content: '', version: 0, seqs: new Set(), bytesApplied: new Map() };
+      targets.set(name, s);
+    }
+    return s;
+  };
+  const violate = (guarantee: Guarantee, e: HistoryEvent, tgt: string | undefined, message: string) => {
+    const v: Violation = { guarantee, t: e.t, message };
+    if (tgt !== undefined) v.target = tgt;
+    out.push(v);
+  };
+  /** Did another requestId freshly take the target, or was X's record released, since X's epoch? */
+  const takenFrom = (s: TargetState, requestId: string): boolean => {
+    const since = s.epoch.get(requestId);
+    if (since === undefined) return true; // X's grant is not in this history: nothing to hold against it
+    return s.released.has(requestId) || s.fresh.some((f) => f.requestId !== requestId && f.at >= since);
+  };
+
+  const crashed = new Set<string>();
+  const pending = new Map<number, Extract<HistoryEvent, { kind: 'invoke' }>>();
+  const handleState = new Map<string, { proc: string; target: string; state: string }>();
+
+  for (const e of history) {
+    switch (e.kind) {
+      case 'grant': {
+        if (e.mode !== 'write') break;
+        const s = target(e.target);
+        if (e.via === 'resume') {
+          const since = s.epoch.get(e.requestId);
+          if (since !== undefined) {
+            const foreign = s.applied.slice(since).find((w) => w.requestId !== e.requestId);
+            if (foreign) violate('S1', e, e.target, `resume of ${e.requestId} granted after ${foreign.requestId} wrote ${JSON.stringify(foreign.bytes)} (version ${foreign.version})`);
+          }
+        } else if (e.fresh) {
+          s.epoch.set(e.requestId, s.applied.length);
+          s.fresh.push({ requestId: e.requestId, at: s.applied.length });
+          s.released.delete(e.requestId);
+        }
+        s.holder = { requestId: e.requestId, session: e.session };
+        break;
+      }
+      case 'deny': {
+        const s = target(e.target);
+        if (e.mode === 'write' && e.reason === 'MODIFIED' && !takenFrom(s, e.requestId)) {
+          violate('L1', e, e.target, `resume of ${e.requestId} denied MODIFIED, but no other writer took ${e.target}`);
+        }
+        if (e.mode === 'read' && e.seenVersion !== undefined && !s.applied.some((w) => w.version > e.seenVersion!)) {
+          violate('L1', e, e.target, `read resume of ${e.requestId} denied, but ${e.target} was not written after version ${e.seenVersion}`);
+        }
+        break;
+      }
+      case 'applied': {
+        const s = target(e.target);
+        if (!s.holder || s.holder.requestId !== e.requestId || s.holder.session !== e.session) {
+          violate('S2', e, e.target, `write seq ${e.seq} of ${e.requestId} via session ${e.session} applied while ${s.holder ? `${s.holder.requestId} via ${s.holder.session}` : 'nobody'} held the record`);
+        }
+        const key = `${e.requestId}:${e.seq}`;
+        if (s.seqs.has(key)) violate('S4', e, e.target, `seq ${e.seq} of ${e.requestId} applied twice`);
+        s.seqs.add(key);
+        if (e.bytes.length === 0) break;
+        const n = (s.bytesApplied.get(e.bytes) ?? 0) + 1;
+        s.bytesApplied.set(e.bytes, n);
+        if (n > 1) violate('S4', e, e.target, `write ${JSON.stringify(e.bytes)} applied ${n} times`);
+        s.content = splice(s.content, e.offset, e.bytes);
+        s.version++;
+        s.applied.push({ requestId: e.requestId, bytes: e.bytes, version: e.version });
+        break;
+      }
+      case 'released': {
+        const s = target(e.target);
+        if (s.holder?.requestId === e.requestId && s.holder.session === e.session) s.holder = undefined;
+        s.released.add(e.requestId);
+        break;
+      }
+      case 'read': {
+        const s = target(e.target);
+        const want = s.content.slice(e.offset, e.offset + e.length);
+        if (e.bytes !== want) violate('S3', e, e.target, `read at ${e.offset} returned ${JSON.stringify(e.bytes)}, but the applied writes give ${JSON.stringify(want)}`);
+        break;
+      }
+      case 'final': {
+        const s = target(e.target);
+        if (e.bytes !== s.content) violate('S3', e, e.target, `final content ${JSON.stringify(e.bytes.slice(0, 80))} differs from the applied writes ${JSON.stringify(s.content.slice(0, 80))}`);
+        break;
+      }
+      case 'invoke':
+        pending.set(e.id, e);
+        break;
+      case 'ok': {
+        const inv = pending.get(e.id);
+        pending.delete(e.id);
+        if (e.op === 'write' && inv?.bytes) {
+          const s = target(e.target);
+          if (!s.bytesApplied.has(inv.bytes)) violate('S3', e, e.target, `write ${JSON.stringify(inv.bytes)} by ${e.requestId} acknowledged but never applied`);
+        }
+        break;
+      }
+      case 'fail':
+        pending.delete(e.id);
+        break;
+      case 'crash':
+        crashed.add(e.proc);
+        break;
+      case 'state': {
+        handleState.set(`${e.proc}\u0000${e.requestId}`, { proc: e.proc, target: e.target, state: e.to });
+        if (e.to === 'invalidated' && e.reason === 'MODIFIED') {
+          const s = target(e.target);
+          const isWriter = s.epoch.has(e.requestId);
+          if (isWriter && !takenFrom(s, e.requestId)) violate('L1', e, e.target, `handle ${e.requestId} of ${e.proc} invalidated MODIFIED, but no other writer took ${e.target}`);
+        }
+        break;
+      }
+      case 'fault':
+        break;
+    }
+  }
+  const end = history.at(-1);
+  if (end) {
+    for (const h of handleState.values()) {
+      if (!crashed.has(h.proc) && (h.state === 'paused' || h.state === 'resuming')) {
+        violate('L2', end, h.target, `a handle of ${h.proc} on ${h.target} is still ${h.state} at the end`);
+      }
+    }
+    for (const inv of pending.values()) {
+      if (!crashed.has(inv.proc)) violate('L3', end, inv.target, `${inv.op} #${inv.id} by ${inv.proc} on ${inv.target} never completed`);
+    }
+  }
+  return out;
+}
+
+/** The steps of one target (and every fault), up to a time: the shortest useful trace of a violation. */
+export function traceOf(history: History, target: string | undefined, untilMs: number): string[] {
+  return history
+    .filter((e) => e.t <= untilMs && (e.kind === 'fault' || target === undefined || ('target' in e && e.target === target)))
+    .map(formatEvent);
+}
+
+export function formatEvent(e: HistoryEvent): string {
+  const { t, kind, ...rest } = e;
+  const fields = Object.entries(rest)
+    .map(([k, v]) => `${k}=${typeof v === 'string' && /[\s"\u0000]/.test(v) ? JSON.stringify(v) : String(v)}`)
+    .join(' ');
+  return `${String(t).padStart(7)}ms ${kind.padEnd(8)} ${fields}`;
+}

@@ -1,0 +1,102 @@
+/**
+ * The history of a simulated (or real) run: every application operation (invoke, ok, fail), every
+ * handle state change, and what the store did (grants, denials, applied writes, reads, closes).
+ * Checkers read it; they never steer the run.
+ */
+import type { InvalidationReason } from '../errors.js';
+import type { TxStore } from '../store/base.js';
+import type { Store } from '../store/types.js';
+
+export type Op = 'open' | 'write' | 'read' | 'close';
+
+export type HistoryEvent =
+  | { t: number; kind: 'invoke'; id: number; proc: string; op: Op; target: string; requestId?: string; offset?: number; bytes?: string; length?: number }
+  | { t: number; kind: 'ok'; id: number; proc: string; op: Op; target: string; requestId: string; bytes?: string }
+  | { t: number; kind: 'fail'; id: number; proc: string; op: Op; target: string; requestId?: string; code: string }
+  | { t: number; kind: 'crash'; proc: string }
+  | { t: number; kind: 'state'; proc: string; target: string; requestId: string; to: string; reason?: InvalidationReason }
+  | { t: number; kind: 'grant'; replica: string; target: string; requestId: string; session: string; mode: 'read' | 'write'; via: 'open' | 'resume'; fresh: boolean; version: number }
+  | { t: number; kind: 'deny'; replica: string; target: string; requestId: string; session: string; mode: 'read' | 'write'; reason: InvalidationReason; seenVersion?: number; version: number }
+  | { t: number; kind: 'applied'; replica: string; target: string; requestId: string; session: string; seq: number; offset: number; bytes: string; version: number }
+  | { t: number; kind: 'dup'; replica: string; target: string; requestId: string; session: string; seq: number }
+  | { t: number; kind: 'refused'; replica: string; target: string; requestId: string; session: string; seq: number; code: string }
+  | { t: number; kind: 'released'; replica: string; target: string; requestId: string; session: string }
+  | { t: number; kind: 'read'; replica: string; target: string; offset: number; length: number; bytes: string; version: number }
+  | { t: number; kind: 'fault'; fault: string; detail: string }
+  | { t: number; kind: 'final'; target: string; bytes: string };
+
+export type History = HistoryEvent[];
+
+/** A history event before the recorder stamps its time. */
+export type Untimed = HistoryEvent extends infer E ? (E extends HistoryEvent ? Omit<E, 't'> : never) : never;
+
+/** Bytes as a string: the workload writes ASCII records, so latin1 keeps every byte and stays readable. */
+export const hex = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('latin1');
+
+export class Recorder {
+  readonly events: History = [];
+  constructor(private readonly now: () => number) {}
+  add(e: Untimed): void {
+    this.events.push({ t: this.now(), ...e } as HistoryEvent);
+  }
+}
+
+/**
+ * A store decorator that writes what the store decided into the history, in the same synchronous
+ * step as the decision, so the history's order is the store's order. It is injected through the
+ * normal store parameter of a replica; the replica does not know it is watched.
+ */
+export function observedStore(inner: TxStore, replica: string, rec: Recorder): Store {
+  const s = inner.sync;
+  const later = <T>(fn: () => T): Promise<T> => {
+    try {
+      return Promise.resolve(fn());
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  };
+  return {
+    kind: inner.kind,
+    open: (req, nowMs) =>
+      later(() => {
+        const r = s.open(req, nowMs);
+        if (r.ok) rec.add({ kind: 'grant', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, via: 'open', fresh: !r.takeover, version: r.version });
+        return r;
+      }),
+    resume: (reqs) =>
+      later(() => {
+        const out = s.resume(reqs);
+        reqs.forEach((req, i) => {
+          const r = out[i]!;
+          if (r.granted) rec.add({ kind: 'grant', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, via: 'resume', fresh: false, version: r.version });
+          else rec.add({ kind: 'deny', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, reason: r.reason, ...(req.version !== undefined ? { seenVersion: req.version } : {}), version: r.version });
+        });
+        return out;
+      }),
+    write: (req) =>
+      later(() => {
+        const r = s.write(req);
+        const base = { replica, target: req.target, requestId: req.requestId, session: req.session, seq: req.seq };
+        if (r.ok && r.applied) rec.add({ kind: 'applied', ...base, offset: req.offset, bytes: hex(req.data), version: r.version });
+        else if (r.ok) rec.add({ kind: 'dup', ...base });
+        else rec.add({ kind: 'refused', ...base, code: r.code });
+        return r;
+      }),
+    read: (req) =>
+      later(() => {
+        const r = s.read(req);
+        if (r.ok) rec.add({ kind: 'read', replica, target: req.target, offset: req.offset, length: req.length, bytes: hex(r.data), version: r.version });
+        return r;
+      }),
+    close: (ref, session) =>
+      later(() => {
+        const released = s.close(ref, session);
+        if (released) rec.add({ kind: 'released', replica, target: ref.target, requestId: ref.requestId, session });
+        return released;
+      }),
+    renew: (session, refs, expiresAt) => later(() => s.renew(session, refs, expiresAt)),
+    record: (target) => inner.record(target),
+    ping: () => inner.ping(),
+    shutdown: () => inner.shutdown(),
+  };
+}

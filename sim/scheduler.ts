@@ -1,0 +1,281 @@
+/**
+ * Randomised fault schedules over the simulated world, and the runner that plays one seed to the
+ * end and checks its history. Safety, then liveness: faults until `faultsUntilMs`, then everything
+ * heals and every handle must settle.
+ */
+import { check, type Violation } from './checker.js';
+import type { History } from './history.js';
+import { World, type WorldOptions } from './world.js';
+
+export const FAULT_KINDS = [
+  'replica-crash',
+  'storage-reboot',
+  'dismount',
+  'store-unavailable',
+  'partition',
+  'lossy-link',
+  'agent-restart',
+  'app-move',
+  'foreign-writer',
+  'clock-jump',
+] as const;
+export type FaultKind = (typeof FAULT_KINDS)[number];
+
+export interface ScheduleOptions {
+  /** Faults to inject (default 4-10, drawn from the seed). */
+  faults?: number;
+  faultsUntilMs?: number;
+  settleMs?: number;
+  kinds?: readonly FaultKind[];
+  makeStore?: WorldOptions['makeStore'];
+}
+
+export interface ScheduleResult {
+  seed: number;
+  settings: Omit<WorldOptions, 'seed' | 'makeStore'>;
+  steps: number;
+  simulatedMs: number;
+  faults: Record<string, number>;
+  resumes: { granted: number; denied: number };
+  writesAcked: number;
+  violations: Violation[];
+  history: History;
+}
+
+export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Promise<ScheduleResult> {
+  const draw = seedDraws(seed);
+  const settings = {
+    replicas: draw.int(2, 3),
+    nodes: draw.int(2, 3),
+    appsPerNode: draw.int(1, 2),
+    holdMs: draw.pick([0, 150, 400, 1000]),
+    pauseTimeoutMs: draw.pick([2500, 6000]),
+  };
+  const world = new World({ seed, ...settings, ...(opts.makeStore ? { makeStore: opts.makeStore } : {}) });
+  const faultsUntil = opts.faultsUntilMs ?? 4000;
+  const settle = opts.settleMs ?? 8000;
+  const kinds = opts.kinds ?? FAULT_KINDS;
+
+  for (let i = 0; i < settings.replicas; i++) await world.startReplica(i);
+  for (const node of world.nodeNames) world.startAgent(node);
+  let appNo = 0;
+  for (const node of world.nodeNames) {
+    for (let a = 0; a < settings.appsPerNode; a++) {
+      appNo++;
+      world.spawn(`app-${appNo}`, node, `vm${appNo}.disk`);
+    }
+  }
+
+  const nFaults = opts.faults ?? world.between(4, 10);
+  for (let i = 0; i < nFaults; i++) {
+    const at = world.between(200, faultsUntil - 200);
+    const kind = world.pick(kinds);
+    world.clock.setTimeout(() => void inject(world, kind, faultsUntil), at);
+  }
+  // Phases are relative to simulated time minus clock jumps, so a jump never eats the settle period.
+  let steps = 0;
+  let healed = false;
+  let stopped = false;
+  const drain = () => new Promise<void>((r) => setImmediate(r));
+  for (;;) {
+    const healAt = faultsUntil + world.jumpedMs;
+    const stopAt = healAt + settle;
+    const endAt = stopAt + 3000;
+    const due = world.clock.nextDue() ?? Infinity;
+    if (!healed && due >= healAt) {
+      world.clock.advanceTo(healAt);
+      healed = true;
+      await healAll(world);
+    } else if (!stopped && due >= stopAt) {
+      world.clock.advanceTo(stopAt);
+      stopped = true;
+      world.stopping = true;
+    } else if (due > endAt) {
+      world.clock.advanceTo(endAt);
+      break;
+    } else {
+      world.clock.advanceTo(due);
+    }
+    steps++;
+    await drain();
+  }
+  world.recordFinal();
+  await world.shutdown();
+  const history = world.history.events;
+  let granted = 0;
+  let denied = 0;
+  let writesAcked = 0;
+  for (const e of history) {
+    if (e.kind === 'grant' && e.via === 'resume') granted++;
+    else if (e.kind === 'deny') denied++;
+    else if (e.kind === 'ok' && e.op === 'write') writesAcked++;
+  }
+  return {
+    seed,
+    settings,
+    steps,
+    simulatedMs: world.clock.now(),
+    faults: Object.fromEntries(world.faults),
+    resumes: { granted, denied },
+    writesAcked,
+    violations: check(history),
+    history,
+  };
+}
+
+/** Settings drawn from the seed with a separate generator, so they never shift the run's own draws. */
+function seedDraws(seed: number) {
+  let a = (seed ^ 0x9e3779b9) >>> 0;
+  const next = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return {
+    int: (lo: number, hi: number) => lo + Math.floor(next() * (hi - lo + 1)),
+    pick: <T>(xs: readonly T[]): T => xs[Math.floor(next() * xs.length)]!,
+  };
+}
+
+async function inject(world: World, kind: FaultKind, faultsUntil: number): Promise<void> {
+  const now = world.clock.now();
+  const until = Math.min(faultsUntil, now + world.between(100, 1500));
+  const i = world.between(0, world.opts.replicas - 1);
+  const name = world.replicaNames[i]!;
+  switch (kind) {
+    case 'replica-crash': {
+      const r = world.replicas[i];
+      if (!r) return;
+      world.fault(kind, name);
+      world.replicas[i] = undefined;
+      await r.stop();
+      world.clock.setTimeout(() => void restartReplica(world, i), until - now);
+      return;
+    }
+    case 'storage-reboot': {
+      world.fault(kind, 'every replica');
+      for (let j = 0; j < world.opts.replicas; j++) {
+        const r = world.replicas[j];
+        world.replicas[j] = undefined;
+        await r?.stop();
+      }
+      world.clock.setTimeout(() => {
+        for (let j = 0; j < world.opts.replicas; j++) void restartReplica(world, j);
+      }, world.between(50, 500));
+      return;
+    }
+    case 'dismount': {
+      const r = world.replicas[i];
+      if (!r) return;
+      world.fault(kind, name);
+      r.dismount();
+      world.clock.setTimeout(() => r.mount(), until - now);
+      return;
+    }
+    case 'store-unavailable': {
+      const store = world.stores[i];
+      if (!(store && 'setAvailable' in store)) return;
+      world.fault(kind, name);
+      (store as { setAvailable(v: boolean): void }).setAvailable(false);
+      world.clock.setTimeout(() => (store as { setAvailable(v: boolean): void }).setAvailable(true), until - now);
+      return;
+    }
+    case 'partition': {
+      const node = world.pick(world.nodeNames);
+      const all = world.random() < 0.5;
+      const targets = all ? world.replicaNames : [name];
+      world.fault(kind, `${node} from ${all ? 'every replica' : name}`);
+      for (const r of targets) world.link(node, r).partitioned = true;
+      world.clock.setTimeout(() => {
+        for (const r of targets) world.link(node, r).partitioned = false;
+      }, until - now);
+      return;
+    }
+    case 'lossy-link': {
+      const node = world.pick(world.nodeNames);
+      const l = world.link(node, name);
+      const dropP = world.pick([0, 0.05, 0.2]);
+      const dupP = world.pick([0, 0.1, 0.3]);
+      const jitterMs = world.pick([2, 20, 60]);
+      world.fault(kind, `${node}<->${name} drop=${dropP} dup=${dupP} jitter=${jitterMs}ms`);
+      Object.assign(l, { dropP, dupP, jitterMs });
+      world.clock.setTimeout(() => Object.assign(l, { dropP: 0, dupP: 0, jitterMs: 2 }), until - now);
+      return;
+    }
+    case 'agent-restart': {
+      const node = world.pick(world.nodeNames);
+      const agent = world.agents.get(node);
+      if (!agent) return;
+      world.fault(kind, node);
+      agent.crash();
+      world.agents.set(node, undefined);
+      const procs = world.procs.filter((p) => p.node === node && !p.crashed && !p.stopped);
+      for (const p of procs) world.crashProc(p);
+      world.clock.setTimeout(() => {
+        world.startAgent(node);
+        // The node's applications come back and reclaim the requestIds the agent kept.
+        for (const p of procs) if (p.app.startsWith('app-')) world.spawn(p.app, node, p.target);
+      }, world.between(20, 300));
+      return;
+    }
+    case 'app-move': {
+      const movable = world.procs.filter((p) => !p.crashed && !p.stopped && p.handle && p.app.startsWith('app-'));
+      if (movable.length === 0 || world.opts.nodes < 2) return;
+      const p = world.pick(movable);
+      const to = world.pick(world.nodeNames.filter((n) => n !== p.node && world.agents.get(n)));
+      if (!to) return;
+      world.fault(kind, `${p.app} ${p.node} -> ${to}`);
+      // The new instance takes over while the old one still runs for a moment (split brain):
+      // fencing must refuse the old instance's writes.
+      const requestId = p.handle!.requestId;
+      world.spawn(p.app, to, p.target, { requestId });
+      world.clock.setTimeout(() => world.crashProc(p), world.between(0, 300));
+      return;
+    }
+    case 'foreign-writer': {
+      // Prefer an application that is away right now: that is when a foreign write matters.
+      const victims = world.procs.filter((p) => p.app.startsWith('app-'));
+      const away = victims.filter((p) => p.handle && (p.handle.state === 'paused' || p.handle.state === 'resuming'));
+      if (victims.length === 0) return;
+      const v = world.pick(away.length > 0 ? away : victims);
+      const node = world.pick(world.nodeNames.filter((n) => world.agents.get(n)));
+      if (!node) return;
+      world.fault(kind, `intruder on ${node} writes ${v.target}`);
+      world.spawn(`intruder-${now}`, node, v.target, { once: true });
+      return;
+    }
+    case 'clock-jump': {
+      const jump = world.opts.holdMs + world.pick([100, world.opts.pauseTimeoutMs]);
+      world.fault(kind, `+${jump}ms`);
+      world.jumpedMs += jump;
+      world.clock.advanceTo(now + jump);
+      return;
+    }
+  }
+}
+
+async function restartReplica(world: World, i: number): Promise<void> {
+  if (world.replicas[i] || world.starting.has(i)) return;
+  world.starting.add(i);
+  try {
+    await world.startReplica(i);
+  } finally {
+    world.starting.delete(i);
+  }
+}
+
+async function healAll(world: World): Promise<void> {
+  world.history.add({ kind: 'fault', fault: 'heal', detail: 'every fault ends; handles must settle' });
+  for (let i = 0; i < world.opts.replicas; i++) {
+    if (!world.replicas[i]) await restartReplica(world, i);
+    world.replicas[i]?.mount();
+    const store = world.stores[i];
+    if (store && 'setAvailable' in store) (store as { setAvailable(v: boolean): void }).setAvailable(true);
+  }
+  for (const node of world.nodeNames) {
+    for (const r of world.replicaNames) Object.assign(world.link(node, r), { partitioned: false, dropP: 0, dupP: 0, jitterMs: 2 });
+    if (!world.agents.get(node)) world.startAgent(node);
+  }
+}

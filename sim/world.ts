@@ -1,0 +1,281 @@
+/**
+ * The simulated world: the same replicas, node agents and applications as the real cluster, on the
+ * in-memory network turned into a seeded faulty one, the in-memory store, and a simulated clock.
+ * One seed decides every fault and every delay, so a seed replays a run exactly.
+ */
+import { pino } from 'pino';
+import { Application, type Handle } from '../actors/application.js';
+import { seededIds, seededRandom, type Env } from '../actors/env.js';
+import { MemoryKeptIds } from '../actors/kept.js';
+import { NodeAgent } from '../actors/node-agent.js';
+import { StorageReplica } from '../actors/replica.js';
+import { SafeResumeError } from '../errors.js';
+import type { TxStore } from '../store/base.js';
+import { MemoryStore } from '../store/memory.js';
+import { MemoryNetwork, type Delivery } from '../transport/memory.js';
+import { SimClock } from './clock.js';
+import { hex, observedStore, Recorder } from './history.js';
+
+export type MemoryState = MemoryStore['state'];
+
+export interface WorldOptions {
+  seed: number;
+  replicas: number;
+  nodes: number;
+  appsPerNode: number;
+  holdMs: number;
+  pauseTimeoutMs: number;
+  /** Build the store of one replica over the shared state. Tests inject broken variants here. */
+  makeStore?: (state: MemoryState) => TxStore;
+  /** Think time between an application's operations. */
+  thinkMs?: [number, number];
+}
+
+interface Link {
+  partitioned: boolean;
+  dropP: number;
+  dupP: number;
+  jitterMs: number;
+}
+
+export interface Proc {
+  id: string;
+  app: string;
+  node: string;
+  target: string;
+  application: Application;
+  handle: Handle | undefined;
+  crashed: boolean;
+  stopped: boolean;
+  k: number;
+}
+
+const SECRET = 'simulation-secret-simulation-secret';
+export const SLOT_BYTES = 32;
+const SLOTS = 8;
+export const TIMING = { heartbeatMs: 100, leaseMs: 300, renewMs: 100, nodeHeartbeatMs: 100, nodeTimeoutMs: 100, backoffMs: 20, backoffMaxMs: 400, requestTimeoutMs: 600, failoverMs: 1500 };
+
+export class World {
+  readonly clock = new SimClock();
+  readonly random: () => number;
+  readonly history: Recorder;
+  readonly env: Env;
+  readonly net: MemoryNetwork;
+  readonly state: MemoryState = { records: new Map(), targets: new Map() };
+  readonly replicas: Array<StorageReplica | undefined> = [];
+  readonly stores: TxStore[] = [];
+  readonly agents = new Map<string, NodeAgent | undefined>();
+  readonly kept = new Map<string, MemoryKeptIds>();
+  readonly procs: Proc[] = [];
+  readonly faults = new Map<string, number>();
+  /** Replicas being started, so two restarts never race. */
+  readonly starting = new Set<number>();
+  private readonly links = new Map<string, Link>();
+  private opId = 0;
+  private incarnation = 0;
+  stopping = false;
+  /** Simulated time skipped by clock jumps. */
+  jumpedMs = 0;
+
+  constructor(readonly opts: WorldOptions) {
+    this.random = seededRandom(opts.seed);
+    this.history = new Recorder(() => this.clock.now());
+    this.env = { clock: this.clock, random: this.random, newId: seededIds(this.random), log: pino({ level: 'silent' }) };
+    this.net = new MemoryNetwork({ deliver: (fn, d) => this.deliver(fn, d), maxFrameBytes: 1 << 20 });
+  }
+
+  get replicaNames(): string[] {
+    return Array.from({ length: this.opts.replicas }, (_, i) => `replica-${i + 1}`);
+  }
+
+  get nodeNames(): string[] {
+    return Array.from({ length: this.opts.nodes }, (_, i) => `node-${i + 1}`);
+  }
+
+  pick<T>(xs: readonly T[]): T {
+    return xs[Math.floor(this.random() * xs.length)]!;
+  }
+
+  between(lo: number, hi: number): number {
+    return lo + Math.floor(this.random() * (hi - lo + 1));
+  }
+
+  link(node: string, replica: string): Link {
+    const key = `${node}|${replica}`;
+    let l = this.links.get(key);
+    if (!l) {
+      l = { partitioned: false, dropP: 0, dupP: 0, jitterMs: 2 };
+      this.links.set(key, l);
+    }
+    return l;
+  }
+
+  private deliver(fn: () => void, d: Delivery): void {
+    const node = d.from.startsWith('node-') ? d.from : d.to;
+    const replica = d.from.startsWith('replica-') ? d.from : d.to;
+    const l = this.link(node, replica);
+    if (l.partitioned) return;
+    const delay = () => 1 + Math.floor(this.random() * l.jitterMs);
+    if (d.kind === 'close') return void this.clock.setTimeout(fn, delay());
+    if (l.dropP > 0 && this.random() < l.dropP) return;
+    this.clock.setTimeout(fn, delay());
+    if (l.dupP > 0 && this.random() < l.dupP) this.clock.setTimeout(fn, delay());
+  }
+
+  fault(kind: string, detail: string): void {
+    this.faults.set(kind, (this.faults.get(kind) ?? 0) + 1);
+    this.history.add({ kind: 'fault', fault: kind, detail });
+  }
+
+  // ---- Parts ----
+
+  async startReplica(i: number): Promise<void> {
+    const name = this.replicaNames[i]!;
+    const inner = this.opts.makeStore ? this.opts.makeStore(this.state) : new MemoryStore(this.state);
+    this.stores[i] = inner;
+    const r = new StorageReplica({
+      id: name,
+      store: observedStore(inner, name, this.history),
+      transport: this.net,
+      secret: SECRET,
+      env: this.env,
+      holdMs: this.opts.holdMs,
+      leaseMs: TIMING.leaseMs,
+      renewIntervalMs: TIMING.renewMs,
+      heartbeatMs: TIMING.heartbeatMs,
+      probeIntervalMs: 50,
+    });
+    await r.start();
+    this.replicas[i] = r;
+  }
+
+  startAgent(node: string): NodeAgent {
+    let kept = this.kept.get(node);
+    if (!kept) {
+      kept = new MemoryKeptIds();
+      this.kept.set(node, kept);
+    }
+    const agent = new NodeAgent({
+      id: node,
+      replicas: this.replicaNames.map((r) => `mem://${r}`),
+      transport: this.net.as(node),
+      secret: SECRET,
+      kept,
+      env: this.env,
+      heartbeatIntervalMs: TIMING.nodeHeartbeatMs,
+      heartbeatTimeoutMs: TIMING.nodeTimeoutMs,
+      backoffBaseMs: TIMING.backoffMs,
+      backoffMaxMs: TIMING.backoffMaxMs,
+      requestTimeoutMs: TIMING.requestTimeoutMs,
+      unavailableFailoverMs: TIMING.failoverMs,
+      connectTimeoutMs: 300,
+    });
+    this.agents.set(node, agent);
+    agent.start().catch(() => undefined);
+    return agent;
+  }
+
+  // ---- Workload ----
+
+  sleep(ms: number): Promise<void> {
+    return new Promise((r) => this.clock.setTimeout(r, ms));
+  }
+
+  /** Start an application process on a node: it opens its target and writes self-verifying records. */
+  spawn(app: string, node: string, target: string, opts: { requestId?: string; once?: boolean } = {}): Proc {
+    const agent = this.agents.get(node);
+    if (!agent) throw new Error(`${node} has no agent`);
+    const application = new Application(agent, { name: app, pauseTimeoutMs: this.opts.pauseTimeoutMs, env: this.env });
+    const proc: Proc = { id: `${node}/${app}#${++this.incarnation}`, app, node, target, application, handle: undefined, crashed: false, stopped: false, k: 0 };
+    this.procs.push(proc);
+    void this.runProc(proc, opts);
+    return proc;
+  }
+
+  crashProc(p: Proc): void {
+    if (p.crashed) return;
+    p.crashed = true;
+    p.application.crash();
+    this.history.add({ kind: 'crash', proc: p.id });
+  }
+
+  private live(p: Proc): boolean {
+    return !p.crashed && !p.stopped && !this.stopping;
+  }
+
+  private async call<T>(p: Proc, op: 'open' | 'write' | 'read' | 'close', extra: { offset?: number; bytes?: string; length?: number }, run: () => Promise<T>): Promise<{ ok: true; value: T } | { ok: false; code: string }> {
+    const id = ++this.opId;
+    const requestId = p.handle?.requestId;
+    this.history.add({ kind: 'invoke', id, proc: p.id, op, target: p.target, ...(requestId ? { requestId } : {}), ...extra });
+    try {
+      const value = await run();
+      if (p.crashed) return { ok: false, code: 'CRASHED' };
+      const rid = p.handle?.requestId ?? requestId ?? '';
+      const bytes = value instanceof Uint8Array ? { bytes: hex(value) } : {};
+      this.history.add({ kind: 'ok', id, proc: p.id, op, target: p.target, requestId: rid, ...bytes });
+      return { ok: true, value };
+    } catch (err) {
+      const code = err instanceof SafeResumeError ? err.code : 'INTERNAL';
+      if (!p.crashed) this.history.add({ kind: 'fail', id, proc: p.id, op, target: p.target, ...(requestId ? { requestId } : {}), code });
+      return { ok: false, code };
+    }
+  }
+
+  private async open(p: Proc, requestId?: string): Promise<boolean> {
+    for (let attempt = 0; this.live(p); attempt++) {
+      const r = await this.call(p, 'open', {}, () => p.application.open(p.target, requestId ? { requestId } : {}));
+      if (r.ok) {
+        const h = r.value;
+        p.handle = h;
+        h.on('state', (to) => {
+          if (!p.crashed) this.history.add({ kind: 'state', proc: p.id, target: p.target, requestId: h.requestId, to, ...(to === 'invalidated' && h.reason ? { reason: h.reason } : {}) });
+        });
+        return true;
+      }
+      requestId = undefined; // a refused reclaim is not retried: the application reloads
+      if (r.code !== 'LOCKED' && r.code !== 'UNAVAILABLE' && r.code !== 'MODIFIED' && r.code !== 'CLOSED') return false;
+      await this.sleep(this.between(50, 200));
+    }
+    return false;
+  }
+
+  private async runProc(p: Proc, opts: { requestId?: string; once?: boolean }): Promise<void> {
+    const [lo, hi] = this.opts.thinkMs ?? [10, 80];
+    if (!(await this.open(p, opts.requestId))) return;
+    while (this.live(p)) {
+      const h = p.handle!;
+      if (h.state === 'invalidated' || h.state === 'closed') {
+        // The application knows to reload: it opens the target afresh.
+        await this.sleep(this.between(lo, hi));
+        if (!(await this.open(p))) return;
+        continue;
+      }
+      p.k++;
+      const body = `${p.id}:${p.k}|`;
+      const record = body.padEnd(SLOT_BYTES, '.').slice(0, SLOT_BYTES);
+      const offset = (p.k % SLOTS) * SLOT_BYTES;
+      await this.call(p, 'write', { offset, bytes: record }, () => h.write(offset, new TextEncoder().encode(record)));
+      if (!this.live(p)) break;
+      if (this.random() < 0.3) {
+        const off = this.between(0, SLOTS - 1) * SLOT_BYTES;
+        await this.call(p, 'read', { offset: off, length: SLOT_BYTES }, () => h.read(off, SLOT_BYTES));
+      }
+      if (opts.once) {
+        await this.call(p, 'close', {}, () => h.close());
+        p.stopped = true;
+        return;
+      }
+      await this.sleep(this.between(lo, hi));
+    }
+  }
+
+  /** Record every target's final bytes, straight from the store's state. */
+  recordFinal(): void {
+    for (const [target, t] of this.state.targets) this.history.add({ kind: 'final', target, bytes: hex(t.data) });
+  }
+
+  async shutdown(): Promise<void> {
+    for (const a of this.agents.values()) a?.crash();
+    for (const r of this.replicas) await r?.stop();
+  }
+}
