@@ -172,6 +172,7 @@ export class NodeAgent {
 
   /** Stop as a crash would: drop the connection, close nothing. Kept requestIds stay on disk. */
   crash(): void {
+    if (this.stopped) return;
     this.stopped = true;
     this.stopWatchdog?.();
     this.session.send({ type: 'STOP' });
@@ -315,11 +316,10 @@ export class NodeAgent {
     });
   }
 
+  /** Requests in flight are settled by `pauseAll`, which the machine runs right after this. */
   private dropConnection(): void {
     const conn = this.conn;
     this.conn = undefined;
-    this.inflight.clear();
-    this.resumeBatches.clear();
     conn?.terminate();
   }
 

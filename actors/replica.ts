@@ -265,7 +265,7 @@ export class StorageReplica {
     const now = this.env.clock.now();
     const res = await this.store.open({ target: msg.target, requestId: msg.requestId, principal: msg.principal, mode: msg.mode, session: s.id, expiresAt: this.expiresAt() }, now);
     if (!res.ok) throw new SafeResumeError(res.code, res.message);
-    this.attach(s, msg.target, msg.requestId, msg.mode, false).send({ type: 'GRANTED' });
+    tell(this.attach(s, msg.target, msg.requestId, msg.mode, false), { type: 'GRANTED' });
     s.conn.send({ type: 'opened', id: msg.id, version: res.version, lastSeq: res.lastSeq });
   }
 
@@ -281,12 +281,12 @@ export class StorageReplica {
       const actor = this.attach(s, it.target, it.requestId, it.mode, true);
       if (out.granted) {
         this.stats.resumesGranted++;
-        actor.send({ type: 'GRANTED' });
+        tell(actor, { type: 'GRANTED' });
         return { target: it.target, requestId: it.requestId, granted: true, lastSeq: out.lastSeq, version: out.version };
       }
       this.stats.resumesDenied++;
       this.env.log.info({ target: it.target, requestId: it.requestId, reason: out.reason, session: s.id }, 'resume denied');
-      actor.send({ type: 'DENIED', reason: out.reason });
+      tell(actor, { type: 'DENIED', reason: out.reason });
       this.detach(s, it.target, it.requestId);
       return { target: it.target, requestId: it.requestId, granted: false, reason: out.reason, code: out.code, lastSeq: 0, version: out.version };
     });
@@ -310,7 +310,7 @@ export class StorageReplica {
       return;
     }
     if (res.code === 'MODIFIED' || res.code === 'SUPERSEDED') {
-      actor.send({ type: 'REVOKED', reason: res.code });
+      tell(actor, { type: 'REVOKED', reason: res.code });
       this.detach(s, msg.target, msg.requestId);
     }
     throw new SafeResumeError(res.code, res.message);
@@ -325,7 +325,7 @@ export class StorageReplica {
       s.conn.send({ type: 'data', id: msg.id, version: res.version, data: res.data });
       return;
     }
-    actor.send({ type: 'REVOKED', reason: res.code });
+    tell(actor, { type: 'REVOKED', reason: res.code });
     this.detach(s, msg.target, msg.requestId);
     throw new SafeResumeError(res.code, res.message);
   }
@@ -334,7 +334,7 @@ export class StorageReplica {
     this.checkMounted();
     const actor = s.handles.get(keyOf(msg.target, msg.requestId));
     await this.store.close({ target: msg.target, requestId: msg.requestId }, s.id);
-    actor?.send({ type: 'CLOSE' });
+    tell(actor, { type: 'CLOSE' });
     this.detach(s, msg.target, msg.requestId);
     s.conn.send({ type: 'closed', id: msg.id });
   }
@@ -344,14 +344,14 @@ export class StorageReplica {
     const key = keyOf(target, requestId);
     const existing = s.handles.get(key);
     if (existing?.getSnapshot().status === 'active') {
-      existing.send({ type: 'RESUME', session: s.id });
+      tell(existing, { type: 'RESUME', session: s.id });
       return existing;
     }
     existing?.stop();
     const orphan = this.orphans.get(key);
     if (orphan && resume && orphan.getSnapshot().value === 'paused') {
       this.orphans.delete(key);
-      orphan.send({ type: 'RESUME', session: s.id });
+      tell(orphan, { type: 'RESUME', session: s.id });
       s.handles.set(key, orphan);
       return orphan;
     }
@@ -380,7 +380,7 @@ export class StorageReplica {
     for (const [key, actor] of s.handles) {
       const { target, requestId, mode } = actor.getSnapshot().context;
       if (mode === 'write') held.push({ target, requestId });
-      if (actor.getSnapshot().status === 'active') actor.send({ type: 'SESSION_LOST' });
+      tell(actor, { type: 'SESSION_LOST' });
       if (keepOrphans && actor.getSnapshot().status === 'active') {
         this.orphans.get(key)?.stop();
         this.orphans.set(key, actor);
@@ -418,7 +418,7 @@ export class StorageReplica {
         for (const l of lost) {
           const actor = s.handles.get(keyOf(l.target, l.requestId));
           if (!actor) continue;
-          actor.send({ type: 'REVOKED', reason: l.reason });
+          tell(actor, { type: 'REVOKED', reason: l.reason });
           this.detach(s, l.target, l.requestId);
           s.conn.send({ type: 'revoked', target: l.target, requestId: l.requestId, reason: l.reason });
         }
@@ -436,7 +436,7 @@ export class StorageReplica {
     }
     this.dismounted = kind;
     this.env.log.warn({ kind }, 'store unavailable: dismounted');
-    for (const s of this.sessions.values()) for (const a of s.handles.values()) if (a.getSnapshot().status === "active") a.send({ type: "STORE_UNAVAILABLE" });
+    for (const s of this.sessions.values()) for (const a of s.handles.values()) tell(a, { type: 'STORE_UNAVAILABLE' });
     this.broadcast({ type: 'notice', kind: 'unavailable' });
     if (kind === 'auto') this.probe();
   }
@@ -455,6 +455,11 @@ export class StorageReplica {
   private broadcast(msg: Message): void {
     for (const s of this.sessions.values()) s.conn.send(msg);
   }
+}
+
+/** Send an event to a handle's actor unless it already reached a final state. */
+function tell(a: HandleActor | undefined, event: Parameters<HandleActor['send']>[0]): void {
+  if (a && a.getSnapshot().status === 'active') a.send(event);
 }
 
 function view(a: HandleActor, node: string): ReplicaHandleView {

@@ -8,11 +8,14 @@ import { Application } from '../actors/application.js';
 import { LocalCluster } from './local.js';
 import { runWorkload, type WorkloadStats } from './workload.js';
 import type { Handle } from '../actors/application.js';
+import { runSchedule } from '../sim/scheduler.js';
+import { formatReplay, formatSummary, runSeeds } from '../sim/run.js';
 
 const HELP = `safe-resume — pause applications through storage failures, resume them safely
 
 Usage:
   safe-resume up [options]     start a local cluster with a workload and show its status
+  safe-resume sim [options]    run seeded fault schedules in the simulated world and check them
   safe-resume help             show this help
 
 Options for up:
@@ -25,6 +28,13 @@ Options for up:
   --pause-timeout-ms MS  how long a paused handle waits before it is invalidated (default 60000)
   --port N               first replica port; replicas use N, N+1, ... (default: free ports)
   --interval-ms MS       pause between workload writes (default 200)
+
+Options for sim:
+  --seeds N              schedules to run (default 100); seeds start at --from (default 1)
+  --from S               first seed
+  --seed S               replay one seed and print its faults, verdict and trace
+  --json                 print one JSON object (schedules, steps, faults, resumes, violations)
+  Exit code 1 if any guarantee (S1-S4, L1-L3) is violated. Soak: safe-resume sim --seeds 100000
 
 In this version the whole cluster runs in one process over real WebSockets on 127.0.0.1;
 logs are pino JSON in <dir>/cluster.log. Ctrl-C stops it.
@@ -113,6 +123,36 @@ async function up(argv: string[]): Promise<void> {
   process.stdout.write('stopped\n');
 }
 
+async function sim(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { seeds: { type: 'string' }, from: { type: 'string' }, seed: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (values.seed !== undefined) {
+    const seed = int('seed', values.seed, 0);
+    const r = await runSchedule(seed);
+    if (values.json) {
+      const { history, ...rest } = r;
+      process.stdout.write(JSON.stringify({ ...rest, events: history.length }) + '\n');
+    } else process.stdout.write(formatReplay(r) + '\n');
+    return r.violations.length > 0 ? 1 : 0;
+  }
+  const count = int('seeds', values.seeds, 100, 1);
+  const from = int('from', values.from, 1);
+  const tty = process.stderr.isTTY === true && !values.json;
+  const summary = await runSeeds(from, count, {}, (r) => {
+    if (tty && (r.seed - from) % 100 === 99) process.stderr.write(`\r${r.seed - from + 1}/${count} schedules`);
+  });
+  if (tty) process.stderr.write('\r');
+  process.stdout.write((values.json ? JSON.stringify(summary) : formatSummary(summary)) + '\n');
+  return summary.violations.length > 0 ? 1 : 0;
+}
+
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
@@ -120,6 +160,8 @@ async function main(argv: string[]): Promise<number> {
       case 'up':
         await up(rest);
         return 0;
+      case 'sim':
+        return await sim(rest);
       case undefined:
       case 'help':
       case '--help':

@@ -43,6 +43,9 @@ function splice(content: string, offset: number, bytes: string): string {
   return base.slice(0, offset) + bytes + base.slice(offset + bytes.length);
 }
 
+/** How long after every fault healed a paused handle may still time out (its timer started before). */
+export const HEAL_GRACE_MS = 3000;
+
 export function check(history: History): Violation[] {
   const out: Violation[] = [];
   const targets = new Map<string, TargetState>();
@@ -67,6 +70,8 @@ export function check(history: History): Violation[] {
   };
 
   const crashed = new Set<string>();
+  /** When every fault ended (the 'heal' fault), if the history has one. */
+  let healedAt: number | undefined;
   const pending = new Map<number, Extract<HistoryEvent, { kind: 'invoke' }>>();
   const handleState = new Map<string, { proc: string; target: string; state: string }>();
 
@@ -153,6 +158,10 @@ export function check(history: History): Violation[] {
         break;
       case 'state': {
         handleState.set(`${e.proc}\u0000${e.requestId}`, { proc: e.proc, target: e.target, state: e.to });
+        // Storage has been reachable since the heal: a pause must end with an answer, not a timeout.
+        if (e.to === 'invalidated' && e.reason === 'TIMEOUT' && healedAt !== undefined && e.t > healedAt + HEAL_GRACE_MS && !crashed.has(e.proc)) {
+          violate('L2', e, e.target, `handle ${e.requestId} of ${e.proc} timed out paused ${e.t - healedAt} ms after storage was back`);
+        }
         if (e.to === 'invalidated' && e.reason === 'MODIFIED') {
           const s = target(e.target);
           const isWriter = s.epoch.has(e.requestId);
@@ -161,6 +170,7 @@ export function check(history: History): Violation[] {
         break;
       }
       case 'fault':
+        if (e.fault === 'heal') healedAt = e.t;
         break;
     }
   }

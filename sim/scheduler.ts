@@ -28,6 +28,9 @@ export interface ScheduleOptions {
   settleMs?: number;
   kinds?: readonly FaultKind[];
   makeStore?: WorldOptions['makeStore'];
+  replicaTransport?: WorldOptions['replicaTransport'];
+  /** How long a fault lasts, drawn from this range (default 100-1500 ms). */
+  faultMs?: [number, number];
 }
 
 export interface ScheduleResult {
@@ -51,7 +54,12 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
     holdMs: draw.pick([0, 150, 400, 1000]),
     pauseTimeoutMs: draw.pick([2500, 6000]),
   };
-  const world = new World({ seed, ...settings, ...(opts.makeStore ? { makeStore: opts.makeStore } : {}) });
+  const world = new World({
+    seed,
+    ...settings,
+    ...(opts.makeStore ? { makeStore: opts.makeStore } : {}),
+    ...(opts.replicaTransport ? { replicaTransport: opts.replicaTransport } : {}),
+  });
   const faultsUntil = opts.faultsUntilMs ?? 4000;
   const settle = opts.settleMs ?? 8000;
   const kinds = opts.kinds ?? FAULT_KINDS;
@@ -70,7 +78,7 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
   for (let i = 0; i < nFaults; i++) {
     const at = world.between(200, faultsUntil - 200);
     const kind = world.pick(kinds);
-    world.clock.setTimeout(() => void inject(world, kind, faultsUntil), at);
+    world.clock.setTimeout(() => void inject(world, kind, faultsUntil, opts.faultMs ?? [100, 1500]), at);
   }
   // Phases are relative to simulated time minus clock jumps, so a jump never eats the settle period.
   let steps = 0;
@@ -139,9 +147,9 @@ function seedDraws(seed: number) {
   };
 }
 
-async function inject(world: World, kind: FaultKind, faultsUntil: number): Promise<void> {
+async function inject(world: World, kind: FaultKind, faultsUntil: number, faultMs: [number, number]): Promise<void> {
   const now = world.clock.now();
-  const until = Math.min(faultsUntil, now + world.between(100, 1500));
+  const until = Math.min(faultsUntil, now + world.between(faultMs[0], faultMs[1]));
   const i = world.between(0, world.opts.replicas - 1);
   const name = world.replicaNames[i]!;
   switch (kind) {

@@ -13,6 +13,7 @@ import { SafeResumeError } from '../errors.js';
 import type { TxStore } from '../store/base.js';
 import { MemoryStore } from '../store/memory.js';
 import { MemoryNetwork, type Delivery } from '../transport/memory.js';
+import type { Transport } from '../transport/types.js';
 import { SimClock } from './clock.js';
 import { hex, observedStore, Recorder } from './history.js';
 
@@ -29,6 +30,8 @@ export interface WorldOptions {
   makeStore?: (state: MemoryState) => TxStore;
   /** Think time between an application's operations. */
   thinkMs?: [number, number];
+  /** Wrap the transport the replicas serve on. Tests inject broken variants here. */
+  replicaTransport?: (t: Transport) => Transport;
 }
 
 interface Link {
@@ -136,7 +139,7 @@ export class World {
     const r = new StorageReplica({
       id: name,
       store: observedStore(inner, name, this.history),
-      transport: this.net,
+      transport: this.opts.replicaTransport ? this.opts.replicaTransport(this.net) : this.net,
       secret: SECRET,
       env: this.env,
       holdMs: this.opts.holdMs,

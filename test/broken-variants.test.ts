@@ -1,0 +1,166 @@
+/**
+ * The checker catches real bugs: each test runs the simulation against a deliberately broken store
+ * or transport, injected through the replicas' normal parameters, and expects the checker to name the
+ * guarantee it breaks. Production code has no flags for any of this.
+ */
+import { describe, expect, it } from 'vitest';
+import type { Guarantee } from '../sim/checker.js';
+import { runSchedule, type FaultKind, type ScheduleOptions } from '../sim/scheduler.js';
+import * as rules from '../store/rules.js';
+import type { SyncStore } from '../store/base.js';
+import { MemoryStore } from '../store/memory.js';
+import { StoreUnavailableError } from '../store/types.js';
+import type { Connection, Transport } from '../transport/types.js';
+
+type State = MemoryStore['state'];
+
+/** A memory store with one rule replaced. */
+function storeWith(patch: (store: MemoryStore, run: <T>(fn: (tx: rules.Tx) => T) => T) => Partial<SyncStore>) {
+  return (state: State) => {
+    const store = new MemoryStore(state);
+    const run = <T>(fn: (tx: rules.Tx) => T): T => (store as unknown as { tx<U>(f: (tx: rules.Tx) => U): U }).tx(fn);
+    Object.assign(store.sync, patch(store, run));
+    return store;
+  };
+}
+
+const resumeIgnoresRevocation = storeWith((_, run) => ({
+  resume: (reqs) =>
+    run((tx) =>
+      reqs.map((r) => {
+        const rec = tx.getRecord(r.target);
+        if (r.mode === 'write' && rec && rec.requestId !== r.requestId) {
+          // Bug: a revoked requestId is granted its resume as if it still held the target.
+          return { granted: true as const, lastSeq: 0, version: tx.version(r.target) };
+        }
+        return rules.resume(tx, r);
+      }),
+    ),
+}));
+
+const writeSkipsFencing = storeWith((_, run) => ({
+  write: (req) =>
+    run((tx) => {
+      const rec = tx.getRecord(req.target);
+      // Bug: any session of any requestId may write; only the sequence number is checked.
+      if (rec && (rec.requestId !== req.requestId || rec.session !== req.session)) {
+        const version = tx.writeData(req.target, req.offset, req.data);
+        return { ok: true as const, applied: true, version };
+      }
+      return rules.write(tx, req);
+    }),
+}));
+
+let lossy = 0;
+const writeLosesData = storeWith((_, run) => ({
+  write: (req) =>
+    run((tx) => {
+      // Bug: one write in seven is acknowledged and counted but its bytes never reach the data.
+      if (req.data.length > 0 && ++lossy % 7 === 0) {
+        const rec = tx.getRecord(req.target);
+        if (rec && rec.requestId === req.requestId && rec.session === req.session && req.seq === rec.lastSeq + 1) {
+          tx.putRecord({ ...rec, lastSeq: req.seq });
+          return { ok: true as const, applied: true, version: tx.version(req.target) + 1 };
+        }
+      }
+      return rules.write(tx, req);
+    }),
+}));
+
+const seqCheckOff = storeWith((_, run) => ({
+  write: (req) =>
+    run((tx) => {
+      const rec = tx.getRecord(req.target);
+      // Bug: a replayed sequence number is applied again instead of acknowledged.
+      if (rec && rec.requestId === req.requestId && rec.session === req.session && req.seq <= rec.lastSeq && req.data.length > 0) {
+        return { ok: true as const, applied: true, version: tx.writeData(req.target, req.offset, req.data) };
+      }
+      return rules.write(tx, req);
+    }),
+}));
+
+const resumeForgetsRecords = storeWith((_, run) => ({
+  resume: (reqs) =>
+    run((tx) =>
+      reqs.map((r) => {
+        // Bug: a write handle's resume is denied whenever its session changed, i.e. always.
+        if (r.mode === 'write') return { granted: false as const, reason: 'MODIFIED' as const, code: 'MODIFIED' as const, version: tx.version(r.target) };
+        return rules.resume(tx, r);
+      }),
+    ),
+}));
+
+const resumeAlwaysUnavailable = storeWith(() => ({
+  resume: () => {
+    // Bug: the resume path reports the store unavailable forever, so no pause ever ends.
+    throw new StoreUnavailableError('broken resume');
+  },
+}));
+
+/** A transport on which the replica's answers to reads are lost, every time. */
+function losesReadReplies(inner: Transport): Transport {
+  const wrap = (c: Connection): Connection =>
+    new Proxy(c, {
+      get(target, prop, receiver) {
+        if (prop === 'send') return (msg: Parameters<Connection['send']>[0]) => (msg.type === 'data' ? true : target.send(msg));
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+  return {
+    connect: (url, opts) => inner.connect(url, opts),
+    listen: async (opts) => {
+      const l = await inner.listen(opts);
+      return { url: l.url, close: () => l.close(), onConnection: (cb) => l.onConnection((c) => cb(wrap(c))) };
+    },
+  };
+}
+
+/** Run seeds until the checker reports `g`; return the seed that showed it. */
+async function findViolation(g: Guarantee, opts: ScheduleOptions, maxSeeds = 40): Promise<number | undefined> {
+  for (let seed = 1; seed <= maxSeeds; seed++) {
+    const r = await runSchedule(seed, opts);
+    if (r.violations.some((v) => v.guarantee === g)) return seed;
+  }
+  return undefined;
+}
+
+const kinds = (...k: FaultKind[]) => k;
+
+describe('the checker catches a deliberately broken variant of each guarantee', () => {
+  it('S1: a store whose resume ignores revocation', async () => {
+    const opts: ScheduleOptions = { makeStore: resumeIgnoresRevocation, kinds: kinds('partition', 'foreign-writer'), faultMs: [1500, 3000], faultsUntilMs: 6000 };
+    expect(await findViolation('S1', opts)).toBeDefined();
+  }, 120_000);
+
+  it('S2: a store whose write skips fencing', async () => {
+    expect(await findViolation('S2', { makeStore: writeSkipsFencing, kinds: kinds('app-move', 'partition', 'foreign-writer') })).toBeDefined();
+  }, 120_000);
+
+  it('S3: a store that acknowledges writes it never applies', async () => {
+    expect(await findViolation('S3', { makeStore: writeLosesData, kinds: kinds('replica-crash') })).toBeDefined();
+  }, 120_000);
+
+  it('S4: a store whose seq check is off', async () => {
+    expect(await findViolation('S4', { makeStore: seqCheckOff, kinds: kinds('lossy-link', 'replica-crash', 'partition') })).toBeDefined();
+  }, 120_000);
+
+  it('L1: a store that denies every resume', async () => {
+    expect(await findViolation('L1', { makeStore: resumeForgetsRecords, kinds: kinds('replica-crash', 'partition') })).toBeDefined();
+  }, 120_000);
+
+  it('L2: a store whose resume path is always unavailable', async () => {
+    expect(await findViolation('L2', { makeStore: resumeAlwaysUnavailable, kinds: kinds('replica-crash', 'partition') })).toBeDefined();
+  }, 120_000);
+
+  it('L3: a transport that loses every answer to a read', async () => {
+    expect(await findViolation('L3', { replicaTransport: losesReadReplies, faults: 0 })).toBeDefined();
+  }, 120_000);
+
+  it('the correct store passes the same schedules', async () => {
+    for (let seed = 1; seed <= 10; seed++) {
+      const r = await runSchedule(seed, { kinds: kinds('partition', 'foreign-writer', 'clock-jump', 'app-move', 'lossy-link', 'replica-crash') });
+      expect(r.violations, `seed ${seed}`).toEqual([]);
+    }
+  }, 120_000);
+});

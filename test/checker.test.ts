@@ -1,0 +1,111 @@
+/** The checker on hand-written histories: a good one passes, a bad one for each guarantee is caught. */
+import { describe, expect, it } from 'vitest';
+import { check, type Guarantee } from '../sim/checker.js';
+import type { History, HistoryEvent } from '../sim/history.js';
+
+const X = 'X'.repeat(21);
+const Y = 'Y'.repeat(21);
+const T = 'vm1.disk';
+const R = 'replica-1';
+let t = 0;
+const at = <E extends object>(e: E) => ({ t: t++, ...e }) as unknown as HistoryEvent;
+const grant = (requestId: string, session: string, via: 'open' | 'resume' = 'open', fresh = via === 'open') =>
+  at({ kind: 'grant', replica: R, target: T, requestId, session, mode: 'write', via, fresh, version: 0 });
+const applied = (requestId: string, session: string, seq: number, bytes: string, offset = 0) =>
+  at({ kind: 'applied', replica: R, target: T, requestId, session, seq, offset, bytes, version: 0 });
+const deny = (requestId: string, session: string) => at({ kind: 'deny', replica: R, target: T, requestId, session, mode: 'write', reason: 'MODIFIED', version: 0 });
+const invoke = (id: number, proc: string, bytes?: string) => at({ kind: 'invoke', id, proc, op: 'write', target: T, offset: 0, ...(bytes ? { bytes } : {}) });
+const ok = (id: number, proc: string, requestId: string) => at({ kind: 'ok', id, proc, op: 'write', target: T, requestId });
+const state = (proc: string, requestId: string, to: string, reason?: string) => at({ kind: 'state', proc, target: T, requestId, to, ...(reason ? { reason } : {}) });
+const read = (offset: number, length: number, bytes: string) => at({ kind: 'read', replica: R, target: T, offset, length, bytes, version: 0 });
+const final = (bytes: string) => at({ kind: 'final', target: T, bytes });
+
+/** X writes, pauses, another writer takes the target after the hold, X's resume is denied. */
+function goodHistory(): History {
+  t = 0;
+  return [
+    grant(X, 'x1'),
+    invoke(1, 'p', 'aaaa'),
+    applied(X, 'x1', 1, 'aaaa'),
+    ok(1, 'p', X),
+    state('p', X, 'paused'),
+    grant(Y, 'y1'),
+    applied(Y, 'y1', 1, 'bb'),
+    read(0, 4, 'bbaa'),
+    deny(X, 'x2'),
+    state('p', X, 'invalidated', 'MODIFIED'),
+    final('bbaa'),
+  ];
+}
+
+const guarantees = (h: History): Guarantee[] => [...new Set(check(h).map((v) => v.guarantee))];
+
+describe('checker', () => {
+  it('accepts a good history', () => {
+    expect(check(goodHistory())).toEqual([]);
+  });
+
+  it('accepts a resume of X granted when nobody else wrote, even much later', () => {
+    t = 0;
+    const h = [grant(X, 'x1'), applied(X, 'x1', 1, 'a'), state('p', X, 'paused'), grant(X, 'x2', 'resume'), state('p', X, 'active'), applied(X, 'x2', 2, 'b', 1), final('ab')];
+    expect(check(h)).toEqual([]);
+  });
+
+  it('S1: a resume granted after another writer wrote', () => {
+    t = 0;
+    const h = [grant(X, 'x1'), applied(X, 'x1', 1, 'a'), grant(Y, 'y1'), applied(Y, 'y1', 1, 'b'), grant(X, 'x2', 'resume')];
+    expect(guarantees(h)).toContain('S1');
+  });
+
+  it('S2: a write applied from a fenced session', () => {
+    t = 0;
+    const h = [grant(X, 'x1'), grant(X, 'x2', 'open', false), applied(X, 'x1', 1, 'stale')];
+    expect(guarantees(h)).toEqual(['S2']);
+  });
+
+  it('S2: a write applied from a requestId that lost the record', () => {
+    t = 0;
+    const h = [grant(X, 'x1'), grant(Y, 'y1'), applied(X, 'x1', 1, 'stale')];
+    expect(guarantees(h)).toEqual(['S2']);
+  });
+
+  it('S3: an acknowledged write that was never applied', () => {
+    t = 0;
+    const h = [grant(X, 'x1'), invoke(1, 'p', 'lost'), ok(1, 'p', X)];
+    expect(guarantees(h)).toEqual(['S3']);
+  });
+
+  it('S3: a read that does not return the applied writes, and a final state that lost one', () => {
+    t = 0;
+    expect(guarantees([grant(X, 'x1'), applied(X, 'x1', 1, 'new'), read(0, 3, 'old')])).toEqual(['S3']);
+    t = 0;
+    expect(guarantees([grant(X, 'x1'), applied(X, 'x1', 1, 'new'), final('')])).toEqual(['S3']);
+  });
+
+  it('S4: the same sequence number, or the same write, applied twice', () => {
+    t = 0;
+    expect(guarantees([grant(X, 'x1'), applied(X, 'x1', 1, 'a'), applied(X, 'x1', 1, 'a')])).toEqual(['S4']);
+    t = 0;
+    expect(guarantees([grant(X, 'x1'), applied(X, 'x1', 1, 'once'), applied(X, 'x1', 2, 'once')])).toEqual(['S4']);
+  });
+
+  it('L1: a resume denied MODIFIED although no other writer took the target', () => {
+    t = 0;
+    const h = [grant(X, 'x1'), applied(X, 'x1', 1, 'a'), state('p', X, 'paused'), deny(X, 'x2'), state('p', X, 'invalidated', 'MODIFIED')];
+    expect(guarantees(h)).toEqual(['L1']);
+  });
+
+  it('L2: a handle still paused at the end; a crashed process is exempt', () => {
+    t = 0;
+    expect(guarantees([grant(X, 'x1'), state('p', X, 'paused')])).toEqual(['L2']);
+    t = 0;
+    expect(check([grant(X, 'x1'), state('p', X, 'paused'), at({ kind: 'crash', proc: 'p' })])).toEqual([]);
+  });
+
+  it('L3: an operation that never completed; a crashed process is exempt', () => {
+    t = 0;
+    expect(guarantees([grant(X, 'x1'), invoke(1, 'p')])).toEqual(['L3']);
+    t = 0;
+    expect(check([grant(X, 'x1'), invoke(1, 'p'), at({ kind: 'crash', proc: 'p' })])).toEqual([]);
+  });
+});
