@@ -482,11 +482,12 @@ export class NodeAgent {
       else h.ops.push(op);
     }
     h.nextSeq = Math.max(h.nextSeq, lastSeq + 1);
+    // Replay first: the application's queued operations, flushed when it hears of the grant, follow.
+    for (const op of h.ops) this.sendOp(h, op);
     if (!wasOpening) {
       this.env.log.info({ app: h.app, target: h.target, requestId: h.requestId, lastSeq, replayed: h.ops.length }, 'handle resumed');
       h.listener.granted();
     }
-    for (const op of h.ops) this.sendOp(h, op);
   }
 
   private onResumed(msg: MessageOf<'resumed'>): void {

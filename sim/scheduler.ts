@@ -207,9 +207,9 @@ async function inject(world: World, kind: FaultKind, faultsUntil: number, faultM
       const dropP = world.pick([0, 0.05, 0.2]);
       const dupP = world.pick([0, 0.1, 0.3]);
       const jitterMs = world.pick([2, 20, 60]);
-      world.fault(kind, `${node}<->${name} drop=${dropP} dup=${dupP} jitter=${jitterMs}ms`);
-      Object.assign(l, { dropP, dupP, jitterMs });
-      world.clock.setTimeout(() => Object.assign(l, { dropP: 0, dupP: 0, jitterMs: 2 }), until - now);
+      world.fault(kind, `${node}<->${name} drop=${dropP} dup=${dupP} jitter=${jitterMs}ms, reordering`);
+      Object.assign(l, { dropP, dupP, jitterMs, reorder: true });
+      world.clock.setTimeout(() => Object.assign(l, { dropP: 0, dupP: 0, jitterMs: 2, reorder: false }), until - now);
       return;
     }
     case 'agent-restart': {
@@ -283,7 +283,7 @@ async function healAll(world: World): Promise<void> {
     if (store && 'setAvailable' in store) (store as { setAvailable(v: boolean): void }).setAvailable(true);
   }
   for (const node of world.nodeNames) {
-    for (const r of world.replicaNames) Object.assign(world.link(node, r), { partitioned: false, dropP: 0, dupP: 0, jitterMs: 2 });
+    for (const r of world.replicaNames) Object.assign(world.link(node, r), { partitioned: false, dropP: 0, dupP: 0, jitterMs: 2, reorder: false });
     if (!world.agents.get(node)) world.startAgent(node);
   }
 }

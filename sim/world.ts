@@ -39,6 +39,8 @@ interface Link {
   dropP: number;
   dupP: number;
   jitterMs: number;
+  /** Frames may overtake each other (a lossy-link fault); otherwise each direction is FIFO, like TCP. */
+  reorder: boolean;
 }
 
 export interface Proc {
@@ -74,6 +76,8 @@ export class World {
   /** Replicas being started, so two restarts never race. */
   readonly starting = new Set<number>();
   private readonly links = new Map<string, Link>();
+  /** Per direction of a link, when its last frame is due (keeps FIFO order unless reordering). */
+  private readonly lastDelivery = new Map<string, number>();
   private opId = 0;
   private incarnation = 0;
   stopping = false;
@@ -107,7 +111,7 @@ export class World {
     const key = `${node}|${replica}`;
     let l = this.links.get(key);
     if (!l) {
-      l = { partitioned: false, dropP: 0, dupP: 0, jitterMs: 2 };
+      l = { partitioned: false, dropP: 0, dupP: 0, jitterMs: 2, reorder: false };
       this.links.set(key, l);
     }
     return l;
@@ -118,7 +122,14 @@ export class World {
     const replica = d.from.startsWith('replica-') ? d.from : d.to;
     const l = this.link(node, replica);
     if (l.partitioned) return;
-    const delay = () => 1 + Math.floor(this.random() * l.jitterMs);
+    const dir = `${d.from}>${d.to}`;
+    const delay = () => {
+      const now = this.clock.now();
+      let at = now + 1 + Math.floor(this.random() * l.jitterMs);
+      if (!l.reorder) at = Math.max(at, this.lastDelivery.get(dir) ?? 0);
+      this.lastDelivery.set(dir, Math.max(at, this.lastDelivery.get(dir) ?? 0));
+      return at - now;
+    };
     if (d.kind === 'close') return void this.clock.setTimeout(fn, delay());
     if (l.dropP > 0 && this.random() < l.dropP) return;
     this.clock.setTimeout(fn, delay());
@@ -253,11 +264,16 @@ export class World {
         if (!(await this.open(p))) return;
         continue;
       }
-      p.k++;
-      const body = `${p.id}:${p.k}|`;
-      const record = body.padEnd(SLOT_BYTES, '.').slice(0, SLOT_BYTES);
-      const offset = (p.k % SLOTS) * SLOT_BYTES;
-      await this.call(p, 'write', { offset, bytes: record }, () => h.write(offset, new TextEncoder().encode(record)));
+      // A burst of 1-4 pipelined writes: several in flight at once, as a real application has.
+      const burst = opts.once ? 1 : this.between(1, 4);
+      const writes: Array<Promise<unknown>> = [];
+      for (let b = 0; b < burst; b++) {
+        p.k++;
+        const record = `${p.id}:${p.k}|`.padEnd(SLOT_BYTES, '.').slice(0, SLOT_BYTES);
+        const offset = (p.k % SLOTS) * SLOT_BYTES;
+        writes.push(this.call(p, 'write', { offset, bytes: record }, () => h.write(offset, new TextEncoder().encode(record))));
+      }
+      await Promise.all(writes);
       if (!this.live(p)) break;
       if (this.random() < 0.3) {
         const off = this.between(0, SLOTS - 1) * SLOT_BYTES;
@@ -270,6 +286,19 @@ export class World {
       }
       await this.sleep(this.between(lo, hi));
     }
+  }
+
+  /** Let the world run for `ms` of simulated time, every timer and message in order. */
+  async runFor(ms: number): Promise<void> {
+    const until = this.clock.now() + ms;
+    for (;;) {
+      const due = this.clock.nextDue();
+      if (due === undefined || due > until) break;
+      this.clock.advanceTo(due);
+      await new Promise<void>((r) => setImmediate(r));
+    }
+    this.clock.advanceTo(until);
+    await new Promise<void>((r) => setImmediate(r));
   }
 
   /** Record every target's final bytes, straight from the store's state. */
