@@ -227,7 +227,8 @@ export class Application {
           paused: () => handle.actor.send({ type: 'PAUSED' }),
           resuming: () => handle.actor.send({ type: 'RESUMING' }),
           granted: () => handle.actor.send({ type: 'GRANTED' }),
-          invalidated: (reason) => handle.actor.send({ type: 'INVALIDATE', reason }),
+          denied: (reason) => handle.actor.send({ type: 'DENIED', reason }),
+          revoked: (reason) => handle.actor.send({ type: 'INVALIDATE', reason }),
         },
       });
       handle.bind(h);

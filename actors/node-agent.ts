@@ -37,7 +37,10 @@ export interface HandleListener {
   paused(): void;
   resuming(): void;
   granted(): void;
-  invalidated(reason: InvalidationReason): void;
+  /** The resume was denied. */
+  denied(reason: InvalidationReason): void;
+  /** The storage took an active handle away. */
+  revoked(reason: InvalidationReason): void;
 }
 
 export type Op =
@@ -579,10 +582,15 @@ export class NodeAgent {
   }
 
   private invalidate(h: AgentHandle, reason: InvalidationReason): void {
-    if (h.state === 'gone') return;
+    const was = h.state;
+    if (was === 'gone') return;
+    if (was === 'opening') return this.failOpen(h, new SafeResumeError(reason, `${h.target}: ${reason}`));
     this.env.log.warn({ app: h.app, target: h.target, requestId: h.requestId, reason }, 'handle invalidated');
     this.abandon(h, reason, `handle on ${h.target} invalidated: ${reason}`);
-    h.listener.invalidated(reason);
+    if (was === 'active') return h.listener.revoked(reason);
+    // A paused handle's next resume would be denied: the agent already has the answer.
+    if (was === 'paused') h.listener.resuming();
+    h.listener.denied(reason);
   }
 
   private forget(h: AgentHandle): void {

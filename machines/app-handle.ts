@@ -26,7 +26,9 @@ export type AppHandleEvent =
   | { type: 'PAUSED' }
   | { type: 'RESUMING' }
   | { type: 'GRANTED' }
+  /** The resume was answered no (or the agent already knows it would be). */
   | { type: 'DENIED'; reason: InvalidationReason }
+  /** The storage took the handle away while it was active (revoked, superseded, closed). */
   | { type: 'INVALIDATE'; reason: InvalidationReason }
   | { type: 'CLOSE' }
   | { type: 'CLOSED' };
@@ -73,7 +75,6 @@ export const appHandleMachine = setup({
       on: {
         OPENED: 'active',
         OPEN_FAILED: 'closed',
-        IO: { actions: 'queueIo' },
       },
     },
     active: {
@@ -95,7 +96,6 @@ export const appHandleMachine = setup({
       on: {
         IO: [{ guard: 'failsFast', actions: 'rejectIoUnavailable' }, { actions: 'queueIo' }],
         RESUMING: 'resuming',
-        INVALIDATE: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
         CLOSE: 'closed',
       },
       after: {
@@ -107,7 +107,6 @@ export const appHandleMachine = setup({
         IO: [{ guard: 'failsFast', actions: 'rejectIoUnavailable' }, { actions: 'queueIo' }],
         GRANTED: { target: 'active', actions: 'notifyResumed' },
         DENIED: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
-        INVALIDATE: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
         PAUSED: 'paused',
         CLOSE: 'closed',
       },

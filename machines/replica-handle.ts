@@ -63,17 +63,15 @@ export const replicaHandleMachine = setup({
     paused: {
       on: {
         RESUME: { target: 'resuming', actions: assign({ session: ({ event }) => event.session }) },
-        REVOKED: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
       },
       // The lock lapses after the hold period; the record stays in the store for a later resume.
       after: { holdPeriod: 'released' },
     },
+    // The store answers a resume in one step, so the replica passes through `resuming` at once.
     resuming: {
       on: {
         GRANTED: 'active',
         DENIED: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
-        SESSION_LOST: 'paused',
-        STORE_UNAVAILABLE: 'paused',
       },
     },
     invalidated: { type: 'final' },
