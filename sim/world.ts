@@ -30,6 +30,10 @@ export interface WorldOptions {
   makeStore?: (state: MemoryState) => TxStore;
   /** Think time between an application's operations. */
   thinkMs?: [number, number];
+  /** Override the simulation's timings. */
+  timing?: Partial<typeof TIMING>;
+  /** Receives the inspection events of every actor in the world. */
+  inspect?: Env['inspect'];
   /** Wrap the transport the replicas serve on. Tests inject broken variants here. */
   replicaTransport?: (t: Transport) => Transport;
 }
@@ -41,6 +45,9 @@ interface Link {
   jitterMs: number;
   /** Frames may overtake each other (a lossy-link fault); otherwise each direction is FIFO, like TCP. */
   reorder: boolean;
+  /** Message types from the replica that are held back (queued, in order) until `release`. */
+  hold?: Set<string>;
+  held?: Array<() => void>;
 }
 
 export interface Proc {
@@ -62,6 +69,7 @@ export const TIMING = { heartbeatMs: 100, leaseMs: 300, renewMs: 100, nodeHeartb
 
 export class World {
   readonly clock = new SimClock();
+  readonly timing: typeof TIMING;
   readonly random: () => number;
   readonly history: Recorder;
   readonly env: Env;
@@ -87,7 +95,8 @@ export class World {
   constructor(readonly opts: WorldOptions) {
     this.random = seededRandom(opts.seed);
     this.history = new Recorder(() => this.clock.now());
-    this.env = { clock: this.clock, random: this.random, newId: seededIds(this.random), log: pino({ level: 'silent' }) };
+    this.timing = { ...TIMING, ...opts.timing };
+    this.env = { clock: this.clock, random: this.random, newId: seededIds(this.random), log: pino({ level: 'silent' }), inspect: opts.inspect };
     this.net = new MemoryNetwork({ deliver: (fn, d) => this.deliver(fn, d), maxFrameBytes: 1 << 20 });
   }
 
@@ -131,9 +140,46 @@ export class World {
       return at - now;
     };
     if (d.kind === 'close') return void this.clock.setTimeout(fn, delay());
+    if (l.hold && d.type && d.from === replica && l.hold.has(d.type)) {
+      (l.held ??= []).push(fn);
+      return;
+    }
     if (l.dropP > 0 && this.random() < l.dropP) return;
     this.clock.setTimeout(fn, delay());
     if (l.dupP > 0 && this.random() < l.dupP) this.clock.setTimeout(fn, delay());
+  }
+
+  /** Hold back these replies from every replica to `node` until `release(node)`. */
+  hold(node: string, types: string[]): void {
+    for (const r of this.replicaNames) {
+      const l = this.link(node, r);
+      l.hold = new Set([...(l.hold ?? []), ...types]);
+    }
+  }
+
+  /** Deliver the held replies to `node`, in order, and hold nothing more. */
+  release(node: string): void {
+    for (const r of this.replicaNames) {
+      const l = this.link(node, r);
+      const held = l.held ?? [];
+      l.hold = undefined;
+      l.held = undefined;
+      for (const fn of held) this.clock.setTimeout(fn, 1);
+    }
+  }
+
+  /** Forget the held replies to `node` without delivering them (they were lost). */
+  discardHeld(node: string): void {
+    for (const r of this.replicaNames) {
+      const l = this.link(node, r);
+      l.hold = undefined;
+      l.held = undefined;
+    }
+  }
+
+  /** Cut `node` off from every replica (true) or heal it (false). */
+  cut(node: string, partitioned: boolean): void {
+    for (const r of this.replicaNames) this.link(node, r).partitioned = partitioned;
   }
 
   fault(kind: string, detail: string): void {
@@ -154,16 +200,17 @@ export class World {
       secret: SECRET,
       env: this.env,
       holdMs: this.opts.holdMs,
-      leaseMs: TIMING.leaseMs,
-      renewIntervalMs: TIMING.renewMs,
-      heartbeatMs: TIMING.heartbeatMs,
+      leaseMs: this.timing.leaseMs,
+      renewIntervalMs: this.timing.renewMs,
+      heartbeatMs: this.timing.heartbeatMs,
       probeIntervalMs: 50,
     });
     await r.start();
     this.replicas[i] = r;
   }
 
-  startAgent(node: string): NodeAgent {
+  /** Start a node agent; `order` lists the replica indexes it tries, first to last (default: all, in order). */
+  startAgent(node: string, order?: number[]): NodeAgent {
     let kept = this.kept.get(node);
     if (!kept) {
       kept = new MemoryKeptIds();
@@ -171,17 +218,17 @@ export class World {
     }
     const agent = new NodeAgent({
       id: node,
-      replicas: this.replicaNames.map((r) => `mem://${r}`),
+      replicas: (order ?? this.replicaNames.map((_, i) => i)).map((i) => `mem://${this.replicaNames[i]}`),
       transport: this.net.as(node),
       secret: SECRET,
       kept,
       env: this.env,
-      heartbeatIntervalMs: TIMING.nodeHeartbeatMs,
-      heartbeatTimeoutMs: TIMING.nodeTimeoutMs,
-      backoffBaseMs: TIMING.backoffMs,
-      backoffMaxMs: TIMING.backoffMaxMs,
-      requestTimeoutMs: TIMING.requestTimeoutMs,
-      unavailableFailoverMs: TIMING.failoverMs,
+      heartbeatIntervalMs: this.timing.nodeHeartbeatMs,
+      heartbeatTimeoutMs: this.timing.nodeTimeoutMs,
+      backoffBaseMs: this.timing.backoffMs,
+      backoffMaxMs: this.timing.backoffMaxMs,
+      requestTimeoutMs: this.timing.requestTimeoutMs,
+      unavailableFailoverMs: this.timing.failoverMs,
       connectTimeoutMs: 300,
     });
     this.agents.set(node, agent);

@@ -12,6 +12,8 @@ export interface Delivery {
   from: string;
   to: string;
   kind: 'frame' | 'close';
+  /** The message type of a frame, when it was sent as a message. */
+  type?: string;
 }
 
 export interface MemoryNetworkOptions {
@@ -39,17 +41,17 @@ class MemoryConnection implements Connection {
 
   send(msg: Message): boolean {
     if (this.closed) return false;
-    this.sendRaw(encode(msg));
+    this.sendRaw(encode(msg), msg.type);
     return true;
   }
 
   /** Send bytes as they are, for tests of the codec's error path. */
-  sendRaw(frame: Uint8Array | string): void {
+  sendRaw(frame: Uint8Array | string, type?: string): void {
     if (this.closed || this.cut) return;
     const peer = this.peer;
     this.net.deliver(() => {
       if (!peer.closed && !this.cut) peer.frameCb?.(decode(frame, this.net.maxFrameBytes));
-    }, { from: this.local, to: this.remote, kind: 'frame' });
+    }, type === undefined ? { from: this.local, to: this.remote, kind: 'frame' } : { from: this.local, to: this.remote, kind: 'frame', type });
   }
 
   close(code = 1000, reason = ''): void {
