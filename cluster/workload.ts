@@ -30,14 +30,24 @@ export interface WorkloadStats {
   lastError: string | undefined;
 }
 
+/** Where a workload reports each operation (for chaos runs' history); ids are unique per process. */
+export type OpRecorder = (e: { kind: 'invoke' | 'ok' | 'fail'; id: number; op: 'write'; target: string; requestId: string; bytes?: string; code?: string }) => void;
+
+let nextOp = 0;
+
 /** Write and verify records until `stop()` is called; returns the running stats. */
-export function runWorkload(handle: Handle, app: string, intervalMs: number): { stats: WorkloadStats; stop: () => Promise<void> } {
+export function runWorkload(handle: Handle, app: string, intervalMs: number, record?: OpRecorder): { stats: WorkloadStats; stop: () => Promise<void> } {
   const stats: WorkloadStats = { acked: 0, verified: 0, failed: 0, lastError: undefined };
   let stopped = false;
   const loop = (async () => {
     for (let seq = 0; !stopped; seq++) {
+      const id = ++nextOp;
+      const base = { id, op: 'write' as const, target: handle.target, requestId: handle.requestId };
       try {
-        await handle.write(seq * RECORD_BYTES, makeRecord(app, seq));
+        const bytes = makeRecord(app, seq);
+        record?.({ kind: 'invoke', ...base, bytes: Buffer.from(bytes).toString('latin1') });
+        await handle.write(seq * RECORD_BYTES, bytes);
+        record?.({ kind: 'ok', ...base });
         stats.acked++;
         const back = await handle.read(seq * RECORD_BYTES, RECORD_BYTES);
         const problem = checkRecord(back, app, seq);
@@ -46,6 +56,7 @@ export function runWorkload(handle: Handle, app: string, intervalMs: number): { 
       } catch (err) {
         stats.failed++;
         stats.lastError = err instanceof SafeResumeError ? err.code : String(err);
+        record?.({ kind: 'fail', ...base, code: stats.lastError });
         if (handle.state === 'invalidated' || handle.state === 'closed') return;
       }
       await new Promise((r) => setTimeout(r, intervalMs));

@@ -46,11 +46,13 @@ export class Recorder {
  * step as the decision, so the history's order is the store's order. It is injected through the
  * normal store parameter of a replica; the replica does not know it is watched.
  */
-export function observedStore(inner: TxStore, replica: string, rec: Recorder): Store {
+export function observedStore(inner: TxStore, replica: string, rec: Pick<Recorder, 'add'>): Store {
   const s = inner.sync;
+  // The rule and its record commit together, so the history's order is the store's commit order even
+  // with several replica processes on one database.
   const later = <T>(fn: () => T): Promise<T> => {
     try {
-      return Promise.resolve(fn());
+      return Promise.resolve(inner.atomically(fn));
     } catch (err) {
       return Promise.reject(err);
     }

@@ -65,6 +65,11 @@ export abstract class TxStore implements Store {
     return this.sync.renew(session, refs, expiresAt);
   }
 
+  /** Run `fn` (which may call `sync` rules) as one transaction, e.g. to record what a rule decided with it. */
+  atomically<T>(fn: () => T): T {
+    return this.tx(() => fn());
+  }
+
   async record(target: string): Promise<LockRecord | undefined> {
     return this.tx((t) => t.getRecord(target));
   }

@@ -91,6 +91,23 @@ export class SqliteStore extends TxStore {
     }
   }
 
+  /** Append one line to the store's history table (call inside `atomically`, so it commits with the rule). */
+  appendHistory(json: string): void {
+    this.db.prepare('CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL)').run();
+    this.db.prepare('INSERT INTO history (line) VALUES (?)').run(json);
+  }
+
+  /** Every target's bytes (for a final check). */
+  targets(): Array<{ target: string; data: Uint8Array }> {
+    return this.db.prepare<[], { target: string; data: Buffer }>('SELECT target, data FROM targets ORDER BY target').all().map((r) => ({ target: r.target, data: new Uint8Array(r.data) }));
+  }
+
+  /** Every history line, in commit order. */
+  readHistory(): string[] {
+    this.db.prepare('CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL)').run();
+    return this.db.prepare<[], { line: string }>('SELECT line FROM history ORDER BY seq').all().map((r) => r.line);
+  }
+
   /** Takes the write lock and lets go: a store another process keeps locked counts as unavailable. */
   async ping(): Promise<void> {
     this.tx(() => undefined);

@@ -1,0 +1,190 @@
+/**
+ * One process of a local cluster, started by the launcher with an IPC channel:
+ *   node dist/cluster/child.js replica '<json>'   a storage replica over the shared SQLite file
+ *   node dist/cluster/child.js node '<json>'      a node agent hosting workload applications
+ * It reports its status to the launcher, takes commands from it, and exits when the launcher goes
+ * away (the IPC channel closes), so a killed launcher leaves no orphans.
+ */
+import { join } from 'node:path';
+import { mkdirSync } from 'node:fs';
+import { pino } from 'pino';
+import { z } from 'zod';
+import { Application, type Handle } from '../actors/application.js';
+import { NodeAgent } from '../actors/node-agent.js';
+import { StorageReplica } from '../actors/replica.js';
+import { MemoryStore } from '../store/memory.js';
+import { SqliteStore } from '../store/sqlite.js';
+import type { TxStore } from '../store/base.js';
+import { observedStore } from '../sim/history.js';
+import { WebSocketTransport } from '../transport/ws.js';
+import { ChildCommand, type ChildReport } from './ipc.js';
+import { runWorkload, type WorkloadStats } from './workload.js';
+
+const ReplicaConfig = z.object({
+  id: z.string(),
+  port: z.number().int(),
+  dir: z.string(),
+  store: z.enum(['sqlite', 'memory']),
+  secret: z.string(),
+  holdMs: z.number().int().nonnegative(),
+  history: z.boolean(),
+  pretty: z.boolean(),
+});
+
+const NodeConfig = z.object({
+  id: z.string(),
+  replicas: z.array(z.string()),
+  dir: z.string(),
+  secret: z.string(),
+  pauseTimeoutMs: z.number().int().positive(),
+  intervalMs: z.number().int().nonnegative(),
+  apps: z.array(z.object({ name: z.string(), target: z.string(), requestId: z.string().optional() })),
+  history: z.boolean(),
+  pretty: z.boolean(),
+});
+
+function send(msg: ChildReport): void {
+  if (process.connected) process.send?.(msg);
+}
+
+function logger(dir: string, id: string, pretty: boolean) {
+  mkdirSync(join(dir, 'logs'), { recursive: true });
+  const file = pino.destination({ dest: join(dir, 'logs', `${id}.log`), sync: false });
+  return pretty ? pino({ base: { actor: id } }, pino.multistream([{ stream: file }, { stream: pino.transport({ target: 'pino-pretty' }) }])) : pino({ base: { actor: id } }, file);
+}
+
+async function replica(raw: unknown): Promise<void> {
+  const cfg = ReplicaConfig.parse(raw);
+  const log = logger(cfg.dir, cfg.id, cfg.pretty);
+  const inner: TxStore = cfg.store === 'memory' ? new MemoryStore() : new SqliteStore(join(cfg.dir, 'store.sqlite'));
+  const store =
+    cfg.history && inner instanceof SqliteStore
+      ? observedStore(inner, cfg.id, { add: (e) => inner.appendHistory(JSON.stringify({ t: Date.now(), ...e })) })
+      : inner;
+  const r = new StorageReplica({ id: cfg.id, store, transport: new WebSocketTransport(), secret: cfg.secret, port: cfg.port, holdMs: cfg.holdMs, env: { log } });
+  await r.start();
+  process.on('message', (m) => {
+    const cmd = ChildCommand.safeParse(m);
+    if (!cmd.success) return log.warn({ message: m }, 'bad command from launcher');
+    if (cmd.data.type === 'dismount') r.dismount();
+    else if (cmd.data.type === 'mount') r.mount();
+    else if (cmd.data.type === 'shutdown') void r.stop().then(() => inner.shutdown()).then(() => process.exit(0));
+  });
+  const report = () => send({ type: 'status', role: 'replica', id: cfg.id, url: r.url, dismounted: r.isDismounted, sessions: r.sessionCount, stats: { ...r.stats } });
+  report();
+  setInterval(report, 300).unref();
+}
+
+interface HostedApp {
+  name: string;
+  target: string;
+  app: Application;
+  handle: Handle | undefined;
+  stats: WorkloadStats;
+  stop: () => Promise<void>;
+  stopped: boolean;
+}
+
+async function node(raw: unknown): Promise<void> {
+  const cfg = NodeConfig.parse(raw);
+  const log = logger(cfg.dir, cfg.id, cfg.pretty);
+  const agent = new NodeAgent({ id: cfg.id, replicas: cfg.replicas, transport: new WebSocketTransport(), secret: cfg.secret, dataDir: cfg.dir, env: { log } });
+  agent.start().catch((err: unknown) => log.error({ err: String(err) }, 'node agent could not start'));
+  const apps = new Map<string, HostedApp>();
+  const history: unknown[] = [];
+  const record = (proc: string) => (e: Record<string, unknown>) => {
+    if (cfg.history) history.push({ t: Date.now(), proc, ...e, id: `${cfg.id}:${String(e.id)}` });
+  };
+
+  /** Open the target (reclaiming a kept or given requestId) and write until stopped; reload after an invalidation. */
+  const host = (name: string, target: string, requestId?: string): void => {
+    const app = new Application(agent, { name, pauseTimeoutMs: cfg.pauseTimeoutMs, env: { log } });
+    const hosted: HostedApp = { name, target, app, handle: undefined, stats: { acked: 0, verified: 0, failed: 0, lastError: undefined }, stop: async () => {}, stopped: false };
+    apps.set(name, hosted);
+    const proc = `${cfg.id}/${name}#${process.pid}`;
+    const run = async (rid: string | undefined): Promise<void> => {
+      while (!hosted.stopped) {
+        try {
+          const h = await app.open(target, rid ? { requestId: rid } : {});
+          hosted.handle = h;
+          h.on('state', (to) => record(proc)({ kind: 'state', target, requestId: h.requestId, to, ...(h.reason && to === 'invalidated' ? { reason: h.reason } : {}), id: 0 }));
+          const w = runWorkload(h, `${proc}@${Date.now()}`, cfg.intervalMs, (e) => record(proc)({ ...e }));
+          const before = hosted.stats;
+          hosted.stats = w.stats;
+          Object.assign(w.stats, { acked: w.stats.acked + before.acked, verified: w.stats.verified + before.verified, failed: w.stats.failed + before.failed });
+          hosted.stop = w.stop;
+          await new Promise<void>((resolve) => h.on('state', (s) => (s === 'invalidated' || s === 'closed') && resolve()));
+          await w.stop();
+        } catch (err) {
+          hosted.stats.lastError = (err as { code?: string }).code ?? String(err);
+        }
+        rid = undefined; // after an invalidation the application reloads: a fresh open
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    };
+    void run(requestId);
+  };
+  for (const a of cfg.apps) host(a.name, a.target, a.requestId);
+
+  process.on('message', (m) => {
+    const cmd = ChildCommand.safeParse(m);
+    if (!cmd.success) return log.warn({ message: m }, 'bad command from launcher');
+    const c = cmd.data;
+    if (c.type === 'release') {
+      // The application moves away: this instance stops where it is (its requestId goes with it).
+      const a = apps.get(c.app);
+      if (!a) return send({ type: 'released', app: c.app, error: `${cfg.id} does not host ${c.app}` });
+      a.stopped = true;
+      const requestId = a.handle?.requestId;
+      a.app.crash();
+      apps.delete(c.app);
+      send({ type: 'released', app: c.app, target: a.target, ...(requestId ? { requestId } : {}) });
+    } else if (c.type === 'host') {
+      host(c.app, c.target, c.requestId);
+    } else if (c.type === 'stop-workload') {
+      for (const a of apps.values()) a.stopped = true;
+      void Promise.all([...apps.values()].map((a) => a.stop())).then(() => send({ type: 'workload-stopped' }));
+    } else if (c.type === 'shutdown') {
+      for (const a of apps.values()) a.stopped = true;
+      void Promise.all([...apps.values()].map(async (a) => (await a.stop(), await a.handle?.close()))).finally(() => {
+        agent.crash();
+        process.exit(0);
+      });
+    }
+  });
+  const report = () => {
+    send({
+      type: 'status',
+      role: 'node',
+      id: cfg.id,
+      state: agent.state,
+      replica: agent.replica ?? null,
+      handles: [...apps.values()].map((a) => ({
+        app: a.name,
+        target: a.target,
+        requestId: a.handle?.requestId ?? null,
+        state: a.handle?.state ?? 'opening',
+        reason: a.handle?.reason ?? null,
+        acked: a.stats.acked,
+        verified: a.stats.verified,
+        failed: a.stats.failed,
+        lastError: a.stats.lastError ?? null,
+      })),
+    });
+    if (history.length > 0) send({ type: 'history', events: history.splice(0) });
+  };
+  report();
+  setInterval(report, 300).unref();
+}
+
+// The launcher is gone: so are we.
+process.on('disconnect', () => process.exit(0));
+const [role, json] = process.argv.slice(2);
+try {
+  const cfg: unknown = JSON.parse(json ?? '');
+  await (role === 'replica' ? replica(cfg) : role === 'node' ? node(cfg) : Promise.reject(new Error(`unknown role ${role}`)));
+  send({ type: 'ready' });
+} catch (err) {
+  console.error(`safe-resume child ${role}: ${(err as Error).message}`);
+  process.exit(1);
+}

@@ -1,0 +1,48 @@
+/**
+ * Messages between the launcher and its child processes (over Node's IPC channel), validated on
+ * arrival like every other message crossing a process boundary.
+ */
+import { z } from 'zod';
+
+export const ChildCommand = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('dismount') }),
+  z.object({ type: z.literal('mount') }),
+  z.object({ type: z.literal('shutdown') }),
+  z.object({ type: z.literal('stop-workload') }),
+  z.object({ type: z.literal('release'), app: z.string() }),
+  z.object({ type: z.literal('host'), app: z.string(), target: z.string(), requestId: z.string().optional() }),
+]);
+export type ChildCommand = z.infer<typeof ChildCommand>;
+
+const nullable = <T extends z.ZodTypeAny>(t: T) => t.nullable();
+
+export const HandleStatus = z.object({
+  app: z.string(),
+  target: z.string(),
+  requestId: nullable(z.string()),
+  state: z.string(),
+  reason: nullable(z.string()),
+  acked: z.number(),
+  verified: z.number(),
+  failed: z.number(),
+  lastError: nullable(z.string()),
+});
+export type HandleStatus = z.infer<typeof HandleStatus>;
+
+export const ChildReport = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('ready') }),
+  z.object({
+    type: z.literal('status'),
+    role: z.literal('replica'),
+    id: z.string(),
+    url: z.string(),
+    dismounted: z.boolean(),
+    sessions: z.number(),
+    stats: z.record(z.string(), z.number()),
+  }),
+  z.object({ type: z.literal('status'), role: z.literal('node'), id: z.string(), state: z.string(), replica: nullable(z.string()), handles: z.array(HandleStatus) }),
+  z.object({ type: z.literal('history'), events: z.array(z.unknown()) }),
+  z.object({ type: z.literal('released'), app: z.string(), target: z.string().optional(), requestId: z.string().optional(), error: z.string().optional() }),
+  z.object({ type: z.literal('workload-stopped') }),
+]);
+export type ChildReport = z.infer<typeof ChildReport>;

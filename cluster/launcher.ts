@@ -1,0 +1,417 @@
+/**
+ * The launcher of a local cluster: storage replicas and node agents as separate OS processes on
+ * 127.0.0.1 over one SQLite file, fault proxies between every node and every replica, and one
+ * control endpoint (HTTP on 127.0.0.1) that the CLI commands talk to.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { createServer, type Server } from 'node:http';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from 'pino';
+import { Application } from '../actors/application.js';
+import { loadOrCreateSecret } from '../actors/auth.js';
+import { NodeAgent } from '../actors/node-agent.js';
+import { SafeResumeError } from '../errors.js';
+import { SqliteStore } from '../store/sqlite.js';
+import { WebSocketTransport } from '../transport/ws.js';
+import { FaultProxy } from './fault-proxy.js';
+import { ChildReport, type ChildCommand, type HandleStatus } from './ipc.js';
+
+export interface LauncherOptions {
+  dir: string;
+  replicas: number;
+  nodes: number;
+  apps: number;
+  holdMs: number;
+  pauseTimeoutMs: number;
+  intervalMs: number;
+  /** First replica port (replica i listens on port + i); 0 picks free ports. */
+  port: number;
+  /** Record a history for the checker (chaos mode). */
+  history: boolean;
+  pretty: boolean;
+  log: Logger;
+}
+
+interface Child {
+  id: string;
+  role: 'replica' | 'node';
+  config: Record<string, unknown>;
+  proc: ChildProcess | undefined;
+  status: Extract<ChildReport, { type: 'status' }> | undefined;
+  ready: Promise<void>;
+}
+
+export type ControlResult = { ok: true; [k: string]: unknown } | { ok: false; code: string; message: string };
+
+const CHILD = join(fileURLToPath(new URL('.', import.meta.url)), 'child.js');
+
+async function freePort(): Promise<number> {
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+export class Launcher {
+  readonly children = new Map<string, Child>();
+  readonly proxies = new Map<string, FaultProxy[]>();
+  /** Which node hosts each application, and its target. */
+  readonly apps = new Map<string, { node: string; target: string }>();
+  readonly history: unknown[] = [];
+  readonly secret: string;
+  replicaUrls: string[] = [];
+  private control: Server | undefined;
+  private cli: NodeAgent | undefined;
+  private timers = new Set<NodeJS.Timeout>();
+  private released = new Map<string, (r: Extract<ChildReport, { type: 'released' }>) => void>();
+  private stopping = false;
+  controlUrl = '';
+
+  constructor(readonly opts: LauncherOptions) {
+    mkdirSync(opts.dir, { recursive: true });
+    this.secret = loadOrCreateSecret(opts.dir);
+  }
+
+  get dbPath(): string {
+    return join(this.opts.dir, 'store.sqlite');
+  }
+
+  async start(): Promise<void> {
+    if (this.opts.history) {
+      // A chaos run checks one history: start it empty.
+      for (const f of ['store.sqlite', 'store.sqlite-wal', 'store.sqlite-shm']) rmSync(join(this.opts.dir, f), { force: true });
+      for (let n = 1; n <= this.opts.nodes; n++) rmSync(join(this.opts.dir, `node-${n}.handles.json`), { force: true });
+    }
+    for (let i = 0; i < this.opts.replicas; i++) {
+      const id = `replica-${i + 1}`;
+      const port = this.opts.port ? this.opts.port + i : await freePort();
+      this.replicaUrls.push(`ws://127.0.0.1:${port}`);
+      this.spawn(id, 'replica', { id, port, dir: this.opts.dir, store: 'sqlite', secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty });
+    }
+    await Promise.all([...this.children.values()].map((c) => c.ready));
+    let appNo = 0;
+    for (let n = 1; n <= this.opts.nodes; n++) {
+      const id = `node-${n}`;
+      const proxies = this.replicaUrls.map((u) => FaultProxy.forUrl(u));
+      const urls = await Promise.all(proxies.map((p) => p.listen()));
+      this.proxies.set(id, proxies);
+      const apps = [];
+      for (let a = 0; a < this.opts.apps; a++) {
+        const name = `app-${++appNo}`;
+        const target = `${name}.disk`;
+        this.apps.set(name, { node: id, target });
+        apps.push({ name, target });
+      }
+      this.spawn(id, 'node', { id, replicas: urls, dir: this.opts.dir, secret: this.secret, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty });
+    }
+    await Promise.all([...this.children.values()].map((c) => c.ready));
+    await this.listen();
+  }
+
+  private spawn(id: string, role: 'replica' | 'node', config: Record<string, unknown>): Child {
+    const proc = fork(CHILD, [role, JSON.stringify(config)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    let ready!: () => void;
+    let failed!: (e: Error) => void;
+    const child: Child = { id, role, config, proc, status: undefined, ready: new Promise<void>((r, j) => ((ready = r), (failed = j))) };
+    this.children.set(id, child);
+    proc.on('message', (m) => {
+      const msg = ChildReport.safeParse(m);
+      if (!msg.success) return this.opts.log.warn({ child: id }, 'bad report from child');
+      const r = msg.data;
+      if (r.type === 'ready') ready();
+      else if (r.type === 'status') child.status = r;
+      else if (r.type === 'history') this.history.push(...r.events);
+      else if (r.type === 'released') this.released.get(r.app)?.(r);
+    });
+    proc.on('exit', (code, signal) => {
+      if (child.proc === proc) child.proc = undefined;
+      failed(new Error(`${id} exited (${signal ?? code}) before it was ready`));
+      if (!this.stopping) this.opts.log.warn({ child: id, code, signal }, 'child exited');
+    });
+    return child;
+  }
+
+  private child(id: string, role?: 'replica' | 'node'): Child {
+    const c = this.children.get(id);
+    if (!c || (role && c.role !== role)) throw new SafeResumeError('INVALID_ARGUMENT', `no ${role ?? 'replica or node'} called ${JSON.stringify(id)}`);
+    return c;
+  }
+
+  private tell(c: Child, cmd: ChildCommand): void {
+    if (!c.proc?.connected) throw new SafeResumeError('UNAVAILABLE', `${c.id} is not running`);
+    c.proc.send(cmd);
+  }
+
+  private later(ms: number, fn: () => void): void {
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      fn();
+    }, ms);
+    this.timers.add(t);
+  }
+
+  // ---- Commands (the control endpoint and chaos mode call these) ----
+
+  status(): Record<string, unknown> {
+    const replicas = [...this.children.values()].filter((c) => c.role === 'replica').map((c) => ({
+      id: c.id,
+      state: !c.proc ? 'down' : c.status?.role === 'replica' && c.status.dismounted ? 'dismounted' : 'serving',
+      pid: c.proc?.pid ?? null,
+      sessions: c.status?.role === 'replica' ? c.status.sessions : 0,
+      stats: c.status?.role === 'replica' ? c.status.stats : {},
+    }));
+    const nodes = [...this.children.values()].filter((c) => c.role === 'node').map((c) => ({
+      id: c.id,
+      state: !c.proc ? 'down' : c.status?.role === 'node' ? c.status.state : 'starting',
+      pid: c.proc?.pid ?? null,
+      replica: c.status?.role === 'node' ? c.status.replica : null,
+      partitioned: (this.proxies.get(c.id) ?? []).some((p) => p.mode === 'partition'),
+    }));
+    const handles: Array<HandleStatus & { node: string }> = [];
+    for (const c of this.children.values()) if (c.proc && c.status?.role === 'node') for (const h of c.status.handles) handles.push({ node: c.id, ...h });
+    return { replicas, nodes, handles, control: this.controlUrl, dir: this.opts.dir };
+  }
+
+  kill(id: string): ControlResult {
+    const c = this.child(id);
+    if (!c.proc) throw new SafeResumeError('UNAVAILABLE', `${id} is not running`);
+    this.noteCrash(c);
+    c.proc.kill('SIGKILL');
+    return { ok: true, killed: id };
+  }
+
+  async restart(id: string): Promise<ControlResult> {
+    const c = this.child(id);
+    if (c.proc) {
+      this.noteCrash(c);
+      const proc = c.proc;
+      const gone = new Promise((r) => proc.once('exit', r));
+      proc.kill('SIGKILL');
+      await gone;
+    }
+    const config = { ...c.config };
+    if (c.role === 'node') {
+      // Its applications come back and reclaim the requestIds the node kept on disk.
+      config.apps = [...this.apps.entries()].filter(([, a]) => a.node === id).map(([name, a]) => ({ name, target: a.target }));
+    }
+    await this.spawn(id, c.role, config).ready;
+    return { ok: true, restarted: id };
+  }
+
+  /** Chaos history: the applications of a killed or moved process stop without a word. */
+  private noteCrash(c: Child, app?: string): void {
+    if (!this.opts.history || c.role !== 'node' || !c.proc) return;
+    for (const h of c.status?.role === 'node' ? c.status.handles : []) {
+      if (!app || h.app === app) this.history.push({ t: Date.now(), kind: 'crash', proc: `${c.id}/${h.app}#${c.proc.pid}` });
+    }
+  }
+
+  partition(node: string, forS?: number): ControlResult {
+    const proxies = this.proxies.get(node);
+    if (!proxies) throw new SafeResumeError('INVALID_ARGUMENT', `no node called ${JSON.stringify(node)}`);
+    for (const p of proxies) p.partition();
+    if (forS) this.later(forS * 1000, () => this.heal(node));
+    return { ok: true, partitioned: node, ...(forS ? { healsInS: forS } : {}) };
+  }
+
+  heal(node?: string): ControlResult {
+    const names = node ? [node] : [...this.proxies.keys()];
+    for (const n of names) {
+      const proxies = this.proxies.get(n);
+      if (!proxies) throw new SafeResumeError('INVALID_ARGUMENT', `no node called ${JSON.stringify(n)}`);
+      for (const p of proxies) p.heal();
+    }
+    return { ok: true, healed: names };
+  }
+
+  dismount(replica: string, forS: number): ControlResult {
+    const c = this.child(replica, 'replica');
+    this.tell(c, { type: 'dismount' });
+    this.later(forS * 1000, () => c.proc?.connected && c.proc.send({ type: 'mount' } satisfies ChildCommand));
+    return { ok: true, dismounted: replica, mountsInS: forS };
+  }
+
+  async rebootStorage(): Promise<ControlResult> {
+    const replicas = [...this.children.values()].filter((c) => c.role === 'replica');
+    await Promise.all(replicas.map((c) => this.restart(c.id)));
+    return { ok: true, rebooted: replicas.map((c) => c.id) };
+  }
+
+  async move(app: string, to: string): Promise<ControlResult> {
+    const a = this.apps.get(app);
+    if (!a) throw new SafeResumeError('INVALID_ARGUMENT', `no application called ${JSON.stringify(app)}`);
+    if (a.node === to) throw new SafeResumeError('INVALID_ARGUMENT', `${app} already runs on ${to}`);
+    const from = this.child(a.node, 'node');
+    const dest = this.child(to, 'node');
+    if (!dest.proc) throw new SafeResumeError('UNAVAILABLE', `${to} is not running`);
+    let requestId: string | undefined;
+    if (from.proc?.connected) {
+      const answer = new Promise<Extract<ChildReport, { type: 'released' }>>((r) => this.released.set(app, r));
+      this.noteCrash(from, app);
+      this.tell(from, { type: 'release', app });
+      const r = await Promise.race([answer, new Promise<undefined>((r) => setTimeout(() => r(undefined), 5000))]);
+      this.released.delete(app);
+      requestId = r?.requestId;
+    }
+    this.tell(dest, { type: 'host', app, target: a.target, ...(requestId ? { requestId } : {}) });
+    this.apps.set(app, { node: to, target: a.target });
+    return { ok: true, moved: app, from: from.id, to, requestId: requestId ?? null };
+  }
+
+  private async cliAgent(): Promise<NodeAgent> {
+    if (!this.cli) {
+      this.cli = new NodeAgent({ id: 'cli', replicas: this.replicaUrls, transport: new WebSocketTransport(), secret: this.secret, env: { log: this.opts.log } });
+      await this.cli.start();
+    }
+    return this.cli;
+  }
+
+  /** An ad-hoc application writes `text` at offset 0 of the target: the foreign writer of the docs. */
+  async write(target: string, text: string, as = 'cli'): Promise<ControlResult> {
+    const app = new Application(await this.cliAgent(), { name: as });
+    const h = await app.open(target);
+    try {
+      const { version } = await h.write(0, new TextEncoder().encode(text));
+      return { ok: true, target, as, requestId: h.requestId, bytes: text.length, version };
+    } finally {
+      await h.close();
+    }
+  }
+
+  async read(target: string, length = 1024 * 1024): Promise<ControlResult> {
+    const app = new Application(await this.cliAgent(), { name: 'cli-reader' });
+    const h = await app.open(target, { mode: 'read' });
+    try {
+      const data = await h.read(0, length);
+      return { ok: true, target, bytes: data.length, text: new TextDecoder().decode(data) };
+    } finally {
+      await h.close();
+    }
+  }
+
+  /** Stop every workload (chaos mode) and wait until each node has flushed its history. */
+  async stopWorkloads(): Promise<void> {
+    const nodes = [...this.children.values()].filter((c) => c.role === 'node' && c.proc?.connected);
+    await Promise.all(
+      nodes.map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            const onMsg = (m: unknown) => {
+              if ((m as { type?: string }).type === 'workload-stopped') {
+                c.proc?.off('message', onMsg);
+                setTimeout(resolve, 400); // one more status report carries the last history
+              }
+            };
+            c.proc!.on('message', onMsg);
+            c.proc!.send({ type: 'stop-workload' } satisfies ChildCommand);
+            setTimeout(resolve, 10_000);
+          }),
+      ),
+    );
+  }
+
+  /** The store's half of the history (commit order) and the final bytes of every target. */
+  storeHistory(): { events: unknown[]; finals: Array<{ target: string; bytes: string }> } {
+    const store = new SqliteStore(this.dbPath);
+    try {
+      const events = store.readHistory().map((l) => JSON.parse(l) as unknown);
+      const finals = store.targets().map((t) => ({ target: t.target, bytes: Buffer.from(t.data).toString('latin1') }));
+      return { events, finals };
+    } finally {
+      void store.shutdown();
+    }
+  }
+
+  async down(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    for (const t of this.timers) clearTimeout(t);
+    this.cli?.crash();
+    const exits = [...this.children.values()].filter((c) => c.proc).map((c) => {
+      const proc = c.proc!;
+      return new Promise<void>((resolve) => {
+        if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
+        const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
+        proc.once('exit', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        if (proc.connected) proc.send({ type: 'shutdown' } satisfies ChildCommand);
+        else proc.kill('SIGKILL');
+      });
+    });
+    await Promise.all(exits);
+    for (const ps of this.proxies.values()) for (const p of ps) await p.close();
+    await new Promise<void>((r) => (this.control ? this.control.close(() => r()) : r()));
+    rmSync(join(this.opts.dir, 'control.json'), { force: true });
+  }
+
+  // ---- The control endpoint ----
+
+  private async listen(): Promise<void> {
+    this.control = createServer((req, res) => {
+      let body = '';
+      req.on('data', (d: Buffer) => {
+        body += d.toString();
+        if (body.length > 1 << 20) req.destroy();
+      });
+      req.on('end', () => {
+        void this.dispatch(req.method ?? 'GET', req.url ?? '/', body).then((r) => {
+          res.writeHead(r.ok ? 200 : 400, { 'content-type': 'application/json' });
+          res.end(JSON.stringify(r));
+        });
+      });
+    });
+    await new Promise<void>((r) => this.control!.listen(0, '127.0.0.1', r));
+    const port = (this.control.address() as net.AddressInfo).port;
+    this.controlUrl = `http://127.0.0.1:${port}`;
+    writeFileSync(join(this.opts.dir, 'control.json'), JSON.stringify({ url: this.controlUrl, pid: process.pid }) + '\n');
+  }
+
+  private async dispatch(method: string, url: string, body: string): Promise<ControlResult> {
+    try {
+      if (method === 'GET' && url === '/status') return { ok: true, ...this.status() };
+      if (method !== 'POST') throw new SafeResumeError('INVALID_ARGUMENT', `unknown endpoint ${method} ${url}`);
+      const args = (body ? JSON.parse(body) : {}) as Record<string, unknown>;
+      const str = (k: string) => {
+        const v = args[k];
+        if (typeof v !== 'string' || v.length === 0) throw new SafeResumeError('INVALID_ARGUMENT', `missing ${k}`);
+        return v;
+      };
+      const num = (k: string) => (typeof args[k] === 'number' ? (args[k] as number) : undefined);
+      switch (url) {
+        case '/kill':
+          return this.kill(str('id'));
+        case '/restart':
+          return await this.restart(str('id'));
+        case '/partition':
+          return this.partition(str('node'), num('for'));
+        case '/heal':
+          return this.heal(typeof args.node === 'string' ? args.node : undefined);
+        case '/dismount':
+          return this.dismount(str('replica'), num('for') ?? 10);
+        case '/reboot-storage':
+          return await this.rebootStorage();
+        case '/move':
+          return await this.move(str('app'), str('to'));
+        case '/write':
+          return await this.write(str('target'), str('text'), typeof args.as === 'string' ? args.as : 'cli');
+        case '/read':
+          return await this.read(str('target'));
+        case '/down':
+          setTimeout(() => process.kill(process.pid, 'SIGTERM'), 50);
+          return { ok: true, down: true };
+        default:
+          throw new SafeResumeError('INVALID_ARGUMENT', `unknown endpoint ${method} ${url}`);
+      }
+    } catch (err) {
+      if (err instanceof SafeResumeError) return { ok: false, code: err.code, message: err.message };
+      if (err instanceof SyntaxError) return { ok: false, code: 'INVALID_ARGUMENT', message: `body is not JSON: ${err.message}` };
+      return { ok: false, code: 'INTERNAL', message: String(err) };
+    }
+  }
+}
