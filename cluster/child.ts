@@ -41,10 +41,13 @@ const NodeConfig = z.object({
   apps: z.array(z.object({ name: z.string(), target: z.string(), requestId: z.string().optional() })),
   history: z.boolean(),
   pretty: z.boolean(),
+  /** Reopen a target afresh after an invalidation (chaos runs); otherwise the handle stays invalidated. */
+  reload: z.boolean(),
 });
 
 function send(msg: ChildReport): void {
-  if (process.connected) process.send?.(msg);
+  // With a callback, a launcher that just went away is an ignored error, not a crash.
+  if (process.connected) process.send?.(msg, undefined, {}, () => undefined);
 }
 
 function logger(dir: string, id: string, pretty: boolean) {
@@ -83,6 +86,8 @@ interface HostedApp {
   stats: WorkloadStats;
   stop: () => Promise<void>;
   stopped: boolean;
+  /** The reason of the last invalidation, kept across reloads. */
+  lastReason: string | undefined;
 }
 
 async function node(raw: unknown): Promise<void> {
@@ -99,7 +104,7 @@ async function node(raw: unknown): Promise<void> {
   /** Open the target (reclaiming a kept or given requestId) and write until stopped; reload after an invalidation. */
   const host = (name: string, target: string, requestId?: string): void => {
     const app = new Application(agent, { name, pauseTimeoutMs: cfg.pauseTimeoutMs, env: { log } });
-    const hosted: HostedApp = { name, target, app, handle: undefined, stats: { acked: 0, verified: 0, failed: 0, lastError: undefined }, stop: async () => {}, stopped: false };
+    const hosted: HostedApp = { name, target, app, handle: undefined, stats: { acked: 0, verified: 0, failed: 0, lastError: undefined }, stop: async () => {}, stopped: false, lastReason: undefined };
     apps.set(name, hosted);
     const proc = `${cfg.id}/${name}#${process.pid}`;
     const run = async (rid: string | undefined): Promise<void> => {
@@ -114,7 +119,9 @@ async function node(raw: unknown): Promise<void> {
           Object.assign(w.stats, { acked: w.stats.acked + before.acked, verified: w.stats.verified + before.verified, failed: w.stats.failed + before.failed });
           hosted.stop = w.stop;
           await new Promise<void>((resolve) => h.on('state', (s) => (s === 'invalidated' || s === 'closed') && resolve()));
+          hosted.lastReason = h.reason ?? hosted.lastReason;
           await w.stop();
+          if (!cfg.reload) return;
         } catch (err) {
           hosted.stats.lastError = (err as { code?: string }).code ?? String(err);
         }
@@ -164,7 +171,7 @@ async function node(raw: unknown): Promise<void> {
         target: a.target,
         requestId: a.handle?.requestId ?? null,
         state: a.handle?.state ?? 'opening',
-        reason: a.handle?.reason ?? null,
+        reason: a.handle?.reason ?? a.lastReason ?? null,
         acked: a.stats.acked,
         verified: a.stats.verified,
         failed: a.stats.failed,

@@ -2,32 +2,53 @@
 /** The safe-resume command line. */
 import { parseArgs } from 'node:util';
 import { resolve, join } from 'node:path';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { Application } from '../actors/application.js';
 import { LocalCluster } from './local.js';
 import { runWorkload, type WorkloadStats } from './workload.js';
 import type { Handle } from '../actors/application.js';
 import { runSchedule } from '../sim/scheduler.js';
+import { Launcher } from './launcher.js';
+import { runChaos, type ChaosSummary } from './chaos.js';
 import { formatReplay, formatSummary, runSeeds } from '../sim/run.js';
 
 const HELP = `safe-resume — pause applications through storage failures, resume them safely
 
 Usage:
-  safe-resume up [options]     start a local cluster with a workload and show its status
-  safe-resume sim [options]    run seeded fault schedules in the simulated world and check them
-  safe-resume help             show this help
+  safe-resume up [options]            start a local cluster (real processes) and show its status
+  safe-resume status [--json]         every replica, node and handle of the running cluster
+  safe-resume kill <id>               SIGKILL a replica or node (replica-1, node-2, ...)
+  safe-resume restart <id>            restart a replica or node (killing it first if it runs)
+  safe-resume partition <node> [--for S]   cut a node off from every replica (heal after S seconds)
+  safe-resume heal [<node>]           end partitions (of one node, or all)
+  safe-resume dismount <replica> --for S   the replica's store is unavailable for S seconds
+  safe-resume reboot-storage          restart every replica
+  safe-resume move <app> --to <node>  move an application (with its requestId) to another node
+  safe-resume write <target> <text> [--as NAME]   write text at offset 0 as an ad-hoc application
+  safe-resume read <target>           read a target as an ad-hoc reader
+  safe-resume down                    stop the cluster
+  safe-resume sim [options]           run seeded fault schedules in the simulated world and check them
+  safe-resume help                    show this help
+
+Every command takes --dir (default ./.safe-resume) to find the running cluster, and --json.
 
 Options for up:
   --replicas N           storage replicas (default 3)
   --nodes N              node agents (default 2)
-  --apps N               workload applications per node (default 2)
-  --store sqlite|memory  the store (default sqlite, in --dir)
+  --apps N               workload applications per node (default 2), named app-1, app-2, ... across nodes
+  --store sqlite|memory  sqlite (default): real processes over <dir>/store.sqlite; memory: everything
+                         in this one process, no control commands
   --dir PATH             data directory: store, cluster secret, kept requestIds, logs (default ./.safe-resume)
   --hold-ms MS           hold period of a lost session's locks (default 5000)
   --pause-timeout-ms MS  how long a paused handle waits before it is invalidated (default 60000)
   --port N               first replica port; replicas use N, N+1, ... (default: free ports)
   --interval-ms MS       pause between workload writes (default 200)
+  --config FILE          JSON file with any of these options (flags win)
+  --pretty               also print every process's log, pretty, on the terminal
+  --chaos --for S [--seed N] [--json]
+                         drive a random fault schedule for S seconds, check the history, print a
+                         summary and exit (non-zero on any violation)
 
 Options for sim:
   --seeds N              schedules to run (default 100); seeds start at --from (default 1)
@@ -36,8 +57,7 @@ Options for sim:
   --json                 print one JSON object (schedules, steps, faults, resumes, violations)
   Exit code 1 if any guarantee (S1-S4, L1-L3) is violated. Soak: safe-resume sim --seeds 100000
 
-In this version the whole cluster runs in one process over real WebSockets on 127.0.0.1;
-logs are pino JSON in <dir>/cluster.log. Ctrl-C stops it.
+Logs are pino JSON, one file per process, in <dir>/logs/.
 `;
 
 class UsageError extends Error {}
@@ -49,78 +69,278 @@ function int(name: string, value: string | undefined, dflt: number, min = 0): nu
   return n;
 }
 
-async function up(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      replicas: { type: 'string' },
-      nodes: { type: 'string' },
-      apps: { type: 'string' },
-      store: { type: 'string' },
-      dir: { type: 'string' },
-      'hold-ms': { type: 'string' },
-      'pause-timeout-ms': { type: 'string' },
-      port: { type: 'string' },
-      'interval-ms': { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
-    strict: true,
-  });
-  if (values.help) return void process.stdout.write(HELP);
-  const store = values.store ?? 'sqlite';
-  if (store !== 'sqlite' && store !== 'memory') throw new UsageError(`--store must be sqlite or memory, got ${JSON.stringify(store)}`);
-  const replicas = int('replicas', values.replicas, 3, 1);
-  const nodes = int('nodes', values.nodes, 2, 1);
-  const apps = int('apps', values.apps, 2, 1);
-  const holdMs = int('hold-ms', values['hold-ms'], 5000);
-  const pauseTimeoutMs = int('pause-timeout-ms', values['pause-timeout-ms'], 60_000, 1);
-  const port = int('port', values.port, 0);
-  const intervalMs = int('interval-ms', values['interval-ms'], 200);
-  const dir = resolve(values.dir ?? '.safe-resume');
-  mkdirSync(dir, { recursive: true });
-  const log = pino({ level: 'info' }, pino.destination({ dest: join(dir, 'cluster.log'), sync: false }));
+interface UpOptions {
+  replicas: number;
+  nodes: number;
+  apps: number;
+  store: 'sqlite' | 'memory';
+  dir: string;
+  holdMs: number;
+  pauseTimeoutMs: number;
+  port: number;
+  intervalMs: number;
+  pretty: boolean;
+  chaos: boolean;
+  forS: number;
+  seed: number;
+  json: boolean;
+}
 
-  const cluster = await LocalCluster.start({ dir, replicas, store, env: { log }, replica: { holdMs }, ...(port ? { basePort: port } : {}) });
-  const workloads: Array<{ node: string; app: string; handle: Handle; stats: WorkloadStats; stop: () => Promise<void> }> = [];
-  for (let n = 1; n <= nodes; n++) {
-    const agent = await cluster.addNode(`node-${n}`);
-    for (let a = 1; a <= apps; a++) {
-      const app = new Application(agent, { name: `app-${a}`, pauseTimeoutMs });
-      const handle = await app.open(`node-${n}.app-${a}.disk`);
-      workloads.push({ node: agent.id, app: app.name, handle, ...runWorkload(handle, `node-${n}/app-${a}`, intervalMs) });
+const UP_FLAGS = {
+  replicas: { type: 'string' },
+  nodes: { type: 'string' },
+  apps: { type: 'string' },
+  store: { type: 'string' },
+  dir: { type: 'string' },
+  'hold-ms': { type: 'string' },
+  'pause-timeout-ms': { type: 'string' },
+  port: { type: 'string' },
+  'interval-ms': { type: 'string' },
+  config: { type: 'string' },
+  pretty: { type: 'boolean' },
+  chaos: { type: 'boolean' },
+  for: { type: 'string' },
+  seed: { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+function parseUp(argv: string[]): UpOptions | undefined {
+  const { values: flags } = parseArgs({ args: argv, options: UP_FLAGS, strict: true });
+  if (flags.help) return void process.stdout.write(HELP);
+  // A config file gives defaults; flags on the command line win.
+  let file: Record<string, unknown> = {};
+  if (flags.config) {
+    try {
+      file = JSON.parse(readFileSync(flags.config, 'utf8')) as Record<string, unknown>;
+    } catch (err) {
+      throw new UsageError(`--config ${flags.config}: ${(err as Error).message}`);
     }
+    if (typeof file !== 'object' || file === null || Array.isArray(file)) throw new UsageError(`--config ${flags.config}: expected a JSON object`);
+    for (const k of Object.keys(file)) if (!(k in UP_FLAGS) || k === 'config') throw new UsageError(`--config ${flags.config}: unknown option ${JSON.stringify(k)}`);
   }
-  const tty = process.stdout.isTTY === true;
-  process.stdout.write(`safe-resume: ${replicas} replicas (${store} store in ${dir}), ${nodes} nodes x ${apps} apps\n`);
-  for (const r of cluster.replicas) process.stdout.write(`  ${r.id}  ${r.url}\n`);
+  const v = (k: keyof typeof UP_FLAGS): string | undefined => {
+    const f = (flags as Record<string, unknown>)[k];
+    const x = f ?? file[k];
+    return x === undefined ? undefined : String(x);
+  };
+  const b = (k: keyof typeof UP_FLAGS): boolean => Boolean((flags as Record<string, unknown>)[k] ?? file[k]);
+  const store = v('store') ?? 'sqlite';
+  if (store !== 'sqlite' && store !== 'memory') throw new UsageError(`--store must be sqlite or memory, got ${JSON.stringify(store)}`);
+  const o: UpOptions = {
+    replicas: int('replicas', v('replicas'), 3, 1),
+    nodes: int('nodes', v('nodes'), 2, 1),
+    apps: int('apps', v('apps'), 2, 1),
+    store,
+    dir: resolve(v('dir') ?? '.safe-resume'),
+    holdMs: int('hold-ms', v('hold-ms'), 5000),
+    pauseTimeoutMs: int('pause-timeout-ms', v('pause-timeout-ms'), 60_000, 1),
+    port: int('port', v('port'), 0),
+    intervalMs: int('interval-ms', v('interval-ms'), 200),
+    pretty: b('pretty'),
+    chaos: b('chaos'),
+    forS: int('for', v('for'), 60, 1),
+    seed: int('seed', v('seed'), Date.now() % 1_000_000),
+    json: b('json'),
+  };
+  if (o.chaos && o.store !== 'sqlite') throw new UsageError('--chaos needs --store sqlite (real processes)');
+  if (o.chaos && o.nodes < 2) throw new UsageError('--chaos needs at least 2 nodes');
+  return o;
+}
+
+async function up(argv: string[]): Promise<number> {
+  const o = parseUp(argv);
+  if (!o) return 0;
+  if (o.store === 'memory') {
+    await upInProcess(o);
+    return 0;
+  }
+  mkdirSync(join(o.dir, 'logs'), { recursive: true });
+  const log = pino({ base: { actor: 'launcher' } }, pino.destination({ dest: join(o.dir, 'logs', 'launcher.log'), sync: false }));
+  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, log });
+  let stopping: Promise<void> | undefined;
+  const stop = () => (stopping ??= launcher.down());
+  process.once('SIGINT', () => void stop());
+  process.once('SIGTERM', () => void stop());
+  try {
+    await launcher.start();
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  const say = (line: string) => (o.json ? process.stderr : process.stdout).write(line + '\n');
+  say(`safe-resume: ${o.replicas} replicas over ${join(o.dir, 'store.sqlite')}, ${o.nodes} nodes x ${o.apps} apps`);
+  for (const [i, u] of launcher.replicaUrls.entries()) say(`  replica-${i + 1}  ${u}`);
+  say(`  control   ${launcher.controlUrl}   (safe-resume status | kill | partition | write ... --dir ${o.dir})`);
+  if (o.chaos) {
+    say(`chaos: ${o.forS}s of faults, seed ${o.seed}`);
+    const summary = await Promise.race([runChaos(launcher, o.forS, o.seed, (k, d) => say(`  fault ${k}: ${d}`)), (stopping ?? new Promise<never>(() => {}))]);
+    await stop();
+    if (!summary) return 1;
+    process.stdout.write((o.json ? JSON.stringify(summary) : formatChaos(summary)) + '\n');
+    return summary.violations.length > 0 ? 1 : 0;
+  }
+  const tty = process.stdout.isTTY === true && !o.pretty;
   let lines = 0;
   const render = () => {
-    const out: string[] = [];
-    for (const r of cluster.replicas) out.push(`${r.id.padEnd(10)} ${r.isDismounted ? 'dismounted' : 'serving'}  sessions=${r.sessionCount}`);
-    for (const agent of cluster.nodes) out.push(`${agent.id.padEnd(10)} ${agent.state} on ${agent.replica ?? '-'}`);
-    for (const w of workloads) {
-      out.push(`  ${`${w.node}/${w.app}`.padEnd(16)} ${w.handle.state.padEnd(11)} acked=${w.stats.acked} verified=${w.stats.verified} failed=${w.stats.failed}${w.stats.lastError ? ` last=${w.stats.lastError}` : ''}`);
-    }
+    const out = statusLines(launcher.status());
     if (tty && lines > 0) process.stdout.write(`\x1b[${lines}A\x1b[0J`);
     process.stdout.write(out.join('\n') + '\n');
-    lines = out.length;
+    lines = tty ? out.length : 0;
   };
   const timer = setInterval(render, tty ? 500 : 5000);
   render();
   await new Promise<void>((done) => {
-    const stop = () => done();
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
+    const check = setInterval(() => stopping && (clearInterval(check), done()), 100);
   });
   clearInterval(timer);
   process.stdout.write('stopping...\n');
-  await Promise.all(workloads.map(async (w) => {
-    await w.stop();
-    await w.handle.close();
-  }));
+  await stopping;
+  process.stdout.write('stopped\n');
+  return 0;
+}
+
+function formatChaos(s: ChaosSummary): string {
+  return [
+    `chaos seed ${s.seed}, ${s.seconds}s`,
+    `faults     ${Object.entries(s.faults).map(([k, v]) => `${k}=${v}`).join(' ') || 'none'}`,
+    `pauses     ${s.pauses}`,
+    `resumes    ${s.resumes.granted} granted, ${s.resumes.denied} denied`,
+    `writes     ${s.writesAcknowledged} acknowledged`,
+    `violations ${s.violations.length}`,
+    ...s.violations.slice(0, 10).map((v) => `  ${v.guarantee} at ${v.t}: ${v.message}`),
+  ].join('\n');
+}
+
+/** The status view: one line per replica and node, one per handle. */
+function statusLines(st: Record<string, unknown>): string[] {
+  const s = st as { replicas: Array<{ id: string; state: string; sessions: number }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null }> };
+  const out: string[] = [];
+  for (const r of s.replicas) out.push(`${r.id.padEnd(10)} ${r.state.padEnd(11)} sessions=${r.sessions}`);
+  for (const n of s.nodes) out.push(`${n.id.padEnd(10)} ${n.state.padEnd(11)} on ${n.replica ?? '-'}${n.partitioned ? '  (partitioned)' : ''}`);
+  for (const h of s.handles) {
+    out.push(`  ${`${h.node}/${h.app}`.padEnd(14)} ${h.target.padEnd(12)} ${h.state.padEnd(11)} acked=${h.acked} verified=${h.verified} failed=${h.failed}${h.reason ? ` reason=${h.reason}` : ''}${h.lastError ? ` last=${h.lastError}` : ''}`);
+  }
+  return out;
+}
+
+/** `up --store memory`: the whole cluster in this process (no control endpoint). */
+async function upInProcess(o: UpOptions): Promise<void> {
+  mkdirSync(join(o.dir, 'logs'), { recursive: true });
+  const log = pino({ level: 'info' }, pino.destination({ dest: join(o.dir, 'logs', 'cluster.log'), sync: false }));
+  const cluster = await LocalCluster.start({ dir: o.dir, replicas: o.replicas, store: 'memory', env: { log }, replica: { holdMs: o.holdMs }, ...(o.port ? { basePort: o.port } : {}) });
+  const workloads: Array<{ node: string; app: string; handle: Handle; stats: WorkloadStats; stop: () => Promise<void> }> = [];
+  let appNo = 0;
+  for (let n = 1; n <= o.nodes; n++) {
+    const agent = await cluster.addNode(`node-${n}`);
+    for (let a = 1; a <= o.apps; a++) {
+      const name = `app-${++appNo}`;
+      const app = new Application(agent, { name, pauseTimeoutMs: o.pauseTimeoutMs });
+      const handle = await app.open(`${name}.disk`);
+      workloads.push({ node: agent.id, app: name, handle, ...runWorkload(handle, `${agent.id}/${name}`, o.intervalMs) });
+    }
+  }
+  process.stdout.write(`safe-resume: ${o.replicas} replicas (memory store, one process), ${o.nodes} nodes x ${o.apps} apps\n`);
+  const tty = process.stdout.isTTY === true;
+  let lines = 0;
+  const render = () => {
+    const out = statusLines({
+      replicas: cluster.replicas.map((r) => ({ id: r.id, state: r.isDismounted ? 'dismounted' : 'serving', sessions: r.sessionCount })),
+      nodes: cluster.nodes.map((n) => ({ id: n.id, state: n.state, replica: n.replica ?? null, partitioned: false })),
+      handles: workloads.map((w) => ({ node: w.node, app: w.app, target: w.handle.target, state: w.handle.state, reason: w.handle.reason ?? null, acked: w.stats.acked, verified: w.stats.verified, failed: w.stats.failed, lastError: w.stats.lastError ?? null })),
+    });
+    if (tty && lines > 0) process.stdout.write(`\x1b[${lines}A\x1b[0J`);
+    process.stdout.write(out.join('\n') + '\n');
+    lines = tty ? out.length : 0;
+  };
+  const timer = setInterval(render, tty ? 500 : 5000);
+  render();
+  await new Promise<void>((done) => {
+    process.once('SIGINT', () => done());
+    process.once('SIGTERM', () => done());
+  });
+  clearInterval(timer);
+  await Promise.all(workloads.map(async (w) => (await w.stop(), await w.handle.close())));
   await cluster.stop();
   log.flush();
   process.stdout.write('stopped\n');
+}
+
+/** A command against the running cluster, through its control endpoint. */
+async function control(cmd: string, argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (values.help) return void process.stdout.write(HELP), 0;
+  const dir = resolve(values.dir ?? '.safe-resume');
+  let url: string;
+  try {
+    url = (JSON.parse(readFileSync(join(dir, 'control.json'), 'utf8')) as { url: string }).url;
+  } catch {
+    throw new UsageError(`no running cluster in ${dir} (start one with 'safe-resume up --dir ${dir}')`);
+  }
+  const need = (n: number, what: string) => {
+    if (positionals.length !== n) throw new UsageError(`${cmd} takes ${what}`);
+  };
+  const forS = values.for === undefined ? undefined : int('for', values.for, 0, 1);
+  let path = `/${cmd}`;
+  let body: Record<string, unknown> = {};
+  switch (cmd) {
+    case 'status':
+      need(0, 'no arguments');
+      break;
+    case 'kill':
+    case 'restart':
+      need(1, 'one id (replica-1, node-2, ...)');
+      body = { id: positionals[0] };
+      break;
+    case 'partition':
+      need(1, 'one node');
+      body = { node: positionals[0], ...(forS ? { for: forS } : {}) };
+      break;
+    case 'heal':
+      body = positionals[0] ? { node: positionals[0] } : {};
+      break;
+    case 'dismount':
+      need(1, 'one replica');
+      if (!forS) throw new UsageError('dismount needs --for <seconds>');
+      body = { replica: positionals[0], for: forS };
+      break;
+    case 'reboot-storage':
+    case 'down':
+      need(0, 'no arguments');
+      break;
+    case 'move':
+      need(1, 'one application and --to <node>');
+      if (!values.to) throw new UsageError('move needs --to <node>');
+      body = { app: positionals[0], to: values.to };
+      break;
+    case 'write':
+      need(2, '<target> <text>');
+      body = { target: positionals[0], text: positionals[1], ...(values.as ? { as: values.as } : {}) };
+      break;
+    case 'read':
+      need(1, '<target>');
+      body = { target: positionals[0] };
+      break;
+  }
+  if (cmd === 'status') path = '/status';
+  let res: Response;
+  try {
+    res = await fetch(url + path, cmd === 'status' ? {} : { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+  } catch {
+    throw new UsageError(`the cluster in ${dir} does not answer at ${url} (is it still running?)`);
+  }
+  const out = (await res.json()) as { ok: boolean; code?: string; message?: string } & Record<string, unknown>;
+  if (values.json) process.stdout.write(JSON.stringify(out) + '\n');
+  else if (!out.ok) process.stderr.write(`safe-resume ${cmd}: ${out.code}: ${out.message}\n`);
+  else if (cmd === 'status') process.stdout.write(statusLines(out).join('\n') + '\n');
+  else if (cmd === 'read') process.stdout.write(String(out.text) + '\n');
+  else process.stdout.write(Object.entries(out).filter(([k]) => k !== 'ok').map(([k, v]) => `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`).join('\n') + '\n');
+  return out.ok ? 0 : 1;
 }
 
 async function sim(argv: string[]): Promise<number> {
@@ -158,8 +378,19 @@ async function main(argv: string[]): Promise<number> {
   try {
     switch (cmd) {
       case 'up':
-        await up(rest);
-        return 0;
+        return await up(rest);
+      case 'status':
+      case 'kill':
+      case 'restart':
+      case 'partition':
+      case 'heal':
+      case 'dismount':
+      case 'reboot-storage':
+      case 'move':
+      case 'write':
+      case 'read':
+      case 'down':
+        return await control(cmd, rest);
       case 'sim':
         return await sim(rest);
       case undefined:

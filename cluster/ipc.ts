@@ -29,7 +29,7 @@ export const HandleStatus = z.object({
 });
 export type HandleStatus = z.infer<typeof HandleStatus>;
 
-export const ChildReport = z.discriminatedUnion('type', [
+export const ChildReport = z.union([
   z.object({ type: z.literal('ready') }),
   z.object({
     type: z.literal('status'),

@@ -106,7 +106,7 @@ export class Launcher {
         this.apps.set(name, { node: id, target });
         apps.push({ name, target });
       }
-      this.spawn(id, 'node', { id, replicas: urls, dir: this.opts.dir, secret: this.secret, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty });
+      this.spawn(id, 'node', { id, replicas: urls, dir: this.opts.dir, secret: this.secret, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     await this.listen();
@@ -161,7 +161,7 @@ export class Launcher {
       id: c.id,
       state: !c.proc ? 'down' : c.status?.role === 'replica' && c.status.dismounted ? 'dismounted' : 'serving',
       pid: c.proc?.pid ?? null,
-      sessions: c.status?.role === 'replica' ? c.status.sessions : 0,
+      sessions: c.proc && c.status?.role === 'replica' ? c.status.sessions : 0,
       stats: c.status?.role === 'replica' ? c.status.stats : {},
     }));
     const nodes = [...this.children.values()].filter((c) => c.role === 'node').map((c) => ({

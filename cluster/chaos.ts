@@ -1,0 +1,122 @@
+/**
+ * Chaos mode: a seeded, randomised fault schedule against the real processes of a launched cluster,
+ * then heal, settle, and check the recorded history with the simulation's checker.
+ */
+import { seededRandom } from '../actors/env.js';
+import { check, type Violation } from '../sim/checker.js';
+import type { History, HistoryEvent } from '../sim/history.js';
+import type { Launcher } from './launcher.js';
+
+export interface ChaosSummary {
+  seed: number;
+  seconds: number;
+  faults: Record<string, number>;
+  pauses: number;
+  resumes: { granted: number; denied: number };
+  writesAcknowledged: number;
+  violations: Violation[];
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function runChaos(l: Launcher, seconds: number, seed: number, onFault?: (kind: string, detail: string) => void): Promise<ChaosSummary> {
+  const random = seededRandom(seed);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)]!;
+  const between = (lo: number, hi: number) => lo + Math.floor(random() * (hi - lo + 1));
+  const faults: Record<string, number> = {};
+  const replicas = () => [...l.children.values()].filter((c) => c.role === 'replica').map((c) => c.id);
+  const nodes = () => [...l.children.values()].filter((c) => c.role === 'node').map((c) => c.id);
+  const note = (kind: string, detail: string) => {
+    faults[kind] = (faults[kind] ?? 0) + 1;
+    l.history.push({ t: Date.now(), kind: 'fault', fault: kind, detail });
+    onFault?.(kind, detail);
+  };
+  const until = Date.now() + seconds * 1000;
+  while (Date.now() < until) {
+    await sleep(between(1000, 3000));
+    if (Date.now() >= until) break;
+    const kind = pick(['replica-kill', 'storage-reboot', 'partition', 'dismount', 'node-restart', 'app-move', 'foreign-writer'] as const);
+    try {
+      switch (kind) {
+        case 'replica-kill': {
+          const id = pick(replicas());
+          note(kind, id);
+          await l.restart(id);
+          break;
+        }
+        case 'storage-reboot':
+          note(kind, 'every replica');
+          await l.rebootStorage();
+          break;
+        case 'partition': {
+          const node = pick(nodes());
+          const s = between(1, 4);
+          note(kind, `${node} for ${s}s`);
+          l.partition(node, s);
+          break;
+        }
+        case 'dismount': {
+          const id = pick(replicas());
+          const s = between(1, 3);
+          note(kind, `${id} for ${s}s`);
+          l.dismount(id, s);
+          break;
+        }
+        case 'node-restart': {
+          const node = pick(nodes());
+          note(kind, node);
+          await l.restart(node);
+          break;
+        }
+        case 'app-move': {
+          const [app, where] = pick([...l.apps.entries()]);
+          const to = pick(nodes().filter((n) => n !== where.node));
+          note(kind, `${app} ${where.node} -> ${to}`);
+          await l.move(app, to);
+          break;
+        }
+        case 'foreign-writer': {
+          // Cut a node off long enough for its locks to lapse, then write one of its targets.
+          const node = pick(nodes());
+          const victim = [...l.apps.entries()].find(([, a]) => a.node === node);
+          if (!victim) break;
+          note(kind, `${node} partitioned, then ${victim[1].target} written by an intruder`);
+          l.partition(node, Math.ceil((l.opts.holdMs + 6000) / 1000));
+          await sleep(l.opts.holdMs + 4000);
+          await l.write(victim[1].target, `intruder ${Date.now()}`, 'intruder').catch(() => undefined);
+          break;
+        }
+      }
+    } catch {
+      // A fault that could not be applied (e.g. the process was already down) is just skipped.
+    }
+  }
+  // Heal everything, let every handle settle, stop the workloads, check.
+  l.history.push({ t: Date.now(), kind: 'fault', fault: 'heal', detail: 'every fault ends; handles must settle' });
+  l.heal();
+  for (const c of l.children.values()) if (!c.proc) await l.restart(c.id);
+  for (const c of l.children.values()) if (c.role === 'replica' && c.proc?.connected) c.proc.send({ type: 'mount' });
+  await sleep(Math.max(8000, l.opts.holdMs + 6000));
+  await l.stopWorkloads();
+  const store = l.storeHistory();
+  const history = merge(store.events, l.history);
+  for (const f of store.finals) history.push({ t: Date.now(), kind: 'final', target: f.target, bytes: f.bytes });
+  let granted = 0;
+  let denied = 0;
+  let acked = 0;
+  let pauses = 0;
+  for (const e of history) {
+    if (e.kind === 'grant' && e.via === 'resume') granted++;
+    else if (e.kind === 'deny') denied++;
+    else if (e.kind === 'ok' && e.op === 'write') acked++;
+    else if (e.kind === 'state' && e.to === 'paused') pauses++;
+  }
+  return { seed, seconds, faults, pauses, resumes: { granted, denied }, writesAcknowledged: acked, violations: check(history) };
+}
+
+/** Store events (in commit order) and process events, by time; on a tie the store's event comes first. */
+function merge(store: unknown[], procs: unknown[]): History {
+  const tagged = [...store.map((e, i) => ({ e: e as HistoryEvent, k: 0, i })), ...procs.map((e, i) => ({ e: e as HistoryEvent, k: 1, i }))];
+  tagged.sort((a, b) => a.e.t - b.e.t || a.k - b.k || a.i - b.i);
+  return tagged.map((x) => x.e);
+}

@@ -1,0 +1,168 @@
+/**
+ * End to end: `safe-resume up` starts real processes (replicas, node agents with workloads) over
+ * SQLite; the CLI breaks them; every handle must heal safely, and nothing may be left running.
+ */
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { RECORD_BYTES } from '../cluster/workload.js';
+import { tempDir } from './helpers.js';
+
+const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
+const t = tempDir();
+const dir = join(t.dir, 'cluster');
+let launcher: ChildProcess | undefined;
+
+interface Status {
+  replicas: Array<{ id: string; state: string; pid: number | null }>;
+  nodes: Array<{ id: string; state: string; pid: number | null; replica: string | null }>;
+  handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; requestId: string | null }>;
+}
+
+function cli(...args: string[]): { code: number; out: string } {
+  try {
+    return { code: 0, out: execFileSync('node', [CLI, ...args, '--dir', dir], { encoding: 'utf8', timeout: 30_000 }) };
+  } catch (err) {
+    const e = err as { status?: number; stdout?: string; stderr?: string };
+    return { code: e.status ?? 1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` };
+  }
+}
+
+const status = (): Status => JSON.parse(cli('status', '--json').out) as Status;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function until(what: string, check: () => boolean, ms = 30_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(status())}`);
+    await sleep(200);
+  }
+}
+
+function alive(pid: number | null): boolean {
+  if (!pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function startCluster(d = dir, extra: string[] = []): ChildProcess {
+  const p = spawn('node', [CLI, 'up', '--dir', d, '--hold-ms', '1000', '--interval-ms', '50', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  p.stdout?.resume();
+  p.stderr?.resume();
+  return p;
+}
+
+/** Every record up to `count` is intact: its sequence number and checksum are right. */
+function intactRecords(text: string, count: number): number {
+  let ok = 0;
+  for (let seq = 0; seq < count; seq++) {
+    const rec = text.slice(seq * RECORD_BYTES, (seq + 1) * RECORD_BYTES);
+    const m = /^(\S+) (\d+) ([0-9a-f]{16})\.*\n$/.exec(rec);
+    if (!m || Number(m[2]) !== seq) continue;
+    if (createHash('sha256').update(`${m[1]} ${m[2]} `).digest('hex').slice(0, 16) === m[3]) ok++;
+  }
+  return ok;
+}
+
+afterAll(() => {
+  if (launcher && launcher.exitCode === null) launcher.kill('SIGKILL');
+  t.cleanup();
+});
+
+describe('safe-resume up: a real local cluster', () => {
+  it('comes up with 3 replicas and 2 nodes of 2 applications, all writing', async () => {
+    launcher = startCluster();
+    await until('the control endpoint', () => existsSync(join(dir, 'control.json')));
+    await until('every handle active and writing', () => {
+      const s = status();
+      return s.handles.length === 4 && s.handles.every((h) => h.state === 'active' && h.acked > 3);
+    });
+    const s = status();
+    expect(s.replicas.map((r) => r.id)).toEqual(['replica-1', 'replica-2', 'replica-3']);
+    expect(s.nodes.map((n) => n.id)).toEqual(['node-1', 'node-2']);
+    expect(s.handles.map((h) => `${h.node}/${h.app}`)).toEqual(['node-1/app-1', 'node-1/app-2', 'node-2/app-3', 'node-2/app-4']);
+  }, 60_000);
+
+  it('kill a replica: every handle ends active again and writes continue', async () => {
+    const serving = status().nodes[0]!.replica!;
+    const before = Object.fromEntries(status().handles.map((h) => [h.app, h.acked]));
+    expect(cli('kill', serving).code).toBe(0);
+    await until('the killed replica down', () => status().replicas.find((r) => r.id === serving)!.state === 'down');
+    await until('every handle active with more writes', () => status().handles.every((h) => h.state === 'active' && h.acked > before[h.app]! + 5));
+    expect(status().nodes.every((n) => n.replica !== serving)).toBe(true);
+    expect(cli('restart', serving).code).toBe(0);
+  }, 60_000);
+
+  it('partition a node past its hold period, write as a foreign writer, heal: that handle is invalidated MODIFIED, the other resumes', async () => {
+    expect(cli('partition', 'node-1').code).toBe(0);
+    await until('node-1 handles paused', () => status().handles.filter((h) => h.node === 'node-1').every((h) => h.state === 'paused'));
+    // The replicas notice the silence (3 heartbeats), then the 1 s hold runs out: retry until the lock is free.
+    let wrote = { code: 1, out: '' };
+    const end = Date.now() + 30_000;
+    while (wrote.code !== 0 && Date.now() < end) {
+      wrote = cli('write', 'app-1.disk', 'FOREIGN DATA', '--as', 'intruder');
+      if (wrote.code !== 0) {
+        expect(wrote.out).toMatch(/LOCKED/);
+        await sleep(500);
+      }
+    }
+    expect(wrote.code).toBe(0);
+    expect(cli('heal', 'node-1').code).toBe(0);
+    await until('app-1 invalidated and app-2 active', () => {
+      const hs = status().handles;
+      return hs.find((h) => h.app === 'app-1')!.state === 'invalidated' && hs.find((h) => h.app === 'app-2')!.state === 'active';
+    });
+    const app1 = status().handles.find((h) => h.app === 'app-1')!;
+    expect(app1.reason).toBe('MODIFIED');
+    expect(cli('read', 'app-1.disk').out.startsWith('FOREIGN DATA')).toBe(true);
+  }, 90_000);
+
+  it('reboot-storage: every acknowledged write is still readable', async () => {
+    const acked = Object.fromEntries(status().handles.map((h) => [h.app, h.acked]));
+    expect(cli('reboot-storage').code).toBe(0);
+    await until('the workloads active again', () => status().handles.filter((h) => h.app !== 'app-1').every((h) => h.state === 'active' && h.acked > acked[h.app]!));
+    for (const app of ['app-2', 'app-3', 'app-4']) {
+      const text = cli('read', `${app}.disk`).out;
+      expect(intactRecords(text, acked[app]!), app).toBe(acked[app]);
+    }
+  }, 90_000);
+
+  it('down stops every process', async () => {
+    const pids = [...status().replicas, ...status().nodes].map((p) => p.pid);
+    expect(pids.every(alive)).toBe(true);
+    expect(cli('down').code).toBe(0);
+    await until('the launcher to exit', () => launcher!.exitCode !== null, 20_000);
+    await until('no child left', () => !pids.some(alive), 10_000);
+    expect(cli('status').code).not.toBe(0);
+  }, 60_000);
+
+  it('Ctrl-C stops every process', async () => {
+    const d = join(t.dir, 'ctrl-c');
+    const p = startCluster(d);
+    await until('up', () => existsSync(join(d, 'control.json')), 30_000);
+    await sleep(1000);
+    const s = JSON.parse(execFileSync('node', [CLI, 'status', '--json', '--dir', d], { encoding: 'utf8' })) as Status;
+    const pids = [...s.replicas, ...s.nodes].map((x) => x.pid);
+    p.kill('SIGINT');
+    await new Promise((r) => p.once('exit', r));
+    await until('no child left', () => !pids.some(alive), 10_000);
+  }, 60_000);
+
+  it('a killed launcher leaves no orphan processes', async () => {
+    const d = join(t.dir, 'killed');
+    const p = startCluster(d);
+    await until('up', () => existsSync(join(d, 'control.json')), 30_000);
+    await sleep(1000);
+    const s = JSON.parse(execFileSync('node', [CLI, 'status', '--json', '--dir', d], { encoding: 'utf8' })) as Status;
+    const pids = [...s.replicas, ...s.nodes].map((x) => x.pid);
+    expect(pids.every(alive)).toBe(true);
+    p.kill('SIGKILL');
+    await until('no child left', () => !pids.some(alive), 10_000);
+  }, 60_000);
+});
