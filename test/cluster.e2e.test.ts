@@ -166,3 +166,24 @@ describe('safe-resume up: a real local cluster', () => {
     await until('no child left', () => !pids.some(alive), 10_000);
   }, 60_000);
 });
+
+describe('safe-resume up --chaos', () => {
+  it('drives random faults against the real processes, checks the history, and reports a JSON summary', () => {
+    const d = join(t.dir, 'chaos');
+    let out: string;
+    let code = 0;
+    try {
+      out = execFileSync('node', [CLI, 'up', '--chaos', '--for', '8', '--seed', '11', '--json', '--dir', d, '--hold-ms', '500'], { encoding: 'utf8', timeout: 120_000, stdio: ['ignore', 'pipe', 'ignore'] });
+    } catch (err) {
+      code = (err as { status?: number }).status ?? 1;
+      out = (err as { stdout?: string }).stdout ?? '';
+    }
+    const summary = JSON.parse(out) as { seed: number; faults: Record<string, number>; pauses: number; resumes: { granted: number; denied: number }; writesAcknowledged: number; violations: unknown[] };
+    expect(summary.seed).toBe(11);
+    expect(Object.values(summary.faults).reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
+    expect(summary.writesAcknowledged).toBeGreaterThan(0);
+    expect(summary.violations).toEqual([]);
+    expect(code).toBe(0);
+    expect(existsSync(join(d, 'control.json'))).toBe(false);
+  }, 150_000);
+});
