@@ -19,6 +19,7 @@ import { observedStore } from '../sim/history.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { ChildCommand, type ChildReport } from './ipc.js';
 import { runWorkload, type WorkloadStats } from './workload.js';
+import { processInspector } from './inspect.js';
 
 const ReplicaConfig = z.object({
   id: z.string(),
@@ -29,6 +30,7 @@ const ReplicaConfig = z.object({
   holdMs: z.number().int().nonnegative(),
   history: z.boolean(),
   pretty: z.boolean(),
+  inspector: z.string().optional(),
 });
 
 const NodeConfig = z.object({
@@ -43,6 +45,7 @@ const NodeConfig = z.object({
   pretty: z.boolean(),
   /** Reopen a target afresh after an invalidation (chaos runs); otherwise the handle stays invalidated. */
   reload: z.boolean(),
+  inspector: z.string().optional(),
 });
 
 function send(msg: ChildReport): void {
@@ -64,12 +67,14 @@ async function replica(raw: unknown): Promise<void> {
     cfg.history && inner instanceof SqliteStore
       ? observedStore(inner, cfg.id, { add: (e) => inner.appendHistory(JSON.stringify({ t: Date.now(), ...e })) })
       : inner;
-  const r = new StorageReplica({ id: cfg.id, store, transport: new WebSocketTransport(), secret: cfg.secret, port: cfg.port, holdMs: cfg.holdMs, env: { log } });
+  const insp = cfg.inspector ? processInspector(`${cfg.inspector}?from=${cfg.id}`) : undefined;
+  const r = new StorageReplica({ id: cfg.id, store, transport: new WebSocketTransport(), secret: cfg.secret, port: cfg.port, holdMs: cfg.holdMs, env: { log, inspect: insp?.inspect } });
   await r.start();
   process.on('message', (m) => {
     const cmd = ChildCommand.safeParse(m);
     if (!cmd.success) return log.warn({ message: m }, 'bad command from launcher');
-    if (cmd.data.type === 'dismount') r.dismount();
+    if (cmd.data.type === 'watch') insp?.watch(cmd.data.on);
+    else if (cmd.data.type === 'dismount') r.dismount();
     else if (cmd.data.type === 'mount') r.mount();
     else if (cmd.data.type === 'shutdown') void r.stop().then(() => inner.shutdown()).then(() => process.exit(0));
   });
@@ -93,7 +98,9 @@ interface HostedApp {
 async function node(raw: unknown): Promise<void> {
   const cfg = NodeConfig.parse(raw);
   const log = logger(cfg.dir, cfg.id, cfg.pretty);
-  const agent = new NodeAgent({ id: cfg.id, replicas: cfg.replicas, transport: new WebSocketTransport(), secret: cfg.secret, dataDir: cfg.dir, env: { log } });
+  const insp = cfg.inspector ? processInspector(`${cfg.inspector}?from=${cfg.id}`) : undefined;
+  const env = { log, inspect: insp?.inspect };
+  const agent = new NodeAgent({ id: cfg.id, replicas: cfg.replicas, transport: new WebSocketTransport(), secret: cfg.secret, dataDir: cfg.dir, env });
   agent.start().catch((err: unknown) => log.error({ err: String(err) }, 'node agent could not start'));
   const apps = new Map<string, HostedApp>();
   const history: unknown[] = [];
@@ -103,7 +110,7 @@ async function node(raw: unknown): Promise<void> {
 
   /** Open the target (reclaiming a kept or given requestId) and write until stopped; reload after an invalidation. */
   const host = (name: string, target: string, requestId?: string): void => {
-    const app = new Application(agent, { name, pauseTimeoutMs: cfg.pauseTimeoutMs, env: { log } });
+    const app = new Application(agent, { name, pauseTimeoutMs: cfg.pauseTimeoutMs, env });
     const hosted: HostedApp = { name, target, app, handle: undefined, stats: { acked: 0, verified: 0, failed: 0, lastError: undefined }, stop: async () => {}, stopped: false, lastReason: undefined };
     apps.set(name, hosted);
     const proc = `${cfg.id}/${name}#${process.pid}`;
@@ -137,7 +144,8 @@ async function node(raw: unknown): Promise<void> {
     const cmd = ChildCommand.safeParse(m);
     if (!cmd.success) return log.warn({ message: m }, 'bad command from launcher');
     const c = cmd.data;
-    if (c.type === 'release') {
+    if (c.type === 'watch') insp?.watch(c.on);
+    else if (c.type === 'release') {
       // The application moves away: this instance stops where it is (its requestId goes with it).
       const a = apps.get(c.app);
       if (!a) return send({ type: 'released', app: c.app, error: `${cfg.id} does not host ${c.app}` });

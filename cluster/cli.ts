@@ -44,6 +44,7 @@ Options for up:
   --pause-timeout-ms MS  how long a paused handle waits before it is invalidated (default 60000)
   --port N               first replica port; replicas use N, N+1, ... (default: free ports)
   --interval-ms MS       pause between workload writes (default 200)
+  --inspector-port N     port of the inspector page on 127.0.0.1 (default: a free port, printed at start)
   --config FILE          JSON file with any of these options (flags win)
   --pretty               also print every process's log, pretty, on the terminal
   --chaos --for S [--seed N] [--json]
@@ -79,6 +80,7 @@ interface UpOptions {
   pauseTimeoutMs: number;
   port: number;
   intervalMs: number;
+  inspectorPort: number;
   pretty: boolean;
   chaos: boolean;
   forS: number;
@@ -97,6 +99,7 @@ const UP_FLAGS = {
   port: { type: 'string' },
   'interval-ms': { type: 'string' },
   config: { type: 'string' },
+  'inspector-port': { type: 'string' },
   pretty: { type: 'boolean' },
   chaos: { type: 'boolean' },
   for: { type: 'string' },
@@ -137,6 +140,7 @@ function parseUp(argv: string[]): UpOptions | undefined {
     pauseTimeoutMs: int('pause-timeout-ms', v('pause-timeout-ms'), 60_000, 1),
     port: int('port', v('port'), 0),
     intervalMs: int('interval-ms', v('interval-ms'), 200),
+    inspectorPort: int('inspector-port', v('inspector-port'), 0),
     pretty: b('pretty'),
     chaos: b('chaos'),
     forS: int('for', v('for'), 60, 1),
@@ -157,7 +161,7 @@ async function up(argv: string[]): Promise<number> {
   }
   mkdirSync(join(o.dir, 'logs'), { recursive: true });
   const log = pino({ base: { actor: 'launcher' } }, pino.destination({ dest: join(o.dir, 'logs', 'launcher.log'), sync: false }));
-  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, log });
+  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, log });
   let stopping: Promise<void> | undefined;
   const stop = () => (stopping ??= launcher.down());
   process.once('SIGINT', () => void stop());
@@ -172,6 +176,7 @@ async function up(argv: string[]): Promise<number> {
   say(`safe-resume: ${o.replicas} replicas over ${join(o.dir, 'store.sqlite')}, ${o.nodes} nodes x ${o.apps} apps`);
   for (const [i, u] of launcher.replicaUrls.entries()) say(`  replica-${i + 1}  ${u}`);
   say(`  control   ${launcher.controlUrl}   (safe-resume status | kill | partition | write ... --dir ${o.dir})`);
+  say(`  inspector ${launcher.inspector?.url ?? '-'}   (open it in a browser to watch every machine live)`);
   if (o.chaos) {
     say(`chaos: ${o.forS}s of faults, seed ${o.seed}`);
     const summary = await Promise.race([runChaos(launcher, o.forS, o.seed, (k, d) => say(`  fault ${k}: ${d}`)), (stopping ?? new Promise<never>(() => {}))]);

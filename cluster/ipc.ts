@@ -9,6 +9,7 @@ export const ChildCommand = z.discriminatedUnion('type', [
   z.object({ type: z.literal('mount') }),
   z.object({ type: z.literal('shutdown') }),
   z.object({ type: z.literal('stop-workload') }),
+  z.object({ type: z.literal('watch'), on: z.boolean() }),
   z.object({ type: z.literal('release'), app: z.string() }),
   z.object({ type: z.literal('host'), app: z.string(), target: z.string(), requestId: z.string().optional() }),
 ]);

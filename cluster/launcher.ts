@@ -18,6 +18,7 @@ import { SqliteStore } from '../store/sqlite.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { FaultProxy } from './fault-proxy.js';
 import { ChildReport, type ChildCommand, type HandleStatus } from './ipc.js';
+import { InspectorServer } from './inspector-server.js';
 
 export interface LauncherOptions {
   dir: string;
@@ -32,6 +33,8 @@ export interface LauncherOptions {
   /** Record a history for the checker (chaos mode). */
   history: boolean;
   pretty: boolean;
+  /** Port of the inspector page; 0 picks a free one, undefined turns the inspector off. */
+  inspectorPort?: number | undefined;
   log: Logger;
 }
 
@@ -70,6 +73,8 @@ export class Launcher {
   private released = new Map<string, (r: Extract<ChildReport, { type: 'released' }>) => void>();
   private stopping = false;
   controlUrl = '';
+  inspector: InspectorServer | undefined;
+  private watching = false;
 
   constructor(readonly opts: LauncherOptions) {
     mkdirSync(opts.dir, { recursive: true });
@@ -86,11 +91,24 @@ export class Launcher {
       for (const f of ['store.sqlite', 'store.sqlite-wal', 'store.sqlite-shm']) rmSync(join(this.opts.dir, f), { force: true });
       for (let n = 1; n <= this.opts.nodes; n++) rmSync(join(this.opts.dir, `node-${n}.handles.json`), { force: true });
     }
+    let inspectorWs: string | undefined;
+    if (this.opts.inspectorPort !== undefined) {
+      this.inspector = new InspectorServer({
+        watching: (on) => {
+          this.watching = on;
+          for (const c of this.children.values()) if (c.proc?.connected) c.proc.send({ type: 'watch', on } satisfies ChildCommand);
+        },
+        status: () => ({ ok: true, ...this.status() }),
+        command: (method, path, body) => this.command(method, path, body),
+      });
+      const url = await this.inspector.listen(this.opts.inspectorPort);
+      inspectorWs = `${url.replace('http', 'ws')}/inspect`;
+    }
     for (let i = 0; i < this.opts.replicas; i++) {
       const id = `replica-${i + 1}`;
       const port = this.opts.port ? this.opts.port + i : await freePort();
       this.replicaUrls.push(`ws://127.0.0.1:${port}`);
-      this.spawn(id, 'replica', { id, port, dir: this.opts.dir, store: 'sqlite', secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty });
+      this.spawn(id, 'replica', { id, port, dir: this.opts.dir, store: 'sqlite', secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...(inspectorWs ? { inspector: inspectorWs } : {}) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     let appNo = 0;
@@ -106,7 +124,7 @@ export class Launcher {
         this.apps.set(name, { node: id, target });
         apps.push({ name, target });
       }
-      this.spawn(id, 'node', { id, replicas: urls, dir: this.opts.dir, secret: this.secret, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history });
+      this.spawn(id, 'node', { id, replicas: urls, dir: this.opts.dir, secret: this.secret, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...(inspectorWs ? { inspector: inspectorWs } : {}) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     await this.listen();
@@ -122,7 +140,10 @@ export class Launcher {
       const msg = ChildReport.safeParse(m);
       if (!msg.success) return this.opts.log.warn({ child: id }, 'bad report from child');
       const r = msg.data;
-      if (r.type === 'ready') ready();
+      if (r.type === 'ready') {
+        if (this.watching) proc.send({ type: 'watch', on: true } satisfies ChildCommand);
+        ready();
+      }
       else if (r.type === 'status') child.status = r;
       else if (r.type === 'history') this.history.push(...r.events);
       else if (r.type === 'released') this.released.get(r.app)?.(r);
@@ -347,6 +368,7 @@ export class Launcher {
     await Promise.all(exits);
     for (const ps of this.proxies.values()) for (const p of ps) await p.close();
     await new Promise<void>((r) => (this.control ? this.control.close(() => r()) : r()));
+    await this.inspector?.close();
     rmSync(join(this.opts.dir, 'control.json'), { force: true });
   }
 
@@ -360,7 +382,7 @@ export class Launcher {
         if (body.length > 1 << 20) req.destroy();
       });
       req.on('end', () => {
-        void this.dispatch(req.method ?? 'GET', req.url ?? '/', body).then((r) => {
+        void this.command(req.method ?? 'GET', req.url ?? '/', body).then((r) => {
           res.writeHead(r.ok ? 200 : 400, { 'content-type': 'application/json' });
           res.end(JSON.stringify(r));
         });
@@ -372,7 +394,8 @@ export class Launcher {
     writeFileSync(join(this.opts.dir, 'control.json'), JSON.stringify({ url: this.controlUrl, pid: process.pid }) + '\n');
   }
 
-  private async dispatch(method: string, url: string, body: string): Promise<ControlResult> {
+  /** One command, as the control endpoint and the inspector page send it. */
+  async command(method: string, url: string, body: string): Promise<ControlResult> {
     try {
       if (method === 'GET' && url === '/status') return { ok: true, ...this.status() };
       if (method !== 'POST') throw new SafeResumeError('INVALID_ARGUMENT', `unknown endpoint ${method} ${url}`);
