@@ -93,7 +93,7 @@ export class InspectorServer {
       ev.process = from;
       const line = JSON.stringify(ev);
       if (ev.type === '@xstate.actor') {
-        this.actors.set(ev.sessionId, line);
+        this.actors.set(`${from}:${ev.sessionId}`, line); // actor ids are per process
         if (this.actors.size > 20_000) this.actors.delete(this.actors.keys().next().value!);
       } else {
         this.recent.push(line);

@@ -1,0 +1,217 @@
+// The safe-resume inspector page: every actor's machine, live, from the launcher's event stream.
+/* global ELK */
+'use strict';
+
+const actors = new Map(); // sessionId -> { id, process, machine, def, value, context, status, prev, lastEvent }
+let selected = null;
+let pauses = 0;
+const rows = [];
+const $ = (id) => document.getElementById(id);
+const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]);
+
+function parse(x) {
+  if (typeof x !== 'string') return x;
+  try { return JSON.parse(x); } catch { return undefined; }
+}
+
+function flat(value) {
+  if (typeof value === 'string') return value;
+  if (!value || typeof value !== 'object') return String(value);
+  return Object.entries(value).map(([k, v]) => (typeof v === 'string' ? `${k}.${v}` : `${k}(${flat(v)})`)).join(' ');
+}
+
+function color(a) {
+  const v = flat(a.value);
+  if (['active', 'paused', 'resuming', 'invalidated'].includes(v)) return v;
+  if (a.machine === 'session') return v.startsWith('connected') ? (v.includes('unavailable') ? 'paused' : 'active') : v === 'stopped' ? 'invalidated' : 'paused';
+  return 'other';
+}
+
+function label(a) {
+  const c = a.context || {};
+  if (a.machine === 'handle') return `${c.target} (app handle)`;
+  if (a.machine === 'session') return 'session';
+  if (a.machine === 'replicaHandle') return `${c.target} ${String(c.requestId || '').slice(0, 6)}`;
+  return a.machine;
+}
+
+// Actor ids (x:0, x:1, ...) are numbered per process.
+const key = (ev, id) => `${ev.process}:${id}`;
+
+function onEvent(ev) {
+  if (ev.type === '@xstate.actor') {
+    const def = parse(ev.definition);
+    const snap = parse(ev.snapshot) || {};
+    if (!def || !def.states) return; // invoked promise actors and the like
+    actors.set(key(ev, ev.sessionId), { id: key(ev, ev.sessionId), process: ev.process, machine: def && def.id, def, value: snap.value, context: snap.context, status: snap.status || 'active', prev: undefined, lastEvent: undefined });
+  } else if (ev.type === '@xstate.snapshot') {
+    const a = actors.get(key(ev, ev.sessionId));
+    const snap = parse(ev.snapshot) || {};
+    if (!a) return;
+    const before = flat(a.value);
+    a.prev = a.value;
+    a.value = snap.value;
+    if (flat(a.value) !== before) a.seen = [...(a.seen || []), flat(a.value)].slice(-12);
+    a.context = snap.context || a.context;
+    a.status = snap.status || a.status;
+    const e = parse(ev.event);
+    a.lastEvent = e && e.type;
+    if (a.machine === 'handle' && flat(a.value) === 'paused' && before !== 'paused') pauses++;
+  } else if (ev.type === '@xstate.event') {
+    const to = actors.get(key(ev, ev.sessionId));
+    const from = ev.sourceId && actors.get(key(ev, ev.sourceId));
+    const e = parse(ev.event) || {};
+    if (!to || String(e.type).startsWith('xstate.')) return;
+    const c = to.context || {};
+    rows.push({ t: ev.createdAt, from: from ? `${from.process}/${label(from)}` : `${to.process}`, to: `${to.process}/${label(to)}`, type: e.type, requestId: c.requestId || '', target: c.target || '' });
+    if (rows.length > 1000) rows.splice(0, rows.length - 1000);
+  }
+  dirty = true;
+}
+
+let dirty = true;
+function render() {
+  if (!dirty) return;
+  dirty = false;
+  const byProc = new Map();
+  for (const a of actors.values()) {
+    if (a.status !== 'active' && !(a.machine === 'handle' && flat(a.value) === 'invalidated')) continue;
+    if (!byProc.has(a.process)) byProc.set(a.process, []);
+    byProc.get(a.process).push(a);
+  }
+  const procs = [...byProc.keys()].sort();
+  $('actors').innerHTML = procs.map((p) => `<div class="proc" data-process="${esc(p)}">${esc(p)}</div>` + byProc.get(p).map((a) =>
+    `<div class="actor${a.id === selected ? ' selected' : ''}" data-id="${esc(a.id)}" data-process="${esc(a.process)}" data-machine="${esc(a.machine)}" data-target="${esc((a.context || {}).target || '')}" data-state="${esc(flat(a.value))}" data-seen="${esc((a.seen || []).join(' '))}">` +
+    `<span class="state ${color(a)}">${esc(flat(a.value))}</span> ${esc(label(a))}</div>`).join('')).join('');
+  const f = $('filter').value.trim();
+  const shown = rows.filter((r) => !f || r.requestId.includes(f) || r.target.includes(f)).slice(-300).reverse();
+  $('rows').innerHTML = shown.map((r) => `<tr><td>${new Date(Number(r.t)).toISOString().slice(11, 23)}</td><td>${esc(r.from)}</td><td>${esc(r.to)}</td><td>${esc(r.type)}</td><td>${esc(r.requestId)}</td><td>${esc(r.target)}</td></tr>`).join('');
+  $('s-pauses').textContent = pauses;
+  drawChart();
+}
+
+$('actors').addEventListener('click', (e) => {
+  const row = e.target.closest('.actor');
+  if (!row) return;
+  selected = row.dataset.id;
+  lastDrawn = '';
+  dirty = true;
+});
+$('filter').addEventListener('input', () => (dirty = true));
+
+// ---- Statechart, laid out by ELK from the machine definition ----
+const elk = typeof ELK === 'function' ? new ELK() : null;
+let lastDrawn = '';
+
+function activeIds(prefix, value) {
+  if (value === undefined) return [];
+  if (typeof value === 'string') return [`${prefix}.${value}`];
+  return Object.entries(value).flatMap(([k, v]) => [`${prefix}.${k}`, ...activeIds(`${prefix}.${k}`, v)]);
+}
+
+/** ELK graph of a machine config: state nodes with ids like the machine's (session.connected.liveness). */
+function toElk(def) {
+  const edges = [];
+  const targetsOf = (t) => (Array.isArray(t) ? t.flatMap(targetsOf) : typeof t === 'string' ? [t] : t && t.target !== undefined ? targetsOf(t.target) : []);
+  const resolve = (t, id, parent) => (t.startsWith('#') ? t.slice(1) : t.startsWith('.') ? id + t : `${parent}.${t}`);
+  const short = (ev) => ev.replace(/^xstate\.(done|error)\.actor.*$/, '$1');
+  const node = (key, d, id, parent) => {
+    const add = (ev, t) => { for (const target of targetsOf(t)) edges.push({ id: `e${edges.length}`, sources: [id], targets: [resolve(target, id, parent)], label: ev }); };
+    for (const [ev, t] of Object.entries(d.on || {})) add(short(ev), t);
+    for (const [delay, t] of Object.entries(d.after || {})) add(`after ${delay}`, t);
+    if (d.always) add('always', d.always);
+    if (d.invoke) for (const inv of [].concat(d.invoke)) { if (inv.onDone) add('done', inv.onDone); if (inv.onError) add('error', inv.onError); }
+    const children = Object.entries(d.states || {}).map(([k, c]) => node(k, c, `${id}.${k}`, id));
+    return children.length
+      ? { id, labels: [{ text: key }], children, layoutOptions: { 'elk.padding': '[top=24,left=10,bottom=10,right=10]' } }
+      : { id, labels: [{ text: key }], width: Math.max(70, key.length * 7 + 20), height: 30 };
+  };
+  const root = node(def.id, def, def.id, '');
+  const ids = new Set();
+  const walk = (n) => { ids.add(n.id); (n.children || []).forEach(walk); };
+  walk(root);
+  return {
+    id: 'root',
+    layoutOptions: { 'elk.algorithm': 'layered', 'elk.hierarchyHandling': 'INCLUDE_CHILDREN', 'elk.spacing.nodeNode': '24' },
+    children: root.children || [root],
+    edges: edges.filter((e) => ids.has(e.targets[0]) && e.sources[0] !== def.id || ids.has(e.targets[0])).map((e) => ({ ...e, labels: [{ text: e.label, width: e.label.length * 5.5, height: 10 }] })),
+  };
+}
+
+async function drawChart() {
+  const a = selected && actors.get(selected);
+  if (!a || !a.def || !elk) return;
+  const key = `${a.id}|${flat(a.value)}|${a.lastEvent}`;
+  if (key === lastDrawn) return;
+  lastDrawn = key;
+  $('chart-title').textContent = `Statechart: ${a.machine} of ${a.process} / ${label(a)} — ${flat(a.value)}`;
+  const graph = await elk.layout(toElk(a.def));
+  const current = new Set(activeIds(a.def.id, a.value));
+  const prev = new Set(activeIds(a.def.id, a.prev));
+  const parts = [];
+  const drawNode = (n, ox, oy) => {
+    const x = ox + n.x, y = oy + n.y;
+    const compound = (n.children || []).length > 0;
+    parts.push(`<g class="node${current.has(n.id) ? ' current' : ''}${compound ? ' compound' : ''}" data-state-id="${esc(n.id)}"><rect x="${x}" y="${y}" width="${n.width}" height="${n.height}" rx="6"></rect><text x="${x + 8}" y="${y + (compound ? 15 : n.height / 2 + 4)}">${esc(n.labels[0].text)}</text></g>`);
+    for (const c of n.children || []) drawNode(c, x, y);
+  };
+  for (const c of graph.children || []) drawNode(c, 0, 0);
+  for (const e of graph.edges || []) {
+    const isLast = a.lastEvent && e.labels && e.labels[0] && (String(a.lastEvent).includes(e.labels[0].text) || e.labels[0].text === a.lastEvent) && prev.has(e.sources[0]) && current.has(e.targets[0]);
+    for (const s of e.sections || []) {
+      const pts = [s.startPoint, ...(s.bendPoints || []), s.endPoint];
+      parts.push(`<g class="edge${isLast ? ' last' : ''}"><path d="M${pts.map((p) => `${p.x},${p.y}`).join(' L')}" marker-end="url(#arrow)"></path>${(e.labels || []).map((l) => `<text x="${l.x}" y="${l.y + 8}">${esc(l.text)}</text>`).join('')}</g>`);
+    }
+  }
+  $('svg').innerHTML = `<svg viewBox="0 0 ${graph.width + 20} ${graph.height + 20}" height="${Math.min(graph.height + 20, 520)}"><defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#8c959f"></path></marker></defs>${parts.join('')}</svg>`;
+}
+
+// ---- Faults and the summary strip, through the launcher's control commands ----
+async function command(path, body) {
+  const res = await fetch(`/api/${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body || {}) });
+  const r = await res.json();
+  $('result').textContent = r.ok ? `${path}: ok` : `${path}: ${r.code} ${r.message}`;
+  return r;
+}
+
+document.body.addEventListener('click', (e) => {
+  const b = e.target.closest('button[data-action]');
+  if (!b) return;
+  const { action, id } = b.dataset;
+  if (action === 'kill' || action === 'restart') command(action, { id });
+  else if (action === 'dismount') command('dismount', { replica: id, for: 10 });
+  else if (action === 'partition') command('partition', { node: id });
+  else if (action === 'heal') command('heal', { node: id });
+});
+$('fw-go').addEventListener('click', () => command('write', { target: $('fw-target').value, text: $('fw-text').value, as: 'intruder' }));
+$('reboot').addEventListener('click', () => command('reboot-storage'));
+
+async function poll() {
+  try {
+    const s = await (await fetch('/api/status')).json();
+    const faults = [
+      ...s.replicas.map((r) => `<div class="row" data-replica="${esc(r.id)}"><b>${esc(r.id)}</b> <span class="state ${r.state === 'serving' ? 'active' : r.state === 'down' ? 'invalidated' : 'paused'}">${esc(r.state)}</span> <button data-action="kill" data-id="${esc(r.id)}">kill</button><button data-action="restart" data-id="${esc(r.id)}">restart</button><button data-action="dismount" data-id="${esc(r.id)}">dismount 10s</button></div>`),
+      ...s.nodes.map((n) => `<div class="row" data-node="${esc(n.id)}"><b>${esc(n.id)}</b> on ${esc(n.replica || '-')} ${n.partitioned ? '<span class="state paused">partitioned</span>' : ''} <button data-action="partition" data-id="${esc(n.id)}">partition</button><button data-action="heal" data-id="${esc(n.id)}">heal</button></div>`),
+    ];
+    $('fault-rows').innerHTML = faults.join('');
+    $('s-acked').textContent = s.handles.reduce((n, h) => n + h.acked, 0);
+    $('s-granted').textContent = s.replicas.reduce((n, r) => n + (r.stats.resumesGranted || 0), 0);
+    $('s-denied').textContent = s.replicas.reduce((n, r) => n + (r.stats.resumesDenied || 0), 0);
+    if (s.chaos) {
+      $('s-verdict').textContent = s.chaos.verdict;
+      $('verdict').className = s.chaos.violations ? 'fail' : '';
+    }
+  } catch { /* the launcher is restarting or gone; try again */ }
+}
+
+function connect() {
+  const ws = new WebSocket(`ws://${location.host}/stream`);
+  ws.onopen = () => ($('conn').textContent = 'live');
+  ws.onmessage = (m) => { const ev = parse(m.data); if (ev) onEvent(ev); };
+  ws.onclose = () => { $('conn').textContent = 'reconnecting…'; setTimeout(connect, 1000); };
+}
+
+connect();
+setInterval(render, 250);
+setInterval(poll, 1000);
+poll();
