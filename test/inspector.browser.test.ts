@@ -1,0 +1,98 @@
+/**
+ * The inspector in a real headless Chromium (Debian's chromium, driven by playwright-core): a small
+ * cluster of real processes, the page shows every replica and handle, and faults clicked on the page
+ * show up as state changes. Saves docs/inspector.png for the README.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { tempDir } from './helpers.js';
+
+const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
+const CHROMIUM = '/usr/bin/chromium';
+const t = tempDir();
+let launcher: ChildProcess;
+let browser: Browser;
+let page: Page;
+let url = '';
+
+const handle = (target: string) => page.locator(`.actor[data-machine="handle"][data-target="${target}"]`);
+
+beforeAll(async () => {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium), as .ci/run does`);
+  launcher = spawn('node', [CLI, 'up', '--dir', join(t.dir, 'c'), '--replicas', '2', '--nodes', '2', '--apps', '1', '--hold-ms', '1000', '--interval-ms', '100'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  url = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    launcher.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /inspector (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
+      if (m) resolve(m[1]!);
+    });
+    launcher.once('exit', () => reject(new Error(`launcher exited: ${out}`)));
+  });
+  launcher.stdout!.resume();
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'] });
+  page = await browser.newPage({ viewport: { width: 1400, height: 860 } });
+  await page.goto(url);
+}, 60_000);
+
+afterAll(async () => {
+  await browser?.close();
+  if (launcher && launcher.exitCode === null) {
+    launcher.kill('SIGINT');
+    await new Promise((r) => launcher.once('exit', r));
+  }
+  t.cleanup();
+});
+
+describe('inspector page', () => {
+  it('shows every replica and every handle, live', async () => {
+    await expect.poll(() => page.locator('#fault-rows [data-replica]').count(), { timeout: 15_000 }).toBe(2);
+    await expect.poll(() => page.locator('.actor[data-machine="handle"][data-state="active"]').count(), { timeout: 15_000 }).toBe(2);
+    await expect.poll(() => page.locator('.actor[data-machine="session"]').count()).toBe(2);
+    await expect.poll(async () => Number(await page.locator('#s-acked').textContent()), { timeout: 10_000 }).toBeGreaterThan(0);
+    await handle('app-1.disk').click();
+    await expect.poll(() => page.locator('#svg .node.current').count(), { timeout: 10_000 }).toBeGreaterThan(0);
+    expect(await page.locator('#svg .node.current text').first().textContent()).toBe('active');
+  }, 60_000);
+
+  it('kill the replica serving a node: its handles go paused, then active again', async () => {
+    const serving = await page.locator('[data-node="node-1"]').textContent();
+    const replica = /on (replica-\d)/.exec(serving ?? '')![1]!;
+    await page.locator(`button[data-action="kill"][data-id="${replica}"]`).click();
+    await expect.poll(async () => (await handle('app-1.disk').getAttribute('data-seen')) ?? '', { timeout: 15_000 }).toContain('paused');
+    await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('active');
+    await page.locator(`button[data-action="restart"][data-id="${replica}"]`).click();
+    await expect.poll(() => page.locator(`[data-replica="${replica}"] .state`).textContent(), { timeout: 15_000 }).toBe('serving');
+  }, 60_000);
+
+  it('a foreign write while the node is partitioned past its hold period ends the handle invalidated', async () => {
+    await page.locator('button[data-action="partition"][data-id="node-1"]').click();
+    await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('paused');
+    await page.fill('#fw-target', 'app-1.disk');
+    await page.fill('#fw-text', 'FOREIGN');
+    // LOCKED until the replicas notice the silence and the hold period runs out.
+    await expect
+      .poll(async () => {
+        await page.click('#fw-go');
+        await page.waitForTimeout(700);
+        return page.locator('#result').textContent();
+      }, { timeout: 30_000, interval: 300 })
+      .toBe('write: ok');
+    await page.locator('button[data-action="heal"][data-id="node-1"]').click();
+    await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('invalidated');
+    await handle('app-1.disk').click();
+    await page.waitForTimeout(800);
+    mkdirSync(join(import.meta.dirname, '..', 'docs'), { recursive: true });
+    await page.screenshot({ path: join(import.meta.dirname, '..', 'docs', 'inspector.png') });
+  }, 90_000);
+
+  it('keeps working through a browser reload (history replayed by the launcher)', async () => {
+    await page.reload();
+    await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('invalidated');
+    await expect.poll(() => page.locator('.actor[data-machine="handle"]').count(), { timeout: 15_000 }).toBe(2);
+    await expect.poll(() => page.locator('#rows tr').count(), { timeout: 15_000 }).toBeGreaterThan(0);
+  }, 60_000);
+});
