@@ -32,6 +32,16 @@ export async function runChaos(l: Launcher, seconds: number, seed: number, onFau
     onFault?.(kind, detail);
   };
   const until = Date.now() + seconds * 1000;
+  // The checker runs while the faults do (safety only: pauses and pending operations are normal mid-run).
+  l.chaos = { verdict: `chaos seed ${seed}: running`, violations: 0 };
+  const verdict = setInterval(() => {
+    try {
+      const n = check(merge(l.storeHistory().events, l.history)).filter((v) => v.guarantee.startsWith('S')).length;
+      l.chaos = { verdict: `chaos seed ${seed}: ${n} safety violations so far`, violations: n };
+    } catch {
+      // the store is being rebooted; next time
+    }
+  }, 5000);
   while (Date.now() < until) {
     await sleep(between(1000, 3000));
     if (Date.now() >= until) break;
@@ -91,6 +101,7 @@ export async function runChaos(l: Launcher, seconds: number, seed: number, onFau
       // A fault that could not be applied (e.g. the process was already down) is just skipped.
     }
   }
+  clearInterval(verdict);
   // Heal everything, let every handle settle, stop the workloads, check.
   l.history.push({ t: Date.now(), kind: 'fault', fault: 'heal', detail: 'every fault ends; handles must settle' });
   l.heal();
@@ -111,7 +122,9 @@ export async function runChaos(l: Launcher, seconds: number, seed: number, onFau
     else if (e.kind === 'ok' && e.op === 'write') acked++;
     else if (e.kind === 'state' && e.to === 'paused') pauses++;
   }
-  return { seed, seconds, faults, pauses, resumes: { granted, denied }, writesAcknowledged: acked, violations: check(history) };
+  const violations = check(history);
+  l.chaos = { verdict: `chaos seed ${seed}: ${violations.length} violations`, violations: violations.length };
+  return { seed, seconds, faults, pauses, resumes: { granted, denied }, writesAcknowledged: acked, violations };
 }
 
 /** Store events (in commit order) and process events, by time; on a tie the store's event comes first. */

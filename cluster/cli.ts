@@ -45,6 +45,8 @@ Options for up:
   --port N               first replica port; replicas use N, N+1, ... (default: free ports)
   --interval-ms MS       pause between workload writes (default 200)
   --inspector-port N     port of the inspector page on 127.0.0.1 (default: a free port, printed at start)
+  --stately [--stately-port N]   also relay every event to the public Stately inspector through
+                         @statelyai/inspect's server on port N (default 8080; online only)
   --config FILE          JSON file with any of these options (flags win)
   --pretty               also print every process's log, pretty, on the terminal
   --chaos --for S [--seed N] [--json]
@@ -81,6 +83,7 @@ interface UpOptions {
   port: number;
   intervalMs: number;
   inspectorPort: number;
+  statelyPort: number | undefined;
   pretty: boolean;
   chaos: boolean;
   forS: number;
@@ -100,6 +103,8 @@ const UP_FLAGS = {
   'interval-ms': { type: 'string' },
   config: { type: 'string' },
   'inspector-port': { type: 'string' },
+  stately: { type: 'boolean' },
+  'stately-port': { type: 'string' },
   pretty: { type: 'boolean' },
   chaos: { type: 'boolean' },
   for: { type: 'string' },
@@ -141,6 +146,7 @@ function parseUp(argv: string[]): UpOptions | undefined {
     port: int('port', v('port'), 0),
     intervalMs: int('interval-ms', v('interval-ms'), 200),
     inspectorPort: int('inspector-port', v('inspector-port'), 0),
+    statelyPort: b('stately') ? int('stately-port', v('stately-port'), 8080, 1) : undefined,
     pretty: b('pretty'),
     chaos: b('chaos'),
     forS: int('for', v('for'), 60, 1),
@@ -161,7 +167,7 @@ async function up(argv: string[]): Promise<number> {
   }
   mkdirSync(join(o.dir, 'logs'), { recursive: true });
   const log = pino({ base: { actor: 'launcher' } }, pino.destination({ dest: join(o.dir, 'logs', 'launcher.log'), sync: false }));
-  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, log });
+  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, statelyPort: o.statelyPort, log });
   let stopping: Promise<void> | undefined;
   const stop = () => (stopping ??= launcher.down());
   process.once('SIGINT', () => void stop());
@@ -177,6 +183,7 @@ async function up(argv: string[]): Promise<number> {
   for (const [i, u] of launcher.replicaUrls.entries()) say(`  replica-${i + 1}  ${u}`);
   say(`  control   ${launcher.controlUrl}   (safe-resume status | kill | partition | write ... --dir ${o.dir})`);
   say(`  inspector ${launcher.inspector?.url ?? '-'}   (open it in a browser to watch every machine live)`);
+  if (o.statelyPort !== undefined) say(`  stately   http://localhost:${o.statelyPort}   (the Stately inspector; needs an internet connection)`);
   if (o.chaos) {
     say(`chaos: ${o.forS}s of faults, seed ${o.seed}`);
     const summary = await Promise.race([runChaos(launcher, o.forS, o.seed, (k, d) => say(`  fault ${k}: ${d}`)), (stopping ?? new Promise<never>(() => {}))]);

@@ -23,6 +23,8 @@ export interface InspectorHooks {
   watching(on: boolean): void;
   status(): unknown;
   command(method: string, path: string, body: string): Promise<{ ok: boolean }>;
+  /** Also hand every event on (e.g. to the Stately inspector), with ids made unique across processes. */
+  forward?: (event: Record<string, unknown>) => void;
 }
 
 export class InspectorServer {
@@ -100,6 +102,11 @@ export class InspectorServer {
         if (this.recent.length > HISTORY) this.recent.splice(0, this.recent.length - HISTORY);
       }
       for (const b of this.browsers) b.send(line);
+      if (this.hooks.forward) {
+        const g = { ...ev };
+        for (const k of ['sessionId', 'rootId', 'parentId', 'sourceId']) if (typeof g[k] === 'string') g[k] = `${from}:${String(g[k])}`;
+        this.hooks.forward(g);
+      }
     });
   }
 

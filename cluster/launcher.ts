@@ -35,6 +35,8 @@ export interface LauncherOptions {
   pretty: boolean;
   /** Port of the inspector page; 0 picks a free one, undefined turns the inspector off. */
   inspectorPort?: number | undefined;
+  /** Also serve the events to the public Stately inspector (online) through @statelyai/inspect's server on this port. */
+  statelyPort?: number | undefined;
   log: Logger;
 }
 
@@ -73,6 +75,8 @@ export class Launcher {
   private released = new Map<string, (r: Extract<ChildReport, { type: 'released' }>) => void>();
   private stopping = false;
   controlUrl = '';
+  /** In chaos mode: the checker's verdict so far (shown by status and the inspector). */
+  chaos: { verdict: string; violations: number } | undefined;
   inspector: InspectorServer | undefined;
   private watching = false;
 
@@ -95,11 +99,13 @@ export class Launcher {
     if (this.opts.inspectorPort !== undefined) {
       this.inspector = new InspectorServer({
         watching: (on) => {
-          this.watching = on;
+          this.watching = on || this.opts.statelyPort !== undefined;
+          on = this.watching;
           for (const c of this.children.values()) if (c.proc?.connected) c.proc.send({ type: 'watch', on } satisfies ChildCommand);
         },
         status: () => ({ ok: true, ...this.status() }),
         command: (method, path, body) => this.command(method, path, body),
+        ...(this.opts.statelyPort !== undefined ? { forward: await this.stately(this.opts.statelyPort) } : {}),
       });
       const url = await this.inspector.listen(this.opts.inspectorPort);
       inspectorWs = `${url.replace('http', 'ws')}/inspect`;
@@ -130,6 +136,22 @@ export class Launcher {
     await this.listen();
   }
 
+  /** Start @statelyai/inspect's relay server and return a function that hands it events. */
+  private async stately(port: number): Promise<(e: Record<string, unknown>) => void> {
+    const { createInspectorServer } = await import('@statelyai/inspect/server');
+    const server = createInspectorServer({ port, autoOpen: false });
+    this.onDown.push(() => server.stop());
+    const { WebSocket } = await import('ws');
+    const ws = new WebSocket(`ws://127.0.0.1:${port}`);
+    ws.on('error', (err) => this.opts.log.warn({ err: String(err) }, 'stately relay'));
+    this.watching = true; // the Stately page may be watching at any time
+    return (e) => {
+      if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(e));
+    };
+  }
+
+  private readonly onDown: Array<() => void> = [];
+
   private spawn(id: string, role: 'replica' | 'node', config: Record<string, unknown>): Child {
     const proc = fork(CHILD, [role, JSON.stringify(config)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     let ready!: () => void;
@@ -141,7 +163,7 @@ export class Launcher {
       if (!msg.success) return this.opts.log.warn({ child: id }, 'bad report from child');
       const r = msg.data;
       if (r.type === 'ready') {
-        if (this.watching) proc.send({ type: 'watch', on: true } satisfies ChildCommand);
+        if (this.watching || this.opts.statelyPort !== undefined) proc.send({ type: 'watch', on: true } satisfies ChildCommand);
         ready();
       }
       else if (r.type === 'status') child.status = r;
@@ -194,7 +216,7 @@ export class Launcher {
     }));
     const handles: Array<HandleStatus & { node: string }> = [];
     for (const c of this.children.values()) if (c.proc && c.status?.role === 'node') for (const h of c.status.handles) handles.push({ node: c.id, ...h });
-    return { replicas, nodes, handles, control: this.controlUrl, dir: this.opts.dir };
+    return { replicas, nodes, handles, control: this.controlUrl, dir: this.opts.dir, ...(this.chaos ? { chaos: this.chaos } : {}) };
   }
 
   kill(id: string): ControlResult {
@@ -369,6 +391,7 @@ export class Launcher {
     for (const ps of this.proxies.values()) for (const p of ps) await p.close();
     await new Promise<void>((r) => (this.control ? this.control.close(() => r()) : r()));
     await this.inspector?.close();
+    for (const f of this.onDown) f();
     rmSync(join(this.opts.dir, 'control.json'), { force: true });
   }
 
