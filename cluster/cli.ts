@@ -192,20 +192,11 @@ async function up(argv: string[]): Promise<number> {
     process.stdout.write((o.json ? JSON.stringify(summary) : formatChaos(summary)) + '\n');
     return summary.violations.length > 0 ? 1 : 0;
   }
-  const tty = process.stdout.isTTY === true && !o.pretty;
-  let lines = 0;
-  const render = () => {
-    const out = statusLines(launcher.status());
-    if (tty && lines > 0) process.stdout.write(`\x1b[${lines}A\x1b[0J`);
-    process.stdout.write(out.join('\n') + '\n');
-    lines = tty ? out.length : 0;
-  };
-  const timer = setInterval(render, tty ? 500 : 5000);
-  render();
+  const stopView = liveView(() => launcher.status(), process.stdout.isTTY === true && !o.pretty);
   await new Promise<void>((done) => {
     const check = setInterval(() => stopping && (clearInterval(check), done()), 100);
   });
-  clearInterval(timer);
+  stopView();
   process.stdout.write('stopping...\n');
   await stopping;
   process.stdout.write('stopped\n');
@@ -222,6 +213,20 @@ function formatChaos(s: ChaosSummary): string {
     `violations ${s.violations.length}`,
     ...s.violations.slice(0, 10).map((v) => `  ${v.guarantee} at ${v.t}: ${v.message}`),
   ].join('\n');
+}
+
+/** Redraw the status view in place on a terminal (every 0.5 s), as plain lines otherwise (every 5 s). */
+function liveView(status: () => Record<string, unknown>, tty: boolean): () => void {
+  let lines = 0;
+  const render = () => {
+    const out = statusLines(status());
+    if (tty && lines > 0) process.stdout.write(`\x1b[${lines}A\x1b[0J`);
+    process.stdout.write(out.join('\n') + '\n');
+    lines = tty ? out.length : 0;
+  };
+  const timer = setInterval(render, tty ? 500 : 5000);
+  render();
+  return () => clearInterval(timer);
 }
 
 /** The status view: one line per replica and node, one per handle. */
@@ -253,25 +258,16 @@ async function upInProcess(o: UpOptions): Promise<void> {
     }
   }
   process.stdout.write(`safe-resume: ${o.replicas} replicas (memory store, one process), ${o.nodes} nodes x ${o.apps} apps\n`);
-  const tty = process.stdout.isTTY === true;
-  let lines = 0;
-  const render = () => {
-    const out = statusLines({
+  const stopView = liveView(() => ({
       replicas: cluster.replicas.map((r) => ({ id: r.id, state: r.isDismounted ? 'dismounted' : 'serving', sessions: r.sessionCount })),
       nodes: cluster.nodes.map((n) => ({ id: n.id, state: n.state, replica: n.replica ?? null, partitioned: false })),
       handles: workloads.map((w) => ({ node: w.node, app: w.app, target: w.handle.target, state: w.handle.state, reason: w.handle.reason ?? null, acked: w.stats.acked, verified: w.stats.verified, failed: w.stats.failed, lastError: w.stats.lastError ?? null })),
-    });
-    if (tty && lines > 0) process.stdout.write(`\x1b[${lines}A\x1b[0J`);
-    process.stdout.write(out.join('\n') + '\n');
-    lines = tty ? out.length : 0;
-  };
-  const timer = setInterval(render, tty ? 500 : 5000);
-  render();
+  }), process.stdout.isTTY === true);
   await new Promise<void>((done) => {
     process.once('SIGINT', () => done());
     process.once('SIGTERM', () => done());
   });
-  clearInterval(timer);
+  stopView();
   await Promise.all(workloads.map(async (w) => (await w.stop(), await w.handle.close())));
   await cluster.stop();
   log.flush();
@@ -424,4 +420,6 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// A closed pipe (e.g. `safe-resume up | head`) must not bring the cluster down: the view just stops.
+process.stdout.on('error', () => undefined);
 process.exitCode = await main(process.argv.slice(2));
