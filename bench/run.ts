@@ -1,0 +1,373 @@
+/**
+ * safe-resume benchmarks: each figure measured next to its baseline in the same run.
+ *   npm run bench            the full run; writes bench/results/latest.json, BENCHMARKS.md, bench/results/failover.svg
+ *   npm run bench -- --smoke tiny sizes, to check the harness works (npm test runs this; no speeds asserted)
+ *   npm run bench -- --json  the figures as JSON on stdout
+ */
+import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import { WebSocket } from 'ws';
+import { Application, type Handle } from '../actors/application.js';
+import { NodeAgent } from '../actors/node-agent.js';
+import { StorageReplica } from '../actors/replica.js';
+import { MemoryStore } from '../store/memory.js';
+import { FaultProxy } from '../cluster/fault-proxy.js';
+import { runSeeds } from '../sim/run.js';
+import { WebSocketTransport } from '../transport/ws.js';
+
+export interface Figure {
+  name: string;
+  value: number;
+  unit: string;
+  baseline: number | null;
+  baselineName: string | null;
+  ratio: number | null;
+  target: string;
+  met: boolean | null;
+}
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const CHILD = join(ROOT, 'dist', 'cluster', 'child.js');
+const SECRET = 'benchmark-secret-benchmark-secret';
+const now = () => performance.now();
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? 0;
+};
+const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
+
+async function freePort(): Promise<number> {
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+/** A replica in its own process (as in a real cluster), over memory or the SQLite file in `dir`. */
+async function replicaProcess(dir: string, store: 'memory' | 'sqlite', holdMs = 5000): Promise<{ url: string; proc: ChildProcess }> {
+  const port = await freePort();
+  const proc = fork(CHILD, ['replica', JSON.stringify({ id: `replica-${port}`, port, dir, store, secret: SECRET, holdMs, history: false, pretty: false })], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  await new Promise<void>((resolve, reject) => {
+    proc.on('message', (m) => (m as { type?: string }).type === 'ready' && resolve());
+    proc.once('exit', () => reject(new Error('replica process exited')));
+  });
+  return { url: `ws://127.0.0.1:${port}`, proc };
+}
+
+async function agentWith(url: string[], handles: number, opts: { heartbeatIntervalMs?: number; heartbeatTimeoutMs?: number } = {}): Promise<{ agent: NodeAgent; hs: Handle[] }> {
+  const agent = new NodeAgent({ id: `bench-${Math.random().toString(36).slice(2, 8)}`, replicas: url, transport: new WebSocketTransport(), secret: SECRET, ...opts });
+  await agent.start();
+  const app = new Application(agent, { name: 'bench', pauseTimeoutMs: 600_000 });
+  const hs: Handle[] = [];
+  for (let i = 0; i < handles; i += 500) hs.push(...(await Promise.all(Array.from({ length: Math.min(500, handles - i) }, (_, j) => app.open(`t-${agent.id}-${i + j}`)))));
+  return { agent, hs };
+}
+
+const DATA = new Uint8Array(4096).fill(7);
+
+/** Raw `ws`: 4 KiB messages echoed by another process, sequential and pipelined. */
+async function wsEcho(count: number, window: number): Promise<{ p50: number; p99: number; rate: number }> {
+  const port = await freePort();
+  const server = spawn(process.execPath, ['-e', `const { WebSocketServer } = require(${JSON.stringify(join(ROOT, 'node_modules', 'ws'))}); const s = new WebSocketServer({ port: ${port}, host: '127.0.0.1' }); s.on('connection', (ws) => ws.on('message', (d) => ws.send(d))); s.on('listening', () => console.log('up'));`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise((r) => server.stdout!.once('data', r));
+  const ws = new WebSocket(`ws://127.0.0.1:${port}`);
+  await new Promise((r) => ws.once('open', r));
+  const lat: number[] = [];
+  for (let i = 0; i < Math.min(count, 2000); i++) {
+    const t = now();
+    await new Promise<void>((r) => {
+      ws.once('message', () => r());
+      ws.send(DATA);
+    });
+    lat.push(now() - t);
+  }
+  let sent = 0;
+  let got = 0;
+  const t0 = now();
+  await new Promise<void>((done) => {
+    ws.on('message', () => {
+      got++;
+      if (got === count) return done();
+      if (sent < count) (sent++, ws.send(DATA));
+    });
+    for (; sent < Math.min(window, count); sent++) ws.send(DATA);
+  });
+  const rate = count / ((now() - t0) / 1000);
+  ws.close();
+  server.kill();
+  return { p50: pct(lat, 50), p99: pct(lat, 99), rate };
+}
+
+/** Application -> node agent -> ws -> replica process: sequential latency and pipelined throughput of 4 KiB writes. */
+async function ioPath(url: string, count: number, apps: number, depth: number): Promise<{ p50: number; p99: number; rate: number; readP50: number }> {
+  const { agent, hs } = await agentWith([url], apps);
+  const h = hs[0]!;
+  const lat: number[] = [];
+  const rlat: number[] = [];
+  for (let i = 0; i < Math.min(count, 2000); i++) {
+    let t = now();
+    await h.write((i % 64) * 4096, DATA);
+    lat.push(now() - t);
+    t = now();
+    await h.read((i % 64) * 4096, 4096);
+    rlat.push(now() - t);
+  }
+  const t0 = now();
+  const per = Math.ceil(count / apps);
+  await Promise.all(
+    hs.map(async (x) => {
+      let next = 0;
+      await Promise.all(Array.from({ length: depth }, async () => {
+        while (next < per) {
+          const i = next++;
+          await x.write((i % 64) * 4096, DATA);
+        }
+      }));
+    }),
+  );
+  const rate = (per * apps) / ((now() - t0) / 1000);
+  agent.crash();
+  return { p50: pct(lat, 50), p99: pct(lat, 99), rate, readP50: pct(rlat, 50) };
+}
+
+/** The raw baseline of durability: one better-sqlite3 compare-and-set transaction of a 4 KiB row per write, synchronous=FULL. */
+function rawSqlite(dir: string, count: number): number {
+  const db = new Database(join(dir, 'raw.sqlite'));
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.exec('CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, seq INTEGER, data BLOB)');
+  db.prepare('INSERT OR REPLACE INTO t VALUES (?, 0, ?)').run('k', Buffer.from(DATA));
+  const get = db.prepare<[string], { seq: number }>('SELECT seq FROM t WHERE k = ?');
+  const put = db.prepare('UPDATE t SET seq = ?, data = ? WHERE k = ? AND seq = ?');
+  const tx = db.transaction((i: number) => {
+    const r = get.get('k')!;
+    put.run(r.seq + 1, Buffer.from(DATA), 'k', r.seq);
+    return i;
+  });
+  const t0 = now();
+  for (let i = 0; i < count; i++) tx.immediate(i);
+  const rate = count / ((now() - t0) / 1000);
+  db.close();
+  return rate;
+}
+
+/** SIGKILL the replica serving `n` handles; time until each handle is active on the other replica. */
+async function failover(dir: string, n: number, agents: number): Promise<{ p50: number; p99: number; max: number }> {
+  const a = await replicaProcess(dir, 'sqlite');
+  const b = await replicaProcess(dir, 'sqlite');
+  const groups = await Promise.all(Array.from({ length: agents }, () => agentWith([a.url, b.url], Math.ceil(n / agents))));
+  const all = groups.flatMap((g) => g.hs);
+  const times: number[] = [];
+  const t0 = now();
+  const done = Promise.all(all.map((h) => new Promise<void>((resolve) => {
+    let paused = false;
+    const on = (s: string) => {
+      if (s === 'paused') paused = true;
+      if (paused && s === 'active') {
+        times.push(now() - t0);
+        h.off('state', on);
+        resolve();
+      }
+    };
+    h.on('state', on);
+  })));
+  a.proc.kill('SIGKILL');
+  await Promise.race([done, new Promise((r) => setTimeout(r, 60_000))]);
+  for (const g of groups) g.agent.crash();
+  b.proc.kill('SIGKILL');
+  return { p50: pct(times, 50), p99: pct(times, 99), max: Math.max(...times, 0) };
+}
+
+/** A silent partition (a fault proxy stops passing bytes): time to pause and to resume elsewhere. */
+async function silentPartition(dir: string, heartbeatMs: number): Promise<{ detect: number; resume: number }> {
+  // Both replicas over one SQLite file, so the other one can grant the resume.
+  const a = await replicaProcess(dir, 'sqlite');
+  const b = await replicaProcess(dir, 'sqlite');
+  const proxy = FaultProxy.forUrl(a.url);
+  const pa = await proxy.listen();
+  const { agent, hs } = await agentWith([pa, b.url], 1, { heartbeatIntervalMs: heartbeatMs, heartbeatTimeoutMs: heartbeatMs / 2 });
+  const h = hs[0]!;
+  const t0 = now();
+  let detect = 0;
+  const resumed = new Promise<number>((r) => h.on('state', (s) => {
+    if (s === 'paused') detect = now() - t0;
+    if (s === 'active') r(now() - t0);
+  }));
+  proxy.partition();
+  const resume = await Promise.race([resumed, new Promise<number>((r) => setTimeout(() => r(NaN), 60_000))]);
+  agent.crash();
+  await proxy.close();
+  a.proc.kill();
+  b.proc.kill();
+  return { detect, resume };
+}
+
+/** Resumes one replica grants per second: n paused handles resume at once after a dropped link. */
+async function resumeStorm(dir: string, n: number): Promise<number> {
+  const a = await replicaProcess(dir, 'memory');
+  const proxy = FaultProxy.forUrl(a.url);
+  const pa = await proxy.listen();
+  const { agent, hs } = await agentWith([pa], n);
+  let paused = 0;
+  let active = 0;
+  let t0 = 0;
+  const done = new Promise<number>((resolve) => {
+    for (const h of hs) h.on('state', (s) => {
+      if (s === 'paused' && ++paused === 1) t0 = now();
+      if (s === 'active' && ++active === n) resolve(now() - t0);
+    });
+  });
+  proxy.drop();
+  const ms = await Promise.race([done, new Promise<number>((r) => setTimeout(() => r(NaN), 120_000))]);
+  agent.crash();
+  await proxy.close();
+  a.proc.kill();
+  return n / (ms / 1000);
+}
+
+const heap = () => {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  gc?.();
+  gc?.();
+  return process.memoryUsage().heapUsed;
+};
+
+/** Heap bytes per open handle on the node agent side (the replica runs in another process). */
+async function agentMemory(dir: string, n: number): Promise<number> {
+  const r = await replicaProcess(dir, 'memory');
+  const before = heap();
+  const { agent, hs } = await agentWith([r.url], n);
+  const after = heap();
+  void hs.length;
+  agent.crash();
+  r.proc.kill();
+  return (after - before) / n;
+}
+
+/** Heap bytes per open handle on a replica (in this process), opened by a bare protocol client. */
+async function replicaMemory(n: number): Promise<number> {
+  const replica = new StorageReplica({ id: 'mem', store: new MemoryStore(), transport: new WebSocketTransport(), secret: SECRET, port: await freePort() });
+  await replica.start();
+  const conn = await new WebSocketTransport().connect(replica.url);
+  let opened = 0;
+  let welcomed!: () => void;
+  const welcome = new Promise<void>((r) => (welcomed = r));
+  let all!: () => void;
+  const done = new Promise<void>((r) => (all = r));
+  conn.onFrame((f) => {
+    if (!f.ok) return;
+    if (f.msg.type === 'welcome') welcomed();
+    if (f.msg.type === 'opened' && ++opened === n) all();
+  });
+  conn.send({ type: 'hello', v: 1, secret: SECRET, node: 'bench' });
+  await welcome;
+  const before = heap();
+  const rid = (i: number) => `r${String(i).padStart(20, '0')}`;
+  for (let i = 0; i < n; i++) conn.send({ type: 'open', id: i + 1, target: `t${i}`, requestId: rid(i), principal: 'p', mode: 'write' });
+  await done;
+  const after = heap();
+  conn.close();
+  await replica.stop();
+  return (after - before) / n;
+}
+
+function figure(name: string, value: number, unit: string, baseline: number | null, baselineName: string | null, target: string, met: boolean | null): Figure {
+  return { name, value: round(value), unit, baseline: baseline === null ? null : round(baseline), baselineName, ratio: baseline ? round(value / baseline, 3) : null, target, met };
+}
+
+export async function runBench(smoke: boolean, log: (l: string) => void): Promise<Figure[]> {
+  const dir = mkdtempSync(join(os.tmpdir(), 'safe-resume-bench-'));
+  const F: Figure[] = [];
+  const s = (full: number, tiny: number) => (smoke ? tiny : full);
+  try {
+    log('raw ws echo (baseline)');
+    const echo = await wsEcho(s(20_000, 300), 64);
+    log('I/O path, memory store');
+    const mem = await replicaProcess(dir, 'memory');
+    const io = await ioPath(mem.url, s(20_000, 300), 16, 8);
+    mem.proc.kill();
+    F.push(figure('io.write.seq.p50', io.p50, 'ms', echo.p50, 'ws echo p50', 'none', null));
+    F.push(figure('io.write.seq.p99', io.p99, 'ms', echo.p99, 'ws echo p99', 'none', null));
+    F.push(figure('io.read.seq.p50', io.readP50, 'ms', echo.p50, 'ws echo p50', 'none', null));
+    F.push(figure('io.write.pipelined.memory', io.rate, 'writes/s', echo.rate, 'ws echo 4 KiB msgs/s', '>= 1.0x', io.rate >= echo.rate));
+    log('I/O path, SQLite synchronous=FULL, and the raw SQLite baseline');
+    const sq = await replicaProcess(dir, 'sqlite');
+    const ios = await ioPath(sq.url, s(5_000, 200), 16, 8);
+    sq.proc.kill();
+    const raw = rawSqlite(dir, s(5_000, 200));
+    F.push(figure('io.write.pipelined.sqlite', ios.rate, 'writes/s', echo.rate, 'ws echo 4 KiB msgs/s', '>= 1.0x', ios.rate >= echo.rate));
+    F.push(figure('durable.writes.full', ios.rate, 'writes/s', raw, 'raw better-sqlite3 CAS txn per 4 KiB write, FULL', '>= 3x', ios.rate >= 3 * raw));
+    const sizes = smoke ? [20] : [100, 1000];
+    const chart: Array<{ n: number; p50: number; p99: number; max: number }> = [];
+    for (const n of sizes) {
+      log(`failover of ${n} handles`);
+      const f = await failover(join(dir, `f${n}`), n, 4);
+      chart.push({ n, ...f });
+      F.push(figure(`failover.${n}.p50`, f.p50, 'ms', null, null, 'none', null));
+      F.push(figure(`failover.${n}.p99`, f.p99, 'ms', null, null, n === 1000 ? '<= 250 ms' : 'none', n === 1000 ? f.p99 <= 250 : null));
+      F.push(figure(`failover.${n}.max`, f.max, 'ms', null, null, 'none', null));
+    }
+    log('silent partition');
+    const hb = s(1000, 200);
+    const sp = await silentPartition(join(dir, 'sp'), hb);
+    F.push(figure('partition.detect', sp.detect, 'ms', hb, 'heartbeat interval', '<= 2x', sp.detect <= 2 * hb));
+    F.push(figure('partition.resume', sp.resume, 'ms', hb, 'heartbeat interval', 'none', null));
+    log('resume storm');
+    const storm = await resumeStorm(join(dir, 'rs'), s(10_000, 200));
+    F.push(figure('resume.storm', storm, 'resumes/s', null, null, '>= 20,000', storm >= 20_000));
+    for (const n of smoke ? [200] : [10_000, 100_000]) {
+      log(`memory per handle at ${n} handles`);
+      const am = await agentMemory(join(dir, `m${n}`), n);
+      const rm = await replicaMemory(n);
+      F.push(figure(`memory.agent.per.handle.${n}`, am, 'bytes', null, null, '<= 4096', am <= 4096));
+      F.push(figure(`memory.replica.per.handle.${n}`, rm, 'bytes', null, null, '<= 4096', rm <= 4096));
+    }
+    log('simulation speed');
+    const sim = await runSeeds(1, s(100, 5));
+    const perMin = sim.schedules / (sim.wallMs / 60_000);
+    F.push(figure('sim.schedules.per.minute', perMin, 'schedules/min', null, null, '>= 1,000', perMin >= 1000));
+    if (!smoke) writeChart(chart);
+    return F;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function writeChart(points: Array<{ n: number; p50: number; p99: number; max: number }>): void {
+  const W = 520;
+  const H = 300;
+  const maxY = Math.max(...points.map((p) => p.max), 1);
+  const x = (i: number) => 60 + (i * (W - 100)) / Math.max(1, points.length - 1);
+  const y = (v: number) => H - 40 - (v / maxY) * (H - 80);
+  const line = (k: 'p50' | 'p99' | 'max', color: string) =>
+    `<polyline fill="none" stroke="${color}" stroke-width="2" points="${points.map((p, i) => `${x(i)},${y(p[k])}`).join(' ')}"/>` +
+    points.map((p, i) => `<circle cx="${x(i)}" cy="${y(p[k])}" r="3" fill="${color}"/><text x="${x(i) + 5}" y="${y(p[k]) - 5}" font-size="10">${Math.round(p[k])}</text>`).join('');
+  const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif"><rect width="100%" height="100%" fill="#fff"/>
+<text x="10" y="18" font-size="13">Failover after SIGKILL of the serving replica: time until each handle is active (ms)</text>
+<line x1="60" y1="${H - 40}" x2="${W - 30}" y2="${H - 40}" stroke="#888"/><line x1="60" y1="30" x2="60" y2="${H - 40}" stroke="#888"/>
+${points.map((p, i) => `<text x="${x(i) - 10}" y="${H - 22}" font-size="11">N=${p.n}</text>`).join('')}
+${line('p50', '#1a7f37')}${line('p99', '#c97a00')}${line('max', '#cf222e')}
+<text x="${W - 160}" y="40" font-size="11" fill="#1a7f37">p50</text><text x="${W - 120}" y="40" font-size="11" fill="#c97a00">p99</text><text x="${W - 80}" y="40" font-size="11" fill="#cf222e">max</text></svg>`;
+  mkdirSync(join(ROOT, 'bench', 'results'), { recursive: true });
+  writeFileSync(join(ROOT, 'bench', 'results', 'failover.svg'), svg);
+}
+
+export function table(F: Figure[]): string {
+  const rows = F.map((f) => `| ${f.name} | ${f.value} ${f.unit} | ${f.baseline ?? '-'}${f.baselineName ? ` (${f.baselineName})` : ''} | ${f.ratio ?? '-'} | ${f.target} | ${f.met === null ? '-' : f.met ? 'yes' : 'no'} |`);
+  return ['| figure | value | baseline | ratio | target | met |', '|---|---|---|---|---|---|', ...rows].join('\n');
+}
+
+export function writeResults(F: Figure[]): void {
+  mkdirSync(join(ROOT, 'bench', 'results'), { recursive: true });
+  writeFileSync(join(ROOT, 'bench', 'results', 'latest.json'), JSON.stringify({ date: new Date().toISOString(), machine: machine(), figures: F }, null, 2) + '\n');
+}
+
+export function machine(): string {
+  return `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${os.platform()} ${os.release()}`;
+}

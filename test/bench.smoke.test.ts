@@ -1,0 +1,19 @@
+/** The benchmark harness runs end to end at tiny sizes. It measures nothing here: no speed is asserted. */
+import { describe, expect, it } from 'vitest';
+import { runBench, table } from '../bench/run.js';
+
+describe('bench (smoke)', () => {
+  it('produces every figure with its baseline, ratio, target and verdict', async () => {
+    const figures = await runBench(true, () => undefined);
+    const names = figures.map((f) => f.name);
+    for (const n of ['io.write.seq.p50', 'io.write.pipelined.memory', 'durable.writes.full', 'failover.20.p99', 'partition.detect', 'resume.storm', 'memory.agent.per.handle.200', 'memory.replica.per.handle.200', 'sim.schedules.per.minute']) {
+      expect(names).toContain(n);
+    }
+    for (const f of figures) {
+      expect(Number.isFinite(f.value), f.name).toBe(true);
+      expect(f.ratio === null || Number.isFinite(f.ratio)).toBe(true);
+      expect(typeof f.target).toBe('string');
+    }
+    expect(table(figures).split('\n')).toHaveLength(figures.length + 2);
+  }, 180_000);
+});
