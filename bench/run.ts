@@ -31,7 +31,9 @@ export interface Figure {
   met: boolean | null;
 }
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+// This file runs as dist/bench/run.js (npm run bench) or bench/run.ts (the smoke test).
+const HERE = fileURLToPath(new URL('.', import.meta.url));
+const ROOT = join(HERE, HERE.includes(`${join('dist', 'bench')}`) ? '../..' : '..');
 const CHILD = join(ROOT, 'dist', 'cluster', 'child.js');
 const SECRET = 'benchmark-secret-benchmark-secret';
 const now = () => performance.now();
