@@ -6,7 +6,6 @@
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +16,7 @@ import { NodeAgent } from '../actors/node-agent.js';
 import { StorageReplica } from '../actors/replica.js';
 import { MemoryStore } from '../store/memory.js';
 import { FaultProxy } from '../cluster/fault-proxy.js';
+import { freePort } from '../cluster/launcher.js';
 import { runSeeds } from '../sim/run.js';
 import { WebSocketTransport } from '../transport/ws.js';
 
@@ -42,14 +42,6 @@ const pct = (xs: number[], p: number) => {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? 0;
 };
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
 
 /** A replica in its own process (as in a real cluster), over memory or the SQLite file in `dir`. */
 async function replicaProcess(dir: string, store: 'memory' | 'sqlite', holdMs = 5000): Promise<{ url: string; proc: ChildProcess }> {

@@ -4,7 +4,7 @@
  */
 import { seededRandom } from '../actors/env.js';
 import { check, type Violation } from '../sim/checker.js';
-import type { History, HistoryEvent } from '../sim/history.js';
+import { tally, type History, type HistoryEvent } from '../sim/history.js';
 import type { Launcher } from './launcher.js';
 
 export interface ChaosSummary {
@@ -112,16 +112,7 @@ export async function runChaos(l: Launcher, seconds: number, seed: number, onFau
   const store = l.storeHistory();
   const history = merge(store.events, l.history);
   for (const f of store.finals) history.push({ t: Date.now(), kind: 'final', target: f.target, bytes: f.bytes });
-  let granted = 0;
-  let denied = 0;
-  let acked = 0;
-  let pauses = 0;
-  for (const e of history) {
-    if (e.kind === 'grant' && e.via === 'resume') granted++;
-    else if (e.kind === 'deny') denied++;
-    else if (e.kind === 'ok' && e.op === 'write') acked++;
-    else if (e.kind === 'state' && e.to === 'paused') pauses++;
-  }
+  const { granted, denied, writesAcked: acked, pauses } = tally(history);
   const violations = check(history);
   l.chaos = { verdict: `chaos seed ${seed}: ${violations.length} violations`, violations: violations.length };
   return { seed, seconds, faults, pauses, resumes: { granted, denied }, writesAcknowledged: acked, violations };

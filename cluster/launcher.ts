@@ -53,7 +53,8 @@ export type ControlResult = { ok: true; [k: string]: unknown } | { ok: false; co
 
 const CHILD = join(fileURLToPath(new URL('.', import.meta.url)), 'child.js');
 
-async function freePort(): Promise<number> {
+/** A free TCP port on 127.0.0.1 (for a child to listen on). */
+export async function freePort(): Promise<number> {
   const srv = net.createServer();
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
   const port = (srv.address() as net.AddressInfo).port;

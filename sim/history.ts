@@ -30,6 +30,18 @@ export type History = HistoryEvent[];
 /** A history event before the recorder stamps its time. */
 export type Untimed = HistoryEvent extends infer E ? (E extends HistoryEvent ? Omit<E, 't'> : never) : never;
 
+/** What a history adds up to: resumes granted and denied, writes acknowledged, pauses. */
+export function tally(history: History): { granted: number; denied: number; writesAcked: number; pauses: number } {
+  const t = { granted: 0, denied: 0, writesAcked: 0, pauses: 0 };
+  for (const e of history) {
+    if (e.kind === 'grant' && e.via === 'resume') t.granted++;
+    else if (e.kind === 'deny') t.denied++;
+    else if (e.kind === 'ok' && e.op === 'write') t.writesAcked++;
+    else if (e.kind === 'state' && e.to === 'paused') t.pauses++;
+  }
+  return t;
+}
+
 /** Bytes as a string: the workload writes ASCII records, so latin1 keeps every byte and stays readable. */
 export const hex = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('latin1');
 

@@ -4,7 +4,7 @@
  * heals and every handle must settle.
  */
 import { check, type Violation } from './checker.js';
-import type { History } from './history.js';
+import { tally, type History } from './history.js';
 import { World, type WorldOptions } from './world.js';
 
 export const FAULT_KINDS = [
@@ -110,14 +110,7 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
   world.recordFinal();
   await world.shutdown();
   const history = world.history.events;
-  let granted = 0;
-  let denied = 0;
-  let writesAcked = 0;
-  for (const e of history) {
-    if (e.kind === 'grant' && e.via === 'resume') granted++;
-    else if (e.kind === 'deny') denied++;
-    else if (e.kind === 'ok' && e.op === 'write') writesAcked++;
-  }
+  const { granted, denied, writesAcked } = tally(history);
   return {
     seed,
     settings,

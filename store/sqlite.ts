@@ -44,6 +44,7 @@ export class SqliteStore extends TxStore {
       CREATE TABLE IF NOT EXISTS records (
         target TEXT PRIMARY KEY, request_id TEXT NOT NULL, principal TEXT NOT NULL, session TEXT NOT NULL,
         expires_at INTEGER NOT NULL, last_seq INTEGER NOT NULL) STRICT;
+      CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
     `);
     const getRecord = this.db.prepare<[string], RecordRow>('SELECT * FROM records WHERE target = ?');
     const putRecord = this.db.prepare(
@@ -93,7 +94,6 @@ export class SqliteStore extends TxStore {
 
   /** Append one line to the store's history table (call inside `atomically`, so it commits with the rule). */
   appendHistory(json: string): void {
-    this.db.prepare('CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL)').run();
     this.db.prepare('INSERT INTO history (line) VALUES (?)').run(json);
   }
 
@@ -104,7 +104,6 @@ export class SqliteStore extends TxStore {
 
   /** Every history line, in commit order. */
   readHistory(): string[] {
-    this.db.prepare('CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL)').run();
     return this.db.prepare<[], { line: string }>('SELECT line FROM history ORDER BY seq').all().map((r) => r.line);
   }
 
