@@ -43,12 +43,34 @@ export interface HandleEvents {
 
 type Queued = { run: (agentHandle: AgentHandle) => void; reject: (e: Error) => void };
 
+/** The handle behind an actor, for the machine's actions (one machine serves every handle). */
+const owners = new WeakMap<object, Handle>();
+const owner = (self: object): Handle => owners.get(self)!;
+
+/** The application handle machine with its actions, made once: each handle is only an actor of it. */
+const handleMachine = appHandleMachine.provide({
+  actions: {
+    dispatchIo: ({ self }) => owner(self).act('dispatchIo'),
+    rejectIo: ({ self, context }) => owner(self).act('rejectIo', context.reason),
+    rejectIoUnavailable: ({ self }) => owner(self).act('rejectIoUnavailable'),
+    flushQueue: ({ self }) => owner(self).act('flushQueue'),
+    failAll: ({ self, context }) => owner(self).act('failAll', context.reason),
+    failInFlight: ({ self }) => owner(self).act('failInFlight'),
+    notifyPaused: ({ self }) => owner(self).emit('paused'),
+    notifyResumed: ({ self }) => owner(self).emit('resumed'),
+    notifyInvalidated: ({ self, context }) => owner(self).act('notifyInvalidated', context.reason),
+    sendClose: ({ self }) => owner(self).act('sendClose'),
+  },
+});
+
+type Action = 'dispatchIo' | 'rejectIo' | 'rejectIoUnavailable' | 'flushQueue' | 'failAll' | 'failInFlight' | 'notifyInvalidated' | 'sendClose';
+
 export class Handle extends EventEmitter<HandleEvents> {
   readonly target: string;
   readonly mode: 'read' | 'write';
   readonly requestId: string;
   /** @internal */
-  readonly actor: Actor<typeof appHandleMachine>;
+  readonly actor: Actor<typeof handleMachine>;
   private readonly queue: Queued[] = [];
   private agentHandle: AgentHandle | undefined;
 
@@ -62,38 +84,8 @@ export class Handle extends EventEmitter<HandleEvents> {
     this.target = init.target;
     this.mode = init.mode;
     this.requestId = init.requestId;
-    const machine = appHandleMachine.provide({
-      actions: {
-        dispatchIo: () => this.dispatch(this.queue.shift()),
-        rejectIo: ({ context }) => this.queue.pop()?.reject(this.failure(context.reason)),
-        rejectIoUnavailable: () => this.queue.pop()?.reject(new SafeResumeError('UNAVAILABLE', `${this.target}: storage unavailable and the handle fails fast`)),
-        flushQueue: () => {
-          for (const q of this.queue.splice(0)) this.dispatch(q);
-        },
-        failAll: ({ context }) => {
-          const err = this.failure(context.reason);
-          for (const q of this.queue.splice(0)) q.reject(err);
-        },
-        failInFlight: () => {
-          const err = new SafeResumeError('UNAVAILABLE', `storage unavailable; ${this.target} fails fast (onFailure: 'error'); outcome of in-flight writes unknown`);
-          for (const q of this.queue.splice(0)) q.reject(err);
-          if (this.agentHandle) this.agent.failOps(this.agentHandle, 'UNAVAILABLE', err.message);
-        },
-        notifyPaused: () => this.emit('paused'),
-        notifyResumed: () => this.emit('resumed'),
-        notifyInvalidated: ({ context }) => {
-          const reason = context.reason ?? 'MODIFIED';
-          if (this.agentHandle) this.agent.abandon(this.agentHandle, reason, `${this.target}: handle invalidated (${reason})`);
-          this.emit('invalidated', reason);
-        },
-        sendClose: () => {
-          const h = this.agentHandle;
-          if (!h) return void this.actor.send({ type: 'CLOSED' });
-          this.agent.close(h).then(() => this.actor.send({ type: 'CLOSED' }));
-        },
-      },
-    });
-    this.actor = createActor(machine, { clock: env.clock, inspect: env.inspect, input: init });
+    this.actor = createActor(handleMachine, { clock: env.clock, inspect: env.inspect, input: init });
+    owners.set(this.actor, this);
     let last: HandleState = 'opening';
     this.actor.subscribe((snap) => {
       const state = snap.value as HandleState;
@@ -103,6 +95,44 @@ export class Handle extends EventEmitter<HandleEvents> {
       }
     });
     this.actor.start();
+  }
+
+  /** @internal What the machine's actions do for this handle. */
+  act(action: Action, reason?: InvalidationReason): void {
+    switch (action) {
+      case 'dispatchIo':
+        return this.dispatch(this.queue.shift());
+      case 'rejectIo':
+        return this.queue.pop()?.reject(this.failure(reason));
+      case 'rejectIoUnavailable':
+        return this.queue.pop()?.reject(new SafeResumeError('UNAVAILABLE', `${this.target}: storage unavailable and the handle fails fast`));
+      case 'flushQueue':
+        for (const q of this.queue.splice(0)) this.dispatch(q);
+        return;
+      case 'failAll': {
+        const err = this.failure(reason);
+        for (const q of this.queue.splice(0)) q.reject(err);
+        return;
+      }
+      case 'failInFlight': {
+        const err = new SafeResumeError('UNAVAILABLE', `storage unavailable; ${this.target} fails fast (onFailure: 'error'); outcome of in-flight writes unknown`);
+        for (const q of this.queue.splice(0)) q.reject(err);
+        if (this.agentHandle) this.agent.failOps(this.agentHandle, 'UNAVAILABLE', err.message);
+        return;
+      }
+      case 'notifyInvalidated': {
+        const why = reason ?? 'MODIFIED';
+        if (this.agentHandle) this.agent.abandon(this.agentHandle, why, `${this.target}: handle invalidated (${why})`);
+        this.emit('invalidated', why);
+        return;
+      }
+      case 'sendClose': {
+        const h = this.agentHandle;
+        if (!h) return void this.actor.send({ type: 'CLOSED' });
+        void this.agent.close(h).then(() => this.actor.send({ type: 'CLOSED' }));
+        return;
+      }
+    }
   }
 
   get state(): HandleState {

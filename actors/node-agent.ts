@@ -48,6 +48,11 @@ export type Op =
   | { kind: 'read'; offset: number; length: number; resolve: (v: { data: Uint8Array; version: number }) => void; reject: (e: Error) => void };
 
 const EMPTY = new Uint8Array(0);
+/** A resume batch's size limits, well inside the codec's header limit for the request and its answer. */
+const RESUME_BATCH = 1000;
+const RESUME_BATCH_BYTES = 128 * 1024;
+/** JSON punctuation, field names, mode and version of one resume item (or its answer), at most. */
+const RESUME_ITEM_OVERHEAD = 128;
 const noop = () => {};
 
 type HandleState = 'opening' | 'active' | 'paused' | 'resuming' | 'gone';
@@ -182,6 +187,7 @@ export class NodeAgent {
     this.session.stop();
     for (const h of this.handles.values()) h.state = 'gone';
     this.handles.clear();
+    this.kept.close?.();
   }
 
   /** The session state, e.g. `connected`, `reconnecting`. */
@@ -355,12 +361,38 @@ export class NodeAgent {
       this.resumeScheduled = false;
       if (!this.storageReady) return;
       const batch: AgentHandle[] = [];
+      const asked = new Set<AgentHandle>();
+      for (const p of this.inflight.values()) if (p.kind === 'open' || p.kind === 'resume-open') asked.add(p.handle);
       for (const h of this.handles.values()) {
         if (h.state === 'paused') batch.push(h);
-        else if (h.state === 'opening' && ![...this.inflight.values()].some((p) => p.handle === h)) this.sendOpen(h);
+        else if (h.state === 'opening' && !asked.has(h)) this.sendOpen(h);
       }
-      for (let i = 0; i < batch.length; i += 5000) this.sendResume(batch.slice(i, i + 5000));
+      this.sendResumes(batch);
     });
+  }
+
+  /**
+   * Send resumes in batches that fit a frame: at most RESUME_BATCH items and about
+   * RESUME_BATCH_BYTES of header each way (the answers repeat each target and requestId).
+   */
+  private sendResumes(handles: AgentHandle[]): void {
+    let batch: AgentHandle[] = [];
+    let items: ResumeItem[] = [];
+    let bytes = 0;
+    for (const h of handles) {
+      const item = this.resumeItem(h);
+      const size = RESUME_ITEM_OVERHEAD + h.target.length + h.requestId.length + h.principal.length + (item.sessions?.reduce((n, s) => n + s.length + 3, 0) ?? 0);
+      if (batch.length > 0 && (batch.length >= RESUME_BATCH || bytes + size > RESUME_BATCH_BYTES)) {
+        this.sendResume(batch, items);
+        batch = [];
+        items = [];
+        bytes = 0;
+      }
+      batch.push(h);
+      items.push(item);
+      bytes += size;
+    }
+    if (batch.length > 0) this.sendResume(batch, items);
   }
 
   private resumeItem(h: AgentHandle): ResumeItem {
@@ -374,13 +406,12 @@ export class NodeAgent {
     return item;
   }
 
-  private sendResume(batch: AgentHandle[]): void {
+  private sendResume(batch: AgentHandle[], items: ResumeItem[]): void {
     const id = this.nextId++;
-    const items: ResumeItem[] = batch.map((h) => {
+    for (const h of batch) {
       h.state = 'resuming';
       h.listener.resuming();
-      return this.resumeItem(h);
-    });
+    }
     this.resumeBatches.set(id, { handles: batch, sentMs: this.env.clock.now() });
     this.conn!.send({ type: 'resume', id, items });
   }

@@ -16,6 +16,9 @@ import { NodeAgent } from '../actors/node-agent.js';
 import { StorageReplica } from '../actors/replica.js';
 import { MemoryStore } from '../store/memory.js';
 import { FaultProxy } from '../cluster/fault-proxy.js';
+import { processInspector, type ProcessInspector } from '../cluster/inspect.js';
+import { InspectorServer } from '../cluster/inspector-server.js';
+import type { Env } from '../actors/env.js';
 import { freePort } from '../cluster/launcher.js';
 import { runSeeds } from '../sim/run.js';
 import { WebSocketTransport } from '../transport/ws.js';
@@ -44,9 +47,10 @@ const pct = (xs: number[], p: number) => {
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 
 /** A replica in its own process (as in a real cluster), over memory or the SQLite file in `dir`. */
-async function replicaProcess(dir: string, store: 'memory' | 'sqlite', holdMs = 5000): Promise<{ url: string; proc: ChildProcess }> {
+async function replicaProcess(dir: string, store: 'memory' | 'sqlite', opts: { holdMs?: number; groupCommit?: boolean } = {}): Promise<{ url: string; proc: ChildProcess }> {
   const port = await freePort();
-  const proc = fork(CHILD, ['replica', JSON.stringify({ id: `replica-${port}`, port, dir, store, secret: SECRET, holdMs, history: false, pretty: false })], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const cfg = { id: `replica-${port}`, port, dir, store, secret: SECRET, holdMs: opts.holdMs ?? 5000, history: false, pretty: false, groupCommit: opts.groupCommit ?? true };
+  const proc = fork(CHILD, ['replica', JSON.stringify(cfg)], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
   await new Promise<void>((resolve, reject) => {
     proc.on('message', (m) => (m as { type?: string }).type === 'ready' && resolve());
     proc.once('exit', () => reject(new Error('replica process exited')));
@@ -54,10 +58,10 @@ async function replicaProcess(dir: string, store: 'memory' | 'sqlite', holdMs = 
   return { url: `ws://127.0.0.1:${port}`, proc };
 }
 
-async function agentWith(url: string[], handles: number, opts: { heartbeatIntervalMs?: number; heartbeatTimeoutMs?: number } = {}): Promise<{ agent: NodeAgent; hs: Handle[] }> {
+async function agentWith(url: string[], handles: number, opts: { heartbeatIntervalMs?: number; heartbeatTimeoutMs?: number; env?: Partial<Env> } = {}): Promise<{ agent: NodeAgent; hs: Handle[] }> {
   const agent = new NodeAgent({ id: `bench-${Math.random().toString(36).slice(2, 8)}`, replicas: url, transport: new WebSocketTransport(), secret: SECRET, ...opts });
   await agent.start();
-  const app = new Application(agent, { name: 'bench', pauseTimeoutMs: 600_000 });
+  const app = new Application(agent, { name: 'bench', pauseTimeoutMs: 600_000, ...(opts.env ? { env: opts.env } : {}) });
   const hs: Handle[] = [];
   for (let i = 0; i < handles; i += 500) hs.push(...(await Promise.all(Array.from({ length: Math.min(500, handles - i) }, (_, j) => app.open(`t-${agent.id}-${i + j}`)))));
   return { agent, hs };
@@ -99,12 +103,12 @@ async function wsEcho(count: number, window: number): Promise<{ p50: number; p99
 }
 
 /** Application -> node agent -> ws -> replica process: sequential latency and pipelined throughput of 4 KiB writes. */
-async function ioPath(url: string, count: number, apps: number, depth: number): Promise<{ p50: number; p99: number; rate: number; readP50: number }> {
-  const { agent, hs } = await agentWith([url], apps);
+async function ioPath(url: string, count: number, apps: number, depth: number, opts: { sequential?: number; env?: Partial<Env> } = {}): Promise<{ p50: number; p99: number; rate: number; readP50: number }> {
+  const { agent, hs } = await agentWith([url], apps, opts.env ? { env: opts.env } : {});
   const h = hs[0]!;
   const lat: number[] = [];
   const rlat: number[] = [];
-  for (let i = 0; i < Math.min(count, 2000); i++) {
+  for (let i = 0; i < (opts.sequential ?? Math.min(count, 2000)); i++) {
     let t = now();
     await h.write((i % 64) * 4096, DATA);
     lat.push(now() - t);
@@ -172,7 +176,8 @@ async function failover(dir: string, n: number, agents: number): Promise<{ p50: 
     h.on('state', on);
   })));
   a.proc.kill('SIGKILL');
-  await Promise.race([done, new Promise((r) => setTimeout(r, 60_000))]);
+  await Promise.race([done, new Promise((r) => setTimeout(r, 120_000))]);
+  if (times.length < all.length) throw new Error(`failover of ${n}: only ${times.length} of ${all.length} handles active again within 120 s`);
   for (const g of groups) g.agent.crash();
   b.proc.kill('SIGKILL');
   return { p50: pct(times, 50), p99: pct(times, 99), max: Math.max(...times, 0) };
@@ -220,9 +225,31 @@ async function resumeStorm(dir: string, n: number): Promise<number> {
   proxy.drop();
   const ms = await Promise.race([done, new Promise<number>((r) => setTimeout(() => r(NaN), 120_000))]);
   agent.crash();
+  if (Number.isNaN(ms)) throw new Error(`resume storm of ${n}: only ${active} of ${n} handles active again within 120 s`);
   await proxy.close();
   a.proc.kill();
   return n / (ms / 1000);
+}
+
+/**
+ * Inspector overhead: pipelined writes with every actor's inspection events streamed to an inspector
+ * server and on to a watching browser (a WebSocket client that reads the stream).
+ */
+async function inspectorOn(url: string, count: number, apps: number, depth: number): Promise<number> {
+  let insp: ProcessInspector | undefined;
+  const server = new InspectorServer({ watching: (on) => insp?.watch(on), status: () => ({}), command: async () => ({ ok: false }) });
+  const base = await server.listen(0);
+  insp = processInspector(`${base.replace('http', 'ws')}/inspect?from=bench`);
+  const browser = new WebSocket(`${base.replace('http', 'ws')}/stream`);
+  let events = 0;
+  browser.on('message', () => events++);
+  await new Promise((r) => browser.once('open', r));
+  const io = await ioPath(url, count, apps, depth, { sequential: 0, env: { inspect: insp.inspect } });
+  if (events === 0) throw new Error('the inspector stream carried no events');
+  browser.close();
+  insp.stop();
+  await server.close();
+  return io.rate;
 }
 
 const heap = () => {
@@ -275,60 +302,94 @@ function figure(name: string, value: number, unit: string, baseline: number | nu
   return { name, value: round(value), unit, baseline: baseline === null ? null : round(baseline), baselineName, ratio: baseline ? round(value / baseline, 3) : null, target, met };
 }
 
-export async function runBench(smoke: boolean, log: (l: string) => void): Promise<Figure[]> {
+/** The groups of figures, in run order; `--only` picks some of them. */
+export const GROUPS = ['io', 'durable', 'failover', 'partition', 'storm', 'memory', 'sim', 'inspector'] as const;
+export type Group = (typeof GROUPS)[number];
+
+export async function runBench(smoke: boolean, log: (l: string) => void, only: readonly Group[] = GROUPS): Promise<Figure[]> {
+  const want = (g: Group) => only.includes(g);
   const dir = mkdtempSync(join(os.tmpdir(), 'safe-resume-bench-'));
   const F: Figure[] = [];
   const s = (full: number, tiny: number) => (smoke ? tiny : full);
   try {
-    log('raw ws echo (baseline)');
-    const echo = await wsEcho(s(20_000, 300), 64);
-    log('I/O path, memory store');
-    const mem = await replicaProcess(dir, 'memory');
-    const io = await ioPath(mem.url, s(20_000, 300), 16, 8);
-    mem.proc.kill();
-    F.push(figure('io.write.seq.p50', io.p50, 'ms', echo.p50, 'ws echo p50', 'none', null));
-    F.push(figure('io.write.seq.p99', io.p99, 'ms', echo.p99, 'ws echo p99', 'none', null));
-    F.push(figure('io.read.seq.p50', io.readP50, 'ms', echo.p50, 'ws echo p50', 'none', null));
-    F.push(figure('io.write.pipelined.memory', io.rate, 'writes/s', echo.rate, 'ws echo 4 KiB msgs/s', '>= 1.0x', io.rate >= echo.rate));
-    log('I/O path, SQLite synchronous=FULL, and the raw SQLite baseline');
-    const sq = await replicaProcess(dir, 'sqlite');
-    const ios = await ioPath(sq.url, s(5_000, 200), 16, 8);
-    sq.proc.kill();
-    const raw = rawSqlite(dir, s(5_000, 200));
-    F.push(figure('io.write.pipelined.sqlite', ios.rate, 'writes/s', echo.rate, 'ws echo 4 KiB msgs/s', '>= 1.0x', ios.rate >= echo.rate));
-    F.push(figure('durable.writes.full', ios.rate, 'writes/s', raw, 'raw better-sqlite3 CAS txn per 4 KiB write, FULL', '>= 3x', ios.rate >= 3 * raw));
-    const sizes = smoke ? [20] : [100, 1000];
-    const chart: Array<{ n: number; p50: number; p99: number; max: number }> = [];
-    for (const n of sizes) {
-      log(`failover of ${n} handles`);
-      const f = await failover(join(dir, `f${n}`), n, 4);
-      chart.push({ n, ...f });
-      F.push(figure(`failover.${n}.p50`, f.p50, 'ms', null, null, 'none', null));
-      F.push(figure(`failover.${n}.p99`, f.p99, 'ms', null, null, n === 1000 ? '<= 250 ms' : 'none', n === 1000 ? f.p99 <= 250 : null));
-      F.push(figure(`failover.${n}.max`, f.max, 'ms', null, null, 'none', null));
+    let echo = { p50: 0, p99: 0, rate: 0 };
+    if (want('io') || want('durable')) {
+      log('raw ws echo (baseline)');
+      echo = await wsEcho(s(20_000, 300), 64);
     }
-    log('silent partition');
-    const hb = s(1000, 200);
-    const sp = await silentPartition(join(dir, 'sp'), hb);
-    F.push(figure('partition.detect', sp.detect, 'ms', hb, 'heartbeat interval', '<= 2x', sp.detect <= 2 * hb));
-    F.push(figure('partition.resume', sp.resume, 'ms', hb, 'heartbeat interval', 'none', null));
-    log('resume storm');
-    const storm = await resumeStorm(join(dir, 'rs'), s(10_000, 200));
-    F.push(figure('resume.storm', storm, 'resumes/s', null, null, '>= 20,000', storm >= 20_000));
-    // 100,000 handles is left out: at ~25 KB per handle on the agent side the heap reaches the default
-    // limit and the run thrashes in GC (see BENCHMARKS.md).
-    for (const n of smoke ? [200] : [10_000]) {
-      log(`memory per handle at ${n} handles`);
-      const am = await agentMemory(join(dir, `m${n}`), n);
-      const rm = await replicaMemory(n);
-      F.push(figure(`memory.agent.per.handle.${n}`, am, 'bytes', null, null, '<= 4096', am <= 4096));
-      F.push(figure(`memory.replica.per.handle.${n}`, rm, 'bytes', null, null, '<= 4096', rm <= 4096));
+    if (want('io') || want('inspector')) {
+      log('I/O path, memory store');
+      const mem = await replicaProcess(dir, 'memory');
+      const io = await ioPath(mem.url, s(20_000, 300), 16, 8);
+      if (want('io')) {
+        F.push(figure('io.write.seq.p50', io.p50, 'ms', echo.p50, 'ws echo p50', 'none', null));
+        F.push(figure('io.write.seq.p99', io.p99, 'ms', echo.p99, 'ws echo p99', 'none', null));
+        F.push(figure('io.read.seq.p50', io.readP50, 'ms', echo.p50, 'ws echo p50', 'none', null));
+        F.push(figure('io.write.pipelined.memory', io.rate, 'writes/s', echo.rate, 'ws echo 4 KiB msgs/s', '>= 1.0x', io.rate >= echo.rate));
+      }
+      if (want('inspector')) {
+        log('inspector overhead: the same writes with the inspection stream on');
+        const on = await inspectorOn(mem.url, s(20_000, 300), 16, 8);
+        F.push(figure('inspector.write.pipelined', on, 'writes/s', io.rate, 'the same writes, inspector off', 'none', null));
+      }
+      mem.proc.kill();
     }
-    log('simulation speed');
-    const sim = await runSeeds(1, s(100, 5));
-    const perMin = sim.schedules / (sim.wallMs / 60_000);
-    F.push(figure('sim.schedules.per.minute', perMin, 'schedules/min', null, null, '>= 1,000', perMin >= 1000));
-    if (!smoke) writeChart(chart);
+    if (want('io') || want('durable')) {
+      log('I/O path, SQLite synchronous=FULL with group commit; without it; and the raw SQLite baseline');
+      const sq = await replicaProcess(join(dir, 'gc'), 'sqlite');
+      const ios = await ioPath(sq.url, s(10_000, 200), 16, 8, { sequential: s(500, 20) });
+      sq.proc.kill();
+      const one = await replicaProcess(join(dir, 'nogc'), 'sqlite', { groupCommit: false });
+      const ios1 = await ioPath(one.url, s(5_000, 200), 16, 8, { sequential: 0 });
+      one.proc.kill();
+      const raw = rawSqlite(dir, s(5_000, 200));
+      if (want('io')) F.push(figure('io.write.pipelined.sqlite', ios.rate, 'writes/s', echo.rate, 'ws echo 4 KiB msgs/s', '>= 1.0x', ios.rate >= echo.rate));
+      if (want('durable')) {
+        F.push(figure('durable.write.seq.p50', ios.p50, 'ms', 1000 / raw, 'raw FULL CAS txn, ms each', 'none', null));
+        F.push(figure('durable.writes.full', ios.rate, 'writes/s', raw, 'raw better-sqlite3 CAS txn per 4 KiB write, FULL', '>= 3x', ios.rate >= 3 * raw));
+        F.push(figure('durable.writes.full.no-group-commit', ios1.rate, 'writes/s', raw, 'raw better-sqlite3 CAS txn per 4 KiB write, FULL', 'none', null));
+      }
+    }
+    if (want('failover')) {
+      const sizes = smoke ? [20] : [100, 1000, 10_000];
+      const chart: Array<{ n: number; p50: number; p99: number; max: number }> = [];
+      for (const n of sizes) {
+        log(`failover of ${n} handles`);
+        const f = await failover(join(dir, `f${n}`), n, 4);
+        chart.push({ n, ...f });
+        F.push(figure(`failover.${n}.p50`, f.p50, 'ms', null, null, 'none', null));
+        F.push(figure(`failover.${n}.p99`, f.p99, 'ms', null, null, n === 1000 ? '<= 250 ms' : 'none', n === 1000 ? f.p99 <= 250 : null));
+        F.push(figure(`failover.${n}.max`, f.max, 'ms', null, null, 'none', null));
+      }
+      if (!smoke) writeChart(chart);
+    }
+    if (want('partition')) {
+      log('silent partition');
+      const hb = s(1000, 200);
+      const sp = await silentPartition(join(dir, 'sp'), hb);
+      F.push(figure('partition.detect', sp.detect, 'ms', hb, 'heartbeat interval', '<= 2x', sp.detect <= 2 * hb));
+      F.push(figure('partition.resume', sp.resume, 'ms', hb, 'heartbeat interval', 'none', null));
+    }
+    if (want('storm')) {
+      log('resume storm');
+      const storm = await resumeStorm(join(dir, 'rs'), s(10_000, 200));
+      F.push(figure('resume.storm', storm, 'resumes/s', null, null, '>= 20,000', storm >= 20_000));
+    }
+    if (want('memory')) {
+      for (const n of smoke ? [200] : [10_000, 100_000]) {
+        log(`memory per handle at ${n} handles`);
+        const am = await agentMemory(join(dir, `m${n}`), n);
+        const rm = await replicaMemory(n);
+        F.push(figure(`memory.agent.per.handle.${n}`, am, 'bytes', null, null, '<= 4096', am <= 4096));
+        F.push(figure(`memory.replica.per.handle.${n}`, rm, 'bytes', null, null, '<= 4096', rm <= 4096));
+      }
+    }
+    if (want('sim')) {
+      log('simulation speed');
+      const sim = await runSeeds(1, s(100, 5));
+      const perMin = sim.schedules / (sim.wallMs / 60_000);
+      F.push(figure('sim.schedules.per.minute', perMin, 'schedules/min', null, null, '>= 1,000', perMin >= 1000));
+    }
     return F;
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -31,6 +31,8 @@ const ReplicaConfig = z.object({
   history: z.boolean(),
   pretty: z.boolean(),
   inspector: z.string().optional(),
+  /** SQLite group commit (default on); the benchmarks turn it off to measure one transaction per write. */
+  groupCommit: z.boolean().optional(),
 });
 
 const NodeConfig = z.object({
@@ -62,7 +64,7 @@ function logger(dir: string, id: string, pretty: boolean) {
 async function replica(raw: unknown): Promise<void> {
   const cfg = ReplicaConfig.parse(raw);
   const log = logger(cfg.dir, cfg.id, cfg.pretty);
-  const inner: TxStore = cfg.store === 'memory' ? new MemoryStore() : new SqliteStore(join(cfg.dir, 'store.sqlite'));
+  const inner: TxStore = cfg.store === 'memory' ? new MemoryStore() : new SqliteStore(join(cfg.dir, 'store.sqlite'), { groupCommit: cfg.groupCommit ?? true });
   const store =
     cfg.history && inner instanceof SqliteStore
       ? observedStore(inner, cfg.id, { add: (e) => inner.appendHistory(JSON.stringify({ t: Date.now(), ...e })) })

@@ -29,7 +29,7 @@ Usage:
   safe-resume read <target>           read a target as an ad-hoc reader
   safe-resume down                    stop the cluster
   safe-resume sim [options]           run seeded fault schedules in the simulated world and check them
-  safe-resume bench [--json] [--smoke]   run the benchmarks (npm run bench adds --expose-gc for heap figures)
+  safe-resume bench [--json] [--smoke] [--only GROUP,...]   run the benchmarks (npm run bench adds --expose-gc for heap figures)
   safe-resume help                    show this help
 
 Every command takes --dir (default ./.safe-resume) to find the running cluster, and --json.

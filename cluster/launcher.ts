@@ -94,7 +94,7 @@ export class Launcher {
     if (this.opts.history) {
       // A chaos run checks one history: start it empty.
       for (const f of ['store.sqlite', 'store.sqlite-wal', 'store.sqlite-shm']) rmSync(join(this.opts.dir, f), { force: true });
-      for (let n = 1; n <= this.opts.nodes; n++) rmSync(join(this.opts.dir, `node-${n}.handles.json`), { force: true });
+      for (let n = 1; n <= this.opts.nodes; n++) rmSync(join(this.opts.dir, `node-${n}.handles.jsonl`), { force: true });
     }
     let inspectorWs: string | undefined;
     if (this.opts.inspectorPort !== undefined) {

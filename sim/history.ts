@@ -62,13 +62,7 @@ export function observedStore(inner: TxStore, replica: string, rec: Pick<Recorde
   const s = inner.sync;
   // The rule and its record commit together, so the history's order is the store's commit order even
   // with several replica processes on one database.
-  const later = <T>(fn: () => T): Promise<T> => {
-    try {
-      return Promise.resolve(inner.atomically(fn));
-    } catch (err) {
-      return Promise.reject(err);
-    }
-  };
+  const later = <T>(fn: () => T): Promise<T> => inner.commit(fn);
   return {
     kind: inner.kind,
     open: (req, nowMs) =>

@@ -6,7 +6,7 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { TxStore } from './base.js';
-import { splice, type Tx } from './rules.js';
+import type { Tx } from './rules.js';
 import { StoreUnavailableError, type LockRecord } from './types.js';
 
 export interface SqliteStoreOptions {
@@ -14,7 +14,15 @@ export interface SqliteStoreOptions {
   synchronous?: 'FULL' | 'NORMAL';
   /** How long a transaction waits for another process's lock before the store counts as unavailable. */
   busyTimeoutMs?: number;
+  /**
+   * Group commit (default on): operations arriving in the same event-loop turn share one transaction
+   * and one fsync, and each is answered only after that transaction commits.
+   */
+  groupCommit?: boolean;
 }
+
+/** Targets are stored in pages of this many bytes, so a write rewrites only the pages it touches. */
+const PAGE = 4096;
 
 const UNAVAILABLE_CODES = /^SQLITE_(BUSY|LOCKED|IOERR|CANTOPEN|FULL|READONLY|NOTADB|CORRUPT|PROTOCOL)/;
 
@@ -31,16 +39,19 @@ export class SqliteStore extends TxStore {
   readonly kind = 'sqlite';
   private readonly db: Database.Database;
   private readonly txImpl: Tx;
+  private readonly getPages: Database.Statement<[string, number, number], { page: number; data: Buffer }>;
   private readonly run: Database.Transaction<(fn: (tx: Tx) => unknown, tx: Tx) => unknown>;
 
   constructor(readonly path: string, opts: SqliteStoreOptions = {}) {
     super();
+    this.groupCommit = opts.groupCommit ?? true;
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
     this.db = new Database(path, { timeout: opts.busyTimeoutMs ?? 5000 });
     this.db.pragma('journal_mode = WAL');
     this.db.pragma(`synchronous = ${opts.synchronous ?? 'FULL'}`);
     this.db.exec(`
-      CREATE TABLE IF NOT EXISTS targets (target TEXT PRIMARY KEY, data BLOB NOT NULL, version INTEGER NOT NULL) STRICT;
+      CREATE TABLE IF NOT EXISTS target_versions (target TEXT PRIMARY KEY, size INTEGER NOT NULL, version INTEGER NOT NULL) STRICT;
+      CREATE TABLE IF NOT EXISTS pages (target TEXT NOT NULL, page INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (target, page)) STRICT, WITHOUT ROWID;
       CREATE TABLE IF NOT EXISTS records (
         target TEXT PRIMARY KEY, request_id TEXT NOT NULL, principal TEXT NOT NULL, session TEXT NOT NULL,
         expires_at INTEGER NOT NULL, last_seq INTEGER NOT NULL) STRICT;
@@ -53,13 +64,15 @@ export class SqliteStore extends TxStore {
         'session = excluded.session, expires_at = excluded.expires_at, last_seq = excluded.last_seq',
     );
     const deleteRecord = this.db.prepare('DELETE FROM records WHERE target = ?');
-    const getVersion = this.db.prepare<[string], { version: number }>('SELECT version FROM targets WHERE target = ?');
-    const getSize = this.db.prepare<[string], { n: number }>('SELECT length(data) AS n FROM targets WHERE target = ?');
-    const getData = this.db.prepare<[string], { data: Buffer; version: number }>('SELECT data, version FROM targets WHERE target = ?');
-    const readSlice = this.db.prepare<[number, number, string], { data: Buffer }>('SELECT substr(data, ?, ?) AS data FROM targets WHERE target = ?');
-    const putData = this.db.prepare(
-      'INSERT INTO targets (target, data, version) VALUES (?, ?, ?) ON CONFLICT(target) DO UPDATE SET data = excluded.data, version = excluded.version',
+    const getMeta = this.db.prepare<[string], { size: number; version: number }>('SELECT size, version FROM target_versions WHERE target = ?');
+    const putMeta = this.db.prepare(
+      'INSERT INTO target_versions (target, size, version) VALUES (?, ?, ?) ON CONFLICT(target) DO UPDATE SET size = excluded.size, version = excluded.version',
     );
+    const getPages = this.db.prepare<[string, number, number], { page: number; data: Buffer }>('SELECT page, data FROM pages WHERE target = ? AND page BETWEEN ? AND ?');
+    const getPage = this.db.prepare<[string, number], { data: Buffer }>('SELECT data FROM pages WHERE target = ? AND page = ?');
+    const putPage = this.db.prepare('INSERT INTO pages (target, page, data) VALUES (?, ?, ?) ON CONFLICT(target, page) DO UPDATE SET data = excluded.data');
+    this.migrate();
+    this.getPages = getPages;
     this.run = this.db.transaction((fn: (tx: Tx) => unknown, tx: Tx) => fn(tx));
     this.txImpl = {
       getRecord: (t) => {
@@ -68,17 +81,34 @@ export class SqliteStore extends TxStore {
       },
       putRecord: (r: LockRecord) => void putRecord.run(r.target, r.requestId, r.principal, r.session, r.expiresAt, r.lastSeq),
       deleteRecord: (t) => void deleteRecord.run(t),
-      version: (t) => getVersion.get(t)?.version ?? 0,
-      size: (t) => getSize.get(t)?.n ?? 0,
+      version: (t) => getMeta.get(t)?.version ?? 0,
+      size: (t) => getMeta.get(t)?.size ?? 0,
       readData: (t, offset, length) => {
-        if (length === 0) return new Uint8Array(0);
-        const row = readSlice.get(offset + 1, length, t);
-        return row ? new Uint8Array(row.data) : new Uint8Array(0);
+        const size = getMeta.get(t)?.size ?? 0;
+        const end = Math.min(size, offset + length);
+        if (end <= offset) return new Uint8Array(0);
+        return this.assemble(t, offset, end);
       },
       writeData: (t, offset, data) => {
-        const cur = getData.get(t);
-        const version = (cur?.version ?? 0) + 1;
-        putData.run(t, splice(cur?.data ?? new Uint8Array(0), offset, data), version);
+        const meta = getMeta.get(t);
+        const version = (meta?.version ?? 0) + 1;
+        const end = offset + data.length;
+        // Only the pages the write touches are read and rewritten; a whole page is written as is.
+        for (let page = Math.floor(offset / PAGE); page * PAGE < end; page++) {
+          const start = page * PAGE;
+          const from = Math.max(offset, start);
+          const to = Math.min(end, start + PAGE);
+          let bytes: Uint8Array;
+          if (from === start && to === start + PAGE) bytes = data.subarray(from - offset, to - offset);
+          else {
+            const old = getPage.get(t, page)?.data;
+            bytes = new Uint8Array(Math.max(to - start, old?.length ?? 0));
+            if (old) bytes.set(old);
+            bytes.set(data.subarray(from - offset, to - offset), from - start);
+          }
+          putPage.run(t, page, bytes);
+        }
+        putMeta.run(t, Math.max(meta?.size ?? 0, end), version);
         return version;
       },
     };
@@ -92,14 +122,50 @@ export class SqliteStore extends TxStore {
     }
   }
 
-  /** Append one line to the store's history table (call inside `atomically`, so it commits with the rule). */
+  /** Append one line to the store's history table (call inside `commit`, so it commits with the rule). */
   appendHistory(json: string): void {
     this.db.prepare('INSERT INTO history (line) VALUES (?)').run(json);
   }
 
+  /** Bytes [from, to) of a target, from its pages; pages never written read as zeros. */
+  private assemble(target: string, from: number, to: number): Uint8Array {
+    const out = new Uint8Array(to - from);
+    for (const row of this.getPages.iterate(target, Math.floor(from / PAGE), Math.floor((to - 1) / PAGE))) {
+      const start = row.page * PAGE;
+      const a = Math.max(from, start);
+      const b = Math.min(to, start + row.data.length);
+      if (b > a) out.set(row.data.subarray(a - start, b - start), a - from);
+    }
+    return out;
+  }
+
+  /**
+   * Databases written before targets were paged keep each target as one blob in `targets`: move
+   * them to pages once, in one transaction, so no process ever sees half of it.
+   */
+  private migrate(): void {
+    const legacy = this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'targets'").get();
+    if (!legacy) return;
+    this.db.transaction(() => {
+      if (!this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'targets'").get()) return;
+      const put = this.db.prepare('INSERT OR REPLACE INTO pages (target, page, data) VALUES (?, ?, ?)');
+      const meta = this.db.prepare('INSERT OR REPLACE INTO target_versions (target, size, version) VALUES (?, ?, ?)');
+      const get = this.db.prepare<[string], { data: Buffer; version: number }>('SELECT data, version FROM targets WHERE target = ?');
+      for (const { target } of this.db.prepare<[], { target: string }>('SELECT target FROM targets').all()) {
+        const r = { target, ...get.get(target)! };
+        for (let p = 0; p * PAGE < r.data.length; p++) put.run(r.target, p, r.data.subarray(p * PAGE, (p + 1) * PAGE));
+        meta.run(r.target, r.data.length, r.version);
+      }
+      this.db.exec('DROP TABLE targets');
+    }).immediate();
+  }
+
   /** Every target's bytes (for a final check). */
   targets(): Array<{ target: string; data: Uint8Array }> {
-    return this.db.prepare<[], { target: string; data: Buffer }>('SELECT target, data FROM targets ORDER BY target').all().map((r) => ({ target: r.target, data: new Uint8Array(r.data) }));
+    return this.db
+      .prepare<[], { target: string; size: number }>('SELECT target, size FROM target_versions ORDER BY target')
+      .all()
+      .map((r) => ({ target: r.target, data: r.size === 0 ? new Uint8Array(0) : this.assemble(r.target, 0, r.size) }));
   }
 
   /** Every history line, in commit order. */

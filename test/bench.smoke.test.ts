@@ -6,7 +6,7 @@ describe('bench (smoke)', () => {
   it('produces every figure with its baseline, ratio, target and verdict', async () => {
     const figures = await runBench(true, () => undefined);
     const names = figures.map((f) => f.name);
-    for (const n of ['io.write.seq.p50', 'io.write.pipelined.memory', 'durable.writes.full', 'failover.20.p99', 'partition.detect', 'resume.storm', 'memory.agent.per.handle.200', 'memory.replica.per.handle.200', 'sim.schedules.per.minute']) {
+    for (const n of ['io.write.seq.p50', 'io.write.pipelined.memory', 'durable.writes.full', 'durable.writes.full.no-group-commit', 'inspector.write.pipelined', 'failover.20.p99', 'partition.detect', 'resume.storm', 'memory.agent.per.handle.200', 'memory.replica.per.handle.200', 'sim.schedules.per.minute']) {
       expect(names).toContain(n);
     }
     for (const f of figures) {
@@ -16,4 +16,9 @@ describe('bench (smoke)', () => {
     }
     expect(table(figures).split('\n')).toHaveLength(figures.length + 2);
   }, 180_000);
+
+  it('runs only the groups asked for', async () => {
+    const figures = await runBench(true, () => undefined, ['partition']);
+    expect(figures.map((f) => f.name)).toEqual(['partition.detect', 'partition.resume']);
+  }, 60_000);
 });

@@ -40,6 +40,19 @@ describe('1. connection interruption', () => {
     expect(c.servingIndex(agent)).not.toBe(first);
     expect(text(await h.read(0, 6))).toBe('abcdef');
   });
+
+  it('thousands of handles with long target names all resume after a dropped connection', async () => {
+    const c = await cluster();
+    const agent = await c.addNode('node-1', { proxied: true });
+    const app = new Application(agent, { name: 'app-1' });
+    // 3,000 resume items of ~300 bytes: far more than one frame's header may carry.
+    const hs = await Promise.all(Array.from({ length: 3000 }, (_, i) => app.open(`${'volume/'.repeat(35)}disk-${i}`)));
+    await hs[2999]!.write(0, bytes('last'));
+    c.dropLinks('node-1');
+    await waitFor('every handle to pause', () => hs.every((h) => h.state !== 'active'));
+    await waitFor('every handle to be active again', () => hs.every((h) => h.state === 'active'), 20_000);
+    expect(text(await hs[2999]!.read(0, 4))).toBe('last');
+  }, 30_000);
 });
 
 describe('2. dismount', () => {

@@ -1,4 +1,6 @@
 /** One contract suite, run against every store adapter (SPEC "Rules of the store"). */
+import Database from 'better-sqlite3';
+import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { MemoryStore } from '../store/memory.js';
@@ -188,6 +190,37 @@ for (const adapter of adapters) {
       expect(r.ok && [...r.data]).toEqual([0, 0, 0, 0, 120, 121]);
     });
 
+    it('reads back exactly what a series of writes at any offsets and lengths left, across page boundaries', async () => {
+      await fc.assert(
+        fc.asyncProperty(fc.array(fc.record({ offset: fc.nat(20_000), length: fc.integer({ min: 1, max: 9000 }), fill: fc.integer({ min: 1, max: 255 }) }), { minLength: 1, maxLength: 6 }), async (ws) => {
+          setup();
+          try {
+            await open(X, 's1', 0, 1000);
+            let model = new Uint8Array(0);
+            for (const [i, w] of ws.entries()) {
+              const data = new Uint8Array(w.length).fill(w.fill);
+              if (w.offset + w.length > model.length) {
+                const grown = new Uint8Array(w.offset + w.length);
+                grown.set(model);
+                model = grown;
+              }
+              model.set(data, w.offset);
+              expect(await store.write({ target: T, requestId: X, session: 's1', seq: i + 1, offset: w.offset, data })).toMatchObject({ ok: true, applied: true, version: i + 1 });
+            }
+            const all = await store.read({ target: T, offset: 0, length: model.length + 100 });
+            expect(all.ok && Buffer.from(all.data).equals(Buffer.from(model))).toBe(true);
+            const from = Math.floor(model.length / 3);
+            const part = await store.read({ target: T, offset: from, length: 5000 });
+            expect(part.ok && Buffer.from(part.data).equals(Buffer.from(model.subarray(from, from + 5000)))).toBe(true);
+          } finally {
+            env.cleanup();
+          }
+        }),
+        { numRuns: 25 },
+      );
+      setup(); // for afterEach
+    });
+
     it('keeps data, records and sequence numbers across a close and reopen (reboot)', async () => {
       setup();
       await open(X, 's1', 0, 1000);
@@ -215,6 +248,66 @@ describe('sqlite specifics', () => {
     } finally {
       await a.shutdown();
       await b.shutdown();
+      t.cleanup();
+    }
+  });
+
+  it('group commit: writes issued together share transactions, apply in order, and a read issued after them sees them', async () => {
+    const t = tempDir();
+    const a = new SqliteStore(join(t.dir, 's.sqlite'));
+    try {
+      await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', expiresAt: 100 }, 0);
+      const before = { ...a.commits };
+      const writes = Array.from({ length: 200 }, (_, i) => a.write({ target: T, requestId: X, session: 's1', seq: i + 1, offset: i, data: bytes(String.fromCharCode(65 + (i % 26))) }));
+      const read = a.read({ target: T, offset: 0, length: 200 });
+      const results = await Promise.all(writes);
+      expect(results.map((r) => r.ok && r.version)).toEqual(Array.from({ length: 200 }, (_, i) => i + 1));
+      const r = await read;
+      expect(r.ok && text(r.data)).toBe(Array.from({ length: 200 }, (_, i) => String.fromCharCode(65 + (i % 26))).join(''));
+      expect(a.commits.operations - before.operations).toBe(201);
+      expect(a.commits.transactions - before.transactions).toBeLessThan(10);
+    } finally {
+      await a.shutdown();
+      t.cleanup();
+    }
+  });
+
+  it('group commit: when the store cannot commit, every operation of the group fails as unavailable and none is applied', async () => {
+    const t = tempDir();
+    const path = join(t.dir, 's.sqlite');
+    const a = new SqliteStore(path, { busyTimeoutMs: 20 });
+    try {
+      await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', expiresAt: 100 }, 0);
+      const blocker = new Database(path);
+      blocker.exec('BEGIN IMMEDIATE');
+      const writes = [1, 2, 3].map((seq) => a.write({ target: T, requestId: X, session: 's1', seq, offset: 0, data: bytes('x') }));
+      for (const w of writes) await expect(w).rejects.toMatchObject({ name: 'StoreUnavailableError' });
+      blocker.exec('ROLLBACK');
+      blocker.close();
+      expect(await a.write({ target: T, requestId: X, session: 's1', seq: 1, offset: 0, data: bytes('y') })).toMatchObject({ ok: true, applied: true, version: 1 });
+    } finally {
+      await a.shutdown();
+      t.cleanup();
+    }
+  });
+
+  it('moves a database written before targets were paged to pages, keeping every byte and version', async () => {
+    const t = tempDir();
+    const path = join(t.dir, 's.sqlite');
+    const old = new Database(path);
+    old.exec('CREATE TABLE targets (target TEXT PRIMARY KEY, data BLOB NOT NULL, version INTEGER NOT NULL) STRICT');
+    const blob = Buffer.alloc(10_000, 0x61);
+    blob.write('end', 9997);
+    old.prepare('INSERT INTO targets VALUES (?, ?, ?)').run(T, blob, 7);
+    old.close();
+    const a = new SqliteStore(path);
+    try {
+      const r = await a.read({ target: T, offset: 9990, length: 100 });
+      expect(r.ok && text(r.data)).toBe('aaaaaaaend');
+      expect(r.ok && r.version).toBe(7);
+      expect(a.targets()).toEqual([{ target: T, data: new Uint8Array(blob) }]);
+    } finally {
+      await a.shutdown();
       t.cleanup();
     }
   });
