@@ -148,7 +148,7 @@ export class Handle extends EventEmitter<HandleEvents> {
     if (this.mode !== 'write') return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', `${this.target} is open for reading`));
     if (!Number.isSafeInteger(offset) || offset < 0) return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', 'offset must be a non-negative integer'));
     if (!(data instanceof Uint8Array) || data.length > MAX_IO_BYTES) return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', `data must be a Uint8Array of at most ${MAX_IO_BYTES} bytes`));
-    const copy = Uint8Array.from(data);
+    const copy = data.slice(); // the caller may reuse its buffer once write() returns
     return this.io<{ version: number }>((resolve, reject) => (h) => {
       const op: Op = { kind: 'write', seq: this.agent.nextSeq(h), offset, data: copy, resolve, reject };
       this.agent.submit(h, op);

@@ -47,7 +47,7 @@ const pct = (xs: number[], p: number) => {
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 
 /** A replica in its own process (as in a real cluster), over memory or the SQLite file in `dir`. */
-async function replicaProcess(dir: string, store: 'memory' | 'sqlite', opts: { holdMs?: number; groupCommit?: boolean } = {}): Promise<{ url: string; proc: ChildProcess }> {
+export async function replicaProcess(dir: string, store: 'memory' | 'sqlite', opts: { holdMs?: number; groupCommit?: boolean } = {}): Promise<{ url: string; proc: ChildProcess }> {
   const port = await freePort();
   const cfg = { id: `replica-${port}`, port, dir, store, secret: SECRET, holdMs: opts.holdMs ?? 5000, history: false, pretty: false, groupCommit: opts.groupCommit ?? true };
   const proc = fork(CHILD, ['replica', JSON.stringify(cfg)], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
@@ -103,7 +103,7 @@ async function wsEcho(count: number, window: number): Promise<{ p50: number; p99
 }
 
 /** Application -> node agent -> ws -> replica process: sequential latency and pipelined throughput of 4 KiB writes. */
-async function ioPath(url: string, count: number, apps: number, depth: number, opts: { sequential?: number; env?: Partial<Env> } = {}): Promise<{ p50: number; p99: number; rate: number; readP50: number }> {
+export async function ioPath(url: string, count: number, apps: number, depth: number, opts: { sequential?: number; env?: Partial<Env> } = {}): Promise<{ p50: number; p99: number; rate: number; readP50: number }> {
   const { agent, hs } = await agentWith([url], apps, opts.env ? { env: opts.env } : {});
   const h = hs[0]!;
   const lat: number[] = [];

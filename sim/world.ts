@@ -350,7 +350,7 @@ export class World {
 
   /** Record every target's final bytes, straight from the store's state. */
   recordFinal(): void {
-    for (const [target, t] of this.state.targets) this.history.add({ kind: 'final', target, bytes: hex(t.data) });
+    for (const [target, t] of this.state.targets) this.history.add({ kind: 'final', target, bytes: hex(t.buf.subarray(0, t.size)) });
   }
 
   async shutdown(): Promise<void> {

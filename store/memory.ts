@@ -1,11 +1,12 @@
 /** The in-memory store: deterministic, for simulation and tests. */
 import { TxStore } from './base.js';
-import { splice, type Tx } from './rules.js';
-import { StoreUnavailableError, type LockRecord } from './types.js';
+import type { Tx } from './rules.js';
+import { MAX_TARGET_BYTES, StoreUnavailableError, type LockRecord } from './types.js';
 
 interface MemoryState {
   records: Map<string, LockRecord>;
-  targets: Map<string, { data: Uint8Array; version: number }>;
+  /** Each target's bytes are `buf[0, size)`; `buf` has room to grow, so a write copies only itself. */
+  targets: Map<string, { buf: Uint8Array; size: number; version: number }>;
 }
 
 export class MemoryStore extends TxStore {
@@ -22,13 +23,23 @@ export class MemoryStore extends TxStore {
       putRecord: (r) => void records.set(r.target, { ...r }),
       deleteRecord: (t) => void records.delete(t),
       version: (t) => targets.get(t)?.version ?? 0,
-      size: (t) => targets.get(t)?.data.length ?? 0,
-      readData: (t, offset, length) => (targets.get(t)?.data ?? new Uint8Array(0)).slice(offset, offset + length),
+      size: (t) => targets.get(t)?.size ?? 0,
+      readData: (t, offset, length) => {
+        const cur = targets.get(t);
+        return cur ? cur.buf.slice(Math.min(offset, cur.size), Math.min(cur.size, offset + length)) : new Uint8Array(0);
+      },
       writeData: (t, offset, data) => {
-        const cur = targets.get(t) ?? { data: new Uint8Array(0), version: 0 };
-        const next = { data: splice(cur.data, offset, data), version: cur.version + 1 };
-        targets.set(t, next);
-        return next.version;
+        let cur = targets.get(t);
+        if (!cur) targets.set(t, (cur = { buf: new Uint8Array(0), size: 0, version: 0 }));
+        const end = offset + data.length;
+        if (end > cur.buf.length) {
+          const grown = new Uint8Array(Math.max(end, Math.min(2 * cur.buf.length, MAX_TARGET_BYTES)));
+          grown.set(cur.buf.subarray(0, cur.size));
+          cur.buf = grown;
+        }
+        cur.buf.set(data, offset);
+        cur.size = Math.max(cur.size, end);
+        return ++cur.version;
       },
     };
   }
@@ -41,6 +52,11 @@ export class MemoryStore extends TxStore {
   protected tx<T>(fn: (tx: Tx) => T): T {
     if (!this.available) throw new StoreUnavailableError('memory store is unavailable');
     return fn(this.txImpl);
+  }
+
+  /** Every target's bytes (for a final check). */
+  targets(): Array<{ target: string; data: Uint8Array }> {
+    return [...this.state.targets].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([target, t]) => ({ target, data: t.buf.slice(0, t.size) }));
   }
 
   async ping(): Promise<void> {

@@ -103,12 +103,3 @@ export function renew(tx: Tx, session: string, refs: HandleRef[], expiresAt: num
   }
   return { lost };
 }
-
-/** Splice `data` into `current` at `offset`, extending with zeros. */
-export function splice(current: Uint8Array, offset: number, data: Uint8Array): Uint8Array {
-  const end = offset + data.length;
-  const out = end > current.length ? new Uint8Array(end) : new Uint8Array(current);
-  if (end > current.length) out.set(current, 0);
-  out.set(data, offset);
-  return out;
-}
