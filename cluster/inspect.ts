@@ -1,11 +1,13 @@
 /**
- * Inspection of a child process's actors: XState inspection events go to the launcher through
- * @statelyai/inspect's WebSocket inspector, only while somebody watches (the launcher says so), with
+ * Inspection of a child process's actors: XState inspection events, converted by @statelyai/inspect,
+ * go to the launcher over one WebSocket in batches, only while somebody watches (the launcher says so), with
  * bytes and long strings cut down before they leave the process. Actor registrations always go, so a
  * browser that arrives later still knows every actor and its machine.
  */
-import { createWebSocketInspector } from '@statelyai/inspect';
-import type { ActorRefLike, InspectionEvent } from "xstate";
+import { createInspector } from '@statelyai/inspect';
+import { WebSocket } from 'ws';
+import type { ActorRefLike, InspectionEvent } from 'xstate';
+import { zeroMask } from '../transport/ws.js';
 
 function sanitize(value: unknown, depth = 0): unknown {
   if (value instanceof Uint8Array) return `<${value.length} bytes>`;
@@ -18,6 +20,72 @@ function sanitize(value: unknown, depth = 0): unknown {
   return out;
 }
 
+type Adapter = Parameters<typeof createInspector>[0];
+type StatelyEvent = Parameters<Adapter['send']>[0];
+
+/**
+ * Sends inspection events to the launcher as JSON arrays, one WebSocket message per event-loop
+ * turn however many events the turn made (a busy node makes thousands a second). Events made
+ * while the launcher is unreachable wait, the newest `maxDeferred` of them.
+ */
+class BatchingAdapter implements Adapter {
+  private ws: WebSocket | undefined;
+  private open = false;
+  private stopped = false;
+  private batch: string[] = [];
+  private scheduled = false;
+  /** Events that could not be serialised (a cycle the sanitiser missed); they are skipped. */
+  dropped = 0;
+
+  constructor(private readonly url: string, private readonly maxDeferred: number) {}
+
+  start(): void {
+    if (this.stopped) return;
+    const ws = new WebSocket(this.url, { generateMask: zeroMask });
+    this.ws = ws;
+    ws.on('open', () => {
+      this.open = true;
+      this.flush();
+    });
+    ws.on('error', () => undefined);
+    ws.on('close', () => {
+      this.open = false;
+      if (!this.stopped) setTimeout(() => this.start(), 2000).unref();
+    });
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.ws?.close();
+  }
+
+  send(event: StatelyEvent): void {
+    let line: string;
+    try {
+      line = JSON.stringify(event);
+    } catch {
+      this.dropped++;
+      return;
+    }
+    this.batch.push(line);
+    if (!this.open) {
+      if (this.batch.length > this.maxDeferred) this.batch.splice(0, this.batch.length - this.maxDeferred);
+      return;
+    }
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.scheduled = false;
+    if (!this.open || this.batch.length === 0) return;
+    this.ws!.send(`[${this.batch.join(',')}]`);
+    this.batch = [];
+  }
+}
+
 export interface ProcessInspector {
   inspect: (ev: InspectionEvent) => void;
   watch(on: boolean): void;
@@ -25,12 +93,11 @@ export interface ProcessInspector {
 }
 
 export function processInspector(url: string): ProcessInspector {
-  const inspector = createWebSocketInspector({
-    url,
+  const inspector = createInspector(new BatchingAdapter(url, 500), {
     sanitizeEvent: (e) => sanitize(e) as typeof e,
     sanitizeContext: (c) => sanitize(c) as typeof c,
-    maxDeferredEvents: 500,
   });
+  inspector.start();
   let watching = false;
   const live = new Set<ActorRefLike>();
   return {

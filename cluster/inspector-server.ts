@@ -34,6 +34,7 @@ export class InspectorServer {
   /** Actor registrations are kept whole (bounded), so a late browser knows every actor's machine. */
   private readonly actors = new Map<string, string>();
   private readonly recent: string[] = [];
+  private outbox: string[] = [];
   url = '';
 
   constructor(private readonly hooks: InspectorHooks) {}
@@ -82,39 +83,58 @@ export class InspectorServer {
     return this.url;
   }
 
+  /** Each message from a process is a JSON array of inspection events (or one event). */
   private fromProcess(ws: WebSocket, from: string): void {
     ws.on('error', () => undefined);
     ws.on('message', (data) => {
-      let ev: Record<string, unknown>;
+      let parsed: unknown;
       try {
-        ev = JSON.parse(data.toString()) as Record<string, unknown>;
+        parsed = JSON.parse(data.toString());
       } catch {
         return; // not ours to crash over
       }
-      if (typeof ev.type !== 'string' || typeof ev.sessionId !== 'string') return;
-      ev.process = from;
-      const line = JSON.stringify(ev);
-      if (ev.type === '@xstate.actor') {
-        this.actors.set(`${from}:${ev.sessionId}`, line); // actor ids are per process
-        if (this.actors.size > 20_000) this.actors.delete(this.actors.keys().next().value!);
-      } else {
-        this.recent.push(line);
-        if (this.recent.length > HISTORY) this.recent.splice(0, this.recent.length - HISTORY);
-      }
-      for (const b of this.browsers) b.send(line);
-      if (this.hooks.forward) {
-        const g = { ...ev };
-        for (const k of ['sessionId', 'rootId', 'parentId', 'sourceId']) if (typeof g[k] === 'string') g[k] = `${from}:${String(g[k])}`;
-        this.hooks.forward(g);
-      }
+      for (const ev of Array.isArray(parsed) ? parsed : [parsed]) this.fromProcessEvent(ev, from);
+    });
+  }
+
+  private fromProcessEvent(raw: unknown, from: string): void {
+    if (typeof raw !== 'object' || raw === null) return;
+    const ev = raw as Record<string, unknown>;
+    if (typeof ev.type !== 'string' || typeof ev.sessionId !== 'string') return;
+    ev.process = from;
+    const line = JSON.stringify(ev);
+    if (ev.type === '@xstate.actor') {
+      this.actors.set(`${from}:${ev.sessionId}`, line); // actor ids are per process
+      if (this.actors.size > 20_000) this.actors.delete(this.actors.keys().next().value!);
+    } else {
+      this.recent.push(line);
+      // Trimmed in chunks: cutting one line off the front per event would copy the whole history each time.
+      if (this.recent.length >= 2 * HISTORY) this.recent.splice(0, this.recent.length - HISTORY);
+    }
+    if (this.browsers.size > 0) this.toBrowsers(line);
+    if (this.hooks.forward) {
+      const g = { ...ev };
+      for (const k of ['sessionId', 'rootId', 'parentId', 'sourceId']) if (typeof g[k] === 'string') g[k] = `${from}:${String(g[k])}`;
+      this.hooks.forward(g);
+    }
+  }
+
+  /** Browsers get a JSON array of events per event-loop turn. */
+  private toBrowsers(line: string): void {
+    this.outbox.push(line);
+    if (this.outbox.length > 1) return;
+    setImmediate(() => {
+      const frame = `[${this.outbox.join(',')}]`;
+      this.outbox = [];
+      for (const b of this.browsers) b.send(frame);
     });
   }
 
   private toBrowser(ws: WebSocket): void {
     ws.on('error', () => undefined);
     // History first (every actor, then the recent events), then live.
-    for (const line of this.actors.values()) ws.send(line);
-    for (const line of this.recent) ws.send(line);
+    const history = [...this.actors.values(), ...this.recent.slice(-HISTORY)];
+    for (let i = 0; i < history.length; i += 1000) ws.send(`[${history.slice(i, i + 1000).join(',')}]`);
     this.browsers.add(ws);
     if (this.browsers.size === 1) this.hooks.watching(true);
     ws.on('close', () => {

@@ -207,7 +207,8 @@ async function poll() {
 function connect() {
   const ws = new WebSocket(`ws://${location.host}/stream`);
   ws.onopen = () => ($('conn').textContent = 'live');
-  ws.onmessage = (m) => { const ev = parse(m.data); if (ev) onEvent(ev); };
+  // Each message is a JSON array of events (one per event-loop turn of the launcher).
+  ws.onmessage = (m) => { const evs = parse(m.data); for (const ev of Array.isArray(evs) ? evs : evs ? [evs] : []) onEvent(ev); };
   ws.onclose = () => { $('conn').textContent = 'reconnecting…'; setTimeout(connect, 1000); };
 }
 

@@ -19,7 +19,7 @@ const socketOf = (ws: WebSocket): Corkable | undefined => (ws as unknown as { _s
  * intermediaries against forged requests; these connections are node agent to replica, and the
  * XOR pass over every 4 KiB write costs more than the rest of the send.
  */
-const zeroMask = (mask: Buffer) => void mask.fill(0);
+export const zeroMask = (mask: Buffer) => void mask.fill(0);
 
 class WsConnection implements Connection {
   private frameCb: ((f: Decoded) => void) | undefined;
