@@ -11,8 +11,8 @@ import { createActor, type Actor } from 'xstate';
 import { SafeResumeError, type ErrorCode, type InvalidationReason } from '../errors.js';
 import { appHandleMachine } from '../machines/app-handle.js';
 import { MAX_IO_BYTES } from '../transport/messages.js';
-import { defaultEnv, type Env } from './env.js';
-import type { AgentHandle, NodeAgent, Op } from './node-agent.js';
+import { defaultEnv, handleHolder, type Env, type HandleHolder } from './env.js';
+import type { AgentHandle, HandleListener, NodeAgent, Op } from './node-agent.js';
 
 export interface ApplicationOptions {
   /** Stable name of the application on its node; kept requestIds are found under it. */
@@ -78,13 +78,13 @@ export class Handle extends EventEmitter<HandleEvents> {
   constructor(
     private readonly agent: NodeAgent,
     init: { target: string; mode: 'read' | 'write'; requestId: string; onFailure: 'pause' | 'error'; pauseTimeoutMs: number },
-    env: Env,
+    private readonly holder: HandleHolder,
   ) {
     super();
     this.target = init.target;
     this.mode = init.mode;
     this.requestId = init.requestId;
-    this.actor = createActor(handleMachine, { clock: env.clock, inspect: env.inspect, input: init });
+    this.actor = createActor(handleMachine, { parent: holder.parent, input: init });
     owners.set(this.actor, this);
     let last: HandleState = 'opening';
     this.actor.subscribe((snap) => {
@@ -183,7 +183,7 @@ export class Handle extends EventEmitter<HandleEvents> {
   /** @internal */
   crash(): void {
     if (this.agentHandle) this.agent.forgetQuietly(this.agentHandle);
-    this.actor.stop();
+    this.holder.stop(this.actor);
   }
 
   /** @internal */
@@ -211,10 +211,31 @@ export class Handle extends EventEmitter<HandleEvents> {
   }
 }
 
+/** What the node agent tells a handle, as events to its machine (one small object per handle, not five closures). */
+class ToMachine implements HandleListener {
+  constructor(private readonly actor: Actor<typeof handleMachine>) {}
+  paused(): void {
+    this.actor.send({ type: 'PAUSED' });
+  }
+  resuming(): void {
+    this.actor.send({ type: 'RESUMING' });
+  }
+  granted(): void {
+    this.actor.send({ type: 'GRANTED' });
+  }
+  denied(reason: InvalidationReason): void {
+    this.actor.send({ type: 'DENIED', reason });
+  }
+  revoked(reason: InvalidationReason): void {
+    this.actor.send({ type: 'INVALIDATE', reason });
+  }
+}
+
 export class Application {
   readonly name: string;
   readonly principal: string;
   private readonly env: Env;
+  private readonly holder: HandleHolder;
   private readonly handles = new Set<Handle>();
 
   constructor(readonly agent: NodeAgent, private readonly opts: ApplicationOptions) {
@@ -222,6 +243,7 @@ export class Application {
     this.name = opts.name;
     this.principal = opts.principal ?? 'default';
     this.env = defaultEnv(opts.env);
+    this.holder = handleHolder(this.env);
   }
 
   /**
@@ -240,7 +262,7 @@ export class Application {
     const handle = new Handle(
       this.agent,
       { target, mode, requestId, onFailure: options.onFailure ?? 'pause', pauseTimeoutMs: options.pauseTimeoutMs ?? this.opts.pauseTimeoutMs ?? 60_000 },
-      this.env,
+      this.holder,
     );
     try {
       const h = await this.agent.open({
@@ -253,13 +275,7 @@ export class Application {
         // A kept requestId resumes strictly through the sessions it was held by; an explicit one takes over.
         lineage: kept?.sessions,
         version: kept?.version ?? 0,
-        listener: {
-          paused: () => handle.actor.send({ type: 'PAUSED' }),
-          resuming: () => handle.actor.send({ type: 'RESUMING' }),
-          granted: () => handle.actor.send({ type: 'GRANTED' }),
-          denied: (reason) => handle.actor.send({ type: 'DENIED', reason }),
-          revoked: (reason) => handle.actor.send({ type: 'INVALIDATE', reason }),
-        },
+        listener: new ToMachine(handle.actor),
       });
       handle.bind(h);
       handle.actor.send({ type: 'OPENED' });

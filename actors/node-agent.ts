@@ -338,15 +338,18 @@ export class NodeAgent {
     for (const p of closing) this.abandon(p.handle, 'CLOSED', `${p.handle.target}: handle closed`);
     this.inflight.clear();
     this.resumeBatches.clear();
-    for (const h of this.handles.values()) this.pause(h);
+    let paused = 0;
+    for (const h of this.handles.values()) if (this.pause(h)) paused++;
+    if (paused > 0) this.env.log.info({ handles: paused }, 'handles paused');
   }
 
-  private pause(h: AgentHandle): void {
-    if (h.state === 'active' || h.state === 'resuming') {
-      this.env.log.info({ app: h.app, target: h.target, requestId: h.requestId }, 'handle paused');
-      h.state = 'paused';
-      h.listener.paused();
-    }
+  /** Pause one handle; true if it was running. (Logged per handle at debug level: a failover pauses thousands.) */
+  private pause(h: AgentHandle): boolean {
+    if (h.state !== 'active' && h.state !== 'resuming') return false;
+    this.env.log.debug({ app: h.app, target: h.target, requestId: h.requestId }, 'handle paused');
+    h.state = 'paused';
+    h.listener.paused();
+    return true;
   }
 
   private get storageReady(): boolean {
@@ -519,7 +522,7 @@ export class NodeAgent {
     // Replay first: the application's queued operations, flushed when it hears of the grant, follow.
     for (const op of h.ops) this.sendOp(h, op);
     if (!wasOpening) {
-      this.env.log.info({ app: h.app, target: h.target, requestId: h.requestId, lastSeq, replayed: h.ops.length }, 'handle resumed');
+      this.env.log.debug({ app: h.app, target: h.target, requestId: h.requestId, lastSeq, replayed: h.ops.length }, 'handle resumed');
       h.listener.granted();
     }
   }
@@ -543,6 +546,7 @@ export class NodeAgent {
       this.invalidate(h, r.reason ?? 'MODIFIED');
     });
     this.keep(grantedNow);
+    if (batch) this.env.log.info({ replica: this.replica, granted: grantedNow.length, of: handles.length }, 'handles resumed');
   }
 
   private onOpDone(msg: MessageOf<'written'> | MessageOf<'data'>): void {

@@ -10,7 +10,7 @@ import type { Decoded } from '../transport/codec.js';
 import type { Message, MessageOf, ResumeResult } from '../transport/messages.js';
 import { CLOSE, type Connection, type Listener, type Transport } from '../transport/types.js';
 import { StoreUnavailableError, type HandleRef, type Store } from '../store/types.js';
-import { defaultEnv, every, type Env } from './env.js';
+import { defaultEnv, every, handleHolder, type Env, type HandleHolder } from './env.js';
 import { secretMatches } from './auth.js';
 
 export interface ReplicaOptions {
@@ -68,6 +68,7 @@ export class StorageReplica {
   readonly leaseMs: number;
   readonly heartbeatMs: number;
   private readonly env: Env;
+  private readonly holder: HandleHolder;
   private readonly opts: ReplicaOptions;
   private listener: Listener | undefined;
   private readonly sessions = new Map<string, Session>();
@@ -85,6 +86,7 @@ export class StorageReplica {
     this.id = opts.id;
     this.store = opts.store;
     this.env = defaultEnv(opts.env);
+    this.holder = handleHolder(this.env);
     this.env.log = this.env.log.child({ actor: opts.id });
     this.holdMs = opts.holdMs ?? 5000;
     this.leaseMs = opts.leaseMs ?? 3000;
@@ -124,7 +126,7 @@ export class StorageReplica {
     for (const stop of this.stopTimers) stop();
     this.stopTimers = [];
     for (const s of [...this.sessions.values()]) this.loseSession(s, 'replica stopping', false);
-    for (const a of this.orphans.values()) a.stop();
+    for (const a of this.orphans.values()) this.holder.stop(a);
     this.orphans.clear();
     await this.listener?.close();
   }
@@ -347,7 +349,7 @@ export class StorageReplica {
       tell(existing, { type: 'RESUME', session: s.id });
       return existing;
     }
-    existing?.stop();
+    this.holder.stop(existing);
     const orphan = this.orphans.get(key);
     if (orphan && resume && orphan.getSnapshot().value === 'paused') {
       this.orphans.delete(key);
@@ -355,11 +357,10 @@ export class StorageReplica {
       s.handles.set(key, orphan);
       return orphan;
     }
-    orphan?.stop();
+    this.holder.stop(orphan);
     this.orphans.delete(key);
     const actor = createActor(replicaHandleMachine, {
-      clock: this.env.clock,
-      inspect: this.env.inspect,
+      parent: this.holder.parent,
       input: { target, requestId, mode, session: s.id, holdMs: this.holdMs, resume },
     }).start();
     s.handles.set(key, actor);
@@ -368,7 +369,7 @@ export class StorageReplica {
 
   private detach(s: Session, target: string, requestId: string): void {
     const key = keyOf(target, requestId);
-    s.handles.get(key)?.stop();
+    this.holder.stop(s.handles.get(key));
     s.handles.delete(key);
   }
 
@@ -382,10 +383,10 @@ export class StorageReplica {
       if (mode === 'write') held.push({ target, requestId });
       tell(actor, { type: 'SESSION_LOST' });
       if (keepOrphans && actor.getSnapshot().status === 'active') {
-        this.orphans.get(key)?.stop();
+        this.holder.stop(this.orphans.get(key));
         this.orphans.set(key, actor);
         actor.subscribe({ complete: () => this.orphans.get(key) === actor && this.orphans.delete(key) });
-      } else actor.stop();
+      } else this.holder.stop(actor);
     }
     s.handles.clear();
     // The hold period starts now: the lock lasts holdMs more, then lapses.

