@@ -157,7 +157,7 @@ function rawSqlite(dir: string, count: number): number {
 }
 
 /** SIGKILL the replica serving `n` handles; time until each handle is active on the other replica. */
-async function failover(dir: string, n: number, agents: number): Promise<{ p50: number; p99: number; max: number }> {
+export async function failover(dir: string, n: number, agents: number): Promise<{ p50: number; p99: number; max: number }> {
   const a = await replicaProcess(dir, 'sqlite');
   const b = await replicaProcess(dir, 'sqlite');
   const groups = await Promise.all(Array.from({ length: agents }, () => agentWith([a.url, b.url], Math.ceil(n / agents))));
