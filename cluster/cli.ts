@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** The safe-resume command line. */
 import { parseArgs } from 'node:util';
+import os from 'node:os';
 import { resolve, join } from 'node:path';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { pino } from 'pino';
@@ -11,7 +12,8 @@ import type { Handle } from '../actors/application.js';
 import { runSchedule } from '../sim/scheduler.js';
 import { Launcher } from './launcher.js';
 import { runChaos, type ChaosSummary } from './chaos.js';
-import { formatReplay, formatSummary, runSeeds } from '../sim/run.js';
+import { formatReplay, formatSummary } from '../sim/run.js';
+import { runSeedsParallel } from '../sim/parallel.js';
 
 const HELP = `safe-resume — pause applications through storage failures, resume them safely
 
@@ -58,6 +60,7 @@ Options for sim:
   --seeds N              schedules to run (default 100); seeds start at --from (default 1)
   --from S               first seed
   --seed S               replay one seed and print its faults, verdict and trace
+  --workers N            worker threads the seeds are spread over (default: one per core; 1 = this thread)
   --json                 print one JSON object (schedules, steps, faults, resumes, violations)
   Exit code 1 if any guarantee (S1-S4, L1-L3) is violated. Soak: safe-resume sim --seeds 100000
 
@@ -355,7 +358,7 @@ async function control(cmd: string, argv: string[]): Promise<number> {
 async function sim(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { seeds: { type: 'string' }, from: { type: 'string' }, seed: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    options: { seeds: { type: 'string' }, from: { type: 'string' }, seed: { type: 'string' }, workers: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
     strict: true,
   });
   if (values.help) {
@@ -374,8 +377,10 @@ async function sim(argv: string[]): Promise<number> {
   const count = int('seeds', values.seeds, 100, 1);
   const from = int('from', values.from, 1);
   const tty = process.stderr.isTTY === true && !values.json;
-  const summary = await runSeeds(from, count, {}, (r) => {
-    if (tty && (r.seed - from) % 100 === 99) process.stderr.write(`\r${r.seed - from + 1}/${count} schedules`);
+  const workers = int('workers', values.workers, os.availableParallelism(), 1);
+  let done = 0;
+  const summary = await runSeedsParallel(from, count, workers, () => {
+    if (tty && ++done % 100 === 0) process.stderr.write(`\r${done}/${count} schedules`);
   });
   if (tty) process.stderr.write('\r');
   process.stdout.write((values.json ? JSON.stringify(summary) : formatSummary(summary)) + '\n');

@@ -13,21 +13,33 @@ export interface SimSummary {
   wallMs: number;
 }
 
-export async function runSeeds(first: number, count: number, opts: ScheduleOptions = {}, onResult?: (r: ScheduleResult) => void): Promise<SimSummary> {
+/** What one seed adds to a summary (a ScheduleResult without its history, small enough to post between threads). */
+export type SeedResult = Omit<ScheduleResult, 'history' | 'settings'>;
+
+export function emptySummary(): SimSummary {
+  return { schedules: 0, steps: 0, simulatedMs: 0, faults: {}, resumes: { granted: 0, denied: 0 }, writesAcked: 0, violations: [], wallMs: 0 };
+}
+
+export function addSeed(sum: SimSummary, r: SeedResult): void {
+  sum.schedules++;
+  sum.steps += r.steps;
+  sum.simulatedMs += r.simulatedMs;
+  for (const [k, v] of Object.entries(r.faults)) sum.faults[k] = (sum.faults[k] ?? 0) + v;
+  sum.resumes.granted += r.resumes.granted;
+  sum.resumes.denied += r.resumes.denied;
+  sum.writesAcked += r.writesAcked;
+  // The first violated guarantee of a seed is the one to report; later ones often follow from it.
+  const first = r.violations[0];
+  if (first) sum.violations.push({ ...first, seed: r.seed, replay: `safe-resume sim --seed ${r.seed}` });
+}
+
+/** Run seeds one after another in this thread. */
+export async function runSeeds(first: number, count: number, opts: ScheduleOptions = {}, onResult?: (r: SeedResult) => void): Promise<SimSummary> {
   const started = performance.now();
-  const sum: SimSummary = { schedules: 0, steps: 0, simulatedMs: 0, faults: {}, resumes: { granted: 0, denied: 0 }, writesAcked: 0, violations: [], wallMs: 0 };
+  const sum = emptySummary();
   for (let seed = first; seed < first + count; seed++) {
     const r = await runSchedule(seed, opts);
-    sum.schedules++;
-    sum.steps += r.steps;
-    sum.simulatedMs += r.simulatedMs;
-    for (const [k, v] of Object.entries(r.faults)) sum.faults[k] = (sum.faults[k] ?? 0) + v;
-    sum.resumes.granted += r.resumes.granted;
-    sum.resumes.denied += r.resumes.denied;
-    sum.writesAcked += r.writesAcked;
-    // The first violated guarantee of a seed is the one to report; later ones often follow from it.
-    const first = r.violations[0];
-    if (first) sum.violations.push({ ...first, seed, replay: `safe-resume sim --seed ${seed}` });
+    addSeed(sum, r);
     onResult?.(r);
   }
   sum.wallMs = Math.round(performance.now() - started);

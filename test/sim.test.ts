@@ -1,7 +1,9 @@
 /** The simulated world: one seed is one whole run, replayed exactly. */
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { runSchedule } from '../sim/scheduler.js';
-import { formatReplay } from '../sim/run.js';
+import { formatReplay, type SimSummary } from '../sim/run.js';
 
 describe('simulation', () => {
   it('replays a seed exactly: same history, same trace', async () => {
@@ -27,4 +29,16 @@ describe('simulation', () => {
     expect(r.writesAcked).toBeGreaterThan(50);
     expect(r.violations).toEqual([]);
   });
+});
+
+describe('safe-resume sim over worker threads', () => {
+  const CLI = fileURLToPath(new URL('../dist/cluster/cli.js', import.meta.url));
+  const run = (...args: string[]) => JSON.parse(execFileSync('node', [CLI, 'sim', ...args, '--json'], { encoding: 'utf8', timeout: 120_000 })) as SimSummary;
+
+  it('adds up to exactly what one thread gets for the same seeds', () => {
+    const { wallMs: _a, ...one } = run('--seeds', '6', '--from', '20', '--workers', '1');
+    const { wallMs: _b, ...two } = run('--seeds', '6', '--from', '20', '--workers', '2');
+    expect(one.schedules).toBe(6);
+    expect(two).toEqual(one);
+  }, 120_000);
 });
