@@ -348,9 +348,9 @@ export class World {
     await new Promise<void>((r) => setImmediate(r));
   }
 
-  /** Record every target's final bytes, straight from the store's state. */
+  /** Record every target's final bytes, read through the memory store over the shared state. */
   recordFinal(): void {
-    for (const [target, t] of this.state.targets) this.history.add({ kind: 'final', target, bytes: hex(t.buf.subarray(0, t.size)) });
+    for (const { target, data } of new MemoryStore(this.state).targets()) this.history.add({ kind: 'final', target, bytes: hex(data) });
   }
 
   async shutdown(): Promise<void> {
