@@ -2,7 +2,7 @@
  * The application-side handle: what the application sees. Pure: the actor that runs it provides
  * every action (I/O dispatch, promise settlement, lifecycle events) and the clock.
  */
-import { assign, enqueueActions, setup } from 'xstate';
+import { assign, cancel, enqueueActions, raise, setup } from 'xstate';
 import type { InvalidationReason } from '../errors.js';
 
 export interface AppHandleInput {
@@ -31,7 +31,11 @@ export type AppHandleEvent =
   /** The storage took the handle away while it was active (revoked, superseded, closed). */
   | { type: 'INVALIDATE'; reason: InvalidationReason }
   | { type: 'CLOSE' }
-  | { type: 'CLOSED' };
+  | { type: 'CLOSED' }
+  /** The pause timeout ran out: the handle has been away (paused or resuming) since it last was active. */
+  | { type: 'PAUSE_TIMEOUT' };
+
+const timedOut = { target: 'invalidated', actions: { type: 'setReason', params: { reason: 'TIMEOUT' } } } as const;
 
 export const appHandleMachine = setup({
   types: {
@@ -59,6 +63,12 @@ export const appHandleMachine = setup({
     notifyInvalidated: () => {},
     sendClose: () => {},
     setReason: assign({ reason: (_, params: { reason: InvalidationReason }) => params.reason }),
+    /**
+     * One timer for the whole time away from `active`: started when the handle pauses, kept across
+     * paused <-> resuming, so a handle that keeps flapping still gives up after the pause timeout.
+     */
+    startPauseTimer: raise({ type: 'PAUSE_TIMEOUT' }, { id: 'pauseTimeout', delay: 'pauseTimeout' }),
+    stopPauseTimer: cancel('pauseTimeout'),
   },
   guards: {
     failsFast: ({ context }) => context.onFailure === 'error',
@@ -78,10 +88,10 @@ export const appHandleMachine = setup({
       },
     },
     active: {
-      entry: 'flushQueue',
+      entry: ['stopPauseTimer', 'flushQueue'],
       on: {
         IO: { actions: 'dispatchIo' },
-        PAUSED: 'paused',
+        PAUSED: { target: 'paused', actions: 'startPauseTimer' },
         INVALIDATE: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
         CLOSE: 'closing',
       },
@@ -97,9 +107,7 @@ export const appHandleMachine = setup({
         IO: [{ guard: 'failsFast', actions: 'rejectIoUnavailable' }, { actions: 'queueIo' }],
         RESUMING: 'resuming',
         CLOSE: 'closed',
-      },
-      after: {
-        pauseTimeout: { target: 'invalidated', actions: { type: 'setReason', params: { reason: 'TIMEOUT' } } },
+        PAUSE_TIMEOUT: timedOut,
       },
     },
     resuming: {
@@ -109,13 +117,11 @@ export const appHandleMachine = setup({
         DENIED: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
         PAUSED: 'paused',
         CLOSE: 'closed',
-      },
-      after: {
-        pauseTimeout: { target: 'invalidated', actions: { type: 'setReason', params: { reason: 'TIMEOUT' } } },
+        PAUSE_TIMEOUT: timedOut,
       },
     },
     invalidated: {
-      entry: ['failAll', 'notifyInvalidated'],
+      entry: ['stopPauseTimer', 'failAll', 'notifyInvalidated'],
       on: {
         IO: { actions: 'rejectIo' },
         CLOSE: 'closed',
@@ -130,7 +136,7 @@ export const appHandleMachine = setup({
     },
     closed: {
       type: 'final',
-      entry: 'failAll',
+      entry: ['stopPauseTimer', 'failAll'],
     },
   },
 });

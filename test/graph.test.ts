@@ -86,8 +86,7 @@ const appEvents: EventObject[] = [
   { type: 'INVALIDATE', reason: 'SUPERSEDED' } as EventObject,
   { type: 'CLOSE' },
   { type: 'CLOSED' },
-  { type: 'xstate.after.pauseTimeout.handle.paused' },
-  { type: 'xstate.after.pauseTimeout.handle.resuming' },
+  { type: 'PAUSE_TIMEOUT' },
 ];
 
 async function driveAppPath(path: MachinePath, onFailure: 'pause' | 'error', seed: number): Promise<void> {
@@ -154,6 +153,9 @@ async function driveAppPath(path: MachinePath, onFailure: 'pause' | 'error', see
         await until(world, () => state() === 'invalidated');
         break;
       }
+      case 'PAUSE_TIMEOUT':
+        await world.runFor(PAUSE_TIMEOUT_MS + 100);
+        break;
       case 'CLOSE':
         // To stay in `closing` (where the path goes on), the storage's answer is held back.
         if (path.steps[i]!.state === stateKey('closing')) world.hold('node-1', ['closed']);
@@ -161,8 +163,7 @@ async function driveAppPath(path: MachinePath, onFailure: 'pause' | 'error', see
         await world.runFor(20);
         break;
       default:
-        if (type.startsWith('xstate.after.pauseTimeout')) await world.runFor(PAUSE_TIMEOUT_MS + 100);
-        else throw new Error(`no driver for ${type}`);
+        throw new Error(`no driver for ${type}`);
     }
   }
   check(rec, subject(), path);

@@ -37,6 +37,41 @@ describe('application handle machine', () => {
     expect(a.getSnapshot().context.reason).toBe('TIMEOUT');
   });
 
+  it('times out after the pause timeout counted from the pause, not from the last resume attempt', () => {
+    const clock = simulatedClock();
+    const a = createActor(appHandleMachine, { clock, input }).start();
+    a.send({ type: 'OPENED' });
+    a.send({ type: 'PAUSED' });
+    // The session keeps coming back and failing again before the resume is answered.
+    for (let i = 0; i < 4; i++) {
+      clock.increment(200);
+      a.send({ type: 'RESUMING' });
+      clock.increment(49);
+      a.send({ type: 'PAUSED' });
+    }
+    expect(a.getSnapshot().value).toBe('paused'); // 996 ms away
+    clock.increment(4);
+    expect(a.getSnapshot().value).toBe('invalidated');
+    expect(a.getSnapshot().context.reason).toBe('TIMEOUT');
+  });
+
+  it('a granted resume stops the pause timer; the next pause gets the whole timeout again', () => {
+    const clock = simulatedClock();
+    const a = createActor(appHandleMachine, { clock, input }).start();
+    a.send({ type: 'OPENED' });
+    a.send({ type: 'PAUSED' });
+    clock.increment(900);
+    a.send({ type: 'RESUMING' });
+    a.send({ type: 'GRANTED' });
+    clock.increment(500);
+    expect(a.getSnapshot().value).toBe('active');
+    a.send({ type: 'PAUSED' });
+    clock.increment(999);
+    expect(a.getSnapshot().value).toBe('paused');
+    clock.increment(1);
+    expect(a.getSnapshot().value).toBe('invalidated');
+  });
+
   it('denied resume -> invalidated with the reason', () => {
     const a = createActor(appHandleMachine, { clock: simulatedClock(), input }).start();
     a.send({ type: 'OPENED' });
