@@ -3,6 +3,7 @@
  * end and checks its history. Safety, then liveness: faults until `faultsUntilMs`, then everything
  * heals and every handle must settle.
  */
+import { quiesce } from './clock.js';
 import { check, type Violation } from './checker.js';
 import { tally, type History } from './history.js';
 import { World, type WorldOptions } from './world.js';
@@ -84,7 +85,6 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
   let steps = 0;
   let healed = false;
   let stopped = false;
-  const drain = () => new Promise<void>((r) => setImmediate(r));
   for (;;) {
     const healAt = faultsUntil + world.jumpedMs;
     const stopAt = healAt + settle;
@@ -105,7 +105,7 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
       world.clock.advanceTo(due);
     }
     steps++;
-    await drain();
+    await quiesce();
   }
   world.recordFinal();
   await world.shutdown();

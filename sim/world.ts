@@ -14,7 +14,7 @@ import type { TxStore } from '../store/base.js';
 import { MemoryStore } from '../store/memory.js';
 import { MemoryNetwork, type Delivery } from '../transport/memory.js';
 import type { Transport } from '../transport/types.js';
-import { SimClock } from './clock.js';
+import { quiesce, SimClock } from './clock.js';
 import { hex, observedStore, Recorder } from './history.js';
 
 export type MemoryState = MemoryStore['state'];
@@ -342,10 +342,10 @@ export class World {
       const due = this.clock.nextDue();
       if (due === undefined || due > until) break;
       this.clock.advanceTo(due);
-      await new Promise<void>((r) => setImmediate(r));
+      await quiesce();
     }
     this.clock.advanceTo(until);
-    await new Promise<void>((r) => setImmediate(r));
+    await quiesce();
   }
 
   /** Record every target's final bytes, read through the memory store over the shared state. */
