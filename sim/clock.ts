@@ -92,10 +92,12 @@ export class SimClock implements ActorClock {
 const less = (a: Timer, b: Timer) => a.due < b.due || (a.due === b.due && a.id < b.id);
 
 /**
- * Resolve once every promise job the last step started has run: the simulated world moves only in
- * promise jobs and simulated timers, and Node runs a `process.nextTick` callback queued from a promise
- * job only after the whole promise-job queue is empty. A `setImmediate` would do the same through a
- * full event-loop turn, which cost 40% of a simulation's time (same results seed for seed).
+ * Resolve once every promise job the last step started has run. The simulated world moves only in
+ * promise jobs and simulated timers (its store commits without group commit, its network delivers
+ * through this clock: no real timer, immediate or tick of its own), and Node runs a `process.nextTick`
+ * callback queued from a promise job only after the whole promise-job queue is empty. A `setImmediate`
+ * would do the same through a full event-loop turn, which cost 40% of a simulation's time (same
+ * histories seed for seed).
  */
 export function quiesce(): Promise<void> {
   return new Promise<void>((resolve) => process.nextTick(resolve));
