@@ -82,18 +82,16 @@ export class FileKeptIds extends MemoryKeptIds {
     super();
     mkdirSync(dir, { recursive: true });
     this.path = join(dir, `${nodeId}.handles.jsonl`);
+    // The earlier format: one JSON array, rewritten on every change; read once, then removed.
+    const legacy = join(dir, `${nodeId}.handles.json`);
     if (existsSync(this.path)) this.load(readFileSync(this.path, 'utf8'));
-    else {
-      // The earlier format: one JSON array, rewritten on every change.
-      const legacy = join(dir, `${nodeId}.handles.json`);
-      if (existsSync(legacy)) {
-        const parsed: unknown = JSON.parse(readFileSync(legacy, 'utf8'));
-        if (!Array.isArray(parsed)) throw new Error(`${legacy}: expected a JSON array of handles`);
-        for (const h of parsed) this.set(checked(h, legacy));
-      }
+    else if (existsSync(legacy)) {
+      const parsed: unknown = JSON.parse(readFileSync(legacy, 'utf8'));
+      if (!Array.isArray(parsed)) throw new Error(`${legacy}: expected a JSON array of handles`);
+      for (const h of parsed) this.set(checked(h, legacy));
     }
     this.fd = this.compact();
-    rmSync(join(dir, `${nodeId}.handles.json`), { force: true });
+    rmSync(legacy, { force: true });
   }
 
   private load(text: string): void {

@@ -312,10 +312,11 @@ async function replicaResumes(dir: string, n: number): Promise<number> {
     const items = Array.from({ length: Math.min(1000, n - b * 1000) }, (_, j) => ({ target: `t${b * 1000 + j}`, requestId: rid(b * 1000 + j), principal: 'p', mode: 'write' as const }));
     second.conn.send({ type: 'resume', id: b + 1, items });
   }
-  await Promise.race([second.answers('resumed', batches), new Promise((r) => setTimeout(r, 60_000))]);
+  const answered = await Promise.race([second.answers('resumed', batches).then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 60_000))]);
   const ms = now() - t0;
   second.conn.close();
   r.proc.kill();
+  if (!answered) throw new Error(`replica resumes of ${n}: not every batch answered within 60 s`);
   return n / (ms / 1000);
 }
 

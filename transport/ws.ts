@@ -47,8 +47,9 @@ class WsConnection implements Connection {
   }
 
   /**
-   * Frames sent in the same turn go out together: the socket is corked at the first and uncorked
-   * once the turn's callbacks and promise jobs are done, so many small frames cost one write.
+   * Frames sent together go out in one write: the socket is corked at the first and uncorked by a
+   * `process.nextTick`, which runs after the current callback (or, when the send came from a
+   * promise job, once the promise-job queue is empty), so many small frames cost one write.
    */
   send(msg: Message): boolean {
     if (!this.isOpen) return false;
