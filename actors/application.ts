@@ -272,8 +272,9 @@ export class Application {
         principal: this.principal,
         mode,
         how: options.requestId || kept ? 'resume' : 'open',
-        // A kept requestId resumes strictly through the sessions it was held by; an explicit one takes over.
-        lineage: kept?.sessions,
+        // A kept requestId resumes as the instance it was; an explicit one takes over as a new instance.
+        instance: kept?.instance ?? this.env.newId(),
+        takeover: Boolean(options.requestId) || (kept !== undefined && !kept.instance),
         version: kept?.version ?? 0,
         listener: new ToMachine(handle.actor),
       });

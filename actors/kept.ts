@@ -13,8 +13,8 @@ export interface KeptHandle {
   mode: 'read' | 'write';
   /** Read handles: the target version seen at open (conservative: later reads are not recorded). */
   version: number;
-  /** Write handles: the sessions the grant was last held through (see ResumeItem.sessions). */
-  sessions?: string[];
+  /** Write handles: the handle instance (see ResumeItem.instance). Entries from before instances have none. */
+  instance?: string;
 }
 
 export interface KeptIds {

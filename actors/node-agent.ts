@@ -65,11 +65,10 @@ export interface AgentHandle {
   mode: Mode;
   /** `open` asks for a fresh grant; `resume` reclaims a requestId that may already hold the target. */
   how: 'open' | 'resume';
-  /**
-   * Sessions this handle instance asked for its grant through. Undefined until the first grant of a
-   * takeover (a reclaim by requestId), so retries of the takeover stay takeovers.
-   */
-  lineage: string[] | undefined;
+  /** This handle instance (kept with the requestId, so a restarted agent resumes as the same instance). */
+  instance: string;
+  /** Take the record over from another instance of the requestId (until the first grant). */
+  takeover: boolean;
   state: HandleState;
   version: number;
   nextSeq: number;
@@ -384,7 +383,7 @@ export class NodeAgent {
     let bytes = 0;
     for (const h of handles) {
       const item = this.resumeItem(h);
-      const size = RESUME_ITEM_OVERHEAD + h.target.length + h.requestId.length + h.principal.length + (item.sessions?.reduce((n, s) => n + s.length + 3, 0) ?? 0);
+      const size = RESUME_ITEM_OVERHEAD + h.target.length + h.requestId.length + h.principal.length + h.instance.length;
       if (batch.length > 0 && (batch.length >= RESUME_BATCH || bytes + size > RESUME_BATCH_BYTES)) {
         this.sendResume(batch, items);
         batch = [];
@@ -401,10 +400,9 @@ export class NodeAgent {
   private resumeItem(h: AgentHandle): ResumeItem {
     const item: ResumeItem = { target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode };
     if (h.mode === 'read') item.version = h.version;
-    else if (h.lineage) {
-      const session = this.sessionId;
-      if (session && !h.lineage.includes(session)) h.lineage = [...h.lineage, session].slice(-16);
-      item.sessions = h.lineage;
+    else {
+      item.instance = h.instance;
+      if (h.takeover) item.takeover = true;
     }
     return item;
   }
@@ -424,7 +422,7 @@ export class NodeAgent {
     const id = this.nextId++;
     if (h.how === 'open') {
       this.inflight.set(id, { handle: h, kind: 'open', sentMs: this.env.clock.now() });
-      this.conn!.send({ type: 'open', id, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode });
+      this.conn!.send({ type: 'open', id, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, instance: h.instance });
     } else {
       this.inflight.set(id, { handle: h, kind: 'resume-open', sentMs: this.env.clock.now() });
       this.conn!.send({ type: 'resume', id, items: [this.resumeItem(h)] });
@@ -492,7 +490,7 @@ export class NodeAgent {
     this.kept.putMany(
       hs
         .filter((h) => h.state === 'active')
-        .map((h) => ({ app: h.app, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, version: h.version, ...(h.lineage ? { sessions: h.lineage } : {}) })),
+        .map((h) => ({ app: h.app, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, version: h.version, instance: h.instance })),
     );
   }
 
@@ -500,10 +498,7 @@ export class NodeAgent {
     const wasOpening = h.state === 'opening';
     h.state = 'active';
     h.version = version;
-    if (h.mode === 'write') {
-      const session = this.sessionId;
-      h.lineage = session ? [...(h.lineage ?? []).filter((s) => s !== session), session].slice(-16) : h.lineage;
-    }
+    h.takeover = false;
     if (wasOpening) {
       const settle = h.settleOpen;
       h.settleOpen = undefined;
@@ -540,7 +535,7 @@ export class NodeAgent {
       if (!h || h.requestId !== r.requestId || (h.state !== 'resuming' && h.state !== 'opening')) return;
       if (r.granted) {
         grantedNow.push(h);
-        return this.granted(h, r.lastSeq, r.version);
+        return this.granted(h, r.lastSeq ?? 0, r.version);
       }
       if (h.state === 'opening') return this.failOpen(h, new SafeResumeError(r.code === 'FORBIDDEN' ? 'FORBIDDEN' : (r.reason ?? 'MODIFIED'), `resume of ${h.target} denied: ${r.reason ?? r.code}`));
       this.invalidate(h, r.reason ?? 'MODIFIED');

@@ -7,7 +7,7 @@ import { createActor, type Actor } from 'xstate';
 import { SafeResumeError, type ErrorCode } from '../errors.js';
 import { replicaHandleMachine } from '../machines/replica-handle.js';
 import type { Decoded } from '../transport/codec.js';
-import type { Message, MessageOf, ResumeResult } from '../transport/messages.js';
+import { DEFAULT_HEARTBEAT_INTERVAL_MS, REPLICA_SILENCE_INTERVALS, type Message, type MessageOf, type ResumeResult } from '../transport/messages.js';
 import { CLOSE, type Connection, type Listener, type Transport } from '../transport/types.js';
 import { StoreUnavailableError, type HandleRef, type Store } from '../store/types.js';
 import { defaultEnv, every, handleHolder, type Env, type HandleHolder } from './env.js';
@@ -26,8 +26,8 @@ export interface ReplicaOptions {
   /** How long a renewed lock stays live without the next renewal (covers a crashed replica). */
   leaseMs?: number;
   renewIntervalMs?: number;
-  /** Advertised to agents; a session silent for 3 intervals is dropped. */
-  heartbeatMs?: number;
+  /** Advertised to agents in `welcome` (they adopt it); a session silent for REPLICA_SILENCE_INTERVALS is dropped. */
+  heartbeatIntervalMs?: number;
   helloTimeoutMs?: number;
   /** While dismounted, how often to probe an unavailable store. */
   probeIntervalMs?: number;
@@ -66,7 +66,7 @@ export class StorageReplica {
   readonly store: Store;
   readonly holdMs: number;
   readonly leaseMs: number;
-  readonly heartbeatMs: number;
+  readonly heartbeatIntervalMs: number;
   private readonly env: Env;
   private readonly holder: HandleHolder;
   private readonly opts: ReplicaOptions;
@@ -90,7 +90,7 @@ export class StorageReplica {
     this.env.log = this.env.log.child({ actor: opts.id });
     this.holdMs = opts.holdMs ?? 5000;
     this.leaseMs = opts.leaseMs ?? 3000;
-    this.heartbeatMs = opts.heartbeatMs ?? 1000;
+    this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS;
   }
 
   get url(): string {
@@ -114,7 +114,7 @@ export class StorageReplica {
     this.listener.onConnection((conn) => this.accept(conn));
     const { clock } = this.env;
     this.stopTimers.push(every(clock, this.opts.renewIntervalMs ?? Math.max(1, Math.floor(this.leaseMs / 3)), () => void this.renewAll()));
-    this.stopTimers.push(every(clock, this.heartbeatMs, () => this.reapSilent()));
+    this.stopTimers.push(every(clock, this.heartbeatIntervalMs, () => this.reapSilent()));
     this.env.log.info({ url: this.listener.url, store: this.store.kind, holdMs: this.holdMs }, 'replica listening');
     return this;
   }
@@ -190,7 +190,7 @@ export class StorageReplica {
     const session: Session = { id: this.env.newId(), node: frame.msg.node, conn, handles: new Map(), lastHeardMs: this.env.clock.now(), badFrames: 0, seen: new Set() };
     this.sessions.set(session.id, session);
     this.stats.sessions++;
-    conn.send({ type: 'welcome', session: session.id, replica: this.id, heartbeatMs: this.heartbeatMs });
+    conn.send({ type: 'welcome', session: session.id, replica: this.id, heartbeatIntervalMs: this.heartbeatIntervalMs });
     if (this.dismounted !== 'no') conn.send({ type: 'notice', kind: 'unavailable' });
     this.env.log.info({ session: session.id, node: session.node }, 'session opened');
     return session;
@@ -247,9 +247,10 @@ export class StorageReplica {
     }
   }
 
-  private reply(conn: Connection, id: number | undefined, code: ErrorCode, message: string): void {
+  private reply(conn: Connection, id: number | undefined, code: ErrorCode, message: string, lastSeq?: number): void {
     const err: Message = { type: 'error', code, message, retryable: new SafeResumeError(code).retryable };
     if (id !== undefined) err.id = id;
+    if (lastSeq !== undefined) err.lastSeq = lastSeq;
     conn.send(err);
   }
 
@@ -265,7 +266,7 @@ export class StorageReplica {
     this.checkMounted();
     if (s.handles.size >= (this.opts.maxHandlesPerSession ?? 100_000)) throw new SafeResumeError('INVALID_ARGUMENT', 'too many handles on this session');
     const now = this.env.clock.now();
-    const res = await this.store.open({ target: msg.target, requestId: msg.requestId, principal: msg.principal, mode: msg.mode, session: s.id, expiresAt: this.expiresAt() }, now);
+    const res = await this.store.open({ target: msg.target, requestId: msg.requestId, principal: msg.principal, mode: msg.mode, session: s.id, expiresAt: this.expiresAt(), instance: msg.instance }, now);
     if (!res.ok) throw new SafeResumeError(res.code, res.message);
     tell(this.attach(s, msg.target, msg.requestId, msg.mode, false), { type: 'GRANTED' });
     s.conn.send({ type: 'opened', id: msg.id, version: res.version, lastSeq: res.lastSeq });
@@ -276,7 +277,7 @@ export class StorageReplica {
     const expiresAt = this.expiresAt();
     this.stats.resumeMessages++;
     const outcomes = await this.store.resume(
-      msg.items.map(({ sessions, ...it }) => ({ ...it, lineage: sessions, session: s.id, expiresAt })),
+      msg.items.map((it) => ({ ...it, session: s.id, expiresAt })),
     );
     const results: ResumeResult[] = msg.items.map((it, i) => {
       const out = outcomes[i]!;
@@ -290,7 +291,9 @@ export class StorageReplica {
       this.env.log.info({ target: it.target, requestId: it.requestId, reason: out.reason, session: s.id }, 'resume denied');
       tell(actor, { type: 'DENIED', reason: out.reason });
       this.detach(s, it.target, it.requestId);
-      return { target: it.target, requestId: it.requestId, granted: false, reason: out.reason, code: out.code, lastSeq: 0, version: out.version };
+      const denied: ResumeResult = { target: it.target, requestId: it.requestId, granted: false, reason: out.reason, code: out.code, version: out.version };
+      if (out.lastSeq !== undefined) denied.lastSeq = out.lastSeq;
+      return denied;
     });
     s.conn.send({ type: 'resumed', id: msg.id, results });
   }
@@ -315,6 +318,7 @@ export class StorageReplica {
       tell(actor, { type: 'REVOKED', reason: res.code });
       this.detach(s, msg.target, msg.requestId);
     }
+    if (res.lastSeq !== undefined) return this.reply(s.conn, msg.id, res.code, res.message, res.lastSeq);
     throw new SafeResumeError(res.code, res.message);
   }
 
@@ -398,7 +402,7 @@ export class StorageReplica {
   }
 
   private reapSilent(): void {
-    const deadline = this.env.clock.now() - 3 * this.heartbeatMs;
+    const deadline = this.env.clock.now() - REPLICA_SILENCE_INTERVALS * this.heartbeatIntervalMs;
     for (const s of [...this.sessions.values()]) {
       if (s.lastHeardMs < deadline) this.loseSession(s, 'heartbeat timeout', true);
     }
@@ -421,7 +425,7 @@ export class StorageReplica {
           if (!actor) continue;
           tell(actor, { type: 'REVOKED', reason: l.reason });
           this.detach(s, l.target, l.requestId);
-          s.conn.send({ type: 'revoked', target: l.target, requestId: l.requestId, reason: l.reason });
+          s.conn.send({ type: 'revoked', target: l.target, requestId: l.requestId, reason: l.reason, ...(l.lastSeq !== undefined ? { lastSeq: l.lastSeq } : {}) });
         }
       } catch (err) {
         if (err instanceof StoreUnavailableError) return this.enterDismounted('auto');

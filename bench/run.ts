@@ -24,6 +24,7 @@ import { runSeeds } from '../sim/run.js';
 import { runSeedsParallel } from '../sim/parallel.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import type { Connection } from '../transport/types.js';
+import { PROTOCOL_VERSION } from '../transport/messages.js';
 
 export interface Figure {
   name: string;
@@ -286,7 +287,7 @@ async function bareClient(url: string): Promise<{ conn: Connection; answers: (ty
     counts.set(f.msg.type, c);
     for (const w of waiters) if (w.type === f.msg.type && c >= w.n) w.done();
   });
-  conn.send({ type: 'hello', v: 1, secret: SECRET, node: 'bench' });
+  conn.send({ type: 'hello', v: PROTOCOL_VERSION, secret: SECRET, node: 'bench' });
   const answers = (type: string, n: number) => new Promise<void>((done) => ((counts.get(type) ?? 0) >= n ? done() : waiters.push({ type, n, done })));
   await answers('welcome', 1);
   return { conn, answers };

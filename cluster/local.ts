@@ -23,7 +23,7 @@ export interface LocalClusterOptions {
   transport?: Transport;
   secret?: string;
   env?: Partial<Env>;
-  replica?: Partial<Pick<ReplicaOptions, 'holdMs' | 'leaseMs' | 'renewIntervalMs' | 'heartbeatMs' | 'probeIntervalMs'>>;
+  replica?: Partial<Pick<ReplicaOptions, 'holdMs' | 'leaseMs' | 'renewIntervalMs' | 'heartbeatIntervalMs' | 'probeIntervalMs'>>;
   /** Replica i listens on basePort + i (default: free ports). */
   basePort?: number;
   node?: Partial<Pick<NodeAgentOptions, 'heartbeatIntervalMs' | 'heartbeatTimeoutMs' | 'backoffBaseMs' | 'backoffMaxMs' | 'unavailableFailoverMs'>>;

@@ -65,7 +65,7 @@ export interface Proc {
 const SECRET = 'simulation-secret-simulation-secret';
 export const SLOT_BYTES = 32;
 const SLOTS = 8;
-export const TIMING = { heartbeatMs: 100, leaseMs: 300, renewMs: 100, nodeHeartbeatMs: 100, nodeTimeoutMs: 100, backoffMs: 20, backoffMaxMs: 400, requestTimeoutMs: 600, failoverMs: 1500 };
+export const TIMING = { heartbeatIntervalMs: 100, leaseMs: 300, renewMs: 100, nodeHeartbeatMs: 100, nodeTimeoutMs: 100, backoffMs: 20, backoffMaxMs: 400, requestTimeoutMs: 600, failoverMs: 1500 };
 
 export class World {
   readonly clock = new SimClock();
@@ -74,7 +74,7 @@ export class World {
   readonly history: Recorder;
   readonly env: Env;
   readonly net: MemoryNetwork;
-  readonly state: MemoryState = { records: new Map(), targets: new Map() };
+  readonly state: MemoryState = { records: new Map(), tombstones: new Map(), targets: new Map() };
   readonly replicas: Array<StorageReplica | undefined> = [];
   readonly stores: TxStore[] = [];
   readonly agents = new Map<string, NodeAgent | undefined>();
@@ -202,7 +202,7 @@ export class World {
       holdMs: this.opts.holdMs,
       leaseMs: this.timing.leaseMs,
       renewIntervalMs: this.timing.renewMs,
-      heartbeatMs: this.timing.heartbeatMs,
+      heartbeatIntervalMs: this.timing.heartbeatIntervalMs,
       probeIntervalMs: 50,
     });
     await r.start();

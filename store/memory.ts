@@ -1,10 +1,11 @@
 /** The in-memory store: deterministic, for simulation and tests. */
 import { TxStore } from './base.js';
 import type { Tx } from './rules.js';
-import { MAX_TARGET_BYTES, StoreUnavailableError, type LockRecord } from './types.js';
+import { MAX_TARGET_BYTES, StoreUnavailableError, type LockRecord, type Tombstone } from './types.js';
 
-interface MemoryState {
+export interface MemoryState {
   records: Map<string, LockRecord>;
+  tombstones: Map<string, Tombstone[]>;
   /** Each target's bytes are `buf[0, size)`; `buf` has room to grow, so a write copies only itself. */
   targets: Map<string, { buf: Uint8Array; size: number; version: number }>;
 }
@@ -15,13 +16,15 @@ export class MemoryStore extends TxStore {
   private readonly txImpl: Tx;
 
   /** Pass another store's `state` to model a replica restart over the same data. */
-  constructor(readonly state: MemoryState = { records: new Map(), targets: new Map() }) {
+  constructor(readonly state: MemoryState = { records: new Map(), tombstones: new Map(), targets: new Map() }) {
     super();
-    const { records, targets } = state;
+    const { records, tombstones, targets } = state;
     this.txImpl = {
       getRecord: (t) => records.get(t),
       putRecord: (r) => void records.set(r.target, { ...r }),
       deleteRecord: (t) => void records.delete(t),
+      getTombstones: (t) => tombstones.get(t) ?? [],
+      putTombstones: (t, list) => void tombstones.set(t, list.map((x) => ({ ...x }))),
       version: (t) => targets.get(t)?.version ?? 0,
       size: (t) => targets.get(t)?.size ?? 0,
       readData: (t, offset, length) => {

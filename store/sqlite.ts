@@ -7,7 +7,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { TxStore } from './base.js';
 import type { Tx } from './rules.js';
-import { StoreUnavailableError, type LockRecord } from './types.js';
+import { StoreUnavailableError, type LockRecord, type Tombstone } from './types.js';
 
 export interface SqliteStoreOptions {
   /** `FULL` (default) fsyncs every commit; `NORMAL` may lose the last commits on power loss, never on a process crash. */
@@ -33,6 +33,9 @@ interface RecordRow {
   session: string;
   expires_at: number;
   last_seq: number;
+  instance: string;
+  instance_seq: number;
+  prev_instance: string;
 }
 
 export class SqliteStore extends TxStore {
@@ -54,15 +57,21 @@ export class SqliteStore extends TxStore {
       CREATE TABLE IF NOT EXISTS pages (target TEXT NOT NULL, page INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (target, page)) STRICT, WITHOUT ROWID;
       CREATE TABLE IF NOT EXISTS records (
         target TEXT PRIMARY KEY, request_id TEXT NOT NULL, principal TEXT NOT NULL, session TEXT NOT NULL,
-        expires_at INTEGER NOT NULL, last_seq INTEGER NOT NULL) STRICT;
+        expires_at INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+        instance TEXT NOT NULL DEFAULT '', instance_seq INTEGER NOT NULL DEFAULT 0, prev_instance TEXT NOT NULL DEFAULT '') STRICT;
+      CREATE TABLE IF NOT EXISTS tombstones (target TEXT PRIMARY KEY, list TEXT NOT NULL) STRICT;
       CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
     `);
+    this.migrate();
     const getRecord = this.db.prepare<[string], RecordRow>('SELECT * FROM records WHERE target = ?');
     const putRecord = this.db.prepare(
-      'INSERT INTO records (target, request_id, principal, session, expires_at, last_seq) VALUES (?, ?, ?, ?, ?, ?) ' +
+      'INSERT INTO records (target, request_id, principal, session, expires_at, last_seq, instance, instance_seq, prev_instance) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ' +
         'ON CONFLICT(target) DO UPDATE SET request_id = excluded.request_id, principal = excluded.principal, ' +
-        'session = excluded.session, expires_at = excluded.expires_at, last_seq = excluded.last_seq',
+        'session = excluded.session, expires_at = excluded.expires_at, last_seq = excluded.last_seq, ' +
+        'instance = excluded.instance, instance_seq = excluded.instance_seq, prev_instance = excluded.prev_instance',
     );
+    const getTombs = this.db.prepare<[string], { list: string }>('SELECT list FROM tombstones WHERE target = ?');
+    const putTombs = this.db.prepare('INSERT INTO tombstones (target, list) VALUES (?, ?) ON CONFLICT(target) DO UPDATE SET list = excluded.list');
     const deleteRecord = this.db.prepare('DELETE FROM records WHERE target = ?');
     const getMeta = this.db.prepare<[string], { size: number; version: number }>('SELECT size, version FROM target_versions WHERE target = ?');
     const putMeta = this.db.prepare(
@@ -71,16 +80,32 @@ export class SqliteStore extends TxStore {
     const getPages = this.db.prepare<[string, number, number], { page: number; data: Buffer }>('SELECT page, data FROM pages WHERE target = ? AND page BETWEEN ? AND ?');
     const getPage = this.db.prepare<[string, number], { data: Buffer }>('SELECT data FROM pages WHERE target = ? AND page = ?');
     const putPage = this.db.prepare('INSERT INTO pages (target, page, data) VALUES (?, ?, ?) ON CONFLICT(target, page) DO UPDATE SET data = excluded.data');
-    this.migrate();
     this.getPages = getPages;
     this.run = this.db.transaction((fn: (tx: Tx) => unknown, tx: Tx) => fn(tx));
     this.txImpl = {
       getRecord: (t) => {
         const r = getRecord.get(t);
-        return r && { target: r.target, requestId: r.request_id, principal: r.principal, session: r.session, expiresAt: r.expires_at, lastSeq: r.last_seq };
+        return (
+          r && {
+            target: r.target,
+            requestId: r.request_id,
+            principal: r.principal,
+            session: r.session,
+            expiresAt: r.expires_at,
+            lastSeq: r.last_seq,
+            instance: r.instance,
+            instanceSeq: r.instance_seq,
+            prevInstance: r.prev_instance,
+          }
+        );
       },
-      putRecord: (r: LockRecord) => void putRecord.run(r.target, r.requestId, r.principal, r.session, r.expiresAt, r.lastSeq),
+      putRecord: (r: LockRecord) => void putRecord.run(r.target, r.requestId, r.principal, r.session, r.expiresAt, r.lastSeq, r.instance, r.instanceSeq, r.prevInstance),
       deleteRecord: (t) => void deleteRecord.run(t),
+      getTombstones: (t) => {
+        const row = getTombs.get(t);
+        return row ? (JSON.parse(row.list) as Tombstone[]) : [];
+      },
+      putTombstones: (t, list) => void putTombs.run(t, JSON.stringify(list)),
       version: (t) => getMeta.get(t)?.version ?? 0,
       size: (t) => getMeta.get(t)?.size ?? 0,
       readData: (t, offset, length) => {
@@ -144,6 +169,18 @@ export class SqliteStore extends TxStore {
    * them to pages once, in one transaction, so no process ever sees half of it.
    */
   private migrate(): void {
+    // Records written before handle instances: add the columns (a record without an instance is
+    // resumed only by a takeover, which is what a kept requestId of that time does).
+    const cols = this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')").all().map((c) => c.name);
+    if (!cols.includes('instance')) {
+      this.db.transaction(() => {
+        const now = this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')").all().map((c) => c.name);
+        if (now.includes('instance')) return;
+        this.db.exec(`ALTER TABLE records ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+          ALTER TABLE records ADD COLUMN instance_seq INTEGER NOT NULL DEFAULT 0;
+          ALTER TABLE records ADD COLUMN prev_instance TEXT NOT NULL DEFAULT '';`);
+      }).immediate();
+    }
     const legacy = this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'targets'").get();
     if (!legacy) return;
     this.db.transaction(() => {

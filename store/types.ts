@@ -16,7 +16,30 @@ export interface LockRecord {
   expiresAt: number;
   /** Highest write sequence number applied for this requestId. */
   lastSeq: number;
+  /** The handle instance holding the record (a fresh id per open or takeover; '' if none was given). */
+  instance: string;
+  /** `lastSeq` when this instance took the record: what the instance before it had applied. */
+  instanceSeq: number;
+  /** The instance this one took the record from, if it took over ('' if none). */
+  prevInstance: string;
 }
+
+/**
+ * What the store keeps of a requestId whose record another writer took after its hold period, so a
+ * later resume can still say which of its writes were applied (S5). At most TOMBSTONES_PER_TARGET per
+ * target, newest first; an older one is forgotten and its writes' outcome becomes unknown.
+ */
+export interface Tombstone {
+  requestId: string;
+  instance: string;
+  instanceSeq: number;
+  prevInstance: string;
+  /** The session that held the record last. */
+  session: string;
+  lastSeq: number;
+}
+
+export const TOMBSTONES_PER_TARGET = 8;
 
 export interface OpenRequest {
   target: string;
@@ -26,6 +49,8 @@ export interface OpenRequest {
   session: string;
   /** Lock expiry to set when a write open is granted. */
   expiresAt: number;
+  /** The handle instance opening (write handles). */
+  instance?: string | undefined;
 }
 
 export type OpenResult =
@@ -41,16 +66,16 @@ export interface ResumeRequest {
   expiresAt: number;
   /** Read handles: the version they last saw. */
   version?: number | undefined;
-  /**
-   * Write handles: the sessions this handle instance held the grant through. If given, the resume is
-   * denied SUPERSEDED when the record moved to a session outside it (another instance took over).
-   */
-  lineage?: string[] | undefined;
+  /** Write handles: the handle instance resuming. */
+  instance?: string | undefined;
+  /** Take the record over from another instance of the same requestId (an application that moved). */
+  takeover?: boolean | undefined;
 }
 
 export type ResumeOutcome =
   | { granted: true; lastSeq: number; version: number }
-  | { granted: false; reason: InvalidationReason; code: 'MODIFIED' | 'FORBIDDEN' | 'SUPERSEDED'; version: number };
+  /** `lastSeq`: what this instance had applied, when the store still knows (record or tombstone). */
+  | { granted: false; reason: InvalidationReason; code: 'MODIFIED' | 'FORBIDDEN' | 'SUPERSEDED'; version: number; lastSeq?: number | undefined };
 
 export interface WriteRequest {
   target: string;
@@ -63,7 +88,8 @@ export interface WriteRequest {
 
 export type WriteResult =
   | { ok: true; applied: boolean; version: number }
-  | { ok: false; code: 'MODIFIED' | 'SUPERSEDED' | 'SEQ_GAP' | 'INVALID_ARGUMENT'; message: string };
+  /** `lastSeq` on MODIFIED: what this session had applied before losing the record, if the store knows. */
+  | { ok: false; code: 'MODIFIED' | 'SUPERSEDED' | 'SEQ_GAP' | 'INVALID_ARGUMENT'; message: string; lastSeq?: number | undefined };
 
 export interface ReadRequest {
   target: string;
@@ -83,8 +109,8 @@ export interface HandleRef {
 }
 
 export interface RenewResult {
-  /** Handles whose record no longer names this session, and why. */
-  lost: Array<HandleRef & { reason: InvalidationReason }>;
+  /** Handles whose record no longer names this session, why, and what they had applied if known. */
+  lost: Array<HandleRef & { reason: InvalidationReason; lastSeq?: number | undefined }>;
 }
 
 export interface Store {

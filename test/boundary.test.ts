@@ -8,7 +8,7 @@ import { loadOrCreateSecret } from '../actors/auth.js';
 import { NodeAgent } from '../actors/node-agent.js';
 import { LocalCluster } from '../cluster/local.js';
 import { decode, encode } from '../transport/codec.js';
-import type { Message } from '../transport/messages.js';
+import { PROTOCOL_VERSION, type Message } from '../transport/messages.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { bytes, tempDir, text } from './helpers.js';
 
@@ -52,7 +52,7 @@ describe('bad frames', () => {
     await good.write(0, bytes('before'));
 
     const peer = await raw(c.urls[0]!);
-    peer.ws.send(encode({ type: 'hello', v: 1, secret: c.secret, node: 'raw' }));
+    peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret: c.secret, node: 'raw' }));
     expect(await peer.next(1)).toMatchObject({ type: 'welcome' });
 
     const bad: Array<[string, Buffer | string, string]> = [
@@ -84,7 +84,7 @@ describe('bad frames', () => {
   it('closes a peer that keeps sending bad frames', async () => {
     const c = await cluster();
     const peer = await raw(c.urls[0]!);
-    peer.ws.send(encode({ type: 'hello', v: 1, secret: c.secret, node: 'raw' }));
+    peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret: c.secret, node: 'raw' }));
     await peer.next(1);
     for (let i = 0; i < 100; i++) peer.ws.send('nope');
     const deadline = Date.now() + 5000;
@@ -97,7 +97,7 @@ describe('authentication', () => {
   it('refuses the wrong cluster secret with AUTH_FAILED and closes the connection', async () => {
     const c = await cluster();
     const peer = await raw(c.urls[0]!);
-    peer.ws.send(encode({ type: 'hello', v: 1, secret: 'not-the-secret', node: 'mallory' }));
+    peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret: 'not-the-secret', node: 'mallory' }));
     expect(await peer.next(1)).toMatchObject({ type: 'error', code: 'AUTH_FAILED' });
     const deadline = Date.now() + 5000;
     while (!peer.closed() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));

@@ -37,7 +37,7 @@ export const text = (b: Uint8Array) => new TextDecoder().decode(b);
 /** Cluster timings short enough for tests: 100 ms heartbeats, a 400 ms hold period. */
 export const FAST: Omit<LocalClusterOptions, 'dir'> = {
   replicas: 2,
-  replica: { holdMs: 400, heartbeatMs: 100, leaseMs: 300, probeIntervalMs: 50 },
+  replica: { holdMs: 400, heartbeatIntervalMs: 100, leaseMs: 300, probeIntervalMs: 50 },
   node: { heartbeatIntervalMs: 100, heartbeatTimeoutMs: 150, backoffBaseMs: 20, backoffMaxMs: 200 },
 };
 

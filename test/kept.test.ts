@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { FileKeptIds, type KeptHandle } from '../actors/kept.js';
 import { tempDir } from './helpers.js';
 
-const handle = (i: number, app = 'app'): KeptHandle => ({ app, target: `disk-${i}`, requestId: `r${String(i).padStart(24, '0')}`, principal: 'p', mode: 'write', version: 0, sessions: ['s1'] });
+const handle = (i: number, app = 'app'): KeptHandle => ({ app, target: `disk-${i}`, requestId: `r${String(i).padStart(24, '0')}`, principal: 'p', mode: 'write', version: 0, instance: 'instance-1' });
 
 let cleanup: () => void = () => undefined;
 afterEach(() => cleanup());
@@ -21,11 +21,11 @@ describe('FileKeptIds', () => {
     const a = new FileKeptIds(d, 'node-1');
     a.putMany([handle(1), handle(2), handle(3)]);
     a.remove(handle(2).requestId);
-    a.put({ ...handle(3), sessions: ['s1', 's2'] });
+    a.put({ ...handle(3), instance: 'instance-2' });
     a.close();
     const b = new FileKeptIds(d, 'node-1');
     expect(b.list().map((h) => h.target).sort()).toEqual(['disk-1', 'disk-3']);
-    expect(b.find('app', 'disk-3')?.sessions).toEqual(['s1', 's2']);
+    expect(b.find('app', 'disk-3')?.instance).toBe('instance-2');
     expect(b.find('app', 'disk-2')).toBeUndefined();
     expect(b.find('other', 'disk-1')).toBeUndefined();
     b.close();

@@ -8,7 +8,7 @@ const memoryCluster = clusters({
   store: 'memory',
   transport: new MemoryNetwork(),
   secret: 's'.repeat(32),
-  replica: { holdMs: 100, heartbeatMs: 50 },
+  replica: { holdMs: 100, heartbeatIntervalMs: 50 },
   node: { heartbeatIntervalMs: 50, heartbeatTimeoutMs: 50, backoffBaseMs: 10 },
 });
 

@@ -4,7 +4,7 @@
  */
 import { z } from 'zod';
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const MAX_IO_BYTES = 1024 * 1024;
 
 const target = z.string().min(1).max(1024);
@@ -16,6 +16,8 @@ const mode = z.enum(['read', 'write']);
 const bytes = z.custom<Uint8Array>((v) => v instanceof Uint8Array, 'expected bytes');
 const errorCode = z.string().min(1).max(64);
 const reason = z.enum(['MODIFIED', 'SUPERSEDED', 'TIMEOUT', 'CLOSED_BY_STORAGE']);
+/** One handle instance of a requestId: fresh per open or takeover, kept by the node with the requestId. */
+const instance = z.string().regex(/^[A-Za-z0-9_-]{8,64}$/, 'instance must be 8-64 URL-safe characters');
 
 export const ResumeItem = z.object({
   target,
@@ -25,10 +27,12 @@ export const ResumeItem = z.object({
   /** For a read handle: the target version it last saw. */
   version: u53.optional(),
   /**
-   * Write handles: the sessions this handle instance held its grant through. The resume is granted
-   * only if the record is still on one of them; without the list it is a takeover by requestId.
+   * Write handles: the handle instance asking (see `instance` on open). Without `takeover` the resume
+   * is granted only if the record still names this instance; with it, the instance takes the record
+   * over from any other instance of the same requestId (an application that moved nodes).
    */
-  sessions: z.array(z.string().min(1).max(64)).max(16).optional(),
+  instance: instance.optional(),
+  takeover: z.boolean().optional(),
 });
 
 export const ResumeResult = z.object({
@@ -37,30 +41,36 @@ export const ResumeResult = z.object({
   granted: z.boolean(),
   reason: reason.optional(),
   code: errorCode.optional(),
-  lastSeq: u53,
+  /**
+   * Granted: the last write seq applied for this requestId. Denied: the last seq this instance had
+   * applied before it lost the target, when the store still knows it (its tombstone); absent when the
+   * evidence is gone, so the agent reports OUTCOME_UNKNOWN for writes whose fate it cannot tell.
+   */
+  lastSeq: u53.optional(),
   version: u53,
 });
 
 // Node agent -> replica
 const hello = z.object({ type: z.literal('hello'), v: z.literal(PROTOCOL_VERSION), secret: z.string().max(256), node: z.string().min(1).max(128) });
 const ping = z.object({ type: z.literal('ping'), t: u53 });
-const open = z.object({ type: z.literal('open'), id: corr, target, requestId, principal, mode });
+const open = z.object({ type: z.literal('open'), id: corr, target, requestId, principal, mode, instance: instance.optional() });
 const resume = z.object({ type: z.literal('resume'), id: corr, items: z.array(ResumeItem).min(1).max(10_000) });
 const write = z.object({ type: z.literal('write'), id: corr, target, requestId, seq: u53.min(1), offset: u53, data: bytes });
 const read = z.object({ type: z.literal('read'), id: corr, target, requestId, offset: u53, length: z.number().int().nonnegative().max(MAX_IO_BYTES) });
 const close = z.object({ type: z.literal('close'), id: corr, target, requestId });
 
 // Replica -> node agent
-const welcome = z.object({ type: z.literal('welcome'), session: z.string().min(1).max(64), replica: z.string().min(1).max(128), heartbeatMs: u53 });
+const welcome = z.object({ type: z.literal('welcome'), session: z.string().min(1).max(64), replica: z.string().min(1).max(128), heartbeatIntervalMs: u53.min(1) });
 const pong = z.object({ type: z.literal('pong'), t: u53 });
 const opened = z.object({ type: z.literal('opened'), id: corr, version: u53, lastSeq: u53 });
 const resumed = z.object({ type: z.literal('resumed'), id: corr, results: z.array(ResumeResult) });
 const written = z.object({ type: z.literal('written'), id: corr, seq: u53, version: u53 });
 const data = z.object({ type: z.literal('data'), id: corr, version: u53, data: bytes });
 const closed = z.object({ type: z.literal('closed'), id: corr });
-const error = z.object({ type: z.literal('error'), id: corr.optional(), code: errorCode, message: z.string().max(4096), retryable: z.boolean() });
+/** `lastSeq` on a write refused MODIFIED or SUPERSEDED: the last seq the store applied for this instance, if known. */
+const error = z.object({ type: z.literal('error'), id: corr.optional(), code: errorCode, message: z.string().max(4096), retryable: z.boolean(), lastSeq: u53.optional() });
 const notice = z.object({ type: z.literal('notice'), kind: z.enum(['unavailable', 'available']) });
-const revoked = z.object({ type: z.literal('revoked'), target, requestId, reason });
+const revoked = z.object({ type: z.literal('revoked'), target, requestId, reason, lastSeq: u53.optional() });
 
 export const Message = z.discriminatedUnion('type', [
   hello, ping, open, resume, write, read, close,
@@ -75,6 +85,18 @@ export type ResumeResult = z.infer<typeof ResumeResult>;
 export type Mode = z.infer<typeof mode>;
 
 export const MESSAGE_TYPES: ReadonlySet<string> = new Set(Message.options.map((o) => o.shape.type.value));
+
+/**
+ * Silence, counted in heartbeat intervals (`heartbeatIntervalMs`, the replica's setting, adopted by
+ * every node agent from `welcome`). An agent pings after one silent interval and drops the session when
+ * the ping goes unanswered for AGENT_PROBE_INTERVALS more; a replica drops a session silent for
+ * REPLICA_SILENCE_INTERVALS; an agent drops a session whose oldest request is unanswered for
+ * REQUEST_TIMEOUT_INTERVALS (frames were lost).
+ */
+export const AGENT_PROBE_INTERVALS = 1;
+export const REPLICA_SILENCE_INTERVALS = 3;
+export const REQUEST_TIMEOUT_INTERVALS = 4;
+export const DEFAULT_HEARTBEAT_INTERVAL_MS = 1000;
 
 /** Message types whose `data` field travels as raw bytes after the JSON header. */
 export const BYTES_FIELD = 'data';
