@@ -18,6 +18,7 @@ export const ERROR_CODES = {
   INVALID_ARGUMENT: 'an argument was out of range or of the wrong type',
   SEQ_GAP: 'a write arrived before an earlier sequence number of the same handle (retryable)',
   CLOSED: 'the handle or the application was closed',
+  OUTCOME_UNKNOWN: 'the write was sent but the handle was lost before its answer, and the store no longer knows whether it was applied (see `reason`)',
   INTERNAL: 'an unexpected failure inside a peer; it kept running',
 } as const;
 
@@ -31,11 +32,14 @@ export const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['LOCKED', '
 export class SafeResumeError extends Error {
   readonly code: ErrorCode;
   readonly retryable: boolean;
-  constructor(code: ErrorCode, message?: string) {
+  /** For OUTCOME_UNKNOWN: why the handle was lost (MODIFIED, SUPERSEDED, TIMEOUT, UNAVAILABLE, CLOSED, ...). */
+  readonly reason: ErrorCode | undefined;
+  constructor(code: ErrorCode, message?: string, reason?: ErrorCode) {
     super(message ?? ERROR_CODES[code]);
     this.name = 'SafeResumeError';
     this.code = code;
     this.retryable = RETRYABLE.has(code);
+    this.reason = reason;
   }
 }
 

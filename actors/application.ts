@@ -5,14 +5,19 @@
  *   const h = await app.open('vm42.disk', { mode: 'write' });
  *   await h.write(0, bytes);            // waits while paused, rejects with a typed error if invalidated
  *   h.on('invalidated', (reason) => …); // MODIFIED: reload before writing again
+ *
+ * A handle is a view of the node agent's core handle (core/handle.ts): its state, its operations
+ * and their promises live there; this class validates arguments and turns the core's reports into
+ * events.
  */
 import { EventEmitter } from 'node:events';
-import { createActor, type Actor } from 'xstate';
 import { SafeResumeError, type ErrorCode, type InvalidationReason } from '../errors.js';
-import { appHandleMachine } from '../machines/app-handle.js';
+import type { CoreHandle, HandleOwner, HandleState, LifecycleEvent, OpResult } from '../core/handle.js';
 import { MAX_IO_BYTES } from '../transport/messages.js';
-import { defaultEnv, handleHolder, type Env, type HandleHolder } from './env.js';
-import type { AgentHandle, HandleListener, NodeAgent, Op } from './node-agent.js';
+import { defaultEnv, type Env } from './env.js';
+import type { NodeAgent } from './node-agent.js';
+
+export type { HandleState };
 
 export interface ApplicationOptions {
   /** Stable name of the application on its node; kept requestIds are found under it. */
@@ -32,116 +37,66 @@ export interface OpenOptions {
   pauseTimeoutMs?: number;
 }
 
-export type HandleState = 'opening' | 'active' | 'paused' | 'resuming' | 'invalidated' | 'closing' | 'closed';
-
 export interface HandleEvents {
   paused: [];
   resumed: [];
   invalidated: [reason: InvalidationReason];
   state: [state: HandleState];
+  /**
+   * The node could not (false) or again could (true) write this handle's requestId to its
+   * node-local file; while false, a restart of the node agent may not be able to resume the handle.
+   */
+  durability: [durable: boolean, reason: string | undefined];
 }
 
-type Queued = { run: (agentHandle: AgentHandle) => void; reject: (e: Error) => void };
+const EMPTY = new Uint8Array(0);
 
-/** The handle behind an actor, for the machine's actions (one machine serves every handle). */
-const owners = new WeakMap<object, Handle>();
-const owner = (self: object): Handle => owners.get(self)!;
-
-/** The application handle machine with its actions, made once: each handle is only an actor of it. */
-const handleMachine = appHandleMachine.provide({
-  actions: {
-    dispatchIo: ({ self }) => owner(self).act('dispatchIo'),
-    rejectIo: ({ self, context }) => owner(self).act('rejectIo', context.reason),
-    rejectIoUnavailable: ({ self }) => owner(self).act('rejectIoUnavailable'),
-    flushQueue: ({ self }) => owner(self).act('flushQueue'),
-    failAll: ({ self, context }) => owner(self).act('failAll', context.reason),
-    failInFlight: ({ self }) => owner(self).act('failInFlight'),
-    notifyPaused: ({ self }) => owner(self).emit('paused'),
-    notifyResumed: ({ self }) => owner(self).emit('resumed'),
-    notifyInvalidated: ({ self, context }) => owner(self).act('notifyInvalidated', context.reason),
-    sendClose: ({ self }) => owner(self).act('sendClose'),
-  },
-});
-
-type Action = 'dispatchIo' | 'rejectIo' | 'rejectIoUnavailable' | 'flushQueue' | 'failAll' | 'failInFlight' | 'notifyInvalidated' | 'sendClose';
-
-export class Handle extends EventEmitter<HandleEvents> {
-  readonly target: string;
-  readonly mode: 'read' | 'write';
-  readonly requestId: string;
+export class Handle extends EventEmitter<HandleEvents> implements HandleOwner {
   /** @internal */
-  readonly actor: Actor<typeof handleMachine>;
-  private readonly queue: Queued[] = [];
-  private agentHandle: AgentHandle | undefined;
+  core!: CoreHandle;
 
   /** @internal */
-  constructor(
-    private readonly agent: NodeAgent,
-    init: { target: string; mode: 'read' | 'write'; requestId: string; onFailure: 'pause' | 'error'; pauseTimeoutMs: number },
-    private readonly holder: HandleHolder,
-  ) {
+  constructor(private readonly agent: NodeAgent) {
     super();
-    this.target = init.target;
-    this.mode = init.mode;
-    this.requestId = init.requestId;
-    this.actor = createActor(handleMachine, { parent: holder.parent, input: init });
-    owners.set(this.actor, this);
-    let last: HandleState = 'opening';
-    this.actor.subscribe((snap) => {
-      const state = snap.value as HandleState;
-      if (state !== last) {
-        last = state;
-        this.emit('state', state);
-      }
-    });
-    this.actor.start();
   }
 
-  /** @internal What the machine's actions do for this handle. */
-  act(action: Action, reason?: InvalidationReason): void {
-    switch (action) {
-      case 'dispatchIo':
-        return this.dispatch(this.queue.shift());
-      case 'rejectIo':
-        return this.queue.pop()?.reject(this.failure(reason));
-      case 'rejectIoUnavailable':
-        return this.queue.pop()?.reject(new SafeResumeError('UNAVAILABLE', `${this.target}: storage unavailable and the handle fails fast`));
-      case 'flushQueue':
-        for (const q of this.queue.splice(0)) this.dispatch(q);
-        return;
-      case 'failAll': {
-        const err = this.failure(reason);
-        for (const q of this.queue.splice(0)) q.reject(err);
-        return;
-      }
-      case 'failInFlight': {
-        const err = new SafeResumeError('UNAVAILABLE', `storage unavailable; ${this.target} fails fast (onFailure: 'error'); outcome of in-flight writes unknown`);
-        for (const q of this.queue.splice(0)) q.reject(err);
-        if (this.agentHandle) this.agent.failOps(this.agentHandle, 'UNAVAILABLE', err.message);
-        return;
-      }
-      case 'notifyInvalidated': {
-        const why = reason ?? 'MODIFIED';
-        if (this.agentHandle) this.agent.abandon(this.agentHandle, why, `${this.target}: handle invalidated (${why})`);
-        this.emit('invalidated', why);
-        return;
-      }
-      case 'sendClose': {
-        const h = this.agentHandle;
-        if (!h) return void this.actor.send({ type: 'CLOSED' });
-        void this.agent.close(h).then(() => this.actor.send({ type: 'CLOSED' }));
-        return;
-      }
-    }
+  get target(): string {
+    return this.core.target;
+  }
+
+  get mode(): 'read' | 'write' {
+    return this.core.mode;
+  }
+
+  get requestId(): string {
+    return this.core.requestId;
   }
 
   get state(): HandleState {
-    return this.actor.getSnapshot().value as HandleState;
+    return this.core.state;
   }
 
   /** Why the handle was invalidated, once it is. */
   get reason(): InvalidationReason | undefined {
-    return this.actor.getSnapshot().context.reason;
+    return this.core.reason;
+  }
+
+  /** Whether the node holds this handle's requestId on disk (so an agent restart can resume it). */
+  get durable(): boolean {
+    return this.core.durable;
+  }
+
+  /** @internal The core's report of a lifecycle step. */
+  changed(from: HandleState, to: HandleState, event: LifecycleEvent): void {
+    if (to === 'paused') this.emit('paused');
+    else if (event === 'GRANTED') this.emit('resumed');
+    else if (to === 'invalidated') this.emit('invalidated', this.core.reason ?? 'MODIFIED');
+    if (to !== from) this.emit('state', to);
+  }
+
+  /** @internal */
+  durability(durable: boolean, reason: string | undefined): void {
+    this.emit('durability', durable, reason);
   }
 
   write(offset: number, data: Uint8Array): Promise<{ version: number }> {
@@ -149,9 +104,8 @@ export class Handle extends EventEmitter<HandleEvents> {
     if (!Number.isSafeInteger(offset) || offset < 0) return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', 'offset must be a non-negative integer'));
     if (!(data instanceof Uint8Array) || data.length > MAX_IO_BYTES) return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', `data must be a Uint8Array of at most ${MAX_IO_BYTES} bytes`));
     const copy = data.slice(); // the caller may reuse its buffer once write() returns
-    return this.io<{ version: number }>((resolve, reject) => (h) => {
-      const op: Op = { kind: 'write', seq: this.agent.nextSeq(h), offset, data: copy, resolve, reject };
-      this.agent.submit(h, op);
+    return new Promise<OpResult>((resolve, reject) => {
+      this.agent.io(this.core, { kind: 'write', seq: 0, offset, data: copy, length: 0, inflight: 0, resends: 0, settle: { resolve, reject } });
     });
   }
 
@@ -159,75 +113,17 @@ export class Handle extends EventEmitter<HandleEvents> {
     if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0 || length > MAX_IO_BYTES) {
       return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', `offset must be >= 0 and length between 0 and ${MAX_IO_BYTES}`));
     }
-    return this.io<{ data: Uint8Array; version: number }>((resolve, reject) => (h) => {
-      this.agent.submit(h, { kind: 'read', offset, length, resolve, reject });
-    }).then((r) => r.data);
+    return new Promise<OpResult>((resolve, reject) => {
+      this.agent.io(this.core, { kind: 'read', seq: 0, offset, data: undefined, length, inflight: 0, resends: 0, settle: { resolve, reject } });
+    }).then((r) => r.data ?? EMPTY);
   }
 
-  /** Release the lock and the record. Pending I/O rejects with CLOSED. */
-  async close(): Promise<void> {
-    if (this.actor.getSnapshot().status !== 'active') return;
-    const done = new Promise<void>((resolve) => {
-      const sub = this.actor.subscribe((s) => {
-        if (s.status !== 'active') {
-          sub.unsubscribe();
-          resolve();
-        }
-      });
-    });
-    this.actor.send({ type: 'CLOSE' });
-    if (this.state !== 'closed') await done;
-    if (this.agentHandle && this.agentHandle.state !== 'gone') await this.agent.close(this.agentHandle);
-  }
-
-  /** @internal */
-  crash(): void {
-    if (this.agentHandle) this.agent.forgetQuietly(this.agentHandle);
-    this.holder.stop(this.actor);
-  }
-
-  /** @internal */
-  bind(h: AgentHandle): void {
-    this.agentHandle = h;
-  }
-
-  private io<T>(make: (resolve: (v: T) => void, reject: (e: Error) => void) => (h: AgentHandle) => void): Promise<T> {
-    if (this.actor.getSnapshot().status !== 'active') return Promise.reject(new SafeResumeError('CLOSED', `${this.target}: handle closed`));
-    return new Promise<T>((resolve, reject) => {
-      this.queue.push({ run: make(resolve, reject), reject });
-      this.actor.send({ type: 'IO' });
-    });
-  }
-
-  private dispatch(q: Queued | undefined): void {
-    if (!q) return;
-    if (!this.agentHandle) return q.reject(new SafeResumeError('CLOSED', 'handle is not open'));
-    q.run(this.agentHandle);
-  }
-
-  private failure(reason: InvalidationReason | undefined): SafeResumeError {
-    if (reason) return new SafeResumeError(reason, `${this.target}: handle invalidated (${reason})`);
-    return new SafeResumeError('CLOSED', `${this.target}: handle closed`);
-  }
-}
-
-/** What the node agent tells a handle, as events to its machine (one small object per handle, not five closures). */
-class ToMachine implements HandleListener {
-  constructor(private readonly actor: Actor<typeof handleMachine>) {}
-  paused(): void {
-    this.actor.send({ type: 'PAUSED' });
-  }
-  resuming(): void {
-    this.actor.send({ type: 'RESUMING' });
-  }
-  granted(): void {
-    this.actor.send({ type: 'GRANTED' });
-  }
-  denied(reason: InvalidationReason): void {
-    this.actor.send({ type: 'DENIED', reason });
-  }
-  revoked(reason: InvalidationReason): void {
-    this.actor.send({ type: 'INVALIDATE', reason });
+  /**
+   * Release the lock and the record. Writes already sent are answered first; what has not been
+   * sent rejects with CLOSED.
+   */
+  close(): Promise<void> {
+    return this.agent.close(this.core);
   }
 }
 
@@ -235,7 +131,6 @@ export class Application {
   readonly name: string;
   readonly principal: string;
   private readonly env: Env;
-  private readonly holder: HandleHolder;
   private readonly handles = new Set<Handle>();
 
   constructor(readonly agent: NodeAgent, private readonly opts: ApplicationOptions) {
@@ -243,47 +138,39 @@ export class Application {
     this.name = opts.name;
     this.principal = opts.principal ?? 'default';
     this.env = defaultEnv(opts.env);
-    this.holder = handleHolder(this.env);
   }
 
   /**
    * Open a target. With no requestId, a requestId the node kept for this application and target
-   * (from before an agent restart) is reclaimed; otherwise a fresh one is made. A reclaim is a
-   * resume: it is denied with MODIFIED if another writer took the target meanwhile.
+   * (from before an agent or application restart) is reclaimed; otherwise a fresh one is made. A
+   * reclaim is a resume: it is denied with MODIFIED if another writer took the target meanwhile.
    */
   async open(target: string, options: OpenOptions = {}): Promise<Handle> {
     if (typeof target !== 'string' || target.length === 0 || target.length > 1024) throw new SafeResumeError('INVALID_ARGUMENT', 'target must be a non-empty string of at most 1024 characters');
+    if (options.requestId !== undefined && !/^[A-Za-z0-9_-]{21,64}$/.test(options.requestId)) throw new SafeResumeError('INVALID_ARGUMENT', 'requestId must be 21-64 URL-safe characters (use nanoid)');
     // A kept requestId is reclaimed only when nothing holds it now (it is left over from a restart).
-    const found = options.requestId ? undefined : this.agent.findKept(this.name, target);
-    const kept = found && !this.agent.holds(found.requestId) && (!options.mode || options.mode === found.mode) ? found : undefined;
+    const found = this.agent.findKept(this.name, target);
+    const usable = found && !this.agent.holds(found.requestId) && (!options.mode || options.mode === found.mode) && (!options.requestId || options.requestId === found.requestId);
+    const kept = usable ? found : undefined;
     const requestId = options.requestId ?? kept?.requestId ?? this.env.newId();
-    if (!/^[A-Za-z0-9_-]{21,64}$/.test(requestId)) throw new SafeResumeError('INVALID_ARGUMENT', 'requestId must be 21-64 URL-safe characters (use nanoid)');
-    const mode = options.mode ?? kept?.mode ?? 'write';
-    const handle = new Handle(
-      this.agent,
-      { target, mode, requestId, onFailure: options.onFailure ?? 'pause', pauseTimeoutMs: options.pauseTimeoutMs ?? this.opts.pauseTimeoutMs ?? 60_000 },
-      this.holder,
-    );
-    try {
-      const h = await this.agent.open({
-        app: this.name,
-        target,
-        requestId,
-        principal: this.principal,
-        mode,
-        how: options.requestId || kept ? 'resume' : 'open',
-        // A kept requestId resumes as the instance it was; an explicit one takes over as a new instance.
-        instance: kept?.instance ?? this.env.newId(),
-        takeover: Boolean(options.requestId) || (kept !== undefined && !kept.instance),
-        version: kept?.version ?? 0,
-        listener: new ToMachine(handle.actor),
-      });
-      handle.bind(h);
-      handle.actor.send({ type: 'OPENED' });
-    } catch (err) {
-      handle.actor.send({ type: 'OPEN_FAILED', code: err instanceof SafeResumeError ? err.code : 'INTERNAL' });
-      throw err;
-    }
+    const handle = new Handle(this.agent);
+    const { h, opened } = this.agent.open({
+      app: this.name,
+      target,
+      requestId,
+      principal: this.principal,
+      mode: options.mode ?? kept?.mode ?? 'write',
+      onFailure: options.onFailure ?? 'pause',
+      pauseTimeoutMs: options.pauseTimeoutMs ?? this.opts.pauseTimeoutMs ?? 60_000,
+      // A kept requestId resumes as the instance it was; an explicit one takes over as a new instance.
+      instance: kept?.instance ?? this.env.newId(),
+      how: options.requestId || kept ? 'resume' : 'open',
+      takeover: kept ? !kept.instance : Boolean(options.requestId),
+      version: kept?.version ?? 0,
+      owner: handle,
+    });
+    handle.core = h;
+    await opened;
     this.handles.add(handle);
     handle.on('state', (s) => s === 'closed' && this.handles.delete(handle));
     return handle;
@@ -295,10 +182,11 @@ export class Application {
 
   /**
    * The application process died: its handles stop where they are, nothing is closed, their
-   * promises never settle. The node agent forgets them (the locks lapse after the hold period).
+   * promises never settle. The node agent forgets them but keeps their requestIds, so the
+   * application, started again, resumes them (SPEC failure 6).
    */
   crash(): void {
-    for (const h of this.handles) h.crash();
+    for (const h of this.handles) this.agent.appGone(h.core);
     this.handles.clear();
   }
 }

@@ -3,15 +3,24 @@
  * serves their handles, renews their locks in one batch per session, starts the hold period when a
  * session is lost, and tells its sessions when its store goes away and comes back (dismount).
  */
-import { createActor, type Actor } from 'xstate';
-import { SafeResumeError, type ErrorCode } from '../errors.js';
-import { replicaHandleMachine } from '../machines/replica-handle.js';
+import { SafeResumeError, type ErrorCode, type InvalidationReason } from '../errors.js';
+import {
+  HOLD_PERIOD_ENDED,
+  isFinalReplicaHandleState,
+  replicaHandleInitialState,
+  replicaHandleMachine,
+  stepReplicaHandle,
+  type ReplicaHandleData,
+  type ReplicaHandleState,
+  type ReplicaHandleStepEvent,
+} from '../machines/replica-handle.js';
 import type { Decoded } from '../transport/codec.js';
 import { DEFAULT_HEARTBEAT_INTERVAL_MS, REPLICA_SILENCE_INTERVALS, type Message, type MessageOf, type ResumeResult } from '../transport/messages.js';
 import { CLOSE, type Connection, type Listener, type Transport } from '../transport/types.js';
 import { StoreUnavailableError, type HandleRef, type Store } from '../store/types.js';
-import { defaultEnv, every, handleHolder, type Env, type HandleHolder } from './env.js';
+import { defaultEnv, every, type Env } from './env.js';
 import { secretMatches } from './auth.js';
+import { pureInspector, type PureInspector, type PureSnapshot } from './pure-inspect.js';
 
 export interface ReplicaOptions {
   id: string;
@@ -35,13 +44,32 @@ export interface ReplicaOptions {
   maxBadFrames?: number;
 }
 
-type HandleActor = Actor<typeof replicaHandleMachine>;
+/**
+ * One handle on this replica: the state of machines/replica-handle.ts as plain data, stepped by
+ * `stepReplicaHandle`. A record, not an actor: a replica holds 100,000 of them.
+ */
+class HandleRecord implements ReplicaHandleData {
+  state: ReplicaHandleState;
+  reason: InvalidationReason | undefined = undefined;
+  /** The hold-period timer (env clock), while paused. */
+  hold: unknown = undefined;
+
+  constructor(
+    readonly target: string,
+    readonly requestId: string,
+    readonly mode: 'read' | 'write',
+    public session: string,
+    resume: boolean,
+  ) {
+    this.state = replicaHandleInitialState(resume);
+  }
+}
 
 interface Session {
   id: string;
   node: string;
   conn: Connection;
-  handles: Map<string, HandleActor>;
+  handles: Map<string, HandleRecord>;
   lastHeardMs: number;
   badFrames: number;
   /** Recent request ids, to drop duplicates. */
@@ -68,13 +96,14 @@ export class StorageReplica {
   readonly leaseMs: number;
   readonly heartbeatIntervalMs: number;
   private readonly env: Env;
-  private readonly holder: HandleHolder;
+  /** Draws the handle records as replica-handle actors, only while an inspection observer is present. */
+  private readonly insp: PureInspector<HandleRecord> | undefined;
   private readonly opts: ReplicaOptions;
   private listener: Listener | undefined;
   private readonly sessions = new Map<string, Session>();
   private readonly pending = new Set<Connection>();
   /** Handles of lost sessions, in their hold period, until resumed here or released. */
-  private readonly orphans = new Map<string, HandleActor>();
+  private readonly orphans = new Map<string, HandleRecord>();
   private stopTimers: Array<() => void> = [];
   private dismounted: 'no' | 'manual' | 'auto' = 'no';
   /** Counters for status views, tests and benchmarks. */
@@ -86,7 +115,7 @@ export class StorageReplica {
     this.id = opts.id;
     this.store = opts.store;
     this.env = defaultEnv(opts.env);
-    this.holder = handleHolder(this.env);
+    this.insp = pureInspector(this.env.inspect);
     this.env.log = this.env.log.child({ actor: opts.id });
     this.holdMs = opts.holdMs ?? 5000;
     this.leaseMs = opts.leaseMs ?? 3000;
@@ -126,7 +155,7 @@ export class StorageReplica {
     for (const stop of this.stopTimers) stop();
     this.stopTimers = [];
     for (const s of [...this.sessions.values()]) this.loseSession(s, 'replica stopping', false);
-    for (const a of this.orphans.values()) this.holder.stop(a);
+    for (const h of this.orphans.values()) this.drop(h);
     this.orphans.clear();
     await this.listener?.close();
   }
@@ -146,9 +175,9 @@ export class StorageReplica {
   handles(): ReplicaHandleView[] {
     const out: ReplicaHandleView[] = [];
     for (const s of this.sessions.values()) {
-      for (const a of s.handles.values()) out.push(view(a, s.node));
+      for (const h of s.handles.values()) out.push(view(h, s.node));
     }
-    for (const a of this.orphans.values()) out.push(view(a, ''));
+    for (const h of this.orphans.values()) out.push(view(h, ''));
     return out;
   }
 
@@ -268,7 +297,7 @@ export class StorageReplica {
     const now = this.env.clock.now();
     const res = await this.store.open({ target: msg.target, requestId: msg.requestId, principal: msg.principal, mode: msg.mode, session: s.id, expiresAt: this.expiresAt(), instance: msg.instance }, now);
     if (!res.ok) throw new SafeResumeError(res.code, res.message);
-    tell(this.attach(s, msg.target, msg.requestId, msg.mode, false), { type: 'GRANTED' });
+    this.step(this.attach(s, msg.target, msg.requestId, msg.mode, false), { type: 'GRANTED' });
     s.conn.send({ type: 'opened', id: msg.id, version: res.version, lastSeq: res.lastSeq });
   }
 
@@ -281,15 +310,15 @@ export class StorageReplica {
     );
     const results: ResumeResult[] = msg.items.map((it, i) => {
       const out = outcomes[i]!;
-      const actor = this.attach(s, it.target, it.requestId, it.mode, true);
+      const h = this.attach(s, it.target, it.requestId, it.mode, true);
       if (out.granted) {
         this.stats.resumesGranted++;
-        tell(actor, { type: 'GRANTED' });
+        this.step(h, { type: 'GRANTED' });
         return { target: it.target, requestId: it.requestId, granted: true, lastSeq: out.lastSeq, version: out.version };
       }
       this.stats.resumesDenied++;
       this.env.log.info({ target: it.target, requestId: it.requestId, reason: out.reason, session: s.id }, 'resume denied');
-      tell(actor, { type: 'DENIED', reason: out.reason });
+      this.step(h, { type: 'DENIED', reason: out.reason });
       this.detach(s, it.target, it.requestId);
       const denied: ResumeResult = { target: it.target, requestId: it.requestId, granted: false, reason: out.reason, code: out.code, version: out.version };
       if (out.lastSeq !== undefined) denied.lastSeq = out.lastSeq;
@@ -298,16 +327,16 @@ export class StorageReplica {
     s.conn.send({ type: 'resumed', id: msg.id, results });
   }
 
-  private handle(s: Session, target: string, requestId: string): HandleActor {
-    const actor = s.handles.get(keyOf(target, requestId));
-    if (!actor) throw new SafeResumeError('NOT_OPEN', `no open handle on ${target} for this requestId in this session`);
-    return actor;
+  private handle(s: Session, target: string, requestId: string): HandleRecord {
+    const h = s.handles.get(keyOf(target, requestId));
+    if (!h) throw new SafeResumeError('NOT_OPEN', `no open handle on ${target} for this requestId in this session`);
+    return h;
   }
 
   private async onWrite(s: Session, msg: MessageOf<'write'>): Promise<void> {
     this.checkMounted();
-    const actor = this.handle(s, msg.target, msg.requestId);
-    if (actor.getSnapshot().context.mode !== 'write') throw new SafeResumeError('INVALID_ARGUMENT', 'handle was opened for reading');
+    const h = this.handle(s, msg.target, msg.requestId);
+    if (h.mode !== 'write') throw new SafeResumeError('INVALID_ARGUMENT', 'handle was opened for reading');
     const res = await this.store.write({ target: msg.target, requestId: msg.requestId, session: s.id, seq: msg.seq, offset: msg.offset, data: msg.data });
     if (res.ok) {
       if (res.applied) this.stats.writesApplied++;
@@ -315,7 +344,7 @@ export class StorageReplica {
       return;
     }
     if (res.code === 'MODIFIED' || res.code === 'SUPERSEDED') {
-      tell(actor, { type: 'REVOKED', reason: res.code });
+      this.step(h, { type: 'REVOKED', reason: res.code });
       this.detach(s, msg.target, msg.requestId);
     }
     if (res.lastSeq !== undefined) return this.reply(s.conn, msg.id, res.code, res.message, res.lastSeq);
@@ -324,57 +353,93 @@ export class StorageReplica {
 
   private async onRead(s: Session, msg: MessageOf<'read'>): Promise<void> {
     this.checkMounted();
-    const actor = this.handle(s, msg.target, msg.requestId);
-    const fence = actor.getSnapshot().context.mode === 'write' ? { requestId: msg.requestId, session: s.id } : undefined;
+    const h = this.handle(s, msg.target, msg.requestId);
+    const fence = h.mode === 'write' ? { requestId: msg.requestId, session: s.id } : undefined;
     const res = await this.store.read({ target: msg.target, offset: msg.offset, length: msg.length, fence });
     if (res.ok) {
       s.conn.send({ type: 'data', id: msg.id, version: res.version, data: res.data });
       return;
     }
-    tell(actor, { type: 'REVOKED', reason: res.code });
+    this.step(h, { type: 'REVOKED', reason: res.code });
     this.detach(s, msg.target, msg.requestId);
     throw new SafeResumeError(res.code, res.message);
   }
 
   private async onClose(s: Session, msg: MessageOf<'close'>): Promise<void> {
     this.checkMounted();
-    const actor = s.handles.get(keyOf(msg.target, msg.requestId));
     await this.store.close({ target: msg.target, requestId: msg.requestId }, s.id);
-    tell(actor, { type: 'CLOSE' });
+    this.step(s.handles.get(keyOf(msg.target, msg.requestId)), { type: 'CLOSE' });
     this.detach(s, msg.target, msg.requestId);
     s.conn.send({ type: 'closed', id: msg.id });
   }
 
-  /** The handle's actor on this session: an orphan of a lost session resumed here, or a new one. */
-  private attach(s: Session, target: string, requestId: string, mode: 'read' | 'write', resume: boolean): HandleActor {
+  /** The handle's record on this session: an orphan of a lost session resumed here, or a new one. */
+  private attach(s: Session, target: string, requestId: string, mode: 'read' | 'write', resume: boolean): HandleRecord {
     const key = keyOf(target, requestId);
     const existing = s.handles.get(key);
-    if (existing?.getSnapshot().status === 'active') {
-      tell(existing, { type: 'RESUME', session: s.id });
+    if (existing && !isFinalReplicaHandleState(existing.state)) {
+      this.step(existing, { type: 'RESUME', session: s.id });
       return existing;
     }
-    this.holder.stop(existing);
+    this.drop(existing);
     const orphan = this.orphans.get(key);
-    if (orphan && resume && orphan.getSnapshot().value === 'paused') {
+    if (orphan && resume && orphan.state === 'paused') {
       this.orphans.delete(key);
-      tell(orphan, { type: 'RESUME', session: s.id });
+      this.step(orphan, { type: 'RESUME', session: s.id });
       s.handles.set(key, orphan);
       return orphan;
     }
-    this.holder.stop(orphan);
+    this.drop(orphan);
     this.orphans.delete(key);
-    const actor = createActor(replicaHandleMachine, {
-      parent: this.holder.parent,
-      input: { target, requestId, mode, session: s.id, holdMs: this.holdMs, resume },
-    }).start();
-    s.handles.set(key, actor);
-    return actor;
+    const h = new HandleRecord(target, requestId, mode, s.id, resume);
+    this.insp?.register(h, replicaHandleMachine, undefined, this.snapshotOf(h));
+    s.handles.set(key, h);
+    return h;
   }
 
   private detach(s: Session, target: string, requestId: string): void {
     const key = keyOf(target, requestId);
-    this.holder.stop(s.handles.get(key));
+    this.drop(s.handles.get(key));
     s.handles.delete(key);
+  }
+
+  /**
+   * Step a handle's lifecycle (a handle in a final state takes nothing more) and do what the step
+   * asks: the hold period runs, on the env clock, while the handle is paused.
+   */
+  private step(h: HandleRecord | undefined, event: ReplicaHandleStepEvent): void {
+    if (!h || isFinalReplicaHandleState(h.state)) return;
+    const from = h.state;
+    stepReplicaHandle(h, event);
+    if (h.state === 'paused' && from !== 'paused') h.hold = this.env.clock.setTimeout(() => this.holdEnded(h), this.holdMs);
+    else if (from === 'paused' && h.state !== 'paused') this.cancelHold(h);
+    this.insp?.update(h, event, this.snapshotOf(h));
+  }
+
+  /** The hold period of a paused handle ran out: it is released, and an orphan is forgotten. */
+  private holdEnded(h: HandleRecord): void {
+    h.hold = undefined;
+    this.step(h, { type: HOLD_PERIOD_ENDED });
+    const key = keyOf(h.target, h.requestId);
+    if (this.orphans.get(key) === h) this.orphans.delete(key);
+  }
+
+  private cancelHold(h: HandleRecord): void {
+    if (h.hold === undefined) return;
+    this.env.clock.clearTimeout(h.hold);
+    h.hold = undefined;
+  }
+
+  /** Forget a handle record: no more timer, and the inspector sees it stop. */
+  private drop(h: HandleRecord | undefined): void {
+    if (!h) return;
+    this.cancelHold(h);
+    this.insp?.stop(h);
+  }
+
+  private snapshotOf(h: HandleRecord): PureSnapshot {
+    const { target, requestId, mode, session, reason } = h;
+    return { value: h.state, status: isFinalReplicaHandleState(h.state) ? 'done' : 'active', context: { target, requestId, mode, session, holdMs: this.holdMs, reason } };
   }
 
   private loseSession(s: Session, why: string, keepOrphans: boolean): void {
@@ -382,15 +447,13 @@ export class StorageReplica {
     this.env.log.info({ session: s.id, node: s.node, handles: s.handles.size, why }, 'session lost');
     s.conn.terminate();
     const held: HandleRef[] = [];
-    for (const [key, actor] of s.handles) {
-      const { target, requestId, mode } = actor.getSnapshot().context;
-      if (mode === 'write') held.push({ target, requestId });
-      tell(actor, { type: 'SESSION_LOST' });
-      if (keepOrphans && actor.getSnapshot().status === 'active') {
-        this.holder.stop(this.orphans.get(key));
-        this.orphans.set(key, actor);
-        actor.subscribe({ complete: () => this.orphans.get(key) === actor && this.orphans.delete(key) });
-      } else this.holder.stop(actor);
+    for (const [key, h] of s.handles) {
+      if (h.mode === 'write') held.push({ target: h.target, requestId: h.requestId });
+      this.step(h, { type: 'SESSION_LOST' });
+      if (keepOrphans && !isFinalReplicaHandleState(h.state)) {
+        this.drop(this.orphans.get(key));
+        this.orphans.set(key, h);
+      } else this.drop(h);
     }
     s.handles.clear();
     // The hold period starts now: the lock lasts holdMs more, then lapses.
@@ -413,17 +476,14 @@ export class StorageReplica {
     const expiresAt = this.expiresAt();
     for (const s of [...this.sessions.values()]) {
       const refs: HandleRef[] = [];
-      for (const a of s.handles.values()) {
-        const snap = a.getSnapshot();
-        if (snap.context.mode === 'write' && snap.value === 'active') refs.push({ target: snap.context.target, requestId: snap.context.requestId });
-      }
+      for (const h of s.handles.values()) if (h.mode === 'write' && h.state === 'active') refs.push({ target: h.target, requestId: h.requestId });
       if (refs.length === 0) continue;
       try {
         const { lost } = await this.store.renew(s.id, refs, expiresAt);
         for (const l of lost) {
-          const actor = s.handles.get(keyOf(l.target, l.requestId));
-          if (!actor) continue;
-          tell(actor, { type: 'REVOKED', reason: l.reason });
+          const h = s.handles.get(keyOf(l.target, l.requestId));
+          if (!h) continue;
+          this.step(h, { type: 'REVOKED', reason: l.reason });
           this.detach(s, l.target, l.requestId);
           s.conn.send({ type: 'revoked', target: l.target, requestId: l.requestId, reason: l.reason, ...(l.lastSeq !== undefined ? { lastSeq: l.lastSeq } : {}) });
         }
@@ -441,7 +501,7 @@ export class StorageReplica {
     }
     this.dismounted = kind;
     this.env.log.warn({ kind }, 'store unavailable: dismounted');
-    for (const s of this.sessions.values()) for (const a of s.handles.values()) tell(a, { type: 'STORE_UNAVAILABLE' });
+    for (const s of this.sessions.values()) for (const h of s.handles.values()) this.step(h, { type: 'STORE_UNAVAILABLE' });
     this.broadcast({ type: 'notice', kind: 'unavailable' });
     if (kind === 'auto') this.probe();
   }
@@ -462,13 +522,6 @@ export class StorageReplica {
   }
 }
 
-/** Send an event to a handle's actor unless it already reached a final state. */
-function tell(a: HandleActor | undefined, event: Parameters<HandleActor['send']>[0]): void {
-  if (a && a.getSnapshot().status === 'active') a.send(event);
-}
-
-function view(a: HandleActor, node: string): ReplicaHandleView {
-  const snap = a.getSnapshot();
-  const { target, requestId, mode, session } = snap.context;
-  return { target, requestId, mode, session, node, state: String(snap.value) };
+function view(h: HandleRecord, node: string): ReplicaHandleView {
+  return { target: h.target, requestId: h.requestId, mode: h.mode, session: h.session, node, state: h.state };
 }

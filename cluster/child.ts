@@ -6,8 +6,8 @@
  * away (the IPC channel closes), so a killed launcher leaves no orphans.
  */
 import { join } from 'node:path';
-import { mkdirSync } from 'node:fs';
-import { pino } from 'pino';
+import { mkdirSync, openSync } from 'node:fs';
+import { pino, type Logger } from 'pino';
 import { z } from 'zod';
 import { Application, type Handle } from '../actors/application.js';
 import { NodeAgent } from '../actors/node-agent.js';
@@ -55,10 +55,28 @@ function send(msg: ChildReport): void {
   if (process.connected) process.send?.(msg, undefined, {}, () => undefined);
 }
 
-function logger(dir: string, id: string, pretty: boolean) {
+/** This process's logger, once made: an exit path logs why it exits there. */
+let processLog: Logger | undefined;
+
+function logger(dir: string, id: string, pretty: boolean): Logger {
   mkdirSync(join(dir, 'logs'), { recursive: true });
-  const file = pino.destination({ dest: join(dir, 'logs', `${id}.log`), sync: false });
-  return pretty ? pino({ base: { actor: id } }, pino.multistream([{ stream: file }, { stream: pino.transport({ target: 'pino-pretty' }) }])) : pino({ base: { actor: id } }, file);
+  // The file is opened here, synchronously. A destination still opening its file makes pino's
+  // flush at exit throw ("sonic boom is not ready yet"), which would replace the reason a process
+  // exits early (a store it cannot open) with a crash of the logger.
+  const file = pino.destination({ dest: openSync(join(dir, 'logs', `${id}.log`), 'a'), sync: false });
+  const log = pretty ? pino({ base: { actor: id } }, pino.multistream([{ stream: file }, { stream: pino.transport({ target: 'pino-pretty' }) }])) : pino({ base: { actor: id } }, file);
+  processLog = log;
+  return log;
+}
+
+/** Exit, with the log flushed if it can be; a logger that cannot flush never stops the exit. */
+function exit(code: number): never {
+  try {
+    processLog?.flush();
+  } catch {
+    // The exit matters more than the last log lines.
+  }
+  process.exit(code);
 }
 
 async function replica(raw: unknown): Promise<void> {
@@ -78,7 +96,7 @@ async function replica(raw: unknown): Promise<void> {
     if (cmd.data.type === 'watch') insp?.watch(cmd.data.on);
     else if (cmd.data.type === 'dismount') r.dismount();
     else if (cmd.data.type === 'mount') r.mount();
-    else if (cmd.data.type === 'shutdown') void r.stop().then(() => inner.shutdown()).then(() => process.exit(0));
+    else if (cmd.data.type === 'shutdown') void r.stop().then(() => inner.shutdown()).then(() => exit(0), () => exit(1));
   });
   const report = () => send({ type: 'status', role: 'replica', id: cfg.id, url: r.url, dismounted: r.isDismounted, sessions: r.sessionCount, stats: { ...r.stats } });
   report();
@@ -165,7 +183,7 @@ async function node(raw: unknown): Promise<void> {
       for (const a of apps.values()) a.stopped = true;
       void Promise.all([...apps.values()].map(async (a) => (await a.stop(), await a.handle?.close()))).finally(() => {
         agent.crash();
-        process.exit(0);
+        exit(0);
       });
     }
   });
@@ -195,13 +213,19 @@ async function node(raw: unknown): Promise<void> {
 }
 
 // The launcher is gone: so are we.
-process.on('disconnect', () => process.exit(0));
+process.on('disconnect', () => exit(0));
 const [role, json] = process.argv.slice(2);
 try {
   const cfg: unknown = JSON.parse(json ?? '');
   await (role === 'replica' ? replica(cfg) : role === 'node' ? node(cfg) : Promise.reject(new Error(`unknown role ${role}`)));
   send({ type: 'ready' });
 } catch (err) {
-  console.error(`safe-resume child ${role}: ${(err as Error).message}`);
-  process.exit(1);
+  const message = (err as Error).message;
+  try {
+    processLog?.fatal({ err: message }, `could not start: ${message}`);
+  } catch {
+    // Nothing more to say than what goes to stderr.
+  }
+  console.error(`safe-resume child ${role}: ${message}`);
+  exit(1);
 }

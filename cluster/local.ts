@@ -26,7 +26,7 @@ export interface LocalClusterOptions {
   replica?: Partial<Pick<ReplicaOptions, 'holdMs' | 'leaseMs' | 'renewIntervalMs' | 'heartbeatIntervalMs' | 'probeIntervalMs'>>;
   /** Replica i listens on basePort + i (default: free ports). */
   basePort?: number;
-  node?: Partial<Pick<NodeAgentOptions, 'heartbeatIntervalMs' | 'heartbeatTimeoutMs' | 'backoffBaseMs' | 'backoffMaxMs' | 'unavailableFailoverMs'>>;
+  node?: Partial<Pick<NodeAgentOptions, 'heartbeatIntervalMs' | 'backoffBaseMs' | 'backoffMaxMs' | 'unavailableFailoverMs'>>;
 }
 
 export class LocalCluster {

@@ -1,6 +1,8 @@
 /**
- * The application-side handle: what the application sees. Pure: the actor that runs it provides
- * every action (I/O dispatch, promise settlement, lifecycle events) and the clock.
+ * The application-side handle lifecycle, drawn: what the application sees. The node agent's core
+ * steps the same lifecycle as plain data (core/handle.ts `nextState`; a conformance test checks
+ * the two agree on every transition); this machine is what the inspector shows and what the
+ * generated-path tests walk. Pure: the actor that runs it provides every action and the clock.
  */
 import { assign, cancel, enqueueActions, raise, setup } from 'xstate';
 import type { InvalidationReason } from '../errors.js';
@@ -29,7 +31,7 @@ export type AppHandleEvent =
   /** The resume was answered no (or the agent already knows it would be). */
   | { type: 'DENIED'; reason: InvalidationReason }
   /** The storage took the handle away while it was active (revoked, superseded, closed). */
-  | { type: 'INVALIDATE'; reason: InvalidationReason }
+  | { type: 'REVOKED'; reason: InvalidationReason }
   | { type: 'CLOSE' }
   | { type: 'CLOSED' }
   /** The pause timeout ran out: the handle has been away (paused or resuming) since it last was active. */
@@ -94,7 +96,7 @@ export const appHandleMachine = setup({
       on: {
         IO: { actions: 'dispatchIo' },
         PAUSED: { target: 'paused', actions: 'startPauseTimer' },
-        INVALIDATE: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
+        REVOKED: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
         CLOSE: 'closing',
       },
     },

@@ -5,11 +5,21 @@
  * from the agent's seeded random through the `backoff` delay.
  */
 import { assign, fromPromise, setup } from 'xstate';
+import { AGENT_PROBE_INTERVALS } from '../transport/messages.js';
+
+/**
+ * The one backoff: the first retry goes straight on (to the next replica), then exponential from
+ * `baseMs`, capped at `maxMs`, scaled by a jitter in [0.5, 1) from `random` (seeded in simulation).
+ */
+export function backoffDelay(attempt: number, baseMs: number, maxMs: number, random: number): number {
+  if (attempt <= 1) return 0;
+  return Math.round(Math.min(maxMs, baseMs * 2 ** Math.min(20, attempt - 2)) * (0.5 + random / 2));
+}
 
 export interface SessionInput {
   replicas: string[];
+  /** Until the first `welcome`; then the replica's interval, which the agent adopts. */
   heartbeatIntervalMs: number;
-  heartbeatTimeoutMs: number;
   backoffBaseMs: number;
   backoffMaxMs: number;
   /** A replica whose store stays unavailable this long is abandoned for another. */
@@ -29,6 +39,7 @@ export interface SessionContext extends SessionInput {
 export interface Connected {
   session: string;
   replica: string;
+  heartbeatIntervalMs: number;
 }
 
 export type SessionEvent =
@@ -66,11 +77,10 @@ export const nodeSessionMachine = setup({
   },
   delays: {
     heartbeatInterval: ({ context }) => context.heartbeatIntervalMs,
-    heartbeatTimeout: ({ context }) => context.heartbeatTimeoutMs,
+    heartbeatTimeout: ({ context }) => context.heartbeatIntervalMs * AGENT_PROBE_INTERVALS,
     unavailableFailover: ({ context }) => context.unavailableFailoverMs,
-    /** First retry goes straight to the next replica; then exponential, capped. */
-    backoff: ({ context }) =>
-      context.attempt <= 1 ? 0 : Math.min(context.backoffMaxMs, context.backoffBaseMs * 2 ** Math.min(20, context.attempt - 2)),
+    /** The agent provides the same function with its seeded jitter. */
+    backoff: ({ context }) => backoffDelay(context.attempt, context.backoffBaseMs, context.backoffMaxMs, 1),
   },
 }).createMachine({
   id: 'session',
@@ -89,6 +99,7 @@ export const nodeSessionMachine = setup({
           actions: assign({
             session: ({ event }) => event.output.session,
             replica: ({ event }) => event.output.replica,
+            heartbeatIntervalMs: ({ event }) => event.output.heartbeatIntervalMs,
             attempt: 0,
             lastError: undefined,
           }),

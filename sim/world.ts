@@ -6,15 +6,16 @@
 import { pino } from 'pino';
 import { Application, type Handle } from '../actors/application.js';
 import { seededIds, seededRandom, type Env } from '../actors/env.js';
-import { MemoryKeptIds } from '../actors/kept.js';
+import { FileKeptIds, MemoryKeptIds } from '../actors/kept.js';
 import { NodeAgent } from '../actors/node-agent.js';
 import { StorageReplica } from '../actors/replica.js';
 import { SafeResumeError } from '../errors.js';
 import type { TxStore } from '../store/base.js';
 import { MemoryStore } from '../store/memory.js';
 import { MemoryNetwork, type Delivery } from '../transport/memory.js';
-import type { Transport } from '../transport/types.js';
+import type { Connection, Transport } from '../transport/types.js';
 import { quiesce, SimClock } from './clock.js';
+import { SimDisk } from './disk.js';
 import { hex, observedStore, Recorder } from './history.js';
 
 export type MemoryState = MemoryStore['state'];
@@ -36,7 +37,15 @@ export interface WorldOptions {
   inspect?: Env['inspect'];
   /** Wrap the transport the replicas serve on. Tests inject broken variants here. */
   replicaTransport?: (t: Transport) => Transport;
+  /**
+   * Keep each node's requestIds in a file on a simulated disk of its own (page cache, power loss,
+   * disk errors: see `disk`) instead of in memory; a restarted agent reads the file back.
+   */
+  keptOnDisk?: boolean;
 }
+
+/** Where a node agent keeps its requestId file on the node's disk. */
+export const KEPT_DIR = '/var/lib/safe-resume';
 
 interface Link {
   partitioned: boolean;
@@ -48,6 +57,8 @@ interface Link {
   /** Message types from the replica that are held back (queued, in order) until `release`. */
   hold?: Set<string>;
   held?: Array<() => void>;
+  /** Frames from the replica vanish; frames to it are delivered (requests arrive, replies are lost). */
+  dropReplies?: boolean;
 }
 
 export interface Proc {
@@ -79,11 +90,17 @@ export class World {
   readonly stores: TxStore[] = [];
   readonly agents = new Map<string, NodeAgent | undefined>();
   readonly kept = new Map<string, MemoryKeptIds>();
+  /** Each node's disk, with `keptOnDisk`. */
+  readonly disks = new Map<string, SimDisk>();
   readonly procs: Proc[] = [];
   readonly faults = new Map<string, number>();
   /** Replicas being started, so two restarts never race. */
   readonly starting = new Set<number>();
   private readonly links = new Map<string, Link>();
+  /** Each node's open connections, so a link can be dropped as a socket close would. */
+  private readonly conns = new Map<string, Set<Connection>>();
+  /** Per node: the message type whose next frame from the node breaks its links (see `breakOn`). */
+  private readonly breaks = new Map<string, string>();
   /** Per direction of a link, when its last frame is due (keeps FIFO order unless reordering). */
   private readonly lastDelivery = new Map<string, number>();
   private opId = 0;
@@ -131,6 +148,15 @@ export class World {
     const replica = d.from.startsWith('replica-') ? d.from : d.to;
     const l = this.link(node, replica);
     if (l.partitioned) return;
+    if (d.kind === 'frame') {
+      if (l.dropReplies && d.from === replica) return;
+      if (d.from === node && d.type !== undefined && this.breaks.get(node) === d.type) {
+        // The frame is lost and the node's connections close right after, as a socket reset would.
+        this.breaks.delete(node);
+        this.clock.setTimeout(() => this.dropLinks(node), 0);
+        return;
+      }
+    }
     const dir = `${d.from}>${d.to}`;
     const delay = () => {
       const now = this.clock.now();
@@ -182,6 +208,51 @@ export class World {
     for (const r of this.replicaNames) this.link(node, r).partitioned = partitioned;
   }
 
+  /** Close every connection of `node` at once, as a reset socket would (both ends learn it). */
+  dropLinks(node: string): void {
+    for (const c of [...(this.conns.get(node) ?? [])]) c.close(1006, 'link dropped');
+  }
+
+  /** The next frame of message `type` from `node` is lost and its connections drop right after. */
+  breakOn(node: string, type: string | undefined): void {
+    if (type === undefined) this.breaks.delete(node);
+    else this.breaks.set(node, type);
+  }
+
+  /** Whether a `breakOn` trap of `node` is still waiting for its frame. */
+  breakPending(node: string): boolean {
+    return this.breaks.has(node);
+  }
+
+  /** Drop every frame from the replicas to `node` (true) or deliver them again (false). */
+  dropReplies(node: string, on: boolean, replicas: string[] = this.replicaNames): void {
+    for (const r of replicas) this.link(node, r).dropReplies = on;
+  }
+
+  /** The transport a node's agent connects with: the network, keeping track of the node's connections. */
+  private nodeTransport(node: string): Transport {
+    const t = this.net.as(node);
+    let set = this.conns.get(node);
+    if (!set) this.conns.set(node, (set = new Set()));
+    const open = set;
+    return {
+      listen: (o) => t.listen(o),
+      connect: async (url, o) => {
+        const c = await t.connect(url, o);
+        open.add(c);
+        c.onClose(() => open.delete(c));
+        return c;
+      },
+    };
+  }
+
+  /** The node's simulated disk (created empty on first use). */
+  disk(node: string): SimDisk {
+    let d = this.disks.get(node);
+    if (!d) this.disks.set(node, (d = new SimDisk()));
+    return d;
+  }
+
   fault(kind: string, detail: string): void {
     this.faults.set(kind, (this.faults.get(kind) ?? 0) + 1);
     this.history.add({ kind: 'fault', fault: kind, detail });
@@ -211,23 +282,21 @@ export class World {
 
   /** Start a node agent; `order` lists the replica indexes it tries, first to last (default: all, in order). */
   startAgent(node: string, order?: number[]): NodeAgent {
-    let kept = this.kept.get(node);
+    let kept = this.opts.keptOnDisk ? undefined : this.kept.get(node);
     if (!kept) {
-      kept = new MemoryKeptIds();
+      // On disk, every start reads the file back, as a restarted agent process would.
+      kept = this.opts.keptOnDisk ? new FileKeptIds(KEPT_DIR, node, this.disk(node)) : new MemoryKeptIds();
       this.kept.set(node, kept);
     }
     const agent = new NodeAgent({
       id: node,
       replicas: (order ?? this.replicaNames.map((_, i) => i)).map((i) => `mem://${this.replicaNames[i]}`),
-      transport: this.net.as(node),
+      transport: this.nodeTransport(node),
       secret: SECRET,
       kept,
       env: this.env,
-      heartbeatIntervalMs: this.timing.nodeHeartbeatMs,
-      heartbeatTimeoutMs: this.timing.nodeTimeoutMs,
       backoffBaseMs: this.timing.backoffMs,
       backoffMaxMs: this.timing.backoffMaxMs,
-      requestTimeoutMs: this.timing.requestTimeoutMs,
       unavailableFailoverMs: this.timing.failoverMs,
       connectTimeoutMs: 300,
     });

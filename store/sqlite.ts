@@ -5,14 +5,18 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { TxStore } from './base.js';
+import { StoreBusyError, TxStore } from './base.js';
 import type { Tx } from './rules.js';
 import { StoreUnavailableError, type LockRecord, type Tombstone } from './types.js';
 
 export interface SqliteStoreOptions {
   /** `FULL` (default) fsyncs every commit; `NORMAL` may lose the last commits on power loss, never on a process crash. */
   synchronous?: 'FULL' | 'NORMAL';
-  /** How long a transaction waits for another process's lock before the store counts as unavailable. */
+  /**
+   * How long an operation keeps retrying while another process holds the write lock before the
+   * store counts as unavailable (default 1000). The retries are asynchronous: the replica keeps
+   * serving heartbeats meanwhile. Opening the file waits up to OPEN_WAIT_MS instead.
+   */
   busyTimeoutMs?: number;
   /**
    * Group commit (default on): operations arriving in the same event-loop turn share one transaction
@@ -25,6 +29,14 @@ export interface SqliteStoreOptions {
 const PAGE = 4096;
 
 const UNAVAILABLE_CODES = /^SQLITE_(BUSY|LOCKED|IOERR|CANTOPEN|FULL|READONLY|NOTADB|CORRUPT|PROTOCOL)/;
+
+/**
+ * SQLite's own busy wait, per attempt. It blocks the event loop, so it stays a few milliseconds;
+ * longer waits are asynchronous retries in TxStore.
+ */
+const BUSY_ATTEMPT_MS = 5;
+/** Opening the file (WAL switch, schema, migrations) may wait this long for other processes: nothing is served yet. */
+const OPEN_WAIT_MS = 10_000;
 
 interface RecordRow {
   target: string;
@@ -48,21 +60,25 @@ export class SqliteStore extends TxStore {
   constructor(readonly path: string, opts: SqliteStoreOptions = {}) {
     super();
     this.groupCommit = opts.groupCommit ?? true;
+    this.busyWaitMs = opts.busyTimeoutMs ?? 1000;
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
-    this.db = new Database(path, { timeout: opts.busyTimeoutMs ?? 5000 });
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma(`synchronous = ${opts.synchronous ?? 'FULL'}`);
-    this.db.exec(`
-      CREATE TABLE IF NOT EXISTS target_versions (target TEXT PRIMARY KEY, size INTEGER NOT NULL, version INTEGER NOT NULL) STRICT;
-      CREATE TABLE IF NOT EXISTS pages (target TEXT NOT NULL, page INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (target, page)) STRICT, WITHOUT ROWID;
-      CREATE TABLE IF NOT EXISTS records (
-        target TEXT PRIMARY KEY, request_id TEXT NOT NULL, principal TEXT NOT NULL, session TEXT NOT NULL,
-        expires_at INTEGER NOT NULL, last_seq INTEGER NOT NULL,
-        instance TEXT NOT NULL DEFAULT '', instance_seq INTEGER NOT NULL DEFAULT 0, prev_instance TEXT NOT NULL DEFAULT '') STRICT;
-      CREATE TABLE IF NOT EXISTS tombstones (target TEXT PRIMARY KEY, list TEXT NOT NULL) STRICT;
-      CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
-    `);
-    this.migrate();
+    // The busy timeout is set when the connection opens, before any statement: processes that start
+    // together wait for each other while one of them switches the file to WAL and creates the schema.
+    this.db = new Database(path, { timeout: OPEN_WAIT_MS });
+    try {
+      const deadline = Date.now() + OPEN_WAIT_MS;
+      // Switching to WAL needs the file to itself and can fail busy without waiting: retry it.
+      whileBusy(deadline, () => {
+        const mode = this.db.pragma('journal_mode = WAL', { simple: true });
+        if (path !== ':memory:' && String(mode).toLowerCase() !== 'wal') throw Object.assign(new Error(`journal mode is ${String(mode)}, not wal`), { code: 'SQLITE_BUSY' });
+      });
+      this.db.pragma(`synchronous = ${opts.synchronous ?? 'FULL'}`);
+      // Schema and migrations in one write transaction: a process that comes second sees them complete.
+      whileBusy(deadline, () => this.db.transaction(() => this.createSchema()).immediate());
+    } catch (err) {
+      this.db.close();
+      throw err;
+    }
     const getRecord = this.db.prepare<[string], RecordRow>('SELECT * FROM records WHERE target = ?');
     const putRecord = this.db.prepare(
       'INSERT INTO records (target, request_id, principal, session, expires_at, last_seq, instance, instance_seq, prev_instance) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ' +
@@ -137,6 +153,8 @@ export class SqliteStore extends TxStore {
         return version;
       },
     };
+    // From now on an operation must not hold the event loop while another process has the lock.
+    this.db.pragma(`busy_timeout = ${BUSY_ATTEMPT_MS}`);
   }
 
   protected tx<T>(fn: (tx: Tx) => T): T {
@@ -165,36 +183,39 @@ export class SqliteStore extends TxStore {
   }
 
   /**
-   * Databases written before targets were paged keep each target as one blob in `targets`: move
-   * them to pages once, in one transaction, so no process ever sees half of it.
+   * Create the tables and bring a database written by an older version up to date; runs inside
+   * the opening write transaction, so no process ever sees half of it.
    */
-  private migrate(): void {
+  private createSchema(): void {
+    this.db.exec(`
+      CREATE TABLE IF NOT EXISTS target_versions (target TEXT PRIMARY KEY, size INTEGER NOT NULL, version INTEGER NOT NULL) STRICT;
+      CREATE TABLE IF NOT EXISTS pages (target TEXT NOT NULL, page INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (target, page)) STRICT, WITHOUT ROWID;
+      CREATE TABLE IF NOT EXISTS records (
+        target TEXT PRIMARY KEY, request_id TEXT NOT NULL, principal TEXT NOT NULL, session TEXT NOT NULL,
+        expires_at INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+        instance TEXT NOT NULL DEFAULT '', instance_seq INTEGER NOT NULL DEFAULT 0, prev_instance TEXT NOT NULL DEFAULT '') STRICT;
+      CREATE TABLE IF NOT EXISTS tombstones (target TEXT PRIMARY KEY, list TEXT NOT NULL) STRICT;
+      CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
+    `);
     // Records written before handle instances: add the columns (a record without an instance is
     // resumed only by a takeover, which is what a kept requestId of that time does).
     const cols = this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')").all().map((c) => c.name);
     if (!cols.includes('instance')) {
-      this.db.transaction(() => {
-        const now = this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')").all().map((c) => c.name);
-        if (now.includes('instance')) return;
-        this.db.exec(`ALTER TABLE records ADD COLUMN instance TEXT NOT NULL DEFAULT '';
-          ALTER TABLE records ADD COLUMN instance_seq INTEGER NOT NULL DEFAULT 0;
-          ALTER TABLE records ADD COLUMN prev_instance TEXT NOT NULL DEFAULT '';`);
-      }).immediate();
+      this.db.exec(`ALTER TABLE records ADD COLUMN instance TEXT NOT NULL DEFAULT '';
+        ALTER TABLE records ADD COLUMN instance_seq INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE records ADD COLUMN prev_instance TEXT NOT NULL DEFAULT '';`);
     }
-    const legacy = this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'targets'").get();
-    if (!legacy) return;
-    this.db.transaction(() => {
-      if (!this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'targets'").get()) return;
-      const put = this.db.prepare('INSERT OR REPLACE INTO pages (target, page, data) VALUES (?, ?, ?)');
-      const meta = this.db.prepare('INSERT OR REPLACE INTO target_versions (target, size, version) VALUES (?, ?, ?)');
-      const get = this.db.prepare<[string], { data: Buffer; version: number }>('SELECT data, version FROM targets WHERE target = ?');
-      for (const { target } of this.db.prepare<[], { target: string }>('SELECT target FROM targets').all()) {
-        const r = { target, ...get.get(target)! };
-        for (let p = 0; p * PAGE < r.data.length; p++) put.run(r.target, p, r.data.subarray(p * PAGE, (p + 1) * PAGE));
-        meta.run(r.target, r.data.length, r.version);
-      }
-      this.db.exec('DROP TABLE targets');
-    }).immediate();
+    // Databases written before targets were paged keep each target as one blob in `targets`: move them to pages.
+    if (!this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'targets'").get()) return;
+    const put = this.db.prepare('INSERT OR REPLACE INTO pages (target, page, data) VALUES (?, ?, ?)');
+    const meta = this.db.prepare('INSERT OR REPLACE INTO target_versions (target, size, version) VALUES (?, ?, ?)');
+    const get = this.db.prepare<[string], { data: Buffer; version: number }>('SELECT data, version FROM targets WHERE target = ?');
+    for (const { target } of this.db.prepare<[], { target: string }>('SELECT target FROM targets').all()) {
+      const r = { target, ...get.get(target)! };
+      for (let p = 0; p * PAGE < r.data.length; p++) put.run(r.target, p, r.data.subarray(p * PAGE, (p + 1) * PAGE));
+      meta.run(r.target, r.data.length, r.version);
+    }
+    this.db.exec('DROP TABLE targets');
   }
 
   /** Every target's bytes (for a final check). */
@@ -220,8 +241,25 @@ export class SqliteStore extends TxStore {
   }
 }
 
+const isBusy = (err: unknown) => /^SQLITE_BUSY/.test(String((err as { code?: unknown } | null)?.code));
+
+/** Run `fn` until it does not fail busy, sleeping between tries (only while opening: nothing is served yet). */
+function whileBusy(deadline: number, fn: () => void): void {
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (let delay = 1; ; delay = Math.min(2 * delay, 50)) {
+    try {
+      return fn();
+    } catch (err) {
+      if (!isBusy(err) || Date.now() >= deadline) throw err;
+      Atomics.wait(pause, 0, 0, delay);
+    }
+  }
+}
+
 function toStoreError(err: unknown): unknown {
   const code = (err as { code?: unknown }).code;
+  // Another process holds the write lock: the transaction never began, TxStore may retry it later.
+  if (isBusy(err)) return new StoreBusyError(`sqlite: ${String(code)}: ${(err as Error).message}`);
   if (typeof code === 'string' && UNAVAILABLE_CODES.test(code)) return new StoreUnavailableError(`sqlite: ${code}: ${(err as Error).message}`);
   if (err instanceof TypeError && /database connection is not open/.test(err.message)) return new StoreUnavailableError('sqlite: database is closed');
   return err;

@@ -24,7 +24,7 @@ const ignore = () => undefined;
 
 /** A world for one path: 2 replicas, node-1 (the subject's node) and node-2 (for other writers). */
 async function makeWorld(rec: Recorder, seed: number): Promise<{ world: World; n1: NodeAgent; n2: NodeAgent }> {
-  const world = new World({ seed, replicas: 2, nodes: 2, appsPerNode: 0, holdMs: HOLD_MS, pauseTimeoutMs: PAUSE_TIMEOUT_MS, inspect: rec.inspect, timing: { requestTimeoutMs: 5000 } });
+  const world = new World({ seed, replicas: 2, nodes: 2, appsPerNode: 0, holdMs: HOLD_MS, pauseTimeoutMs: PAUSE_TIMEOUT_MS, inspect: rec.inspect });
   for (let i = 0; i < 2; i++) await world.startReplica(i);
   const n1 = world.startAgent('node-1');
   const n2 = world.startAgent('node-2');
@@ -83,7 +83,7 @@ const appEvents: EventObject[] = [
   { type: 'RESUMING' },
   { type: 'GRANTED' },
   { type: 'DENIED', reason: 'MODIFIED' } as EventObject,
-  { type: 'INVALIDATE', reason: 'SUPERSEDED' } as EventObject,
+  { type: 'REVOKED', reason: 'SUPERSEDED' } as EventObject,
   { type: 'CLOSE' },
   { type: 'CLOSED' },
   { type: 'PAUSE_TIMEOUT' },
@@ -146,7 +146,7 @@ async function driveAppPath(path: MachinePath, onFailure: 'pause' | 'error', see
         world.release('node-1');
         await until(world, () => state() === (type === 'GRANTED' ? 'active' : type === 'DENIED' ? 'invalidated' : 'closed'));
         break;
-      case 'INVALIDATE': {
+      case 'REVOKED': {
         // The application moves: another node opens the target with its requestId.
         const moved = new Application(n2, { name: 'x', env: world.env });
         await settled(world, moved.open(T, { requestId: x!.requestId }));
@@ -329,7 +329,7 @@ const RID = 'r'.repeat(21);
 const appPaths = (['pause', 'error'] as const).flatMap((onFailure) =>
   generatePaths(appHandleMachine, { target: T, mode: 'write', requestId: RID, onFailure, pauseTimeoutMs: PAUSE_TIMEOUT_MS }, appEvents).map((p) => ({ p, onFailure })),
 );
-const sessionPaths = generatePaths(nodeSessionMachine, { replicas: ['a', 'b'], heartbeatIntervalMs: 100, heartbeatTimeoutMs: 100, backoffBaseMs: 20, backoffMaxMs: 400, unavailableFailoverMs: 1500 }, sessionEvents, 60);
+const sessionPaths = generatePaths(nodeSessionMachine, { replicas: ['a', 'b'], heartbeatIntervalMs: 100, backoffBaseMs: 20, backoffMaxMs: 400, unavailableFailoverMs: 1500 }, sessionEvents, 60);
 const replicaPaths = [false, true].flatMap((resume) =>
   generatePaths(replicaHandleMachine, { target: T, requestId: RID, mode: 'write', session: 's', holdMs: HOLD_MS, resume }, replicaEvents).map((p) => ({ p, resume })),
 );

@@ -38,7 +38,7 @@ export const text = (b: Uint8Array) => new TextDecoder().decode(b);
 export const FAST: Omit<LocalClusterOptions, 'dir'> = {
   replicas: 2,
   replica: { holdMs: 400, heartbeatIntervalMs: 100, leaseMs: 300, probeIntervalMs: 50 },
-  node: { heartbeatIntervalMs: 100, heartbeatTimeoutMs: 150, backoffBaseMs: 20, backoffMaxMs: 200 },
+  node: { heartbeatIntervalMs: 100, backoffBaseMs: 20, backoffMaxMs: 200 },
 };
 
 /**

@@ -95,14 +95,14 @@ describe('application handle machine', () => {
 });
 
 describe('node session machine', () => {
-  const sessionInput = { replicas: ['a', 'b'], heartbeatIntervalMs: 100, heartbeatTimeoutMs: 50, backoffBaseMs: 10, backoffMaxMs: 100, unavailableFailoverMs: 1000 };
+  const sessionInput = { replicas: ['a', 'b'], heartbeatIntervalMs: 100, backoffBaseMs: 10, backoffMaxMs: 100, unavailableFailoverMs: 1000 };
 
-  it('detects a silent replica within interval + timeout, then fails over to the next replica', async () => {
+  it('detects a silent replica one interval after an unanswered ping (AGENT_PROBE_INTERVALS), then fails over to the next replica', async () => {
     const clock = simulatedClock();
     const tried: string[] = [];
     let pings = 0;
     const m = nodeSessionMachine.provide({
-      actors: { connect: fromPromise(async ({ input }: { input: { url: string } }) => (tried.push(input.url), { session: 's', replica: input.url })) },
+      actors: { connect: fromPromise(async ({ input }: { input: { url: string } }) => (tried.push(input.url), { session: 's', replica: input.url, heartbeatIntervalMs: 100 })) },
       actions: { sendPing: () => void pings++ },
     });
     const a = createActor(m, { clock, input: sessionInput }).start();
@@ -113,7 +113,9 @@ describe('node session machine', () => {
     a.send({ type: 'HEARD' });
     clock.increment(100);
     expect(pings).toBe(2);
-    clock.increment(50); // no answer to the second ping
+    clock.increment(99); // no answer to the second ping yet
+    expect(a.getSnapshot().matches('connected')).toBe(true);
+    clock.increment(1);
     expect(a.getSnapshot().value).toBe('reconnecting');
     clock.increment(0);
     await new Promise((r) => setImmediate(r));
@@ -125,7 +127,7 @@ describe('node session machine', () => {
     const clock = simulatedClock();
     const calls: string[] = [];
     const m = nodeSessionMachine.provide({
-      actors: { connect: fromPromise(async () => ({ session: 's', replica: 'a' })) },
+      actors: { connect: fromPromise(async () => ({ session: 's', replica: 'a', heartbeatIntervalMs: 100 })) },
       actions: { pauseHandles: () => void calls.push('pause'), resumeHandles: () => void calls.push('resume') },
     });
     const a = createActor(m, { clock, input: sessionInput }).start();

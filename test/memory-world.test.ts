@@ -9,7 +9,7 @@ const memoryCluster = clusters({
   transport: new MemoryNetwork(),
   secret: 's'.repeat(32),
   replica: { holdMs: 100, heartbeatIntervalMs: 50 },
-  node: { heartbeatIntervalMs: 50, heartbeatTimeoutMs: 50, backoffBaseMs: 10 },
+  node: { heartbeatIntervalMs: 50, backoffBaseMs: 10 },
 });
 
 describe('in-memory world', () => {

@@ -1,0 +1,512 @@
+/**
+ * The node agent's protocol, as a pure core in the spirit of raft's Step/Ready: inputs in (SDK calls,
+ * replica frames, session up/down, timer expiries, ticks), intents out (send this frame, keep this
+ * requestId durably, tell this handle, settle this operation, arm this timer). No socket, file,
+ * timer or clock in here; actors/node-agent.ts carries the intents out, keeps and fsyncs before it
+ * sends, and feeds the answers back in.
+ */
+import { isErrorCode, type ErrorCode, type InvalidationReason } from '../errors.js';
+import { REQUEST_TIMEOUT_INTERVALS, type Message, type MessageOf, type ResumeItem } from '../transport/messages.js';
+import { filler, nextState, settleLost, type CoreHandle, type HandleState, type LifecycleEvent, type Op, type Settlement } from './handle.js';
+
+export type Input =
+  /** The SDK opens (or reclaims) a handle; the shell made sure its requestId is not open here. */
+  | { type: 'open'; h: CoreHandle }
+  | { type: 'io'; h: CoreHandle; op: Op }
+  | { type: 'close'; h: CoreHandle }
+  /** The application process died: forget the handle, keep its requestId for when it comes back. */
+  | { type: 'app-gone'; h: CoreHandle }
+  /** The session is up and its storage available: resume what is paused, open what waits. */
+  | { type: 'ready'; session: string }
+  /** The replica said its storage is unavailable: pause, keep the requests in flight. */
+  | { type: 'unavailable' }
+  /** The connection is gone: pause, and every request in flight is lost. */
+  | { type: 'disconnected' }
+  | { type: 'frame'; msg: Message }
+  | { type: 'pause-timeout'; h: CoreHandle }
+  | { type: 'retry' }
+  /** One heartbeat interval passed. */
+  | { type: 'tick' }
+  /** What the node-local file made of the handles' last keep. */
+  | { type: 'kept'; hs: CoreHandle[]; error: string | undefined };
+
+export type Intent =
+  | { kind: 'send'; msg: Message }
+  /** Write the handle's requestId and instance to the node-local file, durably, before any later send. */
+  | { kind: 'keep'; h: CoreHandle }
+  | { kind: 'forget'; requestId: string }
+  | { kind: 'changed'; h: CoreHandle; from: HandleState; to: HandleState; event: LifecycleEvent | 'IO' }
+  | { kind: 'durability'; h: CoreHandle }
+  | { kind: 'opened'; h: CoreHandle }
+  | { kind: 'open-failed'; h: CoreHandle; code: ErrorCode; message: string }
+  | { kind: 'closed'; h: CoreHandle }
+  | { kind: 'settle'; s: Settlement }
+  | { kind: 'pause-timer'; h: CoreHandle; on: boolean }
+  | { kind: 'retry-later' }
+  | { kind: 'drop-session'; why: string }
+  | { kind: 'log'; level: 'debug' | 'info' | 'warn'; msg: string; fields: Record<string, unknown> };
+
+type Pending =
+  | { kind: 'op'; h: CoreHandle; op: Op; tick: number }
+  | { kind: 'open'; h: CoreHandle; tick: number }
+  | { kind: 'close'; h: CoreHandle; tick: number }
+  | { kind: 'resume'; hs: CoreHandle[]; tick: number };
+
+/** A resume batch's size limits, well inside the codec's header limit for the request and its answer. */
+export const RESUME_BATCH = 1000;
+export const RESUME_BATCH_BYTES = 128 * 1024;
+/** JSON punctuation, field names, mode, version and instance of one resume item (or its answer), at most. */
+const RESUME_ITEM_OVERHEAD = 192;
+/** SEQ_GAP answers one write may get before the session is dropped and everything replayed in order. */
+const MAX_RESENDS = 8;
+
+export class AgentCore {
+  readonly handles = new Map<string, CoreHandle>();
+  /** Set while the session is up and its storage available: requests may be sent. */
+  session: string | undefined;
+  private connected = false;
+  private nextId = 1;
+  private ticks = 0;
+  private readonly inflight = new Map<number, Pending>();
+  private out: Intent[] = [];
+  /** Report every I/O call as a lifecycle event too (for the inspector's mirror; off on the hot path). */
+  reportIo = false;
+
+  constructor(readonly node: string) {}
+
+  step(input: Input): Intent[] {
+    this.out = [];
+    switch (input.type) {
+      case 'open':
+        this.open(input.h);
+        break;
+      case 'io':
+        this.io(input.h, input.op);
+        break;
+      case 'close':
+        this.close(input.h);
+        break;
+      case 'app-gone':
+        this.drop(input.h);
+        break;
+      case 'ready':
+        this.session = input.session;
+        this.connected = true;
+        this.round();
+        break;
+      case 'unavailable':
+        this.session = undefined;
+        for (const h of this.handles.values()) this.pause(h);
+        break;
+      case 'disconnected':
+        this.disconnected();
+        break;
+      case 'frame':
+        this.frame(input.msg);
+        break;
+      case 'pause-timeout':
+        if (input.h.state === 'paused' || input.h.state === 'resuming') this.lose(input.h, 'PAUSE_TIMEOUT', 'TIMEOUT', undefined);
+        break;
+      case 'retry':
+        if (this.session) this.round();
+        break;
+      case 'tick':
+        this.tick();
+        break;
+      case 'kept':
+        for (const h of input.hs) {
+          if (this.handles.get(h.requestId) !== h || h.durable === (input.error === undefined)) continue;
+          h.durable = input.error === undefined;
+          this.out.push({ kind: 'durability', h });
+        }
+        break;
+    }
+    return this.out;
+  }
+
+  // ---- The SDK's calls ----
+
+  private open(h: CoreHandle): void {
+    this.handles.set(h.requestId, h);
+    // The instance is on disk before anything that could make the store hold it is sent.
+    this.out.push({ kind: 'keep', h });
+    if (this.session) this.sendOpen(h);
+  }
+
+  private io(h: CoreHandle, op: Op): void {
+    if (this.reportIo) this.out.push({ kind: 'changed', h, from: h.state, to: h.state, event: 'IO' });
+    switch (h.state) {
+      case 'active':
+        h.ops.push(op);
+        return this.sendOp(h, op);
+      case 'paused':
+      case 'resuming':
+        if (h.onFailure === 'error') return this.settle({ op, ok: false, code: 'UNAVAILABLE', message: `${h.target}: storage unavailable and the handle fails fast` });
+        h.ops.push(op);
+        return;
+      case 'invalidated':
+        return this.settle({ op, ok: false, code: h.reason ?? 'MODIFIED', message: `${h.target}: handle invalidated (${h.reason})` });
+      default:
+        return this.settle({ op, ok: false, code: 'CLOSED', message: `${h.target}: handle closed` });
+    }
+  }
+
+  private close(h: CoreHandle): void {
+    if (h.state === 'closing' || h.state === 'closed' || h.state === 'opening') return;
+    this.out.push({ kind: 'forget', requestId: h.requestId });
+    if (h.state === 'active' && this.session) {
+      this.to(h, 'CLOSE');
+      // Writes already sent are answered before the close on the same connection; nothing is queued while active.
+      const id = this.nextId++;
+      h.pending = id;
+      this.inflight.set(id, { kind: 'close', h, tick: this.ticks });
+      this.send({ type: 'close', id, target: h.target, requestId: h.requestId });
+      return;
+    }
+    // Away or invalidated: the record stays until another writer takes the target after the hold period.
+    if (h.state !== 'invalidated') this.to(h, 'CLOSE');
+    this.finishClose(h);
+  }
+
+  private finishClose(h: CoreHandle): void {
+    if (h.state === 'closing') this.to(h, 'CLOSED');
+    else if (h.state !== 'closed') this.to(h, 'CLOSE');
+    this.out.push({ kind: 'pause-timer', h, on: false });
+    this.lostOps(h, 'CLOSED', undefined);
+    this.drop(h);
+    this.out.push({ kind: 'closed', h });
+  }
+
+  /** Forget a handle here (its kept requestId is the caller's business). */
+  private drop(h: CoreHandle): void {
+    if (this.handles.get(h.requestId) === h) this.handles.delete(h.requestId);
+    for (const [id, p] of this.inflight) if (p.kind !== 'resume' && p.h === h) this.inflight.delete(id);
+    h.pending = 0;
+    if (h.state !== 'closed' && h.state !== 'invalidated') this.out.push({ kind: 'pause-timer', h, on: false });
+  }
+
+  // ---- The session ----
+
+  private disconnected(): void {
+    this.session = undefined;
+    this.connected = false;
+    const closing: CoreHandle[] = [];
+    for (const p of this.inflight.values()) if (p.kind === 'close') closing.push(p.h);
+    this.inflight.clear();
+    // A close in flight is done as far as the application is concerned: the lock lapses after the hold.
+    for (const h of closing) this.finishClose(h);
+    for (const h of this.handles.values()) {
+      h.pending = 0;
+      for (const op of h.ops) op.inflight = 0;
+      this.pause(h);
+    }
+  }
+
+  private pause(h: CoreHandle): void {
+    if (h.state !== 'active' && h.state !== 'resuming') return;
+    const from = h.state;
+    this.to(h, 'PAUSED');
+    if (from === 'active') this.out.push({ kind: 'pause-timer', h, on: true });
+    if (h.onFailure === 'error') this.failFast(h);
+  }
+
+  /**
+   * A fail-fast handle's operations fail at once. A write that was sent may have been applied: it
+   * fails OUTCOME_UNKNOWN, and an empty write keeps its seq, so it is either applied already or never.
+   */
+  private failFast(h: CoreHandle): void {
+    const message = `${h.target}: storage unavailable; the handle fails fast (onFailure: 'error')`;
+    const kept: Op[] = [];
+    for (const op of h.ops) {
+      if (!op.settle) kept.push(op);
+      else if (op.kind === 'write' && op.seq > 0) {
+        this.settle({ op, ok: false, code: 'OUTCOME_UNKNOWN', reason: 'UNAVAILABLE', message: `${message}; the write was sent and may have been applied` });
+        kept.push(filler(op.seq));
+      } else this.settle({ op, ok: false, code: 'UNAVAILABLE', message });
+    }
+    h.ops = kept;
+  }
+
+  /** Resume every paused handle in batches that fit a frame, and send the opens that wait. */
+  private round(): void {
+    let batch: CoreHandle[] = [];
+    let items: ResumeItem[] = [];
+    let bytes = 0;
+    for (const h of this.handles.values()) {
+      if (h.state === 'opening' && h.pending === 0) this.sendOpen(h);
+      if (h.state !== 'paused') continue;
+      const item = this.resumeItem(h);
+      const size = RESUME_ITEM_OVERHEAD + h.target.length + h.requestId.length + h.principal.length;
+      if (batch.length > 0 && (batch.length >= RESUME_BATCH || bytes + size > RESUME_BATCH_BYTES)) {
+        this.sendResume(batch, items);
+        batch = [];
+        items = [];
+        bytes = 0;
+      }
+      batch.push(h);
+      items.push(item);
+      bytes += size;
+    }
+    if (batch.length > 0) this.sendResume(batch, items);
+  }
+
+  private resumeItem(h: CoreHandle): ResumeItem {
+    const item: ResumeItem = { target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode };
+    if (h.mode === 'read') item.version = h.version;
+    else {
+      item.instance = h.instance;
+      if (h.takeover) item.takeover = true;
+    }
+    return item;
+  }
+
+  private sendResume(hs: CoreHandle[], items: ResumeItem[]): void {
+    const id = this.nextId++;
+    for (const h of hs) this.to(h, 'RESUMING');
+    this.inflight.set(id, { kind: 'resume', hs, tick: this.ticks });
+    this.send({ type: 'resume', id, items });
+    this.log('info', 'resuming handles', { handles: hs.length });
+  }
+
+  private sendOpen(h: CoreHandle): void {
+    const id = this.nextId++;
+    h.pending = id;
+    this.inflight.set(id, { kind: 'open', h, tick: this.ticks });
+    if (h.how === 'open') this.send({ type: 'open', id, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, instance: h.instance });
+    else this.send({ type: 'resume', id, items: [this.resumeItem(h)] });
+  }
+
+  private sendOp(h: CoreHandle, op: Op): void {
+    if (!this.session) return; // replayed after the resume
+    const id = this.nextId++;
+    op.inflight = id;
+    this.inflight.set(id, { kind: 'op', h, op, tick: this.ticks });
+    if (op.kind === 'read') {
+      this.send({ type: 'read', id, target: h.target, requestId: h.requestId, offset: op.offset, length: op.length });
+      return;
+    }
+    if (op.seq === 0) op.seq = h.nextSeq++;
+    this.send({ type: 'write', id, target: h.target, requestId: h.requestId, seq: op.seq, offset: op.offset, data: op.data! });
+  }
+
+  /** A request unanswered for REQUEST_TIMEOUT_INTERVALS means frames were lost: drop the session, resume, replay. */
+  private tick(): void {
+    this.ticks++;
+    const oldest = this.inflight.values().next().value;
+    if (this.connected && oldest && oldest.tick <= this.ticks - REQUEST_TIMEOUT_INTERVALS) this.out.push({ kind: 'drop-session', why: 'request timeout' });
+  }
+
+  // ---- Frames from the replica ----
+
+  private frame(msg: Message): void {
+    switch (msg.type) {
+      case 'opened': {
+        const p = this.take(msg.id);
+        if (p?.kind === 'open' && p.h.state === 'opening') this.grant(p.h, msg.lastSeq, msg.version);
+        return;
+      }
+      case 'resumed':
+        return this.resumed(msg);
+      case 'written':
+      case 'data':
+        return this.answered(msg);
+      case 'closed': {
+        const p = this.take(msg.id);
+        if (p?.kind === 'close' && p.h.state === 'closing') this.finishClose(p.h);
+        return;
+      }
+      case 'revoked': {
+        const h = this.handles.get(msg.requestId);
+        if (h && h.target === msg.target) this.lose(h, 'REVOKED', msg.reason, msg.lastSeq);
+        return;
+      }
+      case 'error':
+        return this.refused(msg);
+      default:
+        this.log('warn', 'unexpected message from replica', { type: msg.type });
+    }
+  }
+
+  private take(id: number): Pending | undefined {
+    const p = this.inflight.get(id);
+    this.inflight.delete(id);
+    return p;
+  }
+
+  private resumed(msg: MessageOf<'resumed'>): void {
+    const p = this.take(msg.id);
+    if (!p || (p.kind !== 'resume' && p.kind !== 'open')) return;
+    const hs = p.kind === 'resume' ? p.hs : [p.h];
+    let granted = 0;
+    msg.results.forEach((r, i) => {
+      const h = hs[i];
+      // A handle paused again after this resume was sent waits for the next round.
+      if (!h || h.requestId !== r.requestId || h.state !== (p.kind === 'resume' ? 'resuming' : 'opening')) return;
+      if (r.granted) {
+        granted++;
+        return this.grant(h, r.lastSeq ?? 0, r.version);
+      }
+      const reason = r.reason ?? 'MODIFIED';
+      if (h.state === 'opening') return this.failOpen(h, r.code === 'FORBIDDEN' ? 'FORBIDDEN' : reason, `resume of ${h.target} denied: ${r.code ?? reason}`);
+      h.version = r.version;
+      this.lose(h, 'DENIED', reason, r.lastSeq);
+    });
+    if (p.kind === 'resume') this.log('info', 'handles resumed', { granted, of: hs.length });
+  }
+
+  private grant(h: CoreHandle, lastSeq: number, version: number): void {
+    const opening = h.state === 'opening';
+    h.pending = 0;
+    h.takeover = false;
+    h.how = 'resume';
+    h.version = version;
+    this.to(h, opening ? 'OPENED' : 'GRANTED');
+    if (!opening) this.out.push({ kind: 'pause-timer', h, on: false });
+    // Writes the store applied before the failure are acknowledged; the rest are replayed in order
+    // with the seqs they were first sent with, so a late copy of an old frame can never be applied as
+    // another write. A seq the store never saw and no write holds gets a filler, so nothing waits on it.
+    const ops: Op[] = [];
+    let expected = lastSeq + 1;
+    for (const op of h.ops) {
+      if (op.kind === 'write' && op.seq > 0 && op.seq <= lastSeq) {
+        if (op.settle) this.settle({ op, ok: true, value: { version } });
+        continue;
+      }
+      if (op.kind === 'write' && op.seq > 0) {
+        while (op.seq > expected) ops.push(filler(expected++));
+        expected = op.seq + 1;
+      }
+      op.inflight = 0;
+      ops.push(op);
+    }
+    h.ops = ops;
+    h.nextSeq = Math.max(h.nextSeq, expected);
+    if (opening) this.out.push({ kind: 'opened', h });
+    else this.log('debug', 'handle resumed', { app: h.app, target: h.target, requestId: h.requestId, lastSeq, replayed: ops.length });
+    for (const op of ops) this.sendOp(h, op);
+  }
+
+  private answered(msg: MessageOf<'written'> | MessageOf<'data'>): void {
+    const p = this.take(msg.id);
+    if (p?.kind !== 'op') return;
+    const { h, op } = p;
+    const i = h.ops.indexOf(op);
+    if (i < 0) return;
+    h.ops.splice(i, 1);
+    if (msg.type === 'data') h.version = msg.version;
+    if (op.settle) this.settle({ op, ok: true, value: msg.type === 'data' ? { version: msg.version, data: msg.data } : { version: msg.version } });
+  }
+
+  private refused(msg: MessageOf<'error'>): void {
+    const p = msg.id === undefined ? undefined : this.take(msg.id);
+    const code: ErrorCode = isErrorCode(msg.code) ? msg.code : 'INTERNAL';
+    if (!p) return this.log('warn', 'error from replica', { code, message: msg.message });
+    if (p.kind === 'resume') {
+      // The whole resume failed (the store went away): the handles wait for the next round.
+      for (const h of p.hs) if (h.state === 'resuming') this.pause(h);
+      return this.retryLater();
+    }
+    const h = p.h;
+    if (this.handles.get(h.requestId) !== h) return;
+    if (p.kind === 'open') {
+      h.pending = 0;
+      // LOCKED is retryable for the application (wait and retry), not something to retry blindly here.
+      if (code === 'UNAVAILABLE') return this.retryLater();
+      return this.failOpen(h, code, msg.message);
+    }
+    if (p.kind === 'close') return this.finishClose(h);
+    const op = p.op;
+    op.inflight = 0;
+    if (code === 'SEQ_GAP' && h.state === 'active') {
+      // An earlier seq had not arrived (a filler or a replay is on its way): send this one again after it.
+      if (++op.resends > MAX_RESENDS) return void this.out.push({ kind: 'drop-session', why: `write seq ${op.seq} of ${h.target} kept arriving before its predecessor` });
+      return this.sendOp(h, op);
+    }
+    if (msg.retryable) {
+      // Kept; the handle pauses and is resumed (and the operation replayed) in the next round.
+      this.pause(h);
+      return this.retryLater();
+    }
+    if (code === 'MODIFIED' || code === 'SUPERSEDED' || code === 'NOT_OPEN') {
+      const reason: InvalidationReason = code === 'NOT_OPEN' ? 'CLOSED_BY_STORAGE' : code;
+      this.remove(h, op);
+      // The refused operation itself was not applied, and its session is fenced for good.
+      if (op.settle) this.settle({ op, ok: false, code: reason, message: `${h.target}: ${msg.message}` });
+      return this.lose(h, h.state === 'active' ? 'REVOKED' : 'DENIED', reason, msg.lastSeq);
+    }
+    // Refused on its own (a bad argument, a size limit): it fails alone. A write's seq goes to a
+    // filler, so the next write follows in order (L3) and this one can never be applied later (S5).
+    if (op.settle) this.settle({ op, ok: false, code, message: msg.message });
+    const i = h.ops.indexOf(op);
+    if (op.kind === 'read' || i < 0) return this.remove(h, op);
+    const f = filler(op.seq);
+    h.ops[i] = f;
+    if (h.state === 'active') this.sendOp(h, f);
+  }
+
+  private remove(h: CoreHandle, op: Op): void {
+    const i = h.ops.indexOf(op);
+    if (i >= 0) h.ops.splice(i, 1);
+  }
+
+  // ---- Endings ----
+
+  private failOpen(h: CoreHandle, code: ErrorCode, message: string): void {
+    this.to(h, 'OPEN_FAILED');
+    this.out.push({ kind: 'forget', requestId: h.requestId });
+    this.drop(h);
+    this.out.push({ kind: 'open-failed', h, code, message });
+  }
+
+  /** The handle lost the target: invalidated, its requestId forgotten, its operations settled truthfully. */
+  private lose(h: CoreHandle, event: 'DENIED' | 'REVOKED' | 'PAUSE_TIMEOUT', reason: InvalidationReason, lastSeq: number | undefined): void {
+    if (h.state === 'opening') return this.failOpen(h, reason, `${h.target}: ${reason}`);
+    if (h.state !== 'active' && h.state !== 'paused' && h.state !== 'resuming') return;
+    // The lifecycle reaches `invalidated` from `paused` only through `resuming`.
+    if (h.state === 'paused' && event !== 'PAUSE_TIMEOUT') this.to(h, 'RESUMING');
+    h.reason = reason;
+    this.to(h, h.state === 'active' ? 'REVOKED' : event === 'PAUSE_TIMEOUT' ? 'PAUSE_TIMEOUT' : 'DENIED');
+    this.log('warn', 'handle invalidated', { app: h.app, target: h.target, requestId: h.requestId, reason });
+    this.out.push({ kind: 'forget', requestId: h.requestId });
+    this.out.push({ kind: 'pause-timer', h, on: false });
+    this.lostOps(h, reason, lastSeq);
+    this.drop(h);
+  }
+
+  private lostOps(h: CoreHandle, code: ErrorCode, lastSeq: number | undefined): void {
+    const s: Settlement[] = [];
+    settleLost(h, code, lastSeq, s);
+    for (const x of s) this.out.push({ kind: 'settle', s: x });
+  }
+
+  // ---- Helpers ----
+
+  private to(h: CoreHandle, event: LifecycleEvent): void {
+    const next = nextState(h.state, event);
+    if (next === undefined) throw new Error(`handle lifecycle: no ${event} from ${h.state} (${h.target})`);
+    const from = h.state;
+    h.state = next;
+    this.out.push({ kind: 'changed', h, from, to: next, event });
+  }
+
+  private settle(s: Settlement): void {
+    this.out.push({ kind: 'settle', s });
+  }
+
+  private send(msg: Message): void {
+    this.out.push({ kind: 'send', msg });
+  }
+
+  private retryLater(): void {
+    this.out.push({ kind: 'retry-later' });
+  }
+
+  private log(level: 'debug' | 'info' | 'warn', msg: string, fields: Record<string, unknown>): void {
+    this.out.push({ kind: 'log', level, msg, fields });
+  }
+
+  /** Operations in flight, for status views and tests. */
+  get inflightCount(): number {
+    return this.inflight.size;
+  }
+}

@@ -1,0 +1,132 @@
+/**
+ * A handle as the node agent's core holds it: plain data, stepped by a reducer over the SPEC's
+ * handle lifecycle. `machines/app-handle.ts` draws the same lifecycle as an XState machine (the
+ * inspector shows it, and the generated-path tests drive the core through every transition of it);
+ * `nextState` is the one place the node side decides a handle's state.
+ */
+import type { ErrorCode, InvalidationReason } from '../errors.js';
+import type { Mode } from '../transport/messages.js';
+
+/** A handle's state, the same words on every side (SPEC "Handle lifecycle"). */
+export type HandleState = 'opening' | 'active' | 'paused' | 'resuming' | 'invalidated' | 'closing' | 'closed';
+
+/** Lifecycle events: the event names of machines/app-handle.ts. */
+export type LifecycleEvent = 'OPENED' | 'OPEN_FAILED' | 'PAUSED' | 'RESUMING' | 'GRANTED' | 'DENIED' | 'REVOKED' | 'CLOSE' | 'CLOSED' | 'PAUSE_TIMEOUT';
+
+const LIFECYCLE: Record<HandleState, Partial<Record<LifecycleEvent, HandleState>>> = {
+  opening: { OPENED: 'active', OPEN_FAILED: 'closed' },
+  active: { PAUSED: 'paused', REVOKED: 'invalidated', CLOSE: 'closing' },
+  paused: { RESUMING: 'resuming', CLOSE: 'closed', PAUSE_TIMEOUT: 'invalidated' },
+  resuming: { GRANTED: 'active', DENIED: 'invalidated', PAUSED: 'paused', CLOSE: 'closed', PAUSE_TIMEOUT: 'invalidated' },
+  invalidated: { CLOSE: 'closed' },
+  closing: { CLOSED: 'closed' },
+  closed: {},
+};
+
+/** The state `event` leads to from `state`, or undefined if the lifecycle has no such transition. */
+export function nextState(state: HandleState, event: LifecycleEvent): HandleState | undefined {
+  return LIFECYCLE[state][event];
+}
+
+/** Every transition of the lifecycle, for conformance tests against the drawn machine. */
+export function lifecycleTransitions(): Array<{ from: HandleState; event: LifecycleEvent; to: HandleState }> {
+  return Object.entries(LIFECYCLE).flatMap(([from, on]) =>
+    Object.entries(on).map(([event, to]) => ({ from: from as HandleState, event: event as LifecycleEvent, to: to as HandleState })),
+  );
+}
+
+/** What settling an operation hands back: a write's new target version, a read's bytes. */
+export type OpResult = { version: number; data?: Uint8Array };
+
+/** The promise behind an operation; the core never calls it, it asks the shell to (an intent). */
+export interface Settle {
+  resolve(value: OpResult): void;
+  reject(err: Error): void;
+}
+
+/** One read or write of a handle, from the application's call until its answer. */
+export interface Op {
+  kind: 'write' | 'read';
+  /**
+   * Writes: the sequence number, given when the write is first sent and kept for every replay, so
+   * a write is applied at most once. 0 = never sent (it cannot have been applied).
+   */
+  seq: number;
+  offset: number;
+  /** Write: the bytes (empty for a filler). */
+  data: Uint8Array | undefined;
+  /** Read: how many bytes. */
+  length: number;
+  /** Correlation id of the request carrying it now, 0 if none. */
+  inflight: number;
+  /** SEQ_GAP answers so far: an earlier seq had not arrived yet, so the write is sent again. */
+  resends: number;
+  /** Undefined for a filler: an empty write that keeps the seq of a write refused or given up on. */
+  settle: Settle | undefined;
+}
+
+/** What the shell attaches to a handle to tell its owner (the SDK handle) what happened. */
+export interface HandleOwner {
+  changed(from: HandleState, to: HandleState, event: LifecycleEvent): void;
+  durability(durable: boolean, reason: string | undefined): void;
+}
+
+export interface CoreHandle {
+  readonly app: string;
+  readonly target: string;
+  readonly requestId: string;
+  readonly principal: string;
+  readonly mode: Mode;
+  readonly onFailure: 'pause' | 'error';
+  readonly pauseTimeoutMs: number;
+  /** This handle instance, kept with the requestId so a restarted agent or application resumes as it. */
+  readonly instance: string;
+  /** `open`: a fresh grant. `resume`: reclaim the requestId (as this instance, or taking it over). */
+  how: 'open' | 'resume';
+  /** Take the record over from another instance of the same requestId (until the first grant). */
+  takeover: boolean;
+  state: HandleState;
+  reason: InvalidationReason | undefined;
+  /** The target version last seen (a read handle resumes only if it is unchanged). */
+  version: number;
+  nextSeq: number;
+  /** Operations not yet answered, in issue order: written ones (seq > 0) first, then queued ones. */
+  ops: Op[];
+  /** Correlation id of this handle's open or close in flight, 0 if none. */
+  pending: number;
+  /** False while the node could not write this handle's requestId to its node-local file. */
+  durable: boolean;
+  readonly owner: HandleOwner;
+}
+
+export const EMPTY = new Uint8Array(0);
+
+/** An empty write that takes `seq`: the store applies it (or acknowledges the original) and moves on. */
+export function filler(seq: number): Op {
+  return { kind: 'write', seq, offset: 0, data: EMPTY, length: 0, inflight: 0, resends: 0, settle: undefined };
+}
+
+/** A settlement the core asks for: resolve, or reject with a code (and the reason behind an OUTCOME_UNKNOWN). */
+export type Settlement =
+  | { op: Op; ok: true; value: OpResult }
+  | { op: Op; ok: false; code: ErrorCode; message: string; reason?: ErrorCode | undefined };
+
+/**
+ * Settle every operation of a handle that lost the target (S5). A write that was never sent was not
+ * applied; a sent one was applied iff its seq is at most `lastSeq` (what the store says this instance
+ * applied). Without `lastSeq` the store no longer holds the evidence: OUTCOME_UNKNOWN, with the reason.
+ */
+export function settleLost(h: CoreHandle, code: ErrorCode, lastSeq: number | undefined, out: Settlement[]): void {
+  const message = `${h.target}: handle ${code === 'CLOSED' ? 'closed' : `invalidated (${code})`}`;
+  for (const op of h.ops) {
+    if (!op.settle) continue;
+    if (op.kind === 'read' || op.seq === 0) out.push({ op, ok: false, code, message });
+    else if (lastSeq !== undefined) {
+      if (op.seq <= lastSeq) out.push({ op, ok: true, value: { version: h.version } });
+      else out.push({ op, ok: false, code, message: `${message}; this write was not applied` });
+    } else {
+      out.push({ op, ok: false, code: 'OUTCOME_UNKNOWN', reason: code, message: `${message}; the write was sent, and whether it was applied is no longer known` });
+    }
+  }
+  h.ops = [];
+}
