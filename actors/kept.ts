@@ -310,7 +310,8 @@ export class FileKeptIds extends MemoryKeptIds {
       } catch {
         // The change is durable in the old log, and in the new one if the rename happened. A failure
         // before the rename leaves the old log in use (compaction is tried again on the next change);
-        // one after it marks the log stale, so the next change rewrites it and reports the error.
+        // one after it leaves no log open, so the next change rewrites it (and reports the error if
+        // the disk still fails).
       }
     }
   }

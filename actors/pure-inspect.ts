@@ -71,9 +71,9 @@ export function pureInspector<K>(observer: InspectionObserver | undefined): Pure
       const init = { type: 'xstate.init' };
       emit({ type: '@xstate.actor', actorRef: ref, rootId: ref.rootId });
       emit({ type: '@xstate.event', actorRef: ref, sourceRef: parent, event: init, rootId: ref.rootId });
-      const initial = machine.root.initial?.target ?? [];
-      const taken = settle(initial, active(machine, snapshot.value));
-      if (taken.length > 0) emit({ type: '@xstate.microstep', actorRef: ref, event: init, snapshot, _transitions: taken, rootId: ref.rootId });
+      for (const step of settle(machine.root.initial?.target ?? [], active(machine, snapshot.value))) {
+        emit({ type: '@xstate.microstep', actorRef: ref, event: init, snapshot, _transitions: step, rootId: ref.rootId });
+      }
       emit({ type: '@xstate.snapshot', actorRef: ref, event: init, snapshot, rootId: ref.rootId });
       end(id, ref);
     },
@@ -83,7 +83,8 @@ export function pureInspector<K>(observer: InspectionObserver | undefined): Pure
       const before = ref.snapshot;
       ref.snapshot = snapshot;
       emit({ type: '@xstate.event', actorRef: ref, sourceRef: undefined, event, rootId: ref.rootId });
-      emit({ type: '@xstate.microstep', actorRef: ref, event, snapshot, _transitions: transitionsTaken(ref.logic, before.value, event.type, snapshot.value), rootId: ref.rootId });
+      const steps = transitionsTaken(ref.logic, before.value, event.type, snapshot.value);
+      for (const step of steps.length > 0 ? steps : [[]]) emit({ type: '@xstate.microstep', actorRef: ref, event, snapshot, _transitions: step, rootId: ref.rootId });
       emit({ type: '@xstate.snapshot', actorRef: ref, event, snapshot, rootId: ref.rootId });
       end(id, ref);
     },
@@ -123,17 +124,22 @@ function active(machine: AnyStateMachine, value: StateValue): Map<string, AnySta
   return out;
 }
 
-const within = (t: AnyTransitionDefinition, to: Map<string, AnyStateNode>) => (t.target ?? []).every((n) => to.has(n.id));
+/** Whether entering `nodes` ends, through eventless transitions, in the active nodes `to`. */
+function landsIn(nodes: readonly AnyStateNode[], to: Map<string, AnyStateNode>, depth = 0): boolean {
+  return nodes.every((n) => to.has(n.id) || (depth < 32 && (n.always ?? []).some((t) => landsIn(t.target ?? [], to, depth + 1))));
+}
 
 /**
  * From the state nodes just entered, the eventless transitions that must have been taken to end in
- * the active nodes `to` (the machine's own transition definitions, as XState reports them).
+ * the active nodes `to`, one microstep per round as XState takes them (the machine's own
+ * transition definitions, as XState reports them).
  */
-function settle(entered: readonly AnyStateNode[], to: Map<string, AnyStateNode>): AnyTransitionDefinition[] {
-  const taken: AnyTransitionDefinition[] = [];
+function settle(entered: readonly AnyStateNode[], to: Map<string, AnyStateNode>): AnyTransitionDefinition[][] {
+  const steps: AnyTransitionDefinition[][] = [];
   let frontier = [...entered];
   for (let i = 0; i < 32 && frontier.length > 0; i++) {
     const next: AnyStateNode[] = [];
+    const step: AnyTransitionDefinition[] = [];
     for (const node of frontier) {
       if (to.has(node.id)) {
         // Rested here; a compound node goes on into its initial child, a parallel one into all of them.
@@ -141,25 +147,33 @@ function settle(entered: readonly AnyStateNode[], to: Map<string, AnyStateNode>)
         else next.push(...(node.initial?.target ?? []));
         continue;
       }
-      const t = (node.always ?? []).find((c) => within(c, to));
+      const t = (node.always ?? []).find((c) => landsIn(c.target ?? [], to));
       if (!t) continue;
-      taken.push(t);
+      step.push(t);
       next.push(...(t.target ?? []));
     }
+    if (step.length > 0) steps.push(step);
     frontier = next;
   }
-  return taken;
+  return steps;
 }
 
-/** The transitions a record of `machine` took from `from` on `eventType` to end in `to` (none if it stayed). */
-function transitionsTaken(machine: AnyStateMachine, from: StateValue, eventType: string, to: StateValue): AnyTransitionDefinition[] {
+/**
+ * The microsteps a record of `machine` took from `from` on `eventType` to end in `to`: the event's
+ * transitions (one per parallel region, deepest state first, as XState selects them), then the
+ * eventless ones. None if it stayed where it was.
+ */
+function transitionsTaken(machine: AnyStateMachine, from: StateValue, eventType: string, to: StateValue): AnyTransitionDefinition[][] {
   if (JSON.stringify(from) === JSON.stringify(to)) return [];
   const toNodes = active(machine, to);
-  // Deepest active nodes first, as XState selects transitions.
   const nodes = [...active(machine, from).values()].sort((a, b) => b.path.length - a.path.length);
+  const taken: AnyTransitionDefinition[] = [];
+  const related = (a: AnyStateNode, b: AnyStateNode) => a.id === b.id || a.id.startsWith(`${b.id}.`) || b.id.startsWith(`${a.id}.`);
   for (const node of nodes) {
-    const t = (node.transitions.get(eventType) ?? []).find((c) => c.target !== undefined && within(c, toNodes));
-    if (t) return [t, ...settle(t.target ?? [], toNodes)];
+    if (taken.some((t) => related(t.source, node))) continue;
+    const t = (node.transitions.get(eventType) ?? []).find((c) => c.target !== undefined && landsIn(c.target, toNodes));
+    if (t) taken.push(t);
   }
-  return [];
+  if (taken.length === 0) return [];
+  return [taken, ...settle(taken.flatMap((t) => t.target ?? []), toNodes)];
 }

@@ -367,8 +367,9 @@ export class StorageReplica {
 
   private async onClose(s: Session, msg: MessageOf<'close'>): Promise<void> {
     this.checkMounted();
+    const h = s.handles.get(keyOf(msg.target, msg.requestId));
     await this.store.close({ target: msg.target, requestId: msg.requestId }, s.id);
-    this.step(s.handles.get(keyOf(msg.target, msg.requestId)), { type: 'CLOSE' });
+    this.step(h, { type: 'CLOSE' });
     this.detach(s, msg.target, msg.requestId);
     s.conn.send({ type: 'closed', id: msg.id });
   }

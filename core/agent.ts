@@ -69,6 +69,8 @@ export class AgentCore {
   private ticks = 0;
   private readonly inflight = new Map<number, Pending>();
   private out: Intent[] = [];
+  /** Handles whose requestId the node-local file could not take: kept again on every tick until it does. */
+  private readonly notDurable = new Set<CoreHandle>();
   /** Report every I/O call as a lifecycle event too (for the inspector's mirror; off on the hot path). */
   reportIo = false;
 
@@ -117,6 +119,8 @@ export class AgentCore {
         for (const h of input.hs) {
           if (this.handles.get(h.requestId) !== h || h.durable === (input.error === undefined)) continue;
           h.durable = input.error === undefined;
+          if (h.durable) this.notDurable.delete(h);
+          else this.notDurable.add(h);
           this.out.push({ kind: 'durability', h });
         }
         break;
@@ -292,6 +296,10 @@ export class AgentCore {
   /** A request unanswered for REQUEST_TIMEOUT_INTERVALS means frames were lost: drop the session, resume, replay. */
   private tick(): void {
     this.ticks++;
+    for (const h of this.notDurable) {
+      if (this.handles.get(h.requestId) === h) this.out.push({ kind: 'keep', h });
+      else this.notDurable.delete(h);
+    }
     const oldest = this.inflight.values().next().value;
     if (this.connected && oldest && oldest.tick <= this.ticks - REQUEST_TIMEOUT_INTERVALS) this.out.push({ kind: 'drop-session', why: 'request timeout' });
   }

@@ -71,7 +71,7 @@ export const COMMANDS: Record<string, Handler> = {
       holdMs: a.ms('hold', 500),
       pauseTimeoutMs: a.ms('pause-timeout', 30_000),
       keptOnDisk: true,
-      ...(hb ? { timing: { heartbeatIntervalMs: hb, nodeHeartbeatMs: hb, nodeTimeoutMs: hb } } : {}),
+      ...(hb ? { timing: { heartbeatIntervalMs: hb } } : {}),
     });
   },
 

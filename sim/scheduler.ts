@@ -3,6 +3,7 @@
  * end and checks its history. Safety, then liveness: faults until `faultsUntilMs`, then everything
  * heals and every handle must settle.
  */
+import { seededRandom } from '../actors/env.js';
 import { quiesce } from './clock.js';
 import { check, type Violation } from './checker.js';
 import { tally, type History } from './history.js';
@@ -126,14 +127,7 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
 
 /** Settings drawn from the seed with a separate generator, so they never shift the run's own draws. */
 function seedDraws(seed: number) {
-  let a = (seed ^ 0x9e3779b9) >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = seededRandom((seed ^ 0x9e3779b9) >>> 0);
   return {
     int: (lo: number, hi: number) => lo + Math.floor(next() * (hi - lo + 1)),
     pick: <T>(xs: readonly T[]): T => xs[Math.floor(next() * xs.length)]!,

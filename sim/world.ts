@@ -76,7 +76,8 @@ export interface Proc {
 const SECRET = 'simulation-secret-simulation-secret';
 export const SLOT_BYTES = 32;
 const SLOTS = 8;
-export const TIMING = { heartbeatIntervalMs: 100, leaseMs: 300, renewMs: 100, nodeHeartbeatMs: 100, nodeTimeoutMs: 100, backoffMs: 20, backoffMaxMs: 400, requestTimeoutMs: 600, failoverMs: 1500 };
+/** The replicas' heartbeat interval is the node agents' too (adopted from welcome). */
+export const TIMING = { heartbeatIntervalMs: 100, leaseMs: 300, renewMs: 100, backoffMs: 20, backoffMaxMs: 400, failoverMs: 1500 };
 
 export class World {
   readonly clock = new SimClock();

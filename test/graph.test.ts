@@ -173,7 +173,7 @@ async function driveAppPath(path: MachinePath, onFailure: 'pause' | 'error', see
 // ---- The node agent's session ----
 
 const sessionEvents: EventObject[] = [
-  { type: 'xstate.done.actor.0.session.connecting', output: { session: 's', replica: 'r' } } as EventObject,
+  { type: 'xstate.done.actor.0.session.connecting', output: { session: 's', replica: 'r', heartbeatIntervalMs: 100 } } as EventObject,
   { type: 'xstate.error.actor.0.session.connecting', error: new Error('refused') } as EventObject,
   { type: 'SOCKET_CLOSED' },
   { type: 'HEARD' },

@@ -137,4 +137,14 @@ describe('FileKeptIds on the real disk: acknowledged means fsynced', () => {
     a.close();
     expect(new FileKeptIds(d, 'node-1').list()).toEqual([]);
   }, 60_000);
+
+  it('keeps the file from other users: a directory it creates is 0700, the log 0600', () => {
+    const d = join(dir(), 'data', 'kept');
+    const a = new FileKeptIds(d, 'node-1');
+    a.put(handle(1));
+    a.close();
+    expect(statSync(d).mode & 0o777).toBe(0o700);
+    expect(statSync(join(d, '..')).mode & 0o777).toBe(0o700);
+    expect(statSync(a.path).mode & 0o777).toBe(0o600);
+  });
 });
