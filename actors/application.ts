@@ -10,10 +10,10 @@
  * and their promises live there; this class validates arguments and turns the core's reports into
  * events.
  */
-import { EventEmitter } from 'node:events';
 import { SafeResumeError, type ErrorCode, type InvalidationReason } from '../errors.js';
 import type { CoreHandle, HandleOwner, HandleState, LifecycleEvent, OpResult } from '../core/handle.js';
 import { MAX_IO_BYTES } from '../transport/messages.js';
+import { LazyEmitter } from './emitter.js';
 import { defaultEnv, type Env } from './env.js';
 import type { NodeAgent } from './node-agent.js';
 
@@ -51,12 +51,15 @@ export interface HandleEvents {
 
 const EMPTY = new Uint8Array(0);
 
-export class Handle extends EventEmitter<HandleEvents> implements HandleOwner {
+export class Handle extends LazyEmitter<HandleEvents> implements HandleOwner {
   /** @internal */
   core!: CoreHandle;
 
   /** @internal */
-  constructor(private readonly agent: NodeAgent) {
+  constructor(
+    private readonly agent: NodeAgent,
+    private readonly app: Application,
+  ) {
     super();
   }
 
@@ -92,6 +95,7 @@ export class Handle extends EventEmitter<HandleEvents> implements HandleOwner {
     else if (event === 'GRANTED') this.emit('resumed');
     else if (to === 'invalidated') this.emit('invalidated', this.core.reason ?? 'MODIFIED');
     if (to !== from) this.emit('state', to);
+    if (to === 'closed') this.app.forget(this);
   }
 
   /** @internal */
@@ -153,7 +157,7 @@ export class Application {
     const usable = found && !this.agent.holds(found.requestId) && (!options.mode || options.mode === found.mode) && (!options.requestId || options.requestId === found.requestId);
     const kept = usable ? found : undefined;
     const requestId = options.requestId ?? kept?.requestId ?? this.env.newId();
-    const handle = new Handle(this.agent);
+    const handle = new Handle(this.agent, this);
     const { h, opened } = this.agent.open({
       app: this.name,
       target,
@@ -171,9 +175,13 @@ export class Application {
     });
     handle.core = h;
     await opened;
-    this.handles.add(handle);
-    handle.on('state', (s) => s === 'closed' && this.handles.delete(handle));
+    if (handle.state !== 'closed') this.handles.add(handle);
     return handle;
+  }
+
+  /** @internal A closed handle is no longer the application's. */
+  forget(h: Handle): void {
+    this.handles.delete(h);
   }
 
   list(): Handle[] {

@@ -171,7 +171,27 @@ export class NodeAgent {
   open(p: OpenParams): { h: CoreHandle; opened: Promise<void> } {
     if (this.stopped) throw new SafeResumeError('CLOSED', `node agent ${this.id} is stopped`);
     if (this.core.handles.has(p.requestId)) throw new SafeResumeError('INVALID_ARGUMENT', `requestId ${p.requestId} is already open on ${this.id}`);
-    const h: CoreHandle = { ...p, state: 'opening', reason: undefined, nextSeq: 1, ops: [], pending: 0, durable: true };
+    // Field by field: an object spread here made every handle about 540 bytes bigger (V8 gives it a slow layout).
+    const h: CoreHandle = {
+      app: p.app,
+      target: p.target,
+      requestId: p.requestId,
+      principal: p.principal,
+      mode: p.mode,
+      onFailure: p.onFailure,
+      pauseTimeoutMs: p.pauseTimeoutMs,
+      instance: p.instance,
+      how: p.how,
+      takeover: p.takeover,
+      state: 'opening',
+      reason: undefined,
+      version: p.version,
+      nextSeq: 1,
+      ops: [],
+      pending: 0,
+      durable: true,
+      owner: p.owner,
+    };
     this.mirrors?.add(h);
     const opened = new Promise<void>((resolve, reject) => this.opening.set(h, { resolve, reject }));
     this.step({ type: 'open', h });

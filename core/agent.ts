@@ -7,56 +7,12 @@
  */
 import { isErrorCode, type ErrorCode, type InvalidationReason } from '../errors.js';
 import { REQUEST_TIMEOUT_INTERVALS, type Message, type MessageOf, type ResumeItem } from '../transport/messages.js';
-import { filler, nextState, settleLost, type CoreHandle, type HandleState, type LifecycleEvent, type Op, type Settlement } from './handle.js';
+import { filler, nextState, settleLost, type CoreHandle, type LifecycleEvent, type Op, type Settlement } from './handle.js';
+import type { Input, Intent, Pending } from './intents.js';
+import { afterGrant, resumeBatches, resumeItem } from './resume.js';
 
-export type Input =
-  /** The SDK opens (or reclaims) a handle; the shell made sure its requestId is not open here. */
-  | { type: 'open'; h: CoreHandle }
-  | { type: 'io'; h: CoreHandle; op: Op }
-  | { type: 'close'; h: CoreHandle }
-  /** The application process died: forget the handle, keep its requestId for when it comes back. */
-  | { type: 'app-gone'; h: CoreHandle }
-  /** The session is up and its storage available: resume what is paused, open what waits. */
-  | { type: 'ready'; session: string }
-  /** The replica said its storage is unavailable: pause, keep the requests in flight. */
-  | { type: 'unavailable' }
-  /** The connection is gone: pause, and every request in flight is lost. */
-  | { type: 'disconnected' }
-  | { type: 'frame'; msg: Message }
-  | { type: 'pause-timeout'; h: CoreHandle }
-  | { type: 'retry' }
-  /** One heartbeat interval passed. */
-  | { type: 'tick' }
-  /** What the node-local file made of the handles' last keep. */
-  | { type: 'kept'; hs: CoreHandle[]; error: string | undefined };
+export type { Input, Intent } from './intents.js';
 
-export type Intent =
-  | { kind: 'send'; msg: Message }
-  /** Write the handle's requestId and instance to the node-local file, durably, before any later send. */
-  | { kind: 'keep'; h: CoreHandle }
-  | { kind: 'forget'; requestId: string }
-  | { kind: 'changed'; h: CoreHandle; from: HandleState; to: HandleState; event: LifecycleEvent | 'IO' }
-  | { kind: 'durability'; h: CoreHandle }
-  | { kind: 'opened'; h: CoreHandle }
-  | { kind: 'open-failed'; h: CoreHandle; code: ErrorCode; message: string }
-  | { kind: 'closed'; h: CoreHandle }
-  | { kind: 'settle'; s: Settlement }
-  | { kind: 'pause-timer'; h: CoreHandle; on: boolean }
-  | { kind: 'retry-later' }
-  | { kind: 'drop-session'; why: string }
-  | { kind: 'log'; level: 'debug' | 'info' | 'warn'; msg: string; fields: Record<string, unknown> };
-
-type Pending =
-  | { kind: 'op'; h: CoreHandle; op: Op; tick: number }
-  | { kind: 'open'; h: CoreHandle; tick: number }
-  | { kind: 'close'; h: CoreHandle; tick: number }
-  | { kind: 'resume'; hs: CoreHandle[]; tick: number };
-
-/** A resume batch's size limits, well inside the codec's header limit for the request and its answer. */
-export const RESUME_BATCH = 1000;
-export const RESUME_BATCH_BYTES = 128 * 1024;
-/** JSON punctuation, field names, mode, version and instance of one resume item (or its answer), at most. */
-const RESUME_ITEM_OVERHEAD = 192;
 /** SEQ_GAP answers one write may get before the session is dropped and everything replayed in order. */
 const MAX_RESENDS = 8;
 
@@ -233,35 +189,8 @@ export class AgentCore {
 
   /** Resume every paused handle in batches that fit a frame, and send the opens that wait. */
   private round(): void {
-    let batch: CoreHandle[] = [];
-    let items: ResumeItem[] = [];
-    let bytes = 0;
-    for (const h of this.handles.values()) {
-      if (h.state === 'opening' && h.pending === 0) this.sendOpen(h);
-      if (h.state !== 'paused') continue;
-      const item = this.resumeItem(h);
-      const size = RESUME_ITEM_OVERHEAD + h.target.length + h.requestId.length + h.principal.length;
-      if (batch.length > 0 && (batch.length >= RESUME_BATCH || bytes + size > RESUME_BATCH_BYTES)) {
-        this.sendResume(batch, items);
-        batch = [];
-        items = [];
-        bytes = 0;
-      }
-      batch.push(h);
-      items.push(item);
-      bytes += size;
-    }
-    if (batch.length > 0) this.sendResume(batch, items);
-  }
-
-  private resumeItem(h: CoreHandle): ResumeItem {
-    const item: ResumeItem = { target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode };
-    if (h.mode === 'read') item.version = h.version;
-    else {
-      item.instance = h.instance;
-      if (h.takeover) item.takeover = true;
-    }
-    return item;
+    for (const h of this.handles.values()) if (h.state === 'opening' && h.pending === 0) this.sendOpen(h);
+    for (const { hs, items } of resumeBatches(this.handles.values())) this.sendResume(hs, items);
   }
 
   private sendResume(hs: CoreHandle[], items: ResumeItem[]): void {
@@ -277,7 +206,7 @@ export class AgentCore {
     h.pending = id;
     this.inflight.set(id, { kind: 'open', h, tick: this.ticks });
     if (h.how === 'open') this.send({ type: 'open', id, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, instance: h.instance });
-    else this.send({ type: 'resume', id, items: [this.resumeItem(h)] });
+    else this.send({ type: 'resume', id, items: [resumeItem(h)] });
   }
 
   private sendOp(h: CoreHandle, op: Op): void {
@@ -370,25 +299,9 @@ export class AgentCore {
     h.version = version;
     this.to(h, opening ? 'OPENED' : 'GRANTED');
     if (!opening) this.out.push({ kind: 'pause-timer', h, on: false });
-    // Writes the store applied before the failure are acknowledged; the rest are replayed in order
-    // with the seqs they were first sent with, so a late copy of an old frame can never be applied as
-    // another write. A seq the store never saw and no write holds gets a filler, so nothing waits on it.
-    const ops: Op[] = [];
-    let expected = lastSeq + 1;
-    for (const op of h.ops) {
-      if (op.kind === 'write' && op.seq > 0 && op.seq <= lastSeq) {
-        if (op.settle) this.settle({ op, ok: true, value: { version } });
-        continue;
-      }
-      if (op.kind === 'write' && op.seq > 0) {
-        while (op.seq > expected) ops.push(filler(expected++));
-        expected = op.seq + 1;
-      }
-      op.inflight = 0;
-      ops.push(op);
-    }
-    h.ops = ops;
-    h.nextSeq = Math.max(h.nextSeq, expected);
+    const { applied, replay } = afterGrant(h, lastSeq);
+    for (const op of applied) this.settle({ op, ok: true, value: { version } });
+    const ops = replay;
     if (opening) this.out.push({ kind: 'opened', h });
     else this.log('debug', 'handle resumed', { app: h.app, target: h.target, requestId: h.requestId, lastSeq, replayed: ops.length });
     for (const op of ops) this.sendOp(h, op);

@@ -241,6 +241,8 @@ async function driveSessionPath(path: MachinePath, seed: number): Promise<void> 
 }
 
 // ---- The replica's view of a handle ----
+// A replica keeps its handles as records stepped by stepReplicaHandle, not as actors; actors/pure-inspect.ts
+// reports them with the inspection events an actor of replicaHandleMachine would emit, which the recorder follows.
 
 const replicaEvents: EventObject[] = [
   { type: 'SESSION_LOST' },
