@@ -99,6 +99,33 @@ export interface CoreHandle {
   readonly owner: HandleOwner;
 }
 
+/** What the SDK gives to open a handle; the core's own fields start empty. */
+export type OpenParams = Pick<CoreHandle, 'app' | 'target' | 'requestId' | 'principal' | 'mode' | 'onFailure' | 'pauseTimeoutMs' | 'instance' | 'how' | 'takeover' | 'version' | 'owner'>;
+
+/** A handle about to be opened. Field by field: an object spread gave handles V8's slow layout (~540 bytes more each). */
+export function newHandle(p: OpenParams): CoreHandle {
+  return {
+    app: p.app,
+    target: p.target,
+    requestId: p.requestId,
+    principal: p.principal,
+    mode: p.mode,
+    onFailure: p.onFailure,
+    pauseTimeoutMs: p.pauseTimeoutMs,
+    instance: p.instance,
+    how: p.how,
+    takeover: p.takeover,
+    state: 'opening',
+    reason: undefined,
+    version: p.version,
+    nextSeq: 1,
+    ops: [],
+    pending: 0,
+    durable: true,
+    owner: p.owner,
+  };
+}
+
 export const EMPTY = new Uint8Array(0);
 
 /** An empty write that takes `seq`: the store applies it (or acknowledges the original) and moves on. */
