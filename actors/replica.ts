@@ -502,7 +502,7 @@ export class StorageReplica {
     }
     this.dismounted = kind;
     this.env.log.warn({ kind }, 'store unavailable: dismounted');
-    for (const s of this.sessions.values()) for (const h of s.handles.values()) this.step(h, { type: 'STORE_UNAVAILABLE' });
+    for (const s of this.sessions.values()) for (const h of s.handles.values()) this.step(h, { type: 'STORAGE_UNAVAILABLE' });
     this.broadcast({ type: 'notice', kind: 'unavailable' });
     if (kind === 'auto') this.probe();
   }

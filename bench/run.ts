@@ -436,7 +436,7 @@ export async function runBench(smoke: boolean, log: (l: string) => void, only: r
         log(`memory per handle at ${n} handles`);
         const am = await agentMemory(join(dir, `m${n}`), n);
         const rm = await replicaMemory(n);
-        F.push(figure(`memory.agent.per.handle.${n}`, am, 'bytes', null, null, '<= 4096', am <= 4096));
+        F.push(figure(`memory.agent.per.handle.${n}`, am, 'bytes', null, null, '<= 1024', am <= 1024));
         F.push(figure(`memory.replica.per.handle.${n}`, rm, 'bytes', null, null, '<= 1024', rm <= 1024));
       }
     }

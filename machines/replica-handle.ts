@@ -27,7 +27,7 @@ export interface ReplicaHandleContext extends ReplicaHandleInput {
 
 export type ReplicaHandleEvent =
   | { type: 'SESSION_LOST' }
-  | { type: 'STORE_UNAVAILABLE' }
+  | { type: 'STORAGE_UNAVAILABLE' }
   | { type: 'RESUME'; session: string }
   | { type: 'GRANTED' }
   | { type: 'DENIED'; reason: InvalidationReason }
@@ -60,7 +60,7 @@ export const replicaHandleMachine = setup({
     active: {
       on: {
         SESSION_LOST: 'paused',
-        STORE_UNAVAILABLE: 'paused',
+        STORAGE_UNAVAILABLE: 'paused',
         REVOKED: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
         CLOSE: 'closed',
       },
@@ -120,7 +120,7 @@ export function stepReplicaHandle(h: ReplicaHandleData, event: ReplicaHandleStep
     case 'active':
       switch (event.type) {
         case 'SESSION_LOST':
-        case 'STORE_UNAVAILABLE':
+        case 'STORAGE_UNAVAILABLE':
           h.state = 'paused';
           return true;
         case 'REVOKED':

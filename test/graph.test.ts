@@ -246,7 +246,7 @@ async function driveSessionPath(path: MachinePath, seed: number): Promise<void> 
 
 const replicaEvents: EventObject[] = [
   { type: 'SESSION_LOST' },
-  { type: 'STORE_UNAVAILABLE' },
+  { type: 'STORAGE_UNAVAILABLE' },
   { type: 'RESUME', session: 's' } as EventObject,
   { type: 'GRANTED' },
   { type: 'DENIED', reason: 'MODIFIED' } as EventObject,
@@ -291,7 +291,7 @@ async function driveReplicaPath(path: MachinePath, resume: boolean, seed: number
       await world.runFor(3 * 100 + 100);
       pausedBy = 'session';
       dismounted = here;
-    } else if (type === 'STORE_UNAVAILABLE') {
+    } else if (type === 'STORAGE_UNAVAILABLE') {
       dismounted = serving();
       world.replicas[dismounted]!.dismount();
       await world.runFor(20);

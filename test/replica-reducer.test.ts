@@ -23,7 +23,7 @@ type Snap = SnapshotFrom<typeof replicaHandleMachine>;
 
 const EVENTS: ReplicaHandleStepEvent[] = [
   { type: 'SESSION_LOST' },
-  { type: 'STORE_UNAVAILABLE' },
+  { type: 'STORAGE_UNAVAILABLE' },
   { type: 'RESUME', session: 's2' },
   { type: 'GRANTED' },
   { type: 'DENIED', reason: 'MODIFIED' },
