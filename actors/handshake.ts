@@ -59,7 +59,7 @@ export async function handshake(url: string, o: HandshakeOptions, on: SessionCal
       welcomed = true;
       o.clock.clearTimeout(timer);
       on.welcomed(conn);
-      resolve({ session: msg.session, replica: msg.replica, heartbeatIntervalMs: msg.heartbeatIntervalMs });
+      resolve({ session: msg.session, replica: msg.replica, heartbeatIntervalMs: msg.heartbeatIntervalMs, available: msg.available });
     });
     conn.send({ type: 'hello', v: PROTOCOL_VERSION, secret: o.secret, node: o.node });
   });

@@ -219,8 +219,7 @@ export class StorageReplica {
     const session: Session = { id: this.env.newId(), node: frame.msg.node, conn, handles: new Map(), lastHeardMs: this.env.clock.now(), badFrames: 0, seen: new Set() };
     this.sessions.set(session.id, session);
     this.stats.sessions++;
-    conn.send({ type: 'welcome', session: session.id, replica: this.id, heartbeatIntervalMs: this.heartbeatIntervalMs });
-    if (this.dismounted !== 'no') conn.send({ type: 'notice', kind: 'unavailable' });
+    conn.send({ type: 'welcome', session: session.id, replica: this.id, heartbeatIntervalMs: this.heartbeatIntervalMs, available: this.dismounted === 'no' });
     this.env.log.info({ session: session.id, node: session.node }, 'session opened');
     return session;
   }

@@ -52,9 +52,9 @@ const pct = (xs: number[], p: number) => {
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 
 /** A replica in its own process (as in a real cluster), over memory or the SQLite file in `dir`. */
-export async function replicaProcess(dir: string, store: 'memory' | 'sqlite', opts: { holdMs?: number; groupCommit?: boolean } = {}): Promise<{ url: string; proc: ChildProcess }> {
+export async function replicaProcess(dir: string, store: 'memory' | 'sqlite', opts: { holdMs?: number; groupCommit?: boolean; heartbeatIntervalMs?: number } = {}): Promise<{ url: string; proc: ChildProcess }> {
   const port = await freePort();
-  const cfg = { id: `replica-${port}`, port, dir, store, secret: SECRET, holdMs: opts.holdMs ?? 5000, history: false, pretty: false, groupCommit: opts.groupCommit ?? true };
+  const cfg = { id: `replica-${port}`, port, dir, store, secret: SECRET, holdMs: opts.holdMs ?? 5000, history: false, pretty: false, groupCommit: opts.groupCommit ?? true, ...(opts.heartbeatIntervalMs ? { heartbeatIntervalMs: opts.heartbeatIntervalMs } : {}) };
   const proc = fork(CHILD, ['replica', JSON.stringify(cfg)], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
   await new Promise<void>((resolve, reject) => {
     proc.on('message', (m) => (m as { type?: string }).type === 'ready' && resolve());
@@ -191,8 +191,9 @@ export async function failover(dir: string, n: number, agents: number): Promise<
 /** A silent partition (a fault proxy stops passing bytes): time to pause and to resume elsewhere. */
 async function silentPartition(dir: string, heartbeatMs: number): Promise<{ detect: number; resume: number }> {
   // Both replicas over one SQLite file, so the other one can grant the resume.
-  const a = await replicaProcess(dir, 'sqlite');
-  const b = await replicaProcess(dir, 'sqlite');
+  // The replicas set the heartbeat interval; the agent adopts it (and would refuse another).
+  const a = await replicaProcess(dir, 'sqlite', { heartbeatIntervalMs: heartbeatMs });
+  const b = await replicaProcess(dir, 'sqlite', { heartbeatIntervalMs: heartbeatMs });
   const proxy = FaultProxy.forUrl(a.url);
   const pa = await proxy.listen();
   const { agent, hs } = await agentWith([pa, b.url], 1, { heartbeatIntervalMs: heartbeatMs });

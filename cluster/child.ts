@@ -33,6 +33,8 @@ const ReplicaConfig = z.object({
   inspector: z.string().optional(),
   /** SQLite group commit (default on); the benchmarks turn it off to measure one transaction per write. */
   groupCommit: z.boolean().optional(),
+  /** Advertised to node agents, which adopt it (default 1000 ms). */
+  heartbeatIntervalMs: z.number().int().positive().optional(),
 });
 
 const NodeConfig = z.object({
@@ -88,7 +90,7 @@ async function replica(raw: unknown): Promise<void> {
       ? observedStore(inner, cfg.id, { add: (e) => inner.appendHistory(JSON.stringify({ t: Date.now(), ...e })) })
       : inner;
   const insp = cfg.inspector ? processInspector(`${cfg.inspector}?from=${cfg.id}`) : undefined;
-  const r = new StorageReplica({ id: cfg.id, store, transport: new WebSocketTransport(), secret: cfg.secret, port: cfg.port, holdMs: cfg.holdMs, env: { log, inspect: insp?.inspect } });
+  const r = new StorageReplica({ id: cfg.id, store, transport: new WebSocketTransport(), secret: cfg.secret, port: cfg.port, holdMs: cfg.holdMs, ...(cfg.heartbeatIntervalMs ? { heartbeatIntervalMs: cfg.heartbeatIntervalMs } : {}), env: { log, inspect: insp?.inspect } });
   await r.start();
   process.on('message', (m) => {
     const cmd = ChildCommand.safeParse(m);

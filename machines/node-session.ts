@@ -40,7 +40,17 @@ export interface Connected {
   session: string;
   replica: string;
   heartbeatIntervalMs: number;
+  /** False if the replica's store was away when it welcomed us: nothing is resumed until it is back. */
+  available: boolean;
 }
+
+const adopt = assign<SessionContext, { type: string; output: Connected }, undefined, SessionEvent, never>({
+  session: ({ event }) => event.output.session,
+  replica: ({ event }) => event.output.replica,
+  heartbeatIntervalMs: ({ event }) => event.output.heartbeatIntervalMs,
+  attempt: 0,
+  lastError: undefined,
+});
 
 export type SessionEvent =
   | { type: 'SOCKET_CLOSED'; reason?: string }
@@ -94,16 +104,12 @@ export const nodeSessionMachine = setup({
       invoke: {
         src: 'connect',
         input: ({ context }) => ({ url: context.replicas[context.index] ?? '' }),
-        onDone: {
-          target: 'connected',
-          actions: assign({
-            session: ({ event }) => event.output.session,
-            replica: ({ event }) => event.output.replica,
-            heartbeatIntervalMs: ({ event }) => event.output.heartbeatIntervalMs,
-            attempt: 0,
-            lastError: undefined,
-          }),
-        },
+        onDone: [
+          // Welcomed by a replica whose store is away: wait in `unavailable` (and fail over after a
+          // while) instead of sending resumes it can only refuse.
+          { guard: ({ event }) => !event.output.available, target: '#session.connected.storage.unavailable', actions: adopt },
+          { target: 'connected', actions: adopt },
+        ],
         onError: {
           target: 'failed',
           actions: assign({ lastError: ({ event }) => (event.error instanceof Error ? event.error.message : String(event.error)) }),

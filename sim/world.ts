@@ -407,6 +407,8 @@ export class World {
 
   /** Let the world run for `ms` of simulated time, every timer and message in order. */
   async runFor(ms: number): Promise<void> {
+    // What the caller just did may still be in promise jobs (a node agent sends at the end of the turn).
+    await quiesce();
     const until = this.clock.now() + ms;
     for (;;) {
       const due = this.clock.nextDue();

@@ -97,6 +97,35 @@ const resumeAlwaysUnavailable = storeWith(() => ({
   },
 }));
 
+/**
+ * A network that delivers every write to the replica twice, the second time under another request id
+ * (so the replica's duplicate filter does not catch it): only the store's seq check stands between it
+ * and a write applied twice.
+ */
+function duplicatesWrites(inner: Transport): Transport {
+  const wrap = (c: Connection): Connection =>
+    new Proxy(c, {
+      get(target, prop, receiver) {
+        if (prop === 'onFrame') {
+          return (cb: Parameters<Connection['onFrame']>[0]) =>
+            target.onFrame((frame) => {
+              cb(frame);
+              if (frame.ok && frame.msg.type === 'write') cb({ ...frame, msg: { ...frame.msg, id: frame.msg.id + 1_000_000_000 } });
+            });
+        }
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+  return {
+    connect: (url, opts) => inner.connect(url, opts),
+    listen: async (opts) => {
+      const l = await inner.listen(opts);
+      return { url: l.url, close: () => l.close(), onConnection: (cb) => l.onConnection((c) => cb(wrap(c))) };
+    },
+  };
+}
+
 /** A transport on which the replica's answers to reads are lost, every time. */
 function losesReadReplies(inner: Transport): Transport {
   const wrap = (c: Connection): Connection =>
@@ -142,8 +171,14 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
   }, 120_000);
 
   it('S4: a store whose seq check is off', async () => {
-    // Only a reordering, duplicating link makes a replayed sequence number reach the store.
-    expect(await findViolation('S4', { makeStore: seqCheckOff, kinds: kinds('lossy-link'), faultMs: [1500, 3000], faults: 8 }, 80)).toBeDefined();
+    // The node agent never sends one seq twice on a session, so the network does it for the test.
+    expect(await findViolation('S4', { makeStore: seqCheckOff, replicaTransport: duplicatesWrites, faults: 0 })).toBeDefined();
+  }, 120_000);
+
+  it('S4: the correct store applies each write once on the same duplicating network', async () => {
+    const r = await runSchedule(1, { replicaTransport: duplicatesWrites, faults: 0 });
+    expect(r.writesAcked).toBeGreaterThan(0);
+    expect(r.violations).toEqual([]);
   }, 120_000);
 
   it('L1: a store that denies every resume', async () => {

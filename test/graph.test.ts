@@ -173,7 +173,8 @@ async function driveAppPath(path: MachinePath, onFailure: 'pause' | 'error', see
 // ---- The node agent's session ----
 
 const sessionEvents: EventObject[] = [
-  { type: 'xstate.done.actor.0.session.connecting', output: { session: 's', replica: 'r', heartbeatIntervalMs: 100 } } as EventObject,
+  { type: 'xstate.done.actor.0.session.connecting', output: { session: 's', replica: 'r', heartbeatIntervalMs: 100, available: true } } as EventObject,
+  { type: 'xstate.done.actor.0.session.connecting', output: { session: 's', replica: 'r', heartbeatIntervalMs: 100, available: false } } as EventObject,
   { type: 'xstate.error.actor.0.session.connecting', error: new Error('refused') } as EventObject,
   { type: 'SOCKET_CLOSED' },
   { type: 'HEARD' },
@@ -203,7 +204,10 @@ async function driveSessionPath(path: MachinePath, seed: number): Promise<void> 
     const type = events[i]!;
     if (type.startsWith('xstate.done.actor')) {
       for (let r = 0; r < 2; r++) if (!world.replicas[r]) await world.startReplica(r);
-      await until(world, () => agent.machine.getSnapshot().matches('connected'));
+      // Welcomed while the store is away: every replica is dismounted before the agent gets there.
+      const away = (path.steps[i]!.event as { output?: { available?: boolean } }).output?.available === false;
+      if (away) for (const r of world.replicas) r?.dismount();
+      await until(world, () => agent.machine.getSnapshot().matches(away ? { connected: { storage: 'unavailable' } } : 'connected'));
     } else if (type.startsWith('xstate.error.actor')) {
       await until(world, () => agent.machine.getSnapshot().matches('reconnecting'));
     } else if (type === 'SOCKET_CLOSED') {

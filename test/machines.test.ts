@@ -102,7 +102,7 @@ describe('node session machine', () => {
     const tried: string[] = [];
     let pings = 0;
     const m = nodeSessionMachine.provide({
-      actors: { connect: fromPromise(async ({ input }: { input: { url: string } }) => (tried.push(input.url), { session: 's', replica: input.url, heartbeatIntervalMs: 100 })) },
+      actors: { connect: fromPromise(async ({ input }: { input: { url: string } }) => (tried.push(input.url), { session: 's', replica: input.url, heartbeatIntervalMs: 100, available: true as boolean })) },
       actions: { sendPing: () => void pings++ },
     });
     const a = createActor(m, { clock, input: sessionInput }).start();
@@ -127,7 +127,7 @@ describe('node session machine', () => {
     const clock = simulatedClock();
     const calls: string[] = [];
     const m = nodeSessionMachine.provide({
-      actors: { connect: fromPromise(async () => ({ session: 's', replica: 'a', heartbeatIntervalMs: 100 })) },
+      actors: { connect: fromPromise(async () => ({ session: 's', replica: 'a', heartbeatIntervalMs: 100, available: true as boolean })) },
       actions: { pauseHandles: () => void calls.push('pause'), resumeHandles: () => void calls.push('resume') },
     });
     const a = createActor(m, { clock, input: sessionInput }).start();
@@ -135,6 +135,20 @@ describe('node session machine', () => {
     a.send({ type: 'STORAGE_UNAVAILABLE' });
     a.send({ type: 'STORAGE_AVAILABLE' });
     expect(calls).toEqual(['resume', 'pause', 'resume']);
+  });
+
+  it('welcomed by a replica whose store is away, it resumes nothing until the store is back', async () => {
+    const clock = simulatedClock();
+    const calls: string[] = [];
+    const m = nodeSessionMachine.provide({
+      actors: { connect: fromPromise(async () => ({ session: 's', replica: 'a', heartbeatIntervalMs: 100, available: false as boolean })) },
+      actions: { pauseHandles: () => void calls.push('pause'), resumeHandles: () => void calls.push('resume') },
+    });
+    const a = createActor(m, { clock, input: sessionInput }).start();
+    await new Promise((r) => setImmediate(r));
+    expect(a.getSnapshot().matches({ connected: { storage: 'unavailable' } })).toBe(true);
+    a.send({ type: 'STORAGE_AVAILABLE' });
+    expect(calls).toEqual(['pause', 'resume']);
   });
 });
 

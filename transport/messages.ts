@@ -60,7 +60,8 @@ const read = z.object({ type: z.literal('read'), id: corr, target, requestId, of
 const close = z.object({ type: z.literal('close'), id: corr, target, requestId });
 
 // Replica -> node agent
-const welcome = z.object({ type: z.literal('welcome'), session: z.string().min(1).max(64), replica: z.string().min(1).max(128), heartbeatIntervalMs: u53.min(1) });
+/** `available: false`: the replica's store is away right now (as a `notice` would say), so no resume is sent yet. */
+const welcome = z.object({ type: z.literal('welcome'), session: z.string().min(1).max(64), replica: z.string().min(1).max(128), heartbeatIntervalMs: u53.min(1), available: z.boolean() });
 const pong = z.object({ type: z.literal('pong'), t: u53 });
 const opened = z.object({ type: z.literal('opened'), id: corr, version: u53, lastSeq: u53 });
 const resumed = z.object({ type: z.literal('resumed'), id: corr, results: z.array(ResumeResult) });
