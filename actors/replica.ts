@@ -3,24 +3,18 @@
  * serves their handles, renews their locks in one batch per session, starts the hold period when a
  * session is lost, and tells its sessions when its store goes away and comes back (dismount).
  */
-import { SafeResumeError, type ErrorCode, type InvalidationReason } from '../errors.js';
-import {
-  HOLD_PERIOD_ENDED,
-  isFinalReplicaHandleState,
-  replicaHandleInitialState,
-  replicaHandleMachine,
-  stepReplicaHandle,
-  type ReplicaHandleData,
-  type ReplicaHandleState,
-  type ReplicaHandleStepEvent,
-} from '../machines/replica-handle.js';
+import { SafeResumeError, type ErrorCode } from '../errors.js';
+import type { ReplicaHandleStepEvent } from '../machines/replica-handle.js';
 import type { Decoded } from '../transport/codec.js';
 import { DEFAULT_HEARTBEAT_INTERVAL_MS, REPLICA_SILENCE_INTERVALS, type Message, type MessageOf, type ResumeResult } from '../transport/messages.js';
 import { CLOSE, type Connection, type Listener, type Transport } from '../transport/types.js';
 import { StoreUnavailableError, type HandleRef, type Store } from '../store/types.js';
 import { defaultEnv, every, type Env } from './env.js';
 import { secretMatches } from './auth.js';
-import { pureInspector, type PureInspector, type PureSnapshot } from './pure-inspect.js';
+import { pureInspector } from './pure-inspect.js';
+import { HandleRecords, keyOf, view, type HandleRecord, type ReplicaHandleView } from './replica-handles.js';
+
+export type { ReplicaHandleView };
 
 export interface ReplicaOptions {
   id: string;
@@ -44,27 +38,6 @@ export interface ReplicaOptions {
   maxBadFrames?: number;
 }
 
-/**
- * One handle on this replica: the state of machines/replica-handle.ts as plain data, stepped by
- * `stepReplicaHandle`. A record, not an actor: a replica holds 100,000 of them.
- */
-class HandleRecord implements ReplicaHandleData {
-  state: ReplicaHandleState;
-  reason: InvalidationReason | undefined = undefined;
-  /** The hold-period timer (env clock), while paused. */
-  hold: unknown = undefined;
-
-  constructor(
-    readonly target: string,
-    readonly requestId: string,
-    readonly mode: 'read' | 'write',
-    public session: string,
-    resume: boolean,
-  ) {
-    this.state = replicaHandleInitialState(resume);
-  }
-}
-
 interface Session {
   id: string;
   node: string;
@@ -78,16 +51,6 @@ interface Session {
 
 const SEEN_WINDOW = 4096;
 
-export interface ReplicaHandleView {
-  target: string;
-  requestId: string;
-  mode: 'read' | 'write';
-  session: string;
-  node: string;
-  state: string;
-}
-
-const keyOf = (target: string, requestId: string) => `${target}\u0000${requestId}`;
 
 export class StorageReplica {
   readonly id: string;
@@ -96,14 +59,12 @@ export class StorageReplica {
   readonly leaseMs: number;
   readonly heartbeatIntervalMs: number;
   private readonly env: Env;
-  /** Draws the handle records as replica-handle actors, only while an inspection observer is present. */
-  private readonly insp: PureInspector<HandleRecord> | undefined;
+  /** The handles' lifecycle records, and those of lost sessions in their hold period. */
+  private readonly records: HandleRecords;
   private readonly opts: ReplicaOptions;
   private listener: Listener | undefined;
   private readonly sessions = new Map<string, Session>();
   private readonly pending = new Set<Connection>();
-  /** Handles of lost sessions, in their hold period, until resumed here or released. */
-  private readonly orphans = new Map<string, HandleRecord>();
   private stopTimers: Array<() => void> = [];
   private dismounted: 'no' | 'manual' | 'auto' = 'no';
   /** Counters for status views, tests and benchmarks. */
@@ -115,9 +76,9 @@ export class StorageReplica {
     this.id = opts.id;
     this.store = opts.store;
     this.env = defaultEnv(opts.env);
-    this.insp = pureInspector(this.env.inspect);
     this.env.log = this.env.log.child({ actor: opts.id });
     this.holdMs = opts.holdMs ?? 5000;
+    this.records = new HandleRecords(this.env.clock, this.holdMs, pureInspector(this.env.inspect));
     this.leaseMs = opts.leaseMs ?? 3000;
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS;
   }
@@ -155,8 +116,7 @@ export class StorageReplica {
     for (const stop of this.stopTimers) stop();
     this.stopTimers = [];
     for (const s of [...this.sessions.values()]) this.loseSession(s, 'replica stopping', false);
-    for (const h of this.orphans.values()) this.drop(h);
-    this.orphans.clear();
+    this.records.dropOrphans();
     await this.listener?.close();
   }
 
@@ -177,7 +137,7 @@ export class StorageReplica {
     for (const s of this.sessions.values()) {
       for (const h of s.handles.values()) out.push(view(h, s.node));
     }
-    for (const h of this.orphans.values()) out.push(view(h, ''));
+    for (const h of this.records.orphans()) out.push(view(h, ''));
     return out;
   }
 
@@ -375,71 +335,15 @@ export class StorageReplica {
 
   /** The handle's record on this session: an orphan of a lost session resumed here, or a new one. */
   private attach(s: Session, target: string, requestId: string, mode: 'read' | 'write', resume: boolean): HandleRecord {
-    const key = keyOf(target, requestId);
-    const existing = s.handles.get(key);
-    if (existing && !isFinalReplicaHandleState(existing.state)) {
-      this.step(existing, { type: 'RESUME', session: s.id });
-      return existing;
-    }
-    this.drop(existing);
-    const orphan = this.orphans.get(key);
-    if (orphan && resume && orphan.state === 'paused') {
-      this.orphans.delete(key);
-      this.step(orphan, { type: 'RESUME', session: s.id });
-      s.handles.set(key, orphan);
-      return orphan;
-    }
-    this.drop(orphan);
-    this.orphans.delete(key);
-    const h = new HandleRecord(target, requestId, mode, s.id, resume);
-    this.insp?.register(h, replicaHandleMachine, undefined, this.snapshotOf(h));
-    s.handles.set(key, h);
-    return h;
+    return this.records.attach(s.handles, s.id, target, requestId, mode, resume);
   }
 
   private detach(s: Session, target: string, requestId: string): void {
-    const key = keyOf(target, requestId);
-    this.drop(s.handles.get(key));
-    s.handles.delete(key);
+    this.records.detach(s.handles, target, requestId);
   }
 
-  /**
-   * Step a handle's lifecycle (a handle in a final state takes nothing more) and do what the step
-   * asks: the hold period runs, on the env clock, while the handle is paused.
-   */
   private step(h: HandleRecord | undefined, event: ReplicaHandleStepEvent): void {
-    if (!h || isFinalReplicaHandleState(h.state)) return;
-    const from = h.state;
-    stepReplicaHandle(h, event);
-    if (h.state === 'paused' && from !== 'paused') h.hold = this.env.clock.setTimeout(() => this.holdEnded(h), this.holdMs);
-    else if (from === 'paused' && h.state !== 'paused') this.cancelHold(h);
-    this.insp?.update(h, event, this.snapshotOf(h));
-  }
-
-  /** The hold period of a paused handle ran out: it is released, and an orphan is forgotten. */
-  private holdEnded(h: HandleRecord): void {
-    h.hold = undefined;
-    this.step(h, { type: HOLD_PERIOD_ENDED });
-    const key = keyOf(h.target, h.requestId);
-    if (this.orphans.get(key) === h) this.orphans.delete(key);
-  }
-
-  private cancelHold(h: HandleRecord): void {
-    if (h.hold === undefined) return;
-    this.env.clock.clearTimeout(h.hold);
-    h.hold = undefined;
-  }
-
-  /** Forget a handle record: no more timer, and the inspector sees it stop. */
-  private drop(h: HandleRecord | undefined): void {
-    if (!h) return;
-    this.cancelHold(h);
-    this.insp?.stop(h);
-  }
-
-  private snapshotOf(h: HandleRecord): PureSnapshot {
-    const { target, requestId, mode, session, reason } = h;
-    return { value: h.state, status: isFinalReplicaHandleState(h.state) ? 'done' : 'active', context: { target, requestId, mode, session, holdMs: this.holdMs, reason } };
+    this.records.step(h, event);
   }
 
   private loseSession(s: Session, why: string, keepOrphans: boolean): void {
@@ -450,10 +354,8 @@ export class StorageReplica {
     for (const [key, h] of s.handles) {
       if (h.mode === 'write') held.push({ target: h.target, requestId: h.requestId });
       this.step(h, { type: 'SESSION_LOST' });
-      if (keepOrphans && !isFinalReplicaHandleState(h.state)) {
-        this.drop(this.orphans.get(key));
-        this.orphans.set(key, h);
-      } else this.drop(h);
+      if (keepOrphans) this.records.orphan(key, h);
+      else this.records.drop(h);
     }
     s.handles.clear();
     // The hold period starts now: the lock lasts holdMs more, then lapses.
@@ -520,8 +422,4 @@ export class StorageReplica {
   private broadcast(msg: Message): void {
     for (const s of this.sessions.values()) s.conn.send(msg);
   }
-}
-
-function view(h: HandleRecord, node: string): ReplicaHandleView {
-  return { target: h.target, requestId: h.requestId, mode: h.mode, session: h.session, node, state: h.state };
 }

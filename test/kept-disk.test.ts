@@ -3,23 +3,15 @@
  * Acknowledged (the call returned) must mean durable; a failed call must leave no trace in the view.
  */
 import { describe, expect, it } from 'vitest';
+import { seededRandom } from '../actors/env.js';
 import { FileKeptIds, type KeptChanges, type KeptDisk, type KeptHandle } from '../actors/kept.js';
 import { SimDisk } from '../sim/disk.js';
 
 const DIR = '/data/kept';
 const handle = (i: number, instance = 'instance-1'): KeptHandle => ({ app: `app-${i % 3}`, target: `disk-${i}`, requestId: `r${String(i).padStart(24, '0')}`, principal: 'p', mode: 'write', version: 0, instance });
 
-/** mulberry32: a small seeded random, so every run draws the same numbers. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The project's one seeded random, so every run draws the same numbers. */
+const seeded = seededRandom;
 
 /** What the file must hold: the acknowledged changes, applied in order. */
 class Model {

@@ -1,0 +1,150 @@
+/**
+ * A replica's handles: one small record per handle (the state of machines/replica-handle.ts as plain
+ * data, stepped by `stepReplicaHandle`), the hold-period timer of each paused one on the actor clock,
+ * and the handles of lost sessions ("orphans") until they are resumed here or their hold ends. While
+ * an inspector watches, every record is reported as an actor of the machine would be.
+ */
+import type { InvalidationReason } from '../errors.js';
+import {
+  HOLD_PERIOD_ENDED,
+  isFinalReplicaHandleState,
+  replicaHandleInitialState,
+  replicaHandleMachine,
+  stepReplicaHandle,
+  type ReplicaHandleData,
+  type ReplicaHandleState,
+  type ReplicaHandleStepEvent,
+} from '../machines/replica-handle.js';
+import type { ActorClock } from './env.js';
+import type { PureInspector, PureSnapshot } from './pure-inspect.js';
+
+/**
+ * One handle on this replica: the state of machines/replica-handle.ts as plain data, stepped by
+ * `stepReplicaHandle`. A record, not an actor: a replica holds 100,000 of them.
+ */
+export class HandleRecord implements ReplicaHandleData {
+  state: ReplicaHandleState;
+  reason: InvalidationReason | undefined = undefined;
+  /** The hold-period timer (env clock), while paused. */
+  hold: unknown = undefined;
+
+  constructor(
+    readonly target: string,
+    readonly requestId: string,
+    readonly mode: 'read' | 'write',
+    public session: string,
+    resume: boolean,
+  ) {
+    this.state = replicaHandleInitialState(resume);
+  }
+}
+
+export interface ReplicaHandleView {
+  target: string;
+  requestId: string;
+  mode: 'read' | 'write';
+  session: string;
+  node: string;
+  state: string;
+}
+
+export const keyOf = (target: string, requestId: string) => `${target}\u0000${requestId}`;
+
+export function view(h: HandleRecord, node: string): ReplicaHandleView {
+  return { target: h.target, requestId: h.requestId, mode: h.mode, session: h.session, node, state: h.state };
+}
+
+export class HandleRecords {
+  private readonly orphaned = new Map<string, HandleRecord>();
+
+  constructor(
+    private readonly clock: ActorClock,
+    private readonly holdMs: number,
+    private readonly insp: PureInspector<HandleRecord> | undefined,
+  ) {}
+
+  /** The handle's record on a session: an orphan of a lost session resumed here, or a new one. */
+  attach(handles: Map<string, HandleRecord>, session: string, target: string, requestId: string, mode: 'read' | 'write', resume: boolean): HandleRecord {
+    const key = keyOf(target, requestId);
+    const existing = handles.get(key);
+    if (existing && !isFinalReplicaHandleState(existing.state)) {
+      this.step(existing, { type: 'RESUME', session });
+      return existing;
+    }
+    this.drop(existing);
+    const orphan = this.orphaned.get(key);
+    if (orphan && resume && orphan.state === 'paused') {
+      this.orphaned.delete(key);
+      this.step(orphan, { type: 'RESUME', session });
+      handles.set(key, orphan);
+      return orphan;
+    }
+    this.drop(orphan);
+    this.orphaned.delete(key);
+    const h = new HandleRecord(target, requestId, mode, session, resume);
+    this.insp?.register(h, replicaHandleMachine, undefined, this.snapshotOf(h));
+    handles.set(key, h);
+    return h;
+  }
+
+  detach(handles: Map<string, HandleRecord>, target: string, requestId: string): void {
+    const key = keyOf(target, requestId);
+    this.drop(handles.get(key));
+    handles.delete(key);
+  }
+
+  /** Keep the handle of a lost session until it is resumed here or its hold period ends. */
+  orphan(key: string, h: HandleRecord): void {
+    if (isFinalReplicaHandleState(h.state)) return this.drop(h);
+    this.drop(this.orphaned.get(key));
+    this.orphaned.set(key, h);
+  }
+
+  orphans(): Iterable<HandleRecord> {
+    return this.orphaned.values();
+  }
+
+  dropOrphans(): void {
+    for (const h of this.orphaned.values()) this.drop(h);
+    this.orphaned.clear();
+  }
+
+  /**
+   * Step a handle's lifecycle (a handle in a final state takes nothing more) and do what the step
+   * asks: the hold period runs, on the actor clock, while the handle is paused.
+   */
+  step(h: HandleRecord | undefined, event: ReplicaHandleStepEvent): void {
+    if (!h || isFinalReplicaHandleState(h.state)) return;
+    const from = h.state;
+    stepReplicaHandle(h, event);
+    if (h.state === 'paused' && from !== 'paused') h.hold = this.clock.setTimeout(() => this.holdEnded(h), this.holdMs);
+    else if (from === 'paused' && h.state !== 'paused') this.cancelHold(h);
+    this.insp?.update(h, event, this.snapshotOf(h));
+  }
+
+  /** Forget a handle record: no more timer, and the inspector sees it stop. */
+  drop(h: HandleRecord | undefined): void {
+    if (!h) return;
+    this.cancelHold(h);
+    this.insp?.stop(h);
+  }
+
+  /** The hold period of a paused handle ran out: it is released, and an orphan is forgotten. */
+  private holdEnded(h: HandleRecord): void {
+    h.hold = undefined;
+    this.step(h, { type: HOLD_PERIOD_ENDED });
+    const key = keyOf(h.target, h.requestId);
+    if (this.orphaned.get(key) === h) this.orphaned.delete(key);
+  }
+
+  private cancelHold(h: HandleRecord): void {
+    if (h.hold === undefined) return;
+    this.clock.clearTimeout(h.hold);
+    h.hold = undefined;
+  }
+
+  private snapshotOf(h: HandleRecord): PureSnapshot {
+    const { target, requestId, mode, session, reason } = h;
+    return { value: h.state, status: isFinalReplicaHandleState(h.state) ? 'done' : 'active', context: { target, requestId, mode, session, holdMs: this.holdMs, reason } };
+  }
+}
