@@ -97,23 +97,13 @@ const resumeAlwaysUnavailable = storeWith(() => ({
   },
 }));
 
-/**
- * A network that delivers every write to the replica twice, the second time under another request id
- * (so the replica's duplicate filter does not catch it): only the store's seq check stands between it
- * and a write applied twice.
- */
-function duplicatesWrites(inner: Transport): Transport {
+/** A transport whose replica-side connections have one method replaced (the bug). */
+function replicaSide(inner: Transport, prop: 'send' | 'onFrame', replace: (c: Connection) => unknown): Transport {
   const wrap = (c: Connection): Connection =>
     new Proxy(c, {
-      get(target, prop, receiver) {
-        if (prop === 'onFrame') {
-          return (cb: Parameters<Connection['onFrame']>[0]) =>
-            target.onFrame((frame) => {
-              cb(frame);
-              if (frame.ok && frame.msg.type === 'write') cb({ ...frame, msg: { ...frame.msg, id: frame.msg.id + 1_000_000_000 } });
-            });
-        }
-        const v = Reflect.get(target, prop, receiver) as unknown;
+      get(target, p, receiver) {
+        if (p === prop) return replace(target);
+        const v = Reflect.get(target, p, receiver) as unknown;
         return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
       },
     });
@@ -126,24 +116,22 @@ function duplicatesWrites(inner: Transport): Transport {
   };
 }
 
+/**
+ * A network that delivers every write to the replica twice, the second time under another request id
+ * (so the replica's duplicate filter does not catch it): only the store's seq check stands between it
+ * and a write applied twice.
+ */
+const duplicatesWrites = (inner: Transport): Transport =>
+  replicaSide(inner, 'onFrame', (c) => (cb: Parameters<Connection['onFrame']>[0]) =>
+    c.onFrame((frame) => {
+      cb(frame);
+      if (frame.ok && frame.msg.type === 'write') cb({ ...frame, msg: { ...frame.msg, id: frame.msg.id + 1_000_000_000 } });
+    }),
+  );
+
 /** A transport on which the replica's answers to reads are lost, every time. */
-function losesReadReplies(inner: Transport): Transport {
-  const wrap = (c: Connection): Connection =>
-    new Proxy(c, {
-      get(target, prop, receiver) {
-        if (prop === 'send') return (msg: Parameters<Connection['send']>[0]) => (msg.type === 'data' ? true : target.send(msg));
-        const v = Reflect.get(target, prop, receiver) as unknown;
-        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-      },
-    });
-  return {
-    connect: (url, opts) => inner.connect(url, opts),
-    listen: async (opts) => {
-      const l = await inner.listen(opts);
-      return { url: l.url, close: () => l.close(), onConnection: (cb) => l.onConnection((c) => cb(wrap(c))) };
-    },
-  };
-}
+const losesReadReplies = (inner: Transport): Transport =>
+  replicaSide(inner, 'send', (c) => (msg: Parameters<Connection['send']>[0]) => (msg.type === 'data' ? true : c.send(msg)));
 
 /** Run seeds until the checker reports `g`; return the seed that showed it. */
 async function findViolation(g: Guarantee, opts: ScheduleOptions, maxSeeds = 40): Promise<number | undefined> {

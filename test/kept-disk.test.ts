@@ -433,7 +433,8 @@ describe('FileKeptIds on SimDisk: disk errors', () => {
     expect(reopened(sim)).toEqual(acked.sorted());
   });
 
-  it('a compaction that fails after its rename: power lost then keeps every acknowledged change', () => {
+  /** A log whose compaction failed after its rename (the directory fsync), with what was acknowledged. */
+  function compactionFailedAfterRename() {
     const sim = new SimDisk();
     let armed = false;
     const { disk, failures } = failing(sim, 'fsyncDir', () => armed);
@@ -441,23 +442,22 @@ describe('FileKeptIds on SimDisk: disk errors', () => {
     const acked = new Model();
     armed = true;
     churnUntil(k, acked, () => failures() > 0);
+    return { sim, k, acked, disarm: () => (armed = false) };
+  }
+
+  it('a compaction that fails after its rename: power lost then keeps every acknowledged change', () => {
+    const { sim, acked } = compactionFailedAfterRename();
     sim.powerLoss();
     expect(reopened(sim)).toEqual(acked.sorted());
   });
 
   it('a compaction that fails after its rename: the next change rewrites the log, and reports the error while the disk fails', () => {
-    const sim = new SimDisk();
-    let armed = false;
-    const { disk, failures } = failing(sim, 'fsyncDir', () => armed);
-    const k = new FileKeptIds(DIR, 'node-1', disk);
-    const acked = new Model();
-    armed = true;
-    churnUntil(k, acked, () => failures() > 0);
+    const { sim, k, acked, disarm } = compactionFailedAfterRename();
     // The new log's name may not survive power loss: the next change is not appended to it but
     // rewrites the log, and reports the error while the disk fails.
     expect(code(() => k.put(handle(100_000)))).toBe('EIO');
     expect(sortedById(k.list())).toEqual(acked.sorted());
-    armed = false;
+    disarm();
     k.put(handle(100_001));
     acked.apply({ put: [handle(100_001)], remove: [] });
     sim.powerLoss();
