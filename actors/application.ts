@@ -109,7 +109,7 @@ export class Handle extends LazyEmitter<HandleEvents> implements HandleOwner {
     if (!(data instanceof Uint8Array) || data.length > MAX_IO_BYTES) return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', `data must be a Uint8Array of at most ${MAX_IO_BYTES} bytes`));
     const copy = data.slice(); // the caller may reuse its buffer once write() returns
     return new Promise<OpResult>((resolve, reject) => {
-      this.agent.io(this.core, { kind: 'write', seq: 0, offset, data: copy, length: 0, inflight: 0, resends: 0, settle: { resolve, reject } });
+      this.agent.io(this.core, { kind: 'write', seq: 0, offset, data: copy, length: 0, inflight: 0, sent: false, resends: 0, settle: { resolve, reject } });
     });
   }
 
@@ -118,7 +118,7 @@ export class Handle extends LazyEmitter<HandleEvents> implements HandleOwner {
       return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', `offset must be >= 0 and length between 0 and ${MAX_IO_BYTES}`));
     }
     return new Promise<OpResult>((resolve, reject) => {
-      this.agent.io(this.core, { kind: 'read', seq: 0, offset, data: undefined, length, inflight: 0, resends: 0, settle: { resolve, reject } });
+      this.agent.io(this.core, { kind: 'read', seq: 0, offset, data: undefined, length, inflight: 0, sent: false, resends: 0, settle: { resolve, reject } });
     }).then((r) => r.data ?? EMPTY);
   }
 
@@ -169,7 +169,7 @@ export class Application {
       // A kept requestId resumes as the instance it was; an explicit one takes over as a new instance.
       instance: kept?.instance ?? this.env.newId(),
       how: options.requestId || kept ? 'resume' : 'open',
-      takeover: kept ? !kept.instance : Boolean(options.requestId),
+      takeover: kept ? (kept.takeover ?? !kept.instance) : Boolean(options.requestId),
       version: kept?.version ?? 0,
       owner: handle,
     });

@@ -18,6 +18,8 @@ export interface KeptHandle {
   version: number;
   /** Write handles: the handle instance (see ResumeItem.instance). Entries from before instances have none. */
   instance?: string;
+  /** The instance is taking the requestId over and the store has not granted it yet. */
+  takeover?: boolean;
 }
 
 /** One batch of changes: the puts first, then the removals, written and fsynced together. */
@@ -208,6 +210,7 @@ export class MemoryKeptIds implements KeptIds {
 function copy(h: KeptHandle): KeptHandle {
   const c: KeptHandle = { app: h.app, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, version: h.version };
   if (h.instance !== undefined) c.instance = h.instance;
+  if (h.takeover) c.takeover = true;
   return c;
 }
 

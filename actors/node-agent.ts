@@ -58,6 +58,8 @@ export class NodeAgent {
   private retryTimer: unknown;
   private watchdog: unknown;
   private diskError: string | undefined;
+  /** requestIds whose removal the node-local file did not take; tried again with every later write and tick. */
+  private readonly unforgotten = new Set<string>();
   private started = false;
   private stopped = false;
   private startWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
@@ -122,6 +124,7 @@ export class NodeAgent {
     this.watchdog = this.env.clock.setTimeout(() => {
       if (this.stopped) return;
       this.step({ type: 'tick' });
+      if (this.unforgotten.size > 0 && !this.flushing) this.persist(new Map());
       this.tick();
     }, this.session.getSnapshot().context.heartbeatIntervalMs);
   }
@@ -243,13 +246,15 @@ export class NodeAgent {
   private persist(last: Map<string, CoreHandle | null>): void {
     const put: CoreHandle[] = [];
     const removed: string[] = [];
+    for (const id of this.unforgotten) if (!last.has(id)) last.set(id, null);
     for (const [id, h] of last) (h ? put.push(h) : removed.push(id));
     try {
       this.kept.apply({
-        put: put.map((h) => ({ app: h.app, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, version: h.version, instance: h.instance })),
+        put: put.map((h) => ({ app: h.app, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, version: h.version, instance: h.instance, ...(h.takeover ? { takeover: true } : {}) })),
         remove: removed,
       });
       this.diskError = undefined;
+      this.unforgotten.clear();
       const recovered = put.filter((h) => !h.durable);
       if (recovered.length > 0) this.step({ type: 'kept', hs: recovered, error: undefined });
     } catch (err) {
@@ -257,6 +262,7 @@ export class NodeAgent {
       const code = (err as { code?: unknown }).code;
       this.diskError = typeof code === 'string' ? code : String(err);
       this.env.log.error({ err: String(err), handles: put.length, removed: removed.length }, 'could not write the node-local requestId file');
+      for (const id of removed) this.unforgotten.add(id);
       if (put.length > 0) this.step({ type: 'kept', hs: put, error: this.diskError });
     }
   }

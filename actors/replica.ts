@@ -306,8 +306,9 @@ export class StorageReplica {
       this.step(h, { type: 'REVOKED', reason: res.code });
       this.detach(s, msg.target, msg.requestId);
     }
-    if (res.lastSeq !== undefined) return this.reply(s.conn, msg.id, res.code, res.message, res.lastSeq);
-    throw new SafeResumeError(res.code, res.message);
+    // Answered here, not thrown to `guard`: a throw takes more promise turns, and a refusal must
+    // reach the agent in store order (before the answer to a close sent after it, for one).
+    this.reply(s.conn, msg.id, res.code, res.message, res.lastSeq);
   }
 
   private async onRead(s: Session, msg: MessageOf<'read'>): Promise<void> {
@@ -321,7 +322,7 @@ export class StorageReplica {
     }
     this.step(h, { type: 'REVOKED', reason: res.code });
     this.detach(s, msg.target, msg.requestId);
-    throw new SafeResumeError(res.code, res.message);
+    this.reply(s.conn, msg.id, res.code, res.message);
   }
 
   private async onClose(s: Session, msg: MessageOf<'close'>): Promise<void> {

@@ -180,7 +180,8 @@ export class AgentCore {
     for (const op of h.ops) {
       if (!op.settle) kept.push(op);
       else if (op.kind === 'write' && op.seq > 0) {
-        this.settle({ op, ok: false, code: 'OUTCOME_UNKNOWN', reason: 'UNAVAILABLE', message: `${message}; the write was sent and may have been applied` });
+        if (op.sent) this.settle({ op, ok: false, code: 'OUTCOME_UNKNOWN', reason: 'UNAVAILABLE', message: `${message}; the write was sent and may have been applied` });
+        else this.settle({ op, ok: false, code: 'UNAVAILABLE', message });
         kept.push(filler(op.seq));
       } else this.settle({ op, ok: false, code: 'UNAVAILABLE', message });
     }
@@ -213,6 +214,7 @@ export class AgentCore {
     if (!this.session) return; // replayed after the resume
     const id = this.nextId++;
     op.inflight = id;
+    op.sent = true;
     this.inflight.set(id, { kind: 'op', h, op, tick: this.ticks });
     if (op.kind === 'read') {
       this.send({ type: 'read', id, target: h.target, requestId: h.requestId, offset: op.offset, length: op.length });
@@ -277,8 +279,16 @@ export class AgentCore {
     let granted = 0;
     msg.results.forEach((r, i) => {
       const h = hs[i];
+      if (!h || h.requestId !== r.requestId) return;
+      if (this.handles.get(h.requestId) !== h) {
+        // Gone while its resume was in flight. Closed or timed out: a grant it no longer wants would
+        // hold the lock for as long as the session lives, so let it go. An application that died
+        // keeps it: it comes back for it with the same requestId.
+        if (r.granted && (h.state === 'closed' || h.state === 'invalidated')) this.send({ type: 'close', id: this.nextId++, target: h.target, requestId: h.requestId });
+        return;
+      }
       // A handle paused again after this resume was sent waits for the next round.
-      if (!h || h.requestId !== r.requestId || h.state !== (p.kind === 'resume' ? 'resuming' : 'opening')) return;
+      if (h.state !== (p.kind === 'resume' ? 'resuming' : 'opening')) return;
       if (r.granted) {
         granted++;
         return this.grant(h, r.lastSeq ?? 0, r.version);
@@ -294,6 +304,8 @@ export class AgentCore {
   private grant(h: CoreHandle, lastSeq: number, version: number): void {
     const opening = h.state === 'opening';
     h.pending = 0;
+    // A takeover is kept as one until the store grants it (a restart in between takes over again).
+    if (h.takeover) this.out.push({ kind: 'keep', h: h });
     h.takeover = false;
     h.how = 'resume';
     h.version = version;
@@ -337,7 +349,12 @@ export class AgentCore {
     }
     if (p.kind === 'close') return this.finishClose(h);
     const op = p.op;
-    op.inflight = 0;
+    // The store answered this copy with a refusal: it was not applied (and an older copy, on a session
+    // since lost, was either acknowledged by the grant that replayed it or never applied).
+    if (op.inflight === msg.id) {
+      op.inflight = 0;
+      op.sent = false;
+    }
     if (code === 'SEQ_GAP' && h.state === 'active') {
       // An earlier seq had not arrived (a filler or a replay is on its way): send this one again after it.
       if (++op.resends > MAX_RESENDS) return void this.out.push({ kind: 'drop-session', why: `write seq ${op.seq} of ${h.target} kept arriving before its predecessor` });

@@ -59,6 +59,11 @@ export interface Op {
   length: number;
   /** Correlation id of the request carrying it now, 0 if none. */
   inflight: number;
+  /**
+   * A copy of it may have been applied: sent on the current session and not refused. False for
+   * one never sent, or whose only copy the store refused (then it was certainly not applied).
+   */
+  sent: boolean;
   /** SEQ_GAP answers so far: an earlier seq had not arrived yet, so the write is sent again. */
   resends: number;
   /** Undefined for a filler: an empty write that keeps the seq of a write refused or given up on. */
@@ -130,7 +135,7 @@ export const EMPTY = new Uint8Array(0);
 
 /** An empty write that takes `seq`: the store applies it (or acknowledges the original) and moves on. */
 export function filler(seq: number): Op {
-  return { kind: 'write', seq, offset: 0, data: EMPTY, length: 0, inflight: 0, resends: 0, settle: undefined };
+  return { kind: 'write', seq, offset: 0, data: EMPTY, length: 0, inflight: 0, sent: false, resends: 0, settle: undefined };
 }
 
 /** A settlement the core asks for: resolve, or reject with a code (and the reason behind an OUTCOME_UNKNOWN). */
@@ -139,15 +144,17 @@ export type Settlement =
   | { op: Op; ok: false; code: ErrorCode; message: string; reason?: ErrorCode | undefined };
 
 /**
- * Settle every operation of a handle that lost the target (S5). A write that was never sent was not
- * applied; a sent one was applied iff its seq is at most `lastSeq` (what the store says this instance
- * applied). Without `lastSeq` the store no longer holds the evidence: OUTCOME_UNKNOWN, with the reason.
+ * Settle every operation of a handle that lost the target (S5). A write that was never sent, or whose
+ * only copy the store refused, was not applied; a sent one was applied iff its seq is at most
+ * `lastSeq` (what the store says this instance applied). Without `lastSeq` the store no longer holds
+ * the evidence: OUTCOME_UNKNOWN, with the reason.
  */
 export function settleLost(h: CoreHandle, code: ErrorCode, lastSeq: number | undefined, out: Settlement[]): void {
   const message = `${h.target}: handle ${code === 'CLOSED' ? 'closed' : `invalidated (${code})`}`;
   for (const op of h.ops) {
     if (!op.settle) continue;
     if (op.kind === 'read' || op.seq === 0) out.push({ op, ok: false, code, message });
+    else if (lastSeq === undefined && !op.sent) out.push({ op, ok: false, code, message: `${message}; this write was not applied` });
     else if (lastSeq !== undefined) {
       if (op.seq <= lastSeq) out.push({ op, ok: true, value: { version: h.version } });
       else out.push({ op, ok: false, code, message: `${message}; this write was not applied` });

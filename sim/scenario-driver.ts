@@ -59,7 +59,7 @@ export class Args {
     for (const w of words) {
       if (w.startsWith('"')) this.text = JSON.parse(w) as string;
       else if (w.startsWith('@')) this.at = w.slice(1);
-      else if (/^[a-z-]+=/.test(w)) this.kv.set(w.slice(0, w.indexOf('=')), w.slice(w.indexOf('=') + 1));
+      else if (/^[a-zA-Z-]+=/.test(w)) this.kv.set(w.slice(0, w.indexOf('=')), w.slice(w.indexOf('=') + 1));
       else this.pos.push(w);
     }
   }

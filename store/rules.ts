@@ -135,6 +135,9 @@ export function read(tx: Tx, req: ReadRequest): ReadResult {
 export function close(tx: Tx, ref: HandleRef, session: string): boolean {
   const rec = tx.getRecord(ref.target);
   if (!rec || rec.requestId !== ref.requestId || rec.session !== session) return false;
+  // Kept as a tombstone too: an older instance of the requestId that comes back learns it was
+  // superseded (and what it had applied), not that another writer modified the target.
+  bury(tx, rec);
   tx.deleteRecord(ref.target);
   return true;
 }

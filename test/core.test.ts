@@ -49,7 +49,7 @@ function world() {
   const sent = (type: string) => intents.filter((i): i is Extract<Intent, { kind: 'send' }> => i.kind === 'send' && i.msg.type === type).map((i) => i.msg);
   const lastSent = <T extends Message['type']>(type: T) => sent(type).at(-1) as Extract<Message, { type: T }>;
   const write = (h: CoreHandle, offset: number, text: string): Op => {
-    const op: Op = { kind: 'write', seq: 0, offset, data: new TextEncoder().encode(text), length: 0, inflight: 0, resends: 0, settle: { resolve: () => undefined, reject: () => undefined } };
+    const op: Op = { kind: 'write', seq: 0, offset, data: new TextEncoder().encode(text), length: 0, inflight: 0, sent: false, resends: 0, settle: { resolve: () => undefined, reject: () => undefined } };
     step({ type: 'io', h, op });
     return op;
   };
@@ -182,6 +182,43 @@ describe('S5: every outcome tells the truth (finding 7)', () => {
     expect(w.outcomes.get(ops[0]!)).toEqual({ ok: true, value: { version: 1 } });
     const replay = (w.sent('write') as Array<Extract<Message, { type: 'write' }>>).slice(before).map((m) => [m.seq, m.data.length]);
     expect(replay).toEqual([[2, 0], [3, 1]]);
+  });
+});
+
+describe('handles that go away while their resume is in flight', () => {
+  const granted = (id: number) => ({ type: 'resumed' as const, id, results: [{ target: 'vm1.disk', requestId: 'r'.repeat(21), granted: true, version: 0, lastSeq: 0 }] });
+
+  it('an application that died sends nothing when the batch is granted; the restarted one resumes alone (failure 6)', () => {
+    const w = world();
+    const h = w.active(handle());
+    w.write(h, 0, 'old1');
+    w.step({ type: 'disconnected' });
+    w.write(h, 4, 'old2');
+    w.step({ type: 'ready', session: 's2' });
+    const batch = w.lastSent('resume');
+    w.step({ type: 'app-gone', h });
+    const again = handle({ how: 'resume' });
+    w.step({ type: 'open', h: again });
+    const reclaim = w.lastSent('resume');
+    const before = w.sent('write').length;
+    const out = w.step({ type: 'frame', msg: granted(batch.id) });
+    expect(out.filter((i) => i.kind === 'send')).toEqual([]);
+    w.step({ type: 'frame', msg: granted(reclaim.id) });
+    expect(again.state).toBe('active');
+    w.write(again, 0, 'new1');
+    expect(w.sent('write').slice(before).map((m) => (m.type === 'write' ? m.seq : 0))).toEqual([1]);
+  });
+
+  it('a handle closed meanwhile lets go of the grant it no longer wants', () => {
+    const w = world();
+    const h = w.active(handle());
+    w.step({ type: 'disconnected' });
+    w.step({ type: 'ready', session: 's2' });
+    const batch = w.lastSent('resume');
+    w.step({ type: 'close', h });
+    expect(h.state).toBe('closed');
+    const out = w.step({ type: 'frame', msg: granted(batch.id) });
+    expect(out.flatMap((i) => (i.kind === 'send' ? [i.msg.type] : []))).toEqual(['close']);
   });
 });
 
