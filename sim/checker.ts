@@ -1,10 +1,10 @@
 /**
- * The history checker: verifies SPEC guarantees S1-S4 and L1-L3 over a recorded history. It reads
+ * The history checker: verifies SPEC guarantees S1-S5 and L1-L3 over a recorded history. It reads
  * the history only; it never changes what happened.
  */
 import type { History, HistoryEvent } from './history.js';
 
-export type Guarantee = 'S1' | 'S2' | 'S3' | 'S4' | 'L1' | 'L2' | 'L3';
+export type Guarantee = 'S1' | 'S2' | 'S3' | 'S4' | 'S5' | 'L1' | 'L2' | 'L3';
 
 export interface Violation {
   guarantee: Guarantee;
@@ -18,7 +18,8 @@ export const GUARANTEES: Record<Guarantee, string> = {
   S2: 'fencing: every applied write came from the record holder through its current session',
   S3: 'durability: every acknowledged write was applied and stays readable',
   S4: 'exactly once: every write is applied at most once',
-  L1: 'no needless denial: a resume is denied only if another writer took the target',
+  S5: 'truthful outcomes: a write that rejects with a code meaning "not applied" is never applied',
+  L1: 'no needless denial: MODIFIED only if another writer took the target, SUPERSEDED only if another instance of the requestId was granted',
   L2: 'no stuck pause: once storage is reachable, every paused handle leaves paused',
   L3: 'progress: every operation completes',
 };
@@ -69,6 +70,17 @@ export function check(history: History): Violation[] {
     return s.released.has(requestId) || s.fresh.some((f) => f.requestId !== requestId && f.at >= since);
   };
 
+  /** Per target and requestId, every handle instance the store granted it to. */
+  const instances = new Map<string, Set<string>>();
+  /** Writes that failed with a code that says "not applied": their bytes, checked against every applied write at the end. */
+  const notApplied: Array<{ e: Extract<HistoryEvent, { kind: 'fail' }>; bytes: string }> = [];
+  /** Bytes the store was seen to hold (its reads and the final content), per target: a store's own account of what it applied is not trusted for S5. */
+  const seen = new Map<string, string[]>();
+  const saw = (tgt: string, bytes: string) => {
+    const list = seen.get(tgt);
+    if (list) list.push(bytes);
+    else seen.set(tgt, [bytes]);
+  };
   const crashed = new Set<string>();
   /** When every fault ended (the 'heal' fault), if the history has one. */
   let healedAt: number | undefined;
@@ -80,6 +92,12 @@ export function check(history: History): Violation[] {
     switch (e.kind) {
       case 'grant': {
         if (e.mode !== 'write') break;
+        if (e.instance !== undefined) {
+          const key = `${e.target}\u0000${e.requestId}`;
+          let set = instances.get(key);
+          if (!set) instances.set(key, (set = new Set()));
+          set.add(e.instance);
+        }
         const s = target(e.target);
         if (e.via === 'resume') {
           const since = s.epoch.get(e.requestId);
@@ -99,6 +117,10 @@ export function check(history: History): Violation[] {
         const s = target(e.target);
         if (e.mode === 'write' && e.reason === 'MODIFIED' && !takenFrom(s, e.requestId)) {
           violate('L1', e, e.target, `resume of ${e.requestId} denied MODIFIED, but no other writer took ${e.target}`);
+        }
+        if (e.mode === 'write' && e.reason === 'SUPERSEDED' && e.instance !== undefined) {
+          const granted = instances.get(`${e.target}\u0000${e.requestId}`) ?? new Set<string>();
+          if (![...granted].some((i) => i !== e.instance)) violate('L1', e, e.target, `resume of ${e.requestId} (instance ${e.instance}) denied SUPERSEDED, but no other instance of it was granted ${e.target}`);
         }
         if (e.mode === 'read' && e.seenVersion !== undefined && !s.applied.some((w) => w.version > e.seenVersion!)) {
           violate('L1', e, e.target, `read resume of ${e.requestId} denied, but ${e.target} was not written after version ${e.seenVersion}`);
@@ -129,12 +151,14 @@ export function check(history: History): Violation[] {
         break;
       }
       case 'read': {
+        saw(e.target, e.bytes);
         const s = target(e.target);
         const want = s.content.slice(e.offset, e.offset + e.length);
         if (e.bytes !== want) violate('S3', e, e.target, `read at ${e.offset} returned ${JSON.stringify(e.bytes)}, but the applied writes give ${JSON.stringify(want)}`);
         break;
       }
       case 'final': {
+        saw(e.target, e.bytes);
         const s = target(e.target);
         if (e.bytes !== s.content) violate('S3', e, e.target, `final content ${JSON.stringify(e.bytes.slice(0, 80))} differs from the applied writes ${JSON.stringify(s.content.slice(0, 80))}`);
         break;
@@ -150,9 +174,13 @@ export function check(history: History): Violation[] {
         if (e.op === 'write' && inv?.bytes) acked.push({ e, bytes: inv.bytes });
         break;
       }
-      case 'fail':
+      case 'fail': {
+        const inv = pending.get(e.id);
         pending.delete(e.id);
+        // Every code but OUTCOME_UNKNOWN says the write was not applied, now or later.
+        if (e.op === 'write' && inv?.bytes && e.code !== 'OUTCOME_UNKNOWN') notApplied.push({ e, bytes: inv.bytes });
         break;
+      }
       case 'crash':
         crashed.add(e.proc);
         break;
@@ -176,6 +204,10 @@ export function check(history: History): Violation[] {
   }
   for (const { e, bytes } of acked) {
     if (!target(e.target).bytesApplied.has(bytes)) violate('S3', e, e.target, `write ${JSON.stringify(bytes)} by ${e.requestId} acknowledged but never applied`);
+  }
+  for (const { e, bytes } of notApplied) {
+    const inData = target(e.target).bytesApplied.has(bytes) || (seen.get(e.target) ?? []).some((b) => b.includes(bytes));
+    if (inData) violate('S5', e, e.target, `write ${JSON.stringify(bytes)} by ${e.proc} rejected ${e.code} (not applied), but it shows up in the data`);
   }
   const end = history.at(-1);
   if (end) {

@@ -9,6 +9,7 @@ export interface SimSummary {
   faults: Record<string, number>;
   resumes: { granted: number; denied: number };
   writesAcked: number;
+  outcomeUnknown: number;
   violations: Array<Violation & { seed: number; replay: string }>;
   wallMs: number;
 }
@@ -17,7 +18,7 @@ export interface SimSummary {
 export type SeedResult = Omit<ScheduleResult, 'history' | 'settings'>;
 
 export function emptySummary(): SimSummary {
-  return { schedules: 0, steps: 0, simulatedMs: 0, faults: {}, resumes: { granted: 0, denied: 0 }, writesAcked: 0, violations: [], wallMs: 0 };
+  return { schedules: 0, steps: 0, simulatedMs: 0, faults: {}, resumes: { granted: 0, denied: 0 }, writesAcked: 0, outcomeUnknown: 0, violations: [], wallMs: 0 };
 }
 
 export function addSeed(sum: SimSummary, r: SeedResult): void {
@@ -28,6 +29,7 @@ export function addSeed(sum: SimSummary, r: SeedResult): void {
   sum.resumes.granted += r.resumes.granted;
   sum.resumes.denied += r.resumes.denied;
   sum.writesAcked += r.writesAcked;
+  sum.outcomeUnknown += r.outcomeUnknown;
   // The first violated guarantee of a seed is the one to report; later ones often follow from it.
   const first = r.violations[0];
   if (first) sum.violations.push({ ...first, seed: r.seed, replay: `safe-resume sim --seed ${r.seed}` });
@@ -53,6 +55,7 @@ export function formatSummary(s: SimSummary): string {
     `simulated time   ${(s.simulatedMs / 1000).toFixed(1)} s`,
     `wall time        ${(s.wallMs / 1000).toFixed(1)} s`,
     `writes acked     ${s.writesAcked}`,
+    `outcome unknown  ${s.outcomeUnknown} writes`,
     `resumes          ${s.resumes.granted} granted, ${s.resumes.denied} denied`,
     `faults           ${Object.entries(s.faults).sort().map(([k, v]) => `${k}=${v}`).join(' ')}`,
     `violations       ${s.violations.length}`,
@@ -67,7 +70,7 @@ export function formatReplay(r: ScheduleResult): string {
   const v = r.violations[0];
   if (!v) {
     lines.push('faults:', ...traceOf(r.history, '\u0000none', Infinity).map((l) => `  ${l}`));
-    lines.push('all guarantees hold (S1-S4, L1-L3)');
+    lines.push('all guarantees hold (S1-S5, L1-L3)');
     return lines.join('\n');
   }
   lines.push(`VIOLATION ${v.guarantee} (${GUARANTEES[v.guarantee]}) at ${v.t} ms: ${v.message}`);

@@ -43,6 +43,8 @@ export interface ScheduleResult {
   faults: Record<string, number>;
   resumes: { granted: number; denied: number };
   writesAcked: number;
+  /** Writes that rejected OUTCOME_UNKNOWN: sent, and whether they were applied could no longer be known. */
+  outcomeUnknown: number;
   violations: Violation[];
   history: History;
 }
@@ -111,7 +113,7 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
   world.recordFinal();
   await world.shutdown();
   const history = world.history.events;
-  const { granted, denied, writesAcked } = tally(history);
+  const { granted, denied, writesAcked, outcomeUnknown } = tally(history);
   return {
     seed,
     settings,
@@ -120,6 +122,7 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
     faults: Object.fromEntries(world.faults),
     resumes: { granted, denied },
     writesAcked,
+    outcomeUnknown,
     violations: check(history),
     history,
   };

@@ -90,6 +90,27 @@ const resumeForgetsRecords = storeWith((_, run) => ({
     ),
 }));
 
+const resumeSupersedesEveryWriter = storeWith((_, run) => ({
+  resume: (reqs) =>
+    run((tx) =>
+      reqs.map((r) => {
+        // Bug: every write handle's resume is denied SUPERSEDED, as if another instance had taken it over.
+        if (r.mode === 'write') return { granted: false as const, reason: 'SUPERSEDED' as const, code: 'SUPERSEDED' as const, version: tx.version(r.target) };
+        return rules.resume(tx, r);
+      }),
+    ),
+}));
+
+const writeAppliedThenRefused = storeWith((_, run) => ({
+  write: (req) =>
+    run((tx) => {
+      const res = rules.write(tx, req);
+      // Bug: every seventh write is applied and then answered as refused, which tells the application it was not.
+      if (res.ok && res.applied && req.seq % 7 === 0) return { ok: false as const, code: 'INVALID_ARGUMENT' as const, message: 'refused after all' };
+      return res;
+    }),
+}));
+
 const resumeAlwaysUnavailable = storeWith(() => ({
   resume: () => {
     // Bug: the resume path reports the store unavailable forever, so no pause ever ends.
@@ -167,6 +188,14 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
     const r = await runSchedule(1, { replicaTransport: duplicatesWrites, faults: 0 });
     expect(r.writesAcked).toBeGreaterThan(0);
     expect(r.violations).toEqual([]);
+  }, 120_000);
+
+  it('S5: a store that applies a write and answers that it refused it', async () => {
+    expect(await findViolation('S5', { makeStore: writeAppliedThenRefused, faults: 0 }, 5)).toBeDefined();
+  }, 120_000);
+
+  it('L1: a store that denies every write resume SUPERSEDED', async () => {
+    expect(await findViolation('L1', { makeStore: resumeSupersedesEveryWriter, kinds: kinds('replica-crash', 'partition') })).toBeDefined();
   }, 120_000);
 
   it('L1: a store that denies every resume', async () => {

@@ -40,6 +40,35 @@ function goodHistory(): History {
 
 const guarantees = (h: History): Guarantee[] => [...new Set(check(h).map((v) => v.guarantee))];
 
+const fail = (id: number, proc: string, code: string) => at({ kind: 'fail', id, proc, op: 'write', target: T, code });
+const grantAs = (requestId: string, session: string, instance: string, via: 'open' | 'resume' = 'open') =>
+  at({ kind: 'grant', replica: R, target: T, requestId, session, mode: 'write', via, fresh: via === 'open', version: 0, instance });
+const supersede = (requestId: string, session: string, instance: string) =>
+  at({ kind: 'deny', replica: R, target: T, requestId, session, mode: 'write', reason: 'SUPERSEDED', version: 0, instance });
+
+describe('checker: S5 and every denial reason', () => {
+  it('S5: a write rejected with a "not applied" code that shows up in the data', () => {
+    t = 0;
+    expect(guarantees([grant(X, 'x1'), invoke(1, 'p', 'zz'), fail(1, 'p', 'MODIFIED'), read(0, 2, 'zz'), final('zz')])).toContain('S5');
+  });
+
+  it('S5 holds for a write rejected OUTCOME_UNKNOWN that was applied, and for a rejected one that never was', () => {
+    t = 0;
+    const h = [grant(X, 'x1'), invoke(1, 'p', 'zz'), applied(X, 'x1', 1, 'zz'), fail(1, 'p', 'OUTCOME_UNKNOWN'), invoke(2, 'p', 'qq'), fail(2, 'p', 'MODIFIED'), final('zz')];
+    expect(guarantees(h)).not.toContain('S5');
+  });
+
+  it('L1: SUPERSEDED although no other instance of the requestId was granted', () => {
+    t = 0;
+    expect(guarantees([grantAs(X, 'x1', 'i1'), supersede(X, 'x2', 'i1')])).toContain('L1');
+  });
+
+  it('L1 holds for SUPERSEDED after another instance of the requestId took over', () => {
+    t = 0;
+    expect(guarantees([grantAs(X, 'x1', 'i1'), grantAs(X, 'x3', 'i2', 'resume'), supersede(X, 'x2', 'i1')])).toEqual([]);
+  });
+});
+
 describe('checker', () => {
   it('accepts a good history', () => {
     expect(check(goodHistory())).toEqual([]);

@@ -10,7 +10,7 @@ import { formatSummary } from '../sim/run.js';
 type Parallel = typeof import('../sim/parallel.js');
 
 export function seedBatch(from: number, count: number): void {
-  it(`${count} seeded fault schedules (seeds ${from}-${from + count - 1}) keep S1-S4 and L1-L3`, async () => {
+  it(`${count} seeded fault schedules (seeds ${from}-${from + count - 1}) keep S1-S5 and L1-L3`, async () => {
     const { runSeedsParallel } = (await import(new URL('../dist/sim/parallel.js', import.meta.url).href)) as Parallel;
     const summary = await runSeedsParallel(from, count);
     console.log(formatSummary(summary));
