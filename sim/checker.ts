@@ -14,7 +14,7 @@ export interface Violation {
 }
 
 export const GUARANTEES: Record<Guarantee, string> = {
-  S1: 'safe resume: a granted resume implies no other writer wrote since the grant',
+  S1: 'safe resume: a granted resume implies no other writer wrote since the grant (for a reader: since the version it saw)',
   S2: 'fencing: every applied write came from the record holder through its current session',
   S3: 'durability: every acknowledged write was applied and stays readable',
   S4: 'exactly once: every write is applied at most once',
@@ -91,7 +91,13 @@ export function check(history: History): Violation[] {
   for (const e of history) {
     switch (e.kind) {
       case 'grant': {
-        if (e.mode !== 'write') break;
+        if (e.mode === 'read') {
+          // S1 for readers: a granted resume means nothing was written since the version the reader saw.
+          const seen = e.seenVersion;
+          const later = seen === undefined || e.via !== 'resume' ? undefined : target(e.target).applied.find((w) => w.version > seen);
+          if (later) violate('S1', e, e.target, `read resume of ${e.requestId} granted at version ${seen} after ${later.requestId} wrote ${JSON.stringify(later.bytes)} (version ${later.version})`);
+          break;
+        }
         if (e.instance !== undefined) {
           const key = `${e.target}\u0000${e.requestId}`;
           let set = instances.get(key);

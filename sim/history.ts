@@ -15,7 +15,7 @@ export type HistoryEvent =
   | { t: number; kind: 'fail'; id: number; proc: string; op: Op; target: string; requestId?: string; code: string }
   | { t: number; kind: 'crash'; proc: string }
   | { t: number; kind: 'state'; proc: string; target: string; requestId: string; to: string; reason?: InvalidationReason }
-  | { t: number; kind: 'grant'; replica: string; target: string; requestId: string; session: string; mode: 'read' | 'write'; via: 'open' | 'resume'; fresh: boolean; version: number; instance?: string }
+  | { t: number; kind: 'grant'; replica: string; target: string; requestId: string; session: string; mode: 'read' | 'write'; via: 'open' | 'resume'; fresh: boolean; version: number; instance?: string; seenVersion?: number }
   | { t: number; kind: 'deny'; replica: string; target: string; requestId: string; session: string; mode: 'read' | 'write'; reason: InvalidationReason; seenVersion?: number; version: number; instance?: string }
   | { t: number; kind: 'applied'; replica: string; target: string; requestId: string; session: string; seq: number; offset: number; bytes: string; version: number }
   | { t: number; kind: 'dup'; replica: string; target: string; requestId: string; session: string; seq: number }
@@ -31,11 +31,14 @@ export type History = HistoryEvent[];
 export type Untimed = HistoryEvent extends infer E ? (E extends HistoryEvent ? Omit<E, 't'> : never) : never;
 
 /** What a history adds up to: resumes granted and denied, writes acknowledged, pauses, writes whose outcome is unknown. */
-export function tally(history: History): { granted: number; denied: number; writesAcked: number; pauses: number; outcomeUnknown: number } {
-  const t = { granted: 0, denied: 0, writesAcked: 0, pauses: 0, outcomeUnknown: 0 };
+export function tally(history: History): { granted: number; denied: number; writesAcked: number; pauses: number; outcomeUnknown: number; readResumes: number; reads: number } {
+  const t = { granted: 0, denied: 0, writesAcked: 0, pauses: 0, outcomeUnknown: 0, readResumes: 0, reads: 0 };
   for (const e of history) {
-    if (e.kind === 'grant' && e.via === 'resume') t.granted++;
-    else if (e.kind === 'deny') t.denied++;
+    if ((e.kind === 'grant' && e.via === 'resume') || e.kind === 'deny') {
+      if (e.kind === 'grant') t.granted++;
+      else t.denied++;
+      if (e.mode === 'read') t.readResumes++;
+    } else if (e.kind === 'ok' && e.op === 'read') t.reads++;
     else if (e.kind === 'ok' && e.op === 'write') t.writesAcked++;
     else if (e.kind === 'state' && e.to === 'paused') t.pauses++;
     else if (e.kind === 'fail' && e.op === 'write' && e.code === 'OUTCOME_UNKNOWN') t.outcomeUnknown++;
@@ -78,8 +81,9 @@ export function observedStore(inner: TxStore, replica: string, rec: Pick<Recorde
         reqs.forEach((req, i) => {
           const r = out[i]!;
           const instance = req.instance ? { instance: req.instance } : {};
-          if (r.granted) rec.add({ kind: 'grant', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, via: 'resume', fresh: false, version: r.version, ...instance });
-          else rec.add({ kind: 'deny', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, reason: r.reason, ...(req.version !== undefined ? { seenVersion: req.version } : {}), version: r.version, ...instance });
+          const seen = req.version !== undefined ? { seenVersion: req.version } : {};
+          if (r.granted) rec.add({ kind: 'grant', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, via: 'resume', fresh: false, version: r.version, ...instance, ...seen });
+          else rec.add({ kind: 'deny', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, reason: r.reason, ...seen, version: r.version, ...instance });
         });
         return out;
       }),

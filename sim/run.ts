@@ -10,6 +10,8 @@ export interface SimSummary {
   resumes: { granted: number; denied: number };
   writesAcked: number;
   outcomeUnknown: number;
+  readResumes: number;
+  reads: number;
   violations: Array<Violation & { seed: number; replay: string }>;
   wallMs: number;
 }
@@ -18,7 +20,7 @@ export interface SimSummary {
 export type SeedResult = Omit<ScheduleResult, 'history' | 'settings'>;
 
 export function emptySummary(): SimSummary {
-  return { schedules: 0, steps: 0, simulatedMs: 0, faults: {}, resumes: { granted: 0, denied: 0 }, writesAcked: 0, outcomeUnknown: 0, violations: [], wallMs: 0 };
+  return { schedules: 0, steps: 0, simulatedMs: 0, faults: {}, resumes: { granted: 0, denied: 0 }, writesAcked: 0, outcomeUnknown: 0, readResumes: 0, reads: 0, violations: [], wallMs: 0 };
 }
 
 export function addSeed(sum: SimSummary, r: SeedResult): void {
@@ -30,6 +32,8 @@ export function addSeed(sum: SimSummary, r: SeedResult): void {
   sum.resumes.denied += r.resumes.denied;
   sum.writesAcked += r.writesAcked;
   sum.outcomeUnknown += r.outcomeUnknown;
+  sum.readResumes += r.readResumes;
+  sum.reads += r.reads;
   // The first violated guarantee of a seed is the one to report; later ones often follow from it.
   const first = r.violations[0];
   if (first) sum.violations.push({ ...first, seed: r.seed, replay: `safe-resume sim --seed ${r.seed}` });
@@ -56,6 +60,7 @@ export function formatSummary(s: SimSummary): string {
     `wall time        ${(s.wallMs / 1000).toFixed(1)} s`,
     `writes acked     ${s.writesAcked}`,
     `outcome unknown  ${s.outcomeUnknown} writes`,
+    `reads            ${s.reads} returned to applications; ${s.readResumes} read-handle resumes`,
     `resumes          ${s.resumes.granted} granted, ${s.resumes.denied} denied`,
     `faults           ${Object.entries(s.faults).sort().map(([k, v]) => `${k}=${v}`).join(' ')}`,
     `violations       ${s.violations.length}`,

@@ -45,6 +45,9 @@ export interface ScheduleResult {
   writesAcked: number;
   /** Writes that rejected OUTCOME_UNKNOWN: sent, and whether they were applied could no longer be known. */
   outcomeUnknown: number;
+  /** Resumes of read handles (granted or denied), and reads that returned to an application. */
+  readResumes: number;
+  reads: number;
   violations: Violation[];
   history: History;
 }
@@ -71,12 +74,15 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
   for (let i = 0; i < settings.replicas; i++) await world.startReplica(i);
   for (const node of world.nodeNames) world.startAgent(node);
   let appNo = 0;
-  for (const node of world.nodeNames) {
+  const nodes = world.nodeNames;
+  nodes.forEach((node, n) => {
     for (let a = 0; a < settings.appsPerNode; a++) {
       appNo++;
       world.spawn(`app-${appNo}`, node, `vm${appNo}.disk`);
+      // Every other target also has a reader, on another node, so its resumes meet other faults.
+      if (appNo % 2 === 1) world.spawn(`reader-${appNo}`, nodes[(n + 1) % nodes.length]!, `vm${appNo}.disk`, { mode: 'read' });
     }
-  }
+  });
 
   const nFaults = opts.faults ?? world.between(4, 10);
   for (let i = 0; i < nFaults; i++) {
@@ -113,7 +119,7 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
   world.recordFinal();
   await world.shutdown();
   const history = world.history.events;
-  const { granted, denied, writesAcked, outcomeUnknown } = tally(history);
+  const { granted, denied, writesAcked, outcomeUnknown, readResumes, reads } = tally(history);
   return {
     seed,
     settings,
@@ -123,6 +129,8 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
     resumes: { granted, denied },
     writesAcked,
     outcomeUnknown,
+    readResumes,
+    reads,
     violations: check(history),
     history,
   };
@@ -214,7 +222,10 @@ async function inject(world: World, kind: FaultKind, faultsUntil: number, faultM
       world.clock.setTimeout(() => {
         world.startAgent(node);
         // The node's applications come back and reclaim the requestIds the agent kept.
-        for (const p of procs) if (p.app.startsWith('app-')) world.spawn(p.app, node, p.target);
+        for (const p of procs) {
+          if (p.app.startsWith('app-')) world.spawn(p.app, node, p.target);
+          else if (p.app.startsWith('reader-')) world.spawn(p.app, node, p.target, { mode: 'read' });
+        }
       }, world.between(20, 300));
       return;
     }

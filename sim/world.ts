@@ -312,8 +312,11 @@ export class World {
     return new Promise((r) => this.clock.setTimeout(r, ms));
   }
 
-  /** Start an application process on a node: it opens its target and writes self-verifying records. */
-  spawn(app: string, node: string, target: string, opts: { requestId?: string; once?: boolean } = {}): Proc {
+  /**
+   * Start an application process on a node: it opens its target and writes self-verifying records,
+   * or, with `mode: 'read'`, opens it for reading and reads it.
+   */
+  spawn(app: string, node: string, target: string, opts: { requestId?: string; once?: boolean; mode?: 'read' } = {}): Proc {
     const agent = this.agents.get(node);
     if (!agent) throw new Error(`${node} has no agent`);
     const application = new Application(agent, { name: app, pauseTimeoutMs: this.opts.pauseTimeoutMs, env: this.env });
@@ -352,9 +355,9 @@ export class World {
     }
   }
 
-  private async open(p: Proc, requestId?: string): Promise<boolean> {
+  private async open(p: Proc, requestId?: string, mode?: 'read'): Promise<boolean> {
     for (let attempt = 0; this.live(p); attempt++) {
-      const r = await this.call(p, 'open', {}, () => p.application.open(p.target, requestId ? { requestId } : {}));
+      const r = await this.call(p, 'open', {}, () => p.application.open(p.target, { ...(requestId ? { requestId } : {}), ...(mode ? { mode } : {}) }));
       if (r.ok) {
         const h = r.value;
         p.handle = h;
@@ -370,15 +373,22 @@ export class World {
     return false;
   }
 
-  private async runProc(p: Proc, opts: { requestId?: string; once?: boolean }): Promise<void> {
+  private async runProc(p: Proc, opts: { requestId?: string; once?: boolean; mode?: 'read' }): Promise<void> {
     const [lo, hi] = this.opts.thinkMs ?? [10, 80];
-    if (!(await this.open(p, opts.requestId))) return;
+    if (!(await this.open(p, opts.requestId, opts.mode))) return;
     while (this.live(p)) {
       const h = p.handle!;
       if (h.state === 'invalidated' || h.state === 'closed') {
         // The application knows to reload: it opens the target afresh.
         await this.sleep(this.between(lo, hi));
-        if (!(await this.open(p))) return;
+        if (!(await this.open(p, undefined, opts.mode))) return;
+        continue;
+      }
+      if (opts.mode === 'read') {
+        // A reader: one slot at a time, waiting through pauses like a writer does.
+        const off = this.between(0, SLOTS - 1) * SLOT_BYTES;
+        await this.call(p, 'read', { offset: off, length: SLOT_BYTES }, () => h.read(off, SLOT_BYTES));
+        await this.sleep(this.between(lo, hi));
         continue;
       }
       // A burst of 1-4 pipelined writes: several in flight at once, as a real application has.

@@ -101,6 +101,17 @@ const resumeSupersedesEveryWriter = storeWith((_, run) => ({
     ),
 }));
 
+const readResumeAlwaysGranted = storeWith((_, run) => ({
+  resume: (reqs) =>
+    run((tx) =>
+      reqs.map((r) => {
+        // Bug: a reader's resume is granted without comparing versions, even after the target was written.
+        if (r.mode === 'read') return { granted: true as const, lastSeq: 0, version: tx.version(r.target) };
+        return rules.resume(tx, r);
+      }),
+    ),
+}));
+
 const writeAppliedThenRefused = storeWith((_, run) => ({
   write: (req) =>
     run((tx) => {
@@ -188,6 +199,10 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
     const r = await runSchedule(1, { replicaTransport: duplicatesWrites, faults: 0 });
     expect(r.writesAcked).toBeGreaterThan(0);
     expect(r.violations).toEqual([]);
+  }, 120_000);
+
+  it('S1: a store that grants a reader its resume after the target was written', async () => {
+    expect(await findViolation('S1', { makeStore: readResumeAlwaysGranted, kinds: kinds('partition', 'replica-crash') })).toBeDefined();
   }, 120_000);
 
   it('S5: a store that applies a write and answers that it refused it', async () => {
