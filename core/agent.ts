@@ -6,31 +6,26 @@
  * sends, and feeds the answers back in.
  */
 import { isErrorCode, type ErrorCode, type InvalidationReason } from '../errors.js';
-import { REQUEST_TIMEOUT_INTERVALS, type Message, type MessageOf, type ResumeItem } from '../transport/messages.js';
-import { filler, nextState, settleLost, type CoreHandle, type LifecycleEvent, type Op, type Settlement } from './handle.js';
-import type { Input, Intent, Pending } from './intents.js';
-import { afterGrant, resumeBatches, resumeItem } from './resume.js';
+import { REQUEST_TIMEOUT_INTERVALS, type Message, type MessageOf } from '../transport/messages.js';
+import { filler, settleLost, type CoreHandle, type Op, type Settlement } from './handle.js';
+import { CoreBase } from './base.js';
+import type { Input, Intent } from './intents.js';
+import { afterGrant, resumeBatches } from './resume.js';
 
 export type { Input, Intent } from './intents.js';
 
 /** SEQ_GAP answers one write may get before the session is dropped and everything replayed in order. */
 const MAX_RESENDS = 8;
 
-export class AgentCore {
-  readonly handles = new Map<string, CoreHandle>();
-  /** Set while the session is up and its storage available: requests may be sent. */
-  session: string | undefined;
-  private connected = false;
-  private nextId = 1;
-  private ticks = 0;
-  private readonly inflight = new Map<number, Pending>();
-  private out: Intent[] = [];
+export class AgentCore extends CoreBase {
   /** Handles whose requestId the node-local file could not take: kept again on every tick until it does. */
   private readonly notDurable = new Set<CoreHandle>();
   /** Report every I/O call as a lifecycle event too (for the inspector's mirror; off on the hot path). */
   reportIo = false;
 
-  constructor(readonly node: string) {}
+  constructor(readonly node: string) {
+    super();
+  }
 
   step(input: Input): Intent[] {
     this.out = [];
@@ -194,35 +189,8 @@ export class AgentCore {
     for (const { hs, items } of resumeBatches(this.handles.values())) this.sendResume(hs, items);
   }
 
-  private sendResume(hs: CoreHandle[], items: ResumeItem[]): void {
-    const id = this.nextId++;
-    for (const h of hs) this.to(h, 'RESUMING');
-    this.inflight.set(id, { kind: 'resume', hs, tick: this.ticks });
-    this.send({ type: 'resume', id, items });
-    this.log('info', 'resuming handles', { handles: hs.length });
-  }
 
-  private sendOpen(h: CoreHandle): void {
-    const id = this.nextId++;
-    h.pending = id;
-    this.inflight.set(id, { kind: 'open', h, tick: this.ticks });
-    if (h.how === 'open') this.send({ type: 'open', id, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, instance: h.instance });
-    else this.send({ type: 'resume', id, items: [resumeItem(h)] });
-  }
 
-  private sendOp(h: CoreHandle, op: Op): void {
-    if (!this.session) return; // replayed after the resume
-    const id = this.nextId++;
-    op.inflight = id;
-    op.sent = true;
-    this.inflight.set(id, { kind: 'op', h, op, tick: this.ticks });
-    if (op.kind === 'read') {
-      this.send({ type: 'read', id, target: h.target, requestId: h.requestId, offset: op.offset, length: op.length });
-      return;
-    }
-    if (op.seq === 0) op.seq = h.nextSeq++;
-    this.send({ type: 'write', id, target: h.target, requestId: h.requestId, seq: op.seq, offset: op.offset, data: op.data! });
-  }
 
   /** A request unanswered for REQUEST_TIMEOUT_INTERVALS means frames were lost: drop the session, resume, replay. */
   private tick(): void {
@@ -266,11 +234,6 @@ export class AgentCore {
     }
   }
 
-  private take(id: number): Pending | undefined {
-    const p = this.inflight.get(id);
-    this.inflight.delete(id);
-    return p;
-  }
 
   private resumed(msg: MessageOf<'resumed'>): void {
     const p = this.take(msg.id);
@@ -382,10 +345,6 @@ export class AgentCore {
     if (h.state === 'active') this.sendOp(h, f);
   }
 
-  private remove(h: CoreHandle, op: Op): void {
-    const i = h.ops.indexOf(op);
-    if (i >= 0) h.ops.splice(i, 1);
-  }
 
   // ---- Endings ----
 
@@ -417,34 +376,9 @@ export class AgentCore {
     for (const x of s) this.out.push({ kind: 'settle', s: x });
   }
 
-  // ---- Helpers ----
 
-  private to(h: CoreHandle, event: LifecycleEvent): void {
-    const next = nextState(h.state, event);
-    if (next === undefined) throw new Error(`handle lifecycle: no ${event} from ${h.state} (${h.target})`);
-    const from = h.state;
-    h.state = next;
-    this.out.push({ kind: 'changed', h, from, to: next, event });
-  }
 
-  private settle(s: Settlement): void {
-    this.out.push({ kind: 'settle', s });
-  }
 
-  private send(msg: Message): void {
-    this.out.push({ kind: 'send', msg });
-  }
 
-  private retryLater(): void {
-    this.out.push({ kind: 'retry-later' });
-  }
 
-  private log(level: 'debug' | 'info' | 'warn', msg: string, fields: Record<string, unknown>): void {
-    this.out.push({ kind: 'log', level, msg, fields });
-  }
-
-  /** Operations in flight, for status views and tests. */
-  get inflightCount(): number {
-    return this.inflight.size;
-  }
 }
