@@ -11,7 +11,7 @@
  * events.
  */
 import { SafeResumeError, type ErrorCode, type InvalidationReason } from '../errors.js';
-import type { CoreHandle, HandleOwner, HandleState, LifecycleEvent, OpResult } from '../core/handle.js';
+import { EMPTY, type CoreHandle, type HandleOwner, type HandleState, type LifecycleEvent, type OpResult } from '../core/handle.js';
 import { MAX_IO_BYTES } from '../transport/messages.js';
 import { LazyEmitter } from './emitter.js';
 import { defaultEnv, type Env } from './env.js';
@@ -49,7 +49,6 @@ export interface HandleEvents {
   durability: [durable: boolean, reason: string | undefined];
 }
 
-const EMPTY = new Uint8Array(0);
 
 export class Handle extends LazyEmitter<HandleEvents> implements HandleOwner {
   /** @internal */

@@ -106,6 +106,28 @@ for (const adapter of adapters) {
       expect(await write(X, 's1', 3, 2, 'c')).toMatchObject({ ok: false, code: 'SUPERSEDED' });
     });
 
+    const resumeAs = (requestId: string, session: string, instance: string, takeover = false) =>
+      store.resume([{ target: T, requestId, principal: P, mode: 'write', session, expiresAt: 10_000, instance, takeover }]).then((r) => r[0]!);
+
+    it('a writer taken over after its hold learns from the tombstone which of its writes were applied', async () => {
+      setup();
+      await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', expiresAt: 1000, instance: 'inst-one' }, 0);
+      await write(X, 's1', 1, 0, 'a');
+      await write(X, 's1', 2, 1, 'b');
+      expect(await open(Y, 's2', 1000, 3000)).toMatchObject({ ok: true });
+      expect(await resumeAs(X, 's3', 'inst-one')).toMatchObject({ granted: false, reason: 'MODIFIED', lastSeq: 2 });
+    });
+
+    it('an instance whose successor took over and closed is denied SUPERSEDED, with what it had applied', async () => {
+      setup();
+      await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', expiresAt: 1000, instance: 'inst-one' }, 0);
+      await write(X, 's1', 1, 0, 'a');
+      expect(await resumeAs(X, 's2', 'inst-two', true)).toMatchObject({ granted: true, lastSeq: 1 });
+      await write(X, 's2', 2, 1, 'b');
+      expect(await store.close({ target: T, requestId: X }, 's2')).toBe(true);
+      expect(await resumeAs(X, 's3', 'inst-one')).toMatchObject({ granted: false, reason: 'SUPERSEDED', lastSeq: 1 });
+    });
+
     it('denies a resume to another principal', async () => {
       setup();
       await open(X, 's1', 0, 100);
