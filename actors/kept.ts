@@ -261,7 +261,15 @@ export class FileKeptIds extends MemoryKeptIds {
       if (!Array.isArray(parsed)) throw new Error(`${legacy}: expected a JSON array of handles`);
       for (const h of parsed) this.set(checked(h, legacy));
     }
-    this.compact();
+    try {
+      this.compact();
+    } catch {
+      // The disk fails right now. What was read stays durable where it is (compaction writes aside);
+      // the next change rewrites the log whole, and reports the error if the disk still fails. A
+      // legacy file stays until then.
+      this.stale = true;
+      return;
+    }
     try {
       disk.remove(legacy); // only once the log holding its entries is durable
     } catch (err) {

@@ -246,15 +246,15 @@ export class StorageReplica {
     if (this.dismounted !== 'no') throw new SafeResumeError('UNAVAILABLE', `${this.id}: store dismounted`);
   }
 
-  private expiresAt(): number {
-    return this.env.clock.now() + this.leaseMs + this.holdMs;
+  /** How long a live session's lock lasts from the store's now: a lease, then the hold period. */
+  private get lockMs(): number {
+    return this.leaseMs + this.holdMs;
   }
 
   private async onOpen(s: Session, msg: MessageOf<'open'>): Promise<void> {
     this.checkMounted();
     if (s.handles.size >= (this.opts.maxHandlesPerSession ?? 100_000)) throw new SafeResumeError('INVALID_ARGUMENT', 'too many handles on this session');
-    const now = this.env.clock.now();
-    const res = await this.store.open({ target: msg.target, requestId: msg.requestId, principal: msg.principal, mode: msg.mode, session: s.id, expiresAt: this.expiresAt(), instance: msg.instance }, now);
+    const res = await this.store.open({ target: msg.target, requestId: msg.requestId, principal: msg.principal, mode: msg.mode, session: s.id, leaseMs: this.lockMs, instance: msg.instance });
     if (!res.ok) throw new SafeResumeError(res.code, res.message);
     this.step(this.attach(s, msg.target, msg.requestId, msg.mode, false), { type: 'GRANTED' });
     s.conn.send({ type: 'opened', id: msg.id, version: res.version, lastSeq: res.lastSeq });
@@ -262,10 +262,10 @@ export class StorageReplica {
 
   private async onResume(s: Session, msg: MessageOf<'resume'>): Promise<void> {
     this.checkMounted();
-    const expiresAt = this.expiresAt();
+    const leaseMs = this.lockMs;
     this.stats.resumeMessages++;
     const outcomes = await this.store.resume(
-      msg.items.map((it) => ({ ...it, session: s.id, expiresAt })),
+      msg.items.map((it) => ({ ...it, session: s.id, leaseMs })),
     );
     const results: ResumeResult[] = msg.items.map((it, i) => {
       const out = outcomes[i]!;
@@ -361,7 +361,7 @@ export class StorageReplica {
     s.handles.clear();
     // The hold period starts now: the lock lasts holdMs more, then lapses.
     if (held.length > 0 && this.dismounted === 'no') {
-      this.store.renew(s.id, held, this.env.clock.now() + this.holdMs).catch((err: unknown) => {
+      this.store.renew(s.id, held, this.holdMs).catch((err: unknown) => {
         this.env.log.warn({ err: String(err), session: s.id }, 'could not start the hold period; locks lapse at their lease');
       });
     }
@@ -376,13 +376,13 @@ export class StorageReplica {
 
   private async renewAll(): Promise<void> {
     if (this.dismounted !== 'no') return;
-    const expiresAt = this.expiresAt();
+    const leaseMs = this.lockMs;
     for (const s of [...this.sessions.values()]) {
       const refs: HandleRef[] = [];
       for (const h of s.handles.values()) if (h.mode === 'write' && h.state === 'active') refs.push({ target: h.target, requestId: h.requestId });
       if (refs.length === 0) continue;
       try {
-        const { lost } = await this.store.renew(s.id, refs, expiresAt);
+        const { lost } = await this.store.renew(s.id, refs, leaseMs);
         for (const l of lost) {
           const h = s.handles.get(keyOf(l.target, l.requestId));
           if (!h) continue;

@@ -62,7 +62,9 @@ Options for sim:
   --seed S               replay one seed and print its faults, verdict and trace
   --workers N            worker threads the seeds are spread over (default: one per core; 1 = this thread)
   --json                 print one JSON object (schedules, steps, faults, resumes, violations)
-  Exit code 1 if any guarantee (S1-S4, L1-L3) is violated. Soak: safe-resume sim --seeds 100000
+  Each run stops at its first violation; the summary lists every violating seed with its replay
+  command, then the first one's trace. Exit code 1 if any guarantee (S1-S5, L1-L3) is violated.
+  Soak: safe-resume sim --seeds 100000
 
 Logs are pino JSON, one file per process, in <dir>/logs/.
 `;
@@ -384,6 +386,9 @@ async function sim(argv: string[]): Promise<number> {
   });
   if (tty) process.stderr.write('\r');
   process.stdout.write((values.json ? JSON.stringify(summary) : formatSummary(summary)) + '\n');
+  const first = summary.violations[0];
+  // The first violating seed again, in this thread (a seed replays exactly): its trace.
+  if (first && !values.json) process.stdout.write('\n' + formatReplay(await runSchedule(first.seed)) + '\n');
   return summary.violations.length > 0 ? 1 : 0;
 }
 

@@ -102,3 +102,41 @@ const less = (a: Timer, b: Timer) => a.due < b.due || (a.due === b.due && a.id <
 export function quiesce(): Promise<void> {
   return new Promise<void>((resolve) => process.nextTick(resolve));
 }
+
+/**
+ * One process's view of the simulated clock: its host's wall clock (`now`, off from simulated time
+ * by the host's skew, which jumps when the host's clock is stepped) and its timers (durations on a
+ * monotonic clock, so a step of the wall clock does not move them, as in Node). `kill` is the
+ * process dying: none of its timers fires again, and any it sets never fires.
+ */
+export class ProcClock implements ActorClock {
+  private dead = false;
+
+  constructor(
+    private readonly base: SimClock,
+    private readonly skewMs: () => number,
+  ) {}
+
+  now(): number {
+    return this.base.now() + this.skewMs();
+  }
+
+  setTimeout(fn: () => void, ms: number): unknown {
+    if (this.dead) return 0;
+    return this.base.setTimeout(() => {
+      if (!this.dead) fn();
+    }, ms);
+  }
+
+  clearTimeout(id: unknown): void {
+    this.base.clearTimeout(id);
+  }
+
+  kill(): void {
+    this.dead = true;
+  }
+
+  get killed(): boolean {
+    return this.dead;
+  }
+}

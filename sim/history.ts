@@ -20,6 +20,7 @@ export type HistoryEvent =
   | { t: number; kind: 'applied'; replica: string; target: string; requestId: string; session: string; seq: number; offset: number; bytes: string; version: number }
   | { t: number; kind: 'dup'; replica: string; target: string; requestId: string; session: string; seq: number }
   | { t: number; kind: 'refused'; replica: string; target: string; requestId: string; session: string; seq: number; code: string }
+  | { t: number; kind: 'renew'; replica: string; session: string; targets: string[] }
   | { t: number; kind: 'released'; replica: string; target: string; requestId: string; session: string }
   | { t: number; kind: 'read'; replica: string; target: string; offset: number; length: number; bytes: string; version: number }
   | { t: number; kind: 'fault'; fault: string; detail: string }
@@ -51,9 +52,15 @@ export const hex = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byte
 
 export class Recorder {
   readonly events: History = [];
-  constructor(private readonly now: () => number) {}
+  /** `observe` sees each event as it is recorded (a checker running alongside). */
+  constructor(
+    private readonly now: () => number,
+    private readonly observe?: (e: HistoryEvent) => void,
+  ) {}
   add(e: Untimed): void {
-    this.events.push({ t: this.now(), ...e } as HistoryEvent);
+    const ev = { t: this.now(), ...e } as HistoryEvent;
+    this.events.push(ev);
+    this.observe?.(ev);
   }
 }
 
@@ -62,16 +69,19 @@ export class Recorder {
  * step as the decision, so the history's order is the store's order. It is injected through the
  * normal store parameter of a replica; the replica does not know it is watched.
  */
-export function observedStore(inner: TxStore, replica: string, rec: Pick<Recorder, 'add'>): Store {
+export function observedStore(inner: TxStore, replica: string, recorder: Pick<Recorder, 'add'>, when: 'in-tx' | 'after-commit' = 'in-tx'): Store {
   const s = inner.sync;
-  // The rule and its record commit together, so the history's order is the store's commit order even
-  // with several replica processes on one database.
+  // 'in-tx': the record is written inside the rule's transaction (a history table in the same
+  // database), so it commits or rolls back with the rule and the history's order is the commit order
+  // even with several replica processes on one database. 'after-commit': the record is written once
+  // the transaction carrying the rule committed, and never if it rolled back.
+  const rec: Pick<Recorder, 'add'> = when === 'in-tx' ? recorder : { add: (e) => inner.afterCommit(() => recorder.add(e)) };
   const later = <T>(fn: () => T): Promise<T> => inner.commit(fn);
   return {
     kind: inner.kind,
-    open: (req, nowMs) =>
+    open: (req) =>
       later(() => {
-        const r = s.open(req, nowMs);
+        const r = s.open(req);
         if (r.ok) rec.add({ kind: 'grant', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, via: 'open', fresh: !r.takeover, version: r.version, ...(req.instance ? { instance: req.instance } : {}) });
         return r;
       }),
@@ -108,7 +118,14 @@ export function observedStore(inner: TxStore, replica: string, rec: Pick<Recorde
         if (released) rec.add({ kind: 'released', replica, target: ref.target, requestId: ref.requestId, session });
         return released;
       }),
-    renew: (session, refs, expiresAt) => later(() => s.renew(session, refs, expiresAt)),
+    renew: (session, refs, leaseMs) =>
+      later(() => {
+        const r = s.renew(session, refs, leaseMs);
+        const lost = new Set(r.lost.map((l) => l.target));
+        const targets = refs.filter((ref) => !lost.has(ref.target)).map((ref) => ref.target);
+        if (targets.length > 0) rec.add({ kind: 'renew', replica, session, targets });
+        return r;
+      }),
     record: (target) => inner.record(target),
     ping: () => inner.ping(),
     shutdown: () => inner.shutdown(),

@@ -280,6 +280,15 @@ export const COMMANDS: Record<string, Handler> = {
     await startAgent(d, node);
   },
 
+  /** clock-step host +D|-D: the wall clock of a replica's or node's host jumps (its timers do not). */
+  async 'clock-step'(d, a) {
+    const host = a.need(0, 'replica or node');
+    if (!d.world.replicaNames.includes(host) && !d.world.nodeNames.includes(host)) throw new Error(`no host ${host}`);
+    const step = a.need(1, '+D or -D');
+    const sign = step.startsWith('-') ? -1 : 1;
+    d.world.stepClock(host, sign * duration(step.replace(/^[+-]/, '')));
+  },
+
   /** disk-error node CODE|ok: the node's disk fails writes and fsyncs with CODE (ENOSPC, EIO), or works again. */
   async 'disk-error'(d, a) {
     const code = a.need(1, 'error code or ok');

@@ -26,7 +26,7 @@
  *   reboot-storage [down=200ms] / store-unavailable replica-k for=D
  *   crash-agent node [after=resume-granted] / restart-agent node
  *   crash-app node/app / restart-app node/app / move node/app [target] to=node-k
- *   power-loss node / disk-error node ENOSPC|EIO|ok
+ *   power-loss node / disk-error node ENOSPC|EIO|ok / clock-step host +D|-D
  *   advance D / stabilize [limit=60s]
  *   handles / agents / data target
  *

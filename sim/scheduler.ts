@@ -5,12 +5,21 @@
  */
 import { seededRandom } from '../actors/env.js';
 import { quiesce } from './clock.js';
-import { check, type Violation } from './checker.js';
+import type { Violation } from './checker.js';
 import { tally, type History } from './history.js';
 import { World, type WorldOptions } from './world.js';
+import type { Proc } from './workload.js';
+import { SimStore } from './store.js';
 
 export const FAULT_KINDS = [
   'replica-crash',
+  'replica-kill',
+  'agent-crash-on-reply',
+  'app-restart',
+  'clock-step',
+  'node-disk-error',
+  'store-busy',
+  'store-io',
   'storage-reboot',
   'dismount',
   'store-unavailable',
@@ -60,10 +69,12 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
     appsPerNode: draw.int(1, 2),
     holdMs: draw.pick([0, 150, 400, 1000]),
     pauseTimeoutMs: draw.pick([2500, 6000]),
+    keptOnDisk: true,
   };
   const world = new World({
     seed,
     ...settings,
+    store: 'sim',
     ...(opts.makeStore ? { makeStore: opts.makeStore } : {}),
     ...(opts.replicaTransport ? { replicaTransport: opts.replicaTransport } : {}),
   });
@@ -71,6 +82,8 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
   const settle = opts.settleMs ?? 8000;
   const kinds = opts.kinds ?? FAULT_KINDS;
 
+  // Every host's clock is a little off from the others'.
+  for (const host of [...world.replicaNames, ...world.nodeNames]) world.skews.set(host, world.between(-50, 50));
   for (let i = 0; i < settings.replicas; i++) await world.startReplica(i);
   for (const node of world.nodeNames) world.startAgent(node);
   let appNo = 0;
@@ -115,8 +128,11 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
     }
     steps++;
     await quiesce();
+    // Stop at the first violation: what follows it is noise, and its trace is what matters.
+    if (world.checker.violations.length > 0) break;
   }
-  world.recordFinal();
+  const early = world.checker.violations.length > 0;
+  if (!early) world.recordFinal();
   await world.shutdown();
   const history = world.history.events;
   const { granted, denied, writesAcked, outcomeUnknown, readResumes, reads } = tally(history);
@@ -131,7 +147,7 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
     outcomeUnknown,
     readResumes,
     reads,
-    violations: check(history),
+    violations: early ? [...world.checker.violations].sort((a, b) => a.t - b.t) : world.checker.finish(),
     history,
   };
 }
@@ -161,12 +177,9 @@ async function inject(world: World, kind: FaultKind, faultsUntil: number, faultM
       return;
     }
     case 'storage-reboot': {
+      // Power loss of the storage: every replica dies at once, losing what it had not committed.
       world.fault(kind, 'every replica');
-      for (let j = 0; j < world.opts.replicas; j++) {
-        const r = world.replicas[j];
-        world.replicas[j] = undefined;
-        await r?.stop();
-      }
+      for (let j = 0; j < world.opts.replicas; j++) world.killReplica(j);
       world.clock.setTimeout(() => {
         for (let j = 0; j < world.opts.replicas; j++) void restartReplica(world, j);
       }, world.between(50, 500));
@@ -212,21 +225,62 @@ async function inject(world: World, kind: FaultKind, faultsUntil: number, faultM
     }
     case 'agent-restart': {
       const node = world.pick(world.nodeNames);
-      const agent = world.agents.get(node);
-      if (!agent) return;
-      world.fault(kind, node);
-      agent.crash();
-      world.agents.set(node, undefined);
-      const procs = world.procs.filter((p) => p.node === node && !p.crashed && !p.stopped);
-      for (const p of procs) world.crashProc(p);
-      world.clock.setTimeout(() => {
-        world.startAgent(node);
-        // The node's applications come back and reclaim the requestIds the agent kept.
-        for (const p of procs) {
-          if (p.app.startsWith('app-')) world.spawn(p.app, node, p.target);
-          else if (p.app.startsWith('reader-')) world.spawn(p.app, node, p.target, { mode: 'read' });
-        }
-      }, world.between(20, 300));
+      if (!world.agents.get(node)) return;
+      const powerLoss = world.random() < 0.5;
+      world.fault(kind, `${node}${powerLoss ? ' (power loss)' : ''}`);
+      restartAgent(world, node, world.crashAgent(node, powerLoss));
+      return;
+    }
+    case 'agent-crash-on-reply': {
+      // The store grants or applies, the replica answers, and the agent dies before handling it.
+      const node = world.pick(world.nodeNames);
+      if (!world.agents.get(node)) return;
+      const types = world.pick([['resumed'], ['opened'], ['written'], ['resumed', 'opened', 'written', 'closed']]);
+      const powerLoss = world.random() < 0.5;
+      world.fault(kind, `${node} on its next ${types.join('/')}${powerLoss ? ' (power loss)' : ''}`);
+      world.crashOnReply(node, types, () => restartAgent(world, node, world.crashAgent(node, powerLoss)));
+      return;
+    }
+    case 'app-restart': {
+      const live = world.procs.filter((p) => !p.crashed && !p.stopped && p.handle && !p.app.startsWith('intruder-'));
+      if (live.length === 0) return;
+      const p = world.pick(live);
+      world.fault(kind, `${p.app} on ${p.node}`);
+      world.crashProc(p);
+      // It starts again on the same node and reclaims the requestId the node kept for it.
+      world.clock.setTimeout(() => respawn(world, p.node, [p]), world.between(0, 300));
+      return;
+    }
+    case 'replica-kill': {
+      if (!world.killReplica(i)) return;
+      world.fault(kind, name);
+      world.clock.setTimeout(() => void restartReplica(world, i), until - now);
+      return;
+    }
+    case 'store-busy':
+    case 'store-io': {
+      // Another process holds the database's write lock, or the disk under it fails commits.
+      const store = world.stores[i];
+      if (!(store instanceof SimStore) || !world.replicas[i]) return;
+      const f = kind === 'store-busy' ? 'busy' : 'io';
+      world.fault(kind, name);
+      store.setFault(f, true);
+      world.clock.setTimeout(() => store.setFault(f, false), until - now);
+      return;
+    }
+    case 'clock-step': {
+      const host = world.pick([...world.replicaNames, ...world.nodeNames]);
+      const ms = world.pick([-2000, -600, -150, 150, 600, 2000]);
+      world.fault(kind, `${host} ${ms > 0 ? '+' : ''}${ms}ms`);
+      world.stepClock(host, ms);
+      return;
+    }
+    case 'node-disk-error': {
+      const node = world.pick(world.nodeNames);
+      const code = world.pick(['EIO', 'ENOSPC']);
+      world.fault(kind, `${node} ${code}`);
+      world.disk(node).fail(code);
+      world.clock.setTimeout(() => world.disk(node).fail(undefined), until - now);
       return;
     }
     case 'app-move': {
@@ -265,6 +319,24 @@ async function inject(world: World, kind: FaultKind, faultsUntil: number, faultM
   }
 }
 
+/** Bring a node's agent back after a while, then the applications that died with it. */
+function restartAgent(world: World, node: string, procs: Proc[]): void {
+  world.clock.setTimeout(() => {
+    if (world.agents.get(node)) return;
+    world.startAgent(node);
+    respawn(world, node, procs);
+  }, world.between(20, 300));
+}
+
+/** The node's applications come back and reclaim the requestIds the node kept. */
+function respawn(world: World, node: string, procs: Proc[]): void {
+  if (!world.agents.get(node) || world.stopping) return;
+  for (const p of procs) {
+    if (p.app.startsWith('app-')) world.spawn(p.app, node, p.target);
+    else if (p.app.startsWith('reader-')) world.spawn(p.app, node, p.target, { mode: 'read' });
+  }
+}
+
 async function restartReplica(world: World, i: number): Promise<void> {
   if (world.replicas[i] || world.starting.has(i)) return;
   world.starting.add(i);
@@ -277,13 +349,19 @@ async function restartReplica(world: World, i: number): Promise<void> {
 
 async function healAll(world: World): Promise<void> {
   world.history.add({ kind: 'fault', fault: 'heal', detail: 'every fault ends; handles must settle' });
+  world.disarmCrashTraps();
   for (let i = 0; i < world.opts.replicas; i++) {
     if (!world.replicas[i]) await restartReplica(world, i);
     world.replicas[i]?.mount();
     const store = world.stores[i];
     if (store && 'setAvailable' in store) (store as { setAvailable(v: boolean): void }).setAvailable(true);
+    if (store instanceof SimStore) {
+      store.setFault('busy', false);
+      store.setFault('io', false);
+    }
   }
   for (const node of world.nodeNames) {
+    world.disk(node).fail(undefined);
     for (const r of world.replicaNames) Object.assign(world.link(node, r), { partitioned: false, dropP: 0, dupP: 0, jitterMs: 2, reorder: false });
     if (!world.agents.get(node)) world.startAgent(node);
   }

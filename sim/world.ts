@@ -4,19 +4,21 @@
  * One seed decides every fault and every delay, so a seed replays a run exactly.
  */
 import { pino } from 'pino';
-import { Application, type Handle } from '../actors/application.js';
-import { seededIds, seededRandom, type Env } from '../actors/env.js';
+import { Application } from '../actors/application.js';
+import { seededIds, seededRandom, type ActorClock, type Env } from '../actors/env.js';
 import { FileKeptIds, MemoryKeptIds } from '../actors/kept.js';
 import { NodeAgent } from '../actors/node-agent.js';
 import { StorageReplica } from '../actors/replica.js';
-import { SafeResumeError } from '../errors.js';
 import type { TxStore } from '../store/base.js';
 import { MemoryStore } from '../store/memory.js';
 import { MemoryNetwork, type Delivery } from '../transport/memory.js';
 import type { Connection, Transport } from '../transport/types.js';
-import { quiesce, SimClock } from './clock.js';
+import { Checker } from './checker.js';
+import { ProcClock, quiesce, SimClock } from './clock.js';
 import { SimDisk } from './disk.js';
+import { SimStore } from './store.js';
 import { hex, observedStore, Recorder } from './history.js';
+import { Workload, type Proc, type SpawnOptions } from './workload.js';
 
 export type MemoryState = MemoryStore['state'];
 
@@ -27,8 +29,15 @@ export interface WorldOptions {
   appsPerNode: number;
   holdMs: number;
   pauseTimeoutMs: number;
-  /** Build the store of one replica over the shared state. Tests inject broken variants here. */
-  makeStore?: (state: MemoryState) => TxStore;
+  /**
+   * The store each replica uses over the shared state: `sim` models the SQLite adapter (group commit
+   * after a simulated fsync, transactions that roll back, uncommitted work lost when the replica is
+   * killed, injected busy/I/O faults: what the fault schedules run), `memory` commits each operation
+   * at once (what the scenarios run). Default `memory`.
+   */
+  store?: 'sim' | 'memory';
+  /** Build the store of one replica over the shared state instead. Tests inject broken variants here. */
+  makeStore?: (state: MemoryState, ctx: StoreContext) => TxStore;
   /** Think time between an application's operations. */
   thinkMs?: [number, number];
   /** Override the simulation's timings. */
@@ -42,6 +51,15 @@ export interface WorldOptions {
    * disk errors: see `disk`) instead of in memory; a restarted agent reads the file back.
    */
   keptOnDisk?: boolean;
+}
+
+/** What a store of one replica is built with. */
+export interface StoreContext {
+  /** The store's own clock (the database host's): lock expiries are judged on it. */
+  clock: ActorClock;
+  /** The clock of the replica process using the store (skewed like its host's). */
+  replicaClock: ActorClock;
+  random: () => number;
 }
 
 /** Where a node agent keeps its requestId file on the node's disk. */
@@ -61,21 +79,8 @@ interface Link {
   dropReplies?: boolean;
 }
 
-export interface Proc {
-  id: string;
-  app: string;
-  node: string;
-  target: string;
-  application: Application;
-  handle: Handle | undefined;
-  crashed: boolean;
-  stopped: boolean;
-  k: number;
-}
-
 const SECRET = 'simulation-secret-simulation-secret';
-export const SLOT_BYTES = 32;
-const SLOTS = 8;
+export { SLOT_BYTES, type Proc } from './workload.js';
 /** The replicas' heartbeat interval is the node agents' too (adopted from welcome). */
 export const TIMING = { heartbeatIntervalMs: 100, leaseMs: 300, renewMs: 100, backoffMs: 20, backoffMaxMs: 400, failoverMs: 1500 };
 
@@ -84,6 +89,8 @@ export class World {
   readonly timing: typeof TIMING;
   readonly random: () => number;
   readonly history: Recorder;
+  /** Checks every event as it is recorded, so a run can stop at its first violation. */
+  readonly checker: Checker;
   readonly env: Env;
   readonly net: MemoryNetwork;
   readonly state: MemoryState = { records: new Map(), tombstones: new Map(), targets: new Map() };
@@ -93,7 +100,13 @@ export class World {
   readonly kept = new Map<string, MemoryKeptIds>();
   /** Each node's disk, with `keptOnDisk`. */
   readonly disks = new Map<string, SimDisk>();
-  readonly procs: Proc[] = [];
+  readonly workload = new Workload(this);
+  /** Each host's wall-clock skew from simulated time, in ms (a replica's or a node's; 0 if absent). */
+  readonly skews = new Map<string, number>();
+  /** The clock of each process's current incarnation (a killed process's clock fires nothing). */
+  readonly procClocks = new Map<string, ProcClock>();
+  /** Per node: replies whose arrival kills the node's agent before it handles them (see `crashOnReply`). */
+  private readonly crashTraps = new Map<string, { types: Set<string>; fire: () => void }>();
   readonly faults = new Map<string, number>();
   /** Replicas being started, so two restarts never race. */
   readonly starting = new Set<number>();
@@ -104,15 +117,14 @@ export class World {
   private readonly breaks = new Map<string, string>();
   /** Per direction of a link, when its last frame is due (keeps FIFO order unless reordering). */
   private readonly lastDelivery = new Map<string, number>();
-  private opId = 0;
-  private incarnation = 0;
   stopping = false;
   /** Simulated time skipped by clock jumps. */
   jumpedMs = 0;
 
   constructor(readonly opts: WorldOptions) {
     this.random = seededRandom(opts.seed);
-    this.history = new Recorder(() => this.clock.now());
+    this.checker = new Checker({ holdMs: opts.holdMs });
+    this.history = new Recorder(() => this.clock.now(), (e) => this.checker.observe(e));
     this.timing = { ...TIMING, ...opts.timing };
     this.env = { clock: this.clock, random: this.random, newId: seededIds(this.random), log: pino({ level: 'silent' }), inspect: opts.inspect };
     this.net = new MemoryNetwork({ deliver: (fn, d) => this.deliver(fn, d), maxFrameBytes: 1 << 20 });
@@ -151,6 +163,13 @@ export class World {
     if (l.partitioned) return;
     if (d.kind === 'frame') {
       if (l.dropReplies && d.from === replica) return;
+      const trap = d.from === replica && d.type !== undefined ? this.crashTraps.get(node) : undefined;
+      if (trap?.types.has(d.type!)) {
+        // The store decided and the replica answered, but the agent dies before it handles the answer.
+        this.crashTraps.delete(node);
+        trap.fire();
+        return;
+      }
       if (d.from === node && d.type !== undefined && this.breaks.get(node) === d.type) {
         // The frame is lost and the node's connections close right after, as a socket reset would.
         this.breaks.delete(node);
@@ -250,8 +269,66 @@ export class World {
   /** The node's simulated disk (created empty on first use). */
   disk(node: string): SimDisk {
     let d = this.disks.get(node);
-    if (!d) this.disks.set(node, (d = new SimDisk()));
+    if (!d) this.disks.set(node, (d = new SimDisk({ tear: (n) => this.between(0, n) })));
     return d;
+  }
+
+  /**
+   * An environment on the clock of `host` (a replica or a node): its skewed wall clock, and, for the
+   * process `incarnation` of a replica or node agent, timers that die with it.
+   */
+  envOf(host: string, incarnation = true): Env {
+    const clock = new ProcClock(this.clock, () => this.skews.get(host) ?? 0);
+    if (incarnation) this.procClocks.set(host, clock);
+    return { ...this.env, clock };
+  }
+
+  /** Step the wall clock of `host` by `ms` (forward or back), as an operator or NTP would. */
+  stepClock(host: string, ms: number): void {
+    this.skews.set(host, (this.skews.get(host) ?? 0) + ms);
+  }
+
+  /**
+   * Kill replica `i` like a host losing power: it answers nothing, closes nothing (its peers learn
+   * from silence), renews nothing, and its uncommitted store work is lost.
+   */
+  killReplica(i: number): boolean {
+    const name = this.replicaNames[i]!;
+    if (!this.replicas[i]) return false;
+    this.replicas[i] = undefined;
+    this.procClocks.get(name)?.kill();
+    this.net.kill(`mem://${name}`);
+    const store = this.stores[i] as TxStore & { crash?: () => void };
+    store.crash?.();
+    return true;
+  }
+
+  /**
+   * Kill the node agent of `node` and its applications (their promises never settle); with
+   * `powerLoss`, the node's disk keeps only what was fsynced (and maybe a torn part of the rest).
+   * Returns the processes that died, for a restart to bring back.
+   */
+  crashAgent(node: string, powerLoss: boolean): Proc[] {
+    const agent = this.agents.get(node);
+    if (!agent) return [];
+    this.crashTraps.delete(node);
+    this.procClocks.get(node)?.kill();
+    agent.crash();
+    this.agents.set(node, undefined);
+    if (powerLoss && this.opts.keptOnDisk) this.disk(node).powerLoss();
+    const procs = this.procs.filter((p) => p.node === node && !p.crashed && !p.stopped);
+    for (const p of procs) this.crashProc(p);
+    return procs;
+  }
+
+  /** The next reply of one of `types` from any replica to `node` is never handled: `fire` runs instead (it kills the agent). */
+  crashOnReply(node: string, types: string[], fire: () => void): void {
+    this.crashTraps.set(node, { types: new Set(types), fire });
+  }
+
+  /** Forget every reply trap that has not fired (every fault ends). */
+  disarmCrashTraps(): void {
+    this.crashTraps.clear();
   }
 
   fault(kind: string, detail: string): void {
@@ -263,14 +340,20 @@ export class World {
 
   async startReplica(i: number): Promise<void> {
     const name = this.replicaNames[i]!;
-    const inner = this.opts.makeStore ? this.opts.makeStore(this.state) : new MemoryStore(this.state);
+    const env = this.envOf(name);
+    const ctx: StoreContext = { clock: this.clock, replicaClock: env.clock, random: this.random };
+    const inner = this.opts.makeStore
+      ? this.opts.makeStore(this.state, ctx)
+      : this.opts.store === 'sim'
+        ? new SimStore(this.state, { clock: this.clock, random: this.random })
+        : new MemoryStore(this.state, () => this.clock.now());
     this.stores[i] = inner;
     const r = new StorageReplica({
       id: name,
-      store: observedStore(inner, name, this.history),
+      store: observedStore(inner, name, this.history, 'after-commit'),
       transport: this.opts.replicaTransport ? this.opts.replicaTransport(this.net) : this.net,
       secret: SECRET,
-      env: this.env,
+      env,
       holdMs: this.opts.holdMs,
       leaseMs: this.timing.leaseMs,
       renewIntervalMs: this.timing.renewMs,
@@ -295,7 +378,7 @@ export class World {
       transport: this.nodeTransport(node),
       secret: SECRET,
       kept,
-      env: this.env,
+      env: this.envOf(node),
       backoffBaseMs: this.timing.backoffMs,
       backoffMaxMs: this.timing.backoffMaxMs,
       unavailableFailoverMs: this.timing.failoverMs,
@@ -312,107 +395,22 @@ export class World {
     return new Promise((r) => this.clock.setTimeout(r, ms));
   }
 
-  /**
-   * Start an application process on a node: it opens its target and writes self-verifying records,
-   * or, with `mode: 'read'`, opens it for reading and reads it.
-   */
-  spawn(app: string, node: string, target: string, opts: { requestId?: string; once?: boolean; mode?: 'read' } = {}): Proc {
-    const agent = this.agents.get(node);
-    if (!agent) throw new Error(`${node} has no agent`);
-    const application = new Application(agent, { name: app, pauseTimeoutMs: this.opts.pauseTimeoutMs, env: this.env });
-    const proc: Proc = { id: `${node}/${app}#${++this.incarnation}`, app, node, target, application, handle: undefined, crashed: false, stopped: false, k: 0 };
-    this.procs.push(proc);
-    void this.runProc(proc, opts);
-    return proc;
+  /** An application process on `node`, on the node's clock. */
+  newApplication(agent: NodeAgent, name: string, node: string): Application {
+    return new Application(agent, { name, pauseTimeoutMs: this.opts.pauseTimeoutMs, env: this.envOf(node, false) });
+  }
+
+  /** Start an application process on a node (see Workload). */
+  spawn(app: string, node: string, target: string, opts: SpawnOptions = {}): Proc {
+    return this.workload.spawn(app, node, target, opts);
   }
 
   crashProc(p: Proc): void {
-    if (p.crashed) return;
-    p.crashed = true;
-    p.application.crash();
-    this.history.add({ kind: 'crash', proc: p.id });
+    this.workload.crash(p);
   }
 
-  private live(p: Proc): boolean {
-    return !p.crashed && !p.stopped && !this.stopping;
-  }
-
-  private async call<T>(p: Proc, op: 'open' | 'write' | 'read' | 'close', extra: { offset?: number; bytes?: string; length?: number }, run: () => Promise<T>): Promise<{ ok: true; value: T } | { ok: false; code: string }> {
-    const id = ++this.opId;
-    const requestId = p.handle?.requestId;
-    this.history.add({ kind: 'invoke', id, proc: p.id, op, target: p.target, ...(requestId ? { requestId } : {}), ...extra });
-    try {
-      const value = await run();
-      if (p.crashed) return { ok: false, code: 'CRASHED' };
-      const rid = p.handle?.requestId ?? requestId ?? '';
-      const bytes = value instanceof Uint8Array ? { bytes: hex(value) } : {};
-      this.history.add({ kind: 'ok', id, proc: p.id, op, target: p.target, requestId: rid, ...bytes });
-      return { ok: true, value };
-    } catch (err) {
-      const code = err instanceof SafeResumeError ? err.code : 'INTERNAL';
-      if (!p.crashed) this.history.add({ kind: 'fail', id, proc: p.id, op, target: p.target, ...(requestId ? { requestId } : {}), code });
-      return { ok: false, code };
-    }
-  }
-
-  private async open(p: Proc, requestId?: string, mode?: 'read'): Promise<boolean> {
-    for (let attempt = 0; this.live(p); attempt++) {
-      const r = await this.call(p, 'open', {}, () => p.application.open(p.target, { ...(requestId ? { requestId } : {}), ...(mode ? { mode } : {}) }));
-      if (r.ok) {
-        const h = r.value;
-        p.handle = h;
-        h.on('state', (to) => {
-          if (!p.crashed) this.history.add({ kind: 'state', proc: p.id, target: p.target, requestId: h.requestId, to, ...(to === 'invalidated' && h.reason ? { reason: h.reason } : {}) });
-        });
-        return true;
-      }
-      requestId = undefined; // a refused reclaim is not retried: the application reloads
-      if (r.code !== 'LOCKED' && r.code !== 'UNAVAILABLE' && r.code !== 'MODIFIED' && r.code !== 'CLOSED') return false;
-      await this.sleep(this.between(50, 200));
-    }
-    return false;
-  }
-
-  private async runProc(p: Proc, opts: { requestId?: string; once?: boolean; mode?: 'read' }): Promise<void> {
-    const [lo, hi] = this.opts.thinkMs ?? [10, 80];
-    if (!(await this.open(p, opts.requestId, opts.mode))) return;
-    while (this.live(p)) {
-      const h = p.handle!;
-      if (h.state === 'invalidated' || h.state === 'closed') {
-        // The application knows to reload: it opens the target afresh.
-        await this.sleep(this.between(lo, hi));
-        if (!(await this.open(p, undefined, opts.mode))) return;
-        continue;
-      }
-      if (opts.mode === 'read') {
-        // A reader: one slot at a time, waiting through pauses like a writer does.
-        const off = this.between(0, SLOTS - 1) * SLOT_BYTES;
-        await this.call(p, 'read', { offset: off, length: SLOT_BYTES }, () => h.read(off, SLOT_BYTES));
-        await this.sleep(this.between(lo, hi));
-        continue;
-      }
-      // A burst of 1-4 pipelined writes: several in flight at once, as a real application has.
-      const burst = opts.once ? 1 : this.between(1, 4);
-      const writes: Array<Promise<unknown>> = [];
-      for (let b = 0; b < burst; b++) {
-        p.k++;
-        const record = `${p.id}:${p.k}|`.padEnd(SLOT_BYTES, '.').slice(0, SLOT_BYTES);
-        const offset = (p.k % SLOTS) * SLOT_BYTES;
-        writes.push(this.call(p, 'write', { offset, bytes: record }, () => h.write(offset, new TextEncoder().encode(record))));
-      }
-      await Promise.all(writes);
-      if (!this.live(p)) break;
-      if (this.random() < 0.3) {
-        const off = this.between(0, SLOTS - 1) * SLOT_BYTES;
-        await this.call(p, 'read', { offset: off, length: SLOT_BYTES }, () => h.read(off, SLOT_BYTES));
-      }
-      if (opts.once) {
-        await this.call(p, 'close', {}, () => h.close());
-        p.stopped = true;
-        return;
-      }
-      await this.sleep(this.between(lo, hi));
-    }
+  get procs(): Proc[] {
+    return this.workload.procs;
   }
 
   /** Let the world run for `ms` of simulated time, every timer and message in order. */

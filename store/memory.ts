@@ -15,9 +15,16 @@ export class MemoryStore extends TxStore {
   private available = true;
   private readonly txImpl: Tx;
 
-  /** Pass another store's `state` to model a replica restart over the same data. */
-  constructor(readonly state: MemoryState = { records: new Map(), tombstones: new Map(), targets: new Map() }) {
+  /**
+   * Pass another store's `state` to model a replica restart over the same data; `now` is the store's
+   * clock, on which lock expiries are set and judged (default: the wall clock).
+   */
+  constructor(
+    readonly state: MemoryState = { records: new Map(), tombstones: new Map(), targets: new Map() },
+    now: () => number = Date.now,
+  ) {
     super();
+    this.clockNow = now;
     const { records, tombstones, targets } = state;
     this.txImpl = {
       getRecord: (t) => records.get(t),

@@ -42,7 +42,7 @@ export function open(tx: Tx, req: OpenRequest, nowMs: number): OpenResult {
   if (rec && rec.requestId === req.requestId) {
     if (rec.principal !== req.principal) return { ok: false, code: 'FORBIDDEN', message: 'requestId belongs to another principal' };
     // Same application from a new session or another node: grant it and fence the old session.
-    tx.putRecord(handOver(rec, req.session, req.expiresAt, instance));
+    tx.putRecord(handOver(rec, req.session, nowMs + req.leaseMs, instance));
     return { ok: true, version, lastSeq: rec.lastSeq, takeover: true };
   }
   if (rec && nowMs < rec.expiresAt) {
@@ -51,7 +51,7 @@ export function open(tx: Tx, req: OpenRequest, nowMs: number): OpenResult {
   // No record, or its lock expired: the old holder's resume will now be denied; its tombstone says
   // which of its writes were applied.
   if (rec) bury(tx, rec);
-  tx.putRecord({ target: req.target, requestId: req.requestId, principal: req.principal, session: req.session, expiresAt: req.expiresAt, lastSeq: 0, instance, instanceSeq: 0, prevInstance: '' });
+  tx.putRecord({ target: req.target, requestId: req.requestId, principal: req.principal, session: req.session, expiresAt: nowMs + req.leaseMs, lastSeq: 0, instance, instanceSeq: 0, prevInstance: '' });
   return { ok: true, version, lastSeq: 0, takeover: false };
 }
 
@@ -80,7 +80,7 @@ function denial(held: LockRecord | Tombstone | undefined, instance: string, vers
   return out;
 }
 
-export function resume(tx: Tx, req: ResumeRequest): ResumeOutcome {
+export function resume(tx: Tx, req: ResumeRequest, nowMs: number): ResumeOutcome {
   const version = tx.version(req.target);
   if (req.mode === 'read') {
     return req.version === version ? { granted: true, lastSeq: 0, version } : { granted: false, reason: 'MODIFIED', code: 'MODIFIED', version };
@@ -95,7 +95,7 @@ export function resume(tx: Tx, req: ResumeRequest): ResumeOutcome {
   }
   if (rec.principal !== req.principal) return { granted: false, reason: 'MODIFIED', code: 'FORBIDDEN', version };
   if (!req.takeover && rec.instance !== instance) return denial(rec, instance, version);
-  tx.putRecord(handOver(rec, req.session, req.expiresAt, instance));
+  tx.putRecord(handOver(rec, req.session, nowMs + req.leaseMs, instance));
   return { granted: true, lastSeq: rec.lastSeq, version };
 }
 
@@ -142,7 +142,8 @@ export function close(tx: Tx, ref: HandleRef, session: string): boolean {
   return true;
 }
 
-export function renew(tx: Tx, session: string, refs: HandleRef[], expiresAt: number): RenewResult {
+export function renew(tx: Tx, session: string, refs: HandleRef[], leaseMs: number, nowMs: number): RenewResult {
+  const expiresAt = nowMs + leaseMs;
   const lost: RenewResult['lost'] = [];
   for (const ref of refs) {
     const rec = tx.getRecord(ref.target);

@@ -1,6 +1,8 @@
 /**
- * The store contract: SPEC "Rules of the store". Each method is one atomic step. Time enters as an
- * argument (`nowMs`), so the same store runs under a simulated clock.
+ * The store contract: SPEC "Rules of the store". Each method is one atomic step. A lock's life is a
+ * duration (`leaseMs`) that the store measures on its own clock (the database host's, or etcd's), never
+ * a time read from a replica's clock: replicas on hosts whose clocks disagree, or are stepped, cannot
+ * shorten a hold. The rules take the store's time as an argument, so a simulated clock can drive them.
  */
 import type { InvalidationReason } from '../errors.js';
 
@@ -12,7 +14,7 @@ export interface LockRecord {
   requestId: string;
   principal: string;
   session: string;
-  /** The lock is live while `nowMs < expiresAt`; the record outlives the lock until another writer opens. */
+  /** On the store's clock: the lock is live while `now < expiresAt`; the record outlives the lock until another writer opens. */
   expiresAt: number;
   /** Highest write sequence number applied for this requestId. */
   lastSeq: number;
@@ -47,8 +49,8 @@ export interface OpenRequest {
   principal: string;
   mode: Mode;
   session: string;
-  /** Lock expiry to set when a write open is granted. */
-  expiresAt: number;
+  /** How long the lock lasts when a write open is granted, from the store's now. */
+  leaseMs: number;
   /** The handle instance opening (write handles). */
   instance?: string | undefined;
 }
@@ -63,7 +65,8 @@ export interface ResumeRequest {
   principal: string;
   mode: Mode;
   session: string;
-  expiresAt: number;
+  /** How long the lock lasts when a write resume is granted, from the store's now. */
+  leaseMs: number;
   /** Read handles: the version they last saw. */
   version?: number | undefined;
   /** Write handles: the handle instance resuming. */
@@ -115,7 +118,7 @@ export interface RenewResult {
 
 export interface Store {
   readonly kind: string;
-  open(req: OpenRequest, nowMs: number): Promise<OpenResult>;
+  open(req: OpenRequest): Promise<OpenResult>;
   /** A batch of resumes; each is decided atomically on its own. */
   resume(reqs: ResumeRequest[]): Promise<ResumeOutcome[]>;
   write(req: WriteRequest): Promise<WriteResult>;
@@ -123,7 +126,8 @@ export interface Store {
   /** Release the lock and delete the record, if this session holds it; true if it did. */
   close(ref: HandleRef, session: string): Promise<boolean>;
   /** Set the expiry of every listed lock that this session still holds, in one batch. */
-  renew(session: string, refs: HandleRef[], expiresAt: number): Promise<RenewResult>;
+  /** Every lock of `refs` still held through `session` lasts `leaseMs` more, from the store's now. */
+  renew(session: string, refs: HandleRef[], leaseMs: number): Promise<RenewResult>;
   /** For inspection and tests: the target's record, if any. */
   record(target: string): Promise<LockRecord | undefined>;
   /** Cheap liveness probe; throws StoreUnavailableError while the store cannot be used. */

@@ -8,23 +8,25 @@ import type { Guarantee } from '../sim/checker.js';
 import { runSchedule, type FaultKind, type ScheduleOptions } from '../sim/scheduler.js';
 import * as rules from '../store/rules.js';
 import type { SyncStore } from '../store/base.js';
-import { MemoryStore } from '../store/memory.js';
+import type { MemoryStore } from '../store/memory.js';
+import { SimStore } from '../sim/store.js';
+import type { StoreContext } from '../sim/world.js';
 import { StoreUnavailableError } from '../store/types.js';
 import type { Connection, Transport } from '../transport/types.js';
 
 type State = MemoryStore['state'];
 
-/** A memory store with one rule replaced. */
-function storeWith(patch: (store: MemoryStore, run: <T>(fn: (tx: rules.Tx) => T) => T) => Partial<SyncStore>) {
-  return (state: State) => {
-    const store = new MemoryStore(state);
+/** The simulation's store (the model of the SQLite adapter) with one rule replaced; `now` is the store's clock. */
+function storeWith(patch: (store: SimStore, run: <T>(fn: (tx: rules.Tx) => T) => T, now: () => number) => Partial<SyncStore>) {
+  return (state: State, ctx: StoreContext) => {
+    const store = new SimStore(state, { clock: ctx.clock, random: ctx.random });
     const run = <T>(fn: (tx: rules.Tx) => T): T => (store as unknown as { tx<U>(f: (tx: rules.Tx) => U): U }).tx(fn);
-    Object.assign(store.sync, patch(store, run));
+    Object.assign(store.sync, patch(store, run, () => ctx.clock.now()));
     return store;
   };
 }
 
-const resumeIgnoresRevocation = storeWith((_, run) => ({
+const resumeIgnoresRevocation = storeWith((_, run, now) => ({
   resume: (reqs) =>
     run((tx) =>
       reqs.map((r) => {
@@ -33,7 +35,7 @@ const resumeIgnoresRevocation = storeWith((_, run) => ({
           // Bug: a revoked requestId is granted its resume as if it still held the target.
           return { granted: true as const, lastSeq: 0, version: tx.version(r.target) };
         }
-        return rules.resume(tx, r);
+        return rules.resume(tx, r, now());
       }),
     ),
 }));
@@ -79,35 +81,35 @@ const seqCheckOff = storeWith((_, run) => ({
     }),
 }));
 
-const resumeForgetsRecords = storeWith((_, run) => ({
+const resumeForgetsRecords = storeWith((_, run, now) => ({
   resume: (reqs) =>
     run((tx) =>
       reqs.map((r) => {
         // Bug: a write handle's resume is denied whenever its session changed, i.e. always.
         if (r.mode === 'write') return { granted: false as const, reason: 'MODIFIED' as const, code: 'MODIFIED' as const, version: tx.version(r.target) };
-        return rules.resume(tx, r);
+        return rules.resume(tx, r, now());
       }),
     ),
 }));
 
-const resumeSupersedesEveryWriter = storeWith((_, run) => ({
+const resumeSupersedesEveryWriter = storeWith((_, run, now) => ({
   resume: (reqs) =>
     run((tx) =>
       reqs.map((r) => {
         // Bug: every write handle's resume is denied SUPERSEDED, as if another instance had taken it over.
         if (r.mode === 'write') return { granted: false as const, reason: 'SUPERSEDED' as const, code: 'SUPERSEDED' as const, version: tx.version(r.target) };
-        return rules.resume(tx, r);
+        return rules.resume(tx, r, now());
       }),
     ),
 }));
 
-const readResumeAlwaysGranted = storeWith((_, run) => ({
+const readResumeAlwaysGranted = storeWith((_, run, now) => ({
   resume: (reqs) =>
     run((tx) =>
       reqs.map((r) => {
         // Bug: a reader's resume is granted without comparing versions, even after the target was written.
         if (r.mode === 'read') return { granted: true as const, lastSeq: 0, version: tx.version(r.target) };
-        return rules.resume(tx, r);
+        return rules.resume(tx, r, now());
       }),
     ),
 }));
@@ -128,6 +130,45 @@ const resumeAlwaysUnavailable = storeWith(() => ({
     throw new StoreUnavailableError('broken resume');
   },
 }));
+
+/** A deep copy of the shared store state (what reached the disk at the last fsync). */
+function snapshot(state: State): State {
+  return {
+    records: new Map([...state.records].map(([k, r]) => [k, { ...r }])),
+    tombstones: new Map([...state.tombstones].map(([k, l]) => [k, l.map((x) => ({ ...x }))])),
+    targets: new Map([...state.targets].map(([k, t]) => [k, { buf: t.buf.slice(), size: t.size, version: t.version }])),
+  };
+}
+
+/**
+ * A store that answers each operation as soon as it ran and fsyncs only every 200 ms: a replica
+ * killed in between takes the unsynced tail with it, acknowledged writes included.
+ */
+const acksBeforeFsync = (state: State, ctx: StoreContext) => {
+  const store = new SimStore(state, { clock: ctx.clock, random: ctx.random, groupCommit: false });
+  let synced = snapshot(state);
+  const fsync = () => {
+    if (store.crashed) return;
+    synced = snapshot(state);
+    ctx.clock.setTimeout(fsync, 200);
+  };
+  ctx.clock.setTimeout(fsync, 200);
+  const crash = store.crash.bind(store);
+  store.crash = () => {
+    crash();
+    // Bug: what was acknowledged since the last fsync is gone.
+    const back = snapshot(synced);
+    for (const key of ['records', 'tombstones', 'targets'] as const) {
+      const live = state[key] as Map<string, unknown>;
+      live.clear();
+      for (const [k, v] of back[key] as Map<string, unknown>) live.set(k, v);
+    }
+  };
+  return store;
+};
+
+/** Lock expiries judged on the clock of the replica that asks (skewed like its host's), not the store's. */
+const holdOnReplicaClock = (state: State, ctx: StoreContext) => new SimStore(state, { clock: ctx.replicaClock, random: ctx.random });
 
 /** A transport whose replica-side connections have one method replaced (the bug). */
 function replicaSide(inner: Transport, prop: 'send' | 'onFrame', replace: (c: Connection) => unknown): Transport {
@@ -165,11 +206,37 @@ const duplicatesWrites = (inner: Transport): Transport =>
 const losesReadReplies = (inner: Transport): Transport =>
   replicaSide(inner, 'send', (c) => (msg: Parameters<Connection['send']>[0]) => (msg.type === 'data' ? true : c.send(msg)));
 
+/**
+ * A replica that answers reads from a cache it never invalidates: the second read of the same range
+ * gets the first answer again. The store read the right bytes (its history says so); only what the
+ * application was handed is stale.
+ */
+const staleReadCache = (inner: Transport): Transport => {
+  const asked = new Map<number, string>();
+  const cache = new Map<string, unknown>();
+  const withReads = replicaSide(inner, 'onFrame', (c) => (cb: Parameters<Connection['onFrame']>[0]) =>
+    c.onFrame((frame) => {
+      if (frame.ok && frame.msg.type === 'read') asked.set(frame.msg.id, `${frame.msg.target}@${frame.msg.offset}+${frame.msg.length}`);
+      cb(frame);
+    }),
+  );
+  return replicaSide(withReads, 'send', (c) => (msg: Parameters<Connection['send']>[0]) => {
+    if (msg.type !== 'data') return c.send(msg);
+    const key = asked.get(msg.id);
+    asked.delete(msg.id);
+    if (key === undefined) return c.send(msg);
+    const old = cache.get(key) as typeof msg | undefined;
+    if (old) return c.send({ ...old, id: msg.id });
+    cache.set(key, msg);
+    return c.send(msg);
+  });
+};
+
 /** Run seeds until the checker reports `g`; return the seed that showed it. */
-async function findViolation(g: Guarantee, opts: ScheduleOptions, maxSeeds = 40): Promise<number | undefined> {
+async function findViolation(g: Guarantee, opts: ScheduleOptions, maxSeeds = 40, about?: RegExp): Promise<number | undefined> {
   for (let seed = 1; seed <= maxSeeds; seed++) {
     const r = await runSchedule(seed, opts);
-    if (r.violations.some((v) => v.guarantee === g)) return seed;
+    if (r.violations.some((v) => v.guarantee === g && (!about || about.test(v.message)))) return seed;
   }
   return undefined;
 }
@@ -219,6 +286,18 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
 
   it('L2: a store whose resume path is always unavailable', async () => {
     expect(await findViolation('L2', { makeStore: resumeAlwaysUnavailable, kinds: kinds('replica-crash', 'partition') })).toBeDefined();
+  }, 120_000);
+
+  it('S3: a replica that serves application reads from a stale cache (within 5 seeds)', async () => {
+    expect(await findViolation('S3', { replicaTransport: staleReadCache, faults: 0 }, 5, /stale read/)).toBeDefined();
+  }, 120_000);
+
+  it('S3: a store that acknowledges before its fsync loses acknowledged writes when a replica is killed (within 10 seeds)', async () => {
+    expect(await findViolation('S3', { makeStore: acksBeforeFsync, kinds: kinds('replica-kill', 'storage-reboot') }, 10)).toBeDefined();
+  }, 120_000);
+
+  it('L1: a replica with a stepped clock that judges holds on its own clock takes an active writer\'s target (within 40 seeds)', async () => {
+    expect(await findViolation('L1', { makeStore: holdOnReplicaClock, kinds: kinds('clock-step', 'foreign-writer') }, 40, /hold period/)).toBeDefined();
   }, 120_000);
 
   it('L3: a transport that loses every answer to a read', async () => {

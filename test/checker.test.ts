@@ -1,6 +1,6 @@
 /** The checker on hand-written histories: a good one passes, a bad one for each guarantee is caught. */
 import { describe, expect, it } from 'vitest';
-import { check, type Guarantee } from '../sim/checker.js';
+import { check, Checker, type Guarantee } from '../sim/checker.js';
 import type { History, HistoryEvent } from '../sim/history.js';
 
 const X = 'X'.repeat(21);
@@ -136,5 +136,83 @@ describe('checker', () => {
     expect(guarantees([grant(X, 'x1'), invoke(1, 'p')])).toEqual(['L3']);
     t = 0;
     expect(check([grant(X, 'x1'), invoke(1, 'p'), at({ kind: 'crash', proc: 'p' })])).toEqual([]);
+  });
+});
+
+const invokeAt = (id: number, proc: string, offset: number, bytes: string) => at({ kind: 'invoke', id, proc, op: 'write', target: T, offset, bytes });
+const readInvoke = (id: number, proc: string, offset: number, length: number) => at({ kind: 'invoke', id, proc, op: 'read', target: T, offset, length });
+const readOk = (id: number, proc: string, bytes: string) => at({ kind: 'ok', id, proc, op: 'read', target: T, requestId: X, bytes });
+
+describe('checker: what applications read', () => {
+  it('accepts a read of the last acknowledged write, and of a write still in flight', () => {
+    t = 0;
+    const h = [invokeAt(1, 'w', 0, 'aaaa'), ok(1, 'w', X), invokeAt(2, 'w', 0, 'bbbb'), readInvoke(3, 'r', 0, 4), readOk(3, 'r', 'aaaa'), readInvoke(4, 'r', 0, 4), readOk(4, 'r', 'bbbb')];
+    // (The store's side is not in these histories: only what the applications saw is checked here.)
+    expect(check(h).filter((v) => v.message.includes('read'))).toEqual([]);
+  });
+
+  it('S3: a stale read (an acknowledged write overwritten before the read began)', () => {
+    t = 0;
+    const h = [invokeAt(1, 'w', 0, 'aaaa'), ok(1, 'w', X), invokeAt(2, 'w', 0, 'bbbb'), ok(2, 'w', X), readInvoke(3, 'r', 0, 4), readOk(3, 'r', 'aaaa')];
+    expect(check(h).find((v) => v.message.includes('stale read'))?.guarantee).toBe('S3');
+  });
+
+  it('S3: a read missing an acknowledged write, or returning bytes nobody wrote', () => {
+    t = 0;
+    expect(guarantees([invokeAt(1, 'w', 0, 'aaaa'), ok(1, 'w', X), readInvoke(2, 'r', 0, 4), readOk(2, 'r', '')])).toContain('S3');
+    t = 0;
+    expect(guarantees([invokeAt(1, 'w', 0, 'aaaa'), ok(1, 'w', X), readInvoke(2, 'r', 0, 4), readOk(2, 'r', 'aaXa')])).toContain('S3');
+  });
+
+  it('S3: a write seen torn across a range two writes cover', () => {
+    t = 0;
+    // Both writes cover [0, 4): whichever landed last is there whole, never half of each.
+    const h = [invokeAt(1, 'w', 0, 'aaaa'), invokeAt(2, 'v', 0, 'bbbb'), readInvoke(3, 'r', 0, 4), readOk(3, 'r', 'aabb')];
+    expect(guarantees(h)).toContain('S3');
+  });
+
+  it('reads across writes that overlap in part: each range its own write', () => {
+    t = 0;
+    const h = [invokeAt(1, 'w', 0, 'aaaa'), ok(1, 'w', X), invokeAt(2, 'w', 2, 'bbbb'), ok(2, 'w', X), readInvoke(3, 'r', 0, 6), readOk(3, 'r', 'aabbbb')];
+    expect(check(h).filter((v) => v.message.includes('read'))).toEqual([]);
+    t = 0;
+    const h2 = [invokeAt(1, 'w', 0, 'aaaa'), ok(1, 'w', X), invokeAt(2, 'w', 2, 'bbbb'), ok(2, 'w', X), readInvoke(3, 'r', 0, 6), readOk(3, 'r', 'aaaabb')];
+    expect(guarantees(h2)).toContain('S3');
+  });
+
+  it('S5: an application reads the bytes of a write that was rejected as not applied', () => {
+    t = 0;
+    const h = [invokeAt(1, 'w', 0, 'zzzz'), fail(1, 'w', 'MODIFIED'), readInvoke(2, 'r', 0, 4), readOk(2, 'r', 'zzzz')];
+    expect(guarantees(h)).toContain('S5');
+  });
+
+  it('a write rejected OUTCOME_UNKNOWN may show up', () => {
+    t = 0;
+    const h = [invokeAt(1, 'w', 0, 'zzzz'), fail(1, 'w', 'OUTCOME_UNKNOWN'), readInvoke(2, 'r', 0, 4), readOk(2, 'r', 'zzzz')];
+    expect(check(h).filter((v) => v.message.includes('read'))).toEqual([]);
+  });
+});
+
+describe('checker: hold period and checking as the run goes', () => {
+  const renew = (session: string) => at({ kind: 'renew', replica: R, session, targets: [T] });
+
+  it('L1: a writer takes the target inside the previous holder\'s hold period', () => {
+    t = 0;
+    // t: 0 grant X, 1 renew, 2 grant Y: 1 ms after the last extension, with a 100 ms hold.
+    expect(check([grant(X, 'x1'), renew('x1'), grant(Y, 'y1')], { holdMs: 100 }).map((v) => v.guarantee)).toEqual(['L1']);
+    t = 0;
+    expect(check([grant(X, 'x1'), renew('x1'), grant(Y, 'y1')], { holdMs: 1 })).toEqual([]);
+  });
+
+  it('reports a violation the moment its event is observed', () => {
+    t = 0;
+    const c = new Checker();
+    c.observe(grant(X, 'x1'));
+    c.observe(applied(X, 'x1', 1, 'a'));
+    expect(c.violations).toEqual([]);
+    c.observe(grant(Y, 'y1'));
+    c.observe(applied(Y, 'y1', 1, 'b'));
+    c.observe(grant(X, 'x2', 'resume'));
+    expect(c.violations.map((v) => v.guarantee)).toEqual(['S1']);
   });
 });

@@ -79,7 +79,7 @@ async function client(url: string) {
 }
 
 const T = 'vm1.disk';
-const open = { target: T, requestId: RID, principal: 'p', mode: 'write' as const, session: 's1', expiresAt: 1e15 };
+const open = { target: T, requestId: RID, principal: 'p', mode: 'write' as const, session: 's1', leaseMs: 1e9 };
 const write = (seq: number, text: string, offset = seq - 1) => ({ target: T, requestId: RID, session: 's1', seq, offset, data: bytes(text) });
 
 describe('the SQLite store, while another process holds the write lock', () => {
@@ -88,7 +88,7 @@ describe('the SQLite store, while another process holds the write lock', () => {
       const t = tempDir();
       const store = new SqliteStore(join(t.dir, 's.sqlite'), { groupCommit, busyTimeoutMs: 10_000 });
       try {
-        await store.open(open, 0);
+        await store.open(open);
         const lock = blocker(store.path, 1000);
         await waitFor('the other process to hold the lock', () => lock.state() === 1);
         const settled: number[] = [];
@@ -114,7 +114,7 @@ describe('the SQLite store, while another process holds the write lock', () => {
       const t = tempDir();
       const store = new SqliteStore(join(t.dir, 's.sqlite'), { groupCommit, busyTimeoutMs: 100 });
       try {
-        await store.open(open, 0);
+        await store.open(open);
         const lock = blocker(store.path, 1500);
         await waitFor('the other process to hold the lock', () => lock.state() === 1);
         const writes = [1, 2, 3].map((seq) => store.write(write(seq, 'x')));

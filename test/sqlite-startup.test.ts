@@ -26,7 +26,7 @@ for await (const path of createInterface({ input: process.stdin })) {
   try {
     const s = new SqliteStore(path);
     const target = 'p' + process.pid;
-    const o = await s.open({ target, requestId: rid, principal: 'p', mode: 'write', session: 's', expiresAt: 1e15 }, 0);
+    const o = await s.open({ target, requestId: rid, principal: 'p', mode: 'write', session: 's', leaseMs: 1e9 });
     const w = await s.write({ target, requestId: rid, session: 's', seq: 1, offset: 0, data: new TextEncoder().encode(target) });
     await s.shutdown();
     answer = { target, ok: o.ok && w.ok && w.applied };

@@ -3,36 +3,113 @@ import Database from 'better-sqlite3';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
+import { seededRandom } from '../actors/env.js';
+import { quiesce, SimClock } from '../sim/clock.js';
+import { SimStore } from '../sim/store.js';
 import { MemoryStore } from '../store/memory.js';
 import { SqliteStore } from '../store/sqlite.js';
 import type { Store } from '../store/types.js';
 import { bytes, tempDir, text } from './helpers.js';
 
+/**
+ * Settle `p` by running the simulated clock: let every promise job run, then fire the next due
+ * timer, until `p` settles (a group commit of the simulated store flushes on such a timer).
+ */
+async function drive<T>(clock: SimClock, p: Promise<T>): Promise<T> {
+  let settled = false;
+  p.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
+  for (;;) {
+    await quiesce();
+    if (settled) return p;
+    const due = clock.nextDue();
+    if (due === undefined) throw new Error('the simulated store will never answer: no timer is pending');
+    clock.advanceTo(due);
+  }
+}
+
+/** The simulated store as a Store whose every call runs the simulated clock until it settles. */
+function driven(store: SimStore, clock: SimClock): Store {
+  return {
+    kind: store.kind,
+    open: (req) => drive(clock, store.open(req)),
+    resume: (reqs) => drive(clock, store.resume(reqs)),
+    write: (req) => drive(clock, store.write(req)),
+    read: (req) => drive(clock, store.read(req)),
+    close: (ref, session) => drive(clock, store.close(ref, session)),
+    renew: (session, refs, leaseMs) => drive(clock, store.renew(session, refs, leaseMs)),
+    record: (target) => drive(clock, store.record(target)),
+    ping: () => drive(clock, store.ping()),
+    shutdown: () => store.shutdown(),
+  };
+}
+
 interface Adapter {
   name: string;
-  /** A fresh store, and a function that closes it and opens it again over the same data (a reboot). */
-  make(): { store: Store; reopen: () => Promise<Store>; cleanup: () => void };
+  /**
+   * A fresh store whose own clock reads `now`, and a function that closes it and opens it again
+   * over the same data (a reboot).
+   */
+  make(now: () => number): { store: Store; reopen: () => Promise<Store>; cleanup: () => void };
+}
+
+/** The memory store on a clock the test sets. */
+class ClockedMemoryStore extends MemoryStore {
+  constructor(state: MemoryStore['state'] | undefined, now: () => number) {
+    super(state);
+    this.clockNow = now;
+  }
+}
+
+/** The SQLite store on a clock the test sets. */
+class ClockedSqliteStore extends SqliteStore {
+  constructor(path: string, now: () => number) {
+    super(path);
+    this.clockNow = now;
+  }
 }
 
 const adapters: Adapter[] = [
   {
     name: 'memory',
-    make() {
-      const store = new MemoryStore();
-      return { store, reopen: async () => new MemoryStore(store.state), cleanup: () => {} };
+    make(now) {
+      const store = new ClockedMemoryStore(undefined, now);
+      return { store, reopen: async () => new ClockedMemoryStore(store.state, now), cleanup: () => {} };
+    },
+  },
+  {
+    name: 'sim (SQLite model over shared memory, group commit on a simulated clock)',
+    make(now) {
+      const clock = new SimClock();
+      // The database host's clock reads the test's time; its timers (group flushes) are the simulated clock's.
+      const host = { now, setTimeout: (fn: () => void, ms: number) => clock.setTimeout(fn, ms), clearTimeout: (id: unknown) => clock.clearTimeout(id) };
+      const random = seededRandom(7);
+      let current = new SimStore({ records: new Map(), tombstones: new Map(), targets: new Map() }, { clock: host, random });
+      return {
+        store: driven(current, clock),
+        reopen: async () => {
+          // A reboot: the process dies and a new one opens the same database.
+          current.crash();
+          current = new SimStore(current.state, { clock: host, random });
+          return driven(current, clock);
+        },
+        cleanup: () => {},
+      };
     },
   },
   {
     name: 'sqlite',
-    make() {
+    make(now) {
       const t = tempDir();
       const path = join(t.dir, 'store.sqlite');
-      let current = new SqliteStore(path);
+      let current = new ClockedSqliteStore(path, now);
       return {
         store: current,
         reopen: async () => {
           await current.shutdown();
-          current = new SqliteStore(path);
+          current = new ClockedSqliteStore(path, now);
           return current;
         },
         cleanup: () => {
@@ -53,17 +130,23 @@ for (const adapter of adapters) {
   describe(`store contract: ${adapter.name}`, () => {
     let env: ReturnType<Adapter['make']>;
     let store: Store;
+    /** The store's clock. */
+    let nowMs = 0;
     const setup = () => {
-      env = adapter.make();
+      nowMs = 0;
+      env = adapter.make(() => nowMs);
       store = env.store;
     };
     afterEach(() => env.cleanup());
-    const open = (requestId: string, session: string, now: number, expiresAt: number, mode: 'read' | 'write' = 'write', principal = P) =>
-      store.open({ target: T, requestId, principal, mode, session, expiresAt }, now);
+    /** At store time `now`, open with a lock lasting until `expiresAt`. */
+    const open = (requestId: string, session: string, now: number, expiresAt: number, mode: 'read' | 'write' = 'write', principal = P) => {
+      nowMs = now;
+      return store.open({ target: T, requestId, principal, mode, session, leaseMs: expiresAt - now });
+    };
     const write = (requestId: string, session: string, seq: number, offset: number, s: string) =>
       store.write({ target: T, requestId, session, seq, offset, data: bytes(s) });
     const resume = (requestId: string, session: string, expiresAt = 10_000, mode: 'read' | 'write' = 'write', version?: number) =>
-      store.resume([{ target: T, requestId, principal: P, mode, session, expiresAt, version }]).then((r) => r[0]!);
+      store.resume([{ target: T, requestId, principal: P, mode, session, leaseMs: expiresAt - nowMs, version }]).then((r) => r[0]!);
 
     it('grants a write open and refuses another writer with LOCKED while the lock is live', async () => {
       setup();
@@ -102,16 +185,18 @@ for (const adapter of adapters) {
       await open(X, 's1', 0, 100);
       await write(X, 's1', 1, 0, 'a');
       await write(X, 's1', 2, 1, 'b');
+      nowMs = 500;
       expect(await resume(X, 's2')).toMatchObject({ granted: true, lastSeq: 2 });
+      expect((await store.record(T))?.expiresAt).toBe(10_000);
       expect(await write(X, 's1', 3, 2, 'c')).toMatchObject({ ok: false, code: 'SUPERSEDED' });
     });
 
     const resumeAs = (requestId: string, session: string, instance: string, takeover = false) =>
-      store.resume([{ target: T, requestId, principal: P, mode: 'write', session, expiresAt: 10_000, instance, takeover }]).then((r) => r[0]!);
+      store.resume([{ target: T, requestId, principal: P, mode: 'write', session, leaseMs: 10_000 - nowMs, instance, takeover }]).then((r) => r[0]!);
 
     it('a writer taken over after its hold learns from the tombstone which of its writes were applied', async () => {
       setup();
-      await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', expiresAt: 1000, instance: 'inst-one' }, 0);
+      await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, instance: 'inst-one' });
       await write(X, 's1', 1, 0, 'a');
       await write(X, 's1', 2, 1, 'b');
       expect(await open(Y, 's2', 1000, 3000)).toMatchObject({ ok: true });
@@ -120,7 +205,7 @@ for (const adapter of adapters) {
 
     it('an instance whose successor took over and closed is denied SUPERSEDED, with what it had applied', async () => {
       setup();
-      await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', expiresAt: 1000, instance: 'inst-one' }, 0);
+      await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, instance: 'inst-one' });
       await write(X, 's1', 1, 0, 'a');
       expect(await resumeAs(X, 's2', 'inst-two', true)).toMatchObject({ granted: true, lastSeq: 1 });
       await write(X, 's2', 2, 1, 'b');
@@ -131,7 +216,7 @@ for (const adapter of adapters) {
     it('denies a resume to another principal', async () => {
       setup();
       await open(X, 's1', 0, 100);
-      const r = await store.resume([{ target: T, requestId: X, principal: 'mallory', mode: 'write', session: 's2', expiresAt: 1 }]);
+      const r = await store.resume([{ target: T, requestId: X, principal: 'mallory', mode: 'write', session: 's2', leaseMs: 1 }]);
       expect(r[0]).toMatchObject({ granted: false, code: 'FORBIDDEN' });
       expect(await open(X, 's2', 0, 100, 'write', 'mallory')).toMatchObject({ ok: false, code: 'FORBIDDEN' });
     });
@@ -196,12 +281,16 @@ for (const adapter of adapters) {
     it('renews a batch of locks of one session and reports the ones it lost', async () => {
       setup();
       const refs = ['a', 'b', 'c'].map((target) => ({ target, requestId: X }));
-      for (const r of refs) await store.open({ ...r, principal: P, mode: 'write', session: 's1', expiresAt: 100 }, 0);
-      await store.open({ target: 'c', requestId: X, principal: P, mode: 'write', session: 's2', expiresAt: 100 }, 0);
+      for (const r of refs) await store.open({ ...r, principal: P, mode: 'write', session: 's1', leaseMs: 100 });
+      await store.open({ target: 'c', requestId: X, principal: P, mode: 'write', session: 's2', leaseMs: 100 });
+      nowMs = 50;
       const res = await store.renew('s1', refs, 5000);
       expect(res.lost).toEqual([{ target: 'c', requestId: X, reason: 'SUPERSEDED' }]);
-      expect((await store.record('a'))?.expiresAt).toBe(5000);
-      expect(await store.open({ target: 'a', requestId: Y, principal: P, mode: 'write', session: 's3', expiresAt: 1 }, 4999)).toMatchObject({ ok: false, code: 'LOCKED' });
+      expect((await store.record('a'))?.expiresAt).toBe(5050);
+      nowMs = 5049;
+      expect(await store.open({ target: 'a', requestId: Y, principal: P, mode: 'write', session: 's3', leaseMs: 1 })).toMatchObject({ ok: false, code: 'LOCKED' });
+      nowMs = 5050;
+      expect(await store.open({ target: 'a', requestId: Y, principal: P, mode: 'write', session: 's3', leaseMs: 1 })).toMatchObject({ ok: true });
     });
 
     it('extends a target with zeros on a write past its end and reads back ranges', async () => {
@@ -262,8 +351,8 @@ describe('sqlite specifics', () => {
     const a = new SqliteStore(join(t.dir, 's.sqlite'));
     const b = new SqliteStore(join(t.dir, 's.sqlite'));
     try {
-      expect(await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', expiresAt: 100 }, 0)).toMatchObject({ ok: true });
-      expect(await b.open({ target: T, requestId: Y, principal: P, mode: 'write', session: 's2', expiresAt: 100 }, 50)).toMatchObject({ ok: false, code: 'LOCKED' });
+      expect(await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 100 })).toMatchObject({ ok: true });
+      expect(await b.open({ target: T, requestId: Y, principal: P, mode: 'write', session: 's2', leaseMs: 100 })).toMatchObject({ ok: false, code: 'LOCKED' });
       await a.write({ target: T, requestId: X, session: 's1', seq: 1, offset: 0, data: bytes('hi') });
       const r = await b.read({ target: T, offset: 0, length: 2 });
       expect(r.ok && text(r.data)).toBe('hi');
@@ -278,7 +367,7 @@ describe('sqlite specifics', () => {
     const t = tempDir();
     const a = new SqliteStore(join(t.dir, 's.sqlite'));
     try {
-      await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', expiresAt: 100 }, 0);
+      await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 100 });
       const before = { ...a.commits };
       const writes = Array.from({ length: 200 }, (_, i) => a.write({ target: T, requestId: X, session: 's1', seq: i + 1, offset: i, data: bytes(String.fromCharCode(65 + (i % 26))) }));
       const read = a.read({ target: T, offset: 0, length: 200 });
@@ -299,7 +388,7 @@ describe('sqlite specifics', () => {
     const path = join(t.dir, 's.sqlite');
     const a = new SqliteStore(path, { busyTimeoutMs: 20 });
     try {
-      await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', expiresAt: 100 }, 0);
+      await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 100 });
       const blocker = new Database(path);
       blocker.exec('BEGIN IMMEDIATE');
       const writes = [1, 2, 3].map((seq) => a.write({ target: T, requestId: X, session: 's1', seq, offset: 0, data: bytes('x') }));
@@ -309,6 +398,60 @@ describe('sqlite specifics', () => {
       expect(await a.write({ target: T, requestId: X, session: 's1', seq: 1, offset: 0, data: bytes('y') })).toMatchObject({ ok: true, applied: true, version: 1 });
     } finally {
       await a.shutdown();
+      t.cleanup();
+    }
+  });
+
+  it('afterCommit with group commit: callbacks run after the commit, in operation order, before the promises settle; a throwing operation drops its own', async () => {
+    const t = tempDir();
+    const path = join(t.dir, 's.sqlite');
+    const a = new SqliteStore(path);
+    // Another process on the same file: it can take the write lock only once `a` has committed.
+    const other = new SqliteStore(path);
+    try {
+      await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 100 });
+      const log: string[] = [];
+      const seen = () => {
+        const r = other.sync.read({ target: T, offset: 0, length: 10 });
+        return r.ok ? `${text(r.data)}@${r.version}` : r.code;
+      };
+      const before = a.commits.transactions;
+      const w = (seq: number, s: string) => a.sync.write({ target: T, requestId: X, session: 's1', seq, offset: seq - 1, data: bytes(s) });
+      const ops = [
+        a.commit(() => {
+          const r = w(1, 'a');
+          a.afterCommit(() => log.push(`cb1 sees ${seen()}`));
+          return r;
+        }),
+        a.commit(() => {
+          w(2, 'z');
+          a.afterCommit(() => log.push('cb of the failed operation'));
+          throw new Error('rule failed');
+        }),
+        a.commit(() => {
+          const r = w(2, 'b');
+          a.afterCommit(() => log.push(`cb3 sees ${seen()}`));
+          a.afterCommit(() => log.push('cb3 again'));
+          return r;
+        }),
+      ];
+      ops.forEach((p, i) => p.then(
+        () => log.push(`settled ${i + 1}`),
+        () => log.push(`settled ${i + 1}`),
+      ));
+      expect(log).toEqual([]);
+      const [r1, r2, r3] = await Promise.allSettled(ops);
+      expect(r1).toMatchObject({ status: 'fulfilled', value: { ok: true, version: 1 } });
+      expect(r2).toMatchObject({ status: 'rejected', reason: { message: 'rule failed' } });
+      expect(r3).toMatchObject({ status: 'fulfilled', value: { ok: true, version: 2 } });
+      expect(a.commits.transactions - before).toBe(1);
+      expect(log).toEqual(['cb1 sees ab@2', 'cb3 sees ab@2', 'cb3 again', 'settled 1', 'settled 2', 'settled 3']);
+      // Outside any transaction a callback runs at once.
+      a.afterCommit(() => log.push('now'));
+      expect(log.at(-1)).toBe('now');
+    } finally {
+      await a.shutdown();
+      await other.shutdown();
       t.cleanup();
     }
   });

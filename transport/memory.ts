@@ -32,6 +32,8 @@ class MemoryConnection implements Connection {
   private closed = false;
   /** When true, frames in both directions vanish (a silent partition). */
   cut = false;
+  /** The process at this end died without a word: it sends, closes and hears nothing. */
+  dead = false;
 
   constructor(readonly remote: string, private readonly net: MemoryNetwork, readonly local: string) {}
 
@@ -47,15 +49,15 @@ class MemoryConnection implements Connection {
 
   /** Send bytes as they are, for tests of the codec's error path. */
   sendRaw(frame: Uint8Array | string, type?: string): void {
-    if (this.closed || this.cut) return;
+    if (this.closed || this.cut || this.dead) return;
     const peer = this.peer;
     this.net.deliver(() => {
-      if (!peer.closed && !this.cut) peer.frameCb?.(decode(frame, this.net.maxFrameBytes));
+      if (!peer.closed && !peer.dead && !this.cut) peer.frameCb?.(decode(frame, this.net.maxFrameBytes));
     }, type === undefined ? { from: this.local, to: this.remote, kind: 'frame' } : { from: this.local, to: this.remote, kind: 'frame', type });
   }
 
   close(code = 1000, reason = ''): void {
-    if (this.closed) return;
+    if (this.closed || this.dead) return;
     this.finish({ code, reason });
     const peer = this.peer;
     this.net.deliver(() => peer.finish({ code, reason }), { from: this.local, to: this.remote, kind: 'close' });
@@ -74,7 +76,7 @@ class MemoryConnection implements Connection {
   }
 
   finish(info: CloseInfo): void {
-    if (this.closed) return;
+    if (this.closed || this.dead) return;
     this.closed = true;
     for (const cb of this.closeCbs) cb(info);
   }
@@ -107,6 +109,18 @@ export class MemoryNetwork implements Transport {
         for (const c of entry.conns) c.terminate();
       },
     };
+  }
+
+  /**
+   * The process listening at `url` dies at once (a killed host): new connections are refused, and
+   * its open connections go silent without closing, so their peers learn only from silence.
+   */
+  kill(url: string): void {
+    const entry = this.listeners.get(url);
+    if (!entry) return;
+    this.listeners.delete(url);
+    for (const c of entry.conns) c.dead = true;
+    entry.conns.clear();
   }
 
   /** A view of the network whose connections come from `name` (so a simulation can tell links apart). */

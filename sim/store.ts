@@ -1,0 +1,274 @@
+/**
+ * The simulation's model of the SQLite store: many instances (replica processes) over one shared
+ * MemoryState (the database file), with what the real adapter does and MemoryStore does not:
+ *
+ * - group commit on the simulated clock: the operations queued while a group waits for its commit
+ *   (an fsync of a seeded latency) share one transaction, each in its own savepoint, and are
+ *   answered only once it commits;
+ * - real transactions: an undo log restores the shared state exactly when a transaction or one of
+ *   its savepoints throws (records, tombstones, target bytes, size and version);
+ * - a process crash: queued operations are lost, never answered and never applied;
+ * - injected faults: a busy database (another process holds the write lock), an I/O error at commit,
+ *   an unavailable volume.
+ *
+ * A transaction runs synchronously in one turn, so the shared state only ever holds committed
+ * transactions: a new instance over it (a reboot) sees exactly what was committed.
+ */
+import type { ActorClock } from '../actors/env.js';
+import { StoreBusyError, TxStore } from '../store/base.js';
+import type { MemoryState } from '../store/memory.js';
+import type { Tx } from '../store/rules.js';
+import { MAX_TARGET_BYTES, StoreUnavailableError, type LockRecord, type Tombstone } from '../store/types.js';
+
+export interface SimStoreOptions {
+  /**
+   * The database host's simulated clock: lock expiries are set and compared on its `now`, group
+   * flushes and busy retries are its timers, the busy wait is measured on it.
+   */
+  clock: ActorClock;
+  /** Seeded, uniform in [0, 1): draws each group's commit latency. */
+  random: () => number;
+  /** Each group's commit latency (the fsync), a whole number of ms drawn in [min, max]; default [0, 3]. */
+  commitLatencyMs?: readonly [min: number, max: number];
+  /** How long operations retry a busy store before failing as unavailable (default 1000, like SQLite's). */
+  busyWaitMs?: number;
+  /** Group commit (default on, like the SQLite adapter); off, each operation commits on its own at once. */
+  groupCommit?: boolean;
+}
+
+/**
+ * - `busy`: every transaction fails StoreBusyError before running (another process holds the write
+ *   lock); TxStore retries and, past `busyWaitMs`, fails the operations as unavailable.
+ * - `io`: every transaction runs, then fails at commit with a StoreUnavailableError saying I/O error;
+ *   everything it did is rolled back. A failing disk fails reads too, so read-only transactions and
+ *   `ping` fail as well.
+ * - `unavailable`: every transaction and `ping` fails StoreUnavailableError (a dismounted volume).
+ */
+export type SimStoreFault = 'busy' | 'io' | 'unavailable';
+
+type TargetState = MemoryState['targets'] extends Map<string, infer V> ? V : never;
+
+/** Never settles: what a dead process answers. */
+const silence = <T>(): Promise<T> => new Promise<T>(() => {});
+
+export class SimStore extends TxStore {
+  readonly kind = 'sim';
+  private readonly clock: ActorClock;
+  private readonly random: () => number;
+  private readonly latencyMs: readonly [number, number];
+  private readonly txImpl: Tx;
+  private readonly faults = { busy: false, io: false, unavailable: false };
+  private dead = false;
+  /** The last flush or busy retry scheduled (TxStore keeps at most one pending): cleared by a crash. */
+  private timer: unknown;
+  /** Nesting of the running transaction: 0 outside one, 1 in it, more in savepoints. */
+  private depth = 0;
+  /**
+   * How to put back what the running transaction changed, oldest first; a savepoint is a length of
+   * it. Reused from one transaction to the next.
+   */
+  private readonly undo: Array<() => void> = [];
+
+  /** Pass another instance's `state` to model another process, or a restart, over the same database. */
+  constructor(
+    readonly state: MemoryState,
+    opts: SimStoreOptions,
+  ) {
+    super();
+    this.clock = opts.clock;
+    this.random = opts.random;
+    this.latencyMs = opts.commitLatencyMs ?? [0, 3];
+    this.groupCommit = opts.groupCommit ?? true;
+    this.busyWaitMs = opts.busyWaitMs ?? 1000;
+    this.timers = {
+      defer: (fn) => {
+        const [lo, hi] = this.latencyMs;
+        this.timer = this.clock.setTimeout(fn, lo + Math.floor(this.random() * (hi - lo + 1)));
+      },
+      after: (ms, fn) => {
+        this.timer = this.clock.setTimeout(fn, ms);
+      },
+      now: () => this.clock.now(),
+    };
+    this.clockNow = () => this.clock.now();
+    this.txImpl = this.makeTx();
+  }
+
+  /** Switch an injected fault on or off. */
+  setFault(fault: SimStoreFault, on: boolean): void {
+    this.faults[fault] = on;
+  }
+
+  /** Whether an injected fault is on. */
+  hasFault(fault: SimStoreFault): boolean {
+    return this.faults[fault];
+  }
+
+  /** Make every operation fail as unavailable (a dismounted volume) until set back; as MemoryStore's. */
+  setAvailable(available: boolean): void {
+    this.faults.unavailable = !available;
+  }
+
+  /**
+   * The process holding this instance died: the operations it had queued are dropped, never
+   * answered and never applied, and no later call on it settles. Already committed transactions
+   * stay in the shared state, where a new instance finds them.
+   */
+  crash(): void {
+    this.dead = true;
+    this.clock.clearTimeout(this.timer);
+  }
+
+  get crashed(): boolean {
+    return this.dead;
+  }
+
+  override commit<T>(fn: () => T): Promise<T> {
+    return this.dead ? silence() : super.commit(fn);
+  }
+
+  override record(target: string): Promise<LockRecord | undefined> {
+    return this.dead ? silence() : super.record(target);
+  }
+
+  /** An empty transaction, as the SQLite adapter's ping: fails while the store is busy, unavailable or failing. */
+  ping(): Promise<void> {
+    if (this.dead) return silence();
+    try {
+      this.tx(() => undefined);
+      return Promise.resolve();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Settles even after a crash, so tearing down a simulation never waits on a dead instance. */
+  async shutdown(): Promise<void> {}
+
+  /** Every target's committed bytes, sorted by target (for a final check). */
+  targets(): Array<{ target: string; data: Uint8Array }> {
+    return [...this.state.targets].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([target, t]) => ({ target, data: t.buf.slice(0, t.size) }));
+  }
+
+  protected tx<T>(fn: (tx: Tx) => T): T {
+    if (this.depth > 0) return this.savepoint(fn);
+    if (this.dead) throw new StoreUnavailableError('sim store: the process holding it crashed');
+    if (this.faults.unavailable) throw new StoreUnavailableError('sim store is unavailable');
+    if (this.faults.busy) throw new StoreBusyError('sim store: SQLITE_BUSY: database is locked');
+    this.depth = 1;
+    try {
+      const v = fn(this.txImpl);
+      if (this.faults.io) throw new StoreUnavailableError('sim store: SQLITE_IOERR: disk I/O error at commit');
+      this.undo.length = 0;
+      return v;
+    } catch (err) {
+      this.rollback(0);
+      throw err;
+    } finally {
+      this.depth = 0;
+    }
+  }
+
+  /** A nested transaction: if `fn` throws, only what it did is undone. */
+  private savepoint<T>(fn: (tx: Tx) => T): T {
+    const mark = this.undo.length;
+    this.depth++;
+    try {
+      return fn(this.txImpl);
+    } catch (err) {
+      this.rollback(mark);
+      throw err;
+    } finally {
+      this.depth--;
+    }
+  }
+
+  /** Undo every change after the first `mark` ones, newest first. */
+  private rollback(mark: number): void {
+    const undo = this.undo;
+    for (let i = undo.length - 1; i >= mark; i--) undo[i]!();
+    undo.length = mark;
+  }
+
+  /**
+   * The rules' view of the shared state, as MemoryStore's, logging how to undo each change. Stored
+   * records and tombstone lists are replaced, never changed in place, so undoing one puts the old
+   * object back; a target's bytes are changed in place, so undoing a write copies back only the
+   * bytes it overwrote.
+   */
+  private makeTx(): Tx {
+    const { records, tombstones, targets } = this.state;
+    const undo = this.undo;
+    return {
+      getRecord: (t) => records.get(t),
+      putRecord: (r) => {
+        const target = r.target;
+        const prev = records.get(target);
+        undo.push(() => restore(records, target, prev));
+        records.set(target, { ...r });
+      },
+      deleteRecord: (t) => {
+        const prev = records.get(t);
+        if (!prev) return;
+        undo.push(() => records.set(t, prev));
+        records.delete(t);
+      },
+      getTombstones: (t) => tombstones.get(t) ?? [],
+      putTombstones: (t, list) => {
+        const prev = tombstones.get(t);
+        undo.push(() => restore(tombstones, t, prev));
+        tombstones.set(t, list.map((x): Tombstone => ({ ...x })));
+      },
+      version: (t) => targets.get(t)?.version ?? 0,
+      size: (t) => targets.get(t)?.size ?? 0,
+      readData: (t, offset, length) => {
+        const cur = targets.get(t);
+        return cur ? cur.buf.slice(Math.min(offset, cur.size), Math.min(cur.size, offset + length)) : new Uint8Array(0);
+      },
+      writeData: (t, offset, data) => {
+        let cur = targets.get(t);
+        if (!cur) {
+          targets.set(t, (cur = { buf: new Uint8Array(0), size: 0, version: 0 }));
+          undo.push(() => targets.delete(t));
+        } else undo.push(undoWrite(cur, offset, offset + data.length));
+        const end = offset + data.length;
+        if (end > cur.buf.length) {
+          // A new buffer: the old one stays as it was, and the undo entry puts it back.
+          const grown = new Uint8Array(Math.max(end, Math.min(2 * cur.buf.length, MAX_TARGET_BYTES)));
+          grown.set(cur.buf.subarray(0, cur.size));
+          cur.buf = grown;
+        }
+        cur.buf.set(data, offset);
+        cur.size = Math.max(cur.size, end);
+        return ++cur.version;
+      },
+    };
+  }
+}
+
+function restore<V>(map: Map<string, V>, key: string, prev: V | undefined): void {
+  if (prev === undefined) map.delete(key);
+  else map.set(key, prev);
+}
+
+/**
+ * How to undo a write of [offset, end) to `cur`: its buffer, size and version as they are now, and
+ * the bytes it is about to overwrite. Bytes past a target's size are always zero, so the part of the
+ * write past the current size is undone by zeroing it, without copying.
+ */
+function undoWrite(cur: TargetState, offset: number, end: number): () => void {
+  const { buf, size, version } = cur;
+  const keepTo = Math.min(end, size);
+  const saved = offset < keepTo ? buf.slice(offset, keepTo) : undefined;
+  return () => {
+    if (cur.buf !== buf) cur.buf = buf;
+    else {
+      if (saved) buf.set(saved, offset);
+      const zeroFrom = Math.max(offset, size);
+      const zeroTo = Math.min(end, buf.length);
+      if (zeroTo > zeroFrom) buf.fill(0, zeroFrom, zeroTo);
+    }
+    cur.size = size;
+    cur.version = version;
+  };
+}
