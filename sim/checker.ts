@@ -36,15 +36,28 @@ interface TargetState {
   /** requestIds whose record was released (closed). */
   released: Set<string>;
   applied: Array<{ requestId: string; bytes: string; version: number }>;
-  content: string;
+  /** The bytes the applied writes give: `data[0, size)`. */
+  content: { data: Buffer; size: number };
   version: number;
   seqs: Set<string>;
   bytesApplied: Map<string, number>;
 }
 
-function splice(content: string, offset: number, bytes: string): string {
-  const base = content.length < offset ? content.padEnd(offset, '\u0000') : content;
-  return base.slice(0, offset) + bytes + base.slice(offset + bytes.length);
+/** Apply a write (latin1 text, one char per byte) to a target's bytes, growing them with zeros. */
+function splice(c: { data: Buffer; size: number }, offset: number, bytes: string): void {
+  const end = offset + bytes.length;
+  if (end > c.data.length) {
+    const grown = Buffer.alloc(Math.max(end, 2 * c.data.length));
+    c.data.copy(grown, 0, 0, c.size);
+    c.data = grown;
+  }
+  c.data.write(bytes, offset, 'latin1');
+  c.size = Math.max(c.size, end);
+}
+
+/** Bytes [from, to) of a target, as latin1 text (cut at its size). */
+function slice(c: { data: Buffer; size: number }, from: number, to: number): string {
+  return c.data.toString('latin1', Math.min(from, c.size), Math.min(to, c.size));
 }
 
 /** Whether bytes read at `offset` hold the whole of a write, at the write's own offset (where it would have landed). */
@@ -100,7 +113,7 @@ export class Checker {
   private target(name: string): TargetState {
     let s = this.targets.get(name);
     if (!s) {
-      s = { holder: undefined, extendedAt: 0, epoch: new Map(), fresh: [], released: new Set(), applied: [], content: '', version: 0, seqs: new Set(), bytesApplied: new Map() };
+      s = { holder: undefined, extendedAt: 0, epoch: new Map(), fresh: [], released: new Set(), applied: [], content: { data: Buffer.alloc(0), size: 0 }, version: 0, seqs: new Set(), bytesApplied: new Map() };
       this.targets.set(name, s);
     }
     return s;
@@ -150,7 +163,7 @@ export class Checker {
       case 'read': {
         this.saw(e.target, e.offset, e.bytes);
         const s = this.target(e.target);
-        const want = s.content.slice(e.offset, e.offset + e.length);
+        const want = slice(s.content, e.offset, e.offset + e.length);
         if (e.bytes !== want) {
           // Bytes of a write the application was told was not applied: that is the lie to report.
           const ghost = this.notApplied.find((x) => x.e.target === e.target && holds({ offset: e.offset, bytes: e.bytes }, x));
@@ -162,7 +175,8 @@ export class Checker {
       case 'final': {
         this.saw(e.target, 0, e.bytes);
         const s = this.target(e.target);
-        if (e.bytes !== s.content) this.violate('S3', e, e.target, `final content ${JSON.stringify(e.bytes.slice(0, 80))} differs from the applied writes ${JSON.stringify(s.content.slice(0, 80))}`);
+        const all = slice(s.content, 0, s.content.size);
+        if (e.bytes !== all) this.violate('S3', e, e.target, `final content ${JSON.stringify(e.bytes.slice(0, 80))} differs from the applied writes ${JSON.stringify(all.slice(0, 80))}`);
         return;
       }
       case 'invoke':
@@ -250,7 +264,7 @@ export class Checker {
     if (n > 1) this.violate('S4', e, e.target, `write ${JSON.stringify(e.bytes.slice(0, 40))} applied ${n} times`);
     const ghost = this.notAppliedBytes.get(`${e.target}\u0000${e.bytes}`);
     if (ghost) this.violate('S5', e, e.target, `write ${JSON.stringify(e.bytes.slice(0, 40))} applied after ${ghost.proc} was told ${ghost.code} (not applied)`);
-    s.content = splice(s.content, e.offset, e.bytes);
+    splice(s.content, e.offset, e.bytes);
     s.version++;
     s.applied.push({ requestId: e.requestId, bytes: e.bytes, version: e.version });
   }

@@ -33,23 +33,34 @@ export interface ReadVerdict {
   message: string;
 }
 
-const PRUNE_EVERY = 64;
+/** Writes are indexed by the 256-byte slots they touch, so a read looks only at the writes over it. */
+const SLOT_SHIFT = 8;
 
 export class TargetModel {
-  private writes: ModelWrite[] = [];
+  private readonly slots = new Map<number, ModelWrite[]>();
+  /** The last few writes pruned from each slot: only to name what a stale read returned. */
+  private readonly gone = new Map<number, ModelWrite[]>();
   /** Reads in flight: invocation positions, so pruning never removes what they may still see. */
   private readonly reading = new Map<number, number>();
-  private sincePrune = 0;
+  /** Acknowledged writes waiting until no read in flight began before their acknowledgement. */
+  private readonly toPrune: ModelWrite[] = [];
 
   invokeWrite(id: number, w: Omit<ModelWrite, 'ackedAt' | 'rejected'>, byId: Map<number, ModelWrite>): void {
-    const mw: ModelWrite = { ...w, ackedAt: Infinity, rejected: false };
-    this.writes.push(mw);
+    const mw: ModelWrite = { offset: w.offset, end: w.end, bytes: w.bytes, invokedAt: w.invokedAt, ackedAt: Infinity, rejected: false, proc: w.proc };
+    if (mw.end > mw.offset) {
+      for (let slot = mw.offset >> SLOT_SHIFT; slot <= (mw.end - 1) >> SLOT_SHIFT; slot++) {
+        const list = this.slots.get(slot);
+        if (list) list.push(mw);
+        else this.slots.set(slot, [mw]);
+      }
+    }
     byId.set(id, mw);
   }
 
   ack(w: ModelWrite, at: number): void {
     w.ackedAt = at;
-    if (++this.sincePrune >= PRUNE_EVERY) this.prune();
+    this.toPrune.push(w);
+    this.prune();
   }
 
   invokeRead(id: number, at: number): void {
@@ -64,7 +75,12 @@ export class TargetModel {
   read(id: number, offset: number, length: number, bytes: string, invokedAt: number): ReadVerdict | undefined {
     this.reading.delete(id);
     const end = offset + length;
-    const over = this.writes.filter((w) => w.offset < end && w.end > offset);
+    if (end <= offset) return undefined;
+    const found = new Set<ModelWrite>();
+    for (let slot = offset >> SLOT_SHIFT; slot <= (end - 1) >> SLOT_SHIFT; slot++) {
+      for (const w of this.slots.get(slot) ?? []) if (w.offset < end && w.end > offset) found.add(w);
+    }
+    const over = [...found];
     // Breakpoints: where the set of writes covering a position changes.
     const cuts = new Set<number>([offset, end]);
     for (const w of over) {
@@ -76,13 +92,13 @@ export class TargetModel {
       const lo = points[k]!;
       const hi = points[k + 1]!;
       const cover = over.filter((w) => w.offset <= lo && w.end >= hi);
-      const verdict = this.segment(lo, hi, cover, offset, bytes, invokedAt);
+      const verdict = this.segment(lo, hi, cover, offset, bytes, invokedAt, () => this.gone.get(lo >> SLOT_SHIFT) ?? []);
       if (verdict) return verdict;
     }
     return undefined;
   }
 
-  private segment(lo: number, hi: number, cover: ModelWrite[], offset: number, bytes: string, invokedAt: number): ReadVerdict | undefined {
+  private segment(lo: number, hi: number, cover: ModelWrite[], offset: number, bytes: string, invokedAt: number, pruned: () => ModelWrite[]): ReadVerdict | undefined {
     // The latest invocation among writes over the range acknowledged before the read began.
     let floor = -1;
     for (const w of cover) if (!w.rejected && w.ackedAt < invokedAt && w.invokedAt > floor) floor = w.invokedAt;
@@ -101,20 +117,37 @@ export class TargetModel {
     for (const w of allowed) if (w.bytes.slice(lo - w.offset, hi - w.offset) === got) return undefined;
     const ghost = cover.find((w) => w.rejected && w.bytes.slice(lo - w.offset, hi - w.offset) === got);
     if (ghost) return { guarantee: 'S5', message: `read at ${range} returned the bytes of ${describe(ghost)}, which was rejected as not applied` };
-    const stale = cover.find((w) => !w.rejected && floor > w.ackedAt && w.bytes.slice(lo - w.offset, hi - w.offset) === got);
+    const was = (w: ModelWrite) => w.offset <= lo && w.end >= hi && w.bytes.slice(lo - w.offset, hi - w.offset) === got;
+    const stale = cover.find((w) => !w.rejected && floor > w.ackedAt && was(w)) ?? pruned().find(was);
     const want = allowed.length > 0 ? allowed.map(describe).join(' or ') : 'zeros';
     if (stale) return { guarantee: 'S3', message: `stale read at ${range}: returned ${describe(stale)}, overwritten by an acknowledged write before the read began; allowed: ${want}` };
     if (isZeros(got)) return { guarantee: 'S3', message: `stale read at ${range}: returned zeros, as before any write, after an acknowledged write there; allowed: ${want}` };
     return { guarantee: 'S3', message: `read at ${range} returned ${JSON.stringify(got.slice(0, 40))}, which no order of the writes allows; allowed: ${want}` };
   }
 
-  /** Forget writes no read in flight or to come can see: fully covered by a later acknowledged one. */
+  /**
+   * Forget, slot by slot, the writes an acknowledged write surely overwrote there (acknowledged
+   * before it was invoked): no read can see them once no read in flight began before it was acknowledged.
+   */
   private prune(): void {
-    this.sincePrune = 0;
     let oldestRead = Infinity;
-    for (const at of this.reading.values()) oldestRead = Math.min(oldestRead, at);
-    const acked = this.writes.filter((w) => !w.rejected && w.ackedAt < oldestRead);
-    this.writes = this.writes.filter((w) => !acked.some((v) => v !== w && v.offset <= w.offset && v.end >= w.end && v.invokedAt > w.ackedAt));
+    for (const at of this.reading.values()) if (at < oldestRead) oldestRead = at;
+    while (this.toPrune.length > 0 && this.toPrune[0]!.ackedAt < oldestRead) {
+      const v = this.toPrune.shift()!;
+      if (v.end <= v.offset) continue;
+      for (let slot = v.offset >> SLOT_SHIFT; slot <= (v.end - 1) >> SLOT_SHIFT; slot++) {
+        const list = this.slots.get(slot);
+        if (!list) continue;
+        const lo = Math.max(slot << SLOT_SHIFT, v.offset);
+        const hi = Math.min((slot + 1) << SLOT_SHIFT, v.end);
+        // u's part in this slot lies inside v's, and u was acknowledged before v was invoked.
+        const kept = list.filter((u) => u === v || !(u.ackedAt < v.invokedAt && Math.max(u.offset, slot << SLOT_SHIFT) >= lo && Math.min(u.end, (slot + 1) << SLOT_SHIFT) <= hi));
+        if (kept.length === list.length) continue;
+        this.slots.set(slot, kept);
+        const old = (this.gone.get(slot) ?? []).concat(list.filter((u) => !kept.includes(u)));
+        this.gone.set(slot, old.slice(-8));
+      }
+    }
   }
 }
 

@@ -79,7 +79,7 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
     ...(opts.replicaTransport ? { replicaTransport: opts.replicaTransport } : {}),
   });
   const faultsUntil = opts.faultsUntilMs ?? 4000;
-  const settle = opts.settleMs ?? 8000;
+  const settle = opts.settleMs ?? 5000;
   const kinds = opts.kinds ?? FAULT_KINDS;
 
   // Every host's clock is a little off from the others'.
@@ -110,7 +110,7 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
   for (;;) {
     const healAt = faultsUntil + world.jumpedMs;
     const stopAt = healAt + settle;
-    const endAt = stopAt + 3000;
+    const endAt = stopAt + 2000;
     const due = world.clock.nextDue() ?? Infinity;
     if (!healed && due >= healAt) {
       world.clock.advanceTo(healAt);
@@ -350,6 +350,7 @@ async function restartReplica(world: World, i: number): Promise<void> {
 async function healAll(world: World): Promise<void> {
   world.history.add({ kind: 'fault', fault: 'heal', detail: 'every fault ends; handles must settle' });
   world.disarmCrashTraps();
+  world.calm = true;
   for (let i = 0; i < world.opts.replicas; i++) {
     if (!world.replicas[i]) await restartReplica(world, i);
     world.replicas[i]?.mount();

@@ -40,6 +40,8 @@ const PAGE = 4096;
 export const MIX = { crossPage: 0.1, large: 0.02, invalid: 0.02, crossPageRead: 0.2 };
 
 const TOO_LARGE = new Uint8Array(MAX_IO_BYTES + 1);
+/** How much longer applications think between operations once every fault has healed. */
+const CALM_FACTOR = 5;
 
 type Outcome<T> = { ok: true; value: T } | { ok: false; code: string };
 
@@ -113,20 +115,24 @@ export class Workload {
 
   private async run(p: Proc, opts: SpawnOptions): Promise<void> {
     const w = this.world;
-    const [lo, hi] = w.opts.thinkMs ?? [10, 80];
+    const think = () => {
+      const [lo, hi] = w.opts.thinkMs ?? [10, 80];
+      // Once every fault has healed, applications idle down while their handles settle.
+      return w.between(lo, hi) * (w.calm ? CALM_FACTOR : 1);
+    };
     if (!(await this.open(p, opts.requestId))) return;
     while (this.live(p)) {
       const h = p.handle!;
       if (h.state === 'invalidated' || h.state === 'closed') {
         // The application knows to reload: it opens the target afresh.
-        await w.sleep(w.between(lo, hi));
+        await w.sleep(think());
         if (!(await this.open(p))) return;
         continue;
       }
       if (p.mode === 'read') {
         // A reader waits through pauses like a writer does.
         await this.read(p, h);
-        await w.sleep(w.between(lo, hi));
+        await w.sleep(think());
         continue;
       }
       // A burst of 1-4 pipelined writes: several in flight at once, as a real application has.
@@ -141,7 +147,7 @@ export class Workload {
         p.stopped = true;
         return;
       }
-      await w.sleep(w.between(lo, hi));
+      await w.sleep(think());
     }
   }
 
@@ -160,7 +166,7 @@ export class Workload {
       else return this.call(p, 'write', { offset, length: TOO_LARGE.length }, () => h.write(offset, TOO_LARGE));
     } else if (roll < MIX.invalid + MIX.large) {
       offset = w.between(0, 2 * PAGE);
-      length = w.between(2 * PAGE, 8 * PAGE);
+      length = w.between(PAGE, 4 * PAGE);
     } else if (roll < MIX.invalid + MIX.large + MIX.crossPage) {
       const page = w.between(1, 3) * PAGE;
       length = w.between(SLOT_BYTES + 1, 3 * SLOT_BYTES);

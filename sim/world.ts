@@ -118,6 +118,8 @@ export class World {
   /** Per direction of a link, when its last frame is due (keeps FIFO order unless reordering). */
   private readonly lastDelivery = new Map<string, number>();
   stopping = false;
+  /** Every fault has healed: applications slow down while their handles settle (see Workload). */
+  calm = false;
   /** Simulated time skipped by clock jumps. */
   jumpedMs = 0;
 

@@ -268,15 +268,15 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
     expect(r.violations).toEqual([]);
   }, 120_000);
 
-  it('S1: a store that grants a reader its resume after the target was written', async () => {
+  it('S1: a store that grants a reader its resume after the target was written (within 40 seeds)', async () => {
     expect(await findViolation('S1', { makeStore: readResumeAlwaysGranted, kinds: kinds('partition', 'replica-crash') })).toBeDefined();
   }, 120_000);
 
-  it('S5: a store that applies a write and answers that it refused it', async () => {
+  it('S5: a store that applies a write and answers that it refused it (within 5 seeds)', async () => {
     expect(await findViolation('S5', { makeStore: writeAppliedThenRefused, faults: 0 }, 5)).toBeDefined();
   }, 120_000);
 
-  it('L1: a store that denies every write resume SUPERSEDED', async () => {
+  it('L1: a store that denies every write resume SUPERSEDED (within 40 seeds)', async () => {
     expect(await findViolation('L1', { makeStore: resumeSupersedesEveryWriter, kinds: kinds('replica-crash', 'partition') })).toBeDefined();
   }, 120_000);
 
