@@ -11,6 +11,11 @@ export interface ActorClock {
   // The timer id type is the clock's own (a Node Timeout, a number in simulation).
   setTimeout(fn: () => void, ms: number): unknown;
   clearTimeout(id: unknown): void;
+  /**
+   * Whole milliseconds on a clock that never jumps (for measuring durations within one process,
+   * never compared with another process's): a step of the wall clock must not make a session look
+   * silent or a timer look late.
+   */
   now(): number;
 }
 
@@ -39,7 +44,7 @@ export function seededIds(random: () => number): () => string {
 }
 
 export const realClock: ActorClock = {
-  now: () => Date.now(),
+  now: () => Math.floor(performance.timeOrigin + performance.now()),
   setTimeout: (fn, ms) => setTimeout(fn, ms),
   clearTimeout: (id) => clearTimeout(id as NodeJS.Timeout),
 };

@@ -191,6 +191,8 @@ export class Checker {
         return this.fail(e);
       case 'crash':
         this.crashed.add(e.proc);
+        // Its reads in flight never return: they must not hold back what the read model forgets.
+        for (const { e: inv } of this.pending.values()) if (inv.proc === e.proc && inv.op === 'read') this.model(inv.target).abandonRead(inv.id);
         return;
       case 'state':
         return this.state(e);

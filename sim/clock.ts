@@ -104,10 +104,11 @@ export function quiesce(): Promise<void> {
 }
 
 /**
- * One process's view of the simulated clock: its host's wall clock (`now`, off from simulated time
- * by the host's skew, which jumps when the host's clock is stepped) and its timers (durations on a
- * monotonic clock, so a step of the wall clock does not move them, as in Node). `kill` is the
- * process dying: none of its timers fires again, and any it sets never fires.
+ * One process's view of the simulated clock. `now` and the timers are the process's monotonic clock
+ * (what actors measure durations on: a step of the wall clock does not move them, as in Node with
+ * `performance.now`); `wall` is its host's wall clock, off from simulated time by the host's skew,
+ * which jumps when the host's clock is stepped. `kill` is the process dying: none of its timers fires
+ * again, and any it sets never fires.
  */
 export class ProcClock implements ActorClock {
   private dead = false;
@@ -118,7 +119,17 @@ export class ProcClock implements ActorClock {
   ) {}
 
   now(): number {
+    return this.base.now();
+  }
+
+  /** The host's wall clock (what `Date.now` would say there). */
+  wall(): number {
     return this.base.now() + this.skewMs();
+  }
+
+  /** This clock's timers with the host's wall clock as `now`. */
+  get wallClock(): ActorClock {
+    return { now: () => this.wall(), setTimeout: (fn, ms) => this.setTimeout(fn, ms), clearTimeout: (id) => this.clearTimeout(id) };
   }
 
   setTimeout(fn: () => void, ms: number): unknown {

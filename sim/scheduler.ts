@@ -172,7 +172,10 @@ async function inject(world: World, kind: FaultKind, faultsUntil: number, faultM
       if (!r) return;
       world.fault(kind, name);
       world.replicas[i] = undefined;
+      const store = world.stores[i];
       await r.stop();
+      // The process exits: what its store had not committed yet is gone with it.
+      if (store instanceof SimStore) store.crash();
       world.clock.setTimeout(() => void restartReplica(world, i), until - now);
       return;
     }
@@ -194,9 +197,11 @@ async function inject(world: World, kind: FaultKind, faultsUntil: number, faultM
       return;
     }
     case 'store-unavailable': {
+      // The database's volume goes away: every replica over it sees it (a replica's own dismount is
+      // the 'dismount' fault).
       const store = world.stores[i];
       if (!(store && 'setAvailable' in store)) return;
-      world.fault(kind, name);
+      world.fault(kind, store instanceof SimStore ? 'the database' : name);
       (store as { setAvailable(v: boolean): void }).setAvailable(false);
       world.clock.setTimeout(() => (store as { setAvailable(v: boolean): void }).setAvailable(true), until - now);
       return;
@@ -259,13 +264,12 @@ async function inject(world: World, kind: FaultKind, faultsUntil: number, faultM
     }
     case 'store-busy':
     case 'store-io': {
-      // Another process holds the database's write lock, or the disk under it fails commits.
-      const store = world.stores[i];
-      if (!(store instanceof SimStore) || !world.replicas[i]) return;
+      // Another process holds the database's write lock, or the disk under it fails commits: every
+      // replica's transactions fail alike.
       const f = kind === 'store-busy' ? 'busy' : 'io';
-      world.fault(kind, name);
-      store.setFault(f, true);
-      world.clock.setTimeout(() => store.setFault(f, false), until - now);
+      world.fault(kind, 'the database');
+      world.dbFaults[f] = true;
+      world.clock.setTimeout(() => (world.dbFaults[f] = false), until - now);
       return;
     }
     case 'clock-step': {
@@ -356,11 +360,9 @@ async function healAll(world: World): Promise<void> {
     world.replicas[i]?.mount();
     const store = world.stores[i];
     if (store && 'setAvailable' in store) (store as { setAvailable(v: boolean): void }).setAvailable(true);
-    if (store instanceof SimStore) {
-      store.setFault('busy', false);
-      store.setFault('io', false);
-    }
   }
+  world.dbFaults.busy = false;
+  world.dbFaults.io = false;
   for (const node of world.nodeNames) {
     world.disk(node).fail(undefined);
     for (const r of world.replicaNames) Object.assign(world.link(node, r), { partitioned: false, dropP: 0, dupP: 0, jitterMs: 2, reorder: false });

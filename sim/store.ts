@@ -34,7 +34,16 @@ export interface SimStoreOptions {
   busyWaitMs?: number;
   /** Group commit (default on, like the SQLite adapter); off, each operation commits on its own at once. */
   groupCommit?: boolean;
+  /**
+   * The database's faults, shared by every instance over the same database (another process holding
+   * the write lock, or a failing disk, stops every replica's transactions at once). Default: this
+   * instance's own.
+   */
+  faults?: SimStoreFaults;
 }
+
+/** Which injected faults are on. */
+export type SimStoreFaults = Record<SimStoreFault, boolean>;
 
 /**
  * - `busy`: every transaction fails StoreBusyError before running (another process holds the write
@@ -57,7 +66,7 @@ export class SimStore extends TxStore {
   private readonly random: () => number;
   private readonly latencyMs: readonly [number, number];
   private readonly txImpl: Tx;
-  private readonly faults = { busy: false, io: false, unavailable: false };
+  private readonly faults: SimStoreFaults;
   private dead = false;
   /** The last flush or busy retry scheduled (TxStore keeps at most one pending): cleared by a crash. */
   private timer: unknown;
@@ -76,6 +85,7 @@ export class SimStore extends TxStore {
   ) {
     super();
     this.clock = opts.clock;
+    this.faults = opts.faults ?? { busy: false, io: false, unavailable: false };
     this.random = opts.random;
     this.latencyMs = opts.commitLatencyMs ?? [0, 3];
     this.groupCommit = opts.groupCommit ?? true;

@@ -16,7 +16,7 @@ import type { Connection, Transport } from '../transport/types.js';
 import { Checker } from './checker.js';
 import { ProcClock, quiesce, SimClock } from './clock.js';
 import { SimDisk } from './disk.js';
-import { SimStore } from './store.js';
+import { SimStore, type SimStoreFaults } from './store.js';
 import { hex, observedStore, Recorder } from './history.js';
 import { Workload, type Proc, type SpawnOptions } from './workload.js';
 
@@ -57,7 +57,7 @@ export interface WorldOptions {
 export interface StoreContext {
   /** The store's own clock (the database host's): lock expiries are judged on it. */
   clock: ActorClock;
-  /** The clock of the replica process using the store (skewed like its host's). */
+  /** The timers of the replica process using the store, with its host's wall clock (skewed, stepped) as `now`. */
   replicaClock: ActorClock;
   random: () => number;
 }
@@ -94,6 +94,8 @@ export class World {
   readonly env: Env;
   readonly net: MemoryNetwork;
   readonly state: MemoryState = { records: new Map(), tombstones: new Map(), targets: new Map() };
+  /** The database's busy and I/O faults, which every replica's store sees at once. */
+  readonly dbFaults: SimStoreFaults = { busy: false, io: false, unavailable: false };
   readonly replicas: Array<StorageReplica | undefined> = [];
   readonly stores: TxStore[] = [];
   readonly agents = new Map<string, NodeAgent | undefined>();
@@ -276,8 +278,9 @@ export class World {
   }
 
   /**
-   * An environment on the clock of `host` (a replica or a node): its skewed wall clock, and, for the
-   * process `incarnation` of a replica or node agent, timers that die with it.
+   * An environment on the clock of `host` (a replica or a node): its monotonic clock and timers, its
+   * host's skewed wall clock (ProcClock.wall), and, for the process `incarnation` of a replica or
+   * node agent, timers that die with it.
    */
   envOf(host: string, incarnation = true): Env {
     const clock = new ProcClock(this.clock, () => this.skews.get(host) ?? 0);
@@ -315,7 +318,12 @@ export class World {
     if (!agent) return [];
     this.crashTraps.delete(node);
     this.procClocks.get(node)?.kill();
+    // A node that loses power closes nothing: the replicas learn it from silence.
+    const links = powerLoss ? this.replicaNames.map((r) => this.link(node, r)) : [];
+    const cut = links.map((l) => l.partitioned);
+    for (const l of links) l.partitioned = true;
     agent.crash();
+    links.forEach((l, i) => (l.partitioned = cut[i]!));
     this.agents.set(node, undefined);
     if (powerLoss && this.opts.keptOnDisk) this.disk(node).powerLoss();
     const procs = this.procs.filter((p) => p.node === node && !p.crashed && !p.stopped);
@@ -343,11 +351,11 @@ export class World {
   async startReplica(i: number): Promise<void> {
     const name = this.replicaNames[i]!;
     const env = this.envOf(name);
-    const ctx: StoreContext = { clock: this.clock, replicaClock: env.clock, random: this.random };
+    const ctx: StoreContext = { clock: this.clock, replicaClock: (env.clock as ProcClock).wallClock, random: this.random };
     const inner = this.opts.makeStore
       ? this.opts.makeStore(this.state, ctx)
       : this.opts.store === 'sim'
-        ? new SimStore(this.state, { clock: this.clock, random: this.random })
+        ? new SimStore(this.state, { clock: this.clock, random: this.random, faults: this.dbFaults })
         : new MemoryStore(this.state, () => this.clock.now());
     this.stores[i] = inner;
     const r = new StorageReplica({
