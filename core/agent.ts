@@ -279,6 +279,9 @@ export class AgentCore extends CoreBase {
     const ops = replay;
     if (opening) this.out.push({ kind: 'opened', h });
     else this.log('debug', 'handle resumed', { app: h.app, target: h.target, requestId: h.requestId, lastSeq, replayed: ops.length });
+    // Granted, but the replica said its store went away before this answer arrived (it waited for a
+    // group commit): the handle is away like the others, and resumed with them.
+    if (!this.session) return this.pause(h);
     for (const op of ops) this.sendOp(h, op);
   }
 

@@ -368,7 +368,11 @@ export function traceOf(history: History, target: string | undefined, untilMs: n
 export function formatEvent(e: HistoryEvent): string {
   const { t, kind, ...rest } = e;
   const fields = Object.entries(rest)
-    .map(([k, v]) => `${k}=${typeof v === 'string' && /[\s"\u0000]/.test(v) ? JSON.stringify(v) : String(v)}`)
+    .map(([k, v]) => {
+      // Long bytes (a large write, a whole target) are cut: the trace is for reading.
+      const text = typeof v === 'string' && v.length > 120 ? `${v.slice(0, 100)}...(${v.length} bytes)` : v;
+      return `${k}=${typeof text === 'string' && /[\s"\u0000]/.test(text) ? JSON.stringify(text) : String(text)}`;
+    })
     .join(' ');
   return `${String(t).padStart(7)}ms ${kind.padEnd(8)} ${fields}`;
 }

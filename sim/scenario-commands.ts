@@ -151,6 +151,19 @@ export const COMMANDS: Record<string, Handler> = {
     }
   },
 
+  /**
+   * hold-replies node TYPE[,TYPE...]: the replicas' frames of these types to the node are held back
+   * (in order) until `release-replies node`; other frames overtake them, as a reply answered after a
+   * group commit is overtaken by a notice sent before it.
+   */
+  async 'hold-replies'(d, a) {
+    d.world.hold(nodeName(d, a), a.need(1, 'message types').split(','));
+  },
+
+  async 'release-replies'(d, a) {
+    d.world.release(nodeName(d, a));
+  },
+
   async 'kill-replica'(d, a) {
     const i = d.replicaIndex(a.need(0, 'replica'));
     const r = d.world.replicas[i];

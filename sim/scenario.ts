@@ -22,6 +22,7 @@
  *   close node/app target
  *   partition node [from=replica-k] / heal node / drop-replies node [from=replica-k]
  *   drop-link node [at=TYPE] [times=N]      close the node's connections (now, or as it sends TYPE)
+ *   hold-replies node TYPE[,TYPE] / release-replies node      hold back (then deliver) replies of TYPE
  *   kill-replica / restart-replica / dismount / mount replica-k
  *   reboot-storage [down=200ms] / store-unavailable replica-k for=D
  *   crash-agent node [after=resume-granted] / restart-agent node

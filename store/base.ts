@@ -94,7 +94,7 @@ export abstract class TxStore implements Store {
    * The store's own clock (its host's wall clock, ms since the epoch): every lock expiry is set and
    * compared on it, read when the rule runs, never on a replica's clock.
    */
-  protected clockNow: () => number = Date.now;
+  protected clockNow: () => number = () => Date.now();
   /** Operations not yet committed, in arrival order (they commit in this order). */
   private queue: Queued[] = [];
   /** A flush is due (next turn, or after a busy pause). */

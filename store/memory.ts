@@ -17,11 +17,12 @@ export class MemoryStore extends TxStore {
 
   /**
    * Pass another store's `state` to model a replica restart over the same data; `now` is the store's
-   * clock, on which lock expiries are set and judged (default: the wall clock).
+   * clock, on which lock expiries are set and judged (default: this process's monotonic clock, which a
+   * step of the wall clock does not move).
    */
   constructor(
     readonly state: MemoryState = { records: new Map(), tombstones: new Map(), targets: new Map() },
-    now: () => number = Date.now,
+    now: () => number = () => Math.floor(performance.timeOrigin + performance.now()),
   ) {
     super();
     this.clockNow = now;

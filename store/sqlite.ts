@@ -6,6 +6,7 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { StoreBusyError, TxStore } from './base.js';
+import { hostClock, type HostClock } from './host-clock.js';
 import type { Tx } from './rules.js';
 import { StoreUnavailableError, type LockRecord, type Tombstone } from './types.js';
 
@@ -23,6 +24,8 @@ export interface SqliteStoreOptions {
    * and one fsync, and each is answered only after that transaction commits.
    */
   groupCommit?: boolean;
+  /** The clock lock expiries are judged by (default: the host's monotonic clock, see store/host-clock.ts). */
+  clock?: HostClock;
 }
 
 /** Targets are stored in pages of this many bytes, so a write rewrites only the pages it touches. */
@@ -56,9 +59,14 @@ export class SqliteStore extends TxStore {
   private readonly txImpl: Tx;
   private readonly getPages: Database.Statement<[string, number, number], { page: number; data: Buffer }>;
   private readonly run: Database.Transaction<(fn: (tx: Tx) => unknown, tx: Tx) => unknown>;
+  private readonly clock: HostClock;
+  /** The longest lock this process has granted (the database keeps the longest any process has). */
+  private maxLeaseMs = 0;
 
   constructor(readonly path: string, opts: SqliteStoreOptions = {}) {
     super();
+    this.clock = opts.clock ?? hostClock();
+    this.clockNow = () => this.clock.now();
     this.groupCommit = opts.groupCommit ?? true;
     this.busyWaitMs = opts.busyTimeoutMs ?? 1000;
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
@@ -98,6 +106,8 @@ export class SqliteStore extends TxStore {
     const putPage = this.db.prepare('INSERT INTO pages (target, page, data) VALUES (?, ?, ?) ON CONFLICT(target, page) DO UPDATE SET data = excluded.data');
     this.getPages = getPages;
     this.run = this.db.transaction((fn: (tx: Tx) => unknown, tx: Tx) => fn(tx));
+    const raiseMaxLease = this.db.prepare("UPDATE meta SET value = ? WHERE key = 'max_lease_ms' AND CAST(value AS INTEGER) < ?");
+    this.maxLeaseMs = Number(this.db.prepare<[], { value: string }>("SELECT value FROM meta WHERE key = 'max_lease_ms'").get()?.value ?? 0);
     this.txImpl = {
       getRecord: (t) => {
         const r = getRecord.get(t);
@@ -115,7 +125,15 @@ export class SqliteStore extends TxStore {
           }
         );
       },
-      putRecord: (r: LockRecord) => void putRecord.run(r.target, r.requestId, r.principal, r.session, r.expiresAt, r.lastSeq, r.instance, r.instanceSeq, r.prevInstance),
+      putRecord: (r: LockRecord) => {
+        putRecord.run(r.target, r.requestId, r.principal, r.session, r.expiresAt, r.lastSeq, r.instance, r.instanceSeq, r.prevInstance);
+        // Remembered for a reboot of the host, whose monotonic clock starts again (see createSchema).
+        const lease = r.expiresAt - this.clock.now();
+        if (lease > this.maxLeaseMs) {
+          this.maxLeaseMs = lease;
+          raiseMaxLease.run(String(lease), lease);
+        }
+      },
       deleteRecord: (t) => void deleteRecord.run(t),
       getTombstones: (t) => {
         const row = getTombs.get(t);
@@ -196,7 +214,10 @@ export class SqliteStore extends TxStore {
         instance TEXT NOT NULL DEFAULT '', instance_seq INTEGER NOT NULL DEFAULT 0, prev_instance TEXT NOT NULL DEFAULT '') STRICT;
       CREATE TABLE IF NOT EXISTS tombstones (target TEXT PRIMARY KEY, list TEXT NOT NULL) STRICT;
       CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+      INSERT OR IGNORE INTO meta (key, value) VALUES ('max_lease_ms', '0');
     `);
+    this.adoptClock();
     // Records written before handle instances: add the columns (a record without an instance is
     // resumed only by a takeover, which is what a kept requestId of that time does).
     const cols = this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')").all().map((c) => c.name);
@@ -216,6 +237,26 @@ export class SqliteStore extends TxStore {
       meta.run(r.target, r.data.length, r.version);
     }
     this.db.exec('DROP TABLE targets');
+  }
+
+  /**
+   * Lock expiries are times on the clock named in `meta`. When this process's clock is another one,
+   * bring every expiry over before anything is served, never shortening a lock: from the wall clock
+   * (a database written before the monotonic clock) a lock keeps the time it had left; from a
+   * previous boot (whose clock is gone) every lock lasts the longest lease the database ever granted,
+   * from now.
+   */
+  private adoptClock(): void {
+    const row = this.db.prepare<[], { value: string }>("SELECT value FROM meta WHERE key = 'clock'").get();
+    const was = row?.value ?? 'wall';
+    if (was === this.clock.name) return;
+    const now = this.clock.now();
+    if (was === 'wall') this.db.prepare('UPDATE records SET expires_at = ? + MAX(0, expires_at - ?)').run(now, Date.now());
+    else {
+      const maxLease = Number(this.db.prepare<[], { value: string }>("SELECT value FROM meta WHERE key = 'max_lease_ms'").get()?.value ?? 0);
+      this.db.prepare('UPDATE records SET expires_at = ?').run(now + maxLease);
+    }
+    this.db.prepare("INSERT INTO meta (key, value) VALUES ('clock', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value").run(this.clock.name);
   }
 
   /** Every target's bytes (for a final check). */
