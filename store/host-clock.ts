@@ -3,14 +3,16 @@
  * SQLite file, so they need one clock, and it must not jump: an operator or NTP stepping the wall
  * clock forward would otherwise expire every lock at once and hand active writers' targets to others.
  *
- * On Linux it is CLOCK_MONOTONIC (Node's `process.hrtime`), milliseconds since boot, the same in every
- * process of the host and never stepped, named by the kernel's boot id: a database written during
- * another boot counts its expiries on a clock that is gone. Elsewhere it is the wall clock.
+ * It is the host's monotonic clock (Node's `process.hrtime`: CLOCK_MONOTONIC on Linux), milliseconds
+ * since boot, the same in every process of the host and never stepped, named by the boot it counts
+ * from: a database written during another boot counts its expiries on a clock that is gone. The boot
+ * is the kernel's boot id on Linux; elsewhere the boot time to the minute (wall clock minus the
+ * monotonic one), so a wall-clock step at most renames the clock, which only makes locks last longer.
  */
 import { readFileSync } from 'node:fs';
 
 export interface HostClock {
-  /** `boot:<id>` for the monotonic clock of one boot, `wall` for the wall clock. */
+  /** `boot:<id>` for the monotonic clock of one boot (`wall` names the wall clock, which older databases used). */
   readonly name: string;
   now(): number;
 }
@@ -22,8 +24,9 @@ export function hostClock(): HostClock {
   try {
     id = readFileSync(BOOT_ID, 'utf8').trim();
   } catch {
-    // not Linux (or no /proc): the wall clock is all there is
+    // not Linux (or no /proc): the boot is told by its time, below
   }
-  if (!/^[0-9a-f-]{8,64}$/.test(id)) return { name: 'wall', now: () => Date.now() };
-  return { name: `boot:${id}`, now: () => Number(process.hrtime.bigint() / 1_000_000n) };
+  const now = () => Number(process.hrtime.bigint() / 1_000_000n);
+  if (!/^[0-9a-f-]{8,64}$/.test(id)) id = `~${Math.round((Date.now() - now()) / 60_000)}`;
+  return { name: `boot:${id}`, now };
 }
