@@ -55,7 +55,8 @@ const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 export async function replicaProcess(dir: string, store: 'memory' | 'sqlite', opts: { holdMs?: number; groupCommit?: boolean; heartbeatIntervalMs?: number } = {}): Promise<{ url: string; proc: ChildProcess }> {
   const port = await freePort();
   const cfg = { id: `replica-${port}`, port, dir, store, secret: SECRET, holdMs: opts.holdMs ?? 5000, history: false, pretty: false, groupCommit: opts.groupCommit ?? true, ...(opts.heartbeatIntervalMs ? { heartbeatIntervalMs: opts.heartbeatIntervalMs } : {}) };
-  const proc = fork(CHILD, ['replica', JSON.stringify(cfg)], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const proc = fork(CHILD, ['replica'], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  proc.send({ type: 'config', config: cfg });
   await new Promise<void>((resolve, reject) => {
     proc.on('message', (m) => (m as { type?: string }).type === 'ready' && resolve());
     proc.once('exit', () => reject(new Error('replica process exited')));

@@ -1,9 +1,11 @@
 /**
  * One process of a local cluster, started by the launcher with an IPC channel:
- *   node dist/cluster/child.js replica '<json>'   a storage replica over the shared SQLite file
- *   node dist/cluster/child.js node '<json>'      a node agent hosting workload applications
- * It reports its status to the launcher, takes commands from it, and exits when the launcher goes
- * away (the IPC channel closes), so a killed launcher leaves no orphans.
+ *   node dist/cluster/child.js replica     a storage replica over the shared SQLite file
+ *   node dist/cluster/child.js node        a node agent hosting workload applications
+ * Its configuration, the cluster secret included, comes as the first message on the IPC channel,
+ * never in its command line or environment (which other local users can read). It reports its status
+ * to the launcher, takes commands from it, and exits when the launcher goes away (the IPC channel
+ * closes), so a killed launcher leaves no orphans.
  */
 import { join } from 'node:path';
 import { mkdirSync, openSync } from 'node:fs';
@@ -17,7 +19,7 @@ import { SqliteStore } from '../store/sqlite.js';
 import type { TxStore } from '../store/base.js';
 import { observedStore } from '../sim/history.js';
 import { WebSocketTransport } from '../transport/ws.js';
-import { ChildCommand, type ChildReport } from './ipc.js';
+import { ChildCommand, ChildConfig, type ChildReport } from './ipc.js';
 import { runWorkload, type WorkloadStats } from './workload.js';
 import { processInspector } from './inspect.js';
 
@@ -216,9 +218,30 @@ async function node(raw: unknown): Promise<void> {
 
 // The launcher is gone: so are we.
 process.on('disconnect', () => exit(0));
-const [role, json] = process.argv.slice(2);
+/** How long a child waits for its configuration from the launcher. */
+const CONFIG_WAIT_MS = 10_000;
+
+/** The configuration the launcher sends first on the IPC channel. */
+function configFromLauncher(): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    if (!process.send) return reject(new Error('no IPC channel: a child process gets its configuration from the launcher'));
+    const timer = setTimeout(() => reject(new Error(`no configuration from the launcher within ${CONFIG_WAIT_MS / 1000} s`)), CONFIG_WAIT_MS);
+    const take = (m: unknown) => {
+      const msg = ChildConfig.safeParse(m);
+      if (!msg.success) return;
+      clearTimeout(timer);
+      process.off('message', take);
+      resolve(msg.data.config);
+    };
+    process.on('message', take);
+  });
+}
+
+const [role] = process.argv.slice(2);
+// Files this process creates (the store and its WAL, logs, requestId files) are its owner's only.
+process.umask(0o077);
 try {
-  const cfg: unknown = JSON.parse(json ?? '');
+  const cfg = await configFromLauncher();
   await (role === 'replica' ? replica(cfg) : role === 'node' ? node(cfg) : Promise.reject(new Error(`unknown role ${role}`)));
   send({ type: 'ready' });
 } catch (err) {

@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import os from 'node:os';
 import { resolve, join } from 'node:path';
 import { mkdirSync, readFileSync } from 'node:fs';
+import { privateDataDir } from './private-dir.js';
 import { pino } from 'pino';
 import { Application } from '../actors/application.js';
 import { LocalCluster } from './local.js';
@@ -171,6 +172,7 @@ async function up(argv: string[]): Promise<number> {
     await upInProcess(o);
     return 0;
   }
+  privateDataDir(o.dir);
   mkdirSync(join(o.dir, 'logs'), { recursive: true });
   const log = pino({ base: { actor: 'launcher' } }, pino.destination({ dest: join(o.dir, 'logs', 'launcher.log'), sync: false }));
   const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, statelyPort: o.statelyPort, log });
@@ -249,6 +251,7 @@ function statusLines(st: Record<string, unknown>): string[] {
 
 /** `up --store memory`: the whole cluster in this process (no control endpoint). */
 async function upInProcess(o: UpOptions): Promise<void> {
+  privateDataDir(o.dir);
   mkdirSync(join(o.dir, 'logs'), { recursive: true });
   const log = pino({ level: 'info' }, pino.destination({ dest: join(o.dir, 'logs', 'cluster.log'), sync: false }));
   const cluster = await LocalCluster.start({ dir: o.dir, replicas: o.replicas, store: 'memory', env: { log }, replica: { holdMs: o.holdMs }, ...(o.port ? { basePort: o.port } : {}) });

@@ -4,6 +4,10 @@
  */
 import { z } from 'zod';
 
+/** The first message to a child: its configuration (validated by the child against its role's schema). */
+export const ChildConfig = z.object({ type: z.literal('config'), config: z.record(z.string(), z.unknown()) });
+export type ChildConfig = z.infer<typeof ChildConfig>;
+
 export const ChildCommand = z.discriminatedUnion('type', [
   z.object({ type: z.literal('dismount') }),
   z.object({ type: z.literal('mount') }),

@@ -5,7 +5,8 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
+import { privateDataDir } from './private-dir.js';
 import net from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,7 +18,7 @@ import { SafeResumeError } from '../errors.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { FaultProxy } from './fault-proxy.js';
-import { ChildReport, type ChildCommand, type HandleStatus } from './ipc.js';
+import { ChildReport, type ChildCommand, ChildConfig, type HandleStatus } from './ipc.js';
 import { InspectorServer } from './inspector-server.js';
 
 export interface LauncherOptions {
@@ -82,7 +83,7 @@ export class Launcher {
   private watching = false;
 
   constructor(readonly opts: LauncherOptions) {
-    mkdirSync(opts.dir, { recursive: true });
+    privateDataDir(opts.dir);
     this.secret = loadOrCreateSecret(opts.dir);
   }
 
@@ -154,7 +155,9 @@ export class Launcher {
   private readonly onDown: Array<() => void> = [];
 
   private spawn(id: string, role: 'replica' | 'node', config: Record<string, unknown>): Child {
-    const proc = fork(CHILD, [role, JSON.stringify(config)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    // The configuration (the cluster secret with it) goes over the IPC channel, never in argv.
+    const proc = fork(CHILD, [role], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    proc.send({ type: 'config', config } satisfies ChildConfig);
     let ready!: () => void;
     let failed!: (e: Error) => void;
     const child: Child = { id, role, config, proc, status: undefined, ready: new Promise<void>((r, j) => ((ready = r), (failed = j))) };

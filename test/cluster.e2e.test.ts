@@ -4,7 +4,8 @@
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
+import { SECRET_FILE } from '../actors/auth.js';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { RECORD_BYTES } from '../cluster/workload.js';
@@ -88,6 +89,30 @@ describe('safe-resume up: a real local cluster', () => {
     expect(s.nodes.map((n) => n.id)).toEqual(['node-1', 'node-2']);
     expect(s.handles.map((h) => `${h.node}/${h.app}`)).toEqual(['node-1/app-1', 'node-1/app-2', 'node-2/app-3', 'node-2/app-4']);
   }, 60_000);
+
+  it('no child process carries the cluster secret in its command line or environment (other local users read those)', () => {
+    const secret = readFileSync(join(dir, SECRET_FILE), 'utf8').trim();
+    const s = status();
+    const pids = [...s.replicas, ...s.nodes].map((c) => c.pid).filter((p): p is number => p !== null);
+    expect(pids.length).toBe(5);
+    for (const pid of pids) {
+      expect(readFileSync(`/proc/${pid}/cmdline`, 'utf8'), `pid ${pid} command line`).not.toContain(secret);
+      expect(readFileSync(`/proc/${pid}/environ`, 'utf8'), `pid ${pid} environment`).not.toContain(secret);
+    }
+  });
+
+  it('the data directory and everything in it is private to its owner (directories 0700, files 0600)', () => {
+    const open: string[] = [];
+    const walk = (p: string) => {
+      const st = lstatSync(p);
+      if ((st.mode & 0o077) !== 0) open.push(`${p} ${(st.mode & 0o777).toString(8)}`);
+      if (st.isDirectory()) for (const n of readdirSync(p)) walk(join(p, n));
+    };
+    walk(dir);
+    const names = readdirSync(dir);
+    expect(names).toEqual(expect.arrayContaining(['store.sqlite', 'control.json', SECRET_FILE, 'logs']));
+    expect(open).toEqual([]);
+  });
 
   it('kill a replica: every handle ends active again and writes continue', async () => {
     const serving = status().nodes[0]!.replica!;

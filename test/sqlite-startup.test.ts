@@ -3,7 +3,7 @@
  * start together): every one must open it and serve, and a replica process that cannot open its
  * store must exit with its own error, not with a crash of its logger. Runs the built code (dist/).
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { fork, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -90,10 +90,11 @@ describe('SQLite startup', () => {
     // The store file's place is taken by a directory: SQLite cannot open it.
     mkdirSync(join(dir, 'store.sqlite'), { recursive: true });
     const cfg = { id: 'replica-x', port: 0, dir, store: 'sqlite', secret: 's'.repeat(32), holdMs: 100, history: false, pretty: false };
-    const child = spawn(process.execPath, [join(DIST, 'cluster', 'child.js'), 'replica', JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = fork(join(DIST, 'cluster', 'child.js'), ['replica'], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+    child.send({ type: 'config', config: cfg });
     let stderr = '';
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.stdout.resume();
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout!.resume();
     const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
     expect(code).toBe(1);
     expect(stderr).toContain('unable to open database file');
