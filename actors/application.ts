@@ -106,7 +106,9 @@ export class Handle extends LazyEmitter<HandleEvents> implements HandleOwner {
     if (this.mode !== 'write') return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', `${this.target} is open for reading`));
     if (!Number.isSafeInteger(offset) || offset < 0) return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', 'offset must be a non-negative integer'));
     if (!(data instanceof Uint8Array) || data.length > MAX_IO_BYTES) return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', `data must be a Uint8Array of at most ${MAX_IO_BYTES} bytes`));
-    const copy = data.slice(); // the caller may reuse its buffer once write() returns
+    // The caller may reuse its buffer once write() returns. A copy, never a view: a Node Buffer's
+    // slice() is a view of the same memory.
+    const copy = new Uint8Array(data);
     return new Promise<OpResult>((resolve, reject) => {
       this.agent.io(this.core, { kind: 'write', seq: 0, offset, data: copy, length: 0, inflight: 0, sent: false, resends: 0, settle: { resolve, reject } });
     });

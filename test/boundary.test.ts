@@ -141,3 +141,30 @@ describe('authentication', () => {
     expect(text(await h.read(0, 6))).toBe('alice!');
   });
 });
+
+describe('limits of one operation', () => {
+  it('a write larger than 1 MiB (1.5 MiB, inside the 2 MiB frame limit) is refused on the wire with BAD_FRAME, and the session keeps serving', async () => {
+    const c = await cluster();
+    const peer = await raw(c.urls[0]!);
+    peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret: c.secret, node: 'raw' }));
+    expect(await peer.next(1)).toMatchObject({ type: 'welcome' });
+    const rid = 'R'.repeat(21);
+    peer.ws.send(encode({ type: 'open', id: 1, target: 'big.disk', requestId: rid, principal: 'p', mode: 'write' }));
+    expect(await peer.next(2)).toMatchObject({ type: 'opened', id: 1 });
+    peer.ws.send(encode({ type: 'write', id: 2, target: 'big.disk', requestId: rid, seq: 1, offset: 0, data: new Uint8Array(1536 * 1024) }));
+    const refused = await peer.next(3);
+    expect(refused, JSON.stringify(refused)).toMatchObject({ type: 'error', code: 'BAD_FRAME' });
+    peer.ws.send(encode({ type: 'write', id: 3, target: 'big.disk', requestId: rid, seq: 1, offset: 0, data: bytes('small') }));
+    expect(await peer.next(4)).toMatchObject({ type: 'written', id: 3, seq: 1 });
+  });
+
+  it('a write keeps the bytes it was given: a Node Buffer changed after write() returns does not change what is stored', async () => {
+    const c = await cluster();
+    const h = await new Application(await c.addNode('node-1'), { name: 'app-1' }).open('vm1.disk');
+    const buf = Buffer.from('original');
+    const written = h.write(0, buf);
+    buf.write('CHANGED!');
+    await written;
+    expect(text(await h.read(0, 8))).toBe('original');
+  });
+});

@@ -13,7 +13,8 @@ const principal = z.string().min(1).max(128);
 const corr = z.number().int().nonnegative();
 const u53 = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
 const mode = z.enum(['read', 'write']);
-const bytes = z.custom<Uint8Array>((v) => v instanceof Uint8Array, 'expected bytes');
+/** The bytes of one read or write: at most MAX_IO_BYTES, checked where every frame is validated. */
+const ioBytes = z.custom<Uint8Array>((v) => v instanceof Uint8Array && v.length <= MAX_IO_BYTES, `expected at most ${MAX_IO_BYTES} bytes`);
 const errorCode = z.string().min(1).max(64);
 const reason = z.enum(['MODIFIED', 'SUPERSEDED', 'TIMEOUT', 'CLOSED_BY_STORAGE']);
 /** One handle instance of a requestId: fresh per open or takeover, kept by the node with the requestId. */
@@ -55,7 +56,7 @@ const hello = z.object({ type: z.literal('hello'), v: z.literal(PROTOCOL_VERSION
 const ping = z.object({ type: z.literal('ping'), t: u53 });
 const open = z.object({ type: z.literal('open'), id: corr, target, requestId, principal, mode, instance: instance.optional() });
 const resume = z.object({ type: z.literal('resume'), id: corr, items: z.array(ResumeItem).min(1).max(10_000) });
-const write = z.object({ type: z.literal('write'), id: corr, target, requestId, seq: u53.min(1), offset: u53, data: bytes });
+const write = z.object({ type: z.literal('write'), id: corr, target, requestId, seq: u53.min(1), offset: u53, data: ioBytes });
 const read = z.object({ type: z.literal('read'), id: corr, target, requestId, offset: u53, length: z.number().int().nonnegative().max(MAX_IO_BYTES) });
 const close = z.object({ type: z.literal('close'), id: corr, target, requestId });
 
@@ -66,7 +67,7 @@ const pong = z.object({ type: z.literal('pong'), t: u53 });
 const opened = z.object({ type: z.literal('opened'), id: corr, version: u53, lastSeq: u53 });
 const resumed = z.object({ type: z.literal('resumed'), id: corr, results: z.array(ResumeResult) });
 const written = z.object({ type: z.literal('written'), id: corr, seq: u53, version: u53 });
-const data = z.object({ type: z.literal('data'), id: corr, version: u53, data: bytes });
+const data = z.object({ type: z.literal('data'), id: corr, version: u53, data: ioBytes });
 const closed = z.object({ type: z.literal('closed'), id: corr });
 /** `lastSeq` on a write refused MODIFIED or SUPERSEDED: the last seq the store applied for this instance, if known. */
 const error = z.object({ type: z.literal('error'), id: corr.optional(), code: errorCode, message: z.string().max(4096), retryable: z.boolean(), lastSeq: u53.optional() });
