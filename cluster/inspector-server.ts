@@ -4,6 +4,7 @@
  * to browsers on /stream, replaying the history to each new one. It serves the page (all assets from
  * this package, nothing from the internet) and the same commands as the control endpoint under /api.
  */
+import { readBody } from './http-body.js';
 import { createServer, type Server } from 'node:http';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
@@ -61,12 +62,10 @@ export class InspectorServer {
         return;
       }
       if (req.method === 'POST' && path.startsWith('/api/')) {
-        let body = '';
-        req.on('data', (d: Buffer) => (body += d.toString()));
-        req.on('end', () => {
-          void this.hooks.command('POST', path.slice(4), body).then((r) => {
-            res.writeHead(r.ok ? 200 : 400, { 'content-type': 'application/json' }).end(JSON.stringify(r));
-          });
+        void readBody(req, res).then(async (body) => {
+          if (body === undefined) return;
+          const r = await this.hooks.command('POST', path.slice(4), body);
+          res.writeHead(r.ok ? 200 : 400, { 'content-type': 'application/json' }).end(JSON.stringify(r));
         });
         return;
       }

@@ -7,6 +7,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import { rmSync, writeFileSync } from 'node:fs';
 import { privateDataDir } from './private-dir.js';
+import { readBody } from './http-body.js';
 import net from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -403,16 +404,11 @@ export class Launcher {
 
   private async listen(): Promise<void> {
     this.control = createServer((req, res) => {
-      let body = '';
-      req.on('data', (d: Buffer) => {
-        body += d.toString();
-        if (body.length > 1 << 20) req.destroy();
-      });
-      req.on('end', () => {
-        void this.command(req.method ?? 'GET', req.url ?? '/', body).then((r) => {
-          res.writeHead(r.ok ? 200 : 400, { 'content-type': 'application/json' });
-          res.end(JSON.stringify(r));
-        });
+      void readBody(req, res).then(async (body) => {
+        if (body === undefined) return;
+        const r = await this.command(req.method ?? 'GET', req.url ?? '/', body);
+        res.writeHead(r.ok ? 200 : 400, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(r));
       });
     });
     await new Promise<void>((r) => this.control!.listen(0, '127.0.0.1', r));

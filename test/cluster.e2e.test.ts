@@ -114,6 +114,14 @@ describe('safe-resume up: a real local cluster', () => {
     expect(open).toEqual([]);
   });
 
+  it('the control endpoint refuses a body over 64 KiB with 413, kills nothing, and the cluster goes on', async () => {
+    const { url } = JSON.parse(readFileSync(join(dir, 'control.json'), 'utf8')) as { url: string };
+    const r = await fetch(`${url}/kill`, { method: 'POST', body: JSON.stringify({ id: 'replica-1', pad: 'x'.repeat(200 * 1024) }) });
+    expect(r.status).toBe(413);
+    const s = status();
+    expect(s.replicas.every((x) => x.state !== 'down')).toBe(true);
+  });
+
   it('kill a replica: every handle ends active again and writes continue', async () => {
     const serving = status().nodes[0]!.replica!;
     const before = Object.fromEntries(status().handles.map((h) => [h.app, h.acked]));
