@@ -3,6 +3,7 @@
  * serves their handles, renews their locks in one batch per session, starts the hold period when a
  * session is lost, and tells its sessions when its store goes away and comes back (dismount).
  */
+import { LogLimiter } from './log-limit.js';
 import { SafeResumeError, type ErrorCode } from '../errors.js';
 import type { ReplicaHandleStepEvent } from '../machines/replica-handle.js';
 import type { Decoded } from '../transport/codec.js';
@@ -56,6 +57,8 @@ export class StorageReplica {
   readonly id: string;
   readonly store: Store;
   readonly holdMs: number;
+  /** Warnings a peer can cause, rate-limited (see LogLimiter). */
+  private readonly warnings: LogLimiter;
   readonly leaseMs: number;
   readonly heartbeatIntervalMs: number;
   private readonly env: Env;
@@ -79,6 +82,7 @@ export class StorageReplica {
     this.env.log = this.env.log.child({ actor: opts.id });
     this.holdMs = opts.holdMs ?? 5000;
     this.records = new HandleRecords(this.env.clock, this.holdMs, pureInspector(this.env.inspect));
+    this.warnings = new LogLimiter(this.env.clock);
     this.leaseMs = opts.leaseMs ?? 3000;
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS;
   }
@@ -170,7 +174,8 @@ export class StorageReplica {
       return undefined;
     }
     if (!secretMatches(this.opts.secret, frame.msg.secret)) {
-      this.env.log.warn({ node: frame.msg.node }, 'refused a peer with the wrong cluster secret');
+      const t = this.warnings.take('wrong secret');
+      if (t.log) this.env.log.warn({ node: frame.msg.node, ...(t.suppressed ? { suppressed: t.suppressed } : {}) }, 'refused a peer with the wrong cluster secret');
       this.reply(conn, undefined, 'AUTH_FAILED', 'wrong cluster secret');
       conn.close(CLOSE.AUTH_FAILED, 'wrong cluster secret');
       return undefined;
@@ -187,7 +192,8 @@ export class StorageReplica {
   private onFrame(s: Session, frame: Decoded): void {
     if (!frame.ok) {
       this.stats.badFrames++;
-      this.env.log.warn({ session: s.id, node: s.node, code: frame.code, message: frame.message }, 'bad frame');
+      const t = this.warnings.take('bad frame');
+      if (t.log) this.env.log.warn({ session: s.id, node: s.node, code: frame.code, message: frame.message, ...(t.suppressed ? { suppressed: t.suppressed } : {}) }, 'bad frame');
       this.reply(s.conn, frame.id, frame.code, frame.message);
       if (++s.badFrames >= (this.opts.maxBadFrames ?? 100)) s.conn.close(CLOSE.PROTOCOL, 'too many bad frames');
       return;

@@ -1,6 +1,10 @@
 /** Bad input and trust at the replica's door, over a real WebSocket. */
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
+import { pino } from 'pino';
+import { StorageReplica } from '../actors/replica.js';
+import { MemoryStore } from '../store/memory.js';
+import { LogLimiter } from '../actors/log-limit.js';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Application } from '../actors/application.js';
@@ -166,5 +170,46 @@ describe('limits of one operation', () => {
     buf.write('CHANGED!');
     await written;
     expect(text(await h.read(0, 8))).toBe('original');
+  });
+});
+
+describe('warnings a peer can cause', () => {
+  it('a flood of bad frames and wrong secrets logs a few lines per kind, then one that counts the rest', async () => {
+    const lines: Array<{ msg: string; suppressed?: number }> = [];
+    const log = pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l) as { msg: string; suppressed?: number }) });
+    const secret = 's'.repeat(32);
+    const replica = await new StorageReplica({ id: 'replica-1', store: new MemoryStore(), transport: new WebSocketTransport(), secret, env: { log } }).start();
+    cleanups.push(() => replica.stop());
+    for (let c = 0; c < 5; c++) {
+      const peer = await raw(replica.url);
+      peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret, node: `raw-${c}` }));
+      expect(await peer.next(1)).toMatchObject({ type: 'welcome' });
+      for (let i = 0; i < 50; i++) peer.ws.send('{"type":');
+      await peer.next(51);
+    }
+    for (let c = 0; c < 30; c++) {
+      const peer = await raw(replica.url);
+      peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret: 'w'.repeat(32), node: 'intruder' }));
+      await peer.next(1);
+    }
+    const bad = lines.filter((l) => l.msg === 'bad frame');
+    const wrong = lines.filter((l) => l.msg === 'refused a peer with the wrong cluster secret');
+    expect(bad.length).toBeGreaterThan(0);
+    expect(bad.length).toBeLessThanOrEqual(10);
+    expect(wrong.length).toBeGreaterThan(0);
+    expect(wrong.length).toBeLessThanOrEqual(10);
+  });
+});
+
+describe('LogLimiter', () => {
+  it('logs the first ones of a window, then says how many it left out', () => {
+    let now = 0;
+    const clock = { now: () => now, setTimeout: () => 0, clearTimeout: () => undefined };
+    const limit = new LogLimiter(clock, 3, 1000);
+    const taken = Array.from({ length: 10 }, () => limit.take('bad frame').log);
+    expect(taken.filter(Boolean).length).toBe(3);
+    expect(limit.take('wrong secret')).toEqual({ log: true, suppressed: 0 });
+    now = 1000;
+    expect(limit.take('bad frame')).toEqual({ log: true, suppressed: 7 });
   });
 });
