@@ -268,6 +268,10 @@ export class StorageReplica {
 
   private async onResume(s: Session, msg: MessageOf<'resume'>): Promise<void> {
     this.checkMounted();
+    // A resume attaches handles as an open does: it counts against the same limit.
+    let added = 0;
+    for (const it of msg.items) if (!s.handles.has(keyOf(it.target, it.requestId))) added++;
+    if (s.handles.size + added > (this.opts.maxHandlesPerSession ?? 100_000)) throw new SafeResumeError('INVALID_ARGUMENT', 'too many handles on this session');
     const leaseMs = this.lockMs;
     this.stats.resumeMessages++;
     const outcomes = await this.store.resume(

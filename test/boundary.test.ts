@@ -213,3 +213,21 @@ describe('LogLimiter', () => {
     expect(limit.take('bad frame')).toEqual({ log: true, suppressed: 7 });
   });
 });
+
+describe('handles per session', () => {
+  it('a resume batch counts against the same limit as opens: past it the batch is refused whole', async () => {
+    const secret = 's'.repeat(32);
+    const replica = await new StorageReplica({ id: 'replica-1', store: new MemoryStore(), transport: new WebSocketTransport(), secret, maxHandlesPerSession: 10 }).start();
+    cleanups.push(() => replica.stop());
+    const peer = await raw(replica.url);
+    peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret, node: 'raw' }));
+    expect(await peer.next(1)).toMatchObject({ type: 'welcome' });
+    const items = Array.from({ length: 20 }, (_, i) => ({ target: `t${i}.disk`, requestId: `${'R'.repeat(20)}${String.fromCharCode(65 + i)}`, principal: 'p', mode: 'read' as const, version: 0 }));
+    peer.ws.send(encode({ type: 'resume', id: 1, items }));
+    expect(await peer.next(2)).toMatchObject({ type: 'error', id: 1, code: 'INVALID_ARGUMENT' });
+    expect(replica.handles().length).toBe(0);
+    peer.ws.send(encode({ type: 'resume', id: 2, items: items.slice(0, 10) }));
+    expect(await peer.next(3)).toMatchObject({ type: 'resumed', id: 2 });
+    expect(replica.handles().length).toBe(10);
+  });
+});
