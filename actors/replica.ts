@@ -338,6 +338,8 @@ export class StorageReplica {
   private async onClose(s: Session, msg: MessageOf<'close'>): Promise<void> {
     this.checkMounted();
     const h = s.handles.get(keyOf(msg.target, msg.requestId));
+    // Only a handle this session holds can be closed through it; anything else is not a `closed`.
+    if (!h) throw new SafeResumeError('NOT_OPEN', `${msg.target} is not open on this session`);
     await this.store.close({ target: msg.target, requestId: msg.requestId }, s.id);
     this.step(h, { type: 'CLOSE' });
     this.detach(s, msg.target, msg.requestId);

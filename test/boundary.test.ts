@@ -231,3 +231,18 @@ describe('handles per session', () => {
     expect(replica.handles().length).toBe(10);
   });
 });
+
+describe('close through a session that does not hold the handle', () => {
+  it('is answered NOT_OPEN, and the holder keeps its lock', async () => {
+    const c = await cluster();
+    const h = await new Application(await c.addNode('node-1'), { name: 'app-1' }).open('vm1.disk');
+    await h.write(0, bytes('mine'));
+    const peer = await raw(c.urls[0]!);
+    peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret: c.secret, node: 'raw' }));
+    expect(await peer.next(1)).toMatchObject({ type: 'welcome' });
+    peer.ws.send(encode({ type: 'close', id: 1, target: 'vm1.disk', requestId: h.requestId }));
+    expect(await peer.next(2)).toMatchObject({ type: 'error', id: 1, code: 'NOT_OPEN' });
+    await h.write(4, bytes('!'));
+    expect(text(await h.read(0, 5))).toBe('mine!');
+  });
+});
