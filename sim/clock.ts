@@ -146,8 +146,4 @@ export class ProcClock implements ActorClock {
   kill(): void {
     this.dead = true;
   }
-
-  get killed(): boolean {
-    return this.dead;
-  }
 }

@@ -16,9 +16,9 @@
  */
 import type { ActorClock } from '../actors/env.js';
 import { StoreBusyError, TxStore } from '../store/base.js';
-import type { MemoryState } from '../store/memory.js';
+import { memoryTx, type MemoryState } from '../store/memory.js';
 import type { Tx } from '../store/rules.js';
-import { MAX_TARGET_BYTES, StoreUnavailableError, type LockRecord, type Tombstone } from '../store/types.js';
+import { StoreUnavailableError, type LockRecord } from '../store/types.js';
 
 export interface SimStoreOptions {
   /**
@@ -201,56 +201,39 @@ export class SimStore extends TxStore {
   }
 
   /**
-   * The rules' view of the shared state, as MemoryStore's, logging how to undo each change. Stored
+   * The rules' view of the shared state (MemoryStore's), logging how to undo each change. Stored
    * records and tombstone lists are replaced, never changed in place, so undoing one puts the old
    * object back; a target's bytes are changed in place, so undoing a write copies back only the
-   * bytes it overwrote.
+   * bytes it overwrote (a write that grows the buffer leaves the old one as it was, and the undo
+   * entry puts it back).
    */
   private makeTx(): Tx {
     const { records, tombstones, targets } = this.state;
     const undo = this.undo;
+    const base = memoryTx(this.state);
     return {
-      getRecord: (t) => records.get(t),
+      ...base,
       putRecord: (r) => {
         const target = r.target;
         const prev = records.get(target);
         undo.push(() => restore(records, target, prev));
-        records.set(target, { ...r });
+        base.putRecord(r);
       },
       deleteRecord: (t) => {
         const prev = records.get(t);
         if (!prev) return;
         undo.push(() => records.set(t, prev));
-        records.delete(t);
+        base.deleteRecord(t);
       },
-      getTombstones: (t) => tombstones.get(t) ?? [],
       putTombstones: (t, list) => {
         const prev = tombstones.get(t);
         undo.push(() => restore(tombstones, t, prev));
-        tombstones.set(t, list.map((x): Tombstone => ({ ...x })));
-      },
-      version: (t) => targets.get(t)?.version ?? 0,
-      size: (t) => targets.get(t)?.size ?? 0,
-      readData: (t, offset, length) => {
-        const cur = targets.get(t);
-        return cur ? cur.buf.slice(Math.min(offset, cur.size), Math.min(cur.size, offset + length)) : new Uint8Array(0);
+        base.putTombstones(t, list);
       },
       writeData: (t, offset, data) => {
-        let cur = targets.get(t);
-        if (!cur) {
-          targets.set(t, (cur = { buf: new Uint8Array(0), size: 0, version: 0 }));
-          undo.push(() => targets.delete(t));
-        } else undo.push(undoWrite(cur, offset, offset + data.length));
-        const end = offset + data.length;
-        if (end > cur.buf.length) {
-          // A new buffer: the old one stays as it was, and the undo entry puts it back.
-          const grown = new Uint8Array(Math.max(end, Math.min(2 * cur.buf.length, MAX_TARGET_BYTES)));
-          grown.set(cur.buf.subarray(0, cur.size));
-          cur.buf = grown;
-        }
-        cur.buf.set(data, offset);
-        cur.size = Math.max(cur.size, end);
-        return ++cur.version;
+        const cur = targets.get(t);
+        undo.push(cur ? undoWrite(cur, offset, offset + data.length) : () => targets.delete(t));
+        return base.writeData(t, offset, data);
       },
     };
   }

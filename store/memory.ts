@@ -26,33 +26,7 @@ export class MemoryStore extends TxStore {
   ) {
     super();
     this.clockNow = now;
-    const { records, tombstones, targets } = state;
-    this.txImpl = {
-      getRecord: (t) => records.get(t),
-      putRecord: (r) => void records.set(r.target, { ...r }),
-      deleteRecord: (t) => void records.delete(t),
-      getTombstones: (t) => tombstones.get(t) ?? [],
-      putTombstones: (t, list) => void tombstones.set(t, list.map((x) => ({ ...x }))),
-      version: (t) => targets.get(t)?.version ?? 0,
-      size: (t) => targets.get(t)?.size ?? 0,
-      readData: (t, offset, length) => {
-        const cur = targets.get(t);
-        return cur ? cur.buf.slice(Math.min(offset, cur.size), Math.min(cur.size, offset + length)) : new Uint8Array(0);
-      },
-      writeData: (t, offset, data) => {
-        let cur = targets.get(t);
-        if (!cur) targets.set(t, (cur = { buf: new Uint8Array(0), size: 0, version: 0 }));
-        const end = offset + data.length;
-        if (end > cur.buf.length) {
-          const grown = new Uint8Array(Math.max(end, Math.min(2 * cur.buf.length, MAX_TARGET_BYTES)));
-          grown.set(cur.buf.subarray(0, cur.size));
-          cur.buf = grown;
-        }
-        cur.buf.set(data, offset);
-        cur.size = Math.max(cur.size, end);
-        return ++cur.version;
-      },
-    };
+    this.txImpl = memoryTx(state);
   }
 
   /** Make every operation fail as unavailable (a dismounted volume) until set back. */
@@ -75,4 +49,39 @@ export class MemoryStore extends TxStore {
   }
 
   async shutdown(): Promise<void> {}
+}
+
+/**
+ * The rules' view of a MemoryState, changing it in place (a write copies only itself). The
+ * simulation's store wraps it with an undo log.
+ */
+export function memoryTx(state: MemoryState): Tx {
+  const { records, tombstones, targets } = state;
+  return {
+    getRecord: (t) => records.get(t),
+    putRecord: (r) => void records.set(r.target, { ...r }),
+    deleteRecord: (t) => void records.delete(t),
+    getTombstones: (t) => tombstones.get(t) ?? [],
+    putTombstones: (t, list) => void tombstones.set(t, list.map((x) => ({ ...x }))),
+    version: (t) => targets.get(t)?.version ?? 0,
+    size: (t) => targets.get(t)?.size ?? 0,
+    readData: (t, offset, length) => {
+      const cur = targets.get(t);
+      return cur ? cur.buf.slice(Math.min(offset, cur.size), Math.min(cur.size, offset + length)) : new Uint8Array(0);
+    },
+    writeData: (t, offset, data) => {
+      let cur = targets.get(t);
+      if (!cur) targets.set(t, (cur = { buf: new Uint8Array(0), size: 0, version: 0 }));
+      const end = offset + data.length;
+      // Past the buffer's room a new buffer replaces it (the old one is left as it was).
+      if (end > cur.buf.length) {
+        const grown = new Uint8Array(Math.max(end, Math.min(2 * cur.buf.length, MAX_TARGET_BYTES)));
+        grown.set(cur.buf.subarray(0, cur.size));
+        cur.buf = grown;
+      }
+      cur.buf.set(data, offset);
+      cur.size = Math.max(cur.size, end);
+      return ++cur.version;
+    },
+  };
 }

@@ -216,3 +216,12 @@ describe('checker: hold period and checking as the run goes', () => {
     expect(c.violations.map((v) => v.guarantee)).toEqual(['S1']);
   });
 });
+
+describe('checker: S5 looks where a write would have landed', () => {
+  it('bytes equal to a rejected write, but elsewhere in the data (another write made them), are not that write', () => {
+    t = 0;
+    // "zz" was refused at offset 6; X wrote "zzzz" at 0. The data holds "zz", but not at 6: not that write.
+    const h = [grant(X, 'x1'), invokeAt(1, 'p', 6, 'zz'), fail(1, 'p', 'MODIFIED'), applied(X, 'x1', 1, 'zzzz'), final('zzzz')];
+    expect(guarantees(h)).not.toContain('S5');
+  });
+});
