@@ -1,7 +1,11 @@
 /** The WebSocket transport, on `ws`. */
+import { STATUS_CODES } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { SecureContext } from 'node:tls';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { decode, DEFAULT_MAX_FRAME_BYTES, encode, type Decoded } from './codec.js';
 import type { Message } from './messages.js';
+import { connectError, isSecureUrl, secureContextOf, type TlsOptions } from './tls.js';
 import type { CloseInfo, Connection, ListenOptions, Listener, Transport } from './types.js';
 
 function toBytes(data: RawData): Uint8Array {
@@ -90,10 +94,32 @@ class WsConnection implements Connection {
   }
 }
 
+export interface WebSocketTransportOptions {
+  /** The largest frame accepted; larger ones answer FRAME_TOO_LARGE. */
+  maxFrameBytes?: number;
+  /** Serve and connect over TLS (`wss://`); see docs/tls.md. */
+  tls?: TlsOptions;
+}
+
+/** A TLS peer that has not finished its handshake by then is dropped (before authentication a peer gets a few seconds). */
+const TLS_HANDSHAKE_TIMEOUT_MS = 5000;
+
 export class WebSocketTransport implements Transport {
-  constructor(private readonly maxFrameBytes = DEFAULT_MAX_FRAME_BYTES) {}
+  private readonly maxFrameBytes: number;
+  private readonly tls: TlsOptions | undefined;
+  /** The client side's TLS context, built once (and so checked at construction). */
+  private readonly clientContext: SecureContext | undefined;
+
+  /** `new WebSocketTransport()`, `new WebSocketTransport(maxFrameBytes)` or `new WebSocketTransport({ maxFrameBytes, tls })`. */
+  constructor(opts: number | WebSocketTransportOptions = {}) {
+    const o = typeof opts === 'number' ? { maxFrameBytes: opts } : opts;
+    this.maxFrameBytes = o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.tls = o.tls;
+    this.clientContext = o.tls ? secureContextOf(o.tls) : undefined;
+  }
 
   async listen(opts: ListenOptions): Promise<Listener> {
+    if (this.tls) return this.listenTls(opts, this.tls);
     // ws itself refuses frames past twice our limit; below that our codec answers FRAME_TOO_LARGE.
     const server = new WebSocketServer({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 0, maxPayload: this.maxFrameBytes * 2 });
     await new Promise<void>((resolve, reject) => {
@@ -103,6 +129,55 @@ export class WebSocketTransport implements Transport {
     server.on('error', () => undefined);
     const addr = server.address();
     const port = typeof addr === 'object' && addr ? addr.port : opts.port;
+    return this.serve(server, `ws://${opts.host ?? '127.0.0.1'}:${port}`, () => new Promise<void>((resolve) => server.close(() => resolve())));
+  }
+
+  /**
+   * `wss://`: an HTTPS server with this process's certificate, and `ws` on top of it. A peer whose
+   * handshake fails (a plaintext client, an untrusted client certificate, a timeout) is dropped
+   * alone; the server keeps serving.
+   */
+  private async listenTls(opts: ListenOptions, tls: TlsOptions): Promise<Listener> {
+    const host = opts.host ?? '127.0.0.1';
+    const mutual = tls.requireClientCert ?? false;
+    // Plain HTTP requests get 426 Upgrade Required, as the plain listener answers them.
+    const https = createHttpsServer(
+      { cert: tls.cert, key: tls.key, ca: tls.ca, minVersion: 'TLSv1.2', requestCert: mutual, rejectUnauthorized: mutual, handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS },
+      (_req, res) => {
+        const body = STATUS_CODES[426] ?? 'Upgrade Required';
+        res.writeHead(426, { 'Content-Length': Buffer.byteLength(body), 'Content-Type': 'text/plain' });
+        res.end(body);
+      },
+    );
+    // A failed handshake (untrusted client certificate, plaintext client, timeout) drops that socket only.
+    https.on('tlsClientError', (_err, socket) => socket.destroy());
+    try {
+      await new Promise<void>((resolve, reject) => {
+        https.once('error', reject);
+        https.listen(opts.port ?? 0, host, () => {
+          https.off('error', reject);
+          resolve();
+        });
+      });
+    } catch (err) {
+      throw new Error(`cannot listen on ${host}:${opts.port ?? 0} (wss): ${(err as Error).message}`, { cause: err });
+    }
+    // Errors after listening (a socket's, re-emitted by ws too) must not become uncaught exceptions.
+    https.on('error', () => undefined);
+    const server = new WebSocketServer({ server: https, maxPayload: this.maxFrameBytes * 2 });
+    server.on('error', () => undefined);
+    const addr = https.address();
+    const port = typeof addr === 'object' && addr ? addr.port : opts.port;
+    return this.serve(server, `wss://${host}:${port}`, async () => {
+      // ws does not close a server it was handed; sockets never upgraded are dropped here too.
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      https.closeAllConnections();
+      await new Promise<void>((resolve) => https.close(() => resolve()));
+    });
+  }
+
+  /** Wrap each accepted WebSocket as a Connection; `close` drops them all, then closes the server. */
+  private serve(server: WebSocketServer, url: string, closeServer: () => Promise<void>): Listener {
     const conns = new Set<WsConnection>();
     let onConn: ((c: Connection) => void) | undefined;
     server.on('connection', (ws, req) => {
@@ -113,22 +188,35 @@ export class WebSocketTransport implements Transport {
       else conn.terminate();
     });
     return {
-      url: `ws://${opts.host ?? '127.0.0.1'}:${port}`,
+      url,
       onConnection: (cb) => {
         onConn = cb;
       },
       close: async () => {
         for (const c of conns) c.terminate();
-        await new Promise<void>((resolve) => server.close(() => resolve()));
+        await closeServer();
       },
     };
   }
 
+  /**
+   * Connect to `ws://` or `wss://`. A `wss://` server must present a certificate that chains to the
+   * configured CA and names the URL's host (an IP needs an IP subjectAltName); nothing turns that
+   * check off. With TLS required (the default once TLS is configured) a `ws://` URL is refused.
+   */
   connect(url: string, opts: { timeoutMs?: number } = {}): Promise<Connection> {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(url, { maxPayload: this.maxFrameBytes * 2, handshakeTimeout: opts.timeoutMs ?? 2000, generateMask: zeroMask });
+      const secure = isSecureUrl(url);
+      if (!secure && this.tls && (this.tls.require ?? true)) {
+        throw new Error(`refusing to connect to ${url}: TLS is required (tls.require) and this is not a wss:// URL`);
+      }
+      if (secure && !this.clientContext) {
+        throw new Error(`cannot connect to ${url}: a wss:// URL needs the transport's tls option (the CA to trust)`);
+      }
+      const tlsOpts = secure ? { secureContext: this.clientContext, rejectUnauthorized: true } : {};
+      const ws = new WebSocket(url, { maxPayload: this.maxFrameBytes * 2, handshakeTimeout: opts.timeoutMs ?? 2000, generateMask: zeroMask, ...tlsOpts });
       const conn = new WsConnection(ws, url, this.maxFrameBytes);
-      const onFail = (err: Error) => reject(new Error(`cannot connect to ${url}: ${err.message}`));
+      const onFail = (err: Error) => reject(connectError(url, err));
       ws.once('error', onFail);
       ws.once('open', () => {
         ws.off('error', onFail);
