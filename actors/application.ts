@@ -16,13 +16,22 @@ import { MAX_IO_BYTES } from '../transport/messages.js';
 import { LazyEmitter } from './emitter.js';
 import { defaultEnv, type Env } from './env.js';
 import type { NodeAgent } from './node-agent.js';
+import type { Credential } from './auth.js';
 
 export type { HandleState };
 
 export interface ApplicationOptions {
   /** Stable name of the application on its node; kept requestIds are found under it. */
   name: string;
-  /** The principal requestIds are bound to. */
+  /**
+   * The principal's credential (`safe-resume credentials issue --principal NAME`): requestIds are
+   * bound to its name, and the node proves it to the storage without sending the key.
+   */
+  credential?: Credential;
+  /**
+   * The principal by name, without a credential: the node agent must hold that principal's
+   * credential already (its `principals`, or the cluster key). Default `default`.
+   */
   principal?: string;
   pauseTimeoutMs?: number;
   env?: Partial<Env>;
@@ -141,7 +150,14 @@ export class Application {
   constructor(readonly agent: NodeAgent, private readonly opts: ApplicationOptions) {
     if (!opts.name) throw new SafeResumeError('INVALID_ARGUMENT', 'an application needs a name');
     this.name = opts.name;
-    this.principal = opts.principal ?? 'default';
+    if (opts.credential) {
+      if (opts.principal !== undefined && opts.principal !== opts.credential.name) throw new SafeResumeError('INVALID_ARGUMENT', `principal ${JSON.stringify(opts.principal)} does not match the credential of ${JSON.stringify(opts.credential.name)}`);
+      agent.addPrincipal(opts.credential);
+      this.principal = opts.credential.name;
+    } else {
+      this.principal = opts.principal ?? 'default';
+      agent.usePrincipal(this.principal);
+    }
     this.env = defaultEnv(opts.env);
   }
 

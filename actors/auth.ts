@@ -1,10 +1,31 @@
-/** The cluster secret: a generated default kept in the data directory, or one given explicitly. */
-import { createHash, timingSafeEqual } from 'node:crypto';
+/**
+ * Keys and proofs (SPEC "Bad input and trust").
+ *
+ * The cluster key (`<dir>/cluster-secret`) stays with the storage side: replicas and the operator who
+ * issues credentials. Every other party gets a credential derived from it: a node agent a node
+ * credential, an application a principal credential. A key never crosses the wire: both ends of a
+ * session prove they know the node's key by an HMAC over fresh nonces from both sides, and an agent
+ * proves each principal it speaks for the same way.
+ *
+ *   nodeKey(n)       = HMAC-SHA256(clusterKey, "safe-resume/v1/node/" + n)
+ *   principalKey(p)  = HMAC-SHA256(clusterKey, "safe-resume/v1/principal/" + p)
+ *   T                = "safe-resume/v3|" + node + "|" + agentNonce + "|" + replicaNonce + "|" + replica
+ *   replica proof    = HMAC(nodeKey, "replica|" + T)        (first: an impostor learns only the nonces)
+ *   node proof       = HMAC(nodeKey, "node|" + T)
+ *   principal proof  = HMAC(principalKey, "principal|" + p + "|" + T)
+ */
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { nanoid } from 'nanoid';
+import { z } from 'zod';
+import { SafeResumeError } from '../errors.js';
+import { NAME_PATTERN } from '../transport/messages.js';
+
+export { NAME_PATTERN };
 
 export const SECRET_FILE = 'cluster-secret';
+
 
 /** Read `<dir>/cluster-secret`, creating it (mode 0600) with a fresh random secret if missing. */
 export function loadOrCreateSecret(dir: string): string {
@@ -14,16 +35,117 @@ export function loadOrCreateSecret(dir: string): string {
     if (secret.length < 16) throw new Error(`${path}: cluster secret must be at least 16 characters`);
     return secret;
   }
-  mkdirSync(dir, { recursive: true });
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
   const secret = nanoid(43);
   writeFileSync(path, secret + '\n', { mode: 0o600, flag: 'wx' });
   chmodSync(path, 0o600);
   return secret;
 }
 
-/** Constant-time comparison that does not leak the secret's length. */
-export function secretMatches(expected: string, given: string): boolean {
-  const a = createHash('sha256').update(expected).digest();
-  const b = createHash('sha256').update(given).digest();
-  return timingSafeEqual(a, b);
+export type CredentialKind = 'node' | 'principal';
+
+/** What a node agent or an application holds instead of the cluster key. */
+export interface Credential {
+  v: 1;
+  kind: CredentialKind;
+  name: string;
+  /** 32 bytes, base64url. */
+  key: string;
+}
+
+const CredentialSchema = z.object({
+  v: z.literal(1),
+  kind: z.enum(['node', 'principal']),
+  name: z.string().regex(NAME_PATTERN, 'name must be 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)'),
+  key: z.string().regex(/^[A-Za-z0-9_-]{43}$/, 'key must be 32 bytes in base64url'),
+});
+
+function checkName(kind: CredentialKind, name: string): void {
+  if (!NAME_PATTERN.test(name)) throw new SafeResumeError('INVALID_ARGUMENT', `${kind} name ${JSON.stringify(name.slice(0, 64))} must be 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`);
+}
+
+function derive(clusterKey: string, kind: CredentialKind, name: string): Buffer {
+  return createHmac('sha256', clusterKey).update(`safe-resume/v1/${kind}/${name}`).digest();
+}
+
+/** Issue the credential of a node or a principal from the cluster key. */
+export function issueCredential(clusterKey: string, kind: CredentialKind, name: string): Credential {
+  checkName(kind, name);
+  return { v: 1, kind, name, key: derive(clusterKey, kind, name).toString('base64url') };
+}
+
+/** A credential from its JSON text; a clear INVALID_ARGUMENT error naming `source` otherwise. */
+export function parseCredential(text: string, source = 'credential'): Credential {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw new SafeResumeError('INVALID_ARGUMENT', `${source}: not a safe-resume credential (expected JSON from \`safe-resume credentials issue\`)`);
+  }
+  const parsed = CredentialSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new SafeResumeError('INVALID_ARGUMENT', `${source}: ${issue?.path.join('.') || 'credential'}: ${issue?.message ?? 'invalid'}`);
+  }
+  return parsed.data;
+}
+
+export function loadCredential(path: string): Credential {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new SafeResumeError('INVALID_ARGUMENT', `cannot read credential ${path}: ${(err as Error).message}`);
+  }
+  return parseCredential(text, path);
+}
+
+/** Write a credential file readable only by its owner. */
+export function writeCredential(path: string, c: Credential): void {
+  writeFileSync(path, formatCredential(c), { mode: 0o600 });
+  chmodSync(path, 0o600);
+}
+
+export function formatCredential(c: Credential): string {
+  return JSON.stringify(c) + '\n';
+}
+
+const keyBytes = (c: Credential) => Buffer.from(c.key, 'base64url');
+
+/** The text both ends of one session's handshake sign: names and both nonces. */
+export function transcript(node: string, agentNonce: string, replicaNonce: string, replica: string): string {
+  return `safe-resume/v3|${node}|${agentNonce}|${replicaNonce}|${replica}`;
+}
+
+function mac(key: Buffer, text: string): string {
+  return createHmac('sha256', key).update(text).digest('base64url');
+}
+
+/** Proofs made by whoever holds the key: a node agent (its credential) or a replica (the cluster key). */
+export const proofs = {
+  replica: (nodeKey: Buffer, t: string) => mac(nodeKey, `replica|${t}`),
+  node: (nodeKey: Buffer, t: string) => mac(nodeKey, `node|${t}`),
+  principal: (principalKey: Buffer, principal: string, t: string) => mac(principalKey, `principal|${principal}|${t}`),
+};
+
+export const credentialKey = keyBytes;
+
+/** Constant-time comparison of two proofs. */
+export function proofMatches(expected: string, given: string): boolean {
+  const a = Buffer.from(expected);
+  const b = Buffer.from(given);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/** The storage side's view: every node's and principal's key, derived from the cluster key on demand. */
+export class Keyring {
+  constructor(private readonly clusterKey: string) {}
+
+  node(name: string): Buffer {
+    return derive(this.clusterKey, 'node', name);
+  }
+
+  principal(name: string): Buffer {
+    return derive(this.clusterKey, 'principal', name);
+  }
 }

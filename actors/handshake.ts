@@ -1,18 +1,25 @@
 /**
- * A node agent's side of opening a session: connect, say hello, wait for `welcome` (or a refusal),
- * and adopt the replica's heartbeat interval unless the node insists on another one.
+ * A node agent's side of opening a session: connect, say hello with a fresh nonce, check the
+ * replica's proof that it knows this node's key (an impostor fails here, having learnt two nonces),
+ * answer with the node's proof and one per principal, wait for `welcome` (or a refusal), and adopt
+ * the replica's heartbeat interval unless the node insists on another one.
  */
 import { SafeResumeError, isErrorCode } from '../errors.js';
 import type { Connected } from '../machines/node-session.js';
 import type { Decoded } from '../transport/codec.js';
-import { PROTOCOL_VERSION } from '../transport/messages.js';
+import { PROTOCOL_VERSION, type Message, type MessageOf } from '../transport/messages.js';
 import type { Connection, Transport } from '../transport/types.js';
+import { credentialKey, proofMatches, proofs, transcript, type Credential } from './auth.js';
 import type { ActorClock } from './env.js';
 
 export interface HandshakeOptions {
   transport: Transport;
-  secret: string;
-  node: string;
+  /** This node's credential. */
+  credential: Credential;
+  /** The principals to prove on the new session. */
+  principals: Credential[];
+  /** A fresh random nonce (the actor's `newId`). */
+  nonce: string;
   clock: ActorClock;
   timeoutMs: number;
   /** The interval the node insists on; a replica advertising another one is refused. */
@@ -20,12 +27,45 @@ export interface HandshakeOptions {
 }
 
 export interface SessionCallbacks {
-  /** Called at once when the welcome arrives, before any later frame of the connection. */
-  welcomed(conn: Connection): void;
+  /**
+   * Called at once when the welcome arrives, before any later frame of the connection, with what a
+   * later principal's proof is made over.
+   */
+  welcomed(conn: Connection, proof: SessionProof): void;
   /** Every frame after the welcome. */
   frame(conn: Connection, frame: Decoded): void;
   /** The connection closed after the welcome. */
   closed(conn: Connection, reason: string): void;
+}
+
+/** What a session's later `prove` frames are made over, and which principals it has proven. */
+export interface SessionProof {
+  transcript: string;
+  proven: Set<string>;
+}
+
+/** The `prove` frame for a principal on a session. */
+export function proveFrame(p: Credential, s: SessionProof) {
+  return { type: 'prove' as const, principal: p.name, proof: proofs.principal(credentialKey(p), p.name, s.transcript) };
+}
+
+/**
+ * The node's answer to a challenge: its proof and one per principal, or an AUTH_FAILED error if the
+ * challenger does not hold the cluster key. Bare protocol clients (tests, benchmarks, the fuzzer)
+ * use it with `hello` frames of their own.
+ */
+export function answerChallenge(credential: Credential, principals: Credential[], nonce: string, c: MessageOf<'challenge'>): { auth: MessageOf<'auth'>; session: SessionProof } {
+  const key = credentialKey(credential);
+  const t = transcript(credential.name, nonce, c.nonce, c.replica);
+  if (!proofMatches(proofs.replica(key, t), c.proof)) {
+    throw new SafeResumeError('AUTH_FAILED', `AUTH_FAILED: the peer calling itself ${c.replica} did not prove it holds the cluster key: it is not a replica of this cluster, or this node's credential is not this cluster's`);
+  }
+  const auth: MessageOf<'auth'> = { type: 'auth', proof: proofs.node(key, t), principals: principals.map((p) => ({ name: p.name, proof: proofs.principal(credentialKey(p), p.name, t) })) };
+  return { auth, session: { transcript: t, proven: new Set(principals.map((p) => p.name)) } };
+}
+
+export function helloFrame(credential: Credential, nonce: string): MessageOf<'hello'> {
+  return { type: 'hello', v: PROTOCOL_VERSION, node: credential.name, nonce };
 }
 
 export async function handshake(url: string, o: HandshakeOptions, on: SessionCallbacks): Promise<Connected> {
@@ -35,6 +75,7 @@ export async function handshake(url: string, o: HandshakeOptions, on: SessionCal
       conn.terminate();
       reject(new Error(`no welcome from ${url}`));
     }, o.timeoutMs);
+    let session: SessionProof | undefined;
     let welcomed = false;
     const refuse = (err: Error) => {
       o.clock.clearTimeout(timer);
@@ -48,19 +89,45 @@ export async function handshake(url: string, o: HandshakeOptions, on: SessionCal
     });
     conn.onFrame((frame) => {
       if (welcomed) return on.frame(conn, frame);
-      if (!frame.ok) return;
+      if (!frame.ok) return refuse(new SafeResumeError('AUTH_FAILED', `AUTH_FAILED: ${url} answered the handshake with a bad frame (${frame.code}: ${frame.message})`));
       const msg = frame.msg;
       if (msg.type === 'error') return refuse(new SafeResumeError(isErrorCode(msg.code) ? msg.code : 'INTERNAL', `${msg.code}: ${msg.message}`));
-      if (msg.type !== 'welcome') return;
+      if (msg.type === 'challenge' && !session) {
+        try {
+          const answer = answerChallenge(o.credential, o.principals, o.nonce, msg);
+          session = answer.session;
+          conn.send(answer.auth);
+        } catch (err) {
+          refuse(err instanceof SafeResumeError ? new SafeResumeError('AUTH_FAILED', `${err.message} (${url})`) : (err as Error));
+        }
+        return;
+      }
+      if (msg.type !== 'welcome' || !session) return refuse(new SafeResumeError('AUTH_FAILED', `AUTH_FAILED: ${url} sent ${msg.type} during the handshake`));
       const want = o.heartbeatIntervalMs;
       if (want !== undefined && want !== msg.heartbeatIntervalMs) {
         return refuse(new SafeResumeError('INVALID_ARGUMENT', `INVALID_ARGUMENT: ${url} beats every ${msg.heartbeatIntervalMs} ms, this node insists on ${want} ms (heartbeatIntervalMs)`));
       }
       welcomed = true;
       o.clock.clearTimeout(timer);
-      on.welcomed(conn);
+      on.welcomed(conn, session);
       resolve({ session: msg.session, replica: msg.replica, heartbeatIntervalMs: msg.heartbeatIntervalMs, available: msg.available });
     });
-    conn.send({ type: 'hello', v: PROTOCOL_VERSION, secret: o.secret, node: o.node });
+    conn.send(helloFrame(o.credential, o.nonce));
   });
+}
+
+/**
+ * A bare protocol client's side of the handshake (tests, benchmarks, the fuzzer): send `hello`, and
+ * pass every frame to `answer`, which returns the `auth` to send when the challenge arrives.
+ */
+export function bareLogin(credential: Credential, principals: Credential[], nonce: string): { hello: MessageOf<'hello'>; answer(msg: Message): MessageOf<'auth'> | undefined } {
+  let done = false;
+  return {
+    hello: helloFrame(credential, nonce),
+    answer(msg) {
+      if (done || msg.type !== 'challenge') return undefined;
+      done = true;
+      return answerChallenge(credential, principals, nonce, msg).auth;
+    },
+  };
 }

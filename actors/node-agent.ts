@@ -14,7 +14,8 @@ import { backoffDelay, nodeSessionMachine, type Connected } from '../machines/no
 import { DEFAULT_HEARTBEAT_INTERVAL_MS } from '../transport/messages.js';
 import type { Connection, Transport } from '../transport/types.js';
 import { defaultEnv, type Env } from './env.js';
-import { handshake } from './handshake.js';
+import { handshake, proveFrame, type SessionProof } from './handshake.js';
+import { issueCredential, type Credential } from './auth.js';
 import { FileKeptIds, MemoryKeptIds, type KeptHandle, type KeptIds } from './kept.js';
 import { HandleMirrors } from './mirror.js';
 
@@ -23,7 +24,16 @@ export interface NodeAgentOptions {
   /** Replica addresses, tried in order; a lost replica fails over to the next. */
   replicas: string[];
   transport: Transport;
-  secret: string;
+  /** This node's credential (`safe-resume credentials issue --node ID`); its name must be `id`. */
+  credential?: Credential;
+  /** Principals this node may speak for; an application may also bring its own credential. */
+  principals?: Credential[];
+  /**
+   * The cluster key itself, for processes of the storage side (tests, the simulation, the launcher's
+   * own commands): the node's and any principal's credential are derived from it. A compute node
+   * should get `credential` instead.
+   */
+  secret?: string;
   /** Where the node keeps its applications' requestIds. Without it they live in memory only. */
   dataDir?: string;
   kept?: KeptIds;
@@ -62,12 +72,25 @@ export class NodeAgent {
   private readonly unforgotten = new Set<string>();
   private started = false;
   private stopped = false;
+  private readonly credential: Credential;
+  /** Principal credentials this node speaks for, by name. */
+  private readonly principals = new Map<string, Credential>();
+  /** The current session's proof context (for `prove` frames of principals added later). */
+  private proof: SessionProof | undefined;
   private startWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
 
   constructor(opts: NodeAgentOptions) {
     if (opts.replicas.length === 0) throw new SafeResumeError('INVALID_ARGUMENT', 'a node agent needs at least one replica address');
     this.opts = opts;
     this.id = opts.id;
+    if (opts.credential) {
+      if (opts.credential.kind !== 'node' || opts.credential.name !== opts.id) {
+        throw new SafeResumeError('INVALID_ARGUMENT', `node agent ${opts.id} was given the ${opts.credential.kind} credential of ${JSON.stringify(opts.credential.name)}; issue one with \`safe-resume credentials issue --node ${opts.id}\``);
+      }
+      this.credential = opts.credential;
+    } else if (opts.secret) this.credential = issueCredential(opts.secret, 'node', opts.id);
+    else throw new SafeResumeError('INVALID_ARGUMENT', `node agent ${opts.id} needs its node credential (credential) or the cluster key (secret)`);
+    for (const p of opts.principals ?? []) this.addPrincipal(p);
     this.env = defaultEnv(opts.env);
     this.env.log = this.env.log.child({ actor: opts.id });
     this.kept = opts.kept ?? (opts.dataDir ? new FileKeptIds(opts.dataDir, opts.id) : new MemoryKeptIds());
@@ -85,6 +108,7 @@ export class NodeAgent {
         dropConnection: () => {
           const conn = this.conn;
           this.conn = undefined;
+          this.proof = undefined;
           conn?.terminate();
           this.step({ type: 'disconnected' });
         },
@@ -169,6 +193,32 @@ export class NodeAgent {
   }
 
   // ---- The API the application SDK uses ----
+
+  /**
+   * Speak for a principal from now on: its proof goes to the replica of the current session at once
+   * (before any open that names it) and into every later handshake.
+   */
+  addPrincipal(c: Credential): void {
+    if (c.kind !== 'principal') throw new SafeResumeError('INVALID_ARGUMENT', `a ${c.kind} credential (${c.name}) is not a principal's`);
+    const had = this.principals.get(c.name);
+    if (had?.key === c.key) return;
+    this.principals.set(c.name, c);
+    const s = this.proof;
+    if (s && this.conn?.isOpen) {
+      s.proven.add(c.name);
+      this.conn.send(proveFrame(c, s));
+    }
+  }
+
+  /**
+   * Make sure this node can prove `principal`: known already, or derived from the cluster key if the
+   * node was given it. Otherwise FORBIDDEN: the application must bring the principal's credential.
+   */
+  usePrincipal(principal: string): void {
+    if (this.principals.has(principal)) return;
+    if (!this.opts.secret) throw new SafeResumeError('FORBIDDEN', `node ${this.id} holds no credential for principal ${JSON.stringify(principal)}; pass the application the principal's credential (safe-resume credentials issue --principal ${principal})`);
+    this.addPrincipal(issueCredential(this.opts.secret, 'principal', principal));
+  }
 
   /** Open (or reclaim) a handle: the handle at once, and a promise that settles when it is granted or refused. */
   open(p: OpenParams): { h: CoreHandle; opened: Promise<void> } {
@@ -330,11 +380,26 @@ export class NodeAgent {
 
   private connect(url: string): Promise<Connected> {
     if (this.stopped) return Promise.reject(new SafeResumeError('CLOSED', `node agent ${this.id} is stopped`));
-    const o = { transport: this.opts.transport, secret: this.opts.secret, node: this.id, clock: this.env.clock, timeoutMs: this.opts.connectTimeoutMs ?? 2000, heartbeatIntervalMs: this.opts.heartbeatIntervalMs };
+    const o = {
+      transport: this.opts.transport,
+      credential: this.credential,
+      principals: [...this.principals.values()],
+      nonce: this.env.newId(),
+      clock: this.env.clock,
+      timeoutMs: this.opts.connectTimeoutMs ?? 2000,
+      heartbeatIntervalMs: this.opts.heartbeatIntervalMs,
+    };
     return handshake(url, o, {
-      welcomed: (conn) => {
-        if (this.stopped) conn.terminate();
-        else this.conn = conn;
+      welcomed: (conn, proof) => {
+        if (this.stopped) return conn.terminate();
+        this.conn = conn;
+        this.proof = proof;
+        // Principals added while the handshake was under way are proven before anything else is sent.
+        for (const p of this.principals.values()) {
+          if (proof.proven.has(p.name)) continue;
+          proof.proven.add(p.name);
+          conn.send(proveFrame(p, proof));
+        }
       },
       closed: (conn, reason) => {
         if (this.conn === conn) this.session.send({ type: 'SOCKET_CLOSED', reason });

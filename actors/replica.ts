@@ -11,7 +11,7 @@ import { DEFAULT_HEARTBEAT_INTERVAL_MS, REPLICA_SILENCE_INTERVALS, type Message,
 import { CLOSE, type Connection, type Listener, type Transport } from '../transport/types.js';
 import { StoreUnavailableError, type HandleRef, type Store } from '../store/types.js';
 import { defaultEnv, every, type Env } from './env.js';
-import { secretMatches } from './auth.js';
+import { Keyring, proofMatches, proofs, transcript } from './auth.js';
 import { pureInspector } from './pure-inspect.js';
 import { HandleRecords, keyOf, view, type HandleRecord, type ReplicaHandleView } from './replica-handles.js';
 
@@ -21,6 +21,7 @@ export interface ReplicaOptions {
   id: string;
   store: Store;
   transport: Transport;
+  /** The cluster key: every node's and principal's key is derived from it. */
   secret: string;
   env?: Partial<Env>;
   host?: string;
@@ -42,6 +43,10 @@ export interface ReplicaOptions {
 interface Session {
   id: string;
   node: string;
+  /** Principals the node proved on this session: the only ones its opens and resumes may name. */
+  principals: Set<string>;
+  /** What later `prove` frames are made over. */
+  transcript: string;
   conn: Connection;
   handles: Map<string, HandleRecord>;
   lastHeardMs: number;
@@ -51,6 +56,15 @@ interface Session {
 }
 
 const SEEN_WINDOW = 4096;
+/** Principals one session may prove (in `auth` and later `prove` frames). */
+export const MAX_PRINCIPALS_PER_SESSION = 256;
+
+/** A connection between hello and welcome: whom it claims to be and what it must prove. */
+interface Handshake {
+  node: string;
+  key: Buffer;
+  transcript: string;
+}
 
 
 export class StorageReplica {
@@ -73,11 +87,13 @@ export class StorageReplica {
   /** Counters for status views, tests and benchmarks. */
   readonly stats = { sessions: 0, resumeMessages: 0, resumesGranted: 0, resumesDenied: 0, writesApplied: 0, badFrames: 0 };
   private stopped = false;
+  private readonly keyring: Keyring;
 
   constructor(opts: ReplicaOptions) {
     this.opts = opts;
     this.id = opts.id;
     this.store = opts.store;
+    this.keyring = new Keyring(opts.secret);
     this.env = defaultEnv(opts.env);
     this.env.log = this.env.log.child({ actor: opts.id });
     this.holdMs = opts.holdMs ?? 5000;
@@ -147,10 +163,14 @@ export class StorageReplica {
 
   private accept(conn: Connection): void {
     this.pending.add(conn);
+    // A peer that has not authenticated within the hello timeout is dropped at once: a close
+    // handshake would wait on a peer that may never answer.
     const timer = this.env.clock.setTimeout(() => {
-      if (this.pending.delete(conn)) conn.close(CLOSE.AUTH_FAILED, 'no hello');
+      if (this.pending.delete(conn)) conn.terminate();
     }, this.opts.helloTimeoutMs ?? 5000);
     let session: Session | undefined;
+    let hs: Handshake | undefined;
+    let refused = false;
     conn.onClose(() => {
       this.pending.delete(conn);
       this.env.clock.clearTimeout(timer);
@@ -162,31 +182,82 @@ export class StorageReplica {
         this.onFrame(session, frame);
         return;
       }
-      session = this.handshake(conn, frame);
-      if (session) this.env.clock.clearTimeout(timer);
+      if (refused) return;
+      const step = hs ? this.authenticate(conn, hs, frame) : this.hello(conn, frame);
+      if (step === undefined) {
+        refused = true;
+        this.pending.delete(conn);
+        this.env.clock.clearTimeout(timer);
+      } else if ('id' in step) {
+        session = step;
+        this.env.clock.clearTimeout(timer);
+      } else hs = step;
     });
   }
 
-  private handshake(conn: Connection, frame: Decoded): Session | undefined {
+  /** Refuse a peer during the handshake: one coded error, then the connection goes. */
+  private refuse(conn: Connection, message: string, why: string, fields: Record<string, unknown> = {}): undefined {
+    const t = this.warnings.take('refused peer');
+    if (t.log) this.env.log.warn({ remote: conn.remote, ...fields, ...(t.suppressed ? { suppressed: t.suppressed } : {}) }, `refused a peer: ${why}`);
+    this.reply(conn, undefined, 'AUTH_FAILED', message);
+    conn.close(CLOSE.AUTH_FAILED, why);
+    // A peer that does not answer the close is dropped.
+    this.env.clock.setTimeout(() => conn.terminate(), 1000);
+    return undefined;
+  }
+
+  /** `hello`: answer with a nonce and the proof that this replica holds the node's key. */
+  private hello(conn: Connection, frame: Decoded): Handshake | undefined {
     if (!frame.ok || frame.msg.type !== 'hello') {
-      this.reply(conn, undefined, 'AUTH_FAILED', 'the first message must be hello with the cluster secret');
-      conn.close(CLOSE.AUTH_FAILED, 'expected hello');
-      return undefined;
+      const got = frame.ok ? frame.msg.type : `${frame.code}: ${frame.message}`;
+      return this.refuse(conn, `the first message must be hello (protocol version 3); got ${got}`, 'expected hello');
     }
-    if (!secretMatches(this.opts.secret, frame.msg.secret)) {
-      const t = this.warnings.take('wrong secret');
-      if (t.log) this.env.log.warn({ node: frame.msg.node, ...(t.suppressed ? { suppressed: t.suppressed } : {}) }, 'refused a peer with the wrong cluster secret');
-      this.reply(conn, undefined, 'AUTH_FAILED', 'wrong cluster secret');
-      conn.close(CLOSE.AUTH_FAILED, 'wrong cluster secret');
-      return undefined;
+    const node = frame.msg.node;
+    const key = this.keyring.node(node);
+    const nonce = this.env.newId();
+    const t = transcript(node, frame.msg.nonce, nonce, this.id);
+    conn.send({ type: 'challenge', replica: this.id, nonce, proof: proofs.replica(key, t) });
+    return { node, key, transcript: t };
+  }
+
+  /** `auth`: the node's proof, and one per principal it speaks for; then the session. */
+  private authenticate(conn: Connection, hs: Handshake, frame: Decoded): Session | undefined {
+    if (!frame.ok || frame.msg.type !== 'auth') return this.refuse(conn, 'expected auth after challenge', 'expected auth', { node: hs.node });
+    if (!proofMatches(proofs.node(hs.key, hs.transcript), frame.msg.proof)) {
+      return this.refuse(conn, `wrong credential for node ${hs.node}`, 'wrong node credential', { node: hs.node });
+    }
+    const principals = new Set<string>();
+    for (const p of frame.msg.principals) {
+      if (!proofMatches(proofs.principal(this.keyring.principal(p.name), p.name, hs.transcript), p.proof)) {
+        return this.refuse(conn, `wrong credential for principal ${p.name}`, 'wrong principal credential', { node: hs.node, principal: p.name });
+      }
+      principals.add(p.name);
     }
     this.pending.delete(conn);
-    const session: Session = { id: this.env.newId(), node: frame.msg.node, conn, handles: new Map(), lastHeardMs: this.env.clock.now(), badFrames: 0, seen: new Set() };
+    const session: Session = { id: this.env.newId(), node: hs.node, principals, transcript: hs.transcript, conn, handles: new Map(), lastHeardMs: this.env.clock.now(), badFrames: 0, seen: new Set() };
     this.sessions.set(session.id, session);
     this.stats.sessions++;
     conn.send({ type: 'welcome', session: session.id, replica: this.id, heartbeatIntervalMs: this.heartbeatIntervalMs, available: this.dismounted === 'no' });
-    this.env.log.info({ session: session.id, node: session.node }, 'session opened');
+    this.env.log.info({ session: session.id, node: session.node, principals: principals.size }, 'session opened');
     return session;
+  }
+
+  /** `prove` on a running session: one more principal its opens may name. */
+  private onProve(s: Session, msg: MessageOf<'prove'>): void {
+    if (!proofMatches(proofs.principal(this.keyring.principal(msg.principal), msg.principal, s.transcript), msg.proof)) {
+      const t = this.warnings.take('wrong principal proof');
+      if (t.log) this.env.log.warn({ session: s.id, node: s.node, principal: msg.principal, ...(t.suppressed ? { suppressed: t.suppressed } : {}) }, 'wrong principal credential');
+      return this.reply(s.conn, undefined, 'AUTH_FAILED', `wrong credential for principal ${msg.principal}`);
+    }
+    if (!s.principals.has(msg.principal) && s.principals.size >= MAX_PRINCIPALS_PER_SESSION) {
+      return this.reply(s.conn, undefined, 'INVALID_ARGUMENT', `a session may prove at most ${MAX_PRINCIPALS_PER_SESSION} principals`);
+    }
+    s.principals.add(msg.principal);
+  }
+
+  /** Refuse a request naming a principal this session did not prove. */
+  private checkPrincipal(s: Session, principal: string): void {
+    if (!s.principals.has(principal)) throw new SafeResumeError('FORBIDDEN', `principal ${principal} is not proven on this session`);
   }
 
   private onFrame(s: Session, frame: Decoded): void {
@@ -209,6 +280,8 @@ export class StorageReplica {
       case 'ping':
         s.conn.send({ type: 'pong', t: msg.t });
         return;
+      case 'prove':
+        return this.onProve(s, msg);
       case 'open':
         return void this.guard(s, msg.id, this.onOpen(s, msg));
       case 'resume':
@@ -259,6 +332,7 @@ export class StorageReplica {
 
   private async onOpen(s: Session, msg: MessageOf<'open'>): Promise<void> {
     this.checkMounted();
+    this.checkPrincipal(s, msg.principal);
     if (s.handles.size >= (this.opts.maxHandlesPerSession ?? 100_000)) throw new SafeResumeError('INVALID_ARGUMENT', 'too many handles on this session');
     const res = await this.store.open({ target: msg.target, requestId: msg.requestId, principal: msg.principal, mode: msg.mode, session: s.id, leaseMs: this.lockMs, instance: msg.instance });
     if (!res.ok) throw new SafeResumeError(res.code, res.message);
@@ -274,11 +348,16 @@ export class StorageReplica {
     if (s.handles.size + added > (this.opts.maxHandlesPerSession ?? 100_000)) throw new SafeResumeError('INVALID_ARGUMENT', 'too many handles on this session');
     const leaseMs = this.lockMs;
     this.stats.resumeMessages++;
-    const outcomes = await this.store.resume(
-      msg.items.map((it) => ({ ...it, session: s.id, leaseMs })),
-    );
-    const results: ResumeResult[] = msg.items.map((it, i) => {
-      const out = outcomes[i]!;
+    // Items naming a principal this session did not prove never reach the store.
+    const allowed = msg.items.filter((it) => s.principals.has(it.principal));
+    const decided = await this.store.resume(allowed.map((it) => ({ ...it, session: s.id, leaseMs })));
+    let next = 0;
+    const results: ResumeResult[] = msg.items.map((it) => {
+      if (!s.principals.has(it.principal)) {
+        this.stats.resumesDenied++;
+        return { target: it.target, requestId: it.requestId, granted: false, reason: 'MODIFIED', code: 'FORBIDDEN', version: 0 };
+      }
+      const out = decided[next++]!;
       const h = this.attach(s, it.target, it.requestId, it.mode, true);
       if (out.granted) {
         this.stats.resumesGranted++;

@@ -24,7 +24,9 @@ import { runSeeds } from '../sim/run.js';
 import { runSeedsParallel } from '../sim/parallel.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import type { Connection } from '../transport/types.js';
-import { PROTOCOL_VERSION } from '../transport/messages.js';
+import { nanoid } from 'nanoid';
+import { issueCredential } from '../actors/auth.js';
+import { bareLogin } from '../actors/handshake.js';
 
 export interface Figure {
   name: string;
@@ -246,8 +248,8 @@ async function inspectorOn(url: string, count: number, apps: number, depth: numb
   let insp: ProcessInspector | undefined;
   const server = new InspectorServer({ watching: (on) => insp?.watch(on), status: () => ({}), command: async () => ({ ok: false }) });
   const base = await server.listen(0);
-  insp = processInspector(`${base.replace('http', 'ws')}/inspect?from=bench`);
-  const browser = new WebSocket(`${base.replace('http', 'ws')}/stream`);
+  insp = processInspector(`${base.replace('http', 'ws')}/inspect?from=bench`, server.processCredential('bench'));
+  const browser = new WebSocket(`${base.replace('http', 'ws')}/stream`, { headers: { authorization: `Bearer ${server.token}` } });
   let events = 0;
   browser.on('message', () => events++);
   await new Promise((r) => browser.once('open', r));
@@ -283,13 +285,16 @@ async function bareClient(url: string): Promise<{ conn: Connection; answers: (ty
   const conn = await new WebSocketTransport().connect(url);
   const counts = new Map<string, number>();
   const waiters: Array<{ type: string; n: number; done: () => void }> = [];
+  const login = bareLogin(issueCredential(SECRET, 'node', 'bench'), [issueCredential(SECRET, 'principal', 'p')], nanoid());
   conn.onFrame((f) => {
     if (!f.ok) return;
+    const auth = login.answer(f.msg);
+    if (auth) return void conn.send(auth);
     const c = (counts.get(f.msg.type) ?? 0) + 1;
     counts.set(f.msg.type, c);
     for (const w of waiters) if (w.type === f.msg.type && c >= w.n) w.done();
   });
-  conn.send({ type: 'hello', v: PROTOCOL_VERSION, secret: SECRET, node: 'bench' });
+  conn.send(login.hello);
   const answers = (type: string, n: number) => new Promise<void>((done) => ((counts.get(type) ?? 0) >= n ? done() : waiters.push({ type, n, done })));
   await answers('welcome', 1);
   return { conn, answers };

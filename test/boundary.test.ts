@@ -14,7 +14,7 @@ import { LocalCluster } from '../cluster/local.js';
 import { decode, encode } from '../transport/codec.js';
 import { PROTOCOL_VERSION, type Message } from '../transport/messages.js';
 import { WebSocketTransport } from '../transport/ws.js';
-import { bytes, tempDir, text } from './helpers.js';
+import { bytes, loginAs, tempDir, text } from './helpers.js';
 
 let cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -34,9 +34,20 @@ async function raw(url: string) {
   const ws = new WebSocket(url, { maxPayload: 16 * 1024 * 1024 });
   const replies: Message[] = [];
   let closed: { code: number; reason: string } | undefined;
+  let login: ReturnType<typeof loginAs> | undefined;
   ws.on('message', (data: Buffer, isBinary) => {
     const d = decode(isBinary ? new Uint8Array(data) : data.toString());
-    if (d.ok) replies.push(d.msg);
+    if (!d.ok) return;
+    // The challenge of a login is answered here and kept out of the replies.
+    let auth: Message | undefined;
+    try {
+      auth = login?.answer(d.msg);
+    } catch {
+      // Credentials that are not this cluster's: answer anyway, with a proof that cannot be right.
+      auth = { type: 'auth', proof: 'A'.repeat(43), principals: [] };
+    }
+    if (auth) ws.send(encode(auth));
+    else replies.push(d.msg);
   });
   ws.on('close', (code, reason) => (closed = { code, reason: reason.toString() }));
   await new Promise((r, j) => ws.once('open', r).once('error', j));
@@ -46,7 +57,12 @@ async function raw(url: string) {
     while (replies.length < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
     return replies[n - 1];
   };
-  return { ws, replies, next, closed: () => closed };
+  /** Authenticate as `node` with credentials issued from `secret`; the welcome is reply 1. */
+  const hello = (secret: string, node = 'raw', principals = ['p']) => {
+    login = loginAs(secret, node, principals);
+    ws.send(encode(login.hello));
+  };
+  return { ws, replies, next, closed: () => closed, hello };
 }
 
 describe('bad frames', () => {
@@ -56,7 +72,7 @@ describe('bad frames', () => {
     await good.write(0, bytes('before'));
 
     const peer = await raw(c.urls[0]!);
-    peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret: c.secret, node: 'raw' }));
+    peer.hello(c.secret, 'raw');
     expect(await peer.next(1)).toMatchObject({ type: 'welcome' });
 
     const bad: Array<[string, Buffer | string, string]> = [
@@ -88,7 +104,7 @@ describe('bad frames', () => {
   it('closes a peer that keeps sending bad frames', async () => {
     const c = await cluster();
     const peer = await raw(c.urls[0]!);
-    peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret: c.secret, node: 'raw' }));
+    peer.hello(c.secret, 'raw');
     await peer.next(1);
     for (let i = 0; i < 100; i++) peer.ws.send('nope');
     const deadline = Date.now() + 5000;
@@ -101,7 +117,7 @@ describe('authentication', () => {
   it('refuses the wrong cluster secret with AUTH_FAILED and closes the connection', async () => {
     const c = await cluster();
     const peer = await raw(c.urls[0]!);
-    peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret: 'not-the-secret', node: 'mallory' }));
+    peer.hello('not-the-secret', 'mallory');
     expect(await peer.next(1)).toMatchObject({ type: 'error', code: 'AUTH_FAILED' });
     const deadline = Date.now() + 5000;
     while (!peer.closed() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
@@ -119,7 +135,7 @@ describe('authentication', () => {
     const c = await cluster();
     const agent = new NodeAgent({ id: 'node-x', replicas: c.urls, transport: new WebSocketTransport(), secret: 'wrong-secret-wrong-secret' });
     cleanups.push(() => agent.crash());
-    await expect(agent.start()).rejects.toMatchObject({ code: 'AUTH_FAILED', message: expect.stringContaining('wrong cluster secret') });
+    await expect(agent.start()).rejects.toMatchObject({ code: 'AUTH_FAILED', message: expect.stringContaining('did not prove it holds the cluster key') });
   });
 
   it('generates a default secret in the data directory (mode 0600) and reuses it', () => {
@@ -150,7 +166,7 @@ describe('limits of one operation', () => {
   it('a write larger than 1 MiB (1.5 MiB, inside the 2 MiB frame limit) is refused on the wire with BAD_FRAME, and the session keeps serving', async () => {
     const c = await cluster();
     const peer = await raw(c.urls[0]!);
-    peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret: c.secret, node: 'raw' }));
+    peer.hello(c.secret, 'raw');
     expect(await peer.next(1)).toMatchObject({ type: 'welcome' });
     const rid = 'R'.repeat(21);
     peer.ws.send(encode({ type: 'open', id: 1, target: 'big.disk', requestId: rid, principal: 'p', mode: 'write' }));
@@ -182,18 +198,18 @@ describe('warnings a peer can cause', () => {
     cleanups.push(() => replica.stop());
     for (let c = 0; c < 5; c++) {
       const peer = await raw(replica.url);
-      peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret, node: `raw-${c}` }));
+      peer.hello(secret, `raw-${c}`);
       expect(await peer.next(1)).toMatchObject({ type: 'welcome' });
       for (let i = 0; i < 50; i++) peer.ws.send('{"type":');
       await peer.next(51);
     }
     for (let c = 0; c < 30; c++) {
       const peer = await raw(replica.url);
-      peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret: 'w'.repeat(32), node: 'intruder' }));
+      peer.hello('w'.repeat(32), 'intruder');
       await peer.next(1);
     }
     const bad = lines.filter((l) => l.msg === 'bad frame');
-    const wrong = lines.filter((l) => l.msg === 'refused a peer with the wrong cluster secret');
+    const wrong = lines.filter((l) => l.msg === 'refused a peer: wrong node credential');
     expect(bad.length).toBeGreaterThan(0);
     expect(bad.length).toBeLessThanOrEqual(10);
     expect(wrong.length).toBeGreaterThan(0);
@@ -220,7 +236,7 @@ describe('handles per session', () => {
     const replica = await new StorageReplica({ id: 'replica-1', store: new MemoryStore(), transport: new WebSocketTransport(), secret, maxHandlesPerSession: 10 }).start();
     cleanups.push(() => replica.stop());
     const peer = await raw(replica.url);
-    peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret, node: 'raw' }));
+    peer.hello(secret, 'raw');
     expect(await peer.next(1)).toMatchObject({ type: 'welcome' });
     const items = Array.from({ length: 20 }, (_, i) => ({ target: `t${i}.disk`, requestId: `${'R'.repeat(20)}${String.fromCharCode(65 + i)}`, principal: 'p', mode: 'read' as const, version: 0 }));
     peer.ws.send(encode({ type: 'resume', id: 1, items }));
@@ -238,7 +254,7 @@ describe('close through a session that does not hold the handle', () => {
     const h = await new Application(await c.addNode('node-1'), { name: 'app-1' }).open('vm1.disk');
     await h.write(0, bytes('mine'));
     const peer = await raw(c.urls[0]!);
-    peer.ws.send(encode({ type: 'hello', v: PROTOCOL_VERSION, secret: c.secret, node: 'raw' }));
+    peer.hello(c.secret, 'raw');
     expect(await peer.next(1)).toMatchObject({ type: 'welcome' });
     peer.ws.send(encode({ type: 'close', id: 1, target: 'vm1.disk', requestId: h.requestId }));
     expect(await peer.next(2)).toMatchObject({ type: 'error', id: 1, code: 'NOT_OPEN' });

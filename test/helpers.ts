@@ -5,6 +5,9 @@ import { afterEach } from 'vitest';
 import type { Application, Handle, HandleState } from '../actors/application.js';
 import { LocalCluster, type LocalClusterOptions } from '../cluster/local.js';
 import { SafeResumeError } from '../errors.js';
+import { nanoid } from 'nanoid';
+import { issueCredential } from '../actors/auth.js';
+import { bareLogin } from '../actors/handshake.js';
 
 export function tempDir(): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), 'safe-resume-test-'));
@@ -74,4 +77,9 @@ export async function openWhenFree(app: Application, target: string): Promise<Ha
 /** Resolve once a trace (from `trace(h)`) has passed through `state`, however briefly. */
 export function reached(states: HandleState[], state: HandleState, timeoutMs = 10_000): Promise<void> {
   return waitFor(`a handle to pass through ${state} (went ${states.join(' -> ')})`, () => states.includes(state), timeoutMs);
+}
+
+/** A bare client's handshake as node `node` speaking for `principals`, from the cluster key. */
+export function loginAs(secret: string, node: string, principals: string[] = ['p']) {
+  return bareLogin(issueCredential(secret, 'node', node), principals.map((p) => issueCredential(secret, 'principal', p)), nanoid());
 }

@@ -12,10 +12,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { StorageReplica } from '../actors/replica.js';
 import { SqliteStore } from '../store/sqlite.js';
 import type { Message } from '../transport/messages.js';
-import { PROTOCOL_VERSION } from '../transport/messages.js';
 import type { Connection } from '../transport/types.js';
 import { WebSocketTransport } from '../transport/ws.js';
-import { tempDir, waitFor } from './helpers.js';
+import { loginAs, tempDir, waitFor } from './helpers.js';
 
 const SECRET = 'busy-store-secret-busy-store-secret';
 const RID = 'b'.repeat(21);
@@ -55,8 +54,11 @@ async function client(url: string) {
   const got: Message[] = [];
   let closed = false;
   const waiters: Array<() => void> = [];
+  const login = loginAs(SECRET, 'node-1');
   conn.onFrame((f) => {
-    if (f.ok) got.push(f.msg);
+    const auth = f.ok ? login.answer(f.msg) : undefined;
+    if (auth) conn.send(auth);
+    else if (f.ok) got.push(f.msg);
     for (const w of waiters.splice(0)) w();
   });
   conn.onClose(() => {
@@ -73,7 +75,7 @@ async function client(url: string) {
       };
       look();
     });
-  conn.send({ type: 'hello', v: PROTOCOL_VERSION, secret: SECRET, node: 'node-1' });
+  conn.send(login.hello);
   await next('welcome', (m) => m.type === 'welcome');
   return { conn, got, next, isClosed: () => closed };
 }

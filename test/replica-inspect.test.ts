@@ -13,10 +13,10 @@ import { StorageReplica } from '../actors/replica.js';
 import { processInspector } from '../cluster/inspect.js';
 import { replicaHandleMachine } from '../machines/replica-handle.js';
 import { MemoryStore } from '../store/memory.js';
-import { PROTOCOL_VERSION, type Message } from '../transport/messages.js';
+import type { Message } from '../transport/messages.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { transitionKey } from './graph/paths.js';
-import { waitFor } from './helpers.js';
+import { loginAs, waitFor } from './helpers.js';
 
 const SECRET = 'inspect-secret-inspect-secret-inspect';
 const RID = 'i'.repeat(21);
@@ -150,8 +150,14 @@ describe("a replica's handles through the process inspector", () => {
     try {
       const conn = await new WebSocketTransport().connect(replica.url);
       const got: Message[] = [];
-      conn.onFrame((f) => f.ok && got.push(f.msg));
-      conn.send({ type: 'hello', v: PROTOCOL_VERSION, secret: SECRET, node: 'node-1' });
+      const login = loginAs(SECRET, 'node-1');
+      conn.onFrame((f) => {
+        const auth = f.ok ? login.answer(f.msg) : undefined;
+        if (auth) conn.send(auth);
+        else if (f.ok) got.push(f.msg);
+      });
+      conn.send(login.hello);
+      await waitFor('the welcome', () => got.some((m) => m.type === 'welcome'));
       conn.send({ type: 'open', id: 1, target: 'vm1.disk', requestId: RID, principal: 'p', mode: 'write' });
       await waitFor('the open answer', () => got.some((m) => m.type === 'opened'));
       conn.close();

@@ -4,12 +4,19 @@
  */
 import { z } from 'zod';
 
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 export const MAX_IO_BYTES = 1024 * 1024;
 
 const target = z.string().min(1).max(1024);
 const requestId = z.string().regex(/^[A-Za-z0-9_-]{21,64}$/, 'requestId must be 21-64 URL-safe characters');
-const principal = z.string().min(1).max(128);
+/** Node and principal names: what credentials are issued to (actors/auth.ts). */
+export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/;
+const name = z.string().regex(NAME_PATTERN, 'names are 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)');
+const principal = name;
+/** A fresh random value of one handshake (at least 96 bits). */
+const nonce = z.string().regex(/^[A-Za-z0-9_-]{16,64}$/, 'nonce must be 16-64 URL-safe characters');
+/** An HMAC-SHA256 in base64url. */
+const proof = z.string().regex(/^[A-Za-z0-9_-]{43}$/, 'proof must be 43 base64url characters');
 const corr = z.number().int().nonnegative();
 const u53 = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
 const mode = z.enum(['read', 'write']);
@@ -52,7 +59,14 @@ export const ResumeResult = z.object({
 });
 
 // Node agent -> replica
-const hello = z.object({ type: z.literal('hello'), v: z.literal(PROTOCOL_VERSION), secret: z.string().max(256), node: z.string().min(1).max(128) });
+/**
+ * The handshake (actors/auth.ts): hello (node, nonce) -> challenge (replica, nonce, the replica's proof)
+ * -> auth (the node's proof, a proof per principal) -> welcome. No key is ever sent; `prove` adds a
+ * principal to a running session.
+ */
+const hello = z.object({ type: z.literal('hello'), v: z.literal(PROTOCOL_VERSION), node: name, nonce });
+const auth = z.object({ type: z.literal('auth'), proof, principals: z.array(z.object({ name, proof })).max(64) });
+const prove = z.object({ type: z.literal('prove'), principal: name, proof });
 const ping = z.object({ type: z.literal('ping'), t: u53 });
 const open = z.object({ type: z.literal('open'), id: corr, target, requestId, principal, mode, instance: instance.optional() });
 const resume = z.object({ type: z.literal('resume'), id: corr, items: z.array(ResumeItem).min(1).max(10_000) });
@@ -61,6 +75,7 @@ const read = z.object({ type: z.literal('read'), id: corr, target, requestId, of
 const close = z.object({ type: z.literal('close'), id: corr, target, requestId });
 
 // Replica -> node agent
+const challenge = z.object({ type: z.literal('challenge'), replica: z.string().min(1).max(128), nonce, proof });
 /** `available: false`: the replica's store is away right now (as a `notice` would say), so no resume is sent yet. */
 const welcome = z.object({ type: z.literal('welcome'), session: z.string().min(1).max(64), replica: z.string().min(1).max(128), heartbeatIntervalMs: u53.min(1), available: z.boolean() });
 const pong = z.object({ type: z.literal('pong'), t: u53 });
@@ -75,8 +90,8 @@ const notice = z.object({ type: z.literal('notice'), kind: z.enum(['unavailable'
 const revoked = z.object({ type: z.literal('revoked'), target, requestId, reason, lastSeq: u53.optional() });
 
 export const Message = z.discriminatedUnion('type', [
-  hello, ping, open, resume, write, read, close,
-  welcome, pong, opened, resumed, written, data, closed, error, notice, revoked,
+  hello, auth, prove, ping, open, resume, write, read, close,
+  challenge, welcome, pong, opened, resumed, written, data, closed, error, notice, revoked,
 ]);
 
 export type Message = z.infer<typeof Message>;
