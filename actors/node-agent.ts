@@ -47,6 +47,9 @@ export interface NodeAgentOptions {
   backoffMaxMs?: number;
   unavailableFailoverMs?: number;
   connectTimeoutMs?: number;
+  /** Operations one paused handle may queue, and their bytes (default 4096 and 64 MiB); past them QUEUE_FULL. */
+  maxQueuedOpsPerHandle?: number;
+  maxQueuedBytesPerHandle?: number;
 }
 
 export type { OpenParams } from '../core/handle.js';
@@ -95,6 +98,8 @@ export class NodeAgent {
     this.env.log = this.env.log.child({ actor: opts.id });
     this.kept = opts.kept ?? (opts.dataDir ? new FileKeptIds(opts.dataDir, opts.id) : new MemoryKeptIds());
     this.core = new AgentCore(opts.id);
+    if (opts.maxQueuedOpsPerHandle !== undefined) this.core.maxQueuedOps = opts.maxQueuedOpsPerHandle;
+    if (opts.maxQueuedBytesPerHandle !== undefined) this.core.maxQueuedBytes = opts.maxQueuedBytesPerHandle;
     this.mirrors = this.env.inspect ? new HandleMirrors(this.env) : undefined;
     this.core.reportIo = this.mirrors !== undefined;
     const random = this.env.random;

@@ -33,7 +33,27 @@ export interface ReplicaOptions {
   renewIntervalMs?: number;
   /** Advertised to agents in `welcome` (they adopt it); a session silent for REPLICA_SILENCE_INTERVALS is dropped. */
   heartbeatIntervalMs?: number;
+  /** Time a peer has from TCP accept until it authenticates (default 5 s); then it is dropped. */
   helloTimeoutMs?: number;
+  /** Bytes a peer may send before it authenticates (default 8 KiB, the upgrade request apart). */
+  preAuthBytes?: number;
+  /** Connections held at once (default 1024), and of those not yet authenticated (default 256). */
+  maxConnections?: number;
+  maxUnauthenticated?: number;
+  /** Sessions one node may hold on this replica at once (default 16); more are refused, retryably. */
+  maxSessionsPerNode?: number;
+  /**
+   * Requests of one session being served at once (default 1024), and their bytes (writes' data and
+   * reads' lengths, default 16 MiB): past either, the replica stops reading that session until some
+   * are answered, so a fast peer waits in its own buffers instead of growing the replica's memory.
+   */
+  maxInflightPerSession?: number;
+  maxInflightBytesPerSession?: number;
+  /**
+   * Replies buffered for a session that does not read them (default 4 MiB): past it, reading stops
+   * too. A session costs the replica at most about the in-flight bytes plus this.
+   */
+  maxSendBufferBytes?: number;
   /** While dismounted, how often to probe an unavailable store. */
   probeIntervalMs?: number;
   maxHandlesPerSession?: number;
@@ -53,6 +73,15 @@ interface Session {
   badFrames: number;
   /** Recent request ids, to drop duplicates. */
   seen: Set<number>;
+  /** Requests being served, and their bytes; whether reading is paused for backpressure. */
+  inflight: number;
+  inflightBytes: number;
+  paused: boolean;
+  /**
+   * Frames that arrived while reading was paused: the transport hands over what it had already
+   * read from the socket (at most one read's worth), and they wait here, in order, for the resume.
+   */
+  held: Decoded[];
 }
 
 const SEEN_WINDOW = 4096;
@@ -85,7 +114,7 @@ export class StorageReplica {
   private stopTimers: Array<() => void> = [];
   private dismounted: 'no' | 'manual' | 'auto' = 'no';
   /** Counters for status views, tests and benchmarks. */
-  readonly stats = { sessions: 0, resumeMessages: 0, resumesGranted: 0, resumesDenied: 0, writesApplied: 0, badFrames: 0 };
+  readonly stats = { sessions: 0, resumeMessages: 0, resumesGranted: 0, resumesDenied: 0, writesApplied: 0, badFrames: 0, backpressure: 0 };
   private stopped = false;
   private readonly keyring: Keyring;
 
@@ -120,7 +149,12 @@ export class StorageReplica {
     const listenOpts: { host?: string; port?: number; name: string } = { name: this.id };
     if (this.opts.host !== undefined) listenOpts.host = this.opts.host;
     if (this.opts.port !== undefined) listenOpts.port = this.opts.port;
-    this.listener = await this.opts.transport.listen(listenOpts);
+    const limits = {
+      preAuthBytes: this.opts.preAuthBytes ?? 8 * 1024,
+      preAuthMs: this.opts.helloTimeoutMs ?? 5000,
+      maxConnections: this.opts.maxConnections ?? 1024,
+    };
+    this.listener = await this.opts.transport.listen({ ...listenOpts, limits });
     this.listener.onConnection((conn) => this.accept(conn));
     const { clock } = this.env;
     this.stopTimers.push(every(clock, this.opts.renewIntervalMs ?? Math.max(1, Math.floor(this.leaseMs / 3)), () => void this.renewAll()));
@@ -152,6 +186,11 @@ export class StorageReplica {
     this.broadcast({ type: 'notice', kind: 'available' });
   }
 
+  /** Per session: requests in flight, their bytes, replies waiting to be sent, and whether reading is paused. */
+  sessionLoad(): Array<{ session: string; node: string; inflight: number; inflightBytes: number; bufferedBytes: number; paused: boolean }> {
+    return [...this.sessions.values()].map((s) => ({ session: s.id, node: s.node, inflight: s.inflight, inflightBytes: s.inflightBytes, bufferedBytes: s.conn.bufferedBytes, paused: s.paused }));
+  }
+
   handles(): ReplicaHandleView[] {
     const out: ReplicaHandleView[] = [];
     for (const s of this.sessions.values()) {
@@ -162,6 +201,11 @@ export class StorageReplica {
   }
 
   private accept(conn: Connection): void {
+    if (this.pending.size >= (this.opts.maxUnauthenticated ?? 256)) {
+      const t = this.warnings.take('too many unauthenticated');
+      if (t.log) this.env.log.warn({ remote: conn.remote, pending: this.pending.size, ...(t.suppressed ? { suppressed: t.suppressed } : {}) }, 'dropped a connection: too many peers not yet authenticated (maxUnauthenticated)');
+      return conn.terminate();
+    }
     this.pending.add(conn);
     // A peer that has not authenticated within the hello timeout is dropped at once: a close
     // handshake would wait on a peer that may never answer.
@@ -179,7 +223,8 @@ export class StorageReplica {
     conn.onFrame((frame) => {
       if (session) {
         session.lastHeardMs = this.env.clock.now();
-        this.onFrame(session, frame);
+        if (session.paused || session.held.length > 0) session.held.push(frame);
+        else this.onFrame(session, frame);
         return;
       }
       if (refused) return;
@@ -196,10 +241,10 @@ export class StorageReplica {
   }
 
   /** Refuse a peer during the handshake: one coded error, then the connection goes. */
-  private refuse(conn: Connection, message: string, why: string, fields: Record<string, unknown> = {}): undefined {
+  private refuse(conn: Connection, message: string, why: string, fields: Record<string, unknown> = {}, code: ErrorCode = 'AUTH_FAILED'): undefined {
     const t = this.warnings.take('refused peer');
     if (t.log) this.env.log.warn({ remote: conn.remote, ...fields, ...(t.suppressed ? { suppressed: t.suppressed } : {}) }, `refused a peer: ${why}`);
-    this.reply(conn, undefined, 'AUTH_FAILED', message);
+    this.reply(conn, undefined, code, message);
     conn.close(CLOSE.AUTH_FAILED, why);
     // A peer that does not answer the close is dropped.
     this.env.clock.setTimeout(() => conn.terminate(), 1000);
@@ -233,8 +278,16 @@ export class StorageReplica {
       }
       principals.add(p.name);
     }
+    const maxSessions = this.opts.maxSessionsPerNode ?? 16;
+    let ofNode = 0;
+    for (const other of this.sessions.values()) if (other.node === hs.node) ofNode++;
+    if (ofNode >= maxSessions) {
+      return this.refuse(conn, `node ${hs.node} already holds ${ofNode} sessions on ${this.id} (maxSessionsPerNode ${maxSessions}); retry once one has ended`, 'too many sessions of one node', { node: hs.node }, 'UNAVAILABLE');
+    }
     this.pending.delete(conn);
-    const session: Session = { id: this.env.newId(), node: hs.node, principals, transcript: hs.transcript, conn, handles: new Map(), lastHeardMs: this.env.clock.now(), badFrames: 0, seen: new Set() };
+    conn.trust();
+    const session: Session = { id: this.env.newId(), node: hs.node, principals, transcript: hs.transcript, conn, handles: new Map(), lastHeardMs: this.env.clock.now(), badFrames: 0, seen: new Set(), inflight: 0, inflightBytes: 0, paused: false, held: [] };
+    conn.onDrain(() => this.flow(session));
     this.sessions.set(session.id, session);
     this.stats.sessions++;
     conn.send({ type: 'welcome', session: session.id, replica: this.id, heartbeatIntervalMs: this.heartbeatIntervalMs, available: this.dismounted === 'no' });
@@ -283,17 +336,54 @@ export class StorageReplica {
       case 'prove':
         return this.onProve(s, msg);
       case 'open':
-        return void this.guard(s, msg.id, this.onOpen(s, msg));
+        return this.serve(s, msg.id, 0, () => this.onOpen(s, msg));
       case 'resume':
-        return void this.guard(s, msg.id, this.onResume(s, msg));
+        return this.serve(s, msg.id, 0, () => this.onResume(s, msg));
       case 'write':
-        return void this.guard(s, msg.id, this.onWrite(s, msg));
+        return this.serve(s, msg.id, msg.data.length, () => this.onWrite(s, msg));
       case 'read':
-        return void this.guard(s, msg.id, this.onRead(s, msg));
+        return this.serve(s, msg.id, msg.length, () => this.onRead(s, msg));
       case 'close':
-        return void this.guard(s, msg.id, this.onClose(s, msg));
+        return this.serve(s, msg.id, 0, () => this.onClose(s, msg));
       default:
         this.reply(s.conn, 'id' in msg ? msg.id : undefined, 'BAD_FRAME', `a replica does not accept ${msg.type}`);
+    }
+  }
+
+  /** Serve one request, counted in flight (with `bytes`) until it is answered. */
+  private serve(s: Session, id: number, bytes: number, work: () => Promise<void>): void {
+    s.inflight++;
+    s.inflightBytes += bytes;
+    this.flow(s);
+    void this.guard(s, id, work()).finally(() => {
+      s.inflight--;
+      s.inflightBytes -= bytes;
+      this.flow(s);
+    });
+  }
+
+  /**
+   * Backpressure: stop reading a session while too much of it is in flight or too many of its replies
+   * wait to be sent, and read again once it is under half of each limit.
+   */
+  private flow(s: Session): void {
+    const maxN = this.opts.maxInflightPerSession ?? 1024;
+    const maxBytes = this.opts.maxInflightBytesPerSession ?? 16 * 1024 * 1024;
+    const maxSend = this.opts.maxSendBufferBytes ?? 4 * 1024 * 1024;
+    if (!s.paused) {
+      if (s.inflight < maxN && s.inflightBytes < maxBytes && s.conn.bufferedBytes < maxSend) return;
+      s.paused = true;
+      this.stats.backpressure++;
+      s.conn.pauseReading();
+      return;
+    }
+    if (s.inflight <= maxN / 2 && s.inflightBytes <= maxBytes / 2 && s.conn.bufferedBytes <= maxSend / 2) {
+      s.paused = false;
+      // Silence while the replica was not reading was the replica's doing.
+      s.lastHeardMs = this.env.clock.now();
+      // What arrived meanwhile first, in order, until a limit is reached again.
+      while (!s.paused && s.held.length > 0 && this.sessions.get(s.id) === s) this.onFrame(s, s.held.shift()!);
+      if (!s.paused) s.conn.resumeReading();
     }
   }
 
@@ -461,6 +551,9 @@ export class StorageReplica {
   private reapSilent(): void {
     const deadline = this.env.clock.now() - REPLICA_SILENCE_INTERVALS * this.heartbeatIntervalMs;
     for (const s of [...this.sessions.values()]) {
+      // A session whose reading this replica paused while serving it is not silent; one that does
+      // not read its replies is (its peer is gone or stuck), and is dropped like any silent one.
+      if (s.paused && s.inflight > 0) continue;
       if (s.lastHeardMs < deadline) this.loseSession(s, 'heartbeat timeout', true);
     }
   }

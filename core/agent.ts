@@ -22,6 +22,13 @@ export class AgentCore extends CoreBase {
   private readonly notDurable = new Set<CoreHandle>();
   /** Report every I/O call as a lifecycle event too (for the inspector's mirror; off on the hot path). */
   reportIo = false;
+  /**
+   * What one paused handle may hold queued: writes and reads issued while it is away, waiting for the
+   * resume. Past either limit an operation fails at once with QUEUE_FULL (retryable: try again once
+   * the handle is active), so an application cannot grow the node's memory without bound.
+   */
+  maxQueuedBytes = 64 * 1024 * 1024;
+  maxQueuedOps = 4096;
 
   constructor(readonly node: string) {
     super();
@@ -97,6 +104,9 @@ export class AgentCore extends CoreBase {
       case 'paused':
       case 'resuming':
         if (h.onFailure === 'error') return this.settle({ op, ok: false, code: 'UNAVAILABLE', message: `${h.target}: storage unavailable and the handle fails fast` });
+        if (this.queueFull(h, op)) {
+          return this.settle({ op, ok: false, code: 'QUEUE_FULL', message: `${h.target}: ${h.ops.length} operations are already queued while the handle is ${h.state} (at most ${this.maxQueuedOps} and ${this.maxQueuedBytes} bytes); retry once it is active` });
+        }
         h.ops.push(op);
         return;
       case 'invalidated':
@@ -104,6 +114,14 @@ export class AgentCore extends CoreBase {
       default:
         return this.settle({ op, ok: false, code: 'CLOSED', message: `${h.target}: handle closed` });
     }
+  }
+
+  /** Whether queuing `op` on the paused handle would pass a limit (counting what is queued now). */
+  private queueFull(h: CoreHandle, op: Op): boolean {
+    if (h.ops.length >= this.maxQueuedOps) return true;
+    let bytes = op.kind === 'write' ? (op.data?.length ?? 0) : op.length;
+    for (const o of h.ops) bytes += o.kind === 'write' ? (o.data?.length ?? 0) : o.length;
+    return bytes > this.maxQueuedBytes;
   }
 
   private close(h: CoreHandle): void {

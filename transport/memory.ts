@@ -71,6 +71,13 @@ class MemoryConnection implements Connection {
     this.frameCb = cb;
   }
 
+  // The in-memory network buffers nothing and has no sockets: nothing to limit or to wait for.
+  trust(): void {}
+  readonly bufferedBytes = 0;
+  pauseReading(): void {}
+  resumeReading(): void {}
+  onDrain(): void {}
+
   onClose(cb: (i: CloseInfo) => void): void {
     this.closeCbs.push(cb);
   }

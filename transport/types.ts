@@ -22,7 +22,32 @@ export interface Connection {
   /** Every frame, decoded and validated; a bad frame arrives as `{ ok: false, code }`. */
   onFrame(cb: (frame: Decoded) => void): void;
   onClose(cb: (info: CloseInfo) => void): void;
+  /** The peer authenticated: lift the limits a connection has before that (bytes and time). */
+  trust(): void;
+  /** Bytes given to `send` and not yet written to the network. */
+  readonly bufferedBytes: number;
+  /** Stop reading the peer's frames (backpressure: the peer's writes then wait in its own buffers), and start again. */
+  pauseReading(): void;
+  resumeReading(): void;
+  /** Called each time what was buffered for sending has been written out. */
+  onDrain(cb: () => void): void;
 }
+
+/**
+ * What a listener allows a connection before its peer authenticates (`Connection.trust`), and how many
+ * connections it holds at once. Past a limit the connection is dropped (terminated, not closed: a
+ * close handshake would wait on the peer).
+ */
+export interface ListenLimits {
+  /** Bytes a peer may send before it authenticates (the upgrade request's headers are capped apart). */
+  preAuthBytes: number;
+  /** Time from the TCP connection until the peer authenticates. */
+  preAuthMs: number;
+  /** Connections held at once, authenticated or not; more are refused at accept. */
+  maxConnections: number;
+}
+
+export const DEFAULT_LISTEN_LIMITS: ListenLimits = { preAuthBytes: 8 * 1024, preAuthMs: 5000, maxConnections: 1024 };
 
 export interface Listener {
   /** The address clients pass to `Transport.connect`. */
@@ -37,6 +62,7 @@ export interface ListenOptions {
   port?: number;
   /** For the in-memory network: the name to listen under. */
   name?: string;
+  limits?: Partial<ListenLimits>;
 }
 
 export interface Transport {

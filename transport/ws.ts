@@ -1,12 +1,13 @@
 /** The WebSocket transport, on `ws`. */
-import { STATUS_CODES } from 'node:http';
+import { createServer as createHttpServer, STATUS_CODES, type Server as HttpServer } from 'node:http';
+import type { Socket } from 'node:net';
 import { createServer as createHttpsServer } from 'node:https';
 import type { SecureContext } from 'node:tls';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { decode, DEFAULT_MAX_FRAME_BYTES, encode, type Decoded } from './codec.js';
 import type { Message } from './messages.js';
 import { connectError, isSecureUrl, secureContextOf, type TlsOptions } from './tls.js';
-import type { CloseInfo, Connection, ListenOptions, Listener, Transport } from './types.js';
+import { DEFAULT_LISTEN_LIMITS, type CloseInfo, type Connection, type ListenLimits, type ListenOptions, type Listener, type Transport } from './types.js';
 
 function toBytes(data: RawData): Uint8Array {
   if (Array.isArray(data)) return Buffer.concat(data);
@@ -36,7 +37,11 @@ class WsConnection implements Connection {
     if (socket && !socket.destroyed) socket.uncork();
   };
 
-  constructor(private readonly ws: WebSocket, readonly remote: string, maxFrameBytes: number) {
+  /** Server side: stops counting the bytes of a peer not yet authenticated, and its deadline. */
+  private untrusted: (() => void) | undefined;
+
+  constructor(private readonly ws: WebSocket, readonly remote: string, maxFrameBytes: number, untrusted?: () => void) {
+    this.untrusted = untrusted;
     ws.on('message', (data, isBinary) => {
       const frame = isBinary ? toBytes(data) : toBytes(data).toString();
       this.frameCb?.(decode(frame, maxFrameBytes));
@@ -87,11 +92,54 @@ class WsConnection implements Connection {
     this.closeCbs.push(cb);
   }
 
+  trust(): void {
+    this.untrusted?.();
+    this.untrusted = undefined;
+  }
+
+  get bufferedBytes(): number {
+    return this.ws.bufferedAmount;
+  }
+
+  pauseReading(): void {
+    if (this.isOpen) this.ws.pause();
+  }
+
+  resumeReading(): void {
+    if (this.isOpen) this.ws.resume();
+  }
+
+  onDrain(cb: () => void): void {
+    (socketOf(this.ws) as unknown as Socket | undefined)?.on('drain', cb);
+  }
+
   private finish(info: CloseInfo): void {
     if (this.closed) return;
     this.closed = true;
     for (const cb of this.closeCbs) cb(info);
   }
+}
+
+/** The upgrade request's headers may not be larger than this (Node's default is 16 KiB). */
+const MAX_UPGRADE_HEADER_BYTES = 4096;
+
+/** Anything but a WebSocket upgrade: 426 Upgrade Required. */
+function upgradeRequired(_req: unknown, res: import('node:http').ServerResponse): void {
+  const body = STATUS_CODES[426] ?? 'Upgrade Required';
+  res.writeHead(426, { 'Content-Length': Buffer.byteLength(body), 'Content-Type': 'text/plain' });
+  res.end(body);
+}
+
+/**
+ * Limits from accept on: at most `maxConnections` sockets (Node refuses more at once), and each socket
+ * must authenticate within `preAuthMs` (the deadline is lifted by `Connection.trust`); a socket that
+ * never sends a byte is dropped at it too.
+ */
+function guard(server: HttpServer, limits: ListenLimits): void {
+  server.maxConnections = limits.maxConnections;
+  server.on('connection', (socket: Socket) => {
+    socket.setTimeout(limits.preAuthMs, () => socket.destroy());
+  });
 }
 
 export interface WebSocketTransportOptions {
@@ -120,16 +168,28 @@ export class WebSocketTransport implements Transport {
 
   async listen(opts: ListenOptions): Promise<Listener> {
     if (this.tls) return this.listenTls(opts, this.tls);
-    // ws itself refuses frames past twice our limit; below that our codec answers FRAME_TOO_LARGE.
-    const server = new WebSocketServer({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 0, maxPayload: this.maxFrameBytes * 2 });
+    const host = opts.host ?? '127.0.0.1';
+    const limits = { ...DEFAULT_LISTEN_LIMITS, ...opts.limits };
+    const http = createHttpServer({ maxHeaderSize: MAX_UPGRADE_HEADER_BYTES }, upgradeRequired);
+    guard(http, limits);
     await new Promise<void>((resolve, reject) => {
-      server.once('listening', resolve);
-      server.once('error', reject);
+      http.once('error', reject);
+      http.listen(opts.port ?? 0, host, () => {
+        http.off('error', reject);
+        resolve();
+      });
     });
+    http.on('error', () => undefined);
+    // ws itself refuses frames past twice our limit; below that our codec answers FRAME_TOO_LARGE.
+    const server = new WebSocketServer({ server: http, maxPayload: this.maxFrameBytes * 2 });
     server.on('error', () => undefined);
-    const addr = server.address();
+    const addr = http.address();
     const port = typeof addr === 'object' && addr ? addr.port : opts.port;
-    return this.serve(server, `ws://${opts.host ?? '127.0.0.1'}:${port}`, () => new Promise<void>((resolve) => server.close(() => resolve())));
+    return this.serve(server, `ws://${host}:${port}`, limits, async () => {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      http.closeAllConnections();
+      await new Promise<void>((resolve) => http.close(() => resolve()));
+    });
   }
 
   /**
@@ -142,13 +202,11 @@ export class WebSocketTransport implements Transport {
     const mutual = tls.requireClientCert ?? false;
     // Plain HTTP requests get 426 Upgrade Required, as the plain listener answers them.
     const https = createHttpsServer(
-      { cert: tls.cert, key: tls.key, ca: tls.ca, minVersion: 'TLSv1.2', requestCert: mutual, rejectUnauthorized: mutual, handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS },
-      (_req, res) => {
-        const body = STATUS_CODES[426] ?? 'Upgrade Required';
-        res.writeHead(426, { 'Content-Length': Buffer.byteLength(body), 'Content-Type': 'text/plain' });
-        res.end(body);
-      },
+      { cert: tls.cert, key: tls.key, ca: tls.ca, minVersion: 'TLSv1.2', maxHeaderSize: MAX_UPGRADE_HEADER_BYTES, requestCert: mutual, rejectUnauthorized: mutual, handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS },
+      upgradeRequired,
     );
+    const limits = { ...DEFAULT_LISTEN_LIMITS, ...opts.limits };
+    guard(https, limits);
     // A failed handshake (untrusted client certificate, plaintext client, timeout) drops that socket only.
     https.on('tlsClientError', (_err, socket) => socket.destroy());
     try {
@@ -168,7 +226,7 @@ export class WebSocketTransport implements Transport {
     server.on('error', () => undefined);
     const addr = https.address();
     const port = typeof addr === 'object' && addr ? addr.port : opts.port;
-    return this.serve(server, `wss://${host}:${port}`, async () => {
+    return this.serve(server, `wss://${host}:${port}`, limits, async () => {
       // ws does not close a server it was handed; sockets never upgraded are dropped here too.
       await new Promise<void>((resolve) => server.close(() => resolve()));
       https.closeAllConnections();
@@ -177,11 +235,24 @@ export class WebSocketTransport implements Transport {
   }
 
   /** Wrap each accepted WebSocket as a Connection; `close` drops them all, then closes the server. */
-  private serve(server: WebSocketServer, url: string, closeServer: () => Promise<void>): Listener {
+  private serve(server: WebSocketServer, url: string, limits: ListenLimits, closeServer: () => Promise<void>): Listener {
     const conns = new Set<WsConnection>();
     let onConn: ((c: Connection) => void) | undefined;
     server.on('connection', (ws, req) => {
-      const conn = new WsConnection(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`, this.maxFrameBytes);
+      // Until the peer authenticates, every byte it sends counts against preAuthBytes: past it the
+      // socket is destroyed before ws buffers a large message.
+      const socket = req.socket;
+      let bytes = 0;
+      const count = (chunk: Buffer) => {
+        bytes += chunk.length;
+        if (bytes > limits.preAuthBytes) socket.destroy();
+      };
+      socket.on('data', count);
+      const trusted = () => {
+        socket.off('data', count);
+        socket.setTimeout(0);
+      };
+      const conn = new WsConnection(ws, `${socket.remoteAddress}:${socket.remotePort}`, this.maxFrameBytes, trusted);
       conns.add(conn);
       conn.onClose(() => conns.delete(conn));
       if (onConn) onConn(conn);
