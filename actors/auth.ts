@@ -11,7 +11,8 @@
  *   principalKey(p)  = HMAC-SHA256(clusterKey, "safe-resume/v1/principal/" + p)
  *   T                = "safe-resume/v3|" + node + "|" + agentNonce + "|" + replicaNonce + "|" + replica
  *   replica proof    = HMAC(nodeKey, "replica|" + T)        (first: an impostor learns only the nonces)
- *   node proof       = HMAC(nodeKey, "node|" + T)
+ *   node proof       = HMAC(nodeKey, "node|" + T [+ "|seal"])  (the agent's wish that frames be sealed)
+ *   session key      = HMAC(nodeKey, "frames|" + T)         (seals every later frame, if asked)
  *   principal proof  = HMAC(principalKey, "principal|" + p + "|" + T)
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
@@ -124,11 +125,16 @@ function mac(key: Buffer, text: string): string {
 /** Proofs made by whoever holds the key: a node agent (its credential) or a replica (the cluster key). */
 export const proofs = {
   replica: (nodeKey: Buffer, t: string) => mac(nodeKey, `replica|${t}`),
-  node: (nodeKey: Buffer, t: string) => mac(nodeKey, `node|${t}`),
+  node: (nodeKey: Buffer, t: string, seal = false) => mac(nodeKey, seal ? `node|${t}|seal` : `node|${t}`),
   principal: (principalKey: Buffer, principal: string, t: string) => mac(principalKey, `principal|${principal}|${t}`),
 };
 
 export const credentialKey = keyBytes;
+
+/** The key that seals a session's frames (transport/frame-mac.ts). */
+export function sessionKey(nodeKey: Buffer, t: string): Buffer {
+  return createHmac('sha256', nodeKey).update(`frames|${t}`).digest();
+}
 
 /** Constant-time comparison of two proofs. */
 export function proofMatches(expected: string, given: string): boolean {

@@ -9,7 +9,7 @@ import type { Connected } from '../machines/node-session.js';
 import type { Decoded } from '../transport/codec.js';
 import { PROTOCOL_VERSION, type Message, type MessageOf } from '../transport/messages.js';
 import type { Connection, Transport } from '../transport/types.js';
-import { credentialKey, proofMatches, proofs, transcript, type Credential } from './auth.js';
+import { credentialKey, proofMatches, proofs, sessionKey, transcript, type Credential } from './auth.js';
 import type { ActorClock } from './env.js';
 
 export interface HandshakeOptions {
@@ -54,14 +54,15 @@ export function proveFrame(p: Credential, s: SessionProof) {
  * challenger does not hold the cluster key. Bare protocol clients (tests, benchmarks, the fuzzer)
  * use it with `hello` frames of their own.
  */
-export function answerChallenge(credential: Credential, principals: Credential[], nonce: string, c: MessageOf<'challenge'>): { auth: MessageOf<'auth'>; session: SessionProof } {
+export function answerChallenge(credential: Credential, principals: Credential[], nonce: string, c: MessageOf<'challenge'>, seal = false): { auth: MessageOf<'auth'>; session: SessionProof; key: Buffer } {
   const key = credentialKey(credential);
   const t = transcript(credential.name, nonce, c.nonce, c.replica);
   if (!proofMatches(proofs.replica(key, t), c.proof)) {
     throw new SafeResumeError('AUTH_FAILED', `AUTH_FAILED: the peer calling itself ${c.replica} did not prove it holds the cluster key: it is not a replica of this cluster, or this node's credential is not this cluster's`);
   }
-  const auth: MessageOf<'auth'> = { type: 'auth', proof: proofs.node(key, t), principals: principals.map((p) => ({ name: p.name, proof: proofs.principal(credentialKey(p), p.name, t) })) };
-  return { auth, session: { transcript: t, proven: new Set(principals.map((p) => p.name)) } };
+  const auth: MessageOf<'auth'> = { type: 'auth', proof: proofs.node(key, t, seal), principals: principals.map((p) => ({ name: p.name, proof: proofs.principal(credentialKey(p), p.name, t) })) };
+  if (seal) auth.seal = true;
+  return { auth, session: { transcript: t, proven: new Set(principals.map((p) => p.name)) }, key: sessionKey(key, t) };
 }
 
 export function helloFrame(credential: Credential, nonce: string): MessageOf<'hello'> {
@@ -94,9 +95,11 @@ export async function handshake(url: string, o: HandshakeOptions, on: SessionCal
       if (msg.type === 'error') return refuse(new SafeResumeError(isErrorCode(msg.code) ? msg.code : 'INTERNAL', `${msg.code}: ${msg.message}`));
       if (msg.type === 'challenge' && !session) {
         try {
-          const answer = answerChallenge(o.credential, o.principals, o.nonce, msg);
+          const answer = answerChallenge(o.credential, o.principals, o.nonce, msg, true);
           session = answer.session;
           conn.send(answer.auth);
+          // Every later frame, both ways, is sealed (unless TLS already protects the link).
+          conn.protect(answer.key, 'client');
         } catch (err) {
           refuse(err instanceof SafeResumeError ? new SafeResumeError('AUTH_FAILED', `${err.message} (${url})`) : (err as Error));
         }
@@ -120,14 +123,17 @@ export async function handshake(url: string, o: HandshakeOptions, on: SessionCal
  * A bare protocol client's side of the handshake (tests, benchmarks, the fuzzer): send `hello`, and
  * pass every frame to `answer`, which returns the `auth` to send when the challenge arrives.
  */
-export function bareLogin(credential: Credential, principals: Credential[], nonce: string): { hello: MessageOf<'hello'>; answer(msg: Message): MessageOf<'auth'> | undefined } {
-  let done = false;
+export function bareLogin(credential: Credential, principals: Credential[], nonce: string, seal = false): { hello: MessageOf<'hello'>; answer(msg: Message): MessageOf<'auth'> | undefined; key(): Buffer | undefined } {
+  let key: Buffer | undefined;
   return {
     hello: helloFrame(credential, nonce),
     answer(msg) {
-      if (done || msg.type !== 'challenge') return undefined;
-      done = true;
-      return answerChallenge(credential, principals, nonce, msg).auth;
+      if (key || msg.type !== 'challenge') return undefined;
+      const a = answerChallenge(credential, principals, nonce, msg, seal);
+      key = a.key;
+      return a.auth;
     },
+    /** The session key, once the challenge was answered (to seal frames when `seal` was asked). */
+    key: () => key,
   };
 }

@@ -11,7 +11,7 @@ import { DEFAULT_HEARTBEAT_INTERVAL_MS, REPLICA_SILENCE_INTERVALS, type Message,
 import { CLOSE, type Connection, type Listener, type Transport } from '../transport/types.js';
 import { StoreUnavailableError, type HandleRef, type Store } from '../store/types.js';
 import { defaultEnv, every, type Env } from './env.js';
-import { Keyring, proofMatches, proofs, transcript } from './auth.js';
+import { Keyring, proofMatches, proofs, sessionKey, transcript } from './auth.js';
 import { pureInspector } from './pure-inspect.js';
 import { HandleRecords, keyOf, view, type HandleRecord, type ReplicaHandleView } from './replica-handles.js';
 
@@ -268,7 +268,8 @@ export class StorageReplica {
   /** `auth`: the node's proof, and one per principal it speaks for; then the session. */
   private authenticate(conn: Connection, hs: Handshake, frame: Decoded): Session | undefined {
     if (!frame.ok || frame.msg.type !== 'auth') return this.refuse(conn, 'expected auth after challenge', 'expected auth', { node: hs.node });
-    if (!proofMatches(proofs.node(hs.key, hs.transcript), frame.msg.proof)) {
+    const seal = frame.msg.seal === true;
+    if (!proofMatches(proofs.node(hs.key, hs.transcript, seal), frame.msg.proof)) {
       return this.refuse(conn, `wrong credential for node ${hs.node}`, 'wrong node credential', { node: hs.node });
     }
     const principals = new Set<string>();
@@ -286,6 +287,8 @@ export class StorageReplica {
     }
     this.pending.delete(conn);
     conn.trust();
+    // The welcome and every frame after it are sealed, if the node asked (its proof covers the wish).
+    if (seal) conn.protect(sessionKey(hs.key, hs.transcript), 'server');
     const session: Session = { id: this.env.newId(), node: hs.node, principals, transcript: hs.transcript, conn, handles: new Map(), lastHeardMs: this.env.clock.now(), badFrames: 0, seen: new Set(), inflight: 0, inflightBytes: 0, paused: false, held: [] };
     conn.onDrain(() => this.flow(session));
     this.sessions.set(session.id, session);

@@ -3,7 +3,7 @@
  * and principals proven by credentials, not claimed in frames. Real WebSockets, real replicas.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { WebSocketServer, type WebSocket } from 'ws';
+import { WebSocket, WebSocketServer } from 'ws';
 import { Application } from '../actors/application.js';
 import { issueCredential, parseCredential, formatCredential } from '../actors/auth.js';
 import { bareLogin } from '../actors/handshake.js';
@@ -133,6 +133,62 @@ describe('mutual authentication, no secret on the wire', () => {
     replay.conn.send(auth);
     expect(await replay.next((m) => m.type === 'welcome' || m.type === 'error')).toMatchObject({ type: 'error', code: 'AUTH_FAILED' });
     await waitFor('the replay to be closed', () => replay.closed());
+  });
+});
+
+describe('a relay between a node and a real replica', () => {
+  /**
+   * A man in the middle with no key: it passes every frame on, except the first write, which it
+   * swallows and answers itself with a made-up acknowledgement.
+   */
+  async function relay(upstream: string) {
+    const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+    await new Promise((r) => server.once('listening', r));
+    let forged = 0;
+    server.on('connection', (client: WebSocket) => {
+      const up = new WebSocket(upstream);
+      const early: Buffer[] = [];
+      up.on('open', () => early.splice(0).forEach((b) => up.send(b)));
+      up.on('message', (d: Buffer) => client.readyState === client.OPEN && client.send(d));
+      up.on('close', () => client.terminate());
+      up.on('error', () => client.terminate());
+      client.on('close', () => up.terminate());
+      client.on('error', () => up.terminate());
+      client.on('message', (d: Buffer) => {
+        // The header is plain JSON after a 4-byte length: readable, so the relay knows a write.
+        let header: { type?: string; id?: number; seq?: number } = {};
+        try {
+          header = JSON.parse(d.subarray(4, 4 + d.readUInt32BE(0)).toString()) as typeof header;
+        } catch {
+          /* not a frame it can read */
+        }
+        if (header.type === 'write' && forged === 0) {
+          forged++;
+          client.send(encode({ type: 'written', id: header.id ?? 0, seq: header.seq ?? 1, version: 99 }));
+          return;
+        }
+        if (up.readyState === up.OPEN) up.send(d);
+        else early.push(d);
+      });
+    });
+    cleanups.push(() => new Promise<void>((r) => {
+      for (const ws of server.clients) ws.terminate();
+      server.close(() => r());
+    }));
+    const { port } = server.address() as { port: number };
+    return { url: `ws://127.0.0.1:${port}`, forged: () => forged };
+  }
+
+  it('cannot acknowledge a write: the node drops the session on the first frame it did not seal, and the write lands for real (S3)', async () => {
+    const c = await cluster();
+    const mitm = await relay(c.urls[0]!);
+    const agent = await c.addNode('node-1', { replicas: [mitm.url] });
+    const h = await new Application(agent, { name: 'app-1' }).open('vm1.disk');
+    await h.write(0, bytes('sealed'));
+    expect(mitm.forged()).toBe(1);
+    // Resolved only once the replica applied it: the store has the bytes.
+    const stored = await c.replica(0).store.read({ target: 'vm1.disk', offset: 0, length: 6 });
+    expect(stored.ok && text(stored.data)).toBe('sealed');
   });
 });
 

@@ -16,18 +16,19 @@ export type Decoded =
   | { ok: true; msg: Message }
   | { ok: false; code: ErrorCode; message: string; id?: number };
 
-export function encode(msg: Message): Buffer {
+/** Encode one message; `trailer` spare bytes are left at the end (for a frame MAC). */
+export function encode(msg: Message, trailer = 0): Buffer {
   if ('data' in msg && msg.data instanceof Uint8Array) {
     const { data, ...rest } = msg;
     const header = Buffer.from(JSON.stringify(rest), 'utf8');
-    const frame = Buffer.allocUnsafe(4 + header.length + data.length);
+    const frame = Buffer.allocUnsafe(4 + header.length + data.length + trailer);
     frame.writeUInt32BE(header.length, 0);
     header.copy(frame, 4);
     frame.set(data, 4 + header.length);
     return frame;
   }
   const header = Buffer.from(JSON.stringify(msg), 'utf8');
-  const frame = Buffer.allocUnsafe(4 + header.length);
+  const frame = Buffer.allocUnsafe(4 + header.length + trailer);
   frame.writeUInt32BE(header.length, 0);
   header.copy(frame, 4);
   return frame;

@@ -73,6 +73,7 @@ class MemoryConnection implements Connection {
 
   // The in-memory network buffers nothing and has no sockets: nothing to limit or to wait for.
   trust(): void {}
+  protect(): void {}
   readonly bufferedBytes = 0;
   pauseReading(): void {}
   resumeReading(): void {}

@@ -65,7 +65,8 @@ export const ResumeResult = z.object({
  * principal to a running session.
  */
 const hello = z.object({ type: z.literal('hello'), v: z.literal(PROTOCOL_VERSION), node: name, nonce });
-const auth = z.object({ type: z.literal('auth'), proof, principals: z.array(z.object({ name, proof })).max(64) });
+/** `seal`: every later frame carries a MAC under the session key (transport/frame-mac.ts); the node's proof covers it. */
+const auth = z.object({ type: z.literal('auth'), proof, principals: z.array(z.object({ name, proof })).max(16), seal: z.boolean().optional() });
 const prove = z.object({ type: z.literal('prove'), principal: name, proof });
 const ping = z.object({ type: z.literal('ping'), t: u53 });
 const open = z.object({ type: z.literal('open'), id: corr, target, requestId, principal, mode, instance: instance.optional() });

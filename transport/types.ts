@@ -24,6 +24,13 @@ export interface Connection {
   onClose(cb: (info: CloseInfo) => void): void;
   /** The peer authenticated: lift the limits a connection has before that (bytes and time). */
   trust(): void;
+  /**
+   * From now on every frame sent carries a MAC under the session key, and every frame received must
+   * carry the next valid one or the connection is dropped (transport/frame-mac.ts). A transport whose
+   * link already guarantees integrity (TLS, or an in-memory network) may ignore it. Until the first
+   * valid frame arrives, a `client` still accepts an unsealed `error` (the replica's refusal).
+   */
+  protect(key: Uint8Array, role: 'client' | 'server'): void;
   /** Bytes given to `send` and not yet written to the network. */
   readonly bufferedBytes: number;
   /** Stop reading the peer's frames (backpressure: the peer's writes then wait in its own buffers), and start again. */

@@ -6,6 +6,7 @@ import type { SecureContext } from 'node:tls';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { decode, DEFAULT_MAX_FRAME_BYTES, encode, type Decoded } from './codec.js';
 import type { Message } from './messages.js';
+import { FrameMac, MAC_BYTES } from './frame-mac.js';
 import { connectError, isSecureUrl, secureContextOf, type TlsOptions } from './tls.js';
 import { DEFAULT_LISTEN_LIMITS, type CloseInfo, type Connection, type ListenLimits, type ListenOptions, type Listener, type Transport } from './types.js';
 
@@ -40,9 +41,15 @@ class WsConnection implements Connection {
   /** Server side: stops counting the bytes of a peer not yet authenticated, and its deadline. */
   private untrusted: (() => void) | undefined;
 
-  constructor(private readonly ws: WebSocket, readonly remote: string, maxFrameBytes: number, untrusted?: () => void) {
+  /** Frame integrity after the handshake, on links without TLS. */
+  private mac: FrameMac | undefined;
+  private macRole: 'client' | 'server' = 'client';
+  private sealedSeen = false;
+
+  constructor(private readonly ws: WebSocket, readonly remote: string, private readonly maxFrameBytes: number, untrusted?: () => void, private readonly secure = false) {
     this.untrusted = untrusted;
     ws.on('message', (data, isBinary) => {
+      if (this.mac) return this.openSealed(toBytes(data), isBinary);
       const frame = isBinary ? toBytes(data) : toBytes(data).toString();
       this.frameCb?.(decode(frame, maxFrameBytes));
     });
@@ -70,8 +77,35 @@ class WsConnection implements Connection {
         process.nextTick(this.uncork);
       }
     }
-    this.ws.send(encode(msg), { binary: true });
+    if (this.mac) {
+      const frame = encode(msg, MAC_BYTES);
+      this.mac.seal(frame);
+      this.ws.send(frame, { binary: true });
+    } else this.ws.send(encode(msg), { binary: true });
     return true;
+  }
+
+  protect(key: Uint8Array, role: 'client' | 'server'): void {
+    // TLS already protects every byte of the link, and checked the server's certificate.
+    if (this.secure) return;
+    this.mac = new FrameMac(key, role);
+    this.macRole = role;
+  }
+
+  /** A frame on a protected connection: its MAC checked and stripped, or the connection dropped. */
+  private openSealed(bytes: Uint8Array, isBinary: boolean): void {
+    const body = isBinary ? this.mac!.open(bytes) : undefined;
+    if (body) {
+      this.sealedSeen = true;
+      return this.frameCb?.(decode(body, this.maxFrameBytes));
+    }
+    if (this.macRole === 'client' && !this.sealedSeen) {
+      // The replica refused the handshake before it could seal anything: its error still counts.
+      const d = decode(isBinary ? bytes : Buffer.from(bytes).toString(), this.maxFrameBytes);
+      if (d.ok && d.msg.type === 'error') return this.frameCb?.(d);
+    }
+    this.ws.terminate();
+    this.finish({ code: 1006, reason: 'a frame failed its integrity check (MAC): dropped' });
   }
 
   close(code = 1000, reason = ''): void {
@@ -252,7 +286,7 @@ export class WebSocketTransport implements Transport {
         socket.off('data', count);
         socket.setTimeout(0);
       };
-      const conn = new WsConnection(ws, `${socket.remoteAddress}:${socket.remotePort}`, this.maxFrameBytes, trusted);
+      const conn = new WsConnection(ws, `${socket.remoteAddress}:${socket.remotePort}`, this.maxFrameBytes, trusted, url.startsWith('wss:'));
       conns.add(conn);
       conn.onClose(() => conns.delete(conn));
       if (onConn) onConn(conn);
@@ -286,7 +320,7 @@ export class WebSocketTransport implements Transport {
       }
       const tlsOpts = secure ? { secureContext: this.clientContext, rejectUnauthorized: true } : {};
       const ws = new WebSocket(url, { maxPayload: this.maxFrameBytes * 2, handshakeTimeout: opts.timeoutMs ?? 2000, generateMask: zeroMask, ...tlsOpts });
-      const conn = new WsConnection(ws, url, this.maxFrameBytes);
+      const conn = new WsConnection(ws, url, this.maxFrameBytes, undefined, secure);
       const onFail = (err: Error) => reject(connectError(url, err));
       ws.once('error', onFail);
       ws.once('open', () => {
