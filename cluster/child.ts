@@ -33,6 +33,8 @@ const ReplicaConfig = z.object({
   history: z.boolean(),
   pretty: z.boolean(),
   inspector: z.string().optional(),
+  /** This process's credential for the inspector's /inspect (sent in a header). */
+  inspectorToken: z.string().optional(),
   /** SQLite group commit (default on); the benchmarks turn it off to measure one transaction per write. */
   groupCommit: z.boolean().optional(),
   /** Advertised to node agents, which adopt it (default 1000 ms). */
@@ -52,6 +54,8 @@ const NodeConfig = z.object({
   /** Reopen a target afresh after an invalidation (chaos runs); otherwise the handle stays invalidated. */
   reload: z.boolean(),
   inspector: z.string().optional(),
+  /** This process's credential for the inspector's /inspect (sent in a header). */
+  inspectorToken: z.string().optional(),
 });
 
 function send(msg: ChildReport): void {
@@ -91,7 +95,7 @@ async function replica(raw: unknown): Promise<void> {
     cfg.history && inner instanceof SqliteStore
       ? observedStore(inner, cfg.id, { add: (e) => inner.appendHistory(JSON.stringify({ t: Date.now(), ...e })) })
       : inner;
-  const insp = cfg.inspector ? processInspector(`${cfg.inspector}?from=${cfg.id}`) : undefined;
+  const insp = cfg.inspector ? processInspector(`${cfg.inspector}?from=${cfg.id}`, cfg.inspectorToken) : undefined;
   const r = new StorageReplica({ id: cfg.id, store, transport: new WebSocketTransport(), secret: cfg.secret, port: cfg.port, holdMs: cfg.holdMs, ...(cfg.heartbeatIntervalMs ? { heartbeatIntervalMs: cfg.heartbeatIntervalMs } : {}), env: { log, inspect: insp?.inspect } });
   await r.start();
   process.on('message', (m) => {
@@ -122,7 +126,7 @@ interface HostedApp {
 async function node(raw: unknown): Promise<void> {
   const cfg = NodeConfig.parse(raw);
   const log = logger(cfg.dir, cfg.id, cfg.pretty);
-  const insp = cfg.inspector ? processInspector(`${cfg.inspector}?from=${cfg.id}`) : undefined;
+  const insp = cfg.inspector ? processInspector(`${cfg.inspector}?from=${cfg.id}`, cfg.inspectorToken) : undefined;
   const env = { log, inspect: insp?.inspect };
   const agent = new NodeAgent({ id: cfg.id, replicas: cfg.replicas, transport: new WebSocketTransport(), secret: cfg.secret, dataDir: cfg.dir, env });
   agent.start().catch((err: unknown) => log.error({ err: String(err) }, 'node agent could not start'));

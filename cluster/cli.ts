@@ -48,9 +48,10 @@ Options for up:
   --pause-timeout-ms MS  how long a paused handle waits before it is invalidated (default 60000)
   --port N               first replica port; replicas use N, N+1, ... (default: free ports)
   --interval-ms MS       pause between workload writes (default 200)
-  --inspector-port N     port of the inspector page on 127.0.0.1 (default: a free port, printed at start)
-  --stately [--stately-port N]   also relay every event to the public Stately inspector through
-                         @statelyai/inspect's server on port N (default 8080; online only)
+  --inspector-port N     port of the inspector page on 127.0.0.1 (default: a free port; its address,
+                         with the control token, is printed at start)
+  --stately [--stately-port N]   also relay every event to the public Stately inspector from a page
+                         on 127.0.0.1:N (default 8080; online only; its address is printed at start)
   --config FILE          JSON file with any of these options (flags win)
   --pretty               also print every process's log, pretty, on the terminal
   --chaos --for S [--seed N] [--json]
@@ -190,8 +191,9 @@ async function up(argv: string[]): Promise<number> {
   say(`safe-resume: ${o.replicas} replicas over ${join(o.dir, 'store.sqlite')}, ${o.nodes} nodes x ${o.apps} apps`);
   for (const [i, u] of launcher.replicaUrls.entries()) say(`  replica-${i + 1}  ${u}`);
   say(`  control   ${launcher.controlUrl}   (safe-resume status | kill | partition | write ... --dir ${o.dir})`);
-  say(`  inspector ${launcher.inspector?.url ?? '-'}   (open it in a browser to watch every machine live)`);
-  if (o.statelyPort !== undefined) say(`  stately   http://localhost:${o.statelyPort}   (the Stately inspector; needs an internet connection)`);
+  // The page addresses carry the control token (in the fragment): they open as printed.
+  say(`  inspector ${launcher.inspector?.pageUrl ?? '-'}   (open it in a browser to watch every machine live)`);
+  if (o.statelyPort !== undefined) say(`  stately   ${launcher.statelyUrl}   (the Stately inspector; needs an internet connection)`);
   if (o.chaos) {
     say(`chaos: ${o.forS}s of faults, seed ${o.seed}`);
     const summary = await Promise.race([runChaos(launcher, o.forS, o.seed, (k, d) => say(`  fault ${k}: ${d}`)), (stopping ?? new Promise<never>(() => {}))]);
@@ -293,9 +295,11 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   });
   if (values.help) return void process.stdout.write(HELP), 0;
   const dir = resolve(values.dir ?? '.safe-resume');
+  // The address and the control token of the running cluster (a file only its owner can read).
   let url: string;
+  let token: string;
   try {
-    url = (JSON.parse(readFileSync(join(dir, 'control.json'), 'utf8')) as { url: string }).url;
+    ({ url, token } = JSON.parse(readFileSync(join(dir, 'control.json'), 'utf8')) as { url: string; token: string });
   } catch {
     throw new UsageError(`no running cluster in ${dir} (start one with 'safe-resume up --dir ${dir}')`);
   }
@@ -347,7 +351,8 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   if (cmd === 'status') path = '/status';
   let res: Response;
   try {
-    res = await fetch(url + path, cmd === 'status' ? {} : { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+    const authorization = `Bearer ${token}`;
+    res = await fetch(url + path, cmd === 'status' ? { headers: { authorization } } : { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', authorization } });
   } catch {
     throw new UsageError(`the cluster in ${dir} does not answer at ${url} (is it still running?)`);
   }

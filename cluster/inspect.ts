@@ -2,12 +2,20 @@
  * Inspection of a child process's actors: XState inspection events, converted by @statelyai/inspect,
  * go to the launcher over one WebSocket in batches, only while somebody watches (the launcher says so), with
  * bytes and long strings cut down before they leave the process. Actor registrations always go, so a
- * browser that arrives later still knows every actor and its machine.
+ * browser that arrives later still knows every actor and its machine. The launcher takes the
+ * connection only with this process's inspection credential (from its configuration, over IPC).
  */
 import { createInspector } from '@statelyai/inspect';
 import { WebSocket } from 'ws';
 import type { ActorRefLike, InspectionEvent } from 'xstate';
 import { zeroMask } from '../transport/ws.js';
+
+/** The largest message the launcher's /inspect takes, in bytes: a larger one closes the connection (1009). */
+export const MAX_INSPECT_MESSAGE = 1024 * 1024;
+/** The largest event the launcher keeps, in characters (real ones are a few KiB): a larger one is not sent. */
+export const MAX_EVENT_CHARS = 256 * 1024;
+/** A batch is split into messages of at most this many characters (a character is at most 3 bytes of UTF-8). */
+const MESSAGE_CHARS = Math.floor(MAX_INSPECT_MESSAGE / 3);
 
 function sanitize(value: unknown, depth = 0): unknown {
   if (value instanceof Uint8Array) return `<${value.length} bytes>`;
@@ -34,14 +42,16 @@ class BatchingAdapter implements Adapter {
   private stopped = false;
   private batch: string[] = [];
   private scheduled = false;
-  /** Events that could not be serialised (a cycle the sanitiser missed); they are skipped. */
+  /** Events that could not be serialised (a cycle the sanitiser missed) or are too large to keep; they are skipped. */
   dropped = 0;
 
-  constructor(private readonly url: string, private readonly maxDeferred: number) {}
+  constructor(private readonly url: string, private readonly maxDeferred: number, private readonly credential: string | undefined) {}
 
   start(): void {
     if (this.stopped) return;
-    const ws = new WebSocket(this.url, { generateMask: zeroMask });
+    // The credential goes in a header, never in the URL (or the command line).
+    const headers = this.credential ? { authorization: `Bearer ${this.credential}` } : {};
+    const ws = new WebSocket(this.url, { generateMask: zeroMask, headers });
     this.ws = ws;
     ws.on('open', () => {
       this.open = true;
@@ -67,6 +77,10 @@ class BatchingAdapter implements Adapter {
       this.dropped++;
       return;
     }
+    if (line.length > MAX_EVENT_CHARS) {
+      this.dropped++;
+      return;
+    }
     this.batch.push(line);
     if (!this.open) {
       if (this.batch.length > this.maxDeferred) this.batch.splice(0, this.batch.length - this.maxDeferred);
@@ -81,7 +95,18 @@ class BatchingAdapter implements Adapter {
   private flush(): void {
     this.scheduled = false;
     if (!this.open || this.batch.length === 0) return;
-    this.ws!.send(`[${this.batch.join(',')}]`);
+    // One message per turn, unless that would pass the launcher's cap on a message.
+    let from = 0;
+    let chars = 0;
+    for (let i = 0; i < this.batch.length; i++) {
+      chars += this.batch[i]!.length + 1;
+      if (chars > MESSAGE_CHARS && i > from) {
+        this.ws!.send(`[${this.batch.slice(from, i).join(',')}]`);
+        from = i;
+        chars = this.batch[i]!.length + 1;
+      }
+    }
+    this.ws!.send(`[${(from === 0 ? this.batch : this.batch.slice(from)).join(',')}]`);
     this.batch = [];
   }
 }
@@ -92,8 +117,9 @@ export interface ProcessInspector {
   stop(): void;
 }
 
-export function processInspector(url: string): ProcessInspector {
-  const inspector = createInspector(new BatchingAdapter(url, 500), {
+/** Inspection to the launcher at `url` (its /inspect), with this process's credential for it. */
+export function processInspector(url: string, credential?: string): ProcessInspector {
+  const inspector = createInspector(new BatchingAdapter(url, 500, credential), {
     sanitizeEvent: (e) => sanitize(e) as typeof e,
     sanitizeContext: (c) => sanitize(c) as typeof c,
   });

@@ -3,21 +3,42 @@
  * @statelyai/inspect WebSocket format) on /inspect, keeps a bounded recent history, and fans it out
  * to browsers on /stream, replaying the history to each new one. It serves the page (all assets from
  * this package, nothing from the internet) and the same commands as the control endpoint under /api.
+ *
+ * Locked (see http-guard.ts): everything answers only a loopback Host and no foreign Origin; /api and
+ * /stream need the control token (the page has it from the fragment of the address `up` printed);
+ * /inspect takes only the cluster's own processes, each with the credential of its name, in
+ * messages of at most 1 MiB, and what is kept for late browsers is bounded in bytes.
  */
 import { readBody } from './http-body.js';
-import { createServer, type Server } from 'node:http';
-import { readFileSync } from 'node:fs';
+import { bearer, checkHostOrigin, checkToken, newToken, refuse, refuseUpgrade, type Refusal } from './http-guard.js';
+import { MAX_EVENT_CHARS, MAX_INSPECT_MESSAGE } from './inspect.js';
+import { createHmac, randomBytes } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { WebSocketServer, type WebSocket } from 'ws';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export { MAX_INSPECT_MESSAGE } from './inspect.js';
+
+/** The package root: two levels up when built (dist/cluster), one when run from the sources. */
+const ROOT = ['../../', '../'].map((up) => fileURLToPath(new URL(up, import.meta.url))).find((d) => existsSync(`${d}inspector/index.html`)) ?? '';
 const ASSETS: Record<string, [string, string]> = {
   '/': ['inspector/index.html', 'text/html; charset=utf-8'],
   '/inspector.js': ['inspector/inspector.js', 'text/javascript; charset=utf-8'],
   '/elk.js': ['node_modules/elkjs/lib/elk.bundled.js', 'text/javascript; charset=utf-8'],
 };
+/** Events kept for a late browser (besides actor registrations), and their characters. */
 const HISTORY = 5000;
+const HISTORY_CHARS = 8 * 1024 * 1024;
+/** Actor registrations kept, and their characters (a registration is about 2 KiB). */
+const MAX_ACTORS = 20_000;
+export const MAX_ACTOR_CHARS = 16 * 1024 * 1024;
+/** A browser this far behind (bytes queued to it) is dropped; its page reconnects and gets the replay. */
+const MAX_BROWSER_BACKLOG = 32 * 1024 * 1024;
+/** Before its request is whole, a client gets a few seconds (the body is capped by readBody). */
+const TIMEOUTS = { headersTimeout: 5_000, requestTimeout: 10_000 };
+const HEADERS = { 'cache-control': 'no-store', 'x-content-type-options': 'nosniff', 'x-frame-options': 'DENY', 'referrer-policy': 'no-referrer' };
 
 export interface InspectorHooks {
   /** Someone started or stopped watching. */
@@ -30,56 +51,94 @@ export interface InspectorHooks {
 
 export class InspectorServer {
   private server: Server | undefined;
-  private readonly wss = new WebSocketServer({ noServer: true, maxPayload: 4 * 1024 * 1024 });
+  private port = 0;
+  /** Processes send batches of events; browsers send nothing. */
+  private readonly processes = new WebSocketServer({ noServer: true, maxPayload: MAX_INSPECT_MESSAGE });
+  private readonly pages = new WebSocketServer({ noServer: true, maxPayload: 4 * 1024 });
   private readonly browsers = new Set<WebSocket>();
   /** Actor registrations are kept whole (bounded), so a late browser knows every actor's machine. */
   private readonly actors = new Map<string, string>();
+  private actorChars = 0;
   private readonly recent: string[] = [];
+  private recentChars = 0;
   private outbox: string[] = [];
+  /** The key of the processes' inspection credentials; it never leaves this process. */
+  private readonly inspectKey = randomBytes(32);
+  /** The token of /api and /stream. */
+  readonly token: string;
+  /** Events not kept: over MAX_EVENT_CHARS. */
+  dropped = 0;
   url = '';
 
-  constructor(private readonly hooks: InspectorHooks) {}
+  constructor(private readonly hooks: InspectorHooks, opts: { token?: string } = {}) {
+    this.token = opts.token ?? newToken();
+  }
 
   get watchers(): number {
     return this.browsers.size;
   }
 
+  /** The page's address, with the token in its fragment (a browser sends no fragment to any server). */
+  get pageUrl(): string {
+    return `${this.url}/#token=${this.token}`;
+  }
+
+  /** The credential a process called `name` connects to /inspect with (handed to it over IPC). */
+  processCredential(name: string): string {
+    return createHmac('sha256', this.inspectKey).update(name).digest('base64url');
+  }
+
   async listen(port: number): Promise<string> {
-    this.server = createServer((req, res) => {
+    this.server = createServer(TIMEOUTS, (req, res) => {
       const path = (req.url ?? '/').split('?')[0]!;
+      const api = path.startsWith('/api/');
+      const refusal = checkHostOrigin(req, this.port, 'same') ?? (api ? checkToken(bearer(req), this.token) : undefined);
+      if (refusal) {
+        req.resume();
+        return refuse(res, refusal);
+      }
       const asset = ASSETS[path];
-      if (req.method === 'GET' && asset) {
-        try {
-          res.writeHead(200, { 'content-type': asset[1], 'cache-control': 'no-store' });
-          res.end(readFileSync(ROOT + asset[0]));
-        } catch {
-          res.writeHead(500).end('asset missing');
-        }
-        return;
-      }
+      if (req.method === 'GET' && asset) return sendFile(res, asset[0], asset[1]);
       if (req.method === 'GET' && path === '/api/status') {
-        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.hooks.status()));
+        res.writeHead(200, { 'content-type': 'application/json', ...HEADERS }).end(JSON.stringify(this.hooks.status()));
         return;
       }
-      if (req.method === 'POST' && path.startsWith('/api/')) {
+      if (req.method === 'POST' && api) {
         void readBody(req, res).then(async (body) => {
           if (body === undefined) return;
           const r = await this.hooks.command('POST', path.slice(4), body);
-          res.writeHead(r.ok ? 200 : 400, { 'content-type': 'application/json' }).end(JSON.stringify(r));
+          res.writeHead(r.ok ? 200 : 400, { 'content-type': 'application/json', ...HEADERS }).end(JSON.stringify(r));
         });
         return;
       }
+      req.resume();
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
     });
     this.server.on('upgrade', (req, socket, head) => {
       const u = new URL(req.url ?? '/', 'http://localhost');
-      if (u.pathname === '/inspect') this.wss.handleUpgrade(req, socket, head, (ws) => this.fromProcess(ws, u.searchParams.get('from') ?? '?'));
-      else if (u.pathname === '/stream') this.wss.handleUpgrade(req, socket, head, (ws) => this.toBrowser(ws));
-      else socket.destroy();
+      const refusal = this.admit(req, u);
+      if (refusal) return refuseUpgrade(socket, refusal);
+      if (u.pathname === '/inspect') this.processes.handleUpgrade(req, socket, head, (ws) => this.fromProcess(ws, u.searchParams.get('from') ?? ''));
+      else this.pages.handleUpgrade(req, socket, head, (ws) => this.toBrowser(ws));
     });
     await new Promise<void>((r) => this.server!.listen(port, '127.0.0.1', r));
-    this.url = `http://127.0.0.1:${(this.server.address() as net.AddressInfo).port}`;
+    this.port = (this.server.address() as net.AddressInfo).port;
+    this.url = `http://127.0.0.1:${this.port}`;
     return this.url;
+  }
+
+  /**
+   * Who may open a WebSocket: on /stream a page with the token (in the query: a browser cannot set
+   * headers on a WebSocket) or a program with it in a header; on /inspect a process with the
+   * credential of the name it reports under, and never a browser.
+   */
+  private admit(req: IncomingMessage, u: URL): Refusal | undefined {
+    if (u.pathname === '/stream') return checkHostOrigin(req, this.port, 'same') ?? checkToken(u.searchParams.get('token') ?? bearer(req), this.token);
+    if (u.pathname === '/inspect') {
+      const from = u.searchParams.get('from') ?? '';
+      return checkHostOrigin(req, this.port, 'none') ?? checkToken(bearer(req), this.processCredential(from), `inspection credential for ${JSON.stringify(from)}`);
+    }
+    return { status: 404, code: 'INVALID_ARGUMENT', message: `no WebSocket endpoint ${u.pathname}` };
   }
 
   /** Each message from a process is a JSON array of inspection events (or one event). */
@@ -102,20 +161,52 @@ export class InspectorServer {
     if (typeof ev.type !== 'string' || typeof ev.sessionId !== 'string') return;
     ev.process = from;
     const line = JSON.stringify(ev);
-    if (ev.type === '@xstate.actor') {
-      this.actors.set(`${from}:${ev.sessionId}`, line); // actor ids are per process
-      if (this.actors.size > 20_000) this.actors.delete(this.actors.keys().next().value!);
-    } else {
-      this.recent.push(line);
-      // Trimmed in chunks: cutting one line off the front per event would copy the whole history each time.
-      if (this.recent.length >= 2 * HISTORY) this.recent.splice(0, this.recent.length - HISTORY);
+    if (line.length > MAX_EVENT_CHARS) {
+      this.dropped++;
+      return;
     }
+    if (ev.type === '@xstate.actor') this.keepActor(`${from}:${ev.sessionId}`, line); // actor ids are per process
+    else this.keepRecent(line);
     if (this.browsers.size > 0) this.toBrowsers(line);
     if (this.hooks.forward) {
       const g = { ...ev };
       for (const k of ['sessionId', 'rootId', 'parentId', 'sourceId']) if (typeof g[k] === 'string') g[k] = `${from}:${String(g[k])}`;
       this.hooks.forward(g);
     }
+  }
+
+  /** Kept newest last; the oldest go first when the count or the characters are over their bound. */
+  private keepActor(key: string, line: string): void {
+    const old = this.actors.get(key);
+    if (old !== undefined) {
+      this.actors.delete(key);
+      this.actorChars -= old.length;
+    }
+    this.actors.set(key, line);
+    this.actorChars += line.length;
+    while (this.actors.size > MAX_ACTORS || this.actorChars > MAX_ACTOR_CHARS) {
+      const [k, v] = this.actors.entries().next().value!;
+      this.actors.delete(k);
+      this.actorChars -= v.length;
+    }
+  }
+
+  private keepRecent(line: string): void {
+    this.recent.push(line);
+    this.recentChars += line.length;
+    // Trimmed in chunks: cutting one line off the front per event would copy the whole history each time.
+    if (this.recent.length < 2 * HISTORY && this.recentChars < 2 * HISTORY_CHARS) return;
+    const from = this.replayFrom();
+    for (let i = 0; i < from; i++) this.recentChars -= this.recent[i]!.length;
+    this.recent.splice(0, from);
+  }
+
+  /** Where the replayed history starts: the newest HISTORY events, at most HISTORY_CHARS of them. */
+  private replayFrom(): number {
+    let i = this.recent.length;
+    let chars = 0;
+    while (i > 0 && this.recent.length - i < HISTORY && chars + this.recent[i - 1]!.length <= HISTORY_CHARS) chars += this.recent[--i]!.length;
+    return i;
   }
 
   /** Browsers get a JSON array of events per event-loop turn. */
@@ -125,14 +216,17 @@ export class InspectorServer {
     setImmediate(() => {
       const frame = `[${this.outbox.join(',')}]`;
       this.outbox = [];
-      for (const b of this.browsers) b.send(frame);
+      for (const b of this.browsers) {
+        if (b.bufferedAmount > MAX_BROWSER_BACKLOG) b.terminate();
+        else b.send(frame);
+      }
     });
   }
 
   private toBrowser(ws: WebSocket): void {
     ws.on('error', () => undefined);
     // History first (every actor, then the recent events), then live.
-    const history = [...this.actors.values(), ...this.recent.slice(-HISTORY)];
+    const history = [...this.actors.values(), ...this.recent.slice(this.replayFrom())];
     for (let i = 0; i < history.length; i += 1000) ws.send(`[${history.slice(i, i + 1000).join(',')}]`);
     this.browsers.add(ws);
     if (this.browsers.size === 1) this.hooks.watching(true);
@@ -143,7 +237,102 @@ export class InspectorServer {
   }
 
   async close(): Promise<void> {
-    for (const b of this.browsers) b.terminate();
-    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+    for (const c of [...this.pages.clients, ...this.processes.clients]) c.terminate();
+    await closeServer(this.server);
+  }
+}
+
+/** A file of this package, or 500 if it is missing. */
+function sendFile(res: ServerResponse, path: string, type: string): void {
+  let data: Buffer;
+  try {
+    data = readFileSync(ROOT + path);
+  } catch {
+    res.writeHead(500, { 'content-type': 'text/plain' }).end('asset missing');
+    return;
+  }
+  res.writeHead(200, { 'content-type': type, ...HEADERS }).end(data);
+}
+
+/** Stop listening and end every connection still open (a kept-alive one would keep the process running). */
+async function closeServer(server: Server | undefined): Promise<void> {
+  if (!server?.listening) return;
+  const closed = new Promise<void>((r) => server.close(() => r()));
+  server.closeAllConnections();
+  await closed;
+}
+
+/**
+ * The relay to the public Stately inspector (`up --stately`): a page that embeds it (stately.ai,
+ * online) and hands it every event, last 200 replayed to a page that arrives later. It stands in
+ * for @statelyai/inspect's createInspectorServer, which cannot be locked: it takes neither a host
+ * nor a server (it listens on every interface), relays whatever any client sends to every other
+ * client with no token or Origin check, and its stop() leaves connected sockets open (the launcher
+ * never exited). This one listens on 127.0.0.1, serves its page to a loopback Host only, and takes
+ * the event socket only from that page (its own Origin) with the control token.
+ */
+export class StatelyRelay {
+  private server: Server | undefined;
+  private readonly wss = new WebSocketServer({ noServer: true, maxPayload: 4 * 1024 });
+  private readonly recent: string[] = [];
+  private port = 0;
+  readonly token: string;
+  url = '';
+
+  constructor(token = newToken()) {
+    this.token = token;
+  }
+
+  /** The page's address, with the token in its fragment. */
+  get pageUrl(): string {
+    return `${this.url}/#token=${this.token}`;
+  }
+
+  /** Where it listens. */
+  get address(): { address: string; port: number } | undefined {
+    const a = this.server?.address();
+    return a && typeof a === 'object' ? { address: a.address, port: a.port } : undefined;
+  }
+
+  async listen(port: number): Promise<string> {
+    this.server = createServer(TIMEOUTS, (req, res) => {
+      req.resume();
+      const refusal = checkHostOrigin(req, this.port, 'same');
+      if (refusal) return refuse(res, refusal);
+      if (req.method !== 'GET' || (req.url ?? '/').split('?')[0] !== '/') return void res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
+      sendFile(res, 'inspector/stately.html', 'text/html; charset=utf-8');
+    });
+    this.server.on('upgrade', (req, socket, head) => {
+      const u = new URL(req.url ?? '/', 'http://localhost');
+      const refusal =
+        u.pathname === '/events'
+          ? (checkHostOrigin(req, this.port, 'same') ?? checkToken(u.searchParams.get('token'), this.token))
+          : ({ status: 404, code: 'INVALID_ARGUMENT', message: `no WebSocket endpoint ${u.pathname}` } satisfies Refusal);
+      if (refusal) return refuseUpgrade(socket, refusal);
+      this.wss.handleUpgrade(req, socket, head, (ws) => {
+        ws.on('error', () => undefined);
+        for (const line of this.recent) ws.send(line);
+      });
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(port, '127.0.0.1', resolve);
+    });
+    this.port = (this.server.address() as net.AddressInfo).port;
+    this.url = `http://127.0.0.1:${this.port}`;
+    return this.url;
+  }
+
+  /** One event to every page (one message each, as the Stately inspector takes them). */
+  send(event: Record<string, unknown>): void {
+    const line = JSON.stringify(event);
+    this.recent.push(line);
+    if (this.recent.length > 200) this.recent.shift();
+    for (const c of this.wss.clients) if (c.readyState === c.OPEN && c.bufferedAmount <= MAX_BROWSER_BACKLOG) c.send(line);
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.wss.clients) c.terminate();
+    await closeServer(this.server);
   }
 }

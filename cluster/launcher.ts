@@ -1,13 +1,16 @@
 /**
  * The launcher of a local cluster: storage replicas and node agents as separate OS processes on
  * 127.0.0.1 over one SQLite file, fault proxies between every node and every replica, and one
- * control endpoint (HTTP on 127.0.0.1) that the CLI commands talk to.
+ * control endpoint (HTTP on 127.0.0.1) that the CLI commands talk to. The control endpoint, the
+ * inspector and the Stately relay are locked with one control token, made at start and kept in
+ * the 0600 <dir>/control.json (see http-guard.ts).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import { rmSync, writeFileSync } from 'node:fs';
 import { privateDataDir } from './private-dir.js';
 import { readBody } from './http-body.js';
+import { bearer, checkHostOrigin, checkToken, newToken, refuse } from './http-guard.js';
 import net from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,7 +23,7 @@ import { SqliteStore } from '../store/sqlite.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { FaultProxy } from './fault-proxy.js';
 import { ChildReport, type ChildCommand, ChildConfig, type HandleStatus } from './ipc.js';
-import { InspectorServer } from './inspector-server.js';
+import { InspectorServer, StatelyRelay } from './inspector-server.js';
 
 export interface LauncherOptions {
   dir: string;
@@ -37,7 +40,7 @@ export interface LauncherOptions {
   pretty: boolean;
   /** Port of the inspector page; 0 picks a free one, undefined turns the inspector off. */
   inspectorPort?: number | undefined;
-  /** Also serve the events to the public Stately inspector (online) through @statelyai/inspect's server on this port. */
+  /** Also relay the events to the public Stately inspector (online) from a page on 127.0.0.1 at this port. */
   statelyPort?: number | undefined;
   log: Logger;
 }
@@ -78,6 +81,11 @@ export class Launcher {
   private released = new Map<string, (r: Extract<ChildReport, { type: 'released' }>) => void>();
   private stopping = false;
   controlUrl = '';
+  /** The control token: the control endpoint, the inspector's /api and /stream and the Stately relay need it. */
+  readonly token = newToken();
+  /** The Stately relay (`--stately`), and its page's address with the token. */
+  private relay: StatelyRelay | undefined;
+  statelyUrl = '';
   /** In chaos mode: the checker's verdict so far (shown by status and the inspector). */
   chaos: { verdict: string; violations: number } | undefined;
   inspector: InspectorServer | undefined;
@@ -109,7 +117,7 @@ export class Launcher {
         status: () => ({ ok: true, ...this.status() }),
         command: (method, path, body) => this.command(method, path, body),
         ...(this.opts.statelyPort !== undefined ? { forward: await this.stately(this.opts.statelyPort) } : {}),
-      });
+      }, { token: this.token });
       const url = await this.inspector.listen(this.opts.inspectorPort);
       inspectorWs = `${url.replace('http', 'ws')}/inspect`;
     }
@@ -117,7 +125,7 @@ export class Launcher {
       const id = `replica-${i + 1}`;
       const port = this.opts.port ? this.opts.port + i : await freePort();
       this.replicaUrls.push(`ws://127.0.0.1:${port}`);
-      this.spawn(id, 'replica', { id, port, dir: this.opts.dir, store: 'sqlite', secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...(inspectorWs ? { inspector: inspectorWs } : {}) });
+      this.spawn(id, 'replica', { id, port, dir: this.opts.dir, store: 'sqlite', secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     let appNo = 0;
@@ -133,27 +141,29 @@ export class Launcher {
         this.apps.set(name, { node: id, target });
         apps.push({ name, target });
       }
-      this.spawn(id, 'node', { id, replicas: urls, dir: this.opts.dir, secret: this.secret, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...(inspectorWs ? { inspector: inspectorWs } : {}) });
+      this.spawn(id, 'node', { id, replicas: urls, dir: this.opts.dir, secret: this.secret, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     await this.listen();
   }
 
-  /** Start @statelyai/inspect's relay server and return a function that hands it events. */
-  private async stately(port: number): Promise<(e: Record<string, unknown>) => void> {
-    const { createInspectorServer } = await import('@statelyai/inspect/server');
-    const server = createInspectorServer({ port, autoOpen: false });
-    this.onDown.push(() => server.stop());
-    const { WebSocket } = await import('ws');
-    const ws = new WebSocket(`ws://127.0.0.1:${port}`);
-    ws.on('error', (err) => this.opts.log.warn({ err: String(err) }, 'stately relay'));
-    this.watching = true; // the Stately page may be watching at any time
-    return (e) => {
-      if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(e));
-    };
+  /**
+   * Where a child sends its inspection events, and its credential for that (its own: it cannot
+   * report under another child's name); it goes over IPC with the rest of the configuration.
+   */
+  private inspectorConfig(id: string, url: string | undefined): Record<string, string> {
+    return url && this.inspector ? { inspector: url, inspectorToken: this.inspector.processCredential(id) } : {};
   }
 
-  private readonly onDown: Array<() => void> = [];
+  /** Start the relay to the Stately inspector (on 127.0.0.1) and return a function that hands it events. */
+  private async stately(port: number): Promise<(e: Record<string, unknown>) => void> {
+    const relay = new StatelyRelay(this.token);
+    await relay.listen(port);
+    this.relay = relay;
+    this.statelyUrl = relay.pageUrl;
+    this.watching = true; // the Stately page may be watching at any time
+    return (e) => relay.send(e);
+  }
 
   private spawn(id: string, role: 'replica' | 'node', config: Record<string, unknown>): Child {
     // The configuration (the cluster secret with it) goes over the IPC channel, never in argv.
@@ -394,16 +404,30 @@ export class Launcher {
     });
     await Promise.all(exits);
     for (const ps of this.proxies.values()) for (const p of ps) await p.close();
-    await new Promise<void>((r) => (this.control ? this.control.close(() => r()) : r()));
+    if (this.control?.listening) {
+      const closed = new Promise<void>((r) => this.control!.close(() => r()));
+      this.control.closeAllConnections(); // a kept-alive connection would keep this process running
+      await closed;
+    }
     await this.inspector?.close();
-    for (const f of this.onDown) f();
+    await this.relay?.close();
     rmSync(join(this.opts.dir, 'control.json'), { force: true });
   }
 
   // ---- The control endpoint ----
 
+  /**
+   * Only the CLI talks to it: a request must carry the token, under a loopback Host, and no Origin
+   * (a web page's request has one), before its body is even read.
+   */
   private async listen(): Promise<void> {
-    this.control = createServer((req, res) => {
+    let port = 0;
+    this.control = createServer({ headersTimeout: 5_000, requestTimeout: 10_000 }, (req, res) => {
+      const refusal = checkHostOrigin(req, port, 'none') ?? checkToken(bearer(req), this.token);
+      if (refusal) {
+        req.resume();
+        return refuse(res, refusal);
+      }
       void readBody(req, res).then(async (body) => {
         if (body === undefined) return;
         const r = await this.command(req.method ?? 'GET', req.url ?? '/', body);
@@ -412,9 +436,13 @@ export class Launcher {
       });
     });
     await new Promise<void>((r) => this.control!.listen(0, '127.0.0.1', r));
-    const port = (this.control.address() as net.AddressInfo).port;
+    port = (this.control.address() as net.AddressInfo).port;
     this.controlUrl = `http://127.0.0.1:${port}`;
-    writeFileSync(join(this.opts.dir, 'control.json'), JSON.stringify({ url: this.controlUrl, pid: process.pid }) + '\n');
+    // The token with the address, for the CLI: a file only its owner can read (made afresh, so an
+    // older file's mode does not carry over).
+    const file = join(this.opts.dir, 'control.json');
+    rmSync(file, { force: true });
+    writeFileSync(file, JSON.stringify({ url: this.controlUrl, pid: process.pid, token: this.token }) + '\n', { mode: 0o600 });
   }
 
   /** One command, as the control endpoint and the inspector page send it. */

@@ -2,6 +2,14 @@
 /* global ELK */
 'use strict';
 
+// The control token is in this page's fragment (#token=...), as `safe-resume up` printed the address
+// (a browser sends a fragment to no server): it goes on every /api call and on the event stream.
+const token = new URLSearchParams(location.hash.slice(1)).get('token') || '';
+const authorization = `Bearer ${token}`;
+// Set once the launcher refused the token: say so instead of "reconnecting".
+let refused = token ? '' : 'no token: open the address safe-resume up printed';
+window.addEventListener('hashchange', () => location.reload());
+
 const actors = new Map(); // sessionId -> { id, process, machine, def, value, context, status, prev, lastEvent }
 let selected = null;
 let pauses = 0;
@@ -168,7 +176,7 @@ async function drawChart() {
 
 // ---- Faults and the summary strip, through the launcher's control commands ----
 async function command(path, body) {
-  const res = await fetch(`/api/${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body || {}) });
+  const res = await fetch(`/api/${path}`, { method: 'POST', headers: { 'content-type': 'application/json', authorization }, body: JSON.stringify(body || {}) });
   const r = await res.json();
   $('result').textContent = r.ok ? `${path}: ok` : `${path}: ${r.code} ${r.message}`;
   return r;
@@ -187,8 +195,16 @@ $('fw-go').addEventListener('click', () => command('write', { target: $('fw-targ
 $('reboot').addEventListener('click', () => command('reboot-storage'));
 
 async function poll() {
+  if (!token) return;
   try {
-    const s = await (await fetch('/api/status')).json();
+    const res = await fetch('/api/status', { headers: { authorization } });
+    if (res.status === 401) {
+      refused = 'token refused: open the address safe-resume up printed (a new cluster has a new token)';
+      $('conn').textContent = refused;
+      return;
+    }
+    refused = '';
+    const s = await res.json();
     const faults = [
       ...s.replicas.map((r) => `<div class="row" data-replica="${esc(r.id)}"><b>${esc(r.id)}</b> <span class="state ${r.state === 'serving' ? 'active' : r.state === 'down' ? 'invalidated' : 'paused'}">${esc(r.state)}</span> <button data-action="kill" data-id="${esc(r.id)}">kill</button><button data-action="restart" data-id="${esc(r.id)}">restart</button><button data-action="dismount" data-id="${esc(r.id)}">dismount 10s</button></div>`),
       ...s.nodes.map((n) => `<div class="row" data-node="${esc(n.id)}"><b>${esc(n.id)}</b> on ${esc(n.replica || '-')} ${n.partitioned ? '<span class="state paused">partitioned</span>' : ''} <button data-action="partition" data-id="${esc(n.id)}">partition</button><button data-action="heal" data-id="${esc(n.id)}">heal</button></div>`),
@@ -205,11 +221,16 @@ async function poll() {
 }
 
 function connect() {
-  const ws = new WebSocket(`ws://${location.host}/stream`);
+  if (!token) {
+    $('conn').textContent = refused;
+    return;
+  }
+  // A browser cannot set headers on a WebSocket: the token goes in the query.
+  const ws = new WebSocket(`ws://${location.host}/stream?token=${encodeURIComponent(token)}`);
   ws.onopen = () => ($('conn').textContent = 'live');
   // Each message is a JSON array of events (one per event-loop turn of the launcher).
   ws.onmessage = (m) => { const evs = parse(m.data); for (const ev of Array.isArray(evs) ? evs : evs ? [evs] : []) onEvent(ev); };
-  ws.onclose = () => { $('conn').textContent = 'reconnecting…'; setTimeout(connect, 1000); };
+  ws.onclose = () => { $('conn').textContent = refused || 'reconnecting…'; setTimeout(connect, 1000); };
 }
 
 connect();

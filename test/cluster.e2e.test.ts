@@ -5,11 +5,13 @@
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
+import net from 'node:net';
 import { SECRET_FILE } from '../actors/auth.js';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { RECORD_BYTES } from '../cluster/workload.js';
 import { tempDir } from './helpers.js';
+import { raw, upgrade } from './http-client.js';
 
 const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
 const t = tempDir();
@@ -52,12 +54,29 @@ function alive(pid: number | null): boolean {
   }
 }
 
+/** The first lines each `up` printed (its addresses), by data directory. */
+const printed = new Map<string, string>();
+
 function startCluster(d = dir, extra: string[] = []): ChildProcess {
   const p = spawn('node', [CLI, 'up', '--dir', d, '--hold-ms', '1000', '--interval-ms', '50', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
-  p.stdout?.resume();
+  printed.set(d, '');
+  p.stdout?.on('data', (b: Buffer) => {
+    const so = printed.get(d)!;
+    if (so.length < 4096) printed.set(d, so + b.toString());
+  });
   p.stderr?.resume();
   return p;
 }
+
+/** The address `up` printed for `what` (inspector, stately, ...). */
+function printedUrl(d: string, what: string): string {
+  const m = new RegExp(`^  ${what} +(http\\S+)`, 'm').exec(printed.get(d) ?? '');
+  if (!m) throw new Error(`up printed no ${what} address: ${printed.get(d)}`);
+  return m[1]!;
+}
+
+/** What the CLI reads to reach the running cluster. */
+const controlFile = (d = dir) => JSON.parse(readFileSync(join(d, 'control.json'), 'utf8')) as { url: string; token: string };
 
 /** Every record up to `count` is intact: its sequence number and checksum are right. */
 function intactRecords(text: string, count: number): number {
@@ -114,9 +133,66 @@ describe('safe-resume up: a real local cluster', () => {
     expect(open).toEqual([]);
   });
 
+  it('the control plane is locked: no request without the token (401), from a foreign Origin or under a foreign Host (403); the CLI works', async () => {
+    const { url, token } = controlFile();
+    const port = new URL(url).port;
+    const auth = { authorization: `Bearer ${token}` };
+    // The review's cross-site POST (a page the user visits can send it): refused, with or without the
+    // token; only the CLI talks to this endpoint, and it sends no Origin.
+    const kill = { method: 'POST', body: JSON.stringify({ id: 'replica-3' }) };
+    const forged = { origin: 'http://evil.example', 'content-type': 'text/plain' };
+    for (const headers of [forged, { ...forged, ...auth }, { ...forged, origin: `http://127.0.0.1:${port}`, ...auth }]) {
+      const r = await raw(`${url}/kill`, { ...kill, headers });
+      expect(r.status, JSON.stringify(headers)).toBe(403);
+      expect(JSON.parse(r.body)).toMatchObject({ ok: false, code: 'FORBIDDEN' });
+    }
+    for (const headers of [{}, { authorization: 'Bearer wrong' }] as Array<Record<string, string>>) {
+      for (const [path, opts] of [['/kill', kill], ['/status', {}]] as const) {
+        const r = await raw(url + path, { ...opts, headers });
+        expect(r.status, path).toBe(401);
+        expect(JSON.parse(r.body)).toMatchObject({ ok: false, code: 'AUTH_FAILED' });
+      }
+    }
+    expect(token).toMatch(/^[A-Za-z0-9_-]{43}$/); // 32 random bytes, in the 0600 control.json
+    // DNS rebinding: a foreign name for 127.0.0.1.
+    const rebound = await raw(`${url}/status`, { headers: { host: `evil.example:${port}`, ...auth } });
+    expect(rebound.status).toBe(403);
+    expect(JSON.parse(rebound.body)).toMatchObject({ ok: false, code: 'FORBIDDEN' });
+    expect((await raw(`${url}/status`, { headers: auth })).status).toBe(200);
+
+    // The inspector: its page URL carries the token; nothing that shows or changes state works without it.
+    const page = printedUrl(dir, 'inspector');
+    expect(page).toMatch(new RegExp(`^http://127\\.0\\.0\\.1:\\d+/#token=${token}$`));
+    const insp = new URL(page).origin;
+    expect((await raw(`${insp}/`)).status).toBe(200);
+    expect((await raw(`${insp}/api/status`)).status).toBe(401);
+    expect((await raw(`${insp}/api/kill`, kill)).status).toBe(401);
+    expect((await raw(`${insp}/api/kill`, { ...kill, headers: { ...forged, ...auth } })).status).toBe(403);
+    expect((await raw(`${insp}/api/status`, { headers: { host: 'evil.example', ...auth } })).status).toBe(403);
+    expect((await raw(`${insp}/api/status`, { headers: auth })).status).toBe(200);
+    const ws = insp.replace('http', 'ws');
+    expect((await upgrade(`${ws}/stream`)).status).toBe(401);
+    expect((await upgrade(`${ws}/stream?token=${token}`, { origin: 'http://evil.example' })).status).toBe(403);
+    // /inspect takes only the cluster's own processes: not a stranger, not the control token; the
+    // processes themselves got in (with the credential of their own name, over IPC).
+    for (const headers of [{}, auth]) expect((await upgrade(`${ws}/inspect?from=replica-1`, { headers })).status).toBe(401);
+    const watch = await upgrade(`${ws}/stream?token=${token}`);
+    expect(watch.status).toBe(101);
+    // (A replica that serves no node has no actors to show.)
+    const serving = status().nodes.map((n) => n.replica!);
+    await until('the nodes and their replica in the inspector', () => ['node-1', 'node-2', ...serving].every((p) => watch.seen.events.some((e) => e.process === p)), 10_000);
+    watch.ws!.close();
+
+    // Nothing was killed, and the CLI (which reads the token from control.json) works.
+    expect(status().replicas.map((r) => r.state)).toEqual(['serving', 'serving', 'serving']);
+    const st = cli('status');
+    expect(st.code).toBe(0);
+    expect(st.out).toMatch(/^replica-3 +serving/m);
+  });
+
   it('the control endpoint refuses a body over 64 KiB with 413, kills nothing, and the cluster goes on', async () => {
-    const { url } = JSON.parse(readFileSync(join(dir, 'control.json'), 'utf8')) as { url: string };
-    const r = await fetch(`${url}/kill`, { method: 'POST', body: JSON.stringify({ id: 'replica-1', pad: 'x'.repeat(200 * 1024) }) });
+    const { url, token } = controlFile();
+    const r = await fetch(`${url}/kill`, { method: 'POST', body: JSON.stringify({ id: 'replica-1', pad: 'x'.repeat(200 * 1024) }), headers: { authorization: `Bearer ${token}` } });
     expect(r.status).toBe(413);
     const s = status();
     expect(s.replicas.every((x) => x.state !== 'down')).toBe(true);
@@ -197,6 +273,57 @@ describe('safe-resume up: a real local cluster', () => {
     expect(pids.every(alive)).toBe(true);
     p.kill('SIGKILL');
     await until('no child left', () => !pids.some(alive), 10_000);
+  }, 60_000);
+});
+
+/** Every listening TCP socket on `port`, as `address:port` from /proc/net/tcp and tcp6 (hex, as the kernel writes them). */
+function listening(port: number): string[] {
+  const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+  const out: string[] = [];
+  for (const f of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    for (const line of readFileSync(f, 'utf8').split('\n').slice(1)) {
+      const [, local, , state] = line.trim().split(/\s+/);
+      if (state === '0A' && local?.endsWith(`:${hexPort}`)) out.push(local);
+    }
+  }
+  return out;
+}
+
+async function freePort(): Promise<number> {
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const { port } = srv.address() as net.AddressInfo;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+describe('safe-resume up --stately', () => {
+  const d = join(t.dir, 'stately');
+  let p: ChildProcess | undefined;
+  let port = 0;
+  afterAll(() => {
+    if (p && p.exitCode === null) p.kill('SIGKILL');
+  });
+
+  it('relays from 127.0.0.1 only (not every interface), behind the control token', async () => {
+    port = await freePort();
+    p = startCluster(d, ['--replicas', '1', '--nodes', '1', '--apps', '1', '--stately', '--stately-port', String(port)]);
+    await until('up', () => existsSync(join(d, 'control.json')) && /stately/.test(printed.get(d) ?? ''), 30_000);
+    // 127.0.0.1 in the kernel's little-endian hex; nothing on 0.0.0.0 or [::].
+    expect(listening(port)).toEqual([`0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`]);
+    const page = printedUrl(d, 'stately');
+    expect(page).toBe(`http://127.0.0.1:${port}/#token=${controlFile(d).token}`);
+    expect((await upgrade(`ws://127.0.0.1:${port}/events`)).status).toBe(401);
+  }, 60_000);
+
+  it('down ends the launcher (the relay kept it running)', async () => {
+    const s = JSON.parse(execFileSync('node', [CLI, 'status', '--json', '--dir', d], { encoding: 'utf8' })) as Status;
+    const pids = [...s.replicas, ...s.nodes].map((x) => x.pid);
+    expect(execFileSync('node', [CLI, 'down', '--dir', d], { encoding: 'utf8' })).toMatch(/down: true/);
+    await until('the launcher to exit', () => p!.exitCode !== null, 20_000);
+    expect(p!.exitCode).toBe(0);
+    await until('no child left', () => !pids.some(alive), 10_000);
+    expect(listening(port)).toEqual([]);
   }, 60_000);
 });
 

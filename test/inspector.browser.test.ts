@@ -1,7 +1,9 @@
 /**
- * The inspector in a real headless Chromium (Debian's chromium, driven by playwright-core): a small
- * cluster of real processes, the page shows every replica and handle, and faults clicked on the page
- * show up as state changes. Saves docs/inspector.png for the README.
+ * The inspector in a real headless Chromium (Debian's chromium, or SAFE_RESUME_CHROMIUM, driven by
+ * playwright-core): a small cluster of real processes, the page opened at the address `up` printed
+ * (its control token in the fragment) shows every replica and handle, and faults clicked on the page
+ * show up as state changes; without the token the page shows nothing. Saves a screenshot in a
+ * temporary directory, or as docs/inspector.png for the README with SAFE_RESUME_DOCS_SCREENSHOT=1.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -11,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
 
 const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
-const CHROMIUM = '/usr/bin/chromium';
+const CHROMIUM = process.env.SAFE_RESUME_CHROMIUM || '/usr/bin/chromium';
 const t = tempDir();
 let launcher: ChildProcess;
 let browser: Browser;
@@ -27,7 +29,7 @@ beforeAll(async () => {
     let out = '';
     launcher.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
-      const m = /inspector (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
+      const m = /inspector (http:\/\/127\.0\.0\.1:\d+\/#token=[\w-]+)\s/.exec(out);
       if (m) resolve(m[1]!);
     });
     launcher.once('exit', () => reject(new Error(`launcher exited: ${out}`)));
@@ -48,6 +50,23 @@ afterAll(async () => {
 });
 
 describe('inspector page', () => {
+  it('opened without the token of the printed address, shows nothing and says so', async () => {
+    const bare = await browser.newPage();
+    try {
+      await bare.goto(new URL(url).origin + '/');
+      await expect.poll(() => bare.locator('#conn').textContent(), { timeout: 10_000 }).toContain('token');
+      await bare.waitForTimeout(1500);
+      expect(await bare.locator('#fault-rows [data-replica]').count()).toBe(0);
+      expect(await bare.locator('.actor').count()).toBe(0);
+      // A wrong token: refused as well.
+      await bare.goto(new URL(url).origin + '/#token=wrong');
+      await expect.poll(() => bare.locator('#conn').textContent(), { timeout: 10_000 }).toContain('token');
+      expect(await bare.locator('#fault-rows [data-replica]').count()).toBe(0);
+    } finally {
+      await bare.close();
+    }
+  }, 60_000);
+
   it('shows every replica and every handle, live', async () => {
     await expect.poll(() => page.locator('#fault-rows [data-replica]').count(), { timeout: 15_000 }).toBe(2);
     await expect.poll(() => page.locator('.actor[data-machine="handle"][data-state="active"]').count(), { timeout: 15_000 }).toBe(2);
@@ -85,8 +104,10 @@ describe('inspector page', () => {
     await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('invalidated');
     await handle('app-1.disk').click();
     await page.waitForTimeout(800);
-    mkdirSync(join(import.meta.dirname, '..', 'docs'), { recursive: true });
-    await page.screenshot({ path: join(import.meta.dirname, '..', 'docs', 'inspector.png') });
+    // The README's picture is rewritten only when asked for; a test run leaves the tree alone.
+    const shots = process.env.SAFE_RESUME_DOCS_SCREENSHOT === '1' ? join(import.meta.dirname, '..', 'docs') : t.dir;
+    mkdirSync(shots, { recursive: true });
+    await page.screenshot({ path: join(shots, 'inspector.png') });
   }, 90_000);
 
   it('keeps working through a browser reload (history replayed by the launcher)', async () => {
