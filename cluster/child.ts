@@ -2,7 +2,8 @@
  * One process of a local cluster, started by the launcher with an IPC channel:
  *   node dist/cluster/child.js replica     a storage replica over the shared SQLite file
  *   node dist/cluster/child.js node        a node agent hosting workload applications
- * Its configuration, the cluster secret included, comes as the first message on the IPC channel,
+ * Its configuration, with its key (a replica's: the cluster key; a node's: its node credential and the
+ * credentials of the principals its applications run as), comes as the first message on the IPC channel,
  * never in its command line or environment (which other local users can read). It reports its status
  * to the launcher, takes commands from it, and exits when the launcher goes away (the IPC channel
  * closes), so a killed launcher leaves no orphans.
@@ -13,6 +14,7 @@ import { pino, type Logger } from 'pino';
 import { z } from 'zod';
 import { Application, type Handle } from '../actors/application.js';
 import { NodeAgent } from '../actors/node-agent.js';
+import { parseCredential } from '../actors/auth.js';
 import { StorageReplica } from '../actors/replica.js';
 import { MemoryStore } from '../store/memory.js';
 import { SqliteStore } from '../store/sqlite.js';
@@ -45,7 +47,9 @@ const NodeConfig = z.object({
   id: z.string(),
   replicas: z.array(z.string()),
   dir: z.string(),
-  secret: z.string(),
+  /** The node's credential and its applications' principals' (JSON, as `safe-resume credentials issue` prints them). */
+  credential: z.string(),
+  principals: z.array(z.string()),
   pauseTimeoutMs: z.number().int().positive(),
   intervalMs: z.number().int().nonnegative(),
   apps: z.array(z.object({ name: z.string(), target: z.string(), requestId: z.string().optional() })),
@@ -128,7 +132,15 @@ async function node(raw: unknown): Promise<void> {
   const log = logger(cfg.dir, cfg.id, cfg.pretty);
   const insp = cfg.inspector ? processInspector(`${cfg.inspector}?from=${cfg.id}`, cfg.inspectorToken) : undefined;
   const env = { log, inspect: insp?.inspect };
-  const agent = new NodeAgent({ id: cfg.id, replicas: cfg.replicas, transport: new WebSocketTransport(), secret: cfg.secret, dataDir: cfg.dir, env });
+  const agent = new NodeAgent({
+    id: cfg.id,
+    replicas: cfg.replicas,
+    transport: new WebSocketTransport(),
+    credential: parseCredential(cfg.credential, 'node credential'),
+    principals: cfg.principals.map((p) => parseCredential(p, 'principal credential')),
+    dataDir: cfg.dir,
+    env,
+  });
   agent.start().catch((err: unknown) => log.error({ err: String(err) }, 'node agent could not start'));
   const apps = new Map<string, HostedApp>();
   const history: unknown[] = [];

@@ -15,6 +15,7 @@ import { Launcher } from './launcher.js';
 import { runChaos, type ChaosSummary } from './chaos.js';
 import { formatReplay, formatSummary } from '../sim/run.js';
 import { runSeedsParallel } from '../sim/parallel.js';
+import { credentials, CredentialsUsageError } from './credentials-cli.js';
 
 const HELP = `safe-resume — pause applications through storage failures, resume them safely
 
@@ -33,6 +34,13 @@ Usage:
   safe-resume down                    stop the cluster
   safe-resume sim [options]           run seeded fault schedules in the simulated world and check them
   safe-resume bench [--json] [--smoke] [--only GROUP,...]   run the benchmarks (npm run bench adds --expose-gc for heap figures)
+  safe-resume fuzz [--frames N] [--connections N] [--seed N] [--json]
+                                      malformed frames against a live replica while an application keeps
+                                      working; reports crashes, the application's failures, replica memory
+                                      (default 100,000 frames over 1,000 connections; docs/fuzz.md)
+  safe-resume credentials issue --node NAME | --principal NAME [--out FILE]
+                                      derive a node's or a principal's credential from the cluster key
+                                      (docs/security.md; 'safe-resume credentials help' for the options)
   safe-resume help                    show this help
 
 Every command takes --dir (default ./.safe-resume) to find the running cluster, and --json.
@@ -422,6 +430,10 @@ async function main(argv: string[]): Promise<number> {
         return await sim(rest);
       case 'bench':
         return await (await import('../bench/main.js')).bench(rest);
+      case 'fuzz':
+        return await (await import('../bench/fuzz.js')).main(rest);
+      case 'credentials':
+        return credentials(rest, (t) => process.stdout.write(t), (t) => process.stderr.write(t));
       case undefined:
       case 'help':
       case '--help':
@@ -432,7 +444,7 @@ async function main(argv: string[]): Promise<number> {
         throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);
     }
   } catch (err) {
-    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    if (err instanceof UsageError || err instanceof CredentialsUsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`safe-resume: ${(err as Error).message}\nRun 'safe-resume help' for usage.\n`);
       return 2;
     }

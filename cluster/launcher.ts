@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { Application } from '../actors/application.js';
-import { loadOrCreateSecret } from '../actors/auth.js';
+import { formatCredential, issueCredential, loadOrCreateSecret } from '../actors/auth.js';
 import { NodeAgent } from '../actors/node-agent.js';
 import { SafeResumeError } from '../errors.js';
 import { SqliteStore } from '../store/sqlite.js';
@@ -141,7 +141,10 @@ export class Launcher {
         this.apps.set(name, { node: id, target });
         apps.push({ name, target });
       }
-      this.spawn(id, 'node', { id, replicas: urls, dir: this.opts.dir, secret: this.secret, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
+      // A node gets its own credential and its applications' principal's, never the cluster key.
+      const credential = formatCredential(issueCredential(this.secret, 'node', id));
+      const principals = [formatCredential(issueCredential(this.secret, 'principal', 'default'))];
+      this.spawn(id, 'node', { id, replicas: urls, dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     await this.listen();
@@ -166,7 +169,7 @@ export class Launcher {
   }
 
   private spawn(id: string, role: 'replica' | 'node', config: Record<string, unknown>): Child {
-    // The configuration (the cluster secret with it) goes over the IPC channel, never in argv.
+    // The configuration (keys with it) goes over the IPC channel, never in argv.
     const proc = fork(CHILD, [role], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     proc.send({ type: 'config', config } satisfies ChildConfig);
     let ready!: () => void;

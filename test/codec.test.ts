@@ -54,6 +54,24 @@ describe('codec', () => {
     const r = decode(new Uint8Array(1000), 999);
     expect(r).toMatchObject({ ok: false, code: 'FRAME_TOO_LARGE' });
   });
+
+  // A megabyte of nested brackets held a replica's thread for a second in JSON.parse (found by the fuzzer).
+  it('refuses a header nested deeper than any message before parsing it, in text and binary frames', () => {
+    const deep = '['.repeat(100) + ']'.repeat(100);
+    expect(decode(deep)).toMatchObject({ ok: false, code: 'BAD_FRAME', message: expect.stringContaining('nests deeper') });
+    const header = Buffer.from(`{"type":"ping","t":1,"x":${deep}}`);
+    const frame = Buffer.concat([Buffer.alloc(4), header]);
+    frame.writeUInt32BE(header.length, 0);
+    expect(decode(new Uint8Array(frame))).toMatchObject({ ok: false, code: 'BAD_FRAME', message: expect.stringContaining('nests deeper') });
+    // Brackets inside strings are not nesting; a real message still decodes.
+    expect(decode(`{"type":"error","code":"X","message":"${'['.repeat(500)}","retryable":false}`)).toMatchObject({ ok: true });
+    expect(decode(`{"type":"error","code":"X","message":"a \\" ${'{'.repeat(50)}","retryable":false}`)).toMatchObject({ ok: true });
+  });
+
+  it('gives a text frame the header limit: a 2 MiB text frame is refused without parsing', () => {
+    const big = '['.repeat(1024 * 1024) + ']'.repeat(1024 * 1024);
+    expect(decode(big)).toMatchObject({ ok: false, code: 'BAD_FRAME', message: expect.stringContaining('header limit') });
+  });
 });
 
 describe('error codes', () => {

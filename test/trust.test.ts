@@ -5,7 +5,11 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
 import { Application } from '../actors/application.js';
-import { issueCredential, parseCredential, formatCredential } from '../actors/auth.js';
+import { issueCredential, loadCredential, parseCredential, formatCredential } from '../actors/auth.js';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { bareLogin } from '../actors/handshake.js';
 import { NodeAgent } from '../actors/node-agent.js';
 import { LocalCluster } from '../cluster/local.js';
@@ -260,6 +264,50 @@ describe('principals are proven, not claimed', () => {
     expect(() => parseCredential('{"v":1,"kind":"node","name":"n","key":"short"}', 'creds.json')).toThrow(/creds.json: key: key must be 32 bytes/);
     expect(() => parseCredential('not json', 'creds.json')).toThrow(/creds.json: not a safe-resume credential/);
     expect(() => issueCredential(secret, 'principal', 'has space')).toThrow(/principal name/);
+  });
+});
+
+describe('safe-resume credentials issue', () => {
+  const cli = (args: string[]) => spawnSync(process.execPath, [fileURLToPath(new URL('../dist/cluster/cli.js', import.meta.url)), ...args], { encoding: 'utf8' });
+
+  it('issues credentials from the cluster key that a node and an application use as they are; another cluster\'s are refused', async () => {
+    const c = await cluster();
+    const dir = c.opts.dir;
+    const node = cli(['credentials', 'issue', '--node', 'node-9', '--dir', dir, '--out', join(dir, 'node-9.cred')]);
+    expect(node.status, node.stderr).toBe(0);
+    const tenant = cli(['credentials', 'issue', '--principal', 'tenant-a', '--dir', dir]);
+    expect(tenant.status, tenant.stderr).toBe(0);
+    expect(statSync(join(dir, 'node-9.cred')).mode & 0o777).toBe(0o600);
+    const agent = await c.addNode('node-9', { secret: undefined, credential: loadCredential(join(dir, 'node-9.cred')) });
+    const h = await new Application(agent, { name: 'vm', credential: parseCredential(tenant.stdout) }).open('t.disk');
+    await h.write(0, bytes('ok'));
+    expect(text(await h.read(0, 2))).toBe('ok');
+    // The same names issued from another cluster's key prove nothing here.
+    const other = tempDir();
+    cleanups.push(other.cleanup);
+    const foreign = cli(['credentials', 'issue', '--node', 'node-8', '--dir', other.dir]);
+    expect(foreign.stderr).toContain('created a new cluster key');
+    const stranger = new NodeAgent({ id: 'node-8', replicas: c.urls, transport: new WebSocketTransport(), credential: parseCredential(foreign.stdout) });
+    cleanups.push(() => stranger.crash());
+    await expect(stranger.start()).rejects.toMatchObject({ code: 'AUTH_FAILED' });
+  });
+
+  it('refuses bad input with a usage error (exit 2) and never replaces a file without --force', () => {
+    const t = tempDir();
+    cleanups.push(t.cleanup);
+    expect(cli(['credentials', 'issue', '--dir', t.dir]).status).toBe(2);
+    expect(cli(['credentials', 'issue', '--node', 'a', '--principal', 'b', '--dir', t.dir]).status).toBe(2);
+    const bad = cli(['credentials', 'issue', '--node', 'no spaces', '--dir', t.dir]);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toContain('names are 1-128');
+    const out = join(t.dir, 'x.cred');
+    expect(cli(['credentials', 'issue', '--node', 'n1', '--dir', t.dir, '--out', out]).status).toBe(0);
+    const before = readFileSync(out, 'utf8');
+    const again = cli(['credentials', 'issue', '--node', 'n2', '--dir', t.dir, '--out', out]);
+    expect(again.status).toBe(2);
+    expect(readFileSync(out, 'utf8')).toBe(before);
+    expect(cli(['credentials', 'issue', '--node', 'n2', '--dir', t.dir, '--out', out, '--force']).status).toBe(0);
+    expect(parseCredential(readFileSync(out, 'utf8')).name).toBe('n2');
   });
 });
 

@@ -11,6 +11,28 @@ import { Message, MESSAGE_TYPES } from './messages.js';
 
 export const DEFAULT_MAX_FRAME_BYTES = 2 * 1024 * 1024;
 const MAX_HEADER_BYTES = 256 * 1024;
+/** No message nests deeper than a few levels; a header nested deeper is refused before JSON.parse. */
+export const MAX_HEADER_DEPTH = 32;
+
+/**
+ * Whether JSON text nests arrays and objects deeper than `max` (strings skipped). A linear scan
+ * costs far less than parsing a megabyte of brackets, which held a replica's thread for a second.
+ */
+function nestsDeeper(text: string, max: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 92) i++; // backslash: skip the escaped character
+      else if (c === 34) inString = false;
+    } else if (c === 34) inString = true;
+    else if (c === 91 || c === 123) {
+      if (++depth > max) return true;
+    } else if (c === 93 || c === 125) depth--;
+  }
+  return false;
+}
 
 export type Decoded =
   | { ok: true; msg: Message }
@@ -45,6 +67,8 @@ export function decode(frame: Uint8Array | string, maxFrameBytes = DEFAULT_MAX_F
   let headerText: string;
   let payload: Uint8Array | undefined;
   if (typeof frame === 'string') {
+    // A text frame is a header and nothing else: it gets the header's limit.
+    if (size > MAX_HEADER_BYTES) return fail('BAD_FRAME', `text frame of ${size} bytes exceeds the ${MAX_HEADER_BYTES}-byte header limit (bytes travel in binary frames)`);
     headerText = frame;
   } else {
     if (frame.length < 4) return fail('BAD_FRAME', 'binary frame shorter than its 4-byte header length');
@@ -56,6 +80,7 @@ export function decode(frame: Uint8Array | string, maxFrameBytes = DEFAULT_MAX_F
     headerText = Buffer.from(frame.buffer, frame.byteOffset + 4, headerLength).toString('utf8');
     payload = frame.subarray(4 + headerLength);
   }
+  if (nestsDeeper(headerText, MAX_HEADER_DEPTH)) return fail('BAD_FRAME', `header nests deeper than ${MAX_HEADER_DEPTH} levels`);
   let raw: unknown;
   try {
     raw = JSON.parse(headerText);

@@ -1,0 +1,60 @@
+/**
+ * `safe-resume credentials issue --node NAME | --principal NAME [--out FILE] [--dir D]`: derive a node's
+ * or a principal's credential from the cluster key in <dir>/cluster-secret (docs/security.md).
+ */
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { formatCredential, issueCredential, loadOrCreateSecret, NAME_PATTERN, SECRET_FILE, writeCredential, type CredentialKind } from '../actors/auth.js';
+import { privateDataDir } from './private-dir.js';
+
+export const CREDENTIALS_HELP = `safe-resume credentials issue --node NAME | --principal NAME [--out FILE] [--force] [--dir PATH]
+
+Derive a credential from the cluster key in <dir>/cluster-secret (created, 0600, if there is none yet):
+  --node NAME        for the node agent called NAME (NodeAgent({ id: NAME, credential }))
+  --principal NAME   for applications running as principal NAME (new Application(agent, { credential }))
+  --out FILE         write it to FILE, readable by its owner only (refuses to replace a file without --force);
+                     without --out it is printed on standard output
+  --dir PATH         the cluster's data directory (default ./.safe-resume)
+A credential lets its holder act only as that node or principal; the cluster key stays with the
+storage side. Names: 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit).
+`;
+
+export class CredentialsUsageError extends Error {}
+
+/** Run the command; returns the exit code. */
+export function credentials(argv: string[], out: (s: string) => void, err: (s: string) => void): number {
+  const [sub, ...rest] = argv;
+  if (sub === undefined || sub === 'help' || sub === '--help' || sub === '-h') {
+    out(CREDENTIALS_HELP);
+    return 0;
+  }
+  if (sub !== 'issue') throw new CredentialsUsageError(`credentials: unknown subcommand ${JSON.stringify(sub)} (try: credentials issue --node NAME)`);
+  const { values } = parseArgs({
+    args: rest,
+    options: { node: { type: 'string' }, principal: { type: 'string' }, out: { type: 'string' }, force: { type: 'boolean' }, dir: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    strict: true,
+  });
+  if (values.help) {
+    out(CREDENTIALS_HELP);
+    return 0;
+  }
+  if ((values.node === undefined) === (values.principal === undefined)) throw new CredentialsUsageError('credentials issue takes exactly one of --node NAME or --principal NAME');
+  const kind: CredentialKind = values.node !== undefined ? 'node' : 'principal';
+  const name = (values.node ?? values.principal)!;
+  if (!NAME_PATTERN.test(name)) throw new CredentialsUsageError(`--${kind} ${JSON.stringify(name)}: names are 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`);
+  const dir = resolve(values.dir ?? '.safe-resume');
+  const fresh = !existsSync(join(dir, SECRET_FILE));
+  privateDataDir(dir);
+  const credential = issueCredential(loadOrCreateSecret(dir), kind, name);
+  if (fresh) err(`safe-resume: created a new cluster key in ${join(dir, SECRET_FILE)} (replicas of this cluster need it)\n`);
+  if (values.out === undefined) {
+    out(formatCredential(credential));
+    return 0;
+  }
+  const path = resolve(values.out);
+  if (existsSync(path) && !values.force) throw new CredentialsUsageError(`${path} exists; pass --force to replace it`);
+  writeCredential(path, credential);
+  err(`safe-resume: wrote the ${kind} credential of ${name} to ${path} (mode 0600)\n`);
+  return 0;
+}
