@@ -21,11 +21,17 @@ import { SqliteStore } from '../store/sqlite.js';
 import type { TxStore } from '../store/base.js';
 import { observedStore } from '../sim/history.js';
 import { WebSocketTransport } from '../transport/ws.js';
+import { loadTlsFiles } from '../transport/tls.js';
 import { ChildCommand, ChildConfig, type ChildReport } from './ipc.js';
 import { runWorkload, type WorkloadStats } from './workload.js';
 import { processInspector } from './inspect.js';
 
+/** TLS files (PEM): the transport serves and connects over wss:// (docs/tls.md). */
+const TlsConfig = z.object({ certFile: z.string(), keyFile: z.string(), caFile: z.string() }).optional();
+const transportFor = (tls: z.infer<typeof TlsConfig>) => new WebSocketTransport(tls ? { tls: loadTlsFiles(tls) } : {});
+
 const ReplicaConfig = z.object({
+  tls: TlsConfig,
   id: z.string(),
   port: z.number().int(),
   dir: z.string(),
@@ -44,6 +50,7 @@ const ReplicaConfig = z.object({
 });
 
 const NodeConfig = z.object({
+  tls: TlsConfig,
   id: z.string(),
   replicas: z.array(z.string()),
   dir: z.string(),
@@ -100,7 +107,7 @@ async function replica(raw: unknown): Promise<void> {
       ? observedStore(inner, cfg.id, { add: (e) => inner.appendHistory(JSON.stringify({ t: Date.now(), ...e })) })
       : inner;
   const insp = cfg.inspector ? processInspector(`${cfg.inspector}?from=${cfg.id}`, cfg.inspectorToken) : undefined;
-  const r = new StorageReplica({ id: cfg.id, store, transport: new WebSocketTransport(), secret: cfg.secret, port: cfg.port, holdMs: cfg.holdMs, ...(cfg.heartbeatIntervalMs ? { heartbeatIntervalMs: cfg.heartbeatIntervalMs } : {}), env: { log, inspect: insp?.inspect } });
+  const r = new StorageReplica({ id: cfg.id, store, transport: transportFor(cfg.tls), secret: cfg.secret, port: cfg.port, holdMs: cfg.holdMs, ...(cfg.heartbeatIntervalMs ? { heartbeatIntervalMs: cfg.heartbeatIntervalMs } : {}), env: { log, inspect: insp?.inspect } });
   await r.start();
   process.on('message', (m) => {
     const cmd = ChildCommand.safeParse(m);
@@ -135,7 +142,7 @@ async function node(raw: unknown): Promise<void> {
   const agent = new NodeAgent({
     id: cfg.id,
     replicas: cfg.replicas,
-    transport: new WebSocketTransport(),
+    transport: transportFor(cfg.tls),
     credential: parseCredential(cfg.credential, 'node credential'),
     principals: cfg.principals.map((p) => parseCredential(p, 'principal credential')),
     dataDir: cfg.dir,

@@ -16,6 +16,8 @@ import { runChaos, type ChaosSummary } from './chaos.js';
 import { formatReplay, formatSummary } from '../sim/run.js';
 import { runSeedsParallel } from '../sim/parallel.js';
 import { credentials, CredentialsUsageError } from './credentials-cli.js';
+import { WebSocketTransport } from '../transport/ws.js';
+import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
 
 const HELP = `safe-resume — pause applications through storage failures, resume them safely
 
@@ -60,6 +62,10 @@ Options for up:
                          with the control token, is printed at start)
   --stately [--stately-port N]   also relay every event to the public Stately inspector from a page
                          on 127.0.0.1:N (default 8080; online only; its address is printed at start)
+  --tls-cert F --tls-key F --tls-ca F
+                         serve every replica over wss:// with this certificate and key (PEM; it must name
+                         127.0.0.1 as an IP subjectAltName), and have nodes accept only a certificate from
+                         this CA (docs/tls.md shows how to make them with openssl)
   --config FILE          JSON file with any of these options (flags win)
   --pretty               also print every process's log, pretty, on the terminal
   --chaos --for S [--seed N] [--json]
@@ -105,9 +111,13 @@ interface UpOptions {
   forS: number;
   seed: number;
   json: boolean;
+  tls: TlsFiles | undefined;
 }
 
 const UP_FLAGS = {
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-ca': { type: 'string' },
   replicas: { type: 'string' },
   nodes: { type: 'string' },
   apps: { type: 'string' },
@@ -168,10 +178,25 @@ function parseUp(argv: string[]): UpOptions | undefined {
     forS: int('for', v('for'), 60, 1),
     seed: int('seed', v('seed'), Date.now() % 1_000_000),
     json: b('json'),
+    tls: tlsFlags(v('tls-cert'), v('tls-key'), v('tls-ca')),
   };
   if (o.chaos && o.store !== 'sqlite') throw new UsageError('--chaos needs --store sqlite (real processes)');
   if (o.chaos && o.nodes < 2) throw new UsageError('--chaos needs at least 2 nodes');
   return o;
+}
+
+/** All three TLS files or none; each readable PEM (checked now, with the file named, not in a child). */
+function tlsFlags(cert: string | undefined, key: string | undefined, ca: string | undefined): TlsFiles | undefined {
+  const given = [cert, key, ca].filter((x) => x !== undefined).length;
+  if (given === 0) return undefined;
+  if (given !== 3) throw new UsageError('--tls-cert, --tls-key and --tls-ca go together');
+  const files = { certFile: resolve(cert!), keyFile: resolve(key!), caFile: resolve(ca!) };
+  try {
+    new WebSocketTransport({ tls: loadTlsFiles(files) });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  return files;
 }
 
 async function up(argv: string[]): Promise<number> {
@@ -184,7 +209,7 @@ async function up(argv: string[]): Promise<number> {
   privateDataDir(o.dir);
   mkdirSync(join(o.dir, 'logs'), { recursive: true });
   const log = pino({ base: { actor: 'launcher' } }, pino.destination({ dest: join(o.dir, 'logs', 'launcher.log'), sync: false }));
-  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, statelyPort: o.statelyPort, log });
+  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, statelyPort: o.statelyPort, log, tls: o.tls });
   let stopping: Promise<void> | undefined;
   const stop = () => (stopping ??= launcher.down());
   process.once('SIGINT', () => void stop());
@@ -264,7 +289,7 @@ async function upInProcess(o: UpOptions): Promise<void> {
   privateDataDir(o.dir);
   mkdirSync(join(o.dir, 'logs'), { recursive: true });
   const log = pino({ level: 'info' }, pino.destination({ dest: join(o.dir, 'logs', 'cluster.log'), sync: false }));
-  const cluster = await LocalCluster.start({ dir: o.dir, replicas: o.replicas, store: 'memory', env: { log }, replica: { holdMs: o.holdMs }, ...(o.port ? { basePort: o.port } : {}) });
+  const cluster = await LocalCluster.start({ dir: o.dir, replicas: o.replicas, store: 'memory', ...(o.tls ? { transport: new WebSocketTransport({ tls: loadTlsFiles(o.tls) }) } : {}), env: { log }, replica: { holdMs: o.holdMs }, ...(o.port ? { basePort: o.port } : {}) });
   const workloads: Array<{ node: string; app: string; handle: Handle; stats: WorkloadStats; stop: () => Promise<void> }> = [];
   let appNo = 0;
   for (let n = 1; n <= o.nodes; n++) {

@@ -19,11 +19,16 @@ export class FaultProxy {
   private readonly pairs = new Set<Pair>();
   mode: ProxyMode = 'pass';
 
+  /** `wss` when the replica behind speaks TLS: the proxy passes the encrypted bytes on as they are. */
+  private scheme = 'ws';
+
   constructor(private readonly targetHost: string, private readonly targetPort: number) {}
 
   static forUrl(url: string): FaultProxy {
     const u = new URL(url);
-    return new FaultProxy(u.hostname, Number(u.port));
+    const p = new FaultProxy(u.hostname, Number(u.port));
+    p.scheme = u.protocol === 'wss:' ? 'wss' : 'ws';
+    return p;
   }
 
   async listen(port = 0, host = '127.0.0.1'): Promise<string> {
@@ -33,7 +38,7 @@ export class FaultProxy {
       this.server!.listen(port, host, () => resolve());
     });
     const addr = this.server.address() as net.AddressInfo;
-    return `ws://${host}:${addr.port}`;
+    return `${this.scheme}://${host}:${addr.port}`;
   }
 
   private accept(client: net.Socket): void {

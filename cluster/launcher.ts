@@ -21,6 +21,7 @@ import { NodeAgent } from '../actors/node-agent.js';
 import { SafeResumeError } from '../errors.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { WebSocketTransport } from '../transport/ws.js';
+import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
 import { FaultProxy } from './fault-proxy.js';
 import { ChildReport, type ChildCommand, ChildConfig, type HandleStatus } from './ipc.js';
 import { InspectorServer, StatelyRelay } from './inspector-server.js';
@@ -43,6 +44,8 @@ export interface LauncherOptions {
   /** Also relay the events to the public Stately inspector (online) from a page on 127.0.0.1 at this port. */
   statelyPort?: number | undefined;
   log: Logger;
+  /** Serve every replica over wss:// with these PEM files, and have the nodes check it against the CA. */
+  tls?: TlsFiles | undefined;
 }
 
 interface Child {
@@ -124,8 +127,8 @@ export class Launcher {
     for (let i = 0; i < this.opts.replicas; i++) {
       const id = `replica-${i + 1}`;
       const port = this.opts.port ? this.opts.port + i : await freePort();
-      this.replicaUrls.push(`ws://127.0.0.1:${port}`);
-      this.spawn(id, 'replica', { id, port, dir: this.opts.dir, store: 'sqlite', secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
+      this.replicaUrls.push(`${this.opts.tls ? 'wss' : 'ws'}://127.0.0.1:${port}`);
+      this.spawn(id, 'replica', { ...this.tlsConfig(), id, port, dir: this.opts.dir, store: 'sqlite', secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     let appNo = 0;
@@ -144,7 +147,7 @@ export class Launcher {
       // A node gets its own credential and its applications' principal's, never the cluster key.
       const credential = formatCredential(issueCredential(this.secret, 'node', id));
       const principals = [formatCredential(issueCredential(this.secret, 'principal', 'default'))];
-      this.spawn(id, 'node', { id, replicas: urls, dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
+      this.spawn(id, 'node', { ...this.tlsConfig(), id, replicas: urls, dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     await this.listen();
@@ -154,6 +157,10 @@ export class Launcher {
    * Where a child sends its inspection events, and its credential for that (its own: it cannot
    * report under another child's name); it goes over IPC with the rest of the configuration.
    */
+  private tlsConfig(): { tls?: TlsFiles } {
+    return this.opts.tls ? { tls: this.opts.tls } : {};
+  }
+
   private inspectorConfig(id: string, url: string | undefined): Record<string, string> {
     return url && this.inspector ? { inspector: url, inspectorToken: this.inspector.processCredential(id) } : {};
   }
@@ -325,7 +332,7 @@ export class Launcher {
 
   private async cliAgent(): Promise<NodeAgent> {
     if (!this.cli) {
-      this.cli = new NodeAgent({ id: 'cli', replicas: this.replicaUrls, transport: new WebSocketTransport(), secret: this.secret, env: { log: this.opts.log } });
+      this.cli = new NodeAgent({ id: 'cli', replicas: this.replicaUrls, transport: new WebSocketTransport(this.opts.tls ? { tls: loadTlsFiles(this.opts.tls) } : {}), secret: this.secret, env: { log: this.opts.log } });
       await this.cli.start();
     }
     return this.cli;

@@ -2,9 +2,10 @@
  * End to end: `safe-resume up` starts real processes (replicas, node agents with workloads) over
  * SQLite; the CLI breaks them; every handle must heal safely, and nothing may be left running.
  */
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
+import { connect as tlsConnect } from 'node:tls';
 import { createHash } from 'node:crypto';
-import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { SECRET_FILE } from '../actors/auth.js';
 import { join } from 'node:path';
@@ -346,4 +347,58 @@ describe('safe-resume up --chaos', () => {
     expect(code).toBe(0);
     expect(existsSync(join(d, 'control.json'))).toBe(false);
   }, 150_000);
+});
+
+describe('safe-resume up --tls-cert --tls-key --tls-ca', () => {
+  const d = join(t.dir, 'tls');
+  const pki = join(t.dir, 'pki');
+  let p: ChildProcess | undefined;
+  afterAll(() => {
+    if (p && p.exitCode === null) p.kill('SIGKILL');
+  });
+
+  /** A CA and a certificate for 127.0.0.1 signed by it, made with Debian's openssl. */
+  function makeCertificates(): { cert: string; key: string; ca: string } {
+    mkdirSync(pki, { recursive: true });
+    const ssl = (...args: string[]) => execFileSync('openssl', args, { cwd: pki, stdio: 'ignore' });
+    ssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=safe-resume test CA');
+    ssl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'host.key', '-out', 'host.csr', '-subj', '/CN=replica-host');
+    writeFileSync(join(pki, 'host.ext'), 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n');
+    ssl('x509', '-req', '-in', 'host.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'host.crt', '-days', '2', '-extfile', 'host.ext');
+    return { cert: join(pki, 'host.crt'), key: join(pki, 'host.key'), ca: join(pki, 'ca.crt') };
+  }
+
+  it('serves every replica over wss:// with the operator\'s certificate; nodes and the CLI work through it', async () => {
+    const c = makeCertificates();
+    p = startCluster(d, ['--replicas', '2', '--nodes', '1', '--apps', '1', '--tls-cert', c.cert, '--tls-key', c.key, '--tls-ca', c.ca]);
+    await until('up', () => existsSync(join(d, 'control.json')), 30_000);
+    const urls = [...(printed.get(d) ?? '').matchAll(/^ {2}replica-\d +(\w+:\/\/\S+)/gm)].map((m) => m[1]!);
+    expect(urls.length).toBe(2);
+    for (const u of urls) expect(u).toMatch(/^wss:\/\/127\.0\.0\.1:\d+$/);
+    const st = () => JSON.parse(execFileSync('node', [CLI, 'status', '--json', '--dir', d], { encoding: 'utf8' })) as Status;
+    await until('the handle to write', () => st().handles.some((h) => h.state === 'active' && h.acked > 0), 30_000);
+    // What listens is TLS with the operator's certificate, checked against the operator's CA.
+    const peer = await new Promise<string>((resolve, reject) => {
+      const s = tlsConnect({ host: '127.0.0.1', port: Number(new URL(urls[0]!).port), ca: readFileSync(c.ca) }, () => {
+        resolve(String(s.getPeerCertificate().subject.CN));
+        s.destroy();
+      });
+      s.once('error', reject);
+    });
+    expect(peer).toBe('replica-host');
+    expect(execFileSync('node', [CLI, 'write', 'tls.disk', 'over-tls', '--dir', d], { encoding: 'utf8' })).toMatch(/bytes: 8/);
+    expect(execFileSync('node', [CLI, 'read', 'tls.disk', '--dir', d], { encoding: 'utf8' })).toMatch(/^over-tls/);
+    execFileSync('node', [CLI, 'down', '--dir', d], { encoding: 'utf8' });
+    await until('the launcher to exit', () => p!.exitCode !== null, 20_000);
+  }, 90_000);
+
+  it('refuses half a TLS configuration or an unreadable file with a usage error that names it', () => {
+    const half = spawnSync('node', [CLI, 'up', '--dir', join(t.dir, 'tls-bad'), '--tls-cert', join(pki, 'host.crt')], { encoding: 'utf8' });
+    expect(half.status).toBe(2);
+    expect(half.stderr).toContain('--tls-cert, --tls-key and --tls-ca go together');
+    const missing = spawnSync('node', [CLI, 'up', '--dir', join(t.dir, 'tls-bad'), '--tls-cert', join(pki, 'nope.crt'), '--tls-key', join(pki, 'host.key'), '--tls-ca', join(pki, 'ca.crt')], { encoding: 'utf8' });
+    expect(missing.status).toBe(2);
+    expect(missing.stderr).toContain('nope.crt');
+    expect(existsSync(join(t.dir, 'tls-bad', 'control.json'))).toBe(false);
+  });
 });
