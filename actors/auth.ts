@@ -15,8 +15,8 @@
  *   session key      = HMAC(nodeKey, "frames|" + T)         (seals every later frame, if asked)
  *   principal proof  = HMAC(principalKey, "principal|" + p + "|" + T)
  */
-import { createHmac, timingSafeEqual } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { nanoid } from 'nanoid';
 import { z } from 'zod';
@@ -101,10 +101,19 @@ export function loadCredential(path: string): Credential {
   return parseCredential(text, path);
 }
 
-/** Write a credential file readable only by its owner. */
+/**
+ * Write a credential file readable only by its owner: a new file made 0600 and renamed over `path`,
+ * so an existing file's mode never applies and a symlink at `path` is replaced, not followed.
+ */
 export function writeCredential(path: string, c: Credential): void {
-  writeFileSync(path, formatCredential(c), { mode: 0o600 });
-  chmodSync(path, 0o600);
+  const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+  writeFileSync(tmp, formatCredential(c), { mode: 0o600, flag: 'wx' });
+  try {
+    renameSync(tmp, path);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
+  }
 }
 
 export function formatCredential(c: Credential): string {

@@ -38,11 +38,15 @@ export interface SessionCallbacks {
   closed(conn: Connection, reason: string): void;
 }
 
-/** What a session's later `prove` frames are made over, and which principals it has proven. */
+/** What a session's later `prove` frames are made over, which principals it has proven, and which the replica refused. */
 export interface SessionProof {
   transcript: string;
   proven: Set<string>;
+  refused: string[];
 }
+
+/** Principals proven in `auth` itself; more are proven with `prove` frames once the session is up. */
+export const MAX_AUTH_PRINCIPALS = 16;
 
 /** The `prove` frame for a principal on a session. */
 export function proveFrame(p: Credential, s: SessionProof) {
@@ -58,11 +62,11 @@ export function answerChallenge(credential: Credential, principals: Credential[]
   const key = credentialKey(credential);
   const t = transcript(credential.name, nonce, c.nonce, c.replica);
   if (!proofMatches(proofs.replica(key, t), c.proof)) {
-    throw new SafeResumeError('AUTH_FAILED', `AUTH_FAILED: the peer calling itself ${c.replica} did not prove it holds the cluster key: it is not a replica of this cluster, or this node's credential is not this cluster's`);
+    throw new SafeResumeError('AUTH_FAILED', `AUTH_FAILED: the peer calling itself ${c.replica} did not prove it holds this node's key (derived from the cluster key): it is not a replica of this cluster, or this node's credential is not this cluster's`);
   }
   const auth: MessageOf<'auth'> = { type: 'auth', proof: proofs.node(key, t, seal), principals: principals.map((p) => ({ name: p.name, proof: proofs.principal(credentialKey(p), p.name, t) })) };
   if (seal) auth.seal = true;
-  return { auth, session: { transcript: t, proven: new Set(principals.map((p) => p.name)) }, key: sessionKey(key, t) };
+  return { auth, session: { transcript: t, proven: new Set(principals.map((p) => p.name)), refused: [] }, key: sessionKey(key, t) };
 }
 
 export function helloFrame(credential: Credential, nonce: string): MessageOf<'hello'> {
@@ -95,7 +99,7 @@ export async function handshake(url: string, o: HandshakeOptions, on: SessionCal
       if (msg.type === 'error') return refuse(new SafeResumeError(isErrorCode(msg.code) ? msg.code : 'INTERNAL', `${msg.code}: ${msg.message}`));
       if (msg.type === 'challenge' && !session) {
         try {
-          const answer = answerChallenge(o.credential, o.principals, o.nonce, msg, true);
+          const answer = answerChallenge(o.credential, o.principals.slice(0, MAX_AUTH_PRINCIPALS), o.nonce, msg, true);
           session = answer.session;
           conn.send(answer.auth);
           // Every later frame, both ways, is sealed (unless TLS already protects the link).
@@ -112,6 +116,10 @@ export async function handshake(url: string, o: HandshakeOptions, on: SessionCal
       }
       welcomed = true;
       o.clock.clearTimeout(timer);
+      for (const r of msg.refused ?? []) {
+        session.proven.delete(r);
+        session.refused.push(r);
+      }
       on.welcomed(conn, session);
       resolve({ session: msg.session, replica: msg.replica, heartbeatIntervalMs: msg.heartbeatIntervalMs, available: msg.available });
     });

@@ -216,6 +216,17 @@ export class NodeAgent {
   }
 
   /**
+   * The replica refused a principal's proof (a stale or foreign credential): stop offering it, so the
+   * node's other principals keep their sessions; that principal's opens are FORBIDDEN until a good
+   * credential is given again.
+   */
+  private refusePrincipal(name: string): void {
+    if (!this.principals.delete(name)) return;
+    this.proof?.proven.delete(name);
+    this.env.log.error({ principal: name }, 'the storage refused this principal\'s credential; its applications cannot open anything until a valid one is given');
+  }
+
+  /**
    * Make sure this node can prove `principal`: known already, or derived from the cluster key if the
    * node was given it. Otherwise FORBIDDEN: the application must bring the principal's credential.
    */
@@ -399,7 +410,9 @@ export class NodeAgent {
         if (this.stopped) return conn.terminate();
         this.conn = conn;
         this.proof = proof;
-        // Principals added while the handshake was under way are proven before anything else is sent.
+        for (const name of proof.refused) this.refusePrincipal(name);
+        // Principals added while the handshake was under way, or past what `auth` carries, are proven
+        // before anything else is sent.
         for (const p of this.principals.values()) {
           if (proof.proven.has(p.name)) continue;
           proof.proven.add(p.name);
@@ -414,6 +427,7 @@ export class NodeAgent {
         if (!frame.ok) return void this.env.log.warn({ code: frame.code, message: frame.message }, 'bad frame from replica');
         // Liveness and storage notices drive the session; everything else is the protocol's.
         const msg = frame.msg;
+        if (msg.type === 'error' && msg.principal !== undefined && msg.id === undefined) return this.refusePrincipal(msg.principal);
         if (msg.type === 'pong') this.session.send({ type: 'HEARD' });
         else if (msg.type === 'notice') this.session.send({ type: msg.kind === 'unavailable' ? 'STORAGE_UNAVAILABLE' : 'STORAGE_AVAILABLE' });
         else this.step({ type: 'frame', msg });

@@ -77,6 +77,8 @@ interface Session {
   inflight: number;
   inflightBytes: number;
   paused: boolean;
+  /** Replies waiting to be sent at the last silence check: a shrinking buffer is a live reader. */
+  lastBuffered: number;
   /**
    * Frames that arrived while reading was paused: the transport hands over what it had already
    * read from the socket (at most one read's worth), and they wait here, in order, for the resume.
@@ -85,6 +87,8 @@ interface Session {
 }
 
 const SEEN_WINDOW = 4096;
+/** What a request without bytes counts against the in-flight bytes (per open, per resume item): its decoded header and the work it holds. */
+const REQUEST_COST = 1024;
 /** Principals one session may prove (in `auth` and later `prove` frames). */
 export const MAX_PRINCIPALS_PER_SESSION = 256;
 
@@ -153,6 +157,7 @@ export class StorageReplica {
       preAuthBytes: this.opts.preAuthBytes ?? 8 * 1024,
       preAuthMs: this.opts.helloTimeoutMs ?? 5000,
       maxConnections: this.opts.maxConnections ?? 1024,
+      maxUnauthenticated: this.opts.maxUnauthenticated ?? 256,
     };
     this.listener = await this.opts.transport.listen({ ...listenOpts, limits });
     this.listener.onConnection((conn) => this.accept(conn));
@@ -224,7 +229,12 @@ export class StorageReplica {
       if (session) {
         session.lastHeardMs = this.env.clock.now();
         if (session.paused || session.held.length > 0) session.held.push(frame);
-        else this.onFrame(session, frame);
+        else {
+          this.onFrame(session, frame);
+          // Any answer (a pong, a refusal) adds to what waits to be sent: a peer that does not read
+          // stops being read whatever it sends.
+          this.flow(session);
+        }
         return;
       }
       if (refused) return;
@@ -272,12 +282,17 @@ export class StorageReplica {
     if (!proofMatches(proofs.node(hs.key, hs.transcript, seal), frame.msg.proof)) {
       return this.refuse(conn, `wrong credential for node ${hs.node}`, 'wrong node credential', { node: hs.node });
     }
+    // A wrong principal proof refuses that principal only (the node is told in the welcome): one
+    // stale credential must not keep a node's every application from its storage.
     const principals = new Set<string>();
+    const refused: string[] = [];
     for (const p of frame.msg.principals) {
-      if (!proofMatches(proofs.principal(this.keyring.principal(p.name), p.name, hs.transcript), p.proof)) {
-        return this.refuse(conn, `wrong credential for principal ${p.name}`, 'wrong principal credential', { node: hs.node, principal: p.name });
-      }
-      principals.add(p.name);
+      if (proofMatches(proofs.principal(this.keyring.principal(p.name), p.name, hs.transcript), p.proof)) principals.add(p.name);
+      else refused.push(p.name);
+    }
+    if (refused.length > 0) {
+      const t = this.warnings.take('wrong principal proof');
+      if (t.log) this.env.log.warn({ node: hs.node, principals: refused, ...(t.suppressed ? { suppressed: t.suppressed } : {}) }, 'wrong principal credential');
     }
     const maxSessions = this.opts.maxSessionsPerNode ?? 16;
     let ofNode = 0;
@@ -289,11 +304,15 @@ export class StorageReplica {
     conn.trust();
     // The welcome and every frame after it are sealed, if the node asked (its proof covers the wish).
     if (seal) conn.protect(sessionKey(hs.key, hs.transcript), 'server');
-    const session: Session = { id: this.env.newId(), node: hs.node, principals, transcript: hs.transcript, conn, handles: new Map(), lastHeardMs: this.env.clock.now(), badFrames: 0, seen: new Set(), inflight: 0, inflightBytes: 0, paused: false, held: [] };
-    conn.onDrain(() => this.flow(session));
+    const session: Session = { id: this.env.newId(), node: hs.node, principals, transcript: hs.transcript, conn, handles: new Map(), lastHeardMs: this.env.clock.now(), badFrames: 0, seen: new Set(), inflight: 0, inflightBytes: 0, paused: false, lastBuffered: 0, held: [] };
+    conn.onDrain(() => {
+      // The peer took what was buffered: it is alive.
+      session.lastHeardMs = this.env.clock.now();
+      this.flow(session);
+    });
     this.sessions.set(session.id, session);
     this.stats.sessions++;
-    conn.send({ type: 'welcome', session: session.id, replica: this.id, heartbeatIntervalMs: this.heartbeatIntervalMs, available: this.dismounted === 'no' });
+    conn.send({ type: 'welcome', session: session.id, replica: this.id, heartbeatIntervalMs: this.heartbeatIntervalMs, available: this.dismounted === 'no', ...(refused.length > 0 ? { refused } : {}) });
     this.env.log.info({ session: session.id, node: session.node, principals: principals.size }, 'session opened');
     return session;
   }
@@ -303,7 +322,8 @@ export class StorageReplica {
     if (!proofMatches(proofs.principal(this.keyring.principal(msg.principal), msg.principal, s.transcript), msg.proof)) {
       const t = this.warnings.take('wrong principal proof');
       if (t.log) this.env.log.warn({ session: s.id, node: s.node, principal: msg.principal, ...(t.suppressed ? { suppressed: t.suppressed } : {}) }, 'wrong principal credential');
-      return this.reply(s.conn, undefined, 'AUTH_FAILED', `wrong credential for principal ${msg.principal}`);
+      this.countBad(s);
+      return void s.conn.send({ type: 'error', code: 'AUTH_FAILED', message: `wrong credential for principal ${msg.principal}`, retryable: false, principal: msg.principal });
     }
     if (!s.principals.has(msg.principal) && s.principals.size >= MAX_PRINCIPALS_PER_SESSION) {
       return this.reply(s.conn, undefined, 'INVALID_ARGUMENT', `a session may prove at most ${MAX_PRINCIPALS_PER_SESSION} principals`);
@@ -316,14 +336,18 @@ export class StorageReplica {
     if (!s.principals.has(principal)) throw new SafeResumeError('FORBIDDEN', `principal ${principal} is not proven on this session`);
   }
 
+  /** One more bad frame (or refused proof, or message a replica does not take) on this session. */
+  private countBad(s: Session): void {
+    if (++s.badFrames >= (this.opts.maxBadFrames ?? 100)) s.conn.close(CLOSE.PROTOCOL, 'too many bad frames');
+  }
+
   private onFrame(s: Session, frame: Decoded): void {
     if (!frame.ok) {
       this.stats.badFrames++;
       const t = this.warnings.take('bad frame');
       if (t.log) this.env.log.warn({ session: s.id, node: s.node, code: frame.code, message: frame.message, ...(t.suppressed ? { suppressed: t.suppressed } : {}) }, 'bad frame');
       this.reply(s.conn, frame.id, frame.code, frame.message);
-      if (++s.badFrames >= (this.opts.maxBadFrames ?? 100)) s.conn.close(CLOSE.PROTOCOL, 'too many bad frames');
-      return;
+      return this.countBad(s);
     }
     const msg = frame.msg;
     if ('id' in msg && msg.id !== undefined && msg.type !== 'error') {
@@ -339,9 +363,9 @@ export class StorageReplica {
       case 'prove':
         return this.onProve(s, msg);
       case 'open':
-        return this.serve(s, msg.id, 0, () => this.onOpen(s, msg));
+        return this.serve(s, msg.id, REQUEST_COST, () => this.onOpen(s, msg));
       case 'resume':
-        return this.serve(s, msg.id, 0, () => this.onResume(s, msg));
+        return this.serve(s, msg.id, REQUEST_COST * msg.items.length, () => this.onResume(s, msg));
       case 'write':
         return this.serve(s, msg.id, msg.data.length, () => this.onWrite(s, msg));
       case 'read':
@@ -350,6 +374,7 @@ export class StorageReplica {
         return this.serve(s, msg.id, 0, () => this.onClose(s, msg));
       default:
         this.reply(s.conn, 'id' in msg ? msg.id : undefined, 'BAD_FRAME', `a replica does not accept ${msg.type}`);
+        this.countBad(s);
     }
   }
 
@@ -372,7 +397,8 @@ export class StorageReplica {
   private flow(s: Session): void {
     const maxN = this.opts.maxInflightPerSession ?? 1024;
     const maxBytes = this.opts.maxInflightBytesPerSession ?? 16 * 1024 * 1024;
-    const maxSend = this.opts.maxSendBufferBytes ?? 4 * 1024 * 1024;
+    // Not below the socket's high-water mark, or no 'drain' would ever come to resume reading.
+    const maxSend = Math.max(this.opts.maxSendBufferBytes ?? 4 * 1024 * 1024, 64 * 1024);
     if (!s.paused) {
       if (s.inflight < maxN && s.inflightBytes < maxBytes && s.conn.bufferedBytes < maxSend) return;
       s.paused = true;
@@ -557,6 +583,10 @@ export class StorageReplica {
       // A session whose reading this replica paused while serving it is not silent; one that does
       // not read its replies is (its peer is gone or stuck), and is dropped like any silent one.
       if (s.paused && s.inflight > 0) continue;
+      // Neither is one that takes its replies, however slowly (the replica reads nothing meanwhile).
+      const buffered = s.conn.bufferedBytes;
+      if (s.paused && buffered < s.lastBuffered) s.lastHeardMs = this.env.clock.now();
+      s.lastBuffered = buffered;
       if (s.lastHeardMs < deadline) this.loseSession(s, 'heartbeat timeout', true);
     }
   }

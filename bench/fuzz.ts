@@ -1058,6 +1058,7 @@ async function preAuth(run: Run, p: ConnPlan): Promise<void> {
   if (!conn) return;
   const c = context(run, p);
   let challenge: MessageOf<'challenge'> | undefined;
+  let welcome: MessageOf<'welcome'> | undefined;
   let refusedWith: string | undefined;
   conn.onMessage = (d) => {
     if (!d.ok) {
@@ -1069,6 +1070,7 @@ async function preAuth(run: Run, p: ConnPlan): Promise<void> {
       refusedWith ??= d.msg.code;
     } else bump(t.otherAnswers, d.msg.type);
     if (d.msg.type === 'challenge') challenge = d.msg;
+    if (d.msg.type === 'welcome') welcome = d.msg;
   };
   const node = `fuzz-${p.index}`;
   const nonce = seededIds(c.rng.next)();
@@ -1087,7 +1089,7 @@ async function preAuth(run: Run, p: ConnPlan): Promise<void> {
     const tr = transcript(node, nonce, ch.nonce, ch.replica);
     if (how === 'random') return { type: 'auth', proof: c.rng.str(43), principals: [] };
     if (how === 'forged') return { type: 'auth', proof: proofs.node(credentialKey(issueCredential(WRONG_SECRET, 'node', node)), tr), principals: [] };
-    if (how === 'replayed' && run.lastAuth) return run.lastAuth;
+    if (how === 'replayed') return run.lastAuth ?? { type: 'auth', proof: c.rng.str(43), principals: [] };
     // The node's own proof is right; the principal's is made with a key from another cluster.
     return answerChallenge(issueCredential(run.secret, 'node', node), [issueCredential(WRONG_SECRET, 'principal', PRINCIPAL)], nonce, ch).auth;
   };
@@ -1126,8 +1128,18 @@ async function preAuth(run: Run, p: ConnPlan): Promise<void> {
       case 'junk-after-challenge':
         if (await gotChallenge()) send(junkFrame(c));
         return await expectRefusal('garbage instead of auth');
+      case 'wrong-principal-proof': {
+        // The node's proof is right: the session opens, and the welcome names the principal refused.
+        if ((await gotChallenge()) && challenge) send({ bytes: encode(auth(challenge, 'principal')), binary: true, kind: p.scenario });
+        const answered = await conn.until(() => welcome !== undefined || conn.closed, 3000);
+        if (!run.stopping && (!answered || !welcome?.refused?.includes(PRINCIPAL))) {
+          t.preAuthUnrefused++;
+          t.finding(`pre-auth #${p.index} (${p.scenario}): a wrong principal proof was not refused in the welcome${refusedWith ? ` (got ${refusedWith})` : ''}; sent ${sentHere.map(preview).join(', ')}`);
+        }
+        return;
+      }
       default: {
-        const how = p.scenario === 'wrong-node-proof' ? 'random' : p.scenario === 'forged-credential' ? 'forged' : p.scenario === 'replayed-auth' ? 'replayed' : 'principal';
+        const how = p.scenario === 'wrong-node-proof' ? 'random' : p.scenario === 'forged-credential' ? 'forged' : 'replayed';
         if ((await gotChallenge()) && challenge) send({ bytes: encode(auth(challenge, how)), binary: true, kind: p.scenario });
         return await expectRefusal(`an auth with a wrong proof (${p.scenario})`);
       }

@@ -135,7 +135,7 @@ describe('authentication', () => {
     const c = await cluster();
     const agent = new NodeAgent({ id: 'node-x', replicas: c.urls, transport: new WebSocketTransport(), secret: 'wrong-secret-wrong-secret' });
     cleanups.push(() => agent.crash());
-    await expect(agent.start()).rejects.toMatchObject({ code: 'AUTH_FAILED', message: expect.stringContaining('did not prove it holds the cluster key') });
+    await expect(agent.start()).rejects.toMatchObject({ code: 'AUTH_FAILED', message: expect.stringContaining('did not prove it holds this node\'s key') });
   });
 
   it('generates a default secret in the data directory (mode 0600) and reuses it', () => {

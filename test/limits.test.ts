@@ -77,6 +77,50 @@ describe('before authentication', () => {
     await waitFor('the silent socket to be dropped', () => ended, 3000);
   });
 
+  it('the deadline runs from TCP accept: bytes trickled into an upgrade request do not move it', async () => {
+    const r = await replica({ helloTimeoutMs: 400 });
+    const socket = net.connect(Number(new URL(r.url).port), '127.0.0.1');
+    socket.on('error', () => undefined);
+    let ended = false;
+    socket.on('close', () => (ended = true));
+    cleanups.push(() => void socket.destroy());
+    const request = 'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Slow: ';
+    let i = 0;
+    const drip = setInterval(() => !ended && socket.write(request[i++ % request.length]!), 50);
+    cleanups.push(() => clearInterval(drip));
+    await waitFor('the trickling socket to be dropped', () => ended, 3000);
+  });
+
+  it('a plain HTTP request gets 426 and the connection closes: no keep-alive to hold a slot', async () => {
+    const r = await replica();
+    const socket = net.connect(Number(new URL(r.url).port), '127.0.0.1');
+    socket.on('error', () => undefined);
+    let got = '';
+    let ended = false;
+    socket.on('data', (b) => (got += b.toString()));
+    socket.on('close', () => (ended = true));
+    cleanups.push(() => void socket.destroy());
+    socket.write('GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n');
+    await waitFor('the connection to close after the answer', () => ended, 3000);
+    expect(got).toMatch(/^HTTP\/1\.1 426/);
+  });
+
+  it('sockets not yet authenticated count from TCP accept: past maxUnauthenticated they are dropped before any upgrade', async () => {
+    const r = await replica({ maxUnauthenticated: 3 });
+    const port = Number(new URL(r.url).port);
+    const sockets = Array.from({ length: 5 }, () => {
+      const s = net.connect(port, '127.0.0.1');
+      s.on('error', () => undefined);
+      cleanups.push(() => void s.destroy());
+      return s;
+    });
+    const closed = sockets.map(() => false);
+    sockets.forEach((s, i) => s.on('close', () => (closed[i] = true)));
+    await waitFor('two of the silent sockets to be dropped', () => closed.filter(Boolean).length >= 2, 3000);
+    await new Promise((res) => setTimeout(res, 200));
+    expect(closed.filter(Boolean).length).toBe(2);
+  });
+
   it('a WebSocket that never says hello is terminated at the deadline, not closed politely', async () => {
     const r = await replica({ helloTimeoutMs: 300 });
     const p = await peer(r.url);
@@ -88,9 +132,8 @@ describe('before authentication', () => {
     const r = await replica({ maxConnections: 4, maxUnauthenticated: 2 });
     const a = await peer(r.url);
     const b = await peer(r.url);
-    // A third unauthenticated peer is dropped at once.
-    const c = await peer(r.url);
-    await waitFor('the third unauthenticated peer to be dropped', () => c.closed() !== undefined);
+    // A third unauthenticated peer is dropped at once, before its upgrade.
+    await expect(peer(r.url)).rejects.toThrow();
     expect(a.closed()).toBeUndefined();
     // Authenticated ones do not count against the unauthenticated limit ...
     expect(await a.hello('node-a')).toMatchObject({ type: 'welcome' });
@@ -135,6 +178,20 @@ describe('after authentication', () => {
     p.ws.resume();
     await waitFor('every read answered', () => p.replies.filter((m) => m.type === 'data').length === 100, 20_000);
     expect(r.sessionLoad()[0]?.paused).toBe(false);
+  });
+
+  it('a peer that floods pings and never reads the pongs stops being read too', async () => {
+    const r = await replica({ maxSendBufferBytes: 256 * 1024 });
+    const p = await peer(r.url);
+    await p.hello();
+    p.ws.pause();
+    const ping = encode({ type: 'ping', t: 1 });
+    for (let i = 0; i < 60_000; i++) p.ws.send(ping);
+    await waitFor('the replica to stop reading the pinger', () => r.sessionLoad()[0]?.paused === true, 10_000);
+    await new Promise((res) => setTimeout(res, 300));
+    expect(r.sessionLoad()[0]!.bufferedBytes).toBeLessThan(2 * 1024 * 1024);
+    p.ws.resume();
+    await waitFor('every ping answered', () => p.replies.filter((m) => m.type === 'pong').length === 60_000, 20_000);
   });
 
   it('requests in flight per session are bounded: past the limit the replica waits for answers before reading more', async () => {

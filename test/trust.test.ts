@@ -17,7 +17,7 @@ import { decode, encode } from '../transport/codec.js';
 import type { Message } from '../transport/messages.js';
 import type { Connection } from '../transport/types.js';
 import { WebSocketTransport } from '../transport/ws.js';
-import { bytes, FAST, tempDir, text, waitFor, waitForState } from './helpers.js';
+import { bytes, FAST, tempDir, text, trace, waitFor, waitForState } from './helpers.js';
 
 let cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -254,6 +254,37 @@ describe('principals are proven, not claimed', () => {
     expect(await peer.next((m) => m.type === 'error')).toMatchObject({ code: 'AUTH_FAILED' });
     peer.conn.send({ type: 'open', id: 1, target: 'victim.disk', requestId: 'R'.repeat(21), principal: 'tenant-a', mode: 'read' });
     expect(await peer.next((m) => 'id' in m && m.id === 1)).toMatchObject({ type: 'error', code: 'FORBIDDEN' });
+  });
+
+  it('a node speaking for more principals than one auth carries proves the rest on the session, also after a reconnect', async () => {
+    const c = await cluster();
+    const principals = Array.from({ length: 20 }, (_, i) => issueCredential(c.secret, 'principal', `tenant-${i}`));
+    const agent = await c.addNode('node-1', { proxied: true, secret: undefined, credential: issueCredential(c.secret, 'node', 'node-1'), principals });
+    const last = await new Application(agent, { name: 'vm', principal: 'tenant-19' }).open('t19.disk');
+    await last.write(0, bytes('19'));
+    const seen = trace(last);
+    c.dropLinks('node-1');
+    await waitFor('the handle to pause and be active again', () => seen.includes('paused') && last.state === 'active');
+    const again = await new Application(agent, { name: 'vm2', principal: 'tenant-18' }).open('t18.disk');
+    await again.write(0, bytes('18'));
+    expect(text(await last.read(0, 2))).toBe('19');
+  });
+
+  it('one principal credential the storage refuses costs only that principal: the node and its other applications go on, across reconnects', async () => {
+    const c = await cluster();
+    const agent = await c.addNode('node-1', { proxied: true, secret: undefined, credential: issueCredential(c.secret, 'node', 'node-1') });
+    const good = await new Application(agent, { name: 'good', credential: issueCredential(c.secret, 'principal', 'tenant-b') }).open('b.disk');
+    await good.write(0, bytes('b'));
+    // A stale credential of tenant-a: from another cluster's key.
+    const stale = new Application(agent, { name: 'stale', credential: issueCredential('another-cluster-key-another-cluster-key', 'principal', 'tenant-a') });
+    await expect(stale.open('a.disk')).rejects.toMatchObject({ code: 'FORBIDDEN' });
+    const seen = trace(good);
+    c.dropLinks('node-1');
+    await waitFor('the handle to pause and be active again', () => seen.includes('paused') && good.state === 'active');
+    expect(agent.state).toBe('connected');
+    await good.write(1, bytes('!'));
+    expect(text(await good.read(0, 2))).toBe('b!');
+    await expect(stale.open('a.disk')).rejects.toMatchObject({ code: 'FORBIDDEN' });
   });
 
   it('a node refuses a credential issued to another node, and a credential file is validated with a clear error', async () => {

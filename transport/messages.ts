@@ -76,9 +76,10 @@ const read = z.object({ type: z.literal('read'), id: corr, target, requestId, of
 const close = z.object({ type: z.literal('close'), id: corr, target, requestId });
 
 // Replica -> node agent
-const challenge = z.object({ type: z.literal('challenge'), replica: z.string().min(1).max(128), nonce, proof });
+const challenge = z.object({ type: z.literal('challenge'), replica: name, nonce, proof });
 /** `available: false`: the replica's store is away right now (as a `notice` would say), so no resume is sent yet. */
-const welcome = z.object({ type: z.literal('welcome'), session: z.string().min(1).max(64), replica: z.string().min(1).max(128), heartbeatIntervalMs: u53.min(1), available: z.boolean() });
+/** `refused`: principals whose proof in `auth` was wrong; the session goes on without them. */
+const welcome = z.object({ type: z.literal('welcome'), session: z.string().min(1).max(64), replica: z.string().min(1).max(128), heartbeatIntervalMs: u53.min(1), available: z.boolean(), refused: z.array(name).max(16).optional() });
 const pong = z.object({ type: z.literal('pong'), t: u53 });
 const opened = z.object({ type: z.literal('opened'), id: corr, version: u53, lastSeq: u53 });
 const resumed = z.object({ type: z.literal('resumed'), id: corr, results: z.array(ResumeResult) });
@@ -86,7 +87,8 @@ const written = z.object({ type: z.literal('written'), id: corr, seq: u53, versi
 const data = z.object({ type: z.literal('data'), id: corr, version: u53, data: ioBytes });
 const closed = z.object({ type: z.literal('closed'), id: corr });
 /** `lastSeq` on a write refused MODIFIED or SUPERSEDED: the last seq the store applied for this instance, if known. */
-const error = z.object({ type: z.literal('error'), id: corr.optional(), code: errorCode, message: z.string().max(4096), retryable: z.boolean(), lastSeq: u53.optional() });
+/** `principal` on an AUTH_FAILED answer to `prove`: the principal whose proof was wrong. */
+const error = z.object({ type: z.literal('error'), id: corr.optional(), code: errorCode, message: z.string().max(4096), retryable: z.boolean(), lastSeq: u53.optional(), principal: name.optional() });
 const notice = z.object({ type: z.literal('notice'), kind: z.enum(['unavailable', 'available']) });
 const revoked = z.object({ type: z.literal('revoked'), target, requestId, reason, lastSeq: u53.optional() });
 

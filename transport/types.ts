@@ -48,13 +48,15 @@ export interface Connection {
 export interface ListenLimits {
   /** Bytes a peer may send before it authenticates (the upgrade request's headers are capped apart). */
   preAuthBytes: number;
-  /** Time from the TCP connection until the peer authenticates. */
+  /** Time from TCP accept until the peer authenticates: a fixed deadline, not an idle timeout. */
   preAuthMs: number;
   /** Connections held at once, authenticated or not; more are refused at accept. */
   maxConnections: number;
+  /** Of those, not yet authenticated (from TCP accept on); more are destroyed at accept. */
+  maxUnauthenticated: number;
 }
 
-export const DEFAULT_LISTEN_LIMITS: ListenLimits = { preAuthBytes: 8 * 1024, preAuthMs: 5000, maxConnections: 1024 };
+export const DEFAULT_LISTEN_LIMITS: ListenLimits = { preAuthBytes: 8 * 1024, preAuthMs: 5000, maxConnections: 1024, maxUnauthenticated: 256 };
 
 export interface Listener {
   /** The address clients pass to `Transport.connect`. */

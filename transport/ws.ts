@@ -157,23 +157,40 @@ class WsConnection implements Connection {
 /** The upgrade request's headers may not be larger than this (Node's default is 16 KiB). */
 const MAX_UPGRADE_HEADER_BYTES = 4096;
 
-/** Anything but a WebSocket upgrade: 426 Upgrade Required. */
+/** Anything but a WebSocket upgrade: 426 Upgrade Required, and the connection closes (no keep-alive). */
 function upgradeRequired(_req: unknown, res: import('node:http').ServerResponse): void {
   const body = STATUS_CODES[426] ?? 'Upgrade Required';
-  res.writeHead(426, { 'Content-Length': Buffer.byteLength(body), 'Content-Type': 'text/plain' });
+  res.writeHead(426, { 'Content-Length': Buffer.byteLength(body), 'Content-Type': 'text/plain', Connection: 'close' });
   res.end(body);
 }
 
+/** Deadlines of the sockets not yet trusted, by remote address (the same for a TLS socket and its TCP one). */
+type Deadlines = Map<string, () => void>;
+const peerKey = (s: Socket) => `${s.remoteAddress}|${s.remotePort}`;
+
 /**
- * Limits from accept on: at most `maxConnections` sockets (Node refuses more at once), and each socket
- * must authenticate within `preAuthMs` (the deadline is lifted by `Connection.trust`); a socket that
- * never sends a byte is dropped at it too.
+ * Limits from TCP accept on: at most `maxConnections` sockets (Node refuses more at once), at most
+ * `maxUnauthenticated` of them not yet trusted (more are destroyed at once), and each must be trusted
+ * (`Connection.trust`, once its peer authenticated) within `preAuthMs` of accept, a fixed deadline
+ * that trickled bytes do not move: past it the socket is destroyed.
  */
-function guard(server: HttpServer, limits: ListenLimits): void {
+function guard(server: HttpServer, limits: ListenLimits): Deadlines {
   server.maxConnections = limits.maxConnections;
+  server.headersTimeout = Math.min(server.headersTimeout, limits.preAuthMs);
+  server.requestTimeout = limits.preAuthMs;
+  const deadlines: Deadlines = new Map();
   server.on('connection', (socket: Socket) => {
-    socket.setTimeout(limits.preAuthMs, () => socket.destroy());
+    if (deadlines.size >= limits.maxUnauthenticated) return void socket.destroy();
+    const key = peerKey(socket);
+    const timer = setTimeout(() => socket.destroy(), limits.preAuthMs);
+    const cancel = () => {
+      clearTimeout(timer);
+      deadlines.delete(key);
+    };
+    deadlines.set(key, cancel);
+    socket.once('close', cancel);
   });
+  return deadlines;
 }
 
 export interface WebSocketTransportOptions {
@@ -205,7 +222,7 @@ export class WebSocketTransport implements Transport {
     const host = opts.host ?? '127.0.0.1';
     const limits = { ...DEFAULT_LISTEN_LIMITS, ...opts.limits };
     const http = createHttpServer({ maxHeaderSize: MAX_UPGRADE_HEADER_BYTES }, upgradeRequired);
-    guard(http, limits);
+    const deadlines = guard(http, limits);
     await new Promise<void>((resolve, reject) => {
       http.once('error', reject);
       http.listen(opts.port ?? 0, host, () => {
@@ -219,7 +236,7 @@ export class WebSocketTransport implements Transport {
     server.on('error', () => undefined);
     const addr = http.address();
     const port = typeof addr === 'object' && addr ? addr.port : opts.port;
-    return this.serve(server, `ws://${host}:${port}`, limits, async () => {
+    return this.serve(server, `ws://${host}:${port}`, limits, deadlines, async () => {
       await new Promise<void>((resolve) => server.close(() => resolve()));
       http.closeAllConnections();
       await new Promise<void>((resolve) => http.close(() => resolve()));
@@ -240,7 +257,7 @@ export class WebSocketTransport implements Transport {
       upgradeRequired,
     );
     const limits = { ...DEFAULT_LISTEN_LIMITS, ...opts.limits };
-    guard(https, limits);
+    const deadlines = guard(https, limits);
     // A failed handshake (untrusted client certificate, plaintext client, timeout) drops that socket only.
     https.on('tlsClientError', (_err, socket) => socket.destroy());
     try {
@@ -260,7 +277,7 @@ export class WebSocketTransport implements Transport {
     server.on('error', () => undefined);
     const addr = https.address();
     const port = typeof addr === 'object' && addr ? addr.port : opts.port;
-    return this.serve(server, `wss://${host}:${port}`, limits, async () => {
+    return this.serve(server, `wss://${host}:${port}`, limits, deadlines, async () => {
       // ws does not close a server it was handed; sockets never upgraded are dropped here too.
       await new Promise<void>((resolve) => server.close(() => resolve()));
       https.closeAllConnections();
@@ -269,7 +286,7 @@ export class WebSocketTransport implements Transport {
   }
 
   /** Wrap each accepted WebSocket as a Connection; `close` drops them all, then closes the server. */
-  private serve(server: WebSocketServer, url: string, limits: ListenLimits, closeServer: () => Promise<void>): Listener {
+  private serve(server: WebSocketServer, url: string, limits: ListenLimits, deadlines: Deadlines, closeServer: () => Promise<void>): Listener {
     const conns = new Set<WsConnection>();
     let onConn: ((c: Connection) => void) | undefined;
     server.on('connection', (ws, req) => {
@@ -284,7 +301,7 @@ export class WebSocketTransport implements Transport {
       socket.on('data', count);
       const trusted = () => {
         socket.off('data', count);
-        socket.setTimeout(0);
+        deadlines.get(peerKey(socket))?.();
       };
       const conn = new WsConnection(ws, `${socket.remoteAddress}:${socket.remotePort}`, this.maxFrameBytes, trusted, url.startsWith('wss:'));
       conns.add(conn);
