@@ -217,71 +217,52 @@ export class WebSocketTransport implements Transport {
     this.clientContext = o.tls ? secureContextOf(o.tls) : undefined;
   }
 
+  /**
+   * Serve `ws://`, or `wss://` when the transport has TLS: an HTTPS server with this process's
+   * certificate and `ws` on top of it. A peer whose TLS handshake fails (a plaintext client, an
+   * untrusted client certificate, a timeout) is dropped alone; the server keeps serving.
+   */
   async listen(opts: ListenOptions): Promise<Listener> {
-    if (this.tls) return this.listenTls(opts, this.tls);
     const host = opts.host ?? '127.0.0.1';
-    const limits = { ...DEFAULT_LISTEN_LIMITS, ...opts.limits };
-    const http = createHttpServer({ maxHeaderSize: MAX_UPGRADE_HEADER_BYTES }, upgradeRequired);
+    const tls = this.tls;
+    let server: HttpServer;
+    if (tls) {
+      const mutual = tls.requireClientCert ?? false;
+      server = createHttpsServer(
+        { cert: tls.cert, key: tls.key, ca: tls.ca, minVersion: 'TLSv1.2', maxHeaderSize: MAX_UPGRADE_HEADER_BYTES, requestCert: mutual, rejectUnauthorized: mutual, handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS },
+        upgradeRequired,
+      );
+      server.on('tlsClientError', (_err: Error, socket: Socket) => socket.destroy());
+    } else server = createHttpServer({ maxHeaderSize: MAX_UPGRADE_HEADER_BYTES }, upgradeRequired);
+    return this.serveOn(server, tls ? 'wss' : 'ws', host, opts.port ?? 0, { ...DEFAULT_LISTEN_LIMITS, ...opts.limits });
+  }
+
+  /** Listen on `host:port` with the limits, and `ws` on top; close drops every socket, upgraded or not. */
+  private async serveOn(http: HttpServer, scheme: 'ws' | 'wss', host: string, port: number, limits: ListenLimits): Promise<Listener> {
     const deadlines = guard(http, limits);
-    await new Promise<void>((resolve, reject) => {
-      http.once('error', reject);
-      http.listen(opts.port ?? 0, host, () => {
-        http.off('error', reject);
-        resolve();
+    try {
+      await new Promise<void>((resolve, reject) => {
+        http.once('error', reject);
+        http.listen(port, host, () => {
+          http.off('error', reject);
+          resolve();
+        });
       });
-    });
+    } catch (err) {
+      throw new Error(`cannot listen on ${host}:${port} (${scheme}): ${(err as Error).message}`, { cause: err });
+    }
+    // Errors after listening (a socket's, re-emitted by ws too) must not become uncaught exceptions.
     http.on('error', () => undefined);
     // ws itself refuses frames past twice our limit; below that our codec answers FRAME_TOO_LARGE.
     const server = new WebSocketServer({ server: http, maxPayload: this.maxFrameBytes * 2 });
     server.on('error', () => undefined);
     const addr = http.address();
-    const port = typeof addr === 'object' && addr ? addr.port : opts.port;
-    return this.serve(server, `ws://${host}:${port}`, limits, deadlines, async () => {
+    const bound = typeof addr === 'object' && addr ? addr.port : port;
+    return this.serve(server, `${scheme}://${host}:${bound}`, limits, deadlines, async () => {
+      // ws does not close a server it was handed; sockets never upgraded are dropped here too.
       await new Promise<void>((resolve) => server.close(() => resolve()));
       http.closeAllConnections();
       await new Promise<void>((resolve) => http.close(() => resolve()));
-    });
-  }
-
-  /**
-   * `wss://`: an HTTPS server with this process's certificate, and `ws` on top of it. A peer whose
-   * handshake fails (a plaintext client, an untrusted client certificate, a timeout) is dropped
-   * alone; the server keeps serving.
-   */
-  private async listenTls(opts: ListenOptions, tls: TlsOptions): Promise<Listener> {
-    const host = opts.host ?? '127.0.0.1';
-    const mutual = tls.requireClientCert ?? false;
-    // Plain HTTP requests get 426 Upgrade Required, as the plain listener answers them.
-    const https = createHttpsServer(
-      { cert: tls.cert, key: tls.key, ca: tls.ca, minVersion: 'TLSv1.2', maxHeaderSize: MAX_UPGRADE_HEADER_BYTES, requestCert: mutual, rejectUnauthorized: mutual, handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS },
-      upgradeRequired,
-    );
-    const limits = { ...DEFAULT_LISTEN_LIMITS, ...opts.limits };
-    const deadlines = guard(https, limits);
-    // A failed handshake (untrusted client certificate, plaintext client, timeout) drops that socket only.
-    https.on('tlsClientError', (_err, socket) => socket.destroy());
-    try {
-      await new Promise<void>((resolve, reject) => {
-        https.once('error', reject);
-        https.listen(opts.port ?? 0, host, () => {
-          https.off('error', reject);
-          resolve();
-        });
-      });
-    } catch (err) {
-      throw new Error(`cannot listen on ${host}:${opts.port ?? 0} (wss): ${(err as Error).message}`, { cause: err });
-    }
-    // Errors after listening (a socket's, re-emitted by ws too) must not become uncaught exceptions.
-    https.on('error', () => undefined);
-    const server = new WebSocketServer({ server: https, maxPayload: this.maxFrameBytes * 2 });
-    server.on('error', () => undefined);
-    const addr = https.address();
-    const port = typeof addr === 'object' && addr ? addr.port : opts.port;
-    return this.serve(server, `wss://${host}:${port}`, limits, deadlines, async () => {
-      // ws does not close a server it was handed; sockets never upgraded are dropped here too.
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      https.closeAllConnections();
-      await new Promise<void>((resolve) => https.close(() => resolve()));
     });
   }
 
