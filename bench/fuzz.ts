@@ -677,7 +677,7 @@ async function startReplica(dir: string, secret: string): Promise<ReplicaProc> {
       r.onCrash(r.crash);
     }, 50);
   });
-  proc.send({ type: 'config', config: { id: REPLICA_ID, port, dir, store: 'sqlite', secret, holdMs: 5000, history: false, pretty: false } });
+  proc.send({ type: 'config', config: { id: REPLICA_ID, port, dir, store: `sqlite:${join(dir, 'store.sqlite')}`, secret, holdMs: 5000, history: false, pretty: false } });
   await withTimeout(
     new Promise<void>((resolve, reject) => {
       proc.on('message', (m) => (m as { type?: unknown }).type === 'ready' && resolve());

@@ -18,7 +18,7 @@ Measures every figure next to its baseline in the same run and prints the table.
   --smoke    tiny sizes, to check the harness works; not a measurement, nothing is written
   --only     run some groups only (${GROUPS.join(', ')}); nothing is written
 A full run writes bench/results/latest.json, bench/results/failover.svg and the table in BENCHMARKS.md.
-Run with node --expose-gc (npm run bench does) for the heap figures.
+The heap figures need node --expose-gc (npm run bench and safe-resume bench run with it).
 `;
 
 export async function bench(argv: string[]): Promise<number> {
@@ -50,7 +50,8 @@ export async function bench(argv: string[]): Promise<number> {
     writeResults(figures);
     writeMarkdown(figures);
   }
-  if (json) process.stdout.write(JSON.stringify({ machine: machine(), smoke, figures }) + '\n');
+  const exposeGc = typeof (globalThis as { gc?: unknown }).gc === 'function';
+  if (json) process.stdout.write(JSON.stringify({ machine: machine(), smoke, exposeGc, figures }) + '\n');
   else process.stdout.write(`${machine()}${smoke ? ' (smoke run: tiny sizes, not a measurement)' : ''}\n\n${table(figures)}\n`);
   return 0;
 }

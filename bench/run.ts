@@ -56,7 +56,7 @@ const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 /** A replica in its own process (as in a real cluster), over memory or the SQLite file in `dir`. */
 export async function replicaProcess(dir: string, store: 'memory' | 'sqlite', opts: { holdMs?: number; groupCommit?: boolean; heartbeatIntervalMs?: number } = {}): Promise<{ url: string; proc: ChildProcess }> {
   const port = await freePort();
-  const cfg = { id: `replica-${port}`, port, dir, store, secret: SECRET, holdMs: opts.holdMs ?? 5000, history: false, pretty: false, groupCommit: opts.groupCommit ?? true, ...(opts.heartbeatIntervalMs ? { heartbeatIntervalMs: opts.heartbeatIntervalMs } : {}) };
+  const cfg = { id: `replica-${port}`, port, dir, store: store === 'memory' ? 'memory' : `sqlite:${join(dir, 'store.sqlite')}`, secret: SECRET, holdMs: opts.holdMs ?? 5000, history: false, pretty: false, groupCommit: opts.groupCommit ?? true, ...(opts.heartbeatIntervalMs ? { heartbeatIntervalMs: opts.heartbeatIntervalMs } : {}) };
   const proc = fork(CHILD, ['replica'], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
   proc.send({ type: 'config', config: cfg });
   await new Promise<void>((resolve, reject) => {

@@ -16,8 +16,8 @@ import { Application, type Handle } from '../actors/application.js';
 import { NodeAgent } from '../actors/node-agent.js';
 import { parseCredential } from '../actors/auth.js';
 import { StorageReplica } from '../actors/replica.js';
-import { MemoryStore } from '../store/memory.js';
 import { SqliteStore } from '../store/sqlite.js';
+import { openStore } from '../store/open.js';
 import type { TxStore } from '../store/base.js';
 import { observedStore } from '../sim/history.js';
 import { WebSocketTransport } from '../transport/ws.js';
@@ -35,7 +35,8 @@ const ReplicaConfig = z.object({
   id: z.string(),
   port: z.number().int(),
   dir: z.string(),
-  store: z.enum(['sqlite', 'memory']),
+  /** The store, as store/open.ts parses it (memory, sqlite:PATH, etcd://...); `sqlite` is <dir>/store.sqlite. */
+  store: z.string(),
   secret: z.string(),
   holdMs: z.number().int().nonnegative(),
   history: z.boolean(),
@@ -101,7 +102,9 @@ function exit(code: number): never {
 async function replica(raw: unknown): Promise<void> {
   const cfg = ReplicaConfig.parse(raw);
   const log = logger(cfg.dir, cfg.id, cfg.pretty);
-  const inner: TxStore = cfg.store === 'memory' ? new MemoryStore() : new SqliteStore(join(cfg.dir, 'store.sqlite'), { groupCommit: cfg.groupCommit ?? true });
+  // `sqlite` alone is the data directory's store.sqlite.
+  const spec = cfg.store === 'sqlite' ? `sqlite:${join(cfg.dir, 'store.sqlite')}` : cfg.store;
+  const inner: TxStore = openStore(spec, { sqlite: { groupCommit: cfg.groupCommit ?? true } });
   const store =
     cfg.history && inner instanceof SqliteStore
       ? observedStore(inner, cfg.id, { add: (e) => inner.appendHistory(JSON.stringify({ t: Date.now(), ...e })) })

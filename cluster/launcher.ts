@@ -128,7 +128,7 @@ export class Launcher {
       const id = `replica-${i + 1}`;
       const port = this.opts.port ? this.opts.port + i : await freePort();
       this.replicaUrls.push(`${this.opts.tls ? 'wss' : 'ws'}://127.0.0.1:${port}`);
-      this.spawn(id, 'replica', { ...this.tlsConfig(), id, port, dir: this.opts.dir, store: 'sqlite', secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
+      this.spawn(id, 'replica', { ...this.tlsConfig(), id, port, dir: this.opts.dir, store: `sqlite:${this.dbPath}`, secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     let appNo = 0;

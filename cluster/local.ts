@@ -9,7 +9,8 @@ import { defaultEnv, type Env } from '../actors/env.js';
 import { NodeAgent, type NodeAgentOptions } from '../actors/node-agent.js';
 import { StorageReplica, type ReplicaOptions } from '../actors/replica.js';
 import { MemoryStore } from '../store/memory.js';
-import { SqliteStore, type SqliteStoreOptions } from '../store/sqlite.js';
+import type { SqliteStoreOptions } from '../store/sqlite.js';
+import { openStore } from '../store/open.js';
 import type { Store } from '../store/types.js';
 import type { Transport } from '../transport/types.js';
 import { FaultProxy } from './fault-proxy.js';
@@ -18,7 +19,8 @@ import { WebSocketTransport } from '../transport/ws.js';
 export interface LocalClusterOptions {
   dir: string;
   replicas?: number;
-  store?: 'sqlite' | 'memory';
+  /** `sqlite` (default: <dir>/store.sqlite), `memory` (replicas share one in-process state), or any spec of store/open.ts. */
+  store?: string;
   sqlite?: SqliteStoreOptions;
   transport?: Transport;
   secret?: string;
@@ -60,7 +62,10 @@ export class LocalCluster {
   }
 
   openStore(): Store {
-    return this.opts.store === 'memory' ? new MemoryStore(this.memory.state) : new SqliteStore(this.dbPath, this.opts.sqlite);
+    // In one process, "memory" replicas share one state, as replicas share one store.
+    const spec = this.opts.store ?? 'sqlite';
+    if (spec === 'memory') return new MemoryStore(this.memory.state);
+    return openStore(spec === 'sqlite' ? { kind: 'sqlite', path: this.dbPath } : spec, this.opts.sqlite ? { sqlite: this.opts.sqlite } : {});
   }
 
   private async startReplica(i: number, port?: number): Promise<StorageReplica> {

@@ -1,7 +1,9 @@
 /**
- * The rules of the store, written once over a small synchronous transaction interface. Each
- * function runs inside one transaction of the adapter (a JS turn for memory, BEGIN IMMEDIATE for
- * SQLite), which is what makes each rule atomic.
+ * The rules of the store, decided once, purely: each rule looks at what an adapter read of one target
+ * (its record, its tombstones, its version: a `TargetView`) and returns its outcome and the writes to
+ * make (`Effect`s). Any adapter applies a decision atomically: memory and SQLite inside their own
+ * transaction (the `Tx` wrappers below), an adapter over an optimistic engine by committing the
+ * effects guarded by the revisions it read, and deciding again if they changed.
  */
 import {
   MAX_TARGET_BYTES,
@@ -34,25 +36,47 @@ export interface Tx {
   writeData(target: string, offset: number, data: Uint8Array): number;
 }
 
-export function open(tx: Tx, req: OpenRequest, nowMs: number): OpenResult {
-  const version = tx.version(req.target);
-  if (req.mode === 'read') return { ok: true, version, lastSeq: 0, takeover: false };
-  const rec = tx.getRecord(req.target);
+/** What an adapter read of one target for a rule to decide on. */
+export interface TargetView {
+  readonly record: LockRecord | undefined;
+  readonly version: number;
+  /** The target's tombstones, newest first; read only by the rules that need them. */
+  tombstones(): Tombstone[];
+}
+
+/** A write a decision asks for, on the target it decided about. */
+export type Effect =
+  | { kind: 'put'; record: LockRecord }
+  | { kind: 'delete' }
+  | { kind: 'tombstones'; tombstones: Tombstone[] }
+  /** Bytes at offset (extending with zeros); the target's version goes up by one. */
+  | { kind: 'data'; offset: number; data: Uint8Array };
+
+export interface Decision<T> {
+  out: T;
+  effects: Effect[];
+}
+
+const none = <T>(out: T): Decision<T> => ({ out, effects: [] });
+
+export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number): Decision<OpenResult> {
+  const version = v.version;
+  if (req.mode === 'read') return none({ ok: true, version, lastSeq: 0, takeover: false });
+  const rec = v.record;
   const instance = req.instance ?? '';
   if (rec && rec.requestId === req.requestId) {
-    if (rec.principal !== req.principal) return { ok: false, code: 'FORBIDDEN', message: 'requestId belongs to another principal' };
+    if (rec.principal !== req.principal) return none({ ok: false, code: 'FORBIDDEN', message: 'requestId belongs to another principal' });
     // Same application from a new session or another node: grant it and fence the old session.
-    tx.putRecord(handOver(rec, req.session, nowMs + req.leaseMs, instance));
-    return { ok: true, version, lastSeq: rec.lastSeq, takeover: true };
+    return { out: { ok: true, version, lastSeq: rec.lastSeq, takeover: true }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance) }] };
   }
   if (rec && nowMs < rec.expiresAt) {
-    return { ok: false, code: 'LOCKED', message: `${req.target} is locked by another writer for ${rec.expiresAt - nowMs} ms more` };
+    return none({ ok: false, code: 'LOCKED', message: `${req.target} is locked by another writer for ${rec.expiresAt - nowMs} ms more` });
   }
   // No record, or its lock expired: the old holder's resume will now be denied; its tombstone says
   // which of its writes were applied.
-  if (rec) bury(tx, rec);
-  tx.putRecord({ target: req.target, requestId: req.requestId, principal: req.principal, session: req.session, expiresAt: nowMs + req.leaseMs, lastSeq: 0, instance, instanceSeq: 0, prevInstance: '' });
-  return { ok: true, version, lastSeq: 0, takeover: false };
+  const effects: Effect[] = rec ? [bury(v, rec)] : [];
+  effects.push({ kind: 'put', record: { target: req.target, requestId: req.requestId, principal: req.principal, session: req.session, expiresAt: nowMs + req.leaseMs, lastSeq: 0, instance, instanceSeq: 0, prevInstance: '' } });
+  return { out: { ok: true, version, lastSeq: 0, takeover: false }, effects };
 }
 
 /** The record on a new session, and on a new instance if `instance` differs (a takeover). */
@@ -61,10 +85,11 @@ function handOver(rec: LockRecord, session: string, expiresAt: number, instance:
   return { ...rec, session, expiresAt, instance, instanceSeq: rec.lastSeq, prevInstance: rec.instance };
 }
 
-function bury(tx: Tx, rec: LockRecord): void {
+/** The tombstones once `rec` is buried among them (newest first, one per requestId, bounded). */
+function bury(v: TargetView, rec: LockRecord): Effect {
   const tomb: Tombstone = { requestId: rec.requestId, instance: rec.instance, instanceSeq: rec.instanceSeq, prevInstance: rec.prevInstance, session: rec.session, lastSeq: rec.lastSeq };
-  const kept = tx.getTombstones(rec.target).filter((t) => t.requestId !== rec.requestId);
-  tx.putTombstones(rec.target, [tomb, ...kept].slice(0, TOMBSTONES_PER_TARGET));
+  const kept = v.tombstones().filter((t) => t.requestId !== rec.requestId);
+  return { kind: 'tombstones', tombstones: [tomb, ...kept].slice(0, TOMBSTONES_PER_TARGET) };
 }
 
 /**
@@ -80,79 +105,131 @@ function denial(held: LockRecord | Tombstone | undefined, instance: string, vers
   return out;
 }
 
-export function resume(tx: Tx, req: ResumeRequest, nowMs: number): ResumeOutcome {
-  const version = tx.version(req.target);
+export function decideResume(v: TargetView, req: ResumeRequest, nowMs: number): Decision<ResumeOutcome> {
+  const version = v.version;
   if (req.mode === 'read') {
-    return req.version === version ? { granted: true, lastSeq: 0, version } : { granted: false, reason: 'MODIFIED', code: 'MODIFIED', version };
+    return none(req.version === version ? { granted: true, lastSeq: 0, version } : { granted: false, reason: 'MODIFIED', code: 'MODIFIED', version });
   }
   const instance = req.instance ?? '';
-  const rec = tx.getRecord(req.target);
+  const rec = v.record;
   if (!rec || rec.requestId !== req.requestId) {
     // An instance taking over wrote nothing yet: the record being gone is all it needs to know.
-    if (req.takeover) return { granted: false, reason: 'MODIFIED', code: 'MODIFIED', version };
-    const tomb = tx.getTombstones(req.target).find((t) => t.requestId === req.requestId);
-    return denial(tomb, instance, version);
+    if (req.takeover) return none({ granted: false, reason: 'MODIFIED', code: 'MODIFIED', version });
+    const tomb = v.tombstones().find((t) => t.requestId === req.requestId);
+    return none(denial(tomb, instance, version));
   }
-  if (rec.principal !== req.principal) return { granted: false, reason: 'MODIFIED', code: 'FORBIDDEN', version };
-  if (!req.takeover && rec.instance !== instance) return denial(rec, instance, version);
-  tx.putRecord(handOver(rec, req.session, nowMs + req.leaseMs, instance));
-  return { granted: true, lastSeq: rec.lastSeq, version };
+  if (rec.principal !== req.principal) return none({ granted: false, reason: 'MODIFIED', code: 'FORBIDDEN', version });
+  if (!req.takeover && rec.instance !== instance) return none(denial(rec, instance, version));
+  return { out: { granted: true, lastSeq: rec.lastSeq, version }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance) }] };
 }
 
 /** What a session that lost the record had applied, if the newest tombstone of its requestId is its own. */
-function lostSeq(tx: Tx, target: string, requestId: string, session: string): number | undefined {
-  const tomb = tx.getTombstones(target).find((t) => t.requestId === requestId);
+function lostSeq(v: TargetView, requestId: string, session: string): number | undefined {
+  const tomb = v.tombstones().find((t) => t.requestId === requestId);
   return tomb && tomb.session === session ? tomb.lastSeq : undefined;
 }
 
-export function write(tx: Tx, req: WriteRequest): WriteResult {
-  const rec = tx.getRecord(req.target);
+export function decideWrite(v: TargetView, req: WriteRequest): Decision<WriteResult> {
+  const rec = v.record;
   if (!rec || rec.requestId !== req.requestId) {
-    return { ok: false, code: 'MODIFIED', message: 'this requestId no longer holds the target', lastSeq: lostSeq(tx, req.target, req.requestId, req.session) };
+    return none({ ok: false, code: 'MODIFIED', message: 'this requestId no longer holds the target', lastSeq: lostSeq(v, req.requestId, req.session) });
   }
-  if (rec.session !== req.session) return { ok: false, code: 'SUPERSEDED', message: 'this session was fenced by a newer session of the same requestId' };
-  if (req.seq <= rec.lastSeq) return { ok: true, applied: false, version: tx.version(req.target) };
-  if (req.seq !== rec.lastSeq + 1) return { ok: false, code: 'SEQ_GAP', message: `expected seq ${rec.lastSeq + 1}, got ${req.seq}` };
+  if (rec.session !== req.session) return none({ ok: false, code: 'SUPERSEDED', message: 'this session was fenced by a newer session of the same requestId' });
+  if (req.seq <= rec.lastSeq) return none({ ok: true, applied: false, version: v.version });
+  if (req.seq !== rec.lastSeq + 1) return none({ ok: false, code: 'SEQ_GAP', message: `expected seq ${rec.lastSeq + 1}, got ${req.seq}` });
   if (req.offset + req.data.length > MAX_TARGET_BYTES) {
-    return { ok: false, code: 'INVALID_ARGUMENT', message: `write past the maximum target size of ${MAX_TARGET_BYTES} bytes` };
+    return none({ ok: false, code: 'INVALID_ARGUMENT', message: `write past the maximum target size of ${MAX_TARGET_BYTES} bytes` });
   }
   // An empty write only takes its sequence number (the agent sends one in place of a write that was
   // refused or given up on, so that write is never applied later and the next seq follows).
-  const version = req.data.length === 0 ? tx.version(req.target) : tx.writeData(req.target, req.offset, req.data);
-  tx.putRecord({ ...rec, lastSeq: req.seq });
-  return { ok: true, applied: true, version };
+  const put: Effect = { kind: 'put', record: { ...rec, lastSeq: req.seq } };
+  if (req.data.length === 0) return { out: { ok: true, applied: true, version: v.version }, effects: [put] };
+  return { out: { ok: true, applied: true, version: v.version + 1 }, effects: [{ kind: 'data', offset: req.offset, data: req.data }, put] };
+}
+
+/** Whether a read may see the data: a write handle's read is fenced like its writes. The adapter reads the bytes. */
+export function decideRead(v: TargetView, req: ReadRequest): Extract<ReadResult, { ok: false }> | undefined {
+  if (!req.fence) return undefined;
+  const rec = v.record;
+  if (!rec || rec.requestId !== req.fence.requestId) return { ok: false, code: 'MODIFIED', message: 'this requestId no longer holds the target' };
+  if (rec.session !== req.fence.session) return { ok: false, code: 'SUPERSEDED', message: 'this session was fenced' };
+  return undefined;
+}
+
+export function decideClose(v: TargetView, ref: HandleRef, session: string): Decision<boolean> {
+  const rec = v.record;
+  if (!rec || rec.requestId !== ref.requestId || rec.session !== session) return none(false);
+  // Kept as a tombstone too: an older instance of the requestId that comes back learns it was
+  // superseded (and what it had applied), not that another writer modified the target.
+  return { out: true, effects: [bury(v, rec), { kind: 'delete' }] };
+}
+
+/** One lock of a renewal: extended (no outcome) or lost, with why and what it had applied. */
+export function decideRenew(v: TargetView, ref: HandleRef, session: string, expiresAt: number): Decision<RenewResult['lost'][number] | undefined> {
+  const rec = v.record;
+  if (rec && rec.requestId === ref.requestId && rec.session === session) {
+    return rec.expiresAt === expiresAt ? none(undefined) : { out: undefined, effects: [{ kind: 'put', record: { ...rec, expiresAt } }] };
+  }
+  if (rec && rec.requestId === ref.requestId) return none({ ...ref, reason: 'SUPERSEDED' });
+  return none({ ...ref, reason: 'MODIFIED', lastSeq: lostSeq(v, ref.requestId, session) });
+}
+
+// ---- The same rules inside a synchronous transaction (memory, SQLite, the simulation's store) ----
+
+/** A view of one target read through `tx`, each part when a rule first asks for it (a write reads no tombstones). */
+export function viewOf(tx: Tx, target: string): TargetView {
+  let record: LockRecord | undefined | null = null;
+  let version: number | undefined;
+  return {
+    get record() {
+      if (record === null) record = tx.getRecord(target);
+      return record;
+    },
+    get version() {
+      return (version ??= tx.version(target));
+    },
+    tombstones: () => tx.getTombstones(target),
+  };
+}
+
+/** Apply a decision's effects to `target` inside the running transaction. */
+export function apply<T>(tx: Tx, target: string, d: Decision<T>): T {
+  for (const e of d.effects) {
+    if (e.kind === 'put') tx.putRecord(e.record);
+    else if (e.kind === 'delete') tx.deleteRecord(target);
+    else if (e.kind === 'tombstones') tx.putTombstones(target, e.tombstones);
+    else tx.writeData(target, e.offset, e.data);
+  }
+  return d.out;
+}
+
+export function open(tx: Tx, req: OpenRequest, nowMs: number): OpenResult {
+  return apply(tx, req.target, decideOpen(viewOf(tx, req.target), req, nowMs));
+}
+
+export function resume(tx: Tx, req: ResumeRequest, nowMs: number): ResumeOutcome {
+  return apply(tx, req.target, decideResume(viewOf(tx, req.target), req, nowMs));
+}
+
+export function write(tx: Tx, req: WriteRequest): WriteResult {
+  return apply(tx, req.target, decideWrite(viewOf(tx, req.target), req));
 }
 
 export function read(tx: Tx, req: ReadRequest): ReadResult {
-  if (req.fence) {
-    const rec = tx.getRecord(req.target);
-    if (!rec || rec.requestId !== req.fence.requestId) return { ok: false, code: 'MODIFIED', message: 'this requestId no longer holds the target' };
-    if (rec.session !== req.fence.session) return { ok: false, code: 'SUPERSEDED', message: 'this session was fenced' };
-  }
-  return { ok: true, data: tx.readData(req.target, req.offset, req.length), version: tx.version(req.target) };
+  const refused = decideRead(viewOf(tx, req.target), req);
+  return refused ?? { ok: true, data: tx.readData(req.target, req.offset, req.length), version: tx.version(req.target) };
 }
 
 export function close(tx: Tx, ref: HandleRef, session: string): boolean {
-  const rec = tx.getRecord(ref.target);
-  if (!rec || rec.requestId !== ref.requestId || rec.session !== session) return false;
-  // Kept as a tombstone too: an older instance of the requestId that comes back learns it was
-  // superseded (and what it had applied), not that another writer modified the target.
-  bury(tx, rec);
-  tx.deleteRecord(ref.target);
-  return true;
+  return apply(tx, ref.target, decideClose(viewOf(tx, ref.target), ref, session));
 }
 
 export function renew(tx: Tx, session: string, refs: HandleRef[], leaseMs: number, nowMs: number): RenewResult {
   const expiresAt = nowMs + leaseMs;
   const lost: RenewResult['lost'] = [];
   for (const ref of refs) {
-    const rec = tx.getRecord(ref.target);
-    if (rec && rec.requestId === ref.requestId && rec.session === session) {
-      if (rec.expiresAt !== expiresAt) tx.putRecord({ ...rec, expiresAt });
-    } else {
-      if (rec && rec.requestId === ref.requestId) lost.push({ ...ref, reason: 'SUPERSEDED' });
-      else lost.push({ ...ref, reason: 'MODIFIED', lastSeq: lostSeq(tx, ref.target, ref.requestId, session) });
-    }
+    const l = apply(tx, ref.target, decideRenew(viewOf(tx, ref.target), ref, session, expiresAt));
+    if (l) lost.push(l);
   }
   return { lost };
 }

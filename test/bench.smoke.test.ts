@@ -1,4 +1,6 @@
 /** The benchmark harness runs end to end at tiny sizes. It measures nothing here: no speed is asserted. */
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { runBench, table } from '../bench/run.js';
 
@@ -16,6 +18,12 @@ describe('bench (smoke)', () => {
     }
     expect(table(figures).split('\n')).toHaveLength(figures.length + 2);
   }, 180_000);
+
+  it('safe-resume bench measures heap as npm run bench does (with --expose-gc)', () => {
+    const cli = fileURLToPath(new URL('../dist/cluster/cli.js', import.meta.url));
+    const out = execFileSync(process.execPath, [cli, 'bench', '--smoke', '--json', '--only', 'partition'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 60_000 });
+    expect(JSON.parse(out)).toMatchObject({ smoke: true, exposeGc: true });
+  }, 60_000);
 
   it('runs only the groups asked for', async () => {
     const figures = await runBench(true, () => undefined, ['partition']);

@@ -1,0 +1,83 @@
+/**
+ * The rules as pure decisions over what an adapter read (store/rules.ts), and the one way to open a
+ * store from a spec (store/open.ts). The adapters' behaviour is in test/store.contract.test.ts.
+ */
+import { describe, expect, it } from 'vitest';
+import { decideClose, decideOpen, decideRenew, decideResume, decideWrite, type TargetView } from '../store/rules.js';
+import { parseStoreSpec, openStore } from '../store/open.js';
+import type { LockRecord, Tombstone } from '../store/types.js';
+import { bytes, tempDir } from './helpers.js';
+
+const X = 'X'.repeat(21);
+const Y = 'Y'.repeat(21);
+const rec = (over: Partial<LockRecord> = {}): LockRecord => ({ target: 't', requestId: X, principal: 'p', session: 's1', expiresAt: 1000, lastSeq: 3, instance: 'i1', instanceSeq: 0, prevInstance: '', ...over });
+
+/** A view that counts how often the tombstones were read. */
+function view(record: LockRecord | undefined, version = 7, tombs: Tombstone[] = []) {
+  const v = { record, version, reads: 0, tombstones: () => (v.reads++, tombs) };
+  return v satisfies TargetView;
+}
+
+describe('rules as decisions', () => {
+  it('a write open of an expired lock buries the old record and takes the target; a live one is LOCKED with nothing to write', () => {
+    const old = rec({ expiresAt: 100 });
+    const d = decideOpen(view(old), { target: 't', requestId: Y, principal: 'p', mode: 'write', session: 's2', leaseMs: 50, instance: 'i2' }, 200);
+    expect(d.out).toEqual({ ok: true, version: 7, lastSeq: 0, takeover: false });
+    expect(d.effects).toEqual([
+      { kind: 'tombstones', tombstones: [{ requestId: X, instance: 'i1', instanceSeq: 0, prevInstance: '', session: 's1', lastSeq: 3 }] },
+      { kind: 'put', record: { target: 't', requestId: Y, principal: 'p', session: 's2', expiresAt: 250, lastSeq: 0, instance: 'i2', instanceSeq: 0, prevInstance: '' } },
+    ]);
+    const locked = decideOpen(view(rec()), { target: 't', requestId: Y, principal: 'p', mode: 'write', session: 's2', leaseMs: 50 }, 200);
+    expect(locked).toEqual({ out: { ok: false, code: 'LOCKED', message: 't is locked by another writer for 800 ms more' }, effects: [] });
+  });
+
+  it('a write in order asks for its bytes and its seq, and answers the version after them; the hot path reads no tombstones', () => {
+    const v = view(rec());
+    const d = decideWrite(v, { target: 't', requestId: X, session: 's1', seq: 4, offset: 2, data: bytes('ab') });
+    expect(d.out).toEqual({ ok: true, applied: true, version: 8 });
+    expect(d.effects).toEqual([{ kind: 'data', offset: 2, data: bytes('ab') }, { kind: 'put', record: rec({ lastSeq: 4 }) }]);
+    expect(v.reads).toBe(0);
+    // A replay is acknowledged with nothing to write; a gap and a fenced session are refused.
+    expect(decideWrite(view(rec()), { target: 't', requestId: X, session: 's1', seq: 3, offset: 0, data: bytes('x') })).toEqual({ out: { ok: true, applied: false, version: 7 }, effects: [] });
+    expect(decideWrite(view(rec()), { target: 't', requestId: X, session: 's1', seq: 6, offset: 0, data: bytes('x') }).out).toMatchObject({ ok: false, code: 'SEQ_GAP' });
+    expect(decideWrite(view(rec()), { target: 't', requestId: X, session: 's9', seq: 4, offset: 0, data: bytes('x') }).out).toMatchObject({ ok: false, code: 'SUPERSEDED' });
+  });
+
+  it('a resume of a requestId whose record is gone is denied from its tombstone, writing nothing', () => {
+    const tomb: Tombstone = { requestId: X, instance: 'i1', instanceSeq: 0, prevInstance: '', session: 's1', lastSeq: 5 };
+    const d = decideResume(view(rec({ requestId: Y }), 9, [tomb]), { target: 't', requestId: X, principal: 'p', mode: 'write', session: 's2', leaseMs: 10, instance: 'i1' }, 0);
+    expect(d).toEqual({ out: { granted: false, reason: 'MODIFIED', code: 'MODIFIED', version: 9, lastSeq: 5 }, effects: [] });
+  });
+
+  it('close buries and deletes; renew extends only a lock the session holds', () => {
+    expect(decideClose(view(rec()), { target: 't', requestId: X }, 's1').effects.map((e) => e.kind)).toEqual(['tombstones', 'delete']);
+    expect(decideClose(view(rec()), { target: 't', requestId: X }, 's2')).toEqual({ out: false, effects: [] });
+    expect(decideRenew(view(rec()), { target: 't', requestId: X }, 's1', 5000)).toEqual({ out: undefined, effects: [{ kind: 'put', record: rec({ expiresAt: 5000 }) }] });
+    expect(decideRenew(view(rec()), { target: 't', requestId: X }, 's2', 5000).out).toMatchObject({ reason: 'SUPERSEDED' });
+  });
+});
+
+describe('store specs', () => {
+  it('parses memory, sqlite:PATH and etcd://HOST:PORT,... and refuses anything else with the forms it takes', () => {
+    expect(parseStoreSpec('memory')).toEqual({ kind: 'memory' });
+    expect(parseStoreSpec('sqlite:/tmp/x.sqlite')).toEqual({ kind: 'sqlite', path: '/tmp/x.sqlite' });
+    expect(parseStoreSpec('etcd://127.0.0.1:2379,127.0.0.1:22379')).toEqual({ kind: 'etcd', endpoints: ['127.0.0.1:2379', '127.0.0.1:22379'] });
+    expect(() => parseStoreSpec('postgres://x')).toThrow(/expected memory, sqlite:PATH or etcd:\/\/HOST:PORT/);
+    expect(() => parseStoreSpec('sqlite:')).toThrow(/needs a path/);
+    expect(() => parseStoreSpec('etcd://nohost')).toThrow(/HOST:PORT/);
+  });
+
+  it('opens a working store from a spec', async () => {
+    const t = tempDir();
+    try {
+      for (const spec of ['memory', `sqlite:${t.dir}/s.sqlite`]) {
+        const s = openStore(spec);
+        expect(await s.open({ target: 't', requestId: X, principal: 'p', mode: 'write', session: 's', leaseMs: 1000 })).toMatchObject({ ok: true });
+        expect(await s.write({ target: 't', requestId: X, session: 's', seq: 1, offset: 0, data: bytes('hi') })).toMatchObject({ ok: true, applied: true, version: 1 });
+        await s.shutdown();
+      }
+    } finally {
+      t.cleanup();
+    }
+  });
+});
