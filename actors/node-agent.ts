@@ -47,12 +47,22 @@ export interface NodeAgentOptions {
   backoffMaxMs?: number;
   unavailableFailoverMs?: number;
   connectTimeoutMs?: number;
+  /** Metrics hooks (cluster/metrics.ts); absent, nothing is measured. */
+  observe?: NodeObserver;
   /** Operations one paused handle may queue, and their bytes (default 4096 and 64 MiB); past them QUEUE_FULL. */
   maxQueuedOpsPerHandle?: number;
   maxQueuedBytesPerHandle?: number;
 }
 
 export type { OpenParams } from '../core/handle.js';
+
+/** What a node agent reports as it works, for /metrics. */
+export interface NodeObserver {
+  /** A handle entered state `to` (with the invalidation reason, if any). */
+  transition(to: HandleState, reason: string | undefined): void;
+  /** An application's read or write answered after `ms`. */
+  operation(kind: 'read' | 'write', ok: boolean, ms: number): void;
+}
 
 export class NodeAgent {
   readonly id: string;
@@ -248,8 +258,12 @@ export class NodeAgent {
   }
 
   io(h: CoreHandle, op: CoreHandle['ops'][number]): void {
+    if (this.opts.observe) this.calledAt.set(op, this.env.clock.now());
     this.step({ type: 'io', h, op });
   }
+
+  /** When each operation was called, while metrics are measured. */
+  private readonly calledAt = new WeakMap<object, number>();
 
   close(h: CoreHandle): Promise<void> {
     if (h.state === 'closed') return Promise.resolve();
@@ -343,7 +357,10 @@ export class NodeAgent {
         return;
       case 'changed':
         this.mirrors?.changed(i.h, i.event, i.to);
-        if (i.event !== 'IO') i.h.owner.changed(i.from, i.to, i.event);
+        if (i.event !== 'IO') {
+          i.h.owner.changed(i.from, i.to, i.event);
+          this.opts.observe?.transition(i.to, i.to === 'invalidated' ? i.h.reason : undefined);
+        }
         return;
       case 'durability':
         return i.h.owner.durability(i.h.durable, i.h.durable ? undefined : this.diskError);
@@ -365,6 +382,8 @@ export class NodeAgent {
       }
       case 'settle': {
         const { s } = i;
+        const t0 = this.opts.observe ? this.calledAt.get(s.op) : undefined;
+        if (t0 !== undefined) this.opts.observe!.operation(s.op.kind, s.ok, this.env.clock.now() - t0);
         if (s.ok) s.op.settle?.resolve(s.value);
         else s.op.settle?.reject(new SafeResumeError(s.code, s.message, s.reason));
         return;

@@ -12,6 +12,7 @@ import { CLOSE, type Connection, type Listener, type Transport } from '../transp
 import { StoreUnavailableError, type HandleRef, type Store } from '../store/types.js';
 import { defaultEnv, every, type Env } from './env.js';
 import { Keyring, proofMatches, proofs, sessionKey, transcript } from './auth.js';
+import { TxStore } from '../store/base.js';
 import { pureInspector } from './pure-inspect.js';
 import { HandleRecords, keyOf, view, type HandleRecord, type ReplicaHandleView } from './replica-handles.js';
 
@@ -58,6 +59,20 @@ export interface ReplicaOptions {
   probeIntervalMs?: number;
   maxHandlesPerSession?: number;
   maxBadFrames?: number;
+  /** Metrics hooks (cluster/metrics.ts); absent, nothing is measured. */
+  observe?: ReplicaObserver;
+}
+
+/** What a replica reports as it works, for /metrics. */
+export interface ReplicaObserver {
+  /** A request answered after `ms`, by message type. */
+  request(type: string, ms: number): void;
+  /** A resume item answered: `granted`, or the denial code. */
+  resume(outcome: string): void;
+  /** One store transaction of `ms`. */
+  transaction(ms: number): void;
+  writeApplied(): void;
+  badFrame(): void;
 }
 
 interface Session {
@@ -127,6 +142,8 @@ export class StorageReplica {
     this.id = opts.id;
     this.store = opts.store;
     this.keyring = new Keyring(opts.secret);
+    const observe = opts.observe;
+    if (observe && opts.store instanceof TxStore) opts.store.onTransaction = (ms) => observe.transaction(ms);
     this.env = defaultEnv(opts.env);
     this.env.log = this.env.log.child({ actor: opts.id });
     this.holdMs = opts.holdMs ?? 5000;
@@ -344,6 +361,7 @@ export class StorageReplica {
   private onFrame(s: Session, frame: Decoded): void {
     if (!frame.ok) {
       this.stats.badFrames++;
+      this.opts.observe?.badFrame();
       const t = this.warnings.take('bad frame');
       if (t.log) this.env.log.warn({ session: s.id, node: s.node, code: frame.code, message: frame.message, ...(t.suppressed ? { suppressed: t.suppressed } : {}) }, 'bad frame');
       this.reply(s.conn, frame.id, frame.code, frame.message);
@@ -363,15 +381,15 @@ export class StorageReplica {
       case 'prove':
         return this.onProve(s, msg);
       case 'open':
-        return this.serve(s, msg.id, REQUEST_COST, () => this.onOpen(s, msg));
+        return this.serve(s, msg.id, REQUEST_COST, () => this.onOpen(s, msg), 'open');
       case 'resume':
-        return this.serve(s, msg.id, REQUEST_COST * msg.items.length, () => this.onResume(s, msg));
+        return this.serve(s, msg.id, REQUEST_COST * msg.items.length, () => this.onResume(s, msg), 'resume');
       case 'write':
-        return this.serve(s, msg.id, msg.data.length, () => this.onWrite(s, msg));
+        return this.serve(s, msg.id, msg.data.length, () => this.onWrite(s, msg), 'write');
       case 'read':
-        return this.serve(s, msg.id, msg.length, () => this.onRead(s, msg));
+        return this.serve(s, msg.id, msg.length, () => this.onRead(s, msg), 'read');
       case 'close':
-        return this.serve(s, msg.id, 0, () => this.onClose(s, msg));
+        return this.serve(s, msg.id, 0, () => this.onClose(s, msg), 'close');
       default:
         this.reply(s.conn, 'id' in msg ? msg.id : undefined, 'BAD_FRAME', `a replica does not accept ${msg.type}`);
         this.countBad(s);
@@ -379,13 +397,16 @@ export class StorageReplica {
   }
 
   /** Serve one request, counted in flight (with `bytes`) until it is answered. */
-  private serve(s: Session, id: number, bytes: number, work: () => Promise<void>): void {
+  private serve(s: Session, id: number, bytes: number, work: () => Promise<void>, type: string): void {
     s.inflight++;
     s.inflightBytes += bytes;
     this.flow(s);
+    const observe = this.opts.observe;
+    const t0 = observe ? this.env.clock.now() : 0;
     void this.guard(s, id, work()).finally(() => {
       s.inflight--;
       s.inflightBytes -= bytes;
+      observe?.request(type, this.env.clock.now() - t0);
       this.flow(s);
     });
   }
@@ -474,16 +495,19 @@ export class StorageReplica {
     const results: ResumeResult[] = msg.items.map((it) => {
       if (!s.principals.has(it.principal)) {
         this.stats.resumesDenied++;
+        this.opts.observe?.resume('FORBIDDEN');
         return { target: it.target, requestId: it.requestId, granted: false, reason: 'MODIFIED', code: 'FORBIDDEN', version: 0 };
       }
       const out = decided[next++]!;
       const h = this.attach(s, it.target, it.requestId, it.mode, true);
       if (out.granted) {
         this.stats.resumesGranted++;
+        this.opts.observe?.resume('granted');
         this.step(h, { type: 'GRANTED' });
         return { target: it.target, requestId: it.requestId, granted: true, lastSeq: out.lastSeq, version: out.version };
       }
       this.stats.resumesDenied++;
+      this.opts.observe?.resume(out.code);
       this.env.log.info({ target: it.target, requestId: it.requestId, reason: out.reason, session: s.id }, 'resume denied');
       this.step(h, { type: 'DENIED', reason: out.reason });
       this.detach(s, it.target, it.requestId);
@@ -506,7 +530,10 @@ export class StorageReplica {
     if (h.mode !== 'write') throw new SafeResumeError('INVALID_ARGUMENT', 'handle was opened for reading');
     const res = await this.store.write({ target: msg.target, requestId: msg.requestId, session: s.id, seq: msg.seq, offset: msg.offset, data: msg.data });
     if (res.ok) {
-      if (res.applied) this.stats.writesApplied++;
+      if (res.applied) {
+        this.stats.writesApplied++;
+        this.opts.observe?.writeApplied();
+      }
       s.conn.send({ type: 'written', id: msg.id, seq: msg.seq, version: res.version });
       return;
     }

@@ -25,13 +25,18 @@ import { loadTlsFiles } from '../transport/tls.js';
 import { ChildCommand, ChildConfig, type ChildReport } from './ipc.js';
 import { runWorkload, type WorkloadStats } from './workload.js';
 import { processInspector } from './inspect.js';
+import { nodeMetrics, replicaMetrics, serveMetrics } from './metrics.js';
 
 /** TLS files (PEM): the transport serves and connects over wss:// (docs/tls.md). */
 const TlsConfig = z.object({ certFile: z.string(), keyFile: z.string(), caFile: z.string() }).optional();
 const transportFor = (tls: z.infer<typeof TlsConfig>) => new WebSocketTransport(tls ? { tls: loadTlsFiles(tls) } : {});
 
+/** Serve /metrics and /healthz on 127.0.0.1 at this port (0: a free one); absent, none. */
+const MetricsPort = z.number().int().min(0).max(65535).optional();
+
 const ReplicaConfig = z.object({
   tls: TlsConfig,
+  metricsPort: MetricsPort,
   id: z.string(),
   port: z.number().int(),
   dir: z.string(),
@@ -52,6 +57,7 @@ const ReplicaConfig = z.object({
 
 const NodeConfig = z.object({
   tls: TlsConfig,
+  metricsPort: MetricsPort,
   id: z.string(),
   replicas: z.array(z.string()),
   dir: z.string(),
@@ -110,7 +116,11 @@ async function replica(raw: unknown): Promise<void> {
       ? observedStore(inner, cfg.id, { add: (e) => inner.appendHistory(JSON.stringify({ t: Date.now(), ...e })) })
       : inner;
   const insp = cfg.inspector ? processInspector(`${cfg.inspector}?from=${cfg.id}`, cfg.inspectorToken) : undefined;
-  const r = new StorageReplica({ id: cfg.id, store, transport: transportFor(cfg.tls), secret: cfg.secret, port: cfg.port, holdMs: cfg.holdMs, ...(cfg.heartbeatIntervalMs ? { heartbeatIntervalMs: cfg.heartbeatIntervalMs } : {}), env: { log, inspect: insp?.inspect } });
+  let self: StorageReplica | undefined;
+  const m = cfg.metricsPort !== undefined ? replicaMetrics(() => self) : undefined;
+  const r = new StorageReplica({ id: cfg.id, store, transport: transportFor(cfg.tls), secret: cfg.secret, port: cfg.port, holdMs: cfg.holdMs, ...(cfg.heartbeatIntervalMs ? { heartbeatIntervalMs: cfg.heartbeatIntervalMs } : {}), ...(m ? { observe: m.observe } : {}), env: { log, inspect: insp?.inspect } });
+  self = r;
+  const metrics = m ? await serveMetrics(m.registry, () => ({ ok: !r.isDismounted, replica: cfg.id, store: r.isDismounted ? 'dismounted' : 'mounted', sessions: r.sessionCount }), cfg.metricsPort) : undefined;
   await r.start();
   process.on('message', (m) => {
     const cmd = ChildCommand.safeParse(m);
@@ -120,7 +130,7 @@ async function replica(raw: unknown): Promise<void> {
     else if (cmd.data.type === 'mount') r.mount();
     else if (cmd.data.type === 'shutdown') void r.stop().then(() => inner.shutdown()).then(() => exit(0), () => exit(1));
   });
-  const report = () => send({ type: 'status', role: 'replica', id: cfg.id, url: r.url, dismounted: r.isDismounted, sessions: r.sessionCount, stats: { ...r.stats } });
+  const report = () => send({ type: 'status', role: 'replica', id: cfg.id, url: r.url, dismounted: r.isDismounted, sessions: r.sessionCount, stats: { ...r.stats }, ...(metrics ? { metrics: metrics.url } : {}) });
   report();
   setInterval(report, 300).unref();
 }
@@ -142,7 +152,10 @@ async function node(raw: unknown): Promise<void> {
   const log = logger(cfg.dir, cfg.id, cfg.pretty);
   const insp = cfg.inspector ? processInspector(`${cfg.inspector}?from=${cfg.id}`, cfg.inspectorToken) : undefined;
   const env = { log, inspect: insp?.inspect };
+  let self: NodeAgent | undefined;
+  const m = cfg.metricsPort !== undefined ? nodeMetrics(() => self) : undefined;
   const agent = new NodeAgent({
+    ...(m ? { observe: m.observe } : {}),
     id: cfg.id,
     replicas: cfg.replicas,
     transport: transportFor(cfg.tls),
@@ -151,6 +164,8 @@ async function node(raw: unknown): Promise<void> {
     dataDir: cfg.dir,
     env,
   });
+  self = agent;
+  const metrics = m ? await serveMetrics(m.registry, () => ({ ok: agent.state === 'connected', node: cfg.id, session: agent.state, replica: agent.replica ?? null }), cfg.metricsPort) : undefined;
   agent.start().catch((err: unknown) => log.error({ err: String(err) }, 'node agent could not start'));
   const apps = new Map<string, HostedApp>();
   const history: unknown[] = [];
@@ -224,6 +239,7 @@ async function node(raw: unknown): Promise<void> {
       id: cfg.id,
       state: agent.state,
       replica: agent.replica ?? null,
+      ...(metrics ? { metrics: metrics.url } : {}),
       handles: [...apps.values()].map((a) => ({
         app: a.name,
         target: a.target,

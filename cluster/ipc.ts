@@ -44,8 +44,10 @@ export const ChildReport = z.union([
     dismounted: z.boolean(),
     sessions: z.number(),
     stats: z.record(z.string(), z.number()),
+    /** Where its /metrics and /healthz are served, if they are. */
+    metrics: z.string().optional(),
   }),
-  z.object({ type: z.literal('status'), role: z.literal('node'), id: z.string(), state: z.string(), replica: nullable(z.string()), handles: z.array(HandleStatus) }),
+  z.object({ type: z.literal('status'), role: z.literal('node'), id: z.string(), state: z.string(), replica: nullable(z.string()), handles: z.array(HandleStatus), metrics: z.string().optional() }),
   z.object({ type: z.literal('history'), events: z.array(z.unknown()) }),
   z.object({ type: z.literal('released'), app: z.string(), target: z.string().optional(), requestId: z.string().optional(), error: z.string().optional() }),
   z.object({ type: z.literal('workload-stopped') }),

@@ -128,7 +128,7 @@ export class Launcher {
       const id = `replica-${i + 1}`;
       const port = this.opts.port ? this.opts.port + i : await freePort();
       this.replicaUrls.push(`${this.opts.tls ? 'wss' : 'ws'}://127.0.0.1:${port}`);
-      this.spawn(id, 'replica', { ...this.tlsConfig(), id, port, dir: this.opts.dir, store: `sqlite:${this.dbPath}`, secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
+      this.spawn(id, 'replica', { ...this.tlsConfig(), metricsPort: 0, id, port, dir: this.opts.dir, store: `sqlite:${this.dbPath}`, secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     let appNo = 0;
@@ -147,7 +147,7 @@ export class Launcher {
       // A node gets its own credential and its applications' principal's, never the cluster key.
       const credential = formatCredential(issueCredential(this.secret, 'node', id));
       const principals = [formatCredential(issueCredential(this.secret, 'principal', 'default'))];
-      this.spawn(id, 'node', { ...this.tlsConfig(), id, replicas: urls, dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
+      this.spawn(id, 'node', { ...this.tlsConfig(), metricsPort: 0, id, replicas: urls, dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     await this.listen();
@@ -231,12 +231,14 @@ export class Launcher {
       pid: c.proc?.pid ?? null,
       sessions: c.proc && c.status?.role === 'replica' ? c.status.sessions : 0,
       stats: c.status?.role === 'replica' ? c.status.stats : {},
+      metrics: c.proc ? (c.status?.metrics ?? null) : null,
     }));
     const nodes = [...this.children.values()].filter((c) => c.role === 'node').map((c) => ({
       id: c.id,
       state: !c.proc ? 'down' : c.status?.role === 'node' ? c.status.state : 'starting',
       pid: c.proc?.pid ?? null,
       replica: c.status?.role === 'node' ? c.status.replica : null,
+      metrics: c.proc ? (c.status?.metrics ?? null) : null,
       partitioned: (this.proxies.get(c.id) ?? []).some((p) => p.mode === 'partition'),
     }));
     const handles: Array<HandleStatus & { node: string }> = [];

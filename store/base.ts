@@ -108,6 +108,18 @@ export abstract class TxStore implements Store {
   private readonly flushNow = () => this.flush();
   /** Transactions committed and the operations they carried (a group commit carries many). */
   readonly commits = { transactions: 0, operations: 0 };
+  /** Told how long each committed transaction took (for metrics); unset, nothing is timed. */
+  onTransaction: ((ms: number) => void) | undefined;
+
+  /** `this.tx`, timed when someone listens. */
+  private timedTx<T>(fn: (tx: rules.Tx) => T): T {
+    const listen = this.onTransaction;
+    if (!listen) return this.tx(fn);
+    const t0 = performance.now();
+    const v = this.tx(fn);
+    listen(performance.now() - t0);
+    return v;
+  }
 
   readonly sync: SyncStore = {
     open: (req) => this.tx((t) => rules.open(t, req, this.clockNow())),
@@ -137,7 +149,7 @@ export abstract class TxStore implements Store {
       const mark = effects.length;
       this.effects = effects;
       try {
-        const v = this.tx(() => fn());
+        const v = outer ? this.tx(() => fn()) : this.timedTx(() => fn());
         this.effects = outer;
         this.commits.transactions++;
         this.commits.operations++;
@@ -189,7 +201,7 @@ export abstract class TxStore implements Store {
     const outer = this.effects;
     this.effects = effects;
     try {
-      this.tx(() => {
+      this.timedTx(() => {
         for (const q of batch) {
           const mark = effects.length;
           try {
@@ -235,7 +247,7 @@ export abstract class TxStore implements Store {
       const outer = this.effects;
       this.effects = effects;
       try {
-        const v = this.tx(() => q.fn());
+        const v = this.timedTx(() => q.fn());
         this.effects = outer;
         this.commits.transactions++;
         this.commits.operations++;

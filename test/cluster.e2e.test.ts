@@ -20,8 +20,8 @@ const dir = join(t.dir, 'cluster');
 let launcher: ChildProcess | undefined;
 
 interface Status {
-  replicas: Array<{ id: string; state: string; pid: number | null }>;
-  nodes: Array<{ id: string; state: string; pid: number | null; replica: string | null }>;
+  replicas: Array<{ id: string; state: string; pid: number | null; metrics: string | null }>;
+  nodes: Array<{ id: string; state: string; pid: number | null; replica: string | null; metrics: string | null }>;
   handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; requestId: string | null }>;
 }
 
@@ -53,6 +53,12 @@ function alive(pid: number | null): boolean {
   } catch {
     return false;
   }
+}
+
+/** /healthz's status code, fetched synchronously for `until` (curl is not needed: a child node does it). */
+function sampleHealth(url: string): number {
+  const out = execFileSync('node', ['-e', `fetch(${JSON.stringify(url + '/healthz')}).then((r) => console.log(r.status), () => console.log(0))`], { encoding: 'utf8' });
+  return Number(out.trim());
 }
 
 /** The first lines each `up` printed (its addresses), by data directory. */
@@ -207,6 +213,42 @@ describe('safe-resume up: a real local cluster', () => {
     await until('every handle active with more writes', () => status().handles.every((h) => h.state === 'active' && h.acked > before[h.app]! + 5));
     expect(status().nodes.every((n) => n.replica !== serving)).toBe(true);
     expect(cli('restart', serving).code).toBe(0);
+  }, 60_000);
+
+  it('every replica and node serves /metrics (Prometheus text) and /healthz on 127.0.0.1; the failover shows in them', async () => {
+    const st = status();
+    const get = async (url: string) => {
+      const res = await fetch(url);
+      return { status: res.status, text: await res.text() };
+    };
+    /** The value of one sample line, or undefined. */
+    const sample = (text: string, line: string) => {
+      const m = new RegExp(`^${line.replace(/[{}"=]/g, (c) => `\\${c}`)} (\\S+)$`, 'm').exec(text);
+      return m ? Number(m[1]) : undefined;
+    };
+    for (const p of [...st.replicas, ...st.nodes]) {
+      expect(p.metrics, p.id).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+      expect((await get(`${p.metrics}/healthz`)).status, p.id).toBe(200);
+    }
+    // The node paused and resumed its handles when its replica was killed (the test before this one).
+    const node = await get(`${st.nodes[0]!.metrics}/metrics`);
+    expect(sample(node.text, 'safe_resume_handle_transitions_total{to="paused",reason=""}')).toBeGreaterThan(0);
+    expect(sample(node.text, 'safe_resume_session_connected')).toBe(1);
+    expect(sample(node.text, 'safe_resume_handles{state="active"}')).toBe(2);
+    expect(node.text).toMatch(/^safe_resume_operation_seconds_bucket\{le="0.005",kind="write",outcome="ok"\} \d+$/m);
+    // The replica serving it now granted those resumes, and answers writes and store transactions.
+    const serving = st.replicas.find((r) => r.id === st.nodes[0]!.replica)!;
+    const replica = await get(`${serving.metrics}/metrics`);
+    expect(sample(replica.text, 'safe_resume_resumes_total{outcome="granted"}')).toBeGreaterThan(0);
+    expect(sample(replica.text, 'safe_resume_sessions')).toBeGreaterThan(0);
+    expect(sample(replica.text, 'safe_resume_request_seconds_count{type="write"}')).toBeGreaterThan(0);
+    expect(sample(replica.text, 'safe_resume_store_transaction_seconds_count')).toBeGreaterThan(0);
+    // A dismounted replica says so on /healthz; a foreign Host is refused.
+    const other = st.replicas.find((r) => r.id !== serving.id)!;
+    expect(cli('dismount', other.id, '--for', '2').code).toBe(0);
+    await until('the dismounted replica unhealthy', () => sampleHealth(other.metrics!) === 503, 10_000);
+    expect((await raw(`${other.metrics}/metrics`, { headers: { host: 'evil.example' } })).status).toBe(403);
+    await until('the replica mounted again', () => sampleHealth(other.metrics!) === 200, 10_000);
   }, 60_000);
 
   it('partition a node past its hold period, write as a foreign writer, heal: that handle is invalidated MODIFIED, the other resumes', async () => {
