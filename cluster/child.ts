@@ -110,7 +110,7 @@ async function replica(raw: unknown): Promise<void> {
   const log = logger(cfg.dir, cfg.id, cfg.pretty);
   // `sqlite` alone is the data directory's store.sqlite.
   const spec = cfg.store === 'sqlite' ? `sqlite:${join(cfg.dir, 'store.sqlite')}` : cfg.store;
-  const inner: TxStore = openStore(spec, { sqlite: { groupCommit: cfg.groupCommit ?? true } });
+  const inner = openStore(spec, { sqlite: { groupCommit: cfg.groupCommit ?? true } });
   const store =
     cfg.history && inner instanceof SqliteStore
       ? observedStore(inner, cfg.id, { add: (e) => inner.appendHistory(JSON.stringify({ t: Date.now(), ...e })) })

@@ -11,7 +11,8 @@ import { resolve } from 'node:path';
 import { SafeResumeError } from '../errors.js';
 import { MemoryStore } from './memory.js';
 import { SqliteStore, type SqliteStoreOptions } from './sqlite.js';
-import type { TxStore } from './base.js';
+import type { Store } from './types.js';
+import { EtcdStore, type EtcdStoreOptions } from './etcd.js';
 
 export type StoreSpec =
   | { kind: 'memory' }
@@ -38,10 +39,11 @@ export function parseStoreSpec(spec: string): StoreSpec {
 
 export interface OpenStoreOptions {
   sqlite?: SqliteStoreOptions;
+  etcd?: EtcdStoreOptions;
 }
 
 /** Open the store a spec names. */
-export function openStore(spec: string | StoreSpec, opts: OpenStoreOptions = {}): TxStore {
+export function openStore(spec: string | StoreSpec, opts: OpenStoreOptions = {}): Store {
   const s = typeof spec === 'string' ? parseStoreSpec(spec) : spec;
   switch (s.kind) {
     case 'memory':
@@ -49,6 +51,6 @@ export function openStore(spec: string | StoreSpec, opts: OpenStoreOptions = {})
     case 'sqlite':
       return new SqliteStore(s.path, opts.sqlite);
     case 'etcd':
-      throw new SafeResumeError('UNAVAILABLE', `store etcd://${s.endpoints.join(',')}: the etcd adapter is not built yet; use sqlite:PATH`);
+      return new EtcdStore(s.endpoints, opts.etcd);
   }
 }

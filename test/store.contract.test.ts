@@ -1,7 +1,7 @@
 /** One contract suite, run against every store adapter (SPEC "Rules of the store"). */
 import Database from 'better-sqlite3';
 import fc from 'fast-check';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { seededRandom } from '../actors/env.js';
 import { quiesce, SimClock } from '../sim/clock.js';
@@ -9,6 +9,8 @@ import { SimStore } from '../sim/store.js';
 import { MemoryStore } from '../store/memory.js';
 import { SqliteStore } from '../store/sqlite.js';
 import type { Store } from '../store/types.js';
+import { EtcdStore } from '../store/etcd.js';
+import { startEtcd, type EtcdCluster } from './etcd-cluster.js';
 import { bytes, tempDir, text } from './helpers.js';
 
 /**
@@ -48,6 +50,9 @@ function driven(store: SimStore, clock: SimClock): Store {
 
 interface Adapter {
   name: string;
+  /** Start what the adapter needs (an etcd member), once for its suite. */
+  start?: () => Promise<void>;
+  stop?: () => Promise<void>;
   /**
    * A fresh store whose own clock reads `now`, and a function that closes it and opens it again
    * over the same data (a reboot).
@@ -121,6 +126,31 @@ const adapters: Adapter[] = [
   },
 ];
 
+/** etcd: one member for the suite; each test's store under a prefix of its own. */
+let etcd: EtcdCluster | undefined;
+let prefixes = 0;
+const makeEtcd = (now: () => number) => {
+  const opts = { prefix: `/contract-${process.pid}-${++prefixes}/`, now };
+  let current = new EtcdStore(etcd!.endpoints, opts);
+  return {
+    store: current as Store,
+    reopen: async () => {
+      await current.shutdown();
+      current = new EtcdStore(etcd!.endpoints, opts);
+      return current as Store;
+    },
+    cleanup: () => void current.shutdown(),
+  };
+};
+adapters.push({
+  name: 'etcd (one member)',
+  start: async () => {
+    etcd = await startEtcd(1);
+  },
+  stop: async () => etcd?.stop(),
+  make: makeEtcd,
+});
+
 const X = 'X'.repeat(21);
 const Y = 'Y'.repeat(21);
 const T = 'vm1.disk';
@@ -128,6 +158,8 @@ const P = 'alice';
 
 for (const adapter of adapters) {
   describe(`store contract: ${adapter.name}`, () => {
+    if (adapter.start) beforeAll(adapter.start, 30_000);
+    if (adapter.stop) afterAll(adapter.stop);
     let env: ReturnType<Adapter['make']>;
     let store: Store;
     /** The store's clock. */
@@ -485,4 +517,48 @@ describe('sqlite specifics', () => {
     await expect(a.read({ target: T, offset: 0, length: 1 })).rejects.toMatchObject({ name: 'StoreUnavailableError' });
     t.cleanup();
   });
+});
+
+describe('etcd specifics', () => {
+  let cluster: EtcdCluster;
+  beforeAll(async () => {
+    cluster = await startEtcd(1);
+  }, 30_000);
+  afterAll(() => cluster?.stop());
+
+  it('two stores (two replica hosts) racing to open one target: exactly one writer is granted, by revision-guarded transactions', async () => {
+    const prefix = `/race-${process.pid}/`;
+    const a = new EtcdStore(cluster.endpoints, { prefix });
+    const b = new EtcdStore(cluster.endpoints, { prefix });
+    try {
+      const rid = (i: number) => `R${String(i).padStart(20, '0')}`;
+      const results = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? a : b).open({ target: 'race.disk', requestId: rid(i), principal: 'p', mode: 'write', session: `s${i}`, leaseMs: 60_000 })));
+      expect(results.filter((r) => r.ok)).toHaveLength(1);
+      expect(results.filter((r) => !r.ok && r.code === 'LOCKED')).toHaveLength(19);
+      const winner = results.findIndex((r) => r.ok);
+      expect((await a.record('race.disk'))?.requestId).toBe(rid(winner));
+      // Writes of the winner through both stores, in parallel: each seq applied once, in order.
+      const w = (seq: number) => (seq % 2 ? a : b).write({ target: 'race.disk', requestId: rid(winner), session: `s${winner}`, seq, offset: (seq - 1) * 2, data: bytes(`${seq}`.padStart(2, '0')) });
+      for (let seq = 1; seq <= 10; seq++) expect(await w(seq)).toMatchObject({ ok: true, applied: true, version: seq });
+      expect(await Promise.all([w(3), w(7)])).toEqual([{ ok: true, applied: false, version: 10 }, { ok: true, applied: false, version: 10 }]);
+      const r = await b.read({ target: 'race.disk', offset: 0, length: 20 });
+      expect(r.ok && text(r.data)).toBe('01020304050607080910');
+    } finally {
+      await a.shutdown();
+      await b.shutdown();
+    }
+  });
+
+  it('an etcd that does not answer makes the store unavailable (the replica dismounts), not a crash', async () => {
+    const lone = await startEtcd(1);
+    const s = new EtcdStore(lone.endpoints, { prefix: '/down/', timeoutMs: 1500 });
+    try {
+      await s.ping();
+      await lone.stop();
+      await expect(s.ping()).rejects.toMatchObject({ name: 'StoreUnavailableError' });
+      await expect(s.open({ target: 't', requestId: 'R'.repeat(21), principal: 'p', mode: 'write', session: 's', leaseMs: 1000 })).rejects.toMatchObject({ name: 'StoreUnavailableError' });
+    } finally {
+      await s.shutdown();
+    }
+  }, 30_000);
 });
