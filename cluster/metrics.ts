@@ -13,6 +13,21 @@ import type { StorageReplica } from '../actors/replica.js';
 const BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 const STATES = ['opening', 'active', 'paused', 'resuming', 'invalidated', 'closing', 'closed'] as const;
 
+/** `safe_resume_handles{state}`: every state, counted from `list` when scraped. */
+function handlesByState(registry: Registry, help: string, list: () => Array<{ state: string }>): void {
+  new Gauge({
+    name: 'safe_resume_handles',
+    help,
+    labelNames: ['state'],
+    registers: [registry],
+    collect() {
+      const counts = new Map<string, number>(STATES.map((s) => [s, 0]));
+      for (const h of list()) counts.set(h.state, (counts.get(h.state) ?? 0) + 1);
+      for (const [state, n] of counts) this.set({ state }, n);
+    },
+  });
+}
+
 export interface Health {
   ok: boolean;
   [k: string]: unknown;
@@ -30,17 +45,7 @@ export function replicaMetrics(getReplica: () => StorageReplica | undefined): { 
       this.set(getReplica()?.sessionCount ?? 0);
     },
   });
-  new Gauge({
-    name: 'safe_resume_handles',
-    help: 'Handles this replica knows, by state (paused: its session was lost and the hold period runs)',
-    labelNames: ['state'],
-    registers: [registry],
-    collect() {
-      const counts = new Map<string, number>(STATES.map((s) => [s, 0]));
-      for (const h of getReplica()?.handles() ?? []) counts.set(h.state, (counts.get(h.state) ?? 0) + 1);
-      for (const [state, n] of counts) this.set({ state }, n);
-    },
-  });
+  handlesByState(registry, 'Handles this replica knows, by state (paused: its session was lost and the hold period runs)', () => getReplica()?.handles() ?? []);
   new Gauge({
     name: 'safe_resume_store_available',
     help: '1 while the replica\'s store is mounted, 0 while it is dismounted',
@@ -71,17 +76,7 @@ export function replicaMetrics(getReplica: () => StorageReplica | undefined): { 
 export function nodeMetrics(getAgent: () => NodeAgent | undefined): { registry: Registry; observe: NonNullable<import('../actors/node-agent.js').NodeAgentOptions['observe']> } {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'safe_resume_process_' });
-  new Gauge({
-    name: 'safe_resume_handles',
-    help: 'Handles of this node\'s applications, by state',
-    labelNames: ['state'],
-    registers: [registry],
-    collect() {
-      const counts = new Map<string, number>(STATES.map((s) => [s, 0]));
-      for (const h of getAgent()?.list() ?? []) counts.set(h.state, (counts.get(h.state) ?? 0) + 1);
-      for (const [state, n] of counts) this.set({ state }, n);
-    },
-  });
+  handlesByState(registry, 'Handles of this node\'s applications, by state', () => getAgent()?.list() ?? []);
   new Gauge({
     name: 'safe_resume_session_connected',
     help: '1 while the node has a session with a replica',
