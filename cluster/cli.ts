@@ -18,6 +18,8 @@ import { runChaos, type ChaosSummary } from './chaos.js';
 import { formatReplay, formatSummary } from '../sim/run.js';
 import { runSeedsParallel } from '../sim/parallel.js';
 import { credentials, CredentialsUsageError } from './credentials-cli.js';
+import { parseStoreSpec } from '../store/open.js';
+import { SafeResumeError } from '../errors.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
 
@@ -53,8 +55,11 @@ Options for up:
   --replicas N           storage replicas (default 3)
   --nodes N              node agents (default 2)
   --apps N               workload applications per node (default 2), named app-1, app-2, ... across nodes
-  --store sqlite|memory  sqlite (default): real processes over <dir>/store.sqlite; memory: everything
-                         in this one process, no control commands
+  --store sqlite|etcd|memory
+                         sqlite (default): real processes over <dir>/store.sqlite; etcd: real processes
+                         over a local 3-member etcd in <dir>/etcd (etcd-1..3; needs Debian's etcd-server),
+                         or over --etcd-endpoints HOST:PORT,... of a running one; memory: everything in
+                         this one process, no control commands
   --dir PATH             data directory: store, cluster secret, kept requestIds, logs (default ./.safe-resume)
   --hold-ms MS           hold period of a lost session's locks (default 5000)
   --pause-timeout-ms MS  how long a paused handle waits before it is invalidated (default 60000)
@@ -100,7 +105,8 @@ interface UpOptions {
   replicas: number;
   nodes: number;
   apps: number;
-  store: 'sqlite' | 'memory';
+  store: 'sqlite' | 'memory' | 'etcd';
+  etcdEndpoints: string[] | undefined;
   dir: string;
   holdMs: number;
   pauseTimeoutMs: number;
@@ -117,6 +123,7 @@ interface UpOptions {
 }
 
 const UP_FLAGS = {
+  'etcd-endpoints': { type: 'string' },
   'tls-cert': { type: 'string' },
   'tls-key': { type: 'string' },
   'tls-ca': { type: 'string' },
@@ -162,12 +169,24 @@ function parseUp(argv: string[]): UpOptions | undefined {
   };
   const b = (k: keyof typeof UP_FLAGS): boolean => Boolean((flags as Record<string, unknown>)[k] ?? file[k]);
   const store = v('store') ?? 'sqlite';
-  if (store !== 'sqlite' && store !== 'memory') throw new UsageError(`--store must be sqlite or memory, got ${JSON.stringify(store)}`);
+  if (store !== 'sqlite' && store !== 'memory' && store !== 'etcd') throw new UsageError(`--store must be sqlite, etcd or memory, got ${JSON.stringify(store)}`);
+  const endpoints = v('etcd-endpoints');
+  if (endpoints !== undefined && store !== 'etcd') throw new UsageError('--etcd-endpoints goes with --store etcd');
+  let etcdEndpoints: string[] | undefined;
+  if (endpoints !== undefined) {
+    try {
+      const spec = parseStoreSpec(`etcd://${endpoints}`);
+      etcdEndpoints = spec.kind === 'etcd' ? spec.endpoints : undefined;
+    } catch (err) {
+      throw new UsageError(`--etcd-endpoints: ${(err as Error).message}`);
+    }
+  }
   const o: UpOptions = {
     replicas: int('replicas', v('replicas'), 3, 1),
     nodes: int('nodes', v('nodes'), 2, 1),
     apps: int('apps', v('apps'), 2, 1),
     store,
+    etcdEndpoints,
     dir: resolve(v('dir') ?? '.safe-resume'),
     holdMs: int('hold-ms', v('hold-ms'), 5000),
     pauseTimeoutMs: int('pause-timeout-ms', v('pause-timeout-ms'), 60_000, 1),
@@ -182,7 +201,7 @@ function parseUp(argv: string[]): UpOptions | undefined {
     json: b('json'),
     tls: tlsFlags(v('tls-cert'), v('tls-key'), v('tls-ca')),
   };
-  if (o.chaos && o.store !== 'sqlite') throw new UsageError('--chaos needs --store sqlite (real processes)');
+  if (o.chaos && o.store !== 'sqlite') throw new UsageError('--chaos needs --store sqlite (real processes; the checker reads the history SQLite keeps)');
   if (o.chaos && o.nodes < 2) throw new UsageError('--chaos needs at least 2 nodes');
   return o;
 }
@@ -211,7 +230,7 @@ async function up(argv: string[]): Promise<number> {
   privateDataDir(o.dir);
   mkdirSync(join(o.dir, 'logs'), { recursive: true });
   const log = pino({ base: { actor: 'launcher' } }, pino.destination({ dest: join(o.dir, 'logs', 'launcher.log'), sync: false }));
-  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, statelyPort: o.statelyPort, log, tls: o.tls });
+  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, statelyPort: o.statelyPort, log, tls: o.tls, store: o.store === 'etcd' ? 'etcd' : 'sqlite', etcdEndpoints: o.etcdEndpoints });
   let stopping: Promise<void> | undefined;
   const stop = () => (stopping ??= launcher.down());
   process.once('SIGINT', () => void stop());
@@ -223,7 +242,8 @@ async function up(argv: string[]): Promise<number> {
     throw err;
   }
   const say = (line: string) => (o.json ? process.stderr : process.stdout).write(line + '\n');
-  say(`safe-resume: ${o.replicas} replicas over ${join(o.dir, 'store.sqlite')}, ${o.nodes} nodes x ${o.apps} apps`);
+  say(`safe-resume: ${o.replicas} replicas over ${o.store === 'etcd' ? `etcd (${launcher.etcd ? 'local members in ' + join(o.dir, 'etcd') : (o.etcdEndpoints ?? []).join(',')})` : join(o.dir, 'store.sqlite')}, ${o.nodes} nodes x ${o.apps} apps`);
+  for (const m of launcher.etcd?.members ?? []) say(`  ${m.id.padEnd(9)} ${m.endpoint}`);
   for (const [i, u] of launcher.replicaUrls.entries()) say(`  replica-${i + 1}  ${u}`);
   say(`  control   ${launcher.controlUrl}   (safe-resume status | kill | partition | write ... --dir ${o.dir})`);
   // The page addresses carry the control token (in the fragment): they open as printed.
@@ -276,8 +296,9 @@ function liveView(status: () => Record<string, unknown>, tty: boolean): () => vo
 
 /** The status view: one line per replica and node, one per handle. */
 function statusLines(st: Record<string, unknown>): string[] {
-  const s = st as { replicas: Array<{ id: string; state: string; sessions: number }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null }> };
+  const s = st as { etcd?: Array<{ id: string; state: string; endpoint: string }>; replicas: Array<{ id: string; state: string; sessions: number }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null }> };
   const out: string[] = [];
+  for (const m of s.etcd ?? []) out.push(`${m.id.padEnd(10)} ${m.state.padEnd(11)} ${m.endpoint}`);
   for (const r of s.replicas) out.push(`${r.id.padEnd(10)} ${r.state.padEnd(11)} sessions=${r.sessions}`);
   for (const n of s.nodes) out.push(`${n.id.padEnd(10)} ${n.state.padEnd(11)} on ${n.replica ?? '-'}${n.partitioned ? '  (partitioned)' : ''}`);
   for (const h of s.handles) {
@@ -486,6 +507,10 @@ async function main(argv: string[]): Promise<number> {
         throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);
     }
   } catch (err) {
+    if (err instanceof SafeResumeError) {
+      process.stderr.write(`safe-resume: ${err.code}: ${err.message}\n`);
+      return 1;
+    }
     if (err instanceof UsageError || err instanceof CredentialsUsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`safe-resume: ${(err as Error).message}\nRun 'safe-resume help' for usage.\n`);
       return 2;

@@ -23,6 +23,7 @@ import { SqliteStore } from '../store/sqlite.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
 import { FaultProxy } from './fault-proxy.js';
+import { EtcdMembers } from './etcd-members.js';
 import { ChildReport, type ChildCommand, ChildConfig, type HandleStatus } from './ipc.js';
 import { InspectorServer, StatelyRelay } from './inspector-server.js';
 
@@ -46,6 +47,9 @@ export interface LauncherOptions {
   log: Logger;
   /** Serve every replica over wss:// with these PEM files, and have the nodes check it against the CA. */
   tls?: TlsFiles | undefined;
+  /** `sqlite` (default): <dir>/store.sqlite; `etcd`: a local 3-member etcd in <dir>/etcd, or `etcdEndpoints`. */
+  store?: 'sqlite' | 'etcd';
+  etcdEndpoints?: string[] | undefined;
 }
 
 interface Child {
@@ -93,6 +97,9 @@ export class Launcher {
   chaos: { verdict: string; violations: number } | undefined;
   inspector: InspectorServer | undefined;
   private watching = false;
+  /** The local etcd members of `--store etcd` (none when the endpoints were given). */
+  etcd: EtcdMembers | undefined;
+  private storeSpec = '';
 
   constructor(readonly opts: LauncherOptions) {
     privateDataDir(opts.dir);
@@ -124,11 +131,15 @@ export class Launcher {
       const url = await this.inspector.listen(this.opts.inspectorPort);
       inspectorWs = `${url.replace('http', 'ws')}/inspect`;
     }
+    if (this.opts.store === 'etcd') {
+      const endpoints = this.opts.etcdEndpoints ?? (this.etcd = await EtcdMembers.start(join(this.opts.dir, 'etcd'), 3)).endpoints;
+      this.storeSpec = `etcd://${endpoints.join(',')}`;
+    } else this.storeSpec = `sqlite:${this.dbPath}`;
     for (let i = 0; i < this.opts.replicas; i++) {
       const id = `replica-${i + 1}`;
       const port = this.opts.port ? this.opts.port + i : await freePort();
       this.replicaUrls.push(`${this.opts.tls ? 'wss' : 'ws'}://127.0.0.1:${port}`);
-      this.spawn(id, 'replica', { ...this.tlsConfig(), metricsPort: 0, id, port, dir: this.opts.dir, store: `sqlite:${this.dbPath}`, secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
+      this.spawn(id, 'replica', { ...this.tlsConfig(), metricsPort: 0, id, port, dir: this.opts.dir, store: this.storeSpec, secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     let appNo = 0;
@@ -243,10 +254,15 @@ export class Launcher {
     }));
     const handles: Array<HandleStatus & { node: string }> = [];
     for (const c of this.children.values()) if (c.proc && c.status?.role === 'node') for (const h of c.status.handles) handles.push({ node: c.id, ...h });
-    return { replicas, nodes, handles, control: this.controlUrl, dir: this.opts.dir, ...(this.chaos ? { chaos: this.chaos } : {}) };
+    const etcd = this.etcd?.members.map((m) => ({ id: m.id, state: m.proc ? 'running' : 'down', pid: m.proc?.pid ?? null, endpoint: m.endpoint }));
+    return { replicas, nodes, handles, ...(etcd ? { etcd } : {}), store: this.storeSpec, control: this.controlUrl, dir: this.opts.dir, ...(this.chaos ? { chaos: this.chaos } : {}) };
   }
 
   kill(id: string): ControlResult {
+    if (this.etcd?.member(id)) {
+      this.etcd.kill(id);
+      return { ok: true, killed: id };
+    }
     const c = this.child(id);
     if (!c.proc) throw new SafeResumeError('UNAVAILABLE', `${id} is not running`);
     this.noteCrash(c);
@@ -255,6 +271,10 @@ export class Launcher {
   }
 
   async restart(id: string): Promise<ControlResult> {
+    if (this.etcd?.member(id)) {
+      await this.etcd.restart(id);
+      return { ok: true, restarted: id };
+    }
     const c = this.child(id);
     if (c.proc) {
       this.noteCrash(c);
@@ -423,6 +443,8 @@ export class Launcher {
     }
     await this.inspector?.close();
     await this.relay?.close();
+    // The store's own processes go last, once no replica needs them.
+    await this.etcd?.stop();
     rmSync(join(this.opts.dir, 'control.json'), { force: true });
   }
 

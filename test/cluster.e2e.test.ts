@@ -444,3 +444,53 @@ describe('safe-resume up --tls-cert --tls-key --tls-ca', () => {
     expect(existsSync(join(t.dir, 'tls-bad', 'control.json'))).toBe(false);
   });
 });
+
+describe('safe-resume up --store etcd', () => {
+  const d = join(t.dir, 'etcd');
+  let p: ChildProcess | undefined;
+  afterAll(() => {
+    if (p && p.exitCode === null) p.kill('SIGKILL');
+  });
+  const st = () => JSON.parse(execFileSync('node', [CLI, 'status', '--json', '--dir', d], { encoding: 'utf8' })) as Status & { etcd: Array<{ id: string; state: string; pid: number | null }>; store: string };
+  /** The etcd processes whose data lives under `d`. */
+  const etcdPids = () =>
+    readdirSync('/proc')
+      .filter((x) => /^\d+$/.test(x))
+      .filter((pid) => {
+        try {
+          return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(join(d, 'etcd'));
+        } catch {
+          return false;
+        }
+      });
+
+  it('runs the replicas over a local 3-member etcd; a killed member (a quorum stays) stops nothing; down stops the members too', async () => {
+    p = startCluster(d, ['--store', 'etcd', '--replicas', '2', '--nodes', '1', '--apps', '1']);
+    await until('up', () => existsSync(join(d, 'control.json')), 40_000);
+    expect(printed.get(d)).toMatch(/^ {2}etcd-1 +127\.0\.0\.1:\d+$/m);
+    const s = st();
+    expect(s.store).toMatch(/^etcd:\/\/127\.0\.0\.1:\d+,127\.0\.0\.1:\d+,127\.0\.0\.1:\d+$/);
+    expect(s.etcd.map((m) => `${m.id} ${m.state}`)).toEqual(['etcd-1 running', 'etcd-2 running', 'etcd-3 running']);
+    await until('the handle to write', () => st().handles.some((h) => h.state === 'active' && h.acked > 5), 30_000);
+    expect(execFileSync('node', [CLI, 'kill', 'etcd-1', '--dir', d], { encoding: 'utf8' })).toMatch(/killed: etcd-1/);
+    const before = st().handles[0]!.acked;
+    await until('writes to go on with two members', () => st().handles[0]!.state === 'active' && st().handles[0]!.acked > before + 10, 30_000);
+    expect(execFileSync('node', [CLI, 'write', 'e.disk', 'on-etcd', '--dir', d], { encoding: 'utf8' })).toMatch(/bytes: 7/);
+    expect(execFileSync('node', [CLI, 'read', 'e.disk', '--dir', d], { encoding: 'utf8' })).toMatch(/^on-etcd/);
+    expect(execFileSync('node', [CLI, 'restart', 'etcd-1', '--dir', d], { encoding: 'utf8' })).toMatch(/restarted: etcd-1/);
+    expect(st().etcd[0]!.state).toBe('running');
+    expect(etcdPids()).toHaveLength(3);
+    execFileSync('node', [CLI, 'down', '--dir', d], { encoding: 'utf8' });
+    await until('the launcher to exit', () => p!.exitCode !== null, 30_000);
+    expect(etcdPids()).toEqual([]);
+  }, 120_000);
+
+  it('refuses --etcd-endpoints without --store etcd, bad endpoints, and chaos over etcd, with usage errors', () => {
+    const up = (...a: string[]) => spawnSync('node', [CLI, 'up', '--dir', join(t.dir, 'etcd-bad'), ...a], { encoding: 'utf8' });
+    expect(up('--etcd-endpoints', '127.0.0.1:2379').stderr).toContain('--etcd-endpoints goes with --store etcd');
+    const bad = up('--store', 'etcd', '--etcd-endpoints', 'nohost');
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toContain('HOST:PORT');
+    expect(up('--store', 'etcd', '--chaos', '--for', '1').status).toBe(2);
+  });
+});

@@ -1,0 +1,128 @@
+/**
+ * Local etcd members, one process each on 127.0.0.1 (Debian's etcd-server), for `safe-resume up
+ * --store etcd` and the tests: started as one cluster, killed and restarted by id (etcd-1, ...) over
+ * their data directories, stopped together.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { Etcd3 } from 'etcd3';
+import { SafeResumeError } from '../errors.js';
+import { freePort } from './launcher.js';
+
+export interface EtcdMember {
+  id: string;
+  endpoint: string;
+  peer: string;
+  dataDir: string;
+  proc: ChildProcess | undefined;
+}
+
+/** Whether the `etcd` binary runs here; a clear error naming the package otherwise. */
+export function requireEtcd(): void {
+  const r = spawnSync('etcd', ['--version']);
+  if (r.error) throw new SafeResumeError('UNAVAILABLE', 'etcd is not installed: apt-get install -y etcd-server (Debian), or pass --etcd-endpoints of a running cluster');
+}
+
+export class EtcdMembers {
+  readonly members: EtcdMember[] = [];
+  private readonly token: string;
+
+  private constructor(private readonly dir: string) {
+    this.token = `safe-resume-${process.pid}-${Date.now()}`;
+  }
+
+  get endpoints(): string[] {
+    return this.members.map((m) => m.endpoint);
+  }
+
+  /** Start `n` members as one new cluster under `dir` and wait until it takes a write. */
+  static async start(dir: string, n: number, waitMs = 20_000): Promise<EtcdMembers> {
+    requireEtcd();
+    const e = new EtcdMembers(dir);
+    for (let i = 1; i <= n; i++) {
+      const [client, peer] = [await freePort(), await freePort()];
+      e.members.push({ id: `etcd-${i}`, endpoint: `127.0.0.1:${client}`, peer: `http://127.0.0.1:${peer}`, dataDir: join(dir, `etcd-${i}`), proc: undefined });
+    }
+    for (const m of e.members) e.spawn(m, 'new');
+    try {
+      await e.ready(waitMs);
+    } catch (err) {
+      await e.stop();
+      throw err;
+    }
+    return e;
+  }
+
+  private spawn(m: EtcdMember, state: 'new' | 'existing'): void {
+    mkdirSync(m.dataDir, { recursive: true, mode: 0o700 });
+    const initial = this.members.map((x) => `${x.id}=${x.peer}`).join(',');
+    const proc = spawn('etcd', [
+      '--name', m.id, '--data-dir', m.dataDir,
+      '--listen-client-urls', `http://${m.endpoint}`, '--advertise-client-urls', `http://${m.endpoint}`,
+      '--listen-peer-urls', m.peer, '--initial-advertise-peer-urls', m.peer,
+      '--initial-cluster', initial, '--initial-cluster-state', state, '--initial-cluster-token', this.token,
+      '--log-level', 'error', '--logger', 'zap',
+    ], { stdio: ['ignore', 'ignore', 'pipe'] });
+    proc.stderr?.resume();
+    proc.on('exit', () => {
+      if (m.proc === proc) m.proc = undefined;
+    });
+    m.proc = proc;
+  }
+
+  /** Until the cluster takes a write (a quorum is up). */
+  async ready(waitMs: number): Promise<void> {
+    const client = new Etcd3({ hosts: this.endpoints.map((x) => `http://${x}`) });
+    const deadline = Date.now() + waitMs;
+    try {
+      for (;;) {
+        try {
+          await client.put('/safe-resume-ready').value('1');
+          return;
+        } catch (err) {
+          if (Date.now() > deadline) throw new SafeResumeError('UNAVAILABLE', `etcd did not answer within ${waitMs / 1000} s: ${(err as Error).message}`);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+    } finally {
+      client.close();
+    }
+  }
+
+  member(id: string): EtcdMember | undefined {
+    return this.members.find((m) => m.id === id);
+  }
+
+  /** SIGKILL a member (the leader included: the others elect another). */
+  kill(id: string): void {
+    const m = this.member(id);
+    if (!m?.proc) throw new SafeResumeError('UNAVAILABLE', `${id} is not running`);
+    m.proc.kill('SIGKILL');
+  }
+
+  /** Start a member again over its data directory (killing it first if it runs). */
+  async restart(id: string): Promise<void> {
+    const m = this.member(id);
+    if (!m) throw new SafeResumeError('INVALID_ARGUMENT', `no etcd member called ${JSON.stringify(id)}`);
+    if (m.proc) {
+      const gone = new Promise((r) => m.proc!.once('exit', r));
+      m.proc.kill('SIGKILL');
+      await gone;
+    }
+    this.spawn(m, 'existing');
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(
+      this.members.map((m) => {
+        const p = m.proc;
+        if (!p || p.exitCode !== null || p.signalCode !== null) return undefined;
+        const gone = new Promise((r) => p.once('exit', r));
+        p.kill('SIGTERM');
+        setTimeout(() => p.kill('SIGKILL'), 3000).unref();
+        return gone;
+      }),
+    );
+  }
+}
