@@ -90,6 +90,23 @@ export class EtcdMembers {
     }
   }
 
+  /** The member that is the leader now (asking each running member). */
+  async leader(): Promise<EtcdMember | undefined> {
+    for (const m of this.members) {
+      if (!m.proc) continue;
+      const c = new Etcd3({ hosts: `http://${m.endpoint}`, dialTimeout: 2000 });
+      try {
+        const st = await c.maintenance.status();
+        if (st.leader === st.header.member_id) return m;
+      } catch {
+        // not answering: not the leader we can see
+      } finally {
+        c.close();
+      }
+    }
+    return undefined;
+  }
+
   member(id: string): EtcdMember | undefined {
     return this.members.find((m) => m.id === id);
   }
