@@ -18,7 +18,6 @@ import { parseCredential } from '../actors/auth.js';
 import { StorageReplica } from '../actors/replica.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { openStore } from '../store/open.js';
-import type { TxStore } from '../store/base.js';
 import { observedStore } from '../sim/history.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles } from '../transport/tls.js';

@@ -28,7 +28,7 @@ export class EtcdMembers {
   readonly members: EtcdMember[] = [];
   private readonly token: string;
 
-  private constructor(private readonly dir: string) {
+  private constructor() {
     this.token = `safe-resume-${process.pid}-${Date.now()}`;
   }
 
@@ -39,7 +39,7 @@ export class EtcdMembers {
   /** Start `n` members as one new cluster under `dir` and wait until it takes a write. */
   static async start(dir: string, n: number, waitMs = 20_000): Promise<EtcdMembers> {
     requireEtcd();
-    const e = new EtcdMembers(dir);
+    const e = new EtcdMembers();
     for (let i = 1; i <= n; i++) {
       const [client, peer] = [await freePort(), await freePort()];
       e.members.push({ id: `etcd-${i}`, endpoint: `127.0.0.1:${client}`, peer: `http://127.0.0.1:${peer}`, dataDir: join(dir, `etcd-${i}`), proc: undefined });
