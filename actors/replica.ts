@@ -12,7 +12,6 @@ import { CLOSE, type Connection, type Listener, type Transport } from '../transp
 import { StoreUnavailableError, type HandleRef, type Store } from '../store/types.js';
 import { defaultEnv, every, type Env } from './env.js';
 import { Keyring, proofMatches, proofs, sessionKey, transcript } from './auth.js';
-import { TxStore } from '../store/base.js';
 import { pureInspector } from './pure-inspect.js';
 import { HandleRecords, keyOf, view, type HandleRecord, type ReplicaHandleView } from './replica-handles.js';
 
@@ -143,7 +142,7 @@ export class StorageReplica {
     this.store = opts.store;
     this.keyring = new Keyring(opts.secret);
     const observe = opts.observe;
-    if (observe && opts.store instanceof TxStore) opts.store.onTransaction = (ms) => observe.transaction(ms);
+    if (observe) opts.store.onTransaction = (ms) => observe.transaction(ms);
     this.env = defaultEnv(opts.env);
     this.env.log = this.env.log.child({ actor: opts.id });
     this.holdMs = opts.holdMs ?? 5000;

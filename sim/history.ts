@@ -5,7 +5,7 @@
  */
 import type { InvalidationReason } from '../errors.js';
 import type { TxStore } from '../store/base.js';
-import type { Store } from '../store/types.js';
+import type { Decided, DecisionLog, Store } from '../store/types.js';
 
 export type Op = 'open' | 'write' | 'read' | 'close';
 
@@ -64,10 +64,51 @@ export class Recorder {
   }
 }
 
+/** The history events of one decided rule, made by `replica`. */
+export function eventsOf(replica: string, d: Decided): Untimed[] {
+  switch (d.op) {
+    case 'open': {
+      const { req, out: r } = d;
+      return r.ok ? [{ kind: 'grant', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, via: 'open', fresh: !r.takeover, version: r.version, ...(req.instance ? { instance: req.instance } : {}) }] : [];
+    }
+    case 'resume': {
+      const { req, out: r } = d;
+      const instance = req.instance ? { instance: req.instance } : {};
+      const seen = req.version !== undefined ? { seenVersion: req.version } : {};
+      if (r.granted) return [{ kind: 'grant', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, via: 'resume', fresh: false, version: r.version, ...instance, ...seen }];
+      return [{ kind: 'deny', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, reason: r.reason, ...seen, version: r.version, ...instance }];
+    }
+    case 'write': {
+      const { req, out: r } = d;
+      const base = { replica, target: req.target, requestId: req.requestId, session: req.session, seq: req.seq };
+      if (r.ok && r.applied) return [{ kind: 'applied', ...base, offset: req.offset, bytes: hex(req.data), version: r.version }];
+      if (r.ok) return [{ kind: 'dup', ...base }];
+      return [{ kind: 'refused', ...base, code: r.code }];
+    }
+    case 'read': {
+      const { req, out: r } = d;
+      return r.ok ? [{ kind: 'read', replica, target: req.target, offset: req.offset, length: req.length, bytes: hex(r.data), version: r.version }] : [];
+    }
+    case 'close':
+      return d.out ? [{ kind: 'released', replica, target: d.ref.target, requestId: d.ref.requestId, session: d.session }] : [];
+    case 'renew': {
+      const lost = new Set(d.out.lost.map((l) => l.target));
+      const targets = d.refs.filter((ref) => !lost.has(ref.target)).map((ref) => ref.target);
+      return targets.length > 0 ? [{ kind: 'renew', replica, session: d.session, targets }] : [];
+    }
+  }
+}
+
+/** A decision log that keeps each decision's history events as JSON lines stamped with this host's time. */
+export function historyLog(replica: string, now: () => number = Date.now): DecisionLog {
+  return (d) => eventsOf(replica, d).map((e) => JSON.stringify({ t: now(), ...e }));
+}
+
 /**
  * A store decorator that writes what the store decided into the history, in the same synchronous
  * step as the decision, so the history's order is the store's order. It is injected through the
- * normal store parameter of a replica; the replica does not know it is watched.
+ * normal store parameter of a replica; the replica does not know it is watched. (Stores that decide
+ * asynchronously, such as etcd's, take a `DecisionLog` and commit the events with each decision.)
  */
 export function observedStore(inner: TxStore, replica: string, recorder: Pick<Recorder, 'add'>, when: 'in-tx' | 'after-commit' = 'in-tx'): Store {
   const s = inner.sync;
@@ -76,56 +117,42 @@ export function observedStore(inner: TxStore, replica: string, recorder: Pick<Re
   // even with several replica processes on one database. 'after-commit': the record is written once
   // the transaction carrying the rule committed, and never if it rolled back.
   const rec: Pick<Recorder, 'add'> = when === 'in-tx' ? recorder : { add: (e) => inner.afterCommit(() => recorder.add(e)) };
+  const note = (d: Decided) => {
+    for (const e of eventsOf(replica, d)) rec.add(e);
+  };
   const later = <T>(fn: () => T): Promise<T> => inner.commit(fn);
   return {
     kind: inner.kind,
-    open: (req) =>
-      later(() => {
-        const r = s.open(req);
-        if (r.ok) rec.add({ kind: 'grant', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, via: 'open', fresh: !r.takeover, version: r.version, ...(req.instance ? { instance: req.instance } : {}) });
-        return r;
-      }),
-    resume: (reqs) =>
-      later(() => {
-        const out = s.resume(reqs);
-        reqs.forEach((req, i) => {
-          const r = out[i]!;
-          const instance = req.instance ? { instance: req.instance } : {};
-          const seen = req.version !== undefined ? { seenVersion: req.version } : {};
-          if (r.granted) rec.add({ kind: 'grant', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, via: 'resume', fresh: false, version: r.version, ...instance, ...seen });
-          else rec.add({ kind: 'deny', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, reason: r.reason, ...seen, version: r.version, ...instance });
-        });
-        return out;
-      }),
-    write: (req) =>
-      later(() => {
-        const r = s.write(req);
-        const base = { replica, target: req.target, requestId: req.requestId, session: req.session, seq: req.seq };
-        if (r.ok && r.applied) rec.add({ kind: 'applied', ...base, offset: req.offset, bytes: hex(req.data), version: r.version });
-        else if (r.ok) rec.add({ kind: 'dup', ...base });
-        else rec.add({ kind: 'refused', ...base, code: r.code });
-        return r;
-      }),
-    read: (req) =>
-      later(() => {
-        const r = s.read(req);
-        if (r.ok) rec.add({ kind: 'read', replica, target: req.target, offset: req.offset, length: req.length, bytes: hex(r.data), version: r.version });
-        return r;
-      }),
-    close: (ref, session) =>
-      later(() => {
-        const released = s.close(ref, session);
-        if (released) rec.add({ kind: 'released', replica, target: ref.target, requestId: ref.requestId, session });
-        return released;
-      }),
-    renew: (session, refs, leaseMs) =>
-      later(() => {
-        const r = s.renew(session, refs, leaseMs);
-        const lost = new Set(r.lost.map((l) => l.target));
-        const targets = refs.filter((ref) => !lost.has(ref.target)).map((ref) => ref.target);
-        if (targets.length > 0) rec.add({ kind: 'renew', replica, session, targets });
-        return r;
-      }),
+    open: (req) => later(() => {
+      const out = s.open(req);
+      note({ op: 'open', req, out });
+      return out;
+    }),
+    resume: (reqs) => later(() => {
+      const out = s.resume(reqs);
+      reqs.forEach((req, i) => note({ op: 'resume', req, out: out[i]! }));
+      return out;
+    }),
+    write: (req) => later(() => {
+      const out = s.write(req);
+      note({ op: 'write', req, out });
+      return out;
+    }),
+    read: (req) => later(() => {
+      const out = s.read(req);
+      note({ op: 'read', req, out });
+      return out;
+    }),
+    close: (ref, session) => later(() => {
+      const out = s.close(ref, session);
+      note({ op: 'close', ref, session, out });
+      return out;
+    }),
+    renew: (session, refs, leaseMs) => later(() => {
+      const out = s.renew(session, refs, leaseMs);
+      note({ op: 'renew', session, refs, out });
+      return out;
+    }),
     record: (target) => inner.record(target),
     ping: () => inner.ping(),
     shutdown: () => inner.shutdown(),

@@ -2,24 +2,36 @@
  * The store over an etcd cluster, so replicas on several hosts share one store. Each rule is the pure
  * decision of store/rules.ts: the adapter reads a target's keys with their revisions, decides, and
  * commits the decision's writes in one etcd transaction guarded by those revisions; if another
- * replica changed any of them meanwhile, it reads and decides again (a bounded number of times).
+ * replica changed the target meanwhile, it reads and decides again (a bounded number of times).
  *
- * Keys, under a prefix (default `/safe-resume/`):
- *   r/<target>          the record (JSON)
- *   t/<target>          the tombstones (JSON, newest first)
- *   v/<target>          the version and size (JSON)
+ * Keys, under a prefix (default `/safe-resume/`), with the target name URI-encoded (no `/` in it):
+ *   k/<target>/r        the record (JSON)
+ *   k/<target>/t        the tombstones (JSON, newest first)
+ *   k/<target>/v        the version and size (JSON)
+ *   k/<target>/l        the lock: present while the holder's session lease lives (lease mode)
  *   d/<target>/<page>   the data, in 4 KiB pages (an untouched page costs nothing)
+ *   h/...               the decision log, when one is kept (the chaos checker's history)
  *
- * Lock expiries are set and compared on this process's clock, as SQLite's are on its host's: for
- * replicas on several hosts that is only as good as their clocks agree. Locks hung on etcd leases (one
- * per session, expiry judged by etcd) are the next step; see docs/etcd.md.
+ * Locks (lease mode, the default): every session of a replica has one etcd lease; a granted lock is the
+ * key `l` put with that lease, so a renewal is one keep-alive of the lease, and a lock expires when
+ * etcd lets the lease lapse, judged on etcd's clock: a replica whose clock is wrong cannot shorten a
+ * live hold. Records and tombstones carry no lease and outlive it. (`expiry: 'clock'` judges expiries
+ * on an injected clock instead, as the SQLite store does on its host's; the contract suite uses it to
+ * step time.)
+ *
+ * Group commit: the operations of one turn on different targets are decided together: one read
+ * transaction for all their keys, one guarded write transaction for all their effects (within etcd's
+ * default 128 operations per transaction). If any compare fails, each operation is decided again on
+ * its own.
  */
-import { Etcd3, type IKeyValue } from 'etcd3';
-import type { IOperation } from 'etcd3/lib/builder.js';
+import { Etcd3 } from 'etcd3';
+import type { ICompare, IKeyValue, IRequestOp, IResponseOp } from 'etcd3/lib/rpc.js';
 import { SafeResumeError } from '../errors.js';
 import * as rules from './rules.js';
 import {
   StoreUnavailableError,
+  type Decided,
+  type DecisionLog,
   type HandleRef,
   type LockRecord,
   type OpenRequest,
@@ -38,23 +50,80 @@ import {
 const PAGE = 4096;
 /** Tries of one rule when other replicas keep changing the target under it. */
 const MAX_ATTEMPTS = 32;
+/** etcd's default --max-txn-ops is 128: a batch stays below it in compares, reads and writes. */
+const MAX_TXN_OPS = 120;
+/** Targets in one batch (each costs up to 3 compares). */
+const MAX_BATCH_TARGETS = 32;
+/** Bytes of data in one batch (etcd's default request limit is 1.5 MiB). */
+const MAX_BATCH_BYTES = 1024 * 1024;
+/** Batches in flight at once (on different targets). */
+const MAX_INFLIGHT_BATCHES = 4;
 
 export interface EtcdStoreOptions {
   /** Key prefix (default `/safe-resume/`); stores with different prefixes share nothing. */
   prefix?: string;
-  /** The clock lock expiries are judged on (default: this process's wall clock). */
+  /** Who judges lock expiry: etcd leases (default) or the clock `now` (tests). */
+  expiry?: 'lease' | 'clock';
+  /** The clock for `expiry: 'clock'`, and for the informational `expiresAt` of records (default: wall clock). */
   now?: () => number;
   /** How long one etcd call may take before the store counts as unavailable (default 5000 ms). */
   timeoutMs?: number;
+  /** Keep each decision's log lines in etcd, committed with it (the chaos checker's history). */
+  log?: DecisionLog;
 }
 
-/** One key as read: its value and the revision the transaction is guarded by (0: absent). */
-interface Read {
-  value: string | undefined;
+/** One key of a target as read: value and revisions (mod '0': absent). */
+interface Kv {
+  value: Buffer | undefined;
   mod: string;
+  lease: string;
 }
 
+const ABSENT: Kv = { value: undefined, mod: '0', lease: '0' };
+
+/** What a batch knows of one target: as read, then as its earlier decisions left it. */
+interface TargetState {
+  r: Kv;
+  t: Kv;
+  v: Kv;
+  l: Kv;
+  record: LockRecord | undefined;
+  tombstones: Tombstone[];
+  version: number;
+  size: number;
+  live: boolean;
+  /** The lease the lock hangs on now ('0': none). */
+  lockLease: string;
+}
+
+/** One rule waiting to be decided. */
+interface Item {
+  target: string;
+  decide: (s: TargetState) => rules.Decision<unknown>;
+  /** Grants a lock: the lease its lock key goes on (lease mode). */
+  grant?: { session: string; ttl: number } | undefined;
+  /** Pages a write needs read first (it covers them partly). */
+  pages: number[];
+  /** Data bytes it writes. */
+  bytes: number;
+  /** The decision as the log sees it. */
+  decided: (out: unknown) => Decided;
+  resolve: (out: unknown) => void;
+  reject: (err: unknown) => void;
+}
+
+const enc = (target: string) => encodeURIComponent(target);
 const pageKey = (n: number) => String(n).padStart(8, '0');
+/** The end of a prefix range: the prefix with its last byte plus one. */
+function prefixEnd(prefix: string): Buffer {
+  const b = Buffer.from(prefix);
+  b[b.length - 1]! += 1;
+  return b;
+}
+const json = <T>(kv: Kv, fallback: T): T => (kv.value ? (JSON.parse(kv.value.toString()) as T) : fallback);
+const ttlOf = (leaseMs: number) => Math.max(1, Math.ceil(leaseMs / 1000));
+
+class LeaseLost extends Error {}
 
 export class EtcdStore implements Store {
   readonly kind = 'etcd';
@@ -62,20 +131,38 @@ export class EtcdStore implements Store {
   private readonly prefix: string;
   private readonly now: () => number;
   private readonly timeoutMs: number;
+  private readonly leaseMode: boolean;
+  private readonly log: DecisionLog | undefined;
+  /** Each session's lease (by session and TTL in seconds), and when it was last kept alive. */
+  private readonly leases = new Map<string, { id: Promise<string>; aliveAt: number; ttl: number }>();
+  private queue: Item[] = [];
+  private readonly busy = new Set<string>();
+  private inflight = 0;
+  private scheduled = false;
+  private logSeq = 0;
+  private readonly logId = Math.random().toString(36).slice(2, 10);
+  /** What the store sent etcd (for tests and the bench). */
+  readonly stats = { reads: 0, commits: 0, conflicts: 0, items: 0, keepAlives: 0, grants: 0 };
+  onTransaction: ((ms: number) => void) | undefined;
 
-  constructor(readonly endpoints: string[], opts: EtcdStoreOptions = {}) {
+  constructor(
+    readonly endpoints: string[],
+    opts: EtcdStoreOptions = {},
+  ) {
     this.client = new Etcd3({ hosts: endpoints.map((e) => (e.includes('://') ? e : `http://${e}`)), dialTimeout: opts.timeoutMs ?? 5000 });
     this.prefix = opts.prefix ?? '/safe-resume/';
     this.now = opts.now ?? (() => Date.now());
     this.timeoutMs = opts.timeoutMs ?? 5000;
+    this.leaseMode = (opts.expiry ?? 'lease') === 'lease';
+    this.log = opts.log;
   }
 
-  private key(kind: 'r' | 't' | 'v', target: string): string {
-    return `${this.prefix}${kind}/${target}`;
+  private k(target: string, part: 'r' | 't' | 'v' | 'l'): string {
+    return `${this.prefix}k/${enc(target)}/${part}`;
   }
 
-  private dataPrefix(target: string): string {
-    return `${this.prefix}d/${target}/`;
+  private d(target: string, page?: number): string {
+    return `${this.prefix}d/${enc(target)}/${page === undefined ? '' : pageKey(page)}`;
   }
 
   /** An etcd call, with its failures (no leader, timeouts, refused connections) as StoreUnavailableError. */
@@ -89,151 +176,444 @@ export class EtcdStore implements Store {
         }),
       ]);
     } catch (err) {
-      if (err instanceof SafeResumeError) throw err;
+      if (err instanceof SafeResumeError || err instanceof StoreUnavailableError) throw err;
+      if (/lease not found/i.test(String((err as Error).message))) throw new LeaseLost((err as Error).message);
       throw new StoreUnavailableError(`etcd ${what}: ${(err as Error).message}`);
     } finally {
       clearTimeout(timer);
     }
   }
 
-  private async get(key: string): Promise<Read> {
-    const res = await this.call('get', () => this.client.get(key).exec());
-    const kv: IKeyValue | undefined = res.kvs[0];
-    return kv ? { value: kv.value.toString(), mod: kv.mod_revision } : { value: undefined, mod: '0' };
+  /** One etcd transaction (a read when `compare` is empty and every op a range). */
+  private async txn(what: string, compare: ICompare[], success: IRequestOp[]): Promise<{ succeeded: boolean; responses: IResponseOp[] }> {
+    const t0 = performance.now();
+    const res = await this.call(what, () => this.client.kv.txn({ compare, success, failure: [] }));
+    if (compare.length > 0) this.onTransaction?.(performance.now() - t0);
+    return { succeeded: res.succeeded, responses: res.responses };
   }
 
-  /**
-   * Decide a rule on `target` and commit its effects guarded by what was read; again while another
-   * replica changed the target in between.
-   */
-  private async decide<T>(target: string, decide: (v: rules.TargetView) => rules.Decision<T>): Promise<T> {
-    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const [rec, meta] = await Promise.all([this.get(this.key('r', target)), this.get(this.key('v', target))]);
-      let tombs: Read | undefined;
-      const parsedMeta = meta.value ? (JSON.parse(meta.value) as { version: number; size: number }) : { version: 0, size: 0 };
-      // Tombstones are read only when the rule asks; a rule that asks is decided again with them read.
-      let needTombs = false;
-      const view: rules.TargetView = {
-        record: rec.value ? (JSON.parse(rec.value) as LockRecord) : undefined,
-        version: parsedMeta.version,
-        tombstones: () => {
-          if (tombs) return tombs.value ? (JSON.parse(tombs.value) as Tombstone[]) : [];
-          needTombs = true;
-          return [];
-        },
-      };
-      let d = decide(view);
-      if (needTombs) {
-        tombs = await this.get(this.key('t', target));
-        d = decide(view);
+  private modIs(key: string, mod: string): ICompare {
+    return { key: Buffer.from(key), target: 'Mod', result: 'Equal', mod_revision: mod };
+  }
+
+  // ---- leases ----
+
+  /** The lease of `session` for `ttl` seconds, granted on first use. */
+  private leaseOf(session: string, ttl: number): Promise<string> {
+    const key = `${session}/${ttl}`;
+    const have = this.leases.get(key);
+    if (have) return have.id;
+    const id = this.call('lease grant', () => this.client.leaseClient.leaseGrant({ TTL: ttl, ID: 0 })).then((r) => {
+      this.stats.grants++;
+      return String(r.ID);
+    });
+    const entry = { id, aliveAt: Date.now(), ttl };
+    this.leases.set(key, entry);
+    id.catch(() => this.leases.get(key) === entry && this.leases.delete(key));
+    return id;
+  }
+
+  /** Keep a lease alive once; false if etcd let it lapse. */
+  private async keepAlive(id: string): Promise<boolean> {
+    this.stats.keepAlives++;
+    const res = await this.call('lease keep-alive', async () => {
+      const stream = await this.client.leaseClient.leaseKeepAlive();
+      try {
+        return await new Promise<{ TTL: string }>((resolve, reject) => {
+          stream.on('data', resolve);
+          stream.on('error', reject);
+          stream.write({ ID: id });
+        });
+      } finally {
+        stream.end();
       }
-      if (d.effects.length === 0) {
-        // Nothing to write: the decision stands on what was read (a read-only check needs no guard).
-        return d.out;
+    });
+    return Number(res.TTL) > 0;
+  }
+
+  /** Forget leases not kept alive for longer than their TTL (etcd let them lapse), and one known lost. */
+  private forgetLeases(lost?: string): void {
+    const now = Date.now();
+    for (const [key, l] of this.leases) if ((lost !== undefined && key.startsWith(`${lost}/`)) || now - l.aliveAt > l.ttl * 1000 + 1000) this.leases.delete(key);
+  }
+
+  // ---- batches ----
+
+  private enqueue<T>(item: Omit<Item, 'resolve' | 'reject'>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({ ...item, resolve: resolve as (out: unknown) => void, reject });
+      if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => {
+          this.scheduled = false;
+          this.pump();
+        });
       }
-      const ok = await this.commitEffects(target, d.effects, rec, meta, tombs, parsedMeta);
-      if (ok) return d.out;
+    });
+  }
+
+  /** Start batches of the queued items whose targets no running batch holds. */
+  private pump(): void {
+    while (this.inflight < MAX_INFLIGHT_BATCHES && this.queue.length > 0) {
+      const batch: Item[] = [];
+      const rest: Item[] = [];
+      const targets = new Set<string>();
+      // A target left behind keeps all its later items behind too (they decide in order).
+      const behind = new Set<string>();
+      let ops = 0;
+      let reads = 0;
+      let bytes = 0;
+      for (const it of this.queue) {
+        const cost = 4 + it.pages.length + Math.ceil(it.bytes / PAGE) + (this.log ? 2 : 0);
+        const fresh = !targets.has(it.target);
+        const fits =
+          !this.busy.has(it.target) &&
+          !behind.has(it.target) &&
+          (!fresh || targets.size < MAX_BATCH_TARGETS) &&
+          ops + cost <= MAX_TXN_OPS &&
+          reads + (fresh ? 1 : 0) + it.pages.length <= MAX_TXN_OPS &&
+          (batch.length === 0 || bytes + it.bytes <= MAX_BATCH_BYTES);
+        if (!fits) {
+          behind.add(it.target);
+          rest.push(it);
+          continue;
+        }
+        batch.push(it);
+        targets.add(it.target);
+        ops += cost;
+        reads += (fresh ? 1 : 0) + it.pages.length;
+        bytes += it.bytes;
+      }
+      if (batch.length === 0) return;
+      this.queue = rest;
+      for (const t of targets) this.busy.add(t);
+      this.inflight++;
+      void this.runBatch(batch).finally(() => {
+        for (const t of targets) this.busy.delete(t);
+        this.inflight--;
+        this.pump();
+      });
     }
-    throw new StoreUnavailableError(`etcd: ${target} kept changing under ${MAX_ATTEMPTS} attempts`);
   }
 
-  /** One transaction: every key read unchanged, then the effects. False if a compare failed. */
-  private async commitEffects(target: string, effects: rules.Effect[], rec: Read, meta: Read, tombs: Read | undefined, m: { version: number; size: number }): Promise<boolean> {
-    const txn = this.client.if(this.key('r', target), 'Mod', '==', rec.mod).and(this.key('v', target), 'Mod', '==', meta.mod);
-    if (tombs) txn.and(this.key('t', target), 'Mod', '==', tombs.mod);
-    const ops: IOperation[] = [];
-    let version = m.version;
-    let size = m.size;
+  private async runBatch(batch: Item[]): Promise<void> {
+    this.stats.items += batch.length;
+    try {
+      if (await this.attempt(batch)) return;
+    } catch (err) {
+      if (!(err instanceof LeaseLost)) {
+        for (const it of batch) it.reject(err);
+        return;
+      }
+      this.forgetLeases();
+    }
+    // A compare failed (another replica changed a target) or a lease lapsed: each item alone, in order.
+    for (const it of batch) {
+      try {
+        let done = false;
+        for (let i = 1; i < MAX_ATTEMPTS && !done; i++) {
+          try {
+            done = await this.attempt([it]);
+          } catch (err) {
+            if (!(err instanceof LeaseLost)) throw err;
+            this.forgetLeases(it.grant?.session);
+          }
+        }
+        if (!done) throw new StoreUnavailableError(`etcd: ${it.target} kept changing under ${MAX_ATTEMPTS} attempts`);
+      } catch (err) {
+        it.reject(err);
+      }
+    }
+  }
+
+  /** Read, decide and commit a batch once; false if a compare failed. Settles the items on success. */
+  private async attempt(batch: Item[]): Promise<boolean> {
+    const grants = new Map<Item, string>();
+    if (this.leaseMode) {
+      await Promise.all(batch.filter((it) => it.grant).map(async (it) => grants.set(it, await this.leaseOf(it.grant!.session, it.grant!.ttl))));
+    }
+    const states = await this.readTargets([...new Set(batch.map((it) => it.target))], batch.flatMap((it) => it.pages.map((p) => [it.target, p] as const)));
+    const { states: st, pages } = states;
+    const ops = new Map<string, IRequestOp>();
+    const outs: unknown[] = [];
+    const lines: string[] = [];
+    for (const it of batch) {
+      const s = st.get(it.target)!;
+      const d = it.decide(s);
+      outs.push(d.out);
+      this.effects(it, s, d.effects, grants.get(it), ops, pages);
+      if (this.log) lines.push(...this.log(it.decided(d.out)));
+    }
+    if (ops.size === 0 && lines.length === 0) {
+      // Nothing to write: the decisions stand on one consistent read.
+      batch.forEach((it, i) => it.resolve(outs[i]));
+      return true;
+    }
+    for (const line of lines) {
+      const key = `${this.prefix}h/${this.logId}/${String(++this.logSeq).padStart(12, '0')}`;
+      ops.set(key, { request_put: { key: Buffer.from(key), value: Buffer.from(line) } });
+    }
+    const compare: ICompare[] = [];
+    for (const [target, s] of st) {
+      compare.push(this.modIs(this.k(target, 'r'), s.r.mod), this.modIs(this.k(target, 'v'), s.v.mod));
+      if (this.leaseMode) compare.push(this.modIs(this.k(target, 'l'), s.l.mod));
+      // Tombstones change only with the record, whose revision guards them.
+    }
+    this.stats.commits++;
+    const res = await this.txn('transaction', compare, [...ops.values()]);
+    if (!res.succeeded) {
+      this.stats.conflicts++;
+      return false;
+    }
+    batch.forEach((it, i) => it.resolve(outs[i]));
+    return true;
+  }
+
+  /** Read every key of `targets` and the listed pages in one transaction (one revision). */
+  private async readTargets(targets: string[], wantPages: ReadonlyArray<readonly [string, number]>): Promise<{ states: Map<string, TargetState>; pages: Map<string, Uint8Array> }> {
+    const success: IRequestOp[] = targets.map((t) => {
+      const p = `${this.prefix}k/${enc(t)}/`;
+      return { request_range: { key: Buffer.from(p), range_end: prefixEnd(p) } };
+    });
+    const pageKeys = [...new Set(wantPages.map(([t, p]) => this.d(t, p)))];
+    for (const key of pageKeys) success.push({ request_range: { key: Buffer.from(key) } });
+    this.stats.reads++;
+    const res = await this.txn('read', [], success);
+    const states = new Map<string, TargetState>();
+    targets.forEach((t, i) => {
+      const kvs = new Map<string, Kv>();
+      for (const kv of (res.responses[i]?.response_range?.kvs ?? []) as IKeyValue[]) kvs.set(kv.key.toString(), { value: kv.value, mod: kv.mod_revision, lease: kv.lease });
+      const get = (part: 'r' | 't' | 'v' | 'l') => kvs.get(this.k(t, part)) ?? ABSENT;
+      const r = get('r');
+      const v = get('v');
+      const l = get('l');
+      const meta = json(v, { version: 0, size: 0 });
+      states.set(t, { r, t: get('t'), v, l, record: json<LockRecord | undefined>(r, undefined), tombstones: json<Tombstone[]>(get('t'), []), version: meta.version, size: meta.size, live: l.value !== undefined, lockLease: l.lease });
+    });
+    const pages = new Map<string, Uint8Array>();
+    pageKeys.forEach((key, j) => {
+      const kv = res.responses[targets.length + j]?.response_range?.kvs?.[0] as IKeyValue | undefined;
+      if (kv) pages.set(key, new Uint8Array(kv.value));
+    });
+    return { states, pages };
+  }
+
+  /** Turn a decision's effects into puts and deletes (the last per key wins), and update the batch's view. */
+  private effects(it: Item, s: TargetState, effects: rules.Effect[], lease: string | undefined, ops: Map<string, IRequestOp>, pages: Map<string, Uint8Array>): void {
+    const put = (key: string, value: Buffer, lease?: string) => ops.set(key, { request_put: { key: Buffer.from(key), value, ...(lease ? { lease } : {}) } });
+    const del = (key: string) => ops.set(key, { request_delete_range: { key: Buffer.from(key) } });
+    const target = it.target;
     for (const e of effects) {
-      if (e.kind === 'put') ops.push(this.client.put(this.key('r', target)).value(JSON.stringify(e.record)));
-      else if (e.kind === 'delete') ops.push(this.client.delete().key(this.key('r', target)));
-      else if (e.kind === 'tombstones') ops.push(this.client.put(this.key('t', target)).value(JSON.stringify(e.tombstones)));
-      else {
-        for (const [page, bytes] of await this.pagesAfterWrite(target, e.offset, e.data)) ops.push(this.client.put(this.dataPrefix(target) + pageKey(page)).value(Buffer.from(bytes)));
-        version++;
-        size = Math.max(size, e.offset + e.data.length);
-        ops.push(this.client.put(this.key('v', target)).value(JSON.stringify({ version, size })));
+      if (e.kind === 'put') {
+        s.record = e.record;
+        put(this.k(target, 'r'), Buffer.from(JSON.stringify(e.record)));
+        if (this.leaseMode && lease !== undefined) {
+          put(this.k(target, 'l'), Buffer.from(e.record.session), lease);
+          s.live = true;
+          s.lockLease = lease;
+        }
+      } else if (e.kind === 'delete') {
+        s.record = undefined;
+        del(this.k(target, 'r'));
+        if (this.leaseMode) {
+          del(this.k(target, 'l'));
+          s.live = false;
+          s.lockLease = '0';
+        }
+      } else if (e.kind === 'tombstones') {
+        s.tombstones = e.tombstones;
+        put(this.k(target, 't'), Buffer.from(JSON.stringify(e.tombstones)));
+      } else {
+        const end = e.offset + e.data.length;
+        for (let page = Math.floor(e.offset / PAGE); page * PAGE < end; page++) {
+          const start = page * PAGE;
+          const from = Math.max(e.offset, start);
+          const to = Math.min(end, start + PAGE);
+          const key = this.d(target, page);
+          let bytes: Uint8Array;
+          if (from === start && to === start + PAGE) bytes = e.data.subarray(from - e.offset, to - e.offset);
+          else {
+            const old = pages.get(key);
+            bytes = new Uint8Array(Math.max(to - start, old?.length ?? 0));
+            if (old) bytes.set(old);
+            bytes.set(e.data.subarray(from - e.offset, to - e.offset), from - start);
+          }
+          pages.set(key, bytes);
+          put(key, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+        }
+        s.version++;
+        s.size = Math.max(s.size, end);
+        put(this.k(target, 'v'), Buffer.from(JSON.stringify({ version: s.version, size: s.size })));
       }
     }
-    const res = await this.call('transaction', () => txn.then(...ops).commit());
-    return res.succeeded;
   }
 
-  /** The pages a write touches, with their bytes after it (a partial page merges with what was there). */
-  private async pagesAfterWrite(target: string, offset: number, data: Uint8Array): Promise<Array<[number, Uint8Array]>> {
-    const out: Array<[number, Uint8Array]> = [];
-    const end = offset + data.length;
-    for (let page = Math.floor(offset / PAGE); page * PAGE < end; page++) {
-      const start = page * PAGE;
-      const from = Math.max(offset, start);
-      const to = Math.min(end, start + PAGE);
-      if (from === start && to === start + PAGE) {
-        out.push([page, data.subarray(from - offset, to - offset)]);
-        continue;
-      }
-      const old = await this.call('get', () => this.client.get(this.dataPrefix(target) + pageKey(page)).buffer());
-      const bytes = new Uint8Array(Math.max(to - start, old?.length ?? 0));
-      if (old) bytes.set(old);
-      bytes.set(data.subarray(from - offset, to - offset), from - start);
-      out.push([page, bytes]);
-    }
-    return out;
+  private view(s: TargetState): rules.TargetView {
+    return { record: s.record, version: s.version, tombstones: () => s.tombstones, live: this.leaseMode ? s.live : undefined };
   }
+
+  // ---- the store ----
 
   open(req: OpenRequest): Promise<OpenResult> {
-    return this.decide(req.target, (v) => rules.decideOpen(v, req, this.now()));
+    const grant = req.mode === 'write' ? { session: req.session, ttl: ttlOf(req.leaseMs) } : undefined;
+    return this.enqueue({ target: req.target, pages: [], bytes: 0, grant, decide: (s) => rules.decideOpen(this.view(s), req, this.now()), decided: (out) => ({ op: 'open', req, out: out as OpenResult }) });
   }
 
-  async resume(reqs: ResumeRequest[]): Promise<ResumeOutcome[]> {
-    // Each item is decided atomically on its own (the contract), in parallel.
-    return Promise.all(reqs.map((r) => this.decide(r.target, (v) => rules.decideResume(v, r, this.now()))));
+  resume(reqs: ResumeRequest[]): Promise<ResumeOutcome[]> {
+    // Each item is decided atomically on its own (the contract); a batch carries them together.
+    return Promise.all(
+      reqs.map((req) => {
+        const grant = req.mode === 'write' ? { session: req.session, ttl: ttlOf(req.leaseMs) } : undefined;
+        return this.enqueue<ResumeOutcome>({ target: req.target, pages: [], bytes: 0, grant, decide: (s) => rules.decideResume(this.view(s), req, this.now()), decided: (out) => ({ op: 'resume', req, out: out as ResumeOutcome }) });
+      }),
+    );
   }
 
   write(req: WriteRequest): Promise<WriteResult> {
-    return this.decide(req.target, (v) => rules.decideWrite(v, req));
+    const pages: number[] = [];
+    const end = req.offset + req.data.length;
+    if (req.data.length > 0) {
+      const first = Math.floor(req.offset / PAGE);
+      const last = Math.floor((end - 1) / PAGE);
+      if (req.offset % PAGE !== 0 || (first === last && end % PAGE !== 0)) pages.push(first);
+      if (last !== first && end % PAGE !== 0) pages.push(last);
+    }
+    return this.enqueue({ target: req.target, pages, bytes: req.data.length, decide: (s) => rules.decideWrite(this.view(s), req), decided: (out) => ({ op: 'write', req, out: out as WriteResult }) });
   }
 
   async read(req: ReadRequest): Promise<ReadResult> {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const [rec, meta] = await Promise.all([this.get(this.key('r', req.target)), this.get(this.key('v', req.target))]);
-      const view: rules.TargetView = { record: rec.value ? (JSON.parse(rec.value) as LockRecord) : undefined, version: 0, tombstones: () => [] };
+      const first = Math.floor(req.offset / PAGE);
+      const last = Math.floor((req.offset + Math.max(req.length, 1) - 1) / PAGE);
+      const kp = `${this.prefix}k/${enc(req.target)}/`;
+      this.stats.reads++;
+      // The keys and the pages in one read transaction: one revision, so the bytes are the version's.
+      const res = await this.txn('read', [], [
+        { request_range: { key: Buffer.from(kp), range_end: prefixEnd(kp) } },
+        { request_range: { key: Buffer.from(this.d(req.target, first)), range_end: Buffer.from(this.d(req.target, last + 1)) } },
+      ]);
+      const kvs = new Map<string, Kv>();
+      for (const kv of (res.responses[0]?.response_range?.kvs ?? []) as IKeyValue[]) kvs.set(kv.key.toString(), { value: kv.value, mod: kv.mod_revision, lease: kv.lease });
+      const r = kvs.get(this.k(req.target, 'r')) ?? ABSENT;
+      const v = kvs.get(this.k(req.target, 'v')) ?? ABSENT;
+      const view: rules.TargetView = { record: json<LockRecord | undefined>(r, undefined), version: 0, tombstones: () => [] };
+      const m = json(v, { version: 0, size: 0 });
       const refused = rules.decideRead(view, req);
-      if (refused) return refused;
-      const m = meta.value ? (JSON.parse(meta.value) as { version: number; size: number }) : { version: 0, size: 0 };
-      const end = Math.min(m.size, req.offset + req.length);
-      const data = new Uint8Array(Math.max(0, end - req.offset));
-      if (data.length > 0) {
-        const first = Math.floor(req.offset / PAGE);
-        const last = Math.floor((end - 1) / PAGE);
-        const pages = await this.call('get', () => this.client.getAll().inRange({ start: this.dataPrefix(req.target) + pageKey(first), end: this.dataPrefix(req.target) + pageKey(last + 1) }).exec());
-        for (const kv of pages.kvs) {
-          const page = Number(kv.key.toString().slice(this.dataPrefix(req.target).length));
-          const start = page * PAGE;
+      let out: ReadResult;
+      if (refused) out = refused;
+      else {
+        const end = Math.min(m.size, req.offset + req.length);
+        const data = new Uint8Array(Math.max(0, end - req.offset));
+        const dp = this.d(req.target);
+        for (const kv of (res.responses[1]?.response_range?.kvs ?? []) as IKeyValue[]) {
+          const start = Number(kv.key.toString().slice(dp.length)) * PAGE;
           const from = Math.max(req.offset, start);
           const to = Math.min(end, start + kv.value.length);
           if (to > from) data.set(kv.value.subarray(from - start, to - start), from - req.offset);
         }
+        out = { ok: true, data, version: m.version };
       }
-      // The data belongs to the version read only if nothing changed while the pages were read.
-      const again = await this.get(this.key('v', req.target));
-      if (again.mod === meta.mod) return { ok: true, data, version: m.version };
+      const lines = this.log?.({ op: 'read', req, out }) ?? [];
+      if (lines.length === 0) return out;
+      // The log keeps the read in the store's order: committed only if nothing changed since it was read.
+      const puts: IRequestOp[] = lines.map((line) => {
+        const key = `${this.prefix}h/${this.logId}/${String(++this.logSeq).padStart(12, '0')}`;
+        return { request_put: { key: Buffer.from(key), value: Buffer.from(line) } };
+      });
+      const ok = await this.txn('transaction', [this.modIs(this.k(req.target, 'r'), r.mod), this.modIs(this.k(req.target, 'v'), v.mod)], puts);
+      if (ok.succeeded) return out;
     }
     throw new StoreUnavailableError(`etcd: ${req.target} kept changing while it was read`);
   }
 
   close(ref: HandleRef, session: string): Promise<boolean> {
-    return this.decide(ref.target, (v) => rules.decideClose(v, ref, session));
+    return this.enqueue({ target: ref.target, pages: [], bytes: 0, decide: (s) => rules.decideClose(this.view(s), ref, session), decided: (out) => ({ op: 'close', ref, session, out: out as boolean }) });
   }
 
+  /**
+   * Lease mode: one keep-alive of the session's lease, then one read of the handles' keys to find those
+   * lost; a lock that is off the lease (it lapsed, or it hangs on the lease of another duration) is put
+   * back on it if its record still names the session.
+   */
   async renew(session: string, refs: HandleRef[], leaseMs: number): Promise<RenewResult> {
-    const expiresAt = this.now() + leaseMs;
-    const lost = await Promise.all(refs.map((ref) => this.decide(ref.target, (v) => rules.decideRenew(v, ref, session, expiresAt))));
+    const ttl = ttlOf(leaseMs);
+    let lease: string | undefined;
+    if (this.leaseMode && refs.length > 0) {
+      this.forgetLeases();
+      const entry = this.leases.get(`${session}/${ttl}`);
+      lease = await this.leaseOf(session, ttl);
+      if (entry) {
+        if (await this.keepAlive(lease)) entry.aliveAt = Date.now();
+        else {
+          this.forgetLeases(session);
+          lease = await this.leaseOf(session, ttl);
+        }
+      }
+    }
+    const lost = await Promise.all(
+      refs.map((ref) =>
+        this.enqueue<RenewResult['lost'][number] | undefined>({
+          target: ref.target,
+          pages: [],
+          bytes: 0,
+          grant: { session, ttl },
+          decide: (s) => {
+            const held = s.record?.requestId === ref.requestId && s.record.session === session;
+            // On the lease already: nothing to write. Otherwise the record's expiry moves (and the lock key with it).
+            if (this.leaseMode && held && s.live && s.lockLease === lease) return rules.decideRenew(this.view(s), ref, session, s.record!.expiresAt);
+            return rules.decideRenew(this.view(s), ref, session, this.now() + leaseMs);
+          },
+          decided: (out) => ({ op: 'renew', session, refs: [ref], out: { lost: out ? [out as RenewResult['lost'][number]] : [] } }),
+        }),
+      ),
+    );
     return { lost: lost.filter((l): l is NonNullable<typeof l> => l !== undefined) };
   }
 
   async record(target: string): Promise<LockRecord | undefined> {
-    const r = await this.get(this.key('r', target));
-    return r.value ? (JSON.parse(r.value) as LockRecord) : undefined;
+    const { states } = await this.readTargets([target], []);
+    return states.get(target)!.record;
+  }
+
+  /** For inspection and tests: whether the target's lock is live (its key still hangs on a lease). */
+  async locked(target: string): Promise<boolean> {
+    const { states } = await this.readTargets([target], []);
+    return states.get(target)!.live;
+  }
+
+  /** Every target's bytes (for the chaos checker's final comparison). */
+  async targets(): Promise<Array<{ target: string; data: Uint8Array }>> {
+    const kp = `${this.prefix}k/`;
+    const dp = `${this.prefix}d/`;
+    const res = await this.txn('read', [], [
+      { request_range: { key: Buffer.from(kp), range_end: prefixEnd(kp) } },
+      { request_range: { key: Buffer.from(dp), range_end: prefixEnd(dp) } },
+    ]);
+    const out = new Map<string, { size: number; data: Uint8Array }>();
+    for (const kv of (res.responses[0]?.response_range?.kvs ?? []) as IKeyValue[]) {
+      const key = kv.key.toString().slice(kp.length);
+      if (!key.endsWith('/v')) continue;
+      const size = (JSON.parse(kv.value.toString()) as { size: number }).size;
+      out.set(decodeURIComponent(key.slice(0, -2)), { size, data: new Uint8Array(size) });
+    }
+    for (const kv of (res.responses[1]?.response_range?.kvs ?? []) as IKeyValue[]) {
+      const [t, p] = kv.key.toString().slice(dp.length).split('/');
+      const entry = out.get(decodeURIComponent(t!));
+      if (!entry) continue;
+      const start = Number(p) * PAGE;
+      entry.data.set(kv.value.subarray(0, Math.max(0, Math.min(kv.value.length, entry.size - start))), start);
+    }
+    return [...out].map(([target, e]) => ({ target, data: e.data })).sort((a, b) => (a.target < b.target ? -1 : 1));
+  }
+
+  /** The decision log's lines, in the order etcd committed them. */
+  async readLog(): Promise<string[]> {
+    const hp = `${this.prefix}h/`;
+    const res = await this.call('get', () => this.client.getAll().prefix(hp).exec());
+    return res.kvs
+      .map((kv) => ({ rev: BigInt(kv.mod_revision), key: kv.key.toString(), line: kv.value.toString() }))
+      .sort((a, b) => (a.rev === b.rev ? (a.key < b.key ? -1 : 1) : a.rev < b.rev ? -1 : 1))
+      .map((e) => e.line);
   }
 
   async ping(): Promise<void> {
@@ -241,6 +621,7 @@ export class EtcdStore implements Store {
   }
 
   async shutdown(): Promise<void> {
+    // Leases are not revoked: the locks of this replica's sessions lapse at their end, as after a crash.
     this.client.close();
   }
 }

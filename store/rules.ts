@@ -42,6 +42,11 @@ export interface TargetView {
   readonly version: number;
   /** The target's tombstones, newest first; read only by the rules that need them. */
   tombstones(): Tombstone[];
+  /**
+   * Whether the record's lock is live, when the engine judges it (etcd: the lock key still hangs on
+   * its session's lease). Undefined: judged by the rule from the record's `expiresAt` and the store's now.
+   */
+  readonly live?: boolean | undefined;
 }
 
 /** A write a decision asks for, on the target it decided about. */
@@ -69,8 +74,9 @@ export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number): Deci
     // Same application from a new session or another node: grant it and fence the old session.
     return { out: { ok: true, version, lastSeq: rec.lastSeq, takeover: true }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance) }] };
   }
-  if (rec && nowMs < rec.expiresAt) {
-    return none({ ok: false, code: 'LOCKED', message: `${req.target} is locked by another writer for ${rec.expiresAt - nowMs} ms more` });
+  if (rec && (v.live ?? nowMs < rec.expiresAt)) {
+    const until = v.live === undefined ? ` for ${rec.expiresAt - nowMs} ms more` : " until its session's lease lapses";
+    return none({ ok: false, code: 'LOCKED', message: `${req.target} is locked by another writer${until}` });
   }
   // No record, or its lock expired: the old holder's resume will now be denied; its tombstone says
   // which of its writes were applied.

@@ -130,10 +130,27 @@ export interface Store {
   renew(session: string, refs: HandleRef[], leaseMs: number): Promise<RenewResult>;
   /** For inspection and tests: the target's record, if any. */
   record(target: string): Promise<LockRecord | undefined>;
+  /** Told how long each committed store transaction took (metrics); adapters that can time them do. */
+  onTransaction?: ((ms: number) => void) | undefined;
   /** Cheap liveness probe; throws StoreUnavailableError while the store cannot be used. */
   ping(): Promise<void>;
   shutdown(): Promise<void>;
 }
+
+/** A decided rule, as a store's decision log sees it (one renewal item per handle). */
+export type Decided =
+  | { op: 'open'; req: OpenRequest; out: OpenResult }
+  | { op: 'resume'; req: ResumeRequest; out: ResumeOutcome }
+  | { op: 'write'; req: WriteRequest; out: WriteResult }
+  | { op: 'read'; req: ReadRequest; out: ReadResult }
+  | { op: 'close'; ref: HandleRef; session: string; out: boolean }
+  | { op: 'renew'; session: string; refs: HandleRef[]; out: RenewResult };
+
+/**
+ * What a store keeps of each decision, committed atomically with it so the log's order is the store's
+ * order (the chaos checker's history). Returns the lines to keep (none for most decisions of most stores).
+ */
+export type DecisionLog = (d: Decided) => string[];
 
 /** Thrown by an adapter when its backing storage cannot be reached (the replica then dismounts). */
 export class StoreUnavailableError extends Error {

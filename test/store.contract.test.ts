@@ -57,7 +57,7 @@ interface Adapter {
    * A fresh store whose own clock reads `now`, and a function that closes it and opens it again
    * over the same data (a reboot).
    */
-  make(now: () => number): { store: Store; reopen: () => Promise<Store>; cleanup: () => void };
+  make(now: () => number): { store: Store; reopen: () => Promise<Store>; cleanup: () => void; ready?: Promise<void> };
 }
 
 /** The memory store on a clock the test sets. */
@@ -126,28 +126,71 @@ const adapters: Adapter[] = [
   },
 ];
 
-/** etcd: one member for the suite; each test's store under a prefix of its own. */
+/**
+ * etcd: three members for the whole file. The contract suite runs on them with expiries on the test's
+ * clock (lease expiry, judged by etcd in real time, has its own tests below); its reboot is a reboot of
+ * every member, and the leader is killed in the middle of the suite and comes back a few tests later.
+ */
 let etcd: EtcdCluster | undefined;
+let etcdStarting: Promise<EtcdCluster> | undefined;
+const sharedEtcd = () => (etcdStarting ??= startEtcd(3).then((c) => (etcd = c)));
+afterAll(async () => {
+  await etcd?.stop();
+});
+/** Until a store answers again (a new leader elected, members back), as a dismounted replica's probe would. */
+async function untilAvailable(s: EtcdStore): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    try {
+      await s.ping();
+      await s.record('probe');
+      return;
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
 let prefixes = 0;
+let killedLeader: string | undefined;
+/**
+ * Each test's store under a prefix of its own. The leader is killed as the read-handle test starts
+ * (the suite's middle) and started again as the test of writes past the end starts.
+ */
 const makeEtcd = (now: () => number) => {
-  const opts = { prefix: `/contract-${process.pid}-${++prefixes}/`, now };
+  const opts = { prefix: `/contract-${process.pid}-${++prefixes}/`, now, expiry: 'clock' as const, timeoutMs: 3000 };
+  const test = expect.getState().currentTestName ?? '';
   let current = new EtcdStore(etcd!.endpoints, opts);
+  const ready = (async () => {
+    if (test.includes('grants a read handle resume') && killedLeader === undefined) {
+      const leader = await etcd!.members.leader();
+      if (!leader) throw new Error('etcd has no leader to kill');
+      killedLeader = leader.id;
+      etcd!.members.kill(leader.id);
+    }
+    if (test.includes('extends a target with zeros') && killedLeader) await etcd!.members.restart(killedLeader);
+    await untilAvailable(current);
+  })();
   return {
     store: current as Store,
+    ready,
     reopen: async () => {
       await current.shutdown();
+      // A reboot of the whole store: every member killed at once, then started over its data.
+      for (const m of etcd!.members.members) if (m.proc) etcd!.members.kill(m.id);
+      for (const m of etcd!.members.members) await etcd!.members.restart(m.id);
       current = new EtcdStore(etcd!.endpoints, opts);
+      await untilAvailable(current);
       return current as Store;
     },
     cleanup: () => void current.shutdown(),
   };
 };
 adapters.push({
-  name: 'etcd (one member)',
+  name: 'etcd (three members)',
   start: async () => {
-    etcd = await startEtcd(1);
+    await sharedEtcd();
   },
-  stop: async () => etcd?.stop(),
   make: makeEtcd,
 });
 
@@ -164,10 +207,11 @@ for (const adapter of adapters) {
     let store: Store;
     /** The store's clock. */
     let nowMs = 0;
-    const setup = () => {
+    const setup = async () => {
       nowMs = 0;
       env = adapter.make(() => nowMs);
       store = env.store;
+      await env.ready;
     };
     afterEach(() => env.cleanup());
     /** At store time `now`, open with a lock lasting until `expiresAt`. */
@@ -181,28 +225,28 @@ for (const adapter of adapters) {
       store.resume([{ target: T, requestId, principal: P, mode, session, leaseMs: expiresAt - nowMs, version }]).then((r) => r[0]!);
 
     it('grants a write open and refuses another writer with LOCKED while the lock is live', async () => {
-      setup();
+      await setup();
       expect(await open(X, 's1', 0, 1000)).toMatchObject({ ok: true, version: 0, lastSeq: 0 });
       expect(await open(Y, 's2', 999, 2000)).toMatchObject({ ok: false, code: 'LOCKED' });
       expect((await store.record(T))?.requestId).toBe(X);
     });
 
     it('revokes an expired lock: the new writer is granted and the old resume is denied MODIFIED', async () => {
-      setup();
+      await setup();
       await open(X, 's1', 0, 1000);
       expect(await open(Y, 's2', 1000, 3000)).toMatchObject({ ok: true });
       expect(await resume(X, 's3')).toMatchObject({ granted: false, reason: 'MODIFIED' });
     });
 
     it('read opens never conflict and never revoke', async () => {
-      setup();
+      await setup();
       await open(X, 's1', 0, 1000);
       expect(await open(Y, 's2', 5000, 0, 'read')).toMatchObject({ ok: true });
       expect((await store.record(T))?.requestId).toBe(X);
     });
 
     it('same requestId from a new session takes over and fences the old session', async () => {
-      setup();
+      await setup();
       await open(X, 's1', 0, 1000);
       expect(await write(X, 's1', 1, 0, 'one')).toMatchObject({ ok: true, applied: true });
       expect(await open(X, 's2', 10, 1000)).toMatchObject({ ok: true, takeover: true, lastSeq: 1 });
@@ -213,7 +257,7 @@ for (const adapter of adapters) {
     });
 
     it('grants a resume while the record holds the requestId, even after the lock expired, with the last seq', async () => {
-      setup();
+      await setup();
       await open(X, 's1', 0, 100);
       await write(X, 's1', 1, 0, 'a');
       await write(X, 's1', 2, 1, 'b');
@@ -227,7 +271,7 @@ for (const adapter of adapters) {
       store.resume([{ target: T, requestId, principal: P, mode: 'write', session, leaseMs: 10_000 - nowMs, instance, takeover }]).then((r) => r[0]!);
 
     it('a writer taken over after its hold learns from the tombstone which of its writes were applied', async () => {
-      setup();
+      await setup();
       await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, instance: 'inst-one' });
       await write(X, 's1', 1, 0, 'a');
       await write(X, 's1', 2, 1, 'b');
@@ -236,7 +280,7 @@ for (const adapter of adapters) {
     });
 
     it('an instance whose successor took over and closed is denied SUPERSEDED, with what it had applied', async () => {
-      setup();
+      await setup();
       await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, instance: 'inst-one' });
       await write(X, 's1', 1, 0, 'a');
       expect(await resumeAs(X, 's2', 'inst-two', true)).toMatchObject({ granted: true, lastSeq: 1 });
@@ -246,7 +290,7 @@ for (const adapter of adapters) {
     });
 
     it('denies a resume to another principal', async () => {
-      setup();
+      await setup();
       await open(X, 's1', 0, 100);
       const r = await store.resume([{ target: T, requestId: X, principal: 'mallory', mode: 'write', session: 's2', leaseMs: 1 }]);
       expect(r[0]).toMatchObject({ granted: false, code: 'FORBIDDEN' });
@@ -254,7 +298,7 @@ for (const adapter of adapters) {
     });
 
     it('grants a read handle resume iff the target version is unchanged', async () => {
-      setup();
+      await setup();
       await open(X, 's1', 0, 1000);
       await write(X, 's1', 1, 0, 'a');
       expect(await resume(Y, 's9', 0, 'read', 1)).toMatchObject({ granted: true, version: 1 });
@@ -263,7 +307,7 @@ for (const adapter of adapters) {
     });
 
     it('applies each seq once: a replay is acknowledged without applying; a gap is refused', async () => {
-      setup();
+      await setup();
       await open(X, 's1', 0, 1000);
       expect(await write(X, 's1', 1, 0, 'aaaa')).toMatchObject({ ok: true, applied: true, version: 1 });
       expect(await write(X, 's1', 1, 0, 'zzzz')).toMatchObject({ ok: true, applied: false, version: 1 });
@@ -273,7 +317,7 @@ for (const adapter of adapters) {
     });
 
     it('an empty write takes its sequence number without changing data or version', async () => {
-      setup();
+      await setup();
       await open(X, 's1', 0, 1000);
       await write(X, 's1', 1, 0, 'data');
       expect(await write(X, 's1', 2, 0, '')).toMatchObject({ ok: true, applied: true, version: 1 });
@@ -282,7 +326,7 @@ for (const adapter of adapters) {
     });
 
     it('refuses writes from a requestId that lost the target', async () => {
-      setup();
+      await setup();
       await open(X, 's1', 0, 10);
       await open(Y, 's2', 10, 1000);
       expect(await write(X, 's1', 1, 0, 'x')).toMatchObject({ ok: false, code: 'MODIFIED' });
@@ -291,7 +335,7 @@ for (const adapter of adapters) {
     });
 
     it('fences reads of a write handle but not of read handles', async () => {
-      setup();
+      await setup();
       await open(X, 's1', 0, 1000);
       await open(X, 's2', 0, 1000);
       expect(await store.read({ target: T, offset: 0, length: 1, fence: { requestId: X, session: 's1' } })).toMatchObject({ ok: false, code: 'SUPERSEDED' });
@@ -299,7 +343,7 @@ for (const adapter of adapters) {
     });
 
     it('close releases the lock and deletes the record; a close from a fenced session does nothing', async () => {
-      setup();
+      await setup();
       await open(X, 's1', 0, 1000);
       await open(X, 's2', 0, 1000);
       await store.close({ target: T, requestId: X }, 's1');
@@ -311,7 +355,7 @@ for (const adapter of adapters) {
     });
 
     it('renews a batch of locks of one session and reports the ones it lost', async () => {
-      setup();
+      await setup();
       const refs = ['a', 'b', 'c'].map((target) => ({ target, requestId: X }));
       for (const r of refs) await store.open({ ...r, principal: P, mode: 'write', session: 's1', leaseMs: 100 });
       await store.open({ target: 'c', requestId: X, principal: P, mode: 'write', session: 's2', leaseMs: 100 });
@@ -326,7 +370,7 @@ for (const adapter of adapters) {
     });
 
     it('extends a target with zeros on a write past its end and reads back ranges', async () => {
-      setup();
+      await setup();
       await open(X, 's1', 0, 1000);
       await write(X, 's1', 1, 4, 'xy');
       const r = await store.read({ target: T, offset: 0, length: 100 });
@@ -336,7 +380,7 @@ for (const adapter of adapters) {
     it('reads back exactly what a series of writes at any offsets and lengths left, across page boundaries', async () => {
       await fc.assert(
         fc.asyncProperty(fc.array(fc.record({ offset: fc.nat(20_000), length: fc.integer({ min: 1, max: 9000 }), fill: fc.integer({ min: 1, max: 255 }) }), { minLength: 1, maxLength: 6 }), async (ws) => {
-          setup();
+          await setup();
           try {
             await open(X, 's1', 0, 1000);
             let model = new Uint8Array(0);
@@ -361,11 +405,11 @@ for (const adapter of adapters) {
         }),
         { numRuns: 25 },
       );
-      setup(); // for afterEach
+      await setup(); // for afterEach
     });
 
     it('keeps data, records and sequence numbers across a close and reopen (reboot)', async () => {
-      setup();
+      await setup();
       await open(X, 's1', 0, 1000);
       await write(X, 's1', 1, 0, 'durable');
       store = await env.reopen();
@@ -520,31 +564,30 @@ describe('sqlite specifics', () => {
 });
 
 describe('etcd on three members', () => {
-  let cluster: EtcdCluster;
-  beforeAll(async () => {
-    cluster = await startEtcd(3);
-  }, 40_000);
-  afterAll(() => cluster?.stop());
-
-  /** Until the store answers again (a new leader, members back), as a dismounted replica's probe would. */
-  const untilAvailable = async (s: EtcdStore) => {
-    const deadline = Date.now() + 20_000;
-    for (;;) {
-      try {
-        return await s.ping();
-      } catch (err) {
-        if (Date.now() > deadline) throw err;
-        await new Promise((r) => setTimeout(r, 100));
-      }
+  beforeAll(sharedEtcd, 40_000);
+  const cluster = () => etcd!;
+  let n = 0;
+  const prefix = () => `/etcd-${process.pid}-${++n}/`;
+  const rid = (c: string) => c.repeat(21);
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  /** Until `check` holds, polling (etcd lets a lease lapse within about a second of its TTL). */
+  const eventually = async (check: () => Promise<boolean>, ms: number) => {
+    const deadline = Date.now() + ms;
+    while (!(await check())) {
+      if (Date.now() > deadline) return false;
+      await sleep(100);
     }
+    return true;
   };
 
   it('the leader killed mid-sequence: the store comes back under a new leader with every acknowledged write, and so it does after every member reboots', async () => {
-    const s = new EtcdStore(cluster.endpoints, { prefix: `/three-${process.pid}/`, timeoutMs: 2000 });
-    const rid = 'L'.repeat(21);
+    // The contract suite above ran with its leader killed halfway.
+    expect(killedLeader).toMatch(/^etcd-\d$/);
+    const s = new EtcdStore(cluster().endpoints, { prefix: prefix(), timeoutMs: 2000 });
+    const r1 = rid('L');
     try {
-      expect(await s.open({ target: 'l.disk', requestId: rid, principal: 'p', mode: 'write', session: 's1', leaseMs: 600_000 })).toMatchObject({ ok: true });
-      const w = (seq: number) => s.write({ target: 'l.disk', requestId: rid, session: 's1', seq, offset: (seq - 1) * 2, data: bytes(`${seq}`.padStart(2, '0')) });
+      expect(await s.open({ target: 'l.disk', requestId: r1, principal: 'p', mode: 'write', session: 's1', leaseMs: 600_000 })).toMatchObject({ ok: true });
+      const w = (seq: number) => s.write({ target: 'l.disk', requestId: r1, session: 's1', seq, offset: (seq - 1) * 2, data: bytes(`${seq}`.padStart(2, '0')) });
       // While etcd elects or reboots, an operation may fail as unavailable; a replica then dismounts
       // and its node agent sends the write again, which the seq makes safe: do the same here.
       const retry = async <T>(op: () => Promise<T>): Promise<T> => {
@@ -554,24 +597,24 @@ describe('etcd on three members', () => {
             return await op();
           } catch (err) {
             if ((err as Error).name !== 'StoreUnavailableError' || Date.now() > deadline) throw err;
-            await new Promise((r) => setTimeout(r, 200));
+            await sleep(200);
           }
         }
       };
       const retried = (seq: number) => retry(() => w(seq));
       for (let seq = 1; seq <= 5; seq++) expect(await w(seq)).toMatchObject({ ok: true, applied: true });
-      const leader = await cluster.members.leader();
+      const leader = await cluster().members.leader();
       expect(leader).toBeDefined();
-      cluster.members.kill(leader!.id);
+      cluster().members.kill(leader!.id);
       await untilAvailable(s);
-      const newLeader = await cluster.members.leader();
+      const newLeader = await cluster().members.leader();
       expect(newLeader?.id).not.toBe(leader!.id);
       // Acknowledged (applied now, or already by an attempt whose answer was lost).
       for (let seq = 6; seq <= 10; seq++) expect(await retried(seq)).toMatchObject({ ok: true });
-      await cluster.members.restart(leader!.id);
+      await cluster().members.restart(leader!.id);
       // Every member rebooted at once (a power cut of the whole store).
-      for (const m of cluster.members.members) cluster.members.kill(m.id);
-      for (const m of cluster.members.members) await cluster.members.restart(m.id);
+      for (const m of cluster().members.members) cluster().members.kill(m.id);
+      for (const m of cluster().members.members) await cluster().members.restart(m.id);
       await untilAvailable(s);
       // A replay of an acknowledged seq is still acknowledged without being applied twice.
       expect(await retried(10)).toMatchObject({ ok: true, applied: false, version: 10 });
@@ -581,19 +624,11 @@ describe('etcd on three members', () => {
       await s.shutdown();
     }
   }, 90_000);
-});
-
-describe('etcd specifics', () => {
-  let cluster: EtcdCluster;
-  beforeAll(async () => {
-    cluster = await startEtcd(1);
-  }, 30_000);
-  afterAll(() => cluster?.stop());
 
   it('two stores (two replica hosts) racing to open one target: exactly one writer is granted, by revision-guarded transactions', async () => {
-    const prefix = `/race-${process.pid}/`;
-    const a = new EtcdStore(cluster.endpoints, { prefix });
-    const b = new EtcdStore(cluster.endpoints, { prefix });
+    const p = prefix();
+    const a = new EtcdStore(cluster().endpoints, { prefix: p });
+    const b = new EtcdStore(cluster().endpoints, { prefix: p });
     try {
       const rid = (i: number) => `R${String(i).padStart(20, '0')}`;
       const results = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? a : b).open({ target: 'race.disk', requestId: rid(i), principal: 'p', mode: 'write', session: `s${i}`, leaseMs: 60_000 })));
@@ -607,6 +642,107 @@ describe('etcd specifics', () => {
       expect(await Promise.all([w(3), w(7)])).toEqual([{ ok: true, applied: false, version: 10 }, { ok: true, applied: false, version: 10 }]);
       const r = await b.read({ target: 'race.disk', offset: 0, length: 20 });
       expect(r.ok && text(r.data)).toBe('01020304050607080910');
+    } finally {
+      await a.shutdown();
+      await b.shutdown();
+    }
+  });
+
+  it("a replica whose clock runs an hour ahead cannot expire a live lock: etcd's lease judges it, not the replica's clock", async () => {
+    const hour = 3_600_000;
+    const target = 'skew.disk';
+    const open = (s: EtcdStore, r: string, session: string) => s.open({ target, requestId: r, principal: 'p', mode: 'write', session, leaseMs: 2000 });
+    // Judged on each replica's clock (as SQLite is on its host's), the fast replica takes a live lock.
+    {
+      const p = prefix();
+      const a = new EtcdStore(cluster().endpoints, { prefix: p, expiry: 'clock' });
+      const fast = new EtcdStore(cluster().endpoints, { prefix: p, expiry: 'clock', now: () => Date.now() + hour });
+      try {
+        expect(await open(a, rid('A'), 'sa')).toMatchObject({ ok: true });
+        expect(await open(fast, rid('B'), 'sb')).toMatchObject({ ok: true });
+      } finally {
+        await a.shutdown();
+        await fast.shutdown();
+      }
+    }
+    // On leases, it is refused while the holder renews, and granted once the holder stops.
+    const p = prefix();
+    const a = new EtcdStore(cluster().endpoints, { prefix: p });
+    const fast = new EtcdStore(cluster().endpoints, { prefix: p, now: () => Date.now() + hour });
+    try {
+      expect(await open(a, rid('A'), 'sa')).toMatchObject({ ok: true });
+      expect(await a.write({ target, requestId: rid('A'), session: 'sa', seq: 1, offset: 0, data: bytes('a1') })).toMatchObject({ ok: true, applied: true });
+      for (let i = 0; i < 6; i++) {
+        expect(await open(fast, rid('B'), 'sb')).toMatchObject({ ok: false, code: 'LOCKED' });
+        expect(await a.renew('sa', [{ target, requestId: rid('A') }], 2000)).toEqual({ lost: [] });
+        await sleep(500);
+      }
+      // The holder's replica stops renewing (it crashed): etcd lets the lease lapse, and only then is B granted.
+      expect(await eventually(async () => (await open(fast, rid('B'), 'sb')).ok, 10_000)).toBe(true);
+      // The holder learns it lost the target, and what it had applied.
+      expect(await a.resume([{ target, requestId: rid('A'), principal: 'p', mode: 'write', session: 'sa2', leaseMs: 2000 }])).toEqual([{ granted: false, reason: 'MODIFIED', code: 'MODIFIED', version: 1, lastSeq: 1 }]);
+    } finally {
+      await a.shutdown();
+      await fast.shutdown();
+    }
+  }, 40_000);
+
+  it('a renewal of many locks is one keep-alive and writes nothing; a lapsed lease is put back while the records still name the session', async () => {
+    const p = prefix();
+    const a = new EtcdStore(cluster().endpoints, { prefix: p });
+    const b = new EtcdStore(cluster().endpoints, { prefix: p });
+    try {
+      const refs = Array.from({ length: 50 }, (_, i) => ({ target: `many-${i}.disk`, requestId: `M${String(i).padStart(20, '0')}` }));
+      const opened = await Promise.all(refs.map((r) => a.open({ ...r, principal: 'p', mode: 'write', session: 'sa', leaseMs: 2000 })));
+      expect(opened.every((o) => o.ok)).toBe(true);
+      expect(a.stats.grants).toBe(1);
+      const before = { ...a.stats };
+      expect(await a.renew('sa', refs, 2000)).toEqual({ lost: [] });
+      expect(a.stats.keepAlives - before.keepAlives).toBe(1);
+      expect(a.stats.commits - before.commits).toBe(0);
+      // The replica was cut off from etcd for longer than the lease: the locks lapsed...
+      expect(await eventually(async () => !(await a.locked(refs[0]!.target)), 10_000)).toBe(true);
+      // ...nobody took them meanwhile, so its next renewal puts them back on a new lease, and they hold again.
+      expect(await a.renew('sa', refs, 2000)).toEqual({ lost: [] });
+      expect(a.stats.grants).toBe(2);
+      expect(await a.locked(refs[49]!.target)).toBe(true);
+      expect(await b.open({ target: refs[0]!.target, requestId: rid('Y'), principal: 'p', mode: 'write', session: 'sb', leaseMs: 2000 })).toMatchObject({ ok: false, code: 'LOCKED' });
+    } finally {
+      await a.shutdown();
+      await b.shutdown();
+    }
+  }, 40_000);
+});
+
+describe('etcd group commit and failures', () => {
+  beforeAll(sharedEtcd, 40_000);
+
+  it('writes of one turn on many targets go in a few transactions, each applied once; other replicas changing targets meanwhile only cost retries', async () => {
+    const p = `/group-${process.pid}/`;
+    const a = new EtcdStore(etcd!.endpoints, { prefix: p });
+    const b = new EtcdStore(etcd!.endpoints, { prefix: p });
+    try {
+      const refs = Array.from({ length: 64 }, (_, i) => ({ target: `g-${i}.disk`, requestId: `G${String(i).padStart(20, '0')}` }));
+      expect((await Promise.all(refs.map((r) => a.open({ ...r, principal: 'p', mode: 'write', session: 'sa', leaseMs: 60_000 })))).every((o) => o.ok)).toBe(true);
+      const page = (i: number, seq: number) => new Uint8Array(4096).fill(65 + ((i + seq) % 26));
+      const before = a.stats.commits;
+      const first = await Promise.all(refs.map((r, i) => a.write({ ...r, session: 'sa', seq: 1, offset: 0, data: page(i, 1) })));
+      expect(first.every((w) => w.ok && w.applied)).toBe(true);
+      expect(a.stats.commits - before).toBeLessThanOrEqual(8);
+      // The same writes and the next ones together, while b opens the targets for reading and writes nothing:
+      // replays are acknowledged without being applied again, the next seq applies once.
+      const mixed = await Promise.all([
+        ...refs.map((r, i) => a.write({ ...r, session: 'sa', seq: 1, offset: 0, data: page(i, 1) })),
+        ...refs.map((r, i) => a.write({ ...r, session: 'sa', seq: 2, offset: 4096, data: page(i, 2) })),
+        ...refs.map((r) => b.open({ ...r, requestId: 'H'.repeat(21), principal: 'p', mode: 'write', session: 'sb', leaseMs: 1000 })),
+      ]);
+      expect(mixed.slice(0, 64)).toEqual(refs.map(() => ({ ok: true, applied: false, version: 1 })));
+      expect(mixed.slice(64, 128)).toEqual(refs.map(() => ({ ok: true, applied: true, version: 2 })));
+      expect(mixed.slice(128).every((o) => 'ok' in o && !o.ok && o.code === 'LOCKED')).toBe(true);
+      for (const [i, r] of refs.entries()) {
+        const got = await b.read({ target: r.target, offset: 0, length: 8192 });
+        expect(got.ok && Buffer.from(got.data).equals(Buffer.concat([page(i, 1), page(i, 2)]))).toBe(true);
+      }
     } finally {
       await a.shutdown();
       await b.shutdown();
