@@ -19,7 +19,20 @@ export interface ChaosSummary {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export async function runChaos(l: Launcher, seconds: number, seed: number, onFault?: (kind: string, detail: string) => void): Promise<ChaosSummary> {
+/** Every kind of fault; `etcd-leader-kill` needs the local etcd members, `link-cut` hosts of their own (--netns). */
+export const FAULTS = ['replica-kill', 'storage-reboot', 'partition', 'dismount', 'node-restart', 'app-move', 'foreign-writer', 'etcd-leader-kill', 'link-cut'] as const;
+export type Fault = (typeof FAULTS)[number];
+
+/** The faults a cluster can take: every kind whose parts it has. */
+export function faultsFor(l: Launcher): Fault[] {
+  return FAULTS.filter((f) => (f === 'etcd-leader-kill' ? l.etcd !== undefined : f === 'link-cut' ? l.opts.hosts !== undefined : true));
+}
+
+/**
+ * Faults for `seconds`, one every 1-3 s: drawn at random among the cluster's kinds (seeded), or, given
+ * `schedule`, its kinds in order (again from the start when it runs out).
+ */
+export async function runChaos(l: Launcher, seconds: number, seed: number, onFault?: (kind: string, detail: string) => void, schedule?: readonly Fault[]): Promise<ChaosSummary> {
   const random = seededRandom(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)]!;
   const between = (lo: number, hi: number) => lo + Math.floor(random() * (hi - lo + 1));
@@ -32,20 +45,27 @@ export async function runChaos(l: Launcher, seconds: number, seed: number, onFau
     onFault?.(kind, detail);
   };
   const until = Date.now() + seconds * 1000;
+  let scheduled = 0;
   // The checker runs while the faults do (safety only: pauses and pending operations are normal mid-run).
   l.chaos = { verdict: `chaos seed ${seed}: running`, violations: 0 };
+  let checking = false;
   const verdict = setInterval(() => {
-    try {
-      const n = check(merge(l.storeHistory().events, l.history)).filter((v) => v.guarantee.startsWith('S')).length;
-      l.chaos = { verdict: `chaos seed ${seed}: ${n} safety violations so far`, violations: n };
-    } catch {
-      // the store is being rebooted; next time
-    }
+    if (checking) return;
+    checking = true;
+    l.storeHistory()
+      .then((h) => {
+        const n = check(merge(h.events, l.history)).filter((v) => v.guarantee.startsWith('S')).length;
+        l.chaos = { verdict: `chaos seed ${seed}: ${n} safety violations so far`, violations: n };
+      })
+      .catch(() => {
+        // the store is being rebooted; next time
+      })
+      .finally(() => (checking = false));
   }, 5000);
   while (Date.now() < until) {
     await sleep(between(1000, 3000));
     if (Date.now() >= until) break;
-    const kind = pick(['replica-kill', 'storage-reboot', 'partition', 'dismount', 'node-restart', 'app-move', 'foreign-writer'] as const);
+    const kind = schedule && schedule.length > 0 ? schedule[scheduled++ % schedule.length]! : pick(faultsFor(l));
     try {
       switch (kind) {
         case 'replica-kill': {
@@ -85,6 +105,24 @@ export async function runChaos(l: Launcher, seconds: number, seed: number, onFau
           await l.move(app, to);
           break;
         }
+        case 'etcd-leader-kill': {
+          // The store's own failure: its leader dies; a quorum elects another; it comes back a little later.
+          const leader = await l.etcd!.leader();
+          if (!leader) break;
+          const s = between(2, 5);
+          note(kind, `${leader.id}, back after ${s}s`);
+          l.kill(leader.id);
+          l.later(s * 1000, () => void l.restart(leader.id).catch(() => undefined));
+          break;
+        }
+        case 'link-cut': {
+          // A replica host drops off the network: its sessions go silent; nodes fail over to the others.
+          const id = pick(replicas());
+          const s = between(2, 5);
+          note(kind, `${id} for ${s}s`);
+          l.cutLink(id, s);
+          break;
+        }
         case 'foreign-writer': {
           // Cut a node off long enough for its locks to lapse, then write one of its targets.
           const node = pick(nodes());
@@ -109,7 +147,7 @@ export async function runChaos(l: Launcher, seconds: number, seed: number, onFau
   for (const c of l.children.values()) if (c.role === 'replica' && c.proc?.connected) c.proc.send({ type: 'mount' });
   await sleep(Math.max(8000, l.opts.holdMs + 6000));
   await l.stopWorkloads();
-  const store = l.storeHistory();
+  const store = await l.storeHistory();
   const history = merge(store.events, l.history);
   for (const f of store.finals) history.push({ t: Date.now(), kind: 'final', target: f.target, bytes: f.bytes });
   const { granted, denied, writesAcked: acked, pauses } = tally(history);

@@ -18,7 +18,7 @@ import { parseCredential } from '../actors/auth.js';
 import { StorageReplica } from '../actors/replica.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { openStore } from '../store/open.js';
-import { observedStore } from '../sim/history.js';
+import { historyLog, observedStore } from '../sim/history.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles } from '../transport/tls.js';
 import { ChildCommand, ChildConfig, type ChildReport } from './ipc.js';
@@ -38,6 +38,8 @@ const ReplicaConfig = z.object({
   metricsPort: MetricsPort,
   id: z.string(),
   port: z.number().int(),
+  /** The address to listen on (default 127.0.0.1; a host's own address under --netns). */
+  host: z.string().optional(),
   dir: z.string(),
   /** The store, as store/open.ts parses it (memory, sqlite:PATH, etcd://...); `sqlite` is <dir>/store.sqlite. */
   store: z.string(),
@@ -109,7 +111,8 @@ async function replica(raw: unknown): Promise<void> {
   const log = logger(cfg.dir, cfg.id, cfg.pretty);
   // `sqlite` alone is the data directory's store.sqlite.
   const spec = cfg.store === 'sqlite' ? `sqlite:${join(cfg.dir, 'store.sqlite')}` : cfg.store;
-  const inner = openStore(spec, { sqlite: { groupCommit: cfg.groupCommit ?? true } });
+  // A chaos run keeps the history with the store's decisions: in SQLite's history table, or in etcd's decision log.
+  const inner = openStore(spec, { sqlite: { groupCommit: cfg.groupCommit ?? true }, etcd: cfg.history ? { log: historyLog(cfg.id) } : {} });
   const store =
     cfg.history && inner instanceof SqliteStore
       ? observedStore(inner, cfg.id, { add: (e) => inner.appendHistory(JSON.stringify({ t: Date.now(), ...e })) })
@@ -117,7 +120,7 @@ async function replica(raw: unknown): Promise<void> {
   const insp = cfg.inspector ? processInspector(`${cfg.inspector}?from=${cfg.id}`, cfg.inspectorToken) : undefined;
   let self: StorageReplica | undefined;
   const m = cfg.metricsPort !== undefined ? replicaMetrics(() => self) : undefined;
-  const r = new StorageReplica({ id: cfg.id, store, transport: transportFor(cfg.tls), secret: cfg.secret, port: cfg.port, holdMs: cfg.holdMs, ...(cfg.heartbeatIntervalMs ? { heartbeatIntervalMs: cfg.heartbeatIntervalMs } : {}), ...(m ? { observe: m.observe } : {}), env: { log, inspect: insp?.inspect } });
+  const r = new StorageReplica({ id: cfg.id, store, transport: transportFor(cfg.tls), secret: cfg.secret, port: cfg.port, holdMs: cfg.holdMs, ...(cfg.host ? { host: cfg.host } : {}), ...(cfg.heartbeatIntervalMs ? { heartbeatIntervalMs: cfg.heartbeatIntervalMs } : {}), ...(m ? { observe: m.observe } : {}), env: { log, inspect: insp?.inspect } });
   self = r;
   const metrics = m ? await serveMetrics(m.registry, () => ({ ok: !r.isDismounted, replica: cfg.id, store: r.isDismounted ? 'dismounted' : 'mounted', sessions: r.sessionCount }), cfg.metricsPort) : undefined;
   await r.start();

@@ -14,7 +14,8 @@ import { runWorkload, type WorkloadStats } from './workload.js';
 import type { Handle } from '../actors/application.js';
 import { runSchedule } from '../sim/scheduler.js';
 import { Launcher } from './launcher.js';
-import { runChaos, type ChaosSummary } from './chaos.js';
+import { FAULTS, runChaos, type ChaosSummary, type Fault } from './chaos.js';
+import { loadHostPlan } from './hosts.js';
 import { formatReplay, formatSummary } from '../sim/run.js';
 import { runSeedsParallel } from '../sim/parallel.js';
 import { credentials, CredentialsUsageError } from './credentials-cli.js';
@@ -78,6 +79,12 @@ Options for up:
   --chaos --for S [--seed N] [--json]
                          drive a random fault schedule for S seconds, check the history, print a
                          summary and exit (non-zero on any violation)
+  --faults K1,K2,...     chaos faults in this order (again from the start) instead of at random; kinds:
+                         replica-kill, storage-reboot, partition, dismount, node-restart, app-move,
+                         foreign-writer, etcd-leader-kill (--store etcd), link-cut (--netns)
+  --netns FILE           run each process on a host of its own: a Linux network namespace you made, with
+                         its address (JSON: {"hosts": {"replica-1": {"netns": "NS", "address": "IP"}, ...}},
+                         every etcd-N, replica-N and node-N); needs root; docs/deploy.md
 
 Options for sim:
   --seeds N              schedules to run (default 100); seeds start at --from (default 1)
@@ -120,9 +127,15 @@ interface UpOptions {
   seed: number;
   json: boolean;
   tls: TlsFiles | undefined;
+  /** --netns: a plan file putting each process on a host (network namespace) of its own. */
+  netns: string | undefined;
+  /** --faults: chaos faults in this order instead of at random. */
+  faults: Fault[] | undefined;
 }
 
 const UP_FLAGS = {
+  netns: { type: 'string' },
+  faults: { type: 'string' },
   'etcd-endpoints': { type: 'string' },
   'tls-cert': { type: 'string' },
   'tls-key': { type: 'string' },
@@ -200,10 +213,27 @@ function parseUp(argv: string[]): UpOptions | undefined {
     seed: int('seed', v('seed'), Date.now() % 1_000_000),
     json: b('json'),
     tls: tlsFlags(v('tls-cert'), v('tls-key'), v('tls-ca')),
+    netns: v('netns'),
+    faults: faultList(v('faults')),
   };
-  if (o.chaos && o.store !== 'sqlite') throw new UsageError('--chaos needs --store sqlite (real processes; the checker reads the history SQLite keeps)');
+  if (o.faults && !o.chaos) throw new UsageError('--faults goes with --chaos');
+  if (o.netns && o.store === 'memory') throw new UsageError('--netns needs real processes: --store sqlite or etcd');
+  if (o.netns && o.tls) throw new UsageError('--netns and --tls-* do not go together yet (the certificates name 127.0.0.1)');
+  if (o.faults?.includes('etcd-leader-kill') && (o.store !== 'etcd' || o.etcdEndpoints)) throw new UsageError('--faults etcd-leader-kill needs --store etcd on its local members');
+  if (o.faults?.includes('link-cut') && !o.netns) throw new UsageError('--faults link-cut needs --netns (hosts whose links can be cut)');
+  if (o.chaos && o.store === 'memory') throw new UsageError('--chaos needs --store sqlite or etcd (real processes; the checker reads the history the store keeps)');
+  if (o.chaos && o.etcdEndpoints) throw new UsageError('--chaos runs on the local etcd members (it starts the store empty and kills members); drop --etcd-endpoints');
   if (o.chaos && o.nodes < 2) throw new UsageError('--chaos needs at least 2 nodes');
   return o;
+}
+
+/** A comma-separated list of fault kinds. */
+function faultList(list: string | undefined): Fault[] | undefined {
+  if (list === undefined) return undefined;
+  const kinds = list.split(',').filter((k) => k.length > 0);
+  const bad = kinds.find((k) => !(FAULTS as readonly string[]).includes(k));
+  if (kinds.length === 0 || bad !== undefined) throw new UsageError(`--faults: expected kinds among ${FAULTS.join(', ')}${bad ? `, got ${JSON.stringify(bad)}` : ''}`);
+  return kinds as Fault[];
 }
 
 /** All three TLS files or none; each readable PEM (checked now, with the file named, not in a child). */
@@ -230,7 +260,9 @@ async function up(argv: string[]): Promise<number> {
   privateDataDir(o.dir);
   mkdirSync(join(o.dir, 'logs'), { recursive: true });
   const log = pino({ base: { actor: 'launcher' } }, pino.destination({ dest: join(o.dir, 'logs', 'launcher.log'), sync: false }));
-  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, statelyPort: o.statelyPort, log, tls: o.tls, store: o.store === 'etcd' ? 'etcd' : 'sqlite', etcdEndpoints: o.etcdEndpoints });
+  const need = [...(o.store === 'etcd' && !o.etcdEndpoints ? ['etcd-1', 'etcd-2', 'etcd-3'] : []), ...Array.from({ length: o.replicas }, (_, i) => `replica-${i + 1}`), ...Array.from({ length: o.nodes }, (_, i) => `node-${i + 1}`)];
+  const hosts = o.netns ? loadHostPlan(o.netns, need) : undefined;
+  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, statelyPort: o.statelyPort, log, tls: o.tls, store: o.store === 'etcd' ? 'etcd' : 'sqlite', etcdEndpoints: o.etcdEndpoints, hosts });
   let stopping: Promise<void> | undefined;
   const stop = () => (stopping ??= launcher.down());
   process.once('SIGINT', () => void stop());
@@ -251,7 +283,7 @@ async function up(argv: string[]): Promise<number> {
   if (o.statelyPort !== undefined) say(`  stately   ${launcher.statelyUrl}   (the Stately inspector; needs an internet connection)`);
   if (o.chaos) {
     say(`chaos: ${o.forS}s of faults, seed ${o.seed}`);
-    const summary = await Promise.race([runChaos(launcher, o.forS, o.seed, (k, d) => say(`  fault ${k}: ${d}`)), (stopping ?? new Promise<never>(() => {}))]);
+    const summary = await Promise.race([runChaos(launcher, o.forS, o.seed, (k, d) => say(`  fault ${k}: ${d}`), o.faults), (stopping ?? new Promise<never>(() => {}))]);
     await stop();
     if (!summary) return 1;
     process.stdout.write((o.json ? JSON.stringify(summary) : formatChaos(summary)) + '\n');

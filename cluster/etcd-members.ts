@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { SafeResumeError } from '../errors.js';
 import { freePort } from './launcher.js';
+import { inHost, type Host } from './hosts.js';
 
 export interface EtcdMember {
   id: string;
@@ -16,6 +17,8 @@ export interface EtcdMember {
   peer: string;
   dataDir: string;
   proc: ChildProcess | undefined;
+  /** The host (network namespace) it runs on; none: this one. */
+  host?: Host | undefined;
 }
 
 /** Whether the `etcd` binary runs here; a clear error naming the package otherwise. */
@@ -36,13 +39,19 @@ export class EtcdMembers {
     return this.members.map((m) => m.endpoint);
   }
 
-  /** Start `n` members as one new cluster under `dir` and wait until it takes a write. */
-  static async start(dir: string, n: number, waitMs = 20_000): Promise<EtcdMembers> {
+  /**
+   * Start `n` members as one new cluster under `dir` and wait until it takes a write. `place` may put a
+   * member on a host of its own (a network namespace with its address: cluster/hosts.ts).
+   */
+  static async start(dir: string, n: number, waitMs = 20_000, place?: (id: string) => Host | undefined): Promise<EtcdMembers> {
     requireEtcd();
     const e = new EtcdMembers();
     for (let i = 1; i <= n; i++) {
-      const [client, peer] = [await freePort(), await freePort()];
-      e.members.push({ id: `etcd-${i}`, endpoint: `127.0.0.1:${client}`, peer: `http://127.0.0.1:${peer}`, dataDir: join(dir, `etcd-${i}`), proc: undefined });
+      const id = `etcd-${i}`;
+      const host = place?.(id);
+      const [client, peer] = host ? [2379, 2380] : [await freePort(), await freePort()];
+      const address = host?.address ?? '127.0.0.1';
+      e.members.push({ id, endpoint: `${address}:${client}`, peer: `http://${address}:${peer}`, dataDir: join(dir, id), proc: undefined, host });
     }
     for (const m of e.members) e.spawn(m, 'new');
     try {
@@ -57,7 +66,8 @@ export class EtcdMembers {
   private spawn(m: EtcdMember, state: 'new' | 'existing'): void {
     mkdirSync(m.dataDir, { recursive: true, mode: 0o700 });
     const initial = this.members.map((x) => `${x.id}=${x.peer}`).join(',');
-    const proc = spawn('etcd', [
+    const cmd = m.host ? inHost(m.host, 'etcd') : { command: 'etcd', args: [] };
+    const proc = spawn(cmd.command, [...cmd.args,
       '--name', m.id, '--data-dir', m.dataDir,
       '--listen-client-urls', `http://${m.endpoint}`, '--advertise-client-urls', `http://${m.endpoint}`,
       '--listen-peer-urls', m.peer, '--initial-advertise-peer-urls', m.peer,

@@ -20,10 +20,13 @@ import { formatCredential, issueCredential, loadOrCreateSecret } from '../actors
 import { NodeAgent } from '../actors/node-agent.js';
 import { SafeResumeError } from '../errors.js';
 import { SqliteStore } from '../store/sqlite.js';
+import { EtcdStore } from '../store/etcd.js';
+import { parseStoreSpec } from '../store/open.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
 import { FaultProxy } from './fault-proxy.js';
 import { EtcdMembers } from './etcd-members.js';
+import { inHost, setLink, type Host, type HostPlan } from './hosts.js';
 import { ChildReport, type ChildCommand, ChildConfig, type HandleStatus } from './ipc.js';
 import { InspectorServer, StatelyRelay } from './inspector-server.js';
 
@@ -50,6 +53,8 @@ export interface LauncherOptions {
   /** `sqlite` (default): <dir>/store.sqlite; `etcd`: a local 3-member etcd in <dir>/etcd, or `etcdEndpoints`. */
   store?: 'sqlite' | 'etcd';
   etcdEndpoints?: string[] | undefined;
+  /** Put each process on a host of its own (a network namespace with its address): cluster/hosts.ts. */
+  hosts?: HostPlan | undefined;
 }
 
 interface Child {
@@ -100,6 +105,8 @@ export class Launcher {
   /** The local etcd members of `--store etcd` (none when the endpoints were given). */
   etcd: EtcdMembers | undefined;
   private storeSpec = '';
+  /** Hosts whose link is cut now (--netns). */
+  private readonly cut = new Set<string>();
 
   constructor(readonly opts: LauncherOptions) {
     privateDataDir(opts.dir);
@@ -115,6 +122,7 @@ export class Launcher {
       // A chaos run checks one history: start it empty.
       for (const f of ['store.sqlite', 'store.sqlite-wal', 'store.sqlite-shm']) rmSync(join(this.opts.dir, f), { force: true });
       for (let n = 1; n <= this.opts.nodes; n++) rmSync(join(this.opts.dir, `node-${n}.handles.jsonl`), { force: true });
+      if (this.opts.store === 'etcd' && !this.opts.etcdEndpoints) rmSync(join(this.opts.dir, 'etcd'), { recursive: true, force: true });
     }
     let inspectorWs: string | undefined;
     if (this.opts.inspectorPort !== undefined) {
@@ -132,21 +140,25 @@ export class Launcher {
       inspectorWs = `${url.replace('http', 'ws')}/inspect`;
     }
     if (this.opts.store === 'etcd') {
-      const endpoints = this.opts.etcdEndpoints ?? (this.etcd = await EtcdMembers.start(join(this.opts.dir, 'etcd'), 3)).endpoints;
+      const endpoints = this.opts.etcdEndpoints ?? (this.etcd = await EtcdMembers.start(join(this.opts.dir, 'etcd'), 3, 20_000, (id) => this.host(id))).endpoints;
       this.storeSpec = `etcd://${endpoints.join(',')}`;
     } else this.storeSpec = `sqlite:${this.dbPath}`;
     for (let i = 0; i < this.opts.replicas; i++) {
       const id = `replica-${i + 1}`;
-      const port = this.opts.port ? this.opts.port + i : await freePort();
-      this.replicaUrls.push(`${this.opts.tls ? 'wss' : 'ws'}://127.0.0.1:${port}`);
-      this.spawn(id, 'replica', { ...this.tlsConfig(), metricsPort: 0, id, port, dir: this.opts.dir, store: this.storeSpec, secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
+      const host = this.host(id);
+      // On a host of its own a replica listens on its address (and any port is free there).
+      const port = this.opts.port ? this.opts.port + i : host ? 7000 : await freePort();
+      this.replicaUrls.push(`${this.opts.tls ? 'wss' : 'ws'}://${host?.address ?? '127.0.0.1'}:${port}`);
+      this.spawn(id, 'replica', { ...this.tlsConfig(), metricsPort: 0, id, port, ...(host ? { host: host.address } : {}), dir: this.opts.dir, store: this.storeSpec, secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     let appNo = 0;
     for (let n = 1; n <= this.opts.nodes; n++) {
       const id = `node-${n}`;
-      const proxies = this.replicaUrls.map((u) => FaultProxy.forUrl(u));
-      const urls = await Promise.all(proxies.map((p) => p.listen()));
+      // On one host a node reaches the replicas through fault proxies (partitions); on hosts of their
+      // own, directly (a partition cuts the node's link).
+      const proxies = this.opts.hosts ? [] : this.replicaUrls.map((u) => FaultProxy.forUrl(u));
+      const urls = this.opts.hosts ? this.replicaUrls : await Promise.all(proxies.map((p) => p.listen()));
       this.proxies.set(id, proxies);
       const apps = [];
       for (let a = 0; a < this.opts.apps; a++) {
@@ -172,8 +184,14 @@ export class Launcher {
     return this.opts.tls ? { tls: this.opts.tls } : {};
   }
 
+  /** The host a process runs on (--netns), if any. */
+  host(id: string): Host | undefined {
+    return this.opts.hosts?.hosts[id];
+  }
+
   private inspectorConfig(id: string, url: string | undefined): Record<string, string> {
-    return url && this.inspector ? { inspector: url, inspectorToken: this.inspector.processCredential(id) } : {};
+    // The inspector listens on 127.0.0.1 of this host: a process on another host cannot reach it.
+    return url && this.inspector && !this.host(id) ? { inspector: url, inspectorToken: this.inspector.processCredential(id) } : {};
   }
 
   /** Start the relay to the Stately inspector (on 127.0.0.1) and return a function that hands it events. */
@@ -188,7 +206,9 @@ export class Launcher {
 
   private spawn(id: string, role: 'replica' | 'node', config: Record<string, unknown>): Child {
     // The configuration (keys with it) goes over the IPC channel, never in argv.
-    const proc = fork(CHILD, [role], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const host = this.host(id);
+    const at = host ? inHost(host, process.execPath) : undefined;
+    const proc = fork(CHILD, [role], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], ...(at ? { execPath: at.command, execArgv: [...at.args, ...process.execArgv] } : {}) });
     proc.send({ type: 'config', config } satisfies ChildConfig);
     let ready!: () => void;
     let failed!: (e: Error) => void;
@@ -225,7 +245,8 @@ export class Launcher {
     c.proc.send(cmd);
   }
 
-  private later(ms: number, fn: () => void): void {
+  /** Run `fn` after `ms`, unless the cluster is brought down first. */
+  later(ms: number, fn: () => void): void {
     const t = setTimeout(() => {
       this.timers.delete(t);
       fn();
@@ -250,7 +271,7 @@ export class Launcher {
       pid: c.proc?.pid ?? null,
       replica: c.status?.role === 'node' ? c.status.replica : null,
       metrics: c.proc ? (c.status?.metrics ?? null) : null,
-      partitioned: (this.proxies.get(c.id) ?? []).some((p) => p.mode === 'partition'),
+      partitioned: (this.proxies.get(c.id) ?? []).some((p) => p.mode === 'partition') || this.cut.has(c.id),
     }));
     const handles: Array<HandleStatus & { node: string }> = [];
     for (const c of this.children.values()) if (c.proc && c.status?.role === 'node') for (const h of c.status.handles) handles.push({ node: c.id, ...h });
@@ -304,6 +325,11 @@ export class Launcher {
     const proxies = this.proxies.get(node);
     if (!proxies) throw new SafeResumeError('INVALID_ARGUMENT', `no node called ${JSON.stringify(node)}`);
     for (const p of proxies) p.partition();
+    const host = this.host(node);
+    if (host) {
+      setLink(host, false);
+      this.cut.add(node);
+    }
     if (forS) this.later(forS * 1000, () => this.heal(node));
     return { ok: true, partitioned: node, ...(forS ? { healsInS: forS } : {}) };
   }
@@ -314,8 +340,21 @@ export class Launcher {
       const proxies = this.proxies.get(n);
       if (!proxies) throw new SafeResumeError('INVALID_ARGUMENT', `no node called ${JSON.stringify(n)}`);
       for (const p of proxies) p.heal();
+      const host = this.host(n);
+      if (host && this.cut.delete(n)) setLink(host, true);
     }
     return { ok: true, healed: names };
+  }
+
+  /** Cut a replica's (or node's) host off the network for `forS` seconds (--netns). */
+  cutLink(id: string, forS: number): ControlResult {
+    this.child(id);
+    const host = this.host(id);
+    if (!host) throw new SafeResumeError('INVALID_ARGUMENT', `${id} has no host of its own (--netns) whose link could be cut`);
+    setLink(host, false);
+    this.cut.add(id);
+    this.later(forS * 1000, () => this.cut.delete(id) && setLink(host, true));
+    return { ok: true, cut: id, restoresInS: forS };
   }
 
   dismount(replica: string, forS: number): ControlResult {
@@ -405,12 +444,22 @@ export class Launcher {
   }
 
   /** The store's half of the history (commit order) and the final bytes of every target. */
-  storeHistory(): { events: unknown[]; finals: Array<{ target: string; bytes: string }> } {
+  async storeHistory(): Promise<{ events: unknown[]; finals: Array<{ target: string; bytes: string }> }> {
+    const latin1 = (ts: Array<{ target: string; data: Uint8Array }>) => ts.map((t) => ({ target: t.target, bytes: Buffer.from(t.data).toString('latin1') }));
+    const spec = parseStoreSpec(this.storeSpec);
+    if (spec.kind === 'etcd') {
+      const store = new EtcdStore(spec.endpoints, { timeoutMs: 10_000 });
+      try {
+        const events = (await store.readLog()).map((l) => JSON.parse(l) as unknown);
+        return { events, finals: latin1(await store.targets()) };
+      } finally {
+        await store.shutdown();
+      }
+    }
     const store = new SqliteStore(this.dbPath);
     try {
       const events = store.readHistory().map((l) => JSON.parse(l) as unknown);
-      const finals = store.targets().map((t) => ({ target: t.target, bytes: Buffer.from(t.data).toString('latin1') }));
-      return { events, finals };
+      return { events, finals: latin1(store.targets()) };
     } finally {
       void store.shutdown();
     }
@@ -421,6 +470,12 @@ export class Launcher {
     this.stopping = true;
     for (const t of this.timers) clearTimeout(t);
     this.cli?.crash();
+    // Links this cluster cut come back: the namespaces are the operator's.
+    for (const id of this.cut) {
+      const host = this.host(id);
+      if (host) setLink(host, true);
+    }
+    this.cut.clear();
     const exits = [...this.children.values()].filter((c) => c.proc).map((c) => {
       const proc = c.proc!;
       return new Promise<void>((resolve) => {
