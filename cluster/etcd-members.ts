@@ -27,6 +27,12 @@ export function requireEtcd(): void {
   if (r.error) throw new SafeResumeError('UNAVAILABLE', 'etcd is not installed: apt-get install -y etcd-server (Debian), or pass --etcd-endpoints of a running cluster');
 }
 
+let setpriv: boolean | undefined;
+/** Whether util-linux's setpriv is here (Debian has it always); without it a SIGKILLed launcher leaves its members running. */
+function hasSetpriv(): boolean {
+  return (setpriv ??= spawnSync('setpriv', ['--help']).error === undefined);
+}
+
 export class EtcdMembers {
   readonly members: EtcdMember[] = [];
   private readonly token: string;
@@ -66,8 +72,11 @@ export class EtcdMembers {
   private spawn(m: EtcdMember, state: 'new' | 'existing'): void {
     mkdirSync(m.dataDir, { recursive: true, mode: 0o700 });
     const initial = this.members.map((x) => `${x.id}=${x.peer}`).join(',');
-    const cmd = m.host ? inHost(m.host, 'etcd') : { command: 'etcd', args: [] };
-    const proc = spawn(cmd.command, [...cmd.args,
+    // The member dies with this process, even a SIGKILLed one (util-linux's setpriv sets the parent-death signal).
+    const guard = hasSetpriv() ? ['setpriv', '--pdeathsig', 'KILL'] : [];
+    const argv = [...guard, 'etcd'];
+    const cmd = m.host ? inHost(m.host, argv[0]!) : { command: argv[0]!, args: [] };
+    const proc = spawn(cmd.command, [...cmd.args, ...argv.slice(1),
       '--name', m.id, '--data-dir', m.dataDir,
       '--listen-client-urls', `http://${m.endpoint}`, '--advertise-client-urls', `http://${m.endpoint}`,
       '--listen-peer-urls', m.peer, '--initial-advertise-peer-urls', m.peer,

@@ -389,6 +389,16 @@ describe('safe-resume up --chaos', () => {
     expect(code).toBe(0);
     expect(existsSync(join(d, 'control.json'))).toBe(false);
   }, 150_000);
+
+  it('over etcd: the leader killed again and again while the workload writes; the history comes from etcd and holds no violation', () => {
+    const d = join(t.dir, 'chaos-etcd');
+    const run = spawnSync('node', [CLI, 'up', '--chaos', '--store', 'etcd', '--faults', 'etcd-leader-kill,replica-kill', '--for', '8', '--seed', '2', '--json', '--dir', d, '--hold-ms', '500'], { encoding: 'utf8', timeout: 120_000 });
+    expect(run.status, run.stderr).toBe(0);
+    const summary = JSON.parse(run.stdout) as { faults: Record<string, number>; writesAcknowledged: number; violations: unknown[] };
+    expect(summary.faults['etcd-leader-kill']).toBeGreaterThan(0);
+    expect(summary.writesAcknowledged).toBeGreaterThan(0);
+    expect(summary.violations).toEqual([]);
+  }, 150_000);
 });
 
 describe('safe-resume up --tls-cert --tls-key --tls-ca', () => {
@@ -453,12 +463,12 @@ describe('safe-resume up --store etcd', () => {
   });
   const st = () => JSON.parse(execFileSync('node', [CLI, 'status', '--json', '--dir', d], { encoding: 'utf8' })) as Status & { etcd: Array<{ id: string; state: string; pid: number | null }>; store: string };
   /** The etcd processes whose data lives under `d`. */
-  const etcdPids = () =>
+  const etcdPids = (dir = d) =>
     readdirSync('/proc')
       .filter((x) => /^\d+$/.test(x))
       .filter((pid) => {
         try {
-          return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(join(d, 'etcd'));
+          return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(join(dir, 'etcd', 'etcd-'));
         } catch {
           return false;
         }
@@ -485,12 +495,35 @@ describe('safe-resume up --store etcd', () => {
     expect(etcdPids()).toEqual([]);
   }, 120_000);
 
-  it('refuses --etcd-endpoints without --store etcd, bad endpoints, and chaos over etcd, with usage errors', () => {
+  it('a launcher killed with SIGKILL leaves no etcd member running', async () => {
+    const d2 = join(t.dir, 'etcd-orphans');
+    const q = startCluster(d2, ['--store', 'etcd', '--replicas', '1', '--nodes', '1', '--apps', '1']);
+    const members = () => etcdPids(d2);
+    try {
+      await until('up', () => existsSync(join(d2, 'control.json')), 40_000);
+      expect(members()).toHaveLength(3);
+      q.kill('SIGKILL');
+      await until('the etcd members to go with it', () => members().length === 0, 15_000);
+    } finally {
+      if (q.exitCode === null) q.kill('SIGKILL');
+    }
+  }, 60_000);
+
+  it('refuses --etcd-endpoints without --store etcd, bad endpoints, remote chaos, bad --faults and --netns, with usage errors', () => {
     const up = (...a: string[]) => spawnSync('node', [CLI, 'up', '--dir', join(t.dir, 'etcd-bad'), ...a], { encoding: 'utf8' });
     expect(up('--etcd-endpoints', '127.0.0.1:2379').stderr).toContain('--etcd-endpoints goes with --store etcd');
     const bad = up('--store', 'etcd', '--etcd-endpoints', 'nohost');
     expect(bad.status).toBe(2);
     expect(bad.stderr).toContain('HOST:PORT');
-    expect(up('--store', 'etcd', '--chaos', '--for', '1').status).toBe(2);
+    const chaosRemote = up('--store', 'etcd', '--etcd-endpoints', '127.0.0.1:2379', '--chaos', '--for', '1');
+    expect(chaosRemote.status).toBe(2);
+    expect(chaosRemote.stderr).toContain('drop --etcd-endpoints');
+    expect(up('--store', 'memory', '--chaos', '--for', '1').stderr).toContain('--chaos needs --store sqlite or etcd');
+    expect(up('--chaos', '--faults', 'link-cut', '--for', '1').stderr).toContain('--faults link-cut needs --netns');
+    expect(up('--chaos', '--faults', 'meteor', '--for', '1').stderr).toContain('--faults: expected kinds among');
+    expect(up('--faults', 'replica-kill').stderr).toContain('--faults goes with --chaos');
+    const noPlan = up('--netns', join(t.dir, 'no-such-plan.json'));
+    expect(noPlan.status).not.toBe(0);
+    expect(noPlan.stderr).toContain('--netns');
   });
 });

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { seededRandom } from '../actors/env.js';
 import { quiesce, SimClock } from '../sim/clock.js';
 import { SimStore } from '../sim/store.js';
+import { historyLog, type HistoryEvent } from '../sim/history.js';
 import { MemoryStore } from '../store/memory.js';
 import { SqliteStore } from '../store/sqlite.js';
 import type { Store } from '../store/types.js';
@@ -743,6 +744,37 @@ describe('etcd group commit and failures', () => {
         const got = await b.read({ target: r.target, offset: 0, length: 8192 });
         expect(got.ok && Buffer.from(got.data).equals(Buffer.concat([page(i, 1), page(i, 2)]))).toBe(true);
       }
+    } finally {
+      await a.shutdown();
+      await b.shutdown();
+    }
+  });
+
+  it("the decision log (the checker's history) is in etcd's commit order, across replicas and batches", async () => {
+    const p = `/log-${process.pid}/`;
+    const a = new EtcdStore(etcd!.endpoints, { prefix: p, log: historyLog('replica-a') });
+    const b = new EtcdStore(etcd!.endpoints, { prefix: p, log: historyLog('replica-b') });
+    try {
+      const r = 'W'.repeat(21);
+      expect(await a.open({ target: 'log.disk', requestId: r, principal: 'p', mode: 'write', session: 's', leaseMs: 60_000 })).toMatchObject({ ok: true });
+      // 40 writes sent through both replicas at once, each seq until it lands: they apply in seq order.
+      const w = async (seq: number) => {
+        for (;;) {
+          const res = await (seq % 2 ? a : b).write({ target: 'log.disk', requestId: r, session: 's', seq, offset: seq - 1, data: bytes(String.fromCharCode(64 + (seq % 26))) });
+          if (res.ok) return res;
+          await new Promise((done) => setTimeout(done, 5));
+        }
+      };
+      await Promise.all(Array.from({ length: 40 }, (_, i) => w(i + 1)));
+      await b.read({ target: 'log.disk', offset: 0, length: 40 });
+      const events = (await a.readLog()).map((l) => JSON.parse(l) as HistoryEvent);
+      expect(events[0]).toMatchObject({ kind: 'grant', replica: 'replica-a', via: 'open', fresh: true });
+      const applied = events.filter((e) => e.kind === 'applied');
+      expect(applied.map((e) => e.version)).toEqual(Array.from({ length: 40 }, (_, i) => i + 1));
+      expect(new Set(applied.map((e) => e.replica))).toEqual(new Set(['replica-a', 'replica-b']));
+      const refused = events.filter((e) => e.kind === 'refused');
+      expect(refused.every((e) => e.code === 'SEQ_GAP')).toBe(true);
+      expect(events.at(-1)).toMatchObject({ kind: 'read', replica: 'replica-b', version: 40 });
     } finally {
       await a.shutdown();
       await b.shutdown();
