@@ -118,6 +118,8 @@ export class StorageReplica {
   readonly id: string;
   readonly store: Store;
   readonly holdMs: number;
+  /** A renewal of every session is running. */
+  private renewing = false;
   /** Warnings a peer can cause, rate-limited (see LogLimiter). */
   private readonly warnings: LogLimiter;
   readonly leaseMs: number;
@@ -618,7 +620,17 @@ export class StorageReplica {
   }
 
   private async renewAll(): Promise<void> {
-    if (this.dismounted !== 'no') return;
+    // A renewal slower than the interval (many handles, a slow store) is not joined by another.
+    if (this.dismounted !== 'no' || this.renewing) return;
+    this.renewing = true;
+    try {
+      await this.renewSessions();
+    } finally {
+      this.renewing = false;
+    }
+  }
+
+  private async renewSessions(): Promise<void> {
     const leaseMs = this.lockMs;
     for (const s of [...this.sessions.values()]) {
       const refs: HandleRef[] = [];

@@ -27,6 +27,7 @@ import type { Connection } from '../transport/types.js';
 import { nanoid } from 'nanoid';
 import { issueCredential } from '../actors/auth.js';
 import { bareLogin } from '../actors/handshake.js';
+import { etcdMembers, leaderChange, rawEtcd } from './etcd.js';
 
 export interface Figure {
   name: string;
@@ -53,10 +54,10 @@ const pct = (xs: number[], p: number) => {
 };
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 
-/** A replica in its own process (as in a real cluster), over memory or the SQLite file in `dir`. */
-export async function replicaProcess(dir: string, store: 'memory' | 'sqlite', opts: { holdMs?: number; groupCommit?: boolean; heartbeatIntervalMs?: number } = {}): Promise<{ url: string; proc: ChildProcess }> {
+/** A replica in its own process (as in a real cluster), over memory, the SQLite file in `dir`, or an etcd (`etcd://...`). */
+export async function replicaProcess(dir: string, store: 'memory' | 'sqlite' | `etcd://${string}`, opts: { holdMs?: number; groupCommit?: boolean; heartbeatIntervalMs?: number } = {}): Promise<{ url: string; proc: ChildProcess }> {
   const port = await freePort();
-  const cfg = { id: `replica-${port}`, port, dir, store: store === 'memory' ? 'memory' : `sqlite:${join(dir, 'store.sqlite')}`, secret: SECRET, holdMs: opts.holdMs ?? 5000, history: false, pretty: false, groupCommit: opts.groupCommit ?? true, ...(opts.heartbeatIntervalMs ? { heartbeatIntervalMs: opts.heartbeatIntervalMs } : {}) };
+  const cfg = { id: `replica-${port}`, port, dir, store: store === 'sqlite' ? `sqlite:${join(dir, 'store.sqlite')}` : store, secret: SECRET, holdMs: opts.holdMs ?? 5000, history: false, pretty: false, groupCommit: opts.groupCommit ?? true, ...(opts.heartbeatIntervalMs ? { heartbeatIntervalMs: opts.heartbeatIntervalMs } : {}) };
   const proc = fork(CHILD, ['replica'], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
   proc.send({ type: 'config', config: cfg });
   await new Promise<void>((resolve, reject) => {
@@ -164,9 +165,9 @@ function rawSqlite(dir: string, count: number): number {
 }
 
 /** SIGKILL the replica serving `n` handles; time until each handle is active on the other replica. */
-export async function failover(dir: string, n: number, agents: number): Promise<number[]> {
-  const a = await replicaProcess(dir, 'sqlite');
-  const b = await replicaProcess(dir, 'sqlite');
+export async function failover(dir: string, n: number, agents: number, store: 'sqlite' | `etcd://${string}` = 'sqlite'): Promise<number[]> {
+  const a = await replicaProcess(dir, store);
+  const b = await replicaProcess(dir, store);
   const groups = await Promise.all(Array.from({ length: agents }, () => agentWith([a.url, b.url], Math.ceil(n / agents))));
   const all = groups.flatMap((g) => g.hs);
   const times: number[] = [];
@@ -307,8 +308,8 @@ const rid = (i: number) => `r${String(i).padStart(20, '0')}`;
  * drops, and a new session resumes them all in batches of 1,000 (as a node agent sends them).
  * Timed from the first resume sent to the last answer.
  */
-async function replicaResumes(dir: string, n: number): Promise<number> {
-  const r = await replicaProcess(dir, 'memory');
+async function replicaResumes(dir: string, n: number, store: 'memory' | `etcd://${string}` = 'memory'): Promise<number> {
+  const r = await replicaProcess(dir, store);
   const first = await bareClient(r.url);
   for (let i = 0; i < n; i++) first.conn.send({ type: 'open', id: i + 1, target: `t${i}`, requestId: rid(i), principal: 'p', mode: 'write' });
   await first.answers('opened', n);
@@ -347,7 +348,7 @@ function figure(name: string, value: number, unit: string, baseline: number | nu
 }
 
 /** The groups of figures, in run order; `--only` picks some of them. */
-export const GROUPS = ['io', 'durable', 'failover', 'partition', 'storm', 'memory', 'sim', 'inspector'] as const;
+export const GROUPS = ['io', 'durable', 'failover', 'partition', 'storm', 'memory', 'sim', 'inspector', 'etcd'] as const;
 export type Group = (typeof GROUPS)[number];
 
 export async function runBench(smoke: boolean, log: (l: string) => void, only: readonly Group[] = GROUPS): Promise<Figure[]> {
@@ -459,10 +460,52 @@ export async function runBench(smoke: boolean, log: (l: string) => void, only: r
       F.push(figure('sim.schedules.per.minute.one-thread', onePerMin, 'schedules/min', null, null, 'none', null));
       F.push(figure(`sim.schedules.per.minute`, perMin, 'schedules/min', onePerMin, `one thread (this run: ${cores} workers)`, '>= 1,000', perMin >= 1000));
     }
+    if (want('etcd')) F.push(...(await etcdGroup(dir, smoke, log, R)));
     return F;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** The etcd group (bench/etcd.ts): every figure over one three-member etcd, next to a raw client on it. */
+async function etcdGroup(dir: string, smoke: boolean, log: (l: string) => void, R: number): Promise<Figure[]> {
+  const F: Figure[] = [];
+  const s = (full: number, tiny: number) => (smoke ? tiny : full);
+  const med = (xs: number[]) => pct(xs, 50);
+  const members = await etcdMembers(join(dir, 'etcd'));
+  const spec = `etcd://${members.endpoints.join(',')}` as const;
+  try {
+    const replica = await replicaProcess(join(dir, 'etcd-io'), spec);
+    const path: number[] = [];
+    const raw: number[] = [];
+    let seq = { path: 0, raw: 0 };
+    for (let i = 0; i < R; i++) {
+      log(`etcd round ${i + 1} of ${R}: fenced writes through a replica, raw guarded transactions`);
+      const io = await ioPath(replica.url, s(10_000, 200), 16, 8, { sequential: i === 0 ? s(500, 20) : 0 });
+      path.push(io.rate);
+      raw.push((await rawEtcd(members.endpoints, s(10_000, 200), 128)).rate);
+      if (i === 0) seq = { path: io.p50, raw: (await rawEtcd(members.endpoints, s(500, 20), 1)).p50 };
+    }
+    F.push(figure('etcd.writes.fenced', med(path), 'writes/s', med(raw), 'raw etcd guarded txn per 4 KiB write, 128 in flight', '>= 1.5x', med(path) >= 1.5 * med(raw)));
+    F.push(figure('etcd.write.seq.p50', seq.path, 'ms', seq.raw, 'raw guarded txn one at a time, p50', 'none', null));
+    log('etcd: write latency while the leader is killed');
+    const { agent, hs } = await agentWith([replica.url], 8);
+    const lc = await leaderChange(members, (w, i) => hs[w]!.write((i % 64) * 4096, DATA), { workers: 8, ms: s(12_000, 5000), killAt: s(3000, 1500), downMs: s(4000, 1500), windowMs: s(5000, 2000) });
+    agent.crash();
+    replica.proc.kill();
+    F.push(figure('etcd.write.p99.leader-change', pct(lc.during, 99), 'ms', pct(lc.before, 99), 'p99 before the kill', 'none', null));
+    F.push(figure('etcd.write.max.leader-change', Math.max(0, ...lc.during), 'ms', null, null, 'none', null));
+    const n = s(1000, 20);
+    log(`etcd: failover of ${n} handles`);
+    const times = await failover(join(dir, 'etcd-failover'), n, 4, spec);
+    F.push(figure(`etcd.failover.${n}.p50`, pct(times, 50), 'ms', null, null, 'none', null));
+    F.push(figure(`etcd.failover.${n}.p99`, pct(times, 99), 'ms', null, null, 'none', null));
+    log('etcd: resumes one replica grants');
+    F.push(figure('etcd.resume.storm', await replicaResumes(join(dir, 'etcd-rr'), s(10_000, 200), spec), 'resumes/s', null, null, 'none', null));
+  } finally {
+    await members.stop();
+  }
+  return F;
 }
 
 function writeChart(points: Array<{ n: number; p50: number; p99: number; max: number }>): void {

@@ -537,37 +537,56 @@ export class EtcdStore implements Store {
    */
   async renew(session: string, refs: HandleRef[], leaseMs: number): Promise<RenewResult> {
     const ttl = ttlOf(leaseMs);
-    let lease: string | undefined;
-    if (this.leaseMode && refs.length > 0) {
-      this.forgetLeases();
-      const entry = this.leases.get(`${session}/${ttl}`);
-      lease = await this.leaseOf(session, ttl);
-      if (entry) {
-        if (await this.keepAlive(lease)) entry.aliveAt = Date.now();
-        else {
-          this.forgetLeases(session);
-          lease = await this.leaseOf(session, ttl);
-        }
+    const item = (ref: HandleRef, lease: string | undefined) =>
+      this.enqueue<RenewResult['lost'][number] | undefined>({
+        target: ref.target,
+        pages: [],
+        bytes: 0,
+        grant: { session, ttl },
+        decide: (s) => {
+          const held = s.record?.requestId === ref.requestId && s.record.session === session;
+          // On the lease already: nothing to write. Otherwise the record's expiry moves (and the lock key with it).
+          if (this.leaseMode && held && s.live && s.lockLease === lease) return rules.decideRenew(this.view(s), ref, session, s.record!.expiresAt);
+          return rules.decideRenew(this.view(s), ref, session, this.now() + leaseMs);
+        },
+        decided: (out) => ({ op: 'renew', session, refs: [ref], out: { lost: out ? [out as RenewResult['lost'][number]] : [] } }),
+      });
+    if (!this.leaseMode || refs.length === 0 || this.log) {
+      const lost = await Promise.all(refs.map((ref) => item(ref, undefined)));
+      return { lost: lost.filter((l): l is NonNullable<typeof l> => l !== undefined) };
+    }
+    this.forgetLeases();
+    const entry = this.leases.get(`${session}/${ttl}`);
+    let lease = await this.leaseOf(session, ttl);
+    if (entry) {
+      if (await this.keepAlive(lease)) entry.aliveAt = Date.now();
+      else {
+        this.forgetLeases(session);
+        lease = await this.leaseOf(session, ttl);
       }
     }
-    const lost = await Promise.all(
-      refs.map((ref) =>
-        this.enqueue<RenewResult['lost'][number] | undefined>({
-          target: ref.target,
-          pages: [],
-          bytes: 0,
-          grant: { session, ttl },
-          decide: (s) => {
-            const held = s.record?.requestId === ref.requestId && s.record.session === session;
-            // On the lease already: nothing to write. Otherwise the record's expiry moves (and the lock key with it).
-            if (this.leaseMode && held && s.live && s.lockLease === lease) return rules.decideRenew(this.view(s), ref, session, s.record!.expiresAt);
-            return rules.decideRenew(this.view(s), ref, session, this.now() + leaseMs);
-          },
-          decided: (out) => ({ op: 'renew', session, refs: [ref], out: { lost: out ? [out as RenewResult['lost'][number]] : [] } }),
-        }),
-      ),
-    );
-    return { lost: lost.filter((l): l is NonNullable<typeof l> => l !== undefined) };
+    // One read of every handle's keys (in transactions of up to MAX_TXN_OPS targets, at once): a lock
+    // still on the lease needs nothing more; one off it is put back through the queue; one whose record
+    // names another session or requestId is lost.
+    const targets = [...new Set(refs.map((r) => r.target))];
+    const chunks: string[][] = [];
+    for (let i = 0; i < targets.length; i += MAX_TXN_OPS) chunks.push(targets.slice(i, i + MAX_TXN_OPS));
+    const states = new Map<string, TargetState>();
+    for (const part of await Promise.all(chunks.map((c) => this.readTargets(c, [])))) for (const [t, st] of part.states) states.set(t, st);
+    const lost: RenewResult['lost'] = [];
+    const again: Array<Promise<RenewResult['lost'][number] | undefined>> = [];
+    for (const ref of refs) {
+      const s = states.get(ref.target)!;
+      const held = s.record?.requestId === ref.requestId && s.record.session === session;
+      if (held && s.live && s.lockLease === lease) continue;
+      if (held) again.push(item(ref, lease));
+      else {
+        const out = rules.decideRenew(this.view(s), ref, session, 0).out;
+        if (out) lost.push(out);
+      }
+    }
+    for (const l of await Promise.all(again)) if (l) lost.push(l);
+    return { lost };
   }
 
   async record(target: string): Promise<LockRecord | undefined> {

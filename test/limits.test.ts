@@ -237,3 +237,27 @@ describe('a paused handle', () => {
   });
 });
 
+
+describe('renewals', () => {
+  it('a renewal slower than its interval is not joined by the next one (renewals never pile up on a slow store)', async () => {
+    let running = 0;
+    let most = 0;
+    let calls = 0;
+    class SlowRenewals extends MemoryStore {
+      override async renew(...args: Parameters<MemoryStore['renew']>) {
+        calls++;
+        most = Math.max(most, ++running);
+        await new Promise((r) => setTimeout(r, 120));
+        running--;
+        return super.renew(...args);
+      }
+    }
+    const r = await replica({ leaseMs: 3000, renewIntervalMs: 20 }, new SlowRenewals());
+    const p = await peer(r.url);
+    expect(await p.hello('node-1')).toMatchObject({ type: 'welcome' });
+    p.ws.send(encode({ type: 'open', id: 1, target: 'slow.disk', requestId: 'S'.repeat(21), principal: 'p', mode: 'write' }));
+    await waitFor('the open', () => p.replies.some((m) => m.type === 'opened'));
+    await waitFor('several renewals', () => calls >= 4, 5000);
+    expect(most).toBe(1);
+  });
+});
