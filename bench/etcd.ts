@@ -50,12 +50,11 @@ export function etcdMembers(dir: string): Promise<EtcdMembers> {
 
 /**
  * Writes through `write` (each awaited, `workers` at once) for `ms`; the etcd leader is SIGKILLed at
- * `killAt` and started again `downMs` later. Latencies of the writes started before the kill, and of
- * those started in the `windowMs` after it.
+ * `killAt` and started again `downMs` later. Latencies of the writes done before the kill, and of every
+ * write in flight at any moment of the `windowMs` after it (those the leader change could delay).
  */
 export async function leaderChange(members: EtcdMembers, write: (worker: number, i: number) => Promise<unknown>, opts: { workers: number; ms: number; killAt: number; downMs: number; windowMs: number }): Promise<{ before: number[]; during: number[] }> {
-  const before: number[] = [];
-  const during: number[] = [];
+  const done: Array<{ start: number; end: number }> = [];
   const t0 = now();
   let killedAt = Infinity;
   const chaos = (async () => {
@@ -70,14 +69,14 @@ export async function leaderChange(members: EtcdMembers, write: (worker: number,
   await Promise.all(
     Array.from({ length: opts.workers }, async (_, w) => {
       for (let i = 0; now() - t0 < opts.ms; i++) {
-        const t = now();
+        const start = now();
         await write(w, i);
-        const ms = now() - t;
-        if (t < killedAt) before.push(ms);
-        else if (t < killedAt + opts.windowMs) during.push(ms);
+        done.push({ start, end: now() });
       }
     }),
   );
   await chaos;
+  const before = done.filter((d) => d.end < killedAt).map((d) => d.end - d.start);
+  const during = done.filter((d) => d.end >= killedAt && d.start < killedAt + opts.windowMs).map((d) => d.end - d.start);
   return { before, during };
 }

@@ -16,6 +16,7 @@ import { runSchedule } from '../sim/scheduler.js';
 import { Launcher } from './launcher.js';
 import { FAULTS, runChaos, type ChaosSummary, type Fault } from './chaos.js';
 import { loadHostPlan } from './hosts.js';
+import { replicaCommand, ReplicaUsageError } from './replica-cli.js';
 import { formatReplay, formatSummary } from '../sim/run.js';
 import { runSeedsParallel } from '../sim/parallel.js';
 import { credentials, CredentialsUsageError } from './credentials-cli.js';
@@ -45,6 +46,9 @@ Usage:
                                       malformed frames against a live replica while an application keeps
                                       working; reports crashes, the application's failures, replica memory
                                       (default 100,000 frames over 1,000 connections; docs/fuzz.md)
+  safe-resume replica --id NAME --store etcd://HOST:PORT,... [--listen HOST:PORT] [--dir PATH] [--tls-* F] [--etcd-ca F]
+                                      run one storage replica on this host, in the foreground (docs/deploy.md;
+                                      'safe-resume replica --help' for the options)
   safe-resume credentials issue --node NAME | --principal NAME [--out FILE]
                                       derive a node's or a principal's credential from the cluster key
                                       (docs/security.md; 'safe-resume credentials help' for the options)
@@ -527,6 +531,8 @@ async function main(argv: string[]): Promise<number> {
         return await benchCommand(rest);
       case 'fuzz':
         return await (await import('../bench/fuzz.js')).main(rest);
+      case 'replica':
+        return await replicaCommand(rest, (t) => process.stdout.write(t));
       case 'credentials':
         return credentials(rest, (t) => process.stdout.write(t), (t) => process.stderr.write(t));
       case undefined:
@@ -543,7 +549,7 @@ async function main(argv: string[]): Promise<number> {
       process.stderr.write(`safe-resume: ${err.code}: ${err.message}\n`);
       return 1;
     }
-    if (err instanceof UsageError || err instanceof CredentialsUsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    if (err instanceof UsageError || err instanceof CredentialsUsageError || err instanceof ReplicaUsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`safe-resume: ${(err as Error).message}\nRun 'safe-resume help' for usage.\n`);
       return 2;
     }

@@ -97,13 +97,15 @@ export function nodeMetrics(getAgent: () => NodeAgent | undefined): { registry: 
 }
 
 /**
- * Serve `/metrics` and `/healthz` on 127.0.0.1:port (0: a free one). Only GET; a Host other than the
- * loopback address is refused (a page elsewhere cannot read it through DNS rebinding).
+ * Serve `/metrics` and `/healthz` on host:port (default 127.0.0.1; port 0: a free one). Only GET; a Host
+ * header other than the loopback names or the address listened on is refused (a page elsewhere cannot
+ * read it through DNS rebinding).
  */
-export async function serveMetrics(registry: Registry, health: () => Health, port = 0): Promise<{ url: string; close(): Promise<void> }> {
+export async function serveMetrics(registry: Registry, health: () => Health, port = 0, listen = '127.0.0.1'): Promise<{ url: string; close(): Promise<void> }> {
+  const allowed = ['127.0.0.1', 'localhost', '[::1]', listen];
   const server: Server = createServer((req, res) => {
     const host = (req.headers.host ?? '').replace(/:\d+$/, '');
-    if (!['127.0.0.1', 'localhost', '[::1]'].includes(host)) return void res.writeHead(403, { 'content-type': 'text/plain' }).end('forbidden host\n');
+    if (!allowed.includes(host)) return void res.writeHead(403, { 'content-type': 'text/plain' }).end('forbidden host\n');
     if (req.method !== 'GET') return void res.writeHead(405, { allow: 'GET', 'content-type': 'text/plain' }).end('GET only\n');
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/healthz') {
@@ -119,9 +121,9 @@ export async function serveMetrics(registry: Registry, health: () => Health, por
   server.requestTimeout = 5000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, '127.0.0.1', () => resolve());
+    server.listen(port, listen, () => resolve());
   });
   server.on('error', () => undefined);
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const url = `http://${listen}:${(server.address() as AddressInfo).port}`;
   return { url, close: () => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))) };
 }

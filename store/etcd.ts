@@ -53,9 +53,11 @@ const MAX_ATTEMPTS = 32;
 /** etcd's default --max-txn-ops is 128: a batch stays below it in compares, reads and writes. */
 const MAX_TXN_OPS = 120;
 /** Targets in one batch (each costs up to 3 compares). */
-const MAX_BATCH_TARGETS = 32;
+const MAX_BATCH_TARGETS = 40;
 /** Bytes of data in one batch (etcd's default request limit is 1.5 MiB). */
 const MAX_BATCH_BYTES = 1024 * 1024;
+/** Targets whose last known state a store keeps, to decide without reading first. */
+const CACHE_TARGETS = 4096;
 /** Batches in flight at once (on different targets). */
 const MAX_INFLIGHT_BATCHES = 4;
 
@@ -70,6 +72,8 @@ export interface EtcdStoreOptions {
   timeoutMs?: number;
   /** Keep each decision's log lines in etcd, committed with it (the chaos checker's history). */
   log?: DecisionLog;
+  /** TLS to etcd (PEM contents): the CA that signed the members' certificates, and a client certificate and key if they ask for one. */
+  tls?: { ca: Buffer; cert?: Buffer | undefined; key?: Buffer | undefined } | undefined;
 }
 
 /** One key of a target as read: value and revisions (mod '0': absent). */
@@ -104,6 +108,8 @@ interface Item {
   grant?: { session: string; ttl: number } | undefined;
   /** Pages a write needs read first (it covers them partly). */
   pages: number[];
+  /** Pages it writes. */
+  touch: number;
   /** Data bytes it writes. */
   bytes: number;
   /** The decision as the log sees it. */
@@ -136,6 +142,8 @@ export class EtcdStore implements Store {
   /** Each session's lease (by session and TTL in seconds), and when it was last kept alive. */
   private readonly leases = new Map<string, { id: Promise<string>; aliveAt: number; ttl: number }>();
   private queue: Item[] = [];
+  /** What each recently used target was when this store last read or committed it. */
+  private readonly cache = new Map<string, TargetState>();
   private readonly busy = new Set<string>();
   private inflight = 0;
   private scheduled = false;
@@ -149,7 +157,12 @@ export class EtcdStore implements Store {
     readonly endpoints: string[],
     opts: EtcdStoreOptions = {},
   ) {
-    this.client = new Etcd3({ hosts: endpoints.map((e) => (e.includes('://') ? e : `http://${e}`)), dialTimeout: opts.timeoutMs ?? 5000 });
+    const tls = opts.tls;
+    this.client = new Etcd3({
+      hosts: endpoints.map((e) => (e.includes('://') ? e : `${tls ? 'https' : 'http'}://${e}`)),
+      dialTimeout: opts.timeoutMs ?? 5000,
+      ...(tls ? { credentials: { rootCertificate: tls.ca, ...(tls.cert ? { certChain: tls.cert } : {}), ...(tls.key ? { privateKey: tls.key } : {}) } } : {}),
+    });
     this.prefix = opts.prefix ?? '/safe-resume/';
     this.now = opts.now ?? (() => Date.now());
     this.timeoutMs = opts.timeoutMs ?? 5000;
@@ -185,11 +198,11 @@ export class EtcdStore implements Store {
   }
 
   /** One etcd transaction (a read when `compare` is empty and every op a range). */
-  private async txn(what: string, compare: ICompare[], success: IRequestOp[]): Promise<{ succeeded: boolean; responses: IResponseOp[] }> {
+  private async txn(what: string, compare: ICompare[], success: IRequestOp[]): Promise<{ succeeded: boolean; responses: IResponseOp[]; revision: string }> {
     const t0 = performance.now();
     const res = await this.call(what, () => this.client.kv.txn({ compare, success, failure: [] }));
     if (compare.length > 0) this.onTransaction?.(performance.now() - t0);
-    return { succeeded: res.succeeded, responses: res.responses };
+    return { succeeded: res.succeeded, responses: res.responses, revision: res.header.revision };
   }
 
   private modIs(key: string, mod: string): ICompare {
@@ -264,8 +277,9 @@ export class EtcdStore implements Store {
       let reads = 0;
       let bytes = 0;
       for (const it of this.queue) {
-        const cost = 4 + it.pages.length + Math.ceil(it.bytes / PAGE) + (this.log ? 2 : 0);
         const fresh = !targets.has(it.target);
+        // Puts: the target's own keys once (r, t, v, l), its pages, its log lines.
+        const cost = (fresh ? 4 : 0) + it.touch + (this.log ? 2 : 0);
         const fits =
           !this.busy.has(it.target) &&
           !behind.has(it.target) &&
@@ -299,7 +313,8 @@ export class EtcdStore implements Store {
   private async runBatch(batch: Item[]): Promise<void> {
     this.stats.items += batch.length;
     try {
-      if (await this.attempt(batch)) return;
+      // Decided on what this store last committed (no read), then, if that was stale, on a fresh read.
+      if ((await this.attempt(batch)) || (await this.attempt(batch, true))) return;
     } catch (err) {
       if (!(err instanceof LeaseLost)) {
         for (const it of batch) it.reject(err);
@@ -313,7 +328,7 @@ export class EtcdStore implements Store {
         let done = false;
         for (let i = 1; i < MAX_ATTEMPTS && !done; i++) {
           try {
-            done = await this.attempt([it]);
+            done = await this.attempt([it], true);
           } catch (err) {
             if (!(err instanceof LeaseLost)) throw err;
             this.forgetLeases(it.grant?.session);
@@ -326,14 +341,24 @@ export class EtcdStore implements Store {
     }
   }
 
-  /** Read, decide and commit a batch once; false if a compare failed. Settles the items on success. */
-  private async attempt(batch: Item[]): Promise<boolean> {
+  /**
+   * Decide and commit a batch once; false if a compare failed. Settles the items on success. A target
+   * this store committed last is decided on what it committed (no read; the commit's compares check
+   * that nothing changed since), others are read first; `fresh` reads them all.
+   */
+  private async attempt(batch: Item[], fresh = false): Promise<boolean> {
     const grants = new Map<Item, string>();
     if (this.leaseMode) {
       await Promise.all(batch.filter((it) => it.grant).map(async (it) => grants.set(it, await this.leaseOf(it.grant!.session, it.grant!.ttl))));
     }
-    const states = await this.readTargets([...new Set(batch.map((it) => it.target))], batch.flatMap((it) => it.pages.map((p) => [it.target, p] as const)));
-    const { states: st, pages } = states;
+    const targets = [...new Set(batch.map((it) => it.target))];
+    const known = fresh ? [] : targets.filter((t) => this.cache.has(t));
+    const toRead = targets.filter((t) => fresh || !this.cache.has(t));
+    const wantPages = batch.flatMap((it) => it.pages.map((p) => [it.target, p] as const));
+    const read = toRead.length > 0 || wantPages.length > 0 ? await this.readTargets(toRead, wantPages) : { states: new Map<string, TargetState>(), pages: new Map<string, Uint8Array>() };
+    const st = new Map<string, TargetState>();
+    for (const t of targets) st.set(t, read.states.get(t) ?? { ...this.cache.get(t)! });
+    const pages = read.pages;
     const ops = new Map<string, IRequestOp>();
     const outs: unknown[] = [];
     const lines: string[] = [];
@@ -344,8 +369,9 @@ export class EtcdStore implements Store {
       this.effects(it, s, d.effects, grants.get(it), ops, pages);
       if (this.log) lines.push(...this.log(it.decided(d.out)));
     }
-    if (ops.size === 0 && lines.length === 0) {
+    if (ops.size === 0 && lines.length === 0 && known.length === 0) {
       // Nothing to write: the decisions stand on one consistent read.
+      for (const [t, state] of read.states) this.remember(t, state);
       batch.forEach((it, i) => it.resolve(outs[i]));
       return true;
     }
@@ -360,13 +386,36 @@ export class EtcdStore implements Store {
       // Tombstones change only with the record, whose revision guards them.
     }
     this.stats.commits++;
-    const res = await this.txn('transaction', compare, [...ops.values()]);
+    let res;
+    try {
+      res = await this.txn('transaction', compare, [...ops.values()]);
+    } catch (err) {
+      for (const t of targets) this.cache.delete(t);
+      throw err;
+    }
     if (!res.succeeded) {
+      for (const t of targets) this.cache.delete(t);
       this.stats.conflicts++;
       return false;
     }
+    // What the target is now: the keys put carry the commit's revision.
+    for (const [t, state] of st) {
+      for (const part of ['r', 't', 'v', 'l'] as const) {
+        const op = ops.get(this.k(t, part));
+        if (op?.request_put) state[part] = { value: op.request_put.value as Buffer, mod: res.revision, lease: String(op.request_put.lease ?? '0') };
+        else if (op?.request_delete_range) state[part] = ABSENT;
+      }
+      this.remember(t, state);
+    }
     batch.forEach((it, i) => it.resolve(outs[i]));
     return true;
+  }
+
+  /** Keep a target's state as last read or committed (the most recent CACHE_TARGETS targets). */
+  private remember(target: string, state: TargetState): void {
+    this.cache.delete(target);
+    this.cache.set(target, state);
+    if (this.cache.size > CACHE_TARGETS) this.cache.delete(this.cache.keys().next().value!);
   }
 
   /** Read every key of `targets` and the listed pages in one transaction (one revision). */
@@ -456,7 +505,7 @@ export class EtcdStore implements Store {
 
   open(req: OpenRequest): Promise<OpenResult> {
     const grant = req.mode === 'write' ? { session: req.session, ttl: ttlOf(req.leaseMs) } : undefined;
-    return this.enqueue({ target: req.target, pages: [], bytes: 0, grant, decide: (s) => rules.decideOpen(this.view(s), req, this.now()), decided: (out) => ({ op: 'open', req, out: out as OpenResult }) });
+    return this.enqueue({ target: req.target, pages: [], touch: 0, bytes: 0, grant, decide: (s) => rules.decideOpen(this.view(s), req, this.now()), decided: (out) => ({ op: 'open', req, out: out as OpenResult }) });
   }
 
   resume(reqs: ResumeRequest[]): Promise<ResumeOutcome[]> {
@@ -464,7 +513,7 @@ export class EtcdStore implements Store {
     return Promise.all(
       reqs.map((req) => {
         const grant = req.mode === 'write' ? { session: req.session, ttl: ttlOf(req.leaseMs) } : undefined;
-        return this.enqueue<ResumeOutcome>({ target: req.target, pages: [], bytes: 0, grant, decide: (s) => rules.decideResume(this.view(s), req, this.now()), decided: (out) => ({ op: 'resume', req, out: out as ResumeOutcome }) });
+        return this.enqueue<ResumeOutcome>({ target: req.target, pages: [], touch: 0, bytes: 0, grant, decide: (s) => rules.decideResume(this.view(s), req, this.now()), decided: (out) => ({ op: 'resume', req, out: out as ResumeOutcome }) });
       }),
     );
   }
@@ -478,7 +527,8 @@ export class EtcdStore implements Store {
       if (req.offset % PAGE !== 0 || (first === last && end % PAGE !== 0)) pages.push(first);
       if (last !== first && end % PAGE !== 0) pages.push(last);
     }
-    return this.enqueue({ target: req.target, pages, bytes: req.data.length, decide: (s) => rules.decideWrite(this.view(s), req), decided: (out) => ({ op: 'write', req, out: out as WriteResult }) });
+    const touch = req.data.length === 0 ? 0 : Math.floor((end - 1) / PAGE) - Math.floor(req.offset / PAGE) + 1;
+    return this.enqueue({ target: req.target, pages, touch, bytes: req.data.length, decide: (s) => rules.decideWrite(this.view(s), req), decided: (out) => ({ op: 'write', req, out: out as WriteResult }) });
   }
 
   async read(req: ReadRequest): Promise<ReadResult> {
@@ -527,7 +577,7 @@ export class EtcdStore implements Store {
   }
 
   close(ref: HandleRef, session: string): Promise<boolean> {
-    return this.enqueue({ target: ref.target, pages: [], bytes: 0, decide: (s) => rules.decideClose(this.view(s), ref, session), decided: (out) => ({ op: 'close', ref, session, out: out as boolean }) });
+    return this.enqueue({ target: ref.target, pages: [], touch: 0, bytes: 0, decide: (s) => rules.decideClose(this.view(s), ref, session), decided: (out) => ({ op: 'close', ref, session, out: out as boolean }) });
   }
 
   /**
@@ -541,6 +591,7 @@ export class EtcdStore implements Store {
       this.enqueue<RenewResult['lost'][number] | undefined>({
         target: ref.target,
         pages: [],
+        touch: 0,
         bytes: 0,
         grant: { session, ttl },
         decide: (s) => {

@@ -750,6 +750,32 @@ describe('etcd group commit and failures', () => {
     }
   });
 
+  it('a replica decides on what it last committed without reading, but never answers from it once another replica changed the target', async () => {
+    const p = `/stale-${process.pid}/`;
+    let t = 0;
+    const a = new EtcdStore(etcd!.endpoints, { prefix: p, expiry: 'clock', now: () => t });
+    const b = new EtcdStore(etcd!.endpoints, { prefix: p, expiry: 'clock', now: () => t });
+    try {
+      const [x, y] = ['X'.repeat(21), 'Y'.repeat(21)];
+      expect(await a.open({ target: 's.disk', requestId: x, principal: 'p', mode: 'write', session: 'sa', leaseMs: 1000 })).toMatchObject({ ok: true });
+      const reads = a.stats.reads;
+      const page = new Uint8Array(4096).fill(120);
+      // Whole 4 KiB pages (a partial page is read first, to merge).
+      for (let seq = 1; seq <= 3; seq++) expect(await a.write({ target: 's.disk', requestId: x, session: 'sa', seq, offset: seq * 4096, data: page })).toMatchObject({ ok: true, applied: true });
+      expect(a.stats.reads).toBe(reads);
+      // Another replica takes the target once the lock lapsed; a's remembered record is stale now.
+      t = 5000;
+      expect(await b.open({ target: 's.disk', requestId: y, principal: 'p', mode: 'write', session: 'sb', leaseMs: 1000 })).toMatchObject({ ok: true });
+      // A replay a remembers as applied, and the next write: both answered from etcd as it is.
+      expect(await a.write({ target: 's.disk', requestId: x, session: 'sa', seq: 3, offset: 3 * 4096, data: page })).toMatchObject({ ok: false, code: 'MODIFIED', lastSeq: 3 });
+      expect(await a.write({ target: 's.disk', requestId: x, session: 'sa', seq: 4, offset: 4 * 4096, data: page })).toMatchObject({ ok: false, code: 'MODIFIED', lastSeq: 3 });
+      expect(await a.record('s.disk')).toMatchObject({ requestId: y });
+    } finally {
+      await a.shutdown();
+      await b.shutdown();
+    }
+  });
+
   it("the decision log (the checker's history) is in etcd's commit order, across replicas and batches", async () => {
     const p = `/log-${process.pid}/`;
     const a = new EtcdStore(etcd!.endpoints, { prefix: p, log: historyLog('replica-a') });
