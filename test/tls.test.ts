@@ -3,7 +3,6 @@
  * dir; every refusal must reject `connect` with a message naming the cause, and leave the server
  * serving.
  */
-import { execFileSync } from 'node:child_process';
 import { chmodSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -13,28 +12,17 @@ import type { Message } from '../transport/messages.js';
 import { loadTlsFiles, type TlsOptions } from '../transport/tls.js';
 import type { Connection, Listener } from '../transport/types.js';
 import { WebSocketTransport } from '../transport/ws.js';
+import { certMaker } from './certs.js';
 import { tempDir, waitFor } from './helpers.js';
 
-const OPENSSL = '/usr/bin/openssl';
 const MARKER = 'plaintext-marker-7f3a9c';
 /** Makes an `error` frame of about 100 bytes: past a 64-byte limit, short of the 128 bytes where ws itself closes. */
 const BIG = 'x'.repeat(30);
 
 let t: ReturnType<typeof tempDir>;
 const file = (name: string) => join(t.dir, name);
-const openssl = (...args: string[]) => execFileSync(OPENSSL, args, { cwd: t.dir, stdio: 'pipe' });
-
-/** A self-signed CA: `<name>.key`, `<name>.crt`. */
-function makeCa(name: string): void {
-  openssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.crt`, '-days', '2', '-subj', `/CN=${name}`);
-}
-
-/** A leaf certificate signed by `ca`, naming `san` (e.g. `IP:127.0.0.1`); `days` -1 makes it already expired. */
-function makeCert(name: string, ca: string, san: string, days = 2): void {
-  openssl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`);
-  writeFileSync(file(`${name}.ext`), `subjectAltName=${san}\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n`);
-  openssl('x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}.crt`, '-CAkey', `${ca}.key`, '-CAcreateserial', '-out', `${name}.crt`, '-days', String(days), '-extfile', `${name}.ext`);
-}
+const makeCa = (name: string) => certMaker(t.dir).ca(name);
+const makeCert = (name: string, ca: string, san: string, days = 2) => certMaker(t.dir).cert(name, ca, san, days);
 
 /** TLS options from `<cert>.crt`/`<cert>.key`, trusting `<ca>.crt`. */
 function tls(cert: string, ca: string, extra: Partial<TlsOptions> = {}): TlsOptions {
