@@ -13,6 +13,8 @@ export { defaultEnv, realClock, simulatedClock, seededRandom, type ActorClock, t
 export { SafeResumeError, ERROR_CODES, type ErrorCode, type InvalidationReason } from './errors.js';
 export { MemoryStore } from './store/memory.js';
 export { SqliteStore, type SqliteStoreOptions } from './store/sqlite.js';
+export { EtcdStore, type EtcdStoreOptions } from './store/etcd.js';
+export { openStore, parseStoreSpec, type StoreSpec } from './store/open.js';
 export { StoreUnavailableError, type Store, type LockRecord } from './store/types.js';
 export { WebSocketTransport, type WebSocketTransportOptions } from './transport/ws.js';
 export { loadTlsFiles, type TlsOptions, type TlsFiles } from './transport/tls.js';
