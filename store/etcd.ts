@@ -52,14 +52,16 @@ const PAGE = 4096;
 const MAX_ATTEMPTS = 32;
 /** etcd's default --max-txn-ops is 128: a batch stays below it in compares, reads and writes. */
 const MAX_TXN_OPS = 120;
-/** Targets in one batch (each costs up to 3 compares). */
-const MAX_BATCH_TARGETS = 40;
+/** Targets in one batch (each costs up to 4 compares). */
+const MAX_BATCH_TARGETS = 30;
 /** Bytes of data in one batch (etcd's default request limit is 1.5 MiB). */
 const MAX_BATCH_BYTES = 1024 * 1024;
 /** Targets whose last known state a store keeps, to decide without reading first. */
 const CACHE_TARGETS = 4096;
 /** Batches in flight at once (on different targets). */
 const MAX_INFLIGHT_BATCHES = 4;
+/** etcd errors that another try cannot fix. */
+const PERMANENT = /too many operations|too large|duplicate key|permission denied|authentication|invalid auth|not capable/i;
 
 export interface EtcdStoreOptions {
   /** Key prefix (default `/safe-resume/`); stores with different prefixes share nothing. */
@@ -148,6 +150,9 @@ export class EtcdStore implements Store {
   private inflight = 0;
   private scheduled = false;
   private logSeq = 0;
+  private commitSeq = 0;
+  /** Commit-mark slots, one per batch in flight. */
+  private readonly slots = Array.from({ length: MAX_INFLIGHT_BATCHES }, (_, i) => i);
   private readonly logId = Math.random().toString(36).slice(2, 10);
   /** What the store sent etcd (for tests and the bench). */
   readonly stats = { reads: 0, commits: 0, conflicts: 0, items: 0, keepAlives: 0, grants: 0 };
@@ -180,20 +185,28 @@ export class EtcdStore implements Store {
 
   /** An etcd call, with its failures (no leader, timeouts, refused connections) as StoreUnavailableError. */
   private async call<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      return await Promise.race([
-        fn(),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`no answer within ${this.timeoutMs} ms`)), this.timeoutMs);
-        }),
-      ]);
-    } catch (err) {
-      if (err instanceof SafeResumeError || err instanceof StoreUnavailableError) throw err;
-      if (/lease not found/i.test(String((err as Error).message))) throw new LeaseLost((err as Error).message);
-      throw new StoreUnavailableError(`etcd ${what}: ${(err as Error).message}`);
-    } finally {
-      clearTimeout(timer);
+    // Tried again while etcd elects a leader or a member is down, until timeoutMs: a guarded commit
+    // sent twice applies at most once (its compares), and its mark tells whether it landed.
+    const deadline = Date.now() + this.timeoutMs;
+    for (let pause = 50; ; pause = Math.min(pause * 2, 400)) {
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        const left = Math.max(1, deadline - Date.now());
+        return await Promise.race([
+          fn(),
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(() => reject(new Error(`no answer within ${this.timeoutMs} ms`)), left);
+          }),
+        ]);
+      } catch (err) {
+        if (err instanceof SafeResumeError || err instanceof StoreUnavailableError) throw err;
+        const message = String((err as Error).message);
+        if (/lease not found/i.test(message)) throw new LeaseLost(message);
+        if (PERMANENT.test(message) || Date.now() + pause >= deadline) throw new StoreUnavailableError(`etcd ${what}: ${message}`);
+      } finally {
+        clearTimeout(timer);
+      }
+      await new Promise((r) => setTimeout(r, pause));
     }
   }
 
@@ -284,9 +297,8 @@ export class EtcdStore implements Store {
           !this.busy.has(it.target) &&
           !behind.has(it.target) &&
           (!fresh || targets.size < MAX_BATCH_TARGETS) &&
-          ops + cost <= MAX_TXN_OPS &&
-          reads + (fresh ? 1 : 0) + it.pages.length <= MAX_TXN_OPS &&
-          (batch.length === 0 || bytes + it.bytes <= MAX_BATCH_BYTES);
+          // The first item always goes (a large write alone; its pages go in nested transactions).
+          (batch.length === 0 || (ops + cost <= MAX_TXN_OPS && reads + (fresh ? 1 : 0) + it.pages.length <= MAX_TXN_OPS && bytes + it.bytes <= MAX_BATCH_BYTES));
         if (!fits) {
           behind.add(it.target);
           rest.push(it);
@@ -302,19 +314,21 @@ export class EtcdStore implements Store {
       this.queue = rest;
       for (const t of targets) this.busy.add(t);
       this.inflight++;
-      void this.runBatch(batch).finally(() => {
+      const slot = this.slots.pop()!;
+      void this.runBatch(batch, slot).finally(() => {
         for (const t of targets) this.busy.delete(t);
+        this.slots.push(slot);
         this.inflight--;
         this.pump();
       });
     }
   }
 
-  private async runBatch(batch: Item[]): Promise<void> {
+  private async runBatch(batch: Item[], slot: number): Promise<void> {
     this.stats.items += batch.length;
     try {
       // Decided on what this store last committed (no read), then, if that was stale, on a fresh read.
-      if ((await this.attempt(batch)) || (await this.attempt(batch, true))) return;
+      if ((await this.attempt(batch, slot)) || (await this.attempt(batch, slot, true))) return;
     } catch (err) {
       if (!(err instanceof LeaseLost)) {
         for (const it of batch) it.reject(err);
@@ -328,7 +342,7 @@ export class EtcdStore implements Store {
         let done = false;
         for (let i = 1; i < MAX_ATTEMPTS && !done; i++) {
           try {
-            done = await this.attempt([it], true);
+            done = await this.attempt([it], slot, true);
           } catch (err) {
             if (!(err instanceof LeaseLost)) throw err;
             this.forgetLeases(it.grant?.session);
@@ -346,7 +360,7 @@ export class EtcdStore implements Store {
    * this store committed last is decided on what it committed (no read; the commit's compares check
    * that nothing changed since), others are read first; `fresh` reads them all.
    */
-  private async attempt(batch: Item[], fresh = false): Promise<boolean> {
+  private async attempt(batch: Item[], slot: number, fresh = false): Promise<boolean> {
     const grants = new Map<Item, string>();
     if (this.leaseMode) {
       await Promise.all(batch.filter((it) => it.grant).map(async (it) => grants.set(it, await this.leaseOf(it.grant!.session, it.grant!.ttl))));
@@ -381,22 +395,40 @@ export class EtcdStore implements Store {
     }
     const compare: ICompare[] = [];
     for (const [target, s] of st) {
-      compare.push(this.modIs(this.k(target, 'r'), s.r.mod), this.modIs(this.k(target, 'v'), s.v.mod));
+      // The tombstones too: a record can come and go (its revision back to none) while they change.
+      compare.push(this.modIs(this.k(target, 'r'), s.r.mod), this.modIs(this.k(target, 'v'), s.v.mod), this.modIs(this.k(target, 't'), s.t.mod));
       if (this.leaseMode) compare.push(this.modIs(this.k(target, 'l'), s.l.mod));
-      // Tombstones change only with the record, whose revision guards them.
     }
+    // A mark of this commit: if its answer is lost (or the client sent it again), the mark says whether it landed.
+    const mark = `${this.logId}-${++this.commitSeq}`;
+    const markKey = `${this.prefix}c/${this.logId}/${slot}`;
+    ops.set(markKey, { request_put: { key: Buffer.from(markKey), value: Buffer.from(mark) } });
+    // More puts than etcd takes in one transaction go in nested transactions of the same one.
+    const all = [...ops.values()];
+    const success: IRequestOp[] = [];
+    if (all.length <= MAX_TXN_OPS) success.push(...all);
+    else for (let i = 0; i < all.length; i += MAX_TXN_OPS) success.push({ request_txn: { compare: [], success: all.slice(i, i + MAX_TXN_OPS), failure: [] } });
     this.stats.commits++;
-    let res;
+    let res: { succeeded: boolean; revision: string } | undefined;
     try {
-      res = await this.txn('transaction', compare, [...ops.values()]);
+      res = await this.txn('transaction', compare, success);
     } catch (err) {
       for (const t of targets) this.cache.delete(t);
-      throw err;
+      if (!(err instanceof StoreUnavailableError)) throw err;
+      // No answer: it may have landed all the same.
+      const landed = await this.landed(markKey, mark).catch(() => undefined);
+      if (!landed) throw err;
+      res = { succeeded: true, revision: landed };
     }
     if (!res.succeeded) {
       for (const t of targets) this.cache.delete(t);
-      this.stats.conflicts++;
-      return false;
+      // A compare fails against this very commit when it landed on an earlier try: then it stands.
+      const landed = await this.landed(markKey, mark);
+      if (!landed) {
+        this.stats.conflicts++;
+        return false;
+      }
+      res = { succeeded: true, revision: landed };
     }
     // What the target is now: the keys put carry the commit's revision.
     for (const [t, state] of st) {
@@ -409,6 +441,13 @@ export class EtcdStore implements Store {
     }
     batch.forEach((it, i) => it.resolve(outs[i]));
     return true;
+  }
+
+  /** The revision at which the commit marked `mark` landed, if it did. */
+  private async landed(markKey: string, mark: string): Promise<string | undefined> {
+    const r = await this.txn('read', [], [{ request_range: { key: Buffer.from(markKey) } }]);
+    const kv = r.responses[0]?.response_range?.kvs?.[0] as IKeyValue | undefined;
+    return kv && kv.value.toString() === mark ? kv.mod_revision : undefined;
   }
 
   /** Keep a target's state as last read or committed (the most recent CACHE_TARGETS targets). */
@@ -602,7 +641,7 @@ export class EtcdStore implements Store {
         },
         decided: (out) => ({ op: 'renew', session, refs: [ref], out: { lost: out ? [out as RenewResult['lost'][number]] : [] } }),
       });
-    if (!this.leaseMode || refs.length === 0 || this.log) {
+    if (!this.leaseMode || refs.length === 0) {
       const lost = await Promise.all(refs.map((ref) => item(ref, undefined)));
       return { lost: lost.filter((l): l is NonNullable<typeof l> => l !== undefined) };
     }
@@ -615,6 +654,11 @@ export class EtcdStore implements Store {
         this.forgetLeases(session);
         lease = await this.leaseOf(session, ttl);
       }
+    }
+    if (this.log) {
+      // Each handle through the queue, so the log keeps its renewal in the store's order.
+      const lost = await Promise.all(refs.map((ref) => item(ref, lease)));
+      return { lost: lost.filter((l): l is NonNullable<typeof l> => l !== undefined) };
     }
     // One read of every handle's keys (in transactions of up to MAX_TXN_OPS targets, at once): a lock
     // still on the lease needs nothing more; one off it is put back through the queue; one whose record
@@ -651,22 +695,36 @@ export class EtcdStore implements Store {
     return states.get(target)!.live;
   }
 
+  /** Every key under `prefix`, read in pages of 1,000 keys (a gRPC answer is at most 4 MiB). */
+  private async scan(prefix: string): Promise<IKeyValue[]> {
+    const out: IKeyValue[] = [];
+    const end = prefixEnd(prefix);
+    let from = Buffer.from(prefix);
+    let revision: string | undefined;
+    for (;;) {
+      const res = await this.txn('read', [], [{ request_range: { key: from, range_end: end, limit: 1000, ...(revision ? { revision } : {}) } }]);
+      revision ??= res.revision;
+      const r = res.responses[0]?.response_range;
+      const kvs = (r?.kvs ?? []) as IKeyValue[];
+      out.push(...kvs);
+      if (!r?.more || kvs.length === 0) return out;
+      from = Buffer.concat([kvs[kvs.length - 1]!.key, Buffer.from([0])]);
+    }
+  }
+
   /** Every target's bytes (for the chaos checker's final comparison). */
   async targets(): Promise<Array<{ target: string; data: Uint8Array }>> {
     const kp = `${this.prefix}k/`;
     const dp = `${this.prefix}d/`;
-    const res = await this.txn('read', [], [
-      { request_range: { key: Buffer.from(kp), range_end: prefixEnd(kp) } },
-      { request_range: { key: Buffer.from(dp), range_end: prefixEnd(dp) } },
-    ]);
+    const [keys, data] = [await this.scan(kp), await this.scan(dp)];
     const out = new Map<string, { size: number; data: Uint8Array }>();
-    for (const kv of (res.responses[0]?.response_range?.kvs ?? []) as IKeyValue[]) {
+    for (const kv of keys) {
       const key = kv.key.toString().slice(kp.length);
       if (!key.endsWith('/v')) continue;
       const size = (JSON.parse(kv.value.toString()) as { size: number }).size;
       out.set(decodeURIComponent(key.slice(0, -2)), { size, data: new Uint8Array(size) });
     }
-    for (const kv of (res.responses[1]?.response_range?.kvs ?? []) as IKeyValue[]) {
+    for (const kv of data) {
       const [t, p] = kv.key.toString().slice(dp.length).split('/');
       const entry = out.get(decodeURIComponent(t!));
       if (!entry) continue;
@@ -676,12 +734,10 @@ export class EtcdStore implements Store {
     return [...out].map(([target, e]) => ({ target, data: e.data })).sort((a, b) => (a.target < b.target ? -1 : 1));
   }
 
-  /** The decision log's lines, in the order etcd committed them. */
+  /** The decision log's lines, in the order etcd committed them (a line put again keeps its first revision). */
   async readLog(): Promise<string[]> {
-    const hp = `${this.prefix}h/`;
-    const res = await this.call('get', () => this.client.getAll().prefix(hp).exec());
-    return res.kvs
-      .map((kv) => ({ rev: BigInt(kv.mod_revision), key: kv.key.toString(), line: kv.value.toString() }))
+    return (await this.scan(`${this.prefix}h/`))
+      .map((kv) => ({ rev: BigInt(kv.create_revision), key: kv.key.toString(), line: kv.value.toString() }))
       .sort((a, b) => (a.rev === b.rev ? (a.key < b.key ? -1 : 1) : a.rev < b.rev ? -1 : 1))
       .map((e) => e.line);
   }

@@ -776,6 +776,86 @@ describe('etcd group commit and failures', () => {
     }
   });
 
+  it('a write of 1 MiB (256 pages, more than etcd allows operations in one transaction) lands whole', async () => {
+    const s = new EtcdStore(etcd!.endpoints, { prefix: `/big-${process.pid}/` });
+    try {
+      const r = 'B'.repeat(21);
+      expect(await s.open({ target: 'big.disk', requestId: r, principal: 'p', mode: 'write', session: 's', leaseMs: 60_000 })).toMatchObject({ ok: true });
+      const data = new Uint8Array(1024 * 1024).map((_, i) => (i * 7) % 251);
+      const small = s.write({ target: 'other.disk', requestId: r, session: 's', seq: 1, offset: 0, data: bytes('x') });
+      expect(await s.write({ target: 'big.disk', requestId: r, session: 's', seq: 1, offset: 100, data })).toEqual({ ok: true, applied: true, version: 1 });
+      expect(await small).toMatchObject({ ok: false, code: 'MODIFIED' });
+      const back = await s.read({ target: 'big.disk', offset: 0, length: 2 * 1024 * 1024 });
+      expect(back.ok && back.data.length).toBe(100 + data.length);
+      expect(back.ok && Buffer.from(back.data.subarray(100)).equals(Buffer.from(data))).toBe(true);
+    } finally {
+      await s.shutdown();
+    }
+  });
+
+  it('with a decision log kept (chaos mode), renewals still keep the session lease alive: a renewed lock never lapses', async () => {
+    const p = `/logged-lease-${process.pid}/`;
+    const a = new EtcdStore(etcd!.endpoints, { prefix: p, log: historyLog('replica-a') });
+    const b = new EtcdStore(etcd!.endpoints, { prefix: p });
+    try {
+      const ref = { target: 'kept.disk', requestId: 'K'.repeat(21) };
+      expect(await a.open({ ...ref, principal: 'p', mode: 'write', session: 'sa', leaseMs: 2000 })).toMatchObject({ ok: true });
+      // Renewed every 600 ms, the lock is looked at just before each renewal, for 6 s (three TTLs).
+      for (let i = 0; i < 10; i++) {
+        await new Promise((r) => setTimeout(r, 600));
+        expect(await b.open({ target: ref.target, requestId: 'J'.repeat(21), principal: 'p', mode: 'write', session: 'sb', leaseMs: 2000 })).toMatchObject({ ok: false, code: 'LOCKED' });
+        expect(await a.renew('sa', [ref], 2000)).toEqual({ lost: [] });
+      }
+    } finally {
+      await a.shutdown();
+      await b.shutdown();
+    }
+  }, 30_000);
+
+  it('an instance superseded while the record came and went through another replica learns SUPERSEDED, not MODIFIED (tombstones are guarded too)', async () => {
+    const p = `/tombs-${process.pid}/`;
+    const a = new EtcdStore(etcd!.endpoints, { prefix: p, expiry: 'clock', now: () => 0 });
+    const b = new EtcdStore(etcd!.endpoints, { prefix: p, expiry: 'clock', now: () => 0 });
+    try {
+      const y = 'Y'.repeat(21);
+      const T2 = 'come-and-go.disk';
+      // a has decided on T2 while it had no record (a resume of an unknown requestId, denied).
+      expect(await a.resume([{ target: T2, requestId: 'Z'.repeat(21), principal: 'p', mode: 'write', session: 'sz', leaseMs: 1000 }])).toMatchObject([{ granted: false, reason: 'MODIFIED' }]);
+      // Through b: instance i1 opens, instance i2 of the same requestId takes over, then closes.
+      expect(await b.open({ target: T2, requestId: y, principal: 'p', mode: 'write', session: 's1', leaseMs: 1000, instance: 'i1' })).toMatchObject({ ok: true });
+      expect(await b.open({ target: T2, requestId: y, principal: 'p', mode: 'write', session: 's2', leaseMs: 1000, instance: 'i2' })).toMatchObject({ ok: true, takeover: true });
+      expect(await b.close({ target: T2, requestId: y }, 's2')).toBe(true);
+      // i1 comes back through a: the tombstone says another instance superseded it.
+      expect(await a.resume([{ target: T2, requestId: y, principal: 'p', mode: 'write', session: 's3', leaseMs: 1000, instance: 'i1' }])).toMatchObject([{ granted: false, reason: 'SUPERSEDED' }]);
+    } finally {
+      await a.shutdown();
+      await b.shutdown();
+    }
+  });
+
+  it('a commit that landed although its answer was lost is acknowledged as applied, once', async () => {
+    const s = new EtcdStore(etcd!.endpoints, { prefix: `/lost-answer-${process.pid}/` });
+    try {
+      const r = 'A'.repeat(21);
+      expect(await s.open({ target: 'la.disk', requestId: r, principal: 'p', mode: 'write', session: 's', leaseMs: 60_000 })).toMatchObject({ ok: true });
+      // The next guarded commit reaches etcd, but its answer is lost (a member died after applying it).
+      const kv = (s as unknown as { client: { kv: { txn: (req: { compare?: unknown[] }) => Promise<unknown> } } }).client.kv;
+      const real = kv.txn.bind(kv);
+      let lost = 0;
+      kv.txn = async (req) => {
+        const res = await real(req);
+        if ((req.compare?.length ?? 0) > 0 && lost++ === 0) throw new Error('14 UNAVAILABLE: Connection dropped');
+        return res;
+      };
+      expect(await s.write({ target: 'la.disk', requestId: r, session: 's', seq: 1, offset: 0, data: bytes('once') })).toEqual({ ok: true, applied: true, version: 1 });
+      expect(lost).toBeGreaterThan(1);
+      const back = await s.read({ target: 'la.disk', offset: 0, length: 10 });
+      expect(back).toMatchObject({ ok: true, version: 1 });
+    } finally {
+      await s.shutdown();
+    }
+  });
+
   it("the decision log (the checker's history) is in etcd's commit order, across replicas and batches", async () => {
     const p = `/log-${process.pid}/`;
     const a = new EtcdStore(etcd!.endpoints, { prefix: p, log: historyLog('replica-a') });
