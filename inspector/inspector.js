@@ -207,6 +207,7 @@ async function poll() {
     const s = await res.json();
     const faults = [
       ...s.replicas.map((r) => `<div class="row" data-replica="${esc(r.id)}"><b>${esc(r.id)}</b> <span class="state ${r.state === 'serving' ? 'active' : r.state === 'down' ? 'invalidated' : 'paused'}">${esc(r.state)}</span> <button data-action="kill" data-id="${esc(r.id)}">kill</button><button data-action="restart" data-id="${esc(r.id)}">restart</button><button data-action="dismount" data-id="${esc(r.id)}">dismount 10s</button></div>`),
+      ...(s.etcd || []).map((m) => `<div class="row" data-etcd="${esc(m.id)}"><b>${esc(m.id)}</b> ${esc(m.endpoint)} <span class="state ${m.state === 'running' ? 'active' : 'invalidated'}">${esc(m.state)}</span> <button data-action="kill" data-id="${esc(m.id)}">kill</button><button data-action="restart" data-id="${esc(m.id)}">restart</button></div>`),
       ...s.nodes.map((n) => `<div class="row" data-node="${esc(n.id)}"><b>${esc(n.id)}</b> on ${esc(n.replica || '-')} ${n.partitioned ? '<span class="state paused">partitioned</span>' : ''} <button data-action="partition" data-id="${esc(n.id)}">partition</button><button data-action="heal" data-id="${esc(n.id)}">heal</button></div>`),
     ];
     $('fault-rows').innerHTML = faults.join('');

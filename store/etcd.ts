@@ -60,6 +60,8 @@ const MAX_BATCH_BYTES = 1024 * 1024;
 const CACHE_TARGETS = 4096;
 /** Batches in flight at once (on different targets). */
 const MAX_INFLIGHT_BATCHES = 4;
+/** How long one try of an etcd call may take before it is sent again (within the call's timeout). */
+const ATTEMPT_MS = 1500;
 /** etcd errors that another try cannot fix. */
 const PERMANENT = /too many operations|too large|duplicate key|permission denied|authentication|invalid auth|not capable/i;
 
@@ -191,11 +193,13 @@ export class EtcdStore implements Store {
     for (let pause = 50; ; pause = Math.min(pause * 2, 400)) {
       let timer: NodeJS.Timeout | undefined;
       try {
-        const left = Math.max(1, deadline - Date.now());
+        // One try waits at most ATTEMPT_MS: a request that reached a member during an election can
+        // hang there for seconds, while a new one to any member goes through once a leader is elected.
+        const left = Math.max(1, Math.min(ATTEMPT_MS, deadline - Date.now()));
         return await Promise.race([
           fn(),
           new Promise<never>((_, reject) => {
-            timer = setTimeout(() => reject(new Error(`no answer within ${this.timeoutMs} ms`)), left);
+            timer = setTimeout(() => reject(new Error(`no answer within ${left} ms`)), left);
           }),
         ]);
       } catch (err) {

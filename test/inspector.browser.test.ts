@@ -117,3 +117,39 @@ describe('inspector page', () => {
     await expect.poll(() => page.locator('#rows tr').count(), { timeout: 15_000 }).toBeGreaterThan(0);
   }, 60_000);
 });
+
+describe('inspector page over etcd', () => {
+  let etcdLauncher: ChildProcess;
+  let etcdPage: Page;
+  beforeAll(async () => {
+    etcdLauncher = spawn('node', [CLI, 'up', '--store', 'etcd', '--dir', join(t.dir, 'e'), '--replicas', '2', '--nodes', '1', '--apps', '1'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const at = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      etcdLauncher.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        const m = /inspector (http:\/\/127\.0\.0\.1:\d+\/#token=[\w-]+)\s/.exec(out);
+        if (m) resolve(m[1]!);
+      });
+      etcdLauncher.once('exit', () => reject(new Error(`launcher exited: ${out}`)));
+    });
+    etcdLauncher.stdout!.resume();
+    etcdPage = await browser.newPage({ viewport: { width: 1400, height: 860 } });
+    await etcdPage.goto(at);
+  }, 60_000);
+  afterAll(async () => {
+    if (etcdLauncher && etcdLauncher.exitCode === null) {
+      etcdLauncher.kill('SIGINT');
+      await new Promise((r) => etcdLauncher.once('exit', r));
+    }
+  });
+
+  it('lists the etcd members; a member killed from the page shows down, restarted shows running', async () => {
+    const row = (id: string) => etcdPage.locator(`#fault-rows [data-etcd="${id}"]`);
+    await expect.poll(() => etcdPage.locator('#fault-rows [data-etcd]').count(), { timeout: 15_000 }).toBe(3);
+    await expect.poll(() => row('etcd-2').locator('.state').textContent(), { timeout: 10_000 }).toBe('running');
+    await row('etcd-2').locator('button[data-action="kill"]').click();
+    await expect.poll(() => row('etcd-2').locator('.state').textContent(), { timeout: 10_000 }).toBe('down');
+    await row('etcd-2').locator('button[data-action="restart"]').click();
+    await expect.poll(() => row('etcd-2').locator('.state').textContent(), { timeout: 15_000 }).toBe('running');
+  }, 60_000);
+});
