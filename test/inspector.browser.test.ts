@@ -22,19 +22,25 @@ let url = '';
 
 const handle = (target: string) => page.locator(`.actor[data-machine="handle"][data-target="${target}"]`);
 
-beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium), as .ci/run does`);
-  launcher = spawn('node', [CLI, 'up', '--dir', join(t.dir, 'c'), '--replicas', '2', '--nodes', '2', '--apps', '1', '--hold-ms', '1000', '--interval-ms', '100'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  url = await new Promise<string>((resolve, reject) => {
+/** `safe-resume up` with `args`, and the inspector address (with its token) it prints. */
+async function up(args: string[]): Promise<{ proc: ChildProcess; url: string }> {
+  const proc = spawn('node', [CLI, 'up', ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const at = await new Promise<string>((resolve, reject) => {
     let out = '';
-    launcher.stdout!.on('data', (d: Buffer) => {
+    proc.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
       const m = /inspector (http:\/\/127\.0\.0\.1:\d+\/#token=[\w-]+)\s/.exec(out);
       if (m) resolve(m[1]!);
     });
-    launcher.once('exit', () => reject(new Error(`launcher exited: ${out}`)));
+    proc.once('exit', () => reject(new Error(`launcher exited: ${out}`)));
   });
-  launcher.stdout!.resume();
+  proc.stdout!.resume();
+  return { proc, url: at };
+}
+
+beforeAll(async () => {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium), as .ci/run does`);
+  ({ proc: launcher, url } = await up(['--dir', join(t.dir, 'c'), '--replicas', '2', '--nodes', '2', '--apps', '1', '--hold-ms', '1000', '--interval-ms', '100']));
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'] });
   page = await browser.newPage({ viewport: { width: 1400, height: 860 } });
   await page.goto(url);
@@ -122,17 +128,8 @@ describe('inspector page over etcd', () => {
   let etcdLauncher: ChildProcess;
   let etcdPage: Page;
   beforeAll(async () => {
-    etcdLauncher = spawn('node', [CLI, 'up', '--store', 'etcd', '--dir', join(t.dir, 'e'), '--replicas', '2', '--nodes', '1', '--apps', '1'], { stdio: ['ignore', 'pipe', 'inherit'] });
-    const at = await new Promise<string>((resolve, reject) => {
-      let out = '';
-      etcdLauncher.stdout!.on('data', (d: Buffer) => {
-        out += d.toString();
-        const m = /inspector (http:\/\/127\.0\.0\.1:\d+\/#token=[\w-]+)\s/.exec(out);
-        if (m) resolve(m[1]!);
-      });
-      etcdLauncher.once('exit', () => reject(new Error(`launcher exited: ${out}`)));
-    });
-    etcdLauncher.stdout!.resume();
+    let at: string;
+    ({ proc: etcdLauncher, url: at } = await up(['--store', 'etcd', '--dir', join(t.dir, 'e'), '--replicas', '2', '--nodes', '1', '--apps', '1']));
     etcdPage = await browser.newPage({ viewport: { width: 1400, height: 860 } });
     await etcdPage.goto(at);
   }, 60_000);
