@@ -25,6 +25,8 @@ import { ChildCommand, ChildConfig, type ChildReport } from './ipc.js';
 import { runWorkload, type WorkloadStats } from './workload.js';
 import { processInspector } from './inspect.js';
 import { nodeMetrics, replicaMetrics, serveMetrics } from './metrics.js';
+import { NbdExport } from '../frontends/nbd.js';
+import { MAX_TARGET_BYTES } from '../store/types.js';
 
 /** TLS files (PEM): the transport serves and connects over wss:// (docs/tls.md). */
 const TlsConfig = z.object({ certFile: z.string(), keyFile: z.string(), caFile: z.string() }).optional();
@@ -75,6 +77,8 @@ const NodeConfig = z.object({
   inspector: z.string().optional(),
   /** This process's credential for the inspector's /inspect (sent in a header). */
   inspectorToken: z.string().optional(),
+  /** Serve every target as a block device over NBD on 127.0.0.1 at this port (0: a free one); absent, none. */
+  nbdPort: z.number().int().min(0).max(65535).optional(),
 });
 
 function send(msg: ChildReport): void {
@@ -169,6 +173,9 @@ async function node(raw: unknown): Promise<void> {
   self = agent;
   const metrics = m ? await serveMetrics(m.registry, () => ({ ok: agent.state === 'connected', node: cfg.id, session: agent.state, replica: agent.replica ?? null }), cfg.metricsPort) : undefined;
   agent.start().catch((err: unknown) => log.error({ err: String(err) }, 'node agent could not start'));
+  // The block export: programs on this host open any target as a disk (one write handle per connection).
+  const nbd = cfg.nbdPort !== undefined ? new NbdExport({ app: new Application(agent, { name: `${cfg.id}-nbd`, pauseTimeoutMs: cfg.pauseTimeoutMs }), size: () => MAX_TARGET_BYTES, port: cfg.nbdPort, log }) : undefined;
+  await nbd?.listen();
   const apps = new Map<string, HostedApp>();
   const history: unknown[] = [];
   const record = (proc: string) => (e: Record<string, unknown>) => {
@@ -242,6 +249,7 @@ async function node(raw: unknown): Promise<void> {
       state: agent.state,
       replica: agent.replica ?? null,
       ...(metrics ? { metrics: metrics.url } : {}),
+      ...(nbd ? { nbd: { url: nbd.url, connections: nbd.connections().map((c) => ({ ...c, reason: c.reason ?? null })) } } : {}),
       handles: [...apps.values()].map((a) => ({
         app: a.name,
         target: a.target,

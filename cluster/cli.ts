@@ -281,6 +281,7 @@ async function up(argv: string[]): Promise<number> {
   say(`safe-resume: ${o.replicas} replicas over ${o.store === 'etcd' ? `etcd (${launcher.etcd ? 'local members in ' + join(o.dir, 'etcd') : (o.etcdEndpoints ?? []).join(',')})` : join(o.dir, 'store.sqlite')}, ${o.nodes} nodes x ${o.apps} apps`);
   for (const m of launcher.etcd?.members ?? []) say(`  ${m.id.padEnd(9)} ${m.endpoint}`);
   for (const [i, u] of launcher.replicaUrls.entries()) say(`  replica-${i + 1}  ${u}`);
+  for (const [node, u] of launcher.nbdUrls) say(`  nbd       ${u}   (${node}: any target as a disk, e.g. qemu-io -f raw ${u}vm1.disk)`);
   say(`  control   ${launcher.controlUrl}   (safe-resume status | kill | partition | write ... --dir ${o.dir})`);
   // The page addresses carry the control token (in the fragment): they open as printed.
   say(`  inspector ${launcher.inspector?.pageUrl ?? '-'}   (open it in a browser to watch every machine live)`);
@@ -332,11 +333,14 @@ function liveView(status: () => Record<string, unknown>, tty: boolean): () => vo
 
 /** The status view: one line per replica and node, one per handle. */
 function statusLines(st: Record<string, unknown>): string[] {
-  const s = st as { etcd?: Array<{ id: string; state: string; endpoint: string }>; replicas: Array<{ id: string; state: string; sessions: number }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null }> };
+  const s = st as { etcd?: Array<{ id: string; state: string; endpoint: string }>; replicas: Array<{ id: string; state: string; sessions: number }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean; nbd?: { url: string; connections: Array<{ target: string; state: string; reason: string | null; requests: number }> } | null }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null }> };
   const out: string[] = [];
   for (const m of s.etcd ?? []) out.push(`${m.id.padEnd(10)} ${m.state.padEnd(11)} ${m.endpoint}`);
   for (const r of s.replicas) out.push(`${r.id.padEnd(10)} ${r.state.padEnd(11)} sessions=${r.sessions}`);
   for (const n of s.nodes) out.push(`${n.id.padEnd(10)} ${n.state.padEnd(11)} on ${n.replica ?? '-'}${n.partitioned ? '  (partitioned)' : ''}`);
+  for (const n of s.nodes) {
+    for (const c of n.nbd?.connections ?? []) out.push(`  ${`${n.id}/nbd`.padEnd(14)} ${c.target.padEnd(12)} ${c.state.padEnd(11)} requests=${c.requests}${c.reason ? ` reason=${c.reason}` : ''}`);
+  }
   for (const h of s.handles) {
     out.push(`  ${`${h.node}/${h.app}`.padEnd(14)} ${h.target.padEnd(12)} ${h.state.padEnd(11)} acked=${h.acked} verified=${h.verified} failed=${h.failed}${h.reason ? ` reason=${h.reason}` : ''}${h.lastError ? ` last=${h.lastError}` : ''}`);
   }

@@ -47,7 +47,17 @@ export const ChildReport = z.union([
     /** Where its /metrics and /healthz are served, if they are. */
     metrics: z.string().optional(),
   }),
-  z.object({ type: z.literal('status'), role: z.literal('node'), id: z.string(), state: z.string(), replica: nullable(z.string()), handles: z.array(HandleStatus), metrics: z.string().optional() }),
+  z.object({
+    type: z.literal('status'),
+    role: z.literal('node'),
+    id: z.string(),
+    state: z.string(),
+    replica: nullable(z.string()),
+    handles: z.array(HandleStatus),
+    metrics: z.string().optional(),
+    /** The node's block export: its URL and the connections open on it (a handle each). */
+    nbd: z.object({ url: z.string(), connections: z.array(z.object({ target: z.string(), state: z.string(), reason: nullable(z.string()), requests: z.number() })) }).optional(),
+  }),
   z.object({ type: z.literal('history'), events: z.array(z.unknown()) }),
   z.object({ type: z.literal('released'), app: z.string(), target: z.string().optional(), requestId: z.string().optional(), error: z.string().optional() }),
   z.object({ type: z.literal('workload-stopped') }),

@@ -105,6 +105,8 @@ export class Launcher {
   /** The local etcd members of `--store etcd` (none when the endpoints were given). */
   etcd: EtcdMembers | undefined;
   private storeSpec = '';
+  /** Each node's NBD export (on 127.0.0.1 of its host). */
+  readonly nbdUrls = new Map<string, string>();
   /** Hosts whose link is cut now (--netns). */
   private readonly cut = new Set<string>();
 
@@ -170,7 +172,10 @@ export class Launcher {
       // A node gets its own credential and its applications' principal's, never the cluster key.
       const credential = formatCredential(issueCredential(this.secret, 'node', id));
       const principals = [formatCredential(issueCredential(this.secret, 'principal', 'default'))];
-      this.spawn(id, 'node', { ...this.tlsConfig(), metricsPort: 0, id, replicas: urls, dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
+      // Its block export on 127.0.0.1 of its host (NBD's own port on a host of its own).
+      const nbdPort = this.host(id) ? 10809 : await freePort();
+      this.nbdUrls.set(id, `nbd://127.0.0.1:${nbdPort}/`);
+      this.spawn(id, 'node', { ...this.tlsConfig(), metricsPort: 0, nbdPort, id, replicas: urls, dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     await this.listen();
@@ -271,6 +276,7 @@ export class Launcher {
       pid: c.proc?.pid ?? null,
       replica: c.status?.role === 'node' ? c.status.replica : null,
       metrics: c.proc ? (c.status?.metrics ?? null) : null,
+      nbd: c.proc && c.status?.role === 'node' ? (c.status.nbd ?? null) : null,
       partitioned: (this.proxies.get(c.id) ?? []).some((p) => p.mode === 'partition') || this.cut.has(c.id),
     }));
     const handles: Array<HandleStatus & { node: string }> = [];

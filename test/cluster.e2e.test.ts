@@ -116,6 +116,17 @@ describe('safe-resume up: a real local cluster', () => {
     expect(s.handles.map((h) => `${h.node}/${h.app}`)).toEqual(['node-1/app-1', 'node-1/app-2', 'node-2/app-3', 'node-2/app-4']);
   }, 60_000);
 
+  it('prints an NBD URL per node; qemu-io writes a disk through it, and the CLI reads the same bytes', async () => {
+    const urls = [...(printed.get(dir) ?? '').matchAll(/^ {2}nbd +(nbd:\/\/127\.0\.0\.1:\d+\/) +\((node-\d)/gm)].map((m) => ({ url: m[1]!, node: m[2]! }));
+    expect(urls.map((u) => u.node)).toEqual(['node-1', 'node-2']);
+    const io = spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 4k', '-c', 'read -P 0x61 0 4k', `${urls[0]!.url}disk-e2e`], { encoding: 'utf8', timeout: 30_000 });
+    expect(io.stdout).toMatch(/wrote 4096\/4096 bytes[\s\S]*read 4096\/4096 bytes/);
+    expect(io.stdout).not.toMatch(/verification failed/);
+    const read = execFileSync('node', [CLI, 'read', 'disk-e2e', '--dir', dir], { encoding: 'utf8' });
+    expect(read).toContain('a'.repeat(64));
+    expect(status().nodes.find((n) => n.id === 'node-1')).toMatchObject({ nbd: { url: urls[0]!.url } });
+  }, 60_000);
+
   it('no child process carries the cluster secret in its command line or environment (other local users read those)', () => {
     const secret = readFileSync(join(dir, SECRET_FILE), 'utf8').trim();
     const s = status();

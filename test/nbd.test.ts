@@ -13,7 +13,7 @@ import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Application } from '../actors/application.js';
 import { NbdExport } from '../frontends/nbd.js';
-import { clusters, tempDir, trace, waitFor } from './helpers.js';
+import { clusters, openWhenFree, tempDir, trace, waitFor } from './helpers.js';
 
 const run = promisify(execFile);
 const cluster = clusters({ store: 'memory', replicas: 2 });
@@ -89,6 +89,64 @@ describe('NBD export with real clients', () => {
       expect(check.stdout.match(/read 65536\/65536 bytes/g)).toHaveLength(64);
     } finally {
       await e.stop();
+    }
+  }, 60_000);
+
+  it('a node partitioned past its hold while another writer changes the target: the client gets EIO, never a stale success', async () => {
+    const c = await cluster();
+    const app = new Application(await c.addNode('node-1', { proxied: true }), { name: 'nbd' });
+    const nbd = new NbdExport({ app, size: () => MiB });
+    const url = await nbd.listen();
+    try {
+      // 400 writes of 4 KiB, one after another; the node is cut off while they run.
+      const io = run('qemu-io', ['-f', 'raw', ...Array.from({ length: 400 }, (_, i) => ['-c', `write -P 7 ${(i % 256) * 4}k 4k`]).flat(), `${url}shared.disk`]).then(
+        (r) => r.stdout + r.stderr,
+        (err: { stdout?: string; stderr?: string }) => `${err.stdout ?? ''}${err.stderr ?? ''}`,
+      );
+      await waitFor('the export to be in use', () => app.list().length > 0, 10_000);
+      const h = app.list()[0]!;
+      const seen = trace(h);
+      await new Promise((r) => setTimeout(r, 50));
+      c.partition('node-1');
+      await waitFor('the handle to pause', () => seen.includes('paused'), 10_000);
+      // Past the hold period another application opens the target and writes it.
+      const intruder = new Application(await c.addNode('node-2'), { name: 'intruder' });
+      const other = await openWhenFree(intruder, 'shared.disk');
+      await other.write(0, new Uint8Array(4096).fill(9));
+      await other.close();
+      c.heal('node-1');
+      const out = await io;
+      expect(h.reason).toBe('MODIFIED');
+      const lines = out.split('\n');
+      const firstError = lines.findIndex((l) => /Input\/output error/.test(l));
+      expect(firstError).toBeGreaterThan(0);
+      // Nothing succeeds once one request failed: every later write is refused too.
+      expect(lines.slice(firstError).some((l) => /^wrote /.test(l))).toBe(false);
+      expect(nbd.connections()).toEqual([]);
+    } finally {
+      await nbd.close();
+    }
+  }, 60_000);
+
+  it('with onFailure error, a request fails with EIO at once while storage is away', async () => {
+    const c = await cluster();
+    const app = new Application(await c.addNode('node-1', { proxied: true }), { name: 'nbd' });
+    const nbd = new NbdExport({ app, size: () => MiB, onFailure: 'error' });
+    const url = await nbd.listen();
+    try {
+      const io = run('qemu-io', ['-f', 'raw', ...Array.from({ length: 400 }, (_, i) => ['-c', `write -P 3 ${(i % 256) * 4}k 4k`]).flat(), `${url}fast.disk`]).then(
+        (r) => r.stdout + r.stderr,
+        (err: { stdout?: string; stderr?: string }) => `${err.stdout ?? ''}${err.stderr ?? ''}`,
+      );
+      await waitFor('the export to be in use', () => app.list().length > 0, 10_000);
+      await new Promise((r) => setTimeout(r, 50));
+      c.partition('node-1');
+      // The link heals only after the client is done: it finishes because its requests fail, not wait.
+      const out = await io;
+      expect(out).toMatch(/Input\/output error/);
+    } finally {
+      c.heal('node-1');
+      await nbd.close();
     }
   }, 60_000);
 
