@@ -28,6 +28,8 @@ import { nanoid } from 'nanoid';
 import { issueCredential } from '../actors/auth.js';
 import { bareLogin } from '../actors/handshake.js';
 import { etcdMembers, leaderChange, rawEtcd } from './etcd.js';
+import { qemuImgBench, qemuNbd } from './nbd.js';
+import { NbdExport } from '../frontends/nbd.js';
 
 export interface Figure {
   name: string;
@@ -348,7 +350,7 @@ function figure(name: string, value: number, unit: string, baseline: number | nu
 }
 
 /** The groups of figures, in run order; `--only` picks some of them. */
-export const GROUPS = ['io', 'durable', 'failover', 'partition', 'storm', 'memory', 'sim', 'inspector', 'etcd'] as const;
+export const GROUPS = ['io', 'durable', 'failover', 'partition', 'storm', 'memory', 'sim', 'inspector', 'etcd', 'nbd'] as const;
 export type Group = (typeof GROUPS)[number];
 
 export async function runBench(smoke: boolean, log: (l: string) => void, only: readonly Group[] = GROUPS): Promise<Figure[]> {
@@ -461,10 +463,59 @@ export async function runBench(smoke: boolean, log: (l: string) => void, only: r
       F.push(figure(`sim.schedules.per.minute`, perMin, 'schedules/min', onePerMin, `one thread (this run: ${cores} workers)`, '>= 1,000', perMin >= 1000));
     }
     if (want('etcd')) F.push(...(await etcdGroup(dir, smoke, log, R)));
+    if (want('nbd')) F.push(...(await nbdGroup(dir, smoke, log, R)));
     return F;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The nbd group (bench/nbd.ts): qemu-img bench through the export (a replica process over SQLite FULL,
+ * the node agent and the export in this process) against qemu-nbd serving a raw file, and the SDK path
+ * (the same writes through an Application handle).
+ */
+async function nbdGroup(dir: string, smoke: boolean, log: (l: string) => void, R: number): Promise<Figure[]> {
+  const F: Figure[] = [];
+  const s = (full: number, tiny: number) => (smoke ? tiny : full);
+  const med = (xs: number[]) => pct(xs, 50);
+  const size = 64 * 1024 * 1024;
+  const replica = await replicaProcess(join(dir, 'nbd'), 'sqlite');
+  const { agent } = await agentWith([replica.url], 0);
+  const app = new Application(agent, { name: 'nbd-bench', pauseTimeoutMs: 600_000 });
+  // Both exports on Unix sockets, the client the same qemu-img.
+  const socket = join(dir, 'export.sock');
+  const nbd = new NbdExport({ app, size: () => size, path: socket });
+  await nbd.listen();
+  const url = nbd.urlFor('bench.disk');
+  const base = await qemuNbd(dir, size);
+  try {
+    const cases = [
+      { name: 'write.seq', write: true, depth: 1, count: s(2000, 50) },
+      { name: 'write.depth16', write: true, depth: 16, count: s(10_000, 200) },
+      { name: 'read.seq', write: false, depth: 1, count: s(5000, 50) },
+      { name: 'read.depth16', write: false, depth: 16, count: s(20_000, 200) },
+    ];
+    for (const c of cases) {
+      const ours: number[] = [];
+      const theirs: number[] = [];
+      for (let i = 0; i < R; i++) {
+        log(`nbd ${c.name} round ${i + 1} of ${R}: qemu-img bench through the export, then through qemu-nbd`);
+        ours.push((await qemuImgBench(url, c.count, c.depth, c.write)).rate);
+        theirs.push((await qemuImgBench(base.url, c.count, c.depth, c.write)).rate);
+      }
+      F.push(figure(`nbd.${c.name}`, med(ours), 'ops/s', med(theirs), 'qemu-nbd serving a raw file (page cache), Unix sockets both', 'none', null));
+    }
+    log('nbd: the same 4 KiB writes through the SDK, 16 deep');
+    const sdk = await ioPath(replica.url, s(10_000, 200), 1, 16, { sequential: 0 });
+    F.push(figure('nbd.sdk.write.depth16', sdk.rate, 'writes/s', null, null, 'none', null));
+  } finally {
+    base.proc.kill();
+    await nbd.close();
+    agent.crash();
+    replica.proc.kill();
+  }
+  return F;
 }
 
 /** The etcd group (bench/etcd.ts): every figure over one three-member etcd, next to a raw client on it. */

@@ -93,6 +93,12 @@ export class NbdExport {
     return this.url;
   }
 
+  /** The URL a client opens `target` with (`nbd://host:port/target`, or `nbd+unix:///target?socket=path`). */
+  urlFor(target: string): string {
+    const name = encodeURIComponent(target);
+    return this.opts.path ? `nbd+unix:///${name}?socket=${this.opts.path}` : `${this.url}${name}`;
+  }
+
   /** The open export connections. */
   connections(): NbdConnectionView[] {
     return [...this.conns].map((c) => c.view()).filter((v): v is NbdConnectionView => v !== undefined);

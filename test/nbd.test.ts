@@ -150,6 +150,21 @@ describe('NBD export with real clients', () => {
     }
   }, 60_000);
 
+  it('serves on a Unix socket too', async () => {
+    const c = await cluster();
+    const t = tempDir();
+    const nbd = new NbdExport({ app: new Application(await c.addNode('node-1'), { name: 'nbd' }), size: () => MiB, path: join(t.dir, 'nbd.sock') });
+    try {
+      await nbd.listen();
+      expect(nbd.urlFor('unix.disk')).toBe(`nbd+unix:///unix.disk?socket=${join(t.dir, 'nbd.sock')}`);
+      const out = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 5 0 4k', '-c', 'read -P 5 0 4k', nbd.urlFor('unix.disk')]);
+      expect(out.stdout).toMatch(/wrote 4096\/4096 bytes[\s\S]*read 4096\/4096 bytes/);
+    } finally {
+      await nbd.close();
+      t.cleanup();
+    }
+  }, 60_000);
+
   it('malformed input: a bad magic closes the connection, an unknown option is refused, and the export keeps serving', async () => {
     const e = await exported(MiB);
     try {
