@@ -83,7 +83,7 @@ describe('inspector page', () => {
       .poll(async () => {
         if ((await page.locator('#svg .node.current').count()) === 0) await handle('app-1.disk').click({ timeout: 5000 }).catch(() => undefined);
         return page.locator('#svg .node.current').count();
-      }, { timeout: 30_000, intervals: [500] })
+      }, { timeout: 30_000, interval: 500 })
       .toBeGreaterThan(0);
     expect(await page.locator('#svg .node.current text').first().textContent()).toBe('active');
   }, 60_000);
