@@ -175,7 +175,11 @@ async function node(raw: unknown): Promise<void> {
   agent.start().catch((err: unknown) => log.error({ err: String(err) }, 'node agent could not start'));
   // The block export: programs on this host open any target as a disk (one write handle per connection).
   const nbd = cfg.nbdPort !== undefined ? new NbdExport({ app: new Application(agent, { name: `${cfg.id}-nbd`, pauseTimeoutMs: cfg.pauseTimeoutMs }), size: () => MAX_TARGET_BYTES, port: cfg.nbdPort, log }) : undefined;
-  await nbd?.listen();
+  // The export is a service of the node, not its reason to exist: one that cannot listen is logged and left out.
+  const nbdUp = await nbd?.listen().then(
+    () => true,
+    (err: unknown) => (log.error({ err: String(err) }, 'the NBD export could not listen; the node runs without it'), false),
+  );
   const apps = new Map<string, HostedApp>();
   const history: unknown[] = [];
   const record = (proc: string) => (e: Record<string, unknown>) => {
@@ -249,7 +253,7 @@ async function node(raw: unknown): Promise<void> {
       state: agent.state,
       replica: agent.replica ?? null,
       ...(metrics ? { metrics: metrics.url } : {}),
-      ...(nbd ? { nbd: { url: nbd.url, connections: nbd.connections().map((c) => ({ ...c, reason: c.reason ?? null })) } } : {}),
+      ...(nbd && nbdUp ? { nbd: { url: nbd.url, connections: nbd.connections().map((c) => ({ ...c, reason: c.reason ?? null })) } } : {}),
       handles: [...apps.values()].map((a) => ({
         app: a.name,
         target: a.target,

@@ -172,10 +172,10 @@ export class Launcher {
       // A node gets its own credential and its applications' principal's, never the cluster key.
       const credential = formatCredential(issueCredential(this.secret, 'node', id));
       const principals = [formatCredential(issueCredential(this.secret, 'principal', 'default'))];
-      // Its block export on 127.0.0.1 of its host (NBD's own port on a host of its own).
-      const nbdPort = this.host(id) ? 10809 : await freePort();
-      this.nbdUrls.set(id, `nbd://127.0.0.1:${nbdPort}/`);
-      this.spawn(id, 'node', { ...this.tlsConfig(), metricsPort: 0, nbdPort, id, replicas: urls, dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
+      // Its block export on 127.0.0.1 (none on a host of its own: that address would name this machine).
+      const nbdPort = this.host(id) ? undefined : await freePort();
+      if (nbdPort !== undefined) this.nbdUrls.set(id, `nbd://127.0.0.1:${nbdPort}/`);
+      this.spawn(id, 'node', { ...this.tlsConfig(), metricsPort: 0, ...(nbdPort !== undefined ? { nbdPort } : {}), id, replicas: urls, dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     await this.listen();

@@ -37,6 +37,13 @@ const MAX_OPTION_BYTES = 8192;
 const MAX_REQUEST_BYTES = 32 * 1024 * 1024;
 /** Requests of one connection answered at once; past it the socket is not read. */
 const MAX_INFLIGHT = 64;
+/** Bytes of one connection's requests in flight (reads reserve theirs) and of replies not yet sent. */
+const MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
+const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
+/** How long a client may take from connecting to the end of the handshake. */
+const HANDSHAKE_MS = 10_000;
+/** How long an open waits for a target another connection of this node is still releasing. */
+const LOCKED_RETRY_MS = 2000;
 
 export interface NbdExportOptions {
   /** The application whose handles serve the exports (one write handle per connection). */
@@ -52,6 +59,8 @@ export interface NbdExportOptions {
   log?: Logger;
   /** Told when a connection's handle is invalidated (target, reason), for status and the inspector. */
   onInvalidated?: (target: string, reason: string) => void;
+  /** How long a client may take to finish the handshake (default 10 s). */
+  handshakeTimeoutMs?: number;
 }
 
 /** What `status` shows of an export connection. */
@@ -112,7 +121,12 @@ export class NbdExport {
 
 /** One client connection: the handshake, then transmission over one handle. */
 class Connection {
-  private buf: Buffer = Buffer.alloc(0);
+  /** What the client sent and was not taken yet, as it arrived (joined only for one message). */
+  private chunks: Buffer[] = [];
+  private have = 0;
+  private inflightBytes = 0;
+  private released = false;
+  private readonly deadline: NodeJS.Timeout;
   private phase: 'flags' | 'options' | 'transmission' | 'closed' = 'flags';
   private noZeroes = false;
   private busy = false;
@@ -121,6 +135,8 @@ class Connection {
   private size = 0;
   private inflight = 0;
   private readonly writes = new Set<Promise<unknown>>();
+  /** Every request being served (DISC answers them first). */
+  private readonly pending = new Set<Promise<void>>();
   private disconnecting = false;
 
   constructor(
@@ -130,10 +146,17 @@ class Connection {
     socket.setNoDelay(true);
     socket.on('error', () => undefined);
     socket.on('data', (d: Buffer) => {
-      this.buf = this.buf.length === 0 ? d : Buffer.concat([this.buf, d]);
+      if (this.phase === 'closed') return;
+      this.chunks.push(d);
+      this.have += d.length;
       this.pump();
     });
+    socket.on('drain', () => this.pump());
     socket.once('close', () => this.closed());
+    this.deadline = setTimeout(() => {
+      if (this.phase !== 'transmission') this.fail(new ProtocolError('the handshake did not finish in time'));
+    }, opts.handshakeTimeoutMs ?? HANDSHAKE_MS);
+    this.deadline.unref();
     const hello = Buffer.alloc(18);
     hello.writeBigUInt64BE(NBDMAGIC, 0);
     hello.writeBigUInt64BE(IHAVEOPT, 8);
@@ -150,58 +173,108 @@ class Connection {
     this.socket.destroy();
   }
 
-  /** Take what the buffer holds, one message at a time (an option waits for its answer first). */
+  /** The first `n` bytes received (one copy only if they span chunks), or undefined if fewer arrived. */
+  private peek(n: number): Buffer | undefined {
+    if (this.have < n) return undefined;
+    if (this.chunks[0]!.length >= n) return this.chunks[0]!.subarray(0, n);
+    const parts: Buffer[] = [];
+    for (let got = 0, i = 0; got < n; i++) {
+      const c = this.chunks[i]!;
+      parts.push(c.subarray(0, Math.min(c.length, n - got)));
+      got += Math.min(c.length, n - got);
+    }
+    return Buffer.concat(parts, n);
+  }
+
+  /** Drop the first `n` bytes received. */
+  private consume(n: number): void {
+    this.have -= n;
+    while (n > 0) {
+      const c = this.chunks[0]!;
+      if (c.length <= n) {
+        this.chunks.shift();
+        n -= c.length;
+      } else {
+        this.chunks[0] = c.subarray(n);
+        n = 0;
+      }
+    }
+  }
+
+  /** Whether this connection may take another request now (requests, bytes in flight, replies unsent). */
+  private roomFor(bytes: number): boolean {
+    return this.inflight < MAX_INFLIGHT && (this.inflight === 0 || this.inflightBytes + bytes <= MAX_INFLIGHT_BYTES) && this.socket.writableLength <= MAX_UNSENT_BYTES;
+  }
+
+  /** Take what arrived, one message at a time (an option waits for its answer first; the socket is not read meanwhile). */
   private pump(): void {
-    if (this.busy || this.phase === 'closed') return;
+    if (this.phase === 'closed') return;
+    if (this.busy) {
+      this.socket.pause();
+      return;
+    }
     try {
       for (;;) {
         if (this.phase === 'flags') {
-          if (this.buf.length < 4) return;
-          const flags = this.buf.readUInt32BE(0);
-          this.buf = this.buf.subarray(4);
+          const head = this.peek(4);
+          if (!head) return this.resume();
+          const flags = head.readUInt32BE(0);
+          this.consume(4);
           if (!(flags & FLAG_FIXED_NEWSTYLE)) throw new ProtocolError('the client does not speak fixed newstyle');
           this.noZeroes = (flags & FLAG_NO_ZEROES) !== 0;
           this.phase = 'options';
         } else if (this.phase === 'options') {
-          if (this.buf.length < 16) return;
-          if (this.buf.readBigUInt64BE(0) !== IHAVEOPT) throw new ProtocolError('bad option magic');
-          const option = this.buf.readUInt32BE(8);
-          const length = this.buf.readUInt32BE(12);
+          const head = this.peek(16);
+          if (!head) return this.resume();
+          if (head.readBigUInt64BE(0) !== IHAVEOPT) throw new ProtocolError('bad option magic');
+          const option = head.readUInt32BE(8);
+          const length = head.readUInt32BE(12);
           if (length > MAX_OPTION_BYTES) throw new ProtocolError(`option of ${length} bytes`);
-          if (this.buf.length < 16 + length) return;
-          const data = this.buf.subarray(16, 16 + length);
-          this.buf = this.buf.subarray(16 + length);
+          const whole = this.peek(16 + length);
+          if (!whole) return this.resume();
+          const data = Buffer.from(whole.subarray(16));
+          this.consume(16 + length);
           this.busy = true;
-          void this.option(option, Buffer.from(data)).then(
+          this.socket.pause();
+          void this.option(option, data).then(
             () => {
               this.busy = false;
+              if (this.phase === 'transmission') clearTimeout(this.deadline);
               this.pump();
             },
             (err: unknown) => this.fail(err),
           );
           return;
         } else if (this.phase === 'transmission') {
-          if (this.inflight >= MAX_INFLIGHT) {
+          const head = this.peek(28);
+          if (!head) return this.resume();
+          if (head.readUInt32BE(0) !== REQUEST_MAGIC) throw new ProtocolError('bad request magic');
+          const type = head.readUInt16BE(6);
+          const cookie = head.readBigUInt64BE(8);
+          const offset = head.readBigUInt64BE(16);
+          const length = head.readUInt32BE(24);
+          const payload = type === CMD.WRITE ? length : 0;
+          if (length > MAX_REQUEST_BYTES && (type === CMD.WRITE || type === CMD.READ)) throw new ProtocolError(`a request of ${length} bytes`);
+          // Past the connection's budget nothing more is read until replies go out.
+          const cost = type === CMD.WRITE || type === CMD.READ ? length : 0;
+          if (!this.roomFor(cost)) {
             this.socket.pause();
             return;
           }
-          if (this.buf.length < 28) return;
-          if (this.buf.readUInt32BE(0) !== REQUEST_MAGIC) throw new ProtocolError('bad request magic');
-          const type = this.buf.readUInt16BE(6);
-          const cookie = this.buf.readBigUInt64BE(8);
-          const offset = this.buf.readBigUInt64BE(16);
-          const length = this.buf.readUInt32BE(24);
-          const payload = type === CMD.WRITE ? length : 0;
-          if (payload > MAX_REQUEST_BYTES) throw new ProtocolError(`write of ${length} bytes`);
-          if (this.buf.length < 28 + payload) return;
-          const data = payload > 0 ? Buffer.from(this.buf.subarray(28, 28 + payload)) : undefined;
-          this.buf = this.buf.subarray(28 + payload);
-          this.request(type, cookie, offset, length, data);
+          const whole = this.peek(28 + payload);
+          if (!whole) return this.resume();
+          const data = payload > 0 ? Buffer.from(whole.subarray(28)) : undefined;
+          this.consume(28 + payload);
+          this.request(type, cookie, offset, length, data, cost);
         } else return;
       }
     } catch (err) {
       this.fail(err);
     }
+  }
+
+  private resume(): void {
+    if (this.socket.isPaused() && !this.busy && this.phase !== 'closed') this.socket.resume();
   }
 
   private fail(err: unknown): void {
@@ -234,7 +307,8 @@ class Connection {
       case OPT.EXPORT_NAME: {
         const name = data.toString('utf8');
         const ok = await this.attach(name);
-        if (!ok) throw new ProtocolError(`export ${JSON.stringify(name)} could not be opened`);
+        if (this.phase === 'closed') return;
+        if (!ok.ok) throw new ProtocolError(`export ${JSON.stringify(name)} could not be opened: ${ok.message}`);
         const out = Buffer.alloc(this.noZeroes ? 10 : 134);
         out.writeBigUInt64BE(BigInt(this.size), 0);
         out.writeUInt16BE(this.flags(), 8);
@@ -253,6 +327,7 @@ class Connection {
         const want = new Set<number>();
         for (let i = 0; i < count; i++) want.add(data.readUInt16BE(4 + nameLength + 2 + 2 * i));
         const ok = option === OPT.GO ? await this.attach(name) : await this.sized(name);
+        if (this.phase === 'closed') return;
         if (!ok.ok) return this.reply(option, ok.code, Buffer.from(ok.message));
         const info = Buffer.alloc(12);
         info.writeUInt16BE(INFO.EXPORT, 0);
@@ -295,12 +370,27 @@ class Connection {
   private async attach(name: string): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }> {
     const sized = await this.sized(name);
     if (!sized.ok) return sized;
-    try {
-      this.handle = await this.opts.app.open(name, { onFailure: this.opts.onFailure ?? 'pause' });
-    } catch (err) {
-      const code = err instanceof SafeResumeError ? err.code : 'ERROR';
-      return { ok: false, code: REP.ERR_POLICY, message: `${name}: ${code}: ${(err as Error).message}` };
+    let handle: Handle;
+    for (const until = Date.now() + LOCKED_RETRY_MS; ; ) {
+      try {
+        handle = await this.opts.app.open(name, { onFailure: this.opts.onFailure ?? 'pause' });
+        break;
+      } catch (err) {
+        // A client reconnecting at once may find its previous connection still releasing the target.
+        if (err instanceof SafeResumeError && err.code === 'LOCKED' && Date.now() < until && this.phase !== 'closed') {
+          await new Promise((r) => setTimeout(r, 100));
+          continue;
+        }
+        const code = err instanceof SafeResumeError ? err.code : 'ERROR';
+        return { ok: false, code: REP.ERR_POLICY, message: `${name}: ${code}: ${(err as Error).message}` };
+      }
     }
+    if (this.phase === 'closed') {
+      // The client went away while the target was being opened: nothing may stay held for it.
+      await handle.close().catch(() => undefined);
+      return { ok: false, code: REP.ERR_POLICY, message: 'the client went away' };
+    }
+    this.handle = handle;
     this.target = name;
     this.size = sized.size;
     this.handle.on('invalidated', (reason) => {
@@ -310,32 +400,39 @@ class Connection {
     return sized;
   }
 
-  private request(type: number, cookie: bigint, offset: bigint, length: number, data: Buffer | undefined): void {
+  private request(type: number, cookie: bigint, offset: bigint, length: number, data: Buffer | undefined, cost: number): void {
     if (type === CMD.DISC) {
+      // Requests already sent are answered, then the handle goes and the connection ends.
       this.disconnecting = true;
-      void Promise.allSettled([...this.writes]).then(() => this.socket.end());
+      this.socket.pause();
+      const pending = [...this.pending];
+      void Promise.allSettled(pending).then(async () => {
+        await this.release();
+        this.socket.end();
+      });
       return;
     }
     if (this.disconnecting) return;
     this.inflight++;
-    void this.serve(type, offset, length, data).then(
-      (out) => this.answer(cookie, 0, out),
-      (err: unknown) => this.answer(cookie, errnoOf(err), undefined),
+    this.inflightBytes += cost;
+    const p = this.serve(type, offset, length, data).then(
+      (out) => this.answer(cookie, 0, out, cost),
+      (err: unknown) => this.answer(cookie, errnoOf(err), undefined, cost),
     );
+    this.pending.add(p);
+    void p.finally(() => this.pending.delete(p));
   }
 
-  private answer(cookie: bigint, error: number, data: Uint8Array | undefined): void {
+  private answer(cookie: bigint, error: number, data: Uint8Array | undefined, cost: number): void {
     this.inflight--;
-    if (this.phase === 'closed') return;
+    this.inflightBytes -= cost;
+    if (this.phase === 'closed' || this.socket.writableEnded) return;
     const h = Buffer.alloc(16);
     h.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
     h.writeUInt32BE(error, 4);
     h.writeBigUInt64BE(cookie, 8);
     this.socket.write(data && error === 0 ? Buffer.concat([h, data]) : h);
-    if (this.inflight < MAX_INFLIGHT && this.socket.isPaused()) {
-      this.socket.resume();
-      this.pump();
-    }
+    if (!this.disconnecting) this.pump();
   }
 
   private async serve(type: number, offset: bigint, length: number, data: Buffer | undefined): Promise<Uint8Array | undefined> {
@@ -379,10 +476,19 @@ class Connection {
 
   private closed(): void {
     this.phase = 'closed';
-    const h = this.handle;
-    if (!h) return;
+    clearTimeout(this.deadline);
+    this.chunks = [];
+    this.have = 0;
     // The handle goes once its writes are answered (a client that vanished leaves nothing held).
-    void Promise.allSettled([...this.writes]).then(() => (h.state === 'invalidated' || h.state === 'closed' ? undefined : h.close().catch(() => undefined)));
+    void Promise.allSettled([...this.writes]).then(() => this.release());
+  }
+
+  /** Close the handle once (an invalidated one too, so the application forgets it). */
+  private async release(): Promise<void> {
+    const h = this.handle;
+    if (!h || this.released) return;
+    this.released = true;
+    if (h.state !== 'closed') await h.close().catch(() => undefined);
   }
 }
 

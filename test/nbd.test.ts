@@ -123,10 +123,52 @@ describe('NBD export with real clients', () => {
       // Nothing succeeds once one request failed: every later write is refused too.
       expect(lines.slice(firstError).some((l) => /^wrote /.test(l))).toBe(false);
       expect(nbd.connections()).toEqual([]);
+      // The invalidated handle was closed, not kept by the application for the node's lifetime.
+      await waitFor('the invalidated handle to be released', () => app.list().length === 0, 10_000);
     } finally {
       await nbd.close();
     }
   }, 60_000);
+
+  it('a client that goes away while its target is being opened leaves nothing held: the next client opens it', async () => {
+    const c = await cluster();
+    const agent = await c.addNode('node-1', { proxied: true });
+    const app = new Application(agent, { name: 'nbd' });
+    const nbd = new NbdExport({ app, size: () => MiB });
+    const url = await nbd.listen();
+    try {
+      // Storage is away, so the open waits; the client gives up and disconnects meanwhile.
+      c.partition('node-1');
+      await waitFor('the node to notice', () => agent.state !== 'connected', 10_000);
+      const gone = run('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', `${url}left.disk`], { timeout: 1500 }).catch(() => undefined);
+      await gone;
+      c.heal('node-1');
+      await waitFor('the node to reconnect', () => agent.state === 'connected', 10_000);
+      const next = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 4k', `${url}left.disk`]);
+      expect(next.stdout).toMatch(/wrote 4096\/4096 bytes/);
+      await waitFor('every handle released', () => app.list().length === 0, 10_000);
+    } finally {
+      c.heal('node-1');
+      await nbd.close();
+    }
+  }, 60_000);
+
+  it('a client that connects and says nothing is dropped when the handshake time is up', async () => {
+    const c = await cluster();
+    const nbd = new NbdExport({ app: new Application(await c.addNode('node-1'), { name: 'nbd' }), size: () => MiB, handshakeTimeoutMs: 300 });
+    const url = await nbd.listen();
+    try {
+      const closed = await new Promise<boolean>((resolve) => {
+        const s = connect(Number(new URL(url).port), '127.0.0.1');
+        s.on('data', () => undefined);
+        s.on('close', () => resolve(true));
+        setTimeout(() => (s.destroy(), resolve(false)), 5000);
+      });
+      expect(closed).toBe(true);
+    } finally {
+      await nbd.close();
+    }
+  }, 30_000);
 
   it('with onFailure error, a request fails with EIO at once while storage is away', async () => {
     const c = await cluster();
