@@ -39,6 +39,7 @@ Usage:
   safe-resume move <app> --to <node>  move an application (with its requestId) to another node
   safe-resume write <target> <text> [--as NAME]   write text at offset 0 as an ad-hoc application
   safe-resume read <target>           read a target as an ad-hoc reader
+  safe-resume export <target> [--node N]   the URL a block client (qemu-io, QEMU) opens the target with
   safe-resume down                    stop the cluster
   safe-resume sim [options]           run seeded fault schedules in the simulated world and check them
   safe-resume bench [--json] [--smoke] [--only GROUP,...]   run the benchmarks (in a Node with --expose-gc, as npm run bench)
@@ -385,7 +386,7 @@ async function upInProcess(o: UpOptions): Promise<void> {
 async function control(cmd: string, argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, node: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     allowPositionals: true,
     strict: true,
   });
@@ -443,22 +444,36 @@ async function control(cmd: string, argv: string[]): Promise<number> {
       need(1, '<target>');
       body = { target: positionals[0] };
       break;
+    case 'export':
+      need(1, '<target> [--node N]');
+      break;
   }
-  if (cmd === 'status') path = '/status';
+  if (cmd === 'status' || cmd === 'export') path = '/status';
   let res: Response;
   try {
     const authorization = `Bearer ${token}`;
-    res = await fetch(url + path, cmd === 'status' ? { headers: { authorization } } : { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', authorization } });
+    res = await fetch(url + path, path === '/status' ? { headers: { authorization } } : { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', authorization } });
   } catch {
     throw new UsageError(`the cluster in ${dir} does not answer at ${url} (is it still running?)`);
   }
-  const out = (await res.json()) as { ok: boolean; code?: string; message?: string } & Record<string, unknown>;
+  let out = (await res.json()) as { ok: boolean; code?: string; message?: string } & Record<string, unknown>;
+  if (cmd === 'export' && out.ok) out = exportUrl(out, positionals[0]!, values.node);
   if (values.json) process.stdout.write(JSON.stringify(out) + '\n');
   else if (!out.ok) process.stderr.write(`safe-resume ${cmd}: ${out.code}: ${out.message}\n`);
   else if (cmd === 'status') process.stdout.write(statusLines(out).join('\n') + '\n');
   else if (cmd === 'read') process.stdout.write(String(out.text) + '\n');
+  else if (cmd === 'export') process.stdout.write(`${String(out.url)}\n`);
   else process.stdout.write(Object.entries(out).filter(([k]) => k !== 'ok').map(([k, v]) => `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`).join('\n') + '\n');
   return out.ok ? 0 : 1;
+}
+
+/** The URL a block client opens `target` with on `node` (default: the first node with an export). */
+function exportUrl(status: Record<string, unknown>, target: string, node: string | undefined): { ok: boolean; code?: string; message?: string } & Record<string, unknown> {
+  const nodes = (status.nodes ?? []) as Array<{ id: string; nbd?: { url: string } | null }>;
+  if (node !== undefined && !nodes.some((n) => n.id === node)) throw new UsageError(`no node called ${JSON.stringify(node)}`);
+  const at = nodes.find((n) => (node === undefined || n.id === node) && n.nbd);
+  if (!at?.nbd) return { ok: false, code: 'UNAVAILABLE', message: node ? `${node} serves no NBD export (it is down, or on a host of its own)` : 'no node serves an NBD export' };
+  return { ok: true, target, node: at.id, url: `${at.nbd.url}${encodeURIComponent(target)}` };
 }
 
 async function sim(argv: string[]): Promise<number> {
@@ -527,6 +542,7 @@ async function main(argv: string[]): Promise<number> {
       case 'move':
       case 'write':
       case 'read':
+      case 'export':
       case 'down':
         return await control(cmd, rest);
       case 'sim':

@@ -125,6 +125,10 @@ describe('safe-resume up: a real local cluster', () => {
     const read = execFileSync('node', [CLI, 'read', 'disk-e2e', '--dir', dir], { encoding: 'utf8' });
     expect(read).toContain('a'.repeat(64));
     expect(status().nodes.find((n) => n.id === 'node-1')).toMatchObject({ nbd: { url: urls[0]!.url } });
+    expect(execFileSync('node', [CLI, 'export', 'vm 1.disk', '--node', 'node-2', '--dir', dir], { encoding: 'utf8' }).trim()).toBe(`${urls[1]!.url}vm%201.disk`);
+    const unknown = spawnSync('node', [CLI, 'export', 'x', '--node', 'node-9', '--dir', dir], { encoding: 'utf8' });
+    expect(unknown.status).toBe(2);
+    expect(unknown.stderr).toContain('no node called "node-9"');
   }, 60_000);
 
   it('no child process carries the cluster secret in its command line or environment (other local users read those)', () => {
