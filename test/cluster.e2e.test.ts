@@ -69,7 +69,7 @@ function startCluster(d = dir, extra: string[] = []): ChildProcess {
   printed.set(d, '');
   p.stdout?.on('data', (b: Buffer) => {
     const so = printed.get(d)!;
-    if (so.length < 4096) printed.set(d, so + b.toString());
+    if (so.length < 65_536) printed.set(d, so + b.toString());
   });
   p.stderr?.resume();
   return p;
@@ -118,7 +118,7 @@ describe('safe-resume up: a real local cluster', () => {
 
   it('prints an NBD URL per node; qemu-io writes a disk through it, and the CLI reads the same bytes', async () => {
     const urls = [...(printed.get(dir) ?? '').matchAll(/^ {2}nbd +(nbd:\/\/127\.0\.0\.1:\d+\/) +\((node-\d)/gm)].map((m) => ({ url: m[1]!, node: m[2]! }));
-    expect(urls.map((u) => u.node)).toEqual(['node-1', 'node-2']);
+    expect(urls.map((u) => u.node), `up printed:\n${printed.get(dir)}`).toEqual(['node-1', 'node-2']);
     const io = spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 4k', '-c', 'read -P 0x61 0 4k', `${urls[0]!.url}disk-e2e`], { encoding: 'utf8', timeout: 30_000 });
     expect(io.stdout).toMatch(/wrote 4096\/4096 bytes[\s\S]*read 4096\/4096 bytes/);
     expect(io.stdout).not.toMatch(/verification failed/);
