@@ -13,6 +13,7 @@
 import { SafeResumeError, type ErrorCode, type InvalidationReason } from '../errors.js';
 import { EMPTY, type CoreHandle, type HandleOwner, type HandleState, type LifecycleEvent, type OpResult } from '../core/handle.js';
 import { MAX_IO_BYTES } from '../transport/messages.js';
+import { MAX_DISK_BYTES } from '../store/types.js';
 import { LazyEmitter } from './emitter.js';
 import { defaultEnv, type Env } from './env.js';
 import type { NodeAgent } from './node-agent.js';
@@ -44,6 +45,13 @@ export interface OpenOptions {
   /** Reclaim this requestId (e.g. after moving to another node) instead of opening afresh. */
   requestId?: string;
   pauseTimeoutMs?: number;
+  /**
+   * The target's size in bytes, for a disk: a write open of a target never written creates it with
+   * this size (it reads as zeros; writes past its end are refused); an existing target must have been
+   * created with the same size. Up to 1 TiB on SQLite and etcd (pages never written cost nothing),
+   * 64 MiB on the memory store. Without it a target grows as it is written, up to 64 MiB.
+   */
+  size?: number;
 }
 
 export interface HandleEvents {
@@ -85,6 +93,11 @@ export class Handle extends LazyEmitter<HandleEvents> implements HandleOwner {
 
   get state(): HandleState {
     return this.core.state;
+  }
+
+  /** The target's size, fixed when it was created (a disk); undefined if it has none. */
+  get size(): number | undefined {
+    return this.core.size || undefined;
   }
 
   /** Why the handle was invalidated, once it is. */
@@ -169,6 +182,7 @@ export class Application {
   async open(target: string, options: OpenOptions = {}): Promise<Handle> {
     if (typeof target !== 'string' || target.length === 0 || target.length > 1024) throw new SafeResumeError('INVALID_ARGUMENT', 'target must be a non-empty string of at most 1024 characters');
     if (options.requestId !== undefined && !/^[A-Za-z0-9_-]{21,64}$/.test(options.requestId)) throw new SafeResumeError('INVALID_ARGUMENT', 'requestId must be 21-64 URL-safe characters (use nanoid)');
+    if (options.size !== undefined && (!Number.isSafeInteger(options.size) || options.size < 1 || options.size > MAX_DISK_BYTES)) throw new SafeResumeError('INVALID_ARGUMENT', `size must be a whole number of bytes between 1 and ${MAX_DISK_BYTES}`);
     // A kept requestId is reclaimed only when nothing holds it now (it is left over from a restart).
     const found = this.agent.findKept(this.name, target);
     const usable = found && !this.agent.holds(found.requestId) && (!options.mode || options.mode === found.mode) && (!options.requestId || options.requestId === found.requestId);
@@ -188,10 +202,16 @@ export class Application {
       how: options.requestId || kept ? 'resume' : 'open',
       takeover: kept ? (kept.takeover ?? !kept.instance) : Boolean(options.requestId),
       version: kept?.version ?? 0,
+      size: options.size ?? 0,
       owner: handle,
     });
     handle.core = h;
     await opened;
+    // A reclaimed requestId resumes without naming a size: the target's must still be the one asked for.
+    if (options.size !== undefined && handle.state !== 'closed' && handle.size !== options.size) {
+      await handle.close().catch(() => {});
+      throw new SafeResumeError('INVALID_ARGUMENT', `${target} was created with ${handle.size === undefined ? 'no fixed size' : `a size of ${handle.size} bytes`}, not ${options.size}`);
+    }
     if (handle.state !== 'closed') this.handles.add(handle);
     return handle;
   }

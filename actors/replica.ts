@@ -475,10 +475,10 @@ export class StorageReplica {
     this.checkMounted();
     this.checkPrincipal(s, msg.principal);
     if (s.handles.size >= (this.opts.maxHandlesPerSession ?? 100_000)) throw new SafeResumeError('INVALID_ARGUMENT', 'too many handles on this session');
-    const res = await this.store.open({ target: msg.target, requestId: msg.requestId, principal: msg.principal, mode: msg.mode, session: s.id, leaseMs: this.lockMs, instance: msg.instance });
+    const res = await this.store.open({ target: msg.target, requestId: msg.requestId, principal: msg.principal, mode: msg.mode, session: s.id, leaseMs: this.lockMs, instance: msg.instance, size: msg.size });
     if (!res.ok) throw new SafeResumeError(res.code, res.message);
     this.step(this.attach(s, msg.target, msg.requestId, msg.mode, false), { type: 'GRANTED' });
-    s.conn.send({ type: 'opened', id: msg.id, version: res.version, lastSeq: res.lastSeq });
+    s.conn.send({ type: 'opened', id: msg.id, version: res.version, lastSeq: res.lastSeq, ...(res.size ? { size: res.size } : {}) });
   }
 
   private async onResume(s: Session, msg: MessageOf<'resume'>): Promise<void> {
@@ -505,7 +505,7 @@ export class StorageReplica {
         this.stats.resumesGranted++;
         this.opts.observe?.resume('granted');
         this.step(h, { type: 'GRANTED' });
-        return { target: it.target, requestId: it.requestId, granted: true, lastSeq: out.lastSeq, version: out.version };
+        return { target: it.target, requestId: it.requestId, granted: true, lastSeq: out.lastSeq, version: out.version, ...(out.size ? { size: out.size } : {}) };
       }
       this.stats.resumesDenied++;
       this.opts.observe?.resume(out.code);

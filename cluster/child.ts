@@ -26,7 +26,6 @@ import { runWorkload, type WorkloadStats } from './workload.js';
 import { processInspector } from './inspect.js';
 import { nodeMetrics, replicaMetrics, serveMetrics } from './metrics.js';
 import { NbdExport } from '../frontends/nbd.js';
-import { MAX_TARGET_BYTES } from '../store/types.js';
 
 /** TLS files (PEM): the transport serves and connects over wss:// (docs/tls.md). */
 const TlsConfig = z.object({ certFile: z.string(), keyFile: z.string(), caFile: z.string() }).optional();
@@ -174,7 +173,7 @@ async function node(raw: unknown): Promise<void> {
   const metrics = m ? await serveMetrics(m.registry, () => ({ ok: agent.state === 'connected', node: cfg.id, session: agent.state, replica: agent.replica ?? null }), cfg.metricsPort) : undefined;
   agent.start().catch((err: unknown) => log.error({ err: String(err) }, 'node agent could not start'));
   // The block export: programs on this host open any target as a disk (one write handle per connection).
-  const nbd = cfg.nbdPort !== undefined ? new NbdExport({ app: new Application(agent, { name: `${cfg.id}-nbd`, pauseTimeoutMs: cfg.pauseTimeoutMs }), size: () => MAX_TARGET_BYTES, port: cfg.nbdPort, log }) : undefined;
+  const nbd = cfg.nbdPort !== undefined ? new NbdExport({ app: new Application(agent, { name: `${cfg.id}-nbd`, pauseTimeoutMs: cfg.pauseTimeoutMs }), port: cfg.nbdPort, log }) : undefined;
   // The export is a service of the node, not its reason to exist: one that cannot listen is logged and left out.
   const nbdUp = await nbd?.listen().then(
     () => true,

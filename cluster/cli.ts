@@ -24,6 +24,7 @@ import { parseStoreSpec } from '../store/open.js';
 import { SafeResumeError } from '../errors.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
+import { MAX_DISK_BYTES } from '../store/types.js';
 
 const HELP = `safe-resume — pause applications through storage failures, resume them safely
 
@@ -39,6 +40,8 @@ Usage:
   safe-resume move <app> --to <node>  move an application (with its requestId) to another node
   safe-resume write <target> <text> [--as NAME]   write text at offset 0 as an ad-hoc application
   safe-resume read <target>           read a target as an ad-hoc reader
+  safe-resume create <target> --size SIZE [--node N]   create a disk of SIZE bytes (4G, 512M, 1T, 65536;
+                                      K/M/G/T are powers of 1024; up to 1T), sparse, and print its NBD URL
   safe-resume export <target> [--node N]   the URL a block client (qemu-io, QEMU) opens the target with
   safe-resume down                    stop the cluster
   safe-resume sim [options]           run seeded fault schedules in the simulated world and check them
@@ -386,7 +389,7 @@ async function upInProcess(o: UpOptions): Promise<void> {
 async function control(cmd: string, argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, node: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, node: { type: 'string' }, size: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     allowPositionals: true,
     strict: true,
   });
@@ -444,10 +447,17 @@ async function control(cmd: string, argv: string[]): Promise<number> {
       need(1, '<target>');
       body = { target: positionals[0] };
       break;
+    case 'create':
+      need(1, '<target> --size SIZE');
+      if (values.size === undefined) throw new UsageError('create needs --size (e.g. --size 4G)');
+      body = { target: positionals[0], size: parseSize(values.size) };
+      break;
     case 'export':
       need(1, '<target> [--node N]');
       break;
   }
+  if (values.node !== undefined && cmd !== 'export' && cmd !== 'create') throw new UsageError(`--node is for export and create`);
+  if (values.size !== undefined && cmd !== 'create') throw new UsageError(`--size is for create`);
   if (cmd === 'status' || cmd === 'export') path = '/status';
   let res: Response;
   try {
@@ -458,13 +468,36 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   }
   let out = (await res.json()) as { ok: boolean; code?: string; message?: string } & Record<string, unknown>;
   if (cmd === 'export' && out.ok) out = exportUrl(out, positionals[0]!, values.node);
+  if (cmd === 'create' && out.ok) {
+    // The URL to open it with, from the cluster's status (none if no node serves an export).
+    const st = (await (await fetch(url + '/status', { headers: { authorization: `Bearer ${token}` } })).json()) as Record<string, unknown>;
+    const at = exportUrl(st, positionals[0]!, values.node);
+    out = { ...out, url: at.ok ? at.url : null, ...(at.ok ? { node: at.node } : {}) };
+  }
   if (values.json) process.stdout.write(JSON.stringify(out) + '\n');
   else if (!out.ok) process.stderr.write(`safe-resume ${cmd}: ${out.code}: ${out.message}\n`);
   else if (cmd === 'status') process.stdout.write(statusLines(out).join('\n') + '\n');
   else if (cmd === 'read') process.stdout.write(String(out.text) + '\n');
   else if (cmd === 'export') process.stdout.write(`${String(out.url)}\n`);
+  else if (cmd === 'create') process.stdout.write(`${String(out.target)}: ${formatSize(Number(out.size))} (${String(out.size)} bytes)${out.created ? '' : ', as it already was'}\n${out.url ? String(out.url) : '(no node serves an NBD export)'}\n`);
   else process.stdout.write(Object.entries(out).filter(([k]) => k !== 'ok').map(([k, v]) => `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`).join('\n') + '\n');
   return out.ok ? 0 : 1;
+}
+
+/** A size as people write it: 4G, 512M, 1T, 4GiB, 65536 (K, M, G, T: powers of 1024). */
+export function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
+  if (!m) throw new UsageError(`--size ${JSON.stringify(text)}: give bytes or a number with K, M, G or T (e.g. 4G)`);
+  const unit = m[2]!.toUpperCase();
+  const bytes = Number(m[1]) * (unit ? 1024 ** ('KMGT'.indexOf(unit) + 1) : 1);
+  if (!Number.isSafeInteger(bytes) || bytes < 1 || bytes > MAX_DISK_BYTES) throw new UsageError(`--size ${text}: a disk is a whole number of bytes from 1 to 1T`);
+  return bytes;
+}
+
+/** 4294967296 -> "4 GiB"; sizes that are not whole units in bytes. */
+function formatSize(n: number): string {
+  for (const [unit, f] of [['TiB', 2 ** 40], ['GiB', 2 ** 30], ['MiB', 2 ** 20], ['KiB', 2 ** 10]] as const) if (n >= f && n % f === 0) return `${n / f} ${unit}`;
+  return `${n} bytes`;
 }
 
 /** The URL a block client opens `target` with on `node` (default: the first node with an export). */
@@ -543,6 +576,7 @@ async function main(argv: string[]): Promise<number> {
       case 'write':
       case 'read':
       case 'export':
+      case 'create':
       case 'down':
         return await control(cmd, rest);
       case 'sim':

@@ -417,6 +417,21 @@ export class Launcher {
     }
   }
 
+  /** Create a disk: `target` with a size fixed now (sparse: nothing is written). Said again with the same size, it is a no-op. */
+  async create(target: string, size: number | undefined): Promise<ControlResult> {
+    if (size === undefined) throw new SafeResumeError('INVALID_ARGUMENT', 'missing size');
+    const app = new Application(await this.cliAgent(), { name: 'cli-create' });
+    // Whether it existed: a read open says its size (none yet: it is created now).
+    const before = await app.open(target, { mode: 'read' });
+    const had = before.size;
+    await before.close();
+    // Already that size: nothing to do (a write open would be LOCKED while a client uses the disk).
+    if (had === size) return { ok: true, target, size, created: false };
+    const h = await app.open(target, { size });
+    await h.close();
+    return { ok: true, target, size, created: had === undefined };
+  }
+
   async read(target: string, length = 1024 * 1024): Promise<ControlResult> {
     const app = new Application(await this.cliAgent(), { name: 'cli-reader' });
     const h = await app.open(target, { mode: 'read' });
@@ -571,6 +586,8 @@ export class Launcher {
           return await this.write(str('target'), str('text'), typeof args.as === 'string' ? args.as : 'cli');
         case '/read':
           return await this.read(str('target'));
+        case '/create':
+          return await this.create(str('target'), num('size'));
         case '/down':
           setTimeout(() => process.kill(process.pid, 'SIGTERM'), 50);
           return { ok: true, down: true };

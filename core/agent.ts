@@ -227,7 +227,7 @@ export class AgentCore extends CoreBase {
     switch (msg.type) {
       case 'opened': {
         const p = this.take(msg.id);
-        if (p?.kind === 'open' && p.h.state === 'opening') this.grant(p.h, msg.lastSeq, msg.version);
+        if (p?.kind === 'open' && p.h.state === 'opening') this.grant(p.h, msg.lastSeq, msg.version, msg.size ?? 0);
         return;
       }
       case 'resumed':
@@ -272,7 +272,7 @@ export class AgentCore extends CoreBase {
       if (h.state !== (p.kind === 'resume' ? 'resuming' : 'opening')) return;
       if (r.granted) {
         granted++;
-        return this.grant(h, r.lastSeq ?? 0, r.version);
+        return this.grant(h, r.lastSeq ?? 0, r.version, r.size ?? 0);
       }
       const reason = r.reason ?? 'MODIFIED';
       if (h.state === 'opening') return this.failOpen(h, r.code === 'FORBIDDEN' ? 'FORBIDDEN' : reason, `resume of ${h.target} denied: ${r.code ?? reason}`);
@@ -282,8 +282,9 @@ export class AgentCore extends CoreBase {
     if (p.kind === 'resume') this.log('info', 'handles resumed', { granted, of: hs.length });
   }
 
-  private grant(h: CoreHandle, lastSeq: number, version: number): void {
+  private grant(h: CoreHandle, lastSeq: number, version: number, size: number): void {
     const opening = h.state === 'opening';
+    h.size = size;
     h.pending = 0;
     // A takeover is kept as one until the store grants it (a restart in between takes over again).
     if (h.takeover) this.out.push({ kind: 'keep', h: h });

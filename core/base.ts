@@ -30,7 +30,7 @@ export abstract class CoreBase {
     const id = this.nextId++;
     h.pending = id;
     this.inflight.set(id, { kind: 'open', h, tick: this.ticks });
-    if (h.how === 'open') this.send({ type: 'open', id, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, instance: h.instance });
+    if (h.how === 'open') this.send({ type: 'open', id, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, instance: h.instance, ...(h.size ? { size: h.size } : {}) });
     else this.send({ type: 'resume', id, items: [resumeItem(h)] });
   }
 

@@ -94,6 +94,8 @@ export interface CoreHandle {
   reason: InvalidationReason | undefined;
   /** The target version last seen (a read handle resumes only if it is unchanged). */
   version: number;
+  /** The size the open asks the target to have (0: none); once granted, the target's fixed size (0: none). */
+  size: number;
   nextSeq: number;
   /** Operations not yet answered, in issue order: written ones (seq > 0) first, then queued ones. */
   ops: Op[];
@@ -105,7 +107,7 @@ export interface CoreHandle {
 }
 
 /** What the SDK gives to open a handle; the core's own fields start empty. */
-export type OpenParams = Pick<CoreHandle, 'app' | 'target' | 'requestId' | 'principal' | 'mode' | 'onFailure' | 'pauseTimeoutMs' | 'instance' | 'how' | 'takeover' | 'version' | 'owner'>;
+export type OpenParams = Pick<CoreHandle, 'app' | 'target' | 'requestId' | 'principal' | 'mode' | 'onFailure' | 'pauseTimeoutMs' | 'instance' | 'how' | 'takeover' | 'version' | 'size' | 'owner'>;
 
 /** A handle about to be opened. Field by field: an object spread gave handles V8's slow layout (~540 bytes more each). */
 export function newHandle(p: OpenParams): CoreHandle {
@@ -123,6 +125,7 @@ export function newHandle(p: OpenParams): CoreHandle {
     state: 'opening',
     reason: undefined,
     version: p.version,
+    size: p.size,
     nextSeq: 1,
     ops: [],
     pending: 0,

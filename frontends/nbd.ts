@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 import type { Application, Handle } from '../actors/application.js';
 import { SafeResumeError } from '../errors.js';
 import { MAX_IO_BYTES } from '../transport/messages.js';
+import { MAX_TARGET_BYTES } from '../store/types.js';
 
 const NBDMAGIC = 0x4e42444d41474943n;
 const IHAVEOPT = 0x49484156454f5054n;
@@ -48,8 +49,12 @@ const LOCKED_RETRY_MS = 2000;
 export interface NbdExportOptions {
   /** The application whose handles serve the exports (one write handle per connection). */
   app: Application;
-  /** The size of a target's export in bytes (its disk size). */
-  size: (target: string) => number | Promise<number>;
+  /**
+   * The size exported for a target that has no fixed size (default MAX_TARGET_BYTES, the most such a
+   * target holds). A target created with a size (`size` at open, `safe-resume create --size`) is
+   * exported with its own.
+   */
+  size?: (target: string) => number | Promise<number>;
   /** Where to listen: a TCP port on `host` (default 127.0.0.1, port 0: a free one), or a Unix socket path. */
   host?: string;
   port?: number;
@@ -326,7 +331,7 @@ class Connection {
         if (data.length !== 4 + nameLength + 2 + 2 * count) return this.reply(option, REP.ERR_INVALID, Buffer.from('bad length'));
         const want = new Set<number>();
         for (let i = 0; i < count; i++) want.add(data.readUInt16BE(4 + nameLength + 2 + 2 * i));
-        const ok = option === OPT.GO ? await this.attach(name) : await this.sized(name);
+        const ok = option === OPT.GO ? await this.attach(name) : await this.sizeOf(name);
         if (this.phase === 'closed') return;
         if (!ok.ok) return this.reply(option, ok.code, Buffer.from(ok.message));
         const info = Buffer.alloc(12);
@@ -359,10 +364,25 @@ class Connection {
   private async sized(name: string): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }> {
     if (name.length === 0 || name.length > 4096) return { ok: false, code: REP.ERR_UNKNOWN, message: 'the export name is the target: give one' };
     try {
-      const size = await this.opts.size(name);
+      const size = this.opts.size ? await this.opts.size(name) : MAX_TARGET_BYTES;
       return { ok: true, size };
     } catch (err) {
       return { ok: false, code: REP.ERR_UNKNOWN, message: String((err as Error).message) };
+    }
+  }
+
+  /** The size a target would be exported with, learnt through a read handle open for a moment (INFO). */
+  private async sizeOf(name: string): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }> {
+    const sized = await this.sized(name);
+    if (!sized.ok) return sized;
+    try {
+      const h = await this.opts.app.open(name, { mode: 'read', onFailure: 'error' });
+      const size = h.size;
+      await h.close().catch(() => undefined);
+      return { ok: true, size: size ?? sized.size };
+    } catch (err) {
+      const code = err instanceof SafeResumeError ? err.code : 'ERROR';
+      return { ok: false, code: REP.ERR_POLICY, message: `${name}: ${code}: ${(err as Error).message}` };
     }
   }
 
@@ -392,12 +412,12 @@ class Connection {
     }
     this.handle = handle;
     this.target = name;
-    this.size = sized.size;
+    this.size = handle.size ?? sized.size;
     this.handle.on('invalidated', (reason) => {
       this.opts.log?.warn({ target: name, reason }, 'nbd export invalidated: requests fail with EIO');
       this.opts.onInvalidated?.(name, reason);
     });
-    return sized;
+    return { ok: true, size: this.size };
   }
 
   private request(type: number, cookie: bigint, offset: bigint, length: number, data: Buffer | undefined, cost: number): void {

@@ -235,6 +235,14 @@ export class SimStore extends TxStore {
         undo.push(cur ? undoWrite(cur, offset, offset + data.length) : () => targets.delete(t));
         return base.writeData(t, offset, data);
       },
+      fixSize: (t, size) => {
+        const cur = targets.get(t);
+        if (cur) {
+          const { size: was, fixed } = cur;
+          undo.push(() => Object.assign(cur, { size: was, fixed }));
+        } else undo.push(() => targets.delete(t));
+        base.fixSize(t, size);
+      },
     };
   }
 }

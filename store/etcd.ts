@@ -7,7 +7,7 @@
  * Keys, under a prefix (default `/safe-resume/`), with the target name URI-encoded (no `/` in it):
  *   k/<target>/r        the record (JSON)
  *   k/<target>/t        the tombstones (JSON, newest first)
- *   k/<target>/v        the version and size (JSON)
+ *   k/<target>/v        the version, the size and the size fixed at creation (JSON)
  *   k/<target>/l        the lock: present while the holder's session lease lives (lease mode)
  *   d/<target>/<page>   the data, in 4 KiB pages (an untouched page costs nothing)
  *   h/...               the decision log, when one is kept (the chaos checker's history)
@@ -99,6 +99,8 @@ interface TargetState {
   tombstones: Tombstone[];
   version: number;
   size: number;
+  /** The size fixed at creation, 0 if none. */
+  fixed: number;
   live: boolean;
   /** The lease the lock hangs on now ('0': none). */
   lockLease: string;
@@ -131,6 +133,15 @@ function prefixEnd(prefix: string): Buffer {
   return b;
 }
 const json = <T>(kv: Kv, fallback: T): T => (kv.value ? (JSON.parse(kv.value.toString()) as T) : fallback);
+
+/** A target's v key: its version, its size (fixed, or as far as written) and its fixed size if it has one. */
+interface Meta {
+  version: number;
+  size: number;
+  fixed?: number;
+}
+
+const metaOf = (s: TargetState): Buffer => Buffer.from(JSON.stringify(s.fixed ? { version: s.version, size: s.size, fixed: s.fixed } : { version: s.version, size: s.size }));
 const ttlOf = (leaseMs: number) => Math.max(1, Math.ceil(leaseMs / 1000));
 
 class LeaseLost extends Error {}
@@ -479,8 +490,8 @@ export class EtcdStore implements Store {
       const r = get('r');
       const v = get('v');
       const l = get('l');
-      const meta = json(v, { version: 0, size: 0 });
-      states.set(t, { r, t: get('t'), v, l, record: json<LockRecord | undefined>(r, undefined), tombstones: json<Tombstone[]>(get('t'), []), version: meta.version, size: meta.size, live: l.value !== undefined, lockLease: l.lease });
+      const meta = json<Meta>(v, { version: 0, size: 0 });
+      states.set(t, { r, t: get('t'), v, l, record: json<LockRecord | undefined>(r, undefined), tombstones: json<Tombstone[]>(get('t'), []), version: meta.version, size: meta.size, fixed: meta.fixed ?? 0, live: l.value !== undefined, lockLease: l.lease });
     });
     const pages = new Map<string, Uint8Array>();
     pageKeys.forEach((key, j) => {
@@ -515,6 +526,10 @@ export class EtcdStore implements Store {
       } else if (e.kind === 'tombstones') {
         s.tombstones = e.tombstones;
         put(this.k(target, 't'), Buffer.from(JSON.stringify(e.tombstones)));
+      } else if (e.kind === 'size') {
+        s.fixed = e.size;
+        s.size = Math.max(s.size, e.size);
+        put(this.k(target, 'v'), metaOf(s));
       } else {
         const end = e.offset + e.data.length;
         for (let page = Math.floor(e.offset / PAGE); page * PAGE < end; page++) {
@@ -535,13 +550,13 @@ export class EtcdStore implements Store {
         }
         s.version++;
         s.size = Math.max(s.size, end);
-        put(this.k(target, 'v'), Buffer.from(JSON.stringify({ version: s.version, size: s.size })));
+        put(this.k(target, 'v'), metaOf(s));
       }
     }
   }
 
   private view(s: TargetState): rules.TargetView {
-    return { record: s.record, version: s.version, tombstones: () => s.tombstones, live: this.leaseMode ? s.live : undefined };
+    return { record: s.record, version: s.version, fixedSize: s.fixed, tombstones: () => s.tombstones, live: this.leaseMode ? s.live : undefined };
   }
 
   // ---- the store ----
@@ -589,8 +604,8 @@ export class EtcdStore implements Store {
       for (const kv of (res.responses[0]?.response_range?.kvs ?? []) as IKeyValue[]) kvs.set(kv.key.toString(), { value: kv.value, mod: kv.mod_revision, lease: kv.lease });
       const r = kvs.get(this.k(req.target, 'r')) ?? ABSENT;
       const v = kvs.get(this.k(req.target, 'v')) ?? ABSENT;
-      const view: rules.TargetView = { record: json<LockRecord | undefined>(r, undefined), version: 0, tombstones: () => [] };
-      const m = json(v, { version: 0, size: 0 });
+      const view: rules.TargetView = { record: json<LockRecord | undefined>(r, undefined), version: 0, fixedSize: 0, tombstones: () => [] };
+      const m = json<Meta>(v, { version: 0, size: 0 });
       const refused = rules.decideRead(view, req);
       let out: ReadResult;
       if (refused) out = refused;

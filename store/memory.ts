@@ -6,8 +6,11 @@ import { MAX_TARGET_BYTES, StoreUnavailableError, type LockRecord, type Tombston
 export interface MemoryState {
   records: Map<string, LockRecord>;
   tombstones: Map<string, Tombstone[]>;
-  /** Each target's bytes are `buf[0, size)`; `buf` has room to grow, so a write copies only itself. */
-  targets: Map<string, { buf: Uint8Array; size: number; version: number }>;
+  /**
+   * Each target's bytes are `buf[0, size)`, zeros past `buf`'s end; `buf` has room to grow, so a write
+   * copies only itself. `fixed`: the size fixed at creation (0: none).
+   */
+  targets: Map<string, { buf: Uint8Array; size: number; version: number; fixed?: number }>;
 }
 
 export class MemoryStore extends TxStore {
@@ -41,7 +44,7 @@ export class MemoryStore extends TxStore {
 
   /** Every target's bytes (for a final check). */
   targets(): Array<{ target: string; data: Uint8Array }> {
-    return [...this.state.targets].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([target, t]) => ({ target, data: t.buf.slice(0, t.size) }));
+    return [...this.state.targets].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([target, t]) => ({ target, data: bytesOf(t, 0, t.size) }));
   }
 
   async ping(): Promise<void> {
@@ -65,9 +68,19 @@ export function memoryTx(state: MemoryState): Tx {
     putTombstones: (t, list) => void tombstones.set(t, list.map((x) => ({ ...x }))),
     version: (t) => targets.get(t)?.version ?? 0,
     size: (t) => targets.get(t)?.size ?? 0,
+    fixedSize: (t) => targets.get(t)?.fixed ?? 0,
+    // One buffer per target: a fixed size beyond what a write may grow it to would not fit in memory.
+    maxSize: MAX_TARGET_BYTES,
+    fixSize: (t, size) => {
+      const cur = targets.get(t);
+      if (cur) {
+        cur.size = Math.max(cur.size, size);
+        cur.fixed = size;
+      } else targets.set(t, { buf: new Uint8Array(0), size, version: 0, fixed: size });
+    },
     readData: (t, offset, length) => {
       const cur = targets.get(t);
-      return cur ? cur.buf.slice(Math.min(offset, cur.size), Math.min(cur.size, offset + length)) : new Uint8Array(0);
+      return cur ? bytesOf(cur, Math.min(offset, cur.size), Math.min(cur.size, offset + length)) : new Uint8Array(0);
     },
     writeData: (t, offset, data) => {
       let cur = targets.get(t);
@@ -84,4 +97,12 @@ export function memoryTx(state: MemoryState): Tx {
       return ++cur.version;
     },
   };
+}
+
+/** Bytes [from, to) of a target: from its buffer, zeros past the buffer's end (a fixed size not yet written). */
+function bytesOf(t: { buf: Uint8Array }, from: number, to: number): Uint8Array {
+  if (to <= t.buf.length) return t.buf.slice(from, to);
+  const out = new Uint8Array(to - from);
+  if (from < t.buf.length) out.set(t.buf.subarray(from), 0);
+  return out;
 }

@@ -6,6 +6,7 @@
  * effects guarded by the revisions it read, and deciding again if they changed.
  */
 import {
+  MAX_DISK_BYTES,
   MAX_TARGET_BYTES,
   type HandleRef,
   type LockRecord,
@@ -30,7 +31,14 @@ export interface Tx {
   getTombstones(target: string): Tombstone[];
   putTombstones(target: string, tombs: Tombstone[]): void;
   version(target: string): number;
+  /** The target's size: its fixed size, or as far as it was written. */
   size(target: string): number;
+  /** The size fixed when the target was created, 0 if none. */
+  fixedSize(target: string): number;
+  /** Fix the size of a target never written (it reads as that many zero bytes). */
+  fixSize(target: string, size: number): void;
+  /** Largest size this store lets a target be given. */
+  readonly maxSize: number;
   readData(target: string, offset: number, length: number): Uint8Array;
   /** Write bytes at offset (extending with zeros), bump the version, return the new version. */
   writeData(target: string, offset: number, data: Uint8Array): number;
@@ -40,6 +48,8 @@ export interface Tx {
 export interface TargetView {
   readonly record: LockRecord | undefined;
   readonly version: number;
+  /** The size fixed when the target was created, 0 if none. */
+  readonly fixedSize: number;
   /** The target's tombstones, newest first; read only by the rules that need them. */
   tombstones(): Tombstone[];
   /**
@@ -55,7 +65,9 @@ export type Effect =
   | { kind: 'delete' }
   | { kind: 'tombstones'; tombstones: Tombstone[] }
   /** Bytes at offset (extending with zeros); the target's version goes up by one. */
-  | { kind: 'data'; offset: number; data: Uint8Array };
+  | { kind: 'data'; offset: number; data: Uint8Array }
+  /** The target, never written, gets a fixed size. */
+  | { kind: 'size'; size: number };
 
 export interface Decision<T> {
   out: T;
@@ -64,15 +76,36 @@ export interface Decision<T> {
 
 const none = <T>(out: T): Decision<T> => ({ out, effects: [] });
 
-export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number): Decision<OpenResult> {
+/**
+ * Why an open naming `size` cannot have it (undefined: it can). A size is fixed once, by the first
+ * write open of a target never written; after that an open names the same size or none.
+ */
+function sizeRefused(v: TargetView, req: OpenRequest, maxSize: number): Extract<OpenResult, { ok: false }> | undefined {
+  const size = req.size;
+  if (size === undefined || (size !== 0 && size === v.fixedSize)) return undefined;
+  const refuse = (message: string) => ({ ok: false as const, code: 'INVALID_ARGUMENT' as const, message });
+  if (!Number.isSafeInteger(size) || size < 1 || size > maxSize) return refuse(`a target's size must be between 1 and ${maxSize} bytes on this store, not ${size}`);
+  if (v.fixedSize !== 0) return refuse(`${req.target} was created with a size of ${v.fixedSize} bytes, not ${size}`);
+  if (v.version !== 0) return refuse(`${req.target} already holds data and has no fixed size: a size is fixed when a target is created`);
+  if (req.mode === 'read') return refuse(`${req.target} does not exist yet: a write open creates it with a size`);
+  return undefined;
+}
+
+/** The effect that fixes the size an open asked for, when the target has none yet. */
+const fixing = (v: TargetView, req: OpenRequest): Effect[] => (req.size !== undefined && v.fixedSize === 0 ? [{ kind: 'size', size: req.size }] : []);
+
+export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number, maxSize = MAX_DISK_BYTES): Decision<OpenResult> {
   const version = v.version;
-  if (req.mode === 'read') return none({ ok: true, version, lastSeq: 0, takeover: false });
+  const refused = sizeRefused(v, req, maxSize);
+  if (refused) return none(refused);
+  const size = req.size ?? v.fixedSize;
+  if (req.mode === 'read') return none({ ok: true, version, lastSeq: 0, takeover: false, size });
   const rec = v.record;
   const instance = req.instance ?? '';
   if (rec && rec.requestId === req.requestId) {
     if (rec.principal !== req.principal) return none({ ok: false, code: 'FORBIDDEN', message: 'requestId belongs to another principal' });
     // Same application from a new session or another node: grant it and fence the old session.
-    return { out: { ok: true, version, lastSeq: rec.lastSeq, takeover: true }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance) }] };
+    return { out: { ok: true, version, lastSeq: rec.lastSeq, takeover: true, size }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance) }, ...fixing(v, req)] };
   }
   if (rec && (v.live ?? nowMs < rec.expiresAt)) {
     const until = v.live === undefined ? ` for ${rec.expiresAt - nowMs} ms more` : " until its session's lease lapses";
@@ -81,8 +114,8 @@ export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number): Deci
   // No record, or its lock expired: the old holder's resume will now be denied; its tombstone says
   // which of its writes were applied.
   const effects: Effect[] = rec ? [bury(v, rec)] : [];
-  effects.push({ kind: 'put', record: { target: req.target, requestId: req.requestId, principal: req.principal, session: req.session, expiresAt: nowMs + req.leaseMs, lastSeq: 0, instance, instanceSeq: 0, prevInstance: '' } });
-  return { out: { ok: true, version, lastSeq: 0, takeover: false }, effects };
+  effects.push({ kind: 'put', record: { target: req.target, requestId: req.requestId, principal: req.principal, session: req.session, expiresAt: nowMs + req.leaseMs, lastSeq: 0, instance, instanceSeq: 0, prevInstance: '' } }, ...fixing(v, req));
+  return { out: { ok: true, version, lastSeq: 0, takeover: false, size }, effects };
 }
 
 /** The record on a new session, and on a new instance if `instance` differs (a takeover). */
@@ -114,7 +147,7 @@ function denial(held: LockRecord | Tombstone | undefined, instance: string, vers
 export function decideResume(v: TargetView, req: ResumeRequest, nowMs: number): Decision<ResumeOutcome> {
   const version = v.version;
   if (req.mode === 'read') {
-    return none(req.version === version ? { granted: true, lastSeq: 0, version } : { granted: false, reason: 'MODIFIED', code: 'MODIFIED', version });
+    return none(req.version === version ? { granted: true, lastSeq: 0, version, size: v.fixedSize } : { granted: false, reason: 'MODIFIED', code: 'MODIFIED', version });
   }
   const instance = req.instance ?? '';
   const rec = v.record;
@@ -126,7 +159,7 @@ export function decideResume(v: TargetView, req: ResumeRequest, nowMs: number): 
   }
   if (rec.principal !== req.principal) return none({ granted: false, reason: 'MODIFIED', code: 'FORBIDDEN', version });
   if (!req.takeover && rec.instance !== instance) return none(denial(rec, instance, version));
-  return { out: { granted: true, lastSeq: rec.lastSeq, version }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance) }] };
+  return { out: { granted: true, lastSeq: rec.lastSeq, version, size: v.fixedSize }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance) }] };
 }
 
 /** What a session that lost the record had applied, if the newest tombstone of its requestId is its own. */
@@ -143,8 +176,11 @@ export function decideWrite(v: TargetView, req: WriteRequest): Decision<WriteRes
   if (rec.session !== req.session) return none({ ok: false, code: 'SUPERSEDED', message: 'this session was fenced by a newer session of the same requestId' });
   if (req.seq <= rec.lastSeq) return none({ ok: true, applied: false, version: v.version });
   if (req.seq !== rec.lastSeq + 1) return none({ ok: false, code: 'SEQ_GAP', message: `expected seq ${rec.lastSeq + 1}, got ${req.seq}` });
-  if (req.offset + req.data.length > MAX_TARGET_BYTES) {
-    return none({ ok: false, code: 'INVALID_ARGUMENT', message: `write past the maximum target size of ${MAX_TARGET_BYTES} bytes` });
+  if (v.fixedSize !== 0 && req.offset + req.data.length > v.fixedSize) {
+    return none({ ok: false, code: 'INVALID_ARGUMENT', message: `write past the end of ${req.target} (${v.fixedSize} bytes)` });
+  }
+  if (req.offset + req.data.length > MAX_TARGET_BYTES && v.fixedSize === 0) {
+    return none({ ok: false, code: 'INVALID_ARGUMENT', message: `write past the maximum size of a target without a fixed size, ${MAX_TARGET_BYTES} bytes (give it a size when it is created)` });
   }
   // An empty write only takes its sequence number (the agent sends one in place of a write that was
   // refused or given up on, so that write is never applied later and the next seq follows).
@@ -194,6 +230,9 @@ export function viewOf(tx: Tx, target: string): TargetView {
     get version() {
       return (version ??= tx.version(target));
     },
+    get fixedSize() {
+      return tx.fixedSize(target);
+    },
     tombstones: () => tx.getTombstones(target),
   };
 }
@@ -204,13 +243,14 @@ export function apply<T>(tx: Tx, target: string, d: Decision<T>): T {
     if (e.kind === 'put') tx.putRecord(e.record);
     else if (e.kind === 'delete') tx.deleteRecord(target);
     else if (e.kind === 'tombstones') tx.putTombstones(target, e.tombstones);
+    else if (e.kind === 'size') tx.fixSize(target, e.size);
     else tx.writeData(target, e.offset, e.data);
   }
   return d.out;
 }
 
 export function open(tx: Tx, req: OpenRequest, nowMs: number): OpenResult {
-  return apply(tx, req.target, decideOpen(viewOf(tx, req.target), req, nowMs));
+  return apply(tx, req.target, decideOpen(viewOf(tx, req.target), req, nowMs, tx.maxSize));
 }
 
 export function resume(tx: Tx, req: ResumeRequest, nowMs: number): ResumeOutcome {

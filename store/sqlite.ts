@@ -8,7 +8,7 @@ import { dirname } from 'node:path';
 import { StoreBusyError, TxStore } from './base.js';
 import { hostClock, type HostClock } from './host-clock.js';
 import type { Tx } from './rules.js';
-import { StoreUnavailableError, type LockRecord, type Tombstone } from './types.js';
+import { MAX_DISK_BYTES, StoreUnavailableError, type LockRecord, type Tombstone } from './types.js';
 
 export interface SqliteStoreOptions {
   /** `FULL` (default) fsyncs every commit; `NORMAL` may lose the last commits on power loss, never on a process crash. */
@@ -97,7 +97,10 @@ export class SqliteStore extends TxStore {
     const getTombs = this.db.prepare<[string], { list: string }>('SELECT list FROM tombstones WHERE target = ?');
     const putTombs = this.db.prepare('INSERT INTO tombstones (target, list) VALUES (?, ?) ON CONFLICT(target) DO UPDATE SET list = excluded.list');
     const deleteRecord = this.db.prepare('DELETE FROM records WHERE target = ?');
-    const getMeta = this.db.prepare<[string], { size: number; version: number }>('SELECT size, version FROM target_versions WHERE target = ?');
+    const getMeta = this.db.prepare<[string], { size: number; version: number; fixed: number }>('SELECT size, version, fixed FROM target_versions WHERE target = ?');
+    const fixSize = this.db.prepare(
+      'INSERT INTO target_versions (target, size, version, fixed) VALUES (?, ?, 0, ?) ON CONFLICT(target) DO UPDATE SET size = max(size, excluded.size), fixed = excluded.fixed',
+    );
     const putMeta = this.db.prepare(
       'INSERT INTO target_versions (target, size, version) VALUES (?, ?, ?) ON CONFLICT(target) DO UPDATE SET size = excluded.size, version = excluded.version',
     );
@@ -142,6 +145,9 @@ export class SqliteStore extends TxStore {
       putTombstones: (t, list) => void putTombs.run(t, JSON.stringify(list)),
       version: (t) => getMeta.get(t)?.version ?? 0,
       size: (t) => getMeta.get(t)?.size ?? 0,
+      fixedSize: (t) => getMeta.get(t)?.fixed ?? 0,
+      fixSize: (t, size) => void fixSize.run(t, size, size),
+      maxSize: MAX_DISK_BYTES,
       readData: (t, offset, length) => {
         const size = getMeta.get(t)?.size ?? 0;
         const end = Math.min(size, offset + length);
@@ -206,7 +212,7 @@ export class SqliteStore extends TxStore {
    */
   private createSchema(): void {
     this.db.exec(`
-      CREATE TABLE IF NOT EXISTS target_versions (target TEXT PRIMARY KEY, size INTEGER NOT NULL, version INTEGER NOT NULL) STRICT;
+      CREATE TABLE IF NOT EXISTS target_versions (target TEXT PRIMARY KEY, size INTEGER NOT NULL, version INTEGER NOT NULL, fixed INTEGER NOT NULL DEFAULT 0) STRICT;
       CREATE TABLE IF NOT EXISTS pages (target TEXT NOT NULL, page INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (target, page)) STRICT, WITHOUT ROWID;
       CREATE TABLE IF NOT EXISTS records (
         target TEXT PRIMARY KEY, request_id TEXT NOT NULL, principal TEXT NOT NULL, session TEXT NOT NULL,
@@ -220,6 +226,10 @@ export class SqliteStore extends TxStore {
     this.adoptClock();
     // Records written before handle instances: add the columns (a record without an instance is
     // resumed only by a takeover, which is what a kept requestId of that time does).
+    // Databases written before targets had fixed sizes: none has one.
+    if (!this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('target_versions')").all().some((c) => c.name === 'fixed')) {
+      this.db.exec('ALTER TABLE target_versions ADD COLUMN fixed INTEGER NOT NULL DEFAULT 0');
+    }
     const cols = this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')").all().map((c) => c.name);
     if (!cols.includes('instance')) {
       this.db.exec(`ALTER TABLE records ADD COLUMN instance TEXT NOT NULL DEFAULT '';

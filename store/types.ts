@@ -53,11 +53,17 @@ export interface OpenRequest {
   leaseMs: number;
   /** The handle instance opening (write handles). */
   instance?: string | undefined;
+  /**
+   * The target's size in bytes, fixed when it is created (a disk). A write open of a target never
+   * written fixes it; any open of a target whose size is fixed otherwise must name that size or none.
+   */
+  size?: number | undefined;
 }
 
 export type OpenResult =
-  | { ok: true; version: number; lastSeq: number; takeover: boolean }
-  | { ok: false; code: 'LOCKED' | 'FORBIDDEN'; message: string };
+  /** `size`: the target's fixed size, 0 if it has none (it grows as it is written, up to MAX_TARGET_BYTES). */
+  | { ok: true; version: number; lastSeq: number; takeover: boolean; size: number }
+  | { ok: false; code: 'LOCKED' | 'FORBIDDEN' | 'INVALID_ARGUMENT'; message: string };
 
 export interface ResumeRequest {
   target: string;
@@ -76,7 +82,8 @@ export interface ResumeRequest {
 }
 
 export type ResumeOutcome =
-  | { granted: true; lastSeq: number; version: number }
+  /** `size`: the target's fixed size, 0 if it has none. */
+  | { granted: true; lastSeq: number; version: number; size: number }
   /** `lastSeq`: what this instance had applied, when the store still knows (record or tombstone). */
   | { granted: false; reason: InvalidationReason; code: 'MODIFIED' | 'FORBIDDEN' | 'SUPERSEDED'; version: number; lastSeq?: number | undefined };
 
@@ -160,5 +167,12 @@ export class StoreUnavailableError extends Error {
   }
 }
 
-/** Largest target a store accepts, so one write cannot exhaust memory. */
+/** Largest a target without a fixed size grows, so one write cannot exhaust memory. */
 export const MAX_TARGET_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Largest size a target (a disk) may be given at creation on a store that keeps pages sparse
+ * (SQLite, etcd): 1 TiB. Pages never written take no space. The memory store, which keeps a target
+ * in one buffer, allows MAX_TARGET_BYTES.
+ */
+export const MAX_DISK_BYTES = 2 ** 40;

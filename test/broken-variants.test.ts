@@ -33,7 +33,7 @@ const resumeIgnoresRevocation = storeWith((_, run, now) => ({
         const rec = tx.getRecord(r.target);
         if (r.mode === 'write' && rec && rec.requestId !== r.requestId) {
           // Bug: a revoked requestId is granted its resume as if it still held the target.
-          return { granted: true as const, lastSeq: 0, version: tx.version(r.target) };
+          return { granted: true as const, lastSeq: 0, version: tx.version(r.target), size: 0 };
         }
         return rules.resume(tx, r, now());
       }),
@@ -108,7 +108,7 @@ const readResumeAlwaysGranted = storeWith((_, run, now) => ({
     run((tx) =>
       reqs.map((r) => {
         // Bug: a reader's resume is granted without comparing versions, even after the target was written.
-        if (r.mode === 'read') return { granted: true as const, lastSeq: 0, version: tx.version(r.target) };
+        if (r.mode === 'read') return { granted: true as const, lastSeq: 0, version: tx.version(r.target), size: 0 };
         return rules.resume(tx, r, now());
       }),
     ),

@@ -131,6 +131,30 @@ describe('safe-resume up: a real local cluster', () => {
     expect(unknown.stderr).toContain('no node called "node-9"');
   }, 60_000);
 
+  it('create --size 4G makes a sparse disk: nbdinfo reports its size, qemu-io writes its last block, the store stays small', async () => {
+    const created = cli('create', 'big.disk', '--size', '4G');
+    expect(created.code, created.out).toBe(0);
+    const url = /^(nbd:\/\/127\.0\.0\.1:\d+\/big\.disk)$/m.exec(created.out)?.[1];
+    expect(created.out).toContain('big.disk: 4 GiB (4294967296 bytes)');
+    expect(url, created.out).toBeDefined();
+    expect(spawnSync('nbdinfo', ['--size', url!], { encoding: 'utf8' }).stdout.trim()).toBe(String(4 * 1024 ** 3));
+    const io = spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 4194300k 4k', '-c', 'read -P 0x5a 4194300k 4k', '-c', 'read -P 0 2G 64k', url!], { encoding: 'utf8', timeout: 30_000 });
+    expect(io.stdout).toMatch(/wrote 4096\/4096 bytes[\s\S]*read 4096\/4096 bytes[\s\S]*read 65536\/65536 bytes/);
+    expect(io.stdout + io.stderr).not.toMatch(/verification failed|error/i);
+    const past = spawnSync('qemu-io', ['-f', 'raw', '-c', 'write 4G 4k', url!], { encoding: 'utf8', timeout: 30_000 });
+    expect(past.stdout + past.stderr).toMatch(/error|Input\/output|Invalid argument|No space/i);
+    // Sparse: a 4 GiB disk with one block written costs about that block.
+    const onDisk = ['store.sqlite', 'store.sqlite-wal'].reduce((n, f) => n + (existsSync(join(dir, f)) ? lstatSync(join(dir, f)).size : 0), 0);
+    expect(onDisk).toBeLessThan(64 * 1024 * 1024);
+    // Again with the same size: nothing to do; with another: refused, the disk unchanged.
+    expect(cli('create', 'big.disk', '--size', '4096M').out).toContain('as it already was');
+    const other = cli('create', 'big.disk', '--size', '8G');
+    expect(other.code).toBe(1);
+    expect(other.out).toContain('was created with a size of 4294967296 bytes, not 8589934592');
+    const bad = cli('create', 'x.disk', '--size', '4Q');
+    expect([bad.code, bad.out]).toEqual([2, expect.stringContaining('give bytes or a number with K, M, G or T')]);
+  }, 60_000);
+
   it('no child process carries the cluster secret in its command line or environment (other local users read those)', () => {
     const secret = readFileSync(join(dir, SECRET_FILE), 'utf8').trim();
     const s = status();

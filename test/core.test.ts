@@ -26,6 +26,7 @@ function handle(over: Partial<CoreHandle> = {}): CoreHandle {
     state: 'opening',
     reason: undefined,
     version: 0,
+    size: 0,
     nextSeq: 1,
     ops: [],
     pending: 0,

@@ -192,6 +192,27 @@ describe('NBD export with real clients', () => {
     }
   }, 60_000);
 
+  it('a target created with a size is exported with its own size, not the default; writes past its end fail', async () => {
+    const e = await exported(8 * MiB);
+    try {
+      const h = await e.app.open('sized.disk', { size: 12 * MiB + 512 });
+      expect(h.size).toBe(12 * MiB + 512);
+      await h.close();
+      const info = await run('nbdinfo', ['--json', `${e.url}sized.disk`]);
+      expect(JSON.parse(info.stdout)).toMatchObject({ exports: [{ 'export-size': 12 * MiB + 512 }] });
+      const io = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x33 12M 512', '-c', 'read -P 0x33 12M 512', '-c', 'read -P 0 11M 4k', `${e.url}sized.disk`]);
+      expect(io.stdout).not.toMatch(/verification failed|error/i);
+      expect(io.stdout.match(/(wrote|read) \d+\/\d+ bytes/g)).toHaveLength(3);
+      // The SDK refuses to open it with another size, and its size survives being opened without one.
+      await expect(e.app.open('sized.disk', { size: MiB })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+      const again = await e.app.open('sized.disk', { mode: 'read' });
+      expect(again.size).toBe(12 * MiB + 512);
+      await again.close();
+    } finally {
+      await e.stop();
+    }
+  }, 60_000);
+
   it('serves on a Unix socket too', async () => {
     const c = await cluster();
     const t = tempDir();

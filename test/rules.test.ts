@@ -14,7 +14,7 @@ const rec = (over: Partial<LockRecord> = {}): LockRecord => ({ target: 't', requ
 
 /** A view that counts how often the tombstones were read. */
 function view(record: LockRecord | undefined, version = 7, tombs: Tombstone[] = []) {
-  const v = { record, version, reads: 0, tombstones: () => (v.reads++, tombs) };
+  const v = { record, version, fixedSize: 0, reads: 0, tombstones: () => (v.reads++, tombs) };
   return v satisfies TargetView;
 }
 
@@ -22,7 +22,7 @@ describe('rules as decisions', () => {
   it('a write open of an expired lock buries the old record and takes the target; a live one is LOCKED with nothing to write', () => {
     const old = rec({ expiresAt: 100 });
     const d = decideOpen(view(old), { target: 't', requestId: Y, principal: 'p', mode: 'write', session: 's2', leaseMs: 50, instance: 'i2' }, 200);
-    expect(d.out).toEqual({ ok: true, version: 7, lastSeq: 0, takeover: false });
+    expect(d.out).toEqual({ ok: true, version: 7, lastSeq: 0, takeover: false, size: 0 });
     expect(d.effects).toEqual([
       { kind: 'tombstones', tombstones: [{ requestId: X, instance: 'i1', instanceSeq: 0, prevInstance: '', session: 's1', lastSeq: 3 }] },
       { kind: 'put', record: { target: 't', requestId: Y, principal: 'p', session: 's2', expiresAt: 250, lastSeq: 0, instance: 'i2', instanceSeq: 0, prevInstance: '' } },
@@ -79,5 +79,22 @@ describe('store specs', () => {
     } finally {
       t.cleanup();
     }
+  });
+  it('a size is fixed only by a granted write open of a target never written, and bounds its writes', () => {
+    const req = { target: 't', requestId: Y, principal: 'p', mode: 'write' as const, session: 's2', leaseMs: 50, size: 8192 };
+    const fresh = decideOpen(view(undefined, 0), req, 200);
+    expect(fresh.out).toMatchObject({ ok: true, size: 8192 });
+    expect(fresh.effects).toContainEqual({ kind: 'size', size: 8192 });
+    // Refused while another writer holds it: nothing is written, the size included.
+    expect(decideOpen(view(rec(), 0), req, 200)).toEqual({ out: expect.objectContaining({ ok: false, code: 'LOCKED' }), effects: [] });
+    expect(decideOpen(view(undefined, 0), { ...req, size: 2 ** 41 }, 200).out).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT' });
+    expect(decideOpen(view(undefined, 0), { ...req, size: 4096 }, 200, 1024).out).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining('between 1 and 1024') });
+    const sized = { ...view(rec({ requestId: Y, session: 's2' }), 3), fixedSize: 8192 };
+    expect(decideOpen(sized, { ...req, size: 8192 }, 200).effects).not.toContainEqual(expect.objectContaining({ kind: 'size' }));
+    const w = (offset: number, n: number) => decideWrite(sized, { target: 't', requestId: Y, session: 's2', seq: 4, offset, data: new Uint8Array(n) });
+    expect(w(8191, 1).out).toMatchObject({ ok: true, applied: true });
+    expect(w(8191, 2)).toEqual({ out: expect.objectContaining({ ok: false, code: 'INVALID_ARGUMENT' }), effects: [] });
+    // Past the 64 MiB of a target without a size, inside a disk's size: applied.
+    expect(decideWrite({ ...sized, fixedSize: 2 ** 40 }, { target: 't', requestId: Y, session: 's2', seq: 4, offset: 2 ** 39, data: new Uint8Array(1) }).out).toMatchObject({ ok: true });
   });
 });

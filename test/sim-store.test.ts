@@ -153,7 +153,7 @@ describe('SimStore: crash and reboot', () => {
     expect(read.value).toMatchObject({ ok: true, version: 1 });
     expect(read.value?.ok && text(read.value.data)).toBe('durable');
     expect(rec.value).toMatchObject({ requestId: X, session: 's1', lastSeq: 1 });
-    expect(resumed.value).toEqual([{ granted: true, lastSeq: 1, version: 1 }]);
+    expect(resumed.value).toEqual([{ granted: true, lastSeq: 1, version: 1, size: 0 }]);
   });
 
   it('a crash during a busy wait drops the waiting operations: nothing is applied or answered', async () => {

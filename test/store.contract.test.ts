@@ -409,11 +409,58 @@ for (const adapter of adapters) {
       await setup(); // for afterEach
     });
 
+    it('a target created with a size reads as that many zeros, refuses writes past its end and keeps its size; another size is refused', async () => {
+      await setup();
+      const size = 3 * 4096 + 100;
+      const sized = (requestId: string, session: string, mode: 'read' | 'write', n: number | undefined) => store.open({ target: T, requestId, principal: P, mode, session, leaseMs: 1000, size: n });
+      expect(await sized(X, 'r0', 'read', size)).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining('does not exist yet') });
+      expect(await sized(X, 's1', 'write', size)).toMatchObject({ ok: true, version: 0, size });
+      const zeros = await store.read({ target: T, offset: 0, length: size + 50 });
+      expect(zeros.ok && zeros.data.length === size && zeros.data.every((b) => b === 0)).toBe(true);
+      expect(await store.write({ target: T, requestId: X, session: 's1', seq: 1, offset: size - 2, data: bytes('end') })).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining(`${size} bytes`) });
+      expect(await store.write({ target: T, requestId: X, session: 's1', seq: 1, offset: size - 3, data: bytes('end') })).toMatchObject({ ok: true, applied: true, version: 1 });
+      const tail = await store.read({ target: T, offset: size - 5, length: 100 });
+      expect(tail.ok && [...tail.data]).toEqual([0, 0, 101, 110, 100]);
+      // The size is the target's: a resume learns it, other opens name it or none, never another.
+      expect(await resume(X, 's2')).toMatchObject({ granted: true, size });
+      expect(await sized(Y, 's3', 'read', undefined)).toMatchObject({ ok: true, size });
+      expect(await sized(Y, 's3', 'read', size + 1)).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining(`created with a size of ${size} bytes`) });
+      nowMs = 5000;
+      expect(await sized(Y, 's3', 'write', 2 * size)).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT' });
+      expect(await store.record(T)).toMatchObject({ requestId: X });
+      // A target that holds data without a size cannot be given one; a size out of range is refused.
+      const other = (size: number) => store.open({ target: 'plain', requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, size });
+      expect(await store.open({ target: 'plain', requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000 })).toMatchObject({ ok: true, size: 0 });
+      await store.write({ target: 'plain', requestId: X, session: 's1', seq: 1, offset: 0, data: bytes('x') });
+      expect(await other(4096)).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining('already holds data') });
+      expect(await other(0)).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT' });
+    });
+
+    it('a disk far larger than a target without a size costs only the pages written (the memory store refuses it)', async () => {
+      await setup();
+      const GiB = 1024 ** 3;
+      const res = await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, size: 4 * GiB });
+      // Memory and its simulation keep a target in one buffer: they allow sizes up to MAX_TARGET_BYTES.
+      if (store.kind === 'memory' || store.kind === 'sim') {
+        expect(res).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining('between 1 and') });
+        return;
+      }
+      expect(res).toMatchObject({ ok: true, size: 4 * GiB });
+      expect(await store.write({ target: T, requestId: X, session: 's1', seq: 1, offset: 4 * GiB - 4096, data: new Uint8Array(4096).fill(7) })).toMatchObject({ ok: true, applied: true });
+      const end = await store.read({ target: T, offset: 4 * GiB - 8192, length: 8192 });
+      expect(end.ok && [end.data.length, end.data[0], end.data[4095], end.data[4096], end.data[8191]]).toEqual([8192, 0, 0, 7, 7]);
+      const middle = await store.read({ target: T, offset: 2 * GiB, length: 1 << 20 });
+      expect(middle.ok && middle.data.length === 1 << 20 && middle.data.every((b) => b === 0)).toBe(true);
+      expect(await store.write({ target: T, requestId: X, session: 's1', seq: 2, offset: 4 * GiB - 1, data: bytes('ab') })).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT' });
+    });
+
     it('keeps data, records and sequence numbers across a close and reopen (reboot)', async () => {
       await setup();
       await open(X, 's1', 0, 1000);
       await write(X, 's1', 1, 0, 'durable');
+      expect(await store.open({ target: 'disk', requestId: Y, principal: P, mode: 'write', session: 's1', leaseMs: 1000, size: 8192 })).toMatchObject({ ok: true, size: 8192 });
       store = await env.reopen();
+      expect(await store.open({ target: 'disk', requestId: X, principal: P, mode: 'read', session: 's2', leaseMs: 1000 })).toMatchObject({ ok: true, size: 8192 });
       const r = await store.read({ target: T, offset: 0, length: 7 });
       expect(r.ok && text(r.data)).toBe('durable');
       expect(await resume(X, 's2')).toMatchObject({ granted: true, lastSeq: 1, version: 1 });

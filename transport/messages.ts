@@ -56,6 +56,8 @@ export const ResumeResult = z.object({
    */
   lastSeq: u53.optional(),
   version: u53,
+  /** Granted: the target's fixed size, absent if it has none. */
+  size: u53.optional(),
 });
 
 // Node agent -> replica
@@ -69,7 +71,8 @@ const hello = z.object({ type: z.literal('hello'), v: z.literal(PROTOCOL_VERSION
 const auth = z.object({ type: z.literal('auth'), proof, principals: z.array(z.object({ name, proof })).max(16), seal: z.boolean().optional() });
 const prove = z.object({ type: z.literal('prove'), principal: name, proof });
 const ping = z.object({ type: z.literal('ping'), t: u53 });
-const open = z.object({ type: z.literal('open'), id: corr, target, requestId, principal, mode, instance: instance.optional() });
+/** `size`: the target's size, fixed when this open creates it (a disk); an existing target's must match. */
+const open = z.object({ type: z.literal('open'), id: corr, target, requestId, principal, mode, instance: instance.optional(), size: u53.optional() });
 const resume = z.object({ type: z.literal('resume'), id: corr, items: z.array(ResumeItem).min(1).max(10_000) });
 const write = z.object({ type: z.literal('write'), id: corr, target, requestId, seq: u53.min(1), offset: u53, data: ioBytes });
 const read = z.object({ type: z.literal('read'), id: corr, target, requestId, offset: u53, length: z.number().int().nonnegative().max(MAX_IO_BYTES) });
@@ -81,7 +84,8 @@ const challenge = z.object({ type: z.literal('challenge'), replica: name, nonce,
 /** `refused`: principals whose proof in `auth` was wrong; the session goes on without them. */
 const welcome = z.object({ type: z.literal('welcome'), session: z.string().min(1).max(64), replica: z.string().min(1).max(128), heartbeatIntervalMs: u53.min(1), available: z.boolean(), refused: z.array(name).max(16).optional() });
 const pong = z.object({ type: z.literal('pong'), t: u53 });
-const opened = z.object({ type: z.literal('opened'), id: corr, version: u53, lastSeq: u53 });
+/** `size`: the target's fixed size, absent if it has none. */
+const opened = z.object({ type: z.literal('opened'), id: corr, version: u53, lastSeq: u53, size: u53.optional() });
 const resumed = z.object({ type: z.literal('resumed'), id: corr, results: z.array(ResumeResult) });
 const written = z.object({ type: z.literal('written'), id: corr, seq: u53, version: u53 });
 const data = z.object({ type: z.literal('data'), id: corr, version: u53, data: ioBytes });
