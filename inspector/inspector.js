@@ -194,6 +194,19 @@ document.body.addEventListener('click', (e) => {
 $('fw-go').addEventListener('click', () => command('write', { target: $('fw-target').value, text: $('fw-text').value, as: 'intruder' }));
 $('reboot').addEventListener('click', () => command('reboot-storage'));
 
+// A node's block export, from the same status: its address and, per client connection, the handle
+// serving it (its state, the reason once invalidated, and the requests in flight). A node that is
+// down reports no export, so its rows go.
+function nbdRows(n) {
+  if (!n.nbd) return '';
+  const conns = n.nbd.connections.map((c) => {
+    const state = c.reason ? `${c.state}: ${c.reason}` : c.state;
+    const tone = ['active', 'paused', 'resuming', 'invalidated'].includes(c.state) ? c.state : 'other';
+    return `<div class="row conn" data-state="${esc(c.state)}"><span class="target">${esc(c.target)}</span> <span class="state ${tone}">${esc(state)}</span> <span class="requests" title="requests in flight">${esc(c.requests)} in flight</span></div>`;
+  });
+  return `<div class="nbd" data-nbd="${esc(n.id)}"><div class="row">nbd <code class="url">${esc(n.nbd.url)}</code>${conns.length ? '' : ' <span class="idle">no clients</span>'}</div>${conns.join('')}</div>`;
+}
+
 async function poll() {
   if (!token) return;
   try {
@@ -208,7 +221,7 @@ async function poll() {
     const faults = [
       ...s.replicas.map((r) => `<div class="row" data-replica="${esc(r.id)}"><b>${esc(r.id)}</b> <span class="state ${r.state === 'serving' ? 'active' : r.state === 'down' ? 'invalidated' : 'paused'}">${esc(r.state)}</span> <button data-action="kill" data-id="${esc(r.id)}">kill</button><button data-action="restart" data-id="${esc(r.id)}">restart</button><button data-action="dismount" data-id="${esc(r.id)}">dismount 10s</button></div>`),
       ...(s.etcd || []).map((m) => `<div class="row" data-etcd="${esc(m.id)}"><b>${esc(m.id)}</b> ${esc(m.endpoint)} <span class="state ${m.state === 'running' ? 'active' : 'invalidated'}">${esc(m.state)}</span> <button data-action="kill" data-id="${esc(m.id)}">kill</button><button data-action="restart" data-id="${esc(m.id)}">restart</button></div>`),
-      ...s.nodes.map((n) => `<div class="row" data-node="${esc(n.id)}"><b>${esc(n.id)}</b> on ${esc(n.replica || '-')} ${n.partitioned ? '<span class="state paused">partitioned</span>' : ''} <button data-action="partition" data-id="${esc(n.id)}">partition</button><button data-action="heal" data-id="${esc(n.id)}">heal</button></div>`),
+      ...s.nodes.map((n) => `<div class="row" data-node="${esc(n.id)}"><b>${esc(n.id)}</b> on ${esc(n.replica || '-')} ${n.state === 'down' ? '<span class="state invalidated">down</span>' : ''}${n.partitioned ? '<span class="state paused">partitioned</span>' : ''} <button data-action="partition" data-id="${esc(n.id)}">partition</button><button data-action="heal" data-id="${esc(n.id)}">heal</button></div>` + nbdRows(n)),
     ];
     $('fault-rows').innerHTML = faults.join('');
     $('s-acked').textContent = s.handles.reduce((n, h) => n + h.acked, 0);
