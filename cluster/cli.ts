@@ -343,7 +343,7 @@ function statusLines(st: Record<string, unknown>): string[] {
   for (const r of s.replicas) out.push(`${r.id.padEnd(10)} ${r.state.padEnd(11)} sessions=${r.sessions}`);
   for (const n of s.nodes) out.push(`${n.id.padEnd(10)} ${n.state.padEnd(11)} on ${n.replica ?? '-'}${n.partitioned ? '  (partitioned)' : ''}`);
   for (const n of s.nodes) {
-    for (const c of n.nbd?.connections ?? []) out.push(`  ${`${n.id}/nbd`.padEnd(14)} ${c.target.padEnd(12)} ${c.state.padEnd(11)} requests=${c.requests}${c.reason ? ` reason=${c.reason}` : ''}`);
+    for (const c of n.nbd?.connections ?? []) out.push(`  ${`${n.id}/nbd`.padEnd(14)} ${c.target.padEnd(12)} ${c.state.padEnd(11)} in-flight=${c.requests}${c.reason ? ` reason=${c.reason}` : ''}`);
   }
   for (const h of s.handles) {
     out.push(`  ${`${h.node}/${h.app}`.padEnd(14)} ${h.target.padEnd(12)} ${h.state.padEnd(11)} acked=${h.acked} verified=${h.verified} failed=${h.failed}${h.reason ? ` reason=${h.reason}` : ''}${h.lastError ? ` last=${h.lastError}` : ''}`);
