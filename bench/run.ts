@@ -4,11 +4,10 @@
  *   npm run bench -- --smoke tiny sizes, to check the harness works (npm test runs this; no speeds asserted)
  *   npm run bench -- --json  the figures as JSON on stdout
  */
-import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { WebSocket } from 'ws';
 import { Application, type Handle } from '../actors/application.js';
@@ -28,8 +27,11 @@ import { nanoid } from 'nanoid';
 import { issueCredential } from '../actors/auth.js';
 import { bareLogin } from '../actors/handshake.js';
 import { etcdMembers, leaderChange, rawEtcd } from './etcd.js';
-import { qemuImgBench, qemuNbd } from './nbd.js';
+import { failoverStall, qemuImgBench, qemuNbd } from './nbd.js';
+import { replicaProcess, ROOT, SECRET } from './replica-process.js';
 import { NbdExport } from '../frontends/nbd.js';
+
+export { ROOT };
 
 export interface Figure {
   name: string;
@@ -42,11 +44,6 @@ export interface Figure {
   met: boolean | null;
 }
 
-// This file runs as dist/bench/run.js (npm run bench) or bench/run.ts (the smoke test).
-const HERE = fileURLToPath(new URL('.', import.meta.url));
-export const ROOT = join(HERE, HERE.includes(`${join('dist', 'bench')}`) ? '../..' : '..');
-const CHILD = join(ROOT, 'dist', 'cluster', 'child.js');
-const SECRET = 'benchmark-secret-benchmark-secret';
 /** Rounds of each throughput figure and its baseline, alternated; the medians are compared. */
 const ROUNDS = 3;
 const now = () => performance.now();
@@ -55,19 +52,6 @@ const pct = (xs: number[], p: number) => {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? 0;
 };
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
-
-/** A replica in its own process (as in a real cluster), over memory, the SQLite file in `dir`, or an etcd (`etcd://...`). */
-export async function replicaProcess(dir: string, store: 'memory' | 'sqlite' | `etcd://${string}`, opts: { holdMs?: number; groupCommit?: boolean; heartbeatIntervalMs?: number } = {}): Promise<{ url: string; proc: ChildProcess }> {
-  const port = await freePort();
-  const cfg = { id: `replica-${port}`, port, dir, store: store === 'sqlite' ? `sqlite:${join(dir, 'store.sqlite')}` : store, secret: SECRET, holdMs: opts.holdMs ?? 5000, history: false, pretty: false, groupCommit: opts.groupCommit ?? true, ...(opts.heartbeatIntervalMs ? { heartbeatIntervalMs: opts.heartbeatIntervalMs } : {}) };
-  const proc = fork(CHILD, ['replica'], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
-  proc.send({ type: 'config', config: cfg });
-  await new Promise<void>((resolve, reject) => {
-    proc.on('message', (m) => (m as { type?: string }).type === 'ready' && resolve());
-    proc.once('exit', () => reject(new Error('replica process exited')));
-  });
-  return { url: `ws://127.0.0.1:${port}`, proc };
-}
 
 async function agentWith(url: string[], handles: number, opts: { heartbeatIntervalMs?: number; env?: Partial<Env> } = {}): Promise<{ agent: NodeAgent; hs: Handle[] }> {
   const agent = new NodeAgent({ id: `bench-${Math.random().toString(36).slice(2, 8)}`, replicas: url, transport: new WebSocketTransport(), secret: SECRET, ...opts });
@@ -472,8 +456,9 @@ export async function runBench(smoke: boolean, log: (l: string) => void, only: r
 
 /**
  * The nbd group (bench/nbd.ts): qemu-img bench through the export (a replica process over SQLite FULL,
- * the node agent and the export in this process) against qemu-nbd serving a raw file, and the SDK path
- * (the same writes through an Application handle).
+ * the node agent and the export in this process) against qemu-nbd serving a raw file, the SDK path
+ * (the same writes through an Application handle), and the longest write a client waits through while
+ * the replica serving the export is SIGKILLed (two replica processes over one SQLite file).
  */
 async function nbdGroup(dir: string, smoke: boolean, log: (l: string) => void, R: number): Promise<Figure[]> {
   const F: Figure[] = [];
@@ -515,6 +500,16 @@ async function nbdGroup(dir: string, smoke: boolean, log: (l: string) => void, R
     agent.crash();
     replica.proc.kill();
   }
+  // Each round its own pair of replica processes (one of them is killed); the medians of the rounds.
+  const stalls: number[] = [];
+  const calm: number[] = [];
+  for (let i = 0; i < R; i++) {
+    const w = await failoverStall(join(dir, `nbd-failover-${i}`), s(1000, 50), s(1000, 50));
+    stalls.push(Math.max(...w.after));
+    calm.push(Math.max(...w.before));
+    log(`nbd failover round ${i + 1} of ${R}: 4 KiB writes one at a time, the serving replica SIGKILLed; slowest write ${round(stalls[i]!)} ms after the kill, ${round(calm[i]!)} ms before (p99 ${round(pct(w.before, 99))} ms)`);
+  }
+  F.push(figure('nbd.failover.stall', med(stalls), 'ms', med(calm), 'the slowest write before the kill, same rounds', 'none', null));
   return F;
 }
 

@@ -1,10 +1,11 @@
 /**
  * The NBD export with real clients from Debian (qemu-utils, libnbd-bin; installed by .ci/run): qemu-io
  * writes patterns and reads them back, nbdinfo reports the size, qemu-img copies a raw image in and out
- * with identical checksums, a replica killed under a client goes unnoticed, and malformed input gets
- * an error or a closed connection while the export keeps serving.
+ * with identical checksums, a replica killed under a client goes unnoticed (in this process, and a
+ * replica process SIGKILLed under qemu-img bench), and malformed input gets an error or a closed
+ * connection while the export keeps serving.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
@@ -13,6 +14,7 @@ import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Application } from '../actors/application.js';
 import { NbdExport } from '../frontends/nbd.js';
+import { failoverExport, type FailoverExport } from '../bench/nbd.js';
 import { clusters, openWhenFree, tempDir, trace, waitFor } from './helpers.js';
 
 const run = promisify(execFile);
@@ -89,6 +91,44 @@ describe('NBD export with real clients', () => {
       expect(check.stdout.match(/read 65536\/65536 bytes/g)).toHaveLength(64);
     } finally {
       await e.stop();
+    }
+  }, 60_000);
+
+  it('a replica process SIGKILLed during a qemu-img bench write run: the run completes with no error and the data verifies', async () => {
+    // Two replica processes over one SQLite file (the dist build's), the node agent and the export here.
+    const t = tempDir();
+    const count = 6000;
+    let started: FailoverExport | undefined;
+    let bench: ChildProcess | undefined;
+    try {
+      const e = (started = await failoverExport(t.dir, 64 * MiB));
+      const url = e.nbd.urlFor('killed.disk');
+      const b = (bench = spawn('qemu-img', ['bench', '-w', '-f', 'raw', '-c', String(count), '-d', '8', '-s', '4k', '-S', '4k', '--pattern=0x5a', url], { stdio: ['ignore', 'pipe', 'pipe'] }));
+      let stdout = '';
+      let stderr = '';
+      b.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      b.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const exited = new Promise<number | null>((r) => b.once('exit', (code) => r(code)));
+      await waitFor('the export in use with writes acknowledged', () => e.app.list()[0]?.state === 'active' && e.writes.ok >= 200, 20_000);
+      const seen = trace(e.app.list()[0]!);
+      const before = e.writes.ok;
+      const killed = e.killServing();
+      expect(await exited, stderr).toBe(0);
+      expect(stderr).toBe('');
+      expect(stdout).toMatch(/Run completed/);
+      // The kill landed mid-run: the handle paused, resumed on the other replica, and every write succeeded.
+      expect(before).toBeLessThan(count);
+      expect(seen.indexOf('active', seen.indexOf('paused'))).toBeGreaterThan(0);
+      expect(e.agent.replica).not.toBe(killed);
+      expect(e.writes).toEqual({ ok: count, failed: 0 });
+      await waitFor('the handle released', () => e.app.list().length === 0, 10_000);
+      const check = await run('qemu-io', ['-f', 'raw', '-c', `read -P 0x5a 0 ${count * 4096}`, '-c', `read -P 0 ${count * 4096} 4k`, url]);
+      expect(check.stdout).not.toMatch(/Pattern verification failed/);
+      expect(check.stdout).toMatch(new RegExp(`read ${count * 4096}/${count * 4096} bytes[\\s\\S]*read 4096/4096 bytes`));
+    } finally {
+      bench?.kill('SIGKILL');
+      await started?.stop();
+      t.cleanup();
     }
   }, 60_000);
 
