@@ -225,6 +225,11 @@ export class Application {
     return [...this.handles];
   }
 
+  /** Close every handle of this application (each as `handle.close()` does). */
+  async close(): Promise<void> {
+    await Promise.allSettled(this.list().map((h) => h.close()));
+  }
+
   /**
    * The application process died: its handles stop where they are, nothing is closed, their
    * promises never settle. The node agent forgets them but keeps their requestIds, so the

@@ -174,6 +174,24 @@ export class NodeAgent {
     for (const w of waiters) (err ? w.reject(err) : w.resolve());
   }
 
+  /**
+   * Stop for good: close every open handle (writes already sent are answered first, locks released),
+   * waiting at most `timeoutMs` for the storage, then end the session and release every socket, timer
+   * and file, so the process can exit. Handles the storage did not answer for keep their requestIds on
+   * disk, and their locks lapse after the hold period.
+   */
+  async stop(timeoutMs = 5000): Promise<void> {
+    if (this.stopped) return;
+    const open = [...this.core.handles.values()].filter((h) => h.state !== 'closed');
+    let timer: unknown;
+    await Promise.race([
+      Promise.allSettled(open.map((h) => this.close(h))),
+      new Promise<void>((r) => (timer = this.env.clock.setTimeout(r, timeoutMs))),
+    ]);
+    this.env.clock.clearTimeout(timer);
+    this.crash();
+  }
+
   /** Stop as a crash would: drop the connection, settle nothing. Kept requestIds stay on disk. */
   crash(): void {
     if (this.stopped) return;

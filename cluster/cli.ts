@@ -5,7 +5,12 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import os from 'node:os';
 import { resolve, join } from 'node:path';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import Database from 'better-sqlite3';
+import { FileKeptIds } from '../actors/kept.js';
+import { dirHolder, isLauncher, LOCK_FILE, lockDir } from './dir-lock.js';
+import { SECRET_FILE } from '../actors/auth.js';
+import { EXIT, fromSystemError, OperatorError } from './operator-error.js';
 import { privateDataDir } from './private-dir.js';
 import { pino } from 'pino';
 import { Application } from '../actors/application.js';
@@ -43,7 +48,9 @@ Usage:
   safe-resume create <target> --size SIZE [--node N]   create a disk of SIZE bytes (4G, 512M, 1T, 65536;
                                       K/M/G/T are powers of 1024; up to 1T), sparse, and print its NBD URL
   safe-resume export <target> [--node N]   the URL a block client (qemu-io, QEMU) opens the target with
-  safe-resume down                    stop the cluster
+  safe-resume down [--no-wait]        stop the cluster and wait until every process is gone (nothing
+                                      running is fine: the cluster is down either way)
+  safe-resume clean                   remove a stopped cluster's data (store, kept requestIds, logs, key)
   safe-resume sim [options]           run seeded fault schedules in the simulated world and check them
   safe-resume bench [--json] [--smoke] [--only GROUP,...]   run the benchmarks (in a Node with --expose-gc, as npm run bench)
   safe-resume fuzz [--frames N] [--connections N] [--seed N] [--json]
@@ -56,7 +63,8 @@ Usage:
   safe-resume credentials issue --node NAME | --principal NAME [--out FILE]
                                       derive a node's or a principal's credential from the cluster key
                                       (docs/security.md; 'safe-resume credentials help' for the options)
-  safe-resume help                    show this help
+  safe-resume help [<command>]        show this help, or one command's (as <command> --help does)
+  safe-resume --version               print the version
 
 Every command takes --dir (default ./.safe-resume) to find the running cluster, and --json.
 
@@ -171,7 +179,7 @@ const UP_FLAGS = {
 
 function parseUp(argv: string[]): UpOptions | undefined {
   const { values: flags } = parseArgs({ args: argv, options: UP_FLAGS, strict: true });
-  if (flags.help) return void process.stdout.write(HELP);
+  if (flags.help) return void process.stdout.write(helpFor('up'));
   // A config file gives defaults; flags on the command line win.
   let file: Record<string, unknown> = {};
   if (flags.config) {
@@ -188,7 +196,14 @@ function parseUp(argv: string[]): UpOptions | undefined {
     const x = f ?? file[k];
     return x === undefined ? undefined : String(x);
   };
-  const b = (k: keyof typeof UP_FLAGS): boolean => Boolean((flags as Record<string, unknown>)[k] ?? file[k]);
+  const b = (k: keyof typeof UP_FLAGS): boolean => {
+    const f = (flags as Record<string, unknown>)[k];
+    if (f !== undefined) return Boolean(f);
+    const x = file[k];
+    // In a config file a switch is true or false (JSON), never a string: "false" would read as on.
+    if (x !== undefined && typeof x !== 'boolean') throw new UsageError(`--config ${flags.config}: ${k} must be true or false, got ${JSON.stringify(x)}`);
+    return x === true;
+  };
   const store = v('store') ?? 'sqlite';
   if (store !== 'sqlite' && store !== 'memory' && store !== 'etcd') throw new UsageError(`--store must be sqlite, etcd or memory, got ${JSON.stringify(store)}`);
   const endpoints = v('etcd-endpoints');
@@ -261,12 +276,12 @@ function tlsFlags(cert: string | undefined, key: string | undefined, ca: string 
 async function up(argv: string[]): Promise<number> {
   const o = parseUp(argv);
   if (!o) return 0;
+  takeDataDir(o.dir);
   if (o.store === 'memory') {
     await upInProcess(o);
     return 0;
   }
-  privateDataDir(o.dir);
-  mkdirSync(join(o.dir, 'logs'), { recursive: true });
+  const reusing = storeInUse(o);
   const log = pino({ base: { actor: 'launcher' } }, pino.destination({ dest: join(o.dir, 'logs', 'launcher.log'), sync: false }));
   const need = [...(o.store === 'etcd' && !o.etcdEndpoints ? ['etcd-1', 'etcd-2', 'etcd-3'] : []), ...Array.from({ length: o.replicas }, (_, i) => `replica-${i + 1}`), ...Array.from({ length: o.nodes }, (_, i) => `node-${i + 1}`)];
   const hosts = o.netns ? loadHostPlan(o.netns, need) : undefined;
@@ -283,6 +298,7 @@ async function up(argv: string[]): Promise<number> {
   }
   const say = (line: string) => (o.json ? process.stderr : process.stdout).write(line + '\n');
   say(`safe-resume: ${o.replicas} replicas over ${o.store === 'etcd' ? `etcd (${launcher.etcd ? 'local members in ' + join(o.dir, 'etcd') : (o.etcdEndpoints ?? []).join(',')})` : join(o.dir, 'store.sqlite')}, ${o.nodes} nodes x ${o.apps} apps`);
+  if (reusing) say(`  ${reusing}`);
   for (const m of launcher.etcd?.members ?? []) say(`  ${m.id.padEnd(9)} ${m.endpoint}`);
   for (const [i, u] of launcher.replicaUrls.entries()) say(`  replica-${i + 1}  ${u}`);
   for (const [node, u] of launcher.nbdUrls) say(`  nbd       ${u}   (${node}: any target as a disk, e.g. qemu-io -f raw ${u}vm1.disk)`);
@@ -337,7 +353,7 @@ function liveView(status: () => Record<string, unknown>, tty: boolean): () => vo
 
 /** The status view: one line per replica and node, one per handle. */
 function statusLines(st: Record<string, unknown>): string[] {
-  const s = st as { etcd?: Array<{ id: string; state: string; endpoint: string }>; replicas: Array<{ id: string; state: string; sessions: number }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean; nbd?: { url: string; connections: Array<{ target: string; state: string; reason: string | null; requests: number }> } | null }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null }> };
+  const s = st as { etcd?: Array<{ id: string; state: string; endpoint: string }>; replicas: Array<{ id: string; state: string; sessions: number }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean; nbd?: { url: string; connections: Array<{ target: string; state: string; reason: string | null; requests: number }> } | null }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null; requestId?: string | null }> };
   const out: string[] = [];
   for (const m of s.etcd ?? []) out.push(`${m.id.padEnd(10)} ${m.state.padEnd(11)} ${m.endpoint}`);
   for (const r of s.replicas) out.push(`${r.id.padEnd(10)} ${r.state.padEnd(11)} sessions=${r.sessions}`);
@@ -346,15 +362,74 @@ function statusLines(st: Record<string, unknown>): string[] {
     for (const c of n.nbd?.connections ?? []) out.push(`  ${`${n.id}/nbd`.padEnd(14)} ${c.target.padEnd(12)} ${c.state.padEnd(11)} in-flight=${c.requests}${c.reason ? ` reason=${c.reason}` : ''}`);
   }
   for (const h of s.handles) {
-    out.push(`  ${`${h.node}/${h.app}`.padEnd(14)} ${h.target.padEnd(12)} ${h.state.padEnd(11)} acked=${h.acked} verified=${h.verified} failed=${h.failed}${h.reason ? ` reason=${h.reason}` : ''}${h.lastError ? ` last=${h.lastError}` : ''}`);
+    out.push(`  ${`${h.node}/${h.app}`.padEnd(14)} ${h.target.padEnd(12)} ${h.state.padEnd(11)} acked=${h.acked} verified=${h.verified} failed=${h.failed}${h.reason ? ` reason=${h.reason}` : ''}${h.requestId ? ` requestId=${h.requestId}` : ''}${h.lastError ? ` last=${h.lastError}` : ''}`);
   }
   return out;
 }
 
 /** `up --store memory`: the whole cluster in this process (no control endpoint). */
+/**
+ * Make the data directory (private), and take it for this launcher: one cluster per directory. Says
+ * what to do when it cannot be written or another launcher has it.
+ */
+function takeDataDir(dir: string): void {
+  try {
+    privateDataDir(dir);
+    mkdirSync(join(dir, 'logs'), { recursive: true });
+    accessSync(dir, constants.W_OK);
+  } catch (err) {
+    throw fromSystemError(err, `data directory ${dir}`) ?? err;
+  }
+  const release = lockDir(dir);
+  process.once('exit', release);
+}
+
+/**
+ * What `up` finds in the data directory from an earlier run: a line to say so ("reusing the store in D:
+ * N targets, M kept requestIds"), or undefined for a fresh one. A store that cannot be used (read-only,
+ * corrupt) stops `up` here, with what to do, instead of leaving replicas failing on it.
+ */
+function storeInUse(o: UpOptions): string | undefined {
+  const kept = keptCount(o.dir, o.nodes);
+  if (o.store === 'etcd') {
+    const local = join(o.dir, 'etcd');
+    return !o.etcdEndpoints && existsSync(local) && !o.chaos ? `reusing the etcd data in ${local}, ${kept} kept requestIds` : undefined;
+  }
+  const path = join(o.dir, 'store.sqlite');
+  if (!existsSync(path) || o.chaos) return undefined;
+  try {
+    accessSync(path, constants.R_OK | constants.W_OK);
+  } catch {
+    throw new OperatorError(`the store ${path} is read-only: make it writable (chmod u+w) or start a new cluster with another --dir`, EXIT.storeUnusable);
+  }
+  try {
+    const db = new Database(path, { fileMustExist: true });
+    try {
+      const hasTargets = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'target_versions'").get() !== undefined;
+      const targets = hasTargets ? (db.prepare('SELECT count(*) AS n FROM target_versions').get() as { n: number }).n : 0;
+      return `reusing the store in ${o.dir}: ${targets} targets, ${kept} kept requestIds`;
+    } finally {
+      db.close();
+    }
+  } catch (err) {
+    throw new OperatorError(`the store ${path} cannot be used (${(err as Error).message}): restore it from a backup, or move it away to start empty`, EXIT.storeUnusable);
+  }
+}
+
+/** RequestIds the nodes keep on disk for their applications (lines of node-N.handles.jsonl still standing). */
+function keptCount(dir: string, nodes: number): number {
+  let n = 0;
+  for (let i = 1; i <= nodes; i++) {
+    const path = join(dir, `node-${i}.handles.jsonl`);
+    if (!existsSync(path)) continue;
+    const kept = new FileKeptIds(dir, `node-${i}`);
+    n += kept.list().length;
+    kept.close();
+  }
+  return n;
+}
+
 async function upInProcess(o: UpOptions): Promise<void> {
-  privateDataDir(o.dir);
-  mkdirSync(join(o.dir, 'logs'), { recursive: true });
   const log = pino({ level: 'info' }, pino.destination({ dest: join(o.dir, 'logs', 'cluster.log'), sync: false }));
   const cluster = await LocalCluster.start({ dir: o.dir, replicas: o.replicas, store: 'memory', ...(o.tls ? { transport: new WebSocketTransport({ tls: loadTlsFiles(o.tls) }) } : {}), env: { log }, replica: { holdMs: o.holdMs }, ...(o.port ? { basePort: o.port } : {}) });
   const workloads: Array<{ node: string; app: string; handle: Handle; stats: WorkloadStats; stop: () => Promise<void> }> = [];
@@ -385,23 +460,57 @@ async function upInProcess(o: UpOptions): Promise<void> {
   process.stdout.write('stopped\n');
 }
 
+/**
+ * One command's help: its usage lines from HELP, its options section if it has one, and the options
+ * every command takes. An unknown command gets the whole help.
+ */
+export function helpFor(cmd: string): string {
+  const lines = HELP.split('\n');
+  const usage: string[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    const l = lines[i]!;
+    if (l !== `  safe-resume ${cmd}` && !l.startsWith(`  safe-resume ${cmd} `)) continue;
+    usage.push(l);
+    // Continuation lines are indented to the description column.
+    while (lines[i + 1]?.startsWith(' '.repeat(20))) usage.push(lines[++i]!);
+  }
+  if (usage.length === 0) return HELP;
+  const from = lines.indexOf(`Options for ${cmd}:`);
+  const options = from < 0 ? [] : lines.slice(from, lines.indexOf('', from) < 0 ? undefined : lines.indexOf('', from));
+  return ['Usage:', ...usage, '', ...(options.length ? [...options, ''] : []), 'Every command takes --dir (default ./.safe-resume) to find the running cluster, --json, and --help.', ''].join('\n');
+}
+
+/** This package's version, from its package.json. */
+function version(): string {
+  const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
 /** A command against the running cluster, through its control endpoint. */
 async function control(cmd: string, argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, node: { type: 'string' }, size: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, node: { type: 'string' }, size: { type: 'string' }, 'no-wait': { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
     allowPositionals: true,
     strict: true,
   });
-  if (values.help) return void process.stdout.write(HELP), 0;
+  if (values.help) return void process.stdout.write(helpFor(cmd)), 0;
   const dir = resolve(values.dir ?? '.safe-resume');
+  if (values['no-wait'] && cmd !== 'down') throw new UsageError('--no-wait is for down');
+  if (cmd === 'down') {
+    if (positionals.length > 0) throw new UsageError('down takes no arguments');
+    return await down(dir, values.json === true, !values['no-wait']);
+  }
   // The address and the control token of the running cluster (a file only its owner can read).
   let url: string;
   let token: string;
   try {
     ({ url, token } = JSON.parse(readFileSync(join(dir, 'control.json'), 'utf8')) as { url: string; token: string });
   } catch {
-    throw new UsageError(`no running cluster in ${dir} (start one with 'safe-resume up --dir ${dir}')`);
+    const message = `no running cluster in ${dir} (start one with 'safe-resume up --dir ${dir}')`;
+    if (values.json) process.stdout.write(JSON.stringify({ ok: false, code: 'NOT_RUNNING', message }) + '\n');
+    else process.stderr.write(`safe-resume ${cmd}: ${message}\n`);
+    return EXIT.failed;
   }
   const need = (n: number, what: string) => {
     if (positionals.length !== n) throw new UsageError(`${cmd} takes ${what}`);
@@ -484,6 +593,72 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   return out.ok ? 0 : 1;
 }
 
+/**
+ * Stop the cluster in `dir` and, unless told not to, wait until its launcher (and so every process it
+ * started) is gone. Nothing running is not an error: the cluster is down either way.
+ */
+async function down(dir: string, json: boolean, wait: boolean): Promise<number> {
+  const say = (out: Record<string, unknown>, line: string) => process.stdout.write((json ? JSON.stringify(out) : line) + '\n');
+  let control: { url: string; token: string; pid: number } | undefined;
+  try {
+    control = JSON.parse(readFileSync(join(dir, 'control.json'), 'utf8')) as { url: string; token: string; pid: number };
+  } catch {
+    control = undefined;
+  }
+  const pid = dirHolder(dir)?.pid ?? (control && isLauncher(control.pid) ? control.pid : undefined);
+  if (pid === undefined) {
+    // A control.json left by a launcher that is gone says nothing runs: it goes too.
+    if (control) rmSync(join(dir, 'control.json'), { force: true });
+    say({ ok: true, running: false }, `no cluster is running in ${dir}`);
+    return 0;
+  }
+  try {
+    if (!control) throw new Error('no control endpoint yet');
+    await fetch(control.url + '/down', { method: 'POST', body: '{}', headers: { 'content-type': 'application/json', authorization: `Bearer ${control.token}` }, signal: AbortSignal.timeout(5000) });
+  } catch {
+    process.kill(pid, 'SIGTERM'); // still starting, or not answering: the signal stops it the same way
+  }
+  if (!wait) {
+    say({ ok: true, running: true, stopping: true, pid }, `stopping the cluster in ${dir} (launcher pid ${pid})`);
+    return 0;
+  }
+  const deadline = Date.now() + DOWN_WAIT_MS;
+  while (isLauncher(pid)) {
+    if (Date.now() > deadline) throw new OperatorError(`the launcher (pid ${pid}) did not stop within ${DOWN_WAIT_MS / 1000} s; stop it with 'kill -9 ${pid}'`, EXIT.timeout);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  say({ ok: true, running: false, stopped: pid }, `stopped the cluster in ${dir} (launcher pid ${pid} and every process it ran)`);
+  return 0;
+}
+
+/** What a cluster keeps in its data directory (`clean` removes these and nothing else). */
+const CLUSTER_FILES = [/^store\.sqlite(-wal|-shm|-journal)?$/, /^node-\d+\.handles\.jsonl(\.tmp)?$/, /^(logs|etcd)$/, /^control\.json$/, new RegExp(`^${SECRET_FILE.replace('.', '\\.')}$`)];
+
+/** Remove a stopped cluster's data: its store, the nodes' kept requestIds, its logs and its key. */
+async function clean(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, options: { dir: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+  if (values.help) return void process.stdout.write(helpFor('clean')), 0;
+  if (positionals.length > 0) throw new UsageError('clean takes no arguments');
+  const dir = resolve(values.dir ?? '.safe-resume');
+  const say = (out: Record<string, unknown>, line: string) => process.stdout.write((values.json ? JSON.stringify(out) : line) + '\n');
+  if (!existsSync(dir)) {
+    say({ ok: true, removed: [], kept: [] }, `nothing to clean: ${dir} does not exist`);
+    return 0;
+  }
+  const holder = dirHolder(dir);
+  if (holder) throw new OperatorError(`a cluster is running in ${dir} (launcher pid ${holder.pid}): stop it first with 'safe-resume down --dir ${dir}'`, EXIT.dirInUse);
+  const names = readdirSync(dir);
+  const removed = names.filter((n) => CLUSTER_FILES.some((re) => re.test(n)) || n === LOCK_FILE);
+  for (const n of removed) rmSync(join(dir, n), { recursive: true, force: true });
+  const kept = names.filter((n) => !removed.includes(n));
+  if (kept.length === 0) rmSync(dir, { recursive: true, force: true });
+  say({ ok: true, removed, kept }, `removed ${removed.length === 0 ? 'nothing' : removed.join(', ')} from ${dir}${kept.length ? `; left what is not a cluster's: ${kept.join(', ')}` : ' (and the directory)'}`);
+  return 0;
+}
+
+/** How long `down` waits for the launcher to stop its processes (each child gets 5 s before SIGKILL). */
+const DOWN_WAIT_MS = 30_000;
+
 /** A size as people write it: 4G, 512M, 1T, 4GiB, 65536 (K, M, G, T: powers of 1024). */
 export function parseSize(text: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
@@ -516,7 +691,7 @@ async function sim(argv: string[]): Promise<number> {
     strict: true,
   });
   if (values.help) {
-    process.stdout.write(HELP);
+    process.stdout.write(helpFor('sim'));
     return 0;
   }
   if (values.seed !== undefined) {
@@ -579,6 +754,8 @@ async function main(argv: string[]): Promise<number> {
       case 'create':
       case 'down':
         return await control(cmd, rest);
+      case 'clean':
+        return await clean(rest);
       case 'sim':
         return await sim(rest);
       case 'bench':
@@ -593,12 +770,21 @@ async function main(argv: string[]): Promise<number> {
       case 'help':
       case '--help':
       case '-h':
-        process.stdout.write(HELP);
+        process.stdout.write(rest[0] && !rest[0].startsWith('-') ? helpFor(rest[0]) : HELP);
+        return 0;
+      case '--version':
+      case '-V':
+      case 'version':
+        process.stdout.write(`safe-resume ${version()}\n`);
         return 0;
       default:
         throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);
     }
   } catch (err) {
+    if (err instanceof OperatorError) {
+      process.stderr.write(`safe-resume: ${err.message}\n`);
+      return err.exitCode;
+    }
     if (err instanceof SafeResumeError) {
       process.stderr.write(`safe-resume: ${err.code}: ${err.message}\n`);
       return 1;

@@ -8,6 +8,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { SafeResumeError } from '../errors.js';
+import { EXIT, OperatorError } from './operator-error.js';
 import { freePort } from './launcher.js';
 import { inHost, type Host } from './hosts.js';
 
@@ -24,7 +25,7 @@ export interface EtcdMember {
 /** Whether the `etcd` binary runs here; a clear error naming the package otherwise. */
 export function requireEtcd(): void {
   const r = spawnSync('etcd', ['--version']);
-  if (r.error) throw new SafeResumeError('UNAVAILABLE', 'etcd is not installed: apt-get install -y etcd-server (Debian), or pass --etcd-endpoints of a running cluster');
+  if (r.error) throw new OperatorError('etcd is not installed: apt-get install -y etcd-server (Debian), or pass --etcd-endpoints of a running cluster', EXIT.missingProgram);
 }
 
 let setpriv: boolean | undefined;

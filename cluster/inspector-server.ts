@@ -18,6 +18,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { WebSocketServer, type WebSocket } from 'ws';
+import { listenOn } from './operator-error.js';
 
 export { MAX_INSPECT_MESSAGE } from './inspect.js';
 
@@ -121,7 +122,7 @@ export class InspectorServer {
       if (u.pathname === '/inspect') this.processes.handleUpgrade(req, socket, head, (ws) => this.fromProcess(ws, u.searchParams.get('from') ?? ''));
       else this.pages.handleUpgrade(req, socket, head, (ws) => this.toBrowser(ws));
     });
-    await new Promise<void>((r) => this.server!.listen(port, '127.0.0.1', r));
+    await listenOn(this.server, port, '127.0.0.1', 'the inspector');
     this.port = (this.server.address() as net.AddressInfo).port;
     this.url = `http://127.0.0.1:${this.port}`;
     return this.url;
@@ -314,10 +315,7 @@ export class StatelyRelay {
         for (const line of this.recent) ws.send(line);
       });
     });
-    await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
-      this.server!.listen(port, '127.0.0.1', resolve);
-    });
+    await listenOn(this.server, port, '127.0.0.1', 'the Stately relay');
     this.port = (this.server.address() as net.AddressInfo).port;
     this.url = `http://127.0.0.1:${this.port}`;
     return this.url;

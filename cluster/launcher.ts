@@ -29,6 +29,7 @@ import { EtcdMembers } from './etcd-members.js';
 import { inHost, setLink, type Host, type HostPlan } from './hosts.js';
 import { ChildReport, type ChildCommand, ChildConfig, type HandleStatus } from './ipc.js';
 import { InspectorServer, StatelyRelay } from './inspector-server.js';
+import { checkPortFree } from './operator-error.js';
 
 export interface LauncherOptions {
   dir: string;
@@ -150,6 +151,8 @@ export class Launcher {
       const host = this.host(id);
       // On a host of its own a replica listens on its address (and any port is free there).
       const port = this.opts.port ? this.opts.port + i : host ? 7000 : await freePort();
+      // A port asked for is checked here, so a taken one is named in one line, not found by a child.
+      if (this.opts.port && !host) await checkPortFree(port, '127.0.0.1', id);
       this.replicaUrls.push(`${this.opts.tls ? 'wss' : 'ws'}://${host?.address ?? '127.0.0.1'}:${port}`);
       this.spawn(id, 'replica', { ...this.tlsConfig(), metricsPort: 0, id, port, ...(host ? { host: host.address } : {}), dir: this.opts.dir, store: this.storeSpec, secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
     }
@@ -231,6 +234,8 @@ export class Launcher {
       else if (r.type === 'history') this.history.push(...r.events);
       else if (r.type === 'released') this.released.get(r.app)?.(r);
     });
+    // A message sent to a child that is dying fails (EPIPE) on this event; its exit is handled below.
+    proc.on('error', (err) => this.opts.log.warn({ child: id, err: err.message }, 'child channel error'));
     proc.on('exit', (code, signal) => {
       if (child.proc === proc) child.proc = undefined;
       failed(new Error(`${id} exited (${signal ?? code}) before it was ready`));

@@ -32,15 +32,15 @@ export type History = HistoryEvent[];
 export type Untimed = HistoryEvent extends infer E ? (E extends HistoryEvent ? Omit<E, 't'> : never) : never;
 
 /** What a history adds up to: resumes granted and denied, writes acknowledged, pauses, writes whose outcome is unknown. */
-export function tally(history: History): { granted: number; denied: number; writesAcked: number; pauses: number; outcomeUnknown: number; readResumes: number; reads: number } {
-  const t = { granted: 0, denied: 0, writesAcked: 0, pauses: 0, outcomeUnknown: 0, readResumes: 0, reads: 0 };
+export function tally(history: History): { granted: number; denied: number; writesAcknowledged: number; pauses: number; outcomeUnknown: number; readResumes: number; reads: number } {
+  const t = { granted: 0, denied: 0, writesAcknowledged: 0, pauses: 0, outcomeUnknown: 0, readResumes: 0, reads: 0 };
   for (const e of history) {
     if ((e.kind === 'grant' && e.via === 'resume') || e.kind === 'deny') {
       if (e.kind === 'grant') t.granted++;
       else t.denied++;
       if (e.mode === 'read') t.readResumes++;
     } else if (e.kind === 'ok' && e.op === 'read') t.reads++;
-    else if (e.kind === 'ok' && e.op === 'write') t.writesAcked++;
+    else if (e.kind === 'ok' && e.op === 'write') t.writesAcknowledged++;
     else if (e.kind === 'state' && e.to === 'paused') t.pauses++;
     else if (e.kind === 'fail' && e.op === 'write' && e.code === 'OUTCOME_UNKNOWN') t.outcomeUnknown++;
   }

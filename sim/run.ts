@@ -8,7 +8,7 @@ export interface SimSummary {
   simulatedMs: number;
   faults: Record<string, number>;
   resumes: { granted: number; denied: number };
-  writesAcked: number;
+  writesAcknowledged: number;
   outcomeUnknown: number;
   readResumes: number;
   reads: number;
@@ -20,7 +20,7 @@ export interface SimSummary {
 export type SeedResult = Omit<ScheduleResult, 'history' | 'settings'>;
 
 export function emptySummary(): SimSummary {
-  return { schedules: 0, steps: 0, simulatedMs: 0, faults: {}, resumes: { granted: 0, denied: 0 }, writesAcked: 0, outcomeUnknown: 0, readResumes: 0, reads: 0, violations: [], wallMs: 0 };
+  return { schedules: 0, steps: 0, simulatedMs: 0, faults: {}, resumes: { granted: 0, denied: 0 }, writesAcknowledged: 0, outcomeUnknown: 0, readResumes: 0, reads: 0, violations: [], wallMs: 0 };
 }
 
 export function addSeed(sum: SimSummary, r: SeedResult): void {
@@ -30,7 +30,7 @@ export function addSeed(sum: SimSummary, r: SeedResult): void {
   for (const [k, v] of Object.entries(r.faults)) sum.faults[k] = (sum.faults[k] ?? 0) + v;
   sum.resumes.granted += r.resumes.granted;
   sum.resumes.denied += r.resumes.denied;
-  sum.writesAcked += r.writesAcked;
+  sum.writesAcknowledged += r.writesAcknowledged;
   sum.outcomeUnknown += r.outcomeUnknown;
   sum.readResumes += r.readResumes;
   sum.reads += r.reads;
@@ -58,7 +58,7 @@ export function formatSummary(s: SimSummary): string {
     `simulated steps  ${s.steps}`,
     `simulated time   ${(s.simulatedMs / 1000).toFixed(1)} s`,
     `wall time        ${(s.wallMs / 1000).toFixed(1)} s`,
-    `writes acked     ${s.writesAcked}`,
+    `writes acked     ${s.writesAcknowledged}`,
     `outcome unknown  ${s.outcomeUnknown} writes`,
     `reads            ${s.reads} returned to applications; ${s.readResumes} read-handle resumes`,
     `resumes          ${s.resumes.granted} granted, ${s.resumes.denied} denied`,
@@ -71,7 +71,7 @@ export function formatSummary(s: SimSummary): string {
 
 /** One seed in full: settings, every fault, the verdict, and on a violation the target's trace. */
 export function formatReplay(r: ScheduleResult): string {
-  const lines = [`seed ${r.seed}: ${JSON.stringify(r.settings)}`, `steps ${r.steps}, simulated ${r.simulatedMs} ms, writes acked ${r.writesAcked}, resumes ${r.resumes.granted} granted / ${r.resumes.denied} denied`];
+  const lines = [`seed ${r.seed}: ${JSON.stringify(r.settings)}`, `steps ${r.steps}, simulated ${r.simulatedMs} ms, writes acked ${r.writesAcknowledged}, resumes ${r.resumes.granted} granted / ${r.resumes.denied} denied`];
   const v = r.violations[0];
   if (!v) {
     lines.push('faults:', ...traceOf(r.history, '\u0000none', Infinity).map((l) => `  ${l}`));

@@ -51,7 +51,7 @@ export interface ScheduleResult {
   simulatedMs: number;
   faults: Record<string, number>;
   resumes: { granted: number; denied: number };
-  writesAcked: number;
+  writesAcknowledged: number;
   /** Writes that rejected OUTCOME_UNKNOWN: sent, and whether they were applied could no longer be known. */
   outcomeUnknown: number;
   /** Resumes of read handles (granted or denied), and reads that returned to an application. */
@@ -135,7 +135,7 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
   if (!early) world.recordFinal();
   await world.shutdown();
   const history = world.history.events;
-  const { granted, denied, writesAcked, outcomeUnknown, readResumes, reads } = tally(history);
+  const { granted, denied, writesAcknowledged, outcomeUnknown, readResumes, reads } = tally(history);
   return {
     seed,
     settings,
@@ -143,7 +143,7 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
     simulatedMs: world.clock.now(),
     faults: Object.fromEntries(world.faults),
     resumes: { granted, denied },
-    writesAcked,
+    writesAcknowledged,
     outcomeUnknown,
     readResumes,
     reads,

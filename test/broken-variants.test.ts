@@ -264,7 +264,7 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
 
   it('S4: the correct store applies each write once on the same duplicating network', async () => {
     const r = await runSchedule(1, { replicaTransport: duplicatesWrites, faults: 0 });
-    expect(r.writesAcked).toBeGreaterThan(0);
+    expect(r.writesAcknowledged).toBeGreaterThan(0);
     expect(r.violations).toEqual([]);
   }, 120_000);
 

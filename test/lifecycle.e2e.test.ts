@@ -3,10 +3,15 @@
  * twice, stopped. Every case here was seen going wrong once; each asserts what the user sees now.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { pathToFileURL } from 'node:url';
+import { Application } from '../actors/application.js';
+import { NodeAgent } from '../actors/node-agent.js';
+import { WebSocketTransport } from '../transport/ws.js';
+import { replicaProcess, SECRET } from '../bench/replica-process.js';
 import { tempDir } from './helpers.js';
 
 const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
@@ -53,10 +58,15 @@ async function freePort(): Promise<number> {
   return port;
 }
 
+/** Running (a process that exited but was not yet reaped by this one, a zombie, is not). */
 const alive = (pid: number) => {
   try {
     process.kill(pid, 0);
-    return true;
+  } catch {
+    return false;
+  }
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
   } catch {
     return false;
   }
@@ -67,7 +77,7 @@ afterEach(() => {
 });
 
 describe('the launcher as an operator uses it', () => {
-  it('Ctrl-C while its children are already dying (the terminal signals them all at once) stops cleanly: exit 0, no trace, no control.json', async () => {
+  it('Ctrl-C or SIGTERM to the whole process group (children dying at once) stops cleanly: exit 0, no trace, no control.json', async () => {
     const t = tempDir();
     try {
       for (let round = 0; round < 6; round++) {
@@ -75,8 +85,9 @@ describe('the launcher as an operator uses it', () => {
         await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /inspector/.test(u.out()));
         const s = JSON.parse(cli(t.dir, 'status', '--json').out) as { replicas: Array<{ pid: number }>; nodes: Array<{ pid: number }> };
         const pids = [...s.replicas, ...s.nodes].map((c) => c.pid);
-        // As a terminal's Ctrl-C does: SIGINT to the launcher and every child at once.
-        process.kill(-u.proc.pid!, 'SIGINT');
+        // As a terminal's Ctrl-C does: SIGINT to the launcher and every child at once (and SIGTERM, as
+        // \`timeout\` and service managers send to the whole group).
+        process.kill(-u.proc.pid!, round % 2 === 0 ? 'SIGINT' : 'SIGTERM');
         const end = await u.exited;
         expect({ end, err: u.err() }).toEqual({ end: { code: 0, signal: null }, err: expect.not.stringMatching(/Error|EPIPE|at /) });
         expect(u.out()).toMatch(/stopped\n$/);
@@ -96,6 +107,142 @@ describe('the launcher as an operator uses it', () => {
       process.kill(-u.proc.pid!, 'SIGINT');
       const end = await Promise.race([u.exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), 15_000))]);
       expect({ end, out: u.out().slice(-40) }).toEqual({ end: { code: 0, signal: null }, out: expect.stringMatching(/stopped\n$/) });
+    } finally {
+      t.cleanup();
+    }
+  }, 60_000);
+
+  it('a second up in the same --dir refuses, naming the running launcher; the first cluster keeps its handles and its control file', async () => {
+    const t = tempDir();
+    try {
+      const first = up(t.dir);
+      await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /inspector/.test(first.out()));
+      const control = readFileSync(join(t.dir, 'control.json'), 'utf8');
+      await until('the handle active', () => (JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ state: string }> }).handles[0]?.state === 'active');
+      const second = up(t.dir);
+      const end = await second.exited;
+      expect(end.code).toBe(3);
+      expect(second.err()).toBe(`safe-resume: a cluster is already running in ${t.dir} (launcher pid ${first.proc.pid}, up since ${JSON.parse(readFileSync(join(t.dir, 'launcher.lock'), 'utf8')).started}); stop it with 'safe-resume down --dir ${t.dir}', or use another --dir\n`);
+      expect(readFileSync(join(t.dir, 'control.json'), 'utf8')).toBe(control);
+      const s = JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ state: string; reason: string | null }> };
+      expect(s.handles).toEqual([expect.objectContaining({ state: 'active', reason: null })]);
+      // down waits until the launcher and its processes are gone; a second down finds nothing and says so.
+      const pids = [first.proc.pid!, ...(JSON.parse(cli(t.dir, 'status', '--json').out) as { replicas: Array<{ pid: number }> }).replicas.map((r) => r.pid)];
+      const d = cli(t.dir, 'down');
+      expect(d).toMatchObject({ code: 0, out: `stopped the cluster in ${t.dir} (launcher pid ${first.proc.pid} and every process it ran)\n` });
+      expect(pids.filter(alive)).toEqual([]);
+      expect(cli(t.dir, 'down')).toMatchObject({ code: 0, out: `no cluster is running in ${t.dir}\n` });
+      // Started again over the same directory, it says what it reuses (a clean stop kept no requestId).
+      const again = up(t.dir);
+      await until('the cluster again', () => /inspector/.test(again.out()));
+      expect(again.out()).toMatch(new RegExp(`^  reusing the store in ${t.dir}: 1 targets, 0 kept requestIds$`, 'm'));
+      // clean refuses while it runs, then removes the cluster's data and nothing else.
+      writeFileSync(join(t.dir, 'notes.txt'), 'mine');
+      expect(cli(t.dir, 'clean')).toMatchObject({ code: 3, err: expect.stringContaining('a cluster is running in') });
+      expect(cli(t.dir, 'down').code).toBe(0);
+      const c = cli(t.dir, 'clean', '--json');
+      expect(JSON.parse(c.out)).toEqual({ ok: true, removed: expect.arrayContaining(['store.sqlite', 'node-1.handles.jsonl', 'logs', 'cluster-secret']), kept: ['notes.txt'] });
+      expect(readdirSync(t.dir)).toEqual(['notes.txt']);
+    } finally {
+      t.cleanup();
+    }
+  }, 120_000);
+
+  it('a port in use, a data directory that cannot be written and a read-only store: one line each, what to do, a coded exit', async () => {
+    const t = tempDir();
+    const blocker = net.createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
+    const taken = (blocker.address() as net.AddressInfo).port;
+    try {
+      const cases: Array<[string[], number, RegExp]> = [
+        [['--port', String(taken)], 4, new RegExp(`^safe-resume: replica-1: 127\\.0\\.0\\.1:${taken} is already in use; pick another port or stop what listens there\n$`)],
+        [['--inspector-port', String(taken)], 4, new RegExp(`^safe-resume: the inspector: 127\\.0\\.0\\.1:${taken} is already in use; pick another port or stop what listens there\n$`)],
+      ];
+      for (const [args, code, said] of cases) {
+        const u = up(join(t.dir, `d${code}-${args[0]}`), args);
+        const end = await u.exited;
+        expect({ args, code: end.code, err: u.err() }).toEqual({ args, code, err: expect.stringMatching(said) });
+      }
+      // etcd not on the PATH: the package to install.
+      const noEtcd = spawnSync(process.execPath, [CLI, 'up', '--store', 'etcd', '--dir', join(t.dir, 'e')], { encoding: 'utf8', env: { ...process.env, PATH: '/nonexistent' }, timeout: 30_000 });
+      expect([noEtcd.status, noEtcd.stderr]).toEqual([7, 'safe-resume: etcd is not installed: apt-get install -y etcd-server (Debian), or pass --etcd-endpoints of a running cluster\n']);
+      const locked = join(t.dir, 'locked');
+      mkdirSync(locked, { mode: 0o500 });
+      chmodSync(locked, 0o500);
+      // As root every directory is writable: the case needs a user the mode binds.
+      if (process.getuid?.() !== 0) {
+        const u = up(join(locked, 'c'));
+        expect([(await u.exited).code, u.err()]).toEqual([5, expect.stringMatching(/^safe-resume: data directory .* cannot be written \(EACCES\); choose a directory you can write with --dir, or fix its permissions\n$/)]);
+      }
+      const ro = join(t.dir, 'ro');
+      const first = up(ro);
+      await until('the cluster', () => /inspector/.test(first.out()));
+      expect(cli(ro, 'down').code).toBe(0);
+      chmodSync(join(ro, 'store.sqlite'), 0o400);
+      if (process.getuid?.() === 0) spawnSync('chattr', ['+i', join(ro, 'store.sqlite')]);
+      const u = up(ro);
+      const end = await u.exited;
+      if (process.getuid?.() === 0) spawnSync('chattr', ['-i', join(ro, 'store.sqlite')]);
+      expect([end.code, u.err()]).toEqual([6, `safe-resume: the store ${join(ro, 'store.sqlite')} is read-only: make it writable (chmod u+w) or start a new cluster with another --dir\n`]);
+    } finally {
+      blocker.close();
+      t.cleanup();
+    }
+  }, 120_000);
+
+  it('the SDK: after agent.stop() a program exits by itself (no socket, timer or file left open), its handles closed at the storage', async () => {
+    const t = tempDir();
+    const replica = await replicaProcess(t.dir, 'sqlite');
+    try {
+      const script = join(t.dir, 'program.mjs');
+      const index = pathToFileURL(join(import.meta.dirname, '..', 'dist', 'index.js')).href;
+      writeFileSync(script, `
+        import { Application, NodeAgent, WebSocketTransport } from ${JSON.stringify(index)};
+        const agent = new NodeAgent({ id: 'node-1', replicas: [${JSON.stringify(replica.url)}], transport: new WebSocketTransport(), secret: ${JSON.stringify(SECRET)}, dataDir: ${JSON.stringify(t.dir)} });
+        await agent.start();
+        const app = new Application(agent, { name: 'vm-42' });
+        const h = await app.open('vm42.disk', { mode: 'write' });
+        await h.write(0, new TextEncoder().encode('hello'));
+        const other = await app.open('other.disk');
+        await agent.stop();
+        console.log('stopped', h.state, other.state);
+      `);
+      const r = spawnSync(process.execPath, [script], { encoding: 'utf8', timeout: 20_000 });
+      expect({ status: r.status, signal: r.signal, out: r.stdout, err: r.stderr }).toEqual({ status: 0, signal: null, out: 'stopped closed closed\n', err: '' });
+      // The locks went with the handles: another node opens the targets at once.
+      const agent = new NodeAgent({ id: 'node-2', replicas: [replica.url], transport: new WebSocketTransport(), secret: SECRET });
+      await agent.start();
+      const app = new Application(agent, { name: 'other' });
+      const h = await app.open('vm42.disk');
+      expect(new TextDecoder().decode(await h.read(0, 5))).toBe('hello');
+      await agent.stop();
+    } finally {
+      replica.proc.kill('SIGKILL');
+      t.cleanup();
+    }
+  }, 60_000);
+
+  it('CLI conventions: per-command help, --version, strict switches in a config file, JSON on stdout without a cluster, one word for acknowledged writes', () => {
+    const t = tempDir();
+    try {
+      const run = (...args: string[]) => spawnSync('node', [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
+      const create = run('create', '--help');
+      expect(create.status).toBe(0);
+      expect(create.stdout).toMatch(/^Usage:\n  safe-resume create <target> --size SIZE/);
+      expect(create.stdout).not.toContain('safe-resume partition');
+      expect(run('up', '--help').stdout).toMatch(/^Usage:\n  safe-resume up \[options\][\s\S]*Options for up:\n  --replicas N/);
+      expect(run('help', 'down').stdout).toContain('safe-resume down [--no-wait]');
+      const pkg = JSON.parse(readFileSync(join(import.meta.dirname, '..', 'package.json'), 'utf8')) as { version: string };
+      expect(run('--version').stdout).toBe(`safe-resume ${pkg.version}\n`);
+      writeFileSync(join(t.dir, 'c.json'), '{"chaos": "false"}');
+      const cfg = run('up', '--config', join(t.dir, 'c.json'), '--dir', join(t.dir, 'x'));
+      expect([cfg.status, cfg.stderr]).toEqual([2, expect.stringContaining('chaos must be true or false, got "false"')]);
+      const none = run('status', '--json', '--dir', join(t.dir, 'nothing'));
+      expect(none.status).toBe(1);
+      expect(JSON.parse(none.stdout)).toMatchObject({ ok: false, code: 'NOT_RUNNING' });
+      const sim = JSON.parse(run('sim', '--seeds', '2', '--workers', '1', '--json').stdout) as Record<string, unknown>;
+      expect(sim).toHaveProperty('writesAcknowledged');
+      expect(sim).not.toHaveProperty('writesAcked');
     } finally {
       t.cleanup();
     }

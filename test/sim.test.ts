@@ -26,7 +26,7 @@ describe('simulation', () => {
     const r = await runSchedule(5);
     expect(r.simulatedMs).toBeGreaterThan(10_000);
     expect(Object.values(r.faults).reduce((x, y) => x + y, 0)).toBeGreaterThan(0);
-    expect(r.writesAcked).toBeGreaterThan(50);
+    expect(r.writesAcknowledged).toBeGreaterThan(50);
     expect(r.violations).toEqual([]);
   });
 });
