@@ -26,7 +26,7 @@ export const ERROR_CODES = {
 export type ErrorCode = keyof typeof ERROR_CODES;
 
 /** Reasons a handle can be invalidated (SPEC "Handle lifecycle"). */
-export type InvalidationReason = 'MODIFIED' | 'SUPERSEDED' | 'TIMEOUT' | 'CLOSED_BY_STORAGE';
+export type InvalidationReason = 'MODIFIED' | 'SUPERSEDED' | 'TIMEOUT' | 'CLOSED_BY_STORAGE' | 'FORBIDDEN';
 
 export const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['LOCKED', 'UNAVAILABLE', 'SEQ_GAP', 'QUEUE_FULL']);
 

@@ -497,7 +497,7 @@ export class StorageReplica {
       if (!s.principals.has(it.principal)) {
         this.stats.resumesDenied++;
         this.opts.observe?.resume('FORBIDDEN');
-        return { target: it.target, requestId: it.requestId, granted: false, reason: 'MODIFIED', code: 'FORBIDDEN', version: 0 };
+        return { target: it.target, requestId: it.requestId, granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version: 0 };
       }
       const out = decided[next++]!;
       const h = this.attach(s, it.target, it.requestId, it.mode, true);

@@ -415,8 +415,9 @@ export class Launcher {
     const app = new Application(await this.cliAgent(), { name: as });
     const h = await app.open(target);
     try {
-      const { version } = await h.write(0, new TextEncoder().encode(text));
-      return { ok: true, target, as, requestId: h.requestId, bytes: text.length, version };
+      const data = new TextEncoder().encode(text);
+      const { version } = await h.write(0, data);
+      return { ok: true, target, as, requestId: h.requestId, bytes: data.length, version };
     } finally {
       await h.close();
     }

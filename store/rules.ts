@@ -108,8 +108,9 @@ export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number, maxSi
     return { out: { ok: true, version, lastSeq: rec.lastSeq, takeover: true, size }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance) }, ...fixing(v, req)] };
   }
   if (rec && (v.live ?? nowMs < rec.expiresAt)) {
-    const until = v.live === undefined ? ` for ${rec.expiresAt - nowMs} ms more` : " until its session's lease lapses";
-    return none({ ok: false, code: 'LOCKED', message: `${req.target} is locked by another writer${until}` });
+    // Who holds it, and when it can lapse: never while the holder's session lives (it renews the lock).
+    const lapse = v.live === undefined ? `if that session stops renewing it, it lapses in ${rec.expiresAt - nowMs} ms at most` : "it lapses when that session's lease does";
+    return none({ ok: false, code: 'LOCKED', message: `${req.target} is held by requestId ${rec.requestId} (principal ${rec.principal}) through session ${rec.session}, which renews the lock while it lives; ${lapse}` });
   }
   // No record, or its lock expired: the old holder's resume will now be denied; its tombstone says
   // which of its writes were applied.
@@ -157,7 +158,8 @@ export function decideResume(v: TargetView, req: ResumeRequest, nowMs: number): 
     const tomb = v.tombstones().find((t) => t.requestId === req.requestId);
     return none(denial(tomb, instance, version));
   }
-  if (rec.principal !== req.principal) return none({ granted: false, reason: 'MODIFIED', code: 'FORBIDDEN', version });
+  // Nobody modified the target: the requestId is another principal's (FORBIDDEN, not MODIFIED: L1).
+  if (rec.principal !== req.principal) return none({ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version });
   if (!req.takeover && rec.instance !== instance) return none(denial(rec, instance, version));
   return { out: { granted: true, lastSeq: rec.lastSeq, version, size: v.fixedSize }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance) }] };
 }

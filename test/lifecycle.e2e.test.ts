@@ -124,8 +124,15 @@ describe('the launcher as an operator uses it', () => {
       expect(end.code).toBe(3);
       expect(second.err()).toBe(`safe-resume: a cluster is already running in ${t.dir} (launcher pid ${first.proc.pid}, up since ${JSON.parse(readFileSync(join(t.dir, 'launcher.lock'), 'utf8')).started}); stop it with 'safe-resume down --dir ${t.dir}', or use another --dir\n`);
       expect(readFileSync(join(t.dir, 'control.json'), 'utf8')).toBe(control);
-      const s = JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ state: string; reason: string | null }> };
+      const s = JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ state: string; reason: string | null; requestId: string }> };
       expect(s.handles).toEqual([expect.objectContaining({ state: 'active', reason: null })]);
+      // A foreign write is told who holds the target, and that the lock lives as long as its session.
+      const locked = cli(t.dir, 'write', 'app-1.disk', 'x');
+      expect([locked.code, locked.err]).toEqual([1, expect.stringContaining(`LOCKED: app-1.disk is held by requestId ${s.handles[0]!.requestId} (principal default) through session`)]);
+      expect(locked.err).toContain('which renews the lock while it lives');
+      expect(cli(t.dir, 'status').out).toContain(`requestId=${s.handles[0]!.requestId}`);
+      // Bytes are bytes, not characters.
+      expect(JSON.parse(cli(t.dir, 'write', 'notes.disk', 'héllo wörld ✓', '--json').out)).toMatchObject({ ok: true, bytes: Buffer.byteLength('héllo wörld ✓') });
       // down waits until the launcher and its processes are gone; a second down finds nothing and says so.
       const pids = [first.proc.pid!, ...(JSON.parse(cli(t.dir, 'status', '--json').out) as { replicas: Array<{ pid: number }> }).replicas.map((r) => r.pid)];
       const d = cli(t.dir, 'down');
@@ -135,7 +142,7 @@ describe('the launcher as an operator uses it', () => {
       // Started again over the same directory, it says what it reuses (a clean stop kept no requestId).
       const again = up(t.dir);
       await until('the cluster again', () => /inspector/.test(again.out()));
-      expect(again.out()).toMatch(new RegExp(`^  reusing the store in ${t.dir}: 1 targets, 0 kept requestIds$`, 'm'));
+      expect(again.out()).toMatch(new RegExp(`^  reusing the store in ${t.dir}: 2 targets, 0 kept requestIds$`, 'm'));
       // clean refuses while it runs, then removes the cluster's data and nothing else.
       writeFileSync(join(t.dir, 'notes.txt'), 'mine');
       expect(cli(t.dir, 'clean')).toMatchObject({ code: 3, err: expect.stringContaining('a cluster is running in') });

@@ -28,7 +28,7 @@ describe('rules as decisions', () => {
       { kind: 'put', record: { target: 't', requestId: Y, principal: 'p', session: 's2', expiresAt: 250, lastSeq: 0, instance: 'i2', instanceSeq: 0, prevInstance: '' } },
     ]);
     const locked = decideOpen(view(rec()), { target: 't', requestId: Y, principal: 'p', mode: 'write', session: 's2', leaseMs: 50 }, 200);
-    expect(locked).toEqual({ out: { ok: false, code: 'LOCKED', message: 't is locked by another writer for 800 ms more' }, effects: [] });
+    expect(locked).toEqual({ out: { ok: false, code: 'LOCKED', message: `t is held by requestId ${X} (principal p) through session s1, which renews the lock while it lives; if that session stops renewing it, it lapses in 800 ms at most` }, effects: [] });
   });
 
   it('a write in order asks for its bytes and its seq, and answers the version after them; the hot path reads no tombstones', () => {

@@ -294,7 +294,7 @@ for (const adapter of adapters) {
       await setup();
       await open(X, 's1', 0, 100);
       const r = await store.resume([{ target: T, requestId: X, principal: 'mallory', mode: 'write', session: 's2', leaseMs: 1 }]);
-      expect(r[0]).toMatchObject({ granted: false, code: 'FORBIDDEN' });
+      expect(r[0]).toMatchObject({ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN' });
       expect(await open(X, 's2', 0, 100, 'write', 'mallory')).toMatchObject({ ok: false, code: 'FORBIDDEN' });
     });
 

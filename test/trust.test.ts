@@ -231,7 +231,7 @@ describe('principals are proven, not claimed', () => {
     peer.conn.send({ type: 'open', id: 2, target: 'victim.disk', requestId: victim.requestId, principal: 'tenant-a', mode: 'write' });
     expect(await answer(2)).toMatchObject({ type: 'error', code: 'FORBIDDEN' });
     peer.conn.send({ type: 'resume', id: 3, items: [{ target: 'victim.disk', requestId: victim.requestId, principal: 'tenant-a', mode: 'write', instance: 'attacker-instance', takeover: true }] });
-    expect(await answer(3)).toMatchObject({ type: 'resumed', results: [{ granted: false, code: 'FORBIDDEN' }] });
+    expect(await answer(3)).toMatchObject({ type: 'resumed', results: [{ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN' }] });
     // Nothing it tried took hold: no write of its lands, the victim stays active and keeps writing.
     peer.conn.send({ type: 'write', id: 4, target: 'victim.disk', requestId: victim.requestId, seq: 2, offset: 0, data: bytes('MALLORY') });
     expect(await answer(4)).toMatchObject({ type: 'error', code: 'NOT_OPEN' });

@@ -23,7 +23,7 @@ const mode = z.enum(['read', 'write']);
 /** The bytes of one read or write: at most MAX_IO_BYTES, checked where every frame is validated. */
 const ioBytes = z.custom<Uint8Array>((v) => v instanceof Uint8Array && v.length <= MAX_IO_BYTES, `expected at most ${MAX_IO_BYTES} bytes`);
 const errorCode = z.string().min(1).max(64);
-const reason = z.enum(['MODIFIED', 'SUPERSEDED', 'TIMEOUT', 'CLOSED_BY_STORAGE']);
+const reason = z.enum(['MODIFIED', 'SUPERSEDED', 'TIMEOUT', 'CLOSED_BY_STORAGE', 'FORBIDDEN']);
 /** One handle instance of a requestId: fresh per open or takeover, kept by the node with the requestId. */
 const instance = z.string().regex(/^[A-Za-z0-9_-]{8,64}$/, 'instance must be 8-64 URL-safe characters');
 
