@@ -53,6 +53,12 @@ const pct = (xs: number[], p: number) => {
 };
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 
+/** `p`, or `fallback` after `ms`; the timer is cleared either way (a pending one kept the process alive). */
+function within<T, F>(p: Promise<T>, ms: number, fallback: F): Promise<T | F> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise<F>((r) => (timer = setTimeout(() => r(fallback), ms)))]).finally(() => clearTimeout(timer));
+}
+
 async function agentWith(url: string[], handles: number, opts: { heartbeatIntervalMs?: number; env?: Partial<Env> } = {}): Promise<{ agent: NodeAgent; hs: Handle[] }> {
   const agent = new NodeAgent({ id: `bench-${Math.random().toString(36).slice(2, 8)}`, replicas: url, transport: new WebSocketTransport(), secret: SECRET, ...opts });
   await agent.start();
@@ -176,7 +182,7 @@ export async function failover(dir: string, n: number, agents: number, store: 's
     h.on('state', on);
   })));
   victim.proc.kill('SIGKILL');
-  await Promise.race([done, new Promise((r) => setTimeout(r, 120_000))]);
+  await within(done, 120_000, undefined);
   if (times.length < all.length) throw new Error(`failover of ${n}: only ${times.length} of ${all.length} handles active again within 120 s (agents on ${groups.map((g) => g.agent.replica ?? 'none').join(', ')})`);
   for (const g of groups) g.agent.crash();
   other.proc.kill('SIGKILL');
@@ -200,7 +206,7 @@ async function silentPartition(dir: string, heartbeatMs: number): Promise<{ dete
     if (s === 'active') r(now() - t0);
   }));
   proxy.partition();
-  const resume = await Promise.race([resumed, new Promise<number>((r) => setTimeout(() => r(NaN), 60_000))]);
+  const resume = await within(resumed, 60_000, NaN);
   agent.crash();
   await proxy.close();
   a.proc.kill();
@@ -224,7 +230,7 @@ async function resumeStorm(dir: string, n: number): Promise<number> {
     });
   });
   proxy.drop();
-  const ms = await Promise.race([done, new Promise<number>((r) => setTimeout(() => r(NaN), 120_000))]);
+  const ms = await within(done, 120_000, NaN);
   agent.crash();
   if (Number.isNaN(ms)) throw new Error(`resume storm of ${n}: only ${active} of ${n} handles active again within 120 s`);
   await proxy.close();
@@ -312,7 +318,7 @@ async function replicaResumes(dir: string, n: number, store: 'memory' | `etcd://
     const items = Array.from({ length: Math.min(1000, n - b * 1000) }, (_, j) => ({ target: `t${b * 1000 + j}`, requestId: rid(b * 1000 + j), principal: 'p', mode: 'write' as const }));
     second.conn.send({ type: 'resume', id: b + 1, items });
   }
-  const answered = await Promise.race([second.answers('resumed', batches).then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 60_000))]);
+  const answered = await within(second.answers('resumed', batches).then(() => true), 60_000, false);
   const ms = now() - t0;
   second.conn.close();
   r.proc.kill();

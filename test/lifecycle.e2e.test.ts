@@ -254,4 +254,11 @@ describe('the launcher as an operator uses it', () => {
       t.cleanup();
     }
   }, 60_000);
+
+  it('bench exits once its table is printed (a leftover timer kept it running two minutes more)', () => {
+    // In this process, as `safe-resume bench` runs when node already has --expose-gc.
+    const r = spawnSync(process.execPath, ['--expose-gc', CLI, 'bench', '--smoke', '--only', 'failover'], { encoding: 'utf8', timeout: 90_000 });
+    expect({ status: r.status, signal: r.signal }).toEqual({ status: 0, signal: null });
+    expect(r.stdout).toMatch(/\| failover\.20\.p50 \|/);
+  }, 120_000);
 });
