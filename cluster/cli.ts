@@ -571,11 +571,13 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   let res: Response;
   try {
     const authorization = `Bearer ${token}`;
-    res = await fetch(url + path, path === '/status' ? { headers: { authorization } } : { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', authorization } });
-  } catch {
-    throw new UsageError(`the cluster in ${dir} does not answer at ${url} (is it still running?)`);
+    const signal = AbortSignal.timeout(CONTROL_DEADLINE_MS);
+    res = await fetch(url + path, path === '/status' ? { headers: { authorization }, signal } : { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', authorization }, signal });
+  } catch (err) {
+    if ((err as Error).name === 'TimeoutError') throw new OperatorError(`the launcher in ${dir} did not answer ${cmd} within ${CONTROL_DEADLINE_MS / 1000} s (it is at ${url})`, EXIT.timeout);
+    throw new OperatorError(`the cluster in ${dir} does not answer at ${url}: it is not running (a stale control.json; 'safe-resume down --dir ${dir}' clears it)`, EXIT.failed);
   }
-  let out = (await res.json()) as { ok: boolean; code?: string; message?: string } & Record<string, unknown>;
+  let out = (await res.json()) as { ok: boolean; code?: string; message?: string; deadline?: boolean } & Record<string, unknown>;
   if (cmd === 'export' && out.ok) out = exportUrl(out, positionals[0]!, values.node);
   if (cmd === 'create' && out.ok) {
     // The URL to open it with, from the cluster's status (none if no node serves an export).
@@ -590,8 +592,11 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   else if (cmd === 'export') process.stdout.write(`${String(out.url)}\n`);
   else if (cmd === 'create') process.stdout.write(`${String(out.target)}: ${formatSize(Number(out.size))} (${String(out.size)} bytes)${out.created ? '' : ', as it already was'}\n${out.url ? String(out.url) : '(no node serves an NBD export)'}\n`);
   else process.stdout.write(Object.entries(out).filter(([k]) => k !== 'ok').map(([k, v]) => `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`).join('\n') + '\n');
-  return out.ok ? 0 : 1;
+  return out.ok ? 0 : out.deadline ? EXIT.timeout : EXIT.failed;
 }
+
+/** How long a command waits for the launcher's answer (its own deadlines for the storage are 10 s). */
+const CONTROL_DEADLINE_MS = 30_000;
 
 /**
  * Stop the cluster in `dir` and, unless told not to, wait until its launcher (and so every process it

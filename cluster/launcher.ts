@@ -67,7 +67,17 @@ interface Child {
   ready: Promise<void>;
 }
 
-export type ControlResult = { ok: true; [k: string]: unknown } | { ok: false; code: string; message: string };
+/** `deadline`: the command gave up waiting for the storage (the CLI exits 8). */
+export type ControlResult = { ok: true; [k: string]: unknown } | { ok: false; code: string; message: string; deadline?: boolean };
+
+/** How long an ad-hoc command (write, read, create) waits for the storage before it says what it waited for. */
+const COMMAND_DEADLINE_MS = 10_000;
+
+/** What an ad-hoc command has done so far, and whether it was given up (it then stops at its next step). */
+interface Step {
+  stage: 'connecting' | 'opening' | 'sent' | 'closing';
+  cancelled: boolean;
+}
 
 const CHILD = join(fileURLToPath(new URL('.', import.meta.url)), 'child.js');
 
@@ -412,41 +422,75 @@ export class Launcher {
 
   /** An ad-hoc application writes `text` at offset 0 of the target: the foreign writer of the docs. */
   async write(target: string, text: string, as = 'cli'): Promise<ControlResult> {
-    const app = new Application(await this.cliAgent(), { name: as });
-    const h = await app.open(target);
-    try {
-      const data = new TextEncoder().encode(text);
-      const { version } = await h.write(0, data);
-      return { ok: true, target, as, requestId: h.requestId, bytes: data.length, version };
-    } finally {
-      await h.close();
-    }
+    return this.adHoc(`write ${target}`, async (step) => {
+      const app = new Application(await this.cliAgent(), { name: as });
+      step.stage = 'opening';
+      const h = await app.open(target);
+      try {
+        if (step.cancelled) return { ok: false, code: 'UNAVAILABLE', message: 'given up' };
+        const data = new TextEncoder().encode(text);
+        step.stage = 'sent';
+        const { version } = await h.write(0, data);
+        return { ok: true, target, as, requestId: h.requestId, bytes: data.length, version };
+      } finally {
+        step.stage = 'closing';
+        await h.close();
+      }
+    });
+  }
+
+  /**
+   * Run an ad-hoc command against the storage with a deadline: past it, say what was waited for (each
+   * replica's state) instead of hanging. Work not yet sent is given up; a write already sent may still
+   * land, and the answer says so (OUTCOME_UNKNOWN), never that it failed.
+   */
+  private async adHoc(what: string, work: (step: Step) => Promise<ControlResult>): Promise<ControlResult> {
+    const step: Step = { stage: 'connecting', cancelled: false };
+    const done = work(step);
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), COMMAND_DEADLINE_MS)));
+    const first = await Promise.race([done, late]).finally(() => clearTimeout(timer));
+    if (first) return first;
+    step.cancelled = true;
+    done.catch(() => undefined);
+    const replicas = [...this.children.values()].filter((c) => c.role === 'replica').map((c) => `${c.id} ${!c.proc ? 'down' : c.status?.role === 'replica' && c.status.dismounted ? 'dismounted' : 'serving but not answering'}`).join(', ');
+    const waited = `no replica answered within ${COMMAND_DEADLINE_MS / 1000} s (${replicas})`;
+    if (step.stage === 'sent') return { ok: false, code: 'OUTCOME_UNKNOWN', message: `${what}: the write was sent and ${waited}: it may still be applied once a replica is back`, deadline: true };
+    return { ok: false, code: 'UNAVAILABLE', message: `${what}: ${waited}; nothing was done`, deadline: true };
   }
 
   /** Create a disk: `target` with a size fixed now (sparse: nothing is written). Said again with the same size, it is a no-op. */
   async create(target: string, size: number | undefined): Promise<ControlResult> {
     if (size === undefined) throw new SafeResumeError('INVALID_ARGUMENT', 'missing size');
-    const app = new Application(await this.cliAgent(), { name: 'cli-create' });
-    // Whether it existed: a read open says its size (none yet: it is created now).
-    const before = await app.open(target, { mode: 'read' });
-    const had = before.size;
-    await before.close();
-    // Already that size: nothing to do (a write open would be LOCKED while a client uses the disk).
-    if (had === size) return { ok: true, target, size, created: false };
-    const h = await app.open(target, { size });
-    await h.close();
-    return { ok: true, target, size, created: had === undefined };
+    return this.adHoc(`create ${target}`, async (step) => {
+      const app = new Application(await this.cliAgent(), { name: 'cli-create' });
+      step.stage = 'opening';
+      // Whether it existed: a read open says its size (none yet: it is created now).
+      const before = await app.open(target, { mode: 'read' });
+      const had = before.size;
+      await before.close();
+      // Already that size: nothing to do (a write open would be LOCKED while a client uses the disk).
+      if (had === size) return { ok: true, target, size, created: false };
+      if (step.cancelled) return { ok: false, code: 'UNAVAILABLE', message: 'given up' };
+      step.stage = 'sent'; // the open that fixes the size
+      const h = await app.open(target, { size });
+      await h.close();
+      return { ok: true, target, size, created: had === undefined };
+    });
   }
 
   async read(target: string, length = 1024 * 1024): Promise<ControlResult> {
-    const app = new Application(await this.cliAgent(), { name: 'cli-reader' });
-    const h = await app.open(target, { mode: 'read' });
-    try {
-      const data = await h.read(0, length);
-      return { ok: true, target, bytes: data.length, text: new TextDecoder().decode(data) };
-    } finally {
-      await h.close();
-    }
+    return this.adHoc(`read ${target}`, async (step) => {
+      const app = new Application(await this.cliAgent(), { name: 'cli-reader' });
+      step.stage = 'opening';
+      const h = await app.open(target, { mode: 'read' });
+      try {
+        const data = await h.read(0, length);
+        return { ok: true, target, bytes: data.length, text: new TextDecoder().decode(data) };
+      } finally {
+        await h.close();
+      }
+    });
   }
 
   /** Stop every workload (chaos mode) and wait until each node has flushed its history. */

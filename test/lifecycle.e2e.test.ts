@@ -261,4 +261,23 @@ describe('the launcher as an operator uses it', () => {
     expect({ status: r.status, signal: r.signal }).toEqual({ status: 0, signal: null });
     expect(r.stdout).toMatch(/\| failover\.20\.p50 \|/);
   }, 120_000);
+
+  it('write with every replica down says what it waited for within its deadline (exit 8), and does nothing later', async () => {
+    const t = tempDir();
+    try {
+      const u = up(t.dir);
+      await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /inspector/.test(u.out()));
+      expect(cli(t.dir, 'kill', 'replica-1').code).toBe(0);
+      const w = cli(t.dir, 'write', 'late.disk', 'never');
+      expect([w.code, w.err]).toEqual([8, 'safe-resume write: UNAVAILABLE: write late.disk: no replica answered within 10 s (replica-1 down); nothing was done\n']);
+      expect(cli(t.dir, 'restart', 'replica-1').code).toBe(0);
+      await until('the node back', () => (JSON.parse(cli(t.dir, 'status', '--json').out) as { nodes: Array<{ state: string }> }).nodes[0]?.state === 'connected');
+      // Given up means given up: the write the launcher was waiting to send never lands.
+      await new Promise((r) => setTimeout(r, 2000));
+      const r = JSON.parse(cli(t.dir, 'read', 'late.disk', '--json').out) as { ok: boolean; bytes: number };
+      expect(r).toMatchObject({ ok: true, bytes: 0 });
+    } finally {
+      t.cleanup();
+    }
+  }, 90_000);
 });
