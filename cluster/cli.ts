@@ -314,14 +314,16 @@ async function up(argv: string[]): Promise<number> {
     process.stdout.write((o.json ? JSON.stringify(summary) : formatChaos(summary)) + '\n');
     return summary.violations.length > 0 ? 1 : 0;
   }
-  const stopView = liveView(() => launcher.status(), process.stdout.isTTY === true && !o.pretty);
+  // --json: the addresses as one JSON object on stdout, then a status line every 5 s, then the end.
+  if (o.json) process.stdout.write(JSON.stringify({ event: 'up', store: launcher.storeSpec, etcd: launcher.etcd?.members.map((m) => ({ id: m.id, endpoint: m.endpoint })) ?? [], replicas: launcher.replicaUrls, nbd: Object.fromEntries(launcher.nbdUrls), control: launcher.controlUrl, inspector: launcher.inspector?.pageUrl ?? null, ...(o.statelyPort !== undefined ? { stately: launcher.statelyUrl } : {}), reusing: reusing ?? null }) + '\n');
+  const stopView = liveView(() => launcher.status(), process.stdout.isTTY === true && !o.pretty && !o.json, o.json);
   await new Promise<void>((done) => {
     const check = setInterval(() => stopping && (clearInterval(check), done()), 100);
   });
   stopView();
-  process.stdout.write('stopping...\n');
+  process.stdout.write(o.json ? '{"event":"stopping"}\n' : 'stopping...\n');
   await stopping;
-  process.stdout.write('stopped\n');
+  process.stdout.write(o.json ? '{"event":"stopped"}\n' : 'stopped\n');
   return 0;
 }
 
@@ -338,10 +340,13 @@ function formatChaos(s: ChaosSummary): string {
 }
 
 /** Redraw the status view in place on a terminal (every 0.5 s), as plain lines otherwise (every 5 s). */
-function liveView(status: () => Record<string, unknown>, tty: boolean): () => void {
+function liveView(status: () => Record<string, unknown>, tty: boolean, json = false): () => void {
   let lines = 0;
   const render = () => {
-    const out = statusLines(status());
+    const st = status();
+    // Piped or logged, each view says when it was taken; with --json it is one JSON line.
+    if (json) return void process.stdout.write(JSON.stringify({ event: 'status', at: new Date().toISOString(), ...st }) + '\n');
+    const out = [...(tty ? [] : [`-- ${new Date().toISOString()}`]), ...statusLines(st)];
     if (tty && lines > 0) process.stdout.write(`\x1b[${lines}A\x1b[0J`);
     process.stdout.write(out.join('\n') + '\n');
     lines = tty ? out.length : 0;

@@ -115,7 +115,8 @@ export class Launcher {
   private watching = false;
   /** The local etcd members of `--store etcd` (none when the endpoints were given). */
   etcd: EtcdMembers | undefined;
-  private storeSpec = '';
+  /** The store the replicas run over (sqlite:PATH or etcd://...). */
+  storeSpec = '';
   /** Each node's NBD export (on 127.0.0.1 of its host). */
   readonly nbdUrls = new Map<string, string>();
   /** Hosts whose link is cut now (--netns). */

@@ -280,4 +280,23 @@ describe('the launcher as an operator uses it', () => {
       t.cleanup();
     }
   }, 90_000);
+
+  it('up --json: the addresses as one JSON object, status as JSON lines, the end as JSON; piped without --json, every view is timestamped', async () => {
+    const t = tempDir();
+    try {
+      const u = up(join(t.dir, 'j'), ['--json']);
+      await until('a status line', () => /"event":"status".*\n/.test(u.out()));
+      const [first, second] = u.out().split('\n').slice(0, 2).map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(first).toMatchObject({ event: 'up', replicas: [expect.stringMatching(/^ws:\/\/127\.0\.0\.1:\d+$/)], nbd: { 'node-1': expect.stringMatching(/^nbd:/) }, control: expect.stringMatching(/^http:/), inspector: expect.stringMatching(/#token=/) });
+      expect(second).toMatchObject({ event: 'status', at: expect.any(String), replicas: [expect.objectContaining({ id: 'replica-1' })] });
+      expect(cli(join(t.dir, 'j'), 'down').code).toBe(0);
+      await u.exited;
+      expect(u.out().trim().split('\n').at(-1)).toBe('{"event":"stopped"}');
+      const plain = up(join(t.dir, 'p'));
+      await until('a view', () => /^-- \d{4}-\d\d-\d\dT[\d:.]+Z\nreplica-1 /m.test(plain.out()));
+      expect(cli(join(t.dir, 'p'), 'down').code).toBe(0);
+    } finally {
+      t.cleanup();
+    }
+  }, 90_000);
 });
