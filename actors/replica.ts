@@ -163,6 +163,12 @@ export class StorageReplica {
     return this.dismounted !== 'no';
   }
 
+  /** Every live session: its id, its node, and how long ago it was last heard from (for `explain`). */
+  sessionList(): Array<{ id: string; node: string; silentMs: number }> {
+    const now = this.env.clock.now();
+    return [...this.sessions.values()].map((s) => ({ id: s.id, node: s.node, silentMs: Math.max(0, now - s.lastHeardMs) }));
+  }
+
   get sessionCount(): number {
     return this.sessions.size;
   }

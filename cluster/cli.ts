@@ -47,6 +47,8 @@ Usage:
   safe-resume read <target>           read a target as an ad-hoc reader
   safe-resume create <target> --size SIZE [--node N]   create a disk of SIZE bytes (4G, 512M, 1T, 65536;
                                       K/M/G/T are powers of 1024; up to 1T), sparse, and print its NBD URL
+  safe-resume explain <target | requestId>   why a target or handle is where it is: who holds the lock,
+                                      whether that session is alive, when the lock can lapse, the handles
   safe-resume export <target> [--node N]   the URL a block client (qemu-io, QEMU) opens the target with
   safe-resume down [--no-wait]        stop the cluster and wait until every process is gone (nothing
                                       running is fine: the cluster is down either way)
@@ -561,6 +563,10 @@ async function control(cmd: string, argv: string[]): Promise<number> {
       need(1, '<target>');
       body = { target: positionals[0] };
       break;
+    case 'explain':
+      need(1, '<target | requestId>');
+      body = { what: positionals[0] };
+      break;
     case 'create':
       need(1, '<target> --size SIZE');
       if (values.size === undefined) throw new UsageError('create needs --size (e.g. --size 4G)');
@@ -593,7 +599,7 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   if (values.json) process.stdout.write(JSON.stringify(out) + '\n');
   else if (!out.ok) process.stderr.write(`safe-resume ${cmd}: ${out.code}: ${out.message}\n`);
   else if (cmd === 'status') process.stdout.write(statusLines(out).join('\n') + '\n');
-  else if (cmd === 'read') process.stdout.write(String(out.text) + '\n');
+  else if (cmd === 'read' || cmd === 'explain') process.stdout.write(String(out.text) + '\n');
   else if (cmd === 'export') process.stdout.write(`${String(out.url)}\n`);
   else if (cmd === 'create') process.stdout.write(`${String(out.target)}: ${formatSize(Number(out.size))} (${String(out.size)} bytes)${out.created ? '' : ', as it already was'}\n${out.url ? String(out.url) : '(no node serves an NBD export)'}\n`);
   else process.stdout.write(Object.entries(out).filter(([k]) => k !== 'ok').map(([k, v]) => `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`).join('\n') + '\n');
@@ -762,6 +768,7 @@ async function main(argv: string[]): Promise<number> {
       case 'read':
       case 'export':
       case 'create':
+      case 'explain':
       case 'down':
         return await control(cmd, rest);
       case 'clean':

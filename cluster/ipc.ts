@@ -43,6 +43,8 @@ export const ChildReport = z.union([
     url: z.string(),
     dismounted: z.boolean(),
     sessions: z.number(),
+    /** Its live sessions (bounded: the first 1,000). */
+    sessionList: z.array(z.object({ id: z.string(), node: z.string(), silentMs: z.number() })).max(1000).optional(),
     stats: z.record(z.string(), z.number()),
     /** Where its /metrics and /healthz are served, if they are. */
     metrics: z.string().optional(),

@@ -21,7 +21,8 @@ import { NodeAgent } from '../actors/node-agent.js';
 import { SafeResumeError } from '../errors.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { EtcdStore } from '../store/etcd.js';
-import { parseStoreSpec } from '../store/open.js';
+import { openStore, parseStoreSpec } from '../store/open.js';
+import type { LockRecord } from '../store/types.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
 import { FaultProxy } from './fault-proxy.js';
@@ -494,6 +495,55 @@ export class Launcher {
     });
   }
 
+  /**
+   * Why a target (or the handle of a requestId) is where it is: who holds its lock, whether that
+   * session is alive (which replica has it, when it was last heard from), when the lock can lapse,
+   * the handles on it, and the state of the store's replicas. Read from the store itself.
+   */
+  async explain(what: string): Promise<ControlResult> {
+    const st = this.status() as { handles: Array<HandleStatus & { node: string }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean }>; replicas: Array<{ id: string; state: string }> };
+    const byId = st.handles.find((h) => h.requestId === what);
+    const target = byId?.target ?? what;
+    const store = openStore(this.storeSpec);
+    let record: LockRecord | undefined;
+    let now: number | undefined;
+    try {
+      record = await store.record(target);
+      now = 'storeNow' in store && typeof store.storeNow === 'function' ? (store.storeNow as () => number)() : undefined;
+    } catch (err) {
+      throw new SafeResumeError('UNAVAILABLE', `the store cannot be read: ${(err as Error).message}`);
+    } finally {
+      await store.shutdown().catch(() => undefined);
+    }
+    const sessions = [...this.children.values()].flatMap((c) => (c.proc && c.status?.role === 'replica' ? (c.status.sessionList ?? []).map((s) => ({ ...s, replica: c.id })) : []));
+    const session = record ? sessions.find((s) => s.id === record!.session) : undefined;
+    const handles = st.handles.filter((h) => h.target === target).map((h) => {
+      const node = st.nodes.find((n) => n.id === h.node);
+      return { node: h.node, app: h.app, state: h.state, reason: h.reason, requestId: h.requestId ?? null, holds: record?.requestId === h.requestId, nodeState: node?.state ?? 'unknown', nodeReplica: node?.replica ?? null, partitioned: node?.partitioned ?? false };
+    });
+    const leftMs = record && now !== undefined ? record.expiresAt - now : undefined;
+    const lines: string[] = [target];
+    if (!record) lines.push('  lock      none: no writer holds it; a write open is granted at once');
+    else {
+      lines.push(`  holder    requestId ${record.requestId} (principal ${record.principal}, instance ${record.instance || '-'}), writes applied up to seq ${record.lastSeq}`);
+      if (session) {
+        lines.push(`  session   ${record.session} on ${session.replica}, node ${session.node}, heard from ${session.silentMs} ms ago: alive, and renewing the lock`);
+        lines.push(`  lock      held while that session lives${leftMs !== undefined ? ` (if it stops renewing: ${Math.max(0, leftMs)} ms at most)` : ''}; another writer is refused LOCKED`);
+      } else {
+        lines.push(`  session   ${record.session}: no running replica has it (lost)`);
+        if (leftMs === undefined) lines.push("  lock      lapses when that session's lease does; then another writer may open the target");
+        else if (leftMs > 0) lines.push(`  lock      the hold period runs: it lapses in ${leftMs} ms; until then the holder's resume is granted and other writers are refused LOCKED`);
+        else lines.push(`  lock      lapsed ${-leftMs} ms ago: another writer may open the target now (the holder's resume is granted until one does)`);
+      }
+    }
+    for (const h of handles) {
+      const why = h.state === 'paused' || h.state === 'resuming' ? `: its node is ${h.nodeState}${h.partitioned ? ' (partitioned)' : ''}${h.nodeReplica ? ` on ${h.nodeReplica}` : ''}` : '';
+      lines.push(`  handle    ${h.node}/${h.app} ${h.state}${h.reason ? ` (${h.reason})` : ''}${h.requestId ? ` requestId ${h.requestId}` : ''}${h.holds ? ', the holder' : ''}${why}`);
+    }
+    lines.push(`  store     ${this.storeSpec}; ${st.replicas.map((r) => `${r.id} ${r.state}`).join(', ')}`);
+    return { ok: true, target, record: record ?? null, session: session ?? null, lockLeftMs: leftMs ?? null, handles, replicas: st.replicas.map((r) => ({ id: r.id, state: r.state })), text: lines.join('\n') };
+  }
+
   /** Stop every workload (chaos mode) and wait until each node has flushed its history. */
   async stopWorkloads(): Promise<void> {
     const nodes = [...this.children.values()].filter((c) => c.role === 'node' && c.proc?.connected);
@@ -639,6 +689,8 @@ export class Launcher {
           return await this.read(str('target'));
         case '/create':
           return await this.create(str('target'), num('size'));
+        case '/explain':
+          return await this.explain(str('what'));
         case '/down':
           setTimeout(() => process.kill(process.pid, 'SIGTERM'), 50);
           return { ok: true, down: true };

@@ -95,6 +95,11 @@ export abstract class TxStore implements Store {
    * compared on it, read when the rule runs, never on a replica's clock.
    */
   protected clockNow: () => number = () => Date.now();
+
+  /** Now on the store's clock, on which lock expiries are set (for explaining a lock, not for deciding). */
+  storeNow(): number {
+    return this.clockNow();
+  }
   /** Operations not yet committed, in arrival order (they commit in this order). */
   private queue: Queued[] = [];
   /** A flush is due (next turn, or after a busy pause). */

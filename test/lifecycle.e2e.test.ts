@@ -299,4 +299,31 @@ describe('the launcher as an operator uses it', () => {
       t.cleanup();
     }
   }, 90_000);
+
+  it('explain says who holds a target, whether that session lives, when the lock can lapse, and why a handle is paused', async () => {
+    const t = tempDir();
+    try {
+      const u = up(t.dir);
+      await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /inspector/.test(u.out()));
+      type St = { handles: Array<{ state: string; requestId: string }> };
+      await until('the handle active', () => (JSON.parse(cli(t.dir, 'status', '--json').out) as St).handles[0]?.state === 'active');
+      const rid = (JSON.parse(cli(t.dir, 'status', '--json').out) as St).handles[0]!.requestId;
+      const live = cli(t.dir, 'explain', 'app-1.disk');
+      expect(live.code).toBe(0);
+      expect(live.out).toContain(`  holder    requestId ${rid} (principal default`);
+      expect(live.out).toMatch(/  session   \S+ on replica-1, node node-1, heard from \d+ ms ago: alive, and renewing the lock/);
+      expect(live.out).toContain(`  handle    node-1/app-1 active requestId ${rid}, the holder`);
+      expect(cli(t.dir, 'explain', rid).out.split('\n')[0]).toBe('app-1.disk');
+      expect(cli(t.dir, 'partition', 'node-1').code).toBe(0);
+      // The replica loses the silent session after a few heartbeats; then the hold period runs.
+      let lost = '';
+      await until('the session lost', () => /no running replica has it \(lost\)/.test((lost = cli(t.dir, 'explain', 'app-1.disk').out)));
+      expect(lost).toMatch(/  lock      (the hold period runs: it lapses in \d+ ms|lapsed \d+ ms ago)/);
+      expect(lost).toMatch(/  handle    node-1\/app-1 (paused|resuming) requestId \S+, the holder: its node is \w+ \(partitioned\)/);
+      expect(cli(t.dir, 'heal').code).toBe(0);
+      expect(cli(t.dir, 'explain', 'nobody.disk').out).toContain('  lock      none: no writer holds it');
+    } finally {
+      t.cleanup();
+    }
+  }, 90_000);
 });
