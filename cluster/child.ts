@@ -150,6 +150,11 @@ interface HostedApp {
   stopped: boolean;
   /** The reason of the last invalidation, kept across reloads. */
   lastReason: string | undefined;
+  /** When the handle entered its state, and when it left `active` (for the pause timeout), on this process's clock. */
+  since: number;
+  awaySince: number | undefined;
+  /** Acknowledged writes a few seconds ago, for the rate. */
+  rate: { at: number; acked: number; perS: number };
 }
 
 async function node(raw: unknown): Promise<void> {
@@ -188,7 +193,7 @@ async function node(raw: unknown): Promise<void> {
   /** Open the target (reclaiming a kept or given requestId) and write until stopped; reload after an invalidation. */
   const host = (name: string, target: string, requestId?: string): void => {
     const app = new Application(agent, { name, pauseTimeoutMs: cfg.pauseTimeoutMs, env });
-    const hosted: HostedApp = { name, target, app, handle: undefined, stats: { acked: 0, verified: 0, failed: 0, lastError: undefined }, stop: async () => {}, stopped: false, lastReason: undefined };
+    const hosted: HostedApp = { name, target, app, handle: undefined, stats: { acked: 0, verified: 0, failed: 0, lastError: undefined }, stop: async () => {}, stopped: false, lastReason: undefined, since: Date.now(), awaySince: undefined, rate: { at: Date.now(), acked: 0, perS: 0 } };
     apps.set(name, hosted);
     const proc = `${cfg.id}/${name}#${process.pid}`;
     const run = async (rid: string | undefined): Promise<void> => {
@@ -196,6 +201,13 @@ async function node(raw: unknown): Promise<void> {
         try {
           const h = await app.open(target, rid ? { requestId: rid } : {});
           hosted.handle = h;
+          hosted.since = Date.now();
+          hosted.awaySince = undefined;
+          h.on('state', (to) => {
+            hosted.since = Date.now();
+            if (to === 'active') hosted.awaySince = undefined;
+            else if (to === 'paused') hosted.awaySince ??= hosted.since;
+          });
           h.on('state', (to) => record(proc)({ kind: 'state', target, requestId: h.requestId, to, ...(h.reason && to === 'invalidated' ? { reason: h.reason } : {}), id: 0 }));
           const w = runWorkload(h, `${proc}@${Date.now()}`, cfg.intervalMs, (e) => record(proc)({ ...e }));
           const before = hosted.stats;
@@ -216,6 +228,13 @@ async function node(raw: unknown): Promise<void> {
     void run(requestId);
   };
   for (const a of cfg.apps) host(a.name, a.target, a.requestId);
+  /** Time in state, pause timeout left, and writes per second (over at least 2 s) of a hosted application. */
+  const timing = (a: HostedApp) => {
+    const now = Date.now();
+    if (now - a.rate.at >= 2000) a.rate = { at: now, acked: a.stats.acked, perS: Math.round(((a.stats.acked - a.rate.acked) * 1000) / (now - a.rate.at)) };
+    const away = a.handle && (a.handle.state === 'paused' || a.handle.state === 'resuming') && a.awaySince !== undefined;
+    return { inStateMs: now - a.since, pauseLeftMs: away ? Math.max(0, cfg.pauseTimeoutMs - (now - a.awaySince!)) : null, writesPerS: a.rate.perS };
+  };
 
   process.on('message', (m) => {
     const cmd = ChildCommand.safeParse(m);
@@ -263,6 +282,7 @@ async function node(raw: unknown): Promise<void> {
         verified: a.stats.verified,
         failed: a.stats.failed,
         lastError: a.stats.lastError ?? null,
+        ...timing(a),
       })),
     });
     if (history.length > 0) send({ type: 'history', events: history.splice(0) });

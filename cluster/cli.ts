@@ -35,7 +35,8 @@ const HELP = `safe-resume — pause applications through storage failures, resum
 
 Usage:
   safe-resume up [options]            start a local cluster (real processes) and show its status
-  safe-resume status [--json]         every replica, node and handle of the running cluster
+  safe-resume status [-w] [--json]    every replica, node and handle of the running cluster; -w: again
+                                      every second (time in state, pause timeout left, writes/s)
   safe-resume kill <id>               SIGKILL a replica or node (replica-1, node-2, ...)
   safe-resume restart <id>            restart a replica or node (killing it first if it runs)
   safe-resume partition <node> [--for S]   cut a node off from every replica (heal after S seconds)
@@ -360,8 +361,9 @@ function liveView(status: () => Record<string, unknown>, tty: boolean, json = fa
 
 /** The status view: one line per replica and node, one per handle. */
 function statusLines(st: Record<string, unknown>): string[] {
-  const s = st as { etcd?: Array<{ id: string; state: string; endpoint: string }>; replicas: Array<{ id: string; state: string; sessions: number }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean; nbd?: { url: string; connections: Array<{ target: string; state: string; reason: string | null; requests: number }> } | null }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null; requestId?: string | null }> };
+  const s = st as { etcd?: Array<{ id: string; state: string; endpoint: string }>; replicas: Array<{ id: string; state: string; sessions: number }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean; nbd?: { url: string; connections: Array<{ target: string; state: string; reason: string | null; requests: number }> } | null }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null; requestId?: string | null; inStateMs?: number; pauseLeftMs?: number | null; writesPerS?: number }> };
   const out: string[] = [];
+  const secs = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`;
   for (const m of s.etcd ?? []) out.push(`${m.id.padEnd(10)} ${m.state.padEnd(11)} ${m.endpoint}`);
   for (const r of s.replicas) out.push(`${r.id.padEnd(10)} ${r.state.padEnd(11)} sessions=${r.sessions}`);
   for (const n of s.nodes) out.push(`${n.id.padEnd(10)} ${n.state.padEnd(11)} on ${n.replica ?? '-'}${n.partitioned ? '  (partitioned)' : ''}`);
@@ -369,7 +371,9 @@ function statusLines(st: Record<string, unknown>): string[] {
     for (const c of n.nbd?.connections ?? []) out.push(`  ${`${n.id}/nbd`.padEnd(14)} ${c.target.padEnd(12)} ${c.state.padEnd(11)} in-flight=${c.requests}${c.reason ? ` reason=${c.reason}` : ''}`);
   }
   for (const h of s.handles) {
-    out.push(`  ${`${h.node}/${h.app}`.padEnd(14)} ${h.target.padEnd(12)} ${h.state.padEnd(11)} acked=${h.acked} verified=${h.verified} failed=${h.failed}${h.reason ? ` reason=${h.reason}` : ''}${h.requestId ? ` requestId=${h.requestId}` : ''}${h.lastError ? ` last=${h.lastError}` : ''}`);
+    const node = s.nodes.find((n) => n.id === h.node);
+    const timing = `${h.inStateMs !== undefined ? ` for=${secs(h.inStateMs)}` : ''}${h.pauseLeftMs != null ? ` timeout-in=${secs(h.pauseLeftMs)}` : ''}${h.writesPerS !== undefined ? ` writes/s=${h.writesPerS}` : ''}`;
+    out.push(`  ${`${h.node}/${h.app}`.padEnd(14)} ${h.target.padEnd(12)} ${h.state.padEnd(11)}${timing} on=${node?.replica ?? '-'} acked=${h.acked} verified=${h.verified} failed=${h.failed}${h.reason ? ` reason=${h.reason}` : ''}${h.requestId ? ` requestId=${h.requestId}` : ''}${h.lastError ? ` last=${h.lastError}` : ''}`);
   }
   return out;
 }
@@ -497,7 +501,7 @@ function version(): string {
 async function control(cmd: string, argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, node: { type: 'string' }, size: { type: 'string' }, 'no-wait': { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, node: { type: 'string' }, size: { type: 'string' }, 'no-wait': { type: 'boolean' }, watch: { type: 'boolean', short: 'w' }, help: { type: 'boolean', short: 'h' } },
     allowPositionals: true,
     strict: true,
   });
@@ -522,6 +526,11 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   const need = (n: number, what: string) => {
     if (positionals.length !== n) throw new UsageError(`${cmd} takes ${what}`);
   };
+  if (values.watch && cmd !== 'status') throw new UsageError('--watch (-w) is for status');
+  if (values.watch) {
+    need(0, 'no arguments');
+    return await watchStatus(dir, url, token, values.json === true);
+  }
   const forS = values.for === undefined ? undefined : int('for', values.for, 0, 1);
   let path = `/${cmd}`;
   let body: Record<string, unknown> = {};
@@ -604,6 +613,44 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   else if (cmd === 'create') process.stdout.write(`${String(out.target)}: ${formatSize(Number(out.size))} (${String(out.size)} bytes)${out.created ? '' : ', as it already was'}\n${out.url ? String(out.url) : '(no node serves an NBD export)'}\n`);
   else process.stdout.write(Object.entries(out).filter(([k]) => k !== 'ok').map(([k, v]) => `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`).join('\n') + '\n');
   return out.ok ? 0 : out.deadline ? EXIT.timeout : EXIT.failed;
+}
+
+/**
+ * `status -w`: the status every second until Ctrl-C, redrawn in place on a terminal, as timestamped
+ * blocks when piped, as JSON lines with --json. Ends by itself (exit 0) when the cluster stops.
+ */
+async function watchStatus(dir: string, url: string, token: string, json: boolean): Promise<number> {
+  const tty = process.stdout.isTTY === true && !json;
+  let stop = false;
+  let wake: () => void = () => undefined;
+  const quit = () => ((stop = true), wake());
+  process.once('SIGINT', quit);
+  process.once('SIGTERM', quit);
+  let lines = 0;
+  while (!stop) {
+    const at = new Date().toISOString();
+    let st: Record<string, unknown> | undefined;
+    try {
+      st = (await (await fetch(url + '/status', { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(5000) })).json()) as Record<string, unknown>;
+    } catch {
+      if (!existsSync(join(dir, 'control.json'))) {
+        process.stdout.write(json ? JSON.stringify({ at, ok: false, code: 'NOT_RUNNING', message: `the cluster in ${dir} stopped` }) + '\n' : `${at}  the cluster in ${dir} stopped\n`);
+        return 0;
+      }
+    }
+    if (json) process.stdout.write(JSON.stringify({ at, ...(st ?? { ok: false, code: 'UNAVAILABLE', message: 'the launcher did not answer within 5 s' }) }) + '\n');
+    else {
+      const out = [`safe-resume status  ${at}  (every second; Ctrl-C to stop)`, ...(st ? statusLines(st) : ['  the launcher did not answer within 5 s'])];
+      if (tty && lines > 0) process.stdout.write(`\x1b[${lines}A\x1b[0J`);
+      process.stdout.write(out.join('\n') + '\n');
+      lines = tty ? out.length : 0;
+    }
+    await new Promise<void>((r) => {
+      const t = setTimeout(r, 1000);
+      wake = () => (clearTimeout(t), r());
+    });
+  }
+  return 0;
 }
 
 /** How long a command waits for the launcher's answer (its own deadlines for the storage are 10 s). */

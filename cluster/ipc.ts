@@ -31,6 +31,12 @@ export const HandleStatus = z.object({
   verified: z.number(),
   failed: z.number(),
   lastError: nullable(z.string()),
+  /** How long the handle has been in its state (ms). */
+  inStateMs: z.number().optional(),
+  /** Paused or resuming: how long until the pause timeout invalidates it (ms). */
+  pauseLeftMs: nullable(z.number()).optional(),
+  /** Writes acknowledged per second over the last few seconds. */
+  writesPerS: z.number().optional(),
 });
 export type HandleStatus = z.infer<typeof HandleStatus>;
 

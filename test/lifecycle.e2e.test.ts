@@ -320,8 +320,21 @@ describe('the launcher as an operator uses it', () => {
       await until('the session lost', () => /no running replica has it \(lost\)/.test((lost = cli(t.dir, 'explain', 'app-1.disk').out)));
       expect(lost).toMatch(/  lock      (the hold period runs: it lapses in \d+ ms|lapsed \d+ ms ago)/);
       expect(lost).toMatch(/  handle    node-1\/app-1 (paused|resuming) requestId \S+, the holder: its node is \w+ \(partitioned\)/);
+      const away = (JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ pauseLeftMs: number | null; inStateMs: number }> }).handles[0]!;
+      expect(away.pauseLeftMs).toBeGreaterThan(0);
+      expect(away.pauseLeftMs).toBeLessThanOrEqual(60_000);
       expect(cli(t.dir, 'heal').code).toBe(0);
       expect(cli(t.dir, 'explain', 'nobody.disk').out).toContain('  lock      none: no writer holds it');
+      // status -w: every second, timestamped when piped, with time in state, the serving replica,
+      // the pause timeout while paused, writes/s and the requestId; Ctrl-C ends it.
+      const w = spawn('node', [CLI, 'status', '-w', '--dir', t.dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+      running.add(w);
+      let watched = '';
+      w.stdout!.on('data', (b: Buffer) => (watched += b.toString()));
+      await until('three views', () => (watched.match(/^safe-resume status {2}\d{4}-/gm) ?? []).length >= 3);
+      w.kill('SIGINT');
+      expect(await new Promise((r) => w.once('exit', (code) => r(code)))).toBe(0);
+      expect(watched).toMatch(new RegExp(`  node-1/app-1 +app-1\\.disk +\\w+ +for=[\\d.]+s( timeout-in=[\\d.]+s)? writes/s=\\d+ on=replica-1 .*requestId=${rid}`));
     } finally {
       t.cleanup();
     }
