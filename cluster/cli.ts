@@ -9,6 +9,7 @@ import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync
 import Database from 'better-sqlite3';
 import { FileKeptIds } from '../actors/kept.js';
 import { dirHolder, isLauncher, LOCK_FILE, lockDir } from './dir-lock.js';
+import { formatEvent, type TimelineEvent } from './timeline.js';
 import { SECRET_FILE } from '../actors/auth.js';
 import { EXIT, fromSystemError, OperatorError } from './operator-error.js';
 import { privateDataDir } from './private-dir.js';
@@ -48,6 +49,8 @@ Usage:
   safe-resume read <target>           read a target as an ad-hoc reader
   safe-resume create <target> --size SIZE [--node N]   create a disk of SIZE bytes (4G, 512M, 1T, 65536;
                                       K/M/G/T are powers of 1024; up to 1T), sparse, and print its NBD URL
+  safe-resume events [--target T]     the timeline: faults injected, processes down and up, and each
+                                      handle's way through them (paused, resume granted or denied, why)
   safe-resume explain <target | requestId>   why a target or handle is where it is: who holds the lock,
                                       whether that session is alive, when the lock can lapse, the handles
   safe-resume export <target> [--node N]   the URL a block client (qemu-io, QEMU) opens the target with
@@ -311,7 +314,7 @@ async function up(argv: string[]): Promise<number> {
   if (o.statelyPort !== undefined) say(`  stately   ${launcher.statelyUrl}   (the Stately inspector; needs an internet connection)`);
   if (o.chaos) {
     say(`chaos: ${o.forS}s of faults, seed ${o.seed}`);
-    const summary = await Promise.race([runChaos(launcher, o.forS, o.seed, (k, d) => say(`  fault ${k}: ${d}`), o.faults), (stopping ?? new Promise<never>(() => {}))]);
+    const summary = await Promise.race([runChaos(launcher, o.forS, o.seed, (k, d) => (say(`  fault ${k}: ${d}`), launcher.timeline.add({ kind: 'fault', what: `${k}: ${d}` })), o.faults), (stopping ?? new Promise<never>(() => {}))]);
     await stop();
     if (!summary) return 1;
     process.stdout.write((o.json ? JSON.stringify(summary) : formatChaos(summary)) + '\n');
@@ -501,7 +504,7 @@ function version(): string {
 async function control(cmd: string, argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, node: { type: 'string' }, size: { type: 'string' }, 'no-wait': { type: 'boolean' }, watch: { type: 'boolean', short: 'w' }, help: { type: 'boolean', short: 'h' } },
+    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, node: { type: 'string' }, size: { type: 'string' }, target: { type: 'string' }, 'no-wait': { type: 'boolean' }, watch: { type: 'boolean', short: 'w' }, help: { type: 'boolean', short: 'h' } },
     allowPositionals: true,
     strict: true,
   });
@@ -572,6 +575,9 @@ async function control(cmd: string, argv: string[]): Promise<number> {
       need(1, '<target>');
       body = { target: positionals[0] };
       break;
+    case 'events':
+      need(0, 'no arguments (--target T for one target)');
+      break;
     case 'explain':
       need(1, '<target | requestId>');
       body = { what: positionals[0] };
@@ -587,12 +593,14 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   }
   if (values.node !== undefined && cmd !== 'export' && cmd !== 'create') throw new UsageError(`--node is for export and create`);
   if (values.size !== undefined && cmd !== 'create') throw new UsageError(`--size is for create`);
+  if (values.target !== undefined && cmd !== 'events') throw new UsageError('--target is for events');
   if (cmd === 'status' || cmd === 'export') path = '/status';
+  if (cmd === 'events') path = `/events${values.target !== undefined ? `?target=${encodeURIComponent(values.target)}` : ''}`;
   let res: Response;
   try {
     const authorization = `Bearer ${token}`;
     const signal = AbortSignal.timeout(CONTROL_DEADLINE_MS);
-    res = await fetch(url + path, path === '/status' ? { headers: { authorization }, signal } : { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', authorization }, signal });
+    res = await fetch(url + path, path === '/status' || cmd === 'events' ? { headers: { authorization }, signal } : { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', authorization }, signal });
   } catch (err) {
     if ((err as Error).name === 'TimeoutError') throw new OperatorError(`the launcher in ${dir} did not answer ${cmd} within ${CONTROL_DEADLINE_MS / 1000} s (it is at ${url})`, EXIT.timeout);
     throw new OperatorError(`the cluster in ${dir} does not answer at ${url}: it is not running (a stale control.json; 'safe-resume down --dir ${dir}' clears it)`, EXIT.failed);
@@ -609,6 +617,7 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   else if (!out.ok) process.stderr.write(`safe-resume ${cmd}: ${out.code}: ${out.message}\n`);
   else if (cmd === 'status') process.stdout.write(statusLines(out).join('\n') + '\n');
   else if (cmd === 'read' || cmd === 'explain') process.stdout.write(String(out.text) + '\n');
+  else if (cmd === 'events') process.stdout.write((out.events as TimelineEvent[]).map(formatEvent).join('\n') + ((out.events as TimelineEvent[]).length ? '\n' : ''));
   else if (cmd === 'export') process.stdout.write(`${String(out.url)}\n`);
   else if (cmd === 'create') process.stdout.write(`${String(out.target)}: ${formatSize(Number(out.size))} (${String(out.size)} bytes)${out.created ? '' : ', as it already was'}\n${out.url ? String(out.url) : '(no node serves an NBD export)'}\n`);
   else process.stdout.write(Object.entries(out).filter(([k]) => k !== 'ok').map(([k, v]) => `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`).join('\n') + '\n');
@@ -816,6 +825,7 @@ async function main(argv: string[]): Promise<number> {
       case 'export':
       case 'create':
       case 'explain':
+      case 'events':
       case 'down':
         return await control(cmd, rest);
       case 'clean':

@@ -23,6 +23,7 @@ import { SqliteStore } from '../store/sqlite.js';
 import { EtcdStore } from '../store/etcd.js';
 import { openStore, parseStoreSpec } from '../store/open.js';
 import type { LockRecord } from '../store/types.js';
+import { Timeline } from './timeline.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
 import { FaultProxy } from './fault-proxy.js';
@@ -71,6 +72,9 @@ interface Child {
 /** `deadline`: the command gave up waiting for the storage (the CLI exits 8). */
 export type ControlResult = { ok: true; [k: string]: unknown } | { ok: false; code: string; message: string; deadline?: boolean };
 
+/** Commands that inject a fault or change the cluster: each goes on the timeline. */
+const FAULT_COMMANDS = new Set(['/kill', '/restart', '/partition', '/heal', '/dismount', '/reboot-storage', '/move', '/write']);
+
 /** How long an ad-hoc command (write, read, create) waits for the storage before it says what it waited for. */
 const COMMAND_DEADLINE_MS = 10_000;
 
@@ -97,6 +101,8 @@ export class Launcher {
   /** Which node hosts each application, and its target. */
   readonly apps = new Map<string, { node: string; target: string }>();
   readonly history: unknown[] = [];
+  /** Faults, process exits and starts, and every handle's transitions, for `events` and the inspector. */
+  readonly timeline = new Timeline();
   readonly secret: string;
   replicaUrls: string[] = [];
   private control: Server | undefined;
@@ -242,18 +248,45 @@ export class Launcher {
         if (this.watching || this.opts.statelyPort !== undefined) proc.send({ type: 'watch', on: true } satisfies ChildCommand);
         ready();
       }
-      else if (r.type === 'status') child.status = r;
+      else if (r.type === 'status') {
+        this.observe(id, child.status, r);
+        child.status = r;
+      }
       else if (r.type === 'history') this.history.push(...r.events);
       else if (r.type === 'released') this.released.get(r.app)?.(r);
     });
     // A message sent to a child that is dying fails (EPIPE) on this event; its exit is handled below.
     proc.on('error', (err) => this.opts.log.warn({ child: id, err: err.message }, 'child channel error'));
+    if (!this.stopping) this.timeline.add({ kind: 'process', id, what: 'started', detail: `pid ${proc.pid}` });
     proc.on('exit', (code, signal) => {
+      if (!this.stopping) this.timeline.add({ kind: 'process', id, what: 'exited', detail: signal ?? `code ${code}` });
       if (child.proc === proc) child.proc = undefined;
       failed(new Error(`${id} exited (${signal ?? code}) before it was ready`));
       if (!this.stopping) this.opts.log.warn({ child: id, code, signal }, 'child exited');
     });
     return child;
+  }
+
+  /** A child's report, against its previous one: handle transitions and replica mounts go on the timeline. */
+  private observe(id: string, before: Child['status'], now: NonNullable<Child['status']>): void {
+    if (now.role === 'node') {
+      for (const e of this.timeline.handles(id, now.handles)) {
+        // Denied because another writer took the target: say who holds it now.
+        if (e.to === 'invalidated' && e.reason === 'MODIFIED') void this.holder(e.target).then((rec) => (e.detail = rec ? `the target is now held by requestId ${rec.requestId} (principal ${rec.principal})` : 'nobody holds the target now'), () => undefined);
+      }
+    } else if (now.role === 'replica' && before?.role === 'replica' && before.dismounted !== now.dismounted) {
+      this.timeline.add({ kind: 'process', id, what: now.dismounted ? 'dismounted' : 'mounted' });
+    }
+  }
+
+  /** The target's lock record, read from the store. */
+  private async holder(target: string): Promise<LockRecord | undefined> {
+    const store = openStore(this.storeSpec);
+    try {
+      return await store.record(target);
+    } finally {
+      await store.shutdown().catch(() => undefined);
+    }
   }
 
   private child(id: string, role?: 'replica' | 'node'): Child {
@@ -660,8 +693,14 @@ export class Launcher {
   async command(method: string, url: string, body: string): Promise<ControlResult> {
     try {
       if (method === 'GET' && url === '/status') return { ok: true, ...this.status() };
+      if (method === 'GET' && (url === '/events' || url.startsWith('/events?'))) {
+        const target = new URLSearchParams(url.slice('/events'.length)).get('target') ?? undefined;
+        return { ok: true, events: this.timeline.list(target) };
+      }
       if (method !== 'POST') throw new SafeResumeError('INVALID_ARGUMENT', `unknown endpoint ${method} ${url}`);
       const args = (body ? JSON.parse(body) : {}) as Record<string, unknown>;
+      // What breaks or changes the cluster goes on the timeline (what only looks does not).
+      if (FAULT_COMMANDS.has(url)) this.timeline.add({ kind: 'fault', what: [url.slice(1), ...Object.entries(args).map(([k, v]) => (k === 'text' ? JSON.stringify(v) : k === 'for' ? `for ${String(v)} s` : String(v)))].join(' ') });
       const str = (k: string) => {
         const v = args[k];
         if (typeof v !== 'string' || v.length === 0) throw new SafeResumeError('INVALID_ARGUMENT', `missing ${k}`);

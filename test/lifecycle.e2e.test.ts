@@ -335,6 +335,15 @@ describe('the launcher as an operator uses it', () => {
       w.kill('SIGINT');
       expect(await new Promise((r) => w.once('exit', (code) => r(code)))).toBe(0);
       expect(watched).toMatch(new RegExp(`  node-1/app-1 +app-1\\.disk +\\w+ +for=[\\d.]+s( timeout-in=[\\d.]+s)? writes/s=\\d+ on=replica-1 .*requestId=${rid}`));
+      // The timeline of that target: the partition, the pause, the heal, the granted resume.
+      const story = cli(t.dir, 'events', '--target', 'app-1.disk').out;
+      expect(story).toMatch(/^\d\d:\d\d:\d\d\.\d{3}  fault    partition node-1$/m);
+      expect(story).toMatch(new RegExp(`handle   node-1/app-1 +app-1\\.disk  active -> paused  requestId ${rid}`));
+      expect(story).toMatch(/fault    heal/);
+      expect(story).toMatch(new RegExp(`-> active \\(resume granted, same requestId\\)  requestId ${rid}`));
+      expect(story.indexOf('partition node-1')).toBeLessThan(story.indexOf('active -> paused'));
+      const json = JSON.parse(cli(t.dir, 'events', '--json').out) as { events: Array<{ kind: string }> };
+      expect(json.events.some((e) => e.kind === 'process')).toBe(true);
     } finally {
       t.cleanup();
     }

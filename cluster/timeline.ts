@@ -1,0 +1,66 @@
+/**
+ * The story of a failure, as the launcher sees it: faults injected (commands), processes that exited
+ * or started, and each handle's way through them (paused, resuming, granted, denied with its reason
+ * and who took the target over). Kept in memory, newest last, bounded; `safe-resume events` and the
+ * inspector read it.
+ */
+export type TimelineEvent =
+  | { at: number; kind: 'fault'; what: string }
+  | { at: number; kind: 'process'; id: string; what: 'started' | 'exited' | 'dismounted' | 'mounted'; detail?: string }
+  | { at: number; kind: 'handle'; node: string; app: string; target: string; requestId: string | null; from: string; to: string; reason?: string; detail?: string };
+
+/** An event as added: its time is taken now unless given. */
+type NewEvent = TimelineEvent extends infer T ? (T extends TimelineEvent ? Omit<T, 'at'> & { at?: number } : never) : never;
+
+const MAX_EVENTS = 5000;
+
+export class Timeline {
+  private readonly events: TimelineEvent[] = [];
+  /** The last state seen of each handle (node/app), to turn status reports into transitions. */
+  private readonly last = new Map<string, { state: string; requestId: string | null }>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  add(e: NewEvent): TimelineEvent {
+    const ev = { ...e, at: e.at ?? this.now() } as TimelineEvent;
+    this.events.push(ev);
+    if (this.events.length > MAX_EVENTS) this.events.splice(0, this.events.length - MAX_EVENTS);
+    return ev;
+  }
+
+  /** A node's report of its handles: every change of state since its last report becomes an event. */
+  handles(node: string, hs: ReadonlyArray<{ app: string; target: string; requestId: string | null; state: string; reason: string | null }>): Array<TimelineEvent & { kind: 'handle' }> {
+    const out: Array<TimelineEvent & { kind: 'handle' }> = [];
+    for (const h of hs) {
+      const key = `${node}/${h.app}`;
+      const prev = this.last.get(key);
+      if (prev && prev.state === h.state && prev.requestId === h.requestId) continue;
+      this.last.set(key, { state: h.state, requestId: h.requestId });
+      if (!prev && h.state === 'opening') continue;
+      const from = prev?.state ?? '-';
+      const granted = (from === 'resuming' || from === 'paused') && h.state === 'active';
+      const detail = granted ? `resume granted, same requestId` : prev && prev.requestId !== h.requestId && h.requestId ? 'opened afresh (a new requestId)' : undefined;
+      const ev = this.add({ kind: 'handle', node, app: h.app, target: h.target, requestId: h.requestId, from, to: h.state, ...(h.state === 'invalidated' && h.reason ? { reason: h.reason } : {}), ...(detail ? { detail } : {}) }) as TimelineEvent & { kind: 'handle' };
+      out.push(ev);
+    }
+    return out;
+  }
+
+  /** Events, oldest first, of one target (its handles, and every fault and process event) or all. */
+  list(target?: string): TimelineEvent[] {
+    return target === undefined ? [...this.events] : this.events.filter((e) => e.kind !== 'handle' || e.target === target);
+  }
+}
+
+/** One event as a line: local time, then what happened. */
+export function formatEvent(e: TimelineEvent): string {
+  const t = new Date(e.at).toISOString().slice(11, 23);
+  switch (e.kind) {
+    case 'fault':
+      return `${t}  fault    ${e.what}`;
+    case 'process':
+      return `${t}  process  ${e.id} ${e.what}${e.detail ? ` (${e.detail})` : ''}`;
+    case 'handle':
+      return `${t}  handle   ${`${e.node}/${e.app}`.padEnd(14)} ${e.target}  ${e.from} -> ${e.to}${e.reason ? ` ${e.reason}` : ''}${e.detail ? ` (${e.detail})` : ''}${e.requestId ? `  requestId ${e.requestId}` : ''}`;
+  }
+}
