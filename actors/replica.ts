@@ -133,6 +133,7 @@ export class StorageReplica {
   private readonly pending = new Set<Connection>();
   private stopTimers: Array<() => void> = [];
   private dismounted: 'no' | 'manual' | 'auto' = 'no';
+  private lastStoreError: string | undefined;
   /** Counters for status views, tests and benchmarks. */
   readonly stats = { sessions: 0, resumeMessages: 0, resumesGranted: 0, resumesDenied: 0, writesApplied: 0, badFrames: 0, backpressure: 0 };
   private stopped = false;
@@ -208,9 +209,15 @@ export class StorageReplica {
     this.enterDismounted('manual');
   }
 
+  /** While dismounted by a store error: that error (e.g. `sqlite: SQLITE_READONLY: ...`), for status and the inspector. */
+  get storeError(): string | undefined {
+    return this.dismounted === 'no' ? undefined : this.lastStoreError;
+  }
+
   mount(): void {
     if (this.dismounted === 'no') return;
     this.dismounted = 'no';
+    this.lastStoreError = undefined;
     this.env.log.warn('store available again: mounted');
     this.broadcast({ type: 'notice', kind: 'available' });
   }
@@ -450,6 +457,7 @@ export class StorageReplica {
       await work;
     } catch (err) {
       if (err instanceof StoreUnavailableError) {
+        this.lastStoreError = err.message;
         this.enterDismounted('auto');
         this.reply(s.conn, id, 'UNAVAILABLE', err.message);
       } else if (err instanceof SafeResumeError) {
@@ -652,7 +660,10 @@ export class StorageReplica {
           s.conn.send({ type: 'revoked', target: l.target, requestId: l.requestId, reason: l.reason, ...(l.lastSeq !== undefined ? { lastSeq: l.lastSeq } : {}) });
         }
       } catch (err) {
-        if (err instanceof StoreUnavailableError) return this.enterDismounted('auto');
+        if (err instanceof StoreUnavailableError) {
+          this.lastStoreError = err.message;
+          return this.enterDismounted('auto');
+        }
         this.env.log.error({ err }, 'renewal failed');
       }
     }
@@ -675,7 +686,10 @@ export class StorageReplica {
       if (this.stopped || this.dismounted !== 'auto') return;
       this.store.ping().then(
         () => this.dismounted === 'auto' && this.mount(),
-        () => this.env.clock.setTimeout(retry, this.opts.probeIntervalMs ?? 500),
+        (err: unknown) => {
+          if (err instanceof Error) this.lastStoreError = err.message;
+          this.env.clock.setTimeout(retry, this.opts.probeIntervalMs ?? 500);
+        },
       );
     };
     this.env.clock.setTimeout(retry, this.opts.probeIntervalMs ?? 500);

@@ -135,7 +135,7 @@ async function replica(raw: unknown): Promise<void> {
     else if (cmd.data.type === 'mount') r.mount();
     else if (cmd.data.type === 'shutdown') void r.stop().then(() => inner.shutdown()).then(() => exit(0), () => exit(1));
   });
-  const report = () => send({ type: 'status', role: 'replica', id: cfg.id, url: r.url, dismounted: r.isDismounted, sessions: r.sessionCount, sessionList: r.sessionList().slice(0, 1000), stats: { ...r.stats }, ...(metrics ? { metrics: metrics.url } : {}) });
+  const report = () => send({ type: 'status', role: 'replica', id: cfg.id, url: r.url, dismounted: r.isDismounted, ...(r.storeError ? { storeError: r.storeError.slice(0, 4096) } : {}), sessions: r.sessionCount, sessionList: r.sessionList().slice(0, 1000), stats: { ...r.stats }, ...(metrics ? { metrics: metrics.url } : {}) });
   report();
   setInterval(report, 300).unref();
 }

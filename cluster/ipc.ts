@@ -49,6 +49,8 @@ export const ChildReport = z.union([
     url: z.string(),
     dismounted: z.boolean(),
     sessions: z.number(),
+    /** While dismounted by a store error: the error. */
+    storeError: z.string().max(4096).optional(),
     /** Its live sessions (bounded: the first 1,000). */
     sessionList: z.array(z.object({ id: z.string(), node: z.string(), silentMs: z.number() })).max(1000).optional(),
     stats: z.record(z.string(), z.number()),

@@ -72,6 +72,9 @@ interface Child {
 /** `deadline`: the command gave up waiting for the storage (the CLI exits 8). */
 export type ControlResult = { ok: true; [k: string]: unknown } | { ok: false; code: string; message: string; deadline?: boolean };
 
+/** Store errors that do not pass by themselves: the replica's state is 'failed' until an operator acts. */
+const FATAL_STORE = /SQLITE_(READONLY|CORRUPT|NOTADB|FULL|CANTOPEN)|readonly database|database space exceeded/i;
+
 /** Commands that inject a fault or change the cluster: each goes on the timeline. */
 const FAULT_COMMANDS = new Set(['/kill', '/restart', '/partition', '/heal', '/dismount', '/reboot-storage', '/move', '/write']);
 
@@ -314,7 +317,9 @@ export class Launcher {
   status(): Record<string, unknown> {
     const replicas = [...this.children.values()].filter((c) => c.role === 'replica').map((c) => ({
       id: c.id,
-      state: !c.proc ? 'down' : c.status?.role === 'replica' && c.status.dismounted ? 'dismounted' : 'serving',
+      // A store that cannot be written or read as a database needs an operator: 'failed', with the error.
+      state: !c.proc ? 'down' : c.status?.role === 'replica' && c.status.dismounted ? (FATAL_STORE.test(c.status.storeError ?? '') ? 'failed' : 'dismounted') : 'serving',
+      storeError: c.proc && c.status?.role === 'replica' ? (c.status.storeError ?? null) : null,
       pid: c.proc?.pid ?? null,
       sessions: c.proc && c.status?.role === 'replica' ? c.status.sessions : 0,
       stats: c.status?.role === 'replica' ? c.status.stats : {},

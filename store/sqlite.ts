@@ -58,6 +58,7 @@ export class SqliteStore extends TxStore {
   private readonly db: Database.Database;
   private readonly txImpl: Tx;
   private readonly getPages: Database.Statement<[string, number, number], { page: number; data: Buffer }>;
+  private readonly touch: Database.Statement<[]>;
   private readonly run: Database.Transaction<(fn: (tx: Tx) => unknown, tx: Tx) => unknown>;
   private readonly clock: HostClock;
   /** The longest lock this process has granted (the database keeps the longest any process has). */
@@ -109,6 +110,7 @@ export class SqliteStore extends TxStore {
     const putPage = this.db.prepare('INSERT INTO pages (target, page, data) VALUES (?, ?, ?) ON CONFLICT(target, page) DO UPDATE SET data = excluded.data');
     this.getPages = getPages;
     this.run = this.db.transaction((fn: (tx: Tx) => unknown, tx: Tx) => fn(tx));
+    this.touch = this.db.prepare("UPDATE meta SET value = value WHERE key = 'max_lease_ms'");
     const raiseMaxLease = this.db.prepare("UPDATE meta SET value = ? WHERE key = 'max_lease_ms' AND CAST(value AS INTEGER) < ?");
     this.maxLeaseMs = Number(this.db.prepare<[], { value: string }>("SELECT value FROM meta WHERE key = 'max_lease_ms'").get()?.value ?? 0);
     this.txImpl = {
@@ -283,8 +285,9 @@ export class SqliteStore extends TxStore {
   }
 
   /** Takes the write lock and lets go: a store another process keeps locked counts as unavailable. */
+  /** A write that changes nothing: a store that can be read but not written (read-only) is not available. */
   async ping(): Promise<void> {
-    this.tx(() => undefined);
+    this.tx(() => this.touch.run());
   }
 
   async shutdown(): Promise<void> {
