@@ -103,7 +103,7 @@ describe('the launcher as an operator uses it', () => {
     const t = tempDir();
     try {
       const u = up(t.dir, ['--stately', '--stately-port', String(await freePort())]);
-      await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /stately/.test(u.out()));
+      await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /stately/.test(u.out()), 60_000);
       process.kill(-u.proc.pid!, 'SIGINT');
       const end = await Promise.race([u.exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), 15_000))]);
       expect({ end, out: u.out().slice(-40) }).toEqual({ end: { code: 0, signal: null }, out: expect.stringMatching(/stopped\n$/) });
