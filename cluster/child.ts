@@ -23,7 +23,7 @@ import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles } from '../transport/tls.js';
 import { ChildCommand, ChildConfig, type ChildReport } from './ipc.js';
 import { runWorkload, type WorkloadStats } from './workload.js';
-import { processInspector } from './inspect.js';
+import { processInspector, watchedTransport } from './inspect.js';
 import { nodeMetrics, replicaMetrics, serveMetrics } from './metrics.js';
 import { NbdExport } from '../frontends/nbd.js';
 
@@ -62,6 +62,8 @@ const NodeConfig = z.object({
   metricsPort: MetricsPort,
   id: z.string(),
   replicas: z.array(z.string()),
+  /** The replicas' names, in the order of `replicas` (what the inspector calls them). */
+  replicaNames: z.array(z.string()).optional(),
   dir: z.string(),
   /** The node's credential and its applications' principals' (JSON, as `safe-resume credentials issue` prints them). */
   credential: z.string(),
@@ -168,7 +170,8 @@ async function node(raw: unknown): Promise<void> {
     ...(m ? { observe: m.observe } : {}),
     id: cfg.id,
     replicas: cfg.replicas,
-    transport: transportFor(cfg.tls),
+    // Its protocol messages go to the inspector too, with the replica each went to or came from.
+    transport: insp ? watchedTransport(transportFor(cfg.tls), insp.messages, (url) => cfg.replicaNames?.[cfg.replicas.indexOf(url)]) : transportFor(cfg.tls),
     credential: parseCredential(cfg.credential, 'node credential'),
     principals: cfg.principals.map((p) => parseCredential(p, 'principal credential')),
     dataDir: cfg.dir,

@@ -4,10 +4,16 @@
  * bytes and long strings cut down before they leave the process. Actor registrations always go, so a
  * browser that arrives later still knows every actor and its machine. The launcher takes the
  * connection only with this process's inspection credential (from its configuration, over IPC).
+ *
+ * A node agent's protocol messages (what it sends to a replica and what comes back) go the same way,
+ * while somebody watches, as events of their own (MESSAGE_EVENT): each as its type and what it is
+ * about, never its bytes or proofs.
  */
 import { createInspector } from '@statelyai/inspect';
 import { WebSocket } from 'ws';
 import type { ActorRefLike, InspectionEvent } from 'xstate';
+import type { Message } from '../transport/messages.js';
+import type { Connection, Transport } from '../transport/types.js';
 import { zeroMask } from '../transport/ws.js';
 
 /** The largest message the launcher's /inspect takes, in bytes: a larger one closes the connection (1009). */
@@ -16,6 +22,8 @@ export const MAX_INSPECT_MESSAGE = 1024 * 1024;
 export const MAX_EVENT_CHARS = 256 * 1024;
 /** A batch is split into messages of at most this many characters (a character is at most 3 bytes of UTF-8). */
 const MESSAGE_CHARS = Math.floor(MAX_INSPECT_MESSAGE / 3);
+/** The type of the event that reports one protocol message between a node agent and a replica. */
+export const MESSAGE_EVENT = '@safe-resume.message';
 
 function sanitize(value: unknown, depth = 0): unknown {
   if (value instanceof Uint8Array) return `<${value.length} bytes>`;
@@ -69,7 +77,7 @@ class BatchingAdapter implements Adapter {
     this.ws?.close();
   }
 
-  send(event: StatelyEvent): void {
+  send(event: StatelyEvent | ProtocolEvent): void {
     let line: string;
     try {
       line = JSON.stringify(event);
@@ -113,13 +121,16 @@ class BatchingAdapter implements Adapter {
 
 export interface ProcessInspector {
   inspect: (ev: InspectionEvent) => void;
+  /** This process's protocol messages, for `watchedTransport`. */
+  messages: MessageWatch;
   watch(on: boolean): void;
   stop(): void;
 }
 
 /** Inspection to the launcher at `url` (its /inspect), with this process's credential for it. */
 export function processInspector(url: string, credential?: string): ProcessInspector {
-  const inspector = createInspector(new BatchingAdapter(url, 500, credential), {
+  const adapter = new BatchingAdapter(url, 500, credential);
+  const inspector = createInspector(adapter, {
     sanitizeEvent: (e) => sanitize(e) as typeof e,
     sanitizeContext: (c) => sanitize(c) as typeof c,
   });
@@ -127,6 +138,12 @@ export function processInspector(url: string, credential?: string): ProcessInspe
   let watching = false;
   const live = new Set<ActorRefLike>();
   return {
+    messages: {
+      get watching() {
+        return watching;
+      },
+      message: (m) => adapter.send({ type: MESSAGE_EVENT, createdAt: String(Date.now()), ...m }),
+    },
     inspect: (ev) => {
       if (ev.type === '@xstate.actor') {
         live.add(ev.actorRef);
@@ -152,5 +169,146 @@ export function processInspector(url: string, credential?: string): ProcessInspe
       watching = on;
     },
     stop: () => inspector.stop(),
+  };
+}
+
+/** What the inspector shows of one protocol message: its type and what it is about, never its bytes or proofs. */
+export interface MessageSummary {
+  type: string;
+  /** The request's correlation id, on a request and on its answer. */
+  id?: number;
+  /** The target(s) and requestId(s) it is about (an answer: those of its request); several are space-separated. */
+  target?: string;
+  requestId?: string;
+  /** A few words more: a write's seq, an error's code, a resume's verdicts. */
+  detail?: string;
+}
+
+/** One protocol message, as the node agent saw it: sent to the replica `peer` (out) or received from it (in). */
+export interface ProtocolMessage {
+  direction: 'out' | 'in';
+  peer: string;
+  message: MessageSummary;
+}
+
+export type ProtocolEvent = { type: typeof MESSAGE_EVENT; createdAt: string } & ProtocolMessage;
+
+/** Where a node agent's protocol messages go, while somebody watches. */
+export interface MessageWatch {
+  readonly watching: boolean;
+  message(m: ProtocolMessage): void;
+}
+
+/** Requests remembered per connection for their answers (an unanswered one is forgotten past this many). */
+const MAX_ASKED = 4096;
+const cut = (s: string, n = 120) => (s.length > n ? `${s.slice(0, n)}…` : s);
+const joined = (xs: string[]) => cut([...new Set(xs)].slice(0, 20).join(' '), 400);
+
+/** The summary of a message; an answer carries the target and requestId of the request it answers. */
+export function summarize(msg: Message, request?: MessageSummary): MessageSummary {
+  const about = (target: string, requestId: string) => ({ target: cut(target, 200), requestId });
+  const answer = request ? { ...(request.target !== undefined ? { target: request.target } : {}), ...(request.requestId !== undefined ? { requestId: request.requestId } : {}) } : {};
+  switch (msg.type) {
+    case 'open':
+      return { type: msg.type, id: msg.id, ...about(msg.target, msg.requestId), detail: `${msg.mode}${msg.size !== undefined ? ` size ${msg.size}` : ''}` };
+    case 'resume':
+      return { type: msg.type, id: msg.id, target: joined(msg.items.map((i) => i.target)), requestId: joined(msg.items.map((i) => i.requestId)), detail: `${msg.items.length} handle${msg.items.length === 1 ? '' : 's'}` };
+    case 'write':
+      return { type: msg.type, id: msg.id, ...about(msg.target, msg.requestId), detail: `seq ${msg.seq}, ${msg.data.length} bytes at ${msg.offset}` };
+    case 'read':
+      return { type: msg.type, id: msg.id, ...about(msg.target, msg.requestId), detail: `${msg.length} bytes at ${msg.offset}` };
+    case 'close':
+      return { type: msg.type, id: msg.id, ...about(msg.target, msg.requestId) };
+    case 'opened':
+      return { type: msg.type, id: msg.id, ...answer, detail: `version ${msg.version}` };
+    case 'resumed':
+      return {
+        type: msg.type,
+        id: msg.id,
+        target: joined(msg.results.map((r) => r.target)),
+        requestId: joined(msg.results.map((r) => r.requestId)),
+        detail: cut(msg.results.map((r) => (r.granted ? 'granted' : `denied ${r.reason ?? r.code ?? ''}`.trim())).join(', ')),
+      };
+    case 'written':
+      return { type: msg.type, id: msg.id, ...answer, detail: `seq ${msg.seq}, version ${msg.version}` };
+    case 'data':
+      return { type: msg.type, id: msg.id, ...answer, detail: `${msg.data.length} bytes, version ${msg.version}` };
+    case 'closed':
+      return { type: msg.type, id: msg.id, ...answer };
+    case 'error':
+      return { type: msg.type, ...(msg.id !== undefined ? { id: msg.id } : {}), ...answer, detail: cut(`${msg.code}: ${msg.message}`) };
+    case 'revoked':
+      return { type: msg.type, ...about(msg.target, msg.requestId), detail: msg.reason };
+    case 'notice':
+      return { type: msg.type, detail: msg.kind };
+    case 'hello':
+      return { type: msg.type, detail: msg.node };
+    case 'welcome':
+      return { type: msg.type, detail: `session ${cut(msg.session, 24)}` };
+    case 'prove':
+      return { type: msg.type, detail: msg.principal };
+    default:
+      // challenge, auth, ping, pong: the type says it all (and a proof is nobody's business).
+      return { type: msg.type };
+  }
+}
+
+/**
+ * `inner`, with every protocol message of its connections reported to `watch` while somebody
+ * watches: sent ones once the connection took them, received ones as they arrive. `peer` names the
+ * replica at an address (the launcher knows which is which).
+ */
+export function watchedTransport(inner: Transport, watch: MessageWatch, peer: (url: string) => string | undefined): Transport {
+  return {
+    listen: (opts) => inner.listen(opts),
+    connect: async (url, opts) => watchedConnection(await inner.connect(url, opts), watch, peer(url) ?? url),
+  };
+}
+
+function watchedConnection(conn: Connection, watch: MessageWatch, peer: string): Connection {
+  const asked = new Map<number, MessageSummary>();
+  const note = (direction: 'out' | 'in', msg: Message) => {
+    if (!watch.watching) return asked.clear();
+    const id = 'id' in msg ? msg.id : undefined;
+    let request: MessageSummary | undefined;
+    if (id !== undefined && direction === 'in') {
+      request = asked.get(id);
+      asked.delete(id);
+    }
+    const m = summarize(msg, request);
+    if (id !== undefined && direction === 'out') {
+      asked.set(id, m);
+      if (asked.size > MAX_ASKED) asked.delete(asked.keys().next().value!);
+    }
+    watch.message({ direction, peer, message: m });
+  };
+  return {
+    get remote() {
+      return conn.remote;
+    },
+    get isOpen() {
+      return conn.isOpen;
+    },
+    get bufferedBytes() {
+      return conn.bufferedBytes;
+    },
+    send: (msg) => {
+      const sent = conn.send(msg);
+      if (sent) note('out', msg);
+      return sent;
+    },
+    close: (code, reason) => conn.close(code, reason),
+    terminate: () => conn.terminate(),
+    onFrame: (cb) =>
+      conn.onFrame((frame) => {
+        if (frame.ok) note('in', frame.msg);
+        cb(frame);
+      }),
+    onClose: (cb) => conn.onClose(cb),
+    trust: () => conn.trust(),
+    protect: (key, role) => conn.protect(key, role),
+    pauseReading: () => conn.pauseReading(),
+    resumeReading: () => conn.resumeReading(),
+    onDrain: (cb) => conn.onDrain(cb),
   };
 }

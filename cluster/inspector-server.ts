@@ -11,7 +11,7 @@
  */
 import { readBody } from './http-body.js';
 import { bearer, checkHostOrigin, checkToken, newToken, refuse, refuseUpgrade, type Refusal } from './http-guard.js';
-import { MAX_EVENT_CHARS, MAX_INSPECT_MESSAGE } from './inspect.js';
+import { MAX_EVENT_CHARS, MAX_INSPECT_MESSAGE, MESSAGE_EVENT } from './inspect.js';
 import { createHmac, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { existsSync, readFileSync } from 'node:fs';
@@ -32,6 +32,9 @@ const ASSETS: Record<string, [string, string]> = {
 /** Events kept for a late browser (besides actor registrations), and their characters. */
 const HISTORY = 5000;
 const HISTORY_CHARS = 8 * 1024 * 1024;
+/** Protocol messages kept for a late browser, apart (so they never push the actors' events out), and their characters. */
+const MESSAGES = 2000;
+const MESSAGE_CHARS = 2 * 1024 * 1024;
 /** Actor registrations kept, and their characters (a registration is about 2 KiB). */
 const MAX_ACTORS = 20_000;
 export const MAX_ACTOR_CHARS = 16 * 1024 * 1024;
@@ -60,8 +63,8 @@ export class InspectorServer {
   /** Actor registrations are kept whole (bounded), so a late browser knows every actor's machine. */
   private readonly actors = new Map<string, string>();
   private actorChars = 0;
-  private readonly recent: string[] = [];
-  private recentChars = 0;
+  private readonly recent = new Recent(HISTORY, HISTORY_CHARS);
+  private readonly messages = new Recent(MESSAGES, MESSAGE_CHARS);
   private outbox: string[] = [];
   /** The key of the processes' inspection credentials; it never leaves this process. */
   private readonly inspectKey = randomBytes(32);
@@ -156,20 +159,28 @@ export class InspectorServer {
     });
   }
 
+  /** An event of the launcher's own under the name `from` (its agent's protocol messages). */
+  report(from: string, event: Record<string, unknown>): void {
+    this.fromProcessEvent(event, from);
+  }
+
   private fromProcessEvent(raw: unknown, from: string): void {
     if (typeof raw !== 'object' || raw === null) return;
     const ev = raw as Record<string, unknown>;
-    if (typeof ev.type !== 'string' || typeof ev.sessionId !== 'string') return;
+    const message = ev.type === MESSAGE_EVENT;
+    if (typeof ev.type !== 'string' || (!message && typeof ev.sessionId !== 'string')) return;
     ev.process = from;
     const line = JSON.stringify(ev);
     if (line.length > MAX_EVENT_CHARS) {
       this.dropped++;
       return;
     }
-    if (ev.type === '@xstate.actor') this.keepActor(`${from}:${ev.sessionId}`, line); // actor ids are per process
-    else this.keepRecent(line);
+    if (ev.type === '@xstate.actor') this.keepActor(`${from}:${String(ev.sessionId)}`, line); // actor ids are per process
+    else if (message) this.messages.push(line);
+    else this.recent.push(line);
     if (this.browsers.size > 0) this.toBrowsers(line);
-    if (this.hooks.forward) {
+    // The Stately inspector knows XState's events only.
+    if (this.hooks.forward && !message) {
       const g = { ...ev };
       for (const k of ['sessionId', 'rootId', 'parentId', 'sourceId']) if (typeof g[k] === 'string') g[k] = `${from}:${String(g[k])}`;
       this.hooks.forward(g);
@@ -192,24 +203,6 @@ export class InspectorServer {
     }
   }
 
-  private keepRecent(line: string): void {
-    this.recent.push(line);
-    this.recentChars += line.length;
-    // Trimmed in chunks: cutting one line off the front per event would copy the whole history each time.
-    if (this.recent.length < 2 * HISTORY && this.recentChars < 2 * HISTORY_CHARS) return;
-    const from = this.replayFrom();
-    for (let i = 0; i < from; i++) this.recentChars -= this.recent[i]!.length;
-    this.recent.splice(0, from);
-  }
-
-  /** Where the replayed history starts: the newest HISTORY events, at most HISTORY_CHARS of them. */
-  private replayFrom(): number {
-    let i = this.recent.length;
-    let chars = 0;
-    while (i > 0 && this.recent.length - i < HISTORY && chars + this.recent[i - 1]!.length <= HISTORY_CHARS) chars += this.recent[--i]!.length;
-    return i;
-  }
-
   /** Browsers get a JSON array of events per event-loop turn. */
   private toBrowsers(line: string): void {
     this.outbox.push(line);
@@ -226,8 +219,8 @@ export class InspectorServer {
 
   private toBrowser(ws: WebSocket): void {
     ws.on('error', () => undefined);
-    // History first (every actor, then the recent events), then live.
-    const history = [...this.actors.values(), ...this.recent.slice(this.replayFrom())];
+    // History first (every actor, then the recent events and protocol messages), then live.
+    const history = [...this.actors.values(), ...this.recent.replay(), ...this.messages.replay()];
     for (let i = 0; i < history.length; i += 1000) ws.send(`[${history.slice(i, i + 1000).join(',')}]`);
     this.browsers.add(ws);
     if (this.browsers.size === 1) this.hooks.watching(true);
@@ -240,6 +233,36 @@ export class InspectorServer {
   async close(): Promise<void> {
     for (const c of [...this.pages.clients, ...this.processes.clients]) c.terminate();
     await closeServer(this.server);
+  }
+}
+
+/** The newest lines, at most `max` of them and `maxChars` characters, for the replay to a new browser. */
+class Recent {
+  private readonly lines: string[] = [];
+  private chars = 0;
+
+  constructor(private readonly max: number, private readonly maxChars: number) {}
+
+  push(line: string): void {
+    this.lines.push(line);
+    this.chars += line.length;
+    // Trimmed in chunks: cutting one line off the front per event would copy the whole history each time.
+    if (this.lines.length < 2 * this.max && this.chars < 2 * this.maxChars) return;
+    const from = this.replayFrom();
+    for (let i = 0; i < from; i++) this.chars -= this.lines[i]!.length;
+    this.lines.splice(0, from);
+  }
+
+  replay(): string[] {
+    return this.lines.slice(this.replayFrom());
+  }
+
+  /** Where the replay starts: the newest `max` lines, at most `maxChars` of them. */
+  private replayFrom(): number {
+    let i = this.lines.length;
+    let chars = 0;
+    while (i > 0 && this.lines.length - i < this.max && chars + this.lines[i - 1]!.length <= this.maxChars) chars += this.lines[--i]!.length;
+    return i;
   }
 }
 

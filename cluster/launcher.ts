@@ -31,6 +31,7 @@ import { EtcdMembers } from './etcd-members.js';
 import { inHost, setLink, type Host, type HostPlan } from './hosts.js';
 import { ChildReport, type ChildCommand, ChildConfig, type HandleStatus } from './ipc.js';
 import { InspectorServer, StatelyRelay } from './inspector-server.js';
+import { MESSAGE_EVENT, watchedTransport } from './inspect.js';
 import { checkPortFree } from './operator-error.js';
 
 export interface LauncherOptions {
@@ -67,6 +68,25 @@ interface Child {
   proc: ChildProcess | undefined;
   status: Extract<ChildReport, { type: 'status' }> | undefined;
   ready: Promise<void>;
+  /** When this process was started and when it exited (ms since the epoch): the inspector tells its actors from those of the process before. */
+  startedAt: number;
+  exitedAt: number | undefined;
+  /** Its counters went into the carried totals when it exited: its last status counts no more. */
+  folded: boolean;
+}
+
+type StatusReport = Extract<ChildReport, { type: 'status' }>;
+
+/** A process's counters in its last status: a replica's stats, or the sums of a node's applications. */
+function countersOf(status: StatusReport | undefined): Record<string, number> {
+  if (!status) return {};
+  if (status.role === 'replica') return status.stats;
+  return sumInto({}, ...status.handles.map((h) => ({ acked: h.acked, verified: h.verified, failed: h.failed })));
+}
+
+function sumInto(into: Record<string, number>, ...counts: Array<Record<string, number> | undefined>): Record<string, number> {
+  for (const c of counts) for (const [k, v] of Object.entries(c ?? {})) into[k] = (into[k] ?? 0) + v;
+  return into;
 }
 
 /** `deadline`: the command gave up waiting for the storage (the CLI exits 8). */
@@ -131,6 +151,11 @@ export class Launcher {
   readonly nbdUrls = new Map<string, string>();
   /** Hosts whose link is cut now (--netns). */
   private readonly cut = new Set<string>();
+  /**
+   * Per child id, the counters of its processes that have exited (and of the applications that left a
+   * node): status adds the running process's, so a restart does not take back what was counted.
+   */
+  private readonly carried = new Map<string, Record<string, number>>();
 
   constructor(readonly opts: LauncherOptions) {
     privateDataDir(opts.dir);
@@ -199,7 +224,7 @@ export class Launcher {
       // Its block export on 127.0.0.1 (none on a host of its own: that address would name this machine).
       const nbdPort = this.host(id) ? undefined : await freePort();
       if (nbdPort !== undefined) this.nbdUrls.set(id, `nbd://127.0.0.1:${nbdPort}/`);
-      this.spawn(id, 'node', { ...this.tlsConfig(), metricsPort: 0, ...(nbdPort !== undefined ? { nbdPort } : {}), id, replicas: urls, dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
+      this.spawn(id, 'node', { ...this.tlsConfig(), metricsPort: 0, ...(nbdPort !== undefined ? { nbdPort } : {}), id, replicas: urls, replicaNames: this.replicaNames(), dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     await this.listen();
@@ -211,6 +236,11 @@ export class Launcher {
    */
   private tlsConfig(): { tls?: TlsFiles } {
     return this.opts.tls ? { tls: this.opts.tls } : {};
+  }
+
+  /** The replicas' ids, in the order of `replicaUrls`. */
+  private replicaNames(): string[] {
+    return this.replicaUrls.map((_, i) => `replica-${i + 1}`);
   }
 
   /** The host a process runs on (--netns), if any. */
@@ -241,7 +271,7 @@ export class Launcher {
     proc.send({ type: 'config', config } satisfies ChildConfig);
     let ready!: () => void;
     let failed!: (e: Error) => void;
-    const child: Child = { id, role, config, proc, status: undefined, ready: new Promise<void>((r, j) => ((ready = r), (failed = j))) };
+    const child: Child = { id, role, config, proc, status: undefined, ready: new Promise<void>((r, j) => ((ready = r), (failed = j))), startedAt: Date.now(), exitedAt: undefined, folded: false };
     this.children.set(id, child);
     proc.on('message', (m) => {
       const msg = ChildReport.safeParse(m);
@@ -252,7 +282,13 @@ export class Launcher {
         ready();
       }
       else if (r.type === 'status') {
+        if (child.folded) return;
         this.observe(id, child.status, r);
+        // An application gone from a node that runs on (moved away): what it counted stays counted.
+        if (r.role === 'node' && child.status?.role === 'node') {
+          const still = new Set(r.handles.map((h) => h.app));
+          for (const h of child.status.handles) if (!still.has(h.app)) this.carry(id, { acked: h.acked, verified: h.verified, failed: h.failed });
+        }
         child.status = r;
       }
       else if (r.type === 'history') this.history.push(...r.events);
@@ -264,6 +300,11 @@ export class Launcher {
     proc.on('exit', (code, signal) => {
       if (!this.stopping) this.timeline.add({ kind: 'process', id, what: 'exited', detail: signal ?? `code ${code}` });
       if (child.proc === proc) child.proc = undefined;
+      child.exitedAt = Date.now();
+      if (!child.folded) {
+        child.folded = true;
+        this.carry(id, countersOf(child.status));
+      }
       failed(new Error(`${id} exited (${signal ?? code}) before it was ready`));
       if (!this.stopping) this.opts.log.warn({ child: id, code, signal }, 'child exited');
     });
@@ -312,20 +353,38 @@ export class Launcher {
     this.timers.add(t);
   }
 
+  /** Add to what child `id` has counted in processes and applications gone. */
+  private carry(id: string, counts: Record<string, number>): void {
+    this.carried.set(id, sumInto(this.carried.get(id) ?? {}, counts));
+  }
+
+  /** What child `id` has counted since the cluster started: its processes gone, and the running one. */
+  private counted(c: Child): Record<string, number> {
+    return sumInto({}, this.carried.get(c.id), c.folded ? undefined : countersOf(c.status));
+  }
+
   // ---- Commands (the control endpoint and chaos mode call these) ----
 
+  /**
+   * Every replica and node (with when its process started, and exited if it is down), the handles of
+   * the running nodes, and the counters: a replica's `stats` and `totals` count from the start of the
+   * cluster, through restarts; a handle's `acked` (and the rest) is its node process's.
+   */
   status(): Record<string, unknown> {
-    const replicas = [...this.children.values()].filter((c) => c.role === 'replica').map((c) => ({
+    const children = [...this.children.values()];
+    const replicas = children.filter((c) => c.role === 'replica').map((c) => ({
       id: c.id,
       // A store that cannot be written or read as a database needs an operator: 'failed', with the error.
       state: !c.proc ? 'down' : c.status?.role === 'replica' && c.status.dismounted ? (FATAL_STORE.test(c.status.storeError ?? '') ? 'failed' : 'dismounted') : 'serving',
       storeError: c.proc && c.status?.role === 'replica' ? (c.status.storeError ?? null) : null,
       pid: c.proc?.pid ?? null,
       sessions: c.proc && c.status?.role === 'replica' ? c.status.sessions : 0,
-      stats: c.status?.role === 'replica' ? c.status.stats : {},
+      stats: this.counted(c),
       metrics: c.proc ? (c.status?.metrics ?? null) : null,
+      startedAt: c.startedAt,
+      exitedAt: c.proc ? null : (c.exitedAt ?? null),
     }));
-    const nodes = [...this.children.values()].filter((c) => c.role === 'node').map((c) => ({
+    const nodes = children.filter((c) => c.role === 'node').map((c) => ({
       id: c.id,
       state: !c.proc ? 'down' : c.status?.role === 'node' ? c.status.state : 'starting',
       pid: c.proc?.pid ?? null,
@@ -333,11 +392,15 @@ export class Launcher {
       metrics: c.proc ? (c.status?.metrics ?? null) : null,
       nbd: c.proc && c.status?.role === 'node' ? (c.status.nbd ?? null) : null,
       partitioned: (this.proxies.get(c.id) ?? []).some((p) => p.mode === 'partition') || this.cut.has(c.id),
+      startedAt: c.startedAt,
+      exitedAt: c.proc ? null : (c.exitedAt ?? null),
     }));
     const handles: Array<HandleStatus & { node: string }> = [];
-    for (const c of this.children.values()) if (c.proc && c.status?.role === 'node') for (const h of c.status.handles) handles.push({ node: c.id, ...h });
+    for (const c of children) if (c.proc && c.status?.role === 'node') for (const h of c.status.handles) handles.push({ node: c.id, ...h });
+    // Writes acknowledged, verified and failed by every application, and every replica's stats, summed.
+    const totals = sumInto({ acked: 0, verified: 0, failed: 0 }, ...children.map((c) => this.counted(c)));
     const etcd = this.etcd?.members.map((m) => ({ id: m.id, state: m.proc ? 'running' : 'down', pid: m.proc?.pid ?? null, endpoint: m.endpoint }));
-    return { replicas, nodes, handles, ...(etcd ? { etcd } : {}), store: this.storeSpec, control: this.controlUrl, dir: this.opts.dir, ...(this.chaos ? { chaos: this.chaos } : {}) };
+    return { replicas, nodes, handles, totals, ...(etcd ? { etcd } : {}), store: this.storeSpec, control: this.controlUrl, dir: this.opts.dir, ...(this.chaos ? { chaos: this.chaos } : {}) };
   }
 
   kill(id: string): ControlResult {
@@ -454,7 +517,14 @@ export class Launcher {
 
   private async cliAgent(): Promise<NodeAgent> {
     if (!this.cli) {
-      this.cli = new NodeAgent({ id: 'cli', replicas: this.replicaUrls, transport: new WebSocketTransport(this.opts.tls ? { tls: loadTlsFiles(this.opts.tls) } : {}), secret: this.secret, env: { log: this.opts.log } });
+      const transport = new WebSocketTransport(this.opts.tls ? { tls: loadTlsFiles(this.opts.tls) } : {});
+      const inspector = this.inspector;
+      const names = this.replicaNames();
+      // Its protocol messages (a foreign write, say) are on the inspector page too, from `cli`.
+      const watched = inspector
+        ? watchedTransport(transport, { get watching() { return inspector.watchers > 0; }, message: (m) => inspector.report('cli', { type: MESSAGE_EVENT, createdAt: String(Date.now()), ...m }) }, (url) => names[this.replicaUrls.indexOf(url)])
+        : transport;
+      this.cli = new NodeAgent({ id: 'cli', replicas: this.replicaUrls, transport: watched, secret: this.secret, env: { log: this.opts.log } });
       await this.cli.start();
     }
     return this.cli;

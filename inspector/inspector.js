@@ -10,10 +10,17 @@ const authorization = `Bearer ${token}`;
 let refused = token ? '' : 'no token: open the address safe-resume up printed';
 window.addEventListener('hashchange', () => location.reload());
 
-const actors = new Map(); // sessionId -> { id, process, machine, def, value, context, status, prev, lastEvent }
+const actors = new Map(); // sessionId -> { id, process, machine, def, value, context, status, prev, lastEvent, born }
 let selected = null;
 let pauses = 0;
-const rows = [];
+// The message list: protocol messages between nodes and replicas, and the machines' own (internal)
+// events, kept apart so neither pushes the other out; `view` says which the list shows.
+const rows = { protocol: [], internal: [] };
+let view = 'protocol';
+// From the status: each replica's and node's process (state, when it started, when it exited), and the
+// invalidation reason of every handle a node reported, by node and requestId.
+const procs = new Map();
+const reasons = new Map();
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]);
 
@@ -35,6 +42,29 @@ function color(a) {
   return 'other';
 }
 
+// Why a handle was invalidated: from its machine's context, or from the status of its node.
+function reasonOf(a) {
+  const c = a.context || {};
+  return c.reason || reasons.get(`${a.process}\u0000${c.requestId}`) || '';
+}
+
+function stateText(a) {
+  const v = flat(a.value);
+  const why = v === 'invalidated' ? reasonOf(a) : '';
+  return why ? `${v}: ${why}` : v;
+}
+
+// Whether an actor's process is running ('live'), down ('dead': the actor is as that process left it),
+// or was followed by a newer process of the same name ('gone': its actors replace this one).
+function life(a) {
+  const p = procs.get(a.process);
+  if (!p) return 'live';
+  if (p.startedAt && a.born < p.startedAt) return 'gone';
+  // Born after the exit the status last reported: a new process, not yet in the status.
+  if (p.state === 'down' && !(p.exitedAt && a.born > p.exitedAt)) return 'dead';
+  return 'live';
+}
+
 function label(a) {
   const c = a.context || {};
   if (a.machine === 'handle') return `${c.target} (app handle)`;
@@ -46,16 +76,35 @@ function label(a) {
 // Actor ids (x:0, x:1, ...) are numbered per process.
 const key = (ev, id) => `${ev.process}:${id}`;
 
+// A row of the message list, kept in time order (processes send in batches, so not quite in order).
+function addRow(kind, row) {
+  row.kind = kind;
+  if (!Number.isFinite(row.t)) row.t = Date.now();
+  const list = rows[kind];
+  let i = list.length;
+  while (i > 0 && list[i - 1].t > row.t) i--;
+  list.splice(i, 0, row);
+  if (list.length > 1000) list.splice(0, list.length - 1000);
+}
+
+// An event of an earlier actor under the same id (a process restarted; the launcher replays both).
+const stale = (a, ev) => Number(ev.createdAt) < a.born;
+
 function onEvent(ev) {
-  if (ev.type === '@xstate.actor') {
+  if (ev.type === '@safe-resume.message') {
+    // Seen by a node agent (or the launcher's own, `cli`): sent to the replica `peer`, or received from it.
+    const m = ev.message || {};
+    const out = ev.direction === 'out';
+    addRow('protocol', { t: Number(ev.createdAt), from: out ? ev.process : ev.peer, to: out ? ev.peer : ev.process, type: m.type, requestId: m.requestId || '', target: m.target || '', detail: m.detail || '' });
+  } else if (ev.type === '@xstate.actor') {
     const def = parse(ev.definition);
     const snap = parse(ev.snapshot) || {};
     if (!def || !def.states) return; // invoked promise actors and the like
-    actors.set(key(ev, ev.sessionId), { id: key(ev, ev.sessionId), process: ev.process, machine: def && def.id, def, value: snap.value, context: snap.context, status: snap.status || 'active', prev: undefined, lastEvent: undefined });
+    actors.set(key(ev, ev.sessionId), { id: key(ev, ev.sessionId), process: ev.process, machine: def && def.id, def, value: snap.value, context: snap.context, status: snap.status || 'active', prev: undefined, lastEvent: undefined, born: Number(ev.createdAt) || 0 });
   } else if (ev.type === '@xstate.snapshot') {
     const a = actors.get(key(ev, ev.sessionId));
     const snap = parse(ev.snapshot) || {};
-    if (!a) return;
+    if (!a || stale(a, ev)) return;
     const before = flat(a.value);
     a.prev = a.value;
     a.value = snap.value;
@@ -69,10 +118,9 @@ function onEvent(ev) {
     const to = actors.get(key(ev, ev.sessionId));
     const from = ev.sourceId && actors.get(key(ev, ev.sourceId));
     const e = parse(ev.event) || {};
-    if (!to || String(e.type).startsWith('xstate.')) return;
+    if (!to || stale(to, ev) || String(e.type).startsWith('xstate.')) return;
     const c = to.context || {};
-    rows.push({ t: ev.createdAt, from: from ? `${from.process}/${label(from)}` : `${to.process}`, to: `${to.process}/${label(to)}`, type: e.type, requestId: c.requestId || '', target: c.target || '' });
-    if (rows.length > 1000) rows.splice(0, rows.length - 1000);
+    addRow('internal', { t: Number(ev.createdAt), from: from ? `${from.process}/${label(from)}` : `${to.process}`, to: `${to.process}/${label(to)}`, type: e.type, requestId: c.requestId || '', target: c.target || '', detail: e.reason || e.code || '' });
   }
   dirty = true;
 }
@@ -84,16 +132,24 @@ function render() {
   const byProc = new Map();
   for (const a of actors.values()) {
     if (a.status !== 'active' && !(a.machine === 'handle' && flat(a.value) === 'invalidated')) continue;
+    const l = life(a);
+    if (l === 'gone') continue;
     if (!byProc.has(a.process)) byProc.set(a.process, []);
-    byProc.get(a.process).push(a);
+    byProc.get(a.process).push({ a, dead: l === 'dead' });
   }
-  const procs = [...byProc.keys()].sort();
-  $('actors').innerHTML = procs.map((p) => `<div class="proc" data-process="${esc(p)}">${esc(p)}</div>` + byProc.get(p).map((a) =>
-    `<div class="actor${a.id === selected ? ' selected' : ''}" data-id="${esc(a.id)}" data-process="${esc(a.process)}" data-machine="${esc(a.machine)}" data-target="${esc((a.context || {}).target || '')}" data-state="${esc(flat(a.value))}" data-seen="${esc((a.seen || []).join(' '))}">` +
-    `<span class="state ${color(a)}">${esc(flat(a.value))}</span> ${esc(label(a))}</div>`).join('')).join('');
+  const names = [...byProc.keys()].sort();
+  // An actor whose process is down is drawn as that process left it, greyed out and labelled.
+  const down = ' <span class="down">process down</span>';
+  $('actors').innerHTML = names.map((p) => {
+    const allDead = byProc.get(p).every((x) => x.dead);
+    return `<div class="proc${allDead ? ' dead' : ''}" data-process="${esc(p)}">${esc(p)}${allDead ? down : ''}</div>` + byProc.get(p).map(({ a, dead }) =>
+      `<div class="actor${dead ? ' dead' : ''}${a.id === selected ? ' selected' : ''}" data-id="${esc(a.id)}" data-process="${esc(a.process)}" data-machine="${esc(a.machine)}" data-target="${esc((a.context || {}).target || '')}" data-state="${esc(flat(a.value))}" data-seen="${esc((a.seen || []).join(' '))}"${dead ? ' title="its process is down: the state it was in then"' : ''}>` +
+      `<span class="state ${color(a)}">${esc(stateText(a))}</span> ${esc(label(a))}${dead ? down : ''}</div>`).join('');
+  }).join('');
   const f = $('filter').value.trim();
-  const shown = rows.filter((r) => !f || r.requestId.includes(f) || r.target.includes(f)).slice(-300).reverse();
-  $('rows').innerHTML = shown.map((r) => `<tr><td>${new Date(Number(r.t)).toISOString().slice(11, 23)}</td><td>${esc(r.from)}</td><td>${esc(r.to)}</td><td>${esc(r.type)}</td><td>${esc(r.requestId)}</td><td>${esc(r.target)}</td></tr>`).join('');
+  const pool = view === 'all' ? [...rows.protocol, ...rows.internal].sort((x, y) => x.t - y.t) : rows.protocol;
+  const shown = pool.filter((r) => !f || r.requestId.includes(f) || r.target.includes(f)).slice(-300).reverse();
+  $('rows').innerHTML = shown.map((r) => `<tr data-kind="${r.kind}"><td>${new Date(r.t).toISOString().slice(11, 23)}</td><td class="from">${esc(r.from)}</td><td class="to">${esc(r.to)}</td><td class="type">${esc(r.type)}</td><td class="request">${esc(r.requestId)}</td><td class="target">${esc(r.target)}</td><td class="detail">${esc(r.detail)}</td></tr>`).join('');
   $('s-pauses').textContent = pauses;
   drawChart();
 }
@@ -106,6 +162,13 @@ $('actors').addEventListener('click', (e) => {
   dirty = true;
 });
 $('filter').addEventListener('input', () => (dirty = true));
+for (const v of ['protocol', 'all']) {
+  $(`view-${v}`).addEventListener('click', () => {
+    view = v;
+    for (const w of ['protocol', 'all']) $(`view-${w}`).setAttribute('aria-pressed', String(w === view));
+    dirty = true;
+  });
+}
 
 // ---- Statechart, laid out by ELK from the machine definition ----
 const elk = typeof ELK === 'function' ? new ELK() : null;
@@ -224,9 +287,15 @@ async function poll() {
       ...s.nodes.map((n) => `<div class="row" data-node="${esc(n.id)}"><b>${esc(n.id)}</b> on ${esc(n.replica || '-')} ${n.state === 'down' ? '<span class="state invalidated">down</span>' : ''}${n.partitioned ? '<span class="state paused">partitioned</span>' : ''} <button data-action="partition" data-id="${esc(n.id)}">partition</button><button data-action="heal" data-id="${esc(n.id)}">heal</button></div>` + nbdRows(n)),
     ];
     $('fault-rows').innerHTML = faults.join('');
-    $('s-acked').textContent = s.handles.reduce((n, h) => n + h.acked, 0);
-    $('s-granted').textContent = s.replicas.reduce((n, r) => n + (r.stats.resumesGranted || 0), 0);
-    $('s-denied').textContent = s.replicas.reduce((n, r) => n + (r.stats.resumesDenied || 0), 0);
+    // Counted since the cluster started: the launcher keeps what processes that restarted had counted.
+    $('s-acked').textContent = s.totals.acked;
+    $('s-granted').textContent = s.totals.resumesGranted || 0;
+    $('s-denied').textContent = s.totals.resumesDenied || 0;
+    procs.clear();
+    for (const p of [...s.replicas, ...s.nodes]) procs.set(p.id, { state: p.state, startedAt: p.startedAt, exitedAt: p.exitedAt });
+    // Kept once seen: a node that goes down reports its handles no more, and its actors stay drawn.
+    for (const h of s.handles) if (h.reason && h.requestId) reasons.set(`${h.node}\u0000${h.requestId}`, h.reason);
+    dirty = true;
     if (s.chaos) {
       $('s-verdict').textContent = s.chaos.verdict;
       $('verdict').className = s.chaos.violations ? 'fail' : '';

@@ -3,8 +3,11 @@
  * playwright-core): a small cluster of real processes, the page opened at the address `up` printed
  * (its control token in the fragment) shows every replica and handle, and each node's NBD export with
  * the handle of every client connection, and faults clicked on the page show up as state changes;
- * without the token the page shows nothing. Saves screenshots in a temporary directory, or the
- * README's as docs/inspector.png with SAFE_RESUME_DOCS_SCREENSHOT=1.
+ * the messages list the protocol between nodes and replicas (internal events on demand), an
+ * invalidated handle says why, the actors of a process that is down show dead, and the counters
+ * survive restarts; without the token the page shows nothing. Saves screenshots in a temporary
+ * directory (or SAFE_RESUME_SCREENSHOTS, to look at them), or the README's as docs/inspector.png
+ * with SAFE_RESUME_DOCS_SCREENSHOT=1.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -23,6 +26,26 @@ let page: Page;
 let url = '';
 
 const handle = (target: string) => page.locator(`.actor[data-machine="handle"][data-target="${target}"]`);
+/** The actors of one process (of one machine, if given). */
+const actorsOf = (proc: string, machine?: string) => page.locator(`.actor[data-process="${proc}"]${machine ? `[data-machine="${machine}"]` : ''}`);
+/** Where screenshots go: the test's temporary directory, unless SAFE_RESUME_SCREENSHOTS names one to keep them in. */
+const shotsDir = (): string => {
+  const dir = process.env.SAFE_RESUME_SCREENSHOTS || t.dir;
+  mkdirSync(dir, { recursive: true });
+  return dir;
+};
+/** A number of the summary strip. */
+const counter = async (id: string) => Number(await page.locator(`#${id}`).textContent());
+
+interface MessageRow { kind: string; from: string; to: string; type: string; requestId: string; target: string; detail: string }
+/** The rows of the message list, read in one go (the list is redrawn as messages arrive). */
+const messageRows = () =>
+  page.$$eval('#rows tr', (trs) =>
+    trs.map((tr) => {
+      const cell = (c: string) => tr.querySelector(`td.${c}`)?.textContent ?? '';
+      return { kind: tr.getAttribute('data-kind') ?? '', from: cell('from'), to: cell('to'), type: cell('type'), requestId: cell('request'), target: cell('target'), detail: cell('detail') };
+    }),
+  ) as Promise<MessageRow[]>;
 
 /** `safe-resume up` with `args`, and the inspector address (with its token) it prints. */
 async function up(args: string[]): Promise<{ proc: ChildProcess; url: string }> {
@@ -156,6 +179,38 @@ describe('inspector page', () => {
     expect(await page.locator('#svg .node.current text').first().textContent()).toBe('active');
   }, 60_000);
 
+  it('lists the protocol messages between nodes and replicas, internal events only on demand; the filter applies to both', async () => {
+    // By default: the protocol only, each message from the node or the replica that sent it, and an
+    // answer with the target of the request it answers.
+    await expect
+      .poll(async () => {
+        const rows = await messageRows();
+        return rows.some((r) => r.type === 'write' && /^node-\d$/.test(r.from) && /^replica-\d$/.test(r.to) && /^app-\d\.disk$/.test(r.target)) &&
+          rows.some((r) => r.type === 'written' && /^replica-\d$/.test(r.from) && /^node-\d$/.test(r.to) && /^app-\d\.disk$/.test(r.target));
+      }, { timeout: 15_000 })
+      .toBe(true);
+    expect((await messageRows()).filter((r) => r.kind !== 'protocol')).toEqual([]);
+    expect(await page.locator('#view-protocol').getAttribute('aria-pressed')).toBe('true');
+
+    // All: the machines' own events too (IO, the session's timers...).
+    await page.locator('#view-all').click();
+    await expect.poll(async () => (await messageRows()).filter((r) => r.kind === 'internal' && r.type === 'IO').length, { timeout: 10_000 }).toBeGreaterThan(0);
+    expect((await messageRows()).some((r) => r.kind === 'protocol')).toBe(true);
+
+    // The filter keeps working, in either view.
+    await page.fill('#filter', 'app-2.disk');
+    const onlyApp2 = async () => {
+      const rows = await messageRows();
+      return rows.length > 0 && rows.every((r) => r.target.includes('app-2.disk'));
+    };
+    await expect.poll(onlyApp2, { timeout: 10_000 }).toBe(true);
+    expect((await messageRows()).some((r) => r.kind === 'internal')).toBe(true);
+    await page.screenshot({ path: join(shotsDir(), 'inspector-messages.png') });
+    await page.locator('#view-protocol').click();
+    await expect.poll(async () => (await onlyApp2()) && (await messageRows()).every((r) => r.kind === 'protocol'), { timeout: 10_000 }).toBe(true);
+    await page.fill('#filter', '');
+  }, 60_000);
+
   it('kill the replica serving a node: its handles go paused, then active again', async () => {
     const serving = await page.locator('[data-node="node-1"]').textContent();
     const replica = /on (replica-\d)/.exec(serving ?? '')![1]!;
@@ -181,10 +236,16 @@ describe('inspector page', () => {
       .toBe('write: ok');
     await page.locator('button[data-action="heal"][data-id="node-1"]').click();
     await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('invalidated');
+    // And why: the state reads with its reason.
+    await expect.poll(() => handle('app-1.disk').locator('.state').textContent(), { timeout: 10_000 }).toBe('invalidated: MODIFIED');
+    // The foreign write is in the protocol list: the launcher's own agent, as it reached a replica.
+    await page.fill('#filter', 'app-1.disk');
+    await expect.poll(async () => (await messageRows()).some((r) => r.from === 'cli' && /^replica-\d$/.test(r.to) && r.type === 'write'), { timeout: 10_000 }).toBe(true);
+    await page.fill('#filter', '');
     await handle('app-1.disk').click();
     await page.waitForTimeout(800);
     // The README's picture is rewritten only when asked for; a test run leaves the tree alone.
-    const shots = process.env.SAFE_RESUME_DOCS_SCREENSHOT === '1' ? join(import.meta.dirname, '..', 'docs') : t.dir;
+    const shots = process.env.SAFE_RESUME_DOCS_SCREENSHOT === '1' ? join(import.meta.dirname, '..', 'docs') : shotsDir();
     mkdirSync(shots, { recursive: true });
     await page.screenshot({ path: join(shots, 'inspector.png') });
   }, 90_000);
@@ -192,6 +253,7 @@ describe('inspector page', () => {
   it('keeps working through a browser reload (history replayed by the launcher)', async () => {
     await page.reload();
     await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('invalidated');
+    await expect.poll(() => handle('app-1.disk').locator('.state').textContent(), { timeout: 10_000 }).toBe('invalidated: MODIFIED');
     await expect.poll(() => page.locator('.actor[data-machine="handle"]').count(), { timeout: 15_000 }).toBe(2);
     await expect.poll(() => page.locator('#rows tr').count(), { timeout: 15_000 }).toBeGreaterThan(0);
   }, 60_000);
@@ -238,7 +300,7 @@ describe('inspector page', () => {
       await expect.poll(() => conn.locator('.state').textContent(), { timeout: 15_000 }).toBe('invalidated: MODIFIED');
       await expect.poll(() => conn.locator('.requests').textContent(), { timeout: 10_000 }).toBe('0 in flight');
       expect(await conn.locator('.target').textContent()).toBe(target);
-      await page.screenshot({ path: join(t.dir, 'inspector-nbd.png') });
+      await page.screenshot({ path: join(shotsDir(), 'inspector-nbd.png') });
 
       client.close();
       await expect.poll(() => conn.count(), { timeout: 10_000 }).toBe(0);
@@ -252,6 +314,79 @@ describe('inspector page', () => {
     await expect.poll(() => page.locator('[data-node="node-2"] .state').textContent(), { timeout: 10_000 }).toBe('down');
     expect(await page.locator('[data-nbd="node-2"]').count()).toBe(0);
   }, 90_000);
+
+  it('shows the actors of a process that is down dead, and live again once it is back', async () => {
+    // node-2, killed above: its session and its application's handle are still drawn, greyed out and
+    // labelled, never as if they were connected and active.
+    await expect.poll(() => actorsOf('node-2', 'session').getAttribute('class'), { timeout: 10_000 }).toContain('dead');
+    expect(await actorsOf('node-2', 'session').textContent()).toContain('process down');
+    await expect.poll(() => handle('app-2.disk').getAttribute('class'), { timeout: 10_000 }).toContain('dead');
+    expect(await handle('app-2.disk').textContent()).toContain('process down');
+    expect(await actorsOf('node-1', 'session').getAttribute('class')).not.toContain('dead');
+    // Greyed out: drawn faint.
+    expect(Number(await page.evaluate<string>('getComputedStyle(document.querySelector(".actor.dead")).opacity'))).toBeLessThan(0.7);
+
+    // Restarted, node-2 draws its new actors live (and only those).
+    expect((await cli('restart', 'node-2')).ok).toBe(true);
+    await expect.poll(() => handle('app-2.disk').getAttribute('data-state'), { timeout: 20_000 }).toBe('active');
+    await expect.poll(() => page.locator('.actor.dead[data-process="node-2"]').count(), { timeout: 10_000 }).toBe(0);
+    await expect.poll(() => actorsOf('node-2', 'session').getAttribute('data-state'), { timeout: 10_000 }).toMatch(/^connected/);
+    expect(await actorsOf('node-2', 'session').count()).toBe(1);
+    expect(await handle('app-2.disk').textContent()).not.toContain('process down');
+
+    // A replica killed from the page: the handles it held show dead with it.
+    const nodes = (await cli('status')).nodes as Array<{ id: string; replica: string | null }>;
+    const replica = nodes.find((n) => n.id === 'node-2')!.replica!;
+    expect(replica).toMatch(/^replica-\d$/);
+    await expect.poll(() => page.locator(`.actor[data-process="${replica}"][data-machine="replicaHandle"]:not(.dead)`).count(), { timeout: 10_000 }).toBeGreaterThan(0);
+    await page.locator(`button[data-action="kill"][data-id="${replica}"]`).click();
+    await expect.poll(() => page.locator(`.actor[data-process="${replica}"]:not(.dead)`).count(), { timeout: 10_000 }).toBe(0);
+    const held = page.locator(`.actor.dead[data-process="${replica}"][data-machine="replicaHandle"]`);
+    expect(await held.count()).toBeGreaterThan(0);
+    expect(await held.first().textContent()).toContain('process down');
+    // node-2 goes on on the other replica.
+    await expect.poll(() => handle('app-2.disk').getAttribute('data-state'), { timeout: 20_000 }).toBe('active');
+    await page.screenshot({ path: join(shotsDir(), 'inspector-dead-replica.png') });
+
+    // Restarted, the replica's handles of before are gone with the process that held them.
+    await page.locator(`button[data-action="restart"][data-id="${replica}"]`).click();
+    await expect.poll(() => page.locator(`[data-replica="${replica}"] .state`).textContent(), { timeout: 15_000 }).toBe('serving');
+    await expect.poll(() => page.locator(`.actor.dead[data-process="${replica}"]`).count(), { timeout: 10_000 }).toBe(0);
+  }, 120_000);
+
+  it('keeps the counters of the summary through restarts of nodes and replicas', async () => {
+    const app2 = async () => ((await cli('status')).handles as Array<{ app: string; state: string }>).find((h) => h.app === 'app-2')?.state;
+    // A node restarted (whatever the test above left of node-2).
+    expect((await cli('restart', 'node-2')).ok).toBe(true);
+    await expect.poll(app2, { timeout: 20_000 }).toBe('active');
+    await expect.poll(() => counter('s-denied'), { timeout: 10_000 }).toBeGreaterThan(0); // app-1.disk and the NBD client's handle were refused their resumes
+    const acked = await counter('s-acked');
+    const granted = await counter('s-granted');
+    const denied = await counter('s-denied');
+    expect(acked).toBeGreaterThan(0);
+
+    // node-1 killed: the writes its application had acknowledged still count. Its actors show dead,
+    // the invalidated handle with its reason.
+    expect((await cli('kill', 'node-1')).ok).toBe(true);
+    await expect.poll(() => page.locator('[data-node="node-1"] .state').textContent(), { timeout: 10_000 }).toBe('down');
+    await page.waitForTimeout(1500); // a poll or two of the status after it
+    expect.soft(await counter('s-acked'), 'writes acknowledged after node-1 was killed').toBeGreaterThanOrEqual(acked);
+
+    // Every replica restarted: the resumes granted and denied so far still count.
+    await page.click('#reboot');
+    await expect.poll(() => page.locator('#result').textContent(), { timeout: 30_000 }).toBe('reboot-storage: ok');
+    await expect.poll(() => page.locator('#fault-rows [data-replica] .state').allTextContents(), { timeout: 15_000 }).toEqual(['serving', 'serving']);
+    await expect.poll(app2, { timeout: 20_000 }).toBe('active');
+    await page.waitForTimeout(1500);
+    expect.soft(await counter('s-denied'), 'resumes denied after reboot-storage').toBeGreaterThanOrEqual(denied);
+    expect.soft(await counter('s-granted'), 'resumes granted after reboot-storage').toBeGreaterThanOrEqual(granted);
+    expect.soft(await counter('s-acked'), 'writes acknowledged after reboot-storage').toBeGreaterThanOrEqual(acked);
+
+    await expect.poll(() => actorsOf('node-1', 'session').getAttribute('class'), { timeout: 10_000 }).toContain('dead');
+    await expect.poll(() => handle('app-1.disk').textContent(), { timeout: 10_000 }).toContain('process down');
+    expect(await handle('app-1.disk').locator('.state').textContent()).toBe('invalidated: MODIFIED');
+    await page.screenshot({ path: join(shotsDir(), 'inspector-dead.png') });
+  }, 120_000);
 });
 
 describe('inspector page over etcd', () => {
