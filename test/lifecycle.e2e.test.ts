@@ -176,10 +176,14 @@ describe('the launcher as an operator uses it', () => {
       const locked = join(t.dir, 'locked');
       mkdirSync(locked, { mode: 0o500 });
       chmodSync(locked, 0o500);
-      // As root every directory is writable: the case needs a user the mode binds.
-      if (process.getuid?.() !== 0) {
+      // Root writes any directory whatever its mode: for root it is made immutable instead.
+      const root = process.getuid?.() === 0;
+      if (root) expect(spawnSync('chattr', ['+i', locked]).status).toBe(0);
+      try {
         const u = up(join(locked, 'c'));
-        expect([(await u.exited).code, u.err()]).toEqual([5, expect.stringMatching(/^safe-resume: data directory .* cannot be written \(EACCES\); choose a directory you can write with --dir, or fix its permissions\n$/)]);
+        expect([(await u.exited).code, u.err()]).toEqual([5, expect.stringMatching(/^safe-resume: data directory .* cannot be written \((EACCES|EPERM)\); choose a directory you can write with --dir, or fix its permissions\n$/)]);
+      } finally {
+        if (root) spawnSync('chattr', ['-i', locked]);
       }
       const ro = join(t.dir, 'ro');
       const first = up(ro);
