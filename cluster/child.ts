@@ -330,5 +330,7 @@ try {
     // Nothing more to say than what goes to stderr.
   }
   console.error(`safe-resume child ${role}: ${message}`);
-  exit(1);
+  // The launcher shows why (status, inspector), not only that the process is down.
+  if (process.connected) process.send?.({ type: 'failed', error: message.slice(0, 4096) } satisfies ChildReport, undefined, {}, () => exit(1));
+  else exit(1);
 }

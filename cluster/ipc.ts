@@ -42,6 +42,8 @@ export type HandleStatus = z.infer<typeof HandleStatus>;
 
 export const ChildReport = z.union([
   z.object({ type: z.literal('ready') }),
+  /** It could not start (its store cannot be opened, ...): why, sent just before it exits. */
+  z.object({ type: z.literal('failed'), error: z.string().max(4096) }),
   z.object({
     type: z.literal('status'),
     role: z.literal('replica'),

@@ -73,6 +73,8 @@ interface Child {
   exitedAt: number | undefined;
   /** Its counters went into the carried totals when it exited: its last status counts no more. */
   folded: boolean;
+  /** Why its last incarnation could not start, as it said before it exited. */
+  failure?: string | undefined;
 }
 
 type StatusReport = Extract<ChildReport, { type: 'status' }>;
@@ -277,7 +279,9 @@ export class Launcher {
       const msg = ChildReport.safeParse(m);
       if (!msg.success) return this.opts.log.warn({ child: id }, 'bad report from child');
       const r = msg.data;
-      if (r.type === 'ready') {
+      if (r.type === 'failed') child.failure = r.error;
+      else if (r.type === 'ready') {
+        child.failure = undefined;
         if (this.watching || this.opts.statelyPort !== undefined) proc.send({ type: 'watch', on: true } satisfies ChildCommand);
         ready();
       }
@@ -298,14 +302,14 @@ export class Launcher {
     proc.on('error', (err) => this.opts.log.warn({ child: id, err: err.message }, 'child channel error'));
     if (!this.stopping) this.timeline.add({ kind: 'process', id, what: 'started', detail: `pid ${proc.pid}` });
     proc.on('exit', (code, signal) => {
-      if (!this.stopping) this.timeline.add({ kind: 'process', id, what: 'exited', detail: signal ?? `code ${code}` });
+      if (!this.stopping) this.timeline.add({ kind: 'process', id, what: 'exited', detail: child.failure ? `could not start: ${child.failure}` : (signal ?? `code ${code}`) });
       if (child.proc === proc) child.proc = undefined;
       child.exitedAt = Date.now();
       if (!child.folded) {
         child.folded = true;
         this.carry(id, countersOf(child.status));
       }
-      failed(new Error(`${id} exited (${signal ?? code}) before it was ready`));
+      failed(new Error(child.failure ? `${id} could not start: ${child.failure}` : `${id} exited (${signal ?? code}) before it was ready`));
       if (!this.stopping) this.opts.log.warn({ child: id, code, signal }, 'child exited');
     });
     return child;
@@ -375,8 +379,8 @@ export class Launcher {
     const replicas = children.filter((c) => c.role === 'replica').map((c) => ({
       id: c.id,
       // A store that cannot be written or read as a database needs an operator: 'failed', with the error.
-      state: !c.proc ? 'down' : c.status?.role === 'replica' && c.status.dismounted ? (FATAL_STORE.test(c.status.storeError ?? '') ? 'failed' : 'dismounted') : 'serving',
-      storeError: c.proc && c.status?.role === 'replica' ? (c.status.storeError ?? null) : null,
+      state: !c.proc ? (c.failure ? 'failed' : 'down') : c.status?.role === 'replica' && c.status.dismounted ? (FATAL_STORE.test(c.status.storeError ?? '') ? 'failed' : 'dismounted') : 'serving',
+      storeError: c.proc && c.status?.role === 'replica' ? (c.status.storeError ?? null) : (c.failure ?? null),
       pid: c.proc?.pid ?? null,
       sessions: c.proc && c.status?.role === 'replica' ? c.status.sessions : 0,
       stats: this.counted(c),
@@ -433,7 +437,9 @@ export class Launcher {
       // Its applications come back and reclaim the requestIds the node kept on disk.
       config.apps = [...this.apps.entries()].filter(([, a]) => a.node === id).map(([name, a]) => ({ name, target: a.target }));
     }
-    await this.spawn(id, c.role, config).ready;
+    await this.spawn(id, c.role, config).ready.catch((err: Error) => {
+      throw new SafeResumeError('UNAVAILABLE', err.message);
+    });
     return { ok: true, restarted: id };
   }
 

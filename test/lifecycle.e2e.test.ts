@@ -352,4 +352,32 @@ describe('the launcher as an operator uses it', () => {
       t.cleanup();
     }
   }, 90_000);
+
+  it('a replica whose store cannot be opened is shown failed, with the store error, not just down', async () => {
+    const t = tempDir();
+    const db = join(t.dir, 'store.sqlite');
+    const root = process.getuid?.() === 0;
+    try {
+      const u = up(t.dir, ['--replicas', '2']);
+      await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /inspector/.test(u.out()));
+      expect(cli(t.dir, 'kill', 'replica-2').code).toBe(0);
+      // Read-only under the replica's feet (root writes any file whatever its mode: immutable then).
+      if (root) expect(spawnSync('chattr', ['+i', db]).status).toBe(0);
+      else chmodSync(db, 0o400);
+      const r = cli(t.dir, 'restart', 'replica-2');
+      expect([r.code, r.err]).toEqual([1, expect.stringMatching(/^safe-resume restart: \w+: replica-2 could not start: .*readonly database/)]);
+      type St = { replicas: Array<{ id: string; state: string; storeError: string | null }> };
+      const s = JSON.parse(cli(t.dir, 'status', '--json').out) as St;
+      expect(s.replicas.find((x) => x.id === 'replica-2')).toMatchObject({ state: 'failed', storeError: expect.stringMatching(/readonly database/) });
+      expect(cli(t.dir, 'status').out).toMatch(/^replica-2 +failed +sessions=0 {2}store: .*readonly database/m);
+      expect(cli(t.dir, 'events').out).toMatch(/process  replica-2 exited \(could not start: .*readonly database\)/);
+      if (root) spawnSync('chattr', ['-i', db]);
+      else chmodSync(db, 0o600);
+      expect(cli(t.dir, 'restart', 'replica-2').code).toBe(0);
+      expect((JSON.parse(cli(t.dir, 'status', '--json').out) as St).replicas.find((x) => x.id === 'replica-2')).toMatchObject({ state: 'serving', storeError: null });
+    } finally {
+      if (root) spawnSync('chattr', ['-i', db]);
+      t.cleanup();
+    }
+  }, 90_000);
 });
