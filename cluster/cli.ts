@@ -302,35 +302,44 @@ async function up(argv: string[]): Promise<number> {
     await stop();
     throw err;
   }
-  const say = (line: string) => (o.json ? process.stderr : process.stdout).write(line + '\n');
-  say(`safe-resume: ${o.replicas} replicas over ${o.store === 'etcd' ? `etcd (${launcher.etcd ? 'local members in ' + join(o.dir, 'etcd') : (o.etcdEndpoints ?? []).join(',')})` : join(o.dir, 'store.sqlite')}, ${o.nodes} nodes x ${o.apps} apps`);
-  if (reusing) say(`  ${reusing}`);
-  for (const m of launcher.etcd?.members ?? []) say(`  ${m.id.padEnd(9)} ${m.endpoint}`);
-  for (const [i, u] of launcher.replicaUrls.entries()) say(`  replica-${i + 1}  ${u}`);
-  for (const [node, u] of launcher.nbdUrls) say(`  nbd       ${u}   (${node}: any target as a disk, e.g. qemu-io -f raw ${u}vm1.disk)`);
-  say(`  control   ${launcher.controlUrl}   (safe-resume status | kill | partition | write ... --dir ${o.dir})`);
-  // The page addresses carry the control token (in the fragment): they open as printed.
-  say(`  inspector ${launcher.inspector?.pageUrl ?? '-'}   (open it in a browser to watch every machine live)`);
-  if (o.statelyPort !== undefined) say(`  stately   ${launcher.statelyUrl}   (the Stately inspector; needs an internet connection)`);
-  if (o.chaos) {
-    say(`chaos: ${o.forS}s of faults, seed ${o.seed}`);
-    const summary = await Promise.race([runChaos(launcher, o.forS, o.seed, (k, d) => (say(`  fault ${k}: ${d}`), launcher.timeline.add({ kind: 'fault', what: `${k}: ${d}` })), o.faults), (stopping ?? new Promise<never>(() => {}))]);
+  const running = async (): Promise<number> => {
+    const say = (line: string) => (o.json ? process.stderr : process.stdout).write(line + '\n');
+    say(`safe-resume: ${o.replicas} replicas over ${o.store === 'etcd' ? `etcd (${launcher.etcd ? 'local members in ' + join(o.dir, 'etcd') : (o.etcdEndpoints ?? []).join(',')})` : join(o.dir, 'store.sqlite')}, ${o.nodes} nodes x ${o.apps} apps`);
+    if (reusing) say(`  ${reusing}`);
+    for (const m of launcher.etcd?.members ?? []) say(`  ${m.id.padEnd(9)} ${m.endpoint}`);
+    for (const [i, u] of launcher.replicaUrls.entries()) say(`  replica-${i + 1}  ${u}`);
+    for (const [node, u] of launcher.nbdUrls) say(`  nbd       ${u}   (${node}: any target as a disk, e.g. qemu-io -f raw ${u}vm1.disk)`);
+    say(`  control   ${launcher.controlUrl}   (safe-resume status | kill | partition | write ... --dir ${o.dir})`);
+    // The page addresses carry the control token (in the fragment): they open as printed.
+    say(`  inspector ${launcher.inspector?.pageUrl ?? '-'}   (open it in a browser to watch every machine live)`);
+    if (o.statelyPort !== undefined) say(`  stately   ${launcher.statelyUrl}   (the Stately inspector; needs an internet connection)`);
+    if (o.chaos) {
+      say(`chaos: ${o.forS}s of faults, seed ${o.seed}`);
+      const summary = await Promise.race([runChaos(launcher, o.forS, o.seed, (k, d) => (say(`  fault ${k}: ${d}`), launcher.timeline.add({ kind: 'fault', what: `${k}: ${d}` })), o.faults), (stopping ?? new Promise<never>(() => {}))]);
+      await stop();
+      if (!summary) return 1;
+      process.stdout.write((o.json ? JSON.stringify(summary) : formatChaos(summary)) + '\n');
+      return summary.violations.length > 0 ? 1 : 0;
+    }
+    // --json: the addresses as one JSON object on stdout, then a status line every 5 s, then the end.
+    if (o.json) process.stdout.write(JSON.stringify({ event: 'up', store: launcher.storeSpec, etcd: launcher.etcd?.members.map((m) => ({ id: m.id, endpoint: m.endpoint })) ?? [], replicas: launcher.replicaUrls, nbd: Object.fromEntries(launcher.nbdUrls), control: launcher.controlUrl, inspector: launcher.inspector?.pageUrl ?? null, ...(o.statelyPort !== undefined ? { stately: launcher.statelyUrl } : {}), reusing: reusing ?? null }) + '\n');
+    const stopView = liveView(() => launcher.status(), process.stdout.isTTY === true && !o.pretty && !o.json, o.json);
+    await new Promise<void>((done) => {
+      const check = setInterval(() => stopping && (clearInterval(check), done()), 100);
+    });
+    stopView();
+    process.stdout.write(o.json ? '{"event":"stopping"}\n' : 'stopping...\n');
+    await stopping;
+    process.stdout.write(o.json ? '{"event":"stopped"}\n' : 'stopped\n');
+    return 0;
+  };
+  try {
+    return await running();
+  } catch (err) {
+    // Whatever fails once the cluster is up brings it down with the error said: never a headless cluster.
     await stop();
-    if (!summary) return 1;
-    process.stdout.write((o.json ? JSON.stringify(summary) : formatChaos(summary)) + '\n');
-    return summary.violations.length > 0 ? 1 : 0;
+    throw err;
   }
-  // --json: the addresses as one JSON object on stdout, then a status line every 5 s, then the end.
-  if (o.json) process.stdout.write(JSON.stringify({ event: 'up', store: launcher.storeSpec, etcd: launcher.etcd?.members.map((m) => ({ id: m.id, endpoint: m.endpoint })) ?? [], replicas: launcher.replicaUrls, nbd: Object.fromEntries(launcher.nbdUrls), control: launcher.controlUrl, inspector: launcher.inspector?.pageUrl ?? null, ...(o.statelyPort !== undefined ? { stately: launcher.statelyUrl } : {}), reusing: reusing ?? null }) + '\n');
-  const stopView = liveView(() => launcher.status(), process.stdout.isTTY === true && !o.pretty && !o.json, o.json);
-  await new Promise<void>((done) => {
-    const check = setInterval(() => stopping && (clearInterval(check), done()), 100);
-  });
-  stopView();
-  process.stdout.write(o.json ? '{"event":"stopping"}\n' : 'stopping...\n');
-  await stopping;
-  process.stdout.write(o.json ? '{"event":"stopped"}\n' : 'stopped\n');
-  return 0;
 }
 
 function formatChaos(s: ChaosSummary): string {

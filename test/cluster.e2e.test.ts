@@ -40,7 +40,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function until(what: string, check: () => boolean, ms = 30_000): Promise<void> {
   const end = Date.now() + ms;
   while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(status())}`);
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(status())}; the first up said on stderr: ${printedErr.get(dir) ?? ''}`);
     await sleep(200);
   }
 }
@@ -63,6 +63,8 @@ function sampleHealth(url: string): number {
 
 /** The first lines each `up` printed (its addresses), by data directory. */
 const printed = new Map<string, string>();
+/** And what it said on stderr. */
+const printedErr = new Map<string, string>();
 
 function startCluster(d = dir, extra: string[] = []): ChildProcess {
   const p = spawn('node', [CLI, 'up', '--dir', d, '--hold-ms', '1000', '--interval-ms', '50', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -71,7 +73,11 @@ function startCluster(d = dir, extra: string[] = []): ChildProcess {
     const so = printed.get(d)!;
     if (so.length < 65_536) printed.set(d, so + b.toString());
   });
-  p.stderr?.resume();
+  printedErr.set(d, '');
+  p.stderr?.on('data', (b: Buffer) => {
+    const so = printedErr.get(d)!;
+    if (so.length < 65_536) printedErr.set(d, so + b.toString());
+  });
   return p;
 }
 
@@ -118,7 +124,7 @@ describe('safe-resume up: a real local cluster', () => {
 
   it('prints an NBD URL per node; qemu-io writes a disk through it, and the CLI reads the same bytes', async () => {
     const urls = [...(printed.get(dir) ?? '').matchAll(/^ {2}nbd +(nbd:\/\/127\.0\.0\.1:\d+\/) +\((node-\d)/gm)].map((m) => ({ url: m[1]!, node: m[2]! }));
-    expect(urls.map((u) => u.node), `up printed:\n${printed.get(dir)}`).toEqual(['node-1', 'node-2']);
+    expect(urls.map((u) => u.node), `up printed:\n${printed.get(dir)}\nand on stderr:\n${printedErr.get(dir)}`).toEqual(['node-1', 'node-2']);
     const io = spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 4k', '-c', 'read -P 0x61 0 4k', `${urls[0]!.url}disk-e2e`], { encoding: 'utf8', timeout: 30_000 });
     expect(io.stdout).toMatch(/wrote 4096\/4096 bytes[\s\S]*read 4096\/4096 bytes/);
     expect(io.stdout).not.toMatch(/verification failed/);
