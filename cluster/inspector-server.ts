@@ -107,6 +107,14 @@ export class InspectorServer {
         res.writeHead(200, { 'content-type': 'application/json', ...HEADERS }).end(JSON.stringify(this.hooks.status()));
         return;
       }
+      if (req.method === 'GET' && path === '/api/events') {
+        // The launcher's timeline, the query (target, after) as the control endpoint takes it.
+        const query = (req.url ?? '').slice(path.length);
+        void this.hooks.command('GET', `/events${query}`, '').then((r) => {
+          res.writeHead(r.ok ? 200 : 400, { 'content-type': 'application/json', ...HEADERS }).end(JSON.stringify(r));
+        });
+        return;
+      }
       if (req.method === 'POST' && api) {
         void readBody(req, res).then(async (body) => {
           if (body === undefined) return;

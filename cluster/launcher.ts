@@ -775,8 +775,10 @@ export class Launcher {
     try {
       if (method === 'GET' && url === '/status') return { ok: true, ...this.status() };
       if (method === 'GET' && (url === '/events' || url.startsWith('/events?'))) {
-        const target = new URLSearchParams(url.slice('/events'.length)).get('target') ?? undefined;
-        return { ok: true, events: this.timeline.list(target) };
+        const q = new URLSearchParams(url.slice('/events'.length));
+        // `after`: the `next` of an earlier answer, for only what came since (the inspector polls so).
+        const after = Number(q.get('after') ?? 0);
+        return { ok: true, events: this.timeline.list(q.get('target') ?? undefined, Number.isSafeInteger(after) && after > 0 ? after : 0), next: this.timeline.next };
       }
       if (method !== 'POST') throw new SafeResumeError('INVALID_ARGUMENT', `unknown endpoint ${method} ${url}`);
       const args = (body ? JSON.parse(body) : {}) as Record<string, unknown>;

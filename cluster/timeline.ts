@@ -16,6 +16,8 @@ const MAX_EVENTS = 5000;
 
 export class Timeline {
   private readonly events: TimelineEvent[] = [];
+  /** Events ever added: the cursor a reader passes back to get only what came after. */
+  private added = 0;
   /** The last state seen of each handle (node/app), to turn status reports into transitions. */
   private readonly last = new Map<string, { state: string; requestId: string | null }>();
 
@@ -24,6 +26,7 @@ export class Timeline {
   add(e: NewEvent): TimelineEvent {
     const ev = { ...e, at: e.at ?? this.now() } as TimelineEvent;
     this.events.push(ev);
+    this.added++;
     if (this.events.length > MAX_EVENTS) this.events.splice(0, this.events.length - MAX_EVENTS);
     return ev;
   }
@@ -46,9 +49,19 @@ export class Timeline {
     return out;
   }
 
-  /** Events, oldest first, of one target (its handles, and every fault and process event) or all. */
-  list(target?: string): TimelineEvent[] {
-    return target === undefined ? [...this.events] : this.events.filter((e) => e.kind !== 'handle' || e.target === target);
+  /**
+   * Events, oldest first, of one target (its handles, and every fault and process event) or all; with
+   * `after` (a `next` of before), only those added since (those already dropped are gone).
+   */
+  list(target?: string, after = 0): TimelineEvent[] {
+    const from = Math.max(0, this.events.length - Math.max(0, this.added - after));
+    const events = this.events.slice(from);
+    return target === undefined ? events : events.filter((e) => e.kind !== 'handle' || e.target === target);
+  }
+
+  /** The cursor for `list`: how many events were ever added. */
+  get next(): number {
+    return this.added;
   }
 }
 

@@ -303,6 +303,76 @@ async function poll() {
   } catch { /* the launcher is restarting or gone; try again */ }
 }
 
+// ---- Timeline: the launcher's story of faults, processes and handle transitions ----
+// Polled with the status; each answer carries `next`, passed back so only newer events come, and only
+// those are appended. Newest at the bottom, read as a story; the list follows the newest unless it was
+// scrolled up.
+const timeline = [];
+let tlNext = 0;
+let tlBusy = false;
+const TL_MAX = 5000;
+
+// As `safe-resume events --target T`: that target's handles, and every fault and process event.
+const tlShown = (e, target) => !target || e.kind !== 'handle' || e.target === target;
+
+function tlRow(e) {
+  let cls = e.kind;
+  let text;
+  if (e.kind === 'fault') text = esc(e.what);
+  else if (e.kind === 'process') {
+    cls += ` ${e.what}`;
+    text = `${esc(e.id)} ${esc(e.what)}${e.detail ? ` <span class="detail">(${esc(e.detail)})</span>` : ''}`;
+  } else {
+    const tone = ['active', 'paused', 'resuming', 'invalidated'].includes(e.to) ? e.to : 'other';
+    text = `${esc(`${e.node}/${e.app}`)} ${esc(e.target)} ${esc(e.from)} -&gt; <span class="to ${tone}">${esc(e.to)}</span>` +
+      `${e.reason ? ` <span class="reason">${esc(e.reason)}</span>` : ''}${e.detail ? ` <span class="detail">(${esc(e.detail)})</span>` : ''}`;
+  }
+  return `<div class="ev ${esc(cls)}" data-kind="${esc(e.kind)}" data-target="${esc(e.target || '')}"><span class="at">${new Date(e.at).toISOString().slice(11, 23)}</span><span class="kind ${esc(e.kind)}">${esc(e.kind)}</span><span class="text">${text}</span></div>`;
+}
+
+// Draw `events` at the end of the list (all of it again with `redraw`), keeping to the bottom if it was there.
+function tlDraw(events, redraw) {
+  const box = $('tl-rows');
+  const atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
+  const target = $('tl-target').value.trim();
+  const html = events.filter((e) => tlShown(e, target)).map(tlRow).join('');
+  if (redraw) box.innerHTML = html || '<div id="tl-empty">nothing yet</div>';
+  else if (html) {
+    const empty = $('tl-empty');
+    if (empty) empty.remove();
+    box.insertAdjacentHTML('beforeend', html);
+  }
+  if (atBottom || redraw) box.scrollTop = box.scrollHeight;
+}
+
+async function pollTimeline() {
+  if (!token || refused || tlBusy) return;
+  tlBusy = true;
+  try {
+    const res = await fetch(`/api/events?after=${tlNext}`, { headers: { authorization } });
+    if (!res.ok) return;
+    const r = await res.json();
+    if (!Array.isArray(r.events) || !Number.isSafeInteger(r.next)) return;
+    // A cursor behind ours: a new launcher; start over from its first event.
+    if (r.next < tlNext) {
+      timeline.length = 0;
+      tlNext = 0;
+      tlDraw(timeline, true);
+      return;
+    }
+    tlNext = r.next;
+    timeline.push(...r.events);
+    if (timeline.length > TL_MAX) {
+      timeline.splice(0, timeline.length - TL_MAX);
+      tlDraw(timeline, true);
+    } else tlDraw(r.events, false);
+  } catch { /* the launcher is restarting or gone; try again */ } finally {
+    tlBusy = false;
+  }
+}
+
+$('tl-target').addEventListener('input', () => tlDraw(timeline, true));
+
 function connect() {
   if (!token) {
     $('conn').textContent = refused;
@@ -318,5 +388,5 @@ function connect() {
 
 connect();
 setInterval(render, 250);
-setInterval(poll, 1000);
-poll();
+setInterval(() => (poll(), pollTimeline()), 1000);
+poll().then(pollTimeline);

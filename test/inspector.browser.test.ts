@@ -5,9 +5,10 @@
  * the handle of every client connection, and faults clicked on the page show up as state changes;
  * the messages list the protocol between nodes and replicas (internal events on demand), an
  * invalidated handle says why, the actors of a process that is down show dead, and the counters
- * survive restarts; without the token the page shows nothing. Saves screenshots in a temporary
- * directory (or SAFE_RESUME_SCREENSHOTS, to look at them), or the README's as docs/inspector.png
- * with SAFE_RESUME_DOCS_SCREENSHOT=1.
+ * survive restarts; the Timeline tells the story (faults, processes, each handle's transitions), one
+ * target's handles with every fault when filtered; without the token the page shows nothing. Saves
+ * screenshots in a temporary directory (or SAFE_RESUME_SCREENSHOTS, to look at them), or the README's
+ * as docs/inspector.png with SAFE_RESUME_DOCS_SCREENSHOT=1.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -46,6 +47,13 @@ const messageRows = () =>
       return { kind: tr.getAttribute('data-kind') ?? '', from: cell('from'), to: cell('to'), type: cell('type'), requestId: cell('request'), target: cell('target'), detail: cell('detail') };
     }),
   ) as Promise<MessageRow[]>;
+
+interface TimelineRow { kind: string; target: string; text: string }
+/** The rows of the Timeline, oldest first. */
+const timelineRows = () =>
+  page.$$eval('#tl-rows .ev', (divs) =>
+    divs.map((d) => ({ kind: d.getAttribute('data-kind') ?? '', target: d.getAttribute('data-target') ?? '', text: d.querySelector('.text')?.textContent ?? '' })),
+  ) as Promise<TimelineRow[]>;
 
 /** `safe-resume up` with `args`, and the inspector address (with its token) it prints. */
 async function up(args: string[]): Promise<{ proc: ChildProcess; url: string }> {
@@ -221,6 +229,33 @@ describe('inspector page', () => {
     await expect.poll(() => page.locator(`[data-replica="${replica}"] .state`).textContent(), { timeout: 15_000 }).toBe('serving');
   }, 60_000);
 
+  it('tells the story on the Timeline: the fault, the handles paused, the resume granted after heal; the target filter keeps the faults', async () => {
+    await page.locator('button[data-action="partition"][data-id="node-1"]').click();
+    await expect.poll(async () => (await timelineRows()).some((r) => r.kind === 'fault' && r.text === 'partition node-1'), { timeout: 15_000 }).toBe(true);
+    const paused = (r: TimelineRow) => r.kind === 'handle' && r.text.startsWith('node-1/app-1 app-1.disk active -> paused');
+    await expect.poll(async () => (await timelineRows()).some(paused), { timeout: 15_000 }).toBe(true);
+    await page.locator('button[data-action="heal"][data-id="node-1"]').click();
+    await expect.poll(async () => (await timelineRows()).some((r) => r.kind === 'fault' && r.text === 'heal node-1'), { timeout: 15_000 }).toBe(true);
+    await expect
+      .poll(async () => (await timelineRows()).some((r) => r.kind === 'handle' && r.text.startsWith('node-1/app-1 app-1.disk ') && r.text.includes('-> active') && r.text.includes('(resume granted')), { timeout: 20_000 })
+      .toBe(true);
+    await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('active');
+    // Newest at the bottom: the heal after the partition.
+    const texts = (await timelineRows()).map((r) => r.text);
+    expect(texts.lastIndexOf('heal node-1')).toBeGreaterThan(texts.lastIndexOf('partition node-1'));
+    // Every handle's events until filtered to one target; the faults and process events stay.
+    expect((await timelineRows()).some((r) => r.kind === 'handle' && r.target === 'app-2.disk')).toBe(true);
+    await page.fill('#tl-target', 'app-1.disk');
+    await expect.poll(async () => (await timelineRows()).filter((r) => r.kind === 'handle').every((r) => r.target === 'app-1.disk'), { timeout: 10_000 }).toBe(true);
+    const filtered = await timelineRows();
+    expect(filtered.some(paused)).toBe(true);
+    expect(filtered.some((r) => r.kind === 'fault' && r.text === 'partition node-1')).toBe(true);
+    expect(filtered.some((r) => r.kind === 'process' && r.text.startsWith('replica-'))).toBe(true);
+    await page.screenshot({ path: join(shotsDir(), 'inspector-timeline.png') });
+    await page.fill('#tl-target', '');
+    await expect.poll(async () => (await timelineRows()).some((r) => r.kind === 'handle' && r.target === 'app-2.disk'), { timeout: 10_000 }).toBe(true);
+  }, 90_000);
+
   it('a foreign write while the node is partitioned past its hold period ends the handle invalidated', async () => {
     await page.locator('button[data-action="partition"][data-id="node-1"]').click();
     await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('paused');
@@ -238,6 +273,8 @@ describe('inspector page', () => {
     await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('invalidated');
     // And why: the state reads with its reason.
     await expect.poll(() => handle('app-1.disk').locator('.state').textContent(), { timeout: 10_000 }).toBe('invalidated: MODIFIED');
+    // On the Timeline too, the reason marked.
+    await expect.poll(() => page.locator('#tl-rows .ev[data-target="app-1.disk"] .reason').allTextContents(), { timeout: 10_000 }).toContain('MODIFIED');
     // The foreign write is in the protocol list: the launcher's own agent, as it reached a replica.
     await page.fill('#filter', 'app-1.disk');
     await expect.poll(async () => (await messageRows()).some((r) => r.from === 'cli' && /^replica-\d$/.test(r.to) && r.type === 'write'), { timeout: 10_000 }).toBe(true);
