@@ -42,7 +42,8 @@ export class Timeline {
       if (!prev && h.state === 'opening') continue;
       const from = prev?.state ?? '-';
       const granted = (from === 'resuming' || from === 'paused') && h.state === 'active';
-      const detail = granted ? `resume granted, same requestId` : prev && prev.requestId !== h.requestId && h.requestId ? 'opened afresh (a new requestId)' : undefined;
+      // A new requestId where there was one: the application reloaded (its first open is no news).
+      const detail = granted ? `resume granted, same requestId` : prev?.requestId && h.requestId && prev.requestId !== h.requestId ? 'opened afresh (a new requestId)' : undefined;
       const ev = this.add({ kind: 'handle', node, app: h.app, target: h.target, requestId: h.requestId, from, to: h.state, ...(h.state === 'invalidated' && h.reason ? { reason: h.reason } : {}), ...(detail ? { detail } : {}) }) as TimelineEvent & { kind: 'handle' };
       out.push(ev);
     }
@@ -65,7 +66,7 @@ export class Timeline {
   }
 }
 
-/** One event as a line: local time, then what happened. */
+/** One event as a line: the time (UTC), then what happened. */
 export function formatEvent(e: TimelineEvent): string {
   const t = new Date(e.at).toISOString().slice(11, 23);
   switch (e.kind) {
