@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Application } from '../actors/application.js';
 import { NodeAgent } from '../actors/node-agent.js';
-import { NbdExport } from '../frontends/nbd.js';
+import { CMD, IHAVEOPT, NBDMAGIC, NbdExport, OPT, REP, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC } from '../frontends/nbd.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { replicaProcess, SECRET } from './replica-process.js';
 
@@ -120,18 +120,10 @@ export async function failoverExport(dir: string, size: number): Promise<Failove
   }
 }
 
-const NBDMAGIC = 0x4e42444d41474943n;
-const IHAVEOPT = 0x49484156454f5054n;
-const REQUEST_MAGIC = 0x25609513;
-const SIMPLE_REPLY_MAGIC = 0x67446698;
-const OPT_GO = 7;
-const REP_ACK = 1;
-const CMD_WRITE = 1;
-const CMD_DISC = 2;
 
 /**
  * A minimal NBD client on a Unix socket, for timing single requests: the fixed newstyle handshake with
- * NBD_OPT_GO, then writes one at a time (simple replies).
+ * NBD_OPT.GO, then writes one at a time (simple replies).
  */
 export class NbdClient {
   private input: Buffer = Buffer.alloc(0);
@@ -148,7 +140,7 @@ export class NbdClient {
     socket.on('close', () => this.end(new Error('the NBD server closed the connection')));
   }
 
-  /** Connect to the export at `path` and open `name` (NBD_OPT_GO). */
+  /** Connect to the export at `path` and open `name` (NBD_OPT.GO). */
   static async open(path: string, name: string): Promise<NbdClient> {
     const socket = connect(path);
     await once(socket, 'connect');
@@ -160,7 +152,7 @@ export class NbdClient {
       const go = Buffer.alloc(4 + 16 + 4 + n.length + 2);
       go.writeUInt32BE(1 | 2, 0); // fixed newstyle, no zeroes
       go.writeBigUInt64BE(IHAVEOPT, 4);
-      go.writeUInt32BE(OPT_GO, 12);
+      go.writeUInt32BE(OPT.GO, 12);
       go.writeUInt32BE(4 + n.length + 2, 16);
       go.writeUInt32BE(n.length, 20);
       n.copy(go, 24); // and no information requests
@@ -169,8 +161,8 @@ export class NbdClient {
         const reply = await c.take(20);
         const type = reply.readUInt32BE(12);
         const data = await c.take(reply.readUInt32BE(16));
-        if (type === REP_ACK) return c;
-        if (type & 0x80000000) throw new Error(`${name}: NBD_OPT_GO refused (${type.toString(16)}): ${data.toString()}`);
+        if (type === REP.ACK) return c;
+        if (type & 0x80000000) throw new Error(`${name}: NBD_OPT.GO refused (${type.toString(16)}): ${data.toString()}`);
       }
     } catch (err) {
       socket.destroy();
@@ -181,18 +173,18 @@ export class NbdClient {
   /** Write `data` at `offset`; rejects with the server's error number. */
   async write(offset: number, data: Buffer): Promise<void> {
     const cookie = ++this.cookie;
-    this.socket.write(Buffer.concat([this.header(CMD_WRITE, cookie, offset, data.length), data]));
+    this.socket.write(Buffer.concat([this.header(CMD.WRITE, cookie, offset, data.length), data]));
     const reply = await this.take(16);
     if (reply.readUInt32BE(0) !== SIMPLE_REPLY_MAGIC || reply.readBigUInt64BE(8) !== cookie) throw new Error('an NBD reply out of order');
     const errno = reply.readUInt32BE(4);
     if (errno !== 0) throw new Error(`NBD write at ${offset} failed: error ${errno}`);
   }
 
-  /** Say goodbye (NBD_CMD_DISC) and wait for the server to close. */
+  /** Say goodbye (NBD_CMD.DISC) and wait for the server to close. */
   async close(): Promise<void> {
     if (this.gone) return;
     const closed = once(this.socket, 'close');
-    this.socket.end(this.header(CMD_DISC, ++this.cookie, 0, 0));
+    this.socket.end(this.header(CMD.DISC, ++this.cookie, 0, 0));
     await closed;
   }
 

@@ -26,6 +26,19 @@ let browser: Browser;
 let page: Page;
 let url = '';
 
+/** A foreign write from the page's form, tried until it is granted (LOCKED until the replicas notice the silence and the hold period runs out). */
+async function foreignWrite(target: string): Promise<void> {
+  await page.fill('#fw-target', target);
+  await page.fill('#fw-text', 'FOREIGN');
+  await expect
+    .poll(async () => {
+      await page.click('#fw-go');
+      await page.waitForTimeout(700);
+      return page.locator('#result').textContent();
+    }, { timeout: 30_000, interval: 300 })
+    .toBe('write: ok');
+}
+
 const handle = (target: string) => page.locator(`.actor[data-machine="handle"][data-target="${target}"]`);
 /** The actors of one process (of one machine, if given). */
 const actorsOf = (proc: string, machine?: string) => page.locator(`.actor[data-process="${proc}"]${machine ? `[data-machine="${machine}"]` : ''}`);
@@ -259,16 +272,7 @@ describe('inspector page', () => {
   it('a foreign write while the node is partitioned past its hold period ends the handle invalidated', async () => {
     await page.locator('button[data-action="partition"][data-id="node-1"]').click();
     await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('paused');
-    await page.fill('#fw-target', 'app-1.disk');
-    await page.fill('#fw-text', 'FOREIGN');
-    // LOCKED until the replicas notice the silence and the hold period runs out.
-    await expect
-      .poll(async () => {
-        await page.click('#fw-go');
-        await page.waitForTimeout(700);
-        return page.locator('#result').textContent();
-      }, { timeout: 30_000, interval: 300 })
-      .toBe('write: ok');
+    await foreignWrite('app-1.disk');
     await page.locator('button[data-action="heal"][data-id="node-1"]').click();
     await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('invalidated');
     // And why: the state reads with its reason.
@@ -322,16 +326,7 @@ describe('inspector page', () => {
       const waiting = client.write(0, Buffer.alloc(4096, 0x62));
       waiting.catch(() => undefined); // awaited below; a failure before that must not go unhandled
       await expect.poll(() => conn.locator('.requests').textContent(), { timeout: 10_000 }).toBe('1 in flight');
-      await page.fill('#fw-target', target);
-      await page.fill('#fw-text', 'FOREIGN');
-      // LOCKED until the replicas notice the silence and the hold period runs out.
-      await expect
-        .poll(async () => {
-          await page.click('#fw-go');
-          await page.waitForTimeout(700);
-          return page.locator('#result').textContent();
-        }, { timeout: 30_000, interval: 300 })
-        .toBe('write: ok');
+      await foreignWrite(target);
       await page.locator('button[data-action="heal"][data-id="node-1"]').click();
       expect(await waiting).toBe(5); // EIO, never a stale success
       await expect.poll(() => conn.locator('.state').textContent(), { timeout: 15_000 }).toBe('invalidated: MODIFIED');
