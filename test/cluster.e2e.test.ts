@@ -123,7 +123,10 @@ describe('safe-resume up: a real local cluster', () => {
   }, 60_000);
 
   it('prints an NBD URL per node; qemu-io writes a disk through it, and the CLI reads the same bytes', async () => {
-    const urls = [...(printed.get(dir) ?? '').matchAll(/^ {2}nbd +(nbd:\/\/127\.0\.0\.1:\d+\/) +\((node-\d)/gm)].map((m) => ({ url: m[1]!, node: m[2]! }));
+    const nbdLines = () => [...(printed.get(dir) ?? '').matchAll(/^ {2}nbd +(nbd:\/\/127\.0\.0\.1:\d+\/) +\((node-\d)/gm)];
+    // What up printed reaches this process when its event loop is free (it is blocked in each CLI call).
+    await until('the NBD lines of up', () => nbdLines().length >= 2).catch(() => undefined);
+    const urls = nbdLines().map((m) => ({ url: m[1]!, node: m[2]! }));
     expect(urls.map((u) => u.node), `up printed:\n${printed.get(dir)}\nand on stderr:\n${printedErr.get(dir)}`).toEqual(['node-1', 'node-2']);
     const io = spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 4k', '-c', 'read -P 0x61 0 4k', `${urls[0]!.url}disk-e2e`], { encoding: 'utf8', timeout: 30_000 });
     expect(io.stdout).toMatch(/wrote 4096\/4096 bytes[\s\S]*read 4096\/4096 bytes/);
