@@ -320,18 +320,19 @@ export class Launcher {
     if (now.role === 'node') {
       for (const e of this.timeline.handles(id, now.handles)) {
         // Denied because another writer took the target: say who holds it now.
-        if (e.to === 'invalidated' && e.reason === 'MODIFIED') void this.holder(e.target).then((rec) => (e.detail = rec ? `the target is now held by requestId ${rec.requestId} (principal ${rec.principal})` : 'nobody holds the target now'), () => undefined);
+        if (e.to === 'invalidated' && e.reason === 'MODIFIED') void this.holder(e.target).then(({ record: rec }) => (e.detail = rec ? `the target is now held by requestId ${rec.requestId} (principal ${rec.principal})` : 'nobody holds the target now'), () => undefined);
       }
     } else if (now.role === 'replica' && before?.role === 'replica' && before.dismounted !== now.dismounted) {
       this.timeline.add({ kind: 'process', id, what: now.dismounted ? 'dismounted' : 'mounted' });
     }
   }
 
-  /** The target's lock record, read from the store. */
-  private async holder(target: string): Promise<LockRecord | undefined> {
+  /** The target's lock record, read from the store, and the store's now when its clock can be read here. */
+  private async holder(target: string): Promise<{ record: LockRecord | undefined; now: number | undefined }> {
     const store = openStore(this.storeSpec);
     try {
-      return await store.record(target);
+      const record = await store.record(target);
+      return { record, now: 'storeNow' in store && typeof store.storeNow === 'function' ? (store.storeNow as () => number)() : undefined };
     } finally {
       await store.shutdown().catch(() => undefined);
     }
@@ -618,17 +619,9 @@ export class Launcher {
     const st = this.status() as { handles: Array<HandleStatus & { node: string }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean }>; replicas: Array<{ id: string; state: string }> };
     const byId = st.handles.find((h) => h.requestId === what);
     const target = byId?.target ?? what;
-    const store = openStore(this.storeSpec);
-    let record: LockRecord | undefined;
-    let now: number | undefined;
-    try {
-      record = await store.record(target);
-      now = 'storeNow' in store && typeof store.storeNow === 'function' ? (store.storeNow as () => number)() : undefined;
-    } catch (err) {
-      throw new SafeResumeError('UNAVAILABLE', `the store cannot be read: ${(err as Error).message}`);
-    } finally {
-      await store.shutdown().catch(() => undefined);
-    }
+    const { record, now } = await this.holder(target).catch((err: Error) => {
+      throw new SafeResumeError('UNAVAILABLE', `the store cannot be read: ${err.message}`);
+    });
     const sessions = [...this.children.values()].flatMap((c) => (c.proc && c.status?.role === 'replica' ? (c.status.sessionList ?? []).map((s) => ({ ...s, replica: c.id })) : []));
     const session = record ? sessions.find((s) => s.id === record!.session) : undefined;
     const handles = st.handles.filter((h) => h.target === target).map((h) => {

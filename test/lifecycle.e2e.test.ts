@@ -12,6 +12,7 @@ import { Application } from '../actors/application.js';
 import { NodeAgent } from '../actors/node-agent.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { replicaProcess, SECRET } from '../bench/replica-process.js';
+import { freePort } from '../cluster/launcher.js';
 import { tempDir } from './helpers.js';
 
 const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
@@ -48,14 +49,6 @@ async function until(what: string, check: () => boolean, ms = 30_000): Promise<v
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
-}
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
 }
 
 /** Running (a process that exited but was not yet reaped by this one, a zombie, is not). */
