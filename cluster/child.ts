@@ -159,6 +159,9 @@ interface HostedApp {
   rate: { at: number; acked: number; perS: number };
 }
 
+/** Changes of state held between two reports (the oldest dropped beyond: the report still says where each handle is). */
+const MAX_TRANSITIONS = 1000;
+
 async function node(raw: unknown): Promise<void> {
   const cfg = NodeConfig.parse(raw);
   const log = logger(cfg.dir, cfg.id, cfg.pretty);
@@ -193,6 +196,16 @@ async function node(raw: unknown): Promise<void> {
     if (cfg.history) history.push({ t: Date.now(), proc, ...e, id: `${cfg.id}:${String(e.id)}` });
   };
 
+  /**
+   * Each handle's changes of state as they happen, sent with the next report: the timeline shows a
+   * pause however short (a status report, every 300 ms, sees only where a handle is).
+   */
+  const transitions: Array<{ at: number; app: string; target: string; requestId: string; state: string; reason: string | null }> = [];
+  const transition = (a: HostedApp, h: Handle): void => {
+    if (transitions.length >= MAX_TRANSITIONS) transitions.shift();
+    transitions.push({ at: Date.now(), app: a.name, target: a.target, requestId: h.requestId, state: h.state, reason: h.reason ?? null });
+  };
+
   /** Open the target (reclaiming a kept or given requestId) and write until stopped; reload after an invalidation. */
   const host = (name: string, target: string, requestId?: string): void => {
     const app = new Application(agent, { name, pauseTimeoutMs: cfg.pauseTimeoutMs, env });
@@ -206,7 +219,9 @@ async function node(raw: unknown): Promise<void> {
           hosted.handle = h;
           hosted.since = Date.now();
           hosted.awaySince = undefined;
+          transition(hosted, h);
           h.on('state', (to) => {
+            transition(hosted, h);
             hosted.since = Date.now();
             if (to === 'active') hosted.awaySince = undefined;
             else if (to === 'paused') hosted.awaySince ??= hosted.since;
@@ -267,6 +282,7 @@ async function node(raw: unknown): Promise<void> {
     }
   });
   const report = () => {
+    if (transitions.length > 0) send({ type: 'transitions', events: transitions.splice(0) });
     send({
       type: 'status',
       role: 'node',

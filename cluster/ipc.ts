@@ -70,6 +70,11 @@ export const ChildReport = z.union([
     /** The node's block export: its URL and the connections open on it (a handle each). */
     nbd: z.object({ url: z.string(), connections: z.array(z.object({ target: z.string(), state: z.string(), reason: nullable(z.string()), requests: z.number() })) }).optional(),
   }),
+  /** A node's handles' changes of state since its last report, as they happened (its clock). */
+  z.object({
+    type: z.literal('transitions'),
+    events: z.array(z.object({ at: z.number(), app: z.string(), target: z.string(), requestId: z.string(), state: z.string(), reason: nullable(z.string()) })).max(1000),
+  }),
   z.object({ type: z.literal('history'), events: z.array(z.unknown()) }),
   z.object({ type: z.literal('released'), app: z.string(), target: z.string().optional(), requestId: z.string().optional(), error: z.string().optional() }),
   z.object({ type: z.literal('workload-stopped') }),

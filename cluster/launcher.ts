@@ -22,8 +22,8 @@ import { SafeResumeError } from '../errors.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { EtcdStore } from '../store/etcd.js';
 import { openStore, parseStoreSpec } from '../store/open.js';
-import type { LockRecord } from '../store/types.js';
-import { Timeline } from './timeline.js';
+import type { LockRecord, Tombstone } from '../store/types.js';
+import { Timeline, type TimelineEvent } from './timeline.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
 import { FaultProxy } from './fault-proxy.js';
@@ -295,6 +295,9 @@ export class Launcher {
         }
         child.status = r;
       }
+      else if (r.type === 'transitions') {
+        if (!child.folded) this.onTimeline(this.timeline.handles(id, r.events));
+      }
       else if (r.type === 'history') this.history.push(...r.events);
       else if (r.type === 'released') this.released.get(r.app)?.(r);
     });
@@ -318,21 +321,29 @@ export class Launcher {
   /** A child's report, against its previous one: handle transitions and replica mounts go on the timeline. */
   private observe(id: string, before: Child['status'], now: NonNullable<Child['status']>): void {
     if (now.role === 'node') {
-      for (const e of this.timeline.handles(id, now.handles)) {
-        // Denied because another writer took the target: say who holds it now.
-        if (e.to === 'invalidated' && e.reason === 'MODIFIED') void this.holder(e.target).then(({ record: rec }) => (e.detail = rec ? `the target is now held by requestId ${rec.requestId} (principal ${rec.principal})` : 'nobody holds the target now'), () => undefined);
-      }
+      this.onTimeline(this.timeline.handles(id, now.handles));
     } else if (now.role === 'replica' && before?.role === 'replica' && before.dismounted !== now.dismounted) {
       this.timeline.add({ kind: 'process', id, what: now.dismounted ? 'dismounted' : 'mounted' });
     }
   }
 
+  /** Handle events just put on the timeline: one denied because another writer took the target says who holds it now. */
+  private onTimeline(events: Array<TimelineEvent & { kind: 'handle' }>): void {
+    for (const e of events) {
+      if (e.to !== 'invalidated' || e.reason !== 'MODIFIED') continue;
+      void this.holder(e.target).then(({ record: rec, tombstones, now }) => {
+        const taken = tombstones.find((t) => t.requestId === e.requestId)?.takenBy;
+        e.detail = taken ? `${takenOver(taken, now)}${rec && rec.requestId !== taken.requestId ? `; now held by requestId ${rec.requestId}` : ''}` : rec ? `the target is now held by requestId ${rec.requestId} (principal ${rec.principal})` : 'nobody holds the target now';
+      }, () => undefined);
+    }
+  }
+
   /** The target's lock record, read from the store, and the store's now when its clock can be read here. */
-  private async holder(target: string): Promise<{ record: LockRecord | undefined; now: number | undefined }> {
+  private async holder(target: string): Promise<{ record: LockRecord | undefined; tombstones: Tombstone[]; now: number | undefined }> {
     const store = openStore(this.storeSpec);
     try {
-      const record = await store.record(target);
-      return { record, now: 'storeNow' in store && typeof store.storeNow === 'function' ? (store.storeNow as () => number)() : undefined };
+      const [record, tombstones] = await Promise.all([store.record(target), store.tombstones(target)]);
+      return { record, tombstones, now: 'storeNow' in store && typeof store.storeNow === 'function' ? (store.storeNow as () => number)() : undefined };
     } finally {
       await store.shutdown().catch(() => undefined);
     }
@@ -619,7 +630,7 @@ export class Launcher {
     const st = this.status() as { handles: Array<HandleStatus & { node: string }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean }>; replicas: Array<{ id: string; state: string }> };
     const byId = st.handles.find((h) => h.requestId === what);
     const target = byId?.target ?? what;
-    const { record, now } = await this.holder(target).catch((err: Error) => {
+    const { record, tombstones, now } = await this.holder(target).catch((err: Error) => {
       throw new SafeResumeError('UNAVAILABLE', `the store cannot be read: ${err.message}`);
     });
     const sessions = [...this.children.values()].flatMap((c) => (c.proc && c.status?.role === 'replica' ? (c.status.sessionList ?? []).map((s) => ({ ...s, replica: c.id })) : []));
@@ -643,12 +654,14 @@ export class Launcher {
         else lines.push(`  lock      lapsed ${-leftMs} ms ago: another writer may open the target now (the holder's resume is granted until one does)`);
       }
     }
+    // The holders before: whose lock lapsed and who took the target then, or who closed it.
+    for (const t of tombstones) lines.push(`  earlier   requestId ${t.requestId}, writes applied up to seq ${t.lastSeq}: ${t.takenBy ? `its lock lapsed; ${takenOver(t.takenBy, now)}` : 'closed by its holder'}`);
     for (const h of handles) {
       const why = h.state === 'paused' || h.state === 'resuming' ? `: its node is ${h.nodeState}${h.partitioned ? ' (partitioned)' : ''}${h.nodeReplica ? ` on ${h.nodeReplica}` : ''}` : '';
       lines.push(`  handle    ${h.node}/${h.app} ${h.state}${h.reason ? ` (${h.reason})` : ''}${h.requestId ? ` requestId ${h.requestId}` : ''}${h.holds ? ', the holder' : ''}${why}`);
     }
     lines.push(`  store     ${this.storeSpec}; ${st.replicas.map((r) => `${r.id} ${r.state}`).join(', ')}`);
-    return { ok: true, target, record: record ?? null, session: session ?? null, lockLeftMs: leftMs ?? null, handles, replicas: st.replicas.map((r) => ({ id: r.id, state: r.state })), text: lines.join('\n') };
+    return { ok: true, target, record: record ?? null, earlier: tombstones.map((t) => ({ requestId: t.requestId, lastSeq: t.lastSeq, takenBy: t.takenBy ?? null })), session: session ?? null, lockLeftMs: leftMs ?? null, handles, replicas: st.replicas.map((r) => ({ id: r.id, state: r.state })), text: lines.join('\n') };
   }
 
   /** Stop every workload (chaos mode) and wait until each node has flushed its history. */
@@ -818,4 +831,13 @@ export class Launcher {
       return { ok: false, code: 'INTERNAL', message: String(err) };
     }
   }
+}
+
+/**
+ * Who took a lapsed requestId's target, and when (UTC). `at` is on the store's clock; `storeNow`, that
+ * clock now, turns it into this host's time (a SQLite store counts from boot); without it `at` is one.
+ */
+function takenOver(t: NonNullable<Tombstone['takenBy']>, storeNow: number | undefined): string {
+  const at = storeNow === undefined ? t.at : Date.now() - (storeNow - t.at);
+  return `requestId ${t.requestId} (principal ${t.principal}) took the target over at ${new Date(at).toISOString()}`;
 }

@@ -31,8 +31,11 @@ export class Timeline {
     return ev;
   }
 
-  /** A node's report of its handles: every change of state since its last report becomes an event. */
-  handles(node: string, hs: ReadonlyArray<{ app: string; target: string; requestId: string | null; state: string; reason: string | null }>): Array<TimelineEvent & { kind: 'handle' }> {
+  /**
+   * A node's handles, oldest first: each where it is now (a status report) or where it went and when
+   * (a change of state as it happened, `at`). Every change since the last one seen becomes an event.
+   */
+  handles(node: string, hs: ReadonlyArray<{ app: string; target: string; requestId: string | null; state: string; reason: string | null; at?: number }>): Array<TimelineEvent & { kind: 'handle' }> {
     const out: Array<TimelineEvent & { kind: 'handle' }> = [];
     for (const h of hs) {
       const key = `${node}/${h.app}`;
@@ -44,7 +47,7 @@ export class Timeline {
       const granted = (from === 'resuming' || from === 'paused') && h.state === 'active';
       // A new requestId where there was one: the application reloaded (its first open is no news).
       const detail = granted ? `resume granted, same requestId` : prev?.requestId && h.requestId && prev.requestId !== h.requestId ? 'opened afresh (a new requestId)' : undefined;
-      const ev = this.add({ kind: 'handle', node, app: h.app, target: h.target, requestId: h.requestId, from, to: h.state, ...(h.state === 'invalidated' && h.reason ? { reason: h.reason } : {}), ...(detail ? { detail } : {}) }) as TimelineEvent & { kind: 'handle' };
+      const ev = this.add({ ...(h.at !== undefined ? { at: h.at } : {}), kind: 'handle', node, app: h.app, target: h.target, requestId: h.requestId, from, to: h.state, ...(h.state === 'invalidated' && h.reason ? { reason: h.reason } : {}), ...(detail ? { detail } : {}) }) as TimelineEvent & { kind: 'handle' };
       out.push(ev);
     }
     return out;

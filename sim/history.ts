@@ -154,6 +154,7 @@ export function observedStore(inner: TxStore, replica: string, recorder: Pick<Re
       return out;
     }),
     record: (target) => inner.record(target),
+    tombstones: (target) => inner.tombstones(target),
     ping: () => inner.ping(),
     shutdown: () => inner.shutdown(),
   };

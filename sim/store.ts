@@ -18,7 +18,7 @@ import type { ActorClock } from '../actors/env.js';
 import { StoreBusyError, TxStore } from '../store/base.js';
 import { memoryTx, type MemoryState } from '../store/memory.js';
 import type { Tx } from '../store/rules.js';
-import { StoreUnavailableError, type LockRecord } from '../store/types.js';
+import { StoreUnavailableError, type LockRecord, type Tombstone } from '../store/types.js';
 
 export interface SimStoreOptions {
   /**
@@ -139,6 +139,10 @@ export class SimStore extends TxStore {
 
   override record(target: string): Promise<LockRecord | undefined> {
     return this.dead ? silence() : super.record(target);
+  }
+
+  override tombstones(target: string): Promise<Tombstone[]> {
+    return this.dead ? silence() : super.tombstones(target);
   }
 
   /** An empty transaction, as the SQLite adapter's ping: fails while the store is busy, unavailable or failing. */

@@ -3,6 +3,7 @@ import * as rules from './rules.js';
 import type {
   HandleRef,
   LockRecord,
+  Tombstone,
   OpenRequest,
   OpenResult,
   ReadRequest,
@@ -320,6 +321,10 @@ export abstract class TxStore implements Store {
 
   async record(target: string): Promise<LockRecord | undefined> {
     return this.tx((t) => t.getRecord(target));
+  }
+
+  async tombstones(target: string): Promise<Tombstone[]> {
+    return this.tx((t) => t.getTombstones(target));
   }
 }
 

@@ -708,6 +708,11 @@ export class EtcdStore implements Store {
     return states.get(target)!.record;
   }
 
+  async tombstones(target: string): Promise<Tombstone[]> {
+    const { states } = await this.readTargets([target], []);
+    return states.get(target)!.tombstones;
+  }
+
   /** For inspection and tests: whether the target's lock is live (its key still hangs on a lease). */
   async locked(target: string): Promise<boolean> {
     const { states } = await this.readTargets([target], []);

@@ -114,7 +114,7 @@ export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number, maxSi
   }
   // No record, or its lock expired: the old holder's resume will now be denied; its tombstone says
   // which of its writes were applied.
-  const effects: Effect[] = rec ? [bury(v, rec)] : [];
+  const effects: Effect[] = rec ? [bury(v, rec, { requestId: req.requestId, principal: req.principal, at: nowMs })] : [];
   effects.push({ kind: 'put', record: { target: req.target, requestId: req.requestId, principal: req.principal, session: req.session, expiresAt: nowMs + req.leaseMs, lastSeq: 0, instance, instanceSeq: 0, prevInstance: '' } }, ...fixing(v, req));
   return { out: { ok: true, version, lastSeq: 0, takeover: false, size }, effects };
 }
@@ -125,9 +125,9 @@ function handOver(rec: LockRecord, session: string, expiresAt: number, instance:
   return { ...rec, session, expiresAt, instance, instanceSeq: rec.lastSeq, prevInstance: rec.instance };
 }
 
-/** The tombstones once `rec` is buried among them (newest first, one per requestId, bounded). */
-function bury(v: TargetView, rec: LockRecord): Effect {
-  const tomb: Tombstone = { requestId: rec.requestId, instance: rec.instance, instanceSeq: rec.instanceSeq, prevInstance: rec.prevInstance, session: rec.session, lastSeq: rec.lastSeq };
+/** The tombstones once `rec` is buried among them (newest first, one per requestId, bounded), taken by `takenBy` if it lapsed. */
+function bury(v: TargetView, rec: LockRecord, takenBy?: Tombstone['takenBy']): Effect {
+  const tomb: Tombstone = { requestId: rec.requestId, instance: rec.instance, instanceSeq: rec.instanceSeq, prevInstance: rec.prevInstance, session: rec.session, lastSeq: rec.lastSeq, ...(takenBy ? { takenBy } : {}) };
   const kept = v.tombstones().filter((t) => t.requestId !== rec.requestId);
   return { kind: 'tombstones', tombstones: [tomb, ...kept].slice(0, TOMBSTONES_PER_TARGET) };
 }

@@ -39,6 +39,11 @@ export interface Tombstone {
   /** The session that held the record last. */
   session: string;
   lastSeq: number;
+  /**
+   * Who took the target once this requestId's lock had lapsed, and when (the store's clock). Absent
+   * when the requestId closed its handle itself, and in tombstones written before it was kept.
+   */
+  takenBy?: { requestId: string; principal: string; at: number } | undefined;
 }
 
 export const TOMBSTONES_PER_TARGET = 8;
@@ -137,6 +142,8 @@ export interface Store {
   renew(session: string, refs: HandleRef[], leaseMs: number): Promise<RenewResult>;
   /** For inspection and tests: the target's record, if any. */
   record(target: string): Promise<LockRecord | undefined>;
+  /** For inspection: what the store keeps of the target's earlier holders, newest first. */
+  tombstones(target: string): Promise<Tombstone[]>;
   /** Told how long each committed store transaction took (metrics); adapters that can time them do. */
   onTransaction?: ((ms: number) => void) | undefined;
   /** Cheap liveness probe; throws StoreUnavailableError while the store cannot be used. */

@@ -255,11 +255,24 @@ describe('safe-resume up: a real local cluster', () => {
 
   it('kill a replica: every handle ends active again and writes continue', async () => {
     const serving = status().nodes[0]!.replica!;
+    const servedNodes = status().nodes.filter((n) => n.replica === serving).map((n) => n.id);
     const before = Object.fromEntries(status().handles.map((h) => [h.app, h.acked]));
     expect(cli('kill', serving).code).toBe(0);
     await until('the killed replica down', () => status().replicas.find((r) => r.id === serving)!.state === 'down');
     await until('every handle active with more writes', () => status().handles.every((h) => h.state === 'active' && h.acked > before[h.app]! + 5));
     expect(status().nodes.every((n) => n.replica !== serving)).toBe(true);
+    // The timeline tells each handle's pause and resume, however short (a failover here takes tens of
+    // milliseconds, shorter than the nodes' status reports): paused, then active again, same requestId.
+    type Ev = { kind: string; at: number; what?: string; app?: string; to?: string; requestId?: string | null; detail?: string };
+    const events = (JSON.parse(cli('events', '--json').out) as { events: Ev[] }).events;
+    const killedAt = events.filter((e) => e.kind === 'fault' && e.what === `kill ${serving}`).at(-1)!.at;
+    for (const h of status().handles.filter((h) => servedNodes.includes(h.node))) {
+      const story = events.filter((e) => e.kind === 'handle' && e.app === h.app && e.at >= killedAt);
+      expect(story.map((e) => e.to), `${h.app}: ${JSON.stringify(story)}`).toContain('paused');
+      const back = story.find((e) => e.to === 'active');
+      expect(back?.detail, `${h.app}: ${JSON.stringify(story)}`).toBe('resume granted, same requestId');
+      expect(back?.requestId).toBe(h.requestId);
+    }
     expect(cli('restart', serving).code).toBe(0);
   }, 60_000);
 
@@ -321,6 +334,17 @@ describe('safe-resume up: a real local cluster', () => {
     const app1 = status().handles.find((h) => h.app === 'app-1')!;
     expect(app1.reason).toBe('MODIFIED');
     expect(cli('read', 'app-1.disk').out.startsWith('FOREIGN DATA')).toBe(true);
+    // Who took the target over, and when: the store keeps it with the lapsed holder's tombstone, so the
+    // timeline and explain say it after the foreign writer has closed (nobody holds the target now).
+    const foreign = /^requestId: (\S+)$/m.exec(wrote.out)![1]!;
+    const tookOver = `requestId ${foreign} \\(principal default\\) took the target over at \\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z`;
+    const explained = cli('explain', 'app-1.disk').out;
+    expect(explained).toMatch(new RegExp(`  earlier   requestId ${app1.requestId}, writes applied up to seq \\d+: its lock lapsed; ${tookOver}`));
+    // On this host's clock (a SQLite store counts from boot), within this test.
+    const at = Date.parse(/took the target over at (\S+Z)/.exec(explained)![1]!);
+    expect(Date.now() - at).toBeGreaterThan(0);
+    expect(Date.now() - at).toBeLessThan(90_000);
+    await until('the timeline says who took over', () => new RegExp(`-> invalidated MODIFIED \\(${tookOver}\\)`).test(cli('events', '--target', 'app-1.disk').out));
   }, 90_000);
 
   it('reboot-storage: every acknowledged write is still readable', async () => {

@@ -24,7 +24,7 @@ describe('rules as decisions', () => {
     const d = decideOpen(view(old), { target: 't', requestId: Y, principal: 'p', mode: 'write', session: 's2', leaseMs: 50, instance: 'i2' }, 200);
     expect(d.out).toEqual({ ok: true, version: 7, lastSeq: 0, takeover: false, size: 0 });
     expect(d.effects).toEqual([
-      { kind: 'tombstones', tombstones: [{ requestId: X, instance: 'i1', instanceSeq: 0, prevInstance: '', session: 's1', lastSeq: 3 }] },
+      { kind: 'tombstones', tombstones: [{ requestId: X, instance: 'i1', instanceSeq: 0, prevInstance: '', session: 's1', lastSeq: 3, takenBy: { requestId: Y, principal: 'p', at: 200 } }] },
       { kind: 'put', record: { target: 't', requestId: Y, principal: 'p', session: 's2', expiresAt: 250, lastSeq: 0, instance: 'i2', instanceSeq: 0, prevInstance: '' } },
     ]);
     const locked = decideOpen(view(rec()), { target: 't', requestId: Y, principal: 'p', mode: 'write', session: 's2', leaseMs: 50 }, 200);

@@ -44,6 +44,7 @@ function driven(store: SimStore, clock: SimClock): Store {
     close: (ref, session) => drive(clock, store.close(ref, session)),
     renew: (session, refs, leaseMs) => drive(clock, store.renew(session, refs, leaseMs)),
     record: (target) => drive(clock, store.record(target)),
+    tombstones: (target) => drive(clock, store.tombstones(target)),
     ping: () => drive(clock, store.ping()),
     shutdown: () => store.shutdown(),
   };
@@ -278,6 +279,19 @@ for (const adapter of adapters) {
       await write(X, 's1', 2, 1, 'b');
       expect(await open(Y, 's2', 1000, 3000)).toMatchObject({ ok: true });
       expect(await resumeAs(X, 's3', 'inst-one')).toMatchObject({ granted: false, reason: 'MODIFIED', lastSeq: 2 });
+    });
+
+    it("a lapsed holder's tombstone says who took the target over and when (the store's clock); one closed by its holder names nobody", async () => {
+      await setup();
+      await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, instance: 'inst-one' });
+      await write(X, 's1', 1, 0, 'a');
+      expect(await open(Y, 's2', 1000, 3000)).toMatchObject({ ok: true });
+      expect((await store.tombstones(T))[0]).toMatchObject({ requestId: X, lastSeq: 1, takenBy: { requestId: Y, principal: P, at: 1000 } });
+      expect(await store.close({ target: T, requestId: Y }, 's2')).toBe(true);
+      const tombs = await store.tombstones(T);
+      expect(tombs.map((t) => t.requestId)).toEqual([Y, X]);
+      expect(tombs[0]!.takenBy).toBeUndefined();
+      expect(await store.tombstones('never-written')).toEqual([]);
     });
 
     it('an instance whose successor took over and closed is denied SUPERSEDED, with what it had applied', async () => {
