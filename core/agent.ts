@@ -286,8 +286,11 @@ export class AgentCore extends CoreBase {
     const opening = h.state === 'opening';
     h.size = size;
     h.pending = 0;
-    // A takeover is kept as one until the store grants it (a restart in between takes over again).
-    if (h.takeover) this.out.push({ kind: 'keep', h: h });
+    // A takeover is kept as one until the store grants it (a restart in between takes over again). A
+    // reader's open was kept before the store answered, with the version it had then (0 for a fresh
+    // open): it is kept again with the version granted, which a reclaim after a restart resumes with,
+    // on disk before the open is acknowledged (a writer resumes by its instance, not a version).
+    if (h.takeover || (opening && h.mode === 'read' && h.version !== version)) this.out.push({ kind: 'keep', h });
     h.takeover = false;
     h.how = 'resume';
     h.version = version;
