@@ -414,7 +414,7 @@ export class Launcher {
     const handles: Array<HandleStatus & { node: string }> = [];
     for (const c of children) if (c.proc && c.status?.role === 'node') for (const h of c.status.handles) handles.push({ node: c.id, ...h });
     // Writes acknowledged, verified and failed by every application, and every replica's stats, summed.
-    const totals = sumInto({ acked: 0, verified: 0, failed: 0 }, ...children.map((c) => this.counted(c)));
+    const totals = { ...sumInto({ acked: 0, verified: 0, failed: 0 }, ...children.map((c) => this.counted(c))), pauses: this.timeline.pauses };
     const etcd = this.etcd?.members.map((m) => ({ id: m.id, state: m.proc ? 'running' : 'down', pid: m.proc?.pid ?? null, endpoint: m.endpoint }));
     return { replicas, nodes, handles, totals, ...(etcd ? { etcd } : {}), store: this.storeSpec, control: this.controlUrl, dir: this.opts.dir, ...(this.chaos ? { chaos: this.chaos } : {}) };
   }

@@ -18,6 +18,8 @@ export class Timeline {
   private readonly events: TimelineEvent[] = [];
   /** Events ever added: the cursor a reader passes back to get only what came after. */
   private added = 0;
+  /** Handles that went paused, ever (not only those still among the kept events). */
+  pauses = 0;
   /** The last state seen of each handle (node/app), to turn status reports into transitions. */
   private readonly last = new Map<string, { state: string; requestId: string | null }>();
 
@@ -43,6 +45,7 @@ export class Timeline {
       if (prev && prev.state === h.state && prev.requestId === h.requestId) continue;
       this.last.set(key, { state: h.state, requestId: h.requestId });
       if (!prev && h.state === 'opening') continue;
+      if (h.state === 'paused') this.pauses++;
       const from = prev?.state ?? '-';
       const granted = (from === 'resuming' || from === 'paused') && h.state === 'active';
       // A new requestId where there was one: the application reloaded (its first open is no news).

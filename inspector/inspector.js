@@ -12,7 +12,6 @@ window.addEventListener('hashchange', () => location.reload());
 
 const actors = new Map(); // sessionId -> { id, process, machine, def, value, context, status, prev, lastEvent, born }
 let selected = null;
-let pauses = 0;
 // The message list: protocol messages between nodes and replicas, and the machines' own (internal)
 // events, kept apart so neither pushes the other out; `view` says which the list shows.
 const rows = { protocol: [], internal: [] };
@@ -113,7 +112,6 @@ function onEvent(ev) {
     a.status = snap.status || a.status;
     const e = parse(ev.event);
     a.lastEvent = e && e.type;
-    if (a.machine === 'handle' && flat(a.value) === 'paused' && before !== 'paused') pauses++;
   } else if (ev.type === '@xstate.event') {
     const to = actors.get(key(ev, ev.sessionId));
     const from = ev.sourceId && actors.get(key(ev, ev.sourceId));
@@ -150,7 +148,6 @@ function render() {
   const pool = view === 'all' ? [...rows.protocol, ...rows.internal].sort((x, y) => x.t - y.t) : rows.protocol;
   const shown = pool.filter((r) => !f || r.requestId.includes(f) || r.target.includes(f)).slice(-300).reverse();
   $('rows').innerHTML = shown.map((r) => `<tr data-kind="${r.kind}"><td>${new Date(r.t).toISOString().slice(11, 23)}</td><td class="from">${esc(r.from)}</td><td class="to">${esc(r.to)}</td><td class="type">${esc(r.type)}</td><td class="request">${esc(r.requestId)}</td><td class="target">${esc(r.target)}</td><td class="detail">${esc(r.detail)}</td></tr>`).join('');
-  $('s-pauses').textContent = pauses;
   drawChart();
 }
 
@@ -289,6 +286,7 @@ async function poll() {
     $('fault-rows').innerHTML = faults.join('');
     // Counted since the cluster started: the launcher keeps what processes that restarted had counted.
     $('s-acked').textContent = s.totals.acked;
+    $('s-pauses').textContent = s.totals.pauses || 0;
     $('s-granted').textContent = s.totals.resumesGranted || 0;
     $('s-denied').textContent = s.totals.resumesDenied || 0;
     procs.clear();

@@ -291,8 +291,15 @@ describe('inspector page', () => {
     await page.screenshot({ path: join(shots, 'inspector.png') });
   }, 90_000);
 
-  it('keeps working through a browser reload (history replayed by the launcher)', async () => {
+  it('keeps working through a browser reload (history replayed by the launcher), its counters too', async () => {
+    // The tests above paused handles (a replica killed, a partition): the page counts the pauses the
+    // cluster saw, not the ones this page happened to watch, so a reload changes nothing.
+    await expect.poll(() => counter('s-pauses'), { timeout: 10_000 }).toBeGreaterThan(0);
+    const pauses = await counter('s-pauses');
+    const told = ((await cli('status')).totals as { pauses?: number }).pauses;
+    expect(told).toBeGreaterThanOrEqual(pauses);
     await page.reload();
+    await expect.poll(() => counter('s-pauses'), { timeout: 10_000 }).toBeGreaterThanOrEqual(pauses);
     await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('invalidated');
     await expect.poll(() => handle('app-1.disk').locator('.state').textContent(), { timeout: 10_000 }).toBe('invalidated: MODIFIED');
     await expect.poll(() => page.locator('.actor[data-machine="handle"]').count(), { timeout: 15_000 }).toBe(2);
@@ -395,6 +402,7 @@ describe('inspector page', () => {
     const acked = await counter('s-acked');
     const granted = await counter('s-granted');
     const denied = await counter('s-denied');
+    const pauses = await counter('s-pauses');
     expect(acked).toBeGreaterThan(0);
 
     // node-1 killed: the writes its application had acknowledged still count. Its actors show dead,
@@ -413,6 +421,7 @@ describe('inspector page', () => {
     expect.soft(await counter('s-denied'), 'resumes denied after reboot-storage').toBeGreaterThanOrEqual(denied);
     expect.soft(await counter('s-granted'), 'resumes granted after reboot-storage').toBeGreaterThanOrEqual(granted);
     expect.soft(await counter('s-acked'), 'writes acknowledged after reboot-storage').toBeGreaterThanOrEqual(acked);
+    expect.soft(await counter('s-pauses'), 'pauses after reboot-storage (every handle paused once more)').toBeGreaterThan(pauses);
 
     await expect.poll(() => actorsOf('node-1', 'session').getAttribute('class'), { timeout: 10_000 }).toContain('dead');
     await expect.poll(() => handle('app-1.disk').textContent(), { timeout: 10_000 }).toContain('process down');
