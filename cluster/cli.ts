@@ -97,7 +97,9 @@ Options for up:
                          127.0.0.1 as an IP subjectAltName), and have nodes accept only a certificate from
                          this CA (docs/tls.md shows how to make them with openssl)
   --config FILE          JSON file with any of these options (flags win)
-  --pretty               also print every process's log, pretty, on the terminal
+  --pretty               also print every process's log, pretty, on the terminal (coloured on a
+                         terminal or with FORCE_COLOR=1)
+  --no-color             no colour in any process's output (as NO_COLOR=1 does)
   --chaos --for S [--seed N] [--json]
                          drive a random fault schedule for S seconds, check the history, print a
                          summary and exit (non-zero on any violation)
@@ -144,6 +146,7 @@ interface UpOptions {
   inspectorPort: number;
   statelyPort: number | undefined;
   pretty: boolean;
+  noColor: boolean;
   chaos: boolean;
   forS: number;
   seed: number;
@@ -176,6 +179,7 @@ const UP_FLAGS = {
   stately: { type: 'boolean' },
   'stately-port': { type: 'string' },
   pretty: { type: 'boolean' },
+  'no-color': { type: 'boolean' },
   chaos: { type: 'boolean' },
   for: { type: 'string' },
   seed: { type: 'string' },
@@ -237,6 +241,7 @@ function parseUp(argv: string[]): UpOptions | undefined {
     inspectorPort: int('inspector-port', v('inspector-port'), 0),
     statelyPort: b('stately') ? int('stately-port', v('stately-port'), 8080, 1) : undefined,
     pretty: b('pretty'),
+    noColor: b('no-color'),
     chaos: b('chaos'),
     forS: int('for', v('for'), 60, 1),
     seed: int('seed', v('seed'), Date.now() % 1_000_000),
@@ -282,6 +287,8 @@ function tlsFlags(cert: string | undefined, key: string | undefined, ca: string 
 async function up(argv: string[]): Promise<number> {
   const o = parseUp(argv);
   if (!o) return 0;
+  // Every process it runs reads NO_COLOR (pino-pretty's colours follow it).
+  if (o.noColor) process.env.NO_COLOR = '1';
   takeDataDir(o.dir);
   if (o.store === 'memory') {
     await upInProcess(o);

@@ -26,9 +26,9 @@ interface Up {
 }
 
 /** `safe-resume up` on a small cluster in `dir`. */
-function up(dir: string, extra: string[] = []): Up {
+function up(dir: string, extra: string[] = [], env: NodeJS.ProcessEnv = process.env): Up {
   // A process group of its own, as a shell gives a command: a Ctrl-C signals the whole group.
-  const proc = spawn('node', [CLI, 'up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...extra], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const proc = spawn('node', [CLI, 'up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...extra], { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env });
   running.add(proc);
   let out = '';
   let err = '';
@@ -292,6 +292,19 @@ describe('the launcher as an operator uses it', () => {
       const plain = up(join(t.dir, 'p'));
       await until('a view', () => /^-- \d{4}-\d\d-\d\dT[\d:.]+Z\nreplica-1 /m.test(plain.out()));
       expect(cli(join(t.dir, 'p'), 'down').code).toBe(0);
+      // Colour: the pretty logs are coloured where colour is asked for (a terminal, or FORCE_COLOR);
+      // --no-color (or NO_COLOR) turns it off for every process.
+      const forced: NodeJS.ProcessEnv = { ...process.env, FORCE_COLOR: '1' };
+      delete forced.NO_COLOR;
+      for (const [name, extra, coloured] of [['c', [], true], ['n', ['--no-color'], false]] as const) {
+        const u = up(join(t.dir, name), ['--pretty', ...extra], forced);
+        await until('pretty logs', () => /node-1/.test(u.out()) && /INFO/.test(u.out())).catch((err: Error) => {
+          throw new Error(`${err.message}: stdout ${JSON.stringify(u.out().slice(0, 2000))}, stderr ${JSON.stringify(u.err().slice(0, 2000))}`);
+        });
+        expect(cli(join(t.dir, name), 'down').code).toBe(0);
+        await u.exited;
+        expect(u.out().includes('\x1b['), `${name}: ${u.out().slice(0, 2000)}`).toBe(coloured);
+      }
     } finally {
       t.cleanup();
     }
