@@ -101,6 +101,12 @@ export class Checker {
   private readonly pending = new Map<number, { e: Ev<'invoke'>; at: number }>();
   private readonly acked: Array<{ e: Ev<'ok'>; bytes: string }> = [];
   private readonly handleState = new Map<string, { proc: string; target: string; state: string }>();
+  /**
+   * Per target and read requestId: the version the store granted its latest open with, and the
+   * newest such version its application was told of (the open returned to it). From then on the node
+   * owes that version to every resume of the requestId, a reclaim after a restart included.
+   */
+  private readonly readers = new Map<string, { opened?: number; told?: number }>();
   /** What applications may read, per target. */
   private readonly models = new Map<string, TargetModel>();
   private readonly modelWrites = new Map<number, ModelWrite>();
@@ -203,6 +209,12 @@ export class Checker {
   }
 
   private grant(e: Ev<'grant'>): void {
+    if (e.mode === 'read' && e.via === 'open') {
+      const key = `${e.target}\u0000${e.requestId}`;
+      const r = this.readers.get(key);
+      if (r) r.opened = e.version;
+      else this.readers.set(key, { opened: e.version });
+    }
     if (e.mode === 'read') {
       // S1 for readers: a granted resume means nothing was written since the version the reader saw.
       const seen = e.seenVersion;
@@ -247,8 +259,28 @@ export class Checker {
       const granted = this.instances.get(`${e.target}\u0000${e.requestId}`) ?? new Set<string>();
       if (![...granted].some((i) => i !== e.instance)) this.violate('L1', e, e.target, `resume of ${e.requestId} (instance ${e.instance}) denied SUPERSEDED, but no other instance of it was granted ${e.target}`);
     }
-    if (e.mode === 'read' && e.seenVersion !== undefined && !s.applied.some((w) => w.version > e.seenVersion!)) {
-      this.violate('L1', e, e.target, `read resume of ${e.requestId} denied, but ${e.target} was not written after version ${e.seenVersion}`);
+    if (e.mode === 'read') this.readDenied(e, s);
+  }
+
+  /**
+   * L1 for readers. The version a resume carries is the node's claim of what the reader saw, and a
+   * node that lost the version its open was granted with (and carries 0, say) makes every later write
+   * look like a reason to deny. So the denial is judged against the store's own account first: the
+   * version it granted the requestId's open with, once the application was told of that open (before
+   * that, a crash may rightly lose it). A reader has seen at least that version, so if nothing was
+   * written after it, nothing changed under the reader and the denial is needless; a resume that
+   * carried an older version says the node forgot what the store granted. Then, as before, against
+   * the version the resume carried (which reads may have moved past the open's).
+   */
+  private readDenied(e: Ev<'deny'>, s: TargetState): void {
+    const writtenAfter = (v: number) => s.applied.some((w) => w.version > v);
+    const told = this.readers.get(`${e.target}\u0000${e.requestId}`)?.told;
+    const carried = e.seenVersion;
+    if (told !== undefined && !writtenAfter(told)) {
+      const why = carried === undefined ? 'carrying no version' : carried < told ? `carrying version ${carried}, older than the version the store granted its open with: the node lost it` : `carrying version ${carried}`;
+      this.violate('L1', e, e.target, `read resume of ${e.requestId} denied ${e.reason}, but ${e.target} was not written after version ${told}, which the store granted its open with (${why})`);
+    } else if (carried !== undefined && !writtenAfter(carried)) {
+      this.violate('L1', e, e.target, `read resume of ${e.requestId} denied ${e.reason}, but ${e.target} was not written after version ${carried}, which the resume carried`);
     }
   }
 
@@ -274,6 +306,10 @@ export class Checker {
   private ok(e: Ev<'ok'>): void {
     const inv = this.pending.get(e.id);
     this.pending.delete(e.id);
+    if (e.op === 'open') {
+      const r = this.readers.get(`${e.target}\u0000${e.requestId}`);
+      if (r?.opened !== undefined) r.told = Math.max(r.told ?? r.opened, r.opened);
+    }
     // Checked at the end: with processes on one host, an acknowledgement and the store's record
     // of the write may carry the same millisecond.
     if (e.op === 'write' && inv?.e.bytes) {

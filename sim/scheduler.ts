@@ -40,13 +40,14 @@ export interface ScheduleOptions {
   kinds?: readonly FaultKind[];
   makeStore?: WorldOptions['makeStore'];
   replicaTransport?: WorldOptions['replicaTransport'];
+  makeKept?: WorldOptions['makeKept'];
   /** How long a fault lasts, drawn from this range (default 100-1500 ms). */
   faultMs?: [number, number];
 }
 
 export interface ScheduleResult {
   seed: number;
-  settings: Omit<WorldOptions, 'seed' | 'makeStore'>;
+  settings: Omit<WorldOptions, 'seed' | 'makeStore' | 'makeKept'>;
   steps: number;
   simulatedMs: number;
   faults: Record<string, number>;
@@ -77,6 +78,7 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
     store: 'sim',
     ...(opts.makeStore ? { makeStore: opts.makeStore } : {}),
     ...(opts.replicaTransport ? { replicaTransport: opts.replicaTransport } : {}),
+    ...(opts.makeKept ? { makeKept: opts.makeKept } : {}),
   });
   const faultsUntil = opts.faultsUntilMs ?? 4000;
   const settle = opts.settleMs ?? 5000;

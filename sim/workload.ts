@@ -82,7 +82,9 @@ export class Workload {
     try {
       const value = await run();
       if (p.crashed) return { ok: false, code: 'CRASHED' };
-      const rid = p.handle?.requestId ?? requestId ?? '';
+      // An open answers with its handle: its requestId, not the one of the handle it replaces.
+      const opened = op === 'open' ? (value as { requestId?: unknown }).requestId : undefined;
+      const rid = typeof opened === 'string' ? opened : (p.handle?.requestId ?? requestId ?? '');
       const bytes = value instanceof Uint8Array ? { bytes: hex(value) } : {};
       h.add({ kind: 'ok', id, proc: p.id, op, target: p.target, requestId: rid, ...bytes });
       return { ok: true, value };

@@ -6,7 +6,7 @@
 import { pino } from 'pino';
 import { Application } from '../actors/application.js';
 import { seededIds, seededRandom, type ActorClock, type Env } from '../actors/env.js';
-import { FileKeptIds, MemoryKeptIds } from '../actors/kept.js';
+import { FileKeptIds, MemoryKeptIds, type KeptDisk } from '../actors/kept.js';
 import { NodeAgent } from '../actors/node-agent.js';
 import { StorageReplica } from '../actors/replica.js';
 import type { TxStore } from '../store/base.js';
@@ -51,6 +51,11 @@ export interface WorldOptions {
    * disk errors: see `disk`) instead of in memory; a restarted agent reads the file back.
    */
   keptOnDisk?: boolean;
+  /**
+   * Build a node's requestId file on its disk instead (with `keptOnDisk`; `dir` is KEPT_DIR). Tests
+   * inject broken variants here.
+   */
+  makeKept?: (dir: string, node: string, disk: KeptDisk) => MemoryKeptIds;
 }
 
 /** What a store of one replica is built with. */
@@ -379,7 +384,8 @@ export class World {
     let kept = this.opts.keptOnDisk ? undefined : this.kept.get(node);
     if (!kept) {
       // On disk, every start reads the file back, as a restarted agent process would.
-      kept = this.opts.keptOnDisk ? new FileKeptIds(KEPT_DIR, node, this.disk(node)) : new MemoryKeptIds();
+      const make = this.opts.makeKept ?? ((dir: string, id: string, disk: KeptDisk) => new FileKeptIds(dir, id, disk));
+      kept = this.opts.keptOnDisk ? make(KEPT_DIR, node, this.disk(node)) : new MemoryKeptIds();
       this.kept.set(node, kept);
     }
     const agent = new NodeAgent({

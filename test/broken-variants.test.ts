@@ -1,6 +1,7 @@
 /**
  * The checker catches real bugs: each test runs the simulation against a deliberately broken store
- * or transport, injected through the replicas' normal parameters, and expects the checker to name the
+ * or transport, injected through the replicas' normal parameters, or a broken node-local requestId
+ * file, injected through the node agents' `kept` parameter, and expects the checker to name the
  * guarantee it breaks. Production code has no flags for any of this.
  */
 import { describe, expect, it } from 'vitest';
@@ -13,6 +14,7 @@ import { SimStore } from '../sim/store.js';
 import type { StoreContext } from '../sim/world.js';
 import { StoreUnavailableError } from '../store/types.js';
 import type { Connection, Transport } from '../transport/types.js';
+import { FileKeptIds, type KeptChanges, type KeptDisk } from '../actors/kept.js';
 
 type State = MemoryStore['state'];
 
@@ -232,6 +234,20 @@ const staleReadCache = (inner: Transport): Transport => {
   });
 };
 
+/**
+ * A node-local requestId file that keeps a handle once and never again: a reader's entry stays as it
+ * was written before the store answered its open (version 0 for a fresh open), so a reclaim after an
+ * application or agent restart resumes with that version and is denied MODIFIED on a target holding
+ * data although nobody wrote it (the bug fixed in "A read handle's open is kept again with the
+ * version the store granted it").
+ */
+class ReadOpenKeptOnce extends FileKeptIds {
+  override apply(changes: KeptChanges): void {
+    super.apply({ put: changes.put.filter((h) => !(h.mode === 'read' && this.byId.has(h.requestId))), remove: changes.remove });
+  }
+}
+const readOpenKeptOnce = (dir: string, node: string, disk: KeptDisk) => new ReadOpenKeptOnce(dir, node, disk);
+
 /** Run seeds until the checker reports `g`; return the seed that showed it. */
 async function findViolation(g: Guarantee, opts: ScheduleOptions, maxSeeds = 40, about?: RegExp): Promise<number | undefined> {
   for (let seed = 1; seed <= maxSeeds; seed++) {
@@ -282,6 +298,12 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
 
   it('L1: a store that denies every resume', async () => {
     expect(await findViolation('L1', { makeStore: resumeForgetsRecords, kinds: kinds('replica-crash', 'partition') })).toBeDefined();
+  }, 120_000);
+
+  it('L1: a node that keeps a reader\'s open with the version it had before the store answered (within 40 seeds)', async () => {
+    // Readers are reclaimed after application and agent restarts; a partition of the writer's node
+    // leaves their targets unwritten in between.
+    expect(await findViolation('L1', { makeKept: readOpenKeptOnce, kinds: kinds('app-restart', 'agent-restart', 'partition') }, 40, /read resume/)).toBeDefined();
   }, 120_000);
 
   it('L2: a store whose resume path is always unavailable', async () => {

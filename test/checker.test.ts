@@ -225,3 +225,41 @@ describe('checker: S5 looks where a write would have landed', () => {
     expect(guarantees(h)).not.toContain('S5');
   });
 });
+
+describe('checker: a reader\'s denial is judged against the version the store granted it', () => {
+  const Z = 'Z'.repeat(21);
+  const wrote = (seq: number, version: number) => at({ kind: 'applied', replica: R, target: T, requestId: Y, session: 'y1', seq, offset: 0, bytes: `y${seq}`, version });
+  const readOpen = (version: number) => at({ kind: 'grant', replica: R, target: T, requestId: Z, session: 'z1', mode: 'read', via: 'open', fresh: true, version });
+  const openInvoke = (id: number) => at({ kind: 'invoke', id, proc: 'r', op: 'open', target: T });
+  const openOk = (id: number) => at({ kind: 'ok', id, proc: 'r', op: 'open', target: T, requestId: Z });
+  const readDeny = (seenVersion: number, version: number) => at({ kind: 'deny', replica: R, target: T, requestId: Z, session: 'z2', mode: 'read', reason: 'MODIFIED', seenVersion, version });
+  /** Y writes versions 1-3; the reader's open is granted at version 3 and returns to the application. */
+  const opened = () => [grant(Y, 'y1'), wrote(1, 1), wrote(2, 2), wrote(3, 3), openInvoke(1), readOpen(3), openOk(1)];
+
+  it('L1: granted at version 3, nothing written since, a resume carrying version 0 denied MODIFIED', () => {
+    t = 0;
+    const v = check([...opened(), readDeny(0, 3)]);
+    expect(v.map((x) => x.guarantee)).toEqual(['L1']);
+    expect(v[0]!.message).toMatch(/not written after version 3.*carrying version 0, older/);
+  });
+
+  it('the same denial after a write past version 3 is no violation', () => {
+    t = 0;
+    expect(check([...opened(), wrote(4, 4), readDeny(0, 4)])).toEqual([]);
+  });
+
+  it('an open the application was never told of (the node died before its answer) is not held against a later denial', () => {
+    t = 0;
+    const h = [grant(Y, 'y1'), wrote(1, 1), wrote(2, 2), wrote(3, 3), openInvoke(1), readOpen(3), at({ kind: 'crash', proc: 'r' }), readDeny(0, 3)];
+    expect(check(h)).toEqual([]);
+  });
+
+  it('L1: a resume carrying the version the reader last read, denied although nothing was written after it', () => {
+    t = 0;
+    // Opened at version 1, read on to version 3: the carried version is the one that counts.
+    const h = [grant(Y, 'y1'), wrote(1, 1), openInvoke(1), readOpen(1), openOk(1), wrote(2, 2), wrote(3, 3), readDeny(3, 3)];
+    expect(guarantees(h)).toEqual(['L1']);
+    t = 0;
+    expect(check([grant(Y, 'y1'), wrote(1, 1), openInvoke(1), readOpen(1), openOk(1), wrote(2, 2), wrote(3, 3), readDeny(2, 3)])).toEqual([]);
+  });
+});
