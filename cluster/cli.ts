@@ -380,7 +380,7 @@ function liveView(status: () => Record<string, unknown>, tty: boolean, json = fa
 
 /** The status view: one line per replica and node, one per handle. */
 function statusLines(st: Record<string, unknown>): string[] {
-  const s = st as { etcd?: Array<{ id: string; state: string; endpoint: string }>; replicas: Array<{ id: string; state: string; sessions: number; storeError?: string | null }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean; nbd?: { url: string; connections: Array<{ target: string; state: string; reason: string | null; requests: number }> } | null }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null; requestId?: string | null; inStateMs?: number; pauseLeftMs?: number | null; writesPerS?: number }> };
+  const s = st as { etcd?: Array<{ id: string; state: string; endpoint: string }>; replicas: Array<{ id: string; state: string; sessions: number; storeError?: string | null }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean; nbd?: { url: string; connections: Array<{ target: string; state: string; reason: string | null; requests: number }> } | null }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null; requestId?: string | null; inStateMs?: number; pauseLeftMs?: number | null; writesPerS?: number; hold?: string | null; holdLeftMs?: number | null }> };
   const out: string[] = [];
   const secs = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`;
   for (const m of s.etcd ?? []) out.push(`${m.id.padEnd(10)} ${m.state.padEnd(11)} ${m.endpoint}`);
@@ -391,7 +391,7 @@ function statusLines(st: Record<string, unknown>): string[] {
   }
   for (const h of s.handles) {
     const node = s.nodes.find((n) => n.id === h.node);
-    const timing = `${h.inStateMs !== undefined ? ` for=${secs(h.inStateMs)}` : ''}${h.pauseLeftMs != null ? ` timeout-in=${secs(h.pauseLeftMs)}` : ''}${h.writesPerS !== undefined ? ` writes/s=${h.writesPerS}` : ''}`;
+    const timing = `${h.inStateMs !== undefined ? ` for=${secs(h.inStateMs)}` : ''}${h.pauseLeftMs != null ? ` timeout-in=${secs(h.pauseLeftMs)}` : ''}${h.holdLeftMs != null ? ` hold-in=${secs(h.holdLeftMs)}` : h.hold ? ` hold=${h.hold}` : ''}${h.writesPerS !== undefined ? ` writes/s=${h.writesPerS}` : ''}`;
     out.push(`  ${`${h.node}/${h.app}`.padEnd(14)} ${h.target.padEnd(12)} ${h.state.padEnd(11)}${timing} on=${node?.replica ?? '-'} acked=${h.acked} verified=${h.verified} failed=${h.failed}${h.reason ? ` reason=${h.reason}` : ''}${h.requestId ? ` requestId=${h.requestId}` : ''}${h.lastError ? ` last=${h.lastError}` : ''}`);
   }
   return out;
@@ -610,13 +610,14 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   if (values.node !== undefined && cmd !== 'export' && cmd !== 'create') throw new UsageError(`--node is for export and create`);
   if (values.size !== undefined && cmd !== 'create') throw new UsageError(`--size is for create`);
   if (values.target !== undefined && cmd !== 'events') throw new UsageError('--target is for events');
-  if (cmd === 'status' || cmd === 'export') path = '/status';
+  if (cmd === 'status') path = '/status?hold=1';
+  else if (cmd === 'export') path = '/status';
   if (cmd === 'events') path = `/events${values.target !== undefined ? `?target=${encodeURIComponent(values.target)}` : ''}`;
   let res: Response;
   try {
     const authorization = `Bearer ${token}`;
     const signal = AbortSignal.timeout(CONTROL_DEADLINE_MS);
-    res = await fetch(url + path, path === '/status' || cmd === 'events' ? { headers: { authorization }, signal } : { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', authorization }, signal });
+    res = await fetch(url + path, cmd === 'status' || cmd === 'export' || cmd === 'events' ? { headers: { authorization }, signal } : { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', authorization }, signal });
   } catch (err) {
     if ((err as Error).name === 'TimeoutError') throw new OperatorError(`the launcher in ${dir} did not answer ${cmd} within ${CONTROL_DEADLINE_MS / 1000} s (it is at ${url})`, EXIT.timeout);
     throw new OperatorError(`the cluster in ${dir} does not answer at ${url}: it is not running (a stale control.json; 'safe-resume down --dir ${dir}' clears it)`, EXIT.failed);
@@ -656,7 +657,7 @@ async function watchStatus(dir: string, url: string, token: string, json: boolea
     const at = new Date().toISOString();
     let st: Record<string, unknown> | undefined;
     try {
-      st = (await (await fetch(url + '/status', { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(5000) })).json()) as Record<string, unknown>;
+      st = (await (await fetch(url + '/status?hold=1', { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(5000) })).json()) as Record<string, unknown>;
     } catch {
       if (!existsSync(join(dir, 'control.json'))) {
         process.stdout.write(json ? JSON.stringify({ at, ok: false, code: 'NOT_RUNNING', message: `the cluster in ${dir} stopped` }) + '\n' : `${at}  the cluster in ${dir} stopped\n`);

@@ -22,7 +22,7 @@ import { SafeResumeError } from '../errors.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { EtcdStore } from '../store/etcd.js';
 import { openStore, parseStoreSpec } from '../store/open.js';
-import type { LockRecord, Tombstone } from '../store/types.js';
+import type { LockRecord, Store, Tombstone } from '../store/types.js';
 import { Timeline, type TimelineEvent } from './timeline.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
@@ -338,6 +338,47 @@ export class Launcher {
     }
   }
 
+  /** Every session a running replica has, with the replica. */
+  private liveSessions(): Array<{ id: string; node: string; silentMs: number; replica: string }> {
+    return [...this.children.values()].flatMap((c) => (c.proc && c.status?.role === 'replica' ? (c.status.sessionList ?? []).map((s) => ({ ...s, replica: c.id })) : []));
+  }
+
+  /**
+   * Each paused or resuming handle's lock, from the store: `renewed` while the session holding it lives
+   * (no hold period runs), `running` with the time left once that session is lost (`holdLeftMs`,
+   * unknown over etcd, whose lease decides), `lapsed` (another writer may take the target; the
+   * handle's resume is granted until one does), or `taken` (another requestId holds it, or nobody).
+   * Other handles get `null`; so does every handle if the store does not answer within 2 s.
+   */
+  private async holds(handles: Array<HandleStatus & Hold>): Promise<void> {
+    for (const h of handles) Object.assign(h, { hold: null, holdLeftMs: null });
+    const away = handles.filter((h) => (h.state === 'paused' || h.state === 'resuming') && h.requestId).slice(0, 100);
+    if (away.length === 0) return;
+    const live = new Set(this.liveSessions().map((x) => x.id));
+    let timer: NodeJS.Timeout | undefined;
+    let store: Store | undefined;
+    try {
+      store = openStore(this.storeSpec);
+      const s = store;
+      const read = Promise.all(away.map(async (h) => ({ h, rec: await s.record(h.target) })));
+      const found = await Promise.race([read, new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2000)))]);
+      if (!found) return;
+      const now = 'storeNow' in s && typeof s.storeNow === 'function' ? (s.storeNow as () => number)() : undefined;
+      for (const { h, rec } of found) {
+        if (!rec || rec.requestId !== h.requestId) h.hold = 'taken';
+        else if (live.has(rec.session)) h.hold = 'renewed';
+        else if (now === undefined) h.hold = 'running';
+        else if (rec.expiresAt > now) Object.assign(h, { hold: 'running', holdLeftMs: rec.expiresAt - now });
+        else h.hold = 'lapsed';
+      }
+    } catch {
+      // the store cannot be read now: the holds stay unknown (null)
+    } finally {
+      clearTimeout(timer);
+      void store?.shutdown().catch(() => undefined);
+    }
+  }
+
   /** The target's lock record, read from the store, and the store's now when its clock can be read here. */
   private async holder(target: string): Promise<{ record: LockRecord | undefined; tombstones: Tombstone[]; now: number | undefined }> {
     const store = openStore(this.storeSpec);
@@ -633,8 +674,7 @@ export class Launcher {
     const { record, tombstones, now } = await this.holder(target).catch((err: Error) => {
       throw new SafeResumeError('UNAVAILABLE', `the store cannot be read: ${err.message}`);
     });
-    const sessions = [...this.children.values()].flatMap((c) => (c.proc && c.status?.role === 'replica' ? (c.status.sessionList ?? []).map((s) => ({ ...s, replica: c.id })) : []));
-    const session = record ? sessions.find((s) => s.id === record!.session) : undefined;
+    const session = record ? this.liveSessions().find((s) => s.id === record!.session) : undefined;
     const handles = st.handles.filter((h) => h.target === target).map((h) => {
       const node = st.nodes.find((n) => n.id === h.node);
       return { node: h.node, app: h.app, state: h.state, reason: h.reason, requestId: h.requestId ?? null, holds: record?.requestId === h.requestId, nodeState: node?.state ?? 'unknown', nodeReplica: node?.replica ?? null, partitioned: node?.partitioned ?? false };
@@ -780,6 +820,12 @@ export class Launcher {
   async command(method: string, url: string, body: string): Promise<ControlResult> {
     try {
       if (method === 'GET' && url === '/status') return { ok: true, ...this.status() };
+      // The CLI's status: with each paused handle's hold period, read from the store.
+      if (method === 'GET' && url === '/status?hold=1') {
+        const st = this.status();
+        await this.holds(st.handles as Array<HandleStatus & Hold>);
+        return { ok: true, ...st };
+      }
       if (method === 'GET' && (url === '/events' || url.startsWith('/events?'))) {
         const q = new URLSearchParams(url.slice('/events'.length));
         // `after`: the `next` of an earlier answer, for only what came since (the inspector polls so).
@@ -831,6 +877,12 @@ export class Launcher {
       return { ok: false, code: 'INTERNAL', message: String(err) };
     }
   }
+}
+
+/** A handle's lock as `status` tells it (see Launcher.holds). */
+interface Hold {
+  hold?: 'renewed' | 'running' | 'lapsed' | 'taken' | null;
+  holdLeftMs?: number | null;
 }
 
 /**

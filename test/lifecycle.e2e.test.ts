@@ -148,7 +148,7 @@ describe('the launcher as an operator uses it', () => {
     }
   }, 120_000);
 
-  it('a port in use, a data directory that cannot be written and a read-only store: one line each, what to do, a coded exit', async () => {
+  it('a port in use, a data directory that cannot be written, a read-only store and one that is not a database: one line each, what to do, a coded exit', async () => {
     const t = tempDir();
     const blocker = net.createServer();
     await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
@@ -188,6 +188,14 @@ describe('the launcher as an operator uses it', () => {
       const end = await u.exited;
       if (process.getuid?.() === 0) spawnSync('chattr', ['-i', join(ro, 'store.sqlite')]);
       expect([end.code, u.err()]).toEqual([6, `safe-resume: the store ${join(ro, 'store.sqlite')} is read-only: make it writable (chmod u+w) or start a new cluster with another --dir\n`]);
+      // A store that is not a database (overwritten, truncated): the same, before anything starts.
+      const bad = join(t.dir, 'bad');
+      mkdirSync(bad, { mode: 0o700 });
+      writeFileSync(join(bad, 'store.sqlite'), 'notes, not a database\n'.repeat(500), { mode: 0o600 });
+      const b = up(bad);
+      expect((await b.exited).code).toBe(6);
+      expect(b.err()).toBe(`safe-resume: the store ${join(bad, 'store.sqlite')} cannot be used (file is not a database): restore it from a backup, or move it away to start empty\n`);
+      expect(existsSync(join(bad, 'control.json'))).toBe(false);
     } finally {
       blocker.close();
       t.cleanup();
@@ -318,6 +326,8 @@ describe('the launcher as an operator uses it', () => {
       type St = { handles: Array<{ state: string; requestId: string }> };
       await until('the handle active', () => (JSON.parse(cli(t.dir, 'status', '--json').out) as St).handles[0]?.state === 'active');
       const rid = (JSON.parse(cli(t.dir, 'status', '--json').out) as St).handles[0]!.requestId;
+      // An active handle's lock is renewed by its live session: no hold period runs.
+      expect((JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ hold: string | null }> }).handles[0]!.hold).toBe(null);
       const live = cli(t.dir, 'explain', 'app-1.disk');
       expect(live.code).toBe(0);
       expect(live.out).toContain(`  holder    requestId ${rid} (principal default`);
@@ -330,9 +340,14 @@ describe('the launcher as an operator uses it', () => {
       await until('the session lost', () => /no running replica has it \(lost\)/.test((lost = cli(t.dir, 'explain', 'app-1.disk').out)));
       expect(lost).toMatch(/  lock      (the hold period runs: it lapses in \d+ ms|lapsed \d+ ms ago)/);
       expect(lost).toMatch(/  handle    node-1\/app-1 (paused|resuming) requestId \S+, the holder: its node is \w+ \(partitioned\)/);
-      const away = (JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ pauseLeftMs: number | null; inStateMs: number }> }).handles[0]!;
+      const away = (JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ pauseLeftMs: number | null; inStateMs: number; hold: string | null; holdLeftMs: number | null }> }).handles[0]!;
       expect(away.pauseLeftMs).toBeGreaterThan(0);
       expect(away.pauseLeftMs).toBeLessThanOrEqual(60_000);
+      // Its lock's hold period, as status tells it: running down (how long is left) or lapsed, since
+      // the session that renewed it is lost; status -w prints the same lines.
+      expect(['running', 'lapsed']).toContain(away.hold);
+      if (away.hold === 'running') expect(away.holdLeftMs).toBeGreaterThan(0);
+      expect(cli(t.dir, 'status').out).toMatch(/  node-1\/app-1 +app-1\.disk +(paused|resuming) .*( hold-in=[\d.]+s| hold=lapsed) /);
       expect(cli(t.dir, 'heal').code).toBe(0);
       expect(cli(t.dir, 'explain', 'nobody.disk').out).toContain('  lock      none: no writer holds it');
       // status -w: every second, timestamped when piped, with time in state, the serving replica,
@@ -344,7 +359,7 @@ describe('the launcher as an operator uses it', () => {
       await until('three views', () => (watched.match(/^safe-resume status {2}\d{4}-/gm) ?? []).length >= 3);
       w.kill('SIGINT');
       expect(await new Promise((r) => w.once('exit', (code) => r(code)))).toBe(0);
-      expect(watched).toMatch(new RegExp(`  node-1/app-1 +app-1\\.disk +\\w+ +for=[\\d.]+s( timeout-in=[\\d.]+s)? writes/s=\\d+ on=replica-1 .*requestId=${rid}`));
+      expect(watched).toMatch(new RegExp(`  node-1/app-1 +app-1\\.disk +\\w+ +for=[\\d.]+s( timeout-in=[\\d.]+s)?( hold(-in)?=\\S+)? writes/s=\\d+ on=replica-1 .*requestId=${rid}`));
       // The timeline of that target: the partition, the pause, the heal, the granted resume.
       const story = cli(t.dir, 'events', '--target', 'app-1.disk').out;
       expect(story).toMatch(/^\d\d:\d\d:\d\d\.\d{3}  fault    partition node-1$/m);
