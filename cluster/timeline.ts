@@ -4,13 +4,14 @@
  * and who took the target over). Kept in memory, newest last, bounded; `safe-resume events` and the
  * inspector read it.
  */
-export type TimelineEvent =
-  | { at: number; kind: 'fault'; what: string }
-  | { at: number; kind: 'process'; id: string; what: 'started' | 'exited' | 'dismounted' | 'mounted'; detail?: string }
-  | { at: number; kind: 'handle'; node: string; app: string; target: string; requestId: string | null; from: string; to: string; reason?: string; detail?: string };
+export type TimelineEvent = { at: number; seq: number } & (
+  | { kind: 'fault'; what: string }
+  | { kind: 'process'; id: string; what: 'started' | 'exited' | 'dismounted' | 'mounted'; detail?: string }
+  | { kind: 'handle'; node: string; app: string; target: string; requestId: string | null; from: string; to: string; reason?: string; detail?: string }
+);
 
-/** An event as added: its time is taken now unless given. */
-type NewEvent = TimelineEvent extends infer T ? (T extends TimelineEvent ? Omit<T, 'at'> & { at?: number } : never) : never;
+/** An event as added: its time is taken now unless given; its sequence number is given it. */
+type NewEvent = TimelineEvent extends infer T ? (T extends TimelineEvent ? Omit<T, 'at' | 'seq'> & { at?: number } : never) : never;
 
 const MAX_EVENTS = 5000;
 
@@ -25,10 +26,15 @@ export class Timeline {
 
   constructor(private readonly now: () => number = Date.now) {}
 
+  /**
+   * Put an event in its place by time: a node reports a handle's change with its next status, after
+   * events of the launcher that happened later. `seq` numbers events in the order they were added.
+   */
   add(e: NewEvent): TimelineEvent {
-    const ev = { ...e, at: e.at ?? this.now() } as TimelineEvent;
-    this.events.push(ev);
-    this.added++;
+    const ev = { ...e, at: e.at ?? this.now(), seq: ++this.added } as TimelineEvent;
+    let i = this.events.length;
+    while (i > 0 && this.events[i - 1]!.at > ev.at) i--;
+    this.events.splice(i, 0, ev);
     if (this.events.length > MAX_EVENTS) this.events.splice(0, this.events.length - MAX_EVENTS);
     return ev;
   }
@@ -58,12 +64,10 @@ export class Timeline {
 
   /**
    * Events, oldest first, of one target (its handles, and every fault and process event) or all; with
-   * `after` (a `next` of before), only those added since (those already dropped are gone).
+   * `after` (a `next` of before), only those added since, wherever they sort (those already dropped are gone).
    */
   list(target?: string, after = 0): TimelineEvent[] {
-    const from = Math.max(0, this.events.length - Math.max(0, this.added - after));
-    const events = this.events.slice(from);
-    return target === undefined ? events : events.filter((e) => e.kind !== 'handle' || e.target === target);
+    return this.events.filter((e) => e.seq > after && (target === undefined || e.kind !== 'handle' || e.target === target));
   }
 
   /** The cursor for `list`: how many events were ever added. */

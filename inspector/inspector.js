@@ -359,11 +359,15 @@ async function pollTimeline() {
       return;
     }
     tlNext = r.next;
+    // In the order things happened: a node reports a handle's change after later events, so one may
+    // sort before rows already drawn (then the list is drawn again).
+    const last = timeline.length ? timeline[timeline.length - 1].at : -Infinity;
+    const early = r.events.some((e) => e.at < last);
     timeline.push(...r.events);
-    if (timeline.length > TL_MAX) {
-      timeline.splice(0, timeline.length - TL_MAX);
-      tlDraw(timeline, true);
-    } else tlDraw(r.events, false);
+    if (early) timeline.sort((a, b) => a.at - b.at || a.seq - b.seq);
+    if (timeline.length > TL_MAX) timeline.splice(0, timeline.length - TL_MAX);
+    if (early || timeline.length >= TL_MAX) tlDraw(timeline, true);
+    else tlDraw(r.events, false);
   } catch { /* the launcher is restarting or gone; try again */ } finally {
     tlBusy = false;
   }

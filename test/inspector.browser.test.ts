@@ -427,6 +427,10 @@ describe('inspector page', () => {
     await expect.poll(() => handle('app-1.disk').textContent(), { timeout: 10_000 }).toContain('process down');
     expect(await handle('app-1.disk').locator('.state').textContent()).toBe('invalidated: MODIFIED');
     await page.screenshot({ path: join(shotsDir(), 'inspector-dead.png') });
+    // The Timeline reads in the order things happened, though nodes report handle changes late.
+    const ats = await page.locator('#tl-rows .ev .at').allTextContents();
+    expect(ats.length).toBeGreaterThan(10);
+    expect(ats).toEqual([...ats].sort());
   }, 120_000);
 });
 
