@@ -14,7 +14,11 @@ export interface KeptHandle {
   requestId: string;
   principal: string;
   mode: 'read' | 'write';
-  /** Read handles: the target version seen at open (conservative: later reads are not recorded). */
+  /**
+   * Read handles: the newest target version the handle saw. Its open's and its resumes' granted
+   * versions are on disk before they are acknowledged; one learned from a read answer is kept later,
+   * so a crash may leave an older one here (a reclaim then risks a needless denial, never a wrong grant).
+   */
   version: number;
   /** Write handles: the handle instance (see ResumeItem.instance). Entries from before instances have none. */
   instance?: string;

@@ -4,7 +4,8 @@
  * failover), the node-local requestId file, timers, and the SDK's promises. It carries the core's
  * intents out in a stated order: keeps and forgets first, written and fsynced in one batch, then
  * everything else in the order the core asked, so nothing that depends on a requestId being on
- * disk is sent before it is.
+ * disk is sent before it is. A `keep-later` holds nothing back: it is written with the other pending
+ * ones in one batch on a later turn of the event loop (or with the next batch of keeps, if sooner).
  */
 import { createActor, fromPromise, type Actor } from 'xstate';
 import { SafeResumeError } from '../errors.js';
@@ -74,6 +75,9 @@ export class NodeAgent {
   private conn: Connection | undefined;
   private outbox: Intent[] = [];
   private flushing = false;
+  /** Handles whose `keep-later` waits for the next write of the file (at most once each). */
+  private readonly later = new Set<CoreHandle>();
+  private laterTimer: unknown;
   private readonly opening = new Map<CoreHandle, { resolve: () => void; reject: (e: Error) => void }>();
   private readonly closing = new Map<CoreHandle, Array<() => void>>();
   private readonly timers = new Map<CoreHandle, unknown>();
@@ -198,6 +202,8 @@ export class NodeAgent {
     this.stopped = true;
     this.env.clock.clearTimeout(this.watchdog);
     this.env.clock.clearTimeout(this.retryTimer);
+    this.env.clock.clearTimeout(this.laterTimer);
+    this.later.clear();
     for (const t of this.timers.values()) this.env.clock.clearTimeout(t);
     this.timers.clear();
     this.session.send({ type: 'STOP' });
@@ -336,25 +342,55 @@ export class NodeAgent {
         if (i.kind === 'keep') last.set(i.h.requestId, i.h);
         else if (i.kind === 'forget') last.set(i.requestId, null);
       }
-      if (last.size > 0) this.persist(last);
+      if (last.size > 0) {
+        // Keeps waiting for later go along: this write costs no more for them, and reports them.
+        const along: CoreHandle[] = [];
+        for (const h of this.later) {
+          const kept = last.get(h.requestId);
+          if (kept === h) along.push(h);
+          else if (kept === undefined && this.core.handles.get(h.requestId) === h) {
+            last.set(h.requestId, h);
+            along.push(h);
+          }
+        }
+        for (const h of along) this.later.delete(h);
+        if (this.persist(last) && along.length > 0) this.step({ type: 'kept', hs: along, error: undefined });
+      }
       for (const i of batch) this.carry(i);
     }
   }
 
-  private persist(last: Map<string, CoreHandle | null>): void {
+  /**
+   * Write the keeps that wait for later, in one batch. A handle the core let go of since (closed,
+   * invalidated, its application gone, or another handle now holds its requestId) is skipped: its
+   * entry is the business of whatever let it go.
+   */
+  private keepLater(): void {
+    this.laterTimer = undefined;
+    if (this.stopped || this.later.size === 0) return;
+    const hs = [...this.later].filter((h) => this.core.handles.get(h.requestId) === h);
+    this.later.clear();
+    if (hs.length === 0) return;
+    // A failure is reported by persist (the handles are then kept again on every tick).
+    if (this.persist(new Map(hs.map((h) => [h.requestId, h])))) this.step({ type: 'kept', hs, error: undefined });
+  }
+
+  /** Write and fsync one batch; false (and the core told, for the handles it puts) if the disk refused it. */
+  private persist(last: Map<string, CoreHandle | null>): boolean {
     const put: CoreHandle[] = [];
     const removed: string[] = [];
     for (const id of this.unforgotten) if (!last.has(id)) last.set(id, null);
     for (const [id, h] of last) (h ? put.push(h) : removed.push(id));
     try {
       this.kept.apply({
-        put: put.map((h) => ({ app: h.app, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, version: h.version, instance: h.instance, ...(h.takeover ? { takeover: true } : {}) })),
+        put: put.map((h) => ({ app: h.app, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, version: h.keptVersion, instance: h.instance, ...(h.takeover ? { takeover: true } : {}) })),
         remove: removed,
       });
       this.diskError = undefined;
       this.unforgotten.clear();
       const recovered = put.filter((h) => !h.durable);
       if (recovered.length > 0) this.step({ type: 'kept', hs: recovered, error: undefined });
+      return true;
     } catch (err) {
       // The agent keeps serving; the handles say they are not durable until a later write succeeds.
       const code = (err as { code?: unknown }).code;
@@ -362,6 +398,7 @@ export class NodeAgent {
       this.env.log.error({ err: String(err), handles: put.length, removed: removed.length }, 'could not write the node-local requestId file');
       for (const id of removed) this.unforgotten.add(id);
       if (put.length > 0) this.step({ type: 'kept', hs: put, error: this.diskError });
+      return false;
     }
   }
 
@@ -372,6 +409,10 @@ export class NodeAgent {
         return;
       case 'keep':
       case 'forget':
+        return;
+      case 'keep-later':
+        this.later.add(i.h);
+        this.laterTimer ??= this.env.clock.setTimeout(() => this.keepLater(), 0);
         return;
       case 'changed':
         this.mirrors?.changed(i.h, i.event, i.to);

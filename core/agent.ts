@@ -20,6 +20,8 @@ const MAX_RESENDS = 8;
 export class AgentCore extends CoreBase {
   /** Handles whose requestId the node-local file could not take: kept again on every tick until it does. */
   private readonly notDurable = new Set<CoreHandle>();
+  /** Read handles with a `keep-later` the shell has not answered yet (at most one each). */
+  private readonly keepingLater = new Set<CoreHandle>();
   /** Report every I/O call as a lifecycle event too (for the inspector's mirror; off on the hot path). */
   reportIo = false;
   /**
@@ -75,6 +77,7 @@ export class AgentCore extends CoreBase {
         break;
       case 'kept':
         for (const h of input.hs) {
+          if (input.error === undefined || this.handles.get(h.requestId) !== h) this.keepingLater.delete(h);
           if (this.handles.get(h.requestId) !== h || h.durable === (input.error === undefined)) continue;
           h.durable = input.error === undefined;
           if (h.durable) this.notDurable.delete(h);
@@ -91,7 +94,7 @@ export class AgentCore extends CoreBase {
   private open(h: CoreHandle): void {
     this.handles.set(h.requestId, h);
     // The instance is on disk before anything that could make the store hold it is sent.
-    this.out.push({ kind: 'keep', h });
+    this.keep(h);
     if (this.session) this.sendOpen(h);
   }
 
@@ -153,6 +156,7 @@ export class AgentCore extends CoreBase {
   /** Forget a handle here (its kept requestId is the caller's business). */
   private drop(h: CoreHandle): void {
     if (this.handles.get(h.requestId) === h) this.handles.delete(h.requestId);
+    this.keepingLater.delete(h);
     for (const [id, p] of this.inflight) if (p.kind !== 'resume' && p.h === h) this.inflight.delete(id);
     h.pending = 0;
     if (h.state !== 'closed' && h.state !== 'invalidated') this.out.push({ kind: 'pause-timer', h, on: false });
@@ -210,11 +214,26 @@ export class AgentCore extends CoreBase {
 
 
 
+  /** Keep the handle, durably, before anything later in this step is carried out. */
+  private keep(h: CoreHandle): void {
+    h.keptVersion = h.version;
+    this.keepingLater.delete(h);
+    this.out.push({ kind: 'keep', h });
+  }
+
+  /** Keep the handle's current version soon, holding nothing back; one pending keep per handle. */
+  private keepLater(h: CoreHandle): void {
+    h.keptVersion = h.version;
+    if (this.keepingLater.has(h)) return;
+    this.keepingLater.add(h);
+    this.out.push({ kind: 'keep-later', h });
+  }
+
   /** A request unanswered for REQUEST_TIMEOUT_INTERVALS means frames were lost: drop the session, resume, replay. */
   private tick(): void {
     this.ticks++;
     for (const h of this.notDurable) {
-      if (this.handles.get(h.requestId) === h) this.out.push({ kind: 'keep', h });
+      if (this.handles.get(h.requestId) === h) this.keep(h);
       else this.notDurable.delete(h);
     }
     const oldest = this.inflight.values().next().value;
@@ -286,14 +305,17 @@ export class AgentCore extends CoreBase {
     const opening = h.state === 'opening';
     h.size = size;
     h.pending = 0;
+    h.version = version;
     // A takeover is kept as one until the store grants it (a restart in between takes over again). A
-    // reader's open was kept before the store answered, with the version it had then (0 for a fresh
-    // open): it is kept again with the version granted, which a reclaim after a restart resumes with,
-    // on disk before the open is acknowledged (a writer resumes by its instance, not a version).
-    if (h.takeover || (opening && h.mode === 'read' && h.version !== version)) this.out.push({ kind: 'keep', h });
+    // reader is kept again with the version granted whenever the file does not hold it for sure: an
+    // open was kept before the store answered, with the version it had then (0 for a fresh open); a
+    // resume carries the version the reader last read, which a read answer only asked to keep later
+    // (still pending, or failed). The reclaim after a restart resumes with the kept version, and this
+    // keep is on disk before the open or the resume is acknowledged (the shell fsyncs a step's keeps
+    // before it carries the rest). A writer resumes by its instance, not a version.
+    if (h.takeover || (h.mode === 'read' && (h.keptVersion !== version || this.keepingLater.has(h)))) this.keep(h);
     h.takeover = false;
     h.how = 'resume';
-    h.version = version;
     this.to(h, opening ? 'OPENED' : 'GRANTED');
     if (!opening) this.out.push({ kind: 'pause-timer', h, on: false });
     const { applied, replay } = afterGrant(h, lastSeq);
@@ -316,6 +338,15 @@ export class AgentCore extends CoreBase {
     h.ops.splice(i, 1);
     if (msg.type === 'data') h.version = msg.version;
     if (op.settle) this.settle({ op, ok: true, value: msg.type === 'data' ? { version: msg.version, data: msg.data } : { version: msg.version } });
+    // A reader that read a newer version resumes with it, and so should its reclaim after a restart:
+    // keep it, but later, without holding back this answer (no fsync on the read's path, and none at
+    // all while the version stays the same; a burst of reads leaves one keep pending, which writes the
+    // newest version). A keep that has not reached the disk when the node crashes costs liveness only,
+    // never safety: the reclaim carries the older version, which the store grants only if nothing was
+    // written after it (then nothing changed under the reader at all), and denies MODIFIED otherwise,
+    // so the reader reloads; an older version never makes the store grant what it should deny. The
+    // next resume's grant keeps the version before the resume is acknowledged (see grant).
+    if (msg.type === 'data' && h.mode === 'read' && h.keptVersion !== h.version) this.keepLater(h);
   }
 
   private refused(msg: MessageOf<'error'>): void {

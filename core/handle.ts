@@ -94,6 +94,11 @@ export interface CoreHandle {
   reason: InvalidationReason | undefined;
   /** The target version last seen (a read handle resumes only if it is unchanged). */
   version: number;
+  /**
+   * The version the node-local file holds for this handle, or will once the last keep asked for is
+   * carried out: the shell writes this field, not `version`, so what is kept is what the core decided.
+   */
+  keptVersion: number;
   /** The size the open asks the target to have (0: none); once granted, the target's fixed size (0: none). */
   size: number;
   nextSeq: number;
@@ -125,6 +130,7 @@ export function newHandle(p: OpenParams): CoreHandle {
     state: 'opening',
     reason: undefined,
     version: p.version,
+    keptVersion: p.version,
     size: p.size,
     nextSeq: 1,
     ops: [],

@@ -24,13 +24,19 @@ export type Input =
   | { type: 'retry' }
   /** One heartbeat interval passed. */
   | { type: 'tick' }
-  /** What the node-local file made of the handles' last keep. */
+  /** What the node-local file made of the handles' last keep (every `keep-later`, and a failed or recovering `keep`). */
   | { type: 'kept'; hs: CoreHandle[]; error: string | undefined };
 
 export type Intent =
   | { kind: 'send'; msg: Message }
   /** Write the handle's requestId and instance to the node-local file, durably, before any later send. */
   | { kind: 'keep'; h: CoreHandle }
+  /**
+   * Write the handle to the node-local file soon, without holding back anything of this step: nothing
+   * sent or told depends on it being on disk. One per handle is pending at a time; the shell answers
+   * with `kept` once it was written (or failed).
+   */
+  | { kind: 'keep-later'; h: CoreHandle }
   | { kind: 'forget'; requestId: string }
   | { kind: 'changed'; h: CoreHandle; from: HandleState; to: HandleState; event: LifecycleEvent | 'IO' }
   | { kind: 'durability'; h: CoreHandle }

@@ -102,11 +102,12 @@ export class Checker {
   private readonly acked: Array<{ e: Ev<'ok'>; bytes: string }> = [];
   private readonly handleState = new Map<string, { proc: string; target: string; state: string }>();
   /**
-   * Per target and read requestId: the version the store granted its latest open with, and the
-   * newest such version its application was told of (the open returned to it). From then on the node
-   * owes that version to every resume of the requestId, a reclaim after a restart included.
+   * Per target and read requestId: the version the store granted its latest open with, the version
+   * it granted its latest resume with, and the newest version the node is proven to have received
+   * and kept (see readDenied). From then on the node owes that version to every resume of the
+   * requestId, a reclaim after a restart included.
    */
-  private readonly readers = new Map<string, { opened?: number; told?: number }>();
+  private readonly readers = new Map<string, { opened?: number; resumed?: number; told?: number }>();
   /** What applications may read, per target. */
   private readonly models = new Map<string, TargetModel>();
   private readonly modelWrites = new Map<number, ModelWrite>();
@@ -209,11 +210,12 @@ export class Checker {
   }
 
   private grant(e: Ev<'grant'>): void {
-    if (e.mode === 'read' && e.via === 'open') {
+    if (e.mode === 'read') {
       const key = `${e.target}\u0000${e.requestId}`;
-      const r = this.readers.get(key);
-      if (r) r.opened = e.version;
-      else this.readers.set(key, { opened: e.version });
+      let r = this.readers.get(key);
+      if (!r) this.readers.set(key, (r = {}));
+      if (e.via === 'open') r.opened = e.version;
+      else r.resumed = e.version;
     }
     if (e.mode === 'read') {
       // S1 for readers: a granted resume means nothing was written since the version the reader saw.
@@ -264,21 +266,32 @@ export class Checker {
 
   /**
    * L1 for readers. The version a resume carries is the node's claim of what the reader saw, and a
-   * node that lost the version its open was granted with (and carries 0, say) makes every later write
-   * look like a reason to deny. So the denial is judged against the store's own account first: the
-   * version it granted the requestId's open with, once the application was told of that open (before
-   * that, a crash may rightly lose it). A reader has seen at least that version, so if nothing was
-   * written after it, nothing changed under the reader and the denial is needless; a resume that
-   * carried an older version says the node forgot what the store granted. Then, as before, against
-   * the version the resume carried (which reads may have moved past the open's).
+   * node that lost a version the store granted (and carries 0, say, or an older one) makes every
+   * write since look like a reason to deny. So the denial is judged against the store's own account
+   * first: the newest version the store granted the requestId, by its open or by a resume, once the
+   * history proves the node received that grant and had kept it:
+   *  - an open (or a reclaim, which the store grants as a resume) once it returned to the application
+   *    (`ok` of the open); before that, a crash may rightly lose it;
+   *  - a resume once the handle was seen `active` again (its `state` event): the node agent keeps a
+   *    reader's new version and fsyncs it in the same batch, before it tells the application, so a
+   *    handle seen active has that version on disk. A grant whose answer never arrived (the agent
+   *    died on it, the link dropped it) is not counted.
+   * Versions learned from read answers are not counted, although the history shows them (`read`,
+   * `ok`): the node keeps such a version without holding back the read's answer, so a crash right
+   * after the answer may rightly lose it, and the history cannot tell when that keep reached the
+   * disk. The reader's next resume carries it and, once granted and seen active, counts.
+   * A reader has seen at least the counted version, so if nothing was written after it, nothing
+   * changed under the reader and the denial is needless; a resume that carried an older version says
+   * the node forgot what the store granted. Then, as before, against the version the resume carried
+   * (which reads may have moved past the granted one).
    */
   private readDenied(e: Ev<'deny'>, s: TargetState): void {
     const writtenAfter = (v: number) => s.applied.some((w) => w.version > v);
     const told = this.readers.get(`${e.target}\u0000${e.requestId}`)?.told;
     const carried = e.seenVersion;
     if (told !== undefined && !writtenAfter(told)) {
-      const why = carried === undefined ? 'carrying no version' : carried < told ? `carrying version ${carried}, older than the version the store granted its open with: the node lost it` : `carrying version ${carried}`;
-      this.violate('L1', e, e.target, `read resume of ${e.requestId} denied ${e.reason}, but ${e.target} was not written after version ${told}, which the store granted its open with (${why})`);
+      const why = carried === undefined ? 'carrying no version' : carried < told ? `carrying version ${carried}, older than the version the store granted it: the node lost it` : `carrying version ${carried}`;
+      this.violate('L1', e, e.target, `read resume of ${e.requestId} denied ${e.reason}, but ${e.target} was not written after version ${told}, which the store granted it with and its node received (${why})`);
     } else if (carried !== undefined && !writtenAfter(carried)) {
       this.violate('L1', e, e.target, `read resume of ${e.requestId} denied ${e.reason}, but ${e.target} was not written after version ${carried}, which the resume carried`);
     }
@@ -307,8 +320,9 @@ export class Checker {
     const inv = this.pending.get(e.id);
     this.pending.delete(e.id);
     if (e.op === 'open') {
+      // A fresh open was granted by an open, a reclaim by a resume: either way the node kept it.
       const r = this.readers.get(`${e.target}\u0000${e.requestId}`);
-      if (r?.opened !== undefined) r.told = Math.max(r.told ?? r.opened, r.opened);
+      if (r) this.told(r);
     }
     // Checked at the end: with processes on one host, an acknowledgement and the store's record
     // of the write may carry the same millisecond.
@@ -341,8 +355,20 @@ export class Checker {
     }
   }
 
+  /** The node received the reader's latest grants and kept their versions: it owes the newest from now on. */
+  private told(r: { opened?: number; resumed?: number; told?: number }): void {
+    for (const v of [r.opened, r.resumed]) if (v !== undefined) r.told = Math.max(r.told ?? v, v);
+    r.opened = undefined;
+    r.resumed = undefined;
+  }
+
   private state(e: Ev<'state'>): void {
     this.handleState.set(`${e.proc}\u0000${e.requestId}`, { proc: e.proc, target: e.target, state: e.to });
+    // A handle becomes active again only through a granted resume that reached its node.
+    if (e.to === 'active') {
+      const r = this.readers.get(`${e.target}\u0000${e.requestId}`);
+      if (r?.resumed !== undefined) this.told(r);
+    }
     // Storage has been reachable since the heal: a pause must end with an answer, not a timeout.
     const healedAt = this.healedAt;
     if (e.to === 'invalidated' && e.reason === 'TIMEOUT' && healedAt !== undefined && e.t > healedAt + HEAL_GRACE_MS && !this.crashed.has(e.proc)) {

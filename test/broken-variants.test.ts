@@ -248,6 +248,27 @@ class ReadOpenKeptOnce extends FileKeptIds {
 }
 const readOpenKeptOnce = (dir: string, node: string, disk: KeptDisk) => new ReadOpenKeptOnce(dir, node, disk);
 
+/**
+ * A node-local requestId file that takes a reader's entry twice at most: when its open is kept before
+ * the store answered, and again with the version the store granted it. Later versions, those of a
+ * granted resume or of read answers, never reach it, so a reclaim after a restart resumes with the
+ * open's version and is denied MODIFIED although nothing was written since the version the store
+ * last granted the reader (the bug fixed in "A reader's node keeps the newest version it saw").
+ */
+class ReadVersionKeptAtOpen extends FileKeptIds {
+  private readonly puts = new Map<string, number>();
+  override apply(changes: KeptChanges): void {
+    const put = changes.put.filter((h) => {
+      if (h.mode !== 'read') return true;
+      const n = (this.puts.get(h.requestId) ?? 0) + 1;
+      this.puts.set(h.requestId, n);
+      return n <= 2;
+    });
+    super.apply({ put, remove: changes.remove });
+  }
+}
+const readVersionKeptAtOpen = (dir: string, node: string, disk: KeptDisk) => new ReadVersionKeptAtOpen(dir, node, disk);
+
 /** Run seeds until the checker reports `g`; return the seed that showed it. */
 async function findViolation(g: Guarantee, opts: ScheduleOptions, maxSeeds = 40, about?: RegExp): Promise<number | undefined> {
   for (let seed = 1; seed <= maxSeeds; seed++) {
@@ -304,6 +325,12 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
     // Readers are reclaimed after application and agent restarts; a partition of the writer's node
     // leaves their targets unwritten in between.
     expect(await findViolation('L1', { makeKept: readOpenKeptOnce, kinds: kinds('app-restart', 'agent-restart', 'partition') }, 40, /read resume/)).toBeDefined();
+  }, 120_000);
+
+  it('L1: a node that never keeps a reader\'s version past the one its open was granted (within 40 seeds)', async () => {
+    // The reader resumes after a partition at the version it read last; then it, or its agent, restarts.
+    const opts: ScheduleOptions = { makeKept: readVersionKeptAtOpen, kinds: kinds('app-restart', 'agent-restart', 'partition') };
+    expect(await findViolation('L1', opts, 40, /read resume/)).toBeDefined();
   }, 120_000);
 
   it('L2: a store whose resume path is always unavailable', async () => {

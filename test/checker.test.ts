@@ -254,6 +254,31 @@ describe('checker: a reader\'s denial is judged against the version the store gr
     expect(check(h)).toEqual([]);
   });
 
+  const readResumed = (version: number) => at({ kind: 'grant', replica: R, target: T, requestId: Z, session: 'z2', mode: 'read', via: 'resume', fresh: false, version, seenVersion: version });
+  const readerActive = () => at({ kind: 'state', proc: 'r', target: T, requestId: Z, to: 'active' });
+  const readerInvoke = (id: number) => at({ kind: 'invoke', id, proc: 'r', op: 'read', target: T, requestId: Z, offset: 0, length: 2 });
+  const readerOk = (id: number) => at({ kind: 'ok', id, proc: 'r', op: 'read', target: T, requestId: Z, bytes: 'y3' });
+  /** Opened at version 1; Y writes versions 2 and 3. */
+  const openedAt1 = () => [grant(Y, 'y1'), wrote(1, 1), openInvoke(1), readOpen(1), openOk(1), wrote(2, 2), wrote(3, 3)];
+
+  it('L1: a resume granted at version 3 that reached the node, then a reclaim carrying the open\'s version 1 denied', () => {
+    t = 0;
+    const v = check([...openedAt1(), readResumed(3), readerActive(), readDeny(1, 3)]);
+    expect(v.map((x) => x.guarantee)).toEqual(['L1']);
+    expect(v[0]!.message).toMatch(/not written after version 3.*carrying version 1, older/);
+  });
+
+  it('a resume grant the node never received (no active state after it) is not held against a later denial', () => {
+    t = 0;
+    expect(check([...openedAt1(), readResumed(3), readDeny(1, 3)])).toEqual([]);
+  });
+
+  it('a version learned from a read answer alone is not held against a later denial (its keep may not be on disk yet)', () => {
+    t = 0;
+    // (Y's writes are the store's side only, so the read model has nothing to compare the bytes with.)
+    expect(check([...openedAt1(), readerInvoke(2), readerOk(2), readDeny(1, 3)]).filter((v) => v.guarantee === 'L1')).toEqual([]);
+  });
+
   it('L1: a resume carrying the version the reader last read, denied although nothing was written after it', () => {
     t = 0;
     // Opened at version 1, read on to version 3: the carried version is the one that counts.

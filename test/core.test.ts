@@ -26,6 +26,7 @@ function handle(over: Partial<CoreHandle> = {}): CoreHandle {
     state: 'opening',
     reason: undefined,
     version: 0,
+    keptVersion: 0,
     size: 0,
     nextSeq: 1,
     ops: [],
@@ -257,6 +258,60 @@ describe('the node-local file (finding 5)', () => {
     w.step({ type: 'kept', hs: [h], error: undefined });
     expect(w.step({ type: 'tick' })).toEqual([]);
     expect(h.durable).toBe(true);
+  });
+});
+
+describe('a reader keeps the newest version it saw (L1 after a restart)', () => {
+  const R = 'r'.repeat(21);
+  const read = (w: ReturnType<typeof world>, h: CoreHandle): Op => {
+    const op: Op = { kind: 'read', seq: 0, offset: 0, length: 4, data: undefined, inflight: 0, sent: false, resends: 0, settle: { resolve: () => undefined, reject: () => undefined } };
+    w.step({ type: 'io', h, op });
+    return op;
+  };
+  const answer = (w: ReturnType<typeof world>, version: number) => w.step({ type: 'frame', msg: { type: 'data', id: w.lastSent('read').id, version, data: new Uint8Array(4) } });
+
+  it('a read answer at a newer version is settled at once and kept later, once per burst, and never for an unchanged version', () => {
+    const w = world();
+    const h = w.active(handle({ mode: 'read' }));
+    const first = read(w, h);
+    // The answer is settled in the same step, with no keep to wait for; the keep comes later.
+    expect(answer(w, 3).map((i) => i.kind)).toEqual(['settle', 'keep-later']);
+    expect(w.outcomes.get(first)).toMatchObject({ ok: true, value: { version: 3 } });
+    // More reads before the file answered: newer versions ride on the pending keep, which writes the newest.
+    read(w, h);
+    expect(answer(w, 4).map((i) => i.kind)).toEqual(['settle']);
+    expect(h.keptVersion).toBe(4);
+    w.step({ type: 'kept', hs: [h], error: undefined });
+    // Nothing changed: nothing to keep.
+    read(w, h);
+    expect(answer(w, 4).map((i) => i.kind)).toEqual(['settle']);
+    read(w, h);
+    expect(answer(w, 5).map((i) => i.kind)).toEqual(['settle', 'keep-later']);
+  });
+
+  it('a resume granted at a version the file does not hold for sure is kept before the handle is active again', () => {
+    const w = world();
+    const h = w.active(handle({ mode: 'read' }));
+    read(w, h);
+    answer(w, 3); // its keep-later is still pending
+    w.step({ type: 'disconnected' });
+    w.step({ type: 'ready', session: 's2' });
+    const resume = w.lastSent('resume');
+    expect(resume.items[0]!.version).toBe(3);
+    const out = w.step({ type: 'frame', msg: { type: 'resumed', id: resume.id, results: [{ target: 'vm1.disk', requestId: R, granted: true, version: 3, lastSeq: 0 }] } });
+    expect(out.map((i) => i.kind).slice(0, 2)).toEqual(['keep', 'changed']);
+    // Once kept, a later grant at the same version asks for nothing.
+    w.step({ type: 'disconnected' });
+    w.step({ type: 'ready', session: 's3' });
+    const again = w.step({ type: 'frame', msg: { type: 'resumed', id: w.lastSent('resume').id, results: [{ target: 'vm1.disk', requestId: R, granted: true, version: 3, lastSeq: 0 }] } });
+    expect(again.some((i) => i.kind === 'keep' || i.kind === 'keep-later')).toBe(false);
+  });
+
+  it('a writer\'s reads keep nothing', () => {
+    const w = world();
+    const h = w.active(handle());
+    read(w, h);
+    expect(answer(w, 3).map((i) => i.kind)).toEqual(['settle']);
   });
 });
 
