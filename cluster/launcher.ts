@@ -345,8 +345,8 @@ export class Launcher {
 
   /**
    * Each paused or resuming handle's lock, from the store: `renewed` while the session holding it lives
-   * (no hold period runs), `running` with the time left once that session is lost (`holdLeftMs`,
-   * unknown over etcd, whose lease decides), `lapsed` (another writer may take the target; the
+   * (no hold period runs), `running` with the time left once that session is lost (`holdLeftMs`;
+   * over etcd the TTL of that session's lease, in whole seconds), `lapsed` (another writer may take the target; the
    * handle's resume is granted until one does), or `taken` (another requestId holds it, or nobody).
    * Other handles get `null`; so does every handle if the store does not answer within 2 s.
    */
@@ -360,14 +360,15 @@ export class Launcher {
     try {
       store = openStore(this.storeSpec);
       const s = store;
-      const read = Promise.all(away.map(async (h) => ({ h, rec: await s.record(h.target) })));
+      // Over etcd the session's lease decides when a lock lapses: its TTL says how long it has left.
+      const read = Promise.all(away.map(async (h) => ({ h, rec: await s.record(h.target), left: s instanceof EtcdStore ? await s.lockLeftMs(h.target) : undefined })));
       const found = await Promise.race([read, new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2000)))]);
       if (!found) return;
       const now = 'storeNow' in s && typeof s.storeNow === 'function' ? (s.storeNow as () => number)() : undefined;
-      for (const { h, rec } of found) {
+      for (const { h, rec, left } of found) {
         if (!rec || rec.requestId !== h.requestId) h.hold = 'taken';
         else if (live.has(rec.session)) h.hold = 'renewed';
-        else if (now === undefined) h.hold = 'running';
+        else if (now === undefined) Object.assign(h, left === undefined ? { hold: 'running' } : left > 0 ? { hold: 'running', holdLeftMs: left } : { hold: 'lapsed' });
         else if (rec.expiresAt > now) Object.assign(h, { hold: 'running', holdLeftMs: rec.expiresAt - now });
         else h.hold = 'lapsed';
       }

@@ -713,6 +713,18 @@ export class EtcdStore implements Store {
     return states.get(target)!.tombstones;
   }
 
+  /**
+   * For inspection: how long the target's lock has left if its session stops renewing it, from the
+   * TTL etcd gives the session's lease (whole seconds); 0 once it lapsed, or if no lease holds it.
+   */
+  async lockLeftMs(target: string): Promise<number> {
+    const { states } = await this.readTargets([target], []);
+    const s = states.get(target)!;
+    if (!s.live || s.lockLease === '0') return 0;
+    const res = await this.call('lease ttl', () => this.client.leaseClient.leaseTimeToLive({ ID: s.lockLease, keys: false }));
+    return Math.max(0, Number(res.TTL) * 1000);
+  }
+
   /** For inspection and tests: whether the target's lock is live (its key still hangs on a lease). */
   async locked(target: string): Promise<boolean> {
     const { states } = await this.readTargets([target], []);

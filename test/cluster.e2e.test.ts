@@ -547,7 +547,7 @@ describe('safe-resume up --store etcd', () => {
       });
 
   it('runs the replicas over a local 3-member etcd; a killed member (a quorum stays) stops nothing; down stops the members too', async () => {
-    p = startCluster(d, ['--store', 'etcd', '--replicas', '2', '--nodes', '1', '--apps', '1']);
+    p = startCluster(d, ['--store', 'etcd', '--replicas', '2', '--nodes', '1', '--apps', '1', '--hold-ms', '4000']);
     await until('up', () => existsSync(join(d, 'control.json')), 40_000);
     expect(printed.get(d)).toMatch(/^ {2}etcd-1 +127\.0\.0\.1:\d+$/m);
     const s = st();
@@ -562,6 +562,17 @@ describe('safe-resume up --store etcd', () => {
     expect(execFileSync('node', [CLI, 'restart', 'etcd-1', '--dir', d], { encoding: 'utf8' })).toMatch(/restarted: etcd-1/);
     expect(st().etcd[0]!.state).toBe('running');
     expect(etcdPids()).toHaveLength(3);
+    // A node partitioned: once its session is lost, status tells how long the hold has left, from the
+    // session lease's TTL at etcd (whole seconds), until the lock lapses.
+    execFileSync('node', [CLI, 'partition', 'node-1', '--dir', d], { encoding: 'utf8' });
+    const holds: string[] = [];
+    await until('a hold running down, then lapsed', () => {
+      const h = st().handles[0] as Status['handles'][number] & { hold: string | null; holdLeftMs: number | null };
+      holds.push(`${h.hold}${h.holdLeftMs !== null ? `:${h.holdLeftMs}` : ''}`);
+      return h.hold === 'lapsed';
+    }, 40_000);
+    expect(holds.some((x) => /^running:\d+$/.test(x)), holds.join(' ')).toBe(true);
+    execFileSync('node', [CLI, 'heal', 'node-1', '--dir', d], { encoding: 'utf8' });
     execFileSync('node', [CLI, 'down', '--dir', d], { encoding: 'utf8' });
     await until('the launcher to exit', () => p!.exitCode !== null, 30_000);
     expect(etcdPids()).toEqual([]);
