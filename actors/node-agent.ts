@@ -348,7 +348,7 @@ export class NodeAgent {
         for (const h of this.later) {
           const kept = last.get(h.requestId);
           if (kept === h) along.push(h);
-          else if (kept === undefined && this.core.handles.get(h.requestId) === h) {
+          else if (kept === undefined && this.stillKept(h)) {
             last.set(h.requestId, h);
             along.push(h);
           }
@@ -361,18 +361,25 @@ export class NodeAgent {
   }
 
   /**
-   * Write the keeps that wait for later, in one batch. A handle the core let go of since (closed,
-   * invalidated, its application gone, or another handle now holds its requestId) is skipped: its
-   * entry is the business of whatever let it go.
+   * Write the keeps that wait for later, in one batch, skipping a handle no longer kept (stillKept).
    */
   private keepLater(): void {
     this.laterTimer = undefined;
     if (this.stopped || this.later.size === 0) return;
-    const hs = [...this.later].filter((h) => this.core.handles.get(h.requestId) === h);
+    const hs = [...this.later].filter((h) => this.stillKept(h));
     this.later.clear();
     if (hs.length === 0) return;
     // A failure is reported by persist (the handles are then kept again on every tick).
     if (this.persist(new Map(hs.map((h) => [h.requestId, h])))) this.step({ type: 'kept', hs, error: undefined });
+  }
+
+  /**
+   * Whether a keep asked for later may still be written: the core holds the handle and it is open. A
+   * handle closing or closed had its entry forgotten (writing it back would let the application's
+   * next open reclaim a closed requestId); one invalidated or gone is the business of what let it go.
+   */
+  private stillKept(h: CoreHandle): boolean {
+    return this.core.handles.get(h.requestId) === h && (h.state === 'active' || h.state === 'paused' || h.state === 'resuming');
   }
 
   /** Write and fsync one batch; false (and the core told, for the handles it puts) if the disk refused it. */

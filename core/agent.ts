@@ -130,6 +130,8 @@ export class AgentCore extends CoreBase {
   private close(h: CoreHandle): void {
     if (h.state === 'closing' || h.state === 'closed' || h.state === 'opening') return;
     this.out.push({ kind: 'forget', requestId: h.requestId });
+    // A keep asked for later is void once the entry is forgotten (the shell skips a closing handle too).
+    this.keepingLater.delete(h);
     if (h.state === 'active' && this.session) {
       this.to(h, 'CLOSE');
       // Writes already sent are answered before the close on the same connection; nothing is queued while active.
@@ -346,7 +348,8 @@ export class AgentCore extends CoreBase {
     // written after it (then nothing changed under the reader at all), and denies MODIFIED otherwise,
     // so the reader reloads; an older version never makes the store grant what it should deny. The
     // next resume's grant keeps the version before the resume is acknowledged (see grant).
-    if (msg.type === 'data' && h.mode === 'read' && h.keptVersion !== h.version) this.keepLater(h);
+    // Only for a handle still open: a read answered while it closes must not bring its entry back.
+    if (msg.type === 'data' && h.mode === 'read' && h.state === 'active' && h.keptVersion !== h.version) this.keepLater(h);
   }
 
   private refused(msg: MessageOf<'error'>): void {
