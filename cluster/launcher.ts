@@ -19,7 +19,7 @@ import { Application } from '../actors/application.js';
 import { formatCredential, issueCredential, loadOrCreateSecret } from '../actors/auth.js';
 import { NodeAgent } from '../actors/node-agent.js';
 import { SafeResumeError } from '../errors.js';
-import { SqliteStore } from '../store/sqlite.js';
+import { peekSqlite, SqliteStore } from '../store/sqlite.js';
 import { EtcdStore } from '../store/etcd.js';
 import { openStore, parseStoreSpec } from '../store/open.js';
 import type { LockRecord, Store, Tombstone } from '../store/types.js';
@@ -355,39 +355,49 @@ export class Launcher {
     const away = handles.filter((h) => (h.state === 'paused' || h.state === 'resuming') && h.requestId).slice(0, 100);
     if (away.length === 0) return;
     const live = new Set(this.liveSessions().map((x) => x.id));
-    let timer: NodeJS.Timeout | undefined;
-    let store: Store | undefined;
-    try {
-      store = openStore(this.storeSpec);
-      const s = store;
-      // Over etcd the session's lease decides when a lock lapses: its TTL says how long it has left.
-      const read = Promise.all(away.map(async (h) => ({ h, rec: await s.record(h.target), left: s instanceof EtcdStore ? await s.lockLeftMs(h.target) : undefined })));
-      const found = await Promise.race([read, new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2000)))]);
-      if (!found) return;
-      const now = 'storeNow' in s && typeof s.storeNow === 'function' ? (s.storeNow as () => number)() : undefined;
-      for (const { h, rec, left } of found) {
-        if (!rec || rec.requestId !== h.requestId) h.hold = 'taken';
-        else if (live.has(rec.session)) h.hold = 'renewed';
-        else if (now === undefined) Object.assign(h, left === undefined ? { hold: 'running' } : left > 0 ? { hold: 'running', holdLeftMs: left } : { hold: 'lapsed' });
-        else if (rec.expiresAt > now) Object.assign(h, { hold: 'running', holdLeftMs: rec.expiresAt - now });
-        else h.hold = 'lapsed';
-      }
-    } catch {
-      // the store cannot be read now: the holds stay unknown (null)
-    } finally {
-      clearTimeout(timer);
-      void store?.shutdown().catch(() => undefined);
+    const found = await this.peek([...new Set(away.map((h) => h.target))], true).catch(() => undefined);
+    if (!found) return; // the store cannot be read now: the holds stay unknown (null)
+    for (const h of away) {
+      const { record: rec, left } = found.targets.get(h.target)!;
+      if (!rec || rec.requestId !== h.requestId) h.hold = 'taken';
+      else if (live.has(rec.session)) h.hold = 'renewed';
+      else if (found.now === undefined) Object.assign(h, left === undefined ? { hold: 'running' } : left > 0 ? { hold: 'running', holdLeftMs: left } : { hold: 'lapsed' });
+      else if (rec.expiresAt > found.now) Object.assign(h, { hold: 'running', holdLeftMs: rec.expiresAt - found.now });
+      else h.hold = 'lapsed';
     }
   }
 
-  /** The target's lock record, read from the store, and the store's now when its clock can be read here. */
+  /** The target's lock record and tombstones, read from the store, and the store's now when its clock can be read here. */
   private async holder(target: string): Promise<{ record: LockRecord | undefined; tombstones: Tombstone[]; now: number | undefined }> {
+    const { targets, now } = await this.peek([target], false);
+    return { ...targets.get(target)!, now };
+  }
+
+  /**
+   * What the store holds of `targets`, for inspection, within 2 s. SQLite is read through a read-only
+   * connection that waits for nothing (a replica holding the write lock cannot stall the launcher);
+   * etcd through a client of its own, with each lock's time left from its session lease (`left`).
+   */
+  private async peek(targets: string[], withLeft: boolean): Promise<{ targets: Map<string, { record: LockRecord | undefined; tombstones: Tombstone[]; left?: number }>; now: number | undefined }> {
+    if (parseStoreSpec(this.storeSpec).kind === 'sqlite') {
+      const p = peekSqlite(this.dbPath, targets);
+      return { targets: new Map(targets.map((t) => [t, { record: p.records.get(t), tombstones: p.tombstones.get(t) ?? [] }])), now: p.now };
+    }
     const store = openStore(this.storeSpec);
+    let timer: NodeJS.Timeout | undefined;
     try {
-      const [record, tombstones] = await Promise.all([store.record(target), store.tombstones(target)]);
-      return { record, tombstones, now: 'storeNow' in store && typeof store.storeNow === 'function' ? (store.storeNow as () => number)() : undefined };
+      const read = Promise.all(
+        targets.map(async (t) => {
+          const [record, tombstones, left] = await Promise.all([store.record(t), store.tombstones(t), withLeft && store instanceof EtcdStore ? store.lockLeftMs(t) : undefined]);
+          return [t, { record, tombstones, ...(left !== undefined ? { left } : {}) }] as const;
+        }),
+      );
+      const found = await Promise.race([read, new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2000)))]);
+      if (!found) throw new Error('the store did not answer within 2 s');
+      return { targets: new Map(found), now: 'storeNow' in store && typeof store.storeNow === 'function' ? (store.storeNow as () => number)() : undefined };
     } finally {
-      await store.shutdown().catch(() => undefined);
+      clearTimeout(timer);
+      void store.shutdown().catch(() => undefined);
     }
   }
 
@@ -696,7 +706,7 @@ export class Launcher {
       }
     }
     // The holders before: whose lock lapsed and who took the target then, or who closed it.
-    for (const t of tombstones) lines.push(`  earlier   requestId ${t.requestId}, writes applied up to seq ${t.lastSeq}: ${t.takenBy ? `its lock lapsed; ${takenOver(t.takenBy, now)}` : 'closed by its holder'}`);
+    for (const t of tombstones) lines.push(`  earlier   requestId ${t.requestId}, writes applied up to seq ${t.lastSeq}: ${t.takenBy ? `its lock lapsed; ${takenOver(t.takenBy, now)}` : 'closed by its holder (or taken over before the store kept who took it)'}`);
     for (const h of handles) {
       const why = h.state === 'paused' || h.state === 'resuming' ? `: its node is ${h.nodeState}${h.partitioned ? ' (partitioned)' : ''}${h.nodeReplica ? ` on ${h.nodeReplica}` : ''}` : '';
       lines.push(`  handle    ${h.node}/${h.app} ${h.state}${h.reason ? ` (${h.reason})` : ''}${h.requestId ? ` requestId ${h.requestId}` : ''}${h.holds ? ', the holder' : ''}${why}`);

@@ -53,6 +53,35 @@ interface RecordRow {
   prev_instance: string;
 }
 
+function recordOf(r: RecordRow): LockRecord {
+  return { target: r.target, requestId: r.request_id, principal: r.principal, session: r.session, expiresAt: r.expires_at, lastSeq: r.last_seq, instance: r.instance, instanceSeq: r.instance_seq, prevInstance: r.prev_instance };
+}
+
+/**
+ * For inspection (the launcher's `status` and `explain`): each target's record and tombstones, read
+ * through a read-only connection that sets nothing up and waits at most `waitMs` for the file, so a
+ * replica holding the write lock (a store that is dismounted, busy or being rebooted) cannot stall
+ * the reader: in WAL mode readers do not wait for writers. `now` is the store's clock (this host's).
+ */
+export function peekSqlite(path: string, targets: string[], waitMs = 500): { records: Map<string, LockRecord | undefined>; tombstones: Map<string, Tombstone[]>; now: number } {
+  const db = new Database(path, { readonly: true, fileMustExist: true, timeout: waitMs });
+  try {
+    const rec = db.prepare<[string], RecordRow>('SELECT * FROM records WHERE target = ?');
+    const tombs = db.prepare<[string], { list: string }>('SELECT list FROM tombstones WHERE target = ?');
+    const records = new Map<string, LockRecord | undefined>();
+    const tombstones = new Map<string, Tombstone[]>();
+    for (const t of targets) {
+      const r = rec.get(t);
+      records.set(t, r && recordOf(r));
+      const l = tombs.get(t);
+      tombstones.set(t, l ? (JSON.parse(l.list) as Tombstone[]) : []);
+    }
+    return { records, tombstones, now: hostClock().now() };
+  } finally {
+    db.close();
+  }
+}
+
 export class SqliteStore extends TxStore {
   readonly kind = 'sqlite';
   private readonly db: Database.Database;
@@ -116,19 +145,7 @@ export class SqliteStore extends TxStore {
     this.txImpl = {
       getRecord: (t) => {
         const r = getRecord.get(t);
-        return (
-          r && {
-            target: r.target,
-            requestId: r.request_id,
-            principal: r.principal,
-            session: r.session,
-            expiresAt: r.expires_at,
-            lastSeq: r.last_seq,
-            instance: r.instance,
-            instanceSeq: r.instance_seq,
-            prevInstance: r.prev_instance,
-          }
-        );
+        return r && recordOf(r);
       },
       putRecord: (r: LockRecord) => {
         putRecord.run(r.target, r.requestId, r.principal, r.session, r.expiresAt, r.lastSeq, r.instance, r.instanceSeq, r.prevInstance);
