@@ -306,6 +306,12 @@ export class EtcdStore implements Store {
       let bytes = 0;
       for (const it of this.queue) {
         const fresh = !targets.has(it.target);
+        // A batch with its most targets takes no other: the rest of the queue waits as it is, and only
+        // the items of its own targets are looked at (a long queue is walked once per batch).
+        if (fresh && targets.size >= MAX_BATCH_TARGETS) {
+          rest.push(it);
+          continue;
+        }
         // Puts: the target's own keys once (r, t, v, l), its pages, its log lines.
         const cost = (fresh ? 4 : 0) + it.touch + (this.log ? 2 : 0);
         const fits =
