@@ -612,7 +612,7 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   if (values.target !== undefined && cmd !== 'events') throw new UsageError('--target is for events');
   if (cmd === 'status') path = '/status?hold=1';
   else if (cmd === 'export') path = '/status';
-  if (cmd === 'events') path = `/events${values.target !== undefined ? `?target=${encodeURIComponent(values.target)}` : ''}`;
+  else if (cmd === 'events') path = `/events${values.target !== undefined ? `?target=${encodeURIComponent(values.target)}` : ''}`;
   let res: Response;
   try {
     const authorization = `Bearer ${token}`;

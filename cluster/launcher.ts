@@ -22,7 +22,7 @@ import { SafeResumeError } from '../errors.js';
 import { peekSqlite, SqliteStore } from '../store/sqlite.js';
 import { EtcdStore } from '../store/etcd.js';
 import { openStore, parseStoreSpec } from '../store/open.js';
-import type { LockRecord, Store, Tombstone } from '../store/types.js';
+import type { LockRecord, Tombstone } from '../store/types.js';
 import { Timeline, type TimelineEvent } from './timeline.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
@@ -376,7 +376,8 @@ export class Launcher {
   /**
    * What the store holds of `targets`, for inspection, within 2 s. SQLite is read through a read-only
    * connection that waits for nothing (a replica holding the write lock cannot stall the launcher);
-   * etcd through a client of its own, with each lock's time left from its session lease (`left`).
+   * etcd through a client of its own, with each lock's time left from its session lease (`left`);
+   * etcd's records are on the wall clock, so no store clock is returned for it (`now`).
    */
   private async peek(targets: string[], withLeft: boolean): Promise<{ targets: Map<string, { record: LockRecord | undefined; tombstones: Tombstone[]; left?: number }>; now: number | undefined }> {
     if (parseStoreSpec(this.storeSpec).kind === 'sqlite') {
@@ -394,7 +395,7 @@ export class Launcher {
       );
       const found = await Promise.race([read, new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2000)))]);
       if (!found) throw new Error('the store did not answer within 2 s');
-      return { targets: new Map(found), now: 'storeNow' in store && typeof store.storeNow === 'function' ? (store.storeNow as () => number)() : undefined };
+      return { targets: new Map(found), now: undefined };
     } finally {
       clearTimeout(timer);
       void store.shutdown().catch(() => undefined);

@@ -53,6 +53,9 @@ interface RecordRow {
   prev_instance: string;
 }
 
+const SELECT_RECORD = 'SELECT * FROM records WHERE target = ?';
+const SELECT_TOMBSTONES = 'SELECT list FROM tombstones WHERE target = ?';
+
 function recordOf(r: RecordRow): LockRecord {
   return { target: r.target, requestId: r.request_id, principal: r.principal, session: r.session, expiresAt: r.expires_at, lastSeq: r.last_seq, instance: r.instance, instanceSeq: r.instance_seq, prevInstance: r.prev_instance };
 }
@@ -66,8 +69,8 @@ function recordOf(r: RecordRow): LockRecord {
 export function peekSqlite(path: string, targets: string[], waitMs = 500): { records: Map<string, LockRecord | undefined>; tombstones: Map<string, Tombstone[]>; now: number } {
   const db = new Database(path, { readonly: true, fileMustExist: true, timeout: waitMs });
   try {
-    const rec = db.prepare<[string], RecordRow>('SELECT * FROM records WHERE target = ?');
-    const tombs = db.prepare<[string], { list: string }>('SELECT list FROM tombstones WHERE target = ?');
+    const rec = db.prepare<[string], RecordRow>(SELECT_RECORD);
+    const tombs = db.prepare<[string], { list: string }>(SELECT_TOMBSTONES);
     const records = new Map<string, LockRecord | undefined>();
     const tombstones = new Map<string, Tombstone[]>();
     for (const t of targets) {
@@ -117,14 +120,14 @@ export class SqliteStore extends TxStore {
       this.db.close();
       throw err;
     }
-    const getRecord = this.db.prepare<[string], RecordRow>('SELECT * FROM records WHERE target = ?');
+    const getRecord = this.db.prepare<[string], RecordRow>(SELECT_RECORD);
     const putRecord = this.db.prepare(
       'INSERT INTO records (target, request_id, principal, session, expires_at, last_seq, instance, instance_seq, prev_instance) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ' +
         'ON CONFLICT(target) DO UPDATE SET request_id = excluded.request_id, principal = excluded.principal, ' +
         'session = excluded.session, expires_at = excluded.expires_at, last_seq = excluded.last_seq, ' +
         'instance = excluded.instance, instance_seq = excluded.instance_seq, prev_instance = excluded.prev_instance',
     );
-    const getTombs = this.db.prepare<[string], { list: string }>('SELECT list FROM tombstones WHERE target = ?');
+    const getTombs = this.db.prepare<[string], { list: string }>(SELECT_TOMBSTONES);
     const putTombs = this.db.prepare('INSERT INTO tombstones (target, list) VALUES (?, ?) ON CONFLICT(target) DO UPDATE SET list = excluded.list');
     const deleteRecord = this.db.prepare('DELETE FROM records WHERE target = ?');
     const getMeta = this.db.prepare<[string], { size: number; version: number; fixed: number }>('SELECT size, version, fixed FROM target_versions WHERE target = ?');
