@@ -46,6 +46,12 @@ export interface KeptIds {
   apply(changes: KeptChanges): void;
   /** Let go of the file (what is kept stays on disk). */
   close?(): void;
+  /**
+   * Count one more start of the node agent, durably, and return the count: the agent's hand-over
+   * counters start above every one an earlier start sent. `error`: the disk's, when the count could
+   * not be kept (it is counted all the same; a later start may then count it again).
+   */
+  nextBoot?(): { boot: number; error?: Error | undefined };
 }
 
 /**
@@ -121,6 +127,10 @@ export const nodeDisk: KeptDisk = {
 
 export class MemoryKeptIds implements KeptIds {
   protected readonly byId = new Map<string, KeptHandle>();
+  protected boots = 0;
+  nextBoot(): { boot: number; error?: Error | undefined } {
+    return { boot: ++this.boots };
+  }
   /** app -> target -> requestId, so finding an application's handle does not scan them all (and needs no key string per handle). */
   private readonly byName = new Map<string, Map<string, string>>();
   list(): KeptHandle[] {
@@ -251,7 +261,11 @@ export class FileKeptIds extends MemoryKeptIds {
   /** The file may differ from the view: rewrite it before the next change is acknowledged. */
   private stale = false;
 
-  constructor(dir: string, nodeId: string, disk: KeptDisk = nodeDisk) {
+  constructor(
+    dir: string,
+    private readonly nodeId: string,
+    disk: KeptDisk = nodeDisk,
+  ) {
     super();
     this.dir = dir;
     this.disk = disk;
@@ -279,6 +293,34 @@ export class FileKeptIds extends MemoryKeptIds {
     } catch (err) {
       this.close();
       throw err;
+    }
+  }
+
+  /**
+   * The count of agent starts lives in a file of its own, `<node>.boot`: written aside, fsynced,
+   * renamed over, the directory fsynced. A count that could not be kept is still counted in memory.
+   */
+  override nextBoot(): { boot: number; error?: Error | undefined } {
+    const path = join(this.dir, `${this.nodeId}.boot`);
+    try {
+      if (this.boots === 0 && this.disk.exists(path)) {
+        const n = Number(this.disk.read(path).trim());
+        if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${path}: expected a whole number of agent starts`);
+        this.boots = n;
+      }
+    } catch (err) {
+      return { boot: ++this.boots, error: err as Error };
+    }
+    const boot = ++this.boots;
+    try {
+      const tmp = `${path}.tmp`;
+      this.disk.writeFile(tmp, `${boot}\n`);
+      this.disk.fsyncPath(tmp);
+      this.disk.rename(tmp, path);
+      this.disk.fsyncDir(this.dir);
+      return { boot };
+    } catch (err) {
+      return { boot, error: err as Error };
     }
   }
 

@@ -157,10 +157,25 @@ export class NodeAgent {
       this.startWaiters.push({ resolve, reject });
       if (!this.started) {
         this.started = true;
+        this.countBoot();
         this.session.start();
         this.tick();
       } else if (this.session.getSnapshot().matches('connected')) this.settleStart();
     });
+  }
+
+  /**
+   * One more start of this agent, counted in the node-local file before any request is sent: the
+   * hand-over counters of this start's opens and resumes are above every earlier start's.
+   */
+  private countBoot(): void {
+    const counted = this.kept.nextBoot?.();
+    if (!counted) return;
+    // 2^21 starts of 2^32 requests each stay exact in a double.
+    this.core.epochBase = (counted.boot % 2 ** 21) * 2 ** 32;
+    if (counted.error) {
+      this.env.log.warn({ err: counted.error, boot: counted.boot }, 'the count of agent starts could not be kept on disk; if the agent restarts before it can, a late request from before this start could take a handle back');
+    }
   }
 
   private tick(): void {

@@ -459,20 +459,23 @@ export class StorageReplica {
       if (err instanceof StoreUnavailableError) {
         this.lastStoreError = err.message;
         this.enterDismounted('auto');
-        this.reply(s.conn, id, 'UNAVAILABLE', err.message);
+        // A commit sent and never answered may land: the node must not take this refusal as proof.
+        this.reply(s.conn, id, 'UNAVAILABLE', err.message, undefined, err.maybeApplied);
       } else if (err instanceof SafeResumeError) {
         this.reply(s.conn, id, err.code, err.message);
       } else {
         this.env.log.error({ err, session: s.id }, 'request failed');
-        this.reply(s.conn, id, 'INTERNAL', 'internal error; see the replica log');
+        // Whatever failed may have failed after the store took the request: no proof it was not applied.
+        this.reply(s.conn, id, 'INTERNAL', 'internal error; see the replica log', undefined, true);
       }
     }
   }
 
-  private reply(conn: Connection, id: number | undefined, code: ErrorCode, message: string, lastSeq?: number): void {
+  private reply(conn: Connection, id: number | undefined, code: ErrorCode, message: string, lastSeq?: number, maybeApplied = false): void {
     const err: Message = { type: 'error', code, message, retryable: new SafeResumeError(code).retryable };
     if (id !== undefined) err.id = id;
     if (lastSeq !== undefined) err.lastSeq = lastSeq;
+    if (maybeApplied) err.outcome = 'unknown';
     conn.send(err);
   }
 
@@ -489,7 +492,7 @@ export class StorageReplica {
     this.checkMounted();
     this.checkPrincipal(s, msg.principal);
     if (s.handles.size >= (this.opts.maxHandlesPerSession ?? 100_000)) throw new SafeResumeError('INVALID_ARGUMENT', 'too many handles on this session');
-    const res = await this.store.open({ target: msg.target, requestId: msg.requestId, principal: msg.principal, mode: msg.mode, session: s.id, leaseMs: this.lockMs, instance: msg.instance, size: msg.size });
+    const res = await this.store.open({ target: msg.target, requestId: msg.requestId, principal: msg.principal, mode: msg.mode, session: s.id, leaseMs: this.lockMs, instance: msg.instance, size: msg.size, epoch: msg.epoch });
     if (!res.ok) throw new SafeResumeError(res.code, res.message);
     this.step(this.attach(s, msg.target, msg.requestId, msg.mode, false), { type: 'GRANTED' });
     s.conn.send({ type: 'opened', id: msg.id, version: res.version, lastSeq: res.lastSeq, ...(res.size ? { size: res.size } : {}) });
@@ -528,6 +531,7 @@ export class StorageReplica {
       this.detach(s, it.target, it.requestId);
       const denied: ResumeResult = { target: it.target, requestId: it.requestId, granted: false, reason: out.reason, code: out.code, version: out.version };
       if (out.lastSeq !== undefined) denied.lastSeq = out.lastSeq;
+      if (out.heldEpoch !== undefined) denied.heldEpoch = out.heldEpoch;
       return denied;
     });
     s.conn.send({ type: 'resumed', id: msg.id, results });

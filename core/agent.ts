@@ -210,7 +210,7 @@ export class AgentCore extends CoreBase {
   /** Resume every paused handle in batches that fit a frame, and send the opens that wait. */
   private round(): void {
     for (const h of this.handles.values()) if (h.state === 'opening' && h.pending === 0) this.sendOpen(h);
-    for (const { hs, items } of resumeBatches(this.handles.values())) this.sendResume(hs, items);
+    for (const { hs, items } of resumeBatches(this.handles.values(), this.nextEpoch)) this.sendResume(hs, items);
   }
 
 
@@ -295,6 +295,14 @@ export class AgentCore extends CoreBase {
         granted++;
         return this.grant(h, r.lastSeq ?? 0, r.version, r.size ?? 0);
       }
+      // Denied as late, though sent on this session: this node's counter fell behind its own record
+      // (its count of starts could not be kept). Count on from the record's and ask again.
+      if (r.heldEpoch !== undefined && this.countFrom(r.heldEpoch)) {
+        this.log('warn', 'hand-over counter behind the store; resuming again', { target: h.target, requestId: h.requestId, heldEpoch: r.heldEpoch });
+        if (h.state === 'opening') h.pending = 0;
+        else this.to(h, 'PAUSED');
+        return this.retryLater();
+      }
       const reason = r.reason ?? 'MODIFIED';
       if (h.state === 'opening') return this.failOpen(h, r.code === 'FORBIDDEN' ? 'FORBIDDEN' : reason, `resume of ${h.target} denied: ${r.code ?? reason}`);
       h.version = r.version;
@@ -373,9 +381,11 @@ export class AgentCore extends CoreBase {
     const op = p.op;
     // The store answered this copy with a refusal: it was not applied (and an older copy, on a session
     // since lost, was either acknowledged by the grant that replayed it or never applied).
+    // Unless the replica says the store may still apply it: a commit sent and never answered.
+    const unknown = msg.outcome === 'unknown';
     if (op.inflight === msg.id) {
       op.inflight = 0;
-      op.sent = false;
+      if (!unknown) op.sent = false;
     }
     if (code === 'SEQ_GAP' && h.state === 'active') {
       // An earlier seq had not arrived (a filler or a replay is on its way): send this one again after it.
@@ -396,7 +406,11 @@ export class AgentCore extends CoreBase {
     }
     // Refused on its own (a bad argument, a size limit): it fails alone. A write's seq goes to a
     // filler, so the next write follows in order (L3) and this one can never be applied later (S5).
-    if (op.settle) this.settle({ op, ok: false, code, message: msg.message });
+    // One the store may still apply (an internal error after the store took it) is not known refused.
+    if (op.settle) {
+      if (unknown && op.kind === 'write' && op.seq > 0) this.settle({ op, ok: false, code: 'OUTCOME_UNKNOWN', reason: code, message: `${msg.message}; the write was sent and may have been applied` });
+      else this.settle({ op, ok: false, code, message: msg.message });
+    }
     const i = h.ops.indexOf(op);
     if (op.kind === 'read' || i < 0) return this.remove(h, op);
     const f = filler(op.seq);

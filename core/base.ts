@@ -17,6 +17,24 @@ export abstract class CoreBase {
   protected ticks = 0;
   protected readonly inflight = new Map<number, Pending>();
   protected out: Intent[] = [];
+  /**
+   * Hand-over counters: every open and resume of a write handle carries a larger one than any sent
+   * before by this node, across restarts of the agent (`epochBase` comes from the node-local file,
+   * one more boot each start, times 2^32). The store never moves a record back to a smaller one, so a
+   * late copy of a request, from a session this node has left, cannot take a handle back.
+   */
+  epochBase = 0;
+  private handovers = 0;
+  protected readonly nextEpoch = (): number => this.epochBase + ++this.handovers;
+  /**
+   * The store holds a record of ours at `held`, a counter this node will not reach by itself (its
+   * count of starts could not be kept): count on from there. Whether it was behind.
+   */
+  protected countFrom(held: number): boolean {
+    if (this.epochBase + this.handovers > held) return false;
+    this.handovers = held - this.epochBase;
+    return true;
+  }
 
   protected sendResume(hs: CoreHandle[], items: ResumeItem[]): void {
     const id = this.nextId++;
@@ -30,8 +48,9 @@ export abstract class CoreBase {
     const id = this.nextId++;
     h.pending = id;
     this.inflight.set(id, { kind: 'open', h, tick: this.ticks });
-    if (h.how === 'open') this.send({ type: 'open', id, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, instance: h.instance, ...(h.size ? { size: h.size } : {}) });
-    else this.send({ type: 'resume', id, items: [resumeItem(h)] });
+    if (h.how === 'open') {
+      this.send({ type: 'open', id, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, instance: h.instance, ...(h.size ? { size: h.size } : {}), ...(h.mode === 'write' ? { epoch: this.nextEpoch() } : {}) });
+    } else this.send({ type: 'resume', id, items: [resumeItem(h, this.nextEpoch)] });
   }
 
   protected sendOp(h: CoreHandle, op: Op): void {

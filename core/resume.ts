@@ -11,18 +11,20 @@ export const RESUME_BATCH_BYTES = 128 * 1024;
 /** JSON punctuation, field names, mode, version and instance of one resume item (or its answer), at most. */
 const RESUME_ITEM_OVERHEAD = 192;
 
-export function resumeItem(h: CoreHandle): ResumeItem {
+/** A handle's resume item; a writer's carries `epoch`, the hand-over counter of this request. */
+export function resumeItem(h: CoreHandle, epoch: () => number): ResumeItem {
   const item: ResumeItem = { target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode };
   if (h.mode === 'read') item.version = h.version;
   else {
     item.instance = h.instance;
     if (h.takeover) item.takeover = true;
+    item.epoch = epoch();
   }
   return item;
 }
 
 /** The paused handles in batches that fit a frame: at most RESUME_BATCH items and about RESUME_BATCH_BYTES. */
-export function resumeBatches(handles: Iterable<CoreHandle>): Array<{ hs: CoreHandle[]; items: ResumeItem[] }> {
+export function resumeBatches(handles: Iterable<CoreHandle>, epoch: () => number): Array<{ hs: CoreHandle[]; items: ResumeItem[] }> {
   const out: Array<{ hs: CoreHandle[]; items: ResumeItem[] }> = [];
   let batch: CoreHandle[] = [];
   let items: ResumeItem[] = [];
@@ -37,7 +39,7 @@ export function resumeBatches(handles: Iterable<CoreHandle>): Array<{ hs: CoreHa
       bytes = 0;
     }
     batch.push(h);
-    items.push(resumeItem(h));
+    items.push(resumeItem(h, epoch));
     bytes += size;
   }
   if (batch.length > 0) out.push({ hs: batch, items });

@@ -257,7 +257,11 @@ export class Checker {
     if (e.mode === 'write' && e.reason === 'MODIFIED' && !this.takenFrom(s, e.requestId)) {
       this.violate('L1', e, e.target, `resume of ${e.requestId} denied MODIFIED, but no other writer took ${e.target}`);
     }
-    if (e.mode === 'write' && e.reason === 'SUPERSEDED' && e.instance !== undefined) {
+    // A late request of an instance whose newer request holds the record through another session is
+    // denied so that it takes nothing back: it answers a session its node left, and nobody sees it.
+    const staleOk = e.stale === true && s.holder?.requestId === e.requestId && s.holder.session !== e.session;
+    if (e.stale && !staleOk) this.violate('L1', e, e.target, `resume of ${e.requestId} through ${e.session} denied as late, but ${s.holder ? `${s.holder.requestId} holds ${e.target} through ${s.holder.session}` : `nobody holds ${e.target}`}`);
+    if (e.mode === 'write' && e.reason === 'SUPERSEDED' && e.instance !== undefined && !e.stale) {
       const granted = this.instances.get(`${e.target}\u0000${e.requestId}`) ?? new Set<string>();
       if (![...granted].some((i) => i !== e.instance)) this.violate('L1', e, e.target, `resume of ${e.requestId} (instance ${e.instance}) denied SUPERSEDED, but no other instance of it was granted ${e.target}`);
     }
@@ -373,6 +377,12 @@ export class Checker {
     const healedAt = this.healedAt;
     if (e.to === 'invalidated' && e.reason === 'TIMEOUT' && healedAt !== undefined && e.t > healedAt + HEAL_GRACE_MS && !this.crashed.has(e.proc)) {
       this.violate('L2', e, e.target, `handle ${e.requestId} of ${e.proc} timed out paused ${e.t - healedAt} ms after storage was back`);
+    }
+    // SUPERSEDED only if another instance of the requestId was granted the target (a handle moved):
+    // a handle taken back by a late request of its own instance, from a session its node left, was not.
+    if (e.to === 'invalidated' && e.reason === 'SUPERSEDED') {
+      const granted = this.instances.get(`${e.target}\u0000${e.requestId}`);
+      if (granted && granted.size <= 1) this.violate('L1', e, e.target, `handle ${e.requestId} of ${e.proc} invalidated SUPERSEDED, but no other instance of it was granted ${e.target}`);
     }
     if (e.to === 'invalidated' && e.reason === 'MODIFIED') {
       const s = this.target(e.target);

@@ -16,7 +16,8 @@ export type HistoryEvent =
   | { t: number; kind: 'crash'; proc: string }
   | { t: number; kind: 'state'; proc: string; target: string; requestId: string; to: string; reason?: InvalidationReason }
   | { t: number; kind: 'grant'; replica: string; target: string; requestId: string; session: string; mode: 'read' | 'write'; via: 'open' | 'resume'; fresh: boolean; version: number; instance?: string; seenVersion?: number }
-  | { t: number; kind: 'deny'; replica: string; target: string; requestId: string; session: string; mode: 'read' | 'write'; reason: InvalidationReason; seenVersion?: number; version: number; instance?: string }
+  /** `stale`: the store found a newer request of the same instance holding the record (this one came from a session its node left). */
+  | { t: number; kind: 'deny'; replica: string; target: string; requestId: string; session: string; mode: 'read' | 'write'; reason: InvalidationReason; seenVersion?: number; version: number; instance?: string; stale?: true }
   | { t: number; kind: 'applied'; replica: string; target: string; requestId: string; session: string; seq: number; offset: number; bytes: string; version: number }
   | { t: number; kind: 'dup'; replica: string; target: string; requestId: string; session: string; seq: number }
   | { t: number; kind: 'refused'; replica: string; target: string; requestId: string; session: string; seq: number; code: string }
@@ -35,7 +36,7 @@ export type Untimed = HistoryEvent extends infer E ? (E extends HistoryEvent ? O
 export function tally(history: History): { granted: number; denied: number; writesAcknowledged: number; pauses: number; outcomeUnknown: number; readResumes: number; reads: number } {
   const t = { granted: 0, denied: 0, writesAcknowledged: 0, pauses: 0, outcomeUnknown: 0, readResumes: 0, reads: 0 };
   for (const e of history) {
-    if ((e.kind === 'grant' && e.via === 'resume') || e.kind === 'deny') {
+    if ((e.kind === 'grant' && e.via === 'resume') || (e.kind === 'deny' && !e.stale)) {
       if (e.kind === 'grant') t.granted++;
       else t.denied++;
       if (e.mode === 'read') t.readResumes++;
@@ -76,7 +77,7 @@ export function eventsOf(replica: string, d: Decided): Untimed[] {
       const instance = req.instance ? { instance: req.instance } : {};
       const seen = req.version !== undefined ? { seenVersion: req.version } : {};
       if (r.granted) return [{ kind: 'grant', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, via: 'resume', fresh: false, version: r.version, ...instance, ...seen }];
-      return [{ kind: 'deny', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, reason: r.reason, ...seen, version: r.version, ...instance }];
+      return [{ kind: 'deny', replica, target: req.target, requestId: req.requestId, session: req.session, mode: req.mode, reason: r.reason, ...seen, version: r.version, ...instance, ...(r.stale ? { stale: true as const } : {}) }];
     }
     case 'write': {
       const { req, out: r } = d;

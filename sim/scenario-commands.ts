@@ -5,6 +5,7 @@
  */
 import type { OpenOptions } from '../actors/application.js';
 import type { MemoryStore } from '../store/memory.js';
+import { SimStore } from './store.js';
 import { Args, duration, OP_LIMIT_MS, quoted, size, type Driver } from './scenario-driver.js';
 
 type Handler = (d: Driver, a: Args, line: string) => Promise<void>;
@@ -54,16 +55,30 @@ async function startAgent(d: Driver, node: string): Promise<void> {
   if (!up) d.print(`${node}: agent not connected after 5s`);
 }
 
+/** The simulated store of the replica named first (a cluster with store=sim). */
+function simStore(d: Driver, a: Args): SimStore {
+  const store = d.world.stores[d.replicaIndex(a.need(0, 'replica'))];
+  if (!(store instanceof SimStore)) throw new Error('this fault needs the simulated store: cluster ... store=sim');
+  return store;
+}
+
 /** Open targets and run until every open settled. */
 async function openAll(d: Driver, opens: Array<ReturnType<Driver['open']>>): Promise<void> {
   await d.run(OP_LIMIT_MS, () => opens.every((o) => o.settled));
 }
 
 export const COMMANDS: Record<string, Handler> = {
-  /** cluster [replicas=2] [nodes=1] [hold=500ms] [pause-timeout=30s] [seed=1] [heartbeat=100ms] */
+  /**
+   * cluster [replicas=2] [nodes=1] [hold=500ms] [pause-timeout=30s] [seed=1] [heartbeat=100ms] [store=sim]
+   * (`store=sim`: the model of the SQLite store, with group commit and the faults `stall-store` and
+   * `late-commits` need; the memory store otherwise.)
+   */
   async cluster(d, a) {
     const hb = a.kv.has('heartbeat') ? a.ms('heartbeat', 100) : undefined;
+    const store = a.kv.get('store');
+    if (store !== undefined && store !== 'sim' && store !== 'memory') throw new Error(`store= takes sim or memory, not ${store}`);
     await d.newWorld({
+      ...(store ? { store } : {}),
       seed: a.int('seed', 1),
       replicas: a.int('replicas', 2),
       nodes: a.int('nodes', 1),
@@ -202,6 +217,26 @@ export const COMMANDS: Record<string, Handler> = {
     const store = d.world.stores[i] as MemoryStore;
     store.setAvailable(false);
     d.world.clock.setTimeout(() => store.setAvailable(true), a.ms('for', 1000));
+  },
+
+  /**
+   * stall-store replica for=D: the replica's calls to its store are held for D and decided only then
+   * (a stopped replica process); its nodes may leave it and go on elsewhere meanwhile. Needs store=sim.
+   */
+  async 'stall-store'(d, a) {
+    simStore(d, a).stall(a.ms('for', 1000));
+  },
+
+  /**
+   * late-commits replica [after=D] | late-commits replica off: the replica's commits go unanswered
+   * (it answers UNAVAILABLE, outcome unknown) and land D later unless something they read changed
+   * meanwhile (an etcd transaction sent to a member that hangs). Needs store=sim.
+   */
+  async 'late-commits'(d, a) {
+    const store = simStore(d, a);
+    if (a.pos[1] === 'off') return store.lateCommits(undefined);
+    const after = a.ms('after', 1000);
+    store.lateCommits([after, after]);
   },
 
   /**

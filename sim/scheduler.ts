@@ -29,6 +29,8 @@ export const FAULT_KINDS = [
   'app-move',
   'foreign-writer',
   'clock-jump',
+  'store-stall',
+  'late-commit',
 ] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
@@ -315,6 +317,27 @@ async function inject(world: World, kind: FaultKind, faultsUntil: number, faultM
       world.spawn(`intruder-${now}`, node, v.target, { once: true });
       return;
     }
+    case 'store-stall': {
+      // One replica's calls to the store stop for longer than a node waits for an answer (a stopped
+      // replica process, or the store member it talks to hung): its nodes leave it and go on elsewhere,
+      // and what it was asked is decided when it runs again, long after.
+      const store = world.stores[i];
+      if (!(store instanceof SimStore)) return;
+      const ms = world.between(4000, 7000);
+      world.fault(kind, `${name} for ${ms}ms`);
+      store.stall(ms);
+      return;
+    }
+    case 'late-commit': {
+      // One replica's commits go unanswered (its store member hangs) and land later, if nothing they
+      // read changed meanwhile: the replica cannot tell the node whether they were applied.
+      const store = world.stores[i];
+      if (!(store instanceof SimStore)) return;
+      world.fault(kind, name);
+      store.lateCommits([200, 4000]);
+      world.clock.setTimeout(() => store.lateCommits(undefined), until - now);
+      return;
+    }
     case 'clock-jump': {
       const jump = world.opts.holdMs + world.pick([100, world.opts.pauseTimeoutMs]);
       world.fault(kind, `+${jump}ms`);
@@ -362,6 +385,10 @@ async function healAll(world: World): Promise<void> {
     world.replicas[i]?.mount();
     const store = world.stores[i];
     if (store && 'setAvailable' in store) (store as { setAvailable(v: boolean): void }).setAvailable(true);
+    if (store instanceof SimStore) {
+      store.lateCommits(undefined);
+      store.endStall();
+    }
   }
   world.dbFaults.busy = false;
   world.dbFaults.io = false;

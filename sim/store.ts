@@ -9,7 +9,11 @@
  *   its savepoints throws (records, tombstones, target bytes, size and version);
  * - a process crash: queued operations are lost, never answered and never applied;
  * - injected faults: a busy database (another process holds the write lock), an I/O error at commit,
- *   an unavailable volume.
+ *   an unavailable volume; and, for one replica's link to the store, a stall (its calls are held and
+ *   decided only when the stall ends, long after the node may have left the session: a stopped
+ *   replica process) and late commits (a commit is decided now, its answer never comes, and it lands
+ *   later unless something it read changed meanwhile: an etcd transaction guarded by the revisions it
+ *   read, sent to a member that hangs).
  *
  * A transaction runs synchronously in one turn, so the shared state only ever holds committed
  * transactions: a new instance over it (a reboot) sees exactly what was committed.
@@ -60,6 +64,21 @@ type TargetState = MemoryState['targets'] extends Map<string, infer V> ? V : nev
 /** Never settles: what a dead process answers. */
 const silence = <T>(): Promise<T> => new Promise<T>(() => {});
 
+/**
+ * Every target's change stamp, shared by every instance over the same database: a number that moves
+ * whenever a transaction changes the target (record, tombstones, bytes, size), so a late commit can
+ * tell whether what it read is still as it was (the revisions an etcd transaction compares).
+ */
+const changeStamps = new WeakMap<MemoryState, { next: number; of: Map<string, number> }>();
+function stampsOf(state: MemoryState): { next: number; of: Map<string, number> } {
+  let s = changeStamps.get(state);
+  if (!s) changeStamps.set(state, (s = { next: 0, of: new Map() }));
+  return s;
+}
+
+/** A late commit that found a target it read changed since it was decided: it does not land. */
+class LateConflict extends Error {}
+
 export class SimStore extends TxStore {
   readonly kind = 'sim';
   private readonly clock: ActorClock;
@@ -77,6 +96,15 @@ export class SimStore extends TxStore {
    * it. Reused from one transaction to the next.
    */
   private readonly undo: Array<() => void> = [];
+  /** Calls arriving before this time on the store's clock are held until then (a stall). */
+  private stallUntil = 0;
+  private readonly held: Array<() => void> = [];
+  /** Late commits are on: each commit's answer never comes, and it lands after a delay drawn from this range. */
+  private late: readonly [number, number] | undefined;
+  /** While a late commit lands: each target's stamp when it was decided; the targets compared so far. */
+  private guard: { stamps: Map<string, number>; compared: Set<string> } | undefined;
+  /** Set while a late commit lands: it is the store's doing, not this process's, so a crash does not stop it. */
+  private landing = false;
 
   /** Pass another instance's `state` to model another process, or a restart, over the same database. */
   constructor(
@@ -133,8 +161,73 @@ export class SimStore extends TxStore {
     return this.dead;
   }
 
+  /**
+   * Hold every call that arrives in the next `ms` (on the store's clock); when the stall ends they run
+   * in order, decided then. What a replica process that was stopped does once it runs again.
+   */
+  stall(ms: number): void {
+    const until = this.clock.now() + ms;
+    if (until <= this.stallUntil) return;
+    this.stallUntil = until;
+    this.clock.setTimeout(() => {
+      if (this.clock.now() >= this.stallUntil) this.endStall(); // else a longer stall came after this one
+    }, ms);
+  }
+
+  /** The stall ends now: the held calls run, in order, unless the process died meanwhile. */
+  endStall(): void {
+    this.stallUntil = 0;
+    const held = this.held.splice(0);
+    if (this.dead) return;
+    for (const run of held) run();
+  }
+
+  /**
+   * Late commits on (a range of delays in ms) or off: while on, every commit fails at once as
+   * unavailable with `maybeApplied` (its answer was lost), and lands after the delay if nothing it read
+   * changed meanwhile (as an etcd transaction guarded by the revisions it read); a store that fails
+   * then (unavailable, busy, I/O errors) never lands it.
+   */
+  lateCommits(delayMs: readonly [number, number] | undefined): void {
+    this.late = delayMs;
+  }
+
   override commit<T>(fn: () => T): Promise<T> {
-    return this.dead ? silence() : super.commit(fn);
+    if (this.dead) return silence();
+    if (this.clock.now() < this.stallUntil) return new Promise<T>((resolve, reject) => this.held.push(() => void super.commit(fn).then(resolve, reject)));
+    if (this.late) return this.commitLate(fn, this.late);
+    return super.commit(fn);
+  }
+
+  private commitLate<T>(fn: () => T, [lo, hi]: readonly [number, number]): Promise<T> {
+    const stamps = new Map(stampsOf(this.state).of);
+    this.clock.setTimeout(() => this.land(fn, stamps), lo + Math.floor(this.random() * (hi - lo + 1)));
+    return new Promise<T>((_, reject) => {
+      this.clock.setTimeout(() => reject(new StoreUnavailableError('sim store: the commit was sent and no answer came in time; it may still land', { maybeApplied: true })), this.latencyMs[1]);
+    });
+  }
+
+  /** A late commit lands, in one transaction of its own, unless a target it reads changed since `stamps`. */
+  private land(fn: () => unknown, stamps: Map<string, number>): void {
+    if (this.faults.unavailable || this.faults.busy || this.faults.io) return;
+    this.guard = { stamps, compared: new Set() };
+    this.landing = true;
+    try {
+      this.tx(() => fn());
+    } catch (err) {
+      if (!(err instanceof LateConflict) && !(err instanceof StoreUnavailableError)) throw err;
+    } finally {
+      this.guard = undefined;
+      this.landing = false;
+    }
+  }
+
+  /** A late commit reads `target`: the first read compares its stamp with the one it was decided on. */
+  private compare(target: string): void {
+    const g = this.guard;
+    if (!g || g.compared.has(target)) return;
+    g.compared.add(target);
+    if ((stampsOf(this.state).of.get(target) ?? 0) !== (g.stamps.get(target) ?? 0)) throw new LateConflict(`${target} changed since the late commit was decided`);
   }
 
   override record(target: string): Promise<LockRecord | undefined> {
@@ -166,7 +259,7 @@ export class SimStore extends TxStore {
 
   protected tx<T>(fn: (tx: Tx) => T): T {
     if (this.depth > 0) return this.savepoint(fn);
-    if (this.dead) throw new StoreUnavailableError('sim store: the process holding it crashed');
+    if (this.dead && !this.landing) throw new StoreUnavailableError('sim store: the process holding it crashed');
     if (this.faults.unavailable) throw new StoreUnavailableError('sim store is unavailable');
     if (this.faults.busy) throw new StoreBusyError('sim store: SQLITE_BUSY: database is locked');
     this.depth = 1;
@@ -215,28 +308,49 @@ export class SimStore extends TxStore {
     const { records, tombstones, targets } = this.state;
     const undo = this.undo;
     const base = memoryTx(this.state);
+    const stamps = stampsOf(this.state);
+    /** The target changed: a new stamp, put back if the change is undone. */
+    const changed = (t: string) => {
+      const prev = stamps.of.get(t);
+      stamps.of.set(t, ++stamps.next);
+      undo.push(() => restore(stamps.of, t, prev));
+    };
+    const read = <A extends unknown[], R>(f: (t: string, ...rest: A) => R) => (t: string, ...rest: A): R => {
+      this.compare(t);
+      return f(t, ...rest);
+    };
     return {
       ...base,
+      getRecord: read(base.getRecord),
+      getTombstones: read(base.getTombstones),
+      version: read(base.version),
+      size: read(base.size),
+      fixedSize: read(base.fixedSize),
+      readData: read(base.readData),
       putRecord: (r) => {
         const target = r.target;
         const prev = records.get(target);
         undo.push(() => restore(records, target, prev));
+        changed(target);
         base.putRecord(r);
       },
       deleteRecord: (t) => {
         const prev = records.get(t);
         if (!prev) return;
         undo.push(() => records.set(t, prev));
+        changed(t);
         base.deleteRecord(t);
       },
       putTombstones: (t, list) => {
         const prev = tombstones.get(t);
         undo.push(() => restore(tombstones, t, prev));
+        changed(t);
         base.putTombstones(t, list);
       },
       writeData: (t, offset, data) => {
         const cur = targets.get(t);
         undo.push(cur ? undoWrite(cur, offset, offset + data.length) : () => targets.delete(t));
+        changed(t);
         return base.writeData(t, offset, data);
       },
       fixSize: (t, size) => {
@@ -245,6 +359,7 @@ export class SimStore extends TxStore {
           const { size: was, fixed } = cur;
           undo.push(() => Object.assign(cur, { size: was, fixed }));
         } else undo.push(() => targets.delete(t));
+        changed(t);
         base.fixSize(t, size);
       },
     };

@@ -217,7 +217,10 @@ export class EtcdStore implements Store {
         if (err instanceof SafeResumeError || err instanceof StoreUnavailableError) throw err;
         const message = String((err as Error).message);
         if (/lease not found/i.test(message)) throw new LeaseLost(message);
-        if (PERMANENT.test(message) || Date.now() + pause >= deadline) throw new StoreUnavailableError(`etcd ${what}: ${message}`);
+        // A transaction given up on may still land (a member that took it and stalls commits it later);
+        // one etcd refused outright never will.
+        const permanent = PERMANENT.test(message);
+        if (permanent || Date.now() + pause >= deadline) throw new StoreUnavailableError(`etcd ${what}: ${message}`, { maybeApplied: what === 'transaction' && !permanent });
       } finally {
         clearTimeout(timer);
       }
@@ -444,7 +447,10 @@ export class EtcdStore implements Store {
     if (!res.succeeded) {
       for (const t of targets) this.cache.delete(t);
       // A compare fails against this very commit when it landed on an earlier try: then it stands.
-      const landed = await this.landed(markKey, mark);
+      // Not knowing whether it did, the commit may have been applied.
+      const landed = await this.landed(markKey, mark).catch((err: unknown) => {
+        throw new StoreUnavailableError(`etcd transaction: whether it landed is unknown (${(err as Error).message})`, { maybeApplied: true });
+      });
       if (!landed) {
         this.stats.conflicts++;
         return false;

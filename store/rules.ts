@@ -104,8 +104,13 @@ export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number, maxSi
   const instance = req.instance ?? '';
   if (rec && rec.requestId === req.requestId) {
     if (rec.principal !== req.principal) return none({ ok: false, code: 'FORBIDDEN', message: 'requestId belongs to another principal' });
-    // Same application from a new session or another node: grant it and fence the old session.
-    return { out: { ok: true, version, lastSeq: rec.lastSeq, takeover: true, size }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance) }, ...fixing(v, req)] };
+    // A node opens a requestId afresh only once (an application that comes back to it resumes it), so
+    // an open finding the record held is the same open sent again on a later session, or a late copy
+    // of one from a session the node has left: only a newer request of the same instance moves it.
+    const stale = staleRequest(rec, req.session, instance, req.epoch, false);
+    if (stale) return none({ ok: false, code: 'SUPERSEDED', message: stale });
+    // The same open from a new session: grant it and fence the old session.
+    return { out: { ok: true, version, lastSeq: rec.lastSeq, takeover: true, size }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance, req.epoch) }, ...fixing(v, req)] };
   }
   if (rec && (v.live ?? nowMs < rec.expiresAt)) {
     // Who holds it, and when it can lapse: never while the holder's session lives (it renews the lock).
@@ -115,14 +120,39 @@ export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number, maxSi
   // No record, or its lock expired: the old holder's resume will now be denied; its tombstone says
   // which of its writes were applied.
   const effects: Effect[] = rec ? [bury(v, rec, { requestId: req.requestId, principal: req.principal, at: nowMs })] : [];
-  effects.push({ kind: 'put', record: { target: req.target, requestId: req.requestId, principal: req.principal, session: req.session, expiresAt: nowMs + req.leaseMs, lastSeq: 0, instance, instanceSeq: 0, prevInstance: '' } }, ...fixing(v, req));
+  effects.push({ kind: 'put', record: { target: req.target, requestId: req.requestId, principal: req.principal, session: req.session, expiresAt: nowMs + req.leaseMs, lastSeq: 0, instance, instanceSeq: 0, prevInstance: '', epoch: req.epoch ?? 0 } }, ...fixing(v, req));
   return { out: { ok: true, version, lastSeq: 0, takeover: false, size }, effects };
 }
 
-/** The record on a new session, and on a new instance if `instance` differs (a takeover). */
-function handOver(rec: LockRecord, session: string, expiresAt: number, instance: string): LockRecord {
-  if (instance === rec.instance) return { ...rec, session, expiresAt };
-  return { ...rec, session, expiresAt, instance, instanceSeq: rec.lastSeq, prevInstance: rec.instance };
+/**
+ * The record on a new session, and on a new instance if `instance` differs (a takeover), at the
+ * request's hand-over counter (kept as it was when the request carries none).
+ */
+function handOver(rec: LockRecord, session: string, expiresAt: number, instance: string, epoch: number | undefined): LockRecord {
+  const e = epoch ?? rec.epoch ?? 0;
+  if (instance === rec.instance) return { ...rec, session, expiresAt, epoch: e };
+  return { ...rec, session, expiresAt, instance, instanceSeq: rec.lastSeq, prevInstance: rec.instance, epoch: e };
+}
+
+/**
+ * Why a request that would move the record of its own requestId to `session` comes too late (undefined:
+ * it does not). Hand-overs only move forward: the node numbers each open and resume of an instance with
+ * a larger counter than the last, so a request carrying a smaller counter than the record's, or the
+ * same one from another session, was sent on a session the node has since left (a replica or store
+ * that stalled and answers late) and must not take the record back from the session in use now. An
+ * open from another instance than the record's is as late: a node opens a requestId afresh only once,
+ * and a later instance took it over. A takeover from another instance is not ordered (instances on
+ * different nodes count apart). Requests and records without a counter are not checked.
+ */
+function staleRequest(rec: LockRecord, session: string, instance: string, epoch: number | undefined, takeover: boolean): string | undefined {
+  if (rec.instance !== instance) {
+    if (takeover || rec.instance === '' || instance === '') return undefined;
+    return `instance ${rec.instance} of this requestId holds the record now; instance ${instance} no longer may`;
+  }
+  if (epoch === undefined) return undefined;
+  const held = rec.epoch ?? 0;
+  if (epoch > held || (epoch === held && session === rec.session)) return undefined;
+  return `a newer request of this handle (hand-over ${held}) holds the record through session ${rec.session}; this one (hand-over ${epoch}) comes from a session its node has left`;
 }
 
 /** The tombstones once `rec` is buried among them (newest first, one per requestId, bounded), taken by `takenBy` if it lapsed. */
@@ -161,7 +191,8 @@ export function decideResume(v: TargetView, req: ResumeRequest, nowMs: number): 
   // Nobody modified the target: the requestId is another principal's (FORBIDDEN, not MODIFIED: L1).
   if (rec.principal !== req.principal) return none({ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version });
   if (!req.takeover && rec.instance !== instance) return none(denial(rec, instance, version));
-  return { out: { granted: true, lastSeq: rec.lastSeq, version, size: v.fixedSize }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance) }] };
+  if (staleRequest(rec, req.session, instance, req.epoch, req.takeover === true)) return none({ granted: false, reason: 'SUPERSEDED', code: 'SUPERSEDED', version, stale: true, heldEpoch: rec.epoch ?? 0 });
+  return { out: { granted: true, lastSeq: rec.lastSeq, version, size: v.fixedSize }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance, req.epoch) }] };
 }
 
 /** What a session that lost the record had applied, if the newest tombstone of its requestId is its own. */

@@ -51,13 +51,14 @@ interface RecordRow {
   instance: string;
   instance_seq: number;
   prev_instance: string;
+  epoch: number;
 }
 
 const SELECT_RECORD = 'SELECT * FROM records WHERE target = ?';
 const SELECT_TOMBSTONES = 'SELECT list FROM tombstones WHERE target = ?';
 
 function recordOf(r: RecordRow): LockRecord {
-  return { target: r.target, requestId: r.request_id, principal: r.principal, session: r.session, expiresAt: r.expires_at, lastSeq: r.last_seq, instance: r.instance, instanceSeq: r.instance_seq, prevInstance: r.prev_instance };
+  return { target: r.target, requestId: r.request_id, principal: r.principal, session: r.session, expiresAt: r.expires_at, lastSeq: r.last_seq, instance: r.instance, instanceSeq: r.instance_seq, prevInstance: r.prev_instance, epoch: r.epoch };
 }
 
 /**
@@ -122,10 +123,10 @@ export class SqliteStore extends TxStore {
     }
     const getRecord = this.db.prepare<[string], RecordRow>(SELECT_RECORD);
     const putRecord = this.db.prepare(
-      'INSERT INTO records (target, request_id, principal, session, expires_at, last_seq, instance, instance_seq, prev_instance) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ' +
+      'INSERT INTO records (target, request_id, principal, session, expires_at, last_seq, instance, instance_seq, prev_instance, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ' +
         'ON CONFLICT(target) DO UPDATE SET request_id = excluded.request_id, principal = excluded.principal, ' +
         'session = excluded.session, expires_at = excluded.expires_at, last_seq = excluded.last_seq, ' +
-        'instance = excluded.instance, instance_seq = excluded.instance_seq, prev_instance = excluded.prev_instance',
+        'instance = excluded.instance, instance_seq = excluded.instance_seq, prev_instance = excluded.prev_instance, epoch = excluded.epoch',
     );
     const getTombs = this.db.prepare<[string], { list: string }>(SELECT_TOMBSTONES);
     const putTombs = this.db.prepare('INSERT INTO tombstones (target, list) VALUES (?, ?) ON CONFLICT(target) DO UPDATE SET list = excluded.list');
@@ -151,7 +152,7 @@ export class SqliteStore extends TxStore {
         return r && recordOf(r);
       },
       putRecord: (r: LockRecord) => {
-        putRecord.run(r.target, r.requestId, r.principal, r.session, r.expiresAt, r.lastSeq, r.instance, r.instanceSeq, r.prevInstance);
+        putRecord.run(r.target, r.requestId, r.principal, r.session, r.expiresAt, r.lastSeq, r.instance, r.instanceSeq, r.prevInstance, r.epoch ?? 0);
         // Remembered for a reboot of the host, whose monotonic clock starts again (see createSchema).
         const lease = r.expiresAt - this.clock.now();
         if (lease > this.maxLeaseMs) {
@@ -239,7 +240,8 @@ export class SqliteStore extends TxStore {
       CREATE TABLE IF NOT EXISTS records (
         target TEXT PRIMARY KEY, request_id TEXT NOT NULL, principal TEXT NOT NULL, session TEXT NOT NULL,
         expires_at INTEGER NOT NULL, last_seq INTEGER NOT NULL,
-        instance TEXT NOT NULL DEFAULT '', instance_seq INTEGER NOT NULL DEFAULT 0, prev_instance TEXT NOT NULL DEFAULT '') STRICT;
+        instance TEXT NOT NULL DEFAULT '', instance_seq INTEGER NOT NULL DEFAULT 0, prev_instance TEXT NOT NULL DEFAULT '',
+        epoch INTEGER NOT NULL DEFAULT 0) STRICT;
       CREATE TABLE IF NOT EXISTS tombstones (target TEXT PRIMARY KEY, list TEXT NOT NULL) STRICT;
       CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
       CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
@@ -257,6 +259,10 @@ export class SqliteStore extends TxStore {
       this.db.exec(`ALTER TABLE records ADD COLUMN instance TEXT NOT NULL DEFAULT '';
         ALTER TABLE records ADD COLUMN instance_seq INTEGER NOT NULL DEFAULT 0;
         ALTER TABLE records ADD COLUMN prev_instance TEXT NOT NULL DEFAULT '';`);
+    }
+    // Records written before hand-over counters: none has one (0; the next request carrying one moves it).
+    if (!this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')").all().some((c) => c.name === 'epoch')) {
+      this.db.exec('ALTER TABLE records ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0');
     }
     // Databases written before targets were paged keep each target as one blob in `targets`: move them to pages.
     if (!this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'targets'").get()) return;

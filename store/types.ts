@@ -24,6 +24,14 @@ export interface LockRecord {
   instanceSeq: number;
   /** The instance this one took the record from, if it took over ('' if none). */
   prevInstance: string;
+  /**
+   * The hand-over counter of the request that last moved the record to a session (0: none given). A
+   * node numbers every open and resume it sends for a handle instance with a larger one than before,
+   * across its restarts, and the store never lets the record go back to a smaller one: a request from
+   * a session the node has left (a stalled replica or store that answers late) cannot take the record
+   * from the session the node uses now. Records written before it have none (read as 0).
+   */
+  epoch?: number | undefined;
 }
 
 /**
@@ -63,12 +71,15 @@ export interface OpenRequest {
    * written fixes it; any open of a target whose size is fixed otherwise must name that size or none.
    */
   size?: number | undefined;
+  /** Write handles: the hand-over counter of this request (see LockRecord.epoch); absent, it is not checked. */
+  epoch?: number | undefined;
 }
 
 export type OpenResult =
   /** `size`: the target's fixed size, 0 if it has none (it grows as it is written, up to MAX_TARGET_BYTES). */
   | { ok: true; version: number; lastSeq: number; takeover: boolean; size: number }
-  | { ok: false; code: 'LOCKED' | 'FORBIDDEN' | 'INVALID_ARGUMENT'; message: string };
+  /** SUPERSEDED: a newer request of the same handle instance holds the record (this one comes from a session its node left). */
+  | { ok: false; code: 'LOCKED' | 'FORBIDDEN' | 'INVALID_ARGUMENT' | 'SUPERSEDED'; message: string };
 
 export interface ResumeRequest {
   target: string;
@@ -84,13 +95,22 @@ export interface ResumeRequest {
   instance?: string | undefined;
   /** Take the record over from another instance of the same requestId (an application that moved). */
   takeover?: boolean | undefined;
+  /** Write handles: the hand-over counter of this request (see LockRecord.epoch); absent, it is not checked. */
+  epoch?: number | undefined;
 }
 
 export type ResumeOutcome =
   /** `size`: the target's fixed size, 0 if it has none. */
   | { granted: true; lastSeq: number; version: number; size: number }
-  /** `lastSeq`: what this instance had applied, when the store still knows (record or tombstone). */
-  | { granted: false; reason: InvalidationReason; code: 'MODIFIED' | 'FORBIDDEN' | 'SUPERSEDED'; version: number; lastSeq?: number | undefined };
+  /**
+   * `lastSeq`: what this instance had applied, when the store still knows (record or tombstone).
+   * `stale`: a newer request of this same instance holds the record through another session (its
+   * hand-over counter, `heldEpoch`, is at least this request's), so this one comes from a session its
+   * node has left, and the record is left as it is. A node that gets this answer on the session it
+   * uses lost count of its hand-overs (its count of starts could not be kept): it counts on from
+   * `heldEpoch` and resumes again.
+   */
+  | { granted: false; reason: InvalidationReason; code: 'MODIFIED' | 'FORBIDDEN' | 'SUPERSEDED'; version: number; lastSeq?: number | undefined; stale?: true | undefined; heldEpoch?: number | undefined };
 
 export interface WriteRequest {
   target: string;
@@ -166,11 +186,19 @@ export type Decided =
  */
 export type DecisionLog = (d: Decided) => string[];
 
-/** Thrown by an adapter when its backing storage cannot be reached (the replica then dismounts). */
+/**
+ * Thrown by an adapter when its backing storage cannot be reached (the replica then dismounts).
+ * `maybeApplied`: the operation's commit was sent and its answer never came (an etcd transaction
+ * timed out), so it may have landed, or may still land later; without it the operation was not
+ * applied and never will be (it failed before any attempt to commit, or its transaction was rolled
+ * back). A write refused with `maybeApplied` is no proof that the write did not land.
+ */
 export class StoreUnavailableError extends Error {
-  constructor(message: string) {
+  readonly maybeApplied: boolean;
+  constructor(message: string, opts: { maybeApplied?: boolean } = {}) {
     super(message);
     this.name = 'StoreUnavailableError';
+    this.maybeApplied = opts.maybeApplied ?? false;
   }
 }
 

@@ -133,6 +133,13 @@ const resumeAlwaysUnavailable = storeWith(() => ({
   },
 }));
 
+const handOverBackwards = storeWith((_, run, now) => ({
+  // Bug: the store moves a requestId's record to whichever session asks last, however old the request
+  // (no hand-over counter), so a late open or resume from a session the node left takes a live handle back.
+  open: (req) => run((tx) => rules.open(tx, { ...req, epoch: undefined }, now())),
+  resume: (reqs) => run((tx) => reqs.map((r) => rules.resume(tx, { ...r, epoch: undefined }, now()))),
+}));
+
 /** A deep copy of the shared store state (what reached the disk at the last fsync). */
 function snapshot(state: State): State {
   return {
@@ -203,6 +210,18 @@ const duplicatesWrites = (inner: Transport): Transport =>
       if (frame.ok && frame.msg.type === 'write') cb({ ...frame, msg: { ...frame.msg, id: frame.msg.id + 1_000_000_000 } });
     }),
   );
+
+/**
+ * A replica that does not say when a refusal's outcome is unknown (a commit sent and never answered):
+ * the node takes the refusal as proof that the write was not applied, and a write that lands later
+ * was reported not applied.
+ */
+const hidesUnknownOutcomes = (inner: Transport): Transport =>
+  replicaSide(inner, 'send', (c) => (msg: Parameters<Connection['send']>[0]) => {
+    if (msg.type !== 'error' || msg.outcome === undefined) return c.send(msg);
+    const { outcome: _hidden, ...rest } = msg;
+    return c.send(rest);
+  });
 
 /** A transport on which the replica's answers to reads are lost, every time. */
 const losesReadReplies = (inner: Transport): Transport =>
@@ -349,9 +368,28 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
     expect(await findViolation('L1', { makeStore: holdOnReplicaClock, kinds: kinds('clock-step', 'foreign-writer') }, 100, /hold period/)).toBeDefined();
   }, 120_000);
 
+  it('L1: a store that lets a late open or resume, from a session the node left, take a live handle back (within 40 seeds)', async () => {
+    const opts: ScheduleOptions = { makeStore: handOverBackwards, kinds: kinds('store-stall', 'partition', 'replica-kill'), faultsUntilMs: 6000 };
+    expect(await findViolation('L1', opts, 40, /SUPERSEDED/)).toBeDefined();
+  }, 240_000);
+
+  it('S5: a replica that does not say a refused write may still land, when commits land after their timeout (within 40 seeds)', async () => {
+    const opts: ScheduleOptions = { replicaTransport: hidesUnknownOutcomes, kinds: kinds('late-commit'), faultMs: [3000, 6000], faultsUntilMs: 8000 };
+    expect(await findViolation('S5', opts)).toBeDefined();
+  }, 240_000);
+
   it('L3: a transport that loses every answer to a read', async () => {
     expect(await findViolation('L3', { replicaTransport: losesReadReplies, faults: 0 })).toBeDefined();
   }, 120_000);
+
+  it('the correct store, replica and agent pass the schedules of stalls and late commits', async () => {
+    for (let seed = 1; seed <= 10; seed++) {
+      const stalls = await runSchedule(seed, { kinds: kinds('store-stall', 'partition', 'replica-kill'), faultsUntilMs: 6000 });
+      expect(stalls.violations, `seed ${seed}, stalls`).toEqual([]);
+      const late = await runSchedule(seed, { kinds: kinds('late-commit'), faultMs: [3000, 6000], faultsUntilMs: 8000 });
+      expect(late.violations, `seed ${seed}, late commits`).toEqual([]);
+    }
+  }, 240_000);
 
   it('the correct store passes the same schedules', async () => {
     for (let seed = 1; seed <= 10; seed++) {

@@ -19,13 +19,35 @@ function view(record: LockRecord | undefined, version = 7, tombs: Tombstone[] = 
 }
 
 describe('rules as decisions', () => {
+  it("a requestId's hand-over between sessions only moves forward: a late open or resume from a session its node left takes nothing", () => {
+    const held = rec({ session: 's2', epoch: 10 });
+    const open = (session: string, epoch: number | undefined, instance = 'i1') => decideOpen(view(held), { target: 't', requestId: X, principal: 'p', mode: 'write', session, leaseMs: 100, instance, epoch }, 0);
+    const resume = (session: string, epoch: number | undefined, takeover = false, instance = 'i1') =>
+      decideResume(view(held), { target: 't', requestId: X, principal: 'p', mode: 'write', session, leaseMs: 100, instance, epoch, ...(takeover ? { takeover } : {}) }, 0);
+    // Older, or as old from another session: refused, nothing written.
+    for (const [session, epoch] of [['s1', 9], ['s1', 10], ['s2', 9]] as const) {
+      expect(open(session, epoch)).toMatchObject({ out: { ok: false, code: 'SUPERSEDED' }, effects: [] });
+      expect(resume(session, epoch)).toEqual({ out: { granted: false, reason: 'SUPERSEDED', code: 'SUPERSEDED', version: 7, stale: true, heldEpoch: 10 }, effects: [] });
+      expect(resume(session, epoch, true)).toMatchObject({ out: { granted: false, stale: true, heldEpoch: 10 }, effects: [] });
+    }
+    // The same request again on the session holding it, or a newer one anywhere: granted, the record at its counter.
+    expect(resume('s2', 10)).toMatchObject({ out: { granted: true }, effects: [{ kind: 'put', record: { session: 's2', epoch: 10 } }] });
+    expect(open('s3', 11)).toMatchObject({ out: { ok: true, takeover: true }, effects: [{ kind: 'put', record: { session: 's3', epoch: 11 } }] });
+    expect(resume('s3', 11)).toMatchObject({ out: { granted: true }, effects: [{ kind: 'put', record: { session: 's3', epoch: 11 } }] });
+    // An open of an older instance (a later one took the requestId over) is as late; a takeover by another instance is not ordered.
+    expect(open('s3', 99, 'i0')).toMatchObject({ out: { ok: false, code: 'SUPERSEDED' }, effects: [] });
+    expect(resume('s3', 1, true, 'i9')).toMatchObject({ out: { granted: true }, effects: [{ kind: 'put', record: { session: 's3', instance: 'i9', prevInstance: 'i1', epoch: 1 } }] });
+    // Without a counter (an older node), nothing is checked and the record keeps its own.
+    expect(resume('s1', undefined)).toMatchObject({ out: { granted: true }, effects: [{ kind: 'put', record: { session: 's1', epoch: 10 } }] });
+  });
+
   it('a write open of an expired lock buries the old record and takes the target; a live one is LOCKED with nothing to write', () => {
     const old = rec({ expiresAt: 100 });
     const d = decideOpen(view(old), { target: 't', requestId: Y, principal: 'p', mode: 'write', session: 's2', leaseMs: 50, instance: 'i2' }, 200);
     expect(d.out).toEqual({ ok: true, version: 7, lastSeq: 0, takeover: false, size: 0 });
     expect(d.effects).toEqual([
       { kind: 'tombstones', tombstones: [{ requestId: X, instance: 'i1', instanceSeq: 0, prevInstance: '', session: 's1', lastSeq: 3, takenBy: { requestId: Y, principal: 'p', at: 200 } }] },
-      { kind: 'put', record: { target: 't', requestId: Y, principal: 'p', session: 's2', expiresAt: 250, lastSeq: 0, instance: 'i2', instanceSeq: 0, prevInstance: '' } },
+      { kind: 'put', record: { target: 't', requestId: Y, principal: 'p', session: 's2', expiresAt: 250, lastSeq: 0, instance: 'i2', instanceSeq: 0, prevInstance: '', epoch: 0 } },
     ]);
     const locked = decideOpen(view(rec()), { target: 't', requestId: Y, principal: 'p', mode: 'write', session: 's2', leaseMs: 50 }, 200);
     expect(locked).toEqual({ out: { ok: false, code: 'LOCKED', message: `t is held by requestId ${X} (principal p) through session s1, which renews the lock while it lives; if that session stops renewing it, it lapses in 800 ms at most` }, effects: [] });

@@ -41,6 +41,12 @@ export const ResumeItem = z.object({
    */
   instance: instance.optional(),
   takeover: z.boolean().optional(),
+  /**
+   * Write handles: the hand-over counter of this request. A node numbers every open and resume it
+   * sends with a larger one than before (across its restarts); the store moves a record only forward,
+   * so a late copy from a session the node has left cannot take it back.
+   */
+  epoch: u53.optional(),
 });
 
 export const ResumeResult = z.object({
@@ -58,6 +64,11 @@ export const ResumeResult = z.object({
   version: u53,
   /** Granted: the target's fixed size, absent if it has none. */
   size: u53.optional(),
+  /**
+   * Denied as late: a newer request of the same instance holds the record, at this hand-over counter.
+   * A node that sees it on the session it uses lost count of its hand-overs: it counts on from here.
+   */
+  heldEpoch: u53.optional(),
 });
 
 // Node agent -> replica
@@ -72,7 +83,8 @@ const auth = z.object({ type: z.literal('auth'), proof, principals: z.array(z.ob
 const prove = z.object({ type: z.literal('prove'), principal: name, proof });
 const ping = z.object({ type: z.literal('ping'), t: u53 });
 /** `size`: the target's size, fixed when this open creates it (a disk); an existing target's must match. */
-const open = z.object({ type: z.literal('open'), id: corr, target, requestId, principal, mode, instance: instance.optional(), size: u53.optional() });
+/** `epoch`: the hand-over counter of this request, as on a resume item. */
+const open = z.object({ type: z.literal('open'), id: corr, target, requestId, principal, mode, instance: instance.optional(), size: u53.optional(), epoch: u53.optional() });
 const resume = z.object({ type: z.literal('resume'), id: corr, items: z.array(ResumeItem).min(1).max(10_000) });
 const write = z.object({ type: z.literal('write'), id: corr, target, requestId, seq: u53.min(1), offset: u53, data: ioBytes });
 const read = z.object({ type: z.literal('read'), id: corr, target, requestId, offset: u53, length: z.number().int().nonnegative().max(MAX_IO_BYTES) });
@@ -92,7 +104,12 @@ const data = z.object({ type: z.literal('data'), id: corr, version: u53, data: i
 const closed = z.object({ type: z.literal('closed'), id: corr });
 /** `lastSeq` on a write refused MODIFIED or SUPERSEDED: the last seq the store applied for this instance, if known. */
 /** `principal` on an AUTH_FAILED answer to `prove`: the principal whose proof was wrong. */
-const error = z.object({ type: z.literal('error'), id: corr.optional(), code: errorCode, message: z.string().max(4096), retryable: z.boolean(), lastSeq: u53.optional(), principal: name.optional() });
+/**
+ * `outcome: 'unknown'`: the request's commit was sent to the store and never answered, so it may have
+ * been applied or may still be applied later; without it, a refused request was not applied and never
+ * will be.
+ */
+const error = z.object({ type: z.literal('error'), id: corr.optional(), code: errorCode, message: z.string().max(4096), retryable: z.boolean(), lastSeq: u53.optional(), principal: name.optional(), outcome: z.literal('unknown').optional() });
 const notice = z.object({ type: z.literal('notice'), kind: z.enum(['unavailable', 'available']) });
 const revoked = z.object({ type: z.literal('revoked'), target, requestId, reason, lastSeq: u53.optional() });
 
