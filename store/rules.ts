@@ -117,6 +117,8 @@ export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number, maxSi
     const lapse = v.live === undefined ? `if that session stops renewing it, it lapses in ${rec.expiresAt - nowMs} ms at most` : "it lapses when that session's lease does";
     return none({ ok: false, code: 'LOCKED', message: `${req.target} is held by requestId ${rec.requestId} (principal ${rec.principal}) through session ${rec.session}, which renews the lock while it lives; ${lapse}` });
   }
+  // A requestId stays its principal's while a tombstone names it: nobody else creates it again.
+  if (boundElsewhere(v, req.requestId, req.principal)) return none({ ok: false, code: 'FORBIDDEN', message: 'requestId belongs to another principal' });
   // No record, or its lock expired: the old holder's resume will now be denied; its tombstone says
   // which of its writes were applied.
   const effects: Effect[] = rec ? [bury(v, rec, { requestId: req.requestId, principal: req.principal, at: nowMs })] : [];
@@ -155,11 +157,27 @@ function staleRequest(rec: LockRecord, session: string, instance: string, epoch:
   return `a newer request of this handle (hand-over ${held}) holds the record through session ${rec.session}; this one (hand-over ${epoch}) comes from a session its node has left`;
 }
 
-/** The tombstones once `rec` is buried among them (newest first, one per requestId, bounded), taken by `takenBy` if it lapsed. */
+/**
+ * The tombstones once `rec` is buried among them (newest first, one per requestId and principal,
+ * bounded), taken by `takenBy` if it lapsed. Another principal's tombstone is never replaced.
+ */
 function bury(v: TargetView, rec: LockRecord, takenBy?: Tombstone['takenBy']): Effect {
-  const tomb: Tombstone = { requestId: rec.requestId, instance: rec.instance, instanceSeq: rec.instanceSeq, prevInstance: rec.prevInstance, session: rec.session, lastSeq: rec.lastSeq, ...(takenBy ? { takenBy } : {}) };
-  const kept = v.tombstones().filter((t) => t.requestId !== rec.requestId);
+  const tomb: Tombstone = { requestId: rec.requestId, principal: rec.principal, instance: rec.instance, instanceSeq: rec.instanceSeq, prevInstance: rec.prevInstance, session: rec.session, lastSeq: rec.lastSeq, ...(takenBy ? { takenBy } : {}) };
+  const kept = v.tombstones().filter((t) => !(t.requestId === rec.requestId && (t.principal ?? rec.principal) === rec.principal));
   return { kind: 'tombstones', tombstones: [tomb, ...kept].slice(0, TOMBSTONES_PER_TARGET) };
+}
+
+/**
+ * Whether a tombstone of the target binds `requestId` to a principal other than `principal` (one
+ * written before tombstones kept their principal binds it to a principal nobody can prove).
+ */
+function boundElsewhere(v: TargetView, requestId: string, principal: string): boolean {
+  return v.tombstones().some((t) => t.requestId === requestId && t.principal !== principal);
+}
+
+/** The newest tombstone of `requestId` that is `principal`'s (or kept no principal): another principal's is no evidence. */
+function tombOf(v: TargetView, requestId: string, principal: string): Tombstone | undefined {
+  return v.tombstones().find((t) => t.requestId === requestId && (t.principal ?? principal) === principal);
 }
 
 /**
@@ -185,8 +203,7 @@ export function decideResume(v: TargetView, req: ResumeRequest, nowMs: number): 
   if (!rec || rec.requestId !== req.requestId) {
     // An instance taking over wrote nothing yet: the record being gone is all it needs to know.
     if (req.takeover) return none({ granted: false, reason: 'MODIFIED', code: 'MODIFIED', version });
-    const tomb = v.tombstones().find((t) => t.requestId === req.requestId);
-    return none(denial(tomb, instance, version));
+    return none(denial(tombOf(v, req.requestId, req.principal), instance, version));
   }
   // Nobody modified the target: the requestId is another principal's (FORBIDDEN, not MODIFIED: L1).
   if (rec.principal !== req.principal) return none({ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version });
@@ -195,7 +212,12 @@ export function decideResume(v: TargetView, req: ResumeRequest, nowMs: number): 
   return { out: { granted: true, lastSeq: rec.lastSeq, version, size: v.fixedSize }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance, req.epoch) }] };
 }
 
-/** What a session that lost the record had applied, if the newest tombstone of its requestId is its own. */
+/**
+ * What a session that lost the record had applied, if the newest tombstone of its requestId is its own.
+ * Writes and renewals name no principal; the session stands for it: a session holds one handle per
+ * target and requestId, and no other principal's handle of the requestId can follow it on the target
+ * while the requestId's tombstone binds it.
+ */
 function lostSeq(v: TargetView, requestId: string, session: string): number | undefined {
   const tomb = v.tombstones().find((t) => t.requestId === requestId);
   return tomb && tomb.session === session ? tomb.lastSeq : undefined;

@@ -41,6 +41,13 @@ export interface LockRecord {
  */
 export interface Tombstone {
   requestId: string;
+  /**
+   * The principal the requestId is bound to: while the tombstone is kept, no other principal opens
+   * it, and only this principal's resume takes it as evidence. Absent in tombstones written before it
+   * was kept: such a one binds its requestId to no principal that can open it afresh, and is taken as
+   * evidence by whichever principal resumes it (as it was).
+   */
+  principal?: string | undefined;
   instance: string;
   instanceSeq: number;
   prevInstance: string;

@@ -46,7 +46,7 @@ describe('rules as decisions', () => {
     const d = decideOpen(view(old), { target: 't', requestId: Y, principal: 'p', mode: 'write', session: 's2', leaseMs: 50, instance: 'i2' }, 200);
     expect(d.out).toEqual({ ok: true, version: 7, lastSeq: 0, takeover: false, size: 0 });
     expect(d.effects).toEqual([
-      { kind: 'tombstones', tombstones: [{ requestId: X, instance: 'i1', instanceSeq: 0, prevInstance: '', session: 's1', lastSeq: 3, takenBy: { requestId: Y, principal: 'p', at: 200 } }] },
+      { kind: 'tombstones', tombstones: [{ requestId: X, principal: 'p', instance: 'i1', instanceSeq: 0, prevInstance: '', session: 's1', lastSeq: 3, takenBy: { requestId: Y, principal: 'p', at: 200 } }] },
       { kind: 'put', record: { target: 't', requestId: Y, principal: 'p', session: 's2', expiresAt: 250, lastSeq: 0, instance: 'i2', instanceSeq: 0, prevInstance: '', epoch: 0 } },
     ]);
     const locked = decideOpen(view(rec()), { target: 't', requestId: Y, principal: 'p', mode: 'write', session: 's2', leaseMs: 50 }, 200);
@@ -69,6 +69,39 @@ describe('rules as decisions', () => {
     const tomb: Tombstone = { requestId: X, instance: 'i1', instanceSeq: 0, prevInstance: '', session: 's1', lastSeq: 5 };
     const d = decideResume(view(rec({ requestId: Y }), 9, [tomb]), { target: 't', requestId: X, principal: 'p', mode: 'write', session: 's2', leaseMs: 10, instance: 'i1' }, 0);
     expect(d).toEqual({ out: { granted: false, reason: 'MODIFIED', code: 'MODIFIED', version: 9, lastSeq: 5 }, effects: [] });
+  });
+
+  it("a requestId stays its principal's while a tombstone names it: another principal's write open of it is FORBIDDEN, writing nothing", () => {
+    const tomb: Tombstone = { requestId: X, principal: 'p', instance: 'i1', instanceSeq: 0, prevInstance: '', session: 's1', lastSeq: 5 };
+    const req = { target: 't', requestId: X, principal: 'q', mode: 'write' as const, session: 's3', leaseMs: 50, instance: 'i3' };
+    // The target free, or held by a lapsed lock of a third requestId: refused before the lapsed record is buried.
+    expect(decideOpen(view(undefined, 9, [tomb]), req, 2000)).toEqual({ out: { ok: false, code: 'FORBIDDEN', message: 'requestId belongs to another principal' }, effects: [] });
+    expect(decideOpen(view(rec({ requestId: Y, principal: 'q', expiresAt: 100 }), 9, [tomb]), req, 2000)).toEqual({ out: expect.objectContaining({ ok: false, code: 'FORBIDDEN' }), effects: [] });
+    // A tombstone written before tombstones kept their principal binds the requestId to nobody who can open it afresh.
+    const { principal: _, ...legacy } = tomb;
+    expect(decideOpen(view(undefined, 9, [legacy]), { ...req, principal: 'p' }, 2000).out).toMatchObject({ ok: false, code: 'FORBIDDEN' });
+    // Its own principal opens it again; burying that record replaces only its own tombstone.
+    const own = decideOpen(view(rec({ requestId: Y, principal: 'q', expiresAt: 100 }), 9, [tomb]), { ...req, principal: 'p' }, 2000);
+    expect(own.out).toMatchObject({ ok: true, takeover: false });
+    const again = decideClose(view(rec({ principal: 'p', session: 's3', instance: 'i3', lastSeq: 0 }), 9, [tomb]), { target: 't', requestId: X }, 's3');
+    expect(again.effects[0]).toEqual({ kind: 'tombstones', tombstones: [{ requestId: X, principal: 'p', instance: 'i3', instanceSeq: 0, prevInstance: '', session: 's3', lastSeq: 0 }] });
+  });
+
+  it("another principal's tombstone is no evidence for a requestId, nor against it; one of a record of another principal is never replaced", () => {
+    const theirs: Tombstone = { requestId: X, principal: 'q', instance: 'i9', instanceSeq: 0, prevInstance: 'i1', session: 's9', lastSeq: 7 };
+    const resume = { target: 't', requestId: X, principal: 'p', mode: 'write' as const, session: 's2', leaseMs: 10, instance: 'i1' };
+    // Not SUPERSEDED with its lastSeq (its prevInstance is the asker's instance), not MODIFIED with its lastSeq: no evidence.
+    expect(decideResume(view(rec({ requestId: Y }), 9, [theirs]), resume, 0).out).toEqual({ granted: false, reason: 'MODIFIED', code: 'MODIFIED', version: 9 });
+    expect(decideResume(view(undefined, 9, [{ ...theirs, instance: 'i1' }]), resume, 0).out).toEqual({ granted: false, reason: 'MODIFIED', code: 'MODIFIED', version: 9 });
+    // The asker's own tombstone, behind the other principal's, is the evidence.
+    const mine: Tombstone = { requestId: X, principal: 'p', instance: 'i1', instanceSeq: 0, prevInstance: '', session: 's1', lastSeq: 4 };
+    expect(decideResume(view(undefined, 9, [theirs, mine]), resume, 0).out).toEqual({ granted: false, reason: 'MODIFIED', code: 'MODIFIED', version: 9, lastSeq: 4 });
+    // A tombstone from before principals were kept is taken as the asker's, as it was.
+    const { principal: _, ...legacy } = mine;
+    expect(decideResume(view(undefined, 9, [legacy]), resume, 0).out).toMatchObject({ code: 'MODIFIED', lastSeq: 4 });
+    // Burying a record of q's never replaces p's tombstone of the same requestId.
+    const buried = decideClose(view(rec({ principal: 'q', session: 's9' }), 9, [mine]), { target: 't', requestId: X }, 's9');
+    expect(buried.effects[0]).toEqual({ kind: 'tombstones', tombstones: [expect.objectContaining({ principal: 'q', session: 's9' }), mine] });
   });
 
   it('close buries and deletes; renew extends only a lock the session holds', () => {

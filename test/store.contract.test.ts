@@ -294,6 +294,29 @@ for (const adapter of adapters) {
       expect(await store.tombstones('never-written')).toEqual([]);
     });
 
+    it("a requestId stays its principal's while its tombstone is kept: another principal cannot open it after taking the target, and the victim learns MODIFIED with its lastSeq", async () => {
+      await setup();
+      // The victim (alice) writes; its lock lapses; mallory takes the target with a requestId of its own and closes.
+      await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, instance: 'inst-one' });
+      await write(X, 's1', 1, 0, 'a');
+      await write(X, 's1', 2, 1, 'b');
+      expect(await open(Y, 's2', 1000, 3000, 'write', 'mallory')).toMatchObject({ ok: true });
+      expect(await store.close({ target: T, requestId: Y }, 's2')).toBe(true);
+      // Then it opens the target naming the victim's requestId: refused, nothing written.
+      expect(await open(X, 's2', 1100, 3000, 'write', 'mallory')).toMatchObject({ ok: false, code: 'FORBIDDEN' });
+      expect(await store.record(T)).toBeUndefined();
+      expect(await write(X, 's2', 1, 0, 'M')).toMatchObject({ ok: false, code: 'MODIFIED' });
+      const tombs = await store.tombstones(T);
+      expect(tombs.map((t) => [t.requestId, t.principal])).toEqual([[Y, 'mallory'], [X, P]]);
+      expect(tombs[1]).toMatchObject({ session: 's1', lastSeq: 2 });
+      // The victim's resume is told the truth: modified, and which of its writes were applied.
+      expect(await resumeAs(X, 's3', 'inst-one')).toMatchObject({ granted: false, reason: 'MODIFIED', code: 'MODIFIED', lastSeq: 2 });
+      const r = await store.read({ target: T, offset: 0, length: 4 });
+      expect(r.ok && text(r.data)).toBe('ab');
+      // Its own principal may still open it.
+      expect(await open(X, 's4', 1200, 3000)).toMatchObject({ ok: true, lastSeq: 0 });
+    });
+
     it('an instance whose successor took over and closed is denied SUPERSEDED, with what it had applied', async () => {
       await setup();
       await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, instance: 'inst-one' });

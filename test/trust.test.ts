@@ -242,6 +242,51 @@ describe('principals are proven, not claimed', () => {
     expect(text(await victim.read(0, 14))).toBe('tenant-a data!');
   });
 
+  it("a requestId learned by another principal cannot be opened once that principal took the target: the victim's writes are settled by what was applied (S5, L1)", async () => {
+    const c = await cluster();
+    const victimAgent = await c.addNode('node-1', { proxied: true, secret: undefined, credential: issueCredential(c.secret, 'node', 'node-1') });
+    const victim = await new Application(victimAgent, { name: 'vm', credential: issueCredential(c.secret, 'principal', 'tenant-a') }).open('victim.disk');
+    await victim.write(0, bytes('tenant-a data'));
+    const store = c.replica(0).store;
+    // A write reaches the store and is applied, but its answer is lost; then the node is cut off.
+    c.link('node-1', 0).dropReplies();
+    const sent = victim.write(13, bytes('!')).then(() => 'resolved', (e: { code?: string }) => e.code);
+    for (const deadline = Date.now() + 5000; (await store.record('victim.disk'))?.lastSeq !== 2; await new Promise((r) => setTimeout(r, 10))) {
+      if (Date.now() > deadline) throw new Error('the write never reached the store');
+    }
+    c.partition('node-1');
+    await waitForState(victim, 'paused');
+    const queued = victim.write(14, bytes('?')).then(() => 'resolved', (e: { code?: string }) => e.code);
+    // tenant-b waits for the victim's lock to lapse, takes the target with a requestId of its own, and closes.
+    const peer = await session(await new WebSocketTransport().connect(c.urls[0]!));
+    const login = bareLogin(issueCredential(c.secret, 'node', 'node-2'), [issueCredential(c.secret, 'principal', 'tenant-b')], 'nonce-of-the-attacker-node');
+    peer.conn.send(login.hello);
+    peer.conn.send(login.answer(await peer.next((m) => m.type === 'challenge'))!);
+    await peer.next((m) => m.type === 'welcome');
+    const answer = (id: number) => peer.next((m) => 'id' in m && m.id === id);
+    let id = 0;
+    for (const deadline = Date.now() + 5000; ; await new Promise((r) => setTimeout(r, 50))) {
+      peer.conn.send({ type: 'open', id: ++id, target: 'victim.disk', requestId: 'B'.repeat(21), principal: 'tenant-b', mode: 'write' });
+      const got = await answer(id);
+      if (got.type === 'opened') break;
+      expect(got).toMatchObject({ type: 'error', code: 'LOCKED' });
+      if (Date.now() > deadline) throw new Error('the victim\'s lock never lapsed');
+    }
+    peer.conn.send({ type: 'close', id: ++id, target: 'victim.disk', requestId: 'B'.repeat(21) });
+    expect(await answer(id)).toMatchObject({ type: 'closed' });
+    // Then it opens the target naming the victim's requestId, as its own principal.
+    peer.conn.send({ type: 'open', id: ++id, target: 'victim.disk', requestId: victim.requestId, principal: 'tenant-b', mode: 'write' });
+    expect(await answer(id)).toMatchObject({ type: 'error', code: 'FORBIDDEN' });
+    // The victim comes back: denied MODIFIED (the target was taken), the applied write resolves, the queued one was never applied.
+    c.heal('node-1');
+    await waitForState(victim, 'invalidated');
+    expect(victim.reason).toBe('MODIFIED');
+    expect(await sent).toBe('resolved');
+    expect(await queued).toBe('MODIFIED');
+    const r = await store.read({ target: 'victim.disk', offset: 0, length: 16 });
+    expect(r.ok && text(r.data)).toBe('tenant-a data!');
+  });
+
   it('a principal proof that is wrong is refused; opens naming that principal stay FORBIDDEN', async () => {
     const { c } = await setup();
     const peer = await session(await new WebSocketTransport().connect(c.urls[0]!));
