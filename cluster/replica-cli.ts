@@ -28,6 +28,8 @@ Run one storage replica in the foreground (a host of its own; docs/deploy.md). S
   --etcd-ca F [--etcd-cert F --etcd-key F]
                          reach etcd over TLS: the CA of its members' certificates, and a client
                          certificate and key if the members ask for one
+  --etcd-move-pages      move the data pages of a store written by an earlier safe-resume to the
+                         current keys (docs/etcd.md); only once every replica of that version is stopped
   --hold-ms MS           hold period of a lost session's locks (default 5000)
   --metrics HOST:PORT    serve /metrics (Prometheus) and /healthz there (default: none)
   --log FILE             pino JSON log (default: standard output)
@@ -67,6 +69,7 @@ export async function replicaCommand(argv: string[], out: (s: string) => void): 
       'etcd-ca': { type: 'string' },
       'etcd-cert': { type: 'string' },
       'etcd-key': { type: 'string' },
+      'etcd-move-pages': { type: 'boolean' },
       'hold-ms': { type: 'string' },
       metrics: { type: 'string' },
       log: { type: 'string' },
@@ -93,7 +96,7 @@ export async function replicaCommand(argv: string[], out: (s: string) => void): 
   const tlsFlags = [v['tls-cert'], v['tls-key'], v['tls-ca']];
   if (tlsFlags.some((f) => f !== undefined) && tlsFlags.some((f) => f === undefined)) throw new ReplicaUsageError('--tls-cert, --tls-key and --tls-ca go together');
   if ((v['etcd-cert'] === undefined) !== (v['etcd-key'] === undefined)) throw new ReplicaUsageError('--etcd-cert and --etcd-key go together');
-  if ((v['etcd-cert'] !== undefined || v['etcd-ca'] !== undefined) && spec.kind !== 'etcd') throw new ReplicaUsageError('--etcd-* go with --store etcd://...');
+  if ((v['etcd-cert'] !== undefined || v['etcd-ca'] !== undefined || v['etcd-move-pages']) && spec.kind !== 'etcd') throw new ReplicaUsageError('--etcd-* go with --store etcd://...');
   if (v['etcd-cert'] !== undefined && v['etcd-ca'] === undefined) throw new ReplicaUsageError('--etcd-cert needs --etcd-ca');
   const dir = resolve(v.dir ?? '.safe-resume');
   // A replica never makes a cluster key: one made here would not be the cluster's.
@@ -103,7 +106,7 @@ export async function replicaCommand(argv: string[], out: (s: string) => void): 
   const etcdTls = v['etcd-ca'] ? { ca: pem('etcd-ca', v['etcd-ca']), cert: v['etcd-cert'] ? pem('etcd-cert', v['etcd-cert']) : undefined, key: v['etcd-key'] ? pem('etcd-key', v['etcd-key']) : undefined } : undefined;
 
   const log = v.log ? pino({ base: { actor: v.id } }, pino.destination({ dest: v.log, sync: false, mkdir: true })) : pino({ base: { actor: v.id } });
-  const store = openStore(spec, { etcd: etcdTls ? { tls: etcdTls } : {} });
+  const store = openStore(spec, { etcd: { ...(etcdTls ? { tls: etcdTls } : {}), ...(v['etcd-move-pages'] ? { movePages: true } : {}) } });
   let self: StorageReplica | undefined;
   const m = metrics ? replicaMetrics(() => self) : undefined;
   const replica = new StorageReplica({ id: v.id, store, transport: new WebSocketTransport(tls ? { tls } : {}), secret, host: listen.host, port: listen.port, holdMs, ...(m ? { observe: m.observe } : {}), env: { log } });

@@ -9,7 +9,9 @@
  *   k/<target>/t        the tombstones (JSON, newest first)
  *   k/<target>/v        the version, the size and the size fixed at creation (JSON)
  *   k/<target>/l        the lock: present while the holder's session lease lives (lease mode)
- *   d/<target>/<page>   the data, in 4 KiB pages (an untouched page costs nothing)
+ *   p/<target>/<page>   the data, in 4 KiB pages (an untouched page costs nothing); the page number in
+ *                       12 decimal digits, so etcd's byte order of keys is their number order
+ *   format              the key layout (KEY_LAYOUT), put when the store is first used
  *   h/...               the decision log, when one is kept (the chaos checker's history)
  *
  * Locks (lease mode, the default): every session of a replica has one etcd lease; a granted lock is the
@@ -29,6 +31,7 @@ import type { ICompare, IKeyValue, IRequestOp, IResponseOp } from 'etcd3/lib/rpc
 import { SafeResumeError } from '../errors.js';
 import * as rules from './rules.js';
 import {
+  MAX_DISK_BYTES,
   StoreUnavailableError,
   type Decided,
   type DecisionLog,
@@ -76,6 +79,12 @@ export interface EtcdStoreOptions {
   timeoutMs?: number;
   /** Keep each decision's log lines in etcd, committed with it (the chaos checker's history). */
   log?: DecisionLog;
+  /**
+   * A store written by an earlier safe-resume (page keys under `d/`, see KEY_LAYOUT): move its pages to
+   * the current keys (the store is unavailable until they are all moved). Without it such a store is
+   * refused. Only once every replica of the earlier version is stopped: they read the old keys only.
+   */
+  movePages?: boolean;
   /** TLS to etcd (PEM contents): the CA that signed the members' certificates, and a client certificate and key if they ask for one. */
   tls?: { ca: Buffer; cert?: Buffer | undefined; key?: Buffer | undefined } | undefined;
 }
@@ -125,7 +134,35 @@ interface Item {
 }
 
 const enc = (target: string) => encodeURIComponent(target);
-const pageKey = (n: number) => String(n).padStart(8, '0');
+
+/**
+ * The key layout this code reads and writes, kept in the key `format` under the prefix. A store without
+ * it that has keys under `d/` was written by the earlier layout (page numbers zero-padded to 8 digits,
+ * whose byte order is not their number order from page 100,000,000 on): it is refused, or, with the
+ * option movePages, its pages are moved to `p/` before it serves. A store marked with another layout is refused.
+ */
+const KEY_LAYOUT = '2';
+/** Where the pages are, under the prefix; and where the earlier layout kept them. */
+const PAGES = 'p/';
+const OLD_PAGES = 'd/';
+/**
+ * Digits of a page number in its key: fixed, so etcd's byte order of page keys is their number order.
+ * 10^12 pages of 4 KiB is 4 EB, far above the 2^28 pages of a disk of MAX_DISK_BYTES.
+ */
+const PAGE_DIGITS = 12;
+const PAGE_LIMIT = 10 ** PAGE_DIGITS;
+const PAGE_PART = new RegExp(`^[0-9]{${PAGE_DIGITS}}$`);
+if (MAX_DISK_BYTES / PAGE > PAGE_LIMIT) throw new Error('etcd page keys are too narrow for MAX_DISK_BYTES');
+/** The last part of a page's key: its number in PAGE_DIGITS decimal digits. */
+function pageKey(page: number): string {
+  if (!Number.isSafeInteger(page) || page < 0 || page >= PAGE_LIMIT) throw new RangeError(`etcd: page ${page} has no key`);
+  return String(page).padStart(PAGE_DIGITS, '0');
+}
+/** The page number in the last part of a page key (`old`: of the earlier layout, digits of any width). */
+function pageOfKey(part: string, old = false): number {
+  if (!(old ? /^[0-9]{1,16}$/ : PAGE_PART).test(part)) throw new StoreUnavailableError(`etcd: ${JSON.stringify(part)} is not a page key`);
+  return Number(part);
+}
 /** The end of a prefix range: the prefix with its last byte plus one. */
 function prefixEnd(prefix: string): Buffer {
   const b = Buffer.from(prefix);
@@ -154,6 +191,14 @@ export class EtcdStore implements Store {
   private readonly timeoutMs: number;
   private readonly leaseMode: boolean;
   private readonly log: DecisionLog | undefined;
+  private readonly movePages: boolean;
+  /** Whether the store's key layout was found to be this code's (checked once, on first use). */
+  private layoutOk = false;
+  private layoutCheck: Promise<void> | undefined;
+  /** Pages of the earlier layout being moved by this store, and why the last try stopped. */
+  private moving: Promise<void> | undefined;
+  private moveError: string | undefined;
+  private closed = false;
   /** Each session's lease (by session and TTL in seconds), and when it was last kept alive. */
   private readonly leases = new Map<string, { id: Promise<string>; aliveAt: number; ttl: number }>();
   private queue: Item[] = [];
@@ -186,14 +231,22 @@ export class EtcdStore implements Store {
     this.timeoutMs = opts.timeoutMs ?? 5000;
     this.leaseMode = (opts.expiry ?? 'lease') === 'lease';
     this.log = opts.log;
+    this.movePages = opts.movePages ?? false;
   }
 
   private k(target: string, part: 'r' | 't' | 'v' | 'l'): string {
     return `${this.prefix}k/${enc(target)}/${part}`;
   }
 
+  /** A page's key, or (no page) the prefix of the target's page keys. The one place page keys are made. */
   private d(target: string, page?: number): string {
-    return `${this.prefix}d/${enc(target)}/${page === undefined ? '' : pageKey(page)}`;
+    return `${this.prefix}${PAGES}${enc(target)}/${page === undefined ? '' : pageKey(page)}`;
+  }
+
+  /** The keys of the target's pages first..last, as a range (pages past the last a key can name are none). */
+  private pageRange(target: string, first: number, last: number): { key: Buffer; range_end: Buffer } {
+    const end = prefixEnd(this.d(target));
+    return { key: first < PAGE_LIMIT ? Buffer.from(this.d(target, first)) : end, range_end: last + 1 < PAGE_LIMIT ? Buffer.from(this.d(target, last + 1)) : end };
   }
 
   /** An etcd call, with its failures (no leader, timeouts, refused connections) as StoreUnavailableError. */
@@ -240,6 +293,91 @@ export class EtcdStore implements Store {
     return { key: Buffer.from(key), target: 'Mod', result: 'Equal', mod_revision: mod };
   }
 
+  // ---- the key layout ----
+
+  /** Resolves once the store's key layout is this code's: checked on first use, then never again. */
+  private ready(): Promise<void> {
+    if (this.layoutOk) return Promise.resolve();
+    if (!this.layoutCheck) {
+      const check = this.checkLayout();
+      this.layoutCheck = check;
+      check.then(
+        () => (this.layoutOk = true),
+        // Checked again on the next use (etcd unreachable, or pages still being moved).
+        () => this.layoutCheck === check && (this.layoutCheck = undefined),
+      );
+    }
+    return this.layoutCheck;
+  }
+
+  /**
+   * Read the layout marker. A store without one is marked, if no page of the earlier layout is in it
+   * (in a transaction that checks both); otherwise it is refused, or (movePages) its pages are moved
+   * first and the store is unavailable until they are. A marker of another layout is refused.
+   */
+  private async checkLayout(): Promise<void> {
+    const marker = Buffer.from(`${this.prefix}format`);
+    const old = `${this.prefix}${OLD_PAGES}`;
+    const none: ICompare = { key: Buffer.from(old), range_end: prefixEnd(old), target: 'Mod', result: 'Equal', mod_revision: '0' };
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const res = await this.txn('read', [], [{ request_range: { key: marker } }, { request_range: { key: Buffer.from(old), range_end: prefixEnd(old), count_only: true } }]);
+      const kv = res.responses[0]?.response_range?.kvs?.[0] as IKeyValue | undefined;
+      if (kv) {
+        const layout = kv.value.toString();
+        if (layout === KEY_LAYOUT) return;
+        throw new StoreUnavailableError(`etcd: the store under ${this.prefix} has key layout ${layout.slice(0, 40)} (key ${this.prefix}format), and this safe-resume knows layout ${KEY_LAYOUT} only: run the newer safe-resume that wrote it`);
+      }
+      const pages = Number(res.responses[1]?.response_range?.count ?? 0);
+      if (pages > 0 && !this.movePages) {
+        throw new StoreUnavailableError(
+          `etcd: ${pages} data pages under ${old} were written by an earlier safe-resume, whose page keys are read wrong from page 100,000,000 (offset 381 GiB) on; they are not served as they are. Stop every replica of the earlier version, then start one replica with --etcd-move-pages (EtcdStore option movePages): it moves them to ${this.prefix}${PAGES}, and every replica serves once all are moved`,
+        );
+      }
+      if (pages > 0) {
+        this.moving ??= this.moveOldPages().then(
+          () => {
+            this.moveError = undefined;
+            this.moving = undefined;
+          },
+          (err: unknown) => {
+            this.moveError = String((err as Error).message);
+            this.moving = undefined;
+          },
+        );
+        const last = this.moveError ? ` (the last try stopped: ${this.moveError})` : '';
+        throw new StoreUnavailableError(`etcd: ${pages} data pages under ${old} were written by an earlier safe-resume (page keys whose order breaks from page 100,000,000); they are being moved to ${this.prefix}${PAGES}, and the store serves once every one is moved${last}`);
+      }
+      const put = await this.txn('transaction', [{ key: marker, target: 'Create', result: 'Equal', create_revision: '0' }, none], [{ request_put: { key: marker, value: Buffer.from(KEY_LAYOUT) } }]);
+      if (put.succeeded) return;
+    }
+    throw new StoreUnavailableError(`etcd: the key layout of the store under ${this.prefix} kept changing while it was checked`);
+  }
+
+  /**
+   * Move every page of the earlier layout (`d/<target>/<page, 8 digits or more>`) to its key in this
+   * one, up to 50 pages per transaction: each page is put under its new key and its old key deleted,
+   * if the old key is still as read (another replica moving the same pages at once moves each once).
+   */
+  private async moveOldPages(): Promise<void> {
+    const old = `${this.prefix}${OLD_PAGES}`;
+    while (!this.closed) {
+      const res = await this.txn('read', [], [{ request_range: { key: Buffer.from(old), range_end: prefixEnd(old), limit: 50 } }]);
+      const kvs = (res.responses[0]?.response_range?.kvs ?? []) as IKeyValue[];
+      if (kvs.length === 0) return;
+      const compare: ICompare[] = [];
+      const success: IRequestOp[] = [];
+      for (const kv of kvs) {
+        const key = kv.key.toString();
+        const [target, page, ...rest] = key.slice(old.length).split('/');
+        if (!target || page === undefined || rest.length > 0) throw new StoreUnavailableError(`etcd: ${JSON.stringify(key)} is not a page key of the earlier layout`);
+        compare.push(this.modIs(key, kv.mod_revision));
+        success.push({ request_put: { key: Buffer.from(this.d(decodeURIComponent(target), pageOfKey(page, true))), value: kv.value } }, { request_delete_range: { key: kv.key } });
+      }
+      // A compare that failed: another replica moved (some of) them; read what is left.
+      await this.txn('transaction', compare, success);
+    }
+  }
+
   // ---- leases ----
 
   /** The lease of `session` for `ttl` seconds, granted on first use. */
@@ -284,6 +422,7 @@ export class EtcdStore implements Store {
   // ---- batches ----
 
   private enqueue<T>(item: Omit<Item, 'resolve' | 'reject'>): Promise<T> {
+    if (!this.layoutOk) return this.ready().then(() => this.enqueue<T>(item));
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ ...item, resolve: resolve as (out: unknown) => void, reject });
       if (!this.scheduled) {
@@ -602,6 +741,7 @@ export class EtcdStore implements Store {
   }
 
   async read(req: ReadRequest): Promise<ReadResult> {
+    if (!this.layoutOk) await this.ready();
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const first = Math.floor(req.offset / PAGE);
       const last = Math.floor((req.offset + Math.max(req.length, 1) - 1) / PAGE);
@@ -610,7 +750,7 @@ export class EtcdStore implements Store {
       // The keys and the pages in one read transaction: one revision, so the bytes are the version's.
       const res = await this.txn('read', [], [
         { request_range: { key: Buffer.from(kp), range_end: prefixEnd(kp) } },
-        { request_range: { key: Buffer.from(this.d(req.target, first)), range_end: Buffer.from(this.d(req.target, last + 1)) } },
+        { request_range: this.pageRange(req.target, first, last) },
       ]);
       const kvs = new Map<string, Kv>();
       for (const kv of (res.responses[0]?.response_range?.kvs ?? []) as IKeyValue[]) kvs.set(kv.key.toString(), { value: kv.value, mod: kv.mod_revision, lease: kv.lease });
@@ -626,7 +766,7 @@ export class EtcdStore implements Store {
         const data = new Uint8Array(Math.max(0, end - req.offset));
         const dp = this.d(req.target);
         for (const kv of (res.responses[1]?.response_range?.kvs ?? []) as IKeyValue[]) {
-          const start = Number(kv.key.toString().slice(dp.length)) * PAGE;
+          const start = pageOfKey(kv.key.toString().slice(dp.length)) * PAGE;
           const from = Math.max(req.offset, start);
           const to = Math.min(end, start + kv.value.length);
           if (to > from) data.set(kv.value.subarray(from - start, to - start), from - req.offset);
@@ -656,6 +796,7 @@ export class EtcdStore implements Store {
    * back on it if its record still names the session.
    */
   async renew(session: string, refs: HandleRef[], leaseMs: number): Promise<RenewResult> {
+    if (!this.layoutOk) await this.ready();
     const ttl = ttlOf(leaseMs);
     const item = (ref: HandleRef, lease: string | undefined) =>
       this.enqueue<RenewResult['lost'][number] | undefined>({
@@ -762,8 +903,9 @@ export class EtcdStore implements Store {
 
   /** Every target's bytes (for the chaos checker's final comparison). */
   async targets(): Promise<Array<{ target: string; data: Uint8Array }>> {
+    await this.ready();
     const kp = `${this.prefix}k/`;
-    const dp = `${this.prefix}d/`;
+    const dp = `${this.prefix}${PAGES}`;
     const [keys, data] = [await this.scan(kp), await this.scan(dp)];
     const out = new Map<string, { size: number; data: Uint8Array }>();
     for (const kv of keys) {
@@ -776,7 +918,7 @@ export class EtcdStore implements Store {
       const [t, p] = kv.key.toString().slice(dp.length).split('/');
       const entry = out.get(decodeURIComponent(t!));
       if (!entry) continue;
-      const start = Number(p) * PAGE;
+      const start = pageOfKey(p!) * PAGE;
       entry.data.set(kv.value.subarray(0, Math.max(0, Math.min(kv.value.length, entry.size - start))), start);
     }
     return [...out].map(([target, e]) => ({ target, data: e.data })).sort((a, b) => (a.target < b.target ? -1 : 1));
@@ -792,10 +934,12 @@ export class EtcdStore implements Store {
 
   async ping(): Promise<void> {
     await this.call('status', () => this.client.maintenance.status());
+    await this.ready();
   }
 
   async shutdown(): Promise<void> {
     // Leases are not revoked: the locks of this replica's sessions lapse at their end, as after a crash.
+    this.closed = true;
     this.client.close();
   }
 }
