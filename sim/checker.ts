@@ -108,6 +108,8 @@ export class Checker {
    * requestId, a reclaim after a restart included.
    */
   private readonly readers = new Map<string, { opened?: number; resumed?: number; told?: number }>();
+  /** Readers' denials judged needless, by target and requestId, until their application is told (see readDenied). */
+  private readonly readerDenials = new Map<string, { e: Ev<'deny'>; message: string }>();
   /** What applications may read, per target. */
   private readonly models = new Map<string, TargetModel>();
   private readonly modelWrites = new Map<number, ModelWrite>();
@@ -289,15 +291,32 @@ export class Checker {
    * the node forgot what the store granted. Then, as before, against the version the resume carried
    * (which reads may have moved past the granted one).
    */
+  /**
+   * A reader's denial is judged when the store decides it (on the writes applied by then), and held
+   * against the node only once its application was told: the handle invalidated, or its reclaim (an
+   * open) failed. A late resume from a session the node left (a replica that stalled) is denied too,
+   * but that answer reaches nobody.
+   */
   private readDenied(e: Ev<'deny'>, s: TargetState): void {
     const writtenAfter = (v: number) => s.applied.some((w) => w.version > v);
     const told = this.readers.get(`${e.target}\u0000${e.requestId}`)?.told;
     const carried = e.seenVersion;
+    const key = `${e.target}\u0000${e.requestId}`;
+    this.readerDenials.delete(key);
     if (told !== undefined && !writtenAfter(told)) {
       const why = carried === undefined ? 'carrying no version' : carried < told ? `carrying version ${carried}, older than the version the store granted it: the node lost it` : `carrying version ${carried}`;
-      this.violate('L1', e, e.target, `read resume of ${e.requestId} denied ${e.reason}, but ${e.target} was not written after version ${told}, which the store granted it with and its node received (${why})`);
+      this.readerDenials.set(key, { e, message: `read resume of ${e.requestId} denied ${e.reason}, but ${e.target} was not written after version ${told}, which the store granted it with and its node received (${why})` });
     } else if (carried !== undefined && !writtenAfter(carried)) {
-      this.violate('L1', e, e.target, `read resume of ${e.requestId} denied ${e.reason}, but ${e.target} was not written after version ${carried}, which the resume carried`);
+      this.readerDenials.set(key, { e, message: `read resume of ${e.requestId} denied ${e.reason}, but ${e.target} was not written after version ${carried}, which the resume carried` });
+    }
+  }
+
+  /** The application was told its reader's handle is lost: a needless denial of it counts now. */
+  private readerTold(target: string, requestId: string | undefined): void {
+    for (const [key, d] of this.readerDenials) {
+      if (d.e.target !== target || (requestId !== undefined && d.e.requestId !== requestId)) continue;
+      this.readerDenials.delete(key);
+      this.violate('L1', d.e, target, d.message);
     }
   }
 
@@ -343,6 +362,8 @@ export class Checker {
   }
 
   private fail(e: Ev<'fail'>): void {
+    // A reclaim refused MODIFIED: its application was told (its open names no requestId yet).
+    if (e.op === 'open' && e.code === 'MODIFIED') this.readerTold(e.target, e.requestId);
     const inv = this.pending.get(e.id);
     this.pending.delete(e.id);
     if (e.op === 'read') this.model(e.target).abandonRead(e.id);
@@ -384,6 +405,7 @@ export class Checker {
       const granted = this.instances.get(`${e.target}\u0000${e.requestId}`);
       if (granted && granted.size <= 1) this.violate('L1', e, e.target, `handle ${e.requestId} of ${e.proc} invalidated SUPERSEDED, but no other instance of it was granted ${e.target}`);
     }
+    if (e.to === 'invalidated' && e.reason === 'MODIFIED') this.readerTold(e.target, e.requestId);
     if (e.to === 'invalidated' && e.reason === 'MODIFIED') {
       const s = this.target(e.target);
       const isWriter = s.epoch.has(e.requestId);

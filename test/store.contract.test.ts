@@ -907,7 +907,7 @@ describe('etcd group commit and failures', () => {
       expect(await a.resume([{ target: T2, requestId: 'Z'.repeat(21), principal: 'p', mode: 'write', session: 'sz', leaseMs: 1000 }])).toMatchObject([{ granted: false, reason: 'MODIFIED' }]);
       // Through b: instance i1 opens, instance i2 of the same requestId takes over, then closes.
       expect(await b.open({ target: T2, requestId: y, principal: 'p', mode: 'write', session: 's1', leaseMs: 1000, instance: 'i1' })).toMatchObject({ ok: true });
-      expect(await b.open({ target: T2, requestId: y, principal: 'p', mode: 'write', session: 's2', leaseMs: 1000, instance: 'i2' })).toMatchObject({ ok: true, takeover: true });
+      expect(await b.resume([{ target: T2, requestId: y, principal: 'p', mode: 'write', session: 's2', leaseMs: 1000, instance: 'i2', takeover: true }])).toMatchObject([{ granted: true }]);
       expect(await b.close({ target: T2, requestId: y }, 's2')).toBe(true);
       // i1 comes back through a: the tombstone says another instance superseded it.
       expect(await a.resume([{ target: T2, requestId: y, principal: 'p', mode: 'write', session: 's3', leaseMs: 1000, instance: 'i1' }])).toMatchObject([{ granted: false, reason: 'SUPERSEDED' }]);
