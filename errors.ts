@@ -35,6 +35,8 @@ export class SafeResumeError extends Error {
   readonly retryable: boolean;
   /** For OUTCOME_UNKNOWN: why the handle was lost (MODIFIED, SUPERSEDED, TIMEOUT, UNAVAILABLE, CLOSED, ...). */
   readonly reason: ErrorCode | undefined;
+  /** For an open that reclaimed a requestId the node kept (or named) and was refused: that requestId. */
+  requestId?: string | undefined;
   constructor(code: ErrorCode, message?: string, reason?: ErrorCode) {
     super(message ?? ERROR_CODES[code]);
     this.name = 'SafeResumeError';

@@ -453,7 +453,9 @@ export class NodeAgent {
       case 'open-failed': {
         const w = this.opening.get(i.h);
         this.opening.delete(i.h);
-        return w?.reject(new SafeResumeError(i.code, i.message));
+        const err = new SafeResumeError(i.code, i.message);
+        if (i.h.how === 'resume') err.requestId = i.h.requestId;
+        return w?.reject(err);
       }
       case 'closed': {
         const ws = this.closing.get(i.h) ?? [];

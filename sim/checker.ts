@@ -314,7 +314,7 @@ export class Checker {
   /** The application was told its reader's handle is lost: a needless denial of it counts now. */
   private readerTold(target: string, requestId: string | undefined): void {
     for (const [key, d] of this.readerDenials) {
-      if (d.e.target !== target || (requestId !== undefined && d.e.requestId !== requestId)) continue;
+      if (d.e.target !== target || d.e.requestId !== requestId) continue;
       this.readerDenials.delete(key);
       this.violate('L1', d.e, target, d.message);
     }
@@ -362,7 +362,7 @@ export class Checker {
   }
 
   private fail(e: Ev<'fail'>): void {
-    // A reclaim refused MODIFIED: its application was told (its open names no requestId yet).
+    // A reclaim refused MODIFIED: its application was told (the failure names the requestId it reclaimed).
     if (e.op === 'open' && e.code === 'MODIFIED') this.readerTold(e.target, e.requestId);
     const inv = this.pending.get(e.id);
     this.pending.delete(e.id);

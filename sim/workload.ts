@@ -90,7 +90,9 @@ export class Workload {
       return { ok: true, value };
     } catch (err) {
       const code = err instanceof SafeResumeError ? err.code : 'INTERNAL';
-      if (!p.crashed) h.add({ kind: 'fail', id, proc: p.id, op, target: p.target, ...(requestId ? { requestId } : {}), code });
+      // A refused reclaim names the requestId it reclaimed.
+      const rid = requestId ?? (err instanceof SafeResumeError ? err.requestId : undefined);
+      if (!p.crashed) h.add({ kind: 'fail', id, proc: p.id, op, target: p.target, ...(rid ? { requestId: rid } : {}), code });
       return { ok: false, code };
     }
   }

@@ -249,8 +249,8 @@ describe('checker: a reader\'s denial is judged against the version the store gr
     t = 0;
     expect(check([...openedAt1(), readResumed(3), readerActive(), readDeny(1, 3)])).toEqual([]);
     t = 0;
-    // Told through a reclaim that failed MODIFIED (its open names no requestId yet), it counts.
-    const reclaimFailed = at({ kind: 'fail', id: 9, proc: 'r', op: 'open', target: T, code: 'MODIFIED' });
+    // Told through a reclaim of its requestId that failed MODIFIED, it counts.
+    const reclaimFailed = at({ kind: 'fail', id: 9, proc: 'r', op: 'open', target: T, requestId: Z, code: 'MODIFIED' });
     expect(guarantees([...openedAt1(), readResumed(3), readerActive(), readDeny(1, 3), reclaimFailed])).toEqual(['L1']);
   });
 
