@@ -740,8 +740,8 @@ describe('etcd on three members', () => {
         expect(await a.renew('sa', [{ target, requestId: rid('A') }], 2000)).toEqual({ lost: [] });
         await sleep(500);
       }
-      // The holder's replica stops renewing (it crashed): etcd lets the lease lapse, and only then is B granted.
-      expect(await eventually(async () => (await open(fast, rid('B'), 'sb')).ok, 10_000)).toBe(true);
+      // The holder's replica stops renewing (it crashed): etcd lets the lease lapse (its TTL at least 7 s, for the 5 s call timeout), and only then is B granted.
+      expect(await eventually(async () => (await open(fast, rid('B'), 'sb')).ok, 15_000)).toBe(true);
       // The holder learns it lost the target, and what it had applied.
       expect(await a.resume([{ target, requestId: rid('A'), principal: 'p', mode: 'write', session: 'sa2', leaseMs: 2000 }])).toEqual([{ granted: false, reason: 'MODIFIED', code: 'MODIFIED', version: 1, lastSeq: 1 }]);
     } finally {
@@ -764,7 +764,7 @@ describe('etcd on three members', () => {
       expect(a.stats.keepAlives - before.keepAlives).toBe(1);
       expect(a.stats.commits - before.commits).toBe(0);
       // The replica was cut off from etcd for longer than the lease: the locks lapsed...
-      expect(await eventually(async () => !(await a.locked(refs[0]!.target)), 10_000)).toBe(true);
+      expect(await eventually(async () => !(await a.locked(refs[0]!.target)), 15_000)).toBe(true);
       // ...nobody took them meanwhile, so its next renewal puts them back on a new lease, and they hold again.
       expect(await a.renew('sa', refs, 2000)).toEqual({ lost: [] });
       expect(a.stats.grants).toBe(2);
