@@ -29,6 +29,8 @@ interface TargetState {
   holder: { requestId: string; session: string } | undefined;
   /** When the store last granted or renewed the holder's lock (the hold period runs from there). */
   extendedAt: number;
+  /** Until when the holder's lock surely lasts: a grant's, at least a renewal interval; a renewal's, at least the hold period. */
+  promisedUntil: number;
   /** For each requestId: index into `applied` when its current record was freshly granted. */
   epoch: Map<string, number>;
   /** requestIds granted the target freshly, in order, with the index into `applied` at that time. */
@@ -75,6 +77,12 @@ export interface CheckOptions {
    * store last extended it, so a takeover sooner breaks the hold (L1). Unchecked when absent.
    */
   holdMs?: number;
+  /**
+   * The replicas' renewal interval: a lock the store grants lasts at least this long (the holder's
+   * session renews it before then), so a takeover sooner, with no renewal in between, breaks it (L1).
+   * Unchecked when absent.
+   */
+  renewMs?: number;
 }
 
 type Ev<K extends HistoryEvent['kind']> = Extract<HistoryEvent, { kind: K }>;
@@ -122,7 +130,7 @@ export class Checker {
   private target(name: string): TargetState {
     let s = this.targets.get(name);
     if (!s) {
-      s = { holder: undefined, extendedAt: 0, epoch: new Map(), fresh: [], released: new Set(), applied: [], content: { data: Buffer.alloc(0), size: 0 }, version: 0, seqs: new Set(), bytesApplied: new Map() };
+      s = { holder: undefined, extendedAt: 0, promisedUntil: 0, epoch: new Map(), fresh: [], released: new Set(), applied: [], content: { data: Buffer.alloc(0), size: 0 }, version: 0, seqs: new Set(), bytesApplied: new Map() };
       this.targets.set(name, s);
     }
     return s;
@@ -158,7 +166,11 @@ export class Checker {
       case 'renew':
         for (const t of e.targets) {
           const s = this.targets.get(t);
-          if (s?.holder && s.holder.session === e.session) s.extendedAt = e.t;
+          if (s?.holder && s.holder.session === e.session) {
+            s.extendedAt = e.t;
+            // A renewal may be the hold period's, which promises only the hold.
+            s.promisedUntil = e.t + (this.opts.holdMs ?? 0);
+          }
         }
         return;
       case 'applied':
@@ -245,6 +257,8 @@ export class Checker {
       const hold = this.opts.holdMs;
       if (prev && prev.requestId !== e.requestId && hold !== undefined && e.t < s.extendedAt + hold) {
         this.violate('L1', e, e.target, `${e.requestId} took ${e.target} from ${prev.requestId} ${e.t - s.extendedAt} ms after its lock was last extended, inside the ${hold} ms hold period`);
+      } else if (prev && prev.requestId !== e.requestId && e.t < s.promisedUntil) {
+        this.violate('L1', e, e.target, `${e.requestId} took ${e.target} from ${prev.requestId} ${e.t - s.extendedAt} ms after its lock was granted, before the holder's session was due to renew it (a granted lock lasts at least the ${this.opts.renewMs} ms renewal interval)`);
       }
       s.epoch.set(e.requestId, s.applied.length);
       s.fresh.push({ requestId: e.requestId, at: s.applied.length });
@@ -252,6 +266,7 @@ export class Checker {
     }
     s.holder = { requestId: e.requestId, session: e.session };
     s.extendedAt = e.t;
+    s.promisedUntil = e.t + Math.max(this.opts.holdMs ?? 0, this.opts.renewMs ?? 0);
   }
 
   private deny(e: Ev<'deny'>): void {

@@ -31,6 +31,7 @@ export const FAULT_KINDS = [
   'clock-jump',
   'store-stall',
   'late-commit',
+  'lease-race',
 ] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
@@ -45,6 +46,8 @@ export interface ScheduleOptions {
   makeKept?: WorldOptions['makeKept'];
   /** How long a fault lasts, drawn from this range (default 100-1500 ms). */
   faultMs?: [number, number];
+  /** Locks on leases, as on etcd (default: drawn from the seed, on for one seed in four). */
+  leases?: boolean;
 }
 
 export interface ScheduleResult {
@@ -73,6 +76,7 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
     holdMs: draw.pick([0, 150, 400, 1000]),
     pauseTimeoutMs: draw.pick([2500, 6000]),
     keptOnDisk: true,
+    leases: opts.leases ?? draw.int(0, 3) === 0,
   };
   const world = new World({
     seed,
@@ -338,6 +342,20 @@ async function inject(world: World, kind: FaultKind, faultsUntil: number, faultM
       world.clock.setTimeout(() => store.lateCommits(undefined), until - now);
       return;
     }
+    case 'lease-race': {
+      // A session whose only write open was refused LOCKED idles, so nothing keeps its lease alive;
+      // near the end of that lease it is granted a fresh target, which another node keeps trying to open.
+      const holders = world.procs.filter((p) => !p.crashed && !p.stopped && p.mode === 'write' && p.handle?.state === 'active');
+      const contender = world.pick(world.nodeNames.filter((n) => world.agents.get(n)));
+      if (holders.length === 0 || !contender) return;
+      const n = world.faults.get(kind) ?? 0;
+      const node = `node-lease-${n + 1}`;
+      const target = `lease-race-${n + 1}.disk`;
+      const held = world.pick(holders).target;
+      world.fault(kind, `${node} is refused ${held}, idles, then opens ${target} near the end of its lease; ${contender} contends`);
+      void leaseRace(world, node, held, target, contender);
+      return;
+    }
     case 'clock-jump': {
       const jump = world.opts.holdMs + world.pick([100, world.opts.pauseTimeoutMs]);
       world.fault(kind, `+${jump}ms`);
@@ -346,6 +364,50 @@ async function inject(world: World, kind: FaultKind, faultsUntil: number, faultM
       return;
     }
   }
+}
+
+/**
+ * The lease race (fault `lease-race`): an application on a node of its own opens `held` (refused
+ * LOCKED: its session's lease is granted, and with no active write handle nothing keeps it alive),
+ * then opens `target` just before that lease's end (with the lease model; otherwise after a while),
+ * while applications on `contender` try to open `target` every few ms across that end. Only the
+ * store's grants go into the history: these applications are the fault's, not the workload's.
+ */
+async function leaseRace(world: World, node: string, held: string, target: string, contender: string): Promise<void> {
+  const sleepUntil = (at: number) => world.sleep(Math.max(0, at - world.clock.now()));
+  const agent = world.startAgent(node);
+  const before = new Set(world.leases.expiry.keys());
+  try {
+    const h = await world.newApplication(agent, `${node}-idler`, node).open(held);
+    // Not held after all: let it go again.
+    await h.close().catch(() => undefined);
+  } catch {
+    // LOCKED, as intended (or storage away: the race goes on all the same).
+  }
+  const granted = [...world.leases.expiry.keys()].filter((id) => !before.has(id));
+  const end = granted.length > 0 ? world.leases.expiry.get(granted[granted.length - 1]!)! : world.clock.now() + world.between(500, 1500);
+  const at = end - world.between(5, 40);
+  await sleepUntil(at);
+  if (world.stopping) return;
+  const idler = world.newApplication(agent, `${node}-app`, node);
+  const opening = idler.open(target).catch(() => undefined);
+  const contending = (async () => {
+    const other = world.agents.get(contender);
+    for (let k = 0; other && world.agents.get(contender) === other && world.clock.now() < at + 300 && !world.stopping; k++) {
+      try {
+        const h = await world.newApplication(other, `${node}-racer-${k}`, contender).open(target);
+        await world.sleep(50);
+        await h.close().catch(() => undefined);
+        return;
+      } catch {
+        await world.sleep(world.between(2, 8));
+      }
+    }
+  })();
+  const h = await opening;
+  await contending;
+  await world.sleep(world.between(200, 600));
+  await h?.close().catch(() => undefined);
 }
 
 /** Bring a node's agent back after a while, then the applications that died with it. */

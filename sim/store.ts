@@ -19,8 +19,10 @@
  * transactions: a new instance over it (a reboot) sees exactly what was committed.
  */
 import type { ActorClock } from '../actors/env.js';
-import { StoreBusyError, TxStore } from '../store/base.js';
+import { StoreBusyError, TxStore, type SyncStore } from '../store/base.js';
+import * as leases from '../store/leases.js';
 import { memoryTx, type MemoryState } from '../store/memory.js';
+import * as rules from '../store/rules.js';
 import type { Tx } from '../store/rules.js';
 import { StoreUnavailableError, type LockRecord, type Tombstone } from '../store/types.js';
 
@@ -44,6 +46,47 @@ export interface SimStoreOptions {
    * instance's own.
    */
   faults?: SimStoreFaults;
+  /** Locks on leases, as the etcd store keeps them (see SimLeaseOptions); default: locks expire by their records' `expiresAt`. */
+  leases?: SimLeaseOptions;
+}
+
+/**
+ * etcd's side of the lease model, shared by every store instance over the same database (as etcd is
+ * by every replica): each lease's expiry on the store's clock, and the lease each target's lock key
+ * hangs on. A lock is live while its lease lives.
+ */
+export interface SimLeaseState {
+  expiry: Map<number, number>;
+  locks: Map<string, number>;
+  nextId: number;
+}
+
+export const newLeaseState = (): SimLeaseState => ({ expiry: new Map(), locks: new Map(), nextId: 1 });
+
+/**
+ * The lease model of the etcd store: every session has a lease (per TTL), granted on its first write
+ * open or resume (even one refused LOCKED), kept alive by `renew` (only when it has handles to renew),
+ * and a granted lock hangs on it. Before a grant commits a lock onto a lease, the lease must surely
+ * live a renewal interval past the time the commit can land (`busyWaitMs` here, as the etcd store's
+ * call timeout there), or it is kept alive first: the same decision as the etcd store's
+ * (store/leases.ts), with the same minimum TTL.
+ */
+export interface SimLeaseOptions {
+  state: SimLeaseState;
+  /** The replicas' renewal interval. */
+  renewMs: number;
+  /**
+   * Check a lease's freshness before it carries a new lock (default true). False models the etcd
+   * store without the check: any lease not surely lapsed carries it, TTLs have no minimum.
+   */
+  fresh?: boolean;
+}
+
+/** What one store instance knows of one of its sessions' leases. */
+interface SimLease {
+  id: number;
+  ttl: number;
+  times: leases.LeaseTimes;
 }
 
 /** Which injected faults are on. */
@@ -105,6 +148,8 @@ export class SimStore extends TxStore {
   private guard: { stamps: Map<string, number>; compared: Set<string> } | undefined;
   /** Set while a late commit lands: it is the store's doing, not this process's, so a crash does not stop it. */
   private landing = false;
+  /** Lease mode: whether the target's lock is live (its key hangs on a live lease). */
+  lockLive: ((target: string) => boolean) | undefined;
 
   /** Pass another instance's `state` to model another process, or a restart, over the same database. */
   constructor(
@@ -130,6 +175,7 @@ export class SimStore extends TxStore {
     };
     this.clockNow = () => this.clock.now();
     this.txImpl = this.makeTx();
+    if (opts.leases) Object.assign(this.sync, this.leaseRules(opts.leases));
   }
 
   /** Switch an injected fault on or off. */
@@ -295,6 +341,120 @@ export class SimStore extends TxStore {
     const undo = this.undo;
     for (let i = undo.length - 1; i >= mark; i--) undo[i]!();
     undo.length = mark;
+  }
+
+  /**
+   * The rules of the lease model (SimLeaseOptions): open, resume, close and renew decide on whether
+   * the target's lock key still hangs on a live lease, and move it with the record. Granting a lease
+   * and keeping it alive are not part of the transaction (they are etcd calls of their own): a
+   * transaction rolled back leaves them done; a lock key put or deleted is undone with it.
+   */
+  private leaseRules(o: SimLeaseOptions): Partial<SyncStore> {
+    const shared = o.state;
+    const fresh = o.fresh ?? true;
+    const commitMs = this.busyWaitMs;
+    const mine = new Map<string, SimLease>();
+    const now = () => this.clock.now();
+    const ttlOf = (ms: number) => (fresh ? leases.ttlSeconds(ms, commitMs, o.renewMs) : Math.max(1, Math.ceil(ms / 1000)));
+    const alive = (id: number) => (shared.expiry.get(id) ?? -Infinity) > now();
+    const grant = (key: string, ttl: number): SimLease => {
+      const id = shared.nextId++;
+      shared.expiry.set(id, now() + ttl * 1000);
+      const l = { id, ttl, times: { ttlMs: ttl * 1000, sentAt: now(), answeredAt: now() } };
+      mine.set(key, l);
+      return l;
+    };
+    const keepAlive = (l: SimLease): boolean => {
+      if (!alive(l.id)) return false;
+      shared.expiry.set(l.id, now() + l.ttl * 1000);
+      l.times = { ttlMs: l.ttl * 1000, sentAt: now(), answeredAt: now() };
+      return true;
+    };
+    /** The session's lease for `ttl`, granted on first use or once surely lapsed. */
+    const leaseOf = (session: string, ttl: number): { key: string; lease: SimLease } => {
+      const key = `${session}/${ttl}`;
+      let l = mine.get(key);
+      if (l && leases.surelyLapsed(l.times, now())) mine.delete(key);
+      l = mine.get(key) ?? grant(key, ttl);
+      return { key, lease: l };
+    };
+    /** The lease a lock committed now goes on: kept alive first if it may lapse too soon; a lapsed one (etcd refuses it) replaced. */
+    const carrier = ({ key, lease }: { key: string; lease: SimLease }): number => {
+      if (fresh && !leases.canCarry(lease.times, now() + commitMs, o.renewMs) && keepAlive(lease)) return lease.id;
+      return alive(lease.id) ? lease.id : grant(key, lease.ttl).id;
+    };
+    const live = (target: string) => {
+      const id = shared.locks.get(target);
+      return id !== undefined && alive(id);
+    };
+    this.lockLive = live;
+    const view = (tx: Tx, target: string): rules.TargetView => {
+      const base = rules.viewOf(tx, target);
+      return {
+        get record() {
+          return base.record;
+        },
+        get version() {
+          return base.version;
+        },
+        get fixedSize() {
+          return base.fixedSize;
+        },
+        tombstones: base.tombstones,
+        live: live(target),
+      };
+    };
+    const setLock = (target: string, id: number | undefined) => {
+      const prev = shared.locks.get(target);
+      this.undo.push(() => restore(shared.locks, target, prev));
+      if (id === undefined) shared.locks.delete(target);
+      else shared.locks.set(target, id);
+    };
+    /** Apply a decision, the lock key with the record: put on the session's lease, or deleted. */
+    const apply = <T>(tx: Tx, target: string, d: rules.Decision<T>, lease: { key: string; lease: SimLease } | undefined): T => {
+      for (const e of d.effects) {
+        if (e.kind === 'put' && lease) setLock(target, carrier(lease));
+        else if (e.kind === 'delete') setLock(target, undefined);
+      }
+      return rules.apply(tx, target, d);
+    };
+    return {
+      open: (req) =>
+        this.tx((tx) => {
+          const lease = req.mode === 'write' ? leaseOf(req.session, ttlOf(req.leaseMs)) : undefined;
+          return apply(tx, req.target, rules.decideOpen(view(tx, req.target), req, now(), tx.maxSize), lease);
+        }),
+      resume: (reqs) =>
+        this.tx((tx) =>
+          reqs.map((req) => {
+            const lease = req.mode === 'write' ? leaseOf(req.session, ttlOf(req.leaseMs)) : undefined;
+            return apply(tx, req.target, rules.decideResume(view(tx, req.target), req, now()), lease);
+          }),
+        ),
+      close: (ref, session) => this.tx((tx) => apply(tx, ref.target, rules.decideClose(view(tx, ref.target), ref, session), undefined)),
+      renew: (session, refs, leaseMs) =>
+        this.tx((tx) => {
+          if (refs.length === 0) return { lost: [] };
+          // One keep-alive of the session's lease (a lapsed one is replaced), then the locks off it put back.
+          const ttl = ttlOf(leaseMs);
+          const key = `${session}/${ttl}`;
+          const had = mine.get(key);
+          if (had && !leases.surelyLapsed(had.times, now()) && !keepAlive(had)) {
+            for (const k of [...mine.keys()]) if (k.startsWith(`${session}/`)) mine.delete(k);
+          }
+          const l = leaseOf(session, ttl);
+          const lost: Array<NonNullable<ReturnType<typeof rules.decideRenew>['out']>> = [];
+          for (const ref of refs) {
+            const v = view(tx, ref.target);
+            const rec = v.record;
+            const held = rec?.requestId === ref.requestId && rec.session === session;
+            if (held && v.live && shared.locks.get(ref.target) === l.lease.id) continue;
+            const out = apply(tx, ref.target, rules.decideRenew(v, ref, session, now() + leaseMs), held ? l : undefined);
+            if (out) lost.push(out);
+          }
+          return { lost };
+        }),
+    };
   }
 
   /**

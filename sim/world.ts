@@ -16,7 +16,7 @@ import type { Connection, Transport } from '../transport/types.js';
 import { Checker } from './checker.js';
 import { ProcClock, quiesce, SimClock } from './clock.js';
 import { SimDisk } from './disk.js';
-import { SimStore, type SimStoreFaults } from './store.js';
+import { newLeaseState, SimStore, type SimStoreFaults } from './store.js';
 import { hex, observedStore, Recorder } from './history.js';
 import { Workload, type Proc, type SpawnOptions } from './workload.js';
 
@@ -56,6 +56,8 @@ export interface WorldOptions {
    * inject broken variants here.
    */
   makeKept?: (dir: string, node: string, disk: KeptDisk) => MemoryKeptIds;
+  /** With `store: 'sim'`: locks hang on their sessions' leases, as on etcd (SimLeaseOptions). */
+  leases?: boolean;
 }
 
 /** What a store of one replica is built with. */
@@ -65,6 +67,10 @@ export interface StoreContext {
   /** The timers of the replica process using the store, with its host's wall clock (skewed, stepped) as `now`. */
   replicaClock: ActorClock;
   random: () => number;
+  /** etcd's side of the lease model, shared by every replica's store (used by stores built in lease mode). */
+  leases: ReturnType<typeof newLeaseState>;
+  /** The replicas' renewal interval. */
+  renewMs: number;
 }
 
 /** Where a node agent keeps its requestId file on the node's disk. */
@@ -101,6 +107,8 @@ export class World {
   readonly state: MemoryState = { records: new Map(), tombstones: new Map(), targets: new Map() };
   /** The database's busy and I/O faults, which every replica's store sees at once. */
   readonly dbFaults: SimStoreFaults = { busy: false, io: false, unavailable: false };
+  /** The leases of the lease model (`leases`), which every replica's store shares, as etcd's. */
+  readonly leases = newLeaseState();
   readonly replicas: Array<StorageReplica | undefined> = [];
   readonly stores: TxStore[] = [];
   readonly agents = new Map<string, NodeAgent | undefined>();
@@ -132,9 +140,9 @@ export class World {
 
   constructor(readonly opts: WorldOptions) {
     this.random = seededRandom(opts.seed);
-    this.checker = new Checker({ holdMs: opts.holdMs });
-    this.history = new Recorder(() => this.clock.now(), (e) => this.checker.observe(e));
     this.timing = { ...TIMING, ...opts.timing };
+    this.checker = new Checker({ holdMs: opts.holdMs, renewMs: this.timing.renewMs });
+    this.history = new Recorder(() => this.clock.now(), (e) => this.checker.observe(e));
     this.env = { clock: this.clock, random: this.random, newId: seededIds(this.random), log: pino({ level: 'silent' }), inspect: opts.inspect };
     this.net = new MemoryNetwork({ deliver: (fn, d) => this.deliver(fn, d), maxFrameBytes: 1 << 20 });
   }
@@ -356,11 +364,11 @@ export class World {
   async startReplica(i: number): Promise<void> {
     const name = this.replicaNames[i]!;
     const env = this.envOf(name);
-    const ctx: StoreContext = { clock: this.clock, replicaClock: (env.clock as ProcClock).wallClock, random: this.random };
+    const ctx: StoreContext = { clock: this.clock, replicaClock: (env.clock as ProcClock).wallClock, random: this.random, leases: this.leases, renewMs: this.timing.renewMs };
     const inner = this.opts.makeStore
       ? this.opts.makeStore(this.state, ctx)
       : this.opts.store === 'sim'
-        ? new SimStore(this.state, { clock: this.clock, random: this.random, faults: this.dbFaults })
+        ? new SimStore(this.state, { clock: this.clock, random: this.random, faults: this.dbFaults, ...(this.opts.leases ? { leases: { state: this.leases, renewMs: this.timing.renewMs } } : {}) })
         : new MemoryStore(this.state, () => this.clock.now());
     this.stores[i] = inner;
     const r = new StorageReplica({

@@ -29,6 +29,7 @@
 import { Etcd3 } from 'etcd3';
 import type { ICompare, IKeyValue, IRequestOp, IResponseOp } from 'etcd3/lib/rpc.js';
 import { SafeResumeError } from '../errors.js';
+import * as leases from './leases.js';
 import * as rules from './rules.js';
 import {
   MAX_DISK_BYTES,
@@ -179,7 +180,19 @@ interface Meta {
 }
 
 const metaOf = (s: TargetState): Buffer => Buffer.from(JSON.stringify(s.fixed ? { version: s.version, size: s.size, fixed: s.fixed } : { version: s.version, size: s.size }));
-const ttlOf = (leaseMs: number) => Math.max(1, Math.ceil(leaseMs / 1000));
+/** Keep-alives one commit may wait for before its lease counts as one etcd cannot keep alive in time. */
+const MAX_LEASE_REFRESHES = 3;
+
+/** One session's lease for one TTL: its id once granted, and what this store knows of when it lapses. */
+interface Lease {
+  id: Promise<string>;
+  /** The id, once granted. */
+  granted: string | undefined;
+  ttl: number;
+  times: leases.LeaseTimes;
+  /** A keep-alive on its way (one at a time per lease). */
+  refreshing: Promise<boolean> | undefined;
+}
 
 class LeaseLost extends Error {}
 
@@ -200,7 +213,7 @@ export class EtcdStore implements Store {
   private moveError: string | undefined;
   private closed = false;
   /** Each session's lease (by session and TTL in seconds), and when it was last kept alive. */
-  private readonly leases = new Map<string, { id: Promise<string>; aliveAt: number; ttl: number }>();
+  private readonly leases = new Map<string, Lease>();
   private queue: Item[] = [];
   /** What each recently used target was when this store last read or committed it. */
   private readonly cache = new Map<string, TargetState>();
@@ -380,19 +393,70 @@ export class EtcdStore implements Store {
 
   // ---- leases ----
 
+  /**
+   * The TTL in whole seconds of the lease for locks that last `leaseMs`: at least long enough that a
+   * lease just kept alive still lives a renewal interval after a commit that takes the whole call
+   * timeout (store/leases.ts), so a lock can always be put on it.
+   */
+  private ttlOf(leaseMs: number): number {
+    return leases.ttlSeconds(leaseMs, this.timeoutMs);
+  }
+
   /** The lease of `session` for `ttl` seconds, granted on first use. */
   private leaseOf(session: string, ttl: number): Promise<string> {
     const key = `${session}/${ttl}`;
     const have = this.leases.get(key);
     if (have) return have.id;
-    const id = this.call('lease grant', () => this.client.leaseClient.leaseGrant({ TTL: ttl, ID: 0 })).then((r) => {
+    // The TTL starts when etcd grants it: after this send, before the answer.
+    const entry: Lease = { id: Promise.resolve(''), granted: undefined, ttl, times: { ttlMs: ttl * 1000, sentAt: Date.now(), answeredAt: undefined }, refreshing: undefined };
+    entry.id = this.call('lease grant', () => this.client.leaseClient.leaseGrant({ TTL: ttl, ID: 0 })).then((r) => {
       this.stats.grants++;
-      return String(r.ID);
+      entry.times.answeredAt = Date.now();
+      entry.granted = String(r.ID);
+      return entry.granted;
     });
-    const entry = { id, aliveAt: Date.now(), ttl };
     this.leases.set(key, entry);
-    id.catch(() => this.leases.get(key) === entry && this.leases.delete(key));
-    return id;
+    entry.id.catch(() => this.leases.get(key) === entry && this.leases.delete(key));
+    return entry.id;
+  }
+
+  /**
+   * Keep a lease alive once (a keep-alive already on its way is joined); false if etcd let it lapse,
+   * and then it is forgotten. Its times move only by a keep-alive that etcd answered alive.
+   */
+  private refresh(key: string, entry: Lease, id: string): Promise<boolean> {
+    entry.refreshing ??= (async () => {
+      const sentAt = Date.now();
+      try {
+        const alive = await this.keepAlive(id);
+        if (alive) entry.times = { ttlMs: entry.ttl * 1000, sentAt: Math.max(sentAt, entry.times.sentAt), answeredAt: Date.now() };
+        else if (this.leases.get(key) === entry) this.leases.delete(key);
+        return alive;
+      } finally {
+        entry.refreshing = undefined;
+      }
+    })();
+    return entry.refreshing;
+  }
+
+  /**
+   * Before a commit that puts locks on these leases (by key, with the id each lock goes on): each
+   * must surely live a renewal interval past the time the commit can land (its call's deadline), or
+   * it is kept alive first. A lease that lapsed, or was forgotten meanwhile, throws LeaseLost (the
+   * items are decided again, on a new lease).
+   */
+  private async leasesFresh(used: Map<string, string>): Promise<void> {
+    await Promise.all(
+      [...used].map(async ([key, id]) => {
+        for (let i = 0; ; i++) {
+          const entry = this.leases.get(key);
+          if (!entry || entry.granted !== id) throw new LeaseLost(`etcd: lease ${id} was given up`);
+          if (leases.canCarry(entry.times, Date.now() + this.timeoutMs)) return;
+          if (i === MAX_LEASE_REFRESHES) throw new StoreUnavailableError(`etcd: lease ${id} could not be kept alive long enough to carry a lock (keep-alives too slow for a TTL of ${entry.ttl} s)`);
+          if (!(await this.refresh(key, entry, id))) throw new LeaseLost(`etcd: lease ${id} lapsed`);
+        }
+      }),
+    );
   }
 
   /** Keep a lease alive once; false if etcd let it lapse. */
@@ -413,10 +477,10 @@ export class EtcdStore implements Store {
     return Number(res.TTL) > 0;
   }
 
-  /** Forget leases not kept alive for longer than their TTL (etcd let them lapse), and one known lost. */
+  /** Forget leases that surely lapsed (judged from when etcd last answered for them), and those of a session known lost. */
   private forgetLeases(lost?: string): void {
     const now = Date.now();
-    for (const [key, l] of this.leases) if ((lost !== undefined && key.startsWith(`${lost}/`)) || now - l.aliveAt > l.ttl * 1000 + 1000) this.leases.delete(key);
+    for (const [key, l] of this.leases) if ((lost !== undefined && key.startsWith(`${lost}/`)) || leases.surelyLapsed(l.times, now)) this.leases.delete(key);
   }
 
   // ---- batches ----
@@ -528,6 +592,8 @@ export class EtcdStore implements Store {
     if (this.leaseMode) {
       await Promise.all(batch.filter((it) => it.grant).map(async (it) => grants.set(it, await this.leaseOf(it.grant!.session, it.grant!.ttl))));
     }
+    /** The leases this commit puts locks on (by key), each with the id it uses. */
+    const used = new Map<string, string>();
     const targets = [...new Set(batch.map((it) => it.target))];
     const known = fresh ? [] : targets.filter((t) => this.cache.has(t));
     const toRead = targets.filter((t) => fresh || !this.cache.has(t));
@@ -543,7 +609,9 @@ export class EtcdStore implements Store {
       const s = st.get(it.target)!;
       const d = it.decide(s);
       outs.push(d.out);
-      this.effects(it, s, d.effects, grants.get(it), ops, pages);
+      const lease = grants.get(it);
+      if (lease !== undefined && it.grant && d.effects.some((e) => e.kind === 'put')) used.set(`${it.grant.session}/${it.grant.ttl}`, lease);
+      this.effects(it, s, d.effects, lease, ops, pages);
       if (this.log) lines.push(...this.log(it.decided(d.out)));
     }
     if (ops.size === 0 && lines.length === 0 && known.length === 0) {
@@ -571,6 +639,8 @@ export class EtcdStore implements Store {
     const success: IRequestOp[] = [];
     if (all.length <= MAX_TXN_OPS) success.push(...all);
     else for (let i = 0; i < all.length; i += MAX_TXN_OPS) success.push({ request_txn: { compare: [], success: all.slice(i, i + MAX_TXN_OPS), failure: [] } });
+    // No lock goes on a lease that may lapse before the session's next renewal can keep it alive.
+    if (used.size > 0) await this.leasesFresh(used);
     this.stats.commits++;
     let res: { succeeded: boolean; revision: string } | undefined;
     try {
@@ -713,7 +783,7 @@ export class EtcdStore implements Store {
   // ---- the store ----
 
   open(req: OpenRequest): Promise<OpenResult> {
-    const grant = req.mode === 'write' ? { session: req.session, ttl: ttlOf(req.leaseMs) } : undefined;
+    const grant = req.mode === 'write' ? { session: req.session, ttl: this.ttlOf(req.leaseMs) } : undefined;
     return this.enqueue({ target: req.target, pages: [], touch: 0, bytes: 0, grant, decide: (s) => rules.decideOpen(this.view(s), req, this.now()), decided: (out) => ({ op: 'open', req, out: out as OpenResult }) });
   }
 
@@ -721,7 +791,7 @@ export class EtcdStore implements Store {
     // Each item is decided atomically on its own (the contract); a batch carries them together.
     return Promise.all(
       reqs.map((req) => {
-        const grant = req.mode === 'write' ? { session: req.session, ttl: ttlOf(req.leaseMs) } : undefined;
+        const grant = req.mode === 'write' ? { session: req.session, ttl: this.ttlOf(req.leaseMs) } : undefined;
         return this.enqueue<ResumeOutcome>({ target: req.target, pages: [], touch: 0, bytes: 0, grant, decide: (s) => rules.decideResume(this.view(s), req, this.now()), decided: (out) => ({ op: 'resume', req, out: out as ResumeOutcome }) });
       }),
     );
@@ -797,7 +867,7 @@ export class EtcdStore implements Store {
    */
   async renew(session: string, refs: HandleRef[], leaseMs: number): Promise<RenewResult> {
     if (!this.layoutOk) await this.ready();
-    const ttl = ttlOf(leaseMs);
+    const ttl = this.ttlOf(leaseMs);
     const item = (ref: HandleRef, lease: string | undefined) =>
       this.enqueue<RenewResult['lost'][number] | undefined>({
         target: ref.target,
@@ -818,14 +888,12 @@ export class EtcdStore implements Store {
       return { lost: lost.filter((l): l is NonNullable<typeof l> => l !== undefined) };
     }
     this.forgetLeases();
-    const entry = this.leases.get(`${session}/${ttl}`);
+    const key = `${session}/${ttl}`;
+    const entry = this.leases.get(key);
     let lease = await this.leaseOf(session, ttl);
-    if (entry) {
-      if (await this.keepAlive(lease)) entry.aliveAt = Date.now();
-      else {
-        this.forgetLeases(session);
-        lease = await this.leaseOf(session, ttl);
-      }
+    if (entry && !(await this.refresh(key, entry, lease))) {
+      this.forgetLeases(session);
+      lease = await this.leaseOf(session, ttl);
     }
     if (this.log) {
       // Each handle through the queue, so the log keeps its renewal in the store's order.

@@ -11,6 +11,7 @@ import { MemoryStore } from '../store/memory.js';
 import { SqliteStore } from '../store/sqlite.js';
 import type { Store } from '../store/types.js';
 import { EtcdStore } from '../store/etcd.js';
+import { Etcd3 } from 'etcd3';
 import { startEtcd, type EtcdCluster } from './etcd-cluster.js';
 import { bytes, tempDir, text } from './helpers.js';
 
@@ -762,8 +763,8 @@ describe('etcd on three members', () => {
         expect(await a.renew('sa', [{ target, requestId: rid('A') }], 2000)).toEqual({ lost: [] });
         await sleep(500);
       }
-      // The holder's replica stops renewing (it crashed): etcd lets the lease lapse, and only then is B granted.
-      expect(await eventually(async () => (await open(fast, rid('B'), 'sb')).ok, 10_000)).toBe(true);
+      // The holder's replica stops renewing (it crashed): etcd lets the lease lapse (its TTL at least 7 s, for the 5 s call timeout), and only then is B granted.
+      expect(await eventually(async () => (await open(fast, rid('B'), 'sb')).ok, 15_000)).toBe(true);
       // The holder learns it lost the target, and what it had applied.
       expect(await a.resume([{ target, requestId: rid('A'), principal: 'p', mode: 'write', session: 'sa2', leaseMs: 2000 }])).toEqual([{ granted: false, reason: 'MODIFIED', code: 'MODIFIED', version: 1, lastSeq: 1 }]);
     } finally {
@@ -786,7 +787,7 @@ describe('etcd on three members', () => {
       expect(a.stats.keepAlives - before.keepAlives).toBe(1);
       expect(a.stats.commits - before.commits).toBe(0);
       // The replica was cut off from etcd for longer than the lease: the locks lapsed...
-      expect(await eventually(async () => !(await a.locked(refs[0]!.target)), 10_000)).toBe(true);
+      expect(await eventually(async () => !(await a.locked(refs[0]!.target)), 15_000)).toBe(true);
       // ...nobody took them meanwhile, so its next renewal puts them back on a new lease, and they hold again.
       expect(await a.renew('sa', refs, 2000)).toEqual({ lost: [] });
       expect(a.stats.grants).toBe(2);
@@ -981,6 +982,64 @@ describe('etcd group commit and failures', () => {
       await expect(s.open({ target: 't', requestId: 'R'.repeat(21), principal: 'p', mode: 'write', session: 's', leaseMs: 1000 })).rejects.toMatchObject({ name: 'StoreUnavailableError' });
     } finally {
       await s.shutdown();
+    }
+  }, 30_000);
+});
+
+describe('etcd: a lock never hangs on a lease about to lapse', () => {
+  beforeAll(sharedEtcd, 40_000);
+  const rid = (c: string) => c.repeat(21);
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  it("a write open granted near the end of its session's idle lease keeps its lock past that lease's TTL, and the renewals keep it", async () => {
+    const p = `/lease-race-${process.pid}/`;
+    // Locks of 3 s: the session's lease has a TTL of 3 s, with or without a minimum for the 1 s call timeout.
+    const leaseMs = 3000;
+    const s = new EtcdStore(etcd!.endpoints, { prefix: p, timeoutMs: 1000 });
+    const other = new EtcdStore(etcd!.endpoints, { prefix: p, timeoutMs: 1000 });
+    // Leases of the test's own, granted right after S's with the same TTL: once etcd revoked one (TTL -1),
+    // S's lease lapsed too, unless something kept it alive.
+    const client = new Etcd3({ hosts: etcd!.endpoints.map((e) => `http://${e}`) });
+    const control = async () => String((await client.leaseClient.leaseGrant({ TTL: 3, ID: 0 })).ID);
+    const lapsed = async (id: string) => {
+      const deadline = Date.now() + 6000;
+      while (Number((await client.leaseClient.leaseTimeToLive({ ID: id, keys: false })).TTL) >= 0) {
+        if (Date.now() > deadline) return false;
+        await sleep(50);
+      }
+      return true;
+    };
+    const open = (st: EtcdStore, target: string, requestId: string, session: string) => st.open({ target, requestId, principal: 'p', mode: 'write', session, leaseMs });
+    try {
+      expect(await open(other, 'a.disk', rid('H'), 'sh')).toMatchObject({ ok: true });
+      // S's first write open is refused: its session's lease is granted all the same, and nothing keeps it alive.
+      expect(await open(s, 'a.disk', rid('S'), 'ss')).toMatchObject({ ok: false, code: 'LOCKED' });
+      const t0 = Date.now();
+      const first = await control();
+      // Near the end of that lease's TTL, S is granted a write open of B.
+      await sleep(2600 - (Date.now() - t0));
+      expect(await open(s, 'b.disk', rid('T'), 'ss')).toMatchObject({ ok: true });
+      const second = await control();
+      // The old lease's TTL passes, well within S's first renewal interval after the grant: B is still S's.
+      expect(await lapsed(first)).toBe(true);
+      expect(await open(other, 'b.disk', rid('K'), 'sk')).toMatchObject({ ok: false, code: 'LOCKED' });
+      expect(await s.locked('b.disk')).toBe(true);
+      // S renews once a second, as a replica does; past what the grant alone gave, the lock holds.
+      const renewing = (async () => {
+        for (;;) {
+          expect(await s.renew('ss', [{ target: 'b.disk', requestId: rid('T') }], leaseMs)).toEqual({ lost: [] });
+          if (Number((await client.leaseClient.leaseTimeToLive({ ID: second, keys: false })).TTL) < 0) return;
+          await sleep(1000);
+        }
+      })();
+      expect(await lapsed(second)).toBe(true);
+      await renewing;
+      expect(await s.locked('b.disk')).toBe(true);
+      expect(await open(other, 'b.disk', rid('K'), 'sk')).toMatchObject({ ok: false, code: 'LOCKED' });
+    } finally {
+      client.close();
+      await s.shutdown();
+      await other.shutdown();
     }
   }, 30_000);
 });
