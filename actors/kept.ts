@@ -302,6 +302,9 @@ export class FileKeptIds extends MemoryKeptIds {
    */
   override nextBoot(): { boot: number; error?: Error | undefined } {
     const path = join(this.dir, `${this.nodeId}.boot`);
+    // A count that cannot be read (a disk error, a damaged file) is counted on from what is known and
+    // written again, so the next start counts from a good file.
+    let unread: Error | undefined;
     try {
       if (this.boots === 0 && this.disk.exists(path)) {
         const n = Number(this.disk.read(path).trim());
@@ -309,7 +312,7 @@ export class FileKeptIds extends MemoryKeptIds {
         this.boots = n;
       }
     } catch (err) {
-      return { boot: ++this.boots, error: err as Error };
+      unread = err as Error;
     }
     const boot = ++this.boots;
     try {
@@ -318,7 +321,7 @@ export class FileKeptIds extends MemoryKeptIds {
       this.disk.fsyncPath(tmp);
       this.disk.rename(tmp, path);
       this.disk.fsyncDir(this.dir);
-      return { boot };
+      return { boot, error: unread };
     } catch (err) {
       return { boot, error: err as Error };
     }

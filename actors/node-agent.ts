@@ -171,10 +171,11 @@ export class NodeAgent {
   private countBoot(): void {
     const counted = this.kept.nextBoot?.();
     if (!counted) return;
-    // 2^21 starts of 2^32 requests each stay exact in a double.
-    this.core.epochBase = (counted.boot % 2 ** 21) * 2 ** 32;
+    // 2^32 requests per start; exact in a double for 2^21 starts (past that, a node that falls behind
+    // its own records counts on from them: see AgentCore).
+    this.core.epochBase = Math.min(counted.boot * 2 ** 32, Number.MAX_SAFE_INTEGER - 2 ** 32);
     if (counted.error) {
-      this.env.log.warn({ err: counted.error, boot: counted.boot }, 'the count of agent starts could not be kept on disk; if the agent restarts before it can, a late request from before this start could take a handle back');
+      this.env.log.warn({ err: counted.error, boot: counted.boot }, 'the count of agent starts could not be read or kept on disk; until it is, a late request from before this start could take a handle back');
     }
   }
 

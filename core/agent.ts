@@ -297,7 +297,9 @@ export class AgentCore extends CoreBase {
       }
       // Denied as late, though sent on this session: this node's counter fell behind its own record
       // (its count of starts could not be kept). Count on from the record's and ask again.
-      if (r.heldEpoch !== undefined && this.countFrom(r.heldEpoch)) {
+      // (Every answer taken here is to a request of this session: those of a session left are dropped.)
+      if (r.heldEpoch !== undefined) {
+        this.countFrom(r.heldEpoch);
         this.log('warn', 'hand-over counter behind the store; resuming again', { target: h.target, requestId: h.requestId, heldEpoch: r.heldEpoch });
         if (h.state === 'opening') h.pending = 0;
         else this.to(h, 'PAUSED');

@@ -27,13 +27,11 @@ export abstract class CoreBase {
   private handovers = 0;
   protected readonly nextEpoch = (): number => this.epochBase + ++this.handovers;
   /**
-   * The store holds a record of ours at `held`, a counter this node will not reach by itself (its
-   * count of starts could not be kept): count on from there. Whether it was behind.
+   * The store holds a record of ours at `held`, a counter this node did not go past (its count of
+   * starts could not be kept): count on from there, so the next request moves the record.
    */
-  protected countFrom(held: number): boolean {
-    if (this.epochBase + this.handovers > held) return false;
-    this.handovers = held - this.epochBase;
-    return true;
+  protected countFrom(held: number): void {
+    this.handovers = Math.max(this.handovers, held - this.epochBase);
   }
 
   protected sendResume(hs: CoreHandle[], items: ResumeItem[]): void {

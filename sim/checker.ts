@@ -116,7 +116,7 @@ export class Checker {
    * requestId, a reclaim after a restart included.
    */
   private readonly readers = new Map<string, { opened?: number; resumed?: number; told?: number }>();
-  /** Readers' denials judged needless, by target and requestId, until their application is told (see readDenied). */
+  /** Readers' denials judged needless, by target, requestId and session, until their application is told (see readDenied). */
   private readonly readerDenials = new Map<string, { e: Ev<'deny'>; message: string }>();
   /** What applications may read, per target. */
   private readonly models = new Map<string, TargetModel>();
@@ -316,7 +316,8 @@ export class Checker {
     const writtenAfter = (v: number) => s.applied.some((w) => w.version > v);
     const told = this.readers.get(`${e.target}\u0000${e.requestId}`)?.told;
     const carried = e.seenVersion;
-    const key = `${e.target}\u0000${e.requestId}`;
+    // Per session: a later denial through another session (a late one) leaves this one's judgement be.
+    const key = `${e.target}\u0000${e.requestId}\u0000${e.session}`;
     this.readerDenials.delete(key);
     if (told !== undefined && !writtenAfter(told)) {
       const why = carried === undefined ? 'carrying no version' : carried < told ? `carrying version ${carried}, older than the version the store granted it: the node lost it` : `carrying version ${carried}`;

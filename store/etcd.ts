@@ -161,7 +161,8 @@ function pageKey(page: number): string {
 }
 /** The page number in the last part of a page key (`old`: of the earlier layout, digits of any width). */
 function pageOfKey(part: string, old = false): number {
-  if (!(old ? /^[0-9]{1,16}$/ : PAGE_PART).test(part)) throw new StoreUnavailableError(`etcd: ${JSON.stringify(part)} is not a page key`);
+  // A key that is not a page's fails the one call that met it, not the store.
+  if (!(old ? /^[0-9]{1,16}$/ : PAGE_PART).test(part)) throw new Error(`etcd: ${JSON.stringify(part)} is not a page key`);
   return Number(part);
 }
 /** The end of a prefix range: the prefix with its last byte plus one. */
@@ -267,6 +268,9 @@ export class EtcdStore implements Store {
     // Tried again while etcd elects a leader or a member is down, until timeoutMs: a guarded commit
     // sent twice applies at most once (its compares), and its mark tells whether it landed.
     const deadline = Date.now() + this.timeoutMs;
+    // Whether a try failed in a way that may have reached etcd (no answer, a connection lost): a
+    // transaction sent so may still land, whatever the later tries say.
+    let maybeSent = false;
     for (let pause = 50; ; pause = Math.min(pause * 2, 400)) {
       let timer: NodeJS.Timeout | undefined;
       try {
@@ -286,7 +290,8 @@ export class EtcdStore implements Store {
         // A transaction given up on may still land (a member that took it and stalls commits it later);
         // one etcd refused outright never will.
         const permanent = PERMANENT.test(message);
-        if (permanent || Date.now() + pause >= deadline) throw new StoreUnavailableError(`etcd ${what}: ${message}`, { maybeApplied: what === 'transaction' && !permanent });
+        if (!permanent) maybeSent = true;
+        if (permanent || Date.now() + pause >= deadline) throw new StoreUnavailableError(`etcd ${what}: ${message}`, { maybeApplied: what === 'transaction' && maybeSent });
       } finally {
         clearTimeout(timer);
       }

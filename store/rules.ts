@@ -115,10 +115,16 @@ export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number, maxSi
   if (rec && (v.live ?? nowMs < rec.expiresAt)) {
     // Who holds it, and when it can lapse: never while the holder's session lives (it renews the lock).
     const lapse = v.live === undefined ? `if that session stops renewing it, it lapses in ${rec.expiresAt - nowMs} ms at most` : "it lapses when that session's lease does";
-    return none({ ok: false, code: 'LOCKED', message: `${req.target} is held by requestId ${rec.requestId} (principal ${rec.principal}) through session ${rec.session}, which renews the lock while it lives; ${lapse}` });
+    // The holder is named to its own principal only: another learns that the target is locked, not
+    // the requestId it could otherwise try to pose as.
+    const holder = rec.principal === req.principal ? `requestId ${rec.requestId} (principal ${rec.principal}) through session ${rec.session}` : 'another principal';
+    return none({ ok: false, code: 'LOCKED', message: `${req.target} is held by ${holder}, which renews the lock while it lives; ${lapse}` });
   }
   // A requestId stays its principal's while a tombstone names it: nobody else creates it again.
   if (boundElsewhere(v, req.requestId, req.principal)) return none({ ok: false, code: 'FORBIDDEN', message: 'requestId belongs to another principal' });
+  // A node opens a requestId afresh only once: an open of one that held the target before (its
+  // tombstone) is a late copy from a session the node left, after the handle closed or lost the target.
+  if (tombOf(v, req.requestId, req.principal)) return none({ ok: false, code: 'SUPERSEDED', message: 'this requestId held the target before and let it go; this open is a late copy from a session its node has left' });
   // No record, or its lock expired: the old holder's resume will now be denied; its tombstone says
   // which of its writes were applied.
   const effects: Effect[] = rec ? [bury(v, rec, { requestId: req.requestId, principal: req.principal, at: nowMs })] : [];
@@ -148,7 +154,9 @@ function handOver(rec: LockRecord, session: string, expiresAt: number, instance:
  */
 function staleRequest(rec: LockRecord, session: string, instance: string, epoch: number | undefined, takeover: boolean): string | undefined {
   if (rec.instance !== instance) {
-    if (takeover || rec.instance === '' || instance === '') return undefined;
+    if (rec.instance === '' || instance === '') return undefined;
+    // The instance the record was taken over from, taking it back, is a late copy of its own takeover.
+    if (takeover && instance !== rec.prevInstance) return undefined;
     return `instance ${rec.instance} of this requestId holds the record now; instance ${instance} no longer may`;
   }
   if (epoch === undefined) return undefined;
@@ -164,7 +172,16 @@ function staleRequest(rec: LockRecord, session: string, instance: string, epoch:
 function bury(v: TargetView, rec: LockRecord, takenBy?: Tombstone['takenBy']): Effect {
   const tomb: Tombstone = { requestId: rec.requestId, principal: rec.principal, instance: rec.instance, instanceSeq: rec.instanceSeq, prevInstance: rec.prevInstance, session: rec.session, lastSeq: rec.lastSeq, ...(takenBy ? { takenBy } : {}) };
   const kept = v.tombstones().filter((t) => !(t.requestId === rec.requestId && (t.principal ?? rec.principal) === rec.principal));
-  return { kind: 'tombstones', tombstones: [tomb, ...kept].slice(0, TOMBSTONES_PER_TARGET) };
+  const all = [tomb, ...kept];
+  // Past the bound, the principal whose decision this is gives up its own oldest tombstone first: no
+  // principal can push another's out (and with it the binding of a requestId) by opening and closing.
+  const by = takenBy?.principal ?? rec.principal;
+  while (all.length > TOMBSTONES_PER_TARGET) {
+    let i = all.length - 1;
+    while (i > 0 && all[i]!.principal !== by) i--;
+    all.splice(i > 0 ? i : all.length - 1, 1);
+  }
+  return { kind: 'tombstones', tombstones: all };
 }
 
 /**
@@ -208,7 +225,10 @@ export function decideResume(v: TargetView, req: ResumeRequest, nowMs: number): 
   // Nobody modified the target: the requestId is another principal's (FORBIDDEN, not MODIFIED: L1).
   if (rec.principal !== req.principal) return none({ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version });
   if (!req.takeover && rec.instance !== instance) return none(denial(rec, instance, version));
-  if (staleRequest(rec, req.session, instance, req.epoch, req.takeover === true)) return none({ granted: false, reason: 'SUPERSEDED', code: 'SUPERSEDED', version, stale: true, heldEpoch: rec.epoch ?? 0 });
+  if (staleRequest(rec, req.session, instance, req.epoch, req.takeover === true)) {
+    // `heldEpoch` when the counter was the reason (the same instance): a node behind can count on.
+    return none({ granted: false, reason: 'SUPERSEDED', code: 'SUPERSEDED', version, stale: true, ...(rec.instance === instance ? { heldEpoch: rec.epoch ?? 0 } : {}) });
+  }
   return { out: { granted: true, lastSeq: rec.lastSeq, version, size: v.fixedSize }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance, req.epoch) }] };
 }
 

@@ -340,7 +340,9 @@ function toStoreError(err: unknown): unknown {
   const code = (err as { code?: unknown }).code;
   // Another process holds the write lock: the transaction never began, TxStore may retry it later.
   if (isBusy(err)) return new StoreBusyError(`sqlite: ${String(code)}: ${(err as Error).message}`);
-  if (typeof code === 'string' && UNAVAILABLE_CODES.test(code)) return new StoreUnavailableError(`sqlite: ${code}: ${(err as Error).message}`);
+  // An I/O error may strike at the commit after the log took the transaction's frames: it may be
+  // found committed when the database is opened again, so it is no proof that nothing was applied.
+  if (typeof code === 'string' && UNAVAILABLE_CODES.test(code)) return new StoreUnavailableError(`sqlite: ${code}: ${(err as Error).message}`, { maybeApplied: code.startsWith('SQLITE_IOERR') });
   if (err instanceof TypeError && /database connection is not open/.test(err.message)) return new StoreUnavailableError('sqlite: database is closed');
   return err;
 }

@@ -19,6 +19,44 @@ function view(record: LockRecord | undefined, version = 7, tombs: Tombstone[] = 
 }
 
 describe('rules as decisions', () => {
+  it("past the bound of tombstones, the principal deciding gives up its own first: another's binding stays", () => {
+    const victim: Tombstone = { requestId: X, principal: 'p', instance: 'i1', instanceSeq: 0, prevInstance: '', session: 's1', lastSeq: 5 };
+    let tombs: Tombstone[] = [victim];
+    // Principal q opens and closes the target nine times with requestIds of its own.
+    for (let k = 0; k < 9; k++) {
+      const id = `${k}`.repeat(21);
+      const closed = decideClose(view(rec({ requestId: id, principal: 'q', session: 'sq', instance: 'iq' }), 9, tombs), { target: 't', requestId: id }, 'sq');
+      tombs = (closed.effects[0] as { tombstones: Tombstone[] }).tombstones;
+    }
+    expect(tombs).toHaveLength(8);
+    expect(tombs).toContainEqual(victim);
+    // So q still cannot open the victim's requestId, and the victim's resume gets its lastSeq.
+    expect(decideOpen(view(undefined, 9, tombs), { target: 't', requestId: X, principal: 'q', mode: 'write', session: 'sq', leaseMs: 10, instance: 'iq' }, 0).out).toMatchObject({ ok: false, code: 'FORBIDDEN' });
+    expect(decideResume(view(undefined, 9, tombs), { target: 't', requestId: X, principal: 'p', mode: 'write', session: 's2', leaseMs: 10, instance: 'i1' }, 0).out).toMatchObject({ granted: false, reason: 'MODIFIED', lastSeq: 5 });
+  });
+
+  it("a LOCKED answer names the holder to the holder's own principal only", () => {
+    const held = view(rec({ requestId: Y, principal: 'p', expiresAt: 1000 }));
+    const ask = (principal: string) => decideOpen(held, { target: 't', requestId: X, principal, mode: 'write', session: 's9', leaseMs: 10 }, 0).out;
+    expect(ask('p')).toMatchObject({ ok: false, code: 'LOCKED', message: expect.stringContaining(`requestId ${Y}`) });
+    const other = ask('q');
+    expect(other).toMatchObject({ ok: false, code: 'LOCKED' });
+    expect(JSON.stringify(other)).not.toContain(Y);
+    expect(JSON.stringify(other)).not.toContain('s1');
+  });
+
+  it('a late open after its requestId let the target go, or a late takeover by the instance it was taken from, takes nothing', () => {
+    const mine: Tombstone = { requestId: X, principal: 'p', instance: 'i1', instanceSeq: 0, prevInstance: '', session: 's2', lastSeq: 3 };
+    // Closed (its tombstone kept); another writer's lock lapsed since: the late open buries nobody.
+    const late = decideOpen(view(rec({ requestId: Y, principal: 'q', expiresAt: 10 }), 9, [mine]), { target: 't', requestId: X, principal: 'p', mode: 'write', session: 's1', leaseMs: 10, instance: 'i1', epoch: 1 }, 100);
+    expect(late).toMatchObject({ out: { ok: false, code: 'SUPERSEDED' }, effects: [] });
+    // i2 took the record over from i1, then i3 from i2: i2's late takeover is refused, i4's new one is not.
+    const chain = view(rec({ instance: 'i3', prevInstance: 'i2', session: 's3', epoch: 5 }));
+    const takeover = (instance: string) => decideResume(chain, { target: 't', requestId: X, principal: 'p', mode: 'write', session: 's9', leaseMs: 10, instance, takeover: true, epoch: 1 }, 0).out;
+    expect(takeover('i2')).toMatchObject({ granted: false, stale: true });
+    expect(takeover('i4')).toMatchObject({ granted: true });
+  });
+
   it("a requestId's hand-over between sessions only moves forward: a late open or resume from a session its node left takes nothing", () => {
     const held = rec({ session: 's2', epoch: 10 });
     const open = (session: string, epoch: number | undefined, instance = 'i1') => decideOpen(view(held), { target: 't', requestId: X, principal: 'p', mode: 'write', session, leaseMs: 100, instance, epoch }, 0);
@@ -80,9 +118,10 @@ describe('rules as decisions', () => {
     // A tombstone written before tombstones kept their principal binds the requestId to nobody who can open it afresh.
     const { principal: _, ...legacy } = tomb;
     expect(decideOpen(view(undefined, 9, [legacy]), { ...req, principal: 'p' }, 2000).out).toMatchObject({ ok: false, code: 'FORBIDDEN' });
-    // Its own principal opens it again; burying that record replaces only its own tombstone.
+    // Its own principal's open of it again is a late copy (a node opens a requestId afresh only once);
+    // burying its record (a close) replaces only its own tombstone.
     const own = decideOpen(view(rec({ requestId: Y, principal: 'q', expiresAt: 100 }), 9, [tomb]), { ...req, principal: 'p' }, 2000);
-    expect(own.out).toMatchObject({ ok: true, takeover: false });
+    expect(own).toMatchObject({ out: { ok: false, code: 'SUPERSEDED' }, effects: [] });
     const again = decideClose(view(rec({ principal: 'p', session: 's3', instance: 'i3', lastSeq: 0 }), 9, [tomb]), { target: 't', requestId: X }, 's3');
     expect(again.effects[0]).toEqual({ kind: 'tombstones', tombstones: [{ requestId: X, principal: 'p', instance: 'i3', instanceSeq: 0, prevInstance: '', session: 's3', lastSeq: 0 }] });
   });
