@@ -216,14 +216,19 @@ describe('principals are proven, not claimed', () => {
     expect(text(await mine.read(0, 1))).toBe('b');
   });
 
-  it('a peer with a node credential cannot open, read, resume or take over a handle of a principal it did not prove', async () => {
-    const { c, victim } = await setup();
+  /** A session of node-2 proving only tenant-b, as an attacker holding its own credentials opens one. */
+  async function tenantB(c: { urls: string[]; secret: string }) {
     const peer = await session(await new WebSocketTransport().connect(c.urls[0]!));
     const login = bareLogin(issueCredential(c.secret, 'node', 'node-2'), [issueCredential(c.secret, 'principal', 'tenant-b')], 'nonce-of-the-attacker-node');
     peer.conn.send(login.hello);
     peer.conn.send(login.answer(await peer.next((m) => m.type === 'challenge'))!);
     await peer.next((m) => m.type === 'welcome');
-    const answer = (id: number) => peer.next((m) => 'id' in m && m.id === id);
+    return { peer, answer: (id: number) => peer.next((m) => 'id' in m && m.id === id) };
+  }
+
+  it('a peer with a node credential cannot open, read, resume or take over a handle of a principal it did not prove', async () => {
+    const { c, victim } = await setup();
+    const { peer, answer } = await tenantB(c);
     // Read the victim's target as tenant-a.
     peer.conn.send({ type: 'open', id: 1, target: 'victim.disk', requestId: 'R'.repeat(21), principal: 'tenant-a', mode: 'read' });
     expect(await answer(1)).toMatchObject({ type: 'error', code: 'FORBIDDEN' });
@@ -258,12 +263,7 @@ describe('principals are proven, not claimed', () => {
     await waitForState(victim, 'paused');
     const queued = victim.write(14, bytes('?')).then(() => 'resolved', (e: { code?: string }) => e.code);
     // tenant-b waits for the victim's lock to lapse, takes the target with a requestId of its own, and closes.
-    const peer = await session(await new WebSocketTransport().connect(c.urls[0]!));
-    const login = bareLogin(issueCredential(c.secret, 'node', 'node-2'), [issueCredential(c.secret, 'principal', 'tenant-b')], 'nonce-of-the-attacker-node');
-    peer.conn.send(login.hello);
-    peer.conn.send(login.answer(await peer.next((m) => m.type === 'challenge'))!);
-    await peer.next((m) => m.type === 'welcome');
-    const answer = (id: number) => peer.next((m) => 'id' in m && m.id === id);
+    const { peer, answer } = await tenantB(c);
     let id = 0;
     for (const deadline = Date.now() + 5000; ; await new Promise((r) => setTimeout(r, 50))) {
       peer.conn.send({ type: 'open', id: ++id, target: 'victim.disk', requestId: 'B'.repeat(21), principal: 'tenant-b', mode: 'write' });
