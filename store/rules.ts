@@ -15,6 +15,7 @@ import {
   type ReadRequest,
   type ReadResult,
   type RenewResult,
+  RETIRED_INSTANCES,
   TOMBSTONES_PER_TARGET,
   type Tombstone,
   type ResumeOutcome,
@@ -139,7 +140,8 @@ export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number, maxSi
 function handOver(rec: LockRecord, session: string, expiresAt: number, instance: string, epoch: number | undefined): LockRecord {
   const e = epoch ?? rec.epoch ?? 0;
   if (instance === rec.instance) return { ...rec, session, expiresAt, epoch: e };
-  return { ...rec, session, expiresAt, instance, instanceSeq: rec.lastSeq, prevInstance: rec.instance, epoch: e };
+  const retired = [rec.instance, ...(rec.retired ?? [])].filter((i) => i !== '' && i !== instance).slice(0, RETIRED_INSTANCES);
+  return { ...rec, session, expiresAt, instance, instanceSeq: rec.lastSeq, prevInstance: rec.instance, retired, epoch: e };
 }
 
 /**
@@ -155,8 +157,8 @@ function handOver(rec: LockRecord, session: string, expiresAt: number, instance:
 function staleRequest(rec: LockRecord, session: string, instance: string, epoch: number | undefined, takeover: boolean): string | undefined {
   if (rec.instance !== instance) {
     if (rec.instance === '' || instance === '') return undefined;
-    // The instance the record was taken over from, taking it back, is a late copy of its own takeover.
-    if (takeover && instance !== rec.prevInstance) return undefined;
+    // An instance the record was taken over from, taking it back, is a late copy of its own takeover.
+    if (takeover && instance !== rec.prevInstance && !(rec.retired ?? []).includes(instance)) return undefined;
     return `instance ${rec.instance} of this requestId holds the record now; instance ${instance} no longer may`;
   }
   if (epoch === undefined) return undefined;

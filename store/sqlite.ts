@@ -51,6 +51,7 @@ interface RecordRow {
   instance: string;
   instance_seq: number;
   prev_instance: string;
+  retired: string;
   epoch: number;
 }
 
@@ -58,7 +59,7 @@ const SELECT_RECORD = 'SELECT * FROM records WHERE target = ?';
 const SELECT_TOMBSTONES = 'SELECT list FROM tombstones WHERE target = ?';
 
 function recordOf(r: RecordRow): LockRecord {
-  return { target: r.target, requestId: r.request_id, principal: r.principal, session: r.session, expiresAt: r.expires_at, lastSeq: r.last_seq, instance: r.instance, instanceSeq: r.instance_seq, prevInstance: r.prev_instance, epoch: r.epoch };
+  return { target: r.target, requestId: r.request_id, principal: r.principal, session: r.session, expiresAt: r.expires_at, lastSeq: r.last_seq, instance: r.instance, instanceSeq: r.instance_seq, prevInstance: r.prev_instance, ...(r.retired ? { retired: r.retired.split(',') } : {}), epoch: r.epoch };
 }
 
 /**
@@ -123,10 +124,10 @@ export class SqliteStore extends TxStore {
     }
     const getRecord = this.db.prepare<[string], RecordRow>(SELECT_RECORD);
     const putRecord = this.db.prepare(
-      'INSERT INTO records (target, request_id, principal, session, expires_at, last_seq, instance, instance_seq, prev_instance, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ' +
+      'INSERT INTO records (target, request_id, principal, session, expires_at, last_seq, instance, instance_seq, prev_instance, retired, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ' +
         'ON CONFLICT(target) DO UPDATE SET request_id = excluded.request_id, principal = excluded.principal, ' +
         'session = excluded.session, expires_at = excluded.expires_at, last_seq = excluded.last_seq, ' +
-        'instance = excluded.instance, instance_seq = excluded.instance_seq, prev_instance = excluded.prev_instance, epoch = excluded.epoch',
+        'instance = excluded.instance, instance_seq = excluded.instance_seq, prev_instance = excluded.prev_instance, retired = excluded.retired, epoch = excluded.epoch',
     );
     const getTombs = this.db.prepare<[string], { list: string }>(SELECT_TOMBSTONES);
     const putTombs = this.db.prepare('INSERT INTO tombstones (target, list) VALUES (?, ?) ON CONFLICT(target) DO UPDATE SET list = excluded.list');
@@ -152,7 +153,7 @@ export class SqliteStore extends TxStore {
         return r && recordOf(r);
       },
       putRecord: (r: LockRecord) => {
-        putRecord.run(r.target, r.requestId, r.principal, r.session, r.expiresAt, r.lastSeq, r.instance, r.instanceSeq, r.prevInstance, r.epoch ?? 0);
+        putRecord.run(r.target, r.requestId, r.principal, r.session, r.expiresAt, r.lastSeq, r.instance, r.instanceSeq, r.prevInstance, (r.retired ?? []).join(','), r.epoch ?? 0);
         // Remembered for a reboot of the host, whose monotonic clock starts again (see createSchema).
         const lease = r.expiresAt - this.clock.now();
         if (lease > this.maxLeaseMs) {
@@ -241,7 +242,7 @@ export class SqliteStore extends TxStore {
         target TEXT PRIMARY KEY, request_id TEXT NOT NULL, principal TEXT NOT NULL, session TEXT NOT NULL,
         expires_at INTEGER NOT NULL, last_seq INTEGER NOT NULL,
         instance TEXT NOT NULL DEFAULT '', instance_seq INTEGER NOT NULL DEFAULT 0, prev_instance TEXT NOT NULL DEFAULT '',
-        epoch INTEGER NOT NULL DEFAULT 0) STRICT;
+        retired TEXT NOT NULL DEFAULT '', epoch INTEGER NOT NULL DEFAULT 0) STRICT;
       CREATE TABLE IF NOT EXISTS tombstones (target TEXT PRIMARY KEY, list TEXT NOT NULL) STRICT;
       CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
       CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
@@ -263,6 +264,10 @@ export class SqliteStore extends TxStore {
     // Records written before hand-over counters: none has one (0; the next request carrying one moves it).
     if (!this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')").all().some((c) => c.name === 'epoch')) {
       this.db.exec('ALTER TABLE records ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0');
+    }
+    // Records written before they remembered the instances they were taken over from: none listed.
+    if (!this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')").all().some((c) => c.name === 'retired')) {
+      this.db.exec("ALTER TABLE records ADD COLUMN retired TEXT NOT NULL DEFAULT ''");
     }
     // Databases written before targets were paged keep each target as one blob in `targets`: move them to pages.
     if (!this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'targets'").get()) return;

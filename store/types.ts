@@ -25,6 +25,11 @@ export interface LockRecord {
   /** The instance this one took the record from, if it took over ('' if none). */
   prevInstance: string;
   /**
+   * The instances the record was taken over from, newest first (at most RETIRED_INSTANCES): a late
+   * takeover by one of them, from a session its node left, takes nothing. Absent in older records.
+   */
+  retired?: string[] | undefined;
+  /**
    * The hand-over counter of the request that last moved the record to a session (0: none given). A
    * node numbers every open and resume it sends for a handle instance with a larger one than before,
    * across its restarts, and the store never lets the record go back to a smaller one: a request from
@@ -62,6 +67,9 @@ export interface Tombstone {
 }
 
 export const TOMBSTONES_PER_TARGET = 8;
+
+/** Instances a record remembers it was taken over from (LockRecord.retired). */
+export const RETIRED_INSTANCES = 8;
 
 export interface OpenRequest {
   target: string;

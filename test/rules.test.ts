@@ -55,6 +55,17 @@ describe('rules as decisions', () => {
     const takeover = (instance: string) => decideResume(chain, { target: 't', requestId: X, principal: 'p', mode: 'write', session: 's9', leaseMs: 10, instance, takeover: true, epoch: 1 }, 0).out;
     expect(takeover('i2')).toMatchObject({ granted: false, stale: true });
     expect(takeover('i4')).toMatchObject({ granted: true });
+    // Along a chain of moves, the record remembers every instance it was taken from: i1 -> i2 -> i3 -> i4.
+    let r = rec({ instance: 'i1', session: 's1', epoch: 1 });
+    for (const [i, session] of [['i2', 's2'], ['i3', 's3'], ['i4', 's4']] as const) {
+      const d = decideResume(view(r), { target: 't', requestId: X, principal: 'p', mode: 'write', session, leaseMs: 10, instance: i, takeover: true, epoch: 1 }, 0);
+      expect(d.out).toMatchObject({ granted: true });
+      r = (d.effects[0] as { record: LockRecord }).record;
+    }
+    expect(r).toMatchObject({ instance: 'i4', prevInstance: 'i3', retired: ['i3', 'i2', 'i1'] });
+    for (const late of ['i1', 'i2', 'i3']) {
+      expect(decideResume(view(r), { target: 't', requestId: X, principal: 'p', mode: 'write', session: 's9', leaseMs: 10, instance: late, takeover: true, epoch: 9 }, 0)).toMatchObject({ out: { granted: false, stale: true }, effects: [] });
+    }
   });
 
   it("a requestId's hand-over between sessions only moves forward: a late open or resume from a session its node left takes nothing", () => {

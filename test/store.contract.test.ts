@@ -319,6 +319,23 @@ for (const adapter of adapters) {
       expect(await store.record(T)).toBeUndefined();
     });
 
+    it('a late takeover by any instance the record was taken from takes nothing, and a late resume of the holding instance neither', async () => {
+      await setup();
+      const at = (instance: string, session: string, epoch: number, takeover = true) =>
+        store.resume([{ target: T, requestId: X, principal: P, mode: 'write', session, leaseMs: 10_000 - nowMs, instance, takeover, epoch }]).then((r) => r[0]!);
+      expect(await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, instance: 'inst-one', epoch: 1 })).toMatchObject({ ok: true });
+      // The application moves twice: inst-two, then inst-three, each taking the record over.
+      expect(await at('inst-two', 's2', 5)).toMatchObject({ granted: true });
+      expect(await at('inst-three', 's3', 7)).toMatchObject({ granted: true });
+      expect(await store.record(T)).toMatchObject({ instance: 'inst-three', session: 's3', epoch: 7, retired: ['inst-two', 'inst-one'] });
+      // Late copies from sessions their nodes left: the takeovers of the instances it moved from, and an older resume of inst-three.
+      expect(await at('inst-one', 's8', 99)).toMatchObject({ granted: false, stale: true });
+      expect(await at('inst-two', 's9', 6)).toMatchObject({ granted: false, stale: true });
+      expect(await at('inst-three', 's7', 6, false)).toMatchObject({ granted: false, reason: 'SUPERSEDED', stale: true, heldEpoch: 7 });
+      expect(await store.record(T)).toMatchObject({ instance: 'inst-three', session: 's3', epoch: 7 });
+      expect(await write(X, 's3', 1, 0, 'a')).toMatchObject({ ok: true, applied: true });
+    });
+
     it('an instance whose successor took over and closed is denied SUPERSEDED, with what it had applied', async () => {
       await setup();
       await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, instance: 'inst-one' });
