@@ -16,7 +16,7 @@
  *   principal proof  = HMAC(principalKey, "principal|" + p + "|" + T)
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { nanoid } from 'nanoid';
 import { z } from 'zod';
@@ -28,10 +28,25 @@ export { NAME_PATTERN };
 export const SECRET_FILE = 'cluster-secret';
 
 
-/** Read `<dir>/cluster-secret`, creating it (mode 0600) with a fresh random secret if missing. */
+/**
+ * Why a key file cannot be used as it is (undefined: it can): one that its group or other users may
+ * read is refused, as ssh refuses such a private key, with what to do.
+ */
+export function keyFileExposed(path: string): string | undefined {
+  const mode = statSync(path).mode & 0o777;
+  if ((mode & 0o077) === 0) return undefined;
+  return `${path} may be read by other users (mode ${mode.toString(8).padStart(4, '0')}): the cluster key must be private; run chmod 600 ${path}`;
+}
+
+/**
+ * Read `<dir>/cluster-secret`, creating it (mode 0600) with a fresh random secret if missing. A key
+ * its group or other users may read is refused (keyFileExposed).
+ */
 export function loadOrCreateSecret(dir: string): string {
   const path = join(dir, SECRET_FILE);
   if (existsSync(path)) {
+    const exposed = keyFileExposed(path);
+    if (exposed) throw new Error(exposed);
     const secret = readFileSync(path, 'utf8').trim();
     if (secret.length < 16) throw new Error(`${path}: cluster secret must be at least 16 characters`);
     return secret;

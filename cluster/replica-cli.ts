@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
-import { loadOrCreateSecret, SECRET_FILE } from '../actors/auth.js';
+import { keyFileExposed, loadOrCreateSecret, SECRET_FILE } from '../actors/auth.js';
 import { StorageReplica } from '../actors/replica.js';
 import { openStore, parseStoreSpec } from '../store/open.js';
 import { loadTlsFiles } from '../transport/tls.js';
@@ -20,7 +20,7 @@ Run one storage replica in the foreground (a host of its own; docs/deploy.md). S
   --id NAME              this replica's name (replica-1, ...), in its logs and metrics
   --store SPEC           etcd://HOST:PORT[,HOST:PORT...] (replicas on several hosts), sqlite:PATH or memory
   --listen HOST:PORT     where node agents connect (default 127.0.0.1:7000)
-  --dir PATH             where the cluster key is (<dir>/cluster-secret, mode 0600; default ./.safe-resume).
+  --dir PATH             where the cluster key is (<dir>/cluster-secret, mode 0600: refused if others may read it; default ./.safe-resume).
                          It must exist: copy it from where 'safe-resume credentials issue' made it
   --tls-cert F --tls-key F --tls-ca F
                          serve wss:// with this certificate and key (PEM; it must name the address node
@@ -101,7 +101,11 @@ export async function replicaCommand(argv: string[], out: (s: string) => void): 
   const dir = resolve(v.dir ?? '.safe-resume');
   // A replica never makes a cluster key: one made here would not be the cluster's.
   if (!existsSync(join(dir, SECRET_FILE))) throw new ReplicaUsageError(`no cluster key at ${join(dir, SECRET_FILE)}: copy the cluster's (mode 0600) from where 'safe-resume credentials issue' made it, or pass --dir`);
+  const exposed = keyFileExposed(join(dir, SECRET_FILE));
+  if (exposed) throw new ReplicaUsageError(exposed);
   const secret = loadOrCreateSecret(dir);
+  // Everything this process creates (the SQLite store, its log, the log file) is its owner's alone.
+  process.umask(0o077);
   const tls = v['tls-cert'] ? loadTlsFiles({ certFile: v['tls-cert'], keyFile: v['tls-key']!, caFile: v['tls-ca']! }) : undefined;
   const etcdTls = v['etcd-ca'] ? { ca: pem('etcd-ca', v['etcd-ca']), cert: v['etcd-cert'] ? pem('etcd-cert', v['etcd-cert']) : undefined, key: v['etcd-key'] ? pem('etcd-key', v['etcd-key']) : undefined } : undefined;
 

@@ -4,7 +4,7 @@
  * writes through them, the serving replica is SIGKILLed, the handle resumes on the other.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Application } from '../actors/application.js';
@@ -79,6 +79,34 @@ describe('safe-resume replica', () => {
       agent.crash();
     }
   }, 90_000);
+
+  it('refuses a cluster key other users may read, saying chmod 600; creates its store and log for its owner alone', async () => {
+    const key = join(f('keys'), 'cluster-secret');
+    chmodSync(key, 0o644);
+    try {
+      const exposed = cli('replica', '--id', 'r', '--store', 'memory', '--dir', f('keys'));
+      expect(exposed.status).toBe(2);
+      expect(exposed.stderr).toContain(`${key} may be read by other users (mode 0644)`);
+      expect(exposed.stderr).toContain(`chmod 600 ${key}`);
+    } finally {
+      chmodSync(key, 0o600);
+    }
+    // Under the usual umask (022) the store, its write-ahead log and the log file are still 0600.
+    const port = await freePort();
+    const p = spawn(process.execPath, [CLI, 'replica', '--id', 'r-private', '--store', `sqlite:${f('private/store.sqlite')}`, '--listen', `127.0.0.1:${port}`, '--dir', f('keys'), '--log', f('private/r.log')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    procs.push(p);
+    let out = '';
+    p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    await waitFor('the replica to serve', () => out.includes('serving') || p.exitCode !== null, 20_000);
+    try {
+      for (const name of ['private/store.sqlite', 'private/store.sqlite-wal', 'private/r.log']) {
+        await waitFor(`${name} to exist`, () => existsSync(f(name)), 5000);
+        expect((statSync(f(name)).mode & 0o777).toString(8), name).toBe('600');
+      }
+    } finally {
+      p.kill('SIGTERM');
+    }
+  }, 60_000);
 
   it('refuses to start without the cluster key, an id, a store or a good address, saying what is missing', () => {
     const noKey = cli('replica', '--id', 'r', '--store', 'memory', '--dir', f('nowhere'));
