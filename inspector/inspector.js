@@ -3,8 +3,27 @@
 'use strict';
 
 // The control token is in this page's fragment (#token=...), as `safe-resume up` printed the address
-// (a browser sends a fragment to no server): it goes on every /api call and on the event stream.
-const token = new URLSearchParams(location.hash.slice(1)).get('token') || '';
+// (a browser sends a fragment to no server): it goes on every /api call and on the event stream. Once
+// read it is kept for this tab only (sessionStorage, so a reload still has it) and taken out of the
+// address bar and the history, where a shared screen or a later look at the history would show it.
+const TOKEN_KEY = 'safe-resume-token';
+const fromAddress = new URLSearchParams(location.hash.slice(1)).get('token');
+if (fromAddress !== null) {
+  try {
+    sessionStorage.setItem(TOKEN_KEY, fromAddress);
+  } catch {
+    // storage refused (a private window may): the token lives as long as this page
+  }
+  history.replaceState(null, '', location.pathname + location.search);
+}
+const kept = () => {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY);
+  } catch {
+    return null;
+  }
+};
+const token = fromAddress ?? kept() ?? '';
 const authorization = `Bearer ${token}`;
 // Set once the launcher refused the token: say so instead of "reconnecting".
 let refused = token ? '' : 'no token: open the address safe-resume up printed';
