@@ -14,6 +14,7 @@ import { bearer, checkHostOrigin, checkToken, newToken, refuse, refuseUpgrade, t
 import { MAX_EVENT_CHARS, MAX_INSPECT_MESSAGE, MESSAGE_EVENT } from './inspect.js';
 import { createHmac, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { capConnections, HTTP_TIMEOUTS } from './http-limits.js';
 import { existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -40,8 +41,6 @@ const MAX_ACTORS = 20_000;
 export const MAX_ACTOR_CHARS = 16 * 1024 * 1024;
 /** A browser this far behind (bytes queued to it) is dropped; its page reconnects and gets the replay. */
 const MAX_BROWSER_BACKLOG = 32 * 1024 * 1024;
-/** Before its request is whole, a client gets a few seconds (the body is capped by readBody). */
-const TIMEOUTS = { headersTimeout: 5_000, requestTimeout: 10_000 };
 const HEADERS = { 'cache-control': 'no-store', 'x-content-type-options': 'nosniff', 'x-frame-options': 'DENY', 'referrer-policy': 'no-referrer' };
 
 export interface InspectorHooks {
@@ -93,7 +92,7 @@ export class InspectorServer {
   }
 
   async listen(port: number): Promise<string> {
-    this.server = createServer(TIMEOUTS, (req, res) => {
+    this.server = createServer(HTTP_TIMEOUTS, (req, res) => {
       const path = (req.url ?? '/').split('?')[0]!;
       const api = path.startsWith('/api/');
       const refusal = checkHostOrigin(req, this.port, 'same') ?? (api ? checkToken(bearer(req), this.token) : undefined);
@@ -133,7 +132,7 @@ export class InspectorServer {
       if (u.pathname === '/inspect') this.processes.handleUpgrade(req, socket, head, (ws) => this.fromProcess(ws, u.searchParams.get('from') ?? ''));
       else this.pages.handleUpgrade(req, socket, head, (ws) => this.toBrowser(ws));
     });
-    await listenOn(this.server, port, '127.0.0.1', 'the inspector');
+    await listenOn(capConnections(this.server), port, '127.0.0.1', 'the inspector');
     this.port = (this.server.address() as net.AddressInfo).port;
     this.url = `http://127.0.0.1:${this.port}`;
     return this.url;
@@ -327,7 +326,7 @@ export class StatelyRelay {
   }
 
   async listen(port: number): Promise<string> {
-    this.server = createServer(TIMEOUTS, (req, res) => {
+    this.server = createServer(HTTP_TIMEOUTS, (req, res) => {
       req.resume();
       const refusal = checkHostOrigin(req, this.port, 'same');
       if (refusal) return refuse(res, refusal);
@@ -346,7 +345,7 @@ export class StatelyRelay {
         for (const line of this.recent) ws.send(line);
       });
     });
-    await listenOn(this.server, port, '127.0.0.1', 'the Stately relay');
+    await listenOn(capConnections(this.server), port, '127.0.0.1', 'the Stately relay');
     this.port = (this.server.address() as net.AddressInfo).port;
     this.url = `http://127.0.0.1:${this.port}`;
     return this.url;

@@ -7,6 +7,7 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
+import { capConnections, HTTP_TIMEOUTS } from './http-limits.js';
 import { rmSync, writeFileSync } from 'node:fs';
 import { privateDataDir } from './private-dir.js';
 import { readBody } from './http-body.js';
@@ -805,7 +806,7 @@ export class Launcher {
    */
   private async listen(): Promise<void> {
     let port = 0;
-    this.control = createServer({ headersTimeout: 5_000, requestTimeout: 10_000 }, (req, res) => {
+    this.control = createServer(HTTP_TIMEOUTS, (req, res) => {
       const refusal = checkHostOrigin(req, port, 'none') ?? checkToken(bearer(req), this.token);
       if (refusal) {
         req.resume();
@@ -818,6 +819,7 @@ export class Launcher {
         res.end(JSON.stringify(r));
       });
     });
+    capConnections(this.control);
     await new Promise<void>((r) => this.control!.listen(0, '127.0.0.1', r));
     port = (this.control.address() as net.AddressInfo).port;
     this.controlUrl = `http://127.0.0.1:${port}`;

@@ -4,6 +4,7 @@
  * and histograms are fed by the actors' `observe` hooks (no-ops unless metrics are served).
  */
 import { createServer, type Server } from 'node:http';
+import { capConnections, HTTP_TIMEOUTS } from './http-limits.js';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { NodeAgent } from '../actors/node-agent.js';
@@ -103,7 +104,7 @@ export function nodeMetrics(getAgent: () => NodeAgent | undefined): { registry: 
  */
 export async function serveMetrics(registry: Registry, health: () => Health, port = 0, listen = '127.0.0.1'): Promise<{ url: string; close(): Promise<void> }> {
   const allowed = ['127.0.0.1', 'localhost', '[::1]', listen];
-  const server: Server = createServer((req, res) => {
+  const server: Server = createServer(HTTP_TIMEOUTS, (req, res) => {
     const host = (req.headers.host ?? '').replace(/:\d+$/, '');
     if (!allowed.includes(host)) return void res.writeHead(403, { 'content-type': 'text/plain' }).end('forbidden host\n');
     if (req.method !== 'GET') return void res.writeHead(405, { allow: 'GET', 'content-type': 'text/plain' }).end('GET only\n');
@@ -118,7 +119,7 @@ export async function serveMetrics(registry: Registry, health: () => Health, por
       (err: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${String(err)}\n`),
     );
   });
-  server.requestTimeout = 5000;
+  capConnections(server);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, listen, () => resolve());

@@ -300,7 +300,7 @@ describe('inspector page', () => {
     expect(told).toBeGreaterThanOrEqual(pauses);
     // The token was taken out of the address bar (and the history) once read; the reload still has it.
     expect(page.url()).not.toContain('token');
-    expect(await page.evaluate(() => location.hash)).toBe('');
+    expect(await page.evaluate(() => (globalThis as unknown as { location: { hash: string } }).location.hash)).toBe('');
     await page.reload();
     await expect.poll(() => counter('s-pauses'), { timeout: 10_000 }).toBeGreaterThanOrEqual(pauses);
     await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('invalidated');
