@@ -117,9 +117,9 @@ export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number, maxSi
     // Who holds it, and when it can lapse: never while the holder's session lives (it renews the lock).
     const lapse = v.live === undefined ? `if that session stops renewing it, it lapses in ${rec.expiresAt - nowMs} ms at most` : "it lapses when that session's lease does";
     // The holder is named to its own principal only: another learns that the target is locked, not
-    // the requestId it could otherwise try to pose as.
-    const holder = rec.principal === req.principal ? `requestId ${rec.requestId} (principal ${rec.principal}) through session ${rec.session}` : 'another principal';
-    return none({ ok: false, code: 'LOCKED', message: `${req.target} is held by ${holder}, which renews the lock while it lives; ${lapse}` });
+    // the requestId it could otherwise try to pose as, nor when the lock can lapse.
+    if (rec.principal !== req.principal) return none({ ok: false, code: 'LOCKED', message: `${req.target} is locked by another writer; retry later` });
+    return none({ ok: false, code: 'LOCKED', message: `${req.target} is held by requestId ${rec.requestId} (principal ${rec.principal}) through session ${rec.session}, which renews the lock while it lives; ${lapse}` });
   }
   // A requestId stays its principal's while a tombstone names it: nobody else creates it again.
   if (boundElsewhere(v, req.requestId, req.principal)) return none({ ok: false, code: 'FORBIDDEN', message: 'requestId belongs to another principal' });

@@ -43,6 +43,7 @@ describe('rules as decisions', () => {
     expect(other).toMatchObject({ ok: false, code: 'LOCKED' });
     expect(JSON.stringify(other)).not.toContain(Y);
     expect(JSON.stringify(other)).not.toContain('s1');
+    expect(other).toEqual({ ok: false, code: 'LOCKED', message: 't is locked by another writer; retry later' });
   });
 
   it('a late open after its requestId let the target go, or a late takeover by the instance it was taken from, takes nothing', () => {
