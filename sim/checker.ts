@@ -421,8 +421,8 @@ export class Checker {
       const granted = this.instances.get(`${e.target}\u0000${e.requestId}`);
       if (granted && granted.size <= 1) this.violate('L1', e, e.target, `handle ${e.requestId} of ${e.proc} invalidated SUPERSEDED, but no other instance of it was granted ${e.target}`);
     }
-    if (e.to === 'invalidated' && e.reason === 'MODIFIED') this.readerTold(e.target, e.requestId);
     if (e.to === 'invalidated' && e.reason === 'MODIFIED') {
+      this.readerTold(e.target, e.requestId);
       const s = this.target(e.target);
       const isWriter = s.epoch.has(e.requestId);
       if (isWriter && !this.takenFrom(s, e.requestId)) this.violate('L1', e, e.target, `handle ${e.requestId} of ${e.proc} invalidated MODIFIED, but no other writer took ${e.target}`);

@@ -148,8 +148,6 @@ export class SimStore extends TxStore {
   private guard: { stamps: Map<string, number>; compared: Set<string> } | undefined;
   /** Set while a late commit lands: it is the store's doing, not this process's, so a crash does not stop it. */
   private landing = false;
-  /** Lease mode: whether the target's lock is live (its key hangs on a live lease). */
-  lockLive: ((target: string) => boolean) | undefined;
 
   /** Pass another instance's `state` to model another process, or a restart, over the same database. */
   constructor(
@@ -387,23 +385,7 @@ export class SimStore extends TxStore {
       const id = shared.locks.get(target);
       return id !== undefined && alive(id);
     };
-    this.lockLive = live;
-    const view = (tx: Tx, target: string): rules.TargetView => {
-      const base = rules.viewOf(tx, target);
-      return {
-        get record() {
-          return base.record;
-        },
-        get version() {
-          return base.version;
-        },
-        get fixedSize() {
-          return base.fixedSize;
-        },
-        tombstones: base.tombstones,
-        live: live(target),
-      };
-    };
+    const view = (tx: Tx, target: string): rules.TargetView => rules.viewOf(tx, target, live(target));
     const setLock = (target: string, id: number | undefined) => {
       const prev = shared.locks.get(target);
       this.undo.push(() => restore(shared.locks, target, prev));

@@ -151,8 +151,9 @@ function handOver(rec: LockRecord, session: string, expiresAt: number, instance:
  * same one from another session, was sent on a session the node has since left (a replica or store
  * that stalled and answers late) and must not take the record back from the session in use now. An
  * open from another instance than the record's is as late: a node opens a requestId afresh only once,
- * and a later instance took it over. A takeover from another instance is not ordered (instances on
- * different nodes count apart). Requests and records without a counter are not checked.
+ * and a later instance took it over. A takeover from another instance is not ordered by the counter
+ * (instances on different nodes count apart), but one by an instance the record was taken over from
+ * (`retired`) is as late. Requests and records without a counter are not checked.
  */
 function staleRequest(rec: LockRecord, session: string, instance: string, epoch: number | undefined, takeover: boolean): string | undefined {
   if (rec.instance !== instance) {
@@ -179,9 +180,14 @@ function bury(v: TargetView, rec: LockRecord, takenBy?: Tombstone['takenBy']): E
   // principal can push another's out (and with it the binding of a requestId) by opening and closing.
   const by = takenBy?.principal ?? rec.principal;
   while (all.length > TOMBSTONES_PER_TARGET) {
-    let i = all.length - 1;
-    while (i > 0 && all[i]!.principal !== by) i--;
-    all.splice(i > 0 ? i : all.length - 1, 1);
+    let drop = all.length - 1;
+    for (let i = all.length - 1; i > 0; i--) {
+      if (all[i]!.principal === by) {
+        drop = i;
+        break;
+      }
+    }
+    all.splice(drop, 1);
   }
   return { kind: 'tombstones', tombstones: all };
 }
@@ -295,11 +301,15 @@ export function decideRenew(v: TargetView, ref: HandleRef, session: string, expi
 
 // ---- The same rules inside a synchronous transaction (memory, SQLite, the simulation's store) ----
 
-/** A view of one target read through `tx`, each part when a rule first asks for it (a write reads no tombstones). */
-export function viewOf(tx: Tx, target: string): TargetView {
+/**
+ * A view of one target read through `tx`, each part when a rule first asks for it (a write reads no
+ * tombstones); `live`: whether its lock is live, when the engine judges it (see TargetView.live).
+ */
+export function viewOf(tx: Tx, target: string, live?: boolean): TargetView {
   let record: LockRecord | undefined | null = null;
   let version: number | undefined;
   return {
+    live,
     get record() {
       if (record === null) record = tx.getRecord(target);
       return record;
