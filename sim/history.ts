@@ -156,6 +156,7 @@ export function observedStore(inner: TxStore, replica: string, recorder: Pick<Re
     }),
     record: (target) => inner.record(target),
     tombstones: (target) => inner.tombstones(target),
+    pages: (target) => inner.pages(target),
     ping: () => inner.ping(),
     shutdown: () => inner.shutdown(),
   };

@@ -326,6 +326,10 @@ export abstract class TxStore implements Store {
   async tombstones(target: string): Promise<Tombstone[]> {
     return this.tx((t) => t.getTombstones(target));
   }
+
+  async pages(target: string): Promise<number> {
+    return this.tx((t) => t.pages(target));
+  }
 }
 
 /** Run callbacks of a committed transaction in order; one that throws does not stop the others. */

@@ -9,7 +9,7 @@
  *   k/<target>/t        the tombstones (JSON, newest first)
  *   k/<target>/v        the version, the size and the size fixed at creation (JSON)
  *   k/<target>/l        the lock: present while the holder's session lease lives (lease mode)
- *   p/<target>/<page>   the data, in 4 KiB pages (an untouched page costs nothing); the page number in
+ *   p/<target>/<page>   the data, in 4 KiB pages (a page never written or left all zeros has no key); the page number in
  *                       12 decimal digits, so etcd's byte order of keys is their number order
  *   format              the key layout (KEY_LAYOUT), put when the store is first used
  *   h/...               the decision log, when one is kept (the chaos checker's history)
@@ -33,7 +33,9 @@ import * as leases from './leases.js';
 import * as rules from './rules.js';
 import {
   MAX_DISK_BYTES,
+  PAGE_BYTES,
   StoreUnavailableError,
+  isZeroPage,
   type Decided,
   type DecisionLog,
   type HandleRef,
@@ -51,7 +53,7 @@ import {
   type WriteResult,
 } from './types.js';
 
-const PAGE = 4096;
+const PAGE = PAGE_BYTES;
 /** Tries of one rule when other replicas keep changing the target under it. */
 const MAX_ATTEMPTS = 32;
 /** etcd's default --max-txn-ops is 128: a batch stays below it in compares, reads and writes. */
@@ -771,8 +773,14 @@ export class EtcdStore implements Store {
             if (old) bytes.set(old);
             bytes.set(e.data.subarray(from - e.offset, to - e.offset), from - start);
           }
-          pages.set(key, bytes);
-          put(key, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+          // A page left all zeros is deleted (it reads as zeros, as one never written does).
+          if (isZeroPage(bytes)) {
+            pages.delete(key);
+            del(key);
+          } else {
+            pages.set(key, bytes);
+            put(key, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+          }
         }
         s.version++;
         s.size = Math.max(s.size, end);
@@ -937,6 +945,13 @@ export class EtcdStore implements Store {
   async tombstones(target: string): Promise<Tombstone[]> {
     const { states } = await this.readTargets([target], []);
     return states.get(target)!.tombstones;
+  }
+
+  async pages(target: string): Promise<number> {
+    if (!this.layoutOk) await this.ready();
+    const p = this.d(target);
+    const res = await this.txn('read', [], [{ request_range: { key: Buffer.from(p), range_end: prefixEnd(p), count_only: true } }]);
+    return Number(res.responses[0]?.response_range?.count ?? 0);
   }
 
   /**

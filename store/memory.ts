@@ -1,7 +1,7 @@
 /** The in-memory store: deterministic, for simulation and tests. */
 import { TxStore } from './base.js';
 import type { Tx } from './rules.js';
-import { MAX_TARGET_BYTES, StoreUnavailableError, type LockRecord, type Tombstone } from './types.js';
+import { MAX_TARGET_BYTES, PAGE_BYTES, StoreUnavailableError, isZeroPage, type LockRecord, type Tombstone } from './types.js';
 
 export interface MemoryState {
   records: Map<string, LockRecord>;
@@ -86,15 +86,28 @@ export function memoryTx(state: MemoryState): Tx {
       let cur = targets.get(t);
       if (!cur) targets.set(t, (cur = { buf: new Uint8Array(0), size: 0, version: 0 }));
       const end = offset + data.length;
+      // Zeros past the buffer's end are there already (they read as zeros): the buffer grows only to
+      // the write's last byte that is not zero.
+      let keep = data.length;
+      if (end > cur.buf.length) while (keep > 0 && offset + keep > cur.buf.length && data[keep - 1] === 0) keep--;
+      const stored = offset + keep;
       // Past the buffer's room a new buffer replaces it (the old one is left as it was).
-      if (end > cur.buf.length) {
-        const grown = new Uint8Array(Math.max(end, Math.min(2 * cur.buf.length, MAX_TARGET_BYTES)));
+      if (stored > cur.buf.length) {
+        const grown = new Uint8Array(Math.max(stored, Math.min(2 * cur.buf.length, MAX_TARGET_BYTES)));
         grown.set(cur.buf.subarray(0, cur.size));
         cur.buf = grown;
       }
-      cur.buf.set(data, offset);
+      if (keep > 0) cur.buf.set(keep === data.length ? data : data.subarray(0, keep), offset);
       cur.size = Math.max(cur.size, end);
       return ++cur.version;
+    },
+    pages: (t) => {
+      const cur = targets.get(t);
+      if (!cur) return 0;
+      let n = 0;
+      const to = Math.min(cur.size, cur.buf.length);
+      for (let at = 0; at < to; at += PAGE_BYTES) if (!isZeroPage(cur.buf.subarray(at, Math.min(to, at + PAGE_BYTES)))) n++;
+      return n;
     },
   };
 }

@@ -41,8 +41,13 @@ export interface Tx {
   /** Largest size this store lets a target be given. */
   readonly maxSize: number;
   readData(target: string, offset: number, length: number): Uint8Array;
-  /** Write bytes at offset (extending with zeros), bump the version, return the new version. */
+  /**
+   * Write bytes at offset (extending with zeros), bump the version, return the new version. A page
+   * the write leaves all zeros is not kept (it reads as zeros), in this same transaction.
+   */
   writeData(target: string, offset: number, data: Uint8Array): number;
+  /** For inspection: how many pages of PAGE_BYTES hold the target's data (all-zero pages hold none). */
+  pages(target: string): number;
 }
 
 /** What an adapter read of one target for a rule to decide on. */

@@ -8,7 +8,7 @@ import { dirname } from 'node:path';
 import { StoreBusyError, TxStore } from './base.js';
 import { hostClock, type HostClock } from './host-clock.js';
 import type { Tx } from './rules.js';
-import { MAX_DISK_BYTES, StoreUnavailableError, type LockRecord, type Tombstone } from './types.js';
+import { MAX_DISK_BYTES, PAGE_BYTES, StoreUnavailableError, isZeroPage, type LockRecord, type Tombstone } from './types.js';
 
 export interface SqliteStoreOptions {
   /** `FULL` (default) fsyncs every commit; `NORMAL` may lose the last commits on power loss, never on a process crash. */
@@ -29,7 +29,7 @@ export interface SqliteStoreOptions {
 }
 
 /** Targets are stored in pages of this many bytes, so a write rewrites only the pages it touches. */
-const PAGE = 4096;
+const PAGE = PAGE_BYTES;
 
 const UNAVAILABLE_CODES = /^SQLITE_(BUSY|LOCKED|IOERR|CANTOPEN|FULL|READONLY|NOTADB|CORRUPT|PROTOCOL)/;
 
@@ -142,6 +142,8 @@ export class SqliteStore extends TxStore {
     const getPages = this.db.prepare<[string, number, number], { page: number; data: Buffer }>('SELECT page, data FROM pages WHERE target = ? AND page BETWEEN ? AND ?');
     const getPage = this.db.prepare<[string, number], { data: Buffer }>('SELECT data FROM pages WHERE target = ? AND page = ?');
     const putPage = this.db.prepare('INSERT INTO pages (target, page, data) VALUES (?, ?, ?) ON CONFLICT(target, page) DO UPDATE SET data = excluded.data');
+    const deletePage = this.db.prepare('DELETE FROM pages WHERE target = ? AND page = ?');
+    const countPages = this.db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM pages WHERE target = ?');
     this.getPages = getPages;
     this.run = this.db.transaction((fn: (tx: Tx) => unknown, tx: Tx) => fn(tx));
     this.touch = this.db.prepare("UPDATE meta SET value = value WHERE key = 'max_lease_ms'");
@@ -195,11 +197,14 @@ export class SqliteStore extends TxStore {
             if (old) bytes.set(old);
             bytes.set(data.subarray(from - offset, to - offset), from - start);
           }
-          putPage.run(t, page, bytes);
+          // A page left all zeros is not kept: it reads as zeros, as one never written does.
+          if (isZeroPage(bytes)) deletePage.run(t, page);
+          else putPage.run(t, page, bytes);
         }
         putMeta.run(t, Math.max(meta?.size ?? 0, end), version);
         return version;
       },
+      pages: (t) => countPages.get(t)?.n ?? 0,
     };
     // From now on an operation must not hold the event loop while another process has the lock.
     this.db.pragma(`busy_timeout = ${BUSY_ATTEMPT_MS}`);

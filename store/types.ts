@@ -179,6 +179,11 @@ export interface Store {
   record(target: string): Promise<LockRecord | undefined>;
   /** For inspection: what the store keeps of the target's earlier holders, newest first. */
   tombstones(target: string): Promise<Tombstone[]>;
+  /**
+   * For inspection and tests: how many pages of PAGE_BYTES hold the target's data. A page that is
+   * all zeros is kept by none (a write that leaves a page all zeros removes it): it reads as zeros.
+   */
+  pages(target: string): Promise<number>;
   /** Told how long each committed store transaction took (metrics); adapters that can time them do. */
   onTransaction?: ((ms: number) => void) | undefined;
   /** Cheap liveness probe; throws StoreUnavailableError while the store cannot be used. */
@@ -215,6 +220,20 @@ export class StoreUnavailableError extends Error {
     this.name = 'StoreUnavailableError';
     this.maybeApplied = opts.maybeApplied ?? false;
   }
+}
+
+/**
+ * Targets are kept in pages of this many bytes (SQLite, etcd): a write rewrites only the pages it
+ * touches, a page never written or left all zeros is not stored.
+ */
+export const PAGE_BYTES = 4096;
+
+const ZERO_PAGE = new Uint8Array(PAGE_BYTES);
+
+/** Whether `bytes` (at most PAGE_BYTES of them: a page) are all zero. */
+export function isZeroPage(bytes: Uint8Array): boolean {
+  if (bytes.length > PAGE_BYTES) throw new RangeError(`a page is at most ${PAGE_BYTES} bytes`);
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).equals(ZERO_PAGE.subarray(0, bytes.length));
 }
 
 /** Largest a target without a fixed size grows, so one write cannot exhaust memory. */

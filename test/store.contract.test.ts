@@ -46,6 +46,7 @@ function driven(store: SimStore, clock: SimClock): Store {
     renew: (session, refs, leaseMs) => drive(clock, store.renew(session, refs, leaseMs)),
     record: (target) => drive(clock, store.record(target)),
     tombstones: (target) => drive(clock, store.tombstones(target)),
+    pages: (target) => drive(clock, store.pages(target)),
     ping: () => drive(clock, store.ping()),
     shutdown: () => store.shutdown(),
   };
@@ -508,6 +509,37 @@ for (const adapter of adapters) {
       const middle = await store.read({ target: T, offset: 2 * GiB, length: 1 << 20 });
       expect(middle.ok && middle.data.length === 1 << 20 && middle.data.every((b) => b === 0)).toBe(true);
       expect(await store.write({ target: T, requestId: X, session: 's1', seq: 2, offset: 4 * GiB - 1, data: bytes('ab') })).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT' });
+    });
+
+    it('a write that leaves a page all zeros removes it (it reads as zeros); the version still moves', async () => {
+      await setup();
+      await open(X, 's1', 0, 1000);
+      const w = (seq: number, offset: number, data: Uint8Array) => store.write({ target: T, requestId: X, session: 's1', seq, offset, data });
+      const size = 3 * 4096 + 100;
+      expect(await w(1, 0, new Uint8Array(size).fill(7))).toMatchObject({ ok: true, version: 1 });
+      expect(await store.pages(T)).toBe(4);
+      // A whole page of zeros, then a page zeroed in two parts: each leaves the store.
+      expect(await w(2, 4096, new Uint8Array(4096))).toMatchObject({ ok: true, applied: true, version: 2 });
+      expect(await store.pages(T)).toBe(3);
+      expect(await w(3, 100, new Uint8Array(4096 - 100))).toMatchObject({ ok: true, version: 3 });
+      expect(await store.pages(T)).toBe(3);
+      expect(await w(4, 0, new Uint8Array(100))).toMatchObject({ ok: true, version: 4 });
+      expect(await store.pages(T)).toBe(2);
+      const mid = await store.read({ target: T, offset: 0, length: 8192 + 1 });
+      expect(mid.ok && [mid.data.length, mid.data.every((b, i) => b === (i === 8192 ? 7 : 0))]).toEqual([8193, true]);
+      // The last (short) page and the one before it, in one write.
+      expect(await w(5, 8192, new Uint8Array(4096 + 100))).toMatchObject({ ok: true, version: 5 });
+      expect(await store.pages(T)).toBe(0);
+      // Zeros past the end grow the target without storing anything.
+      expect(await w(6, 1 << 20, new Uint8Array(1 << 20))).toMatchObject({ ok: true, version: 6 });
+      expect(await store.pages(T)).toBe(0);
+      const all = await store.read({ target: T, offset: 0, length: 2 << 20 });
+      expect(all.ok && [all.data.length, all.data.every((b) => b === 0), all.version]).toEqual([2 << 20, true, 6]);
+      // Data written again lands in a page again.
+      expect(await w(7, 5000, bytes('back'))).toMatchObject({ ok: true, version: 7 });
+      expect(await store.pages(T)).toBe(1);
+      const back = await store.read({ target: T, offset: 5000, length: 4 });
+      expect(back.ok && text(back.data)).toBe('back');
     });
 
     it('keeps data, records and sequence numbers across a close and reopen (reboot)', async () => {
