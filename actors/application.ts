@@ -100,6 +100,14 @@ export class Handle extends LazyEmitter<HandleEvents> implements HandleOwner {
     return this.core.size || undefined;
   }
 
+  /**
+   * The target's version this handle last saw: at its open or latest resume, or at its latest read
+   * (a reader resumes only if it is unchanged).
+   */
+  get version(): number {
+    return this.core.version;
+  }
+
   /** Why the handle was invalidated, once it is. */
   get reason(): InvalidationReason | undefined {
     return this.core.reason;

@@ -8,6 +8,12 @@
  * project): options GO, INFO, LIST, ABORT and EXPORT_NAME; commands READ, WRITE, FLUSH, DISC, TRIM and
  * WRITE_ZEROES, simple replies. The export name is the target. Malformed input gets an NBD error reply
  * or a closed connection, never a crash.
+ *
+ * A connection opens its target for reading, and takes the write handle at its first write-type
+ * request (WRITE, WRITE_ZEROES, TRIM), only if nobody wrote the target since the connection opened
+ * it; a read-only client (`qemu-io -r`, `nbdinfo`) never locks the target. Zeros are written as
+ * zeros, and the store keeps no page that is all zeros: WRITE_ZEROES and TRIM (which reads back as
+ * zeros) free whole pages.
  */
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
@@ -45,6 +51,12 @@ const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
 const HANDSHAKE_MS = 10_000;
 /** How long an open waits for a target another connection of this node is still releasing. */
 const LOCKED_RETRY_MS = 2000;
+/** Connections of one principal that finished the handshake, held at once. */
+const MAX_CONNECTIONS_PER_PRINCIPAL = 64;
+/** A connection with no request for this long is closed (unless requests are still waiting). */
+const IDLE_MS = 30 * 60_000;
+/** What WRITE_ZEROES and TRIM write, a chunk at a time (the handle copies what it sends). */
+const ZEROS = new Uint8Array(MAX_IO_BYTES);
 
 export interface NbdExportOptions {
   /** The application whose handles serve the exports (one write handle per connection). */
@@ -66,6 +78,16 @@ export interface NbdExportOptions {
   onInvalidated?: (target: string, reason: string) => void;
   /** How long a client may take to finish the handshake (default 10 s). */
   handshakeTimeoutMs?: number;
+  /**
+   * Connections of one principal that finished the handshake, held at once (default 64); past it a
+   * client is refused at `NBD_OPT_GO` with `NBD_REP_ERR_POLICY` and the reason.
+   */
+  maxConnectionsPerPrincipal?: number;
+  /**
+   * A connection that sends no request for this long is closed (default 30 minutes; 0: never), but
+   * not while requests are still waiting (a paused handle's).
+   */
+  idleTimeoutMs?: number;
 }
 
 /** What `status` shows of an export connection. */
@@ -78,16 +100,39 @@ export interface NbdConnectionView {
 
 class ProtocolError extends Error {}
 
+/** Connections admitted per principal (those that finished the handshake and are not closed yet). */
+class Admission {
+  private readonly held = new Map<string, number>();
+  constructor(readonly max: number) {}
+
+  /** Take a place for `principal`; false if it holds `max` already. */
+  take(principal: string): boolean {
+    const n = this.held.get(principal) ?? 0;
+    if (n >= this.max) return false;
+    this.held.set(principal, n + 1);
+    return true;
+  }
+
+  give(principal: string): void {
+    const n = (this.held.get(principal) ?? 0) - 1;
+    if (n > 0) this.held.set(principal, n);
+    else this.held.delete(principal);
+  }
+}
+
 export class NbdExport {
   private server: Server | undefined;
   private readonly conns = new Set<Connection>();
+  private readonly admission: Admission;
   url = '';
 
-  constructor(private readonly opts: NbdExportOptions) {}
+  constructor(private readonly opts: NbdExportOptions) {
+    this.admission = new Admission(opts.maxConnectionsPerPrincipal ?? MAX_CONNECTIONS_PER_PRINCIPAL);
+  }
 
   async listen(): Promise<string> {
     const server = createServer((socket) => {
-      const c = new Connection(socket, this.opts);
+      const c = new Connection(socket, this.opts, this.admission);
       this.conns.add(c);
       socket.once('close', () => this.conns.delete(c));
     });
@@ -135,7 +180,23 @@ class Connection {
   private phase: 'flags' | 'options' | 'transmission' | 'closed' = 'flags';
   private noZeroes = false;
   private busy = false;
+  /** The handle serving requests: a read handle until the first write-type request, then a write handle. */
   private handle: Handle | undefined;
+  /** The target's version when the read handle opened: the write handle is taken only at this version. */
+  private openedAt = 0;
+  /** The write handle being taken (shared by the write-type requests that wait for it). */
+  private upgrading: Promise<Handle> | undefined;
+  /** Why the connection's requests fail: the target changed before it could be written (MODIFIED). */
+  private invalid: string | undefined;
+  /** Requests the current read handle is serving (it is closed once they are answered). */
+  private readonly reads = new Set<Promise<unknown>>();
+  /**
+   * The principal this connection is counted under (the one it proved; the export's until the
+   * handshake proves one), and whether it holds its place.
+   */
+  private principal: string;
+  private admitted = false;
+  private idle: NodeJS.Timeout | undefined;
   private target = '';
   private size = 0;
   private inflight = 0;
@@ -147,7 +208,9 @@ class Connection {
   constructor(
     private readonly socket: Socket,
     private readonly opts: NbdExportOptions,
+    private readonly admission: Admission,
   ) {
+    this.principal = opts.app.principal;
     socket.setNoDelay(true);
     socket.on('error', () => undefined);
     socket.on('data', (d: Buffer) => {
@@ -171,6 +234,7 @@ class Connection {
 
   view(): NbdConnectionView | undefined {
     if (!this.handle) return undefined;
+    if (this.invalid) return { target: this.target, state: 'invalidated', reason: this.invalid, requests: this.inflight };
     return { target: this.target, state: this.handle.state, reason: this.handle.reason, requests: this.inflight };
   }
 
@@ -260,8 +324,9 @@ class Connection {
           const length = head.readUInt32BE(24);
           const payload = type === CMD.WRITE ? length : 0;
           if (length > MAX_REQUEST_BYTES && (type === CMD.WRITE || type === CMD.READ)) throw new ProtocolError(`a request of ${length} bytes`);
-          // Past the connection's budget nothing more is read until replies go out.
-          const cost = type === CMD.WRITE || type === CMD.READ ? length : 0;
+          // Past the connection's budget nothing more is read until replies go out. Zeros cost what
+          // writing them does (a request of more than the budget is taken alone).
+          const cost = type === CMD.WRITE || type === CMD.READ || type === CMD.WRITE_ZEROES || type === CMD.TRIM ? length : 0;
           if (!this.roomFor(cost)) {
             this.socket.pause();
             return;
@@ -270,6 +335,7 @@ class Connection {
           if (!whole) return this.resume();
           const data = payload > 0 ? Buffer.from(whole.subarray(28)) : undefined;
           this.consume(28 + payload);
+          this.touch();
           this.request(type, cookie, offset, length, data, cost);
         } else return;
       }
@@ -311,6 +377,8 @@ class Connection {
       }
       case OPT.EXPORT_NAME: {
         const name = data.toString('utf8');
+        const refused = this.admit(name);
+        if (refused) throw new ProtocolError(refused);
         const ok = await this.attach(name);
         if (this.phase === 'closed') return;
         if (!ok.ok) throw new ProtocolError(`export ${JSON.stringify(name)} could not be opened: ${ok.message}`);
@@ -319,6 +387,7 @@ class Connection {
         out.writeUInt16BE(this.flags(), 8);
         this.socket.write(out);
         this.phase = 'transmission';
+        this.touch();
         return;
       }
       case OPT.INFO:
@@ -331,9 +400,17 @@ class Connection {
         if (data.length !== 4 + nameLength + 2 + 2 * count) return this.reply(option, REP.ERR_INVALID, Buffer.from('bad length'));
         const want = new Set<number>();
         for (let i = 0; i < count; i++) want.add(data.readUInt16BE(4 + nameLength + 2 + 2 * i));
+        if (option === OPT.GO) {
+          const refused = this.admit(name);
+          if (refused) return this.reply(option, REP.ERR_POLICY, Buffer.from(refused));
+        }
         const ok = option === OPT.GO ? await this.attach(name) : await this.sizeOf(name);
         if (this.phase === 'closed') return;
-        if (!ok.ok) return this.reply(option, ok.code, Buffer.from(ok.message));
+        if (!ok.ok) {
+          // A refused GO holds no place: the client may try another export, or go.
+          if (option === OPT.GO) this.unadmit();
+          return this.reply(option, ok.code, Buffer.from(ok.message));
+        }
         const info = Buffer.alloc(12);
         info.writeUInt16BE(INFO.EXPORT, 0);
         info.writeBigUInt64BE(BigInt(ok.size), 2);
@@ -349,7 +426,10 @@ class Connection {
           this.reply(option, REP.INFO, bs);
         }
         this.reply(option, REP.ACK);
-        if (option === OPT.GO) this.phase = 'transmission';
+        if (option === OPT.GO) {
+          this.phase = 'transmission';
+          this.touch();
+        }
         return;
       }
       default:
@@ -386,38 +466,137 @@ class Connection {
     }
   }
 
-  /** Open the target for this connection (a write handle). */
-  private async attach(name: string): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }> {
-    const sized = await this.sized(name);
-    if (!sized.ok) return sized;
-    let handle: Handle;
+  /**
+   * Take a place for this connection among its principal's; the reason it is refused, if it is (the
+   * client is told it, and a warning is logged).
+   */
+  private admit(name: string): string | undefined {
+    if (this.admitted) return undefined;
+    if (this.admission.take(this.principal)) {
+      this.admitted = true;
+      return undefined;
+    }
+    const why = `principal ${JSON.stringify(this.principal)} holds ${this.admission.max} connections to this export already (the most it may): close one and connect again`;
+    this.opts.log?.warn({ principal: this.principal, target: name, max: this.admission.max }, 'nbd connection refused: too many connections of one principal');
+    return why;
+  }
+
+  /** Give back this connection's place among its principal's. */
+  private unadmit(): void {
+    if (!this.admitted) return;
+    this.admitted = false;
+    this.admission.give(this.principal);
+  }
+
+  /** A request arrived: the idle time starts again. */
+  private touch(): void {
+    const ms = this.opts.idleTimeoutMs ?? IDLE_MS;
+    if (ms <= 0 || this.phase !== 'transmission') return;
+    clearTimeout(this.idle);
+    this.idle = setTimeout(() => {
+      // Requests still waiting (a paused handle's) keep the connection: it is not idle.
+      if (this.inflight > 0 || this.disconnecting) return this.touch();
+      this.opts.log?.warn({ target: this.target, principal: this.principal, idleMs: ms }, 'nbd connection closed: no request for the idle time');
+      this.phase = 'closed';
+      this.socket.destroy();
+    }, ms);
+    this.idle.unref();
+  }
+
+  /**
+   * Open `name` with `mode`; a write open retries briefly while the target is LOCKED (a client
+   * reconnecting at once may find its previous connection still releasing it).
+   */
+  private async openAs(name: string, mode: 'read' | 'write'): Promise<Handle> {
     for (const until = Date.now() + LOCKED_RETRY_MS; ; ) {
       try {
-        handle = await this.opts.app.open(name, { onFailure: this.opts.onFailure ?? 'pause' });
-        break;
+        return await this.opts.app.open(name, { mode, onFailure: this.opts.onFailure ?? 'pause' });
       } catch (err) {
-        // A client reconnecting at once may find its previous connection still releasing the target.
         if (err instanceof SafeResumeError && err.code === 'LOCKED' && Date.now() < until && this.phase !== 'closed') {
           await new Promise((r) => setTimeout(r, 100));
           continue;
         }
-        const code = err instanceof SafeResumeError ? err.code : 'ERROR';
-        return { ok: false, code: REP.ERR_POLICY, message: `${name}: ${code}: ${(err as Error).message}` };
+        throw err;
       }
+    }
+  }
+
+  /** Serve requests through `handle` from now on, telling its invalidation. */
+  private use(handle: Handle): void {
+    this.handle = handle;
+    handle.on('invalidated', (reason) => {
+      this.opts.log?.warn({ target: this.target, reason }, 'nbd export invalidated: requests fail with EIO');
+      this.opts.onInvalidated?.(this.target, reason);
+    });
+  }
+
+  /** Open the target for this connection (a read handle: the write handle is taken at the first write). */
+  private async attach(name: string): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }> {
+    const sized = await this.sized(name);
+    if (!sized.ok) return sized;
+    let handle: Handle;
+    try {
+      handle = await this.openAs(name, 'read');
+    } catch (err) {
+      const code = err instanceof SafeResumeError ? err.code : 'ERROR';
+      return { ok: false, code: REP.ERR_POLICY, message: `${name}: ${code}: ${(err as Error).message}` };
     }
     if (this.phase === 'closed') {
       // The client went away while the target was being opened: nothing may stay held for it.
       await handle.close().catch(() => undefined);
       return { ok: false, code: REP.ERR_POLICY, message: 'the client went away' };
     }
-    this.handle = handle;
     this.target = name;
+    this.openedAt = handle.version;
     this.size = handle.size ?? sized.size;
-    this.handle.on('invalidated', (reason) => {
-      this.opts.log?.warn({ target: name, reason }, 'nbd export invalidated: requests fail with EIO');
-      this.opts.onInvalidated?.(name, reason);
-    });
+    this.use(handle);
     return { ok: true, size: this.size };
+  }
+
+  /** The write handle, taken at the first write-type request (the requests that arrive meanwhile share it). */
+  private writable(): Promise<Handle> {
+    const h = this.handle!;
+    if (h.mode === 'write') return Promise.resolve(h);
+    const p = (this.upgrading ??= this.upgrade(h));
+    // A write refused while another writer holds the lock leaves the next write to try again.
+    p.catch(() => {
+      if (this.upgrading === p && !this.invalid) this.upgrading = undefined;
+    });
+    return p;
+  }
+
+  /**
+   * Open the target for writing, and keep that handle only if the target is still at the version the
+   * connection opened it at: otherwise what the client read may be stale, so nothing is written over
+   * it: the write fails with EIO, and so does every later request (the handle counts as invalidated,
+   * MODIFIED).
+   */
+  private async upgrade(reader: Handle): Promise<Handle> {
+    let writer: Handle;
+    try {
+      writer = await this.openAs(this.target, 'write');
+    } catch (err) {
+      const code = err instanceof SafeResumeError ? err.code : 'ERROR';
+      this.opts.log?.warn({ target: this.target, code }, 'nbd write refused: the target could not be opened for writing');
+      throw new Errno(ERR.EIO, `${this.target} could not be opened for writing: ${code}: ${(err as Error).message}`);
+    }
+    if (this.phase === 'closed' || this.released) {
+      await writer.close().catch(() => undefined);
+      throw new Errno(ERR.ESHUTDOWN, 'the client went away');
+    }
+    if (writer.version !== this.openedAt || reader.state === 'invalidated') {
+      await writer.close().catch(() => undefined);
+      this.invalid = 'MODIFIED';
+      this.opts.log?.warn({ target: this.target, opened: this.openedAt, now: writer.version }, 'nbd export invalidated: the target was written by another writer since this connection opened it; requests fail with EIO');
+      this.opts.onInvalidated?.(this.target, 'MODIFIED');
+      throw new Errno(ERR.EIO, `${this.target} was modified by another writer since this connection opened it (MODIFIED)`);
+    }
+    this.use(writer);
+    // The read handle goes once the reads it serves are answered.
+    const reads = [...this.reads];
+    this.reads.clear();
+    void Promise.allSettled(reads).then(() => reader.close().catch(() => undefined));
+    return writer;
   }
 
   private request(type: number, cookie: bigint, offset: bigint, length: number, data: Buffer | undefined, cost: number): void {
@@ -457,6 +636,7 @@ class Connection {
 
   private async serve(type: number, offset: bigint, length: number, data: Buffer | undefined): Promise<Uint8Array | undefined> {
     const h = this.handle!;
+    if (this.invalid) throw new Errno(ERR.EIO, `${this.target} was invalidated (${this.invalid})`);
     if (h.state === 'invalidated') throw new Errno(ERR.EIO, `${this.target} was invalidated (${h.reason ?? 'MODIFIED'})`);
     const end = offset + BigInt(length);
     if (type === CMD.FLUSH) {
@@ -469,20 +649,31 @@ class Connection {
     const at = Number(offset);
     if (type === CMD.READ) {
       if (length > MAX_REQUEST_BYTES) throw new Errno(ERR.EINVAL, `read of ${length} bytes`);
-      const out = new Uint8Array(length);
-      for (let done = 0; done < length; done += MAX_IO_BYTES) {
-        const n = Math.min(MAX_IO_BYTES, length - done);
-        // Past what was ever written a target reads short: those bytes are zeros.
-        out.set(await h.read(at + done, n), done);
+      const r = (async () => {
+        const out = new Uint8Array(length);
+        for (let done = 0; done < length; done += MAX_IO_BYTES) {
+          const n = Math.min(MAX_IO_BYTES, length - done);
+          // Past what was ever written a target reads short: those bytes are zeros.
+          out.set(await h.read(at + done, n), done);
+        }
+        return out;
+      })();
+      if (h.mode !== 'read') return r;
+      this.reads.add(r);
+      try {
+        return await r;
+      } finally {
+        this.reads.delete(r);
       }
-      return out;
     }
-    if (type === CMD.TRIM) return undefined; // advisory: the bytes stay as they are
+    // WRITE_ZEROES and TRIM write zeros (a trimmed range reads back as zeros): the store keeps no page
+    // left all zeros, so whole pages are freed and the edges of partial ones zeroed.
     const bytes = type === CMD.WRITE ? data! : undefined;
     const w = (async () => {
+      const wh = await this.writable();
       for (let done = 0; done < length; done += MAX_IO_BYTES) {
         const n = Math.min(MAX_IO_BYTES, length - done);
-        await h.write(at + done, bytes ? bytes.subarray(done, done + n) : new Uint8Array(n));
+        await wh.write(at + done, bytes ? bytes.subarray(done, done + n) : ZEROS.subarray(0, n));
       }
     })();
     this.writes.add(w);
@@ -497,6 +688,8 @@ class Connection {
   private closed(): void {
     this.phase = 'closed';
     clearTimeout(this.deadline);
+    clearTimeout(this.idle);
+    this.unadmit();
     this.chunks = [];
     this.have = 0;
     // The handle goes once its writes are answered (a client that vanished leaves nothing held).

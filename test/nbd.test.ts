@@ -143,8 +143,9 @@ describe('NBD export with real clients', () => {
         (r) => r.stdout + r.stderr,
         (err: { stdout?: string; stderr?: string }) => `${err.stdout ?? ''}${err.stderr ?? ''}`,
       );
-      await waitFor('the export to be in use', () => app.list().length > 0, 10_000);
-      const h = app.list()[0]!;
+      // The connection reads through a read handle and takes a write handle at its first write.
+      await waitFor('the export to be writing', () => app.list().some((x) => x.mode === 'write'), 10_000);
+      const h = app.list().find((x) => x.mode === 'write')!;
       const seen = trace(h);
       await new Promise((r) => setTimeout(r, 50));
       c.partition('node-1');
