@@ -10,6 +10,7 @@ import { randomBytes, X509Certificate } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../cluster/launcher.js';
 import { etcdTls, MEMBER_NAME } from '../cluster/etcd-tls.js';
+import { certMaker } from './certs.js';
 import { tempDir, waitFor } from './helpers.js';
 
 const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
@@ -68,6 +69,10 @@ describe('safe-resume up --store etcd: the local members require client certific
   });
 
   it('refuses a client without the certificate: plain http, https without a certificate, the CA alone', () => {
+    // A certificate of another CA, naming this address and made for clients, is no better.
+    const other = certMaker(t.dir);
+    other.ca('other-ca');
+    other.cert('stranger', 'other-ca', 'IP:127.0.0.1');
     // With the client certificate (the cluster's own), etcd answers: it holds the targets.
     const own = etcdctl(['--endpoints', `https://${endpoint}`, '--cacert', tls('ca.crt'), '--cert', tls('client.crt'), '--key', tls('client.key'), 'get', '--prefix', '', '--keys-only']);
     expect(own.status, own.out).toBe(0);
@@ -77,6 +82,7 @@ describe('safe-resume up --store etcd: the local members require client certific
       ['--endpoints', `https://${endpoint}`],
       ['--endpoints', `https://${endpoint}`, '--insecure-skip-tls-verify'],
       ['--endpoints', `https://${endpoint}`, '--cacert', tls('ca.crt')],
+      ['--endpoints', `https://${endpoint}`, '--cacert', tls('ca.crt'), '--cert', join(t.dir, 'stranger.crt'), '--key', join(t.dir, 'stranger.key')],
     ]) {
       for (const op of args[1]!.startsWith('http:') ? [['get', '--prefix', ''], ['put', 'x', 'y'], ['del', '--prefix', '']] : [['get', '--prefix', ''], ['put', 'x', 'y']]) {
         const r = etcdctl([...args, ...op]);
