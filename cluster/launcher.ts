@@ -28,7 +28,7 @@ import { Timeline, type TimelineEvent } from './timeline.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
 import { FaultProxy } from './fault-proxy.js';
-import { EtcdMembers } from './etcd-members.js';
+import { EtcdMembers, requireEtcd } from './etcd-members.js';
 import { etcdTls, readEtcdTls, type EtcdTls } from './etcd-tls.js';
 import { inHost, setLink, type Host, type HostPlan } from './hosts.js';
 import { ChildReport, type ChildCommand, ChildConfig, type HandleStatus } from './ipc.js';
@@ -199,6 +199,7 @@ export class Launcher {
     }
     if (this.opts.store === 'etcd') {
       if (!this.opts.etcdEndpoints) {
+        requireEtcd(); // before the certificates: a missing etcd is the first thing to say
         // The members' certificate names each member's address (its host's, under --netns).
         const addresses = ['etcd-1', 'etcd-2', 'etcd-3'].flatMap((id) => this.host(id)?.address ?? []);
         this.etcdTls = etcdTls(join(this.opts.dir, 'etcd', 'tls'), addresses);
