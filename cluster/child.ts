@@ -22,6 +22,7 @@ import { historyLog, observedStore } from '../sim/history.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles } from '../transport/tls.js';
 import { ChildCommand, ChildConfig, type ChildReport } from './ipc.js';
+import { readEtcdTls } from './etcd-tls.js';
 import { runWorkload, type WorkloadStats } from './workload.js';
 import { processInspector, watchedTransport } from './inspect.js';
 import { nodeMetrics, replicaMetrics, serveMetrics } from './metrics.js';
@@ -31,11 +32,15 @@ import { NbdExport } from '../frontends/nbd.js';
 const TlsConfig = z.object({ certFile: z.string(), keyFile: z.string(), caFile: z.string() }).optional();
 const transportFor = (tls: z.infer<typeof TlsConfig>) => new WebSocketTransport(tls ? { tls: loadTlsFiles(tls) } : {});
 
+/** etcd over TLS with a client certificate (PEM files: the members' CA, the store's certificate and key), for the local members of `up --store etcd`. */
+const EtcdTlsConfig = z.object({ caFile: z.string(), certFile: z.string(), keyFile: z.string() }).optional();
+
 /** Serve /metrics and /healthz on 127.0.0.1 at this port (0: a free one); absent, none. */
 const MetricsPort = z.number().int().min(0).max(65535).optional();
 
 const ReplicaConfig = z.object({
   tls: TlsConfig,
+  etcdTls: EtcdTlsConfig,
   metricsPort: MetricsPort,
   id: z.string(),
   port: z.number().int(),
@@ -117,7 +122,8 @@ async function replica(raw: unknown): Promise<void> {
   // `sqlite` alone is the data directory's store.sqlite.
   const spec = cfg.store === 'sqlite' ? `sqlite:${join(cfg.dir, 'store.sqlite')}` : cfg.store;
   // A chaos run keeps the history with the store's decisions: in SQLite's history table, or in etcd's decision log.
-  const inner = openStore(spec, { sqlite: { groupCommit: cfg.groupCommit ?? true }, etcd: cfg.history ? { log: historyLog(cfg.id) } : {} });
+  const etcdTls = cfg.etcdTls ? readEtcdTls(cfg.etcdTls) : undefined;
+  const inner = openStore(spec, { sqlite: { groupCommit: cfg.groupCommit ?? true }, etcd: { ...(cfg.history ? { log: historyLog(cfg.id) } : {}), ...(etcdTls ? { tls: etcdTls } : {}) } });
   const store =
     cfg.history && inner instanceof SqliteStore
       ? observedStore(inner, cfg.id, { add: (e) => inner.appendHistory(JSON.stringify({ t: Date.now(), ...e })) })

@@ -63,7 +63,7 @@ Usage:
                                       malformed frames against a live replica while an application keeps
                                       working; reports crashes, the application's failures, replica memory
                                       (default 100,000 frames over 1,000 connections; docs/fuzz.md)
-  safe-resume replica --id NAME --store etcd://HOST:PORT,... [--listen HOST:PORT] [--dir PATH] [--tls-* F] [--etcd-ca F]
+  safe-resume replica --id NAME --store etcd://HOST:PORT,... [--listen HOST:PORT] [--dir PATH] [--tls-* F] [--etcd-ca F [--etcd-cert F --etcd-key F]]
                                       run one storage replica on this host, in the foreground (docs/deploy.md;
                                       'safe-resume replica --help' for the options)
   safe-resume credentials issue --node NAME | --principal NAME [--out FILE]
@@ -80,9 +80,10 @@ Options for up:
   --apps N               workload applications per node (default 2), named app-1, app-2, ... across nodes
   --store sqlite|etcd|memory
                          sqlite (default): real processes over <dir>/store.sqlite; etcd: real processes
-                         over a local 3-member etcd in <dir>/etcd (etcd-1..3; needs Debian's etcd-server),
-                         or over --etcd-endpoints HOST:PORT,... of a running one; memory: everything in
-                         this one process, no control commands
+                         over a local 3-member etcd in <dir>/etcd (etcd-1..3; needs Debian's etcd-server
+                         and openssl; TLS only, and only clients with the certificate it makes in
+                         <dir>/etcd/tls), or over --etcd-endpoints HOST:PORT,... of a running one (plain
+                         HTTP); memory: everything in this one process, no control commands
   --dir PATH             data directory: store, cluster secret, kept requestIds, logs (default ./.safe-resume)
   --hold-ms MS           hold period of a lost session's locks (default 5000)
   --pause-timeout-ms MS  how long a paused handle waits before it is invalidated (default 60000)
@@ -311,7 +312,7 @@ async function up(argv: string[]): Promise<number> {
   }
   const running = async (): Promise<number> => {
     const say = (line: string) => (o.json ? process.stderr : process.stdout).write(line + '\n');
-    say(`safe-resume: ${o.replicas} replicas over ${o.store === 'etcd' ? `etcd (${launcher.etcd ? 'local members in ' + join(o.dir, 'etcd') : (o.etcdEndpoints ?? []).join(',')})` : join(o.dir, 'store.sqlite')}, ${o.nodes} nodes x ${o.apps} apps`);
+    say(`safe-resume: ${o.replicas} replicas over ${o.store === 'etcd' ? `etcd (${launcher.etcd ? `local members in ${join(o.dir, 'etcd')}, TLS with the client certificate in ${join(o.dir, 'etcd', 'tls')}` : (o.etcdEndpoints ?? []).join(',')})` : join(o.dir, 'store.sqlite')}, ${o.nodes} nodes x ${o.apps} apps`);
     if (reusing) say(`  ${reusing}`);
     for (const m of launcher.etcd?.members ?? []) say(`  ${m.id.padEnd(9)} ${m.endpoint}`);
     for (const [i, u] of launcher.replicaUrls.entries()) say(`  replica-${i + 1}  ${u}`);

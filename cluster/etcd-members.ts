@@ -1,7 +1,9 @@
 /**
  * Local etcd members, one process each on 127.0.0.1 (Debian's etcd-server), for `safe-resume up
  * --store etcd` and the tests: started as one cluster, killed and restarted by id (etcd-1, ...) over
- * their data directories, stopped together.
+ * their data directories, stopped together. With `tls` (what `up` always passes: cluster/etcd-tls.ts)
+ * they serve clients and peers over TLS only and take only clients and peers with a certificate of
+ * its CA; without it (the tests' own members) plain HTTP.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
@@ -11,6 +13,7 @@ import { SafeResumeError } from '../errors.js';
 import { EXIT, OperatorError } from './operator-error.js';
 import { freePort } from './launcher.js';
 import { inHost, type Host } from './hosts.js';
+import { readEtcdTls, type EtcdTls } from './etcd-tls.js';
 
 export interface EtcdMember {
   id: string;
@@ -38,8 +41,18 @@ export class EtcdMembers {
   readonly members: EtcdMember[] = [];
   private readonly token: string;
 
-  private constructor() {
+  private constructor(readonly tls: EtcdTls | undefined) {
     this.token = `safe-resume-${process.pid}-${Date.now()}`;
+  }
+
+  /** The scheme of their client and peer URLs. */
+  get scheme(): 'http' | 'https' {
+    return this.tls ? 'https' : 'http';
+  }
+
+  private client(hosts: string[], dialTimeout?: number): Etcd3 {
+    const c = this.tls ? readEtcdTls(this.tls.client) : undefined;
+    return new Etcd3({ hosts: hosts.map((x) => `${this.scheme}://${x}`), ...(dialTimeout ? { dialTimeout } : {}), ...(c ? { credentials: { rootCertificate: c.ca, certChain: c.cert, privateKey: c.key }, grpcOptions: { 'grpc.ssl_target_name_override': c.serverName } } : {}) });
   }
 
   get endpoints(): string[] {
@@ -48,17 +61,18 @@ export class EtcdMembers {
 
   /**
    * Start `n` members as one new cluster under `dir` and wait until it takes a write. `place` may put a
-   * member on a host of its own (a network namespace with its address: cluster/hosts.ts).
+   * member on a host of its own (a network namespace with its address: cluster/hosts.ts). With `tls`,
+   * the members' certificate must name each member's address.
    */
-  static async start(dir: string, n: number, waitMs = 20_000, place?: (id: string) => Host | undefined): Promise<EtcdMembers> {
+  static async start(dir: string, n: number, waitMs = 20_000, place?: (id: string) => Host | undefined, tls?: EtcdTls): Promise<EtcdMembers> {
     requireEtcd();
-    const e = new EtcdMembers();
+    const e = new EtcdMembers(tls);
     for (let i = 1; i <= n; i++) {
       const id = `etcd-${i}`;
       const host = place?.(id);
       const [client, peer] = host ? [2379, 2380] : [await freePort(), await freePort()];
       const address = host?.address ?? '127.0.0.1';
-      e.members.push({ id, endpoint: `${address}:${client}`, peer: `http://${address}:${peer}`, dataDir: join(dir, id), proc: undefined, host });
+      e.members.push({ id, endpoint: `${address}:${client}`, peer: `${e.scheme}://${address}:${peer}`, dataDir: join(dir, id), proc: undefined, host });
     }
     for (const m of e.members) e.spawn(m, 'new');
     try {
@@ -77,9 +91,15 @@ export class EtcdMembers {
     const guard = hasSetpriv() ? ['setpriv', '--pdeathsig', 'KILL'] : [];
     const argv = [...guard, 'etcd'];
     const cmd = m.host ? inHost(m.host, argv[0]!) : { command: argv[0]!, args: [] };
+    // TLS: certificates of the CA only, from clients and from peers (file paths: no key in the command line).
+    const t = this.tls?.member;
+    const tls = t
+      ? ['--client-cert-auth', '--trusted-ca-file', t.caFile, '--cert-file', t.certFile, '--key-file', t.keyFile,
+        '--peer-client-cert-auth', '--peer-trusted-ca-file', t.caFile, '--peer-cert-file', t.certFile, '--peer-key-file', t.keyFile]
+      : [];
     const proc = spawn(cmd.command, [...cmd.args, ...argv.slice(1),
       '--name', m.id, '--data-dir', m.dataDir,
-      '--listen-client-urls', `http://${m.endpoint}`, '--advertise-client-urls', `http://${m.endpoint}`,
+      '--listen-client-urls', `${this.scheme}://${m.endpoint}`, '--advertise-client-urls', `${this.scheme}://${m.endpoint}`, ...tls,
       '--listen-peer-urls', m.peer, '--initial-advertise-peer-urls', m.peer,
       '--initial-cluster', initial, '--initial-cluster-state', state, '--initial-cluster-token', this.token,
       '--log-level', 'error', '--logger', 'zap',
@@ -93,7 +113,7 @@ export class EtcdMembers {
 
   /** Until the cluster takes a write (a quorum is up). */
   async ready(waitMs: number): Promise<void> {
-    const client = new Etcd3({ hosts: this.endpoints.map((x) => `http://${x}`) });
+    const client = this.client(this.endpoints);
     const deadline = Date.now() + waitMs;
     try {
       for (;;) {
@@ -114,7 +134,7 @@ export class EtcdMembers {
   async leader(): Promise<EtcdMember | undefined> {
     for (const m of this.members) {
       if (!m.proc) continue;
-      const c = new Etcd3({ hosts: `http://${m.endpoint}`, dialTimeout: 2000 });
+      const c = this.client([m.endpoint], 2000);
       try {
         const st = await c.maintenance.status();
         if (st.leader === st.header.member_id) return m;

@@ -28,7 +28,8 @@ import { Timeline, type TimelineEvent } from './timeline.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
 import { FaultProxy } from './fault-proxy.js';
-import { EtcdMembers } from './etcd-members.js';
+import { EtcdMembers, requireEtcd } from './etcd-members.js';
+import { etcdTls, readEtcdTls, type EtcdTls } from './etcd-tls.js';
 import { inHost, setLink, type Host, type HostPlan } from './hosts.js';
 import { ChildReport, type ChildCommand, ChildConfig, type HandleStatus } from './ipc.js';
 import { InspectorServer, StatelyRelay } from './inspector-server.js';
@@ -55,7 +56,10 @@ export interface LauncherOptions {
   log: Logger;
   /** Serve every replica over wss:// with these PEM files, and have the nodes check it against the CA. */
   tls?: TlsFiles | undefined;
-  /** `sqlite` (default): <dir>/store.sqlite; `etcd`: a local 3-member etcd in <dir>/etcd, or `etcdEndpoints`. */
+  /**
+   * `sqlite` (default): <dir>/store.sqlite; `etcd`: a local 3-member etcd in <dir>/etcd (TLS with client
+   * certificates only: <dir>/etcd/tls), or `etcdEndpoints`.
+   */
   store?: 'sqlite' | 'etcd';
   etcdEndpoints?: string[] | undefined;
   /** Put each process on a host of its own (a network namespace with its address): cluster/hosts.ts. */
@@ -148,6 +152,8 @@ export class Launcher {
   private watching = false;
   /** The local etcd members of `--store etcd` (none when the endpoints were given). */
   etcd: EtcdMembers | undefined;
+  /** The local members' certificates (cluster/etcd-tls.ts); the replicas and this process reach them with `client`. */
+  etcdTls: EtcdTls | undefined;
   /** The store the replicas run over (sqlite:PATH or etcd://...). */
   storeSpec = '';
   /** Each node's NBD export (on 127.0.0.1 of its host). */
@@ -192,7 +198,13 @@ export class Launcher {
       inspectorWs = `${url.replace('http', 'ws')}/inspect`;
     }
     if (this.opts.store === 'etcd') {
-      const endpoints = this.opts.etcdEndpoints ?? (this.etcd = await EtcdMembers.start(join(this.opts.dir, 'etcd'), 3, 20_000, (id) => this.host(id))).endpoints;
+      if (!this.opts.etcdEndpoints) {
+        requireEtcd(); // before the certificates: a missing etcd is the first thing to say
+        // The members' certificate names each member's address (its host's, under --netns).
+        const addresses = ['etcd-1', 'etcd-2', 'etcd-3'].flatMap((id) => this.host(id)?.address ?? []);
+        this.etcdTls = etcdTls(join(this.opts.dir, 'etcd', 'tls'), addresses);
+      }
+      const endpoints = this.opts.etcdEndpoints ?? (this.etcd = await EtcdMembers.start(join(this.opts.dir, 'etcd'), 3, 20_000, (id) => this.host(id), this.etcdTls)).endpoints;
       this.storeSpec = `etcd://${endpoints.join(',')}`;
     } else this.storeSpec = `sqlite:${this.dbPath}`;
     for (let i = 0; i < this.opts.replicas; i++) {
@@ -203,7 +215,8 @@ export class Launcher {
       // A port asked for is checked here, so a taken one is named in one line, not found by a child.
       if (this.opts.port && !host) await checkPortFree(port, '127.0.0.1', id);
       this.replicaUrls.push(`${this.opts.tls ? 'wss' : 'ws'}://${host?.address ?? '127.0.0.1'}:${port}`);
-      this.spawn(id, 'replica', { ...this.tlsConfig(), metricsPort: 0, id, port, ...(host ? { host: host.address } : {}), dir: this.opts.dir, store: this.storeSpec, secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
+      // The store's client certificate goes as file paths (0600 in the data directory), never its key.
+      this.spawn(id, 'replica', { ...this.tlsConfig(), ...(this.etcdTls ? { etcdTls: this.etcdTls.client } : {}), metricsPort: 0, id, port, ...(host ? { host: host.address } : {}), dir: this.opts.dir, store: this.storeSpec, secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     let appNo = 0;
@@ -239,6 +252,11 @@ export class Launcher {
    */
   private tlsConfig(): { tls?: TlsFiles } {
     return this.opts.tls ? { tls: this.opts.tls } : {};
+  }
+
+  /** How this process's own etcd clients reach the local members (TLS, with the store's certificate). */
+  private etcdOptions(): { tls?: { ca: Buffer; cert: Buffer; key: Buffer } } {
+    return this.etcdTls ? { tls: readEtcdTls(this.etcdTls.client) } : {};
   }
 
   /** The replicas' ids, in the order of `replicaUrls`. */
@@ -385,7 +403,7 @@ export class Launcher {
       const p = peekSqlite(this.dbPath, targets);
       return { targets: new Map(targets.map((t) => [t, { record: p.records.get(t), tombstones: p.tombstones.get(t) ?? [] }])), now: p.now };
     }
-    const store = openStore(this.storeSpec);
+    const store = openStore(this.storeSpec, { etcd: this.etcdOptions() });
     let timer: NodeJS.Timeout | undefined;
     try {
       const read = Promise.all(
@@ -743,7 +761,7 @@ export class Launcher {
     const latin1 = (ts: Array<{ target: string; data: Uint8Array }>) => ts.map((t) => ({ target: t.target, bytes: Buffer.from(t.data).toString('latin1') }));
     const spec = parseStoreSpec(this.storeSpec);
     if (spec.kind === 'etcd') {
-      const store = new EtcdStore(spec.endpoints, { timeoutMs: 10_000 });
+      const store = new EtcdStore(spec.endpoints, { ...this.etcdOptions(), timeoutMs: 10_000 });
       try {
         const events = (await store.readLog()).map((l) => JSON.parse(l) as unknown);
         return { events, finals: latin1(await store.targets()) };

@@ -88,8 +88,11 @@ export interface EtcdStoreOptions {
    * refused. Only once every replica of the earlier version is stopped: they read the old keys only.
    */
   movePages?: boolean;
-  /** TLS to etcd (PEM contents): the CA that signed the members' certificates, and a client certificate and key if they ask for one. */
-  tls?: { ca: Buffer; cert?: Buffer | undefined; key?: Buffer | undefined } | undefined;
+  /**
+   * TLS to etcd (PEM contents): the CA that signed the members' certificates, and a client certificate and key if they ask for one;
+   * `serverName`, a DNS name the members' certificate carries, checked instead of each endpoint's address.
+   */
+  tls?: { ca: Buffer; cert?: Buffer | undefined; key?: Buffer | undefined; serverName?: string | undefined } | undefined;
 }
 
 /** One key of a target as read: value and revisions (mod '0': absent). */
@@ -241,6 +244,7 @@ export class EtcdStore implements Store {
       hosts: endpoints.map((e) => (e.includes('://') ? e : `${tls ? 'https' : 'http'}://${e}`)),
       dialTimeout: opts.timeoutMs ?? 5000,
       ...(tls ? { credentials: { rootCertificate: tls.ca, ...(tls.cert ? { certChain: tls.cert } : {}), ...(tls.key ? { privateKey: tls.key } : {}) } } : {}),
+      ...(tls?.serverName ? { grpcOptions: { 'grpc.ssl_target_name_override': tls.serverName } } : {}),
     });
     this.prefix = opts.prefix ?? '/safe-resume/';
     this.now = opts.now ?? (() => Date.now());

@@ -3,7 +3,7 @@
  * twice, stopped. Every case here was seen going wrong once; each asserts what the user sees now.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -166,6 +166,12 @@ describe('the launcher as an operator uses it', () => {
       // etcd not on the PATH: the package to install.
       const noEtcd = spawnSync(process.execPath, [CLI, 'up', '--store', 'etcd', '--dir', join(t.dir, 'e')], { encoding: 'utf8', env: { ...process.env, PATH: '/nonexistent' }, timeout: 30_000 });
       expect([noEtcd.status, noEtcd.stderr]).toEqual([7, 'safe-resume: etcd is not installed: apt-get install -y etcd-server (Debian), or pass --etcd-endpoints of a running cluster\n']);
+      // etcd there but not openssl (it makes the local etcd's certificates): that package.
+      const etcdOnly = join(t.dir, 'etcd-only-bin');
+      mkdirSync(etcdOnly);
+      symlinkSync(spawnSync('sh', ['-c', 'command -v etcd'], { encoding: 'utf8' }).stdout.trim(), join(etcdOnly, 'etcd'));
+      const noOpenssl = spawnSync(process.execPath, [CLI, 'up', '--store', 'etcd', '--dir', join(t.dir, 'e2')], { encoding: 'utf8', env: { ...process.env, PATH: etcdOnly }, timeout: 30_000 });
+      expect([noOpenssl.status, noOpenssl.stderr]).toEqual([7, 'safe-resume: openssl is not installed: apt-get install -y openssl (the local etcd takes only clients with a certificate it makes)\n']);
       const locked = join(t.dir, 'locked');
       mkdirSync(locked, { mode: 0o500 });
       chmodSync(locked, 0o500);
