@@ -46,7 +46,8 @@ Usage:
   safe-resume reboot-storage          restart every replica
   safe-resume move <app> --to <node>  move an application (with its requestId) to another node
   safe-resume write <target> <text> [--as NAME]   write text at offset 0 as an ad-hoc application
-  safe-resume read <target>           read a target as an ad-hoc reader
+                                      (of principal default, as the workload's applications are)
+  safe-resume read <target>           read a target as an ad-hoc reader (principal default)
   safe-resume create <target> --size SIZE [--node N]   create a disk of SIZE bytes (4G, 512M, 1T, 65536;
                                       K/M/G/T are powers of 1024; up to 1T), sparse, and print its NBD URL
   safe-resume events [--target T]     the timeline: faults injected, processes down and up, and each
