@@ -769,6 +769,33 @@ describe('sqlite specifics', () => {
     }
   });
 
+  it('a file written before targets had owners gets the owner columns; its targets belong to their lock record\'s principal, or default', async () => {
+    const t = tempDir();
+    const path = join(t.dir, 's.sqlite');
+    const a = new SqliteStore(path);
+    await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 100 });
+    await a.write({ target: T, requestId: X, session: 's1', seq: 1, offset: 0, data: bytes('held') });
+    await a.open({ target: 'sized.disk', requestId: Y, principal: P, mode: 'write', session: 's1', leaseMs: 100, size: 4096 });
+    await a.close({ target: 'sized.disk', requestId: Y }, 's1');
+    await a.shutdown();
+    // As an earlier version left the file: no owner columns, and no tombstone naming a principal.
+    const old = new Database(path);
+    old.exec("ALTER TABLE target_versions DROP COLUMN owner; ALTER TABLE target_versions DROP COLUMN grants; UPDATE tombstones SET list = '[]'");
+    old.close();
+    const b = new SqliteStore(path);
+    try {
+      expect(await b.access(T)).toEqual({ owner: P, grants: [] });
+      expect(await b.access('sized.disk')).toEqual({ owner: 'default', grants: [] });
+      expect(await b.open({ target: 'sized.disk', requestId: 'Z'.repeat(21), principal: P, mode: 'read', session: 's2', leaseMs: 100 })).toMatchObject({ ok: false, code: 'FORBIDDEN' });
+      expect(await b.editAccess({ target: 'sized.disk', by: undefined, principal: P, mode: 'write' })).toMatchObject({ ok: true, access: { owner: 'default', grants: [{ principal: P, mode: 'write' }] } });
+      expect(await b.open({ target: 'sized.disk', requestId: 'Z'.repeat(21), principal: P, mode: 'read', session: 's2', leaseMs: 100 })).toMatchObject({ ok: true, size: 4096 });
+      expect(b.targets().map((x) => x.target)).toEqual(['sized.disk', T]);
+    } finally {
+      await b.shutdown();
+      t.cleanup();
+    }
+  });
+
   it('reports a closed database as unavailable, not as a crash', async () => {
     const t = tempDir();
     const a = new SqliteStore(join(t.dir, 's.sqlite'));
