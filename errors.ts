@@ -10,7 +10,7 @@ export const ERROR_CODES = {
   CLOSED_BY_STORAGE: 'the storage closed the handle (its record is gone)',
   UNAVAILABLE: 'storage is unreachable or dismounted right now (retryable)',
   AUTH_FAILED: 'a peer could not prove its credential (a node\'s, a principal\'s, or a replica\'s proof that it holds the cluster key)',
-  FORBIDDEN: 'the requestId belongs to another principal, or the request names a principal this node has not proven (it holds no credential for it)',
+  FORBIDDEN: "the request's principal may not open the target (it neither owns it nor was granted access) or may not change who may, the requestId belongs to another principal, or the request names a principal this node has not proven (it holds no credential for it)",
   BAD_FRAME: 'a frame could not be decoded or failed schema validation',
   UNKNOWN_TYPE: 'a frame named a message type this peer does not know',
   FRAME_TOO_LARGE: 'a frame exceeded the maximum frame size',

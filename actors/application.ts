@@ -12,7 +12,7 @@
  */
 import { SafeResumeError, type ErrorCode, type InvalidationReason } from '../errors.js';
 import { EMPTY, type CoreHandle, type HandleOwner, type HandleState, type LifecycleEvent, type OpResult } from '../core/handle.js';
-import { MAX_IO_BYTES } from '../transport/messages.js';
+import { MAX_IO_BYTES, NAME_PATTERN } from '../transport/messages.js';
 import { MAX_DISK_BYTES } from '../store/types.js';
 import { LazyEmitter } from './emitter.js';
 import { defaultEnv, type Env } from './env.js';
@@ -224,6 +224,28 @@ export class Application {
     return handle;
   }
 
+  /**
+   * Let `principal` open `target` (which this application's principal owns) for reading, or for
+   * writing and reading; replaces what it had. Resolves with the target's owner and access list.
+   * Refused FORBIDDEN if this principal does not own the target (the same answer whether another
+   * principal owns it or nobody has it).
+   */
+  grant(target: string, principal: string, mode: 'read' | 'write'): Promise<TargetAccessList> {
+    const bad = accessArgs(target, principal) ?? (mode !== 'read' && mode !== 'write' ? `mode must be 'read' or 'write', not ${JSON.stringify(mode)}` : undefined);
+    if (bad) return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', bad));
+    return this.agent.access({ target, principal: this.principal, grantee: principal, mode });
+  }
+
+  /**
+   * Take `principal`'s access to `target` away. Its next open or resume of the target is refused
+   * FORBIDDEN; a handle it has open keeps working until it closes or pauses.
+   */
+  revoke(target: string, principal: string): Promise<TargetAccessList> {
+    const bad = accessArgs(target, principal);
+    if (bad) return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', bad));
+    return this.agent.access({ target, principal: this.principal, grantee: principal, mode: 'none' });
+  }
+
   /** @internal A closed handle is no longer the application's. */
   forget(h: Handle): void {
     this.handles.delete(h);
@@ -247,6 +269,19 @@ export class Application {
     for (const h of this.handles) this.agent.appGone(h.core);
     this.handles.clear();
   }
+}
+
+/** Who may open a target: its owner, and the principals it granted read or write access. */
+export interface TargetAccessList {
+  owner: string;
+  grants: Array<{ principal: string; mode: 'read' | 'write' }>;
+}
+
+/** Why a target and principal cannot be named in a grant or revocation (undefined: they can). */
+function accessArgs(target: unknown, principal: unknown): string | undefined {
+  if (typeof target !== 'string' || target.length === 0 || target.length > 1024) return 'target must be a non-empty string of at most 1024 characters';
+  if (typeof principal !== 'string' || !NAME_PATTERN.test(principal)) return 'principal must be 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)';
+  return undefined;
 }
 
 export type { ErrorCode };

@@ -10,6 +10,7 @@
 import { createActor, fromPromise, type Actor } from 'xstate';
 import { SafeResumeError } from '../errors.js';
 import { AgentCore, type Input, type Intent } from '../core/agent.js';
+import type { AccessCall } from '../core/intents.js';
 import { newHandle, type CoreHandle, type HandleState, type OpenParams } from '../core/handle.js';
 import { backoffDelay, nodeSessionMachine, type Connected } from '../machines/node-session.js';
 import { DEFAULT_HEARTBEAT_INTERVAL_MS } from '../transport/messages.js';
@@ -297,6 +298,12 @@ export class NodeAgent {
     return { h, opened };
   }
 
+  /** Grant (`read`, `write`) or revoke (`none`) a principal's access to a target `principal` owns; the target's access list once done. */
+  access(call: Omit<AccessCall, 'settle'>): Promise<{ owner: string; grants: Array<{ principal: string; mode: 'read' | 'write' }> }> {
+    if (this.stopped) return Promise.reject(new SafeResumeError('CLOSED', `node agent ${this.id} is stopped`));
+    return new Promise((resolve, reject) => this.step({ type: 'access', call: { ...call, settle: { resolve, reject } } }));
+  }
+
   io(h: CoreHandle, op: CoreHandle['ops'][number]): void {
     if (this.opts.observe) this.calledAt.set(op, this.env.clock.now());
     this.step({ type: 'io', h, op });
@@ -488,6 +495,10 @@ export class NodeAgent {
         return;
       case 'drop-session':
         if (this.conn) this.session.send({ type: 'SOCKET_CLOSED', reason: i.why });
+        return;
+      case 'access-done':
+        if (i.ok) i.call.settle.resolve(i.access);
+        else i.call.settle.reject(new SafeResumeError(i.code, i.message));
         return;
       case 'log':
         this.env.log[i.level](i.fields, i.msg);

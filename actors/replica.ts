@@ -404,6 +404,9 @@ export class StorageReplica {
         return this.serve(s, msg.id, msg.length, () => this.onRead(s, msg), 'read');
       case 'close':
         return this.serve(s, msg.id, 0, () => this.onClose(s, msg), 'close');
+      case 'grant':
+      case 'revoke':
+        return this.serve(s, msg.id, REQUEST_COST, () => this.onAccess(s, msg), msg.type);
       default:
         this.reply(s.conn, 'id' in msg ? msg.id : undefined, 'BAD_FRAME', `a replica does not accept ${msg.type}`);
         this.countBad(s);
@@ -588,6 +591,15 @@ export class StorageReplica {
     this.step(h, { type: 'CLOSE' });
     this.detach(s, msg.target, msg.requestId);
     s.conn.send({ type: 'closed', id: msg.id });
+  }
+
+  /** A target's owner grants or revokes another principal's access: decided by the store (rules.decideAccess). */
+  private async onAccess(s: Session, msg: MessageOf<'grant'> | MessageOf<'revoke'>): Promise<void> {
+    this.checkMounted();
+    this.checkPrincipal(s, msg.principal);
+    const res = await this.store.editAccess({ target: msg.target, by: msg.principal, principal: msg.grantee, mode: msg.type === 'grant' ? msg.mode : 'none' });
+    if (!res.ok) throw new SafeResumeError(res.code, res.message);
+    s.conn.send({ type: 'access', id: msg.id, target: msg.target, owner: res.access.owner, grants: res.access.grants });
   }
 
   /** The handle's record on this session: an orphan of a lost session resumed here, or a new one. */

@@ -46,13 +46,19 @@ Usage:
   safe-resume reboot-storage          restart every replica
   safe-resume move <app> --to <node>  move an application (with its requestId) to another node
   safe-resume write <target> <text> [--as NAME]   write text at offset 0 as an ad-hoc application
-  safe-resume read <target>           read a target as an ad-hoc reader
+                                      (of principal default, as the workload's applications are)
+  safe-resume read <target>           read a target as an ad-hoc reader (principal default)
   safe-resume create <target> --size SIZE [--node N]   create a disk of SIZE bytes (4G, 512M, 1T, 65536;
                                       K/M/G/T are powers of 1024; up to 1T), sparse, and print its NBD URL
   safe-resume events [--target T]     the timeline: faults injected, processes down and up, and each
                                       handle's way through them (paused, resume granted or denied, why)
-  safe-resume explain <target | requestId>   why a target or handle is where it is: who holds the lock,
-                                      whether that session is alive, when the lock can lapse, the handles
+  safe-resume explain <target | requestId>   why a target or handle is where it is: its owner and who else
+                                      may open it, who holds the lock, whether that session is alive,
+                                      when the lock can lapse, the handles
+  safe-resume grant <target> --principal P --mode read|write
+                                      let principal P open a target (read, or write and read), whoever owns
+                                      it (its owner does the same with app.grant; docs/security.md)
+  safe-resume revoke <target> --principal P   take P's access away (its next open or resume is refused)
   safe-resume export <target> [--node N]   the URL a block client (qemu-io, QEMU) opens the target with
   safe-resume down [--no-wait]        stop the cluster and wait until every process is gone (nothing
                                       running is fine: the cluster is down either way)
@@ -521,7 +527,7 @@ function version(): string {
 async function control(cmd: string, argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, node: { type: 'string' }, size: { type: 'string' }, target: { type: 'string' }, 'no-wait': { type: 'boolean' }, watch: { type: 'boolean', short: 'w' }, help: { type: 'boolean', short: 'h' } },
+    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, node: { type: 'string' }, size: { type: 'string' }, target: { type: 'string' }, principal: { type: 'string' }, mode: { type: 'string' }, 'no-wait': { type: 'boolean' }, watch: { type: 'boolean', short: 'w' }, help: { type: 'boolean', short: 'h' } },
     allowPositionals: true,
     strict: true,
   });
@@ -599,6 +605,17 @@ async function control(cmd: string, argv: string[]): Promise<number> {
       need(1, '<target | requestId>');
       body = { what: positionals[0] };
       break;
+    case 'grant':
+      need(1, '<target> --principal P --mode read|write');
+      if (values.principal === undefined) throw new UsageError('grant needs --principal P');
+      if (values.mode !== 'read' && values.mode !== 'write') throw new UsageError(`grant needs --mode read or --mode write${values.mode === undefined ? '' : `, not ${JSON.stringify(values.mode)}`}`);
+      body = { target: positionals[0], principal: values.principal, mode: values.mode };
+      break;
+    case 'revoke':
+      need(1, '<target> --principal P');
+      if (values.principal === undefined) throw new UsageError('revoke needs --principal P');
+      body = { target: positionals[0], principal: values.principal };
+      break;
     case 'create':
       need(1, '<target> --size SIZE');
       if (values.size === undefined) throw new UsageError('create needs --size (e.g. --size 4G)');
@@ -611,6 +628,8 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   if (values.node !== undefined && cmd !== 'export' && cmd !== 'create') throw new UsageError(`--node is for export and create`);
   if (values.size !== undefined && cmd !== 'create') throw new UsageError(`--size is for create`);
   if (values.target !== undefined && cmd !== 'events') throw new UsageError('--target is for events');
+  if (values.principal !== undefined && cmd !== 'grant' && cmd !== 'revoke') throw new UsageError('--principal is for grant and revoke');
+  if (values.mode !== undefined && cmd !== 'grant') throw new UsageError('--mode is for grant');
   if (cmd === 'status') path = '/status?hold=1';
   else if (cmd === 'export') path = '/status';
   else if (cmd === 'events') path = `/events${values.target !== undefined ? `?target=${encodeURIComponent(values.target)}` : ''}`;
@@ -634,7 +653,7 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   if (values.json) process.stdout.write(JSON.stringify(out) + '\n');
   else if (!out.ok) process.stderr.write(`safe-resume ${cmd}: ${out.code}: ${out.message}\n`);
   else if (cmd === 'status') process.stdout.write(statusLines(out).join('\n') + '\n');
-  else if (cmd === 'read' || cmd === 'explain') process.stdout.write(String(out.text) + '\n');
+  else if (cmd === 'read' || cmd === 'explain' || cmd === 'grant' || cmd === 'revoke') process.stdout.write(String(out.text) + '\n');
   else if (cmd === 'events') process.stdout.write((out.events as TimelineEvent[]).map(formatEvent).join('\n') + ((out.events as TimelineEvent[]).length ? '\n' : ''));
   else if (cmd === 'export') process.stdout.write(`${String(out.url)}\n`);
   else if (cmd === 'create') process.stdout.write(`${String(out.target)}: ${formatSize(Number(out.size))} (${String(out.size)} bytes)${out.created ? '' : ', as it already was'}\n${out.url ? String(out.url) : '(no node serves an NBD export)'}\n`);
@@ -843,6 +862,8 @@ async function main(argv: string[]): Promise<number> {
       case 'export':
       case 'create':
       case 'explain':
+      case 'grant':
+      case 'revoke':
       case 'events':
       case 'down':
         return await control(cmd, rest);

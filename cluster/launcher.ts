@@ -23,7 +23,8 @@ import { SafeResumeError } from '../errors.js';
 import { peekSqlite, SqliteStore } from '../store/sqlite.js';
 import { EtcdStore } from '../store/etcd.js';
 import { openStore, parseStoreSpec } from '../store/open.js';
-import type { LockRecord, Tombstone } from '../store/types.js';
+import type { LockRecord, TargetAccess, Tombstone } from '../store/types.js';
+import { NAME_PATTERN } from '../transport/messages.js';
 import { Timeline, type TimelineEvent } from './timeline.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
@@ -103,7 +104,7 @@ export type ControlResult = { ok: true; [k: string]: unknown } | { ok: false; co
 const FATAL_STORE = /SQLITE_(READONLY|CORRUPT|NOTADB|FULL|CANTOPEN)|readonly database|database space exceeded/i;
 
 /** Commands that inject a fault or change the cluster: each goes on the timeline. */
-const FAULT_COMMANDS = new Set(['/kill', '/restart', '/partition', '/heal', '/dismount', '/reboot-storage', '/move', '/write']);
+const FAULT_COMMANDS = new Set(['/kill', '/restart', '/partition', '/heal', '/dismount', '/reboot-storage', '/move', '/write', '/grant', '/revoke']);
 
 /** How long an ad-hoc command (write, read, create) waits for the storage before it says what it waited for. */
 const COMMAND_DEADLINE_MS = 10_000;
@@ -390,6 +391,27 @@ export class Launcher {
   private async holder(target: string): Promise<{ record: LockRecord | undefined; tombstones: Tombstone[]; now: number | undefined }> {
     const { targets, now } = await this.peek([target], false);
     return { ...targets.get(target)!, now };
+  }
+
+  /** Who may open the target (its owner and access list; rules.accessOf), read from the store within 2 s. */
+  private async accessOf(target: string): Promise<TargetAccess | undefined> {
+    if (parseStoreSpec(this.storeSpec).kind === 'sqlite') return peekSqlite(this.dbPath, [target]).access.get(target);
+    return this.withStore((store) => store.access(target));
+  }
+
+  /** Run `fn` on a client of the store of its own (etcd's, or a connection to the SQLite file), given up after 2 s. */
+  private async withStore<T>(fn: (store: ReturnType<typeof openStore>) => Promise<T>): Promise<T> {
+    const spec = parseStoreSpec(this.storeSpec);
+    const store = spec.kind === 'sqlite' ? new SqliteStore(this.dbPath) : openStore(this.storeSpec);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const done = await Promise.race([fn(store).then((v) => ({ v })), new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2000)))]);
+      if (!done) throw new SafeResumeError('UNAVAILABLE', 'the store did not answer within 2 s');
+      return done.v;
+    } finally {
+      clearTimeout(timer);
+      void store.shutdown().catch(() => undefined);
+    }
   }
 
   /**
@@ -694,6 +716,21 @@ export class Launcher {
   }
 
   /**
+   * The operator grants `principal` read or write access to a target (replacing what it had), or
+   * revokes it (`none`): decided by the store's rule as any owner's change is (rules.decideAccess),
+   * on a client of the store of its own, as `explain` reads it.
+   */
+  async access(target: string, principal: string, mode: string): Promise<ControlResult> {
+    if (!NAME_PATTERN.test(principal)) throw new SafeResumeError('INVALID_ARGUMENT', `principal ${JSON.stringify(principal.slice(0, 64))} must be 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`);
+    if (mode !== 'read' && mode !== 'write' && mode !== 'none') throw new SafeResumeError('INVALID_ARGUMENT', `mode must be read or write, not ${JSON.stringify(mode.slice(0, 64))}`);
+    const res = await this.withStore((store) => store.editAccess({ target, by: undefined, principal, mode })).catch((err: Error) => {
+      throw err instanceof SafeResumeError ? err : new SafeResumeError('UNAVAILABLE', `the store cannot be written: ${err.message}`);
+    });
+    if (!res.ok) throw new SafeResumeError(res.code, res.message);
+    return { ok: true, target, owner: res.access.owner, grants: res.access.grants, text: accessLine(target, res.access) };
+  }
+
+  /**
    * Why a target (or the handle of a requestId) is where it is: who holds its lock, whether that
    * session is alive (which replica has it, when it was last heard from), when the lock can lapse,
    * the handles on it, and the state of the store's replicas. Read from the store itself.
@@ -705,6 +742,9 @@ export class Launcher {
     const { record, tombstones, now } = await this.holder(target).catch((err: Error) => {
       throw new SafeResumeError('UNAVAILABLE', `the store cannot be read: ${err.message}`);
     });
+    const access = await this.accessOf(target).catch((err: Error) => {
+      throw new SafeResumeError('UNAVAILABLE', `the store cannot be read: ${err.message}`);
+    });
     const session = record ? this.liveSessions().find((s) => s.id === record!.session) : undefined;
     const handles = st.handles.filter((h) => h.target === target).map((h) => {
       const node = st.nodes.find((n) => n.id === h.node);
@@ -712,6 +752,11 @@ export class Launcher {
     });
     const leftMs = record && now !== undefined ? record.expiresAt - now : undefined;
     const lines: string[] = [target];
+    if (!access) lines.push('  owner     none: nobody has opened it; the first open creates it for its principal');
+    else {
+      lines.push(`  owner     ${access.owner}`);
+      lines.push(`  access    ${access.grants.length === 0 ? 'the owner only' : access.grants.map((g) => `${g.principal} ${g.mode}`).join(', ')}`);
+    }
     if (!record) lines.push('  lock      none: no writer holds it; a write open is granted at once');
     else {
       lines.push(`  holder    requestId ${record.requestId} (principal ${record.principal}, instance ${record.instance || '-'}), writes applied up to seq ${record.lastSeq}`);
@@ -732,7 +777,7 @@ export class Launcher {
       lines.push(`  handle    ${h.node}/${h.app} ${h.state}${h.reason ? ` (${h.reason})` : ''}${h.requestId ? ` requestId ${h.requestId}` : ''}${h.holds ? ', the holder' : ''}${why}`);
     }
     lines.push(`  store     ${this.storeSpec}; ${st.replicas.map((r) => `${r.id} ${r.state}`).join(', ')}`);
-    return { ok: true, target, record: record ?? null, earlier: tombstones.map((t) => ({ requestId: t.requestId, lastSeq: t.lastSeq, takenBy: t.takenBy ?? null })), session: session ?? null, lockLeftMs: leftMs ?? null, handles, replicas: st.replicas.map((r) => ({ id: r.id, state: r.state })), text: lines.join('\n') };
+    return { ok: true, target, owner: access?.owner ?? null, grants: access?.grants ?? [], record: record ?? null, earlier: tombstones.map((t) => ({ requestId: t.requestId, lastSeq: t.lastSeq, takenBy: t.takenBy ?? null })), session: session ?? null, lockLeftMs: leftMs ?? null, handles, replicas: st.replicas.map((r) => ({ id: r.id, state: r.state })), text: lines.join('\n') };
   }
 
   /** Stop every workload (chaos mode) and wait until each node has flushed its history. */
@@ -897,6 +942,10 @@ export class Launcher {
           return await this.create(str('target'), num('size'));
         case '/explain':
           return await this.explain(str('what'));
+        case '/grant':
+          return await this.access(str('target'), str('principal'), str('mode'));
+        case '/revoke':
+          return await this.access(str('target'), str('principal'), 'none');
         case '/down':
           setTimeout(() => process.kill(process.pid, 'SIGTERM'), 50);
           return { ok: true, down: true };
@@ -909,6 +958,11 @@ export class Launcher {
       return { ok: false, code: 'INTERNAL', message: String(err) };
     }
   }
+}
+
+/** A target's owner and access list, in one line. */
+function accessLine(target: string, a: TargetAccess): string {
+  return `${target}: owner ${a.owner}; ${a.grants.length === 0 ? 'no other principal may open it' : `access: ${a.grants.map((g) => `${g.principal} ${g.mode}`).join(', ')}`}`;
 }
 
 /** A handle's lock as `status` tells it (see Launcher.holds). */

@@ -9,7 +9,7 @@ import { isErrorCode, type ErrorCode, type InvalidationReason } from '../errors.
 import { REQUEST_TIMEOUT_INTERVALS, type Message, type MessageOf } from '../transport/messages.js';
 import { filler, settleLost, type CoreHandle, type Op, type Settlement } from './handle.js';
 import { CoreBase } from './base.js';
-import type { Input, Intent } from './intents.js';
+import type { AccessCall, Input, Intent } from './intents.js';
 import { afterGrant, resumeBatches } from './resume.js';
 
 export type { Input, Intent } from './intents.js';
@@ -47,6 +47,9 @@ export class AgentCore extends CoreBase {
         break;
       case 'close':
         this.close(input.h);
+        break;
+      case 'access':
+        this.access(input.call);
         break;
       case 'app-gone':
         this.drop(input.h);
@@ -119,6 +122,15 @@ export class AgentCore extends CoreBase {
     }
   }
 
+  /** A grant or revocation goes now, or fails: it is no handle's, and waits for no resume. */
+  private access(call: AccessCall): void {
+    if (!this.session) return void this.out.push({ kind: 'access-done', call, ok: false, code: 'UNAVAILABLE', message: `${call.target}: no storage session now; nothing was changed (retry)` });
+    const id = this.nextId++;
+    this.inflight.set(id, { kind: 'access', call, tick: this.ticks });
+    if (call.mode === 'none') this.send({ type: 'revoke', id, target: call.target, principal: call.principal, grantee: call.grantee });
+    else this.send({ type: 'grant', id, target: call.target, principal: call.principal, grantee: call.grantee, mode: call.mode });
+  }
+
   /** Whether queuing `op` on the paused handle would pass a limit (counting what is queued now). */
   private queueFull(h: CoreHandle, op: Op): boolean {
     if (h.ops.length >= this.maxQueuedOps) return true;
@@ -159,7 +171,7 @@ export class AgentCore extends CoreBase {
   private drop(h: CoreHandle): void {
     if (this.handles.get(h.requestId) === h) this.handles.delete(h.requestId);
     this.keepingLater.delete(h);
-    for (const [id, p] of this.inflight) if (p.kind !== 'resume' && p.h === h) this.inflight.delete(id);
+    for (const [id, p] of this.inflight) if ((p.kind === 'op' || p.kind === 'open' || p.kind === 'close') && p.h === h) this.inflight.delete(id);
     h.pending = 0;
     if (h.state !== 'closed' && h.state !== 'invalidated') this.out.push({ kind: 'pause-timer', h, on: false });
   }
@@ -170,7 +182,11 @@ export class AgentCore extends CoreBase {
     this.session = undefined;
     this.connected = false;
     const closing: CoreHandle[] = [];
-    for (const p of this.inflight.values()) if (p.kind === 'close') closing.push(p.h);
+    for (const p of this.inflight.values()) {
+      if (p.kind === 'close') closing.push(p.h);
+      // A change to an access list is idempotent: the application may send it again.
+      if (p.kind === 'access') this.out.push({ kind: 'access-done', call: p.call, ok: false, code: 'UNAVAILABLE', message: `${p.call.target}: the storage session was lost before the answer; the change may or may not have been made (send it again)` });
+    }
     this.inflight.clear();
     // A close in flight is done as far as the application is concerned: the lock lapses after the hold.
     for (const h of closing) this.finishClose(h);
@@ -259,6 +275,11 @@ export class AgentCore extends CoreBase {
       case 'closed': {
         const p = this.take(msg.id);
         if (p?.kind === 'close' && p.h.state === 'closing') this.finishClose(p.h);
+        return;
+      }
+      case 'access': {
+        const p = this.take(msg.id);
+        if (p?.kind === 'access') this.out.push({ kind: 'access-done', call: p.call, ok: true, access: { owner: msg.owner, grants: msg.grants } });
         return;
       }
       case 'revoked': {
@@ -366,6 +387,7 @@ export class AgentCore extends CoreBase {
     const p = msg.id === undefined ? undefined : this.take(msg.id);
     const code: ErrorCode = isErrorCode(msg.code) ? msg.code : 'INTERNAL';
     if (!p) return this.log('warn', 'error from replica', { code, message: msg.message });
+    if (p.kind === 'access') return void this.out.push({ kind: 'access-done', call: p.call, ok: false, code, message: msg.message });
     if (p.kind === 'resume') {
       // The whole resume failed (the store went away): the handles wait for the next round.
       for (const h of p.hs) if (h.state === 'resuming') this.pause(h);

@@ -6,11 +6,23 @@ import type { ErrorCode } from '../errors.js';
 import type { Message } from '../transport/messages.js';
 import type { CoreHandle, HandleState, LifecycleEvent, Op, Settlement } from './handle.js';
 
+/** An application's grant (`mode` read or write) or revocation (`none`) of a principal's access to a target its principal owns. */
+export interface AccessCall {
+  target: string;
+  /** The application's principal: the owner asking. */
+  principal: string;
+  grantee: string;
+  mode: 'read' | 'write' | 'none';
+  settle: { resolve: (access: { owner: string; grants: Array<{ principal: string; mode: 'read' | 'write' }> }) => void; reject: (err: Error) => void };
+}
+
 export type Input =
   /** The SDK opens (or reclaims) a handle; the shell made sure its requestId is not open here. */
   | { type: 'open'; h: CoreHandle }
   | { type: 'io'; h: CoreHandle; op: Op }
   | { type: 'close'; h: CoreHandle }
+  /** The SDK changes who may open a target (sent now if the session is up, else refused UNAVAILABLE). */
+  | { type: 'access'; call: AccessCall }
   /** The application process died: forget the handle, keep its requestId for when it comes back. */
   | { type: 'app-gone'; h: CoreHandle }
   /** The session is up and its storage available: resume what is paused, open what waits. */
@@ -44,6 +56,9 @@ export type Intent =
   | { kind: 'open-failed'; h: CoreHandle; code: ErrorCode; message: string }
   | { kind: 'closed'; h: CoreHandle }
   | { kind: 'settle'; s: Settlement }
+  /** An access call answered: the target's access list, or why not. */
+  | { kind: 'access-done'; call: AccessCall; ok: true; access: { owner: string; grants: Array<{ principal: string; mode: 'read' | 'write' }> } }
+  | { kind: 'access-done'; call: AccessCall; ok: false; code: ErrorCode; message: string }
   | { kind: 'pause-timer'; h: CoreHandle; on: boolean }
   | { kind: 'retry-later' }
   | { kind: 'drop-session'; why: string }
@@ -53,4 +68,5 @@ export type Pending =
   | { kind: 'op'; h: CoreHandle; op: Op; tick: number }
   | { kind: 'open'; h: CoreHandle; tick: number }
   | { kind: 'close'; h: CoreHandle; tick: number }
-  | { kind: 'resume'; hs: CoreHandle[]; tick: number };
+  | { kind: 'resume'; hs: CoreHandle[]; tick: number }
+  | { kind: 'access'; call: AccessCall; tick: number };

@@ -97,6 +97,9 @@ export function eventsOf(replica: string, d: Decided): Untimed[] {
       const targets = d.refs.filter((ref) => !lost.has(ref.target)).map((ref) => ref.target);
       return targets.length > 0 ? [{ kind: 'renew', replica, session: d.session, targets }] : [];
     }
+    // Who may open a target is no part of what the checker judges.
+    case 'access':
+      return [];
   }
 }
 
@@ -154,6 +157,12 @@ export function observedStore(inner: TxStore, replica: string, recorder: Pick<Re
       note({ op: 'renew', session, refs, out });
       return out;
     }),
+    editAccess: (req) => later(() => {
+      const out = s.editAccess(req);
+      note({ op: 'access', req, out });
+      return out;
+    }),
+    access: (target) => inner.access(target),
     record: (target) => inner.record(target),
     tombstones: (target) => inner.tombstones(target),
     pages: (target) => inner.pages(target),

@@ -469,6 +469,14 @@ export class SimStore extends TxStore {
       size: read(base.size),
       fixedSize: read(base.fixedSize),
       readData: read(base.readData),
+      getAccess: read(base.getAccess),
+      putAccess: (t, a) => {
+        const owners = (this.state.access ??= new Map());
+        const prev = owners.get(t);
+        undo.push(() => restore(owners, t, prev));
+        changed(t);
+        base.putAccess(t, a);
+      },
       putRecord: (r) => {
         const target = r.target;
         const prev = records.get(target);

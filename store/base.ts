@@ -1,6 +1,8 @@
 /** A store whose rules run in synchronous transactions of the adapter (memory, SQLite). */
 import * as rules from './rules.js';
 import type {
+  AccessRequest,
+  AccessResult,
   HandleRef,
   LockRecord,
   Tombstone,
@@ -12,6 +14,7 @@ import type {
   ResumeOutcome,
   ResumeRequest,
   Store,
+  TargetAccess,
   WriteRequest,
   WriteResult,
 } from './types.js';
@@ -28,6 +31,7 @@ export interface SyncStore {
   read(req: ReadRequest): ReadResult;
   close(ref: HandleRef, session: string): boolean;
   renew(session: string, refs: HandleRef[], leaseMs: number): RenewResult;
+  editAccess(req: AccessRequest): AccessResult;
 }
 
 /**
@@ -138,6 +142,7 @@ export abstract class TxStore implements Store {
     read: (req) => this.tx((t) => rules.read(t, req)),
     close: (ref, session) => this.tx((t) => rules.close(t, ref, session)),
     renew: (session, refs, leaseMs) => this.tx((t) => rules.renew(t, session, refs, leaseMs, this.clockNow())),
+    editAccess: (req) => this.tx((t) => rules.editAccess(t, req)),
   };
 
   /**
@@ -317,6 +322,14 @@ export abstract class TxStore implements Store {
 
   renew(session: string, refs: HandleRef[], leaseMs: number): Promise<RenewResult> {
     return this.commit(() => this.sync.renew(session, refs, leaseMs));
+  }
+
+  editAccess(req: AccessRequest): Promise<AccessResult> {
+    return this.commit(() => this.sync.editAccess(req));
+  }
+
+  async access(target: string): Promise<TargetAccess | undefined> {
+    return this.tx((t) => rules.accessOf(rules.viewOf(t, target)));
   }
 
   async record(target: string): Promise<LockRecord | undefined> {

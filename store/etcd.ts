@@ -7,7 +7,8 @@
  * Keys, under a prefix (default `/safe-resume/`), with the target name URI-encoded (no `/` in it):
  *   k/<target>/r        the record (JSON)
  *   k/<target>/t        the tombstones (JSON, newest first)
- *   k/<target>/v        the version, the size and the size fixed at creation (JSON)
+ *   k/<target>/v        the version, the size, the size fixed at creation, and the owner and access
+ *                       list (JSON; put when a target is first opened, before anything is written)
  *   k/<target>/l        the lock: present while the holder's session lease lives (lease mode)
  *   p/<target>/<page>   the data, in 4 KiB pages (a page never written or left all zeros has no key); the page number in
  *                       12 decimal digits, so etcd's byte order of keys is their number order
@@ -36,7 +37,10 @@ import {
   PAGE_BYTES,
   StoreUnavailableError,
   isZeroPage,
+  type AccessRequest,
+  type AccessResult,
   type Decided,
+  type Grant,
   type DecisionLog,
   type HandleRef,
   type LockRecord,
@@ -48,6 +52,7 @@ import {
   type ResumeOutcome,
   type ResumeRequest,
   type Store,
+  type TargetAccess,
   type Tombstone,
   type WriteRequest,
   type WriteResult,
@@ -116,6 +121,8 @@ interface TargetState {
   size: number;
   /** The size fixed at creation, 0 if none. */
   fixed: number;
+  /** The owner and access list as recorded (undefined: none, a target nobody has or one of an earlier version). */
+  access: TargetAccess | undefined;
   live: boolean;
   /** The lease the lock hangs on now ('0': none). */
   lockLease: string;
@@ -178,14 +185,20 @@ function prefixEnd(prefix: string): Buffer {
 }
 const json = <T>(kv: Kv, fallback: T): T => (kv.value ? (JSON.parse(kv.value.toString()) as T) : fallback);
 
-/** A target's v key: its version, its size (fixed, or as far as written) and its fixed size if it has one. */
+/**
+ * A target's v key: its version, its size (fixed, or as far as written), its fixed size if it has one,
+ * and its owner and access list once recorded (absent in keys written by an earlier version).
+ */
 interface Meta {
   version: number;
   size: number;
   fixed?: number;
+  owner?: string;
+  grants?: Grant[];
 }
 
-const metaOf = (s: TargetState): Buffer => Buffer.from(JSON.stringify(s.fixed ? { version: s.version, size: s.size, fixed: s.fixed } : { version: s.version, size: s.size }));
+const metaOf = (s: TargetState): Buffer =>
+  Buffer.from(JSON.stringify({ version: s.version, size: s.size, ...(s.fixed ? { fixed: s.fixed } : {}), ...(s.access ? { owner: s.access.owner, grants: s.access.grants } : {}) }));
 /** Keep-alives one commit may wait for before its lease counts as one etcd cannot keep alive in time. */
 const MAX_LEASE_REFRESHES = 3;
 
@@ -723,7 +736,8 @@ export class EtcdStore implements Store {
       const v = get('v');
       const l = get('l');
       const meta = json<Meta>(v, { version: 0, size: 0 });
-      states.set(t, { r, t: get('t'), v, l, record: json<LockRecord | undefined>(r, undefined), tombstones: json<Tombstone[]>(get('t'), []), version: meta.version, size: meta.size, fixed: meta.fixed ?? 0, live: l.value !== undefined, lockLease: l.lease });
+      const access = meta.owner !== undefined ? { owner: meta.owner, grants: meta.grants ?? [] } : undefined;
+      states.set(t, { r, t: get('t'), v, l, record: json<LockRecord | undefined>(r, undefined), tombstones: json<Tombstone[]>(get('t'), []), version: meta.version, size: meta.size, fixed: meta.fixed ?? 0, access, live: l.value !== undefined, lockLease: l.lease });
     });
     const pages = new Map<string, Uint8Array>();
     pageKeys.forEach((key, j) => {
@@ -758,6 +772,9 @@ export class EtcdStore implements Store {
       } else if (e.kind === 'tombstones') {
         s.tombstones = e.tombstones;
         put(this.k(target, 't'), Buffer.from(JSON.stringify(e.tombstones)));
+      } else if (e.kind === 'access') {
+        s.access = e.access;
+        put(this.k(target, 'v'), metaOf(s));
       } else if (e.kind === 'size') {
         s.fixed = e.size;
         s.size = Math.max(s.size, e.size);
@@ -794,7 +811,7 @@ export class EtcdStore implements Store {
   }
 
   private view(s: TargetState): rules.TargetView {
-    return { record: s.record, version: s.version, fixedSize: s.fixed, tombstones: () => s.tombstones, live: this.leaseMode ? s.live : undefined };
+    return { record: s.record, version: s.version, fixedSize: s.fixed, tombstones: () => s.tombstones, access: s.access, live: this.leaseMode ? s.live : undefined };
   }
 
   // ---- the store ----
@@ -843,7 +860,7 @@ export class EtcdStore implements Store {
       for (const kv of (res.responses[0]?.response_range?.kvs ?? []) as IKeyValue[]) kvs.set(kv.key.toString(), { value: kv.value, mod: kv.mod_revision, lease: kv.lease });
       const r = kvs.get(this.k(req.target, 'r')) ?? ABSENT;
       const v = kvs.get(this.k(req.target, 'v')) ?? ABSENT;
-      const view: rules.TargetView = { record: json<LockRecord | undefined>(r, undefined), version: 0, fixedSize: 0, tombstones: () => [] };
+      const view: rules.TargetView = { record: json<LockRecord | undefined>(r, undefined), version: 0, fixedSize: 0, tombstones: () => [], access: undefined };
       const m = json<Meta>(v, { version: 0, size: 0 });
       const refused = rules.decideRead(view, req);
       let out: ReadResult;
@@ -871,6 +888,15 @@ export class EtcdStore implements Store {
       if (ok.succeeded) return out;
     }
     throw new StoreUnavailableError(`etcd: ${req.target} kept changing while it was read`);
+  }
+
+  editAccess(req: AccessRequest): Promise<AccessResult> {
+    return this.enqueue({ target: req.target, pages: [], touch: 0, bytes: 0, decide: (s) => rules.decideAccess(this.view(s), req), decided: (out) => ({ op: 'access', req, out: out as AccessResult }) });
+  }
+
+  async access(target: string): Promise<TargetAccess | undefined> {
+    const { states } = await this.readTargets([target], []);
+    return rules.accessOf(this.view(states.get(target)!));
   }
 
   close(ref: HandleRef, session: string): Promise<boolean> {
@@ -1003,7 +1029,9 @@ export class EtcdStore implements Store {
     for (const kv of keys) {
       const key = kv.key.toString().slice(kp.length);
       if (!key.endsWith('/v')) continue;
-      const size = (JSON.parse(kv.value.toString()) as { size: number }).size;
+      const { size, version } = JSON.parse(kv.value.toString()) as Meta;
+      // Not a target only opened (its key keeps only its owner).
+      if (size === 0 && version === 0) continue;
       out.set(decodeURIComponent(key.slice(0, -2)), { size, data: new Uint8Array(size) });
     }
     for (const kv of data) {

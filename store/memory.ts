@@ -1,7 +1,7 @@
 /** The in-memory store: deterministic, for simulation and tests. */
 import { TxStore } from './base.js';
 import type { Tx } from './rules.js';
-import { MAX_TARGET_BYTES, PAGE_BYTES, StoreUnavailableError, isZeroPage, type LockRecord, type Tombstone } from './types.js';
+import { MAX_TARGET_BYTES, PAGE_BYTES, StoreUnavailableError, isZeroPage, type LockRecord, type TargetAccess, type Tombstone } from './types.js';
 
 export interface MemoryState {
   records: Map<string, LockRecord>;
@@ -11,6 +11,8 @@ export interface MemoryState {
    * copies only itself. `fixed`: the size fixed at creation (0: none).
    */
   targets: Map<string, { buf: Uint8Array; size: number; version: number; fixed?: number }>;
+  /** Each target's owner and access list (made on first use when a state without it is passed in). */
+  access?: Map<string, TargetAccess>;
 }
 
 export class MemoryStore extends TxStore {
@@ -60,12 +62,15 @@ export class MemoryStore extends TxStore {
  */
 export function memoryTx(state: MemoryState): Tx {
   const { records, tombstones, targets } = state;
+  const access = (state.access ??= new Map());
   return {
     getRecord: (t) => records.get(t),
     putRecord: (r) => void records.set(r.target, { ...r }),
     deleteRecord: (t) => void records.delete(t),
     getTombstones: (t) => tombstones.get(t) ?? [],
     putTombstones: (t, list) => void tombstones.set(t, list.map((x) => ({ ...x }))),
+    getAccess: (t) => access.get(t),
+    putAccess: (t, a) => void access.set(t, { owner: a.owner, grants: a.grants.map((g) => ({ ...g })) }),
     version: (t) => targets.get(t)?.version ?? 0,
     size: (t) => targets.get(t)?.size ?? 0,
     fixedSize: (t) => targets.get(t)?.fixed ?? 0,

@@ -6,7 +6,11 @@
  * effects guarded by the revisions it read, and deciding again if they changed.
  */
 import {
+  type AccessRequest,
+  type AccessResult,
+  LEGACY_OWNER,
   MAX_DISK_BYTES,
+  MAX_GRANTS,
   MAX_TARGET_BYTES,
   type HandleRef,
   type LockRecord,
@@ -20,6 +24,7 @@ import {
   type Tombstone,
   type ResumeOutcome,
   type ResumeRequest,
+  type TargetAccess,
   type WriteRequest,
   type WriteResult,
 } from './types.js';
@@ -48,6 +53,9 @@ export interface Tx {
   writeData(target: string, offset: number, data: Uint8Array): number;
   /** For inspection: how many pages of PAGE_BYTES hold the target's data (all-zero pages hold none). */
   pages(target: string): number;
+  /** The target's owner and access list as recorded (undefined: none recorded). */
+  getAccess(target: string): TargetAccess | undefined;
+  putAccess(target: string, access: TargetAccess): void;
 }
 
 /** What an adapter read of one target for a rule to decide on. */
@@ -58,6 +66,11 @@ export interface TargetView {
   readonly fixedSize: number;
   /** The target's tombstones, newest first; read only by the rules that need them. */
   tombstones(): Tombstone[];
+  /**
+   * The target's owner and access list as recorded; undefined for a target nobody has, and for one
+   * written by an earlier version, which kept none (see accessOf).
+   */
+  readonly access: TargetAccess | undefined;
   /**
    * Whether the record's lock is live, when the engine judges it (etcd: the lock key still hangs on
    * its session's lease). Undefined: judged by the rule from the record's `expiresAt` and the store's now.
@@ -73,7 +86,9 @@ export type Effect =
   /** Bytes at offset (extending with zeros); the target's version goes up by one. */
   | { kind: 'data'; offset: number; data: Uint8Array }
   /** The target, never written, gets a fixed size. */
-  | { kind: 'size'; size: number };
+  | { kind: 'size'; size: number }
+  /** The target's owner and access list are recorded as these. */
+  | { kind: 'access'; access: TargetAccess };
 
 export interface Decision<T> {
   out: T;
@@ -81,6 +96,42 @@ export interface Decision<T> {
 }
 
 const none = <T>(out: T): Decision<T> => ({ out, effects: [] });
+
+/**
+ * The one answer to a request the asker has no access for: the same text for every target and every
+ * reason (another principal owns it, or the asker may read but not write it, or may not change who
+ * may), so it tells nothing of who owns the target. (A name nobody has is not refused: an open creates
+ * it.)
+ */
+export const NO_ACCESS = 'not permitted: a target is opened only by its owner and the principals it granted access, and only its owner (or the operator) changes who may';
+
+/**
+ * Who may open the target: its recorded access; for a target written by an earlier version (which
+ * kept no owner), the principal of its lock record, else of its newest tombstone that names one, else
+ * LEGACY_OWNER, recorded with the first change the rules make to the target, so it never moves to
+ * whoever comes next. Undefined: nobody has the target (no record, tombstone, data or size), and an
+ * open creates it.
+ */
+export function accessOf(v: TargetView): TargetAccess | undefined {
+  if (v.access) return v.access;
+  if (v.record) return { owner: v.record.principal, grants: [] };
+  if (v.version === 0 && v.fixedSize === 0 && v.tombstones().length === 0) return undefined;
+  return { owner: v.tombstones().find((t) => t.principal !== undefined)?.principal ?? LEGACY_OWNER, grants: [] };
+}
+
+/** Whether `principal` may open a target of `access` in `mode`: its owner in either, a grantee of write in either, of read for reading. */
+export function mayOpen(access: TargetAccess, principal: string, mode: 'read' | 'write'): boolean {
+  if (access.owner === principal) return true;
+  const g = access.grants.find((x) => x.principal === principal);
+  return g !== undefined && (mode === 'read' || g.mode === 'write');
+}
+
+/** A decision that changes a target whose access was derived, not recorded (an earlier version's), records it too. */
+function settled<T>(v: TargetView, d: Decision<T>): Decision<T> {
+  if (d.effects.length === 0 || v.access) return d;
+  const access = accessOf(v);
+  return access ? { out: d.out, effects: [...d.effects, { kind: 'access', access }] } : d;
+}
 
 /**
  * Why an open naming `size` cannot have it (undefined: it can). A size is fixed once, by the first
@@ -101,11 +152,16 @@ function sizeRefused(v: TargetView, req: OpenRequest, maxSize: number): Extract<
 const fixing = (v: TargetView, req: OpenRequest): Effect[] => (req.size !== undefined && v.fixedSize === 0 ? [{ kind: 'size', size: req.size }] : []);
 
 export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number, maxSize = MAX_DISK_BYTES): Decision<OpenResult> {
+  // Access first: a principal without it learns nothing more of the target (its size, its holder).
+  const access = accessOf(v);
+  if (access && !mayOpen(access, req.principal, req.mode)) return none({ ok: false, code: 'FORBIDDEN', message: NO_ACCESS });
   const version = v.version;
   const refused = sizeRefused(v, req, maxSize);
   if (refused) return none(refused);
   const size = req.size ?? v.fixedSize;
-  if (req.mode === 'read') return none({ ok: true, version, lastSeq: 0, takeover: false, size });
+  // An open of a name nobody has creates the target: the opening principal owns it.
+  const created: Effect[] = access ? [] : [{ kind: 'access', access: { owner: req.principal, grants: [] } }];
+  if (req.mode === 'read') return settled(v, { out: { ok: true, version, lastSeq: 0, takeover: false, size }, effects: created });
   const rec = v.record;
   const instance = req.instance ?? '';
   if (rec && rec.requestId === req.requestId) {
@@ -116,7 +172,7 @@ export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number, maxSi
     const stale = staleRequest(rec, req.session, instance, req.epoch, false);
     if (stale) return none({ ok: false, code: 'SUPERSEDED', message: stale });
     // The same open from a new session: grant it and fence the old session.
-    return { out: { ok: true, version, lastSeq: rec.lastSeq, takeover: true, size }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance, req.epoch) }, ...fixing(v, req)] };
+    return settled(v, { out: { ok: true, version, lastSeq: rec.lastSeq, takeover: true, size }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance, req.epoch) }, ...fixing(v, req)] });
   }
   if (rec && (v.live ?? nowMs < rec.expiresAt)) {
     // Who holds it, and when it can lapse: never while the holder's session lives (it renews the lock).
@@ -134,8 +190,8 @@ export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number, maxSi
   // No record, or its lock expired: the old holder's resume will now be denied; its tombstone says
   // which of its writes were applied.
   const effects: Effect[] = rec ? [bury(v, rec, { requestId: req.requestId, principal: req.principal, at: nowMs })] : [];
-  effects.push({ kind: 'put', record: { target: req.target, requestId: req.requestId, principal: req.principal, session: req.session, expiresAt: nowMs + req.leaseMs, lastSeq: 0, instance, instanceSeq: 0, prevInstance: '', epoch: req.epoch ?? 0 } }, ...fixing(v, req));
-  return { out: { ok: true, version, lastSeq: 0, takeover: false, size }, effects };
+  effects.push({ kind: 'put', record: { target: req.target, requestId: req.requestId, principal: req.principal, session: req.session, expiresAt: nowMs + req.leaseMs, lastSeq: 0, instance, instanceSeq: 0, prevInstance: '', epoch: req.epoch ?? 0 } }, ...fixing(v, req), ...created);
+  return settled(v, { out: { ok: true, version, lastSeq: 0, takeover: false, size }, effects });
 }
 
 /**
@@ -224,6 +280,10 @@ function denial(held: LockRecord | Tombstone | undefined, instance: string, vers
 }
 
 export function decideResume(v: TargetView, req: ResumeRequest, nowMs: number): Decision<ResumeOutcome> {
+  // A principal whose access was revoked (or never given) resumes nothing, and learns nothing of the
+  // target (not even its version). Nobody has the target (a store that lost it): the rules below decide.
+  const access = accessOf(v);
+  if (access && !mayOpen(access, req.principal, req.mode)) return none({ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version: 0 });
   const version = v.version;
   if (req.mode === 'read') {
     return none(req.version === version ? { granted: true, lastSeq: 0, version, size: v.fixedSize } : { granted: false, reason: 'MODIFIED', code: 'MODIFIED', version });
@@ -242,7 +302,7 @@ export function decideResume(v: TargetView, req: ResumeRequest, nowMs: number): 
     // `heldEpoch` when the counter was the reason (the same instance): a node behind can count on.
     return none({ granted: false, reason: 'SUPERSEDED', code: 'SUPERSEDED', version, stale: true, ...(rec.instance === instance ? { heldEpoch: rec.epoch ?? 0 } : {}) });
   }
-  return { out: { granted: true, lastSeq: rec.lastSeq, version, size: v.fixedSize }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance, req.epoch) }] };
+  return settled(v, { out: { granted: true, lastSeq: rec.lastSeq, version, size: v.fixedSize }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance, req.epoch) }] });
 }
 
 /**
@@ -273,8 +333,8 @@ export function decideWrite(v: TargetView, req: WriteRequest): Decision<WriteRes
   // An empty write only takes its sequence number (the agent sends one in place of a write that was
   // refused or given up on, so that write is never applied later and the next seq follows).
   const put: Effect = { kind: 'put', record: { ...rec, lastSeq: req.seq } };
-  if (req.data.length === 0) return { out: { ok: true, applied: true, version: v.version }, effects: [put] };
-  return { out: { ok: true, applied: true, version: v.version + 1 }, effects: [{ kind: 'data', offset: req.offset, data: req.data }, put] };
+  if (req.data.length === 0) return settled(v, { out: { ok: true, applied: true, version: v.version }, effects: [put] });
+  return settled(v, { out: { ok: true, applied: true, version: v.version + 1 }, effects: [{ kind: 'data', offset: req.offset, data: req.data }, put] });
 }
 
 /** Whether a read may see the data: a write handle's read is fenced like its writes. The adapter reads the bytes. */
@@ -291,17 +351,41 @@ export function decideClose(v: TargetView, ref: HandleRef, session: string): Dec
   if (!rec || rec.requestId !== ref.requestId || rec.session !== session) return none(false);
   // Kept as a tombstone too: an older instance of the requestId that comes back learns it was
   // superseded (and what it had applied), not that another writer modified the target.
-  return { out: true, effects: [bury(v, rec), { kind: 'delete' }] };
+  return settled(v, { out: true, effects: [bury(v, rec), { kind: 'delete' }] });
 }
 
 /** One lock of a renewal: extended (no outcome) or lost, with why and what it had applied. */
 export function decideRenew(v: TargetView, ref: HandleRef, session: string, expiresAt: number): Decision<RenewResult['lost'][number] | undefined> {
   const rec = v.record;
   if (rec && rec.requestId === ref.requestId && rec.session === session) {
-    return rec.expiresAt === expiresAt ? none(undefined) : { out: undefined, effects: [{ kind: 'put', record: { ...rec, expiresAt } }] };
+    return rec.expiresAt === expiresAt ? none(undefined) : settled(v, { out: undefined, effects: [{ kind: 'put', record: { ...rec, expiresAt } }] });
   }
   if (rec && rec.requestId === ref.requestId) return none({ ...ref, reason: 'SUPERSEDED' });
   return none({ ...ref, reason: 'MODIFIED', lastSeq: lostSeq(v, ref.requestId, session) });
+}
+
+/**
+ * Grant `req.principal` access to the target (`mode`, replacing what it had) or revoke it (`none`).
+ * Only the owner, or the operator (`by` undefined), may; anyone else is refused NO_ACCESS, whether or
+ * not the target exists. The operator is told when it does not. The owner's own access is not in the
+ * list. A revocation applies to the grantee's next open or resume: a handle it has open keeps its lock
+ * (and a read handle its reads) until it closes, pauses or loses it.
+ */
+export function decideAccess(v: TargetView, req: AccessRequest): Decision<AccessResult> {
+  const refuse = (message: string) => none<AccessResult>({ ok: false, code: 'INVALID_ARGUMENT', message });
+  const access = accessOf(v);
+  if (req.by !== undefined && access?.owner !== req.by) return none({ ok: false, code: 'FORBIDDEN', message: NO_ACCESS });
+  if (!access) return refuse(`${req.target} does not exist: nobody has opened it`);
+  if (req.mode !== 'none' && req.mode !== 'read' && req.mode !== 'write') return refuse(`mode must be read, write or none, not ${String(req.mode)}`);
+  if (req.principal.length === 0) return refuse('a principal must be named');
+  if (req.principal === access.owner) return refuse(`${req.principal} owns ${req.target}: an owner's access is neither granted nor revoked`);
+  const had = access.grants.find((g) => g.principal === req.principal);
+  if (v.access && (req.mode === 'none' ? !had : had?.mode === req.mode)) return none({ ok: true, access });
+  const grants = access.grants.filter((g) => g.principal !== req.principal);
+  if (req.mode !== 'none') grants.push({ principal: req.principal, mode: req.mode });
+  if (grants.length > MAX_GRANTS) return refuse(`${req.target} already grants ${MAX_GRANTS} principals access, as many as a target may: revoke one first`);
+  const next: TargetAccess = { owner: access.owner, grants };
+  return { out: { ok: true, access: next }, effects: [{ kind: 'access', access: next }] };
 }
 
 // ---- The same rules inside a synchronous transaction (memory, SQLite, the simulation's store) ----
@@ -326,6 +410,9 @@ export function viewOf(tx: Tx, target: string, live?: boolean): TargetView {
       return tx.fixedSize(target);
     },
     tombstones: () => tx.getTombstones(target),
+    get access() {
+      return tx.getAccess(target);
+    },
   };
 }
 
@@ -336,6 +423,7 @@ export function apply<T>(tx: Tx, target: string, d: Decision<T>): T {
     else if (e.kind === 'delete') tx.deleteRecord(target);
     else if (e.kind === 'tombstones') tx.putTombstones(target, e.tombstones);
     else if (e.kind === 'size') tx.fixSize(target, e.size);
+    else if (e.kind === 'access') tx.putAccess(target, e.access);
     else tx.writeData(target, e.offset, e.data);
   }
   return d.out;
@@ -356,6 +444,10 @@ export function write(tx: Tx, req: WriteRequest): WriteResult {
 export function read(tx: Tx, req: ReadRequest): ReadResult {
   const refused = decideRead(viewOf(tx, req.target), req);
   return refused ?? { ok: true, data: tx.readData(req.target, req.offset, req.length), version: tx.version(req.target) };
+}
+
+export function editAccess(tx: Tx, req: AccessRequest): AccessResult {
+  return apply(tx, req.target, decideAccess(viewOf(tx, req.target), req));
 }
 
 export function close(tx: Tx, ref: HandleRef, session: string): boolean {

@@ -7,8 +7,8 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { StoreBusyError, TxStore } from './base.js';
 import { hostClock, type HostClock } from './host-clock.js';
-import type { Tx } from './rules.js';
-import { MAX_DISK_BYTES, PAGE_BYTES, StoreUnavailableError, isZeroPage, type LockRecord, type Tombstone } from './types.js';
+import { accessOf, type Tx } from './rules.js';
+import { MAX_DISK_BYTES, PAGE_BYTES, StoreUnavailableError, isZeroPage, type Grant, type LockRecord, type TargetAccess, type Tombstone } from './types.js';
 
 export interface SqliteStoreOptions {
   /** `FULL` (default) fsyncs every commit; `NORMAL` may lose the last commits on power loss, never on a process crash. */
@@ -57,6 +57,15 @@ interface RecordRow {
 
 const SELECT_RECORD = 'SELECT * FROM records WHERE target = ?';
 const SELECT_TOMBSTONES = 'SELECT list FROM tombstones WHERE target = ?';
+/** A target's owner (NULL: none recorded, a target of an earlier version) and access list (JSON), kept with its version. */
+const SELECT_ACCESS = 'SELECT owner, grants FROM target_versions WHERE target = ?';
+
+interface AccessRow {
+  owner: string | null;
+  grants: string;
+}
+
+const accessOfRow = (r: AccessRow | undefined): TargetAccess | undefined => (r && r.owner !== null ? { owner: r.owner, grants: JSON.parse(r.grants) as Grant[] } : undefined);
 
 function recordOf(r: RecordRow): LockRecord {
   return { target: r.target, requestId: r.request_id, principal: r.principal, session: r.session, expiresAt: r.expires_at, lastSeq: r.last_seq, instance: r.instance, instanceSeq: r.instance_seq, prevInstance: r.prev_instance, ...(r.retired ? { retired: r.retired.split(',') } : {}), epoch: r.epoch };
@@ -68,20 +77,28 @@ function recordOf(r: RecordRow): LockRecord {
  * replica holding the write lock (a store that is dismounted, busy or being rebooted) cannot stall
  * the reader: in WAL mode readers do not wait for writers. `now` is the store's clock (this host's).
  */
-export function peekSqlite(path: string, targets: string[], waitMs = 500): { records: Map<string, LockRecord | undefined>; tombstones: Map<string, Tombstone[]>; now: number } {
+export function peekSqlite(path: string, targets: string[], waitMs = 500): { records: Map<string, LockRecord | undefined>; tombstones: Map<string, Tombstone[]>; access: Map<string, TargetAccess | undefined>; now: number } {
   const db = new Database(path, { readonly: true, fileMustExist: true, timeout: waitMs });
   try {
     const rec = db.prepare<[string], RecordRow>(SELECT_RECORD);
     const tombs = db.prepare<[string], { list: string }>(SELECT_TOMBSTONES);
+    // A file no replica of this version has opened yet has no owners column: every target's access is derived.
+    const owners = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('target_versions')").all().some((c) => c.name === 'owner');
+    const meta = db.prepare<[string], AccessRow & { version: number; fixed: number }>(owners ? 'SELECT owner, grants, version, fixed FROM target_versions WHERE target = ?' : "SELECT NULL AS owner, '[]' AS grants, version, fixed FROM target_versions WHERE target = ?");
     const records = new Map<string, LockRecord | undefined>();
     const tombstones = new Map<string, Tombstone[]>();
+    const access = new Map<string, TargetAccess | undefined>();
     for (const t of targets) {
       const r = rec.get(t);
-      records.set(t, r && recordOf(r));
+      const record = r && recordOf(r);
+      records.set(t, record);
       const l = tombs.get(t);
-      tombstones.set(t, l ? (JSON.parse(l.list) as Tombstone[]) : []);
+      const list = l ? (JSON.parse(l.list) as Tombstone[]) : [];
+      tombstones.set(t, list);
+      const m = meta.get(t);
+      access.set(t, accessOf({ record, version: m?.version ?? 0, fixedSize: m?.fixed ?? 0, tombstones: () => list, access: accessOfRow(m) }));
     }
-    return { records, tombstones, now: hostClock().now() };
+    return { records, tombstones, access, now: hostClock().now() };
   } finally {
     db.close();
   }
@@ -133,6 +150,9 @@ export class SqliteStore extends TxStore {
     const putTombs = this.db.prepare('INSERT INTO tombstones (target, list) VALUES (?, ?) ON CONFLICT(target) DO UPDATE SET list = excluded.list');
     const deleteRecord = this.db.prepare('DELETE FROM records WHERE target = ?');
     const getMeta = this.db.prepare<[string], { size: number; version: number; fixed: number }>('SELECT size, version, fixed FROM target_versions WHERE target = ?');
+    const getAccess = this.db.prepare<[string], AccessRow>(SELECT_ACCESS);
+    // A target nobody wrote yet gets its row here, at size and version 0.
+    const putAccess = this.db.prepare('INSERT INTO target_versions (target, size, version, owner, grants) VALUES (?, 0, 0, ?, ?) ON CONFLICT(target) DO UPDATE SET owner = excluded.owner, grants = excluded.grants');
     const fixSize = this.db.prepare(
       'INSERT INTO target_versions (target, size, version, fixed) VALUES (?, ?, 0, ?) ON CONFLICT(target) DO UPDATE SET size = max(size, excluded.size), fixed = excluded.fixed',
     );
@@ -173,6 +193,8 @@ export class SqliteStore extends TxStore {
       size: (t) => getMeta.get(t)?.size ?? 0,
       fixedSize: (t) => getMeta.get(t)?.fixed ?? 0,
       fixSize: (t, size) => void fixSize.run(t, size, size),
+      getAccess: (t) => accessOfRow(getAccess.get(t)),
+      putAccess: (t, a) => void putAccess.run(t, a.owner, JSON.stringify(a.grants)),
       maxSize: MAX_DISK_BYTES,
       readData: (t, offset, length) => {
         const size = getMeta.get(t)?.size ?? 0;
@@ -241,7 +263,7 @@ export class SqliteStore extends TxStore {
    */
   private createSchema(): void {
     this.db.exec(`
-      CREATE TABLE IF NOT EXISTS target_versions (target TEXT PRIMARY KEY, size INTEGER NOT NULL, version INTEGER NOT NULL, fixed INTEGER NOT NULL DEFAULT 0) STRICT;
+      CREATE TABLE IF NOT EXISTS target_versions (target TEXT PRIMARY KEY, size INTEGER NOT NULL, version INTEGER NOT NULL, fixed INTEGER NOT NULL DEFAULT 0, owner TEXT, grants TEXT NOT NULL DEFAULT '[]') STRICT;
       CREATE TABLE IF NOT EXISTS pages (target TEXT NOT NULL, page INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (target, page)) STRICT, WITHOUT ROWID;
       CREATE TABLE IF NOT EXISTS records (
         target TEXT PRIMARY KEY, request_id TEXT NOT NULL, principal TEXT NOT NULL, session TEXT NOT NULL,
@@ -259,6 +281,11 @@ export class SqliteStore extends TxStore {
     // Databases written before targets had fixed sizes: none has one.
     if (!this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('target_versions')").all().some((c) => c.name === 'fixed')) {
       this.db.exec('ALTER TABLE target_versions ADD COLUMN fixed INTEGER NOT NULL DEFAULT 0');
+    }
+    // Databases written before targets had owners: none is recorded (NULL), each target's is derived
+    // by the rules (rules.accessOf) and recorded with the first change made to it.
+    if (!this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('target_versions')").all().some((c) => c.name === 'owner')) {
+      this.db.exec("ALTER TABLE target_versions ADD COLUMN owner TEXT; ALTER TABLE target_versions ADD COLUMN grants TEXT NOT NULL DEFAULT '[]';");
     }
     const cols = this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')").all().map((c) => c.name);
     if (!cols.includes('instance')) {
@@ -310,7 +337,8 @@ export class SqliteStore extends TxStore {
   /** Every target's bytes (for a final check). */
   targets(): Array<{ target: string; data: Uint8Array }> {
     return this.db
-      .prepare<[], { target: string; size: number }>('SELECT target, size FROM target_versions ORDER BY target')
+      // Not the rows that only keep a target's owner (a target opened and never written).
+      .prepare<[], { target: string; size: number }>('SELECT target, size FROM target_versions WHERE size > 0 OR version > 0 ORDER BY target')
       .all()
       .map((r) => ({ target: r.target, data: r.size === 0 ? new Uint8Array(0) : this.assemble(r.target, 0, r.size) }));
   }

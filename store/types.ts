@@ -66,6 +66,47 @@ export interface Tombstone {
   takenBy?: { requestId: string; principal: string; at: number } | undefined;
 }
 
+/** One principal's access to a target another principal owns: `read`, or `write` (which reads too). */
+export interface Grant {
+  principal: string;
+  mode: Mode;
+}
+
+/**
+ * Who may open a target (SPEC "Owner", "Tenants are isolated"): the principal whose open created it,
+ * and the principals it (or the operator) granted access. Kept with the target for as long as the
+ * target is, whoever holds its lock; one list per target, at most MAX_GRANTS entries.
+ */
+export interface TargetAccess {
+  owner: string;
+  grants: Grant[];
+}
+
+/** Entries one target's access list may hold. */
+export const MAX_GRANTS = 64;
+
+/**
+ * The owner of a target written by an earlier version (which kept no owners), when it has no lock
+ * record and no tombstone naming a principal to take it from (see rules.accessOf).
+ */
+export const LEGACY_OWNER = 'default';
+
+/**
+ * A change to a target's access list: `mode` grants `principal` that access (replacing what it had),
+ * `none` revokes it. `by`: the principal asking, which must own the target; undefined: the operator.
+ */
+export interface AccessRequest {
+  target: string;
+  by: string | undefined;
+  principal: string;
+  mode: Mode | 'none';
+}
+
+export type AccessResult =
+  | { ok: true; access: TargetAccess }
+  /** FORBIDDEN: the asker does not own the target (or it does not exist: the same answer). */
+  | { ok: false; code: 'FORBIDDEN' | 'INVALID_ARGUMENT'; message: string };
+
 export const TOMBSTONES_PER_TARGET = 8;
 
 /** Instances a record remembers it was taken over from (LockRecord.retired). */
@@ -177,6 +218,10 @@ export interface Store {
   renew(session: string, refs: HandleRef[], leaseMs: number): Promise<RenewResult>;
   /** For inspection and tests: the target's record, if any. */
   record(target: string): Promise<LockRecord | undefined>;
+  /** Grant or revoke one principal's access to a target: its owner, or the operator (`by` undefined). */
+  editAccess(req: AccessRequest): Promise<AccessResult>;
+  /** For inspection: who may open the target (rules.accessOf); undefined if nobody has it. */
+  access(target: string): Promise<TargetAccess | undefined>;
   /** For inspection: what the store keeps of the target's earlier holders, newest first. */
   tombstones(target: string): Promise<Tombstone[]>;
   /**
@@ -198,7 +243,8 @@ export type Decided =
   | { op: 'write'; req: WriteRequest; out: WriteResult }
   | { op: 'read'; req: ReadRequest; out: ReadResult }
   | { op: 'close'; ref: HandleRef; session: string; out: boolean }
-  | { op: 'renew'; session: string; refs: HandleRef[]; out: RenewResult };
+  | { op: 'renew'; session: string; refs: HandleRef[]; out: RenewResult }
+  | { op: 'access'; req: AccessRequest; out: AccessResult };
 
 /**
  * What a store keeps of each decision, committed atomically with it so the log's order is the store's

@@ -152,8 +152,11 @@ describe('authentication', () => {
 
   it('binds a requestId to its principal: another principal cannot reclaim it', async () => {
     const c = await cluster();
-    const h = await new Application(await c.addNode('node-1'), { name: 'vm', principal: 'alice' }).open('vm1.disk');
+    const alice = new Application(await c.addNode('node-1'), { name: 'vm', principal: 'alice' });
+    const h = await alice.open('vm1.disk');
     await h.write(0, bytes('alice'));
+    // Even a principal alice lets write the target may not take her requestId.
+    await alice.grant('vm1.disk', 'mallory', 'write');
     const mallory = new Application(await c.addNode('node-2'), { name: 'vm', principal: 'mallory' });
     await expect(mallory.open('vm1.disk', { requestId: h.requestId })).rejects.toMatchObject({ code: 'FORBIDDEN' });
     expect(h.state).toBe('active');

@@ -3,18 +3,21 @@
  * store from a spec (store/open.ts). The adapters' behaviour is in test/store.contract.test.ts.
  */
 import { describe, expect, it } from 'vitest';
-import { decideClose, decideOpen, decideRenew, decideResume, decideWrite, type TargetView } from '../store/rules.js';
+import { accessOf, decideAccess, decideClose, decideOpen, decideRenew, decideResume, decideWrite, mayOpen, NO_ACCESS, type TargetView } from '../store/rules.js';
 import { parseStoreSpec, openStore } from '../store/open.js';
-import type { LockRecord, Tombstone } from '../store/types.js';
+import { LEGACY_OWNER, MAX_GRANTS, type LockRecord, type TargetAccess, type Tombstone } from '../store/types.js';
 import { bytes, tempDir } from './helpers.js';
 
 const X = 'X'.repeat(21);
 const Y = 'Y'.repeat(21);
 const rec = (over: Partial<LockRecord> = {}): LockRecord => ({ target: 't', requestId: X, principal: 'p', session: 's1', expiresAt: 1000, lastSeq: 3, instance: 'i1', instanceSeq: 0, prevInstance: '', ...over });
 
-/** A view that counts how often the tombstones were read. */
-function view(record: LockRecord | undefined, version = 7, tombs: Tombstone[] = []) {
-  const v = { record, version, fixedSize: 0, reads: 0, tombstones: () => (v.reads++, tombs) };
+/** Owned by p, which granted q write: both open it (the tests of ownership pass their own). */
+const shared: TargetAccess = { owner: 'p', grants: [{ principal: 'q', mode: 'write' }] };
+
+/** A view that counts how often the tombstones were read; `access` null: none recorded. */
+function view(record: LockRecord | undefined, version = 7, tombs: Tombstone[] = [], access: TargetAccess | null = shared) {
+  const v = { record, version, fixedSize: 0, reads: 0, tombstones: () => (v.reads++, tombs), access: access ?? undefined };
   return v satisfies TargetView;
 }
 
@@ -160,6 +163,73 @@ describe('rules as decisions', () => {
     expect(decideClose(view(rec()), { target: 't', requestId: X }, 's2')).toEqual({ out: false, effects: [] });
     expect(decideRenew(view(rec()), { target: 't', requestId: X }, 's1', 5000)).toEqual({ out: undefined, effects: [{ kind: 'put', record: rec({ expiresAt: 5000 }) }] });
     expect(decideRenew(view(rec()), { target: 't', requestId: X }, 's2', 5000).out).toMatchObject({ reason: 'SUPERSEDED' });
+  });
+});
+
+describe('owners and access lists', () => {
+  const open = (principal: string, mode: 'read' | 'write', extra: { size?: number } = {}) => ({ target: 't', requestId: Y, principal, mode, session: 's2', leaseMs: 50, instance: 'i2', ...extra });
+  const mine: TargetAccess = { owner: 'p', grants: [{ principal: 'r', mode: 'read' }] };
+
+  it("an open of a name nobody has creates the target for its principal; another's is refused before anything else is said of the target", () => {
+    const created = decideOpen(view(undefined, 0, [], null), open('q', 'read'), 0);
+    expect(created).toEqual({ out: { ok: true, version: 0, lastSeq: 0, takeover: false, size: 0 }, effects: [{ kind: 'access', access: { owner: 'q', grants: [] } }] });
+    expect(decideOpen(view(undefined, 0, [], null), open('q', 'write'), 0).effects).toContainEqual({ kind: 'access', access: { owner: 'q', grants: [] } });
+    // q is neither the owner nor granted: refused, whatever it asks and whatever the target holds (its size, a live lock).
+    const sized = { ...view(rec({ expiresAt: 10 }), 3, [], mine), fixedSize: 4096 };
+    for (const v of [view(rec(), 3, [], mine), sized, view(undefined, 0, [], mine)]) {
+      for (const req of [open('q', 'read'), open('q', 'write'), open('q', 'write', { size: 8192 })]) {
+        expect(decideOpen(v, req, 100)).toEqual({ out: { ok: false, code: 'FORBIDDEN', message: NO_ACCESS }, effects: [] });
+      }
+    }
+    // r may read, not write; the owner may do both.
+    expect(decideOpen(sized, open('r', 'read'), 100).out).toMatchObject({ ok: true, size: 4096 });
+    expect(decideOpen(sized, open('r', 'write'), 100).out).toEqual({ ok: false, code: 'FORBIDDEN', message: NO_ACCESS });
+    expect(decideOpen(sized, open('p', 'write'), 100).out).toMatchObject({ ok: true });
+    expect(mayOpen(mine, 'r', 'read') && !mayOpen(mine, 'r', 'write') && mayOpen(mine, 'p', 'write') && !mayOpen(mine, 'q', 'read')).toBe(true);
+  });
+
+  it('a principal without access resumes nothing and learns nothing of the target, not even its version', () => {
+    const held = view(rec({ principal: 'r' }), 9, [], mine);
+    expect(decideResume(held, { target: 't', requestId: X, principal: 'r', mode: 'write', session: 's2', leaseMs: 10, instance: 'i1' }, 0)).toEqual({ out: { granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version: 0 }, effects: [] });
+    expect(decideResume(held, { target: 't', requestId: Y, principal: 'q', mode: 'read', session: 's2', leaseMs: 10, version: 9 }, 0).out).toEqual({ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version: 0 });
+    expect(decideResume(held, { target: 't', requestId: Y, principal: 'r', mode: 'read', session: 's2', leaseMs: 10, version: 9 }, 0).out).toMatchObject({ granted: true });
+  });
+
+  it("a target of an earlier version (no owner kept) is its lock record's principal's, else its last holder's, else default's, recorded with the first change", () => {
+    const tomb: Tombstone = { requestId: X, principal: 'q', instance: 'i1', instanceSeq: 0, prevInstance: '', session: 's1', lastSeq: 5 };
+    const { principal: _, ...nameless } = tomb;
+    expect(accessOf(view(rec({ principal: 'r' }), 3, [tomb], null))).toEqual({ owner: 'r', grants: [] });
+    expect(accessOf(view(undefined, 3, [nameless, tomb], null))).toEqual({ owner: 'q', grants: [] });
+    expect(accessOf(view(undefined, 3, [nameless], null))).toEqual({ owner: LEGACY_OWNER, grants: [] });
+    expect(accessOf({ ...view(undefined, 0, [], null), fixedSize: 4096 })).toEqual({ owner: LEGACY_OWNER, grants: [] });
+    expect(accessOf(view(undefined, 0, [], null))).toBeUndefined();
+    // The first comer of another principal is refused, even once the lock lapsed; the owner's first change records it.
+    const old = view(rec({ principal: 'r', expiresAt: 10, session: 's2' }), 3, [], null);
+    expect(decideOpen(old, open('q', 'write'), 100).out).toEqual({ ok: false, code: 'FORBIDDEN', message: NO_ACCESS });
+    expect(decideWrite(old, { target: 't', requestId: X, session: 's2', seq: 4, offset: 0, data: bytes('a') }).effects).toContainEqual({ kind: 'access', access: { owner: 'r', grants: [] } });
+    expect(decideClose(old, { target: 't', requestId: X }, 's2').effects).toContainEqual({ kind: 'access', access: { owner: 'r', grants: [] } });
+    // A decision that changes nothing records nothing.
+    expect(decideOpen(old, open('q', 'write'), 100).effects).toEqual([]);
+  });
+
+  it('only the owner, or the operator, grants and revokes; the list is bounded', () => {
+    const v = view(rec(), 3, [], mine);
+    const edit = (by: string | undefined, principal: string, mode: 'read' | 'write' | 'none', on = v) => decideAccess(on, { target: 't', by, principal, mode });
+    expect(edit('p', 'q', 'write')).toEqual({ out: { ok: true, access: { owner: 'p', grants: [{ principal: 'r', mode: 'read' }, { principal: 'q', mode: 'write' }] } }, effects: [{ kind: 'access', access: { owner: 'p', grants: [{ principal: 'r', mode: 'read' }, { principal: 'q', mode: 'write' }] } }] });
+    expect(edit('p', 'r', 'write').out).toEqual({ ok: true, access: { owner: 'p', grants: [{ principal: 'r', mode: 'write' }] } });
+    expect(edit(undefined, 'r', 'none')).toEqual({ out: { ok: true, access: { owner: 'p', grants: [] } }, effects: [{ kind: 'access', access: { owner: 'p', grants: [] } }] });
+    // Nothing to change: nothing written.
+    expect(edit('p', 'r', 'read')).toEqual({ out: { ok: true, access: mine }, effects: [] });
+    expect(edit('p', 'z', 'none')).toEqual({ out: { ok: true, access: mine }, effects: [] });
+    // A grantee, a stranger, and anyone on a name nobody has: one answer, nothing written.
+    for (const [by, on] of [['r', v], ['q', v], ['q', view(undefined, 0, [], null)]] as const) {
+      expect(edit(by, 'q', 'write', on)).toEqual({ out: { ok: false, code: 'FORBIDDEN', message: NO_ACCESS }, effects: [] });
+    }
+    expect(edit(undefined, 'q', 'read', view(undefined, 0, [], null)).out).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: 't does not exist: nobody has opened it' });
+    expect(edit('p', 'p', 'none').out).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT' });
+    const full = view(rec(), 3, [], { owner: 'p', grants: Array.from({ length: MAX_GRANTS }, (_, i) => ({ principal: `g${i}`, mode: 'read' as const })) });
+    expect(edit('p', 'one-more', 'read', full).out).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining(`${MAX_GRANTS} principals`) });
+    expect(edit('p', 'g3', 'write', full).out).toMatchObject({ ok: true });
   });
 });
 

@@ -22,6 +22,7 @@ describe('peekSqlite', () => {
     const path = join(t.dir, 'store.sqlite');
     const store = new SqliteStore(path);
     await store.open({ target: 'a.disk', requestId: 'X'.repeat(21), principal: 'p', mode: 'write', session: 's1', leaseMs: 0, instance: 'i1' });
+    await store.editAccess({ target: 'a.disk', by: 'p', principal: 'q', mode: 'write' });
     await store.open({ target: 'a.disk', requestId: 'Y'.repeat(21), principal: 'q', mode: 'write', session: 's2', leaseMs: 60_000, instance: 'i2' });
     const blocker = new Database(path);
     blocker.exec('BEGIN IMMEDIATE');
@@ -32,6 +33,8 @@ describe('peekSqlite', () => {
       expect(p.tombstones.get('a.disk')).toMatchObject([{ requestId: 'X'.repeat(21), takenBy: { requestId: 'Y'.repeat(21), principal: 'q' } }]);
       expect(p.records.get('none.disk')).toBeUndefined();
       expect(p.tombstones.get('none.disk')).toEqual([]);
+      expect(p.access.get('a.disk')).toEqual({ owner: 'p', grants: [{ principal: 'q', mode: 'write' }] });
+      expect(p.access.get('none.disk')).toBeUndefined();
     } finally {
       blocker.exec('ROLLBACK');
       blocker.close();

@@ -10,6 +10,7 @@ import { historyLog, type HistoryEvent } from '../sim/history.js';
 import { MemoryStore } from '../store/memory.js';
 import { SqliteStore } from '../store/sqlite.js';
 import type { Store } from '../store/types.js';
+import { NO_ACCESS } from '../store/rules.js';
 import { EtcdStore } from '../store/etcd.js';
 import { Etcd3 } from 'etcd3';
 import { startEtcd, type EtcdCluster } from './etcd-cluster.js';
@@ -44,6 +45,8 @@ function driven(store: SimStore, clock: SimClock): Store {
     read: (req) => drive(clock, store.read(req)),
     close: (ref, session) => drive(clock, store.close(ref, session)),
     renew: (session, refs, leaseMs) => drive(clock, store.renew(session, refs, leaseMs)),
+    editAccess: (req) => drive(clock, store.editAccess(req)),
+    access: (target) => drive(clock, store.access(target)),
     record: (target) => drive(clock, store.record(target)),
     tombstones: (target) => drive(clock, store.tombstones(target)),
     pages: (target) => drive(clock, store.pages(target)),
@@ -61,7 +64,7 @@ interface Adapter {
    * A fresh store whose own clock reads `now`, and a function that closes it and opens it again
    * over the same data (a reboot).
    */
-  make(now: () => number): { store: Store; reopen: () => Promise<Store>; cleanup: () => void; ready?: Promise<void> };
+  make(now: () => number): { store: Store; reopen: () => Promise<Store>; cleanup: () => void; ready?: Promise<void>; legacy: (target: string) => Promise<void> };
 }
 
 /** The memory store on a clock the test sets. */
@@ -85,7 +88,7 @@ const adapters: Adapter[] = [
     name: 'memory',
     make(now) {
       const store = new ClockedMemoryStore(undefined, now);
-      return { store, reopen: async () => new ClockedMemoryStore(store.state, now), cleanup: () => {} };
+      return { store, reopen: async () => new ClockedMemoryStore(store.state, now), cleanup: () => {}, legacy: async (target) => void store.state.access?.delete(target) };
     },
   },
   {
@@ -105,6 +108,7 @@ const adapters: Adapter[] = [
           return driven(current, clock);
         },
         cleanup: () => {},
+        legacy: async (target) => void current.state.access?.delete(target),
       };
     },
   },
@@ -124,6 +128,13 @@ const adapters: Adapter[] = [
         cleanup: () => {
           void current.shutdown();
           t.cleanup();
+        },
+        // As an earlier version left it: no owner (and no row for a target never written).
+        legacy: async (target) => {
+          const db = new Database(path);
+          db.prepare("UPDATE target_versions SET owner = NULL, grants = '[]' WHERE target = ?").run(target);
+          db.prepare('DELETE FROM target_versions WHERE target = ? AND size = 0 AND version = 0').run(target);
+          db.close();
         },
       };
     },
@@ -188,6 +199,20 @@ const makeEtcd = (now: () => number) => {
       return current as Store;
     },
     cleanup: () => void current.shutdown(),
+    // As an earlier version left it: a v key without owner (and none for a target never written).
+    legacy: async (target: string) => {
+      const client = new Etcd3({ hosts: etcd!.endpoints.map((e) => `http://${e}`) });
+      try {
+        const key = `${opts.prefix}k/${encodeURIComponent(target)}/v`;
+        const raw = await client.get(key).string();
+        if (raw === null) return;
+        const { owner: _o, grants: _g, ...meta } = JSON.parse(raw) as { version: number; size: number; owner?: string; grants?: unknown };
+        if (meta.version === 0 && meta.size === 0) await client.delete().key(key);
+        else await client.put(key).value(JSON.stringify(meta));
+      } finally {
+        client.close();
+      }
+    },
   };
 };
 adapters.push({
@@ -298,8 +323,9 @@ for (const adapter of adapters) {
 
     it("a requestId stays its principal's while its tombstone is kept: another principal cannot open it after taking the target, and the victim learns MODIFIED with its lastSeq", async () => {
       await setup();
-      // The victim (alice) writes; its lock lapses; mallory takes the target with a requestId of its own and closes.
+      // The victim (alice) writes; its lock lapses; mallory (whom alice let write) takes the target with a requestId of its own and closes.
       await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, instance: 'inst-one' });
+      expect(await store.editAccess({ target: T, by: P, principal: 'mallory', mode: 'write' })).toMatchObject({ ok: true });
       await write(X, 's1', 1, 0, 'a');
       await write(X, 's1', 2, 1, 'b');
       expect(await open(Y, 's2', 1000, 3000, 'write', 'mallory')).toMatchObject({ ok: true });
@@ -542,6 +568,92 @@ for (const adapter of adapters) {
       expect(back.ok && text(back.data)).toBe('back');
     });
 
+    const refusal = { ok: false, code: 'FORBIDDEN', message: NO_ACCESS };
+
+    it('a target belongs to the principal whose open created it: another is refused FORBIDDEN, in words that are the same for every target it may not open', async () => {
+      await setup();
+      expect(await store.access(T)).toBeUndefined();
+      expect(await open(X, 's1', 0, 1000)).toMatchObject({ ok: true });
+      await write(X, 's1', 1, 0, 'secret');
+      expect(await store.open({ target: 'other.disk', requestId: Y, principal: P, mode: 'read', session: 's1', leaseMs: 1000 })).toMatchObject({ ok: true });
+      expect(await store.access(T)).toEqual({ owner: P, grants: [] });
+      expect(await store.access('other.disk')).toEqual({ owner: P, grants: [] });
+      // bob: not a read, not a write, not while the lock lapsed, not a resume of a read handle; the same answer each time.
+      const asBob = (target: string, mode: 'read' | 'write', now = 10) => {
+        nowMs = now;
+        return store.open({ target, requestId: 'B'.repeat(21), principal: 'bob', mode, session: 'sb', leaseMs: 1000 });
+      };
+      expect(await asBob(T, 'read')).toEqual(refusal);
+      expect(await asBob(T, 'write')).toEqual(refusal);
+      expect(await asBob(T, 'write', 5000)).toEqual(refusal);
+      expect(await asBob('other.disk', 'read')).toEqual(refusal);
+      expect(await store.resume([{ target: T, requestId: 'B'.repeat(21), principal: 'bob', mode: 'read', session: 'sb', leaseMs: 1000, version: 1 }])).toEqual([{ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version: 0 }]);
+      expect(NO_ACCESS).not.toMatch(new RegExp(`${P}|${T}|${X}`));
+      // Nothing of bob's was written: the owner, the holder and the bytes are as they were.
+      expect(await store.access(T)).toEqual({ owner: P, grants: [] });
+      expect((await store.record(T))?.requestId).toBe(X);
+      // A name nobody has is bob's once he opens it.
+      expect(await asBob('bobs.disk', 'write')).toMatchObject({ ok: true });
+      expect(await store.access('bobs.disk')).toEqual({ owner: 'bob', grants: [] });
+      expect(await store.open({ target: 'bobs.disk', requestId: Y, principal: P, mode: 'read', session: 's1', leaseMs: 1000 })).toEqual(refusal);
+    });
+
+    it('the owner grants read, then write, and revokes; only the owner or the operator changes the list, and it outlives a reboot', async () => {
+      await setup();
+      const B = 'B'.repeat(21);
+      const edit = (by: string | undefined, principal: string, mode: 'read' | 'write' | 'none', target = T) => store.editAccess({ target, by, principal, mode });
+      const asBob = (mode: 'read' | 'write', requestId = B) => store.open({ target: T, requestId, principal: 'bob', mode, session: 'sb', leaseMs: 1000 });
+      expect(await open(X, 's1', 0, 1000)).toMatchObject({ ok: true });
+      await write(X, 's1', 1, 0, 'shared');
+      // Only the owner: bob cannot grant himself access, to this target or to one nobody has (the same answer).
+      expect(await edit('bob', 'bob', 'write')).toEqual(refusal);
+      expect(await edit('bob', 'bob', 'write', 'nobody.disk')).toEqual(refusal);
+      expect(await edit(P, 'bob', 'read')).toEqual({ ok: true, access: { owner: P, grants: [{ principal: 'bob', mode: 'read' }] } });
+      expect(await asBob('read')).toMatchObject({ ok: true, version: 1 });
+      const r = await store.read({ target: T, offset: 0, length: 6 });
+      expect(r.ok && text(r.data)).toBe('shared');
+      expect(await asBob('write')).toEqual(refusal);
+      // A reader may not pass access on.
+      expect(await edit('bob', 'carol', 'read')).toEqual(refusal);
+      // Write: bob meets the owner's live lock like any other writer, told only that another writer holds it.
+      expect(await edit(P, 'bob', 'write')).toEqual({ ok: true, access: { owner: P, grants: [{ principal: 'bob', mode: 'write' }] } });
+      expect(await asBob('write', 'C'.repeat(21))).toEqual({ ok: false, code: 'LOCKED', message: `${T} is locked by another writer; retry later` });
+      // Revoked: refused again, and his read handle's resume is refused too.
+      expect(await edit(P, 'bob', 'none')).toEqual({ ok: true, access: { owner: P, grants: [] } });
+      expect(await asBob('read', 'D'.repeat(21))).toEqual(refusal);
+      expect(await store.resume([{ target: T, requestId: B, principal: 'bob', mode: 'read', session: 'sb2', leaseMs: 1000, version: 1 }])).toEqual([{ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version: 0 }]);
+      // The operator (no principal) edits any target's list; it is told when a target does not exist.
+      expect(await edit(undefined, 'carol', 'read')).toEqual({ ok: true, access: { owner: P, grants: [{ principal: 'carol', mode: 'read' }] } });
+      expect(await edit(undefined, 'carol', 'read', 'nobody.disk')).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining('does not exist') });
+      expect(await edit(P, P, 'none')).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining('owns') });
+      expect(await store.access('nobody.disk')).toBeUndefined();
+      store = await env.reopen();
+      expect(await store.access(T)).toEqual({ owner: P, grants: [{ principal: 'carol', mode: 'read' }] });
+      expect(await store.open({ target: T, requestId: 'E'.repeat(21), principal: 'carol', mode: 'read', session: 'sc', leaseMs: 1000 })).toMatchObject({ ok: true, version: 1 });
+    });
+
+    it('a target written before owners were kept belongs to its lock record\'s principal, or its last holder\'s, never to whoever comes first', async () => {
+      await setup();
+      expect(await open(X, 's1', 0, 1000)).toMatchObject({ ok: true });
+      await write(X, 's1', 1, 0, 'old');
+      expect(await store.open({ target: 'closed.disk', requestId: Y, principal: 'bob', mode: 'write', session: 'sb', leaseMs: 1000 })).toMatchObject({ ok: true });
+      expect(await store.write({ target: 'closed.disk', requestId: Y, session: 'sb', seq: 1, offset: 0, data: bytes('b') })).toMatchObject({ ok: true });
+      expect(await store.close({ target: 'closed.disk', requestId: Y }, 'sb')).toBe(true);
+      await env.legacy(T);
+      await env.legacy('closed.disk');
+      expect(await store.access(T)).toEqual({ owner: P, grants: [] });
+      expect(await store.access('closed.disk')).toEqual({ owner: 'bob', grants: [] });
+      // Its lock lapsed: the first comer of another principal is refused all the same.
+      expect(await open(Y, 's2', 5000, 9000, 'write', 'mallory')).toEqual(refusal);
+      expect(await store.open({ target: 'closed.disk', requestId: X, principal: P, mode: 'read', session: 's2', leaseMs: 1000 })).toEqual(refusal);
+      // The owner's first change records it: once the record is gone, it is still the owner.
+      expect(await resume(X, 's3')).toMatchObject({ granted: true, lastSeq: 1 });
+      expect(await store.close({ target: T, requestId: X }, 's3')).toBe(true);
+      expect(await store.record(T)).toBeUndefined();
+      expect(await store.access(T)).toEqual({ owner: P, grants: [] });
+      expect(await open(Y, 's4', 6000, 9000, 'write', 'mallory')).toEqual(refusal);
+    });
+
     it('keeps data, records and sequence numbers across a close and reopen (reboot)', async () => {
       await setup();
       await open(X, 's1', 0, 1000);
@@ -685,6 +797,33 @@ describe('sqlite specifics', () => {
       expect(a.targets()).toEqual([{ target: T, data: new Uint8Array(blob) }]);
     } finally {
       await a.shutdown();
+      t.cleanup();
+    }
+  });
+
+  it('a file written before targets had owners gets the owner columns; its targets belong to their lock record\'s principal, or default', async () => {
+    const t = tempDir();
+    const path = join(t.dir, 's.sqlite');
+    const a = new SqliteStore(path);
+    await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 100 });
+    await a.write({ target: T, requestId: X, session: 's1', seq: 1, offset: 0, data: bytes('held') });
+    await a.open({ target: 'sized.disk', requestId: Y, principal: P, mode: 'write', session: 's1', leaseMs: 100, size: 4096 });
+    await a.close({ target: 'sized.disk', requestId: Y }, 's1');
+    await a.shutdown();
+    // As an earlier version left the file: no owner columns, and no tombstone naming a principal.
+    const old = new Database(path);
+    old.exec("ALTER TABLE target_versions DROP COLUMN owner; ALTER TABLE target_versions DROP COLUMN grants; UPDATE tombstones SET list = '[]'");
+    old.close();
+    const b = new SqliteStore(path);
+    try {
+      expect(await b.access(T)).toEqual({ owner: P, grants: [] });
+      expect(await b.access('sized.disk')).toEqual({ owner: 'default', grants: [] });
+      expect(await b.open({ target: 'sized.disk', requestId: 'Z'.repeat(21), principal: P, mode: 'read', session: 's2', leaseMs: 100 })).toMatchObject({ ok: false, code: 'FORBIDDEN' });
+      expect(await b.editAccess({ target: 'sized.disk', by: undefined, principal: P, mode: 'write' })).toMatchObject({ ok: true, access: { owner: 'default', grants: [{ principal: P, mode: 'write' }] } });
+      expect(await b.open({ target: 'sized.disk', requestId: 'Z'.repeat(21), principal: P, mode: 'read', session: 's2', leaseMs: 100 })).toMatchObject({ ok: true, size: 4096 });
+      expect(b.targets().map((x) => x.target)).toEqual(['sized.disk', T]);
+    } finally {
+      await b.shutdown();
       t.cleanup();
     }
   });

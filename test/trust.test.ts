@@ -250,8 +250,11 @@ describe('principals are proven, not claimed', () => {
   it("a requestId learned by another principal cannot be opened once that principal took the target: the victim's writes are settled by what was applied (S5, L1)", async () => {
     const c = await cluster();
     const victimAgent = await c.addNode('node-1', { proxied: true, secret: undefined, credential: issueCredential(c.secret, 'node', 'node-1') });
-    const victim = await new Application(victimAgent, { name: 'vm', credential: issueCredential(c.secret, 'principal', 'tenant-a') }).open('victim.disk');
+    const victimApp = new Application(victimAgent, { name: 'vm', credential: issueCredential(c.secret, 'principal', 'tenant-a') });
+    const victim = await victimApp.open('victim.disk');
     await victim.write(0, bytes('tenant-a data'));
+    // tenant-a lets tenant-b write the target too (a tenant without access is refused before it could learn anything).
+    await victimApp.grant('victim.disk', 'tenant-b', 'write');
     const store = c.replica(0).store;
     // A write reaches the store and is applied, but its answer is lost; then the node is cut off.
     c.link('node-1', 0).dropReplies();

@@ -89,6 +89,13 @@ const resume = z.object({ type: z.literal('resume'), id: corr, items: z.array(Re
 const write = z.object({ type: z.literal('write'), id: corr, target, requestId, seq: u53.min(1), offset: u53, data: ioBytes });
 const read = z.object({ type: z.literal('read'), id: corr, target, requestId, offset: u53, length: z.number().int().nonnegative().max(MAX_IO_BYTES) });
 const close = z.object({ type: z.literal('close'), id: corr, target, requestId });
+/**
+ * The owner of a target (`principal`, proven on the session) grants another principal (`grantee`)
+ * read or write access to it, replacing what it had; `revoke` takes it away. Answered with `access`,
+ * or an error: FORBIDDEN (the same words whether the target is another's or nobody's), INVALID_ARGUMENT.
+ */
+const grant = z.object({ type: z.literal('grant'), id: corr, target, principal, grantee: principal, mode });
+const revoke = z.object({ type: z.literal('revoke'), id: corr, target, principal, grantee: principal });
 
 // Replica -> node agent
 const challenge = z.object({ type: z.literal('challenge'), replica: name, nonce, proof });
@@ -102,6 +109,8 @@ const resumed = z.object({ type: z.literal('resumed'), id: corr, results: z.arra
 const written = z.object({ type: z.literal('written'), id: corr, seq: u53, version: u53 });
 const data = z.object({ type: z.literal('data'), id: corr, version: u53, data: ioBytes });
 const closed = z.object({ type: z.literal('closed'), id: corr });
+/** The target's owner and access list once a `grant` or `revoke` was applied (at most 64 grants: store/types.ts MAX_GRANTS). */
+const access = z.object({ type: z.literal('access'), id: corr, target, owner: principal, grants: z.array(z.object({ principal, mode })).max(64) });
 /** `lastSeq` on a write refused MODIFIED or SUPERSEDED: the last seq the store applied for this instance, if known. */
 /** `principal` on an AUTH_FAILED answer to `prove`: the principal whose proof was wrong. */
 /**
@@ -114,8 +123,8 @@ const notice = z.object({ type: z.literal('notice'), kind: z.enum(['unavailable'
 const revoked = z.object({ type: z.literal('revoked'), target, requestId, reason, lastSeq: u53.optional() });
 
 export const Message = z.discriminatedUnion('type', [
-  hello, auth, prove, ping, open, resume, write, read, close,
-  challenge, welcome, pong, opened, resumed, written, data, closed, error, notice, revoked,
+  hello, auth, prove, ping, open, resume, write, read, close, grant, revoke,
+  challenge, welcome, pong, opened, resumed, written, data, closed, access, error, notice, revoked,
 ]);
 
 export type Message = z.infer<typeof Message>;
