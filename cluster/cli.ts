@@ -743,7 +743,7 @@ async function down(dir: string, json: boolean, wait: boolean): Promise<number> 
 }
 
 /** What a cluster keeps in its data directory (`clean` removes these and nothing else). */
-const CLUSTER_FILES = [/^store\.sqlite(-wal|-shm|-journal)?$/, /^node-\d+\.(handles\.jsonl|boot)(\.tmp)?$/, /^(logs|etcd)$/, /^control\.json$/, new RegExp(`^${SECRET_FILE.replace('.', '\\.')}$`)];
+const CLUSTER_FILES = [/^store\.sqlite(-wal|-shm|-journal)?$/, /^node-\d+\.(handles\.jsonl|boot)(\.tmp)?$/, /^(logs|etcd|nbd)$/, /^control\.json$/, new RegExp(`^${SECRET_FILE.replace('.', '\\.')}$`)];
 
 /** Remove a stopped cluster's data: its store, the nodes' kept requestIds, its logs and its key. */
 async function clean(argv: string[]): Promise<number> {
