@@ -14,6 +14,7 @@
  *   node proof       = HMAC(nodeKey, "node|" + T [+ "|seal"])  (the agent's wish that frames be sealed)
  *   session key      = HMAC(nodeKey, "frames|" + T)         (seals every later frame, if asked)
  *   principal proof  = HMAC(principalKey, "principal|" + p + "|" + T)
+ *   NBD TLS-PSK key  = HMAC-SHA256(principalKey, "safe-resume/v1/nbd-psk")   (identity: the principal's name)
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -121,8 +122,13 @@ export function loadCredential(path: string): Credential {
  * so an existing file's mode never applies and a symlink at `path` is replaced, not followed.
  */
 export function writeCredential(path: string, c: Credential): void {
+  writePrivateFile(path, formatCredential(c));
+}
+
+/** Write `text` to a file only its owner may read, as writeCredential does. */
+export function writePrivateFile(path: string, text: string): void {
   const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
-  writeFileSync(tmp, formatCredential(c), { mode: 0o600, flag: 'wx' });
+  writeFileSync(tmp, text, { mode: 0o600, flag: 'wx' });
   try {
     renameSync(tmp, path);
   } catch (err) {
@@ -165,6 +171,20 @@ export function proofMatches(expected: string, given: string): boolean {
   const a = Buffer.from(expected);
   const b = Buffer.from(given);
   return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/**
+ * The TLS pre-shared key a block client proves `c`'s principal with at the NBD export (identity: the
+ * principal's name). Whoever holds the principal's credential (or the cluster key) can derive it.
+ */
+export function nbdPsk(c: Credential): Buffer {
+  if (c.kind !== 'principal') throw new SafeResumeError('INVALID_ARGUMENT', `a ${c.kind} credential (${c.name}) is not a principal's`);
+  return createHmac('sha256', keyBytes(c)).update('safe-resume/v1/nbd-psk').digest();
+}
+
+/** The line of a PSK file (`keys.psk`, as GnuTLS reads it: `identity:hexkey`) for `c`'s principal. */
+export function nbdPskLine(c: Credential): string {
+  return `${c.name}:${nbdPsk(c).toString('hex')}\n`;
 }
 
 /** The storage side's view: every node's and principal's key, derived from the cluster key on demand. */

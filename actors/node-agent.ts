@@ -17,7 +17,7 @@ import { DEFAULT_HEARTBEAT_INTERVAL_MS } from '../transport/messages.js';
 import type { Connection, Transport } from '../transport/types.js';
 import { defaultEnv, type Env } from './env.js';
 import { handshake, proveFrame, type SessionProof } from './handshake.js';
-import { issueCredential, type Credential } from './auth.js';
+import { issueCredential, NAME_PATTERN, nbdPsk, type Credential } from './auth.js';
 import { FileKeptIds, MemoryKeptIds, type KeptHandle, type KeptIds } from './kept.js';
 import { HandleMirrors } from './mirror.js';
 
@@ -285,6 +285,17 @@ export class NodeAgent {
     if (this.principals.has(principal)) return;
     if (!this.opts.secret) throw new SafeResumeError('FORBIDDEN', `node ${this.id} holds no credential for principal ${JSON.stringify(principal)}; pass the application the principal's credential (safe-resume credentials issue --principal ${principal})`);
     this.addPrincipal(issueCredential(this.opts.secret, 'principal', principal));
+  }
+
+  /**
+   * The NBD TLS pre-shared key of `principal` (actors/auth.ts nbdPsk), if this node can verify it: it
+   * holds the principal's credential, or the cluster key. Undefined otherwise (or for a bad name).
+   */
+  nbdPsk(principal: string): Buffer | undefined {
+    const held = this.principals.get(principal);
+    if (held) return nbdPsk(held);
+    if (!this.opts.secret || !NAME_PATTERN.test(principal)) return undefined;
+    return nbdPsk(issueCredential(this.opts.secret, 'principal', principal));
   }
 
   /** Open (or reclaim) a handle: the handle at once, and a promise that settles when it is granted or refused. */

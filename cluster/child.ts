@@ -9,7 +9,7 @@
  * closes), so a killed launcher leaves no orphans.
  */
 import { join } from 'node:path';
-import { mkdirSync, openSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, openSync, rmSync } from 'node:fs';
 import { pino, type Logger } from 'pino';
 import { z } from 'zod';
 import { Application, type Handle } from '../actors/application.js';
@@ -83,8 +83,14 @@ const NodeConfig = z.object({
   inspector: z.string().optional(),
   /** This process's credential for the inspector's /inspect (sent in a header). */
   inspectorToken: z.string().optional(),
-  /** Serve every target as a block device over NBD on 127.0.0.1 at this port (0: a free one); absent, none. */
-  nbdPort: z.number().int().min(0).max(65535).optional(),
+  /**
+   * Serve every target as a block device over NBD on this Unix socket (a connection there acts as the
+   * node's `default` principal); absent, no export. `nbdGroup`: the group that may connect too.
+   */
+  nbdSocket: z.string().optional(),
+  nbdGroup: z.number().int().nonnegative().optional(),
+  /** Also on 127.0.0.1 at this TCP port, for clients that prove a principal with TLS-PSK only. */
+  nbdTlsPort: z.number().int().min(0).max(65535).optional(),
 });
 
 function send(msg: ChildReport): void {
@@ -189,13 +195,37 @@ async function node(raw: unknown): Promise<void> {
   self = agent;
   const metrics = m ? await serveMetrics(m.registry, () => ({ ok: agent.state === 'connected', node: cfg.id, session: agent.state, replica: agent.replica ?? null }), cfg.metricsPort) : undefined;
   agent.start().catch((err: unknown) => log.error({ err: String(err) }, 'node agent could not start'));
-  // The block export: programs on this host open any target as a disk (one write handle per connection).
-  const nbd = cfg.nbdPort !== undefined ? new NbdExport({ app: new Application(agent, { name: `${cfg.id}-nbd`, pauseTimeoutMs: cfg.pauseTimeoutMs }), port: cfg.nbdPort, log }) : undefined;
+  // The block export: programs on this host open any target as a disk (one write handle per connection),
+  // on a Unix socket only its owner (or --nbd-group) reaches, and on TCP for TLS-PSK clients if asked.
+  const nbdApp = cfg.nbdSocket !== undefined ? new Application(agent, { name: `${cfg.id}-nbd`, pauseTimeoutMs: cfg.pauseTimeoutMs }) : undefined;
+  const perPrincipal = new Map<string, Application>();
+  const appFor = (principal: string): Application => {
+    if (principal === nbdApp!.principal) return nbdApp!;
+    let a = perPrincipal.get(principal);
+    if (!a) perPrincipal.set(principal, (a = new Application(agent, { name: `${cfg.id}-nbd:${principal}`, principal, pauseTimeoutMs: cfg.pauseTimeoutMs })));
+    return a;
+  };
+  const nbd = nbdApp ? new NbdExport({ app: nbdApp, appFor, path: cfg.nbdSocket!, log }) : undefined;
+  const nbdTls = nbdApp && cfg.nbdTlsPort !== undefined ? new NbdExport({ app: nbdApp, appFor, port: cfg.nbdTlsPort, log }) : undefined;
   // The export is a service of the node, not its reason to exist: one that cannot listen is logged and left out.
-  const nbdUp = await nbd?.listen().then(
-    () => true,
-    (err: unknown) => (log.error({ err: String(err) }, 'the NBD export could not listen; the node runs without it'), false),
-  );
+  const nbdUp = await (async () => {
+    if (!nbd) return false;
+    try {
+      // The data directory is this node's alone (its launcher holds it): a socket left by a killed node goes.
+      rmSync(cfg.nbdSocket!, { force: true });
+      await nbd.listen();
+      if (cfg.nbdGroup !== undefined) {
+        chownSync(cfg.nbdSocket!, process.getuid?.() ?? -1, cfg.nbdGroup);
+        chmodSync(cfg.nbdSocket!, 0o660);
+      } else chmodSync(cfg.nbdSocket!, 0o600);
+      await nbdTls?.listen();
+      return true;
+    } catch (err) {
+      log.error({ err: String(err) }, 'the NBD export could not listen; the node runs without it');
+      await nbd.close().catch(() => undefined);
+      return false;
+    }
+  })();
   const apps = new Map<string, HostedApp>();
   const history: unknown[] = [];
   const record = (proc: string) => (e: Record<string, unknown>) => {
@@ -296,7 +326,7 @@ async function node(raw: unknown): Promise<void> {
       state: agent.state,
       replica: agent.replica ?? null,
       ...(metrics ? { metrics: metrics.url } : {}),
-      ...(nbd && nbdUp ? { nbd: { url: nbd.url, connections: nbd.connections().map((c) => ({ ...c, reason: c.reason ?? null })) } } : {}),
+      ...(nbd && nbdUp ? { nbd: { url: nbd.url, tls: nbdTls?.url || null, connections: [...nbd.connections(), ...(nbdTls?.connections() ?? [])].map((c) => ({ ...c, reason: c.reason ?? null })) } } : {}),
       handles: [...apps.values()].map((a) => ({
         app: a.name,
         target: a.target,

@@ -31,6 +31,7 @@ import { SafeResumeError } from '../errors.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
 import { MAX_DISK_BYTES } from '../store/types.js';
+import { targetUrl } from '../frontends/nbd.js';
 
 const HELP = `safe-resume — pause applications through storage failures, resume them safely
 
@@ -59,7 +60,9 @@ Usage:
                                       let principal P open a target (read, or write and read), whoever owns
                                       it (its owner does the same with app.grant; docs/security.md)
   safe-resume revoke <target> --principal P   take P's access away (its next open or resume is refused)
-  safe-resume export <target> [--node N]   the URL a block client (qemu-io, QEMU) opens the target with
+  safe-resume export <target> [--node N]   the URL a block client (qemu-io, QEMU) opens the target with:
+                                      the node's Unix socket (acting as principal default), then, with
+                                      up --nbd-tcp, its TLS address (a key: credentials nbd-psk)
   safe-resume down [--no-wait]        stop the cluster and wait until every process is gone (nothing
                                       running is fine: the cluster is down either way)
   safe-resume clean                   remove a stopped cluster's data (store, kept requestIds, logs, key)
@@ -75,6 +78,8 @@ Usage:
   safe-resume credentials issue --node NAME | --principal NAME [--out FILE]
                                       derive a node's or a principal's credential from the cluster key
                                       (docs/security.md; 'safe-resume credentials help' for the options)
+  safe-resume credentials nbd-psk --principal NAME [--out DIR]
+                                      a principal's TLS pre-shared key for the NBD export (DIR/keys.psk)
   safe-resume help [<command>]        show this help, or one command's (as <command> --help does)
   safe-resume --version               print the version
 
@@ -103,6 +108,12 @@ Options for up:
                          serve every replica over wss:// with this certificate and key (PEM; it must name
                          127.0.0.1 as an IP subjectAltName), and have nodes accept only a certificate from
                          this CA (docs/tls.md shows how to make them with openssl)
+  --nbd-tcp              also serve each node's NBD export on 127.0.0.1 TCP, where a client must start
+                         TLS and prove a principal with its pre-shared key (TLS-PSK; safe-resume
+                         credentials nbd-psk); without it the export is only a Unix socket,
+                         <dir>/nbd/<node>.sock, that only this user reaches (a client there acts as
+                         principal default). The socket path must fit in 107 bytes: keep --dir short
+  --nbd-group NAME       let group NAME reach the export sockets too (<dir>/nbd 0750, sockets 0660)
   --config FILE          JSON file with any of these options (flags win)
   --pretty               also print every process's log, pretty, on the terminal (coloured on a
                          terminal or with FORCE_COLOR=1)
@@ -163,11 +174,17 @@ interface UpOptions {
   netns: string | undefined;
   /** --faults: chaos faults in this order instead of at random. */
   faults: Fault[] | undefined;
+  /** --nbd-tcp: each node's export on 127.0.0.1 too, TLS-PSK only. */
+  nbdTcp: boolean;
+  /** --nbd-group: a group that may reach the export sockets too. */
+  nbdGroup: string | undefined;
 }
 
 const UP_FLAGS = {
   netns: { type: 'string' },
   faults: { type: 'string' },
+  'nbd-tcp': { type: 'boolean' },
+  'nbd-group': { type: 'string' },
   'etcd-endpoints': { type: 'string' },
   'tls-cert': { type: 'string' },
   'tls-key': { type: 'string' },
@@ -256,8 +273,11 @@ function parseUp(argv: string[]): UpOptions | undefined {
     tls: tlsFlags(v('tls-cert'), v('tls-key'), v('tls-ca')),
     netns: v('netns'),
     faults: faultList(v('faults')),
+    nbdTcp: b('nbd-tcp'),
+    nbdGroup: v('nbd-group'),
   };
   if (o.faults && !o.chaos) throw new UsageError('--faults goes with --chaos');
+  if ((o.nbdTcp || o.nbdGroup !== undefined) && o.store === 'memory') throw new UsageError('--nbd-tcp and --nbd-group go with the NBD export of real processes: --store sqlite or etcd');
   if (o.netns && o.store === 'memory') throw new UsageError('--netns needs real processes: --store sqlite or etcd');
   if (o.netns && o.tls) throw new UsageError('--netns and --tls-* do not go together yet (the certificates name 127.0.0.1)');
   if (o.faults?.includes('etcd-leader-kill') && (o.store !== 'etcd' || o.etcdEndpoints)) throw new UsageError('--faults etcd-leader-kill needs --store etcd on its local members');
@@ -305,7 +325,7 @@ async function up(argv: string[]): Promise<number> {
   const log = pino({ base: { actor: 'launcher' } }, pino.destination({ dest: join(o.dir, 'logs', 'launcher.log'), sync: false }));
   const need = [...(o.store === 'etcd' && !o.etcdEndpoints ? ['etcd-1', 'etcd-2', 'etcd-3'] : []), ...Array.from({ length: o.replicas }, (_, i) => `replica-${i + 1}`), ...Array.from({ length: o.nodes }, (_, i) => `node-${i + 1}`)];
   const hosts = o.netns ? loadHostPlan(o.netns, need) : undefined;
-  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, statelyPort: o.statelyPort, log, tls: o.tls, store: o.store === 'etcd' ? 'etcd' : 'sqlite', etcdEndpoints: o.etcdEndpoints, hosts });
+  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, statelyPort: o.statelyPort, log, tls: o.tls, store: o.store === 'etcd' ? 'etcd' : 'sqlite', etcdEndpoints: o.etcdEndpoints, hosts, nbdTcp: o.nbdTcp, nbdGroup: o.nbdGroup });
   let stopping: Promise<void> | undefined;
   const stop = () => (stopping ??= launcher.down());
   process.once('SIGINT', () => void stop());
@@ -322,7 +342,8 @@ async function up(argv: string[]): Promise<number> {
     if (reusing) say(`  ${reusing}`);
     for (const m of launcher.etcd?.members ?? []) say(`  ${m.id.padEnd(9)} ${m.endpoint}`);
     for (const [i, u] of launcher.replicaUrls.entries()) say(`  replica-${i + 1}  ${u}`);
-    for (const [node, u] of launcher.nbdUrls) say(`  nbd       ${u}   (${node}: any target as a disk, e.g. qemu-io -f raw ${u}vm1.disk)`);
+    for (const [node, u] of launcher.nbdUrls) say(`  nbd       ${u}   (${node}: any target as a disk, as principal default, to this user only: qemu-io -f raw '${targetUrl(u, 'vm1.disk')}')`);
+    for (const [node, u] of launcher.nbdTlsUrls) say(`  nbd-tls   ${u}   (${node}: TLS-PSK only; a key: safe-resume credentials nbd-psk --principal default --out DIR --dir ${o.dir})`);
     say(`  control   ${launcher.controlUrl}   (safe-resume status | kill | partition | write ... --dir ${o.dir})`);
     // The page addresses carry the control token (in the fragment): they open as printed.
     say(`  inspector ${launcher.inspector?.pageUrl ?? '-'}   (open it in a browser to watch every machine live)`);
@@ -336,7 +357,7 @@ async function up(argv: string[]): Promise<number> {
       return summary.violations.length > 0 ? 1 : 0;
     }
     // --json: the addresses as one JSON object on stdout, then a status line every 5 s, then the end.
-    if (o.json) process.stdout.write(JSON.stringify({ event: 'up', store: launcher.storeSpec, etcd: launcher.etcd?.members.map((m) => ({ id: m.id, endpoint: m.endpoint })) ?? [], replicas: launcher.replicaUrls, nbd: Object.fromEntries(launcher.nbdUrls), control: launcher.controlUrl, inspector: launcher.inspector?.pageUrl ?? null, ...(o.statelyPort !== undefined ? { stately: launcher.statelyUrl } : {}), reusing: reusing ?? null }) + '\n');
+    if (o.json) process.stdout.write(JSON.stringify({ event: 'up', store: launcher.storeSpec, etcd: launcher.etcd?.members.map((m) => ({ id: m.id, endpoint: m.endpoint })) ?? [], replicas: launcher.replicaUrls, nbd: Object.fromEntries(launcher.nbdUrls), nbdTls: Object.fromEntries(launcher.nbdTlsUrls), control: launcher.controlUrl, inspector: launcher.inspector?.pageUrl ?? null, ...(o.statelyPort !== undefined ? { stately: launcher.statelyUrl } : {}), reusing: reusing ?? null }) + '\n');
     const stopView = liveView(() => launcher.status(), process.stdout.isTTY === true && !o.pretty && !o.json, o.json);
     await new Promise<void>((done) => {
       const check = setInterval(() => stopping && (clearInterval(check), done()), 100);
@@ -387,14 +408,15 @@ function liveView(status: () => Record<string, unknown>, tty: boolean, json = fa
 
 /** The status view: one line per replica and node, one per handle. */
 function statusLines(st: Record<string, unknown>): string[] {
-  const s = st as { etcd?: Array<{ id: string; state: string; endpoint: string }>; replicas: Array<{ id: string; state: string; sessions: number; storeError?: string | null }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean; nbd?: { url: string; connections: Array<{ target: string; state: string; reason: string | null; requests: number }> } | null }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null; requestId?: string | null; inStateMs?: number; pauseLeftMs?: number | null; writesPerS?: number; hold?: string | null; holdLeftMs?: number | null }> };
+  const s = st as { etcd?: Array<{ id: string; state: string; endpoint: string }>; replicas: Array<{ id: string; state: string; sessions: number; storeError?: string | null }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean; nbd?: { url: string; tls?: string | null; connections: Array<{ target: string; principal?: string; state: string; reason: string | null; requests: number }> } | null }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null; requestId?: string | null; inStateMs?: number; pauseLeftMs?: number | null; writesPerS?: number; hold?: string | null; holdLeftMs?: number | null }> };
   const out: string[] = [];
   const secs = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`;
   for (const m of s.etcd ?? []) out.push(`${m.id.padEnd(10)} ${m.state.padEnd(11)} ${m.endpoint}`);
   for (const r of s.replicas) out.push(`${r.id.padEnd(10)} ${r.state.padEnd(11)} sessions=${r.sessions}${r.storeError ? `  store: ${r.storeError}` : ''}`);
   for (const n of s.nodes) out.push(`${n.id.padEnd(10)} ${n.state.padEnd(11)} on ${n.replica ?? '-'}${n.partitioned ? '  (partitioned)' : ''}`);
   for (const n of s.nodes) {
-    for (const c of n.nbd?.connections ?? []) out.push(`  ${`${n.id}/nbd`.padEnd(14)} ${c.target.padEnd(12)} ${c.state.padEnd(11)} in-flight=${c.requests}${c.reason ? ` reason=${c.reason}` : ''}`);
+    if (n.nbd) out.push(`  ${`${n.id}/nbd`.padEnd(14)} ${n.nbd.url}${n.nbd.tls ? `  tls=${n.nbd.tls}` : ''}`);
+    for (const c of n.nbd?.connections ?? []) out.push(`  ${`${n.id}/nbd`.padEnd(14)} ${c.target.padEnd(12)} ${c.state.padEnd(11)}${c.principal ? ` as=${c.principal}` : ''} in-flight=${c.requests}${c.reason ? ` reason=${c.reason}` : ''}`);
   }
   for (const h of s.handles) {
     const node = s.nodes.find((n) => n.id === h.node);
@@ -648,14 +670,14 @@ async function control(cmd: string, argv: string[]): Promise<number> {
     // The URL to open it with, from the cluster's status (none if no node serves an export).
     const st = (await (await fetch(url + '/status', { headers: { authorization: `Bearer ${token}` } })).json()) as Record<string, unknown>;
     const at = exportUrl(st, positionals[0]!, values.node);
-    out = { ...out, url: at.ok ? at.url : null, ...(at.ok ? { node: at.node } : {}) };
+    out = { ...out, url: at.ok ? at.url : null, ...(at.ok ? { node: at.node, ...(at.tls ? { tls: at.tls } : {}) } : {}) };
   }
   if (values.json) process.stdout.write(JSON.stringify(out) + '\n');
   else if (!out.ok) process.stderr.write(`safe-resume ${cmd}: ${out.code}: ${out.message}\n`);
   else if (cmd === 'status') process.stdout.write(statusLines(out).join('\n') + '\n');
   else if (cmd === 'read' || cmd === 'explain' || cmd === 'grant' || cmd === 'revoke') process.stdout.write(String(out.text) + '\n');
   else if (cmd === 'events') process.stdout.write((out.events as TimelineEvent[]).map(formatEvent).join('\n') + ((out.events as TimelineEvent[]).length ? '\n' : ''));
-  else if (cmd === 'export') process.stdout.write(`${String(out.url)}\n`);
+  else if (cmd === 'export') process.stdout.write(`${String(out.url)}\n${out.tls ? `${String(out.tls)}\n` : ''}`);
   else if (cmd === 'create') process.stdout.write(`${String(out.target)}: ${formatSize(Number(out.size))} (${String(out.size)} bytes)${out.created ? '' : ', as it already was'}\n${out.url ? String(out.url) : '(no node serves an NBD export)'}\n`);
   else process.stdout.write(Object.entries(out).filter(([k]) => k !== 'ok').map(([k, v]) => `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`).join('\n') + '\n');
   return out.ok ? 0 : out.deadline ? EXIT.timeout : EXIT.failed;
@@ -741,7 +763,7 @@ async function down(dir: string, json: boolean, wait: boolean): Promise<number> 
 }
 
 /** What a cluster keeps in its data directory (`clean` removes these and nothing else). */
-const CLUSTER_FILES = [/^store\.sqlite(-wal|-shm|-journal)?$/, /^node-\d+\.(handles\.jsonl|boot)(\.tmp)?$/, /^(logs|etcd)$/, /^control\.json$/, new RegExp(`^${SECRET_FILE.replace('.', '\\.')}$`)];
+const CLUSTER_FILES = [/^store\.sqlite(-wal|-shm|-journal)?$/, /^node-\d+\.(handles\.jsonl|boot)(\.tmp)?$/, /^(logs|etcd|nbd)$/, /^control\.json$/, new RegExp(`^${SECRET_FILE.replace('.', '\\.')}$`)];
 
 /** Remove a stopped cluster's data: its store, the nodes' kept requestIds, its logs and its key. */
 async function clean(argv: string[]): Promise<number> {
@@ -786,11 +808,11 @@ function formatSize(n: number): string {
 
 /** The URL a block client opens `target` with on `node` (default: the first node with an export). */
 function exportUrl(status: Record<string, unknown>, target: string, node: string | undefined): { ok: boolean; code?: string; message?: string } & Record<string, unknown> {
-  const nodes = (status.nodes ?? []) as Array<{ id: string; nbd?: { url: string } | null }>;
+  const nodes = (status.nodes ?? []) as Array<{ id: string; nbd?: { url: string; tls?: string | null } | null }>;
   if (node !== undefined && !nodes.some((n) => n.id === node)) throw new UsageError(`no node called ${JSON.stringify(node)}`);
   const at = nodes.find((n) => (node === undefined || n.id === node) && n.nbd);
   if (!at?.nbd) return { ok: false, code: 'UNAVAILABLE', message: node ? `${node} serves no NBD export (it is down, or on a host of its own)` : 'no node serves an NBD export' };
-  return { ok: true, target, node: at.id, url: `${at.nbd.url}${encodeURIComponent(target)}` };
+  return { ok: true, target, node: at.id, url: targetUrl(at.nbd.url, target), ...(at.nbd.tls ? { tls: targetUrl(at.nbd.tls, target) } : {}) };
 }
 
 async function sim(argv: string[]): Promise<number> {

@@ -68,7 +68,7 @@ export const ChildReport = z.union([
     handles: z.array(HandleStatus),
     metrics: z.string().optional(),
     /** The node's block export: its URL and the connections open on it (a handle each). */
-    nbd: z.object({ url: z.string(), connections: z.array(z.object({ target: z.string(), state: z.string(), reason: nullable(z.string()), requests: z.number() })) }).optional(),
+    nbd: z.object({ url: z.string(), tls: nullable(z.string()).optional(), connections: z.array(z.object({ target: z.string(), principal: z.string().optional(), state: z.string(), reason: nullable(z.string()), requests: z.number() })) }).optional(),
   }),
   /** A node's handles' changes of state since its last report, as they happened (its clock). */
   z.object({

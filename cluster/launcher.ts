@@ -36,6 +36,7 @@ import { ChildReport, type ChildCommand, ChildConfig, type HandleStatus } from '
 import { InspectorServer, StatelyRelay } from './inspector-server.js';
 import { MESSAGE_EVENT, watchedTransport } from './inspect.js';
 import { checkPortFree } from './operator-error.js';
+import { groupId, nbdSocketDir, nbdSocketPath } from './nbd-dir.js';
 
 export interface LauncherOptions {
   dir: string;
@@ -65,6 +66,10 @@ export interface LauncherOptions {
   etcdEndpoints?: string[] | undefined;
   /** Put each process on a host of its own (a network namespace with its address): cluster/hosts.ts. */
   hosts?: HostPlan | undefined;
+  /** Also serve each node's export on TCP (127.0.0.1), where clients must prove a principal with TLS-PSK. */
+  nbdTcp?: boolean | undefined;
+  /** A group whose members may reach the export sockets too (name or number); default: the owner only. */
+  nbdGroup?: string | undefined;
 }
 
 interface Child {
@@ -157,8 +162,10 @@ export class Launcher {
   etcdTls: EtcdTls | undefined;
   /** The store the replicas run over (sqlite:PATH or etcd://...). */
   storeSpec = '';
-  /** Each node's NBD export (on 127.0.0.1 of its host). */
+  /** Each node's NBD export: its Unix socket (`nbd+unix:///?socket=<dir>/nbd/<node>.sock`). */
   readonly nbdUrls = new Map<string, string>();
+  /** And with `nbdTcp`, its TLS-only TCP address (`nbds://127.0.0.1:PORT/`). */
+  readonly nbdTlsUrls = new Map<string, string>();
   /** Hosts whose link is cut now (--netns). */
   private readonly cut = new Set<string>();
   /**
@@ -170,7 +177,13 @@ export class Launcher {
   constructor(readonly opts: LauncherOptions) {
     privateDataDir(opts.dir);
     this.secret = loadOrCreateSecret(opts.dir);
+    // A --dir too long for the export sockets, or an unknown --nbd-group, is refused before anything starts.
+    for (let n = 1; n <= opts.nodes; n++) nbdSocketPath(opts.dir, `node-${n}`);
+    this.nbdGid = opts.nbdGroup !== undefined ? groupId(opts.nbdGroup) : undefined;
   }
+
+  /** The group that may reach the export sockets too (--nbd-group), if any. */
+  private readonly nbdGid: number | undefined;
 
   get dbPath(): string {
     return join(this.opts.dir, 'store.sqlite');
@@ -220,6 +233,9 @@ export class Launcher {
       this.spawn(id, 'replica', { ...this.tlsConfig(), ...(this.etcdTls ? { etcdTls: this.etcdTls.client } : {}), metricsPort: 0, id, port, ...(host ? { host: host.address } : {}), dir: this.opts.dir, store: this.storeSpec, secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
+    // The export sockets' directory, before any node is started.
+    const nbdGid = this.nbdGid;
+    if (this.opts.nodes > 0) nbdSocketDir(this.opts.dir, nbdGid);
     let appNo = 0;
     for (let n = 1; n <= this.opts.nodes; n++) {
       const id = `node-${n}`;
@@ -238,10 +254,12 @@ export class Launcher {
       // A node gets its own credential and its applications' principal's, never the cluster key.
       const credential = formatCredential(issueCredential(this.secret, 'node', id));
       const principals = [formatCredential(issueCredential(this.secret, 'principal', 'default'))];
-      // Its block export on 127.0.0.1 (none on a host of its own: that address would name this machine).
-      const nbdPort = this.host(id) ? undefined : await freePort();
-      if (nbdPort !== undefined) this.nbdUrls.set(id, `nbd://127.0.0.1:${nbdPort}/`);
-      this.spawn(id, 'node', { ...this.tlsConfig(), metricsPort: 0, ...(nbdPort !== undefined ? { nbdPort } : {}), id, replicas: urls, replicaNames: this.replicaNames(), dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
+      // Its block export on a Unix socket in the data directory, and on 127.0.0.1 with TLS-PSK if asked
+      // (none on a host of its own: that address would name this machine).
+      const nbd = this.host(id) ? undefined : { nbdSocket: nbdSocketPath(this.opts.dir, id), ...(nbdGid !== undefined ? { nbdGroup: nbdGid } : {}), ...(this.opts.nbdTcp ? { nbdTlsPort: await freePort() } : {}) };
+      if (nbd) this.nbdUrls.set(id, `nbd+unix:///?socket=${nbd.nbdSocket}`);
+      if (nbd?.nbdTlsPort !== undefined) this.nbdTlsUrls.set(id, `nbds://127.0.0.1:${nbd.nbdTlsPort}/`);
+      this.spawn(id, 'node', { ...this.tlsConfig(), metricsPort: 0, ...nbd, id, replicas: urls, replicaNames: this.replicaNames(), dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     await this.listen();

@@ -5,9 +5,16 @@
  * once, with `onFailure: 'error'`, while storage is away).
  *
  * Protocol: the fixed newstyle handshake of the NBD protocol (doc/proto.md of the NetworkBlockDevice
- * project): options GO, INFO, LIST, ABORT and EXPORT_NAME; commands READ, WRITE, FLUSH, DISC, TRIM and
- * WRITE_ZEROES, simple replies. The export name is the target. Malformed input gets an NBD error reply
- * or a closed connection, never a crash.
+ * project): options STARTTLS, GO, INFO, LIST, ABORT and EXPORT_NAME; commands READ, WRITE, FLUSH, DISC,
+ * TRIM and WRITE_ZEROES, simple replies. The export name is the target. Malformed input gets an NBD
+ * error reply or a closed connection, never a crash.
+ *
+ * Who a connection acts as (docs/security.md): on a Unix socket (`path`), the export's own principal
+ * (`app`'s): reaching the socket is the proof, so it belongs in a directory only its owner (or a chosen
+ * group) can enter. On TCP every option but STARTTLS and ABORT is refused with NBD_REP_ERR_TLS_REQD until
+ * the client has upgraded to TLS with a pre-shared key (TLS-PSK): the PSK identity names the principal,
+ * the key is derived from that principal's credential (actors/auth.ts nbdPsk), and the connection acts
+ * as that principal. A Unix socket client may upgrade too, and then acts as the principal it proved.
  *
  * A connection opens its target for reading, and takes the write handle at its first write-type
  * request (WRITE, WRITE_ZEROES, TRIM), only if nobody wrote the target since the connection opened
@@ -16,8 +23,10 @@
  * zeros) free whole pages.
  */
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createSecureContext, TLSSocket, type SecureContext, type TLSSocketOptions } from 'node:tls';
 import type { Logger } from 'pino';
-import type { Application, Handle } from '../actors/application.js';
+import { Application, type Handle } from '../actors/application.js';
+import { NAME_PATTERN } from '../actors/auth.js';
 import { SafeResumeError } from '../errors.js';
 import { MAX_IO_BYTES } from '../transport/messages.js';
 import { MAX_TARGET_BYTES } from '../store/types.js';
@@ -31,8 +40,8 @@ export const SIMPLE_REPLY_MAGIC = 0x67446698;
 const FLAG_FIXED_NEWSTYLE = 1;
 const FLAG_NO_ZEROES = 2;
 
-export const OPT = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, INFO: 6, GO: 7 } as const;
-export const REP = { ACK: 1, SERVER: 2, INFO: 3, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_UNKNOWN: 0x80000006 } as const;
+export const OPT = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7 } as const;
+export const REP = { ACK: 1, SERVER: 2, INFO: 3, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_TLS_REQD: 0x80000005, ERR_UNKNOWN: 0x80000006 } as const;
 const INFO = { EXPORT: 0, BLOCK_SIZE: 3 } as const;
 const TX = { HAS_FLAGS: 1 << 0, SEND_FLUSH: 1 << 2, SEND_FUA: 1 << 3, SEND_TRIM: 1 << 5, SEND_WRITE_ZEROES: 1 << 6 } as const;
 export const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, WRITE_ZEROES: 6 } as const;
@@ -57,6 +66,12 @@ const MAX_CONNECTIONS_PER_PRINCIPAL = 64;
 const IDLE_MS = 30 * 60_000;
 /** What WRITE_ZEROES and TRIM write, a chunk at a time (the handle copies what it sends). */
 const ZEROS = new Uint8Array(MAX_IO_BYTES);
+/**
+ * TLS with pre-shared keys only (no certificates): TLS 1.3 (its PSK handshake with (EC)DHE, as GnuTLS
+ * in QEMU and libnbd makes it); the TLS 1.2 PSK suites listed are what turns OpenSSL's PSK path on.
+ */
+const PSK_CIPHERS = 'PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256';
+let pskContext: SecureContext | undefined;
 
 export interface NbdExportOptions {
   /** The application whose handles serve the exports (one write handle per connection). */
@@ -67,10 +82,25 @@ export interface NbdExportOptions {
    * exported with its own.
    */
   size?: (target: string) => number | Promise<number>;
-  /** Where to listen: a TCP port on `host` (default 127.0.0.1, port 0: a free one), or a Unix socket path. */
+  /**
+   * Where to listen: a Unix socket `path` (a connection there acts as `app`'s principal unless it
+   * upgrades to TLS), or TCP: a `port` on `host` (default 127.0.0.1, port 0: a free one), where only a
+   * client that proves a principal with TLS-PSK gets anything. One of the two must be given.
+   */
   host?: string;
   port?: number;
   path?: string;
+  /**
+   * The TLS pre-shared key of a principal, or undefined for one this export cannot verify (its TLS
+   * handshake fails). Default: what `app`'s node agent can derive (`agent.nbdPsk`: the principals
+   * whose credential it holds, or all with the cluster key).
+   */
+  psk?: (principal: string) => Buffer | undefined;
+  /**
+   * The application a connection proven as `principal` acts through. Default: `app` for its own
+   * principal, otherwise one application per principal on `app`'s node agent (`<app.name>:<principal>`).
+   */
+  appFor?: (principal: string) => Application;
   /** `pause` (default): requests wait through storage failures. `error`: they fail with EIO at once. */
   onFailure?: 'pause' | 'error';
   log?: Logger;
@@ -93,6 +123,8 @@ export interface NbdExportOptions {
 /** What `status` shows of an export connection. */
 export interface NbdConnectionView {
   target: string;
+  /** The principal the connection acts as (the one it proved). */
+  principal: string;
   state: string;
   reason?: string | undefined;
   requests: number;
@@ -124,17 +156,40 @@ export class NbdExport {
   private server: Server | undefined;
   private readonly conns = new Set<Connection>();
   private readonly admission: Admission;
+  private readonly apps = new Map<string, Application>();
   url = '';
 
   constructor(private readonly opts: NbdExportOptions) {
     this.admission = new Admission(opts.maxConnectionsPerPrincipal ?? MAX_CONNECTIONS_PER_PRINCIPAL);
   }
 
+  /** The application a connection proven as `principal` acts through. */
+  private appFor(principal: string): Application {
+    if (this.opts.appFor) return this.opts.appFor(principal);
+    const { app } = this.opts;
+    if (principal === app.principal) return app;
+    let a = this.apps.get(principal);
+    if (!a) this.apps.set(principal, (a = new Application(app.agent, { name: `${app.name}:${principal}`, principal })));
+    return a;
+  }
+
+  /** The key `identity` proves itself with, if it names a principal this export can verify. */
+  private keyFor(identity: string): Buffer | undefined {
+    if (!NAME_PATTERN.test(identity)) return undefined;
+    return this.opts.psk ? this.opts.psk(identity) : this.opts.app.agent.nbdPsk(identity);
+  }
+
   async listen(): Promise<string> {
+    if (this.opts.path === undefined && this.opts.port === undefined) throw new SafeResumeError('INVALID_ARGUMENT', 'an NBD export needs a Unix socket path, or a TCP port (where clients must use TLS-PSK)');
+    const auth: Auth = {
+      tlsOnly: this.opts.path === undefined,
+      local: this.opts.path !== undefined ? this.opts.app : undefined,
+      keyFor: (identity) => this.keyFor(identity),
+      appFor: (principal) => this.appFor(principal),
+    };
     const server = createServer((socket) => {
-      const c = new Connection(socket, this.opts, this.admission);
+      const c = new Connection(socket, this.opts, auth, this.admission, () => this.conns.delete(c));
       this.conns.add(c);
-      socket.once('close', () => this.conns.delete(c));
     });
     server.maxConnections = 256;
     await new Promise<void>((resolve, reject) => {
@@ -147,15 +202,14 @@ export class NbdExport {
     if (this.opts.path) this.url = `nbd+unix:///?socket=${this.opts.path}`;
     else {
       const a = server.address() as AddressInfo;
-      this.url = `nbd://${a.address}:${a.port}/`;
+      this.url = `nbds://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}/`;
     }
     return this.url;
   }
 
-  /** The URL a client opens `target` with (`nbd://host:port/target`, or `nbd+unix:///target?socket=path`). */
+  /** The URL a client opens `target` with (`nbd+unix:///target?socket=path`, or `nbds://host:port/target`: TLS). */
   urlFor(target: string): string {
-    const name = encodeURIComponent(target);
-    return this.opts.path ? `nbd+unix:///${name}?socket=${this.opts.path}` : `${this.url}${name}`;
+    return targetUrl(this.url, target);
   }
 
   /** The open export connections. */
@@ -169,8 +223,36 @@ export class NbdExport {
   }
 }
 
+/**
+ * The URL of `target` at an export whose URL is `base` (`nbd+unix:///?socket=path` or
+ * `nbds://host:port/`, as `NbdExport.url` and `status` give it).
+ */
+export function targetUrl(base: string, target: string): string {
+  const name = encodeURIComponent(target);
+  return base.startsWith('nbd+unix:///?') ? `nbd+unix:///${name}${base.slice('nbd+unix:///'.length)}` : `${base}${name}`;
+}
+
+/** How an export authenticates its connections. */
+interface Auth {
+  /** TCP: nothing but STARTTLS and ABORT before TLS. */
+  tlsOnly: boolean;
+  /** A Unix socket's: the application a connection acts through until it proves another principal. */
+  local: Application | undefined;
+  keyFor: (identity: string) => Buffer | undefined;
+  appFor: (principal: string) => Application;
+}
+
 /** One client connection: the handshake, then transmission over one handle. */
 class Connection {
+  /**
+   * The principal this connection acts as and is counted under: the export's own on a Unix socket, or
+   * the one it proved with TLS-PSK ('' until then).
+   */
+  principal: string;
+  /** Whether the connection runs over TLS (after STARTTLS). */
+  private secure = false;
+  /** The application its handles are opened through (undefined until it is authenticated). */
+  private app: Application | undefined;
   /** What the client sent and was not taken yet, as it arrived (joined only for one message). */
   private chunks: Buffer[] = [];
   private have = 0;
@@ -190,11 +272,7 @@ class Connection {
   private invalid: string | undefined;
   /** Requests the current read handle is serving (it is closed once they are answered). */
   private readonly reads = new Set<Promise<unknown>>();
-  /**
-   * The principal this connection is counted under (the one it proved; the export's until the
-   * handshake proves one), and whether it holds its place.
-   */
-  private principal: string;
+  /** Whether the connection holds its place among its principal's (Admission). */
   private admitted = false;
   private idle: NodeJS.Timeout | undefined;
   private target = '';
@@ -206,21 +284,16 @@ class Connection {
   private disconnecting = false;
 
   constructor(
-    private readonly socket: Socket,
+    private socket: Socket,
     private readonly opts: NbdExportOptions,
+    private readonly auth: Auth,
     private readonly admission: Admission,
+    private readonly gone: () => void,
   ) {
-    this.principal = opts.app.principal;
+    this.app = auth.local;
+    this.principal = auth.local?.principal ?? '';
     socket.setNoDelay(true);
-    socket.on('error', () => undefined);
-    socket.on('data', (d: Buffer) => {
-      if (this.phase === 'closed') return;
-      this.chunks.push(d);
-      this.have += d.length;
-      this.pump();
-    });
-    socket.on('drain', () => this.pump());
-    socket.once('close', () => this.closed());
+    this.listenTo(socket);
     this.deadline = setTimeout(() => {
       if (this.phase !== 'transmission') this.fail(new ProtocolError('the handshake did not finish in time'));
     }, opts.handshakeTimeoutMs ?? HANDSHAKE_MS);
@@ -232,10 +305,23 @@ class Connection {
     socket.write(hello);
   }
 
+  /** Read from `socket` (the client's TCP or Unix socket, then the TLS socket over it). */
+  private listenTo(socket: Socket): void {
+    socket.on('error', () => undefined);
+    socket.on('data', (d: Buffer) => {
+      if (this.phase === 'closed' || socket !== this.socket) return;
+      this.chunks.push(d);
+      this.have += d.length;
+      this.pump();
+    });
+    socket.on('drain', () => socket === this.socket && this.pump());
+    socket.once('close', () => this.closed());
+  }
+
   view(): NbdConnectionView | undefined {
     if (!this.handle) return undefined;
-    if (this.invalid) return { target: this.target, state: 'invalidated', reason: this.invalid, requests: this.inflight };
-    return { target: this.target, state: this.handle.state, reason: this.handle.reason, requests: this.inflight };
+    if (this.invalid) return { target: this.target, principal: this.principal, state: 'invalidated', reason: this.invalid, requests: this.inflight };
+    return { target: this.target, principal: this.principal, state: this.handle.state, reason: this.handle.reason, requests: this.inflight };
   }
 
   destroy(): void {
@@ -363,7 +449,52 @@ class Connection {
     this.socket.write(data.length > 0 ? Buffer.concat([h, data]) : h);
   }
 
+  /**
+   * NBD_OPT_STARTTLS: ACK, then the TLS handshake over the same socket; the client proves a principal
+   * with its pre-shared key (identity: the principal's name) and the connection acts as it from then on.
+   */
+  private async startTls(data: Buffer): Promise<void> {
+    if (this.secure) return this.reply(OPT.STARTTLS, REP.ERR_INVALID, Buffer.from('TLS is already on'));
+    if (data.length !== 0) return this.reply(OPT.STARTTLS, REP.ERR_INVALID, Buffer.from('STARTTLS takes no data'));
+    // The client waits for the ACK before its TLS hello: bytes already here are not part of TLS.
+    if (this.have > 0) throw new ProtocolError('data sent after STARTTLS before its reply');
+    this.reply(OPT.STARTTLS, REP.ACK);
+    const raw = this.socket;
+    let proved = '';
+    pskContext ??= createSecureContext({ ciphers: PSK_CIPHERS, minVersion: 'TLSv1.3' });
+    // Node takes `pskCallback` for a server-side TLSSocket too (@types/node 20 declares it for tls.createServer only).
+    const options: TLSSocketOptions & { pskCallback: (socket: TLSSocket, identity: string) => Buffer | null } = {
+      isServer: true,
+      secureContext: pskContext,
+      pskCallback: (_socket, identity) => {
+        const key = this.auth.keyFor(identity);
+        if (key) proved = identity;
+        else this.opts.log?.warn({ principal: identity.slice(0, 128) }, 'nbd client refused: it names a principal this export cannot verify (no credential for it on this node)');
+        return key ?? null;
+      },
+    };
+    const tls = new TLSSocket(raw, options);
+    this.socket = tls;
+    this.listenTo(tls);
+    // Options sent before STARTTLS are forgotten (the NBD protocol): only the connection's identity changes.
+    await new Promise<void>((resolve, reject) => {
+      tls.once('secure', resolve);
+      tls.once('error', reject);
+      tls.once('close', () => reject(new ProtocolError('the client went away during the TLS handshake')));
+    });
+    if (!proved) throw new ProtocolError('TLS without a pre-shared key');
+    this.secure = true;
+    this.principal = proved;
+    this.app = this.auth.appFor(proved);
+  }
+
   private async option(option: number, data: Buffer): Promise<void> {
+    if (option === OPT.STARTTLS) return this.startTls(data);
+    if (!this.app) {
+      // TLS only (TCP): nothing is answered, listed or opened before the client has proved a principal.
+      if (option === OPT.EXPORT_NAME) throw new ProtocolError('EXPORT_NAME before STARTTLS: this export requires TLS');
+      if (option !== OPT.ABORT) return this.reply(option, REP.ERR_TLS_REQD, Buffer.from('this export requires TLS: send NBD_OPT_STARTTLS and prove a principal with its pre-shared key'));
+    }
     switch (option) {
       case OPT.ABORT:
         this.reply(option, REP.ACK);
@@ -456,7 +587,7 @@ class Connection {
     const sized = await this.sized(name);
     if (!sized.ok) return sized;
     try {
-      const h = await this.opts.app.open(name, { mode: 'read', onFailure: 'error' });
+      const h = await this.app!.open(name, { mode: 'read', onFailure: 'error' });
       const size = h.size;
       await h.close().catch(() => undefined);
       return { ok: true, size: size ?? sized.size };
@@ -510,7 +641,7 @@ class Connection {
   private async openAs(name: string, mode: 'read' | 'write'): Promise<Handle> {
     for (const until = Date.now() + LOCKED_RETRY_MS; ; ) {
       try {
-        return await this.opts.app.open(name, { mode, onFailure: this.opts.onFailure ?? 'pause' });
+        return await this.app!.open(name, { mode, onFailure: this.opts.onFailure ?? 'pause' });
       } catch (err) {
         if (err instanceof SafeResumeError && err.code === 'LOCKED' && Date.now() < until && this.phase !== 'closed') {
           await new Promise((r) => setTimeout(r, 100));
@@ -686,6 +817,7 @@ class Connection {
   }
 
   private closed(): void {
+    this.gone();
     this.phase = 'closed';
     clearTimeout(this.deadline);
     clearTimeout(this.idle);

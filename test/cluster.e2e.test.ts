@@ -11,6 +11,7 @@ import { SECRET_FILE } from '../actors/auth.js';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { RECORD_BYTES } from '../cluster/workload.js';
+import { targetUrl } from '../frontends/nbd.js';
 import { tempDir } from './helpers.js';
 import { raw, upgrade } from './http-client.js';
 
@@ -122,19 +123,19 @@ describe('safe-resume up: a real local cluster', () => {
     expect(s.handles.map((h) => `${h.node}/${h.app}`)).toEqual(['node-1/app-1', 'node-1/app-2', 'node-2/app-3', 'node-2/app-4']);
   }, 60_000);
 
-  it('prints an NBD URL per node; qemu-io writes a disk through it, and the CLI reads the same bytes', async () => {
-    const nbdLines = () => [...(printed.get(dir) ?? '').matchAll(/^ {2}nbd +(nbd:\/\/127\.0\.0\.1:\d+\/) +\((node-\d)/gm)];
+  it('prints an NBD URL per node (its Unix socket); qemu-io writes a disk through it, and the CLI reads the same bytes', async () => {
+    const nbdLines = () => [...(printed.get(dir) ?? '').matchAll(/^ {2}nbd +(nbd\+unix:\/\/\/\?socket=\S+) +\((node-\d)/gm)];
     // What up printed reaches this process when its event loop is free (it is blocked in each CLI call).
     await until('the NBD lines of up', () => nbdLines().length >= 2).catch(() => undefined);
     const urls = nbdLines().map((m) => ({ url: m[1]!, node: m[2]! }));
     expect(urls.map((u) => u.node), `up printed:\n${printed.get(dir)}\nand on stderr:\n${printedErr.get(dir)}`).toEqual(['node-1', 'node-2']);
-    const io = spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 4k', '-c', 'read -P 0x61 0 4k', `${urls[0]!.url}disk-e2e`], { encoding: 'utf8', timeout: 30_000 });
+    const io = spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 4k', '-c', 'read -P 0x61 0 4k', targetUrl(urls[0]!.url, 'disk-e2e')], { encoding: 'utf8', timeout: 30_000 });
     expect(io.stdout).toMatch(/wrote 4096\/4096 bytes[\s\S]*read 4096\/4096 bytes/);
     expect(io.stdout).not.toMatch(/verification failed/);
     const read = execFileSync('node', [CLI, 'read', 'disk-e2e', '--dir', dir], { encoding: 'utf8' });
     expect(read).toContain('a'.repeat(64));
     expect(status().nodes.find((n) => n.id === 'node-1')).toMatchObject({ nbd: { url: urls[0]!.url } });
-    expect(execFileSync('node', [CLI, 'export', 'vm 1.disk', '--node', 'node-2', '--dir', dir], { encoding: 'utf8' }).trim()).toBe(`${urls[1]!.url}vm%201.disk`);
+    expect(execFileSync('node', [CLI, 'export', 'vm 1.disk', '--node', 'node-2', '--dir', dir], { encoding: 'utf8' }).trim()).toBe(urls[1]!.url.replace('///?', '///vm%201.disk?'));
     const unknown = spawnSync('node', [CLI, 'export', 'x', '--node', 'node-9', '--dir', dir], { encoding: 'utf8' });
     expect(unknown.status).toBe(2);
     expect(unknown.stderr).toContain('no node called "node-9"');
@@ -143,7 +144,7 @@ describe('safe-resume up: a real local cluster', () => {
   it('create --size 4G makes a sparse disk: nbdinfo reports its size, qemu-io writes its last block, the store stays small', async () => {
     const created = cli('create', 'big.disk', '--size', '4G');
     expect(created.code, created.out).toBe(0);
-    const url = /^(nbd:\/\/127\.0\.0\.1:\d+\/big\.disk)$/m.exec(created.out)?.[1];
+    const url = /^(nbd\+unix:\/\/\/big\.disk\?socket=\S+)$/m.exec(created.out)?.[1];
     expect(created.out).toContain('big.disk: 4 GiB (4294967296 bytes)');
     expect(url, created.out).toBeDefined();
     expect(spawnSync('nbdinfo', ['--size', url!], { encoding: 'utf8' }).stdout.trim()).toBe(String(4 * 1024 ** 3));

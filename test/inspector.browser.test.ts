@@ -95,8 +95,8 @@ async function cli(...args: string[]): Promise<{ ok: boolean } & Record<string, 
  * protocol): it holds its connection, and so the target's handle, until `close`.
  */
 async function nbdClient(url: string, target: string): Promise<{ write: (offset: number, data: Buffer) => Promise<number>; close: () => void }> {
-  const u = new URL(url);
-  const socket: Socket = connect(Number(u.port), u.hostname);
+  // The export is the node's Unix socket (nbd+unix:///?socket=PATH); its owner, this process's user, acts as principal default there.
+  const socket: Socket = connect(new URL(url).searchParams.get('socket')!);
   socket.on('error', () => undefined);
   let input = Buffer.alloc(0);
   let waiting: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
@@ -315,7 +315,7 @@ describe('inspector page', () => {
     const status = await cli('status');
     const nodes = status.nodes as Array<{ id: string; nbd: { url: string } | null }>;
     const url = nodes.find((n) => n.id === 'node-1')?.nbd?.url;
-    expect(url, JSON.stringify(status.nodes)).toMatch(/^nbd:\/\/127\.0\.0\.1:\d+\/$/);
+    expect(url, JSON.stringify(status.nodes)).toMatch(/^nbd\+unix:\/\/\/\?socket=\/\S+\/nbd\/node-1\.sock$/);
     const exported = page.locator('[data-nbd="node-1"]');
     const conn = exported.locator('.conn');
     await expect.poll(() => exported.locator('.url').textContent(), { timeout: 10_000 }).toBe(url);

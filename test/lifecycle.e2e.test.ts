@@ -298,7 +298,7 @@ describe('the launcher as an operator uses it', () => {
       const u = up(join(t.dir, 'j'), ['--json']);
       await until('a status line', () => /"event":"status".*\n/.test(u.out()));
       const [first, second] = u.out().split('\n').slice(0, 2).map((l) => JSON.parse(l) as Record<string, unknown>);
-      expect(first).toMatchObject({ event: 'up', replicas: [expect.stringMatching(/^ws:\/\/127\.0\.0\.1:\d+$/)], nbd: { 'node-1': expect.stringMatching(/^nbd:/) }, control: expect.stringMatching(/^http:/), inspector: expect.stringMatching(/#token=/) });
+      expect(first).toMatchObject({ event: 'up', replicas: [expect.stringMatching(/^ws:\/\/127\.0\.0\.1:\d+$/)], nbd: { 'node-1': expect.stringMatching(/^nbd\+unix:\/\/\/\?socket=\//) }, nbdTls: {}, control: expect.stringMatching(/^http:/), inspector: expect.stringMatching(/#token=/) });
       expect(second).toMatchObject({ event: 'status', at: expect.any(String), replicas: [expect.objectContaining({ id: 'replica-1' })] });
       expect(cli(join(t.dir, 'j'), 'down').code).toBe(0);
       await u.exited;

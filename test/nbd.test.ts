@@ -13,7 +13,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Application } from '../actors/application.js';
-import { NbdExport } from '../frontends/nbd.js';
+import { NbdExport, type NbdExportOptions } from '../frontends/nbd.js';
+import type { LocalCluster } from '../cluster/local.js';
+import type { NodeAgent } from '../actors/node-agent.js';
 import { failoverExport, type FailoverExport } from '../bench/nbd.js';
 import { clusters, openWhenFree, tempDir, trace, waitFor } from './helpers.js';
 
@@ -21,12 +23,15 @@ const run = promisify(execFile);
 const cluster = clusters({ store: 'memory', replicas: 2 });
 const MiB = 1024 * 1024;
 
-async function exported(size = 8 * MiB) {
-  const c = await cluster();
-  const app = new Application(await c.addNode('node-1'), { name: 'nbd' });
-  const nbd = new NbdExport({ app, size: () => size });
-  const url = await nbd.listen();
-  return { c, app, nbd, url, stop: () => nbd.close() };
+/** The export on a Unix socket in a fresh directory (as `up` serves it); `url(target)` opens a target. */
+async function exported(size = 8 * MiB, extra: Partial<NbdExportOptions> = {}, c?: LocalCluster, agent?: NodeAgent) {
+  c ??= await cluster();
+  const app = new Application(agent ?? (await c.addNode('node-1')), { name: 'nbd' });
+  const t = tempDir();
+  const path = join(t.dir, 'nbd.sock');
+  const nbd = new NbdExport({ app, size: () => size, path, ...extra });
+  await nbd.listen();
+  return { c, app, nbd, path, url: (target: string) => nbd.urlFor(target), stop: async () => (await nbd.close(), t.cleanup()) };
 }
 
 describe('NBD export with real clients', () => {
@@ -38,9 +43,9 @@ describe('NBD export with real clients', () => {
   it('nbdinfo reports the size; qemu-io writes patterns and reads them back', async () => {
     const e = await exported(8 * MiB);
     try {
-      const info = await run('nbdinfo', ['--json', `${e.url}disk-a`]);
+      const info = await run('nbdinfo', ['--json', e.url('disk-a')]);
       expect(JSON.parse(info.stdout)).toMatchObject({ exports: [{ 'export-size': 8 * MiB }] });
-      const io = (...cmds: string[]) => run('qemu-io', ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), `${e.url}disk-a`]);
+      const io = (...cmds: string[]) => run('qemu-io', ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), e.url('disk-a')]);
       await io('write -P 0xab 0 64k', 'write -P 0xcd 1M 4k', 'write -P 0x11 8188k 4k', 'flush');
       const back = await io('read -P 0xab 0 64k', 'read -P 0xcd 1M 4k', 'read -P 0x11 8188k 4k', 'read -P 0 2M 4k');
       expect(back.stdout).not.toMatch(/Pattern verification failed|error/i);
@@ -63,9 +68,9 @@ describe('NBD export with real clients', () => {
       randomBytes(MiB).copy(img, 0);
       randomBytes(512 * 1024).copy(img, 3 * MiB);
       writeFileSync(src, img);
-      await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', src, `${e.url}image`]);
+      await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', src, e.url('image')]);
       const out = join(t.dir, 'out.raw');
-      await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', `${e.url}image`, out]);
+      await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', e.url('image'), out]);
       const sum = (b: Buffer) => createHash('sha256').update(b).digest('hex');
       expect(sum(readFileSync(out))).toBe(sum(img));
     } finally {
@@ -77,7 +82,7 @@ describe('NBD export with real clients', () => {
   it('a replica killed under a running client: the client never sees an error and its data verifies', async () => {
     const e = await exported(4 * MiB);
     try {
-      const io = run('qemu-io', ['-f', 'raw', ...Array.from({ length: 64 }, (_, i) => ['-c', `write -P ${(i % 200) + 1} ${i * 64}k 64k`]).flat(), `${e.url}failover`]);
+      const io = run('qemu-io', ['-f', 'raw', ...Array.from({ length: 64 }, (_, i) => ['-c', `write -P ${(i % 200) + 1} ${i * 64}k 64k`]).flat(), e.url('failover')]);
       await waitFor('the export to be in use', () => e.app.list().length > 0, 10_000);
       const seen = trace(e.app.list()[0]!);
       const serving = e.c.replicas.findIndex((r) => r.sessionCount > 0);
@@ -86,7 +91,7 @@ describe('NBD export with real clients', () => {
       // It paused, resumed on the other replica, and closed when the client disconnected.
       expect(seen.indexOf('active', seen.indexOf('paused'))).toBeGreaterThan(0);
       expect(res.stdout + res.stderr).not.toMatch(/error|failed/i);
-      const check = await run('qemu-io', ['-f', 'raw', ...Array.from({ length: 64 }, (_, i) => ['-c', `read -P ${(i % 200) + 1} ${i * 64}k 64k`]).flat(), `${e.url}failover`]);
+      const check = await run('qemu-io', ['-f', 'raw', ...Array.from({ length: 64 }, (_, i) => ['-c', `read -P ${(i % 200) + 1} ${i * 64}k 64k`]).flat(), e.url('failover')]);
       expect(check.stdout).not.toMatch(/Pattern verification failed/);
       expect(check.stdout.match(/read 65536\/65536 bytes/g)).toHaveLength(64);
     } finally {
@@ -134,12 +139,10 @@ describe('NBD export with real clients', () => {
 
   it('a node partitioned past its hold while another writer changes the target: the client gets EIO, never a stale success', async () => {
     const c = await cluster();
-    const app = new Application(await c.addNode('node-1', { proxied: true }), { name: 'nbd' });
-    const nbd = new NbdExport({ app, size: () => MiB });
-    const url = await nbd.listen();
+    const { app, nbd, url, stop } = await exported(MiB, {}, c, await c.addNode('node-1', { proxied: true }));
     try {
       // 400 writes of 4 KiB, one after another; the node is cut off while they run.
-      const io = run('qemu-io', ['-f', 'raw', ...Array.from({ length: 400 }, (_, i) => ['-c', `write -P 7 ${(i % 256) * 4}k 4k`]).flat(), `${url}shared.disk`]).then(
+      const io = run('qemu-io', ['-f', 'raw', ...Array.from({ length: 400 }, (_, i) => ['-c', `write -P 7 ${(i % 256) * 4}k 4k`]).flat(), url('shared.disk')]).then(
         (r) => r.stdout + r.stderr,
         (err: { stdout?: string; stderr?: string }) => `${err.stdout ?? ''}${err.stderr ?? ''}`,
       );
@@ -167,57 +170,51 @@ describe('NBD export with real clients', () => {
       // The invalidated handle was closed, not kept by the application for the node's lifetime.
       await waitFor('the invalidated handle to be released', () => app.list().length === 0, 10_000);
     } finally {
-      await nbd.close();
+      await stop();
     }
   }, 60_000);
 
   it('a client that goes away while its target is being opened leaves nothing held: the next client opens it', async () => {
     const c = await cluster();
     const agent = await c.addNode('node-1', { proxied: true });
-    const app = new Application(agent, { name: 'nbd' });
-    const nbd = new NbdExport({ app, size: () => MiB });
-    const url = await nbd.listen();
+    const { app, url, stop } = await exported(MiB, {}, c, agent);
     try {
       // Storage is away, so the open waits; the client gives up and disconnects meanwhile.
       c.partition('node-1');
       await waitFor('the node to notice', () => agent.state !== 'connected', 10_000);
-      const gone = run('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', `${url}left.disk`], { timeout: 1500 }).catch(() => undefined);
+      const gone = run('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', url('left.disk')], { timeout: 1500 }).catch(() => undefined);
       await gone;
       c.heal('node-1');
       await waitFor('the node to reconnect', () => agent.state === 'connected', 10_000);
-      const next = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 4k', `${url}left.disk`]);
+      const next = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 4k', url('left.disk')]);
       expect(next.stdout).toMatch(/wrote 4096\/4096 bytes/);
       await waitFor('every handle released', () => app.list().length === 0, 10_000);
     } finally {
       c.heal('node-1');
-      await nbd.close();
+      await stop();
     }
   }, 60_000);
 
   it('a client that connects and says nothing is dropped when the handshake time is up', async () => {
-    const c = await cluster();
-    const nbd = new NbdExport({ app: new Application(await c.addNode('node-1'), { name: 'nbd' }), size: () => MiB, handshakeTimeoutMs: 300 });
-    const url = await nbd.listen();
+    const { path, stop } = await exported(MiB, { handshakeTimeoutMs: 300 });
     try {
       const closed = await new Promise<boolean>((resolve) => {
-        const s = connect(Number(new URL(url).port), '127.0.0.1');
+        const s = connect(path);
         s.on('data', () => undefined);
         s.on('close', () => resolve(true));
         setTimeout(() => (s.destroy(), resolve(false)), 5000);
       });
       expect(closed).toBe(true);
     } finally {
-      await nbd.close();
+      await stop();
     }
   }, 30_000);
 
   it('with onFailure error, a request fails with EIO at once while storage is away', async () => {
     const c = await cluster();
-    const app = new Application(await c.addNode('node-1', { proxied: true }), { name: 'nbd' });
-    const nbd = new NbdExport({ app, size: () => MiB, onFailure: 'error' });
-    const url = await nbd.listen();
+    const { app, url, stop } = await exported(MiB, { onFailure: 'error' }, c, await c.addNode('node-1', { proxied: true }));
     try {
-      const io = run('qemu-io', ['-f', 'raw', ...Array.from({ length: 400 }, (_, i) => ['-c', `write -P 3 ${(i % 256) * 4}k 4k`]).flat(), `${url}fast.disk`]).then(
+      const io = run('qemu-io', ['-f', 'raw', ...Array.from({ length: 400 }, (_, i) => ['-c', `write -P 3 ${(i % 256) * 4}k 4k`]).flat(), url('fast.disk')]).then(
         (r) => r.stdout + r.stderr,
         (err: { stdout?: string; stderr?: string }) => `${err.stdout ?? ''}${err.stderr ?? ''}`,
       );
@@ -229,7 +226,7 @@ describe('NBD export with real clients', () => {
       expect(out).toMatch(/Input\/output error/);
     } finally {
       c.heal('node-1');
-      await nbd.close();
+      await stop();
     }
   }, 60_000);
 
@@ -239,9 +236,9 @@ describe('NBD export with real clients', () => {
       const h = await e.app.open('sized.disk', { size: 12 * MiB + 512 });
       expect(h.size).toBe(12 * MiB + 512);
       await h.close();
-      const info = await run('nbdinfo', ['--json', `${e.url}sized.disk`]);
+      const info = await run('nbdinfo', ['--json', e.url('sized.disk')]);
       expect(JSON.parse(info.stdout)).toMatchObject({ exports: [{ 'export-size': 12 * MiB + 512 }] });
-      const io = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x33 12M 512', '-c', 'read -P 0x33 12M 512', '-c', 'read -P 0 11M 4k', `${e.url}sized.disk`]);
+      const io = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x33 12M 512', '-c', 'read -P 0x33 12M 512', '-c', 'read -P 0 11M 4k', e.url('sized.disk')]);
       expect(io.stdout).not.toMatch(/verification failed|error/i);
       expect(io.stdout.match(/(wrote|read) \d+\/\d+ bytes/g)).toHaveLength(3);
       // The SDK refuses to open it with another size, and its size survives being opened without one.
@@ -272,10 +269,9 @@ describe('NBD export with real clients', () => {
   it('malformed input: a bad magic closes the connection, an unknown option is refused, and the export keeps serving', async () => {
     const e = await exported(MiB);
     try {
-      const port = Number(new URL(e.url).port);
       const talk = (bytes: Buffer) =>
         new Promise<{ data: Buffer; closed: boolean }>((resolve) => {
-          const s = connect(port, '127.0.0.1');
+          const s = connect(e.path);
           let data = Buffer.alloc(0);
           s.on('data', (d) => (data = Buffer.concat([data, d])));
           s.on('connect', () => s.write(bytes));
@@ -295,7 +291,7 @@ describe('NBD export with real clients', () => {
       // 18 bytes of greeting, then a 20-byte reply whose type is NBD_REP_ERR_UNSUP.
       expect(unknown.data.readUInt32BE(18 + 12)).toBe(0x80000001);
       // (The export runs in this process: a client must be run asynchronously.)
-      expect((await run('nbdinfo', ['--size', `${e.url}still`])).stdout.trim()).toBe(String(MiB));
+      expect((await run('nbdinfo', ['--size', e.url('still')])).stdout.trim()).toBe(String(MiB));
     } finally {
       await e.stop();
     }
