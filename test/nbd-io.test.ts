@@ -8,14 +8,24 @@ import { execFile, spawn } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { promisify } from 'node:util';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Application } from '../actors/application.js';
 import { CMD, IHAVEOPT, NbdExport, OPT, REP, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC } from '../frontends/nbd.js';
-import { clusters, waitFor } from './helpers.js';
+import { join } from 'node:path';
+import { clusters, tempDir, waitFor } from './helpers.js';
 
 const run = promisify(execFile);
 const cluster = clusters({ store: 'sqlite', replicas: 1 });
 const MiB = 1024 * 1024;
+/** A fresh Unix socket path for an export (its directory is removed with the test run's temp files). */
+const sockets: Array<() => void> = [];
+function socketPath(): string {
+  const t = tempDir();
+  sockets.push(t.cleanup);
+  return join(t.dir, 'nbd.sock');
+}
+/** The Unix socket an export listens on (its URL is `nbd+unix:///?socket=PATH`). */
+const socketOf = (nbd: NbdExport): string => new URL(nbd.url).searchParams.get('socket')!;
 
 /** A raw NBD client: the fixed newstyle handshake and NBD_OPT_GO, then simple requests. */
 class RawClient {
@@ -34,8 +44,8 @@ class RawClient {
     socket.on('error', () => undefined);
   }
 
-  static async connect(port: number): Promise<RawClient> {
-    const s = connect(port, '127.0.0.1');
+  static async connect(path: string): Promise<RawClient> {
+    const s = connect(path);
     await new Promise<void>((resolve, reject) => {
       s.once('connect', resolve);
       s.once('error', reject);
@@ -119,15 +129,16 @@ describe('NBD export: zeros, read-only clients and connection limits', () => {
     const missing = ['qemu-io', 'nbdinfo'].filter((b) => !existsSync(`/usr/bin/${b}`));
     if (missing.length > 0) throw new Error(`${missing.join(', ')} missing: apt-get install -y qemu-utils libnbd-bin (as .ci/run does)`);
   });
+  afterAll(() => sockets.forEach((cleanup) => cleanup()));
 
   it('WRITE_ZEROES of 48 MiB leaves the SQLite store small and reads back zeros; TRIM frees the pages of a written range', async () => {
     const c = await cluster();
     const app = new Application(await c.addNode('node-1'), { name: 'nbd' });
-    const nbd = new NbdExport({ app, size: () => 64 * MiB });
+    const nbd = new NbdExport({ app, path: socketPath(), size: () => 64 * MiB });
     await nbd.listen();
     const store = c.replicas[0]!.store;
     const bytesOnDisk = () => ['', '-wal'].reduce((n, s) => n + (existsSync(c.dbPath + s) ? statSync(c.dbPath + s).size : 0), 0);
-    const io = (...cmds: string[]) => run('qemu-io', ['-f', 'raw', ...cmds.flatMap((x) => ['-c', x]), `${nbd.url}zeros.disk`]);
+    const io = (...cmds: string[]) => run('qemu-io', ['-f', 'raw', ...cmds.flatMap((x) => ['-c', x]), nbd.urlFor('zeros.disk')]);
     try {
       await io('write -P 0x5a 0 4M');
       expect(await store.pages('zeros.disk')).toBe(1024);
@@ -152,9 +163,9 @@ describe('NBD export: zeros, read-only clients and connection limits', () => {
   it('WRITE_ZEROES counts against the connection budget like a write of its length: 48 MiB requests are served one at a time', async () => {
     const c = await cluster();
     const app = new Application(await c.addNode('node-1'), { name: 'nbd' });
-    const nbd = new NbdExport({ app, size: () => 64 * MiB });
+    const nbd = new NbdExport({ app, path: socketPath(), size: () => 64 * MiB });
     await nbd.listen();
-    const client = await RawClient.connect(Number(new URL(nbd.url).port));
+    const client = await RawClient.connect(socketOf(nbd));
     try {
       expect((await client.go('budget.disk')).type).toBe(REP.ACK);
       for (let i = 1; i <= 3; i++) client.request(CMD.WRITE_ZEROES, i, 0, 48 * MiB);
@@ -176,9 +187,9 @@ describe('NBD export: zeros, read-only clients and connection limits', () => {
   it('a read-only client (qemu-io -r) holding a connection open does not lock the target: a writer elsewhere opens and writes it', async () => {
     const c = await cluster();
     const app = new Application(await c.addNode('node-1'), { name: 'nbd' });
-    const nbd = new NbdExport({ app, size: () => MiB });
+    const nbd = new NbdExport({ app, path: socketPath(), size: () => MiB });
     await nbd.listen();
-    const reader = interactive(['-r', '-f', 'raw', `${nbd.url}shared-ro.disk`]);
+    const reader = interactive(['-r', '-f', 'raw', nbd.urlFor('shared-ro.disk')]);
     try {
       await reader.cmd('read -P 0 0 4k', /read 4096\/4096 bytes/);
       const other = new Application(await c.addNode('node-2'), { name: 'writer' });
@@ -198,9 +209,9 @@ describe('NBD export: zeros, read-only clients and connection limits', () => {
     const c = await cluster();
     const app = new Application(await c.addNode('node-1'), { name: 'nbd' });
     const told: string[] = [];
-    const nbd = new NbdExport({ app, size: () => MiB, onInvalidated: (target, reason) => told.push(`${target} ${reason}`) });
+    const nbd = new NbdExport({ app, path: socketPath(), size: () => MiB, onInvalidated: (target, reason) => told.push(`${target} ${reason}`) });
     await nbd.listen();
-    const client = interactive(['-f', 'raw', `${nbd.url}stale.disk`]);
+    const client = interactive(['-f', 'raw', nbd.urlFor('stale.disk')]);
     try {
       await client.cmd('read -P 0 0 4k', /read 4096\/4096 bytes/);
       const other = new Application(await c.addNode('node-2'), { name: 'writer' });
@@ -218,7 +229,7 @@ describe('NBD export: zeros, read-only clients and connection limits', () => {
       await client.quit();
     }
     // A client that connects now writes (the target has not changed since it connected).
-    const fresh = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 3 0 4k', '-c', 'write -P 5 0 4k', '-c', 'read -P 5 0 4k', `${nbd.url}stale.disk`]);
+    const fresh = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 3 0 4k', '-c', 'write -P 5 0 4k', '-c', 'read -P 5 0 4k', nbd.urlFor('stale.disk')]);
     expect(fresh.stdout).not.toMatch(/verification failed|error/i);
     expect(fresh.stdout.match(/(wrote|read) 4096\/4096 bytes/g)).toHaveLength(3);
     await nbd.close();
@@ -227,24 +238,24 @@ describe('NBD export: zeros, read-only clients and connection limits', () => {
   it('past the connections a principal may hold a client is refused at GO with the reason; once one closes the next gets in', async () => {
     const c = await cluster();
     const app = new Application(await c.addNode('node-1'), { name: 'nbd' });
-    const nbd = new NbdExport({ app, size: () => MiB, maxConnectionsPerPrincipal: 2 });
+    const nbd = new NbdExport({ app, path: socketPath(), size: () => MiB, maxConnectionsPerPrincipal: 2 });
     await nbd.listen();
-    const port = Number(new URL(nbd.url).port);
+    const at = socketOf(nbd);
     const clients: RawClient[] = [];
     try {
       for (const name of ['a.disk', 'b.disk']) {
-        const cl = await RawClient.connect(port);
+        const cl = await RawClient.connect(at);
         clients.push(cl);
         expect((await cl.go(name)).type).toBe(REP.ACK);
       }
-      const third = await RawClient.connect(port);
+      const third = await RawClient.connect(at);
       clients.push(third);
       const refused = await third.go('c.disk');
       expect(refused.type).toBe(REP.ERR_POLICY);
       expect(refused.text).toMatch(/principal "default" holds 2 connections/);
       clients[0]!.socket.destroy();
       await waitFor('the closed connection to be gone', () => nbd.connections().length === 1, 10_000);
-      const next = await RawClient.connect(port);
+      const next = await RawClient.connect(at);
       clients.push(next);
       expect((await next.go('c.disk')).type).toBe(REP.ACK);
     } finally {
@@ -256,11 +267,11 @@ describe('NBD export: zeros, read-only clients and connection limits', () => {
   it('a connection that sends no request for the idle time is closed; one that keeps sending is not', async () => {
     const c = await cluster();
     const app = new Application(await c.addNode('node-1'), { name: 'nbd' });
-    const nbd = new NbdExport({ app, size: () => MiB, idleTimeoutMs: 400 });
+    const nbd = new NbdExport({ app, path: socketPath(), size: () => MiB, idleTimeoutMs: 400 });
     await nbd.listen();
-    const port = Number(new URL(nbd.url).port);
-    const idle = await RawClient.connect(port);
-    const busy = await RawClient.connect(port);
+    const at = socketOf(nbd);
+    const idle = await RawClient.connect(at);
+    const busy = await RawClient.connect(at);
     try {
       expect((await idle.go('idle.disk')).type).toBe(REP.ACK);
       expect((await busy.go('busy.disk')).type).toBe(REP.ACK);
