@@ -5,11 +5,12 @@
  * connections are limited per principal and closed when idle.
  */
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Application } from '../actors/application.js';
+import { issueCredential, nbdPskLine } from '../actors/auth.js';
 import { CMD, IHAVEOPT, NbdExport, OPT, REP, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC } from '../frontends/nbd.js';
 import { join } from 'node:path';
 import { clusters, tempDir, waitFor } from './helpers.js';
@@ -235,7 +236,7 @@ describe('NBD export: zeros, read-only clients and connection limits', () => {
     await nbd.close();
   }, 60_000);
 
-  it('past the connections a principal may hold a client is refused at GO with the reason; once one closes the next gets in', async () => {
+  it('past the connections a principal may hold a client is refused at GO with the reason; another principal still gets in, and once one closes the next gets in', async () => {
     const c = await cluster();
     const app = new Application(await c.addNode('node-1'), { name: 'nbd' });
     const nbd = new NbdExport({ app, path: socketPath(), size: () => MiB, maxConnectionsPerPrincipal: 2 });
@@ -253,6 +254,12 @@ describe('NBD export: zeros, read-only clients and connection limits', () => {
       const refused = await third.go('c.disk');
       expect(refused.type).toBe(REP.ERR_POLICY);
       expect(refused.text).toMatch(/principal "default" holds 2 connections/);
+      // Another principal (proved with TLS-PSK on the same socket) still gets in.
+      const keys = tempDir();
+      sockets.push(keys.cleanup);
+      writeFileSync(join(keys.dir, 'keys.psk'), nbdPskLine(issueCredential(c.secret, 'principal', 'alice')), { mode: 0o600 });
+      const other = await run('qemu-io', ['--object', `tls-creds-psk,id=t0,endpoint=client,dir=${keys.dir},username=alice`, '--image-opts', `driver=nbd,server.type=unix,server.path=${at},export=alice.disk,tls-creds=t0`, '-c', 'write -P 7 0 4k']);
+      expect(other.stdout).toMatch(/wrote 4096\/4096 bytes/);
       clients[0]!.socket.destroy();
       await waitFor('the closed connection to be gone', () => nbd.connections().length === 1, 10_000);
       const next = await RawClient.connect(at);
