@@ -180,6 +180,29 @@ describe('a flood of unauthenticated connections from one source', () => {
     expect(text(await h.read(0, 2))).toBe('in');
   });
 
+  it('WebSockets that never say hello, from several sources, taking every slot: a node still gets in, and the oldest of them goes', async () => {
+    const { r } = await replica({ maxUnauthenticated: 8, maxUnauthenticatedPerSource: 4 });
+    const idle: Array<{ from: string; closed: boolean }> = [];
+    for (const from of ['127.0.0.2', '127.0.0.3']) {
+      for (let i = 0; i < 4; i++) {
+        const ws = new WebSocket(r.url, { localAddress: from });
+        const rec = { from, closed: false };
+        ws.on('error', () => undefined);
+        ws.on('close', () => (rec.closed = true));
+        cleanups.push(() => ws.terminate());
+        await new Promise((res, rej) => ws.once('open', res).once('error', rej));
+        idle.push(rec);
+      }
+    }
+    const agent = new NodeAgent({ id: 'node-1', replicas: [r.url], transport: new WebSocketTransport(), secret: SECRET });
+    await agent.start();
+    cleanups.push(() => agent.crash());
+    const h = await new Application(agent, { name: 'app' }).open('idle.disk');
+    await h.write(0, bytes('in'));
+    expect(text(await h.read(0, 2))).toBe('in');
+    expect(idle.map((w) => w.closed)).toEqual([true, false, false, false, false, false, false, false]);
+  });
+
   it('over TLS (wss) too: the limits count from TCP accept, and a node resumes through a flood from another address', async () => {
     const t = tempDir();
     cleanups.push(t.cleanup);
