@@ -40,6 +40,11 @@ export interface ReplicaOptions {
   /** Connections held at once (default 1024), and of those not yet authenticated (default 256). */
   maxConnections?: number;
   maxUnauthenticated?: number;
+  /**
+   * Of those not yet authenticated, from one source address (default a quarter of maxUnauthenticated):
+   * past it the source's own oldest is dropped, so a flood from one source competes only with itself.
+   */
+  maxUnauthenticatedPerSource?: number;
   /** Sessions one node may hold on this replica at once (default 16); more are refused, retryably. */
   maxSessionsPerNode?: number;
   /**
@@ -183,8 +188,13 @@ export class StorageReplica {
       preAuthMs: this.opts.helloTimeoutMs ?? 5000,
       maxConnections: this.opts.maxConnections ?? 1024,
       maxUnauthenticated: this.opts.maxUnauthenticated ?? 256,
+      ...(this.opts.maxUnauthenticatedPerSource !== undefined ? { maxUnauthenticatedPerSource: this.opts.maxUnauthenticatedPerSource } : {}),
     };
-    this.listener = await this.opts.transport.listen({ ...listenOpts, limits });
+    const onLimit = ({ source, held }: { source: string; held: number }) => {
+      const t = this.warnings.take('pre-auth limit');
+      if (t.log) this.env.log.warn({ source, held, ...(t.suppressed ? { suppressed: t.suppressed } : {}) }, 'limiting a source: dropped its oldest connection not yet authenticated');
+    };
+    this.listener = await this.opts.transport.listen({ ...listenOpts, limits, onLimit });
     this.listener.onConnection((conn) => this.accept(conn));
     const { clock } = this.env;
     this.stopTimers.push(every(clock, this.opts.renewIntervalMs ?? Math.max(1, Math.floor(this.leaseMs / 3)), () => void this.renewAll()));

@@ -8,11 +8,10 @@ import { resolve, join } from 'node:path';
 import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { FileKeptIds } from '../actors/kept.js';
-import { dirHolder, isLauncher, LOCK_FILE, lockDir } from './dir-lock.js';
+import { dirHolder, isLauncher, lockDir } from './dir-lock.js';
 import { formatEvent, type TimelineEvent } from './timeline.js';
-import { SECRET_FILE } from '../actors/auth.js';
 import { EXIT, fromSystemError, OperatorError } from './operator-error.js';
-import { privateDataDir } from './private-dir.js';
+import { isClusterFile, privateDataDir } from './private-dir.js';
 import { pino } from 'pino';
 import { Application } from '../actors/application.js';
 import { LocalCluster } from './local.js';
@@ -95,7 +94,8 @@ Options for up:
                          and openssl; TLS only, and only clients with the certificate it makes in
                          <dir>/etcd/tls), or over --etcd-endpoints HOST:PORT,... of a running one (plain
                          HTTP); memory: everything in this one process, no control commands
-  --dir PATH             data directory: store, cluster secret, kept requestIds, logs (default ./.safe-resume)
+  --dir PATH             data directory: store, cluster secret, kept requestIds, logs (default ./.safe-resume);
+                         new, empty, or one an earlier up made: one holding other files is refused
   --hold-ms MS           hold period of a lost session's locks (default 5000)
   --pause-timeout-ms MS  how long a paused handle waits before it is invalidated (default 60000)
   --port N               first replica port; replicas use N, N+1, ... (default: free ports)
@@ -762,9 +762,6 @@ async function down(dir: string, json: boolean, wait: boolean): Promise<number> 
   return 0;
 }
 
-/** What a cluster keeps in its data directory (`clean` removes these and nothing else). */
-const CLUSTER_FILES = [/^store\.sqlite(-wal|-shm|-journal)?$/, /^node-\d+\.(handles\.jsonl|boot)(\.tmp)?$/, /^(logs|etcd|nbd)$/, /^control\.json$/, new RegExp(`^${SECRET_FILE.replace('.', '\\.')}$`)];
-
 /** Remove a stopped cluster's data: its store, the nodes' kept requestIds, its logs and its key. */
 async function clean(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, options: { dir: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
@@ -779,7 +776,7 @@ async function clean(argv: string[]): Promise<number> {
   const holder = dirHolder(dir);
   if (holder) throw new OperatorError(`a cluster is running in ${dir} (launcher pid ${holder.pid}): stop it first with 'safe-resume down --dir ${dir}'`, EXIT.dirInUse);
   const names = readdirSync(dir);
-  const removed = names.filter((n) => CLUSTER_FILES.some((re) => re.test(n)) || n === LOCK_FILE);
+  const removed = names.filter(isClusterFile);
   for (const n of removed) rmSync(join(dir, n), { recursive: true, force: true });
   const kept = names.filter((n) => !removed.includes(n));
   if (kept.length === 0) rmSync(dir, { recursive: true, force: true });

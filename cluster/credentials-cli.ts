@@ -59,7 +59,7 @@ export function credentials(argv: string[], out: (s: string) => void, err: (s: s
   if (!NAME_PATTERN.test(name)) throw new CredentialsUsageError(`--${kind} ${JSON.stringify(name)}: names are 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`);
   const dir = resolve(values.dir ?? '.safe-resume');
   const fresh = !existsSync(join(dir, SECRET_FILE));
-  privateDataDir(dir);
+  privateDataDir(dir, 'leave');
   const credential = issueCredential(loadOrCreateSecret(dir), kind, name);
   if (fresh) err(`safe-resume: created a new cluster key in ${join(dir, SECRET_FILE)} (replicas of this cluster need it)\n`);
   if (values.out === undefined) {

@@ -105,8 +105,8 @@ describe('before authentication', () => {
     expect(got).toMatch(/^HTTP\/1\.1 426/);
   });
 
-  it('sockets not yet authenticated count from TCP accept: past maxUnauthenticated they are dropped before any upgrade', async () => {
-    const r = await replica({ maxUnauthenticated: 3 });
+  it('sockets not yet authenticated count from TCP accept: past maxUnauthenticated the oldest are dropped before any upgrade', async () => {
+    const r = await replica({ maxUnauthenticated: 3, maxUnauthenticatedPerSource: 3 });
     const port = Number(new URL(r.url).port);
     const sockets = Array.from({ length: 5 }, () => {
       const s = net.connect(port, '127.0.0.1');
@@ -128,24 +128,26 @@ describe('before authentication', () => {
     expect(p.closed()).toBe(1006);
   });
 
-  it('connections past maxConnections are refused at accept, and unauthenticated ones past maxUnauthenticated are dropped', async () => {
-    const r = await replica({ maxConnections: 4, maxUnauthenticated: 2 });
+  it('connections past maxConnections are refused at accept, and unauthenticated ones past maxUnauthenticated make room by dropping the oldest', async () => {
+    const r = await replica({ maxConnections: 4, maxUnauthenticated: 2, maxUnauthenticatedPerSource: 2 });
     const a = await peer(r.url);
     const b = await peer(r.url);
-    // A third unauthenticated peer is dropped at once, before its upgrade.
-    await expect(peer(r.url)).rejects.toThrow();
-    expect(a.closed()).toBeUndefined();
+    // A third unauthenticated peer is taken: the oldest (a) is dropped at its accept, before its upgrade.
+    const c = await peer(r.url);
+    await waitFor('the oldest unauthenticated peer to go', () => a.closed() !== undefined, 3000);
+    expect(a.closed()).toBe(1006);
+    expect(b.closed()).toBeUndefined();
     // Authenticated ones do not count against the unauthenticated limit ...
-    expect(await a.hello('node-a')).toMatchObject({ type: 'welcome' });
     expect(await b.hello('node-b')).toMatchObject({ type: 'welcome' });
+    expect(await c.hello('node-c')).toMatchObject({ type: 'welcome' });
     const d = await peer(r.url);
     expect(await d.hello('node-d')).toMatchObject({ type: 'welcome' });
-    // ... but every connection counts against maxConnections (a, b, d and one more).
+    // ... but every connection counts against maxConnections (b, c, d and one more).
     const e = await peer(r.url);
     expect(await e.hello('node-e')).toMatchObject({ type: 'welcome' });
     const refused = await new WebSocket(r.url).once('error', () => undefined);
     await waitFor('the fifth connection to be refused', () => refused.readyState === WebSocket.CLOSED, 3000);
-    expect(a.closed()).toBeUndefined();
+    expect(b.closed()).toBeUndefined();
   });
 });
 

@@ -52,8 +52,16 @@ export interface ListenLimits {
   preAuthMs: number;
   /** Connections held at once, authenticated or not; more are refused at accept. */
   maxConnections: number;
-  /** Of those, not yet authenticated (from TCP accept on); more are destroyed at accept. */
+  /**
+   * Of those, not yet authenticated (from TCP accept on). Past it a new connection is still taken:
+   * the oldest unauthenticated one of the source holding the most is destroyed instead.
+   */
   maxUnauthenticated: number;
+  /**
+   * Of those, from one source (an IPv4 address, an IPv6 /64); default a quarter of
+   * `maxUnauthenticated`. Past it the source's own oldest is destroyed (silent ones first).
+   */
+  maxUnauthenticatedPerSource?: number;
 }
 
 export const DEFAULT_LISTEN_LIMITS: ListenLimits = { preAuthBytes: 8 * 1024, preAuthMs: 5000, maxConnections: 1024, maxUnauthenticated: 256 };
@@ -72,6 +80,8 @@ export interface ListenOptions {
   /** For the in-memory network: the name to listen under. */
   name?: string;
   limits?: Partial<ListenLimits>;
+  /** Told each time a pre-authentication limit drops a connection: of which source, and how many it holds now. */
+  onLimit?: (limited: { source: string; held: number }) => void;
 }
 
 export interface Transport {

@@ -8,6 +8,7 @@ import { decode, DEFAULT_MAX_FRAME_BYTES, encode, type Decoded } from './codec.j
 import type { Message } from './messages.js';
 import { FrameMac, MAC_BYTES } from './frame-mac.js';
 import { connectError, isSecureUrl, secureContextOf, type TlsOptions } from './tls.js';
+import { sourceOf, Unauthenticated, type Limited } from './pre-auth.js';
 import { DEFAULT_LISTEN_LIMITS, type CloseInfo, type Connection, type ListenLimits, type ListenOptions, type Listener, type Transport } from './types.js';
 
 function toBytes(data: RawData): Uint8Array {
@@ -164,33 +165,39 @@ function upgradeRequired(_req: unknown, res: import('node:http').ServerResponse)
   res.end(body);
 }
 
-/** Deadlines of the sockets not yet trusted, by remote address (the same for a TLS socket and its TCP one). */
-type Deadlines = Map<string, () => void>;
+/** The sockets not yet trusted, by remote address and port (the same for a TLS socket and its TCP one): each one's release. */
+type Untrusted = Map<string, () => void>;
 const peerKey = (s: Socket) => `${s.remoteAddress}|${s.remotePort}`;
 
 /**
  * Limits from TCP accept on: at most `maxConnections` sockets (Node refuses more at once), at most
- * `maxUnauthenticated` of them not yet trusted (more are destroyed at once), and each must be trusted
- * (`Connection.trust`, once its peer authenticated) within `preAuthMs` of accept, a fixed deadline
- * that trickled bytes do not move: past it the socket is destroyed.
+ * `maxUnauthenticated` of them not yet trusted and `maxUnauthenticatedPerSource` of those from one
+ * source (past either, the oldest of the source that holds the most is destroyed: transport/pre-auth.ts),
+ * and each must be trusted (`Connection.trust`, once its peer authenticated) within `preAuthMs` of
+ * accept, a fixed deadline that trickled bytes do not move: past it the socket is destroyed.
  */
-function guard(server: HttpServer, limits: ListenLimits): Deadlines {
+function guard(server: HttpServer, limits: ListenLimits, onLimit: ((l: Limited) => void) | undefined): Untrusted {
   server.maxConnections = limits.maxConnections;
   server.headersTimeout = Math.min(server.headersTimeout, limits.preAuthMs);
   server.requestTimeout = limits.preAuthMs;
-  const deadlines: Deadlines = new Map();
+  const max = Math.max(1, limits.maxUnauthenticated);
+  const table = new Unauthenticated(max, Math.min(max, Math.max(1, limits.maxUnauthenticatedPerSource ?? Math.floor(max / 4))));
+  const untrusted: Untrusted = new Map();
   server.on('connection', (socket: Socket) => {
-    if (deadlines.size >= limits.maxUnauthenticated) return void socket.destroy();
     const key = peerKey(socket);
+    // Bytes read from the TCP socket, whether HTTP or TLS reads them.
+    const { remove, limited } = table.admit(sourceOf(socket.remoteAddress), () => socket.bytesRead === 0, () => socket.destroy());
+    if (limited) onLimit?.(limited);
     const timer = setTimeout(() => socket.destroy(), limits.preAuthMs);
-    const cancel = () => {
+    const release = () => {
       clearTimeout(timer);
-      deadlines.delete(key);
+      remove();
+      if (untrusted.get(key) === release) untrusted.delete(key);
     };
-    deadlines.set(key, cancel);
-    socket.once('close', cancel);
+    untrusted.set(key, release);
+    socket.once('close', release);
   });
-  return deadlines;
+  return untrusted;
 }
 
 export interface WebSocketTransportOptions {
@@ -234,12 +241,12 @@ export class WebSocketTransport implements Transport {
       );
       server.on('tlsClientError', (_err: Error, socket: Socket) => socket.destroy());
     } else server = createHttpServer({ maxHeaderSize: MAX_UPGRADE_HEADER_BYTES }, upgradeRequired);
-    return this.serveOn(server, tls ? 'wss' : 'ws', host, opts.port ?? 0, { ...DEFAULT_LISTEN_LIMITS, ...opts.limits });
+    return this.serveOn(server, tls ? 'wss' : 'ws', host, opts.port ?? 0, { ...DEFAULT_LISTEN_LIMITS, ...opts.limits }, opts.onLimit);
   }
 
   /** Listen on `host:port` with the limits, and `ws` on top; close drops every socket, upgraded or not. */
-  private async serveOn(http: HttpServer, scheme: 'ws' | 'wss', host: string, port: number, limits: ListenLimits): Promise<Listener> {
-    const deadlines = guard(http, limits);
+  private async serveOn(http: HttpServer, scheme: 'ws' | 'wss', host: string, port: number, limits: ListenLimits, onLimit: ((l: Limited) => void) | undefined): Promise<Listener> {
+    const untrusted = guard(http, limits, onLimit);
     try {
       await new Promise<void>((resolve, reject) => {
         http.once('error', reject);
@@ -258,7 +265,7 @@ export class WebSocketTransport implements Transport {
     server.on('error', () => undefined);
     const addr = http.address();
     const bound = typeof addr === 'object' && addr ? addr.port : port;
-    return this.serve(server, `${scheme}://${host}:${bound}`, limits, deadlines, async () => {
+    return this.serve(server, `${scheme}://${host}:${bound}`, limits, untrusted, async () => {
       // ws does not close a server it was handed; sockets never upgraded are dropped here too.
       await new Promise<void>((resolve) => server.close(() => resolve()));
       http.closeAllConnections();
@@ -267,7 +274,7 @@ export class WebSocketTransport implements Transport {
   }
 
   /** Wrap each accepted WebSocket as a Connection; `close` drops them all, then closes the server. */
-  private serve(server: WebSocketServer, url: string, limits: ListenLimits, deadlines: Deadlines, closeServer: () => Promise<void>): Listener {
+  private serve(server: WebSocketServer, url: string, limits: ListenLimits, untrusted: Untrusted, closeServer: () => Promise<void>): Listener {
     const conns = new Set<WsConnection>();
     let onConn: ((c: Connection) => void) | undefined;
     server.on('connection', (ws, req) => {
@@ -282,7 +289,7 @@ export class WebSocketTransport implements Transport {
       socket.on('data', count);
       const trusted = () => {
         socket.off('data', count);
-        deadlines.get(peerKey(socket))?.();
+        untrusted.get(peerKey(socket))?.();
       };
       const conn = new WsConnection(ws, `${socket.remoteAddress}:${socket.remotePort}`, this.maxFrameBytes, trusted, url.startsWith('wss:'));
       conns.add(conn);
