@@ -28,6 +28,7 @@ import type { Logger } from 'pino';
 import { Application, type Handle } from '../actors/application.js';
 import { NAME_PATTERN } from '../actors/auth.js';
 import { SafeResumeError } from '../errors.js';
+import { sourceOf, Unauthenticated } from '../transport/pre-auth.js';
 import { MAX_IO_BYTES } from '../transport/messages.js';
 import { MAX_TARGET_BYTES } from '../store/types.js';
 
@@ -58,6 +59,9 @@ const MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
 const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
 /** How long a client may take from connecting to the end of the handshake. */
 const HANDSHAKE_MS = 10_000;
+/** Connections an export holds at once, and of those on TCP, how many may not have proved a principal yet. */
+const MAX_CONNECTIONS = 256;
+const MAX_UNAUTHENTICATED = 128;
 /** How long an open waits for a target another connection of this node is still releasing. */
 const LOCKED_RETRY_MS = 2000;
 /** Connections of one principal that finished the handshake, held at once. */
@@ -187,11 +191,29 @@ export class NbdExport {
       keyFor: (identity) => this.keyFor(identity),
       appFor: (principal) => this.appFor(principal),
     };
+    // On TCP a connection counts as unauthenticated until its TLS handshake proves a principal, and
+    // those are held fairly (transport/pre-auth.ts): one source holds at most a quarter of the places,
+    // and a new connection makes room by dropping the oldest of the source holding the most, so a flood
+    // of silent connections from one address cannot keep a client with a key out.
+    const pre = auth.tlsOnly ? new Unauthenticated(MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED / 4) : undefined;
+    let warned = 0;
     const server = createServer((socket) => {
-      const c = new Connection(socket, this.opts, auth, this.admission, () => this.conns.delete(c));
+      let trusted = (): void => undefined;
+      if (pre) {
+        const { remove, limited } = pre.admit(sourceOf(socket.remoteAddress), () => socket.bytesRead === 0, () => socket.destroy());
+        trusted = remove;
+        if (limited && Date.now() - warned > 10_000) {
+          warned = Date.now();
+          this.opts.log?.warn(limited, 'nbd: a source holds too many connections that have not proved a principal; its oldest are dropped');
+        }
+      }
+      const c = new Connection(socket, this.opts, auth, this.admission, () => {
+        trusted();
+        this.conns.delete(c);
+      }, trusted);
       this.conns.add(c);
     });
-    server.maxConnections = 256;
+    server.maxConnections = MAX_CONNECTIONS;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       if (this.opts.path) server.listen(this.opts.path, resolve);
@@ -289,6 +311,8 @@ class Connection {
     private readonly auth: Auth,
     private readonly admission: Admission,
     private readonly gone: () => void,
+    /** The connection proved a principal (it no longer counts as unauthenticated). */
+    private readonly trusted: () => void = () => undefined,
   ) {
     this.app = auth.local;
     this.principal = auth.local?.principal ?? '';
@@ -484,6 +508,7 @@ class Connection {
     });
     if (!proved) throw new ProtocolError('TLS without a pre-shared key');
     this.secure = true;
+    this.trusted();
     this.principal = proved;
     this.app = this.auth.appFor(proved);
   }

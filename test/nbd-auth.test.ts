@@ -152,6 +152,33 @@ describe('NBD export: authentication', () => {
     expect(JSON.parse(info.stdout)).toMatchObject({ exports: [{ 'export-size': MiB }] });
   }, 60_000);
 
+  it('a flood of silent TCP connections from one address cannot keep a client with a key out: the flooder holds at most a quarter of the unauthenticated places', async () => {
+    const e = await setup();
+    const flood: Socket[] = [];
+    try {
+      // 300 connections from 127.0.0.2 that never say a word (more than the export's 256 places), bounded.
+      for (let i = 0; i < 300; i++) {
+        const s = connect({ host: '127.0.0.1', port: e.port, localAddress: '127.0.0.2' });
+        s.on('error', () => undefined);
+        s.resume(); // read the greeting, so a close by the server is seen
+        await new Promise<void>((resolve) => {
+          s.once('connect', () => resolve());
+          s.once('close', () => resolve());
+        });
+        flood.push(s);
+      }
+      await new Promise((r) => setTimeout(r, 200));
+      const held = flood.filter((s) => !s.destroyed && s.readyState === 'open').length;
+      expect(held).toBeLessThanOrEqual(32);
+      const server = `server.type=inet,server.host=127.0.0.1,server.port=${e.port}`;
+      const io = await qemuIoTls(e.pskDir('alice'), 'alice', server, 'flood.disk', ['write -P 0x3c 0 4k', 'read -P 0x3c 0 4k']);
+      expect(io.out).toMatch(/wrote 4096\/4096 bytes[\s\S]*read 4096\/4096 bytes/);
+      expect(e.warnings.some((w) => /"source":"127.0.0.2"/.test(w))).toBe(true);
+    } finally {
+      for (const s of flood) s.destroy();
+    }
+  }, 60_000);
+
   it('a client proving a principal the node holds no credential for, or with a wrong key, is refused at the TLS handshake and logged; nothing is opened', async () => {
     const e = await setup();
     const server = `server.type=inet,server.host=127.0.0.1,server.port=${e.port}`;
