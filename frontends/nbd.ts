@@ -29,6 +29,8 @@ import { Application, type Handle } from '../actors/application.js';
 import { NAME_PATTERN } from '../actors/auth.js';
 import { SafeResumeError } from '../errors.js';
 import { sourceOf, Unauthenticated } from '../transport/pre-auth.js';
+import { realClock } from '../actors/env.js';
+import { LogLimiter } from '../actors/log-limit.js';
 import { MAX_IO_BYTES } from '../transport/messages.js';
 import { MAX_TARGET_BYTES } from '../store/types.js';
 
@@ -62,6 +64,15 @@ const HANDSHAKE_MS = 10_000;
 /** Connections an export holds at once, and of those on TCP, how many may not have proved a principal yet. */
 const MAX_CONNECTIONS = 256;
 const MAX_UNAUTHENTICATED = 128;
+/**
+ * Replies to options a client may leave unread during the handshake (a client that sends options and
+ * never reads the answers is closed past it), and options answered NBD_REP_ERR_TLS_REQD before
+ * STARTTLS (past them the connection is closed): before authentication a peer gets a few KiB.
+ */
+const MAX_HANDSHAKE_UNSENT_BYTES = 64 * 1024;
+const MAX_OPTIONS_BEFORE_TLS = 16;
+/** How long a connection refused a place among its principal's is kept to be told why at its next option. */
+const REFUSED_GRACE_MS = 2000;
 /** How long an open waits for a target another connection of this node is still releasing. */
 const LOCKED_RETRY_MS = 2000;
 /** Connections of one principal that finished the handshake, held at once. */
@@ -161,6 +172,8 @@ export class NbdExport {
   private readonly conns = new Set<Connection>();
   private readonly admission: Admission;
   private readonly apps = new Map<string, Application>();
+  /** Warnings clients can cause (a broken handshake, an unknown principal, a refused place), rate-limited. */
+  private readonly warnings = new LogLimiter(realClock);
   url = '';
 
   constructor(private readonly opts: NbdExportOptions) {
@@ -190,22 +203,22 @@ export class NbdExport {
       local: this.opts.path !== undefined ? this.opts.app : undefined,
       keyFor: (identity) => this.keyFor(identity),
       appFor: (principal) => this.appFor(principal),
+      warn: (kind, fields, message) => {
+        const t = this.warnings.take(kind);
+        if (t.log) this.opts.log?.warn(t.suppressed > 0 ? { ...fields, suppressed: t.suppressed } : fields, t.suppressed > 0 ? `${message} (and ${t.suppressed} more like it left out)` : message);
+      },
     };
     // On TCP a connection counts as unauthenticated until its TLS handshake proves a principal, and
     // those are held fairly (transport/pre-auth.ts): one source holds at most a quarter of the places,
     // and a new connection makes room by dropping the oldest of the source holding the most, so a flood
     // of silent connections from one address cannot keep a client with a key out.
     const pre = auth.tlsOnly ? new Unauthenticated(MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED / 4) : undefined;
-    let warned = 0;
     const server = createServer((socket) => {
       let trusted = (): void => undefined;
       if (pre) {
         const { remove, limited } = pre.admit(sourceOf(socket.remoteAddress), () => socket.bytesRead === 0, () => socket.destroy());
         trusted = remove;
-        if (limited && Date.now() - warned > 10_000) {
-          warned = Date.now();
-          this.opts.log?.warn(limited, 'nbd: a source holds too many connections that have not proved a principal; its oldest are dropped');
-        }
+        if (limited) auth.warn('pre-auth limit', { ...limited }, 'nbd: a source holds too many connections that have not proved a principal; its oldest are dropped');
       }
       const c = new Connection(socket, this.opts, auth, this.admission, () => {
         trusted();
@@ -262,6 +275,8 @@ interface Auth {
   local: Application | undefined;
   keyFor: (identity: string) => Buffer | undefined;
   appFor: (principal: string) => Application;
+  /** Log a warning a client can cause, rate-limited per kind (actors/log-limit.ts). */
+  warn: (kind: string, fields: Record<string, unknown>, message: string) => void;
 }
 
 /** One client connection: the handshake, then transmission over one handle. */
@@ -294,8 +309,12 @@ class Connection {
   private invalid: string | undefined;
   /** Requests the current read handle is serving (it is closed once they are answered). */
   private readonly reads = new Set<Promise<unknown>>();
-  /** Whether the connection holds its place among its principal's (Admission). */
+  /** Whether the connection holds its place among its principal's (Admission), or why it was refused one. */
   private admitted = false;
+  private refusal: string | undefined;
+  private refusalTimer: NodeJS.Timeout | undefined;
+  /** Options answered NBD_REP_ERR_TLS_REQD so far. */
+  private beforeTls = 0;
   private idle: NodeJS.Timeout | undefined;
   private target = '';
   private size = 0;
@@ -316,6 +335,7 @@ class Connection {
   ) {
     this.app = auth.local;
     this.principal = auth.local?.principal ?? '';
+    if (this.app) this.claim();
     socket.setNoDelay(true);
     this.listenTo(socket);
     this.deadline = setTimeout(() => {
@@ -406,6 +426,7 @@ class Connection {
           const head = this.peek(16);
           if (!head) return this.resume();
           if (head.readBigUInt64BE(0) !== IHAVEOPT) throw new ProtocolError('bad option magic');
+          if (this.socket.writableLength > MAX_HANDSHAKE_UNSENT_BYTES) throw new ProtocolError('the client does not read the answers to its options');
           const option = head.readUInt32BE(8);
           const length = head.readUInt32BE(12);
           if (length > MAX_OPTION_BYTES) throw new ProtocolError(`option of ${length} bytes`);
@@ -459,7 +480,7 @@ class Connection {
   }
 
   private fail(err: unknown): void {
-    this.opts.log?.warn({ err: String(err), target: this.target || undefined }, 'nbd connection closed');
+    this.auth.warn(this.app ? 'connection closed' : 'unauthenticated connection closed', { err: String(err), ...(this.target ? { target: this.target } : {}) }, 'nbd connection closed');
     this.phase = 'closed';
     this.socket.destroy();
   }
@@ -493,7 +514,7 @@ class Connection {
       pskCallback: (_socket, identity) => {
         const key = this.auth.keyFor(identity);
         if (key) proved = identity;
-        else this.opts.log?.warn({ principal: identity.slice(0, 128) }, 'nbd client refused: it names a principal this export cannot verify (no credential for it on this node)');
+        else this.auth.warn('unknown principal', { principal: identity.slice(0, 128) }, 'nbd client refused: it names a principal this export cannot verify (no credential for it on this node)');
         return key ?? null;
       },
     };
@@ -509,8 +530,10 @@ class Connection {
     if (!proved) throw new ProtocolError('TLS without a pre-shared key');
     this.secure = true;
     this.trusted();
+    this.unadmit();
     this.principal = proved;
     this.app = this.auth.appFor(proved);
+    this.claim();
   }
 
   private async option(option: number, data: Buffer): Promise<void> {
@@ -518,6 +541,7 @@ class Connection {
     if (!this.app) {
       // TLS only (TCP): nothing is answered, listed or opened before the client has proved a principal.
       if (option === OPT.EXPORT_NAME) throw new ProtocolError('EXPORT_NAME before STARTTLS: this export requires TLS');
+      if (option !== OPT.ABORT && ++this.beforeTls > MAX_OPTIONS_BEFORE_TLS) throw new ProtocolError(`${MAX_OPTIONS_BEFORE_TLS} options before STARTTLS: this export requires TLS`);
       if (option !== OPT.ABORT) return this.reply(option, REP.ERR_TLS_REQD, Buffer.from('this export requires TLS: send NBD_OPT_STARTTLS and prove a principal with its pre-shared key'));
     }
     switch (option) {
@@ -533,7 +557,7 @@ class Connection {
       }
       case OPT.EXPORT_NAME: {
         const name = data.toString('utf8');
-        const refused = this.admit(name);
+        const refused = this.admit();
         if (refused) throw new ProtocolError(refused);
         const ok = await this.attach(name);
         if (this.phase === 'closed') return;
@@ -557,16 +581,12 @@ class Connection {
         const want = new Set<number>();
         for (let i = 0; i < count; i++) want.add(data.readUInt16BE(4 + nameLength + 2 + 2 * i));
         if (option === OPT.GO) {
-          const refused = this.admit(name);
+          const refused = this.admit();
           if (refused) return this.reply(option, REP.ERR_POLICY, Buffer.from(refused));
         }
         const ok = option === OPT.GO ? await this.attach(name) : await this.sizeOf(name);
         if (this.phase === 'closed') return;
-        if (!ok.ok) {
-          // A refused GO holds no place: the client may try another export, or go.
-          if (option === OPT.GO) this.unadmit();
-          return this.reply(option, ok.code, Buffer.from(ok.message));
-        }
+        if (!ok.ok) return this.reply(option, ok.code, Buffer.from(ok.message));
         const info = Buffer.alloc(12);
         info.writeUInt16BE(INFO.EXPORT, 0);
         info.writeBigUInt64BE(BigInt(ok.size), 2);
@@ -623,18 +643,28 @@ class Connection {
   }
 
   /**
-   * Take a place for this connection among its principal's; the reason it is refused, if it is (the
-   * client is told it, and a warning is logged).
+   * Take a place for this connection among its principal's as soon as it is known who it acts as (at
+   * connect on a Unix socket, when its TLS handshake proves a principal), so a connection that proved
+   * a principal and never asks for an export still counts. A refused one is told why at its next option
+   * (NBD_REP_ERR_POLICY) and closed soon after; a warning is logged.
    */
-  private admit(name: string): string | undefined {
-    if (this.admitted) return undefined;
+  private claim(): void {
+    clearTimeout(this.refusalTimer);
+    this.refusal = undefined;
     if (this.admission.take(this.principal)) {
       this.admitted = true;
-      return undefined;
+      return;
     }
     const why = `principal ${JSON.stringify(this.principal)} holds ${this.admission.max} connections to this export already (the most it may): close one and connect again`;
-    this.opts.log?.warn({ principal: this.principal, target: name, max: this.admission.max }, 'nbd connection refused: too many connections of one principal');
-    return why;
+    this.auth.warn('principal connection limit', { principal: this.principal, max: this.admission.max }, 'nbd connection refused: too many connections of one principal');
+    this.refusal = why;
+    this.refusalTimer = setTimeout(() => this.fail(new ProtocolError(why)), REFUSED_GRACE_MS);
+    this.refusalTimer.unref();
+  }
+
+  /** Why this connection may not open an export (it holds no place among its principal's), if so. */
+  private admit(): string | undefined {
+    return this.admitted ? undefined : this.refusal;
   }
 
   /** Give back this connection's place among its principal's. */
@@ -846,6 +876,7 @@ class Connection {
     this.phase = 'closed';
     clearTimeout(this.deadline);
     clearTimeout(this.idle);
+    clearTimeout(this.refusalTimer);
     this.unadmit();
     this.chunks = [];
     this.have = 0;

@@ -8,6 +8,7 @@
 import { execFile } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { pino } from 'pino';
@@ -178,6 +179,58 @@ describe('NBD export: authentication', () => {
       for (const s of flood) s.destroy();
     }
   }, 60_000);
+
+  it('before TLS a client gets a few options answered, then is closed, and what clients break is logged a few lines per 10 s, not once each', async () => {
+    const e = await setup();
+    const flags = Buffer.from([0, 0, 0, 3]);
+    // 1,000 LIST options before STARTTLS, never reading: closed after the first few, not kept for the handshake's 10 s.
+    const many = await talk({ port: e.port }, Buffer.concat([flags, ...Array.from({ length: 1000 }, () => option(OPT.LIST))]));
+    expect(many.closed).toBe(true);
+    expect(replies(many.data).length).toBeLessThanOrEqual(16);
+    // 200 connections that break the protocol: the log holds a bounded number of lines about them.
+    for (let i = 0; i < 200; i++) await talk({ port: e.port }, Buffer.from('GET / HTTP/1.1\r\n\r\n'));
+    const lines = e.warnings.filter((w) => /nbd connection closed/.test(w));
+    expect(lines.length).toBeGreaterThan(0);
+    expect(lines.length).toBeLessThanOrEqual(12);
+  }, 60_000);
+
+  it('a connection counts among its principal\'s once its TLS handshake proves it, so one that proved a principal and never asks for an export cannot hold places past the cap', async () => {
+    const c = await cluster();
+    const agent = await c.addNode('node-1');
+    const app = new Application(agent, { name: 'nbd' });
+    const tcp = new NbdExport({ app, size: () => MiB, port: 0, maxConnectionsPerPrincipal: 2 });
+    await tcp.listen();
+    cleanups.push(() => tcp.close());
+    const port = Number(new URL(tcp.url).port);
+    const psk = nbdPsk(issueCredential(c.secret, 'principal', 'alice'));
+    /** Connect, STARTTLS, prove alice; resolves with the TLS socket once secure. */
+    const proved = () =>
+      new Promise<TLSSocket>((resolve, reject) => {
+        const raw = connect(port, '127.0.0.1');
+        raw.on('error', reject);
+        let got = Buffer.alloc(0);
+        const onData = (d: Buffer) => {
+          got = Buffer.concat([got, d]);
+          if (got.length < 18 + 20) return;
+          raw.off('data', onData);
+          const tls = tlsConnect({ socket: raw, minVersion: 'TLSv1.3', ciphers: 'PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256', checkServerIdentity: () => undefined, pskCallback: () => ({ identity: 'alice', psk }) });
+          tls.on('error', reject);
+          tls.once('secureConnect', () => resolve(tls));
+        };
+        raw.on('data', onData);
+        raw.on('connect', () => raw.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), option(OPT.STARTTLS)])));
+      });
+    const held = [await proved(), await proved()];
+    const third = await proved();
+    const closed = new Promise<void>((r) => third.once('close', () => r()));
+    let answer = Buffer.alloc(0);
+    third.on('data', (d: Buffer) => (answer = Buffer.concat([answer, d])));
+    third.write(option(OPT.GO, goData('alice.disk')));
+    await closed;
+    expect(answer.readUInt32BE(12)).toBe(REP.ERR_POLICY);
+    expect(answer.subarray(20).toString()).toMatch(/principal "alice" holds 2 connections/);
+    for (const h of held) h.destroy();
+  }, 30_000);
 
   it('a client proving a principal the node holds no credential for, or with a wrong key, is refused at the TLS handshake and logged; nothing is opened', async () => {
     const e = await setup();
