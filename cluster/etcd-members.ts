@@ -6,7 +6,8 @@
  * its CA; without it (the tests' own members) plain HTTP.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { SafeResumeError } from '../errors.js';
@@ -67,14 +68,30 @@ export class EtcdMembers {
   static async start(dir: string, n: number, waitMs = 20_000, place?: (id: string) => Host | undefined, tls?: EtcdTls): Promise<EtcdMembers> {
     requireEtcd();
     const e = new EtcdMembers(tls);
-    for (let i = 1; i <= n; i++) {
-      const id = `etcd-${i}`;
+    // A cluster started here before keeps its members' addresses: each member's data remembers its
+    // peers' URLs, so the members start again on the ports they had (kept in members.json).
+    const kept = readLayout(dir);
+    const ids = Array.from({ length: n }, (_, i) => `etcd-${i + 1}`);
+    const have = ids.filter((id) => existsSync(join(dir, id, 'member')));
+    if (have.length > 0 && (have.length < n || !kept || ids.some((id) => !kept[id]))) {
+      throw new SafeResumeError('INVALID_ARGUMENT', `${dir} holds the data of ${have.length === n ? 'etcd members whose addresses were not kept' : `only ${have.join(', ')} of ${n} etcd members`}: start with the same number of members and data directory as before, or remove ${dir} to start an empty etcd (its data is lost)`);
+    }
+    const existing = have.length === n;
+    for (const id of ids) {
       const host = place?.(id);
-      const [client, peer] = host ? [2379, 2380] : [await freePort(), await freePort()];
       const address = host?.address ?? '127.0.0.1';
+      const was = existing ? kept![id]! : undefined;
+      const [client, peer] = was ? [was.client, was.peer] : host ? [2379, 2380] : [await freePort(), await freePort()];
+      if (was && !host) {
+        for (const port of [client, peer]) {
+          if (!(await portFree(port))) throw new SafeResumeError('UNAVAILABLE', `${id} of the etcd in ${dir} listened on 127.0.0.1:${port}, which another process holds now: stop it, or remove ${dir} to start an empty etcd (its data is lost)`);
+        }
+      }
       e.members.push({ id, endpoint: `${address}:${client}`, peer: `${e.scheme}://${address}:${peer}`, dataDir: join(dir, id), proc: undefined, host });
     }
-    for (const m of e.members) e.spawn(m, 'new');
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    writeLayout(dir, Object.fromEntries(e.members.map((m) => [m.id, { client: Number(m.endpoint.split(':').pop()), peer: Number(m.peer.split(':').pop()) }])));
+    for (const m of e.members) e.spawn(m, existing ? 'existing' : 'new');
     try {
       await e.ready(waitMs);
     } catch (err) {
@@ -182,4 +199,41 @@ export class EtcdMembers {
       }),
     );
   }
+}
+
+/** Where members.json keeps each member's client and peer port (so a later start reuses them). */
+type Layout = Record<string, { client: number; peer: number }>;
+const LAYOUT_FILE = 'members.json';
+
+function readLayout(dir: string): Layout | undefined {
+  const path = join(dir, LAYOUT_FILE);
+  if (!existsSync(path)) return undefined;
+  try {
+    const raw = JSON.parse(readFileSync(path, 'utf8')) as unknown;
+    if (typeof raw !== 'object' || raw === null) return undefined;
+    const out: Layout = {};
+    for (const [id, v] of Object.entries(raw)) {
+      const { client, peer } = (v ?? {}) as { client?: unknown; peer?: unknown };
+      if (!Number.isInteger(client) || !Number.isInteger(peer)) return undefined;
+      out[id] = { client: client as number, peer: peer as number };
+    }
+    return out;
+  } catch {
+    return undefined;
+  }
+}
+
+function writeLayout(dir: string, layout: Layout): void {
+  const path = join(dir, LAYOUT_FILE);
+  writeFileSync(`${path}.tmp`, JSON.stringify(layout) + '\n', { mode: 0o600 });
+  renameSync(`${path}.tmp`, path);
+}
+
+/** Whether nothing listens on 127.0.0.1:port now. */
+function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
 }

@@ -151,6 +151,17 @@ describe('safe-resume up --store etcd: the local members require client certific
     await run('replica-y', ['--etcd-ca', tls('ca.crt')]);
     expect(readFileSync(join(d, 'logs', 'replica-y.log'), 'utf8')).toContain('the store does not answer yet');
   }, 120_000);
+
+  it('a second up over the same directory starts the same members again (their ports kept), with the same certificates, and the data is there', async () => {
+    const certBefore = readFileSync(tls('member.crt'), 'utf8');
+    const p = up!;
+    cli('down');
+    await waitFor('the launcher to exit', () => p.exitCode !== null, 30_000);
+    await startUp();
+    expect(status().etcd[0]!.endpoint).toBe(endpoint);
+    expect(readFileSync(tls('member.crt'), 'utf8')).toBe(certBefore);
+    expect(cli('read', 'tls.disk').stdout).toMatch(/^over-tls/);
+  }, 120_000);
 });
 
 describe('the local etcd certificates', () => {
