@@ -16,6 +16,8 @@ export type TimelineEvent = { at: number; seq: number } & (
 type NewEvent = TimelineEvent extends infer T ? (T extends TimelineEvent ? Omit<T, 'at' | 'seq'> & { at?: number } : never) : never;
 
 const MAX_EVENTS = 5000;
+/** Handles whose last state is remembered (an export's client opens a new one each time): the oldest go first. */
+const MAX_HANDLES = 10_000;
 
 export class Timeline {
   private readonly events: TimelineEvent[] = [];
@@ -51,6 +53,7 @@ export class Timeline {
       const key = `${node}/${h.app}`;
       const prev = this.last.get(key);
       if (prev && prev.state === h.state && prev.requestId === h.requestId) continue;
+      if (!prev && this.last.size >= MAX_HANDLES) this.last.delete(this.last.keys().next().value!);
       this.last.set(key, { state: h.state, requestId: h.requestId });
       if (!prev && h.state === 'opening') continue;
       if (h.state === 'paused') this.pauses++;
