@@ -195,6 +195,15 @@ async function node(raw: unknown): Promise<void> {
   self = agent;
   const metrics = m ? await serveMetrics(m.registry, () => ({ ok: agent.state === 'connected', node: cfg.id, session: agent.state, replica: agent.replica ?? null }), cfg.metricsPort) : undefined;
   agent.start().catch((err: unknown) => log.error({ err: String(err) }, 'node agent could not start'));
+  /**
+   * Each handle's changes of state as they happen, sent with the next report: the timeline shows a
+   * pause however short (a status report, every 300 ms, sees only where a handle is).
+   */
+  const transitions: Array<{ at: number; app: string; target: string; requestId: string; state: string; reason: string | null }> = [];
+  const transition = (app: string, target: string, h: Handle): void => {
+    if (transitions.length >= MAX_TRANSITIONS) transitions.shift();
+    transitions.push({ at: Date.now(), app, target, requestId: h.requestId, state: h.state, reason: h.reason ?? null });
+  };
   // The block export: programs on this host open any target as a disk (one write handle per connection),
   // on a Unix socket only its owner (or --nbd-group) reaches, and on TCP for TLS-PSK clients if asked.
   const nbdApp = cfg.nbdSocket !== undefined ? new Application(agent, { name: `${cfg.id}-nbd`, pauseTimeoutMs: cfg.pauseTimeoutMs }) : undefined;
@@ -205,8 +214,16 @@ async function node(raw: unknown): Promise<void> {
     if (!a) perPrincipal.set(principal, (a = new Application(agent, { name: `${cfg.id}-nbd:${principal}`, principal, pauseTimeoutMs: cfg.pauseTimeoutMs })));
     return a;
   };
-  const nbd = nbdApp ? new NbdExport({ app: nbdApp, appFor, path: cfg.nbdSocket!, log }) : undefined;
-  const nbdTls = nbdApp && cfg.nbdTlsPort !== undefined ? new NbdExport({ app: nbdApp, appFor, port: cfg.nbdTlsPort, log }) : undefined;
+  // Each handle an export connection serves through has its changes of state on the timeline, as a hosted
+  // application's have, under a name of its own (`nbd#N`, numbered on this node).
+  let nbdHandles = 0;
+  const onHandle = (h: Handle, target: string): void => {
+    const app = `nbd#${++nbdHandles}`;
+    transition(app, target, h);
+    h.on('state', () => transition(app, target, h));
+  };
+  const nbd = nbdApp ? new NbdExport({ app: nbdApp, appFor, path: cfg.nbdSocket!, log, onHandle }) : undefined;
+  const nbdTls = nbdApp && cfg.nbdTlsPort !== undefined ? new NbdExport({ app: nbdApp, appFor, port: cfg.nbdTlsPort, log, onHandle }) : undefined;
   // The export is a service of the node, not its reason to exist: one that cannot listen is logged and left out.
   const nbdUp = await (async () => {
     if (!nbd) return false;
@@ -232,15 +249,6 @@ async function node(raw: unknown): Promise<void> {
     if (cfg.history) history.push({ t: Date.now(), proc, ...e, id: `${cfg.id}:${String(e.id)}` });
   };
 
-  /**
-   * Each handle's changes of state as they happen, sent with the next report: the timeline shows a
-   * pause however short (a status report, every 300 ms, sees only where a handle is).
-   */
-  const transitions: Array<{ at: number; app: string; target: string; requestId: string; state: string; reason: string | null }> = [];
-  const transition = (a: HostedApp, h: Handle): void => {
-    if (transitions.length >= MAX_TRANSITIONS) transitions.shift();
-    transitions.push({ at: Date.now(), app: a.name, target: a.target, requestId: h.requestId, state: h.state, reason: h.reason ?? null });
-  };
 
   /** Open the target (reclaiming a kept or given requestId) and write until stopped; reload after an invalidation. */
   const host = (name: string, target: string, requestId?: string): void => {
@@ -255,9 +263,9 @@ async function node(raw: unknown): Promise<void> {
           hosted.handle = h;
           hosted.since = Date.now();
           hosted.awaySince = undefined;
-          transition(hosted, h);
+          transition(hosted.name, hosted.target, h);
           h.on('state', (to) => {
-            transition(hosted, h);
+            transition(hosted.name, hosted.target, h);
             hosted.since = Date.now();
             if (to === 'active') hosted.awaySince = undefined;
             else if (to === 'paused') hosted.awaySince ??= hosted.since;

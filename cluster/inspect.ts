@@ -2,7 +2,8 @@
  * Inspection of a child process's actors: XState inspection events, converted by @statelyai/inspect,
  * go to the launcher over one WebSocket in batches, only while somebody watches (the launcher says so), with
  * bytes and long strings cut down before they leave the process. Actor registrations always go, so a
- * browser that arrives later still knows every actor and its machine. The launcher takes the
+ * browser that arrives later still knows every actor and its machine, and so does each actor's end (its
+ * last snapshot, done or stopped), so the launcher forgets an actor that is gone. The launcher takes the
  * connection only with this process's inspection credential (from its configuration, over IPC).
  *
  * A node agent's protocol messages (what it sends to a replica and what comes back) go the same way,
@@ -150,8 +151,11 @@ export function processInspector(url: string, credential?: string): ProcessInspe
         inspector.inspect.next?.(ev);
         return;
       }
-      if (!watching) return;
-      if (ev.type === '@xstate.snapshot' && (ev.snapshot as { status?: string }).status !== 'active') live.delete(ev.actorRef);
+      const ended = ev.type === '@xstate.snapshot' && (ev.snapshot as { status?: string }).status !== 'active';
+      if (ended) live.delete(ev.actorRef);
+      // An actor that ended is told even while nobody watches: the launcher keeps every registration
+      // for a browser that comes later, and drops it only when told the actor is gone.
+      if (!watching && !ended) return;
       if (ev.type === '@xstate.snapshot' || ev.type === '@xstate.event') inspector.inspect.next?.(ev);
     },
     watch(on) {

@@ -1,7 +1,8 @@
 /**
  * The local inspector: the launcher receives every child process's inspection events (the
  * @statelyai/inspect WebSocket format) on /inspect, keeps a bounded recent history, and fans it out
- * to browsers on /stream, replaying the history to each new one. It serves the page (all assets from
+ * to browsers on /stream, replaying the history to each new one (the actors still running, or left by a
+ * process that is down; an actor that ended is forgotten). It serves the page (all assets from
  * this package, nothing from the internet) and the same commands as the control endpoint under /api.
  *
  * Locked (see http-guard.ts): everything answers only a loopback Host and no foreign Origin; /api and
@@ -184,6 +185,11 @@ export class InspectorServer {
     }
     if (ev.type === '@xstate.actor') this.keepActor(`${from}:${String(ev.sessionId)}`, line); // actor ids are per process
     else if (message) this.messages.push(line);
+    else if (ev.type === '@xstate.snapshot' && ended(ev.snapshot)) {
+      // The actor is gone (a handle closed, a session ended): a browser that comes later never sees it.
+      this.dropActor(`${from}:${String(ev.sessionId)}`);
+      this.recent.push(line);
+    }
     else this.recent.push(line);
     if (this.browsers.size > 0) this.toBrowsers(line);
     // The Stately inspector knows XState's events only.
@@ -208,6 +214,13 @@ export class InspectorServer {
       this.actors.delete(k);
       this.actorChars -= v.length;
     }
+  }
+
+  private dropActor(key: string): void {
+    const old = this.actors.get(key);
+    if (old === undefined) return;
+    this.actors.delete(key);
+    this.actorChars -= old.length;
   }
 
   /** Browsers get a JSON array of events per event-loop turn. */
@@ -241,6 +254,12 @@ export class InspectorServer {
     for (const c of [...this.pages.clients, ...this.processes.clients]) c.terminate();
     await closeServer(this.server);
   }
+}
+
+/** Whether a snapshot is an actor's last: it reached a final state, or was stopped. */
+function ended(snapshot: unknown): boolean {
+  const status = typeof snapshot === 'object' && snapshot !== null ? (snapshot as { status?: unknown }).status : undefined;
+  return status === 'done' || status === 'stopped' || status === 'error';
 }
 
 /** The newest lines, at most `max` of them and `maxChars` characters, for the replay to a new browser. */

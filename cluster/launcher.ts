@@ -911,8 +911,24 @@ export class Launcher {
     writeFileSync(file, JSON.stringify({ url: this.controlUrl, pid: process.pid, token: this.token }) + '\n', { mode: 0o600 });
   }
 
-  /** One command, as the control endpoint and the inspector page send it. */
+  /**
+   * One command, as the control endpoint and the inspector page send it. What breaks or changes the
+   * cluster goes on the timeline at the time it was asked (what only looks does not): a fault if it was
+   * done (or a write whose outcome is unknown), marked refused with the code if nothing was done.
+   */
   async command(method: string, url: string, body: string): Promise<ControlResult> {
+    const at = Date.now();
+    const r = await this.run(method, url, body);
+    if (method === 'POST' && FAULT_COMMANDS.has(url)) {
+      const what = commandText(url, body);
+      if (r.ok) this.timeline.add({ at, kind: 'fault', what });
+      else if (r.code === 'OUTCOME_UNKNOWN') this.timeline.add({ at, kind: 'fault', what: `${what} (outcome unknown)` });
+      else this.timeline.add({ at, kind: 'refused', what, code: r.code, message: r.message.slice(0, 300) });
+    }
+    return r;
+  }
+
+  private async run(method: string, url: string, body: string): Promise<ControlResult> {
     try {
       if (method === 'GET' && url === '/status') return { ok: true, ...this.status() };
       // The CLI's status: with each paused handle's hold period, read from the store.
@@ -929,8 +945,6 @@ export class Launcher {
       }
       if (method !== 'POST') throw new SafeResumeError('INVALID_ARGUMENT', `unknown endpoint ${method} ${url}`);
       const args = (body ? JSON.parse(body) : {}) as Record<string, unknown>;
-      // What breaks or changes the cluster goes on the timeline (what only looks does not).
-      if (FAULT_COMMANDS.has(url)) this.timeline.add({ kind: 'fault', what: [url.slice(1), ...Object.entries(args).map(([k, v]) => (k === 'text' ? JSON.stringify(v) : k === 'for' ? `for ${String(v)} s` : String(v)))].join(' ') });
       const str = (k: string) => {
         const v = args[k];
         if (typeof v !== 'string' || v.length === 0) throw new SafeResumeError('INVALID_ARGUMENT', `missing ${k}`);
@@ -976,6 +990,18 @@ export class Launcher {
       return { ok: false, code: 'INTERNAL', message: String(err) };
     }
   }
+}
+
+/** A command of FAULT_COMMANDS as the timeline tells it: `kill replica-1`, `write app-1.disk "x" intruder`. */
+function commandText(url: string, body: string): string {
+  let args: Record<string, unknown> = {};
+  try {
+    const parsed: unknown = body ? JSON.parse(body) : {};
+    if (typeof parsed === 'object' && parsed !== null) args = parsed as Record<string, unknown>;
+  } catch {
+    // Refused as not JSON: the command's name says enough.
+  }
+  return [url.slice(1), ...Object.entries(args).map(([k, v]) => (k === 'text' ? JSON.stringify(v) : k === 'for' ? `for ${String(v)} s` : String(v)))].join(' ');
 }
 
 /** A target's owner and access list, in one line. */

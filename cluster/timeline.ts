@@ -1,11 +1,13 @@
 /**
- * The story of a failure, as the launcher sees it: faults injected (commands), processes that exited
+ * The story of a failure, as the launcher sees it: faults injected (commands; those refused, marked so), processes that exited
  * or started, and each handle's way through them (paused, resuming, granted, denied with its reason
  * and who took the target over). Kept in memory, newest last, bounded; `safe-resume events` and the
  * inspector read it.
  */
 export type TimelineEvent = { at: number; seq: number } & (
   | { kind: 'fault'; what: string }
+  /** A command that would have injected a fault or changed the cluster, refused: nothing was done. */
+  | { kind: 'refused'; what: string; code: string; message: string }
   | { kind: 'process'; id: string; what: 'started' | 'exited' | 'dismounted' | 'mounted'; detail?: string }
   | { kind: 'handle'; node: string; app: string; target: string; requestId: string | null; from: string; to: string; reason?: string; detail?: string }
 );
@@ -14,6 +16,8 @@ export type TimelineEvent = { at: number; seq: number } & (
 type NewEvent = TimelineEvent extends infer T ? (T extends TimelineEvent ? Omit<T, 'at' | 'seq'> & { at?: number } : never) : never;
 
 const MAX_EVENTS = 5000;
+/** Handles whose last state is remembered (an export's client opens a new one each time): the oldest go first. */
+const MAX_HANDLES = 10_000;
 
 export class Timeline {
   private readonly events: TimelineEvent[] = [];
@@ -49,6 +53,7 @@ export class Timeline {
       const key = `${node}/${h.app}`;
       const prev = this.last.get(key);
       if (prev && prev.state === h.state && prev.requestId === h.requestId) continue;
+      if (!prev && this.last.size >= MAX_HANDLES) this.last.delete(this.last.keys().next().value!);
       this.last.set(key, { state: h.state, requestId: h.requestId });
       if (!prev && h.state === 'opening') continue;
       if (h.state === 'paused') this.pauses++;
@@ -82,6 +87,8 @@ export function formatEvent(e: TimelineEvent): string {
   switch (e.kind) {
     case 'fault':
       return `${t}  fault    ${e.what}`;
+    case 'refused':
+      return `${t}  refused  ${e.what} (${e.code}: ${e.message})`;
     case 'process':
       return `${t}  process  ${e.id} ${e.what}${e.detail ? ` (${e.detail})` : ''}`;
     case 'handle':

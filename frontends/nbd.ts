@@ -121,6 +121,11 @@ export interface NbdExportOptions {
   log?: Logger;
   /** Told when a connection's handle is invalidated (target, reason), for status and the inspector. */
   onInvalidated?: (target: string, reason: string) => void;
+  /**
+   * Told of every handle a connection serves requests through (its read handle, then its write handle),
+   * once it is open: the node follows its changes of state for the timeline.
+   */
+  onHandle?: (handle: Handle, target: string) => void;
   /** How long a client may take to finish the handshake (default 10 s). */
   handshakeTimeoutMs?: number;
   /**
@@ -710,6 +715,7 @@ class Connection {
   /** Serve requests through `handle` from now on, telling its invalidation. */
   private use(handle: Handle): void {
     this.handle = handle;
+    this.opts.onHandle?.(handle, this.target);
     handle.on('invalidated', (reason) => {
       this.opts.log?.warn({ target: this.target, reason }, 'nbd export invalidated: requests fail with EIO');
       this.opts.onInvalidated?.(this.target, reason);

@@ -336,6 +336,7 @@ function tlRow(e) {
   let cls = e.kind;
   let text;
   if (e.kind === 'fault') text = esc(e.what);
+  else if (e.kind === 'refused') text = `${esc(e.what)} <span class="detail">(${esc(e.code)}: ${esc(e.message)})</span>`;
   else if (e.kind === 'process') {
     cls += ` ${e.what}`;
     text = `${esc(e.id)} ${esc(e.what)}${e.detail ? ` <span class="detail">(${esc(e.detail)})</span>` : ''}`;
