@@ -424,7 +424,7 @@ export class Launcher {
   /** Run `fn` on a client of the store of its own (etcd's, or a connection to the SQLite file), given up after 2 s. */
   private async withStore<T>(fn: (store: ReturnType<typeof openStore>) => Promise<T>): Promise<T> {
     const spec = parseStoreSpec(this.storeSpec);
-    const store = spec.kind === 'sqlite' ? new SqliteStore(this.dbPath) : openStore(this.storeSpec);
+    const store = spec.kind === 'sqlite' ? new SqliteStore(this.dbPath) : openStore(this.storeSpec, { etcd: this.etcdOptions() });
     let timer: NodeJS.Timeout | undefined;
     try {
       const done = await Promise.race([fn(store).then((v) => ({ v })), new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2000)))]);
