@@ -31,12 +31,16 @@ import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles, type TlsFiles } from '../transport/tls.js';
 import { MAX_DISK_BYTES } from '../store/types.js';
 import { targetUrl } from '../frontends/nbd.js';
+import { didYouMean } from './suggest.js';
+import { ALL_FLAGS, bashCompletion, COMMAND_FLAGS, COMMANDS, zshCompletion } from './completion.js';
+import { logs } from './logs-cli.js';
 
 const HELP = `safe-resume — pause applications through storage failures, resume them safely
 
 Usage:
   safe-resume up [options]            start a local cluster (real processes) and show its status
-  safe-resume status [-w] [--json]    every replica, node and handle of the running cluster; -w: again
+  safe-resume status [<id>] [--target T] [-w] [--json]   every replica, node and handle of the running
+                                      cluster (or of one replica or node, or one target's); -w: again
                                       every second (time in state, pause timeout left, writes/s)
   safe-resume kill <id>               SIGKILL a replica or node (replica-1, node-2, ...)
   safe-resume restart <id>            restart a replica or node (killing it first if it runs)
@@ -47,11 +51,15 @@ Usage:
   safe-resume move <app> --to <node>  move an application (with its requestId) to another node
   safe-resume write <target> <text> [--as NAME]   write text at offset 0 as an ad-hoc application
                                       (of principal default, as the workload's applications are)
-  safe-resume read <target>           read a target as an ad-hoc reader (principal default)
+  safe-resume read <target> [--offset N] [--length N] [--hex]   read a target as an ad-hoc reader
+                                      (principal default; 1 MiB from offset 0 unless told, up to 16 MiB);
+                                      on a terminal, data that is not printable text is shown as hex
   safe-resume create <target> --size SIZE [--node N]   create a disk of SIZE bytes (4G, 512M, 1T, 65536;
                                       K/M/G/T are powers of 1024; up to 1T), sparse, and print its NBD URL
-  safe-resume events [--target T]     the timeline: faults injected, processes down and up, and each
-                                      handle's way through them (paused, resume granted or denied, why)
+  safe-resume events [--target T] [--since TIME|DURATION] [--follow]   the timeline: faults injected,
+                                      processes down and up, and each handle's way through them (paused,
+                                      resume granted or denied, why); --since 2026-12-02T10:00:00Z or 10m
+                                      (s, m, h, d); --follow: then what happens next, until Ctrl-C
   safe-resume explain <target | requestId>   why a target or handle is where it is: its owner and who else
                                       may open it, who holds the lock, whether that session is alive,
                                       when the lock can lapse, the handles
@@ -64,6 +72,10 @@ Usage:
                                       up --nbd-tcp, its TLS address (a key: credentials nbd-psk)
   safe-resume down [--no-wait]        stop the cluster and wait until every process is gone (nothing
                                       running is fine: the cluster is down either way)
+  safe-resume logs [<process>] [--follow]   the JSON logs in <dir>/logs/ (launcher, replica-N,
+                                      node-N, ...), one pretty line each, merged by time; --follow: then
+                                      what is logged next, until Ctrl-C; --json: the JSON lines as written
+  safe-resume completion bash|zsh     print a shell completion script (eval "$(safe-resume completion bash)")
   safe-resume clean                   remove a stopped cluster's data (store, kept requestIds, logs, key)
   safe-resume sim [options]           run seeded fault schedules in the simulated world and check them
   safe-resume bench [--json] [--smoke] [--only GROUP,...]   run the benchmarks (in a Node with --expose-gc, as npm run bench)
@@ -549,7 +561,7 @@ function version(): string {
 async function control(cmd: string, argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, node: { type: 'string' }, size: { type: 'string' }, target: { type: 'string' }, principal: { type: 'string' }, mode: { type: 'string' }, 'no-wait': { type: 'boolean' }, watch: { type: 'boolean', short: 'w' }, help: { type: 'boolean', short: 'h' } },
+    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, node: { type: 'string' }, size: { type: 'string' }, target: { type: 'string' }, principal: { type: 'string' }, mode: { type: 'string' }, 'no-wait': { type: 'boolean' }, watch: { type: 'boolean', short: 'w' }, offset: { type: 'string' }, length: { type: 'string' }, hex: { type: 'boolean' }, since: { type: 'string' }, follow: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
     allowPositionals: true,
     strict: true,
   });
@@ -575,16 +587,25 @@ async function control(cmd: string, argv: string[]): Promise<number> {
     if (positionals.length !== n) throw new UsageError(`${cmd} takes ${what}`);
   };
   if (values.watch && cmd !== 'status') throw new UsageError('--watch (-w) is for status');
+  if (values.target !== undefined && cmd !== 'events' && cmd !== 'status') throw new UsageError('--target is for events and status');
+  if ((values.offset !== undefined || values.length !== undefined || values.hex) && cmd !== 'read') throw new UsageError('--offset, --length and --hex are for read');
+  if ((values.since !== undefined || values.follow) && cmd !== 'events') throw new UsageError('--since and --follow are for events');
+  const view: StatusFilter = { id: cmd === 'status' ? positionals[0] : undefined, target: cmd === 'status' ? values.target : undefined };
   if (values.watch) {
-    need(0, 'no arguments');
-    return await watchStatus(dir, url, token, values.json === true);
+    if (positionals.length > 1) throw new UsageError('status takes at most one replica or node');
+    return await watchStatus(dir, url, token, values.json === true, view);
+  }
+  const since = values.since === undefined ? undefined : parseSince(values.since);
+  if (cmd === 'events' && values.follow) {
+    need(0, 'no arguments (--target T for one target)');
+    return await followEvents(dir, url, token, { target: values.target, since, json: values.json === true });
   }
   const forS = values.for === undefined ? undefined : int('for', values.for, 0, 1);
   let path = `/${cmd}`;
   let body: Record<string, unknown> = {};
   switch (cmd) {
     case 'status':
-      need(0, 'no arguments');
+      if (positionals.length > 1) throw new UsageError('status takes at most one replica or node');
       break;
     case 'kill':
     case 'restart':
@@ -618,7 +639,7 @@ async function control(cmd: string, argv: string[]): Promise<number> {
       break;
     case 'read':
       need(1, '<target>');
-      body = { target: positionals[0] };
+      body = { target: positionals[0], ...(values.offset !== undefined ? { offset: int('offset', values.offset, 0) } : {}), ...(values.length !== undefined ? { length: int('length', values.length, 0, 1) } : {}) };
       break;
     case 'events':
       need(0, 'no arguments (--target T for one target)');
@@ -649,7 +670,6 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   }
   if (values.node !== undefined && cmd !== 'export' && cmd !== 'create') throw new UsageError(`--node is for export and create`);
   if (values.size !== undefined && cmd !== 'create') throw new UsageError(`--size is for create`);
-  if (values.target !== undefined && cmd !== 'events') throw new UsageError('--target is for events');
   if (values.principal !== undefined && cmd !== 'grant' && cmd !== 'revoke') throw new UsageError('--principal is for grant and revoke');
   if (values.mode !== undefined && cmd !== 'grant') throw new UsageError('--mode is for grant');
   if (cmd === 'status') path = '/status?hold=1';
@@ -666,6 +686,8 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   }
   let out = (await res.json()) as { ok: boolean; code?: string; message?: string; deadline?: boolean } & Record<string, unknown>;
   if (cmd === 'export' && out.ok) out = exportUrl(out, positionals[0]!, values.node);
+  if (cmd === 'status' && out.ok && (view.id !== undefined || view.target !== undefined)) out = filterStatus(out, view);
+  if (cmd === 'events' && out.ok && since !== undefined) out = { ...out, events: (out.events as TimelineEvent[]).filter((e) => e.at >= since) };
   if (cmd === 'create' && out.ok) {
     // The URL to open it with, from the cluster's status (none if no node serves an export).
     const st = (await (await fetch(url + '/status', { headers: { authorization: `Bearer ${token}` } })).json()) as Record<string, unknown>;
@@ -674,20 +696,152 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   }
   if (values.json) process.stdout.write(JSON.stringify(out) + '\n');
   else if (!out.ok) process.stderr.write(`safe-resume ${cmd}: ${out.code}: ${out.message}\n`);
-  else if (cmd === 'status') process.stdout.write(statusLines(out).join('\n') + '\n');
-  else if (cmd === 'read' || cmd === 'explain' || cmd === 'grant' || cmd === 'revoke') process.stdout.write(String(out.text) + '\n');
+  else if (cmd === 'status') process.stdout.write((statusLines(out).join('\n') || `no handle or NBD connection on ${String(view.target)}`) + '\n');
+  else if (cmd === 'read') showRead(out, values.hex === true);
+  else if (cmd === 'explain' || cmd === 'grant' || cmd === 'revoke') process.stdout.write(String(out.text) + '\n');
   else if (cmd === 'events') process.stdout.write((out.events as TimelineEvent[]).map(formatEvent).join('\n') + ((out.events as TimelineEvent[]).length ? '\n' : ''));
   else if (cmd === 'export') process.stdout.write(`${String(out.url)}\n${out.tls ? `${String(out.tls)}\n` : ''}`);
   else if (cmd === 'create') process.stdout.write(`${String(out.target)}: ${formatSize(Number(out.size))} (${String(out.size)} bytes)${out.created ? '' : ', as it already was'}\n${out.url ? String(out.url) : '(no node serves an NBD export)'}\n`);
   else process.stdout.write(Object.entries(out).filter(([k]) => k !== 'ok').map(([k, v]) => `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`).join('\n') + '\n');
-  return out.ok ? 0 : out.deadline ? EXIT.timeout : EXIT.failed;
+  return out.ok ? 0 : out.deadline ? EXIT.timeout : out.code === 'NOT_FOUND' ? EXIT.notFound : EXIT.failed;
+}
+
+/** What `status` is narrowed to: one replica or node (`status node-1`), or one target's handles (`--target`). */
+interface StatusFilter {
+  id: string | undefined;
+  target: string | undefined;
+}
+
+/**
+ * The status of one replica or node (its line, and a node's handles and NBD connections), or of one
+ * target (its handles and connections, and the nodes they are on). An id the cluster does not have is
+ * NOT_FOUND.
+ */
+function filterStatus(st: Record<string, unknown>, f: StatusFilter): { ok: boolean; code?: string; message?: string } & Record<string, unknown> {
+  type Node = { id: string; nbd?: { connections: Array<{ target: string }> } | null };
+  let replicas = (st.replicas ?? []) as Array<{ id: string }>;
+  let nodes = (st.nodes ?? []) as Node[];
+  let etcd = st.etcd as Array<{ id: string }> | undefined;
+  let handles = (st.handles ?? []) as Array<{ node: string; target: string }>;
+  if (f.id !== undefined) {
+    const ids = [...(etcd ?? []), ...replicas, ...nodes].map((x) => x.id);
+    if (!ids.includes(f.id)) return { ok: false, code: 'NOT_FOUND', message: `no replica or node called ${JSON.stringify(f.id)}${didYouMean(f.id, ids)} (there are: ${ids.join(', ')})` };
+    etcd = etcd?.filter((m) => m.id === f.id);
+    replicas = replicas.filter((r) => r.id === f.id);
+    nodes = nodes.filter((n) => n.id === f.id);
+    handles = handles.filter((h) => h.node === f.id);
+  }
+  if (f.target !== undefined) {
+    handles = handles.filter((h) => h.target === f.target);
+    nodes = nodes
+      .map((n) => (n.nbd ? { ...n, nbd: { ...n.nbd, connections: n.nbd.connections.filter((c) => c.target === f.target) } } : n))
+      .filter((n) => handles.some((h) => h.node === n.id) || (n.nbd?.connections.length ?? 0) > 0);
+    replicas = [];
+    etcd = etcd ? [] : undefined;
+  }
+  return { ...st, ok: true, ...(etcd ? { etcd } : {}), replicas, nodes, handles };
+}
+
+/** `--since`: a time (ISO 8601, e.g. 2026-12-02T10:00:00Z) or how long ago (90s, 10m, 2h, 1d, 500ms), as ms since the epoch. */
+function parseSince(text: string): number {
+  const d = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(text.trim());
+  if (d) return Date.now() - Number(d[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[d[2] as 'ms' | 's' | 'm' | 'h' | 'd'];
+  const at = /^\d{4}-\d\d-\d\d/.test(text) ? Date.parse(text) : NaN;
+  if (Number.isNaN(at)) throw new UsageError(`--since ${JSON.stringify(text)}: give a time (2026-12-02T10:00:00Z) or how long ago (30s, 10m, 2h, 1d)`);
+  return at;
+}
+
+/**
+ * `events --follow`: the events so far (since `since`), then each one as it is added, until Ctrl-C or
+ * until the cluster stops (exit 0 either way). With --json, one event per line.
+ */
+async function followEvents(dir: string, url: string, token: string, o: { target: string | undefined; since: number | undefined; json: boolean }): Promise<number> {
+  let stop = false;
+  let wake: () => void = () => undefined;
+  const quit = () => ((stop = true), wake());
+  process.once('SIGINT', quit);
+  process.once('SIGTERM', quit);
+  let after = 0;
+  while (!stop) {
+    const q = new URLSearchParams({ ...(o.target !== undefined ? { target: o.target } : {}), ...(after > 0 ? { after: String(after) } : {}) });
+    let got: { events: TimelineEvent[]; next: number } | undefined;
+    try {
+      got = (await (await fetch(`${url}/events${q.size ? `?${q}` : ''}`, { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(5000) })).json()) as { events: TimelineEvent[]; next: number };
+    } catch {
+      if (!existsSync(join(dir, 'control.json'))) {
+        process.stdout.write(o.json ? JSON.stringify({ ok: false, code: 'NOT_RUNNING', message: `the cluster in ${dir} stopped` }) + '\n' : `the cluster in ${dir} stopped\n`);
+        return 0;
+      }
+    }
+    if (got) {
+      const events = got.events.filter((e) => o.since === undefined || e.at >= o.since);
+      if (events.length) process.stdout.write(events.map((e) => (o.json ? JSON.stringify(e) : formatEvent(e))).join('\n') + '\n');
+      after = got.next;
+    }
+    await new Promise<void>((r) => {
+      const t = setTimeout(r, 500);
+      wake = () => (clearTimeout(t), r());
+    });
+  }
+  return 0;
+}
+
+/**
+ * What `read` read: the bytes as they are when piped; on a terminal, text as text and anything else
+ * (control bytes, not UTF-8) as a hex dump, never raw: data must not drive the terminal. --hex: a hex
+ * dump anywhere.
+ */
+function showRead(out: Record<string, unknown>, hex: boolean): void {
+  const data = Buffer.from(String(out.base64 ?? ''), 'base64');
+  const offset = Number(out.offset ?? 0);
+  const tty = process.stdout.isTTY === true;
+  if (hex) return void process.stdout.write(hexDump(data, offset));
+  if (!tty) return void process.stdout.write(data);
+  if (data.length === 0) return void process.stderr.write(`(${String(out.target)}: no bytes at offset ${offset})\n`);
+  if (isText(data)) return void process.stdout.write(data.toString('utf8') + (data.at(-1) === 0x0a ? '' : '\n'));
+  process.stdout.write(hexDump(data, offset));
+  process.stderr.write(`(${String(out.target)}: not printable text, shown as hex; pipe it for the bytes: safe-resume read ${String(out.target)} > FILE)\n`);
+}
+
+/** UTF-8 text without control characters other than tab and line ends. */
+function isText(data: Buffer): boolean {
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(data);
+  } catch {
+    return false;
+  }
+  return !/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u0080-\u009f]/.test(text);
+}
+
+/** The bytes as `hexdump -C` shows them, offsets from `offset`; runs of the same line are one `*`. */
+function hexDump(data: Buffer, offset: number): string {
+  const out: string[] = [];
+  let prev = '';
+  let starred = false;
+  for (let i = 0; i < data.length; i += 16) {
+    const row = data.subarray(i, i + 16);
+    const key = row.toString('hex');
+    if (key === prev && row.length === 16) {
+      if (!starred) out.push('*');
+      starred = true;
+      continue;
+    }
+    prev = key;
+    starred = false;
+    const hexes = [...row].map((b) => b.toString(16).padStart(2, '0'));
+    const cols = `${hexes.slice(0, 8).join(' ')}${hexes.length > 8 ? `  ${hexes.slice(8).join(' ')}` : ''}`;
+    out.push(`${(offset + i).toString(16).padStart(8, '0')}  ${cols.padEnd(48)}  |${[...row].map((b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : '.')).join('')}|`);
+  }
+  if (starred) out.push((offset + data.length).toString(16).padStart(8, '0'));
+  return out.length ? out.join('\n') + '\n' : '';
 }
 
 /**
  * `status -w`: the status every second until Ctrl-C, redrawn in place on a terminal, as timestamped
  * blocks when piped, as JSON lines with --json. Ends by itself (exit 0) when the cluster stops.
  */
-async function watchStatus(dir: string, url: string, token: string, json: boolean): Promise<number> {
+async function watchStatus(dir: string, url: string, token: string, json: boolean, view: StatusFilter): Promise<number> {
   const tty = process.stdout.isTTY === true && !json;
   let stop = false;
   let wake: () => void = () => undefined;
@@ -705,6 +859,10 @@ async function watchStatus(dir: string, url: string, token: string, json: boolea
         process.stdout.write(json ? JSON.stringify({ at, ok: false, code: 'NOT_RUNNING', message: `the cluster in ${dir} stopped` }) + '\n' : `${at}  the cluster in ${dir} stopped\n`);
         return 0;
       }
+    }
+    if (st?.ok && (view.id !== undefined || view.target !== undefined)) {
+      st = filterStatus(st, view);
+      if (!st.ok) throw new OperatorError(`${String(st.code)}: ${String(st.message)}`, EXIT.notFound);
     }
     if (json) process.stdout.write(JSON.stringify({ at, ...(st ?? { ok: false, code: 'UNAVAILABLE', message: 'the launcher did not answer within 5 s' }) }) + '\n');
     else {
@@ -781,6 +939,24 @@ async function clean(argv: string[]): Promise<number> {
   const kept = names.filter((n) => !removed.includes(n));
   if (kept.length === 0) rmSync(dir, { recursive: true, force: true });
   say({ ok: true, removed, kept }, `removed ${removed.length === 0 ? 'nothing' : removed.join(', ')} from ${dir}${kept.length ? `; left what is not a cluster's: ${kept.join(', ')}` : ' (and the directory)'}`);
+  return 0;
+}
+
+/** `logs [process] [--follow]`: the cluster's logs, pretty (logs-cli.ts); no running cluster needed. */
+async function logsCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, options: { dir: { type: 'string' }, json: { type: 'boolean' }, follow: { type: 'boolean', short: 'f' }, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+  if (values.help) return void process.stdout.write(helpFor('logs')), 0;
+  if (positionals.length > 1) throw new UsageError('logs takes at most one process (launcher, replica-1, node-1, ...)');
+  return await logs(resolve(values.dir ?? '.safe-resume'), positionals[0], { follow: values.follow === true, json: values.json === true }, (t) => process.stdout.write(t));
+}
+
+/** `completion bash|zsh`: a completion script for the shell. */
+function completion(argv: string[]): number {
+  const { values, positionals } = parseArgs({ args: argv, options: { help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+  if (values.help) return void process.stdout.write(helpFor('completion')), 0;
+  const shell = positionals[0];
+  if (positionals.length !== 1 || (shell !== 'bash' && shell !== 'zsh')) throw new UsageError(`completion takes bash or zsh${shell === undefined ? '' : `, not ${JSON.stringify(shell)}`}`);
+  process.stdout.write(shell === 'bash' ? bashCompletion() : zshCompletion());
   return 0;
 }
 
@@ -888,6 +1064,10 @@ async function main(argv: string[]): Promise<number> {
         return await control(cmd, rest);
       case 'clean':
         return await clean(rest);
+      case 'logs':
+        return await logsCommand(rest);
+      case 'completion':
+        return completion(rest);
       case 'sim':
         return await sim(rest);
       case 'bench':
@@ -910,9 +1090,16 @@ async function main(argv: string[]): Promise<number> {
         process.stdout.write(`safe-resume ${version()}\n`);
         return 0;
       default:
-        throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);
+        throw new UsageError(`unknown command ${JSON.stringify(cmd)}${didYouMean(cmd, COMMANDS)}`);
     }
   } catch (err) {
+    // An option no command of this name takes: the one it is closest to, if one is close.
+    const unknown = (err as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? /'(-{1,2})([^'=]+)'/.exec((err as Error).message) : null;
+    if (unknown) {
+      const flags = COMMAND_FLAGS[cmd ?? ''] ?? ALL_FLAGS;
+      process.stderr.write(`safe-resume: unknown option ${unknown[1]}${unknown[2]}${didYouMean(unknown[2]!, flags, (f) => `--${f}`)}\nRun 'safe-resume help${cmd && cmd in COMMAND_FLAGS ? ` ${cmd}` : ''}' for usage.\n`);
+      return EXIT.usage;
+    }
     if (err instanceof OperatorError) {
       process.stderr.write(`safe-resume: ${err.message}\n`);
       return err.exitCode;

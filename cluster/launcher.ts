@@ -20,7 +20,8 @@ import { Application } from '../actors/application.js';
 import { formatCredential, issueCredential, loadOrCreateSecret } from '../actors/auth.js';
 import { NodeAgent } from '../actors/node-agent.js';
 import { SafeResumeError } from '../errors.js';
-import { peekSqlite, SqliteStore } from '../store/sqlite.js';
+import { findRequestSqlite, peekSqlite, SqliteStore } from '../store/sqlite.js';
+import { mayOpen } from '../store/rules.js';
 import { EtcdStore } from '../store/etcd.js';
 import { openStore, parseStoreSpec } from '../store/open.js';
 import type { LockRecord, TargetAccess, Tombstone } from '../store/types.js';
@@ -107,6 +108,9 @@ export type ControlResult = { ok: true; [k: string]: unknown } | { ok: false; co
 
 /** Store errors that do not pass by themselves: the replica's state is 'failed' until an operator acts. */
 const FATAL_STORE = /SQLITE_(READONLY|CORRUPT|NOTADB|FULL|CANTOPEN)|readonly database|database space exceeded/i;
+
+/** The most a read through the control endpoint returns at once (its answer is JSON). */
+const MAX_READ_BYTES = 16 * 1024 * 1024;
 
 /** Commands that inject a fault or change the cluster: each goes on the timeline. */
 const FAULT_COMMANDS = new Set(['/kill', '/restart', '/partition', '/heal', '/dismount', '/reboot-storage', '/move', '/write', '/grant', '/revoke']);
@@ -420,7 +424,7 @@ export class Launcher {
   /** Run `fn` on a client of the store of its own (etcd's, or a connection to the SQLite file), given up after 2 s. */
   private async withStore<T>(fn: (store: ReturnType<typeof openStore>) => Promise<T>): Promise<T> {
     const spec = parseStoreSpec(this.storeSpec);
-    const store = spec.kind === 'sqlite' ? new SqliteStore(this.dbPath) : openStore(this.storeSpec);
+    const store = spec.kind === 'sqlite' ? new SqliteStore(this.dbPath) : openStore(this.storeSpec, { etcd: this.etcdOptions() });
     let timer: NodeJS.Timeout | undefined;
     try {
       const done = await Promise.race([fn(store).then((v) => ({ v })), new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2000)))]);
@@ -719,14 +723,25 @@ export class Launcher {
     });
   }
 
-  async read(target: string, length = 1024 * 1024): Promise<ControlResult> {
+  /**
+   * Read `length` bytes at `offset` as principal default. A target nobody has, and one default may not
+   * open, are the same answer, NOT_FOUND (a read open would otherwise create the first, and say of the
+   * second that it exists); only the operator's `explain` tells them apart.
+   */
+  async read(target: string, offset = 0, length = 1024 * 1024): Promise<ControlResult> {
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new SafeResumeError('INVALID_ARGUMENT', `offset must be a whole number of bytes >= 0, not ${String(offset)}`);
+    if (!Number.isSafeInteger(length) || length < 1 || length > MAX_READ_BYTES) throw new SafeResumeError('INVALID_ARGUMENT', `length must be from 1 to ${MAX_READ_BYTES} bytes, not ${String(length)}`);
+    const access = await this.accessOf(target).catch((err: Error) => {
+      throw new SafeResumeError('UNAVAILABLE', `the store cannot be read: ${err.message}`);
+    });
+    if (!access || !mayOpen(access, 'default', 'read')) return { ok: false, code: 'NOT_FOUND', message: `no target called ${JSON.stringify(target)} that principal default may read: nobody has created or written it, or it is another principal's ('safe-resume explain' tells which)` };
     return this.adHoc(`read ${target}`, async (step) => {
       const app = new Application(await this.cliAgent(), { name: 'cli-reader' });
       step.stage = 'opening';
       const h = await app.open(target, { mode: 'read' });
       try {
-        const data = await h.read(0, length);
-        return { ok: true, target, bytes: data.length, text: new TextDecoder().decode(data) };
+        const data = await h.read(offset, length);
+        return { ok: true, target, offset, bytes: data.length, base64: Buffer.from(data).toString('base64'), text: new TextDecoder().decode(data) };
       } finally {
         await h.close();
       }
@@ -755,14 +770,15 @@ export class Launcher {
    */
   async explain(what: string): Promise<ControlResult> {
     const st = this.status() as { handles: Array<HandleStatus & { node: string }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean }>; replicas: Array<{ id: string; state: string }> };
-    const byId = st.handles.find((h) => h.requestId === what);
-    const target = byId?.target ?? what;
+    const target = st.handles.find((h) => h.requestId === what)?.target ?? (await this.targetOfRequest(what)) ?? what;
     const { record, tombstones, now } = await this.holder(target).catch((err: Error) => {
       throw new SafeResumeError('UNAVAILABLE', `the store cannot be read: ${err.message}`);
     });
     const access = await this.accessOf(target).catch((err: Error) => {
       throw new SafeResumeError('UNAVAILABLE', `the store cannot be read: ${err.message}`);
     });
+    // Nobody has the target (accessOf: no owner, record, tombstone, data or size), and no requestId is called so.
+    if (!access && target === what) return { ok: false, code: 'NOT_FOUND', message: `no target or requestId called ${JSON.stringify(what)} in the store (${this.storeSpec}): nobody has opened that target, and no handle had that requestId` };
     const session = record ? this.liveSessions().find((s) => s.id === record!.session) : undefined;
     const handles = st.handles.filter((h) => h.target === target).map((h) => {
       const node = st.nodes.find((n) => n.id === h.node);
@@ -796,6 +812,21 @@ export class Launcher {
     }
     lines.push(`  store     ${this.storeSpec}; ${st.replicas.map((r) => `${r.id} ${r.state}`).join(', ')}`);
     return { ok: true, target, owner: access?.owner ?? null, grants: access?.grants ?? [], record: record ?? null, earlier: tombstones.map((t) => ({ requestId: t.requestId, lastSeq: t.lastSeq, takenBy: t.takenBy ?? null })), session: session ?? null, lockLeftMs: leftMs ?? null, handles, replicas: st.replicas.map((r) => ({ id: r.id, state: r.state })), text: lines.join('\n') };
+  }
+
+  /**
+   * The target a requestId the cluster's handles are not using now holds or held: from the timeline,
+   * and from a SQLite store itself (its records and tombstones); undefined if neither knows it.
+   */
+  private async targetOfRequest(requestId: string): Promise<string | undefined> {
+    const seen = this.timeline.list().find((e) => e.kind === 'handle' && e.requestId === requestId);
+    if (seen?.kind === 'handle') return seen.target;
+    if (parseStoreSpec(this.storeSpec).kind !== 'sqlite') return undefined;
+    try {
+      return findRequestSqlite(this.dbPath, requestId);
+    } catch (err) {
+      throw new SafeResumeError('UNAVAILABLE', `the store cannot be read: ${(err as Error).message}`);
+    }
   }
 
   /** Stop every workload (chaos mode) and wait until each node has flushed its history. */
@@ -969,7 +1000,7 @@ export class Launcher {
         case '/write':
           return await this.write(str('target'), str('text'), typeof args.as === 'string' ? args.as : 'cli');
         case '/read':
-          return await this.read(str('target'));
+          return await this.read(str('target'), num('offset'), num('length'));
         case '/create':
           return await this.create(str('target'), num('size'));
         case '/explain':

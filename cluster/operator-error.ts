@@ -19,6 +19,8 @@ export const EXIT = {
   missingProgram: 7,
   /** Nothing answered within the command's deadline. */
   timeout: 8,
+  /** What the command names does not exist: a target, requestId, process or log (NOT_FOUND). */
+  notFound: 9,
 } as const;
 
 export class OperatorError extends Error {

@@ -104,6 +104,24 @@ export function peekSqlite(path: string, targets: string[], waitMs = 500): { rec
   }
 }
 
+/**
+ * For inspection (the launcher's `explain`): the target a requestId holds, or held (a tombstone names
+ * it), or undefined if the store never saw it; read as peekSqlite reads.
+ */
+export function findRequestSqlite(path: string, requestId: string, waitMs = 500): string | undefined {
+  const db = new Database(path, { readonly: true, fileMustExist: true, timeout: waitMs });
+  try {
+    const held = db.prepare<[string], { target: string }>('SELECT target FROM records WHERE request_id = ? LIMIT 1').get(requestId);
+    if (held) return held.target;
+    for (const row of db.prepare<[string], { target: string; list: string }>('SELECT target, list FROM tombstones WHERE instr(list, ?) > 0').iterate(JSON.stringify(requestId))) {
+      if ((JSON.parse(row.list) as Tombstone[]).some((t) => t.requestId === requestId)) return row.target;
+    }
+    return undefined;
+  } finally {
+    db.close();
+  }
+}
+
 export class SqliteStore extends TxStore {
   readonly kind = 'sqlite';
   private readonly db: Database.Database;

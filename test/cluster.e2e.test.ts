@@ -560,6 +560,8 @@ describe('safe-resume up --store etcd', () => {
     await until('writes to go on with two members', () => st().handles[0]!.state === 'active' && st().handles[0]!.acked > before + 10, 30_000);
     expect(execFileSync('node', [CLI, 'write', 'e.disk', 'on-etcd', '--dir', d], { encoding: 'utf8' })).toMatch(/bytes: 7/);
     expect(execFileSync('node', [CLI, 'read', 'e.disk', '--dir', d], { encoding: 'utf8' })).toMatch(/^on-etcd/);
+    // The launcher's own client of the store speaks TLS to the local members, as the replicas do.
+    expect(execFileSync('node', [CLI, 'explain', 'e.disk', '--dir', d], { encoding: 'utf8' })).toContain('\n  owner     default\n');
     expect(execFileSync('node', [CLI, 'restart', 'etcd-1', '--dir', d], { encoding: 'utf8' })).toMatch(/restarted: etcd-1/);
     expect(st().etcd[0]!.state).toBe('running');
     expect(etcdPids()).toHaveLength(3);

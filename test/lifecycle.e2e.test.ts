@@ -355,7 +355,10 @@ describe('the launcher as an operator uses it', () => {
       if (away.hold === 'running') expect(away.holdLeftMs).toBeGreaterThan(0);
       expect(cli(t.dir, 'status').out).toMatch(/  node-1\/app-1 +app-1\.disk +(paused|resuming) .*( hold-in=[\d.]+s| hold=lapsed) /);
       expect(cli(t.dir, 'heal').code).toBe(0);
-      expect(cli(t.dir, 'explain', 'nobody.disk').out).toContain('  lock      none: no writer holds it');
+      // A target written and closed: nobody holds it. One nobody ever opened is not there at all.
+      expect(cli(t.dir, 'write', 'free.disk', 'x').code).toBe(0);
+      expect(cli(t.dir, 'explain', 'free.disk').out).toContain('  lock      none: no writer holds it');
+      expect(cli(t.dir, 'explain', 'nobody.disk')).toMatchObject({ code: 9, out: '', err: expect.stringContaining('NOT_FOUND: no target or requestId called "nobody.disk"') });
       // status -w: every second, timestamped when piped, with time in state, the serving replica,
       // the pause timeout while paused, writes/s and the requestId; Ctrl-C ends it.
       const w = spawn('node', [CLI, 'status', '-w', '--dir', t.dir], { stdio: ['ignore', 'pipe', 'pipe'] });
