@@ -555,12 +555,12 @@ describe('safe-resume up --store etcd', () => {
     expect(s.store).toMatch(/^etcd:\/\/127\.0\.0\.1:\d+,127\.0\.0\.1:\d+,127\.0\.0\.1:\d+$/);
     expect(s.etcd.map((m) => `${m.id} ${m.state}`)).toEqual(['etcd-1 running', 'etcd-2 running', 'etcd-3 running']);
     await until('the handle to write', () => st().handles.some((h) => h.state === 'active' && h.acked > 5), 30_000);
-    expect(execFileSync('node', [CLI, 'kill', 'etcd-1', '--dir', d], { encoding: 'utf8' })).toMatch(/killed: etcd-1/);
+    expect(execFileSync('node', [CLI, 'kill', 'etcd-1', '--dir', d], { encoding: 'utf8' })).toMatch(/^killed etcd-1$/m);
     const before = st().handles[0]!.acked;
     await until('writes to go on with two members', () => st().handles[0]!.state === 'active' && st().handles[0]!.acked > before + 10, 30_000);
     expect(execFileSync('node', [CLI, 'write', 'e.disk', 'on-etcd', '--dir', d], { encoding: 'utf8' })).toMatch(/bytes: 7/);
     expect(execFileSync('node', [CLI, 'read', 'e.disk', '--dir', d], { encoding: 'utf8' })).toMatch(/^on-etcd/);
-    expect(execFileSync('node', [CLI, 'restart', 'etcd-1', '--dir', d], { encoding: 'utf8' })).toMatch(/restarted: etcd-1/);
+    expect(execFileSync('node', [CLI, 'restart', 'etcd-1', '--dir', d], { encoding: 'utf8' })).toMatch(/^restarted etcd-1$/m);
     expect(st().etcd[0]!.state).toBe('running');
     expect(etcdPids()).toHaveLength(3);
     // A node partitioned: once its session is lost, status tells how long the hold has left, from the
