@@ -138,3 +138,34 @@ describe('sim --seed', () => {
     expect(r.stdout).toMatch(/all guarantees hold/);
   }, 60_000);
 });
+
+describe('the NBD export while every replica is down', () => {
+  it('a client asking for an export is told at once that storage is unavailable (an NBD error with a message), not left to a bare EOF after 10 s', async () => {
+    const t = tempDir();
+    try {
+      const u = up(t.dir);
+      await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /inspector/.test(u.out()));
+      expect(cli(t.dir, 'kill', 'replica-1').code).toBe(0);
+      await until('node-1 without a session', () => (JSON.parse(cli(t.dir, 'status', '--json').out) as { nodes: Array<{ state: string }> }).nodes[0]?.state !== 'connected');
+      const url = cli(t.dir, 'export', 'vm9.disk').out.trim();
+      const started = Date.now();
+      const q = spawnSync('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', url], { encoding: 'utf8', timeout: 30_000 });
+      const tookMs = Date.now() - started;
+      expect(q.stderr).toMatch(/server reported: storage is unavailable: node-1 has no session with any replica \(\w+\); connect again once a replica is back/);
+      expect(q.stderr).not.toMatch(/end-of-file/);
+      expect(tookMs).toBeLessThan(8000);
+      // libnbd hears the same reply to GO (its message is in the debug output), not a dead connection.
+      const r = spawnSync('nbdinfo', [url], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, LIBNBD_DEBUG: '1' } });
+      expect(r.status).not.toBe(0);
+      expect(r.stderr).toMatch(/nbd_opt_go: server replied with error to opt_go request/);
+      expect(r.stderr).toMatch(/server error message: storage is unavailable/);
+      // Once the replica is back, the same export opens.
+      expect(cli(t.dir, 'restart', 'replica-1').code).toBe(0);
+      await until('node-1 connected again', () => (JSON.parse(cli(t.dir, 'status', '--json').out) as { nodes: Array<{ state: string }> }).nodes[0]?.state === 'connected');
+      expect(spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 7 0 4k', '-c', 'read -P 7 0 4k', url], { encoding: 'utf8', timeout: 30_000 }).stdout).toMatch(/read 4096\/4096 bytes/);
+      cli(t.dir, 'down');
+    } finally {
+      t.cleanup();
+    }
+  }, 90_000);
+});
