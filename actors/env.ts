@@ -30,6 +30,14 @@ export interface Env {
   inspect?: InspectionObserver | undefined;
 }
 
+/**
+ * `log` with `actor: id` on every line, once: a logger made for this actor (pino's `base` holding it)
+ * is used as it is, since a child binding the same key again would write it twice in every JSON line.
+ */
+export function actorLog(log: Logger, id: string): Logger {
+  return log.bindings().actor === id ? log : log.child({ actor: id });
+}
+
 export type InspectionObserver = (event: InspectionEvent) => void;
 
 const URL_ALPHABET = 'useandom-26T198340PX75pxJACKVERYMINDBUSHWOLF_GQZbfghjklqvwyzrict';

@@ -15,7 +15,7 @@ import { newHandle, type CoreHandle, type HandleState, type OpenParams } from '.
 import { backoffDelay, nodeSessionMachine, type Connected } from '../machines/node-session.js';
 import { DEFAULT_HEARTBEAT_INTERVAL_MS } from '../transport/messages.js';
 import type { Connection, Transport } from '../transport/types.js';
-import { defaultEnv, type Env } from './env.js';
+import { actorLog, defaultEnv, type Env } from './env.js';
 import { handshake, proveFrame, type SessionProof } from './handshake.js';
 import { issueCredential, NAME_PATTERN, nbdPsk, type Credential } from './auth.js';
 import { FileKeptIds, MemoryKeptIds, type KeptHandle, type KeptIds } from './kept.js';
@@ -110,7 +110,7 @@ export class NodeAgent {
     else throw new SafeResumeError('INVALID_ARGUMENT', `node agent ${opts.id} needs its node credential (credential) or the cluster key (secret)`);
     for (const p of opts.principals ?? []) this.addPrincipal(p);
     this.env = defaultEnv(opts.env);
-    this.env.log = this.env.log.child({ actor: opts.id });
+    this.env.log = actorLog(this.env.log, opts.id);
     this.kept = opts.kept ?? (opts.dataDir ? new FileKeptIds(opts.dataDir, opts.id) : new MemoryKeptIds());
     this.core = new AgentCore(opts.id);
     if (opts.maxQueuedOpsPerHandle !== undefined) this.core.maxQueuedOps = opts.maxQueuedOpsPerHandle;

@@ -10,7 +10,7 @@ import type { Decoded } from '../transport/codec.js';
 import { DEFAULT_HEARTBEAT_INTERVAL_MS, REPLICA_SILENCE_INTERVALS, type Message, type MessageOf, type ResumeResult } from '../transport/messages.js';
 import { CLOSE, type Connection, type Listener, type Transport } from '../transport/types.js';
 import { StoreUnavailableError, type HandleRef, type Store } from '../store/types.js';
-import { defaultEnv, every, type Env } from './env.js';
+import { actorLog, defaultEnv, every, type Env } from './env.js';
 import { Keyring, proofMatches, proofs, sessionKey, transcript } from './auth.js';
 import { pureInspector } from './pure-inspect.js';
 import { HandleRecords, keyOf, view, type HandleRecord, type ReplicaHandleView } from './replica-handles.js';
@@ -152,7 +152,7 @@ export class StorageReplica {
     const observe = opts.observe;
     if (observe) opts.store.onTransaction = (ms) => observe.transaction(ms);
     this.env = defaultEnv(opts.env);
-    this.env.log = this.env.log.child({ actor: opts.id });
+    this.env.log = actorLog(this.env.log, opts.id);
     this.holdMs = opts.holdMs ?? 5000;
     this.records = new HandleRecords(this.env.clock, this.holdMs, pureInspector(this.env.inspect));
     this.warnings = new LogLimiter(this.env.clock);

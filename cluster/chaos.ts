@@ -152,7 +152,7 @@ export async function runChaos(l: Launcher, seconds: number, seed: number, onFau
   for (const f of store.finals) history.push({ t: Date.now(), kind: 'final', target: f.target, bytes: f.bytes });
   const { granted, denied, writesAcknowledged: acked, pauses } = tally(history);
   const violations = check(history);
-  l.chaos = { verdict: `chaos seed ${seed}: ${violations.length} violations`, violations: violations.length };
+  l.chaos = { verdict: `chaos seed ${seed}: ${violations.length} violation${violations.length === 1 ? '' : 's'}`, violations: violations.length };
   return { seed, seconds, faults, pauses, resumes: { granted, denied }, writesAcknowledged: acked, violations };
 }
 

@@ -328,16 +328,18 @@ async function up(argv: string[]): Promise<number> {
   if (!o) return 0;
   // Every process it runs reads NO_COLOR (pino-pretty's colours follow it).
   if (o.noColor) process.env.NO_COLOR = '1';
-  takeDataDir(o.dir);
+  takeDataDir(o.dir, o.store === 'memory' ? 'memory' : undefined);
   if (o.store === 'memory') {
     await upInProcess(o);
     return 0;
   }
   const reusing = storeInUse(o);
-  const log = pino({ base: { actor: 'launcher' } }, pino.destination({ dest: join(o.dir, 'logs', 'launcher.log'), sync: false }));
+  // One file; the launcher's lines say actor launcher, its node agent's actor cli (each key once a line).
+  const agentLog = pino({ base: null }, pino.destination({ dest: join(o.dir, 'logs', 'launcher.log'), sync: false }));
+  const log = agentLog.child({ actor: 'launcher' });
   const need = [...(o.store === 'etcd' && !o.etcdEndpoints ? ['etcd-1', 'etcd-2', 'etcd-3'] : []), ...Array.from({ length: o.replicas }, (_, i) => `replica-${i + 1}`), ...Array.from({ length: o.nodes }, (_, i) => `node-${i + 1}`)];
   const hosts = o.netns ? loadHostPlan(o.netns, need) : undefined;
-  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, statelyPort: o.statelyPort, log, tls: o.tls, store: o.store === 'etcd' ? 'etcd' : 'sqlite', etcdEndpoints: o.etcdEndpoints, hosts, nbdTcp: o.nbdTcp, nbdGroup: o.nbdGroup });
+  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, statelyPort: o.statelyPort, log, agentLog, tls: o.tls, store: o.store === 'etcd' ? 'etcd' : 'sqlite', etcdEndpoints: o.etcdEndpoints, hosts, nbdTcp: o.nbdTcp, nbdGroup: o.nbdGroup });
   let stopping: Promise<void> | undefined;
   const stop = () => (stopping ??= launcher.down());
   process.once('SIGINT', () => void stop());
@@ -350,7 +352,7 @@ async function up(argv: string[]): Promise<number> {
   }
   const running = async (): Promise<number> => {
     const say = (line: string) => (o.json ? process.stderr : process.stdout).write(line + '\n');
-    say(`safe-resume: ${o.replicas} replicas over ${o.store === 'etcd' ? `etcd (${launcher.etcd ? `local members in ${join(o.dir, 'etcd')}, TLS with the client certificate in ${join(o.dir, 'etcd', 'tls')}` : (o.etcdEndpoints ?? []).join(',')})` : join(o.dir, 'store.sqlite')}, ${o.nodes} nodes x ${o.apps} apps`);
+    say(`safe-resume: ${count(o.replicas, 'replica')} over ${o.store === 'etcd' ? `etcd (${launcher.etcd ? `local members in ${join(o.dir, 'etcd')}, TLS with the client certificate in ${join(o.dir, 'etcd', 'tls')}` : (o.etcdEndpoints ?? []).join(',')})` : join(o.dir, 'store.sqlite')}, ${count(o.nodes, 'node')} x ${count(o.apps, 'app')}`);
     if (reusing) say(`  ${reusing}`);
     for (const m of launcher.etcd?.members ?? []) say(`  ${m.id.padEnd(9)} ${m.endpoint}`);
     for (const [i, u] of launcher.replicaUrls.entries()) say(`  replica-${i + 1}  ${u}`);
@@ -443,7 +445,7 @@ function statusLines(st: Record<string, unknown>): string[] {
  * Make the data directory (private), and take it for this launcher: one cluster per directory. Says
  * what to do when it cannot be written or another launcher has it.
  */
-function takeDataDir(dir: string): void {
+function takeDataDir(dir: string, store?: string): void {
   try {
     privateDataDir(dir);
     mkdirSync(join(dir, 'logs'), { recursive: true });
@@ -451,7 +453,7 @@ function takeDataDir(dir: string): void {
   } catch (err) {
     throw fromSystemError(err, `data directory ${dir}`) ?? err;
   }
-  const release = lockDir(dir);
+  const release = lockDir(dir, store);
   process.once('exit', release);
 }
 
@@ -464,7 +466,7 @@ function storeInUse(o: UpOptions): string | undefined {
   const kept = keptCount(o.dir, o.nodes);
   if (o.store === 'etcd') {
     const local = join(o.dir, 'etcd');
-    return !o.etcdEndpoints && existsSync(local) && !o.chaos ? `reusing the etcd data in ${local}, ${kept} kept requestIds` : undefined;
+    return !o.etcdEndpoints && existsSync(local) && !o.chaos ? `reusing the etcd data in ${local}, ${count(kept, 'kept requestId')}` : undefined;
   }
   const path = join(o.dir, 'store.sqlite');
   if (!existsSync(path) || o.chaos) return undefined;
@@ -478,7 +480,7 @@ function storeInUse(o: UpOptions): string | undefined {
     try {
       const hasTargets = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'target_versions'").get() !== undefined;
       const targets = hasTargets ? (db.prepare('SELECT count(*) AS n FROM target_versions').get() as { n: number }).n : 0;
-      return `reusing the store in ${o.dir}: ${targets} targets, ${kept} kept requestIds`;
+      return `reusing the store in ${o.dir}: ${count(targets, 'target')}, ${count(kept, 'kept requestId')}`;
     } finally {
       db.close();
     }
@@ -486,6 +488,9 @@ function storeInUse(o: UpOptions): string | undefined {
     throw new OperatorError(`the store ${path} cannot be used (${(err as Error).message}): restore it from a backup, or move it away to start empty`, EXIT.storeUnusable);
   }
 }
+
+/** `1 node`, `2 nodes`. */
+const count = (n: number, noun: string): string => `${n} ${noun}${n === 1 ? '' : 's'}`;
 
 /** RequestIds the nodes keep on disk for their applications (lines of node-N.handles.jsonl still standing). */
 function keptCount(dir: string, nodes: number): number {
@@ -514,7 +519,7 @@ async function upInProcess(o: UpOptions): Promise<void> {
       workloads.push({ node: agent.id, app: name, handle, ...runWorkload(handle, `${agent.id}/${name}`, o.intervalMs) });
     }
   }
-  process.stdout.write(`safe-resume: ${o.replicas} replicas (memory store, one process), ${o.nodes} nodes x ${o.apps} apps\n`);
+  process.stdout.write(`safe-resume: ${count(o.replicas, 'replica')} (memory store, one process), ${count(o.nodes, 'node')} x ${count(o.apps, 'app')}\n`);
   const stopView = liveView(() => ({
       replicas: cluster.replicas.map((r) => ({ id: r.id, state: r.isDismounted ? 'dismounted' : 'serving', sessions: r.sessionCount })),
       nodes: cluster.nodes.map((n) => ({ id: n.id, state: n.state, replica: n.replica ?? null, partitioned: false })),
@@ -578,8 +583,15 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   try {
     ({ url, token } = JSON.parse(readFileSync(join(dir, 'control.json'), 'utf8')) as { url: string; token: string });
   } catch {
-    const message = `no running cluster in ${dir} (start one with 'safe-resume up --dir ${dir}')`;
-    if (values.json) process.stdout.write(JSON.stringify({ ok: false, code: 'NOT_RUNNING', message }) + '\n');
+    // A launcher holding the directory without a control endpoint: `up --store memory`, or one starting.
+    const holder = dirHolder(dir);
+    const code = holder ? 'NO_CONTROL' : 'NOT_RUNNING';
+    const message = !holder
+      ? `no running cluster in ${dir} (start one with 'safe-resume up --dir ${dir}')`
+      : holder.store === 'memory'
+        ? `the cluster in ${dir} (launcher pid ${holder.pid}) runs with --store memory, in one process, and takes no commands: its status is the view its 'up' prints; stop it with Ctrl-C there or 'safe-resume down --dir ${dir}'`
+        : `the cluster in ${dir} (launcher pid ${holder.pid}) is still starting: its control endpoint is not up yet; try again in a moment`;
+    if (values.json) process.stdout.write(JSON.stringify({ ok: false, code, message }) + '\n');
     else process.stderr.write(`safe-resume ${cmd}: ${message}\n`);
     return EXIT.failed;
   }
@@ -702,7 +714,7 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   else if (cmd === 'events') process.stdout.write((out.events as TimelineEvent[]).map(formatEvent).join('\n') + ((out.events as TimelineEvent[]).length ? '\n' : ''));
   else if (cmd === 'export') process.stdout.write(`${String(out.url)}\n${out.tls ? `${String(out.tls)}\n` : ''}`);
   else if (cmd === 'create') process.stdout.write(`${String(out.target)}: ${formatSize(Number(out.size))} (${String(out.size)} bytes)${out.created ? '' : ', as it already was'}\n${out.url ? String(out.url) : '(no node serves an NBD export)'}\n`);
-  else process.stdout.write(Object.entries(out).filter(([k]) => k !== 'ok').map(([k, v]) => `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`).join('\n') + '\n');
+  else process.stdout.write(done(cmd, out) + '\n');
   return out.ok ? 0 : out.deadline ? EXIT.timeout : out.code === 'NOT_FOUND' ? EXIT.notFound : EXIT.failed;
 }
 
@@ -835,6 +847,31 @@ function hexDump(data: Buffer, offset: number): string {
   }
   if (starred) out.push((offset + data.length).toString(16).padStart(8, '0'));
   return out.length ? out.join('\n') + '\n' : '';
+}
+
+/** What a command that changes the cluster did, in a sentence (its --json answer has the fields). */
+function done(cmd: string, out: Record<string, unknown>): string {
+  const names = (v: unknown) => (Array.isArray(v) ? v.map(String).join(', ') : String(v));
+  switch (cmd) {
+    case 'kill':
+      return `killed ${String(out.killed)}`;
+    case 'restart':
+      return `restarted ${String(out.restarted)}`;
+    case 'partition':
+      return `${String(out.partitioned)} partitioned${out.healsInS ? `; it heals in ${String(out.healsInS)} s` : ` until 'safe-resume heal ${String(out.partitioned)}'`}`;
+    case 'heal':
+      return (out.healed as unknown[]).length ? `healed ${names(out.healed)}` : 'nothing was partitioned';
+    case 'dismount':
+      return `${String(out.dismounted)}'s store dismounted; it mounts again in ${String(out.mountsInS)} s`;
+    case 'reboot-storage':
+      return `restarted ${names(out.rebooted)}`;
+    case 'move':
+      return `moved ${String(out.moved)} from ${String(out.from)} to ${String(out.to)}${out.requestId ? `, resuming requestId ${String(out.requestId)}` : ', opening afresh'}`;
+    case 'write':
+      return `wrote ${String(out.bytes)} byte${out.bytes === 1 ? '' : 's'} to ${String(out.target)} as ${String(out.as)} (requestId ${String(out.requestId)}, version ${String(out.version)})`;
+    default:
+      return Object.entries(out).filter(([k]) => k !== 'ok').map(([k, v]) => `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`).join('\n');
+  }
 }
 
 /**

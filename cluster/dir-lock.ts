@@ -12,6 +12,8 @@ export const LOCK_FILE = 'launcher.lock';
 interface LockContent {
   pid: number;
   started: string;
+  /** `memory` for `up --store memory`: the cluster runs in the launcher, with no control endpoint. */
+  store?: string;
 }
 
 /** The running launcher that holds `dir`, if any. */
@@ -26,9 +28,9 @@ export function dirHolder(dir: string): LockContent | undefined {
 }
 
 /** Take `dir` for this process; throws an OperatorError naming the launcher that has it. Returns the release. */
-export function lockDir(dir: string): () => void {
+export function lockDir(dir: string, store?: string): () => void {
   const path = join(dir, LOCK_FILE);
-  const mine = JSON.stringify({ pid: process.pid, started: new Date().toISOString() } satisfies LockContent) + '\n';
+  const mine = JSON.stringify({ pid: process.pid, started: new Date().toISOString(), ...(store ? { store } : {}) } satisfies LockContent) + '\n';
   for (let attempt = 0; ; attempt++) {
     try {
       writeFileSync(path, mine, { flag: 'wx', mode: 0o600 });

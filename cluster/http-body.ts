@@ -13,7 +13,7 @@ export function readBody(req: IncomingMessage, res: ServerResponse, limit = MAX_
   return new Promise((resolve) => {
     const tooLarge = () => {
       res.writeHead(413, { 'content-type': 'application/json', connection: 'close' });
-      res.end(JSON.stringify({ ok: false, code: 'INVALID_ARGUMENT', error: `request body over ${limit} bytes` }));
+      res.end(JSON.stringify({ ok: false, code: 'INVALID_ARGUMENT', message: `request body over ${limit} bytes, the most a control request may carry` }));
       req.resume(); // drain what is in flight without keeping it
       resolve(undefined);
     };

@@ -60,7 +60,7 @@ export function bearer(req: IncomingMessage): string | undefined {
 /** 401 unless `given` is the token. */
 export function checkToken(given: string | undefined | null, token: string, what = 'the control token'): Refusal | undefined {
   if (sameSecret(given, token)) return undefined;
-  return { status: 401, code: 'AUTH_FAILED', message: `${given ? 'wrong' : 'missing'} ${what} (the CLI reads it from <dir>/control.json; the inspector's address printed by up carries it)` };
+  return { status: 401, code: 'AUTH_FAILED', message: `${what} is ${given ? 'wrong' : 'missing'} (the CLI reads it from <dir>/control.json; the inspector's address printed by up carries it)` };
 }
 
 /** Answer an HTTP request with the refusal, as JSON like every control answer. */

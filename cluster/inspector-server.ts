@@ -148,7 +148,7 @@ export class InspectorServer {
     if (u.pathname === '/stream') return checkHostOrigin(req, this.port, 'same') ?? checkToken(u.searchParams.get('token') ?? bearer(req), this.token);
     if (u.pathname === '/inspect') {
       const from = u.searchParams.get('from') ?? '';
-      return checkHostOrigin(req, this.port, 'none') ?? checkToken(bearer(req), this.processCredential(from), `inspection credential for ${JSON.stringify(from)}`);
+      return checkHostOrigin(req, this.port, 'none') ?? checkToken(bearer(req), this.processCredential(from), `the inspection credential for ${JSON.stringify(from)}`);
     }
     return { status: 404, code: 'INVALID_ARGUMENT', message: `no WebSocket endpoint ${u.pathname}` };
   }

@@ -57,6 +57,8 @@ export interface LauncherOptions {
   /** Also relay the events to the public Stately inspector (online) from a page on 127.0.0.1 at this port. */
   statelyPort?: number | undefined;
   log: Logger;
+  /** The log of the launcher's own node agent (`cli`, for write/read/create...): one without an `actor`, as the agent names itself. Default: `log`. */
+  agentLog?: Logger | undefined;
   /** Serve every replica over wss:// with these PEM files, and have the nodes check it against the CA. */
   tls?: TlsFiles | undefined;
   /**
@@ -592,16 +594,23 @@ export class Launcher {
     return { ok: true, partitioned: node, ...(forS ? { healsInS: forS } : {}) };
   }
 
+  /** Heal `node` (or every node); `healed` names only those that were cut off (partitioned or losing replies). */
   heal(node?: string): ControlResult {
     const names = node ? [node] : [...this.proxies.keys()];
+    const healed: string[] = [];
     for (const n of names) {
       const proxies = this.proxies.get(n);
       if (!proxies) throw new SafeResumeError('INVALID_ARGUMENT', `no node called ${JSON.stringify(n)}`);
+      let was = proxies.some((p) => p.mode !== 'pass');
       for (const p of proxies) p.heal();
       const host = this.host(n);
-      if (host && this.cut.delete(n)) setLink(host, true);
+      if (host && this.cut.delete(n)) {
+        setLink(host, true);
+        was = true;
+      }
+      if (was) healed.push(n);
     }
-    return { ok: true, healed: names };
+    return { ok: true, healed };
   }
 
   /** Cut a replica's (or node's) host off the network for `forS` seconds (--netns). */
@@ -658,7 +667,7 @@ export class Launcher {
       const watched = inspector
         ? watchedTransport(transport, { get watching() { return inspector.watchers > 0; }, message: (m) => inspector.report('cli', { type: MESSAGE_EVENT, createdAt: String(Date.now()), ...m }) }, (url) => names[this.replicaUrls.indexOf(url)])
         : transport;
-      this.cli = new NodeAgent({ id: 'cli', replicas: this.replicaUrls, transport: watched, secret: this.secret, env: { log: this.opts.log } });
+      this.cli = new NodeAgent({ id: 'cli', replicas: this.replicaUrls, transport: watched, secret: this.secret, env: { log: this.opts.agentLog ?? this.opts.log } });
       await this.cli.start();
     }
     return this.cli;

@@ -44,7 +44,7 @@ const FLAG_FIXED_NEWSTYLE = 1;
 const FLAG_NO_ZEROES = 2;
 
 export const OPT = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7 } as const;
-export const REP = { ACK: 1, SERVER: 2, INFO: 3, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_TLS_REQD: 0x80000005, ERR_UNKNOWN: 0x80000006 } as const;
+export const REP = { ACK: 1, SERVER: 2, INFO: 3, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_TLS_REQD: 0x80000005, ERR_UNKNOWN: 0x80000006, ERR_SHUTDOWN: 0x80000007 } as const;
 const INFO = { EXPORT: 0, BLOCK_SIZE: 3 } as const;
 const TX = { HAS_FLAGS: 1 << 0, SEND_FLUSH: 1 << 2, SEND_FUA: 1 << 3, SEND_TRIM: 1 << 5, SEND_WRITE_ZEROES: 1 << 6 } as const;
 export const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, WRITE_ZEROES: 6 } as const;
@@ -75,6 +75,12 @@ const MAX_OPTIONS_BEFORE_TLS = 16;
 const REFUSED_GRACE_MS = 2000;
 /** How long an open waits for a target another connection of this node is still releasing. */
 const LOCKED_RETRY_MS = 2000;
+/**
+ * How long a GO or INFO waits for the node agent's session when it has none (every replica down, or
+ * reconnecting): a blip passes unseen; past it the client is told storage is unavailable
+ * (NBD_REP_ERR_SHUTDOWN, "come back later", with the reason), well within its handshake deadline.
+ */
+const STORAGE_WAIT_MS = 3000;
 /** Connections of one principal that finished the handshake, held at once. */
 const MAX_CONNECTIONS_PER_PRINCIPAL = 64;
 /** A connection with no request for this long is closed (unless requests are still waiting). */
@@ -636,6 +642,8 @@ class Connection {
   private async sizeOf(name: string): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }> {
     const sized = await this.sized(name);
     if (!sized.ok) return sized;
+    const down = await this.storageDown();
+    if (down) return down;
     try {
       const h = await this.app!.open(name, { mode: 'read', onFailure: 'error' });
       const size = h.size;
@@ -722,10 +730,27 @@ class Connection {
     });
   }
 
+  /**
+   * Undefined once the node agent has a session with a replica (waiting up to STORAGE_WAIT_MS for one);
+   * otherwise the error a client gets: storage is unavailable, and why.
+   */
+  private async storageDown(): Promise<{ ok: false; code: number; message: string } | undefined> {
+    const agent = this.app!.agent;
+    for (const until = Date.now() + STORAGE_WAIT_MS; agent.state !== 'connected'; ) {
+      if (Date.now() >= until || this.phase === 'closed') {
+        return { ok: false, code: REP.ERR_SHUTDOWN, message: `storage is unavailable: ${agent.id} has no session with any replica (${agent.state}); connect again once a replica is back` };
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return undefined;
+  }
+
   /** Open the target for this connection (a read handle: the write handle is taken at the first write). */
   private async attach(name: string): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }> {
     const sized = await this.sized(name);
     if (!sized.ok) return sized;
+    const down = await this.storageDown();
+    if (down) return down;
     let handle: Handle;
     try {
       handle = await this.openAs(name, 'read');

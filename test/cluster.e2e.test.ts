@@ -511,7 +511,7 @@ describe('safe-resume up --tls-cert --tls-key --tls-ca', () => {
       s.once('error', reject);
     });
     expect(peer).toBe('replica-host');
-    expect(execFileSync('node', [CLI, 'write', 'tls.disk', 'over-tls', '--dir', d], { encoding: 'utf8' })).toMatch(/bytes: 8/);
+    expect(execFileSync('node', [CLI, 'write', 'tls.disk', 'over-tls', '--dir', d], { encoding: 'utf8' })).toMatch(/^wrote 8 bytes to tls.disk as cli /m);
     expect(execFileSync('node', [CLI, 'read', 'tls.disk', '--dir', d], { encoding: 'utf8' })).toMatch(/^over-tls/);
     execFileSync('node', [CLI, 'down', '--dir', d], { encoding: 'utf8' });
     await until('the launcher to exit', () => p!.exitCode !== null, 20_000);
@@ -555,14 +555,14 @@ describe('safe-resume up --store etcd', () => {
     expect(s.store).toMatch(/^etcd:\/\/127\.0\.0\.1:\d+,127\.0\.0\.1:\d+,127\.0\.0\.1:\d+$/);
     expect(s.etcd.map((m) => `${m.id} ${m.state}`)).toEqual(['etcd-1 running', 'etcd-2 running', 'etcd-3 running']);
     await until('the handle to write', () => st().handles.some((h) => h.state === 'active' && h.acked > 5), 30_000);
-    expect(execFileSync('node', [CLI, 'kill', 'etcd-1', '--dir', d], { encoding: 'utf8' })).toMatch(/killed: etcd-1/);
+    expect(execFileSync('node', [CLI, 'kill', 'etcd-1', '--dir', d], { encoding: 'utf8' })).toMatch(/^killed etcd-1$/m);
     const before = st().handles[0]!.acked;
     await until('writes to go on with two members', () => st().handles[0]!.state === 'active' && st().handles[0]!.acked > before + 10, 30_000);
-    expect(execFileSync('node', [CLI, 'write', 'e.disk', 'on-etcd', '--dir', d], { encoding: 'utf8' })).toMatch(/bytes: 7/);
+    expect(execFileSync('node', [CLI, 'write', 'e.disk', 'on-etcd', '--dir', d], { encoding: 'utf8' })).toMatch(/^wrote 7 bytes to e.disk as cli /m);
     expect(execFileSync('node', [CLI, 'read', 'e.disk', '--dir', d], { encoding: 'utf8' })).toMatch(/^on-etcd/);
     // The launcher's own client of the store speaks TLS to the local members, as the replicas do.
     expect(execFileSync('node', [CLI, 'explain', 'e.disk', '--dir', d], { encoding: 'utf8' })).toContain('\n  owner     default\n');
-    expect(execFileSync('node', [CLI, 'restart', 'etcd-1', '--dir', d], { encoding: 'utf8' })).toMatch(/restarted: etcd-1/);
+    expect(execFileSync('node', [CLI, 'restart', 'etcd-1', '--dir', d], { encoding: 'utf8' })).toMatch(/^restarted etcd-1$/m);
     expect(st().etcd[0]!.state).toBe('running');
     expect(etcdPids()).toHaveLength(3);
     // A node partitioned: once its session is lost, status tells how long the hold has left, from the

@@ -57,7 +57,7 @@ describe('safe-resume up --store etcd: the local members require client certific
 
   it('the cluster works over them: the handles write, and a write and a read through the CLI', async () => {
     await waitFor('the handle to write', () => status().handles.some((h) => h.state === 'active' && h.acked > 5), 30_000);
-    expect(cli('write', 'tls.disk', 'over-tls').stdout).toMatch(/bytes: 8/);
+    expect(cli('write', 'tls.disk', 'over-tls').stdout).toMatch(/^wrote 8 bytes to tls.disk as cli /m);
     expect(cli('read', 'tls.disk').stdout).toMatch(/^over-tls/);
   }, 60_000);
 
