@@ -20,6 +20,8 @@ import { handshake, proveFrame, type SessionProof } from './handshake.js';
 import { issueCredential, NAME_PATTERN, nbdPsk, type Credential } from './auth.js';
 import { FileKeptIds, MemoryKeptIds, type KeptHandle, type KeptIds } from './kept.js';
 import { HandleMirrors } from './mirror.js';
+import { LazyEmitter } from './emitter.js';
+import { LogLimiter } from './log-limit.js';
 
 export interface NodeAgentOptions {
   id: string;
@@ -49,6 +51,12 @@ export interface NodeAgentOptions {
   backoffMaxMs?: number;
   unavailableFailoverMs?: number;
   connectTimeoutMs?: number;
+  /**
+   * `start()` rejects (UNAVAILABLE, with each replica's last cause) if no replica welcomed the node
+   * within this long; the agent keeps trying after that (crash() or stop() ends it). Absent, start()
+   * waits until it connects or is refused.
+   */
+  startTimeoutMs?: number;
   /** Metrics hooks (cluster/metrics.ts); absent, nothing is measured. */
   observe?: NodeObserver;
   /** Operations one paused handle may queue, and their bytes (default 4096 and 64 MiB); past them QUEUE_FULL. */
@@ -58,6 +66,41 @@ export interface NodeAgentOptions {
 
 export type { OpenParams } from '../core/handle.js';
 
+/** Why the last attempt to reach one replica failed. */
+export interface ConnectCause {
+  replica: string;
+  /**
+   * A short code: a socket's (`ECONNREFUSED`, `ECONNRESET`), a TLS one (`ERR_TLS_CERT_ALTNAME_INVALID`,
+   * ...), `NOT_WEBSOCKET` (an HTTP answer that is not an upgrade), `TIMEOUT`, `CLOSED` (dropped during
+   * the handshake), or the storage's refusal (`AUTH_FAILED`, `INVALID_ARGUMENT`).
+   */
+  cause: string;
+  /** The error's message, in words. */
+  message: string;
+}
+
+/** One round over every replica that failed: the round's number since the last session, and each replica's cause. */
+export interface ConnectRound {
+  round: number;
+  causes: ConnectCause[];
+}
+
+export interface NodeAgentEvents {
+  /** Every replica was tried once more and none welcomed the node. */
+  'connect-failed': [ConnectRound];
+}
+
+/** The short code of a failed connect (see ConnectCause.cause). */
+function causeOf(err: unknown): string {
+  if (err instanceof SafeResumeError) return err.code;
+  const code = (err as { code?: unknown } | undefined)?.code;
+  if (typeof code === 'string' && code.length > 0) return code;
+  const message = err instanceof Error ? err.message : String(err);
+  if (/timed out|no welcome/i.test(message)) return 'TIMEOUT';
+  if (/closed the connection/.test(message)) return 'CLOSED';
+  return 'ERROR';
+}
+
 /** What a node agent reports as it works, for /metrics. */
 export interface NodeObserver {
   /** A handle entered state `to` (with the invalidation reason, if any). */
@@ -66,7 +109,7 @@ export interface NodeObserver {
   operation(kind: 'read' | 'write', ok: boolean, ms: number): void;
 }
 
-export class NodeAgent {
+export class NodeAgent extends LazyEmitter<NodeAgentEvents> {
   readonly id: string;
   readonly kept: KeptIds;
   readonly core: AgentCore;
@@ -95,9 +138,15 @@ export class NodeAgent {
   private readonly principals = new Map<string, Credential>();
   /** The current session's proof context (for `prove` frames of principals added later). */
   private proof: SessionProof | undefined;
-  private startWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
+  private startWaiters: Array<{ resolve: () => void; reject: (e: Error) => void; timer?: unknown }> = [];
+  /** Each replica's last failed attempt since the last session (in the order of `replicas`). */
+  private readonly causes = new Map<string, ConnectCause>();
+  private failedAttempts = 0;
+  /** Failed attempts are logged, but not a line per attempt when the backoff is short. */
+  private readonly connectLog: LogLimiter;
 
   constructor(opts: NodeAgentOptions) {
+    super();
     if (opts.replicas.length === 0) throw new SafeResumeError('INVALID_ARGUMENT', 'a node agent needs at least one replica address');
     this.opts = opts;
     this.id = opts.id;
@@ -111,6 +160,7 @@ export class NodeAgent {
     for (const p of opts.principals ?? []) this.addPrincipal(p);
     this.env = defaultEnv(opts.env);
     this.env.log = actorLog(this.env.log, opts.id);
+    this.connectLog = new LogLimiter(this.env.clock, 5, 30_000);
     this.kept = opts.kept ?? (opts.dataDir ? new FileKeptIds(opts.dataDir, opts.id) : new MemoryKeptIds());
     this.core = new AgentCore(opts.id);
     if (opts.maxQueuedOpsPerHandle !== undefined) this.core.maxQueuedOps = opts.maxQueuedOpsPerHandle;
@@ -119,18 +169,28 @@ export class NodeAgent {
     this.core.reportIo = this.mirrors !== undefined;
     const random = this.env.random;
     const machine = nodeSessionMachine.provide({
-      actors: { connect: fromPromise<Connected, { url: string }>(({ input }) => this.connect(input.url)) },
+      actors: {
+        connect: fromPromise<Connected, { url: string }>(({ input }) =>
+          this.connect(input.url).then(
+            (ok) => (this.connectedTo(), ok),
+            (err: unknown) => {
+              this.connectFailed(input.url, err);
+              throw err;
+            },
+          ),
+        ),
+      },
       actions: {
         sendPing: () => void this.conn?.send({ type: 'ping', t: this.env.clock.now() }),
-        pauseHandles: () => this.step({ type: 'unavailable' }),
+        pauseHandles: ({ context, event }) => this.step({ type: 'unavailable', why: event.type === 'STORAGE_UNAVAILABLE' ? 'notice unavailable' : lostWhy(context.lastError, event) }),
         // The action's context, not getSnapshot(): the snapshot is still the old one while actions run.
         resumeHandles: ({ context }) => this.step({ type: 'ready', session: context.session ?? 'unknown' }),
-        dropConnection: () => {
+        dropConnection: ({ context, event }) => {
           const conn = this.conn;
           this.conn = undefined;
           this.proof = undefined;
           conn?.terminate();
-          this.step({ type: 'disconnected' });
+          this.step({ type: 'disconnected', why: lostWhy(context.lastError, event) });
         },
       },
       delays: { backoff: ({ context }) => backoffDelay(context.attempt, context.backoffBaseMs, context.backoffMaxMs, random()) },
@@ -152,10 +212,16 @@ export class NodeAgent {
     });
   }
 
-  /** Start the session. Resolves once connected; rejects if the storage refuses this node. */
+  /**
+   * Start the session. Resolves once connected; rejects if the storage refuses this node, or (with
+   * `startTimeoutMs`) when no replica welcomed it in time, naming each replica's last cause.
+   */
   start(): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.startWaiters.push({ resolve, reject });
+      const w: (typeof this.startWaiters)[number] = { resolve, reject };
+      const ms = this.opts.startTimeoutMs;
+      if (ms !== undefined) w.timer = this.env.clock.setTimeout(() => this.startTimedOut(w, ms), ms);
+      this.startWaiters.push(w);
       if (!this.started) {
         this.started = true;
         this.countBoot();
@@ -192,7 +258,54 @@ export class NodeAgent {
   private settleStart(err?: Error): void {
     const waiters = this.startWaiters;
     this.startWaiters = [];
-    for (const w of waiters) (err ? w.reject(err) : w.resolve());
+    for (const w of waiters) {
+      this.env.clock.clearTimeout(w.timer);
+      if (err) w.reject(err);
+      else w.resolve();
+    }
+  }
+
+  private startTimedOut(w: (typeof this.startWaiters)[number], ms: number): void {
+    const i = this.startWaiters.indexOf(w);
+    if (i < 0) return;
+    this.startWaiters.splice(i, 1);
+    const causes = this.connectCauses;
+    const said = causes.length > 0 ? causes.map((c) => `${c.cause} from ${c.replica}: ${c.message.replace(`cannot connect to ${c.replica}: `, '')}`).join('; ') : `no attempt finished yet (connecting to ${this.opts.replicas.join(', ')})`;
+    const err = new SafeResumeError('UNAVAILABLE', `node ${this.id} could not connect to any replica within ${ms} ms: ${said}`) as SafeResumeError & { causes: ConnectCause[] };
+    err.causes = causes;
+    w.reject(err);
+  }
+
+  /**
+   * Why the node is not connected: each replica's last failed attempt since the last session, in the
+   * order of `replicas` (empty while a session is up, and before any attempt failed).
+   */
+  get connectCauses(): ConnectCause[] {
+    return this.opts.replicas.flatMap((r) => this.causes.get(r) ?? []);
+  }
+
+  /** The most recent failed attempt since the last session, if any (status views show it). */
+  lastConnectCause: ConnectCause | undefined;
+
+  private connectedTo(): void {
+    if (this.failedAttempts > 0) this.env.log.info({ replica: this.replica, attempts: this.failedAttempts }, 'connected after failed attempts');
+    this.causes.clear();
+    this.failedAttempts = 0;
+    this.lastConnectCause = undefined;
+  }
+
+  /** A failed attempt: logged (rate-limited) with its cause; a round over every replica is an event. */
+  private connectFailed(url: string, err: unknown): void {
+    if (this.stopped) return;
+    const c: ConnectCause = { replica: url, cause: causeOf(err), message: err instanceof Error ? err.message : String(err) };
+    this.causes.delete(url);
+    this.causes.set(url, c);
+    this.lastConnectCause = c;
+    this.failedAttempts++;
+    const take = this.connectLog.take('connect');
+    if (take.log) this.env.log.warn({ replica: url, cause: c.cause, err: c.message, attempt: this.failedAttempts, ...(take.suppressed > 0 ? { suppressed: take.suppressed } : {}) }, `could not connect to ${url}: ${c.cause}`);
+    const n = this.opts.replicas.length;
+    if (this.failedAttempts % n === 0) this.emit('connect-failed', { round: this.failedAttempts / n, causes: this.connectCauses });
   }
 
   /**
@@ -217,6 +330,7 @@ export class NodeAgent {
   crash(): void {
     if (this.stopped) return;
     this.stopped = true;
+    for (const w of this.startWaiters) this.env.clock.clearTimeout(w.timer);
     this.env.clock.clearTimeout(this.watchdog);
     this.env.clock.clearTimeout(this.retryTimer);
     this.env.clock.clearTimeout(this.laterTimer);
@@ -559,4 +673,11 @@ export class NodeAgent {
       },
     });
   }
+}
+
+/** Why a session was lost (or an attempt failed), in the words of a log line. */
+function lostWhy(lastError: string | undefined, event: { type: string; reason?: string }): string {
+  if (event.type === 'SOCKET_CLOSED') return `socket closed (${event.reason ?? 'no reason given'})`;
+  if (lastError === 'heartbeat timeout') return 'heartbeat silence (no pong in time)';
+  return lastError ?? event.type;
 }

@@ -91,7 +91,15 @@ const NodeConfig = z.object({
   nbdGroup: z.number().int().nonnegative().optional(),
   /** Also on 127.0.0.1 at this TCP port, for clients that prove a principal with TLS-PSK only. */
   nbdTlsPort: z.number().int().min(0).max(65535).optional(),
+  /**
+   * Ready only once connected: a node that no replica welcomed within this long fails to start, with
+   * each replica's cause (the launcher's start-up). Absent, it is ready at once and keeps trying.
+   */
+  startTimeoutMs: z.number().int().positive().optional(),
 });
+
+/** A node that could not connect to any replica in time: its start-up fails with each replica's cause. */
+class ConnectFailed extends Error {}
 
 function send(msg: ChildReport): void {
   // With a callback, a launcher that just went away is an ignored error, not a crash.
@@ -190,11 +198,19 @@ async function node(raw: unknown): Promise<void> {
     credential: parseCredential(cfg.credential, 'node credential'),
     principals: cfg.principals.map((p) => parseCredential(p, 'principal credential')),
     dataDir: cfg.dir,
+    ...(cfg.startTimeoutMs !== undefined ? { startTimeoutMs: cfg.startTimeoutMs } : {}),
     env,
   });
   self = agent;
   const metrics = m ? await serveMetrics(m.registry, () => ({ ok: agent.state === 'connected', node: cfg.id, session: agent.state, replica: agent.replica ?? null }), cfg.metricsPort) : undefined;
-  agent.start().catch((err: unknown) => log.error({ err: String(err) }, 'node agent could not start'));
+  // A replica is named as the operator knows it (the URL a node is given may be its fault proxy's).
+  const named = (text: string) => cfg.replicas.reduce((t, url, i) => (cfg.replicaNames?.[i] ? t.replaceAll(`cannot connect to ${url}: `, '').replaceAll(url, `${cfg.replicaNames[i]} (${url})`) : t), text).replace(/\s+/g, ' ');
+  const started = agent.start();
+  if (cfg.startTimeoutMs !== undefined) {
+    await started.catch((err: unknown) => {
+      throw new ConnectFailed(named((err as Error).message));
+    });
+  } else started.catch((err: unknown) => log.error({ err: String(err) }, 'node agent could not start'));
   /**
    * Each handle's changes of state as they happen, sent with the next report: the timeline shows a
    * pause however short (a status report, every 300 ms, sees only where a handle is).
@@ -333,6 +349,7 @@ async function node(raw: unknown): Promise<void> {
       id: cfg.id,
       state: agent.state,
       replica: agent.replica ?? null,
+      ...(agent.state !== 'connected' && agent.lastConnectCause ? { cause: named(`${agent.lastConnectCause.cause} from ${agent.lastConnectCause.replica}: ${agent.lastConnectCause.message}`).slice(0, 1024) } : {}),
       ...(metrics ? { metrics: metrics.url } : {}),
       ...(nbd && nbdUp ? { nbd: { url: nbd.url, tls: nbdTls?.url || null, connections: [...nbd.connections(), ...(nbdTls?.connections() ?? [])].map((c) => ({ ...c, reason: c.reason ?? null })) } } : {}),
       handles: [...apps.values()].map((a) => ({
@@ -389,8 +406,9 @@ try {
   } catch {
     // Nothing more to say than what goes to stderr.
   }
-  console.error(`safe-resume child ${role}: ${message}`);
+  // A node that could not connect is named by the launcher, in its one line; saying it here too would make two.
+  if (!(err instanceof ConnectFailed && process.connected)) console.error(`safe-resume child ${role}: ${message}`);
   // The launcher shows why (status, inspector), not only that the process is down.
-  if (process.connected) process.send?.({ type: 'failed', error: message.slice(0, 4096) } satisfies ChildReport, undefined, {}, () => exit(1));
+  if (process.connected) process.send?.({ type: 'failed', error: message.slice(0, 4096), ...(err instanceof ConnectFailed ? { connect: true } : {}) } satisfies ChildReport, undefined, {}, () => exit(1));
   else exit(1);
 }

@@ -422,12 +422,12 @@ function liveView(status: () => Record<string, unknown>, tty: boolean, json = fa
 
 /** The status view: one line per replica and node, one per handle. */
 function statusLines(st: Record<string, unknown>): string[] {
-  const s = st as { etcd?: Array<{ id: string; state: string; endpoint: string }>; replicas: Array<{ id: string; state: string; sessions: number; storeError?: string | null }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean; nbd?: { url: string; tls?: string | null; connections: Array<{ target: string; principal?: string; state: string; reason: string | null; requests: number }> } | null }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null; requestId?: string | null; inStateMs?: number; pauseLeftMs?: number | null; writesPerS?: number; hold?: string | null; holdLeftMs?: number | null }> };
+  const s = st as { etcd?: Array<{ id: string; state: string; endpoint: string }>; replicas: Array<{ id: string; state: string; sessions: number; storeError?: string | null }>; nodes: Array<{ id: string; state: string; replica: string | null; cause?: string | null; partitioned: boolean; nbd?: { url: string; tls?: string | null; connections: Array<{ target: string; principal?: string; state: string; reason: string | null; requests: number }> } | null }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null; requestId?: string | null; inStateMs?: number; pauseLeftMs?: number | null; writesPerS?: number; hold?: string | null; holdLeftMs?: number | null }> };
   const out: string[] = [];
   const secs = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`;
   for (const m of s.etcd ?? []) out.push(`${m.id.padEnd(10)} ${m.state.padEnd(11)} ${m.endpoint}`);
   for (const r of s.replicas) out.push(`${r.id.padEnd(10)} ${r.state.padEnd(11)} sessions=${r.sessions}${r.storeError ? `  store: ${r.storeError}` : ''}`);
-  for (const n of s.nodes) out.push(`${n.id.padEnd(10)} ${n.state.padEnd(11)} on ${n.replica ?? '-'}${n.partitioned ? '  (partitioned)' : ''}`);
+  for (const n of s.nodes) out.push(`${n.id.padEnd(10)} ${n.state.padEnd(11)} on ${n.replica ?? '-'}${n.partitioned ? '  (partitioned)' : ''}${n.cause ? `  cause: ${n.cause}` : ''}`);
   for (const n of s.nodes) {
     if (n.nbd) out.push(`  ${`${n.id}/nbd`.padEnd(14)} ${n.nbd.url}${n.nbd.tls ? `  tls=${n.nbd.tls}` : ''}`);
     for (const c of n.nbd?.connections ?? []) out.push(`  ${`${n.id}/nbd`.padEnd(14)} ${c.target.padEnd(12)} ${c.state.padEnd(11)}${c.principal ? ` as=${c.principal}` : ''} in-flight=${c.requests}${c.reason ? ` reason=${c.reason}` : ''}`);

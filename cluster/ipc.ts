@@ -43,7 +43,7 @@ export type HandleStatus = z.infer<typeof HandleStatus>;
 export const ChildReport = z.union([
   z.object({ type: z.literal('ready') }),
   /** It could not start (its store cannot be opened, ...): why, sent just before it exits. */
-  z.object({ type: z.literal('failed'), error: z.string().max(4096) }),
+  z.object({ type: z.literal('failed'), error: z.string().max(4096), /** It could not connect to any replica in time (the error names each one's cause). */ connect: z.boolean().optional() }),
   z.object({
     type: z.literal('status'),
     role: z.literal('replica'),
@@ -65,6 +65,8 @@ export const ChildReport = z.union([
     id: z.string(),
     state: z.string(),
     replica: nullable(z.string()),
+    /** While not connected: its last failed attempt to reach a replica, and why (`ECONNREFUSED from ws://...: ...`). */
+    cause: z.string().max(1024).optional(),
     handles: z.array(HandleStatus),
     metrics: z.string().optional(),
     /** The node's block export: its URL and the connections open on it (a handle each). */

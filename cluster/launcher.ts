@@ -36,7 +36,7 @@ import { inHost, setLink, type Host, type HostPlan } from './hosts.js';
 import { ChildReport, type ChildCommand, ChildConfig, type HandleStatus } from './ipc.js';
 import { InspectorServer, StatelyRelay } from './inspector-server.js';
 import { MESSAGE_EVENT, watchedTransport } from './inspect.js';
-import { checkPortFree } from './operator-error.js';
+import { checkPortFree, EXIT, OperatorError } from './operator-error.js';
 import { groupId, nbdSocketDir, nbdSocketPath } from './nbd-dir.js';
 
 export interface LauncherOptions {
@@ -89,6 +89,8 @@ interface Child {
   folded: boolean;
   /** Why its last incarnation could not start, as it said before it exited. */
   failure?: string | undefined;
+  /** Its failure was that it could not connect to any replica in time. */
+  unreachable?: boolean;
 }
 
 type StatusReport = Extract<ChildReport, { type: 'status' }>;
@@ -119,6 +121,9 @@ const FAULT_COMMANDS = new Set(['/kill', '/restart', '/partition', '/heal', '/di
 
 /** How long an ad-hoc command (write, read, create) waits for the storage before it says what it waited for. */
 const COMMAND_DEADLINE_MS = 10_000;
+
+/** How long `up` waits for each node to reach a replica before it fails with each replica's cause. */
+const NODE_START_TIMEOUT_MS = 10_000;
 
 /** What an ad-hoc command has done so far, and whether it was given up (it then stops at its next step). */
 interface Step {
@@ -265,7 +270,8 @@ export class Launcher {
       const nbd = this.host(id) ? undefined : { nbdSocket: nbdSocketPath(this.opts.dir, id), ...(nbdGid !== undefined ? { nbdGroup: nbdGid } : {}), ...(this.opts.nbdTcp ? { nbdTlsPort: await freePort() } : {}) };
       if (nbd) this.nbdUrls.set(id, `nbd+unix:///?socket=${nbd.nbdSocket}`);
       if (nbd?.nbdTlsPort !== undefined) this.nbdTlsUrls.set(id, `nbds://127.0.0.1:${nbd.nbdTlsPort}/`);
-      this.spawn(id, 'node', { ...this.tlsConfig(), metricsPort: 0, ...nbd, id, replicas: urls, replicaNames: this.replicaNames(), dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
+      // At start-up a node is ready once connected: one that cannot reach the storage fails `up` with why.
+      this.spawn(id, 'node', { ...this.tlsConfig(), metricsPort: 0, ...nbd, startTimeoutMs: NODE_START_TIMEOUT_MS, id, replicas: urls, replicaNames: this.replicaNames(), dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     await this.listen();
@@ -323,7 +329,10 @@ export class Launcher {
       const msg = ChildReport.safeParse(m);
       if (!msg.success) return this.opts.log.warn({ child: id }, 'bad report from child');
       const r = msg.data;
-      if (r.type === 'failed') child.failure = r.error;
+      if (r.type === 'failed') {
+        child.failure = r.error;
+        child.unreachable = r.connect === true;
+      }
       else if (r.type === 'ready') {
         child.failure = undefined;
         if (this.watching || this.opts.statelyPort !== undefined) proc.send({ type: 'watch', on: true } satisfies ChildCommand);
@@ -356,7 +365,8 @@ export class Launcher {
         child.folded = true;
         this.carry(id, countersOf(child.status));
       }
-      failed(new Error(child.failure ? `${id} could not start: ${child.failure}` : `${id} exited (${signal ?? code}) before it was ready`));
+      // A node that no replica welcomed in time: its own words name each replica's cause.
+      failed(child.failure && child.unreachable ? new OperatorError(child.failure, EXIT.timeout) : new Error(child.failure ? `${id} could not start: ${child.failure}` : `${id} exited (${signal ?? code}) before it was ready`));
       if (!this.stopping) this.opts.log.warn({ child: id, code, signal }, 'child exited');
     });
     return child;
@@ -523,6 +533,8 @@ export class Launcher {
       state: !c.proc ? 'down' : c.status?.role === 'node' ? c.status.state : 'starting',
       pid: c.proc?.pid ?? null,
       replica: c.status?.role === 'node' ? c.status.replica : null,
+      /** While it is not connected: its last failed attempt and why. */
+      cause: c.proc && c.status?.role === 'node' ? (c.status.cause ?? null) : null,
       metrics: c.proc ? (c.status?.metrics ?? null) : null,
       nbd: c.proc && c.status?.role === 'node' ? (c.status.nbd ?? null) : null,
       partitioned: (this.proxies.get(c.id) ?? []).some((p) => p.mode === 'partition') || this.cut.has(c.id),
@@ -563,6 +575,8 @@ export class Launcher {
       await gone;
     }
     const config = { ...c.config };
+    // A node restarted later is ready at once and keeps trying (the storage may be away on purpose).
+    delete config.startTimeoutMs;
     if (c.role === 'node') {
       // Its applications come back and reclaim the requestIds the node kept on disk.
       config.apps = [...this.apps.entries()].filter(([, a]) => a.node === id).map(([name, a]) => ({ name, target: a.target }));

@@ -59,12 +59,16 @@ export class AgentCore extends CoreBase {
         this.connected = true;
         this.round();
         break;
-      case 'unavailable':
+      case 'unavailable': {
+        const had = this.session;
         this.session = undefined;
-        for (const h of this.handles.values()) this.pause(h);
+        let paused = 0;
+        for (const h of this.handles.values()) if (this.pause(h)) paused++;
+        this.lost(had, paused, input.why);
         break;
+      }
       case 'disconnected':
-        this.disconnected();
+        this.disconnected(input.why);
         break;
       case 'frame':
         this.frame(input.msg);
@@ -178,7 +182,8 @@ export class AgentCore extends CoreBase {
 
   // ---- The session ----
 
-  private disconnected(): void {
+  private disconnected(why: string | undefined): void {
+    const had = this.session;
     this.session = undefined;
     this.connected = false;
     const closing: CoreHandle[] = [];
@@ -190,19 +195,32 @@ export class AgentCore extends CoreBase {
     this.inflight.clear();
     // A close in flight is done as far as the application is concerned: the lock lapses after the hold.
     for (const h of closing) this.finishClose(h);
+    let paused = 0;
     for (const h of this.handles.values()) {
       h.pending = 0;
       for (const op of h.ops) op.inflight = 0;
-      this.pause(h);
+      if (this.pause(h)) paused++;
     }
+    this.lost(had, paused, why);
   }
 
-  private pause(h: CoreHandle): void {
-    if (h.state !== 'active' && h.state !== 'resuming') return;
+  /**
+   * One line per loss of the storage (a session lost, or its store gone): when the outage began and
+   * why, however many handles it paused (none, too). Later failed attempts do not repeat it.
+   */
+  private lost(session: string | undefined, paused: number, why: string | undefined): void {
+    if (session === undefined && paused === 0) return;
+    this.log('info', 'handles paused', { paused, why: why ?? 'storage unavailable', ...(session !== undefined ? { session } : {}) });
+  }
+
+  /** Pause an active or resuming handle; whether it was. */
+  private pause(h: CoreHandle): boolean {
+    if (h.state !== 'active' && h.state !== 'resuming') return false;
     const from = h.state;
     this.to(h, 'PAUSED');
     if (from === 'active') this.out.push({ kind: 'pause-timer', h, on: true });
     if (h.onFailure === 'error') this.failFast(h);
+    return true;
   }
 
   /**
@@ -358,7 +376,7 @@ export class AgentCore extends CoreBase {
     else this.log('debug', 'handle resumed', { app: h.app, target: h.target, requestId: h.requestId, lastSeq, replayed: ops.length });
     // Granted, but the replica said its store went away before this answer arrived (it waited for a
     // group commit): the handle is away like the others, and resumed with them.
-    if (!this.session) return this.pause(h);
+    if (!this.session) return void this.pause(h);
     for (const op of ops) this.sendOp(h, op);
   }
 

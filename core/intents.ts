@@ -28,9 +28,9 @@ export type Input =
   /** The session is up and its storage available: resume what is paused, open what waits. */
   | { type: 'ready'; session: string }
   /** The replica said its storage is unavailable: pause, keep the requests in flight. */
-  | { type: 'unavailable' }
+  | { type: 'unavailable'; why?: string }
   /** The connection is gone: pause, and every request in flight is lost. */
-  | { type: 'disconnected' }
+  | { type: 'disconnected'; why?: string }
   | { type: 'frame'; msg: Message }
   | { type: 'pause-timeout'; h: CoreHandle }
   | { type: 'retry' }

@@ -111,6 +111,13 @@ function cleanMessage(message: string): string {
 
 /** The error `connect` rejects with: the URL, what went wrong in words when known, the cause and its code. */
 export function connectError(url: string, err: Error): Error {
+  // `ws` reports an HTTP answer other than 101 Switching Protocols without a code: a web server, a proxy, a wrong port.
+  const http = /^Unexpected server response: (\d+)/.exec(err.message);
+  if (http) {
+    const out = new Error(`cannot connect to ${url}: the server answered HTTP ${http[1]}, not a WebSocket upgrade (is this a replica's address?) (NOT_WEBSOCKET)`, { cause: err });
+    (out as NodeJS.ErrnoException).code = 'NOT_WEBSOCKET';
+    return out;
+  }
   const code = (err as NodeJS.ErrnoException).code;
   const words = hint(code, isSecureUrlSafe(url));
   const message = cleanMessage(err.message);
