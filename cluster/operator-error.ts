@@ -19,6 +19,8 @@ export const EXIT = {
   missingProgram: 7,
   /** Nothing answered within the command's deadline. */
   timeout: 8,
+  /** Stopped by Ctrl-C or SIGTERM before it was done (`up` still starting, a chaos run cut short). */
+  interrupted: 130,
 } as const;
 
 export class OperatorError extends Error {
