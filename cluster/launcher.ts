@@ -814,12 +814,13 @@ export class Launcher {
             const onMsg = (m: unknown) => {
               if ((m as { type?: string }).type === 'workload-stopped') {
                 c.proc?.off('message', onMsg);
+                clearTimeout(deadline); // a pending deadline would keep this process up 10 s longer
                 setTimeout(resolve, 400); // one more status report carries the last history
               }
             };
             c.proc!.on('message', onMsg);
             c.proc!.send({ type: 'stop-workload' } satisfies ChildCommand);
-            setTimeout(resolve, 10_000);
+            const deadline = setTimeout(resolve, 10_000);
           }),
       ),
     );

@@ -138,3 +138,73 @@ describe('mistakes at the command line: one line, the documented exit code, noth
     }
   }, 60_000);
 });
+
+describe('Ctrl-C in a chaos run', () => {
+  it('the first SIGINT stops the faults, heals, prints the summary with its violations and exits within seconds; nothing is left', async () => {
+    const t = tempDir();
+    try {
+      const u = up(t.dir, ['--chaos', '--for', '60', '--seed', '7', '--replicas', '2', '--nodes', '2', '--apps', '1']);
+      await until('two faults', () => (u.out().match(/^ {2}fault /gm) ?? []).length >= 2, 40_000);
+      const sent = Date.now();
+      process.kill(u.proc.pid!, 'SIGINT');
+      const end = await Promise.race([u.exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), 20_000))]);
+      expect(end).not.toBe('still running');
+      const { code, at } = end as { code: number | null; at: number };
+      expect(at - sent).toBeLessThan(8000);
+      expect(u.out()).toMatch(/^chaos seed 7, 60s, interrupted after \d+s/m);
+      expect(u.out()).toMatch(/^violations \d+$/m);
+      expect(code).toBe(/^violations 0$/m.test(u.out()) ? 130 : 1);
+      expect(u.err()).not.toMatch(/Error|at /);
+      // No fault after the interrupt, no process, no lock, no control file.
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(group(u.proc.pid!)).toEqual([]);
+      expect(existsSync(join(t.dir, 'launcher.lock'))).toBe(false);
+      expect(existsSync(join(t.dir, 'control.json'))).toBe(false);
+    } finally {
+      t.cleanup();
+    }
+  }, 90_000);
+
+  it('a second SIGINT exits at once: no process, no lock', async () => {
+    const t = tempDir();
+    try {
+      const u = up(t.dir, ['--chaos', '--for', '60', '--seed', '7', '--replicas', '2', '--nodes', '2', '--apps', '1']);
+      await until('a fault', () => /^ {2}fault /m.test(u.out()), 40_000);
+      process.kill(u.proc.pid!, 'SIGINT');
+      await new Promise((r) => setTimeout(r, 300));
+      const sent = Date.now();
+      process.kill(u.proc.pid!, 'SIGINT');
+      const end = await Promise.race([u.exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), 10_000))]);
+      expect(end).toMatchObject({ code: 130 });
+      expect((end as { at: number }).at - sent).toBeLessThan(1500);
+      await new Promise((r) => setTimeout(r, 500));
+      expect(group(u.proc.pid!)).toEqual([]);
+      expect(existsSync(join(t.dir, 'launcher.lock'))).toBe(false);
+      expect(existsSync(join(t.dir, 'control.json'))).toBe(false);
+    } finally {
+      t.cleanup();
+    }
+  }, 90_000);
+
+  it('SIGTERM with its output closed after 4 lines (timeout 30 up --chaos | head -4): the launcher and its children are gone within seconds', async () => {
+    const t = tempDir();
+    try {
+      const u = up(t.dir, ['--chaos', '--for', '60', '--seed', '7', '--replicas', '2', '--nodes', '2', '--apps', '1']);
+      await until('four lines', () => u.out().split('\n').length > 4, 40_000);
+      u.proc.stdout!.destroy(); // as head does once it has its lines: every later write is EPIPE
+      await until('a fault', () => existsSync(join(t.dir, 'control.json')), 10_000);
+      await new Promise((r) => setTimeout(r, 3000));
+      const sent = Date.now();
+      process.kill(u.proc.pid!, 'SIGTERM');
+      const end = await Promise.race([u.exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), 20_000))]);
+      expect(end).not.toBe('still running');
+      expect((end as { at: number }).at - sent).toBeLessThan(8000);
+      expect(u.err()).not.toMatch(/EPIPE|Error/);
+      await new Promise((r) => setTimeout(r, 500));
+      expect(group(u.proc.pid!)).toEqual([]);
+      expect(existsSync(join(t.dir, 'launcher.lock'))).toBe(false);
+    } finally {
+      t.cleanup();
+    }
+  }, 90_000);
+});
