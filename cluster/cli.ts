@@ -432,7 +432,8 @@ function liveView(status: () => Record<string, unknown>, tty: boolean, json = fa
     const st = status();
     // Piped or logged, each view says when it was taken; with --json it is one JSON line.
     if (json) return void process.stdout.write(JSON.stringify({ event: 'status', at: new Date().toISOString(), ...st }) + '\n');
-    const out = [...(tty ? [] : [`-- ${new Date().toISOString()}`]), ...statusLines(st)];
+    const size = terminalSize();
+    const out = tty ? fitFrame(statusLines(st, size.cols < WIDE), size) : [`-- ${new Date().toISOString()}`, ...statusLines(st)];
     if (tty && lines > 0) process.stdout.write(`\x1b[${lines}A\x1b[0J`);
     process.stdout.write(out.join('\n') + '\n');
     lines = tty ? out.length : 0;
@@ -442,8 +443,31 @@ function liveView(status: () => Record<string, unknown>, tty: boolean, json = fa
   return () => clearInterval(timer);
 }
 
-/** The status view: one line per replica and node, one per handle. */
-function statusLines(st: Record<string, unknown>): string[] {
+/** A terminal narrower than this gets the short handle lines. */
+const WIDE = 120;
+
+/** The terminal's size, 80x24 when it does not say. */
+function terminalSize(): { cols: number; rows: number } {
+  return { cols: process.stdout.columns || 80, rows: process.stdout.rows || 24 };
+}
+
+/**
+ * A view redrawn in place, as a terminal of `cols` x `rows` shows it whole: each line cut to fit (a
+ * line that wraps takes two rows, and the next redraw, going back one per line, would leave a stale
+ * one), and at most `rows - 1` lines (the cursor takes the last row), those that do not fit counted.
+ */
+export function fitFrame(lines: string[], { cols, rows }: { cols: number; rows: number }): string[] {
+  const height = Math.max(2, rows - 1);
+  const shown = lines.length <= height ? lines : [...lines.slice(0, height - 1), `  +${lines.length - height + 1} more (a taller terminal or 'safe-resume status' shows every line)`];
+  const width = Math.max(10, cols - 1);
+  return shown.map((l) => (l.length <= width ? l : `${l.slice(0, width - 1)}…`));
+}
+
+/**
+ * The status view: one line per replica and node, one per handle. `short`: handle lines for a narrow
+ * terminal (state and times first; no verified count, replica, requestId or last error).
+ */
+function statusLines(st: Record<string, unknown>, short = false): string[] {
   const s = st as { etcd?: Array<{ id: string; state: string; endpoint: string }>; replicas: Array<{ id: string; state: string; sessions: number; storeError?: string | null }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean; nbd?: { url: string; tls?: string | null; connections: Array<{ target: string; principal?: string; state: string; reason: string | null; requests: number }> } | null }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null; requestId?: string | null; inStateMs?: number; pauseLeftMs?: number | null; writesPerS?: number; hold?: string | null; holdLeftMs?: number | null }> };
   const out: string[] = [];
   const secs = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`;
@@ -457,6 +481,10 @@ function statusLines(st: Record<string, unknown>): string[] {
   for (const h of s.handles) {
     const node = s.nodes.find((n) => n.id === h.node);
     const timing = `${h.inStateMs !== undefined ? ` for=${secs(h.inStateMs)}` : ''}${h.pauseLeftMs != null ? ` timeout-in=${secs(h.pauseLeftMs)}` : ''}${h.holdLeftMs != null ? ` hold-in=${secs(h.holdLeftMs)}` : h.hold ? ` hold=${h.hold}` : ''}${h.writesPerS !== undefined ? ` writes/s=${h.writesPerS}` : ''}`;
+    if (short) {
+      out.push(`  ${`${h.node}/${h.app}`.padEnd(14)} ${h.target.padEnd(12)} ${h.state.padEnd(11)}${timing.replace(/ writes\/s=\S+/, '')} acked=${h.acked} failed=${h.failed}${h.reason ? ` reason=${h.reason}` : ''}`);
+      continue;
+    }
     out.push(`  ${`${h.node}/${h.app}`.padEnd(14)} ${h.target.padEnd(12)} ${h.state.padEnd(11)}${timing} on=${node?.replica ?? '-'} acked=${h.acked} verified=${h.verified} failed=${h.failed}${h.reason ? ` reason=${h.reason}` : ''}${h.requestId ? ` requestId=${h.requestId}` : ''}${h.lastError ? ` last=${h.lastError}` : ''}`);
   }
   return out;
@@ -755,7 +783,9 @@ async function watchStatus(dir: string, url: string, token: string, json: boolea
     }
     if (json) process.stdout.write(JSON.stringify({ at, ...(st ?? { ok: false, code: 'UNAVAILABLE', message: 'the launcher did not answer within 5 s' }) }) + '\n');
     else {
-      const out = [`safe-resume status  ${at}  (every second; Ctrl-C to stop)`, ...(st ? statusLines(st) : ['  the launcher did not answer within 5 s'])];
+      const size = terminalSize();
+      const view = [`safe-resume status  ${at}  (every second; Ctrl-C to stop)`, ...(st ? statusLines(st, tty && size.cols < WIDE) : ['  the launcher did not answer within 5 s'])];
+      const out = tty ? fitFrame(view, size) : view;
       if (tty && lines > 0) process.stdout.write(`\x1b[${lines}A\x1b[0J`);
       process.stdout.write(out.join('\n') + '\n');
       lines = tty ? out.length : 0;

@@ -208,3 +208,60 @@ describe('Ctrl-C in a chaos run', () => {
     }
   }, 90_000);
 });
+
+/**
+ * A live view as an 80x24 terminal gets it, through a pseudo-terminal (util-linux's script): the
+ * frames between redraws, each checked against the redraw that follows it.
+ */
+function framesOf(raw: string): { frames: string[][]; moves: number[] } {
+  const parts = raw.split(/\x1b\[(\d+)A\x1b\[0J/);
+  // parts: [before the first redraw, n1, frame1, n2, frame2, ...]; a frame is what follows a redraw.
+  const frames: string[][] = [];
+  const moves: number[] = [];
+  for (let i = 1; i < parts.length; i += 2) {
+    moves.push(Number(parts[i]));
+    if (i + 2 < parts.length) frames.push(parts[i + 1]!.split('\r\n').slice(0, -1)); // complete: another redraw follows
+  }
+  return { frames, moves };
+}
+
+async function inTerminal(cmd: string, seconds: number): Promise<string> {
+  const p = spawn('script', ['-qfc', `stty cols 80 rows 24; exec ${cmd}`, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+  running.add(p);
+  let out = '';
+  p.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  process.kill(-p.pid!, 'SIGINT');
+  await new Promise((r) => p.once('exit', r));
+  running.delete(p);
+  return out;
+}
+
+describe('live views in an 80x24 terminal', () => {
+  it('status -w and up redraw frames no wider than 80 and no taller than 24, with a "+N more" line for the handles that do not fit', async () => {
+    const t = tempDir();
+    try {
+      const u = up(join(t.dir, 'c'), ['--replicas', '3', '--nodes', '2', '--apps', '12']);
+      await until('the cluster', () => /inspector/.test(u.out()), 60_000);
+      const watched = await inTerminal(`${process.execPath} ${CLI} status -w --dir ${join(t.dir, 'c')}`, 5);
+      const views: Array<[string, string]> = [['status -w', watched]];
+      expect(cli(join(t.dir, 'c'), 'down').code).toBe(0);
+      views.push(['up', await inTerminal(`${process.execPath} ${CLI} up --dir ${join(t.dir, 'd')} --replicas 3 --nodes 2 --apps 12`, 12)]);
+      for (const [what, raw] of views) {
+        const { frames, moves } = framesOf(raw);
+        expect({ what, frames: frames.length }).toEqual({ what, frames: expect.any(Number) });
+        expect(frames.length).toBeGreaterThan(1);
+        for (const [i, f] of frames.entries()) {
+          const wide = f.filter((l) => l.replace(/\x1b\[[0-9;]*m/g, '').length > 80);
+          expect({ what, wide }).toEqual({ what, wide: [] });
+          // A frame and the cursor line below it fit in 24 rows, and the next redraw goes back over exactly it.
+          expect({ what, height: f.length <= 23, back: moves[i + 1] }).toEqual({ what, height: true, back: f.length });
+        }
+        expect(frames.at(-1)!.some((l) => /^ {2}\+\d+ more/.test(l))).toBe(true);
+        expect(frames.at(-1)!.some((l) => /node-1\/app-1 +app-1\.disk +(active|opening|paused)/.test(l))).toBe(true);
+      }
+    } finally {
+      t.cleanup();
+    }
+  }, 120_000);
+});
