@@ -15,9 +15,10 @@ export interface ChaosSummary {
   resumes: { granted: number; denied: number };
   writesAcknowledged: number;
   violations: Violation[];
+  /** Stopped before its time (Ctrl-C): then `ranSeconds` of faults, and no time given to settle. */
+  interrupted: boolean;
+  ranSeconds: number;
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Every kind of fault; `etcd-leader-kill` needs the local etcd members, `link-cut` hosts of their own (--netns). */
 export const FAULTS = ['replica-kill', 'storage-reboot', 'partition', 'dismount', 'node-restart', 'app-move', 'foreign-writer', 'etcd-leader-kill', 'link-cut'] as const;
@@ -30,9 +31,24 @@ export function faultsFor(l: Launcher): Fault[] {
 
 /**
  * Faults for `seconds`, one every 1-3 s: drawn at random among the cluster's kinds (seeded), or, given
- * `schedule`, its kinds in order (again from the start when it runs out).
+ * `schedule`, its kinds in order (again from the start when it runs out). Once `interrupt` is aborted
+ * no fault starts; the run heals, stops its workloads and checks at once (the end's liveness, L2 and
+ * L3, needs the settling time it skips, so it is not checked then).
  */
-export async function runChaos(l: Launcher, seconds: number, seed: number, onFault?: (kind: string, detail: string) => void, schedule?: readonly Fault[]): Promise<ChaosSummary> {
+export async function runChaos(l: Launcher, seconds: number, seed: number, onFault?: (kind: string, detail: string) => void, schedule?: readonly Fault[], interrupt?: AbortSignal): Promise<ChaosSummary> {
+  const started = Date.now();
+  // A sleep that an interrupt ends early.
+  const sleep = (ms: number) =>
+    new Promise<void>((resolve) => {
+      if (interrupt?.aborted) return resolve();
+      const done = () => {
+        clearTimeout(t);
+        interrupt?.removeEventListener('abort', done);
+        resolve();
+      };
+      const t = setTimeout(done, ms);
+      interrupt?.addEventListener('abort', done, { once: true });
+    });
   const random = seededRandom(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)]!;
   const between = (lo: number, hi: number) => lo + Math.floor(random() * (hi - lo + 1));
@@ -62,9 +78,9 @@ export async function runChaos(l: Launcher, seconds: number, seed: number, onFau
       })
       .finally(() => (checking = false));
   }, 5000);
-  while (Date.now() < until) {
+  while (Date.now() < until && !interrupt?.aborted) {
     await sleep(between(1000, 3000));
-    if (Date.now() >= until) break;
+    if (Date.now() >= until || interrupt?.aborted) break;
     const kind = schedule && schedule.length > 0 ? schedule[scheduled++ % schedule.length]! : pick(faultsFor(l));
     try {
       switch (kind) {
@@ -131,6 +147,7 @@ export async function runChaos(l: Launcher, seconds: number, seed: number, onFau
           note(kind, `${node} partitioned, then ${victim[1].target} written by an intruder`);
           l.partition(node, Math.ceil((l.opts.holdMs + 6000) / 1000));
           await sleep(l.opts.holdMs + 4000);
+          if (interrupt?.aborted) break;
           await l.write(victim[1].target, `intruder ${Date.now()}`, 'intruder').catch(() => undefined);
           break;
         }
@@ -140,20 +157,25 @@ export async function runChaos(l: Launcher, seconds: number, seed: number, onFau
     }
   }
   clearInterval(verdict);
+  const ranSeconds = Math.round((Date.now() - started) / 1000);
   // Heal everything, let every handle settle, stop the workloads, check.
-  l.history.push({ t: Date.now(), kind: 'fault', fault: 'heal', detail: 'every fault ends; handles must settle' });
+  const healedAt = Date.now();
+  l.history.push({ t: healedAt, kind: 'fault', fault: 'heal', detail: interrupt?.aborted ? 'interrupted: every fault ends' : 'every fault ends; handles must settle' });
   l.heal();
-  for (const c of l.children.values()) if (!c.proc) await l.restart(c.id);
+  if (!interrupt?.aborted) for (const c of l.children.values()) if (!c.proc) await l.restart(c.id);
   for (const c of l.children.values()) if (c.role === 'replica' && c.proc?.connected) c.proc.send({ type: 'mount' });
   await sleep(Math.max(8000, l.opts.holdMs + 6000));
+  // Interrupted at any point until now: the handles did not get their time to settle.
+  const interrupted = interrupt?.aborted === true;
   await l.stopWorkloads();
   const store = await l.storeHistory();
   const history = merge(store.events, l.history);
   for (const f of store.finals) history.push({ t: Date.now(), kind: 'final', target: f.target, bytes: f.bytes });
   const { granted, denied, writesAcknowledged: acked, pauses } = tally(history);
-  const violations = check(history);
+  // Cut short, handles had no time to settle: what is still paused or pending at the end is not a finding.
+  const violations = check(history).filter((v) => !interrupted || !((v.guarantee === 'L2' || v.guarantee === 'L3') && v.t >= healedAt));
   l.chaos = { verdict: `chaos seed ${seed}: ${violations.length} violation${violations.length === 1 ? '' : 's'}`, violations: violations.length };
-  return { seed, seconds, faults, pauses, resumes: { granted, denied }, writesAcknowledged: acked, violations };
+  return { seed, seconds, faults, pauses, resumes: { granted, denied }, writesAcknowledged: acked, violations, interrupted, ranSeconds };
 }
 
 /** Store events (in commit order) and process events, by time; on a tie the store's event comes first. */

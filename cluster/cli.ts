@@ -162,6 +162,13 @@ function int(name: string, value: string | undefined, dflt: number, min = 0): nu
   return n;
 }
 
+/** A TCP port from the command line (0: any free one). */
+function portNumber(name: string, value: string | undefined, dflt: number, min = 0): number {
+  const n = value === undefined ? dflt : Number(value);
+  if (!Number.isSafeInteger(n) || n < min || n > 65535) throw new UsageError(`--${name} must be a port number from ${min} to 65535, got ${JSON.stringify(value)}`);
+  return n;
+}
+
 interface UpOptions {
   replicas: number;
   nodes: number;
@@ -272,10 +279,10 @@ function parseUp(argv: string[]): UpOptions | undefined {
     dir: resolve(v('dir') ?? '.safe-resume'),
     holdMs: int('hold-ms', v('hold-ms'), 5000),
     pauseTimeoutMs: int('pause-timeout-ms', v('pause-timeout-ms'), 60_000, 1),
-    port: int('port', v('port'), 0),
+    port: portNumber('port', v('port'), 0),
     intervalMs: int('interval-ms', v('interval-ms'), 200),
-    inspectorPort: int('inspector-port', v('inspector-port'), 0),
-    statelyPort: b('stately') ? int('stately-port', v('stately-port'), 8080, 1) : undefined,
+    inspectorPort: portNumber('inspector-port', v('inspector-port'), 0),
+    statelyPort: b('stately') ? portNumber('stately-port', v('stately-port'), 8080, 1) : undefined,
     pretty: b('pretty'),
     noColor: b('no-color'),
     chaos: b('chaos'),
@@ -288,6 +295,7 @@ function parseUp(argv: string[]): UpOptions | undefined {
     nbdTcp: b('nbd-tcp'),
     nbdGroup: v('nbd-group'),
   };
+  if (o.port > 0 && o.port + o.replicas - 1 > 65535) throw new UsageError(`--port ${o.port} with ${o.replicas} replicas needs ports up to ${o.port + o.replicas - 1}; a port number is at most 65535`);
   if (o.faults && !o.chaos) throw new UsageError('--faults goes with --chaos');
   if ((o.nbdTcp || o.nbdGroup !== undefined) && o.store === 'memory') throw new UsageError('--nbd-tcp and --nbd-group go with the NBD export of real processes: --store sqlite or etcd');
   if (o.netns && o.store === 'memory') throw new UsageError('--netns needs real processes: --store sqlite or etcd');
@@ -328,7 +336,18 @@ async function up(argv: string[]): Promise<number> {
   if (!o) return 0;
   // Every process it runs reads NO_COLOR (pino-pretty's colours follow it).
   if (o.noColor) process.env.NO_COLOR = '1';
-  takeDataDir(o.dir, o.store === 'memory' ? 'memory' : undefined);
+  const made = takeDataDir(o.dir, o.store === 'memory' ? 'memory' : undefined);
+  try {
+    return await upIn(o, made);
+  } catch (err) {
+    // A run that failed leaves no directory of its own making behind (one it found stays).
+    if (made) rmSync(made, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+/** `up` once its data directory is taken (`made`: the directory it made for this run, if any). */
+async function upIn(o: UpOptions, made: string | undefined): Promise<number> {
   if (o.store === 'memory') {
     await upInProcess(o);
     return 0;
@@ -342,14 +361,32 @@ async function up(argv: string[]): Promise<number> {
   const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, statelyPort: o.statelyPort, log, agentLog, tls: o.tls, store: o.store === 'etcd' ? 'etcd' : 'sqlite', etcdEndpoints: o.etcdEndpoints, hosts, nbdTcp: o.nbdTcp, nbdGroup: o.nbdGroup });
   let stopping: Promise<void> | undefined;
   const stop = () => (stopping ??= launcher.down());
-  process.once('SIGINT', () => void stop());
-  process.once('SIGTERM', () => void stop());
+  // The first Ctrl-C (or SIGTERM) stops the cluster; a chaos run first stops its faults, heals and
+  // says what it found. A second one is out at once, leaving no process and no lock.
+  let started = false;
+  let signalled: NodeJS.Signals | undefined;
+  const interrupt = new AbortController();
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (signalled) {
+      launcher.killNow();
+      if (!started && made) rmSync(made, { recursive: true, force: true });
+      process.stderr.write(`safe-resume: ${sig} again: every process killed\n`);
+      process.exit(EXIT.interrupted); // the lock goes with the 'exit' handler
+    }
+    signalled = sig;
+    interrupt.abort();
+    if (!(o.chaos && started)) void stop();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
     await launcher.start();
   } catch (err) {
     await stop();
+    if (signalled) throw new OperatorError(`interrupted (${signalled}) while the cluster was starting; every process it started is stopped`, EXIT.interrupted);
     throw err;
   }
+  started = true;
   const running = async (): Promise<number> => {
     const say = (line: string) => (o.json ? process.stderr : process.stdout).write(line + '\n');
     say(`safe-resume: ${count(o.replicas, 'replica')} over ${o.store === 'etcd' ? `etcd (${launcher.etcd ? `local members in ${join(o.dir, 'etcd')}, TLS with the client certificate in ${join(o.dir, 'etcd', 'tls')}` : (o.etcdEndpoints ?? []).join(',')})` : join(o.dir, 'store.sqlite')}, ${count(o.nodes, 'node')} x ${count(o.apps, 'app')}`);
@@ -364,11 +401,10 @@ async function up(argv: string[]): Promise<number> {
     if (o.statelyPort !== undefined) say(`  stately   ${launcher.statelyUrl}   (the Stately inspector; needs an internet connection)`);
     if (o.chaos) {
       say(`chaos: ${o.forS}s of faults, seed ${o.seed}`);
-      const summary = await Promise.race([runChaos(launcher, o.forS, o.seed, (k, d) => (say(`  fault ${k}: ${d}`), launcher.timeline.add({ kind: 'fault', what: `${k}: ${d}` })), o.faults), (stopping ?? new Promise<never>(() => {}))]);
+      const summary = await runChaos(launcher, o.forS, o.seed, (k, d) => (say(`  fault ${k}: ${d}`), launcher.timeline.add({ kind: 'fault', what: `${k}: ${d}` })), o.faults, interrupt.signal);
       await stop();
-      if (!summary) return 1;
       process.stdout.write((o.json ? JSON.stringify(summary) : formatChaos(summary)) + '\n');
-      return summary.violations.length > 0 ? 1 : 0;
+      return summary.violations.length > 0 ? EXIT.failed : summary.interrupted ? EXIT.interrupted : 0;
     }
     // --json: the addresses as one JSON object on stdout, then a status line every 5 s, then the end.
     if (o.json) process.stdout.write(JSON.stringify({ event: 'up', store: launcher.storeSpec, etcd: launcher.etcd?.members.map((m) => ({ id: m.id, endpoint: m.endpoint })) ?? [], replicas: launcher.replicaUrls, nbd: Object.fromEntries(launcher.nbdUrls), nbdTls: Object.fromEntries(launcher.nbdTlsUrls), control: launcher.controlUrl, inspector: launcher.inspector?.pageUrl ?? null, ...(o.statelyPort !== undefined ? { stately: launcher.statelyUrl } : {}), reusing: reusing ?? null }) + '\n');
@@ -393,7 +429,7 @@ async function up(argv: string[]): Promise<number> {
 
 function formatChaos(s: ChaosSummary): string {
   return [
-    `chaos seed ${s.seed}, ${s.seconds}s`,
+    `chaos seed ${s.seed}, ${s.seconds}s${s.interrupted ? `, interrupted after ${s.ranSeconds}s (stopped, healed and checked at once: L2 and L3 at the end, which need time to settle, are not checked)` : ''}`,
     `faults     ${Object.entries(s.faults).map(([k, v]) => `${k}=${v}`).join(' ') || 'none'}`,
     `pauses     ${s.pauses}`,
     `resumes    ${s.resumes.granted} granted, ${s.resumes.denied} denied`,
@@ -410,7 +446,8 @@ function liveView(status: () => Record<string, unknown>, tty: boolean, json = fa
     const st = status();
     // Piped or logged, each view says when it was taken; with --json it is one JSON line.
     if (json) return void process.stdout.write(JSON.stringify({ event: 'status', at: new Date().toISOString(), ...st }) + '\n');
-    const out = [...(tty ? [] : [`-- ${new Date().toISOString()}`]), ...statusLines(st)];
+    const size = terminalSize();
+    const out = tty ? fitFrame(statusLines(st, size.cols < WIDE), size) : [`-- ${new Date().toISOString()}`, ...statusLines(st)];
     if (tty && lines > 0) process.stdout.write(`\x1b[${lines}A\x1b[0J`);
     process.stdout.write(out.join('\n') + '\n');
     lines = tty ? out.length : 0;
@@ -420,8 +457,31 @@ function liveView(status: () => Record<string, unknown>, tty: boolean, json = fa
   return () => clearInterval(timer);
 }
 
-/** The status view: one line per replica and node, one per handle. */
-function statusLines(st: Record<string, unknown>): string[] {
+/** A terminal narrower than this gets the short handle lines. */
+const WIDE = 120;
+
+/** The terminal's size, 80x24 when it does not say. */
+function terminalSize(): { cols: number; rows: number } {
+  return { cols: process.stdout.columns || 80, rows: process.stdout.rows || 24 };
+}
+
+/**
+ * A view redrawn in place, as a terminal of `cols` x `rows` shows it whole: each line cut to fit (a
+ * line that wraps takes two rows, and the next redraw, going back one per line, would leave a stale
+ * one), and at most `rows - 1` lines (the cursor takes the last row), those that do not fit counted.
+ */
+export function fitFrame(lines: string[], { cols, rows }: { cols: number; rows: number }): string[] {
+  const height = Math.max(2, rows - 1);
+  const shown = lines.length <= height ? lines : [...lines.slice(0, height - 1), `  +${lines.length - height + 1} more (a taller terminal or 'safe-resume status' shows every line)`];
+  const width = Math.max(10, cols - 1);
+  return shown.map((l) => (l.length <= width ? l : `${l.slice(0, width - 1)}…`));
+}
+
+/**
+ * The status view: one line per replica and node, one per handle. `short`: handle lines for a narrow
+ * terminal (state and times first; no verified count, replica, requestId or last error).
+ */
+function statusLines(st: Record<string, unknown>, short = false): string[] {
   const s = st as { etcd?: Array<{ id: string; state: string; endpoint: string }>; replicas: Array<{ id: string; state: string; sessions: number; storeError?: string | null }>; nodes: Array<{ id: string; state: string; replica: string | null; cause?: string | null; partitioned: boolean; nbd?: { url: string; tls?: string | null; connections: Array<{ target: string; principal?: string; state: string; reason: string | null; requests: number }> } | null }>; handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; verified: number; failed: number; lastError: string | null; requestId?: string | null; inStateMs?: number; pauseLeftMs?: number | null; writesPerS?: number; hold?: string | null; holdLeftMs?: number | null }> };
   const out: string[] = [];
   const secs = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`;
@@ -435,6 +495,10 @@ function statusLines(st: Record<string, unknown>): string[] {
   for (const h of s.handles) {
     const node = s.nodes.find((n) => n.id === h.node);
     const timing = `${h.inStateMs !== undefined ? ` for=${secs(h.inStateMs)}` : ''}${h.pauseLeftMs != null ? ` timeout-in=${secs(h.pauseLeftMs)}` : ''}${h.holdLeftMs != null ? ` hold-in=${secs(h.holdLeftMs)}` : h.hold ? ` hold=${h.hold}` : ''}${h.writesPerS !== undefined ? ` writes/s=${h.writesPerS}` : ''}`;
+    if (short) {
+      out.push(`  ${`${h.node}/${h.app}`.padEnd(14)} ${h.target.padEnd(12)} ${h.state.padEnd(11)}${timing.replace(/ writes\/s=\S+/, '')} acked=${h.acked} failed=${h.failed}${h.reason ? ` reason=${h.reason}` : ''}`);
+      continue;
+    }
     out.push(`  ${`${h.node}/${h.app}`.padEnd(14)} ${h.target.padEnd(12)} ${h.state.padEnd(11)}${timing} on=${node?.replica ?? '-'} acked=${h.acked} verified=${h.verified} failed=${h.failed}${h.reason ? ` reason=${h.reason}` : ''}${h.requestId ? ` requestId=${h.requestId}` : ''}${h.lastError ? ` last=${h.lastError}` : ''}`);
   }
   return out;
@@ -443,18 +507,24 @@ function statusLines(st: Record<string, unknown>): string[] {
 /** `up --store memory`: the whole cluster in this process (no control endpoint). */
 /**
  * Make the data directory (private), and take it for this launcher: one cluster per directory. Says
- * what to do when it cannot be written or another launcher has it.
+ * what to do when it cannot be written or another launcher has it. Returns the topmost directory it
+ * made, if it made one (a failed `up` removes it).
  */
-function takeDataDir(dir: string, store?: string): void {
+function takeDataDir(dir: string, store?: string): string | undefined {
+  let made: string | undefined;
   try {
-    privateDataDir(dir);
+    made = privateDataDir(dir);
     mkdirSync(join(dir, 'logs'), { recursive: true });
     accessSync(dir, constants.W_OK);
   } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOTDIR' || code === 'EEXIST') throw new OperatorError(`data directory ${dir} cannot be created: a file is in the way (${code}); choose another --dir`, EXIT.dirNotWritable);
+    if (code === 'ENOENT') throw new OperatorError(`data directory ${dir} cannot be created (${code}); choose a directory you can write with --dir`, EXIT.dirNotWritable);
     throw fromSystemError(err, `data directory ${dir}`) ?? err;
   }
   const release = lockDir(dir, store);
   process.once('exit', release);
+  return made;
 }
 
 /**
@@ -715,6 +785,8 @@ async function control(cmd: string, argv: string[]): Promise<number> {
   else if (cmd === 'export') process.stdout.write(`${String(out.url)}\n${out.tls ? `${String(out.tls)}\n` : ''}`);
   else if (cmd === 'create') process.stdout.write(`${String(out.target)}: ${formatSize(Number(out.size))} (${String(out.size)} bytes)${out.created ? '' : ', as it already was'}\n${out.url ? String(out.url) : '(no node serves an NBD export)'}\n`);
   else process.stdout.write(done(cmd, out) + '\n');
+  // An id that names no process (kill replica-9) is a command line to correct: the answer lists the ids.
+  if (!out.ok && out.code === 'INVALID_ARGUMENT' && ID_COMMANDS.has(cmd)) return EXIT.usage;
   return out.ok ? 0 : out.deadline ? EXIT.timeout : out.code === 'NOT_FOUND' ? EXIT.notFound : EXIT.failed;
 }
 
@@ -874,6 +946,9 @@ function done(cmd: string, out: Record<string, unknown>): string {
   }
 }
 
+/** The commands whose argument is a replica's or a node's id. */
+const ID_COMMANDS = new Set(['kill', 'restart', 'partition', 'heal', 'dismount']);
+
 /**
  * `status -w`: the status every second until Ctrl-C, redrawn in place on a terminal, as timestamped
  * blocks when piped, as JSON lines with --json. Ends by itself (exit 0) when the cluster stops.
@@ -903,7 +978,9 @@ async function watchStatus(dir: string, url: string, token: string, json: boolea
     }
     if (json) process.stdout.write(JSON.stringify({ at, ...(st ?? { ok: false, code: 'UNAVAILABLE', message: 'the launcher did not answer within 5 s' }) }) + '\n');
     else {
-      const out = [`safe-resume status  ${at}  (every second; Ctrl-C to stop)`, ...(st ? statusLines(st) : ['  the launcher did not answer within 5 s'])];
+      const size = terminalSize();
+      const view = [`safe-resume status  ${at}  (every second; Ctrl-C to stop)`, ...(st ? statusLines(st, tty && size.cols < WIDE) : ['  the launcher did not answer within 5 s'])];
+      const out = tty ? fitFrame(view, size) : view;
       if (tty && lines > 0) process.stdout.write(`\x1b[${lines}A\x1b[0J`);
       process.stdout.write(out.join('\n') + '\n');
       lines = tty ? out.length : 0;
@@ -1075,8 +1152,23 @@ async function benchCommand(argv: string[]): Promise<number> {
   return code;
 }
 
+/**
+ * `--size -5` as `--size=-5`: a negative number after an option is that option's value (to be refused
+ * by its own check, in one line), not an option of its own.
+ */
+function negativeValues(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const next = argv[i + 1];
+    if (/^--[a-z][a-z-]*$/.test(a) && next !== undefined && /^-\d/.test(next)) out.push(`${a}=${argv[++i]}`);
+    else out.push(a);
+  }
+  return out;
+}
+
 async function main(argv: string[]): Promise<number> {
-  const [cmd, ...rest] = argv;
+  const [cmd, ...rest] = negativeValues(argv);
   try {
     switch (cmd) {
       case 'up':

@@ -316,6 +316,8 @@ export class Launcher {
   }
 
   private spawn(id: string, role: 'replica' | 'node', config: Record<string, unknown>): Child {
+    // Once the cluster is coming down nothing starts again (a process started now would outlive it).
+    if (this.stopping) throw new SafeResumeError('UNAVAILABLE', `the cluster is stopping: ${id} is not started`);
     // The configuration (keys with it) goes over the IPC channel, never in argv.
     const host = this.host(id);
     const at = host ? inHost(host, process.execPath) : undefined;
@@ -479,7 +481,10 @@ export class Launcher {
 
   private child(id: string, role?: 'replica' | 'node'): Child {
     const c = this.children.get(id);
-    if (!c || (role && c.role !== role)) throw new SafeResumeError('INVALID_ARGUMENT', `no ${role ?? 'replica or node'} called ${JSON.stringify(id)}`);
+    if (!c || (role && c.role !== role)) {
+      const ids = [...this.children.values()].filter((x) => !role || x.role === role).map((x) => x.id);
+      throw new SafeResumeError('INVALID_ARGUMENT', `no ${role ?? 'replica or node'} called ${JSON.stringify(id)}; the ids are ${ids.join(', ') || 'none yet'}`);
+    }
     return c;
   }
 
@@ -562,6 +567,7 @@ export class Launcher {
   }
 
   async restart(id: string): Promise<ControlResult> {
+    if (this.stopping) throw new SafeResumeError('UNAVAILABLE', `the cluster is stopping: ${id} is not restarted`);
     if (this.etcd?.member(id)) {
       await this.etcd.restart(id);
       return { ok: true, restarted: id };
@@ -862,12 +868,13 @@ export class Launcher {
             const onMsg = (m: unknown) => {
               if ((m as { type?: string }).type === 'workload-stopped') {
                 c.proc?.off('message', onMsg);
+                clearTimeout(deadline); // a pending deadline would keep this process up 10 s longer
                 setTimeout(resolve, 400); // one more status report carries the last history
               }
             };
             c.proc!.on('message', onMsg);
             c.proc!.send({ type: 'stop-workload' } satisfies ChildCommand);
-            setTimeout(resolve, 10_000);
+            const deadline = setTimeout(resolve, 10_000);
           }),
       ),
     );
@@ -893,6 +900,22 @@ export class Launcher {
     } finally {
       void store.shutdown();
     }
+  }
+
+  /**
+   * Out at once (a second Ctrl-C): SIGKILL every process this cluster runs, give back the links it
+   * cut, and drop the control endpoint's file. Synchronous: the caller exits right after.
+   */
+  killNow(): void {
+    this.stopping = true;
+    for (const t of this.timers) clearTimeout(t);
+    for (const c of this.children.values()) c.proc?.kill('SIGKILL');
+    for (const m of this.etcd?.members ?? []) m.proc?.kill('SIGKILL');
+    for (const id of this.cut) {
+      const host = this.host(id);
+      if (host) setLink(host, true);
+    }
+    rmSync(join(this.opts.dir, 'control.json'), { force: true });
   }
 
   async down(): Promise<void> {

@@ -21,6 +21,8 @@ export const EXIT = {
   timeout: 8,
   /** What the command names does not exist: a target, requestId, process or log (NOT_FOUND). */
   notFound: 9,
+  /** Stopped by Ctrl-C or SIGTERM before it was done (`up` still starting, a chaos run cut short). */
+  interrupted: 130,
 } as const;
 
 export class OperatorError extends Error {

@@ -6,7 +6,7 @@
  * anything else. A directory that holds anything else is refused, as it is no cluster's own.
  */
 import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { SECRET_FILE } from '../actors/auth.js';
 import { LOCK_FILE } from './dir-lock.js';
 import { EXIT, OperatorError } from './operator-error.js';
@@ -33,8 +33,9 @@ export const isClusterFile = (name: string): boolean => CLUSTER_FILES.some((re) 
  * `others: 'refuse'`: a directory holding anything else (a project's `public/`, `README.md`) is refused
  * with an OperatorError before anything in it is changed. `credentials issue` passes `'leave'`: the
  * key may live beside other files, which stay as they are (and so does the directory's own mode).
+ * Returns the topmost directory it made (`dir` or a parent of it), if it made any.
  */
-export function privateDataDir(dir: string, others: 'refuse' | 'leave' = 'refuse'): void {
+export function privateDataDir(dir: string, others: 'refuse' | 'leave' = 'refuse'): string | undefined {
   const foreign = existsSync(dir) ? readdirSync(dir).filter((n) => !isClusterFile(n)) : [];
   if (foreign.length > 0 && others === 'refuse') {
     const shown = foreign
@@ -44,9 +45,21 @@ export function privateDataDir(dir: string, others: 'refuse' | 'leave' = 'refuse
     throw new OperatorError(`--dir ${dir} holds files safe-resume did not create (${shown.join(', ')}${foreign.length > 3 ? ' ...' : ''}): choose an empty or new directory`, EXIT.usage);
   }
   process.umask(0o077);
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const made = makeDirs(dir);
   if (foreign.length === 0) tightenOne(dir);
   for (const name of readdirSync(dir)) if (isClusterFile(name)) tighten(join(dir, name));
+  return made;
+}
+
+/**
+ * `mkdir -p`, one level at a time: Node's recursive mkdir never returns where the kernel says ENOENT
+ * for a directory whose parent exists (under /proc), where this throws. Returns the topmost it made.
+ */
+function makeDirs(dir: string): string | undefined {
+  const missing: string[] = [];
+  for (let d = resolve(dir); !existsSync(d) && dirname(d) !== d; d = dirname(d)) missing.unshift(d);
+  for (const d of missing) mkdirSync(d, { mode: 0o700 });
+  return missing[0];
 }
 
 function isDir(path: string): boolean {
