@@ -71,7 +71,9 @@ describe('a node that cannot reach its storage, through the CLI', () => {
       const certs = certMaker(pki);
       certs.ca('ca');
       certs.cert('elsewhere', 'ca', 'DNS:elsewhere.example,IP:10.9.9.9');
+      // A directory that was there before: a failed up removes only one it made, so the logs stay to be read.
       const dir = join(t.dir, 'c');
+      mkdirSync(dir, { mode: 0o700 });
       const mark = randomUUID();
       const u = up(dir, mark, ['--tls-cert', join(pki, 'elsewhere.crt'), '--tls-key', join(pki, 'elsewhere.key'), '--tls-ca', join(pki, 'ca.crt')]);
       const code = await Promise.race([u.exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 45_000))]);
