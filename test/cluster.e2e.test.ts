@@ -337,7 +337,7 @@ describe('safe-resume up: a real local cluster', () => {
     expect(cli('read', 'app-1.disk').out.startsWith('FOREIGN DATA')).toBe(true);
     // Who took the target over, and when: the store keeps it with the lapsed holder's tombstone, so the
     // timeline and explain say it after the foreign writer has closed (nobody holds the target now).
-    const foreign = /^requestId: (\S+)$/m.exec(wrote.out)![1]!;
+    const foreign = /\(requestId (\S+), version \d+\)/.exec(wrote.out)![1]!;
     const tookOver = `requestId ${foreign} \\(principal default\\) took the target over at \\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z`;
     const explained = cli('explain', 'app-1.disk').out;
     expect(explained).toMatch(new RegExp(`  earlier   requestId ${app1.requestId}, writes applied up to seq \\d+: its lock lapsed; ${tookOver}`));
