@@ -106,8 +106,11 @@ describe('a typo is not empty data', () => {
     expect(e.out).toBe('');
     expect(e.err).toMatch(/^safe-resume explain: NOT_FOUND: no target or requestId called "Xq3-misspelled-id"/);
     expect(e.err).not.toContain('a write open is granted at once');
-    const st = JSON.parse(cli('status', '--json').out) as { handles: Array<{ requestId: string; target: string }> };
-    expect(cli('explain', st.handles[0]!.requestId).out.split('\n')[0]).toBe(st.handles[0]!.target);
+    // An active handle's requestId (one the store holds now: a handle still opening has none there yet).
+    const st = JSON.parse(cli('status', '--json').out) as { handles: Array<{ requestId: string | null; target: string; state: string }> };
+    const h = st.handles.find((x) => x.state === 'active' && x.requestId)!;
+    const got = cli('explain', h.requestId!);
+    expect(got.out.split('\n')[0], got.err).toBe(h.target);
   });
 
   it('unknown commands and options get "did you mean" (exit 2)', () => {
