@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { runBench, table } from '../bench/run.js';
+import { CLI } from './cli-path.js';
 
 describe('bench (smoke)', () => {
   it('produces every figure with its baseline, ratio, target and verdict', async () => {
@@ -20,7 +21,7 @@ describe('bench (smoke)', () => {
   }, 180_000);
 
   it('safe-resume bench measures heap as npm run bench does (with --expose-gc)', () => {
-    const cli = fileURLToPath(new URL('../dist/cluster/cli.js', import.meta.url));
+    const cli = CLI;
     const out = execFileSync(process.execPath, [cli, 'bench', '--smoke', '--json', '--only', 'partition'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 60_000 });
     expect(JSON.parse(out)).toMatchObject({ smoke: true, exposeGc: true });
   }, 60_000);

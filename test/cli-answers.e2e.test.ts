@@ -13,8 +13,8 @@ import { NodeAgent } from '../actors/node-agent.js';
 import { freePort } from '../cluster/launcher.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { tempDir } from './helpers.js';
+import { CLI } from './cli-path.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
 
 let t: { dir: string; cleanup: () => void };
 let upProc: ChildProcess;

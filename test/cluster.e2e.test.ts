@@ -14,8 +14,8 @@ import { RECORD_BYTES } from '../cluster/workload.js';
 import { targetUrl } from '../frontends/nbd.js';
 import { tempDir } from './helpers.js';
 import { raw, upgrade } from './http-client.js';
+import { CLI } from './cli-path.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
 const t = tempDir();
 const dir = join(t.dir, 'cluster');
 let launcher: ChildProcess | undefined;

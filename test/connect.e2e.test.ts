@@ -10,8 +10,8 @@ import { randomUUID } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
 import { certMaker } from './certs.js';
+import { CLI } from './cli-path.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
 const running = new Set<ChildProcess>();
 afterEach(() => {
   for (const p of running) p.kill('SIGKILL');

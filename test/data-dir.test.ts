@@ -7,8 +7,8 @@ import { chmodSync, lstatSync, mkdirSync, readdirSync, writeFileSync } from 'nod
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
+import { CLI } from './cli-path.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
 
 let cleanups: Array<() => void> = [];
 afterEach(() => {

@@ -12,8 +12,8 @@ import { freePort } from '../cluster/launcher.js';
 import { etcdTls, MEMBER_NAME } from '../cluster/etcd-tls.js';
 import { certMaker } from './certs.js';
 import { tempDir, waitFor } from './helpers.js';
+import { CLI } from './cli-path.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
 const t = tempDir();
 // The parent may be entered by anyone: only the data directory's own modes keep others out.
 chmodSync(t.dir, 0o755);

@@ -11,8 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChaosSummary } from '../cluster/chaos.js';
 import { makeHosts, type Hosts } from './netns.js';
 import { tempDir } from './helpers.js';
+import { CLI } from './cli-path.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
 const NAMES = ['ctl', 'etcd-1', 'etcd-2', 'etcd-3', 'replica-1', 'replica-2', 'replica-3', 'node-1', 'node-2'];
 
 describe('replicas and nodes on hosts of their own, over a three-member etcd', () => {

@@ -17,8 +17,8 @@ import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
+import { CLI } from './cli-path.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
 const CHROMIUM = process.env.SAFE_RESUME_CHROMIUM || '/usr/bin/chromium';
 const t = tempDir();
 let launcher: ChildProcess;

@@ -14,8 +14,8 @@ import { WebSocketTransport } from '../transport/ws.js';
 import { replicaProcess, SECRET } from '../bench/replica-process.js';
 import { freePort } from '../cluster/launcher.js';
 import { tempDir } from './helpers.js';
+import { CLI } from './cli-path.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
 const running = new Set<ChildProcess>();
 
 interface Up {

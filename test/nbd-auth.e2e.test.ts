@@ -10,8 +10,8 @@ import { chmodSync, existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
+import { CLI } from './cli-path.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
 const t = tempDir();
 // Everything above the data directory may be passed through: only safe-resume's own modes protect it.
 chmodSync(t.dir, 0o711);

@@ -14,8 +14,8 @@ import { LocalCluster } from '../cluster/local.js';
 import { NO_ACCESS } from '../store/rules.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { bytes, FAST, tempDir, text, waitForState } from './helpers.js';
+import { CLI } from './cli-path.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
 
 let cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {

@@ -15,8 +15,8 @@ import { loadTlsFiles } from '../transport/tls.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { certMaker } from './certs.js';
 import { tempDir, text, trace, waitFor } from './helpers.js';
+import { CLI } from './cli-path.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
 const cli = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000 });
 
 describe('safe-resume replica', () => {

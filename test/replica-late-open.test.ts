@@ -17,8 +17,8 @@ import { SafeResumeError } from '../errors.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { startEtcd, type EtcdCluster } from './etcd-cluster.js';
 import { bytes, tempDir, text, trace, waitFor } from './helpers.js';
+import { CLI } from './cli-path.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
 
 describe.each(['sqlite', 'etcd'] as const)('a late open from a stopped replica process, over %s', (kind) => {
   const t = tempDir();

@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { runSchedule } from '../sim/scheduler.js';
 import { formatReplay, type SimSummary } from '../sim/run.js';
+import { CLI } from './cli-path.js';
 
 describe('simulation', () => {
   it('replays a seed exactly: same history, same trace', async () => {
@@ -32,7 +33,6 @@ describe('simulation', () => {
 });
 
 describe('safe-resume sim over worker threads', () => {
-  const CLI = fileURLToPath(new URL('../dist/cluster/cli.js', import.meta.url));
   const run = (...args: string[]) => JSON.parse(execFileSync('node', [CLI, 'sim', ...args, '--json'], { encoding: 'utf8', timeout: 120_000 })) as SimSummary;
 
   it('adds up to exactly what one thread gets for the same seeds', () => {

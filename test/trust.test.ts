@@ -18,6 +18,7 @@ import type { Message } from '../transport/messages.js';
 import type { Connection } from '../transport/types.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { bytes, FAST, tempDir, text, trace, waitFor, waitForState } from './helpers.js';
+import { CLI } from './cli-path.js';
 
 let cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -347,7 +348,7 @@ describe('principals are proven, not claimed', () => {
 });
 
 describe('safe-resume credentials issue', () => {
-  const cli = (args: string[]) => spawnSync(process.execPath, [fileURLToPath(new URL('../dist/cluster/cli.js', import.meta.url)), ...args], { encoding: 'utf8' });
+  const cli = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
 
   it('issues credentials from the cluster key that a node and an application use as they are; another cluster\'s are refused', async () => {
     const c = await cluster();

@@ -11,8 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { targetUrl } from '../frontends/nbd.js';
 import type { TimelineEvent } from '../cluster/timeline.js';
 import { tempDir } from './helpers.js';
+import { CLI } from './cli-path.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'cluster', 'cli.js');
 const t = tempDir();
 const dir = join(t.dir, 'c');
 let launcher: ChildProcess | undefined;
