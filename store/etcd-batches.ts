@@ -53,7 +53,6 @@ export class EtcdBatches extends EtcdLeases {
   protected readonly slots = Array.from({ length: MAX_INFLIGHT_BATCHES }, (_, i) => i);
   protected readonly logId = Math.random().toString(36).slice(2, 10);
 
-
   protected enqueue<T>(item: Omit<Item, 'resolve' | 'reject'>): Promise<T> {
     if (!this.layoutOk) return this.ready().then(() => this.enqueue<T>(item));
     return new Promise<T>((resolve, reject) => {

@@ -25,7 +25,6 @@ export class EtcdLeases extends EtcdConnection {
   /** Each session's lease (by session and TTL in seconds), and when it was last kept alive. */
   protected readonly leases = new Map<string, Lease>();
 
-
   /**
    * The TTL in whole seconds of the lease for locks that last `leaseMs`: at least long enough that a
    * lease just kept alive still lives a renewal interval after a commit that takes the whole call

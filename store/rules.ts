@@ -6,14 +6,10 @@
  * effects guarded by the revisions it read, and deciding again if they changed.
  */
 import {
-  type AccessRequest,
-  type AccessResult,
-  LEGACY_OWNER,
-  MAX_DISK_BYTES,
-  MAX_GRANTS,
-  MAX_TARGET_BYTES,
   type HandleRef,
   type LockRecord,
+  MAX_DISK_BYTES,
+  MAX_TARGET_BYTES,
   type OpenRequest,
   type OpenResult,
   type ReadRequest,
@@ -24,114 +20,16 @@ import {
   type Tombstone,
   type ResumeOutcome,
   type ResumeRequest,
-  type TargetAccess,
+  type AccessRequest,
+  type AccessResult,
   type WriteRequest,
   type WriteResult,
 } from './types.js';
+import { accessOf, decideAccess, mayOpen, NO_ACCESS, settled } from './rules-access.js';
+import { none, type Decision, type Effect, type TargetView, type Tx } from './rules-view.js';
 
-export interface Tx {
-  getRecord(target: string): LockRecord | undefined;
-  putRecord(rec: LockRecord): void;
-  deleteRecord(target: string): void;
-  /** The target's tombstones, newest first (at most TOMBSTONES_PER_TARGET). */
-  getTombstones(target: string): Tombstone[];
-  putTombstones(target: string, tombs: Tombstone[]): void;
-  version(target: string): number;
-  /** The target's size: its fixed size, or as far as it was written. */
-  size(target: string): number;
-  /** The size fixed when the target was created, 0 if none. */
-  fixedSize(target: string): number;
-  /** Fix the size of a target never written (it reads as that many zero bytes). */
-  fixSize(target: string, size: number): void;
-  /** Largest size this store lets a target be given. */
-  readonly maxSize: number;
-  readData(target: string, offset: number, length: number): Uint8Array;
-  /**
-   * Write bytes at offset (extending with zeros), bump the version, return the new version. A page
-   * the write leaves all zeros is not kept (it reads as zeros), in this same transaction.
-   */
-  writeData(target: string, offset: number, data: Uint8Array): number;
-  /** For inspection: how many pages of PAGE_BYTES hold the target's data (all-zero pages hold none). */
-  pages(target: string): number;
-  /** The target's owner and access list as recorded (undefined: none recorded). */
-  getAccess(target: string): TargetAccess | undefined;
-  putAccess(target: string, access: TargetAccess): void;
-}
-
-/** What an adapter read of one target for a rule to decide on. */
-export interface TargetView {
-  readonly record: LockRecord | undefined;
-  readonly version: number;
-  /** The size fixed when the target was created, 0 if none. */
-  readonly fixedSize: number;
-  /** The target's tombstones, newest first; read only by the rules that need them. */
-  tombstones(): Tombstone[];
-  /**
-   * The target's owner and access list as recorded; undefined for a target nobody has, and for one
-   * written by an earlier version, which kept none (see accessOf).
-   */
-  readonly access: TargetAccess | undefined;
-  /**
-   * Whether the record's lock is live, when the engine judges it (etcd: the lock key still hangs on
-   * its session's lease). Undefined: judged by the rule from the record's `expiresAt` and the store's now.
-   */
-  readonly live?: boolean | undefined;
-}
-
-/** A write a decision asks for, on the target it decided about. */
-export type Effect =
-  | { kind: 'put'; record: LockRecord }
-  | { kind: 'delete' }
-  | { kind: 'tombstones'; tombstones: Tombstone[] }
-  /** Bytes at offset (extending with zeros); the target's version goes up by one. */
-  | { kind: 'data'; offset: number; data: Uint8Array }
-  /** The target, never written, gets a fixed size. */
-  | { kind: 'size'; size: number }
-  /** The target's owner and access list are recorded as these. */
-  | { kind: 'access'; access: TargetAccess };
-
-export interface Decision<T> {
-  out: T;
-  effects: Effect[];
-}
-
-const none = <T>(out: T): Decision<T> => ({ out, effects: [] });
-
-/**
- * The one answer to a request the asker has no access for: the same text for every target and every
- * reason (another principal owns it, or the asker may read but not write it, or may not change who
- * may), so it tells nothing of who owns the target. (A name nobody has is not refused: an open creates
- * it.)
- */
-export const NO_ACCESS = 'not permitted: a target is opened only by its owner and the principals it granted access, and only its owner (or the operator) changes who may';
-
-/**
- * Who may open the target: its recorded access; for a target written by an earlier version (which
- * kept no owner), the principal of its lock record, else of its newest tombstone that names one, else
- * LEGACY_OWNER, recorded with the first change the rules make to the target, so it never moves to
- * whoever comes next. Undefined: nobody has the target (no record, tombstone, data or size), and an
- * open creates it.
- */
-export function accessOf(v: TargetView): TargetAccess | undefined {
-  if (v.access) return v.access;
-  if (v.record) return { owner: v.record.principal, grants: [] };
-  if (v.version === 0 && v.fixedSize === 0 && v.tombstones().length === 0) return undefined;
-  return { owner: v.tombstones().find((t) => t.principal !== undefined)?.principal ?? LEGACY_OWNER, grants: [] };
-}
-
-/** Whether `principal` may open a target of `access` in `mode`: its owner in either, a grantee of write in either, of read for reading. */
-export function mayOpen(access: TargetAccess, principal: string, mode: 'read' | 'write'): boolean {
-  if (access.owner === principal) return true;
-  const g = access.grants.find((x) => x.principal === principal);
-  return g !== undefined && (mode === 'read' || g.mode === 'write');
-}
-
-/** A decision that changes a target whose access was derived, not recorded (an earlier version's), records it too. */
-function settled<T>(v: TargetView, d: Decision<T>): Decision<T> {
-  if (d.effects.length === 0 || v.access) return d;
-  const access = accessOf(v);
-  return access ? { out: d.out, effects: [...d.effects, { kind: 'access', access }] } : d;
-}
+export type { Decision, Effect, TargetView, Tx } from './rules-view.js';
+export { accessOf, decideAccess, mayOpen, NO_ACCESS } from './rules-access.js';
 
 /**
  * Why an open naming `size` cannot have it (undefined: it can). A size is fixed once, by the first
@@ -362,30 +260,6 @@ export function decideRenew(v: TargetView, ref: HandleRef, session: string, expi
   }
   if (rec && rec.requestId === ref.requestId) return none({ ...ref, reason: 'SUPERSEDED' });
   return none({ ...ref, reason: 'MODIFIED', lastSeq: lostSeq(v, ref.requestId, session) });
-}
-
-/**
- * Grant `req.principal` access to the target (`mode`, replacing what it had) or revoke it (`none`).
- * Only the owner, or the operator (`by` undefined), may; anyone else is refused NO_ACCESS, whether or
- * not the target exists. The operator is told when it does not. The owner's own access is not in the
- * list. A revocation applies to the grantee's next open or resume: a handle it has open keeps its lock
- * (and a read handle its reads) until it closes, pauses or loses it.
- */
-export function decideAccess(v: TargetView, req: AccessRequest): Decision<AccessResult> {
-  const refuse = (message: string) => none<AccessResult>({ ok: false, code: 'INVALID_ARGUMENT', message });
-  const access = accessOf(v);
-  if (req.by !== undefined && access?.owner !== req.by) return none({ ok: false, code: 'FORBIDDEN', message: NO_ACCESS });
-  if (!access) return refuse(`${req.target} does not exist: nobody has opened it`);
-  if (req.mode !== 'none' && req.mode !== 'read' && req.mode !== 'write') return refuse(`mode must be read, write or none, not ${String(req.mode)}`);
-  if (req.principal.length === 0) return refuse('a principal must be named');
-  if (req.principal === access.owner) return refuse(`${req.principal} owns ${req.target}: an owner's access is neither granted nor revoked`);
-  const had = access.grants.find((g) => g.principal === req.principal);
-  if (v.access && (req.mode === 'none' ? !had : had?.mode === req.mode)) return none({ ok: true, access });
-  const grants = access.grants.filter((g) => g.principal !== req.principal);
-  if (req.mode !== 'none') grants.push({ principal: req.principal, mode: req.mode });
-  if (grants.length > MAX_GRANTS) return refuse(`${req.target} already grants ${MAX_GRANTS} principals access, as many as a target may: revoke one first`);
-  const next: TargetAccess = { owner: access.owner, grants };
-  return { out: { ok: true, access: next }, effects: [{ kind: 'access', access: next }] };
 }
 
 // ---- The same rules inside a synchronous transaction (memory, SQLite, the simulation's store) ----
