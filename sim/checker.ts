@@ -4,86 +4,11 @@
  */
 import type { History, HistoryEvent } from './history.js';
 import { TargetModel, type ModelWrite } from './read-model.js';
+import { holds, slice, splice, type TargetState } from './checker-target.js';
+import { HEAL_GRACE_MS, type CheckOptions, type Guarantee, type Violation } from './guarantees.js';
 
-export type Guarantee = 'S1' | 'S2' | 'S3' | 'S4' | 'S5' | 'L1' | 'L2' | 'L3';
-
-export interface Violation {
-  guarantee: Guarantee;
-  t: number;
-  target?: string;
-  message: string;
-}
-
-export const GUARANTEES: Record<Guarantee, string> = {
-  S1: 'safe resume: a granted resume implies no other writer wrote since the grant (for a reader: since the version it saw)',
-  S2: 'fencing: every applied write came from the record holder through its current session',
-  S3: 'durability: every acknowledged write was applied and stays readable',
-  S4: 'exactly once: every write is applied at most once',
-  S5: 'truthful outcomes: a write that rejects with a code meaning "not applied" is never applied',
-  L1: 'no needless denial: MODIFIED only if another writer took the target, SUPERSEDED only if another instance of the requestId was granted',
-  L2: 'no stuck pause: once storage is reachable, every paused handle leaves paused',
-  L3: 'progress: every operation completes',
-};
-
-interface TargetState {
-  holder: { requestId: string; session: string } | undefined;
-  /** When the store last granted or renewed the holder's lock (the hold period runs from there). */
-  extendedAt: number;
-  /** Until when the holder's lock surely lasts: a grant's, at least a renewal interval; a renewal's, at least the hold period. */
-  promisedUntil: number;
-  /** For each requestId: index into `applied` when its current record was freshly granted. */
-  epoch: Map<string, number>;
-  /** requestIds granted the target freshly, in order, with the index into `applied` at that time. */
-  fresh: Array<{ requestId: string; at: number }>;
-  /** requestIds whose record was released (closed). */
-  released: Set<string>;
-  applied: Array<{ requestId: string; bytes: string; version: number }>;
-  /** The bytes the applied writes give: `data[0, size)`. */
-  content: { data: Buffer; size: number };
-  version: number;
-  seqs: Set<string>;
-  bytesApplied: Map<string, number>;
-}
-
-/** Apply a write (latin1 text, one char per byte) to a target's bytes, growing them with zeros. */
-function splice(c: { data: Buffer; size: number }, offset: number, bytes: string): void {
-  const end = offset + bytes.length;
-  if (end > c.data.length) {
-    const grown = Buffer.alloc(Math.max(end, 2 * c.data.length));
-    c.data.copy(grown, 0, 0, c.size);
-    c.data = grown;
-  }
-  c.data.write(bytes, offset, 'latin1');
-  c.size = Math.max(c.size, end);
-}
-
-/** Bytes [from, to) of a target, as latin1 text (cut at its size). */
-function slice(c: { data: Buffer; size: number }, from: number, to: number): string {
-  return c.data.toString('latin1', Math.min(from, c.size), Math.min(to, c.size));
-}
-
-/** Whether bytes read at `offset` hold the whole of a write, at the write's own offset (where it would have landed). */
-function holds(data: { offset: number; bytes: string }, w: { offset: number; bytes: string }): boolean {
-  const at = w.offset - data.offset;
-  return w.bytes.length > 0 && at >= 0 && at + w.bytes.length <= data.bytes.length && data.bytes.startsWith(w.bytes, at);
-}
-
-/** How long after every fault healed a paused handle may still time out (its timer started before). */
-export const HEAL_GRACE_MS = 3000;
-
-export interface CheckOptions {
-  /**
-   * The hold period the replicas were given: a writer's lock lasts at least this long after the
-   * store last extended it, so a takeover sooner breaks the hold (L1). Unchecked when absent.
-   */
-  holdMs?: number;
-  /**
-   * The replicas' renewal interval: a lock the store grants lasts at least this long (the holder's
-   * session renews it before then), so a takeover sooner, with no renewal in between, breaks it (L1).
-   * Unchecked when absent.
-   */
-  renewMs?: number;
-}
+export { GUARANTEES, HEAL_GRACE_MS, type CheckOptions, type Guarantee, type Violation } from './guarantees.js';
+export { formatEvent, traceOf } from './trace.js';
 
 type Ev<K extends HistoryEvent['kind']> = Extract<HistoryEvent, { kind: K }>;
 
@@ -466,23 +391,4 @@ export function check(history: History, opts: CheckOptions = {}): Violation[] {
   const c = new Checker(opts);
   for (const e of history) c.observe(e);
   return c.finish();
-}
-
-/** The steps of one target (and every fault), up to a time: the shortest useful trace of a violation. */
-export function traceOf(history: History, target: string | undefined, untilMs: number): string[] {
-  return history
-    .filter((e) => e.t <= untilMs && (e.kind === 'fault' || target === undefined || ('target' in e && e.target === target)))
-    .map(formatEvent);
-}
-
-export function formatEvent(e: HistoryEvent): string {
-  const { t, kind, ...rest } = e;
-  const fields = Object.entries(rest)
-    .map(([k, v]) => {
-      // Long bytes (a large write, a whole target) are cut: the trace is for reading.
-      const text = typeof v === 'string' && v.length > 120 ? `${v.slice(0, 100)}...(${v.length} bytes)` : v;
-      return `${k}=${typeof text === 'string' && /[\s"\u0000]/.test(text) ? JSON.stringify(text) : String(text)}`;
-    })
-    .join(' ');
-  return `${String(t).padStart(7)}ms ${kind.padEnd(8)} ${fields}`;
 }

@@ -19,12 +19,12 @@
  * transactions: a new instance over it (a reboot) sees exactly what was committed.
  */
 import type { ActorClock } from '../actors/env.js';
-import { StoreBusyError, TxStore, type SyncStore } from '../store/base.js';
-import * as leases from '../store/leases.js';
-import { memoryTx, type MemoryState } from '../store/memory.js';
-import * as rules from '../store/rules.js';
+import { StoreBusyError, TxStore } from '../store/base.js';
+import type { MemoryState } from '../store/memory.js';
 import type { Tx } from '../store/rules.js';
 import { StoreUnavailableError, type LockRecord, type Tombstone } from '../store/types.js';
+import { leaseRules, type SimLeaseOptions } from './store-leases.js';
+import { stampsOf, undoableTx } from './store-undo.js';
 
 export interface SimStoreOptions {
   /**
@@ -50,44 +50,7 @@ export interface SimStoreOptions {
   leases?: SimLeaseOptions;
 }
 
-/**
- * etcd's side of the lease model, shared by every store instance over the same database (as etcd is
- * by every replica): each lease's expiry on the store's clock, and the lease each target's lock key
- * hangs on. A lock is live while its lease lives.
- */
-export interface SimLeaseState {
-  expiry: Map<number, number>;
-  locks: Map<string, number>;
-  nextId: number;
-}
-
-export const newLeaseState = (): SimLeaseState => ({ expiry: new Map(), locks: new Map(), nextId: 1 });
-
-/**
- * The lease model of the etcd store: every session has a lease (per TTL), granted on its first write
- * open or resume (even one refused LOCKED), kept alive by `renew` (only when it has handles to renew),
- * and a granted lock hangs on it. Before a grant commits a lock onto a lease, the lease must surely
- * live a renewal interval past the time the commit can land (`busyWaitMs` here, as the etcd store's
- * call timeout there), or it is kept alive first: the same decision as the etcd store's
- * (store/leases.ts), with the same minimum TTL.
- */
-export interface SimLeaseOptions {
-  state: SimLeaseState;
-  /** The replicas' renewal interval. */
-  renewMs: number;
-  /**
-   * Check a lease's freshness before it carries a new lock (default true). False models the etcd
-   * store without the check: any lease not surely lapsed carries it, TTLs have no minimum.
-   */
-  fresh?: boolean;
-}
-
-/** What one store instance knows of one of its sessions' leases. */
-interface SimLease {
-  id: number;
-  ttl: number;
-  times: leases.LeaseTimes;
-}
+export { newLeaseState, type SimLeaseOptions, type SimLeaseState } from './store-leases.js';
 
 /** Which injected faults are on. */
 export type SimStoreFaults = Record<SimStoreFault, boolean>;
@@ -102,22 +65,8 @@ export type SimStoreFaults = Record<SimStoreFault, boolean>;
  */
 export type SimStoreFault = 'busy' | 'io' | 'unavailable';
 
-type TargetState = MemoryState['targets'] extends Map<string, infer V> ? V : never;
-
 /** Never settles: what a dead process answers. */
 const silence = <T>(): Promise<T> => new Promise<T>(() => {});
-
-/**
- * Every target's change stamp, shared by every instance over the same database: a number that moves
- * whenever a transaction changes the target (record, tombstones, bytes, size), so a late commit can
- * tell whether what it read is still as it was (the revisions an etcd transaction compares).
- */
-const changeStamps = new WeakMap<MemoryState, { next: number; of: Map<string, number> }>();
-function stampsOf(state: MemoryState): { next: number; of: Map<string, number> } {
-  let s = changeStamps.get(state);
-  if (!s) changeStamps.set(state, (s = { next: 0, of: new Map() }));
-  return s;
-}
 
 /** A late commit that found a target it read changed since it was decided: it does not land. */
 class LateConflict extends Error {}
@@ -172,8 +121,8 @@ export class SimStore extends TxStore {
       now: () => this.clock.now(),
     };
     this.clockNow = () => this.clock.now();
-    this.txImpl = this.makeTx();
-    if (opts.leases) Object.assign(this.sync, this.leaseRules(opts.leases));
+    this.txImpl = undoableTx(this.state, this.undo, (t) => this.compare(t));
+    if (opts.leases) Object.assign(this.sync, leaseRules(opts.leases, { tx: (fn) => this.tx(fn), now: () => this.clock.now(), commitMs: this.busyWaitMs, undo: this.undo }));
   }
 
   /** Switch an injected fault on or off. */
@@ -341,204 +290,4 @@ export class SimStore extends TxStore {
     undo.length = mark;
   }
 
-  /**
-   * The rules of the lease model (SimLeaseOptions): open, resume, close and renew decide on whether
-   * the target's lock key still hangs on a live lease, and move it with the record. Granting a lease
-   * and keeping it alive are not part of the transaction (they are etcd calls of their own): a
-   * transaction rolled back leaves them done; a lock key put or deleted is undone with it.
-   */
-  private leaseRules(o: SimLeaseOptions): Partial<SyncStore> {
-    const shared = o.state;
-    const fresh = o.fresh ?? true;
-    const commitMs = this.busyWaitMs;
-    const mine = new Map<string, SimLease>();
-    const now = () => this.clock.now();
-    const ttlOf = (ms: number) => (fresh ? leases.ttlSeconds(ms, commitMs, o.renewMs) : Math.max(1, Math.ceil(ms / 1000)));
-    const alive = (id: number) => (shared.expiry.get(id) ?? -Infinity) > now();
-    const grant = (key: string, ttl: number): SimLease => {
-      const id = shared.nextId++;
-      shared.expiry.set(id, now() + ttl * 1000);
-      const l = { id, ttl, times: { ttlMs: ttl * 1000, sentAt: now(), answeredAt: now() } };
-      mine.set(key, l);
-      return l;
-    };
-    const keepAlive = (l: SimLease): boolean => {
-      if (!alive(l.id)) return false;
-      shared.expiry.set(l.id, now() + l.ttl * 1000);
-      l.times = { ttlMs: l.ttl * 1000, sentAt: now(), answeredAt: now() };
-      return true;
-    };
-    /** The session's lease for `ttl`, granted on first use or once surely lapsed. */
-    const leaseOf = (session: string, ttl: number): { key: string; lease: SimLease } => {
-      const key = `${session}/${ttl}`;
-      let l = mine.get(key);
-      if (l && leases.surelyLapsed(l.times, now())) mine.delete(key);
-      l = mine.get(key) ?? grant(key, ttl);
-      return { key, lease: l };
-    };
-    /** The lease a lock committed now goes on: kept alive first if it may lapse too soon; a lapsed one (etcd refuses it) replaced. */
-    const carrier = ({ key, lease }: { key: string; lease: SimLease }): number => {
-      if (fresh && !leases.canCarry(lease.times, now() + commitMs, o.renewMs) && keepAlive(lease)) return lease.id;
-      return alive(lease.id) ? lease.id : grant(key, lease.ttl).id;
-    };
-    const live = (target: string) => {
-      const id = shared.locks.get(target);
-      return id !== undefined && alive(id);
-    };
-    const view = (tx: Tx, target: string): rules.TargetView => rules.viewOf(tx, target, live(target));
-    const setLock = (target: string, id: number | undefined) => {
-      const prev = shared.locks.get(target);
-      this.undo.push(() => restore(shared.locks, target, prev));
-      if (id === undefined) shared.locks.delete(target);
-      else shared.locks.set(target, id);
-    };
-    /** Apply a decision, the lock key with the record: put on the session's lease, or deleted. */
-    const apply = <T>(tx: Tx, target: string, d: rules.Decision<T>, lease: { key: string; lease: SimLease } | undefined): T => {
-      for (const e of d.effects) {
-        if (e.kind === 'put' && lease) setLock(target, carrier(lease));
-        else if (e.kind === 'delete') setLock(target, undefined);
-      }
-      return rules.apply(tx, target, d);
-    };
-    return {
-      open: (req) =>
-        this.tx((tx) => {
-          const lease = req.mode === 'write' ? leaseOf(req.session, ttlOf(req.leaseMs)) : undefined;
-          return apply(tx, req.target, rules.decideOpen(view(tx, req.target), req, now(), tx.maxSize), lease);
-        }),
-      resume: (reqs) =>
-        this.tx((tx) =>
-          reqs.map((req) => {
-            const lease = req.mode === 'write' ? leaseOf(req.session, ttlOf(req.leaseMs)) : undefined;
-            return apply(tx, req.target, rules.decideResume(view(tx, req.target), req, now()), lease);
-          }),
-        ),
-      close: (ref, session) => this.tx((tx) => apply(tx, ref.target, rules.decideClose(view(tx, ref.target), ref, session), undefined)),
-      renew: (session, refs, leaseMs) =>
-        this.tx((tx) => {
-          if (refs.length === 0) return { lost: [] };
-          // One keep-alive of the session's lease (a lapsed one is replaced), then the locks off it put back.
-          const ttl = ttlOf(leaseMs);
-          const key = `${session}/${ttl}`;
-          const had = mine.get(key);
-          if (had && !leases.surelyLapsed(had.times, now()) && !keepAlive(had)) {
-            for (const k of [...mine.keys()]) if (k.startsWith(`${session}/`)) mine.delete(k);
-          }
-          const l = leaseOf(session, ttl);
-          const lost: Array<NonNullable<ReturnType<typeof rules.decideRenew>['out']>> = [];
-          for (const ref of refs) {
-            const v = view(tx, ref.target);
-            const rec = v.record;
-            const held = rec?.requestId === ref.requestId && rec.session === session;
-            if (held && v.live && shared.locks.get(ref.target) === l.lease.id) continue;
-            const out = apply(tx, ref.target, rules.decideRenew(v, ref, session, now() + leaseMs), held ? l : undefined);
-            if (out) lost.push(out);
-          }
-          return { lost };
-        }),
-    };
-  }
-
-  /**
-   * The rules' view of the shared state (MemoryStore's), logging how to undo each change. Stored
-   * records and tombstone lists are replaced, never changed in place, so undoing one puts the old
-   * object back; a target's bytes are changed in place, so undoing a write copies back only the
-   * bytes it overwrote (a write that grows the buffer leaves the old one as it was, and the undo
-   * entry puts it back).
-   */
-  private makeTx(): Tx {
-    const { records, tombstones, targets } = this.state;
-    const undo = this.undo;
-    const base = memoryTx(this.state);
-    const stamps = stampsOf(this.state);
-    /** The target changed: a new stamp, put back if the change is undone. */
-    const changed = (t: string) => {
-      const prev = stamps.of.get(t);
-      stamps.of.set(t, ++stamps.next);
-      undo.push(() => restore(stamps.of, t, prev));
-    };
-    const read = <A extends unknown[], R>(f: (t: string, ...rest: A) => R) => (t: string, ...rest: A): R => {
-      this.compare(t);
-      return f(t, ...rest);
-    };
-    return {
-      ...base,
-      getRecord: read(base.getRecord),
-      getTombstones: read(base.getTombstones),
-      version: read(base.version),
-      size: read(base.size),
-      fixedSize: read(base.fixedSize),
-      readData: read(base.readData),
-      getAccess: read(base.getAccess),
-      putAccess: (t, a) => {
-        const owners = (this.state.access ??= new Map());
-        const prev = owners.get(t);
-        undo.push(() => restore(owners, t, prev));
-        changed(t);
-        base.putAccess(t, a);
-      },
-      putRecord: (r) => {
-        const target = r.target;
-        const prev = records.get(target);
-        undo.push(() => restore(records, target, prev));
-        changed(target);
-        base.putRecord(r);
-      },
-      deleteRecord: (t) => {
-        const prev = records.get(t);
-        if (!prev) return;
-        undo.push(() => records.set(t, prev));
-        changed(t);
-        base.deleteRecord(t);
-      },
-      putTombstones: (t, list) => {
-        const prev = tombstones.get(t);
-        undo.push(() => restore(tombstones, t, prev));
-        changed(t);
-        base.putTombstones(t, list);
-      },
-      writeData: (t, offset, data) => {
-        const cur = targets.get(t);
-        undo.push(cur ? undoWrite(cur, offset, offset + data.length) : () => targets.delete(t));
-        changed(t);
-        return base.writeData(t, offset, data);
-      },
-      fixSize: (t, size) => {
-        const cur = targets.get(t);
-        if (cur) {
-          const { size: was, fixed } = cur;
-          undo.push(() => Object.assign(cur, { size: was, fixed }));
-        } else undo.push(() => targets.delete(t));
-        changed(t);
-        base.fixSize(t, size);
-      },
-    };
-  }
-}
-
-function restore<V>(map: Map<string, V>, key: string, prev: V | undefined): void {
-  if (prev === undefined) map.delete(key);
-  else map.set(key, prev);
-}
-
-/**
- * How to undo a write of [offset, end) to `cur`: its buffer, size and version as they are now, and
- * the bytes it is about to overwrite. Bytes past a target's size are always zero, so the part of the
- * write past the current size is undone by zeroing it, without copying.
- */
-function undoWrite(cur: TargetState, offset: number, end: number): () => void {
-  const { buf, size, version } = cur;
-  const keepTo = Math.min(end, size);
-  const saved = offset < keepTo ? buf.slice(offset, keepTo) : undefined;
-  return () => {
-    if (cur.buf !== buf) cur.buf = buf;
-    else {
-      if (saved) buf.set(saved, offset);
-      const zeroFrom = Math.max(offset, size);
-      const zeroTo = Math.min(end, buf.length);
-      if (zeroTo > zeroFrom) buf.fill(0, zeroFrom, zeroTo);
-    }
-    cur.size = size;
-    cur.version = version;
-  };
 }

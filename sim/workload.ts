@@ -5,35 +5,14 @@
  * sometimes large, sometimes invalid (past the target size limit, or too large to send); reads are
  * slots or ranges across page boundaries. Every call and its outcome goes into the history.
  */
-import type { Application, Handle } from '../actors/application.js';
+import type { Handle } from '../actors/application.js';
 import { SafeResumeError } from '../errors.js';
 import { MAX_TARGET_BYTES } from '../store/types.js';
 import { MAX_IO_BYTES } from '../transport/messages.js';
 import { hex } from './history.js';
-import type { World } from './world.js';
+import { SLOT_BYTES, SLOTS, type Proc, type SpawnOptions, type WorkloadWorld } from './procs.js';
 
-export interface Proc {
-  id: string;
-  app: string;
-  node: string;
-  target: string;
-  application: Application;
-  handle: Handle | undefined;
-  crashed: boolean;
-  stopped: boolean;
-  k: number;
-  mode: 'read' | 'write';
-}
-
-export interface SpawnOptions {
-  requestId?: string;
-  /** One write, then close (a short-lived writer). */
-  once?: boolean;
-  mode?: 'read';
-}
-
-export const SLOT_BYTES = 32;
-export const SLOTS = 8;
+export { SLOT_BYTES, SLOTS, type Proc, type SpawnOptions } from './procs.js';
 const PAGE = 4096;
 
 /** The mix of operations: fractions of writes that cross a page, are large, or are invalid. */
@@ -50,7 +29,7 @@ export class Workload {
   private incarnation = 0;
   readonly procs: Proc[] = [];
 
-  constructor(private readonly world: World) {}
+  constructor(private readonly world: WorkloadWorld) {}
 
   spawn(app: string, node: string, target: string, opts: SpawnOptions = {}): Proc {
     const w = this.world;
