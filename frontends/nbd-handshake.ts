@@ -11,7 +11,7 @@ import type { Auth, NbdConnectionView, NbdExportOptions } from './nbd-options.js
 import { tlsHandshake, tlsServerSocket } from './nbd-tls.js';
 import { CMD, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, INFO, NBDMAGIC, OPT, ProtocolError, REP, REPLY_MAGIC, REQUEST_MAGIC, TX } from './nbd-wire.js';
 
-/** One client connection: the handshake, then transmission over one handle. */
+/** One client connection up to transmission: its handshake (Connection, in nbd-connection.ts, serves its requests). */
 export abstract class NbdHandshake {
   /**
    * The principal this connection acts as and is counted under: the export's own on a Unix socket, or
