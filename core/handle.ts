@@ -1,11 +1,14 @@
 /**
- * A handle as the node agent's core holds it: plain data, stepped by a reducer over the SPEC's
- * handle lifecycle. `machines/app-handle.ts` draws the same lifecycle as an XState machine (the
- * inspector shows it, and the generated-path tests drive the core through every transition of it);
- * `nextState` is the one place the node side decides a handle's state.
+ * A handle as the node agent's core holds it: plain data, stepped over the SPEC's handle lifecycle.
+ * The lifecycle is `machines/app-handle.ts`, the machine the inspector draws: its config is compiled
+ * once, at load, into the lookup table `nextState` reads (machines/compile.ts), so what is drawn is
+ * what runs. `nextState` is the one place the node side decides a handle's state.
  */
 import type { ErrorCode, InvalidationReason } from '../errors.js';
 import type { Mode } from '../transport/messages.js';
+import type { StateValueFrom } from 'xstate';
+import { appHandleMachine, type AppHandleEvent } from '../machines/app-handle.js';
+import { compileMachine, targetTable, transitionsOf } from '../machines/compile.js';
 
 /** A handle's state, the same words on every side (SPEC "Handle lifecycle"). */
 export type HandleState = 'opening' | 'active' | 'paused' | 'resuming' | 'invalidated' | 'closing' | 'closed';
@@ -13,26 +16,36 @@ export type HandleState = 'opening' | 'active' | 'paused' | 'resuming' | 'invali
 /** Lifecycle events: the event names of machines/app-handle.ts. */
 export type LifecycleEvent = 'OPENED' | 'OPEN_FAILED' | 'PAUSED' | 'RESUMING' | 'GRANTED' | 'DENIED' | 'REVOKED' | 'CLOSE' | 'CLOSED' | 'PAUSE_TIMEOUT';
 
-const LIFECYCLE: Record<HandleState, Partial<Record<LifecycleEvent, HandleState>>> = {
-  opening: { OPENED: 'active', OPEN_FAILED: 'closed' },
-  active: { PAUSED: 'paused', REVOKED: 'invalidated', CLOSE: 'closing' },
-  paused: { RESUMING: 'resuming', CLOSE: 'closed', PAUSE_TIMEOUT: 'invalidated' },
-  resuming: { GRANTED: 'active', DENIED: 'invalidated', PAUSED: 'paused', CLOSE: 'closed', PAUSE_TIMEOUT: 'invalidated' },
-  invalidated: { CLOSE: 'closed' },
-  closing: { CLOSED: 'closed' },
-  closed: {},
+/** tsc holds the words above to the machine's: a state or event added to one and not the other does not compile. */
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+const sameStates: Same<HandleState, StateValueFrom<typeof appHandleMachine>> = true;
+const sameEvents: Same<LifecycleEvent, Exclude<AppHandleEvent['type'], 'IO'>> = true;
+void sameStates;
+void sameEvents;
+
+/**
+ * The machine's transition actions and its guard are carried out by the core itself, not looked up:
+ * they are intents ordered with the protocol's (the pause timer starts only on leaving `active`, a
+ * fail-fast handle's operations fail right after PAUSED, the reason is set before the handle is
+ * told), and an I/O call does not change the state. Named here so that an action or guard added to
+ * the drawing and not to the core fails the load instead of being drawn and not done.
+ */
+const CARRIED_BY_THE_CORE = {
+  guards: ['failsFast'],
+  actions: ['dispatchIo', 'queueIo', 'rejectIo', 'rejectIoUnavailable', 'setReason', 'startPauseTimer', 'stopPauseTimer', 'notifyResumed'],
 };
+
+const COMPILED = compileMachine(appHandleMachine, CARRIED_BY_THE_CORE);
+const LIFECYCLE = targetTable(COMPILED);
 
 /** The state `event` leads to from `state`, or undefined if the lifecycle has no such transition. */
 export function nextState(state: HandleState, event: LifecycleEvent): HandleState | undefined {
   return LIFECYCLE[state][event];
 }
 
-/** Every transition of the lifecycle, for conformance tests against the drawn machine. */
+/** Every transition of the lifecycle (the compiled machine's), for status views and tests. */
 export function lifecycleTransitions(): Array<{ from: HandleState; event: LifecycleEvent; to: HandleState }> {
-  return Object.entries(LIFECYCLE).flatMap(([from, on]) =>
-    Object.entries(on).map(([event, to]) => ({ from: from as HandleState, event: event as LifecycleEvent, to: to as HandleState })),
-  );
+  return transitionsOf(COMPILED).map(({ from, event, to }) => ({ from, event: event as LifecycleEvent, to }));
 }
 
 /** What settling an operation hands back: a write's new target version, a read's bytes. */

@@ -1,8 +1,9 @@
 /**
  * The application-side handle lifecycle, drawn: what the application sees. The node agent's core
- * steps the same lifecycle as plain data (core/handle.ts `nextState`; a conformance test checks
- * the two agree on every transition); this machine is what the inspector shows and what the
- * generated-path tests walk. Pure: the actor that runs it provides every action and the clock.
+ * steps this machine's transitions on plain data: core/handle.ts compiles its config at load into
+ * the table `nextState` reads (machines/compile.ts). This machine is also what the inspector shows
+ * and what the generated-path tests walk. Pure: the actor that runs it provides every action and
+ * the clock.
  */
 import { assign, cancel, enqueueActions, raise, setup } from 'xstate';
 import type { InvalidationReason } from '../errors.js';

@@ -3,13 +3,14 @@
  * tracks the handle's life on one replica so it can be watched and so the replica knows which
  * handles a session holds.
  *
- * `replicaHandleMachine` is the drawn definition (the inspector, the generated path tests).
+ * `replicaHandleMachine` is the one definition: the inspector draws it, and the replica runs it.
  * A replica holds many thousands of handles, so it does not run one actor per handle: it keeps a
- * plain record per handle and steps it with `stepReplicaHandle`, the same transitions as plain
- * data (a test holds the two to the same states on every generated path).
+ * plain record per handle and steps it with `stepReplicaHandle`, which looks the transition up in
+ * the machine's config compiled at load (machines/compile.ts) and carries out its actions by name.
  */
 import { assign, setup } from 'xstate';
 import type { InvalidationReason } from '../errors.js';
+import { compileMachine, pick } from './compile.js';
 
 export interface ReplicaHandleInput {
   target: string;
@@ -42,6 +43,7 @@ export const replicaHandleMachine = setup({
   },
   actions: {
     setReason: assign({ reason: (_, params: { reason: InvalidationReason }) => params.reason }),
+    setSession: assign({ session: (_, params: { session: string }) => params.session }),
   },
   guards: {
     isResume: ({ context }) => context.resume,
@@ -67,7 +69,7 @@ export const replicaHandleMachine = setup({
     },
     paused: {
       on: {
-        RESUME: { target: 'resuming', actions: assign({ session: ({ event }) => event.session }) },
+        RESUME: { target: 'resuming', actions: { type: 'setSession', params: ({ event }) => ({ session: event.session }) } },
       },
       // The lock lapses after the hold period; the record stays in the store for a later resume.
       after: { holdPeriod: 'released' },
@@ -85,7 +87,7 @@ export const replicaHandleMachine = setup({
   },
 });
 
-// ---- The same lifecycle as a plain step function ----
+// ---- The machine, compiled: what the replica runs ----
 
 export type ReplicaHandleState = 'starting' | 'active' | 'paused' | 'resuming' | 'invalidated' | 'released' | 'closed';
 
@@ -101,13 +103,34 @@ export interface ReplicaHandleData {
   reason: InvalidationReason | undefined;
 }
 
+/**
+ * The machine's actions on plain data, by name: the context fields they assign, from the event's
+ * (the params the machine gives them). The hold period (`after`) is the caller's timer: see
+ * stepReplicaHandle.
+ */
+const ACTIONS: Record<'setReason' | 'setSession', (h: ReplicaHandleData, event: ReplicaHandleStepEvent) => void> = {
+  setReason: (h, event) => {
+    if (event.type === 'DENIED' || event.type === 'REVOKED') h.reason = event.reason;
+  },
+  setSession: (h, event) => {
+    if (event.type === 'RESUME') h.session = event.session;
+  },
+};
+
+/** `isResume` is the machine's one guard: it reads the handle's input, known only when it is created. */
+const REPLICA_HANDLE = compileMachine(replicaHandleMachine, { guards: ['isResume'], actions: Object.keys(ACTIONS) });
+const sameStates: ReplicaHandleState extends (typeof REPLICA_HANDLE.states)[number] ? ((typeof REPLICA_HANDLE.states)[number] extends ReplicaHandleState ? true : false) : false = true;
+void sameStates;
+
 /** The state a handle is in once created: `starting` passes at once (the machine's eventless transition). */
 export function replicaHandleInitialState(resume: boolean): 'active' | 'resuming' {
-  return resume ? 'resuming' : 'active';
+  const b = pick(REPLICA_HANDLE.on[REPLICA_HANDLE.initial][''], (guard) => guard === 'isResume' && resume);
+  if (b?.target !== 'active' && b?.target !== 'resuming') throw new Error(`replica handle: ${REPLICA_HANDLE.initial} does not lead to active or resuming`);
+  return b.target;
 }
 
 export function isFinalReplicaHandleState(state: ReplicaHandleState): boolean {
-  return state === 'invalidated' || state === 'released' || state === 'closed';
+  return REPLICA_HANDLE.final.has(state);
 }
 
 /**
@@ -116,47 +139,10 @@ export function isFinalReplicaHandleState(state: ReplicaHandleState): boolean {
  * effects: arm the hold-period timer on entering `paused`, cancel it on leaving.
  */
 export function stepReplicaHandle(h: ReplicaHandleData, event: ReplicaHandleStepEvent): boolean {
-  switch (h.state) {
-    case 'active':
-      switch (event.type) {
-        case 'SESSION_LOST':
-        case 'STORAGE_UNAVAILABLE':
-          h.state = 'paused';
-          return true;
-        case 'REVOKED':
-          h.state = 'invalidated';
-          h.reason = event.reason;
-          return true;
-        case 'CLOSE':
-          h.state = 'closed';
-          return true;
-        default:
-          return false;
-      }
-    case 'paused':
-      if (event.type === 'RESUME') {
-        h.state = 'resuming';
-        h.session = event.session;
-        return true;
-      }
-      if (event.type === HOLD_PERIOD_ENDED) {
-        h.state = 'released';
-        return true;
-      }
-      return false;
-    case 'resuming':
-      if (event.type === 'GRANTED') {
-        h.state = 'active';
-        return true;
-      }
-      if (event.type === 'DENIED') {
-        h.state = 'invalidated';
-        h.reason = event.reason;
-        return true;
-      }
-      return false;
-    default:
-      // `starting` is never rested in; final states take nothing.
-      return false;
-  }
+  // `starting` is never rested in (its only transition is eventless); final states take nothing.
+  const b = pick(REPLICA_HANDLE.on[h.state][event.type], () => false);
+  if (!b) return false;
+  for (const a of b.actions) ACTIONS[a as keyof typeof ACTIONS](h, event);
+  if (b.target !== undefined) h.state = b.target;
+  return true;
 }

@@ -3,10 +3,8 @@
  * no clock, no sleep. Each case is a promise the agent makes to an application.
  */
 import { describe, expect, it } from 'vitest';
-import { transition, initialTransition } from 'xstate';
 import { AgentCore, type Intent } from '../core/agent.js';
-import { lifecycleTransitions, type CoreHandle, type Op, type OpResult } from '../core/handle.js';
-import { appHandleMachine } from '../machines/app-handle.js';
+import type { CoreHandle, Op, OpResult } from '../core/handle.js';
 import { REQUEST_TIMEOUT_INTERVALS, type Message } from '../transport/messages.js';
 
 type Outcome = { ok: true; value: OpResult } | { ok: false; code: string; reason?: string | undefined };
@@ -322,31 +320,5 @@ describe('liveness', () => {
     w.write(h, 0, 'a');
     for (let i = 1; i < REQUEST_TIMEOUT_INTERVALS; i++) expect(w.step({ type: 'tick' })).toEqual([]);
     expect(w.step({ type: 'tick' }).map((i) => i.kind)).toEqual(['drop-session']);
-  });
-});
-
-describe('the lifecycle is the drawn machine', () => {
-  it('every transition of core/handle.ts is a transition of machines/app-handle.ts, and the other way round', () => {
-    const events: Record<string, { type: string; [k: string]: unknown }> = {
-      DENIED: { type: 'DENIED', reason: 'MODIFIED' },
-      REVOKED: { type: 'REVOKED', reason: 'SUPERSEDED' },
-      OPEN_FAILED: { type: 'OPEN_FAILED', code: 'LOCKED' },
-    };
-    const input = { target: 't', mode: 'write' as const, requestId: 'r'.repeat(21), onFailure: 'pause' as const, pauseTimeoutMs: 1000 };
-    const [initial] = initialTransition(appHandleMachine, input);
-    const core = lifecycleTransitions();
-    for (const t of core) {
-      const at = appHandleMachine.resolveState({ value: t.from, context: initial.context });
-      const [next] = transition(appHandleMachine, at, (events[t.event] ?? { type: t.event }) as never);
-      expect(`${t.from} --${t.event}--> ${String(next.value)}`).toBe(`${t.from} --${t.event}--> ${t.to}`);
-    }
-    // Every state-changing transition the machine defines is one the core has.
-    const machineMoves = Object.entries(appHandleMachine.config.states ?? {}).flatMap(([from, node]) =>
-      Object.entries((node as { on?: Record<string, unknown> }).on ?? {}).flatMap(([event, t]) => {
-        const targets = (Array.isArray(t) ? t : [t]).map((x) => (typeof x === 'string' ? x : (x as { target?: string }).target)).filter((x): x is string => Boolean(x));
-        return targets.map((to) => `${from} --${event}--> ${to}`);
-      }),
-    );
-    expect(new Set(machineMoves)).toEqual(new Set(core.map((t) => `${t.from} --${t.event}--> ${t.to}`)));
   });
 });

@@ -1,9 +1,10 @@
 /**
- * The replica steps its handles with `stepReplicaHandle`, not with actors of `replicaHandleMachine`;
- * the machine stays the drawn definition. Here the two are held to the same behaviour: on every
- * path @xstate/graph generates from the machine, and on random event sequences, the step function
- * and XState's pure `transition()` reach the same state, session and reason, and agree on which
- * events do anything.
+ * The replica steps its handles with `stepReplicaHandle`, not with actors of `replicaHandleMachine`:
+ * it runs the machine's config compiled into a table (machines/compile.ts), its actions carried out
+ * by name on plain records. Here that runtime is held to XState's own interpreter of the same
+ * machine: on every path @xstate/graph generates from the machine, and on random event sequences,
+ * the step function and XState's pure `transition()` reach the same state, session and reason, and
+ * agree on which events do anything.
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
