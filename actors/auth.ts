@@ -16,15 +16,18 @@
  *   principal proof  = HMAC(principalKey, "principal|" + p + "|" + T)
  *   NBD TLS-PSK key  = HMAC-SHA256(principalKey, "safe-resume/v1/nbd-psk")   (identity: the principal's name)
  */
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { nanoid } from 'nanoid';
 import { z } from 'zod';
 import { SafeResumeError } from '../errors.js';
 import { NAME_PATTERN } from '../transport/messages.js';
+import { derive } from '../core/proofs.js';
 
 export { NAME_PATTERN };
+// The proofs are pure functions of keys and text: they live with the replica's core, which checks them.
+export { Keyring, proofMatches, proofs, sessionKey, transcript } from '../core/proofs.js';
 
 export const SECRET_FILE = 'cluster-secret';
 
@@ -79,10 +82,6 @@ const CredentialSchema = z.object({
 
 function checkName(kind: CredentialKind, name: string): void {
   if (!NAME_PATTERN.test(name)) throw new SafeResumeError('INVALID_ARGUMENT', `${kind} name ${JSON.stringify(name.slice(0, 64))} must be 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`);
-}
-
-function derive(clusterKey: string, kind: CredentialKind, name: string): Buffer {
-  return createHmac('sha256', clusterKey).update(`safe-resume/v1/${kind}/${name}`).digest();
 }
 
 /** Issue the credential of a node or a principal from the cluster key. */
@@ -143,35 +142,7 @@ export function formatCredential(c: Credential): string {
 
 const keyBytes = (c: Credential) => Buffer.from(c.key, 'base64url');
 
-/** The text both ends of one session's handshake sign: names and both nonces. */
-export function transcript(node: string, agentNonce: string, replicaNonce: string, replica: string): string {
-  return `safe-resume/v3|${node}|${agentNonce}|${replicaNonce}|${replica}`;
-}
-
-function mac(key: Buffer, text: string): string {
-  return createHmac('sha256', key).update(text).digest('base64url');
-}
-
-/** Proofs made by whoever holds the key: a node agent (its credential) or a replica (the cluster key). */
-export const proofs = {
-  replica: (nodeKey: Buffer, t: string) => mac(nodeKey, `replica|${t}`),
-  node: (nodeKey: Buffer, t: string, seal = false) => mac(nodeKey, seal ? `node|${t}|seal` : `node|${t}`),
-  principal: (principalKey: Buffer, principal: string, t: string) => mac(principalKey, `principal|${principal}|${t}`),
-};
-
 export const credentialKey = keyBytes;
-
-/** The key that seals a session's frames (transport/frame-mac.ts). */
-export function sessionKey(nodeKey: Buffer, t: string): Buffer {
-  return createHmac('sha256', nodeKey).update(`frames|${t}`).digest();
-}
-
-/** Constant-time comparison of two proofs. */
-export function proofMatches(expected: string, given: string): boolean {
-  const a = Buffer.from(expected);
-  const b = Buffer.from(given);
-  return a.length === b.length && timingSafeEqual(a, b);
-}
 
 /**
  * The TLS pre-shared key a block client proves `c`'s principal with at the NBD export (identity: the
@@ -185,17 +156,4 @@ export function nbdPsk(c: Credential): Buffer {
 /** The line of a PSK file (`keys.psk`, as GnuTLS reads it: `identity:hexkey`) for `c`'s principal. */
 export function nbdPskLine(c: Credential): string {
   return `${c.name}:${nbdPsk(c).toString('hex')}\n`;
-}
-
-/** The storage side's view: every node's and principal's key, derived from the cluster key on demand. */
-export class Keyring {
-  constructor(private readonly clusterKey: string) {}
-
-  node(name: string): Buffer {
-    return derive(this.clusterKey, 'node', name);
-  }
-
-  principal(name: string): Buffer {
-    return derive(this.clusterKey, 'principal', name);
-  }
 }

@@ -1,8 +1,8 @@
 /**
  * A replica's handles: one small record per handle (the state of machines/replica-handle.ts as plain
- * data, stepped by `stepReplicaHandle`), the hold-period timer of each paused one on the actor clock,
- * and the handles of lost sessions ("orphans") until they are resumed here or their hold ends. While
- * an inspector watches, every record is reported as an actor of the machine would be.
+ * data, stepped by `stepReplicaHandle`), the hold-period timer of each paused one (armed through the
+ * core's timers), and the handles of lost sessions ("orphans") until they are resumed here or their
+ * hold ends. While an inspector watches, every record is reported as an actor of the machine would be.
  */
 import type { InvalidationReason } from '../errors.js';
 import {
@@ -15,8 +15,28 @@ import {
   type ReplicaHandleState,
   type ReplicaHandleStepEvent,
 } from '../machines/replica-handle.js';
-import type { ActorClock } from './env.js';
-import type { PureInspector, PureSnapshot } from './pure-inspect.js';
+import type { AnyStateMachine, EventObject, StateValue } from 'xstate';
+import type { TimerFor } from './replica-intents.js';
+
+/** What the inspector is shown of a record (actors/pure-inspect.ts reports it as an actor's snapshot). */
+export interface RecordSnapshot {
+  value: StateValue;
+  context: unknown;
+  status: 'active' | 'done' | 'stopped';
+}
+
+/** Where the records are reported while an inspector watches (actors/pure-inspect.ts's PureInspector). */
+export interface RecordWatcher<K> {
+  register(id: K, machine: AnyStateMachine, parent: undefined, snapshot: RecordSnapshot): void;
+  update(id: K, event: EventObject, snapshot: RecordSnapshot): void;
+  stop(id: K): void;
+}
+
+/** The core's timers: `arm` returns the timer's number; `fire` runs when the shell says it expired. */
+export interface CoreTimers {
+  arm(what: TimerFor, ms: number, fire: () => void): number;
+  cancel(timer: number): void;
+}
 
 /**
  * One handle on this replica: the state of machines/replica-handle.ts as plain data, stepped by
@@ -25,8 +45,8 @@ import type { PureInspector, PureSnapshot } from './pure-inspect.js';
 export class HandleRecord implements ReplicaHandleData {
   state: ReplicaHandleState;
   reason: InvalidationReason | undefined = undefined;
-  /** The hold-period timer (env clock), while paused. */
-  hold: unknown = undefined;
+  /** The hold-period timer (the core's number for it), while paused. */
+  hold: number | undefined = undefined;
 
   constructor(
     readonly target: string,
@@ -58,9 +78,9 @@ export class HandleRecords {
   private readonly orphaned = new Map<string, HandleRecord>();
 
   constructor(
-    private readonly clock: ActorClock,
+    private readonly timers: CoreTimers,
     private readonly holdMs: number,
-    private readonly insp: PureInspector<HandleRecord> | undefined,
+    private readonly insp: RecordWatcher<HandleRecord> | undefined,
   ) {}
 
   /** The handle's record on a session: an orphan of a lost session resumed here, or a new one. */
@@ -111,13 +131,13 @@ export class HandleRecords {
 
   /**
    * Step a handle's lifecycle (a handle in a final state takes nothing more) and do what the step
-   * asks: the hold period runs, on the actor clock, while the handle is paused.
+   * asks: the hold period runs, on a core timer, while the handle is paused.
    */
   step(h: HandleRecord | undefined, event: ReplicaHandleStepEvent): void {
     if (!h || isFinalReplicaHandleState(h.state)) return;
     const from = h.state;
     stepReplicaHandle(h, event);
-    if (h.state === 'paused' && from !== 'paused') h.hold = this.clock.setTimeout(() => this.holdEnded(h), this.holdMs);
+    if (h.state === 'paused' && from !== 'paused') h.hold = this.timers.arm({ kind: 'hold', target: h.target, requestId: h.requestId }, this.holdMs, () => this.holdEnded(h));
     else if (from === 'paused' && h.state !== 'paused') this.cancelHold(h);
     this.insp?.update(h, event, this.snapshotOf(h));
   }
@@ -139,11 +159,11 @@ export class HandleRecords {
 
   private cancelHold(h: HandleRecord): void {
     if (h.hold === undefined) return;
-    this.clock.clearTimeout(h.hold);
+    this.timers.cancel(h.hold);
     h.hold = undefined;
   }
 
-  private snapshotOf(h: HandleRecord): PureSnapshot {
+  private snapshotOf(h: HandleRecord): RecordSnapshot {
     const { target, requestId, mode, session, reason } = h;
     return { value: h.state, status: isFinalReplicaHandleState(h.state) ? 'done' : 'active', context: { target, requestId, mode, session, holdMs: this.holdMs, reason } };
   }
