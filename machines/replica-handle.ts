@@ -119,6 +119,13 @@ const ACTIONS: Record<'setReason' | 'setSession', (h: ReplicaHandleData, event: 
 
 /** `isResume` is the machine's one guard: it reads the handle's input, known only when it is created. */
 const REPLICA_HANDLE = compileMachine(replicaHandleMachine, { guards: ['isResume'], actions: Object.keys(ACTIONS) });
+// `isResume` is read only when a handle is created; a guard on any evented transition would have
+// no input to decide from here, so the load fails instead of the step silently skipping it.
+for (const state of REPLICA_HANDLE.states) {
+  for (const [event, branches] of Object.entries(REPLICA_HANDLE.on[state])) {
+    if (event !== '' && branches?.some((b) => b.guard !== undefined)) throw new Error(`replica handle: guarded ${event} in ${state}; stepReplicaHandle evaluates no guard on events`);
+  }
+}
 const sameStates: ReplicaHandleState extends (typeof REPLICA_HANDLE.states)[number] ? ((typeof REPLICA_HANDLE.states)[number] extends ReplicaHandleState ? true : false) : false = true;
 void sameStates;
 
@@ -140,6 +147,7 @@ export function isFinalReplicaHandleState(state: ReplicaHandleState): boolean {
  */
 export function stepReplicaHandle(h: ReplicaHandleData, event: ReplicaHandleStepEvent): boolean {
   // `starting` is never rested in (its only transition is eventless); final states take nothing.
+  // Event transitions carry no guard (checked at load), so the first branch is the one.
   const b = pick(REPLICA_HANDLE.on[h.state][event.type], () => false);
   if (!b) return false;
   for (const a of b.actions) ACTIONS[a as keyof typeof ACTIONS](h, event);
