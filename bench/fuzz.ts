@@ -23,7 +23,7 @@ import { seededIds, seededRandom } from '../actors/env.js';
 import { answerChallenge, bareLogin, helloFrame } from '../actors/handshake.js';
 import { NodeAgent } from '../actors/node-agent.js';
 import { ChildReport } from '../cluster/ipc.js';
-import { freePort } from '../cluster/launcher.js';
+import { freePort } from '../transport/ports.js';
 import { decode, encode, type Decoded } from '../transport/codec.js';
 import { FrameMac, MAC_BYTES } from '../transport/frame-mac.js';
 import { MAX_IO_BYTES, MESSAGE_TYPES, PROTOCOL_VERSION, type Message, type MessageOf } from '../transport/messages.js';

@@ -18,7 +18,7 @@ import { FaultProxy } from '../cluster/fault-proxy.js';
 import { processInspector, type ProcessInspector } from '../cluster/inspect.js';
 import { InspectorServer } from '../cluster/inspector-server.js';
 import type { Env } from '../actors/env.js';
-import { freePort } from '../cluster/launcher.js';
+import { freePort } from '../transport/ports.js';
 import { runSeeds } from '../sim/run.js';
 import { runSeedsParallel } from '../sim/parallel.js';
 import { WebSocketTransport } from '../transport/ws.js';

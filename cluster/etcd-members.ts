@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { SafeResumeError } from '../errors.js';
 import { EXIT, OperatorError } from './operator-error.js';
-import { freePort } from './launcher.js';
+import { freePort } from '../transport/ports.js';
 import { inHost, type Host } from './hosts.js';
 import { readEtcdTls, type EtcdTls } from './etcd-tls.js';
 

@@ -38,6 +38,7 @@ import { InspectorServer, StatelyRelay } from './inspector-server.js';
 import { MESSAGE_EVENT, watchedTransport } from './inspect.js';
 import { checkPortFree, EXIT, OperatorError } from './operator-error.js';
 import { groupId, nbdSocketDir, nbdSocketPath } from './nbd-dir.js';
+import { freePort } from '../transport/ports.js';
 
 export interface LauncherOptions {
   dir: string;
@@ -132,15 +133,6 @@ interface Step {
 }
 
 const CHILD = join(fileURLToPath(new URL('.', import.meta.url)), 'child.js');
-
-/** A free TCP port on 127.0.0.1 (for a child to listen on). */
-export async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
 
 export class Launcher {
   readonly children = new Map<string, Child>();
