@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { Application, type Handle } from '../actors/application.js';
 import { NodeAgent } from '../actors/node-agent.js';
-import { ChildReport } from '../cluster/ipc.js';
+import { ChildReport } from '../runtime/ipc.js';
 import { freePort } from '../transport/ports.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { FuzzReport } from './fuzz-report.js';

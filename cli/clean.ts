@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { resolve, join } from 'node:path';
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { dirHolder } from '../cluster/dir-lock.js';
-import { EXIT, OperatorError } from '../cluster/operator-error.js';
+import { EXIT, OperatorError } from '../runtime/operator-error.js';
 import { isClusterFile } from '../cluster/private-dir.js';
 import { UsageError } from './args.js';
 import { helpFor } from './help.js';

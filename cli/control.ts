@@ -4,7 +4,7 @@ import { resolve, join } from 'node:path';
 import { readFileSync } from 'node:fs';
 import { dirHolder } from '../cluster/dir-lock.js';
 import { formatEvent, type TimelineEvent } from '../cluster/timeline.js';
-import { EXIT, OperatorError } from '../cluster/operator-error.js';
+import { EXIT, OperatorError } from '../runtime/operator-error.js';
 import { int, UsageError } from './args.js';
 import { helpFor } from './help.js';
 import { statusLines } from './view.js';

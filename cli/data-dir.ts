@@ -4,7 +4,7 @@ import { accessSync, constants, existsSync, mkdirSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { FileKeptIds } from '../actors/kept.js';
 import { lockDir } from '../cluster/dir-lock.js';
-import { EXIT, fromSystemError, OperatorError } from '../cluster/operator-error.js';
+import { EXIT, fromSystemError, OperatorError } from '../runtime/operator-error.js';
 import { privateDataDir } from '../cluster/private-dir.js';
 import { count } from './args.js';
 import type { UpOptions } from './up-options.js';

@@ -2,7 +2,7 @@
 import { join } from 'node:path';
 import { readFileSync, rmSync } from 'node:fs';
 import { dirHolder, isLauncher } from '../cluster/dir-lock.js';
-import { EXIT, OperatorError } from '../cluster/operator-error.js';
+import { EXIT, OperatorError } from '../runtime/operator-error.js';
 
 /**
  * Stop the cluster in `dir` and, unless told not to, wait until its launcher (and so every process it

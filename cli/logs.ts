@@ -6,7 +6,7 @@
 import { parseArgs } from 'node:util';
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { EXIT, OperatorError } from '../cluster/operator-error.js';
+import { EXIT, OperatorError } from '../runtime/operator-error.js';
 import { didYouMean } from './suggest.js';
 import { UsageError } from './args.js';
 import { helpFor } from './help.js';

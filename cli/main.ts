@@ -2,7 +2,7 @@
 /** The safe-resume command line. */
 import { fileURLToPath } from 'node:url';
 import { readFileSync } from 'node:fs';
-import { EXIT, OperatorError } from '../cluster/operator-error.js';
+import { EXIT, OperatorError } from '../runtime/operator-error.js';
 import { SafeResumeError } from '../errors.js';
 import { replicaCommand, ReplicaUsageError } from './replica.js';
 import { credentials, CredentialsUsageError } from './credentials.js';

@@ -1,7 +1,7 @@
 /** `status` of one replica, node or target, and `status -w`: the status again every second. */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { EXIT, OperatorError } from '../cluster/operator-error.js';
+import { EXIT, OperatorError } from '../runtime/operator-error.js';
 import { didYouMean } from './suggest.js';
 import { fitFrame, statusLines, terminalSize, WIDE } from './view.js';
 

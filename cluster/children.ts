@@ -7,9 +7,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { SafeResumeError } from '../errors.js';
-import { inHost, type Host } from './hosts.js';
-import { ChildReport, type ChildCommand, ChildConfig, type HandleStatus } from './ipc.js';
-import { EXIT, OperatorError } from './operator-error.js';
+import { inHost, type Host } from '../runtime/hosts.js';
+import { ChildReport, type ChildCommand, ChildConfig, type HandleStatus } from '../runtime/ipc.js';
+import { EXIT, OperatorError } from '../runtime/operator-error.js';
 import type { Timeline, TimelineEvent } from './timeline.js';
 
 export interface Child {

@@ -5,7 +5,7 @@
  */
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { EXIT, OperatorError } from './operator-error.js';
+import { EXIT, OperatorError } from '../runtime/operator-error.js';
 
 export const LOCK_FILE = 'launcher.lock';
 

@@ -5,7 +5,7 @@
  */
 import { SafeResumeError } from '../errors.js';
 import type { TargetAccess, Tombstone } from '../store/types.js';
-import type { HandleStatus } from './ipc.js';
+import type { HandleStatus } from '../runtime/ipc.js';
 import type { ControlResult } from './launcher-options.js';
 import type { StoreView } from './store-view.js';
 import type { TimelineEvent } from './timeline.js';

@@ -1,7 +1,7 @@
 /** What a launcher is started with, and what each of its commands answers. */
 import type { Logger } from 'pino';
 import type { TlsFiles } from '../transport/tls.js';
-import type { HostPlan } from './hosts.js';
+import type { HostPlan } from '../runtime/hosts.js';
 
 export interface LauncherOptions {
   dir: string;
@@ -31,7 +31,7 @@ export interface LauncherOptions {
    */
   store?: 'sqlite' | 'etcd';
   etcdEndpoints?: string[] | undefined;
-  /** Put each process on a host of its own (a network namespace with its address): cluster/hosts.ts. */
+  /** Put each process on a host of its own (a network namespace with its address): runtime/hosts.ts. */
   hosts?: HostPlan | undefined;
   /** Also serve each node's export on TCP (127.0.0.1), where clients must prove a principal with TLS-PSK. */
   nbdTcp?: boolean | undefined;

@@ -3,24 +3,24 @@
  * 127.0.0.1 over one SQLite file, fault proxies between every node and every replica, and one
  * control endpoint (HTTP on 127.0.0.1) that the CLI commands talk to. The control endpoint, the
  * inspector and the Stately relay are locked with one control token, made at start and kept in
- * the 0600 <dir>/control.json (see http-guard.ts).
+ * the 0600 <dir>/control.json (see runtime/http-guard.ts).
  */
 import type { Server } from 'node:http';
 import { rmSync } from 'node:fs';
 import { privateDataDir } from './private-dir.js';
-import { newToken } from './http-guard.js';
+import { newToken } from '../runtime/http-guard.js';
 import { join } from 'node:path';
 import { formatCredential, issueCredential, loadOrCreateSecret } from '../actors/auth.js';
 import { SafeResumeError } from '../errors.js';
 import { Timeline } from './timeline.js';
 import type { TlsFiles } from '../transport/tls.js';
-import { FaultProxy } from './fault-proxy.js';
-import { EtcdMembers, requireEtcd } from './etcd-members.js';
-import { etcdTls, readEtcdTls, type EtcdTls } from './etcd-tls.js';
-import { setLink, type Host } from './hosts.js';
-import type { ChildCommand, HandleStatus } from './ipc.js';
-import { InspectorServer, StatelyRelay } from './inspector-server.js';
-import { checkPortFree } from './operator-error.js';
+import { FaultProxy } from '../transport/fault-proxy.js';
+import { EtcdMembers, requireEtcd } from '../runtime/etcd-members.js';
+import { etcdTls, readEtcdTls, type EtcdTls } from '../runtime/etcd-tls.js';
+import { setLink, type Host } from '../runtime/hosts.js';
+import type { ChildCommand, HandleStatus } from '../runtime/ipc.js';
+import { InspectorServer, StatelyRelay } from '../runtime/inspector-server.js';
+import { checkPortFree } from '../runtime/operator-error.js';
 import { groupId, nbdSocketDir, nbdSocketPath } from './nbd-dir.js';
 import { freePort } from '../transport/ports.js';
 import { StoreView } from './store-view.js';
@@ -59,7 +59,7 @@ export class Launcher {
   private watching = false;
   /** The local etcd members of `--store etcd` (none when the endpoints were given). */
   etcd: EtcdMembers | undefined;
-  /** The local members' certificates (cluster/etcd-tls.ts); the replicas and this process reach them with `client`. */
+  /** The local members' certificates (runtime/etcd-tls.ts); the replicas and this process reach them with `client`. */
   etcdTls: EtcdTls | undefined;
   /** The store the replicas run over (sqlite:PATH or etcd://...). */
   storeSpec = '';
