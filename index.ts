@@ -21,7 +21,7 @@ export { loadTlsFiles, type TlsOptions, type TlsFiles } from './transport/tls.js
 export { MemoryNetwork } from './transport/memory.js';
 export { DEFAULT_LISTEN_LIMITS, type Transport, type Connection, type Listener, type ListenLimits } from './transport/types.js';
 export { LocalCluster, type LocalClusterOptions } from './cluster/local.js';
-export { FaultProxy } from './cluster/fault-proxy.js';
+export { FaultProxy } from './transport/fault-proxy.js';
 export { appHandleMachine } from './machines/app-handle.js';
 export { nodeSessionMachine } from './machines/node-session.js';
 export { replicaHandleMachine } from './machines/replica-handle.js';

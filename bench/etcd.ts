@@ -9,7 +9,7 @@
  */
 import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
-import { EtcdMembers } from '../cluster/etcd-members.js';
+import { EtcdMembers } from '../runtime/etcd-members.js';
 
 const DATA = Buffer.alloc(4096, 7);
 const now = () => performance.now();

@@ -2,7 +2,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { freePort } from '../cluster/launcher.js';
+import { freePort } from '../transport/ports.js';
 
 // This file runs from dist/bench (npm run bench) or bench/ (the tests).
 const HERE = fileURLToPath(new URL('.', import.meta.url));

@@ -21,10 +21,10 @@ import { openStore } from '../store/open.js';
 import { historyLog, observedStore } from '../sim/history.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { loadTlsFiles } from '../transport/tls.js';
-import { ChildCommand, ChildConfig, type ChildReport } from './ipc.js';
-import { readEtcdTls } from './etcd-tls.js';
+import { ChildCommand, ChildConfig, type ChildReport } from '../runtime/ipc.js';
+import { readEtcdTls } from '../runtime/etcd-tls.js';
 import { runWorkload, type WorkloadStats } from './workload.js';
-import { processInspector, watchedTransport } from './inspect.js';
+import { processInspector, watchedTransport } from '../runtime/inspect.js';
 import { nodeMetrics, replicaMetrics, serveMetrics } from './metrics.js';
 import { NbdExport } from '../frontends/nbd.js';
 

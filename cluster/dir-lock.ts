@@ -5,7 +5,7 @@
  */
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { EXIT, OperatorError } from './operator-error.js';
+import { EXIT, OperatorError } from '../runtime/operator-error.js';
 
 export const LOCK_FILE = 'launcher.lock';
 
@@ -65,7 +65,7 @@ export function isLauncher(pid: number): boolean {
   }
   try {
     const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    return argv.some((a) => a.endsWith('cli.js') || a.endsWith('safe-resume')) && argv.includes('up');
+    return argv.some((a) => a.endsWith('cli.js') || a.endsWith('/cli/main.js') || a.endsWith('safe-resume')) && argv.includes('up');
   } catch {
     return true;
   }

@@ -13,7 +13,7 @@ import type { SqliteStoreOptions } from '../store/sqlite.js';
 import { openStore } from '../store/open.js';
 import type { Store } from '../store/types.js';
 import type { Transport } from '../transport/types.js';
-import { FaultProxy } from './fault-proxy.js';
+import { FaultProxy } from '../transport/fault-proxy.js';
 import { WebSocketTransport } from '../transport/ws.js';
 
 export interface LocalClusterOptions {

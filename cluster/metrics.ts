@@ -4,7 +4,7 @@
  * and histograms are fed by the actors' `observe` hooks (no-ops unless metrics are served).
  */
 import { createServer, type Server } from 'node:http';
-import { capConnections, HTTP_TIMEOUTS } from './http-limits.js';
+import { capConnections, HTTP_TIMEOUTS } from '../runtime/http-limits.js';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { NodeAgent } from '../actors/node-agent.js';

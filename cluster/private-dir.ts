@@ -9,7 +9,7 @@ import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync } from 'node:f
 import { dirname, join, resolve } from 'node:path';
 import { SECRET_FILE } from '../actors/auth.js';
 import { LOCK_FILE } from './dir-lock.js';
-import { EXIT, OperatorError } from './operator-error.js';
+import { EXIT, OperatorError } from '../runtime/operator-error.js';
 
 /**
  * Everything safe-resume keeps in a data directory, by name: the store (and SQLite's files beside it),

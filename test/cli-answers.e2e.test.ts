@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Application } from '../actors/application.js';
 import { issueCredential, SECRET_FILE } from '../actors/auth.js';
 import { NodeAgent } from '../actors/node-agent.js';
-import { freePort } from '../cluster/launcher.js';
+import { freePort } from '../transport/ports.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { tempDir } from './helpers.js';
 import { CLI } from './cli-path.js';

@@ -10,7 +10,7 @@ import { NodeAgent, type ConnectRound } from '../actors/node-agent.js';
 import { Application } from '../actors/application.js';
 import { SafeResumeError } from '../errors.js';
 import { WebSocketTransport } from '../transport/ws.js';
-import { freePort } from '../cluster/launcher.js';
+import { freePort } from '../transport/ports.js';
 import { clusters, waitFor } from './helpers.js';
 
 type Line = Record<string, unknown> & { msg: string; level: number };

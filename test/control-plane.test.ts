@@ -7,8 +7,8 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { createActor, createMachine } from 'xstate';
-import { processInspector } from '../cluster/inspect.js';
-import { InspectorServer, MAX_ACTOR_CHARS, MAX_INSPECT_MESSAGE, StatelyRelay } from '../cluster/inspector-server.js';
+import { processInspector } from '../runtime/inspect.js';
+import { InspectorServer, MAX_ACTOR_CHARS, MAX_INSPECT_MESSAGE, StatelyRelay } from '../runtime/inspector-server.js';
 import { raw, upgrade } from './http-client.js';
 import { waitFor } from './helpers.js';
 

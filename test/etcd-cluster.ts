@@ -1,8 +1,8 @@
-/** etcd members for tests (cluster/etcd-members.ts), each cluster in a temporary directory of its own. */
+/** etcd members for tests (runtime/etcd-members.ts), each cluster in a temporary directory of its own. */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { EtcdMembers } from '../cluster/etcd-members.js';
+import { EtcdMembers } from '../runtime/etcd-members.js';
 
 export interface EtcdCluster {
   endpoints: string[];

@@ -8,8 +8,8 @@ import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, statSync, wri
 import { join } from 'node:path';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort } from '../cluster/launcher.js';
-import { etcdTls, MEMBER_NAME } from '../cluster/etcd-tls.js';
+import { freePort } from '../transport/ports.js';
+import { etcdTls, MEMBER_NAME } from '../runtime/etcd-tls.js';
 import { certMaker } from './certs.js';
 import { tempDir, waitFor } from './helpers.js';
 import { CLI } from './cli-path.js';

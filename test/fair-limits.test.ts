@@ -11,7 +11,7 @@ import { WebSocket } from 'ws';
 import { Application } from '../actors/application.js';
 import { NodeAgent } from '../actors/node-agent.js';
 import { StorageReplica, type ReplicaOptions } from '../actors/replica.js';
-import { FaultProxy } from '../cluster/fault-proxy.js';
+import { FaultProxy } from '../transport/fault-proxy.js';
 import { MemoryStore } from '../store/memory.js';
 import { sourceOf } from '../transport/pre-auth.js';
 import { loadTlsFiles } from '../transport/tls.js';

@@ -5,9 +5,9 @@
  * connections.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { InspectorServer } from '../cluster/inspector-server.js';
-import { MAX_BODY_BYTES } from '../cluster/http-body.js';
-import { HTTP_TIMEOUTS, MAX_HTTP_CONNECTIONS } from '../cluster/http-limits.js';
+import { InspectorServer } from '../runtime/inspector-server.js';
+import { MAX_BODY_BYTES } from '../runtime/http-body.js';
+import { HTTP_TIMEOUTS, MAX_HTTP_CONNECTIONS } from '../runtime/http-limits.js';
 import { connect, type Socket } from 'node:net';
 
 let server: InspectorServer | undefined;

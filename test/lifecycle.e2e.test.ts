@@ -12,7 +12,7 @@ import { Application } from '../actors/application.js';
 import { NodeAgent } from '../actors/node-agent.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { replicaProcess, SECRET } from '../bench/replica-process.js';
-import { freePort } from '../cluster/launcher.js';
+import { freePort } from '../transport/ports.js';
 import { tempDir } from './helpers.js';
 import { CLI } from './cli-path.js';
 

@@ -4,7 +4,7 @@
  * the machine's own interfaces are never touched.
  */
 import { execFileSync } from 'node:child_process';
-import type { HostPlan } from '../cluster/hosts.js';
+import type { HostPlan } from '../runtime/hosts.js';
 
 export interface Hosts {
   /** Each host's namespace and address, by name. */

@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Application } from '../actors/application.js';
 import { issueCredential, SECRET_FILE } from '../actors/auth.js';
 import { NodeAgent } from '../actors/node-agent.js';
-import { freePort } from '../cluster/launcher.js';
+import { freePort } from '../transport/ports.js';
 import { LocalCluster } from '../cluster/local.js';
 import { NO_ACCESS } from '../store/rules.js';
 import { WebSocketTransport } from '../transport/ws.js';

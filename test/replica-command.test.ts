@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Application } from '../actors/application.js';
 import { parseCredential } from '../actors/auth.js';
 import { NodeAgent } from '../actors/node-agent.js';
-import { freePort } from '../cluster/launcher.js';
+import { freePort } from '../transport/ports.js';
 import { loadTlsFiles } from '../transport/tls.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { certMaker } from './certs.js';

@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { createActor, createMachine, type AnyStateMachine, type EventObject, type InspectionEvent } from 'xstate';
 import { pureInspector, type PureSnapshot } from '../actors/pure-inspect.js';
 import { StorageReplica } from '../actors/replica.js';
-import { processInspector } from '../cluster/inspect.js';
+import { processInspector } from '../runtime/inspect.js';
 import { replicaHandleMachine } from '../machines/replica-handle.js';
 import { MemoryStore } from '../store/memory.js';
 import type { Message } from '../transport/messages.js';

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Application } from '../actors/application.js';
 import { loadOrCreateSecret } from '../actors/auth.js';
 import { NodeAgent } from '../actors/node-agent.js';
-import { freePort } from '../cluster/launcher.js';
+import { freePort } from '../transport/ports.js';
 import { SafeResumeError } from '../errors.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { startEtcd, type EtcdCluster } from './etcd-cluster.js';

@@ -408,6 +408,6 @@ async function session(conn: Connection) {
 }
 
 async function freeport(): Promise<number> {
-  const { freePort } = await import('../cluster/launcher.js');
+  const { freePort } = await import('../transport/ports.js');
   return freePort();
 }

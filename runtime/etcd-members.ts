@@ -1,7 +1,7 @@
 /**
  * Local etcd members, one process each on 127.0.0.1 (Debian's etcd-server), for `safe-resume up
  * --store etcd` and the tests: started as one cluster, killed and restarted by id (etcd-1, ...) over
- * their data directories, stopped together. With `tls` (what `up` always passes: cluster/etcd-tls.ts)
+ * their data directories, stopped together. With `tls` (what `up` always passes: runtime/etcd-tls.ts)
  * they serve clients and peers over TLS only and take only clients and peers with a certificate of
  * its CA; without it (the tests' own members) plain HTTP.
  */
@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { SafeResumeError } from '../errors.js';
 import { EXIT, OperatorError } from './operator-error.js';
-import { freePort } from './launcher.js';
+import { freePort } from '../transport/ports.js';
 import { inHost, type Host } from './hosts.js';
 import { readEtcdTls, type EtcdTls } from './etcd-tls.js';
 
@@ -62,7 +62,7 @@ export class EtcdMembers {
 
   /**
    * Start `n` members as one new cluster under `dir` and wait until it takes a write. `place` may put a
-   * member on a host of its own (a network namespace with its address: cluster/hosts.ts). With `tls`,
+   * member on a host of its own (a network namespace with its address: runtime/hosts.ts). With `tls`,
    * the members' certificate must name each member's address.
    */
   static async start(dir: string, n: number, waitMs = 20_000, place?: (id: string) => Host | undefined, tls?: EtcdTls): Promise<EtcdMembers> {

@@ -2,6 +2,9 @@
  * The commands of `safe-resume` and the options each takes: what shell completion offers, and what an
  * unknown option is compared with for "did you mean".
  */
+import { parseArgs } from 'node:util';
+import { UsageError } from './args.js';
+import { helpFor } from './help.js';
 
 const COMMON = ['dir', 'json', 'help'];
 
@@ -82,4 +85,14 @@ export function zshCompletion(): string {
 autoload -U +X compinit && compinit
 autoload -U +X bashcompinit && bashcompinit
 ${bashCompletion().split('\n').filter((l) => !l.startsWith('#')).join('\n')}`;
+}
+
+/** `completion bash|zsh`: a completion script for the shell. */
+export function completion(argv: string[]): number {
+  const { values, positionals } = parseArgs({ args: argv, options: { help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+  if (values.help) return void process.stdout.write(helpFor('completion')), 0;
+  const shell = positionals[0];
+  if (positionals.length !== 1 || (shell !== 'bash' && shell !== 'zsh')) throw new UsageError(`completion takes bash or zsh${shell === undefined ? '' : `, not ${JSON.stringify(shell)}`}`);
+  process.stdout.write(shell === 'bash' ? bashCompletion() : zshCompletion());
+  return 0;
 }

@@ -12,7 +12,7 @@ import { StorageReplica } from '../actors/replica.js';
 import { openStore, parseStoreSpec } from '../store/open.js';
 import { loadTlsFiles } from '../transport/tls.js';
 import { WebSocketTransport } from '../transport/ws.js';
-import { replicaMetrics, serveMetrics } from './metrics.js';
+import { replicaMetrics, serveMetrics } from '../cluster/metrics.js';
 
 export const REPLICA_HELP = `safe-resume replica --id NAME --store SPEC [options]
 

@@ -8,7 +8,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { formatCredential, issueCredential, loadCredential, loadOrCreateSecret, NAME_PATTERN, nbdPskLine, SECRET_FILE, writeCredential, writePrivateFile, type CredentialKind } from '../actors/auth.js';
-import { privateDataDir } from './private-dir.js';
+import { privateDataDir } from '../cluster/private-dir.js';
 
 export const CREDENTIALS_HELP = `safe-resume credentials issue --node NAME | --principal NAME [--out FILE] [--force] [--dir PATH]
 

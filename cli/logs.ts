@@ -3,10 +3,13 @@
  * (time, level, process, message, the other fields as key=value), merged by time; with --follow, the
  * lines written from then on too. Control bytes in what was logged are escaped, never printed raw.
  */
+import { parseArgs } from 'node:util';
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync } from 'node:fs';
-import { join } from 'node:path';
-import { EXIT, OperatorError } from './operator-error.js';
+import { join, resolve } from 'node:path';
+import { EXIT, OperatorError } from '../runtime/operator-error.js';
 import { didYouMean } from './suggest.js';
+import { UsageError } from './args.js';
+import { helpFor } from './help.js';
 
 const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
 /** Fields every pino line has, shown in the line's head or not at all. */
@@ -99,4 +102,12 @@ export async function logs(dir: string, proc: string | undefined, opts: { follow
     });
   }
   return 0;
+}
+
+/** `logs [process] [--follow]`: the cluster's logs, pretty (above); no running cluster needed. */
+export async function logsCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, options: { dir: { type: 'string' }, json: { type: 'boolean' }, follow: { type: 'boolean', short: 'f' }, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+  if (values.help) return void process.stdout.write(helpFor('logs')), 0;
+  if (positionals.length > 1) throw new UsageError('logs takes at most one process (launcher, replica-1, node-1, ...)');
+  return await logs(resolve(values.dir ?? '.safe-resume'), positionals[0], { follow: values.follow === true, json: values.json === true }, (t) => process.stdout.write(t));
 }
