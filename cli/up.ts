@@ -1,6 +1,6 @@
 /** `safe-resume up`: a local cluster of real processes (or, with --store memory, in this one), its view, chaos runs. */
 import { join } from 'node:path';
-import { rmSync } from 'node:fs';
+import { openSync, rmSync } from 'node:fs';
 import { pino } from 'pino';
 import { Application } from '../actors/application.js';
 import type { Handle } from '../actors/application.js';
@@ -41,7 +41,10 @@ async function upIn(o: UpOptions, made: string | undefined): Promise<number> {
   }
   const reusing = storeInUse(o);
   // One file; the launcher's lines say actor launcher, its node agent's actor cli (each key once a line).
-  const agentLog = pino({ base: null }, pino.destination({ dest: join(o.dir, 'logs', 'launcher.log'), sync: false }));
+  // Opened here, not in the background: a run that fails removes the directory it made, and a log
+  // file still being opened then would fail with ENOENT and take the process down before its answer.
+  const logFd = openSync(join(o.dir, 'logs', 'launcher.log'), 'a', 0o600);
+  const agentLog = pino({ base: null }, pino.destination({ fd: logFd, sync: false }));
   const log = agentLog.child({ actor: 'launcher' });
   const need = [...(o.store === 'etcd' && !o.etcdEndpoints ? ['etcd-1', 'etcd-2', 'etcd-3'] : []), ...Array.from({ length: o.replicas }, (_, i) => `replica-${i + 1}`), ...Array.from({ length: o.nodes }, (_, i) => `node-${i + 1}`)];
   const hosts = o.netns ? loadHostPlan(o.netns, need) : undefined;
