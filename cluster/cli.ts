@@ -2,6 +2,7 @@
 /** The safe-resume command line. */
 import { parseArgs } from 'node:util';
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import os from 'node:os';
 import { resolve, join } from 'node:path';
@@ -354,7 +355,11 @@ async function upIn(o: UpOptions, made: string | undefined): Promise<number> {
   }
   const reusing = storeInUse(o);
   // One file; the launcher's lines say actor launcher, its node agent's actor cli (each key once a line).
-  const agentLog = pino({ base: null }, pino.destination({ dest: join(o.dir, 'logs', 'launcher.log'), sync: false }));
+  const logFile = pino.destination({ dest: join(o.dir, 'logs', 'launcher.log'), sync: false });
+  // Open before anything can fail: a failed start removes the directory it made, and a log file still
+  // being opened then failed with an unhandled 'error' (a stack trace and exit 1 instead of the one line).
+  await once(logFile, 'ready');
+  const agentLog = pino({ base: null }, logFile);
   const log = agentLog.child({ actor: 'launcher' });
   const need = [...(o.store === 'etcd' && !o.etcdEndpoints ? ['etcd-1', 'etcd-2', 'etcd-3'] : []), ...Array.from({ length: o.replicas }, (_, i) => `replica-${i + 1}`), ...Array.from({ length: o.nodes }, (_, i) => `node-${i + 1}`)];
   const hosts = o.netns ? loadHostPlan(o.netns, need) : undefined;
