@@ -7,13 +7,17 @@ import { CLI } from './cli-path.js';
 
 /**
  * Poll `check` every `everyMs` until it returns true; after `ms`, throw "timed out waiting for
- * `what`" followed by `detail()` (what the process printed, the cluster's status, ...).
+ * `what`" followed by `detail()` (what the process printed, the cluster's status, ...). A check that
+ * itself takes long (one that runs the CLI costs a node process start) waits as long again before
+ * the next: polling keeps at most half a core busy while the files run side by side.
  */
 export async function until(what: string, check: () => boolean, ms = 30_000, opts: { everyMs?: number; detail?: () => string } = {}): Promise<void> {
   const end = Date.now() + ms;
-  while (!check()) {
+  for (;;) {
+    const started = Date.now();
+    if (check()) return;
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}${opts.detail?.() ?? ''}`);
-    await new Promise((r) => setTimeout(r, opts.everyMs ?? 100));
+    await new Promise((r) => setTimeout(r, Math.max(opts.everyMs ?? 100, Date.now() - started)));
   }
 }
 
