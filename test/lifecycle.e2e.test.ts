@@ -15,13 +15,14 @@ import { replicaProcess, SECRET } from '../bench/replica-process.js';
 import { freePort } from '../cluster/launcher.js';
 import { tempDir } from './helpers.js';
 import { CLI } from './cli-path.js';
-import { launch, until, type Launched } from './e2e.js';
+import { launch, until } from './e2e.js';
 
 const running = new Set<ChildProcess>();
 
 /** `safe-resume up` on a small cluster in `dir`, in a process group of its own (a Ctrl-C signals the whole group). */
-function up(dir: string, extra: string[] = [], env: NodeJS.ProcessEnv = process.env): Launched {
-  return launch(['up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...extra], { running, detached: true, env });
+function up(dir: string, extra: string[] = [], env: NodeJS.ProcessEnv = process.env) {
+  const u = launch(['up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...extra], { running, detached: true, env });
+  return { ...u, exited: u.exited.then(({ code, signal }) => ({ code, signal })) };
 }
 
 function cli(dir: string, ...args: string[]) {
