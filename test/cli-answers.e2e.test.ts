@@ -14,6 +14,7 @@ import { freePort } from '../transport/ports.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { tempDir } from './helpers.js';
 import { CLI } from './cli-path.js';
+import { until } from './e2e.js';
 
 
 let t: { dir: string; cleanup: () => void };
@@ -32,14 +33,6 @@ const onTty = (...args: string[]) => {
   const r = spawnSync('script', ['-qec', line, '/dev/null'], { encoding: 'latin1', timeout: 60_000 });
   return { code: r.status, out: r.stdout };
 };
-
-async function until(what: string, check: () => boolean, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /** A CLI command left running (a --follow), with what it printed so far. */
 function follow(...args: string[]) {

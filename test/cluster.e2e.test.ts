@@ -15,6 +15,7 @@ import { targetUrl } from '../frontends/nbd.js';
 import { tempDir } from './helpers.js';
 import { raw, upgrade } from './http-client.js';
 import { CLI } from './cli-path.js';
+import { until as poll } from './e2e.js';
 
 const t = tempDir();
 const dir = join(t.dir, 'cluster');
@@ -38,13 +39,8 @@ function cli(...args: string[]): { code: number; out: string } {
 const status = (): Status => JSON.parse(cli('status', '--json').out) as Status;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function until(what: string, check: () => boolean, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(status())}; the first up said on stderr: ${printedErr.get(dir) ?? ''}`);
-    await sleep(200);
-  }
-}
+/** `until` (test/e2e.ts), its timeout naming the first cluster's status and what its up said on stderr. */
+const until = (what: string, check: () => boolean, ms = 30_000): Promise<void> => poll(what, check, ms, { everyMs: 200, detail: () => `: ${JSON.stringify(status())}; the first up said on stderr: ${printedErr.get(dir) ?? ''}` });
 
 function alive(pid: number | null): boolean {
   if (!pid) return false;
@@ -371,8 +367,7 @@ describe('safe-resume up: a real local cluster', () => {
     const d = join(t.dir, 'ctrl-c');
     const p = startCluster(d);
     await until('up', () => existsSync(join(d, 'control.json')), 30_000);
-    await sleep(1000);
-    const s = JSON.parse(execFileSync('node', [CLI, 'status', '--json', '--dir', d], { encoding: 'utf8' })) as Status;
+    const s = await started(d);
     const pids = [...s.replicas, ...s.nodes].map((x) => x.pid);
     p.kill('SIGINT');
     await new Promise((r) => p.once('exit', r));
@@ -383,14 +378,23 @@ describe('safe-resume up: a real local cluster', () => {
     const d = join(t.dir, 'killed');
     const p = startCluster(d);
     await until('up', () => existsSync(join(d, 'control.json')), 30_000);
-    await sleep(1000);
-    const s = JSON.parse(execFileSync('node', [CLI, 'status', '--json', '--dir', d], { encoding: 'utf8' })) as Status;
+    const s = await started(d);
     const pids = [...s.replicas, ...s.nodes].map((x) => x.pid);
     expect(pids.every(alive)).toBe(true);
     p.kill('SIGKILL');
     await until('no child left', () => !pids.some(alive), 10_000);
   }, 60_000);
 });
+
+/** The status of the cluster in `d` once every replica and node of it runs (has a live process). */
+async function started(d: string): Promise<Status> {
+  let s: Status | undefined;
+  await until('every replica and node running', () => {
+    s = JSON.parse(execFileSync('node', [CLI, 'status', '--json', '--dir', d], { encoding: 'utf8' })) as Status;
+    return s.replicas.length > 0 && s.nodes.length > 0 && [...s.replicas, ...s.nodes].every((x) => alive(x.pid));
+  }, 30_000);
+  return s!;
+}
 
 /** Every listening TCP socket on `port`, as `address:port` from /proc/net/tcp and tcp6 (hex, as the kernel writes them). */
 function listening(port: number): string[] {

@@ -3,7 +3,7 @@
  * one line with the cause (and leaves nothing running), `status` shows a reconnecting node's cause,
  * and the node's log says when its handles paused, why, and each failed attempt.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -11,6 +11,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
 import { certMaker } from './certs.js';
 import { CLI } from './cli-path.js';
+import { launch, until } from './e2e.js';
 
 const running = new Set<ChildProcess>();
 afterEach(() => {
@@ -19,27 +20,13 @@ afterEach(() => {
 
 /** `safe-resume up` with one replica, one node, one application; its processes carry `mark` in their environment. */
 function up(dir: string, mark: string, extra: string[] = []) {
-  const proc = spawn('node', [CLI, 'up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...extra], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SAFE_RESUME_TEST_MARK: mark } });
-  running.add(proc);
-  let out = '';
-  let err = '';
-  proc.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-  proc.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => (running.delete(proc), r(code))));
-  return { proc, out: () => out, err: () => err, exited };
+  const u = launch(['up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...extra], { running, env: { ...process.env, SAFE_RESUME_TEST_MARK: mark } });
+  return { ...u, exited: u.exited.then((e) => e.code) };
 }
 
 function cli(dir: string, ...args: string[]) {
   const r = spawnSync('node', [CLI, ...args, '--dir', dir], { encoding: 'utf8', timeout: 60_000 });
   return { code: r.status, out: r.stdout, err: r.stderr };
-}
-
-async function until(what: string, check: () => boolean, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 /** Processes still running with `mark` in their environment (the launcher and every child it forked). */

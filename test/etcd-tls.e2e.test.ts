@@ -29,6 +29,24 @@ function etcdctl(args: string[], uid?: number): { status: number | null; out: st
   return { status: r.status, out: `${r.stdout}${r.stderr}` };
 }
 
+/**
+ * Each of `runs` (etcdctl's arguments, and the user to run it as) as `etcdctl` does, all at once: a
+ * refused client waits out its timeouts, so the refusals wait side by side. The results in order.
+ */
+function etcdctlAll(runs: Array<{ args: string[]; uid?: number }>): Promise<Array<{ status: number | null; out: string }>> {
+  return Promise.all(
+    runs.map(({ args, uid }) => {
+      const argv = ['etcdctl', '--dial-timeout', '2s', '--command-timeout', '3s', ...args];
+      const p = uid === undefined ? spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ETCDCTL_API: '3' } }) : spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', ...argv], { stdio: ['ignore', 'pipe', 'pipe'], cwd: '/', env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ETCDCTL_API: '3' } });
+      let [stdout, stderr] = ['', ''];
+      p.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
+      p.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+      const timer = setTimeout(() => p.kill('SIGTERM'), 20_000);
+      return new Promise<{ status: number | null; out: string }>((resolve) => p.once('close', (status) => (clearTimeout(timer), resolve({ status, out: `${stdout}${stderr}` }))));
+    }),
+  );
+}
+
 let up: ChildProcess | undefined;
 let out = '';
 async function startUp(): Promise<void> {
@@ -68,7 +86,7 @@ describe('safe-resume up --store etcd: the local members require client certific
     for (const f of ['ca.key', 'member.key', 'client.key']) expect(out).not.toContain(readFileSync(tls(f), 'utf8').split('\n')[1]!);
   });
 
-  it('refuses a client without the certificate: plain http, https without a certificate, the CA alone', () => {
+  it('refuses a client without the certificate: plain http, https without a certificate, the CA alone', async () => {
     // A certificate of another CA, naming this address and made for clients, is no better.
     const other = certMaker(t.dir);
     other.ca('other-ca');
@@ -77,6 +95,7 @@ describe('safe-resume up --store etcd: the local members require client certific
     const own = etcdctl(['--endpoints', `https://${endpoint}`, '--cacert', tls('ca.crt'), '--cert', tls('client.crt'), '--key', tls('client.key'), 'get', '--prefix', '', '--keys-only']);
     expect(own.status, own.out).toBe(0);
     expect(own.out).toContain('tls.disk');
+    const refused: Array<{ args: string[] }> = [];
     for (const args of [
       ['--endpoints', `http://${endpoint}`],
       ['--endpoints', `https://${endpoint}`],
@@ -84,10 +103,10 @@ describe('safe-resume up --store etcd: the local members require client certific
       ['--endpoints', `https://${endpoint}`, '--cacert', tls('ca.crt')],
       ['--endpoints', `https://${endpoint}`, '--cacert', tls('ca.crt'), '--cert', join(t.dir, 'stranger.crt'), '--key', join(t.dir, 'stranger.key')],
     ]) {
-      for (const op of args[1]!.startsWith('http:') ? [['get', '--prefix', ''], ['put', 'x', 'y'], ['del', '--prefix', '']] : [['get', '--prefix', ''], ['put', 'x', 'y']]) {
-        const r = etcdctl([...args, ...op]);
-        expect(r.status, `${args.join(' ')} ${op.join(' ')}: ${r.out}`).not.toBe(0);
-      }
+      for (const op of args[1]!.startsWith('http:') ? [['get', '--prefix', ''], ['put', 'x', 'y'], ['del', '--prefix', '']] : [['get', '--prefix', ''], ['put', 'x', 'y']]) refused.push({ args: [...args, ...op] });
+    }
+    for (const [i, r] of (await etcdctlAll(refused)).entries()) {
+      expect(r.status, `${refused[i]!.args.join(' ')}: ${r.out}`).not.toBe(0);
     }
     // etcd's HTTP gateway, the same port.
     for (const url of [`http://${endpoint}/v3/kv/range`, `https://${endpoint}/v3/kv/range`]) {
@@ -97,7 +116,7 @@ describe('safe-resume up --store etcd: the local members require client certific
     }
   }, 120_000);
 
-  it('another local user can neither read the certificates nor reach the members', () => {
+  it('another local user can neither read the certificates nor reach the members', async () => {
     const name = `sr-etcd-${randomBytes(4).toString('hex')}`;
     const add = spawnSync('useradd', ['-M', '-s', '/usr/sbin/nologin', name], { encoding: 'utf8' });
     expect(add.status, add.stderr).toBe(0);
@@ -111,15 +130,16 @@ describe('safe-resume up --store etcd: the local members require client certific
         expect(r.status, f).not.toBe(0);
         expect(r.stderr).toContain('Permission denied');
       }
+      const refused: Array<{ args: string[]; uid: number }> = [];
       for (const args of [
         ['--endpoints', `http://${endpoint}`],
         ['--endpoints', `https://${endpoint}`, '--insecure-skip-tls-verify'],
         ['--endpoints', `https://${endpoint}`, '--cacert', tls('ca.crt'), '--cert', tls('client.crt'), '--key', tls('client.key')],
       ]) {
-        for (const op of [['get', '--prefix', ''], ['put', 'x', 'y']]) {
-          const r = etcdctl([...args, ...op], uid);
-          expect(r.status, `${args.join(' ')} ${op.join(' ')}: ${r.out}`).not.toBe(0);
-        }
+        for (const op of [['get', '--prefix', ''], ['put', 'x', 'y']]) refused.push({ args: [...args, ...op], uid });
+      }
+      for (const [i, r] of (await etcdctlAll(refused)).entries()) {
+        expect(r.status, `${refused[i]!.args.join(' ')}: ${r.out}`).not.toBe(0);
       }
     } finally {
       spawnSync('userdel', [name]);

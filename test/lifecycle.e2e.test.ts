@@ -15,40 +15,19 @@ import { replicaProcess, SECRET } from '../bench/replica-process.js';
 import { freePort } from '../transport/ports.js';
 import { tempDir } from './helpers.js';
 import { CLI } from './cli-path.js';
+import { launch, until } from './e2e.js';
 
 const running = new Set<ChildProcess>();
 
-interface Up {
-  proc: ChildProcess;
-  out: () => string;
-  err: () => string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-/** `safe-resume up` on a small cluster in `dir`. */
-function up(dir: string, extra: string[] = [], env: NodeJS.ProcessEnv = process.env): Up {
-  // A process group of its own, as a shell gives a command: a Ctrl-C signals the whole group.
-  const proc = spawn('node', [CLI, 'up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...extra], { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env });
-  running.add(proc);
-  let out = '';
-  let err = '';
-  proc.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-  proc.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => proc.once('exit', (code, signal) => (running.delete(proc), r({ code, signal }))));
-  return { proc, out: () => out, err: () => err, exited };
+/** `safe-resume up` on a small cluster in `dir`, in a process group of its own (a Ctrl-C signals the whole group). */
+function up(dir: string, extra: string[] = [], env: NodeJS.ProcessEnv = process.env) {
+  const u = launch(['up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...extra], { running, detached: true, env });
+  return { ...u, exited: u.exited.then(({ code, signal }) => ({ code, signal })) };
 }
 
 function cli(dir: string, ...args: string[]) {
   const r = spawnSync('node', [CLI, ...args, '--dir', dir], { encoding: 'utf8', timeout: 60_000 });
   return { code: r.status, out: r.stdout, err: r.stderr };
-}
-
-async function until(what: string, check: () => boolean, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 /** Running (a process that exited but was not yet reaped by this one, a zombie, is not). */

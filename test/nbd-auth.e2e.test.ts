@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
 import { CLI } from './cli-path.js';
+import { until as poll } from './e2e.js';
 
 const t = tempDir();
 // Everything above the data directory may be passed through: only safe-resume's own modes protect it.
@@ -28,13 +29,8 @@ const asOther = (cmd: string, args: string[]) => spawnSync('setpriv', [`--reuid=
 const sh = (cmd: string, args: string[]) => spawnSync(cmd, args, { encoding: 'utf8', timeout: 30_000 });
 const both = (r: { stdout: string; stderr: string }) => `${r.stdout}${r.stderr}`;
 
-async function until(what: string, check: () => boolean, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; up printed:\n${printed}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+/** `until` (test/e2e.ts), its timeout naming what up printed. */
+const until = (what: string, check: () => boolean, ms = 30_000): Promise<void> => poll(what, check, ms, { everyMs: 200, detail: () => `; up printed:\n${printed}` });
 
 beforeAll(async () => {
   execFileSync('useradd', ['-M', '-s', '/usr/sbin/nologin', user]);
@@ -48,8 +44,9 @@ beforeAll(async () => {
 
 afterAll(async () => {
   if (launcher && launcher.exitCode === null) {
+    const gone = new Promise((r) => launcher!.once('exit', r));
     launcher.kill('SIGTERM');
-    await new Promise((r) => setTimeout(r, 1500));
+    await Promise.race([gone, new Promise((r) => setTimeout(r, 1500))]);
     if (launcher.exitCode === null) launcher.kill('SIGKILL');
   }
   spawnSync('userdel', [user]);

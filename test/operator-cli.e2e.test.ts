@@ -10,39 +10,18 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
 import { CLI } from './cli-path.js';
+import { launch, until, type Launched } from './e2e.js';
 
 const running = new Set<ChildProcess>();
 
-interface Up {
-  proc: ChildProcess;
-  out: () => string;
-  err: () => string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
-}
-
-/** `safe-resume up` in `dir`, in a process group of its own (as a shell runs a command). */
-function up(dir: string, args: string[]): Up {
-  const proc = spawn(process.execPath, [CLI, 'up', '--dir', dir, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  running.add(proc);
-  let out = '';
-  let err = '';
-  proc.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-  proc.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((r) => proc.once('exit', (code, signal) => (running.delete(proc), r({ code, signal, at: Date.now() }))));
-  return { proc, out: () => out, err: () => err, exited };
+/** `safe-resume up` in `dir`, in a process group of its own (a Ctrl-C signals the whole group). */
+function up(dir: string, args: string[]): Launched {
+  return launch(['up', '--dir', dir, ...args], { running, detached: true });
 }
 
 function cli(dir: string, ...args: string[]) {
   const r = spawnSync(process.execPath, [CLI, ...args, '--dir', dir], { encoding: 'utf8', timeout: 20_000 });
   return { code: r.status, out: r.stdout, err: r.stderr };
-}
-
-async function until(what: string, check: () => boolean, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 /** The live processes of process group `pgid` (the launcher and every process it started), zombies aside. */
@@ -110,7 +89,7 @@ describe('mistakes at the command line: one line, the documented exit code, noth
       const dir = join(t.dir, 'c');
       const u = up(dir, ['--replicas', '3', '--nodes', '2', '--apps', '1']);
       // Its lock taken, its children starting: well inside the first second of a start.
-      await until('the lock', () => existsSync(join(dir, 'launcher.lock')), 10_000);
+      await until('the lock', () => existsSync(join(dir, 'launcher.lock')), 10_000, { everyMs: 20 });
       await new Promise((r) => setTimeout(r, 150));
       expect(existsSync(join(dir, 'control.json'))).toBe(false);
       process.kill(-u.proc.pid!, 'SIGINT');
@@ -225,12 +204,19 @@ function framesOf(raw: string): { frames: string[][]; moves: number[] } {
   return { frames, moves };
 }
 
+/** The last complete frame shows the handles: app-1's line and the "+N more" line for those that do not fit. */
+const showsHandles = (frame: string[] | undefined) => !!frame && frame.some((l) => /^ {2}\+\d+ more/.test(l)) && frame.some((l) => /node-1\/app-1 +app-1\.disk +(active|opening|paused)/.test(l));
+
+/** Run `cmd` in an 80x24 terminal until it has drawn three frames, the last showing the handles (at most `seconds`); then Ctrl-C. */
 async function inTerminal(cmd: string, seconds: number): Promise<string> {
   const p = spawn('script', ['-qfc', `stty cols 80 rows 24; exec ${cmd}`, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
   running.add(p);
   let out = '';
   p.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-  await new Promise((r) => setTimeout(r, seconds * 1000));
+  await until('three frames, the last showing the handles', () => {
+    const { frames } = framesOf(out);
+    return frames.length >= 3 && showsHandles(frames.at(-1));
+  }, seconds * 1000).catch(() => undefined); // what it drew by then is checked as it is
   process.kill(-p.pid!, 'SIGINT');
   await new Promise((r) => p.once('exit', r));
   running.delete(p);
@@ -243,10 +229,10 @@ describe('live views in an 80x24 terminal', () => {
     try {
       const u = up(join(t.dir, 'c'), ['--replicas', '3', '--nodes', '2', '--apps', '12']);
       await until('the cluster', () => /inspector/.test(u.out()), 60_000);
-      const watched = await inTerminal(`${process.execPath} ${CLI} status -w --dir ${join(t.dir, 'c')}`, 5);
+      const watched = await inTerminal(`${process.execPath} ${CLI} status -w --dir ${join(t.dir, 'c')}`, 20);
       const views: Array<[string, string]> = [['status -w', watched]];
       expect(cli(join(t.dir, 'c'), 'down').code).toBe(0);
-      views.push(['up', await inTerminal(`${process.execPath} ${CLI} up --dir ${join(t.dir, 'd')} --replicas 3 --nodes 2 --apps 12`, 12)]);
+      views.push(['up', await inTerminal(`${process.execPath} ${CLI} up --dir ${join(t.dir, 'd')} --replicas 3 --nodes 2 --apps 12`, 40)]);
       for (const [what, raw] of views) {
         const { frames, moves } = framesOf(raw);
         expect({ what, frames: frames.length }).toEqual({ what, frames: expect.any(Number) });

@@ -2,36 +2,24 @@
  * What the operator reads, through real processes (the built CLI, `up` in a temp dir): every line says
  * what happened in words, with the documented fields, and nothing it did not do.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
 import { CLI } from './cli-path.js';
+import { launch, until } from './e2e.js';
 
 const running = new Set<ChildProcess>();
 
 function up(dir: string, extra: string[] = []) {
-  const proc = spawn('node', [CLI, 'up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...extra], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  running.add(proc);
-  let out = '';
-  proc.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-  proc.stderr!.on('data', (b: Buffer) => (out += b.toString()));
-  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => (running.delete(proc), r(code))));
-  return { proc, out: () => out, exited };
+  const u = launch(['up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...extra], { running, detached: true });
+  return { proc: u.proc, out: u.both, exited: u.exited.then((e) => e.code) };
 }
 
 function cli(dir: string, ...args: string[]) {
   const r = spawnSync('node', [CLI, ...args, '--dir', dir], { encoding: 'utf8', timeout: 60_000 });
   return { code: r.status, out: r.stdout, err: r.stderr };
-}
-
-async function until(what: string, check: () => boolean, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 // Whatever a failed test left running goes at the end (the first cluster serves several tests).

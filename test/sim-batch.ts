@@ -1,8 +1,8 @@
 /**
  * One batch of simulated seeds as a test; the suite splits its 2,000 seeds over two files. Each batch
  * spreads its seeds over a worker thread per core, running the built simulation (`npm test` builds
- * first), so both cores work while vitest runs one test file at a time; the summary is the same as
- * one thread's (test/sim.test.ts checks that).
+ * first), so vitest runs the seed files on their own, one at a time, before the other files
+ * (vitest.config.ts); the summary is the same as one thread's (test/sim.test.ts checks that).
  */
 import { expect, it } from 'vitest';
 import { formatSummary } from '../sim/run.js';
