@@ -7,6 +7,7 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { UsageError } from './args.js';
 import { formatCredential, issueCredential, loadCredential, loadOrCreateSecret, NAME_PATTERN, nbdPskLine, SECRET_FILE, writeCredential, writePrivateFile, type CredentialKind } from '../actors/auth.js';
 import { privateDataDir } from '../cluster/private-dir.js';
 
@@ -33,7 +34,8 @@ credential (--credential FILE): one line NAME:HEXKEY.
 The export accepts only principals whose credential its node holds (under up: default).
 `;
 
-export class CredentialsUsageError extends Error {}
+/** A usage mistake: the CLI prints it with a pointer to `safe-resume help` and exits 2. */
+export class CredentialsUsageError extends UsageError {}
 
 /** Run the command; returns the exit code. */
 export function credentials(argv: string[], out: (s: string) => void, err: (s: string) => void): number {

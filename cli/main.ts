@@ -4,18 +4,10 @@ import { fileURLToPath } from 'node:url';
 import { readFileSync } from 'node:fs';
 import { EXIT, OperatorError } from '../runtime/operator-error.js';
 import { SafeResumeError } from '../errors.js';
-import { replicaCommand, ReplicaUsageError } from './replica.js';
-import { credentials, CredentialsUsageError } from './credentials.js';
 import { didYouMean } from './suggest.js';
 import { ALL_FLAGS, COMMAND_FLAGS, COMMANDS, completion } from './completion.js';
-import { logsCommand } from './logs.js';
 import { negativeValues, UsageError } from './args.js';
 import { HELP, helpFor } from './help.js';
-import { up } from './up.js';
-import { control } from './control.js';
-import { clean } from './clean.js';
-import { sim } from './sim.js';
-import { benchCommand } from './bench.js';
 
 /** This package's version, from its package.json. */
 function version(): string {
@@ -23,12 +15,16 @@ function version(): string {
   return pkg.version;
 }
 
+/**
+ * Each command's module is loaded when it runs: a CLI call pays only for what its command uses (a
+ * `status` does not load the store adapters, the replica or the inspector).
+ */
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = negativeValues(argv);
   try {
     switch (cmd) {
       case 'up':
-        return await up(rest);
+        return await (await import('./up.js')).up(rest);
       case 'status':
       case 'kill':
       case 'restart':
@@ -46,23 +42,23 @@ async function main(argv: string[]): Promise<number> {
       case 'revoke':
       case 'events':
       case 'down':
-        return await control(cmd, rest);
+        return await (await import('./control.js')).control(cmd, rest);
       case 'clean':
-        return await clean(rest);
+        return await (await import('./clean.js')).clean(rest);
       case 'logs':
-        return await logsCommand(rest);
+        return await (await import('./logs.js')).logsCommand(rest);
       case 'completion':
         return completion(rest);
       case 'sim':
-        return await sim(rest);
+        return await (await import('./sim.js')).sim(rest);
       case 'bench':
-        return await benchCommand(rest);
+        return await (await import('./bench.js')).benchCommand(rest);
       case 'fuzz':
         return await (await import('../bench/fuzz.js')).main(rest);
       case 'replica':
-        return await replicaCommand(rest, (t) => process.stdout.write(t));
+        return await (await import('./replica.js')).replicaCommand(rest, (t) => process.stdout.write(t));
       case 'credentials':
-        return credentials(rest, (t) => process.stdout.write(t), (t) => process.stderr.write(t));
+        return (await import('./credentials.js')).credentials(rest, (t) => process.stdout.write(t), (t) => process.stderr.write(t));
       case undefined:
       case 'help':
       case '--help':
@@ -93,7 +89,7 @@ async function main(argv: string[]): Promise<number> {
       process.stderr.write(`safe-resume: ${err.code}: ${err.message}\n`);
       return 1;
     }
-    if (err instanceof UsageError || err instanceof CredentialsUsageError || err instanceof ReplicaUsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       process.stderr.write(`safe-resume: ${(err as Error).message}\nRun 'safe-resume help' for usage.\n`);
       return 2;
     }

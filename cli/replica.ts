@@ -6,6 +6,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { UsageError } from './args.js';
 import { pino } from 'pino';
 import { keyFileExposed, loadOrCreateSecret, SECRET_FILE } from '../actors/auth.js';
 import { StorageReplica } from '../actors/replica.js';
@@ -35,7 +36,8 @@ Run one storage replica in the foreground (a host of its own; docs/deploy.md). S
   --log FILE             pino JSON log (default: standard output)
 `;
 
-export class ReplicaUsageError extends Error {}
+/** A usage mistake: the CLI prints it with a pointer to `safe-resume help` and exits 2. */
+export class ReplicaUsageError extends UsageError {}
 
 function hostPort(flag: string, v: string): { host: string; port: number } {
   const m = /^(\d{1,3}(?:\.\d{1,3}){3}|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(v);
