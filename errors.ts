@@ -9,8 +9,10 @@ export const ERROR_CODES = {
   TIMEOUT: 'the handle stayed paused longer than its pause timeout',
   CLOSED_BY_STORAGE: 'the storage closed the handle (its record is gone)',
   UNAVAILABLE: 'storage is unreachable or dismounted right now (retryable)',
-  AUTH_FAILED: 'a peer could not prove its credential (a node\'s, a principal\'s, or a replica\'s proof that it holds the cluster key)',
-  FORBIDDEN: "the request's principal may not open the target (it neither owns it nor was granted access) or may not change who may, the requestId belongs to another principal, or the request names a principal this node has not proven (it holds no credential for it)",
+  AUTH_FAILED:
+    "a peer could not prove its credential (a node's, a principal's, or a replica's proof that it holds the cluster key)",
+  FORBIDDEN:
+    "the request's principal may not open the target (it neither owns it nor was granted access) or may not change who may, the requestId belongs to another principal, or the request names a principal this node has not proven (it holds no credential for it)",
   BAD_FRAME: 'a frame could not be decoded or failed schema validation',
   UNKNOWN_TYPE: 'a frame named a message type this peer does not know',
   FRAME_TOO_LARGE: 'a frame exceeded the maximum frame size',
@@ -18,8 +20,10 @@ export const ERROR_CODES = {
   INVALID_ARGUMENT: 'an argument was out of range or of the wrong type',
   SEQ_GAP: 'a write arrived before an earlier sequence number of the same handle (retryable)',
   CLOSED: 'the handle or the application was closed',
-  QUEUE_FULL: 'a paused handle already holds as many queued operations (4096) or bytes (64 MiB) as it may; retry once it is active',
-  OUTCOME_UNKNOWN: 'the write was sent but the handle was lost before its answer, and the store no longer knows whether it was applied (see `reason`)',
+  QUEUE_FULL:
+    'a paused handle already holds as many queued operations (4096) or bytes (64 MiB) as it may; retry once it is active',
+  OUTCOME_UNKNOWN:
+    'the write was sent but the handle was lost before its answer, and the store no longer knows whether it was applied (see `reason`)',
   INTERNAL: 'an unexpected failure inside a peer; it kept running',
 } as const;
 

@@ -16,7 +16,8 @@ const SIMULATIONS = ['test/sim-seeds-1.test.ts', 'test/sim-seeds-2.test.ts'];
 class LongFirst extends BaseSequencer {
   override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
     const sorted = await super.sort(files);
-    const long = (f: TestSpecification) => /\.(e2e|browser)\.test\.ts$|store\.contract\.test\.ts$|bench\.smoke\.test\.ts$/.test(f.moduleId);
+    const long = (f: TestSpecification) =>
+      /\.(e2e|browser)\.test\.ts$|store\.contract\.test\.ts$|bench\.smoke\.test\.ts$/.test(f.moduleId);
     return [...sorted.filter(long), ...sorted.filter((f) => !long(f))];
   }
 }
@@ -29,8 +30,20 @@ export default defineConfig({
     hookTimeout: 30_000,
     sequence: { sequencer: LongFirst },
     projects: [
-      { extends: true, test: { name: 'simulations', include: SIMULATIONS, maxWorkers: 1, sequence: { groupOrder: 1 } } },
-      { extends: true, test: { name: 'tests', include: ['test/**/*.test.ts'], exclude: SIMULATIONS, maxWorkers: 3, sequence: { groupOrder: 2 } } },
+      {
+        extends: true,
+        test: { name: 'simulations', include: SIMULATIONS, maxWorkers: 1, sequence: { groupOrder: 1 } },
+      },
+      {
+        extends: true,
+        test: {
+          name: 'tests',
+          include: ['test/**/*.test.ts'],
+          exclude: SIMULATIONS,
+          maxWorkers: 3,
+          sequence: { groupOrder: 2 },
+        },
+      },
     ],
   },
 });

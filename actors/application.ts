@@ -11,7 +11,14 @@
  * events.
  */
 import { SafeResumeError, type ErrorCode, type InvalidationReason } from '../errors.js';
-import { EMPTY, type CoreHandle, type HandleOwner, type HandleState, type LifecycleEvent, type OpResult } from '../core/handle.js';
+import {
+  EMPTY,
+  type CoreHandle,
+  type HandleOwner,
+  type HandleState,
+  type LifecycleEvent,
+  type OpResult,
+} from '../core/handle.js';
 import { MAX_IO_BYTES, NAME_PATTERN } from '../transport/messages.js';
 import { MAX_DISK_BYTES } from '../store/types.js';
 import { LazyEmitter } from './emitter.js';
@@ -65,7 +72,6 @@ export interface HandleEvents {
    */
   durability: [durable: boolean, reason: string | undefined];
 }
-
 
 export class Handle extends LazyEmitter<HandleEvents> implements HandleOwner {
   /** @internal */
@@ -133,23 +139,56 @@ export class Handle extends LazyEmitter<HandleEvents> implements HandleOwner {
   }
 
   write(offset: number, data: Uint8Array): Promise<{ version: number }> {
-    if (this.mode !== 'write') return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', `${this.target} is open for reading`));
-    if (!Number.isSafeInteger(offset) || offset < 0) return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', 'offset must be a non-negative integer'));
-    if (!(data instanceof Uint8Array) || data.length > MAX_IO_BYTES) return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', `data must be a Uint8Array of at most ${MAX_IO_BYTES} bytes`));
+    if (this.mode !== 'write')
+      return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', `${this.target} is open for reading`));
+    if (!Number.isSafeInteger(offset) || offset < 0)
+      return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', 'offset must be a non-negative integer'));
+    if (!(data instanceof Uint8Array) || data.length > MAX_IO_BYTES)
+      return Promise.reject(
+        new SafeResumeError('INVALID_ARGUMENT', `data must be a Uint8Array of at most ${MAX_IO_BYTES} bytes`),
+      );
     // The caller may reuse its buffer once write() returns. A copy, never a view: a Node Buffer's
     // slice() is a view of the same memory.
     const copy = new Uint8Array(data);
     return new Promise<OpResult>((resolve, reject) => {
-      this.agent.io(this.core, { kind: 'write', seq: 0, offset, data: copy, length: 0, inflight: 0, sent: false, resends: 0, settle: { resolve, reject } });
+      this.agent.io(this.core, {
+        kind: 'write',
+        seq: 0,
+        offset,
+        data: copy,
+        length: 0,
+        inflight: 0,
+        sent: false,
+        resends: 0,
+        settle: { resolve, reject },
+      });
     });
   }
 
   read(offset: number, length: number): Promise<Uint8Array> {
-    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0 || length > MAX_IO_BYTES) {
-      return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', `offset must be >= 0 and length between 0 and ${MAX_IO_BYTES}`));
+    if (
+      !Number.isSafeInteger(offset) ||
+      offset < 0 ||
+      !Number.isSafeInteger(length) ||
+      length < 0 ||
+      length > MAX_IO_BYTES
+    ) {
+      return Promise.reject(
+        new SafeResumeError('INVALID_ARGUMENT', `offset must be >= 0 and length between 0 and ${MAX_IO_BYTES}`),
+      );
     }
     return new Promise<OpResult>((resolve, reject) => {
-      this.agent.io(this.core, { kind: 'read', seq: 0, offset, data: undefined, length, inflight: 0, sent: false, resends: 0, settle: { resolve, reject } });
+      this.agent.io(this.core, {
+        kind: 'read',
+        seq: 0,
+        offset,
+        data: undefined,
+        length,
+        inflight: 0,
+        sent: false,
+        resends: 0,
+        settle: { resolve, reject },
+      });
     }).then((r) => r.data ?? EMPTY);
   }
 
@@ -168,11 +207,18 @@ export class Application {
   private readonly env: Env;
   private readonly handles = new Set<Handle>();
 
-  constructor(readonly agent: NodeAgent, private readonly opts: ApplicationOptions) {
+  constructor(
+    readonly agent: NodeAgent,
+    private readonly opts: ApplicationOptions,
+  ) {
     if (!opts.name) throw new SafeResumeError('INVALID_ARGUMENT', 'an application needs a name');
     this.name = opts.name;
     if (opts.credential) {
-      if (opts.principal !== undefined && opts.principal !== opts.credential.name) throw new SafeResumeError('INVALID_ARGUMENT', `principal ${JSON.stringify(opts.principal)} does not match the credential of ${JSON.stringify(opts.credential.name)}`);
+      if (opts.principal !== undefined && opts.principal !== opts.credential.name)
+        throw new SafeResumeError(
+          'INVALID_ARGUMENT',
+          `principal ${JSON.stringify(opts.principal)} does not match the credential of ${JSON.stringify(opts.credential.name)}`,
+        );
       agent.addPrincipal(opts.credential);
       this.principal = opts.credential.name;
     } else {
@@ -188,12 +234,25 @@ export class Application {
    * reclaim is a resume: it is denied with MODIFIED if another writer took the target meanwhile.
    */
   async open(target: string, options: OpenOptions = {}): Promise<Handle> {
-    if (typeof target !== 'string' || target.length === 0 || target.length > 1024) throw new SafeResumeError('INVALID_ARGUMENT', 'target must be a non-empty string of at most 1024 characters');
-    if (options.requestId !== undefined && !/^[A-Za-z0-9_-]{21,64}$/.test(options.requestId)) throw new SafeResumeError('INVALID_ARGUMENT', 'requestId must be 21-64 URL-safe characters (use nanoid)');
-    if (options.size !== undefined && (!Number.isSafeInteger(options.size) || options.size < 1 || options.size > MAX_DISK_BYTES)) throw new SafeResumeError('INVALID_ARGUMENT', `size must be a whole number of bytes between 1 and ${MAX_DISK_BYTES}`);
+    if (typeof target !== 'string' || target.length === 0 || target.length > 1024)
+      throw new SafeResumeError('INVALID_ARGUMENT', 'target must be a non-empty string of at most 1024 characters');
+    if (options.requestId !== undefined && !/^[A-Za-z0-9_-]{21,64}$/.test(options.requestId))
+      throw new SafeResumeError('INVALID_ARGUMENT', 'requestId must be 21-64 URL-safe characters (use nanoid)');
+    if (
+      options.size !== undefined &&
+      (!Number.isSafeInteger(options.size) || options.size < 1 || options.size > MAX_DISK_BYTES)
+    )
+      throw new SafeResumeError(
+        'INVALID_ARGUMENT',
+        `size must be a whole number of bytes between 1 and ${MAX_DISK_BYTES}`,
+      );
     // A kept requestId is reclaimed only when nothing holds it now (it is left over from a restart).
     const found = this.agent.findKept(this.name, target);
-    const usable = found && !this.agent.holds(found.requestId) && (!options.mode || options.mode === found.mode) && (!options.requestId || options.requestId === found.requestId);
+    const usable =
+      found &&
+      !this.agent.holds(found.requestId) &&
+      (!options.mode || options.mode === found.mode) &&
+      (!options.requestId || options.requestId === found.requestId);
     const kept = usable ? found : undefined;
     const requestId = options.requestId ?? kept?.requestId ?? this.env.newId();
     const handle = new Handle(this.agent, this);
@@ -218,7 +277,10 @@ export class Application {
     // A reclaimed requestId resumes without naming a size: the target's must still be the one asked for.
     if (options.size !== undefined && handle.state !== 'closed' && handle.size !== options.size) {
       await handle.close().catch(() => {});
-      throw new SafeResumeError('INVALID_ARGUMENT', `${target} was created with ${handle.size === undefined ? 'no fixed size' : `a size of ${handle.size} bytes`}, not ${options.size}`);
+      throw new SafeResumeError(
+        'INVALID_ARGUMENT',
+        `${target} was created with ${handle.size === undefined ? 'no fixed size' : `a size of ${handle.size} bytes`}, not ${options.size}`,
+      );
     }
     if (handle.state !== 'closed') this.handles.add(handle);
     return handle;
@@ -231,7 +293,9 @@ export class Application {
    * principal owns it or nobody has it).
    */
   grant(target: string, principal: string, mode: 'read' | 'write'): Promise<TargetAccessList> {
-    const bad = accessArgs(target, principal) ?? (mode !== 'read' && mode !== 'write' ? `mode must be 'read' or 'write', not ${JSON.stringify(mode)}` : undefined);
+    const bad =
+      accessArgs(target, principal) ??
+      (mode !== 'read' && mode !== 'write' ? `mode must be 'read' or 'write', not ${JSON.stringify(mode)}` : undefined);
     if (bad) return Promise.reject(new SafeResumeError('INVALID_ARGUMENT', bad));
     return this.agent.access({ target, principal: this.principal, grantee: principal, mode });
   }
@@ -279,8 +343,10 @@ export interface TargetAccessList {
 
 /** Why a target and principal cannot be named in a grant or revocation (undefined: they can). */
 function accessArgs(target: unknown, principal: unknown): string | undefined {
-  if (typeof target !== 'string' || target.length === 0 || target.length > 1024) return 'target must be a non-empty string of at most 1024 characters';
-  if (typeof principal !== 'string' || !NAME_PATTERN.test(principal)) return 'principal must be 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)';
+  if (typeof target !== 'string' || target.length === 0 || target.length > 1024)
+    return 'target must be a non-empty string of at most 1024 characters';
+  if (typeof principal !== 'string' || !NAME_PATTERN.test(principal))
+    return 'principal must be 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)';
   return undefined;
 }
 

@@ -31,7 +31,6 @@ export { Keyring, proofMatches, proofs, sessionKey, transcript } from '../core/p
 
 export const SECRET_FILE = 'cluster-secret';
 
-
 /**
  * Why a key file cannot be used as it is (undefined: it can): one that its group or other users may
  * read is refused, as ssh refuses such a private key, with what to do.
@@ -81,7 +80,11 @@ const CredentialSchema = z.object({
 });
 
 function checkName(kind: CredentialKind, name: string): void {
-  if (!NAME_PATTERN.test(name)) throw new SafeResumeError('INVALID_ARGUMENT', `${kind} name ${JSON.stringify(name.slice(0, 64))} must be 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`);
+  if (!NAME_PATTERN.test(name))
+    throw new SafeResumeError(
+      'INVALID_ARGUMENT',
+      `${kind} name ${JSON.stringify(name.slice(0, 64))} must be 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`,
+    );
 }
 
 /** Issue the credential of a node or a principal from the cluster key. */
@@ -96,12 +99,18 @@ export function parseCredential(text: string, source = 'credential'): Credential
   try {
     raw = JSON.parse(text);
   } catch {
-    throw new SafeResumeError('INVALID_ARGUMENT', `${source}: not a safe-resume credential (expected JSON from \`safe-resume credentials issue\`)`);
+    throw new SafeResumeError(
+      'INVALID_ARGUMENT',
+      `${source}: not a safe-resume credential (expected JSON from \`safe-resume credentials issue\`)`,
+    );
   }
   const parsed = CredentialSchema.safeParse(raw);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    throw new SafeResumeError('INVALID_ARGUMENT', `${source}: ${issue?.path.join('.') || 'credential'}: ${issue?.message ?? 'invalid'}`);
+    throw new SafeResumeError(
+      'INVALID_ARGUMENT',
+      `${source}: ${issue?.path.join('.') || 'credential'}: ${issue?.message ?? 'invalid'}`,
+    );
   }
   return parsed.data;
 }
@@ -149,7 +158,8 @@ export const credentialKey = keyBytes;
  * principal's name). Whoever holds the principal's credential (or the cluster key) can derive it.
  */
 export function nbdPsk(c: Credential): Buffer {
-  if (c.kind !== 'principal') throw new SafeResumeError('INVALID_ARGUMENT', `a ${c.kind} credential (${c.name}) is not a principal's`);
+  if (c.kind !== 'principal')
+    throw new SafeResumeError('INVALID_ARGUMENT', `a ${c.kind} credential (${c.name}) is not a principal's`);
   return createHmac('sha256', keyBytes(c)).update('safe-resume/v1/nbd-psk').digest();
 }
 

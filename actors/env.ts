@@ -119,7 +119,8 @@ export function handleHolder(env: Env): HandleHolder {
       STOP: { actions: stopChild(({ event }) => (event as { ref: AnyActorRef }).ref) },
       '*': {
         actions: ({ event }) => {
-          if (event.type.startsWith('xstate.error.actor')) env.log.error({ err: String((event as { error?: unknown }).error) }, 'a handle actor failed');
+          if (event.type.startsWith('xstate.error.actor'))
+            env.log.error({ err: String((event as { error?: unknown }).error) }, 'a handle actor failed');
         },
       },
     },

@@ -58,15 +58,32 @@ export function proveFrame(p: Credential, s: SessionProof) {
  * challenger does not hold the cluster key. Bare protocol clients (tests, benchmarks, the fuzzer)
  * use it with `hello` frames of their own.
  */
-export function answerChallenge(credential: Credential, principals: Credential[], nonce: string, c: MessageOf<'challenge'>, seal = false): { auth: MessageOf<'auth'>; session: SessionProof; key: Buffer } {
+export function answerChallenge(
+  credential: Credential,
+  principals: Credential[],
+  nonce: string,
+  c: MessageOf<'challenge'>,
+  seal = false,
+): { auth: MessageOf<'auth'>; session: SessionProof; key: Buffer } {
   const key = credentialKey(credential);
   const t = transcript(credential.name, nonce, c.nonce, c.replica);
   if (!proofMatches(proofs.replica(key, t), c.proof)) {
-    throw new SafeResumeError('AUTH_FAILED', `AUTH_FAILED: the peer calling itself ${c.replica} did not prove it holds this node's key (derived from the cluster key): it is not a replica of this cluster, or this node's credential is not this cluster's`);
+    throw new SafeResumeError(
+      'AUTH_FAILED',
+      `AUTH_FAILED: the peer calling itself ${c.replica} did not prove it holds this node's key (derived from the cluster key): it is not a replica of this cluster, or this node's credential is not this cluster's`,
+    );
   }
-  const auth: MessageOf<'auth'> = { type: 'auth', proof: proofs.node(key, t, seal), principals: principals.map((p) => ({ name: p.name, proof: proofs.principal(credentialKey(p), p.name, t) })) };
+  const auth: MessageOf<'auth'> = {
+    type: 'auth',
+    proof: proofs.node(key, t, seal),
+    principals: principals.map((p) => ({ name: p.name, proof: proofs.principal(credentialKey(p), p.name, t) })),
+  };
   if (seal) auth.seal = true;
-  return { auth, session: { transcript: t, proven: new Set(principals.map((p) => p.name)), refused: [] }, key: sessionKey(key, t) };
+  return {
+    auth,
+    session: { transcript: t, proven: new Set(principals.map((p) => p.name)), refused: [] },
+    key: sessionKey(key, t),
+  };
 }
 
 export function helloFrame(credential: Credential, nonce: string): MessageOf<'hello'> {
@@ -94,9 +111,18 @@ export async function handshake(url: string, o: HandshakeOptions, on: SessionCal
     });
     conn.onFrame((frame) => {
       if (welcomed) return on.frame(conn, frame);
-      if (!frame.ok) return refuse(new SafeResumeError('AUTH_FAILED', `AUTH_FAILED: ${url} answered the handshake with a bad frame (${frame.code}: ${frame.message})`));
+      if (!frame.ok)
+        return refuse(
+          new SafeResumeError(
+            'AUTH_FAILED',
+            `AUTH_FAILED: ${url} answered the handshake with a bad frame (${frame.code}: ${frame.message})`,
+          ),
+        );
       const msg = frame.msg;
-      if (msg.type === 'error') return refuse(new SafeResumeError(isErrorCode(msg.code) ? msg.code : 'INTERNAL', `${msg.code}: ${msg.message}`));
+      if (msg.type === 'error')
+        return refuse(
+          new SafeResumeError(isErrorCode(msg.code) ? msg.code : 'INTERNAL', `${msg.code}: ${msg.message}`),
+        );
       if (msg.type === 'challenge' && !session) {
         try {
           const answer = answerChallenge(o.credential, o.principals.slice(0, MAX_AUTH_PRINCIPALS), o.nonce, msg, true);
@@ -105,14 +131,24 @@ export async function handshake(url: string, o: HandshakeOptions, on: SessionCal
           // Every later frame, both ways, is sealed (unless TLS already protects the link).
           conn.protect(answer.key, 'client');
         } catch (err) {
-          refuse(err instanceof SafeResumeError ? new SafeResumeError('AUTH_FAILED', `${err.message} (${url})`) : (err as Error));
+          refuse(
+            err instanceof SafeResumeError
+              ? new SafeResumeError('AUTH_FAILED', `${err.message} (${url})`)
+              : (err as Error),
+          );
         }
         return;
       }
-      if (msg.type !== 'welcome' || !session) return refuse(new SafeResumeError('AUTH_FAILED', `AUTH_FAILED: ${url} sent ${msg.type} during the handshake`));
+      if (msg.type !== 'welcome' || !session)
+        return refuse(new SafeResumeError('AUTH_FAILED', `AUTH_FAILED: ${url} sent ${msg.type} during the handshake`));
       const want = o.heartbeatIntervalMs;
       if (want !== undefined && want !== msg.heartbeatIntervalMs) {
-        return refuse(new SafeResumeError('INVALID_ARGUMENT', `INVALID_ARGUMENT: ${url} beats every ${msg.heartbeatIntervalMs} ms, this node insists on ${want} ms (heartbeatIntervalMs)`));
+        return refuse(
+          new SafeResumeError(
+            'INVALID_ARGUMENT',
+            `INVALID_ARGUMENT: ${url} beats every ${msg.heartbeatIntervalMs} ms, this node insists on ${want} ms (heartbeatIntervalMs)`,
+          ),
+        );
       }
       welcomed = true;
       o.clock.clearTimeout(timer);
@@ -121,7 +157,12 @@ export async function handshake(url: string, o: HandshakeOptions, on: SessionCal
         session.refused.push(r);
       }
       on.welcomed(conn, session);
-      resolve({ session: msg.session, replica: msg.replica, heartbeatIntervalMs: msg.heartbeatIntervalMs, available: msg.available });
+      resolve({
+        session: msg.session,
+        replica: msg.replica,
+        heartbeatIntervalMs: msg.heartbeatIntervalMs,
+        available: msg.available,
+      });
     });
     conn.send(helloFrame(o.credential, o.nonce));
   });
@@ -131,7 +172,12 @@ export async function handshake(url: string, o: HandshakeOptions, on: SessionCal
  * A bare protocol client's side of the handshake (tests, benchmarks, the fuzzer): send `hello`, and
  * pass every frame to `answer`, which returns the `auth` to send when the challenge arrives.
  */
-export function bareLogin(credential: Credential, principals: Credential[], nonce: string, seal = false): { hello: MessageOf<'hello'>; answer(msg: Message): MessageOf<'auth'> | undefined; key(): Buffer | undefined } {
+export function bareLogin(
+  credential: Credential,
+  principals: Credential[],
+  nonce: string,
+  seal = false,
+): { hello: MessageOf<'hello'>; answer(msg: Message): MessageOf<'auth'> | undefined; key(): Buffer | undefined } {
   let key: Buffer | undefined;
   return {
     hello: helloFrame(credential, nonce),

@@ -5,7 +5,18 @@
  * A change is acknowledged (the call returns) only once it is on disk: appended and fsynced, or
  * written into a compacted log that was fsynced, renamed into place and whose directory was fsynced.
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 
 export interface KeptHandle {
@@ -100,7 +111,7 @@ export const nodeDisk: KeptDisk = {
   openAppend: (path) => openSync(path, 'a', 0o600),
   append(fd, text) {
     const buf = Buffer.from(text, 'utf8');
-    for (let off = 0; off < buf.length; ) off += writeSync(fd, buf, off, buf.length - off);
+    for (let off = 0; off < buf.length;) off += writeSync(fd, buf, off, buf.length - off);
   },
   fsync: (fd) => fsyncSync(fd),
   fsyncPath(path) {
@@ -155,7 +166,8 @@ export class MemoryKeptIds implements KeptIds {
     // What the batch overwrites, so a batch that does not reach the disk leaves no trace in the view.
     const oldIds = new Map<string, KeptHandle | undefined>();
     const oldNames: Array<[app: string, target: string, id: string | undefined]> = [];
-    const rememberName = (app: string, target: string) => oldNames.push([app, target, this.byName.get(app)?.get(target)]);
+    const rememberName = (app: string, target: string) =>
+      oldNames.push([app, target, this.byName.get(app)?.get(target)]);
     const remember = (id: string) => {
       if (oldIds.has(id)) return;
       const old = this.byId.get(id);
@@ -222,7 +234,14 @@ export class MemoryKeptIds implements KeptIds {
 
 /** A copy field by field (a spread copy gets a slower, bigger object layout in V8). */
 function copy(h: KeptHandle): KeptHandle {
-  const c: KeptHandle = { app: h.app, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, version: h.version };
+  const c: KeptHandle = {
+    app: h.app,
+    target: h.target,
+    requestId: h.requestId,
+    principal: h.principal,
+    mode: h.mode,
+    version: h.version,
+  };
   if (h.instance !== undefined) c.instance = h.instance;
   if (h.takeover) c.takeover = true;
   return c;
@@ -411,6 +430,7 @@ export class FileKeptIds extends MemoryKeptIds {
 
 function checked(h: unknown, where: string): KeptHandle {
   const k = h as KeptHandle;
-  if (typeof k?.requestId !== 'string' || typeof k.app !== 'string' || typeof k.target !== 'string') throw new Error(`${where}: malformed entry`);
+  if (typeof k?.requestId !== 'string' || typeof k.app !== 'string' || typeof k.target !== 'string')
+    throw new Error(`${where}: malformed entry`);
   return k;
 }

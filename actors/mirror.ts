@@ -45,7 +45,10 @@ export class HandleMirrors {
     actor.send(toEvent(h, event));
     if (to === 'closed') this.actors.delete(h);
     if (actor.getSnapshot().value !== to) {
-      this.env.log.error({ target: h.target, core: to, machine: actor.getSnapshot().value, event }, 'the handle lifecycle and machines/app-handle disagree');
+      this.env.log.error(
+        { target: h.target, core: to, machine: actor.getSnapshot().value, event },
+        'the handle lifecycle and machines/app-handle disagree',
+      );
     }
   }
 }
@@ -53,7 +56,13 @@ export class HandleMirrors {
 function createMirror(holder: HandleHolder, h: CoreHandle): Actor<typeof mirrorMachine> {
   const actor = createActor(mirrorMachine, {
     parent: holder.parent,
-    input: { target: h.target, mode: h.mode, requestId: h.requestId, onFailure: h.onFailure, pauseTimeoutMs: h.pauseTimeoutMs },
+    input: {
+      target: h.target,
+      mode: h.mode,
+      requestId: h.requestId,
+      onFailure: h.onFailure,
+      pauseTimeoutMs: h.pauseTimeoutMs,
+    },
   });
   actor.start();
   return actor;

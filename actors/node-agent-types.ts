@@ -50,7 +50,6 @@ export interface NodeAgentOptions {
   maxQueuedBytesPerHandle?: number;
 }
 
-
 /** Why the last attempt to reach one replica failed. */
 export interface ConnectCause {
   replica: string;

@@ -15,7 +15,13 @@ import type { KeptHandle } from './kept.js';
 import { NodeAgentConnection } from './node-connection.js';
 
 export type { OpenParams } from '../core/handle.js';
-export type { ConnectCause, ConnectRound, NodeAgentEvents, NodeAgentOptions, NodeObserver } from './node-agent-types.js';
+export type {
+  ConnectCause,
+  ConnectRound,
+  NodeAgentEvents,
+  NodeAgentOptions,
+  NodeObserver,
+} from './node-agent-types.js';
 
 /**
  * The API the application SDK uses. The session and the connection are in actors/node-connection.ts,
@@ -29,7 +35,11 @@ export class NodeAgent extends NodeAgentConnection {
    */
   usePrincipal(principal: string): void {
     if (this.principals.has(principal)) return;
-    if (!this.opts.secret) throw new SafeResumeError('FORBIDDEN', `node ${this.id} holds no credential for principal ${JSON.stringify(principal)}; pass the application the principal's credential (safe-resume credentials issue --principal ${principal})`);
+    if (!this.opts.secret)
+      throw new SafeResumeError(
+        'FORBIDDEN',
+        `node ${this.id} holds no credential for principal ${JSON.stringify(principal)}; pass the application the principal's credential (safe-resume credentials issue --principal ${principal})`,
+      );
     this.addPrincipal(issueCredential(this.opts.secret, 'principal', principal));
   }
 
@@ -47,7 +57,8 @@ export class NodeAgent extends NodeAgentConnection {
   /** Open (or reclaim) a handle: the handle at once, and a promise that settles when it is granted or refused. */
   open(p: OpenParams): { h: CoreHandle; opened: Promise<void> } {
     if (this.stopped) throw new SafeResumeError('CLOSED', `node agent ${this.id} is stopped`);
-    if (this.core.handles.has(p.requestId)) throw new SafeResumeError('INVALID_ARGUMENT', `requestId ${p.requestId} is already open on ${this.id}`);
+    if (this.core.handles.has(p.requestId))
+      throw new SafeResumeError('INVALID_ARGUMENT', `requestId ${p.requestId} is already open on ${this.id}`);
     const h = newHandle(p);
     this.mirrors?.add(h);
     const opened = new Promise<void>((resolve, reject) => this.opening.set(h, { resolve, reject }));
@@ -56,16 +67,19 @@ export class NodeAgent extends NodeAgentConnection {
   }
 
   /** Grant (`read`, `write`) or revoke (`none`) a principal's access to a target `principal` owns; the target's access list once done. */
-  access(call: Omit<AccessCall, 'settle'>): Promise<{ owner: string; grants: Array<{ principal: string; mode: 'read' | 'write' }> }> {
+  access(
+    call: Omit<AccessCall, 'settle'>,
+  ): Promise<{ owner: string; grants: Array<{ principal: string; mode: 'read' | 'write' }> }> {
     if (this.stopped) return Promise.reject(new SafeResumeError('CLOSED', `node agent ${this.id} is stopped`));
-    return new Promise((resolve, reject) => this.step({ type: 'access', call: { ...call, settle: { resolve, reject } } }));
+    return new Promise((resolve, reject) =>
+      this.step({ type: 'access', call: { ...call, settle: { resolve, reject } } }),
+    );
   }
 
   io(h: CoreHandle, op: CoreHandle['ops'][number]): void {
     if (this.opts.observe) this.calledAt.set(op, this.env.clock.now());
     this.step({ type: 'io', h, op });
   }
-
 
   close(h: CoreHandle): Promise<void> {
     if (h.state === 'closed') return Promise.resolve();
@@ -83,8 +97,22 @@ export class NodeAgent extends NodeAgentConnection {
   }
 
   /** Handles the agent holds, for status views and tests. */
-  list(): Array<{ app: string; target: string; requestId: string; mode: 'read' | 'write'; state: HandleState; durable: boolean }> {
-    return [...this.core.handles.values()].map(({ app, target, requestId, mode, state, durable }) => ({ app, target, requestId, mode, state, durable }));
+  list(): Array<{
+    app: string;
+    target: string;
+    requestId: string;
+    mode: 'read' | 'write';
+    state: HandleState;
+    durable: boolean;
+  }> {
+    return [...this.core.handles.values()].map(({ app, target, requestId, mode, state, durable }) => ({
+      app,
+      target,
+      requestId,
+      mode,
+      state,
+      durable,
+    }));
   }
 
   /** Whether a handle with this requestId is open (or being opened) on this agent. */

@@ -43,16 +43,24 @@ export abstract class NodeAgentConnection extends NodeAgentIntents {
 
   constructor(opts: NodeAgentOptions) {
     super();
-    if (opts.replicas.length === 0) throw new SafeResumeError('INVALID_ARGUMENT', 'a node agent needs at least one replica address');
+    if (opts.replicas.length === 0)
+      throw new SafeResumeError('INVALID_ARGUMENT', 'a node agent needs at least one replica address');
     this.opts = opts;
     this.id = opts.id;
     if (opts.credential) {
       if (opts.credential.kind !== 'node' || opts.credential.name !== opts.id) {
-        throw new SafeResumeError('INVALID_ARGUMENT', `node agent ${opts.id} was given the ${opts.credential.kind} credential of ${JSON.stringify(opts.credential.name)}; issue one with \`safe-resume credentials issue --node ${opts.id}\``);
+        throw new SafeResumeError(
+          'INVALID_ARGUMENT',
+          `node agent ${opts.id} was given the ${opts.credential.kind} credential of ${JSON.stringify(opts.credential.name)}; issue one with \`safe-resume credentials issue --node ${opts.id}\``,
+        );
       }
       this.credential = opts.credential;
     } else if (opts.secret) this.credential = issueCredential(opts.secret, 'node', opts.id);
-    else throw new SafeResumeError('INVALID_ARGUMENT', `node agent ${opts.id} needs its node credential (credential) or the cluster key (secret)`);
+    else
+      throw new SafeResumeError(
+        'INVALID_ARGUMENT',
+        `node agent ${opts.id} needs its node credential (credential) or the cluster key (secret)`,
+      );
     for (const p of opts.principals ?? []) this.addPrincipal(p);
     this.env = defaultEnv(opts.env);
     this.env.log = actorLog(this.env.log, opts.id);
@@ -78,7 +86,11 @@ export abstract class NodeAgentConnection extends NodeAgentIntents {
       },
       actions: {
         sendPing: () => void this.conn?.send({ type: 'ping', t: this.env.clock.now() }),
-        pauseHandles: ({ context, event }) => this.step({ type: 'unavailable', why: event.type === 'STORAGE_UNAVAILABLE' ? 'notice unavailable' : lostWhy(context.lastError, event) }),
+        pauseHandles: ({ context, event }) =>
+          this.step({
+            type: 'unavailable',
+            why: event.type === 'STORAGE_UNAVAILABLE' ? 'notice unavailable' : lostWhy(context.lastError, event),
+          }),
         // The action's context, not getSnapshot(): the snapshot is still the old one while actions run.
         resumeHandles: ({ context }) => this.step({ type: 'ready', session: context.session ?? 'unknown' }),
         dropConnection: ({ context, event }) => {
@@ -89,7 +101,9 @@ export abstract class NodeAgentConnection extends NodeAgentIntents {
           this.step({ type: 'disconnected', why: lostWhy(context.lastError, event) });
         },
       },
-      delays: { backoff: ({ context }) => backoffDelay(context.attempt, context.backoffBaseMs, context.backoffMaxMs, random()) },
+      delays: {
+        backoff: ({ context }) => backoffDelay(context.attempt, context.backoffBaseMs, context.backoffMaxMs, random()),
+      },
     });
     this.session = createActor(machine, {
       clock: this.env.clock,
@@ -104,7 +118,13 @@ export abstract class NodeAgentConnection extends NodeAgentIntents {
     });
     this.session.subscribe((snap) => {
       if (snap.matches('connected')) this.settleStart();
-      else if (snap.matches('reconnecting') && /^(AUTH_FAILED|INVALID_ARGUMENT)/.test(snap.context.lastError ?? '')) this.settleStart(new SafeResumeError(snap.context.lastError!.startsWith('AUTH') ? 'AUTH_FAILED' : 'INVALID_ARGUMENT', snap.context.lastError));
+      else if (snap.matches('reconnecting') && /^(AUTH_FAILED|INVALID_ARGUMENT)/.test(snap.context.lastError ?? ''))
+        this.settleStart(
+          new SafeResumeError(
+            snap.context.lastError!.startsWith('AUTH') ? 'AUTH_FAILED' : 'INVALID_ARGUMENT',
+            snap.context.lastError,
+          ),
+        );
     });
   }
 
@@ -138,7 +158,10 @@ export abstract class NodeAgentConnection extends NodeAgentIntents {
     // its own records counts on from them: see AgentCore).
     this.core.epochBase = Math.min(counted.boot * 2 ** 32, Number.MAX_SAFE_INTEGER - 2 ** 32);
     if (counted.error) {
-      this.env.log.warn({ err: counted.error, boot: counted.boot }, 'the count of agent starts could not be read or kept on disk; until it is, a late request from before this start could take a handle back');
+      this.env.log.warn(
+        { err: counted.error, boot: counted.boot },
+        'the count of agent starts could not be read or kept on disk; until it is, a late request from before this start could take a handle back',
+      );
     }
   }
 
@@ -166,8 +189,16 @@ export abstract class NodeAgentConnection extends NodeAgentIntents {
     if (i < 0) return;
     this.startWaiters.splice(i, 1);
     const causes = this.connectCauses;
-    const said = causes.length > 0 ? causes.map((c) => `${c.cause} from ${c.replica}: ${c.message.replace(`cannot connect to ${c.replica}: `, '')}`).join('; ') : `no attempt finished yet (connecting to ${this.opts.replicas.join(', ')})`;
-    const err = new SafeResumeError('UNAVAILABLE', `node ${this.id} could not connect to any replica within ${ms} ms: ${said}`) as SafeResumeError & { causes: ConnectCause[] };
+    const said =
+      causes.length > 0
+        ? causes
+            .map((c) => `${c.cause} from ${c.replica}: ${c.message.replace(`cannot connect to ${c.replica}: `, '')}`)
+            .join('; ')
+        : `no attempt finished yet (connecting to ${this.opts.replicas.join(', ')})`;
+    const err = new SafeResumeError(
+      'UNAVAILABLE',
+      `node ${this.id} could not connect to any replica within ${ms} ms: ${said}`,
+    ) as SafeResumeError & { causes: ConnectCause[] };
     err.causes = causes;
     w.reject(err);
   }
@@ -184,7 +215,8 @@ export abstract class NodeAgentConnection extends NodeAgentIntents {
   lastConnectCause: ConnectCause | undefined;
 
   private connectedTo(): void {
-    if (this.failedAttempts > 0) this.env.log.info({ replica: this.replica, attempts: this.failedAttempts }, 'connected after failed attempts');
+    if (this.failedAttempts > 0)
+      this.env.log.info({ replica: this.replica, attempts: this.failedAttempts }, 'connected after failed attempts');
     this.causes.clear();
     this.failedAttempts = 0;
     this.lastConnectCause = undefined;
@@ -193,15 +225,30 @@ export abstract class NodeAgentConnection extends NodeAgentIntents {
   /** A failed attempt: logged (rate-limited) with its cause; a round over every replica is an event. */
   private connectFailed(url: string, err: unknown): void {
     if (this.stopped) return;
-    const c: ConnectCause = { replica: url, cause: causeOf(err), message: err instanceof Error ? err.message : String(err) };
+    const c: ConnectCause = {
+      replica: url,
+      cause: causeOf(err),
+      message: err instanceof Error ? err.message : String(err),
+    };
     this.causes.delete(url);
     this.causes.set(url, c);
     this.lastConnectCause = c;
     this.failedAttempts++;
     const take = this.connectLog.take('connect');
-    if (take.log) this.env.log.warn({ replica: url, cause: c.cause, err: c.message, attempt: this.failedAttempts, ...(take.suppressed > 0 ? { suppressed: take.suppressed } : {}) }, `could not connect to ${url}: ${c.cause}`);
+    if (take.log)
+      this.env.log.warn(
+        {
+          replica: url,
+          cause: c.cause,
+          err: c.message,
+          attempt: this.failedAttempts,
+          ...(take.suppressed > 0 ? { suppressed: take.suppressed } : {}),
+        },
+        `could not connect to ${url}: ${c.cause}`,
+      );
     const n = this.opts.replicas.length;
-    if (this.failedAttempts % n === 0) this.emit('connect-failed', { round: this.failedAttempts / n, causes: this.connectCauses });
+    if (this.failedAttempts % n === 0)
+      this.emit('connect-failed', { round: this.failedAttempts / n, causes: this.connectCauses });
   }
 
   /**
@@ -266,7 +313,8 @@ export abstract class NodeAgentConnection extends NodeAgentIntents {
    * (before any open that names it) and into every later handshake.
    */
   addPrincipal(c: Credential): void {
-    if (c.kind !== 'principal') throw new SafeResumeError('INVALID_ARGUMENT', `a ${c.kind} credential (${c.name}) is not a principal's`);
+    if (c.kind !== 'principal')
+      throw new SafeResumeError('INVALID_ARGUMENT', `a ${c.kind} credential (${c.name}) is not a principal's`);
     const had = this.principals.get(c.name);
     if (had?.key === c.key) return;
     this.principals.set(c.name, c);
@@ -285,7 +333,10 @@ export abstract class NodeAgentConnection extends NodeAgentIntents {
   private refusePrincipal(name: string): void {
     if (!this.principals.delete(name)) return;
     this.proof?.proven.delete(name);
-    this.env.log.error({ principal: name }, 'the storage refused this principal\'s credential; its applications cannot open anything until a valid one is given');
+    this.env.log.error(
+      { principal: name },
+      "the storage refused this principal's credential; its applications cannot open anything until a valid one is given",
+    );
   }
 
   // ---- The connection ----
@@ -320,12 +371,15 @@ export abstract class NodeAgentConnection extends NodeAgentIntents {
       },
       frame: (conn, frame) => {
         if (this.conn !== conn) return;
-        if (!frame.ok) return void this.env.log.warn({ code: frame.code, message: frame.message }, 'bad frame from replica');
+        if (!frame.ok)
+          return void this.env.log.warn({ code: frame.code, message: frame.message }, 'bad frame from replica');
         // Liveness and storage notices drive the session; everything else is the protocol's.
         const msg = frame.msg;
-        if (msg.type === 'error' && msg.principal !== undefined && msg.id === undefined) return this.refusePrincipal(msg.principal);
+        if (msg.type === 'error' && msg.principal !== undefined && msg.id === undefined)
+          return this.refusePrincipal(msg.principal);
         if (msg.type === 'pong') this.session.send({ type: 'HEARD' });
-        else if (msg.type === 'notice') this.session.send({ type: msg.kind === 'unavailable' ? 'STORAGE_UNAVAILABLE' : 'STORAGE_AVAILABLE' });
+        else if (msg.type === 'notice')
+          this.session.send({ type: msg.kind === 'unavailable' ? 'STORAGE_UNAVAILABLE' : 'STORAGE_AVAILABLE' });
         else this.step({ type: 'frame', msg });
       },
     });

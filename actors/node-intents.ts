@@ -104,7 +104,10 @@ export abstract class NodeAgentIntents extends LazyEmitter<NodeAgentEvents> {
    * next open reclaim a closed requestId); one invalidated or gone is the business of what let it go.
    */
   private stillKept(h: CoreHandle): boolean {
-    return this.core.handles.get(h.requestId) === h && (h.state === 'active' || h.state === 'paused' || h.state === 'resuming');
+    return (
+      this.core.handles.get(h.requestId) === h &&
+      (h.state === 'active' || h.state === 'paused' || h.state === 'resuming')
+    );
   }
 
   /** Write and fsync one batch; false (and the core told, for the handles it puts) if the disk refused it. */
@@ -112,10 +115,19 @@ export abstract class NodeAgentIntents extends LazyEmitter<NodeAgentEvents> {
     const put: CoreHandle[] = [];
     const removed: string[] = [];
     for (const id of this.unforgotten) if (!last.has(id)) last.set(id, null);
-    for (const [id, h] of last) (h ? put.push(h) : removed.push(id));
+    for (const [id, h] of last) h ? put.push(h) : removed.push(id);
     try {
       this.kept.apply({
-        put: put.map((h) => ({ app: h.app, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, version: h.keptVersion, instance: h.instance, ...(h.takeover ? { takeover: true } : {}) })),
+        put: put.map((h) => ({
+          app: h.app,
+          target: h.target,
+          requestId: h.requestId,
+          principal: h.principal,
+          mode: h.mode,
+          version: h.keptVersion,
+          instance: h.instance,
+          ...(h.takeover ? { takeover: true } : {}),
+        })),
         remove: removed,
       });
       this.diskError = undefined;
@@ -127,7 +139,10 @@ export abstract class NodeAgentIntents extends LazyEmitter<NodeAgentEvents> {
       // The agent keeps serving; the handles say they are not durable until a later write succeeds.
       const code = (err as { code?: unknown }).code;
       this.diskError = typeof code === 'string' ? code : String(err);
-      this.env.log.error({ err: String(err), handles: put.length, removed: removed.length }, 'could not write the node-local requestId file');
+      this.env.log.error(
+        { err: String(err), handles: put.length, removed: removed.length },
+        'could not write the node-local requestId file',
+      );
       for (const id of removed) this.unforgotten.add(id);
       if (put.length > 0) this.step({ type: 'kept', hs: put, error: this.diskError });
       return false;
@@ -185,15 +200,22 @@ export abstract class NodeAgentIntents extends LazyEmitter<NodeAgentEvents> {
         this.env.clock.clearTimeout(this.timers.get(i.h));
         this.timers.delete(i.h);
         const h = i.h;
-        if (i.on) this.timers.set(h, this.env.clock.setTimeout(() => this.step({ type: 'pause-timeout', h }), h.pauseTimeoutMs));
+        if (i.on)
+          this.timers.set(
+            h,
+            this.env.clock.setTimeout(() => this.step({ type: 'pause-timeout', h }), h.pauseTimeoutMs),
+          );
         return;
       }
       case 'retry-later':
         if (this.retryTimer !== undefined) return;
-        this.retryTimer = this.env.clock.setTimeout(() => {
-          this.retryTimer = undefined;
-          this.step({ type: 'retry' });
-        }, backoffDelay(2, this.opts.backoffBaseMs ?? 100, this.opts.backoffMaxMs ?? 2000, this.env.random()));
+        this.retryTimer = this.env.clock.setTimeout(
+          () => {
+            this.retryTimer = undefined;
+            this.step({ type: 'retry' });
+          },
+          backoffDelay(2, this.opts.backoffBaseMs ?? 100, this.opts.backoffMaxMs ?? 2000, this.env.random()),
+        );
         return;
       case 'drop-session':
         if (this.conn) this.session.send({ type: 'SOCKET_CLOSED', reason: i.why });

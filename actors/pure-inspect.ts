@@ -6,7 +6,15 @@
  * `pureInspector(undefined)` is undefined, and `insp?.update(h, e, snapshotOf(h))` then does not
  * even build its arguments.
  */
-import type { ActorRefLike, AnyStateMachine, AnyStateNode, AnyTransitionDefinition, EventObject, InspectionEvent, StateValue } from 'xstate';
+import type {
+  ActorRefLike,
+  AnyStateMachine,
+  AnyStateNode,
+  AnyTransitionDefinition,
+  EventObject,
+  InspectionEvent,
+  StateValue,
+} from 'xstate';
 import type { InspectionObserver } from './env.js';
 
 /** What the inspector needs of a snapshot: the machine's state value, its context, and whether it ended. */
@@ -72,7 +80,14 @@ export function pureInspector<K>(observer: InspectionObserver | undefined): Pure
       emit({ type: '@xstate.actor', actorRef: ref, rootId: ref.rootId });
       emit({ type: '@xstate.event', actorRef: ref, sourceRef: parent, event: init, rootId: ref.rootId });
       for (const step of settle(machine.root.initial?.target ?? [], active(machine, snapshot.value))) {
-        emit({ type: '@xstate.microstep', actorRef: ref, event: init, snapshot, _transitions: step, rootId: ref.rootId });
+        emit({
+          type: '@xstate.microstep',
+          actorRef: ref,
+          event: init,
+          snapshot,
+          _transitions: step,
+          rootId: ref.rootId,
+        });
       }
       emit({ type: '@xstate.snapshot', actorRef: ref, event: init, snapshot, rootId: ref.rootId });
       end(id, ref);
@@ -84,7 +99,8 @@ export function pureInspector<K>(observer: InspectionObserver | undefined): Pure
       ref.snapshot = snapshot;
       emit({ type: '@xstate.event', actorRef: ref, sourceRef: undefined, event, rootId: ref.rootId });
       const steps = transitionsTaken(ref.logic, before.value, event.type, snapshot.value);
-      for (const step of steps.length > 0 ? steps : [[]]) emit({ type: '@xstate.microstep', actorRef: ref, event, snapshot, _transitions: step, rootId: ref.rootId });
+      for (const step of steps.length > 0 ? steps : [[]])
+        emit({ type: '@xstate.microstep', actorRef: ref, event, snapshot, _transitions: step, rootId: ref.rootId });
       emit({ type: '@xstate.snapshot', actorRef: ref, event, snapshot, rootId: ref.rootId });
       end(id, ref);
     },
@@ -126,7 +142,9 @@ function active(machine: AnyStateMachine, value: StateValue): Map<string, AnySta
 
 /** Whether entering `nodes` ends, through eventless transitions, in the active nodes `to`. */
 function landsIn(nodes: readonly AnyStateNode[], to: Map<string, AnyStateNode>, depth = 0): boolean {
-  return nodes.every((n) => to.has(n.id) || (depth < 32 && (n.always ?? []).some((t) => landsIn(t.target ?? [], to, depth + 1))));
+  return nodes.every(
+    (n) => to.has(n.id) || (depth < 32 && (n.always ?? []).some((t) => landsIn(t.target ?? [], to, depth + 1))),
+  );
 }
 
 /**
@@ -163,17 +181,29 @@ function settle(entered: readonly AnyStateNode[], to: Map<string, AnyStateNode>)
  * transitions (one per parallel region, deepest state first, as XState selects them), then the
  * eventless ones. None if it stayed where it was.
  */
-function transitionsTaken(machine: AnyStateMachine, from: StateValue, eventType: string, to: StateValue): AnyTransitionDefinition[][] {
+function transitionsTaken(
+  machine: AnyStateMachine,
+  from: StateValue,
+  eventType: string,
+  to: StateValue,
+): AnyTransitionDefinition[][] {
   if (JSON.stringify(from) === JSON.stringify(to)) return [];
   const toNodes = active(machine, to);
   const nodes = [...active(machine, from).values()].sort((a, b) => b.path.length - a.path.length);
   const taken: AnyTransitionDefinition[] = [];
-  const related = (a: AnyStateNode, b: AnyStateNode) => a.id === b.id || a.id.startsWith(`${b.id}.`) || b.id.startsWith(`${a.id}.`);
+  const related = (a: AnyStateNode, b: AnyStateNode) =>
+    a.id === b.id || a.id.startsWith(`${b.id}.`) || b.id.startsWith(`${a.id}.`);
   for (const node of nodes) {
     if (taken.some((t) => related(t.source, node))) continue;
     const t = (node.transitions.get(eventType) ?? []).find((c) => c.target !== undefined && landsIn(c.target, toNodes));
     if (t) taken.push(t);
   }
   if (taken.length === 0) return [];
-  return [taken, ...settle(taken.flatMap((t) => t.target ?? []), toNodes)];
+  return [
+    taken,
+    ...settle(
+      taken.flatMap((t) => t.target ?? []),
+      toNodes,
+    ),
+  ];
 }

@@ -10,7 +10,14 @@ import { SafeResumeError } from '../errors.js';
 import { DEFAULT_HEARTBEAT_INTERVAL_MS } from '../transport/messages.js';
 import type { Connection, Listener, Transport } from '../transport/types.js';
 import { StoreUnavailableError, type Store } from '../store/types.js';
-import { MAX_PRINCIPALS_PER_SESSION, ReplicaCore, type ReplicaInput, type ReplicaIntent, type StoreCall, type StoreFailure } from '../core/replica.js';
+import {
+  MAX_PRINCIPALS_PER_SESSION,
+  ReplicaCore,
+  type ReplicaInput,
+  type ReplicaIntent,
+  type StoreCall,
+  type StoreFailure,
+} from '../core/replica.js';
 import type { HandleRecord, ReplicaHandleView } from '../core/replica-handles.js';
 import { actorLog, defaultEnv, every, type Env } from './env.js';
 import { pureInspector } from './pure-inspect.js';
@@ -163,13 +170,20 @@ export class StorageReplica {
       preAuthMs: this.opts.helloTimeoutMs ?? 5000,
       maxConnections: this.opts.maxConnections ?? 1024,
       maxUnauthenticated: this.opts.maxUnauthenticated ?? 256,
-      ...(this.opts.maxUnauthenticatedPerSource !== undefined ? { maxUnauthenticatedPerSource: this.opts.maxUnauthenticatedPerSource } : {}),
+      ...(this.opts.maxUnauthenticatedPerSource !== undefined
+        ? { maxUnauthenticatedPerSource: this.opts.maxUnauthenticatedPerSource }
+        : {}),
     };
-    const onLimit = ({ source, held }: { source: string; held: number }) => this.feed({ type: 'source-limited', source, held });
+    const onLimit = ({ source, held }: { source: string; held: number }) =>
+      this.feed({ type: 'source-limited', source, held });
     this.listener = await this.opts.transport.listen({ ...listenOpts, limits, onLimit });
     this.listener.onConnection((conn) => this.accept(conn));
     const { clock } = this.env;
-    this.stopTimers.push(every(clock, this.opts.renewIntervalMs ?? Math.max(1, Math.floor(this.leaseMs / 3)), () => this.feed({ type: 'renew-tick' })));
+    this.stopTimers.push(
+      every(clock, this.opts.renewIntervalMs ?? Math.max(1, Math.floor(this.leaseMs / 3)), () =>
+        this.feed({ type: 'renew-tick' }),
+      ),
+    );
     this.stopTimers.push(every(clock, this.heartbeatIntervalMs, () => this.reap()));
     this.env.log.info({ url: this.listener.url, store: this.store.kind, holdMs: this.holdMs }, 'replica listening');
     return this;
@@ -200,8 +214,22 @@ export class StorageReplica {
   }
 
   /** Per session: requests in flight, their bytes, replies waiting to be sent, and whether reading is paused. */
-  sessionLoad(): Array<{ session: string; node: string; inflight: number; inflightBytes: number; bufferedBytes: number; paused: boolean }> {
-    return [...this.core.sessions.values()].map((s) => ({ session: s.id, node: s.node, inflight: s.inflight, inflightBytes: s.inflightBytes, bufferedBytes: this.conns.get(s.conn)?.bufferedBytes ?? 0, paused: s.paused }));
+  sessionLoad(): Array<{
+    session: string;
+    node: string;
+    inflight: number;
+    inflightBytes: number;
+    bufferedBytes: number;
+    paused: boolean;
+  }> {
+    return [...this.core.sessions.values()].map((s) => ({
+      session: s.id,
+      node: s.node,
+      inflight: s.inflight,
+      inflightBytes: s.inflightBytes,
+      bufferedBytes: this.conns.get(s.conn)?.bufferedBytes ?? 0,
+      paused: s.paused,
+    }));
   }
 
   handles(): ReplicaHandleView[] {
@@ -334,7 +362,8 @@ export class StorageReplica {
 
 /** A store call's failure as the core takes it. */
 function failureOf(err: unknown): StoreFailure {
-  if (err instanceof StoreUnavailableError) return { kind: 'unavailable', message: err.message, maybeApplied: err.maybeApplied };
+  if (err instanceof StoreUnavailableError)
+    return { kind: 'unavailable', message: err.message, maybeApplied: err.maybeApplied };
   if (err instanceof SafeResumeError) return { kind: 'refused', code: err.code, message: err.message };
   return { kind: 'internal', error: err };
 }

@@ -15,7 +15,11 @@ const DATA = Buffer.alloc(4096, 7);
 const now = () => performance.now();
 
 /** Raw etcd: `count` guarded transactions, each putting one 4 KiB page, `inFlight` at a time. */
-export async function rawEtcd(endpoints: string[], count: number, inFlight: number): Promise<{ rate: number; p50: number }> {
+export async function rawEtcd(
+  endpoints: string[],
+  count: number,
+  inFlight: number,
+): Promise<{ rate: number; p50: number }> {
   const c = new Etcd3({ hosts: endpoints.map((e) => `http://${e}`) });
   const prefix = `/raw-${Math.random().toString(36).slice(2, 8)}/`;
   try {
@@ -28,7 +32,10 @@ export async function rawEtcd(endpoints: string[], count: number, inFlight: numb
         while (next < count) {
           const i = next++;
           const t = now();
-          const r = await c.if(`${prefix}owner`, 'Value', '==', 'me').then(c.put(`${prefix}d/${i % 64}`).value(DATA)).commit();
+          const r = await c
+            .if(`${prefix}owner`, 'Value', '==', 'me')
+            .then(c.put(`${prefix}d/${i % 64}`).value(DATA))
+            .commit();
           if (!r.succeeded) throw new Error('raw etcd: the guard failed');
           lat.push(now() - t);
         }
@@ -53,7 +60,11 @@ export function etcdMembers(dir: string): Promise<EtcdMembers> {
  * `killAt` and started again `downMs` later. Latencies of the writes done before the kill, and of every
  * write in flight at any moment of the `windowMs` after it (those the leader change could delay).
  */
-export async function leaderChange(members: EtcdMembers, write: (worker: number, i: number) => Promise<unknown>, opts: { workers: number; ms: number; killAt: number; downMs: number; windowMs: number }): Promise<{ before: number[]; during: number[] }> {
+export async function leaderChange(
+  members: EtcdMembers,
+  write: (worker: number, i: number) => Promise<unknown>,
+  opts: { workers: number; ms: number; killAt: number; downMs: number; windowMs: number },
+): Promise<{ before: number[]; during: number[] }> {
   const done: Array<{ start: number; end: number }> = [];
   const t0 = now();
   let killedAt = Infinity;
@@ -77,6 +88,8 @@ export async function leaderChange(members: EtcdMembers, write: (worker: number,
   );
   await chaos;
   const before = done.filter((d) => d.end < killedAt).map((d) => d.end - d.start);
-  const during = done.filter((d) => d.end >= killedAt && d.start < killedAt + opts.windowMs).map((d) => d.end - d.start);
+  const during = done
+    .filter((d) => d.end >= killedAt && d.start < killedAt + opts.windowMs)
+    .map((d) => d.end - d.start);
   return { before, during };
 }

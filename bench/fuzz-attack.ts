@@ -7,18 +7,57 @@ import { decode, encode } from '../transport/codec.js';
 import { PROTOCOL_VERSION, type MessageOf } from '../transport/messages.js';
 import { CLOSE } from '../transport/types.js';
 import { BrokenSeal, RawConn } from './fuzz-conn.js';
-import { BAD_SHAPES, DECODE_LEVEL, Frame, GenContext, Json, JsonObject, MAX_FRAME, MIXED, MiB, PRINCIPAL, Rng, asBinary, connectionSeed, junkFrame, nextFrame, preview, stringify, text } from './fuzz-frames.js';
+import {
+  BAD_SHAPES,
+  DECODE_LEVEL,
+  Frame,
+  GenContext,
+  Json,
+  JsonObject,
+  MAX_FRAME,
+  MIXED,
+  MiB,
+  PRINCIPAL,
+  Rng,
+  asBinary,
+  connectionSeed,
+  junkFrame,
+  nextFrame,
+  preview,
+  stringify,
+  text,
+} from './fuzz-frames.js';
 import { sleep } from './fuzz-procs.js';
 
 // ---------------------------------------------------------------- the fuzz connections
 
 type PreScenario =
-  | 'junk-first' | 'bad-hello' | 'oversized-first' | 'half-handshake' | 'junk-after-challenge'
-  | 'wrong-node-proof' | 'forged-credential' | 'replayed-auth' | 'wrong-principal-proof' | 'hello-twice' | 'silent' | 'invalid-utf8';
+  | 'junk-first'
+  | 'bad-hello'
+  | 'oversized-first'
+  | 'half-handshake'
+  | 'junk-after-challenge'
+  | 'wrong-node-proof'
+  | 'forged-credential'
+  | 'replayed-auth'
+  | 'wrong-principal-proof'
+  | 'hello-twice'
+  | 'silent'
+  | 'invalid-utf8';
 
 const PRE_SCENARIOS: ReadonlyArray<readonly [number, PreScenario]> = [
-  [28, 'junk-first'], [12, 'bad-hello'], [2, 'oversized-first'], [12, 'half-handshake'], [10, 'junk-after-challenge'],
-  [8, 'wrong-node-proof'], [4, 'forged-credential'], [4, 'replayed-auth'], [8, 'wrong-principal-proof'], [5, 'hello-twice'], [4, 'silent'], [3, 'invalid-utf8'],
+  [28, 'junk-first'],
+  [12, 'bad-hello'],
+  [2, 'oversized-first'],
+  [12, 'half-handshake'],
+  [10, 'junk-after-challenge'],
+  [8, 'wrong-node-proof'],
+  [4, 'forged-credential'],
+  [4, 'replayed-auth'],
+  [8, 'wrong-principal-proof'],
+  [5, 'hello-twice'],
+  [4, 'silent'],
+  [3, 'invalid-utf8'],
 ];
 
 export interface ConnPlan {
@@ -38,12 +77,25 @@ export function buildPlan(seed: number, frames: number, connections: number): { 
   const r = new Rng(seededRandom(seed));
   const plan: ConnPlan[] = [];
   for (let i = 0; i < connections; i++) {
-    plan.push({ index: i, kind: r.chance(0.3) ? 'pre' : 'post', scenario: r.weighted(PRE_SCENARIOS), style: r.weighted([[10, 'flood'], [25, 'sealed'], [65, 'mixed']] as const), budget: 0 });
+    plan.push({
+      index: i,
+      kind: r.chance(0.3) ? 'pre' : 'post',
+      scenario: r.weighted(PRE_SCENARIOS),
+      style: r.weighted([
+        [10, 'flood'],
+        [25, 'sealed'],
+        [65, 'mixed'],
+      ] as const),
+      budget: 0,
+    });
   }
   const pre = plan.filter((p) => p.kind === 'pre').length;
   const posts = plan.length - pre;
   const share = posts > 0 ? Math.max(1, Math.round((frames - pre * 2) / posts)) : Math.max(1, frames);
-  for (const p of plan) if (p.kind === 'post') p.budget = p.style === 'flood' ? Math.max(share, 110 + r.int(60)) : Math.max(1, Math.round(share * (0.5 + r.next())));
+  for (const p of plan)
+    if (p.kind === 'post')
+      p.budget =
+        p.style === 'flood' ? Math.max(share, 110 + r.int(60)) : Math.max(1, Math.round(share * (0.5 + r.next())));
   return { plan, share };
 }
 
@@ -104,7 +156,13 @@ export interface Run {
 
 function context(run: Run, p: ConnPlan): GenContext {
   let id = 0;
-  return { rng: new Rng(seededRandom(connectionSeed(run.seed, p.index))), nextId: () => ++id, usedIds: new Set(), legit: run.legit, maxNestingBytes: run.maxNestingBytes };
+  return {
+    rng: new Rng(seededRandom(connectionSeed(run.seed, p.index))),
+    nextId: () => ++id,
+    usedIds: new Set(),
+    legit: run.legit,
+    maxNestingBytes: run.maxNestingBytes,
+  };
 }
 
 /** Count a frame sent; false (and nothing sent) if the connection is no longer open. */
@@ -180,22 +238,38 @@ export async function preAuth(run: Run, p: ConnPlan): Promise<void> {
   const nonce = seededIds(c.rng.next)();
   const sentHere: Frame[] = [];
   const send = (f: Frame): boolean => sendCounted(run, conn, f, true) && sentHere.push(f) > 0;
-  const hello = (): boolean => send({ bytes: encode(helloFrame(issueCredential(run.secret, 'node', node), nonce)), binary: true, kind: 'hello' });
-  const gotChallenge = async () => hello() && (await conn.until(() => challenge !== undefined || refusedWith !== undefined, 3000)) && challenge !== undefined;
+  const hello = (): boolean =>
+    send({ bytes: encode(helloFrame(issueCredential(run.secret, 'node', node), nonce)), binary: true, kind: 'hello' });
+  const gotChallenge = async () =>
+    hello() &&
+    (await conn.until(() => challenge !== undefined || refusedWith !== undefined, 3000)) &&
+    challenge !== undefined;
   /** The replica owes a refusal: an error and a close (or a close alone, for a limit or a protocol error in `ws`). */
   const expectRefusal = async (what: string) => {
     if (!(await conn.until(() => conn.closed, 3000)) && !run.stopping) {
       t.preAuthUnrefused++;
-      t.finding(`pre-auth #${p.index} (${p.scenario}): ${what} was neither refused nor closed within 3 s${refusedWith ? ` (got ${refusedWith})` : ''}; sent ${sentHere.map(preview).join(', ')}`);
+      t.finding(
+        `pre-auth #${p.index} (${p.scenario}): ${what} was neither refused nor closed within 3 s${refusedWith ? ` (got ${refusedWith})` : ''}; sent ${sentHere.map(preview).join(', ')}`,
+      );
     }
   };
   const auth = (ch: MessageOf<'challenge'>, how: 'random' | 'forged' | 'replayed' | 'principal'): MessageOf<'auth'> => {
     const tr = transcript(node, nonce, ch.nonce, ch.replica);
     if (how === 'random') return { type: 'auth', proof: c.rng.str(43), principals: [] };
-    if (how === 'forged') return { type: 'auth', proof: proofs.node(credentialKey(issueCredential(WRONG_SECRET, 'node', node)), tr), principals: [] };
+    if (how === 'forged')
+      return {
+        type: 'auth',
+        proof: proofs.node(credentialKey(issueCredential(WRONG_SECRET, 'node', node)), tr),
+        principals: [],
+      };
     if (how === 'replayed') return run.lastAuth ?? { type: 'auth', proof: c.rng.str(43), principals: [] };
     // The node's own proof is right; the principal's is made with a key from another cluster.
-    return answerChallenge(issueCredential(run.secret, 'node', node), [issueCredential(WRONG_SECRET, 'principal', PRINCIPAL)], nonce, ch).auth;
+    return answerChallenge(
+      issueCredential(run.secret, 'node', node),
+      [issueCredential(WRONG_SECRET, 'principal', PRINCIPAL)],
+      nonce,
+      ch,
+    ).auth;
   };
   try {
     switch (p.scenario) {
@@ -223,7 +297,9 @@ export async function preAuth(run: Run, p: ConnPlan): Promise<void> {
       case 'half-handshake':
         if (!(await gotChallenge()) && !run.stopping) {
           t.preAuthUnrefused++;
-          t.finding(`pre-auth #${p.index}: a valid hello got no challenge within 3 s${refusedWith ? ` (got ${refusedWith})` : ''}`);
+          t.finding(
+            `pre-auth #${p.index}: a valid hello got no challenge within 3 s${refusedWith ? ` (got ${refusedWith})` : ''}`,
+          );
         }
         return;
       case 'hello-twice':
@@ -234,17 +310,22 @@ export async function preAuth(run: Run, p: ConnPlan): Promise<void> {
         return await expectRefusal('garbage instead of auth');
       case 'wrong-principal-proof': {
         // The node's proof is right: the session opens, and the welcome names the principal refused.
-        if ((await gotChallenge()) && challenge) send({ bytes: encode(auth(challenge, 'principal')), binary: true, kind: p.scenario });
+        if ((await gotChallenge()) && challenge)
+          send({ bytes: encode(auth(challenge, 'principal')), binary: true, kind: p.scenario });
         const answered = await conn.until(() => welcome !== undefined || conn.closed, 3000);
         if (!run.stopping && (!answered || !welcome?.refused?.includes(PRINCIPAL))) {
           t.preAuthUnrefused++;
-          t.finding(`pre-auth #${p.index} (${p.scenario}): a wrong principal proof was not refused in the welcome${refusedWith ? ` (got ${refusedWith})` : ''}; sent ${sentHere.map(preview).join(', ')}`);
+          t.finding(
+            `pre-auth #${p.index} (${p.scenario}): a wrong principal proof was not refused in the welcome${refusedWith ? ` (got ${refusedWith})` : ''}; sent ${sentHere.map(preview).join(', ')}`,
+          );
         }
         return;
       }
       default: {
-        const how = p.scenario === 'wrong-node-proof' ? 'random' : p.scenario === 'forged-credential' ? 'forged' : 'replayed';
-        if ((await gotChallenge()) && challenge) send({ bytes: encode(auth(challenge, how)), binary: true, kind: p.scenario });
+        const how =
+          p.scenario === 'wrong-node-proof' ? 'random' : p.scenario === 'forged-credential' ? 'forged' : 'replayed';
+        if ((await gotChallenge()) && challenge)
+          send({ bytes: encode(auth(challenge, how)), binary: true, kind: p.scenario });
         return await expectRefusal(`an auth with a wrong proof (${p.scenario})`);
       }
     }
@@ -254,8 +335,19 @@ export async function preAuth(run: Run, p: ConnPlan): Promise<void> {
 }
 
 /** Authenticate as `node` proving PRINCIPAL (asking for sealed frames or not); the welcome, or why not (a limit's refusal or a failure). */
-async function login(run: Run, conn: RawConn, node: string, nonce: string, seal: boolean): Promise<{ ok: true } | { ok: false; limit: boolean; why: string }> {
-  const l = bareLogin(issueCredential(run.secret, 'node', node), [issueCredential(run.secret, 'principal', PRINCIPAL)], nonce, seal);
+async function login(
+  run: Run,
+  conn: RawConn,
+  node: string,
+  nonce: string,
+  seal: boolean,
+): Promise<{ ok: true } | { ok: false; limit: boolean; why: string }> {
+  const l = bareLogin(
+    issueCredential(run.secret, 'node', node),
+    [issueCredential(run.secret, 'principal', PRINCIPAL)],
+    nonce,
+    seal,
+  );
   let welcomed = false;
   let heard = false;
   let refusal: string | undefined;
@@ -283,7 +375,10 @@ async function login(run: Run, conn: RawConn, node: string, nonce: string, seal:
   if (refusal === undefined && !conn.closed) return { ok: false, limit: false, why: 'no welcome within 5 s' };
   // A limit refuses with its own code (UNAVAILABLE), or drops the connection before a word of the
   // handshake (maxConnections, maxUnauthenticated); AUTH_FAILED, or a drop mid-handshake, is a failure.
-  const limit = refusal === undefined ? !heard && conn.closeCode !== CLOSE.AUTH_FAILED : refusal !== 'AUTH_FAILED' && !refusal.startsWith('reply');
+  const limit =
+    refusal === undefined
+      ? !heard && conn.closeCode !== CLOSE.AUTH_FAILED
+      : refusal !== 'AUTH_FAILED' && !refusal.startsWith('reply');
   return { ok: false, limit, why: refusal ?? `closed ${conn.closeCode}` };
 }
 
@@ -300,7 +395,9 @@ export async function postAuth(run: Run, p: ConnPlan): Promise<void> {
       if (run.stopping) return;
       if (in_.limit) t.refusedByLimit++;
       else t.handshakeFailures++;
-      t.finding(`session #${p.index}: not authenticated: ${in_.why}${in_.limit ? ' (counted as refused by limit)' : ''}`);
+      t.finding(
+        `session #${p.index}: not authenticated: ${in_.why}${in_.limit ? ' (counted as refused by limit)' : ''}`,
+      );
       return;
     }
     t.sessions++;
@@ -333,14 +430,17 @@ export async function postAuth(run: Run, p: ConnPlan): Promise<void> {
       if (!(await conn.until(() => answers >= sent, run.answerTimeoutMs))) break;
     }
     // Let answers to the last frames arrive if the loop stopped early.
-    if (answers < sent && conn.isOpen) await conn.until(() => answers >= sent, run.stopping ? 500 : run.answerTimeoutMs);
+    if (answers < sent && conn.isOpen)
+      await conn.until(() => answers >= sent, run.stopping ? 500 : run.answerTimeoutMs);
     t.answered += Math.min(answers, sent);
     const missing = Math.max(0, sent - answers);
     // Closed by the replica with a code (4002 after too many bad frames, or a limit): frames in flight are absorbed.
     if (conn.closed && !conn.byUs && conn.closeCode !== 1006 && conn.closeCode !== 1005) t.absorbedByClose += missing;
     else if (missing > 0 && !run.stopping) {
       t.unanswered += missing;
-      t.finding(`session #${p.index}: ${missing} of ${sent} frames unanswered (${conn.closed ? `closed ${conn.closeCode}` : 'connection open'}); expected ${JSON.stringify(expected)}, got ${JSON.stringify(got)}`);
+      t.finding(
+        `session #${p.index}: ${missing} of ${sent} frames unanswered (${conn.closed ? `closed ${conn.closeCode}` : 'connection open'}); expected ${JSON.stringify(expected)}, got ${JSON.stringify(got)}`,
+      );
     }
     for (const [k, n] of Object.entries(got)) {
       const extra = n - (expected[k] ?? 0);
@@ -379,7 +479,11 @@ export async function checkAlive(url: string, secret: string): Promise<{ ok: boo
   if (typeof conn === 'string') return { ok: false, detail: `cannot connect: ${conn}` };
   try {
     const nonce = randomBytes(16).toString('base64url');
-    const l = bareLogin(issueCredential(secret, 'node', 'fuzz-check'), [issueCredential(secret, 'principal', PRINCIPAL)], nonce);
+    const l = bareLogin(
+      issueCredential(secret, 'node', 'fuzz-check'),
+      [issueCredential(secret, 'principal', PRINCIPAL)],
+      nonce,
+    );
     let welcomed = false;
     let pong = false;
     conn.onMessage = (d) => {
@@ -395,7 +499,14 @@ export async function checkAlive(url: string, secret: string): Promise<{ ok: boo
     };
     conn.sendMessage(l.hello);
     await conn.until(() => pong, 5000);
-    return pong ? { ok: true, detail: 'a fresh session was welcomed and its ping answered' } : { ok: false, detail: welcomed ? 'welcomed, but no pong within 5 s' : `no welcome within 5 s${conn.closed ? ` (closed ${conn.closeCode})` : ''}` };
+    return pong
+      ? { ok: true, detail: 'a fresh session was welcomed and its ping answered' }
+      : {
+          ok: false,
+          detail: welcomed
+            ? 'welcomed, but no pong within 5 s'
+            : `no welcome within 5 s${conn.closed ? ` (closed ${conn.closeCode})` : ''}`,
+        };
   } finally {
     conn.terminate();
   }

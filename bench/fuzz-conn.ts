@@ -7,7 +7,8 @@ import { Frame, MiB } from './fuzz-frames.js';
 
 // ---------------------------------------------------------------- a raw client connection
 
-const toBuffer = (data: RawData): Buffer => (Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data));
+const toBuffer = (data: RawData): Buffer =>
+  Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
 
 export type BrokenSeal = 'flipped-mac' | 'replayed' | 'unsealed' | 'text';
 

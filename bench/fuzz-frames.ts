@@ -55,7 +55,10 @@ export type JsonObject = { [k: string]: Json };
 export function stringify(v: Json): string {
   if (v instanceof RawJson) return v.text;
   if (Array.isArray(v)) return `[${v.map(stringify).join(',')}]`;
-  if (v !== null && typeof v === 'object') return `{${Object.entries(v).map(([k, x]) => `${JSON.stringify(k)}:${stringify(x)}`).join(',')}}`;
+  if (v !== null && typeof v === 'object')
+    return `{${Object.entries(v)
+      .map(([k, x]) => `${JSON.stringify(k)}:${stringify(x)}`)
+      .join(',')}}`;
   return JSON.stringify(v);
 }
 
@@ -74,7 +77,19 @@ interface Planned extends Frame {
 /** The principal the fuzz sessions prove; anything else named in a frame is unproven there. */
 export const PRINCIPAL = 'p';
 const REQUEST_TYPES = ['open', 'write', 'read', 'close', 'resume', 'prove', 'ping'] as const;
-const REPLY_TYPES = ['challenge', 'welcome', 'pong', 'opened', 'resumed', 'written', 'data', 'closed', 'error', 'notice', 'revoked'] as const;
+const REPLY_TYPES = [
+  'challenge',
+  'welcome',
+  'pong',
+  'opened',
+  'resumed',
+  'written',
+  'data',
+  'closed',
+  'error',
+  'notice',
+  'revoked',
+] as const;
 const ALL_TYPES = [...MESSAGE_TYPES];
 export const MiB = 1024 * 1024;
 /** The replica's largest accepted frame (codec default) and what `ws` itself refuses beyond (twice that). */
@@ -103,31 +118,69 @@ function template(c: GenContext, type: string): { obj: JsonObject; data?: Buffer
   const id = c.nextId();
   const mode = r.pick(['read', 'write']);
   switch (type) {
-    case 'hello': return { obj: { type, v: PROTOCOL_VERSION, node: validName(r), nonce: r.str(21) } };
-    case 'auth': return { obj: { type, proof: r.str(43), principals: [{ name: PRINCIPAL, proof: r.str(43) }] } };
-    case 'prove': return { obj: { type, principal: r.pick([PRINCIPAL, validName(r)]), proof: r.str(43) } };
-    case 'ping': return { obj: { type, t: r.int(1e9) } };
-    case 'open': return { obj: { type, id, target, requestId: rid, principal: r.pick([PRINCIPAL, 'default', validName(r)]), mode } };
-    case 'resume': return { obj: { type, id, items: Array.from({ length: 1 + r.int(3) }, () => ({ target, requestId: rid, principal: r.pick(['default', validName(r)]), mode, version: r.int(5) })) } };
-    case 'write': return { obj: { type, id, target, requestId: rid, seq: 1 + r.int(100), offset: r.int(1 << 20) }, data: r.bytes(r.size(1, 4096)) };
-    case 'read': return { obj: { type, id, target, requestId: rid, offset: r.int(1 << 20), length: r.int(4097) } };
-    case 'close': return { obj: { type, id, target, requestId: rid } };
-    case 'challenge': return { obj: { type, replica: 'replica-1', nonce: r.str(21), proof: r.str(43) } };
-    case 'welcome': return { obj: { type, session: r.str(21), replica: 'replica-1', heartbeatIntervalMs: 1000, available: true } };
-    case 'pong': return { obj: { type, t: r.int(1e9) } };
-    case 'opened': return { obj: { type, id, version: 0, lastSeq: 0 } };
-    case 'resumed': return { obj: { type, id, results: [] } };
-    case 'written': return { obj: { type, id, seq: 1, version: 1 } };
-    case 'data': return { obj: { type, id, version: 1 }, data: r.bytes(r.int(64)) };
-    case 'closed': return { obj: { type, id } };
-    case 'error': return { obj: { type, id, code: 'BAD_FRAME', message: 'x', retryable: false } };
-    case 'notice': return { obj: { type, kind: 'available' } };
-    default: return { obj: { type, target, requestId: rid, reason: 'MODIFIED' } };
+    case 'hello':
+      return { obj: { type, v: PROTOCOL_VERSION, node: validName(r), nonce: r.str(21) } };
+    case 'auth':
+      return { obj: { type, proof: r.str(43), principals: [{ name: PRINCIPAL, proof: r.str(43) }] } };
+    case 'prove':
+      return { obj: { type, principal: r.pick([PRINCIPAL, validName(r)]), proof: r.str(43) } };
+    case 'ping':
+      return { obj: { type, t: r.int(1e9) } };
+    case 'open':
+      return {
+        obj: { type, id, target, requestId: rid, principal: r.pick([PRINCIPAL, 'default', validName(r)]), mode },
+      };
+    case 'resume':
+      return {
+        obj: {
+          type,
+          id,
+          items: Array.from({ length: 1 + r.int(3) }, () => ({
+            target,
+            requestId: rid,
+            principal: r.pick(['default', validName(r)]),
+            mode,
+            version: r.int(5),
+          })),
+        },
+      };
+    case 'write':
+      return {
+        obj: { type, id, target, requestId: rid, seq: 1 + r.int(100), offset: r.int(1 << 20) },
+        data: r.bytes(r.size(1, 4096)),
+      };
+    case 'read':
+      return { obj: { type, id, target, requestId: rid, offset: r.int(1 << 20), length: r.int(4097) } };
+    case 'close':
+      return { obj: { type, id, target, requestId: rid } };
+    case 'challenge':
+      return { obj: { type, replica: 'replica-1', nonce: r.str(21), proof: r.str(43) } };
+    case 'welcome':
+      return { obj: { type, session: r.str(21), replica: 'replica-1', heartbeatIntervalMs: 1000, available: true } };
+    case 'pong':
+      return { obj: { type, t: r.int(1e9) } };
+    case 'opened':
+      return { obj: { type, id, version: 0, lastSeq: 0 } };
+    case 'resumed':
+      return { obj: { type, id, results: [] } };
+    case 'written':
+      return { obj: { type, id, seq: 1, version: 1 } };
+    case 'data':
+      return { obj: { type, id, version: 1 }, data: r.bytes(r.int(64)) };
+    case 'closed':
+      return { obj: { type, id } };
+    case 'error':
+      return { obj: { type, id, code: 'BAD_FRAME', message: 'x', retryable: false } };
+    case 'notice':
+      return { obj: { type, kind: 'available' } };
+    default:
+      return { obj: { type, target, requestId: rid, reason: 'MODIFIED' } };
   }
 }
 
 /** Mostly requests (what a replica expects), sometimes any type. */
-const anyTemplate = (c: GenContext) => template(c, c.rng.chance(0.7) ? c.rng.pick(REQUEST_TYPES) : c.rng.pick(ALL_TYPES));
+const anyTemplate = (c: GenContext) =>
+  template(c, c.rng.chance(0.7) ? c.rng.pick(REQUEST_TYPES) : c.rng.pick(ALL_TYPES));
 
 function binaryFrame(header: Buffer, data: Buffer = Buffer.alloc(0), headerLength = header.length): Buffer {
   const out = Buffer.allocUnsafe(4 + header.length + data.length);
@@ -155,7 +208,8 @@ function fieldsOf(obj: JsonObject): Array<[JsonObject | Json[], string | number]
     if (Array.isArray(v)) {
       v.forEach((x, i) => {
         out.push([v, i]);
-        if (x !== null && typeof x === 'object' && !Array.isArray(x) && !(x instanceof RawJson)) for (const kk of Object.keys(x)) out.push([x, kk]);
+        if (x !== null && typeof x === 'object' && !Array.isArray(x) && !(x instanceof RawJson))
+          for (const kk of Object.keys(x)) out.push([x, kk]);
       });
     }
   }
@@ -172,10 +226,78 @@ function setField(c: GenContext, obj: JsonObject, value: Json, only?: (v: Json) 
   (o as Record<string | number, Json>)[k] = value;
 }
 
-const WRONG_VALUES: Json[] = [null, true, false, 0, -1, 1.5, '', 'x', [], {}, [1], { a: 1 }, new RawJson('1e999'), 2 ** 53, -(2 ** 53), 'null', '{}', '1'];
-const OUT_OF_RANGE: Json[] = [-1, -0.5, 0.1, 1.5, 2 ** 53, 2 ** 53 + 2, 2 ** 64, 1e308, -1e308, new RawJson('1e999'), new RawJson('-1e999'), MAX_IO_BYTES + 1, -(2 ** 31)];
-export const BAD_SHAPES: string[] = ['', ' ', 'a b', '../../etc/passwd', 'é'.repeat(30), '\u0000'.repeat(21), 'x'.repeat(65), 'x'.repeat(20), '-lead', '.dot', 'x'.repeat(129), '\ud800\ud800', 'a\nb', '<script>', '%00%00%00%00%00%00%00%00', '${jndi:ldap://x}', 'p ', ' p', 'P'];
-const UNKNOWN_TYPES: string[] = ['OPEN', 'Open', 'open ', ' open', '', 'constructor', '__proto__', 'toString', 'hasOwnProperty', 'valueOf', 'writes', 'error\u0000', 'ωrite', 'x'.repeat(10_000)];
+const WRONG_VALUES: Json[] = [
+  null,
+  true,
+  false,
+  0,
+  -1,
+  1.5,
+  '',
+  'x',
+  [],
+  {},
+  [1],
+  { a: 1 },
+  new RawJson('1e999'),
+  2 ** 53,
+  -(2 ** 53),
+  'null',
+  '{}',
+  '1',
+];
+const OUT_OF_RANGE: Json[] = [
+  -1,
+  -0.5,
+  0.1,
+  1.5,
+  2 ** 53,
+  2 ** 53 + 2,
+  2 ** 64,
+  1e308,
+  -1e308,
+  new RawJson('1e999'),
+  new RawJson('-1e999'),
+  MAX_IO_BYTES + 1,
+  -(2 ** 31),
+];
+export const BAD_SHAPES: string[] = [
+  '',
+  ' ',
+  'a b',
+  '../../etc/passwd',
+  'é'.repeat(30),
+  '\u0000'.repeat(21),
+  'x'.repeat(65),
+  'x'.repeat(20),
+  '-lead',
+  '.dot',
+  'x'.repeat(129),
+  '\ud800\ud800',
+  'a\nb',
+  '<script>',
+  '%00%00%00%00%00%00%00%00',
+  '${jndi:ldap://x}',
+  'p ',
+  ' p',
+  'P',
+];
+const UNKNOWN_TYPES: string[] = [
+  'OPEN',
+  'Open',
+  'open ',
+  ' open',
+  '',
+  'constructor',
+  '__proto__',
+  'toString',
+  'hasOwnProperty',
+  'valueOf',
+  'writes',
+  'error\u0000',
+  'ωrite',
+  'x'.repeat(10_000),
+];
 
 /**
  * Nested arrays or objects, up to `maxNestingBytes` of JSON. The default (200 KB) costs the replica
@@ -205,75 +327,230 @@ type Gen = (c: GenContext) => Frame;
 
 /** Frames the codec must refuse (BAD_FRAME, UNKNOWN_TYPE, FRAME_TOO_LARGE). */
 export const DECODE_LEVEL: ReadonlyArray<readonly [number, Gen]> = [
-  [8, (c) => { const t = anyTemplate(c); setField(c, t.obj, c.rng.pick(WRONG_VALUES)); return serialize(c, t, 'wrong-type'); }],
-  [8, (c) => { const t = anyTemplate(c); const ks = Object.keys(t.obj).filter((k) => k !== 'type'); if (ks.length) delete t.obj[c.rng.pick(ks)]; else delete t.obj.type; return serialize(c, t, 'missing-field'); }],
-  [6, (c) => { const t = anyTemplate(c); setField(c, t.obj, c.rng.pick(OUT_OF_RANGE), (v) => typeof v === 'number'); return serialize(c, t, 'out-of-range'); }],
-  [8, (c) => { const t = anyTemplate(c); setField(c, t.obj, c.rng.pick(BAD_SHAPES), (v) => typeof v === 'string'); return serialize(c, t, 'bad-shape'); }],
-  [1, (c) => { const t = anyTemplate(c); setField(c, t.obj, 'A'.repeat(c.rng.size(1025, 512 * 1024)), (v) => typeof v === 'string'); return serialize(c, t, 'huge-string'); }],
-  [4, (c) => {
-    const t = anyTemplate(c);
-    const which = c.rng.int(4);
-    if (which === 0) t.obj.data = c.rng.pick([[1, 2, 3], 'AAAA', { type: 'Buffer', data: [1] }]);
-    else if (which === 1) t.obj[`x${c.rng.int(100)}`] = c.rng.pick(WRONG_VALUES);
-    else if (which === 2) t.obj[String('constructor')] = { prototype: { admin: true } };
-    else {
-      // JSON.parse makes "__proto__" an own key; it must not reach any object's prototype.
-      const f = serialize(c, t, 'extra-field');
-      const s = f.binary ? f.bytes.subarray(4).toString() : f.bytes.toString();
-      return text(s.replace(/^\{/, '{"__proto__":{"admin":true,"type":"ping"},'), 'extra-field');
-    }
-    return serialize(c, t, 'extra-field');
-  }],
-  [1, (c) => {
-    if (c.rng.chance(0.3)) return text(deep(c).text, 'deep-nesting');
-    const t = anyTemplate(c);
-    if (c.rng.chance(0.5)) setField(c, t.obj, deep(c));
-    else t.obj.extra = deep(c);
-    return serialize(c, t, 'deep-nesting');
-  }],
-  [5, (c) => { const t = anyTemplate(c); t.obj.type = c.rng.chance(0.8) ? c.rng.pick(UNKNOWN_TYPES) : c.rng.str(1 + c.rng.int(30)); return serialize(c, t, 'unknown-type'); }],
-  [5, (c) => { const t = anyTemplate(c); t.obj.type = c.rng.pick(ALL_TYPES); return serialize(c, t, 'type-swap'); }],
-  [3, (c) => { const t = template(c, c.rng.pick(['open', 'write', 'read', 'close', 'resume'])); t.obj.id = c.rng.pick<Json>([-1, 1.5, '1', null, 2 ** 53, [], {}, new RawJson('1e999')]); return serialize(c, t, 'wrong-id'); }],
-  [1, (c) => {
-    const t = template(c, 'resume');
-    const item = { target: 't', requestId: requestId(c.rng), principal: 'q', mode: 'read' };
-    t.obj.items = c.rng.chance(0.9) ? [] : Array.from({ length: 10_001 }, () => item);
-    return serialize(c, t, 'resume-bounds');
-  }],
-  [6, (c) => { const f = serialize(c, anyTemplate(c), 'truncate'); const b = f.bytes.subarray(0, c.rng.int(f.bytes.length)); return { ...f, bytes: f.binary ? Buffer.from(b) : utf8(b) }; }],
-  [8, (c) => { const f = serialize(c, anyTemplate(c), 'bit-flip'); const b = flipBits(c, f.bytes); return { ...f, bytes: f.binary ? b : utf8(b) }; }],
-  [5, (c) => {
-    const t = anyTemplate(c);
-    const header = Buffer.from(stringify(t.obj));
-    const lie = c.rng.pick([0, 0xffffffff, 256 * 1024 + 1 + c.rng.int(1000), header.length + 1 + c.rng.int(100), Math.max(0, header.length - 1 - c.rng.int(header.length))]);
-    return { bytes: binaryFrame(header, t.data, lie), binary: true, kind: 'lying-length' };
-  }],
+  [
+    8,
+    (c) => {
+      const t = anyTemplate(c);
+      setField(c, t.obj, c.rng.pick(WRONG_VALUES));
+      return serialize(c, t, 'wrong-type');
+    },
+  ],
+  [
+    8,
+    (c) => {
+      const t = anyTemplate(c);
+      const ks = Object.keys(t.obj).filter((k) => k !== 'type');
+      if (ks.length) delete t.obj[c.rng.pick(ks)];
+      else delete t.obj.type;
+      return serialize(c, t, 'missing-field');
+    },
+  ],
+  [
+    6,
+    (c) => {
+      const t = anyTemplate(c);
+      setField(c, t.obj, c.rng.pick(OUT_OF_RANGE), (v) => typeof v === 'number');
+      return serialize(c, t, 'out-of-range');
+    },
+  ],
+  [
+    8,
+    (c) => {
+      const t = anyTemplate(c);
+      setField(c, t.obj, c.rng.pick(BAD_SHAPES), (v) => typeof v === 'string');
+      return serialize(c, t, 'bad-shape');
+    },
+  ],
+  [
+    1,
+    (c) => {
+      const t = anyTemplate(c);
+      setField(c, t.obj, 'A'.repeat(c.rng.size(1025, 512 * 1024)), (v) => typeof v === 'string');
+      return serialize(c, t, 'huge-string');
+    },
+  ],
+  [
+    4,
+    (c) => {
+      const t = anyTemplate(c);
+      const which = c.rng.int(4);
+      if (which === 0) t.obj.data = c.rng.pick([[1, 2, 3], 'AAAA', { type: 'Buffer', data: [1] }]);
+      else if (which === 1) t.obj[`x${c.rng.int(100)}`] = c.rng.pick(WRONG_VALUES);
+      else if (which === 2) t.obj[String('constructor')] = { prototype: { admin: true } };
+      else {
+        // JSON.parse makes "__proto__" an own key; it must not reach any object's prototype.
+        const f = serialize(c, t, 'extra-field');
+        const s = f.binary ? f.bytes.subarray(4).toString() : f.bytes.toString();
+        return text(s.replace(/^\{/, '{"__proto__":{"admin":true,"type":"ping"},'), 'extra-field');
+      }
+      return serialize(c, t, 'extra-field');
+    },
+  ],
+  [
+    1,
+    (c) => {
+      if (c.rng.chance(0.3)) return text(deep(c).text, 'deep-nesting');
+      const t = anyTemplate(c);
+      if (c.rng.chance(0.5)) setField(c, t.obj, deep(c));
+      else t.obj.extra = deep(c);
+      return serialize(c, t, 'deep-nesting');
+    },
+  ],
+  [
+    5,
+    (c) => {
+      const t = anyTemplate(c);
+      t.obj.type = c.rng.chance(0.8) ? c.rng.pick(UNKNOWN_TYPES) : c.rng.str(1 + c.rng.int(30));
+      return serialize(c, t, 'unknown-type');
+    },
+  ],
+  [
+    5,
+    (c) => {
+      const t = anyTemplate(c);
+      t.obj.type = c.rng.pick(ALL_TYPES);
+      return serialize(c, t, 'type-swap');
+    },
+  ],
+  [
+    3,
+    (c) => {
+      const t = template(c, c.rng.pick(['open', 'write', 'read', 'close', 'resume']));
+      t.obj.id = c.rng.pick<Json>([-1, 1.5, '1', null, 2 ** 53, [], {}, new RawJson('1e999')]);
+      return serialize(c, t, 'wrong-id');
+    },
+  ],
+  [
+    1,
+    (c) => {
+      const t = template(c, 'resume');
+      const item = { target: 't', requestId: requestId(c.rng), principal: 'q', mode: 'read' };
+      t.obj.items = c.rng.chance(0.9) ? [] : Array.from({ length: 10_001 }, () => item);
+      return serialize(c, t, 'resume-bounds');
+    },
+  ],
+  [
+    6,
+    (c) => {
+      const f = serialize(c, anyTemplate(c), 'truncate');
+      const b = f.bytes.subarray(0, c.rng.int(f.bytes.length));
+      return { ...f, bytes: f.binary ? Buffer.from(b) : utf8(b) };
+    },
+  ],
+  [
+    8,
+    (c) => {
+      const f = serialize(c, anyTemplate(c), 'bit-flip');
+      const b = flipBits(c, f.bytes);
+      return { ...f, bytes: f.binary ? b : utf8(b) };
+    },
+  ],
+  [
+    5,
+    (c) => {
+      const t = anyTemplate(c);
+      const header = Buffer.from(stringify(t.obj));
+      const lie = c.rng.pick([
+        0,
+        0xffffffff,
+        256 * 1024 + 1 + c.rng.int(1000),
+        header.length + 1 + c.rng.int(100),
+        Math.max(0, header.length - 1 - c.rng.int(header.length)),
+      ]);
+      return { bytes: binaryFrame(header, t.data, lie), binary: true, kind: 'lying-length' };
+    },
+  ],
   [1, (c) => ({ bytes: c.rng.bytes(c.rng.int(4)), binary: true, kind: 'short-binary' })],
-  [2, (c) => { const t = template(c, c.rng.pick(['open', 'read', 'close', 'ping', 'prove'])); return { bytes: binaryFrame(Buffer.from(stringify(t.obj)), c.rng.bytes(1 + c.rng.int(100))), binary: true, kind: 'bytes-on-non-write' }; }],
-  [0.05, (c) => { const t = template(c, 'write'); return { bytes: binaryFrame(Buffer.from(stringify(t.obj)), Buffer.alloc(MAX_IO_BYTES + 1 + c.rng.int(4096), 7)), binary: true, kind: 'write-too-big' }; }],
+  [
+    2,
+    (c) => {
+      const t = template(c, c.rng.pick(['open', 'read', 'close', 'ping', 'prove']));
+      return {
+        bytes: binaryFrame(Buffer.from(stringify(t.obj)), c.rng.bytes(1 + c.rng.int(100))),
+        binary: true,
+        kind: 'bytes-on-non-write',
+      };
+    },
+  ],
+  [
+    0.05,
+    (c) => {
+      const t = template(c, 'write');
+      return {
+        bytes: binaryFrame(Buffer.from(stringify(t.obj)), Buffer.alloc(MAX_IO_BYTES + 1 + c.rng.int(4096), 7)),
+        binary: true,
+        kind: 'write-too-big',
+      };
+    },
+  ],
   [4, (c) => ({ bytes: c.rng.bytes(c.rng.size(1, 4096)), binary: true, kind: 'random-bytes' })],
-  [3, (c) => text(c.rng.str(c.rng.size(1, 2048), '{}[]":,0123456789abcdefnulltrue \\\u00e9\u4e2d\ud83d\ude00'), 'random-text')],
-  [2, (c) => text(c.rng.pick(['1', '"x"', 'null', 'true', '[]', '[1,2]', '1e999', '-0', '""', '[{"type":"ping","t":1}]']), 'json-non-object')],
-  [5, (c) => {
-    const s = stringify(anyTemplate(c).obj);
-    const broken = c.rng.pick([
-      s.slice(0, -1), s.replace(/\}$/, ',}'), s.replace('"', "'"), s.replace(/:(\d+)/, ':NaN'), s.replace('{', '{/*c*/'),
-      s.replace(/"(\w+)":/, '$1:'), `\ufeff${s}`, `${s}x`, `${s}${s}`, s.replace(/"([^"]*)"$/, '"\u0001"'), s.replace(/:"/, ':"\\x41'),
-    ]);
-    return text(broken, 'invalid-json');
-  }],
-  [2, (c) => { const t = anyTemplate(c); if (c.rng.chance(0.5)) delete t.obj.type; else t.obj.type = c.rng.pick<Json>([5, null, [], {}, true]); return serialize(c, t, 'no-type'); }],
-  [0.05, (c) => {
-    const pad = MAX_FRAME + c.rng.int(MiB);
-    if (c.rng.chance(0.5)) return text(`{"type":"ping","t":1,"pad":"${'x'.repeat(pad)}"}`, 'oversized');
-    return { bytes: binaryFrame(Buffer.from(stringify(template(c, 'write').obj)), Buffer.alloc(pad, 1)), binary: true, kind: 'oversized' };
-  }],
+  [
+    3,
+    (c) =>
+      text(c.rng.str(c.rng.size(1, 2048), '{}[]":,0123456789abcdefnulltrue \\\u00e9\u4e2d\ud83d\ude00'), 'random-text'),
+  ],
+  [
+    2,
+    (c) =>
+      text(
+        c.rng.pick(['1', '"x"', 'null', 'true', '[]', '[1,2]', '1e999', '-0', '""', '[{"type":"ping","t":1}]']),
+        'json-non-object',
+      ),
+  ],
+  [
+    5,
+    (c) => {
+      const s = stringify(anyTemplate(c).obj);
+      const broken = c.rng.pick([
+        s.slice(0, -1),
+        s.replace(/\}$/, ',}'),
+        s.replace('"', "'"),
+        s.replace(/:(\d+)/, ':NaN'),
+        s.replace('{', '{/*c*/'),
+        s.replace(/"(\w+)":/, '$1:'),
+        `\ufeff${s}`,
+        `${s}x`,
+        `${s}${s}`,
+        s.replace(/"([^"]*)"$/, '"\u0001"'),
+        s.replace(/:"/, ':"\\x41'),
+      ]);
+      return text(broken, 'invalid-json');
+    },
+  ],
+  [
+    2,
+    (c) => {
+      const t = anyTemplate(c);
+      if (c.rng.chance(0.5)) delete t.obj.type;
+      else t.obj.type = c.rng.pick<Json>([5, null, [], {}, true]);
+      return serialize(c, t, 'no-type');
+    },
+  ],
+  [
+    0.05,
+    (c) => {
+      const pad = MAX_FRAME + c.rng.int(MiB);
+      if (c.rng.chance(0.5)) return text(`{"type":"ping","t":1,"pad":"${'x'.repeat(pad)}"}`, 'oversized');
+      return {
+        bytes: binaryFrame(Buffer.from(stringify(template(c, 'write').obj)), Buffer.alloc(pad, 1)),
+        binary: true,
+        kind: 'oversized',
+      };
+    },
+  ],
 ];
 
 /** Frames the codec accepts but a replica must refuse on this session (NOT_OPEN, FORBIDDEN, AUTH_FAILED, BAD_FRAME). */
 const SEMANTIC: ReadonlyArray<readonly [number, Gen]> = [
   [10, (c) => serialize(c, template(c, c.rng.pick(['write', 'read', 'close'])), 'not-open-io')],
-  [4, (c) => { const t = template(c, 'open'); t.obj.principal = validName(c.rng); return serialize(c, t, 'unproven-open'); }],
+  [
+    4,
+    (c) => {
+      const t = template(c, 'open');
+      t.obj.principal = validName(c.rng);
+      return serialize(c, t, 'unproven-open');
+    },
+  ],
   [2, (c) => serialize(c, template(c, 'resume'), 'unproven-resume')],
   [6, (c) => serialize(c, template(c, c.rng.pick(REPLY_TYPES)), 'reply-type')],
   [2, (c) => serialize(c, template(c, c.rng.pick(['hello', 'auth'])), 'handshake-again')],
@@ -296,17 +573,26 @@ function predict(f: Frame, c: GenContext): string | undefined {
     c.usedIds.add(m.id);
   }
   switch (m.type) {
-    case 'ping': return undefined;
-    case 'prove': return 'error:AUTH_FAILED';
-    case 'open': return m.principal === PRINCIPAL ? undefined : 'error:FORBIDDEN';
-    case 'resume': return m.items.some((it) => it.principal === PRINCIPAL) ? undefined : 'resumed';
-    case 'write': case 'read': case 'close': return 'error:NOT_OPEN';
-    default: return 'error:BAD_FRAME';
+    case 'ping':
+      return undefined;
+    case 'prove':
+      return 'error:AUTH_FAILED';
+    case 'open':
+      return m.principal === PRINCIPAL ? undefined : 'error:FORBIDDEN';
+    case 'resume':
+      return m.items.some((it) => it.principal === PRINCIPAL) ? undefined : 'resumed';
+    case 'write':
+    case 'read':
+    case 'close':
+      return 'error:NOT_OPEN';
+    default:
+      return 'error:BAD_FRAME';
   }
 }
 
 /** A text frame as the binary frame with the same header: a sealed session carries binary frames only. */
-export const asBinary = (f: Frame): Frame => (f.binary ? f : { bytes: binaryFrame(f.bytes), binary: true, kind: f.kind });
+export const asBinary = (f: Frame): Frame =>
+  f.binary ? f : { bytes: binaryFrame(f.bytes), binary: true, kind: f.kind };
 
 export function nextFrame(c: GenContext, table: ReadonlyArray<readonly [number, Gen]>, binaryOnly = false): Planned {
   for (let attempt = 0; attempt < 16; attempt++) {

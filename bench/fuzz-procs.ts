@@ -23,7 +23,10 @@ export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
-    p.then((v) => (clearTimeout(t), resolve(v)), (e: unknown) => (clearTimeout(t), reject(e instanceof Error ? e : new Error(String(e)))));
+    p.then(
+      (v) => (clearTimeout(t), resolve(v)),
+      (e: unknown) => (clearTimeout(t), reject(e instanceof Error ? e : new Error(String(e)))),
+    );
   });
 }
 
@@ -88,7 +91,19 @@ export async function startReplica(dir: string, secret: string): Promise<Replica
       r.onCrash(r.crash);
     }, 50);
   });
-  proc.send({ type: 'config', config: { id: REPLICA_ID, port, dir, store: `sqlite:${join(dir, 'store.sqlite')}`, secret, holdMs: 5000, history: false, pretty: false } });
+  proc.send({
+    type: 'config',
+    config: {
+      id: REPLICA_ID,
+      port,
+      dir,
+      store: `sqlite:${join(dir, 'store.sqlite')}`,
+      secret,
+      holdMs: 5000,
+      history: false,
+      pretty: false,
+    },
+  });
   await withTimeout(
     new Promise<void>((resolve, reject) => {
       proc.on('message', (m) => (m as { type?: unknown }).type === 'ready' && resolve());
@@ -205,7 +220,8 @@ async function startLegit(url: string, secret: string, opTimeoutMs: number): Pro
       }
       agent.crash();
       const sorted = [...lat].sort((a, b) => a - b);
-      const q = (p: number) => Math.round((sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0) * 100) / 100;
+      const q = (p: number) =>
+        Math.round((sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0) * 100) / 100;
       result = { ops, failures, errors, p99Ms: q(0.99), maxMs: q(1) };
       return result;
     },
@@ -217,7 +233,13 @@ const LegitCommand = z.discriminatedUnion('type', [
   z.object({ type: z.literal('start'), url: z.string(), secret: z.string(), opTimeoutMs: z.number() }),
   z.object({ type: z.literal('stop') }),
 ]);
-const LegitFigures = z.object({ ops: z.number(), failures: z.number(), errors: z.array(z.string()), p99Ms: z.number(), maxMs: z.number() });
+const LegitFigures = z.object({
+  ops: z.number(),
+  failures: z.number(),
+  errors: z.array(z.string()),
+  p99Ms: z.number(),
+  maxMs: z.number(),
+});
 const LegitReport = z.discriminatedUnion('type', [
   z.object({ type: z.literal('ready'), target: z.string(), requestId: z.string() }),
   z.object({ type: z.literal('failed'), error: z.string() }),
@@ -247,7 +269,10 @@ export function legitChild(): void {
         },
       );
     } else if (m.data.type === 'stop') {
-      void (legit?.stop() ?? Promise.resolve({ ops: 0, failures: 1, errors: ['stopped before it started'], p99Ms: 0, maxMs: 0 })).then((figures) => {
+      void (
+        legit?.stop() ??
+        Promise.resolve({ ops: 0, failures: 1, errors: ['stopped before it started'], p99Ms: 0, maxMs: 0 })
+      ).then((figures) => {
         send({ type: 'figures', figures });
         setTimeout(() => process.exit(0), 100);
       });
@@ -261,7 +286,11 @@ export function legitChild(): void {
  * exiting early is a legitimate failure.
  */
 export async function legitProcess(url: string, secret: string, opTimeoutMs: number): Promise<Legit> {
-  const proc = fork(join(ROOT, 'dist', 'bench', 'fuzz.js'), ['--legit-child'], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'], execArgv: [], detached: true });
+  const proc = fork(join(ROOT, 'dist', 'bench', 'fuzz.js'), ['--legit-child'], {
+    stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+    execArgv: [],
+    detached: true,
+  });
   proc.on('error', () => undefined);
   let stderr = '';
   proc.stderr?.on('data', (d: Buffer) => void (stderr = (stderr + d.toString()).slice(-2000)));
@@ -285,17 +314,30 @@ export async function legitProcess(url: string, secret: string, opTimeoutMs: num
           if (v !== undefined) (listeners.delete(l), resolve(v));
         };
         listeners.add(l);
-        void gone.then(() => reject(new Error(`the legitimate application's process exited${stderr ? `: ${stderr.trim()}` : ''}`)));
+        void gone.then(() =>
+          reject(new Error(`the legitimate application's process exited${stderr ? `: ${stderr.trim()}` : ''}`)),
+        );
       }),
       ms,
       what,
     );
   try {
     proc.send({ type: 'start', url, secret, opTimeoutMs });
-    const ready = await next((m) => (m.type === 'ready' ? m : m.type === 'failed' ? { error: m.error } : undefined), 25_000, 'legitimate application start');
+    const ready = await next(
+      (m) => (m.type === 'ready' ? m : m.type === 'failed' ? { error: m.error } : undefined),
+      25_000,
+      'legitimate application start',
+    );
     if ('error' in ready) throw new Error(`the legitimate application could not start: ${ready.error}`);
     void gone.then(() => {
-      if (!stopping) figures = { ops, failures: 1, errors: [`its process exited during the run${stderr ? `: ${stderr.trim()}` : ''}`], p99Ms: 0, maxMs: 0 };
+      if (!stopping)
+        figures = {
+          ops,
+          failures: 1,
+          errors: [`its process exited during the run${stderr ? `: ${stderr.trim()}` : ''}`],
+          p99Ms: 0,
+          maxMs: 0,
+        };
     });
     return {
       target: ready.target,
@@ -305,7 +347,9 @@ export async function legitProcess(url: string, secret: string, opTimeoutMs: num
         stopping = true;
         if (!figures && proc.connected) {
           proc.send({ type: 'stop' }, undefined, {}, () => undefined);
-          await next((m) => (m.type === 'figures' ? m : undefined), 10_000, 'legitimate application stop').catch(() => undefined);
+          await next((m) => (m.type === 'figures' ? m : undefined), 10_000, 'legitimate application stop').catch(
+            () => undefined,
+          );
         }
         if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
         return figures ?? { ops, failures: 1, errors: ['its process did not report its figures'], p99Ms: 0, maxMs: 0 };

@@ -1,6 +1,5 @@
 /** What a fuzz run is asked to do, and what it reports. */
 
-
 // ---------------------------------------------------------------- options and report
 
 export interface FuzzOptions {

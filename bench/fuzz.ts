@@ -49,8 +49,18 @@ export async function runFuzz(opts: FuzzOptions = {}): Promise<FuzzReport> {
   let rssPeak: number | null = null;
   let logs = { count: 0, samples: [] as string[] };
   const run: Run = {
-    url: '', maxNestingBytes: opts.heavy ? MAX_FRAME - 64 : 200_000, secret, seed, answerTimeoutMs: opts.answerTimeoutMs ?? 10_000, t, legit: undefined,
-    remaining: frames, stopping: false, live: new Set(), lastAuth: undefined, onSent: () => undefined,
+    url: '',
+    maxNestingBytes: opts.heavy ? MAX_FRAME - 64 : 200_000,
+    secret,
+    seed,
+    answerTimeoutMs: opts.answerTimeoutMs ?? 10_000,
+    t,
+    legit: undefined,
+    remaining: frames,
+    stopping: false,
+    live: new Set(),
+    lastAuth: undefined,
+    onSent: () => undefined,
   };
   const stop = (why: string) => {
     if (run.stopping) return;
@@ -94,7 +104,9 @@ export async function runFuzz(opts: FuzzOptions = {}): Promise<FuzzReport> {
     let extra = 0;
     const nextPlanned = () => plan[next++];
     const nextExtra = (): ConnPlan | undefined =>
-      run.remaining > 0 && extra < Math.max(connections, 100) ? { index: plan.length + extra++, kind: 'post', scenario: 'silent', style: 'mixed', budget: share } : undefined;
+      run.remaining > 0 && extra < Math.max(connections, 100)
+        ? { index: plan.length + extra++, kind: 'post', scenario: 'silent', style: 'mixed', budget: share }
+        : undefined;
     const worker = async (take: () => ConnPlan | undefined) => {
       for (let p = take(); p && !run.stopping; p = take()) {
         try {
@@ -186,7 +198,8 @@ export function failures(r: FuzzReport): string[] {
   if (r.legit.ops === 0) out.push('the legitimate application did nothing');
   if (r.unanswered > 0) out.push(`${r.unanswered} post-authentication frame(s) unanswered`);
   if (r.unpredictedAnswers > 0) out.push(`${r.unpredictedAnswers} answer(s) with another code than predicted`);
-  if (r.preAuthUnrefused > 0) out.push(`${r.preAuthUnrefused} pre-authentication connection(s) neither refused nor closed`);
+  if (r.preAuthUnrefused > 0)
+    out.push(`${r.preAuthUnrefused} pre-authentication connection(s) neither refused nor closed`);
   if (r.brokenSealsKept > 0) out.push(`${r.brokenSealsKept} sealed session(s) kept after a broken seal`);
   if (r.handshakeFailures > 0) out.push(`${r.handshakeFailures} session(s) could not authenticate`);
   if (r.invalidReplies > 0) out.push(`${r.invalidReplies} reply frame(s) failed the codec`);
@@ -198,7 +211,11 @@ export function failures(r: FuzzReport): string[] {
 const n = (x: number) => x.toLocaleString('en-US');
 const mib = (x: number | null) => (x === null ? 'n/a' : `${x.toFixed(1)} MiB`);
 const tally = (t: Record<string, number>, limit = 40) =>
-  Object.entries(t).sort((a, b) => b[1] - a[1]).slice(0, limit).map(([k, v]) => `${k} ${n(v)}`).join(' · ') || '-';
+  Object.entries(t)
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, limit)
+    .map(([k, v]) => `${k} ${n(v)}`)
+    .join(' · ') || '-';
 
 /** The report as the CLI prints it. */
 export function formatFuzzReport(r: FuzzReport): string {
@@ -248,7 +265,9 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const known = ['--frames', '--connections', '--concurrency', '--seed', '--deadline'];
-  const unknown = argv.filter((a, i) => a !== '--json' && a !== '--heavy' && !known.includes(a) && !known.includes(argv[i - 1] ?? ''));
+  const unknown = argv.filter(
+    (a, i) => a !== '--json' && a !== '--heavy' && !known.includes(a) && !known.includes(argv[i - 1] ?? ''),
+  );
   if (unknown.length > 0) {
     process.stderr.write(`fuzz: unknown argument ${unknown[0]}\n\n${HELP}`);
     return 2;

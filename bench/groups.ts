@@ -37,7 +37,17 @@ export async function nbdGroup(dir: string, smoke: boolean, log: (l: string) => 
         ours.push((await qemuImgBench(url, c.count, c.depth, c.write)).rate);
         theirs.push((await qemuImgBench(base.url, c.count, c.depth, c.write)).rate);
       }
-      F.push(figure(`nbd.${c.name}`, med(ours), 'ops/s', med(theirs), 'qemu-nbd serving a raw file (page cache), Unix sockets both', 'none', null));
+      F.push(
+        figure(
+          `nbd.${c.name}`,
+          med(ours),
+          'ops/s',
+          med(theirs),
+          'qemu-nbd serving a raw file (page cache), Unix sockets both',
+          'none',
+          null,
+        ),
+      );
     }
     log('nbd: the same 4 KiB writes through the SDK, 16 deep');
     const sdk = await ioPath(replica.url, s(10_000, 200), 1, 16, { sequential: 0 });
@@ -55,9 +65,21 @@ export async function nbdGroup(dir: string, smoke: boolean, log: (l: string) => 
     const w = await failoverStall(join(dir, `nbd-failover-${i}`), s(1000, 50), s(1000, 50));
     stalls.push(Math.max(...w.after));
     calm.push(Math.max(...w.before));
-    log(`nbd failover round ${i + 1} of ${R}: 4 KiB writes one at a time, the serving replica SIGKILLed; slowest write ${round(stalls[i]!)} ms after the kill, ${round(calm[i]!)} ms before (p99 ${round(pct(w.before, 99))} ms)`);
+    log(
+      `nbd failover round ${i + 1} of ${R}: 4 KiB writes one at a time, the serving replica SIGKILLed; slowest write ${round(stalls[i]!)} ms after the kill, ${round(calm[i]!)} ms before (p99 ${round(pct(w.before, 99))} ms)`,
+    );
   }
-  F.push(figure('nbd.failover.stall', med(stalls), 'ms', med(calm), 'the slowest write before the kill, same rounds', 'none', null));
+  F.push(
+    figure(
+      'nbd.failover.stall',
+      med(stalls),
+      'ms',
+      med(calm),
+      'the slowest write before the kill, same rounds',
+      'none',
+      null,
+    ),
+  );
   return F;
 }
 
@@ -80,14 +102,40 @@ export async function etcdGroup(dir: string, smoke: boolean, log: (l: string) =>
       raw.push((await rawEtcd(members.endpoints, s(10_000, 200), 128)).rate);
       if (i === 0) seq = { path: io.p50, raw: (await rawEtcd(members.endpoints, s(500, 20), 1)).p50 };
     }
-    F.push(figure('etcd.writes.fenced', med(path), 'writes/s', med(raw), 'raw etcd guarded txn per 4 KiB write, 128 in flight', '>= 1.5x', med(path) >= 1.5 * med(raw)));
+    F.push(
+      figure(
+        'etcd.writes.fenced',
+        med(path),
+        'writes/s',
+        med(raw),
+        'raw etcd guarded txn per 4 KiB write, 128 in flight',
+        '>= 1.5x',
+        med(path) >= 1.5 * med(raw),
+      ),
+    );
     F.push(figure('etcd.write.seq.p50', seq.path, 'ms', seq.raw, 'raw guarded txn one at a time, p50', 'none', null));
     log('etcd: write latency while the leader is killed');
     const { agent, hs } = await agentWith([replica.url], 8);
-    const lc = await leaderChange(members, (w, i) => hs[w]!.write((i % 64) * 4096, DATA), { workers: 8, ms: s(12_000, 5000), killAt: s(3000, 1500), downMs: s(4000, 1500), windowMs: s(5000, 2000) });
+    const lc = await leaderChange(members, (w, i) => hs[w]!.write((i % 64) * 4096, DATA), {
+      workers: 8,
+      ms: s(12_000, 5000),
+      killAt: s(3000, 1500),
+      downMs: s(4000, 1500),
+      windowMs: s(5000, 2000),
+    });
     agent.crash();
     replica.proc.kill();
-    F.push(figure('etcd.write.p99.leader-change', pct(lc.during, 99), 'ms', pct(lc.before, 99), 'p99 before the kill', 'none', null));
+    F.push(
+      figure(
+        'etcd.write.p99.leader-change',
+        pct(lc.during, 99),
+        'ms',
+        pct(lc.before, 99),
+        'p99 before the kill',
+        'none',
+        null,
+      ),
+    );
     F.push(figure('etcd.write.max.leader-change', Math.max(0, ...lc.during), 'ms', null, null, 'none', null));
     const n = s(1000, 20);
     log(`etcd: failover of ${n} handles`);
@@ -95,7 +143,17 @@ export async function etcdGroup(dir: string, smoke: boolean, log: (l: string) =>
     F.push(figure(`etcd.failover.${n}.p50`, pct(times, 50), 'ms', null, null, 'none', null));
     F.push(figure(`etcd.failover.${n}.p99`, pct(times, 99), 'ms', null, null, 'none', null));
     log('etcd: resumes one replica grants');
-    F.push(figure('etcd.resume.storm', await replicaResumes(join(dir, 'etcd-rr'), s(10_000, 200), spec), 'resumes/s', null, null, 'none', null));
+    F.push(
+      figure(
+        'etcd.resume.storm',
+        await replicaResumes(join(dir, 'etcd-rr'), s(10_000, 200), spec),
+        'resumes/s',
+        null,
+        null,
+        'none',
+        null,
+      ),
+    );
   } finally {
     await members.stop();
   }

@@ -7,7 +7,9 @@ import { GROUPS, machine, ROOT, runBench, table, writeResults, type Figure, type
 function writeMarkdown(figures: Figure[]): void {
   const path = join(ROOT, 'BENCHMARKS.md');
   const generated = `<!-- bench:start -->\nMeasured ${new Date().toISOString().slice(0, 10)} on ${machine()} by \`npm run bench\`.\n\n${table(figures)}\n\n![failover time against N](bench/results/failover.svg)\n<!-- bench:end -->`;
-  const old = existsSync(path) ? readFileSync(path, 'utf8') : '# Benchmarks\n\n<!-- bench:start -->\n<!-- bench:end -->\n';
+  const old = existsSync(path)
+    ? readFileSync(path, 'utf8')
+    : '# Benchmarks\n\n<!-- bench:start -->\n<!-- bench:end -->\n';
   writeFileSync(path, old.replace(/<!-- bench:start -->[\s\S]*<!-- bench:end -->/, generated));
 }
 
@@ -34,12 +36,16 @@ export async function bench(argv: string[]): Promise<number> {
     const names = (argv[at + 1] ?? '').split(',').filter(Boolean);
     const bad = names.filter((n) => !(GROUPS as readonly string[]).includes(n));
     if (names.length === 0 || bad.length > 0) {
-      process.stderr.write(`bench: --only takes groups from: ${GROUPS.join(', ')}${bad.length ? ` (unknown: ${bad.join(', ')})` : ''}\n`);
+      process.stderr.write(
+        `bench: --only takes groups from: ${GROUPS.join(', ')}${bad.length ? ` (unknown: ${bad.join(', ')})` : ''}\n`,
+      );
       return 2;
     }
     only = names as Group[];
   }
-  const unknown = argv.filter((a, i) => !['--json', '--smoke', '--only', '--help', '-h'].includes(a) && argv[i - 1] !== '--only');
+  const unknown = argv.filter(
+    (a, i) => !['--json', '--smoke', '--only', '--help', '-h'].includes(a) && argv[i - 1] !== '--only',
+  );
   if (unknown.length > 0) {
     process.stderr.write(`bench: unknown argument ${unknown[0]}\n\n${HELP}`);
     return 2;
@@ -52,7 +58,10 @@ export async function bench(argv: string[]): Promise<number> {
   }
   const exposeGc = typeof (globalThis as { gc?: unknown }).gc === 'function';
   if (json) process.stdout.write(JSON.stringify({ machine: machine(), smoke, exposeGc, figures }) + '\n');
-  else process.stdout.write(`${machine()}${smoke ? ' (smoke run: tiny sizes, not a measurement)' : ''}\n\n${table(figures)}\n`);
+  else
+    process.stdout.write(
+      `${machine()}${smoke ? ' (smoke run: tiny sizes, not a measurement)' : ''}\n\n${table(figures)}\n`,
+    );
   return 0;
 }
 

@@ -20,22 +20,51 @@ import { bareLogin } from '../actors/handshake.js';
 import { replicaProcess, ROOT, SECRET } from './replica-process.js';
 import { now, pct, within } from './figures.js';
 
-
-export async function agentWith(url: string[], handles: number, opts: { heartbeatIntervalMs?: number; env?: Partial<Env> } = {}): Promise<{ agent: NodeAgent; hs: Handle[] }> {
-  const agent = new NodeAgent({ id: `bench-${Math.random().toString(36).slice(2, 8)}`, replicas: url, transport: new WebSocketTransport(), secret: SECRET, ...opts });
+export async function agentWith(
+  url: string[],
+  handles: number,
+  opts: { heartbeatIntervalMs?: number; env?: Partial<Env> } = {},
+): Promise<{ agent: NodeAgent; hs: Handle[] }> {
+  const agent = new NodeAgent({
+    id: `bench-${Math.random().toString(36).slice(2, 8)}`,
+    replicas: url,
+    transport: new WebSocketTransport(),
+    secret: SECRET,
+    ...opts,
+  });
   await agent.start();
-  const app = new Application(agent, { name: 'bench', pauseTimeoutMs: 600_000, ...(opts.env ? { env: opts.env } : {}) });
+  const app = new Application(agent, {
+    name: 'bench',
+    pauseTimeoutMs: 600_000,
+    ...(opts.env ? { env: opts.env } : {}),
+  });
   const hs: Handle[] = [];
-  for (let i = 0; i < handles; i += 500) hs.push(...(await Promise.all(Array.from({ length: Math.min(500, handles - i) }, (_, j) => app.open(`t-${agent.id}-${i + j}`)))));
+  for (let i = 0; i < handles; i += 500)
+    hs.push(
+      ...(await Promise.all(
+        Array.from({ length: Math.min(500, handles - i) }, (_, j) => app.open(`t-${agent.id}-${i + j}`)),
+      )),
+    );
   return { agent, hs };
 }
 
 export const DATA = new Uint8Array(4096).fill(7);
 
 /** Raw `ws`: 4 KiB messages echoed by another process, sequential and pipelined. */
-export async function wsEcho(count: number, window: number, sequential: number): Promise<{ p50: number; p99: number; rate: number }> {
+export async function wsEcho(
+  count: number,
+  window: number,
+  sequential: number,
+): Promise<{ p50: number; p99: number; rate: number }> {
   const port = await freePort();
-  const server = spawn(process.execPath, ['-e', `const { WebSocketServer } = require(${JSON.stringify(join(ROOT, 'node_modules', 'ws'))}); const s = new WebSocketServer({ port: ${port}, host: '127.0.0.1' }); s.on('connection', (ws) => ws.on('message', (d) => ws.send(d))); s.on('listening', () => console.log('up'));`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const server = spawn(
+    process.execPath,
+    [
+      '-e',
+      `const { WebSocketServer } = require(${JSON.stringify(join(ROOT, 'node_modules', 'ws'))}); const s = new WebSocketServer({ port: ${port}, host: '127.0.0.1' }); s.on('connection', (ws) => ws.on('message', (d) => ws.send(d))); s.on('listening', () => console.log('up'));`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   await new Promise((r) => server.stdout!.once('data', r));
   const ws = new WebSocket(`ws://127.0.0.1:${port}`);
   await new Promise((r) => ws.once('open', r));
@@ -66,7 +95,13 @@ export async function wsEcho(count: number, window: number, sequential: number):
 }
 
 /** Application -> node agent -> ws -> replica process: sequential latency and pipelined throughput of 4 KiB writes. */
-export async function ioPath(url: string, count: number, apps: number, depth: number, opts: { sequential?: number; env?: Partial<Env> } = {}): Promise<{ p50: number; p99: number; rate: number; readP50: number }> {
+export async function ioPath(
+  url: string,
+  count: number,
+  apps: number,
+  depth: number,
+  opts: { sequential?: number; env?: Partial<Env> } = {},
+): Promise<{ p50: number; p99: number; rate: number; readP50: number }> {
   const { agent, hs } = await agentWith([url], apps, opts.env ? { env: opts.env } : {});
   const h = hs[0]!;
   const lat: number[] = [];
@@ -84,12 +119,14 @@ export async function ioPath(url: string, count: number, apps: number, depth: nu
   await Promise.all(
     hs.map(async (x) => {
       let next = 0;
-      await Promise.all(Array.from({ length: depth }, async () => {
-        while (next < per) {
-          const i = next++;
-          await x.write((i % 64) * 4096, DATA);
-        }
-      }));
+      await Promise.all(
+        Array.from({ length: depth }, async () => {
+          while (next < per) {
+            const i = next++;
+            await x.write((i % 64) * 4096, DATA);
+          }
+        }),
+      );
     }),
   );
   const rate = (per * apps) / ((now() - t0) / 1000);
@@ -119,10 +156,17 @@ export function rawSqlite(dir: string, count: number): number {
 }
 
 /** SIGKILL the replica serving `n` handles; time until each handle is active on the other replica. */
-export async function failover(dir: string, n: number, agents: number, store: 'sqlite' | `etcd://${string}` = 'sqlite'): Promise<number[]> {
+export async function failover(
+  dir: string,
+  n: number,
+  agents: number,
+  store: 'sqlite' | `etcd://${string}` = 'sqlite',
+): Promise<number[]> {
   const a = await replicaProcess(dir, store);
   const b = await replicaProcess(dir, store);
-  const groups = await Promise.all(Array.from({ length: agents }, () => agentWith([a.url, b.url], Math.ceil(n / agents))));
+  const groups = await Promise.all(
+    Array.from({ length: agents }, () => agentWith([a.url, b.url], Math.ceil(n / agents))),
+  );
   // The replica that serves the agents is killed (on a loaded machine an agent may have moved to the
   // other one while they were set up; its handles would never pause, so they are not waited for).
   const victim = groups[0]!.agent.replica === b.id ? b : a;
@@ -131,21 +175,29 @@ export async function failover(dir: string, n: number, agents: number, store: 's
   if (all.length < n / 2) throw new Error(`failover of ${n}: only ${all.length} handles on the replica to kill`);
   const times: number[] = [];
   const t0 = now();
-  const done = Promise.all(all.map((h) => new Promise<void>((resolve) => {
-    let paused = false;
-    const on = (s: string) => {
-      if (s === 'paused') paused = true;
-      if (paused && s === 'active') {
-        times.push(now() - t0);
-        h.off('state', on);
-        resolve();
-      }
-    };
-    h.on('state', on);
-  })));
+  const done = Promise.all(
+    all.map(
+      (h) =>
+        new Promise<void>((resolve) => {
+          let paused = false;
+          const on = (s: string) => {
+            if (s === 'paused') paused = true;
+            if (paused && s === 'active') {
+              times.push(now() - t0);
+              h.off('state', on);
+              resolve();
+            }
+          };
+          h.on('state', on);
+        }),
+    ),
+  );
   victim.proc.kill('SIGKILL');
   await within(done, 120_000, undefined);
-  if (times.length < all.length) throw new Error(`failover of ${n}: only ${times.length} of ${all.length} handles active again within 120 s (agents on ${groups.map((g) => g.agent.replica ?? 'none').join(', ')})`);
+  if (times.length < all.length)
+    throw new Error(
+      `failover of ${n}: only ${times.length} of ${all.length} handles active again within 120 s (agents on ${groups.map((g) => g.agent.replica ?? 'none').join(', ')})`,
+    );
   for (const g of groups) g.agent.crash();
   other.proc.kill('SIGKILL');
   return times;
@@ -163,10 +215,12 @@ export async function silentPartition(dir: string, heartbeatMs: number): Promise
   const h = hs[0]!;
   const t0 = now();
   let detect = 0;
-  const resumed = new Promise<number>((r) => h.on('state', (s) => {
-    if (s === 'paused') detect = now() - t0;
-    if (s === 'active') r(now() - t0);
-  }));
+  const resumed = new Promise<number>((r) =>
+    h.on('state', (s) => {
+      if (s === 'paused') detect = now() - t0;
+      if (s === 'active') r(now() - t0);
+    }),
+  );
   proxy.partition();
   const resume = await within(resumed, 60_000, NaN);
   agent.crash();
@@ -186,15 +240,17 @@ export async function resumeStorm(dir: string, n: number): Promise<number> {
   let active = 0;
   let t0 = 0;
   const done = new Promise<number>((resolve) => {
-    for (const h of hs) h.on('state', (s) => {
-      if (s === 'paused' && ++paused === 1) t0 = now();
-      if (s === 'active' && ++active === n) resolve(now() - t0);
-    });
+    for (const h of hs)
+      h.on('state', (s) => {
+        if (s === 'paused' && ++paused === 1) t0 = now();
+        if (s === 'active' && ++active === n) resolve(now() - t0);
+      });
   });
   proxy.drop();
   const ms = await within(done, 120_000, NaN);
   agent.crash();
-  if (Number.isNaN(ms)) throw new Error(`resume storm of ${n}: only ${active} of ${n} handles active again within 120 s`);
+  if (Number.isNaN(ms))
+    throw new Error(`resume storm of ${n}: only ${active} of ${n} handles active again within 120 s`);
   await proxy.close();
   a.proc.kill();
   return n / (ms / 1000);
@@ -206,10 +262,16 @@ export async function resumeStorm(dir: string, n: number): Promise<number> {
  */
 export async function inspectorOn(url: string, count: number, apps: number, depth: number): Promise<number> {
   let insp: ProcessInspector | undefined;
-  const server = new InspectorServer({ watching: (on) => insp?.watch(on), status: () => ({}), command: async () => ({ ok: false }) });
+  const server = new InspectorServer({
+    watching: (on) => insp?.watch(on),
+    status: () => ({}),
+    command: async () => ({ ok: false }),
+  });
   const base = await server.listen(0);
   insp = processInspector(`${base.replace('http', 'ws')}/inspect?from=bench`, server.processCredential('bench'));
-  const browser = new WebSocket(`${base.replace('http', 'ws')}/stream`, { headers: { authorization: `Bearer ${server.token}` } });
+  const browser = new WebSocket(`${base.replace('http', 'ws')}/stream`, {
+    headers: { authorization: `Bearer ${server.token}` },
+  });
   let events = 0;
   browser.on('message', () => events++);
   await new Promise((r) => browser.once('open', r));
@@ -241,11 +303,17 @@ export async function agentMemory(dir: string, n: number): Promise<number> {
 }
 
 /** A bare protocol client: hello, then frames in and out, answers counted by type. */
-async function bareClient(url: string): Promise<{ conn: Connection; answers: (type: string, n: number) => Promise<void> }> {
+async function bareClient(
+  url: string,
+): Promise<{ conn: Connection; answers: (type: string, n: number) => Promise<void> }> {
   const conn = await new WebSocketTransport().connect(url);
   const counts = new Map<string, number>();
   const waiters: Array<{ type: string; n: number; done: () => void }> = [];
-  const login = bareLogin(issueCredential(SECRET, 'node', 'bench'), [issueCredential(SECRET, 'principal', 'p')], nanoid());
+  const login = bareLogin(
+    issueCredential(SECRET, 'node', 'bench'),
+    [issueCredential(SECRET, 'principal', 'p')],
+    nanoid(),
+  );
   conn.onFrame((f) => {
     if (!f.ok) return;
     const auth = login.answer(f.msg);
@@ -255,7 +323,8 @@ async function bareClient(url: string): Promise<{ conn: Connection; answers: (ty
     for (const w of waiters) if (w.type === f.msg.type && c >= w.n) w.done();
   });
   conn.send(login.hello);
-  const answers = (type: string, n: number) => new Promise<void>((done) => ((counts.get(type) ?? 0) >= n ? done() : waiters.push({ type, n, done })));
+  const answers = (type: string, n: number) =>
+    new Promise<void>((done) => ((counts.get(type) ?? 0) >= n ? done() : waiters.push({ type, n, done })));
   await answers('welcome', 1);
   return { conn, answers };
 }
@@ -267,20 +336,34 @@ const rid = (i: number) => `r${String(i).padStart(20, '0')}`;
  * drops, and a new session resumes them all in batches of 1,000 (as a node agent sends them).
  * Timed from the first resume sent to the last answer.
  */
-export async function replicaResumes(dir: string, n: number, store: 'memory' | `etcd://${string}` = 'memory'): Promise<number> {
+export async function replicaResumes(
+  dir: string,
+  n: number,
+  store: 'memory' | `etcd://${string}` = 'memory',
+): Promise<number> {
   const r = await replicaProcess(dir, store);
   const first = await bareClient(r.url);
-  for (let i = 0; i < n; i++) first.conn.send({ type: 'open', id: i + 1, target: `t${i}`, requestId: rid(i), principal: 'p', mode: 'write' });
+  for (let i = 0; i < n; i++)
+    first.conn.send({ type: 'open', id: i + 1, target: `t${i}`, requestId: rid(i), principal: 'p', mode: 'write' });
   await first.answers('opened', n);
   first.conn.close();
   const second = await bareClient(r.url);
   const batches = Math.ceil(n / 1000);
   const t0 = now();
   for (let b = 0; b < batches; b++) {
-    const items = Array.from({ length: Math.min(1000, n - b * 1000) }, (_, j) => ({ target: `t${b * 1000 + j}`, requestId: rid(b * 1000 + j), principal: 'p', mode: 'write' as const }));
+    const items = Array.from({ length: Math.min(1000, n - b * 1000) }, (_, j) => ({
+      target: `t${b * 1000 + j}`,
+      requestId: rid(b * 1000 + j),
+      principal: 'p',
+      mode: 'write' as const,
+    }));
     second.conn.send({ type: 'resume', id: b + 1, items });
   }
-  const answered = await within(second.answers('resumed', batches).then(() => true), 60_000, false);
+  const answered = await within(
+    second.answers('resumed', batches).then(() => true),
+    60_000,
+    false,
+  );
   const ms = now() - t0;
   second.conn.close();
   r.proc.kill();
@@ -290,11 +373,18 @@ export async function replicaResumes(dir: string, n: number, store: 'memory' | `
 
 /** Heap bytes per open handle on a replica (in this process), opened by a bare protocol client. */
 export async function replicaMemory(n: number): Promise<number> {
-  const replica = new StorageReplica({ id: 'mem', store: new MemoryStore(), transport: new WebSocketTransport(), secret: SECRET, port: await freePort() });
+  const replica = new StorageReplica({
+    id: 'mem',
+    store: new MemoryStore(),
+    transport: new WebSocketTransport(),
+    secret: SECRET,
+    port: await freePort(),
+  });
   await replica.start();
   const client = await bareClient(replica.url);
   const before = heap();
-  for (let i = 0; i < n; i++) client.conn.send({ type: 'open', id: i + 1, target: `t${i}`, requestId: rid(i), principal: 'p', mode: 'write' });
+  for (let i = 0; i < n; i++)
+    client.conn.send({ type: 'open', id: i + 1, target: `t${i}`, requestId: rid(i), principal: 'p', mode: 'write' });
   await client.answers('opened', n);
   const after = heap();
   client.conn.close();

@@ -27,7 +27,21 @@ export interface QemuBench {
 /** `qemu-img bench` of `count` 4 KiB requests at `depth` on `url` (writes with `write`). */
 export async function qemuImgBench(url: string, count: number, depth: number, write: boolean): Promise<QemuBench> {
   // -S 4k: consecutive requests walk the disk 4 KiB at a time (wrapping within the export).
-  const args = ['bench', '-f', 'raw', '-c', String(count), '-d', String(depth), '-s', '4k', '-S', '4k', ...(write ? ['-w'] : []), url];
+  const args = [
+    'bench',
+    '-f',
+    'raw',
+    '-c',
+    String(count),
+    '-d',
+    String(depth),
+    '-s',
+    '4k',
+    '-S',
+    '4k',
+    ...(write ? ['-w'] : []),
+    url,
+  ];
   const t0 = performance.now();
   const { stdout } = await run('qemu-img', args, { timeout: 600_000 });
   const m = /Run completed in ([\d.]+) seconds/.exec(stdout);
@@ -44,7 +58,9 @@ export async function qemuNbd(dir: string, size: number): Promise<{ url: string;
   writeFileSync(file, Buffer.alloc(0));
   await run('qemu-img', ['resize', '-f', 'raw', file, String(size)]);
   const socket = join(dir, 'qemu-nbd.sock');
-  const proc = spawn('qemu-nbd', ['-f', 'raw', '-x', 'disk', '-k', socket, '--persistent', '--shared', '16', file], { stdio: 'ignore' });
+  const proc = spawn('qemu-nbd', ['-f', 'raw', '-x', 'disk', '-k', socket, '--persistent', '--shared', '16', file], {
+    stdio: 'ignore',
+  });
   const url = `nbd+unix:///disk?socket=${socket}`;
   const deadline = Date.now() + 10_000;
   for (;;) {
@@ -87,11 +103,13 @@ export async function failoverExport(dir: string, size: number): Promise<Failove
     await nbd?.close();
     agent?.crash();
     const alive = replicas.filter((r) => r.proc.exitCode === null && r.proc.signalCode === null);
-    await Promise.all(alive.map((r) => {
-      const exited = once(r.proc, 'exit');
-      r.proc.kill('SIGKILL');
-      return exited;
-    }));
+    await Promise.all(
+      alive.map((r) => {
+        const exited = once(r.proc, 'exit');
+        r.proc.kill('SIGKILL');
+        return exited;
+      }),
+    );
   };
   try {
     for (let i = 0; i < 2; i++) replicas.push(await replicaProcess(dir, 'sqlite'));
@@ -101,7 +119,13 @@ export async function failoverExport(dir: string, size: number): Promise<Failove
         if (kind === 'write') writes[ok ? 'ok' : 'failed']++;
       },
     };
-    const a = (agent = new NodeAgent({ id: 'nbd-failover', replicas: replicas.map((r) => r.url), transport: new WebSocketTransport(), secret: SECRET, observe }));
+    const a = (agent = new NodeAgent({
+      id: 'nbd-failover',
+      replicas: replicas.map((r) => r.url),
+      transport: new WebSocketTransport(),
+      secret: SECRET,
+      observe,
+    }));
     await a.start();
     const app = new Application(a, { name: 'nbd-failover', pauseTimeoutMs: 60_000 });
     const socket = join(dir, 'export.sock');
@@ -109,7 +133,10 @@ export async function failoverExport(dir: string, size: number): Promise<Failove
     await n.listen();
     const killServing = () => {
       const serving = replicas.find((r) => r.id === a.replica);
-      if (!serving) throw new Error(`the node is served by ${a.replica ?? 'no replica'}, not one of ${replicas.map((r) => r.id).join(', ')}`);
+      if (!serving)
+        throw new Error(
+          `the node is served by ${a.replica ?? 'no replica'}, not one of ${replicas.map((r) => r.id).join(', ')}`,
+        );
       serving.proc.kill('SIGKILL');
       return serving.id;
     };
@@ -119,7 +146,6 @@ export async function failoverExport(dir: string, size: number): Promise<Failove
     throw err;
   }
 }
-
 
 /**
  * A minimal NBD client on a Unix socket, for timing single requests: the fixed newstyle handshake with
@@ -147,7 +173,8 @@ export class NbdClient {
     const c = new NbdClient(socket);
     try {
       const hello = await c.take(18);
-      if (hello.readBigUInt64BE(0) !== NBDMAGIC || hello.readBigUInt64BE(8) !== IHAVEOPT) throw new Error('not a newstyle NBD server');
+      if (hello.readBigUInt64BE(0) !== NBDMAGIC || hello.readBigUInt64BE(8) !== IHAVEOPT)
+        throw new Error('not a newstyle NBD server');
       const n = Buffer.from(name);
       const go = Buffer.alloc(4 + 16 + 4 + n.length + 2);
       go.writeUInt32BE(1 | 2, 0); // fixed newstyle, no zeroes
@@ -162,7 +189,8 @@ export class NbdClient {
         const type = reply.readUInt32BE(12);
         const data = await c.take(reply.readUInt32BE(16));
         if (type === REP.ACK) return c;
-        if (type & 0x80000000) throw new Error(`${name}: NBD_OPT.GO refused (${type.toString(16)}): ${data.toString()}`);
+        if (type & 0x80000000)
+          throw new Error(`${name}: NBD_OPT.GO refused (${type.toString(16)}): ${data.toString()}`);
       }
     } catch (err) {
       socket.destroy();
@@ -175,7 +203,8 @@ export class NbdClient {
     const cookie = ++this.cookie;
     this.socket.write(Buffer.concat([this.header(CMD.WRITE, cookie, offset, data.length), data]));
     const reply = await this.take(16);
-    if (reply.readUInt32BE(0) !== SIMPLE_REPLY_MAGIC || reply.readBigUInt64BE(8) !== cookie) throw new Error('an NBD reply out of order');
+    if (reply.readUInt32BE(0) !== SIMPLE_REPLY_MAGIC || reply.readBigUInt64BE(8) !== cookie)
+      throw new Error('an NBD reply out of order');
     const errno = reply.readUInt32BE(4);
     if (errno !== 0) throw new Error(`NBD write at ${offset} failed: error ${errno}`);
   }
@@ -237,7 +266,12 @@ export class NbdClient {
  * `after` writes more. Every write's latency (ms), before the kill and from it on. A write that takes
  * longer than `limitMs` ends the round with an error, as does any error the client is answered.
  */
-export async function failoverStall(dir: string, before: number, after: number, limitMs = 30_000): Promise<{ before: number[]; after: number[] }> {
+export async function failoverStall(
+  dir: string,
+  before: number,
+  after: number,
+  limitMs = 30_000,
+): Promise<{ before: number[]; after: number[] }> {
   const e = await failoverExport(dir, 1024 * 1024);
   const out = { before: [] as number[], after: [] as number[] };
   let client: NbdClient | undefined;
@@ -249,7 +283,13 @@ export async function failoverStall(dir: string, before: number, after: number, 
       const w = client.write((i % 256) * 4096, data);
       if (i === before) e.killServing();
       let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`write ${i} of the failover round took over ${limitMs} ms`)), limitMs)));
+      const late = new Promise<never>(
+        (_, reject) =>
+          (timer = setTimeout(
+            () => reject(new Error(`write ${i} of the failover round took over ${limitMs} ms`)),
+            limitMs,
+          )),
+      );
       try {
         await Promise.race([w, late]);
       } finally {

@@ -12,10 +12,25 @@ const CHILD = join(ROOT, 'dist', 'cluster', 'child.js');
 export const SECRET = 'benchmark-secret-benchmark-secret';
 
 /** A replica in its own process (as in a real cluster), over memory, the SQLite file in `dir`, or an etcd (`etcd://...`). */
-export async function replicaProcess(dir: string, store: 'memory' | 'sqlite' | `etcd://${string}`, opts: { holdMs?: number; groupCommit?: boolean; heartbeatIntervalMs?: number } = {}): Promise<{ id: string; url: string; proc: ChildProcess }> {
+export async function replicaProcess(
+  dir: string,
+  store: 'memory' | 'sqlite' | `etcd://${string}`,
+  opts: { holdMs?: number; groupCommit?: boolean; heartbeatIntervalMs?: number } = {},
+): Promise<{ id: string; url: string; proc: ChildProcess }> {
   const port = await freePort();
   const id = `replica-${port}`;
-  const cfg = { id, port, dir, store: store === 'sqlite' ? `sqlite:${join(dir, 'store.sqlite')}` : store, secret: SECRET, holdMs: opts.holdMs ?? 5000, history: false, pretty: false, groupCommit: opts.groupCommit ?? true, ...(opts.heartbeatIntervalMs ? { heartbeatIntervalMs: opts.heartbeatIntervalMs } : {}) };
+  const cfg = {
+    id,
+    port,
+    dir,
+    store: store === 'sqlite' ? `sqlite:${join(dir, 'store.sqlite')}` : store,
+    secret: SECRET,
+    holdMs: opts.holdMs ?? 5000,
+    history: false,
+    pretty: false,
+    groupCommit: opts.groupCommit ?? true,
+    ...(opts.heartbeatIntervalMs ? { heartbeatIntervalMs: opts.heartbeatIntervalMs } : {}),
+  };
   const proc = fork(CHILD, ['replica'], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
   proc.send({ type: 'config', config: cfg });
   await new Promise<void>((resolve, reject) => {

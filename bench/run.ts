@@ -12,17 +12,42 @@ import { runSeedsParallel } from '../sim/parallel.js';
 import { replicaProcess, ROOT } from './replica-process.js';
 import { Figure, ROUNDS, figure, pct } from './figures.js';
 import { etcdGroup, nbdGroup } from './groups.js';
-import { agentMemory, failover, inspectorOn, ioPath, rawSqlite, replicaMemory, replicaResumes, resumeStorm, silentPartition, wsEcho } from './measures.js';
+import {
+  agentMemory,
+  failover,
+  inspectorOn,
+  ioPath,
+  rawSqlite,
+  replicaMemory,
+  replicaResumes,
+  resumeStorm,
+  silentPartition,
+  wsEcho,
+} from './measures.js';
 
 export { ROOT };
 export type { Figure } from './figures.js';
 
-
 /** The groups of figures, in run order; `--only` picks some of them. */
-export const GROUPS = ['io', 'durable', 'failover', 'partition', 'storm', 'memory', 'sim', 'inspector', 'etcd', 'nbd'] as const;
+export const GROUPS = [
+  'io',
+  'durable',
+  'failover',
+  'partition',
+  'storm',
+  'memory',
+  'sim',
+  'inspector',
+  'etcd',
+  'nbd',
+] as const;
 export type Group = (typeof GROUPS)[number];
 
-export async function runBench(smoke: boolean, log: (l: string) => void, only: readonly Group[] = GROUPS): Promise<Figure[]> {
+export async function runBench(
+  smoke: boolean,
+  log: (l: string) => void,
+  only: readonly Group[] = GROUPS,
+): Promise<Figure[]> {
   const want = (g: Group) => only.includes(g);
   const dir = mkdtempSync(join(os.tmpdir(), 'safe-resume-bench-'));
   const F: Figure[] = [];
@@ -36,12 +61,21 @@ export async function runBench(smoke: boolean, log: (l: string) => void, only: r
       const mem = await replicaProcess(dir, 'memory');
       const sq = await replicaProcess(join(dir, 'gc'), 'sqlite');
       const one = await replicaProcess(join(dir, 'nogc'), 'sqlite', { groupCommit: false });
-      const r: Record<'echo' | 'mem' | 'insp' | 'sql' | 'one' | 'raw', number[]> = { echo: [], mem: [], insp: [], sql: [], one: [], raw: [] };
+      const r: Record<'echo' | 'mem' | 'insp' | 'sql' | 'one' | 'raw', number[]> = {
+        echo: [],
+        mem: [],
+        insp: [],
+        sql: [],
+        one: [],
+        raw: [],
+      };
       let echoSeq = { p50: 0, p99: 0 };
       let memSeq = { p50: 0, p99: 0, readP50: 0 };
       let sqlSeq = 0;
       for (let i = 0; i < R; i++) {
-        log(`I/O round ${i + 1} of ${R}: raw ws echo, memory store${want('inspector') ? ' (inspector off, on)' : ''}, SQLite FULL with and without group commit, raw SQLite`);
+        log(
+          `I/O round ${i + 1} of ${R}: raw ws echo, memory store${want('inspector') ? ' (inspector off, on)' : ''}, SQLite FULL with and without group commit, raw SQLite`,
+        );
         const echo = await wsEcho(s(20_000, 300), 64, i === 0 ? 2000 : 0);
         r.echo.push(echo.rate);
         const io = await ioPath(mem.url, s(20_000, 300), 16, 8, { sequential: i === 0 ? s(2000, 50) : 0 });
@@ -62,16 +96,67 @@ export async function runBench(smoke: boolean, log: (l: string) => void, only: r
         F.push(figure('io.write.seq.p50', memSeq.p50, 'ms', echoSeq.p50, 'ws echo p50', 'none', null));
         F.push(figure('io.write.seq.p99', memSeq.p99, 'ms', echoSeq.p99, 'ws echo p99', 'none', null));
         F.push(figure('io.read.seq.p50', memSeq.readP50, 'ms', echoSeq.p50, 'ws echo p50', 'none', null));
-        F.push(figure('io.write.pipelined.memory', med(r.mem), 'writes/s', echo, 'ws echo 4 KiB msgs/s', '>= 1.0x', med(r.mem) >= echo));
-        F.push(figure('io.write.pipelined.sqlite', med(r.sql), 'writes/s', echo, 'ws echo 4 KiB msgs/s', '>= 1.0x', med(r.sql) >= echo));
+        F.push(
+          figure(
+            'io.write.pipelined.memory',
+            med(r.mem),
+            'writes/s',
+            echo,
+            'ws echo 4 KiB msgs/s',
+            '>= 1.0x',
+            med(r.mem) >= echo,
+          ),
+        );
+        F.push(
+          figure(
+            'io.write.pipelined.sqlite',
+            med(r.sql),
+            'writes/s',
+            echo,
+            'ws echo 4 KiB msgs/s',
+            '>= 1.0x',
+            med(r.sql) >= echo,
+          ),
+        );
       }
       if (want('durable')) {
         const raw = med(r.raw);
         F.push(figure('durable.write.seq.p50', sqlSeq, 'ms', 1000 / raw, 'raw FULL CAS txn, ms each', 'none', null));
-        F.push(figure('durable.writes.full', med(r.sql), 'writes/s', raw, 'raw better-sqlite3 CAS txn per 4 KiB write, FULL', '>= 3x', med(r.sql) >= 3 * raw));
-        F.push(figure('durable.writes.full.no-group-commit', med(r.one), 'writes/s', raw, 'raw better-sqlite3 CAS txn per 4 KiB write, FULL', 'none', null));
+        F.push(
+          figure(
+            'durable.writes.full',
+            med(r.sql),
+            'writes/s',
+            raw,
+            'raw better-sqlite3 CAS txn per 4 KiB write, FULL',
+            '>= 3x',
+            med(r.sql) >= 3 * raw,
+          ),
+        );
+        F.push(
+          figure(
+            'durable.writes.full.no-group-commit',
+            med(r.one),
+            'writes/s',
+            raw,
+            'raw better-sqlite3 CAS txn per 4 KiB write, FULL',
+            'none',
+            null,
+          ),
+        );
       }
-      if (want('inspector')) F.push(figure('inspector.write.pipelined', med(r.insp), 'writes/s', med(r.mem), 'the same writes, inspector off', 'none', null));
+      if (want('inspector'))
+        F.push(
+          figure(
+            'inspector.write.pipelined',
+            med(r.insp),
+            'writes/s',
+            med(r.mem),
+            'the same writes, inspector off',
+            'none',
+            null,
+          ),
+        );
     }
     if (want('failover')) {
       const sizes = smoke ? [20] : [100, 1000, 10_000];
@@ -87,7 +172,17 @@ export async function runBench(smoke: boolean, log: (l: string) => void, only: r
         const f = { p50: pct(times, 50), p99: pct(times, 99), max: Math.max(...times) };
         chart.push({ n, ...f });
         F.push(figure(`failover.${n}.p50`, f.p50, 'ms', null, null, 'none', null));
-        F.push(figure(`failover.${n}.p99`, f.p99, 'ms', null, null, n === 1000 ? '<= 250 ms' : 'none', n === 1000 ? f.p99 <= 250 : null));
+        F.push(
+          figure(
+            `failover.${n}.p99`,
+            f.p99,
+            'ms',
+            null,
+            null,
+            n === 1000 ? '<= 250 ms' : 'none',
+            n === 1000 ? f.p99 <= 250 : null,
+          ),
+        );
         F.push(figure(`failover.${n}.max`, f.max, 'ms', null, null, 'none', null));
       }
       // Only a full run writes its results (the help says --only writes nothing).
@@ -130,7 +225,17 @@ export async function runBench(smoke: boolean, log: (l: string) => void, only: r
       const all = await runSeedsParallel(1, s(600, 6), cores);
       const perMin = all.schedules / (all.wallMs / 60_000);
       F.push(figure('sim.schedules.per.minute.one-thread', onePerMin, 'schedules/min', null, null, 'none', null));
-      F.push(figure(`sim.schedules.per.minute`, perMin, 'schedules/min', onePerMin, `one thread (this run: ${cores} workers)`, '>= 1,000', perMin >= 1000));
+      F.push(
+        figure(
+          `sim.schedules.per.minute`,
+          perMin,
+          'schedules/min',
+          onePerMin,
+          `one thread (this run: ${cores} workers)`,
+          '>= 1,000',
+          perMin >= 1000,
+        ),
+      );
     }
     if (want('etcd')) F.push(...(await etcdGroup(dir, smoke, log, R)));
     if (want('nbd')) F.push(...(await nbdGroup(dir, smoke, log, R)));
@@ -155,7 +260,12 @@ function writeChart(points: Array<{ n: number; p50: number; p99: number; max: nu
   const y = (v: number) => H - 40 - (v / maxY) * (H - 80);
   const line = (k: 'p50' | 'p99' | 'max', color: string) =>
     `<polyline fill="none" stroke="${color}" stroke-width="2" points="${points.map((p, i) => `${x(i)},${y(p[k])}`).join(' ')}"/>` +
-    points.map((p, i) => `<circle cx="${x(i)}" cy="${y(p[k])}" r="3" fill="${color}"/><text x="${x(i) + 5}" y="${y(p[k]) - 5}" font-size="10">${Math.round(p[k])}</text>`).join('');
+    points
+      .map(
+        (p, i) =>
+          `<circle cx="${x(i)}" cy="${y(p[k])}" r="3" fill="${color}"/><text x="${x(i) + 5}" y="${y(p[k]) - 5}" font-size="10">${Math.round(p[k])}</text>`,
+      )
+      .join('');
   const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif"><rect width="100%" height="100%" fill="#fff"/>
 <text x="10" y="18" font-size="13">Failover after SIGKILL of the serving replica: time until each handle is active (ms)</text>
 <line x1="60" y1="${H - 40}" x2="${W - 30}" y2="${H - 40}" stroke="#888"/><line x1="60" y1="30" x2="60" y2="${H - 40}" stroke="#888"/>
@@ -167,13 +277,19 @@ ${line('p50', '#1a7f37')}${line('p99', '#c97a00')}${line('max', '#cf222e')}
 }
 
 export function table(F: Figure[]): string {
-  const rows = F.map((f) => `| ${f.name} | ${f.value} ${f.unit} | ${f.baseline ?? '-'}${f.baselineName ? ` (${f.baselineName})` : ''} | ${f.ratio ?? '-'} | ${f.target} | ${f.met === null ? '-' : f.met ? 'yes' : 'no'} |`);
+  const rows = F.map(
+    (f) =>
+      `| ${f.name} | ${f.value} ${f.unit} | ${f.baseline ?? '-'}${f.baselineName ? ` (${f.baselineName})` : ''} | ${f.ratio ?? '-'} | ${f.target} | ${f.met === null ? '-' : f.met ? 'yes' : 'no'} |`,
+  );
   return ['| figure | value | baseline | ratio | target | met |', '|---|---|---|---|---|---|', ...rows].join('\n');
 }
 
 export function writeResults(F: Figure[]): void {
   mkdirSync(join(ROOT, 'bench', 'results'), { recursive: true });
-  writeFileSync(join(ROOT, 'bench', 'results', 'latest.json'), JSON.stringify({ date: new Date().toISOString(), machine: machine(), figures: F }, null, 2) + '\n');
+  writeFileSync(
+    join(ROOT, 'bench', 'results', 'latest.json'),
+    JSON.stringify({ date: new Date().toISOString(), machine: machine(), figures: F }, null, 2) + '\n',
+  );
 }
 
 export function machine(): string {

@@ -5,14 +5,16 @@ export class UsageError extends Error {}
 export function int(name: string, value: string | undefined, dflt: number, min = 0): number {
   if (value === undefined) return dflt;
   const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < min) throw new UsageError(`--${name} must be an integer >= ${min}, got ${JSON.stringify(value)}`);
+  if (!Number.isSafeInteger(n) || n < min)
+    throw new UsageError(`--${name} must be an integer >= ${min}, got ${JSON.stringify(value)}`);
   return n;
 }
 
 /** A TCP port from the command line (0: any free one). */
 export function portNumber(name: string, value: string | undefined, dflt: number, min = 0): number {
   const n = value === undefined ? dflt : Number(value);
-  if (!Number.isSafeInteger(n) || n < min || n > 65535) throw new UsageError(`--${name} must be a port number from ${min} to 65535, got ${JSON.stringify(value)}`);
+  if (!Number.isSafeInteger(n) || n < min || n > 65535)
+    throw new UsageError(`--${name} must be a port number from ${min} to 65535, got ${JSON.stringify(value)}`);
   return n;
 }
 

@@ -9,7 +9,36 @@ import { helpFor } from './help.js';
 const COMMON = ['dir', 'json', 'help'];
 
 export const COMMAND_FLAGS: Record<string, string[]> = {
-  up: ['replicas', 'nodes', 'apps', 'store', 'etcd-endpoints', 'dir', 'hold-ms', 'pause-timeout-ms', 'port', 'interval-ms', 'inspector-port', 'stately', 'stately-port', 'tls-cert', 'tls-key', 'tls-ca', 'nbd-tcp', 'nbd-group', 'config', 'pretty', 'no-color', 'chaos', 'for', 'seed', 'faults', 'netns', 'json', 'help'],
+  up: [
+    'replicas',
+    'nodes',
+    'apps',
+    'store',
+    'etcd-endpoints',
+    'dir',
+    'hold-ms',
+    'pause-timeout-ms',
+    'port',
+    'interval-ms',
+    'inspector-port',
+    'stately',
+    'stately-port',
+    'tls-cert',
+    'tls-key',
+    'tls-ca',
+    'nbd-tcp',
+    'nbd-group',
+    'config',
+    'pretty',
+    'no-color',
+    'chaos',
+    'for',
+    'seed',
+    'faults',
+    'netns',
+    'json',
+    'help',
+  ],
   status: [...COMMON, 'watch', 'target'],
   kill: COMMON,
   restart: COMMON,
@@ -32,7 +61,19 @@ export const COMMAND_FLAGS: Record<string, string[]> = {
   sim: ['seeds', 'from', 'seed', 'workers', 'json', 'help'],
   bench: ['json', 'smoke', 'only', 'help'],
   fuzz: ['frames', 'connections', 'seed', 'json', 'help'],
-  replica: ['id', 'store', 'listen', 'dir', 'tls-cert', 'tls-key', 'tls-ca', 'etcd-ca', 'etcd-cert', 'etcd-key', 'help'],
+  replica: [
+    'id',
+    'store',
+    'listen',
+    'dir',
+    'tls-cert',
+    'tls-key',
+    'tls-ca',
+    'etcd-ca',
+    'etcd-cert',
+    'etcd-key',
+    'help',
+  ],
   credentials: ['node', 'principal', 'out', 'dir', 'json', 'help'],
   completion: ['help'],
   help: [],
@@ -84,15 +125,24 @@ export function zshCompletion(): string {
 # safe-resume completion for zsh: eval "$(safe-resume completion zsh)" in ~/.zshrc
 autoload -U +X compinit && compinit
 autoload -U +X bashcompinit && bashcompinit
-${bashCompletion().split('\n').filter((l) => !l.startsWith('#')).join('\n')}`;
+${bashCompletion()
+  .split('\n')
+  .filter((l) => !l.startsWith('#'))
+  .join('\n')}`;
 }
 
 /** `completion bash|zsh`: a completion script for the shell. */
 export function completion(argv: string[]): number {
-  const { values, positionals } = parseArgs({ args: argv, options: { help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
-  if (values.help) return void process.stdout.write(helpFor('completion')), 0;
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { help: { type: 'boolean', short: 'h' } },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (values.help) return (void process.stdout.write(helpFor('completion')), 0);
   const shell = positionals[0];
-  if (positionals.length !== 1 || (shell !== 'bash' && shell !== 'zsh')) throw new UsageError(`completion takes bash or zsh${shell === undefined ? '' : `, not ${JSON.stringify(shell)}`}`);
+  if (positionals.length !== 1 || (shell !== 'bash' && shell !== 'zsh'))
+    throw new UsageError(`completion takes bash or zsh${shell === undefined ? '' : `, not ${JSON.stringify(shell)}`}`);
   process.stdout.write(shell === 'bash' ? bashCompletion() : zshCompletion());
   return 0;
 }

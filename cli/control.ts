@@ -18,11 +18,30 @@ import { down } from './down.js';
 export async function control(cmd: string, argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { dir: { type: 'string' }, json: { type: 'boolean' }, for: { type: 'string' }, to: { type: 'string' }, as: { type: 'string' }, node: { type: 'string' }, size: { type: 'string' }, target: { type: 'string' }, principal: { type: 'string' }, mode: { type: 'string' }, 'no-wait': { type: 'boolean' }, watch: { type: 'boolean', short: 'w' }, offset: { type: 'string' }, length: { type: 'string' }, hex: { type: 'boolean' }, since: { type: 'string' }, follow: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      dir: { type: 'string' },
+      json: { type: 'boolean' },
+      for: { type: 'string' },
+      to: { type: 'string' },
+      as: { type: 'string' },
+      node: { type: 'string' },
+      size: { type: 'string' },
+      target: { type: 'string' },
+      principal: { type: 'string' },
+      mode: { type: 'string' },
+      'no-wait': { type: 'boolean' },
+      watch: { type: 'boolean', short: 'w' },
+      offset: { type: 'string' },
+      length: { type: 'string' },
+      hex: { type: 'boolean' },
+      since: { type: 'string' },
+      follow: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
     allowPositionals: true,
     strict: true,
   });
-  if (values.help) return void process.stdout.write(helpFor(cmd)), 0;
+  if (values.help) return (void process.stdout.write(helpFor(cmd)), 0);
   const dir = resolve(values.dir ?? '.safe-resume');
   if (values['no-wait'] && cmd !== 'down') throw new UsageError('--no-wait is for down');
   if (cmd === 'down') {
@@ -51,10 +70,16 @@ export async function control(cmd: string, argv: string[]): Promise<number> {
     if (positionals.length !== n) throw new UsageError(`${cmd} takes ${what}`);
   };
   if (values.watch && cmd !== 'status') throw new UsageError('--watch (-w) is for status');
-  if (values.target !== undefined && cmd !== 'events' && cmd !== 'status') throw new UsageError('--target is for events and status');
-  if ((values.offset !== undefined || values.length !== undefined || values.hex) && cmd !== 'read') throw new UsageError('--offset, --length and --hex are for read');
-  if ((values.since !== undefined || values.follow) && cmd !== 'events') throw new UsageError('--since and --follow are for events');
-  const view: StatusFilter = { id: cmd === 'status' ? positionals[0] : undefined, target: cmd === 'status' ? values.target : undefined };
+  if (values.target !== undefined && cmd !== 'events' && cmd !== 'status')
+    throw new UsageError('--target is for events and status');
+  if ((values.offset !== undefined || values.length !== undefined || values.hex) && cmd !== 'read')
+    throw new UsageError('--offset, --length and --hex are for read');
+  if ((values.since !== undefined || values.follow) && cmd !== 'events')
+    throw new UsageError('--since and --follow are for events');
+  const view: StatusFilter = {
+    id: cmd === 'status' ? positionals[0] : undefined,
+    target: cmd === 'status' ? values.target : undefined,
+  };
   if (values.watch) {
     if (positionals.length > 1) throw new UsageError('status takes at most one replica or node');
     return await watchStatus(dir, url, token, values.json === true, view);
@@ -103,7 +128,11 @@ export async function control(cmd: string, argv: string[]): Promise<number> {
       break;
     case 'read':
       need(1, '<target>');
-      body = { target: positionals[0], ...(values.offset !== undefined ? { offset: int('offset', values.offset, 0) } : {}), ...(values.length !== undefined ? { length: int('length', values.length, 0, 1) } : {}) };
+      body = {
+        target: positionals[0],
+        ...(values.offset !== undefined ? { offset: int('offset', values.offset, 0) } : {}),
+        ...(values.length !== undefined ? { length: int('length', values.length, 0, 1) } : {}),
+      };
       break;
     case 'events':
       need(0, 'no arguments (--target T for one target)');
@@ -115,7 +144,10 @@ export async function control(cmd: string, argv: string[]): Promise<number> {
     case 'grant':
       need(1, '<target> --principal P --mode read|write');
       if (values.principal === undefined) throw new UsageError('grant needs --principal P');
-      if (values.mode !== 'read' && values.mode !== 'write') throw new UsageError(`grant needs --mode read or --mode write${values.mode === undefined ? '' : `, not ${JSON.stringify(values.mode)}`}`);
+      if (values.mode !== 'read' && values.mode !== 'write')
+        throw new UsageError(
+          `grant needs --mode read or --mode write${values.mode === undefined ? '' : `, not ${JSON.stringify(values.mode)}`}`,
+        );
       body = { target: positionals[0], principal: values.principal, mode: values.mode };
       break;
     case 'revoke':
@@ -132,40 +164,80 @@ export async function control(cmd: string, argv: string[]): Promise<number> {
       need(1, '<target> [--node N]');
       break;
   }
-  if (values.node !== undefined && cmd !== 'export' && cmd !== 'create') throw new UsageError(`--node is for export and create`);
+  if (values.node !== undefined && cmd !== 'export' && cmd !== 'create')
+    throw new UsageError(`--node is for export and create`);
   if (values.size !== undefined && cmd !== 'create') throw new UsageError(`--size is for create`);
-  if (values.principal !== undefined && cmd !== 'grant' && cmd !== 'revoke') throw new UsageError('--principal is for grant and revoke');
+  if (values.principal !== undefined && cmd !== 'grant' && cmd !== 'revoke')
+    throw new UsageError('--principal is for grant and revoke');
   if (values.mode !== undefined && cmd !== 'grant') throw new UsageError('--mode is for grant');
   if (cmd === 'status') path = '/status?hold=1';
   else if (cmd === 'export') path = '/status';
-  else if (cmd === 'events') path = `/events${values.target !== undefined ? `?target=${encodeURIComponent(values.target)}` : ''}`;
+  else if (cmd === 'events')
+    path = `/events${values.target !== undefined ? `?target=${encodeURIComponent(values.target)}` : ''}`;
   let res: Response;
   try {
     const authorization = `Bearer ${token}`;
     const signal = AbortSignal.timeout(CONTROL_DEADLINE_MS);
-    res = await fetch(url + path, cmd === 'status' || cmd === 'export' || cmd === 'events' ? { headers: { authorization }, signal } : { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', authorization }, signal });
+    res = await fetch(
+      url + path,
+      cmd === 'status' || cmd === 'export' || cmd === 'events'
+        ? { headers: { authorization }, signal }
+        : {
+            method: 'POST',
+            body: JSON.stringify(body),
+            headers: { 'content-type': 'application/json', authorization },
+            signal,
+          },
+    );
   } catch (err) {
-    if ((err as Error).name === 'TimeoutError') throw new OperatorError(`the launcher in ${dir} did not answer ${cmd} within ${CONTROL_DEADLINE_MS / 1000} s (it is at ${url})`, EXIT.timeout);
-    throw new OperatorError(`the cluster in ${dir} does not answer at ${url}: it is not running (a stale control.json; 'safe-resume down --dir ${dir}' clears it)`, EXIT.failed);
+    if ((err as Error).name === 'TimeoutError')
+      throw new OperatorError(
+        `the launcher in ${dir} did not answer ${cmd} within ${CONTROL_DEADLINE_MS / 1000} s (it is at ${url})`,
+        EXIT.timeout,
+      );
+    throw new OperatorError(
+      `the cluster in ${dir} does not answer at ${url}: it is not running (a stale control.json; 'safe-resume down --dir ${dir}' clears it)`,
+      EXIT.failed,
+    );
   }
-  let out = (await res.json()) as { ok: boolean; code?: string; message?: string; deadline?: boolean } & Record<string, unknown>;
+  let out = (await res.json()) as { ok: boolean; code?: string; message?: string; deadline?: boolean } & Record<
+    string,
+    unknown
+  >;
   if (cmd === 'export' && out.ok) out = exportUrl(out, positionals[0]!, values.node);
   if (cmd === 'status' && out.ok && (view.id !== undefined || view.target !== undefined)) out = filterStatus(out, view);
-  if (cmd === 'events' && out.ok && since !== undefined) out = { ...out, events: (out.events as TimelineEvent[]).filter((e) => e.at >= since) };
+  if (cmd === 'events' && out.ok && since !== undefined)
+    out = { ...out, events: (out.events as TimelineEvent[]).filter((e) => e.at >= since) };
   if (cmd === 'create' && out.ok) {
     // The URL to open it with, from the cluster's status (none if no node serves an export).
-    const st = (await (await fetch(url + '/status', { headers: { authorization: `Bearer ${token}` } })).json()) as Record<string, unknown>;
+    const st = (await (
+      await fetch(url + '/status', { headers: { authorization: `Bearer ${token}` } })
+    ).json()) as Record<string, unknown>;
     const at = exportUrl(st, positionals[0]!, values.node);
-    out = { ...out, url: at.ok ? at.url : null, ...(at.ok ? { node: at.node, ...(at.tls ? { tls: at.tls } : {}) } : {}) };
+    out = {
+      ...out,
+      url: at.ok ? at.url : null,
+      ...(at.ok ? { node: at.node, ...(at.tls ? { tls: at.tls } : {}) } : {}),
+    };
   }
   if (values.json) process.stdout.write(JSON.stringify(out) + '\n');
   else if (!out.ok) process.stderr.write(`safe-resume ${cmd}: ${out.code}: ${out.message}\n`);
-  else if (cmd === 'status') process.stdout.write((statusLines(out).join('\n') || `no handle or NBD connection on ${String(view.target)}`) + '\n');
+  else if (cmd === 'status')
+    process.stdout.write(
+      (statusLines(out).join('\n') || `no handle or NBD connection on ${String(view.target)}`) + '\n',
+    );
   else if (cmd === 'read') showRead(out, values.hex === true);
   else if (cmd === 'explain' || cmd === 'grant' || cmd === 'revoke') process.stdout.write(String(out.text) + '\n');
-  else if (cmd === 'events') process.stdout.write((out.events as TimelineEvent[]).map(formatEvent).join('\n') + ((out.events as TimelineEvent[]).length ? '\n' : ''));
+  else if (cmd === 'events')
+    process.stdout.write(
+      (out.events as TimelineEvent[]).map(formatEvent).join('\n') +
+        ((out.events as TimelineEvent[]).length ? '\n' : ''),
+    );
   else if (cmd === 'export') process.stdout.write(`${String(out.url)}\n${out.tls ? `${String(out.tls)}\n` : ''}`);
-  else if (cmd === 'create') process.stdout.write(`${String(out.target)}: ${formatSize(Number(out.size))} (${String(out.size)} bytes)${out.created ? '' : ', as it already was'}\n${out.url ? String(out.url) : '(no node serves an NBD export)'}\n`);
+  else if (cmd === 'create')
+    process.stdout.write(
+      `${String(out.target)}: ${formatSize(Number(out.size))} (${String(out.size)} bytes)${out.created ? '' : ', as it already was'}\n${out.url ? String(out.url) : '(no node serves an NBD export)'}\n`,
+    );
   else process.stdout.write(done(cmd, out) + '\n');
   // An id that names no process (kill replica-9) is a command line to correct: the answer lists the ids.
   if (!out.ok && out.code === 'INVALID_ARGUMENT' && ID_COMMANDS.has(cmd)) return EXIT.usage;
@@ -193,7 +265,10 @@ function done(cmd: string, out: Record<string, unknown>): string {
     case 'write':
       return `wrote ${String(out.bytes)} byte${out.bytes === 1 ? '' : 's'} to ${String(out.target)} as ${String(out.as)} (requestId ${String(out.requestId)}, version ${String(out.version)})`;
     default:
-      return Object.entries(out).filter(([k]) => k !== 'ok').map(([k, v]) => `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`).join('\n');
+      return Object.entries(out)
+        .filter(([k]) => k !== 'ok')
+        .map(([k, v]) => `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`)
+        .join('\n');
   }
 }
 

@@ -8,7 +8,18 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { UsageError } from './args.js';
-import { formatCredential, issueCredential, loadCredential, loadOrCreateSecret, NAME_PATTERN, nbdPskLine, SECRET_FILE, writeCredential, writePrivateFile, type CredentialKind } from '../actors/auth.js';
+import {
+  formatCredential,
+  issueCredential,
+  loadCredential,
+  loadOrCreateSecret,
+  NAME_PATTERN,
+  nbdPskLine,
+  SECRET_FILE,
+  writeCredential,
+  writePrivateFile,
+  type CredentialKind,
+} from '../actors/auth.js';
 import { privateDataDir } from '../cluster/private-dir.js';
 
 export const CREDENTIALS_HELP = `safe-resume credentials issue --node NAME | --principal NAME [--out FILE] [--force] [--dir PATH]
@@ -45,25 +56,40 @@ export function credentials(argv: string[], out: (s: string) => void, err: (s: s
     return 0;
   }
   if (sub === 'nbd-psk') return nbdPskCommand(rest, out, err);
-  if (sub !== 'issue') throw new CredentialsUsageError(`credentials: unknown subcommand ${JSON.stringify(sub)} (try: credentials issue --node NAME, or credentials nbd-psk --principal NAME)`);
+  if (sub !== 'issue')
+    throw new CredentialsUsageError(
+      `credentials: unknown subcommand ${JSON.stringify(sub)} (try: credentials issue --node NAME, or credentials nbd-psk --principal NAME)`,
+    );
   const { values } = parseArgs({
     args: rest,
-    options: { node: { type: 'string' }, principal: { type: 'string' }, out: { type: 'string' }, force: { type: 'boolean' }, dir: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      node: { type: 'string' },
+      principal: { type: 'string' },
+      out: { type: 'string' },
+      force: { type: 'boolean' },
+      dir: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
     strict: true,
   });
   if (values.help) {
     out(CREDENTIALS_HELP);
     return 0;
   }
-  if ((values.node === undefined) === (values.principal === undefined)) throw new CredentialsUsageError('credentials issue takes exactly one of --node NAME or --principal NAME');
+  if ((values.node === undefined) === (values.principal === undefined))
+    throw new CredentialsUsageError('credentials issue takes exactly one of --node NAME or --principal NAME');
   const kind: CredentialKind = values.node !== undefined ? 'node' : 'principal';
   const name = (values.node ?? values.principal)!;
-  if (!NAME_PATTERN.test(name)) throw new CredentialsUsageError(`--${kind} ${JSON.stringify(name)}: names are 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`);
+  if (!NAME_PATTERN.test(name))
+    throw new CredentialsUsageError(
+      `--${kind} ${JSON.stringify(name)}: names are 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`,
+    );
   const dir = resolve(values.dir ?? '.safe-resume');
   const fresh = !existsSync(join(dir, SECRET_FILE));
   privateDataDir(dir, 'leave');
   const credential = issueCredential(loadOrCreateSecret(dir), kind, name);
-  if (fresh) err(`safe-resume: created a new cluster key in ${join(dir, SECRET_FILE)} (replicas of this cluster need it)\n`);
+  if (fresh)
+    err(`safe-resume: created a new cluster key in ${join(dir, SECRET_FILE)} (replicas of this cluster need it)\n`);
   if (values.out === undefined) {
     out(formatCredential(credential));
     return 0;
@@ -79,24 +105,41 @@ export function credentials(argv: string[], out: (s: string) => void, err: (s: s
 function nbdPskCommand(argv: string[], out: (s: string) => void, err: (s: string) => void): number {
   const { values } = parseArgs({
     args: argv,
-    options: { principal: { type: 'string' }, credential: { type: 'string' }, out: { type: 'string' }, force: { type: 'boolean' }, dir: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      principal: { type: 'string' },
+      credential: { type: 'string' },
+      out: { type: 'string' },
+      force: { type: 'boolean' },
+      dir: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
     strict: true,
   });
   if (values.help) {
     out(CREDENTIALS_HELP);
     return 0;
   }
-  if ((values.principal === undefined) === (values.credential === undefined)) throw new CredentialsUsageError('credentials nbd-psk takes exactly one of --principal NAME or --credential FILE');
+  if ((values.principal === undefined) === (values.credential === undefined))
+    throw new CredentialsUsageError('credentials nbd-psk takes exactly one of --principal NAME or --credential FILE');
   let line: string;
   if (values.credential !== undefined) {
     const c = loadCredential(resolve(values.credential));
-    if (c.kind !== 'principal') throw new CredentialsUsageError(`${values.credential} is the credential of ${c.kind} ${c.name}, not of a principal`);
+    if (c.kind !== 'principal')
+      throw new CredentialsUsageError(
+        `${values.credential} is the credential of ${c.kind} ${c.name}, not of a principal`,
+      );
     line = nbdPskLine(c);
   } else {
     const name = values.principal!;
-    if (!NAME_PATTERN.test(name)) throw new CredentialsUsageError(`--principal ${JSON.stringify(name)}: names are 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`);
+    if (!NAME_PATTERN.test(name))
+      throw new CredentialsUsageError(
+        `--principal ${JSON.stringify(name)}: names are 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`,
+      );
     const dir = resolve(values.dir ?? '.safe-resume');
-    if (!existsSync(join(dir, SECRET_FILE))) throw new CredentialsUsageError(`${join(dir, SECRET_FILE)} does not exist: give the cluster's --dir, or the principal's --credential FILE`);
+    if (!existsSync(join(dir, SECRET_FILE)))
+      throw new CredentialsUsageError(
+        `${join(dir, SECRET_FILE)} does not exist: give the cluster's --dir, or the principal's --credential FILE`,
+      );
     line = nbdPskLine(issueCredential(loadOrCreateSecret(dir), 'principal', name));
   }
   if (values.out === undefined) {

@@ -22,8 +22,16 @@ export function takeDataDir(dir: string, store?: string): string | undefined {
     accessSync(dir, constants.W_OK);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOTDIR' || code === 'EEXIST') throw new OperatorError(`data directory ${dir} cannot be created: a file is in the way (${code}); choose another --dir`, EXIT.dirNotWritable);
-    if (code === 'ENOENT') throw new OperatorError(`data directory ${dir} cannot be created (${code}); choose a directory you can write with --dir`, EXIT.dirNotWritable);
+    if (code === 'ENOTDIR' || code === 'EEXIST')
+      throw new OperatorError(
+        `data directory ${dir} cannot be created: a file is in the way (${code}); choose another --dir`,
+        EXIT.dirNotWritable,
+      );
+    if (code === 'ENOENT')
+      throw new OperatorError(
+        `data directory ${dir} cannot be created (${code}); choose a directory you can write with --dir`,
+        EXIT.dirNotWritable,
+      );
     throw fromSystemError(err, `data directory ${dir}`) ?? err;
   }
   const release = lockDir(dir, store);
@@ -40,26 +48,36 @@ export function storeInUse(o: UpOptions): string | undefined {
   const kept = keptCount(o.dir, o.nodes);
   if (o.store === 'etcd') {
     const local = join(o.dir, 'etcd');
-    return !o.etcdEndpoints && existsSync(local) && !o.chaos ? `reusing the etcd data in ${local}, ${count(kept, 'kept requestId')}` : undefined;
+    return !o.etcdEndpoints && existsSync(local) && !o.chaos
+      ? `reusing the etcd data in ${local}, ${count(kept, 'kept requestId')}`
+      : undefined;
   }
   const path = join(o.dir, 'store.sqlite');
   if (!existsSync(path) || o.chaos) return undefined;
   try {
     accessSync(path, constants.R_OK | constants.W_OK);
   } catch {
-    throw new OperatorError(`the store ${path} is read-only: make it writable (chmod u+w) or start a new cluster with another --dir`, EXIT.storeUnusable);
+    throw new OperatorError(
+      `the store ${path} is read-only: make it writable (chmod u+w) or start a new cluster with another --dir`,
+      EXIT.storeUnusable,
+    );
   }
   try {
     const db = new Database(path, { fileMustExist: true });
     try {
       const hasTargets = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'target_versions'").get() !== undefined;
-      const targets = hasTargets ? (db.prepare('SELECT count(*) AS n FROM target_versions').get() as { n: number }).n : 0;
+      const targets = hasTargets
+        ? (db.prepare('SELECT count(*) AS n FROM target_versions').get() as { n: number }).n
+        : 0;
       return `reusing the store in ${o.dir}: ${count(targets, 'target')}, ${count(kept, 'kept requestId')}`;
     } finally {
       db.close();
     }
   } catch (err) {
-    throw new OperatorError(`the store ${path} cannot be used (${(err as Error).message}): restore it from a backup, or move it away to start empty`, EXIT.storeUnusable);
+    throw new OperatorError(
+      `the store ${path} cannot be used (${(err as Error).message}): restore it from a backup, or move it away to start empty`,
+      EXIT.storeUnusable,
+    );
   }
 }
 

@@ -9,10 +9,15 @@ import { EXIT, OperatorError } from '../runtime/operator-error.js';
  * started) is gone. Nothing running is not an error: the cluster is down either way.
  */
 export async function down(dir: string, json: boolean, wait: boolean): Promise<number> {
-  const say = (out: Record<string, unknown>, line: string) => process.stdout.write((json ? JSON.stringify(out) : line) + '\n');
+  const say = (out: Record<string, unknown>, line: string) =>
+    process.stdout.write((json ? JSON.stringify(out) : line) + '\n');
   let control: { url: string; token: string; pid: number } | undefined;
   try {
-    control = JSON.parse(readFileSync(join(dir, 'control.json'), 'utf8')) as { url: string; token: string; pid: number };
+    control = JSON.parse(readFileSync(join(dir, 'control.json'), 'utf8')) as {
+      url: string;
+      token: string;
+      pid: number;
+    };
   } catch {
     control = undefined;
   }
@@ -25,7 +30,12 @@ export async function down(dir: string, json: boolean, wait: boolean): Promise<n
   }
   try {
     if (!control) throw new Error('no control endpoint yet');
-    await fetch(control.url + '/down', { method: 'POST', body: '{}', headers: { 'content-type': 'application/json', authorization: `Bearer ${control.token}` }, signal: AbortSignal.timeout(5000) });
+    await fetch(control.url + '/down', {
+      method: 'POST',
+      body: '{}',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${control.token}` },
+      signal: AbortSignal.timeout(5000),
+    });
   } catch {
     process.kill(pid, 'SIGTERM'); // still starting, or not answering: the signal stops it the same way
   }
@@ -35,10 +45,17 @@ export async function down(dir: string, json: boolean, wait: boolean): Promise<n
   }
   const deadline = Date.now() + DOWN_WAIT_MS;
   while (isLauncher(pid)) {
-    if (Date.now() > deadline) throw new OperatorError(`the launcher (pid ${pid}) did not stop within ${DOWN_WAIT_MS / 1000} s; stop it with 'kill -9 ${pid}'`, EXIT.timeout);
+    if (Date.now() > deadline)
+      throw new OperatorError(
+        `the launcher (pid ${pid}) did not stop within ${DOWN_WAIT_MS / 1000} s; stop it with 'kill -9 ${pid}'`,
+        EXIT.timeout,
+      );
     await new Promise((r) => setTimeout(r, 100));
   }
-  say({ ok: true, running: false, stopped: pid }, `stopped the cluster in ${dir} (launcher pid ${pid} and every process it ran)`);
+  say(
+    { ok: true, running: false, stopped: pid },
+    `stopped the cluster in ${dir} (launcher pid ${pid} and every process it ran)`,
+  );
   return 0;
 }
 

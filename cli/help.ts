@@ -135,5 +135,12 @@ export function helpFor(cmd: string): string {
   if (usage.length === 0) return HELP;
   const from = lines.indexOf(`Options for ${cmd}:`);
   const options = from < 0 ? [] : lines.slice(from, lines.indexOf('', from) < 0 ? undefined : lines.indexOf('', from));
-  return ['Usage:', ...usage, '', ...(options.length ? [...options, ''] : []), 'Every command takes --dir (default ./.safe-resume) to find the running cluster, --json, and --help.', ''].join('\n');
+  return [
+    'Usage:',
+    ...usage,
+    '',
+    ...(options.length ? [...options, ''] : []),
+    'Every command takes --dir (default ./.safe-resume) to find the running cluster, --json, and --help.',
+    '',
+  ].join('\n');
 }

@@ -16,7 +16,10 @@ const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 4
 const HEAD = new Set(['level', 'time', 'msg', 'pid', 'hostname', 'v']);
 
 /** Control characters as escapes: a log line shows what was logged, it does not drive the terminal. */
-const safe = (s: string) => s.replace(/[\x00-\x08\x0b-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`).replace(/\n/g, '\\n');
+const safe = (s: string) =>
+  s
+    .replace(/[\x00-\x08\x0b-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
+    .replace(/\n/g, '\\n');
 
 /** One JSON log line of `proc` as a pretty line (a line that is not JSON, as it is). */
 export function prettyLine(proc: string, line: string): { time: number; text: string } {
@@ -31,22 +34,45 @@ export function prettyLine(proc: string, line: string): { time: number; text: st
   const level = typeof o.level === 'number' ? (LEVELS[o.level] ?? String(o.level)) : String(o.level ?? '-');
   const rest = Object.entries(o)
     .filter(([k, v]) => !HEAD.has(k) && !(k === 'actor' && v === proc))
-    .map(([k, v]) => `${safe(k)}=${typeof v === 'string' && /^[^\s"=]+$/.test(v) ? safe(v) : safe(JSON.stringify(v) ?? String(v))}`);
-  return { time, text: `${new Date(time).toISOString()} ${level.padEnd(5)} ${proc}  ${safe(String(o.msg ?? ''))}${rest.length ? ` ${rest.join(' ')}` : ''}` };
+    .map(
+      ([k, v]) =>
+        `${safe(k)}=${typeof v === 'string' && /^[^\s"=]+$/.test(v) ? safe(v) : safe(JSON.stringify(v) ?? String(v))}`,
+    );
+  return {
+    time,
+    text: `${new Date(time).toISOString()} ${level.padEnd(5)} ${proc}  ${safe(String(o.msg ?? ''))}${rest.length ? ` ${rest.join(' ')}` : ''}`,
+  };
 }
 
 /** The processes that have logs in `dir` (launcher, replica-1, node-1, ...). */
 function processes(logs: string): string[] {
-  return existsSync(logs) ? readdirSync(logs).filter((f) => f.endsWith('.log')).map((f) => f.slice(0, -4)).sort() : [];
+  return existsSync(logs)
+    ? readdirSync(logs)
+        .filter((f) => f.endsWith('.log'))
+        .map((f) => f.slice(0, -4))
+        .sort()
+    : [];
 }
 
-export async function logs(dir: string, proc: string | undefined, opts: { follow: boolean; json: boolean }, out: (s: string) => void): Promise<number> {
+export async function logs(
+  dir: string,
+  proc: string | undefined,
+  opts: { follow: boolean; json: boolean },
+  out: (s: string) => void,
+): Promise<number> {
   const logDir = join(dir, 'logs');
   const have = processes(logDir);
   if (proc !== undefined && !have.includes(proc)) {
-    throw new OperatorError(`NOT_FOUND: no log of a process called ${JSON.stringify(proc)} in ${logDir}${didYouMean(proc, have)}${have.length ? ` (there are: ${have.join(', ')})` : ''}`, EXIT.notFound);
+    throw new OperatorError(
+      `NOT_FOUND: no log of a process called ${JSON.stringify(proc)} in ${logDir}${didYouMean(proc, have)}${have.length ? ` (there are: ${have.join(', ')})` : ''}`,
+      EXIT.notFound,
+    );
   }
-  if (proc === undefined && have.length === 0 && !opts.follow) throw new OperatorError(`NOT_FOUND: no logs in ${logDir} (a cluster started with 'safe-resume up --dir ${dir}' writes them there)`, EXIT.notFound);
+  if (proc === undefined && have.length === 0 && !opts.follow)
+    throw new OperatorError(
+      `NOT_FOUND: no logs in ${logDir} (a cluster started with 'safe-resume up --dir ${dir}' writes them there)`,
+      EXIT.notFound,
+    );
   const show = (p: string, line: string) => (opts.json ? line : prettyLine(p, line).text);
   // What is there now, merged by time (a line without one keeps its place after the one before).
   const offsets = new Map<string, number>();
@@ -93,7 +119,12 @@ export async function logs(dir: string, proc: string | undefined, opts: { follow
       }
       const end = buf.lastIndexOf(0x0a) + 1;
       offsets.set(p, from + end);
-      const text = buf.subarray(0, end).toString('utf8').split('\n').filter((l) => l.length > 0).map((l) => show(p, l));
+      const text = buf
+        .subarray(0, end)
+        .toString('utf8')
+        .split('\n')
+        .filter((l) => l.length > 0)
+        .map((l) => show(p, l));
       if (text.length) out(text.join('\n') + '\n');
     }
     await new Promise<void>((r) => {
@@ -106,8 +137,23 @@ export async function logs(dir: string, proc: string | undefined, opts: { follow
 
 /** `logs [process] [--follow]`: the cluster's logs, pretty (above); no running cluster needed. */
 export async function logsCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, options: { dir: { type: 'string' }, json: { type: 'boolean' }, follow: { type: 'boolean', short: 'f' }, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
-  if (values.help) return void process.stdout.write(helpFor('logs')), 0;
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: {
+      dir: { type: 'string' },
+      json: { type: 'boolean' },
+      follow: { type: 'boolean', short: 'f' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (values.help) return (void process.stdout.write(helpFor('logs')), 0);
   if (positionals.length > 1) throw new UsageError('logs takes at most one process (launcher, replica-1, node-1, ...)');
-  return await logs(resolve(values.dir ?? '.safe-resume'), positionals[0], { follow: values.follow === true, json: values.json === true }, (t) => process.stdout.write(t));
+  return await logs(
+    resolve(values.dir ?? '.safe-resume'),
+    positionals[0],
+    { follow: values.follow === true, json: values.json === true },
+    (t) => process.stdout.write(t),
+  );
 }

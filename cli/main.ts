@@ -11,7 +11,9 @@ import { HELP, helpFor } from './help.js';
 
 /** This package's version, from its package.json. */
 function version(): string {
-  const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string };
+  const pkg = JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as {
+    version: string;
+  };
   return pkg.version;
 }
 
@@ -58,7 +60,11 @@ async function main(argv: string[]): Promise<number> {
       case 'replica':
         return await (await import('./replica.js')).replicaCommand(rest, (t) => process.stdout.write(t));
       case 'credentials':
-        return (await import('./credentials.js')).credentials(rest, (t) => process.stdout.write(t), (t) => process.stderr.write(t));
+        return (await import('./credentials.js')).credentials(
+          rest,
+          (t) => process.stdout.write(t),
+          (t) => process.stderr.write(t),
+        );
       case undefined:
       case 'help':
       case '--help':
@@ -75,10 +81,15 @@ async function main(argv: string[]): Promise<number> {
     }
   } catch (err) {
     // An option no command of this name takes: the one it is closest to, if one is close.
-    const unknown = (err as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? /'(-{1,2})([^'=]+)'/.exec((err as Error).message) : null;
+    const unknown =
+      (err as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION'
+        ? /'(-{1,2})([^'=]+)'/.exec((err as Error).message)
+        : null;
     if (unknown) {
       const flags = COMMAND_FLAGS[cmd ?? ''] ?? ALL_FLAGS;
-      process.stderr.write(`safe-resume: unknown option ${unknown[1]}${unknown[2]}${didYouMean(unknown[2]!, flags, (f) => `--${f}`)}\nRun 'safe-resume help${cmd && cmd in COMMAND_FLAGS ? ` ${cmd}` : ''}' for usage.\n`);
+      process.stderr.write(
+        `safe-resume: unknown option ${unknown[1]}${unknown[2]}${didYouMean(unknown[2]!, flags, (f) => `--${f}`)}\nRun 'safe-resume help${cmd && cmd in COMMAND_FLAGS ? ` ${cmd}` : ''}' for usage.\n`,
+      );
       return EXIT.usage;
     }
     if (err instanceof OperatorError) {

@@ -14,7 +14,9 @@ export function showRead(out: Record<string, unknown>, hex: boolean): void {
   if (data.length === 0) return void process.stderr.write(`(${String(out.target)}: no bytes at offset ${offset})\n`);
   if (isText(data)) return void process.stdout.write(data.toString('utf8') + (data.at(-1) === 0x0a ? '' : '\n'));
   process.stdout.write(hexDump(data, offset));
-  process.stderr.write(`(${String(out.target)}: not printable text, shown as hex; pipe it for the bytes: safe-resume read ${String(out.target)} > FILE)\n`);
+  process.stderr.write(
+    `(${String(out.target)}: not printable text, shown as hex; pipe it for the bytes: safe-resume read ${String(out.target)} > FILE)\n`,
+  );
 }
 
 /** UTF-8 text without control characters other than tab and line ends. */
@@ -45,7 +47,9 @@ function hexDump(data: Buffer, offset: number): string {
     starred = false;
     const hexes = [...row].map((b) => b.toString(16).padStart(2, '0'));
     const cols = `${hexes.slice(0, 8).join(' ')}${hexes.length > 8 ? `  ${hexes.slice(8).join(' ')}` : ''}`;
-    out.push(`${(offset + i).toString(16).padStart(8, '0')}  ${cols.padEnd(48)}  |${[...row].map((b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : '.')).join('')}|`);
+    out.push(
+      `${(offset + i).toString(16).padStart(8, '0')}  ${cols.padEnd(48)}  |${[...row].map((b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : '.')).join('')}|`,
+    );
   }
   if (starred) out.push((offset + data.length).toString(16).padStart(8, '0'));
   return out.length ? out.join('\n') + '\n' : '';

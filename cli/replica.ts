@@ -83,7 +83,8 @@ export async function replicaCommand(argv: string[], out: (s: string) => void): 
     out(REPLICA_HELP);
     return 0;
   }
-  if (!v.id || !/^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/.test(v.id)) throw new ReplicaUsageError('--id NAME is required (1-128 of A-Z a-z 0-9 . _ @ -)');
+  if (!v.id || !/^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/.test(v.id))
+    throw new ReplicaUsageError('--id NAME is required (1-128 of A-Z a-z 0-9 . _ @ -)');
   if (!v.store) throw new ReplicaUsageError('--store SPEC is required (etcd://HOST:PORT,..., sqlite:PATH or memory)');
   let spec;
   try {
@@ -94,37 +95,85 @@ export async function replicaCommand(argv: string[], out: (s: string) => void): 
   const listen = hostPort('listen', v.listen ?? '127.0.0.1:7000');
   const metrics = v.metrics !== undefined ? hostPort('metrics', v.metrics) : undefined;
   const holdMs = v['hold-ms'] === undefined ? 5000 : Number(v['hold-ms']);
-  if (!Number.isSafeInteger(holdMs) || holdMs < 0) throw new ReplicaUsageError(`--hold-ms must be an integer >= 0, got ${JSON.stringify(v['hold-ms'])}`);
+  if (!Number.isSafeInteger(holdMs) || holdMs < 0)
+    throw new ReplicaUsageError(`--hold-ms must be an integer >= 0, got ${JSON.stringify(v['hold-ms'])}`);
   const tlsFlags = [v['tls-cert'], v['tls-key'], v['tls-ca']];
-  if (tlsFlags.some((f) => f !== undefined) && tlsFlags.some((f) => f === undefined)) throw new ReplicaUsageError('--tls-cert, --tls-key and --tls-ca go together');
-  if ((v['etcd-cert'] === undefined) !== (v['etcd-key'] === undefined)) throw new ReplicaUsageError('--etcd-cert and --etcd-key go together');
-  if ((v['etcd-cert'] !== undefined || v['etcd-ca'] !== undefined || v['etcd-move-pages']) && spec.kind !== 'etcd') throw new ReplicaUsageError('--etcd-* go with --store etcd://...');
-  if (v['etcd-cert'] !== undefined && v['etcd-ca'] === undefined) throw new ReplicaUsageError('--etcd-cert needs --etcd-ca');
+  if (tlsFlags.some((f) => f !== undefined) && tlsFlags.some((f) => f === undefined))
+    throw new ReplicaUsageError('--tls-cert, --tls-key and --tls-ca go together');
+  if ((v['etcd-cert'] === undefined) !== (v['etcd-key'] === undefined))
+    throw new ReplicaUsageError('--etcd-cert and --etcd-key go together');
+  if ((v['etcd-cert'] !== undefined || v['etcd-ca'] !== undefined || v['etcd-move-pages']) && spec.kind !== 'etcd')
+    throw new ReplicaUsageError('--etcd-* go with --store etcd://...');
+  if (v['etcd-cert'] !== undefined && v['etcd-ca'] === undefined)
+    throw new ReplicaUsageError('--etcd-cert needs --etcd-ca');
   const dir = resolve(v.dir ?? '.safe-resume');
   // A replica never makes a cluster key: one made here would not be the cluster's.
-  if (!existsSync(join(dir, SECRET_FILE))) throw new ReplicaUsageError(`no cluster key at ${join(dir, SECRET_FILE)}: copy the cluster's (mode 0600) from where 'safe-resume credentials issue' made it, or pass --dir`);
+  if (!existsSync(join(dir, SECRET_FILE)))
+    throw new ReplicaUsageError(
+      `no cluster key at ${join(dir, SECRET_FILE)}: copy the cluster's (mode 0600) from where 'safe-resume credentials issue' made it, or pass --dir`,
+    );
   const exposed = keyFileExposed(join(dir, SECRET_FILE));
   if (exposed) throw new ReplicaUsageError(exposed);
   const secret = loadOrCreateSecret(dir);
   // Everything this process creates (the SQLite store, its log, the log file) is its owner's alone.
   process.umask(0o077);
-  const tls = v['tls-cert'] ? loadTlsFiles({ certFile: v['tls-cert'], keyFile: v['tls-key']!, caFile: v['tls-ca']! }) : undefined;
-  const etcdTls = v['etcd-ca'] ? { ca: pem('etcd-ca', v['etcd-ca']), cert: v['etcd-cert'] ? pem('etcd-cert', v['etcd-cert']) : undefined, key: v['etcd-key'] ? pem('etcd-key', v['etcd-key']) : undefined } : undefined;
+  const tls = v['tls-cert']
+    ? loadTlsFiles({ certFile: v['tls-cert'], keyFile: v['tls-key']!, caFile: v['tls-ca']! })
+    : undefined;
+  const etcdTls = v['etcd-ca']
+    ? {
+        ca: pem('etcd-ca', v['etcd-ca']),
+        cert: v['etcd-cert'] ? pem('etcd-cert', v['etcd-cert']) : undefined,
+        key: v['etcd-key'] ? pem('etcd-key', v['etcd-key']) : undefined,
+      }
+    : undefined;
 
-  const log = v.log ? pino({ base: { actor: v.id } }, pino.destination({ dest: v.log, sync: false, mkdir: true })) : pino({ base: { actor: v.id } });
-  const store = openStore(spec, { etcd: { ...(etcdTls ? { tls: etcdTls } : {}), ...(v['etcd-move-pages'] ? { movePages: true } : {}) } });
+  const log = v.log
+    ? pino({ base: { actor: v.id } }, pino.destination({ dest: v.log, sync: false, mkdir: true }))
+    : pino({ base: { actor: v.id } });
+  const store = openStore(spec, {
+    etcd: { ...(etcdTls ? { tls: etcdTls } : {}), ...(v['etcd-move-pages'] ? { movePages: true } : {}) },
+  });
   let self: StorageReplica | undefined;
   const m = metrics ? replicaMetrics(() => self) : undefined;
-  const replica = new StorageReplica({ id: v.id, store, transport: new WebSocketTransport(tls ? { tls } : {}), secret, host: listen.host, port: listen.port, holdMs, ...(m ? { observe: m.observe } : {}), env: { log } });
+  const replica = new StorageReplica({
+    id: v.id,
+    store,
+    transport: new WebSocketTransport(tls ? { tls } : {}),
+    secret,
+    host: listen.host,
+    port: listen.port,
+    holdMs,
+    ...(m ? { observe: m.observe } : {}),
+    env: { log },
+  });
   self = replica;
   try {
     await store.ping();
   } catch (err) {
-    log.warn({ err: String(err) }, 'the store does not answer yet: node agents are told it is unavailable until it does');
+    log.warn(
+      { err: String(err) },
+      'the store does not answer yet: node agents are told it is unavailable until it does',
+    );
   }
   await replica.start();
-  const served = m && metrics ? await serveMetrics(m.registry, () => ({ ok: !replica.isDismounted, replica: v.id!, store: replica.isDismounted ? 'dismounted' : 'mounted', sessions: replica.sessionCount }), metrics.port, metrics.host) : undefined;
-  out(`${v.id} serving ${replica.url} over ${spec.kind === 'etcd' ? `etcd://${spec.endpoints.join(',')}${etcdTls ? ' (TLS)' : ''}` : v.store}${served ? `; metrics ${served.url}/metrics` : ''}\n`);
+  const served =
+    m && metrics
+      ? await serveMetrics(
+          m.registry,
+          () => ({
+            ok: !replica.isDismounted,
+            replica: v.id!,
+            store: replica.isDismounted ? 'dismounted' : 'mounted',
+            sessions: replica.sessionCount,
+          }),
+          metrics.port,
+          metrics.host,
+        )
+      : undefined;
+  out(
+    `${v.id} serving ${replica.url} over ${spec.kind === 'etcd' ? `etcd://${spec.endpoints.join(',')}${etcdTls ? ' (TLS)' : ''}` : v.store}${served ? `; metrics ${served.url}/metrics` : ''}\n`,
+  );
   await new Promise<void>((done) => {
     process.once('SIGTERM', done);
     process.once('SIGINT', done);

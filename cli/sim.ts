@@ -10,7 +10,14 @@ import { helpFor } from './help.js';
 export async function sim(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { seeds: { type: 'string' }, from: { type: 'string' }, seed: { type: 'string' }, workers: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      seeds: { type: 'string' },
+      from: { type: 'string' },
+      seed: { type: 'string' },
+      workers: { type: 'string' },
+      json: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
     strict: true,
   });
   if (values.help) {

@@ -16,7 +16,10 @@ export interface StatusFilter {
  * target (its handles and connections, and the nodes they are on). An id the cluster does not have is
  * NOT_FOUND.
  */
-export function filterStatus(st: Record<string, unknown>, f: StatusFilter): { ok: boolean; code?: string; message?: string } & Record<string, unknown> {
+export function filterStatus(
+  st: Record<string, unknown>,
+  f: StatusFilter,
+): { ok: boolean; code?: string; message?: string } & Record<string, unknown> {
   type Node = { id: string; nbd?: { connections: Array<{ target: string }> } | null };
   let replicas = (st.replicas ?? []) as Array<{ id: string }>;
   let nodes = (st.nodes ?? []) as Node[];
@@ -24,7 +27,12 @@ export function filterStatus(st: Record<string, unknown>, f: StatusFilter): { ok
   let handles = (st.handles ?? []) as Array<{ node: string; target: string }>;
   if (f.id !== undefined) {
     const ids = [...(etcd ?? []), ...replicas, ...nodes].map((x) => x.id);
-    if (!ids.includes(f.id)) return { ok: false, code: 'NOT_FOUND', message: `no replica or node called ${JSON.stringify(f.id)}${didYouMean(f.id, ids)} (there are: ${ids.join(', ')})` };
+    if (!ids.includes(f.id))
+      return {
+        ok: false,
+        code: 'NOT_FOUND',
+        message: `no replica or node called ${JSON.stringify(f.id)}${didYouMean(f.id, ids)} (there are: ${ids.join(', ')})`,
+      };
     etcd = etcd?.filter((m) => m.id === f.id);
     replicas = replicas.filter((r) => r.id === f.id);
     nodes = nodes.filter((n) => n.id === f.id);
@@ -33,7 +41,9 @@ export function filterStatus(st: Record<string, unknown>, f: StatusFilter): { ok
   if (f.target !== undefined) {
     handles = handles.filter((h) => h.target === f.target);
     nodes = nodes
-      .map((n) => (n.nbd ? { ...n, nbd: { ...n.nbd, connections: n.nbd.connections.filter((c) => c.target === f.target) } } : n))
+      .map((n) =>
+        n.nbd ? { ...n, nbd: { ...n.nbd, connections: n.nbd.connections.filter((c) => c.target === f.target) } } : n,
+      )
       .filter((n) => handles.some((h) => h.node === n.id) || (n.nbd?.connections.length ?? 0) > 0);
     replicas = [];
     etcd = etcd ? [] : undefined;
@@ -45,7 +55,13 @@ export function filterStatus(st: Record<string, unknown>, f: StatusFilter): { ok
  * `status -w`: the status every second until Ctrl-C, redrawn in place on a terminal, as timestamped
  * blocks when piped, as JSON lines with --json. Ends by itself (exit 0) when the cluster stops.
  */
-export async function watchStatus(dir: string, url: string, token: string, json: boolean, view: StatusFilter): Promise<number> {
+export async function watchStatus(
+  dir: string,
+  url: string,
+  token: string,
+  json: boolean,
+  view: StatusFilter,
+): Promise<number> {
   const tty = process.stdout.isTTY === true && !json;
   let stop = false;
   let wake: () => void = () => undefined;
@@ -57,10 +73,19 @@ export async function watchStatus(dir: string, url: string, token: string, json:
     const at = new Date().toISOString();
     let st: Record<string, unknown> | undefined;
     try {
-      st = (await (await fetch(url + '/status?hold=1', { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(5000) })).json()) as Record<string, unknown>;
+      st = (await (
+        await fetch(url + '/status?hold=1', {
+          headers: { authorization: `Bearer ${token}` },
+          signal: AbortSignal.timeout(5000),
+        })
+      ).json()) as Record<string, unknown>;
     } catch {
       if (!existsSync(join(dir, 'control.json'))) {
-        process.stdout.write(json ? JSON.stringify({ at, ok: false, code: 'NOT_RUNNING', message: `the cluster in ${dir} stopped` }) + '\n' : `${at}  the cluster in ${dir} stopped\n`);
+        process.stdout.write(
+          json
+            ? JSON.stringify({ at, ok: false, code: 'NOT_RUNNING', message: `the cluster in ${dir} stopped` }) + '\n'
+            : `${at}  the cluster in ${dir} stopped\n`,
+        );
         return 0;
       }
     }
@@ -68,10 +93,19 @@ export async function watchStatus(dir: string, url: string, token: string, json:
       st = filterStatus(st, view);
       if (!st.ok) throw new OperatorError(`${String(st.code)}: ${String(st.message)}`, EXIT.notFound);
     }
-    if (json) process.stdout.write(JSON.stringify({ at, ...(st ?? { ok: false, code: 'UNAVAILABLE', message: 'the launcher did not answer within 5 s' }) }) + '\n');
+    if (json)
+      process.stdout.write(
+        JSON.stringify({
+          at,
+          ...(st ?? { ok: false, code: 'UNAVAILABLE', message: 'the launcher did not answer within 5 s' }),
+        }) + '\n',
+      );
     else {
       const size = terminalSize();
-      const view = [`safe-resume status  ${at}  (every second; Ctrl-C to stop)`, ...(st ? statusLines(st, tty && size.cols < WIDE) : ['  the launcher did not answer within 5 s'])];
+      const view = [
+        `safe-resume status  ${at}  (every second; Ctrl-C to stop)`,
+        ...(st ? statusLines(st, tty && size.cols < WIDE) : ['  the launcher did not answer within 5 s']),
+      ];
       const out = tty ? fitFrame(view, size) : view;
       if (tty && lines > 0) process.stdout.write(`\x1b[${lines}A\x1b[0J`);
       process.stdout.write(out.join('\n') + '\n');

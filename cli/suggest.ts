@@ -2,7 +2,9 @@
 
 /** Edits (insert, delete, substitute, swap two neighbours) from a to b. */
 function distance(a: string, b: string): number {
-  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) =>
+    Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
+  );
   for (let i = 1; i <= a.length; i++) {
     for (let j = 1; j <= b.length; j++) {
       const cost = a[i - 1] === b[j - 1] ? 0 : 1;
@@ -22,7 +24,9 @@ export function closest(word: string, candidates: Iterable<string>): string | un
     const dist = distance(word.toLowerCase(), c.toLowerCase());
     if (dist < bestD) [best, bestD] = [c, dist];
   }
-  return best !== undefined && bestD > 0 && bestD <= 2 && bestD * 2 < Math.max(word.length, best.length) ? best : undefined;
+  return best !== undefined && bestD > 0 && bestD <= 2 && bestD * 2 < Math.max(word.length, best.length)
+    ? best
+    : undefined;
 }
 
 /** "; did you mean 'x'?" for a typo of one of `candidates`, else "". */

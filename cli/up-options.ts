@@ -81,8 +81,11 @@ export function parseUp(argv: string[]): UpOptions | undefined {
     } catch (err) {
       throw new UsageError(`--config ${flags.config}: ${(err as Error).message}`);
     }
-    if (typeof file !== 'object' || file === null || Array.isArray(file)) throw new UsageError(`--config ${flags.config}: expected a JSON object`);
-    for (const k of Object.keys(file)) if (!(k in UP_FLAGS) || k === 'config') throw new UsageError(`--config ${flags.config}: unknown option ${JSON.stringify(k)}`);
+    if (typeof file !== 'object' || file === null || Array.isArray(file))
+      throw new UsageError(`--config ${flags.config}: expected a JSON object`);
+    for (const k of Object.keys(file))
+      if (!(k in UP_FLAGS) || k === 'config')
+        throw new UsageError(`--config ${flags.config}: unknown option ${JSON.stringify(k)}`);
   }
   const v = (k: keyof typeof UP_FLAGS): string | undefined => {
     const f = (flags as Record<string, unknown>)[k];
@@ -94,11 +97,13 @@ export function parseUp(argv: string[]): UpOptions | undefined {
     if (f !== undefined) return Boolean(f);
     const x = file[k];
     // In a config file a switch is true or false (JSON), never a string: "false" would read as on.
-    if (x !== undefined && typeof x !== 'boolean') throw new UsageError(`--config ${flags.config}: ${k} must be true or false, got ${JSON.stringify(x)}`);
+    if (x !== undefined && typeof x !== 'boolean')
+      throw new UsageError(`--config ${flags.config}: ${k} must be true or false, got ${JSON.stringify(x)}`);
     return x === true;
   };
   const store = v('store') ?? 'sqlite';
-  if (store !== 'sqlite' && store !== 'memory' && store !== 'etcd') throw new UsageError(`--store must be sqlite, etcd or memory, got ${JSON.stringify(store)}`);
+  if (store !== 'sqlite' && store !== 'memory' && store !== 'etcd')
+    throw new UsageError(`--store must be sqlite, etcd or memory, got ${JSON.stringify(store)}`);
   const endpoints = v('etcd-endpoints');
   if (endpoints !== undefined && store !== 'etcd') throw new UsageError('--etcd-endpoints goes with --store etcd');
   let etcdEndpoints: string[] | undefined;
@@ -135,15 +140,28 @@ export function parseUp(argv: string[]): UpOptions | undefined {
     nbdTcp: b('nbd-tcp'),
     nbdGroup: v('nbd-group'),
   };
-  if (o.port > 0 && o.port + o.replicas - 1 > 65535) throw new UsageError(`--port ${o.port} with ${o.replicas} replicas needs ports up to ${o.port + o.replicas - 1}; a port number is at most 65535`);
+  if (o.port > 0 && o.port + o.replicas - 1 > 65535)
+    throw new UsageError(
+      `--port ${o.port} with ${o.replicas} replicas needs ports up to ${o.port + o.replicas - 1}; a port number is at most 65535`,
+    );
   if (o.faults && !o.chaos) throw new UsageError('--faults goes with --chaos');
-  if ((o.nbdTcp || o.nbdGroup !== undefined) && o.store === 'memory') throw new UsageError('--nbd-tcp and --nbd-group go with the NBD export of real processes: --store sqlite or etcd');
+  if ((o.nbdTcp || o.nbdGroup !== undefined) && o.store === 'memory')
+    throw new UsageError('--nbd-tcp and --nbd-group go with the NBD export of real processes: --store sqlite or etcd');
   if (o.netns && o.store === 'memory') throw new UsageError('--netns needs real processes: --store sqlite or etcd');
-  if (o.netns && o.tls) throw new UsageError('--netns and --tls-* do not go together yet (the certificates name 127.0.0.1)');
-  if (o.faults?.includes('etcd-leader-kill') && (o.store !== 'etcd' || o.etcdEndpoints)) throw new UsageError('--faults etcd-leader-kill needs --store etcd on its local members');
-  if (o.faults?.includes('link-cut') && !o.netns) throw new UsageError('--faults link-cut needs --netns (hosts whose links can be cut)');
-  if (o.chaos && o.store === 'memory') throw new UsageError('--chaos needs --store sqlite or etcd (real processes; the checker reads the history the store keeps)');
-  if (o.chaos && o.etcdEndpoints) throw new UsageError('--chaos runs on the local etcd members (it starts the store empty and kills members); drop --etcd-endpoints');
+  if (o.netns && o.tls)
+    throw new UsageError('--netns and --tls-* do not go together yet (the certificates name 127.0.0.1)');
+  if (o.faults?.includes('etcd-leader-kill') && (o.store !== 'etcd' || o.etcdEndpoints))
+    throw new UsageError('--faults etcd-leader-kill needs --store etcd on its local members');
+  if (o.faults?.includes('link-cut') && !o.netns)
+    throw new UsageError('--faults link-cut needs --netns (hosts whose links can be cut)');
+  if (o.chaos && o.store === 'memory')
+    throw new UsageError(
+      '--chaos needs --store sqlite or etcd (real processes; the checker reads the history the store keeps)',
+    );
+  if (o.chaos && o.etcdEndpoints)
+    throw new UsageError(
+      '--chaos runs on the local etcd members (it starts the store empty and kills members); drop --etcd-endpoints',
+    );
   if (o.chaos && o.nodes < 2) throw new UsageError('--chaos needs at least 2 nodes');
   return o;
 }
@@ -153,7 +171,10 @@ function faultList(list: string | undefined): Fault[] | undefined {
   if (list === undefined) return undefined;
   const kinds = list.split(',').filter((k) => k.length > 0);
   const bad = kinds.find((k) => !(FAULTS as readonly string[]).includes(k));
-  if (kinds.length === 0 || bad !== undefined) throw new UsageError(`--faults: expected kinds among ${FAULTS.join(', ')}${bad ? `, got ${JSON.stringify(bad)}` : ''}`);
+  if (kinds.length === 0 || bad !== undefined)
+    throw new UsageError(
+      `--faults: expected kinds among ${FAULTS.join(', ')}${bad ? `, got ${JSON.stringify(bad)}` : ''}`,
+    );
   return kinds as Fault[];
 }
 

@@ -46,9 +46,34 @@ async function upIn(o: UpOptions, made: string | undefined): Promise<number> {
   const logFd = openSync(join(o.dir, 'logs', 'launcher.log'), 'a', 0o600);
   const agentLog = pino({ base: null }, pino.destination({ fd: logFd, sync: false }));
   const log = agentLog.child({ actor: 'launcher' });
-  const need = [...(o.store === 'etcd' && !o.etcdEndpoints ? ['etcd-1', 'etcd-2', 'etcd-3'] : []), ...Array.from({ length: o.replicas }, (_, i) => `replica-${i + 1}`), ...Array.from({ length: o.nodes }, (_, i) => `node-${i + 1}`)];
+  const need = [
+    ...(o.store === 'etcd' && !o.etcdEndpoints ? ['etcd-1', 'etcd-2', 'etcd-3'] : []),
+    ...Array.from({ length: o.replicas }, (_, i) => `replica-${i + 1}`),
+    ...Array.from({ length: o.nodes }, (_, i) => `node-${i + 1}`),
+  ];
   const hosts = o.netns ? loadHostPlan(o.netns, need) : undefined;
-  const launcher = new Launcher({ dir: o.dir, replicas: o.replicas, nodes: o.nodes, apps: o.apps, holdMs: o.holdMs, pauseTimeoutMs: o.pauseTimeoutMs, intervalMs: o.intervalMs, port: o.port, history: o.chaos, pretty: o.pretty, inspectorPort: o.inspectorPort, statelyPort: o.statelyPort, log, agentLog, tls: o.tls, store: o.store === 'etcd' ? 'etcd' : 'sqlite', etcdEndpoints: o.etcdEndpoints, hosts, nbdTcp: o.nbdTcp, nbdGroup: o.nbdGroup });
+  const launcher = new Launcher({
+    dir: o.dir,
+    replicas: o.replicas,
+    nodes: o.nodes,
+    apps: o.apps,
+    holdMs: o.holdMs,
+    pauseTimeoutMs: o.pauseTimeoutMs,
+    intervalMs: o.intervalMs,
+    port: o.port,
+    history: o.chaos,
+    pretty: o.pretty,
+    inspectorPort: o.inspectorPort,
+    statelyPort: o.statelyPort,
+    log,
+    agentLog,
+    tls: o.tls,
+    store: o.store === 'etcd' ? 'etcd' : 'sqlite',
+    etcdEndpoints: o.etcdEndpoints,
+    hosts,
+    nbdTcp: o.nbdTcp,
+    nbdGroup: o.nbdGroup,
+  });
   let stopping: Promise<void> | undefined;
   const stop = () => (stopping ??= launcher.down());
   // The first Ctrl-C (or SIGTERM) stops the cluster; a chaos run first stops its faults, heals and
@@ -73,31 +98,65 @@ async function upIn(o: UpOptions, made: string | undefined): Promise<number> {
     await launcher.start();
   } catch (err) {
     await stop();
-    if (signalled) throw new OperatorError(`interrupted (${signalled}) while the cluster was starting; every process it started is stopped`, EXIT.interrupted);
+    if (signalled)
+      throw new OperatorError(
+        `interrupted (${signalled}) while the cluster was starting; every process it started is stopped`,
+        EXIT.interrupted,
+      );
     throw err;
   }
   started = true;
   const running = async (): Promise<number> => {
     const say = (line: string) => (o.json ? process.stderr : process.stdout).write(line + '\n');
-    say(`safe-resume: ${count(o.replicas, 'replica')} over ${o.store === 'etcd' ? `etcd (${launcher.etcd ? `local members in ${join(o.dir, 'etcd')}, TLS with the client certificate in ${join(o.dir, 'etcd', 'tls')}` : (o.etcdEndpoints ?? []).join(',')})` : join(o.dir, 'store.sqlite')}, ${count(o.nodes, 'node')} x ${count(o.apps, 'app')}`);
+    say(
+      `safe-resume: ${count(o.replicas, 'replica')} over ${o.store === 'etcd' ? `etcd (${launcher.etcd ? `local members in ${join(o.dir, 'etcd')}, TLS with the client certificate in ${join(o.dir, 'etcd', 'tls')}` : (o.etcdEndpoints ?? []).join(',')})` : join(o.dir, 'store.sqlite')}, ${count(o.nodes, 'node')} x ${count(o.apps, 'app')}`,
+    );
     if (reusing) say(`  ${reusing}`);
     for (const m of launcher.etcd?.members ?? []) say(`  ${m.id.padEnd(9)} ${m.endpoint}`);
     for (const [i, u] of launcher.replicaUrls.entries()) say(`  replica-${i + 1}  ${u}`);
-    for (const [node, u] of launcher.nbdUrls) say(`  nbd       ${u}   (${node}: any target as a disk, as principal default, to this user only: qemu-io -f raw '${targetUrl(u, 'vm1.disk')}')`);
-    for (const [node, u] of launcher.nbdTlsUrls) say(`  nbd-tls   ${u}   (${node}: TLS-PSK only; a key: safe-resume credentials nbd-psk --principal default --out DIR --dir ${o.dir})`);
+    for (const [node, u] of launcher.nbdUrls)
+      say(
+        `  nbd       ${u}   (${node}: any target as a disk, as principal default, to this user only: qemu-io -f raw '${targetUrl(u, 'vm1.disk')}')`,
+      );
+    for (const [node, u] of launcher.nbdTlsUrls)
+      say(
+        `  nbd-tls   ${u}   (${node}: TLS-PSK only; a key: safe-resume credentials nbd-psk --principal default --out DIR --dir ${o.dir})`,
+      );
     say(`  control   ${launcher.controlUrl}   (safe-resume status | kill | partition | write ... --dir ${o.dir})`);
     // The page addresses carry the control token (in the fragment): they open as printed.
     say(`  inspector ${launcher.inspector?.pageUrl ?? '-'}   (open it in a browser to watch every machine live)`);
-    if (o.statelyPort !== undefined) say(`  stately   ${launcher.statelyUrl}   (the Stately inspector; needs an internet connection)`);
+    if (o.statelyPort !== undefined)
+      say(`  stately   ${launcher.statelyUrl}   (the Stately inspector; needs an internet connection)`);
     if (o.chaos) {
       say(`chaos: ${o.forS}s of faults, seed ${o.seed}`);
-      const summary = await runChaos(launcher, o.forS, o.seed, (k, d) => (say(`  fault ${k}: ${d}`), launcher.timeline.add({ kind: 'fault', what: `${k}: ${d}` })), o.faults, interrupt.signal);
+      const summary = await runChaos(
+        launcher,
+        o.forS,
+        o.seed,
+        (k, d) => (say(`  fault ${k}: ${d}`), launcher.timeline.add({ kind: 'fault', what: `${k}: ${d}` })),
+        o.faults,
+        interrupt.signal,
+      );
       await stop();
       process.stdout.write((o.json ? JSON.stringify(summary) : formatChaos(summary)) + '\n');
       return summary.violations.length > 0 ? EXIT.failed : summary.interrupted ? EXIT.interrupted : 0;
     }
     // --json: the addresses as one JSON object on stdout, then a status line every 5 s, then the end.
-    if (o.json) process.stdout.write(JSON.stringify({ event: 'up', store: launcher.storeSpec, etcd: launcher.etcd?.members.map((m) => ({ id: m.id, endpoint: m.endpoint })) ?? [], replicas: launcher.replicaUrls, nbd: Object.fromEntries(launcher.nbdUrls), nbdTls: Object.fromEntries(launcher.nbdTlsUrls), control: launcher.controlUrl, inspector: launcher.inspector?.pageUrl ?? null, ...(o.statelyPort !== undefined ? { stately: launcher.statelyUrl } : {}), reusing: reusing ?? null }) + '\n');
+    if (o.json)
+      process.stdout.write(
+        JSON.stringify({
+          event: 'up',
+          store: launcher.storeSpec,
+          etcd: launcher.etcd?.members.map((m) => ({ id: m.id, endpoint: m.endpoint })) ?? [],
+          replicas: launcher.replicaUrls,
+          nbd: Object.fromEntries(launcher.nbdUrls),
+          nbdTls: Object.fromEntries(launcher.nbdTlsUrls),
+          control: launcher.controlUrl,
+          inspector: launcher.inspector?.pageUrl ?? null,
+          ...(o.statelyPort !== undefined ? { stately: launcher.statelyUrl } : {}),
+          reusing: reusing ?? null,
+        }) + '\n',
+      );
     const stopView = liveView(() => launcher.status(), process.stdout.isTTY === true && !o.pretty && !o.json, o.json);
     await new Promise<void>((done) => {
       const check = setInterval(() => stopping && (clearInterval(check), done()), 100);
@@ -120,7 +179,11 @@ async function upIn(o: UpOptions, made: string | undefined): Promise<number> {
 function formatChaos(s: ChaosSummary): string {
   return [
     `chaos seed ${s.seed}, ${s.seconds}s${s.interrupted ? `, interrupted after ${s.ranSeconds}s (stopped, healed and checked at once: L2 and L3 at the end, which need time to settle, are not checked)` : ''}`,
-    `faults     ${Object.entries(s.faults).map(([k, v]) => `${k}=${v}`).join(' ') || 'none'}`,
+    `faults     ${
+      Object.entries(s.faults)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' ') || 'none'
+    }`,
     `pauses     ${s.pauses}`,
     `resumes    ${s.resumes.granted} granted, ${s.resumes.denied} denied`,
     `writes     ${s.writesAcknowledged} acknowledged`,
@@ -132,8 +195,22 @@ function formatChaos(s: ChaosSummary): string {
 /** `up --store memory`: the whole cluster in this process (no control endpoint). */
 async function upInProcess(o: UpOptions): Promise<void> {
   const log = pino({ level: 'info' }, pino.destination({ dest: join(o.dir, 'logs', 'cluster.log'), sync: false }));
-  const cluster = await LocalCluster.start({ dir: o.dir, replicas: o.replicas, store: 'memory', ...(o.tls ? { transport: new WebSocketTransport({ tls: loadTlsFiles(o.tls) }) } : {}), env: { log }, replica: { holdMs: o.holdMs }, ...(o.port ? { basePort: o.port } : {}) });
-  const workloads: Array<{ node: string; app: string; handle: Handle; stats: WorkloadStats; stop: () => Promise<void> }> = [];
+  const cluster = await LocalCluster.start({
+    dir: o.dir,
+    replicas: o.replicas,
+    store: 'memory',
+    ...(o.tls ? { transport: new WebSocketTransport({ tls: loadTlsFiles(o.tls) }) } : {}),
+    env: { log },
+    replica: { holdMs: o.holdMs },
+    ...(o.port ? { basePort: o.port } : {}),
+  });
+  const workloads: Array<{
+    node: string;
+    app: string;
+    handle: Handle;
+    stats: WorkloadStats;
+    stop: () => Promise<void>;
+  }> = [];
   let appNo = 0;
   for (let n = 1; n <= o.nodes; n++) {
     const agent = await cluster.addNode(`node-${n}`);
@@ -141,15 +218,39 @@ async function upInProcess(o: UpOptions): Promise<void> {
       const name = `app-${++appNo}`;
       const app = new Application(agent, { name, pauseTimeoutMs: o.pauseTimeoutMs });
       const handle = await app.open(`${name}.disk`);
-      workloads.push({ node: agent.id, app: name, handle, ...runWorkload(handle, `${agent.id}/${name}`, o.intervalMs) });
+      workloads.push({
+        node: agent.id,
+        app: name,
+        handle,
+        ...runWorkload(handle, `${agent.id}/${name}`, o.intervalMs),
+      });
     }
   }
-  process.stdout.write(`safe-resume: ${count(o.replicas, 'replica')} (memory store, one process), ${count(o.nodes, 'node')} x ${count(o.apps, 'app')}\n`);
-  const stopView = liveView(() => ({
-      replicas: cluster.replicas.map((r) => ({ id: r.id, state: r.isDismounted ? 'dismounted' : 'serving', sessions: r.sessionCount })),
+  process.stdout.write(
+    `safe-resume: ${count(o.replicas, 'replica')} (memory store, one process), ${count(o.nodes, 'node')} x ${count(o.apps, 'app')}\n`,
+  );
+  const stopView = liveView(
+    () => ({
+      replicas: cluster.replicas.map((r) => ({
+        id: r.id,
+        state: r.isDismounted ? 'dismounted' : 'serving',
+        sessions: r.sessionCount,
+      })),
       nodes: cluster.nodes.map((n) => ({ id: n.id, state: n.state, replica: n.replica ?? null, partitioned: false })),
-      handles: workloads.map((w) => ({ node: w.node, app: w.app, target: w.handle.target, state: w.handle.state, reason: w.handle.reason ?? null, acked: w.stats.acked, verified: w.stats.verified, failed: w.stats.failed, lastError: w.stats.lastError ?? null })),
-  }), process.stdout.isTTY === true);
+      handles: workloads.map((w) => ({
+        node: w.node,
+        app: w.app,
+        target: w.handle.target,
+        state: w.handle.state,
+        reason: w.handle.reason ?? null,
+        acked: w.stats.acked,
+        verified: w.stats.verified,
+        failed: w.stats.failed,
+        lastError: w.stats.lastError ?? null,
+      })),
+    }),
+    process.stdout.isTTY === true,
+  );
   await new Promise<void>((done) => {
     process.once('SIGINT', () => done());
     process.once('SIGTERM', () => done());

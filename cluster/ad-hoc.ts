@@ -60,9 +60,24 @@ export class AdHoc {
       const urls = this.c.urls();
       // Its protocol messages (a foreign write, say) are on the inspector page too, from `cli`.
       const watched = inspector
-        ? watchedTransport(transport, { get watching() { return inspector.watchers > 0; }, message: (m) => inspector.report('cli', { type: MESSAGE_EVENT, createdAt: String(Date.now()), ...m }) }, (url) => names[urls.indexOf(url)])
+        ? watchedTransport(
+            transport,
+            {
+              get watching() {
+                return inspector.watchers > 0;
+              },
+              message: (m) => inspector.report('cli', { type: MESSAGE_EVENT, createdAt: String(Date.now()), ...m }),
+            },
+            (url) => names[urls.indexOf(url)],
+          )
         : transport;
-      this.cli = new NodeAgent({ id: 'cli', replicas: urls, transport: watched, secret: this.c.secret, env: { log: this.c.opts.agentLog ?? this.c.opts.log } });
+      this.cli = new NodeAgent({
+        id: 'cli',
+        replicas: urls,
+        transport: watched,
+        secret: this.c.secret,
+        env: { log: this.c.opts.agentLog ?? this.c.opts.log },
+      });
       await this.cli.start();
     }
     return this.cli;
@@ -103,7 +118,13 @@ export class AdHoc {
     done.catch(() => undefined);
     const replicas = this.c.replicaStates();
     const waited = `no replica answered within ${COMMAND_DEADLINE_MS / 1000} s (${replicas})`;
-    if (step.stage === 'sent') return { ok: false, code: 'OUTCOME_UNKNOWN', message: `${what}: the write was sent and ${waited}: it may still be applied once a replica is back`, deadline: true };
+    if (step.stage === 'sent')
+      return {
+        ok: false,
+        code: 'OUTCOME_UNKNOWN',
+        message: `${what}: the write was sent and ${waited}: it may still be applied once a replica is back`,
+        deadline: true,
+      };
     return { ok: false, code: 'UNAVAILABLE', message: `${what}: ${waited}; nothing was done`, deadline: true };
   }
 
@@ -133,19 +154,39 @@ export class AdHoc {
    * second that it exists); only the operator's `explain` tells them apart.
    */
   async read(target: string, offset = 0, length = 1024 * 1024): Promise<ControlResult> {
-    if (!Number.isSafeInteger(offset) || offset < 0) throw new SafeResumeError('INVALID_ARGUMENT', `offset must be a whole number of bytes >= 0, not ${String(offset)}`);
-    if (!Number.isSafeInteger(length) || length < 1 || length > MAX_READ_BYTES) throw new SafeResumeError('INVALID_ARGUMENT', `length must be from 1 to ${MAX_READ_BYTES} bytes, not ${String(length)}`);
+    if (!Number.isSafeInteger(offset) || offset < 0)
+      throw new SafeResumeError(
+        'INVALID_ARGUMENT',
+        `offset must be a whole number of bytes >= 0, not ${String(offset)}`,
+      );
+    if (!Number.isSafeInteger(length) || length < 1 || length > MAX_READ_BYTES)
+      throw new SafeResumeError(
+        'INVALID_ARGUMENT',
+        `length must be from 1 to ${MAX_READ_BYTES} bytes, not ${String(length)}`,
+      );
     const access = await this.c.store.accessOf(target).catch((err: Error) => {
       throw new SafeResumeError('UNAVAILABLE', `the store cannot be read: ${err.message}`);
     });
-    if (!access || !mayOpen(access, 'default', 'read')) return { ok: false, code: 'NOT_FOUND', message: `no target called ${JSON.stringify(target)} that principal default may read: nobody has created or written it, or it is another principal's ('safe-resume explain' tells which)` };
+    if (!access || !mayOpen(access, 'default', 'read'))
+      return {
+        ok: false,
+        code: 'NOT_FOUND',
+        message: `no target called ${JSON.stringify(target)} that principal default may read: nobody has created or written it, or it is another principal's ('safe-resume explain' tells which)`,
+      };
     return this.run(`read ${target}`, async (step) => {
       const app = new Application(await this.agent(), { name: 'cli-reader' });
       step.stage = 'opening';
       const h = await app.open(target, { mode: 'read' });
       try {
         const data = await h.read(offset, length);
-        return { ok: true, target, offset, bytes: data.length, base64: Buffer.from(data).toString('base64'), text: new TextDecoder().decode(data) };
+        return {
+          ok: true,
+          target,
+          offset,
+          bytes: data.length,
+          base64: Buffer.from(data).toString('base64'),
+          text: new TextDecoder().decode(data),
+        };
       } finally {
         await h.close();
       }
@@ -158,12 +199,30 @@ export class AdHoc {
    * on a client of the store of its own, as `explain` reads it.
    */
   async access(target: string, principal: string, mode: string): Promise<ControlResult> {
-    if (!NAME_PATTERN.test(principal)) throw new SafeResumeError('INVALID_ARGUMENT', `principal ${JSON.stringify(principal.slice(0, 64))} must be 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`);
-    if (mode !== 'read' && mode !== 'write' && mode !== 'none') throw new SafeResumeError('INVALID_ARGUMENT', `mode must be read or write, not ${JSON.stringify(mode.slice(0, 64))}`);
-    const res = await this.c.store.withStore((store) => store.editAccess({ target, by: undefined, principal, mode })).catch((err: Error) => {
-      throw err instanceof SafeResumeError ? err : new SafeResumeError('UNAVAILABLE', `the store cannot be written: ${err.message}`);
-    });
+    if (!NAME_PATTERN.test(principal))
+      throw new SafeResumeError(
+        'INVALID_ARGUMENT',
+        `principal ${JSON.stringify(principal.slice(0, 64))} must be 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`,
+      );
+    if (mode !== 'read' && mode !== 'write' && mode !== 'none')
+      throw new SafeResumeError(
+        'INVALID_ARGUMENT',
+        `mode must be read or write, not ${JSON.stringify(mode.slice(0, 64))}`,
+      );
+    const res = await this.c.store
+      .withStore((store) => store.editAccess({ target, by: undefined, principal, mode }))
+      .catch((err: Error) => {
+        throw err instanceof SafeResumeError
+          ? err
+          : new SafeResumeError('UNAVAILABLE', `the store cannot be written: ${err.message}`);
+      });
     if (!res.ok) throw new SafeResumeError(res.code, res.message);
-    return { ok: true, target, owner: res.access.owner, grants: res.access.grants, text: accessLine(target, res.access) };
+    return {
+      ok: true,
+      target,
+      owner: res.access.owner,
+      grants: res.access.grants,
+      text: accessLine(target, res.access),
+    };
   }
 }

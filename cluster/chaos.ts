@@ -21,12 +21,24 @@ export interface ChaosSummary {
 }
 
 /** Every kind of fault; `etcd-leader-kill` needs the local etcd members, `link-cut` hosts of their own (--netns). */
-export const FAULTS = ['replica-kill', 'storage-reboot', 'partition', 'dismount', 'node-restart', 'app-move', 'foreign-writer', 'etcd-leader-kill', 'link-cut'] as const;
+export const FAULTS = [
+  'replica-kill',
+  'storage-reboot',
+  'partition',
+  'dismount',
+  'node-restart',
+  'app-move',
+  'foreign-writer',
+  'etcd-leader-kill',
+  'link-cut',
+] as const;
 export type Fault = (typeof FAULTS)[number];
 
 /** The faults a cluster can take: every kind whose parts it has. */
 export function faultsFor(l: Launcher): Fault[] {
-  return FAULTS.filter((f) => (f === 'etcd-leader-kill' ? l.etcd !== undefined : f === 'link-cut' ? l.opts.hosts !== undefined : true));
+  return FAULTS.filter((f) =>
+    f === 'etcd-leader-kill' ? l.etcd !== undefined : f === 'link-cut' ? l.opts.hosts !== undefined : true,
+  );
 }
 
 /**
@@ -35,7 +47,14 @@ export function faultsFor(l: Launcher): Fault[] {
  * no fault starts; the run heals, stops its workloads and checks at once (the end's liveness, L2 and
  * L3, needs the settling time it skips, so it is not checked then).
  */
-export async function runChaos(l: Launcher, seconds: number, seed: number, onFault?: (kind: string, detail: string) => void, schedule?: readonly Fault[], interrupt?: AbortSignal): Promise<ChaosSummary> {
+export async function runChaos(
+  l: Launcher,
+  seconds: number,
+  seed: number,
+  onFault?: (kind: string, detail: string) => void,
+  schedule?: readonly Fault[],
+  interrupt?: AbortSignal,
+): Promise<ChaosSummary> {
   const started = Date.now();
   // A sleep that an interrupt ends early.
   const sleep = (ms: number) =>
@@ -160,7 +179,12 @@ export async function runChaos(l: Launcher, seconds: number, seed: number, onFau
   const ranSeconds = Math.round((Date.now() - started) / 1000);
   // Heal everything, let every handle settle, stop the workloads, check.
   const healedAt = Date.now();
-  l.history.push({ t: healedAt, kind: 'fault', fault: 'heal', detail: interrupt?.aborted ? 'interrupted: every fault ends' : 'every fault ends; handles must settle' });
+  l.history.push({
+    t: healedAt,
+    kind: 'fault',
+    fault: 'heal',
+    detail: interrupt?.aborted ? 'interrupted: every fault ends' : 'every fault ends; handles must settle',
+  });
   l.heal();
   if (!interrupt?.aborted) for (const c of l.children.values()) if (!c.proc) await l.restart(c.id);
   for (const c of l.children.values()) if (c.role === 'replica' && c.proc?.connected) c.proc.send({ type: 'mount' });
@@ -173,14 +197,32 @@ export async function runChaos(l: Launcher, seconds: number, seed: number, onFau
   for (const f of store.finals) history.push({ t: Date.now(), kind: 'final', target: f.target, bytes: f.bytes });
   const { granted, denied, writesAcknowledged: acked, pauses } = tally(history);
   // Cut short, handles had no time to settle: what is still paused or pending at the end is not a finding.
-  const violations = check(history).filter((v) => !interrupted || !((v.guarantee === 'L2' || v.guarantee === 'L3') && v.t >= healedAt));
-  l.chaos = { verdict: `chaos seed ${seed}: ${violations.length} violation${violations.length === 1 ? '' : 's'}`, violations: violations.length };
-  return { seed, seconds, faults, pauses, resumes: { granted, denied }, writesAcknowledged: acked, violations, interrupted, ranSeconds };
+  const violations = check(history).filter(
+    (v) => !interrupted || !((v.guarantee === 'L2' || v.guarantee === 'L3') && v.t >= healedAt),
+  );
+  l.chaos = {
+    verdict: `chaos seed ${seed}: ${violations.length} violation${violations.length === 1 ? '' : 's'}`,
+    violations: violations.length,
+  };
+  return {
+    seed,
+    seconds,
+    faults,
+    pauses,
+    resumes: { granted, denied },
+    writesAcknowledged: acked,
+    violations,
+    interrupted,
+    ranSeconds,
+  };
 }
 
 /** Store events (in commit order) and process events, by time; on a tie the store's event comes first. */
 function merge(store: unknown[], procs: unknown[]): History {
-  const tagged = [...store.map((e, i) => ({ e: e as HistoryEvent, k: 0, i })), ...procs.map((e, i) => ({ e: e as HistoryEvent, k: 1, i }))];
+  const tagged = [
+    ...store.map((e, i) => ({ e: e as HistoryEvent, k: 0, i })),
+    ...procs.map((e, i) => ({ e: e as HistoryEvent, k: 1, i })),
+  ];
   tagged.sort((a, b) => a.e.t - b.e.t || a.k - b.k || a.i - b.i);
   return tagged.map((x) => x.e);
 }

@@ -115,7 +115,12 @@ function logger(dir: string, id: string, pretty: boolean): Logger {
   // flush at exit throw ("sonic boom is not ready yet"), which would replace the reason a process
   // exits early (a store it cannot open) with a crash of the logger.
   const file = pino.destination({ dest: openSync(join(dir, 'logs', `${id}.log`), 'a'), sync: false });
-  const log = pretty ? pino({ base: { actor: id } }, pino.multistream([{ stream: file }, { stream: pino.transport({ target: 'pino-pretty' }) }])) : pino({ base: { actor: id } }, file);
+  const log = pretty
+    ? pino(
+        { base: { actor: id } },
+        pino.multistream([{ stream: file }, { stream: pino.transport({ target: 'pino-pretty' }) }]),
+      )
+    : pino({ base: { actor: id } }, file);
   processLog = log;
   return log;
 }
@@ -137,7 +142,10 @@ async function replica(raw: unknown): Promise<void> {
   const spec = cfg.store === 'sqlite' ? `sqlite:${join(cfg.dir, 'store.sqlite')}` : cfg.store;
   // A chaos run keeps the history with the store's decisions: in SQLite's history table, or in etcd's decision log.
   const etcdTls = cfg.etcdTls ? readEtcdTls(cfg.etcdTls) : undefined;
-  const inner = openStore(spec, { sqlite: { groupCommit: cfg.groupCommit ?? true }, etcd: { ...(cfg.history ? { log: historyLog(cfg.id) } : {}), ...(etcdTls ? { tls: etcdTls } : {}) } });
+  const inner = openStore(spec, {
+    sqlite: { groupCommit: cfg.groupCommit ?? true },
+    etcd: { ...(cfg.history ? { log: historyLog(cfg.id) } : {}), ...(etcdTls ? { tls: etcdTls } : {}) },
+  });
   const store =
     cfg.history && inner instanceof SqliteStore
       ? observedStore(inner, cfg.id, { add: (e) => inner.appendHistory(JSON.stringify({ t: Date.now(), ...e })) })
@@ -145,9 +153,31 @@ async function replica(raw: unknown): Promise<void> {
   const insp = cfg.inspector ? processInspector(`${cfg.inspector}?from=${cfg.id}`, cfg.inspectorToken) : undefined;
   let self: StorageReplica | undefined;
   const m = cfg.metricsPort !== undefined ? replicaMetrics(() => self) : undefined;
-  const r = new StorageReplica({ id: cfg.id, store, transport: transportFor(cfg.tls), secret: cfg.secret, port: cfg.port, holdMs: cfg.holdMs, ...(cfg.host ? { host: cfg.host } : {}), ...(cfg.heartbeatIntervalMs ? { heartbeatIntervalMs: cfg.heartbeatIntervalMs } : {}), ...(m ? { observe: m.observe } : {}), env: { log, inspect: insp?.inspect } });
+  const r = new StorageReplica({
+    id: cfg.id,
+    store,
+    transport: transportFor(cfg.tls),
+    secret: cfg.secret,
+    port: cfg.port,
+    holdMs: cfg.holdMs,
+    ...(cfg.host ? { host: cfg.host } : {}),
+    ...(cfg.heartbeatIntervalMs ? { heartbeatIntervalMs: cfg.heartbeatIntervalMs } : {}),
+    ...(m ? { observe: m.observe } : {}),
+    env: { log, inspect: insp?.inspect },
+  });
   self = r;
-  const metrics = m ? await serveMetrics(m.registry, () => ({ ok: !r.isDismounted, replica: cfg.id, store: r.isDismounted ? 'dismounted' : 'mounted', sessions: r.sessionCount }), cfg.metricsPort) : undefined;
+  const metrics = m
+    ? await serveMetrics(
+        m.registry,
+        () => ({
+          ok: !r.isDismounted,
+          replica: cfg.id,
+          store: r.isDismounted ? 'dismounted' : 'mounted',
+          sessions: r.sessionCount,
+        }),
+        cfg.metricsPort,
+      )
+    : undefined;
   await r.start();
   process.on('message', (m) => {
     const cmd = ChildCommand.safeParse(m);
@@ -155,9 +185,28 @@ async function replica(raw: unknown): Promise<void> {
     if (cmd.data.type === 'watch') insp?.watch(cmd.data.on);
     else if (cmd.data.type === 'dismount') r.dismount();
     else if (cmd.data.type === 'mount') r.mount();
-    else if (cmd.data.type === 'shutdown') void r.stop().then(() => inner.shutdown()).then(() => exit(0), () => exit(1));
+    else if (cmd.data.type === 'shutdown')
+      void r
+        .stop()
+        .then(() => inner.shutdown())
+        .then(
+          () => exit(0),
+          () => exit(1),
+        );
   });
-  const report = () => send({ type: 'status', role: 'replica', id: cfg.id, url: r.url, dismounted: r.isDismounted, ...(r.storeError ? { storeError: r.storeError.slice(0, 4096) } : {}), sessions: r.sessionCount, sessionList: r.sessionList().slice(0, 1000), stats: { ...r.stats }, ...(metrics ? { metrics: metrics.url } : {}) });
+  const report = () =>
+    send({
+      type: 'status',
+      role: 'replica',
+      id: cfg.id,
+      url: r.url,
+      dismounted: r.isDismounted,
+      ...(r.storeError ? { storeError: r.storeError.slice(0, 4096) } : {}),
+      sessions: r.sessionCount,
+      sessionList: r.sessionList().slice(0, 1000),
+      stats: { ...r.stats },
+      ...(metrics ? { metrics: metrics.url } : {}),
+    });
   report();
   setInterval(report, 300).unref();
 }
@@ -194,7 +243,9 @@ async function node(raw: unknown): Promise<void> {
     id: cfg.id,
     replicas: cfg.replicas,
     // Its protocol messages go to the inspector too, with the replica each went to or came from.
-    transport: insp ? watchedTransport(transportFor(cfg.tls), insp.messages, (url) => cfg.replicaNames?.[cfg.replicas.indexOf(url)]) : transportFor(cfg.tls),
+    transport: insp
+      ? watchedTransport(transportFor(cfg.tls), insp.messages, (url) => cfg.replicaNames?.[cfg.replicas.indexOf(url)])
+      : transportFor(cfg.tls),
     credential: parseCredential(cfg.credential, 'node credential'),
     principals: cfg.principals.map((p) => parseCredential(p, 'principal credential')),
     dataDir: cfg.dir,
@@ -202,9 +253,24 @@ async function node(raw: unknown): Promise<void> {
     env,
   });
   self = agent;
-  const metrics = m ? await serveMetrics(m.registry, () => ({ ok: agent.state === 'connected', node: cfg.id, session: agent.state, replica: agent.replica ?? null }), cfg.metricsPort) : undefined;
+  const metrics = m
+    ? await serveMetrics(
+        m.registry,
+        () => ({ ok: agent.state === 'connected', node: cfg.id, session: agent.state, replica: agent.replica ?? null }),
+        cfg.metricsPort,
+      )
+    : undefined;
   // A replica is named as the operator knows it (the URL a node is given may be its fault proxy's).
-  const named = (text: string) => cfg.replicas.reduce((t, url, i) => (cfg.replicaNames?.[i] ? t.replaceAll(`cannot connect to ${url}: `, '').replaceAll(url, `${cfg.replicaNames[i]} (${url})`) : t), text).replace(/\s+/g, ' ');
+  const named = (text: string) =>
+    cfg.replicas
+      .reduce(
+        (t, url, i) =>
+          cfg.replicaNames?.[i]
+            ? t.replaceAll(`cannot connect to ${url}: `, '').replaceAll(url, `${cfg.replicaNames[i]} (${url})`)
+            : t,
+        text,
+      )
+      .replace(/\s+/g, ' ');
   const started = agent.start();
   if (cfg.startTimeoutMs !== undefined) {
     await started.catch((err: unknown) => {
@@ -215,19 +281,37 @@ async function node(raw: unknown): Promise<void> {
    * Each handle's changes of state as they happen, sent with the next report: the timeline shows a
    * pause however short (a status report, every 300 ms, sees only where a handle is).
    */
-  const transitions: Array<{ at: number; app: string; target: string; requestId: string; state: string; reason: string | null }> = [];
+  const transitions: Array<{
+    at: number;
+    app: string;
+    target: string;
+    requestId: string;
+    state: string;
+    reason: string | null;
+  }> = [];
   const transition = (app: string, target: string, h: Handle): void => {
     if (transitions.length >= MAX_TRANSITIONS) transitions.shift();
     transitions.push({ at: Date.now(), app, target, requestId: h.requestId, state: h.state, reason: h.reason ?? null });
   };
   // The block export: programs on this host open any target as a disk (one write handle per connection),
   // on a Unix socket only its owner (or --nbd-group) reaches, and on TCP for TLS-PSK clients if asked.
-  const nbdApp = cfg.nbdSocket !== undefined ? new Application(agent, { name: `${cfg.id}-nbd`, pauseTimeoutMs: cfg.pauseTimeoutMs }) : undefined;
+  const nbdApp =
+    cfg.nbdSocket !== undefined
+      ? new Application(agent, { name: `${cfg.id}-nbd`, pauseTimeoutMs: cfg.pauseTimeoutMs })
+      : undefined;
   const perPrincipal = new Map<string, Application>();
   const appFor = (principal: string): Application => {
     if (principal === nbdApp!.principal) return nbdApp!;
     let a = perPrincipal.get(principal);
-    if (!a) perPrincipal.set(principal, (a = new Application(agent, { name: `${cfg.id}-nbd:${principal}`, principal, pauseTimeoutMs: cfg.pauseTimeoutMs })));
+    if (!a)
+      perPrincipal.set(
+        principal,
+        (a = new Application(agent, {
+          name: `${cfg.id}-nbd:${principal}`,
+          principal,
+          pauseTimeoutMs: cfg.pauseTimeoutMs,
+        })),
+      );
     return a;
   };
   // Each handle an export connection serves through has its changes of state on the timeline, as a hosted
@@ -239,7 +323,10 @@ async function node(raw: unknown): Promise<void> {
     h.on('state', () => transition(app, target, h));
   };
   const nbd = nbdApp ? new NbdExport({ app: nbdApp, appFor, path: cfg.nbdSocket!, log, onHandle }) : undefined;
-  const nbdTls = nbdApp && cfg.nbdTlsPort !== undefined ? new NbdExport({ app: nbdApp, appFor, port: cfg.nbdTlsPort, log, onHandle }) : undefined;
+  const nbdTls =
+    nbdApp && cfg.nbdTlsPort !== undefined
+      ? new NbdExport({ app: nbdApp, appFor, port: cfg.nbdTlsPort, log, onHandle })
+      : undefined;
   // The export is a service of the node, not its reason to exist: one that cannot listen is logged and left out.
   const nbdUp = await (async () => {
     if (!nbd) return false;
@@ -265,11 +352,22 @@ async function node(raw: unknown): Promise<void> {
     if (cfg.history) history.push({ t: Date.now(), proc, ...e, id: `${cfg.id}:${String(e.id)}` });
   };
 
-
   /** Open the target (reclaiming a kept or given requestId) and write until stopped; reload after an invalidation. */
   const host = (name: string, target: string, requestId?: string): void => {
     const app = new Application(agent, { name, pauseTimeoutMs: cfg.pauseTimeoutMs, env });
-    const hosted: HostedApp = { name, target, app, handle: undefined, stats: { acked: 0, verified: 0, failed: 0, lastError: undefined }, stop: async () => {}, stopped: false, lastReason: undefined, since: Date.now(), awaySince: undefined, rate: { at: Date.now(), acked: 0, perS: 0 } };
+    const hosted: HostedApp = {
+      name,
+      target,
+      app,
+      handle: undefined,
+      stats: { acked: 0, verified: 0, failed: 0, lastError: undefined },
+      stop: async () => {},
+      stopped: false,
+      lastReason: undefined,
+      since: Date.now(),
+      awaySince: undefined,
+      rate: { at: Date.now(), acked: 0, perS: 0 },
+    };
     apps.set(name, hosted);
     const proc = `${cfg.id}/${name}#${process.pid}`;
     const run = async (rid: string | undefined): Promise<void> => {
@@ -286,13 +384,28 @@ async function node(raw: unknown): Promise<void> {
             if (to === 'active') hosted.awaySince = undefined;
             else if (to === 'paused') hosted.awaySince ??= hosted.since;
           });
-          h.on('state', (to) => record(proc)({ kind: 'state', target, requestId: h.requestId, to, ...(h.reason && to === 'invalidated' ? { reason: h.reason } : {}), id: 0 }));
+          h.on('state', (to) =>
+            record(proc)({
+              kind: 'state',
+              target,
+              requestId: h.requestId,
+              to,
+              ...(h.reason && to === 'invalidated' ? { reason: h.reason } : {}),
+              id: 0,
+            }),
+          );
           const w = runWorkload(h, `${proc}@${Date.now()}`, cfg.intervalMs, (e) => record(proc)({ ...e }));
           const before = hosted.stats;
           hosted.stats = w.stats;
-          Object.assign(w.stats, { acked: w.stats.acked + before.acked, verified: w.stats.verified + before.verified, failed: w.stats.failed + before.failed });
+          Object.assign(w.stats, {
+            acked: w.stats.acked + before.acked,
+            verified: w.stats.verified + before.verified,
+            failed: w.stats.failed + before.failed,
+          });
           hosted.stop = w.stop;
-          await new Promise<void>((resolve) => h.on('state', (s) => (s === 'invalidated' || s === 'closed') && resolve()));
+          await new Promise<void>((resolve) =>
+            h.on('state', (s) => (s === 'invalidated' || s === 'closed') && resolve()),
+          );
           hosted.lastReason = h.reason ?? hosted.lastReason;
           await w.stop();
           if (!cfg.reload) return;
@@ -309,9 +422,19 @@ async function node(raw: unknown): Promise<void> {
   /** Time in state, pause timeout left, and writes per second (over at least 2 s) of a hosted application. */
   const timing = (a: HostedApp) => {
     const now = Date.now();
-    if (now - a.rate.at >= 2000) a.rate = { at: now, acked: a.stats.acked, perS: Math.round(((a.stats.acked - a.rate.acked) * 1000) / (now - a.rate.at)) };
-    const away = a.handle && (a.handle.state === 'paused' || a.handle.state === 'resuming') && a.awaySince !== undefined;
-    return { inStateMs: now - a.since, pauseLeftMs: away ? Math.max(0, cfg.pauseTimeoutMs - (now - a.awaySince!)) : null, writesPerS: a.rate.perS };
+    if (now - a.rate.at >= 2000)
+      a.rate = {
+        at: now,
+        acked: a.stats.acked,
+        perS: Math.round(((a.stats.acked - a.rate.acked) * 1000) / (now - a.rate.at)),
+      };
+    const away =
+      a.handle && (a.handle.state === 'paused' || a.handle.state === 'resuming') && a.awaySince !== undefined;
+    return {
+      inStateMs: now - a.since,
+      pauseLeftMs: away ? Math.max(0, cfg.pauseTimeoutMs - (now - a.awaySince!)) : null,
+      writesPerS: a.rate.perS,
+    };
   };
 
   process.on('message', (m) => {
@@ -349,9 +472,26 @@ async function node(raw: unknown): Promise<void> {
       id: cfg.id,
       state: agent.state,
       replica: agent.replica ?? null,
-      ...(agent.state !== 'connected' && agent.lastConnectCause ? { cause: named(`${agent.lastConnectCause.cause} from ${agent.lastConnectCause.replica}: ${agent.lastConnectCause.message}`).slice(0, 1024) } : {}),
+      ...(agent.state !== 'connected' && agent.lastConnectCause
+        ? {
+            cause: named(
+              `${agent.lastConnectCause.cause} from ${agent.lastConnectCause.replica}: ${agent.lastConnectCause.message}`,
+            ).slice(0, 1024),
+          }
+        : {}),
       ...(metrics ? { metrics: metrics.url } : {}),
-      ...(nbd && nbdUp ? { nbd: { url: nbd.url, tls: nbdTls?.url || null, connections: [...nbd.connections(), ...(nbdTls?.connections() ?? [])].map((c) => ({ ...c, reason: c.reason ?? null })) } } : {}),
+      ...(nbd && nbdUp
+        ? {
+            nbd: {
+              url: nbd.url,
+              tls: nbdTls?.url || null,
+              connections: [...nbd.connections(), ...(nbdTls?.connections() ?? [])].map((c) => ({
+                ...c,
+                reason: c.reason ?? null,
+              })),
+            },
+          }
+        : {}),
       handles: [...apps.values()].map((a) => ({
         app: a.name,
         target: a.target,
@@ -379,8 +519,12 @@ const CONFIG_WAIT_MS = 10_000;
 /** The configuration the launcher sends first on the IPC channel. */
 function configFromLauncher(): Promise<unknown> {
   return new Promise((resolve, reject) => {
-    if (!process.send) return reject(new Error('no IPC channel: a child process gets its configuration from the launcher'));
-    const timer = setTimeout(() => reject(new Error(`no configuration from the launcher within ${CONFIG_WAIT_MS / 1000} s`)), CONFIG_WAIT_MS);
+    if (!process.send)
+      return reject(new Error('no IPC channel: a child process gets its configuration from the launcher'));
+    const timer = setTimeout(
+      () => reject(new Error(`no configuration from the launcher within ${CONFIG_WAIT_MS / 1000} s`)),
+      CONFIG_WAIT_MS,
+    );
     const take = (m: unknown) => {
       const msg = ChildConfig.safeParse(m);
       if (!msg.success) return;
@@ -397,7 +541,11 @@ const [role] = process.argv.slice(2);
 process.umask(0o077);
 try {
   const cfg = await configFromLauncher();
-  await (role === 'replica' ? replica(cfg) : role === 'node' ? node(cfg) : Promise.reject(new Error(`unknown role ${role}`)));
+  await (role === 'replica'
+    ? replica(cfg)
+    : role === 'node'
+      ? node(cfg)
+      : Promise.reject(new Error(`unknown role ${role}`)));
   send({ type: 'ready' });
 } catch (err) {
   const message = (err as Error).message;
@@ -409,6 +557,16 @@ try {
   // A node that could not connect is named by the launcher, in its one line; saying it here too would make two.
   if (!(err instanceof ConnectFailed && process.connected)) console.error(`safe-resume child ${role}: ${message}`);
   // The launcher shows why (status, inspector), not only that the process is down.
-  if (process.connected) process.send?.({ type: 'failed', error: message.slice(0, 4096), ...(err instanceof ConnectFailed ? { connect: true } : {}) } satisfies ChildReport, undefined, {}, () => exit(1));
+  if (process.connected)
+    process.send?.(
+      {
+        type: 'failed',
+        error: message.slice(0, 4096),
+        ...(err instanceof ConnectFailed ? { connect: true } : {}),
+      } satisfies ChildReport,
+      undefined,
+      {},
+      () => exit(1),
+    );
   else exit(1);
 }

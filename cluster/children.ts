@@ -39,7 +39,10 @@ export function countersOf(status: StatusReport | undefined): Record<string, num
   return sumInto({}, ...status.handles.map((h) => ({ acked: h.acked, verified: h.verified, failed: h.failed })));
 }
 
-export function sumInto(into: Record<string, number>, ...counts: Array<Record<string, number> | undefined>): Record<string, number> {
+export function sumInto(
+  into: Record<string, number>,
+  ...counts: Array<Record<string, number> | undefined>
+): Record<string, number> {
   for (const c of counts) for (const [k, v] of Object.entries(c ?? {})) into[k] = (into[k] ?? 0) + v;
   return into;
 }
@@ -85,11 +88,24 @@ export class Children {
     // The configuration (keys with it) goes over the IPC channel, never in argv.
     const host = this.c.host(id);
     const at = host ? inHost(host, process.execPath) : undefined;
-    const proc = fork(CHILD, [role], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], ...(at ? { execPath: at.command, execArgv: [...at.args, ...process.execArgv] } : {}) });
+    const proc = fork(CHILD, [role], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      ...(at ? { execPath: at.command, execArgv: [...at.args, ...process.execArgv] } : {}),
+    });
     proc.send({ type: 'config', config } satisfies ChildConfig);
     let ready!: () => void;
     let failed!: (e: Error) => void;
-    const child: Child = { id, role, config, proc, status: undefined, ready: new Promise<void>((r, j) => ((ready = r), (failed = j))), startedAt: Date.now(), exitedAt: undefined, folded: false };
+    const child: Child = {
+      id,
+      role,
+      config,
+      proc,
+      status: undefined,
+      ready: new Promise<void>((r, j) => ((ready = r), (failed = j))),
+      startedAt: Date.now(),
+      exitedAt: undefined,
+      folded: false,
+    };
     this.map.set(id, child);
     proc.on('message', (m) => {
       const msg = ChildReport.safeParse(m);
@@ -98,33 +114,36 @@ export class Children {
       if (r.type === 'failed') {
         child.failure = r.error;
         child.unreachable = r.connect === true;
-      }
-      else if (r.type === 'ready') {
+      } else if (r.type === 'ready') {
         child.failure = undefined;
         if (this.c.watching()) proc.send({ type: 'watch', on: true } satisfies ChildCommand);
         ready();
-      }
-      else if (r.type === 'status') {
+      } else if (r.type === 'status') {
         if (child.folded) return;
         this.observe(id, child.status, r);
         // An application gone from a node that runs on (moved away): what it counted stays counted.
         if (r.role === 'node' && child.status?.role === 'node') {
           const still = new Set(r.handles.map((h) => h.app));
-          for (const h of child.status.handles) if (!still.has(h.app)) this.carry(id, { acked: h.acked, verified: h.verified, failed: h.failed });
+          for (const h of child.status.handles)
+            if (!still.has(h.app)) this.carry(id, { acked: h.acked, verified: h.verified, failed: h.failed });
         }
         child.status = r;
-      }
-      else if (r.type === 'transitions') {
+      } else if (r.type === 'transitions') {
         if (!child.folded) this.c.onTimeline(this.c.timeline.handles(id, r.events));
-      }
-      else if (r.type === 'history') this.c.history.push(...r.events);
+      } else if (r.type === 'history') this.c.history.push(...r.events);
       else if (r.type === 'released') this.released.get(r.app)?.(r);
     });
     // A message sent to a child that is dying fails (EPIPE) on this event; its exit is handled below.
     proc.on('error', (err) => this.c.log.warn({ child: id, err: err.message }, 'child channel error'));
     if (!this.stopping) this.c.timeline.add({ kind: 'process', id, what: 'started', detail: `pid ${proc.pid}` });
     proc.on('exit', (code, signal) => {
-      if (!this.stopping) this.c.timeline.add({ kind: 'process', id, what: 'exited', detail: child.failure ? `could not start: ${child.failure}` : (signal ?? `code ${code}`) });
+      if (!this.stopping)
+        this.c.timeline.add({
+          kind: 'process',
+          id,
+          what: 'exited',
+          detail: child.failure ? `could not start: ${child.failure}` : (signal ?? `code ${code}`),
+        });
       if (child.proc === proc) child.proc = undefined;
       child.exitedAt = Date.now();
       if (!child.folded) {
@@ -132,7 +151,15 @@ export class Children {
         this.carry(id, countersOf(child.status));
       }
       // A node that no replica welcomed in time: its own words name each replica's cause.
-      failed(child.failure && child.unreachable ? new OperatorError(child.failure, EXIT.timeout) : new Error(child.failure ? `${id} could not start: ${child.failure}` : `${id} exited (${signal ?? code}) before it was ready`));
+      failed(
+        child.failure && child.unreachable
+          ? new OperatorError(child.failure, EXIT.timeout)
+          : new Error(
+              child.failure
+                ? `${id} could not start: ${child.failure}`
+                : `${id} exited (${signal ?? code}) before it was ready`,
+            ),
+      );
       if (!this.stopping) this.c.log.warn({ child: id, code, signal }, 'child exited');
     });
     return child;
@@ -149,14 +176,19 @@ export class Children {
 
   /** Every session a running replica has, with the replica. */
   liveSessions(): Array<{ id: string; node: string; silentMs: number; replica: string }> {
-    return [...this.map.values()].flatMap((c) => (c.proc && c.status?.role === 'replica' ? (c.status.sessionList ?? []).map((s) => ({ ...s, replica: c.id })) : []));
+    return [...this.map.values()].flatMap((c) =>
+      c.proc && c.status?.role === 'replica' ? (c.status.sessionList ?? []).map((s) => ({ ...s, replica: c.id })) : [],
+    );
   }
 
   child(id: string, role?: 'replica' | 'node'): Child {
     const c = this.map.get(id);
     if (!c || (role && c.role !== role)) {
       const ids = [...this.map.values()].filter((x) => !role || x.role === role).map((x) => x.id);
-      throw new SafeResumeError('INVALID_ARGUMENT', `no ${role ?? 'replica or node'} called ${JSON.stringify(id)}; the ids are ${ids.join(', ') || 'none yet'}`);
+      throw new SafeResumeError(
+        'INVALID_ARGUMENT',
+        `no ${role ?? 'replica or node'} called ${JSON.stringify(id)}; the ids are ${ids.join(', ') || 'none yet'}`,
+      );
     }
     return c;
   }
@@ -180,7 +212,8 @@ export class Children {
   noteCrash(c: Child, app?: string): void {
     if (!this.c.recording || c.role !== 'node' || !c.proc) return;
     for (const h of c.status?.role === 'node' ? c.status.handles : []) {
-      if (!app || h.app === app) this.c.history.push({ t: Date.now(), kind: 'crash', proc: `${c.id}/${h.app}#${c.proc.pid}` });
+      if (!app || h.app === app)
+        this.c.history.push({ t: Date.now(), kind: 'crash', proc: `${c.id}/${h.app}#${c.proc.pid}` });
     }
   }
 
@@ -213,33 +246,46 @@ export class Children {
    */
   rows(partitioned: (id: string) => boolean) {
     const children = [...this.map.values()];
-    const replicas = children.filter((c) => c.role === 'replica').map((c) => ({
-      id: c.id,
-      // A store that cannot be written or read as a database needs an operator: 'failed', with the error.
-      state: !c.proc ? (c.failure ? 'failed' : 'down') : c.status?.role === 'replica' && c.status.dismounted ? (FATAL_STORE.test(c.status.storeError ?? '') ? 'failed' : 'dismounted') : 'serving',
-      storeError: c.proc && c.status?.role === 'replica' ? (c.status.storeError ?? null) : (c.failure ?? null),
-      pid: c.proc?.pid ?? null,
-      sessions: c.proc && c.status?.role === 'replica' ? c.status.sessions : 0,
-      stats: this.counted(c),
-      metrics: c.proc ? (c.status?.metrics ?? null) : null,
-      startedAt: c.startedAt,
-      exitedAt: c.proc ? null : (c.exitedAt ?? null),
-    }));
-    const nodes = children.filter((c) => c.role === 'node').map((c) => ({
-      id: c.id,
-      state: !c.proc ? 'down' : c.status?.role === 'node' ? c.status.state : 'starting',
-      pid: c.proc?.pid ?? null,
-      replica: c.status?.role === 'node' ? c.status.replica : null,
-      /** While it is not connected: its last failed attempt and why. */
-      cause: c.proc && c.status?.role === 'node' ? (c.status.cause ?? null) : null,
-      metrics: c.proc ? (c.status?.metrics ?? null) : null,
-      nbd: c.proc && c.status?.role === 'node' ? (c.status.nbd ?? null) : null,
-      partitioned: partitioned(c.id),
-      startedAt: c.startedAt,
-      exitedAt: c.proc ? null : (c.exitedAt ?? null),
-    }));
+    const replicas = children
+      .filter((c) => c.role === 'replica')
+      .map((c) => ({
+        id: c.id,
+        // A store that cannot be written or read as a database needs an operator: 'failed', with the error.
+        state: !c.proc
+          ? c.failure
+            ? 'failed'
+            : 'down'
+          : c.status?.role === 'replica' && c.status.dismounted
+            ? FATAL_STORE.test(c.status.storeError ?? '')
+              ? 'failed'
+              : 'dismounted'
+            : 'serving',
+        storeError: c.proc && c.status?.role === 'replica' ? (c.status.storeError ?? null) : (c.failure ?? null),
+        pid: c.proc?.pid ?? null,
+        sessions: c.proc && c.status?.role === 'replica' ? c.status.sessions : 0,
+        stats: this.counted(c),
+        metrics: c.proc ? (c.status?.metrics ?? null) : null,
+        startedAt: c.startedAt,
+        exitedAt: c.proc ? null : (c.exitedAt ?? null),
+      }));
+    const nodes = children
+      .filter((c) => c.role === 'node')
+      .map((c) => ({
+        id: c.id,
+        state: !c.proc ? 'down' : c.status?.role === 'node' ? c.status.state : 'starting',
+        pid: c.proc?.pid ?? null,
+        replica: c.status?.role === 'node' ? c.status.replica : null,
+        /** While it is not connected: its last failed attempt and why. */
+        cause: c.proc && c.status?.role === 'node' ? (c.status.cause ?? null) : null,
+        metrics: c.proc ? (c.status?.metrics ?? null) : null,
+        nbd: c.proc && c.status?.role === 'node' ? (c.status.nbd ?? null) : null,
+        partitioned: partitioned(c.id),
+        startedAt: c.startedAt,
+        exitedAt: c.proc ? null : (c.exitedAt ?? null),
+      }));
     const handles: Array<HandleStatus & { node: string }> = [];
-    for (const c of children) if (c.proc && c.status?.role === 'node') for (const h of c.status.handles) handles.push({ node: c.id, ...h });
+    for (const c of children)
+      if (c.proc && c.status?.role === 'node') for (const h of c.status.handles) handles.push({ node: c.id, ...h });
     return { replicas, nodes, handles, counted: children.map((c) => this.counted(c)) };
   }
 
@@ -269,24 +315,26 @@ export class Children {
     this.tell(from, { type: 'release', app });
     const r = await Promise.race([answer, new Promise<undefined>((r) => setTimeout(() => r(undefined), 5000))]);
     this.released.delete(app);
-  return r?.requestId;
+    return r?.requestId;
   }
 
   /** Stop every process: a shutdown over IPC, SIGKILL 5 s later (or at once if its channel is gone). */
   async stopAll(): Promise<void> {
-    const exits = [...this.map.values()].filter((c) => c.proc).map((c) => {
-      const proc = c.proc!;
-      return new Promise<void>((resolve) => {
-        if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
-        const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
-        proc.once('exit', () => {
-          clearTimeout(timer);
-          resolve();
+    const exits = [...this.map.values()]
+      .filter((c) => c.proc)
+      .map((c) => {
+        const proc = c.proc!;
+        return new Promise<void>((resolve) => {
+          if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
+          const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
+          proc.once('exit', () => {
+            clearTimeout(timer);
+            resolve();
+          });
+          if (proc.connected) proc.send({ type: 'shutdown' } satisfies ChildCommand);
+          else proc.kill('SIGKILL');
         });
-        if (proc.connected) proc.send({ type: 'shutdown' } satisfies ChildCommand);
-        else proc.kill('SIGKILL');
       });
-    });
     await Promise.all(exits);
   }
 

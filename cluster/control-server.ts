@@ -16,7 +16,18 @@ import type { ControlResult } from './launcher-options.js';
 import type { Timeline } from './timeline.js';
 
 /** Commands that inject a fault or change the cluster: each goes on the timeline. */
-const FAULT_COMMANDS = new Set(['/kill', '/restart', '/partition', '/heal', '/dismount', '/reboot-storage', '/move', '/write', '/grant', '/revoke']);
+const FAULT_COMMANDS = new Set([
+  '/kill',
+  '/restart',
+  '/partition',
+  '/heal',
+  '/dismount',
+  '/reboot-storage',
+  '/move',
+  '/write',
+  '/grant',
+  '/revoke',
+]);
 
 /** What the control endpoint drives: the launcher's commands, its status and its timeline. */
 export interface Controlled {
@@ -41,7 +52,11 @@ export interface Controlled {
  * Only the CLI talks to it: a request must carry the token, under a loopback Host, and no Origin
  * (a web page's request has one), before its body is even read.
  */
-export async function listenControl(dir: string, token: string, command: (method: string, url: string, body: string) => Promise<ControlResult>): Promise<{ server: Server; url: string }> {
+export async function listenControl(
+  dir: string,
+  token: string,
+  command: (method: string, url: string, body: string) => Promise<ControlResult>,
+): Promise<{ server: Server; url: string }> {
   let port = 0;
   const server = createServer(HTTP_TIMEOUTS, (req, res) => {
     const refusal = checkHostOrigin(req, port, 'none') ?? checkToken(bearer(req), token);
@@ -98,7 +113,11 @@ async function run(l: Controlled, method: string, url: string, body: string): Pr
       const q = new URLSearchParams(url.slice('/events'.length));
       // `after`: the `next` of an earlier answer, for only what came since (the inspector polls so).
       const after = Number(q.get('after') ?? 0);
-      return { ok: true, events: l.timeline.list(q.get('target') ?? undefined, Number.isSafeInteger(after) && after > 0 ? after : 0), next: l.timeline.next };
+      return {
+        ok: true,
+        events: l.timeline.list(q.get('target') ?? undefined, Number.isSafeInteger(after) && after > 0 ? after : 0),
+        next: l.timeline.next,
+      };
     }
     if (method !== 'POST') throw new SafeResumeError('INVALID_ARGUMENT', `unknown endpoint ${method} ${url}`);
     const args = (body ? JSON.parse(body) : {}) as Record<string, unknown>;
@@ -143,7 +162,8 @@ async function run(l: Controlled, method: string, url: string, body: string): Pr
     }
   } catch (err) {
     if (err instanceof SafeResumeError) return { ok: false, code: err.code, message: err.message };
-    if (err instanceof SyntaxError) return { ok: false, code: 'INVALID_ARGUMENT', message: `body is not JSON: ${err.message}` };
+    if (err instanceof SyntaxError)
+      return { ok: false, code: 'INVALID_ARGUMENT', message: `body is not JSON: ${err.message}` };
     return { ok: false, code: 'INTERNAL', message: String(err) };
   }
 }
@@ -157,5 +177,10 @@ function commandText(url: string, body: string): string {
   } catch {
     // Refused as not JSON: the command's name says enough.
   }
-  return [url.slice(1), ...Object.entries(args).map(([k, v]) => (k === 'text' ? JSON.stringify(v) : k === 'for' ? `for ${String(v)} s` : String(v)))].join(' ');
+  return [
+    url.slice(1),
+    ...Object.entries(args).map(([k, v]) =>
+      k === 'text' ? JSON.stringify(v) : k === 'for' ? `for ${String(v)} s` : String(v),
+    ),
+  ].join(' ');
 }

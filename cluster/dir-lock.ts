@@ -30,7 +30,12 @@ export function dirHolder(dir: string): LockContent | undefined {
 /** Take `dir` for this process; throws an OperatorError naming the launcher that has it. Returns the release. */
 export function lockDir(dir: string, store?: string): () => void {
   const path = join(dir, LOCK_FILE);
-  const mine = JSON.stringify({ pid: process.pid, started: new Date().toISOString(), ...(store ? { store } : {}) } satisfies LockContent) + '\n';
+  const mine =
+    JSON.stringify({
+      pid: process.pid,
+      started: new Date().toISOString(),
+      ...(store ? { store } : {}),
+    } satisfies LockContent) + '\n';
   for (let attempt = 0; ; attempt++) {
     try {
       writeFileSync(path, mine, { flag: 'wx', mode: 0o600 });
@@ -65,7 +70,10 @@ export function isLauncher(pid: number): boolean {
   }
   try {
     const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    return argv.some((a) => a.endsWith('cli.js') || a.endsWith('/cli/main.js') || a.endsWith('safe-resume')) && argv.includes('up');
+    return (
+      argv.some((a) => a.endsWith('cli.js') || a.endsWith('/cli/main.js') || a.endsWith('safe-resume')) &&
+      argv.includes('up')
+    );
   } catch {
     return true;
   }

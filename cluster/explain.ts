@@ -37,7 +37,15 @@ export async function holds(l: Explaining, handles: Array<HandleStatus & Hold>):
     const { record: rec, left } = found.targets.get(h.target)!;
     if (!rec || rec.requestId !== h.requestId) h.hold = 'taken';
     else if (live.has(rec.session)) h.hold = 'renewed';
-    else if (found.now === undefined) Object.assign(h, left === undefined ? { hold: 'running' } : left > 0 ? { hold: 'running', holdLeftMs: left } : { hold: 'lapsed' });
+    else if (found.now === undefined)
+      Object.assign(
+        h,
+        left === undefined
+          ? { hold: 'running' }
+          : left > 0
+            ? { hold: 'running', holdLeftMs: left }
+            : { hold: 'lapsed' },
+      );
     else if (rec.expiresAt > found.now) Object.assign(h, { hold: 'running', holdLeftMs: rec.expiresAt - found.now });
     else h.hold = 'lapsed';
   }
@@ -49,7 +57,11 @@ export async function holds(l: Explaining, handles: Array<HandleStatus & Hold>):
  * the handles on it, and the state of the store's replicas. Read from the store itself.
  */
 export async function explain(l: Explaining, what: string): Promise<ControlResult> {
-  const st = l.status() as { handles: Array<HandleStatus & { node: string }>; nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean }>; replicas: Array<{ id: string; state: string }> };
+  const st = l.status() as {
+    handles: Array<HandleStatus & { node: string }>;
+    nodes: Array<{ id: string; state: string; replica: string | null; partitioned: boolean }>;
+    replicas: Array<{ id: string; state: string }>;
+  };
   const target = st.handles.find((h) => h.requestId === what)?.target ?? (await l.targetOfRequest(what)) ?? what;
   const { record, tombstones, now } = await l.store.holder(target).catch((err: Error) => {
     throw new SafeResumeError('UNAVAILABLE', `the store cannot be read: ${err.message}`);
@@ -58,50 +70,109 @@ export async function explain(l: Explaining, what: string): Promise<ControlResul
     throw new SafeResumeError('UNAVAILABLE', `the store cannot be read: ${err.message}`);
   });
   // Nobody has the target (accessOf: no owner, record, tombstone, data or size), and no requestId is called so.
-  if (!access && target === what) return { ok: false, code: 'NOT_FOUND', message: `no target or requestId called ${JSON.stringify(what)} in the store (${l.storeSpec}): nobody has opened that target, and no handle had that requestId` };
+  if (!access && target === what)
+    return {
+      ok: false,
+      code: 'NOT_FOUND',
+      message: `no target or requestId called ${JSON.stringify(what)} in the store (${l.storeSpec}): nobody has opened that target, and no handle had that requestId`,
+    };
   const session = record ? l.liveSessions().find((s) => s.id === record!.session) : undefined;
-  const handles = st.handles.filter((h) => h.target === target).map((h) => {
-    const node = st.nodes.find((n) => n.id === h.node);
-    return { node: h.node, app: h.app, state: h.state, reason: h.reason, requestId: h.requestId ?? null, holds: record?.requestId === h.requestId, nodeState: node?.state ?? 'unknown', nodeReplica: node?.replica ?? null, partitioned: node?.partitioned ?? false };
-  });
+  const handles = st.handles
+    .filter((h) => h.target === target)
+    .map((h) => {
+      const node = st.nodes.find((n) => n.id === h.node);
+      return {
+        node: h.node,
+        app: h.app,
+        state: h.state,
+        reason: h.reason,
+        requestId: h.requestId ?? null,
+        holds: record?.requestId === h.requestId,
+        nodeState: node?.state ?? 'unknown',
+        nodeReplica: node?.replica ?? null,
+        partitioned: node?.partitioned ?? false,
+      };
+    });
   const leftMs = record && now !== undefined ? record.expiresAt - now : undefined;
   const lines: string[] = [target];
   if (!access) lines.push('  owner     none: nobody has opened it; the first open creates it for its principal');
   else {
     lines.push(`  owner     ${access.owner}`);
-    lines.push(`  access    ${access.grants.length === 0 ? 'the owner only' : access.grants.map((g) => `${g.principal} ${g.mode}`).join(', ')}`);
+    lines.push(
+      `  access    ${access.grants.length === 0 ? 'the owner only' : access.grants.map((g) => `${g.principal} ${g.mode}`).join(', ')}`,
+    );
   }
   if (!record) lines.push('  lock      none: no writer holds it; a write open is granted at once');
   else {
-    lines.push(`  holder    requestId ${record.requestId} (principal ${record.principal}, instance ${record.instance || '-'}), writes applied up to seq ${record.lastSeq}`);
+    lines.push(
+      `  holder    requestId ${record.requestId} (principal ${record.principal}, instance ${record.instance || '-'}), writes applied up to seq ${record.lastSeq}`,
+    );
     if (session) {
-      lines.push(`  session   ${record.session} on ${session.replica}, node ${session.node}, heard from ${session.silentMs} ms ago: alive, and renewing the lock`);
-      lines.push(`  lock      held while that session lives${leftMs !== undefined ? ` (if it stops renewing: ${Math.max(0, leftMs)} ms at most)` : ''}; another writer is refused LOCKED`);
+      lines.push(
+        `  session   ${record.session} on ${session.replica}, node ${session.node}, heard from ${session.silentMs} ms ago: alive, and renewing the lock`,
+      );
+      lines.push(
+        `  lock      held while that session lives${leftMs !== undefined ? ` (if it stops renewing: ${Math.max(0, leftMs)} ms at most)` : ''}; another writer is refused LOCKED`,
+      );
     } else {
       lines.push(`  session   ${record.session}: no running replica has it (lost)`);
-      if (leftMs === undefined) lines.push("  lock      lapses when that session's lease does; then another writer may open the target");
-      else if (leftMs > 0) lines.push(`  lock      the hold period runs: it lapses in ${leftMs} ms; until then the holder's resume is granted and other writers are refused LOCKED`);
-      else lines.push(`  lock      lapsed ${-leftMs} ms ago: another writer may open the target now (the holder's resume is granted until one does)`);
+      if (leftMs === undefined)
+        lines.push("  lock      lapses when that session's lease does; then another writer may open the target");
+      else if (leftMs > 0)
+        lines.push(
+          `  lock      the hold period runs: it lapses in ${leftMs} ms; until then the holder's resume is granted and other writers are refused LOCKED`,
+        );
+      else
+        lines.push(
+          `  lock      lapsed ${-leftMs} ms ago: another writer may open the target now (the holder's resume is granted until one does)`,
+        );
     }
   }
   // The holders before: whose lock lapsed and who took the target then, or who closed it.
-  for (const t of tombstones) lines.push(`  earlier   requestId ${t.requestId}, writes applied up to seq ${t.lastSeq}: ${t.takenBy ? `its lock lapsed; ${takenOver(t.takenBy, now)}` : 'closed by its holder (or taken over before the store kept who took it)'}`);
+  for (const t of tombstones)
+    lines.push(
+      `  earlier   requestId ${t.requestId}, writes applied up to seq ${t.lastSeq}: ${t.takenBy ? `its lock lapsed; ${takenOver(t.takenBy, now)}` : 'closed by its holder (or taken over before the store kept who took it)'}`,
+    );
   for (const h of handles) {
-    const why = h.state === 'paused' || h.state === 'resuming' ? `: its node is ${h.nodeState}${h.partitioned ? ' (partitioned)' : ''}${h.nodeReplica ? ` on ${h.nodeReplica}` : ''}` : '';
-    lines.push(`  handle    ${h.node}/${h.app} ${h.state}${h.reason ? ` (${h.reason})` : ''}${h.requestId ? ` requestId ${h.requestId}` : ''}${h.holds ? ', the holder' : ''}${why}`);
+    const why =
+      h.state === 'paused' || h.state === 'resuming'
+        ? `: its node is ${h.nodeState}${h.partitioned ? ' (partitioned)' : ''}${h.nodeReplica ? ` on ${h.nodeReplica}` : ''}`
+        : '';
+    lines.push(
+      `  handle    ${h.node}/${h.app} ${h.state}${h.reason ? ` (${h.reason})` : ''}${h.requestId ? ` requestId ${h.requestId}` : ''}${h.holds ? ', the holder' : ''}${why}`,
+    );
   }
   lines.push(`  store     ${l.storeSpec}; ${st.replicas.map((r) => `${r.id} ${r.state}`).join(', ')}`);
-  return { ok: true, target, owner: access?.owner ?? null, grants: access?.grants ?? [], record: record ?? null, earlier: tombstones.map((t) => ({ requestId: t.requestId, lastSeq: t.lastSeq, takenBy: t.takenBy ?? null })), session: session ?? null, lockLeftMs: leftMs ?? null, handles, replicas: st.replicas.map((r) => ({ id: r.id, state: r.state })), text: lines.join('\n') };
+  return {
+    ok: true,
+    target,
+    owner: access?.owner ?? null,
+    grants: access?.grants ?? [],
+    record: record ?? null,
+    earlier: tombstones.map((t) => ({ requestId: t.requestId, lastSeq: t.lastSeq, takenBy: t.takenBy ?? null })),
+    session: session ?? null,
+    lockLeftMs: leftMs ?? null,
+    handles,
+    replicas: st.replicas.map((r) => ({ id: r.id, state: r.state })),
+    text: lines.join('\n'),
+  };
 }
 
 /** Handle events just put on the timeline: one denied because another writer took the target says who holds it now. */
 export function tellTakeovers(store: StoreView, events: Array<TimelineEvent & { kind: 'handle' }>): void {
   for (const e of events) {
     if (e.to !== 'invalidated' || e.reason !== 'MODIFIED') continue;
-    void store.holder(e.target).then(({ record: rec, tombstones, now }) => {
-      const taken = tombstones.find((t) => t.requestId === e.requestId)?.takenBy;
-      e.detail = taken ? `${takenOver(taken, now)}${rec && rec.requestId !== taken.requestId ? `; now held by requestId ${rec.requestId}` : ''}` : rec ? `the target is now held by requestId ${rec.requestId} (principal ${rec.principal})` : 'nobody holds the target now';
-    }, () => undefined);
+    void store.holder(e.target).then(
+      ({ record: rec, tombstones, now }) => {
+        const taken = tombstones.find((t) => t.requestId === e.requestId)?.takenBy;
+        e.detail = taken
+          ? `${takenOver(taken, now)}${rec && rec.requestId !== taken.requestId ? `; now held by requestId ${rec.requestId}` : ''}`
+          : rec
+            ? `the target is now held by requestId ${rec.requestId} (principal ${rec.principal})`
+            : 'nobody holds the target now';
+      },
+      () => undefined,
+    );
   }
 }
 

@@ -40,4 +40,5 @@ export interface LauncherOptions {
 }
 
 /** `deadline`: the command gave up waiting for the storage (the CLI exits 8). */
-export type ControlResult = { ok: true; [k: string]: unknown } | { ok: false; code: string; message: string; deadline?: boolean };
+export type ControlResult =
+  { ok: true; [k: string]: unknown } | { ok: false; code: string; message: string; deadline?: boolean };

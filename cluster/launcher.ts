@@ -72,14 +72,26 @@ export class Launcher {
   /** The processes: started, watched, counted, stopped (children.ts). */
   private readonly kids: Children;
   /** The store, as this process reads it (explain, status's holds, read's access check, chaos's history). */
-  private readonly store = new StoreView(() => ({ spec: this.storeSpec, dbPath: this.dbPath, etcd: this.etcdOptions() }));
+  private readonly store = new StoreView(() => ({
+    spec: this.storeSpec,
+    dbPath: this.dbPath,
+    etcd: this.etcdOptions(),
+  }));
   /** The ad-hoc applications of write, read, create, grant and revoke, on a node agent of this process's own. */
   private readonly adHoc: AdHoc;
 
   constructor(readonly opts: LauncherOptions) {
     privateDataDir(opts.dir);
     this.secret = loadOrCreateSecret(opts.dir);
-    this.kids = new Children(this.children, { log: opts.log, timeline: this.timeline, history: this.history, recording: opts.history, host: (id) => this.host(id), watching: () => this.watching || opts.statelyPort !== undefined, onTimeline: (events) => tellTakeovers(this.store, events) });
+    this.kids = new Children(this.children, {
+      log: opts.log,
+      timeline: this.timeline,
+      history: this.history,
+      recording: opts.history,
+      host: (id) => this.host(id),
+      watching: () => this.watching || opts.statelyPort !== undefined,
+      onTimeline: (events) => tellTakeovers(this.store, events),
+    });
     this.adHoc = new AdHoc({
       opts: this.opts,
       secret: this.secret,
@@ -87,7 +99,14 @@ export class Launcher {
       urls: () => this.replicaUrls,
       names: () => this.replicaNames(),
       inspector: () => this.inspector,
-      replicaStates: () => [...this.children.values()].filter((c) => c.role === 'replica').map((c) => `${c.id} ${!c.proc ? 'down' : c.status?.role === 'replica' && c.status.dismounted ? 'dismounted' : 'serving but not answering'}`).join(', '),
+      replicaStates: () =>
+        [...this.children.values()]
+          .filter((c) => c.role === 'replica')
+          .map(
+            (c) =>
+              `${c.id} ${!c.proc ? 'down' : c.status?.role === 'replica' && c.status.dismounted ? 'dismounted' : 'serving but not answering'}`,
+          )
+          .join(', '),
     });
     // A --dir too long for the export sockets, or an unknown --nbd-group, is refused before anything starts.
     for (let n = 1; n <= opts.nodes; n++) nbdSocketPath(opts.dir, `node-${n}`);
@@ -104,22 +123,29 @@ export class Launcher {
   async start(): Promise<void> {
     if (this.opts.history) {
       // A chaos run checks one history: start it empty.
-      for (const f of ['store.sqlite', 'store.sqlite-wal', 'store.sqlite-shm']) rmSync(join(this.opts.dir, f), { force: true });
-      for (let n = 1; n <= this.opts.nodes; n++) rmSync(join(this.opts.dir, `node-${n}.handles.jsonl`), { force: true });
-      if (this.opts.store === 'etcd' && !this.opts.etcdEndpoints) rmSync(join(this.opts.dir, 'etcd'), { recursive: true, force: true });
+      for (const f of ['store.sqlite', 'store.sqlite-wal', 'store.sqlite-shm'])
+        rmSync(join(this.opts.dir, f), { force: true });
+      for (let n = 1; n <= this.opts.nodes; n++)
+        rmSync(join(this.opts.dir, `node-${n}.handles.jsonl`), { force: true });
+      if (this.opts.store === 'etcd' && !this.opts.etcdEndpoints)
+        rmSync(join(this.opts.dir, 'etcd'), { recursive: true, force: true });
     }
     let inspectorWs: string | undefined;
     if (this.opts.inspectorPort !== undefined) {
-      this.inspector = new InspectorServer({
-        watching: (on) => {
-          this.watching = on || this.opts.statelyPort !== undefined;
-          on = this.watching;
-          for (const c of this.children.values()) if (c.proc?.connected) c.proc.send({ type: 'watch', on } satisfies ChildCommand);
+      this.inspector = new InspectorServer(
+        {
+          watching: (on) => {
+            this.watching = on || this.opts.statelyPort !== undefined;
+            on = this.watching;
+            for (const c of this.children.values())
+              if (c.proc?.connected) c.proc.send({ type: 'watch', on } satisfies ChildCommand);
+          },
+          status: () => ({ ok: true, ...this.status() }),
+          command: (method, path, body) => this.command(method, path, body),
+          ...(this.opts.statelyPort !== undefined ? { forward: await this.stately(this.opts.statelyPort) } : {}),
         },
-        status: () => ({ ok: true, ...this.status() }),
-        command: (method, path, body) => this.command(method, path, body),
-        ...(this.opts.statelyPort !== undefined ? { forward: await this.stately(this.opts.statelyPort) } : {}),
-      }, { token: this.token });
+        { token: this.token },
+      );
       const url = await this.inspector.listen(this.opts.inspectorPort);
       inspectorWs = `${url.replace('http', 'ws')}/inspect`;
     }
@@ -130,7 +156,15 @@ export class Launcher {
         const addresses = ['etcd-1', 'etcd-2', 'etcd-3'].flatMap((id) => this.host(id)?.address ?? []);
         this.etcdTls = etcdTls(join(this.opts.dir, 'etcd', 'tls'), addresses);
       }
-      const endpoints = this.opts.etcdEndpoints ?? (this.etcd = await EtcdMembers.start(join(this.opts.dir, 'etcd'), 3, 20_000, (id) => this.host(id), this.etcdTls)).endpoints;
+      const endpoints =
+        this.opts.etcdEndpoints ??
+        (this.etcd = await EtcdMembers.start(
+          join(this.opts.dir, 'etcd'),
+          3,
+          20_000,
+          (id) => this.host(id),
+          this.etcdTls,
+        )).endpoints;
       this.storeSpec = `etcd://${endpoints.join(',')}`;
     } else this.storeSpec = `sqlite:${this.dbPath}`;
     for (let i = 0; i < this.opts.replicas; i++) {
@@ -142,7 +176,21 @@ export class Launcher {
       if (this.opts.port && !host) await checkPortFree(port, '127.0.0.1', id);
       this.replicaUrls.push(`${this.opts.tls ? 'wss' : 'ws'}://${host?.address ?? '127.0.0.1'}:${port}`);
       // The store's client certificate goes as file paths (0600 in the data directory), never its key.
-      this.kids.spawn(id, 'replica', { ...this.tlsConfig(), ...(this.etcdTls ? { etcdTls: this.etcdTls.client } : {}), metricsPort: 0, id, port, ...(host ? { host: host.address } : {}), dir: this.opts.dir, store: this.storeSpec, secret: this.secret, holdMs: this.opts.holdMs, history: this.opts.history, pretty: this.opts.pretty, ...this.inspectorConfig(id, inspectorWs) });
+      this.kids.spawn(id, 'replica', {
+        ...this.tlsConfig(),
+        ...(this.etcdTls ? { etcdTls: this.etcdTls.client } : {}),
+        metricsPort: 0,
+        id,
+        port,
+        ...(host ? { host: host.address } : {}),
+        dir: this.opts.dir,
+        store: this.storeSpec,
+        secret: this.secret,
+        holdMs: this.opts.holdMs,
+        history: this.opts.history,
+        pretty: this.opts.pretty,
+        ...this.inspectorConfig(id, inspectorWs),
+      });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     // The export sockets' directory, before any node is started.
@@ -168,11 +216,35 @@ export class Launcher {
       const principals = [formatCredential(issueCredential(this.secret, 'principal', 'default'))];
       // Its block export on a Unix socket in the data directory, and on 127.0.0.1 with TLS-PSK if asked
       // (none on a host of its own: that address would name this machine).
-      const nbd = this.host(id) ? undefined : { nbdSocket: nbdSocketPath(this.opts.dir, id), ...(nbdGid !== undefined ? { nbdGroup: nbdGid } : {}), ...(this.opts.nbdTcp ? { nbdTlsPort: await freePort() } : {}) };
+      const nbd = this.host(id)
+        ? undefined
+        : {
+            nbdSocket: nbdSocketPath(this.opts.dir, id),
+            ...(nbdGid !== undefined ? { nbdGroup: nbdGid } : {}),
+            ...(this.opts.nbdTcp ? { nbdTlsPort: await freePort() } : {}),
+          };
       if (nbd) this.nbdUrls.set(id, `nbd+unix:///?socket=${nbd.nbdSocket}`);
       if (nbd?.nbdTlsPort !== undefined) this.nbdTlsUrls.set(id, `nbds://127.0.0.1:${nbd.nbdTlsPort}/`);
       // At start-up a node is ready once connected: one that cannot reach the storage fails `up` with why.
-      this.kids.spawn(id, 'node', { ...this.tlsConfig(), metricsPort: 0, ...nbd, startTimeoutMs: NODE_START_TIMEOUT_MS, id, replicas: urls, replicaNames: this.replicaNames(), dir: this.opts.dir, credential, principals, pauseTimeoutMs: this.opts.pauseTimeoutMs, intervalMs: this.opts.intervalMs, apps, history: this.opts.history, pretty: this.opts.pretty, reload: this.opts.history, ...this.inspectorConfig(id, inspectorWs) });
+      this.kids.spawn(id, 'node', {
+        ...this.tlsConfig(),
+        metricsPort: 0,
+        ...nbd,
+        startTimeoutMs: NODE_START_TIMEOUT_MS,
+        id,
+        replicas: urls,
+        replicaNames: this.replicaNames(),
+        dir: this.opts.dir,
+        credential,
+        principals,
+        pauseTimeoutMs: this.opts.pauseTimeoutMs,
+        intervalMs: this.opts.intervalMs,
+        apps,
+        history: this.opts.history,
+        pretty: this.opts.pretty,
+        reload: this.opts.history,
+        ...this.inspectorConfig(id, inspectorWs),
+      });
     }
     await Promise.all([...this.children.values()].map((c) => c.ready));
     await this.listen();
@@ -203,7 +275,9 @@ export class Launcher {
 
   private inspectorConfig(id: string, url: string | undefined): Record<string, string> {
     // The inspector listens on 127.0.0.1 of this host: a process on another host cannot reach it.
-    return url && this.inspector && !this.host(id) ? { inspector: url, inspectorToken: this.inspector.processCredential(id) } : {};
+    return url && this.inspector && !this.host(id)
+      ? { inspector: url, inspectorToken: this.inspector.processCredential(id) }
+      : {};
   }
 
   /** Start the relay to the Stately inspector (on 127.0.0.1) and return a function that hands it events. */
@@ -233,11 +307,28 @@ export class Launcher {
    * cluster, through restarts; a handle's `acked` (and the rest) is its node process's.
    */
   status(): Record<string, unknown> {
-    const { replicas, nodes, handles, counted } = this.kids.rows((id) => (this.proxies.get(id) ?? []).some((p) => p.mode === 'partition') || this.cut.has(id));
+    const { replicas, nodes, handles, counted } = this.kids.rows(
+      (id) => (this.proxies.get(id) ?? []).some((p) => p.mode === 'partition') || this.cut.has(id),
+    );
     // Writes acknowledged, verified and failed by every application, and every replica's stats, summed.
     const totals = { ...sumInto({ acked: 0, verified: 0, failed: 0 }, ...counted), pauses: this.timeline.pauses };
-    const etcd = this.etcd?.members.map((m) => ({ id: m.id, state: m.proc ? 'running' : 'down', pid: m.proc?.pid ?? null, endpoint: m.endpoint }));
-    return { replicas, nodes, handles, totals, ...(etcd ? { etcd } : {}), store: this.storeSpec, control: this.controlUrl, dir: this.opts.dir, ...(this.chaos ? { chaos: this.chaos } : {}) };
+    const etcd = this.etcd?.members.map((m) => ({
+      id: m.id,
+      state: m.proc ? 'running' : 'down',
+      pid: m.proc?.pid ?? null,
+      endpoint: m.endpoint,
+    }));
+    return {
+      replicas,
+      nodes,
+      handles,
+      totals,
+      ...(etcd ? { etcd } : {}),
+      store: this.storeSpec,
+      control: this.controlUrl,
+      dir: this.opts.dir,
+      ...(this.chaos ? { chaos: this.chaos } : {}),
+    };
   }
 
   kill(id: string): ControlResult {
@@ -259,7 +350,10 @@ export class Launcher {
       return { ok: true, restarted: id };
     }
     // A node's applications come back and reclaim the requestIds the node kept on disk.
-    await this.kids.restart(id, [...this.apps.entries()].filter(([, a]) => a.node === id).map(([name, a]) => ({ name, target: a.target })));
+    await this.kids.restart(
+      id,
+      [...this.apps.entries()].filter(([, a]) => a.node === id).map(([name, a]) => ({ name, target: a.target })),
+    );
     return { ok: true, restarted: id };
   }
 
@@ -299,7 +393,8 @@ export class Launcher {
   cutLink(id: string, forS: number): ControlResult {
     this.kids.child(id);
     const host = this.host(id);
-    if (!host) throw new SafeResumeError('INVALID_ARGUMENT', `${id} has no host of its own (--netns) whose link could be cut`);
+    if (!host)
+      throw new SafeResumeError('INVALID_ARGUMENT', `${id} has no host of its own (--netns) whose link could be cut`);
     setLink(host, false);
     this.cut.add(id);
     this.later(forS * 1000, () => this.cut.delete(id) && setLink(host, true));
@@ -365,7 +460,13 @@ export class Launcher {
 
   /** What explain and holds read. */
   private explaining(): Explaining {
-    return { status: () => this.status(), liveSessions: () => this.kids.liveSessions(), targetOfRequest: (id) => this.targetOfRequest(id), store: this.store, storeSpec: this.storeSpec };
+    return {
+      status: () => this.status(),
+      liveSessions: () => this.kids.liveSessions(),
+      targetOfRequest: (id) => this.targetOfRequest(id),
+      store: this.store,
+      storeSpec: this.storeSpec,
+    };
   }
 
   /**
@@ -433,7 +534,9 @@ export class Launcher {
 
   /** The control endpoint (control-server.ts): only the CLI talks to it, with the token. */
   private async listen(): Promise<void> {
-    const { server, url } = await listenControl(this.opts.dir, this.token, (method, path, body) => this.command(method, path, body));
+    const { server, url } = await listenControl(this.opts.dir, this.token, (method, path, body) =>
+      this.command(method, path, body),
+    );
     this.control = server;
     this.controlUrl = url;
   }

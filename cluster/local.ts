@@ -25,10 +25,14 @@ export interface LocalClusterOptions {
   transport?: Transport;
   secret?: string;
   env?: Partial<Env>;
-  replica?: Partial<Pick<ReplicaOptions, 'holdMs' | 'leaseMs' | 'renewIntervalMs' | 'heartbeatIntervalMs' | 'probeIntervalMs'>>;
+  replica?: Partial<
+    Pick<ReplicaOptions, 'holdMs' | 'leaseMs' | 'renewIntervalMs' | 'heartbeatIntervalMs' | 'probeIntervalMs'>
+  >;
   /** Replica i listens on basePort + i (default: free ports). */
   basePort?: number;
-  node?: Partial<Pick<NodeAgentOptions, 'heartbeatIntervalMs' | 'backoffBaseMs' | 'backoffMaxMs' | 'unavailableFailoverMs'>>;
+  node?: Partial<
+    Pick<NodeAgentOptions, 'heartbeatIntervalMs' | 'backoffBaseMs' | 'backoffMaxMs' | 'unavailableFailoverMs'>
+  >;
 }
 
 export class LocalCluster {
@@ -65,12 +69,23 @@ export class LocalCluster {
     // In one process, "memory" replicas share one state, as replicas share one store.
     const spec = this.opts.store ?? 'sqlite';
     if (spec === 'memory') return new MemoryStore(this.memory.state);
-    return openStore(spec === 'sqlite' ? { kind: 'sqlite', path: this.dbPath } : spec, this.opts.sqlite ? { sqlite: this.opts.sqlite } : {});
+    return openStore(
+      spec === 'sqlite' ? { kind: 'sqlite', path: this.dbPath } : spec,
+      this.opts.sqlite ? { sqlite: this.opts.sqlite } : {},
+    );
   }
 
   private async startReplica(i: number, port?: number): Promise<StorageReplica> {
     const env = defaultEnv(this.opts.env);
-    const r = new StorageReplica({ id: `replica-${i + 1}`, store: this.openStore(), transport: this.transport, secret: this.secret, env, ...this.opts.replica, ...(port ? { port } : {}) });
+    const r = new StorageReplica({
+      id: `replica-${i + 1}`,
+      store: this.openStore(),
+      transport: this.transport,
+      secret: this.secret,
+      env,
+      ...this.opts.replica,
+      ...(port ? { port } : {}),
+    });
     await r.start();
     this.replicas[i] = r;
     return r;
@@ -106,7 +121,16 @@ export class LocalCluster {
       replicas = await Promise.all(proxies.map((p) => p.listen()));
       this.links.set(id, proxies);
     }
-    const agent = new NodeAgent({ id, replicas, transport: this.transport, secret: this.secret, dataDir: this.opts.dir, env: this.opts.env, ...this.opts.node, ...rest });
+    const agent = new NodeAgent({
+      id,
+      replicas,
+      transport: this.transport,
+      secret: this.secret,
+      dataDir: this.opts.dir,
+      env: this.opts.env,
+      ...this.opts.node,
+      ...rest,
+    });
     this.nodes.push(agent);
     await agent.start();
     return agent;

@@ -35,7 +35,10 @@ export interface Health {
 }
 
 /** The hooks a replica calls (ReplicaOptions.observe), and its registry. */
-export function replicaMetrics(getReplica: () => StorageReplica | undefined): { registry: Registry; observe: NonNullable<import('../actors/replica.js').ReplicaOptions['observe']> } {
+export function replicaMetrics(getReplica: () => StorageReplica | undefined): {
+  registry: Registry;
+  observe: NonNullable<import('../actors/replica.js').ReplicaOptions['observe']>;
+} {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'safe_resume_process_' });
   new Gauge({
@@ -46,21 +49,49 @@ export function replicaMetrics(getReplica: () => StorageReplica | undefined): { 
       this.set(getReplica()?.sessionCount ?? 0);
     },
   });
-  handlesByState(registry, 'Handles this replica knows, by state (paused: its session was lost and the hold period runs)', () => getReplica()?.handles() ?? []);
+  handlesByState(
+    registry,
+    'Handles this replica knows, by state (paused: its session was lost and the hold period runs)',
+    () => getReplica()?.handles() ?? [],
+  );
   new Gauge({
     name: 'safe_resume_store_available',
-    help: '1 while the replica\'s store is mounted, 0 while it is dismounted',
+    help: "1 while the replica's store is mounted, 0 while it is dismounted",
     registers: [registry],
     collect() {
       const r = getReplica();
       this.set(r && !r.isDismounted ? 1 : 0);
     },
   });
-  const resumes = new Counter({ name: 'safe_resume_resumes_total', help: 'Resume items answered, by outcome (granted, or the denial code)', labelNames: ['outcome'], registers: [registry] });
-  const requests = new Histogram({ name: 'safe_resume_request_seconds', help: 'Time from a request\'s arrival to its answer, by type', labelNames: ['type'], buckets: BUCKETS, registers: [registry] });
-  const transactions = new Histogram({ name: 'safe_resume_store_transaction_seconds', help: 'Time of one store transaction (a group commit carries many operations)', buckets: BUCKETS, registers: [registry] });
-  const writes = new Counter({ name: 'safe_resume_writes_applied_total', help: 'Writes the store applied', registers: [registry] });
-  const bad = new Counter({ name: 'safe_resume_bad_frames_total', help: 'Frames refused as malformed', registers: [registry] });
+  const resumes = new Counter({
+    name: 'safe_resume_resumes_total',
+    help: 'Resume items answered, by outcome (granted, or the denial code)',
+    labelNames: ['outcome'],
+    registers: [registry],
+  });
+  const requests = new Histogram({
+    name: 'safe_resume_request_seconds',
+    help: "Time from a request's arrival to its answer, by type",
+    labelNames: ['type'],
+    buckets: BUCKETS,
+    registers: [registry],
+  });
+  const transactions = new Histogram({
+    name: 'safe_resume_store_transaction_seconds',
+    help: 'Time of one store transaction (a group commit carries many operations)',
+    buckets: BUCKETS,
+    registers: [registry],
+  });
+  const writes = new Counter({
+    name: 'safe_resume_writes_applied_total',
+    help: 'Writes the store applied',
+    registers: [registry],
+  });
+  const bad = new Counter({
+    name: 'safe_resume_bad_frames_total',
+    help: 'Frames refused as malformed',
+    registers: [registry],
+  });
   return {
     registry,
     observe: {
@@ -74,10 +105,13 @@ export function replicaMetrics(getReplica: () => StorageReplica | undefined): { 
 }
 
 /** The hooks a node agent calls (NodeAgentOptions.observe), and its registry. */
-export function nodeMetrics(getAgent: () => NodeAgent | undefined): { registry: Registry; observe: NonNullable<import('../actors/node-agent.js').NodeAgentOptions['observe']> } {
+export function nodeMetrics(getAgent: () => NodeAgent | undefined): {
+  registry: Registry;
+  observe: NonNullable<import('../actors/node-agent.js').NodeAgentOptions['observe']>;
+} {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'safe_resume_process_' });
-  handlesByState(registry, 'Handles of this node\'s applications, by state', () => getAgent()?.list() ?? []);
+  handlesByState(registry, "Handles of this node's applications, by state", () => getAgent()?.list() ?? []);
   new Gauge({
     name: 'safe_resume_session_connected',
     help: '1 while the node has a session with a replica',
@@ -86,8 +120,19 @@ export function nodeMetrics(getAgent: () => NodeAgent | undefined): { registry: 
       this.set(getAgent()?.state === 'connected' ? 1 : 0);
     },
   });
-  const transitions = new Counter({ name: 'safe_resume_handle_transitions_total', help: 'Handle lifecycle changes, by the state entered (paused counts pauses; active after resuming counts granted resumes)', labelNames: ['to', 'reason'], registers: [registry] });
-  const ops = new Histogram({ name: 'safe_resume_operation_seconds', help: 'Time from an application\'s call to its answer, by kind and outcome', labelNames: ['kind', 'outcome'], buckets: BUCKETS, registers: [registry] });
+  const transitions = new Counter({
+    name: 'safe_resume_handle_transitions_total',
+    help: 'Handle lifecycle changes, by the state entered (paused counts pauses; active after resuming counts granted resumes)',
+    labelNames: ['to', 'reason'],
+    registers: [registry],
+  });
+  const ops = new Histogram({
+    name: 'safe_resume_operation_seconds',
+    help: "Time from an application's call to its answer, by kind and outcome",
+    labelNames: ['kind', 'outcome'],
+    buckets: BUCKETS,
+    registers: [registry],
+  });
   return {
     registry,
     observe: {
@@ -102,18 +147,26 @@ export function nodeMetrics(getAgent: () => NodeAgent | undefined): { registry: 
  * header other than the loopback names or the address listened on is refused (a page elsewhere cannot
  * read it through DNS rebinding).
  */
-export async function serveMetrics(registry: Registry, health: () => Health, port = 0, listen = '127.0.0.1'): Promise<{ url: string; close(): Promise<void> }> {
+export async function serveMetrics(
+  registry: Registry,
+  health: () => Health,
+  port = 0,
+  listen = '127.0.0.1',
+): Promise<{ url: string; close(): Promise<void> }> {
   const allowed = ['127.0.0.1', 'localhost', '[::1]', listen];
   const server: Server = createServer(HTTP_TIMEOUTS, (req, res) => {
     const host = (req.headers.host ?? '').replace(/:\d+$/, '');
-    if (!allowed.includes(host)) return void res.writeHead(403, { 'content-type': 'text/plain' }).end('forbidden host\n');
-    if (req.method !== 'GET') return void res.writeHead(405, { allow: 'GET', 'content-type': 'text/plain' }).end('GET only\n');
+    if (!allowed.includes(host))
+      return void res.writeHead(403, { 'content-type': 'text/plain' }).end('forbidden host\n');
+    if (req.method !== 'GET')
+      return void res.writeHead(405, { allow: 'GET', 'content-type': 'text/plain' }).end('GET only\n');
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/healthz') {
       const h = health();
       return void res.writeHead(h.ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(h) + '\n');
     }
-    if (path !== '/metrics') return void res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: /metrics or /healthz\n');
+    if (path !== '/metrics')
+      return void res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: /metrics or /healthz\n');
     registry.metrics().then(
       (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
       (err: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${String(err)}\n`),

@@ -17,7 +17,10 @@ export function nbdSocketPath(dir: string, node: string): string {
   const path = join(dir, 'nbd', `${node}.sock`);
   const bytes = Buffer.byteLength(path);
   if (bytes > MAX_SOCKET_PATH_BYTES) {
-    throw new SafeResumeError('INVALID_ARGUMENT', `the NBD socket ${path} would be ${bytes} bytes long, past the ${MAX_SOCKET_PATH_BYTES} a Unix socket path may have: use a shorter --dir (at most ${MAX_SOCKET_PATH_BYTES - (bytes - Buffer.byteLength(dir))} bytes)`);
+    throw new SafeResumeError(
+      'INVALID_ARGUMENT',
+      `the NBD socket ${path} would be ${bytes} bytes long, past the ${MAX_SOCKET_PATH_BYTES} a Unix socket path may have: use a shorter --dir (at most ${MAX_SOCKET_PATH_BYTES - (bytes - Buffer.byteLength(dir))} bytes)`,
+    );
   }
   return path;
 }
@@ -32,7 +35,8 @@ export function groupId(name: string): number {
     // getent exits non-zero for a group it does not know.
   }
   const gid = Number(line.split(':')[2]);
-  if (!line || !Number.isSafeInteger(gid)) throw new SafeResumeError('INVALID_ARGUMENT', `--nbd-group ${JSON.stringify(name)}: no such group`);
+  if (!line || !Number.isSafeInteger(gid))
+    throw new SafeResumeError('INVALID_ARGUMENT', `--nbd-group ${JSON.stringify(name)}: no such group`);
   return gid;
 }
 

@@ -42,7 +42,10 @@ export function privateDataDir(dir: string, others: 'refuse' | 'leave' = 'refuse
       .sort()
       .slice(0, 3)
       .map((n) => (isDir(join(dir, n)) ? `${n}/` : n));
-    throw new OperatorError(`--dir ${dir} holds files safe-resume did not create (${shown.join(', ')}${foreign.length > 3 ? ' ...' : ''}): choose an empty or new directory`, EXIT.usage);
+    throw new OperatorError(
+      `--dir ${dir} holds files safe-resume did not create (${shown.join(', ')}${foreign.length > 3 ? ' ...' : ''}): choose an empty or new directory`,
+      EXIT.usage,
+    );
   }
   process.umask(0o077);
   const made = makeDirs(dir);

@@ -21,7 +21,9 @@ export class StoreView {
   constructor(private readonly at: () => StoreAt) {}
 
   /** The target's lock record and tombstones, read from the store, and the store's now when its clock can be read here. */
-  async holder(target: string): Promise<{ record: LockRecord | undefined; tombstones: Tombstone[]; now: number | undefined }> {
+  async holder(
+    target: string,
+  ): Promise<{ record: LockRecord | undefined; tombstones: Tombstone[]; now: number | undefined }> {
     const { targets, now } = await this.peek([target], false);
     return { ...targets.get(target)!, now };
   }
@@ -40,7 +42,10 @@ export class StoreView {
     const store = spec.kind === 'sqlite' ? new SqliteStore(at.dbPath) : openStore(at.spec, { etcd: at.etcd });
     let timer: NodeJS.Timeout | undefined;
     try {
-      const done = await Promise.race([fn(store).then((v) => ({ v })), new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2000)))]);
+      const done = await Promise.race([
+        fn(store).then((v) => ({ v })),
+        new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2000))),
+      ]);
       if (!done) throw new SafeResumeError('UNAVAILABLE', 'the store did not answer within 2 s');
       return done.v;
     } finally {
@@ -55,22 +60,38 @@ export class StoreView {
    * etcd through a client of its own, with each lock's time left from its session lease (`left`);
    * etcd's records are on the wall clock, so no store clock is returned for it (`now`).
    */
-  async peek(targets: string[], withLeft: boolean): Promise<{ targets: Map<string, { record: LockRecord | undefined; tombstones: Tombstone[]; left?: number }>; now: number | undefined }> {
+  async peek(
+    targets: string[],
+    withLeft: boolean,
+  ): Promise<{
+    targets: Map<string, { record: LockRecord | undefined; tombstones: Tombstone[]; left?: number }>;
+    now: number | undefined;
+  }> {
     const at = this.at();
     if (parseStoreSpec(at.spec).kind === 'sqlite') {
       const p = peekSqlite(at.dbPath, targets);
-      return { targets: new Map(targets.map((t) => [t, { record: p.records.get(t), tombstones: p.tombstones.get(t) ?? [] }])), now: p.now };
+      return {
+        targets: new Map(targets.map((t) => [t, { record: p.records.get(t), tombstones: p.tombstones.get(t) ?? [] }])),
+        now: p.now,
+      };
     }
     const store = openStore(at.spec, { etcd: at.etcd });
     let timer: NodeJS.Timeout | undefined;
     try {
       const read = Promise.all(
         targets.map(async (t) => {
-          const [record, tombstones, left] = await Promise.all([store.record(t), store.tombstones(t), withLeft && store instanceof EtcdStore ? store.lockLeftMs(t) : undefined]);
+          const [record, tombstones, left] = await Promise.all([
+            store.record(t),
+            store.tombstones(t),
+            withLeft && store instanceof EtcdStore ? store.lockLeftMs(t) : undefined,
+          ]);
           return [t, { record, tombstones, ...(left !== undefined ? { left } : {}) }] as const;
         }),
       );
-      const found = await Promise.race([read, new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2000)))]);
+      const found = await Promise.race([
+        read,
+        new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 2000))),
+      ]);
       if (!found) throw new Error('the store did not answer within 2 s');
       return { targets: new Map(found), now: undefined };
     } finally {
@@ -93,7 +114,8 @@ export class StoreView {
   /** The store's half of the history (commit order) and the final bytes of every target. */
   async history(): Promise<{ events: unknown[]; finals: Array<{ target: string; bytes: string }> }> {
     const at = this.at();
-    const latin1 = (ts: Array<{ target: string; data: Uint8Array }>) => ts.map((t) => ({ target: t.target, bytes: Buffer.from(t.data).toString('latin1') }));
+    const latin1 = (ts: Array<{ target: string; data: Uint8Array }>) =>
+      ts.map((t) => ({ target: t.target, bytes: Buffer.from(t.data).toString('latin1') }));
     const spec = parseStoreSpec(at.spec);
     if (spec.kind === 'etcd') {
       const store = new EtcdStore(spec.endpoints, { ...at.etcd, timeoutMs: 10_000 });

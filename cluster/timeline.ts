@@ -9,11 +9,25 @@ export type TimelineEvent = { at: number; seq: number } & (
   /** A command that would have injected a fault or changed the cluster, refused: nothing was done. */
   | { kind: 'refused'; what: string; code: string; message: string }
   | { kind: 'process'; id: string; what: 'started' | 'exited' | 'dismounted' | 'mounted'; detail?: string }
-  | { kind: 'handle'; node: string; app: string; target: string; requestId: string | null; from: string; to: string; reason?: string; detail?: string }
+  | {
+      kind: 'handle';
+      node: string;
+      app: string;
+      target: string;
+      requestId: string | null;
+      from: string;
+      to: string;
+      reason?: string;
+      detail?: string;
+    }
 );
 
 /** An event as added: its time is taken now unless given; its sequence number is given it. */
-type NewEvent = TimelineEvent extends infer T ? (T extends TimelineEvent ? Omit<T, 'at' | 'seq'> & { at?: number } : never) : never;
+type NewEvent = TimelineEvent extends infer T
+  ? T extends TimelineEvent
+    ? Omit<T, 'at' | 'seq'> & { at?: number }
+    : never
+  : never;
 
 const MAX_EVENTS = 5000;
 /** Handles whose last state is remembered (an export's client opens a new one each time): the oldest go first. */
@@ -47,7 +61,17 @@ export class Timeline {
    * A node's handles, oldest first: each where it is now (a status report) or where it went and when
    * (a change of state as it happened, `at`). Every change since the last one seen becomes an event.
    */
-  handles(node: string, hs: ReadonlyArray<{ app: string; target: string; requestId: string | null; state: string; reason: string | null; at?: number }>): Array<TimelineEvent & { kind: 'handle' }> {
+  handles(
+    node: string,
+    hs: ReadonlyArray<{
+      app: string;
+      target: string;
+      requestId: string | null;
+      state: string;
+      reason: string | null;
+      at?: number;
+    }>,
+  ): Array<TimelineEvent & { kind: 'handle' }> {
     const out: Array<TimelineEvent & { kind: 'handle' }> = [];
     for (const h of hs) {
       const key = `${node}/${h.app}`;
@@ -60,8 +84,23 @@ export class Timeline {
       const from = prev?.state ?? '-';
       const granted = (from === 'resuming' || from === 'paused') && h.state === 'active';
       // A new requestId where there was one: the application reloaded (its first open is no news).
-      const detail = granted ? `resume granted, same requestId` : prev?.requestId && h.requestId && prev.requestId !== h.requestId ? 'opened afresh (a new requestId)' : undefined;
-      const ev = this.add({ ...(h.at !== undefined ? { at: h.at } : {}), kind: 'handle', node, app: h.app, target: h.target, requestId: h.requestId, from, to: h.state, ...(h.state === 'invalidated' && h.reason ? { reason: h.reason } : {}), ...(detail ? { detail } : {}) }) as TimelineEvent & { kind: 'handle' };
+      const detail = granted
+        ? `resume granted, same requestId`
+        : prev?.requestId && h.requestId && prev.requestId !== h.requestId
+          ? 'opened afresh (a new requestId)'
+          : undefined;
+      const ev = this.add({
+        ...(h.at !== undefined ? { at: h.at } : {}),
+        kind: 'handle',
+        node,
+        app: h.app,
+        target: h.target,
+        requestId: h.requestId,
+        from,
+        to: h.state,
+        ...(h.state === 'invalidated' && h.reason ? { reason: h.reason } : {}),
+        ...(detail ? { detail } : {}),
+      }) as TimelineEvent & { kind: 'handle' };
       out.push(ev);
     }
     return out;
@@ -72,7 +111,9 @@ export class Timeline {
    * `after` (a `next` of before), only those added since, wherever they sort (those already dropped are gone).
    */
   list(target?: string, after = 0): TimelineEvent[] {
-    return this.events.filter((e) => e.seq > after && (target === undefined || e.kind !== 'handle' || e.target === target));
+    return this.events.filter(
+      (e) => e.seq > after && (target === undefined || e.kind !== 'handle' || e.target === target),
+    );
   }
 
   /** The cursor for `list`: how many events were ever added. */

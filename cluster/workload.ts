@@ -31,12 +31,25 @@ export interface WorkloadStats {
 }
 
 /** Where a workload reports each operation (for chaos runs' history); ids are unique per process. */
-export type OpRecorder = (e: { kind: 'invoke' | 'ok' | 'fail'; id: number; op: 'write'; target: string; requestId: string; bytes?: string; code?: string }) => void;
+export type OpRecorder = (e: {
+  kind: 'invoke' | 'ok' | 'fail';
+  id: number;
+  op: 'write';
+  target: string;
+  requestId: string;
+  bytes?: string;
+  code?: string;
+}) => void;
 
 let nextOp = 0;
 
 /** Write and verify records until `stop()` is called; returns the running stats. */
-export function runWorkload(handle: Handle, app: string, intervalMs: number, record?: OpRecorder): { stats: WorkloadStats; stop: () => Promise<void> } {
+export function runWorkload(
+  handle: Handle,
+  app: string,
+  intervalMs: number,
+  record?: OpRecorder,
+): { stats: WorkloadStats; stop: () => Promise<void> } {
   const stats: WorkloadStats = { acked: 0, verified: 0, failed: 0, lastError: undefined };
   let stopped = false;
   const loop = (async () => {

@@ -34,7 +34,13 @@ export abstract class AgentReplies extends AgentSession {
       }
       case 'access': {
         const p = this.take(msg.id);
-        if (p?.kind === 'access') this.out.push({ kind: 'access-done', call: p.call, ok: true, access: { owner: msg.owner, grants: msg.grants } });
+        if (p?.kind === 'access')
+          this.out.push({
+            kind: 'access-done',
+            call: p.call,
+            ok: true,
+            access: { owner: msg.owner, grants: msg.grants },
+          });
         return;
       }
       case 'revoked': {
@@ -49,7 +55,6 @@ export abstract class AgentReplies extends AgentSession {
     }
   }
 
-
   private resumed(msg: MessageOf<'resumed'>): void {
     const p = this.take(msg.id);
     if (!p || (p.kind !== 'resume' && p.kind !== 'open')) return;
@@ -62,7 +67,8 @@ export abstract class AgentReplies extends AgentSession {
         // Gone while its resume was in flight. Closed or timed out: a grant it no longer wants would
         // hold the lock for as long as the session lives, so let it go. An application that died
         // keeps it: it comes back for it with the same requestId.
-        if (r.granted && (h.state === 'closed' || h.state === 'invalidated')) this.send({ type: 'close', id: this.nextId++, target: h.target, requestId: h.requestId });
+        if (r.granted && (h.state === 'closed' || h.state === 'invalidated'))
+          this.send({ type: 'close', id: this.nextId++, target: h.target, requestId: h.requestId });
         return;
       }
       // A handle paused again after this resume was sent waits for the next round.
@@ -76,13 +82,22 @@ export abstract class AgentReplies extends AgentSession {
       // (Every answer taken here is to a request of this session: those of a session left are dropped.)
       if (r.heldEpoch !== undefined) {
         this.countFrom(r.heldEpoch);
-        this.log('warn', 'hand-over counter behind the store; resuming again', { target: h.target, requestId: h.requestId, heldEpoch: r.heldEpoch });
+        this.log('warn', 'hand-over counter behind the store; resuming again', {
+          target: h.target,
+          requestId: h.requestId,
+          heldEpoch: r.heldEpoch,
+        });
         if (h.state === 'opening') h.pending = 0;
         else this.to(h, 'PAUSED');
         return this.retryLater();
       }
       const reason = r.reason ?? 'MODIFIED';
-      if (h.state === 'opening') return this.failOpen(h, r.code === 'FORBIDDEN' ? 'FORBIDDEN' : reason, `resume of ${h.target} denied: ${r.code ?? reason}`);
+      if (h.state === 'opening')
+        return this.failOpen(
+          h,
+          r.code === 'FORBIDDEN' ? 'FORBIDDEN' : reason,
+          `resume of ${h.target} denied: ${r.code ?? reason}`,
+        );
       h.version = r.version;
       this.lose(h, 'DENIED', reason, r.lastSeq);
     });
@@ -110,7 +125,14 @@ export abstract class AgentReplies extends AgentSession {
     for (const op of applied) this.settle({ op, ok: true, value: { version } });
     const ops = replay;
     if (opening) this.out.push({ kind: 'opened', h });
-    else this.log('debug', 'handle resumed', { app: h.app, target: h.target, requestId: h.requestId, lastSeq, replayed: ops.length });
+    else
+      this.log('debug', 'handle resumed', {
+        app: h.app,
+        target: h.target,
+        requestId: h.requestId,
+        lastSeq,
+        replayed: ops.length,
+      });
     // Granted, but the replica said its store went away before this answer arrived (it waited for a
     // group commit): the handle is away like the others, and resumed with them.
     if (!this.session) return void this.pause(h);
@@ -125,7 +147,12 @@ export abstract class AgentReplies extends AgentSession {
     if (i < 0) return;
     h.ops.splice(i, 1);
     if (msg.type === 'data') h.version = msg.version;
-    if (op.settle) this.settle({ op, ok: true, value: msg.type === 'data' ? { version: msg.version, data: msg.data } : { version: msg.version } });
+    if (op.settle)
+      this.settle({
+        op,
+        ok: true,
+        value: msg.type === 'data' ? { version: msg.version, data: msg.data } : { version: msg.version },
+      });
     // A reader that read a newer version resumes with it, and so should its reclaim after a restart:
     // keep it, but later, without holding back this answer (no fsync on the read's path, and none at
     // all while the version stays the same; a burst of reads leaves one keep pending, which writes the
@@ -135,14 +162,16 @@ export abstract class AgentReplies extends AgentSession {
     // so the reader reloads; an older version never makes the store grant what it should deny. The
     // next resume's grant keeps the version before the resume is acknowledged (see grant).
     // Only for a handle still open: a read answered while it closes must not bring its entry back.
-    if (msg.type === 'data' && h.mode === 'read' && h.state === 'active' && h.keptVersion !== h.version) this.keepLater(h);
+    if (msg.type === 'data' && h.mode === 'read' && h.state === 'active' && h.keptVersion !== h.version)
+      this.keepLater(h);
   }
 
   private refused(msg: MessageOf<'error'>): void {
     const p = msg.id === undefined ? undefined : this.take(msg.id);
     const code: ErrorCode = isErrorCode(msg.code) ? msg.code : 'INTERNAL';
     if (!p) return this.log('warn', 'error from replica', { code, message: msg.message });
-    if (p.kind === 'access') return void this.out.push({ kind: 'access-done', call: p.call, ok: false, code, message: msg.message });
+    if (p.kind === 'access')
+      return void this.out.push({ kind: 'access-done', call: p.call, ok: false, code, message: msg.message });
     if (p.kind === 'resume') {
       // The whole resume failed (the store went away): the handles wait for the next round.
       for (const h of p.hs) if (h.state === 'resuming') this.pause(h);
@@ -168,7 +197,11 @@ export abstract class AgentReplies extends AgentSession {
     }
     if (code === 'SEQ_GAP' && h.state === 'active') {
       // An earlier seq had not arrived (a filler or a replay is on its way): send this one again after it.
-      if (++op.resends > MAX_RESENDS) return void this.out.push({ kind: 'drop-session', why: `write seq ${op.seq} of ${h.target} kept arriving before its predecessor` });
+      if (++op.resends > MAX_RESENDS)
+        return void this.out.push({
+          kind: 'drop-session',
+          why: `write seq ${op.seq} of ${h.target} kept arriving before its predecessor`,
+        });
       return this.sendOp(h, op);
     }
     if (msg.retryable) {
@@ -187,7 +220,14 @@ export abstract class AgentReplies extends AgentSession {
     // filler, so the next write follows in order (L3) and this one can never be applied later (S5).
     // One the store may still apply (an internal error after the store took it) is not known refused.
     if (op.settle) {
-      if (unknown && op.kind === 'write' && op.seq > 0) this.settle({ op, ok: false, code: 'OUTCOME_UNKNOWN', reason: code, message: `${msg.message}; the write was sent and may have been applied` });
+      if (unknown && op.kind === 'write' && op.seq > 0)
+        this.settle({
+          op,
+          ok: false,
+          code: 'OUTCOME_UNKNOWN',
+          reason: code,
+          message: `${msg.message}; the write was sent and may have been applied`,
+        });
       else this.settle({ op, ok: false, code, message: msg.message });
     }
     const i = h.ops.indexOf(op);

@@ -28,7 +28,8 @@ export abstract class AgentSession extends CoreBase {
   protected drop(h: CoreHandle): void {
     if (this.handles.get(h.requestId) === h) this.handles.delete(h.requestId);
     this.keepingLater.delete(h);
-    for (const [id, p] of this.inflight) if ((p.kind === 'op' || p.kind === 'open' || p.kind === 'close') && p.h === h) this.inflight.delete(id);
+    for (const [id, p] of this.inflight)
+      if ((p.kind === 'op' || p.kind === 'open' || p.kind === 'close') && p.h === h) this.inflight.delete(id);
     h.pending = 0;
     if (h.state !== 'closed' && h.state !== 'invalidated') this.out.push({ kind: 'pause-timer', h, on: false });
   }
@@ -43,7 +44,14 @@ export abstract class AgentSession extends CoreBase {
     for (const p of this.inflight.values()) {
       if (p.kind === 'close') closing.push(p.h);
       // A change to an access list is idempotent: the application may send it again.
-      if (p.kind === 'access') this.out.push({ kind: 'access-done', call: p.call, ok: false, code: 'UNAVAILABLE', message: `${p.call.target}: the storage session was lost before the answer; the change may or may not have been made (send it again)` });
+      if (p.kind === 'access')
+        this.out.push({
+          kind: 'access-done',
+          call: p.call,
+          ok: false,
+          code: 'UNAVAILABLE',
+          message: `${p.call.target}: the storage session was lost before the answer; the change may or may not have been made (send it again)`,
+        });
     }
     this.inflight.clear();
     // A close in flight is done as far as the application is concerned: the lock lapses after the hold.
@@ -63,7 +71,11 @@ export abstract class AgentSession extends CoreBase {
    */
   protected lost(session: string | undefined, paused: number, why: string | undefined): void {
     if (session === undefined && paused === 0) return;
-    this.log('info', 'handles paused', { paused, why: why ?? 'storage unavailable', ...(session !== undefined ? { session } : {}) });
+    this.log('info', 'handles paused', {
+      paused,
+      why: why ?? 'storage unavailable',
+      ...(session !== undefined ? { session } : {}),
+    });
   }
 
   /** Pause an active or resuming handle; whether it was. */
@@ -86,7 +98,14 @@ export abstract class AgentSession extends CoreBase {
     for (const op of h.ops) {
       if (!op.settle) kept.push(op);
       else if (op.kind === 'write' && op.seq > 0) {
-        if (op.sent) this.settle({ op, ok: false, code: 'OUTCOME_UNKNOWN', reason: 'UNAVAILABLE', message: `${message}; the write was sent and may have been applied` });
+        if (op.sent)
+          this.settle({
+            op,
+            ok: false,
+            code: 'OUTCOME_UNKNOWN',
+            reason: 'UNAVAILABLE',
+            message: `${message}; the write was sent and may have been applied`,
+          });
         else this.settle({ op, ok: false, code: 'UNAVAILABLE', message });
         kept.push(filler(op.seq));
       } else this.settle({ op, ok: false, code: 'UNAVAILABLE', message });
@@ -125,7 +144,12 @@ export abstract class AgentSession extends CoreBase {
   }
 
   /** The handle lost the target: invalidated, its requestId forgotten, its operations settled truthfully. */
-  protected lose(h: CoreHandle, event: 'DENIED' | 'REVOKED' | 'PAUSE_TIMEOUT', reason: InvalidationReason, lastSeq: number | undefined): void {
+  protected lose(
+    h: CoreHandle,
+    event: 'DENIED' | 'REVOKED' | 'PAUSE_TIMEOUT',
+    reason: InvalidationReason,
+    lastSeq: number | undefined,
+  ): void {
     if (h.state === 'opening') return this.failOpen(h, reason, `${h.target}: ${reason}`);
     if (h.state !== 'active' && h.state !== 'paused' && h.state !== 'resuming') return;
     // The lifecycle reaches `invalidated` from `paused` only through `resuming`.

@@ -66,7 +66,8 @@ export class AgentCore extends AgentReplies {
         this.frame(input.msg);
         break;
       case 'pause-timeout':
-        if (input.h.state === 'paused' || input.h.state === 'resuming') this.lose(input.h, 'PAUSE_TIMEOUT', 'TIMEOUT', undefined);
+        if (input.h.state === 'paused' || input.h.state === 'resuming')
+          this.lose(input.h, 'PAUSE_TIMEOUT', 'TIMEOUT', undefined);
         break;
       case 'retry':
         if (this.session) this.round();
@@ -105,14 +106,30 @@ export class AgentCore extends AgentReplies {
         return this.sendOp(h, op);
       case 'paused':
       case 'resuming':
-        if (h.onFailure === 'error') return this.settle({ op, ok: false, code: 'UNAVAILABLE', message: `${h.target}: storage unavailable and the handle fails fast` });
+        if (h.onFailure === 'error')
+          return this.settle({
+            op,
+            ok: false,
+            code: 'UNAVAILABLE',
+            message: `${h.target}: storage unavailable and the handle fails fast`,
+          });
         if (this.queueFull(h, op)) {
-          return this.settle({ op, ok: false, code: 'QUEUE_FULL', message: `${h.target}: ${h.ops.length} operations are already queued while the handle is ${h.state} (at most ${this.maxQueuedOps} and ${this.maxQueuedBytes} bytes); retry once it is active` });
+          return this.settle({
+            op,
+            ok: false,
+            code: 'QUEUE_FULL',
+            message: `${h.target}: ${h.ops.length} operations are already queued while the handle is ${h.state} (at most ${this.maxQueuedOps} and ${this.maxQueuedBytes} bytes); retry once it is active`,
+          });
         }
         h.ops.push(op);
         return;
       case 'invalidated':
-        return this.settle({ op, ok: false, code: h.reason ?? 'MODIFIED', message: `${h.target}: handle invalidated (${h.reason})` });
+        return this.settle({
+          op,
+          ok: false,
+          code: h.reason ?? 'MODIFIED',
+          message: `${h.target}: handle invalidated (${h.reason})`,
+        });
       default:
         return this.settle({ op, ok: false, code: 'CLOSED', message: `${h.target}: handle closed` });
     }
@@ -120,11 +137,27 @@ export class AgentCore extends AgentReplies {
 
   /** A grant or revocation goes now, or fails: it is no handle's, and waits for no resume. */
   private access(call: AccessCall): void {
-    if (!this.session) return void this.out.push({ kind: 'access-done', call, ok: false, code: 'UNAVAILABLE', message: `${call.target}: no storage session now; nothing was changed (retry)` });
+    if (!this.session)
+      return void this.out.push({
+        kind: 'access-done',
+        call,
+        ok: false,
+        code: 'UNAVAILABLE',
+        message: `${call.target}: no storage session now; nothing was changed (retry)`,
+      });
     const id = this.nextId++;
     this.inflight.set(id, { kind: 'access', call, tick: this.ticks });
-    if (call.mode === 'none') this.send({ type: 'revoke', id, target: call.target, principal: call.principal, grantee: call.grantee });
-    else this.send({ type: 'grant', id, target: call.target, principal: call.principal, grantee: call.grantee, mode: call.mode });
+    if (call.mode === 'none')
+      this.send({ type: 'revoke', id, target: call.target, principal: call.principal, grantee: call.grantee });
+    else
+      this.send({
+        type: 'grant',
+        id,
+        target: call.target,
+        principal: call.principal,
+        grantee: call.grantee,
+        mode: call.mode,
+      });
   }
 
   /** Whether queuing `op` on the paused handle would pass a limit (counting what is queued now). */
@@ -162,6 +195,7 @@ export class AgentCore extends AgentReplies {
       else this.notDurable.delete(h);
     }
     const oldest = this.inflight.values().next().value;
-    if (this.connected && oldest && oldest.tick <= this.ticks - REQUEST_TIMEOUT_INTERVALS) this.out.push({ kind: 'drop-session', why: 'request timeout' });
+    if (this.connected && oldest && oldest.tick <= this.ticks - REQUEST_TIMEOUT_INTERVALS)
+      this.out.push({ kind: 'drop-session', why: 'request timeout' });
   }
 }

@@ -47,7 +47,17 @@ export abstract class CoreBase {
     h.pending = id;
     this.inflight.set(id, { kind: 'open', h, tick: this.ticks });
     if (h.how === 'open') {
-      this.send({ type: 'open', id, target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode, instance: h.instance, ...(h.size ? { size: h.size } : {}), ...(h.mode === 'write' ? { epoch: this.nextEpoch() } : {}) });
+      this.send({
+        type: 'open',
+        id,
+        target: h.target,
+        requestId: h.requestId,
+        principal: h.principal,
+        mode: h.mode,
+        instance: h.instance,
+        ...(h.size ? { size: h.size } : {}),
+        ...(h.mode === 'write' ? { epoch: this.nextEpoch() } : {}),
+      });
     } else this.send({ type: 'resume', id, items: [resumeItem(h, this.nextEpoch)] });
   }
 
@@ -62,7 +72,15 @@ export abstract class CoreBase {
       return;
     }
     if (op.seq === 0) op.seq = h.nextSeq++;
-    this.send({ type: 'write', id, target: h.target, requestId: h.requestId, seq: op.seq, offset: op.offset, data: op.data! });
+    this.send({
+      type: 'write',
+      id,
+      target: h.target,
+      requestId: h.requestId,
+      seq: op.seq,
+      offset: op.offset,
+      data: op.data!,
+    });
   }
 
   protected take(id: number): Pending | undefined {

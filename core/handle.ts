@@ -14,7 +14,17 @@ import { compileMachine, targetTable, transitionsOf } from '../machines/compile.
 export type HandleState = 'opening' | 'active' | 'paused' | 'resuming' | 'invalidated' | 'closing' | 'closed';
 
 /** Lifecycle events: the event names of machines/app-handle.ts. */
-export type LifecycleEvent = 'OPENED' | 'OPEN_FAILED' | 'PAUSED' | 'RESUMING' | 'GRANTED' | 'DENIED' | 'REVOKED' | 'CLOSE' | 'CLOSED' | 'PAUSE_TIMEOUT';
+export type LifecycleEvent =
+  | 'OPENED'
+  | 'OPEN_FAILED'
+  | 'PAUSED'
+  | 'RESUMING'
+  | 'GRANTED'
+  | 'DENIED'
+  | 'REVOKED'
+  | 'CLOSE'
+  | 'CLOSED'
+  | 'PAUSE_TIMEOUT';
 
 /** tsc holds the words above to the machine's: a state or event added to one and not the other does not compile. */
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
@@ -32,7 +42,16 @@ void sameEvents;
  */
 const CARRIED_BY_THE_CORE = {
   guards: ['failsFast'],
-  actions: ['dispatchIo', 'queueIo', 'rejectIo', 'rejectIoUnavailable', 'setReason', 'startPauseTimer', 'stopPauseTimer', 'notifyResumed'],
+  actions: [
+    'dispatchIo',
+    'queueIo',
+    'rejectIo',
+    'rejectIoUnavailable',
+    'setReason',
+    'startPauseTimer',
+    'stopPauseTimer',
+    'notifyResumed',
+  ],
 };
 
 const COMPILED = compileMachine(appHandleMachine, CARRIED_BY_THE_CORE);
@@ -125,7 +144,22 @@ export interface CoreHandle {
 }
 
 /** What the SDK gives to open a handle; the core's own fields start empty. */
-export type OpenParams = Pick<CoreHandle, 'app' | 'target' | 'requestId' | 'principal' | 'mode' | 'onFailure' | 'pauseTimeoutMs' | 'instance' | 'how' | 'takeover' | 'version' | 'size' | 'owner'>;
+export type OpenParams = Pick<
+  CoreHandle,
+  | 'app'
+  | 'target'
+  | 'requestId'
+  | 'principal'
+  | 'mode'
+  | 'onFailure'
+  | 'pauseTimeoutMs'
+  | 'instance'
+  | 'how'
+  | 'takeover'
+  | 'version'
+  | 'size'
+  | 'owner'
+>;
 
 /** A handle about to be opened. Field by field: an object spread gave handles V8's slow layout (~540 bytes more each). */
 export function newHandle(p: OpenParams): CoreHandle {
@@ -157,7 +191,17 @@ export const EMPTY = new Uint8Array(0);
 
 /** An empty write that takes `seq`: the store applies it (or acknowledges the original) and moves on. */
 export function filler(seq: number): Op {
-  return { kind: 'write', seq, offset: 0, data: EMPTY, length: 0, inflight: 0, sent: false, resends: 0, settle: undefined };
+  return {
+    kind: 'write',
+    seq,
+    offset: 0,
+    data: EMPTY,
+    length: 0,
+    inflight: 0,
+    sent: false,
+    resends: 0,
+    settle: undefined,
+  };
 }
 
 /** A settlement the core asks for: resolve, or reject with a code (and the reason behind an OUTCOME_UNKNOWN). */
@@ -176,12 +220,19 @@ export function settleLost(h: CoreHandle, code: ErrorCode, lastSeq: number | und
   for (const op of h.ops) {
     if (!op.settle) continue;
     if (op.kind === 'read' || op.seq === 0) out.push({ op, ok: false, code, message });
-    else if (lastSeq === undefined && !op.sent) out.push({ op, ok: false, code, message: `${message}; this write was not applied` });
+    else if (lastSeq === undefined && !op.sent)
+      out.push({ op, ok: false, code, message: `${message}; this write was not applied` });
     else if (lastSeq !== undefined) {
       if (op.seq <= lastSeq) out.push({ op, ok: true, value: { version: h.version } });
       else out.push({ op, ok: false, code, message: `${message}; this write was not applied` });
     } else {
-      out.push({ op, ok: false, code: 'OUTCOME_UNKNOWN', reason: code, message: `${message}; the write was sent, and whether it was applied is no longer known` });
+      out.push({
+        op,
+        ok: false,
+        code: 'OUTCOME_UNKNOWN',
+        reason: code,
+        message: `${message}; the write was sent, and whether it was applied is no longer known`,
+      });
     }
   }
   h.ops = [];

@@ -13,7 +13,10 @@ export interface AccessCall {
   principal: string;
   grantee: string;
   mode: 'read' | 'write' | 'none';
-  settle: { resolve: (access: { owner: string; grants: Array<{ principal: string; mode: 'read' | 'write' }> }) => void; reject: (err: Error) => void };
+  settle: {
+    resolve: (access: { owner: string; grants: Array<{ principal: string; mode: 'read' | 'write' }> }) => void;
+    reject: (err: Error) => void;
+  };
 }
 
 export type Input =
@@ -57,7 +60,12 @@ export type Intent =
   | { kind: 'closed'; h: CoreHandle }
   | { kind: 'settle'; s: Settlement }
   /** An access call answered: the target's access list, or why not. */
-  | { kind: 'access-done'; call: AccessCall; ok: true; access: { owner: string; grants: Array<{ principal: string; mode: 'read' | 'write' }> } }
+  | {
+      kind: 'access-done';
+      call: AccessCall;
+      ok: true;
+      access: { owner: string; grants: Array<{ principal: string; mode: 'read' | 'write' }> };
+    }
   | { kind: 'access-done'; call: AccessCall; ok: false; code: ErrorCode; message: string }
   | { kind: 'pause-timer'; h: CoreHandle; on: boolean }
   | { kind: 'retry-later' }

@@ -96,7 +96,15 @@ export abstract class ReplicaBase {
   protected dismounted: 'no' | 'manual' | 'auto' = 'no';
   protected lastStoreError: string | undefined;
   /** Counters for status views, tests and benchmarks. */
-  readonly stats = { sessions: 0, resumeMessages: 0, resumesGranted: 0, resumesDenied: 0, writesApplied: 0, badFrames: 0, backpressure: 0 };
+  readonly stats = {
+    sessions: 0,
+    resumeMessages: 0,
+    resumesGranted: 0,
+    resumesDenied: 0,
+    writesApplied: 0,
+    badFrames: 0,
+    backpressure: 0,
+  };
   protected stopped = false;
   /** Warnings a peer can cause, rate-limited (see LogLimiter). */
   protected readonly warnings = new LogLimiter({ now: () => this.now });
@@ -110,7 +118,10 @@ export abstract class ReplicaBase {
 
   constructor(readonly cfg: ReplicaConfig) {
     this.keyring = new Keyring(cfg.secret);
-    const timers = { arm: (what: TimerFor, ms: number, fire: () => void) => this.arm(what, ms, fire), cancel: (t: number) => this.cancel(t) };
+    const timers = {
+      arm: (what: TimerFor, ms: number, fire: () => void) => this.arm(what, ms, fire),
+      cancel: (t: number) => this.cancel(t),
+    };
     this.records = new HandleRecords(timers, cfg.holdMs, cfg.watcher);
   }
 
@@ -121,7 +132,14 @@ export abstract class ReplicaBase {
     this.out.push({ kind: 'send', conn, msg });
   }
 
-  protected reply(conn: number, id: number | undefined, code: ErrorCode, message: string, lastSeq?: number, maybeApplied = false): void {
+  protected reply(
+    conn: number,
+    id: number | undefined,
+    code: ErrorCode,
+    message: string,
+    lastSeq?: number,
+    maybeApplied = false,
+  ): void {
     const err: Message = { type: 'error', code, message, retryable: new SafeResumeError(code).retryable };
     if (id !== undefined) err.id = id;
     if (lastSeq !== undefined) err.lastSeq = lastSeq;

@@ -99,7 +99,11 @@ export abstract class ReplicaFlow extends ReplicaBase {
     // The hold period starts now: the lock lasts holdMs more, then lapses.
     if (held.length > 0 && this.dismounted === 'no') {
       this.call({ op: 'renew', session: s.id, refs: held, leaseMs: this.cfg.holdMs }, (a) => {
-        if (!a.ok) this.log('warn', 'could not start the hold period; locks lapse at their lease', { err: describe(a.failure), session: s.id });
+        if (!a.ok)
+          this.log('warn', 'could not start the hold period; locks lapse at their lease', {
+            err: describe(a.failure),
+            session: s.id,
+          });
       });
     }
   }
@@ -107,5 +111,9 @@ export abstract class ReplicaFlow extends ReplicaBase {
 
 /** A store failure as one line for the log. */
 export function describe(f: StoreFailure): string {
-  return f.kind === 'internal' ? String(f.error) : f.kind === 'unavailable' ? `StoreUnavailableError: ${f.message}` : f.message;
+  return f.kind === 'internal'
+    ? String(f.error)
+    : f.kind === 'unavailable'
+      ? `StoreUnavailableError: ${f.message}`
+      : f.message;
 }

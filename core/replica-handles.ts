@@ -84,7 +84,14 @@ export class HandleRecords {
   ) {}
 
   /** The handle's record on a session: an orphan of a lost session resumed here, or a new one. */
-  attach(handles: Map<string, HandleRecord>, session: string, target: string, requestId: string, mode: 'read' | 'write', resume: boolean): HandleRecord {
+  attach(
+    handles: Map<string, HandleRecord>,
+    session: string,
+    target: string,
+    requestId: string,
+    mode: 'read' | 'write',
+    resume: boolean,
+  ): HandleRecord {
     const key = keyOf(target, requestId);
     const existing = handles.get(key);
     if (existing && !isFinalReplicaHandleState(existing.state)) {
@@ -137,7 +144,10 @@ export class HandleRecords {
     if (!h || isFinalReplicaHandleState(h.state)) return;
     const from = h.state;
     stepReplicaHandle(h, event);
-    if (h.state === 'paused' && from !== 'paused') h.hold = this.timers.arm({ kind: 'hold', target: h.target, requestId: h.requestId }, this.holdMs, () => this.holdEnded(h));
+    if (h.state === 'paused' && from !== 'paused')
+      h.hold = this.timers.arm({ kind: 'hold', target: h.target, requestId: h.requestId }, this.holdMs, () =>
+        this.holdEnded(h),
+      );
     else if (from === 'paused' && h.state !== 'paused') this.cancelHold(h);
     this.insp?.update(h, event, this.snapshotOf(h));
   }
@@ -165,6 +175,10 @@ export class HandleRecords {
 
   private snapshotOf(h: HandleRecord): RecordSnapshot {
     const { target, requestId, mode, session, reason } = h;
-    return { value: h.state, status: isFinalReplicaHandleState(h.state) ? 'done' : 'active', context: { target, requestId, mode, session, holdMs: this.holdMs, reason } };
+    return {
+      value: h.state,
+      status: isFinalReplicaHandleState(h.state) ? 'done' : 'active',
+      context: { target, requestId, mode, session, holdMs: this.holdMs, reason },
+    };
   }
 }

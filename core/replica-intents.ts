@@ -7,7 +7,14 @@
 import type { ErrorCode } from '../errors.js';
 import type { Decoded } from '../transport/codec.js';
 import type { Message } from '../transport/messages.js';
-import type { AccessRequest, HandleRef, OpenRequest, ReadRequest, ResumeRequest, WriteRequest } from '../store/types.js';
+import type {
+  AccessRequest,
+  HandleRef,
+  OpenRequest,
+  ReadRequest,
+  ResumeRequest,
+  WriteRequest,
+} from '../store/types.js';
 
 /** One store operation the shell runs for the core; its answer comes back with the same `call` number. */
 export type StoreCall =

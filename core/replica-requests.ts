@@ -111,7 +111,8 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
 
   /** Refuse a request naming a principal this session did not prove. */
   private checkPrincipal(s: Session, principal: string): void {
-    if (!s.principals.has(principal)) throw new Refused('FORBIDDEN', `principal ${principal} is not proven on this session`);
+    if (!s.principals.has(principal))
+      throw new Refused('FORBIDDEN', `principal ${principal} is not proven on this session`);
   }
 
   /** How long a live session's lock lasts from the store's now: a lease, then the hold period. */
@@ -122,12 +123,31 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
   private onOpen(s: Session, msg: MessageOf<'open'>): Served {
     this.checkMounted();
     this.checkPrincipal(s, msg.principal);
-    if (s.handles.size >= this.cfg.maxHandlesPerSession) throw new Refused('INVALID_ARGUMENT', 'too many handles on this session');
-    const req = { target: msg.target, requestId: msg.requestId, principal: msg.principal, mode: msg.mode, session: s.id, leaseMs: this.lockMs, instance: msg.instance, size: msg.size, epoch: msg.epoch };
+    if (s.handles.size >= this.cfg.maxHandlesPerSession)
+      throw new Refused('INVALID_ARGUMENT', 'too many handles on this session');
+    const req = {
+      target: msg.target,
+      requestId: msg.requestId,
+      principal: msg.principal,
+      mode: msg.mode,
+      session: s.id,
+      leaseMs: this.lockMs,
+      instance: msg.instance,
+      size: msg.size,
+      epoch: msg.epoch,
+    };
     return served<OpenResult>({ op: 'open', req }, (res) => {
       if (!res.ok) return this.reply(s.conn, msg.id, res.code, res.message);
-      this.records.step(this.records.attach(s.handles, s.id, msg.target, msg.requestId, msg.mode, false), { type: 'GRANTED' });
-      this.send(s.conn, { type: 'opened', id: msg.id, version: res.version, lastSeq: res.lastSeq, ...(res.size ? { size: res.size } : {}) });
+      this.records.step(this.records.attach(s.handles, s.id, msg.target, msg.requestId, msg.mode, false), {
+        type: 'GRANTED',
+      });
+      this.send(s.conn, {
+        type: 'opened',
+        id: msg.id,
+        version: res.version,
+        lastSeq: res.lastSeq,
+        ...(res.size ? { size: res.size } : {}),
+      });
     });
   }
 
@@ -136,39 +156,69 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
     // A resume attaches handles as an open does: it counts against the same limit.
     let added = 0;
     for (const it of msg.items) if (!s.handles.has(keyOf(it.target, it.requestId))) added++;
-    if (s.handles.size + added > this.cfg.maxHandlesPerSession) throw new Refused('INVALID_ARGUMENT', 'too many handles on this session');
+    if (s.handles.size + added > this.cfg.maxHandlesPerSession)
+      throw new Refused('INVALID_ARGUMENT', 'too many handles on this session');
     const leaseMs = this.lockMs;
     this.stats.resumeMessages++;
     // Items naming a principal this session did not prove never reach the store.
     const allowed = msg.items.filter((it) => s.principals.has(it.principal));
-    return served<ResumeOutcome[]>({ op: 'resume', reqs: allowed.map((it) => ({ ...it, session: s.id, leaseMs })) }, (decided) => {
-      let next = 0;
-      const results: ResumeResult[] = msg.items.map((it) => {
-        if (!s.principals.has(it.principal)) {
+    return served<ResumeOutcome[]>(
+      { op: 'resume', reqs: allowed.map((it) => ({ ...it, session: s.id, leaseMs })) },
+      (decided) => {
+        let next = 0;
+        const results: ResumeResult[] = msg.items.map((it) => {
+          if (!s.principals.has(it.principal)) {
+            this.stats.resumesDenied++;
+            this.observeResume('FORBIDDEN');
+            return {
+              target: it.target,
+              requestId: it.requestId,
+              granted: false,
+              reason: 'FORBIDDEN',
+              code: 'FORBIDDEN',
+              version: 0,
+            };
+          }
+          const out = decided[next++]!;
+          const h = this.records.attach(s.handles, s.id, it.target, it.requestId, it.mode, true);
+          if (out.granted) {
+            this.stats.resumesGranted++;
+            this.observeResume('granted');
+            this.records.step(h, { type: 'GRANTED' });
+            return {
+              target: it.target,
+              requestId: it.requestId,
+              granted: true,
+              lastSeq: out.lastSeq,
+              version: out.version,
+              ...(out.size ? { size: out.size } : {}),
+            };
+          }
           this.stats.resumesDenied++;
-          this.observeResume('FORBIDDEN');
-          return { target: it.target, requestId: it.requestId, granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version: 0 };
-        }
-        const out = decided[next++]!;
-        const h = this.records.attach(s.handles, s.id, it.target, it.requestId, it.mode, true);
-        if (out.granted) {
-          this.stats.resumesGranted++;
-          this.observeResume('granted');
-          this.records.step(h, { type: 'GRANTED' });
-          return { target: it.target, requestId: it.requestId, granted: true, lastSeq: out.lastSeq, version: out.version, ...(out.size ? { size: out.size } : {}) };
-        }
-        this.stats.resumesDenied++;
-        this.observeResume(out.code);
-        this.log('info', 'resume denied', { target: it.target, requestId: it.requestId, reason: out.reason, session: s.id });
-        this.records.step(h, { type: 'DENIED', reason: out.reason });
-        this.records.detach(s.handles, it.target, it.requestId);
-        const denied: ResumeResult = { target: it.target, requestId: it.requestId, granted: false, reason: out.reason, code: out.code, version: out.version };
-        if (out.lastSeq !== undefined) denied.lastSeq = out.lastSeq;
-        if (out.heldEpoch !== undefined) denied.heldEpoch = out.heldEpoch;
-        return denied;
-      });
-      this.send(s.conn, { type: 'resumed', id: msg.id, results });
-    });
+          this.observeResume(out.code);
+          this.log('info', 'resume denied', {
+            target: it.target,
+            requestId: it.requestId,
+            reason: out.reason,
+            session: s.id,
+          });
+          this.records.step(h, { type: 'DENIED', reason: out.reason });
+          this.records.detach(s.handles, it.target, it.requestId);
+          const denied: ResumeResult = {
+            target: it.target,
+            requestId: it.requestId,
+            granted: false,
+            reason: out.reason,
+            code: out.code,
+            version: out.version,
+          };
+          if (out.lastSeq !== undefined) denied.lastSeq = out.lastSeq;
+          if (out.heldEpoch !== undefined) denied.heldEpoch = out.heldEpoch;
+          return denied;
+        });
+        this.send(s.conn, { type: 'resumed', id: msg.id, results });
+      },
+    );
   }
 
   private observeResume(outcome: string): void {
@@ -185,32 +235,48 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
     this.checkMounted();
     const h = this.handle(s, msg.target, msg.requestId);
     if (h.mode !== 'write') throw new Refused('INVALID_ARGUMENT', 'handle was opened for reading');
-    return served<WriteResult>({ op: 'write', req: { target: msg.target, requestId: msg.requestId, session: s.id, seq: msg.seq, offset: msg.offset, data: msg.data } }, (res) => {
-      if (res.ok) {
-        if (res.applied) {
-          this.stats.writesApplied++;
-          if (this.cfg.observed) this.out.push({ kind: 'observe', what: 'write-applied' });
+    return served<WriteResult>(
+      {
+        op: 'write',
+        req: {
+          target: msg.target,
+          requestId: msg.requestId,
+          session: s.id,
+          seq: msg.seq,
+          offset: msg.offset,
+          data: msg.data,
+        },
+      },
+      (res) => {
+        if (res.ok) {
+          if (res.applied) {
+            this.stats.writesApplied++;
+            if (this.cfg.observed) this.out.push({ kind: 'observe', what: 'write-applied' });
+          }
+          return this.send(s.conn, { type: 'written', id: msg.id, seq: msg.seq, version: res.version });
         }
-        return this.send(s.conn, { type: 'written', id: msg.id, seq: msg.seq, version: res.version });
-      }
-      if (res.code === 'MODIFIED' || res.code === 'SUPERSEDED') {
-        this.records.step(h, { type: 'REVOKED', reason: res.code });
-        this.records.detach(s.handles, msg.target, msg.requestId);
-      }
-      this.reply(s.conn, msg.id, res.code, res.message, res.lastSeq);
-    });
+        if (res.code === 'MODIFIED' || res.code === 'SUPERSEDED') {
+          this.records.step(h, { type: 'REVOKED', reason: res.code });
+          this.records.detach(s.handles, msg.target, msg.requestId);
+        }
+        this.reply(s.conn, msg.id, res.code, res.message, res.lastSeq);
+      },
+    );
   }
 
   private onRead(s: Session, msg: MessageOf<'read'>): Served {
     this.checkMounted();
     const h = this.handle(s, msg.target, msg.requestId);
     const fence = h.mode === 'write' ? { requestId: msg.requestId, session: s.id } : undefined;
-    return served<ReadResult>({ op: 'read', req: { target: msg.target, offset: msg.offset, length: msg.length, fence } }, (res) => {
-      if (res.ok) return this.send(s.conn, { type: 'data', id: msg.id, version: res.version, data: res.data });
-      this.records.step(h, { type: 'REVOKED', reason: res.code });
-      this.records.detach(s.handles, msg.target, msg.requestId);
-      this.reply(s.conn, msg.id, res.code, res.message);
-    });
+    return served<ReadResult>(
+      { op: 'read', req: { target: msg.target, offset: msg.offset, length: msg.length, fence } },
+      (res) => {
+        if (res.ok) return this.send(s.conn, { type: 'data', id: msg.id, version: res.version, data: res.data });
+        this.records.step(h, { type: 'REVOKED', reason: res.code });
+        this.records.detach(s.handles, msg.target, msg.requestId);
+        this.reply(s.conn, msg.id, res.code, res.message);
+      },
+    );
   }
 
   private onClose(s: Session, msg: MessageOf<'close'>): Served {
@@ -218,21 +284,35 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
     const h = s.handles.get(keyOf(msg.target, msg.requestId));
     // Only a handle this session holds can be closed through it; anything else is not a `closed`.
     if (!h) throw new Refused('NOT_OPEN', `${msg.target} is not open on this session`);
-    return served<boolean>({ op: 'close', ref: { target: msg.target, requestId: msg.requestId }, session: s.id }, () => {
-      this.records.step(h, { type: 'CLOSE' });
-      this.records.detach(s.handles, msg.target, msg.requestId);
-      this.send(s.conn, { type: 'closed', id: msg.id });
-    });
+    return served<boolean>(
+      { op: 'close', ref: { target: msg.target, requestId: msg.requestId }, session: s.id },
+      () => {
+        this.records.step(h, { type: 'CLOSE' });
+        this.records.detach(s.handles, msg.target, msg.requestId);
+        this.send(s.conn, { type: 'closed', id: msg.id });
+      },
+    );
   }
 
   /** A target's owner grants or revokes another principal's access: decided by the store (rules.decideAccess). */
   private onAccess(s: Session, msg: MessageOf<'grant'> | MessageOf<'revoke'>): Served {
     this.checkMounted();
     this.checkPrincipal(s, msg.principal);
-    const req = { target: msg.target, by: msg.principal, principal: msg.grantee, mode: msg.type === 'grant' ? msg.mode : ('none' as const) };
+    const req = {
+      target: msg.target,
+      by: msg.principal,
+      principal: msg.grantee,
+      mode: msg.type === 'grant' ? msg.mode : ('none' as const),
+    };
     return served<AccessResult>({ op: 'access', req }, (res) => {
       if (!res.ok) return this.reply(s.conn, msg.id, res.code, res.message);
-      this.send(s.conn, { type: 'access', id: msg.id, target: msg.target, owner: res.access.owner, grants: res.access.grants });
+      this.send(s.conn, {
+        type: 'access',
+        id: msg.id,
+        target: msg.target,
+        owner: res.access.owner,
+        grants: res.access.grants,
+      });
     });
   }
 }

@@ -58,7 +58,11 @@ export class ReplicaCore extends ReplicaRequests {
         this.reapSilent(input.buffered);
         break;
       case 'source-limited':
-        this.warn('pre-auth limit', { source: input.source, held: input.held }, 'limiting a source: dropped its oldest connection not yet authenticated');
+        this.warn(
+          'pre-auth limit',
+          { source: input.source, held: input.held },
+          'limiting a source: dropped its oldest connection not yet authenticated',
+        );
         break;
       case 'dismount':
         this.enterDismounted('manual');
@@ -84,7 +88,11 @@ export class ReplicaCore extends ReplicaRequests {
 
   /** Every live session: its id, its node, and how long ago (from `now`) it was last heard from. */
   sessionList(now: number): Array<{ id: string; node: string; silentMs: number }> {
-    return [...this.sessions.values()].map((s) => ({ id: s.id, node: s.node, silentMs: Math.max(0, now - s.lastHeardMs) }));
+    return [...this.sessions.values()].map((s) => ({
+      id: s.id,
+      node: s.node,
+      silentMs: Math.max(0, now - s.lastHeardMs),
+    }));
   }
 
   handles(): ReplicaHandleView[] {
@@ -119,7 +127,8 @@ export class ReplicaCore extends ReplicaRequests {
     }
     this.dismounted = kind;
     this.log('warn', 'store unavailable: dismounted', { kind });
-    for (const s of this.sessions.values()) for (const h of s.handles.values()) this.records.step(h, { type: 'STORAGE_UNAVAILABLE' });
+    for (const s of this.sessions.values())
+      for (const h of s.handles.values()) this.records.step(h, { type: 'STORAGE_UNAVAILABLE' });
     this.broadcast({ type: 'notice', kind: 'unavailable' });
     if (kind === 'auto') this.probe();
   }
@@ -156,7 +165,8 @@ export class ReplicaCore extends ReplicaRequests {
     for (; i < sessions.length; i++) {
       const s = sessions[i]!;
       const refs: HandleRef[] = [];
-      for (const h of s.handles.values()) if (h.mode === 'write' && h.state === 'active') refs.push({ target: h.target, requestId: h.requestId });
+      for (const h of s.handles.values())
+        if (h.mode === 'write' && h.state === 'active') refs.push({ target: h.target, requestId: h.requestId });
       if (refs.length === 0) continue;
       const at = i;
       return this.call<RenewResult>({ op: 'renew', session: s.id, refs, leaseMs }, (a) => {
@@ -165,7 +175,10 @@ export class ReplicaCore extends ReplicaRequests {
           this.lastStoreError = a.failure.message;
           this.renewing = false;
           return this.enterDismounted('auto');
-        } else this.log('error', 'renewal failed', { err: a.failure.kind === 'internal' ? a.failure.error : describe(a.failure) });
+        } else
+          this.log('error', 'renewal failed', {
+            err: a.failure.kind === 'internal' ? a.failure.error : describe(a.failure),
+          });
         this.renewNext(sessions, at + 1, leaseMs);
       });
     }
@@ -179,7 +192,13 @@ export class ReplicaCore extends ReplicaRequests {
       if (!h) continue;
       this.records.step(h, { type: 'REVOKED', reason: l.reason });
       this.records.detach(s.handles, l.target, l.requestId);
-      this.send(s.conn, { type: 'revoked', target: l.target, requestId: l.requestId, reason: l.reason, ...(l.lastSeq !== undefined ? { lastSeq: l.lastSeq } : {}) });
+      this.send(s.conn, {
+        type: 'revoked',
+        target: l.target,
+        requestId: l.requestId,
+        reason: l.reason,
+        ...(l.lastSeq !== undefined ? { lastSeq: l.lastSeq } : {}),
+      });
     }
   }
 }

@@ -24,7 +24,10 @@ export function resumeItem(h: CoreHandle, epoch: () => number): ResumeItem {
 }
 
 /** The paused handles in batches that fit a frame: at most RESUME_BATCH items and about RESUME_BATCH_BYTES. */
-export function resumeBatches(handles: Iterable<CoreHandle>, epoch: () => number): Array<{ hs: CoreHandle[]; items: ResumeItem[] }> {
+export function resumeBatches(
+  handles: Iterable<CoreHandle>,
+  epoch: () => number,
+): Array<{ hs: CoreHandle[]; items: ResumeItem[] }> {
   const out: Array<{ hs: CoreHandle[]; items: ResumeItem[] }> = [];
   let batch: CoreHandle[] = [];
   let items: ResumeItem[] = [];

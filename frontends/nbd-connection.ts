@@ -13,8 +13,11 @@ import { CMD, ERR, Errno, REP, SIMPLE_REPLY_MAGIC, errnoOf } from './nbd-wire.js
 
 /** One client connection: the handshake, then transmission over one handle. */
 export class Connection extends NbdHandshake {
-  protected async sized(name: string): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }> {
-    if (name.length === 0 || name.length > 4096) return { ok: false, code: REP.ERR_UNKNOWN, message: 'the export name is the target: give one' };
+  protected async sized(
+    name: string,
+  ): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }> {
+    if (name.length === 0 || name.length > 4096)
+      return { ok: false, code: REP.ERR_UNKNOWN, message: 'the export name is the target: give one' };
     try {
       const size = this.opts.size ? await this.opts.size(name) : MAX_TARGET_BYTES;
       return { ok: true, size };
@@ -24,7 +27,9 @@ export class Connection extends NbdHandshake {
   }
 
   /** The size a target would be exported with, learnt through a read handle open for a moment (INFO). */
-  protected async sizeOf(name: string): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }> {
+  protected async sizeOf(
+    name: string,
+  ): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }> {
     const sized = await this.sized(name);
     if (!sized.ok) return sized;
     const down = await this.storageDown();
@@ -45,7 +50,7 @@ export class Connection extends NbdHandshake {
    * reconnecting at once may find its previous connection still releasing it).
    */
   protected async openAs(name: string, mode: 'read' | 'write'): Promise<Handle> {
-    for (const until = Date.now() + LOCKED_RETRY_MS; ; ) {
+    for (const until = Date.now() + LOCKED_RETRY_MS; ;) {
       try {
         return await this.app!.open(name, { mode, onFailure: this.opts.onFailure ?? 'pause' });
       } catch (err) {
@@ -74,9 +79,13 @@ export class Connection extends NbdHandshake {
    */
   protected async storageDown(): Promise<{ ok: false; code: number; message: string } | undefined> {
     const agent = this.app!.agent;
-    for (const until = Date.now() + STORAGE_WAIT_MS; agent.state !== 'connected'; ) {
+    for (const until = Date.now() + STORAGE_WAIT_MS; agent.state !== 'connected';) {
       if (Date.now() >= until || this.phase === 'closed') {
-        return { ok: false, code: REP.ERR_SHUTDOWN, message: `storage is unavailable: ${agent.id} has no session with any replica (${agent.state}); connect again once a replica is back` };
+        return {
+          ok: false,
+          code: REP.ERR_SHUTDOWN,
+          message: `storage is unavailable: ${agent.id} has no session with any replica (${agent.state}); connect again once a replica is back`,
+        };
       }
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -84,7 +93,9 @@ export class Connection extends NbdHandshake {
   }
 
   /** Open the target for this connection (a read handle: the write handle is taken at the first write). */
-  protected async attach(name: string): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }> {
+  protected async attach(
+    name: string,
+  ): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }> {
     const sized = await this.sized(name);
     if (!sized.ok) return sized;
     const down = await this.storageDown();
@@ -132,7 +143,10 @@ export class Connection extends NbdHandshake {
       writer = await this.openAs(this.target, 'write');
     } catch (err) {
       const code = err instanceof SafeResumeError ? err.code : 'ERROR';
-      this.opts.log?.warn({ target: this.target, code }, 'nbd write refused: the target could not be opened for writing');
+      this.opts.log?.warn(
+        { target: this.target, code },
+        'nbd write refused: the target could not be opened for writing',
+      );
       throw new Errno(ERR.EIO, `${this.target} could not be opened for writing: ${code}: ${(err as Error).message}`);
     }
     if (this.phase === 'closed' || this.released) {
@@ -142,9 +156,15 @@ export class Connection extends NbdHandshake {
     if (writer.version !== this.openedAt || reader.state === 'invalidated') {
       await writer.close().catch(() => undefined);
       this.invalid = 'MODIFIED';
-      this.opts.log?.warn({ target: this.target, opened: this.openedAt, now: writer.version }, 'nbd export invalidated: the target was written by another writer since this connection opened it; requests fail with EIO');
+      this.opts.log?.warn(
+        { target: this.target, opened: this.openedAt, now: writer.version },
+        'nbd export invalidated: the target was written by another writer since this connection opened it; requests fail with EIO',
+      );
       this.opts.onInvalidated?.(this.target, 'MODIFIED');
-      throw new Errno(ERR.EIO, `${this.target} was modified by another writer since this connection opened it (MODIFIED)`);
+      throw new Errno(
+        ERR.EIO,
+        `${this.target} was modified by another writer since this connection opened it (MODIFIED)`,
+      );
     }
     this.use(writer);
     // The read handle goes once the reads it serves are answered.
@@ -154,7 +174,14 @@ export class Connection extends NbdHandshake {
     return writer;
   }
 
-  protected request(type: number, cookie: bigint, offset: bigint, length: number, data: Buffer | undefined, cost: number): void {
+  protected request(
+    type: number,
+    cookie: bigint,
+    offset: bigint,
+    length: number,
+    data: Buffer | undefined,
+    cost: number,
+  ): void {
     if (type === CMD.DISC) {
       // Requests already sent are answered, then the handle goes and the connection ends.
       this.disconnecting = true;
@@ -189,18 +216,26 @@ export class Connection extends NbdHandshake {
     if (!this.disconnecting) this.pump();
   }
 
-  protected async serve(type: number, offset: bigint, length: number, data: Buffer | undefined): Promise<Uint8Array | undefined> {
+  protected async serve(
+    type: number,
+    offset: bigint,
+    length: number,
+    data: Buffer | undefined,
+  ): Promise<Uint8Array | undefined> {
     const h = this.handle!;
     if (this.invalid) throw new Errno(ERR.EIO, `${this.target} was invalidated (${this.invalid})`);
-    if (h.state === 'invalidated') throw new Errno(ERR.EIO, `${this.target} was invalidated (${h.reason ?? 'MODIFIED'})`);
+    if (h.state === 'invalidated')
+      throw new Errno(ERR.EIO, `${this.target} was invalidated (${h.reason ?? 'MODIFIED'})`);
     const end = offset + BigInt(length);
     if (type === CMD.FLUSH) {
       // Every write acknowledged is already durable in the store; a flush waits for those still on their way.
       await Promise.all([...this.writes]);
       return undefined;
     }
-    if (type !== CMD.READ && type !== CMD.WRITE && type !== CMD.TRIM && type !== CMD.WRITE_ZEROES) throw new Errno(ERR.EINVAL, `command ${type}`);
-    if (end > BigInt(this.size)) throw new Errno(type === CMD.READ ? ERR.EINVAL : ERR.ENOSPC, 'past the end of the export');
+    if (type !== CMD.READ && type !== CMD.WRITE && type !== CMD.TRIM && type !== CMD.WRITE_ZEROES)
+      throw new Errno(ERR.EINVAL, `command ${type}`);
+    if (end > BigInt(this.size))
+      throw new Errno(type === CMD.READ ? ERR.EINVAL : ERR.ENOSPC, 'past the end of the export');
     const at = Number(offset);
     if (type === CMD.READ) {
       if (length > MAX_REQUEST_BYTES) throw new Errno(ERR.EINVAL, `read of ${length} bytes`);

@@ -6,10 +6,35 @@
 import type { Socket } from 'node:net';
 import type { Application, Handle } from '../actors/application.js';
 import { MAX_IO_BYTES } from '../transport/messages.js';
-import { HANDSHAKE_MS, IDLE_MS, MAX_HANDSHAKE_UNSENT_BYTES, MAX_INFLIGHT, MAX_INFLIGHT_BYTES, MAX_OPTION_BYTES, MAX_OPTIONS_BEFORE_TLS, MAX_REQUEST_BYTES, MAX_UNSENT_BYTES, REFUSED_GRACE_MS, type Admission } from './nbd-limits.js';
+import {
+  HANDSHAKE_MS,
+  IDLE_MS,
+  MAX_HANDSHAKE_UNSENT_BYTES,
+  MAX_INFLIGHT,
+  MAX_INFLIGHT_BYTES,
+  MAX_OPTION_BYTES,
+  MAX_OPTIONS_BEFORE_TLS,
+  MAX_REQUEST_BYTES,
+  MAX_UNSENT_BYTES,
+  REFUSED_GRACE_MS,
+  type Admission,
+} from './nbd-limits.js';
 import type { Auth, NbdConnectionView, NbdExportOptions } from './nbd-options.js';
 import { tlsHandshake, tlsServerSocket } from './nbd-tls.js';
-import { CMD, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, INFO, NBDMAGIC, OPT, ProtocolError, REP, REPLY_MAGIC, REQUEST_MAGIC, TX } from './nbd-wire.js';
+import {
+  CMD,
+  FLAG_FIXED_NEWSTYLE,
+  FLAG_NO_ZEROES,
+  IHAVEOPT,
+  INFO,
+  NBDMAGIC,
+  OPT,
+  ProtocolError,
+  REP,
+  REPLY_MAGIC,
+  REQUEST_MAGIC,
+  TX,
+} from './nbd-wire.js';
 
 /** One client connection up to transmission: its handshake (Connection, in nbd-connection.ts, serves its requests). */
 export abstract class NbdHandshake {
@@ -96,8 +121,21 @@ export abstract class NbdHandshake {
 
   view(): NbdConnectionView | undefined {
     if (!this.handle) return undefined;
-    if (this.invalid) return { target: this.target, principal: this.principal, state: 'invalidated', reason: this.invalid, requests: this.inflight };
-    return { target: this.target, principal: this.principal, state: this.handle.state, reason: this.handle.reason, requests: this.inflight };
+    if (this.invalid)
+      return {
+        target: this.target,
+        principal: this.principal,
+        state: 'invalidated',
+        reason: this.invalid,
+        requests: this.inflight,
+      };
+    return {
+      target: this.target,
+      principal: this.principal,
+      state: this.handle.state,
+      reason: this.handle.reason,
+      requests: this.inflight,
+    };
   }
 
   destroy(): void {
@@ -134,7 +172,11 @@ export abstract class NbdHandshake {
 
   /** Whether this connection may take another request now (requests, bytes in flight, replies unsent). */
   protected roomFor(bytes: number): boolean {
-    return this.inflight < MAX_INFLIGHT && (this.inflight === 0 || this.inflightBytes + bytes <= MAX_INFLIGHT_BYTES) && this.socket.writableLength <= MAX_UNSENT_BYTES;
+    return (
+      this.inflight < MAX_INFLIGHT &&
+      (this.inflight === 0 || this.inflightBytes + bytes <= MAX_INFLIGHT_BYTES) &&
+      this.socket.writableLength <= MAX_UNSENT_BYTES
+    );
   }
 
   /** Take what arrived, one message at a time (an option waits for its answer first; the socket is not read meanwhile). */
@@ -158,7 +200,8 @@ export abstract class NbdHandshake {
           const head = this.peek(16);
           if (!head) return this.resume();
           if (head.readBigUInt64BE(0) !== IHAVEOPT) throw new ProtocolError('bad option magic');
-          if (this.socket.writableLength > MAX_HANDSHAKE_UNSENT_BYTES) throw new ProtocolError('the client does not read the answers to its options');
+          if (this.socket.writableLength > MAX_HANDSHAKE_UNSENT_BYTES)
+            throw new ProtocolError('the client does not read the answers to its options');
           const option = head.readUInt32BE(8);
           const length = head.readUInt32BE(12);
           if (length > MAX_OPTION_BYTES) throw new ProtocolError(`option of ${length} bytes`);
@@ -186,10 +229,12 @@ export abstract class NbdHandshake {
           const offset = head.readBigUInt64BE(16);
           const length = head.readUInt32BE(24);
           const payload = type === CMD.WRITE ? length : 0;
-          if (length > MAX_REQUEST_BYTES && (type === CMD.WRITE || type === CMD.READ)) throw new ProtocolError(`a request of ${length} bytes`);
+          if (length > MAX_REQUEST_BYTES && (type === CMD.WRITE || type === CMD.READ))
+            throw new ProtocolError(`a request of ${length} bytes`);
           // Past the connection's budget nothing more is read until replies go out. Zeros cost what
           // writing them does (a request of more than the budget is taken alone).
-          const cost = type === CMD.WRITE || type === CMD.READ || type === CMD.WRITE_ZEROES || type === CMD.TRIM ? length : 0;
+          const cost =
+            type === CMD.WRITE || type === CMD.READ || type === CMD.WRITE_ZEROES || type === CMD.TRIM ? length : 0;
           if (!this.roomFor(cost)) {
             this.socket.pause();
             return;
@@ -212,7 +257,11 @@ export abstract class NbdHandshake {
   }
 
   protected fail(err: unknown): void {
-    this.auth.warn(this.app ? 'connection closed' : 'unauthenticated connection closed', { err: String(err), ...(this.target ? { target: this.target } : {}) }, 'nbd connection closed');
+    this.auth.warn(
+      this.app ? 'connection closed' : 'unauthenticated connection closed',
+      { err: String(err), ...(this.target ? { target: this.target } : {}) },
+      'nbd connection closed',
+    );
     this.phase = 'closed';
     this.socket.destroy();
   }
@@ -255,8 +304,14 @@ export abstract class NbdHandshake {
     if (!this.app) {
       // TLS only (TCP): nothing is answered, listed or opened before the client has proved a principal.
       if (option === OPT.EXPORT_NAME) throw new ProtocolError('EXPORT_NAME before STARTTLS: this export requires TLS');
-      if (option !== OPT.ABORT && ++this.beforeTls > MAX_OPTIONS_BEFORE_TLS) throw new ProtocolError(`${MAX_OPTIONS_BEFORE_TLS} options before STARTTLS: this export requires TLS`);
-      if (option !== OPT.ABORT) return this.reply(option, REP.ERR_TLS_REQD, Buffer.from('this export requires TLS: send NBD_OPT_STARTTLS and prove a principal with its pre-shared key'));
+      if (option !== OPT.ABORT && ++this.beforeTls > MAX_OPTIONS_BEFORE_TLS)
+        throw new ProtocolError(`${MAX_OPTIONS_BEFORE_TLS} options before STARTTLS: this export requires TLS`);
+      if (option !== OPT.ABORT)
+        return this.reply(
+          option,
+          REP.ERR_TLS_REQD,
+          Buffer.from('this export requires TLS: send NBD_OPT_STARTTLS and prove a principal with its pre-shared key'),
+        );
     }
     switch (option) {
       case OPT.ABORT:
@@ -291,7 +346,8 @@ export abstract class NbdHandshake {
         if (data.length < 4 + nameLength + 2) return this.reply(option, REP.ERR_INVALID, Buffer.from('short request'));
         const name = data.subarray(4, 4 + nameLength).toString('utf8');
         const count = data.readUInt16BE(4 + nameLength);
-        if (data.length !== 4 + nameLength + 2 + 2 * count) return this.reply(option, REP.ERR_INVALID, Buffer.from('bad length'));
+        if (data.length !== 4 + nameLength + 2 + 2 * count)
+          return this.reply(option, REP.ERR_INVALID, Buffer.from('bad length'));
         const want = new Set<number>();
         for (let i = 0; i < count; i++) want.add(data.readUInt16BE(4 + nameLength + 2 + 2 * i));
         if (option === OPT.GO) {
@@ -345,7 +401,11 @@ export abstract class NbdHandshake {
       return;
     }
     const why = `principal ${JSON.stringify(this.principal)} holds ${this.admission.max} connections to this export already (the most it may): close one and connect again`;
-    this.auth.warn('principal connection limit', { principal: this.principal, max: this.admission.max }, 'nbd connection refused: too many connections of one principal');
+    this.auth.warn(
+      'principal connection limit',
+      { principal: this.principal, max: this.admission.max },
+      'nbd connection refused: too many connections of one principal',
+    );
     this.refusal = why;
     this.refusalTimer = setTimeout(() => this.fail(new ProtocolError(why)), REFUSED_GRACE_MS);
     this.refusalTimer.unref();
@@ -371,7 +431,10 @@ export abstract class NbdHandshake {
     this.idle = setTimeout(() => {
       // Requests still waiting (a paused handle's) keep the connection: it is not idle.
       if (this.inflight > 0 || this.disconnecting) return this.touch();
-      this.opts.log?.warn({ target: this.target, principal: this.principal, idleMs: ms }, 'nbd connection closed: no request for the idle time');
+      this.opts.log?.warn(
+        { target: this.target, principal: this.principal, idleMs: ms },
+        'nbd connection closed: no request for the idle time',
+      );
       this.phase = 'closed';
       this.socket.destroy();
     }, ms);
@@ -379,11 +442,22 @@ export abstract class NbdHandshake {
   }
 
   /** A transmission request arrived (parsed, its payload read). */
-  protected abstract request(type: number, cookie: bigint, offset: bigint, length: number, data: Buffer | undefined, cost: number): void;
+  protected abstract request(
+    type: number,
+    cookie: bigint,
+    offset: bigint,
+    length: number,
+    data: Buffer | undefined,
+    cost: number,
+  ): void;
   /** Open the target for this connection (GO, EXPORT_NAME). */
-  protected abstract attach(name: string): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }>;
+  protected abstract attach(
+    name: string,
+  ): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }>;
   /** The size a target would be exported with (INFO). */
-  protected abstract sizeOf(name: string): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }>;
+  protected abstract sizeOf(
+    name: string,
+  ): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }>;
   /** The socket closed. */
   protected abstract closed(): void;
 }

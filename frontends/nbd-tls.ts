@@ -18,7 +18,10 @@ let pskContext: SecureContext | undefined;
  * The TLS socket over `raw` (the server's side), and the principal its client proved with its
  * pre-shared key ('' until its handshake has, or if it named one `auth` cannot verify).
  */
-export function tlsServerSocket(raw: Socket, auth: Pick<Auth, 'keyFor' | 'warn'>): { tls: TLSSocket; proved: () => string } {
+export function tlsServerSocket(
+  raw: Socket,
+  auth: Pick<Auth, 'keyFor' | 'warn'>,
+): { tls: TLSSocket; proved: () => string } {
   let proved = '';
   pskContext ??= createSecureContext({ ciphers: PSK_CIPHERS, minVersion: 'TLSv1.3' });
   // Node takes `pskCallback` for a server-side TLSSocket too (@types/node 20 declares it for tls.createServer only).
@@ -28,7 +31,12 @@ export function tlsServerSocket(raw: Socket, auth: Pick<Auth, 'keyFor' | 'warn'>
     pskCallback: (_socket, identity) => {
       const key = auth.keyFor(identity);
       if (key) proved = identity;
-      else auth.warn('unknown principal', { principal: identity.slice(0, 128) }, 'nbd client refused: it names a principal this export cannot verify (no credential for it on this node)');
+      else
+        auth.warn(
+          'unknown principal',
+          { principal: identity.slice(0, 128) },
+          'nbd client refused: it names a principal this export cannot verify (no credential for it on this node)',
+        );
       return key ?? null;
     },
   };

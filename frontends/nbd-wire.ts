@@ -15,9 +15,25 @@ export const FLAG_FIXED_NEWSTYLE = 1;
 export const FLAG_NO_ZEROES = 2;
 
 export const OPT = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7 } as const;
-export const REP = { ACK: 1, SERVER: 2, INFO: 3, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_TLS_REQD: 0x80000005, ERR_UNKNOWN: 0x80000006, ERR_SHUTDOWN: 0x80000007 } as const;
+export const REP = {
+  ACK: 1,
+  SERVER: 2,
+  INFO: 3,
+  ERR_UNSUP: 0x80000001,
+  ERR_POLICY: 0x80000002,
+  ERR_INVALID: 0x80000003,
+  ERR_TLS_REQD: 0x80000005,
+  ERR_UNKNOWN: 0x80000006,
+  ERR_SHUTDOWN: 0x80000007,
+} as const;
 export const INFO = { EXPORT: 0, BLOCK_SIZE: 3 } as const;
-export const TX = { HAS_FLAGS: 1 << 0, SEND_FLUSH: 1 << 2, SEND_FUA: 1 << 3, SEND_TRIM: 1 << 5, SEND_WRITE_ZEROES: 1 << 6 } as const;
+export const TX = {
+  HAS_FLAGS: 1 << 0,
+  SEND_FLUSH: 1 << 2,
+  SEND_FUA: 1 << 3,
+  SEND_TRIM: 1 << 5,
+  SEND_WRITE_ZEROES: 1 << 6,
+} as const;
 export const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, WRITE_ZEROES: 6 } as const;
 export const ERR = { EPERM: 1, EIO: 5, ENOMEM: 12, EINVAL: 22, ENOSPC: 28, ENOTSUP: 95, ESHUTDOWN: 108 } as const;
 

@@ -66,7 +66,11 @@ export class NbdExport {
   }
 
   async listen(): Promise<string> {
-    if (this.opts.path === undefined && this.opts.port === undefined) throw new SafeResumeError('INVALID_ARGUMENT', 'an NBD export needs a Unix socket path, or a TCP port (where clients must use TLS-PSK)');
+    if (this.opts.path === undefined && this.opts.port === undefined)
+      throw new SafeResumeError(
+        'INVALID_ARGUMENT',
+        'an NBD export needs a Unix socket path, or a TCP port (where clients must use TLS-PSK)',
+      );
     const auth: Auth = {
       tlsOnly: this.opts.path === undefined,
       local: this.opts.path !== undefined ? this.opts.app : undefined,
@@ -74,7 +78,11 @@ export class NbdExport {
       appFor: (principal) => this.appFor(principal),
       warn: (kind, fields, message) => {
         const t = this.warnings.take(kind);
-        if (t.log) this.opts.log?.warn(t.suppressed > 0 ? { ...fields, suppressed: t.suppressed } : fields, t.suppressed > 0 ? `${message} (and ${t.suppressed} more like it left out)` : message);
+        if (t.log)
+          this.opts.log?.warn(
+            t.suppressed > 0 ? { ...fields, suppressed: t.suppressed } : fields,
+            t.suppressed > 0 ? `${message} (and ${t.suppressed} more like it left out)` : message,
+          );
       },
     };
     // On TCP a connection counts as unauthenticated until its TLS handshake proves a principal, and
@@ -85,14 +93,30 @@ export class NbdExport {
     const server = createServer((socket) => {
       let trusted = (): void => undefined;
       if (pre) {
-        const { remove, limited } = pre.admit(sourceOf(socket.remoteAddress), () => socket.bytesRead === 0, () => socket.destroy());
+        const { remove, limited } = pre.admit(
+          sourceOf(socket.remoteAddress),
+          () => socket.bytesRead === 0,
+          () => socket.destroy(),
+        );
         trusted = remove;
-        if (limited) auth.warn('pre-auth limit', { ...limited }, 'nbd: a source holds too many connections that have not proved a principal; its oldest are dropped');
+        if (limited)
+          auth.warn(
+            'pre-auth limit',
+            { ...limited },
+            'nbd: a source holds too many connections that have not proved a principal; its oldest are dropped',
+          );
       }
-      const c = new Connection(socket, this.opts, auth, this.admission, () => {
-        trusted();
-        this.conns.delete(c);
-      }, trusted);
+      const c = new Connection(
+        socket,
+        this.opts,
+        auth,
+        this.admission,
+        () => {
+          trusted();
+          this.conns.delete(c);
+        },
+        trusted,
+      );
       this.conns.add(c);
     });
     server.maxConnections = MAX_CONNECTIONS;
@@ -133,5 +157,7 @@ export class NbdExport {
  */
 export function targetUrl(base: string, target: string): string {
   const name = encodeURIComponent(target);
-  return base.startsWith('nbd+unix:///?') ? `nbd+unix:///${name}${base.slice('nbd+unix:///'.length)}` : `${base}${name}`;
+  return base.startsWith('nbd+unix:///?')
+    ? `nbd+unix:///${name}${base.slice('nbd+unix:///'.length)}`
+    : `${base}${name}`;
 }

@@ -44,19 +44,32 @@ const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&l
 
 function parse(x) {
   if (typeof x !== 'string') return x;
-  try { return JSON.parse(x); } catch { return undefined; }
+  try {
+    return JSON.parse(x);
+  } catch {
+    return undefined;
+  }
 }
 
 function flat(value) {
   if (typeof value === 'string') return value;
   if (!value || typeof value !== 'object') return String(value);
-  return Object.entries(value).map(([k, v]) => (typeof v === 'string' ? `${k}.${v}` : `${k}(${flat(v)})`)).join(' ');
+  return Object.entries(value)
+    .map(([k, v]) => (typeof v === 'string' ? `${k}.${v}` : `${k}(${flat(v)})`))
+    .join(' ');
 }
 
 function color(a) {
   const v = flat(a.value);
   if (['active', 'paused', 'resuming', 'invalidated'].includes(v)) return v;
-  if (a.machine === 'session') return v.startsWith('connected') ? (v.includes('unavailable') ? 'paused' : 'active') : v === 'stopped' ? 'invalidated' : 'paused';
+  if (a.machine === 'session')
+    return v.startsWith('connected')
+      ? v.includes('unavailable')
+        ? 'paused'
+        : 'active'
+      : v === 'stopped'
+        ? 'invalidated'
+        : 'paused';
   return 'other';
 }
 
@@ -113,12 +126,31 @@ function onEvent(ev) {
     // Seen by a node agent (or the launcher's own, `cli`): sent to the replica `peer`, or received from it.
     const m = ev.message || {};
     const out = ev.direction === 'out';
-    addRow('protocol', { t: Number(ev.createdAt), from: out ? ev.process : ev.peer, to: out ? ev.peer : ev.process, type: m.type, requestId: m.requestId || '', target: m.target || '', detail: m.detail || '' });
+    addRow('protocol', {
+      t: Number(ev.createdAt),
+      from: out ? ev.process : ev.peer,
+      to: out ? ev.peer : ev.process,
+      type: m.type,
+      requestId: m.requestId || '',
+      target: m.target || '',
+      detail: m.detail || '',
+    });
   } else if (ev.type === '@xstate.actor') {
     const def = parse(ev.definition);
     const snap = parse(ev.snapshot) || {};
     if (!def || !def.states) return; // invoked promise actors and the like
-    actors.set(key(ev, ev.sessionId), { id: key(ev, ev.sessionId), process: ev.process, machine: def && def.id, def, value: snap.value, context: snap.context, status: snap.status || 'active', prev: undefined, lastEvent: undefined, born: Number(ev.createdAt) || 0 });
+    actors.set(key(ev, ev.sessionId), {
+      id: key(ev, ev.sessionId),
+      process: ev.process,
+      machine: def && def.id,
+      def,
+      value: snap.value,
+      context: snap.context,
+      status: snap.status || 'active',
+      prev: undefined,
+      lastEvent: undefined,
+      born: Number(ev.createdAt) || 0,
+    });
   } else if (ev.type === '@xstate.snapshot') {
     const a = actors.get(key(ev, ev.sessionId));
     const snap = parse(ev.snapshot) || {};
@@ -137,7 +169,15 @@ function onEvent(ev) {
     const e = parse(ev.event) || {};
     if (!to || stale(to, ev) || String(e.type).startsWith('xstate.')) return;
     const c = to.context || {};
-    addRow('internal', { t: Number(ev.createdAt), from: from ? `${from.process}/${label(from)}` : `${to.process}`, to: `${to.process}/${label(to)}`, type: e.type, requestId: c.requestId || '', target: c.target || '', detail: e.reason || e.code || '' });
+    addRow('internal', {
+      t: Number(ev.createdAt),
+      from: from ? `${from.process}/${label(from)}` : `${to.process}`,
+      to: `${to.process}/${label(to)}`,
+      type: e.type,
+      requestId: c.requestId || '',
+      target: c.target || '',
+      detail: e.reason || e.code || '',
+    });
   }
   dirty = true;
 }
@@ -157,16 +197,34 @@ function render() {
   const names = [...byProc.keys()].sort();
   // An actor whose process is down is drawn as that process left it, greyed out and labelled.
   const down = ' <span class="down">process down</span>';
-  $('actors').innerHTML = names.map((p) => {
-    const allDead = byProc.get(p).every((x) => x.dead);
-    return `<div class="proc${allDead ? ' dead' : ''}" data-process="${esc(p)}">${esc(p)}${allDead ? down : ''}</div>` + byProc.get(p).map(({ a, dead }) =>
-      `<div class="actor${dead ? ' dead' : ''}${a.id === selected ? ' selected' : ''}" data-id="${esc(a.id)}" data-process="${esc(a.process)}" data-machine="${esc(a.machine)}" data-target="${esc((a.context || {}).target || '')}" data-state="${esc(flat(a.value))}" data-seen="${esc((a.seen || []).join(' '))}"${dead ? ' title="its process is down: the state it was in then"' : ''}>` +
-      `<span class="state ${color(a)}">${esc(stateText(a))}</span> ${esc(label(a))}${dead ? down : ''}</div>`).join('');
-  }).join('');
+  $('actors').innerHTML = names
+    .map((p) => {
+      const allDead = byProc.get(p).every((x) => x.dead);
+      return (
+        `<div class="proc${allDead ? ' dead' : ''}" data-process="${esc(p)}">${esc(p)}${allDead ? down : ''}</div>` +
+        byProc
+          .get(p)
+          .map(
+            ({ a, dead }) =>
+              `<div class="actor${dead ? ' dead' : ''}${a.id === selected ? ' selected' : ''}" data-id="${esc(a.id)}" data-process="${esc(a.process)}" data-machine="${esc(a.machine)}" data-target="${esc((a.context || {}).target || '')}" data-state="${esc(flat(a.value))}" data-seen="${esc((a.seen || []).join(' '))}"${dead ? ' title="its process is down: the state it was in then"' : ''}>` +
+              `<span class="state ${color(a)}">${esc(stateText(a))}</span> ${esc(label(a))}${dead ? down : ''}</div>`,
+          )
+          .join('')
+      );
+    })
+    .join('');
   const f = $('filter').value.trim();
   const pool = view === 'all' ? [...rows.protocol, ...rows.internal].sort((x, y) => x.t - y.t) : rows.protocol;
-  const shown = pool.filter((r) => !f || r.requestId.includes(f) || r.target.includes(f)).slice(-300).reverse();
-  $('rows').innerHTML = shown.map((r) => `<tr data-kind="${r.kind}"><td>${new Date(r.t).toISOString().slice(11, 23)}</td><td class="from">${esc(r.from)}</td><td class="to">${esc(r.to)}</td><td class="type">${esc(r.type)}</td><td class="request">${esc(r.requestId)}</td><td class="target">${esc(r.target)}</td><td class="detail">${esc(r.detail)}</td></tr>`).join('');
+  const shown = pool
+    .filter((r) => !f || r.requestId.includes(f) || r.target.includes(f))
+    .slice(-300)
+    .reverse();
+  $('rows').innerHTML = shown
+    .map(
+      (r) =>
+        `<tr data-kind="${r.kind}"><td>${new Date(r.t).toISOString().slice(11, 23)}</td><td class="from">${esc(r.from)}</td><td class="to">${esc(r.to)}</td><td class="type">${esc(r.type)}</td><td class="request">${esc(r.requestId)}</td><td class="target">${esc(r.target)}</td><td class="detail">${esc(r.detail)}</td></tr>`,
+    )
+    .join('');
   drawChart();
 }
 
@@ -199,29 +257,57 @@ function activeIds(prefix, value) {
 /** ELK graph of a machine config: state nodes with ids like the machine's (session.connected.liveness). */
 function toElk(def) {
   const edges = [];
-  const targetsOf = (t) => (Array.isArray(t) ? t.flatMap(targetsOf) : typeof t === 'string' ? [t] : t && t.target !== undefined ? targetsOf(t.target) : []);
+  const targetsOf = (t) =>
+    Array.isArray(t)
+      ? t.flatMap(targetsOf)
+      : typeof t === 'string'
+        ? [t]
+        : t && t.target !== undefined
+          ? targetsOf(t.target)
+          : [];
   const resolve = (t, id, parent) => (t.startsWith('#') ? t.slice(1) : t.startsWith('.') ? id + t : `${parent}.${t}`);
   const short = (ev) => ev.replace(/^xstate\.(done|error)\.actor.*$/, '$1');
   const node = (key, d, id, parent) => {
-    const add = (ev, t) => { for (const target of targetsOf(t)) edges.push({ id: `e${edges.length}`, sources: [id], targets: [resolve(target, id, parent)], label: ev }); };
+    const add = (ev, t) => {
+      for (const target of targetsOf(t))
+        edges.push({ id: `e${edges.length}`, sources: [id], targets: [resolve(target, id, parent)], label: ev });
+    };
     for (const [ev, t] of Object.entries(d.on || {})) add(short(ev), t);
     for (const [delay, t] of Object.entries(d.after || {})) add(`after ${delay}`, t);
     if (d.always) add('always', d.always);
-    if (d.invoke) for (const inv of [].concat(d.invoke)) { if (inv.onDone) add('done', inv.onDone); if (inv.onError) add('error', inv.onError); }
+    if (d.invoke)
+      for (const inv of [].concat(d.invoke)) {
+        if (inv.onDone) add('done', inv.onDone);
+        if (inv.onError) add('error', inv.onError);
+      }
     const children = Object.entries(d.states || {}).map(([k, c]) => node(k, c, `${id}.${k}`, id));
     return children.length
-      ? { id, labels: [{ text: key }], children, layoutOptions: { 'elk.padding': '[top=24,left=10,bottom=10,right=10]' } }
+      ? {
+          id,
+          labels: [{ text: key }],
+          children,
+          layoutOptions: { 'elk.padding': '[top=24,left=10,bottom=10,right=10]' },
+        }
       : { id, labels: [{ text: key }], width: Math.max(70, key.length * 7 + 20), height: 30 };
   };
   const root = node(def.id, def, def.id, '');
   const ids = new Set();
-  const walk = (n) => { ids.add(n.id); (n.children || []).forEach(walk); };
+  const walk = (n) => {
+    ids.add(n.id);
+    (n.children || []).forEach(walk);
+  };
   walk(root);
   return {
     id: 'root',
-    layoutOptions: { 'elk.algorithm': 'layered', 'elk.hierarchyHandling': 'INCLUDE_CHILDREN', 'elk.spacing.nodeNode': '24' },
+    layoutOptions: {
+      'elk.algorithm': 'layered',
+      'elk.hierarchyHandling': 'INCLUDE_CHILDREN',
+      'elk.spacing.nodeNode': '24',
+    },
     children: root.children || [root],
-    edges: edges.filter((e) => ids.has(e.targets[0]) && e.sources[0] !== def.id || ids.has(e.targets[0])).map((e) => ({ ...e, labels: [{ text: e.label, width: e.label.length * 5.5, height: 10 }] })),
+    edges: edges
+      .filter((e) => (ids.has(e.targets[0]) && e.sources[0] !== def.id) || ids.has(e.targets[0]))
+      .map((e) => ({ ...e, labels: [{ text: e.label, width: e.label.length * 5.5, height: 10 }] })),
   };
 }
 
@@ -237,25 +323,41 @@ async function drawChart() {
   const prev = new Set(activeIds(a.def.id, a.prev));
   const parts = [];
   const drawNode = (n, ox, oy) => {
-    const x = ox + n.x, y = oy + n.y;
+    const x = ox + n.x,
+      y = oy + n.y;
     const compound = (n.children || []).length > 0;
-    parts.push(`<g class="node${current.has(n.id) ? ' current' : ''}${compound ? ' compound' : ''}" data-state-id="${esc(n.id)}"><rect x="${x}" y="${y}" width="${n.width}" height="${n.height}" rx="6"></rect><text x="${x + 8}" y="${y + (compound ? 15 : n.height / 2 + 4)}">${esc(n.labels[0].text)}</text></g>`);
+    parts.push(
+      `<g class="node${current.has(n.id) ? ' current' : ''}${compound ? ' compound' : ''}" data-state-id="${esc(n.id)}"><rect x="${x}" y="${y}" width="${n.width}" height="${n.height}" rx="6"></rect><text x="${x + 8}" y="${y + (compound ? 15 : n.height / 2 + 4)}">${esc(n.labels[0].text)}</text></g>`,
+    );
     for (const c of n.children || []) drawNode(c, x, y);
   };
   for (const c of graph.children || []) drawNode(c, 0, 0);
   for (const e of graph.edges || []) {
-    const isLast = a.lastEvent && e.labels && e.labels[0] && (String(a.lastEvent).includes(e.labels[0].text) || e.labels[0].text === a.lastEvent) && prev.has(e.sources[0]) && current.has(e.targets[0]);
+    const isLast =
+      a.lastEvent &&
+      e.labels &&
+      e.labels[0] &&
+      (String(a.lastEvent).includes(e.labels[0].text) || e.labels[0].text === a.lastEvent) &&
+      prev.has(e.sources[0]) &&
+      current.has(e.targets[0]);
     for (const s of e.sections || []) {
       const pts = [s.startPoint, ...(s.bendPoints || []), s.endPoint];
-      parts.push(`<g class="edge${isLast ? ' last' : ''}"><path d="M${pts.map((p) => `${p.x},${p.y}`).join(' L')}" marker-end="url(#arrow)"></path>${(e.labels || []).map((l) => `<text x="${l.x}" y="${l.y + 8}">${esc(l.text)}</text>`).join('')}</g>`);
+      parts.push(
+        `<g class="edge${isLast ? ' last' : ''}"><path d="M${pts.map((p) => `${p.x},${p.y}`).join(' L')}" marker-end="url(#arrow)"></path>${(e.labels || []).map((l) => `<text x="${l.x}" y="${l.y + 8}">${esc(l.text)}</text>`).join('')}</g>`,
+      );
     }
   }
-  $('svg').innerHTML = `<svg viewBox="0 0 ${graph.width + 20} ${graph.height + 20}" height="${Math.min(graph.height + 20, 520)}"><defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#8c959f"></path></marker></defs>${parts.join('')}</svg>`;
+  $('svg').innerHTML =
+    `<svg viewBox="0 0 ${graph.width + 20} ${graph.height + 20}" height="${Math.min(graph.height + 20, 520)}"><defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#8c959f"></path></marker></defs>${parts.join('')}</svg>`;
 }
 
 // ---- Faults and the summary strip, through the launcher's control commands ----
 async function command(path, body) {
-  const res = await fetch(`/api/${path}`, { method: 'POST', headers: { 'content-type': 'application/json', authorization }, body: JSON.stringify(body || {}) });
+  const res = await fetch(`/api/${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization },
+    body: JSON.stringify(body || {}),
+  });
   const r = await res.json();
   $('result').textContent = r.ok ? `${path}: ok` : `${path}: ${r.code} ${r.message}`;
   return r;
@@ -270,7 +372,9 @@ document.body.addEventListener('click', (e) => {
   else if (action === 'partition') command('partition', { node: id });
   else if (action === 'heal') command('heal', { node: id });
 });
-$('fw-go').addEventListener('click', () => command('write', { target: $('fw-target').value, text: $('fw-text').value, as: 'intruder' }));
+$('fw-go').addEventListener('click', () =>
+  command('write', { target: $('fw-target').value, text: $('fw-text').value, as: 'intruder' }),
+);
 $('reboot').addEventListener('click', () => command('reboot-storage'));
 
 // A node's block export, from the same status: its address and, per client connection, the handle
@@ -298,9 +402,19 @@ async function poll() {
     refused = '';
     const s = await res.json();
     const faults = [
-      ...s.replicas.map((r) => `<div class="row" data-replica="${esc(r.id)}"><b>${esc(r.id)}</b> <span class="state ${r.state === 'serving' ? 'active' : r.state === 'down' ? 'invalidated' : 'paused'}">${esc(r.state)}</span> <button data-action="kill" data-id="${esc(r.id)}">kill</button><button data-action="restart" data-id="${esc(r.id)}">restart</button><button data-action="dismount" data-id="${esc(r.id)}">dismount 10s</button></div>`),
-      ...(s.etcd || []).map((m) => `<div class="row" data-etcd="${esc(m.id)}"><b>${esc(m.id)}</b> ${esc(m.endpoint)} <span class="state ${m.state === 'running' ? 'active' : 'invalidated'}">${esc(m.state)}</span> <button data-action="kill" data-id="${esc(m.id)}">kill</button><button data-action="restart" data-id="${esc(m.id)}">restart</button></div>`),
-      ...s.nodes.map((n) => `<div class="row" data-node="${esc(n.id)}"><b>${esc(n.id)}</b> on ${esc(n.replica || '-')} ${n.state === 'down' ? '<span class="state invalidated">down</span>' : ''}${n.partitioned ? '<span class="state paused">partitioned</span>' : ''} <button data-action="partition" data-id="${esc(n.id)}">partition</button><button data-action="heal" data-id="${esc(n.id)}">heal</button></div>` + nbdRows(n)),
+      ...s.replicas.map(
+        (r) =>
+          `<div class="row" data-replica="${esc(r.id)}"><b>${esc(r.id)}</b> <span class="state ${r.state === 'serving' ? 'active' : r.state === 'down' ? 'invalidated' : 'paused'}">${esc(r.state)}</span> <button data-action="kill" data-id="${esc(r.id)}">kill</button><button data-action="restart" data-id="${esc(r.id)}">restart</button><button data-action="dismount" data-id="${esc(r.id)}">dismount 10s</button></div>`,
+      ),
+      ...(s.etcd || []).map(
+        (m) =>
+          `<div class="row" data-etcd="${esc(m.id)}"><b>${esc(m.id)}</b> ${esc(m.endpoint)} <span class="state ${m.state === 'running' ? 'active' : 'invalidated'}">${esc(m.state)}</span> <button data-action="kill" data-id="${esc(m.id)}">kill</button><button data-action="restart" data-id="${esc(m.id)}">restart</button></div>`,
+      ),
+      ...s.nodes.map(
+        (n) =>
+          `<div class="row" data-node="${esc(n.id)}"><b>${esc(n.id)}</b> on ${esc(n.replica || '-')} ${n.state === 'down' ? '<span class="state invalidated">down</span>' : ''}${n.partitioned ? '<span class="state paused">partitioned</span>' : ''} <button data-action="partition" data-id="${esc(n.id)}">partition</button><button data-action="heal" data-id="${esc(n.id)}">heal</button></div>` +
+          nbdRows(n),
+      ),
     ];
     $('fault-rows').innerHTML = faults.join('');
     // Counted since the cluster started: the launcher keeps what processes that restarted had counted.
@@ -309,7 +423,8 @@ async function poll() {
     $('s-granted').textContent = s.totals.resumesGranted || 0;
     $('s-denied').textContent = s.totals.resumesDenied || 0;
     procs.clear();
-    for (const p of [...s.replicas, ...s.nodes]) procs.set(p.id, { state: p.state, startedAt: p.startedAt, exitedAt: p.exitedAt });
+    for (const p of [...s.replicas, ...s.nodes])
+      procs.set(p.id, { state: p.state, startedAt: p.startedAt, exitedAt: p.exitedAt });
     // Kept once seen: a node that goes down reports its handles no more, and its actors stay drawn.
     for (const h of s.handles) if (h.reason && h.requestId) reasons.set(`${h.node}\u0000${h.requestId}`, h.reason);
     dirty = true;
@@ -317,7 +432,9 @@ async function poll() {
       $('s-verdict').textContent = s.chaos.verdict;
       $('verdict').className = s.chaos.violations ? 'fail' : '';
     }
-  } catch { /* the launcher is restarting or gone; try again */ }
+  } catch {
+    /* the launcher is restarting or gone; try again */
+  }
 }
 
 // ---- Timeline: the launcher's story of faults, processes and handle transitions ----
@@ -336,13 +453,15 @@ function tlRow(e) {
   let cls = e.kind;
   let text;
   if (e.kind === 'fault') text = esc(e.what);
-  else if (e.kind === 'refused') text = `${esc(e.what)} <span class="detail">(${esc(e.code)}: ${esc(e.message)})</span>`;
+  else if (e.kind === 'refused')
+    text = `${esc(e.what)} <span class="detail">(${esc(e.code)}: ${esc(e.message)})</span>`;
   else if (e.kind === 'process') {
     cls += ` ${e.what}`;
     text = `${esc(e.id)} ${esc(e.what)}${e.detail ? ` <span class="detail">(${esc(e.detail)})</span>` : ''}`;
   } else {
     const tone = ['active', 'paused', 'resuming', 'invalidated'].includes(e.to) ? e.to : 'other';
-    text = `${esc(`${e.node}/${e.app}`)} ${esc(e.target)} ${esc(e.from)} -&gt; <span class="to ${tone}">${esc(e.to)}</span>` +
+    text =
+      `${esc(`${e.node}/${e.app}`)} ${esc(e.target)} ${esc(e.from)} -&gt; <span class="to ${tone}">${esc(e.to)}</span>` +
       `${e.reason ? ` <span class="reason">${esc(e.reason)}</span>` : ''}${e.detail ? ` <span class="detail">(${esc(e.detail)})</span>` : ''}`;
   }
   return `<div class="ev ${esc(cls)}" data-kind="${esc(e.kind)}" data-target="${esc(e.target || '')}"><span class="at">${new Date(e.at).toISOString().slice(11, 23)}</span><span class="kind ${esc(e.kind)}">${esc(e.kind)}</span><span class="text">${text}</span></div>`;
@@ -353,7 +472,10 @@ function tlDraw(events, redraw) {
   const box = $('tl-rows');
   const atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
   const target = $('tl-target').value.trim();
-  const html = events.filter((e) => tlShown(e, target)).map(tlRow).join('');
+  const html = events
+    .filter((e) => tlShown(e, target))
+    .map(tlRow)
+    .join('');
   if (redraw) box.innerHTML = html || '<div id="tl-empty">nothing yet</div>';
   else if (html) {
     const empty = $('tl-empty');
@@ -388,7 +510,9 @@ async function pollTimeline() {
     if (timeline.length > TL_MAX) timeline.splice(0, timeline.length - TL_MAX);
     if (early || timeline.length >= TL_MAX) tlDraw(timeline, true);
     else tlDraw(r.events, false);
-  } catch { /* the launcher is restarting or gone; try again */ } finally {
+  } catch {
+    /* the launcher is restarting or gone; try again */
+  } finally {
     tlBusy = false;
   }
 }
@@ -404,8 +528,14 @@ function connect() {
   const ws = new WebSocket(`ws://${location.host}/stream?token=${encodeURIComponent(token)}`);
   ws.onopen = () => ($('conn').textContent = 'live');
   // Each message is a JSON array of events (one per event-loop turn of the launcher).
-  ws.onmessage = (m) => { const evs = parse(m.data); for (const ev of Array.isArray(evs) ? evs : evs ? [evs] : []) onEvent(ev); };
-  ws.onclose = () => { $('conn').textContent = refused || 'reconnecting…'; setTimeout(connect, 1000); };
+  ws.onmessage = (m) => {
+    const evs = parse(m.data);
+    for (const ev of Array.isArray(evs) ? evs : evs ? [evs] : []) onEvent(ev);
+  };
+  ws.onclose = () => {
+    $('conn').textContent = refused || 'reconnecting…';
+    setTimeout(connect, 1000);
+  };
 }
 
 connect();

@@ -97,7 +97,10 @@ export const appHandleMachine = setup({
       on: {
         IO: { actions: 'dispatchIo' },
         PAUSED: { target: 'paused', actions: 'startPauseTimer' },
-        REVOKED: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
+        REVOKED: {
+          target: 'invalidated',
+          actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) },
+        },
         CLOSE: 'closing',
       },
     },
@@ -119,7 +122,10 @@ export const appHandleMachine = setup({
       on: {
         IO: [{ guard: 'failsFast', actions: 'rejectIoUnavailable' }, { actions: 'queueIo' }],
         GRANTED: { target: 'active', actions: ['stopPauseTimer', 'notifyResumed'] },
-        DENIED: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
+        DENIED: {
+          target: 'invalidated',
+          actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) },
+        },
         PAUSED: 'paused',
         CLOSE: 'closed',
         PAUSE_TIMEOUT: timedOut,

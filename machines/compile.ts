@@ -57,7 +57,10 @@ class CompileError extends Error {
 }
 
 /** Compile a flat machine into its lookup table; throws (naming what) on any shape it does not know. */
-export function compileMachine<M extends AnyStateMachine>(machine: M, options: CompileOptions = {}): CompiledMachine<StateOf<M>, EventOf<M>> {
+export function compileMachine<M extends AnyStateMachine>(
+  machine: M,
+  options: CompileOptions = {},
+): CompiledMachine<StateOf<M>, EventOf<M>> {
   const config = machine.config as Record<string, unknown>;
   const id = typeof config.id === 'string' ? config.id : machine.id;
   const fail = (what: string): never => {
@@ -75,20 +78,32 @@ export function compileMachine<M extends AnyStateMachine>(machine: M, options: C
   const on: Record<string, Record<string, CompiledBranch<string>[]>> = {};
 
   const nameOf = (kind: 'guard' | 'action', x: unknown, where: string): string => {
-    const name = typeof x === 'string' ? x : x !== null && typeof x === 'object' && typeof (x as { type?: unknown }).type === 'string' ? (x as { type: string }).type : undefined;
+    const name =
+      typeof x === 'string'
+        ? x
+        : x !== null && typeof x === 'object' && typeof (x as { type?: unknown }).type === 'string'
+          ? (x as { type: string }).type
+          : undefined;
     if (name === undefined) return fail(`an unnamed ${kind} (a function) at ${where}`);
-    if (!(kind === 'guard' ? guards : actions).has(name)) fail(`${kind} "${name}" at ${where}: the runtime does not carry it out`);
+    if (!(kind === 'guard' ? guards : actions).has(name))
+      fail(`${kind} "${name}" at ${where}: the runtime does not carry it out`);
     return name;
   };
 
   const branch = (raw: unknown, where: string): CompiledBranch<string> => {
-    const b: Record<string, unknown> = typeof raw === 'string' ? { target: raw } : raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? (raw as Record<string, unknown>) : fail(`transition ${where}`);
+    const b: Record<string, unknown> =
+      typeof raw === 'string'
+        ? { target: raw }
+        : raw !== null && typeof raw === 'object' && !Array.isArray(raw)
+          ? (raw as Record<string, unknown>)
+          : fail(`transition ${where}`);
     for (const key of Object.keys(b)) if (!BRANCH_KEYS.has(key)) fail(`"${key}" of transition ${where}`);
     if (b.reenter) fail(`a reentering transition ${where}`);
     let target: string | undefined;
     if (b.target !== undefined) {
       const t = Array.isArray(b.target) && b.target.length === 1 ? b.target[0] : b.target;
-      if (typeof t !== 'string' || !known.has(t)) fail(`target ${JSON.stringify(b.target)} of ${where} (only the machine's own states, by name)`);
+      if (typeof t !== 'string' || !known.has(t))
+        fail(`target ${JSON.stringify(b.target)} of ${where} (only the machine's own states, by name)`);
       target = t as string;
     }
     const acts = b.actions === undefined ? [] : Array.isArray(b.actions) ? b.actions : [b.actions];
@@ -99,7 +114,8 @@ export function compileMachine<M extends AnyStateMachine>(machine: M, options: C
     };
   };
 
-  const branches = (raw: unknown, where: string): CompiledBranch<string>[] => (Array.isArray(raw) ? raw : [raw]).map((b) => branch(b, where));
+  const branches = (raw: unknown, where: string): CompiledBranch<string>[] =>
+    (Array.isArray(raw) ? raw : [raw]).map((b) => branch(b, where));
 
   for (const state of states) {
     const node = (statesConfig as Record<string, unknown>)[state];
@@ -120,11 +136,20 @@ export function compileMachine<M extends AnyStateMachine>(machine: M, options: C
     if (final.has(state) && Object.keys(table).length > 0) fail(`transitions out of final state ${state}`);
     on[state] = table;
   }
-  return { id, initial: config.initial as StateOf<M>, states: states as StateOf<M>[], final: final as Set<StateOf<M>>, on: on as CompiledMachine<StateOf<M>, EventOf<M>>['on'] };
+  return {
+    id,
+    initial: config.initial as StateOf<M>,
+    states: states as StateOf<M>[],
+    final: final as Set<StateOf<M>>,
+    on: on as CompiledMachine<StateOf<M>, EventOf<M>>['on'],
+  };
 }
 
 /** The first branch whose guard holds (one without a guard always does), or undefined. */
-export function pick<S extends string>(branches: readonly CompiledBranch<S>[] | undefined, holds: (guard: string) => boolean): CompiledBranch<S> | undefined {
+export function pick<S extends string>(
+  branches: readonly CompiledBranch<S>[] | undefined,
+  holds: (guard: string) => boolean,
+): CompiledBranch<S> | undefined {
   if (!branches) return undefined;
   for (const b of branches) if (b.guard === undefined || holds(b.guard)) return b;
   return undefined;
@@ -135,7 +160,9 @@ export function pick<S extends string>(branches: readonly CompiledBranch<S>[] | 
  * without a target (effects only) are left out, and a guard that would choose the target fails the
  * compile (the target would then depend on data this table does not hold).
  */
-export function targetTable<S extends string, E extends string>(m: CompiledMachine<S, E>): { readonly [K in S]: Partial<Record<E, S>> } {
+export function targetTable<S extends string, E extends string>(
+  m: CompiledMachine<S, E>,
+): { readonly [K in S]: Partial<Record<E, S>> } {
   const out = {} as { [K in S]: Partial<Record<E, S>> };
   for (const state of m.states) {
     const row: Partial<Record<E, S>> = {};
@@ -144,7 +171,10 @@ export function targetTable<S extends string, E extends string>(m: CompiledMachi
       if (targeted.length === 0) continue;
       // Only one branch, taken whatever holds, leads anywhere: else the guards choose the target.
       if (event === '' || targeted.length > 1 || bs[0] !== targeted[0] || targeted[0]!.guard !== undefined) {
-        throw new CompileError(m.id, `${state} --${event || 'always'}--> into a plain table: a guard chooses where it leads`);
+        throw new CompileError(
+          m.id,
+          `${state} --${event || 'always'}--> into a plain table: a guard chooses where it leads`,
+        );
       }
       row[event] = targeted[0]!.target;
     }
@@ -154,8 +184,12 @@ export function targetTable<S extends string, E extends string>(m: CompiledMachi
 }
 
 /** Every state-changing transition of a compiled machine, as `from --event--> to` (guards aside). */
-export function transitionsOf<S extends string, E extends string>(m: CompiledMachine<S, E>): Array<{ from: S; event: E | ''; to: S }> {
+export function transitionsOf<S extends string, E extends string>(
+  m: CompiledMachine<S, E>,
+): Array<{ from: S; event: E | ''; to: S }> {
   return m.states.flatMap((from) =>
-    (Object.entries(m.on[from]) as Array<[E | '', readonly CompiledBranch<S>[]]>).flatMap(([event, bs]) => bs.flatMap((b) => (b.target === undefined ? [] : [{ from, event, to: b.target }]))),
+    (Object.entries(m.on[from]) as Array<[E | '', readonly CompiledBranch<S>[]]>).flatMap(([event, bs]) =>
+      bs.flatMap((b) => (b.target === undefined ? [] : [{ from, event, to: b.target }])),
+    ),
   );
 }

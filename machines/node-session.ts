@@ -94,7 +94,14 @@ export const nodeSessionMachine = setup({
   },
 }).createMachine({
   id: 'session',
-  context: ({ input }) => ({ ...input, index: 0, attempt: 0, session: undefined, replica: undefined, lastError: undefined }),
+  context: ({ input }) => ({
+    ...input,
+    index: 0,
+    attempt: 0,
+    session: undefined,
+    replica: undefined,
+    lastError: undefined,
+  }),
   initial: 'connecting',
   on: {
     STOP: { target: '.stopped' },
@@ -107,12 +114,18 @@ export const nodeSessionMachine = setup({
         onDone: [
           // Welcomed by a replica whose store is away: wait in `unavailable` (and fail over after a
           // while) instead of sending resumes it can only refuse.
-          { guard: ({ event }) => !event.output.available, target: '#session.connected.storage.unavailable', actions: adopt },
+          {
+            guard: ({ event }) => !event.output.available,
+            target: '#session.connected.storage.unavailable',
+            actions: adopt,
+          },
           { target: 'connected', actions: adopt },
         ],
         onError: {
           target: 'failed',
-          actions: assign({ lastError: ({ event }) => (event.error instanceof Error ? event.error.message : String(event.error)) }),
+          actions: assign({
+            lastError: ({ event }) => (event.error instanceof Error ? event.error.message : String(event.error)),
+          }),
         },
       },
     },

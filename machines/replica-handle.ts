@@ -63,13 +63,19 @@ export const replicaHandleMachine = setup({
       on: {
         SESSION_LOST: 'paused',
         STORAGE_UNAVAILABLE: 'paused',
-        REVOKED: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
+        REVOKED: {
+          target: 'invalidated',
+          actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) },
+        },
         CLOSE: 'closed',
       },
     },
     paused: {
       on: {
-        RESUME: { target: 'resuming', actions: { type: 'setSession', params: ({ event }) => ({ session: event.session }) } },
+        RESUME: {
+          target: 'resuming',
+          actions: { type: 'setSession', params: ({ event }) => ({ session: event.session }) },
+        },
       },
       // The lock lapses after the hold period; the record stays in the store for a later resume.
       after: { holdPeriod: 'released' },
@@ -78,7 +84,10 @@ export const replicaHandleMachine = setup({
     resuming: {
       on: {
         GRANTED: 'active',
-        DENIED: { target: 'invalidated', actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) } },
+        DENIED: {
+          target: 'invalidated',
+          actions: { type: 'setReason', params: ({ event }) => ({ reason: event.reason }) },
+        },
       },
     },
     invalidated: { type: 'final' },
@@ -123,16 +132,22 @@ const REPLICA_HANDLE = compileMachine(replicaHandleMachine, { guards: ['isResume
 // no input to decide from here, so the load fails instead of the step silently skipping it.
 for (const state of REPLICA_HANDLE.states) {
   for (const [event, branches] of Object.entries(REPLICA_HANDLE.on[state])) {
-    if (event !== '' && branches?.some((b) => b.guard !== undefined)) throw new Error(`replica handle: guarded ${event} in ${state}; stepReplicaHandle evaluates no guard on events`);
+    if (event !== '' && branches?.some((b) => b.guard !== undefined))
+      throw new Error(`replica handle: guarded ${event} in ${state}; stepReplicaHandle evaluates no guard on events`);
   }
 }
-const sameStates: ReplicaHandleState extends (typeof REPLICA_HANDLE.states)[number] ? ((typeof REPLICA_HANDLE.states)[number] extends ReplicaHandleState ? true : false) : false = true;
+const sameStates: ReplicaHandleState extends (typeof REPLICA_HANDLE.states)[number]
+  ? (typeof REPLICA_HANDLE.states)[number] extends ReplicaHandleState
+    ? true
+    : false
+  : false = true;
 void sameStates;
 
 /** The state a handle is in once created: `starting` passes at once (the machine's eventless transition). */
 export function replicaHandleInitialState(resume: boolean): 'active' | 'resuming' {
   const b = pick(REPLICA_HANDLE.on[REPLICA_HANDLE.initial][''], (guard) => guard === 'isResume' && resume);
-  if (b?.target !== 'active' && b?.target !== 'resuming') throw new Error(`replica handle: ${REPLICA_HANDLE.initial} does not lead to active or resuming`);
+  if (b?.target !== 'active' && b?.target !== 'resuming')
+    throw new Error(`replica handle: ${REPLICA_HANDLE.initial} does not lead to active or resuming`);
   return b.target;
 }
 

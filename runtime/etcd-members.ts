@@ -29,7 +29,11 @@ export interface EtcdMember {
 /** Whether the `etcd` binary runs here; a clear error naming the package otherwise. */
 export function requireEtcd(): void {
   const r = spawnSync('etcd', ['--version']);
-  if (r.error) throw new OperatorError('etcd is not installed: apt-get install -y etcd-server (Debian), or pass --etcd-endpoints of a running cluster', EXIT.missingProgram);
+  if (r.error)
+    throw new OperatorError(
+      'etcd is not installed: apt-get install -y etcd-server (Debian), or pass --etcd-endpoints of a running cluster',
+      EXIT.missingProgram,
+    );
 }
 
 let setpriv: boolean | undefined;
@@ -53,7 +57,16 @@ export class EtcdMembers {
 
   private client(hosts: string[], dialTimeout?: number): Etcd3 {
     const c = this.tls ? readEtcdTls(this.tls.client) : undefined;
-    return new Etcd3({ hosts: hosts.map((x) => `${this.scheme}://${x}`), ...(dialTimeout ? { dialTimeout } : {}), ...(c ? { credentials: { rootCertificate: c.ca, certChain: c.cert, privateKey: c.key }, grpcOptions: { 'grpc.ssl_target_name_override': c.serverName } } : {}) });
+    return new Etcd3({
+      hosts: hosts.map((x) => `${this.scheme}://${x}`),
+      ...(dialTimeout ? { dialTimeout } : {}),
+      ...(c
+        ? {
+            credentials: { rootCertificate: c.ca, certChain: c.cert, privateKey: c.key },
+            grpcOptions: { 'grpc.ssl_target_name_override': c.serverName },
+          }
+        : {}),
+    });
   }
 
   get endpoints(): string[] {
@@ -65,7 +78,13 @@ export class EtcdMembers {
    * member on a host of its own (a network namespace with its address: runtime/hosts.ts). With `tls`,
    * the members' certificate must name each member's address.
    */
-  static async start(dir: string, n: number, waitMs = 20_000, place?: (id: string) => Host | undefined, tls?: EtcdTls): Promise<EtcdMembers> {
+  static async start(
+    dir: string,
+    n: number,
+    waitMs = 20_000,
+    place?: (id: string) => Host | undefined,
+    tls?: EtcdTls,
+  ): Promise<EtcdMembers> {
     requireEtcd();
     const e = new EtcdMembers(tls);
     // A cluster started here before keeps its members' addresses: each member's data remembers its
@@ -74,7 +93,10 @@ export class EtcdMembers {
     const ids = Array.from({ length: n }, (_, i) => `etcd-${i + 1}`);
     const have = ids.filter((id) => existsSync(join(dir, id, 'member')));
     if (have.length > 0 && (have.length < n || !kept || ids.some((id) => !kept[id]))) {
-      throw new SafeResumeError('INVALID_ARGUMENT', `${dir} holds the data of ${have.length === n ? 'etcd members whose addresses were not kept' : `only ${have.join(', ')} of ${n} etcd members`}: start with the same number of members and data directory as before, or remove ${dir} to start an empty etcd (its data is lost)`);
+      throw new SafeResumeError(
+        'INVALID_ARGUMENT',
+        `${dir} holds the data of ${have.length === n ? 'etcd members whose addresses were not kept' : `only ${have.join(', ')} of ${n} etcd members`}: start with the same number of members and data directory as before, or remove ${dir} to start an empty etcd (its data is lost)`,
+      );
     }
     const existing = have.length === n;
     for (const id of ids) {
@@ -84,13 +106,32 @@ export class EtcdMembers {
       const [client, peer] = was ? [was.client, was.peer] : host ? [2379, 2380] : [await freePort(), await freePort()];
       if (was && !host) {
         for (const port of [client, peer]) {
-          if (!(await portFree(port))) throw new SafeResumeError('UNAVAILABLE', `${id} of the etcd in ${dir} listened on 127.0.0.1:${port}, which another process holds now: stop it, or remove ${dir} to start an empty etcd (its data is lost)`);
+          if (!(await portFree(port)))
+            throw new SafeResumeError(
+              'UNAVAILABLE',
+              `${id} of the etcd in ${dir} listened on 127.0.0.1:${port}, which another process holds now: stop it, or remove ${dir} to start an empty etcd (its data is lost)`,
+            );
         }
       }
-      e.members.push({ id, endpoint: `${address}:${client}`, peer: `${e.scheme}://${address}:${peer}`, dataDir: join(dir, id), proc: undefined, host });
+      e.members.push({
+        id,
+        endpoint: `${address}:${client}`,
+        peer: `${e.scheme}://${address}:${peer}`,
+        dataDir: join(dir, id),
+        proc: undefined,
+        host,
+      });
     }
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    writeLayout(dir, Object.fromEntries(e.members.map((m) => [m.id, { client: Number(m.endpoint.split(':').pop()), peer: Number(m.peer.split(':').pop()) }])));
+    writeLayout(
+      dir,
+      Object.fromEntries(
+        e.members.map((m) => [
+          m.id,
+          { client: Number(m.endpoint.split(':').pop()), peer: Number(m.peer.split(':').pop()) },
+        ]),
+      ),
+    );
     for (const m of e.members) e.spawn(m, existing ? 'existing' : 'new');
     try {
       await e.ready(waitMs);
@@ -111,16 +152,54 @@ export class EtcdMembers {
     // TLS: certificates of the CA only, from clients and from peers (file paths: no key in the command line).
     const t = this.tls?.member;
     const tls = t
-      ? ['--client-cert-auth', '--trusted-ca-file', t.caFile, '--cert-file', t.certFile, '--key-file', t.keyFile,
-        '--peer-client-cert-auth', '--peer-trusted-ca-file', t.caFile, '--peer-cert-file', t.certFile, '--peer-key-file', t.keyFile]
+      ? [
+          '--client-cert-auth',
+          '--trusted-ca-file',
+          t.caFile,
+          '--cert-file',
+          t.certFile,
+          '--key-file',
+          t.keyFile,
+          '--peer-client-cert-auth',
+          '--peer-trusted-ca-file',
+          t.caFile,
+          '--peer-cert-file',
+          t.certFile,
+          '--peer-key-file',
+          t.keyFile,
+        ]
       : [];
-    const proc = spawn(cmd.command, [...cmd.args, ...argv.slice(1),
-      '--name', m.id, '--data-dir', m.dataDir,
-      '--listen-client-urls', `${this.scheme}://${m.endpoint}`, '--advertise-client-urls', `${this.scheme}://${m.endpoint}`, ...tls,
-      '--listen-peer-urls', m.peer, '--initial-advertise-peer-urls', m.peer,
-      '--initial-cluster', initial, '--initial-cluster-state', state, '--initial-cluster-token', this.token,
-      '--log-level', 'error', '--logger', 'zap',
-    ], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const proc = spawn(
+      cmd.command,
+      [
+        ...cmd.args,
+        ...argv.slice(1),
+        '--name',
+        m.id,
+        '--data-dir',
+        m.dataDir,
+        '--listen-client-urls',
+        `${this.scheme}://${m.endpoint}`,
+        '--advertise-client-urls',
+        `${this.scheme}://${m.endpoint}`,
+        ...tls,
+        '--listen-peer-urls',
+        m.peer,
+        '--initial-advertise-peer-urls',
+        m.peer,
+        '--initial-cluster',
+        initial,
+        '--initial-cluster-state',
+        state,
+        '--initial-cluster-token',
+        this.token,
+        '--log-level',
+        'error',
+        '--logger',
+        'zap',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
     proc.stderr?.resume();
     proc.on('exit', () => {
       if (m.proc === proc) m.proc = undefined;
@@ -138,7 +217,11 @@ export class EtcdMembers {
           await client.put('/safe-resume-ready').value('1');
           return;
         } catch (err) {
-          if (Date.now() > deadline) throw new SafeResumeError('UNAVAILABLE', `etcd did not answer within ${waitMs / 1000} s: ${(err as Error).message}`);
+          if (Date.now() > deadline)
+            throw new SafeResumeError(
+              'UNAVAILABLE',
+              `etcd did not answer within ${waitMs / 1000} s: ${(err as Error).message}`,
+            );
           await new Promise((r) => setTimeout(r, 100));
         }
       }

@@ -35,7 +35,12 @@ export const MEMBER_NAME = 'etcd.safe-resume.local';
 
 /** The contents a client (store/etcd.ts's `tls`) takes. */
 export function readEtcdTls(f: EtcdTlsFiles): { ca: Buffer; cert: Buffer; key: Buffer; serverName: string } {
-  return { ca: readFileSync(f.caFile), cert: readFileSync(f.certFile), key: readFileSync(f.keyFile), serverName: MEMBER_NAME };
+  return {
+    ca: readFileSync(f.caFile),
+    cert: readFileSync(f.certFile),
+    key: readFileSync(f.keyFile),
+    serverName: MEMBER_NAME,
+  };
 }
 
 const FILES = ['ca.crt', 'ca.key', 'member.crt', 'member.key', 'client.crt', 'client.key'];
@@ -70,24 +75,69 @@ function make(dir: string, ips: string[]): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   // Others cannot enter the directory before a key is written in it.
   chmodSync(dir, 0o700);
-  for (const f of [...FILES, 'member.csr', 'client.csr', 'member.ext', 'client.ext', 'ca.srl']) rmSync(join(dir, f), { force: true });
+  for (const f of [...FILES, 'member.csr', 'client.csr', 'member.ext', 'client.ext', 'ca.srl'])
+    rmSync(join(dir, f), { force: true });
   const openssl = (...args: string[]) => {
     // umask 077 (privateDataDir) makes every file 0600; keys are written by openssl to files, never printed.
     const r = spawnSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
-    if (r.error) throw new OperatorError('openssl is not installed: apt-get install -y openssl (the local etcd takes only clients with a certificate it makes)', EXIT.missingProgram);
+    if (r.error)
+      throw new OperatorError(
+        'openssl is not installed: apt-get install -y openssl (the local etcd takes only clients with a certificate it makes)',
+        EXIT.missingProgram,
+      );
     if (r.status !== 0) throw new Error(`openssl ${args[0]} failed: ${r.stderr.trim()}`);
   };
   const key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
-  openssl('req', '-x509', ...key, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', DAYS, '-subj', '/CN=safe-resume local etcd CA', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+  openssl(
+    'req',
+    '-x509',
+    ...key,
+    '-keyout',
+    'ca.key',
+    '-out',
+    'ca.crt',
+    '-days',
+    DAYS,
+    '-subj',
+    '/CN=safe-resume local etcd CA',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  );
   const leaf = (name: string, cn: string, ext: string) => {
     openssl('req', ...key, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${cn}`);
-    writeFileSync(join(dir, `${name}.ext`), `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n${ext}`, { mode: 0o600 });
-    openssl('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${name}.crt`, '-days', DAYS, '-extfile', `${name}.ext`);
+    writeFileSync(
+      join(dir, `${name}.ext`),
+      `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n${ext}`,
+      { mode: 0o600 },
+    );
+    openssl(
+      'x509',
+      '-req',
+      '-in',
+      `${name}.csr`,
+      '-CA',
+      'ca.crt',
+      '-CAkey',
+      'ca.key',
+      '-CAcreateserial',
+      '-out',
+      `${name}.crt`,
+      '-days',
+      DAYS,
+      '-extfile',
+      `${name}.ext`,
+    );
     rmSync(join(dir, `${name}.csr`), { force: true });
     rmSync(join(dir, `${name}.ext`), { force: true });
   };
   // The members serve clients and peers and are peers' clients: one certificate for both, naming every member's address.
-  leaf('member', 'safe-resume etcd member', `extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:${MEMBER_NAME},${ips.map((ip) => `IP:${ip}`).join(',')}\n`);
+  leaf(
+    'member',
+    'safe-resume etcd member',
+    `extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:${MEMBER_NAME},${ips.map((ip) => `IP:${ip}`).join(',')}\n`,
+  );
   leaf('client', 'safe-resume store', 'extendedKeyUsage=clientAuth\n');
   rmSync(join(dir, 'ca.srl'), { force: true });
 }

@@ -17,7 +17,10 @@ import { SafeResumeError } from '../errors.js';
 const Host = z.object({
   netns: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'a namespace name of letters, digits, _ . -'),
   address: z.string().regex(/^\d{1,3}(\.\d{1,3}){3}$/, 'an IPv4 address'),
-  dev: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/).default('eth0'),
+  dev: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]{1,15}$/)
+    .default('eth0'),
 });
 export type Host = z.infer<typeof Host>;
 
@@ -33,18 +36,30 @@ export function loadHostPlan(file: string, need: string[]): HostPlan {
     throw new SafeResumeError('INVALID_ARGUMENT', `--netns ${file}: ${(err as Error).message}`);
   }
   const plan = HostPlan.safeParse(raw);
-  if (!plan.success) throw new SafeResumeError('INVALID_ARGUMENT', `--netns ${file}: ${plan.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  if (!plan.success)
+    throw new SafeResumeError(
+      'INVALID_ARGUMENT',
+      `--netns ${file}: ${plan.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+    );
   const missing = need.filter((id) => !plan.data.hosts[id]);
-  if (missing.length > 0) throw new SafeResumeError('INVALID_ARGUMENT', `--netns ${file}: no host for ${missing.join(', ')}`);
+  if (missing.length > 0)
+    throw new SafeResumeError('INVALID_ARGUMENT', `--netns ${file}: no host for ${missing.join(', ')}`);
   let have: string;
   try {
     have = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' });
   } catch (err) {
-    throw new SafeResumeError('UNAVAILABLE', `--netns needs the ip command (iproute2) and root: ${(err as Error).message}`);
+    throw new SafeResumeError(
+      'UNAVAILABLE',
+      `--netns needs the ip command (iproute2) and root: ${(err as Error).message}`,
+    );
   }
   const names = new Set(have.split('\n').map((l) => l.split(' ')[0]));
   const absent = [...new Set(need.map((id) => plan.data.hosts[id]!.netns))].filter((ns) => !names.has(ns));
-  if (absent.length > 0) throw new SafeResumeError('INVALID_ARGUMENT', `--netns ${file}: no network namespace ${absent.join(', ')} (make them with ip netns add first)`);
+  if (absent.length > 0)
+    throw new SafeResumeError(
+      'INVALID_ARGUMENT',
+      `--netns ${file}: no network namespace ${absent.join(', ')} (make them with ip netns add first)`,
+    );
   return plan.data;
 }
 

@@ -9,11 +9,21 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 export const MAX_BODY_BYTES = 64 * 1024;
 
 /** The request's body as text, or undefined once it was refused with 413 (the response is sent). */
-export function readBody(req: IncomingMessage, res: ServerResponse, limit = MAX_BODY_BYTES): Promise<string | undefined> {
+export function readBody(
+  req: IncomingMessage,
+  res: ServerResponse,
+  limit = MAX_BODY_BYTES,
+): Promise<string | undefined> {
   return new Promise((resolve) => {
     const tooLarge = () => {
       res.writeHead(413, { 'content-type': 'application/json', connection: 'close' });
-      res.end(JSON.stringify({ ok: false, code: 'INVALID_ARGUMENT', message: `request body over ${limit} bytes, the most a control request may carry` }));
+      res.end(
+        JSON.stringify({
+          ok: false,
+          code: 'INVALID_ARGUMENT',
+          message: `request body over ${limit} bytes, the most a control request may carry`,
+        }),
+      );
       req.resume(); // drain what is in flight without keeping it
       resolve(undefined);
     };

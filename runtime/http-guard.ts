@@ -41,11 +41,20 @@ const LOOPBACK_NAMES = ['127.0.0.1', 'localhost', '[::1]'];
 export function checkHostOrigin(req: IncomingMessage, port: number, origin: 'same' | 'none'): Refusal | undefined {
   const host = (req.headers.host ?? '').toLowerCase();
   if (!LOOPBACK_NAMES.some((n) => host === `${n}:${port}`)) {
-    return { status: 403, code: 'FORBIDDEN', message: `Host ${JSON.stringify(host)} is not this endpoint (127.0.0.1:${port} or localhost:${port})` };
+    return {
+      status: 403,
+      code: 'FORBIDDEN',
+      message: `Host ${JSON.stringify(host)} is not this endpoint (127.0.0.1:${port} or localhost:${port})`,
+    };
   }
   const from = req.headers.origin;
   if (from === undefined) return undefined;
-  if (origin === 'none') return { status: 403, code: 'FORBIDDEN', message: 'this endpoint takes no request from a web page (Origin present)' };
+  if (origin === 'none')
+    return {
+      status: 403,
+      code: 'FORBIDDEN',
+      message: 'this endpoint takes no request from a web page (Origin present)',
+    };
   if (!LOOPBACK_NAMES.some((n) => from.toLowerCase() === `http://${n}:${port}`)) {
     return { status: 403, code: 'FORBIDDEN', message: `Origin ${JSON.stringify(from)} is not this page's own` };
   }
@@ -58,9 +67,17 @@ export function bearer(req: IncomingMessage): string | undefined {
 }
 
 /** 401 unless `given` is the token. */
-export function checkToken(given: string | undefined | null, token: string, what = 'the control token'): Refusal | undefined {
+export function checkToken(
+  given: string | undefined | null,
+  token: string,
+  what = 'the control token',
+): Refusal | undefined {
   if (sameSecret(given, token)) return undefined;
-  return { status: 401, code: 'AUTH_FAILED', message: `${what} is ${given ? 'wrong' : 'missing'} (the CLI reads it from <dir>/control.json; the inspector's address printed by up carries it)` };
+  return {
+    status: 401,
+    code: 'AUTH_FAILED',
+    message: `${what} is ${given ? 'wrong' : 'missing'} (the CLI reads it from <dir>/control.json; the inspector's address printed by up carries it)`,
+  };
 }
 
 /** Answer an HTTP request with the refusal, as JSON like every control answer. */
@@ -73,5 +90,7 @@ export function refuse(res: ServerResponse, r: Refusal): void {
 export function refuseUpgrade(socket: Duplex, r: Refusal): void {
   const body = JSON.stringify({ ok: false, code: r.code, message: r.message });
   socket.on('error', () => undefined);
-  socket.end(`HTTP/1.1 ${r.status} ${STATUS_CODES[r.status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  socket.end(
+    `HTTP/1.1 ${r.status} ${STATUS_CODES[r.status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+  );
 }

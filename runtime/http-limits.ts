@@ -6,7 +6,11 @@
  */
 import type { Server } from 'node:http';
 
-export const HTTP_TIMEOUTS = { headersTimeout: 5_000, requestTimeout: 10_000, connectionsCheckingInterval: 500 } as const;
+export const HTTP_TIMEOUTS = {
+  headersTimeout: 5_000,
+  requestTimeout: 10_000,
+  connectionsCheckingInterval: 500,
+} as const;
 
 /** Connections one endpoint holds at once (a browser's page and its stream take a few each). */
 export const MAX_HTTP_CONNECTIONS = 128;

@@ -30,7 +30,8 @@ function sanitize(value: unknown, depth = 0): unknown {
   if (value instanceof Uint8Array) return `<${value.length} bytes>`;
   if (typeof value === 'string') return value.length > 200 ? `${value.slice(0, 200)}…` : value;
   if (typeof value === 'function') return undefined;
-  if (value === null || typeof value !== 'object' || depth > 4) return typeof value === 'object' && value !== null ? '…' : value;
+  if (value === null || typeof value !== 'object' || depth > 4)
+    return typeof value === 'object' && value !== null ? '…' : value;
   if (Array.isArray(value)) return value.slice(0, 20).map((v) => sanitize(v, depth + 1));
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(value)) out[k] = sanitize(v, depth + 1);
@@ -54,7 +55,11 @@ class BatchingAdapter implements Adapter {
   /** Events that could not be serialised (a cycle the sanitiser missed) or are too large to keep; they are skipped. */
   dropped = 0;
 
-  constructor(private readonly url: string, private readonly maxDeferred: number, private readonly credential: string | undefined) {}
+  constructor(
+    private readonly url: string,
+    private readonly maxDeferred: number,
+    private readonly credential: string | undefined,
+  ) {}
 
   start(): void {
     if (this.stopped) return;
@@ -167,7 +172,13 @@ export function processInspector(url: string, credential?: string): ProcessInspe
             live.delete(ref);
             continue;
           }
-          inspector.inspect.next?.({ type: '@xstate.snapshot', actorRef: ref, rootId: ref.sessionId, snapshot, event: { type: 'xstate.resync' } } as unknown as InspectionEvent);
+          inspector.inspect.next?.({
+            type: '@xstate.snapshot',
+            actorRef: ref,
+            rootId: ref.sessionId,
+            snapshot,
+            event: { type: 'xstate.resync' },
+          } as unknown as InspectionEvent);
         }
       }
       watching = on;
@@ -211,16 +222,42 @@ const joined = (xs: string[]) => cut([...new Set(xs)].slice(0, 20).join(' '), 40
 /** The summary of a message; an answer carries the target and requestId of the request it answers. */
 export function summarize(msg: Message, request?: MessageSummary): MessageSummary {
   const about = (target: string, requestId: string) => ({ target: cut(target, 200), requestId });
-  const answer = request ? { ...(request.target !== undefined ? { target: request.target } : {}), ...(request.requestId !== undefined ? { requestId: request.requestId } : {}) } : {};
+  const answer = request
+    ? {
+        ...(request.target !== undefined ? { target: request.target } : {}),
+        ...(request.requestId !== undefined ? { requestId: request.requestId } : {}),
+      }
+    : {};
   switch (msg.type) {
     case 'open':
-      return { type: msg.type, id: msg.id, ...about(msg.target, msg.requestId), detail: `${msg.mode}${msg.size !== undefined ? ` size ${msg.size}` : ''}` };
+      return {
+        type: msg.type,
+        id: msg.id,
+        ...about(msg.target, msg.requestId),
+        detail: `${msg.mode}${msg.size !== undefined ? ` size ${msg.size}` : ''}`,
+      };
     case 'resume':
-      return { type: msg.type, id: msg.id, target: joined(msg.items.map((i) => i.target)), requestId: joined(msg.items.map((i) => i.requestId)), detail: `${msg.items.length} handle${msg.items.length === 1 ? '' : 's'}` };
+      return {
+        type: msg.type,
+        id: msg.id,
+        target: joined(msg.items.map((i) => i.target)),
+        requestId: joined(msg.items.map((i) => i.requestId)),
+        detail: `${msg.items.length} handle${msg.items.length === 1 ? '' : 's'}`,
+      };
     case 'write':
-      return { type: msg.type, id: msg.id, ...about(msg.target, msg.requestId), detail: `seq ${msg.seq}, ${msg.data.length} bytes at ${msg.offset}` };
+      return {
+        type: msg.type,
+        id: msg.id,
+        ...about(msg.target, msg.requestId),
+        detail: `seq ${msg.seq}, ${msg.data.length} bytes at ${msg.offset}`,
+      };
     case 'read':
-      return { type: msg.type, id: msg.id, ...about(msg.target, msg.requestId), detail: `${msg.length} bytes at ${msg.offset}` };
+      return {
+        type: msg.type,
+        id: msg.id,
+        ...about(msg.target, msg.requestId),
+        detail: `${msg.length} bytes at ${msg.offset}`,
+      };
     case 'close':
       return { type: msg.type, id: msg.id, ...about(msg.target, msg.requestId) };
     case 'opened':
@@ -231,7 +268,9 @@ export function summarize(msg: Message, request?: MessageSummary): MessageSummar
         id: msg.id,
         target: joined(msg.results.map((r) => r.target)),
         requestId: joined(msg.results.map((r) => r.requestId)),
-        detail: cut(msg.results.map((r) => (r.granted ? 'granted' : `denied ${r.reason ?? r.code ?? ''}`.trim())).join(', ')),
+        detail: cut(
+          msg.results.map((r) => (r.granted ? 'granted' : `denied ${r.reason ?? r.code ?? ''}`.trim())).join(', '),
+        ),
       };
     case 'written':
       return { type: msg.type, id: msg.id, ...answer, detail: `seq ${msg.seq}, version ${msg.version}` };
@@ -240,7 +279,12 @@ export function summarize(msg: Message, request?: MessageSummary): MessageSummar
     case 'closed':
       return { type: msg.type, id: msg.id, ...answer };
     case 'error':
-      return { type: msg.type, ...(msg.id !== undefined ? { id: msg.id } : {}), ...answer, detail: cut(`${msg.code}: ${msg.message}`) };
+      return {
+        type: msg.type,
+        ...(msg.id !== undefined ? { id: msg.id } : {}),
+        ...answer,
+        detail: cut(`${msg.code}: ${msg.message}`),
+      };
     case 'revoked':
       return { type: msg.type, ...about(msg.target, msg.requestId), detail: msg.reason };
     case 'notice':
@@ -262,7 +306,11 @@ export function summarize(msg: Message, request?: MessageSummary): MessageSummar
  * watches: sent ones once the connection took them, received ones as they arrive. `peer` names the
  * replica at an address (the launcher knows which is which).
  */
-export function watchedTransport(inner: Transport, watch: MessageWatch, peer: (url: string) => string | undefined): Transport {
+export function watchedTransport(
+  inner: Transport,
+  watch: MessageWatch,
+  peer: (url: string) => string | undefined,
+): Transport {
   return {
     listen: (opts) => inner.listen(opts),
     connect: async (url, opts) => watchedConnection(await inner.connect(url, opts), watch, peer(url) ?? url),

@@ -25,7 +25,10 @@ import { listenOn } from './operator-error.js';
 export { MAX_INSPECT_MESSAGE } from './inspect.js';
 
 /** The package root: two levels up when built (dist/cluster), one when run from the sources. */
-const ROOT = ['../../', '../'].map((up) => fileURLToPath(new URL(up, import.meta.url))).find((d) => existsSync(`${d}inspector/index.html`)) ?? '';
+const ROOT =
+  ['../../', '../']
+    .map((up) => fileURLToPath(new URL(up, import.meta.url)))
+    .find((d) => existsSync(`${d}inspector/index.html`)) ?? '';
 const ASSETS: Record<string, [string, string]> = {
   '/': ['inspector/index.html', 'text/html; charset=utf-8'],
   '/inspector.js': ['inspector/inspector.js', 'text/javascript; charset=utf-8'],
@@ -42,7 +45,12 @@ const MAX_ACTORS = 20_000;
 export const MAX_ACTOR_CHARS = 16 * 1024 * 1024;
 /** A browser this far behind (bytes queued to it) is dropped; its page reconnects and gets the replay. */
 const MAX_BROWSER_BACKLOG = 32 * 1024 * 1024;
-const HEADERS = { 'cache-control': 'no-store', 'x-content-type-options': 'nosniff', 'x-frame-options': 'DENY', 'referrer-policy': 'no-referrer' };
+const HEADERS = {
+  'cache-control': 'no-store',
+  'x-content-type-options': 'nosniff',
+  'x-frame-options': 'DENY',
+  'referrer-policy': 'no-referrer',
+};
 
 export interface InspectorHooks {
   /** Someone started or stopped watching. */
@@ -74,7 +82,10 @@ export class InspectorServer {
   dropped = 0;
   url = '';
 
-  constructor(private readonly hooks: InspectorHooks, opts: { token?: string } = {}) {
+  constructor(
+    private readonly hooks: InspectorHooks,
+    opts: { token?: string } = {},
+  ) {
     this.token = opts.token ?? newToken();
   }
 
@@ -96,7 +107,8 @@ export class InspectorServer {
     this.server = createServer(HTTP_TIMEOUTS, (req, res) => {
       const path = (req.url ?? '/').split('?')[0]!;
       const api = path.startsWith('/api/');
-      const refusal = checkHostOrigin(req, this.port, 'same') ?? (api ? checkToken(bearer(req), this.token) : undefined);
+      const refusal =
+        checkHostOrigin(req, this.port, 'same') ?? (api ? checkToken(bearer(req), this.token) : undefined);
       if (refusal) {
         req.resume();
         return refuse(res, refusal);
@@ -130,7 +142,8 @@ export class InspectorServer {
       const u = new URL(req.url ?? '/', 'http://localhost');
       const refusal = this.admit(req, u);
       if (refusal) return refuseUpgrade(socket, refusal);
-      if (u.pathname === '/inspect') this.processes.handleUpgrade(req, socket, head, (ws) => this.fromProcess(ws, u.searchParams.get('from') ?? ''));
+      if (u.pathname === '/inspect')
+        this.processes.handleUpgrade(req, socket, head, (ws) => this.fromProcess(ws, u.searchParams.get('from') ?? ''));
       else this.pages.handleUpgrade(req, socket, head, (ws) => this.toBrowser(ws));
     });
     await listenOn(capConnections(this.server), port, '127.0.0.1', 'the inspector');
@@ -145,10 +158,16 @@ export class InspectorServer {
    * credential of the name it reports under, and never a browser.
    */
   private admit(req: IncomingMessage, u: URL): Refusal | undefined {
-    if (u.pathname === '/stream') return checkHostOrigin(req, this.port, 'same') ?? checkToken(u.searchParams.get('token') ?? bearer(req), this.token);
+    if (u.pathname === '/stream')
+      return (
+        checkHostOrigin(req, this.port, 'same') ?? checkToken(u.searchParams.get('token') ?? bearer(req), this.token)
+      );
     if (u.pathname === '/inspect') {
       const from = u.searchParams.get('from') ?? '';
-      return checkHostOrigin(req, this.port, 'none') ?? checkToken(bearer(req), this.processCredential(from), `the inspection credential for ${JSON.stringify(from)}`);
+      return (
+        checkHostOrigin(req, this.port, 'none') ??
+        checkToken(bearer(req), this.processCredential(from), `the inspection credential for ${JSON.stringify(from)}`)
+      );
     }
     return { status: 404, code: 'INVALID_ARGUMENT', message: `no WebSocket endpoint ${u.pathname}` };
   }
@@ -183,19 +202,20 @@ export class InspectorServer {
       this.dropped++;
       return;
     }
-    if (ev.type === '@xstate.actor') this.keepActor(`${from}:${String(ev.sessionId)}`, line); // actor ids are per process
+    if (ev.type === '@xstate.actor')
+      this.keepActor(`${from}:${String(ev.sessionId)}`, line); // actor ids are per process
     else if (message) this.messages.push(line);
     else if (ev.type === '@xstate.snapshot' && ended(ev.snapshot)) {
       // The actor is gone (a handle closed, a session ended): a browser that comes later never sees it.
       this.dropActor(`${from}:${String(ev.sessionId)}`);
       this.recent.push(line);
-    }
-    else this.recent.push(line);
+    } else this.recent.push(line);
     if (this.browsers.size > 0) this.toBrowsers(line);
     // The Stately inspector knows XState's events only.
     if (this.hooks.forward && !message) {
       const g = { ...ev };
-      for (const k of ['sessionId', 'rootId', 'parentId', 'sourceId']) if (typeof g[k] === 'string') g[k] = `${from}:${String(g[k])}`;
+      for (const k of ['sessionId', 'rootId', 'parentId', 'sourceId'])
+        if (typeof g[k] === 'string') g[k] = `${from}:${String(g[k])}`;
       this.hooks.forward(g);
     }
   }
@@ -258,7 +278,8 @@ export class InspectorServer {
 
 /** Whether a snapshot is an actor's last: it reached a final state, or was stopped. */
 function ended(snapshot: unknown): boolean {
-  const status = typeof snapshot === 'object' && snapshot !== null ? (snapshot as { status?: unknown }).status : undefined;
+  const status =
+    typeof snapshot === 'object' && snapshot !== null ? (snapshot as { status?: unknown }).status : undefined;
   return status === 'done' || status === 'stopped' || status === 'error';
 }
 
@@ -267,7 +288,10 @@ class Recent {
   private readonly lines: string[] = [];
   private chars = 0;
 
-  constructor(private readonly max: number, private readonly maxChars: number) {}
+  constructor(
+    private readonly max: number,
+    private readonly maxChars: number,
+  ) {}
 
   push(line: string): void {
     this.lines.push(line);
@@ -287,7 +311,8 @@ class Recent {
   private replayFrom(): number {
     let i = this.lines.length;
     let chars = 0;
-    while (i > 0 && this.lines.length - i < this.max && chars + this.lines[i - 1]!.length <= this.maxChars) chars += this.lines[--i]!.length;
+    while (i > 0 && this.lines.length - i < this.max && chars + this.lines[i - 1]!.length <= this.maxChars)
+      chars += this.lines[--i]!.length;
     return i;
   }
 }
@@ -349,7 +374,8 @@ export class StatelyRelay {
       req.resume();
       const refusal = checkHostOrigin(req, this.port, 'same');
       if (refusal) return refuse(res, refusal);
-      if (req.method !== 'GET' || (req.url ?? '/').split('?')[0] !== '/') return void res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
+      if (req.method !== 'GET' || (req.url ?? '/').split('?')[0] !== '/')
+        return void res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
       sendFile(res, 'inspector/stately.html', 'text/html; charset=utf-8');
     });
     this.server.on('upgrade', (req, socket, head) => {
@@ -357,7 +383,11 @@ export class StatelyRelay {
       const refusal =
         u.pathname === '/events'
           ? (checkHostOrigin(req, this.port, 'same') ?? checkToken(u.searchParams.get('token'), this.token))
-          : ({ status: 404, code: 'INVALID_ARGUMENT', message: `no WebSocket endpoint ${u.pathname}` } satisfies Refusal);
+          : ({
+              status: 404,
+              code: 'INVALID_ARGUMENT',
+              message: `no WebSocket endpoint ${u.pathname}`,
+            } satisfies Refusal);
       if (refusal) return refuseUpgrade(socket, refusal);
       this.wss.handleUpgrade(req, socket, head, (ws) => {
         ws.on('error', () => undefined);
@@ -375,7 +405,8 @@ export class StatelyRelay {
     const line = JSON.stringify(event);
     this.recent.push(line);
     if (this.recent.length > 200) this.recent.shift();
-    for (const c of this.wss.clients) if (c.readyState === c.OPEN && c.bufferedAmount <= MAX_BROWSER_BACKLOG) c.send(line);
+    for (const c of this.wss.clients)
+      if (c.readyState === c.OPEN && c.bufferedAmount <= MAX_BROWSER_BACKLOG) c.send(line);
   }
 
   async close(): Promise<void> {

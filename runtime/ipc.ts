@@ -43,7 +43,13 @@ export type HandleStatus = z.infer<typeof HandleStatus>;
 export const ChildReport = z.union([
   z.object({ type: z.literal('ready') }),
   /** It could not start (its store cannot be opened, ...): why, sent just before it exits. */
-  z.object({ type: z.literal('failed'), error: z.string().max(4096), /** It could not connect to any replica in time (the error names each one's cause). */ connect: z.boolean().optional() }),
+  z.object({
+    type: z.literal('failed'),
+    error: z.string().max(4096),
+    /** It could not connect to any replica in time (the error names each one's cause). */ connect: z
+      .boolean()
+      .optional(),
+  }),
   z.object({
     type: z.literal('status'),
     role: z.literal('replica'),
@@ -54,7 +60,10 @@ export const ChildReport = z.union([
     /** While dismounted by a store error: the error. */
     storeError: z.string().max(4096).optional(),
     /** Its live sessions (bounded: the first 1,000). */
-    sessionList: z.array(z.object({ id: z.string(), node: z.string(), silentMs: z.number() })).max(1000).optional(),
+    sessionList: z
+      .array(z.object({ id: z.string(), node: z.string(), silentMs: z.number() }))
+      .max(1000)
+      .optional(),
     stats: z.record(z.string(), z.number()),
     /** Where its /metrics and /healthz are served, if they are. */
     metrics: z.string().optional(),
@@ -70,15 +79,46 @@ export const ChildReport = z.union([
     handles: z.array(HandleStatus),
     metrics: z.string().optional(),
     /** The node's block export: its URL and the connections open on it (a handle each). */
-    nbd: z.object({ url: z.string(), tls: nullable(z.string()).optional(), connections: z.array(z.object({ target: z.string(), principal: z.string().optional(), state: z.string(), reason: nullable(z.string()), requests: z.number() })) }).optional(),
+    nbd: z
+      .object({
+        url: z.string(),
+        tls: nullable(z.string()).optional(),
+        connections: z.array(
+          z.object({
+            target: z.string(),
+            principal: z.string().optional(),
+            state: z.string(),
+            reason: nullable(z.string()),
+            requests: z.number(),
+          }),
+        ),
+      })
+      .optional(),
   }),
   /** A node's handles' changes of state since its last report, as they happened (its clock). */
   z.object({
     type: z.literal('transitions'),
-    events: z.array(z.object({ at: z.number(), app: z.string(), target: z.string(), requestId: z.string(), state: z.string(), reason: nullable(z.string()) })).max(1000),
+    events: z
+      .array(
+        z.object({
+          at: z.number(),
+          app: z.string(),
+          target: z.string(),
+          requestId: z.string(),
+          state: z.string(),
+          reason: nullable(z.string()),
+        }),
+      )
+      .max(1000),
   }),
   z.object({ type: z.literal('history'), events: z.array(z.unknown()) }),
-  z.object({ type: z.literal('released'), app: z.string(), target: z.string().optional(), requestId: z.string().optional(), error: z.string().optional() }),
+  z.object({
+    type: z.literal('released'),
+    app: z.string(),
+    target: z.string().optional(),
+    requestId: z.string().optional(),
+    error: z.string().optional(),
+  }),
   z.object({ type: z.literal('workload-stopped') }),
 ]);
 export type ChildReport = z.infer<typeof ChildReport>;

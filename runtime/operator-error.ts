@@ -40,13 +40,22 @@ export function fromSystemError(err: unknown, what: string): OperatorError | und
   const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
   switch (e?.code) {
     case 'EADDRINUSE':
-      return new OperatorError(`${what}: ${e.address ?? '127.0.0.1'}:${e.port ?? '?'} is already in use; pick another port or stop what listens there`, EXIT.portInUse);
+      return new OperatorError(
+        `${what}: ${e.address ?? '127.0.0.1'}:${e.port ?? '?'} is already in use; pick another port or stop what listens there`,
+        EXIT.portInUse,
+      );
     case 'EACCES':
     case 'EPERM':
     case 'EROFS':
-      return new OperatorError(`${what}: ${e.path ?? 'a file'} cannot be written (${e.code}); choose a directory you can write with --dir, or fix its permissions`, EXIT.dirNotWritable);
+      return new OperatorError(
+        `${what}: ${e.path ?? 'a file'} cannot be written (${e.code}); choose a directory you can write with --dir, or fix its permissions`,
+        EXIT.dirNotWritable,
+      );
     case 'ENOSPC':
-      return new OperatorError(`${what}: no space left on the device of ${e.path ?? 'the data directory'}`, EXIT.dirNotWritable);
+      return new OperatorError(
+        `${what}: no space left on the device of ${e.path ?? 'the data directory'}`,
+        EXIT.dirNotWritable,
+      );
     default:
       return undefined;
   }

@@ -40,5 +40,7 @@ export function slice(c: { data: Buffer; size: number }, from: number, to: numbe
 /** Whether bytes read at `offset` hold the whole of a write, at the write's own offset (where it would have landed). */
 export function holds(data: { offset: number; bytes: string }, w: { offset: number; bytes: string }): boolean {
   const at = w.offset - data.offset;
-  return w.bytes.length > 0 && at >= 0 && at + w.bytes.length <= data.bytes.length && data.bytes.startsWith(w.bytes, at);
+  return (
+    w.bytes.length > 0 && at >= 0 && at + w.bytes.length <= data.bytes.length && data.bytes.startsWith(w.bytes, at)
+  );
 }

@@ -55,7 +55,19 @@ export class Checker {
   private target(name: string): TargetState {
     let s = this.targets.get(name);
     if (!s) {
-      s = { holder: undefined, extendedAt: 0, promisedUntil: 0, epoch: new Map(), fresh: [], released: new Set(), applied: [], content: { data: Buffer.alloc(0), size: 0 }, version: 0, seqs: new Set(), bytesApplied: new Map() };
+      s = {
+        holder: undefined,
+        extendedAt: 0,
+        promisedUntil: 0,
+        epoch: new Map(),
+        fresh: [],
+        released: new Set(),
+        applied: [],
+        content: { data: Buffer.alloc(0), size: 0 },
+        version: 0,
+        seqs: new Set(),
+        bytesApplied: new Map(),
+      };
       this.targets.set(name, s);
     }
     return s;
@@ -112,9 +124,23 @@ export class Checker {
         const want = slice(s.content, e.offset, e.offset + e.length);
         if (e.bytes !== want) {
           // Bytes of a write the application was told was not applied: that is the lie to report.
-          const ghost = this.notApplied.find((x) => x.e.target === e.target && holds({ offset: e.offset, bytes: e.bytes }, x));
-          if (ghost) this.violate('S5', e, e.target, `read at ${e.offset} returned the bytes of a write ${ghost.e.proc} was told ${ghost.e.code} (not applied): ${JSON.stringify(ghost.bytes.slice(0, 40))}`);
-          else this.violate('S3', e, e.target, `read at ${e.offset} returned ${JSON.stringify(e.bytes)}, but the applied writes give ${JSON.stringify(want)}`);
+          const ghost = this.notApplied.find(
+            (x) => x.e.target === e.target && holds({ offset: e.offset, bytes: e.bytes }, x),
+          );
+          if (ghost)
+            this.violate(
+              'S5',
+              e,
+              e.target,
+              `read at ${e.offset} returned the bytes of a write ${ghost.e.proc} was told ${ghost.e.code} (not applied): ${JSON.stringify(ghost.bytes.slice(0, 40))}`,
+            );
+          else
+            this.violate(
+              'S3',
+              e,
+              e.target,
+              `read at ${e.offset} returned ${JSON.stringify(e.bytes)}, but the applied writes give ${JSON.stringify(want)}`,
+            );
         }
         return;
       }
@@ -122,13 +148,23 @@ export class Checker {
         this.saw(e.target, 0, e.bytes);
         const s = this.target(e.target);
         const all = slice(s.content, 0, s.content.size);
-        if (e.bytes !== all) this.violate('S3', e, e.target, `final content ${JSON.stringify(e.bytes.slice(0, 80))} differs from the applied writes ${JSON.stringify(all.slice(0, 80))}`);
+        if (e.bytes !== all)
+          this.violate(
+            'S3',
+            e,
+            e.target,
+            `final content ${JSON.stringify(e.bytes.slice(0, 80))} differs from the applied writes ${JSON.stringify(all.slice(0, 80))}`,
+          );
         return;
       }
       case 'invoke':
         this.pending.set(e.id, { e, at: this.n });
         if (e.op === 'write' && e.bytes !== undefined && e.offset !== undefined) {
-          this.model(e.target).invokeWrite(e.id, { offset: e.offset, end: e.offset + e.bytes.length, bytes: e.bytes, invokedAt: this.n, proc: e.proc }, this.modelWrites);
+          this.model(e.target).invokeWrite(
+            e.id,
+            { offset: e.offset, end: e.offset + e.bytes.length, bytes: e.bytes, invokedAt: this.n, proc: e.proc },
+            this.modelWrites,
+          );
         } else if (e.op === 'read') this.model(e.target).invokeRead(e.id, this.n);
         return;
       case 'ok':
@@ -138,7 +174,8 @@ export class Checker {
       case 'crash':
         this.crashed.add(e.proc);
         // Its reads in flight never return: they must not hold back what the read model forgets.
-        for (const { e: inv } of this.pending.values()) if (inv.proc === e.proc && inv.op === 'read') this.model(inv.target).abandonRead(inv.id);
+        for (const { e: inv } of this.pending.values())
+          if (inv.proc === e.proc && inv.op === 'read') this.model(inv.target).abandonRead(inv.id);
         return;
       case 'state':
         return this.state(e);
@@ -159,8 +196,17 @@ export class Checker {
     if (e.mode === 'read') {
       // S1 for readers: a granted resume means nothing was written since the version the reader saw.
       const seen = e.seenVersion;
-      const later = seen === undefined || e.via !== 'resume' ? undefined : this.target(e.target).applied.find((w) => w.version > seen);
-      if (later) this.violate('S1', e, e.target, `read resume of ${e.requestId} granted at version ${seen} after ${later.requestId} wrote ${JSON.stringify(later.bytes)} (version ${later.version})`);
+      const later =
+        seen === undefined || e.via !== 'resume'
+          ? undefined
+          : this.target(e.target).applied.find((w) => w.version > seen);
+      if (later)
+        this.violate(
+          'S1',
+          e,
+          e.target,
+          `read resume of ${e.requestId} granted at version ${seen} after ${later.requestId} wrote ${JSON.stringify(later.bytes)} (version ${later.version})`,
+        );
       return;
     }
     if (e.instance !== undefined) {
@@ -174,16 +220,32 @@ export class Checker {
       const since = s.epoch.get(e.requestId);
       if (since !== undefined) {
         const foreign = s.applied.slice(since).find((w) => w.requestId !== e.requestId);
-        if (foreign) this.violate('S1', e, e.target, `resume of ${e.requestId} granted after ${foreign.requestId} wrote ${JSON.stringify(foreign.bytes)} (version ${foreign.version})`);
+        if (foreign)
+          this.violate(
+            'S1',
+            e,
+            e.target,
+            `resume of ${e.requestId} granted after ${foreign.requestId} wrote ${JSON.stringify(foreign.bytes)} (version ${foreign.version})`,
+          );
       }
     } else if (e.fresh) {
       // A takeover of another writer's record: only once its hold period has run out.
       const prev = s.holder;
       const hold = this.opts.holdMs;
       if (prev && prev.requestId !== e.requestId && hold !== undefined && e.t < s.extendedAt + hold) {
-        this.violate('L1', e, e.target, `${e.requestId} took ${e.target} from ${prev.requestId} ${e.t - s.extendedAt} ms after its lock was last extended, inside the ${hold} ms hold period`);
+        this.violate(
+          'L1',
+          e,
+          e.target,
+          `${e.requestId} took ${e.target} from ${prev.requestId} ${e.t - s.extendedAt} ms after its lock was last extended, inside the ${hold} ms hold period`,
+        );
       } else if (prev && prev.requestId !== e.requestId && e.t < s.promisedUntil) {
-        this.violate('L1', e, e.target, `${e.requestId} took ${e.target} from ${prev.requestId} ${e.t - s.extendedAt} ms after its lock was granted, before the holder's session was due to renew it (a granted lock lasts at least the ${this.opts.renewMs} ms renewal interval)`);
+        this.violate(
+          'L1',
+          e,
+          e.target,
+          `${e.requestId} took ${e.target} from ${prev.requestId} ${e.t - s.extendedAt} ms after its lock was granted, before the holder's session was due to renew it (a granted lock lasts at least the ${this.opts.renewMs} ms renewal interval)`,
+        );
       }
       s.epoch.set(e.requestId, s.applied.length);
       s.fresh.push({ requestId: e.requestId, at: s.applied.length });
@@ -202,10 +264,22 @@ export class Checker {
     // A late request of an instance whose newer request holds the record through another session is
     // denied so that it takes nothing back: it answers a session its node left, and nobody sees it.
     const staleOk = e.stale === true && s.holder?.requestId === e.requestId && s.holder.session !== e.session;
-    if (e.stale && !staleOk) this.violate('L1', e, e.target, `resume of ${e.requestId} through ${e.session} denied as late, but ${s.holder ? `${s.holder.requestId} holds ${e.target} through ${s.holder.session}` : `nobody holds ${e.target}`}`);
+    if (e.stale && !staleOk)
+      this.violate(
+        'L1',
+        e,
+        e.target,
+        `resume of ${e.requestId} through ${e.session} denied as late, but ${s.holder ? `${s.holder.requestId} holds ${e.target} through ${s.holder.session}` : `nobody holds ${e.target}`}`,
+      );
     if (e.mode === 'write' && e.reason === 'SUPERSEDED' && e.instance !== undefined && !e.stale) {
       const granted = this.instances.get(`${e.target}\u0000${e.requestId}`) ?? new Set<string>();
-      if (![...granted].some((i) => i !== e.instance)) this.violate('L1', e, e.target, `resume of ${e.requestId} (instance ${e.instance}) denied SUPERSEDED, but no other instance of it was granted ${e.target}`);
+      if (![...granted].some((i) => i !== e.instance))
+        this.violate(
+          'L1',
+          e,
+          e.target,
+          `resume of ${e.requestId} (instance ${e.instance}) denied SUPERSEDED, but no other instance of it was granted ${e.target}`,
+        );
     }
     if (e.mode === 'read') this.readDenied(e, s);
   }
@@ -245,10 +319,21 @@ export class Checker {
     const key = `${e.target}\u0000${e.requestId}\u0000${e.session}`;
     this.readerDenials.delete(key);
     if (told !== undefined && !writtenAfter(told)) {
-      const why = carried === undefined ? 'carrying no version' : carried < told ? `carrying version ${carried}, older than the version the store granted it: the node lost it` : `carrying version ${carried}`;
-      this.readerDenials.set(key, { e, message: `read resume of ${e.requestId} denied ${e.reason}, but ${e.target} was not written after version ${told}, which the store granted it with and its node received (${why})` });
+      const why =
+        carried === undefined
+          ? 'carrying no version'
+          : carried < told
+            ? `carrying version ${carried}, older than the version the store granted it: the node lost it`
+            : `carrying version ${carried}`;
+      this.readerDenials.set(key, {
+        e,
+        message: `read resume of ${e.requestId} denied ${e.reason}, but ${e.target} was not written after version ${told}, which the store granted it with and its node received (${why})`,
+      });
     } else if (carried !== undefined && !writtenAfter(carried)) {
-      this.readerDenials.set(key, { e, message: `read resume of ${e.requestId} denied ${e.reason}, but ${e.target} was not written after version ${carried}, which the resume carried` });
+      this.readerDenials.set(key, {
+        e,
+        message: `read resume of ${e.requestId} denied ${e.reason}, but ${e.target} was not written after version ${carried}, which the resume carried`,
+      });
     }
   }
 
@@ -264,7 +349,12 @@ export class Checker {
   private applied(e: Ev<'applied'>): void {
     const s = this.target(e.target);
     if (!s.holder || s.holder.requestId !== e.requestId || s.holder.session !== e.session) {
-      this.violate('S2', e, e.target, `write seq ${e.seq} of ${e.requestId} via session ${e.session} applied while ${s.holder ? `${s.holder.requestId} via ${s.holder.session}` : 'nobody'} held the record`);
+      this.violate(
+        'S2',
+        e,
+        e.target,
+        `write seq ${e.seq} of ${e.requestId} via session ${e.session} applied while ${s.holder ? `${s.holder.requestId} via ${s.holder.session}` : 'nobody'} held the record`,
+      );
     }
     const key = `${e.requestId}:${e.seq}`;
     if (s.seqs.has(key)) this.violate('S4', e, e.target, `seq ${e.seq} of ${e.requestId} applied twice`);
@@ -274,7 +364,13 @@ export class Checker {
     s.bytesApplied.set(e.bytes, n);
     if (n > 1) this.violate('S4', e, e.target, `write ${JSON.stringify(e.bytes.slice(0, 40))} applied ${n} times`);
     const ghost = this.notAppliedBytes.get(`${e.target}\u0000${e.bytes}`);
-    if (ghost) this.violate('S5', e, e.target, `write ${JSON.stringify(e.bytes.slice(0, 40))} applied after ${ghost.proc} was told ${ghost.code} (not applied)`);
+    if (ghost)
+      this.violate(
+        'S5',
+        e,
+        e.target,
+        `write ${JSON.stringify(e.bytes.slice(0, 40))} applied after ${ghost.proc} was told ${ghost.code} (not applied)`,
+      );
     splice(s.content, e.offset, e.bytes);
     s.version++;
     s.applied.push({ requestId: e.requestId, bytes: e.bytes, version: e.version });
@@ -317,7 +413,12 @@ export class Checker {
     this.notApplied.push({ e, bytes: inv.e.bytes, offset: inv.e.offset ?? 0 });
     this.notAppliedBytes.set(`${e.target}\u0000${inv.e.bytes}`, e);
     if (inv.e.bytes.length > 0 && this.target(e.target).bytesApplied.has(inv.e.bytes)) {
-      this.violate('S5', e, e.target, `write ${JSON.stringify(inv.e.bytes.slice(0, 40))} by ${e.proc} rejected ${e.code} (not applied), but the store applied it`);
+      this.violate(
+        'S5',
+        e,
+        e.target,
+        `write ${JSON.stringify(inv.e.bytes.slice(0, 40))} by ${e.proc} rejected ${e.code} (not applied), but the store applied it`,
+      );
     }
   }
 
@@ -337,20 +438,43 @@ export class Checker {
     }
     // Storage has been reachable since the heal: a pause must end with an answer, not a timeout.
     const healedAt = this.healedAt;
-    if (e.to === 'invalidated' && e.reason === 'TIMEOUT' && healedAt !== undefined && e.t > healedAt + HEAL_GRACE_MS && !this.crashed.has(e.proc)) {
-      this.violate('L2', e, e.target, `handle ${e.requestId} of ${e.proc} timed out paused ${e.t - healedAt} ms after storage was back`);
+    if (
+      e.to === 'invalidated' &&
+      e.reason === 'TIMEOUT' &&
+      healedAt !== undefined &&
+      e.t > healedAt + HEAL_GRACE_MS &&
+      !this.crashed.has(e.proc)
+    ) {
+      this.violate(
+        'L2',
+        e,
+        e.target,
+        `handle ${e.requestId} of ${e.proc} timed out paused ${e.t - healedAt} ms after storage was back`,
+      );
     }
     // SUPERSEDED only if another instance of the requestId was granted the target (a handle moved):
     // a handle taken back by a late request of its own instance, from a session its node left, was not.
     if (e.to === 'invalidated' && e.reason === 'SUPERSEDED') {
       const granted = this.instances.get(`${e.target}\u0000${e.requestId}`);
-      if (granted && granted.size <= 1) this.violate('L1', e, e.target, `handle ${e.requestId} of ${e.proc} invalidated SUPERSEDED, but no other instance of it was granted ${e.target}`);
+      if (granted && granted.size <= 1)
+        this.violate(
+          'L1',
+          e,
+          e.target,
+          `handle ${e.requestId} of ${e.proc} invalidated SUPERSEDED, but no other instance of it was granted ${e.target}`,
+        );
     }
     if (e.to === 'invalidated' && e.reason === 'MODIFIED') {
       this.readerTold(e.target, e.requestId);
       const s = this.target(e.target);
       const isWriter = s.epoch.has(e.requestId);
-      if (isWriter && !this.takenFrom(s, e.requestId)) this.violate('L1', e, e.target, `handle ${e.requestId} of ${e.proc} invalidated MODIFIED, but no other writer took ${e.target}`);
+      if (isWriter && !this.takenFrom(s, e.requestId))
+        this.violate(
+          'L1',
+          e,
+          e.target,
+          `handle ${e.requestId} of ${e.proc} invalidated MODIFIED, but no other writer took ${e.target}`,
+        );
     }
   }
 
@@ -363,13 +487,25 @@ export class Checker {
   /** What only the end of a run can tell (acknowledged writes applied, rejected ones absent, nothing stuck); every violation, by time. */
   finish(): Violation[] {
     for (const { e, bytes } of this.acked) {
-      if (!this.target(e.target).bytesApplied.has(bytes)) this.violate('S3', e, e.target, `write ${JSON.stringify(bytes.slice(0, 40))} by ${e.requestId} acknowledged but never applied`);
+      if (!this.target(e.target).bytesApplied.has(bytes))
+        this.violate(
+          'S3',
+          e,
+          e.target,
+          `write ${JSON.stringify(bytes.slice(0, 40))} by ${e.requestId} acknowledged but never applied`,
+        );
     }
     for (const w of this.notApplied) {
       const { e, bytes } = w;
       if (bytes.length === 0) continue;
       const inData = (this.seen.get(e.target) ?? []).some((b) => holds(b, w));
-      if (inData) this.violate('S5', e, e.target, `write ${JSON.stringify(bytes.slice(0, 40))} by ${e.proc} rejected ${e.code} (not applied), but it shows up in the data`);
+      if (inData)
+        this.violate(
+          'S5',
+          e,
+          e.target,
+          `write ${JSON.stringify(bytes.slice(0, 40))} by ${e.proc} rejected ${e.code} (not applied), but it shows up in the data`,
+        );
     }
     const end = this.last;
     if (end) {
@@ -379,7 +515,8 @@ export class Checker {
         }
       }
       for (const { e: inv } of this.pending.values()) {
-        if (!this.crashed.has(inv.proc)) this.violate('L3', end, inv.target, `${inv.op} #${inv.id} by ${inv.proc} on ${inv.target} never completed`);
+        if (!this.crashed.has(inv.proc))
+          this.violate('L3', end, inv.target, `${inv.op} #${inv.id} by ${inv.proc} on ${inv.target} never completed`);
       }
     }
     return [...this.violations].sort((a, b) => a.t - b.t);

@@ -129,7 +129,11 @@ export class ProcClock implements ActorClock {
 
   /** This clock's timers with the host's wall clock as `now`. */
   get wallClock(): ActorClock {
-    return { now: () => this.wall(), setTimeout: (fn, ms) => this.setTimeout(fn, ms), clearTimeout: (id) => this.clearTimeout(id) };
+    return {
+      now: () => this.wall(),
+      setTimeout: (fn, ms) => this.setTimeout(fn, ms),
+      clearTimeout: (id) => this.clearTimeout(id),
+    };
   }
 
   setTimeout(fn: () => void, ms: number): unknown {

@@ -82,7 +82,8 @@ export class SimDisk implements KeptDisk {
   }
 
   mkdirp(dir: string): void {
-    for (let d = norm(dir); !this.dirs.has(d); d = posix.dirname(d)) this.dirs.set(d, { entries: new Map(), durableEntries: new Map() });
+    for (let d = norm(dir); !this.dirs.has(d); d = posix.dirname(d))
+      this.dirs.set(d, { entries: new Map(), durableEntries: new Map() });
   }
 
   exists(path: string): boolean {

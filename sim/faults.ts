@@ -31,7 +31,12 @@ export const FAULT_KINDS = [
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 /** Inject one fault of `kind` now, lasting a time drawn from `faultMs` (never past `faultsUntil`). */
-export async function inject(world: World, kind: FaultKind, faultsUntil: number, faultMs: [number, number]): Promise<void> {
+export async function inject(
+  world: World,
+  kind: FaultKind,
+  faultsUntil: number,
+  faultMs: [number, number],
+): Promise<void> {
   const now = world.clock.now();
   const until = Math.min(faultsUntil, now + world.between(faultMs[0], faultMs[1]));
   const i = world.between(0, world.opts.replicas - 1);
@@ -53,9 +58,12 @@ export async function inject(world: World, kind: FaultKind, faultsUntil: number,
       // Power loss of the storage: every replica dies at once, losing what it had not committed.
       world.fault(kind, 'every replica');
       for (let j = 0; j < world.opts.replicas; j++) world.killReplica(j);
-      world.clock.setTimeout(() => {
-        for (let j = 0; j < world.opts.replicas; j++) void restartReplica(world, j);
-      }, world.between(50, 500));
+      world.clock.setTimeout(
+        () => {
+          for (let j = 0; j < world.opts.replicas; j++) void restartReplica(world, j);
+        },
+        world.between(50, 500),
+      );
       return;
     }
     case 'dismount': {
@@ -207,14 +215,19 @@ export async function inject(world: World, kind: FaultKind, faultsUntil: number,
     case 'lease-race': {
       // A session whose only write open was refused LOCKED idles, so nothing keeps its lease alive;
       // near the end of that lease it is granted a fresh target, which another node keeps trying to open.
-      const holders = world.procs.filter((p) => !p.crashed && !p.stopped && p.mode === 'write' && p.handle?.state === 'active');
+      const holders = world.procs.filter(
+        (p) => !p.crashed && !p.stopped && p.mode === 'write' && p.handle?.state === 'active',
+      );
       const contender = world.pick(world.nodeNames.filter((n) => world.agents.get(n)));
       if (holders.length === 0 || !contender) return;
       const n = world.faults.get(kind) ?? 0;
       const node = `node-lease-${n + 1}`;
       const target = `lease-race-${n + 1}.disk`;
       const held = world.pick(holders).target;
-      world.fault(kind, `${node} is refused ${held}, idles, then opens ${target} near the end of its lease; ${contender} contends`);
+      world.fault(
+        kind,
+        `${node} is refused ${held}, idles, then opens ${target} near the end of its lease; ${contender} contends`,
+      );
       void leaseRace(world, node, held, target, contender);
       return;
     }
@@ -247,7 +260,10 @@ async function leaseRace(world: World, node: string, held: string, target: strin
     // LOCKED, as intended (or storage away: the race goes on all the same).
   }
   const granted = [...world.leases.expiry.keys()].filter((id) => !before.has(id));
-  const end = granted.length > 0 ? world.leases.expiry.get(granted[granted.length - 1]!)! : world.clock.now() + world.between(500, 1500);
+  const end =
+    granted.length > 0
+      ? world.leases.expiry.get(granted[granted.length - 1]!)!
+      : world.clock.now() + world.between(500, 1500);
   const at = end - world.between(5, 40);
   await sleepUntil(at);
   if (world.stopping) return;
@@ -255,7 +271,11 @@ async function leaseRace(world: World, node: string, held: string, target: strin
   const opening = idler.open(target).catch(() => undefined);
   const contending = (async () => {
     const other = world.agents.get(contender);
-    for (let k = 0; other && world.agents.get(contender) === other && world.clock.now() < at + 300 && !world.stopping; k++) {
+    for (
+      let k = 0;
+      other && world.agents.get(contender) === other && world.clock.now() < at + 300 && !world.stopping;
+      k++
+    ) {
       try {
         const h = await world.newApplication(other, `${node}-racer-${k}`, contender).open(target);
         await world.sleep(50);
@@ -274,11 +294,14 @@ async function leaseRace(world: World, node: string, held: string, target: strin
 
 /** Bring a node's agent back after a while, then the applications that died with it. */
 function restartAgent(world: World, node: string, procs: Proc[]): void {
-  world.clock.setTimeout(() => {
-    if (world.agents.get(node)) return;
-    world.startAgent(node);
-    respawn(world, node, procs);
-  }, world.between(20, 300));
+  world.clock.setTimeout(
+    () => {
+      if (world.agents.get(node)) return;
+      world.startAgent(node);
+      respawn(world, node, procs);
+    },
+    world.between(20, 300),
+  );
 }
 
 /** The node's applications come back and reclaim the requestIds the node kept. */
@@ -319,7 +342,8 @@ export async function healAll(world: World): Promise<void> {
   world.dbFaults.io = false;
   for (const node of world.nodeNames) {
     world.disk(node).fail(undefined);
-    for (const r of world.replicaNames) Object.assign(world.link(node, r), { partitioned: false, dropP: 0, dupP: 0, jitterMs: 2, reorder: false });
+    for (const r of world.replicaNames)
+      Object.assign(world.link(node, r), { partitioned: false, dropP: 0, dupP: 0, jitterMs: 2, reorder: false });
     if (!world.agents.get(node)) world.startAgent(node);
   }
 }

@@ -7,7 +7,12 @@ import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { addSeed, emptySummary, runSeeds, type SeedResult, type SimSummary } from './run.js';
 
-export async function runSeedsParallel(first: number, count: number, workers = os.availableParallelism(), onResult?: (r: SeedResult) => void): Promise<SimSummary> {
+export async function runSeedsParallel(
+  first: number,
+  count: number,
+  workers = os.availableParallelism(),
+  onResult?: (r: SeedResult) => void,
+): Promise<SimSummary> {
   const n = Math.max(1, Math.min(workers, count));
   // The worker is the built file next to this one; run from sources (tests), stay in this thread.
   const script = new URL('./worker.js', import.meta.url);
@@ -17,18 +22,24 @@ export async function runSeedsParallel(first: number, count: number, workers = o
   let next = first;
   const end = first + count;
   await Promise.all(
-    Array.from({ length: n }, () => new Promise<void>((resolve, reject) => {
-      const w = new Worker(script);
-      const feed = () => (next < end ? w.postMessage(next++) : void w.terminate().then(() => resolve()));
-      w.on('message', (r: SeedResult) => {
-        addSeed(sum, r);
-        onResult?.(r);
-        feed();
-      });
-      w.on('error', reject);
-      w.on('exit', (code) => (next < end && code !== 0 ? reject(new Error(`simulation worker exited with code ${code}`)) : undefined));
-      feed();
-    })),
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<void>((resolve, reject) => {
+          const w = new Worker(script);
+          const feed = () => (next < end ? w.postMessage(next++) : void w.terminate().then(() => resolve()));
+          w.on('message', (r: SeedResult) => {
+            addSeed(sum, r);
+            onResult?.(r);
+            feed();
+          });
+          w.on('error', reject);
+          w.on('exit', (code) =>
+            next < end && code !== 0 ? reject(new Error(`simulation worker exited with code ${code}`)) : undefined,
+          );
+          feed();
+        }),
+    ),
   );
   sum.violations.sort((a, b) => a.seed - b.seed);
   sum.wallMs = Math.round(performance.now() - started);

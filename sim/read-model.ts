@@ -46,7 +46,15 @@ export class TargetModel {
   private readonly toPrune: ModelWrite[] = [];
 
   invokeWrite(id: number, w: Omit<ModelWrite, 'ackedAt' | 'rejected'>, byId: Map<number, ModelWrite>): void {
-    const mw: ModelWrite = { offset: w.offset, end: w.end, bytes: w.bytes, invokedAt: w.invokedAt, ackedAt: Infinity, rejected: false, proc: w.proc };
+    const mw: ModelWrite = {
+      offset: w.offset,
+      end: w.end,
+      bytes: w.bytes,
+      invokedAt: w.invokedAt,
+      ackedAt: Infinity,
+      rejected: false,
+      proc: w.proc,
+    };
     if (mw.end > mw.offset) {
       for (let slot = mw.offset >> SLOT_SHIFT; slot <= (mw.end - 1) >> SLOT_SHIFT; slot++) {
         const list = this.slots.get(slot);
@@ -92,13 +100,29 @@ export class TargetModel {
       const lo = points[k]!;
       const hi = points[k + 1]!;
       const cover = over.filter((w) => w.offset <= lo && w.end >= hi);
-      const verdict = this.segment(lo, hi, cover, offset, bytes, invokedAt, () => this.gone.get(lo >> SLOT_SHIFT) ?? []);
+      const verdict = this.segment(
+        lo,
+        hi,
+        cover,
+        offset,
+        bytes,
+        invokedAt,
+        () => this.gone.get(lo >> SLOT_SHIFT) ?? [],
+      );
       if (verdict) return verdict;
     }
     return undefined;
   }
 
-  private segment(lo: number, hi: number, cover: ModelWrite[], offset: number, bytes: string, invokedAt: number, pruned: () => ModelWrite[]): ReadVerdict | undefined {
+  private segment(
+    lo: number,
+    hi: number,
+    cover: ModelWrite[],
+    offset: number,
+    bytes: string,
+    invokedAt: number,
+    pruned: () => ModelWrite[],
+  ): ReadVerdict | undefined {
     // The latest invocation among writes over the range acknowledged before the read began.
     let floor = -1;
     for (const w of cover) if (!w.rejected && w.ackedAt < invokedAt && w.invokedAt > floor) floor = w.invokedAt;
@@ -108,21 +132,44 @@ export class TargetModel {
     if (got.length < hi - lo) {
       // The target ended inside the read: a range is never partly written, and nothing over the
       // missing range may have been acknowledged before the read began.
-      if (got.length > 0) return { guarantee: 'S3', message: `read returned ${got.length} of ${hi - lo} bytes at ${range}: one write never lands in part` };
+      if (got.length > 0)
+        return {
+          guarantee: 'S3',
+          message: `read returned ${got.length} of ${hi - lo} bytes at ${range}: one write never lands in part`,
+        };
       const lost = cover.find((w) => !w.rejected && w.ackedAt < invokedAt);
-      if (lost) return { guarantee: 'S3', message: `stale read: returned nothing at ${range}, as before any write, but ${describe(lost)} was acknowledged before the read began` };
+      if (lost)
+        return {
+          guarantee: 'S3',
+          message: `stale read: returned nothing at ${range}, as before any write, but ${describe(lost)} was acknowledged before the read began`,
+        };
       return undefined;
     }
     if (floor < 0 && isZeros(got)) return undefined;
     for (const w of allowed) if (w.bytes.slice(lo - w.offset, hi - w.offset) === got) return undefined;
     const ghost = cover.find((w) => w.rejected && w.bytes.slice(lo - w.offset, hi - w.offset) === got);
-    if (ghost) return { guarantee: 'S5', message: `read at ${range} returned the bytes of ${describe(ghost)}, which was rejected as not applied` };
+    if (ghost)
+      return {
+        guarantee: 'S5',
+        message: `read at ${range} returned the bytes of ${describe(ghost)}, which was rejected as not applied`,
+      };
     const was = (w: ModelWrite) => w.offset <= lo && w.end >= hi && w.bytes.slice(lo - w.offset, hi - w.offset) === got;
     const stale = cover.find((w) => !w.rejected && floor > w.ackedAt && was(w)) ?? pruned().find(was);
     const want = allowed.length > 0 ? allowed.map(describe).join(' or ') : 'zeros';
-    if (stale) return { guarantee: 'S3', message: `stale read at ${range}: returned ${describe(stale)}, overwritten by an acknowledged write before the read began; allowed: ${want}` };
-    if (isZeros(got)) return { guarantee: 'S3', message: `stale read at ${range}: returned zeros, as before any write, after an acknowledged write there; allowed: ${want}` };
-    return { guarantee: 'S3', message: `read at ${range} returned ${JSON.stringify(got.slice(0, 40))}, which no order of the writes allows; allowed: ${want}` };
+    if (stale)
+      return {
+        guarantee: 'S3',
+        message: `stale read at ${range}: returned ${describe(stale)}, overwritten by an acknowledged write before the read began; allowed: ${want}`,
+      };
+    if (isZeros(got))
+      return {
+        guarantee: 'S3',
+        message: `stale read at ${range}: returned zeros, as before any write, after an acknowledged write there; allowed: ${want}`,
+      };
+    return {
+      guarantee: 'S3',
+      message: `read at ${range} returned ${JSON.stringify(got.slice(0, 40))}, which no order of the writes allows; allowed: ${want}`,
+    };
   }
 
   /**
@@ -141,7 +188,15 @@ export class TargetModel {
         const lo = Math.max(slot << SLOT_SHIFT, v.offset);
         const hi = Math.min((slot + 1) << SLOT_SHIFT, v.end);
         // u's part in this slot lies inside v's, and u was acknowledged before v was invoked.
-        const kept = list.filter((u) => u === v || !(u.ackedAt < v.invokedAt && Math.max(u.offset, slot << SLOT_SHIFT) >= lo && Math.min(u.end, (slot + 1) << SLOT_SHIFT) <= hi));
+        const kept = list.filter(
+          (u) =>
+            u === v ||
+            !(
+              u.ackedAt < v.invokedAt &&
+              Math.max(u.offset, slot << SLOT_SHIFT) >= lo &&
+              Math.min(u.end, (slot + 1) << SLOT_SHIFT) <= hi
+            ),
+        );
         if (kept.length === list.length) continue;
         this.slots.set(slot, kept);
         const old = (this.gone.get(slot) ?? []).concat(list.filter((u) => !kept.includes(u)));

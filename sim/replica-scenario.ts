@@ -28,7 +28,13 @@
  * bytes (0 unless set) and not printed: only what that answer makes the core do is.
  */
 import { derive, proofs, transcript } from '../core/proofs.js';
-import { ReplicaCore, type ReplicaInput, type ReplicaIntent, type StoreCall, type StoreFailure } from '../core/replica.js';
+import {
+  ReplicaCore,
+  type ReplicaInput,
+  type ReplicaIntent,
+  type StoreCall,
+  type StoreFailure,
+} from '../core/replica.js';
 import type { Decoded } from '../transport/codec.js';
 import type { Message } from '../transport/messages.js';
 import { isErrorCode } from '../errors.js';
@@ -74,7 +80,8 @@ function fields(o: object, skip: string[] = []): string {
     .join(' ');
 }
 
-const withBytes = (o: Record<string, unknown>) => (typeof o.data === 'string' ? { ...o, data: new Uint8Array(Buffer.from(o.data)) } : o);
+const withBytes = (o: Record<string, unknown>) =>
+  typeof o.data === 'string' ? { ...o, data: new Uint8Array(Buffer.from(o.data)) } : o;
 
 export class ReplicaScenario {
   private core: ReplicaCore | undefined;
@@ -150,10 +157,12 @@ export class ReplicaScenario {
       case 'stop':
         return this.feed({ type: name });
       case 'handles':
-        for (const h of this.c.handles()) this.out.push(`handle ${h.target} ${h.requestId} ${h.mode} ${h.state} session=${h.session || '-'}`);
+        for (const h of this.c.handles())
+          this.out.push(`handle ${h.target} ${h.requestId} ${h.mode} ${h.state} session=${h.session || '-'}`);
         return;
       case 'sessions':
-        for (const s of this.c.sessionList(this.now)) this.out.push(`session ${s.id} node=${s.node} silent=${s.silentMs}ms`);
+        for (const s of this.c.sessionList(this.now))
+          this.out.push(`session ${s.id} node=${s.node} silent=${s.silentMs}ms`);
         return;
       default:
         throw new Error(`unknown command ${name}`);
@@ -190,8 +199,16 @@ export class ReplicaScenario {
     const wrong = kv.wrong === undefined ? undefined : String(kv.wrong);
     const nodeKey = derive(wrong === 'node' ? 'another-cluster-key' : SECRET, 'node', hs.node);
     const names = kv.principals === undefined ? [] : String(kv.principals).split(',');
-    const principals = names.map((p) => ({ name: p, proof: proofs.principal(derive(wrong === p ? 'another-cluster-key' : SECRET, 'principal', p), p, t) }));
-    this.frame(conn, { type: 'auth', proof: proofs.node(nodeKey, t, seal), principals, ...(seal ? { seal: true } : {}) });
+    const principals = names.map((p) => ({
+      name: p,
+      proof: proofs.principal(derive(wrong === p ? 'another-cluster-key' : SECRET, 'principal', p), p, t),
+    }));
+    this.frame(conn, {
+      type: 'auth',
+      proof: proofs.node(nodeKey, t, seal),
+      principals,
+      ...(seal ? { seal: true } : {}),
+    });
   }
 
   private answer(pos: unknown[], kv: Record<string, unknown>): void {
@@ -210,7 +227,8 @@ export class ReplicaScenario {
       return this.feed({ type: 'store-done', call, answer: { ok: true, value } });
     }
     let failure: StoreFailure;
-    if (kind === 'unavailable') failure = { kind, message: String(pos[2]), maybeApplied: pos.includes('maybe-applied') };
+    if (kind === 'unavailable')
+      failure = { kind, message: String(pos[2]), maybeApplied: pos.includes('maybe-applied') };
     else if (kind === 'throws') {
       const code = String(pos[2]);
       if (!isErrorCode(code)) throw new Error(`not an error code: ${code}`);
@@ -259,7 +277,8 @@ export class ReplicaScenario {
         return void this.out.push(`store #${it.call} ${storeLine(it.what)}`.trimEnd());
       case 'arm': {
         const f = it.for;
-        const what = f.kind === 'hold' ? `hold ${f.target} ${f.requestId}` : f.kind === 'probe' ? 'probe' : `${f.kind} c${f.conn}`;
+        const what =
+          f.kind === 'hold' ? `hold ${f.target} ${f.requestId}` : f.kind === 'probe' ? 'probe' : `${f.kind} c${f.conn}`;
         this.timers.set(it.timer, { at: this.now + it.ms, what });
         return void this.out.push(`arm t${it.timer} ${it.ms}ms ${what}`);
       }

@@ -20,7 +20,19 @@ export interface SimSummary {
 export type SeedResult = Omit<ScheduleResult, 'history' | 'settings'>;
 
 export function emptySummary(): SimSummary {
-  return { schedules: 0, steps: 0, simulatedMs: 0, faults: {}, resumes: { granted: 0, denied: 0 }, writesAcknowledged: 0, outcomeUnknown: 0, readResumes: 0, reads: 0, violations: [], wallMs: 0 };
+  return {
+    schedules: 0,
+    steps: 0,
+    simulatedMs: 0,
+    faults: {},
+    resumes: { granted: 0, denied: 0 },
+    writesAcknowledged: 0,
+    outcomeUnknown: 0,
+    readResumes: 0,
+    reads: 0,
+    violations: [],
+    wallMs: 0,
+  };
 }
 
 export function addSeed(sum: SimSummary, r: SeedResult): void {
@@ -40,7 +52,12 @@ export function addSeed(sum: SimSummary, r: SeedResult): void {
 }
 
 /** Run seeds one after another in this thread. */
-export async function runSeeds(first: number, count: number, opts: ScheduleOptions = {}, onResult?: (r: SeedResult) => void): Promise<SimSummary> {
+export async function runSeeds(
+  first: number,
+  count: number,
+  opts: ScheduleOptions = {},
+  onResult?: (r: SeedResult) => void,
+): Promise<SimSummary> {
   const started = performance.now();
   const sum = emptySummary();
   for (let seed = first; seed < first + count; seed++) {
@@ -62,16 +79,23 @@ export function formatSummary(s: SimSummary): string {
     `outcome unknown  ${s.outcomeUnknown} writes`,
     `reads            ${s.reads} returned to applications; ${s.readResumes} read-handle resumes`,
     `resumes          ${s.resumes.granted} granted, ${s.resumes.denied} denied`,
-    `faults           ${Object.entries(s.faults).sort().map(([k, v]) => `${k}=${v}`).join(' ')}`,
+    `faults           ${Object.entries(s.faults)
+      .sort()
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ')}`,
     `violations       ${s.violations.length}`,
   ];
-  for (const v of s.violations.slice(0, 20)) lines.push(`  seed ${v.seed}: ${v.guarantee} ${v.message} (replay: ${v.replay})`);
+  for (const v of s.violations.slice(0, 20))
+    lines.push(`  seed ${v.seed}: ${v.guarantee} ${v.message} (replay: ${v.replay})`);
   return lines.join('\n');
 }
 
 /** One seed in full: settings, the verdict, and a trace: of the run (faults, handle states, resumes), or on a violation of the target up to it. */
 export function formatReplay(r: ScheduleResult): string {
-  const lines = [`seed ${r.seed}: ${JSON.stringify(r.settings)}`, `steps ${r.steps}, simulated ${r.simulatedMs} ms, writes acked ${r.writesAcknowledged}, resumes ${r.resumes.granted} granted / ${r.resumes.denied} denied`];
+  const lines = [
+    `seed ${r.seed}: ${JSON.stringify(r.settings)}`,
+    `steps ${r.steps}, simulated ${r.simulatedMs} ms, writes acked ${r.writesAcknowledged}, resumes ${r.resumes.granted} granted / ${r.resumes.denied} denied`,
+  ];
   const v = r.violations[0];
   if (!v) {
     // The run's story without its thousands of reads and writes: faults, crashes, every handle's state, every resume's answer.

@@ -76,7 +76,8 @@ export const COMMANDS: Record<string, Handler> = {
   async cluster(d, a) {
     const hb = a.kv.has('heartbeat') ? a.ms('heartbeat', 100) : undefined;
     const store = a.kv.get('store');
-    if (store !== undefined && store !== 'sim' && store !== 'memory') throw new Error(`store= takes sim or memory, not ${store}`);
+    if (store !== undefined && store !== 'sim' && store !== 'memory')
+      throw new Error(`store= takes sim or memory, not ${store}`);
     await d.newWorld({
       ...(store ? { store } : {}),
       seed: a.int('seed', 1),
@@ -110,7 +111,14 @@ export const COMMANDS: Record<string, Handler> = {
   async write(d, a, line) {
     const t = d.tracked(`${a.need(0, 'node/app')} ${a.need(1, 'target')}`);
     const data = a.text !== undefined ? new TextEncoder().encode(a.text) : new Uint8Array(a.int('size', 1)).fill(0x78);
-    const op = d.track(label(line), t.label, t, () => t.crashed, t.handle.write(a.at ? size(a.at) : 0, data), () => 'ok');
+    const op = d.track(
+      label(line),
+      t.label,
+      t,
+      () => t.crashed,
+      t.handle.write(a.at ? size(a.at) : 0, data),
+      () => 'ok',
+    );
     if (!a.has('nowait')) await d.waitFor(op);
   },
 
@@ -125,7 +133,17 @@ export const COMMANDS: Record<string, Handler> = {
   /** close node/app target */
   async close(d, a, line) {
     const t = d.tracked(`${a.need(0, 'node/app')} ${a.need(1, 'target')}`);
-    await d.waitFor(d.track(label(line), t.label, t, () => t.crashed, t.handle.close(), () => 'ok'), true);
+    await d.waitFor(
+      d.track(
+        label(line),
+        t.label,
+        t,
+        () => t.crashed,
+        t.handle.close(),
+        () => 'ok',
+      ),
+      true,
+    );
   },
 
   /** partition node [from=replica-k]: frames both ways vanish silently. */
@@ -251,7 +269,9 @@ export const COMMANDS: Record<string, Handler> = {
     if (after) {
       const w = d.world;
       w.hold(node, ['resumed']);
-      const ids = new Set([...d.handles.values()].filter((t) => t.node === node && !t.crashed).map((t) => t.handle.requestId));
+      const ids = new Set(
+        [...d.handles.values()].filter((t) => t.node === node && !t.crashed).map((t) => t.handle.requestId),
+      );
       let seen = w.history.events.length;
       const granted = () => {
         const evs = w.history.events;
@@ -261,7 +281,8 @@ export const COMMANDS: Record<string, Handler> = {
         }
         return false;
       };
-      if (!(await d.run(OP_LIMIT_MS, granted))) d.print(`crash-agent ${node}: no resume granted within ${OP_LIMIT_MS / 1000}s`);
+      if (!(await d.run(OP_LIMIT_MS, granted)))
+        d.print(`crash-agent ${node}: no resume granted within ${OP_LIMIT_MS / 1000}s`);
       crashAgent(d, node);
       w.discardHeld(node);
       return;
@@ -288,7 +309,9 @@ export const COMMANDS: Record<string, Handler> = {
     const old = d.apps.get(`${node}/${app}`);
     if (!old?.crashed) throw new Error(`${node}/${app} is not a crashed application`);
     const e = d.application(node, app);
-    const opens = [...old.opened].map(([target, { requestId: _, ...options }]) => d.open(e, target, options, `open ${node}/${app} ${target}`));
+    const opens = [...old.opened].map(([target, { requestId: _, ...options }]) =>
+      d.open(e, target, options, `open ${node}/${app} ${target}`),
+    );
     await openAll(d, opens);
   },
 
@@ -297,7 +320,9 @@ export const COMMANDS: Record<string, Handler> = {
     const [node, app] = nodeApp(a);
     const to = a.kv.get('to');
     if (!to || !d.world.nodeNames.includes(to)) throw new Error('move needs to=node-k');
-    const mine = [...d.handles.values()].filter((t) => t.node === node && t.app === app && !t.crashed && (!a.pos[1] || t.target === a.pos[1]));
+    const mine = [...d.handles.values()].filter(
+      (t) => t.node === node && t.app === app && !t.crashed && (!a.pos[1] || t.target === a.pos[1]),
+    );
     if (mine.length !== 1) throw new Error(`move: name one target of ${node}/${app}`);
     const t = mine[0]!;
     const options: OpenOptions = { requestId: t.handle.requestId, ...(t.options.mode ? { mode: t.options.mode } : {}) };
@@ -312,7 +337,8 @@ export const COMMANDS: Record<string, Handler> = {
   /** stabilize [limit=60s]: run until every handle is active, invalidated or closed and no operation is pending. */
   async stabilize(d, a) {
     const limit = a.ms('limit', STABILIZE_MS);
-    if (!(await d.run(limit, () => d.settled()))) d.print(`stabilize: not settled after ${limit / 1000}s: ${d.unsettled().join(', ')}`);
+    if (!(await d.run(limit, () => d.settled())))
+      d.print(`stabilize: not settled after ${limit / 1000}s: ${d.unsettled().join(', ')}`);
   },
 
   /** power-loss node: the node loses power (agent and applications die, unsynced disk writes are lost) and boots. */
@@ -348,7 +374,9 @@ export const COMMANDS: Record<string, Handler> = {
     for (const t of d.handles.values()) {
       if (t.crashed) continue;
       const durable = (t.handle as unknown as { durable?: boolean }).durable;
-      d.print(`${t.label}: ${t.handle.state} ${d.alias(t.handle.requestId)} ${t.handle.mode}${durable === false ? ' not-durable' : ''}`);
+      d.print(
+        `${t.label}: ${t.handle.state} ${d.alias(t.handle.requestId)} ${t.handle.mode}${durable === false ? ' not-durable' : ''}`,
+      );
     }
   },
 

@@ -47,7 +47,9 @@ interface PendingOp {
 }
 
 /** A line of output; `key` is the label of the handle it is about, if any. */
-type Entry = { kind: 'line'; key: string | undefined; text: string } | { kind: 'states'; key: string; t: Tracked; states: string[]; reason?: string | undefined };
+type Entry =
+  | { kind: 'line'; key: string | undefined; text: string }
+  | { kind: 'states'; key: string; t: Tracked; states: string[]; reason?: string | undefined };
 
 /** Words of a command after its name: positionals, `key=value`, a quoted text and an `@offset`. */
 export class Args {
@@ -110,7 +112,11 @@ export function fold(states: string[]): string {
     let best = { len: 0, reps: 0 };
     for (let len = 1; len <= 4; len++) {
       let reps = 1;
-      while (i + (reps + 1) * len <= states.length && states.slice(i + reps * len, i + (reps + 1) * len).every((s, k) => s === states[i + k])) reps++;
+      while (
+        i + (reps + 1) * len <= states.length &&
+        states.slice(i + reps * len, i + (reps + 1) * len).every((s, k) => s === states[i + k])
+      )
+        reps++;
       if (reps >= 3 && reps * len > best.reps * best.len) best = { len, reps };
     }
     if (best.reps === 0) {
@@ -202,7 +208,9 @@ export class Driver {
    * in the order it happened; then the other lines.
    */
   endCommand(): void {
-    const about = this.entries.filter((e) => e.key !== undefined).sort((a, b) => (a.key! < b.key! ? -1 : a.key! > b.key! ? 1 : 0));
+    const about = this.entries
+      .filter((e) => e.key !== undefined)
+      .sort((a, b) => (a.key! < b.key! ? -1 : a.key! > b.key! ? 1 : 0));
     for (const e of [...about, ...this.entries.filter((x) => x.key === undefined)]) {
       if (e.kind === 'line') this.output.push(e.text);
       else this.output.push(`${e.t.label}: ${fold(e.states)}${e.reason ? ` (${e.reason})` : ''}`);
@@ -250,19 +258,24 @@ export class Driver {
       this.world.clock.advanceTo(to);
     } catch (err) {
       const code = (err as { code?: unknown }).code;
-      this.print(`uncaught exception: ${typeof code === 'string' ? code : err instanceof Error ? err.message : String(err)}`);
+      this.print(
+        `uncaught exception: ${typeof code === 'string' ? code : err instanceof Error ? err.message : String(err)}`,
+      );
     }
   }
 
   /** Every live handle is active, invalidated or closed, and every operation has settled. */
   settled(): boolean {
-    for (const t of this.handles.values()) if (!t.crashed && !['active', 'invalidated', 'closed'].includes(t.handle.state)) return false;
+    for (const t of this.handles.values())
+      if (!t.crashed && !['active', 'invalidated', 'closed'].includes(t.handle.state)) return false;
     return this.ops.every((o) => o.settled || o.gone());
   }
 
   unsettled(): string[] {
     const out: string[] = [];
-    for (const t of this.handles.values()) if (!t.crashed && !['active', 'invalidated', 'closed'].includes(t.handle.state)) out.push(`${t.label} ${t.handle.state}`);
+    for (const t of this.handles.values())
+      if (!t.crashed && !['active', 'invalidated', 'closed'].includes(t.handle.state))
+        out.push(`${t.label} ${t.handle.state}`);
     for (const o of this.ops) if (!o.settled && !o.gone()) out.push(`${o.label} pending`);
     return out;
   }
@@ -274,7 +287,11 @@ export class Driver {
     const key = `${node}/${name}`;
     const cur = this.apps.get(key);
     if (cur && !cur.crashed) return cur;
-    const app = new Application(this.agent(node), { name, pauseTimeoutMs: this.world.opts.pauseTimeoutMs, env: this.world.env });
+    const app = new Application(this.agent(node), {
+      name,
+      pauseTimeoutMs: this.world.opts.pauseTimeoutMs,
+      env: this.world.env,
+    });
     const e: AppEntry = { node, name, app, crashed: false, opened: new Map() };
     this.apps.set(key, e);
     return e;
@@ -302,20 +319,44 @@ export class Driver {
     const opening = e.app.open(target, options);
     // A refused open leaves no handle: forget the one a crashed process had under this label.
     opening.catch(() => this.handles.get(hLabel)?.crashed && this.handles.delete(hLabel));
-    return this.track(label, hLabel, undefined, () => e.crashed, opening, (h) => {
-      const t: Tracked = { label: hLabel, node: e.node, app: e.name, target, options, handle: h, crashed: e.crashed, last: 'opening', durable: true };
-      this.handles.set(hLabel, t);
-      h.on('state', (s) => this.stateChange(t, s));
-      (h as unknown as EventEmitter).on('durability', (durable: boolean) => this.durability(t, durable));
-      this.stateChange(t, h.state);
-      // The node may have failed to keep the requestId before the open settled here.
-      if ((h as unknown as { durable?: boolean }).durable === false) this.durability(t, false);
-      return `ok ${this.alias(h.requestId)}`;
-    });
+    return this.track(
+      label,
+      hLabel,
+      undefined,
+      () => e.crashed,
+      opening,
+      (h) => {
+        const t: Tracked = {
+          label: hLabel,
+          node: e.node,
+          app: e.name,
+          target,
+          options,
+          handle: h,
+          crashed: e.crashed,
+          last: 'opening',
+          durable: true,
+        };
+        this.handles.set(hLabel, t);
+        h.on('state', (s) => this.stateChange(t, s));
+        (h as unknown as EventEmitter).on('durability', (durable: boolean) => this.durability(t, durable));
+        this.stateChange(t, h.state);
+        // The node may have failed to keep the requestId before the open settled here.
+        if ((h as unknown as { durable?: boolean }).durable === false) this.durability(t, false);
+        return `ok ${this.alias(h.requestId)}`;
+      },
+    );
   }
 
   /** Follow an operation; its result is printed in whichever command it settles. */
-  track<T>(label: string, key: string | undefined, owner: Tracked | undefined, gone: () => boolean, p: Promise<T>, ok: (v: T) => string): PendingOp {
+  track<T>(
+    label: string,
+    key: string | undefined,
+    owner: Tracked | undefined,
+    gone: () => boolean,
+    p: Promise<T>,
+    ok: (v: T) => string,
+  ): PendingOp {
     const op: PendingOp = { label, owner, gone, settled: false };
     this.ops = this.ops.filter((o) => !o.settled);
     this.ops.push(op);
@@ -327,7 +368,10 @@ export class Driver {
       (err: unknown) => {
         op.settled = true;
         if (gone()) return;
-        this.print(`${label}: ${err instanceof SafeResumeError ? err.code : `error ${err instanceof Error ? err.message : String(err)}`}`, key);
+        this.print(
+          `${label}: ${err instanceof SafeResumeError ? err.code : `error ${err instanceof Error ? err.message : String(err)}`}`,
+          key,
+        );
       },
     );
     return op;

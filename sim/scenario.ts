@@ -71,11 +71,13 @@ export function parseScenario(text: string): Part[] {
     const commands: string[] = [];
     while (i < lines.length && lines[i] !== SEPARATOR) {
       const c = lines[i]!;
-      if (c.trim() === '' || c.startsWith('#')) throw new Error(`line ${start + 1}: a block's commands must be followed by a ${SEPARATOR} line`);
+      if (c.trim() === '' || c.startsWith('#'))
+        throw new Error(`line ${start + 1}: a block's commands must be followed by a ${SEPARATOR} line`);
       commands.push(c);
       i++;
     }
-    if (i >= lines.length) throw new Error(`line ${start + 1}: a block's commands must be followed by a ${SEPARATOR} line`);
+    if (i >= lines.length)
+      throw new Error(`line ${start + 1}: a block's commands must be followed by a ${SEPARATOR} line`);
     i++; // the separator
     const expected: string[] = [];
     while (i < lines.length && lines[i]!.trim() !== '') expected.push(lines[i++]!);
@@ -117,7 +119,8 @@ export async function runScenario(text: string): Promise<string> {
       for (const cmd of p.commands) {
         const [name, ...args] = words(cmd);
         const handler = COMMANDS[name!];
-        if (!handler) throw new Error(`line ${p.line}: unknown command ${name} (known: ${Object.keys(COMMANDS).join(', ')})`);
+        if (!handler)
+          throw new Error(`line ${p.line}: unknown command ${name} (known: ${Object.keys(COMMANDS).join(', ')})`);
         try {
           await handler(d, new Args(args), cmd);
         } catch (err) {

@@ -78,7 +78,8 @@ export async function runSchedule(seed: number, opts: ScheduleOptions = {}): Pro
       appNo++;
       world.spawn(`app-${appNo}`, node, `vm${appNo}.disk`);
       // Every other target also has a reader, on another node, so its resumes meet other faults.
-      if (appNo % 2 === 1) world.spawn(`reader-${appNo}`, nodes[(n + 1) % nodes.length]!, `vm${appNo}.disk`, { mode: 'read' });
+      if (appNo % 2 === 1)
+        world.spawn(`reader-${appNo}`, nodes[(n + 1) % nodes.length]!, `vm${appNo}.disk`, { mode: 'read' });
     }
   });
 

@@ -71,7 +71,8 @@ export function leaseRules(o: SimLeaseOptions, store: LeaseRulesStore): Partial<
   const commitMs = store.commitMs;
   const mine = new Map<string, SimLease>();
   const now = store.now;
-  const ttlOf = (ms: number) => (fresh ? leases.ttlSeconds(ms, commitMs, o.renewMs) : Math.max(1, Math.ceil(ms / 1000)));
+  const ttlOf = (ms: number) =>
+    fresh ? leases.ttlSeconds(ms, commitMs, o.renewMs) : Math.max(1, Math.ceil(ms / 1000));
   const alive = (id: number) => (shared.expiry.get(id) ?? -Infinity) > now();
   const grant = (key: string, ttl: number): SimLease => {
     const id = shared.nextId++;
@@ -111,7 +112,12 @@ export function leaseRules(o: SimLeaseOptions, store: LeaseRulesStore): Partial<
     else shared.locks.set(target, id);
   };
   /** Apply a decision, the lock key with the record: put on the session's lease, or deleted. */
-  const apply = <T>(tx: Tx, target: string, d: rules.Decision<T>, lease: { key: string; lease: SimLease } | undefined): T => {
+  const apply = <T>(
+    tx: Tx,
+    target: string,
+    d: rules.Decision<T>,
+    lease: { key: string; lease: SimLease } | undefined,
+  ): T => {
     for (const e of d.effects) {
       if (e.kind === 'put' && lease) setLock(target, carrier(lease));
       else if (e.kind === 'delete') setLock(target, undefined);
@@ -131,7 +137,8 @@ export function leaseRules(o: SimLeaseOptions, store: LeaseRulesStore): Partial<
           return apply(tx, req.target, rules.decideResume(view(tx, req.target), req, now()), lease);
         }),
       ),
-    close: (ref, session) => store.tx((tx) => apply(tx, ref.target, rules.decideClose(view(tx, ref.target), ref, session), undefined)),
+    close: (ref, session) =>
+      store.tx((tx) => apply(tx, ref.target, rules.decideClose(view(tx, ref.target), ref, session), undefined)),
     renew: (session, refs, leaseMs) =>
       store.tx((tx) => {
         if (refs.length === 0) return { lost: [] };

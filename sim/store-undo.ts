@@ -37,10 +37,12 @@ export function undoableTx(state: MemoryState, undo: Array<() => void>, compare:
     stamps.of.set(t, ++stamps.next);
     undo.push(() => restore(stamps.of, t, prev));
   };
-  const read = <A extends unknown[], R>(f: (t: string, ...rest: A) => R) => (t: string, ...rest: A): R => {
-    compare(t);
-    return f(t, ...rest);
-  };
+  const read =
+    <A extends unknown[], R>(f: (t: string, ...rest: A) => R) =>
+    (t: string, ...rest: A): R => {
+      compare(t);
+      return f(t, ...rest);
+    };
   return {
     ...base,
     getRecord: read(base.getRecord),
@@ -95,8 +97,7 @@ export function undoableTx(state: MemoryState, undo: Array<() => void>, compare:
   };
 }
 
-export 
-function restore<V>(map: Map<string, V>, key: string, prev: V | undefined): void {
+export function restore<V>(map: Map<string, V>, key: string, prev: V | undefined): void {
   if (prev === undefined) map.delete(key);
   else map.set(key, prev);
 }

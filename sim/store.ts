@@ -122,7 +122,16 @@ export class SimStore extends TxStore {
     };
     this.clockNow = () => this.clock.now();
     this.txImpl = undoableTx(this.state, this.undo, (t) => this.compare(t));
-    if (opts.leases) Object.assign(this.sync, leaseRules(opts.leases, { tx: (fn) => this.tx(fn), now: () => this.clock.now(), commitMs: this.busyWaitMs, undo: this.undo }));
+    if (opts.leases)
+      Object.assign(
+        this.sync,
+        leaseRules(opts.leases, {
+          tx: (fn) => this.tx(fn),
+          now: () => this.clock.now(),
+          commitMs: this.busyWaitMs,
+          undo: this.undo,
+        }),
+      );
   }
 
   /** Switch an injected fault on or off. */
@@ -187,7 +196,8 @@ export class SimStore extends TxStore {
 
   override commit<T>(fn: () => T): Promise<T> {
     if (this.dead) return silence();
-    if (this.clock.now() < this.stallUntil) return new Promise<T>((resolve, reject) => this.held.push(() => void super.commit(fn).then(resolve, reject)));
+    if (this.clock.now() < this.stallUntil)
+      return new Promise<T>((resolve, reject) => this.held.push(() => void super.commit(fn).then(resolve, reject)));
     if (this.late) return this.commitLate(fn, this.late);
     return super.commit(fn);
   }
@@ -196,7 +206,15 @@ export class SimStore extends TxStore {
     const stamps = new Map(stampsOf(this.state).of);
     this.clock.setTimeout(() => this.land(fn, stamps), lo + Math.floor(this.random() * (hi - lo + 1)));
     return new Promise<T>((_, reject) => {
-      this.clock.setTimeout(() => reject(new StoreUnavailableError('sim store: the commit was sent and no answer came in time; it may still land', { maybeApplied: true })), this.latencyMs[1]);
+      this.clock.setTimeout(
+        () =>
+          reject(
+            new StoreUnavailableError('sim store: the commit was sent and no answer came in time; it may still land', {
+              maybeApplied: true,
+            }),
+          ),
+        this.latencyMs[1],
+      );
     });
   }
 
@@ -220,7 +238,8 @@ export class SimStore extends TxStore {
     const g = this.guard;
     if (!g || g.compared.has(target)) return;
     g.compared.add(target);
-    if ((stampsOf(this.state).of.get(target) ?? 0) !== (g.stamps.get(target) ?? 0)) throw new LateConflict(`${target} changed since the late commit was decided`);
+    if ((stampsOf(this.state).of.get(target) ?? 0) !== (g.stamps.get(target) ?? 0))
+      throw new LateConflict(`${target} changed since the late commit was decided`);
   }
 
   override record(target: string): Promise<LockRecord | undefined> {
@@ -247,7 +266,9 @@ export class SimStore extends TxStore {
 
   /** Every target's committed bytes, sorted by target (for a final check). */
   targets(): Array<{ target: string; data: Uint8Array }> {
-    return [...this.state.targets].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([target, t]) => ({ target, data: t.buf.slice(0, t.size) }));
+    return [...this.state.targets]
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([target, t]) => ({ target, data: t.buf.slice(0, t.size) }));
   }
 
   protected tx<T>(fn: (tx: Tx) => T): T {
@@ -289,5 +310,4 @@ export class SimStore extends TxStore {
     for (let i = undo.length - 1; i >= mark; i--) undo[i]!();
     undo.length = mark;
   }
-
 }

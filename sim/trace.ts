@@ -4,7 +4,9 @@ import type { History, HistoryEvent } from './history.js';
 /** The steps of one target (and every fault), up to a time: the shortest useful trace of a violation. */
 export function traceOf(history: History, target: string | undefined, untilMs: number): string[] {
   return history
-    .filter((e) => e.t <= untilMs && (e.kind === 'fault' || target === undefined || ('target' in e && e.target === target)))
+    .filter(
+      (e) => e.t <= untilMs && (e.kind === 'fault' || target === undefined || ('target' in e && e.target === target)),
+    )
     .map(formatEvent);
 }
 

@@ -3,5 +3,7 @@ import { parentPort } from 'node:worker_threads';
 import { runSchedule } from './scheduler.js';
 
 parentPort?.on('message', (seed: number) => {
-  void runSchedule(seed).then(({ history: _history, settings: _settings, ...result }) => parentPort!.postMessage(result));
+  void runSchedule(seed).then(({ history: _history, settings: _settings, ...result }) =>
+    parentPort!.postMessage(result),
+  );
 });

@@ -36,7 +36,18 @@ export class Workload {
     const agent = w.agents.get(node);
     if (!agent) throw new Error(`${node} has no agent`);
     const application = w.newApplication(agent, app, node);
-    const proc: Proc = { id: `${node}/${app}#${++this.incarnation}`, app, node, target, application, handle: undefined, crashed: false, stopped: false, k: 0, mode: opts.mode ?? 'write' };
+    const proc: Proc = {
+      id: `${node}/${app}#${++this.incarnation}`,
+      app,
+      node,
+      target,
+      application,
+      handle: undefined,
+      crashed: false,
+      stopped: false,
+      k: 0,
+      mode: opts.mode ?? 'write',
+    };
     this.procs.push(proc);
     void this.run(proc, opts);
     return proc;
@@ -53,7 +64,12 @@ export class Workload {
     return !p.crashed && !p.stopped && !this.world.stopping;
   }
 
-  private async call<T>(p: Proc, op: 'open' | 'write' | 'read' | 'close', extra: { offset?: number; bytes?: string; length?: number }, run: () => Promise<T>): Promise<Outcome<T>> {
+  private async call<T>(
+    p: Proc,
+    op: 'open' | 'write' | 'read' | 'close',
+    extra: { offset?: number; bytes?: string; length?: number },
+    run: () => Promise<T>,
+  ): Promise<Outcome<T>> {
     const h = this.world.history;
     const id = ++this.opId;
     const requestId = p.handle?.requestId;
@@ -71,7 +87,8 @@ export class Workload {
       const code = err instanceof SafeResumeError ? err.code : 'INTERNAL';
       // A refused reclaim names the requestId it reclaimed.
       const rid = requestId ?? (err instanceof SafeResumeError ? err.requestId : undefined);
-      if (!p.crashed) h.add({ kind: 'fail', id, proc: p.id, op, target: p.target, ...(rid ? { requestId: rid } : {}), code });
+      if (!p.crashed)
+        h.add({ kind: 'fail', id, proc: p.id, op, target: p.target, ...(rid ? { requestId: rid } : {}), code });
       return { ok: false, code };
     }
   }
@@ -80,12 +97,22 @@ export class Workload {
     const w = this.world;
     for (let attempt = 0; this.live(p); attempt++) {
       const mode = p.mode === 'read' ? { mode: 'read' as const } : {};
-      const r = await this.call(p, 'open', {}, () => p.application.open(p.target, { ...(requestId ? { requestId } : {}), ...mode }));
+      const r = await this.call(p, 'open', {}, () =>
+        p.application.open(p.target, { ...(requestId ? { requestId } : {}), ...mode }),
+      );
       if (r.ok) {
         const h = r.value;
         p.handle = h;
         h.on('state', (to) => {
-          if (!p.crashed) w.history.add({ kind: 'state', proc: p.id, target: p.target, requestId: h.requestId, to, ...(to === 'invalidated' && h.reason ? { reason: h.reason } : {}) });
+          if (!p.crashed)
+            w.history.add({
+              kind: 'state',
+              proc: p.id,
+              target: p.target,
+              requestId: h.requestId,
+              to,
+              ...(to === 'invalidated' && h.reason ? { reason: h.reason } : {}),
+            });
         });
         return true;
       }

@@ -63,4 +63,11 @@ export interface StoreContext {
 export const KEPT_DIR = '/var/lib/safe-resume';
 
 /** The replicas' heartbeat interval is the node agents' too (adopted from welcome). */
-export const TIMING = { heartbeatIntervalMs: 100, leaseMs: 300, renewMs: 100, backoffMs: 20, backoffMaxMs: 400, failoverMs: 1500 };
+export const TIMING = {
+  heartbeatIntervalMs: 100,
+  leaseMs: 300,
+  renewMs: 100,
+  backoffMs: 20,
+  backoffMaxMs: 400,
+  failoverMs: 1500,
+};

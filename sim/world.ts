@@ -88,8 +88,17 @@ export class World {
     this.random = seededRandom(opts.seed);
     this.timing = { ...TIMING, ...opts.timing };
     this.checker = new Checker({ holdMs: opts.holdMs, renewMs: this.timing.renewMs });
-    this.history = new Recorder(() => this.clock.now(), (e) => this.checker.observe(e));
-    this.env = { clock: this.clock, random: this.random, newId: seededIds(this.random), log: pino({ level: 'silent' }), inspect: opts.inspect };
+    this.history = new Recorder(
+      () => this.clock.now(),
+      (e) => this.checker.observe(e),
+    );
+    this.env = {
+      clock: this.clock,
+      random: this.random,
+      newId: seededIds(this.random),
+      log: pino({ level: 'silent' }),
+      inspect: opts.inspect,
+    };
     this.net = new MemoryNetwork({ deliver: (fn, d) => this.deliver(fn, d), maxFrameBytes: 1 << 20 });
   }
 
@@ -310,11 +319,22 @@ export class World {
   async startReplica(i: number): Promise<void> {
     const name = this.replicaNames[i]!;
     const env = this.envOf(name);
-    const ctx: StoreContext = { clock: this.clock, replicaClock: (env.clock as ProcClock).wallClock, random: this.random, leases: this.leases, renewMs: this.timing.renewMs };
+    const ctx: StoreContext = {
+      clock: this.clock,
+      replicaClock: (env.clock as ProcClock).wallClock,
+      random: this.random,
+      leases: this.leases,
+      renewMs: this.timing.renewMs,
+    };
     const inner = this.opts.makeStore
       ? this.opts.makeStore(this.state, ctx)
       : this.opts.store === 'sim'
-        ? new SimStore(this.state, { clock: this.clock, random: this.random, faults: this.dbFaults, ...(this.opts.leases ? { leases: { state: this.leases, renewMs: this.timing.renewMs } } : {}) })
+        ? new SimStore(this.state, {
+            clock: this.clock,
+            random: this.random,
+            faults: this.dbFaults,
+            ...(this.opts.leases ? { leases: { state: this.leases, renewMs: this.timing.renewMs } } : {}),
+          })
         : new MemoryStore(this.state, () => this.clock.now());
     this.stores[i] = inner;
     const r = new StorageReplica({
@@ -400,7 +420,8 @@ export class World {
 
   /** Record every target's final bytes, read through the memory store over the shared state. */
   recordFinal(): void {
-    for (const { target, data } of new MemoryStore(this.state).targets()) this.history.add({ kind: 'final', target, bytes: hex(data) });
+    for (const { target, data } of new MemoryStore(this.state).targets())
+      this.history.add({ kind: 'final', target, bytes: hex(data) });
   }
 
   async shutdown(): Promise<void> {

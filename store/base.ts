@@ -286,7 +286,9 @@ export abstract class TxStore implements Store {
 
   /** A store still busy after the whole wait counts as unavailable. */
   private gaveUp(err: unknown): unknown {
-    return err instanceof StoreBusyError ? new StoreUnavailableError(`${err.message} (still busy after ${this.busyWaitMs} ms)`) : err;
+    return err instanceof StoreBusyError
+      ? new StoreUnavailableError(`${err.message} (still busy after ${this.busyWaitMs} ms)`)
+      : err;
   }
 
   private waitedTooLong(q: Queued): boolean {

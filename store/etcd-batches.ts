@@ -93,7 +93,10 @@ export class EtcdBatches extends EtcdLeases {
           !behind.has(it.target) &&
           (!fresh || targets.size < MAX_BATCH_TARGETS) &&
           // The first item always goes (a large write alone; its pages go in nested transactions).
-          (batch.length === 0 || (ops + cost <= MAX_TXN_OPS && reads + (fresh ? 1 : 0) + it.pages.length <= MAX_TXN_OPS && bytes + it.bytes <= MAX_BATCH_BYTES));
+          (batch.length === 0 ||
+            (ops + cost <= MAX_TXN_OPS &&
+              reads + (fresh ? 1 : 0) + it.pages.length <= MAX_TXN_OPS &&
+              bytes + it.bytes <= MAX_BATCH_BYTES));
         if (!fits) {
           behind.add(it.target);
           rest.push(it);
@@ -158,7 +161,11 @@ export class EtcdBatches extends EtcdLeases {
   protected async attempt(batch: Item[], slot: number, fresh = false): Promise<boolean> {
     const grants = new Map<Item, string>();
     if (this.leaseMode) {
-      await Promise.all(batch.filter((it) => it.grant).map(async (it) => grants.set(it, await this.leaseOf(it.grant!.session, it.grant!.ttl))));
+      await Promise.all(
+        batch
+          .filter((it) => it.grant)
+          .map(async (it) => grants.set(it, await this.leaseOf(it.grant!.session, it.grant!.ttl))),
+      );
     }
     /** The leases this commit puts locks on (by key), each with the id it uses. */
     const used = new Map<string, string>();
@@ -166,7 +173,10 @@ export class EtcdBatches extends EtcdLeases {
     const known = fresh ? [] : targets.filter((t) => this.cache.has(t));
     const toRead = targets.filter((t) => fresh || !this.cache.has(t));
     const wantPages = batch.flatMap((it) => it.pages.map((p) => [it.target, p] as const));
-    const read = toRead.length > 0 || wantPages.length > 0 ? await this.readTargets(toRead, wantPages) : { states: new Map<string, TargetState>(), pages: new Map<string, Uint8Array>() };
+    const read =
+      toRead.length > 0 || wantPages.length > 0
+        ? await this.readTargets(toRead, wantPages)
+        : { states: new Map<string, TargetState>(), pages: new Map<string, Uint8Array>() };
     const st = new Map<string, TargetState>();
     for (const t of targets) st.set(t, read.states.get(t) ?? { ...this.cache.get(t)! });
     const pages = read.pages;
@@ -178,7 +188,8 @@ export class EtcdBatches extends EtcdLeases {
       const d = it.decide(s);
       outs.push(d.out);
       const lease = grants.get(it);
-      if (lease !== undefined && it.grant && d.effects.some((e) => e.kind === 'put')) used.set(`${it.grant.session}/${it.grant.ttl}`, lease);
+      if (lease !== undefined && it.grant && d.effects.some((e) => e.kind === 'put'))
+        used.set(`${it.grant.session}/${it.grant.ttl}`, lease);
       this.effects(it, s, d.effects, lease, ops, pages);
       if (this.log) lines.push(...this.log(it.decided(d.out)));
     }
@@ -195,7 +206,11 @@ export class EtcdBatches extends EtcdLeases {
     const compare: ICompare[] = [];
     for (const [target, s] of st) {
       // The tombstones too: a record can come and go (its revision back to none) while they change.
-      compare.push(this.modIs(this.k(target, 'r'), s.r.mod), this.modIs(this.k(target, 'v'), s.v.mod), this.modIs(this.k(target, 't'), s.t.mod));
+      compare.push(
+        this.modIs(this.k(target, 'r'), s.r.mod),
+        this.modIs(this.k(target, 'v'), s.v.mod),
+        this.modIs(this.k(target, 't'), s.t.mod),
+      );
       if (this.leaseMode) compare.push(this.modIs(this.k(target, 'l'), s.l.mod));
     }
     // A mark of this commit: if its answer is lost (or the client sent it again), the mark says whether it landed.
@@ -206,7 +221,9 @@ export class EtcdBatches extends EtcdLeases {
     const all = [...ops.values()];
     const success: IRequestOp[] = [];
     if (all.length <= MAX_TXN_OPS) success.push(...all);
-    else for (let i = 0; i < all.length; i += MAX_TXN_OPS) success.push({ request_txn: { compare: [], success: all.slice(i, i + MAX_TXN_OPS), failure: [] } });
+    else
+      for (let i = 0; i < all.length; i += MAX_TXN_OPS)
+        success.push({ request_txn: { compare: [], success: all.slice(i, i + MAX_TXN_OPS), failure: [] } });
     // No lock goes on a lease that may lapse before the session's next renewal can keep it alive.
     if (used.size > 0) await this.leasesFresh(used);
     this.stats.commits++;
@@ -226,7 +243,9 @@ export class EtcdBatches extends EtcdLeases {
       // A compare fails against this very commit when it landed on an earlier try: then it stands.
       // Not knowing whether it did, the commit may have been applied.
       const landed = await this.landed(markKey, mark).catch((err: unknown) => {
-        throw new StoreUnavailableError(`etcd transaction: whether it landed is unknown (${(err as Error).message})`, { maybeApplied: true });
+        throw new StoreUnavailableError(`etcd transaction: whether it landed is unknown (${(err as Error).message})`, {
+          maybeApplied: true,
+        });
       });
       if (!landed) {
         this.stats.conflicts++;
@@ -238,7 +257,12 @@ export class EtcdBatches extends EtcdLeases {
     for (const [t, state] of st) {
       for (const part of ['r', 't', 'v', 'l'] as const) {
         const op = ops.get(this.k(t, part));
-        if (op?.request_put) state[part] = { value: op.request_put.value as Buffer, mod: res.revision, lease: String(op.request_put.lease ?? '0') };
+        if (op?.request_put)
+          state[part] = {
+            value: op.request_put.value as Buffer,
+            mod: res.revision,
+            lease: String(op.request_put.lease ?? '0'),
+          };
         else if (op?.request_delete_range) state[part] = ABSENT;
       }
       this.remember(t, state);
@@ -262,7 +286,10 @@ export class EtcdBatches extends EtcdLeases {
   }
 
   /** Read every key of `targets` and the listed pages in one transaction (one revision). */
-  protected async readTargets(targets: string[], wantPages: ReadonlyArray<readonly [string, number]>): Promise<{ states: Map<string, TargetState>; pages: Map<string, Uint8Array> }> {
+  protected async readTargets(
+    targets: string[],
+    wantPages: ReadonlyArray<readonly [string, number]>,
+  ): Promise<{ states: Map<string, TargetState>; pages: Map<string, Uint8Array> }> {
     const success: IRequestOp[] = targets.map((t) => {
       const p = `${this.prefix}k/${enc(t)}/`;
       return { request_range: { key: Buffer.from(p), range_end: prefixEnd(p) } };
@@ -274,14 +301,28 @@ export class EtcdBatches extends EtcdLeases {
     const states = new Map<string, TargetState>();
     targets.forEach((t, i) => {
       const kvs = new Map<string, Kv>();
-      for (const kv of (res.responses[i]?.response_range?.kvs ?? []) as IKeyValue[]) kvs.set(kv.key.toString(), { value: kv.value, mod: kv.mod_revision, lease: kv.lease });
+      for (const kv of (res.responses[i]?.response_range?.kvs ?? []) as IKeyValue[])
+        kvs.set(kv.key.toString(), { value: kv.value, mod: kv.mod_revision, lease: kv.lease });
       const get = (part: 'r' | 't' | 'v' | 'l') => kvs.get(this.k(t, part)) ?? ABSENT;
       const r = get('r');
       const v = get('v');
       const l = get('l');
       const meta = json<Meta>(v, { version: 0, size: 0 });
       const access = meta.owner !== undefined ? { owner: meta.owner, grants: meta.grants ?? [] } : undefined;
-      states.set(t, { r, t: get('t'), v, l, record: json<LockRecord | undefined>(r, undefined), tombstones: json<Tombstone[]>(get('t'), []), version: meta.version, size: meta.size, fixed: meta.fixed ?? 0, access, live: l.value !== undefined, lockLease: l.lease });
+      states.set(t, {
+        r,
+        t: get('t'),
+        v,
+        l,
+        record: json<LockRecord | undefined>(r, undefined),
+        tombstones: json<Tombstone[]>(get('t'), []),
+        version: meta.version,
+        size: meta.size,
+        fixed: meta.fixed ?? 0,
+        access,
+        live: l.value !== undefined,
+        lockLease: l.lease,
+      });
     });
     const pages = new Map<string, Uint8Array>();
     pageKeys.forEach((key, j) => {
@@ -292,8 +333,16 @@ export class EtcdBatches extends EtcdLeases {
   }
 
   /** Turn a decision's effects into puts and deletes (the last per key wins), and update the batch's view. */
-  protected effects(it: Item, s: TargetState, effects: rules.Effect[], lease: string | undefined, ops: Map<string, IRequestOp>, pages: Map<string, Uint8Array>): void {
-    const put = (key: string, value: Buffer, lease?: string) => ops.set(key, { request_put: { key: Buffer.from(key), value, ...(lease ? { lease } : {}) } });
+  protected effects(
+    it: Item,
+    s: TargetState,
+    effects: rules.Effect[],
+    lease: string | undefined,
+    ops: Map<string, IRequestOp>,
+    pages: Map<string, Uint8Array>,
+  ): void {
+    const put = (key: string, value: Buffer, lease?: string) =>
+      ops.set(key, { request_put: { key: Buffer.from(key), value, ...(lease ? { lease } : {}) } });
     const del = (key: string) => ops.set(key, { request_delete_range: { key: Buffer.from(key) } });
     const target = it.target;
     for (const e of effects) {
@@ -355,6 +404,13 @@ export class EtcdBatches extends EtcdLeases {
   }
 
   protected view(s: TargetState): rules.TargetView {
-    return { record: s.record, version: s.version, fixedSize: s.fixed, tombstones: () => s.tombstones, access: s.access, live: this.leaseMode ? s.live : undefined };
+    return {
+      record: s.record,
+      version: s.version,
+      fixedSize: s.fixed,
+      tombstones: () => s.tombstones,
+      access: s.access,
+      live: this.leaseMode ? s.live : undefined,
+    };
   }
 }

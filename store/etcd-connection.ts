@@ -14,7 +14,8 @@ export const MAX_ATTEMPTS = 32;
 /** How long one try of an etcd call may take before it is sent again (within the call's timeout). */
 export const ATTEMPT_MS = 1500;
 /** etcd errors that another try cannot fix. */
-export const PERMANENT = /too many operations|too large|duplicate key|permission denied|authentication|invalid auth|not capable/i;
+export const PERMANENT =
+  /too many operations|too large|duplicate key|permission denied|authentication|invalid auth|not capable/i;
 
 export interface EtcdStoreOptions {
   /** Key prefix (default `/safe-resume/`); stores with different prefixes share nothing. */
@@ -37,7 +38,8 @@ export interface EtcdStoreOptions {
    * TLS to etcd (PEM contents): the CA that signed the members' certificates, and a client certificate and key if they ask for one;
    * `serverName`, a DNS name the members' certificate carries, checked instead of each endpoint's address.
    */
-  tls?: { ca: Buffer; cert?: Buffer | undefined; key?: Buffer | undefined; serverName?: string | undefined } | undefined;
+  tls?:
+    { ca: Buffer; cert?: Buffer | undefined; key?: Buffer | undefined; serverName?: string | undefined } | undefined;
 }
 
 export class LeaseLost extends Error {}
@@ -70,7 +72,15 @@ export class EtcdConnection {
     this.client = new Etcd3({
       hosts: endpoints.map((e) => (e.includes('://') ? e : `${tls ? 'https' : 'http'}://${e}`)),
       dialTimeout: opts.timeoutMs ?? 5000,
-      ...(tls ? { credentials: { rootCertificate: tls.ca, ...(tls.cert ? { certChain: tls.cert } : {}), ...(tls.key ? { privateKey: tls.key } : {}) } } : {}),
+      ...(tls
+        ? {
+            credentials: {
+              rootCertificate: tls.ca,
+              ...(tls.cert ? { certChain: tls.cert } : {}),
+              ...(tls.key ? { privateKey: tls.key } : {}),
+            },
+          }
+        : {}),
       ...(tls?.serverName ? { grpcOptions: { 'grpc.ssl_target_name_override': tls.serverName } } : {}),
     });
     this.prefix = opts.prefix ?? '/safe-resume/';
@@ -93,7 +103,10 @@ export class EtcdConnection {
   /** The keys of the target's pages first..last, as a range (pages past the last a key can name are none). */
   protected pageRange(target: string, first: number, last: number): { key: Buffer; range_end: Buffer } {
     const end = prefixEnd(this.d(target));
-    return { key: first < PAGE_LIMIT ? Buffer.from(this.d(target, first)) : end, range_end: last + 1 < PAGE_LIMIT ? Buffer.from(this.d(target, last + 1)) : end };
+    return {
+      key: first < PAGE_LIMIT ? Buffer.from(this.d(target, first)) : end,
+      range_end: last + 1 < PAGE_LIMIT ? Buffer.from(this.d(target, last + 1)) : end,
+    };
   }
 
   /** An etcd call, with its failures (no leader, timeouts, refused connections) as StoreUnavailableError. */
@@ -124,7 +137,10 @@ export class EtcdConnection {
         // one etcd refused outright never will.
         const permanent = PERMANENT.test(message);
         if (!permanent) maybeSent = true;
-        if (permanent || Date.now() + pause >= deadline) throw new StoreUnavailableError(`etcd ${what}: ${message}`, { maybeApplied: what === 'transaction' && maybeSent });
+        if (permanent || Date.now() + pause >= deadline)
+          throw new StoreUnavailableError(`etcd ${what}: ${message}`, {
+            maybeApplied: what === 'transaction' && maybeSent,
+          });
       } finally {
         clearTimeout(timer);
       }
@@ -133,7 +149,11 @@ export class EtcdConnection {
   }
 
   /** One etcd transaction (a read when `compare` is empty and every op a range). */
-  protected async txn(what: string, compare: ICompare[], success: IRequestOp[]): Promise<{ succeeded: boolean; responses: IResponseOp[]; revision: string }> {
+  protected async txn(
+    what: string,
+    compare: ICompare[],
+    success: IRequestOp[],
+  ): Promise<{ succeeded: boolean; responses: IResponseOp[]; revision: string }> {
     const t0 = performance.now();
     const res = await this.call(what, () => this.client.kv.txn({ compare, success, failure: [] }));
     if (compare.length > 0) this.onTransaction?.(performance.now() - t0);
@@ -169,14 +189,29 @@ export class EtcdConnection {
   protected async checkLayout(): Promise<void> {
     const marker = Buffer.from(`${this.prefix}format`);
     const old = `${this.prefix}${OLD_PAGES}`;
-    const none: ICompare = { key: Buffer.from(old), range_end: prefixEnd(old), target: 'Mod', result: 'Equal', mod_revision: '0' };
+    const none: ICompare = {
+      key: Buffer.from(old),
+      range_end: prefixEnd(old),
+      target: 'Mod',
+      result: 'Equal',
+      mod_revision: '0',
+    };
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const res = await this.txn('read', [], [{ request_range: { key: marker } }, { request_range: { key: Buffer.from(old), range_end: prefixEnd(old), count_only: true } }]);
+      const res = await this.txn(
+        'read',
+        [],
+        [
+          { request_range: { key: marker } },
+          { request_range: { key: Buffer.from(old), range_end: prefixEnd(old), count_only: true } },
+        ],
+      );
       const kv = res.responses[0]?.response_range?.kvs?.[0] as IKeyValue | undefined;
       if (kv) {
         const layout = kv.value.toString();
         if (layout === KEY_LAYOUT) return;
-        throw new StoreUnavailableError(`etcd: the store under ${this.prefix} has key layout ${layout.slice(0, 40)} (key ${this.prefix}format), and this safe-resume knows layout ${KEY_LAYOUT} only: run the newer safe-resume that wrote it`);
+        throw new StoreUnavailableError(
+          `etcd: the store under ${this.prefix} has key layout ${layout.slice(0, 40)} (key ${this.prefix}format), and this safe-resume knows layout ${KEY_LAYOUT} only: run the newer safe-resume that wrote it`,
+        );
       }
       const pages = Number(res.responses[1]?.response_range?.count ?? 0);
       if (pages > 0 && !this.movePages) {
@@ -196,12 +231,20 @@ export class EtcdConnection {
           },
         );
         const last = this.moveError ? ` (the last try stopped: ${this.moveError})` : '';
-        throw new StoreUnavailableError(`etcd: ${pages} data pages under ${old} were written by an earlier safe-resume (page keys whose order breaks from page 100,000,000); they are being moved to ${this.prefix}${PAGES}, and the store serves once every one is moved${last}`);
+        throw new StoreUnavailableError(
+          `etcd: ${pages} data pages under ${old} were written by an earlier safe-resume (page keys whose order breaks from page 100,000,000); they are being moved to ${this.prefix}${PAGES}, and the store serves once every one is moved${last}`,
+        );
       }
-      const put = await this.txn('transaction', [{ key: marker, target: 'Create', result: 'Equal', create_revision: '0' }, none], [{ request_put: { key: marker, value: Buffer.from(KEY_LAYOUT) } }]);
+      const put = await this.txn(
+        'transaction',
+        [{ key: marker, target: 'Create', result: 'Equal', create_revision: '0' }, none],
+        [{ request_put: { key: marker, value: Buffer.from(KEY_LAYOUT) } }],
+      );
       if (put.succeeded) return;
     }
-    throw new StoreUnavailableError(`etcd: the key layout of the store under ${this.prefix} kept changing while it was checked`);
+    throw new StoreUnavailableError(
+      `etcd: the key layout of the store under ${this.prefix} kept changing while it was checked`,
+    );
   }
 
   /**
@@ -212,7 +255,11 @@ export class EtcdConnection {
   protected async moveOldPages(): Promise<void> {
     const old = `${this.prefix}${OLD_PAGES}`;
     while (!this.closed) {
-      const res = await this.txn('read', [], [{ request_range: { key: Buffer.from(old), range_end: prefixEnd(old), limit: 50 } }]);
+      const res = await this.txn(
+        'read',
+        [],
+        [{ request_range: { key: Buffer.from(old), range_end: prefixEnd(old), limit: 50 } }],
+      );
       const kvs = (res.responses[0]?.response_range?.kvs ?? []) as IKeyValue[];
       if (kvs.length === 0) return;
       const compare: ICompare[] = [];
@@ -220,9 +267,18 @@ export class EtcdConnection {
       for (const kv of kvs) {
         const key = kv.key.toString();
         const [target, page, ...rest] = key.slice(old.length).split('/');
-        if (!target || page === undefined || rest.length > 0) throw new StoreUnavailableError(`etcd: ${JSON.stringify(key)} is not a page key of the earlier layout`);
+        if (!target || page === undefined || rest.length > 0)
+          throw new StoreUnavailableError(`etcd: ${JSON.stringify(key)} is not a page key of the earlier layout`);
         compare.push(this.modIs(key, kv.mod_revision));
-        success.push({ request_put: { key: Buffer.from(this.d(decodeURIComponent(target), pageOfKey(page, true))), value: kv.value } }, { request_delete_range: { key: kv.key } });
+        success.push(
+          {
+            request_put: {
+              key: Buffer.from(this.d(decodeURIComponent(target), pageOfKey(page, true))),
+              value: kv.value,
+            },
+          },
+          { request_delete_range: { key: kv.key } },
+        );
       }
       // A compare that failed: another replica moved (some of) them; read what is left.
       await this.txn('transaction', compare, success);

@@ -56,13 +56,15 @@ export const PAGE_PART = new RegExp(`^[0-9]{${PAGE_DIGITS}}$`);
 if (MAX_DISK_BYTES / PAGE > PAGE_LIMIT) throw new Error('etcd page keys are too narrow for MAX_DISK_BYTES');
 /** The last part of a page's key: its number in PAGE_DIGITS decimal digits. */
 export function pageKey(page: number): string {
-  if (!Number.isSafeInteger(page) || page < 0 || page >= PAGE_LIMIT) throw new RangeError(`etcd: page ${page} has no key`);
+  if (!Number.isSafeInteger(page) || page < 0 || page >= PAGE_LIMIT)
+    throw new RangeError(`etcd: page ${page} has no key`);
   return String(page).padStart(PAGE_DIGITS, '0');
 }
 /** The page number in the last part of a page key (`old`: of the earlier layout, digits of any width). */
 export function pageOfKey(part: string, old = false): number {
   // A key that is not a page's fails the one call that met it, not the store.
-  if (!(old ? /^[0-9]{1,16}$/ : PAGE_PART).test(part)) throw new Error(`etcd: ${JSON.stringify(part)} is not a page key`);
+  if (!(old ? /^[0-9]{1,16}$/ : PAGE_PART).test(part))
+    throw new Error(`etcd: ${JSON.stringify(part)} is not a page key`);
   return Number(part);
 }
 /** The end of a prefix range: the prefix with its last byte plus one. */
@@ -86,4 +88,11 @@ export interface Meta {
 }
 
 export const metaOf = (s: TargetState): Buffer =>
-  Buffer.from(JSON.stringify({ version: s.version, size: s.size, ...(s.fixed ? { fixed: s.fixed } : {}), ...(s.access ? { owner: s.access.owner, grants: s.access.grants } : {}) }));
+  Buffer.from(
+    JSON.stringify({
+      version: s.version,
+      size: s.size,
+      ...(s.fixed ? { fixed: s.fixed } : {}),
+      ...(s.access ? { owner: s.access.owner, grants: s.access.grants } : {}),
+    }),
+  );

@@ -40,7 +40,13 @@ export class EtcdLeases extends EtcdConnection {
     const have = this.leases.get(key);
     if (have) return have.id;
     // The TTL starts when etcd grants it: after this send, before the answer.
-    const entry: Lease = { id: Promise.resolve(''), granted: undefined, ttl, times: { ttlMs: ttl * 1000, sentAt: Date.now(), answeredAt: undefined }, refreshing: undefined };
+    const entry: Lease = {
+      id: Promise.resolve(''),
+      granted: undefined,
+      ttl,
+      times: { ttlMs: ttl * 1000, sentAt: Date.now(), answeredAt: undefined },
+      refreshing: undefined,
+    };
     entry.id = this.call('lease grant', () => this.client.leaseClient.leaseGrant({ TTL: ttl, ID: 0 })).then((r) => {
       this.stats.grants++;
       entry.times.answeredAt = Date.now();
@@ -61,7 +67,12 @@ export class EtcdLeases extends EtcdConnection {
       const sentAt = Date.now();
       try {
         const alive = await this.keepAlive(id);
-        if (alive) entry.times = { ttlMs: entry.ttl * 1000, sentAt: Math.max(sentAt, entry.times.sentAt), answeredAt: Date.now() };
+        if (alive)
+          entry.times = {
+            ttlMs: entry.ttl * 1000,
+            sentAt: Math.max(sentAt, entry.times.sentAt),
+            answeredAt: Date.now(),
+          };
         else if (this.leases.get(key) === entry) this.leases.delete(key);
         return alive;
       } finally {
@@ -84,7 +95,10 @@ export class EtcdLeases extends EtcdConnection {
           const entry = this.leases.get(key);
           if (!entry || entry.granted !== id) throw new LeaseLost(`etcd: lease ${id} was given up`);
           if (leases.canCarry(entry.times, Date.now() + this.timeoutMs)) return;
-          if (i === MAX_LEASE_REFRESHES) throw new StoreUnavailableError(`etcd: lease ${id} could not be kept alive long enough to carry a lock (keep-alives too slow for a TTL of ${entry.ttl} s)`);
+          if (i === MAX_LEASE_REFRESHES)
+            throw new StoreUnavailableError(
+              `etcd: lease ${id} could not be kept alive long enough to carry a lock (keep-alives too slow for a TTL of ${entry.ttl} s)`,
+            );
           if (!(await this.refresh(key, entry, id))) throw new LeaseLost(`etcd: lease ${id} lapsed`);
         }
       }),
@@ -112,6 +126,8 @@ export class EtcdLeases extends EtcdConnection {
   /** Forget leases that surely lapsed (judged from when etcd last answered for them), and those of a session known lost. */
   protected forgetLeases(lost?: string): void {
     const now = Date.now();
-    for (const [key, l] of this.leases) if ((lost !== undefined && key.startsWith(`${lost}/`)) || leases.surelyLapsed(l.times, now)) this.leases.delete(key);
+    for (const [key, l] of this.leases)
+      if ((lost !== undefined && key.startsWith(`${lost}/`)) || leases.surelyLapsed(l.times, now))
+        this.leases.delete(key);
   }
 }

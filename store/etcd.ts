@@ -31,7 +31,18 @@ import type { IKeyValue, IRequestOp } from 'etcd3/lib/rpc.js';
 import * as rules from './rules.js';
 import { MAX_ATTEMPTS } from './etcd-connection.js';
 import { EtcdBatches, MAX_TXN_OPS } from './etcd-batches.js';
-import { ABSENT, PAGE, PAGES, enc, json, pageOfKey, prefixEnd, type Kv, type Meta, type TargetState } from './etcd-keys.js';
+import {
+  ABSENT,
+  PAGE,
+  PAGES,
+  enc,
+  json,
+  pageOfKey,
+  prefixEnd,
+  type Kv,
+  type Meta,
+  type TargetState,
+} from './etcd-keys.js';
 import {
   StoreUnavailableError,
   type AccessRequest,
@@ -61,7 +72,15 @@ export class EtcdStore extends EtcdBatches implements Store {
 
   open(req: OpenRequest): Promise<OpenResult> {
     const grant = req.mode === 'write' ? { session: req.session, ttl: this.ttlOf(req.leaseMs) } : undefined;
-    return this.enqueue({ target: req.target, pages: [], touch: 0, bytes: 0, grant, decide: (s) => rules.decideOpen(this.view(s), req, this.now()), decided: (out) => ({ op: 'open', req, out: out as OpenResult }) });
+    return this.enqueue({
+      target: req.target,
+      pages: [],
+      touch: 0,
+      bytes: 0,
+      grant,
+      decide: (s) => rules.decideOpen(this.view(s), req, this.now()),
+      decided: (out) => ({ op: 'open', req, out: out as OpenResult }),
+    });
   }
 
   resume(reqs: ResumeRequest[]): Promise<ResumeOutcome[]> {
@@ -69,7 +88,15 @@ export class EtcdStore extends EtcdBatches implements Store {
     return Promise.all(
       reqs.map((req) => {
         const grant = req.mode === 'write' ? { session: req.session, ttl: this.ttlOf(req.leaseMs) } : undefined;
-        return this.enqueue<ResumeOutcome>({ target: req.target, pages: [], touch: 0, bytes: 0, grant, decide: (s) => rules.decideResume(this.view(s), req, this.now()), decided: (out) => ({ op: 'resume', req, out: out as ResumeOutcome }) });
+        return this.enqueue<ResumeOutcome>({
+          target: req.target,
+          pages: [],
+          touch: 0,
+          bytes: 0,
+          grant,
+          decide: (s) => rules.decideResume(this.view(s), req, this.now()),
+          decided: (out) => ({ op: 'resume', req, out: out as ResumeOutcome }),
+        });
       }),
     );
   }
@@ -84,7 +111,14 @@ export class EtcdStore extends EtcdBatches implements Store {
       if (last !== first && end % PAGE !== 0) pages.push(last);
     }
     const touch = req.data.length === 0 ? 0 : Math.floor((end - 1) / PAGE) - Math.floor(req.offset / PAGE) + 1;
-    return this.enqueue({ target: req.target, pages, touch, bytes: req.data.length, decide: (s) => rules.decideWrite(this.view(s), req), decided: (out) => ({ op: 'write', req, out: out as WriteResult }) });
+    return this.enqueue({
+      target: req.target,
+      pages,
+      touch,
+      bytes: req.data.length,
+      decide: (s) => rules.decideWrite(this.view(s), req),
+      decided: (out) => ({ op: 'write', req, out: out as WriteResult }),
+    });
   }
 
   async read(req: ReadRequest): Promise<ReadResult> {
@@ -95,15 +129,26 @@ export class EtcdStore extends EtcdBatches implements Store {
       const kp = `${this.prefix}k/${enc(req.target)}/`;
       this.stats.reads++;
       // The keys and the pages in one read transaction: one revision, so the bytes are the version's.
-      const res = await this.txn('read', [], [
-        { request_range: { key: Buffer.from(kp), range_end: prefixEnd(kp) } },
-        { request_range: this.pageRange(req.target, first, last) },
-      ]);
+      const res = await this.txn(
+        'read',
+        [],
+        [
+          { request_range: { key: Buffer.from(kp), range_end: prefixEnd(kp) } },
+          { request_range: this.pageRange(req.target, first, last) },
+        ],
+      );
       const kvs = new Map<string, Kv>();
-      for (const kv of (res.responses[0]?.response_range?.kvs ?? []) as IKeyValue[]) kvs.set(kv.key.toString(), { value: kv.value, mod: kv.mod_revision, lease: kv.lease });
+      for (const kv of (res.responses[0]?.response_range?.kvs ?? []) as IKeyValue[])
+        kvs.set(kv.key.toString(), { value: kv.value, mod: kv.mod_revision, lease: kv.lease });
       const r = kvs.get(this.k(req.target, 'r')) ?? ABSENT;
       const v = kvs.get(this.k(req.target, 'v')) ?? ABSENT;
-      const view: rules.TargetView = { record: json<LockRecord | undefined>(r, undefined), version: 0, fixedSize: 0, tombstones: () => [], access: undefined };
+      const view: rules.TargetView = {
+        record: json<LockRecord | undefined>(r, undefined),
+        version: 0,
+        fixedSize: 0,
+        tombstones: () => [],
+        access: undefined,
+      };
       const m = json<Meta>(v, { version: 0, size: 0 });
       const refused = rules.decideRead(view, req);
       let out: ReadResult;
@@ -127,14 +172,25 @@ export class EtcdStore extends EtcdBatches implements Store {
         const key = `${this.prefix}h/${this.logId}/${String(++this.logSeq).padStart(12, '0')}`;
         return { request_put: { key: Buffer.from(key), value: Buffer.from(line) } };
       });
-      const ok = await this.txn('transaction', [this.modIs(this.k(req.target, 'r'), r.mod), this.modIs(this.k(req.target, 'v'), v.mod)], puts);
+      const ok = await this.txn(
+        'transaction',
+        [this.modIs(this.k(req.target, 'r'), r.mod), this.modIs(this.k(req.target, 'v'), v.mod)],
+        puts,
+      );
       if (ok.succeeded) return out;
     }
     throw new StoreUnavailableError(`etcd: ${req.target} kept changing while it was read`);
   }
 
   editAccess(req: AccessRequest): Promise<AccessResult> {
-    return this.enqueue({ target: req.target, pages: [], touch: 0, bytes: 0, decide: (s) => rules.decideAccess(this.view(s), req), decided: (out) => ({ op: 'access', req, out: out as AccessResult }) });
+    return this.enqueue({
+      target: req.target,
+      pages: [],
+      touch: 0,
+      bytes: 0,
+      decide: (s) => rules.decideAccess(this.view(s), req),
+      decided: (out) => ({ op: 'access', req, out: out as AccessResult }),
+    });
   }
 
   async access(target: string): Promise<TargetAccess | undefined> {
@@ -143,7 +199,14 @@ export class EtcdStore extends EtcdBatches implements Store {
   }
 
   close(ref: HandleRef, session: string): Promise<boolean> {
-    return this.enqueue({ target: ref.target, pages: [], touch: 0, bytes: 0, decide: (s) => rules.decideClose(this.view(s), ref, session), decided: (out) => ({ op: 'close', ref, session, out: out as boolean }) });
+    return this.enqueue({
+      target: ref.target,
+      pages: [],
+      touch: 0,
+      bytes: 0,
+      decide: (s) => rules.decideClose(this.view(s), ref, session),
+      decided: (out) => ({ op: 'close', ref, session, out: out as boolean }),
+    });
   }
 
   /**
@@ -164,10 +227,16 @@ export class EtcdStore extends EtcdBatches implements Store {
         decide: (s) => {
           const held = s.record?.requestId === ref.requestId && s.record.session === session;
           // On the lease already: nothing to write. Otherwise the record's expiry moves (and the lock key with it).
-          if (this.leaseMode && held && s.live && s.lockLease === lease) return rules.decideRenew(this.view(s), ref, session, s.record!.expiresAt);
+          if (this.leaseMode && held && s.live && s.lockLease === lease)
+            return rules.decideRenew(this.view(s), ref, session, s.record!.expiresAt);
           return rules.decideRenew(this.view(s), ref, session, this.now() + leaseMs);
         },
-        decided: (out) => ({ op: 'renew', session, refs: [ref], out: { lost: out ? [out as RenewResult['lost'][number]] : [] } }),
+        decided: (out) => ({
+          op: 'renew',
+          session,
+          refs: [ref],
+          out: { lost: out ? [out as RenewResult['lost'][number]] : [] },
+        }),
       });
     if (!this.leaseMode || refs.length === 0) {
       const lost = await Promise.all(refs.map((ref) => item(ref, undefined)));
@@ -193,7 +262,8 @@ export class EtcdStore extends EtcdBatches implements Store {
     const chunks: string[][] = [];
     for (let i = 0; i < targets.length; i += MAX_TXN_OPS) chunks.push(targets.slice(i, i + MAX_TXN_OPS));
     const states = new Map<string, TargetState>();
-    for (const part of await Promise.all(chunks.map((c) => this.readTargets(c, [])))) for (const [t, st] of part.states) states.set(t, st);
+    for (const part of await Promise.all(chunks.map((c) => this.readTargets(c, []))))
+      for (const [t, st] of part.states) states.set(t, st);
     const lost: RenewResult['lost'] = [];
     const again: Array<Promise<RenewResult['lost'][number] | undefined>> = [];
     for (const ref of refs) {
@@ -223,7 +293,11 @@ export class EtcdStore extends EtcdBatches implements Store {
   async pages(target: string): Promise<number> {
     if (!this.layoutOk) await this.ready();
     const p = this.d(target);
-    const res = await this.txn('read', [], [{ request_range: { key: Buffer.from(p), range_end: prefixEnd(p), count_only: true } }]);
+    const res = await this.txn(
+      'read',
+      [],
+      [{ request_range: { key: Buffer.from(p), range_end: prefixEnd(p), count_only: true } }],
+    );
     return Number(res.responses[0]?.response_range?.count ?? 0);
   }
 
@@ -235,7 +309,9 @@ export class EtcdStore extends EtcdBatches implements Store {
     const { states } = await this.readTargets([target], []);
     const s = states.get(target)!;
     if (!s.live || s.lockLease === '0') return 0;
-    const res = await this.call('lease ttl', () => this.client.leaseClient.leaseTimeToLive({ ID: s.lockLease, keys: false }));
+    const res = await this.call('lease ttl', () =>
+      this.client.leaseClient.leaseTimeToLive({ ID: s.lockLease, keys: false }),
+    );
     return Math.max(0, Number(res.TTL) * 1000);
   }
 
@@ -252,7 +328,11 @@ export class EtcdStore extends EtcdBatches implements Store {
     let from = Buffer.from(prefix);
     let revision: string | undefined;
     for (;;) {
-      const res = await this.txn('read', [], [{ request_range: { key: from, range_end: end, limit: 1000, ...(revision ? { revision } : {}) } }]);
+      const res = await this.txn(
+        'read',
+        [],
+        [{ request_range: { key: from, range_end: end, limit: 1000, ...(revision ? { revision } : {}) } }],
+      );
       revision ??= res.revision;
       const r = res.responses[0]?.response_range;
       const kvs = (r?.kvs ?? []) as IKeyValue[];

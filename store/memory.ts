@@ -1,7 +1,15 @@
 /** The in-memory store: deterministic, for simulation and tests. */
 import { TxStore } from './base.js';
 import type { Tx } from './rules.js';
-import { MAX_TARGET_BYTES, PAGE_BYTES, StoreUnavailableError, isZeroPage, type LockRecord, type TargetAccess, type Tombstone } from './types.js';
+import {
+  MAX_TARGET_BYTES,
+  PAGE_BYTES,
+  StoreUnavailableError,
+  isZeroPage,
+  type LockRecord,
+  type TargetAccess,
+  type Tombstone,
+} from './types.js';
 
 export interface MemoryState {
   records: Map<string, LockRecord>;
@@ -46,7 +54,9 @@ export class MemoryStore extends TxStore {
 
   /** Every target's bytes (for a final check). */
   targets(): Array<{ target: string; data: Uint8Array }> {
-    return [...this.state.targets].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([target, t]) => ({ target, data: bytesOf(t, 0, t.size) }));
+    return [...this.state.targets]
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([target, t]) => ({ target, data: bytesOf(t, 0, t.size) }));
   }
 
   async ping(): Promise<void> {
@@ -68,7 +78,11 @@ export function memoryTx(state: MemoryState): Tx {
     putRecord: (r) => void records.set(r.target, { ...r }),
     deleteRecord: (t) => void records.delete(t),
     getTombstones: (t) => tombstones.get(t) ?? [],
-    putTombstones: (t, list) => void tombstones.set(t, list.map((x) => ({ ...x }))),
+    putTombstones: (t, list) =>
+      void tombstones.set(
+        t,
+        list.map((x) => ({ ...x })),
+      ),
     getAccess: (t) => access.get(t),
     putAccess: (t, a) => void access.set(t, { owner: a.owner, grants: a.grants.map((g) => ({ ...g })) }),
     version: (t) => targets.get(t)?.version ?? 0,
@@ -111,7 +125,8 @@ export function memoryTx(state: MemoryState): Tx {
       if (!cur) return 0;
       let n = 0;
       const to = Math.min(cur.size, cur.buf.length);
-      for (let at = 0; at < to; at += PAGE_BYTES) if (!isZeroPage(cur.buf.subarray(at, Math.min(to, at + PAGE_BYTES)))) n++;
+      for (let at = 0; at < to; at += PAGE_BYTES)
+        if (!isZeroPage(cur.buf.subarray(at, Math.min(to, at + PAGE_BYTES)))) n++;
       return n;
     },
   };

@@ -14,10 +14,7 @@ import { SqliteStore, type SqliteStoreOptions } from './sqlite.js';
 import type { Store } from './types.js';
 import { EtcdStore, type EtcdStoreOptions } from './etcd.js';
 
-export type StoreSpec =
-  | { kind: 'memory' }
-  | { kind: 'sqlite'; path: string }
-  | { kind: 'etcd'; endpoints: string[] };
+export type StoreSpec = { kind: 'memory' } | { kind: 'sqlite'; path: string } | { kind: 'etcd'; endpoints: string[] };
 
 /** Parse a spec, or a clear INVALID_ARGUMENT error that lists the forms. */
 export function parseStoreSpec(spec: string): StoreSpec {
@@ -25,13 +22,21 @@ export function parseStoreSpec(spec: string): StoreSpec {
   if (spec === 'memory') return { kind: 'memory' };
   if (spec.startsWith('sqlite:')) {
     const path = spec.slice('sqlite:'.length);
-    if (path.length === 0) throw new SafeResumeError('INVALID_ARGUMENT', `store ${JSON.stringify(spec)}: sqlite needs a path (sqlite:PATH)`);
+    if (path.length === 0)
+      throw new SafeResumeError('INVALID_ARGUMENT', `store ${JSON.stringify(spec)}: sqlite needs a path (sqlite:PATH)`);
     return { kind: 'sqlite', path: resolve(path) };
   }
   if (spec.startsWith('etcd://')) {
-    const endpoints = spec.slice('etcd://'.length).split(',').filter((e) => e.length > 0);
+    const endpoints = spec
+      .slice('etcd://'.length)
+      .split(',')
+      .filter((e) => e.length > 0);
     const bad = endpoints.find((e) => !/^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9A-Fa-f:]+\]:\d{1,5}$/.test(e));
-    if (endpoints.length === 0 || bad !== undefined) throw new SafeResumeError('INVALID_ARGUMENT', `store ${JSON.stringify(spec)}: etcd endpoints are HOST:PORT separated by commas${bad ? ` (not ${JSON.stringify(bad)})` : ''}`);
+    if (endpoints.length === 0 || bad !== undefined)
+      throw new SafeResumeError(
+        'INVALID_ARGUMENT',
+        `store ${JSON.stringify(spec)}: etcd endpoints are HOST:PORT separated by commas${bad ? ` (not ${JSON.stringify(bad)})` : ''}`,
+      );
     return { kind: 'etcd', endpoints };
   }
   throw new SafeResumeError('INVALID_ARGUMENT', `store ${JSON.stringify(spec)}: expected ${forms}`);

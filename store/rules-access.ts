@@ -11,7 +11,8 @@ import { none, type Decision, type TargetView } from './rules-view.js';
  * may), so it tells nothing of who owns the target. (A name nobody has is not refused: an open creates
  * it.)
  */
-export const NO_ACCESS = 'not permitted: a target is opened only by its owner and the principals it granted access, and only its owner (or the operator) changes who may';
+export const NO_ACCESS =
+  'not permitted: a target is opened only by its owner and the principals it granted access, and only its owner (or the operator) changes who may';
 
 /**
  * Who may open the target: its recorded access; for a target written by an earlier version (which
@@ -51,16 +52,22 @@ function settled<T>(v: TargetView, d: Decision<T>): Decision<T> {
 export function decideAccess(v: TargetView, req: AccessRequest): Decision<AccessResult> {
   const refuse = (message: string) => none<AccessResult>({ ok: false, code: 'INVALID_ARGUMENT', message });
   const access = accessOf(v);
-  if (req.by !== undefined && access?.owner !== req.by) return none({ ok: false, code: 'FORBIDDEN', message: NO_ACCESS });
+  if (req.by !== undefined && access?.owner !== req.by)
+    return none({ ok: false, code: 'FORBIDDEN', message: NO_ACCESS });
   if (!access) return refuse(`${req.target} does not exist: nobody has opened it`);
-  if (req.mode !== 'none' && req.mode !== 'read' && req.mode !== 'write') return refuse(`mode must be read, write or none, not ${String(req.mode)}`);
+  if (req.mode !== 'none' && req.mode !== 'read' && req.mode !== 'write')
+    return refuse(`mode must be read, write or none, not ${String(req.mode)}`);
   if (req.principal.length === 0) return refuse('a principal must be named');
-  if (req.principal === access.owner) return refuse(`${req.principal} owns ${req.target}: an owner's access is neither granted nor revoked`);
+  if (req.principal === access.owner)
+    return refuse(`${req.principal} owns ${req.target}: an owner's access is neither granted nor revoked`);
   const had = access.grants.find((g) => g.principal === req.principal);
   if (v.access && (req.mode === 'none' ? !had : had?.mode === req.mode)) return none({ ok: true, access });
   const grants = access.grants.filter((g) => g.principal !== req.principal);
   if (req.mode !== 'none') grants.push({ principal: req.principal, mode: req.mode });
-  if (grants.length > MAX_GRANTS) return refuse(`${req.target} already grants ${MAX_GRANTS} principals access, as many as a target may: revoke one first`);
+  if (grants.length > MAX_GRANTS)
+    return refuse(
+      `${req.target} already grants ${MAX_GRANTS} principals access, as many as a target may: revoke one first`,
+    );
   const next: TargetAccess = { owner: access.owner, grants };
   return { out: { ok: true, access: next }, effects: [{ kind: 'access', access: next }] };
 }

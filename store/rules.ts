@@ -39,56 +39,108 @@ function sizeRefused(v: TargetView, req: OpenRequest, maxSize: number): Extract<
   const size = req.size;
   if (size === undefined || (size !== 0 && size === v.fixedSize)) return undefined;
   const refuse = (message: string) => ({ ok: false as const, code: 'INVALID_ARGUMENT' as const, message });
-  if (!Number.isSafeInteger(size) || size < 1 || size > maxSize) return refuse(`a target's size must be between 1 and ${maxSize} bytes on this store, not ${size}`);
+  if (!Number.isSafeInteger(size) || size < 1 || size > maxSize)
+    return refuse(`a target's size must be between 1 and ${maxSize} bytes on this store, not ${size}`);
   if (v.fixedSize !== 0) return refuse(`${req.target} was created with a size of ${v.fixedSize} bytes, not ${size}`);
-  if (v.version !== 0) return refuse(`${req.target} already holds data and has no fixed size: a size is fixed when a target is created`);
+  if (v.version !== 0)
+    return refuse(`${req.target} already holds data and has no fixed size: a size is fixed when a target is created`);
   if (req.mode === 'read') return refuse(`${req.target} does not exist yet: a write open creates it with a size`);
   return undefined;
 }
 
 /** The effect that fixes the size an open asked for, when the target has none yet. */
-const fixing = (v: TargetView, req: OpenRequest): Effect[] => (req.size !== undefined && v.fixedSize === 0 ? [{ kind: 'size', size: req.size }] : []);
+const fixing = (v: TargetView, req: OpenRequest): Effect[] =>
+  req.size !== undefined && v.fixedSize === 0 ? [{ kind: 'size', size: req.size }] : [];
 
-export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number, maxSize = MAX_DISK_BYTES): Decision<OpenResult> {
+export function decideOpen(
+  v: TargetView,
+  req: OpenRequest,
+  nowMs: number,
+  maxSize = MAX_DISK_BYTES,
+): Decision<OpenResult> {
   // Access first: a principal without it learns nothing more of the target (its size, its holder).
   const access = accessOf(v);
-  if (access && !mayOpen(access, req.principal, req.mode)) return none({ ok: false, code: 'FORBIDDEN', message: NO_ACCESS });
+  if (access && !mayOpen(access, req.principal, req.mode))
+    return none({ ok: false, code: 'FORBIDDEN', message: NO_ACCESS });
   const version = v.version;
   const refused = sizeRefused(v, req, maxSize);
   if (refused) return none(refused);
   const size = req.size ?? v.fixedSize;
   // An open of a name nobody has creates the target: the opening principal owns it.
   const created: Effect[] = access ? [] : [{ kind: 'access', access: { owner: req.principal, grants: [] } }];
-  if (req.mode === 'read') return settled(v, { out: { ok: true, version, lastSeq: 0, takeover: false, size }, effects: created });
+  if (req.mode === 'read')
+    return settled(v, { out: { ok: true, version, lastSeq: 0, takeover: false, size }, effects: created });
   const rec = v.record;
   const instance = req.instance ?? '';
   if (rec && rec.requestId === req.requestId) {
-    if (rec.principal !== req.principal) return none({ ok: false, code: 'FORBIDDEN', message: 'requestId belongs to another principal' });
+    if (rec.principal !== req.principal)
+      return none({ ok: false, code: 'FORBIDDEN', message: 'requestId belongs to another principal' });
     // A node opens a requestId afresh only once (an application that comes back to it resumes it), so
     // an open finding the record held is the same open sent again on a later session, or a late copy
     // of one from a session the node has left: only a newer request of the same instance moves it.
     const stale = staleRequest(rec, req.session, instance, req.epoch, false);
     if (stale) return none({ ok: false, code: 'SUPERSEDED', message: stale });
     // The same open from a new session: grant it and fence the old session.
-    return settled(v, { out: { ok: true, version, lastSeq: rec.lastSeq, takeover: true, size }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance, req.epoch) }, ...fixing(v, req)] });
+    return settled(v, {
+      out: { ok: true, version, lastSeq: rec.lastSeq, takeover: true, size },
+      effects: [
+        { kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance, req.epoch) },
+        ...fixing(v, req),
+      ],
+    });
   }
   if (rec && (v.live ?? nowMs < rec.expiresAt)) {
     // Who holds it, and when it can lapse: never while the holder's session lives (it renews the lock).
-    const lapse = v.live === undefined ? `if that session stops renewing it, it lapses in ${rec.expiresAt - nowMs} ms at most` : "it lapses when that session's lease does";
+    const lapse =
+      v.live === undefined
+        ? `if that session stops renewing it, it lapses in ${rec.expiresAt - nowMs} ms at most`
+        : "it lapses when that session's lease does";
     // The holder is named to its own principal only: another learns that the target is locked, not
     // the requestId it could otherwise try to pose as, nor when the lock can lapse.
-    if (rec.principal !== req.principal) return none({ ok: false, code: 'LOCKED', message: `${req.target} is locked by another writer; retry later` });
-    return none({ ok: false, code: 'LOCKED', message: `${req.target} is held by requestId ${rec.requestId} (principal ${rec.principal}) through session ${rec.session}, which renews the lock while it lives; ${lapse}` });
+    if (rec.principal !== req.principal)
+      return none({ ok: false, code: 'LOCKED', message: `${req.target} is locked by another writer; retry later` });
+    return none({
+      ok: false,
+      code: 'LOCKED',
+      message: `${req.target} is held by requestId ${rec.requestId} (principal ${rec.principal}) through session ${rec.session}, which renews the lock while it lives; ${lapse}`,
+    });
   }
   // A requestId stays its principal's while a tombstone names it: nobody else creates it again.
-  if (boundElsewhere(v, req.requestId, req.principal)) return none({ ok: false, code: 'FORBIDDEN', message: 'requestId belongs to another principal' });
+  if (boundElsewhere(v, req.requestId, req.principal))
+    return none({ ok: false, code: 'FORBIDDEN', message: 'requestId belongs to another principal' });
   // A node opens a requestId afresh only once: an open of one that held the target before (its
   // tombstone) is a late copy from a session the node left, after the handle closed or lost the target.
-  if (tombOf(v, req.requestId, req.principal)) return none({ ok: false, code: 'SUPERSEDED', message: 'this requestId held the target before and let it go; this open is a late copy from a session its node has left' });
+  if (tombOf(v, req.requestId, req.principal))
+    return none({
+      ok: false,
+      code: 'SUPERSEDED',
+      message:
+        'this requestId held the target before and let it go; this open is a late copy from a session its node has left',
+    });
   // No record, or its lock expired: the old holder's resume will now be denied; its tombstone says
   // which of its writes were applied.
-  const effects: Effect[] = rec ? [bury(v, rec, { requestId: req.requestId, principal: req.principal, at: nowMs })] : [];
-  effects.push({ kind: 'put', record: { target: req.target, requestId: req.requestId, principal: req.principal, session: req.session, expiresAt: nowMs + req.leaseMs, lastSeq: 0, instance, instanceSeq: 0, prevInstance: '', epoch: req.epoch ?? 0 } }, ...fixing(v, req), ...created);
+  const effects: Effect[] = rec
+    ? [bury(v, rec, { requestId: req.requestId, principal: req.principal, at: nowMs })]
+    : [];
+  effects.push(
+    {
+      kind: 'put',
+      record: {
+        target: req.target,
+        requestId: req.requestId,
+        principal: req.principal,
+        session: req.session,
+        expiresAt: nowMs + req.leaseMs,
+        lastSeq: 0,
+        instance,
+        instanceSeq: 0,
+        prevInstance: '',
+        epoch: req.epoch ?? 0,
+      },
+    },
+    ...fixing(v, req),
+    ...created,
+  );
   return settled(v, { out: { ok: true, version, lastSeq: 0, takeover: false, size }, effects });
 }
 
@@ -96,11 +148,28 @@ export function decideOpen(v: TargetView, req: OpenRequest, nowMs: number, maxSi
  * The record on a new session, and on a new instance if `instance` differs (a takeover), at the
  * request's hand-over counter (kept as it was when the request carries none).
  */
-function handOver(rec: LockRecord, session: string, expiresAt: number, instance: string, epoch: number | undefined): LockRecord {
+function handOver(
+  rec: LockRecord,
+  session: string,
+  expiresAt: number,
+  instance: string,
+  epoch: number | undefined,
+): LockRecord {
   const e = epoch ?? rec.epoch ?? 0;
   if (instance === rec.instance) return { ...rec, session, expiresAt, epoch: e };
-  const retired = [rec.instance, ...(rec.retired ?? [])].filter((i) => i !== '' && i !== instance).slice(0, RETIRED_INSTANCES);
-  return { ...rec, session, expiresAt, instance, instanceSeq: rec.lastSeq, prevInstance: rec.instance, retired, epoch: e };
+  const retired = [rec.instance, ...(rec.retired ?? [])]
+    .filter((i) => i !== '' && i !== instance)
+    .slice(0, RETIRED_INSTANCES);
+  return {
+    ...rec,
+    session,
+    expiresAt,
+    instance,
+    instanceSeq: rec.lastSeq,
+    prevInstance: rec.instance,
+    retired,
+    epoch: e,
+  };
 }
 
 /**
@@ -114,7 +183,13 @@ function handOver(rec: LockRecord, session: string, expiresAt: number, instance:
  * (instances on different nodes count apart), but one by an instance the record was taken over from
  * (`retired`) is as late. Requests and records without a counter are not checked.
  */
-function staleRequest(rec: LockRecord, session: string, instance: string, epoch: number | undefined, takeover: boolean): string | undefined {
+function staleRequest(
+  rec: LockRecord,
+  session: string,
+  instance: string,
+  epoch: number | undefined,
+  takeover: boolean,
+): string | undefined {
   if (rec.instance !== instance) {
     if (rec.instance === '' || instance === '') return undefined;
     // An instance the record was taken over from, taking it back, is a late copy of its own takeover.
@@ -132,8 +207,19 @@ function staleRequest(rec: LockRecord, session: string, instance: string, epoch:
  * bounded), taken by `takenBy` if it lapsed. Another principal's tombstone is never replaced.
  */
 function bury(v: TargetView, rec: LockRecord, takenBy?: Tombstone['takenBy']): Effect {
-  const tomb: Tombstone = { requestId: rec.requestId, principal: rec.principal, instance: rec.instance, instanceSeq: rec.instanceSeq, prevInstance: rec.prevInstance, session: rec.session, lastSeq: rec.lastSeq, ...(takenBy ? { takenBy } : {}) };
-  const kept = v.tombstones().filter((t) => !(t.requestId === rec.requestId && (t.principal ?? rec.principal) === rec.principal));
+  const tomb: Tombstone = {
+    requestId: rec.requestId,
+    principal: rec.principal,
+    instance: rec.instance,
+    instanceSeq: rec.instanceSeq,
+    prevInstance: rec.prevInstance,
+    session: rec.session,
+    lastSeq: rec.lastSeq,
+    ...(takenBy ? { takenBy } : {}),
+  };
+  const kept = v
+    .tombstones()
+    .filter((t) => !(t.requestId === rec.requestId && (t.principal ?? rec.principal) === rec.principal));
   const all = [tomb, ...kept];
   // Past the bound, the principal whose decision this is gives up its own oldest tombstone first: no
   // principal can push another's out (and with it the binding of a requestId) by opening and closing.
@@ -169,10 +255,20 @@ function tombOf(v: TargetView, requestId: string, principal: string): Tombstone 
  * tombstone of the same requestId (or none). Another instance holding it means SUPERSEDED; the
  * instance it superseded ended at `instanceSeq`; an older one's writes are unknown.
  */
-function denial(held: LockRecord | Tombstone | undefined, instance: string, version: number): Extract<ResumeOutcome, { granted: false }> {
+function denial(
+  held: LockRecord | Tombstone | undefined,
+  instance: string,
+  version: number,
+): Extract<ResumeOutcome, { granted: false }> {
   if (!held) return { granted: false, reason: 'MODIFIED', code: 'MODIFIED', version };
-  if (held.instance === instance) return { granted: false, reason: 'MODIFIED', code: 'MODIFIED', version, lastSeq: held.lastSeq };
-  const out: Extract<ResumeOutcome, { granted: false }> = { granted: false, reason: 'SUPERSEDED', code: 'SUPERSEDED', version };
+  if (held.instance === instance)
+    return { granted: false, reason: 'MODIFIED', code: 'MODIFIED', version, lastSeq: held.lastSeq };
+  const out: Extract<ResumeOutcome, { granted: false }> = {
+    granted: false,
+    reason: 'SUPERSEDED',
+    code: 'SUPERSEDED',
+    version,
+  };
   if (held.prevInstance === instance && instance !== '') out.lastSeq = held.instanceSeq;
   return out;
 }
@@ -181,10 +277,15 @@ export function decideResume(v: TargetView, req: ResumeRequest, nowMs: number): 
   // A principal whose access was revoked (or never given) resumes nothing, and learns nothing of the
   // target (not even its version). Nobody has the target (a store that lost it): the rules below decide.
   const access = accessOf(v);
-  if (access && !mayOpen(access, req.principal, req.mode)) return none({ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version: 0 });
+  if (access && !mayOpen(access, req.principal, req.mode))
+    return none({ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version: 0 });
   const version = v.version;
   if (req.mode === 'read') {
-    return none(req.version === version ? { granted: true, lastSeq: 0, version, size: v.fixedSize } : { granted: false, reason: 'MODIFIED', code: 'MODIFIED', version });
+    return none(
+      req.version === version
+        ? { granted: true, lastSeq: 0, version, size: v.fixedSize }
+        : { granted: false, reason: 'MODIFIED', code: 'MODIFIED', version },
+    );
   }
   const instance = req.instance ?? '';
   const rec = v.record;
@@ -198,9 +299,19 @@ export function decideResume(v: TargetView, req: ResumeRequest, nowMs: number): 
   if (!req.takeover && rec.instance !== instance) return none(denial(rec, instance, version));
   if (staleRequest(rec, req.session, instance, req.epoch, req.takeover === true)) {
     // `heldEpoch` when the counter was the reason (the same instance): a node behind can count on.
-    return none({ granted: false, reason: 'SUPERSEDED', code: 'SUPERSEDED', version, stale: true, ...(rec.instance === instance ? { heldEpoch: rec.epoch ?? 0 } : {}) });
+    return none({
+      granted: false,
+      reason: 'SUPERSEDED',
+      code: 'SUPERSEDED',
+      version,
+      stale: true,
+      ...(rec.instance === instance ? { heldEpoch: rec.epoch ?? 0 } : {}),
+    });
   }
-  return settled(v, { out: { granted: true, lastSeq: rec.lastSeq, version, size: v.fixedSize }, effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance, req.epoch) }] });
+  return settled(v, {
+    out: { granted: true, lastSeq: rec.lastSeq, version, size: v.fixedSize },
+    effects: [{ kind: 'put', record: handOver(rec, req.session, nowMs + req.leaseMs, instance, req.epoch) }],
+  });
 }
 
 /**
@@ -217,29 +328,53 @@ function lostSeq(v: TargetView, requestId: string, session: string): number | un
 export function decideWrite(v: TargetView, req: WriteRequest): Decision<WriteResult> {
   const rec = v.record;
   if (!rec || rec.requestId !== req.requestId) {
-    return none({ ok: false, code: 'MODIFIED', message: 'this requestId no longer holds the target', lastSeq: lostSeq(v, req.requestId, req.session) });
+    return none({
+      ok: false,
+      code: 'MODIFIED',
+      message: 'this requestId no longer holds the target',
+      lastSeq: lostSeq(v, req.requestId, req.session),
+    });
   }
-  if (rec.session !== req.session) return none({ ok: false, code: 'SUPERSEDED', message: 'this session was fenced by a newer session of the same requestId' });
+  if (rec.session !== req.session)
+    return none({
+      ok: false,
+      code: 'SUPERSEDED',
+      message: 'this session was fenced by a newer session of the same requestId',
+    });
   if (req.seq <= rec.lastSeq) return none({ ok: true, applied: false, version: v.version });
-  if (req.seq !== rec.lastSeq + 1) return none({ ok: false, code: 'SEQ_GAP', message: `expected seq ${rec.lastSeq + 1}, got ${req.seq}` });
+  if (req.seq !== rec.lastSeq + 1)
+    return none({ ok: false, code: 'SEQ_GAP', message: `expected seq ${rec.lastSeq + 1}, got ${req.seq}` });
   if (v.fixedSize !== 0 && req.offset + req.data.length > v.fixedSize) {
-    return none({ ok: false, code: 'INVALID_ARGUMENT', message: `write past the end of ${req.target} (${v.fixedSize} bytes)` });
+    return none({
+      ok: false,
+      code: 'INVALID_ARGUMENT',
+      message: `write past the end of ${req.target} (${v.fixedSize} bytes)`,
+    });
   }
   if (req.offset + req.data.length > MAX_TARGET_BYTES && v.fixedSize === 0) {
-    return none({ ok: false, code: 'INVALID_ARGUMENT', message: `write past the maximum size of a target without a fixed size, ${MAX_TARGET_BYTES} bytes (give it a size when it is created)` });
+    return none({
+      ok: false,
+      code: 'INVALID_ARGUMENT',
+      message: `write past the maximum size of a target without a fixed size, ${MAX_TARGET_BYTES} bytes (give it a size when it is created)`,
+    });
   }
   // An empty write only takes its sequence number (the agent sends one in place of a write that was
   // refused or given up on, so that write is never applied later and the next seq follows).
   const put: Effect = { kind: 'put', record: { ...rec, lastSeq: req.seq } };
-  if (req.data.length === 0) return settled(v, { out: { ok: true, applied: true, version: v.version }, effects: [put] });
-  return settled(v, { out: { ok: true, applied: true, version: v.version + 1 }, effects: [{ kind: 'data', offset: req.offset, data: req.data }, put] });
+  if (req.data.length === 0)
+    return settled(v, { out: { ok: true, applied: true, version: v.version }, effects: [put] });
+  return settled(v, {
+    out: { ok: true, applied: true, version: v.version + 1 },
+    effects: [{ kind: 'data', offset: req.offset, data: req.data }, put],
+  });
 }
 
 /** Whether a read may see the data: a write handle's read is fenced like its writes. The adapter reads the bytes. */
 export function decideRead(v: TargetView, req: ReadRequest): Extract<ReadResult, { ok: false }> | undefined {
   if (!req.fence) return undefined;
   const rec = v.record;
-  if (!rec || rec.requestId !== req.fence.requestId) return { ok: false, code: 'MODIFIED', message: 'this requestId no longer holds the target' };
+  if (!rec || rec.requestId !== req.fence.requestId)
+    return { ok: false, code: 'MODIFIED', message: 'this requestId no longer holds the target' };
   if (rec.session !== req.fence.session) return { ok: false, code: 'SUPERSEDED', message: 'this session was fenced' };
   return undefined;
 }
@@ -253,10 +388,17 @@ export function decideClose(v: TargetView, ref: HandleRef, session: string): Dec
 }
 
 /** One lock of a renewal: extended (no outcome) or lost, with why and what it had applied. */
-export function decideRenew(v: TargetView, ref: HandleRef, session: string, expiresAt: number): Decision<RenewResult['lost'][number] | undefined> {
+export function decideRenew(
+  v: TargetView,
+  ref: HandleRef,
+  session: string,
+  expiresAt: number,
+): Decision<RenewResult['lost'][number] | undefined> {
   const rec = v.record;
   if (rec && rec.requestId === ref.requestId && rec.session === session) {
-    return rec.expiresAt === expiresAt ? none(undefined) : settled(v, { out: undefined, effects: [{ kind: 'put', record: { ...rec, expiresAt } }] });
+    return rec.expiresAt === expiresAt
+      ? none(undefined)
+      : settled(v, { out: undefined, effects: [{ kind: 'put', record: { ...rec, expiresAt } }] });
   }
   if (rec && rec.requestId === ref.requestId) return none({ ...ref, reason: 'SUPERSEDED' });
   return none({ ...ref, reason: 'MODIFIED', lastSeq: lostSeq(v, ref.requestId, session) });
@@ -317,7 +459,9 @@ export function write(tx: Tx, req: WriteRequest): WriteResult {
 
 export function read(tx: Tx, req: ReadRequest): ReadResult {
   const refused = decideRead(viewOf(tx, req.target), req);
-  return refused ?? { ok: true, data: tx.readData(req.target, req.offset, req.length), version: tx.version(req.target) };
+  return (
+    refused ?? { ok: true, data: tx.readData(req.target, req.offset, req.length), version: tx.version(req.target) }
+  );
 }
 
 export function editAccess(tx: Tx, req: AccessRequest): AccessResult {

@@ -8,7 +8,16 @@ import { dirname } from 'node:path';
 import { StoreBusyError, TxStore } from './base.js';
 import { hostClock, type HostClock } from './host-clock.js';
 import { accessOf, type Tx } from './rules.js';
-import { MAX_DISK_BYTES, PAGE_BYTES, StoreUnavailableError, isZeroPage, type Grant, type LockRecord, type TargetAccess, type Tombstone } from './types.js';
+import {
+  MAX_DISK_BYTES,
+  PAGE_BYTES,
+  StoreUnavailableError,
+  isZeroPage,
+  type Grant,
+  type LockRecord,
+  type TargetAccess,
+  type Tombstone,
+} from './types.js';
 
 export interface SqliteStoreOptions {
   /** `FULL` (default) fsyncs every commit; `NORMAL` may lose the last commits on power loss, never on a process crash. */
@@ -65,10 +74,23 @@ interface AccessRow {
   grants: string;
 }
 
-const accessOfRow = (r: AccessRow | undefined): TargetAccess | undefined => (r && r.owner !== null ? { owner: r.owner, grants: JSON.parse(r.grants) as Grant[] } : undefined);
+const accessOfRow = (r: AccessRow | undefined): TargetAccess | undefined =>
+  r && r.owner !== null ? { owner: r.owner, grants: JSON.parse(r.grants) as Grant[] } : undefined;
 
 function recordOf(r: RecordRow): LockRecord {
-  return { target: r.target, requestId: r.request_id, principal: r.principal, session: r.session, expiresAt: r.expires_at, lastSeq: r.last_seq, instance: r.instance, instanceSeq: r.instance_seq, prevInstance: r.prev_instance, ...(r.retired ? { retired: r.retired.split(',') } : {}), epoch: r.epoch };
+  return {
+    target: r.target,
+    requestId: r.request_id,
+    principal: r.principal,
+    session: r.session,
+    expiresAt: r.expires_at,
+    lastSeq: r.last_seq,
+    instance: r.instance,
+    instanceSeq: r.instance_seq,
+    prevInstance: r.prev_instance,
+    ...(r.retired ? { retired: r.retired.split(',') } : {}),
+    epoch: r.epoch,
+  };
 }
 
 /**
@@ -77,14 +99,30 @@ function recordOf(r: RecordRow): LockRecord {
  * replica holding the write lock (a store that is dismounted, busy or being rebooted) cannot stall
  * the reader: in WAL mode readers do not wait for writers. `now` is the store's clock (this host's).
  */
-export function peekSqlite(path: string, targets: string[], waitMs = 500): { records: Map<string, LockRecord | undefined>; tombstones: Map<string, Tombstone[]>; access: Map<string, TargetAccess | undefined>; now: number } {
+export function peekSqlite(
+  path: string,
+  targets: string[],
+  waitMs = 500,
+): {
+  records: Map<string, LockRecord | undefined>;
+  tombstones: Map<string, Tombstone[]>;
+  access: Map<string, TargetAccess | undefined>;
+  now: number;
+} {
   const db = new Database(path, { readonly: true, fileMustExist: true, timeout: waitMs });
   try {
     const rec = db.prepare<[string], RecordRow>(SELECT_RECORD);
     const tombs = db.prepare<[string], { list: string }>(SELECT_TOMBSTONES);
     // A file no replica of this version has opened yet has no owners column: every target's access is derived.
-    const owners = db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('target_versions')").all().some((c) => c.name === 'owner');
-    const meta = db.prepare<[string], AccessRow & { version: number; fixed: number }>(owners ? 'SELECT owner, grants, version, fixed FROM target_versions WHERE target = ?' : "SELECT NULL AS owner, '[]' AS grants, version, fixed FROM target_versions WHERE target = ?");
+    const owners = db
+      .prepare<[], { name: string }>("SELECT name FROM pragma_table_info('target_versions')")
+      .all()
+      .some((c) => c.name === 'owner');
+    const meta = db.prepare<[string], AccessRow & { version: number; fixed: number }>(
+      owners
+        ? 'SELECT owner, grants, version, fixed FROM target_versions WHERE target = ?'
+        : "SELECT NULL AS owner, '[]' AS grants, version, fixed FROM target_versions WHERE target = ?",
+    );
     const records = new Map<string, LockRecord | undefined>();
     const tombstones = new Map<string, Tombstone[]>();
     const access = new Map<string, TargetAccess | undefined>();
@@ -96,7 +134,16 @@ export function peekSqlite(path: string, targets: string[], waitMs = 500): { rec
       const list = l ? (JSON.parse(l.list) as Tombstone[]) : [];
       tombstones.set(t, list);
       const m = meta.get(t);
-      access.set(t, accessOf({ record, version: m?.version ?? 0, fixedSize: m?.fixed ?? 0, tombstones: () => list, access: accessOfRow(m) }));
+      access.set(
+        t,
+        accessOf({
+          record,
+          version: m?.version ?? 0,
+          fixedSize: m?.fixed ?? 0,
+          tombstones: () => list,
+          access: accessOfRow(m),
+        }),
+      );
     }
     return { records, tombstones, access, now: hostClock().now() };
   } finally {
@@ -111,9 +158,15 @@ export function peekSqlite(path: string, targets: string[], waitMs = 500): { rec
 export function findRequestSqlite(path: string, requestId: string, waitMs = 500): string | undefined {
   const db = new Database(path, { readonly: true, fileMustExist: true, timeout: waitMs });
   try {
-    const held = db.prepare<[string], { target: string }>('SELECT target FROM records WHERE request_id = ? LIMIT 1').get(requestId);
+    const held = db
+      .prepare<[string], { target: string }>('SELECT target FROM records WHERE request_id = ? LIMIT 1')
+      .get(requestId);
     if (held) return held.target;
-    for (const row of db.prepare<[string], { target: string; list: string }>('SELECT target, list FROM tombstones WHERE instr(list, ?) > 0').iterate(JSON.stringify(requestId))) {
+    for (const row of db
+      .prepare<[string], { target: string; list: string }>(
+        'SELECT target, list FROM tombstones WHERE instr(list, ?) > 0',
+      )
+      .iterate(JSON.stringify(requestId))) {
       if ((JSON.parse(row.list) as Tombstone[]).some((t) => t.requestId === requestId)) return row.target;
     }
     return undefined;
@@ -133,7 +186,10 @@ export class SqliteStore extends TxStore {
   /** The longest lock this process has granted (the database keeps the longest any process has). */
   private maxLeaseMs = 0;
 
-  constructor(readonly path: string, opts: SqliteStoreOptions = {}) {
+  constructor(
+    readonly path: string,
+    opts: SqliteStoreOptions = {},
+  ) {
     super();
     this.clock = opts.clock ?? hostClock();
     this.clockNow = () => this.clock.now();
@@ -148,7 +204,8 @@ export class SqliteStore extends TxStore {
       // Switching to WAL needs the file to itself and can fail busy without waiting: retry it.
       whileBusy(deadline, () => {
         const mode = this.db.pragma('journal_mode = WAL', { simple: true });
-        if (path !== ':memory:' && String(mode).toLowerCase() !== 'wal') throw Object.assign(new Error(`journal mode is ${String(mode)}, not wal`), { code: 'SQLITE_BUSY' });
+        if (path !== ':memory:' && String(mode).toLowerCase() !== 'wal')
+          throw Object.assign(new Error(`journal mode is ${String(mode)}, not wal`), { code: 'SQLITE_BUSY' });
       });
       this.db.pragma(`synchronous = ${opts.synchronous ?? 'FULL'}`);
       // Schema and migrations in one write transaction: a process that comes second sees them complete.
@@ -165,35 +222,63 @@ export class SqliteStore extends TxStore {
         'instance = excluded.instance, instance_seq = excluded.instance_seq, prev_instance = excluded.prev_instance, retired = excluded.retired, epoch = excluded.epoch',
     );
     const getTombs = this.db.prepare<[string], { list: string }>(SELECT_TOMBSTONES);
-    const putTombs = this.db.prepare('INSERT INTO tombstones (target, list) VALUES (?, ?) ON CONFLICT(target) DO UPDATE SET list = excluded.list');
+    const putTombs = this.db.prepare(
+      'INSERT INTO tombstones (target, list) VALUES (?, ?) ON CONFLICT(target) DO UPDATE SET list = excluded.list',
+    );
     const deleteRecord = this.db.prepare('DELETE FROM records WHERE target = ?');
-    const getMeta = this.db.prepare<[string], { size: number; version: number; fixed: number }>('SELECT size, version, fixed FROM target_versions WHERE target = ?');
+    const getMeta = this.db.prepare<[string], { size: number; version: number; fixed: number }>(
+      'SELECT size, version, fixed FROM target_versions WHERE target = ?',
+    );
     const getAccess = this.db.prepare<[string], AccessRow>(SELECT_ACCESS);
     // A target nobody wrote yet gets its row here, at size and version 0.
-    const putAccess = this.db.prepare('INSERT INTO target_versions (target, size, version, owner, grants) VALUES (?, 0, 0, ?, ?) ON CONFLICT(target) DO UPDATE SET owner = excluded.owner, grants = excluded.grants');
+    const putAccess = this.db.prepare(
+      'INSERT INTO target_versions (target, size, version, owner, grants) VALUES (?, 0, 0, ?, ?) ON CONFLICT(target) DO UPDATE SET owner = excluded.owner, grants = excluded.grants',
+    );
     const fixSize = this.db.prepare(
       'INSERT INTO target_versions (target, size, version, fixed) VALUES (?, ?, 0, ?) ON CONFLICT(target) DO UPDATE SET size = max(size, excluded.size), fixed = excluded.fixed',
     );
     const putMeta = this.db.prepare(
       'INSERT INTO target_versions (target, size, version) VALUES (?, ?, ?) ON CONFLICT(target) DO UPDATE SET size = excluded.size, version = excluded.version',
     );
-    const getPages = this.db.prepare<[string, number, number], { page: number; data: Buffer }>('SELECT page, data FROM pages WHERE target = ? AND page BETWEEN ? AND ?');
-    const getPage = this.db.prepare<[string, number], { data: Buffer }>('SELECT data FROM pages WHERE target = ? AND page = ?');
-    const putPage = this.db.prepare('INSERT INTO pages (target, page, data) VALUES (?, ?, ?) ON CONFLICT(target, page) DO UPDATE SET data = excluded.data');
+    const getPages = this.db.prepare<[string, number, number], { page: number; data: Buffer }>(
+      'SELECT page, data FROM pages WHERE target = ? AND page BETWEEN ? AND ?',
+    );
+    const getPage = this.db.prepare<[string, number], { data: Buffer }>(
+      'SELECT data FROM pages WHERE target = ? AND page = ?',
+    );
+    const putPage = this.db.prepare(
+      'INSERT INTO pages (target, page, data) VALUES (?, ?, ?) ON CONFLICT(target, page) DO UPDATE SET data = excluded.data',
+    );
     const deletePage = this.db.prepare('DELETE FROM pages WHERE target = ? AND page = ?');
     const countPages = this.db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM pages WHERE target = ?');
     this.getPages = getPages;
     this.run = this.db.transaction((fn: (tx: Tx) => unknown, tx: Tx) => fn(tx));
     this.touch = this.db.prepare("UPDATE meta SET value = value WHERE key = 'max_lease_ms'");
-    const raiseMaxLease = this.db.prepare("UPDATE meta SET value = ? WHERE key = 'max_lease_ms' AND CAST(value AS INTEGER) < ?");
-    this.maxLeaseMs = Number(this.db.prepare<[], { value: string }>("SELECT value FROM meta WHERE key = 'max_lease_ms'").get()?.value ?? 0);
+    const raiseMaxLease = this.db.prepare(
+      "UPDATE meta SET value = ? WHERE key = 'max_lease_ms' AND CAST(value AS INTEGER) < ?",
+    );
+    this.maxLeaseMs = Number(
+      this.db.prepare<[], { value: string }>("SELECT value FROM meta WHERE key = 'max_lease_ms'").get()?.value ?? 0,
+    );
     this.txImpl = {
       getRecord: (t) => {
         const r = getRecord.get(t);
         return r && recordOf(r);
       },
       putRecord: (r: LockRecord) => {
-        putRecord.run(r.target, r.requestId, r.principal, r.session, r.expiresAt, r.lastSeq, r.instance, r.instanceSeq, r.prevInstance, (r.retired ?? []).join(','), r.epoch ?? 0);
+        putRecord.run(
+          r.target,
+          r.requestId,
+          r.principal,
+          r.session,
+          r.expiresAt,
+          r.lastSeq,
+          r.instance,
+          r.instanceSeq,
+          r.prevInstance,
+          (r.retired ?? []).join(','),
+          r.epoch ?? 0,
+        );
         // Remembered for a reboot of the host, whose monotonic clock starts again (see createSchema).
         const lease = r.expiresAt - this.clock.now();
         if (lease > this.maxLeaseMs) {
@@ -297,33 +382,60 @@ export class SqliteStore extends TxStore {
     // Records written before handle instances: add the columns (a record without an instance is
     // resumed only by a takeover, which is what a kept requestId of that time does).
     // Databases written before targets had fixed sizes: none has one.
-    if (!this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('target_versions')").all().some((c) => c.name === 'fixed')) {
+    if (
+      !this.db
+        .prepare<[], { name: string }>("SELECT name FROM pragma_table_info('target_versions')")
+        .all()
+        .some((c) => c.name === 'fixed')
+    ) {
       this.db.exec('ALTER TABLE target_versions ADD COLUMN fixed INTEGER NOT NULL DEFAULT 0');
     }
     // Databases written before targets had owners: none is recorded (NULL), each target's is derived
     // by the rules (rules.accessOf) and recorded with the first change made to it.
-    if (!this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('target_versions')").all().some((c) => c.name === 'owner')) {
-      this.db.exec("ALTER TABLE target_versions ADD COLUMN owner TEXT; ALTER TABLE target_versions ADD COLUMN grants TEXT NOT NULL DEFAULT '[]';");
+    if (
+      !this.db
+        .prepare<[], { name: string }>("SELECT name FROM pragma_table_info('target_versions')")
+        .all()
+        .some((c) => c.name === 'owner')
+    ) {
+      this.db.exec(
+        "ALTER TABLE target_versions ADD COLUMN owner TEXT; ALTER TABLE target_versions ADD COLUMN grants TEXT NOT NULL DEFAULT '[]';",
+      );
     }
-    const cols = this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')").all().map((c) => c.name);
+    const cols = this.db
+      .prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')")
+      .all()
+      .map((c) => c.name);
     if (!cols.includes('instance')) {
       this.db.exec(`ALTER TABLE records ADD COLUMN instance TEXT NOT NULL DEFAULT '';
         ALTER TABLE records ADD COLUMN instance_seq INTEGER NOT NULL DEFAULT 0;
         ALTER TABLE records ADD COLUMN prev_instance TEXT NOT NULL DEFAULT '';`);
     }
     // Records written before hand-over counters: none has one (0; the next request carrying one moves it).
-    if (!this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')").all().some((c) => c.name === 'epoch')) {
+    if (
+      !this.db
+        .prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')")
+        .all()
+        .some((c) => c.name === 'epoch')
+    ) {
       this.db.exec('ALTER TABLE records ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0');
     }
     // Records written before they remembered the instances they were taken over from: none listed.
-    if (!this.db.prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')").all().some((c) => c.name === 'retired')) {
+    if (
+      !this.db
+        .prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')")
+        .all()
+        .some((c) => c.name === 'retired')
+    ) {
       this.db.exec("ALTER TABLE records ADD COLUMN retired TEXT NOT NULL DEFAULT ''");
     }
     // Databases written before targets were paged keep each target as one blob in `targets`: move them to pages.
     if (!this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'targets'").get()) return;
     const put = this.db.prepare('INSERT OR REPLACE INTO pages (target, page, data) VALUES (?, ?, ?)');
     const meta = this.db.prepare('INSERT OR REPLACE INTO target_versions (target, size, version) VALUES (?, ?, ?)');
-    const get = this.db.prepare<[string], { data: Buffer; version: number }>('SELECT data, version FROM targets WHERE target = ?');
+    const get = this.db.prepare<[string], { data: Buffer; version: number }>(
+      'SELECT data, version FROM targets WHERE target = ?',
+    );
     for (const { target } of this.db.prepare<[], { target: string }>('SELECT target FROM targets').all()) {
       const r = { target, ...get.get(target)! };
       for (let p = 0; p * PAGE < r.data.length; p++) put.run(r.target, p, r.data.subarray(p * PAGE, (p + 1) * PAGE));
@@ -344,26 +456,40 @@ export class SqliteStore extends TxStore {
     const was = row?.value ?? 'wall';
     if (was === this.clock.name) return;
     const now = this.clock.now();
-    if (was === 'wall') this.db.prepare('UPDATE records SET expires_at = ? + MAX(0, expires_at - ?)').run(now, Date.now());
+    if (was === 'wall')
+      this.db.prepare('UPDATE records SET expires_at = ? + MAX(0, expires_at - ?)').run(now, Date.now());
     else {
-      const maxLease = Number(this.db.prepare<[], { value: string }>("SELECT value FROM meta WHERE key = 'max_lease_ms'").get()?.value ?? 0);
+      const maxLease = Number(
+        this.db.prepare<[], { value: string }>("SELECT value FROM meta WHERE key = 'max_lease_ms'").get()?.value ?? 0,
+      );
       this.db.prepare('UPDATE records SET expires_at = ?').run(now + maxLease);
     }
-    this.db.prepare("INSERT INTO meta (key, value) VALUES ('clock', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value").run(this.clock.name);
+    this.db
+      .prepare(
+        "INSERT INTO meta (key, value) VALUES ('clock', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+      )
+      .run(this.clock.name);
   }
 
   /** Every target's bytes (for a final check). */
   targets(): Array<{ target: string; data: Uint8Array }> {
-    return this.db
-      // Not the rows that only keep a target's owner (a target opened and never written).
-      .prepare<[], { target: string; size: number }>('SELECT target, size FROM target_versions WHERE size > 0 OR version > 0 ORDER BY target')
-      .all()
-      .map((r) => ({ target: r.target, data: r.size === 0 ? new Uint8Array(0) : this.assemble(r.target, 0, r.size) }));
+    return (
+      this.db
+        // Not the rows that only keep a target's owner (a target opened and never written).
+        .prepare<[], { target: string; size: number }>(
+          'SELECT target, size FROM target_versions WHERE size > 0 OR version > 0 ORDER BY target',
+        )
+        .all()
+        .map((r) => ({ target: r.target, data: r.size === 0 ? new Uint8Array(0) : this.assemble(r.target, 0, r.size) }))
+    );
   }
 
   /** Every history line, in commit order. */
   readHistory(): string[] {
-    return this.db.prepare<[], { line: string }>('SELECT line FROM history ORDER BY seq').all().map((r) => r.line);
+    return this.db
+      .prepare<[], { line: string }>('SELECT line FROM history ORDER BY seq')
+      .all()
+      .map((r) => r.line);
   }
 
   /** Takes the write lock and lets go: a store another process keeps locked counts as unavailable. */
@@ -398,7 +524,11 @@ function toStoreError(err: unknown): unknown {
   if (isBusy(err)) return new StoreBusyError(`sqlite: ${String(code)}: ${(err as Error).message}`);
   // An I/O error may strike at the commit after the log took the transaction's frames: it may be
   // found committed when the database is opened again, so it is no proof that nothing was applied.
-  if (typeof code === 'string' && UNAVAILABLE_CODES.test(code)) return new StoreUnavailableError(`sqlite: ${code}: ${(err as Error).message}`, { maybeApplied: code.startsWith('SQLITE_IOERR') });
-  if (err instanceof TypeError && /database connection is not open/.test(err.message)) return new StoreUnavailableError('sqlite: database is closed');
+  if (typeof code === 'string' && UNAVAILABLE_CODES.test(code))
+    return new StoreUnavailableError(`sqlite: ${code}: ${(err as Error).message}`, {
+      maybeApplied: code.startsWith('SQLITE_IOERR'),
+    });
+  if (err instanceof TypeError && /database connection is not open/.test(err.message))
+    return new StoreUnavailableError('sqlite: database is closed');
   return err;
 }

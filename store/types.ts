@@ -166,7 +166,15 @@ export type ResumeOutcome =
    * uses lost count of its hand-overs (its count of starts could not be kept): it counts on from
    * `heldEpoch` and resumes again.
    */
-  | { granted: false; reason: InvalidationReason; code: 'MODIFIED' | 'FORBIDDEN' | 'SUPERSEDED'; version: number; lastSeq?: number | undefined; stale?: true | undefined; heldEpoch?: number | undefined };
+  | {
+      granted: false;
+      reason: InvalidationReason;
+      code: 'MODIFIED' | 'FORBIDDEN' | 'SUPERSEDED';
+      version: number;
+      lastSeq?: number | undefined;
+      stale?: true | undefined;
+      heldEpoch?: number | undefined;
+    };
 
 export interface WriteRequest {
   target: string;
@@ -180,7 +188,12 @@ export interface WriteRequest {
 export type WriteResult =
   | { ok: true; applied: boolean; version: number }
   /** `lastSeq` on MODIFIED: what this session had applied before losing the record, if the store knows. */
-  | { ok: false; code: 'MODIFIED' | 'SUPERSEDED' | 'SEQ_GAP' | 'INVALID_ARGUMENT'; message: string; lastSeq?: number | undefined };
+  | {
+      ok: false;
+      code: 'MODIFIED' | 'SUPERSEDED' | 'SEQ_GAP' | 'INVALID_ARGUMENT';
+      message: string;
+      lastSeq?: number | undefined;
+    };
 
 export interface ReadRequest {
   target: string;
@@ -191,8 +204,7 @@ export interface ReadRequest {
 }
 
 export type ReadResult =
-  | { ok: true; data: Uint8Array; version: number }
-  | { ok: false; code: 'MODIFIED' | 'SUPERSEDED'; message: string };
+  { ok: true; data: Uint8Array; version: number } | { ok: false; code: 'MODIFIED' | 'SUPERSEDED'; message: string };
 
 export interface HandleRef {
   target: string;

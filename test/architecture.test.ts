@@ -109,7 +109,8 @@ describe('source files', () => {
 
   it('in the pure rooms use no clock, timer, socket, file or process', () => {
     const pure = files.filter((f) => f.startsWith('core/') || f.startsWith('machines/') || /^store\/rules/.test(f));
-    const banned = /\b(Date\.now|new Date\(|setTimeout|setInterval|setImmediate|performance\.now|process\.)|from ['"]node:(?!crypto['"])/;
+    const banned =
+      /\b(Date\.now|new Date\(|setTimeout|setInterval|setImmediate|performance\.now|process\.)|from ['"]node:(?!crypto['"])/;
     const found = pure.flatMap((f) =>
       readFileSync(join(ROOT, f), 'utf8')
         .split('\n')

@@ -9,7 +9,24 @@ describe('bench (smoke)', () => {
   it('produces every figure with its baseline, ratio, target and verdict', async () => {
     const figures = await runBench(true, () => undefined);
     const names = figures.map((f) => f.name);
-    for (const n of ['io.write.seq.p50', 'io.write.pipelined.memory', 'durable.writes.full', 'durable.writes.full.no-group-commit', 'inspector.write.pipelined', 'failover.20.p99', 'partition.detect', 'resume.storm', 'memory.agent.per.handle.200', 'memory.replica.per.handle.200', 'sim.schedules.per.minute', 'etcd.writes.fenced', 'etcd.failover.20.p99', 'nbd.write.seq', 'nbd.read.depth16', 'nbd.failover.stall']) {
+    for (const n of [
+      'io.write.seq.p50',
+      'io.write.pipelined.memory',
+      'durable.writes.full',
+      'durable.writes.full.no-group-commit',
+      'inspector.write.pipelined',
+      'failover.20.p99',
+      'partition.detect',
+      'resume.storm',
+      'memory.agent.per.handle.200',
+      'memory.replica.per.handle.200',
+      'sim.schedules.per.minute',
+      'etcd.writes.fenced',
+      'etcd.failover.20.p99',
+      'nbd.write.seq',
+      'nbd.read.depth16',
+      'nbd.failover.stall',
+    ]) {
       expect(names).toContain(n);
     }
     for (const f of figures) {
@@ -22,7 +39,11 @@ describe('bench (smoke)', () => {
 
   it('safe-resume bench measures heap as npm run bench does (with --expose-gc)', () => {
     const cli = CLI;
-    const out = execFileSync(process.execPath, [cli, 'bench', '--smoke', '--json', '--only', 'partition'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 60_000 });
+    const out = execFileSync(process.execPath, [cli, 'bench', '--smoke', '--json', '--only', 'partition'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+      timeout: 60_000,
+    });
     expect(JSON.parse(out)).toMatchObject({ smoke: true, exposeGc: true });
   }, 60_000);
 

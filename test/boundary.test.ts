@@ -79,10 +79,18 @@ describe('bad frames', () => {
       ['garbage bytes', Buffer.from([0xde, 0xad, 0xbe, 0xef, 0, 1]), 'BAD_FRAME'],
       ['invalid JSON', '{"type":', 'BAD_FRAME'],
       ['unknown type', '{"type":"format","id":9}', 'UNKNOWN_TYPE'],
-      ['wrong field types', '{"type":"open","id":10,"target":1,"requestId":true,"principal":"p","mode":"write"}', 'BAD_FRAME'],
+      [
+        'wrong field types',
+        '{"type":"open","id":10,"target":1,"requestId":true,"principal":"p","mode":"write"}',
+        'BAD_FRAME',
+      ],
       ['oversize', Buffer.alloc(3 * 1024 * 1024), 'FRAME_TOO_LARGE'],
       ['a reply type sent to a replica', '{"type":"closed","id":11}', 'BAD_FRAME'],
-      ['a write on a handle never opened', encode({ type: 'write', id: 12, target: 't', requestId: 'r'.repeat(21), seq: 1, offset: 0, data: bytes('x') }), 'NOT_OPEN'],
+      [
+        'a write on a handle never opened',
+        encode({ type: 'write', id: 12, target: 't', requestId: 'r'.repeat(21), seq: 1, offset: 0, data: bytes('x') }),
+        'NOT_OPEN',
+      ],
     ];
     let n = 1;
     for (const [name, frame, code] of bad) {
@@ -133,9 +141,17 @@ describe('authentication', () => {
 
   it('a node agent with the wrong secret fails to start with a clear AUTH_FAILED error', async () => {
     const c = await cluster();
-    const agent = new NodeAgent({ id: 'node-x', replicas: c.urls, transport: new WebSocketTransport(), secret: 'wrong-secret-wrong-secret' });
+    const agent = new NodeAgent({
+      id: 'node-x',
+      replicas: c.urls,
+      transport: new WebSocketTransport(),
+      secret: 'wrong-secret-wrong-secret',
+    });
     cleanups.push(() => agent.crash());
-    await expect(agent.start()).rejects.toMatchObject({ code: 'AUTH_FAILED', message: expect.stringContaining('did not prove it holds this node\'s key') });
+    await expect(agent.start()).rejects.toMatchObject({
+      code: 'AUTH_FAILED',
+      message: expect.stringContaining("did not prove it holds this node's key"),
+    });
   });
 
   it('generates a default secret in the data directory (mode 0600) and reuses it', () => {
@@ -174,10 +190,22 @@ describe('limits of one operation', () => {
     const rid = 'R'.repeat(21);
     peer.ws.send(encode({ type: 'open', id: 1, target: 'big.disk', requestId: rid, principal: 'p', mode: 'write' }));
     expect(await peer.next(2)).toMatchObject({ type: 'opened', id: 1 });
-    peer.ws.send(encode({ type: 'write', id: 2, target: 'big.disk', requestId: rid, seq: 1, offset: 0, data: new Uint8Array(1536 * 1024) }));
+    peer.ws.send(
+      encode({
+        type: 'write',
+        id: 2,
+        target: 'big.disk',
+        requestId: rid,
+        seq: 1,
+        offset: 0,
+        data: new Uint8Array(1536 * 1024),
+      }),
+    );
     const refused = await peer.next(3);
     expect(refused, JSON.stringify(refused)).toMatchObject({ type: 'error', code: 'BAD_FRAME' });
-    peer.ws.send(encode({ type: 'write', id: 3, target: 'big.disk', requestId: rid, seq: 1, offset: 0, data: bytes('small') }));
+    peer.ws.send(
+      encode({ type: 'write', id: 3, target: 'big.disk', requestId: rid, seq: 1, offset: 0, data: bytes('small') }),
+    );
     expect(await peer.next(4)).toMatchObject({ type: 'written', id: 3, seq: 1 });
   });
 
@@ -195,9 +223,18 @@ describe('limits of one operation', () => {
 describe('warnings a peer can cause', () => {
   it('a flood of bad frames and wrong secrets logs a few lines per kind, then one that counts the rest', async () => {
     const lines: Array<{ msg: string; suppressed?: number }> = [];
-    const log = pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l) as { msg: string; suppressed?: number }) });
+    const log = pino(
+      { level: 'warn' },
+      { write: (l: string) => void lines.push(JSON.parse(l) as { msg: string; suppressed?: number }) },
+    );
     const secret = 's'.repeat(32);
-    const replica = await new StorageReplica({ id: 'replica-1', store: new MemoryStore(), transport: new WebSocketTransport(), secret, env: { log } }).start();
+    const replica = await new StorageReplica({
+      id: 'replica-1',
+      store: new MemoryStore(),
+      transport: new WebSocketTransport(),
+      secret,
+      env: { log },
+    }).start();
     cleanups.push(() => replica.stop());
     for (let c = 0; c < 5; c++) {
       const peer = await raw(replica.url);
@@ -236,12 +273,24 @@ describe('LogLimiter', () => {
 describe('handles per session', () => {
   it('a resume batch counts against the same limit as opens: past it the batch is refused whole', async () => {
     const secret = 's'.repeat(32);
-    const replica = await new StorageReplica({ id: 'replica-1', store: new MemoryStore(), transport: new WebSocketTransport(), secret, maxHandlesPerSession: 10 }).start();
+    const replica = await new StorageReplica({
+      id: 'replica-1',
+      store: new MemoryStore(),
+      transport: new WebSocketTransport(),
+      secret,
+      maxHandlesPerSession: 10,
+    }).start();
     cleanups.push(() => replica.stop());
     const peer = await raw(replica.url);
     peer.hello(secret, 'raw');
     expect(await peer.next(1)).toMatchObject({ type: 'welcome' });
-    const items = Array.from({ length: 20 }, (_, i) => ({ target: `t${i}.disk`, requestId: `${'R'.repeat(20)}${String.fromCharCode(65 + i)}`, principal: 'p', mode: 'read' as const, version: 0 }));
+    const items = Array.from({ length: 20 }, (_, i) => ({
+      target: `t${i}.disk`,
+      requestId: `${'R'.repeat(20)}${String.fromCharCode(65 + i)}`,
+      principal: 'p',
+      mode: 'read' as const,
+      version: 0,
+    }));
     peer.ws.send(encode({ type: 'resume', id: 1, items }));
     expect(await peer.next(2)).toMatchObject({ type: 'error', id: 1, code: 'INVALID_ARGUMENT' });
     expect(replica.handles().length).toBe(0);

@@ -19,11 +19,16 @@ import { FileKeptIds, type KeptChanges, type KeptDisk } from '../actors/kept.js'
 type State = MemoryStore['state'];
 
 /** The simulation's store (the model of the SQLite adapter) with one rule replaced; `now` is the store's clock. */
-function storeWith(patch: (store: SimStore, run: <T>(fn: (tx: rules.Tx) => T) => T, now: () => number) => Partial<SyncStore>) {
+function storeWith(
+  patch: (store: SimStore, run: <T>(fn: (tx: rules.Tx) => T) => T, now: () => number) => Partial<SyncStore>,
+) {
   return (state: State, ctx: StoreContext) => {
     const store = new SimStore(state, { clock: ctx.clock, random: ctx.random });
     const run = <T>(fn: (tx: rules.Tx) => T): T => (store as unknown as { tx<U>(f: (tx: rules.Tx) => U): U }).tx(fn);
-    Object.assign(store.sync, patch(store, run, () => ctx.clock.now()));
+    Object.assign(
+      store.sync,
+      patch(store, run, () => ctx.clock.now()),
+    );
     return store;
   };
 }
@@ -76,7 +81,13 @@ const seqCheckOff = storeWith((_, run) => ({
     run((tx) => {
       const rec = tx.getRecord(req.target);
       // Bug: a replayed sequence number is applied again instead of acknowledged.
-      if (rec && rec.requestId === req.requestId && rec.session === req.session && req.seq <= rec.lastSeq && req.data.length > 0) {
+      if (
+        rec &&
+        rec.requestId === req.requestId &&
+        rec.session === req.session &&
+        req.seq <= rec.lastSeq &&
+        req.data.length > 0
+      ) {
         return { ok: true as const, applied: true, version: tx.writeData(req.target, req.offset, req.data) };
       }
       return rules.write(tx, req);
@@ -88,7 +99,13 @@ const resumeForgetsRecords = storeWith((_, run, now) => ({
     run((tx) =>
       reqs.map((r) => {
         // Bug: a write handle's resume is denied whenever its session changed, i.e. always.
-        if (r.mode === 'write') return { granted: false as const, reason: 'MODIFIED' as const, code: 'MODIFIED' as const, version: tx.version(r.target) };
+        if (r.mode === 'write')
+          return {
+            granted: false as const,
+            reason: 'MODIFIED' as const,
+            code: 'MODIFIED' as const,
+            version: tx.version(r.target),
+          };
         return rules.resume(tx, r, now());
       }),
     ),
@@ -99,7 +116,13 @@ const resumeSupersedesEveryWriter = storeWith((_, run, now) => ({
     run((tx) =>
       reqs.map((r) => {
         // Bug: every write handle's resume is denied SUPERSEDED, as if another instance had taken it over.
-        if (r.mode === 'write') return { granted: false as const, reason: 'SUPERSEDED' as const, code: 'SUPERSEDED' as const, version: tx.version(r.target) };
+        if (r.mode === 'write')
+          return {
+            granted: false as const,
+            reason: 'SUPERSEDED' as const,
+            code: 'SUPERSEDED' as const,
+            version: tx.version(r.target),
+          };
         return rules.resume(tx, r, now());
       }),
     ),
@@ -121,7 +144,8 @@ const writeAppliedThenRefused = storeWith((_, run) => ({
     run((tx) => {
       const res = rules.write(tx, req);
       // Bug: every seventh write is applied and then answered as refused, which tells the application it was not.
-      if (res.ok && res.applied && req.seq % 7 === 0) return { ok: false as const, code: 'INVALID_ARGUMENT' as const, message: 'refused after all' };
+      if (res.ok && res.applied && req.seq % 7 === 0)
+        return { ok: false as const, code: 'INVALID_ARGUMENT' as const, message: 'refused after all' };
       return res;
     }),
 }));
@@ -177,7 +201,8 @@ const acksBeforeFsync = (state: State, ctx: StoreContext) => {
 };
 
 /** Lock expiries judged on the clock of the replica that asks (skewed like its host's), not the store's. */
-const holdOnReplicaClock = (state: State, ctx: StoreContext) => new SimStore(state, { clock: ctx.replicaClock, random: ctx.random });
+const holdOnReplicaClock = (state: State, ctx: StoreContext) =>
+  new SimStore(state, { clock: ctx.replicaClock, random: ctx.random });
 
 /** A transport whose replica-side connections have one method replaced (the bug). */
 function replicaSide(inner: Transport, prop: 'send' | 'onFrame', replace: (c: Connection) => unknown): Transport {
@@ -204,11 +229,15 @@ function replicaSide(inner: Transport, prop: 'send' | 'onFrame', replace: (c: Co
  * and a write applied twice.
  */
 const duplicatesWrites = (inner: Transport): Transport =>
-  replicaSide(inner, 'onFrame', (c) => (cb: Parameters<Connection['onFrame']>[0]) =>
-    c.onFrame((frame) => {
-      cb(frame);
-      if (frame.ok && frame.msg.type === 'write') cb({ ...frame, msg: { ...frame.msg, id: frame.msg.id + 1_000_000_000 } });
-    }),
+  replicaSide(
+    inner,
+    'onFrame',
+    (c) => (cb: Parameters<Connection['onFrame']>[0]) =>
+      c.onFrame((frame) => {
+        cb(frame);
+        if (frame.ok && frame.msg.type === 'write')
+          cb({ ...frame, msg: { ...frame.msg, id: frame.msg.id + 1_000_000_000 } });
+      }),
   );
 
 /**
@@ -225,7 +254,11 @@ const hidesUnknownOutcomes = (inner: Transport): Transport =>
 
 /** A transport on which the replica's answers to reads are lost, every time. */
 const losesReadReplies = (inner: Transport): Transport =>
-  replicaSide(inner, 'send', (c) => (msg: Parameters<Connection['send']>[0]) => (msg.type === 'data' ? true : c.send(msg)));
+  replicaSide(
+    inner,
+    'send',
+    (c) => (msg: Parameters<Connection['send']>[0]) => (msg.type === 'data' ? true : c.send(msg)),
+  );
 
 /**
  * A replica that answers reads from a cache it never invalidates: the second read of the same range
@@ -235,11 +268,15 @@ const losesReadReplies = (inner: Transport): Transport =>
 const staleReadCache = (inner: Transport): Transport => {
   const asked = new Map<number, string>();
   const cache = new Map<string, unknown>();
-  const withReads = replicaSide(inner, 'onFrame', (c) => (cb: Parameters<Connection['onFrame']>[0]) =>
-    c.onFrame((frame) => {
-      if (frame.ok && frame.msg.type === 'read') asked.set(frame.msg.id, `${frame.msg.target}@${frame.msg.offset}+${frame.msg.length}`);
-      cb(frame);
-    }),
+  const withReads = replicaSide(
+    inner,
+    'onFrame',
+    (c) => (cb: Parameters<Connection['onFrame']>[0]) =>
+      c.onFrame((frame) => {
+        if (frame.ok && frame.msg.type === 'read')
+          asked.set(frame.msg.id, `${frame.msg.target}@${frame.msg.offset}+${frame.msg.length}`);
+        cb(frame);
+      }),
   );
   return replicaSide(withReads, 'send', (c) => (msg: Parameters<Connection['send']>[0]) => {
     if (msg.type !== 'data') return c.send(msg);
@@ -262,7 +299,10 @@ const staleReadCache = (inner: Transport): Transport => {
  */
 class ReadOpenKeptOnce extends FileKeptIds {
   override apply(changes: KeptChanges): void {
-    super.apply({ put: changes.put.filter((h) => !(h.mode === 'read' && this.byId.has(h.requestId))), remove: changes.remove });
+    super.apply({
+      put: changes.put.filter((h) => !(h.mode === 'read' && this.byId.has(h.requestId))),
+      remove: changes.remove,
+    });
   }
 }
 const readOpenKeptOnce = (dir: string, node: string, disk: KeptDisk) => new ReadOpenKeptOnce(dir, node, disk);
@@ -289,7 +329,12 @@ class ReadVersionKeptAtOpen extends FileKeptIds {
 const readVersionKeptAtOpen = (dir: string, node: string, disk: KeptDisk) => new ReadVersionKeptAtOpen(dir, node, disk);
 
 /** Run seeds until the checker reports `g`; return the seed that showed it. */
-async function findViolation(g: Guarantee, opts: ScheduleOptions, maxSeeds = 40, about?: RegExp): Promise<number | undefined> {
+async function findViolation(
+  g: Guarantee,
+  opts: ScheduleOptions,
+  maxSeeds = 40,
+  about?: RegExp,
+): Promise<number | undefined> {
   for (let seed = 1; seed <= maxSeeds; seed++) {
     const r = await runSchedule(seed, opts);
     if (r.violations.some((v) => v.guarantee === g && (!about || about.test(v.message)))) return seed;
@@ -301,12 +346,22 @@ const kinds = (...k: FaultKind[]) => k;
 
 describe('the checker catches a deliberately broken variant of each guarantee', () => {
   it('S1: a store whose resume ignores revocation', async () => {
-    const opts: ScheduleOptions = { makeStore: resumeIgnoresRevocation, kinds: kinds('partition', 'foreign-writer'), faultMs: [1500, 3000], faultsUntilMs: 6000 };
+    const opts: ScheduleOptions = {
+      makeStore: resumeIgnoresRevocation,
+      kinds: kinds('partition', 'foreign-writer'),
+      faultMs: [1500, 3000],
+      faultsUntilMs: 6000,
+    };
     expect(await findViolation('S1', opts)).toBeDefined();
   }, 120_000);
 
   it('S2: a store whose write skips fencing', async () => {
-    expect(await findViolation('S2', { makeStore: writeSkipsFencing, kinds: kinds('app-move', 'partition', 'foreign-writer') })).toBeDefined();
+    expect(
+      await findViolation('S2', {
+        makeStore: writeSkipsFencing,
+        kinds: kinds('app-move', 'partition', 'foreign-writer'),
+      }),
+    ).toBeDefined();
   }, 120_000);
 
   it('S3: a store that acknowledges writes it never applies', async () => {
@@ -315,7 +370,9 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
 
   it('S4: a store whose seq check is off', async () => {
     // The node agent never sends one seq twice on a session, so the network does it for the test.
-    expect(await findViolation('S4', { makeStore: seqCheckOff, replicaTransport: duplicatesWrites, faults: 0 })).toBeDefined();
+    expect(
+      await findViolation('S4', { makeStore: seqCheckOff, replicaTransport: duplicatesWrites, faults: 0 }),
+    ).toBeDefined();
   }, 120_000);
 
   it('S4: the correct store applies each write once on the same duplicating network', async () => {
@@ -325,7 +382,9 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
   }, 120_000);
 
   it('S1: a store that grants a reader its resume after the target was written (within 40 seeds)', async () => {
-    expect(await findViolation('S1', { makeStore: readResumeAlwaysGranted, kinds: kinds('partition', 'replica-crash') })).toBeDefined();
+    expect(
+      await findViolation('S1', { makeStore: readResumeAlwaysGranted, kinds: kinds('partition', 'replica-crash') }),
+    ).toBeDefined();
   }, 120_000);
 
   it('S5: a store that applies a write and answers that it refused it (within 5 seeds)', async () => {
@@ -333,27 +392,43 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
   }, 120_000);
 
   it('L1: a store that denies every write resume SUPERSEDED (within 40 seeds)', async () => {
-    expect(await findViolation('L1', { makeStore: resumeSupersedesEveryWriter, kinds: kinds('replica-crash', 'partition') })).toBeDefined();
+    expect(
+      await findViolation('L1', { makeStore: resumeSupersedesEveryWriter, kinds: kinds('replica-crash', 'partition') }),
+    ).toBeDefined();
   }, 120_000);
 
   it('L1: a store that denies every resume', async () => {
-    expect(await findViolation('L1', { makeStore: resumeForgetsRecords, kinds: kinds('replica-crash', 'partition') })).toBeDefined();
+    expect(
+      await findViolation('L1', { makeStore: resumeForgetsRecords, kinds: kinds('replica-crash', 'partition') }),
+    ).toBeDefined();
   }, 120_000);
 
-  it('L1: a node that keeps a reader\'s open with the version it had before the store answered (within 40 seeds)', async () => {
+  it("L1: a node that keeps a reader's open with the version it had before the store answered (within 40 seeds)", async () => {
     // Readers are reclaimed after application and agent restarts; a partition of the writer's node
     // leaves their targets unwritten in between.
-    expect(await findViolation('L1', { makeKept: readOpenKeptOnce, kinds: kinds('app-restart', 'agent-restart', 'partition') }, 40, /read resume/)).toBeDefined();
+    expect(
+      await findViolation(
+        'L1',
+        { makeKept: readOpenKeptOnce, kinds: kinds('app-restart', 'agent-restart', 'partition') },
+        40,
+        /read resume/,
+      ),
+    ).toBeDefined();
   }, 120_000);
 
-  it('L1: a node that never keeps a reader\'s version past the one its open was granted (within 40 seeds)', async () => {
+  it("L1: a node that never keeps a reader's version past the one its open was granted (within 40 seeds)", async () => {
     // The reader resumes after a partition at the version it read last; then it, or its agent, restarts.
-    const opts: ScheduleOptions = { makeKept: readVersionKeptAtOpen, kinds: kinds('app-restart', 'agent-restart', 'partition') };
+    const opts: ScheduleOptions = {
+      makeKept: readVersionKeptAtOpen,
+      kinds: kinds('app-restart', 'agent-restart', 'partition'),
+    };
     expect(await findViolation('L1', opts, 40, /read resume/)).toBeDefined();
   }, 120_000);
 
   it('L2: a store whose resume path is always unavailable', async () => {
-    expect(await findViolation('L2', { makeStore: resumeAlwaysUnavailable, kinds: kinds('replica-crash', 'partition') })).toBeDefined();
+    expect(
+      await findViolation('L2', { makeStore: resumeAlwaysUnavailable, kinds: kinds('replica-crash', 'partition') }),
+    ).toBeDefined();
   }, 120_000);
 
   it('S3: a replica that serves application reads from a stale cache (within 5 seeds)', async () => {
@@ -361,20 +436,38 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
   }, 120_000);
 
   it('S3: a store that acknowledges before its fsync loses acknowledged writes when a replica is killed (within 20 seeds)', async () => {
-    expect(await findViolation('S3', { makeStore: acksBeforeFsync, kinds: kinds('replica-kill', 'storage-reboot') }, 20)).toBeDefined();
+    expect(
+      await findViolation('S3', { makeStore: acksBeforeFsync, kinds: kinds('replica-kill', 'storage-reboot') }, 20),
+    ).toBeDefined();
   }, 120_000);
 
-  it('L1: a replica with a stepped clock that judges holds on its own clock takes an active writer\'s target (within 100 seeds)', async () => {
-    expect(await findViolation('L1', { makeStore: holdOnReplicaClock, kinds: kinds('clock-step', 'foreign-writer') }, 100, /hold period/)).toBeDefined();
+  it("L1: a replica with a stepped clock that judges holds on its own clock takes an active writer's target (within 100 seeds)", async () => {
+    expect(
+      await findViolation(
+        'L1',
+        { makeStore: holdOnReplicaClock, kinds: kinds('clock-step', 'foreign-writer') },
+        100,
+        /hold period/,
+      ),
+    ).toBeDefined();
   }, 120_000);
 
   it('L1: a store that lets a late open or resume, from a session the node left, take a live handle back (within 40 seeds)', async () => {
-    const opts: ScheduleOptions = { makeStore: handOverBackwards, kinds: kinds('store-stall', 'partition', 'replica-kill'), faultsUntilMs: 6000 };
+    const opts: ScheduleOptions = {
+      makeStore: handOverBackwards,
+      kinds: kinds('store-stall', 'partition', 'replica-kill'),
+      faultsUntilMs: 6000,
+    };
     expect(await findViolation('L1', opts, 40, /SUPERSEDED/)).toBeDefined();
   }, 240_000);
 
   it('S5: a replica that does not say a refused write may still land, when commits land after their timeout (within 40 seeds)', async () => {
-    const opts: ScheduleOptions = { replicaTransport: hidesUnknownOutcomes, kinds: kinds('late-commit'), faultMs: [3000, 6000], faultsUntilMs: 8000 };
+    const opts: ScheduleOptions = {
+      replicaTransport: hidesUnknownOutcomes,
+      kinds: kinds('late-commit'),
+      faultMs: [3000, 6000],
+      faultsUntilMs: 8000,
+    };
     expect(await findViolation('S5', opts)).toBeDefined();
   }, 240_000);
 
@@ -384,7 +477,10 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
 
   it('the correct store, replica and agent pass the schedules of stalls and late commits', async () => {
     for (let seed = 1; seed <= 10; seed++) {
-      const stalls = await runSchedule(seed, { kinds: kinds('store-stall', 'partition', 'replica-kill'), faultsUntilMs: 6000 });
+      const stalls = await runSchedule(seed, {
+        kinds: kinds('store-stall', 'partition', 'replica-kill'),
+        faultsUntilMs: 6000,
+      });
       expect(stalls.violations, `seed ${seed}, stalls`).toEqual([]);
       const late = await runSchedule(seed, { kinds: kinds('late-commit'), faultMs: [3000, 6000], faultsUntilMs: 8000 });
       expect(late.violations, `seed ${seed}, late commits`).toEqual([]);
@@ -393,7 +489,9 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
 
   it('the correct store passes the same schedules', async () => {
     for (let seed = 1; seed <= 10; seed++) {
-      const r = await runSchedule(seed, { kinds: kinds('partition', 'foreign-writer', 'clock-jump', 'app-move', 'lossy-link', 'replica-crash') });
+      const r = await runSchedule(seed, {
+        kinds: kinds('partition', 'foreign-writer', 'clock-jump', 'app-move', 'lossy-link', 'replica-crash'),
+      });
       expect(r.violations, `seed ${seed}`).toEqual([]);
     }
   }, 120_000);
@@ -405,17 +503,25 @@ describe('the checker catches a deliberately broken variant of each guarantee', 
  * its lock on a lease that lapses before the session's next renewal, and another writer takes the
  * target from an active handle that never paused.
  */
-const leasesWithoutFreshness = (state: State, ctx: StoreContext) => new SimStore(state, { clock: ctx.clock, random: ctx.random, leases: { state: ctx.leases, renewMs: ctx.renewMs, fresh: false } });
+const leasesWithoutFreshness = (state: State, ctx: StoreContext) =>
+  new SimStore(state, {
+    clock: ctx.clock,
+    random: ctx.random,
+    leases: { state: ctx.leases, renewMs: ctx.renewMs, fresh: false },
+  });
 
 describe('the checker catches a lock committed onto a lease about to lapse', () => {
-  it('L1: a lease model whose grants do not keep a lease alive first takes an active writer\'s target (within 20 seeds)', async () => {
+  it("L1: a lease model whose grants do not keep a lease alive first takes an active writer's target (within 20 seeds)", async () => {
     const opts: ScheduleOptions = { makeStore: leasesWithoutFreshness, kinds: kinds('lease-race'), leases: true };
     expect(await findViolation('L1', opts, 20, /took lease-race-/)).toBeDefined();
   }, 120_000);
 
   it('the lease model with its freshness check passes the same schedules', async () => {
     for (let seed = 1; seed <= 20; seed++) {
-      const r = await runSchedule(seed, { kinds: kinds('lease-race', 'partition', 'replica-crash', 'foreign-writer'), leases: true });
+      const r = await runSchedule(seed, {
+        kinds: kinds('lease-race', 'partition', 'replica-crash', 'foreign-writer'),
+        leases: true,
+      });
       expect(r.violations, `seed ${seed}`).toEqual([]);
     }
   }, 120_000);

@@ -13,11 +13,16 @@ const grant = (requestId: string, session: string, via: 'open' | 'resume' = 'ope
   at({ kind: 'grant', replica: R, target: T, requestId, session, mode: 'write', via, fresh, version: 0 });
 const applied = (requestId: string, session: string, seq: number, bytes: string, offset = 0) =>
   at({ kind: 'applied', replica: R, target: T, requestId, session, seq, offset, bytes, version: 0 });
-const deny = (requestId: string, session: string) => at({ kind: 'deny', replica: R, target: T, requestId, session, mode: 'write', reason: 'MODIFIED', version: 0 });
-const invoke = (id: number, proc: string, bytes?: string) => at({ kind: 'invoke', id, proc, op: 'write', target: T, offset: 0, ...(bytes ? { bytes } : {}) });
-const ok = (id: number, proc: string, requestId: string) => at({ kind: 'ok', id, proc, op: 'write', target: T, requestId });
-const state = (proc: string, requestId: string, to: string, reason?: string) => at({ kind: 'state', proc, target: T, requestId, to, ...(reason ? { reason } : {}) });
-const read = (offset: number, length: number, bytes: string) => at({ kind: 'read', replica: R, target: T, offset, length, bytes, version: 0 });
+const deny = (requestId: string, session: string) =>
+  at({ kind: 'deny', replica: R, target: T, requestId, session, mode: 'write', reason: 'MODIFIED', version: 0 });
+const invoke = (id: number, proc: string, bytes?: string) =>
+  at({ kind: 'invoke', id, proc, op: 'write', target: T, offset: 0, ...(bytes ? { bytes } : {}) });
+const ok = (id: number, proc: string, requestId: string) =>
+  at({ kind: 'ok', id, proc, op: 'write', target: T, requestId });
+const state = (proc: string, requestId: string, to: string, reason?: string) =>
+  at({ kind: 'state', proc, target: T, requestId, to, ...(reason ? { reason } : {}) });
+const read = (offset: number, length: number, bytes: string) =>
+  at({ kind: 'read', replica: R, target: T, offset, length, bytes, version: 0 });
 const final = (bytes: string) => at({ kind: 'final', target: T, bytes });
 
 /** X writes, pauses, another writer takes the target after the hold, X's resume is denied. */
@@ -42,19 +47,50 @@ const guarantees = (h: History): Guarantee[] => [...new Set(check(h).map((v) => 
 
 const fail = (id: number, proc: string, code: string) => at({ kind: 'fail', id, proc, op: 'write', target: T, code });
 const grantAs = (requestId: string, session: string, instance: string, via: 'open' | 'resume' = 'open') =>
-  at({ kind: 'grant', replica: R, target: T, requestId, session, mode: 'write', via, fresh: via === 'open', version: 0, instance });
+  at({
+    kind: 'grant',
+    replica: R,
+    target: T,
+    requestId,
+    session,
+    mode: 'write',
+    via,
+    fresh: via === 'open',
+    version: 0,
+    instance,
+  });
 const supersede = (requestId: string, session: string, instance: string) =>
-  at({ kind: 'deny', replica: R, target: T, requestId, session, mode: 'write', reason: 'SUPERSEDED', version: 0, instance });
+  at({
+    kind: 'deny',
+    replica: R,
+    target: T,
+    requestId,
+    session,
+    mode: 'write',
+    reason: 'SUPERSEDED',
+    version: 0,
+    instance,
+  });
 
 describe('checker: S5 and every denial reason', () => {
   it('S5: a write rejected with a "not applied" code that shows up in the data', () => {
     t = 0;
-    expect(guarantees([grant(X, 'x1'), invoke(1, 'p', 'zz'), fail(1, 'p', 'MODIFIED'), read(0, 2, 'zz'), final('zz')])).toContain('S5');
+    expect(
+      guarantees([grant(X, 'x1'), invoke(1, 'p', 'zz'), fail(1, 'p', 'MODIFIED'), read(0, 2, 'zz'), final('zz')]),
+    ).toContain('S5');
   });
 
   it('S5 holds for a write rejected OUTCOME_UNKNOWN that was applied, and for a rejected one that never was', () => {
     t = 0;
-    const h = [grant(X, 'x1'), invoke(1, 'p', 'zz'), applied(X, 'x1', 1, 'zz'), fail(1, 'p', 'OUTCOME_UNKNOWN'), invoke(2, 'p', 'qq'), fail(2, 'p', 'MODIFIED'), final('zz')];
+    const h = [
+      grant(X, 'x1'),
+      invoke(1, 'p', 'zz'),
+      applied(X, 'x1', 1, 'zz'),
+      fail(1, 'p', 'OUTCOME_UNKNOWN'),
+      invoke(2, 'p', 'qq'),
+      fail(2, 'p', 'MODIFIED'),
+      final('zz'),
+    ];
     expect(guarantees(h)).not.toContain('S5');
   });
 
@@ -65,7 +101,9 @@ describe('checker: S5 and every denial reason', () => {
 
   it('L1 holds for SUPERSEDED after another instance of the requestId took over', () => {
     t = 0;
-    expect(guarantees([grantAs(X, 'x1', 'i1'), grantAs(X, 'x3', 'i2', 'resume'), supersede(X, 'x2', 'i1')])).toEqual([]);
+    expect(guarantees([grantAs(X, 'x1', 'i1'), grantAs(X, 'x3', 'i2', 'resume'), supersede(X, 'x2', 'i1')])).toEqual(
+      [],
+    );
   });
 });
 
@@ -76,13 +114,27 @@ describe('checker', () => {
 
   it('accepts a resume of X granted when nobody else wrote, even much later', () => {
     t = 0;
-    const h = [grant(X, 'x1'), applied(X, 'x1', 1, 'a'), state('p', X, 'paused'), grant(X, 'x2', 'resume'), state('p', X, 'active'), applied(X, 'x2', 2, 'b', 1), final('ab')];
+    const h = [
+      grant(X, 'x1'),
+      applied(X, 'x1', 1, 'a'),
+      state('p', X, 'paused'),
+      grant(X, 'x2', 'resume'),
+      state('p', X, 'active'),
+      applied(X, 'x2', 2, 'b', 1),
+      final('ab'),
+    ];
     expect(check(h)).toEqual([]);
   });
 
   it('S1: a resume granted after another writer wrote', () => {
     t = 0;
-    const h = [grant(X, 'x1'), applied(X, 'x1', 1, 'a'), grant(Y, 'y1'), applied(Y, 'y1', 1, 'b'), grant(X, 'x2', 'resume')];
+    const h = [
+      grant(X, 'x1'),
+      applied(X, 'x1', 1, 'a'),
+      grant(Y, 'y1'),
+      applied(Y, 'y1', 1, 'b'),
+      grant(X, 'x2', 'resume'),
+    ];
     expect(guarantees(h)).toContain('S1');
   });
 
@@ -120,7 +172,13 @@ describe('checker', () => {
 
   it('L1: a resume denied MODIFIED although no other writer took the target', () => {
     t = 0;
-    const h = [grant(X, 'x1'), applied(X, 'x1', 1, 'a'), state('p', X, 'paused'), deny(X, 'x2'), state('p', X, 'invalidated', 'MODIFIED')];
+    const h = [
+      grant(X, 'x1'),
+      applied(X, 'x1', 1, 'a'),
+      state('p', X, 'paused'),
+      deny(X, 'x2'),
+      state('p', X, 'invalidated', 'MODIFIED'),
+    ];
     expect(guarantees(h)).toEqual(['L1']);
   });
 
@@ -139,44 +197,85 @@ describe('checker', () => {
   });
 });
 
-const invokeAt = (id: number, proc: string, offset: number, bytes: string) => at({ kind: 'invoke', id, proc, op: 'write', target: T, offset, bytes });
-const readInvoke = (id: number, proc: string, offset: number, length: number) => at({ kind: 'invoke', id, proc, op: 'read', target: T, offset, length });
-const readOk = (id: number, proc: string, bytes: string) => at({ kind: 'ok', id, proc, op: 'read', target: T, requestId: X, bytes });
+const invokeAt = (id: number, proc: string, offset: number, bytes: string) =>
+  at({ kind: 'invoke', id, proc, op: 'write', target: T, offset, bytes });
+const readInvoke = (id: number, proc: string, offset: number, length: number) =>
+  at({ kind: 'invoke', id, proc, op: 'read', target: T, offset, length });
+const readOk = (id: number, proc: string, bytes: string) =>
+  at({ kind: 'ok', id, proc, op: 'read', target: T, requestId: X, bytes });
 
 describe('checker: what applications read', () => {
   it('accepts a read of the last acknowledged write, and of a write still in flight', () => {
     t = 0;
-    const h = [invokeAt(1, 'w', 0, 'aaaa'), ok(1, 'w', X), invokeAt(2, 'w', 0, 'bbbb'), readInvoke(3, 'r', 0, 4), readOk(3, 'r', 'aaaa'), readInvoke(4, 'r', 0, 4), readOk(4, 'r', 'bbbb')];
+    const h = [
+      invokeAt(1, 'w', 0, 'aaaa'),
+      ok(1, 'w', X),
+      invokeAt(2, 'w', 0, 'bbbb'),
+      readInvoke(3, 'r', 0, 4),
+      readOk(3, 'r', 'aaaa'),
+      readInvoke(4, 'r', 0, 4),
+      readOk(4, 'r', 'bbbb'),
+    ];
     // (The store's side is not in these histories: only what the applications saw is checked here.)
     expect(check(h).filter((v) => v.message.includes('read'))).toEqual([]);
   });
 
   it('S3: a stale read (an acknowledged write overwritten before the read began)', () => {
     t = 0;
-    const h = [invokeAt(1, 'w', 0, 'aaaa'), ok(1, 'w', X), invokeAt(2, 'w', 0, 'bbbb'), ok(2, 'w', X), readInvoke(3, 'r', 0, 4), readOk(3, 'r', 'aaaa')];
+    const h = [
+      invokeAt(1, 'w', 0, 'aaaa'),
+      ok(1, 'w', X),
+      invokeAt(2, 'w', 0, 'bbbb'),
+      ok(2, 'w', X),
+      readInvoke(3, 'r', 0, 4),
+      readOk(3, 'r', 'aaaa'),
+    ];
     expect(check(h).find((v) => v.message.includes('stale read'))?.guarantee).toBe('S3');
   });
 
   it('S3: a read missing an acknowledged write, or returning bytes nobody wrote', () => {
     t = 0;
-    expect(guarantees([invokeAt(1, 'w', 0, 'aaaa'), ok(1, 'w', X), readInvoke(2, 'r', 0, 4), readOk(2, 'r', '')])).toContain('S3');
+    expect(
+      guarantees([invokeAt(1, 'w', 0, 'aaaa'), ok(1, 'w', X), readInvoke(2, 'r', 0, 4), readOk(2, 'r', '')]),
+    ).toContain('S3');
     t = 0;
-    expect(guarantees([invokeAt(1, 'w', 0, 'aaaa'), ok(1, 'w', X), readInvoke(2, 'r', 0, 4), readOk(2, 'r', 'aaXa')])).toContain('S3');
+    expect(
+      guarantees([invokeAt(1, 'w', 0, 'aaaa'), ok(1, 'w', X), readInvoke(2, 'r', 0, 4), readOk(2, 'r', 'aaXa')]),
+    ).toContain('S3');
   });
 
   it('S3: a write seen torn across a range two writes cover', () => {
     t = 0;
     // Both writes cover [0, 4): whichever landed last is there whole, never half of each.
-    const h = [invokeAt(1, 'w', 0, 'aaaa'), invokeAt(2, 'v', 0, 'bbbb'), readInvoke(3, 'r', 0, 4), readOk(3, 'r', 'aabb')];
+    const h = [
+      invokeAt(1, 'w', 0, 'aaaa'),
+      invokeAt(2, 'v', 0, 'bbbb'),
+      readInvoke(3, 'r', 0, 4),
+      readOk(3, 'r', 'aabb'),
+    ];
     expect(guarantees(h)).toContain('S3');
   });
 
   it('reads across writes that overlap in part: each range its own write', () => {
     t = 0;
-    const h = [invokeAt(1, 'w', 0, 'aaaa'), ok(1, 'w', X), invokeAt(2, 'w', 2, 'bbbb'), ok(2, 'w', X), readInvoke(3, 'r', 0, 6), readOk(3, 'r', 'aabbbb')];
+    const h = [
+      invokeAt(1, 'w', 0, 'aaaa'),
+      ok(1, 'w', X),
+      invokeAt(2, 'w', 2, 'bbbb'),
+      ok(2, 'w', X),
+      readInvoke(3, 'r', 0, 6),
+      readOk(3, 'r', 'aabbbb'),
+    ];
     expect(check(h).filter((v) => v.message.includes('read'))).toEqual([]);
     t = 0;
-    const h2 = [invokeAt(1, 'w', 0, 'aaaa'), ok(1, 'w', X), invokeAt(2, 'w', 2, 'bbbb'), ok(2, 'w', X), readInvoke(3, 'r', 0, 6), readOk(3, 'r', 'aaaabb')];
+    const h2 = [
+      invokeAt(1, 'w', 0, 'aaaa'),
+      ok(1, 'w', X),
+      invokeAt(2, 'w', 2, 'bbbb'),
+      ok(2, 'w', X),
+      readInvoke(3, 'r', 0, 6),
+      readOk(3, 'r', 'aaaabb'),
+    ];
     expect(guarantees(h2)).toContain('S3');
   });
 
@@ -188,7 +287,12 @@ describe('checker: what applications read', () => {
 
   it('a write rejected OUTCOME_UNKNOWN may show up', () => {
     t = 0;
-    const h = [invokeAt(1, 'w', 0, 'zzzz'), fail(1, 'w', 'OUTCOME_UNKNOWN'), readInvoke(2, 'r', 0, 4), readOk(2, 'r', 'zzzz')];
+    const h = [
+      invokeAt(1, 'w', 0, 'zzzz'),
+      fail(1, 'w', 'OUTCOME_UNKNOWN'),
+      readInvoke(2, 'r', 0, 4),
+      readOk(2, 'r', 'zzzz'),
+    ];
     expect(check(h).filter((v) => v.message.includes('read'))).toEqual([]);
   });
 });
@@ -196,10 +300,12 @@ describe('checker: what applications read', () => {
 describe('checker: hold period and checking as the run goes', () => {
   const renew = (session: string) => at({ kind: 'renew', replica: R, session, targets: [T] });
 
-  it('L1: a writer takes the target inside the previous holder\'s hold period', () => {
+  it("L1: a writer takes the target inside the previous holder's hold period", () => {
     t = 0;
     // t: 0 grant X, 1 renew, 2 grant Y: 1 ms after the last extension, with a 100 ms hold.
-    expect(check([grant(X, 'x1'), renew('x1'), grant(Y, 'y1')], { holdMs: 100 }).map((v) => v.guarantee)).toEqual(['L1']);
+    expect(check([grant(X, 'x1'), renew('x1'), grant(Y, 'y1')], { holdMs: 100 }).map((v) => v.guarantee)).toEqual([
+      'L1',
+    ]);
     t = 0;
     expect(check([grant(X, 'x1'), renew('x1'), grant(Y, 'y1')], { holdMs: 1 })).toEqual([]);
   });
@@ -221,18 +327,57 @@ describe('checker: S5 looks where a write would have landed', () => {
   it('bytes equal to a rejected write, but elsewhere in the data (another write made them), are not that write', () => {
     t = 0;
     // "zz" was refused at offset 6; X wrote "zzzz" at 0. The data holds "zz", but not at 6: not that write.
-    const h = [grant(X, 'x1'), invokeAt(1, 'p', 6, 'zz'), fail(1, 'p', 'MODIFIED'), applied(X, 'x1', 1, 'zzzz'), final('zzzz')];
+    const h = [
+      grant(X, 'x1'),
+      invokeAt(1, 'p', 6, 'zz'),
+      fail(1, 'p', 'MODIFIED'),
+      applied(X, 'x1', 1, 'zzzz'),
+      final('zzzz'),
+    ];
     expect(guarantees(h)).not.toContain('S5');
   });
 });
 
-describe('checker: a reader\'s denial is judged against the version the store granted it', () => {
+describe("checker: a reader's denial is judged against the version the store granted it", () => {
   const Z = 'Z'.repeat(21);
-  const wrote = (seq: number, version: number) => at({ kind: 'applied', replica: R, target: T, requestId: Y, session: 'y1', seq, offset: 0, bytes: `y${seq}`, version });
-  const readOpen = (version: number) => at({ kind: 'grant', replica: R, target: T, requestId: Z, session: 'z1', mode: 'read', via: 'open', fresh: true, version });
+  const wrote = (seq: number, version: number) =>
+    at({
+      kind: 'applied',
+      replica: R,
+      target: T,
+      requestId: Y,
+      session: 'y1',
+      seq,
+      offset: 0,
+      bytes: `y${seq}`,
+      version,
+    });
+  const readOpen = (version: number) =>
+    at({
+      kind: 'grant',
+      replica: R,
+      target: T,
+      requestId: Z,
+      session: 'z1',
+      mode: 'read',
+      via: 'open',
+      fresh: true,
+      version,
+    });
   const openInvoke = (id: number) => at({ kind: 'invoke', id, proc: 'r', op: 'open', target: T });
   const openOk = (id: number) => at({ kind: 'ok', id, proc: 'r', op: 'open', target: T, requestId: Z });
-  const readDeny = (seenVersion: number, version: number) => at({ kind: 'deny', replica: R, target: T, requestId: Z, session: 'z2', mode: 'read', reason: 'MODIFIED', seenVersion, version });
+  const readDeny = (seenVersion: number, version: number) =>
+    at({
+      kind: 'deny',
+      replica: R,
+      target: T,
+      requestId: Z,
+      session: 'z2',
+      mode: 'read',
+      reason: 'MODIFIED',
+      seenVersion,
+      version,
+    });
   /** The node acts on the denial: the application's reader is invalidated. */
   const told = () => at({ kind: 'state', proc: 'r', target: T, requestId: Z, to: 'invalidated', reason: 'MODIFIED' });
   /** Y writes versions 1-3; the reader's open is granted at version 3 and returns to the application. */
@@ -261,18 +406,48 @@ describe('checker: a reader\'s denial is judged against the version the store gr
 
   it('an open the application was never told of (the node died before its answer) is not held against a later denial', () => {
     t = 0;
-    const h = [grant(Y, 'y1'), wrote(1, 1), wrote(2, 2), wrote(3, 3), openInvoke(1), readOpen(3), at({ kind: 'crash', proc: 'r' }), readDeny(0, 3)];
+    const h = [
+      grant(Y, 'y1'),
+      wrote(1, 1),
+      wrote(2, 2),
+      wrote(3, 3),
+      openInvoke(1),
+      readOpen(3),
+      at({ kind: 'crash', proc: 'r' }),
+      readDeny(0, 3),
+    ];
     expect(check(h)).toEqual([]);
   });
 
-  const readResumed = (version: number) => at({ kind: 'grant', replica: R, target: T, requestId: Z, session: 'z2', mode: 'read', via: 'resume', fresh: false, version, seenVersion: version });
+  const readResumed = (version: number) =>
+    at({
+      kind: 'grant',
+      replica: R,
+      target: T,
+      requestId: Z,
+      session: 'z2',
+      mode: 'read',
+      via: 'resume',
+      fresh: false,
+      version,
+      seenVersion: version,
+    });
   const readerActive = () => at({ kind: 'state', proc: 'r', target: T, requestId: Z, to: 'active' });
-  const readerInvoke = (id: number) => at({ kind: 'invoke', id, proc: 'r', op: 'read', target: T, requestId: Z, offset: 0, length: 2 });
+  const readerInvoke = (id: number) =>
+    at({ kind: 'invoke', id, proc: 'r', op: 'read', target: T, requestId: Z, offset: 0, length: 2 });
   const readerOk = (id: number) => at({ kind: 'ok', id, proc: 'r', op: 'read', target: T, requestId: Z, bytes: 'y3' });
   /** Opened at version 1; Y writes versions 2 and 3. */
-  const openedAt1 = () => [grant(Y, 'y1'), wrote(1, 1), openInvoke(1), readOpen(1), openOk(1), wrote(2, 2), wrote(3, 3)];
+  const openedAt1 = () => [
+    grant(Y, 'y1'),
+    wrote(1, 1),
+    openInvoke(1),
+    readOpen(1),
+    openOk(1),
+    wrote(2, 2),
+    wrote(3, 3),
+  ];
 
-  it('L1: a resume granted at version 3 that reached the node, then a reclaim carrying the open\'s version 1 denied', () => {
+  it("L1: a resume granted at version 3 that reached the node, then a reclaim carrying the open's version 1 denied", () => {
     t = 0;
     const v = check([...openedAt1(), readResumed(3), readerActive(), readDeny(1, 3), told()]);
     expect(v.map((x) => x.guarantee)).toEqual(['L1']);
@@ -287,15 +462,38 @@ describe('checker: a reader\'s denial is judged against the version the store gr
   it('a version learned from a read answer alone is not held against a later denial (its keep may not be on disk yet)', () => {
     t = 0;
     // (Y's writes are the store's side only, so the read model has nothing to compare the bytes with.)
-    expect(check([...openedAt1(), readerInvoke(2), readerOk(2), readDeny(1, 3)]).filter((v) => v.guarantee === 'L1')).toEqual([]);
+    expect(
+      check([...openedAt1(), readerInvoke(2), readerOk(2), readDeny(1, 3)]).filter((v) => v.guarantee === 'L1'),
+    ).toEqual([]);
   });
 
   it('L1: a resume carrying the version the reader last read, denied although nothing was written after it', () => {
     t = 0;
     // Opened at version 1, read on to version 3: the carried version is the one that counts.
-    const h = [grant(Y, 'y1'), wrote(1, 1), openInvoke(1), readOpen(1), openOk(1), wrote(2, 2), wrote(3, 3), readDeny(3, 3), told()];
+    const h = [
+      grant(Y, 'y1'),
+      wrote(1, 1),
+      openInvoke(1),
+      readOpen(1),
+      openOk(1),
+      wrote(2, 2),
+      wrote(3, 3),
+      readDeny(3, 3),
+      told(),
+    ];
     expect(guarantees(h)).toEqual(['L1']);
     t = 0;
-    expect(check([grant(Y, 'y1'), wrote(1, 1), openInvoke(1), readOpen(1), openOk(1), wrote(2, 2), wrote(3, 3), readDeny(2, 3)])).toEqual([]);
+    expect(
+      check([
+        grant(Y, 'y1'),
+        wrote(1, 1),
+        openInvoke(1),
+        readOpen(1),
+        openOk(1),
+        wrote(2, 2),
+        wrote(3, 3),
+        readDeny(2, 3),
+      ]),
+    ).toEqual([]);
   });
 });

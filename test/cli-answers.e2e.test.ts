@@ -16,7 +16,6 @@ import { tempDir } from './helpers.js';
 import { CLI } from './cli-path.js';
 import { until } from './e2e.js';
 
-
 let t: { dir: string; cleanup: () => void };
 let upProc: ChildProcess;
 let port = 0;
@@ -44,13 +43,27 @@ function follow(...args: string[]) {
   return { proc, out: () => out, exited };
 }
 
-type St = { nodes: Array<{ id: string }>; replicas: Array<{ id: string }>; handles: Array<{ node: string; app: string; target: string; state: string }> };
+type St = {
+  nodes: Array<{ id: string }>;
+  replicas: Array<{ id: string }>;
+  handles: Array<{ node: string; app: string; target: string; state: string }>;
+};
 
 beforeAll(async () => {
   t = tempDir();
   port = await freePort();
-  upProc = spawn('node', [CLI, 'up', '--dir', t.dir, '--replicas', '1', '--nodes', '2', '--apps', '1', '--port', String(port)], { stdio: 'ignore' });
-  await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && (JSON.parse(cli('status', '--json').out) as St).handles.filter((h) => h.state === 'active').length === 2, 60_000);
+  upProc = spawn(
+    'node',
+    [CLI, 'up', '--dir', t.dir, '--replicas', '1', '--nodes', '2', '--apps', '1', '--port', String(port)],
+    { stdio: 'ignore' },
+  );
+  await until(
+    'the cluster',
+    () =>
+      existsSync(join(t.dir, 'control.json')) &&
+      (JSON.parse(cli('status', '--json').out) as St).handles.filter((h) => h.state === 'active').length === 2,
+    60_000,
+  );
 }, 90_000);
 
 afterAll(async () => {
@@ -73,9 +86,14 @@ describe('a typo is not empty data', () => {
     expect(JSON.parse(cli('explain', 'nosuch.disk', '--json').out)).toMatchObject({ ok: false, code: 'NOT_FOUND' });
   });
 
-  it("read of a target principal default may not open answers as one that does not exist", async () => {
+  it('read of a target principal default may not open answers as one that does not exist', async () => {
     const secret = readFileSync(join(t.dir, SECRET_FILE), 'utf8').trim();
-    const agent = new NodeAgent({ id: 'node-b', replicas: [`ws://127.0.0.1:${port}`], transport: new WebSocketTransport(), credential: issueCredential(secret, 'node', 'node-b') });
+    const agent = new NodeAgent({
+      id: 'node-b',
+      replicas: [`ws://127.0.0.1:${port}`],
+      transport: new WebSocketTransport(),
+      credential: issueCredential(secret, 'node', 'node-b'),
+    });
     await agent.start();
     try {
       const b = new Application(agent, { name: 'b', credential: issueCredential(secret, 'principal', 'tenant-b') });
@@ -100,7 +118,9 @@ describe('a typo is not empty data', () => {
     expect(e.err).toMatch(/^safe-resume explain: NOT_FOUND: no target or requestId called "Xq3-misspelled-id"/);
     expect(e.err).not.toContain('a write open is granted at once');
     // An active handle's requestId (one the store holds now: a handle still opening has none there yet).
-    const st = JSON.parse(cli('status', '--json').out) as { handles: Array<{ requestId: string | null; target: string; state: string }> };
+    const st = JSON.parse(cli('status', '--json').out) as {
+      handles: Array<{ requestId: string | null; target: string; state: string }>;
+    };
     const h = st.handles.find((x) => x.state === 'active' && x.requestId)!;
     const got = cli('explain', h.requestId!);
     expect(got.out.split('\n')[0], got.err).toBe(h.target);
@@ -126,8 +146,17 @@ describe('read', () => {
     expect(cli('write', 'range.disk', 'hello, world').code).toBe(0);
     expect(cli('read', 'range.disk', '--offset', '7', '--length', '5')).toMatchObject({ code: 0, out: 'world' });
     const hex = cli('read', 'range.disk', '--offset', '7', '--length', '5', '--hex');
-    expect(hex).toMatchObject({ code: 0, out: '00000007  77 6f 72 6c 64                                    |world|\n' });
-    expect(JSON.parse(cli('read', 'range.disk', '--offset', '7', '--length', '5', '--json').out)).toMatchObject({ ok: true, target: 'range.disk', offset: 7, bytes: 5, base64: Buffer.from('world').toString('base64') });
+    expect(hex).toMatchObject({
+      code: 0,
+      out: '00000007  77 6f 72 6c 64                                    |world|\n',
+    });
+    expect(JSON.parse(cli('read', 'range.disk', '--offset', '7', '--length', '5', '--json').out)).toMatchObject({
+      ok: true,
+      target: 'range.disk',
+      offset: 7,
+      bytes: 5,
+      base64: Buffer.from('world').toString('base64'),
+    });
     expect(cli('read', 'range.disk', '--offset', '-1')).toMatchObject({ code: 2 });
   });
 
@@ -171,7 +200,9 @@ describe('the views', () => {
     expect(after.length).toBeGreaterThan(0);
     expect(after.every((e) => e.at >= Date.parse(since))).toBe(true);
     expect(after.some((e) => e.kind === 'fault' && e.what?.startsWith('write since.disk'))).toBe(true);
-    expect((JSON.parse(cli('events', '--since', '1h', '--json').out) as Ev).events.some((e) => e.kind === 'process')).toBe(true);
+    expect(
+      (JSON.parse(cli('events', '--since', '1h', '--json').out) as Ev).events.some((e) => e.kind === 'process'),
+    ).toBe(true);
     expect((JSON.parse(cli('events', '--since', '1ms', '--json').out) as Ev).events).toEqual([]);
     expect(cli('events', '--since', 'yesterday-ish')).toMatchObject({ code: 2 });
     const f = follow('events', '--follow');
@@ -187,14 +218,20 @@ describe('the views', () => {
     expect(r.code).toBe(0);
     const lines = r.out.trim().split('\n');
     expect(lines.length).toBeGreaterThan(0);
-    for (const l of lines) expect(l).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (TRACE|DEBUG|INFO |WARN |ERROR|FATAL) replica-1 +\S/);
+    for (const l of lines)
+      expect(l).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (TRACE|DEBUG|INFO |WARN |ERROR|FATAL) replica-1 +\S/);
     expect(r.out).toMatch(/ INFO  replica-1  replica listening url=ws:\/\/127\.0\.0\.1:\d+ store=sqlite /);
     const all = cli('logs');
     expect(all.out).toMatch(/ replica-1 /);
     const typo = cli('logs', 'replca-1');
     expect(typo.code).toBe(9);
     expect(typo.err).toContain(`did you mean 'replica-1'?`);
-    const probe = (n: number) => writeFileSync(join(t.dir, 'logs', 'test-probe.log'), JSON.stringify({ level: 30, time: Date.now(), msg: 'probe line', actor: 'test-probe', n }) + '\n', { flag: 'a' });
+    const probe = (n: number) =>
+      writeFileSync(
+        join(t.dir, 'logs', 'test-probe.log'),
+        JSON.stringify({ level: 30, time: Date.now(), msg: 'probe line', actor: 'test-probe', n }) + '\n',
+        { flag: 'a' },
+      );
     probe(0);
     const f = follow('logs', 'test-probe', '--follow');
     await until('the log so far', () => f.out().includes('probe line n=0'), 10_000);
@@ -206,11 +243,18 @@ describe('the views', () => {
 });
 
 describe('completion', () => {
-  it('bash: completes commands, and each command\'s options', () => {
+  it("bash: completes commands, and each command's options", () => {
     const script = run('completion', 'bash');
     expect(script.code).toBe(0);
     const complete = (...words: string[]) => {
-      const r = spawnSync('bash', ['-c', `${script.out}\nCOMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _safe_resume; printf '%s\\n' "\${COMPREPLY[@]}"`], { encoding: 'utf8' });
+      const r = spawnSync(
+        'bash',
+        [
+          '-c',
+          `${script.out}\nCOMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _safe_resume; printf '%s\\n' "\${COMPREPLY[@]}"`,
+        ],
+        { encoding: 'utf8' },
+      );
       return r.stdout.trim().split('\n');
     };
     expect(complete('safe-resume', 'sta')).toEqual(['status']);

@@ -24,7 +24,15 @@ let launcher: ChildProcess | undefined;
 interface Status {
   replicas: Array<{ id: string; state: string; pid: number | null; metrics: string | null }>;
   nodes: Array<{ id: string; state: string; pid: number | null; replica: string | null; metrics: string | null }>;
-  handles: Array<{ node: string; app: string; target: string; state: string; reason: string | null; acked: number; requestId: string | null }>;
+  handles: Array<{
+    node: string;
+    app: string;
+    target: string;
+    state: string;
+    reason: string | null;
+    acked: number;
+    requestId: string | null;
+  }>;
 }
 
 function cli(...args: string[]): { code: number; out: string } {
@@ -40,7 +48,11 @@ const status = (): Status => JSON.parse(cli('status', '--json').out) as Status;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** `until` (test/e2e.ts), its timeout naming the first cluster's status and what its up said on stderr. */
-const until = (what: string, check: () => boolean, ms = 30_000): Promise<void> => poll(what, check, ms, { everyMs: 200, detail: () => `: ${JSON.stringify(status())}; the first up said on stderr: ${printedErr.get(dir) ?? ''}` });
+const until = (what: string, check: () => boolean, ms = 30_000): Promise<void> =>
+  poll(what, check, ms, {
+    everyMs: 200,
+    detail: () => `: ${JSON.stringify(status())}; the first up said on stderr: ${printedErr.get(dir) ?? ''}`,
+  });
 
 function alive(pid: number | null): boolean {
   if (!pid) return false;
@@ -54,7 +66,11 @@ function alive(pid: number | null): boolean {
 
 /** /healthz's status code, fetched synchronously for `until` (curl is not needed: a child node does it). */
 function sampleHealth(url: string): number {
-  const out = execFileSync('node', ['-e', `fetch(${JSON.stringify(url + '/healthz')}).then((r) => console.log(r.status), () => console.log(0))`], { encoding: 'utf8' });
+  const out = execFileSync(
+    'node',
+    ['-e', `fetch(${JSON.stringify(url + '/healthz')}).then((r) => console.log(r.status), () => console.log(0))`],
+    { encoding: 'utf8' },
+  );
   return Number(out.trim());
 }
 
@@ -64,7 +80,9 @@ const printed = new Map<string, string>();
 const printedErr = new Map<string, string>();
 
 function startCluster(d = dir, extra: string[] = []): ChildProcess {
-  const p = spawn('node', [CLI, 'up', '--dir', d, '--hold-ms', '1000', '--interval-ms', '50', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const p = spawn('node', [CLI, 'up', '--dir', d, '--hold-ms', '1000', '--interval-ms', '50', ...extra], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   printed.set(d, '');
   p.stdout?.on('data', (b: Buffer) => {
     const so = printed.get(d)!;
@@ -86,7 +104,8 @@ function printedUrl(d: string, what: string): string {
 }
 
 /** What the CLI reads to reach the running cluster. */
-const controlFile = (d = dir) => JSON.parse(readFileSync(join(d, 'control.json'), 'utf8')) as { url: string; token: string };
+const controlFile = (d = dir) =>
+  JSON.parse(readFileSync(join(d, 'control.json'), 'utf8')) as { url: string; token: string };
 
 /** Every record up to `count` is intact: its sequence number and checksum are right. */
 function intactRecords(text: string, count: number): number {
@@ -116,22 +135,38 @@ describe('safe-resume up: a real local cluster', () => {
     const s = status();
     expect(s.replicas.map((r) => r.id)).toEqual(['replica-1', 'replica-2', 'replica-3']);
     expect(s.nodes.map((n) => n.id)).toEqual(['node-1', 'node-2']);
-    expect(s.handles.map((h) => `${h.node}/${h.app}`)).toEqual(['node-1/app-1', 'node-1/app-2', 'node-2/app-3', 'node-2/app-4']);
+    expect(s.handles.map((h) => `${h.node}/${h.app}`)).toEqual([
+      'node-1/app-1',
+      'node-1/app-2',
+      'node-2/app-3',
+      'node-2/app-4',
+    ]);
   }, 60_000);
 
   it('prints an NBD URL per node (its Unix socket); qemu-io writes a disk through it, and the CLI reads the same bytes', async () => {
-    const nbdLines = () => [...(printed.get(dir) ?? '').matchAll(/^ {2}nbd +(nbd\+unix:\/\/\/\?socket=\S+) +\((node-\d)/gm)];
+    const nbdLines = () => [
+      ...(printed.get(dir) ?? '').matchAll(/^ {2}nbd +(nbd\+unix:\/\/\/\?socket=\S+) +\((node-\d)/gm),
+    ];
     // What up printed reaches this process when its event loop is free (it is blocked in each CLI call).
     await until('the NBD lines of up', () => nbdLines().length >= 2).catch(() => undefined);
     const urls = nbdLines().map((m) => ({ url: m[1]!, node: m[2]! }));
-    expect(urls.map((u) => u.node), `up printed:\n${printed.get(dir)}\nand on stderr:\n${printedErr.get(dir)}`).toEqual(['node-1', 'node-2']);
-    const io = spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 4k', '-c', 'read -P 0x61 0 4k', targetUrl(urls[0]!.url, 'disk-e2e')], { encoding: 'utf8', timeout: 30_000 });
+    expect(
+      urls.map((u) => u.node),
+      `up printed:\n${printed.get(dir)}\nand on stderr:\n${printedErr.get(dir)}`,
+    ).toEqual(['node-1', 'node-2']);
+    const io = spawnSync(
+      'qemu-io',
+      ['-f', 'raw', '-c', 'write -P 0x61 0 4k', '-c', 'read -P 0x61 0 4k', targetUrl(urls[0]!.url, 'disk-e2e')],
+      { encoding: 'utf8', timeout: 30_000 },
+    );
     expect(io.stdout).toMatch(/wrote 4096\/4096 bytes[\s\S]*read 4096\/4096 bytes/);
     expect(io.stdout).not.toMatch(/verification failed/);
     const read = execFileSync('node', [CLI, 'read', 'disk-e2e', '--dir', dir], { encoding: 'utf8' });
     expect(read).toContain('a'.repeat(64));
     expect(status().nodes.find((n) => n.id === 'node-1')).toMatchObject({ nbd: { url: urls[0]!.url } });
-    expect(execFileSync('node', [CLI, 'export', 'vm 1.disk', '--node', 'node-2', '--dir', dir], { encoding: 'utf8' }).trim()).toBe(urls[1]!.url.replace('///?', '///vm%201.disk?'));
+    expect(
+      execFileSync('node', [CLI, 'export', 'vm 1.disk', '--node', 'node-2', '--dir', dir], { encoding: 'utf8' }).trim(),
+    ).toBe(urls[1]!.url.replace('///?', '///vm%201.disk?'));
     const unknown = spawnSync('node', [CLI, 'export', 'x', '--node', 'node-9', '--dir', dir], { encoding: 'utf8' });
     expect(unknown.status).toBe(2);
     expect(unknown.stderr).toContain('no node called "node-9"');
@@ -144,13 +179,30 @@ describe('safe-resume up: a real local cluster', () => {
     expect(created.out).toContain('big.disk: 4 GiB (4294967296 bytes)');
     expect(url, created.out).toBeDefined();
     expect(spawnSync('nbdinfo', ['--size', url!], { encoding: 'utf8' }).stdout.trim()).toBe(String(4 * 1024 ** 3));
-    const io = spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 4194300k 4k', '-c', 'read -P 0x5a 4194300k 4k', '-c', 'read -P 0 2G 64k', url!], { encoding: 'utf8', timeout: 30_000 });
+    const io = spawnSync(
+      'qemu-io',
+      [
+        '-f',
+        'raw',
+        '-c',
+        'write -P 0x5a 4194300k 4k',
+        '-c',
+        'read -P 0x5a 4194300k 4k',
+        '-c',
+        'read -P 0 2G 64k',
+        url!,
+      ],
+      { encoding: 'utf8', timeout: 30_000 },
+    );
     expect(io.stdout).toMatch(/wrote 4096\/4096 bytes[\s\S]*read 4096\/4096 bytes[\s\S]*read 65536\/65536 bytes/);
     expect(io.stdout + io.stderr).not.toMatch(/verification failed|error/i);
     const past = spawnSync('qemu-io', ['-f', 'raw', '-c', 'write 4G 4k', url!], { encoding: 'utf8', timeout: 30_000 });
     expect(past.stdout + past.stderr).toMatch(/error|Input\/output|Invalid argument|No space/i);
     // Sparse: a 4 GiB disk with one block written costs about that block.
-    const onDisk = ['store.sqlite', 'store.sqlite-wal'].reduce((n, f) => n + (existsSync(join(dir, f)) ? lstatSync(join(dir, f)).size : 0), 0);
+    const onDisk = ['store.sqlite', 'store.sqlite-wal'].reduce(
+      (n, f) => n + (existsSync(join(dir, f)) ? lstatSync(join(dir, f)).size : 0),
+      0,
+    );
     expect(onDisk).toBeLessThan(64 * 1024 * 1024);
     // Again with the same size: nothing to do; with another: refused, the disk unchanged.
     expect(cli('create', 'big.disk', '--size', '4096M').out).toContain('as it already was');
@@ -193,13 +245,20 @@ describe('safe-resume up: a real local cluster', () => {
     // token; only the CLI talks to this endpoint, and it sends no Origin.
     const kill = { method: 'POST', body: JSON.stringify({ id: 'replica-3' }) };
     const forged = { origin: 'http://evil.example', 'content-type': 'text/plain' };
-    for (const headers of [forged, { ...forged, ...auth }, { ...forged, origin: `http://127.0.0.1:${port}`, ...auth }]) {
+    for (const headers of [
+      forged,
+      { ...forged, ...auth },
+      { ...forged, origin: `http://127.0.0.1:${port}`, ...auth },
+    ]) {
       const r = await raw(`${url}/kill`, { ...kill, headers });
       expect(r.status, JSON.stringify(headers)).toBe(403);
       expect(JSON.parse(r.body)).toMatchObject({ ok: false, code: 'FORBIDDEN' });
     }
     for (const headers of [{}, { authorization: 'Bearer wrong' }] as Array<Record<string, string>>) {
-      for (const [path, opts] of [['/kill', kill], ['/status', {}]] as const) {
+      for (const [path, opts] of [
+        ['/kill', kill],
+        ['/status', {}],
+      ] as const) {
         const r = await raw(url + path, { ...opts, headers });
         expect(r.status, path).toBe(401);
         expect(JSON.parse(r.body)).toMatchObject({ ok: false, code: 'AUTH_FAILED' });
@@ -227,12 +286,17 @@ describe('safe-resume up: a real local cluster', () => {
     expect((await upgrade(`${ws}/stream?token=${token}`, { origin: 'http://evil.example' })).status).toBe(403);
     // /inspect takes only the cluster's own processes: not a stranger, not the control token; the
     // processes themselves got in (with the credential of their own name, over IPC).
-    for (const headers of [{}, auth]) expect((await upgrade(`${ws}/inspect?from=replica-1`, { headers })).status).toBe(401);
+    for (const headers of [{}, auth])
+      expect((await upgrade(`${ws}/inspect?from=replica-1`, { headers })).status).toBe(401);
     const watch = await upgrade(`${ws}/stream?token=${token}`);
     expect(watch.status).toBe(101);
     // (A replica that serves no node has no actors to show.)
     const serving = status().nodes.map((n) => n.replica!);
-    await until('the nodes and their replica in the inspector', () => ['node-1', 'node-2', ...serving].every((p) => watch.seen.events.some((e) => e.process === p)), 10_000);
+    await until(
+      'the nodes and their replica in the inspector',
+      () => ['node-1', 'node-2', ...serving].every((p) => watch.seen.events.some((e) => e.process === p)),
+      10_000,
+    );
     watch.ws!.close();
 
     // Nothing was killed, and the CLI (which reads the token from control.json) works.
@@ -244,7 +308,11 @@ describe('safe-resume up: a real local cluster', () => {
 
   it('the control endpoint refuses a body over 64 KiB with 413, kills nothing, and the cluster goes on', async () => {
     const { url, token } = controlFile();
-    const r = await fetch(`${url}/kill`, { method: 'POST', body: JSON.stringify({ id: 'replica-1', pad: 'x'.repeat(200 * 1024) }), headers: { authorization: `Bearer ${token}` } });
+    const r = await fetch(`${url}/kill`, {
+      method: 'POST',
+      body: JSON.stringify({ id: 'replica-1', pad: 'x'.repeat(200 * 1024) }),
+      headers: { authorization: `Bearer ${token}` },
+    });
     expect(r.status).toBe(413);
     const s = status();
     expect(s.replicas.every((x) => x.state !== 'down')).toBe(true);
@@ -252,20 +320,35 @@ describe('safe-resume up: a real local cluster', () => {
 
   it('kill a replica: every handle ends active again and writes continue', async () => {
     const serving = status().nodes[0]!.replica!;
-    const servedNodes = status().nodes.filter((n) => n.replica === serving).map((n) => n.id);
+    const servedNodes = status()
+      .nodes.filter((n) => n.replica === serving)
+      .map((n) => n.id);
     const before = Object.fromEntries(status().handles.map((h) => [h.app, h.acked]));
     expect(cli('kill', serving).code).toBe(0);
     await until('the killed replica down', () => status().replicas.find((r) => r.id === serving)!.state === 'down');
-    await until('every handle active with more writes', () => status().handles.every((h) => h.state === 'active' && h.acked > before[h.app]! + 5));
+    await until('every handle active with more writes', () =>
+      status().handles.every((h) => h.state === 'active' && h.acked > before[h.app]! + 5),
+    );
     expect(status().nodes.every((n) => n.replica !== serving)).toBe(true);
     // The timeline tells each handle's pause and resume, however short (a failover here takes tens of
     // milliseconds, shorter than the nodes' status reports): paused, then active again, same requestId.
-    type Ev = { kind: string; at: number; what?: string; app?: string; to?: string; requestId?: string | null; detail?: string };
+    type Ev = {
+      kind: string;
+      at: number;
+      what?: string;
+      app?: string;
+      to?: string;
+      requestId?: string | null;
+      detail?: string;
+    };
     const events = (JSON.parse(cli('events', '--json').out) as { events: Ev[] }).events;
     const killedAt = events.filter((e) => e.kind === 'fault' && e.what === `kill ${serving}`).at(-1)!.at;
     for (const h of status().handles.filter((h) => servedNodes.includes(h.node))) {
       const story = events.filter((e) => e.kind === 'handle' && e.app === h.app && e.at >= killedAt);
-      expect(story.map((e) => e.to), `${h.app}: ${JSON.stringify(story)}`).toContain('paused');
+      expect(
+        story.map((e) => e.to),
+        `${h.app}: ${JSON.stringify(story)}`,
+      ).toContain('paused');
       const back = story.find((e) => e.to === 'active');
       expect(back?.detail, `${h.app}: ${JSON.stringify(story)}`).toBe('resume granted, same requestId');
       expect(back?.requestId).toBe(h.requestId);
@@ -311,7 +394,11 @@ describe('safe-resume up: a real local cluster', () => {
 
   it('partition a node past its hold period, write as a foreign writer, heal: that handle is invalidated MODIFIED, the other resumes', async () => {
     expect(cli('partition', 'node-1').code).toBe(0);
-    await until('node-1 handles paused', () => status().handles.filter((h) => h.node === 'node-1').every((h) => h.state === 'paused'));
+    await until('node-1 handles paused', () =>
+      status()
+        .handles.filter((h) => h.node === 'node-1')
+        .every((h) => h.state === 'paused'),
+    );
     // The replicas notice the silence (3 heartbeats), then the 1 s hold runs out: retry until the lock is free.
     let wrote = { code: 1, out: '' };
     const end = Date.now() + 30_000;
@@ -326,7 +413,10 @@ describe('safe-resume up: a real local cluster', () => {
     expect(cli('heal', 'node-1').code).toBe(0);
     await until('app-1 invalidated and app-2 active', () => {
       const hs = status().handles;
-      return hs.find((h) => h.app === 'app-1')!.state === 'invalidated' && hs.find((h) => h.app === 'app-2')!.state === 'active';
+      return (
+        hs.find((h) => h.app === 'app-1')!.state === 'invalidated' &&
+        hs.find((h) => h.app === 'app-2')!.state === 'active'
+      );
     });
     const app1 = status().handles.find((h) => h.app === 'app-1')!;
     expect(app1.reason).toBe('MODIFIED');
@@ -336,18 +426,28 @@ describe('safe-resume up: a real local cluster', () => {
     const foreign = /\(requestId (\S+), version \d+\)/.exec(wrote.out)![1]!;
     const tookOver = `requestId ${foreign} \\(principal default\\) took the target over at \\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z`;
     const explained = cli('explain', 'app-1.disk').out;
-    expect(explained).toMatch(new RegExp(`  earlier   requestId ${app1.requestId}, writes applied up to seq \\d+: its lock lapsed; ${tookOver}`));
+    expect(explained).toMatch(
+      new RegExp(
+        `  earlier   requestId ${app1.requestId}, writes applied up to seq \\d+: its lock lapsed; ${tookOver}`,
+      ),
+    );
     // On this host's clock (a SQLite store counts from boot), within this test.
     const at = Date.parse(/took the target over at (\S+Z)/.exec(explained)![1]!);
     expect(Date.now() - at).toBeGreaterThan(0);
     expect(Date.now() - at).toBeLessThan(90_000);
-    await until('the timeline says who took over', () => new RegExp(`-> invalidated MODIFIED \\(${tookOver}\\)`).test(cli('events', '--target', 'app-1.disk').out));
+    await until('the timeline says who took over', () =>
+      new RegExp(`-> invalidated MODIFIED \\(${tookOver}\\)`).test(cli('events', '--target', 'app-1.disk').out),
+    );
   }, 90_000);
 
   it('reboot-storage: every acknowledged write is still readable', async () => {
     const acked = Object.fromEntries(status().handles.map((h) => [h.app, h.acked]));
     expect(cli('reboot-storage').code).toBe(0);
-    await until('the workloads active again', () => status().handles.filter((h) => h.app !== 'app-1').every((h) => h.state === 'active' && h.acked > acked[h.app]!));
+    await until('the workloads active again', () =>
+      status()
+        .handles.filter((h) => h.app !== 'app-1')
+        .every((h) => h.state === 'active' && h.acked > acked[h.app]!),
+    );
     for (const app of ['app-2', 'app-3', 'app-4']) {
       const text = cli('read', `${app}.disk`).out;
       expect(intactRecords(text, acked[app]!), app).toBe(acked[app]);
@@ -389,10 +489,14 @@ describe('safe-resume up: a real local cluster', () => {
 /** The status of the cluster in `d` once every replica and node of it runs (has a live process). */
 async function started(d: string): Promise<Status> {
   let s: Status | undefined;
-  await until('every replica and node running', () => {
-    s = JSON.parse(execFileSync('node', [CLI, 'status', '--json', '--dir', d], { encoding: 'utf8' })) as Status;
-    return s.replicas.length > 0 && s.nodes.length > 0 && [...s.replicas, ...s.nodes].every((x) => alive(x.pid));
-  }, 30_000);
+  await until(
+    'every replica and node running',
+    () => {
+      s = JSON.parse(execFileSync('node', [CLI, 'status', '--json', '--dir', d], { encoding: 'utf8' })) as Status;
+      return s.replicas.length > 0 && s.nodes.length > 0 && [...s.replicas, ...s.nodes].every((x) => alive(x.pid));
+    },
+    30_000,
+  );
   return s!;
 }
 
@@ -427,7 +531,17 @@ describe('safe-resume up --stately', () => {
 
   it('relays from 127.0.0.1 only (not every interface), behind the control token', async () => {
     port = await freePort();
-    p = startCluster(d, ['--replicas', '1', '--nodes', '1', '--apps', '1', '--stately', '--stately-port', String(port)]);
+    p = startCluster(d, [
+      '--replicas',
+      '1',
+      '--nodes',
+      '1',
+      '--apps',
+      '1',
+      '--stately',
+      '--stately-port',
+      String(port),
+    ]);
     await until('up', () => existsSync(join(d, 'control.json')) && /stately/.test(printed.get(d) ?? ''), 30_000);
     // 127.0.0.1 in the kernel's little-endian hex; nothing on 0.0.0.0 or [::].
     expect(listening(port)).toEqual([`0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`]);
@@ -453,12 +567,23 @@ describe('safe-resume up --chaos', () => {
     let out: string;
     let code = 0;
     try {
-      out = execFileSync('node', [CLI, 'up', '--chaos', '--for', '8', '--seed', '11', '--json', '--dir', d, '--hold-ms', '500'], { encoding: 'utf8', timeout: 120_000, stdio: ['ignore', 'pipe', 'ignore'] });
+      out = execFileSync(
+        'node',
+        [CLI, 'up', '--chaos', '--for', '8', '--seed', '11', '--json', '--dir', d, '--hold-ms', '500'],
+        { encoding: 'utf8', timeout: 120_000, stdio: ['ignore', 'pipe', 'ignore'] },
+      );
     } catch (err) {
       code = (err as { status?: number }).status ?? 1;
       out = (err as { stdout?: string }).stdout ?? '';
     }
-    const summary = JSON.parse(out) as { seed: number; faults: Record<string, number>; pauses: number; resumes: { granted: number; denied: number }; writesAcknowledged: number; violations: unknown[] };
+    const summary = JSON.parse(out) as {
+      seed: number;
+      faults: Record<string, number>;
+      pauses: number;
+      resumes: { granted: number; denied: number };
+      writesAcknowledged: number;
+      violations: unknown[];
+    };
     expect(summary.seed).toBe(11);
     expect(Object.values(summary.faults).reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
     expect(summary.writesAcknowledged).toBeGreaterThan(0);
@@ -469,9 +594,34 @@ describe('safe-resume up --chaos', () => {
 
   it('over etcd: the leader killed again and again while the workload writes; the history comes from etcd and holds no violation', () => {
     const d = join(t.dir, 'chaos-etcd');
-    const run = spawnSync('node', [CLI, 'up', '--chaos', '--store', 'etcd', '--faults', 'etcd-leader-kill,replica-kill', '--for', '8', '--seed', '2', '--json', '--dir', d, '--hold-ms', '500'], { encoding: 'utf8', timeout: 120_000 });
+    const run = spawnSync(
+      'node',
+      [
+        CLI,
+        'up',
+        '--chaos',
+        '--store',
+        'etcd',
+        '--faults',
+        'etcd-leader-kill,replica-kill',
+        '--for',
+        '8',
+        '--seed',
+        '2',
+        '--json',
+        '--dir',
+        d,
+        '--hold-ms',
+        '500',
+      ],
+      { encoding: 'utf8', timeout: 120_000 },
+    );
     expect(run.status, run.stderr).toBe(0);
-    const summary = JSON.parse(run.stdout) as { faults: Record<string, number>; writesAcknowledged: number; violations: unknown[] };
+    const summary = JSON.parse(run.stdout) as {
+      faults: Record<string, number>;
+      writesAcknowledged: number;
+      violations: unknown[];
+    };
     expect(summary.faults['etcd-leader-kill']).toBeGreaterThan(0);
     expect(summary.writesAcknowledged).toBeGreaterThan(0);
     expect(summary.violations).toEqual([]);
@@ -490,21 +640,83 @@ describe('safe-resume up --tls-cert --tls-key --tls-ca', () => {
   function makeCertificates(): { cert: string; key: string; ca: string } {
     mkdirSync(pki, { recursive: true });
     const ssl = (...args: string[]) => execFileSync('openssl', args, { cwd: pki, stdio: 'ignore' });
-    ssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=safe-resume test CA');
-    ssl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'host.key', '-out', 'host.csr', '-subj', '/CN=replica-host');
-    writeFileSync(join(pki, 'host.ext'), 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n');
-    ssl('x509', '-req', '-in', 'host.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'host.crt', '-days', '2', '-extfile', 'host.ext');
+    ssl(
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      'ca.key',
+      '-out',
+      'ca.crt',
+      '-days',
+      '2',
+      '-subj',
+      '/CN=safe-resume test CA',
+    );
+    ssl(
+      'req',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      'host.key',
+      '-out',
+      'host.csr',
+      '-subj',
+      '/CN=replica-host',
+    );
+    writeFileSync(
+      join(pki, 'host.ext'),
+      'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n',
+    );
+    ssl(
+      'x509',
+      '-req',
+      '-in',
+      'host.csr',
+      '-CA',
+      'ca.crt',
+      '-CAkey',
+      'ca.key',
+      '-CAcreateserial',
+      '-out',
+      'host.crt',
+      '-days',
+      '2',
+      '-extfile',
+      'host.ext',
+    );
     return { cert: join(pki, 'host.crt'), key: join(pki, 'host.key'), ca: join(pki, 'ca.crt') };
   }
 
-  it('serves every replica over wss:// with the operator\'s certificate; nodes and the CLI work through it', async () => {
+  it("serves every replica over wss:// with the operator's certificate; nodes and the CLI work through it", async () => {
     const c = makeCertificates();
-    p = startCluster(d, ['--replicas', '2', '--nodes', '1', '--apps', '1', '--tls-cert', c.cert, '--tls-key', c.key, '--tls-ca', c.ca]);
+    p = startCluster(d, [
+      '--replicas',
+      '2',
+      '--nodes',
+      '1',
+      '--apps',
+      '1',
+      '--tls-cert',
+      c.cert,
+      '--tls-key',
+      c.key,
+      '--tls-ca',
+      c.ca,
+    ]);
     await until('up', () => existsSync(join(d, 'control.json')), 30_000);
     const urls = [...(printed.get(d) ?? '').matchAll(/^ {2}replica-\d +(\w+:\/\/\S+)/gm)].map((m) => m[1]!);
     expect(urls.length).toBe(2);
     for (const u of urls) expect(u).toMatch(/^wss:\/\/127\.0\.0\.1:\d+$/);
-    const st = () => JSON.parse(execFileSync('node', [CLI, 'status', '--json', '--dir', d], { encoding: 'utf8' })) as Status;
+    const st = () =>
+      JSON.parse(execFileSync('node', [CLI, 'status', '--json', '--dir', d], { encoding: 'utf8' })) as Status;
     await until('the handle to write', () => st().handles.some((h) => h.state === 'active' && h.acked > 0), 30_000);
     // What listens is TLS with the operator's certificate, checked against the operator's CA.
     const peer = await new Promise<string>((resolve, reject) => {
@@ -515,17 +727,36 @@ describe('safe-resume up --tls-cert --tls-key --tls-ca', () => {
       s.once('error', reject);
     });
     expect(peer).toBe('replica-host');
-    expect(execFileSync('node', [CLI, 'write', 'tls.disk', 'over-tls', '--dir', d], { encoding: 'utf8' })).toMatch(/^wrote 8 bytes to tls.disk as cli /m);
+    expect(execFileSync('node', [CLI, 'write', 'tls.disk', 'over-tls', '--dir', d], { encoding: 'utf8' })).toMatch(
+      /^wrote 8 bytes to tls.disk as cli /m,
+    );
     expect(execFileSync('node', [CLI, 'read', 'tls.disk', '--dir', d], { encoding: 'utf8' })).toMatch(/^over-tls/);
     execFileSync('node', [CLI, 'down', '--dir', d], { encoding: 'utf8' });
     await until('the launcher to exit', () => p!.exitCode !== null, 20_000);
   }, 90_000);
 
   it('refuses half a TLS configuration or an unreadable file with a usage error that names it', () => {
-    const half = spawnSync('node', [CLI, 'up', '--dir', join(t.dir, 'tls-bad'), '--tls-cert', join(pki, 'host.crt')], { encoding: 'utf8' });
+    const half = spawnSync('node', [CLI, 'up', '--dir', join(t.dir, 'tls-bad'), '--tls-cert', join(pki, 'host.crt')], {
+      encoding: 'utf8',
+    });
     expect(half.status).toBe(2);
     expect(half.stderr).toContain('--tls-cert, --tls-key and --tls-ca go together');
-    const missing = spawnSync('node', [CLI, 'up', '--dir', join(t.dir, 'tls-bad'), '--tls-cert', join(pki, 'nope.crt'), '--tls-key', join(pki, 'host.key'), '--tls-ca', join(pki, 'ca.crt')], { encoding: 'utf8' });
+    const missing = spawnSync(
+      'node',
+      [
+        CLI,
+        'up',
+        '--dir',
+        join(t.dir, 'tls-bad'),
+        '--tls-cert',
+        join(pki, 'nope.crt'),
+        '--tls-key',
+        join(pki, 'host.key'),
+        '--tls-ca',
+        join(pki, 'ca.crt'),
+      ],
+      { encoding: 'utf8' },
+    );
     expect(missing.status).toBe(2);
     expect(missing.stderr).toContain('nope.crt');
     expect(existsSync(join(t.dir, 'tls-bad', 'control.json'))).toBe(false);
@@ -538,7 +769,11 @@ describe('safe-resume up --store etcd', () => {
   afterAll(() => {
     if (p && p.exitCode === null) p.kill('SIGKILL');
   });
-  const st = () => JSON.parse(execFileSync('node', [CLI, 'status', '--json', '--dir', d], { encoding: 'utf8' })) as Status & { etcd: Array<{ id: string; state: string; pid: number | null }>; store: string };
+  const st = () =>
+    JSON.parse(execFileSync('node', [CLI, 'status', '--json', '--dir', d], { encoding: 'utf8' })) as Status & {
+      etcd: Array<{ id: string; state: string; pid: number | null }>;
+      store: string;
+    };
   /** The etcd processes whose data lives under `d`. */
   const etcdPids = (dir = d) =>
     readdirSync('/proc')
@@ -561,24 +796,41 @@ describe('safe-resume up --store etcd', () => {
     await until('the handle to write', () => st().handles.some((h) => h.state === 'active' && h.acked > 5), 30_000);
     expect(execFileSync('node', [CLI, 'kill', 'etcd-1', '--dir', d], { encoding: 'utf8' })).toMatch(/^killed etcd-1$/m);
     const before = st().handles[0]!.acked;
-    await until('writes to go on with two members', () => st().handles[0]!.state === 'active' && st().handles[0]!.acked > before + 10, 30_000);
-    expect(execFileSync('node', [CLI, 'write', 'e.disk', 'on-etcd', '--dir', d], { encoding: 'utf8' })).toMatch(/^wrote 7 bytes to e.disk as cli /m);
+    await until(
+      'writes to go on with two members',
+      () => st().handles[0]!.state === 'active' && st().handles[0]!.acked > before + 10,
+      30_000,
+    );
+    expect(execFileSync('node', [CLI, 'write', 'e.disk', 'on-etcd', '--dir', d], { encoding: 'utf8' })).toMatch(
+      /^wrote 7 bytes to e.disk as cli /m,
+    );
     expect(execFileSync('node', [CLI, 'read', 'e.disk', '--dir', d], { encoding: 'utf8' })).toMatch(/^on-etcd/);
     // The launcher's own client of the store speaks TLS to the local members, as the replicas do.
-    expect(execFileSync('node', [CLI, 'explain', 'e.disk', '--dir', d], { encoding: 'utf8' })).toContain('\n  owner     default\n');
-    expect(execFileSync('node', [CLI, 'restart', 'etcd-1', '--dir', d], { encoding: 'utf8' })).toMatch(/^restarted etcd-1$/m);
+    expect(execFileSync('node', [CLI, 'explain', 'e.disk', '--dir', d], { encoding: 'utf8' })).toContain(
+      '\n  owner     default\n',
+    );
+    expect(execFileSync('node', [CLI, 'restart', 'etcd-1', '--dir', d], { encoding: 'utf8' })).toMatch(
+      /^restarted etcd-1$/m,
+    );
     expect(st().etcd[0]!.state).toBe('running');
     expect(etcdPids()).toHaveLength(3);
     // A node partitioned: once its session is lost, status tells how long the hold has left, from the
     // session lease's TTL at etcd (whole seconds), until the lock lapses.
     execFileSync('node', [CLI, 'partition', 'node-1', '--dir', d], { encoding: 'utf8' });
     const holds: string[] = [];
-    await until('a hold running down, then lapsed', () => {
-      const h = st().handles[0] as Status['handles'][number] & { hold: string | null; holdLeftMs: number | null };
-      holds.push(`${h.hold}${h.holdLeftMs !== null ? `:${h.holdLeftMs}` : ''}`);
-      return h.hold === 'lapsed';
-    }, 40_000);
-    expect(holds.some((x) => /^running:\d+$/.test(x)), holds.join(' ')).toBe(true);
+    await until(
+      'a hold running down, then lapsed',
+      () => {
+        const h = st().handles[0] as Status['handles'][number] & { hold: string | null; holdLeftMs: number | null };
+        holds.push(`${h.hold}${h.holdLeftMs !== null ? `:${h.holdLeftMs}` : ''}`);
+        return h.hold === 'lapsed';
+      },
+      40_000,
+    );
+    expect(
+      holds.some((x) => /^running:\d+$/.test(x)),
+      holds.join(' '),
+    ).toBe(true);
     execFileSync('node', [CLI, 'heal', 'node-1', '--dir', d], { encoding: 'utf8' });
     execFileSync('node', [CLI, 'down', '--dir', d], { encoding: 'utf8' });
     await until('the launcher to exit', () => p!.exitCode !== null, 30_000);
@@ -600,7 +852,8 @@ describe('safe-resume up --store etcd', () => {
   }, 60_000);
 
   it('refuses --etcd-endpoints without --store etcd, bad endpoints, remote chaos, bad --faults and --netns, with usage errors', () => {
-    const up = (...a: string[]) => spawnSync('node', [CLI, 'up', '--dir', join(t.dir, 'etcd-bad'), ...a], { encoding: 'utf8' });
+    const up = (...a: string[]) =>
+      spawnSync('node', [CLI, 'up', '--dir', join(t.dir, 'etcd-bad'), ...a], { encoding: 'utf8' });
     expect(up('--etcd-endpoints', '127.0.0.1:2379').stderr).toContain('--etcd-endpoints goes with --store etcd');
     const bad = up('--store', 'etcd', '--etcd-endpoints', 'nohost');
     expect(bad.status).toBe(2);

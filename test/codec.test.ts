@@ -20,7 +20,11 @@ describe('codec', () => {
   });
 
   it('round-trips messages without bytes, binary or text', () => {
-    const msg: Message = { type: 'resume', id: 1, items: [{ target: 't', requestId: RID, principal: 'p', mode: 'read', version: 3 }] };
+    const msg: Message = {
+      type: 'resume',
+      id: 1,
+      items: [{ target: 't', requestId: RID, principal: 'p', mode: 'read', version: 3 }],
+    };
     expect(decode(encode(msg))).toEqual({ ok: true, msg });
     expect(decode(JSON.stringify(msg))).toEqual({ ok: true, msg });
   });
@@ -32,10 +36,26 @@ describe('codec', () => {
     ['a JSON array', '[1,2]', 'BAD_FRAME'],
     ['no type', '{"id": 1}', 'BAD_FRAME'],
     ['an unknown type', '{"type": "format-disk", "id": 3}', 'UNKNOWN_TYPE'],
-    ['a wrong field type', `{"type": "open", "id": 4, "target": 5, "requestId": "${RID}", "principal": "p", "mode": "write"}`, 'BAD_FRAME'],
-    ['a short requestId', '{"type": "open", "id": 4, "target": "t", "requestId": "abc", "principal": "p", "mode": "write"}', 'BAD_FRAME'],
-    ['bytes inside the JSON header', `{"type": "write", "id": 1, "target": "t", "requestId": "${RID}", "seq": 1, "offset": 0, "data": "AAAA"}`, 'BAD_FRAME'],
-    ['a negative offset', `{"type": "read", "id": 1, "target": "t", "requestId": "${RID}", "offset": -1, "length": 1}`, 'BAD_FRAME'],
+    [
+      'a wrong field type',
+      `{"type": "open", "id": 4, "target": 5, "requestId": "${RID}", "principal": "p", "mode": "write"}`,
+      'BAD_FRAME',
+    ],
+    [
+      'a short requestId',
+      '{"type": "open", "id": 4, "target": "t", "requestId": "abc", "principal": "p", "mode": "write"}',
+      'BAD_FRAME',
+    ],
+    [
+      'bytes inside the JSON header',
+      `{"type": "write", "id": 1, "target": "t", "requestId": "${RID}", "seq": 1, "offset": 0, "data": "AAAA"}`,
+      'BAD_FRAME',
+    ],
+    [
+      'a negative offset',
+      `{"type": "read", "id": 1, "target": "t", "requestId": "${RID}", "offset": -1, "length": 1}`,
+      'BAD_FRAME',
+    ],
   ];
   for (const [name, frame, code] of cases) {
     it(`answers ${name} with ${code}`, () => {
@@ -58,19 +78,35 @@ describe('codec', () => {
   // A megabyte of nested brackets held a replica's thread for a second in JSON.parse (found by the fuzzer).
   it('refuses a header nested deeper than any message before parsing it, in text and binary frames', () => {
     const deep = '['.repeat(100) + ']'.repeat(100);
-    expect(decode(deep)).toMatchObject({ ok: false, code: 'BAD_FRAME', message: expect.stringContaining('nests deeper') });
+    expect(decode(deep)).toMatchObject({
+      ok: false,
+      code: 'BAD_FRAME',
+      message: expect.stringContaining('nests deeper'),
+    });
     const header = Buffer.from(`{"type":"ping","t":1,"x":${deep}}`);
     const frame = Buffer.concat([Buffer.alloc(4), header]);
     frame.writeUInt32BE(header.length, 0);
-    expect(decode(new Uint8Array(frame))).toMatchObject({ ok: false, code: 'BAD_FRAME', message: expect.stringContaining('nests deeper') });
+    expect(decode(new Uint8Array(frame))).toMatchObject({
+      ok: false,
+      code: 'BAD_FRAME',
+      message: expect.stringContaining('nests deeper'),
+    });
     // Brackets inside strings are not nesting; a real message still decodes.
-    expect(decode(`{"type":"error","code":"X","message":"${'['.repeat(500)}","retryable":false}`)).toMatchObject({ ok: true });
-    expect(decode(`{"type":"error","code":"X","message":"a \\" ${'{'.repeat(50)}","retryable":false}`)).toMatchObject({ ok: true });
+    expect(decode(`{"type":"error","code":"X","message":"${'['.repeat(500)}","retryable":false}`)).toMatchObject({
+      ok: true,
+    });
+    expect(decode(`{"type":"error","code":"X","message":"a \\" ${'{'.repeat(50)}","retryable":false}`)).toMatchObject({
+      ok: true,
+    });
   });
 
   it('gives a text frame the header limit: a 2 MiB text frame is refused without parsing', () => {
     const big = '['.repeat(1024 * 1024) + ']'.repeat(1024 * 1024);
-    expect(decode(big)).toMatchObject({ ok: false, code: 'BAD_FRAME', message: expect.stringContaining('header limit') });
+    expect(decode(big)).toMatchObject({
+      ok: false,
+      code: 'BAD_FRAME',
+      message: expect.stringContaining('header limit'),
+    });
   });
 });
 
@@ -79,7 +115,9 @@ describe('error codes', () => {
     const { readFileSync } = await import('node:fs');
     const { ERROR_CODES, RETRYABLE } = await import('../errors.js');
     const doc = readFileSync(new URL('../docs/errors.md', import.meta.url), 'utf8');
-    const documented = [...doc.matchAll(/^\| `([A-Z_]+)` \| (yes|no) \|/gm)].map((m) => [m[1], m[2] === 'yes'] as const);
+    const documented = [...doc.matchAll(/^\| `([A-Z_]+)` \| (yes|no) \|/gm)].map(
+      (m) => [m[1], m[2] === 'yes'] as const,
+    );
     expect(documented.map(([c]) => c).sort()).toEqual(Object.keys(ERROR_CODES).sort());
     for (const [code, retryable] of documented) expect(RETRYABLE.has(code as never), code).toBe(retryable);
   });

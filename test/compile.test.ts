@@ -8,10 +8,24 @@
 import { describe, expect, it } from 'vitest';
 import { createMachine, initialTransition, setup, transition } from 'xstate';
 import { AgentCore, type Intent } from '../core/agent.js';
-import { lifecycleTransitions, nextState, type CoreHandle, type HandleState, type LifecycleEvent } from '../core/handle.js';
+import {
+  lifecycleTransitions,
+  nextState,
+  type CoreHandle,
+  type HandleState,
+  type LifecycleEvent,
+} from '../core/handle.js';
 import { appHandleMachine } from '../machines/app-handle.js';
 import { compileMachine, targetTable } from '../machines/compile.js';
-import { HOLD_PERIOD_ENDED, replicaHandleInitialState, replicaHandleMachine, stepReplicaHandle, type ReplicaHandleData, type ReplicaHandleState, type ReplicaHandleStepEvent } from '../machines/replica-handle.js';
+import {
+  HOLD_PERIOD_ENDED,
+  replicaHandleInitialState,
+  replicaHandleMachine,
+  stepReplicaHandle,
+  type ReplicaHandleData,
+  type ReplicaHandleState,
+  type ReplicaHandleStepEvent,
+} from '../machines/replica-handle.js';
 
 /** `from --event--> to` for every transition with a target in a flat machine's config, `after` under XState's event name. */
 function drawn(machine: { id: string; config: { states?: Record<string, unknown> } }): Set<string> {
@@ -31,9 +45,22 @@ function drawn(machine: { id: string; config: { states?: Record<string, unknown>
 }
 
 const APP_STATES = Object.keys(appHandleMachine.config.states ?? {}) as HandleState[];
-const APP_EVENTS: LifecycleEvent[] = ['OPENED', 'OPEN_FAILED', 'PAUSED', 'RESUMING', 'GRANTED', 'DENIED', 'REVOKED', 'CLOSE', 'CLOSED', 'PAUSE_TIMEOUT'];
+const APP_EVENTS: LifecycleEvent[] = [
+  'OPENED',
+  'OPEN_FAILED',
+  'PAUSED',
+  'RESUMING',
+  'GRANTED',
+  'DENIED',
+  'REVOKED',
+  'CLOSE',
+  'CLOSED',
+  'PAUSE_TIMEOUT',
+];
 
-const REPLICA_STATES = (Object.keys(replicaHandleMachine.config.states ?? {}) as ReplicaHandleState[]).filter((s) => s !== 'starting');
+const REPLICA_STATES = (Object.keys(replicaHandleMachine.config.states ?? {}) as ReplicaHandleState[]).filter(
+  (s) => s !== 'starting',
+);
 const REPLICA_EVENTS: ReplicaHandleStepEvent[] = [
   { type: 'SESSION_LOST' },
   { type: 'STORAGE_UNAVAILABLE' },
@@ -64,7 +91,13 @@ describe('the node agent core runs the drawn handle lifecycle', () => {
       REVOKED: { type: 'REVOKED', reason: 'SUPERSEDED' },
       OPEN_FAILED: { type: 'OPEN_FAILED', code: 'LOCKED' },
     };
-    const input = { target: 't', mode: 'write' as const, requestId: 'r'.repeat(21), onFailure: 'pause' as const, pauseTimeoutMs: 1000 };
+    const input = {
+      target: 't',
+      mode: 'write' as const,
+      requestId: 'r'.repeat(21),
+      onFailure: 'pause' as const,
+      pauseTimeoutMs: 1000,
+    };
     const [initial] = initialTransition(appHandleMachine, input);
     for (const t of lifecycleTransitions()) {
       const at = appHandleMachine.resolveState({ value: t.from, context: initial.context });
@@ -88,7 +121,9 @@ describe('the node agent core runs the drawn handle lifecycle', () => {
     h.state = 'paused';
     expect(() => core.move(h, 'GRANTED')).toThrow('handle lifecycle: no GRANTED from paused (vm1.disk)');
     expect(h.state).toBe('paused');
-    expect(core.move(h, 'RESUMING')).toEqual([{ kind: 'changed', h, from: 'paused', to: 'resuming', event: 'RESUMING' }]);
+    expect(core.move(h, 'RESUMING')).toEqual([
+      { kind: 'changed', h, from: 'paused', to: 'resuming', event: 'RESUMING' },
+    ]);
   });
 });
 
@@ -144,7 +179,11 @@ describe('compiling a machine the runtime cannot run as drawn fails loudly', () 
     const m = setup({ guards: { ok: () => true }, actions: { note: () => {} } }).createMachine({
       id: 'small',
       initial: 'a',
-      states: { a: { on: { GO: { target: 'b', actions: 'note' } } }, b: { after: { 100: 'a' }, on: { STOP: 'c' } }, c: { type: 'final' } },
+      states: {
+        a: { on: { GO: { target: 'b', actions: 'note' } } },
+        b: { after: { 100: 'a' }, on: { STOP: 'c' } },
+        c: { type: 'final' },
+      },
     });
     const c = compileMachine(m, { actions: ['note'] });
     expect(c.on.a.GO).toEqual([{ guard: undefined, target: 'b', actions: ['note'] }]);
@@ -160,25 +199,39 @@ describe('compiling a machine the runtime cannot run as drawn fails loudly', () 
 
   it('a named guard or action the runtime does not say it carries out', () => {
     const m = flat({ a: { on: { GO: { guard: 'ready', target: 'b', actions: 'tell' } } }, b: {} });
-    expect(() => compileMachine(m)).toThrow('machine small: cannot compile guard "ready" at a --GO-->: the runtime does not carry it out');
-    expect(() => compileMachine(m, { guards: ['ready'] })).toThrow('machine small: cannot compile action "tell" at a --GO-->: the runtime does not carry it out');
+    expect(() => compileMachine(m)).toThrow(
+      'machine small: cannot compile guard "ready" at a --GO-->: the runtime does not carry it out',
+    );
+    expect(() => compileMachine(m, { guards: ['ready'] })).toThrow(
+      'machine small: cannot compile action "tell" at a --GO-->: the runtime does not carry it out',
+    );
   });
 
   it('a guard that chooses the target, for a runtime that looks up targets only', () => {
     const m = flat({ a: { on: { GO: [{ guard: 'ready', target: 'b' }, { target: 'a' }] } }, b: {} });
     const c = compileMachine(m, { guards: ['ready'] });
-    expect(() => targetTable(c)).toThrow('machine small: cannot compile a --GO--> into a plain table: a guard chooses where it leads');
+    expect(() => targetTable(c)).toThrow(
+      'machine small: cannot compile a --GO--> into a plain table: a guard chooses where it leads',
+    );
   });
 
   it('nested, parallel and invoking states, and targets by id', () => {
-    expect(() => compileMachine(flat({ a: { initial: 'x', states: { x: {} } } }))).toThrow('machine small: cannot compile "initial" of state a (flat machines only)');
-    expect(() => compileMachine(flat({ a: { type: 'parallel', states: {} } }))).toThrow('cannot compile "states" of state a');
+    expect(() => compileMachine(flat({ a: { initial: 'x', states: { x: {} } } }))).toThrow(
+      'machine small: cannot compile "initial" of state a (flat machines only)',
+    );
+    expect(() => compileMachine(flat({ a: { type: 'parallel', states: {} } }))).toThrow(
+      'cannot compile "states" of state a',
+    );
     expect(() => compileMachine(flat({ a: { invoke: { src: 'x' } } }))).toThrow('cannot compile "invoke" of state a');
-    expect(() => compileMachine(flat({ a: { on: { GO: '#small.b' } }, b: {} }))).toThrow('cannot compile target "#small.b" of a --GO-->');
+    expect(() => compileMachine(flat({ a: { on: { GO: '#small.b' } }, b: {} }))).toThrow(
+      'cannot compile target "#small.b" of a --GO-->',
+    );
   });
 
   it('the real machines, without what their runtime says it carries out', () => {
-    expect(() => compileMachine(replicaHandleMachine)).toThrow('guard "isResume" at starting (always): the runtime does not carry it out');
+    expect(() => compileMachine(replicaHandleMachine)).toThrow(
+      'guard "isResume" at starting (always): the runtime does not carry it out',
+    );
     expect(() => compileMachine(appHandleMachine)).toThrow('cannot compile action "dispatchIo" at active --IO-->');
   });
 });

@@ -30,7 +30,17 @@ afterEach(async () => {
 });
 
 function agent(replicas: string[], log: Logger, extra: { startTimeoutMs?: number } = {}): NodeAgent {
-  const a = new NodeAgent({ id: 'node-1', replicas, transport: new WebSocketTransport(), secret: 'k'.repeat(32), backoffBaseMs: 20, backoffMaxMs: 100, connectTimeoutMs: 1000, env: { log }, ...extra });
+  const a = new NodeAgent({
+    id: 'node-1',
+    replicas,
+    transport: new WebSocketTransport(),
+    secret: 'k'.repeat(32),
+    backoffBaseMs: 20,
+    backoffMaxMs: 100,
+    connectTimeoutMs: 1000,
+    env: { log },
+    ...extra,
+  });
   agents.push(a);
   return a;
 }
@@ -52,13 +62,18 @@ describe('a node agent that cannot reach its storage', () => {
     const rounds: ConnectRound[] = [];
     a.on('connect-failed', (r) => rounds.push(r));
     const t0 = Date.now();
-    const err = await a.start().then(() => undefined, (e: unknown) => e);
+    const err = await a.start().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(Date.now() - t0).toBeGreaterThanOrEqual(1100);
     expect(err).toBeInstanceOf(SafeResumeError);
     expect((err as SafeResumeError).code).toBe('UNAVAILABLE');
     expect((err as Error).message).toContain(url);
     expect((err as Error).message).toContain('ECONNREFUSED');
-    expect((err as SafeResumeError & { causes?: unknown }).causes).toEqual([expect.objectContaining({ replica: url, cause: 'ECONNREFUSED' })]);
+    expect((err as SafeResumeError & { causes?: unknown }).causes).toEqual([
+      expect.objectContaining({ replica: url, cause: 'ECONNREFUSED' }),
+    ]);
     expect(rounds.length).toBeGreaterThanOrEqual(2);
     expect(rounds[0]).toEqual({ round: 1, causes: [expect.objectContaining({ replica: url, cause: 'ECONNREFUSED' })] });
     const failed = lines.filter((l) => l.msg.startsWith('could not connect'));
@@ -68,12 +83,15 @@ describe('a node agent that cannot reach its storage', () => {
     expect(a.connectCauses).toEqual([expect.objectContaining({ replica: url, cause: 'ECONNREFUSED' })]);
   });
 
-  it('a plain HTTP server and nothing: start() rejects with both replicas\' causes, the HTTP answer named as not a WebSocket', async () => {
+  it("a plain HTTP server and nothing: start() rejects with both replicas' causes, the HTTP answer named as not a WebSocket", async () => {
     const http = await plainHttp();
     const none = `ws://127.0.0.1:${await freePort()}`;
     const { lines, log } = capture();
     const a = agent([http, none], log, { startTimeoutMs: 1000 });
-    const err = (await a.start().then(() => undefined, (e: unknown) => e)) as SafeResumeError & { causes?: Array<{ replica: string; cause: string; message: string }> };
+    const err = (await a.start().then(
+      () => undefined,
+      (e: unknown) => e,
+    )) as SafeResumeError & { causes?: Array<{ replica: string; cause: string; message: string }> };
     expect(err.code).toBe('UNAVAILABLE');
     expect(err.causes?.map((c) => [c.replica, c.cause])).toEqual([
       [http, 'NOT_WEBSOCKET'],
@@ -81,13 +99,23 @@ describe('a node agent that cannot reach its storage', () => {
     ]);
     expect(err.causes?.[0]?.message).toMatch(/HTTP 200/);
     expect(err.message).toMatch(/NOT_WEBSOCKET/);
-    expect(lines.some((l) => l.msg.startsWith('could not connect') && l.cause === 'NOT_WEBSOCKET' && l.replica === http)).toBe(true);
+    expect(
+      lines.some((l) => l.msg.startsWith('could not connect') && l.cause === 'NOT_WEBSOCKET' && l.replica === http),
+    ).toBe(true);
   });
 
   it('a flood of failed attempts is rate-limited in the log', async () => {
     const url = `ws://127.0.0.1:${await freePort()}`;
     const { lines, log } = capture();
-    const a = new NodeAgent({ id: 'node-1', replicas: [url], transport: new WebSocketTransport(), secret: 'k'.repeat(32), backoffBaseMs: 1, backoffMaxMs: 2, env: { log } });
+    const a = new NodeAgent({
+      id: 'node-1',
+      replicas: [url],
+      transport: new WebSocketTransport(),
+      secret: 'k'.repeat(32),
+      backoffBaseMs: 1,
+      backoffMaxMs: 2,
+      env: { log },
+    });
     agents.push(a);
     let rounds = 0;
     a.on('connect-failed', () => rounds++);
@@ -115,7 +143,9 @@ describe('a node agent logs its pauses', () => {
     expect(paused).toHaveLength(1);
     expect(paused[0]).toMatchObject({ level: 30, actor: 'node-1', paused: 1 });
     expect(String(paused[0]!.why)).toMatch(/^socket closed/);
-    expect(lines.findIndex((l) => l.msg === 'handles paused')).toBeLessThan(lines.findIndex((l) => l.msg === 'handles resumed'));
+    expect(lines.findIndex((l) => l.msg === 'handles paused')).toBeLessThan(
+      lines.findIndex((l) => l.msg === 'handles resumed'),
+    );
     await app.close();
   });
 

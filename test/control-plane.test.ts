@@ -60,19 +60,30 @@ describe('the inspector page server', () => {
     expect(server!.pageUrl).toBe(`${url}/#token=${token}`);
     expect(token).toMatch(/^[A-Za-z0-9_-]{43}$/); // 32 random bytes
     expect((await raw(`${url}/api/status`, { headers: bearer(token) })).status).toBe(200);
-    expect((await raw(`${url}/api/kill`, { ...KILL, headers: { ...KILL.headers, ...bearer(token) } })).status).toBe(200);
+    expect((await raw(`${url}/api/kill`, { ...KILL, headers: { ...KILL.headers, ...bearer(token) } })).status).toBe(
+      200,
+    );
     expect(commands).toEqual(['/kill']);
     const stream = await upgrade(`${ws(url)}/stream?token=${token}`);
     expect(stream.status).toBe(101);
     stream.ws!.close();
     // Another server, another token.
-    const other = new InspectorServer({ watching: () => undefined, status: () => ({}), command: async () => ({ ok: true }) });
+    const other = new InspectorServer({
+      watching: () => undefined,
+      status: () => ({}),
+      command: async () => ({ ok: true }),
+    });
     expect(other.token).not.toBe(token);
   });
 
   it('refuses a foreign Host (DNS rebinding) with 403, on the page, /api and /stream, the token notwithstanding', async () => {
     const { url, port, token } = await inspector();
-    for (const host of ['evil.example', `evil.example:${port}`, `127.0.0.1:${port + 1}`, `127.0.0.1.evil.example:${port}`]) {
+    for (const host of [
+      'evil.example',
+      `evil.example:${port}`,
+      `127.0.0.1:${port + 1}`,
+      `127.0.0.1.evil.example:${port}`,
+    ]) {
       expect((await raw(`${url}/`, { headers: { host } })).status, host).toBe(403);
       const status = await raw(`${url}/api/status`, { headers: { host, ...bearer(token) } });
       expect(status.status, host).toBe(403);
@@ -94,7 +105,10 @@ describe('the inspector page server', () => {
     }
     expect(commands).toEqual([]);
     for (const origin of [`http://127.0.0.1:${port}`, `http://localhost:${port}`]) {
-      expect((await raw(`${url}/api/kill`, { ...KILL, headers: { ...KILL.headers, origin, ...bearer(token) } })).status, origin).toBe(200);
+      expect(
+        (await raw(`${url}/api/kill`, { ...KILL, headers: { ...KILL.headers, origin, ...bearer(token) } })).status,
+        origin,
+      ).toBe(200);
       const stream = await upgrade(`${ws(url)}/stream?token=${token}`, { origin });
       expect(stream.status, origin).toBe(101);
       stream.ws!.close();
@@ -103,9 +117,14 @@ describe('the inspector page server', () => {
 });
 
 /** A registration as a process sends it, padded to about `chars` characters. */
-const registration = (id: string, chars = 0) => ({ type: '@xstate.actor', sessionId: id, name: 'fake', definition: 'x'.repeat(chars) });
+const registration = (id: string, chars = 0) => ({
+  type: '@xstate.actor',
+  sessionId: id,
+  name: 'fake',
+  definition: 'x'.repeat(chars),
+});
 
-describe('/inspect: only the cluster\'s own processes', () => {
+describe("/inspect: only the cluster's own processes", () => {
   it('refuses a connection without the credential of its name, with the credential of another name, or from a browser; takes its own', async () => {
     const { url } = await inspector();
     const credential = server!.processCredential('replica-1');
@@ -114,7 +133,14 @@ describe('/inspect: only the cluster\'s own processes', () => {
     expect((await upgrade(`${ws(url)}/inspect?from=replica-1`, { headers: bearer(server!.token) })).status).toBe(401);
     expect((await upgrade(`${ws(url)}/inspect?from=replica-2`, { headers: bearer(credential) })).status).toBe(401);
     expect((await upgrade(`${ws(url)}/inspect`, { headers: bearer(credential) })).status).toBe(401);
-    expect((await upgrade(`${ws(url)}/inspect?from=replica-1`, { headers: bearer(credential), origin: `http://127.0.0.1:${new URL(url).port}` })).status).toBe(403);
+    expect(
+      (
+        await upgrade(`${ws(url)}/inspect?from=replica-1`, {
+          headers: bearer(credential),
+          origin: `http://127.0.0.1:${new URL(url).port}`,
+        })
+      ).status,
+    ).toBe(403);
 
     const proc = await upgrade(`${ws(url)}/inspect?from=replica-1`, { headers: bearer(credential) });
     expect(proc.status).toBe(101);
@@ -130,7 +156,9 @@ describe('/inspect: only the cluster\'s own processes', () => {
   it('caps a message at 1 MiB: a larger one closes the connection (1009) and none of it is kept', async () => {
     const { url } = await inspector();
     expect(MAX_INSPECT_MESSAGE).toBe(1024 * 1024);
-    const proc = await upgrade(`${ws(url)}/inspect?from=node-1`, { headers: bearer(server!.processCredential('node-1')) });
+    const proc = await upgrade(`${ws(url)}/inspect?from=node-1`, {
+      headers: bearer(server!.processCredential('node-1')),
+    });
     expect(proc.status).toBe(101);
     const closed = new Promise<number>((r) => proc.ws!.once('close', (code) => r(code)));
     proc.ws!.send(JSON.stringify([registration('x:0', 2 * 1024 * 1024)]));
@@ -144,11 +172,16 @@ describe('/inspect: only the cluster\'s own processes', () => {
 
   it('keeps actor registrations bounded in bytes, not only in count: of 20 MiB of them at most 16 MiB, the newest', async () => {
     const { url } = await inspector();
-    const proc = await upgrade(`${ws(url)}/inspect?from=node-1`, { headers: bearer(server!.processCredential('node-1')) });
+    const proc = await upgrade(`${ws(url)}/inspect?from=node-1`, {
+      headers: bearer(server!.processCredential('node-1')),
+    });
     expect(proc.status).toBe(101);
     // 100 registrations of 200 KiB, four to a message (under the message cap).
-    for (let i = 0; i < 100; i += 4) proc.ws!.send(JSON.stringify([0, 1, 2, 3].map((k) => registration(`x:${i + k}`, 200 * 1024))));
-    const marker = await upgrade(`${ws(url)}/inspect?from=node-2`, { headers: bearer(server!.processCredential('node-2')) });
+    for (let i = 0; i < 100; i += 4)
+      proc.ws!.send(JSON.stringify([0, 1, 2, 3].map((k) => registration(`x:${i + k}`, 200 * 1024))));
+    const marker = await upgrade(`${ws(url)}/inspect?from=node-2`, {
+      headers: bearer(server!.processCredential('node-2')),
+    });
     await new Promise<void>((r) => proc.ws!.once('close', () => r()).close());
     marker.ws!.send(JSON.stringify([registration('last')]));
     // The replay to a new page is what the server kept.
@@ -171,14 +204,23 @@ describe('a process under the message cap', () => {
   it('splits a turn of events over 1 MiB into messages under it: the connection stays up and every event arrives', async () => {
     const { url, token } = await inspector();
     // 400 actors of a 60-state machine, started in one turn: about 2 MiB of registrations.
-    const states = Object.fromEntries(Array.from({ length: 60 }, (_, i) => [`state-number-${i}`, { on: { [`GO_TO_THE_NEXT_STATE_${i}`]: `state-number-${(i + 1) % 60}` } }]));
+    const states = Object.fromEntries(
+      Array.from({ length: 60 }, (_, i) => [
+        `state-number-${i}`,
+        { on: { [`GO_TO_THE_NEXT_STATE_${i}`]: `state-number-${(i + 1) % 60}` } },
+      ]),
+    );
     const machine = createMachine({ id: 'big', initial: 'state-number-0', states });
     const insp = processInspector(`${ws(url)}/inspect?from=node-1`, server!.processCredential('node-1'));
     const page = await upgrade(`${ws(url)}/stream?token=${token}`);
     try {
       await waitFor('the process connected', () => server!['processes'].clients.size === 1);
       for (let i = 0; i < 400; i++) createActor(machine, { inspect: insp.inspect }).start();
-      await waitFor('every registration', () => page.seen.events.filter((e) => e.type === '@xstate.actor' && e.process === 'node-1').length === 400, 10_000);
+      await waitFor(
+        'every registration',
+        () => page.seen.events.filter((e) => e.type === '@xstate.actor' && e.process === 'node-1').length === 400,
+        10_000,
+      );
       expect(page.seen.chars()).toBeGreaterThan(1.5 * MAX_INSPECT_MESSAGE);
       expect(server!['processes'].clients.size).toBe(1);
     } finally {
@@ -200,8 +242,12 @@ describe('the Stately relay (--stately)', () => {
     expect((await raw(`${url}/`, { headers: { host: `evil.example:${port}` } })).status).toBe(403);
     expect((await upgrade(`${ws(url)}/events`)).status).toBe(401);
     expect((await upgrade(`${ws(url)}/events?token=wrong`)).status).toBe(401);
-    expect((await upgrade(`${ws(url)}/events?token=${relay.token}`, { origin: 'http://evil.example' })).status).toBe(403);
-    expect((await upgrade(`${ws(url)}/events?token=${relay.token}`, { headers: { host: `evil.example:${port}` } })).status).toBe(403);
+    expect((await upgrade(`${ws(url)}/events?token=${relay.token}`, { origin: 'http://evil.example' })).status).toBe(
+      403,
+    );
+    expect(
+      (await upgrade(`${ws(url)}/events?token=${relay.token}`, { headers: { host: `evil.example:${port}` } })).status,
+    ).toBe(403);
 
     const page = await upgrade(`${ws(url)}/events?token=${relay.token}`, { origin: url });
     expect(page.status).toBe(101);

@@ -43,13 +43,31 @@ function world() {
   const step = (input: Parameters<AgentCore['step']>[0]) => {
     const out = core.step(input);
     intents.push(...out);
-    for (const i of out) if (i.kind === 'settle') outcomes.set(i.s.op, i.s.ok ? { ok: true, value: i.s.value } : { ok: false, code: i.s.code, reason: i.s.reason });
+    for (const i of out)
+      if (i.kind === 'settle')
+        outcomes.set(
+          i.s.op,
+          i.s.ok ? { ok: true, value: i.s.value } : { ok: false, code: i.s.code, reason: i.s.reason },
+        );
     return out;
   };
-  const sent = (type: string) => intents.filter((i): i is Extract<Intent, { kind: 'send' }> => i.kind === 'send' && i.msg.type === type).map((i) => i.msg);
+  const sent = (type: string) =>
+    intents
+      .filter((i): i is Extract<Intent, { kind: 'send' }> => i.kind === 'send' && i.msg.type === type)
+      .map((i) => i.msg);
   const lastSent = <T extends Message['type']>(type: T) => sent(type).at(-1) as Extract<Message, { type: T }>;
   const write = (h: CoreHandle, offset: number, text: string): Op => {
-    const op: Op = { kind: 'write', seq: 0, offset, data: new TextEncoder().encode(text), length: 0, inflight: 0, sent: false, resends: 0, settle: { resolve: () => undefined, reject: () => undefined } };
+    const op: Op = {
+      kind: 'write',
+      seq: 0,
+      offset,
+      data: new TextEncoder().encode(text),
+      length: 0,
+      inflight: 0,
+      sent: false,
+      resends: 0,
+      settle: { resolve: () => undefined, reject: () => undefined },
+    };
     step({ type: 'io', h, op });
     return op;
   };
@@ -63,7 +81,8 @@ function world() {
   return { core, intents, outcomes, step, sent, lastSent, write, active };
 }
 
-const changes = (intents: Intent[]) => intents.filter((i) => i.kind === 'changed').map((i) => (i.kind === 'changed' ? `${i.from}->${i.to}` : ''));
+const changes = (intents: Intent[]) =>
+  intents.filter((i) => i.kind === 'changed').map((i) => (i.kind === 'changed' ? `${i.from}->${i.to}` : ''));
 
 describe('opening', () => {
   it('keeps the requestId and instance before it asks the store for them', () => {
@@ -89,13 +108,25 @@ describe('L3: an operation the store refuses fails alone (finding 1)', () => {
     const good = w.write(h, 0, 'abc');
     const [first, second] = w.sent('write') as Array<Extract<Message, { type: 'write' }>>;
     expect([first!.seq, second!.seq]).toEqual([1, 2]);
-    w.step({ type: 'frame', msg: { type: 'error', id: first!.id, code: 'INVALID_ARGUMENT', message: 'write past the maximum target size', retryable: false } });
+    w.step({
+      type: 'frame',
+      msg: {
+        type: 'error',
+        id: first!.id,
+        code: 'INVALID_ARGUMENT',
+        message: 'write past the maximum target size',
+        retryable: false,
+      },
+    });
     expect(w.outcomes.get(bad)).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT' });
     const filler = w.lastSent('write');
     expect(filler.seq).toBe(1);
     expect(filler.data.length).toBe(0);
     // The pipelined write arrived before the filler: the store answers SEQ_GAP, the agent sends it again after.
-    w.step({ type: 'frame', msg: { type: 'error', id: second!.id, code: 'SEQ_GAP', message: 'expected seq 1, got 2', retryable: true } });
+    w.step({
+      type: 'frame',
+      msg: { type: 'error', id: second!.id, code: 'SEQ_GAP', message: 'expected seq 1, got 2', retryable: true },
+    });
     const again = w.lastSent('write');
     expect(again.seq).toBe(2);
     w.step({ type: 'frame', msg: { type: 'written', id: filler.id, seq: 1, version: 1 } });
@@ -109,7 +140,11 @@ describe('L3: an operation the store refuses fails alone (finding 1)', () => {
     const w = world();
     const h = w.active(handle());
     w.write(h, 0, 'a');
-    for (let i = 0; i < 9; i++) w.step({ type: 'frame', msg: { type: 'error', id: w.lastSent('write').id, code: 'SEQ_GAP', message: 'gap', retryable: true } });
+    for (let i = 0; i < 9; i++)
+      w.step({
+        type: 'frame',
+        msg: { type: 'error', id: w.lastSent('write').id, code: 'SEQ_GAP', message: 'gap', retryable: true },
+      });
     expect(w.intents.filter((i) => i.kind === 'drop-session')).toHaveLength(1);
   });
 });
@@ -128,7 +163,24 @@ describe('S5: every outcome tells the truth (finding 7)', () => {
 
   it('a denied resume resolves the writes the store applied and rejects the rest as not applied', () => {
     const { w, ops, queued, resume } = pausedWithWrites(3);
-    w.step({ type: 'frame', msg: { type: 'resumed', id: resume.id, results: [{ target: 'vm1.disk', requestId: 'r'.repeat(21), granted: false, reason: 'MODIFIED', code: 'MODIFIED', version: 7, lastSeq: 2 }] } });
+    w.step({
+      type: 'frame',
+      msg: {
+        type: 'resumed',
+        id: resume.id,
+        results: [
+          {
+            target: 'vm1.disk',
+            requestId: 'r'.repeat(21),
+            granted: false,
+            reason: 'MODIFIED',
+            code: 'MODIFIED',
+            version: 7,
+            lastSeq: 2,
+          },
+        ],
+      },
+    });
     expect(ops.map((op) => w.outcomes.get(op))).toEqual([
       { ok: true, value: { version: 7 } },
       { ok: true, value: { version: 7 } },
@@ -139,7 +191,23 @@ describe('S5: every outcome tells the truth (finding 7)', () => {
 
   it('without the evidence, a sent write rejects OUTCOME_UNKNOWN with the reason; one never sent rejects with the reason', () => {
     const { w, ops, queued, resume } = pausedWithWrites(1);
-    w.step({ type: 'frame', msg: { type: 'resumed', id: resume.id, results: [{ target: 'vm1.disk', requestId: 'r'.repeat(21), granted: false, reason: 'MODIFIED', code: 'MODIFIED', version: 7 }] } });
+    w.step({
+      type: 'frame',
+      msg: {
+        type: 'resumed',
+        id: resume.id,
+        results: [
+          {
+            target: 'vm1.disk',
+            requestId: 'r'.repeat(21),
+            granted: false,
+            reason: 'MODIFIED',
+            code: 'MODIFIED',
+            version: 7,
+          },
+        ],
+      },
+    });
     expect(w.outcomes.get(ops[0]!)).toEqual({ ok: false, code: 'OUTCOME_UNKNOWN', reason: 'MODIFIED' });
     expect(w.outcomes.get(queued)).toMatchObject({ ok: false, code: 'MODIFIED' });
   });
@@ -164,7 +232,14 @@ describe('S5: every outcome tells the truth (finding 7)', () => {
     w.step({ type: 'disconnected' });
     expect(w.outcomes.get(sent)).toEqual({ ok: false, code: 'OUTCOME_UNKNOWN', reason: 'UNAVAILABLE' });
     w.step({ type: 'ready', session: 's2' });
-    w.step({ type: 'frame', msg: { type: 'resumed', id: w.lastSent('resume').id, results: [{ target: 'vm1.disk', requestId: 'r'.repeat(21), granted: true, version: 0, lastSeq: 0 }] } });
+    w.step({
+      type: 'frame',
+      msg: {
+        type: 'resumed',
+        id: w.lastSent('resume').id,
+        results: [{ target: 'vm1.disk', requestId: 'r'.repeat(21), granted: true, version: 0, lastSeq: 0 }],
+      },
+    });
     const replay = w.lastSent('write');
     expect([replay.seq, replay.data.length]).toEqual([1, 0]);
   });
@@ -178,15 +253,31 @@ describe('S5: every outcome tells the truth (finding 7)', () => {
     w.step({ type: 'disconnected' });
     w.step({ type: 'ready', session: 's2' });
     const before = w.sent('write').length;
-    w.step({ type: 'frame', msg: { type: 'resumed', id: w.lastSent('resume').id, results: [{ target: 'vm1.disk', requestId: 'r'.repeat(21), granted: true, version: 1, lastSeq: 1 }] } });
+    w.step({
+      type: 'frame',
+      msg: {
+        type: 'resumed',
+        id: w.lastSent('resume').id,
+        results: [{ target: 'vm1.disk', requestId: 'r'.repeat(21), granted: true, version: 1, lastSeq: 1 }],
+      },
+    });
     expect(w.outcomes.get(ops[0]!)).toEqual({ ok: true, value: { version: 1 } });
-    const replay = (w.sent('write') as Array<Extract<Message, { type: 'write' }>>).slice(before).map((m) => [m.seq, m.data.length]);
-    expect(replay).toEqual([[2, 0], [3, 1]]);
+    const replay = (w.sent('write') as Array<Extract<Message, { type: 'write' }>>)
+      .slice(before)
+      .map((m) => [m.seq, m.data.length]);
+    expect(replay).toEqual([
+      [2, 0],
+      [3, 1],
+    ]);
   });
 });
 
 describe('handles that go away while their resume is in flight', () => {
-  const granted = (id: number) => ({ type: 'resumed' as const, id, results: [{ target: 'vm1.disk', requestId: 'r'.repeat(21), granted: true, version: 0, lastSeq: 0 }] });
+  const granted = (id: number) => ({
+    type: 'resumed' as const,
+    id,
+    results: [{ target: 'vm1.disk', requestId: 'r'.repeat(21), granted: true, version: 0, lastSeq: 0 }],
+  });
 
   it('an application that died sends nothing when the batch is granted; the restarted one resumes alone (failure 6)', () => {
     const w = world();
@@ -206,7 +297,12 @@ describe('handles that go away while their resume is in flight', () => {
     w.step({ type: 'frame', msg: granted(reclaim.id) });
     expect(again.state).toBe('active');
     w.write(again, 0, 'new1');
-    expect(w.sent('write').slice(before).map((m) => (m.type === 'write' ? m.seq : 0))).toEqual([1]);
+    expect(
+      w
+        .sent('write')
+        .slice(before)
+        .map((m) => (m.type === 'write' ? m.seq : 0)),
+    ).toEqual([1]);
   });
 
   it('a handle closed meanwhile lets go of the grant it no longer wants', () => {
@@ -228,7 +324,11 @@ describe('closing', () => {
     const h = w.active(handle());
     const op = w.write(h, 0, 'a');
     w.step({ type: 'close', h });
-    expect(w.intents.filter((i) => i.kind === 'send').map((i) => (i.kind === 'send' ? i.msg.type : ''))).toEqual(['open', 'write', 'close']);
+    expect(w.intents.filter((i) => i.kind === 'send').map((i) => (i.kind === 'send' ? i.msg.type : ''))).toEqual([
+      'open',
+      'write',
+      'close',
+    ]);
     w.step({ type: 'frame', msg: { type: 'written', id: w.lastSent('write').id, seq: 1, version: 1 } });
     w.step({ type: 'frame', msg: { type: 'closed', id: w.lastSent('close').id } });
     expect(w.outcomes.get(op)).toEqual({ ok: true, value: { version: 1 } });
@@ -262,11 +362,22 @@ describe('the node-local file (finding 5)', () => {
 describe('a reader keeps the newest version it saw (L1 after a restart)', () => {
   const R = 'r'.repeat(21);
   const read = (w: ReturnType<typeof world>, h: CoreHandle): Op => {
-    const op: Op = { kind: 'read', seq: 0, offset: 0, length: 4, data: undefined, inflight: 0, sent: false, resends: 0, settle: { resolve: () => undefined, reject: () => undefined } };
+    const op: Op = {
+      kind: 'read',
+      seq: 0,
+      offset: 0,
+      length: 4,
+      data: undefined,
+      inflight: 0,
+      sent: false,
+      resends: 0,
+      settle: { resolve: () => undefined, reject: () => undefined },
+    };
     w.step({ type: 'io', h, op });
     return op;
   };
-  const answer = (w: ReturnType<typeof world>, version: number) => w.step({ type: 'frame', msg: { type: 'data', id: w.lastSent('read').id, version, data: new Uint8Array(4) } });
+  const answer = (w: ReturnType<typeof world>, version: number) =>
+    w.step({ type: 'frame', msg: { type: 'data', id: w.lastSent('read').id, version, data: new Uint8Array(4) } });
 
   it('a read answer at a newer version is settled at once and kept later, once per burst, and never for an unchanged version', () => {
     const w = world();
@@ -296,16 +407,30 @@ describe('a reader keeps the newest version it saw (L1 after a restart)', () => 
     w.step({ type: 'ready', session: 's2' });
     const resume = w.lastSent('resume');
     expect(resume.items[0]!.version).toBe(3);
-    const out = w.step({ type: 'frame', msg: { type: 'resumed', id: resume.id, results: [{ target: 'vm1.disk', requestId: R, granted: true, version: 3, lastSeq: 0 }] } });
+    const out = w.step({
+      type: 'frame',
+      msg: {
+        type: 'resumed',
+        id: resume.id,
+        results: [{ target: 'vm1.disk', requestId: R, granted: true, version: 3, lastSeq: 0 }],
+      },
+    });
     expect(out.map((i) => i.kind).slice(0, 2)).toEqual(['keep', 'changed']);
     // Once kept, a later grant at the same version asks for nothing.
     w.step({ type: 'disconnected' });
     w.step({ type: 'ready', session: 's3' });
-    const again = w.step({ type: 'frame', msg: { type: 'resumed', id: w.lastSent('resume').id, results: [{ target: 'vm1.disk', requestId: R, granted: true, version: 3, lastSeq: 0 }] } });
+    const again = w.step({
+      type: 'frame',
+      msg: {
+        type: 'resumed',
+        id: w.lastSent('resume').id,
+        results: [{ target: 'vm1.disk', requestId: R, granted: true, version: 3, lastSeq: 0 }],
+      },
+    });
     expect(again.some((i) => i.kind === 'keep' || i.kind === 'keep-later')).toBe(false);
   });
 
-  it('a writer\'s reads keep nothing', () => {
+  it("a writer's reads keep nothing", () => {
     const w = world();
     const h = w.active(handle());
     read(w, h);

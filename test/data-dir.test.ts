@@ -9,7 +9,6 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
 import { CLI } from './cli-path.js';
 
-
 let cleanups: Array<() => void> = [];
 afterEach(() => {
   for (const c of cleanups.reverse()) c();
@@ -50,7 +49,11 @@ function project(root: string): string {
 /** `up --store memory` until it is serving, then Ctrl-C; resolves with its exit code and output. */
 function upUntilServing(dir: string): Promise<{ code: number | null; out: string; err: string }> {
   return new Promise((resolve) => {
-    const p = spawn('node', [CLI, 'up', '--store', 'memory', '--replicas', '1', '--nodes', '1', '--apps', '1', '--dir', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(
+      'node',
+      [CLI, 'up', '--store', 'memory', '--replicas', '1', '--nodes', '1', '--apps', '1', '--dir', dir],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let out = '';
     let err = '';
     let stopping = false;
@@ -75,8 +78,14 @@ describe('--dir', () => {
   it("up refuses a directory holding files it did not create, in one line, and changes nothing there (a project's public/ stays 0755)", () => {
     const d = project(scratch());
     const before = modes(d);
-    const r = spawnSync('node', [CLI, 'up', '--store', 'memory', '--dir', '.'], { cwd: d, encoding: 'utf8', timeout: 20_000 });
-    expect(r.stderr).toBe(`safe-resume: --dir ${d} holds files safe-resume did not create (README.md, public/): choose an empty or new directory\n`);
+    const r = spawnSync('node', [CLI, 'up', '--store', 'memory', '--dir', '.'], {
+      cwd: d,
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    expect(r.stderr).toBe(
+      `safe-resume: --dir ${d} holds files safe-resume did not create (README.md, public/): choose an empty or new directory\n`,
+    );
     expect(r.status).toBe(2);
     expect(modes(d)).toEqual(before);
     expect(before['public']).toBe('755');
@@ -92,21 +101,32 @@ describe('--dir', () => {
     const earlier = join(root, 'earlier');
     mkdirSync(join(earlier, 'logs'), { recursive: true });
     writeFileSync(join(earlier, 'logs', 'cluster.log'), '{}\n');
-    for (const [p, m] of [[earlier, 0o755], [join(earlier, 'logs'), 0o755], [join(earlier, 'logs', 'cluster.log'), 0o644]] as const) chmodSync(p, m);
+    for (const [p, m] of [
+      [earlier, 0o755],
+      [join(earlier, 'logs'), 0o755],
+      [join(earlier, 'logs', 'cluster.log'), 0o644],
+    ] as const)
+      chmodSync(p, m);
     const runs = await Promise.all([fresh, empty, earlier].map(upUntilServing));
     for (const r of runs) expect([r.code, r.err]).toEqual([0, '']);
     for (const d of [fresh, empty, earlier]) {
       const m = modes(d);
       expect(m['.'], d).toBe('700');
       expect(m['cluster-secret'], d).toBe('600');
-      expect(Object.entries(m).filter(([, mode]) => mode !== '700' && mode !== '600'), d).toEqual([]);
+      expect(
+        Object.entries(m).filter(([, mode]) => mode !== '700' && mode !== '600'),
+        d,
+      ).toEqual([]);
     }
   }, 60_000);
 
   it('credentials issue writes the key into a directory of other files and leaves those files as they were', () => {
     const d = project(scratch());
     const before = modes(d);
-    const r = spawnSync('node', [CLI, 'credentials', 'issue', '--node', 'node-1', '--dir', d], { encoding: 'utf8', timeout: 20_000 });
+    const r = spawnSync('node', [CLI, 'credentials', 'issue', '--node', 'node-1', '--dir', d], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
     expect(r.status, r.stderr).toBe(0);
     const after = modes(d);
     expect(after['cluster-secret']).toBe('600');

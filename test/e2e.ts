@@ -11,7 +11,12 @@ import { CLI } from './cli-path.js';
  * itself takes long (one that runs the CLI costs a node process start) waits as long again before
  * the next: polling keeps at most half a core busy while the files run side by side.
  */
-export async function until(what: string, check: () => boolean, ms = 30_000, opts: { everyMs?: number; detail?: () => string } = {}): Promise<void> {
+export async function until(
+  what: string,
+  check: () => boolean,
+  ms = 30_000,
+  opts: { everyMs?: number; detail?: () => string } = {},
+): Promise<void> {
   const end = Date.now() + ms;
   for (;;) {
     const started = Date.now();
@@ -39,14 +44,23 @@ export interface Launched {
  * shell gives a command (a Ctrl-C to the group signals every process of it). It is in `running`
  * until it exits, for an afterEach/afterAll to kill what a failed test left behind.
  */
-export function launch(args: string[], opts: { running?: Set<ChildProcess>; detached?: boolean; env?: NodeJS.ProcessEnv } = {}): Launched {
-  const proc = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: opts.detached ?? false, env: opts.env ?? process.env });
+export function launch(
+  args: string[],
+  opts: { running?: Set<ChildProcess>; detached?: boolean; env?: NodeJS.ProcessEnv } = {},
+): Launched {
+  const proc = spawn(process.execPath, [CLI, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: opts.detached ?? false,
+    env: opts.env ?? process.env,
+  });
   opts.running?.add(proc);
   let out = '';
   let err = '';
   let both = '';
   proc.stdout!.on('data', (b: Buffer) => ((out += b.toString()), (both += b.toString())));
   proc.stderr!.on('data', (b: Buffer) => ((err += b.toString()), (both += b.toString())));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((r) => proc.once('exit', (code, signal) => (opts.running?.delete(proc), r({ code, signal, at: Date.now() }))));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((r) =>
+    proc.once('exit', (code, signal) => (opts.running?.delete(proc), r({ code, signal, at: Date.now() }))),
+  );
   return { proc, out: () => out, err: () => err, both: () => both, exited };
 }

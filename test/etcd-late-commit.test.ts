@@ -42,9 +42,34 @@ describe('a write whose etcd commit went unanswered (etcd member stopped with th
     // whose request is unanswered for 4 of them, longer than the store takes to give up on the write
     // (its commit, then the read of its mark, 1 s each), so the replica's answer reaches the node.
     const answered: string[] = [];
-    const observe: ReplicaObserver = { request: (type: string) => void answered.push(type), resume: () => {}, transaction: () => {}, writeApplied: () => {}, badFrame: () => {} };
-    const replica = await new StorageReplica({ id: 'replica-1', store, transport: new WebSocketTransport(), secret: SECRET, leaseMs: 30_000, renewIntervalMs: 20_000, holdMs: 30_000, heartbeatIntervalMs: 1000, probeIntervalMs: 100, observe }).start();
-    const agent = new NodeAgent({ id: 'node-1', replicas: [replica.url], transport: new WebSocketTransport(), secret: SECRET, dataDir: t.dir, backoffBaseMs: 20, backoffMaxMs: 200 });
+    const observe: ReplicaObserver = {
+      request: (type: string) => void answered.push(type),
+      resume: () => {},
+      transaction: () => {},
+      writeApplied: () => {},
+      badFrame: () => {},
+    };
+    const replica = await new StorageReplica({
+      id: 'replica-1',
+      store,
+      transport: new WebSocketTransport(),
+      secret: SECRET,
+      leaseMs: 30_000,
+      renewIntervalMs: 20_000,
+      holdMs: 30_000,
+      heartbeatIntervalMs: 1000,
+      probeIntervalMs: 100,
+      observe,
+    }).start();
+    const agent = new NodeAgent({
+      id: 'node-1',
+      replicas: [replica.url],
+      transport: new WebSocketTransport(),
+      secret: SECRET,
+      dataDir: t.dir,
+      backoffBaseMs: 20,
+      backoffMaxMs: 200,
+    });
     let stopped = false;
     try {
       await agent.start();
@@ -57,9 +82,16 @@ describe('a write whose etcd commit went unanswered (etcd member stopped with th
       stopped = true;
       const outcome = h.write(PAGE, page('b')).then(
         () => ({ code: 'OK' as string, reason: undefined as string | undefined, message: '' }),
-        (err: unknown) => (err instanceof SafeResumeError ? { code: err.code as string, reason: err.reason as string | undefined, message: err.message } : { code: 'THROWN', reason: undefined, message: String(err) }),
+        (err: unknown) =>
+          err instanceof SafeResumeError
+            ? { code: err.code as string, reason: err.reason as string | undefined, message: err.message }
+            : { code: 'THROWN', reason: undefined, message: String(err) },
       );
-      await waitFor('the replica to answer the write and the handle to pause', () => answered.filter((x) => x === 'write').length > writesBefore && h.state === 'paused', 10_000);
+      await waitFor(
+        'the replica to answer the write and the handle to pause',
+        () => answered.filter((x) => x === 'write').length > writesBefore && h.state === 'paused',
+        10_000,
+      );
       expect(replica.storeError).toMatch(/^etcd transaction: no answer within/);
       // The refusal (UNAVAILABLE) follows the replica's notice that pauses the handle, on the same connection.
       await new Promise((r) => setTimeout(r, 300));
@@ -75,7 +107,10 @@ describe('a write whose etcd commit went unanswered (etcd member stopped with th
       await reader.close();
 
       // Never "not applied" while it landed (S5): whatever the data shows, the write was rejected as unknown.
-      expect(written, `the write was rejected ${written.code} (${written.message}); the data then read ${JSON.stringify(data)}`).toMatchObject({ code: 'OUTCOME_UNKNOWN', reason: 'CLOSED' });
+      expect(
+        written,
+        `the write was rejected ${written.code} (${written.message}); the data then read ${JSON.stringify(data)}`,
+      ).toMatchObject({ code: 'OUTCOME_UNKNOWN', reason: 'CLOSED' });
       // The transaction etcd held when it stopped was committed when it ran again: the write landed.
       expect(data).toBe('ab');
     } finally {

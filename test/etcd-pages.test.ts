@@ -58,14 +58,37 @@ describe('etcd page keys', () => {
     const s = new EtcdStore(etcd!.endpoints, { prefix: prefix() });
     const r = rid('T');
     try {
-      expect(await s.open({ target: 'tera.disk', requestId: r, principal: 'p', mode: 'write', session: 's', leaseMs: 60_000, size: MAX_DISK_BYTES })).toMatchObject({ ok: true, size: MAX_DISK_BYTES });
+      expect(
+        await s.open({
+          target: 'tera.disk',
+          requestId: r,
+          principal: 'p',
+          mode: 'write',
+          session: 's',
+          leaseMs: 60_000,
+          size: MAX_DISK_BYTES,
+        }),
+      ).toMatchObject({ ok: true, size: MAX_DISK_BYTES });
       const a = pageOf(LAST_NARROW);
       const b = pageOf(FIRST_WIDE);
-      expect(await s.write({ target: 'tera.disk', requestId: r, session: 's', seq: 1, offset: LAST_NARROW * PAGE, data: a })).toEqual({ ok: true, applied: true, version: 1 });
-      expect(await s.write({ target: 'tera.disk', requestId: r, session: 's', seq: 2, offset: FIRST_WIDE * PAGE, data: b })).toEqual({ ok: true, applied: true, version: 2 });
+      expect(
+        await s.write({ target: 'tera.disk', requestId: r, session: 's', seq: 1, offset: LAST_NARROW * PAGE, data: a }),
+      ).toEqual({ ok: true, applied: true, version: 1 });
+      expect(
+        await s.write({ target: 'tera.disk', requestId: r, session: 's', seq: 2, offset: FIRST_WIDE * PAGE, data: b }),
+      ).toEqual({ ok: true, applied: true, version: 2 });
       // The last page of the disk too.
       const last = MAX_DISK_BYTES / PAGE - 1;
-      expect(await s.write({ target: 'tera.disk', requestId: r, session: 's', seq: 3, offset: last * PAGE, data: pageOf(last) })).toEqual({ ok: true, applied: true, version: 3 });
+      expect(
+        await s.write({
+          target: 'tera.disk',
+          requestId: r,
+          session: 's',
+          seq: 3,
+          offset: last * PAGE,
+          data: pageOf(last),
+        }),
+      ).toEqual({ ok: true, applied: true, version: 3 });
 
       const one = await s.read({ target: 'tera.disk', offset: LAST_NARROW * PAGE, length: PAGE });
       expect(one.ok && same(one.data, a)).toBe(true);
@@ -74,17 +97,36 @@ describe('etcd page keys', () => {
       const end = await s.read({ target: 'tera.disk', offset: last * PAGE, length: PAGE });
       expect(end.ok && same(end.data, pageOf(last))).toBe(true);
       // Past the end of the disk, even where no page key could reach: no bytes.
-      expect(await s.read({ target: 'tera.disk', offset: last * PAGE + 100, length: 2 * PAGE })).toEqual({ ok: true, data: pageOf(last).slice(100), version: 3 });
-      expect(await s.read({ target: 'tera.disk', offset: 2 ** 52, length: PAGE })).toEqual({ ok: true, data: new Uint8Array(0), version: 3 });
+      expect(await s.read({ target: 'tera.disk', offset: last * PAGE + 100, length: 2 * PAGE })).toEqual({
+        ok: true,
+        data: pageOf(last).slice(100),
+        version: 3,
+      });
+      expect(await s.read({ target: 'tera.disk', offset: 2 ** 52, length: PAGE })).toEqual({
+        ok: true,
+        data: new Uint8Array(0),
+        version: 3,
+      });
 
       // Across the boundary: the second half of one page and the first half of the next.
       const across = await s.read({ target: 'tera.disk', offset: LAST_NARROW * PAGE + PAGE / 2, length: PAGE });
-      expect(across.ok && same(across.data, new Uint8Array([...a.subarray(PAGE / 2), ...b.subarray(0, PAGE / 2)]))).toBe(true);
+      expect(
+        across.ok && same(across.data, new Uint8Array([...a.subarray(PAGE / 2), ...b.subarray(0, PAGE / 2)])),
+      ).toBe(true);
       const both = await s.read({ target: 'tera.disk', offset: LAST_NARROW * PAGE, length: 2 * PAGE });
       expect(both.ok && same(both.data, new Uint8Array([...a, ...b]))).toBe(true);
 
       // A partial write into the page after the boundary keeps the rest of that page.
-      expect(await s.write({ target: 'tera.disk', requestId: r, session: 's', seq: 4, offset: FIRST_WIDE * PAGE + 10, data: new TextEncoder().encode('XY') })).toMatchObject({ ok: true, applied: true });
+      expect(
+        await s.write({
+          target: 'tera.disk',
+          requestId: r,
+          session: 's',
+          seq: 4,
+          offset: FIRST_WIDE * PAGE + 10,
+          data: new TextEncoder().encode('XY'),
+        }),
+      ).toMatchObject({ ok: true, applied: true });
       const patched = await s.read({ target: 'tera.disk', offset: FIRST_WIDE * PAGE, length: PAGE });
       const want = new Uint8Array(b);
       want.set(new TextEncoder().encode('XY'), 10);
@@ -101,9 +143,31 @@ describe('etcd page keys', () => {
     // Pages whose decimal lengths differ (1 to 9 digits), written out of order.
     const pages = [FIRST_WIDE, 7, LAST_NARROW, 268_435_455, 12_345, 9, 10, 99_999, 100_000];
     try {
-      expect(await s.open({ target: 'k.disk', requestId: r, principal: 'p', mode: 'write', session: 's', leaseMs: 60_000, size: MAX_DISK_BYTES })).toMatchObject({ ok: true });
-      for (const [i, page] of pages.entries()) expect(await s.write({ target: 'k.disk', requestId: r, session: 's', seq: i + 1, offset: page * PAGE, data: new TextEncoder().encode(`#${page}`) })).toMatchObject({ ok: true, applied: true });
-      const keys = (await raw!.getAll().prefix(`${p}`).keys()).filter((k) => k.includes('/k.disk/') && !k.startsWith(`${p}k/`));
+      expect(
+        await s.open({
+          target: 'k.disk',
+          requestId: r,
+          principal: 'p',
+          mode: 'write',
+          session: 's',
+          leaseMs: 60_000,
+          size: MAX_DISK_BYTES,
+        }),
+      ).toMatchObject({ ok: true });
+      for (const [i, page] of pages.entries())
+        expect(
+          await s.write({
+            target: 'k.disk',
+            requestId: r,
+            session: 's',
+            seq: i + 1,
+            offset: page * PAGE,
+            data: new TextEncoder().encode(`#${page}`),
+          }),
+        ).toMatchObject({ ok: true, applied: true });
+      const keys = (await raw!.getAll().prefix(`${p}`).keys()).filter(
+        (k) => k.includes('/k.disk/') && !k.startsWith(`${p}k/`),
+      );
       // etcd returns keys in byte order: that order is the pages' number order.
       expect(keys).toHaveLength(pages.length);
       const sorted = [...pages].sort((x, y) => x - y);
@@ -120,9 +184,15 @@ describe('etcd page keys', () => {
 
 describe('a store written with the earlier decimal page keys', () => {
   /** Write a target the way the earlier layout did: its v key, and pages under d/<target>/<page, 8 digits or more>. */
-  async function writeOld(p: string, target: string, meta: { version: number; size: number; fixed?: number }, pages: Array<[number, Uint8Array]>): Promise<void> {
+  async function writeOld(
+    p: string,
+    target: string,
+    meta: { version: number; size: number; fixed?: number },
+    pages: Array<[number, Uint8Array]>,
+  ): Promise<void> {
     await raw!.put(`${p}k/${encodeURIComponent(target)}/v`).value(JSON.stringify(meta));
-    for (const [page, data] of pages) await raw!.put(`${p}d/${encodeURIComponent(target)}/${String(page).padStart(8, '0')}`).value(Buffer.from(data));
+    for (const [page, data] of pages)
+      await raw!.put(`${p}d/${encodeURIComponent(target)}/${String(page).padStart(8, '0')}`).value(Buffer.from(data));
   }
 
   it('is refused, saying what to do; told to move it, a store moves it before serving: unavailable meanwhile, then every acknowledged byte is where it was, across the old boundary too', async () => {
@@ -153,8 +223,19 @@ describe('a store written with the earlier decimal page keys', () => {
       // Nothing is read through the old keys. Unless told to move them, a store refuses, saying what to do.
       const refused = plain.read({ target: 'tera.disk', offset: LAST_NARROW * PAGE, length: 2 * PAGE });
       await expect(refused).rejects.toThrow(StoreUnavailableError);
-      await expect(refused).rejects.toThrow(/5 data pages .*earlier safe-resume.*Stop every replica of the earlier version.*--etcd-move-pages/);
-      await expect(plain.open({ target: 'tera.disk', requestId: rid('O'), principal: 'p', mode: 'write', session: 's', leaseMs: 60_000 })).rejects.toThrow(/--etcd-move-pages/);
+      await expect(refused).rejects.toThrow(
+        /5 data pages .*earlier safe-resume.*Stop every replica of the earlier version.*--etcd-move-pages/,
+      );
+      await expect(
+        plain.open({
+          target: 'tera.disk',
+          requestId: rid('O'),
+          principal: 'p',
+          mode: 'write',
+          session: 's',
+          leaseMs: 60_000,
+        }),
+      ).rejects.toThrow(/--etcd-move-pages/);
       expect(await raw!.getAll().prefix(`${p}d/`).count()).toBe(5);
       // Told to: unavailable while it moves them, then it serves.
       const first = s.read({ target: 'tera.disk', offset: LAST_NARROW * PAGE, length: 2 * PAGE });
@@ -194,12 +275,15 @@ describe('a store written with the earlier decimal page keys', () => {
       for (const s of [x, y]) {
         const all = await s.read({ target: 'many.disk', offset: 0, length: 900 * PAGE });
         expect(all.ok && all.data.length).toBe(900 * PAGE);
-        for (const [page, data] of pages) expect(all.ok && same(all.data.subarray(page * PAGE, (page + 1) * PAGE), data)).toBe(true);
+        for (const [page, data] of pages)
+          expect(all.ok && same(all.data.subarray(page * PAGE, (page + 1) * PAGE), data)).toBe(true);
         expect(all.ok && all.data.subarray(PAGE, 3 * PAGE).every((v) => v === 0)).toBe(true);
       }
       expect(await raw!.getAll().prefix(`${p}d/`).count()).toBe(0);
       // One key per page: nothing doubled.
-      const keys = (await raw!.getAll().prefix(p).keys()).filter((k) => k.includes('/many.disk/') && !k.startsWith(`${p}k/`));
+      const keys = (await raw!.getAll().prefix(p).keys()).filter(
+        (k) => k.includes('/many.disk/') && !k.startsWith(`${p}k/`),
+      );
       expect(keys).toHaveLength(pages.length);
     } finally {
       await x.shutdown();
@@ -212,7 +296,9 @@ describe('a store written with the earlier decimal page keys', () => {
     await raw!.put(`${p}format`).value('99');
     const s = new EtcdStore(etcd!.endpoints, { prefix: p });
     try {
-      await expect(s.read({ target: 'x.disk', offset: 0, length: 1 })).rejects.toThrow(/key layout 99.*newer safe-resume/);
+      await expect(s.read({ target: 'x.disk', offset: 0, length: 1 })).rejects.toThrow(
+        /key layout 99.*newer safe-resume/,
+      );
       await expect(s.ping()).rejects.toThrow(StoreUnavailableError);
     } finally {
       await s.shutdown();

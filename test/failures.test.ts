@@ -54,15 +54,21 @@ describe('3. reboot', () => {
   it('every replica restarts on SQLite: all handles resume and every acknowledged write is still there', async () => {
     const c = await cluster({ replicas: 3 });
     const agents = [await c.addNode('node-1'), await c.addNode('node-2')];
-    const handles = await Promise.all(agents.flatMap((a, n) => [0, 1].map((i) => new Application(a, { name: `app-${i + 1}` }).open(`n${n}-a${i}.disk`))));
+    const handles = await Promise.all(
+      agents.flatMap((a, n) =>
+        [0, 1].map((i) => new Application(a, { name: `app-${i + 1}` }).open(`n${n}-a${i}.disk`)),
+      ),
+    );
     const acked = new Map<string, string>();
     for (let round = 0; round < 20; round++) {
-      await Promise.all(handles.map(async (h) => {
-        const s = `${h.target}#${round};`;
-        const offset = (acked.get(h.target) ?? '').length;
-        await h.write(offset, bytes(s));
-        acked.set(h.target, (acked.get(h.target) ?? '') + s);
-      }));
+      await Promise.all(
+        handles.map(async (h) => {
+          const s = `${h.target}#${round};`;
+          const offset = (acked.get(h.target) ?? '').length;
+          await h.write(offset, bytes(s));
+          acked.set(h.target, (acked.get(h.target) ?? '') + s);
+        }),
+      );
     }
     for (let i = 0; i < 3; i++) await c.kill(i);
     await Promise.all(handles.map((h) => waitForState(h, 'paused')));
@@ -90,7 +96,6 @@ describe('4. node agent restart', () => {
     await h2.write(5, bytes('ful'));
     expect(text(await h2.read(0, 8))).toBe('stateful');
   });
-
 });
 
 describe('batched resumes', () => {

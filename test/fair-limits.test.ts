@@ -27,10 +27,22 @@ afterEach(async () => {
 
 const SECRET = 'fair-limits-cluster-key-fair-limits-key';
 
-async function replica(opts: Partial<ReplicaOptions> = {}): Promise<{ r: StorageReplica; port: number; warnings: Array<Record<string, unknown>> }> {
+async function replica(
+  opts: Partial<ReplicaOptions> = {},
+): Promise<{ r: StorageReplica; port: number; warnings: Array<Record<string, unknown>> }> {
   const warnings: Array<Record<string, unknown>> = [];
-  const log = pino({ level: 'warn' }, { write: (l: string) => void warnings.push(JSON.parse(l) as Record<string, unknown>) });
-  const r = await new StorageReplica({ id: 'replica-1', store: new MemoryStore(), transport: new WebSocketTransport(), secret: SECRET, env: { log }, ...opts }).start();
+  const log = pino(
+    { level: 'warn' },
+    { write: (l: string) => void warnings.push(JSON.parse(l) as Record<string, unknown>) },
+  );
+  const r = await new StorageReplica({
+    id: 'replica-1',
+    store: new MemoryStore(),
+    transport: new WebSocketTransport(),
+    secret: SECRET,
+    env: { log },
+    ...opts,
+  }).start();
   cleanups.push(() => r.stop());
   return { r, port: Number(r.url.slice(r.url.lastIndexOf(':') + 1)), warnings };
 }
@@ -90,7 +102,14 @@ async function nodeWithHandle(replicaUrl: string, transport = new WebSocketTrans
   const proxy = FaultProxy.forUrl(replicaUrl);
   const url = await proxy.listen();
   cleanups.push(() => proxy.close());
-  const agent = new NodeAgent({ id: 'node-1', replicas: [url], transport, secret: SECRET, backoffBaseMs: 20, backoffMaxMs: 200 });
+  const agent = new NodeAgent({
+    id: 'node-1',
+    replicas: [url],
+    transport,
+    secret: SECRET,
+    backoffBaseMs: 20,
+    backoffMaxMs: 200,
+  });
   await agent.start();
   cleanups.push(() => agent.crash());
   const h = await new Application(agent, { name: 'app' }).open('fair.disk', { pauseTimeoutMs: 15_000 });
@@ -167,12 +186,21 @@ describe('a flood of unauthenticated connections from one source', () => {
     expect(a.map((s) => s.closed)).toEqual([true, false, false, false]);
     expect(b.map((s) => s.closed)).toEqual([true, false, false, false]);
     expect(c.every((s) => !s.closed)).toBe(true);
-    expect(warnings.filter((w) => w.msg === 'limiting a source: dropped its oldest connection not yet authenticated').map((w) => [w.source, w.held])).toEqual([
+    expect(
+      warnings
+        .filter((w) => w.msg === 'limiting a source: dropped its oldest connection not yet authenticated')
+        .map((w) => [w.source, w.held]),
+    ).toEqual([
       ['127.0.0.2', 3],
       ['127.0.0.3', 3],
     ]);
     // The table is full again (3 + 3 + 2); a node from 127.0.0.1 dials, authenticates and writes.
-    const agent = new NodeAgent({ id: 'node-1', replicas: [r.url], transport: new WebSocketTransport(), secret: SECRET });
+    const agent = new NodeAgent({
+      id: 'node-1',
+      replicas: [r.url],
+      transport: new WebSocketTransport(),
+      secret: SECRET,
+    });
     await agent.start();
     cleanups.push(() => agent.crash());
     const h = await new Application(agent, { name: 'app' }).open('full.disk');
@@ -194,7 +222,12 @@ describe('a flood of unauthenticated connections from one source', () => {
         idle.push(rec);
       }
     }
-    const agent = new NodeAgent({ id: 'node-1', replicas: [r.url], transport: new WebSocketTransport(), secret: SECRET });
+    const agent = new NodeAgent({
+      id: 'node-1',
+      replicas: [r.url],
+      transport: new WebSocketTransport(),
+      secret: SECRET,
+    });
     await agent.start();
     cleanups.push(() => agent.crash());
     const h = await new Application(agent, { name: 'app' }).open('idle.disk');
@@ -210,8 +243,18 @@ describe('a flood of unauthenticated connections from one source', () => {
     certs.ca('ca');
     certs.cert('replica', 'ca', 'IP:127.0.0.1');
     certs.cert('node', 'ca', 'DNS:node-1');
-    const tls = (name: string) => loadTlsFiles({ certFile: join(t.dir, `${name}.crt`), keyFile: join(t.dir, `${name}.key`), caFile: join(t.dir, 'ca.crt') });
-    const { r, port } = await replica({ transport: new WebSocketTransport({ tls: tls('replica') }), heartbeatIntervalMs: 100, holdMs: 10_000, maxUnauthenticatedPerSource: 16 });
+    const tls = (name: string) =>
+      loadTlsFiles({
+        certFile: join(t.dir, `${name}.crt`),
+        keyFile: join(t.dir, `${name}.key`),
+        caFile: join(t.dir, 'ca.crt'),
+      });
+    const { r, port } = await replica({
+      transport: new WebSocketTransport({ tls: tls('replica') }),
+      heartbeatIntervalMs: 100,
+      holdMs: 10_000,
+      maxUnauthenticatedPerSource: 16,
+    });
     expect(r.url).toMatch(/^wss:/);
     const held = await silent(port, '127.0.0.2', 20);
     expect(held.filter((s) => !s.closed).length).toBe(16);

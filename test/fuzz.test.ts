@@ -33,13 +33,16 @@ describe('fuzz: malformed frames against a live replica', () => {
     // session for too many bad frames (4002): at most one wave per closed session.
     expect(r.unanswered, report).toBe(0);
     expect(r.answered + r.absorbedByClose).toBe(r.postAuthFrames);
-    const closes = Object.entries(r.closedByReplica).filter(([code]) => code !== '4001').reduce((s, [, k]) => s + k, 0);
+    const closes = Object.entries(r.closedByReplica)
+      .filter(([code]) => code !== '4001')
+      .reduce((s, [, k]) => s + k, 0);
     expect(r.absorbedByClose).toBeLessThanOrEqual(MAX_WAVE * closes);
     expect(r.answered).toBeGreaterThan(0.9 * r.postAuthFrames);
     expect(r.closedByReplica['4002'], report).toBeGreaterThan(0);
     // ... and with the code predicted for it (the codec's own verdict, or NOT_OPEN, FORBIDDEN, ...).
     expect(r.unpredictedAnswers, report).toBe(0);
-    for (const code of ['BAD_FRAME', 'UNKNOWN_TYPE', 'NOT_OPEN', 'FORBIDDEN', 'AUTH_FAILED']) expect(r.errorsByCode[code] ?? 0, code).toBeGreaterThan(0);
+    for (const code of ['BAD_FRAME', 'UNKNOWN_TYPE', 'NOT_OPEN', 'FORBIDDEN', 'AUTH_FAILED'])
+      expect(r.errorsByCode[code] ?? 0, code).toBeGreaterThan(0);
     expect(r.errorsByCode.INTERNAL).toBeUndefined();
     expect(r.invalidReplies).toBe(0);
 
@@ -56,7 +59,15 @@ describe('fuzz: malformed frames against a live replica', () => {
   }, 60_000);
 
   it('reports a replica that dies during the run as a crash and the run as failed', async () => {
-    const r = await runFuzz({ frames: 3000, connections: 30, concurrency: 10, seed: 7, killReplicaAtFrame: 500, settleMs: 0, deadlineMs: 30_000 });
+    const r = await runFuzz({
+      frames: 3000,
+      connections: 30,
+      concurrency: 10,
+      seed: 7,
+      killReplicaAtFrame: 500,
+      settleMs: 0,
+      deadlineMs: 30_000,
+    });
     expect(r.crashes).toBe(1);
     expect(r.crash).toMatch(/SIGKILL/);
     expect(r.aliveAtEnd).toBe(false);

@@ -24,7 +24,15 @@ const ignore = () => undefined;
 
 /** A world for one path: 2 replicas, node-1 (the subject's node) and node-2 (for other writers). */
 async function makeWorld(rec: Recorder, seed: number): Promise<{ world: World; n1: NodeAgent; n2: NodeAgent }> {
-  const world = new World({ seed, replicas: 2, nodes: 2, appsPerNode: 0, holdMs: HOLD_MS, pauseTimeoutMs: PAUSE_TIMEOUT_MS, inspect: rec.inspect });
+  const world = new World({
+    seed,
+    replicas: 2,
+    nodes: 2,
+    appsPerNode: 0,
+    holdMs: HOLD_MS,
+    pauseTimeoutMs: PAUSE_TIMEOUT_MS,
+    inspect: rec.inspect,
+  });
   for (let i = 0; i < 2; i++) await world.startReplica(i);
   const n1 = world.startAgent('node-1');
   const n2 = world.startAgent('node-2');
@@ -50,7 +58,13 @@ async function settled<T>(world: World, p: Promise<T>, limitMs = 5000): Promise<
 async function foreignWrite(world: World, n2: NodeAgent): Promise<void> {
   const y = new Application(n2, { name: `intruder-${world.clock.now()}`, env: world.env });
   for (let i = 0; i < 100; i++) {
-    const r = await settled(world, y.open(T).then((h) => h, (e: { code?: string }) => e.code ?? 'error'));
+    const r = await settled(
+      world,
+      y.open(T).then(
+        (h) => h,
+        (e: { code?: string }) => e.code ?? 'error',
+      ),
+    );
     if (typeof r !== 'string') {
       await settled(world, r.write(0, enc('foreign')));
       await settled(world, r.close());
@@ -69,8 +83,13 @@ function check(rec: Recorder, refs: object[], path: MachinePath): void {
   const want = [path.initial, ...path.steps.map((s) => s.state)];
   const st = inOrder(states, want);
   expect(st.ok, `states ${states.join(' ')} should pass through ${want.join(' ')}`).toBe(true);
-  const ev = inOrder(events, path.steps.map((s) => s.event.type));
-  expect(ev.ok, `events ${events.join(' ')} should include ${path.steps.map((s) => s.event.type).join(' ')}`).toBe(true);
+  const ev = inOrder(
+    events,
+    path.steps.map((s) => s.event.type),
+  );
+  expect(ev.ok, `events ${events.join(' ')} should include ${path.steps.map((s) => s.event.type).join(' ')}`).toBe(
+    true,
+  );
 }
 
 // ---- The application's handle ----
@@ -116,7 +135,13 @@ async function driveAppPath(path: MachinePath, onFailure: 'pause' | 'error', see
       case 'OPEN_FAILED': {
         const y = await settled(world, new Application(n2, { name: 'y', env: world.env }).open(T));
         rec.tag = 'x';
-        const failed = await settled(world, app.open(T, { onFailure }).then(() => 'opened', (e: { code?: string }) => e.code));
+        const failed = await settled(
+          world,
+          app.open(T, { onFailure }).then(
+            () => 'opened',
+            (e: { code?: string }) => e.code,
+          ),
+        );
         rec.tag = undefined;
         expect(failed).toBe('LOCKED');
         await settled(world, y.close());
@@ -144,7 +169,10 @@ async function driveAppPath(path: MachinePath, onFailure: 'pause' | 'error', see
       case 'DENIED':
       case 'CLOSED':
         world.release('node-1');
-        await until(world, () => state() === (type === 'GRANTED' ? 'active' : type === 'DENIED' ? 'invalidated' : 'closed'));
+        await until(
+          world,
+          () => state() === (type === 'GRANTED' ? 'active' : type === 'DENIED' ? 'invalidated' : 'closed'),
+        );
         break;
       case 'REVOKED': {
         // The application moves: another node opens the target with its requestId.
@@ -173,8 +201,14 @@ async function driveAppPath(path: MachinePath, onFailure: 'pause' | 'error', see
 // ---- The node agent's session ----
 
 const sessionEvents: EventObject[] = [
-  { type: 'xstate.done.actor.0.session.connecting', output: { session: 's', replica: 'r', heartbeatIntervalMs: 100, available: true } } as EventObject,
-  { type: 'xstate.done.actor.0.session.connecting', output: { session: 's', replica: 'r', heartbeatIntervalMs: 100, available: false } } as EventObject,
+  {
+    type: 'xstate.done.actor.0.session.connecting',
+    output: { session: 's', replica: 'r', heartbeatIntervalMs: 100, available: true },
+  } as EventObject,
+  {
+    type: 'xstate.done.actor.0.session.connecting',
+    output: { session: 's', replica: 'r', heartbeatIntervalMs: 100, available: false },
+  } as EventObject,
   { type: 'xstate.error.actor.0.session.connecting', error: new Error('refused') } as EventObject,
   { type: 'SOCKET_CLOSED' },
   { type: 'HEARD' },
@@ -190,7 +224,15 @@ const sessionEvents: EventObject[] = [
 async function driveSessionPath(path: MachinePath, seed: number): Promise<void> {
   const rec = new Recorder();
   recorders.push(rec);
-  const world = new World({ seed, replicas: 2, nodes: 1, appsPerNode: 0, holdMs: HOLD_MS, pauseTimeoutMs: PAUSE_TIMEOUT_MS, inspect: rec.inspect });
+  const world = new World({
+    seed,
+    replicas: 2,
+    nodes: 1,
+    appsPerNode: 0,
+    holdMs: HOLD_MS,
+    pauseTimeoutMs: PAUSE_TIMEOUT_MS,
+    inspect: rec.inspect,
+  });
   const events = path.steps.map((s) => s.event.type);
   // A path that starts with a failed connection starts with no replica up.
   const startDown = events[0]?.startsWith('xstate.error');
@@ -207,7 +249,9 @@ async function driveSessionPath(path: MachinePath, seed: number): Promise<void> 
       // Welcomed while the store is away: every replica is dismounted before the agent gets there.
       const away = (path.steps[i]!.event as { output?: { available?: boolean } }).output?.available === false;
       if (away) for (const r of world.replicas) r?.dismount();
-      await until(world, () => agent.machine.getSnapshot().matches(away ? { connected: { storage: 'unavailable' } } : 'connected'));
+      await until(world, () =>
+        agent.machine.getSnapshot().matches(away ? { connected: { storage: 'unavailable' } } : 'connected'),
+      );
     } else if (type.startsWith('xstate.error.actor')) {
       await until(world, () => agent.machine.getSnapshot().matches('reconnecting'));
     } else if (type === 'SOCKET_CLOSED') {
@@ -240,7 +284,11 @@ async function driveSessionPath(path: MachinePath, seed: number): Promise<void> 
       agent.crash();
     } else throw new Error(`no driver for ${type}`);
   }
-  check(rec, rec.actors.filter((a) => a.tag === 'subject' && a.machine === 'session').map((a) => a.ref), path);
+  check(
+    rec,
+    rec.actors.filter((a) => a.tag === 'subject' && a.machine === 'session').map((a) => a.ref),
+    path,
+  );
   await world.shutdown();
 }
 
@@ -324,8 +372,16 @@ async function driveReplicaPath(path: MachinePath, resume: boolean, seed: number
       await world.runFor(HOLD_MS + 50);
     } else throw new Error(`no driver for ${type}`);
   }
-  const refs = rec.actors.filter((a) => a.machine === 'replicaHandle' && (a.ref as { getSnapshot(): { context: { requestId: string } } }).getSnapshot().context.requestId === x.requestId);
-  check(rec, refs.map((a) => a.ref), path);
+  const refs = rec.actors.filter(
+    (a) =>
+      a.machine === 'replicaHandle' &&
+      (a.ref as { getSnapshot(): { context: { requestId: string } } }).getSnapshot().context.requestId === x.requestId,
+  );
+  check(
+    rec,
+    refs.map((a) => a.ref),
+    path,
+  );
   await world.shutdown();
 }
 
@@ -333,11 +389,24 @@ async function driveReplicaPath(path: MachinePath, resume: boolean, seed: number
 
 const RID = 'r'.repeat(21);
 const appPaths = (['pause', 'error'] as const).flatMap((onFailure) =>
-  generatePaths(appHandleMachine, { target: T, mode: 'write', requestId: RID, onFailure, pauseTimeoutMs: PAUSE_TIMEOUT_MS }, appEvents).map((p) => ({ p, onFailure })),
+  generatePaths(
+    appHandleMachine,
+    { target: T, mode: 'write', requestId: RID, onFailure, pauseTimeoutMs: PAUSE_TIMEOUT_MS },
+    appEvents,
+  ).map((p) => ({ p, onFailure })),
 );
-const sessionPaths = generatePaths(nodeSessionMachine, { replicas: ['a', 'b'], heartbeatIntervalMs: 100, backoffBaseMs: 20, backoffMaxMs: 400, unavailableFailoverMs: 1500 }, sessionEvents, 60);
+const sessionPaths = generatePaths(
+  nodeSessionMachine,
+  { replicas: ['a', 'b'], heartbeatIntervalMs: 100, backoffBaseMs: 20, backoffMaxMs: 400, unavailableFailoverMs: 1500 },
+  sessionEvents,
+  60,
+);
 const replicaPaths = [false, true].flatMap((resume) =>
-  generatePaths(replicaHandleMachine, { target: T, requestId: RID, mode: 'write', session: 's', holdMs: HOLD_MS, resume }, replicaEvents).map((p) => ({ p, resume })),
+  generatePaths(
+    replicaHandleMachine,
+    { target: T, requestId: RID, mode: 'write', session: 's', holdMs: HOLD_MS, resume },
+    replicaEvents,
+  ).map((p) => ({ p, resume })),
 );
 
 describe('generated paths of machines/app-handle, driven through Application + NodeAgent + replicas', () => {
@@ -353,9 +422,12 @@ describe('generated paths of machines/node-session, driven through a NodeAgent',
 });
 
 describe('generated paths of machines/replica-handle, driven through a StorageReplica', () => {
-  it.each(replicaPaths.map((x, i) => [`${x.resume ? 'resume' : 'open'}: ${x.p.name}`, x, i] as const))('%s', async (_, x, i) => {
-    await driveReplicaPath(x.p, x.resume, 3000 + i);
-  });
+  it.each(replicaPaths.map((x, i) => [`${x.resume ? 'resume' : 'open'}: ${x.p.name}`, x, i] as const))(
+    '%s',
+    async (_, x, i) => {
+      await driveReplicaPath(x.p, x.resume, 3000 + i);
+    },
+  );
 });
 
 /** The state node ids a state value names: 'paused' -> m.paused; {a: {b: 'c'}} -> m.a, m.a.b, m.a.b.c. */
@@ -382,7 +454,10 @@ describe('coverage', () => {
       const reached = new Set<string>();
       for (const r of recorders) {
         // States an actor rested in (from its snapshots) ...
-        for (const a of r.actors) if (a.machine === machine.id) for (const v of r.states.get(a.ref) ?? []) for (const id of stateIds(machine.id, JSON.parse(v))) reached.add(id);
+        for (const a of r.actors)
+          if (a.machine === machine.id)
+            for (const v of r.states.get(a.ref) ?? [])
+              for (const id of stateIds(machine.id, JSON.parse(v))) reached.add(id);
         // ... and states it only passed through (the sources and targets of its transitions).
         for (const k of r.transitions.get(machine.id) ?? []) {
           const [source, rest] = k.split(' --');
@@ -396,7 +471,10 @@ describe('coverage', () => {
         for (const c of Object.values(n.states)) walk(c as typeof n);
       };
       walk(machine.root as unknown as { id: string; states: Record<string, unknown> });
-      expect(all.filter((id) => !reached.has(id)), `${machine.id}: states never entered`).toEqual([]);
+      expect(
+        all.filter((id) => !reached.has(id)),
+        `${machine.id}: states never entered`,
+      ).toEqual([]);
     }
   });
 });

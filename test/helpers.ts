@@ -48,7 +48,9 @@ export const FAST: Omit<LocalClusterOptions, 'dir'> = {
  * Register an afterEach that stops every cluster a test started; returns the function that starts
  * one (FAST timings, a fresh data directory, overridable).
  */
-export function clusters(defaults: Partial<LocalClusterOptions> = {}): (opts?: Partial<LocalClusterOptions>) => Promise<LocalCluster> {
+export function clusters(
+  defaults: Partial<LocalClusterOptions> = {},
+): (opts?: Partial<LocalClusterOptions>) => Promise<LocalCluster> {
   let cleanups: Array<() => Promise<void> | void> = [];
   afterEach(async () => {
     for (const c of cleanups.reverse()) await c();
@@ -76,10 +78,18 @@ export async function openWhenFree(app: Application, target: string): Promise<Ha
 
 /** Resolve once a trace (from `trace(h)`) has passed through `state`, however briefly. */
 export function reached(states: HandleState[], state: HandleState, timeoutMs = 10_000): Promise<void> {
-  return waitFor(`a handle to pass through ${state} (went ${states.join(' -> ')})`, () => states.includes(state), timeoutMs);
+  return waitFor(
+    `a handle to pass through ${state} (went ${states.join(' -> ')})`,
+    () => states.includes(state),
+    timeoutMs,
+  );
 }
 
 /** A bare client's handshake as node `node` speaking for `principals`, from the cluster key. */
 export function loginAs(secret: string, node: string, principals: string[] = ['p']) {
-  return bareLogin(issueCredential(secret, 'node', node), principals.map((p) => issueCredential(secret, 'principal', p)), nanoid());
+  return bareLogin(
+    issueCredential(secret, 'node', node),
+    principals.map((p) => issueCredential(secret, 'principal', p)),
+    nanoid(),
+  );
 }

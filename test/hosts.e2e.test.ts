@@ -32,14 +32,43 @@ describe('replicas and nodes on hosts of their own, over a three-member etcd', (
     writeFileSync(plan, JSON.stringify(hosts.plan(['ctl'])));
     const dir = join(t.dir, 'cluster');
     const faults = 'replica-kill,link-cut,etcd-leader-kill,partition';
-    const run = spawnSync('ip', ['netns', 'exec', hosts.hosts.ctl!.netns, process.execPath, CLI, 'up', '--store', 'etcd', '--netns', plan, '--chaos', '--for', '30', '--faults', faults, '--seed', '3', '--json', '--hold-ms', '1000', '--dir', dir], { encoding: 'utf8', timeout: 240_000 });
+    const run = spawnSync(
+      'ip',
+      [
+        'netns',
+        'exec',
+        hosts.hosts.ctl!.netns,
+        process.execPath,
+        CLI,
+        'up',
+        '--store',
+        'etcd',
+        '--netns',
+        plan,
+        '--chaos',
+        '--for',
+        '30',
+        '--faults',
+        faults,
+        '--seed',
+        '3',
+        '--json',
+        '--hold-ms',
+        '1000',
+        '--dir',
+        dir,
+      ],
+      { encoding: 'utf8', timeout: 240_000 },
+    );
     const out = run.stdout.trim().split('\n').at(-1) ?? '';
     expect(run.status, `${run.stderr}\n${run.stdout}`).toBe(0);
     const summary = JSON.parse(out) as ChaosSummary;
     if (process.env.SHOW) console.log(run.stderr, out);
     // Each process listened on its own host's address.
-    for (const name of ['etcd-1', 'etcd-2', 'etcd-3']) expect(run.stderr).toContain(`${hosts.hosts[name]!.address}:2379`);
-    for (const name of ['replica-1', 'replica-2', 'replica-3']) expect(run.stderr).toContain(`ws://${hosts.hosts[name]!.address}:7000`);
+    for (const name of ['etcd-1', 'etcd-2', 'etcd-3'])
+      expect(run.stderr).toContain(`${hosts.hosts[name]!.address}:2379`);
+    for (const name of ['replica-1', 'replica-2', 'replica-3'])
+      expect(run.stderr).toContain(`ws://${hosts.hosts[name]!.address}:7000`);
     for (const kind of faults.split(',')) expect(summary.faults[kind], kind).toBeGreaterThan(0);
     expect(summary.writesAcknowledged).toBeGreaterThan(50);
     expect(summary.pauses).toBeGreaterThan(0);

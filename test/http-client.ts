@@ -11,7 +11,10 @@ export interface RawAnswer {
 }
 
 /** One HTTP request with exactly these headers (Host included, if given). */
-export function raw(url: string, opts: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<RawAnswer> {
+export function raw(
+  url: string,
+  opts: { method?: string; headers?: Record<string, string>; body?: string } = {},
+): Promise<RawAnswer> {
   return new Promise((resolve, reject) => {
     const req = request(url, { method: opts.method ?? 'GET', headers: opts.headers ?? {} }, (res) => {
       let body = '';
@@ -35,7 +38,10 @@ export interface Received {
  * server may send the moment it accepts), or the status it was refused with (0 if the server just
  * closed the connection).
  */
-export function upgrade(url: string, opts: ClientOptions = {}): Promise<{ status: number; ws: WebSocket | undefined; seen: Received }> {
+export function upgrade(
+  url: string,
+  opts: ClientOptions = {},
+): Promise<{ status: number; ws: WebSocket | undefined; seen: Received }> {
   return new Promise((resolve) => {
     const ws = new WebSocket(url, opts);
     const seen = record(ws);

@@ -35,7 +35,11 @@ describe('request bodies of the inspector API', () => {
     const big = await fetch(`${url}/api/kill`, { method: 'POST', body: 'x'.repeat(600 * 1024), headers });
     expect(big.status).toBe(413);
     expect(commands).toEqual([]);
-    const small = await fetch(`${url}/api/kill`, { method: 'POST', body: JSON.stringify({ id: 'replica-1' }), headers });
+    const small = await fetch(`${url}/api/kill`, {
+      method: 'POST',
+      body: JSON.stringify({ id: 'replica-1' }),
+      headers,
+    });
     expect(small.status).toBe(200);
     expect(commands).toEqual([`/kill ${JSON.stringify({ id: 'replica-1' }).length}`]);
     expect((await fetch(`${url}/api/status`, { headers })).status).toBe(200);
@@ -49,7 +53,12 @@ describe('request bodies of the inspector API', () => {
         c.close();
       },
     });
-    const r = await fetch(`${url}/api/kill`, { method: 'POST', body: chunks, duplex: 'half', headers } as RequestInit & { duplex: 'half' });
+    const r = await fetch(`${url}/api/kill`, {
+      method: 'POST',
+      body: chunks,
+      duplex: 'half',
+      headers,
+    } as RequestInit & { duplex: 'half' });
     expect(r.status).toBe(413);
     expect(commands).toEqual([]);
   });
@@ -78,7 +87,9 @@ describe('connections of the inspector', () => {
     while (!slow.every((c) => c.closed()) && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 100));
     for (const c of slow) c.socket.destroy();
     expect(slow.map((c) => c.closed())).toEqual(slow.map(() => true));
-    expect(Date.now() - t0).toBeLessThan(HTTP_TIMEOUTS.headersTimeout + 3 * HTTP_TIMEOUTS.connectionsCheckingInterval + 2000);
+    expect(Date.now() - t0).toBeLessThan(
+      HTTP_TIMEOUTS.headersTimeout + 3 * HTTP_TIMEOUTS.connectionsCheckingInterval + 2000,
+    );
   }, 30_000);
 
   it(`holds at most ${MAX_HTTP_CONNECTIONS} connections: the ones past it are closed at once, and the page's requests get in again once they go`, async () => {

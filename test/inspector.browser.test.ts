@@ -31,17 +31,21 @@ async function foreignWrite(target: string): Promise<void> {
   await page.fill('#fw-target', target);
   await page.fill('#fw-text', 'FOREIGN');
   await expect
-    .poll(async () => {
-      await page.click('#fw-go');
-      await page.waitForTimeout(700);
-      return page.locator('#result').textContent();
-    }, { timeout: 30_000, interval: 300 })
+    .poll(
+      async () => {
+        await page.click('#fw-go');
+        await page.waitForTimeout(700);
+        return page.locator('#result').textContent();
+      },
+      { timeout: 30_000, interval: 300 },
+    )
     .toBe('write: ok');
 }
 
 const handle = (target: string) => page.locator(`.actor[data-machine="handle"][data-target="${target}"]`);
 /** The actors of one process (of one machine, if given). */
-const actorsOf = (proc: string, machine?: string) => page.locator(`.actor[data-process="${proc}"]${machine ? `[data-machine="${machine}"]` : ''}`);
+const actorsOf = (proc: string, machine?: string) =>
+  page.locator(`.actor[data-process="${proc}"]${machine ? `[data-machine="${machine}"]` : ''}`);
 /** Where screenshots go: the test's temporary directory, unless SAFE_RESUME_SCREENSHOTS names one to keep them in. */
 const shotsDir = (): string => {
   const dir = process.env.SAFE_RESUME_SCREENSHOTS || t.dir;
@@ -51,21 +55,45 @@ const shotsDir = (): string => {
 /** A number of the summary strip. */
 const counter = async (id: string) => Number(await page.locator(`#${id}`).textContent());
 
-interface MessageRow { kind: string; from: string; to: string; type: string; requestId: string; target: string; detail: string }
+interface MessageRow {
+  kind: string;
+  from: string;
+  to: string;
+  type: string;
+  requestId: string;
+  target: string;
+  detail: string;
+}
 /** The rows of the message list, read in one go (the list is redrawn as messages arrive). */
 const messageRows = () =>
   page.$$eval('#rows tr', (trs) =>
     trs.map((tr) => {
       const cell = (c: string) => tr.querySelector(`td.${c}`)?.textContent ?? '';
-      return { kind: tr.getAttribute('data-kind') ?? '', from: cell('from'), to: cell('to'), type: cell('type'), requestId: cell('request'), target: cell('target'), detail: cell('detail') };
+      return {
+        kind: tr.getAttribute('data-kind') ?? '',
+        from: cell('from'),
+        to: cell('to'),
+        type: cell('type'),
+        requestId: cell('request'),
+        target: cell('target'),
+        detail: cell('detail'),
+      };
     }),
   ) as Promise<MessageRow[]>;
 
-interface TimelineRow { kind: string; target: string; text: string }
+interface TimelineRow {
+  kind: string;
+  target: string;
+  text: string;
+}
 /** The rows of the Timeline, oldest first. */
 const timelineRows = () =>
   page.$$eval('#tl-rows .ev', (divs) =>
-    divs.map((d) => ({ kind: d.getAttribute('data-kind') ?? '', target: d.getAttribute('data-target') ?? '', text: d.querySelector('.text')?.textContent ?? '' })),
+    divs.map((d) => ({
+      kind: d.getAttribute('data-kind') ?? '',
+      target: d.getAttribute('data-target') ?? '',
+      text: d.querySelector('.text')?.textContent ?? '',
+    })),
   ) as Promise<TimelineRow[]>;
 
 /** `safe-resume up` with `args`, and the inspector address (with its token) it prints. */
@@ -86,7 +114,9 @@ async function up(args: string[]): Promise<{ proc: ChildProcess; url: string }> 
 
 /** A command of the CLI against the cluster of the first describe, and its --json answer (failures too). */
 async function cli(...args: string[]): Promise<{ ok: boolean } & Record<string, unknown>> {
-  const out = await new Promise<string>((resolve) => execFile('node', [CLI, ...args, '--dir', join(t.dir, 'c'), '--json'], (_err, stdout) => resolve(stdout)));
+  const out = await new Promise<string>((resolve) =>
+    execFile('node', [CLI, ...args, '--dir', join(t.dir, 'c'), '--json'], (_err, stdout) => resolve(stdout)),
+  );
   return JSON.parse(out) as { ok: boolean } & Record<string, unknown>;
 }
 
@@ -94,7 +124,10 @@ async function cli(...args: string[]): Promise<{ ok: boolean } & Record<string, 
  * A bare NBD client (fixed newstyle, NBD_OPT_GO, then simple replies; frontends/nbd.ts serves the same
  * protocol): it holds its connection, and so the target's handle, until `close`.
  */
-async function nbdClient(url: string, target: string): Promise<{ write: (offset: number, data: Buffer) => Promise<number>; close: () => void }> {
+async function nbdClient(
+  url: string,
+  target: string,
+): Promise<{ write: (offset: number, data: Buffer) => Promise<number>; close: () => void }> {
   // The export is the node's Unix socket (nbd+unix:///?socket=PATH); its owner, this process's user, acts as principal default there.
   const socket: Socket = connect(new URL(url).searchParams.get('socket')!);
   socket.on('error', () => undefined);
@@ -151,9 +184,34 @@ async function nbdClient(url: string, target: string): Promise<{ write: (offset:
 }
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium), as .ci/run does`);
-  ({ proc: launcher, url } = await up(['--dir', join(t.dir, 'c'), '--replicas', '2', '--nodes', '2', '--apps', '1', '--hold-ms', '1000', '--interval-ms', '100']));
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'] });
+  if (!existsSync(CHROMIUM))
+    throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium), as .ci/run does`);
+  ({ proc: launcher, url } = await up([
+    '--dir',
+    join(t.dir, 'c'),
+    '--replicas',
+    '2',
+    '--nodes',
+    '2',
+    '--apps',
+    '1',
+    '--hold-ms',
+    '1000',
+    '--interval-ms',
+    '100',
+  ]));
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+    ],
+  });
   page = await browser.newPage({ viewport: { width: 1400, height: 860 } });
   await page.goto(url);
 }, 60_000);
@@ -187,15 +245,25 @@ describe('inspector page', () => {
 
   it('shows every replica and every handle, live', async () => {
     await expect.poll(() => page.locator('#fault-rows [data-replica]').count(), { timeout: 15_000 }).toBe(2);
-    await expect.poll(() => page.locator('.actor[data-machine="handle"][data-state="active"]').count(), { timeout: 15_000 }).toBe(2);
+    await expect
+      .poll(() => page.locator('.actor[data-machine="handle"][data-state="active"]').count(), { timeout: 15_000 })
+      .toBe(2);
     await expect.poll(() => page.locator('.actor[data-machine="session"]').count()).toBe(2);
-    await expect.poll(async () => Number(await page.locator('#s-acked').textContent()), { timeout: 10_000 }).toBeGreaterThan(0);
+    await expect
+      .poll(async () => Number(await page.locator('#s-acked').textContent()), { timeout: 10_000 })
+      .toBeGreaterThan(0);
     // The list is redrawn as events arrive: a click on a row being replaced is lost, so click until the chart shows.
     await expect
-      .poll(async () => {
-        if ((await page.locator('#svg .node.current').count()) === 0) await handle('app-1.disk').click({ timeout: 5000 }).catch(() => undefined);
-        return page.locator('#svg .node.current').count();
-      }, { timeout: 30_000, interval: 500 })
+      .poll(
+        async () => {
+          if ((await page.locator('#svg .node.current').count()) === 0)
+            await handle('app-1.disk')
+              .click({ timeout: 5000 })
+              .catch(() => undefined);
+          return page.locator('#svg .node.current').count();
+        },
+        { timeout: 30_000, interval: 500 },
+      )
       .toBeGreaterThan(0);
     expect(await page.locator('#svg .node.current text').first().textContent()).toBe('active');
   }, 60_000);
@@ -204,18 +272,39 @@ describe('inspector page', () => {
     // By default: the protocol only, each message from the node or the replica that sent it, and an
     // answer with the target of the request it answers.
     await expect
-      .poll(async () => {
-        const rows = await messageRows();
-        return rows.some((r) => r.type === 'write' && /^node-\d$/.test(r.from) && /^replica-\d$/.test(r.to) && /^app-\d\.disk$/.test(r.target)) &&
-          rows.some((r) => r.type === 'written' && /^replica-\d$/.test(r.from) && /^node-\d$/.test(r.to) && /^app-\d\.disk$/.test(r.target));
-      }, { timeout: 15_000 })
+      .poll(
+        async () => {
+          const rows = await messageRows();
+          return (
+            rows.some(
+              (r) =>
+                r.type === 'write' &&
+                /^node-\d$/.test(r.from) &&
+                /^replica-\d$/.test(r.to) &&
+                /^app-\d\.disk$/.test(r.target),
+            ) &&
+            rows.some(
+              (r) =>
+                r.type === 'written' &&
+                /^replica-\d$/.test(r.from) &&
+                /^node-\d$/.test(r.to) &&
+                /^app-\d\.disk$/.test(r.target),
+            )
+          );
+        },
+        { timeout: 15_000 },
+      )
       .toBe(true);
     expect((await messageRows()).filter((r) => r.kind !== 'protocol')).toEqual([]);
     expect(await page.locator('#view-protocol').getAttribute('aria-pressed')).toBe('true');
 
     // All: the machines' own events too (IO, the session's timers...).
     await page.locator('#view-all').click();
-    await expect.poll(async () => (await messageRows()).filter((r) => r.kind === 'internal' && r.type === 'IO').length, { timeout: 10_000 }).toBeGreaterThan(0);
+    await expect
+      .poll(async () => (await messageRows()).filter((r) => r.kind === 'internal' && r.type === 'IO').length, {
+        timeout: 10_000,
+      })
+      .toBeGreaterThan(0);
     expect((await messageRows()).some((r) => r.kind === 'protocol')).toBe(true);
 
     // The filter keeps working, in either view.
@@ -228,7 +317,11 @@ describe('inspector page', () => {
     expect((await messageRows()).some((r) => r.kind === 'internal')).toBe(true);
     await page.screenshot({ path: join(shotsDir(), 'inspector-messages.png') });
     await page.locator('#view-protocol').click();
-    await expect.poll(async () => (await onlyApp2()) && (await messageRows()).every((r) => r.kind === 'protocol'), { timeout: 10_000 }).toBe(true);
+    await expect
+      .poll(async () => (await onlyApp2()) && (await messageRows()).every((r) => r.kind === 'protocol'), {
+        timeout: 10_000,
+      })
+      .toBe(true);
     await page.fill('#filter', '');
   }, 60_000);
 
@@ -236,21 +329,44 @@ describe('inspector page', () => {
     const serving = await page.locator('[data-node="node-1"]').textContent();
     const replica = /on (replica-\d)/.exec(serving ?? '')![1]!;
     await page.locator(`button[data-action="kill"][data-id="${replica}"]`).click();
-    await expect.poll(async () => (await handle('app-1.disk').getAttribute('data-seen')) ?? '', { timeout: 15_000 }).toContain('paused');
+    await expect
+      .poll(async () => (await handle('app-1.disk').getAttribute('data-seen')) ?? '', { timeout: 15_000 })
+      .toContain('paused');
     await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('active');
     await page.locator(`button[data-action="restart"][data-id="${replica}"]`).click();
-    await expect.poll(() => page.locator(`[data-replica="${replica}"] .state`).textContent(), { timeout: 15_000 }).toBe('serving');
+    await expect
+      .poll(() => page.locator(`[data-replica="${replica}"] .state`).textContent(), { timeout: 15_000 })
+      .toBe('serving');
   }, 60_000);
 
   it('tells the story on the Timeline: the fault, the handles paused, the resume granted after heal; the target filter keeps the faults', async () => {
     await page.locator('button[data-action="partition"][data-id="node-1"]').click();
-    await expect.poll(async () => (await timelineRows()).some((r) => r.kind === 'fault' && r.text === 'partition node-1'), { timeout: 15_000 }).toBe(true);
-    const paused = (r: TimelineRow) => r.kind === 'handle' && r.text.startsWith('node-1/app-1 app-1.disk active -> paused');
+    await expect
+      .poll(async () => (await timelineRows()).some((r) => r.kind === 'fault' && r.text === 'partition node-1'), {
+        timeout: 15_000,
+      })
+      .toBe(true);
+    const paused = (r: TimelineRow) =>
+      r.kind === 'handle' && r.text.startsWith('node-1/app-1 app-1.disk active -> paused');
     await expect.poll(async () => (await timelineRows()).some(paused), { timeout: 15_000 }).toBe(true);
     await page.locator('button[data-action="heal"][data-id="node-1"]').click();
-    await expect.poll(async () => (await timelineRows()).some((r) => r.kind === 'fault' && r.text === 'heal node-1'), { timeout: 15_000 }).toBe(true);
     await expect
-      .poll(async () => (await timelineRows()).some((r) => r.kind === 'handle' && r.text.startsWith('node-1/app-1 app-1.disk ') && r.text.includes('-> active') && r.text.includes('(resume granted')), { timeout: 20_000 })
+      .poll(async () => (await timelineRows()).some((r) => r.kind === 'fault' && r.text === 'heal node-1'), {
+        timeout: 15_000,
+      })
+      .toBe(true);
+    await expect
+      .poll(
+        async () =>
+          (await timelineRows()).some(
+            (r) =>
+              r.kind === 'handle' &&
+              r.text.startsWith('node-1/app-1 app-1.disk ') &&
+              r.text.includes('-> active') &&
+              r.text.includes('(resume granted'),
+          ),
+        { timeout: 20_000 },
+      )
       .toBe(true);
     await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('active');
     // Newest at the bottom: the heal after the partition.
@@ -259,14 +375,23 @@ describe('inspector page', () => {
     // Every handle's events until filtered to one target; the faults and process events stay.
     expect((await timelineRows()).some((r) => r.kind === 'handle' && r.target === 'app-2.disk')).toBe(true);
     await page.fill('#tl-target', 'app-1.disk');
-    await expect.poll(async () => (await timelineRows()).filter((r) => r.kind === 'handle').every((r) => r.target === 'app-1.disk'), { timeout: 10_000 }).toBe(true);
+    await expect
+      .poll(
+        async () => (await timelineRows()).filter((r) => r.kind === 'handle').every((r) => r.target === 'app-1.disk'),
+        { timeout: 10_000 },
+      )
+      .toBe(true);
     const filtered = await timelineRows();
     expect(filtered.some(paused)).toBe(true);
     expect(filtered.some((r) => r.kind === 'fault' && r.text === 'partition node-1')).toBe(true);
     expect(filtered.some((r) => r.kind === 'process' && r.text.startsWith('replica-'))).toBe(true);
     await page.screenshot({ path: join(shotsDir(), 'inspector-timeline.png') });
     await page.fill('#tl-target', '');
-    await expect.poll(async () => (await timelineRows()).some((r) => r.kind === 'handle' && r.target === 'app-2.disk'), { timeout: 10_000 }).toBe(true);
+    await expect
+      .poll(async () => (await timelineRows()).some((r) => r.kind === 'handle' && r.target === 'app-2.disk'), {
+        timeout: 10_000,
+      })
+      .toBe(true);
   }, 90_000);
 
   it('a foreign write while the node is partitioned past its hold period ends the handle invalidated', async () => {
@@ -276,17 +401,28 @@ describe('inspector page', () => {
     await page.locator('button[data-action="heal"][data-id="node-1"]').click();
     await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('invalidated');
     // And why: the state reads with its reason.
-    await expect.poll(() => handle('app-1.disk').locator('.state').textContent(), { timeout: 10_000 }).toBe('invalidated: MODIFIED');
+    await expect
+      .poll(() => handle('app-1.disk').locator('.state').textContent(), { timeout: 10_000 })
+      .toBe('invalidated: MODIFIED');
     // On the Timeline too, the reason marked.
-    await expect.poll(() => page.locator('#tl-rows .ev[data-target="app-1.disk"] .reason').allTextContents(), { timeout: 10_000 }).toContain('MODIFIED');
+    await expect
+      .poll(() => page.locator('#tl-rows .ev[data-target="app-1.disk"] .reason').allTextContents(), { timeout: 10_000 })
+      .toContain('MODIFIED');
     // The foreign write is in the protocol list: the launcher's own agent, as it reached a replica.
     await page.fill('#filter', 'app-1.disk');
-    await expect.poll(async () => (await messageRows()).some((r) => r.from === 'cli' && /^replica-\d$/.test(r.to) && r.type === 'write'), { timeout: 10_000 }).toBe(true);
+    await expect
+      .poll(
+        async () =>
+          (await messageRows()).some((r) => r.from === 'cli' && /^replica-\d$/.test(r.to) && r.type === 'write'),
+        { timeout: 10_000 },
+      )
+      .toBe(true);
     await page.fill('#filter', '');
     await handle('app-1.disk').click();
     await page.waitForTimeout(800);
     // The README's picture is rewritten only when asked for; a test run leaves the tree alone.
-    const shots = process.env.SAFE_RESUME_DOCS_SCREENSHOT === '1' ? join(import.meta.dirname, '..', 'docs') : shotsDir();
+    const shots =
+      process.env.SAFE_RESUME_DOCS_SCREENSHOT === '1' ? join(import.meta.dirname, '..', 'docs') : shotsDir();
     mkdirSync(shots, { recursive: true });
     await page.screenshot({ path: join(shots, 'inspector.png') });
   }, 90_000);
@@ -304,7 +440,9 @@ describe('inspector page', () => {
     await page.reload();
     await expect.poll(() => counter('s-pauses'), { timeout: 10_000 }).toBeGreaterThanOrEqual(pauses);
     await expect.poll(() => handle('app-1.disk').getAttribute('data-state'), { timeout: 15_000 }).toBe('invalidated');
-    await expect.poll(() => handle('app-1.disk').locator('.state').textContent(), { timeout: 10_000 }).toBe('invalidated: MODIFIED');
+    await expect
+      .poll(() => handle('app-1.disk').locator('.state').textContent(), { timeout: 10_000 })
+      .toBe('invalidated: MODIFIED');
     await expect.poll(() => page.locator('.actor[data-machine="handle"]').count(), { timeout: 15_000 }).toBe(2);
     await expect.poll(() => page.locator('#rows tr').count(), { timeout: 15_000 }).toBeGreaterThan(0);
   }, 60_000);
@@ -353,7 +491,9 @@ describe('inspector page', () => {
 
     // A node that is down serves no export: its rows go.
     expect((await cli('kill', 'node-2')).ok).toBe(true);
-    await expect.poll(() => page.locator('[data-node="node-2"] .state').textContent(), { timeout: 10_000 }).toBe('down');
+    await expect
+      .poll(() => page.locator('[data-node="node-2"] .state').textContent(), { timeout: 10_000 })
+      .toBe('down');
     expect(await page.locator('[data-nbd="node-2"]').count()).toBe(0);
   }, 90_000);
 
@@ -366,13 +506,17 @@ describe('inspector page', () => {
     expect(await handle('app-2.disk').textContent()).toContain('process down');
     expect(await actorsOf('node-1', 'session').getAttribute('class')).not.toContain('dead');
     // Greyed out: drawn faint.
-    expect(Number(await page.evaluate<string>('getComputedStyle(document.querySelector(".actor.dead")).opacity'))).toBeLessThan(0.7);
+    expect(
+      Number(await page.evaluate<string>('getComputedStyle(document.querySelector(".actor.dead")).opacity')),
+    ).toBeLessThan(0.7);
 
     // Restarted, node-2 draws its new actors live (and only those).
     expect((await cli('restart', 'node-2')).ok).toBe(true);
     await expect.poll(() => handle('app-2.disk').getAttribute('data-state'), { timeout: 20_000 }).toBe('active');
     await expect.poll(() => page.locator('.actor.dead[data-process="node-2"]').count(), { timeout: 10_000 }).toBe(0);
-    await expect.poll(() => actorsOf('node-2', 'session').getAttribute('data-state'), { timeout: 10_000 }).toMatch(/^connected/);
+    await expect
+      .poll(() => actorsOf('node-2', 'session').getAttribute('data-state'), { timeout: 10_000 })
+      .toMatch(/^connected/);
     expect(await actorsOf('node-2', 'session').count()).toBe(1);
     expect(await handle('app-2.disk').textContent()).not.toContain('process down');
 
@@ -380,9 +524,15 @@ describe('inspector page', () => {
     const nodes = (await cli('status')).nodes as Array<{ id: string; replica: string | null }>;
     const replica = nodes.find((n) => n.id === 'node-2')!.replica!;
     expect(replica).toMatch(/^replica-\d$/);
-    await expect.poll(() => page.locator(`.actor[data-process="${replica}"][data-machine="replicaHandle"]:not(.dead)`).count(), { timeout: 10_000 }).toBeGreaterThan(0);
+    await expect
+      .poll(() => page.locator(`.actor[data-process="${replica}"][data-machine="replicaHandle"]:not(.dead)`).count(), {
+        timeout: 10_000,
+      })
+      .toBeGreaterThan(0);
     await page.locator(`button[data-action="kill"][data-id="${replica}"]`).click();
-    await expect.poll(() => page.locator(`.actor[data-process="${replica}"]:not(.dead)`).count(), { timeout: 10_000 }).toBe(0);
+    await expect
+      .poll(() => page.locator(`.actor[data-process="${replica}"]:not(.dead)`).count(), { timeout: 10_000 })
+      .toBe(0);
     const held = page.locator(`.actor.dead[data-process="${replica}"][data-machine="replicaHandle"]`);
     expect(await held.count()).toBeGreaterThan(0);
     expect(await held.first().textContent()).toContain('process down');
@@ -392,12 +542,17 @@ describe('inspector page', () => {
 
     // Restarted, the replica's handles of before are gone with the process that held them.
     await page.locator(`button[data-action="restart"][data-id="${replica}"]`).click();
-    await expect.poll(() => page.locator(`[data-replica="${replica}"] .state`).textContent(), { timeout: 15_000 }).toBe('serving');
-    await expect.poll(() => page.locator(`.actor.dead[data-process="${replica}"]`).count(), { timeout: 10_000 }).toBe(0);
+    await expect
+      .poll(() => page.locator(`[data-replica="${replica}"] .state`).textContent(), { timeout: 15_000 })
+      .toBe('serving');
+    await expect
+      .poll(() => page.locator(`.actor.dead[data-process="${replica}"]`).count(), { timeout: 10_000 })
+      .toBe(0);
   }, 120_000);
 
   it('keeps the counters of the summary through restarts of nodes and replicas', async () => {
-    const app2 = async () => ((await cli('status')).handles as Array<{ app: string; state: string }>).find((h) => h.app === 'app-2')?.state;
+    const app2 = async () =>
+      ((await cli('status')).handles as Array<{ app: string; state: string }>).find((h) => h.app === 'app-2')?.state;
     // A node restarted (whatever the test above left of node-2).
     expect((await cli('restart', 'node-2')).ok).toBe(true);
     await expect.poll(app2, { timeout: 20_000 }).toBe('active');
@@ -411,20 +566,26 @@ describe('inspector page', () => {
     // node-1 killed: the writes its application had acknowledged still count. Its actors show dead,
     // the invalidated handle with its reason.
     expect((await cli('kill', 'node-1')).ok).toBe(true);
-    await expect.poll(() => page.locator('[data-node="node-1"] .state').textContent(), { timeout: 10_000 }).toBe('down');
+    await expect
+      .poll(() => page.locator('[data-node="node-1"] .state').textContent(), { timeout: 10_000 })
+      .toBe('down');
     await page.waitForTimeout(1500); // a poll or two of the status after it
     expect.soft(await counter('s-acked'), 'writes acknowledged after node-1 was killed').toBeGreaterThanOrEqual(acked);
 
     // Every replica restarted: the resumes granted and denied so far still count.
     await page.click('#reboot');
     await expect.poll(() => page.locator('#result').textContent(), { timeout: 30_000 }).toBe('reboot-storage: ok');
-    await expect.poll(() => page.locator('#fault-rows [data-replica] .state').allTextContents(), { timeout: 15_000 }).toEqual(['serving', 'serving']);
+    await expect
+      .poll(() => page.locator('#fault-rows [data-replica] .state').allTextContents(), { timeout: 15_000 })
+      .toEqual(['serving', 'serving']);
     await expect.poll(app2, { timeout: 20_000 }).toBe('active');
     await page.waitForTimeout(1500);
     expect.soft(await counter('s-denied'), 'resumes denied after reboot-storage').toBeGreaterThanOrEqual(denied);
     expect.soft(await counter('s-granted'), 'resumes granted after reboot-storage').toBeGreaterThanOrEqual(granted);
     expect.soft(await counter('s-acked'), 'writes acknowledged after reboot-storage').toBeGreaterThanOrEqual(acked);
-    expect.soft(await counter('s-pauses'), 'pauses after reboot-storage (every handle paused once more)').toBeGreaterThan(pauses);
+    expect
+      .soft(await counter('s-pauses'), 'pauses after reboot-storage (every handle paused once more)')
+      .toBeGreaterThan(pauses);
 
     await expect.poll(() => actorsOf('node-1', 'session').getAttribute('class'), { timeout: 10_000 }).toContain('dead');
     await expect.poll(() => handle('app-1.disk').textContent(), { timeout: 10_000 }).toContain('process down');
@@ -442,7 +603,18 @@ describe('inspector page over etcd', () => {
   let etcdPage: Page;
   beforeAll(async () => {
     let at: string;
-    ({ proc: etcdLauncher, url: at } = await up(['--store', 'etcd', '--dir', join(t.dir, 'e'), '--replicas', '2', '--nodes', '1', '--apps', '1']));
+    ({ proc: etcdLauncher, url: at } = await up([
+      '--store',
+      'etcd',
+      '--dir',
+      join(t.dir, 'e'),
+      '--replicas',
+      '2',
+      '--nodes',
+      '1',
+      '--apps',
+      '1',
+    ]));
     etcdPage = await browser.newPage({ viewport: { width: 1400, height: 860 } });
     await etcdPage.goto(at);
   }, 60_000);

@@ -8,7 +8,15 @@ import { FileKeptIds, type KeptChanges, type KeptDisk, type KeptHandle } from '.
 import { SimDisk } from '../sim/disk.js';
 
 const DIR = '/data/kept';
-const handle = (i: number, instance = 'instance-1'): KeptHandle => ({ app: `app-${i % 3}`, target: `disk-${i}`, requestId: `r${String(i).padStart(24, '0')}`, principal: 'p', mode: 'write', version: 0, instance });
+const handle = (i: number, instance = 'instance-1'): KeptHandle => ({
+  app: `app-${i % 3}`,
+  target: `disk-${i}`,
+  requestId: `r${String(i).padStart(24, '0')}`,
+  principal: 'p',
+  mode: 'write',
+  version: 0,
+  instance,
+});
 
 /** The project's one seeded random, so every run draws the same numbers. */
 const seeded = seededRandom;
@@ -29,7 +37,8 @@ class Model {
     return sortedById([...this.byId.values()]);
   }
 }
-const sortedById = (hs: KeptHandle[]) => [...hs].sort((a, b) => (a.requestId < b.requestId ? -1 : a.requestId > b.requestId ? 1 : 0));
+const sortedById = (hs: KeptHandle[]) =>
+  [...hs].sort((a, b) => (a.requestId < b.requestId ? -1 : a.requestId > b.requestId ? 1 : 0));
 const reopened = (disk: KeptDisk) => {
   const k = new FileKeptIds(DIR, 'node-1', disk);
   const hs = sortedById(k.list());
@@ -83,7 +92,11 @@ function crashing(sim: SimDisk, at: number, calls: string[] = []): KeptDisk {
  * Run the workload on a disk that loses power before call `at`; return what was acknowledged, the
  * change in flight when the power went (if any), and the calls made.
  */
-function runUntilCrash(sim: SimDisk, ops: KeptChanges[], at: number): { acked: Model; inflight?: KeptChanges; calls: string[] } {
+function runUntilCrash(
+  sim: SimDisk,
+  ops: KeptChanges[],
+  at: number,
+): { acked: Model; inflight?: KeptChanges; calls: string[] } {
   const calls: string[] = [];
   const acked = new Model();
   let inflight: KeptChanges | undefined;
@@ -109,7 +122,9 @@ function expectAckedAfterPowerLoss(sim: SimDisk, acked: Model, inflight: KeptCha
   const found = reopened(sim);
   const withInflight = acked.clone();
   if (inflight) withInflight.apply(inflight);
-  const ok = JSON.stringify(found) === JSON.stringify(acked.sorted()) || JSON.stringify(found) === JSON.stringify(withInflight.sorted());
+  const ok =
+    JSON.stringify(found) === JSON.stringify(acked.sorted()) ||
+    JSON.stringify(found) === JSON.stringify(withInflight.sorted());
   if (!ok) expect(found, where).toEqual(acked.sorted());
 }
 
@@ -187,7 +202,14 @@ describe('SimDisk', () => {
     disk.writeFile('/d/f', 'kept');
     const fd = disk.openAppend('/d/f');
     disk.fail('EIO');
-    for (const call of [() => disk.writeFile('/d/f', 'x'), () => disk.append(fd, 'x'), () => disk.fsync(fd), () => disk.fsyncPath('/d/f'), () => disk.fsyncDir('/d'), () => disk.rename('/d/f', '/d/g')]) {
+    for (const call of [
+      () => disk.writeFile('/d/f', 'x'),
+      () => disk.append(fd, 'x'),
+      () => disk.fsync(fd),
+      () => disk.fsyncPath('/d/f'),
+      () => disk.fsyncDir('/d'),
+      () => disk.rename('/d/f', '/d/g'),
+    ]) {
       let thrown: unknown;
       try {
         call();
@@ -243,14 +265,22 @@ describe('FileKeptIds on SimDisk: acknowledged survives power loss', () => {
       for (const at of points) {
         const sim = new SimDisk({ tear });
         const { acked, inflight, calls } = runUntilCrash(sim, ops, at);
-        expectAckedAfterPowerLoss(sim, acked, inflight, `power lost before call ${at} (${all[at]}), after ${calls.length} calls`);
+        expectAckedAfterPowerLoss(
+          sim,
+          acked,
+          inflight,
+          `power lost before call ${at} (${all[at]}), after ${calls.length} calls`,
+        );
       }
     }
   });
 
   it('a torn unsynced tail is ignored on load, however much of it reached the disk; a batch is all or nothing', () => {
     const first: KeptChanges = { put: [handle(1), handle(2), handle(3)], remove: [] };
-    const batch: KeptChanges = { put: [handle(4), { ...handle(1), instance: 'instance-9' }], remove: [handle(2).requestId] };
+    const batch: KeptChanges = {
+      put: [handle(4), { ...handle(1), instance: 'instance-9' }],
+      remove: [handle(2).requestId],
+    };
     const single: KeptChanges = { put: [handle(5)], remove: [] };
     for (const inflight of [batch, single]) {
       let tail = 0;
@@ -309,7 +339,14 @@ describe('FileKeptIds on SimDisk: disk errors', () => {
     const before = sortedById(k.list());
     disk.fail('ENOSPC');
     // A new put over an existing one, a new requestId for a name already kept, a removal: none may show.
-    const failing: KeptChanges = { put: [{ ...handle(1), instance: 'instance-2' }, { ...handle(2), requestId: 'r-other-0000000000000000000' }, handle(4)], remove: [handle(3).requestId] };
+    const failing: KeptChanges = {
+      put: [
+        { ...handle(1), instance: 'instance-2' },
+        { ...handle(2), requestId: 'r-other-0000000000000000000' },
+        handle(4),
+      ],
+      remove: [handle(3).requestId],
+    };
     expect(code(() => k.apply(failing))).toBe('ENOSPC');
     expect(code(() => k.put(handle(5)))).toBe('ENOSPC');
     expect(code(() => k.remove(handle(1).requestId))).toBe('ENOSPC');
@@ -382,7 +419,11 @@ describe('FileKeptIds on SimDisk: disk errors', () => {
   });
 
   /** The simulated disk with one call made to fail with EIO while `armed()` says so; counts the failures. */
-  function failing(sim: SimDisk, which: 'writeFile' | 'fsyncDir', armed: () => boolean): { disk: KeptDisk; failures: () => number } {
+  function failing(
+    sim: SimDisk,
+    which: 'writeFile' | 'fsyncDir',
+    armed: () => boolean,
+  ): { disk: KeptDisk; failures: () => number } {
     let failures = 0;
     const eio = () => {
       failures++;

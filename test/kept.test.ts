@@ -5,7 +5,15 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { FileKeptIds, nodeDisk, type KeptDisk, type KeptHandle } from '../actors/kept.js';
 import { tempDir } from './helpers.js';
 
-const handle = (i: number, app = 'app'): KeptHandle => ({ app, target: `disk-${i}`, requestId: `r${String(i).padStart(24, '0')}`, principal: 'p', mode: 'write', version: 0, instance: 'instance-1' });
+const handle = (i: number, app = 'app'): KeptHandle => ({
+  app,
+  target: `disk-${i}`,
+  requestId: `r${String(i).padStart(24, '0')}`,
+  principal: 'p',
+  mode: 'write',
+  version: 0,
+  instance: 'instance-1',
+});
 
 let cleanup: () => void = () => undefined;
 afterEach(() => cleanup());
@@ -24,7 +32,12 @@ describe('FileKeptIds', () => {
     a.put({ ...handle(3), instance: 'instance-2' });
     a.close();
     const b = new FileKeptIds(d, 'node-1');
-    expect(b.list().map((h) => h.target).sort()).toEqual(['disk-1', 'disk-3']);
+    expect(
+      b
+        .list()
+        .map((h) => h.target)
+        .sort(),
+    ).toEqual(['disk-1', 'disk-3']);
     expect(b.find('app', 'disk-3')?.instance).toBe('instance-2');
     expect(b.find('app', 'disk-2')).toBeUndefined();
     expect(b.find('other', 'disk-1')).toBeUndefined();
@@ -38,7 +51,12 @@ describe('FileKeptIds', () => {
     a.close();
     appendFileSync(a.path, '{"put":{"app":"app","tar');
     const b = new FileKeptIds(d, 'node-1');
-    expect(b.list().map((h) => h.target).sort()).toEqual(['disk-1', 'disk-2']);
+    expect(
+      b
+        .list()
+        .map((h) => h.target)
+        .sort(),
+    ).toEqual(['disk-1', 'disk-2']);
     b.put(handle(4));
     b.close();
     expect(new FileKeptIds(d, 'node-1').list()).toHaveLength(3);
@@ -133,7 +151,13 @@ describe('FileKeptIds on the real disk: acknowledged means fsynced', () => {
     }
     const compactions = calls.flatMap((c, i) => (c === `writeFile ${tmp}` ? [i] : []));
     expect(compactions.length).toBeGreaterThan(0);
-    for (const i of compactions) expect(calls.slice(i, i + 4)).toEqual([`writeFile ${tmp}`, `fsync ${tmp}`, `rename ${tmp} ${log}`, `fsyncDir ${d}`]);
+    for (const i of compactions)
+      expect(calls.slice(i, i + 4)).toEqual([
+        `writeFile ${tmp}`,
+        `fsync ${tmp}`,
+        `rename ${tmp} ${log}`,
+        `fsyncDir ${d}`,
+      ]);
     a.close();
     expect(new FileKeptIds(d, 'node-1').list()).toEqual([]);
   }, 60_000);

@@ -21,7 +21,11 @@ const running = new Set<ChildProcess>();
 
 /** `safe-resume up` on a small cluster in `dir`, in a process group of its own (a Ctrl-C signals the whole group). */
 function up(dir: string, extra: string[] = [], env: NodeJS.ProcessEnv = process.env) {
-  const u = launch(['up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...extra], { running, detached: true, env });
+  const u = launch(['up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...extra], {
+    running,
+    detached: true,
+    env,
+  });
   return { ...u, exited: u.exited.then(({ code, signal }) => ({ code, signal })) };
 }
 
@@ -55,13 +59,19 @@ describe('the launcher as an operator uses it', () => {
       for (let round = 0; round < 6; round++) {
         const u = up(t.dir, ['--replicas', '3', '--nodes', '2', '--apps', '2']);
         await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /inspector/.test(u.out()));
-        const s = JSON.parse(cli(t.dir, 'status', '--json').out) as { replicas: Array<{ pid: number }>; nodes: Array<{ pid: number }> };
+        const s = JSON.parse(cli(t.dir, 'status', '--json').out) as {
+          replicas: Array<{ pid: number }>;
+          nodes: Array<{ pid: number }>;
+        };
         const pids = [...s.replicas, ...s.nodes].map((c) => c.pid);
         // As a terminal's Ctrl-C does: SIGINT to the launcher and every child at once (and SIGTERM, as
         // \`timeout\` and service managers send to the whole group).
         process.kill(-u.proc.pid!, round % 2 === 0 ? 'SIGINT' : 'SIGTERM');
         const end = await u.exited;
-        expect({ end, err: u.err() }).toEqual({ end: { code: 0, signal: null }, err: expect.not.stringMatching(/Error|EPIPE|at /) });
+        expect({ end, err: u.err() }).toEqual({
+          end: { code: 0, signal: null },
+          err: expect.not.stringMatching(/Error|EPIPE|at /),
+        });
         expect(u.out()).toMatch(/stopped\n$/);
         expect(existsSync(join(t.dir, 'control.json'))).toBe(false);
         expect(pids.filter(alive)).toEqual([]);
@@ -77,8 +87,14 @@ describe('the launcher as an operator uses it', () => {
       const u = up(t.dir, ['--stately', '--stately-port', String(await freePort())]);
       await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /stately/.test(u.out()), 60_000);
       process.kill(-u.proc.pid!, 'SIGINT');
-      const end = await Promise.race([u.exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), 15_000))]);
-      expect({ end, out: u.out().slice(-40) }).toEqual({ end: { code: 0, signal: null }, out: expect.stringMatching(/stopped\n$/) });
+      const end = await Promise.race([
+        u.exited,
+        new Promise<'still running'>((r) => setTimeout(() => r('still running'), 15_000)),
+      ]);
+      expect({ end, out: u.out().slice(-40) }).toEqual({
+        end: { code: 0, signal: null },
+        out: expect.stringMatching(/stopped\n$/),
+      });
     } finally {
       t.cleanup();
     }
@@ -90,25 +106,50 @@ describe('the launcher as an operator uses it', () => {
       const first = up(t.dir);
       await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /inspector/.test(first.out()));
       const control = readFileSync(join(t.dir, 'control.json'), 'utf8');
-      await until('the handle active', () => (JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ state: string }> }).handles[0]?.state === 'active');
+      await until(
+        'the handle active',
+        () =>
+          (JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ state: string }> }).handles[0]
+            ?.state === 'active',
+      );
       const second = up(t.dir);
       const end = await second.exited;
       expect(end.code).toBe(3);
-      expect(second.err()).toBe(`safe-resume: a cluster is already running in ${t.dir} (launcher pid ${first.proc.pid}, up since ${JSON.parse(readFileSync(join(t.dir, 'launcher.lock'), 'utf8')).started}); stop it with 'safe-resume down --dir ${t.dir}', or use another --dir\n`);
+      expect(second.err()).toBe(
+        `safe-resume: a cluster is already running in ${t.dir} (launcher pid ${first.proc.pid}, up since ${JSON.parse(readFileSync(join(t.dir, 'launcher.lock'), 'utf8')).started}); stop it with 'safe-resume down --dir ${t.dir}', or use another --dir\n`,
+      );
       expect(readFileSync(join(t.dir, 'control.json'), 'utf8')).toBe(control);
-      const s = JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ state: string; reason: string | null; requestId: string }> };
+      const s = JSON.parse(cli(t.dir, 'status', '--json').out) as {
+        handles: Array<{ state: string; reason: string | null; requestId: string }>;
+      };
       expect(s.handles).toEqual([expect.objectContaining({ state: 'active', reason: null })]);
       // A foreign write is told who holds the target, and that the lock lives as long as its session.
       const locked = cli(t.dir, 'write', 'app-1.disk', 'x');
-      expect([locked.code, locked.err]).toEqual([1, expect.stringContaining(`LOCKED: app-1.disk is held by requestId ${s.handles[0]!.requestId} (principal default) through session`)]);
+      expect([locked.code, locked.err]).toEqual([
+        1,
+        expect.stringContaining(
+          `LOCKED: app-1.disk is held by requestId ${s.handles[0]!.requestId} (principal default) through session`,
+        ),
+      ]);
       expect(locked.err).toContain('which renews the lock while it lives');
       expect(cli(t.dir, 'status').out).toContain(`requestId=${s.handles[0]!.requestId}`);
       // Bytes are bytes, not characters.
-      expect(JSON.parse(cli(t.dir, 'write', 'notes.disk', 'héllo wörld ✓', '--json').out)).toMatchObject({ ok: true, bytes: Buffer.byteLength('héllo wörld ✓') });
+      expect(JSON.parse(cli(t.dir, 'write', 'notes.disk', 'héllo wörld ✓', '--json').out)).toMatchObject({
+        ok: true,
+        bytes: Buffer.byteLength('héllo wörld ✓'),
+      });
       // down waits until the launcher and its processes are gone; a second down finds nothing and says so.
-      const pids = [first.proc.pid!, ...(JSON.parse(cli(t.dir, 'status', '--json').out) as { replicas: Array<{ pid: number }> }).replicas.map((r) => r.pid)];
+      const pids = [
+        first.proc.pid!,
+        ...(JSON.parse(cli(t.dir, 'status', '--json').out) as { replicas: Array<{ pid: number }> }).replicas.map(
+          (r) => r.pid,
+        ),
+      ];
       const d = cli(t.dir, 'down');
-      expect(d).toMatchObject({ code: 0, out: `stopped the cluster in ${t.dir} (launcher pid ${first.proc.pid} and every process it ran)\n` });
+      expect(d).toMatchObject({
+        code: 0,
+        out: `stopped the cluster in ${t.dir} (launcher pid ${first.proc.pid} and every process it ran)\n`,
+      });
       expect(pids.filter(alive)).toEqual([]);
       expect(cli(t.dir, 'down')).toMatchObject({ code: 0, out: `no cluster is running in ${t.dir}\n` });
       // Started again over the same directory, it says what it reuses (a clean stop kept no requestId).
@@ -120,7 +161,11 @@ describe('the launcher as an operator uses it', () => {
       expect(cli(t.dir, 'clean')).toMatchObject({ code: 3, err: expect.stringContaining('a cluster is running in') });
       expect(cli(t.dir, 'down').code).toBe(0);
       const c = cli(t.dir, 'clean', '--json');
-      expect(JSON.parse(c.out)).toEqual({ ok: true, removed: expect.arrayContaining(['store.sqlite', 'node-1.handles.jsonl', 'logs', 'cluster-secret']), kept: ['notes.txt'] });
+      expect(JSON.parse(c.out)).toEqual({
+        ok: true,
+        removed: expect.arrayContaining(['store.sqlite', 'node-1.handles.jsonl', 'logs', 'cluster-secret']),
+        kept: ['notes.txt'],
+      });
       expect(readdirSync(t.dir)).toEqual(['notes.txt']);
     } finally {
       t.cleanup();
@@ -134,8 +179,20 @@ describe('the launcher as an operator uses it', () => {
     const taken = (blocker.address() as net.AddressInfo).port;
     try {
       const cases: Array<[string[], number, RegExp]> = [
-        [['--port', String(taken)], 4, new RegExp(`^safe-resume: replica-1: 127\\.0\\.0\\.1:${taken} is already in use; pick another port or stop what listens there\n$`)],
-        [['--inspector-port', String(taken)], 4, new RegExp(`^safe-resume: the inspector: 127\\.0\\.0\\.1:${taken} is already in use; pick another port or stop what listens there\n$`)],
+        [
+          ['--port', String(taken)],
+          4,
+          new RegExp(
+            `^safe-resume: replica-1: 127\\.0\\.0\\.1:${taken} is already in use; pick another port or stop what listens there\n$`,
+          ),
+        ],
+        [
+          ['--inspector-port', String(taken)],
+          4,
+          new RegExp(
+            `^safe-resume: the inspector: 127\\.0\\.0\\.1:${taken} is already in use; pick another port or stop what listens there\n$`,
+          ),
+        ],
       ];
       for (const [args, code, said] of cases) {
         const u = up(join(t.dir, `d${code}-${args[0]}`), args);
@@ -143,14 +200,31 @@ describe('the launcher as an operator uses it', () => {
         expect({ args, code: end.code, err: u.err() }).toEqual({ args, code, err: expect.stringMatching(said) });
       }
       // etcd not on the PATH: the package to install.
-      const noEtcd = spawnSync(process.execPath, [CLI, 'up', '--store', 'etcd', '--dir', join(t.dir, 'e')], { encoding: 'utf8', env: { ...process.env, PATH: '/nonexistent' }, timeout: 30_000 });
-      expect([noEtcd.status, noEtcd.stderr]).toEqual([7, 'safe-resume: etcd is not installed: apt-get install -y etcd-server (Debian), or pass --etcd-endpoints of a running cluster\n']);
+      const noEtcd = spawnSync(process.execPath, [CLI, 'up', '--store', 'etcd', '--dir', join(t.dir, 'e')], {
+        encoding: 'utf8',
+        env: { ...process.env, PATH: '/nonexistent' },
+        timeout: 30_000,
+      });
+      expect([noEtcd.status, noEtcd.stderr]).toEqual([
+        7,
+        'safe-resume: etcd is not installed: apt-get install -y etcd-server (Debian), or pass --etcd-endpoints of a running cluster\n',
+      ]);
       // etcd there but not openssl (it makes the local etcd's certificates): that package.
       const etcdOnly = join(t.dir, 'etcd-only-bin');
       mkdirSync(etcdOnly);
-      symlinkSync(spawnSync('sh', ['-c', 'command -v etcd'], { encoding: 'utf8' }).stdout.trim(), join(etcdOnly, 'etcd'));
-      const noOpenssl = spawnSync(process.execPath, [CLI, 'up', '--store', 'etcd', '--dir', join(t.dir, 'e2')], { encoding: 'utf8', env: { ...process.env, PATH: etcdOnly }, timeout: 30_000 });
-      expect([noOpenssl.status, noOpenssl.stderr]).toEqual([7, 'safe-resume: openssl is not installed: apt-get install -y openssl (the local etcd takes only clients with a certificate it makes)\n']);
+      symlinkSync(
+        spawnSync('sh', ['-c', 'command -v etcd'], { encoding: 'utf8' }).stdout.trim(),
+        join(etcdOnly, 'etcd'),
+      );
+      const noOpenssl = spawnSync(process.execPath, [CLI, 'up', '--store', 'etcd', '--dir', join(t.dir, 'e2')], {
+        encoding: 'utf8',
+        env: { ...process.env, PATH: etcdOnly },
+        timeout: 30_000,
+      });
+      expect([noOpenssl.status, noOpenssl.stderr]).toEqual([
+        7,
+        'safe-resume: openssl is not installed: apt-get install -y openssl (the local etcd takes only clients with a certificate it makes)\n',
+      ]);
       const locked = join(t.dir, 'locked');
       mkdirSync(locked, { mode: 0o500 });
       chmodSync(locked, 0o500);
@@ -159,7 +233,12 @@ describe('the launcher as an operator uses it', () => {
       if (root) expect(spawnSync('chattr', ['+i', locked]).status).toBe(0);
       try {
         const u = up(join(locked, 'c'));
-        expect([(await u.exited).code, u.err()]).toEqual([5, expect.stringMatching(/^safe-resume: data directory .* cannot be written \((EACCES|EPERM)\); choose a directory you can write with --dir, or fix its permissions\n$/)]);
+        expect([(await u.exited).code, u.err()]).toEqual([
+          5,
+          expect.stringMatching(
+            /^safe-resume: data directory .* cannot be written \((EACCES|EPERM)\); choose a directory you can write with --dir, or fix its permissions\n$/,
+          ),
+        ]);
       } finally {
         if (root) spawnSync('chattr', ['-i', locked]);
       }
@@ -172,14 +251,19 @@ describe('the launcher as an operator uses it', () => {
       const u = up(ro);
       const end = await u.exited;
       if (process.getuid?.() === 0) spawnSync('chattr', ['-i', join(ro, 'store.sqlite')]);
-      expect([end.code, u.err()]).toEqual([6, `safe-resume: the store ${join(ro, 'store.sqlite')} is read-only: make it writable (chmod u+w) or start a new cluster with another --dir\n`]);
+      expect([end.code, u.err()]).toEqual([
+        6,
+        `safe-resume: the store ${join(ro, 'store.sqlite')} is read-only: make it writable (chmod u+w) or start a new cluster with another --dir\n`,
+      ]);
       // A store that is not a database (overwritten, truncated): the same, before anything starts.
       const bad = join(t.dir, 'bad');
       mkdirSync(bad, { mode: 0o700 });
       writeFileSync(join(bad, 'store.sqlite'), 'notes, not a database\n'.repeat(500), { mode: 0o600 });
       const b = up(bad);
       expect((await b.exited).code).toBe(6);
-      expect(b.err()).toBe(`safe-resume: the store ${join(bad, 'store.sqlite')} cannot be used (file is not a database): restore it from a backup, or move it away to start empty\n`);
+      expect(b.err()).toBe(
+        `safe-resume: the store ${join(bad, 'store.sqlite')} cannot be used (file is not a database): restore it from a backup, or move it away to start empty\n`,
+      );
       expect(existsSync(join(bad, 'control.json'))).toBe(false);
     } finally {
       blocker.close();
@@ -193,7 +277,9 @@ describe('the launcher as an operator uses it', () => {
     try {
       const script = join(t.dir, 'program.mjs');
       const index = pathToFileURL(join(import.meta.dirname, '..', 'dist', 'index.js')).href;
-      writeFileSync(script, `
+      writeFileSync(
+        script,
+        `
         import { Application, NodeAgent, WebSocketTransport } from ${JSON.stringify(index)};
         const agent = new NodeAgent({ id: 'node-1', replicas: [${JSON.stringify(replica.url)}], transport: new WebSocketTransport(), secret: ${JSON.stringify(SECRET)}, dataDir: ${JSON.stringify(t.dir)} });
         await agent.start();
@@ -203,11 +289,22 @@ describe('the launcher as an operator uses it', () => {
         const other = await app.open('other.disk');
         await agent.stop();
         console.log('stopped', h.state, other.state);
-      `);
+      `,
+      );
       const r = spawnSync(process.execPath, [script], { encoding: 'utf8', timeout: 20_000 });
-      expect({ status: r.status, signal: r.signal, out: r.stdout, err: r.stderr }).toEqual({ status: 0, signal: null, out: 'stopped closed closed\n', err: '' });
+      expect({ status: r.status, signal: r.signal, out: r.stdout, err: r.stderr }).toEqual({
+        status: 0,
+        signal: null,
+        out: 'stopped closed closed\n',
+        err: '',
+      });
       // The locks went with the handles: another node opens the targets at once.
-      const agent = new NodeAgent({ id: 'node-2', replicas: [replica.url], transport: new WebSocketTransport(), secret: SECRET });
+      const agent = new NodeAgent({
+        id: 'node-2',
+        replicas: [replica.url],
+        transport: new WebSocketTransport(),
+        secret: SECRET,
+      });
       await agent.start();
       const app = new Application(agent, { name: 'other' });
       const h = await app.open('vm42.disk');
@@ -227,13 +324,20 @@ describe('the launcher as an operator uses it', () => {
       expect(create.status).toBe(0);
       expect(create.stdout).toMatch(/^Usage:\n  safe-resume create <target> --size SIZE/);
       expect(create.stdout).not.toContain('safe-resume partition');
-      expect(run('up', '--help').stdout).toMatch(/^Usage:\n  safe-resume up \[options\][\s\S]*Options for up:\n  --replicas N/);
+      expect(run('up', '--help').stdout).toMatch(
+        /^Usage:\n  safe-resume up \[options\][\s\S]*Options for up:\n  --replicas N/,
+      );
       expect(run('help', 'down').stdout).toContain('safe-resume down [--no-wait]');
-      const pkg = JSON.parse(readFileSync(join(import.meta.dirname, '..', 'package.json'), 'utf8')) as { version: string };
+      const pkg = JSON.parse(readFileSync(join(import.meta.dirname, '..', 'package.json'), 'utf8')) as {
+        version: string;
+      };
       expect(run('--version').stdout).toBe(`safe-resume ${pkg.version}\n`);
       writeFileSync(join(t.dir, 'c.json'), '{"chaos": "false"}');
       const cfg = run('up', '--config', join(t.dir, 'c.json'), '--dir', join(t.dir, 'x'));
-      expect([cfg.status, cfg.stderr]).toEqual([2, expect.stringContaining('chaos must be true or false, got "false"')]);
+      expect([cfg.status, cfg.stderr]).toEqual([
+        2,
+        expect.stringContaining('chaos must be true or false, got "false"'),
+      ]);
       const none = run('status', '--json', '--dir', join(t.dir, 'nothing'));
       expect(none.status).toBe(1);
       expect(JSON.parse(none.stdout)).toMatchObject({ ok: false, code: 'NOT_RUNNING' });
@@ -247,7 +351,10 @@ describe('the launcher as an operator uses it', () => {
 
   it('bench exits once its table is printed (a leftover timer kept it running two minutes more)', () => {
     // In this process, as `safe-resume bench` runs when node already has --expose-gc.
-    const r = spawnSync(process.execPath, ['--expose-gc', CLI, 'bench', '--smoke', '--only', 'failover'], { encoding: 'utf8', timeout: 90_000 });
+    const r = spawnSync(process.execPath, ['--expose-gc', CLI, 'bench', '--smoke', '--only', 'failover'], {
+      encoding: 'utf8',
+      timeout: 90_000,
+    });
     expect({ status: r.status, signal: r.signal }).toEqual({ status: 0, signal: null });
     expect(r.stdout).toMatch(/\| failover\.20\.p50 \|/);
   }, 120_000);
@@ -259,9 +366,17 @@ describe('the launcher as an operator uses it', () => {
       await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /inspector/.test(u.out()));
       expect(cli(t.dir, 'kill', 'replica-1').code).toBe(0);
       const w = cli(t.dir, 'write', 'late.disk', 'never');
-      expect([w.code, w.err]).toEqual([8, 'safe-resume write: UNAVAILABLE: write late.disk: no replica answered within 10 s (replica-1 down); nothing was done\n']);
+      expect([w.code, w.err]).toEqual([
+        8,
+        'safe-resume write: UNAVAILABLE: write late.disk: no replica answered within 10 s (replica-1 down); nothing was done\n',
+      ]);
       expect(cli(t.dir, 'restart', 'replica-1').code).toBe(0);
-      await until('the node back', () => (JSON.parse(cli(t.dir, 'status', '--json').out) as { nodes: Array<{ state: string }> }).nodes[0]?.state === 'connected');
+      await until(
+        'the node back',
+        () =>
+          (JSON.parse(cli(t.dir, 'status', '--json').out) as { nodes: Array<{ state: string }> }).nodes[0]?.state ===
+          'connected',
+      );
       // Given up means given up: the write the launcher was waiting to send never lands.
       await new Promise((r) => setTimeout(r, 2000));
       const r = JSON.parse(cli(t.dir, 'read', 'late.disk', '--json').out) as { ok: boolean; bytes: number };
@@ -276,9 +391,24 @@ describe('the launcher as an operator uses it', () => {
     try {
       const u = up(join(t.dir, 'j'), ['--json']);
       await until('a status line', () => /"event":"status".*\n/.test(u.out()));
-      const [first, second] = u.out().split('\n').slice(0, 2).map((l) => JSON.parse(l) as Record<string, unknown>);
-      expect(first).toMatchObject({ event: 'up', replicas: [expect.stringMatching(/^ws:\/\/127\.0\.0\.1:\d+$/)], nbd: { 'node-1': expect.stringMatching(/^nbd\+unix:\/\/\/\?socket=\//) }, nbdTls: {}, control: expect.stringMatching(/^http:/), inspector: expect.stringMatching(/#token=/) });
-      expect(second).toMatchObject({ event: 'status', at: expect.any(String), replicas: [expect.objectContaining({ id: 'replica-1' })] });
+      const [first, second] = u
+        .out()
+        .split('\n')
+        .slice(0, 2)
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(first).toMatchObject({
+        event: 'up',
+        replicas: [expect.stringMatching(/^ws:\/\/127\.0\.0\.1:\d+$/)],
+        nbd: { 'node-1': expect.stringMatching(/^nbd\+unix:\/\/\/\?socket=\//) },
+        nbdTls: {},
+        control: expect.stringMatching(/^http:/),
+        inspector: expect.stringMatching(/#token=/),
+      });
+      expect(second).toMatchObject({
+        event: 'status',
+        at: expect.any(String),
+        replicas: [expect.objectContaining({ id: 'replica-1' })],
+      });
       expect(cli(join(t.dir, 'j'), 'down').code).toBe(0);
       await u.exited;
       expect(u.out().trim().split('\n').at(-1)).toBe('{"event":"stopped"}');
@@ -289,10 +419,15 @@ describe('the launcher as an operator uses it', () => {
       // --no-color (or NO_COLOR) turns it off for every process.
       const forced: NodeJS.ProcessEnv = { ...process.env, FORCE_COLOR: '1' };
       delete forced.NO_COLOR;
-      for (const [name, extra, coloured] of [['c', [], true], ['n', ['--no-color'], false]] as const) {
+      for (const [name, extra, coloured] of [
+        ['c', [], true],
+        ['n', ['--no-color'], false],
+      ] as const) {
         const u = up(join(t.dir, name), ['--pretty', ...extra], forced);
         await until('pretty logs', () => /node-1/.test(u.out()) && /INFO/.test(u.out())).catch((err: Error) => {
-          throw new Error(`${err.message}: stdout ${JSON.stringify(u.out().slice(0, 2000))}, stderr ${JSON.stringify(u.err().slice(0, 2000))}`);
+          throw new Error(
+            `${err.message}: stdout ${JSON.stringify(u.out().slice(0, 2000))}, stderr ${JSON.stringify(u.err().slice(0, 2000))}`,
+          );
         });
         expect(cli(join(t.dir, name), 'down').code).toBe(0);
         await u.exited;
@@ -309,35 +444,62 @@ describe('the launcher as an operator uses it', () => {
       const u = up(t.dir);
       await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /inspector/.test(u.out()));
       type St = { handles: Array<{ state: string; requestId: string }> };
-      await until('the handle active', () => (JSON.parse(cli(t.dir, 'status', '--json').out) as St).handles[0]?.state === 'active');
+      await until(
+        'the handle active',
+        () => (JSON.parse(cli(t.dir, 'status', '--json').out) as St).handles[0]?.state === 'active',
+      );
       const rid = (JSON.parse(cli(t.dir, 'status', '--json').out) as St).handles[0]!.requestId;
       // An active handle's lock is renewed by its live session: no hold period runs.
-      expect((JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ hold: string | null }> }).handles[0]!.hold).toBe(null);
+      expect(
+        (JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ hold: string | null }> }).handles[0]!
+          .hold,
+      ).toBe(null);
       const live = cli(t.dir, 'explain', 'app-1.disk');
       expect(live.code).toBe(0);
       expect(live.out).toContain(`  holder    requestId ${rid} (principal default`);
-      expect(live.out).toMatch(/  session   \S+ on replica-1, node node-1, heard from \d+ ms ago: alive, and renewing the lock/);
+      expect(live.out).toMatch(
+        /  session   \S+ on replica-1, node node-1, heard from \d+ ms ago: alive, and renewing the lock/,
+      );
       expect(live.out).toContain(`  handle    node-1/app-1 active requestId ${rid}, the holder`);
       expect(cli(t.dir, 'explain', rid).out.split('\n')[0]).toBe('app-1.disk');
       expect(cli(t.dir, 'partition', 'node-1').code).toBe(0);
       // The replica loses the silent session after a few heartbeats; then the hold period runs.
       let lost = '';
-      await until('the session lost', () => /no running replica has it \(lost\)/.test((lost = cli(t.dir, 'explain', 'app-1.disk').out)));
+      await until('the session lost', () =>
+        /no running replica has it \(lost\)/.test((lost = cli(t.dir, 'explain', 'app-1.disk').out)),
+      );
       expect(lost).toMatch(/  lock      (the hold period runs: it lapses in \d+ ms|lapsed \d+ ms ago)/);
-      expect(lost).toMatch(/  handle    node-1\/app-1 (paused|resuming) requestId \S+, the holder: its node is \w+ \(partitioned\)/);
-      const away = (JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ pauseLeftMs: number | null; inStateMs: number; hold: string | null; holdLeftMs: number | null }> }).handles[0]!;
+      expect(lost).toMatch(
+        /  handle    node-1\/app-1 (paused|resuming) requestId \S+, the holder: its node is \w+ \(partitioned\)/,
+      );
+      const away = (
+        JSON.parse(cli(t.dir, 'status', '--json').out) as {
+          handles: Array<{
+            pauseLeftMs: number | null;
+            inStateMs: number;
+            hold: string | null;
+            holdLeftMs: number | null;
+          }>;
+        }
+      ).handles[0]!;
       expect(away.pauseLeftMs).toBeGreaterThan(0);
       expect(away.pauseLeftMs).toBeLessThanOrEqual(60_000);
       // Its lock's hold period, as status tells it: running down (how long is left) or lapsed, since
       // the session that renewed it is lost; status -w prints the same lines.
       expect(['running', 'lapsed']).toContain(away.hold);
       if (away.hold === 'running') expect(away.holdLeftMs).toBeGreaterThan(0);
-      expect(cli(t.dir, 'status').out).toMatch(/  node-1\/app-1 +app-1\.disk +(paused|resuming) .*( hold-in=[\d.]+s| hold=lapsed) /);
+      expect(cli(t.dir, 'status').out).toMatch(
+        /  node-1\/app-1 +app-1\.disk +(paused|resuming) .*( hold-in=[\d.]+s| hold=lapsed) /,
+      );
       expect(cli(t.dir, 'heal').code).toBe(0);
       // A target written and closed: nobody holds it. One nobody ever opened is not there at all.
       expect(cli(t.dir, 'write', 'free.disk', 'x').code).toBe(0);
       expect(cli(t.dir, 'explain', 'free.disk').out).toContain('  lock      none: no writer holds it');
-      expect(cli(t.dir, 'explain', 'nobody.disk')).toMatchObject({ code: 9, out: '', err: expect.stringContaining('NOT_FOUND: no target or requestId called "nobody.disk"') });
+      expect(cli(t.dir, 'explain', 'nobody.disk')).toMatchObject({
+        code: 9,
+        out: '',
+        err: expect.stringContaining('NOT_FOUND: no target or requestId called "nobody.disk"'),
+      });
       // status -w: every second, timestamped when piped, with time in state, the serving replica,
       // the pause timeout while paused, writes/s and the requestId; Ctrl-C ends it.
       const w = spawn('node', [CLI, 'status', '-w', '--dir', t.dir], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -347,7 +509,11 @@ describe('the launcher as an operator uses it', () => {
       await until('three views', () => (watched.match(/^safe-resume status {2}\d{4}-/gm) ?? []).length >= 3);
       w.kill('SIGINT');
       expect(await new Promise((r) => w.once('exit', (code) => r(code)))).toBe(0);
-      expect(watched).toMatch(new RegExp(`  node-1/app-1 +app-1\\.disk +\\w+ +for=[\\d.]+s( timeout-in=[\\d.]+s)?( hold(-in)?=\\S+)? writes/s=\\d+ on=replica-1 .*requestId=${rid}`));
+      expect(watched).toMatch(
+        new RegExp(
+          `  node-1/app-1 +app-1\\.disk +\\w+ +for=[\\d.]+s( timeout-in=[\\d.]+s)?( hold(-in)?=\\S+)? writes/s=\\d+ on=replica-1 .*requestId=${rid}`,
+        ),
+      );
       // The timeline of that target: the partition, the pause, the heal, the granted resume.
       const story = cli(t.dir, 'events', '--target', 'app-1.disk').out;
       expect(story).toMatch(/^\d\d:\d\d:\d\d\.\d{3}  fault    partition node-1$/m);
@@ -374,16 +540,24 @@ describe('the launcher as an operator uses it', () => {
       if (root) expect(spawnSync('chattr', ['+i', db]).status).toBe(0);
       else chmodSync(db, 0o400);
       const r = cli(t.dir, 'restart', 'replica-2');
-      expect([r.code, r.err]).toEqual([1, expect.stringMatching(/^safe-resume restart: \w+: replica-2 could not start: .*readonly database/)]);
+      expect([r.code, r.err]).toEqual([
+        1,
+        expect.stringMatching(/^safe-resume restart: \w+: replica-2 could not start: .*readonly database/),
+      ]);
       type St = { replicas: Array<{ id: string; state: string; storeError: string | null }> };
       const s = JSON.parse(cli(t.dir, 'status', '--json').out) as St;
-      expect(s.replicas.find((x) => x.id === 'replica-2')).toMatchObject({ state: 'failed', storeError: expect.stringMatching(/readonly database/) });
+      expect(s.replicas.find((x) => x.id === 'replica-2')).toMatchObject({
+        state: 'failed',
+        storeError: expect.stringMatching(/readonly database/),
+      });
       expect(cli(t.dir, 'status').out).toMatch(/^replica-2 +failed +sessions=0 {2}store: .*readonly database/m);
       expect(cli(t.dir, 'events').out).toMatch(/process  replica-2 exited \(could not start: .*readonly database\)/);
       if (root) spawnSync('chattr', ['-i', db]);
       else chmodSync(db, 0o600);
       expect(cli(t.dir, 'restart', 'replica-2').code).toBe(0);
-      expect((JSON.parse(cli(t.dir, 'status', '--json').out) as St).replicas.find((x) => x.id === 'replica-2')).toMatchObject({ state: 'serving', storeError: null });
+      expect(
+        (JSON.parse(cli(t.dir, 'status', '--json').out) as St).replicas.find((x) => x.id === 'replica-2'),
+      ).toMatchObject({ state: 'serving', storeError: null });
     } finally {
       if (root) spawnSync('chattr', ['-i', db]);
       t.cleanup();

@@ -24,7 +24,13 @@ afterEach(async () => {
 const SECRET = 'limits-cluster-key-limits-cluster-key';
 
 async function replica(opts: Partial<ReplicaOptions> = {}, store: Store = new MemoryStore()): Promise<StorageReplica> {
-  const r = await new StorageReplica({ id: 'replica-1', store, transport: new WebSocketTransport(), secret: SECRET, ...opts }).start();
+  const r = await new StorageReplica({
+    id: 'replica-1',
+    store,
+    transport: new WebSocketTransport(),
+    secret: SECRET,
+    ...opts,
+  }).start();
   cleanups.push(() => r.stop());
   return r;
 }
@@ -155,7 +161,11 @@ describe('after authentication', () => {
   it('one node may hold at most maxSessionsPerNode sessions; more are refused retryably, other nodes are served', async () => {
     const r = await replica({ maxSessionsPerNode: 2 });
     for (let i = 0; i < 2; i++) expect(await (await peer(r.url)).hello('node-1')).toMatchObject({ type: 'welcome' });
-    expect(await (await peer(r.url)).hello('node-1')).toMatchObject({ type: 'error', code: 'UNAVAILABLE', retryable: true });
+    expect(await (await peer(r.url)).hello('node-1')).toMatchObject({
+      type: 'error',
+      code: 'UNAVAILABLE',
+      retryable: true,
+    });
     expect(await (await peer(r.url)).hello('node-2')).toMatchObject({ type: 'welcome' });
   });
 
@@ -165,11 +175,24 @@ describe('after authentication', () => {
     await p.hello();
     const rid = 'R'.repeat(21);
     p.ws.send(encode({ type: 'open', id: 1, target: 'big.disk', requestId: rid, principal: 'p', mode: 'write' }));
-    p.ws.send(encode({ type: 'write', id: 2, target: 'big.disk', requestId: rid, seq: 1, offset: 0, data: new Uint8Array(1024 * 1024).fill(7) }));
+    p.ws.send(
+      encode({
+        type: 'write',
+        id: 2,
+        target: 'big.disk',
+        requestId: rid,
+        seq: 1,
+        offset: 0,
+        data: new Uint8Array(1024 * 1024).fill(7),
+      }),
+    );
     await waitFor('the write', () => p.replies.some((m) => m.type === 'written'));
     // 100 reads of 1 MiB each, and the peer stops reading its socket.
     p.ws.pause();
-    for (let i = 0; i < 100; i++) p.ws.send(encode({ type: 'read', id: 10 + i, target: 'big.disk', requestId: rid, offset: 0, length: 1024 * 1024 }));
+    for (let i = 0; i < 100; i++)
+      p.ws.send(
+        encode({ type: 'read', id: 10 + i, target: 'big.disk', requestId: rid, offset: 0, length: 1024 * 1024 }),
+      );
     await waitFor('the replica to stop reading the peer', () => r.sessionLoad()[0]?.paused === true);
     await new Promise((res) => setTimeout(res, 300));
     const load = r.sessionLoad()[0]!;
@@ -214,7 +237,18 @@ describe('after authentication', () => {
     const rid = 'S'.repeat(21);
     p.ws.send(encode({ type: 'open', id: 1, target: 'slow.disk', requestId: rid, principal: 'p', mode: 'write' }));
     await waitFor('the open', () => p.replies.some((m) => m.type === 'opened'));
-    for (let i = 1; i <= 40; i++) p.ws.send(encode({ type: 'write', id: 100 + i, target: 'slow.disk', requestId: rid, seq: i, offset: i, data: bytes('x') }));
+    for (let i = 1; i <= 40; i++)
+      p.ws.send(
+        encode({
+          type: 'write',
+          id: 100 + i,
+          target: 'slow.disk',
+          requestId: rid,
+          seq: i,
+          offset: i,
+          data: bytes('x'),
+        }),
+      );
     await waitFor('the replica to stop reading', () => r.sessionLoad()[0]?.paused === true);
     expect(r.sessionLoad()[0]!.inflight).toBeLessThanOrEqual(9);
     release();
@@ -232,13 +266,15 @@ describe('a paused handle', () => {
     await c.kill(0);
     await waitForState(h, 'paused');
     const queued = [0, 1, 2].map((i) => h.write(i * 1024, new Uint8Array(1024).fill(65 + i)));
-    await expect(h.write(3 * 1024, new Uint8Array(1024))).rejects.toMatchObject({ code: 'QUEUE_FULL', retryable: true });
+    await expect(h.write(3 * 1024, new Uint8Array(1024))).rejects.toMatchObject({
+      code: 'QUEUE_FULL',
+      retryable: true,
+    });
     await c.restart(0);
     await Promise.all(queued);
     expect(text(await h.read(1023, 2))).toBe('AB');
   });
 });
-
 
 describe('renewals', () => {
   it('a renewal slower than its interval is not joined by the next one (renewals never pile up on a slow store)', async () => {
@@ -257,7 +293,9 @@ describe('renewals', () => {
     const r = await replica({ leaseMs: 3000, renewIntervalMs: 20 }, new SlowRenewals());
     const p = await peer(r.url);
     expect(await p.hello('node-1')).toMatchObject({ type: 'welcome' });
-    p.ws.send(encode({ type: 'open', id: 1, target: 'slow.disk', requestId: 'S'.repeat(21), principal: 'p', mode: 'write' }));
+    p.ws.send(
+      encode({ type: 'open', id: 1, target: 'slow.disk', requestId: 'S'.repeat(21), principal: 'p', mode: 'write' }),
+    );
     await waitFor('the open', () => p.replies.some((m) => m.type === 'opened'));
     await waitFor('several renewals', () => calls >= 4, 5000);
     expect(most).toBe(1);

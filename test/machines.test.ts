@@ -6,7 +6,13 @@ import { appHandleMachine } from '../machines/app-handle.js';
 import { nodeSessionMachine } from '../machines/node-session.js';
 import { replicaHandleMachine } from '../machines/replica-handle.js';
 
-const input = { target: 't', mode: 'write' as const, requestId: 'r'.repeat(21), onFailure: 'pause' as const, pauseTimeoutMs: 1000 };
+const input = {
+  target: 't',
+  mode: 'write' as const,
+  requestId: 'r'.repeat(21),
+  onFailure: 'pause' as const,
+  pauseTimeoutMs: 1000,
+};
 
 describe('application handle machine', () => {
   it('walks active -> paused -> resuming -> active and queues I/O while away', () => {
@@ -95,14 +101,27 @@ describe('application handle machine', () => {
 });
 
 describe('node session machine', () => {
-  const sessionInput = { replicas: ['a', 'b'], heartbeatIntervalMs: 100, backoffBaseMs: 10, backoffMaxMs: 100, unavailableFailoverMs: 1000 };
+  const sessionInput = {
+    replicas: ['a', 'b'],
+    heartbeatIntervalMs: 100,
+    backoffBaseMs: 10,
+    backoffMaxMs: 100,
+    unavailableFailoverMs: 1000,
+  };
 
   it('detects a silent replica one interval after an unanswered ping (AGENT_PROBE_INTERVALS), then fails over to the next replica', async () => {
     const clock = simulatedClock();
     const tried: string[] = [];
     let pings = 0;
     const m = nodeSessionMachine.provide({
-      actors: { connect: fromPromise(async ({ input }: { input: { url: string } }) => (tried.push(input.url), { session: 's', replica: input.url, heartbeatIntervalMs: 100, available: true as boolean })) },
+      actors: {
+        connect: fromPromise(
+          async ({ input }: { input: { url: string } }) => (
+            tried.push(input.url),
+            { session: 's', replica: input.url, heartbeatIntervalMs: 100, available: true as boolean }
+          ),
+        ),
+      },
       actions: { sendPing: () => void pings++ },
     });
     const a = createActor(m, { clock, input: sessionInput }).start();
@@ -127,7 +146,14 @@ describe('node session machine', () => {
     const clock = simulatedClock();
     const calls: string[] = [];
     const m = nodeSessionMachine.provide({
-      actors: { connect: fromPromise(async () => ({ session: 's', replica: 'a', heartbeatIntervalMs: 100, available: true as boolean })) },
+      actors: {
+        connect: fromPromise(async () => ({
+          session: 's',
+          replica: 'a',
+          heartbeatIntervalMs: 100,
+          available: true as boolean,
+        })),
+      },
       actions: { pauseHandles: () => void calls.push('pause'), resumeHandles: () => void calls.push('resume') },
     });
     const a = createActor(m, { clock, input: sessionInput }).start();
@@ -141,7 +167,14 @@ describe('node session machine', () => {
     const clock = simulatedClock();
     const calls: string[] = [];
     const m = nodeSessionMachine.provide({
-      actors: { connect: fromPromise(async () => ({ session: 's', replica: 'a', heartbeatIntervalMs: 100, available: false as boolean })) },
+      actors: {
+        connect: fromPromise(async () => ({
+          session: 's',
+          replica: 'a',
+          heartbeatIntervalMs: 100,
+          available: false as boolean,
+        })),
+      },
       actions: { pauseHandles: () => void calls.push('pause'), resumeHandles: () => void calls.push('resume') },
     });
     const a = createActor(m, { clock, input: sessionInput }).start();
@@ -155,7 +188,10 @@ describe('node session machine', () => {
 describe('replica handle machine', () => {
   it('holds a lost session for the hold period, then releases it', () => {
     const clock = simulatedClock();
-    const a = createActor(replicaHandleMachine, { clock, input: { target: 't', requestId: 'r', mode: 'write', session: 's', holdMs: 500, resume: false } }).start();
+    const a = createActor(replicaHandleMachine, {
+      clock,
+      input: { target: 't', requestId: 'r', mode: 'write', session: 's', holdMs: 500, resume: false },
+    }).start();
     expect(a.getSnapshot().value).toBe('active');
     a.send({ type: 'SESSION_LOST' });
     expect(a.getSnapshot().value).toBe('paused');
@@ -164,7 +200,10 @@ describe('replica handle machine', () => {
   });
 
   it('starts in resuming for a resume and ends invalidated when denied', () => {
-    const a = createActor(replicaHandleMachine, { clock: simulatedClock(), input: { target: 't', requestId: 'r', mode: 'write', session: 's', holdMs: 0, resume: true } }).start();
+    const a = createActor(replicaHandleMachine, {
+      clock: simulatedClock(),
+      input: { target: 't', requestId: 'r', mode: 'write', session: 's', holdMs: 0, resume: true },
+    }).start();
     expect(a.getSnapshot().value).toBe('resuming');
     a.send({ type: 'DENIED', reason: 'MODIFIED' });
     expect(a.getSnapshot().value).toBe('invalidated');

@@ -61,7 +61,10 @@ class Write implements fc.AsyncCommand<Model, Real> {
   check = (m: Readonly<Model>) => m.state !== 'invalidated';
   async run(m: Model, r: Real): Promise<void> {
     const bytes = record('x', ++m.writes);
-    const done = r.x.write(this.slot * SLOT, enc(bytes)).then(() => 'ok', (e: { code?: string }) => e.code ?? 'error');
+    const done = r.x.write(this.slot * SLOT, enc(bytes)).then(
+      () => 'ok',
+      (e: { code?: string }) => e.code ?? 'error',
+    );
     m.pending.push({ slot: this.slot, bytes, done });
     await settle(r, 50, m);
     if (m.state === 'active') {
@@ -204,15 +207,27 @@ describe('model-based: operations and faults against the model of SPEC', () => {
     params.seed = process.env.FC_SEED ? Number(process.env.FC_SEED) : 20261124;
     if (process.env.FC_PATH) params.path = process.env.FC_PATH;
     await fc.assert(
-      fc.asyncProperty(fc.integer({ min: 1, max: 1_000_000 }), fc.commands(commands, { maxCommands: 30 }), async (seed, cmds) => {
-        const real = await setup(seed);
-        const model: Model = { state: 'active', partitioned: false, awayMs: 0, foreignWrote: false, data: new Map(), pending: [], writes: 0 };
-        try {
-          await fc.asyncModelRun(() => ({ model, real }), cmds);
-        } finally {
-          await real.world.shutdown();
-        }
-      }),
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 1_000_000 }),
+        fc.commands(commands, { maxCommands: 30 }),
+        async (seed, cmds) => {
+          const real = await setup(seed);
+          const model: Model = {
+            state: 'active',
+            partitioned: false,
+            awayMs: 0,
+            foreignWrote: false,
+            data: new Map(),
+            pending: [],
+            writes: 0,
+          };
+          try {
+            await fc.asyncModelRun(() => ({ model, real }), cmds);
+          } finally {
+            await real.world.shutdown();
+          }
+        },
+      ),
       params,
     );
     expect(seen.resumed).toBeGreaterThan(0);

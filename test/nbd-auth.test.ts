@@ -32,7 +32,11 @@ afterEach(async () => {
  */
 async function setup() {
   const c = await cluster();
-  const agent = await c.addNode('node-1', { secret: undefined, credential: issueCredential(c.secret, 'node', 'node-1'), principals: ['default', 'alice'].map((p) => issueCredential(c.secret, 'principal', p)) });
+  const agent = await c.addNode('node-1', {
+    secret: undefined,
+    credential: issueCredential(c.secret, 'node', 'node-1'),
+    principals: ['default', 'alice'].map((p) => issueCredential(c.secret, 'principal', p)),
+  });
   const warnings: string[] = [];
   const log = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) });
   const app = new Application(agent, { name: 'nbd' });
@@ -41,7 +45,11 @@ async function setup() {
   const unix = new NbdExport({ app, size: () => MiB, path: join(t.dir, 'nbd.sock'), log });
   await tcp.listen();
   await unix.listen();
-  cleanups.push(t.cleanup, () => tcp.close(), () => unix.close());
+  cleanups.push(
+    t.cleanup,
+    () => tcp.close(),
+    () => unix.close(),
+  );
   const port = Number(new URL(tcp.url).port);
   /** A directory with keys.psk for `principal`, its key from the cluster key (as `credentials nbd-psk` makes it). */
   const pskDir = (principal: string, line = nbdPskLine(issueCredential(c.secret, 'principal', principal))) => {
@@ -54,7 +62,19 @@ async function setup() {
 }
 
 /** The principals of the handles that opened `target` for writing and closed (the store's tombstones, and a live lock). */
-async function writers(e: { c: { replicas: Array<{ store: { record: (t: string) => Promise<{ principal: string } | undefined>; tombstones: (t: string) => Promise<Array<{ principal?: string | undefined }>> } }> } }, target: string): Promise<Array<string | undefined>> {
+async function writers(
+  e: {
+    c: {
+      replicas: Array<{
+        store: {
+          record: (t: string) => Promise<{ principal: string } | undefined>;
+          tombstones: (t: string) => Promise<Array<{ principal?: string | undefined }>>;
+        };
+      }>;
+    };
+  },
+  target: string,
+): Promise<Array<string | undefined>> {
   const store = e.c.replicas[0]!.store;
   const live = await store.record(target);
   return [...(await store.tombstones(target)).map((t) => t.principal), ...(live ? [live.principal] : [])];
@@ -62,7 +82,13 @@ async function writers(e: { c: { replicas: Array<{ store: { record: (t: string) 
 
 /** qemu-io through TLS-PSK as `user` (the key in `dir`/keys.psk) at `server` (qemu's server.* options). */
 function qemuIoTls(dir: string, user: string, server: string, target: string, cmds: string[]) {
-  return run('qemu-io', ['--object', `tls-creds-psk,id=t0,endpoint=client,dir=${dir},username=${user}`, '--image-opts', `driver=nbd,${server},export=${target},tls-creds=t0`, ...cmds.flatMap((x) => ['-c', x])]).then(
+  return run('qemu-io', [
+    '--object',
+    `tls-creds-psk,id=t0,endpoint=client,dir=${dir},username=${user}`,
+    '--image-opts',
+    `driver=nbd,${server},export=${target},tls-creds=t0`,
+    ...cmds.flatMap((x) => ['-c', x]),
+  ]).then(
     (r) => ({ ok: true, out: r.stdout + r.stderr }),
     (err: { stdout?: string; stderr?: string }) => ({ ok: false, out: `${err.stdout ?? ''}${err.stderr ?? ''}` }),
   );
@@ -100,9 +126,13 @@ function goData(name: string): Buffer {
 /** The option replies in `data` after the 18-byte greeting: [option, type, message]. */
 function replies(data: Buffer): Array<{ option: number; type: number; text: string }> {
   const out = [];
-  for (let at = 18; at + 20 <= data.length; ) {
+  for (let at = 18; at + 20 <= data.length;) {
     const len = data.readUInt32BE(at + 16);
-    out.push({ option: data.readUInt32BE(at + 8), type: data.readUInt32BE(at + 12), text: data.subarray(at + 20, at + 20 + len).toString() });
+    out.push({
+      option: data.readUInt32BE(at + 8),
+      type: data.readUInt32BE(at + 12),
+      text: data.subarray(at + 20, at + 20 + len).toString(),
+    });
     at += 20 + len;
   }
   return out;
@@ -112,7 +142,16 @@ describe('NBD export: authentication', () => {
   it('on TCP, LIST, INFO, GO and unknown options before STARTTLS get NBD_REP_ERR_TLS_REQD, EXPORT_NAME closes the connection, and nothing is opened', async () => {
     const e = await setup();
     const flags = Buffer.from([0, 0, 0, 3]);
-    const r = await talk({ port: e.port }, Buffer.concat([flags, option(OPT.LIST), option(OPT.INFO, goData('secret.disk')), option(OPT.GO, goData('secret.disk')), option(999)]));
+    const r = await talk(
+      { port: e.port },
+      Buffer.concat([
+        flags,
+        option(OPT.LIST),
+        option(OPT.INFO, goData('secret.disk')),
+        option(OPT.GO, goData('secret.disk')),
+        option(999),
+      ]),
+    );
     // The greeting offers fixed newstyle.
     expect(r.data.readUInt16BE(16) & 1).toBe(1);
     expect(replies(r.data)).toEqual([
@@ -121,13 +160,19 @@ describe('NBD export: authentication', () => {
       { option: OPT.GO, type: REP.ERR_TLS_REQD, text: expect.stringMatching(/TLS/) },
       { option: 999, type: REP.ERR_TLS_REQD, text: expect.stringMatching(/TLS/) },
     ]);
-    const name = await talk({ port: e.port }, Buffer.concat([flags, option(OPT.EXPORT_NAME, Buffer.from('secret.disk'))]));
+    const name = await talk(
+      { port: e.port },
+      Buffer.concat([flags, option(OPT.EXPORT_NAME, Buffer.from('secret.disk'))]),
+    );
     expect(name.closed).toBe(true);
     expect(name.data.length).toBe(18);
     expect(e.app.list()).toEqual([]);
     expect(e.tcp.connections()).toEqual([]);
     // A client without TLS is told so: qemu-io and nbdinfo read nothing.
-    const plain = await run('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', `nbd://127.0.0.1:${e.port}/secret.disk`]).then((x) => x.stdout + x.stderr, (err: { stdout?: string; stderr?: string }) => `${err.stdout ?? ''}${err.stderr ?? ''}`);
+    const plain = await run('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', `nbd://127.0.0.1:${e.port}/secret.disk`]).then(
+      (x) => x.stdout + x.stderr,
+      (err: { stdout?: string; stderr?: string }) => `${err.stdout ?? ''}${err.stderr ?? ''}`,
+    );
     expect(plain).toMatch(/TLS/i);
     expect(plain).not.toMatch(/read 4096/);
     // (libnbd reports NBD_REP_ERR_TLS_REQD to LIST as 'Operation not supported'.)
@@ -143,13 +188,31 @@ describe('NBD export: authentication', () => {
     expect(io.out).not.toMatch(/verification failed/);
     // The requestId the write was made under is bound to its principal: alice, not the export's own (default).
     expect(await writers(e, 'alice.disk')).toEqual(['alice']);
-    const img = await run('qemu-img', ['info', '--object', `tls-creds-psk,id=t0,endpoint=client,dir=${d},username=alice`, '--image-opts', `driver=nbd,${server},export=alice.disk,tls-creds=t0`]);
+    const img = await run('qemu-img', [
+      'info',
+      '--object',
+      `tls-creds-psk,id=t0,endpoint=client,dir=${d},username=alice`,
+      '--image-opts',
+      `driver=nbd,${server},export=alice.disk,tls-creds=t0`,
+    ]);
     expect(img.stdout).toMatch(/virtual size: 1 MiB/);
     const out = join(d, 'out.raw');
-    await run('qemu-img', ['convert', '--object', `tls-creds-psk,id=t0,endpoint=client,dir=${d},username=alice`, '--image-opts', `driver=nbd,${server},export=alice.disk,tls-creds=t0`, '-O', 'raw', out]);
+    await run('qemu-img', [
+      'convert',
+      '--object',
+      `tls-creds-psk,id=t0,endpoint=client,dir=${d},username=alice`,
+      '--image-opts',
+      `driver=nbd,${server},export=alice.disk,tls-creds=t0`,
+      '-O',
+      'raw',
+      out,
+    ]);
     const back = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x7a 0 64k', '-c', 'read -P 0 64k 4k', out]);
     expect(back.stdout).toMatch(/read 65536\/65536 bytes[\s\S]*read 4096\/4096 bytes/);
-    const info = await run('nbdinfo', ['--json', `nbds://alice@127.0.0.1:${e.port}/alice.disk?tls-psk-file=${join(d, 'keys.psk')}`]);
+    const info = await run('nbdinfo', [
+      '--json',
+      `nbds://alice@127.0.0.1:${e.port}/alice.disk?tls-psk-file=${join(d, 'keys.psk')}`,
+    ]);
     expect(JSON.parse(info.stdout)).toMatchObject({ exports: [{ 'export-size': MiB }] });
   }, 60_000);
 
@@ -172,7 +235,10 @@ describe('NBD export: authentication', () => {
       const held = flood.filter((s) => !s.destroyed && s.readyState === 'open').length;
       expect(held).toBeLessThanOrEqual(32);
       const server = `server.type=inet,server.host=127.0.0.1,server.port=${e.port}`;
-      const io = await qemuIoTls(e.pskDir('alice'), 'alice', server, 'flood.disk', ['write -P 0x3c 0 4k', 'read -P 0x3c 0 4k']);
+      const io = await qemuIoTls(e.pskDir('alice'), 'alice', server, 'flood.disk', [
+        'write -P 0x3c 0 4k',
+        'read -P 0x3c 0 4k',
+      ]);
       expect(io.out).toMatch(/wrote 4096\/4096 bytes[\s\S]*read 4096\/4096 bytes/);
       expect(e.warnings.some((w) => /"source":"127.0.0.2"/.test(w))).toBe(true);
     } finally {
@@ -184,7 +250,10 @@ describe('NBD export: authentication', () => {
     const e = await setup();
     const flags = Buffer.from([0, 0, 0, 3]);
     // 1,000 LIST options before STARTTLS, never reading: closed after the first few, not kept for the handshake's 10 s.
-    const many = await talk({ port: e.port }, Buffer.concat([flags, ...Array.from({ length: 1000 }, () => option(OPT.LIST))]));
+    const many = await talk(
+      { port: e.port },
+      Buffer.concat([flags, ...Array.from({ length: 1000 }, () => option(OPT.LIST))]),
+    );
     expect(many.closed).toBe(true);
     expect(replies(many.data).length).toBeLessThanOrEqual(16);
     // 200 connections that break the protocol: the log holds a bounded number of lines about them.
@@ -194,7 +263,7 @@ describe('NBD export: authentication', () => {
     expect(lines.length).toBeLessThanOrEqual(12);
   }, 60_000);
 
-  it('a connection counts among its principal\'s once its TLS handshake proves it, so one that proved a principal and never asks for an export cannot hold places past the cap', async () => {
+  it("a connection counts among its principal's once its TLS handshake proves it, so one that proved a principal and never asks for an export cannot hold places past the cap", async () => {
     const c = await cluster();
     const agent = await c.addNode('node-1');
     const app = new Application(agent, { name: 'nbd' });
@@ -213,7 +282,13 @@ describe('NBD export: authentication', () => {
           got = Buffer.concat([got, d]);
           if (got.length < 18 + 20) return;
           raw.off('data', onData);
-          const tls = tlsConnect({ socket: raw, minVersion: 'TLSv1.3', ciphers: 'PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256', checkServerIdentity: () => undefined, pskCallback: () => ({ identity: 'alice', psk }) });
+          const tls = tlsConnect({
+            socket: raw,
+            minVersion: 'TLSv1.3',
+            ciphers: 'PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256',
+            checkServerIdentity: () => undefined,
+            pskCallback: () => ({ identity: 'alice', psk }),
+          });
           tls.on('error', reject);
           tls.once('secureConnect', () => resolve(tls));
         };
@@ -241,7 +316,9 @@ describe('NBD export: authentication', () => {
     expect(mallory.out).not.toMatch(/read 4096/);
     expect(e.warnings.some((w) => /"principal":"mallory"/.test(w) && /refused/.test(w))).toBe(true);
     // alice's name with another key.
-    const forged = await qemuIoTls(e.pskDir('alice', `alice:${'ab'.repeat(32)}\n`), 'alice', server, 'alice.disk', ['write -P 1 0 4k']);
+    const forged = await qemuIoTls(e.pskDir('alice', `alice:${'ab'.repeat(32)}\n`), 'alice', server, 'alice.disk', [
+      'write -P 1 0 4k',
+    ]);
     expect(forged.ok).toBe(false);
     expect(forged.out).not.toMatch(/wrote 4096/);
     expect(e.app.list()).toEqual([]);
@@ -253,7 +330,9 @@ describe('NBD export: authentication', () => {
     const plain = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 5 0 4k', e.unix.urlFor('mine.disk')]);
     expect(plain.stdout).toMatch(/wrote 4096\/4096 bytes/);
     expect(await writers(e, 'mine.disk')).toEqual(['default']);
-    const tls = await qemuIoTls(e.pskDir('alice'), 'alice', `server.type=unix,server.path=${e.sock}`, 'hers.disk', ['write -P 6 0 4k']);
+    const tls = await qemuIoTls(e.pskDir('alice'), 'alice', `server.type=unix,server.path=${e.sock}`, 'hers.disk', [
+      'write -P 6 0 4k',
+    ]);
     expect(tls.out).toMatch(/wrote 4096\/4096 bytes/);
     expect(await writers(e, 'hers.disk')).toEqual(['alice']);
     expect(nbdPsk(issueCredential(e.c.secret, 'principal', 'alice')).length).toBe(32);

@@ -128,7 +128,8 @@ function interactive(args: string[]) {
 describe('NBD export: zeros, read-only clients and connection limits', () => {
   beforeAll(() => {
     const missing = ['qemu-io', 'nbdinfo'].filter((b) => !existsSync(`/usr/bin/${b}`));
-    if (missing.length > 0) throw new Error(`${missing.join(', ')} missing: apt-get install -y qemu-utils libnbd-bin (as .ci/run does)`);
+    if (missing.length > 0)
+      throw new Error(`${missing.join(', ')} missing: apt-get install -y qemu-utils libnbd-bin (as .ci/run does)`);
   });
   afterAll(() => sockets.forEach((cleanup) => cleanup()));
 
@@ -138,8 +139,10 @@ describe('NBD export: zeros, read-only clients and connection limits', () => {
     const nbd = new NbdExport({ app, path: socketPath(), size: () => 64 * MiB });
     await nbd.listen();
     const store = c.replicas[0]!.store;
-    const bytesOnDisk = () => ['', '-wal'].reduce((n, s) => n + (existsSync(c.dbPath + s) ? statSync(c.dbPath + s).size : 0), 0);
-    const io = (...cmds: string[]) => run('qemu-io', ['-f', 'raw', ...cmds.flatMap((x) => ['-c', x]), nbd.urlFor('zeros.disk')]);
+    const bytesOnDisk = () =>
+      ['', '-wal'].reduce((n, s) => n + (existsSync(c.dbPath + s) ? statSync(c.dbPath + s).size : 0), 0);
+    const io = (...cmds: string[]) =>
+      run('qemu-io', ['-f', 'raw', ...cmds.flatMap((x) => ['-c', x]), nbd.urlFor('zeros.disk')]);
     try {
       await io('write -P 0x5a 0 4M');
       expect(await store.pages('zeros.disk')).toBe(1024);
@@ -206,11 +209,16 @@ describe('NBD export: zeros, read-only clients and connection limits', () => {
     }
   }, 60_000);
 
-  it('a client whose target another writer changed since it connected gets EIO at its first write, and the target keeps the other writer\'s data', async () => {
+  it("a client whose target another writer changed since it connected gets EIO at its first write, and the target keeps the other writer's data", async () => {
     const c = await cluster();
     const app = new Application(await c.addNode('node-1'), { name: 'nbd' });
     const told: string[] = [];
-    const nbd = new NbdExport({ app, path: socketPath(), size: () => MiB, onInvalidated: (target, reason) => told.push(`${target} ${reason}`) });
+    const nbd = new NbdExport({
+      app,
+      path: socketPath(),
+      size: () => MiB,
+      onInvalidated: (target, reason) => told.push(`${target} ${reason}`),
+    });
     await nbd.listen();
     const client = interactive(['-f', 'raw', nbd.urlFor('stale.disk')]);
     try {
@@ -230,7 +238,17 @@ describe('NBD export: zeros, read-only clients and connection limits', () => {
       await client.quit();
     }
     // A client that connects now writes (the target has not changed since it connected).
-    const fresh = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 3 0 4k', '-c', 'write -P 5 0 4k', '-c', 'read -P 5 0 4k', nbd.urlFor('stale.disk')]);
+    const fresh = await run('qemu-io', [
+      '-f',
+      'raw',
+      '-c',
+      'read -P 3 0 4k',
+      '-c',
+      'write -P 5 0 4k',
+      '-c',
+      'read -P 5 0 4k',
+      nbd.urlFor('stale.disk'),
+    ]);
     expect(fresh.stdout).not.toMatch(/verification failed|error/i);
     expect(fresh.stdout.match(/(wrote|read) 4096\/4096 bytes/g)).toHaveLength(3);
     await nbd.close();
@@ -257,8 +275,17 @@ describe('NBD export: zeros, read-only clients and connection limits', () => {
       // Another principal (proved with TLS-PSK on the same socket) still gets in.
       const keys = tempDir();
       sockets.push(keys.cleanup);
-      writeFileSync(join(keys.dir, 'keys.psk'), nbdPskLine(issueCredential(c.secret, 'principal', 'alice')), { mode: 0o600 });
-      const other = await run('qemu-io', ['--object', `tls-creds-psk,id=t0,endpoint=client,dir=${keys.dir},username=alice`, '--image-opts', `driver=nbd,server.type=unix,server.path=${at},export=alice.disk,tls-creds=t0`, '-c', 'write -P 7 0 4k']);
+      writeFileSync(join(keys.dir, 'keys.psk'), nbdPskLine(issueCredential(c.secret, 'principal', 'alice')), {
+        mode: 0o600,
+      });
+      const other = await run('qemu-io', [
+        '--object',
+        `tls-creds-psk,id=t0,endpoint=client,dir=${keys.dir},username=alice`,
+        '--image-opts',
+        `driver=nbd,server.type=unix,server.path=${at},export=alice.disk,tls-creds=t0`,
+        '-c',
+        'write -P 7 0 4k',
+      ]);
       expect(other.stdout).toMatch(/wrote 4096\/4096 bytes/);
       clients[0]!.socket.destroy();
       await waitFor('the closed connection to be gone', () => nbd.connections().length === 1, 10_000);

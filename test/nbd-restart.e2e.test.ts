@@ -16,10 +16,16 @@ let socket = '';
 
 beforeAll(async () => {
   // The default hold period (5 s): longer than a client's first write after the restart takes to come.
-  launcher = spawn('node', [CLI, 'up', '--dir', dir, '--replicas', '2', '--nodes', '1', '--apps', '1'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  launcher = spawn('node', [CLI, 'up', '--dir', dir, '--replicas', '2', '--nodes', '1', '--apps', '1'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   let out = '';
   launcher.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  await waitFor(`up to print its NBD socket (it said: ${out})`, () => /^ {2}nbd +nbd\+unix:\/\/\/\?socket=(\S+)/m.test(out) || launcher!.exitCode !== null, 60_000);
+  await waitFor(
+    `up to print its NBD socket (it said: ${out})`,
+    () => /^ {2}nbd +nbd\+unix:\/\/\/\?socket=(\S+)/m.test(out) || launcher!.exitCode !== null,
+    60_000,
+  );
   socket = /^ {2}nbd +nbd\+unix:\/\/\/\?socket=(\S+)/m.exec(out)![1]!;
 }, 90_000);
 
@@ -36,7 +42,9 @@ describe('an NBD client with reconnect-delay through a node-agent restart', () =
     const n = 20;
     const cmds = Array.from({ length: n }, (_, i) => [`write -P ${i + 1} ${i * 4096} 4k`, 'sleep 500']).flat();
     const opts = `driver=nbd,server.type=unix,server.path=${socket},export=ride.disk,reconnect-delay=20`;
-    const io = spawn('qemu-io', ['--image-opts', opts, ...cmds.flatMap((c) => ['-c', c])], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const io = spawn('qemu-io', ['--image-opts', opts, ...cmds.flatMap((c) => ['-c', c])], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     io.stdout.on('data', (d: Buffer) => (out += d.toString()));
     io.stderr.on('data', (d: Buffer) => (out += d.toString()));
@@ -51,7 +59,11 @@ describe('an NBD client with reconnect-delay through a node-agent restart', () =
     expect(out).not.toMatch(/error|failed/i);
     expect(out.match(/wrote 4096\/4096 bytes/g)).toHaveLength(n);
     const reads = Array.from({ length: n }, (_, i) => `read -P ${i + 1} ${i * 4096} 4k`);
-    const back = spawnSync('qemu-io', ['-r', '--image-opts', opts.replace(',reconnect-delay=20', ''), ...reads.flatMap((c) => ['-c', c])], { encoding: 'utf8', timeout: 30_000 });
+    const back = spawnSync(
+      'qemu-io',
+      ['-r', '--image-opts', opts.replace(',reconnect-delay=20', ''), ...reads.flatMap((c) => ['-c', c])],
+      { encoding: 'utf8', timeout: 30_000 },
+    );
     expect(`${back.stdout}${back.stderr}`).not.toMatch(/error|failed|mismatch/i);
     expect(back.stdout.match(/read 4096\/4096 bytes/g)).toHaveLength(n);
   }, 90_000);

@@ -31,13 +31,21 @@ async function exported(size = 8 * MiB, extra: Partial<NbdExportOptions> = {}, c
   const path = join(t.dir, 'nbd.sock');
   const nbd = new NbdExport({ app, size: () => size, path, ...extra });
   await nbd.listen();
-  return { c, app, nbd, path, url: (target: string) => nbd.urlFor(target), stop: async () => (await nbd.close(), t.cleanup()) };
+  return {
+    c,
+    app,
+    nbd,
+    path,
+    url: (target: string) => nbd.urlFor(target),
+    stop: async () => (await nbd.close(), t.cleanup()),
+  };
 }
 
 describe('NBD export with real clients', () => {
   beforeAll(() => {
     const missing = ['qemu-io', 'qemu-img', 'nbdinfo'].filter((b) => !existsSync(`/usr/bin/${b}`));
-    if (missing.length > 0) throw new Error(`${missing.join(', ')} missing: apt-get install -y qemu-utils libnbd-bin (as .ci/run does)`);
+    if (missing.length > 0)
+      throw new Error(`${missing.join(', ')} missing: apt-get install -y qemu-utils libnbd-bin (as .ci/run does)`);
   });
 
   it('nbdinfo reports the size; qemu-io writes patterns and reads them back', async () => {
@@ -45,13 +53,17 @@ describe('NBD export with real clients', () => {
     try {
       const info = await run('nbdinfo', ['--json', e.url('disk-a')]);
       expect(JSON.parse(info.stdout)).toMatchObject({ exports: [{ 'export-size': 8 * MiB }] });
-      const io = (...cmds: string[]) => run('qemu-io', ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), e.url('disk-a')]);
+      const io = (...cmds: string[]) =>
+        run('qemu-io', ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), e.url('disk-a')]);
       await io('write -P 0xab 0 64k', 'write -P 0xcd 1M 4k', 'write -P 0x11 8188k 4k', 'flush');
       const back = await io('read -P 0xab 0 64k', 'read -P 0xcd 1M 4k', 'read -P 0x11 8188k 4k', 'read -P 0 2M 4k');
       expect(back.stdout).not.toMatch(/Pattern verification failed|error/i);
       expect(back.stdout.match(/read \d+\/\d+ bytes/g)).toHaveLength(4);
       // Past the end: an error, not a crash; the export still serves.
-      const past = await io('read 8M 4k').then((r) => r.stdout + r.stderr, (err: { stdout?: string; stderr?: string }) => `${err.stdout}${err.stderr}`);
+      const past = await io('read 8M 4k').then(
+        (r) => r.stdout + r.stderr,
+        (err: { stdout?: string; stderr?: string }) => `${err.stdout}${err.stderr}`,
+      );
       expect(past).toMatch(/error|Invalid argument|Input\/output/i);
       expect((await io('read -P 0xab 0 4k')).stdout).toMatch(/read 4096\/4096 bytes/);
     } finally {
@@ -82,7 +94,12 @@ describe('NBD export with real clients', () => {
   it('a replica killed under a running client: the client never sees an error and its data verifies', async () => {
     const e = await exported(4 * MiB);
     try {
-      const io = run('qemu-io', ['-f', 'raw', ...Array.from({ length: 64 }, (_, i) => ['-c', `write -P ${(i % 200) + 1} ${i * 64}k 64k`]).flat(), e.url('failover')]);
+      const io = run('qemu-io', [
+        '-f',
+        'raw',
+        ...Array.from({ length: 64 }, (_, i) => ['-c', `write -P ${(i % 200) + 1} ${i * 64}k 64k`]).flat(),
+        e.url('failover'),
+      ]);
       await waitFor('the export to be in use', () => e.app.list().length > 0, 10_000);
       const seen = trace(e.app.list()[0]!);
       const serving = e.c.replicas.findIndex((r) => r.sessionCount > 0);
@@ -91,7 +108,12 @@ describe('NBD export with real clients', () => {
       // It paused, resumed on the other replica, and closed when the client disconnected.
       expect(seen.indexOf('active', seen.indexOf('paused'))).toBeGreaterThan(0);
       expect(res.stdout + res.stderr).not.toMatch(/error|failed/i);
-      const check = await run('qemu-io', ['-f', 'raw', ...Array.from({ length: 64 }, (_, i) => ['-c', `read -P ${(i % 200) + 1} ${i * 64}k 64k`]).flat(), e.url('failover')]);
+      const check = await run('qemu-io', [
+        '-f',
+        'raw',
+        ...Array.from({ length: 64 }, (_, i) => ['-c', `read -P ${(i % 200) + 1} ${i * 64}k 64k`]).flat(),
+        e.url('failover'),
+      ]);
       expect(check.stdout).not.toMatch(/Pattern verification failed/);
       expect(check.stdout.match(/read 65536\/65536 bytes/g)).toHaveLength(64);
     } finally {
@@ -108,13 +130,21 @@ describe('NBD export with real clients', () => {
     try {
       const e = (started = await failoverExport(t.dir, 64 * MiB));
       const url = e.nbd.urlFor('killed.disk');
-      const b = (bench = spawn('qemu-img', ['bench', '-w', '-f', 'raw', '-c', String(count), '-d', '8', '-s', '4k', '-S', '4k', '--pattern=0x5a', url], { stdio: ['ignore', 'pipe', 'pipe'] }));
+      const b = (bench = spawn(
+        'qemu-img',
+        ['bench', '-w', '-f', 'raw', '-c', String(count), '-d', '8', '-s', '4k', '-S', '4k', '--pattern=0x5a', url],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      ));
       let stdout = '';
       let stderr = '';
       b.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
       b.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       const exited = new Promise<number | null>((r) => b.once('exit', (code) => r(code)));
-      await waitFor('the export in use with writes acknowledged', () => e.app.list()[0]?.state === 'active' && e.writes.ok >= 200, 20_000);
+      await waitFor(
+        'the export in use with writes acknowledged',
+        () => e.app.list()[0]?.state === 'active' && e.writes.ok >= 200,
+        20_000,
+      );
       const seen = trace(e.app.list()[0]!);
       const before = e.writes.ok;
       const killed = e.killServing();
@@ -127,9 +157,19 @@ describe('NBD export with real clients', () => {
       expect(e.agent.replica).not.toBe(killed);
       expect(e.writes).toEqual({ ok: count, failed: 0 });
       await waitFor('the handle released', () => e.app.list().length === 0, 10_000);
-      const check = await run('qemu-io', ['-f', 'raw', '-c', `read -P 0x5a 0 ${count * 4096}`, '-c', `read -P 0 ${count * 4096} 4k`, url]);
+      const check = await run('qemu-io', [
+        '-f',
+        'raw',
+        '-c',
+        `read -P 0x5a 0 ${count * 4096}`,
+        '-c',
+        `read -P 0 ${count * 4096} 4k`,
+        url,
+      ]);
       expect(check.stdout).not.toMatch(/Pattern verification failed/);
-      expect(check.stdout).toMatch(new RegExp(`read ${count * 4096}/${count * 4096} bytes[\\s\\S]*read 4096/4096 bytes`));
+      expect(check.stdout).toMatch(
+        new RegExp(`read ${count * 4096}/${count * 4096} bytes[\\s\\S]*read 4096/4096 bytes`),
+      );
     } finally {
       bench?.kill('SIGKILL');
       await started?.stop();
@@ -142,7 +182,12 @@ describe('NBD export with real clients', () => {
     const { app, nbd, url, stop } = await exported(MiB, {}, c, await c.addNode('node-1', { proxied: true }));
     try {
       // 400 writes of 4 KiB, one after another; the node is cut off while they run.
-      const io = run('qemu-io', ['-f', 'raw', ...Array.from({ length: 400 }, (_, i) => ['-c', `write -P 7 ${(i % 256) * 4}k 4k`]).flat(), url('shared.disk')]).then(
+      const io = run('qemu-io', [
+        '-f',
+        'raw',
+        ...Array.from({ length: 400 }, (_, i) => ['-c', `write -P 7 ${(i % 256) * 4}k 4k`]).flat(),
+        url('shared.disk'),
+      ]).then(
         (r) => r.stdout + r.stderr,
         (err: { stdout?: string; stderr?: string }) => `${err.stdout ?? ''}${err.stderr ?? ''}`,
       );
@@ -182,7 +227,9 @@ describe('NBD export with real clients', () => {
       // Storage is away, so the open waits; the client gives up and disconnects meanwhile.
       c.partition('node-1');
       await waitFor('the node to notice', () => agent.state !== 'connected', 10_000);
-      const gone = run('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', url('left.disk')], { timeout: 1500 }).catch(() => undefined);
+      const gone = run('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', url('left.disk')], { timeout: 1500 }).catch(
+        () => undefined,
+      );
       await gone;
       c.heal('node-1');
       await waitFor('the node to reconnect', () => agent.state === 'connected', 10_000);
@@ -212,9 +259,19 @@ describe('NBD export with real clients', () => {
 
   it('with onFailure error, a request fails with EIO at once while storage is away', async () => {
     const c = await cluster();
-    const { app, url, stop } = await exported(MiB, { onFailure: 'error' }, c, await c.addNode('node-1', { proxied: true }));
+    const { app, url, stop } = await exported(
+      MiB,
+      { onFailure: 'error' },
+      c,
+      await c.addNode('node-1', { proxied: true }),
+    );
     try {
-      const io = run('qemu-io', ['-f', 'raw', ...Array.from({ length: 400 }, (_, i) => ['-c', `write -P 3 ${(i % 256) * 4}k 4k`]).flat(), url('fast.disk')]).then(
+      const io = run('qemu-io', [
+        '-f',
+        'raw',
+        ...Array.from({ length: 400 }, (_, i) => ['-c', `write -P 3 ${(i % 256) * 4}k 4k`]).flat(),
+        url('fast.disk'),
+      ]).then(
         (r) => r.stdout + r.stderr,
         (err: { stdout?: string; stderr?: string }) => `${err.stdout ?? ''}${err.stderr ?? ''}`,
       );
@@ -238,7 +295,17 @@ describe('NBD export with real clients', () => {
       await h.close();
       const info = await run('nbdinfo', ['--json', e.url('sized.disk')]);
       expect(JSON.parse(info.stdout)).toMatchObject({ exports: [{ 'export-size': 12 * MiB + 512 }] });
-      const io = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x33 12M 512', '-c', 'read -P 0x33 12M 512', '-c', 'read -P 0 11M 4k', e.url('sized.disk')]);
+      const io = await run('qemu-io', [
+        '-f',
+        'raw',
+        '-c',
+        'write -P 0x33 12M 512',
+        '-c',
+        'read -P 0x33 12M 512',
+        '-c',
+        'read -P 0 11M 4k',
+        e.url('sized.disk'),
+      ]);
       expect(io.stdout).not.toMatch(/verification failed|error/i);
       expect(io.stdout.match(/(wrote|read) \d+\/\d+ bytes/g)).toHaveLength(3);
       // The SDK refuses to open it with another size, and its size survives being opened without one.
@@ -254,11 +321,23 @@ describe('NBD export with real clients', () => {
   it('serves on a Unix socket too', async () => {
     const c = await cluster();
     const t = tempDir();
-    const nbd = new NbdExport({ app: new Application(await c.addNode('node-1'), { name: 'nbd' }), size: () => MiB, path: join(t.dir, 'nbd.sock') });
+    const nbd = new NbdExport({
+      app: new Application(await c.addNode('node-1'), { name: 'nbd' }),
+      size: () => MiB,
+      path: join(t.dir, 'nbd.sock'),
+    });
     try {
       await nbd.listen();
       expect(nbd.urlFor('unix.disk')).toBe(`nbd+unix:///unix.disk?socket=${join(t.dir, 'nbd.sock')}`);
-      const out = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 5 0 4k', '-c', 'read -P 5 0 4k', nbd.urlFor('unix.disk')]);
+      const out = await run('qemu-io', [
+        '-f',
+        'raw',
+        '-c',
+        'write -P 5 0 4k',
+        '-c',
+        'read -P 5 0 4k',
+        nbd.urlFor('unix.disk'),
+      ]);
       expect(out.stdout).toMatch(/wrote 4096\/4096 bytes[\s\S]*read 4096\/4096 bytes/);
     } finally {
       await nbd.close();

@@ -35,7 +35,8 @@ function group(pgid: number): number[] {
 }
 
 /** One line of answer (a usage error adds the pointer to the help), no stack trace. */
-const oneLine = (s: string) => s.split('\n').filter((l) => l && l !== "Run 'safe-resume help' for usage.").length === 1 && !/\n\s+at /.test(s);
+const oneLine = (s: string) =>
+  s.split('\n').filter((l) => l && l !== "Run 'safe-resume help' for usage.").length === 1 && !/\n\s+at /.test(s);
 
 afterEach(() => {
   for (const p of running) {
@@ -57,15 +58,46 @@ describe('mistakes at the command line: one line, the documented exit code, noth
       const file = join(t.dir, 'a-file');
       writeFileSync(file, 'notes');
       const cases: Array<[string, string[], number, RegExp]> = [
-        [join(t.dir, 'p'), ['--inspector-port', '99999'], 2, /^safe-resume: --inspector-port must be a port number from 0 to 65535, got "99999"\n/],
-        [join(t.dir, 'q'), ['--port', '65535', '--replicas', '3'], 2, /^safe-resume: --port 65535 with 3 replicas needs ports up to 65537; a port number is at most 65535\n/],
-        [file, [], 5, new RegExp(`^safe-resume: data directory ${file} cannot be created: a file is in the way \\(ENOTDIR\\); choose another --dir\n$`)],
-        ['/proc/nope', [], 5, /^safe-resume: data directory \/proc\/nope cannot be created \(ENOENT\); choose a directory you can write with --dir\n$/],
+        [
+          join(t.dir, 'p'),
+          ['--inspector-port', '99999'],
+          2,
+          /^safe-resume: --inspector-port must be a port number from 0 to 65535, got "99999"\n/,
+        ],
+        [
+          join(t.dir, 'q'),
+          ['--port', '65535', '--replicas', '3'],
+          2,
+          /^safe-resume: --port 65535 with 3 replicas needs ports up to 65537; a port number is at most 65535\n/,
+        ],
+        [
+          file,
+          [],
+          5,
+          new RegExp(
+            `^safe-resume: data directory ${file} cannot be created: a file is in the way \\(ENOTDIR\\); choose another --dir\n$`,
+          ),
+        ],
+        [
+          '/proc/nope',
+          [],
+          5,
+          /^safe-resume: data directory \/proc\/nope cannot be created \(ENOENT\); choose a directory you can write with --dir\n$/,
+        ],
         [join(t.dir, 'made', 'deeper'), ['--port', String(taken)], 4, /already in use/],
       ];
       for (const [dir, args, code, said] of cases) {
-        const r = spawnSync(process.execPath, [CLI, 'up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...args], { encoding: 'utf8', timeout: 20_000 });
-        expect({ dir, code: r.status, err: r.stderr, oneLine: oneLine(r.stderr) }).toEqual({ dir, code, err: expect.stringMatching(said), oneLine: true });
+        const r = spawnSync(
+          process.execPath,
+          [CLI, 'up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...args],
+          { encoding: 'utf8', timeout: 20_000 },
+        );
+        expect({ dir, code: r.status, err: r.stderr, oneLine: oneLine(r.stderr) }).toEqual({
+          dir,
+          code,
+          err: expect.stringMatching(said),
+          oneLine: true,
+        });
       }
       // The failed runs made none of these: nothing of theirs is left (not even 'made', the parent it made).
       expect(readdirSync(t.dir)).toEqual(['a-file']);
@@ -73,7 +105,11 @@ describe('mistakes at the command line: one line, the documented exit code, noth
       // A directory that was there before a failed run stays (empty, as it was).
       const mine = join(t.dir, 'mine');
       mkdirSync(mine);
-      const r = spawnSync(process.execPath, [CLI, 'up', '--dir', mine, '--port', String(taken), '--replicas', '1', '--nodes', '1', '--apps', '1'], { encoding: 'utf8', timeout: 20_000 });
+      const r = spawnSync(
+        process.execPath,
+        [CLI, 'up', '--dir', mine, '--port', String(taken), '--replicas', '1', '--nodes', '1', '--apps', '1'],
+        { encoding: 'utf8', timeout: 20_000 },
+      );
       expect(r.status).toBe(4);
       expect(existsSync(mine)).toBe(true);
       expect(readdirSync(mine).filter((n) => n !== 'logs' && n !== 'cluster-secret')).toEqual([]);
@@ -94,7 +130,10 @@ describe('mistakes at the command line: one line, the documented exit code, noth
       expect(existsSync(join(dir, 'control.json'))).toBe(false);
       process.kill(-u.proc.pid!, 'SIGINT');
       const end = await u.exited;
-      expect({ code: end.code, err: u.err() }).toEqual({ code: 130, err: 'safe-resume: interrupted (SIGINT) while the cluster was starting; every process it started is stopped\n' });
+      expect({ code: end.code, err: u.err() }).toEqual({
+        code: 130,
+        err: 'safe-resume: interrupted (SIGINT) while the cluster was starting; every process it started is stopped\n',
+      });
       expect(group(u.proc.pid!)).toEqual([]);
       expect(existsSync(dir)).toBe(false);
     } finally {
@@ -108,9 +147,19 @@ describe('mistakes at the command line: one line, the documented exit code, noth
       const u = up(t.dir, ['--replicas', '2', '--nodes', '1', '--apps', '1']);
       await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /inspector/.test(u.out()));
       const k = cli(t.dir, 'kill', 'replica-9');
-      expect(k).toEqual({ code: 2, out: '', err: 'safe-resume kill: INVALID_ARGUMENT: no replica or node called "replica-9"; the ids are replica-1, replica-2, node-1\n' });
+      expect(k).toEqual({
+        code: 2,
+        out: '',
+        err: 'safe-resume kill: INVALID_ARGUMENT: no replica or node called "replica-9"; the ids are replica-1, replica-2, node-1\n',
+      });
       const s = cli(t.dir, 'create', 'vm.disk', '--size', '-5');
-      expect(s).toEqual({ code: 2, out: '', err: expect.stringMatching(/^safe-resume: --size "-5": give bytes or a number with K, M, G or T \(e\.g\. 4G\)\nRun 'safe-resume help' for usage\.\n$/) });
+      expect(s).toEqual({
+        code: 2,
+        out: '',
+        err: expect.stringMatching(
+          /^safe-resume: --size "-5": give bytes or a number with K, M, G or T \(e\.g\. 4G\)\nRun 'safe-resume help' for usage\.\n$/,
+        ),
+      });
       expect(cli(t.dir, 'down').code).toBe(0);
     } finally {
       t.cleanup();
@@ -126,7 +175,10 @@ describe('Ctrl-C in a chaos run', () => {
       await until('two faults', () => (u.out().match(/^ {2}fault /gm) ?? []).length >= 2, 40_000);
       const sent = Date.now();
       process.kill(u.proc.pid!, 'SIGINT');
-      const end = await Promise.race([u.exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), 20_000))]);
+      const end = await Promise.race([
+        u.exited,
+        new Promise<'still running'>((r) => setTimeout(() => r('still running'), 20_000)),
+      ]);
       expect(end).not.toBe('still running');
       const { code, at } = end as { code: number | null; at: number };
       expect(at - sent).toBeLessThan(8000);
@@ -153,7 +205,10 @@ describe('Ctrl-C in a chaos run', () => {
       await new Promise((r) => setTimeout(r, 300));
       const sent = Date.now();
       process.kill(u.proc.pid!, 'SIGINT');
-      const end = await Promise.race([u.exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), 10_000))]);
+      const end = await Promise.race([
+        u.exited,
+        new Promise<'still running'>((r) => setTimeout(() => r('still running'), 10_000)),
+      ]);
       expect(end).toMatchObject({ code: 130 });
       expect((end as { at: number }).at - sent).toBeLessThan(1500);
       await new Promise((r) => setTimeout(r, 500));
@@ -175,7 +230,10 @@ describe('Ctrl-C in a chaos run', () => {
       await new Promise((r) => setTimeout(r, 3000));
       const sent = Date.now();
       process.kill(u.proc.pid!, 'SIGTERM');
-      const end = await Promise.race([u.exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), 20_000))]);
+      const end = await Promise.race([
+        u.exited,
+        new Promise<'still running'>((r) => setTimeout(() => r('still running'), 20_000)),
+      ]);
       expect(end).not.toBe('still running');
       expect((end as { at: number }).at - sent).toBeLessThan(8000);
       expect(u.err()).not.toMatch(/EPIPE|Error/);
@@ -205,18 +263,28 @@ function framesOf(raw: string): { frames: string[][]; moves: number[] } {
 }
 
 /** The last complete frame shows the handles: app-1's line and the "+N more" line for those that do not fit. */
-const showsHandles = (frame: string[] | undefined) => !!frame && frame.some((l) => /^ {2}\+\d+ more/.test(l)) && frame.some((l) => /node-1\/app-1 +app-1\.disk +(active|opening|paused)/.test(l));
+const showsHandles = (frame: string[] | undefined) =>
+  !!frame &&
+  frame.some((l) => /^ {2}\+\d+ more/.test(l)) &&
+  frame.some((l) => /node-1\/app-1 +app-1\.disk +(active|opening|paused)/.test(l));
 
 /** Run `cmd` in an 80x24 terminal until it has drawn three frames, the last showing the handles (at most `seconds`); then Ctrl-C. */
 async function inTerminal(cmd: string, seconds: number): Promise<string> {
-  const p = spawn('script', ['-qfc', `stty cols 80 rows 24; exec ${cmd}`, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+  const p = spawn('script', ['-qfc', `stty cols 80 rows 24; exec ${cmd}`, '/dev/null'], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
+  });
   running.add(p);
   let out = '';
   p.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-  await until('three frames, the last showing the handles', () => {
-    const { frames } = framesOf(out);
-    return frames.length >= 3 && showsHandles(frames.at(-1));
-  }, seconds * 1000).catch(() => undefined); // what it drew by then is checked as it is
+  await until(
+    'three frames, the last showing the handles',
+    () => {
+      const { frames } = framesOf(out);
+      return frames.length >= 3 && showsHandles(frames.at(-1));
+    },
+    seconds * 1000,
+  ).catch(() => undefined); // what it drew by then is checked as it is
   process.kill(-p.pid!, 'SIGINT');
   await new Promise((r) => p.once('exit', r));
   running.delete(p);
@@ -232,7 +300,13 @@ describe('live views in an 80x24 terminal', () => {
       const watched = await inTerminal(`${process.execPath} ${CLI} status -w --dir ${join(t.dir, 'c')}`, 20);
       const views: Array<[string, string]> = [['status -w', watched]];
       expect(cli(join(t.dir, 'c'), 'down').code).toBe(0);
-      views.push(['up', await inTerminal(`${process.execPath} ${CLI} up --dir ${join(t.dir, 'd')} --replicas 3 --nodes 2 --apps 12`, 40)]);
+      views.push([
+        'up',
+        await inTerminal(
+          `${process.execPath} ${CLI} up --dir ${join(t.dir, 'd')} --replicas 3 --nodes 2 --apps 12`,
+          40,
+        ),
+      ]);
       for (const [what, raw] of views) {
         const { frames, moves } = framesOf(raw);
         expect({ what, frames: frames.length }).toEqual({ what, frames: expect.any(Number) });

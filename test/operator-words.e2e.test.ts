@@ -13,7 +13,10 @@ import { launch, until } from './e2e.js';
 const running = new Set<ChildProcess>();
 
 function up(dir: string, extra: string[] = []) {
-  const u = launch(['up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...extra], { running, detached: true });
+  const u = launch(['up', '--dir', dir, '--replicas', '1', '--nodes', '1', '--apps', '1', ...extra], {
+    running,
+    detached: true,
+  });
   return { proc: u.proc, out: u.both, exited: u.exited.then((e) => e.code) };
 }
 
@@ -33,7 +36,12 @@ describe('a cluster of one replica, one node, one app', () => {
   beforeAll(async () => {
     u = up(t.dir);
     await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /inspector/.test(u.out()));
-    await until('the handle active', () => (JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ state: string }> }).handles[0]?.state === 'active');
+    await until(
+      'the handle active',
+      () =>
+        (JSON.parse(cli(t.dir, 'status', '--json').out) as { handles: Array<{ state: string }> }).handles[0]?.state ===
+        'active',
+    );
   }, 60_000);
   afterAll(async () => {
     cli(t.dir, 'down');
@@ -49,7 +57,11 @@ describe('a cluster of one replica, one node, one app', () => {
     const big = 'x'.repeat(70 * 1024);
     const j = cli(t.dir, 'write', 'big.disk', big, '--json');
     expect(j.code).toBe(1);
-    expect(JSON.parse(j.out)).toEqual({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringMatching(/^request body over 65536 bytes/) });
+    expect(JSON.parse(j.out)).toEqual({
+      ok: false,
+      code: 'INVALID_ARGUMENT',
+      message: expect.stringMatching(/^request body over 65536 bytes/),
+    });
     const h = cli(t.dir, 'write', 'big.disk', big);
     expect(h.err).toMatch(/^safe-resume write: INVALID_ARGUMENT: request body over 65536 bytes/);
     expect(h.err).not.toContain('undefined');
@@ -74,7 +86,9 @@ describe('a cluster of one replica, one node, one app', () => {
     expect(JSON.parse(cli(t.dir, 'heal', 'node-1', '--json').out)).toEqual({ ok: true, healed: [] });
     const p = cli(t.dir, 'partition', 'node-1', '--for', '60');
     expect(p).toMatchObject({ code: 0, out: 'node-1 partitioned; it heals in 60 s\n' });
-    expect(JSON.parse(cli(t.dir, 'status', '--json').out)).toMatchObject({ nodes: [{ id: 'node-1', partitioned: true }] });
+    expect(JSON.parse(cli(t.dir, 'status', '--json').out)).toMatchObject({
+      nodes: [{ id: 'node-1', partitioned: true }],
+    });
     const h = cli(t.dir, 'heal');
     expect(h).toMatchObject({ code: 0, out: 'healed node-1\n' });
     expect(JSON.parse(cli(t.dir, 'heal', '--json').out)).toEqual({ ok: true, healed: [] });
@@ -83,7 +97,12 @@ describe('a cluster of one replica, one node, one app', () => {
   // Last: it stops the cluster (the logs are written out as it stops).
   it('each JSON log line names its actor once (pino base and child bindings both wrote "actor")', () => {
     expect(cli(t.dir, 'down').code).toBe(0);
-    const logs = ['node-1', 'replica-1', 'launcher'].map((name) => ({ name, lines: readFileSync(join(t.dir, 'logs', `${name}.log`), 'utf8').split('\n').filter(Boolean) }));
+    const logs = ['node-1', 'replica-1', 'launcher'].map((name) => ({
+      name,
+      lines: readFileSync(join(t.dir, 'logs', `${name}.log`), 'utf8')
+        .split('\n')
+        .filter(Boolean),
+    }));
     expect(logs.find((l) => l.name === 'replica-1')!.lines.length).toBeGreaterThan(0);
     for (const { name, lines } of logs) {
       for (const line of lines) {
@@ -103,7 +122,11 @@ describe('up --store memory', () => {
       const s = cli(t.dir, 'status');
       expect(s.code).toBe(1);
       expect(s.err).not.toMatch(/no running cluster/);
-      expect(s.err).toMatch(new RegExp(`^safe-resume status: the cluster in ${t.dir} \\(launcher pid ${u.proc.pid}\\) runs with --store memory`));
+      expect(s.err).toMatch(
+        new RegExp(
+          `^safe-resume status: the cluster in ${t.dir} \\(launcher pid ${u.proc.pid}\\) runs with --store memory`,
+        ),
+      );
       const j = JSON.parse(cli(t.dir, 'status', '--json').out) as { ok: boolean; code: string };
       expect(j).toMatchObject({ ok: false, code: 'NO_CONTROL' });
       expect(cli(t.dir, 'down')).toMatchObject({ code: 0 });
@@ -134,23 +157,44 @@ describe('the NBD export while every replica is down', () => {
       const u = up(t.dir);
       await until('the cluster', () => existsSync(join(t.dir, 'control.json')) && /inspector/.test(u.out()));
       expect(cli(t.dir, 'kill', 'replica-1').code).toBe(0);
-      await until('node-1 without a session', () => (JSON.parse(cli(t.dir, 'status', '--json').out) as { nodes: Array<{ state: string }> }).nodes[0]?.state !== 'connected');
+      await until(
+        'node-1 without a session',
+        () =>
+          (JSON.parse(cli(t.dir, 'status', '--json').out) as { nodes: Array<{ state: string }> }).nodes[0]?.state !==
+          'connected',
+      );
       const url = cli(t.dir, 'export', 'vm9.disk').out.trim();
       const started = Date.now();
       const q = spawnSync('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', url], { encoding: 'utf8', timeout: 30_000 });
       const tookMs = Date.now() - started;
-      expect(q.stderr).toMatch(/server reported: storage is unavailable: node-1 has no session with any replica \(\w+\); connect again once a replica is back/);
+      expect(q.stderr).toMatch(
+        /server reported: storage is unavailable: node-1 has no session with any replica \(\w+\); connect again once a replica is back/,
+      );
       expect(q.stderr).not.toMatch(/end-of-file/);
       expect(tookMs).toBeLessThan(8000);
       // libnbd hears the same reply to GO (its message is in the debug output), not a dead connection.
-      const r = spawnSync('nbdinfo', [url], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, LIBNBD_DEBUG: '1' } });
+      const r = spawnSync('nbdinfo', [url], {
+        encoding: 'utf8',
+        timeout: 30_000,
+        env: { ...process.env, LIBNBD_DEBUG: '1' },
+      });
       expect(r.status).not.toBe(0);
       expect(r.stderr).toMatch(/nbd_opt_go: server replied with error to opt_go request/);
       expect(r.stderr).toMatch(/server error message: storage is unavailable/);
       // Once the replica is back, the same export opens.
       expect(cli(t.dir, 'restart', 'replica-1').code).toBe(0);
-      await until('node-1 connected again', () => (JSON.parse(cli(t.dir, 'status', '--json').out) as { nodes: Array<{ state: string }> }).nodes[0]?.state === 'connected');
-      expect(spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 7 0 4k', '-c', 'read -P 7 0 4k', url], { encoding: 'utf8', timeout: 30_000 }).stdout).toMatch(/read 4096\/4096 bytes/);
+      await until(
+        'node-1 connected again',
+        () =>
+          (JSON.parse(cli(t.dir, 'status', '--json').out) as { nodes: Array<{ state: string }> }).nodes[0]?.state ===
+          'connected',
+      );
+      expect(
+        spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 7 0 4k', '-c', 'read -P 7 0 4k', url], {
+          encoding: 'utf8',
+          timeout: 30_000,
+        }).stdout,
+      ).toMatch(/read 4096\/4096 bytes/);
       cli(t.dir, 'down');
     } finally {
       t.cleanup();

@@ -70,7 +70,10 @@ async function client(url: string) {
       const look = () => {
         const m = got.slice(from).find(match);
         if (m) return resolve(m);
-        if (closed) return reject(new Error(`connection closed while waiting for ${what}; got ${got.map((x) => x.type).join(' ')}`));
+        if (closed)
+          return reject(
+            new Error(`connection closed while waiting for ${what}; got ${got.map((x) => x.type).join(' ')}`),
+          );
         waiters.push(look);
       };
       look();
@@ -82,7 +85,14 @@ async function client(url: string) {
 
 const T = 'vm1.disk';
 const open = { target: T, requestId: RID, principal: 'p', mode: 'write' as const, session: 's1', leaseMs: 1e9 };
-const write = (seq: number, text: string, offset = seq - 1) => ({ target: T, requestId: RID, session: 's1', seq, offset, data: bytes(text) });
+const write = (seq: number, text: string, offset = seq - 1) => ({
+  target: T,
+  requestId: RID,
+  session: 's1',
+  seq,
+  offset,
+  data: bytes(text),
+});
 
 describe('the SQLite store, while another process holds the write lock', () => {
   for (const groupCommit of [true, false]) {
@@ -94,7 +104,9 @@ describe('the SQLite store, while another process holds the write lock', () => {
         const lock = blocker(store.path, 1000);
         await waitFor('the other process to hold the lock', () => lock.state() === 1);
         const settled: number[] = [];
-        const writes = ['a', 'b', 'c', 'd', 'e'].map((x, i) => store.write(write(i + 1, x)).then((r) => (settled.push(i + 1), r)));
+        const writes = ['a', 'b', 'c', 'd', 'e'].map((x, i) =>
+          store.write(write(i + 1, x)).then((r) => (settled.push(i + 1), r)),
+        );
         // A timer of this process runs while the lock is still held elsewhere: nothing blocks the loop.
         const during = await new Promise<number>((r) => setTimeout(() => r(lock.state()), 100));
         expect(during).toBe(1);
@@ -142,8 +154,20 @@ describe('a SQLite file another process keeps busy', () => {
   it('the replica answers pings while the lock is held, answers the write, and keeps the session', async () => {
     const t = tempDir();
     const store = new SqliteStore(join(t.dir, 'store.sqlite'));
-    const replica = await new StorageReplica({ id: 'replica-1', store, transport: new WebSocketTransport(), secret: SECRET, holdMs: 2000, heartbeatIntervalMs: 200, probeIntervalMs: 50 }).start();
-    cleanup.push(t.cleanup, () => store.shutdown(), () => replica.stop());
+    const replica = await new StorageReplica({
+      id: 'replica-1',
+      store,
+      transport: new WebSocketTransport(),
+      secret: SECRET,
+      holdMs: 2000,
+      heartbeatIntervalMs: 200,
+      probeIntervalMs: 50,
+    }).start();
+    cleanup.push(
+      t.cleanup,
+      () => store.shutdown(),
+      () => replica.stop(),
+    );
     const c = await client(replica.url);
     cleanup.push(() => c.conn.close());
     // Heartbeats, as a node agent sends them.
@@ -164,7 +188,11 @@ describe('a SQLite file another process keeps busy', () => {
     await c.next('the pong', (m) => m.type === 'pong' && m.t === 1_000_000, sentAt);
     expect(lock.state(), 'the pong must come while the other process still holds the lock').toBe(1);
 
-    const answer = await c.next('the write answer', (m) => (m.type === 'written' || m.type === 'error') && m.id === 2, sentAt);
+    const answer = await c.next(
+      'the write answer',
+      (m) => (m.type === 'written' || m.type === 'error') && m.id === 2,
+      sentAt,
+    );
     if (answer.type === 'error') expect(answer).toMatchObject({ code: 'UNAVAILABLE', retryable: true });
     else expect(answer).toMatchObject({ type: 'written', seq: 1 });
 
@@ -173,15 +201,25 @@ describe('a SQLite file another process keeps busy', () => {
     // A replica that reported the store unavailable says when it is back; the handle is then resumed, as a node agent does.
     if (c.got.slice(sentAt).some((m) => m.type === 'notice' && m.kind === 'unavailable')) {
       await c.next('the store back', (m) => m.type === 'notice' && m.kind === 'available', sentAt);
-      c.conn.send({ type: 'resume', id: 6, items: [{ target: 'vm1.disk', requestId: RID, principal: 'p', mode: 'write' }] });
-      const resumed = await c.next('the resume answer', (m) => (m.type === 'resumed' || m.type === 'error') && m.id === 6, sentAt);
+      c.conn.send({
+        type: 'resume',
+        id: 6,
+        items: [{ target: 'vm1.disk', requestId: RID, principal: 'p', mode: 'write' }],
+      });
+      const resumed = await c.next(
+        'the resume answer',
+        (m) => (m.type === 'resumed' || m.type === 'error') && m.id === 6,
+        sentAt,
+      );
       expect(resumed.type === 'resumed' && resumed.results[0]!.granted).toBe(true);
     }
     // Same session, same handle: the write (again, if it was refused) is applied exactly once.
     const againAt = c.got.length;
     c.conn.send({ type: 'write', id: 3, target: 'vm1.disk', requestId: RID, seq: 1, offset: 0, data: bytes('x') });
     c.conn.send({ type: 'write', id: 4, target: 'vm1.disk', requestId: RID, seq: 2, offset: 1, data: bytes('y') });
-    expect(await c.next('the write of seq 2', (m) => (m.type === 'written' || m.type === 'error') && m.id === 4, againAt)).toMatchObject({ type: 'written', seq: 2 });
+    expect(
+      await c.next('the write of seq 2', (m) => (m.type === 'written' || m.type === 'error') && m.id === 4, againAt),
+    ).toMatchObject({ type: 'written', seq: 2 });
     c.conn.send({ type: 'read', id: 5, target: 'vm1.disk', requestId: RID, offset: 0, length: 2 });
     const data = await c.next('the read', (m) => (m.type === 'data' || m.type === 'error') && m.id === 5, againAt);
     expect(data.type === 'data' && new TextDecoder().decode(data.data)).toBe('xy');

@@ -31,11 +31,45 @@ describe('safe-resume replica', () => {
     const [client, peer] = [await freePort(), await freePort()];
     etcdUrl = `127.0.0.1:${client}`;
     // One etcd member that takes only TLS clients with a certificate from the CA.
-    const etcd = spawn('etcd', ['--name', 'e1', '--data-dir', f('etcd-data'), '--listen-client-urls', `https://${etcdUrl}`, '--advertise-client-urls', `https://${etcdUrl}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', `e1=http://127.0.0.1:${peer}`, '--cert-file', f('etcd.crt'), '--key-file', f('etcd.key'), '--trusted-ca-file', f('ca.crt'), '--client-cert-auth', '--log-level', 'error', '--logger', 'zap'], { stdio: 'ignore' });
+    const etcd = spawn(
+      'etcd',
+      [
+        '--name',
+        'e1',
+        '--data-dir',
+        f('etcd-data'),
+        '--listen-client-urls',
+        `https://${etcdUrl}`,
+        '--advertise-client-urls',
+        `https://${etcdUrl}`,
+        '--listen-peer-urls',
+        `http://127.0.0.1:${peer}`,
+        '--initial-advertise-peer-urls',
+        `http://127.0.0.1:${peer}`,
+        '--initial-cluster',
+        `e1=http://127.0.0.1:${peer}`,
+        '--cert-file',
+        f('etcd.crt'),
+        '--key-file',
+        f('etcd.key'),
+        '--trusted-ca-file',
+        f('ca.crt'),
+        '--client-cert-auth',
+        '--log-level',
+        'error',
+        '--logger',
+        'zap',
+      ],
+      { stdio: 'ignore' },
+    );
     procs.push(etcd);
     // The cluster key and the node's credentials, made where the operator keeps them.
-    expect(cli('credentials', 'issue', '--node', 'node-1', '--dir', f('keys'), '--out', f('node-1.cred')).status).toBe(0);
-    expect(cli('credentials', 'issue', '--principal', 'default', '--dir', f('keys'), '--out', f('default.cred')).status).toBe(0);
+    expect(cli('credentials', 'issue', '--node', 'node-1', '--dir', f('keys'), '--out', f('node-1.cred')).status).toBe(
+      0,
+    );
+    expect(
+      cli('credentials', 'issue', '--principal', 'default', '--dir', f('keys'), '--out', f('default.cred')).status,
+    ).toBe(0);
   }, 60_000);
   afterAll(() => {
     for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
@@ -44,7 +78,40 @@ describe('safe-resume replica', () => {
 
   /** Start a replica; resolves with its process and the line it printed once serving. */
   const replica = async (id: string, port: number, metricsPort: number) => {
-    const p = spawn(process.execPath, [CLI, 'replica', '--id', id, '--store', `etcd://${etcdUrl}`, '--etcd-ca', f('ca.crt'), '--etcd-cert', f('etcd-client.crt'), '--etcd-key', f('etcd-client.key'), '--listen', `127.0.0.1:${port}`, '--dir', f('keys'), '--tls-cert', f('replica.crt'), '--tls-key', f('replica.key'), '--tls-ca', f('ca.crt'), '--hold-ms', '1000', '--metrics', `127.0.0.1:${metricsPort}`, '--log', f(`${id}.log`)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(
+      process.execPath,
+      [
+        CLI,
+        'replica',
+        '--id',
+        id,
+        '--store',
+        `etcd://${etcdUrl}`,
+        '--etcd-ca',
+        f('ca.crt'),
+        '--etcd-cert',
+        f('etcd-client.crt'),
+        '--etcd-key',
+        f('etcd-client.key'),
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--dir',
+        f('keys'),
+        '--tls-cert',
+        f('replica.crt'),
+        '--tls-key',
+        f('replica.key'),
+        '--tls-ca',
+        f('ca.crt'),
+        '--hold-ms',
+        '1000',
+        '--metrics',
+        `127.0.0.1:${metricsPort}`,
+        '--log',
+        f(`${id}.log`),
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     procs.push(p);
     let out = '';
     p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -56,10 +123,18 @@ describe('safe-resume replica', () => {
   it('two replica hosts over etcd with TLS: a node writes, the serving replica is SIGKILLed, the handle resumes on the other; SIGTERM stops one cleanly', async () => {
     const [p1, p2, m1, m2] = [await freePort(), await freePort(), await freePort(), await freePort()];
     const r1 = await replica('replica-1', p1, m1);
-    expect(r1.out()).toContain(`replica-1 serving wss://127.0.0.1:${p1} over etcd://${etcdUrl} (TLS); metrics http://127.0.0.1:${m1}/metrics`);
+    expect(r1.out()).toContain(
+      `replica-1 serving wss://127.0.0.1:${p1} over etcd://${etcdUrl} (TLS); metrics http://127.0.0.1:${m1}/metrics`,
+    );
     const r2 = await replica('replica-2', p2, m2);
     const tls = loadTlsFiles({ certFile: f('node-1.crt'), keyFile: f('node-1.key'), caFile: f('ca.crt') });
-    const agent = new NodeAgent({ id: 'node-1', replicas: [`wss://127.0.0.1:${p1}`, `wss://127.0.0.1:${p2}`], transport: new WebSocketTransport({ tls }), credential: parseCredential(readFileSync(f('node-1.cred'), 'utf8')), principals: [parseCredential(readFileSync(f('default.cred'), 'utf8'))] });
+    const agent = new NodeAgent({
+      id: 'node-1',
+      replicas: [`wss://127.0.0.1:${p1}`, `wss://127.0.0.1:${p2}`],
+      transport: new WebSocketTransport({ tls }),
+      credential: parseCredential(readFileSync(f('node-1.cred'), 'utf8')),
+      principals: [parseCredential(readFileSync(f('default.cred'), 'utf8'))],
+    });
     await agent.start();
     try {
       const app = new Application(agent, { name: 'db' });
@@ -93,7 +168,24 @@ describe('safe-resume replica', () => {
     }
     // Under the usual umask (022) the store, its write-ahead log and the log file are still 0600.
     const port = await freePort();
-    const p = spawn(process.execPath, [CLI, 'replica', '--id', 'r-private', '--store', `sqlite:${f('private/store.sqlite')}`, '--listen', `127.0.0.1:${port}`, '--dir', f('keys'), '--log', f('private/r.log')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(
+      process.execPath,
+      [
+        CLI,
+        'replica',
+        '--id',
+        'r-private',
+        '--store',
+        `sqlite:${f('private/store.sqlite')}`,
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--dir',
+        f('keys'),
+        '--log',
+        f('private/r.log'),
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     procs.push(p);
     let out = '';
     p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -114,8 +206,12 @@ describe('safe-resume replica', () => {
     expect(noKey.stderr).toContain(`no cluster key at ${join(f('nowhere'), 'cluster-secret')}`);
     expect(cli('replica', '--store', 'memory').stderr).toContain('--id NAME is required');
     expect(cli('replica', '--id', 'r').stderr).toContain('--store SPEC is required');
-    expect(cli('replica', '--id', 'r', '--store', 'memory', '--listen', 'nowhere').stderr).toContain('--listen "nowhere": expected HOST:PORT');
-    expect(cli('replica', '--id', 'r', '--store', 'memory', '--etcd-ca', f('ca.crt')).stderr).toContain('--etcd-* go with --store etcd');
+    expect(cli('replica', '--id', 'r', '--store', 'memory', '--listen', 'nowhere').stderr).toContain(
+      '--listen "nowhere": expected HOST:PORT',
+    );
+    expect(cli('replica', '--id', 'r', '--store', 'memory', '--etcd-ca', f('ca.crt')).stderr).toContain(
+      '--etcd-* go with --store etcd',
+    );
     expect(cli('replica', '--help').stdout).toContain('safe-resume replica --id NAME --store SPEC');
   });
 });

@@ -21,7 +21,11 @@ import { loginAs, waitFor } from './helpers.js';
 const SECRET = 'inspect-secret-inspect-secret-inspect';
 const RID = 'i'.repeat(21);
 
-const snap = (value: string, status: PureSnapshot['status'] = 'active'): PureSnapshot => ({ value, status, context: { target: 't', requestId: RID } });
+const snap = (value: string, status: PureSnapshot['status'] = 'active'): PureSnapshot => ({
+  value,
+  status,
+  context: { target: 't', requestId: RID },
+});
 
 describe('pure-inspect', () => {
   it('without an observer there is no inspector (nothing is built or kept)', () => {
@@ -41,24 +45,40 @@ describe('pure-inspect', () => {
     expect(insp.size).toBe(0);
 
     expect(seen.map((e) => e.type)).toEqual([
-      '@xstate.actor', '@xstate.event', '@xstate.microstep', '@xstate.snapshot',
-      '@xstate.event', '@xstate.microstep', '@xstate.snapshot',
-      '@xstate.event', '@xstate.microstep', '@xstate.snapshot',
-      '@xstate.event', '@xstate.microstep', '@xstate.snapshot',
-      '@xstate.event', '@xstate.snapshot',
+      '@xstate.actor',
+      '@xstate.event',
+      '@xstate.microstep',
+      '@xstate.snapshot',
+      '@xstate.event',
+      '@xstate.microstep',
+      '@xstate.snapshot',
+      '@xstate.event',
+      '@xstate.microstep',
+      '@xstate.snapshot',
+      '@xstate.event',
+      '@xstate.microstep',
+      '@xstate.snapshot',
+      '@xstate.event',
+      '@xstate.snapshot',
     ]);
     const ref = seen[0]!.actorRef as unknown as { logic: unknown; sessionId: string; getSnapshot(): PureSnapshot };
     expect(ref.logic).toBe(replicaHandleMachine);
     expect(seen.every((e) => e.actorRef === seen[0]!.actorRef && e.rootId === ref.sessionId)).toBe(true);
     // The transitions are the machine's own definitions, as an actor's microsteps carry them.
-    const steps = seen.filter((e) => e.type === '@xstate.microstep').map((e) => (e as { _transitions: Parameters<typeof transitionKey>[0][] })._transitions.map(transitionKey));
+    const steps = seen
+      .filter((e) => e.type === '@xstate.microstep')
+      .map((e) => (e as { _transitions: Parameters<typeof transitionKey>[0][] })._transitions.map(transitionKey));
     expect(steps).toEqual([
       ['replicaHandle.starting --always--> replicaHandle.resuming[guard]'],
       ['replicaHandle.resuming --GRANTED--> replicaHandle.active'],
       [],
       ['replicaHandle.active --SESSION_LOST--> replicaHandle.paused'],
     ]);
-    expect(seen.filter((e) => e.type === '@xstate.snapshot').map((e) => (e as unknown as { snapshot: PureSnapshot }).snapshot.value)).toEqual(['resuming', 'active', 'active', 'paused', 'paused']);
+    expect(
+      seen
+        .filter((e) => e.type === '@xstate.snapshot')
+        .map((e) => (e as unknown as { snapshot: PureSnapshot }).snapshot.value),
+    ).toEqual(['resuming', 'active', 'active', 'paused', 'paused']);
     expect(ref.getSnapshot().status).toBe('stopped');
   });
 
@@ -72,15 +92,23 @@ describe('pure-inspect', () => {
     insp.stop(h);
     expect(seen.length).toBe(n);
     expect(insp.size).toBe(0);
-    expect((seen.at(-1) as unknown as { snapshot: PureSnapshot }).snapshot).toMatchObject({ value: 'closed', status: 'done' });
+    expect((seen.at(-1) as unknown as { snapshot: PureSnapshot }).snapshot).toMatchObject({
+      value: 'closed',
+      status: 'done',
+    });
   });
 });
 
 /** The transitions (as keys) of each microstep an inspection stream reports, and each snapshot's value. */
 function story(events: InspectionEvent[]): { steps: string[][]; values: string[] } {
   return {
-    steps: events.filter((e) => e.type === '@xstate.microstep').map((e) => (e as { _transitions: Parameters<typeof transitionKey>[0][] })._transitions.map(transitionKey)).filter((ks) => ks.length > 0),
-    values: events.filter((e) => e.type === '@xstate.snapshot').map((e) => JSON.stringify((e as unknown as { snapshot: { value: unknown } }).snapshot.value)),
+    steps: events
+      .filter((e) => e.type === '@xstate.microstep')
+      .map((e) => (e as { _transitions: Parameters<typeof transitionKey>[0][] })._transitions.map(transitionKey))
+      .filter((ks) => ks.length > 0),
+    values: events
+      .filter((e) => e.type === '@xstate.snapshot')
+      .map((e) => JSON.stringify((e as unknown as { snapshot: { value: unknown } }).snapshot.value)),
   };
 }
 
@@ -108,8 +136,21 @@ function bothStories(machine: AnyStateMachine, events: EventObject[], input?: un
 
 describe('pure-inspect reports what an actor of the same machine reports', () => {
   it('replicaHandle: the transitions and states of a resumed handle that pauses, resumes and is closed', () => {
-    const events: EventObject[] = [{ type: 'GRANTED' }, { type: 'SESSION_LOST' }, { type: 'RESUME', session: 's2' } as EventObject, { type: 'GRANTED' }, { type: 'CLOSE' }];
-    const { real, pure } = bothStories(replicaHandleMachine, events, { target: 't', requestId: RID, mode: 'write', session: 's1', holdMs: 100, resume: true });
+    const events: EventObject[] = [
+      { type: 'GRANTED' },
+      { type: 'SESSION_LOST' },
+      { type: 'RESUME', session: 's2' } as EventObject,
+      { type: 'GRANTED' },
+      { type: 'CLOSE' },
+    ];
+    const { real, pure } = bothStories(replicaHandleMachine, events, {
+      target: 't',
+      requestId: RID,
+      mode: 'write',
+      session: 's1',
+      holdMs: 100,
+      resume: true,
+    });
     expect(pure).toEqual(real);
     expect(pure.steps.length).toBe(6);
   });
@@ -130,9 +171,21 @@ describe('pure-inspect reports what an actor of the same machine reports', () =>
         },
       },
     });
-    const { real, pure } = bothStories(machine, [{ type: 'GO' }, { type: 'FLIP' }, { type: 'NEXT' }, { type: 'NOTHING' }, { type: 'STOP' }]);
+    const { real, pure } = bothStories(machine, [
+      { type: 'GO' },
+      { type: 'FLIP' },
+      { type: 'NEXT' },
+      { type: 'NOTHING' },
+      { type: 'STOP' },
+    ]);
     expect(pure).toEqual(real);
-    expect(pure.steps).toEqual([['n.off --GO--> n.on'], ['n.on.a.x --FLIP--> n.on.a.y'], ['n.on.a.y --always--> n.on.a.z'], ['n.on.b.p --NEXT--> n.on.b.q'], ['n.on --STOP--> n.off']]);
+    expect(pure.steps).toEqual([
+      ['n.off --GO--> n.on'],
+      ['n.on.a.x --FLIP--> n.on.a.y'],
+      ['n.on.a.y --always--> n.on.a.z'],
+      ['n.on.b.p --NEXT--> n.on.b.q'],
+      ['n.on --STOP--> n.off'],
+    ]);
   });
 });
 
@@ -142,11 +195,20 @@ describe("a replica's handles through the process inspector", () => {
     const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
     await new Promise((r) => server.once('listening', r));
     const frames: Array<Record<string, unknown>> = [];
-    server.on('connection', (ws) => ws.on('message', (d) => frames.push(...(JSON.parse(String(d)) as Array<Record<string, unknown>>))));
+    server.on('connection', (ws) =>
+      ws.on('message', (d) => frames.push(...(JSON.parse(String(d)) as Array<Record<string, unknown>>))),
+    );
     const { port } = server.address() as { port: number };
     const insp = processInspector(`ws://127.0.0.1:${port}`);
     insp.watch(true);
-    const replica = await new StorageReplica({ id: 'replica-1', store: new MemoryStore(), transport: new WebSocketTransport(), secret: SECRET, holdMs: 60_000, env: { inspect: insp.inspect } }).start();
+    const replica = await new StorageReplica({
+      id: 'replica-1',
+      store: new MemoryStore(),
+      transport: new WebSocketTransport(),
+      secret: SECRET,
+      holdMs: 60_000,
+      env: { inspect: insp.inspect },
+    }).start();
     try {
       const conn = await new WebSocketTransport().connect(replica.url);
       const got: Message[] = [];
@@ -163,15 +225,22 @@ describe("a replica's handles through the process inspector", () => {
       conn.close();
       await waitFor('the handle to pause', () => replica.handles().some((h) => h.state === 'paused'));
 
-      const states = () => frames.filter((f) => f.type === '@xstate.snapshot').map((f) => (f.snapshot as { value?: unknown }).value);
+      const states = () =>
+        frames.filter((f) => f.type === '@xstate.snapshot').map((f) => (f.snapshot as { value?: unknown }).value);
       await waitFor('the paused snapshot to reach the launcher', () => states().includes('paused'));
       const actors = frames.filter((f) => f.type === '@xstate.actor' && f.name === 'replicaHandle');
       expect(actors).toHaveLength(1);
       const actor = actors[0]!;
       const definition = JSON.parse(actor.definition as string) as { id: string; states: Record<string, unknown> };
       expect(definition.id).toBe('replicaHandle');
-      expect(Object.keys(definition.states)).toEqual(expect.arrayContaining(['active', 'paused', 'resuming', 'invalidated', 'released', 'closed']));
-      expect(actor.snapshot).toMatchObject({ value: 'active', status: 'active', context: { target: 'vm1.disk', requestId: RID, mode: 'write' } });
+      expect(Object.keys(definition.states)).toEqual(
+        expect.arrayContaining(['active', 'paused', 'resuming', 'invalidated', 'released', 'closed']),
+      );
+      expect(actor.snapshot).toMatchObject({
+        value: 'active',
+        status: 'active',
+        context: { target: 'vm1.disk', requestId: RID, mode: 'write' },
+      });
       const mine = frames.filter((f) => f.sessionId === actor.sessionId && f.type === '@xstate.snapshot');
       // (The open's GRANTED reaches a handle that is already active: a snapshot, no change.)
       expect(mine.map((f) => (f.snapshot as { value: unknown }).value)).toEqual(['active', 'active', 'paused']);
@@ -180,8 +249,15 @@ describe("a replica's handles through the process inspector", () => {
       // A watcher arriving later is told where every live actor is now (from its actorRef).
       insp.watch(false);
       insp.watch(true);
-      await waitFor('the resync', () => frames.some((f) => f.sessionId === actor.sessionId && (f.event as { type?: string } | undefined)?.type === 'xstate.resync'));
-      const resync = frames.find((f) => f.sessionId === actor.sessionId && (f.event as { type?: string } | undefined)?.type === 'xstate.resync')!;
+      await waitFor('the resync', () =>
+        frames.some(
+          (f) =>
+            f.sessionId === actor.sessionId && (f.event as { type?: string } | undefined)?.type === 'xstate.resync',
+        ),
+      );
+      const resync = frames.find(
+        (f) => f.sessionId === actor.sessionId && (f.event as { type?: string } | undefined)?.type === 'xstate.resync',
+      )!;
       expect(resync.snapshot).toMatchObject({ value: 'paused', status: 'active' });
     } finally {
       await replica.stop();

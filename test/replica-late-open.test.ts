@@ -19,7 +19,6 @@ import { startEtcd, type EtcdCluster } from './etcd-cluster.js';
 import { bytes, tempDir, text, trace, waitFor } from './helpers.js';
 import { CLI } from './cli-path.js';
 
-
 describe.each(['sqlite', 'etcd'] as const)('a late open from a stopped replica process, over %s', (kind) => {
   const t = tempDir();
   const procs: ChildProcess[] = [];
@@ -46,7 +45,28 @@ describe.each(['sqlite', 'etcd'] as const)('a late open from a stopped replica p
   /** Start a replica process over the shared store; resolves once it serves. */
   const replica = async (id: string) => {
     const [port, metrics] = [await freePort(), await freePort()];
-    const p = spawn(process.execPath, [CLI, 'replica', '--id', id, '--store', store, '--listen', `127.0.0.1:${port}`, '--dir', t.dir, '--hold-ms', '2000', '--metrics', `127.0.0.1:${metrics}`, '--log', join(t.dir, `${id}.log`)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(
+      process.execPath,
+      [
+        CLI,
+        'replica',
+        '--id',
+        id,
+        '--store',
+        store,
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--dir',
+        t.dir,
+        '--hold-ms',
+        '2000',
+        '--metrics',
+        `127.0.0.1:${metrics}`,
+        '--log',
+        join(t.dir, `${id}.log`),
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     procs.push(p);
     let out = '';
     p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -58,7 +78,15 @@ describe.each(['sqlite', 'etcd'] as const)('a late open from a stopped replica p
 
   it('the node fails over and is granted on the other replica; the stalled open, decided later, leaves the live handle active', async () => {
     const replicas = [await replica('replica-1'), await replica('replica-2')];
-    const agent = new NodeAgent({ id: 'node-1', replicas: replicas.map((r) => r.url), transport: new WebSocketTransport(), secret, dataDir: t.dir, backoffBaseMs: 20, backoffMaxMs: 200 });
+    const agent = new NodeAgent({
+      id: 'node-1',
+      replicas: replicas.map((r) => r.url),
+      transport: new WebSocketTransport(),
+      secret,
+      dataDir: t.dir,
+      backoffBaseMs: 20,
+      backoffMaxMs: 200,
+    });
     let stalled: ChildProcess | undefined;
     try {
       await agent.start();
@@ -85,7 +113,10 @@ describe.each(['sqlite', 'etcd'] as const)('a late open from a stopped replica p
         () => 'ok',
         (err: unknown) => (err instanceof SafeResumeError ? `${err.code}: ${err.message}` : String(err)),
       );
-      expect(written, `the write after the late open was answered ${written} (the handle went ${seen.join(' -> ')})`).toBe('ok');
+      expect(
+        written,
+        `the write after the late open was answered ${written} (the handle went ${seen.join(' -> ')})`,
+      ).toBe('ok');
       expect(h.state).toBe('active');
       expect(seen).toEqual(['active']);
       expect(text(await h.read(0, 5))).toBe('after');
@@ -102,7 +133,10 @@ async function answeredOpen(url: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   for (;;) {
-    last = await fetch(url, { signal: AbortSignal.timeout(2000) }).then((r) => r.text(), (err: unknown) => String(err));
+    last = await fetch(url, { signal: AbortSignal.timeout(2000) }).then(
+      (r) => r.text(),
+      (err: unknown) => String(err),
+    );
     if (/^safe_resume_request_seconds_count\{type="open"\} 1$/m.test(last)) return;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${url} to count an open answered:\n${last}`);
     await new Promise((r) => setTimeout(r, 50));

@@ -35,7 +35,14 @@ const EVENTS: ReplicaHandleStepEvent[] = [
   { type: HOLD_PERIOD_ENDED },
 ];
 
-const input = (resume: boolean) => ({ target: 't', requestId: 'r'.repeat(21), mode: 'write' as const, session: 's1', holdMs: 300, resume });
+const input = (resume: boolean) => ({
+  target: 't',
+  requestId: 'r'.repeat(21),
+  mode: 'write' as const,
+  session: 's1',
+  holdMs: 300,
+  resume,
+});
 
 /** Run one event sequence through both, comparing after every event. */
 function conform(resume: boolean, events: readonly EventObject[]): string[] {
@@ -61,10 +68,15 @@ function conform(resume: boolean, events: readonly EventObject[]): string[] {
 }
 
 describe('stepReplicaHandle conforms to replicaHandleMachine', () => {
-  const paths = [false, true].flatMap((resume) => generatePaths(replicaHandleMachine, input(resume), EVENTS).map((p) => ({ p, resume })));
+  const paths = [false, true].flatMap((resume) =>
+    generatePaths(replicaHandleMachine, input(resume), EVENTS).map((p) => ({ p, resume })),
+  );
 
   it.each(paths.map((x) => [`${x.resume ? 'resume' : 'open'}: ${x.p.name}`, x] as const))('%s', (_, { p, resume }) => {
-    const states = conform(resume, p.steps.map((s) => s.event));
+    const states = conform(
+      resume,
+      p.steps.map((s) => s.event),
+    );
     // And both follow the path the graph traversal found.
     expect(states.map((s) => stateKey(s))).toEqual([p.initial, ...p.steps.map((s) => s.state)]);
   });

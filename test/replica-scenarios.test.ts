@@ -10,7 +10,9 @@ import { describe, expect, it } from 'vitest';
 import { playReplicaScenario } from '../sim/replica-scenario.js';
 
 const dir = join(import.meta.dirname, 'replica-scenarios');
-const files = readdirSync(dir).filter((f) => f.endsWith('.txt')).sort();
+const files = readdirSync(dir)
+  .filter((f) => f.endsWith('.txt'))
+  .sort();
 const update = process.env.UPDATE === '1';
 
 describe('replica scenarios', () => {

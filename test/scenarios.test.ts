@@ -9,7 +9,9 @@ import { describe, expect, it } from 'vitest';
 import { runScenario } from '../sim/scenario.js';
 
 const dir = join(import.meta.dirname, 'scenarios');
-const files = readdirSync(dir).filter((f) => f.endsWith('.txt')).sort();
+const files = readdirSync(dir)
+  .filter((f) => f.endsWith('.txt'))
+  .sort();
 const update = process.env.UPDATE === '1';
 
 describe('scenarios', () => {
@@ -18,13 +20,17 @@ describe('scenarios', () => {
   });
 
   for (const file of files) {
-    it(file, async () => {
-      const path = join(dir, file);
-      const text = readFileSync(path, 'utf8');
-      expect(text.startsWith('#'), `${file} must start with a # comment saying what it proves`).toBe(true);
-      const actual = await runScenario(text);
-      if (update && actual !== text) writeFileSync(path, actual);
-      else expect(actual).toBe(text);
-    }, 60_000);
+    it(
+      file,
+      async () => {
+        const path = join(dir, file);
+        const text = readFileSync(path, 'utf8');
+        expect(text.startsWith('#'), `${file} must start with a # comment saying what it proves`).toBe(true);
+        const actual = await runScenario(text);
+        if (update && actual !== text) writeFileSync(path, actual);
+        else expect(actual).toBe(text);
+      },
+      60_000,
+    );
   }
 });

@@ -46,15 +46,34 @@ function watch<T>(p: Promise<T>): { settled: boolean; value?: T; error?: unknown
   return w;
 }
 
-const openReq = (requestId: string, session: string, leaseMs: number, target = T) => ({ target, requestId, principal: P, mode: 'write' as const, session, leaseMs });
-const writeReq = (seq: number, offset: number, s: string, requestId = X, session = 's1', target = T): WriteRequest => ({ target, requestId, session, seq, offset, data: bytes(s) });
+const openReq = (requestId: string, session: string, leaseMs: number, target = T) => ({
+  target,
+  requestId,
+  principal: P,
+  mode: 'write' as const,
+  session,
+  leaseMs,
+});
+const writeReq = (seq: number, offset: number, s: string, requestId = X, session = 's1', target = T): WriteRequest => ({
+  target,
+  requestId,
+  session,
+  seq,
+  offset,
+  data: bytes(s),
+});
 
 /** A deep copy of the shared state, every byte of every target's buffer included. */
 function snapshot(state: MemoryState) {
   return {
     records: structuredClone(state.records),
     tombstones: structuredClone(state.tombstones),
-    targets: new Map([...state.targets].map(([t, v]) => [t, { size: v.size, version: v.version, capacity: v.buf.length, bytes: [...v.buf] }])),
+    targets: new Map(
+      [...state.targets].map(([t, v]) => [
+        t,
+        { size: v.size, version: v.version, capacity: v.buf.length, bytes: [...v.buf] },
+      ]),
+    ),
   };
 }
 
@@ -71,7 +90,11 @@ describe('SimStore: group commit', () => {
   it('operations of one turn share one commit, after the commit latency, and settle only after it', async () => {
     const clock = new SimClock();
     const store = simStore(clock);
-    const ops = [watch(store.open(openReq(X, 's1', 1000))), watch(store.write(writeReq(1, 0, 'ab'))), watch(store.read({ target: T, offset: 0, length: 2 }))];
+    const ops = [
+      watch(store.open(openReq(X, 's1', 1000))),
+      watch(store.write(writeReq(1, 0, 'ab'))),
+      watch(store.read({ target: T, offset: 0, length: 2 })),
+    ];
     await run(clock, 2);
     expect(ops.map((o) => o.settled)).toEqual([false, false, false]);
     expect(store.commits).toEqual({ transactions: 0, operations: 0 });
@@ -148,7 +171,9 @@ describe('SimStore: crash and reboot', () => {
     const rebooted = simStore(clock, store.state);
     const read = watch(rebooted.read({ target: T, offset: 0, length: 7 }));
     const rec = watch(rebooted.record(T));
-    const resumed = watch(rebooted.resume([{ target: T, requestId: X, principal: P, mode: 'write', session: 's2', leaseMs: 2000 }]));
+    const resumed = watch(
+      rebooted.resume([{ target: T, requestId: X, principal: P, mode: 'write', session: 's2', leaseMs: 2000 }]),
+    );
     await run(clock, 3);
     expect(read.value).toMatchObject({ ok: true, version: 1 });
     expect(read.value?.ok && text(read.value.data)).toBe('durable');
@@ -183,7 +208,11 @@ describe('SimStore: rollback', () => {
       watch(store.close({ target: 'other', requestId: Y }, 's2')),
     ];
     await run(clock, 10);
-    expect(more.map((o) => o.value)).toEqual([expect.objectContaining({ ok: true }), expect.objectContaining({ ok: true }), true]);
+    expect(more.map((o) => o.value)).toEqual([
+      expect.objectContaining({ ok: true }),
+      expect.objectContaining({ ok: true }),
+      true,
+    ]);
     expect(store.state.tombstones.get('other')).toHaveLength(1);
     return store;
   }
@@ -318,7 +347,9 @@ describe('SimStore: busy and unavailable', () => {
     await run(clock, 59);
     expect(ws.map((w) => w.settled)).toEqual([false, false, false]);
     for (let i = 0; i < 30 && !ws.every((w) => w.settled); i++) await run(clock, 1);
-    expect(ws.map((w) => w.value)).toEqual([2, 3, 4].map((version) => expect.objectContaining({ ok: true, applied: true, version })));
+    expect(ws.map((w) => w.value)).toEqual(
+      [2, 3, 4].map((version) => expect.objectContaining({ ok: true, applied: true, version })),
+    );
     expect(clock.now() - start).toBeGreaterThanOrEqual(60);
     expect(clock.now() - start).toBeLessThan(100);
   });
@@ -393,7 +424,17 @@ describe('SimStore: afterCommit', () => {
     await run(clock, 2);
     expect(log).toEqual([]);
     await run(clock, 1);
-    expect(log).toEqual(['cb1a 2/1', 'cb1b', 'cb2a 2/1', 'cb2b', 'cb3a 2/1', 'cb3b', 'settled 1', 'settled 2', 'settled 3']);
+    expect(log).toEqual([
+      'cb1a 2/1',
+      'cb1b',
+      'cb2a 2/1',
+      'cb2b',
+      'cb3a 2/1',
+      'cb3b',
+      'settled 1',
+      'settled 2',
+      'settled 3',
+    ]);
   });
 
   it('outside any transaction a callback runs at once', () => {
@@ -445,6 +486,9 @@ describe('SimStore: afterCommit', () => {
     await run(clock, 50);
     expect(attempts).toBe(6);
     expect(ran).toEqual(['cb2', 'cb3']);
-    expect(ops.map((o) => o.value)).toEqual([expect.objectContaining({ ok: true, applied: true, version: 2 }), expect.objectContaining({ ok: true, applied: true, version: 3 })]);
+    expect(ops.map((o) => o.value)).toEqual([
+      expect.objectContaining({ ok: true, applied: true, version: 2 }),
+      expect.objectContaining({ ok: true, applied: true, version: 3 }),
+    ]);
   });
 });

@@ -33,7 +33,10 @@ describe('simulation', () => {
 });
 
 describe('safe-resume sim over worker threads', () => {
-  const run = (...args: string[]) => JSON.parse(execFileSync('node', [CLI, 'sim', ...args, '--json'], { encoding: 'utf8', timeout: 120_000 })) as SimSummary;
+  const run = (...args: string[]) =>
+    JSON.parse(
+      execFileSync('node', [CLI, 'sim', ...args, '--json'], { encoding: 'utf8', timeout: 120_000 }),
+    ) as SimSummary;
 
   it('adds up to exactly what one thread gets for the same seeds', () => {
     const { wallMs: _a, ...one } = run('--seeds', '6', '--from', '20', '--workers', '1');

@@ -8,7 +8,12 @@ describe('smoke', () => {
   let c: LocalCluster;
   beforeEach(async () => {
     t = tempDir();
-    c = await LocalCluster.start({ dir: t.dir, replicas: 2, replica: { holdMs: 200, heartbeatIntervalMs: 100 }, node: { heartbeatIntervalMs: 100, backoffBaseMs: 20 } });
+    c = await LocalCluster.start({
+      dir: t.dir,
+      replicas: 2,
+      replica: { holdMs: 200, heartbeatIntervalMs: 100 },
+      node: { heartbeatIntervalMs: 100, backoffBaseMs: 20 },
+    });
   });
   afterEach(async () => {
     await c.stop();

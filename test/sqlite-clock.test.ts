@@ -12,7 +12,8 @@ import { tempDir } from './helpers.js';
 const T = 'vm1.disk';
 const X = 'X'.repeat(21);
 const Y = 'Y'.repeat(21);
-const open = (s: SqliteStore, requestId: string, session: string, leaseMs: number) => s.open({ target: T, requestId, principal: 'p', mode: 'write', session, leaseMs });
+const open = (s: SqliteStore, requestId: string, session: string, leaseMs: number) =>
+  s.open({ target: T, requestId, principal: 'p', mode: 'write', session, leaseMs });
 
 /** A clock the test sets. */
 function manual(name: string, start: number): HostClock & { at: number } {

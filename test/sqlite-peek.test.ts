@@ -21,16 +21,34 @@ describe('peekSqlite', () => {
     dirs.push(t);
     const path = join(t.dir, 'store.sqlite');
     const store = new SqliteStore(path);
-    await store.open({ target: 'a.disk', requestId: 'X'.repeat(21), principal: 'p', mode: 'write', session: 's1', leaseMs: 0, instance: 'i1' });
+    await store.open({
+      target: 'a.disk',
+      requestId: 'X'.repeat(21),
+      principal: 'p',
+      mode: 'write',
+      session: 's1',
+      leaseMs: 0,
+      instance: 'i1',
+    });
     await store.editAccess({ target: 'a.disk', by: 'p', principal: 'q', mode: 'write' });
-    await store.open({ target: 'a.disk', requestId: 'Y'.repeat(21), principal: 'q', mode: 'write', session: 's2', leaseMs: 60_000, instance: 'i2' });
+    await store.open({
+      target: 'a.disk',
+      requestId: 'Y'.repeat(21),
+      principal: 'q',
+      mode: 'write',
+      session: 's2',
+      leaseMs: 60_000,
+      instance: 'i2',
+    });
     const blocker = new Database(path);
     blocker.exec('BEGIN IMMEDIATE');
     try {
       const p = peekSqlite(path, ['a.disk', 'none.disk']);
       expect(p.records.get('a.disk')).toMatchObject({ requestId: 'Y'.repeat(21), principal: 'q', session: 's2' });
       expect(p.records.get('a.disk')!.expiresAt).toBeGreaterThan(p.now);
-      expect(p.tombstones.get('a.disk')).toMatchObject([{ requestId: 'X'.repeat(21), takenBy: { requestId: 'Y'.repeat(21), principal: 'q' } }]);
+      expect(p.tombstones.get('a.disk')).toMatchObject([
+        { requestId: 'X'.repeat(21), takenBy: { requestId: 'Y'.repeat(21), principal: 'q' } },
+      ]);
       expect(p.records.get('none.disk')).toBeUndefined();
       expect(p.tombstones.get('none.disk')).toEqual([]);
       expect(p.access.get('a.disk')).toEqual({ owner: 'p', grants: [{ principal: 'q', mode: 'write' }] });

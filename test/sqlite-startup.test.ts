@@ -48,7 +48,10 @@ function opener(): Opener {
   const waiting: Array<(l: string) => void> = [];
   createInterface({ input: proc.stdout }).on('line', (l) => (waiting.length > 0 ? waiting.shift()!(l) : lines.push(l)));
   proc.stderr.resume();
-  return { proc, next: () => new Promise((resolve) => (lines.length > 0 ? resolve(lines.shift()!) : waiting.push(resolve))) };
+  return {
+    proc,
+    next: () => new Promise((resolve) => (lines.length > 0 ? resolve(lines.shift()!) : waiting.push(resolve))),
+  };
 }
 
 describe('SQLite startup', () => {
@@ -73,12 +76,19 @@ describe('SQLite startup', () => {
       mkdirSync(dir);
       const path = join(dir, 'store.sqlite');
       for (const o of openers) o.proc.stdin.write(`${path}\n`);
-      const answers = (await Promise.all(openers.map((o) => o.next()))).map((l) => JSON.parse(l) as { target?: string; ok?: boolean; error?: string });
+      const answers = (await Promise.all(openers.map((o) => o.next()))).map(
+        (l) => JSON.parse(l) as { target?: string; ok?: boolean; error?: string },
+      );
       for (const a of answers) if (!a.ok) failures.push(`round ${round}: ${a.error ?? 'refused'}`);
       if (answers.every((a) => a.ok)) {
         // Every process's write is in the file.
         const s = new SqliteStore(path);
-        expect(s.targets().map((x) => x.target).sort()).toEqual(answers.map((a) => a.target).sort());
+        expect(
+          s
+            .targets()
+            .map((x) => x.target)
+            .sort(),
+        ).toEqual(answers.map((a) => a.target).sort());
         await s.shutdown();
       }
     }
@@ -89,7 +99,16 @@ describe('SQLite startup', () => {
     const dir = join(t.dir, 'bad');
     // The store file's place is taken by a directory: SQLite cannot open it.
     mkdirSync(join(dir, 'store.sqlite'), { recursive: true });
-    const cfg = { id: 'replica-x', port: 0, dir, store: 'sqlite', secret: 's'.repeat(32), holdMs: 100, history: false, pretty: false };
+    const cfg = {
+      id: 'replica-x',
+      port: 0,
+      dir,
+      store: 'sqlite',
+      secret: 's'.repeat(32),
+      holdMs: 100,
+      history: false,
+      pretty: false,
+    };
     const child = fork(join(DIST, 'cluster', 'child.js'), ['replica'], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
     child.send({ type: 'config', config: cfg });
     let stderr = '';

@@ -64,7 +64,13 @@ interface Adapter {
    * A fresh store whose own clock reads `now`, and a function that closes it and opens it again
    * over the same data (a reboot).
    */
-  make(now: () => number): { store: Store; reopen: () => Promise<Store>; cleanup: () => void; ready?: Promise<void>; legacy: (target: string) => Promise<void> };
+  make(now: () => number): {
+    store: Store;
+    reopen: () => Promise<Store>;
+    cleanup: () => void;
+    ready?: Promise<void>;
+    legacy: (target: string) => Promise<void>;
+  };
 }
 
 /** The memory store on a clock the test sets. */
@@ -88,7 +94,12 @@ const adapters: Adapter[] = [
     name: 'memory',
     make(now) {
       const store = new ClockedMemoryStore(undefined, now);
-      return { store, reopen: async () => new ClockedMemoryStore(store.state, now), cleanup: () => {}, legacy: async (target) => void store.state.access?.delete(target) };
+      return {
+        store,
+        reopen: async () => new ClockedMemoryStore(store.state, now),
+        cleanup: () => {},
+        legacy: async (target) => void store.state.access?.delete(target),
+      };
     },
   },
   {
@@ -96,9 +107,16 @@ const adapters: Adapter[] = [
     make(now) {
       const clock = new SimClock();
       // The database host's clock reads the test's time; its timers (group flushes) are the simulated clock's.
-      const host = { now, setTimeout: (fn: () => void, ms: number) => clock.setTimeout(fn, ms), clearTimeout: (id: unknown) => clock.clearTimeout(id) };
+      const host = {
+        now,
+        setTimeout: (fn: () => void, ms: number) => clock.setTimeout(fn, ms),
+        clearTimeout: (id: unknown) => clock.clearTimeout(id),
+      };
       const random = seededRandom(7);
-      let current = new SimStore({ records: new Map(), tombstones: new Map(), targets: new Map() }, { clock: host, random });
+      let current = new SimStore(
+        { records: new Map(), tombstones: new Map(), targets: new Map() },
+        { clock: host, random },
+      );
       return {
         store: driven(current, clock),
         reopen: async () => {
@@ -206,7 +224,11 @@ const makeEtcd = (now: () => number) => {
         const key = `${opts.prefix}k/${encodeURIComponent(target)}/v`;
         const raw = await client.get(key).string();
         if (raw === null) return;
-        const { owner: _o, grants: _g, ...meta } = JSON.parse(raw) as { version: number; size: number; owner?: string; grants?: unknown };
+        const {
+          owner: _o,
+          grants: _g,
+          ...meta
+        } = JSON.parse(raw) as { version: number; size: number; owner?: string; grants?: unknown };
         if (meta.version === 0 && meta.size === 0) await client.delete().key(key);
         else await client.put(key).value(JSON.stringify(meta));
       } finally {
@@ -244,14 +266,29 @@ for (const adapter of adapters) {
     };
     afterEach(() => env.cleanup());
     /** At store time `now`, open with a lock lasting until `expiresAt`. */
-    const open = (requestId: string, session: string, now: number, expiresAt: number, mode: 'read' | 'write' = 'write', principal = P) => {
+    const open = (
+      requestId: string,
+      session: string,
+      now: number,
+      expiresAt: number,
+      mode: 'read' | 'write' = 'write',
+      principal = P,
+    ) => {
       nowMs = now;
       return store.open({ target: T, requestId, principal, mode, session, leaseMs: expiresAt - now });
     };
     const write = (requestId: string, session: string, seq: number, offset: number, s: string) =>
       store.write({ target: T, requestId, session, seq, offset, data: bytes(s) });
-    const resume = (requestId: string, session: string, expiresAt = 10_000, mode: 'read' | 'write' = 'write', version?: number) =>
-      store.resume([{ target: T, requestId, principal: P, mode, session, leaseMs: expiresAt - nowMs, version }]).then((r) => r[0]!);
+    const resume = (
+      requestId: string,
+      session: string,
+      expiresAt = 10_000,
+      mode: 'read' | 'write' = 'write',
+      version?: number,
+    ) =>
+      store
+        .resume([{ target: T, requestId, principal: P, mode, session, leaseMs: expiresAt - nowMs, version }])
+        .then((r) => r[0]!);
 
     it('grants a write open and refuses another writer with LOCKED while the lock is live', async () => {
       await setup();
@@ -297,11 +334,23 @@ for (const adapter of adapters) {
     });
 
     const resumeAs = (requestId: string, session: string, instance: string, takeover = false) =>
-      store.resume([{ target: T, requestId, principal: P, mode: 'write', session, leaseMs: 10_000 - nowMs, instance, takeover }]).then((r) => r[0]!);
+      store
+        .resume([
+          { target: T, requestId, principal: P, mode: 'write', session, leaseMs: 10_000 - nowMs, instance, takeover },
+        ])
+        .then((r) => r[0]!);
 
     it('a writer taken over after its hold learns from the tombstone which of its writes were applied', async () => {
       await setup();
-      await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, instance: 'inst-one' });
+      await store.open({
+        target: T,
+        requestId: X,
+        principal: P,
+        mode: 'write',
+        session: 's1',
+        leaseMs: 1000,
+        instance: 'inst-one',
+      });
       await write(X, 's1', 1, 0, 'a');
       await write(X, 's1', 2, 1, 'b');
       expect(await open(Y, 's2', 1000, 3000)).toMatchObject({ ok: true });
@@ -310,10 +359,22 @@ for (const adapter of adapters) {
 
     it("a lapsed holder's tombstone says who took the target over and when (the store's clock); one closed by its holder names nobody", async () => {
       await setup();
-      await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, instance: 'inst-one' });
+      await store.open({
+        target: T,
+        requestId: X,
+        principal: P,
+        mode: 'write',
+        session: 's1',
+        leaseMs: 1000,
+        instance: 'inst-one',
+      });
       await write(X, 's1', 1, 0, 'a');
       expect(await open(Y, 's2', 1000, 3000)).toMatchObject({ ok: true });
-      expect((await store.tombstones(T))[0]).toMatchObject({ requestId: X, lastSeq: 1, takenBy: { requestId: Y, principal: P, at: 1000 } });
+      expect((await store.tombstones(T))[0]).toMatchObject({
+        requestId: X,
+        lastSeq: 1,
+        takenBy: { requestId: Y, principal: P, at: 1000 },
+      });
       expect(await store.close({ target: T, requestId: Y }, 's2')).toBe(true);
       const tombs = await store.tombstones(T);
       expect(tombs.map((t) => t.requestId)).toEqual([Y, X]);
@@ -324,8 +385,18 @@ for (const adapter of adapters) {
     it("a requestId stays its principal's while its tombstone is kept: another principal cannot open it after taking the target, and the victim learns MODIFIED with its lastSeq", async () => {
       await setup();
       // The victim (alice) writes; its lock lapses; mallory (whom alice let write) takes the target with a requestId of its own and closes.
-      await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, instance: 'inst-one' });
-      expect(await store.editAccess({ target: T, by: P, principal: 'mallory', mode: 'write' })).toMatchObject({ ok: true });
+      await store.open({
+        target: T,
+        requestId: X,
+        principal: P,
+        mode: 'write',
+        session: 's1',
+        leaseMs: 1000,
+        instance: 'inst-one',
+      });
+      expect(await store.editAccess({ target: T, by: P, principal: 'mallory', mode: 'write' })).toMatchObject({
+        ok: true,
+      });
       await write(X, 's1', 1, 0, 'a');
       await write(X, 's1', 2, 1, 'b');
       expect(await open(Y, 's2', 1000, 3000, 'write', 'mallory')).toMatchObject({ ok: true });
@@ -335,10 +406,18 @@ for (const adapter of adapters) {
       expect(await store.record(T)).toBeUndefined();
       expect(await write(X, 's2', 1, 0, 'M')).toMatchObject({ ok: false, code: 'MODIFIED' });
       const tombs = await store.tombstones(T);
-      expect(tombs.map((t) => [t.requestId, t.principal])).toEqual([[Y, 'mallory'], [X, P]]);
+      expect(tombs.map((t) => [t.requestId, t.principal])).toEqual([
+        [Y, 'mallory'],
+        [X, P],
+      ]);
       expect(tombs[1]).toMatchObject({ session: 's1', lastSeq: 2 });
       // The victim's resume is told the truth: modified, and which of its writes were applied.
-      expect(await resumeAs(X, 's3', 'inst-one')).toMatchObject({ granted: false, reason: 'MODIFIED', code: 'MODIFIED', lastSeq: 2 });
+      expect(await resumeAs(X, 's3', 'inst-one')).toMatchObject({
+        granted: false,
+        reason: 'MODIFIED',
+        code: 'MODIFIED',
+        lastSeq: 2,
+      });
       const r = await store.read({ target: T, offset: 0, length: 4 });
       expect(r.ok && text(r.data)).toBe('ab');
       // Its own principal's open of it again is a late copy (a node opens a requestId afresh once): refused, nothing written.
@@ -349,23 +428,66 @@ for (const adapter of adapters) {
     it('a late takeover by any instance the record was taken from takes nothing, and a late resume of the holding instance neither', async () => {
       await setup();
       const at = (instance: string, session: string, epoch: number, takeover = true) =>
-        store.resume([{ target: T, requestId: X, principal: P, mode: 'write', session, leaseMs: 10_000 - nowMs, instance, takeover, epoch }]).then((r) => r[0]!);
-      expect(await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, instance: 'inst-one', epoch: 1 })).toMatchObject({ ok: true });
+        store
+          .resume([
+            {
+              target: T,
+              requestId: X,
+              principal: P,
+              mode: 'write',
+              session,
+              leaseMs: 10_000 - nowMs,
+              instance,
+              takeover,
+              epoch,
+            },
+          ])
+          .then((r) => r[0]!);
+      expect(
+        await store.open({
+          target: T,
+          requestId: X,
+          principal: P,
+          mode: 'write',
+          session: 's1',
+          leaseMs: 1000,
+          instance: 'inst-one',
+          epoch: 1,
+        }),
+      ).toMatchObject({ ok: true });
       // The application moves twice: inst-two, then inst-three, each taking the record over.
       expect(await at('inst-two', 's2', 5)).toMatchObject({ granted: true });
       expect(await at('inst-three', 's3', 7)).toMatchObject({ granted: true });
-      expect(await store.record(T)).toMatchObject({ instance: 'inst-three', session: 's3', epoch: 7, retired: ['inst-two', 'inst-one'] });
+      expect(await store.record(T)).toMatchObject({
+        instance: 'inst-three',
+        session: 's3',
+        epoch: 7,
+        retired: ['inst-two', 'inst-one'],
+      });
       // Late copies from sessions their nodes left: the takeovers of the instances it moved from, and an older resume of inst-three.
       expect(await at('inst-one', 's8', 99)).toMatchObject({ granted: false, stale: true });
       expect(await at('inst-two', 's9', 6)).toMatchObject({ granted: false, stale: true });
-      expect(await at('inst-three', 's7', 6, false)).toMatchObject({ granted: false, reason: 'SUPERSEDED', stale: true, heldEpoch: 7 });
+      expect(await at('inst-three', 's7', 6, false)).toMatchObject({
+        granted: false,
+        reason: 'SUPERSEDED',
+        stale: true,
+        heldEpoch: 7,
+      });
       expect(await store.record(T)).toMatchObject({ instance: 'inst-three', session: 's3', epoch: 7 });
       expect(await write(X, 's3', 1, 0, 'a')).toMatchObject({ ok: true, applied: true });
     });
 
     it('an instance whose successor took over and closed is denied SUPERSEDED, with what it had applied', async () => {
       await setup();
-      await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, instance: 'inst-one' });
+      await store.open({
+        target: T,
+        requestId: X,
+        principal: P,
+        mode: 'write',
+        session: 's1',
+        leaseMs: 1000,
+        instance: 'inst-one',
+      });
       await write(X, 's1', 1, 0, 'a');
       expect(await resumeAs(X, 's2', 'inst-two', true)).toMatchObject({ granted: true, lastSeq: 1 });
       await write(X, 's2', 2, 1, 'b');
@@ -376,7 +498,9 @@ for (const adapter of adapters) {
     it('denies a resume to another principal', async () => {
       await setup();
       await open(X, 's1', 0, 100);
-      const r = await store.resume([{ target: T, requestId: X, principal: 'mallory', mode: 'write', session: 's2', leaseMs: 1 }]);
+      const r = await store.resume([
+        { target: T, requestId: X, principal: 'mallory', mode: 'write', session: 's2', leaseMs: 1 },
+      ]);
       expect(r[0]).toMatchObject({ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN' });
       expect(await open(X, 's2', 0, 100, 'write', 'mallory')).toMatchObject({ ok: false, code: 'FORBIDDEN' });
     });
@@ -422,7 +546,9 @@ for (const adapter of adapters) {
       await setup();
       await open(X, 's1', 0, 1000);
       await open(X, 's2', 0, 1000);
-      expect(await store.read({ target: T, offset: 0, length: 1, fence: { requestId: X, session: 's1' } })).toMatchObject({ ok: false, code: 'SUPERSEDED' });
+      expect(
+        await store.read({ target: T, offset: 0, length: 1, fence: { requestId: X, session: 's1' } }),
+      ).toMatchObject({ ok: false, code: 'SUPERSEDED' });
       expect(await store.read({ target: T, offset: 0, length: 1 })).toMatchObject({ ok: true });
     });
 
@@ -448,9 +574,13 @@ for (const adapter of adapters) {
       expect(res.lost).toEqual([{ target: 'c', requestId: X, reason: 'SUPERSEDED' }]);
       expect((await store.record('a'))?.expiresAt).toBe(5050);
       nowMs = 5049;
-      expect(await store.open({ target: 'a', requestId: Y, principal: P, mode: 'write', session: 's3', leaseMs: 1 })).toMatchObject({ ok: false, code: 'LOCKED' });
+      expect(
+        await store.open({ target: 'a', requestId: Y, principal: P, mode: 'write', session: 's3', leaseMs: 1 }),
+      ).toMatchObject({ ok: false, code: 'LOCKED' });
       nowMs = 5050;
-      expect(await store.open({ target: 'a', requestId: Y, principal: P, mode: 'write', session: 's3', leaseMs: 1 })).toMatchObject({ ok: true });
+      expect(
+        await store.open({ target: 'a', requestId: Y, principal: P, mode: 'write', session: 's3', leaseMs: 1 }),
+      ).toMatchObject({ ok: true });
     });
 
     it('extends a target with zeros on a write past its end and reads back ranges', async () => {
@@ -463,30 +593,44 @@ for (const adapter of adapters) {
 
     it('reads back exactly what a series of writes at any offsets and lengths left, across page boundaries', async () => {
       await fc.assert(
-        fc.asyncProperty(fc.array(fc.record({ offset: fc.nat(20_000), length: fc.integer({ min: 1, max: 9000 }), fill: fc.integer({ min: 1, max: 255 }) }), { minLength: 1, maxLength: 6 }), async (ws) => {
-          await setup();
-          try {
-            await open(X, 's1', 0, 1000);
-            let model = new Uint8Array(0);
-            for (const [i, w] of ws.entries()) {
-              const data = new Uint8Array(w.length).fill(w.fill);
-              if (w.offset + w.length > model.length) {
-                const grown = new Uint8Array(w.offset + w.length);
-                grown.set(model);
-                model = grown;
+        fc.asyncProperty(
+          fc.array(
+            fc.record({
+              offset: fc.nat(20_000),
+              length: fc.integer({ min: 1, max: 9000 }),
+              fill: fc.integer({ min: 1, max: 255 }),
+            }),
+            { minLength: 1, maxLength: 6 },
+          ),
+          async (ws) => {
+            await setup();
+            try {
+              await open(X, 's1', 0, 1000);
+              let model = new Uint8Array(0);
+              for (const [i, w] of ws.entries()) {
+                const data = new Uint8Array(w.length).fill(w.fill);
+                if (w.offset + w.length > model.length) {
+                  const grown = new Uint8Array(w.offset + w.length);
+                  grown.set(model);
+                  model = grown;
+                }
+                model.set(data, w.offset);
+                expect(
+                  await store.write({ target: T, requestId: X, session: 's1', seq: i + 1, offset: w.offset, data }),
+                ).toMatchObject({ ok: true, applied: true, version: i + 1 });
               }
-              model.set(data, w.offset);
-              expect(await store.write({ target: T, requestId: X, session: 's1', seq: i + 1, offset: w.offset, data })).toMatchObject({ ok: true, applied: true, version: i + 1 });
+              const all = await store.read({ target: T, offset: 0, length: model.length + 100 });
+              expect(all.ok && Buffer.from(all.data).equals(Buffer.from(model))).toBe(true);
+              const from = Math.floor(model.length / 3);
+              const part = await store.read({ target: T, offset: from, length: 5000 });
+              expect(part.ok && Buffer.from(part.data).equals(Buffer.from(model.subarray(from, from + 5000)))).toBe(
+                true,
+              );
+            } finally {
+              env.cleanup();
             }
-            const all = await store.read({ target: T, offset: 0, length: model.length + 100 });
-            expect(all.ok && Buffer.from(all.data).equals(Buffer.from(model))).toBe(true);
-            const from = Math.floor(model.length / 3);
-            const part = await store.read({ target: T, offset: from, length: 5000 });
-            expect(part.ok && Buffer.from(part.data).equals(Buffer.from(model.subarray(from, from + 5000)))).toBe(true);
-          } finally {
-            env.cleanup();
-          }
-        }),
+          },
+        ),
         { numRuns: 25 },
       );
       await setup(); // for afterEach
@@ -495,52 +639,98 @@ for (const adapter of adapters) {
     it('a target created with a size reads as that many zeros, refuses writes past its end and keeps its size; another size is refused', async () => {
       await setup();
       const size = 3 * 4096 + 100;
-      const sized = (requestId: string, session: string, mode: 'read' | 'write', n: number | undefined) => store.open({ target: T, requestId, principal: P, mode, session, leaseMs: 1000, size: n });
-      expect(await sized(X, 'r0', 'read', size)).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining('does not exist yet') });
+      const sized = (requestId: string, session: string, mode: 'read' | 'write', n: number | undefined) =>
+        store.open({ target: T, requestId, principal: P, mode, session, leaseMs: 1000, size: n });
+      expect(await sized(X, 'r0', 'read', size)).toMatchObject({
+        ok: false,
+        code: 'INVALID_ARGUMENT',
+        message: expect.stringContaining('does not exist yet'),
+      });
       expect(await sized(X, 's1', 'write', size)).toMatchObject({ ok: true, version: 0, size });
       const zeros = await store.read({ target: T, offset: 0, length: size + 50 });
       expect(zeros.ok && zeros.data.length === size && zeros.data.every((b) => b === 0)).toBe(true);
-      expect(await store.write({ target: T, requestId: X, session: 's1', seq: 1, offset: size - 2, data: bytes('end') })).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining(`${size} bytes`) });
-      expect(await store.write({ target: T, requestId: X, session: 's1', seq: 1, offset: size - 3, data: bytes('end') })).toMatchObject({ ok: true, applied: true, version: 1 });
+      expect(
+        await store.write({ target: T, requestId: X, session: 's1', seq: 1, offset: size - 2, data: bytes('end') }),
+      ).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining(`${size} bytes`) });
+      expect(
+        await store.write({ target: T, requestId: X, session: 's1', seq: 1, offset: size - 3, data: bytes('end') }),
+      ).toMatchObject({ ok: true, applied: true, version: 1 });
       const tail = await store.read({ target: T, offset: size - 5, length: 100 });
       expect(tail.ok && [...tail.data]).toEqual([0, 0, 101, 110, 100]);
       // The size is the target's: a resume learns it, other opens name it or none, never another.
       expect(await resume(X, 's2')).toMatchObject({ granted: true, size });
       expect(await sized(Y, 's3', 'read', undefined)).toMatchObject({ ok: true, size });
-      expect(await sized(Y, 's3', 'read', size + 1)).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining(`created with a size of ${size} bytes`) });
+      expect(await sized(Y, 's3', 'read', size + 1)).toMatchObject({
+        ok: false,
+        code: 'INVALID_ARGUMENT',
+        message: expect.stringContaining(`created with a size of ${size} bytes`),
+      });
       nowMs = 5000;
       expect(await sized(Y, 's3', 'write', 2 * size)).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT' });
       expect(await store.record(T)).toMatchObject({ requestId: X });
       // A target that holds data without a size cannot be given one; a size out of range is refused.
-      const other = (size: number) => store.open({ target: 'plain', requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, size });
-      expect(await store.open({ target: 'plain', requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000 })).toMatchObject({ ok: true, size: 0 });
+      const other = (size: number) =>
+        store.open({ target: 'plain', requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, size });
+      expect(
+        await store.open({ target: 'plain', requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000 }),
+      ).toMatchObject({ ok: true, size: 0 });
       await store.write({ target: 'plain', requestId: X, session: 's1', seq: 1, offset: 0, data: bytes('x') });
-      expect(await other(4096)).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining('already holds data') });
+      expect(await other(4096)).toMatchObject({
+        ok: false,
+        code: 'INVALID_ARGUMENT',
+        message: expect.stringContaining('already holds data'),
+      });
       expect(await other(0)).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT' });
     });
 
     it('a disk far larger than a target without a size costs only the pages written (the memory store refuses it)', async () => {
       await setup();
       const GiB = 1024 ** 3;
-      const res = await store.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 1000, size: 4 * GiB });
+      const res = await store.open({
+        target: T,
+        requestId: X,
+        principal: P,
+        mode: 'write',
+        session: 's1',
+        leaseMs: 1000,
+        size: 4 * GiB,
+      });
       // Memory and its simulation keep a target in one buffer: they allow sizes up to MAX_TARGET_BYTES.
       if (store.kind === 'memory' || store.kind === 'sim') {
-        expect(res).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining('between 1 and') });
+        expect(res).toMatchObject({
+          ok: false,
+          code: 'INVALID_ARGUMENT',
+          message: expect.stringContaining('between 1 and'),
+        });
         return;
       }
       expect(res).toMatchObject({ ok: true, size: 4 * GiB });
-      expect(await store.write({ target: T, requestId: X, session: 's1', seq: 1, offset: 4 * GiB - 4096, data: new Uint8Array(4096).fill(7) })).toMatchObject({ ok: true, applied: true });
+      expect(
+        await store.write({
+          target: T,
+          requestId: X,
+          session: 's1',
+          seq: 1,
+          offset: 4 * GiB - 4096,
+          data: new Uint8Array(4096).fill(7),
+        }),
+      ).toMatchObject({ ok: true, applied: true });
       const end = await store.read({ target: T, offset: 4 * GiB - 8192, length: 8192 });
-      expect(end.ok && [end.data.length, end.data[0], end.data[4095], end.data[4096], end.data[8191]]).toEqual([8192, 0, 0, 7, 7]);
+      expect(end.ok && [end.data.length, end.data[0], end.data[4095], end.data[4096], end.data[8191]]).toEqual([
+        8192, 0, 0, 7, 7,
+      ]);
       const middle = await store.read({ target: T, offset: 2 * GiB, length: 1 << 20 });
       expect(middle.ok && middle.data.length === 1 << 20 && middle.data.every((b) => b === 0)).toBe(true);
-      expect(await store.write({ target: T, requestId: X, session: 's1', seq: 2, offset: 4 * GiB - 1, data: bytes('ab') })).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT' });
+      expect(
+        await store.write({ target: T, requestId: X, session: 's1', seq: 2, offset: 4 * GiB - 1, data: bytes('ab') }),
+      ).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT' });
     });
 
     it('a write that leaves a page all zeros removes it (it reads as zeros); the version still moves', async () => {
       await setup();
       await open(X, 's1', 0, 1000);
-      const w = (seq: number, offset: number, data: Uint8Array) => store.write({ target: T, requestId: X, session: 's1', seq, offset, data });
+      const w = (seq: number, offset: number, data: Uint8Array) =>
+        store.write({ target: T, requestId: X, session: 's1', seq, offset, data });
       const size = 3 * 4096 + 100;
       expect(await w(1, 0, new Uint8Array(size).fill(7))).toMatchObject({ ok: true, version: 1 });
       expect(await store.pages(T)).toBe(4);
@@ -575,7 +765,16 @@ for (const adapter of adapters) {
       expect(await store.access(T)).toBeUndefined();
       expect(await open(X, 's1', 0, 1000)).toMatchObject({ ok: true });
       await write(X, 's1', 1, 0, 'secret');
-      expect(await store.open({ target: 'other.disk', requestId: Y, principal: P, mode: 'read', session: 's1', leaseMs: 1000 })).toMatchObject({ ok: true });
+      expect(
+        await store.open({
+          target: 'other.disk',
+          requestId: Y,
+          principal: P,
+          mode: 'read',
+          session: 's1',
+          leaseMs: 1000,
+        }),
+      ).toMatchObject({ ok: true });
       expect(await store.access(T)).toEqual({ owner: P, grants: [] });
       expect(await store.access('other.disk')).toEqual({ owner: P, grants: [] });
       // bob: not a read, not a write, not while the lock lapsed, not a resume of a read handle; the same answer each time.
@@ -587,7 +786,19 @@ for (const adapter of adapters) {
       expect(await asBob(T, 'write')).toEqual(refusal);
       expect(await asBob(T, 'write', 5000)).toEqual(refusal);
       expect(await asBob('other.disk', 'read')).toEqual(refusal);
-      expect(await store.resume([{ target: T, requestId: 'B'.repeat(21), principal: 'bob', mode: 'read', session: 'sb', leaseMs: 1000, version: 1 }])).toEqual([{ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version: 0 }]);
+      expect(
+        await store.resume([
+          {
+            target: T,
+            requestId: 'B'.repeat(21),
+            principal: 'bob',
+            mode: 'read',
+            session: 'sb',
+            leaseMs: 1000,
+            version: 1,
+          },
+        ]),
+      ).toEqual([{ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version: 0 }]);
       expect(NO_ACCESS).not.toMatch(new RegExp(`${P}|${T}|${X}`));
       // Nothing of bob's was written: the owner, the holder and the bytes are as they were.
       expect(await store.access(T)).toEqual({ owner: P, grants: [] });
@@ -595,20 +806,34 @@ for (const adapter of adapters) {
       // A name nobody has is bob's once he opens it.
       expect(await asBob('bobs.disk', 'write')).toMatchObject({ ok: true });
       expect(await store.access('bobs.disk')).toEqual({ owner: 'bob', grants: [] });
-      expect(await store.open({ target: 'bobs.disk', requestId: Y, principal: P, mode: 'read', session: 's1', leaseMs: 1000 })).toEqual(refusal);
+      expect(
+        await store.open({
+          target: 'bobs.disk',
+          requestId: Y,
+          principal: P,
+          mode: 'read',
+          session: 's1',
+          leaseMs: 1000,
+        }),
+      ).toEqual(refusal);
     });
 
     it('the owner grants read, then write, and revokes; only the owner or the operator changes the list, and it outlives a reboot', async () => {
       await setup();
       const B = 'B'.repeat(21);
-      const edit = (by: string | undefined, principal: string, mode: 'read' | 'write' | 'none', target = T) => store.editAccess({ target, by, principal, mode });
-      const asBob = (mode: 'read' | 'write', requestId = B) => store.open({ target: T, requestId, principal: 'bob', mode, session: 'sb', leaseMs: 1000 });
+      const edit = (by: string | undefined, principal: string, mode: 'read' | 'write' | 'none', target = T) =>
+        store.editAccess({ target, by, principal, mode });
+      const asBob = (mode: 'read' | 'write', requestId = B) =>
+        store.open({ target: T, requestId, principal: 'bob', mode, session: 'sb', leaseMs: 1000 });
       expect(await open(X, 's1', 0, 1000)).toMatchObject({ ok: true });
       await write(X, 's1', 1, 0, 'shared');
       // Only the owner: bob cannot grant himself access, to this target or to one nobody has (the same answer).
       expect(await edit('bob', 'bob', 'write')).toEqual(refusal);
       expect(await edit('bob', 'bob', 'write', 'nobody.disk')).toEqual(refusal);
-      expect(await edit(P, 'bob', 'read')).toEqual({ ok: true, access: { owner: P, grants: [{ principal: 'bob', mode: 'read' }] } });
+      expect(await edit(P, 'bob', 'read')).toEqual({
+        ok: true,
+        access: { owner: P, grants: [{ principal: 'bob', mode: 'read' }] },
+      });
       expect(await asBob('read')).toMatchObject({ ok: true, version: 1 });
       const r = await store.read({ target: T, offset: 0, length: 6 });
       expect(r.ok && text(r.data)).toBe('shared');
@@ -616,28 +841,70 @@ for (const adapter of adapters) {
       // A reader may not pass access on.
       expect(await edit('bob', 'carol', 'read')).toEqual(refusal);
       // Write: bob meets the owner's live lock like any other writer, told only that another writer holds it.
-      expect(await edit(P, 'bob', 'write')).toEqual({ ok: true, access: { owner: P, grants: [{ principal: 'bob', mode: 'write' }] } });
-      expect(await asBob('write', 'C'.repeat(21))).toEqual({ ok: false, code: 'LOCKED', message: `${T} is locked by another writer; retry later` });
+      expect(await edit(P, 'bob', 'write')).toEqual({
+        ok: true,
+        access: { owner: P, grants: [{ principal: 'bob', mode: 'write' }] },
+      });
+      expect(await asBob('write', 'C'.repeat(21))).toEqual({
+        ok: false,
+        code: 'LOCKED',
+        message: `${T} is locked by another writer; retry later`,
+      });
       // Revoked: refused again, and his read handle's resume is refused too.
       expect(await edit(P, 'bob', 'none')).toEqual({ ok: true, access: { owner: P, grants: [] } });
       expect(await asBob('read', 'D'.repeat(21))).toEqual(refusal);
-      expect(await store.resume([{ target: T, requestId: B, principal: 'bob', mode: 'read', session: 'sb2', leaseMs: 1000, version: 1 }])).toEqual([{ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version: 0 }]);
+      expect(
+        await store.resume([
+          { target: T, requestId: B, principal: 'bob', mode: 'read', session: 'sb2', leaseMs: 1000, version: 1 },
+        ]),
+      ).toEqual([{ granted: false, reason: 'FORBIDDEN', code: 'FORBIDDEN', version: 0 }]);
       // The operator (no principal) edits any target's list; it is told when a target does not exist.
-      expect(await edit(undefined, 'carol', 'read')).toEqual({ ok: true, access: { owner: P, grants: [{ principal: 'carol', mode: 'read' }] } });
-      expect(await edit(undefined, 'carol', 'read', 'nobody.disk')).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining('does not exist') });
-      expect(await edit(P, P, 'none')).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT', message: expect.stringContaining('owns') });
+      expect(await edit(undefined, 'carol', 'read')).toEqual({
+        ok: true,
+        access: { owner: P, grants: [{ principal: 'carol', mode: 'read' }] },
+      });
+      expect(await edit(undefined, 'carol', 'read', 'nobody.disk')).toMatchObject({
+        ok: false,
+        code: 'INVALID_ARGUMENT',
+        message: expect.stringContaining('does not exist'),
+      });
+      expect(await edit(P, P, 'none')).toMatchObject({
+        ok: false,
+        code: 'INVALID_ARGUMENT',
+        message: expect.stringContaining('owns'),
+      });
       expect(await store.access('nobody.disk')).toBeUndefined();
       store = await env.reopen();
       expect(await store.access(T)).toEqual({ owner: P, grants: [{ principal: 'carol', mode: 'read' }] });
-      expect(await store.open({ target: T, requestId: 'E'.repeat(21), principal: 'carol', mode: 'read', session: 'sc', leaseMs: 1000 })).toMatchObject({ ok: true, version: 1 });
+      expect(
+        await store.open({
+          target: T,
+          requestId: 'E'.repeat(21),
+          principal: 'carol',
+          mode: 'read',
+          session: 'sc',
+          leaseMs: 1000,
+        }),
+      ).toMatchObject({ ok: true, version: 1 });
     });
 
-    it('a target written before owners were kept belongs to its lock record\'s principal, or its last holder\'s, never to whoever comes first', async () => {
+    it("a target written before owners were kept belongs to its lock record's principal, or its last holder's, never to whoever comes first", async () => {
       await setup();
       expect(await open(X, 's1', 0, 1000)).toMatchObject({ ok: true });
       await write(X, 's1', 1, 0, 'old');
-      expect(await store.open({ target: 'closed.disk', requestId: Y, principal: 'bob', mode: 'write', session: 'sb', leaseMs: 1000 })).toMatchObject({ ok: true });
-      expect(await store.write({ target: 'closed.disk', requestId: Y, session: 'sb', seq: 1, offset: 0, data: bytes('b') })).toMatchObject({ ok: true });
+      expect(
+        await store.open({
+          target: 'closed.disk',
+          requestId: Y,
+          principal: 'bob',
+          mode: 'write',
+          session: 'sb',
+          leaseMs: 1000,
+        }),
+      ).toMatchObject({ ok: true });
+      expect(
+        await store.write({ target: 'closed.disk', requestId: Y, session: 'sb', seq: 1, offset: 0, data: bytes('b') }),
+      ).toMatchObject({ ok: true });
       expect(await store.close({ target: 'closed.disk', requestId: Y }, 'sb')).toBe(true);
       await env.legacy(T);
       await env.legacy('closed.disk');
@@ -645,7 +912,16 @@ for (const adapter of adapters) {
       expect(await store.access('closed.disk')).toEqual({ owner: 'bob', grants: [] });
       // Its lock lapsed: the first comer of another principal is refused all the same.
       expect(await open(Y, 's2', 5000, 9000, 'write', 'mallory')).toEqual(refusal);
-      expect(await store.open({ target: 'closed.disk', requestId: X, principal: P, mode: 'read', session: 's2', leaseMs: 1000 })).toEqual(refusal);
+      expect(
+        await store.open({
+          target: 'closed.disk',
+          requestId: X,
+          principal: P,
+          mode: 'read',
+          session: 's2',
+          leaseMs: 1000,
+        }),
+      ).toEqual(refusal);
       // The owner's first change records it: once the record is gone, it is still the owner.
       expect(await resume(X, 's3')).toMatchObject({ granted: true, lastSeq: 1 });
       expect(await store.close({ target: T, requestId: X }, 's3')).toBe(true);
@@ -658,9 +934,21 @@ for (const adapter of adapters) {
       await setup();
       await open(X, 's1', 0, 1000);
       await write(X, 's1', 1, 0, 'durable');
-      expect(await store.open({ target: 'disk', requestId: Y, principal: P, mode: 'write', session: 's1', leaseMs: 1000, size: 8192 })).toMatchObject({ ok: true, size: 8192 });
+      expect(
+        await store.open({
+          target: 'disk',
+          requestId: Y,
+          principal: P,
+          mode: 'write',
+          session: 's1',
+          leaseMs: 1000,
+          size: 8192,
+        }),
+      ).toMatchObject({ ok: true, size: 8192 });
       store = await env.reopen();
-      expect(await store.open({ target: 'disk', requestId: X, principal: P, mode: 'read', session: 's2', leaseMs: 1000 })).toMatchObject({ ok: true, size: 8192 });
+      expect(
+        await store.open({ target: 'disk', requestId: X, principal: P, mode: 'read', session: 's2', leaseMs: 1000 }),
+      ).toMatchObject({ ok: true, size: 8192 });
       const r = await store.read({ target: T, offset: 0, length: 7 });
       expect(r.ok && text(r.data)).toBe('durable');
       expect(await resume(X, 's2')).toMatchObject({ granted: true, lastSeq: 1, version: 1 });
@@ -675,8 +963,12 @@ describe('sqlite specifics', () => {
     const a = new SqliteStore(join(t.dir, 's.sqlite'));
     const b = new SqliteStore(join(t.dir, 's.sqlite'));
     try {
-      expect(await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 100 })).toMatchObject({ ok: true });
-      expect(await b.open({ target: T, requestId: Y, principal: P, mode: 'write', session: 's2', leaseMs: 100 })).toMatchObject({ ok: false, code: 'LOCKED' });
+      expect(
+        await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 100 }),
+      ).toMatchObject({ ok: true });
+      expect(
+        await b.open({ target: T, requestId: Y, principal: P, mode: 'write', session: 's2', leaseMs: 100 }),
+      ).toMatchObject({ ok: false, code: 'LOCKED' });
       await a.write({ target: T, requestId: X, session: 's1', seq: 1, offset: 0, data: bytes('hi') });
       const r = await b.read({ target: T, offset: 0, length: 2 });
       expect(r.ok && text(r.data)).toBe('hi');
@@ -693,12 +985,23 @@ describe('sqlite specifics', () => {
     try {
       await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 100 });
       const before = { ...a.commits };
-      const writes = Array.from({ length: 200 }, (_, i) => a.write({ target: T, requestId: X, session: 's1', seq: i + 1, offset: i, data: bytes(String.fromCharCode(65 + (i % 26))) }));
+      const writes = Array.from({ length: 200 }, (_, i) =>
+        a.write({
+          target: T,
+          requestId: X,
+          session: 's1',
+          seq: i + 1,
+          offset: i,
+          data: bytes(String.fromCharCode(65 + (i % 26))),
+        }),
+      );
       const read = a.read({ target: T, offset: 0, length: 200 });
       const results = await Promise.all(writes);
       expect(results.map((r) => r.ok && r.version)).toEqual(Array.from({ length: 200 }, (_, i) => i + 1));
       const r = await read;
-      expect(r.ok && text(r.data)).toBe(Array.from({ length: 200 }, (_, i) => String.fromCharCode(65 + (i % 26))).join(''));
+      expect(r.ok && text(r.data)).toBe(
+        Array.from({ length: 200 }, (_, i) => String.fromCharCode(65 + (i % 26))).join(''),
+      );
       expect(a.commits.operations - before.operations).toBe(201);
       expect(a.commits.transactions - before.transactions).toBeLessThan(10);
     } finally {
@@ -715,11 +1018,15 @@ describe('sqlite specifics', () => {
       await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 100 });
       const blocker = new Database(path);
       blocker.exec('BEGIN IMMEDIATE');
-      const writes = [1, 2, 3].map((seq) => a.write({ target: T, requestId: X, session: 's1', seq, offset: 0, data: bytes('x') }));
+      const writes = [1, 2, 3].map((seq) =>
+        a.write({ target: T, requestId: X, session: 's1', seq, offset: 0, data: bytes('x') }),
+      );
       for (const w of writes) await expect(w).rejects.toMatchObject({ name: 'StoreUnavailableError' });
       blocker.exec('ROLLBACK');
       blocker.close();
-      expect(await a.write({ target: T, requestId: X, session: 's1', seq: 1, offset: 0, data: bytes('y') })).toMatchObject({ ok: true, applied: true, version: 1 });
+      expect(
+        await a.write({ target: T, requestId: X, session: 's1', seq: 1, offset: 0, data: bytes('y') }),
+      ).toMatchObject({ ok: true, applied: true, version: 1 });
     } finally {
       await a.shutdown();
       t.cleanup();
@@ -740,7 +1047,8 @@ describe('sqlite specifics', () => {
         return r.ok ? `${text(r.data)}@${r.version}` : r.code;
       };
       const before = a.commits.transactions;
-      const w = (seq: number, s: string) => a.sync.write({ target: T, requestId: X, session: 's1', seq, offset: seq - 1, data: bytes(s) });
+      const w = (seq: number, s: string) =>
+        a.sync.write({ target: T, requestId: X, session: 's1', seq, offset: seq - 1, data: bytes(s) });
       const ops = [
         a.commit(() => {
           const r = w(1, 'a');
@@ -759,10 +1067,12 @@ describe('sqlite specifics', () => {
           return r;
         }),
       ];
-      ops.forEach((p, i) => p.then(
-        () => log.push(`settled ${i + 1}`),
-        () => log.push(`settled ${i + 1}`),
-      ));
+      ops.forEach((p, i) =>
+        p.then(
+          () => log.push(`settled ${i + 1}`),
+          () => log.push(`settled ${i + 1}`),
+        ),
+      );
       expect(log).toEqual([]);
       const [r1, r2, r3] = await Promise.allSettled(ops);
       expect(r1).toMatchObject({ status: 'fulfilled', value: { ok: true, version: 1 } });
@@ -801,26 +1111,57 @@ describe('sqlite specifics', () => {
     }
   });
 
-  it('a file written before targets had owners gets the owner columns; its targets belong to their lock record\'s principal, or default', async () => {
+  it("a file written before targets had owners gets the owner columns; its targets belong to their lock record's principal, or default", async () => {
     const t = tempDir();
     const path = join(t.dir, 's.sqlite');
     const a = new SqliteStore(path);
     await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 100 });
     await a.write({ target: T, requestId: X, session: 's1', seq: 1, offset: 0, data: bytes('held') });
-    await a.open({ target: 'sized.disk', requestId: Y, principal: P, mode: 'write', session: 's1', leaseMs: 100, size: 4096 });
+    await a.open({
+      target: 'sized.disk',
+      requestId: Y,
+      principal: P,
+      mode: 'write',
+      session: 's1',
+      leaseMs: 100,
+      size: 4096,
+    });
     await a.close({ target: 'sized.disk', requestId: Y }, 's1');
     await a.shutdown();
     // As an earlier version left the file: no owner columns, and no tombstone naming a principal.
     const old = new Database(path);
-    old.exec("ALTER TABLE target_versions DROP COLUMN owner; ALTER TABLE target_versions DROP COLUMN grants; UPDATE tombstones SET list = '[]'");
+    old.exec(
+      "ALTER TABLE target_versions DROP COLUMN owner; ALTER TABLE target_versions DROP COLUMN grants; UPDATE tombstones SET list = '[]'",
+    );
     old.close();
     const b = new SqliteStore(path);
     try {
       expect(await b.access(T)).toEqual({ owner: P, grants: [] });
       expect(await b.access('sized.disk')).toEqual({ owner: 'default', grants: [] });
-      expect(await b.open({ target: 'sized.disk', requestId: 'Z'.repeat(21), principal: P, mode: 'read', session: 's2', leaseMs: 100 })).toMatchObject({ ok: false, code: 'FORBIDDEN' });
-      expect(await b.editAccess({ target: 'sized.disk', by: undefined, principal: P, mode: 'write' })).toMatchObject({ ok: true, access: { owner: 'default', grants: [{ principal: P, mode: 'write' }] } });
-      expect(await b.open({ target: 'sized.disk', requestId: 'Z'.repeat(21), principal: P, mode: 'read', session: 's2', leaseMs: 100 })).toMatchObject({ ok: true, size: 4096 });
+      expect(
+        await b.open({
+          target: 'sized.disk',
+          requestId: 'Z'.repeat(21),
+          principal: P,
+          mode: 'read',
+          session: 's2',
+          leaseMs: 100,
+        }),
+      ).toMatchObject({ ok: false, code: 'FORBIDDEN' });
+      expect(await b.editAccess({ target: 'sized.disk', by: undefined, principal: P, mode: 'write' })).toMatchObject({
+        ok: true,
+        access: { owner: 'default', grants: [{ principal: P, mode: 'write' }] },
+      });
+      expect(
+        await b.open({
+          target: 'sized.disk',
+          requestId: 'Z'.repeat(21),
+          principal: P,
+          mode: 'read',
+          session: 's2',
+          leaseMs: 100,
+        }),
+      ).toMatchObject({ ok: true, size: 4096 });
       expect(b.targets().map((x) => x.target)).toEqual(['sized.disk', T]);
     } finally {
       await b.shutdown();
@@ -861,8 +1202,25 @@ describe('etcd on three members', () => {
     const s = new EtcdStore(cluster().endpoints, { prefix: prefix(), timeoutMs: 2000 });
     const r1 = rid('L');
     try {
-      expect(await s.open({ target: 'l.disk', requestId: r1, principal: 'p', mode: 'write', session: 's1', leaseMs: 600_000 })).toMatchObject({ ok: true });
-      const w = (seq: number) => s.write({ target: 'l.disk', requestId: r1, session: 's1', seq, offset: (seq - 1) * 2, data: bytes(`${seq}`.padStart(2, '0')) });
+      expect(
+        await s.open({
+          target: 'l.disk',
+          requestId: r1,
+          principal: 'p',
+          mode: 'write',
+          session: 's1',
+          leaseMs: 600_000,
+        }),
+      ).toMatchObject({ ok: true });
+      const w = (seq: number) =>
+        s.write({
+          target: 'l.disk',
+          requestId: r1,
+          session: 's1',
+          seq,
+          offset: (seq - 1) * 2,
+          data: bytes(`${seq}`.padStart(2, '0')),
+        });
       // While etcd elects or reboots, an operation may fail as unavailable; a replica then dismounts
       // and its node agent sends the write again, which the seq makes safe: do the same here.
       const retry = async <T>(op: () => Promise<T>): Promise<T> => {
@@ -906,15 +1264,37 @@ describe('etcd on three members', () => {
     const b = new EtcdStore(cluster().endpoints, { prefix: p });
     try {
       const rid = (i: number) => `R${String(i).padStart(20, '0')}`;
-      const results = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? a : b).open({ target: 'race.disk', requestId: rid(i), principal: 'p', mode: 'write', session: `s${i}`, leaseMs: 60_000 })));
+      const results = await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          (i % 2 ? a : b).open({
+            target: 'race.disk',
+            requestId: rid(i),
+            principal: 'p',
+            mode: 'write',
+            session: `s${i}`,
+            leaseMs: 60_000,
+          }),
+        ),
+      );
       expect(results.filter((r) => r.ok)).toHaveLength(1);
       expect(results.filter((r) => !r.ok && r.code === 'LOCKED')).toHaveLength(19);
       const winner = results.findIndex((r) => r.ok);
       expect((await a.record('race.disk'))?.requestId).toBe(rid(winner));
       // Writes of the winner through both stores, in parallel: each seq applied once, in order.
-      const w = (seq: number) => (seq % 2 ? a : b).write({ target: 'race.disk', requestId: rid(winner), session: `s${winner}`, seq, offset: (seq - 1) * 2, data: bytes(`${seq}`.padStart(2, '0')) });
+      const w = (seq: number) =>
+        (seq % 2 ? a : b).write({
+          target: 'race.disk',
+          requestId: rid(winner),
+          session: `s${winner}`,
+          seq,
+          offset: (seq - 1) * 2,
+          data: bytes(`${seq}`.padStart(2, '0')),
+        });
       for (let seq = 1; seq <= 10; seq++) expect(await w(seq)).toMatchObject({ ok: true, applied: true, version: seq });
-      expect(await Promise.all([w(3), w(7)])).toEqual([{ ok: true, applied: false, version: 10 }, { ok: true, applied: false, version: 10 }]);
+      expect(await Promise.all([w(3), w(7)])).toEqual([
+        { ok: true, applied: false, version: 10 },
+        { ok: true, applied: false, version: 10 },
+      ]);
       const r = await b.read({ target: 'race.disk', offset: 0, length: 20 });
       expect(r.ok && text(r.data)).toBe('01020304050607080910');
     } finally {
@@ -926,7 +1306,8 @@ describe('etcd on three members', () => {
   it("a replica whose clock runs an hour ahead cannot expire a live lock: etcd's lease judges it, not the replica's clock", async () => {
     const hour = 3_600_000;
     const target = 'skew.disk';
-    const open = (s: EtcdStore, r: string, session: string) => s.open({ target, requestId: r, principal: 'p', mode: 'write', session, leaseMs: 2000 });
+    const open = (s: EtcdStore, r: string, session: string) =>
+      s.open({ target, requestId: r, principal: 'p', mode: 'write', session, leaseMs: 2000 });
     // Judged on each replica's clock (as SQLite is on its host's), the fast replica takes a live lock.
     {
       const p = prefix();
@@ -946,7 +1327,9 @@ describe('etcd on three members', () => {
     const fast = new EtcdStore(cluster().endpoints, { prefix: p, now: () => Date.now() + hour });
     try {
       expect(await open(a, rid('A'), 'sa')).toMatchObject({ ok: true });
-      expect(await a.write({ target, requestId: rid('A'), session: 'sa', seq: 1, offset: 0, data: bytes('a1') })).toMatchObject({ ok: true, applied: true });
+      expect(
+        await a.write({ target, requestId: rid('A'), session: 'sa', seq: 1, offset: 0, data: bytes('a1') }),
+      ).toMatchObject({ ok: true, applied: true });
       for (let i = 0; i < 6; i++) {
         expect(await open(fast, rid('B'), 'sb')).toMatchObject({ ok: false, code: 'LOCKED' });
         expect(await a.renew('sa', [{ target, requestId: rid('A') }], 2000)).toEqual({ lost: [] });
@@ -955,7 +1338,9 @@ describe('etcd on three members', () => {
       // The holder's replica stops renewing (it crashed): etcd lets the lease lapse (its TTL at least 7 s, for the 5 s call timeout), and only then is B granted.
       expect(await eventually(async () => (await open(fast, rid('B'), 'sb')).ok, 15_000)).toBe(true);
       // The holder learns it lost the target, and what it had applied.
-      expect(await a.resume([{ target, requestId: rid('A'), principal: 'p', mode: 'write', session: 'sa2', leaseMs: 2000 }])).toEqual([{ granted: false, reason: 'MODIFIED', code: 'MODIFIED', version: 1, lastSeq: 1 }]);
+      expect(
+        await a.resume([{ target, requestId: rid('A'), principal: 'p', mode: 'write', session: 'sa2', leaseMs: 2000 }]),
+      ).toEqual([{ granted: false, reason: 'MODIFIED', code: 'MODIFIED', version: 1, lastSeq: 1 }]);
     } finally {
       await a.shutdown();
       await fast.shutdown();
@@ -967,8 +1352,13 @@ describe('etcd on three members', () => {
     const a = new EtcdStore(cluster().endpoints, { prefix: p });
     const b = new EtcdStore(cluster().endpoints, { prefix: p });
     try {
-      const refs = Array.from({ length: 50 }, (_, i) => ({ target: `many-${i}.disk`, requestId: `M${String(i).padStart(20, '0')}` }));
-      const opened = await Promise.all(refs.map((r) => a.open({ ...r, principal: 'p', mode: 'write', session: 'sa', leaseMs: 2000 })));
+      const refs = Array.from({ length: 50 }, (_, i) => ({
+        target: `many-${i}.disk`,
+        requestId: `M${String(i).padStart(20, '0')}`,
+      }));
+      const opened = await Promise.all(
+        refs.map((r) => a.open({ ...r, principal: 'p', mode: 'write', session: 'sa', leaseMs: 2000 })),
+      );
       expect(opened.every((o) => o.ok)).toBe(true);
       expect(a.stats.grants).toBe(1);
       const before = { ...a.stats };
@@ -981,7 +1371,16 @@ describe('etcd on three members', () => {
       expect(await a.renew('sa', refs, 2000)).toEqual({ lost: [] });
       expect(a.stats.grants).toBe(2);
       expect(await a.locked(refs[49]!.target)).toBe(true);
-      expect(await b.open({ target: refs[0]!.target, requestId: rid('Y'), principal: 'p', mode: 'write', session: 'sb', leaseMs: 2000 })).toMatchObject({ ok: false, code: 'LOCKED' });
+      expect(
+        await b.open({
+          target: refs[0]!.target,
+          requestId: rid('Y'),
+          principal: 'p',
+          mode: 'write',
+          session: 'sb',
+          leaseMs: 2000,
+        }),
+      ).toMatchObject({ ok: false, code: 'LOCKED' });
     } finally {
       await a.shutdown();
       await b.shutdown();
@@ -997,11 +1396,22 @@ describe('etcd group commit and failures', () => {
     const a = new EtcdStore(etcd!.endpoints, { prefix: p });
     const b = new EtcdStore(etcd!.endpoints, { prefix: p });
     try {
-      const refs = Array.from({ length: 64 }, (_, i) => ({ target: `g-${i}.disk`, requestId: `G${String(i).padStart(20, '0')}` }));
-      expect((await Promise.all(refs.map((r) => a.open({ ...r, principal: 'p', mode: 'write', session: 'sa', leaseMs: 60_000 })))).every((o) => o.ok)).toBe(true);
+      const refs = Array.from({ length: 64 }, (_, i) => ({
+        target: `g-${i}.disk`,
+        requestId: `G${String(i).padStart(20, '0')}`,
+      }));
+      expect(
+        (
+          await Promise.all(
+            refs.map((r) => a.open({ ...r, principal: 'p', mode: 'write', session: 'sa', leaseMs: 60_000 })),
+          )
+        ).every((o) => o.ok),
+      ).toBe(true);
       const page = (i: number, seq: number) => new Uint8Array(4096).fill(65 + ((i + seq) % 26));
       const before = a.stats.commits;
-      const first = await Promise.all(refs.map((r, i) => a.write({ ...r, session: 'sa', seq: 1, offset: 0, data: page(i, 1) })));
+      const first = await Promise.all(
+        refs.map((r, i) => a.write({ ...r, session: 'sa', seq: 1, offset: 0, data: page(i, 1) })),
+      );
       expect(first.every((w) => w.ok && w.applied)).toBe(true);
       expect(a.stats.commits - before).toBeLessThanOrEqual(8);
       // The same writes and the next ones together, while b opens the targets for reading and writes nothing:
@@ -1009,7 +1419,9 @@ describe('etcd group commit and failures', () => {
       const mixed = await Promise.all([
         ...refs.map((r, i) => a.write({ ...r, session: 'sa', seq: 1, offset: 0, data: page(i, 1) })),
         ...refs.map((r, i) => a.write({ ...r, session: 'sa', seq: 2, offset: 4096, data: page(i, 2) })),
-        ...refs.map((r) => b.open({ ...r, requestId: 'H'.repeat(21), principal: 'p', mode: 'write', session: 'sb', leaseMs: 1000 })),
+        ...refs.map((r) =>
+          b.open({ ...r, requestId: 'H'.repeat(21), principal: 'p', mode: 'write', session: 'sb', leaseMs: 1000 }),
+        ),
       ]);
       expect(mixed.slice(0, 64)).toEqual(refs.map(() => ({ ok: true, applied: false, version: 1 })));
       expect(mixed.slice(64, 128)).toEqual(refs.map(() => ({ ok: true, applied: true, version: 2 })));
@@ -1031,18 +1443,29 @@ describe('etcd group commit and failures', () => {
     const b = new EtcdStore(etcd!.endpoints, { prefix: p, expiry: 'clock', now: () => t });
     try {
       const [x, y] = ['X'.repeat(21), 'Y'.repeat(21)];
-      expect(await a.open({ target: 's.disk', requestId: x, principal: 'p', mode: 'write', session: 'sa', leaseMs: 1000 })).toMatchObject({ ok: true });
+      expect(
+        await a.open({ target: 's.disk', requestId: x, principal: 'p', mode: 'write', session: 'sa', leaseMs: 1000 }),
+      ).toMatchObject({ ok: true });
       const reads = a.stats.reads;
       const page = new Uint8Array(4096).fill(120);
       // Whole 4 KiB pages (a partial page is read first, to merge).
-      for (let seq = 1; seq <= 3; seq++) expect(await a.write({ target: 's.disk', requestId: x, session: 'sa', seq, offset: seq * 4096, data: page })).toMatchObject({ ok: true, applied: true });
+      for (let seq = 1; seq <= 3; seq++)
+        expect(
+          await a.write({ target: 's.disk', requestId: x, session: 'sa', seq, offset: seq * 4096, data: page }),
+        ).toMatchObject({ ok: true, applied: true });
       expect(a.stats.reads).toBe(reads);
       // Another replica takes the target once the lock lapsed; a's remembered record is stale now.
       t = 5000;
-      expect(await b.open({ target: 's.disk', requestId: y, principal: 'p', mode: 'write', session: 'sb', leaseMs: 1000 })).toMatchObject({ ok: true });
+      expect(
+        await b.open({ target: 's.disk', requestId: y, principal: 'p', mode: 'write', session: 'sb', leaseMs: 1000 }),
+      ).toMatchObject({ ok: true });
       // A replay a remembers as applied, and the next write: both answered from etcd as it is.
-      expect(await a.write({ target: 's.disk', requestId: x, session: 'sa', seq: 3, offset: 3 * 4096, data: page })).toMatchObject({ ok: false, code: 'MODIFIED', lastSeq: 3 });
-      expect(await a.write({ target: 's.disk', requestId: x, session: 'sa', seq: 4, offset: 4 * 4096, data: page })).toMatchObject({ ok: false, code: 'MODIFIED', lastSeq: 3 });
+      expect(
+        await a.write({ target: 's.disk', requestId: x, session: 'sa', seq: 3, offset: 3 * 4096, data: page }),
+      ).toMatchObject({ ok: false, code: 'MODIFIED', lastSeq: 3 });
+      expect(
+        await a.write({ target: 's.disk', requestId: x, session: 'sa', seq: 4, offset: 4 * 4096, data: page }),
+      ).toMatchObject({ ok: false, code: 'MODIFIED', lastSeq: 3 });
       expect(await a.record('s.disk')).toMatchObject({ requestId: y });
     } finally {
       await a.shutdown();
@@ -1054,10 +1477,23 @@ describe('etcd group commit and failures', () => {
     const s = new EtcdStore(etcd!.endpoints, { prefix: `/big-${process.pid}/` });
     try {
       const r = 'B'.repeat(21);
-      expect(await s.open({ target: 'big.disk', requestId: r, principal: 'p', mode: 'write', session: 's', leaseMs: 60_000 })).toMatchObject({ ok: true });
+      expect(
+        await s.open({
+          target: 'big.disk',
+          requestId: r,
+          principal: 'p',
+          mode: 'write',
+          session: 's',
+          leaseMs: 60_000,
+        }),
+      ).toMatchObject({ ok: true });
       const data = new Uint8Array(1024 * 1024).map((_, i) => (i * 7) % 251);
       const small = s.write({ target: 'other.disk', requestId: r, session: 's', seq: 1, offset: 0, data: bytes('x') });
-      expect(await s.write({ target: 'big.disk', requestId: r, session: 's', seq: 1, offset: 100, data })).toEqual({ ok: true, applied: true, version: 1 });
+      expect(await s.write({ target: 'big.disk', requestId: r, session: 's', seq: 1, offset: 100, data })).toEqual({
+        ok: true,
+        applied: true,
+        version: 1,
+      });
       expect(await small).toMatchObject({ ok: false, code: 'MODIFIED' });
       const back = await s.read({ target: 'big.disk', offset: 0, length: 2 * 1024 * 1024 });
       expect(back.ok && back.data.length).toBe(100 + data.length);
@@ -1073,11 +1509,22 @@ describe('etcd group commit and failures', () => {
     const b = new EtcdStore(etcd!.endpoints, { prefix: p });
     try {
       const ref = { target: 'kept.disk', requestId: 'K'.repeat(21) };
-      expect(await a.open({ ...ref, principal: 'p', mode: 'write', session: 'sa', leaseMs: 2000 })).toMatchObject({ ok: true });
+      expect(await a.open({ ...ref, principal: 'p', mode: 'write', session: 'sa', leaseMs: 2000 })).toMatchObject({
+        ok: true,
+      });
       // Renewed every 600 ms, the lock is looked at just before each renewal, for 6 s (three TTLs).
       for (let i = 0; i < 10; i++) {
         await new Promise((r) => setTimeout(r, 600));
-        expect(await b.open({ target: ref.target, requestId: 'J'.repeat(21), principal: 'p', mode: 'write', session: 'sb', leaseMs: 2000 })).toMatchObject({ ok: false, code: 'LOCKED' });
+        expect(
+          await b.open({
+            target: ref.target,
+            requestId: 'J'.repeat(21),
+            principal: 'p',
+            mode: 'write',
+            session: 'sb',
+            leaseMs: 2000,
+          }),
+        ).toMatchObject({ ok: false, code: 'LOCKED' });
         expect(await a.renew('sa', [ref], 2000)).toEqual({ lost: [] });
       }
     } finally {
@@ -1094,13 +1541,44 @@ describe('etcd group commit and failures', () => {
       const y = 'Y'.repeat(21);
       const T2 = 'come-and-go.disk';
       // a has decided on T2 while it had no record (a resume of an unknown requestId, denied).
-      expect(await a.resume([{ target: T2, requestId: 'Z'.repeat(21), principal: 'p', mode: 'write', session: 'sz', leaseMs: 1000 }])).toMatchObject([{ granted: false, reason: 'MODIFIED' }]);
+      expect(
+        await a.resume([
+          { target: T2, requestId: 'Z'.repeat(21), principal: 'p', mode: 'write', session: 'sz', leaseMs: 1000 },
+        ]),
+      ).toMatchObject([{ granted: false, reason: 'MODIFIED' }]);
       // Through b: instance i1 opens, instance i2 of the same requestId takes over, then closes.
-      expect(await b.open({ target: T2, requestId: y, principal: 'p', mode: 'write', session: 's1', leaseMs: 1000, instance: 'i1' })).toMatchObject({ ok: true });
-      expect(await b.resume([{ target: T2, requestId: y, principal: 'p', mode: 'write', session: 's2', leaseMs: 1000, instance: 'i2', takeover: true }])).toMatchObject([{ granted: true }]);
+      expect(
+        await b.open({
+          target: T2,
+          requestId: y,
+          principal: 'p',
+          mode: 'write',
+          session: 's1',
+          leaseMs: 1000,
+          instance: 'i1',
+        }),
+      ).toMatchObject({ ok: true });
+      expect(
+        await b.resume([
+          {
+            target: T2,
+            requestId: y,
+            principal: 'p',
+            mode: 'write',
+            session: 's2',
+            leaseMs: 1000,
+            instance: 'i2',
+            takeover: true,
+          },
+        ]),
+      ).toMatchObject([{ granted: true }]);
       expect(await b.close({ target: T2, requestId: y }, 's2')).toBe(true);
       // i1 comes back through a: the tombstone says another instance superseded it.
-      expect(await a.resume([{ target: T2, requestId: y, principal: 'p', mode: 'write', session: 's3', leaseMs: 1000, instance: 'i1' }])).toMatchObject([{ granted: false, reason: 'SUPERSEDED' }]);
+      expect(
+        await a.resume([
+          { target: T2, requestId: y, principal: 'p', mode: 'write', session: 's3', leaseMs: 1000, instance: 'i1' },
+        ]),
+      ).toMatchObject([{ granted: false, reason: 'SUPERSEDED' }]);
     } finally {
       await a.shutdown();
       await b.shutdown();
@@ -1111,9 +1589,12 @@ describe('etcd group commit and failures', () => {
     const s = new EtcdStore(etcd!.endpoints, { prefix: `/lost-answer-${process.pid}/` });
     try {
       const r = 'A'.repeat(21);
-      expect(await s.open({ target: 'la.disk', requestId: r, principal: 'p', mode: 'write', session: 's', leaseMs: 60_000 })).toMatchObject({ ok: true });
+      expect(
+        await s.open({ target: 'la.disk', requestId: r, principal: 'p', mode: 'write', session: 's', leaseMs: 60_000 }),
+      ).toMatchObject({ ok: true });
       // The next guarded commit reaches etcd, but its answer is lost (a member died after applying it).
-      const kv = (s as unknown as { client: { kv: { txn: (req: { compare?: unknown[] }) => Promise<unknown> } } }).client.kv;
+      const kv = (s as unknown as { client: { kv: { txn: (req: { compare?: unknown[] }) => Promise<unknown> } } })
+        .client.kv;
       const real = kv.txn.bind(kv);
       let lost = 0;
       kv.txn = async (req) => {
@@ -1121,7 +1602,9 @@ describe('etcd group commit and failures', () => {
         if ((req.compare?.length ?? 0) > 0 && lost++ === 0) throw new Error('14 UNAVAILABLE: Connection dropped');
         return res;
       };
-      expect(await s.write({ target: 'la.disk', requestId: r, session: 's', seq: 1, offset: 0, data: bytes('once') })).toEqual({ ok: true, applied: true, version: 1 });
+      expect(
+        await s.write({ target: 'la.disk', requestId: r, session: 's', seq: 1, offset: 0, data: bytes('once') }),
+      ).toEqual({ ok: true, applied: true, version: 1 });
       expect(lost).toBeGreaterThan(1);
       const back = await s.read({ target: 'la.disk', offset: 0, length: 10 });
       expect(back).toMatchObject({ ok: true, version: 1 });
@@ -1136,11 +1619,27 @@ describe('etcd group commit and failures', () => {
     const b = new EtcdStore(etcd!.endpoints, { prefix: p, log: historyLog('replica-b') });
     try {
       const r = 'W'.repeat(21);
-      expect(await a.open({ target: 'log.disk', requestId: r, principal: 'p', mode: 'write', session: 's', leaseMs: 60_000 })).toMatchObject({ ok: true });
+      expect(
+        await a.open({
+          target: 'log.disk',
+          requestId: r,
+          principal: 'p',
+          mode: 'write',
+          session: 's',
+          leaseMs: 60_000,
+        }),
+      ).toMatchObject({ ok: true });
       // 40 writes sent through both replicas at once, each seq until it lands: they apply in seq order.
       const w = async (seq: number) => {
         for (;;) {
-          const res = await (seq % 2 ? a : b).write({ target: 'log.disk', requestId: r, session: 's', seq, offset: seq - 1, data: bytes(String.fromCharCode(64 + (seq % 26))) });
+          const res = await (seq % 2 ? a : b).write({
+            target: 'log.disk',
+            requestId: r,
+            session: 's',
+            seq,
+            offset: seq - 1,
+            data: bytes(String.fromCharCode(64 + (seq % 26))),
+          });
           if (res.ok) return res;
           await new Promise((done) => setTimeout(done, 5));
         }
@@ -1168,7 +1667,9 @@ describe('etcd group commit and failures', () => {
       await s.ping();
       await lone.stop();
       await expect(s.ping()).rejects.toMatchObject({ name: 'StoreUnavailableError' });
-      await expect(s.open({ target: 't', requestId: 'R'.repeat(21), principal: 'p', mode: 'write', session: 's', leaseMs: 1000 })).rejects.toMatchObject({ name: 'StoreUnavailableError' });
+      await expect(
+        s.open({ target: 't', requestId: 'R'.repeat(21), principal: 'p', mode: 'write', session: 's', leaseMs: 1000 }),
+      ).rejects.toMatchObject({ name: 'StoreUnavailableError' });
     } finally {
       await s.shutdown();
     }
@@ -1198,7 +1699,8 @@ describe('etcd: a lock never hangs on a lease about to lapse', () => {
       }
       return true;
     };
-    const open = (st: EtcdStore, target: string, requestId: string, session: string) => st.open({ target, requestId, principal: 'p', mode: 'write', session, leaseMs });
+    const open = (st: EtcdStore, target: string, requestId: string, session: string) =>
+      st.open({ target, requestId, principal: 'p', mode: 'write', session, leaseMs });
     try {
       expect(await open(other, 'a.disk', rid('H'), 'sh')).toMatchObject({ ok: true });
       // S's first write open is refused: its session's lease is granted all the same, and nothing keeps it alive.

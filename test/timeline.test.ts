@@ -11,10 +11,14 @@ describe('timeline', () => {
     tl.add({ kind: 'process', id: 'replica-1', what: 'exited', detail: 'SIGKILL' });
     // The node saw its handle pause at 1100 and says so with its next report, at 1300.
     tl.handles('node-1', [{ app: 'app-1', target: 'a.disk', requestId: 'r1', state: 'active', reason: null, at: 900 }]);
-    tl.handles('node-1', [{ app: 'app-1', target: 'a.disk', requestId: 'r1', state: 'paused', reason: null, at: 1100 }]);
+    tl.handles('node-1', [
+      { app: 'app-1', target: 'a.disk', requestId: 'r1', state: 'paused', reason: null, at: 1100 },
+    ]);
     expect(tl.list().map((e) => e.at)).toEqual([900, 1000, 1100, 1300]);
     expect(tl.list().map((e) => e.kind)).toEqual(['handle', 'fault', 'handle', 'process']);
-    expect(formatEvent(tl.list()[2]!)).toMatch(/^00:00:01\.100  handle   node-1\/app-1 +a\.disk  active -> paused  requestId r1$/);
+    expect(formatEvent(tl.list()[2]!)).toMatch(
+      /^00:00:01\.100  handle   node-1\/app-1 +a\.disk  active -> paused  requestId r1$/,
+    );
   });
 
   it('gives a reader with a cursor every event added since, wherever it sorts', () => {
@@ -24,7 +28,9 @@ describe('timeline', () => {
     now = 2000;
     tl.add({ kind: 'fault', what: 'heal node-1' });
     const cursor = tl.next;
-    tl.handles('node-1', [{ app: 'app-1', target: 'a.disk', requestId: 'r1', state: 'paused', reason: null, at: 1500 }]);
+    tl.handles('node-1', [
+      { app: 'app-1', target: 'a.disk', requestId: 'r1', state: 'paused', reason: null, at: 1500 },
+    ]);
     now = 2500;
     tl.add({ kind: 'fault', what: 'kill replica-2' });
     const since = tl.list(undefined, cursor);
@@ -39,7 +45,16 @@ describe('timeline', () => {
     const tl = new Timeline(() => now);
     for (let i = 0; i < 3000; i++) {
       now = i * 10;
-      tl.handles('node-1', [{ app: 'app-1', target: 'a.disk', requestId: 'r1', state: i % 2 === 0 ? 'paused' : 'active', reason: null, at: now }]);
+      tl.handles('node-1', [
+        {
+          app: 'app-1',
+          target: 'a.disk',
+          requestId: 'r1',
+          state: i % 2 === 0 ? 'paused' : 'active',
+          reason: null,
+          at: now,
+        },
+      ]);
     }
     tl.handles('node-1', [{ app: 'app-1', target: 'a.disk', requestId: 'r1', state: 'paused', reason: null }]);
     expect(tl.pauses).toBe(1501);

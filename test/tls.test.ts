@@ -26,7 +26,10 @@ const makeCert = (name: string, ca: string, san: string, days = 2) => certMaker(
 
 /** TLS options from `<cert>.crt`/`<cert>.key`, trusting `<ca>.crt`. */
 function tls(cert: string, ca: string, extra: Partial<TlsOptions> = {}): TlsOptions {
-  return { ...loadTlsFiles({ certFile: file(`${cert}.crt`), keyFile: file(`${cert}.key`), caFile: file(`${ca}.crt`) }), ...extra };
+  return {
+    ...loadTlsFiles({ certFile: file(`${cert}.crt`), keyFile: file(`${cert}.key`), caFile: file(`${ca}.crt`) }),
+    ...extra,
+  };
 }
 
 beforeAll(() => {
@@ -125,7 +128,12 @@ const portOf = (url: string) => Number(new URL(url).port);
 
 describe('WebSocketTransport over TLS', () => {
   it('frames round-trip over wss:// both ways', async () => {
-    const server = await echoServer(new WebSocketTransport({ tls: tls('replica', 'ca') }), { type: 'error', code: 'HELLO', message: 'from the server', retryable: false });
+    const server = await echoServer(new WebSocketTransport({ tls: tls('replica', 'ca') }), {
+      type: 'error',
+      code: 'HELLO',
+      message: 'from the server',
+      retryable: false,
+    });
     expect(server.url).toMatch(/^wss:\/\/127\.0\.0\.1:\d+$/);
     const conn = await connect(new WebSocketTransport({ tls: tls('node', 'ca') }), server.url);
     const frames: Decoded[] = [];
@@ -139,7 +147,12 @@ describe('WebSocketTransport over TLS', () => {
   });
 
   it('keeps the frame size limit given with the options object', async () => {
-    const server = await echoServer(new WebSocketTransport({ maxFrameBytes: 64, tls: tls('replica', 'ca') }), { type: 'error', code: 'BIG', message: BIG, retryable: false });
+    const server = await echoServer(new WebSocketTransport({ maxFrameBytes: 64, tls: tls('replica', 'ca') }), {
+      type: 'error',
+      code: 'BIG',
+      message: BIG,
+      retryable: false,
+    });
     const conn = await connect(new WebSocketTransport({ maxFrameBytes: 64, tls: tls('node', 'ca') }), server.url);
     const f = await ping(conn);
     expect(f.ok ? 'ok' : f.code).toBe('FRAME_TOO_LARGE');
@@ -169,9 +182,13 @@ describe('WebSocketTransport over TLS', () => {
 
   it('refuses a server whose certificate is not signed by the configured CA', async () => {
     const server = await echoServer(new WebSocketTransport({ tls: tls('replica', 'ca') }));
-    const err = await new WebSocketTransport({ tls: tls('stranger', 'other-ca') }).connect(server.url).catch((e: Error) => e);
+    const err = await new WebSocketTransport({ tls: tls('stranger', 'other-ca') })
+      .connect(server.url)
+      .catch((e: Error) => e);
     expect(err).toBeInstanceOf(Error);
-    expect((err as Error).message).toMatch(/not signed by the configured CA: .*\((SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_VERIFY_LEAF_SIGNATURE)\)$/);
+    expect((err as Error).message).toMatch(
+      /not signed by the configured CA: .*\((SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_VERIFY_LEAF_SIGNATURE)\)$/,
+    );
     expect(server.accepted).toBe(0);
     await roundTrip(new WebSocketTransport({ tls: tls('node', 'ca') }), server.url);
     expect(server.accepted).toBe(1);
@@ -197,7 +214,9 @@ describe('WebSocketTransport over TLS', () => {
     const err = await new WebSocketTransport().connect(plainUrl, { timeoutMs: 3000 }).catch((e: Error) => e);
     expect((err as Error).message).toMatch(/if it is a wss:\/\/ listener, use a wss:\/\/ URL/);
     // A TLS transport told not to require TLS takes the same plaintext path and fails the same way.
-    const lax = await new WebSocketTransport({ tls: tls('node', 'ca', { require: false }) }).connect(plainUrl, { timeoutMs: 3000 }).catch((e: Error) => e);
+    const lax = await new WebSocketTransport({ tls: tls('node', 'ca', { require: false }) })
+      .connect(plainUrl, { timeoutMs: 3000 })
+      .catch((e: Error) => e);
     expect((lax as Error).message).toMatch(/use a wss:\/\/ URL/);
     expect(server.accepted).toBe(0);
     await roundTrip(new WebSocketTransport({ tls: tls('node', 'ca') }), server.url);
@@ -206,7 +225,9 @@ describe('WebSocketTransport over TLS', () => {
   it('a TLS client to a plain ws:// server fails clearly, and the server keeps serving', async () => {
     const server = await echoServer(new WebSocketTransport());
     const tlsUrl = server.url.replace(/^ws:/, 'wss:');
-    const err = await new WebSocketTransport({ tls: tls('node', 'ca') }).connect(tlsUrl, { timeoutMs: 3000 }).catch((e: Error) => e);
+    const err = await new WebSocketTransport({ tls: tls('node', 'ca') })
+      .connect(tlsUrl, { timeoutMs: 3000 })
+      .catch((e: Error) => e);
     expect((err as Error).message).toMatch(/does not speak TLS .*: wrong version number \(EPROTO\)$/);
     expect(server.accepted).toBe(0);
     await roundTrip(new WebSocketTransport(), server.url);
@@ -216,7 +237,9 @@ describe('WebSocketTransport over TLS', () => {
     const server = await echoServer(new WebSocketTransport());
     const err = await new WebSocketTransport({ tls: tls('node', 'ca') }).connect(server.url).catch((e: Error) => e);
     expect((err as Error).message).toMatch(/TLS is required/);
-    const explicit = await new WebSocketTransport({ tls: tls('node', 'ca', { require: true }) }).connect(server.url).catch((e: Error) => e);
+    const explicit = await new WebSocketTransport({ tls: tls('node', 'ca', { require: true }) })
+      .connect(server.url)
+      .catch((e: Error) => e);
     expect((explicit as Error).message).toMatch(/TLS is required/);
     expect(server.accepted).toBe(0);
     // require: false lets the same URL through, so the refusal above is the option's doing.
@@ -234,8 +257,12 @@ describe('WebSocketTransport over TLS', () => {
   it('mutual TLS: a client certificate from another CA is refused, one from the CA is accepted', async () => {
     const server = await echoServer(new WebSocketTransport({ tls: tls('replica', 'ca', { requireClientCert: true }) }));
     // The stranger trusts the cluster CA (so it accepts the server) but its own cert is from another CA.
-    const err = await new WebSocketTransport({ tls: tls('stranger', 'ca') }).connect(server.url, { timeoutMs: 3000 }).catch((e: Error) => e);
-    expect((err as Error).message).toMatch(/closed the connection during the handshake \(a server requiring client certificates .*\(ECONNRESET\)$/);
+    const err = await new WebSocketTransport({ tls: tls('stranger', 'ca') })
+      .connect(server.url, { timeoutMs: 3000 })
+      .catch((e: Error) => e);
+    expect((err as Error).message).toMatch(
+      /closed the connection during the handshake \(a server requiring client certificates .*\(ECONNRESET\)$/,
+    );
     expect(server.accepted).toBe(0);
     await roundTrip(new WebSocketTransport({ tls: tls('node', 'ca') }), server.url);
     expect(server.accepted).toBe(1);
@@ -247,13 +274,19 @@ describe('WebSocketTransport over TLS', () => {
 
 describe('TLS configuration', () => {
   it('loadTlsFiles names the file it cannot read', () => {
-    expect(() => loadTlsFiles({ certFile: file('replica.crt'), keyFile: file('missing.key'), caFile: file('ca.crt') })).toThrow(`cannot read TLS key file ${file('missing.key')}: no such file`);
+    expect(() =>
+      loadTlsFiles({ certFile: file('replica.crt'), keyFile: file('missing.key'), caFile: file('ca.crt') }),
+    ).toThrow(`cannot read TLS key file ${file('missing.key')}: no such file`);
     writeFileSync(file('not-pem.crt'), 'hello');
-    expect(() => loadTlsFiles({ certFile: file('not-pem.crt'), keyFile: file('replica.key'), caFile: file('ca.crt') })).toThrow(/TLS certificate file .*not-pem\.crt is not PEM/);
+    expect(() =>
+      loadTlsFiles({ certFile: file('not-pem.crt'), keyFile: file('replica.key'), caFile: file('ca.crt') }),
+    ).toThrow(/TLS certificate file .*not-pem\.crt is not PEM/);
     if (process.getuid?.() !== 0) {
       writeFileSync(file('locked.crt'), 'x');
       chmodSync(file('locked.crt'), 0o000);
-      expect(() => loadTlsFiles({ certFile: file('replica.crt'), keyFile: file('replica.key'), caFile: file('locked.crt') })).toThrow(/cannot read TLS CA file .*locked\.crt: permission denied/);
+      expect(() =>
+        loadTlsFiles({ certFile: file('replica.crt'), keyFile: file('replica.key'), caFile: file('locked.crt') }),
+      ).toThrow(/cannot read TLS CA file .*locked\.crt: permission denied/);
     }
     const ok = loadTlsFiles({ certFile: file('replica.crt'), keyFile: file('replica.key'), caFile: file('ca.crt') });
     expect(ok.cert.toString()).toContain('-----BEGIN CERTIFICATE-----');
@@ -265,7 +298,12 @@ describe('TLS configuration', () => {
   });
 
   it('a plain number still sets the frame limit', async () => {
-    const server = await echoServer(new WebSocketTransport(64), { type: 'error', code: 'BIG', message: BIG, retryable: false });
+    const server = await echoServer(new WebSocketTransport(64), {
+      type: 'error',
+      code: 'BIG',
+      message: BIG,
+      retryable: false,
+    });
     const conn = await connect(new WebSocketTransport(64), server.url);
     expect(await ping(conn).then((f) => (f.ok ? 'ok' : f.code))).toBe('FRAME_TOO_LARGE');
   });

@@ -31,7 +31,9 @@ export default function setup(): () => void {
   const before = tracked();
   return () => {
     const after = tracked();
-    const allowed = (f: string) => (process.env.SAFE_RESUME_DOCS_SCREENSHOT === '1' && f === 'docs/inspector.png') || (process.env.UPDATE === '1' && f.startsWith('test/scenarios/'));
+    const allowed = (f: string) =>
+      (process.env.SAFE_RESUME_DOCS_SCREENSHOT === '1' && f === 'docs/inspector.png') ||
+      (process.env.UPDATE === '1' && f.startsWith('test/scenarios/'));
     const changed = [...before].filter(([f, h]) => after.get(f) !== h && !allowed(f)).map(([f]) => f);
     if (changed.length === 0) return;
     // vitest reports an error thrown here but exits 0: the exit code is set as well.

@@ -24,7 +24,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** A CLI command against the cluster: its exit code and what it printed. */
 function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
   return new Promise((resolve) => {
-    execFile('node', [CLI, ...args, '--dir', dir], { encoding: 'utf8', timeout: 30_000 }, (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: stdout, err: stderr }));
+    execFile('node', [CLI, ...args, '--dir', dir], { encoding: 'utf8', timeout: 30_000 }, (err, stdout, stderr) =>
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: stdout, err: stderr }),
+    );
   });
 }
 
@@ -33,13 +35,18 @@ async function json<T>(...args: string[]): Promise<T> {
 }
 
 interface Status {
-  nodes: Array<{ id: string; metrics: string | null; nbd: { url: string; connections: Array<{ target: string; state: string }> } | null }>;
+  nodes: Array<{
+    id: string;
+    metrics: string | null;
+    nbd: { url: string; connections: Array<{ target: string; state: string }> } | null;
+  }>;
   replicas: Array<{ id: string; metrics: string | null }>;
   handles: Array<{ node: string; app: string; target: string; state: string }>;
   totals: { pauses: number };
 }
 const status = () => json<Status>('status');
-const events = async (target?: string) => (await json<{ events: TimelineEvent[] }>('events', ...(target ? ['--target', target] : []))).events;
+const events = async (target?: string) =>
+  (await json<{ events: TimelineEvent[] }>('events', ...(target ? ['--target', target] : []))).events;
 
 async function until<T>(what: string, check: () => Promise<T | undefined | false>, ms = 30_000): Promise<T> {
   const end = Date.now() + ms;
@@ -56,12 +63,18 @@ async function until<T>(what: string, check: () => Promise<T | undefined | false
  * registration, then the recent events), reduced as the page reduces them: still running, or an
  * application handle left invalidated.
  */
-async function drawnActors(): Promise<Array<{ process: string; machine: string; state: string; target: string | undefined }>> {
+async function drawnActors(): Promise<
+  Array<{ process: string; machine: string; state: string; target: string | undefined }>
+> {
   const u = new URL(inspector);
   const token = u.hash.replace('#token=', '');
   const ws = new WebSocket(`ws://${u.host}/stream?token=${token}`, { headers: { origin: `http://${u.host}` } });
-  const actors = new Map<string, { process: string; machine: string; value: unknown; status: string; target: string | undefined }>();
-  const parse = (v: unknown) => (typeof v === 'string' ? (JSON.parse(v) as Record<string, unknown>) : ((v ?? {}) as Record<string, unknown>));
+  const actors = new Map<
+    string,
+    { process: string; machine: string; value: unknown; status: string; target: string | undefined }
+  >();
+  const parse = (v: unknown) =>
+    typeof v === 'string' ? (JSON.parse(v) as Record<string, unknown>) : ((v ?? {}) as Record<string, unknown>);
   ws.on('message', (data) => {
     for (const ev of JSON.parse(String(data)) as Array<Record<string, unknown>>) {
       const key = `${String(ev.process)}:${String(ev.sessionId)}`;
@@ -69,7 +82,13 @@ async function drawnActors(): Promise<Array<{ process: string; machine: string; 
         const def = parse(ev.definition);
         const snap = parse(ev.snapshot);
         if (!def.states) continue;
-        actors.set(key, { process: String(ev.process), machine: String(def.id), value: snap.value, status: String(snap.status ?? 'active'), target: (snap.context as { target?: string } | undefined)?.target });
+        actors.set(key, {
+          process: String(ev.process),
+          machine: String(def.id),
+          value: snap.value,
+          status: String(snap.status ?? 'active'),
+          target: (snap.context as { target?: string } | undefined)?.target,
+        });
       } else if (ev.type === '@xstate.snapshot') {
         const a = actors.get(key);
         if (!a) continue;
@@ -90,16 +109,23 @@ async function drawnActors(): Promise<Array<{ process: string; machine: string; 
 /** One gauge's samples from a /metrics page. */
 async function handleGauge(url: string): Promise<Record<string, number>> {
   const text = await (await fetch(`${url}/metrics`)).text();
-  return Object.fromEntries([...text.matchAll(/^safe_resume_handles\{state="(\w+)"\} (\d+)$/gm)].map((m) => [m[1]!, Number(m[2])]));
+  return Object.fromEntries(
+    [...text.matchAll(/^safe_resume_handles\{state="(\w+)"\} (\d+)$/gm)].map((m) => [m[1]!, Number(m[2])]),
+  );
 }
 
 function qemuIo(target: string, ...commands: string[]): string {
-  const io = spawnSync('qemu-io', ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), targetUrl(nbdUrl, target)], { encoding: 'utf8', timeout: 30_000 });
+  const io = spawnSync('qemu-io', ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), targetUrl(nbdUrl, target)], {
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
   return `${io.stdout}${io.stderr}`;
 }
 
 /** A bare NBD client (fixed newstyle, NBD_OPT_GO, simple replies) that holds its connection, and so its handle, until `close`. */
-async function nbdClient(target: string): Promise<{ write: (offset: number, data: Buffer) => Promise<number>; close: () => void }> {
+async function nbdClient(
+  target: string,
+): Promise<{ write: (offset: number, data: Buffer) => Promise<number>; close: () => void }> {
   const socket: Socket = connect(new URL(nbdUrl).searchParams.get('socket')!);
   socket.on('error', () => undefined);
   let input = Buffer.alloc(0);
@@ -149,7 +175,26 @@ async function nbdClient(target: string): Promise<{ write: (offset: number, data
 }
 
 beforeAll(async () => {
-  launcher = spawn('node', [CLI, 'up', '--dir', dir, '--replicas', '2', '--nodes', '1', '--apps', '1', '--hold-ms', '1000', '--interval-ms', '100'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  launcher = spawn(
+    'node',
+    [
+      CLI,
+      'up',
+      '--dir',
+      dir,
+      '--replicas',
+      '2',
+      '--nodes',
+      '1',
+      '--apps',
+      '1',
+      '--hold-ms',
+      '1000',
+      '--interval-ms',
+      '100',
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   let out = '';
   await new Promise<void>((resolve, reject) => {
     launcher!.stdout!.on('data', (d: Buffer) => {
@@ -179,12 +224,23 @@ afterAll(async () => {
 describe('views show only what happened', () => {
   it('NBD handles that closed leave the inspector (node and replica side), the metrics and the status, watched or not', async () => {
     // Nobody watches the inspector meanwhile: the processes send the launcher registrations only.
-    for (let i = 0; i < 3; i++) expect(qemuIo('e.disk', 'write -P 0x61 0 4k', 'read -P 0x61 0 4k')).toMatch(/wrote 4096\/4096[\s\S]*read 4096\/4096/);
+    for (let i = 0; i < 3; i++)
+      expect(qemuIo('e.disk', 'write -P 0x61 0 4k', 'read -P 0x61 0 4k')).toMatch(
+        /wrote 4096\/4096[\s\S]*read 4096\/4096/,
+      );
     await sleep(1000);
     const drawn = await drawnActors();
-    expect(drawn.filter((a) => a.target === 'e.disk'), JSON.stringify(drawn)).toEqual([]);
+    expect(
+      drawn.filter((a) => a.target === 'e.disk'),
+      JSON.stringify(drawn),
+    ).toEqual([]);
     // The workload's handle is still there, on both sides: the view is not merely empty.
-    expect(drawn.filter((a) => a.target === 'app-1.disk').map((a) => `${a.process} ${a.machine} ${a.state}`).sort()).toEqual(['node-1 handle "active"', 'replica-1 replicaHandle "active"'].sort());
+    expect(
+      drawn
+        .filter((a) => a.target === 'app-1.disk')
+        .map((a) => `${a.process} ${a.machine} ${a.state}`)
+        .sort(),
+    ).toEqual(['node-1 handle "active"', 'replica-1 replicaHandle "active"'].sort());
 
     // And watched: a client that comes and goes while a browser is connected leaves nothing either.
     const watching = drawnActors();
@@ -210,8 +266,16 @@ describe('views show only what happened', () => {
     expect(locked.code, locked.err).toBe(1);
     expect(locked.err).toContain('LOCKED');
     const after = (await events()).slice(before).filter((e) => e.kind !== 'handle' && e.kind !== 'process');
-    expect(after.filter((e) => e.kind === 'fault'), JSON.stringify(after)).toEqual([]);
-    expect(after.map((e) => (e.kind === 'refused' ? `${e.what}: ${e.code}` : e.kind))).toEqual(['kill replica-9: INVALID_ARGUMENT', 'partition replica-1: INVALID_ARGUMENT', 'heal node-7: INVALID_ARGUMENT', 'write app-1.disk "x" intruder: LOCKED']);
+    expect(
+      after.filter((e) => e.kind === 'fault'),
+      JSON.stringify(after),
+    ).toEqual([]);
+    expect(after.map((e) => (e.kind === 'refused' ? `${e.what}: ${e.code}` : e.kind))).toEqual([
+      'kill replica-9: INVALID_ARGUMENT',
+      'partition replica-1: INVALID_ARGUMENT',
+      'heal node-7: INVALID_ARGUMENT',
+      'write app-1.disk "x" intruder: LOCKED',
+    ]);
     const text = (await cli('events')).out;
     expect(text).toMatch(/ refused +kill replica-9 \(INVALID_ARGUMENT: /);
     expect(text).not.toMatch(/ fault +kill replica-9/);
@@ -225,7 +289,9 @@ describe('views show only what happened', () => {
     const client = await nbdClient(target);
     try {
       expect(await client.write(0, Buffer.alloc(4096, 0x61))).toBe(0);
-      const opened = await until('the export handle on the timeline', async () => (await events(target)).find((e) => e.kind === 'handle' && e.to === 'active'));
+      const opened = await until('the export handle on the timeline', async () =>
+        (await events(target)).find((e) => e.kind === 'handle' && e.to === 'active'),
+      );
       expect(opened).toMatchObject({ node: 'node-1', target, from: '-', to: 'active' });
       const pausesBefore = (await status()).totals.pauses;
 
@@ -233,7 +299,10 @@ describe('views show only what happened', () => {
       expect((await cli('kill', serving)).code).toBe(0);
       await until('the NBD handle paused then granted', async () => {
         const es = (await events(target)).filter((e) => e.kind === 'handle');
-        return es.some((e) => e.to === 'paused') && es.some((e) => e.to === 'active' && e.detail === 'resume granted, same requestId');
+        return (
+          es.some((e) => e.to === 'paused') &&
+          es.some((e) => e.to === 'active' && e.detail === 'resume granted, same requestId')
+        );
       });
       const st = await status();
       const paused = (await events()).filter((e) => e.kind === 'handle' && e.to === 'paused' && e.seq > opened.seq);
@@ -245,15 +314,23 @@ describe('views show only what happened', () => {
       expect((await cli('partition', 'node-1')).code).toBe(0);
       await until('a foreign write granted', async () => (await cli('write', target, 'FOREIGN')).code === 0);
       expect((await cli('heal', 'node-1')).code).toBe(0);
-      const denied = await until('the NBD handle invalidated', async () => (await events(target)).find((e) => e.kind === 'handle' && e.to === 'invalidated'));
+      const denied = await until('the NBD handle invalidated', async () =>
+        (await events(target)).find((e) => e.kind === 'handle' && e.to === 'invalidated'),
+      );
       expect(denied).toMatchObject({ node: 'node-1', target, reason: 'MODIFIED' });
-      expect((await cli('events', '--target', target)).out).toMatch(new RegExp(`handle +node-1/\\S+ +${target}  \\S+ -> invalidated MODIFIED`));
+      expect((await cli('events', '--target', target)).out).toMatch(
+        new RegExp(`handle +node-1/\\S+ +${target}  \\S+ -> invalidated MODIFIED`),
+      );
       expect(await client.write(0, Buffer.alloc(4096, 0x62))).toBe(5); // EIO, never a stale success
     } finally {
       client.close();
     }
-    await until('the NBD handle closed', async () => (await events(target)).some((e) => e.kind === 'handle' && e.to === 'closed'));
+    await until('the NBD handle closed', async () =>
+      (await events(target)).some((e) => e.kind === 'handle' && e.to === 'closed'),
+    );
     expect((await status()).nodes[0]!.nbd!.connections).toEqual([]);
-    expect((await drawnActors()).filter((a) => a.target === target && a.process === 'node-1' && a.state !== '"invalidated"')).toEqual([]);
+    expect(
+      (await drawnActors()).filter((a) => a.target === target && a.process === 'node-1' && a.state !== '"invalidated"'),
+    ).toEqual([]);
   }, 120_000);
 });

@@ -24,7 +24,8 @@ function nestsDeeper(text: string, max: number): boolean {
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
     if (inString) {
-      if (c === 92) i++; // backslash: skip the escaped character
+      if (c === 92)
+        i++; // backslash: skip the escaped character
       else if (c === 34) inString = false;
     } else if (c === 34) inString = true;
     else if (c === 91 || c === 123) {
@@ -34,9 +35,7 @@ function nestsDeeper(text: string, max: number): boolean {
   return false;
 }
 
-export type Decoded =
-  | { ok: true; msg: Message }
-  | { ok: false; code: ErrorCode; message: string; id?: number };
+export type Decoded = { ok: true; msg: Message } | { ok: false; code: ErrorCode; message: string; id?: number };
 
 /** Encode one message; `trailer` spare bytes are left at the end (for a frame MAC). */
 export function encode(msg: Message, trailer = 0): Buffer {
@@ -57,18 +56,25 @@ export function encode(msg: Message, trailer = 0): Buffer {
 }
 
 function fail(code: ErrorCode, message: string, id?: unknown): Decoded {
-  return typeof id === 'number' && Number.isSafeInteger(id) && id >= 0 ? { ok: false, code, message, id } : { ok: false, code, message };
+  return typeof id === 'number' && Number.isSafeInteger(id) && id >= 0
+    ? { ok: false, code, message, id }
+    : { ok: false, code, message };
 }
 
 /** Decode and validate one frame. Never throws. */
 export function decode(frame: Uint8Array | string, maxFrameBytes = DEFAULT_MAX_FRAME_BYTES): Decoded {
   const size = typeof frame === 'string' ? Buffer.byteLength(frame) : frame.length;
-  if (size > maxFrameBytes) return fail('FRAME_TOO_LARGE', `frame of ${size} bytes exceeds the limit of ${maxFrameBytes}`);
+  if (size > maxFrameBytes)
+    return fail('FRAME_TOO_LARGE', `frame of ${size} bytes exceeds the limit of ${maxFrameBytes}`);
   let headerText: string;
   let payload: Uint8Array | undefined;
   if (typeof frame === 'string') {
     // A text frame is a header and nothing else: it gets the header's limit.
-    if (size > MAX_HEADER_BYTES) return fail('BAD_FRAME', `text frame of ${size} bytes exceeds the ${MAX_HEADER_BYTES}-byte header limit (bytes travel in binary frames)`);
+    if (size > MAX_HEADER_BYTES)
+      return fail(
+        'BAD_FRAME',
+        `text frame of ${size} bytes exceeds the ${MAX_HEADER_BYTES}-byte header limit (bytes travel in binary frames)`,
+      );
     headerText = frame;
   } else {
     if (frame.length < 4) return fail('BAD_FRAME', 'binary frame shorter than its 4-byte header length');
@@ -80,17 +86,20 @@ export function decode(frame: Uint8Array | string, maxFrameBytes = DEFAULT_MAX_F
     headerText = Buffer.from(frame.buffer, frame.byteOffset + 4, headerLength).toString('utf8');
     payload = frame.subarray(4 + headerLength);
   }
-  if (nestsDeeper(headerText, MAX_HEADER_DEPTH)) return fail('BAD_FRAME', `header nests deeper than ${MAX_HEADER_DEPTH} levels`);
+  if (nestsDeeper(headerText, MAX_HEADER_DEPTH))
+    return fail('BAD_FRAME', `header nests deeper than ${MAX_HEADER_DEPTH} levels`);
   let raw: unknown;
   try {
     raw = JSON.parse(headerText);
   } catch {
     return fail('BAD_FRAME', 'header is not valid JSON');
   }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return fail('BAD_FRAME', 'header is not a JSON object');
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    return fail('BAD_FRAME', 'header is not a JSON object');
   const obj = raw as Record<string, unknown>;
   if (typeof obj.type !== 'string') return fail('BAD_FRAME', 'header has no string "type"', obj.id);
-  if (!MESSAGE_TYPES.has(obj.type)) return fail('UNKNOWN_TYPE', `unknown message type ${JSON.stringify(obj.type.slice(0, 64))}`, obj.id);
+  if (!MESSAGE_TYPES.has(obj.type))
+    return fail('UNKNOWN_TYPE', `unknown message type ${JSON.stringify(obj.type.slice(0, 64))}`, obj.id);
   if ('data' in obj) return fail('BAD_FRAME', '"data" travels as frame bytes, not in the header', obj.id);
   if (obj.type === 'write' || obj.type === 'data') obj.data = payload ?? new Uint8Array(0);
   else if (payload && payload.length > 0) return fail('BAD_FRAME', `message type ${obj.type} carries no bytes`, obj.id);

@@ -22,7 +22,10 @@ export class FaultProxy {
   /** `wss` when the replica behind speaks TLS: the proxy passes the encrypted bytes on as they are. */
   private scheme = 'ws';
 
-  constructor(private readonly targetHost: string, private readonly targetPort: number) {}
+  constructor(
+    private readonly targetHost: string,
+    private readonly targetPort: number,
+  ) {}
 
   static forUrl(url: string): FaultProxy {
     const u = new URL(url);

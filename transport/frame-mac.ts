@@ -20,7 +20,10 @@ export class FrameMac {
   private received = 0;
   private readonly counter = Buffer.alloc(9);
 
-  constructor(private readonly key: Uint8Array, private readonly role: FrameRole) {}
+  constructor(
+    private readonly key: Uint8Array,
+    private readonly role: FrameRole,
+  ) {}
 
   private mac(direction: number, n: number, frame: Uint8Array): Buffer {
     const c = this.counter;

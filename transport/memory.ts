@@ -35,7 +35,11 @@ class MemoryConnection implements Connection {
   /** The process at this end died without a word: it sends, closes and hears nothing. */
   dead = false;
 
-  constructor(readonly remote: string, private readonly net: MemoryNetwork, readonly local: string) {}
+  constructor(
+    readonly remote: string,
+    private readonly net: MemoryNetwork,
+    readonly local: string,
+  ) {}
 
   get isOpen(): boolean {
     return !this.closed;
@@ -51,9 +55,14 @@ class MemoryConnection implements Connection {
   sendRaw(frame: Uint8Array | string, type?: string): void {
     if (this.closed || this.cut || this.dead) return;
     const peer = this.peer;
-    this.net.deliver(() => {
-      if (!peer.closed && !peer.dead && !this.cut) peer.frameCb?.(decode(frame, this.net.maxFrameBytes));
-    }, type === undefined ? { from: this.local, to: this.remote, kind: 'frame' } : { from: this.local, to: this.remote, kind: 'frame', type });
+    this.net.deliver(
+      () => {
+        if (!peer.closed && !peer.dead && !this.cut) peer.frameCb?.(decode(frame, this.net.maxFrameBytes));
+      },
+      type === undefined
+        ? { from: this.local, to: this.remote, kind: 'frame' }
+        : { from: this.local, to: this.remote, kind: 'frame', type },
+    );
   }
 
   close(code = 1000, reason = ''): void {

@@ -21,7 +21,10 @@ const corr = z.number().int().nonnegative();
 const u53 = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
 const mode = z.enum(['read', 'write']);
 /** The bytes of one read or write: at most MAX_IO_BYTES, checked where every frame is validated. */
-const ioBytes = z.custom<Uint8Array>((v) => v instanceof Uint8Array && v.length <= MAX_IO_BYTES, `expected at most ${MAX_IO_BYTES} bytes`);
+const ioBytes = z.custom<Uint8Array>(
+  (v) => v instanceof Uint8Array && v.length <= MAX_IO_BYTES,
+  `expected at most ${MAX_IO_BYTES} bytes`,
+);
 const errorCode = z.string().min(1).max(64);
 const reason = z.enum(['MODIFIED', 'SUPERSEDED', 'TIMEOUT', 'CLOSED_BY_STORAGE', 'FORBIDDEN']);
 /** One handle instance of a requestId: fresh per open or takeover, kept by the node with the requestId. */
@@ -79,15 +82,45 @@ export const ResumeResult = z.object({
  */
 const hello = z.object({ type: z.literal('hello'), v: z.literal(PROTOCOL_VERSION), node: name, nonce });
 /** `seal`: every later frame carries a MAC under the session key (transport/frame-mac.ts); the node's proof covers it. */
-const auth = z.object({ type: z.literal('auth'), proof, principals: z.array(z.object({ name, proof })).max(16), seal: z.boolean().optional() });
+const auth = z.object({
+  type: z.literal('auth'),
+  proof,
+  principals: z.array(z.object({ name, proof })).max(16),
+  seal: z.boolean().optional(),
+});
 const prove = z.object({ type: z.literal('prove'), principal: name, proof });
 const ping = z.object({ type: z.literal('ping'), t: u53 });
 /** `size`: the target's size, fixed when this open creates it (a disk); an existing target's must match. */
 /** `epoch`: the hand-over counter of this request, as on a resume item. */
-const open = z.object({ type: z.literal('open'), id: corr, target, requestId, principal, mode, instance: instance.optional(), size: u53.optional(), epoch: u53.optional() });
+const open = z.object({
+  type: z.literal('open'),
+  id: corr,
+  target,
+  requestId,
+  principal,
+  mode,
+  instance: instance.optional(),
+  size: u53.optional(),
+  epoch: u53.optional(),
+});
 const resume = z.object({ type: z.literal('resume'), id: corr, items: z.array(ResumeItem).min(1).max(10_000) });
-const write = z.object({ type: z.literal('write'), id: corr, target, requestId, seq: u53.min(1), offset: u53, data: ioBytes });
-const read = z.object({ type: z.literal('read'), id: corr, target, requestId, offset: u53, length: z.number().int().nonnegative().max(MAX_IO_BYTES) });
+const write = z.object({
+  type: z.literal('write'),
+  id: corr,
+  target,
+  requestId,
+  seq: u53.min(1),
+  offset: u53,
+  data: ioBytes,
+});
+const read = z.object({
+  type: z.literal('read'),
+  id: corr,
+  target,
+  requestId,
+  offset: u53,
+  length: z.number().int().nonnegative().max(MAX_IO_BYTES),
+});
 const close = z.object({ type: z.literal('close'), id: corr, target, requestId });
 /**
  * The owner of a target (`principal`, proven on the session) grants another principal (`grantee`)
@@ -101,7 +134,14 @@ const revoke = z.object({ type: z.literal('revoke'), id: corr, target, principal
 const challenge = z.object({ type: z.literal('challenge'), replica: name, nonce, proof });
 /** `available: false`: the replica's store is away right now (as a `notice` would say), so no resume is sent yet. */
 /** `refused`: principals whose proof in `auth` was wrong; the session goes on without them. */
-const welcome = z.object({ type: z.literal('welcome'), session: z.string().min(1).max(64), replica: z.string().min(1).max(128), heartbeatIntervalMs: u53.min(1), available: z.boolean(), refused: z.array(name).max(16).optional() });
+const welcome = z.object({
+  type: z.literal('welcome'),
+  session: z.string().min(1).max(64),
+  replica: z.string().min(1).max(128),
+  heartbeatIntervalMs: u53.min(1),
+  available: z.boolean(),
+  refused: z.array(name).max(16).optional(),
+});
 const pong = z.object({ type: z.literal('pong'), t: u53 });
 /** `size`: the target's fixed size, absent if it has none. */
 const opened = z.object({ type: z.literal('opened'), id: corr, version: u53, lastSeq: u53, size: u53.optional() });
@@ -110,7 +150,13 @@ const written = z.object({ type: z.literal('written'), id: corr, seq: u53, versi
 const data = z.object({ type: z.literal('data'), id: corr, version: u53, data: ioBytes });
 const closed = z.object({ type: z.literal('closed'), id: corr });
 /** The target's owner and access list once a `grant` or `revoke` was applied (at most 64 grants: store/types.ts MAX_GRANTS). */
-const access = z.object({ type: z.literal('access'), id: corr, target, owner: principal, grants: z.array(z.object({ principal, mode })).max(64) });
+const access = z.object({
+  type: z.literal('access'),
+  id: corr,
+  target,
+  owner: principal,
+  grants: z.array(z.object({ principal, mode })).max(64),
+});
 /** `lastSeq` on a write refused MODIFIED or SUPERSEDED: the last seq the store applied for this instance, if known. */
 /** `principal` on an AUTH_FAILED answer to `prove`: the principal whose proof was wrong. */
 /**
@@ -118,13 +164,43 @@ const access = z.object({ type: z.literal('access'), id: corr, target, owner: pr
  * been applied or may still be applied later; without it, a refused request was not applied and never
  * will be.
  */
-const error = z.object({ type: z.literal('error'), id: corr.optional(), code: errorCode, message: z.string().max(4096), retryable: z.boolean(), lastSeq: u53.optional(), principal: name.optional(), outcome: z.literal('unknown').optional() });
+const error = z.object({
+  type: z.literal('error'),
+  id: corr.optional(),
+  code: errorCode,
+  message: z.string().max(4096),
+  retryable: z.boolean(),
+  lastSeq: u53.optional(),
+  principal: name.optional(),
+  outcome: z.literal('unknown').optional(),
+});
 const notice = z.object({ type: z.literal('notice'), kind: z.enum(['unavailable', 'available']) });
 const revoked = z.object({ type: z.literal('revoked'), target, requestId, reason, lastSeq: u53.optional() });
 
 export const Message = z.discriminatedUnion('type', [
-  hello, auth, prove, ping, open, resume, write, read, close, grant, revoke,
-  challenge, welcome, pong, opened, resumed, written, data, closed, access, error, notice, revoked,
+  hello,
+  auth,
+  prove,
+  ping,
+  open,
+  resume,
+  write,
+  read,
+  close,
+  grant,
+  revoke,
+  challenge,
+  welcome,
+  pong,
+  opened,
+  resumed,
+  written,
+  data,
+  closed,
+  access,
+  error,
+  notice,
+  revoked,
 ]);
 
 export type Message = z.infer<typeof Message>;

@@ -34,7 +34,14 @@ function readPem(what: string, file: string): Buffer {
     pem = readFileSync(file);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? 'unknown error';
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'is a directory' : code;
+    const why =
+      code === 'ENOENT'
+        ? 'no such file'
+        : code === 'EACCES'
+          ? 'permission denied'
+          : code === 'EISDIR'
+            ? 'is a directory'
+            : code;
     throw new Error(`cannot read TLS ${what} file ${file}: ${why}`);
   }
   if (!pem.includes('-----BEGIN ')) throw new Error(`TLS ${what} file ${file} is not PEM (no "-----BEGIN" line)`);
@@ -43,7 +50,11 @@ function readPem(what: string, file: string): Buffer {
 
 /** Read the certificate, key and CA from PEM files; pass the result (plus `require`, if wanted) as `tls`. */
 export function loadTlsFiles(files: TlsFiles): { cert: Buffer; key: Buffer; ca: Buffer } {
-  return { cert: readPem('certificate', files.certFile), key: readPem('key', files.keyFile), ca: readPem('CA', files.caFile) };
+  return {
+    cert: readPem('certificate', files.certFile),
+    key: readPem('key', files.keyFile),
+    ca: readPem('CA', files.caFile),
+  };
 }
 
 /** The client side's context, built once; a bad PEM or a key that does not match the cert fails here. */
@@ -84,14 +95,23 @@ function hint(code: string | undefined, secure: boolean): string | undefined {
   if (UNTRUSTED.has(code)) return "the server's certificate is not signed by the configured CA";
   if (code === 'CERT_HAS_EXPIRED') return "the server's certificate has expired";
   if (code === 'CERT_NOT_YET_VALID') return "the server's certificate is not valid yet (check the clocks)";
-  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return "the server's certificate does not name this host (its subjectAltName must list the host or IP of the URL)";
-  if (code === 'INVALID_PURPOSE') return "the server's certificate is not for TLS servers (extendedKeyUsage lacks serverAuth)";
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID')
+    return "the server's certificate does not name this host (its subjectAltName must list the host or IP of the URL)";
+  if (code === 'INVALID_PURPOSE')
+    return "the server's certificate is not for TLS servers (extendedKeyUsage lacks serverAuth)";
   // OpenSSL read an HTTP response (or other non-TLS bytes) where a TLS record should be.
-  if (secure && (code === 'ERR_SSL_WRONG_VERSION_NUMBER' || code === 'ERR_SSL_PACKET_LENGTH_TOO_LONG' || code === 'EPROTO')) {
+  if (
+    secure &&
+    (code === 'ERR_SSL_WRONG_VERSION_NUMBER' || code === 'ERR_SSL_PACKET_LENGTH_TOO_LONG' || code === 'EPROTO')
+  ) {
     return 'the server does not speak TLS (is it a plain ws:// listener?)';
   }
   // The server sent a TLS alert about our certificate (mutual TLS).
-  if (/^ERR_SSL_(TLSV1|TLSV13|SSLV3)_ALERT_(UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_REQUIRED|CERTIFICATE_UNKNOWN|CERTIFICATE_EXPIRED|DECRYPT_ERROR)$/.test(code)) {
+  if (
+    /^ERR_SSL_(TLSV1|TLSV13|SSLV3)_ALERT_(UNKNOWN_CA|BAD_CERTIFICATE|CERTIFICATE_REQUIRED|CERTIFICATE_UNKNOWN|CERTIFICATE_EXPIRED|DECRYPT_ERROR)$/.test(
+      code,
+    )
+  ) {
     return "the server refused this client's certificate";
   }
   // A TLS server drops a plaintext client without a word, and (in Node) a client certificate it does not trust too.
@@ -114,7 +134,10 @@ export function connectError(url: string, err: Error): Error {
   // `ws` reports an HTTP answer other than 101 Switching Protocols without a code: a web server, a proxy, a wrong port.
   const http = /^Unexpected server response: (\d+)/.exec(err.message);
   if (http) {
-    const out = new Error(`cannot connect to ${url}: the server answered HTTP ${http[1]}, not a WebSocket upgrade (is this a replica's address?) (NOT_WEBSOCKET)`, { cause: err });
+    const out = new Error(
+      `cannot connect to ${url}: the server answered HTTP ${http[1]}, not a WebSocket upgrade (is this a replica's address?) (NOT_WEBSOCKET)`,
+      { cause: err },
+    );
     (out as NodeJS.ErrnoException).code = 'NOT_WEBSOCKET';
     return out;
   }

@@ -64,7 +64,12 @@ export interface ListenLimits {
   maxUnauthenticatedPerSource?: number;
 }
 
-export const DEFAULT_LISTEN_LIMITS: ListenLimits = { preAuthBytes: 8 * 1024, preAuthMs: 5000, maxConnections: 1024, maxUnauthenticated: 256 };
+export const DEFAULT_LISTEN_LIMITS: ListenLimits = {
+  preAuthBytes: 8 * 1024,
+  preAuthMs: 5000,
+  maxConnections: 1024,
+  maxUnauthenticated: 256,
+};
 
 export interface Listener {
   /** The address clients pass to `Transport.connect`. */

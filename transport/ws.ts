@@ -9,7 +9,15 @@ import type { Message } from './messages.js';
 import { FrameMac, MAC_BYTES } from './frame-mac.js';
 import { connectError, isSecureUrl, secureContextOf, type TlsOptions } from './tls.js';
 import { sourceOf, Unauthenticated, type Limited } from './pre-auth.js';
-import { DEFAULT_LISTEN_LIMITS, type CloseInfo, type Connection, type ListenLimits, type ListenOptions, type Listener, type Transport } from './types.js';
+import {
+  DEFAULT_LISTEN_LIMITS,
+  type CloseInfo,
+  type Connection,
+  type ListenLimits,
+  type ListenOptions,
+  type Listener,
+  type Transport,
+} from './types.js';
 
 function toBytes(data: RawData): Uint8Array {
   if (Array.isArray(data)) return Buffer.concat(data);
@@ -47,7 +55,13 @@ class WsConnection implements Connection {
   private macRole: 'client' | 'server' = 'client';
   private sealedSeen = false;
 
-  constructor(private readonly ws: WebSocket, readonly remote: string, private readonly maxFrameBytes: number, untrusted?: () => void, private readonly secure = false) {
+  constructor(
+    private readonly ws: WebSocket,
+    readonly remote: string,
+    private readonly maxFrameBytes: number,
+    untrusted?: () => void,
+    private readonly secure = false,
+  ) {
     this.untrusted = untrusted;
     ws.on('message', (data, isBinary) => {
       if (this.mac) return this.openSealed(toBytes(data), isBinary);
@@ -181,12 +195,19 @@ function guard(server: HttpServer, limits: ListenLimits, onLimit: ((l: Limited) 
   server.headersTimeout = Math.min(server.headersTimeout, limits.preAuthMs);
   server.requestTimeout = limits.preAuthMs;
   const max = Math.max(1, limits.maxUnauthenticated);
-  const table = new Unauthenticated(max, Math.min(max, Math.max(1, limits.maxUnauthenticatedPerSource ?? Math.floor(max / 4))));
+  const table = new Unauthenticated(
+    max,
+    Math.min(max, Math.max(1, limits.maxUnauthenticatedPerSource ?? Math.floor(max / 4))),
+  );
   const untrusted: Untrusted = new Map();
   server.on('connection', (socket: Socket) => {
     const key = peerKey(socket);
     // Bytes read from the TCP socket, whether HTTP or TLS reads them.
-    const { remove, limited } = table.admit(sourceOf(socket.remoteAddress), () => socket.bytesRead === 0, () => socket.destroy());
+    const { remove, limited } = table.admit(
+      sourceOf(socket.remoteAddress),
+      () => socket.bytesRead === 0,
+      () => socket.destroy(),
+    );
     if (limited) onLimit?.(limited);
     const timer = setTimeout(() => socket.destroy(), limits.preAuthMs);
     const release = () => {
@@ -236,16 +257,39 @@ export class WebSocketTransport implements Transport {
     if (tls) {
       const mutual = tls.requireClientCert ?? false;
       server = createHttpsServer(
-        { cert: tls.cert, key: tls.key, ca: tls.ca, minVersion: 'TLSv1.2', maxHeaderSize: MAX_UPGRADE_HEADER_BYTES, requestCert: mutual, rejectUnauthorized: mutual, handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS },
+        {
+          cert: tls.cert,
+          key: tls.key,
+          ca: tls.ca,
+          minVersion: 'TLSv1.2',
+          maxHeaderSize: MAX_UPGRADE_HEADER_BYTES,
+          requestCert: mutual,
+          rejectUnauthorized: mutual,
+          handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS,
+        },
         upgradeRequired,
       );
       server.on('tlsClientError', (_err: Error, socket: Socket) => socket.destroy());
     } else server = createHttpServer({ maxHeaderSize: MAX_UPGRADE_HEADER_BYTES }, upgradeRequired);
-    return this.serveOn(server, tls ? 'wss' : 'ws', host, opts.port ?? 0, { ...DEFAULT_LISTEN_LIMITS, ...opts.limits }, opts.onLimit);
+    return this.serveOn(
+      server,
+      tls ? 'wss' : 'ws',
+      host,
+      opts.port ?? 0,
+      { ...DEFAULT_LISTEN_LIMITS, ...opts.limits },
+      opts.onLimit,
+    );
   }
 
   /** Listen on `host:port` with the limits, and `ws` on top; close drops every socket, upgraded or not. */
-  private async serveOn(http: HttpServer, scheme: 'ws' | 'wss', host: string, port: number, limits: ListenLimits, onLimit: ((l: Limited) => void) | undefined): Promise<Listener> {
+  private async serveOn(
+    http: HttpServer,
+    scheme: 'ws' | 'wss',
+    host: string,
+    port: number,
+    limits: ListenLimits,
+    onLimit: ((l: Limited) => void) | undefined,
+  ): Promise<Listener> {
     const untrusted = guard(http, limits, onLimit);
     try {
       await new Promise<void>((resolve, reject) => {
@@ -274,7 +318,13 @@ export class WebSocketTransport implements Transport {
   }
 
   /** Wrap each accepted WebSocket as a Connection; `close` drops them all, then closes the server. */
-  private serve(server: WebSocketServer, url: string, limits: ListenLimits, untrusted: Untrusted, closeServer: () => Promise<void>): Listener {
+  private serve(
+    server: WebSocketServer,
+    url: string,
+    limits: ListenLimits,
+    untrusted: Untrusted,
+    closeServer: () => Promise<void>,
+  ): Listener {
     const conns = new Set<WsConnection>();
     let onConn: ((c: Connection) => void) | undefined;
     server.on('connection', (ws, req) => {
@@ -291,7 +341,13 @@ export class WebSocketTransport implements Transport {
         socket.off('data', count);
         untrusted.get(peerKey(socket))?.();
       };
-      const conn = new WsConnection(ws, `${socket.remoteAddress}:${socket.remotePort}`, this.maxFrameBytes, trusted, url.startsWith('wss:'));
+      const conn = new WsConnection(
+        ws,
+        `${socket.remoteAddress}:${socket.remotePort}`,
+        this.maxFrameBytes,
+        trusted,
+        url.startsWith('wss:'),
+      );
       conns.add(conn);
       conn.onClose(() => conns.delete(conn));
       if (onConn) onConn(conn);
@@ -324,7 +380,12 @@ export class WebSocketTransport implements Transport {
         throw new Error(`cannot connect to ${url}: a wss:// URL needs the transport's tls option (the CA to trust)`);
       }
       const tlsOpts = secure ? { secureContext: this.clientContext, rejectUnauthorized: true } : {};
-      const ws = new WebSocket(url, { maxPayload: this.maxFrameBytes * 2, handshakeTimeout: opts.timeoutMs ?? 2000, generateMask: zeroMask, ...tlsOpts });
+      const ws = new WebSocket(url, {
+        maxPayload: this.maxFrameBytes * 2,
+        handshakeTimeout: opts.timeoutMs ?? 2000,
+        generateMask: zeroMask,
+        ...tlsOpts,
+      });
       const conn = new WsConnection(ws, url, this.maxFrameBytes, undefined, secure);
       const onFail = (err: Error) => reject(connectError(url, err));
       ws.once('error', onFail);

@@ -4,7 +4,14 @@
  * that every transition of the machine is taken by at least one path.
  */
 import { getShortestPaths, getSimplePaths } from '@xstate/graph';
-import { transition, type AnyMachineSnapshot, type AnyStateMachine, type AnyStateNode, type EventObject, type InspectionEvent } from 'xstate';
+import {
+  transition,
+  type AnyMachineSnapshot,
+  type AnyStateMachine,
+  type AnyStateNode,
+  type EventObject,
+  type InspectionEvent,
+} from 'xstate';
 
 export interface PathStep {
   event: EventObject;
@@ -23,8 +30,18 @@ export interface MachinePath {
 export const stateKey = (value: unknown) => JSON.stringify(value);
 
 /** A transition's identity: source, event, targets and guard. The same key is built from the definition and from inspection. */
-export function transitionKey(t: { source: AnyStateNode; target?: readonly AnyStateNode[] | undefined; eventType: string; guard?: unknown }): string {
-  const guard = t.guard && typeof t.guard === 'object' && 'type' in t.guard ? `[${String((t.guard as { type: unknown }).type)}]` : t.guard ? '[guard]' : '';
+export function transitionKey(t: {
+  source: AnyStateNode;
+  target?: readonly AnyStateNode[] | undefined;
+  eventType: string;
+  guard?: unknown;
+}): string {
+  const guard =
+    t.guard && typeof t.guard === 'object' && 'type' in t.guard
+      ? `[${String((t.guard as { type: unknown }).type)}]`
+      : t.guard
+        ? '[guard]'
+        : '';
   return `${t.source.id} --${t.eventType || 'always'}--> ${t.target?.map((n) => n.id).join(',') ?? '(self)'}${guard}`;
 }
 
@@ -40,14 +57,23 @@ export function definedTransitions(machine: AnyStateMachine): Set<string> {
   return out;
 }
 
-export function generatePaths(machine: AnyStateMachine, input: unknown, events: EventObject[], simpleLimit = 200): MachinePath[] {
+export function generatePaths(
+  machine: AnyStateMachine,
+  input: unknown,
+  events: EventObject[],
+  simpleLimit = 200,
+): MachinePath[] {
   const opts = { input, events, serializeState: (s: AnyMachineSnapshot) => stateKey(s.value) };
   const shortest = getShortestPaths(machine, opts);
   const simple = getSimplePaths(machine, opts).slice(0, simpleLimit);
   const initial = shortest[0]!.steps[0]!.state as AnyMachineSnapshot;
   const toPath = (steps: Array<{ event: EventObject; state: AnyMachineSnapshot }>): PathStep[] =>
-    steps.filter((s) => s.event.type !== 'xstate.init').map((s) => ({ event: s.event, state: stateKey(s.state.value) }));
-  const all: PathStep[][] = [...shortest, ...simple].map((p) => toPath(p.steps as Array<{ event: EventObject; state: AnyMachineSnapshot }>));
+    steps
+      .filter((s) => s.event.type !== 'xstate.init')
+      .map((s) => ({ event: s.event, state: stateKey(s.state.value) }));
+  const all: PathStep[][] = [...shortest, ...simple].map((p) =>
+    toPath(p.steps as Array<{ event: EventObject; state: AnyMachineSnapshot }>),
+  );
   // One path per enabled event of every reachable state: the shortest path there, then the event.
   for (const p of shortest) {
     const at = p.state as AnyMachineSnapshot;
@@ -55,7 +81,10 @@ export function generatePaths(machine: AnyStateMachine, input: unknown, events: 
     for (const event of events) {
       if (!at.can(event)) continue;
       const [next] = transition(machine, at, event) as [AnyMachineSnapshot, unknown];
-      all.push([...toPath(p.steps as Array<{ event: EventObject; state: AnyMachineSnapshot }>), { event, state: stateKey(next.value) }]);
+      all.push([
+        ...toPath(p.steps as Array<{ event: EventObject; state: AnyMachineSnapshot }>),
+        { event, state: stateKey(next.value) },
+      ]);
     }
   }
   const seen = new Map<string, MachinePath>();
@@ -66,7 +95,8 @@ export function generatePaths(machine: AnyStateMachine, input: unknown, events: 
   return [...seen.values()];
 }
 
-const short = (type: string) => type.replace(/^xstate\.after\.([^.]+)\..*$/, 'after:$1').replace(/^xstate\.(done|error)\.actor\..*$/, '$1');
+const short = (type: string) =>
+  type.replace(/^xstate\.after\.([^.]+)\..*$/, 'after:$1').replace(/^xstate\.(done|error)\.actor\..*$/, '$1');
 
 /** Records, per actor, the states it went through and the transitions it took (from inspection). */
 export class Recorder {
@@ -104,7 +134,10 @@ export class Recorder {
   }
 
   trace(refs: object[]): { states: string[]; events: string[] } {
-    return { states: refs.flatMap((r) => this.states.get(r) ?? []), events: refs.flatMap((r) => this.events.get(r) ?? []) };
+    return {
+      states: refs.flatMap((r) => this.states.get(r) ?? []),
+      events: refs.flatMap((r) => this.events.get(r) ?? []),
+    };
   }
 }
 
