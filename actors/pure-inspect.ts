@@ -121,7 +121,7 @@ export function pureInspector<K>(observer: InspectionObserver | undefined): Pure
 
 function rootOf(ref: ActorRefLike): string {
   let r = ref as { sessionId?: string; _parent?: unknown };
-  while (r._parent) r = r._parent as typeof r;
+  while (r._parent) r = r._parent;
   return r.sessionId ?? '';
 }
 
@@ -133,7 +133,7 @@ function active(machine: AnyStateMachine, value: StateValue): Map<string, AnySta
       const child = node.states[k] as AnyStateNode | undefined;
       if (!child) continue;
       out.set(child.id, child);
-      if (sub !== undefined) walk(child, sub as StateValue);
+      if (sub !== undefined) walk(child, sub);
     }
   };
   walk(machine.root, value);

@@ -65,7 +65,7 @@ export async function wsEcho(
     ],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
-  await new Promise((r) => server.stdout!.once('data', r));
+  await new Promise((r) => server.stdout.once('data', r));
   const ws = new WebSocket(`ws://127.0.0.1:${port}`);
   await new Promise((r) => ws.once('open', r));
   const lat: number[] = [];

@@ -126,7 +126,7 @@ async function run(l: Controlled, method: string, url: string, body: string): Pr
       if (typeof v !== 'string' || v.length === 0) throw new SafeResumeError('INVALID_ARGUMENT', `missing ${k}`);
       return v;
     };
-    const num = (k: string) => (typeof args[k] === 'number' ? (args[k] as number) : undefined);
+    const num = (k: string) => (typeof args[k] === 'number' ? args[k] : undefined);
     switch (url) {
       case '/kill':
         return l.kill(str('id'));

@@ -76,7 +76,7 @@ export async function explain(l: Explaining, what: string): Promise<ControlResul
       code: 'NOT_FOUND',
       message: `no target or requestId called ${JSON.stringify(what)} in the store (${l.storeSpec}): nobody has opened that target, and no handle had that requestId`,
     };
-  const session = record ? l.liveSessions().find((s) => s.id === record!.session) : undefined;
+  const session = record ? l.liveSessions().find((s) => s.id === record.session) : undefined;
   const handles = st.handles
     .filter((h) => h.target === target)
     .map((h) => {

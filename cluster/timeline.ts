@@ -49,7 +49,7 @@ export class Timeline {
    * events of the launcher that happened later. `seq` numbers events in the order they were added.
    */
   add(e: NewEvent): TimelineEvent {
-    const ev = { ...e, at: e.at ?? this.now(), seq: ++this.added } as TimelineEvent;
+    const ev = { ...e, at: e.at ?? this.now(), seq: ++this.added };
     let i = this.events.length;
     while (i > 0 && this.events[i - 1]!.at > ev.at) i--;
     this.events.splice(i, 0, ev);

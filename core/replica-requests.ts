@@ -324,5 +324,5 @@ interface Served {
 }
 
 function served<T>(call: Served['call'], then: (value: T) => void): Served {
-  return { call, then: then as (value: unknown) => void };
+  return { call, then: then };
 }

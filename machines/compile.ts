@@ -139,9 +139,9 @@ export function compileMachine<M extends AnyStateMachine>(
   return {
     id,
     initial: config.initial as StateOf<M>,
-    states: states as StateOf<M>[],
-    final: final as Set<StateOf<M>>,
-    on: on as CompiledMachine<StateOf<M>, EventOf<M>>['on'],
+    states: states,
+    final: final,
+    on: on,
   };
 }
 

@@ -141,7 +141,7 @@ export class Recorder {
     private readonly observe?: (e: HistoryEvent) => void,
   ) {}
   add(e: Untimed): void {
-    const ev = { t: this.now(), ...e } as HistoryEvent;
+    const ev = { t: this.now(), ...e };
     this.events.push(ev);
     this.observe?.(ev);
   }

@@ -259,7 +259,7 @@ export class EtcdBatches extends EtcdLeases {
         const op = ops.get(this.k(t, part));
         if (op?.request_put)
           state[part] = {
-            value: op.request_put.value as Buffer,
+            value: op.request_put.value,
             mod: res.revision,
             lease: String(op.request_put.lease ?? '0'),
           };
@@ -274,7 +274,7 @@ export class EtcdBatches extends EtcdLeases {
   /** The revision at which the commit marked `mark` landed, if it did. */
   protected async landed(markKey: string, mark: string): Promise<string | undefined> {
     const r = await this.txn('read', [], [{ request_range: { key: Buffer.from(markKey) } }]);
-    const kv = r.responses[0]?.response_range?.kvs?.[0] as IKeyValue | undefined;
+    const kv = r.responses[0]?.response_range?.kvs?.[0];
     return kv && kv.value.toString() === mark ? kv.mod_revision : undefined;
   }
 
@@ -301,7 +301,7 @@ export class EtcdBatches extends EtcdLeases {
     const states = new Map<string, TargetState>();
     targets.forEach((t, i) => {
       const kvs = new Map<string, Kv>();
-      for (const kv of (res.responses[i]?.response_range?.kvs ?? []) as IKeyValue[])
+      for (const kv of res.responses[i]?.response_range?.kvs ?? [])
         kvs.set(kv.key.toString(), { value: kv.value, mod: kv.mod_revision, lease: kv.lease });
       const get = (part: 'r' | 't' | 'v' | 'l') => kvs.get(this.k(t, part)) ?? ABSENT;
       const r = get('r');
@@ -326,7 +326,7 @@ export class EtcdBatches extends EtcdLeases {
     });
     const pages = new Map<string, Uint8Array>();
     pageKeys.forEach((key, j) => {
-      const kv = res.responses[targets.length + j]?.response_range?.kvs?.[0] as IKeyValue | undefined;
+      const kv = res.responses[targets.length + j]?.response_range?.kvs?.[0];
       if (kv) pages.set(key, new Uint8Array(kv.value));
     });
     return { states, pages };

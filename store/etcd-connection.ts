@@ -205,7 +205,7 @@ export class EtcdConnection {
           { request_range: { key: Buffer.from(old), range_end: prefixEnd(old), count_only: true } },
         ],
       );
-      const kv = res.responses[0]?.response_range?.kvs?.[0] as IKeyValue | undefined;
+      const kv = res.responses[0]?.response_range?.kvs?.[0];
       if (kv) {
         const layout = kv.value.toString();
         if (layout === KEY_LAYOUT) return;
@@ -260,7 +260,7 @@ export class EtcdConnection {
         [],
         [{ request_range: { key: Buffer.from(old), range_end: prefixEnd(old), limit: 50 } }],
       );
-      const kvs = (res.responses[0]?.response_range?.kvs ?? []) as IKeyValue[];
+      const kvs = res.responses[0]?.response_range?.kvs ?? [];
       if (kvs.length === 0) return;
       const compare: ICompare[] = [];
       const success: IRequestOp[] = [];

@@ -138,7 +138,7 @@ export class EtcdStore extends EtcdBatches implements Store {
         ],
       );
       const kvs = new Map<string, Kv>();
-      for (const kv of (res.responses[0]?.response_range?.kvs ?? []) as IKeyValue[])
+      for (const kv of res.responses[0]?.response_range?.kvs ?? [])
         kvs.set(kv.key.toString(), { value: kv.value, mod: kv.mod_revision, lease: kv.lease });
       const r = kvs.get(this.k(req.target, 'r')) ?? ABSENT;
       const v = kvs.get(this.k(req.target, 'v')) ?? ABSENT;
@@ -157,7 +157,7 @@ export class EtcdStore extends EtcdBatches implements Store {
         const end = Math.min(m.size, req.offset + req.length);
         const data = new Uint8Array(Math.max(0, end - req.offset));
         const dp = this.d(req.target);
-        for (const kv of (res.responses[1]?.response_range?.kvs ?? []) as IKeyValue[]) {
+        for (const kv of res.responses[1]?.response_range?.kvs ?? []) {
           const start = pageOfKey(kv.key.toString().slice(dp.length)) * PAGE;
           const from = Math.max(req.offset, start);
           const to = Math.min(end, start + kv.value.length);
@@ -335,7 +335,7 @@ export class EtcdStore extends EtcdBatches implements Store {
       );
       revision ??= res.revision;
       const r = res.responses[0]?.response_range;
-      const kvs = (r?.kvs ?? []) as IKeyValue[];
+      const kvs = r?.kvs ?? [];
       out.push(...kvs);
       if (!r?.more || kvs.length === 0) return out;
       from = Buffer.concat([kvs[kvs.length - 1]!.key, Buffer.from([0])]);

@@ -38,7 +38,7 @@ function follow(...args: string[]) {
   const proc = spawn('node', [CLI, ...args, '--dir', t.dir], { stdio: ['ignore', 'pipe', 'pipe'] });
   others.push(proc);
   let out = '';
-  proc.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+  proc.stdout.on('data', (b: Buffer) => (out += b.toString()));
   const exited = new Promise<number | null>((r) => proc.once('exit', (c) => r(c)));
   return { proc, out: () => out, exited };
 }
@@ -220,7 +220,7 @@ describe('the views', () => {
     expect(lines.length).toBeGreaterThan(0);
     for (const l of lines)
       expect(l).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (TRACE|DEBUG|INFO |WARN |ERROR|FATAL) replica-1 +\S/);
-    expect(r.out).toMatch(/ INFO  replica-1  replica listening url=ws:\/\/127\.0\.0\.1:\d+ store=sqlite /);
+    expect(r.out).toMatch(/ INFO {2}replica-1 {2}replica listening url=ws:\/\/127\.0\.0\.1:\d+ store=sqlite /);
     const all = cli('logs');
     expect(all.out).toMatch(/ replica-1 /);
     const typo = cli('logs', 'replca-1');

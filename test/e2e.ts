@@ -57,8 +57,8 @@ export function launch(
   let out = '';
   let err = '';
   let both = '';
-  proc.stdout!.on('data', (b: Buffer) => ((out += b.toString()), (both += b.toString())));
-  proc.stderr!.on('data', (b: Buffer) => ((err += b.toString()), (both += b.toString())));
+  proc.stdout.on('data', (b: Buffer) => ((out += b.toString()), (both += b.toString())));
+  proc.stderr.on('data', (b: Buffer) => ((err += b.toString()), (both += b.toString())));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((r) =>
     proc.once('exit', (code, signal) => (opts.running?.delete(proc), r({ code, signal, at: Date.now() }))),
   );

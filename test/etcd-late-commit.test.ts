@@ -81,10 +81,10 @@ describe('a write whose etcd commit went unanswered (etcd member stopped with th
       process.kill(pid, 'SIGSTOP');
       stopped = true;
       const outcome = h.write(PAGE, page('b')).then(
-        () => ({ code: 'OK' as string, reason: undefined as string | undefined, message: '' }),
+        () => ({ code: 'OK', reason: undefined as string | undefined, message: '' }),
         (err: unknown) =>
           err instanceof SafeResumeError
-            ? { code: err.code as string, reason: err.reason as string | undefined, message: err.message }
+            ? { code: err.code, reason: err.reason as string | undefined, message: err.message }
             : { code: 'THROWN', reason: undefined, message: String(err) },
       );
       await waitFor(

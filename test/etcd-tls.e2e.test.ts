@@ -68,8 +68,8 @@ function etcdctlAll(
               env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ETCDCTL_API: '3' },
             });
       let [stdout, stderr] = ['', ''];
-      p.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
-      p.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+      p.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+      p.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
       const timer = setTimeout(() => p.kill('SIGTERM'), 20_000);
       return new Promise<{ status: number | null; out: string }>((resolve) =>
         p.once('close', (status) => (clearTimeout(timer), resolve({ status, out: `${stdout}${stderr}` }))),
@@ -283,8 +283,8 @@ describe('safe-resume up --store etcd: the local members require client certific
         { stdio: ['ignore', 'pipe', 'pipe'] },
       );
       let said = '';
-      p.stdout!.on('data', (b: Buffer) => (said += b.toString()));
-      p.stderr!.on('data', (b: Buffer) => (said += b.toString()));
+      p.stdout.on('data', (b: Buffer) => (said += b.toString()));
+      p.stderr.on('data', (b: Buffer) => (said += b.toString()));
       try {
         await waitFor(`${id} to serve (${said})`, () => said.includes('serving') || p.exitCode !== null, 30_000);
         expect(said).toContain(`${id} serving`);

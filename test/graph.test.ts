@@ -470,7 +470,7 @@ describe('coverage', () => {
         all.push(n.id);
         for (const c of Object.values(n.states)) walk(c as typeof n);
       };
-      walk(machine.root as unknown as { id: string; states: Record<string, unknown> });
+      walk(machine.root);
       expect(
         all.filter((id) => !reached.has(id)),
         `${machine.id}: states never entered`,

@@ -58,7 +58,7 @@ describe('request bodies of the inspector API', () => {
       body: chunks,
       duplex: 'half',
       headers,
-    } as RequestInit & { duplex: 'half' });
+    });
     expect(r.status).toBe(413);
     expect(commands).toEqual([]);
   });

@@ -101,14 +101,14 @@ async function up(args: string[]): Promise<{ proc: ChildProcess; url: string }> 
   const proc = spawn('node', [CLI, 'up', ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
   const at = await new Promise<string>((resolve, reject) => {
     let out = '';
-    proc.stdout!.on('data', (d: Buffer) => {
+    proc.stdout.on('data', (d: Buffer) => {
       out += d.toString();
       const m = /inspector (http:\/\/127\.0\.0\.1:\d+\/#token=[\w-]+)\s/.exec(out);
       if (m) resolve(m[1]!);
     });
     proc.once('exit', () => reject(new Error(`launcher exited: ${out}`)));
   });
-  proc.stdout!.resume();
+  proc.stdout.resume();
   return { proc, url: at };
 }
 

@@ -322,10 +322,10 @@ describe('the launcher as an operator uses it', () => {
       const run = (...args: string[]) => spawnSync('node', [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
       const create = run('create', '--help');
       expect(create.status).toBe(0);
-      expect(create.stdout).toMatch(/^Usage:\n  safe-resume create <target> --size SIZE/);
+      expect(create.stdout).toMatch(/^Usage:\n {2}safe-resume create <target> --size SIZE/);
       expect(create.stdout).not.toContain('safe-resume partition');
       expect(run('up', '--help').stdout).toMatch(
-        /^Usage:\n  safe-resume up \[options\][\s\S]*Options for up:\n  --replicas N/,
+        /^Usage:\n {2}safe-resume up \[options\][\s\S]*Options for up:\n {2}--replicas N/,
       );
       expect(run('help', 'down').stdout).toContain('safe-resume down [--no-wait]');
       const pkg = JSON.parse(readFileSync(join(import.meta.dirname, '..', 'package.json'), 'utf8')) as {
@@ -458,7 +458,7 @@ describe('the launcher as an operator uses it', () => {
       expect(live.code).toBe(0);
       expect(live.out).toContain(`  holder    requestId ${rid} (principal default`);
       expect(live.out).toMatch(
-        /  session   \S+ on replica-1, node node-1, heard from \d+ ms ago: alive, and renewing the lock/,
+        / {2}session {3}\S+ on replica-1, node node-1, heard from \d+ ms ago: alive, and renewing the lock/,
       );
       expect(live.out).toContain(`  handle    node-1/app-1 active requestId ${rid}, the holder`);
       expect(cli(t.dir, 'explain', rid).out.split('\n')[0]).toBe('app-1.disk');
@@ -468,9 +468,9 @@ describe('the launcher as an operator uses it', () => {
       await until('the session lost', () =>
         /no running replica has it \(lost\)/.test((lost = cli(t.dir, 'explain', 'app-1.disk').out)),
       );
-      expect(lost).toMatch(/  lock      (the hold period runs: it lapses in \d+ ms|lapsed \d+ ms ago)/);
+      expect(lost).toMatch(/ {2}lock {6}(the hold period runs: it lapses in \d+ ms|lapsed \d+ ms ago)/);
       expect(lost).toMatch(
-        /  handle    node-1\/app-1 (paused|resuming) requestId \S+, the holder: its node is \w+ \(partitioned\)/,
+        / {2}handle {4}node-1\/app-1 (paused|resuming) requestId \S+, the holder: its node is \w+ \(partitioned\)/,
       );
       const away = (
         JSON.parse(cli(t.dir, 'status', '--json').out) as {
@@ -489,7 +489,7 @@ describe('the launcher as an operator uses it', () => {
       expect(['running', 'lapsed']).toContain(away.hold);
       if (away.hold === 'running') expect(away.holdLeftMs).toBeGreaterThan(0);
       expect(cli(t.dir, 'status').out).toMatch(
-        /  node-1\/app-1 +app-1\.disk +(paused|resuming) .*( hold-in=[\d.]+s| hold=lapsed) /,
+        / {2}node-1\/app-1 +app-1\.disk +(paused|resuming) .*( hold-in=[\d.]+s| hold=lapsed) /,
       );
       expect(cli(t.dir, 'heal').code).toBe(0);
       // A target written and closed: nobody holds it. One nobody ever opened is not there at all.
@@ -505,7 +505,7 @@ describe('the launcher as an operator uses it', () => {
       const w = spawn('node', [CLI, 'status', '-w', '--dir', t.dir], { stdio: ['ignore', 'pipe', 'pipe'] });
       running.add(w);
       let watched = '';
-      w.stdout!.on('data', (b: Buffer) => (watched += b.toString()));
+      w.stdout.on('data', (b: Buffer) => (watched += b.toString()));
       await until('three views', () => (watched.match(/^safe-resume status {2}\d{4}-/gm) ?? []).length >= 3);
       w.kill('SIGINT');
       expect(await new Promise((r) => w.once('exit', (code) => r(code)))).toBe(0);
@@ -516,9 +516,9 @@ describe('the launcher as an operator uses it', () => {
       );
       // The timeline of that target: the partition, the pause, the heal, the granted resume.
       const story = cli(t.dir, 'events', '--target', 'app-1.disk').out;
-      expect(story).toMatch(/^\d\d:\d\d:\d\d\.\d{3}  fault    partition node-1$/m);
+      expect(story).toMatch(/^\d\d:\d\d:\d\d\.\d{3} {2}fault {4}partition node-1$/m);
       expect(story).toMatch(new RegExp(`handle   node-1/app-1 +app-1\\.disk  active -> paused  requestId ${rid}`));
-      expect(story).toMatch(/fault    heal/);
+      expect(story).toMatch(/fault {4}heal/);
       expect(story).toMatch(new RegExp(`-> active \\(resume granted, same requestId\\)  requestId ${rid}`));
       expect(story.indexOf('partition node-1')).toBeLessThan(story.indexOf('active -> paused'));
       const json = JSON.parse(cli(t.dir, 'events', '--json').out) as { events: Array<{ kind: string }> };
@@ -551,7 +551,7 @@ describe('the launcher as an operator uses it', () => {
         storeError: expect.stringMatching(/readonly database/),
       });
       expect(cli(t.dir, 'status').out).toMatch(/^replica-2 +failed +sessions=0 {2}store: .*readonly database/m);
-      expect(cli(t.dir, 'events').out).toMatch(/process  replica-2 exited \(could not start: .*readonly database\)/);
+      expect(cli(t.dir, 'events').out).toMatch(/process {2}replica-2 exited \(could not start: .*readonly database\)/);
       if (root) spawnSync('chattr', ['-i', db]);
       else chmodSync(db, 0o600);
       expect(cli(t.dir, 'restart', 'replica-2').code).toBe(0);

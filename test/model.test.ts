@@ -48,7 +48,7 @@ async function now<T>(p: Promise<T>, what: string): Promise<T> {
   const pending = Symbol('pending');
   const v = await Promise.race([p, new Promise<typeof pending>((r) => setImmediate(() => r(pending)))]);
   if (v === pending) throw new Error(`${what} is still pending`);
-  return v as T;
+  return v;
 }
 
 async function settle(r: Real, ms: number, m: Model): Promise<void> {

@@ -276,7 +276,7 @@ async function inTerminal(cmd: string, seconds: number): Promise<string> {
   });
   running.add(p);
   let out = '';
-  p.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+  p.stdout.on('data', (b: Buffer) => (out += b.toString()));
   await until(
     'three frames, the last showing the handles',
     () => {

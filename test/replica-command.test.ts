@@ -114,8 +114,8 @@ describe('safe-resume replica', () => {
     );
     procs.push(p);
     let out = '';
-    p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    p.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (out += d.toString()));
     await waitFor(`${id} to serve`, () => out.includes('serving') || p.exitCode !== null, 20_000);
     return { p, out: () => out };
   };
@@ -188,7 +188,7 @@ describe('safe-resume replica', () => {
     );
     procs.push(p);
     let out = '';
-    p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
     await waitFor('the replica to serve', () => out.includes('serving') || p.exitCode !== null, 20_000);
     try {
       for (const name of ['private/store.sqlite', 'private/store.sqlite-wal', 'private/r.log']) {

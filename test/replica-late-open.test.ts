@@ -69,8 +69,8 @@ describe.each(['sqlite', 'etcd'] as const)('a late open from a stopped replica p
     );
     procs.push(p);
     let out = '';
-    p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    p.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (out += d.toString()));
     await waitFor(`${id} to serve`, () => out.includes('serving') || p.exitCode !== null, 20_000);
     expect(out).toContain(`${id} serving ws://127.0.0.1:${port}`);
     return { id, p, url: `ws://127.0.0.1:${port}`, metrics: `http://127.0.0.1:${metrics}/metrics` };

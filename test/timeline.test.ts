@@ -17,7 +17,7 @@ describe('timeline', () => {
     expect(tl.list().map((e) => e.at)).toEqual([900, 1000, 1100, 1300]);
     expect(tl.list().map((e) => e.kind)).toEqual(['handle', 'fault', 'handle', 'process']);
     expect(formatEvent(tl.list()[2]!)).toMatch(
-      /^00:00:01\.100  handle   node-1\/app-1 +a\.disk  active -> paused  requestId r1$/,
+      /^00:00:01\.100 {2}handle {3}node-1\/app-1 +a\.disk {2}active -> paused {2}requestId r1$/,
     );
   });
 

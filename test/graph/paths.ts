@@ -38,7 +38,7 @@ export function transitionKey(t: {
 }): string {
   const guard =
     t.guard && typeof t.guard === 'object' && 'type' in t.guard
-      ? `[${String((t.guard as { type: unknown }).type)}]`
+      ? `[${String(t.guard.type)}]`
       : t.guard
         ? '[guard]'
         : '';
