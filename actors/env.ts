@@ -4,7 +4,15 @@
  */
 import { pino, type Logger } from 'pino';
 import { nanoid } from 'nanoid';
-import { createActor, createMachine, SimulatedClock, stopChild, type AnyActorRef, type InspectionEvent } from 'xstate';
+import {
+  createActor,
+  createMachine,
+  SimulatedClock,
+  stopChild,
+  type AnyActorRef,
+  type InspectionEvent,
+  type Snapshot,
+} from 'xstate';
 
 /** XState's clock (timers) plus the current time, in milliseconds. */
 export interface ActorClock {
@@ -129,7 +137,7 @@ export function handleHolder(env: Env): HandleHolder {
   return {
     parent,
     stop: (ref) => {
-      if (ref && ref.getSnapshot().status === 'active') parent.send({ type: 'STOP', ref });
+      if (ref && (ref.getSnapshot() as Snapshot<unknown>).status === 'active') parent.send({ type: 'STOP', ref });
     },
   };
 }

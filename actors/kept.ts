@@ -219,7 +219,7 @@ export class MemoryKeptIds implements KeptIds {
   }
   private name(app: string, target: string, id: string): void {
     let targets = this.byName.get(app);
-    if (!targets) this.byName.set(app, (targets = new Map()));
+    if (!targets) this.byName.set(app, (targets = new Map<string, string>()));
     targets.set(target, id);
   }
   private unname(app: string, target: string): void {
@@ -355,7 +355,7 @@ export class FileKeptIds extends MemoryKeptIds {
         line = JSON.parse(row) as LogLine;
       } catch (err) {
         if (i === rows.length - 1) return; // the last line, cut short by a crash
-        throw new Error(`${this.path}: line ${i + 1} is not JSON: ${(err as Error).message}`);
+        throw new Error(`${this.path}: line ${i + 1} is not JSON: ${(err as Error).message}`, { cause: err });
       }
       const puts = line?.put === undefined ? [] : Array.isArray(line.put) ? line.put : [line.put];
       const removals = line?.rm === undefined ? [] : Array.isArray(line.rm) ? line.rm : [line.rm];

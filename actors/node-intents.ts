@@ -115,7 +115,10 @@ export abstract class NodeAgentIntents extends LazyEmitter<NodeAgentEvents> {
     const put: CoreHandle[] = [];
     const removed: string[] = [];
     for (const id of this.unforgotten) if (!last.has(id)) last.set(id, null);
-    for (const [id, h] of last) h ? put.push(h) : removed.push(id);
+    for (const [id, h] of last) {
+      if (h) put.push(h);
+      else removed.push(id);
+    }
     try {
       this.kept.apply({
         put: put.map((h) => ({

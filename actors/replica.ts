@@ -329,6 +329,7 @@ export class StorageReplica {
     try {
       p = this.storeCall(w);
     } catch (err) {
+      // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- what the store threw, passed on as it is (failureOf reads its class)
       p = Promise.reject(err);
     }
     p.then(

@@ -311,7 +311,9 @@ export async function legitProcess(url: string, secret: string, opTimeoutMs: num
       new Promise<T>((resolve, reject) => {
         const l = (m: LegitReport) => {
           const v = pick(m);
-          if (v !== undefined) (listeners.delete(l), resolve(v));
+          if (v === undefined) return;
+          listeners.delete(l);
+          resolve(v);
         };
         listeners.add(l);
         void gone.then(() =>

@@ -42,12 +42,13 @@ export async function runFuzz(opts: FuzzOptions = {}): Promise<FuzzReport> {
   let replica: ReplicaProc | undefined;
   let legit: Legit | undefined;
   let timedOut = false;
-  let alive = { ok: false, detail: 'not checked' };
-  let legitReport: FuzzReport['legit'] = { ops: 0, failures: 0, errors: [], p99Ms: 0, maxMs: 0 };
-  let rssBefore: number | null = null;
-  let rssAfter: number | null = null;
-  let rssPeak: number | null = null;
-  let logs = { count: 0, samples: [] as string[] };
+  // Each is set by the run below; a run that throws reports nothing.
+  let alive: { ok: boolean; detail: string };
+  let legitReport: FuzzReport['legit'];
+  let rssBefore: number | null;
+  let rssAfter: number | null;
+  let rssPeak: number | null;
+  let logs: { count: number; samples: string[] };
   const run: Run = {
     url: '',
     maxNestingBytes: opts.heavy ? MAX_FRAME - 64 : 200_000,

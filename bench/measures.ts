@@ -84,7 +84,10 @@ export async function wsEcho(
     ws.on('message', () => {
       got++;
       if (got === count) return done();
-      if (sent < count) (sent++, ws.send(DATA));
+      if (sent < count) {
+        sent++;
+        ws.send(DATA);
+      }
     });
     for (; sent < Math.min(window, count); sent++) ws.send(DATA);
   });
@@ -261,14 +264,16 @@ export async function resumeStorm(dir: string, n: number): Promise<number> {
  * server and on to a watching browser (a WebSocket client that reads the stream).
  */
 export async function inspectorOn(url: string, count: number, apps: number, depth: number): Promise<number> {
-  let insp: ProcessInspector | undefined;
+  // The server is made before the inspector that streams to it: it watches once that is there.
+  const made: { insp?: ProcessInspector } = {};
   const server = new InspectorServer({
-    watching: (on) => insp?.watch(on),
+    watching: (on) => made.insp?.watch(on),
     status: () => ({}),
     command: async () => ({ ok: false }),
   });
   const base = await server.listen(0);
-  insp = processInspector(`${base.replace('http', 'ws')}/inspect?from=bench`, server.processCredential('bench'));
+  const insp = processInspector(`${base.replace('http', 'ws')}/inspect?from=bench`, server.processCredential('bench'));
+  made.insp = insp;
   const browser = new WebSocket(`${base.replace('http', 'ws')}/stream`, {
     headers: { authorization: `Bearer ${server.token}` },
   });

@@ -68,7 +68,7 @@ export async function qemuNbd(dir: string, size: number): Promise<{ url: string;
       await run('nbdinfo', ['--size', url]);
       return { url, proc };
     } catch (err) {
-      if (Date.now() > deadline) throw new Error(`qemu-nbd did not answer: ${String(err)}`);
+      if (Date.now() > deadline) throw new Error(`qemu-nbd did not answer: ${String(err)}`, { cause: err });
       await new Promise((r) => setTimeout(r, 100));
     }
   }

@@ -233,10 +233,11 @@ export async function control(cmd: string, argv: string[]): Promise<number> {
       (out.events as TimelineEvent[]).map(formatEvent).join('\n') +
         ((out.events as TimelineEvent[]).length ? '\n' : ''),
     );
-  else if (cmd === 'export') process.stdout.write(`${String(out.url)}\n${out.tls ? `${String(out.tls)}\n` : ''}`);
+  else if (cmd === 'export')
+    process.stdout.write(`${String(out.url)}\n${typeof out.tls === 'string' ? `${out.tls}\n` : ''}`);
   else if (cmd === 'create')
     process.stdout.write(
-      `${String(out.target)}: ${formatSize(Number(out.size))} (${String(out.size)} bytes)${out.created ? '' : ', as it already was'}\n${out.url ? String(out.url) : '(no node serves an NBD export)'}\n`,
+      `${String(out.target)}: ${formatSize(Number(out.size))} (${String(out.size)} bytes)${out.created ? '' : ', as it already was'}\n${typeof out.url === 'string' ? out.url : '(no node serves an NBD export)'}\n`,
     );
   else process.stdout.write(done(cmd, out) + '\n');
   // An id that names no process (kill replica-9) is a command line to correct: the answer lists the ids.
@@ -253,7 +254,7 @@ function done(cmd: string, out: Record<string, unknown>): string {
     case 'restart':
       return `restarted ${String(out.restarted)}`;
     case 'partition':
-      return `${String(out.partitioned)} partitioned${out.healsInS ? `; it heals in ${String(out.healsInS)} s` : ` until 'safe-resume heal ${String(out.partitioned)}'`}`;
+      return `${String(out.partitioned)} partitioned${typeof out.healsInS === 'number' ? `; it heals in ${out.healsInS} s` : ` until 'safe-resume heal ${String(out.partitioned)}'`}`;
     case 'heal':
       return (out.healed as unknown[]).length ? `healed ${names(out.healed)}` : 'nothing was partitioned';
     case 'dismount':
@@ -261,7 +262,7 @@ function done(cmd: string, out: Record<string, unknown>): string {
     case 'reboot-storage':
       return `restarted ${names(out.rebooted)}`;
     case 'move':
-      return `moved ${String(out.moved)} from ${String(out.from)} to ${String(out.to)}${out.requestId ? `, resuming requestId ${String(out.requestId)}` : ', opening afresh'}`;
+      return `moved ${String(out.moved)} from ${String(out.from)} to ${String(out.to)}${typeof out.requestId === 'string' ? `, resuming requestId ${out.requestId}` : ', opening afresh'}`;
     case 'write':
       return `wrote ${String(out.bytes)} byte${out.bytes === 1 ? '' : 's'} to ${String(out.target)} as ${String(out.as)} (requestId ${String(out.requestId)}, version ${String(out.version)})`;
     default:

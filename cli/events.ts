@@ -44,7 +44,7 @@ export async function followEvents(
     let got: { events: TimelineEvent[]; next: number } | undefined;
     try {
       got = (await (
-        await fetch(`${url}/events${q.size ? `?${q}` : ''}`, {
+        await fetch(`${url}/events${q.size ? `?${q.toString()}` : ''}`, {
           headers: { authorization: `Bearer ${token}` },
           signal: AbortSignal.timeout(5000),
         })

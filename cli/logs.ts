@@ -21,6 +21,11 @@ const safe = (s: string) =>
     .replace(/[\x00-\x08\x0b-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
     .replace(/\n/g, '\\n');
 
+/** A field of a log line as text: a string as it is, anything else as JSON; `absent` if it is not there. */
+function fieldText(v: unknown, absent: string): string {
+  return v === undefined || v === null ? absent : typeof v === 'string' ? v : JSON.stringify(v);
+}
+
 /** One JSON log line of `proc` as a pretty line (a line that is not JSON, as it is). */
 export function prettyLine(proc: string, line: string): { time: number; text: string } {
   let o: Record<string, unknown>;
@@ -31,7 +36,7 @@ export function prettyLine(proc: string, line: string): { time: number; text: st
     return { time: 0, text: `${' '.repeat(24)} ${'-'.padEnd(5)} ${proc}  ${safe(line)}` };
   }
   const time = typeof o.time === 'number' ? o.time : 0;
-  const level = typeof o.level === 'number' ? (LEVELS[o.level] ?? String(o.level)) : String(o.level ?? '-');
+  const level = typeof o.level === 'number' ? (LEVELS[o.level] ?? String(o.level)) : fieldText(o.level, '-');
   const rest = Object.entries(o)
     .filter(([k, v]) => !HEAD.has(k) && !(k === 'actor' && v === proc))
     .map(
@@ -40,7 +45,7 @@ export function prettyLine(proc: string, line: string): { time: number; text: st
     );
   return {
     time,
-    text: `${new Date(time).toISOString()} ${level.padEnd(5)} ${proc}  ${safe(String(o.msg ?? ''))}${rest.length ? ` ${rest.join(' ')}` : ''}`,
+    text: `${new Date(time).toISOString()} ${level.padEnd(5)} ${proc}  ${safe(fieldText(o.msg, ''))}${rest.length ? ` ${rest.join(' ')}` : ''}`,
   };
 }
 

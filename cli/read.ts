@@ -6,7 +6,7 @@
  * dump anywhere.
  */
 export function showRead(out: Record<string, unknown>, hex: boolean): void {
-  const data = Buffer.from(String(out.base64 ?? ''), 'base64');
+  const data = Buffer.from(typeof out.base64 === 'string' ? out.base64 : '', 'base64');
   const offset = Number(out.offset ?? 0);
   const tty = process.stdout.isTTY === true;
   if (hex) return void process.stdout.write(hexDump(data, offset));

@@ -134,8 +134,9 @@ export async function replicaCommand(argv: string[], out: (s: string) => void): 
   const store = openStore(spec, {
     etcd: { ...(etcdTls ? { tls: etcdTls } : {}), ...(v['etcd-move-pages'] ? { movePages: true } : {}) },
   });
-  let self: StorageReplica | undefined;
-  const m = metrics ? replicaMetrics(() => self) : undefined;
+  // The metrics are made before the replica they read (it reports to them): they read it once it is there.
+  const made: { replica?: StorageReplica } = {};
+  const m = metrics ? replicaMetrics(() => made.replica) : undefined;
   const replica = new StorageReplica({
     id: v.id,
     store,
@@ -147,7 +148,7 @@ export async function replicaCommand(argv: string[], out: (s: string) => void): 
     ...(m ? { observe: m.observe } : {}),
     env: { log },
   });
-  self = replica;
+  made.replica = replica;
   try {
     await store.ping();
   } catch (err) {

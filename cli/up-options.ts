@@ -90,7 +90,8 @@ export function parseUp(argv: string[]): UpOptions | undefined {
   const v = (k: keyof typeof UP_FLAGS): string | undefined => {
     const f = (flags as Record<string, unknown>)[k];
     const x = f ?? file[k];
-    return x === undefined ? undefined : String(x);
+    // As the command line would give it: a number or true in the file as its text.
+    return x === undefined ? undefined : typeof x === 'string' ? x : JSON.stringify(x);
   };
   const b = (k: keyof typeof UP_FLAGS): boolean => {
     const f = (flags as Record<string, unknown>)[k];

@@ -18,11 +18,14 @@ const SEEN_WINDOW = 4096;
 const REQUEST_COST = 1024;
 
 /** A request refused before it reaches the store: answered with its code. */
-class Refused {
+class Refused extends Error {
   constructor(
     readonly code: ErrorCode,
-    readonly message: string,
-  ) {}
+    message: string,
+  ) {
+    super(message);
+    this.name = 'Refused';
+  }
 }
 
 export abstract class ReplicaRequests extends ReplicaHandshake {

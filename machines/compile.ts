@@ -101,7 +101,7 @@ export function compileMachine<M extends AnyStateMachine>(
     if (b.reenter) fail(`a reentering transition ${where}`);
     let target: string | undefined;
     if (b.target !== undefined) {
-      const t = Array.isArray(b.target) && b.target.length === 1 ? b.target[0] : b.target;
+      const t: unknown = Array.isArray(b.target) && b.target.length === 1 ? b.target[0] : b.target;
       if (typeof t !== 'string' || !known.has(t))
         fail(`target ${JSON.stringify(b.target)} of ${where} (only the machine's own states, by name)`);
       target = t as string;
@@ -122,7 +122,8 @@ export function compileMachine<M extends AnyStateMachine>(
     if (!node || typeof node !== 'object') fail(`state ${state}`);
     const n = node as Record<string, unknown>;
     for (const key of Object.keys(n)) if (!STATE_KEYS.has(key)) fail(`"${key}" of state ${state} (flat machines only)`);
-    if (n.type !== undefined && n.type !== 'final' && n.type !== 'atomic') fail(`a ${String(n.type)} state (${state})`);
+    if (n.type !== undefined && n.type !== 'final' && n.type !== 'atomic')
+      fail(`a ${typeof n.type === 'string' ? n.type : JSON.stringify(n.type)} state (${state})`);
     if (n.type === 'final') final.add(state);
     const table: Record<string, CompiledBranch<string>[]> = {};
     for (const [event, raw] of Object.entries((n.on ?? {}) as Record<string, unknown>)) {

@@ -274,7 +274,7 @@ export class EtcdMembers {
     await Promise.all(
       this.members.map((m) => {
         const p = m.proc;
-        if (!p || p.exitCode !== null || p.signalCode !== null) return undefined;
+        if (!p || p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
         const gone = new Promise((r) => p.once('exit', r));
         p.kill('SIGTERM');
         setTimeout(() => p.kill('SIGKILL'), 3000).unref();

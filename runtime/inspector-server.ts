@@ -178,7 +178,8 @@ export class InspectorServer {
     ws.on('message', (data) => {
       let parsed: unknown;
       try {
-        parsed = JSON.parse(data.toString());
+        const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
+        parsed = JSON.parse(bytes.toString());
       } catch {
         return; // not ours to crash over
       }

@@ -48,6 +48,12 @@ function ms(s: string): number {
   return Number(m[1]) * (m[2] === 's' ? 1000 : 1);
 }
 
+/** A value as the word it stands for: a list as its words joined by commas (`principals=["a","b"]` is `a,b`). */
+function word(v: unknown): string {
+  if (Array.isArray(v)) return v.map(word).join(',');
+  return typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v);
+}
+
 /** `key=value` and bare words; a value is JSON if it parses as JSON, else the word itself. */
 function parseArgs(rest: string): { pos: unknown[]; kv: Record<string, unknown> } {
   const pos: unknown[] = [];
@@ -117,7 +123,11 @@ export class ReplicaScenario {
       case 'replica':
         return this.start(kv);
       case 'accept':
-        return this.feed({ type: 'accept', conn: conn(), remote: String(kv.remote ?? '127.0.0.1') });
+        return this.feed({
+          type: 'accept',
+          conn: conn(),
+          remote: kv.remote === undefined ? '127.0.0.1' : word(kv.remote),
+        });
       case 'closed':
         return this.feed({ type: 'closed', conn: conn() });
       case 'drain':
@@ -137,7 +147,11 @@ export class ReplicaScenario {
       case 'bad-frame': {
         const code = String(pos[1]);
         if (!isErrorCode(code)) throw new Error(`not an error code: ${code}`);
-        return this.feed({ type: 'frame', conn: conn(), frame: { ok: false, code, message: String(pos[2] ?? '') } });
+        return this.feed({
+          type: 'frame',
+          conn: conn(),
+          frame: { ok: false, code, message: pos[2] === undefined ? '' : word(pos[2]) },
+        });
       }
       case 'answer':
         return this.answer(pos, kv);
@@ -170,7 +184,7 @@ export class ReplicaScenario {
   }
 
   private start(kv: Record<string, unknown>): void {
-    const d = (k: string, dflt: number) => (kv[k] === undefined ? dflt : ms(String(kv[k])));
+    const d = (k: string, dflt: number) => (kv[k] === undefined ? dflt : ms(word(kv[k])));
     const n = (k: string, dflt: number) => (kv[k] === undefined ? dflt : Number(kv[k]));
     this.core = new ReplicaCore({
       id: 'replica-1',
@@ -196,9 +210,9 @@ export class ReplicaScenario {
     const hs = this.hs.get(conn);
     if (!hs?.replicaNonce) throw new Error(`c${conn} has seen no challenge`);
     const t = transcript(hs.node, hs.nonce, hs.replicaNonce, 'replica-1');
-    const wrong = kv.wrong === undefined ? undefined : String(kv.wrong);
+    const wrong = kv.wrong === undefined ? undefined : word(kv.wrong);
     const nodeKey = derive(wrong === 'node' ? 'another-cluster-key' : SECRET, 'node', hs.node);
-    const names = kv.principals === undefined ? [] : String(kv.principals).split(',');
+    const names = kv.principals === undefined ? [] : word(kv.principals).split(',');
     const principals = names.map((p) => ({
       name: p,
       proof: proofs.principal(derive(wrong === p ? 'another-cluster-key' : SECRET, 'principal', p), p, t),
@@ -329,7 +343,7 @@ export function playReplicaScenario(text: string): string {
         d.run(cmd);
       } catch (err) {
         d.takeOutput();
-        throw new Error(`line ${p.line}: ${cmd}: ${err instanceof Error ? err.message : String(err)}`);
+        throw new Error(`line ${p.line}: ${cmd}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
       }
     }
     const lines = d.takeOutput();

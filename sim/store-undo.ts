@@ -5,6 +5,7 @@
  */
 import { memoryTx, type MemoryState } from '../store/memory.js';
 import type { Tx } from '../store/rules.js';
+import type { TargetAccess } from '../store/types.js';
 
 type TargetState = MemoryState['targets'] extends Map<string, infer V> ? V : never;
 
@@ -45,15 +46,15 @@ export function undoableTx(state: MemoryState, undo: Array<() => void>, compare:
     };
   return {
     ...base,
-    getRecord: read(base.getRecord),
-    getTombstones: read(base.getTombstones),
-    version: read(base.version),
-    size: read(base.size),
-    fixedSize: read(base.fixedSize),
-    readData: read(base.readData),
-    getAccess: read(base.getAccess),
+    getRecord: read(base.getRecord.bind(base)),
+    getTombstones: read(base.getTombstones.bind(base)),
+    version: read(base.version.bind(base)),
+    size: read(base.size.bind(base)),
+    fixedSize: read(base.fixedSize.bind(base)),
+    readData: read(base.readData.bind(base)),
+    getAccess: read(base.getAccess.bind(base)),
     putAccess: (t, a) => {
-      const owners = (state.access ??= new Map());
+      const owners = (state.access ??= new Map<string, TargetAccess>());
       const prev = owners.get(t);
       undo.push(() => restore(owners, t, prev));
       changed(t);

@@ -257,6 +257,7 @@ export class SimStore extends TxStore {
       this.tx(() => undefined);
       return Promise.resolve();
     } catch (err) {
+      // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- what the transaction threw, passed on as it is
       return Promise.reject(err);
     }
   }

@@ -15,7 +15,7 @@ export function formatEvent(e: HistoryEvent): string {
   const fields = Object.entries(rest)
     .map(([k, v]) => {
       // Long bytes (a large write, a whole target) are cut: the trace is for reading.
-      const text = typeof v === 'string' && v.length > 120 ? `${v.slice(0, 100)}...(${v.length} bytes)` : v;
+      const text: unknown = typeof v === 'string' && v.length > 120 ? `${v.slice(0, 100)}...(${v.length} bytes)` : v;
       return `${k}=${typeof text === 'string' && /[\s"\u0000]/.test(text) ? JSON.stringify(text) : String(text)}`;
     })
     .join(' ');

@@ -169,6 +169,7 @@ export abstract class TxStore implements Store {
       } catch (err) {
         effects.length = mark;
         this.effects = outer;
+        // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- what the transaction threw, passed on as it is
         if (!(err instanceof StoreBusyError)) return Promise.reject(err);
       }
     }

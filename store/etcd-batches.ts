@@ -3,7 +3,7 @@
  * store last committed), and committed in one etcd transaction guarded by the revisions read; a commit
  * whose answer is lost is found by its mark.
  */
-import type { ICompare, IKeyValue, IRequestOp } from 'etcd3/lib/rpc.js';
+import type { ICompare, IRequestOp } from 'etcd3/lib/rpc.js';
 import * as rules from './rules.js';
 import { LeaseLost, MAX_ATTEMPTS } from './etcd-connection.js';
 import { ABSENT, PAGE, enc, json, metaOf, prefixEnd, type Kv, type Meta, type TargetState } from './etcd-keys.js';

@@ -4,7 +4,7 @@
  * move) of the key layout on first use.
  */
 import { Etcd3 } from 'etcd3';
-import type { ICompare, IKeyValue, IRequestOp, IResponseOp } from 'etcd3/lib/rpc.js';
+import type { ICompare, IRequestOp, IResponseOp } from 'etcd3/lib/rpc.js';
 import { SafeResumeError } from '../errors.js';
 import { KEY_LAYOUT, OLD_PAGES, PAGES, PAGE_LIMIT, enc, pageKey, pageOfKey, prefixEnd } from './etcd-keys.js';
 import { StoreUnavailableError, type DecisionLog } from './types.js';

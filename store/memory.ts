@@ -72,7 +72,7 @@ export class MemoryStore extends TxStore {
  */
 export function memoryTx(state: MemoryState): Tx {
   const { records, tombstones, targets } = state;
-  const access = (state.access ??= new Map());
+  const access = (state.access ??= new Map<string, TargetAccess>());
   return {
     getRecord: (t) => records.get(t),
     putRecord: (r) => void records.set(r.target, { ...r }),

@@ -1,6 +1,5 @@
 /** The benchmark harness runs end to end at tiny sizes. It measures nothing here: no speed is asserted. */
 import { execFileSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { runBench, table } from '../bench/run.js';
 import { CLI } from './cli-path.js';

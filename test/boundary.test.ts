@@ -12,7 +12,7 @@ import { loadOrCreateSecret } from '../actors/auth.js';
 import { NodeAgent } from '../actors/node-agent.js';
 import { LocalCluster } from '../cluster/local.js';
 import { decode, encode } from '../transport/codec.js';
-import { PROTOCOL_VERSION, type Message } from '../transport/messages.js';
+import type { Message } from '../transport/messages.js';
 import { WebSocketTransport } from '../transport/ws.js';
 import { bytes, loginAs, tempDir, text } from './helpers.js';
 
@@ -102,7 +102,7 @@ describe('bad frames', () => {
     expect(peer.replies.find((m) => m.type === 'error' && m.code === 'BAD_FRAME' && m.id === 10)).toBeDefined();
     // The same session still works ...
     peer.ws.send(encode({ type: 'ping', t: 1 }));
-    expect(await peer.next(++n)).toMatchObject({ type: 'pong', t: 1 });
+    expect(await peer.next(n + 1)).toMatchObject({ type: 'pong', t: 1 });
     expect(peer.closed()).toBeUndefined();
     // ... and so do the others.
     await good.write(6, bytes('+after'));

@@ -58,7 +58,7 @@ function record(ws: WebSocket): Received {
   const events: Array<Record<string, unknown>> = [];
   let chars = 0;
   ws.on('message', (d) => {
-    const text = String(d);
+    const text = (d as Buffer).toString(); // ws hands a message over as a Buffer
     chars += text.length;
     const parsed = JSON.parse(text) as unknown;
     events.push(...((Array.isArray(parsed) ? parsed : [parsed]) as Array<Record<string, unknown>>));

@@ -151,7 +151,7 @@ describe('before authentication', () => {
     // ... but every connection counts against maxConnections (b, c, d and one more).
     const e = await peer(r.url);
     expect(await e.hello('node-e')).toMatchObject({ type: 'welcome' });
-    const refused = await new WebSocket(r.url).once('error', () => undefined);
+    const refused = new WebSocket(r.url).once('error', () => undefined);
     await waitFor('the fifth connection to be refused', () => refused.readyState === WebSocket.CLOSED, 3000);
     expect(b.closed()).toBeUndefined();
   });

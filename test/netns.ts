@@ -60,7 +60,9 @@ export function makeHosts(names: string[], net = 0): Hosts {
   } catch (err) {
     remove();
     const e = err as Error & { stderr?: string };
-    throw new Error(`cannot make network namespaces here (needs root and iproute2): ${e.stderr?.trim() || e.message}`);
+    throw new Error(`cannot make network namespaces here (needs root and iproute2): ${e.stderr?.trim() || e.message}`, {
+      cause: err,
+    });
   }
   return {
     hosts,

@@ -135,12 +135,7 @@ describe('the operator', () => {
       [CLI, 'up', '--dir', t.dir, '--replicas', '1', '--nodes', '1', '--apps', '1', '--port', String(port)],
       { stdio: 'ignore' },
     );
-    let tenantB: NodeAgent | undefined;
-    cleanups.push(
-      t.cleanup,
-      () => void up.kill('SIGKILL'),
-      async () => tenantB?.crash(),
-    );
+    cleanups.push(t.cleanup, () => void up.kill('SIGKILL'));
     const cli = (...args: string[]) => {
       const r = spawnSync('node', [CLI, ...args, '--dir', t.dir], { encoding: 'utf8', timeout: 60_000 });
       return { code: r.status, out: r.stdout + r.stderr };
@@ -159,12 +154,13 @@ describe('the operator', () => {
     expect(before.out).toContain('\n  owner     default\n  access    the owner only\n');
     // tenant-b, on a node of its own with only its own credentials, may not read it.
     const secret = readFileSync(join(t.dir, SECRET_FILE), 'utf8').trim();
-    tenantB = new NodeAgent({
+    const tenantB = new NodeAgent({
       id: 'node-b',
       replicas: [`ws://127.0.0.1:${port}`],
       transport: new WebSocketTransport(),
       credential: issueCredential(secret, 'node', 'node-b'),
     });
+    cleanups.push(async () => tenantB.crash());
     await tenantB.start();
     const b = new Application(tenantB, { name: 'b', credential: issueCredential(secret, 'principal', 'tenant-b') });
     await expect(b.open('app-1.disk', { mode: 'read' })).rejects.toMatchObject({

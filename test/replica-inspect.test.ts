@@ -196,7 +196,7 @@ describe("a replica's handles through the process inspector", () => {
     await new Promise((r) => server.once('listening', r));
     const frames: Array<Record<string, unknown>> = [];
     server.on('connection', (ws) =>
-      ws.on('message', (d) => frames.push(...(JSON.parse(String(d)) as Array<Record<string, unknown>>))),
+      ws.on('message', (d) => frames.push(...(JSON.parse((d as Buffer).toString()) as Array<Record<string, unknown>>))),
     );
     const { port } = server.address() as { port: number };
     const insp = processInspector(`ws://127.0.0.1:${port}`);

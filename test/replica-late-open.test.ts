@@ -131,9 +131,8 @@ describe.each(['sqlite', 'etcd'] as const)('a late open from a stopped replica p
 /** Until the replica's /metrics counts one open answered (or throw after `timeoutMs`). */
 async function answeredOpen(url: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  let last = '';
   for (;;) {
-    last = await fetch(url, { signal: AbortSignal.timeout(2000) }).then(
+    const last = await fetch(url, { signal: AbortSignal.timeout(2000) }).then(
       (r) => r.text(),
       (err: unknown) => String(err),
     );

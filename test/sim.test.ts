@@ -1,6 +1,5 @@
 /** The simulated world: one seed is one whole run, replayed exactly. */
 import { execFileSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { runSchedule } from '../sim/scheduler.js';
 import { formatReplay, type SimSummary } from '../sim/run.js';

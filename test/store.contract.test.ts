@@ -1067,11 +1067,12 @@ describe('sqlite specifics', () => {
           return r;
         }),
       ];
-      ops.forEach((p, i) =>
-        p.then(
-          () => log.push(`settled ${i + 1}`),
-          () => log.push(`settled ${i + 1}`),
-        ),
+      ops.forEach(
+        (p, i) =>
+          void p.then(
+            () => log.push(`settled ${i + 1}`),
+            () => log.push(`settled ${i + 1}`),
+          ),
       );
       expect(log).toEqual([]);
       const [r1, r2, r3] = await Promise.allSettled(ops);

@@ -9,7 +9,6 @@ import { issueCredential, loadCredential, parseCredential, formatCredential } fr
 import { spawnSync } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { bareLogin } from '../actors/handshake.js';
 import { NodeAgent } from '../actors/node-agent.js';
 import { LocalCluster } from '../cluster/local.js';

@@ -76,7 +76,7 @@ async function drawnActors(): Promise<
   const parse = (v: unknown) =>
     typeof v === 'string' ? (JSON.parse(v) as Record<string, unknown>) : ((v ?? {}) as Record<string, unknown>);
   ws.on('message', (data) => {
-    for (const ev of JSON.parse(String(data)) as Array<Record<string, unknown>>) {
+    for (const ev of JSON.parse((data as Buffer).toString()) as Array<Record<string, unknown>>) {
       const key = `${String(ev.process)}:${String(ev.sessionId)}`;
       if (ev.type === '@xstate.actor') {
         const def = parse(ev.definition);
@@ -86,7 +86,7 @@ async function drawnActors(): Promise<
           process: String(ev.process),
           machine: String(def.id),
           value: snap.value,
-          status: String(snap.status ?? 'active'),
+          status: typeof snap.status === 'string' ? snap.status : 'active',
           target: (snap.context as { target?: string } | undefined)?.target,
         });
       } else if (ev.type === '@xstate.snapshot') {
@@ -94,7 +94,7 @@ async function drawnActors(): Promise<
         if (!a) continue;
         const snap = parse(ev.snapshot);
         a.value = snap.value;
-        a.status = String(snap.status ?? a.status);
+        a.status = typeof snap.status === 'string' ? snap.status : a.status;
       }
     }
   });

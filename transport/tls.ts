@@ -42,7 +42,7 @@ function readPem(what: string, file: string): Buffer {
           : code === 'EISDIR'
             ? 'is a directory'
             : code;
-    throw new Error(`cannot read TLS ${what} file ${file}: ${why}`);
+    throw new Error(`cannot read TLS ${what} file ${file}: ${why}`, { cause: err });
   }
   if (!pem.includes('-----BEGIN ')) throw new Error(`TLS ${what} file ${file} is not PEM (no "-----BEGIN" line)`);
   return pem;
@@ -62,7 +62,7 @@ export function secureContextOf(tls: TlsOptions): SecureContext {
   try {
     return createSecureContext({ cert: tls.cert, key: tls.key, ca: tls.ca, minVersion: 'TLSv1.2' });
   } catch (err) {
-    throw new Error(`invalid TLS configuration: ${(err as Error).message}`);
+    throw new Error(`invalid TLS configuration: ${(err as Error).message}`, { cause: err });
   }
 }
 
