@@ -16,10 +16,10 @@ import {
   MAX_OPTIONS_BEFORE_TLS,
   MAX_REQUEST_BYTES,
   MAX_UNSENT_BYTES,
-  REFUSED_GRACE_MS,
   type Admission,
 } from './nbd-limits.js';
 import type { Auth, NbdConnectionView, NbdExportOptions } from './nbd-options.js';
+import { Place } from './nbd-place.js';
 import { tlsHandshake, tlsServerSocket } from './nbd-tls.js';
 import {
   CMD,
@@ -66,10 +66,8 @@ export abstract class NbdHandshake {
   protected invalid: string | undefined;
   /** Requests the current read handle is serving (it is closed once they are answered). */
   protected readonly reads = new Set<Promise<unknown>>();
-  /** Whether the connection holds its place among its principal's (Admission), or why it was refused one. */
-  protected admitted = false;
-  protected refusal: string | undefined;
-  protected refusalTimer: NodeJS.Timeout | undefined;
+  /** The connection's place among its principal's (nbd-place.ts). */
+  protected readonly place: Place;
   /** Options answered NBD_REP_ERR_TLS_REQD so far. */
   protected beforeTls = 0;
   protected idle: NodeJS.Timeout | undefined;
@@ -92,7 +90,8 @@ export abstract class NbdHandshake {
   ) {
     this.app = auth.local;
     this.principal = auth.local?.principal ?? '';
-    if (this.app) this.claim();
+    this.place = new Place(admission, auth, (err) => this.fail(err));
+    if (this.app) this.place.claim(this.principal);
     socket.setNoDelay(true);
     this.listenTo(socket);
     this.deadline = setTimeout(() => {
@@ -293,10 +292,10 @@ export abstract class NbdHandshake {
     if (!proved()) throw new ProtocolError('TLS without a pre-shared key');
     this.secure = true;
     this.trusted();
-    this.unadmit();
+    this.place.give(this.principal);
     this.principal = proved();
     this.app = this.auth.appFor(this.principal);
-    this.claim();
+    this.place.claim(this.principal);
   }
 
   protected async option(option: number, data: Buffer): Promise<void> {
@@ -326,7 +325,7 @@ export abstract class NbdHandshake {
       }
       case OPT.EXPORT_NAME: {
         const name = data.toString('utf8');
-        const refused = this.admit();
+        const refused = this.place.refused();
         if (refused) throw new ProtocolError(refused);
         const ok = await this.attach(name);
         if (this.phase === 'closed') return;
@@ -351,7 +350,7 @@ export abstract class NbdHandshake {
         const want = new Set<number>();
         for (let i = 0; i < count; i++) want.add(data.readUInt16BE(4 + nameLength + 2 + 2 * i));
         if (option === OPT.GO) {
-          const refused = this.admit();
+          const refused = this.place.refused();
           if (refused) return this.reply(option, REP.ERR_POLICY, Buffer.from(refused));
         }
         const ok = option === OPT.GO ? await this.attach(name) : await this.sizeOf(name);
@@ -385,42 +384,6 @@ export abstract class NbdHandshake {
 
   protected flags(): number {
     return TX.HAS_FLAGS | TX.SEND_FLUSH | TX.SEND_FUA | TX.SEND_TRIM | TX.SEND_WRITE_ZEROES;
-  }
-
-  /**
-   * Take a place for this connection among its principal's as soon as it is known who it acts as (at
-   * connect on a Unix socket, when its TLS handshake proves a principal), so a connection that proved
-   * a principal and never asks for an export still counts. A refused one is told why at its next option
-   * (NBD_REP_ERR_POLICY) and closed soon after; a warning is logged.
-   */
-  protected claim(): void {
-    clearTimeout(this.refusalTimer);
-    this.refusal = undefined;
-    if (this.admission.take(this.principal)) {
-      this.admitted = true;
-      return;
-    }
-    const why = `principal ${JSON.stringify(this.principal)} holds ${this.admission.max} connections to this export already (the most it may): close one and connect again`;
-    this.auth.warn(
-      'principal connection limit',
-      { principal: this.principal, max: this.admission.max },
-      'nbd connection refused: too many connections of one principal',
-    );
-    this.refusal = why;
-    this.refusalTimer = setTimeout(() => this.fail(new ProtocolError(why)), REFUSED_GRACE_MS);
-    this.refusalTimer.unref();
-  }
-
-  /** Why this connection may not open an export (it holds no place among its principal's), if so. */
-  protected admit(): string | undefined {
-    return this.admitted ? undefined : this.refusal;
-  }
-
-  /** Give back this connection's place among its principal's. */
-  protected unadmit(): void {
-    if (!this.admitted) return;
-    this.admitted = false;
-    this.admission.give(this.principal);
   }
 
   /** A request arrived: the idle time starts again. */
