@@ -5,7 +5,6 @@
  */
 import type { Socket } from 'node:net';
 import type { Application, Handle } from '../actors/application.js';
-import { MAX_IO_BYTES } from '../transport/messages.js';
 import {
   HANDSHAKE_MS,
   IDLE_MS,
@@ -19,6 +18,7 @@ import {
   type Admission,
 } from './nbd-limits.js';
 import type { Auth, NbdConnectionView, NbdExportOptions } from './nbd-options.js';
+import { blockSizeInfo, exportInfo, exportNameReply, greeting, infoRequest } from './nbd-option-data.js';
 import { Place } from './nbd-place.js';
 import { tlsHandshake, tlsServerSocket } from './nbd-tls.js';
 import {
@@ -27,7 +27,6 @@ import {
   FLAG_NO_ZEROES,
   IHAVEOPT,
   INFO,
-  NBDMAGIC,
   OPT,
   ProtocolError,
   REP,
@@ -98,11 +97,7 @@ export abstract class NbdHandshake {
       if (this.phase !== 'transmission') this.fail(new ProtocolError('the handshake did not finish in time'));
     }, opts.handshakeTimeoutMs ?? HANDSHAKE_MS);
     this.deadline.unref();
-    const hello = Buffer.alloc(18);
-    hello.writeBigUInt64BE(NBDMAGIC, 0);
-    hello.writeBigUInt64BE(IHAVEOPT, 8);
-    hello.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16);
-    socket.write(hello);
+    socket.write(greeting());
   }
 
   /** Read from `socket` (the client's TCP or Unix socket, then the TLS socket over it). */
@@ -330,25 +325,16 @@ export abstract class NbdHandshake {
         const ok = await this.attach(name);
         if (this.phase === 'closed') return;
         if (!ok.ok) throw new ProtocolError(`export ${JSON.stringify(name)} could not be opened: ${ok.message}`);
-        const out = Buffer.alloc(this.noZeroes ? 10 : 134);
-        out.writeBigUInt64BE(BigInt(this.size), 0);
-        out.writeUInt16BE(this.flags(), 8);
-        this.socket.write(out);
+        this.socket.write(exportNameReply(this.size, this.flags(), this.noZeroes));
         this.phase = 'transmission';
         this.touch();
         return;
       }
       case OPT.INFO:
       case OPT.GO: {
-        if (data.length < 6) return this.reply(option, REP.ERR_INVALID, Buffer.from('short request'));
-        const nameLength = data.readUInt32BE(0);
-        if (data.length < 4 + nameLength + 2) return this.reply(option, REP.ERR_INVALID, Buffer.from('short request'));
-        const name = data.subarray(4, 4 + nameLength).toString('utf8');
-        const count = data.readUInt16BE(4 + nameLength);
-        if (data.length !== 4 + nameLength + 2 + 2 * count)
-          return this.reply(option, REP.ERR_INVALID, Buffer.from('bad length'));
-        const want = new Set<number>();
-        for (let i = 0; i < count; i++) want.add(data.readUInt16BE(4 + nameLength + 2 + 2 * i));
+        const req = infoRequest(data);
+        if (typeof req === 'string') return this.reply(option, REP.ERR_INVALID, Buffer.from(req));
+        const { name, want } = req;
         if (option === OPT.GO) {
           const refused = this.place.refused();
           if (refused) return this.reply(option, REP.ERR_POLICY, Buffer.from(refused));
@@ -356,20 +342,8 @@ export abstract class NbdHandshake {
         const ok = option === OPT.GO ? await this.attach(name) : await this.sizeOf(name);
         if (this.phase === 'closed') return;
         if (!ok.ok) return this.reply(option, ok.code, Buffer.from(ok.message));
-        const info = Buffer.alloc(12);
-        info.writeUInt16BE(INFO.EXPORT, 0);
-        info.writeBigUInt64BE(BigInt(ok.size), 2);
-        info.writeUInt16BE(this.flags(), 10);
-        this.reply(option, REP.INFO, info);
-        if (want.has(INFO.BLOCK_SIZE)) {
-          // Any byte range is fine; the preferred block is a page, the largest request what one message carries.
-          const bs = Buffer.alloc(14);
-          bs.writeUInt16BE(INFO.BLOCK_SIZE, 0);
-          bs.writeUInt32BE(1, 2);
-          bs.writeUInt32BE(4096, 6);
-          bs.writeUInt32BE(MAX_IO_BYTES, 10);
-          this.reply(option, REP.INFO, bs);
-        }
+        this.reply(option, REP.INFO, exportInfo(ok.size, this.flags()));
+        if (want.has(INFO.BLOCK_SIZE)) this.reply(option, REP.INFO, blockSizeInfo());
         this.reply(option, REP.ACK);
         if (option === OPT.GO) {
           this.phase = 'transmission';
