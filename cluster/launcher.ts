@@ -23,7 +23,7 @@ import { InspectorServer, StatelyRelay } from '../runtime/inspector-server.js';
 import { groupId, nbdSocketPath } from './nbd-dir.js';
 import { StoreView } from './store-view.js';
 import { Links } from './links.js';
-import { spawnNodes, spawnReplicas, startStore, type Spawning } from './spawn.js';
+import { spawnNodes, spawnReplicas, startEmpty, startStore, type Spawning } from './spawn.js';
 import { AdHoc } from './ad-hoc.js';
 import { Children, sumInto, type Child } from './children.js';
 import { explain, holds, tellTakeovers, type Explaining, type Hold } from './explain.js';
@@ -122,15 +122,7 @@ export class Launcher {
   }
 
   async start(): Promise<void> {
-    if (this.opts.history) {
-      // A chaos run checks one history: start it empty.
-      for (const f of ['store.sqlite', 'store.sqlite-wal', 'store.sqlite-shm'])
-        rmSync(join(this.opts.dir, f), { force: true });
-      for (let n = 1; n <= this.opts.nodes; n++)
-        rmSync(join(this.opts.dir, `node-${n}.handles.jsonl`), { force: true });
-      if (this.opts.store === 'etcd' && !this.opts.etcdEndpoints)
-        rmSync(join(this.opts.dir, 'etcd'), { recursive: true, force: true });
-    }
+    if (this.opts.history) startEmpty(this.opts);
     let inspectorWs: string | undefined;
     if (this.opts.inspectorPort !== undefined) {
       this.inspector = new InspectorServer(

@@ -1,10 +1,12 @@
 /**
- * What the launcher's start-up spawns: the store (local etcd members, if it runs them), each replica on
+ * What the launcher's start-up spawns: the store (local etcd members, if it runs them; emptied first
+ * for a chaos run), each replica on
  * its port over that store, and each node agent with its fault proxies, applications, credentials and
  * block export.
  */
 import { formatCredential, issueCredential } from '../actors/auth.js';
 import type { Host } from '../runtime/hosts.js';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { EtcdMembers, requireEtcd } from '../runtime/etcd-members.js';
 import { etcdTls, type EtcdTls } from '../runtime/etcd-tls.js';
@@ -39,6 +41,13 @@ export interface Spawning {
   replicaNames(): string[];
   tlsConfig(): { tls?: TlsFiles };
   inspectorConfig(id: string, url: string | undefined): Record<string, string>;
+}
+
+/** A chaos run checks one history: its store and the nodes' kept requestIds start empty. */
+export function startEmpty(opts: LauncherOptions): void {
+  for (const f of ['store.sqlite', 'store.sqlite-wal', 'store.sqlite-shm']) rmSync(join(opts.dir, f), { force: true });
+  for (let n = 1; n <= opts.nodes; n++) rmSync(join(opts.dir, `node-${n}.handles.jsonl`), { force: true });
+  if (opts.store === 'etcd' && !opts.etcdEndpoints) rmSync(join(opts.dir, 'etcd'), { recursive: true, force: true });
 }
 
 /**
