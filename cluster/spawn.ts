@@ -1,8 +1,7 @@
 /**
  * What the launcher's start-up spawns: the store (local etcd members, if it runs them; emptied first
- * for a chaos run), each replica on
- * its port over that store, and each node agent with its fault proxies, applications, credentials and
- * block export.
+ * for a chaos run), each replica on its port over that store, and each node agent with its fault
+ * proxies, applications, credentials and block export.
  */
 import { formatCredential, issueCredential } from '../actors/auth.js';
 import type { Host } from '../runtime/hosts.js';
