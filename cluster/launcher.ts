@@ -10,20 +10,20 @@ import { rmSync } from 'node:fs';
 import { privateDataDir } from './private-dir.js';
 import { newToken } from '../runtime/http-guard.js';
 import { join } from 'node:path';
-import { formatCredential, issueCredential, loadOrCreateSecret } from '../actors/auth.js';
+import { loadOrCreateSecret } from '../actors/auth.js';
 import { SafeResumeError } from '../errors.js';
 import { Timeline } from './timeline.js';
 import type { TlsFiles } from '../transport/tls.js';
 import { FaultProxy } from '../transport/fault-proxy.js';
-import { EtcdMembers, requireEtcd } from '../runtime/etcd-members.js';
-import { etcdTls, readEtcdTls, type EtcdTls } from '../runtime/etcd-tls.js';
-import { setLink, type Host } from '../runtime/hosts.js';
+import { EtcdMembers } from '../runtime/etcd-members.js';
+import { readEtcdTls, type EtcdTls } from '../runtime/etcd-tls.js';
+import { type Host } from '../runtime/hosts.js';
 import type { ChildCommand, HandleStatus } from '../runtime/ipc.js';
 import { InspectorServer, StatelyRelay } from '../runtime/inspector-server.js';
-import { checkPortFree } from '../runtime/operator-error.js';
-import { groupId, nbdSocketDir, nbdSocketPath } from './nbd-dir.js';
-import { freePort } from '../transport/ports.js';
+import { groupId, nbdSocketPath } from './nbd-dir.js';
 import { StoreView } from './store-view.js';
+import { Links } from './links.js';
+import { spawnNodes, spawnReplicas, startEmpty, startStore, type Spawning } from './spawn.js';
 import { AdHoc } from './ad-hoc.js';
 import { Children, sumInto, type Child } from './children.js';
 import { explain, holds, tellTakeovers, type Explaining, type Hold } from './explain.js';
@@ -31,9 +31,6 @@ import { command, listenControl } from './control-server.js';
 import type { ControlResult, LauncherOptions } from './launcher-options.js';
 
 export type { ControlResult, LauncherOptions } from './launcher-options.js';
-
-/** How long `up` waits for each node to reach a replica before it fails with each replica's cause. */
-const NODE_START_TIMEOUT_MS = 10_000;
 
 export class Launcher {
   readonly children = new Map<string, Child>();
@@ -67,8 +64,12 @@ export class Launcher {
   readonly nbdUrls = new Map<string, string>();
   /** And with `nbdTcp`, its TLS-only TCP address (`nbds://127.0.0.1:PORT/`). */
   readonly nbdTlsUrls = new Map<string, string>();
-  /** Hosts whose link is cut now (--netns). */
-  private readonly cut = new Set<string>();
+  /** Partitions and cut links (links.ts). */
+  private readonly links = new Links(
+    this.proxies,
+    (id) => this.host(id),
+    (ms, fn) => this.later(ms, fn),
+  );
   /** The processes: started, watched, counted, stopped (children.ts). */
   private readonly kids: Children;
   /** The store, as this process reads it (explain, status's holds, read's access check, chaos's history). */
@@ -121,15 +122,7 @@ export class Launcher {
   }
 
   async start(): Promise<void> {
-    if (this.opts.history) {
-      // A chaos run checks one history: start it empty.
-      for (const f of ['store.sqlite', 'store.sqlite-wal', 'store.sqlite-shm'])
-        rmSync(join(this.opts.dir, f), { force: true });
-      for (let n = 1; n <= this.opts.nodes; n++)
-        rmSync(join(this.opts.dir, `node-${n}.handles.jsonl`), { force: true });
-      if (this.opts.store === 'etcd' && !this.opts.etcdEndpoints)
-        rmSync(join(this.opts.dir, 'etcd'), { recursive: true, force: true });
-    }
+    if (this.opts.history) startEmpty(this.opts);
     let inspectorWs: string | undefined;
     if (this.opts.inspectorPort !== undefined) {
       this.inspector = new InspectorServer(
@@ -149,103 +142,31 @@ export class Launcher {
       const url = await this.inspector.listen(this.opts.inspectorPort);
       inspectorWs = `${url.replace('http', 'ws')}/inspect`;
     }
-    if (this.opts.store === 'etcd') {
-      if (!this.opts.etcdEndpoints) {
-        requireEtcd(); // before the certificates: a missing etcd is the first thing to say
-        // The members' certificate names each member's address (its host's, under --netns).
-        const addresses = ['etcd-1', 'etcd-2', 'etcd-3'].flatMap((id) => this.host(id)?.address ?? []);
-        this.etcdTls = etcdTls(join(this.opts.dir, 'etcd', 'tls'), addresses);
-      }
-      const endpoints =
-        this.opts.etcdEndpoints ??
-        (this.etcd = await EtcdMembers.start(
-          join(this.opts.dir, 'etcd'),
-          3,
-          20_000,
-          (id) => this.host(id),
-          this.etcdTls,
-        )).endpoints;
-      this.storeSpec = `etcd://${endpoints.join(',')}`;
-    } else this.storeSpec = `sqlite:${this.dbPath}`;
-    for (let i = 0; i < this.opts.replicas; i++) {
-      const id = `replica-${i + 1}`;
-      const host = this.host(id);
-      // On a host of its own a replica listens on its address (and any port is free there).
-      const port = this.opts.port ? this.opts.port + i : host ? 7000 : await freePort();
-      // A port asked for is checked here, so a taken one is named in one line, not found by a child.
-      if (this.opts.port && !host) await checkPortFree(port, '127.0.0.1', id);
-      this.replicaUrls.push(`${this.opts.tls ? 'wss' : 'ws'}://${host?.address ?? '127.0.0.1'}:${port}`);
-      // The store's client certificate goes as file paths (0600 in the data directory), never its key.
-      this.kids.spawn(id, 'replica', {
-        ...this.tlsConfig(),
-        ...(this.etcdTls ? { etcdTls: this.etcdTls.client } : {}),
-        metricsPort: 0,
-        id,
-        port,
-        ...(host ? { host: host.address } : {}),
-        dir: this.opts.dir,
-        store: this.storeSpec,
-        secret: this.secret,
-        holdMs: this.opts.holdMs,
-        history: this.opts.history,
-        pretty: this.opts.pretty,
-        ...this.inspectorConfig(id, inspectorWs),
-      });
-    }
+    const store = await startStore(this.opts, this.dbPath, (id) => this.host(id));
+    this.etcd = store.etcd;
+    this.etcdTls = store.etcdTls;
+    this.storeSpec = store.spec;
+    const spawning: Spawning = {
+      opts: this.opts,
+      secret: this.secret,
+      kids: this.kids,
+      storeSpec: this.storeSpec,
+      etcdTls: this.etcdTls,
+      nbdGid: this.nbdGid,
+      inspectorWs,
+      replicaUrls: this.replicaUrls,
+      proxies: this.proxies,
+      apps: this.apps,
+      nbdUrls: this.nbdUrls,
+      nbdTlsUrls: this.nbdTlsUrls,
+      host: (id) => this.host(id),
+      replicaNames: () => this.replicaNames(),
+      tlsConfig: () => this.tlsConfig(),
+      inspectorConfig: (id, url) => this.inspectorConfig(id, url),
+    };
+    await spawnReplicas(spawning);
     await Promise.all([...this.children.values()].map((c) => c.ready));
-    // The export sockets' directory, before any node is started.
-    const nbdGid = this.nbdGid;
-    if (this.opts.nodes > 0) nbdSocketDir(this.opts.dir, nbdGid);
-    let appNo = 0;
-    for (let n = 1; n <= this.opts.nodes; n++) {
-      const id = `node-${n}`;
-      // On one host a node reaches the replicas through fault proxies (partitions); on hosts of their
-      // own, directly (a partition cuts the node's link).
-      const proxies = this.opts.hosts ? [] : this.replicaUrls.map((u) => FaultProxy.forUrl(u));
-      const urls = this.opts.hosts ? this.replicaUrls : await Promise.all(proxies.map((p) => p.listen()));
-      this.proxies.set(id, proxies);
-      const apps = [];
-      for (let a = 0; a < this.opts.apps; a++) {
-        const name = `app-${++appNo}`;
-        const target = `${name}.disk`;
-        this.apps.set(name, { node: id, target });
-        apps.push({ name, target });
-      }
-      // A node gets its own credential and its applications' principal's, never the cluster key.
-      const credential = formatCredential(issueCredential(this.secret, 'node', id));
-      const principals = [formatCredential(issueCredential(this.secret, 'principal', 'default'))];
-      // Its block export on a Unix socket in the data directory, and on 127.0.0.1 with TLS-PSK if asked
-      // (none on a host of its own: that address would name this machine).
-      const nbd = this.host(id)
-        ? undefined
-        : {
-            nbdSocket: nbdSocketPath(this.opts.dir, id),
-            ...(nbdGid !== undefined ? { nbdGroup: nbdGid } : {}),
-            ...(this.opts.nbdTcp ? { nbdTlsPort: await freePort() } : {}),
-          };
-      if (nbd) this.nbdUrls.set(id, `nbd+unix:///?socket=${nbd.nbdSocket}`);
-      if (nbd?.nbdTlsPort !== undefined) this.nbdTlsUrls.set(id, `nbds://127.0.0.1:${nbd.nbdTlsPort}/`);
-      // At start-up a node is ready once connected: one that cannot reach the storage fails `up` with why.
-      this.kids.spawn(id, 'node', {
-        ...this.tlsConfig(),
-        metricsPort: 0,
-        ...nbd,
-        startTimeoutMs: NODE_START_TIMEOUT_MS,
-        id,
-        replicas: urls,
-        replicaNames: this.replicaNames(),
-        dir: this.opts.dir,
-        credential,
-        principals,
-        pauseTimeoutMs: this.opts.pauseTimeoutMs,
-        intervalMs: this.opts.intervalMs,
-        apps,
-        history: this.opts.history,
-        pretty: this.opts.pretty,
-        reload: this.opts.history,
-        ...this.inspectorConfig(id, inspectorWs),
-      });
-    }
+    await spawnNodes(spawning);
     await Promise.all([...this.children.values()].map((c) => c.ready));
     await this.listen();
   }
@@ -307,9 +228,7 @@ export class Launcher {
    * cluster, through restarts; a handle's `acked` (and the rest) is its node process's.
    */
   status(): Record<string, unknown> {
-    const { replicas, nodes, handles, counted } = this.kids.rows(
-      (id) => (this.proxies.get(id) ?? []).some((p) => p.mode === 'partition') || this.cut.has(id),
-    );
+    const { replicas, nodes, handles, counted } = this.kids.rows((id) => this.links.isCutOff(id));
     // Writes acknowledged, verified and failed by every application, and every replica's stats, summed.
     const totals = { ...sumInto({ acked: 0, verified: 0, failed: 0 }, ...counted), pauses: this.timeline.pauses };
     const etcd = this.etcd?.members.map((m) => ({
@@ -357,48 +276,20 @@ export class Launcher {
     return { ok: true, restarted: id };
   }
 
+  /** Cut `node` off every replica, healed after `forS` seconds if given (links.ts). */
   partition(node: string, forS?: number): ControlResult {
-    const proxies = this.proxies.get(node);
-    if (!proxies) throw new SafeResumeError('INVALID_ARGUMENT', `no node called ${JSON.stringify(node)}`);
-    for (const p of proxies) p.partition();
-    const host = this.host(node);
-    if (host) {
-      setLink(host, false);
-      this.cut.add(node);
-    }
-    if (forS) this.later(forS * 1000, () => this.heal(node));
-    return { ok: true, partitioned: node, ...(forS ? { healsInS: forS } : {}) };
+    return this.links.partition(node, forS);
   }
 
   /** Heal `node` (or every node); `healed` names only those that were cut off (partitioned or losing replies). */
   heal(node?: string): ControlResult {
-    const names = node ? [node] : [...this.proxies.keys()];
-    const healed: string[] = [];
-    for (const n of names) {
-      const proxies = this.proxies.get(n);
-      if (!proxies) throw new SafeResumeError('INVALID_ARGUMENT', `no node called ${JSON.stringify(n)}`);
-      let was = proxies.some((p) => p.mode !== 'pass');
-      for (const p of proxies) p.heal();
-      const host = this.host(n);
-      if (host && this.cut.delete(n)) {
-        setLink(host, true);
-        was = true;
-      }
-      if (was) healed.push(n);
-    }
-    return { ok: true, healed };
+    return this.links.heal(node);
   }
 
   /** Cut a replica's (or node's) host off the network for `forS` seconds (--netns). */
   cutLink(id: string, forS: number): ControlResult {
     this.kids.child(id);
-    const host = this.host(id);
-    if (!host)
-      throw new SafeResumeError('INVALID_ARGUMENT', `${id} has no host of its own (--netns) whose link could be cut`);
-    setLink(host, false);
-    this.cut.add(id);
-    this.later(forS * 1000, () => this.cut.delete(id) && setLink(host, true));
-    return { ok: true, cut: id, restoresInS: forS };
+    return this.links.cutLink(id, forS);
   }
 
   dismount(replica: string, forS: number): ControlResult {
@@ -498,10 +389,7 @@ export class Launcher {
     for (const t of this.timers) clearTimeout(t);
     this.kids.killAll();
     for (const m of this.etcd?.members ?? []) m.proc?.kill('SIGKILL');
-    for (const id of this.cut) {
-      const host = this.host(id);
-      if (host) setLink(host, true);
-    }
+    this.links.restoreAll();
     rmSync(join(this.opts.dir, 'control.json'), { force: true });
   }
 
@@ -511,11 +399,7 @@ export class Launcher {
     for (const t of this.timers) clearTimeout(t);
     this.adHoc.crash();
     // Links this cluster cut come back: the namespaces are the operator's.
-    for (const id of this.cut) {
-      const host = this.host(id);
-      if (host) setLink(host, true);
-    }
-    this.cut.clear();
+    this.links.restoreAll();
     await this.kids.stopAll();
     for (const ps of this.proxies.values()) for (const p of ps) await p.close();
     if (this.control?.listening) {

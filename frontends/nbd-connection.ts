@@ -280,8 +280,8 @@ export class Connection extends NbdHandshake {
     this.phase = 'closed';
     clearTimeout(this.deadline);
     clearTimeout(this.idle);
-    clearTimeout(this.refusalTimer);
-    this.unadmit();
+    this.place.stop();
+    this.place.give(this.principal);
     this.chunks = [];
     this.have = 0;
     // The handle goes once its writes are answered (a client that vanished leaves nothing held).

@@ -5,7 +5,6 @@
  */
 import type { Socket } from 'node:net';
 import type { Application, Handle } from '../actors/application.js';
-import { MAX_IO_BYTES } from '../transport/messages.js';
 import {
   HANDSHAKE_MS,
   IDLE_MS,
@@ -16,10 +15,11 @@ import {
   MAX_OPTIONS_BEFORE_TLS,
   MAX_REQUEST_BYTES,
   MAX_UNSENT_BYTES,
-  REFUSED_GRACE_MS,
   type Admission,
 } from './nbd-limits.js';
 import type { Auth, NbdConnectionView, NbdExportOptions } from './nbd-options.js';
+import { blockSizeInfo, exportInfo, exportNameReply, greeting, infoRequest } from './nbd-option-data.js';
+import { Place } from './nbd-place.js';
 import { tlsHandshake, tlsServerSocket } from './nbd-tls.js';
 import {
   CMD,
@@ -27,7 +27,6 @@ import {
   FLAG_NO_ZEROES,
   IHAVEOPT,
   INFO,
-  NBDMAGIC,
   OPT,
   ProtocolError,
   REP,
@@ -66,10 +65,8 @@ export abstract class NbdHandshake {
   protected invalid: string | undefined;
   /** Requests the current read handle is serving (it is closed once they are answered). */
   protected readonly reads = new Set<Promise<unknown>>();
-  /** Whether the connection holds its place among its principal's (Admission), or why it was refused one. */
-  protected admitted = false;
-  protected refusal: string | undefined;
-  protected refusalTimer: NodeJS.Timeout | undefined;
+  /** The connection's place among its principal's (nbd-place.ts). */
+  protected readonly place: Place;
   /** Options answered NBD_REP_ERR_TLS_REQD so far. */
   protected beforeTls = 0;
   protected idle: NodeJS.Timeout | undefined;
@@ -92,18 +89,15 @@ export abstract class NbdHandshake {
   ) {
     this.app = auth.local;
     this.principal = auth.local?.principal ?? '';
-    if (this.app) this.claim();
+    this.place = new Place(admission, auth, (err) => this.fail(err));
+    if (this.app) this.place.claim(this.principal);
     socket.setNoDelay(true);
     this.listenTo(socket);
     this.deadline = setTimeout(() => {
       if (this.phase !== 'transmission') this.fail(new ProtocolError('the handshake did not finish in time'));
     }, opts.handshakeTimeoutMs ?? HANDSHAKE_MS);
     this.deadline.unref();
-    const hello = Buffer.alloc(18);
-    hello.writeBigUInt64BE(NBDMAGIC, 0);
-    hello.writeBigUInt64BE(IHAVEOPT, 8);
-    hello.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16);
-    socket.write(hello);
+    socket.write(greeting());
   }
 
   /** Read from `socket` (the client's TCP or Unix socket, then the TLS socket over it). */
@@ -293,10 +287,10 @@ export abstract class NbdHandshake {
     if (!proved()) throw new ProtocolError('TLS without a pre-shared key');
     this.secure = true;
     this.trusted();
-    this.unadmit();
+    this.place.give(this.principal);
     this.principal = proved();
     this.app = this.auth.appFor(this.principal);
-    this.claim();
+    this.place.claim(this.principal);
   }
 
   protected async option(option: number, data: Buffer): Promise<void> {
@@ -326,51 +320,30 @@ export abstract class NbdHandshake {
       }
       case OPT.EXPORT_NAME: {
         const name = data.toString('utf8');
-        const refused = this.admit();
+        const refused = this.place.refused();
         if (refused) throw new ProtocolError(refused);
         const ok = await this.attach(name);
         if (this.phase === 'closed') return;
         if (!ok.ok) throw new ProtocolError(`export ${JSON.stringify(name)} could not be opened: ${ok.message}`);
-        const out = Buffer.alloc(this.noZeroes ? 10 : 134);
-        out.writeBigUInt64BE(BigInt(this.size), 0);
-        out.writeUInt16BE(this.flags(), 8);
-        this.socket.write(out);
+        this.socket.write(exportNameReply(this.size, this.flags(), this.noZeroes));
         this.phase = 'transmission';
         this.touch();
         return;
       }
       case OPT.INFO:
       case OPT.GO: {
-        if (data.length < 6) return this.reply(option, REP.ERR_INVALID, Buffer.from('short request'));
-        const nameLength = data.readUInt32BE(0);
-        if (data.length < 4 + nameLength + 2) return this.reply(option, REP.ERR_INVALID, Buffer.from('short request'));
-        const name = data.subarray(4, 4 + nameLength).toString('utf8');
-        const count = data.readUInt16BE(4 + nameLength);
-        if (data.length !== 4 + nameLength + 2 + 2 * count)
-          return this.reply(option, REP.ERR_INVALID, Buffer.from('bad length'));
-        const want = new Set<number>();
-        for (let i = 0; i < count; i++) want.add(data.readUInt16BE(4 + nameLength + 2 + 2 * i));
+        const req = infoRequest(data);
+        if (typeof req === 'string') return this.reply(option, REP.ERR_INVALID, Buffer.from(req));
+        const { name, want } = req;
         if (option === OPT.GO) {
-          const refused = this.admit();
+          const refused = this.place.refused();
           if (refused) return this.reply(option, REP.ERR_POLICY, Buffer.from(refused));
         }
         const ok = option === OPT.GO ? await this.attach(name) : await this.sizeOf(name);
         if (this.phase === 'closed') return;
         if (!ok.ok) return this.reply(option, ok.code, Buffer.from(ok.message));
-        const info = Buffer.alloc(12);
-        info.writeUInt16BE(INFO.EXPORT, 0);
-        info.writeBigUInt64BE(BigInt(ok.size), 2);
-        info.writeUInt16BE(this.flags(), 10);
-        this.reply(option, REP.INFO, info);
-        if (want.has(INFO.BLOCK_SIZE)) {
-          // Any byte range is fine; the preferred block is a page, the largest request what one message carries.
-          const bs = Buffer.alloc(14);
-          bs.writeUInt16BE(INFO.BLOCK_SIZE, 0);
-          bs.writeUInt32BE(1, 2);
-          bs.writeUInt32BE(4096, 6);
-          bs.writeUInt32BE(MAX_IO_BYTES, 10);
-          this.reply(option, REP.INFO, bs);
-        }
+        this.reply(option, REP.INFO, exportInfo(ok.size, this.flags()));
+        if (want.has(INFO.BLOCK_SIZE)) this.reply(option, REP.INFO, blockSizeInfo());
         this.reply(option, REP.ACK);
         if (option === OPT.GO) {
           this.phase = 'transmission';
@@ -385,42 +358,6 @@ export abstract class NbdHandshake {
 
   protected flags(): number {
     return TX.HAS_FLAGS | TX.SEND_FLUSH | TX.SEND_FUA | TX.SEND_TRIM | TX.SEND_WRITE_ZEROES;
-  }
-
-  /**
-   * Take a place for this connection among its principal's as soon as it is known who it acts as (at
-   * connect on a Unix socket, when its TLS handshake proves a principal), so a connection that proved
-   * a principal and never asks for an export still counts. A refused one is told why at its next option
-   * (NBD_REP_ERR_POLICY) and closed soon after; a warning is logged.
-   */
-  protected claim(): void {
-    clearTimeout(this.refusalTimer);
-    this.refusal = undefined;
-    if (this.admission.take(this.principal)) {
-      this.admitted = true;
-      return;
-    }
-    const why = `principal ${JSON.stringify(this.principal)} holds ${this.admission.max} connections to this export already (the most it may): close one and connect again`;
-    this.auth.warn(
-      'principal connection limit',
-      { principal: this.principal, max: this.admission.max },
-      'nbd connection refused: too many connections of one principal',
-    );
-    this.refusal = why;
-    this.refusalTimer = setTimeout(() => this.fail(new ProtocolError(why)), REFUSED_GRACE_MS);
-    this.refusalTimer.unref();
-  }
-
-  /** Why this connection may not open an export (it holds no place among its principal's), if so. */
-  protected admit(): string | undefined {
-    return this.admitted ? undefined : this.refusal;
-  }
-
-  /** Give back this connection's place among its principal's. */
-  protected unadmit(): void {
-    if (!this.admitted) return;
-    this.admitted = false;
-    this.admission.give(this.principal);
   }
 
   /** A request arrived: the idle time starts again. */

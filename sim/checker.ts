@@ -5,6 +5,7 @@
 import type { History, HistoryEvent } from './history.js';
 import { TargetModel, type ModelWrite } from './read-model.js';
 import { holds, slice, splice, type TargetState } from './checker-target.js';
+import { Readers } from './checker-readers.js';
 import { HEAL_GRACE_MS, type CheckOptions, type Guarantee, type Violation } from './guarantees.js';
 
 export { GUARANTEES, HEAL_GRACE_MS, type CheckOptions, type Guarantee, type Violation } from './guarantees.js';
@@ -34,15 +35,8 @@ export class Checker {
   private readonly pending = new Map<number, { e: Ev<'invoke'>; at: number }>();
   private readonly acked: Array<{ e: Ev<'ok'>; bytes: string }> = [];
   private readonly handleState = new Map<string, { proc: string; target: string; state: string }>();
-  /**
-   * Per target and read requestId: the version the store granted its latest open with, the version
-   * it granted its latest resume with, and the newest version the node is proven to have received
-   * and kept (see readDenied). From then on the node owes that version to every resume of the
-   * requestId, a reclaim after a restart included.
-   */
-  private readonly readers = new Map<string, { opened?: number; resumed?: number; told?: number }>();
-  /** Readers' denials judged needless, by target, requestId and session, until their application is told (see readDenied). */
-  private readonly readerDenials = new Map<string, { e: Ev<'deny'>; message: string }>();
+  /** L1 for readers (checker-readers.ts). */
+  private readonly readers = new Readers((g, e, tgt, message) => this.violate(g, e, tgt, message));
   /** What applications may read, per target. */
   private readonly models = new Map<string, TargetModel>();
   private readonly modelWrites = new Map<number, ModelWrite>();
@@ -186,29 +180,8 @@ export class Checker {
   }
 
   private grant(e: Ev<'grant'>): void {
-    if (e.mode === 'read') {
-      const key = `${e.target}\u0000${e.requestId}`;
-      let r = this.readers.get(key);
-      if (!r) this.readers.set(key, (r = {}));
-      if (e.via === 'open') r.opened = e.version;
-      else r.resumed = e.version;
-    }
-    if (e.mode === 'read') {
-      // S1 for readers: a granted resume means nothing was written since the version the reader saw.
-      const seen = e.seenVersion;
-      const later =
-        seen === undefined || e.via !== 'resume'
-          ? undefined
-          : this.target(e.target).applied.find((w) => w.version > seen);
-      if (later)
-        this.violate(
-          'S1',
-          e,
-          e.target,
-          `read resume of ${e.requestId} granted at version ${seen} after ${later.requestId} wrote ${JSON.stringify(later.bytes)} (version ${later.version})`,
-        );
-      return;
-    }
+    // S1 for readers too (checker-readers.ts).
+    if (e.mode === 'read') return this.readers.granted(e, () => this.target(e.target));
     if (e.instance !== undefined) {
       const key = `${e.target}\u0000${e.requestId}`;
       let set = this.instances.get(key);
@@ -281,69 +254,7 @@ export class Checker {
           `resume of ${e.requestId} (instance ${e.instance}) denied SUPERSEDED, but no other instance of it was granted ${e.target}`,
         );
     }
-    if (e.mode === 'read') this.readDenied(e, s);
-  }
-
-  /**
-   * L1 for readers. The version a resume carries is the node's claim of what the reader saw, and a
-   * node that lost a version the store granted (and carries 0, say, or an older one) makes every
-   * write since look like a reason to deny. So the denial is judged against the store's own account
-   * first: the newest version the store granted the requestId, by its open or by a resume, once the
-   * history proves the node received that grant and had kept it:
-   *  - an open (or a reclaim, which the store grants as a resume) once it returned to the application
-   *    (`ok` of the open); before that, a crash may rightly lose it;
-   *  - a resume once the handle was seen `active` again (its `state` event): the node agent keeps a
-   *    reader's new version and fsyncs it in the same batch, before it tells the application, so a
-   *    handle seen active has that version on disk. A grant whose answer never arrived (the agent
-   *    died on it, the link dropped it) is not counted.
-   * Versions learned from read answers are not counted, although the history shows them (`read`,
-   * `ok`): the node keeps such a version without holding back the read's answer, so a crash right
-   * after the answer may rightly lose it, and the history cannot tell when that keep reached the
-   * disk. The reader's next resume carries it and, once granted and seen active, counts.
-   * A reader has seen at least the counted version, so if nothing was written after it, nothing
-   * changed under the reader and the denial is needless; a resume that carried an older version says
-   * the node forgot what the store granted. Then, as before, against the version the resume carried
-   * (which reads may have moved past the granted one).
-   */
-  /**
-   * A reader's denial is judged when the store decides it (on the writes applied by then), and held
-   * against the node only once its application was told: the handle invalidated, or its reclaim (an
-   * open) failed. A late resume from a session the node left (a replica that stalled) is denied too,
-   * but that answer reaches nobody.
-   */
-  private readDenied(e: Ev<'deny'>, s: TargetState): void {
-    const writtenAfter = (v: number) => s.applied.some((w) => w.version > v);
-    const told = this.readers.get(`${e.target}\u0000${e.requestId}`)?.told;
-    const carried = e.seenVersion;
-    // Per session: a later denial through another session (a late one) leaves this one's judgement be.
-    const key = `${e.target}\u0000${e.requestId}\u0000${e.session}`;
-    this.readerDenials.delete(key);
-    if (told !== undefined && !writtenAfter(told)) {
-      const why =
-        carried === undefined
-          ? 'carrying no version'
-          : carried < told
-            ? `carrying version ${carried}, older than the version the store granted it: the node lost it`
-            : `carrying version ${carried}`;
-      this.readerDenials.set(key, {
-        e,
-        message: `read resume of ${e.requestId} denied ${e.reason}, but ${e.target} was not written after version ${told}, which the store granted it with and its node received (${why})`,
-      });
-    } else if (carried !== undefined && !writtenAfter(carried)) {
-      this.readerDenials.set(key, {
-        e,
-        message: `read resume of ${e.requestId} denied ${e.reason}, but ${e.target} was not written after version ${carried}, which the resume carried`,
-      });
-    }
-  }
-
-  /** The application was told its reader's handle is lost: a needless denial of it counts now. */
-  private readerTold(target: string, requestId: string | undefined): void {
-    for (const [key, d] of this.readerDenials) {
-      if (d.e.target !== target || d.e.requestId !== requestId) continue;
-      this.readerDenials.delete(key);
-      this.violate('L1', d.e, target, d.message);
-    }
+    if (e.mode === 'read') this.readers.denied(e, s);
   }
 
   private applied(e: Ev<'applied'>): void {
@@ -381,8 +292,7 @@ export class Checker {
     this.pending.delete(e.id);
     if (e.op === 'open') {
       // A fresh open was granted by an open, a reclaim by a resume: either way the node kept it.
-      const r = this.readers.get(`${e.target}\u0000${e.requestId}`);
-      if (r) this.told(r);
+      this.readers.opened(e.target, e.requestId);
     }
     // Checked at the end: with processes on one host, an acknowledgement and the store's record
     // of the write may carry the same millisecond.
@@ -400,7 +310,7 @@ export class Checker {
 
   private fail(e: Ev<'fail'>): void {
     // A reclaim refused MODIFIED: its application was told (the failure names the requestId it reclaimed).
-    if (e.op === 'open' && e.code === 'MODIFIED') this.readerTold(e.target, e.requestId);
+    if (e.op === 'open' && e.code === 'MODIFIED') this.readers.tellApp(e.target, e.requestId);
     const inv = this.pending.get(e.id);
     this.pending.delete(e.id);
     if (e.op === 'read') this.model(e.target).abandonRead(e.id);
@@ -422,19 +332,11 @@ export class Checker {
     }
   }
 
-  /** The node received the reader's latest grants and kept their versions: it owes the newest from now on. */
-  private told(r: { opened?: number; resumed?: number; told?: number }): void {
-    for (const v of [r.opened, r.resumed]) if (v !== undefined) r.told = Math.max(r.told ?? v, v);
-    r.opened = undefined;
-    r.resumed = undefined;
-  }
-
   private state(e: Ev<'state'>): void {
     this.handleState.set(`${e.proc}\u0000${e.requestId}`, { proc: e.proc, target: e.target, state: e.to });
     // A handle becomes active again only through a granted resume that reached its node.
     if (e.to === 'active') {
-      const r = this.readers.get(`${e.target}\u0000${e.requestId}`);
-      if (r?.resumed !== undefined) this.told(r);
+      this.readers.active(e.target, e.requestId);
     }
     // Storage has been reachable since the heal: a pause must end with an answer, not a timeout.
     const healedAt = this.healedAt;
@@ -465,7 +367,7 @@ export class Checker {
         );
     }
     if (e.to === 'invalidated' && e.reason === 'MODIFIED') {
-      this.readerTold(e.target, e.requestId);
+      this.readers.tellApp(e.target, e.requestId);
       const s = this.target(e.target);
       const isWriter = s.epoch.has(e.requestId);
       if (isWriter && !this.takenFrom(s, e.requestId))

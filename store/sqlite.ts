@@ -7,17 +7,27 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { StoreBusyError, TxStore } from './base.js';
 import { hostClock, type HostClock } from './host-clock.js';
-import { accessOf, type Tx } from './rules.js';
+import { type Tx } from './rules.js';
+import { createSchema } from './sqlite-schema.js';
+import {
+  accessOfRow,
+  recordOf,
+  SELECT_ACCESS,
+  SELECT_RECORD,
+  SELECT_TOMBSTONES,
+  type AccessRow,
+  type RecordRow,
+} from './sqlite-rows.js';
 import {
   MAX_DISK_BYTES,
   PAGE_BYTES,
   StoreUnavailableError,
   isZeroPage,
-  type Grant,
   type LockRecord,
-  type TargetAccess,
   type Tombstone,
 } from './types.js';
+
+export { findRequestSqlite, peekSqlite } from './sqlite-peek.js';
 
 export interface SqliteStoreOptions {
   /** `FULL` (default) fsyncs every commit; `NORMAL` may lose the last commits on power loss, never on a process crash. */
@@ -49,131 +59,6 @@ const UNAVAILABLE_CODES = /^SQLITE_(BUSY|LOCKED|IOERR|CANTOPEN|FULL|READONLY|NOT
 const BUSY_ATTEMPT_MS = 5;
 /** Opening the file (WAL switch, schema, migrations) may wait this long for other processes: nothing is served yet. */
 const OPEN_WAIT_MS = 10_000;
-
-interface RecordRow {
-  target: string;
-  request_id: string;
-  principal: string;
-  session: string;
-  expires_at: number;
-  last_seq: number;
-  instance: string;
-  instance_seq: number;
-  prev_instance: string;
-  retired: string;
-  epoch: number;
-}
-
-const SELECT_RECORD = 'SELECT * FROM records WHERE target = ?';
-const SELECT_TOMBSTONES = 'SELECT list FROM tombstones WHERE target = ?';
-/** A target's owner (NULL: none recorded, a target of an earlier version) and access list (JSON), kept with its version. */
-const SELECT_ACCESS = 'SELECT owner, grants FROM target_versions WHERE target = ?';
-
-interface AccessRow {
-  owner: string | null;
-  grants: string;
-}
-
-const accessOfRow = (r: AccessRow | undefined): TargetAccess | undefined =>
-  r && r.owner !== null ? { owner: r.owner, grants: JSON.parse(r.grants) as Grant[] } : undefined;
-
-function recordOf(r: RecordRow): LockRecord {
-  return {
-    target: r.target,
-    requestId: r.request_id,
-    principal: r.principal,
-    session: r.session,
-    expiresAt: r.expires_at,
-    lastSeq: r.last_seq,
-    instance: r.instance,
-    instanceSeq: r.instance_seq,
-    prevInstance: r.prev_instance,
-    ...(r.retired ? { retired: r.retired.split(',') } : {}),
-    epoch: r.epoch,
-  };
-}
-
-/**
- * For inspection (the launcher's `status` and `explain`): each target's record and tombstones, read
- * through a read-only connection that sets nothing up and waits at most `waitMs` for the file, so a
- * replica holding the write lock (a store that is dismounted, busy or being rebooted) cannot stall
- * the reader: in WAL mode readers do not wait for writers. `now` is the store's clock (this host's).
- */
-export function peekSqlite(
-  path: string,
-  targets: string[],
-  waitMs = 500,
-): {
-  records: Map<string, LockRecord | undefined>;
-  tombstones: Map<string, Tombstone[]>;
-  access: Map<string, TargetAccess | undefined>;
-  now: number;
-} {
-  const db = new Database(path, { readonly: true, fileMustExist: true, timeout: waitMs });
-  try {
-    const rec = db.prepare<[string], RecordRow>(SELECT_RECORD);
-    const tombs = db.prepare<[string], { list: string }>(SELECT_TOMBSTONES);
-    // A file no replica of this version has opened yet has no owners column: every target's access is derived.
-    const owners = db
-      .prepare<[], { name: string }>("SELECT name FROM pragma_table_info('target_versions')")
-      .all()
-      .some((c) => c.name === 'owner');
-    const meta = db.prepare<[string], AccessRow & { version: number; fixed: number }>(
-      owners
-        ? 'SELECT owner, grants, version, fixed FROM target_versions WHERE target = ?'
-        : "SELECT NULL AS owner, '[]' AS grants, version, fixed FROM target_versions WHERE target = ?",
-    );
-    const records = new Map<string, LockRecord | undefined>();
-    const tombstones = new Map<string, Tombstone[]>();
-    const access = new Map<string, TargetAccess | undefined>();
-    for (const t of targets) {
-      const r = rec.get(t);
-      const record = r && recordOf(r);
-      records.set(t, record);
-      const l = tombs.get(t);
-      const list = l ? (JSON.parse(l.list) as Tombstone[]) : [];
-      tombstones.set(t, list);
-      const m = meta.get(t);
-      access.set(
-        t,
-        accessOf({
-          record,
-          version: m?.version ?? 0,
-          fixedSize: m?.fixed ?? 0,
-          tombstones: () => list,
-          access: accessOfRow(m),
-        }),
-      );
-    }
-    return { records, tombstones, access, now: hostClock().now() };
-  } finally {
-    db.close();
-  }
-}
-
-/**
- * For inspection (the launcher's `explain`): the target a requestId holds, or held (a tombstone names
- * it), or undefined if the store never saw it; read as peekSqlite reads.
- */
-export function findRequestSqlite(path: string, requestId: string, waitMs = 500): string | undefined {
-  const db = new Database(path, { readonly: true, fileMustExist: true, timeout: waitMs });
-  try {
-    const held = db
-      .prepare<[string], { target: string }>('SELECT target FROM records WHERE request_id = ? LIMIT 1')
-      .get(requestId);
-    if (held) return held.target;
-    for (const row of db
-      .prepare<[string], { target: string; list: string }>(
-        'SELECT target, list FROM tombstones WHERE instr(list, ?) > 0',
-      )
-      .iterate(JSON.stringify(requestId))) {
-      if ((JSON.parse(row.list) as Tombstone[]).some((t) => t.requestId === requestId)) return row.target;
-    }
-    return undefined;
-  } finally {
-    db.close();
-  }
-}
 
 export class SqliteStore extends TxStore {
   readonly kind = 'sqlite';
@@ -209,7 +94,7 @@ export class SqliteStore extends TxStore {
       });
       this.db.pragma(`synchronous = ${opts.synchronous ?? 'FULL'}`);
       // Schema and migrations in one write transaction: a process that comes second sees them complete.
-      whileBusy(deadline, () => this.db.transaction(() => this.createSchema()).immediate());
+      whileBusy(deadline, () => this.db.transaction(() => createSchema(this.db, this.clock)).immediate());
     } catch (err) {
       this.db.close();
       throw err;
@@ -358,117 +243,6 @@ export class SqliteStore extends TxStore {
       if (b > a) out.set(row.data.subarray(a - start, b - start), a - from);
     }
     return out;
-  }
-
-  /**
-   * Create the tables and bring a database written by an older version up to date; runs inside
-   * the opening write transaction, so no process ever sees half of it.
-   */
-  private createSchema(): void {
-    this.db.exec(`
-      CREATE TABLE IF NOT EXISTS target_versions (target TEXT PRIMARY KEY, size INTEGER NOT NULL, version INTEGER NOT NULL, fixed INTEGER NOT NULL DEFAULT 0, owner TEXT, grants TEXT NOT NULL DEFAULT '[]') STRICT;
-      CREATE TABLE IF NOT EXISTS pages (target TEXT NOT NULL, page INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (target, page)) STRICT, WITHOUT ROWID;
-      CREATE TABLE IF NOT EXISTS records (
-        target TEXT PRIMARY KEY, request_id TEXT NOT NULL, principal TEXT NOT NULL, session TEXT NOT NULL,
-        expires_at INTEGER NOT NULL, last_seq INTEGER NOT NULL,
-        instance TEXT NOT NULL DEFAULT '', instance_seq INTEGER NOT NULL DEFAULT 0, prev_instance TEXT NOT NULL DEFAULT '',
-        retired TEXT NOT NULL DEFAULT '', epoch INTEGER NOT NULL DEFAULT 0) STRICT;
-      CREATE TABLE IF NOT EXISTS tombstones (target TEXT PRIMARY KEY, list TEXT NOT NULL) STRICT;
-      CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
-      CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
-      INSERT OR IGNORE INTO meta (key, value) VALUES ('max_lease_ms', '0');
-    `);
-    this.adoptClock();
-    // Records written before handle instances: add the columns (a record without an instance is
-    // resumed only by a takeover, which is what a kept requestId of that time does).
-    // Databases written before targets had fixed sizes: none has one.
-    if (
-      !this.db
-        .prepare<[], { name: string }>("SELECT name FROM pragma_table_info('target_versions')")
-        .all()
-        .some((c) => c.name === 'fixed')
-    ) {
-      this.db.exec('ALTER TABLE target_versions ADD COLUMN fixed INTEGER NOT NULL DEFAULT 0');
-    }
-    // Databases written before targets had owners: none is recorded (NULL), each target's is derived
-    // by the rules (rules.accessOf) and recorded with the first change made to it.
-    if (
-      !this.db
-        .prepare<[], { name: string }>("SELECT name FROM pragma_table_info('target_versions')")
-        .all()
-        .some((c) => c.name === 'owner')
-    ) {
-      this.db.exec(
-        "ALTER TABLE target_versions ADD COLUMN owner TEXT; ALTER TABLE target_versions ADD COLUMN grants TEXT NOT NULL DEFAULT '[]';",
-      );
-    }
-    const cols = this.db
-      .prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')")
-      .all()
-      .map((c) => c.name);
-    if (!cols.includes('instance')) {
-      this.db.exec(`ALTER TABLE records ADD COLUMN instance TEXT NOT NULL DEFAULT '';
-        ALTER TABLE records ADD COLUMN instance_seq INTEGER NOT NULL DEFAULT 0;
-        ALTER TABLE records ADD COLUMN prev_instance TEXT NOT NULL DEFAULT '';`);
-    }
-    // Records written before hand-over counters: none has one (0; the next request carrying one moves it).
-    if (
-      !this.db
-        .prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')")
-        .all()
-        .some((c) => c.name === 'epoch')
-    ) {
-      this.db.exec('ALTER TABLE records ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0');
-    }
-    // Records written before they remembered the instances they were taken over from: none listed.
-    if (
-      !this.db
-        .prepare<[], { name: string }>("SELECT name FROM pragma_table_info('records')")
-        .all()
-        .some((c) => c.name === 'retired')
-    ) {
-      this.db.exec("ALTER TABLE records ADD COLUMN retired TEXT NOT NULL DEFAULT ''");
-    }
-    // Databases written before targets were paged keep each target as one blob in `targets`: move them to pages.
-    if (!this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'targets'").get()) return;
-    const put = this.db.prepare('INSERT OR REPLACE INTO pages (target, page, data) VALUES (?, ?, ?)');
-    const meta = this.db.prepare('INSERT OR REPLACE INTO target_versions (target, size, version) VALUES (?, ?, ?)');
-    const get = this.db.prepare<[string], { data: Buffer; version: number }>(
-      'SELECT data, version FROM targets WHERE target = ?',
-    );
-    for (const { target } of this.db.prepare<[], { target: string }>('SELECT target FROM targets').all()) {
-      const r = { target, ...get.get(target)! };
-      for (let p = 0; p * PAGE < r.data.length; p++) put.run(r.target, p, r.data.subarray(p * PAGE, (p + 1) * PAGE));
-      meta.run(r.target, r.data.length, r.version);
-    }
-    this.db.exec('DROP TABLE targets');
-  }
-
-  /**
-   * Lock expiries are times on the clock named in `meta`. When this process's clock is another one,
-   * bring every expiry over before anything is served, never shortening a lock: from the wall clock
-   * (a database written before the monotonic clock) a lock keeps the time it had left; from a
-   * previous boot (whose clock is gone) every lock lasts the longest lease the database ever granted,
-   * from now.
-   */
-  private adoptClock(): void {
-    const row = this.db.prepare<[], { value: string }>("SELECT value FROM meta WHERE key = 'clock'").get();
-    const was = row?.value ?? 'wall';
-    if (was === this.clock.name) return;
-    const now = this.clock.now();
-    if (was === 'wall')
-      this.db.prepare('UPDATE records SET expires_at = ? + MAX(0, expires_at - ?)').run(now, Date.now());
-    else {
-      const maxLease = Number(
-        this.db.prepare<[], { value: string }>("SELECT value FROM meta WHERE key = 'max_lease_ms'").get()?.value ?? 0,
-      );
-      this.db.prepare('UPDATE records SET expires_at = ?').run(now + maxLease);
-    }
-    this.db
-      .prepare(
-        "INSERT INTO meta (key, value) VALUES ('clock', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-      )
-      .run(this.clock.name);
   }
 
   /** Every target's bytes (for a final check). */
