@@ -464,7 +464,7 @@ function tlRow(e) {
       `${esc(`${e.node}/${e.app}`)} ${esc(e.target)} ${esc(e.from)} -&gt; <span class="to ${tone}">${esc(e.to)}</span>` +
       `${e.reason ? ` <span class="reason">${esc(e.reason)}</span>` : ''}${e.detail ? ` <span class="detail">(${esc(e.detail)})</span>` : ''}`;
   }
-  return `<div class="ev ${esc(cls)}" data-kind="${esc(e.kind)}" data-target="${esc(e.target || '')}"><span class="at">${new Date(e.at).toISOString().slice(11, 23)}</span><span class="kind ${esc(e.kind)}">${esc(e.kind)}</span><span class="text">${text}</span></div>`;
+  return `<div class="ev ${esc(cls)}" data-kind="${esc(e.kind)}" data-target="${esc(e.target || '')}" data-at="${Number(e.at)}"><span class="at">${new Date(e.at).toISOString().slice(11, 23)}</span><span class="kind ${esc(e.kind)}">${esc(e.kind)}</span><span class="text">${text}</span></div>`;
 }
 
 // Draw `events` at the end of the list (all of it again with `redraw`), keeping to the bottom if it was there.
