@@ -1,7 +1,8 @@
 /**
  * A replica's handles: one small record per handle (the state of machines/replica-handle.ts as plain
- * data, stepped by `stepReplicaHandle`), the hold-period timer of each paused one (armed through the
- * core's timers), and the handles of lost sessions ("orphans") until they are resumed here or their
+ * data, stepped by `stepReplicaHandle`), the hold periods of paused ones (armed through the core's
+ * timers: the holds that begin in one step share one timer, so a lost session of 10,000 handles arms
+ * one, not 10,000), and the handles of lost sessions ("orphans") until they are resumed here or their
  * hold ends. While an inspector watches, every record is reported as an actor of the machine would be.
  */
 import type { InvalidationReason } from '../errors.js';
@@ -45,8 +46,8 @@ export interface CoreTimers {
 export class HandleRecord implements ReplicaHandleData {
   state: ReplicaHandleState;
   reason: InvalidationReason | undefined = undefined;
-  /** The hold-period timer (the core's number for it), while paused. */
-  hold: number | undefined = undefined;
+  /** The hold period this handle waits out, while paused. */
+  hold: HoldBatch | undefined = undefined;
 
   constructor(
     readonly target: string,
@@ -57,6 +58,14 @@ export class HandleRecord implements ReplicaHandleData {
   ) {
     this.state = replicaHandleInitialState(resume);
   }
+}
+
+/** The holds that began in one step: one core timer, and the handles still waiting on it, in order. */
+interface HoldBatch {
+  timer: number;
+  handles: Set<HandleRecord>;
+  /** The timer's label (shown where intents are listed): every handle that joined the batch. */
+  refs: Array<{ target: string; requestId: string }>;
 }
 
 export interface ReplicaHandleView {
@@ -76,12 +85,19 @@ export function view(h: HandleRecord, node: string): ReplicaHandleView {
 
 export class HandleRecords {
   private readonly orphaned = new Map<string, HandleRecord>();
+  /** The batch the holds of the step under way join. */
+  private batch: HoldBatch | undefined;
 
   constructor(
     private readonly timers: CoreTimers,
     private readonly holdMs: number,
     private readonly insp: RecordWatcher<HandleRecord> | undefined,
   ) {}
+
+  /** A new step of the core: holds that begin from now on share a new timer. */
+  newStep(): void {
+    this.batch = undefined;
+  }
 
   /** The handle's record on a session: an orphan of a lost session resumed here, or a new one. */
   attach(
@@ -144,10 +160,7 @@ export class HandleRecords {
     if (!h || isFinalReplicaHandleState(h.state)) return;
     const from = h.state;
     stepReplicaHandle(h, event);
-    if (h.state === 'paused' && from !== 'paused')
-      h.hold = this.timers.arm({ kind: 'hold', target: h.target, requestId: h.requestId }, this.holdMs, () =>
-        this.holdEnded(h),
-      );
+    if (h.state === 'paused' && from !== 'paused') this.startHold(h);
     else if (from === 'paused' && h.state !== 'paused') this.cancelHold(h);
     this.insp?.update(h, event, this.snapshotOf(h));
   }
@@ -159,18 +172,39 @@ export class HandleRecords {
     this.insp?.stop(h);
   }
 
-  /** The hold period of a paused handle ran out: it is released, and an orphan is forgotten. */
-  private holdEnded(h: HandleRecord): void {
-    h.hold = undefined;
-    this.step(h, { type: HOLD_PERIOD_ENDED });
-    const key = keyOf(h.target, h.requestId);
-    if (this.orphaned.get(key) === h) this.orphaned.delete(key);
+  /** Start `h`'s hold period: it joins this step's batch, which arms the batch's timer when it is made. */
+  private startHold(h: HandleRecord): void {
+    let b = this.batch;
+    if (!b) {
+      const batch: HoldBatch = { timer: 0, handles: new Set(), refs: [] };
+      batch.timer = this.timers.arm({ kind: 'hold', handles: batch.refs }, this.holdMs, () => this.holdsEnded(batch));
+      this.batch = b = batch;
+    }
+    b.handles.add(h);
+    b.refs.push({ target: h.target, requestId: h.requestId });
+    h.hold = b;
   }
 
+  /** The hold period of a batch ran out: each handle still paused on it is released, an orphan forgotten. */
+  private holdsEnded(b: HoldBatch): void {
+    for (const h of b.handles) {
+      b.handles.delete(h);
+      h.hold = undefined;
+      this.step(h, { type: HOLD_PERIOD_ENDED });
+      const key = keyOf(h.target, h.requestId);
+      if (this.orphaned.get(key) === h) this.orphaned.delete(key);
+    }
+  }
+
+  /** `h` no longer waits out its hold; the batch's timer goes when no handle waits on it. */
   private cancelHold(h: HandleRecord): void {
-    if (h.hold === undefined) return;
-    this.timers.cancel(h.hold);
+    const b = h.hold;
+    if (b === undefined) return;
     h.hold = undefined;
+    b.handles.delete(h);
+    if (b.handles.size > 0) return;
+    this.timers.cancel(b.timer);
+    if (this.batch === b) this.batch = undefined;
   }
 
   private snapshotOf(h: HandleRecord): RecordSnapshot {

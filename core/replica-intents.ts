@@ -42,7 +42,7 @@ export type StoreAnswer = { ok: true; value: unknown } | { ok: false; failure: S
 export type TimerFor =
   | { kind: 'hello'; conn: number }
   | { kind: 'terminate'; conn: number }
-  | { kind: 'hold'; target: string; requestId: string }
+  | { kind: 'hold'; handles: ReadonlyArray<{ target: string; requestId: string }> }
   | { kind: 'probe' };
 
 export type ReplicaInput =

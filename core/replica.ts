@@ -29,6 +29,7 @@ export class ReplicaCore extends ReplicaRequests {
   step(now: number, input: ReplicaInput): ReplicaIntent[] {
     this.now = now;
     this.out = [];
+    this.records.newStep();
     switch (input.type) {
       case 'accept':
         this.accept(input.conn, input.remote);

@@ -292,7 +292,11 @@ export class ReplicaScenario {
       case 'arm': {
         const f = it.for;
         const what =
-          f.kind === 'hold' ? `hold ${f.target} ${f.requestId}` : f.kind === 'probe' ? 'probe' : `${f.kind} c${f.conn}`;
+          f.kind === 'hold'
+            ? `hold ${f.handles.map((h) => `${h.target} ${h.requestId}`).join(', ')}`
+            : f.kind === 'probe'
+              ? 'probe'
+              : `${f.kind} c${f.conn}`;
         this.timers.set(it.timer, { at: this.now + it.ms, what });
         return void this.out.push(`arm t${it.timer} ${it.ms}ms ${what}`);
       }
