@@ -100,8 +100,10 @@ describe('NBD export with real clients', () => {
         ...Array.from({ length: 64 }, (_, i) => ['-c', `write -P ${(i % 200) + 1} ${i * 64}k 64k`]).flat(),
         e.url('failover'),
       ]);
-      await waitFor('the export to be in use', () => e.app.list().length > 0, 10_000);
-      const seen = trace(e.app.list()[0]!);
+      // The export reads through a read handle until the first write takes the write handle: trace that one.
+      const writer = () => e.app.list().find((h) => h.mode === 'write');
+      await waitFor('the export to be writing', () => writer() !== undefined, 10_000);
+      const seen = trace(writer()!);
       const serving = e.c.replicas.findIndex((r) => r.sessionCount > 0);
       await e.c.kill(serving >= 0 ? serving : 0);
       const res = await io;
