@@ -465,8 +465,12 @@ describe('the launcher as an operator uses it', () => {
       expect(cli(t.dir, 'partition', 'node-1').code).toBe(0);
       // The replica loses the silent session after a few heartbeats; then the hold period runs.
       let lost = '';
-      await until('the session lost', () =>
-        /no running replica has it \(lost\)/.test((lost = cli(t.dir, 'explain', 'app-1.disk').out)),
+      // The replica and the node each notice the silence on their own heartbeat: wait for both.
+      await until(
+        'the session lost and the handle paused',
+        () =>
+          /no running replica has it \(lost\)/.test((lost = cli(t.dir, 'explain', 'app-1.disk').out)) &&
+          / {2}handle {4}node-1\/app-1 (paused|resuming) /.test(lost),
       );
       expect(lost).toMatch(/ {2}lock {6}(the hold period runs: it lapses in \d+ ms|lapsed \d+ ms ago)/);
       expect(lost).toMatch(
