@@ -80,10 +80,7 @@ export function credentials(argv: string[], out: (s: string) => void, err: (s: s
     throw new CredentialsUsageError('credentials issue takes exactly one of --node NAME or --principal NAME');
   const kind: CredentialKind = values.node !== undefined ? 'node' : 'principal';
   const name = (values.node ?? values.principal)!;
-  if (!NAME_PATTERN.test(name))
-    throw new CredentialsUsageError(
-      `--${kind} ${JSON.stringify(name)}: names are 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`,
-    );
+  checkName(kind, name);
   const dir = resolve(values.dir ?? '.safe-resume');
   const fresh = !existsSync(join(dir, SECRET_FILE));
   privateDataDir(dir, 'leave');
@@ -99,6 +96,14 @@ export function credentials(argv: string[], out: (s: string) => void, err: (s: s
   writeCredential(path, credential);
   err(`safe-resume: wrote the ${kind} credential of ${name} to ${path} (mode 0600)\n`);
   return 0;
+}
+
+/** A node's or principal's name as given with `--node` or `--principal`: refused, with the rule, unless it fits. */
+function checkName(flag: 'node' | 'principal', name: string): void {
+  if (!NAME_PATTERN.test(name))
+    throw new CredentialsUsageError(
+      `--${flag} ${JSON.stringify(name)}: names are 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`,
+    );
 }
 
 /** `credentials nbd-psk`: a principal's NBD pre-shared key, as a PSK file. */
@@ -131,10 +136,7 @@ function nbdPskCommand(argv: string[], out: (s: string) => void, err: (s: string
     line = nbdPskLine(c);
   } else {
     const name = values.principal!;
-    if (!NAME_PATTERN.test(name))
-      throw new CredentialsUsageError(
-        `--principal ${JSON.stringify(name)}: names are 1-128 of A-Z a-z 0-9 . _ @ - (starting with a letter or digit)`,
-      );
+    checkName('principal', name);
     const dir = resolve(values.dir ?? '.safe-resume');
     if (!existsSync(join(dir, SECRET_FILE)))
       throw new CredentialsUsageError(
