@@ -267,7 +267,8 @@ export class StorageReplica {
           break;
         case 'buffered': {
           const conn = this.conns.get(it.conn);
-          if (conn) this.feed({ type: 'buffered', conn: it.conn, bytes: conn.bufferedBytes });
+          const bytes = conn?.bufferedBytes ?? 0;
+          if (conn && bytes >= it.atLeast) this.feed({ type: 'buffered', conn: it.conn, bytes });
           break;
         }
         case 'store':

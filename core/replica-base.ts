@@ -6,7 +6,7 @@
  */
 import { SafeResumeError, type ErrorCode } from '../errors.js';
 import type { Decoded } from '../transport/codec.js';
-import type { Message } from '../transport/messages.js';
+import type { Message, MessageOf } from '../transport/messages.js';
 import { LogLimiter } from './log-limit.js';
 import { Keyring } from './proofs.js';
 import { HandleRecords, type HandleRecord, type RecordWatcher } from './replica-handles.js';
@@ -85,6 +85,24 @@ export interface Conn {
 /** The answer to a store call, as its continuation sees it. */
 export type Answer<T> = { ok: true; value: T } | { ok: false; failure: StoreFailure };
 
+/** A request of a session, as the replica serves it. */
+export type Request = MessageOf<'open' | 'resume' | 'write' | 'read' | 'close' | 'grant' | 'revoke'>;
+
+/**
+ * A request being served (core/replica-requests.ts): counted in flight with `bytes` since `t0`, the
+ * handle it names if it needs one, until its store call is answered. One record per request, not a
+ * chain of closures: the write path is the replica's hottest.
+ */
+export interface Serving {
+  s: Session;
+  msg: Request;
+  bytes: number;
+  t0: number;
+  h: HandleRecord | undefined;
+  /** A resume's items a proven principal names, as they were when it was checked. */
+  allowed: boolean[] | undefined;
+}
+
 export abstract class ReplicaBase {
   protected out: ReplicaIntent[] = [];
   /** The clock's now of the step under way. */
@@ -114,7 +132,7 @@ export abstract class ReplicaBase {
   private nextTimer = 1;
   private readonly timers = new Map<number, () => void>();
   private nextCall = 1;
-  private readonly calls = new Map<number, (answer: Answer<unknown>) => void>();
+  private readonly calls = new Map<number, ((answer: Answer<unknown>) => void) | Serving>();
 
   constructor(readonly cfg: ReplicaConfig) {
     this.keyring = new Keyring(cfg.secret);
@@ -127,6 +145,9 @@ export abstract class ReplicaBase {
 
   /** Frames of a session, in order (core/replica.ts). */
   protected abstract onFrame(s: Session, frame: Decoded): void;
+
+  /** The store's answer to a request being served (core/replica-requests.ts). */
+  protected abstract onServed(r: Serving, answer: Answer<unknown>): void;
 
   protected send(conn: number, msg: Message): void {
     this.out.push({ kind: 'send', conn, msg });
@@ -177,10 +198,13 @@ export abstract class ReplicaBase {
     fire();
   }
 
-  /** Run a store operation; `then` continues with its answer (the op's result type is the caller's to name). */
-  protected call<T>(what: StoreCall, then: (answer: Answer<T>) => void): void {
+  /**
+   * Run a store operation; `then` continues with its answer (the op's result type is the caller's to
+   * name), or, for a request being served, `onServed`.
+   */
+  protected call<T>(what: StoreCall, then: ((answer: Answer<T>) => void) | Serving): void {
     const call = this.nextCall++;
-    this.calls.set(call, then as (answer: Answer<unknown>) => void);
+    this.calls.set(call, then as ((answer: Answer<unknown>) => void) | Serving);
     this.out.push({ kind: 'store', call, what });
   }
 
@@ -188,11 +212,23 @@ export abstract class ReplicaBase {
     const then = this.calls.get(call);
     if (!then) return;
     this.calls.delete(call);
-    then(answer);
+    if (typeof then === 'function') then(answer);
+    else this.onServed(then, answer);
   }
 
-  /** Tell the shell to report the bytes waiting on the connection once what this step sent is sent. */
+  /**
+   * Replies waiting to be sent past which a session stops being read; not below the socket's
+   * high-water mark, or no 'drain' would ever come to resume reading.
+   */
+  protected get maxSendBytes(): number {
+    return Math.max(this.cfg.maxSendBufferBytes, 64 * 1024);
+  }
+
+  /**
+   * Tell the shell to report the bytes waiting on the connection once what this step sent is sent.
+   * A session being read only needs to hear of enough to stop reading it; a paused one, of any.
+   */
   protected checkBuffered(s: Session): void {
-    this.out.push({ kind: 'buffered', conn: s.conn });
+    this.out.push({ kind: 'buffered', conn: s.conn, atLeast: s.paused ? 0 : this.maxSendBytes });
   }
 }

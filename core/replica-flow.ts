@@ -50,8 +50,7 @@ export abstract class ReplicaFlow extends ReplicaBase {
   protected flow(s: Session): void {
     const maxN = this.cfg.maxInflightPerSession;
     const maxBytes = this.cfg.maxInflightBytesPerSession;
-    // Not below the socket's high-water mark, or no 'drain' would ever come to resume reading.
-    const maxSend = Math.max(this.cfg.maxSendBufferBytes, 64 * 1024);
+    const maxSend = this.maxSendBytes;
     if (!s.paused) {
       if (s.inflight < maxN && s.inflightBytes < maxBytes && s.buffered < maxSend) return;
       s.paused = true;

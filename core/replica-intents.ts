@@ -78,8 +78,11 @@ export type ReplicaIntent =
   | { kind: 'protect'; conn: number; key: Buffer }
   | { kind: 'pause-reading'; conn: number }
   | { kind: 'resume-reading'; conn: number }
-  /** Tell the core (input `buffered`) how many bytes wait to be sent on the connection, once what came before this is done. */
-  | { kind: 'buffered'; conn: number }
+  /**
+   * Tell the core (input `buffered`) how many bytes wait to be sent on the connection, once what came
+   * before this is done, if they are at least `atLeast` (fewer cannot change what it decides).
+   */
+  | { kind: 'buffered'; conn: number; atLeast: number }
   | { kind: 'store'; call: number; what: StoreCall }
   | { kind: 'arm'; timer: number; ms: number; for: TimerFor }
   | { kind: 'cancel'; timer: number }

@@ -8,7 +8,7 @@ import type { ErrorCode } from '../errors.js';
 import type { Decoded } from '../transport/codec.js';
 import type { MessageOf, ResumeResult } from '../transport/messages.js';
 import type { AccessResult, OpenResult, ReadResult, ResumeOutcome, WriteResult } from '../store/types.js';
-import type { Answer, Session } from './replica-base.js';
+import type { Answer, Request, Serving, Session } from './replica-base.js';
 import type { StoreCall, StoreFailure } from './replica-intents.js';
 import { keyOf, type HandleRecord } from './replica-handles.js';
 import { ReplicaHandshake } from './replica-handshake.js';
@@ -52,18 +52,17 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
       case 'prove':
         return this.onProve(s, msg);
       case 'open':
-        return this.serve(s, msg.id, REQUEST_COST, 'open', () => this.onOpen(s, msg));
-      case 'resume':
-        return this.serve(s, msg.id, REQUEST_COST * msg.items.length, 'resume', () => this.onResume(s, msg));
-      case 'write':
-        return this.serve(s, msg.id, msg.data.length, 'write', () => this.onWrite(s, msg));
-      case 'read':
-        return this.serve(s, msg.id, msg.length, 'read', () => this.onRead(s, msg));
-      case 'close':
-        return this.serve(s, msg.id, 0, 'close', () => this.onClose(s, msg));
       case 'grant':
       case 'revoke':
-        return this.serve(s, msg.id, REQUEST_COST, msg.type, () => this.onAccess(s, msg));
+        return this.serve(s, msg, REQUEST_COST);
+      case 'resume':
+        return this.serve(s, msg, REQUEST_COST * msg.items.length);
+      case 'write':
+        return this.serve(s, msg, msg.data.length);
+      case 'read':
+        return this.serve(s, msg, msg.length);
+      case 'close':
+        return this.serve(s, msg, 0);
       default:
         this.reply(s.conn, 'id' in msg ? msg.id : undefined, 'BAD_FRAME', `a replica does not accept ${msg.type}`);
         this.countBad(s);
@@ -71,25 +70,75 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
   }
 
   /**
-   * Serve one request, counted in flight (with `bytes`) until it is answered. `work` checks it and
-   * returns the store call's continuation, which answers it; a check that fails answers at once.
+   * Serve one request, counted in flight (with `bytes`) until it is answered: checked, then sent to
+   * the store as one call, answered when the call is (onServed). A check that fails answers at once.
    */
-  private serve(s: Session, id: number, bytes: number, type: string, work: () => Served): void {
+  private serve(s: Session, msg: Request, bytes: number): void {
     this.begin(s, bytes);
-    const t0 = this.now;
-    let served: Served;
+    const r: Serving = { s, msg, bytes, t0: this.now, h: undefined, allowed: undefined };
+    let call: StoreCall;
     try {
-      served = work();
+      call = this.check(r);
     } catch (err) {
-      if (err instanceof Refused) this.reply(s.conn, id, err.code, err.message);
-      else this.failed(s, id, { kind: 'internal', error: err });
-      return this.end(s, bytes, type, t0);
+      if (err instanceof Refused) this.reply(s.conn, msg.id, err.code, err.message);
+      else this.failed(s, msg.id, { kind: 'internal', error: err });
+      return this.end(s, bytes, msg.type, r.t0);
     }
-    this.call(served.call, (a: Answer<unknown>) => {
-      if (a.ok) served.then(a.value);
-      else this.failed(s, id, a.failure);
-      this.end(s, bytes, type, t0);
-    });
+    this.call(call, r);
+  }
+
+  /** A request's checks; the store call that serves it. */
+  private check(r: Serving): StoreCall {
+    const msg = r.msg;
+    switch (msg.type) {
+      case 'open':
+        return this.checkOpen(r.s, msg);
+      case 'resume':
+        return this.checkResume(r, msg);
+      case 'write':
+        return this.checkWrite(r, msg);
+      case 'read':
+        return this.checkRead(r, msg);
+      case 'close':
+        return this.checkClose(r, msg);
+      case 'grant':
+      case 'revoke':
+        return this.checkAccess(r.s, msg);
+    }
+  }
+
+  protected onServed(r: Serving, a: Answer<unknown>): void {
+    const { s, msg } = r;
+    if (!a.ok) this.failed(s, msg.id, a.failure);
+    else {
+      try {
+        this.done(r, a.value);
+      } catch (err) {
+        // An answer the replica cannot take (a store's bug) fails this request, not the replica.
+        this.failed(s, msg.id, { kind: 'internal', error: err });
+      }
+    }
+    this.end(s, r.bytes, msg.type, r.t0);
+  }
+
+  /** A request's store call answered: its reply, and its handle's lifecycle step. */
+  private done(r: Serving, value: unknown): void {
+    const { s, msg } = r;
+    switch (msg.type) {
+      case 'open':
+        return this.opened(s, msg, value as OpenResult);
+      case 'resume':
+        return this.resumed(r, msg, value as ResumeOutcome[]);
+      case 'write':
+        return this.written(s, msg, r.h!, value as WriteResult);
+      case 'read':
+        return this.dataRead(s, msg, r.h!, value as ReadResult);
+      case 'close':
+        return this.closedHandle(s, msg, r.h!);
+      case 'grant':
+      case 'revoke':
+        return this.accessed(s, msg, value as AccessResult);
+    }
   }
 
   /** Turn a failed store call into an error reply; a store outage dismounts the replica. */
@@ -123,7 +172,7 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
     return this.cfg.leaseMs + this.cfg.holdMs;
   }
 
-  private onOpen(s: Session, msg: MessageOf<'open'>): Served {
+  private checkOpen(s: Session, msg: MessageOf<'open'>): StoreCall {
     this.checkMounted();
     this.checkPrincipal(s, msg.principal);
     if (s.handles.size >= this.cfg.maxHandlesPerSession)
@@ -139,22 +188,25 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
       size: msg.size,
       epoch: msg.epoch,
     };
-    return served<OpenResult>({ op: 'open', req }, (res) => {
-      if (!res.ok) return this.reply(s.conn, msg.id, res.code, res.message);
-      this.records.step(this.records.attach(s.handles, s.id, msg.target, msg.requestId, msg.mode, false), {
-        type: 'GRANTED',
-      });
-      this.send(s.conn, {
-        type: 'opened',
-        id: msg.id,
-        version: res.version,
-        lastSeq: res.lastSeq,
-        ...(res.size ? { size: res.size } : {}),
-      });
+    return { op: 'open', req };
+  }
+
+  private opened(s: Session, msg: MessageOf<'open'>, res: OpenResult): void {
+    if (!res.ok) return this.reply(s.conn, msg.id, res.code, res.message);
+    this.records.step(this.records.attach(s.handles, s.id, msg.target, msg.requestId, msg.mode, false), {
+      type: 'GRANTED',
+    });
+    this.send(s.conn, {
+      type: 'opened',
+      id: msg.id,
+      version: res.version,
+      lastSeq: res.lastSeq,
+      ...(res.size ? { size: res.size } : {}),
     });
   }
 
-  private onResume(s: Session, msg: MessageOf<'resume'>): Served {
+  private checkResume(r: Serving, msg: MessageOf<'resume'>): StoreCall {
+    const s = r.s;
     this.checkMounted();
     // A resume attaches handles as an open does: it counts against the same limit.
     let added = 0;
@@ -163,65 +215,70 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
       throw new Refused('INVALID_ARGUMENT', 'too many handles on this session');
     const leaseMs = this.lockMs;
     this.stats.resumeMessages++;
-    // Items naming a principal this session did not prove never reach the store.
-    const allowed = msg.items.filter((it) => s.principals.has(it.principal));
-    return served<ResumeOutcome[]>(
-      { op: 'resume', reqs: allowed.map((it) => ({ ...it, session: s.id, leaseMs })) },
-      (decided) => {
-        let next = 0;
-        const results: ResumeResult[] = msg.items.map((it) => {
-          if (!s.principals.has(it.principal)) {
-            this.stats.resumesDenied++;
-            this.observeResume('FORBIDDEN');
-            return {
-              target: it.target,
-              requestId: it.requestId,
-              granted: false,
-              reason: 'FORBIDDEN',
-              code: 'FORBIDDEN',
-              version: 0,
-            };
-          }
-          const out = decided[next++]!;
-          const h = this.records.attach(s.handles, s.id, it.target, it.requestId, it.mode, true);
-          if (out.granted) {
-            this.stats.resumesGranted++;
-            this.observeResume('granted');
-            this.records.step(h, { type: 'GRANTED' });
-            return {
-              target: it.target,
-              requestId: it.requestId,
-              granted: true,
-              lastSeq: out.lastSeq,
-              version: out.version,
-              ...(out.size ? { size: out.size } : {}),
-            };
-          }
-          this.stats.resumesDenied++;
-          this.observeResume(out.code);
-          this.log('info', 'resume denied', {
-            target: it.target,
-            requestId: it.requestId,
-            reason: out.reason,
-            session: s.id,
-          });
-          this.records.step(h, { type: 'DENIED', reason: out.reason });
-          this.records.detach(s.handles, it.target, it.requestId);
-          const denied: ResumeResult = {
-            target: it.target,
-            requestId: it.requestId,
-            granted: false,
-            reason: out.reason,
-            code: out.code,
-            version: out.version,
-          };
-          if (out.lastSeq !== undefined) denied.lastSeq = out.lastSeq;
-          if (out.heldEpoch !== undefined) denied.heldEpoch = out.heldEpoch;
-          return denied;
-        });
-        this.send(s.conn, { type: 'resumed', id: msg.id, results });
-      },
-    );
+    // Items naming a principal this session did not prove never reach the store. Which those are is
+    // decided now: a principal proven while the store decides the others does not change this resume.
+    const allowed = msg.items.map((it) => s.principals.has(it.principal));
+    r.allowed = allowed;
+    const reqs = msg.items.filter((_, i) => allowed[i]).map((it) => ({ ...it, session: s.id, leaseMs }));
+    return { op: 'resume', reqs };
+  }
+
+  private resumed(r: Serving, msg: MessageOf<'resume'>, decided: ResumeOutcome[]): void {
+    const { s, allowed } = r;
+    let next = 0;
+    const results: ResumeResult[] = msg.items.map((it, i) => {
+      if (!allowed![i]) {
+        this.stats.resumesDenied++;
+        this.observeResume('FORBIDDEN');
+        return {
+          target: it.target,
+          requestId: it.requestId,
+          granted: false,
+          reason: 'FORBIDDEN',
+          code: 'FORBIDDEN',
+          version: 0,
+        };
+      }
+      const out = decided[next++];
+      // The store answers each item it was given, in order; an answer short of that is a broken store.
+      if (!out) throw new Error(`the store answered ${decided.length} of the resume's items`);
+      const h = this.records.attach(s.handles, s.id, it.target, it.requestId, it.mode, true);
+      if (out.granted) {
+        this.stats.resumesGranted++;
+        this.observeResume('granted');
+        this.records.step(h, { type: 'GRANTED' });
+        return {
+          target: it.target,
+          requestId: it.requestId,
+          granted: true,
+          lastSeq: out.lastSeq,
+          version: out.version,
+          ...(out.size ? { size: out.size } : {}),
+        };
+      }
+      this.stats.resumesDenied++;
+      this.observeResume(out.code);
+      this.log('info', 'resume denied', {
+        target: it.target,
+        requestId: it.requestId,
+        reason: out.reason,
+        session: s.id,
+      });
+      this.records.step(h, { type: 'DENIED', reason: out.reason });
+      this.records.detach(s.handles, it.target, it.requestId);
+      const denied: ResumeResult = {
+        target: it.target,
+        requestId: it.requestId,
+        granted: false,
+        reason: out.reason,
+        code: out.code,
+        version: out.version,
+      };
+      if (out.lastSeq !== undefined) denied.lastSeq = out.lastSeq;
+      if (out.heldEpoch !== undefined) denied.heldEpoch = out.heldEpoch;
+      return denied;
+    });
+    this.send(s.conn, { type: 'resumed', id: msg.id, results });
   }
 
   private observeResume(outcome: string): void {
@@ -234,71 +291,68 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
     return h;
   }
 
-  private onWrite(s: Session, msg: MessageOf<'write'>): Served {
+  private checkWrite(r: Serving, msg: MessageOf<'write'>): StoreCall {
     this.checkMounted();
-    const h = this.handle(s, msg.target, msg.requestId);
+    const h = this.handle(r.s, msg.target, msg.requestId);
     if (h.mode !== 'write') throw new Refused('INVALID_ARGUMENT', 'handle was opened for reading');
-    return served<WriteResult>(
-      {
-        op: 'write',
-        req: {
-          target: msg.target,
-          requestId: msg.requestId,
-          session: s.id,
-          seq: msg.seq,
-          offset: msg.offset,
-          data: msg.data,
-        },
-      },
-      (res) => {
-        if (res.ok) {
-          if (res.applied) {
-            this.stats.writesApplied++;
-            if (this.cfg.observed) this.out.push({ kind: 'observe', what: 'write-applied' });
-          }
-          return this.send(s.conn, { type: 'written', id: msg.id, seq: msg.seq, version: res.version });
-        }
-        if (res.code === 'MODIFIED' || res.code === 'SUPERSEDED') {
-          this.records.step(h, { type: 'REVOKED', reason: res.code });
-          this.records.detach(s.handles, msg.target, msg.requestId);
-        }
-        this.reply(s.conn, msg.id, res.code, res.message, res.lastSeq);
-      },
-    );
+    r.h = h;
+    const req = {
+      target: msg.target,
+      requestId: msg.requestId,
+      session: r.s.id,
+      seq: msg.seq,
+      offset: msg.offset,
+      data: msg.data,
+    };
+    return { op: 'write', req };
   }
 
-  private onRead(s: Session, msg: MessageOf<'read'>): Served {
-    this.checkMounted();
-    const h = this.handle(s, msg.target, msg.requestId);
-    const fence = h.mode === 'write' ? { requestId: msg.requestId, session: s.id } : undefined;
-    return served<ReadResult>(
-      { op: 'read', req: { target: msg.target, offset: msg.offset, length: msg.length, fence } },
-      (res) => {
-        if (res.ok) return this.send(s.conn, { type: 'data', id: msg.id, version: res.version, data: res.data });
-        this.records.step(h, { type: 'REVOKED', reason: res.code });
-        this.records.detach(s.handles, msg.target, msg.requestId);
-        this.reply(s.conn, msg.id, res.code, res.message);
-      },
-    );
+  private written(s: Session, msg: MessageOf<'write'>, h: HandleRecord, res: WriteResult): void {
+    if (res.ok) {
+      if (res.applied) {
+        this.stats.writesApplied++;
+        if (this.cfg.observed) this.out.push({ kind: 'observe', what: 'write-applied' });
+      }
+      return this.send(s.conn, { type: 'written', id: msg.id, seq: msg.seq, version: res.version });
+    }
+    if (res.code === 'MODIFIED' || res.code === 'SUPERSEDED') {
+      this.records.step(h, { type: 'REVOKED', reason: res.code });
+      this.records.detach(s.handles, msg.target, msg.requestId);
+    }
+    this.reply(s.conn, msg.id, res.code, res.message, res.lastSeq);
   }
 
-  private onClose(s: Session, msg: MessageOf<'close'>): Served {
+  private checkRead(r: Serving, msg: MessageOf<'read'>): StoreCall {
     this.checkMounted();
-    const h = s.handles.get(keyOf(msg.target, msg.requestId));
+    const h = this.handle(r.s, msg.target, msg.requestId);
+    r.h = h;
+    const fence = h.mode === 'write' ? { requestId: msg.requestId, session: r.s.id } : undefined;
+    return { op: 'read', req: { target: msg.target, offset: msg.offset, length: msg.length, fence } };
+  }
+
+  private dataRead(s: Session, msg: MessageOf<'read'>, h: HandleRecord, res: ReadResult): void {
+    if (res.ok) return this.send(s.conn, { type: 'data', id: msg.id, version: res.version, data: res.data });
+    this.records.step(h, { type: 'REVOKED', reason: res.code });
+    this.records.detach(s.handles, msg.target, msg.requestId);
+    this.reply(s.conn, msg.id, res.code, res.message);
+  }
+
+  private checkClose(r: Serving, msg: MessageOf<'close'>): StoreCall {
+    this.checkMounted();
     // Only a handle this session holds can be closed through it; anything else is not a `closed`.
-    if (!h) throw new Refused('NOT_OPEN', `${msg.target} is not open on this session`);
-    return served<boolean>(
-      { op: 'close', ref: { target: msg.target, requestId: msg.requestId }, session: s.id },
-      () => {
-        this.records.step(h, { type: 'CLOSE' });
-        this.records.detach(s.handles, msg.target, msg.requestId);
-        this.send(s.conn, { type: 'closed', id: msg.id });
-      },
-    );
+    r.h = r.s.handles.get(keyOf(msg.target, msg.requestId));
+    if (!r.h) throw new Refused('NOT_OPEN', `${msg.target} is not open on this session`);
+    return { op: 'close', ref: { target: msg.target, requestId: msg.requestId }, session: r.s.id };
+  }
+
+  private closedHandle(s: Session, msg: MessageOf<'close'>, h: HandleRecord): void {
+    this.records.step(h, { type: 'CLOSE' });
+    this.records.detach(s.handles, msg.target, msg.requestId);
+    this.send(s.conn, { type: 'closed', id: msg.id });
   }
 
   /** A target's owner grants or revokes another principal's access: decided by the store (rules.decideAccess). */
-  private onAccess(s: Session, msg: MessageOf<'grant'> | MessageOf<'revoke'>): Served {
+  private checkAccess(s: Session, msg: MessageOf<'grant'> | MessageOf<'revoke'>): StoreCall {
     this.checkMounted();
     this.checkPrincipal(s, msg.principal);
     const req = {
@@ -307,25 +361,17 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
       principal: msg.grantee,
       mode: msg.type === 'grant' ? msg.mode : ('none' as const),
     };
-    return served<AccessResult>({ op: 'access', req }, (res) => {
-      if (!res.ok) return this.reply(s.conn, msg.id, res.code, res.message);
-      this.send(s.conn, {
-        type: 'access',
-        id: msg.id,
-        target: msg.target,
-        owner: res.access.owner,
-        grants: res.access.grants,
-      });
+    return { op: 'access', req };
+  }
+
+  private accessed(s: Session, msg: MessageOf<'grant'> | MessageOf<'revoke'>, res: AccessResult): void {
+    if (!res.ok) return this.reply(s.conn, msg.id, res.code, res.message);
+    this.send(s.conn, {
+      type: 'access',
+      id: msg.id,
+      target: msg.target,
+      owner: res.access.owner,
+      grants: res.access.grants,
     });
   }
-}
-
-/** A checked request: the store call to make, and what to do with its result. */
-interface Served {
-  call: StoreCall;
-  then(value: unknown): void;
-}
-
-function served<T>(call: Served['call'], then: (value: T) => void): Served {
-  return { call, then: then };
 }

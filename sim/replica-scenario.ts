@@ -11,6 +11,7 @@
  *   accept cN [remote=ADDR] / closed cN / drain cN / buffered cN BYTES (what waits to be sent on it)
  *   hello cN NODE                                the node's hello (nonce: its name and the connection)
  *   auth cN [principals=a,b] [wrong=node|PRINCIPAL] [seal]   proofs made over the challenge seen
+ *   prove cN PRINCIPAL [wrong]                   a later `prove` of one more principal on the session
  *   recv cN TYPE key=value...                    any other frame (values are JSON or bare words;
  *                                                a `data` string is its UTF-8 bytes)
  *   bad-frame cN CODE "message"                  a frame that failed to decode
@@ -25,7 +26,8 @@
  *   handles / sessions                           the core's views
  *
  * What the core asks with a `buffered` intent is answered at once with the connection's `buffered`
- * bytes (0 unless set) and not printed: only what that answer makes the core do is.
+ * bytes (0 unless set), if they are as many as it asks to hear of, and not printed: only what that
+ * answer makes the core do is.
  */
 import { derive, proofs, transcript } from '../core/proofs.js';
 import {
@@ -74,6 +76,7 @@ function parseArgs(rest: string): { pos: unknown[]; kv: Record<string, unknown> 
 
 /** A value as the scenario prints it: bytes as their text, plain words bare, the rest as JSON. */
 function show(v: unknown): string {
+  if (v instanceof Error) return JSON.stringify(`${v.name}: ${v.message}`);
   if (v instanceof Uint8Array) return JSON.stringify(Buffer.from(v).toString('utf8'));
   if (typeof v === 'string') return /^[\w.@:/-]+$/.test(v) ? v : JSON.stringify(v);
   return JSON.stringify(v, (_k, x: unknown) => (x instanceof Uint8Array ? Buffer.from(x).toString('utf8') : x));
@@ -142,6 +145,8 @@ export class ReplicaScenario {
       }
       case 'auth':
         return this.auth(conn(), kv, pos.includes('seal'));
+      case 'prove':
+        return this.prove(conn(), String(pos[1]), pos.includes('wrong'));
       case 'recv':
         return this.frame(conn(), withBytes({ type: String(pos[1]), ...kv }) as Message);
       case 'bad-frame': {
@@ -206,12 +211,22 @@ export class ReplicaScenario {
     });
   }
 
-  private auth(conn: number, kv: Record<string, unknown>, seal: boolean): void {
+  /** What the handshake on `conn` was made over: its proofs, and later `prove` frames, are over it. */
+  private transcriptOf(conn: number): { node: string; t: string } {
     const hs = this.hs.get(conn);
     if (!hs?.replicaNonce) throw new Error(`c${conn} has seen no challenge`);
-    const t = transcript(hs.node, hs.nonce, hs.replicaNonce, 'replica-1');
+    return { node: hs.node, t: transcript(hs.node, hs.nonce, hs.replicaNonce, 'replica-1') };
+  }
+
+  private prove(conn: number, principal: string, wrong: boolean): void {
+    const key = derive(wrong ? 'another-cluster-key' : SECRET, 'principal', principal);
+    this.frame(conn, { type: 'prove', principal, proof: proofs.principal(key, principal, this.transcriptOf(conn).t) });
+  }
+
+  private auth(conn: number, kv: Record<string, unknown>, seal: boolean): void {
+    const { node, t } = this.transcriptOf(conn);
     const wrong = kv.wrong === undefined ? undefined : word(kv.wrong);
-    const nodeKey = derive(wrong === 'node' ? 'another-cluster-key' : SECRET, 'node', hs.node);
+    const nodeKey = derive(wrong === 'node' ? 'another-cluster-key' : SECRET, 'node', node);
     const names = kv.principals === undefined ? [] : word(kv.principals).split(',');
     const principals = names.map((p) => ({
       name: p,
@@ -284,8 +299,10 @@ export class ReplicaScenario {
         }
         return void this.out.push(`c${it.conn} <- ${it.msg.type} ${fields(it.msg, ['type'])}`.trimEnd());
       }
-      case 'buffered':
-        return this.feed({ type: 'buffered', conn: it.conn, bytes: this.buffered.get(it.conn) ?? 0 });
+      case 'buffered': {
+        const bytes = this.buffered.get(it.conn) ?? 0;
+        return bytes >= it.atLeast ? this.feed({ type: 'buffered', conn: it.conn, bytes }) : undefined;
+      }
       case 'store':
         this.calls.set(it.call, it.what.op);
         return void this.out.push(`store #${it.call} ${storeLine(it.what)}`.trimEnd());
