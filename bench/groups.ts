@@ -2,7 +2,7 @@
 import { join } from 'node:path';
 import { Application } from '../actors/application.js';
 import { etcdMembers, leaderChange, rawEtcd } from './etcd.js';
-import { failoverStall, qemuImgBench, qemuNbd } from './nbd.js';
+import { failoverStall, fsyncLoop, qemuImgBench, qemuNbd } from './nbd.js';
 import { replicaProcess } from './replica-process.js';
 import { NbdExport } from '../frontends/nbd.js';
 import { Figure, figure, pct, round } from './figures.js';
@@ -21,39 +21,73 @@ export async function nbdGroup(dir: string, smoke: boolean, log: (l: string) => 
   const nbd = new NbdExport({ app, size: () => size, path: socket });
   await nbd.listen();
   const url = nbd.urlFor('bench.disk');
-  const base = await qemuNbd(dir, size);
+  const cached = await qemuNbd(dir, size);
+  const through = await qemuNbd(dir, size, 'writethrough');
   try {
+    // Writes against qemu-nbd writing through (each write durable before its reply, as ours are); reads
+    // against its page cache. The goals are ratios to those peers.
     const cases = [
-      { name: 'write.seq', write: true, depth: 1, count: s(2000, 50) },
-      { name: 'write.depth16', write: true, depth: 16, count: s(10_000, 200) },
-      { name: 'read.seq', write: false, depth: 1, count: s(5000, 50) },
-      { name: 'read.depth16', write: false, depth: 16, count: s(20_000, 200) },
+      { name: 'write.seq', write: true, depth: 1, count: s(2000, 50), peer: through, goal: 0.8 },
+      { name: 'write.depth16', write: true, depth: 16, count: s(10_000, 200), peer: through, goal: 2.0 },
+      { name: 'read.seq', write: false, depth: 1, count: s(5000, 50), peer: cached, goal: 0.7 },
+      { name: 'read.depth16', write: false, depth: 16, count: s(20_000, 200), peer: cached, goal: 0.5 },
     ];
     for (const c of cases) {
       const ours: number[] = [];
       const theirs: number[] = [];
+      const cache: number[] = [];
       for (let i = 0; i < R; i++) {
         log(`nbd ${c.name} round ${i + 1} of ${R}: qemu-img bench through the export, then through qemu-nbd`);
         ours.push((await qemuImgBench(url, c.count, c.depth, c.write)).rate);
-        theirs.push((await qemuImgBench(base.url, c.count, c.depth, c.write)).rate);
+        theirs.push((await qemuImgBench(c.peer.url, c.count, c.depth, c.write)).rate);
+        if (c.write) cache.push((await qemuImgBench(cached.url, c.count, c.depth, c.write)).rate);
       }
+      const peerName =
+        c.peer === through
+          ? 'qemu-nbd --cache=writethrough serving a raw file, Unix sockets both'
+          : 'qemu-nbd serving a raw file (page cache), Unix sockets both';
       F.push(
         figure(
           `nbd.${c.name}`,
           med(ours),
           'ops/s',
           med(theirs),
-          'qemu-nbd serving a raw file (page cache), Unix sockets both',
-          'none',
-          null,
+          peerName,
+          `>= ${c.goal}x`,
+          med(ours) >= c.goal * med(theirs),
         ),
       );
+      if (c.write)
+        F.push(
+          figure(
+            `nbd.${c.name}.vs-page-cache`,
+            med(ours),
+            'ops/s',
+            med(cache),
+            'qemu-nbd serving a raw file (page cache): writes not durable before their reply',
+            'none',
+            null,
+          ),
+        );
     }
+    log('nbd: 4 KiB pwrite + fdatasync one at a time, the limit of the disk');
+    F.push(
+      figure(
+        'nbd.disk.fsync-loop',
+        med(Array.from({ length: R }, () => fsyncLoop(dir, s(2000, 50)))),
+        'writes/s',
+        null,
+        null,
+        'none',
+        null,
+      ),
+    );
     log('nbd: the same 4 KiB writes through the SDK, 16 deep');
     const sdk = await ioPath(replica.url, s(10_000, 200), 1, 16, { sequential: 0 });
     F.push(figure('nbd.sdk.write.depth16', sdk.rate, 'writes/s', null, null, 'none', null));
   } finally {
-    base.proc.kill();
+    cached.proc.kill();
+    through.proc.kill();
     await nbd.close();
     agent.crash();
     replica.proc.kill();

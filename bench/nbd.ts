@@ -1,13 +1,14 @@
 /**
  * The nbd group: `qemu-img bench` (Debian's qemu-utils) 4 KiB writes and reads, one at a time and 16
  * deep, through the safe-resume NBD export (a node agent in this process, a replica process over SQLite
- * FULL), against `qemu-nbd` serving a raw file on the same machine: the block export a user would
- * otherwise pick (it writes to the page cache; flushes reach the disk). And the stall a client sees
+ * FULL), against `qemu-nbd` serving a raw file on the same machine, the block export a user would
+ * otherwise pick: with `--cache=writethrough` (each write durable before its reply, as the export's are)
+ * and with its default (the page cache; flushes reach the disk). And the stall a client sees
  * while the replica serving the export's node is SIGKILLed (two replica processes over one SQLite file).
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { closeSync, fdatasyncSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -52,15 +53,23 @@ export async function qemuImgBench(url: string, count: number, depth: number, wr
 /**
  * `qemu-nbd` serving a raw file of `size` bytes in `dir` on a Unix socket (as the export is measured:
  * TCP on loopback adds delayed-ACK stalls to qemu-nbd's pipelined replies); resolves once it accepts.
+ * `writethrough`: each write is durable before its reply (`--cache=writethrough`, the peer of the
+ * export's fenced writes); otherwise writes land in the page cache and only flushes reach the disk.
  */
-export async function qemuNbd(dir: string, size: number): Promise<{ url: string; proc: ChildProcess }> {
-  const file = join(dir, 'baseline.raw');
+export async function qemuNbd(
+  dir: string,
+  size: number,
+  cache: 'writeback' | 'writethrough' = 'writeback',
+): Promise<{ url: string; proc: ChildProcess }> {
+  const file = join(dir, `baseline-${cache}.raw`);
   writeFileSync(file, Buffer.alloc(0));
   await run('qemu-img', ['resize', '-f', 'raw', file, String(size)]);
-  const socket = join(dir, 'qemu-nbd.sock');
-  const proc = spawn('qemu-nbd', ['-f', 'raw', '-x', 'disk', '-k', socket, '--persistent', '--shared', '16', file], {
-    stdio: 'ignore',
-  });
+  const socket = join(dir, `qemu-nbd-${cache}.sock`);
+  const proc = spawn(
+    'qemu-nbd',
+    ['-f', 'raw', '-x', 'disk', '-k', socket, '--persistent', '--shared', '16', `--cache=${cache}`, file],
+    { stdio: 'ignore' },
+  );
   const url = `nbd+unix:///disk?socket=${socket}`;
   const deadline = Date.now() + 10_000;
   for (;;) {
@@ -71,6 +80,25 @@ export async function qemuNbd(dir: string, size: number): Promise<{ url: string;
       if (Date.now() > deadline) throw new Error(`qemu-nbd did not answer: ${String(err)}`, { cause: err });
       await new Promise((r) => setTimeout(r, 100));
     }
+  }
+}
+
+/**
+ * The machine's limit for a durable 4 KiB write: `pwrite` + `fdatasync` of one 4 KiB block of a file in
+ * `dir` (the disk every store and qemu-nbd here write to), `count` times; writes per second.
+ */
+export function fsyncLoop(dir: string, count: number): number {
+  const fd = openSync(join(dir, 'fsync-loop.raw'), 'w');
+  const block = Buffer.alloc(4096, 7);
+  try {
+    const t0 = performance.now();
+    for (let i = 0; i < count; i++) {
+      writeSync(fd, block, 0, block.length, (i % 64) * 4096);
+      fdatasyncSync(fd);
+    }
+    return count / ((performance.now() - t0) / 1000);
+  } finally {
+    closeSync(fd);
   }
 }
 
