@@ -212,9 +212,30 @@ export class Connection extends NbdHandshake {
     h.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
     h.writeUInt32BE(error, 4);
     h.writeBigUInt64BE(cookie, 8);
-    this.socket.write(data && error === 0 ? Buffer.concat([h, data]) : h);
+    this.corkReplies();
+    this.socket.write(h);
+    if (data && error === 0) this.socket.write(data);
     if (!this.disconnecting) this.pump();
   }
+
+  /**
+   * Replies answered together go out in one write: the socket is corked at the first and uncorked by
+   * a `process.nextTick` (after the current callback, or once the promise jobs that answer the rest of
+   * a group commit have run), so a group of replies wakes the client once, and a reply's header and
+   * data need no copy into one buffer.
+   */
+  private corkReplies(): void {
+    if (this.replyCorked) return;
+    const socket = this.socket;
+    this.replyCorked = true;
+    socket.cork();
+    process.nextTick(() => {
+      this.replyCorked = false;
+      if (!socket.destroyed) socket.uncork();
+    });
+  }
+
+  private replyCorked = false;
 
   protected async serve(
     type: number,
