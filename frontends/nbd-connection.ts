@@ -1,18 +1,39 @@
 /**
- * One NBD client connection in transmission: its requests served through the connection's handle (a
- * read handle, then the write handle taken at the first write-type request), answered in simple
- * replies, and the handle released when the client goes.
+ * One NBD client connection in transmission: its requests served through the handle it shares with its
+ * principal's other connections to the target (nbd-shared.ts: a read handle, then the write handle
+ * taken at the first write-type request on any of them), answered in simple replies, and its share of
+ * the handle given up when the client goes (the last to go closes it).
  */
+import type { Socket } from 'node:net';
 import type { Handle } from '../actors/application.js';
 import { SafeResumeError } from '../errors.js';
 import { MAX_IO_BYTES } from '../transport/messages.js';
 import { MAX_TARGET_BYTES } from '../store/types.js';
 import { LOCKED_RETRY_MS, MAX_REQUEST_BYTES, STORAGE_WAIT_MS, ZEROS } from './nbd-limits.js';
 import { NbdHandshake } from './nbd-handshake.js';
+import type { Auth, NbdExportOptions } from './nbd-options.js';
+import type { Admission } from './nbd-limits.js';
+import type { Member, SharedHandles } from './nbd-shared.js';
 import { CMD, ERR, Errno, REP, SIMPLE_REPLY_MAGIC, errnoOf } from './nbd-wire.js';
 
 /** One client connection: the handshake, then transmission over one handle. */
 export class Connection extends NbdHandshake {
+  /** This connection among those sharing its handle. */
+  private readonly member: Member = { live: () => this.phase !== 'closed' };
+
+  constructor(
+    socket: Socket,
+    opts: NbdExportOptions,
+    auth: Auth,
+    admission: Admission,
+    gone: () => void,
+    trusted: () => void,
+    /** The export's shared handles. */
+    private readonly handles: SharedHandles,
+  ) {
+    super(socket, opts, auth, admission, gone, trusted);
+  }
+
   protected async sized(
     name: string,
   ): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }> {
@@ -46,31 +67,25 @@ export class Connection extends NbdHandshake {
   }
 
   /**
-   * Open `name` with `mode`; a write open retries briefly while the target is LOCKED (a client
-   * reconnecting at once may find its previous connection still releasing it).
+   * Open `name` with `mode`; a write open retries briefly while the target is LOCKED and `wanted` (a
+   * client reconnecting at once may find its previous connection still releasing it).
    */
-  protected async openAs(name: string, mode: 'read' | 'write'): Promise<Handle> {
+  protected async openAs(
+    name: string,
+    mode: 'read' | 'write',
+    wanted: () => boolean = () => this.phase !== 'closed',
+  ): Promise<Handle> {
     for (const until = Date.now() + LOCKED_RETRY_MS; ;) {
       try {
         return await this.app!.open(name, { mode, onFailure: this.opts.onFailure ?? 'pause' });
       } catch (err) {
-        if (err instanceof SafeResumeError && err.code === 'LOCKED' && Date.now() < until && this.phase !== 'closed') {
+        if (err instanceof SafeResumeError && err.code === 'LOCKED' && Date.now() < until && wanted()) {
           await new Promise((r) => setTimeout(r, 100));
           continue;
         }
         throw err;
       }
     }
-  }
-
-  /** Serve requests through `handle` from now on, telling its invalidation. */
-  protected use(handle: Handle): void {
-    this.handle = handle;
-    this.opts.onHandle?.(handle, this.target);
-    handle.on('invalidated', (reason) => {
-      this.opts.log?.warn({ target: this.target, reason }, 'nbd export invalidated: requests fail with EIO');
-      this.opts.onInvalidated?.(this.target, reason);
-    });
   }
 
   /**
@@ -92,7 +107,10 @@ export class Connection extends NbdHandshake {
     return undefined;
   }
 
-  /** Open the target for this connection (a read handle: the write handle is taken at the first write). */
+  /**
+   * Open the target for this connection: join the handle its principal's connections to the target
+   * share, or open a read handle for them (the write handle is taken at the first write on any).
+   */
   protected async attach(
     name: string,
   ): Promise<{ ok: true; size: number } | { ok: false; code: number; message: string }> {
@@ -100,78 +118,24 @@ export class Connection extends NbdHandshake {
     if (!sized.ok) return sized;
     const down = await this.storageDown();
     if (down) return down;
+    const shared = this.handles.join(this.principal, name, this.member, () => this.openAs(name, 'read'));
     let handle: Handle;
     try {
-      handle = await this.openAs(name, 'read');
+      handle = await shared.opened;
     } catch (err) {
+      await shared.leave(this.member);
       const code = err instanceof SafeResumeError ? err.code : 'ERROR';
       return { ok: false, code: REP.ERR_POLICY, message: `${name}: ${code}: ${(err as Error).message}` };
     }
     if (this.phase === 'closed') {
       // The client went away while the target was being opened: nothing may stay held for it.
-      await handle.close().catch(() => undefined);
+      await shared.leave(this.member);
       return { ok: false, code: REP.ERR_POLICY, message: 'the client went away' };
     }
     this.target = name;
-    this.openedAt = handle.version;
     this.size = handle.size ?? sized.size;
-    this.use(handle);
+    this.shared = shared;
     return { ok: true, size: this.size };
-  }
-
-  /** The write handle, taken at the first write-type request (the requests that arrive meanwhile share it). */
-  protected writable(): Promise<Handle> {
-    const h = this.handle!;
-    if (h.mode === 'write') return Promise.resolve(h);
-    const p = (this.upgrading ??= this.upgrade(h));
-    // A write refused while another writer holds the lock leaves the next write to try again.
-    p.catch(() => {
-      if (this.upgrading === p && !this.invalid) this.upgrading = undefined;
-    });
-    return p;
-  }
-
-  /**
-   * Open the target for writing, and keep that handle only if the target is still at the version the
-   * connection opened it at: otherwise what the client read may be stale, so nothing is written over
-   * it: the write fails with EIO, and so does every later request (the handle counts as invalidated,
-   * MODIFIED).
-   */
-  protected async upgrade(reader: Handle): Promise<Handle> {
-    let writer: Handle;
-    try {
-      writer = await this.openAs(this.target, 'write');
-    } catch (err) {
-      const code = err instanceof SafeResumeError ? err.code : 'ERROR';
-      this.opts.log?.warn(
-        { target: this.target, code },
-        'nbd write refused: the target could not be opened for writing',
-      );
-      throw new Errno(ERR.EIO, `${this.target} could not be opened for writing: ${code}: ${(err as Error).message}`);
-    }
-    if (this.phase === 'closed' || this.released) {
-      await writer.close().catch(() => undefined);
-      throw new Errno(ERR.ESHUTDOWN, 'the client went away');
-    }
-    if (writer.version !== this.openedAt || reader.state === 'invalidated') {
-      await writer.close().catch(() => undefined);
-      this.invalid = 'MODIFIED';
-      this.opts.log?.warn(
-        { target: this.target, opened: this.openedAt, now: writer.version },
-        'nbd export invalidated: the target was written by another writer since this connection opened it; requests fail with EIO',
-      );
-      this.opts.onInvalidated?.(this.target, 'MODIFIED');
-      throw new Errno(
-        ERR.EIO,
-        `${this.target} was modified by another writer since this connection opened it (MODIFIED)`,
-      );
-    }
-    this.use(writer);
-    // The read handle goes once the reads it serves are answered.
-    const reads = [...this.reads];
-    this.reads.clear();
-    void Promise.allSettled(reads).then(() => reader.close().catch(() => undefined));
-    return writer;
   }
 
   protected request(
@@ -243,14 +207,15 @@ export class Connection extends NbdHandshake {
     length: number,
     data: Buffer | undefined,
   ): Promise<Uint8Array | undefined> {
-    const h = this.handle!;
-    if (this.invalid) throw new Errno(ERR.EIO, `${this.target} was invalidated (${this.invalid})`);
-    if (h.state === 'invalidated')
-      throw new Errno(ERR.EIO, `${this.target} was invalidated (${h.reason ?? 'MODIFIED'})`);
+    const shared = this.shared!;
+    const h = shared.handle!;
+    const failure = shared.failure();
+    if (failure) throw failure;
     const end = offset + BigInt(length);
     if (type === CMD.FLUSH) {
-      // Every write acknowledged is already durable in the store; a flush waits for those still on their way.
-      await Promise.all([...this.writes]);
+      // Every write acknowledged is already durable in the store; a flush waits for those still on
+      // their way, on every connection sharing the handle.
+      await Promise.all([...shared.writes]);
       return undefined;
     }
     if (type !== CMD.READ && type !== CMD.WRITE && type !== CMD.TRIM && type !== CMD.WRITE_ZEROES)
@@ -270,28 +235,30 @@ export class Connection extends NbdHandshake {
         return out;
       })();
       if (h.mode !== 'read') return r;
-      this.reads.add(r);
+      shared.reads.add(r);
       try {
         return await r;
       } finally {
-        this.reads.delete(r);
+        shared.reads.delete(r);
       }
     }
     // WRITE_ZEROES and TRIM write zeros (a trimmed range reads back as zeros): the store keeps no page
     // left all zeros, so whole pages are freed and the edges of partial ones zeroed.
     const bytes = type === CMD.WRITE ? data! : undefined;
     const w = (async () => {
-      const wh = await this.writable();
+      const wh = await shared.writable(() => this.openAs(this.target, 'write', () => shared.live()));
       for (let done = 0; done < length; done += MAX_IO_BYTES) {
         const n = Math.min(MAX_IO_BYTES, length - done);
         await wh.write(at + done, bytes ? bytes.subarray(done, done + n) : ZEROS.subarray(0, n));
       }
     })();
     this.writes.add(w);
+    shared.writes.add(w);
     try {
       await w;
     } finally {
       this.writes.delete(w);
+      shared.writes.delete(w);
     }
     return undefined;
   }
@@ -305,15 +272,18 @@ export class Connection extends NbdHandshake {
     this.place.give(this.principal);
     this.chunks = [];
     this.have = 0;
-    // The handle goes once its writes are answered (a client that vanished leaves nothing held).
+    // Its share of the handle goes once its writes are answered (a client that vanished leaves nothing held).
     void Promise.allSettled([...this.writes]).then(() => this.release());
   }
 
-  /** Close the handle once (an invalidated one too, so the application forgets it). */
+  /**
+   * Give up this connection's share of the handle once; the last sharing connection to go closes it (an
+   * invalidated one too, so the application forgets it).
+   */
   protected async release(): Promise<void> {
-    const h = this.handle;
-    if (!h || this.released) return;
+    const shared = this.shared;
+    if (!shared || this.released) return;
     this.released = true;
-    if (h.state !== 'closed') await h.close().catch(() => undefined);
+    await shared.leave(this.member);
   }
 }

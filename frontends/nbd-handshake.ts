@@ -4,7 +4,7 @@
  * principal's, and its idle time. Transmission (nbd-connection.ts) serves the requests.
  */
 import type { Socket } from 'node:net';
-import type { Application, Handle } from '../actors/application.js';
+import type { Application } from '../actors/application.js';
 import {
   HANDSHAKE_MS,
   IDLE_MS,
@@ -20,6 +20,7 @@ import {
 import type { Auth, NbdConnectionView, NbdExportOptions } from './nbd-options.js';
 import { blockSizeInfo, exportInfo, exportNameReply, greeting, infoRequest } from './nbd-option-data.js';
 import { Place } from './nbd-place.js';
+import type { SharedHandle } from './nbd-shared.js';
 import { tlsHandshake, tlsServerSocket } from './nbd-tls.js';
 import {
   CMD,
@@ -55,16 +56,11 @@ export abstract class NbdHandshake {
   protected phase: 'flags' | 'options' | 'transmission' | 'closed' = 'flags';
   protected noZeroes = false;
   protected busy = false;
-  /** The handle serving requests: a read handle until the first write-type request, then a write handle. */
-  protected handle: Handle | undefined;
-  /** The target's version when the read handle opened: the write handle is taken only at this version. */
-  protected openedAt = 0;
-  /** The write handle being taken (shared by the write-type requests that wait for it). */
-  protected upgrading: Promise<Handle> | undefined;
-  /** Why the connection's requests fail: the target changed before it could be written (MODIFIED). */
-  protected invalid: string | undefined;
-  /** Requests the current read handle is serving (it is closed once they are answered). */
-  protected readonly reads = new Set<Promise<unknown>>();
+  /**
+   * The handle serving requests, shared with the principal's other connections to the target
+   * (nbd-shared.ts): a read handle until the first write-type request on any of them, then a write handle.
+   */
+  protected shared: SharedHandle | undefined;
   /** The connection's place among its principal's (nbd-place.ts). */
   protected readonly place: Place;
   /** Options answered NBD_REP_ERR_TLS_REQD so far. */
@@ -114,20 +110,21 @@ export abstract class NbdHandshake {
   }
 
   view(): NbdConnectionView | undefined {
-    if (!this.handle) return undefined;
-    if (this.invalid)
+    const handle = this.shared?.handle;
+    if (!handle) return undefined;
+    if (this.shared?.invalid)
       return {
         target: this.target,
         principal: this.principal,
         state: 'invalidated',
-        reason: this.invalid,
+        reason: this.shared.invalid,
         requests: this.inflight,
       };
     return {
       target: this.target,
       principal: this.principal,
-      state: this.handle.state,
-      reason: this.handle.reason,
+      state: handle.state,
+      reason: handle.reason,
       requests: this.inflight,
     };
   }
@@ -357,7 +354,7 @@ export abstract class NbdHandshake {
   }
 
   protected flags(): number {
-    return TX.HAS_FLAGS | TX.SEND_FLUSH | TX.SEND_FUA | TX.SEND_TRIM | TX.SEND_WRITE_ZEROES;
+    return TX.HAS_FLAGS | TX.SEND_FLUSH | TX.SEND_FUA | TX.SEND_TRIM | TX.SEND_WRITE_ZEROES | TX.CAN_MULTI_CONN;
   }
 
   /** A request arrived: the idle time starts again. */

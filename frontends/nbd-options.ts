@@ -3,7 +3,10 @@ import type { Logger } from 'pino';
 import type { Application, Handle } from '../actors/application.js';
 
 export interface NbdExportOptions {
-  /** The application whose handles serve the exports (one write handle per connection). */
+  /**
+   * The application whose handles serve the exports (one handle shared by its principal's connections to
+   * a target).
+   */
   app: Application;
   /**
    * The size exported for a target that has no fixed size (default MAX_TARGET_BYTES, the most such a
@@ -36,8 +39,9 @@ export interface NbdExportOptions {
   /** Told when a connection's handle is invalidated (target, reason), for status and the inspector. */
   onInvalidated?: (target: string, reason: string) => void;
   /**
-   * Told of every handle a connection serves requests through (its read handle, then its write handle),
-   * once it is open: the node follows its changes of state for the timeline.
+   * Told of every handle connections serve requests through (a read handle, then a write handle; once
+   * for a handle several connections share), once it is open: the node follows its changes of state for
+   * the timeline.
    */
   onHandle?: (handle: Handle, target: string) => void;
   /** How long a client may take to finish the handshake (default 10 s). */

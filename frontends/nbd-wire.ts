@@ -33,6 +33,7 @@ export const TX = {
   SEND_FUA: 1 << 3,
   SEND_TRIM: 1 << 5,
   SEND_WRITE_ZEROES: 1 << 6,
+  CAN_MULTI_CONN: 1 << 8,
 } as const;
 export const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, WRITE_ZEROES: 6 } as const;
 export const ERR = { EPERM: 1, EIO: 5, ENOMEM: 12, EINVAL: 22, ENOSPC: 28, ENOTSUP: 95, ESHUTDOWN: 108 } as const;

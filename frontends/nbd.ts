@@ -6,8 +6,8 @@
  *
  * Protocol: the fixed newstyle handshake of the NBD protocol (doc/proto.md of the NetworkBlockDevice
  * project): options STARTTLS, GO, INFO, LIST, ABORT and EXPORT_NAME; commands READ, WRITE, FLUSH, DISC,
- * TRIM and WRITE_ZEROES, simple replies. The export name is the target. Malformed input gets an NBD
- * error reply or a closed connection, never a crash.
+ * TRIM and WRITE_ZEROES, simple replies; NBD_FLAG_CAN_MULTI_CONN. The export name is the target.
+ * Malformed input gets an NBD error reply or a closed connection, never a crash.
  *
  * Who a connection acts as (docs/security.md): on a Unix socket (`path`), the export's own principal
  * (`app`'s): reaching the socket is the proof, so it belongs in a directory only its owner (or a chosen
@@ -21,6 +21,17 @@
  * it; a read-only client (`qemu-io -r`, `nbdinfo`) never locks the target. Zeros are written as
  * zeros, and the store keeps no page that is all zeros: WRITE_ZEROES and TRIM (which reads back as
  * zeros) free whole pages.
+ *
+ * Several connections (QEMU, nbdcopy): the connections of one principal to one target share one
+ * handle (nbd-shared.ts): one read handle, one write handle taken at the first write-type request on
+ * any of them (kept only if nobody wrote the target since the shared read handle opened it), an
+ * invalidation failing the requests of all, and the handle closed once the last has gone. Connections
+ * of different principals never share: the second to write finds the target LOCKED, as a lone
+ * connection of another node would. NBD_FLAG_CAN_MULTI_CONN holds because the export keeps no cache:
+ * every write is answered only after the store committed it, so a write completed on any connection is
+ * already durable and read back on every other through the same handle; a FLUSH on any connection
+ * also waits for the writes then in flight on every connection sharing its handle (more than the
+ * protocol asks: it covers writes completed before the flush arrived).
  */
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { Application } from '../actors/application.js';
@@ -30,6 +41,7 @@ import { sourceOf, Unauthenticated } from '../transport/pre-auth.js';
 import { realClock } from '../actors/env.js';
 import { LogLimiter } from '../actors/log-limit.js';
 import { Connection } from './nbd-connection.js';
+import { SharedHandles } from './nbd-shared.js';
 import { Admission, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PRINCIPAL, MAX_UNAUTHENTICATED } from './nbd-limits.js';
 import type { Auth, NbdConnectionView, NbdExportOptions } from './nbd-options.js';
 
@@ -40,6 +52,8 @@ export class NbdExport {
   private server: Server | undefined;
   private readonly conns = new Set<Connection>();
   private readonly admission: Admission;
+  /** The handles the connections of one principal to one target share. */
+  private readonly handles: SharedHandles;
   private readonly apps = new Map<string, Application>();
   /** Warnings clients can cause (a broken handshake, an unknown principal, a refused place), rate-limited. */
   private readonly warnings = new LogLimiter(realClock);
@@ -47,6 +61,7 @@ export class NbdExport {
 
   constructor(private readonly opts: NbdExportOptions) {
     this.admission = new Admission(opts.maxConnectionsPerPrincipal ?? MAX_CONNECTIONS_PER_PRINCIPAL);
+    this.handles = new SharedHandles(opts);
   }
 
   /** The application a connection proven as `principal` acts through. */
@@ -116,6 +131,7 @@ export class NbdExport {
           this.conns.delete(c);
         },
         trusted,
+        this.handles,
       );
       this.conns.add(c);
     });
