@@ -118,14 +118,25 @@ export class Connection extends NbdHandshake {
     if (!sized.ok) return sized;
     const down = await this.storageDown();
     if (down) return down;
+    const refused = (err: unknown) => {
+      const code = err instanceof SafeResumeError ? err.code : 'ERROR';
+      return { ok: false as const, code: REP.ERR_POLICY, message: `${name}: ${code}: ${(err as Error).message}` };
+    };
+    if (this.handles.has(this.principal, name)) {
+      // Joining is an open too: access is checked now, not only when the shared handle was opened.
+      try {
+        await (await this.openAs(name, 'read')).close();
+      } catch (err) {
+        return refused(err);
+      }
+    }
     const shared = this.handles.join(this.principal, name, this.member, () => this.openAs(name, 'read'));
     let handle: Handle;
     try {
       handle = await shared.opened;
     } catch (err) {
       await shared.leave(this.member);
-      const code = err instanceof SafeResumeError ? err.code : 'ERROR';
-      return { ok: false, code: REP.ERR_POLICY, message: `${name}: ${code}: ${(err as Error).message}` };
+      return refused(err);
     }
     if (this.phase === 'closed') {
       // The client went away while the target was being opened: nothing may stay held for it.

@@ -5,6 +5,10 @@
  * FLUSH on any waits for the writes in flight on all. Connections of different principals never
  * share: each principal's connections hold their own handle, and its lock, as a single one would.
  *
+ * A connection that joins a handle already shared opens the target for reading first, and closes
+ * that handle at once: its principal's access is checked as for any open (a revoked principal's new
+ * connection is refused FORBIDDEN, though its connections already open keep the shared handle).
+ *
  * A shared handle that is invalidated (or whose write handle is refused because the target changed
  * since it was opened: MODIFIED) fails every later request of every connection sharing it with EIO;
  * a connection made after that opens the target afresh. The handle is closed once the last sharing
@@ -30,6 +34,11 @@ export class SharedHandles {
    * Join the connections of `principal` to `target`: the handle they share, opened for reading with
    * `open` if they hold none yet (or only one that was invalidated). `member` leaves it with `leave`.
    */
+  /** Whether `principal`'s connections to `target` hold a handle a new connection would join. */
+  has(principal: string, target: string): boolean {
+    return this.byKey.has(JSON.stringify([principal, target]));
+  }
+
   join(principal: string, target: string, member: Member, open: () => Promise<Handle>): SharedHandle {
     const key = JSON.stringify([principal, target]);
     let s = this.byKey.get(key);

@@ -330,4 +330,23 @@ describe('NBD export: several connections to one target (multi-conn)', () => {
       await e.nbd.close();
     }
   }, 60_000);
+
+  it('revocation takes effect at the next connection: a revoked principal cannot join the handle its open connection still shares', async () => {
+    const e = await exported(MiB);
+    const bob = { identity: 'bob', psk: nbdPsk(issueCredential(e.c.secret, 'principal', 'bob')) };
+    const d = await Client.open(e.path, 'shared.disk');
+    let x: Client | undefined;
+    try {
+      expect((await d.write(0, pattern(3))).error).toBe(0);
+      await e.app.grant('shared.disk', 'bob', 'read');
+      x = await Client.open(e.path, 'shared.disk', bob);
+      expect(await x.read(0, 4096)).toEqual({ error: 0, data: pattern(3) });
+      await e.app.revoke('shared.disk', 'bob');
+      // bob's open connection keeps reading until it goes (docs/security.md); a new one is a new open.
+      await expect(Client.open(e.path, 'shared.disk', bob)).rejects.toThrow(/GO refused.*FORBIDDEN/);
+    } finally {
+      for (const cl of [d, x]) cl?.socket.destroy();
+      await e.nbd.close();
+    }
+  }, 60_000);
 });
