@@ -1,8 +1,9 @@
 /** The benchmark groups over real block clients (nbd) and a local etcd (etcd). */
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Application } from '../actors/application.js';
 import { etcdMembers, leaderChange, rawEtcd } from './etcd.js';
-import { failoverStall, fsyncLoop, qemuImgBench, qemuNbd } from './nbd.js';
+import { failoverStall, fsyncLoop, qemuImgBench, qemuIoWrites, qemuNbd } from './nbd.js';
 import { replicaProcess } from './replica-process.js';
 import { NbdExport } from '../frontends/nbd.js';
 import { Figure, figure, pct, round } from './figures.js';
@@ -21,6 +22,19 @@ export async function nbdGroup(dir: string, smoke: boolean, log: (l: string) => 
   const nbd = new NbdExport({ app, size: () => size, path: socket });
   await nbd.listen();
   const url = nbd.urlFor('bench.disk');
+  // The address a user reaches over TCP: TLS with a pre-shared key, as `up` prints it.
+  const tls = new NbdExport({ app, size: () => size, host: '127.0.0.1', port: 0 });
+  await tls.listen();
+  const keys = join(dir, 'nbd-keys');
+  mkdirSync(keys, { recursive: true });
+  writeFileSync(join(keys, 'keys.psk'), `${app.principal}:${agent.nbdPsk(app.principal)!.toString('hex')}\n`);
+  const overTls = [
+    '--object',
+    `tls-creds-psk,id=t0,endpoint=client,dir=${keys},username=${app.principal}`,
+    '--image-opts',
+    `driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=${new URL(tls.url).port},export=tls.disk,tls-creds=t0`,
+  ];
+  const overUnix = ['--image-opts', `driver=nbd,server.type=unix,server.path=${socket},export=tls.disk`];
   const cached = await qemuNbd(dir, size);
   const through = await qemuNbd(dir, size, 'writethrough');
   try {
@@ -82,6 +96,24 @@ export async function nbdGroup(dir: string, smoke: boolean, log: (l: string) => 
         null,
       ),
     );
+    const viaTls: number[] = [];
+    const viaUnix: number[] = [];
+    for (let i = 0; i < R; i++) {
+      log(`nbd tls round ${i + 1} of ${R}: qemu-io writes 16 at a time over TLS-PSK on TCP, then over the Unix socket`);
+      viaTls.push(await qemuIoWrites(overTls, s(3200, 64)));
+      viaUnix.push(await qemuIoWrites(overUnix, s(3200, 64)));
+    }
+    F.push(
+      figure(
+        'nbd.tls.write.depth16',
+        med(viaTls),
+        'writes/s',
+        med(viaUnix),
+        'the same qemu-io writes through the Unix socket',
+        'none',
+        null,
+      ),
+    );
     log('nbd: the same 4 KiB writes through the SDK, 16 deep');
     const sdk = await ioPath(replica.url, s(10_000, 200), 1, 16, { sequential: 0 });
     F.push(figure('nbd.sdk.write.depth16', sdk.rate, 'writes/s', null, null, 'none', null));
@@ -89,6 +121,7 @@ export async function nbdGroup(dir: string, smoke: boolean, log: (l: string) => 
     cached.proc.kill();
     through.proc.kill();
     await nbd.close();
+    await tls.close();
     agent.crash();
     replica.proc.kill();
   }

@@ -102,6 +102,26 @@ export function fsyncLoop(dir: string, count: number): number {
   }
 }
 
+/**
+ * `qemu-io` writes of 4 KiB through `opts` (qemu's `--image-opts`, with `--object` for TLS), `count` of
+ * them issued 16 at a time (`aio_write` x16, then `aio_flush`); writes per second, less one run of a
+ * single write (qemu-io's start and the NBD handshake). qemu-img bench cannot speak TLS, so this is
+ * how the export's TLS-PSK address (what a user connects to over TCP) is measured against its Unix socket.
+ */
+export async function qemuIoWrites(target: string[], count: number): Promise<number> {
+  const cmds: string[] = [];
+  for (let i = 0; i < count; i += 16) {
+    for (let j = 0; j < 16; j++) cmds.push('-c', `aio_write -q ${((i + j) % 1024) * 4096} 4k`);
+    cmds.push('-c', 'aio_flush');
+  }
+  let t0 = performance.now();
+  await run('qemu-io', [...target, '-c', 'write -q 0 4k'], { timeout: 120_000 });
+  const once = performance.now() - t0;
+  t0 = performance.now();
+  await run('qemu-io', [...target, ...cmds], { timeout: 600_000, maxBuffer: 1 << 26 });
+  return count / (Math.max(1, performance.now() - t0 - once) / 1000);
+}
+
 /** The export in front of two replica processes, as a failover sees it. */
 export interface FailoverExport {
   nbd: NbdExport;
