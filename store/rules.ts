@@ -21,6 +21,8 @@ import {
   type AccessResult,
   type WriteRequest,
   type WriteResult,
+  type TargetAccess,
+  type Tombstone,
 } from './types.js';
 import { accessOf, decideAccess, mayOpen, NO_ACCESS, settled } from './rules-access.js';
 import { none, type Decision, type Effect, type TargetView, type Tx } from './rules-view.js';
@@ -280,25 +282,43 @@ export function decideRenew(
  * tombstones); `live`: whether its lock is live, when the engine judges it (see TargetView.live).
  */
 export function viewOf(tx: Tx, target: string, live?: boolean): TargetView {
-  let record: LockRecord | undefined | null = null;
-  let version: number | undefined;
-  return {
-    live,
-    get record() {
-      if (record === null) record = tx.getRecord(target);
-      return record;
-    },
-    get version() {
-      return (version ??= tx.version(target));
-    },
-    get fixedSize() {
-      return tx.fixedSize(target);
-    },
-    tombstones: () => tx.getTombstones(target),
-    get access() {
-      return tx.getAccess(target);
-    },
-  };
+  return new LazyView(tx, target, live);
+}
+
+/**
+ * A target's view read lazily, each part at most once: one object per decision (no closure per part),
+ * as every store operation makes one.
+ */
+class LazyView implements TargetView {
+  private rec: LockRecord | undefined | null = null;
+  private ver: number | undefined;
+
+  constructor(
+    private readonly tx: Tx,
+    private readonly target: string,
+    readonly live: boolean | undefined,
+  ) {}
+
+  get record(): LockRecord | undefined {
+    if (this.rec === null) this.rec = this.tx.getRecord(this.target);
+    return this.rec;
+  }
+
+  get version(): number {
+    return (this.ver ??= this.tx.version(this.target));
+  }
+
+  get fixedSize(): number {
+    return this.tx.fixedSize(this.target);
+  }
+
+  tombstones(): Tombstone[] {
+    return this.tx.getTombstones(this.target);
+  }
+
+  get access(): TargetAccess | undefined {
+    return this.tx.getAccess(this.target);
+  }
 }
 
 /** Apply a decision's effects to `target` inside the running transaction. */
