@@ -193,6 +193,40 @@ export class Handle extends LazyEmitter<HandleEvents> implements HandleOwner {
   }
 
   /**
+   * Which parts of `[offset, offset + length)` the target keeps: `kept` lists them as `[offset, length]`,
+   * in order; everything else of `[offset, end)` reads as zeros (the store keeps no page that is all
+   * zeros). `end` may stop short of the range asked (the store lists a bounded number of pages per
+   * answer): ask again from `end` for the rest. From the store, not from reading the data. A read handle
+   * and a write handle both may ask; while the handle is paused it waits, as a read does.
+   */
+  extents(offset: number, length: number): Promise<{ kept: Array<[number, number]>; end: number }> {
+    if (
+      !Number.isSafeInteger(offset) ||
+      offset < 0 ||
+      !Number.isSafeInteger(length) ||
+      length < 0 ||
+      !Number.isSafeInteger(offset + length)
+    ) {
+      return Promise.reject(
+        new SafeResumeError('INVALID_ARGUMENT', 'offset and length must be integers >= 0 whose sum is a safe integer'),
+      );
+    }
+    return new Promise<OpResult>((resolve, reject) => {
+      this.agent.io(this.core, {
+        kind: 'extents',
+        seq: 0,
+        offset,
+        data: undefined,
+        length,
+        inflight: 0,
+        sent: false,
+        resends: 0,
+        settle: { resolve, reject },
+      });
+    }).then((r) => ({ kept: r.kept ?? [], end: r.end ?? offset + length }));
+  }
+
+  /**
    * Release the lock and the record. Writes already sent are answered first; what has not been
    * sent rejects with CLOSED.
    */

@@ -194,7 +194,8 @@ export abstract class NodeAgentIntents extends LazyEmitter<NodeAgentEvents> {
       case 'settle': {
         const { s } = i;
         const t0 = this.opts.observe ? this.calledAt.get(s.op) : undefined;
-        if (t0 !== undefined) this.opts.observe!.operation(s.op.kind, s.ok, this.env.clock.now() - t0);
+        if (t0 !== undefined)
+          this.opts.observe!.operation(s.op.kind === 'write' ? 'write' : 'read', s.ok, this.env.clock.now() - t0);
         if (s.ok) s.op.settle?.resolve(s.value);
         else s.op.settle?.reject(new SafeResumeError(s.code, s.message, s.reason));
         return;

@@ -350,6 +350,8 @@ export class StorageReplica {
         return store.write(w.req);
       case 'read':
         return store.read(w.req);
+      case 'extents':
+        return store.extents(w.req);
       case 'close':
         return store.close(w.ref, w.session);
       case 'access':

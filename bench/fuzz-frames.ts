@@ -79,6 +79,7 @@ function predict(f: Frame, c: GenContext): string | undefined {
       return m.items.some((it) => it.principal === PRINCIPAL) ? undefined : 'resumed';
     case 'write':
     case 'read':
+    case 'extents':
     case 'close':
       return 'error:NOT_OPEN';
     default:

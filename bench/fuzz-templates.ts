@@ -102,6 +102,7 @@ export function template(c: GenContext, type: string): { obj: JsonObject; data?:
         data: r.bytes(r.size(1, 4096)),
       };
     case 'read':
+    case 'extents':
       return { obj: { type, id, target, requestId: rid, offset: r.int(1 << 20), length: r.int(4097) } };
     case 'close':
       return { obj: { type, id, target, requestId: rid } };

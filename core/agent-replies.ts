@@ -26,6 +26,7 @@ export abstract class AgentReplies extends AgentSession {
         return this.resumed(msg);
       case 'written':
       case 'data':
+      case 'kept':
         return this.answered(msg);
       case 'closed': {
         const p = this.take(msg.id);
@@ -139,19 +140,25 @@ export abstract class AgentReplies extends AgentSession {
     for (const op of ops) this.sendOp(h, op);
   }
 
-  private answered(msg: MessageOf<'written'> | MessageOf<'data'>): void {
+  private answered(msg: MessageOf<'written' | 'data' | 'kept'>): void {
     const p = this.take(msg.id);
     if (p?.kind !== 'op') return;
     const { h, op } = p;
     const i = h.ops.indexOf(op);
     if (i < 0) return;
     h.ops.splice(i, 1);
-    if (msg.type === 'data') h.version = msg.version;
+    const read = msg.type !== 'written';
+    if (read) h.version = msg.version;
     if (op.settle)
       this.settle({
         op,
         ok: true,
-        value: msg.type === 'data' ? { version: msg.version, data: msg.data } : { version: msg.version },
+        value:
+          msg.type === 'data'
+            ? { version: msg.version, data: msg.data }
+            : msg.type === 'kept'
+              ? { version: msg.version, kept: msg.kept, end: msg.end }
+              : { version: msg.version },
       });
     // A reader that read a newer version resumes with it, and so should its reclaim after a restart:
     // keep it, but later, without holding back this answer (no fsync on the read's path, and none at
@@ -162,8 +169,7 @@ export abstract class AgentReplies extends AgentSession {
     // so the reader reloads; an older version never makes the store grant what it should deny. The
     // next resume's grant keeps the version before the resume is acknowledged (see grant).
     // Only for a handle still open: a read answered while it closes must not bring its entry back.
-    if (msg.type === 'data' && h.mode === 'read' && h.state === 'active' && h.keptVersion !== h.version)
-      this.keepLater(h);
+    if (read && h.mode === 'read' && h.state === 'active' && h.keptVersion !== h.version) this.keepLater(h);
   }
 
   private refused(msg: MessageOf<'error'>): void {
@@ -231,7 +237,7 @@ export abstract class AgentReplies extends AgentSession {
       else this.settle({ op, ok: false, code, message: msg.message });
     }
     const i = h.ops.indexOf(op);
-    if (op.kind === 'read' || i < 0) return this.remove(h, op);
+    if (op.kind !== 'write' || i < 0) return this.remove(h, op);
     const f = filler(op.seq);
     h.ops[i] = f;
     if (h.state === 'active') this.sendOp(h, f);

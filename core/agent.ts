@@ -163,8 +163,8 @@ export class AgentCore extends AgentReplies {
   /** Whether queuing `op` on the paused handle would pass a limit (counting what is queued now). */
   private queueFull(h: CoreHandle, op: Op): boolean {
     if (h.ops.length >= this.maxQueuedOps) return true;
-    let bytes = op.kind === 'write' ? (op.data?.length ?? 0) : op.length;
-    for (const o of h.ops) bytes += o.kind === 'write' ? (o.data?.length ?? 0) : o.length;
+    let bytes = queuedBytes(op);
+    for (const o of h.ops) bytes += queuedBytes(o);
     return bytes > this.maxQueuedBytes;
   }
 
@@ -198,4 +198,9 @@ export class AgentCore extends AgentReplies {
     if (this.connected && oldest && oldest.tick <= this.ticks - REQUEST_TIMEOUT_INTERVALS)
       this.out.push({ kind: 'drop-session', why: 'request timeout' });
   }
+}
+
+/** What an operation queued on a paused handle holds: a write its bytes, a read the bytes it will get, an extents none. */
+function queuedBytes(op: Op): number {
+  return op.kind === 'write' ? (op.data?.length ?? 0) : op.kind === 'read' ? op.length : 0;
 }

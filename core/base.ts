@@ -67,8 +67,8 @@ export abstract class CoreBase {
     op.inflight = id;
     op.sent = true;
     this.inflight.set(id, { kind: 'op', h, op, tick: this.ticks });
-    if (op.kind === 'read') {
-      this.send({ type: 'read', id, target: h.target, requestId: h.requestId, offset: op.offset, length: op.length });
+    if (op.kind !== 'write') {
+      this.send({ type: op.kind, id, target: h.target, requestId: h.requestId, offset: op.offset, length: op.length });
       return;
     }
     if (op.seq === 0) op.seq = h.nextSeq++;

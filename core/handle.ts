@@ -67,8 +67,11 @@ export function lifecycleTransitions(): Array<{ from: HandleState; event: Lifecy
   return transitionsOf(COMPILED).map(({ from, event, to }) => ({ from, event: event as LifecycleEvent, to }));
 }
 
-/** What settling an operation hands back: a write's new target version, a read's bytes. */
-export type OpResult = { version: number; data?: Uint8Array };
+/**
+ * What settling an operation hands back: a write's new target version, a read's bytes, an extents'
+ * kept ranges of `[offset, end)` (as the store answered them: store/types.ts ExtentsResult).
+ */
+export type OpResult = { version: number; data?: Uint8Array; kept?: Array<[number, number]>; end?: number };
 
 /** The promise behind an operation; the core never calls it, it asks the shell to (an intent). */
 export interface Settle {
@@ -76,9 +79,12 @@ export interface Settle {
   reject(err: Error): void;
 }
 
-/** One read or write of a handle, from the application's call until its answer. */
+/**
+ * One read or write of a handle, from the application's call until its answer. `extents` (which pages
+ * of a range the target keeps) goes as a read does: never applied, so sent again freely.
+ */
 export interface Op {
-  kind: 'write' | 'read';
+  kind: 'write' | 'read' | 'extents';
   /**
    * Writes: the sequence number, given when the write is first sent and kept for every replay, so
    * a write is applied at most once. 0 = never sent (it cannot have been applied).
@@ -87,7 +93,7 @@ export interface Op {
   offset: number;
   /** Write: the bytes (empty for a filler). */
   data: Uint8Array | undefined;
-  /** Read: how many bytes. */
+  /** Read, extents: how many bytes. */
   length: number;
   /** Correlation id of the request carrying it now, 0 if none. */
   inflight: number;
@@ -219,7 +225,7 @@ export function settleLost(h: CoreHandle, code: ErrorCode, lastSeq: number | und
   const message = `${h.target}: handle ${code === 'CLOSED' ? 'closed' : `invalidated (${code})`}`;
   for (const op of h.ops) {
     if (!op.settle) continue;
-    if (op.kind === 'read' || op.seq === 0) out.push({ op, ok: false, code, message });
+    if (op.kind !== 'write' || op.seq === 0) out.push({ op, ok: false, code, message });
     else if (lastSeq === undefined && !op.sent)
       out.push({ op, ok: false, code, message: `${message}; this write was not applied` });
     else if (lastSeq !== undefined) {

@@ -86,7 +86,7 @@ export interface Conn {
 export type Answer<T> = { ok: true; value: T } | { ok: false; failure: StoreFailure };
 
 /** A request of a session, as the replica serves it. */
-export type Request = MessageOf<'open' | 'resume' | 'write' | 'read' | 'close' | 'grant' | 'revoke'>;
+export type Request = MessageOf<'open' | 'resume' | 'write' | 'read' | 'extents' | 'close' | 'grant' | 'revoke'>;
 
 /**
  * A request being served (core/replica-requests.ts): counted in flight with `bytes` since `t0`, the

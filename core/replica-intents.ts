@@ -9,6 +9,7 @@ import type { Decoded } from '../transport/codec.js';
 import type { Message } from '../transport/messages.js';
 import type {
   AccessRequest,
+  ExtentsRequest,
   HandleRef,
   OpenRequest,
   ReadRequest,
@@ -22,6 +23,7 @@ export type StoreCall =
   | { op: 'resume'; reqs: ResumeRequest[] }
   | { op: 'write'; req: WriteRequest }
   | { op: 'read'; req: ReadRequest }
+  | { op: 'extents'; req: ExtentsRequest }
   | { op: 'close'; ref: HandleRef; session: string }
   | { op: 'access'; req: AccessRequest }
   | { op: 'renew'; session: string; refs: HandleRef[]; leaseMs: number }

@@ -7,7 +7,14 @@
 import type { ErrorCode } from '../errors.js';
 import type { Decoded } from '../transport/codec.js';
 import type { MessageOf, ResumeResult } from '../transport/messages.js';
-import type { AccessResult, OpenResult, ReadResult, ResumeOutcome, WriteResult } from '../store/types.js';
+import type {
+  AccessResult,
+  ExtentsResult,
+  OpenResult,
+  ReadResult,
+  ResumeOutcome,
+  WriteResult,
+} from '../store/types.js';
 import type { Answer, Request, Serving, Session } from './replica-base.js';
 import type { StoreCall, StoreFailure } from './replica-intents.js';
 import { keyOf, type HandleRecord } from './replica-handles.js';
@@ -61,6 +68,8 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
         return this.serve(s, msg, msg.data.length);
       case 'read':
         return this.serve(s, msg, msg.length);
+      case 'extents':
+        return this.serve(s, msg, REQUEST_COST);
       case 'close':
         return this.serve(s, msg, 0);
       default:
@@ -98,6 +107,7 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
       case 'write':
         return this.checkWrite(r, msg);
       case 'read':
+      case 'extents':
         return this.checkRead(r, msg);
       case 'close':
         return this.checkClose(r, msg);
@@ -133,6 +143,8 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
         return this.written(s, msg, r.h!, value as WriteResult);
       case 'read':
         return this.dataRead(s, msg, r.h!, value as ReadResult);
+      case 'extents':
+        return this.keptPages(s, msg, r.h!, value as ExtentsResult);
       case 'close':
         return this.closedHandle(s, msg, r.h!);
       case 'grant':
@@ -322,12 +334,22 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
     this.reply(s.conn, msg.id, res.code, res.message, res.lastSeq);
   }
 
-  private checkRead(r: Serving, msg: MessageOf<'read'>): StoreCall {
+  /** A read, or a question of which pages a range keeps (extents): any handle of this session; a write handle's is fenced. */
+  private checkRead(r: Serving, msg: MessageOf<'read' | 'extents'>): StoreCall {
     this.checkMounted();
     const h = this.handle(r.s, msg.target, msg.requestId);
     r.h = h;
     const fence = h.mode === 'write' ? { requestId: msg.requestId, session: r.s.id } : undefined;
-    return { op: 'read', req: { target: msg.target, offset: msg.offset, length: msg.length, fence } };
+    return { op: msg.type, req: { target: msg.target, offset: msg.offset, length: msg.length, fence } };
+  }
+
+  private keptPages(s: Session, msg: MessageOf<'extents'>, h: HandleRecord, res: ExtentsResult): void {
+    if (res.ok)
+      return this.send(s.conn, { type: 'kept', id: msg.id, version: res.version, end: res.end, kept: res.kept });
+    // Refused as a read is: the write handle lost the target.
+    this.records.step(h, { type: 'REVOKED', reason: res.code });
+    this.records.detach(s.handles, msg.target, msg.requestId);
+    this.reply(s.conn, msg.id, res.code, res.message);
   }
 
   private dataRead(s: Session, msg: MessageOf<'read'>, h: HandleRecord, res: ReadResult): void {

@@ -1,8 +1,9 @@
 /**
  * One NBD client connection in transmission: its requests served through the handle it shares with its
  * principal's other connections to the target (nbd-shared.ts: a read handle, then the write handle
- * taken at the first write-type request on any of them), answered in simple replies, and its share of
- * the handle given up when the client goes (the last to go closes it).
+ * taken at the first write-type request on any of them), answered in simple replies, or structured
+ * ones once the client negotiated them (nbd-replies.ts), and its share of the handle given up when the
+ * client goes (the last to go closes it).
  */
 import type { Socket } from 'node:net';
 import type { Handle } from '../actors/application.js';
@@ -14,7 +15,8 @@ import { NbdHandshake } from './nbd-handshake.js';
 import type { Auth, NbdExportOptions } from './nbd-options.js';
 import type { Admission } from './nbd-limits.js';
 import type { Member, SharedHandles } from './nbd-shared.js';
-import { CMD, ERR, Errno, REP, SIMPLE_REPLY_MAGIC, errnoOf } from './nbd-wire.js';
+import { allocation, replyBytes, type Served } from './nbd-replies.js';
+import { CMD, CMD_FLAG, ERR, Errno, REP, errnoOf } from './nbd-wire.js';
 
 /** One client connection: the handshake, then transmission over one handle. */
 export class Connection extends NbdHandshake {
@@ -156,6 +158,7 @@ export class Connection extends NbdHandshake {
     length: number,
     data: Buffer | undefined,
     cost: number,
+    flags: number,
   ): void {
     if (type === CMD.DISC) {
       // Requests already sent are answered, then the handle goes and the connection ends.
@@ -171,25 +174,21 @@ export class Connection extends NbdHandshake {
     if (this.disconnecting) return;
     this.inflight++;
     this.inflightBytes += cost;
-    const p = this.serve(type, offset, length, data).then(
-      (out) => this.answer(cookie, 0, out, cost),
-      (err: unknown) => this.answer(cookie, errnoOf(err), undefined, cost),
+    const p = this.serve(type, offset, length, data, flags).then(
+      (out) => this.answer(cookie, offset, 0, out, cost),
+      (err: unknown) =>
+        this.answer(cookie, offset, errnoOf(err), undefined, cost, err instanceof Error ? err.message : String(err)),
     );
     this.pending.add(p);
     void p.finally(() => this.pending.delete(p));
   }
 
-  protected answer(cookie: bigint, error: number, data: Uint8Array | undefined, cost: number): void {
+  protected answer(cookie: bigint, offset: bigint, error: number, served: Served, cost: number, message = ''): void {
     this.inflight--;
     this.inflightBytes -= cost;
     if (this.phase === 'closed' || this.socket.writableEnded) return;
-    const h = Buffer.alloc(16);
-    h.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
-    h.writeUInt32BE(error, 4);
-    h.writeBigUInt64BE(cookie, 8);
     this.corkReplies();
-    this.socket.write(h);
-    if (data && error === 0) this.socket.write(data);
+    this.socket.write(replyBytes(this.structured, cookie, offset, error, served, message));
     if (!this.disconnecting) this.pump();
   }
 
@@ -217,7 +216,8 @@ export class Connection extends NbdHandshake {
     offset: bigint,
     length: number,
     data: Buffer | undefined,
-  ): Promise<Uint8Array | undefined> {
+    flags: number,
+  ): Promise<Served> {
     const shared = this.shared!;
     const h = shared.handle!;
     const failure = shared.failure();
@@ -229,6 +229,7 @@ export class Connection extends NbdHandshake {
       await Promise.all([...shared.writes]);
       return undefined;
     }
+    if (type === CMD.BLOCK_STATUS) return this.blockStatus(h, offset, length, flags);
     if (type !== CMD.READ && type !== CMD.WRITE && type !== CMD.TRIM && type !== CMD.WRITE_ZEROES)
       throw new Errno(ERR.EINVAL, `command ${type}`);
     if (end > BigInt(this.size))
@@ -272,6 +273,29 @@ export class Connection extends NbdHandshake {
       shared.writes.delete(w);
     }
     return undefined;
+  }
+
+  /**
+   * NBD_CMD_BLOCK_STATUS: the `base:allocation` extents of the range, from the pages the store keeps
+   * (handle.extents). Only once the client selected that context for this export; a range that is
+   * empty or passes the end is refused EINVAL. The answer may cover a prefix of the range (the store
+   * lists a bounded number of pages at once): the client asks again from where it ends.
+   */
+  protected async blockStatus(h: Handle, offset: bigint, length: number, flags: number): Promise<Served> {
+    if (!this.structured || this.metaFor !== this.target)
+      throw new Errno(ERR.EINVAL, 'BLOCK_STATUS needs structured replies and base:allocation selected for this export');
+    if (length === 0) throw new Errno(ERR.EINVAL, 'BLOCK_STATUS of no bytes');
+    if (offset + BigInt(length) > BigInt(this.size)) throw new Errno(ERR.EINVAL, 'past the end of the export');
+    const at = Number(offset);
+    const r = h.extents(at, length);
+    const reads = this.shared!.reads;
+    if (h.mode === 'read') reads.add(r);
+    try {
+      const { kept, end } = await r;
+      return { status: allocation(at, end, kept, (flags & CMD_FLAG.REQ_ONE) !== 0) };
+    } finally {
+      reads.delete(r);
+    }
   }
 
   protected closed(): void {

@@ -1,6 +1,7 @@
 /**
  * One NBD client connection through its handshake: what arrives taken one message at a time, the
- * options (STARTTLS, GO, INFO, LIST, ABORT, EXPORT_NAME) answered, the connection's place among its
+ * options (STARTTLS, GO, INFO, LIST, ABORT, EXPORT_NAME, STRUCTURED_REPLY, LIST_META_CONTEXT and
+ * SET_META_CONTEXT: nbd-meta.ts) answered, the connection's place among its
  * principal's, and its idle time. Transmission (nbd-connection.ts) serves the requests.
  */
 import type { Socket } from 'node:net';
@@ -19,6 +20,7 @@ import {
 } from './nbd-limits.js';
 import type { Auth, NbdConnectionView, NbdExportOptions } from './nbd-options.js';
 import { blockSizeInfo, exportInfo, exportNameReply, greeting, infoRequest } from './nbd-option-data.js';
+import { metaOption } from './nbd-meta.js';
 import { Place } from './nbd-place.js';
 import type { SharedHandle } from './nbd-shared.js';
 import { tlsHandshake, tlsServerSocket } from './nbd-tls.js';
@@ -55,6 +57,10 @@ export abstract class NbdHandshake {
   protected readonly deadline: NodeJS.Timeout;
   protected phase: 'flags' | 'options' | 'transmission' | 'closed' = 'flags';
   protected noZeroes = false;
+  /** The client negotiated structured replies (NBD_OPT_STRUCTURED_REPLY): its requests are answered in them. */
+  protected structured = false;
+  /** The export name SET_META_CONTEXT last selected `base:allocation` for (BLOCK_STATUS only on that export). */
+  protected metaFor: string | undefined;
   protected busy = false;
   /**
    * The handle serving requests, shared with the principal's other connections to the target
@@ -215,6 +221,7 @@ export abstract class NbdHandshake {
           const head = this.peek(28);
           if (!head) return this.resume();
           if (head.readUInt32BE(0) !== REQUEST_MAGIC) throw new ProtocolError('bad request magic');
+          const flags = head.readUInt16BE(4);
           const type = head.readUInt16BE(6);
           const cookie = head.readBigUInt64BE(8);
           const offset = head.readBigUInt64BE(16);
@@ -235,7 +242,7 @@ export abstract class NbdHandshake {
           const data = payload > 0 ? Buffer.from(whole.subarray(28)) : undefined;
           this.consume(28 + payload);
           this.touch();
-          this.request(type, cookie, offset, length, data, cost);
+          this.request(type, cookie, offset, length, data, cost, flags);
         } else return;
       }
     } catch (err) {
@@ -279,7 +286,10 @@ export abstract class NbdHandshake {
     const { tls, proved } = tlsServerSocket(this.socket, this.auth);
     this.socket = tls;
     this.listenTo(tls);
-    // Options sent before STARTTLS are forgotten (the NBD protocol): only the connection's identity changes.
+    // Options sent before STARTTLS are forgotten (the NBD protocol): structured replies and metadata
+    // contexts are negotiated again, and the connection's identity changes.
+    this.structured = false;
+    this.metaFor = undefined;
     await tlsHandshake(tls);
     if (!proved()) throw new ProtocolError('TLS without a pre-shared key');
     this.secure = true;
@@ -348,6 +358,18 @@ export abstract class NbdHandshake {
         }
         return;
       }
+      case OPT.STRUCTURED_REPLY:
+        if (data.length !== 0)
+          return this.reply(option, REP.ERR_INVALID, Buffer.from('STRUCTURED_REPLY takes no data'));
+        this.structured = true;
+        return this.reply(option, REP.ACK);
+      case OPT.LIST_META_CONTEXT:
+      case OPT.SET_META_CONTEXT: {
+        const { replies, selected } = metaOption(option, data, this.structured);
+        if (selected !== undefined) this.metaFor = selected ?? undefined;
+        for (const [type, bytes] of replies) this.reply(option, type, bytes);
+        return;
+      }
       default:
         return this.reply(option, REP.ERR_UNSUP, Buffer.from(`option ${option} is not supported`));
     }
@@ -383,6 +405,7 @@ export abstract class NbdHandshake {
     length: number,
     data: Buffer | undefined,
     cost: number,
+    flags: number,
   ): void;
   /** Open the target for this connection (GO, EXPORT_NAME). */
   protected abstract attach(

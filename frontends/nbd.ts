@@ -5,9 +5,21 @@
  * once, with `onFailure: 'error'`, while storage is away).
  *
  * Protocol: the fixed newstyle handshake of the NBD protocol (doc/proto.md of the NetworkBlockDevice
- * project): options STARTTLS, GO, INFO, LIST, ABORT and EXPORT_NAME; commands READ, WRITE, FLUSH, DISC,
- * TRIM and WRITE_ZEROES, simple replies; NBD_FLAG_CAN_MULTI_CONN. The export name is the target.
- * Malformed input gets an NBD error reply or a closed connection, never a crash.
+ * project): options STARTTLS, GO, INFO, LIST, ABORT, EXPORT_NAME, STRUCTURED_REPLY, LIST_META_CONTEXT
+ * and SET_META_CONTEXT (one context: `base:allocation`); commands READ, WRITE, FLUSH, DISC, TRIM,
+ * WRITE_ZEROES and BLOCK_STATUS. Replies are simple unless the client negotiated structured replies;
+ * then each request gets one chunk marked DONE (READ: OFFSET_DATA, BLOCK_STATUS: its extents, other
+ * successes: NONE, failures: ERROR with the reason). BLOCK_STATUS answers `base:allocation` from the
+ * pages the store keeps (handle.extents, never by reading data): a kept page is data (0), the rest
+ * HOLE|ZERO (the store keeps no page that is all zeros, so that is exact); an answer may cover a prefix
+ * of the range. Without the context selected for this export, of no bytes, or past the end it is
+ * refused EINVAL. The export name is the target. Malformed input gets an NBD error reply or a closed
+ * connection, never a crash.
+ *
+ * Transmission flags: FLUSH, FUA, TRIM, WRITE_ZEROES, CAN_MULTI_CONN. FUA is honoured on every request by what the
+ * export already does: a write-type request (WRITE, WRITE_ZEROES, TRIM) is answered only after the
+ * store committed it (the store's commit is durable), so nothing is left to persist when the flag is
+ * set, and the flag is accepted on any command. FLUSH waits for the writes still on their way.
  *
  * Who a connection acts as (docs/security.md): on a Unix socket (`path`), the export's own principal
  * (`app`'s): reaching the socket is the proof, so it belongs in a directory only its owner (or a chosen

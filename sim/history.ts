@@ -298,6 +298,8 @@ export function observedStore(
         note({ op: 'read', req, out });
         return out;
       }),
+    // Which pages a target keeps changes nothing and proves nothing the checker judges: not noted.
+    extents: (req) => later(() => s.extents(req)),
     close: (ref, session) =>
       later(() => {
         const out = s.close(ref, session);

@@ -339,6 +339,7 @@ function storeLine(w: StoreCall): string {
     case 'open':
     case 'write':
     case 'read':
+    case 'extents':
     case 'access':
       return `${w.op} ${fields(w.req)}`;
     case 'resume':

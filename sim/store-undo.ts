@@ -52,6 +52,7 @@ export function undoableTx(state: MemoryState, undo: Array<() => void>, compare:
     size: read(base.size.bind(base)),
     fixedSize: read(base.fixedSize.bind(base)),
     readData: read(base.readData.bind(base)),
+    keptPages: read(base.keptPages.bind(base)),
     getAccess: read(base.getAccess.bind(base)),
     putAccess: (t, a) => {
       const owners = (state.access ??= new Map<string, TargetAccess>());

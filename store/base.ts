@@ -8,6 +8,8 @@ import type {
   Tombstone,
   OpenRequest,
   OpenResult,
+  ExtentsRequest,
+  ExtentsResult,
   ReadRequest,
   ReadResult,
   RenewResult,
@@ -29,6 +31,7 @@ export interface SyncStore {
   resume(reqs: ResumeRequest[]): ResumeOutcome[];
   write(req: WriteRequest): WriteResult;
   read(req: ReadRequest): ReadResult;
+  extents(req: ExtentsRequest): ExtentsResult;
   close(ref: HandleRef, session: string): boolean;
   renew(session: string, refs: HandleRef[], leaseMs: number): RenewResult;
   editAccess(req: AccessRequest): AccessResult;
@@ -140,6 +143,7 @@ export abstract class TxStore implements Store {
       }),
     write: (req) => this.tx((t) => rules.write(t, req)),
     read: (req) => this.tx((t) => rules.read(t, req)),
+    extents: (req) => this.tx((t) => rules.extents(t, req)),
     close: (ref, session) => this.tx((t) => rules.close(t, ref, session)),
     renew: (session, refs, leaseMs) => this.tx((t) => rules.renew(t, session, refs, leaseMs, this.clockNow())),
     editAccess: (req) => this.tx((t) => rules.editAccess(t, req)),
@@ -317,6 +321,10 @@ export abstract class TxStore implements Store {
 
   read(req: ReadRequest): Promise<ReadResult> {
     return this.commit(() => this.sync.read(req));
+  }
+
+  extents(req: ExtentsRequest): Promise<ExtentsResult> {
+    return this.commit(() => this.sync.extents(req));
   }
 
   close(ref: HandleRef, session: string): Promise<boolean> {

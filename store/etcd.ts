@@ -29,6 +29,7 @@
  */
 import type { IKeyValue, IRequestOp } from 'etcd3/lib/rpc.js';
 import * as rules from './rules.js';
+import { extentsOf, pageSpan } from './rules-extents.js';
 import { MAX_ATTEMPTS } from './etcd-connection.js';
 import { EtcdBatches, MAX_TXN_OPS } from './etcd-batches.js';
 import {
@@ -51,6 +52,9 @@ import {
   type LockRecord,
   type OpenRequest,
   type OpenResult,
+  MAX_EXTENT_PAGES,
+  type ExtentsRequest,
+  type ExtentsResult,
   type ReadRequest,
   type ReadResult,
   type RenewResult,
@@ -278,6 +282,46 @@ export class EtcdStore extends EtcdBatches implements Store {
     }
     for (const l of await Promise.all(again)) if (l) lost.push(l);
     return { lost };
+  }
+
+  /**
+   * The record and the names of the range's page keys (at most MAX_EXTENT_PAGES of them, no values) in
+   * one read transaction: one revision. Fenced as a read is; not kept in the decision log (it changes
+   * nothing and the checker judges nothing of it).
+   */
+  async extents(req: ExtentsRequest): Promise<ExtentsResult> {
+    if (!this.layoutOk) await this.ready();
+    const kp = `${this.prefix}k/${enc(req.target)}/`;
+    const span = req.length > 0 ? pageSpan(req.offset, req.length) : undefined;
+    const ops: IRequestOp[] = [{ request_range: { key: Buffer.from(kp), range_end: prefixEnd(kp) } }];
+    if (span)
+      ops.push({
+        request_range: {
+          ...this.pageRange(req.target, span.first, span.last),
+          keys_only: true,
+          limit: MAX_EXTENT_PAGES,
+        },
+      });
+    this.stats.reads++;
+    const res = await this.txn('read', [], ops);
+    const kvs = new Map<string, Kv>();
+    for (const kv of res.responses[0]?.response_range?.kvs ?? [])
+      kvs.set(kv.key.toString(), { value: kv.value, mod: kv.mod_revision, lease: kv.lease });
+    const view: rules.TargetView = {
+      record: json<LockRecord | undefined>(kvs.get(this.k(req.target, 'r')) ?? ABSENT, undefined),
+      version: 0,
+      fixedSize: 0,
+      tombstones: () => [],
+      access: undefined,
+    };
+    const refused = rules.decideRead(view, req);
+    if (refused) return refused;
+    const m = json<Meta>(kvs.get(this.k(req.target, 'v')) ?? ABSENT, { version: 0, size: 0 });
+    const dp = this.d(req.target);
+    const pages = (res.responses[1]?.response_range?.kvs ?? []).map((kv) =>
+      pageOfKey(kv.key.toString().slice(dp.length)),
+    );
+    return extentsOf(req, pages, MAX_EXTENT_PAGES, m.version);
   }
 
   async record(target: string): Promise<LockRecord | undefined> {

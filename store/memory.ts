@@ -120,6 +120,15 @@ export function memoryTx(state: MemoryState): Tx {
       cur.size = Math.max(cur.size, end);
       return ++cur.version;
     },
+    keptPages: (t, first, last, max) => {
+      const cur = targets.get(t);
+      const out: number[] = [];
+      if (!cur) return out;
+      const to = Math.min(cur.size, cur.buf.length);
+      for (let p = first; p <= last && p * PAGE_BYTES < to && out.length < max; p++)
+        if (!isZeroPage(cur.buf.subarray(p * PAGE_BYTES, Math.min(to, (p + 1) * PAGE_BYTES)))) out.push(p);
+      return out;
+    },
     pages: (t) => {
       const cur = targets.get(t);
       if (!cur) return 0;

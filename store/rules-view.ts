@@ -27,6 +27,11 @@ export interface Tx {
    * the write leaves all zeros is not kept (it reads as zeros), in this same transaction.
    */
   writeData(target: string, offset: number, data: Uint8Array): number;
+  /**
+   * The pages first..last (numbers of PAGE_BYTES pages) the target keeps, ascending, at most `max` of
+   * them (the first ones). A page never written or left all zeros is not kept.
+   */
+  keptPages(target: string, first: number, last: number, max: number): number[];
   /** For inspection: how many pages of PAGE_BYTES hold the target's data (all-zero pages hold none). */
   pages(target: string): number;
   /** The target's owner and access list as recorded (undefined: none recorded). */

@@ -12,6 +12,9 @@ import {
   MAX_TARGET_BYTES,
   type OpenRequest,
   type OpenResult,
+  type ExtentsRequest,
+  type ExtentsResult,
+  MAX_EXTENT_PAGES,
   type ReadRequest,
   type ReadResult,
   type RenewResult,
@@ -27,6 +30,7 @@ import {
 import { accessOf, decideAccess, mayOpen, NO_ACCESS, settled } from './rules-access.js';
 import { none, type Decision, type Effect, type TargetView, type Tx } from './rules-view.js';
 import { boundElsewhere, bury, denial, handOver, staleRequest, tombOf } from './rules-records.js';
+import { extentsOf, pageSpan } from './rules-extents.js';
 
 export type { Decision, Effect, TargetView, Tx } from './rules-view.js';
 export { accessOf, decideAccess, mayOpen, NO_ACCESS } from './rules-access.js';
@@ -241,7 +245,10 @@ export function decideWrite(v: TargetView, req: WriteRequest): Decision<WriteRes
 }
 
 /** Whether a read may see the data: a write handle's read is fenced like its writes. The adapter reads the bytes. */
-export function decideRead(v: TargetView, req: ReadRequest): Extract<ReadResult, { ok: false }> | undefined {
+export function decideRead(
+  v: TargetView,
+  req: Pick<ReadRequest, 'fence'>,
+): Extract<ReadResult, { ok: false }> | undefined {
   if (!req.fence) return undefined;
   const rec = v.record;
   if (!rec || rec.requestId !== req.fence.requestId)
@@ -351,6 +358,16 @@ export function read(tx: Tx, req: ReadRequest): ReadResult {
   return (
     refused ?? { ok: true, data: tx.readData(req.target, req.offset, req.length), version: tx.version(req.target) }
   );
+}
+
+/** Which pages of the range the target keeps: fenced as a read is (decideRead); the adapter lists the pages. */
+export function extents(tx: Tx, req: ExtentsRequest): ExtentsResult {
+  const refused = decideRead(viewOf(tx, req.target), req);
+  if (refused) return refused;
+  const version = tx.version(req.target);
+  if (req.length === 0) return extentsOf(req, [], MAX_EXTENT_PAGES, version);
+  const { first, last } = pageSpan(req.offset, req.length);
+  return extentsOf(req, tx.keptPages(req.target, first, last, MAX_EXTENT_PAGES), MAX_EXTENT_PAGES, version);
 }
 
 export function editAccess(tx: Tx, req: AccessRequest): AccessResult {

@@ -135,6 +135,9 @@ export class SqliteStore extends TxStore {
       'INSERT INTO pages (target, page, data) VALUES (?, ?, ?) ON CONFLICT(target, page) DO UPDATE SET data = excluded.data',
     );
     const deletePage = this.db.prepare('DELETE FROM pages WHERE target = ? AND page = ?');
+    const keptPages = this.db.prepare<[string, number, number, number], { page: number }>(
+      'SELECT page FROM pages WHERE target = ? AND page BETWEEN ? AND ? ORDER BY page LIMIT ?',
+    );
     const countPages = this.db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM pages WHERE target = ?');
     this.getPages = getPages;
     this.run = this.db.transaction((fn: (tx: Tx) => unknown, tx: Tx) => fn(tx));
@@ -214,6 +217,7 @@ export class SqliteStore extends TxStore {
         putMeta.run(t, Math.max(meta?.size ?? 0, end), version);
         return version;
       },
+      keptPages: (t, first, last, max) => keptPages.all(t, first, last, max).map((r) => r.page),
       pages: (t) => countPages.get(t)?.n ?? 0,
     };
     // From now on an operation must not hold the event loop while another process has the lock.

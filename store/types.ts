@@ -206,6 +206,31 @@ export interface ReadRequest {
 export type ReadResult =
   { ok: true; data: Uint8Array; version: number } | { ok: false; code: 'MODIFIED' | 'SUPERSEDED'; message: string };
 
+/**
+ * Which pages of `[offset, offset + length)` of a target the store keeps (the allocation an NBD
+ * export's BLOCK_STATUS reports). Fenced like a read: a write handle's asks with its requestId and session.
+ */
+export interface ExtentsRequest {
+  target: string;
+  offset: number;
+  length: number;
+  fence?: { requestId: string; session: string } | undefined;
+}
+
+export type ExtentsResult =
+  /**
+   * `kept`: the kept parts of `[offset, end)`, as `[offset, length]` in order, disjoint, not touching,
+   * clipped to that range (a page the store keeps holds data; one it does not reads as zeros). `end`:
+   * how far the answer describes, `offset < end <= offset + length` (for a length above 0): the
+   * store lists at most MAX_EXTENT_PAGES kept pages per answer, so a range holding more is described
+   * in part, up to the end of the last page listed; the caller asks again from `end`.
+   */
+  | { ok: true; kept: Array<[number, number]>; end: number; version: number }
+  | { ok: false; code: 'MODIFIED' | 'SUPERSEDED'; message: string };
+
+/** Kept pages one `extents` answer lists at most (16 MiB of kept data, and the one list of page numbers it reads). */
+export const MAX_EXTENT_PAGES = 4096;
+
 export interface HandleRef {
   target: string;
   requestId: string;
@@ -223,6 +248,8 @@ export interface Store {
   resume(reqs: ResumeRequest[]): Promise<ResumeOutcome[]>;
   write(req: WriteRequest): Promise<WriteResult>;
   read(req: ReadRequest): Promise<ReadResult>;
+  /** Which pages of a range the target keeps (at most MAX_EXTENT_PAGES of them), fenced like a read. */
+  extents(req: ExtentsRequest): Promise<ExtentsResult>;
   /** Release the lock and delete the record, if this session holds it; true if it did. */
   close(ref: HandleRef, session: string): Promise<boolean>;
   /** Set the expiry of every listed lock that this session still holds, in one batch. */

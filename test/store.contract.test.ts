@@ -9,7 +9,7 @@ import { SimStore } from '../sim/store.js';
 import { historyLog, type HistoryEvent } from '../sim/history.js';
 import { MemoryStore } from '../store/memory.js';
 import { SqliteStore } from '../store/sqlite.js';
-import type { Store } from '../store/types.js';
+import { MAX_EXTENT_PAGES, type Store } from '../store/types.js';
 import { NO_ACCESS } from '../store/rules.js';
 import { EtcdStore } from '../store/etcd.js';
 import { Etcd3 } from 'etcd3';
@@ -43,6 +43,7 @@ function driven(store: SimStore, clock: SimClock): Store {
     resume: (reqs) => drive(clock, store.resume(reqs)),
     write: (req) => drive(clock, store.write(req)),
     read: (req) => drive(clock, store.read(req)),
+    extents: (req) => drive(clock, store.extents(req)),
     close: (ref, session) => drive(clock, store.close(ref, session)),
     renew: (session, refs, leaseMs) => drive(clock, store.renew(session, refs, leaseMs)),
     editAccess: (req) => drive(clock, store.editAccess(req)),
@@ -725,6 +726,87 @@ for (const adapter of adapters) {
         await store.write({ target: T, requestId: X, session: 's1', seq: 2, offset: 4 * GiB - 1, data: bytes('ab') }),
       ).toMatchObject({ ok: false, code: 'INVALID_ARGUMENT' });
     });
+
+    it('extents lists the pages a target keeps in a range, clipped to it; a page left all zeros is not kept', async () => {
+      await setup();
+      await open(X, 's1', 0, 1000);
+      const w = (seq: number, offset: number, data: Uint8Array) =>
+        store.write({ target: T, requestId: X, session: 's1', seq, offset, data });
+      // Page 1, and pages 5 and 6 (one write across their boundary); nothing else.
+      await w(1, 4096 + 10, bytes('one'));
+      await w(2, 6 * 4096 - 2, bytes('five-six'));
+      expect(await store.extents({ target: T, offset: 0, length: 10 * 4096 })).toEqual({
+        ok: true,
+        kept: [
+          [4096, 4096],
+          [5 * 4096, 2 * 4096],
+        ],
+        end: 10 * 4096,
+        version: 2,
+      });
+      // Clipped to a range that starts and ends inside kept pages, and one that holds none.
+      expect(await store.extents({ target: T, offset: 4096 + 100, length: 5 * 4096 })).toMatchObject({
+        kept: [
+          [4096 + 100, 4096 - 100],
+          [5 * 4096, 4096 + 100],
+        ],
+        end: 6 * 4096 + 100,
+      });
+      expect(await store.extents({ target: T, offset: 2 * 4096, length: 3 * 4096 })).toMatchObject({
+        kept: [],
+        end: 5 * 4096,
+      });
+      expect(await store.extents({ target: T, offset: 100, length: 0 })).toMatchObject({ kept: [], end: 100 });
+      // Zeros written over page 1 remove it; past the end, and on a target never written, nothing is kept.
+      await w(3, 4096, new Uint8Array(4096));
+      expect(await store.extents({ target: T, offset: 0, length: 100 * 4096 })).toEqual({
+        ok: true,
+        kept: [[5 * 4096, 2 * 4096]],
+        end: 100 * 4096,
+        version: 3,
+      });
+      expect(await store.extents({ target: 'never.disk', offset: 0, length: 4096 })).toEqual({
+        ok: true,
+        kept: [],
+        end: 4096,
+        version: 0,
+      });
+    });
+
+    it('extents is fenced like a read: a write handle that lost the target is refused, a read handle is not', async () => {
+      await setup();
+      await open(X, 's1', 0, 1000);
+      await write(X, 's1', 1, 0, 'data');
+      const fenced = (requestId: string, session: string) =>
+        store.extents({ target: T, offset: 0, length: 4096, fence: { requestId, session } });
+      expect(await fenced(X, 's1')).toMatchObject({ ok: true, kept: [[0, 4096]] });
+      await open(X, 's2', 0, 1000);
+      expect(await fenced(X, 's1')).toMatchObject({ ok: false, code: 'SUPERSEDED' });
+      expect(await fenced(Y, 's2')).toMatchObject({ ok: false, code: 'MODIFIED' });
+      expect(await store.extents({ target: T, offset: 0, length: 4096 })).toMatchObject({
+        ok: true,
+        kept: [[0, 4096]],
+      });
+    });
+
+    it(`extents lists at most MAX_EXTENT_PAGES kept pages: the answer describes the range up to the last one`, async () => {
+      await setup();
+      await open(X, 's1', 0, 1000);
+      const MiB = 1 << 20;
+      const full = new Uint8Array(MiB).fill(7);
+      const kept = MAX_EXTENT_PAGES * 4096 + MiB;
+      for (let at = 0, seq = 1; at < kept; at += MiB, seq++)
+        expect(
+          await store.write({ target: T, requestId: X, session: 's1', seq, offset: at, data: full }),
+        ).toMatchObject({ ok: true });
+      const first = await store.extents({ target: T, offset: 0, length: 2 * kept });
+      expect(first).toMatchObject({ ok: true, kept: [[0, MAX_EXTENT_PAGES * 4096]], end: MAX_EXTENT_PAGES * 4096 });
+      expect(await store.extents({ target: T, offset: MAX_EXTENT_PAGES * 4096, length: 2 * kept })).toMatchObject({
+        ok: true,
+        kept: [[MAX_EXTENT_PAGES * 4096, MiB]],
+        end: MAX_EXTENT_PAGES * 4096 + 2 * kept,
+      });
+    }, 60_000);
 
     it('a write that leaves a page all zeros removes it (it reads as zeros); the version still moves', async () => {
       await setup();

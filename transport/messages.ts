@@ -121,6 +121,11 @@ const read = z.object({
   offset: u53,
   length: z.number().int().nonnegative().max(MAX_IO_BYTES),
 });
+/**
+ * Which pages of `[offset, offset + length)` the target keeps (store.extents): answered with `kept`.
+ * A read handle and a write handle both may ask; a write handle's is fenced like its reads.
+ */
+const extents = z.object({ type: z.literal('extents'), id: corr, target, requestId, offset: u53, length: u53 });
 const close = z.object({ type: z.literal('close'), id: corr, target, requestId });
 /**
  * The owner of a target (`principal`, proven on the session) grants another principal (`grantee`)
@@ -149,6 +154,17 @@ const resumed = z.object({ type: z.literal('resumed'), id: corr, results: z.arra
 const written = z.object({ type: z.literal('written'), id: corr, seq: u53, version: u53 });
 const data = z.object({ type: z.literal('data'), id: corr, version: u53, data: ioBytes });
 const closed = z.object({ type: z.literal('closed'), id: corr });
+/**
+ * The answer to `extents`: the kept parts of `[offset, end)` as `[offset, length]`, in order (at most
+ * store/types.ts MAX_EXTENT_PAGES of them); `end` may stop short of the range asked (ask again from it).
+ */
+const kept = z.object({
+  type: z.literal('kept'),
+  id: corr,
+  version: u53,
+  end: u53,
+  kept: z.array(z.tuple([u53, u53])).max(4096),
+});
 /** The target's owner and access list once a `grant` or `revoke` was applied (at most 64 grants: store/types.ts MAX_GRANTS). */
 const access = z.object({
   type: z.literal('access'),
@@ -186,6 +202,7 @@ export const Message = z.discriminatedUnion('type', [
   resume,
   write,
   read,
+  extents,
   close,
   grant,
   revoke,
@@ -197,6 +214,7 @@ export const Message = z.discriminatedUnion('type', [
   written,
   data,
   closed,
+  kept,
   access,
   error,
   notice,
