@@ -2,10 +2,23 @@
 import { describe, expect, it } from 'vitest';
 import { decode, encode } from '../transport/codec.js';
 import type { Message } from '../transport/messages.js';
+import { MAX_EXTENT_PAGES } from '../store/types.js';
 
 const RID = 'r'.repeat(21);
 
 describe('codec', () => {
+  it("carries a store's largest extents answer (MAX_EXTENT_PAGES kept parts) and refuses one more", () => {
+    const kept = (n: number): Message => ({
+      type: 'kept',
+      id: 1,
+      version: 1,
+      end: 2 * 4096 * n,
+      kept: Array.from({ length: n }, (_, i): [number, number] => [2 * 4096 * i, 4096]),
+    });
+    expect(decode(encode(kept(MAX_EXTENT_PAGES))).ok).toBe(true);
+    expect(decode(encode(kept(MAX_EXTENT_PAGES + 1)))).toMatchObject({ ok: false, code: 'BAD_FRAME' });
+  });
+
   it('round-trips a write; the 4 KiB payload travels raw, not base64', () => {
     const data = new Uint8Array(4096).map((_, i) => i & 0xff);
     const msg: Message = { type: 'write', id: 7, target: 'vm1.disk', requestId: RID, seq: 1, offset: 8192, data };
