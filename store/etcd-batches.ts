@@ -41,7 +41,8 @@ export interface Item {
 
 /** The store's connection and leases, and the queue that decides and commits its rules in batches. */
 export class EtcdBatches extends EtcdLeases {
-  protected queue: Item[] = [];
+  /** The items waiting, by target, the targets in the order their first item came. */
+  protected readonly queue = new Map<string, Item[]>();
   /** What each recently used target was when this store last read or committed it. */
   protected readonly cache = new Map<string, TargetState>();
   protected readonly busy = new Set<string>();
@@ -56,7 +57,10 @@ export class EtcdBatches extends EtcdLeases {
   protected enqueue<T>(item: Omit<Item, 'resolve' | 'reject'>): Promise<T> {
     if (!this.layoutOk) return this.ready().then(() => this.enqueue<T>(item));
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ ...item, resolve: resolve as (out: unknown) => void, reject });
+      const it: Item = { ...item, resolve: resolve as (out: unknown) => void, reject };
+      const waiting = this.queue.get(it.target);
+      if (waiting) waiting.push(it);
+      else this.queue.set(it.target, [it]);
       if (!this.scheduled) {
         this.scheduled = true;
         setImmediate(() => {
@@ -69,47 +73,42 @@ export class EtcdBatches extends EtcdLeases {
 
   /** Start batches of the queued items whose targets no running batch holds. */
   protected pump(): void {
-    while (this.inflight < MAX_INFLIGHT_BATCHES && this.queue.length > 0) {
+    while (this.inflight < MAX_INFLIGHT_BATCHES && this.queue.size > 0) {
       const batch: Item[] = [];
-      const rest: Item[] = [];
       const targets = new Set<string>();
-      // A target left behind keeps all its later items behind too (they decide in order).
-      const behind = new Set<string>();
       let ops = 0;
       let reads = 0;
       let bytes = 0;
-      for (const it of this.queue) {
-        const fresh = !targets.has(it.target);
-        // A batch with its most targets takes no other: the rest of the queue waits as it is, and only
-        // the items of its own targets are looked at (a long queue is walked once per batch).
-        if (fresh && targets.size >= MAX_BATCH_TARGETS) {
-          rest.push(it);
-          continue;
-        }
+      // Targets in the order their first item came; a target's items in their order (they decide in order),
+      // and one left behind keeps all its later items behind too. Only the targets taken are walked past
+      // (and those a running batch holds), not the whole queue.
+      for (const [target, items] of this.queue) {
         // Puts: the target's own keys once (r, t, v, l), its pages, its log lines.
-        const cost = (fresh ? 4 : 0) + it.touch + (this.log ? 2 : 0);
-        const fits =
-          !this.busy.has(it.target) &&
-          !behind.has(it.target) &&
-          (!fresh || targets.size < MAX_BATCH_TARGETS) &&
+        if (targets.size >= MAX_BATCH_TARGETS || ops + 4 + (this.log ? 2 : 0) > MAX_TXN_OPS) break;
+        if (this.busy.has(target)) continue;
+        let took = 0;
+        for (const it of items) {
+          const fresh = took === 0;
+          const cost = (fresh ? 4 : 0) + it.touch + (this.log ? 2 : 0);
           // The first item always goes (a large write alone; its pages go in nested transactions).
-          (batch.length === 0 ||
+          const fits =
+            batch.length === 0 ||
             (ops + cost <= MAX_TXN_OPS &&
               reads + (fresh ? 1 : 0) + it.pages.length <= MAX_TXN_OPS &&
-              bytes + it.bytes <= MAX_BATCH_BYTES));
-        if (!fits) {
-          behind.add(it.target);
-          rest.push(it);
-          continue;
+              bytes + it.bytes <= MAX_BATCH_BYTES);
+          if (!fits) break;
+          batch.push(it);
+          took++;
+          ops += cost;
+          reads += (fresh ? 1 : 0) + it.pages.length;
+          bytes += it.bytes;
         }
-        batch.push(it);
-        targets.add(it.target);
-        ops += cost;
-        reads += (fresh ? 1 : 0) + it.pages.length;
-        bytes += it.bytes;
+        if (took === 0) continue;
+        targets.add(target);
+        if (took === items.length) this.queue.delete(target);
+        else items.splice(0, took);
       }
       if (batch.length === 0) return;
-      this.queue = rest;
       for (const t of targets) this.busy.add(t);
       this.inflight++;
       const slot = this.slots.pop()!;
