@@ -203,23 +203,25 @@ export class EtcdBatches extends EtcdTargets {
   protected async attempt(groups: Item[][], slot: number, fresh = false): Promise<Item[][]> {
     const batch = groups.flat();
     const grants = new Map<Item, string>();
-    if (this.leaseMode) {
-      await Promise.all(
-        batch
-          .filter((it) => it.grant)
-          .map(async (it) => grants.set(it, await this.leaseOf(it.grant!.session, it.grant!.ttl))),
-      );
-    }
     /** The leases this commit puts locks on (by key), each with the id it uses. */
     const used = new Map<string, string>();
     const targets = [...new Set(batch.map((it) => it.target))];
     const known = fresh ? [] : targets.filter((t) => this.cache.has(t));
     const toRead = targets.filter((t) => fresh || !this.cache.has(t));
     const wantPages = batch.flatMap((it) => it.pages.map((p) => [it.target, p] as const));
-    const read =
+    // The sessions' leases and the reads at once (a new session's first resume waits for both).
+    const [, read] = await Promise.all([
+      this.leaseMode
+        ? Promise.all(
+            batch
+              .filter((it) => it.grant)
+              .map(async (it) => grants.set(it, await this.leaseOf(it.grant!.session, it.grant!.ttl))),
+          )
+        : undefined,
       toRead.length > 0 || wantPages.length > 0
-        ? await this.readMany(toRead, wantPages)
-        : { states: new Map<string, TargetState>(), pages: new Map<string, Uint8Array>() };
+        ? this.readMany(toRead, wantPages)
+        : { states: new Map<string, TargetState>(), pages: new Map<string, Uint8Array>() },
+    ]);
     const st = new Map<string, TargetState>();
     for (const t of targets) st.set(t, read.states.get(t) ?? { ...this.cache.get(t)! });
     const pages = read.pages;
