@@ -20,8 +20,9 @@ export const MAX_BATCH_GROUPS = 16;
  * the transactions around it (at most 128 along the way), so a group has what the groups beside it leave.
  */
 export const MAX_GROUP_OPS = MAX_TXN_OPS - MAX_BATCH_GROUPS;
-/** Targets in one group (each costs up to 4 compares). */
-export const MAX_BATCH_TARGETS = Math.floor(MAX_GROUP_OPS / 4);
+/** Targets in a batch of one group (each costs up to 4 compares), and in a group of a batch of several. */
+export const MAX_BATCH_TARGETS = 30;
+export const MAX_GROUP_TARGETS = Math.floor(MAX_GROUP_OPS / 4);
 /** Bytes of data in one batch (etcd's default request limit is 1.5 MiB). */
 export const MAX_BATCH_BYTES = 1024 * 1024;
 /** Targets whose last known state a store keeps, to decide without reading first. */
@@ -82,21 +83,27 @@ export class EtcdBatches extends EtcdTargets {
   }
 
   /**
-   * Start batches of the queued items whose targets no running batch holds: each batch up to
-   * MAX_BATCH_GROUPS groups, a group as many items as one etcd transaction takes.
+   * Start batches of the queued items whose targets no running batch holds. While the batches that may
+   * start can take every target waiting one group each, a batch is one group (as many items as one etcd
+   * transaction takes), so the targets spread over batches in flight at once; with more waiting, a batch
+   * takes up to MAX_BATCH_GROUPS groups (a resume of 1,000 handles: 3 commits, not 34).
    */
   protected pump(): void {
     while (this.inflight < MAX_INFLIGHT_BATCHES && this.queue.size > 0) {
       const groups: Item[][] = [];
       const targets = new Set<string>();
+      const many = this.queue.size > (MAX_INFLIGHT_BATCHES - this.inflight) * MAX_BATCH_TARGETS;
+      const limits = many
+        ? { targets: MAX_GROUP_TARGETS, ops: MAX_GROUP_OPS }
+        : { targets: MAX_BATCH_TARGETS, ops: MAX_TXN_OPS };
       let bytes = 0;
-      while (groups.length < MAX_BATCH_GROUPS) {
-        const group = this.group(targets, groups.length === 0, MAX_BATCH_BYTES - bytes);
+      while (groups.length < (many ? MAX_BATCH_GROUPS : 1)) {
+        const group = this.group(targets, groups.length === 0, MAX_BATCH_BYTES - bytes, limits);
         if (!group) break;
         groups.push(group.items);
         bytes += group.bytes;
         // A large write alone goes alone: its pages need the room of a whole transaction.
-        if (group.ops > MAX_GROUP_OPS) break;
+        if (group.ops > limits.ops) break;
       }
       if (groups.length === 0) return;
       for (const t of targets) this.busy.add(t);
@@ -112,8 +119,8 @@ export class EtcdBatches extends EtcdTargets {
   }
 
   /**
-   * Take one group off the queue (its targets added to `targets`): at most MAX_BATCH_TARGETS targets,
-   * MAX_GROUP_OPS compares and writes, MAX_TXN_OPS reads, `bytesLeft` bytes of data. Targets in the order their first
+   * Take one group off the queue (its targets added to `targets`): at most `limits` targets, and compares
+   * and writes, MAX_TXN_OPS reads, `bytesLeft` bytes of data. Targets in the order their first
    * item came; a target's items in their order (they decide in order), and one left behind keeps all its
    * later items behind too. Only the targets taken are walked past (and those a running batch holds).
    */
@@ -121,6 +128,7 @@ export class EtcdBatches extends EtcdTargets {
     targets: Set<string>,
     first: boolean,
     bytesLeft: number,
+    limits: { targets: number; ops: number },
   ): { items: Item[]; bytes: number; ops: number } | undefined {
     const items: Item[] = [];
     let count = 0;
@@ -129,7 +137,7 @@ export class EtcdBatches extends EtcdTargets {
     let bytes = 0;
     for (const [target, waiting] of this.queue) {
       // Puts: the target's own keys once (r, t, v, l), its pages, its log lines.
-      if (count >= MAX_BATCH_TARGETS || ops + 4 + (this.log ? 2 : 0) > MAX_GROUP_OPS) break;
+      if (count >= limits.targets || ops + 4 + (this.log ? 2 : 0) > limits.ops) break;
       if (this.busy.has(target) || targets.has(target)) continue;
       let took = 0;
       for (const it of waiting) {
@@ -138,7 +146,7 @@ export class EtcdBatches extends EtcdTargets {
         // The first item of a batch always goes (a large write alone; its pages go in nested transactions).
         const fits =
           (first && items.length === 0) ||
-          (ops + cost <= MAX_GROUP_OPS &&
+          (ops + cost <= limits.ops &&
             reads + (fresh ? 1 : 0) + it.pages.length <= MAX_TXN_OPS &&
             bytes + it.bytes <= bytesLeft);
         if (!fits) break;

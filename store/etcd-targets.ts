@@ -30,13 +30,13 @@ export class EtcdTargets extends EtcdLeases {
         last.pages.push(...ps);
       } else chunks.push({ targets: [...ts], pages: [...ps] });
     };
-    const reading = new Set(targets);
-    for (const t of targets)
-      add(
-        [t],
-        wantPages.filter(([pt]) => pt === t),
-      );
-    for (const p of wantPages) if (!reading.has(p[0])) add([], [p]);
+    const pagesOf = new Map<string, Array<readonly [string, number]>>();
+    for (const p of wantPages) pagesOf.set(p[0], [...(pagesOf.get(p[0]) ?? []), p]);
+    for (const t of targets) {
+      add([t], pagesOf.get(t) ?? []);
+      pagesOf.delete(t);
+    }
+    for (const ps of pagesOf.values()) for (const p of ps) add([], [p]);
     const states = new Map<string, TargetState>();
     const pages = new Map<string, Uint8Array>();
     for (const part of await Promise.all(chunks.map((c) => this.readTargets(c.targets, c.pages)))) {
