@@ -1464,16 +1464,30 @@ describe('etcd group commit and failures', () => {
       expect(await a.write({ ...refs[0]!, session: 'sa', seq: 1, offset: 0, data: bytes('late') })).toMatchObject({
         ok: false,
       });
+      // a takes one target back; b resumes them all again on what it committed: the group holding that
+      // target fails its compares and is decided again on what a wrote, the other groups commit as they are.
+      const [moved] = await a.resume([
+        { ...refs[500]!, principal: 'p', mode: 'write', session: 'sa2', leaseMs: 60_000 },
+      ]);
+      expect(moved).toMatchObject({ granted: true });
+      const conflicts = b.stats.conflicts;
+      const again = await b.resume(
+        refs.slice(0, 999).map((r) => ({ ...r, principal: 'p', mode: 'write', session: 'sb2', leaseMs: 60_000 })),
+      );
+      expect(again.every((o) => o.granted)).toBe(true);
+      expect(b.stats.conflicts - conflicts).toBe(1);
+      for (const i of [0, 500, 998]) expect(await a.record(refs[i]!.target)).toMatchObject({ session: 'sb2' });
     } finally {
       await a.shutdown();
       await b.shutdown();
     }
   });
 
-  it('a commit of many targets whose answer was lost acknowledges each write as applied, once', async () => {
+  it('a commit of many groups of targets whose answer was lost acknowledges each write as applied, once', async () => {
     const s = new EtcdStore(etcd!.endpoints, { prefix: `/lost-many-${process.pid}/` });
     try {
-      const refs = Array.from({ length: 100 }, (_, i) => ({
+      // More targets than the batches in flight take one group each: one commit of nested groups.
+      const refs = Array.from({ length: 200 }, (_, i) => ({
         target: `lm-${i}.disk`,
         requestId: `L${String(i).padStart(20, '0')}`,
       }));
@@ -1498,7 +1512,7 @@ describe('etcd group commit and failures', () => {
       );
       expect(out).toEqual(refs.map(() => ({ ok: true, applied: true, version: 1 })));
       expect(lost).toBeGreaterThan(1);
-      for (const r of [refs[0]!, refs[99]!])
+      for (const r of [refs[0]!, refs[199]!])
         expect(await s.read({ target: r.target, offset: 0, length: 10 })).toMatchObject({ ok: true, version: 1 });
     } finally {
       await s.shutdown();
