@@ -148,15 +148,16 @@ export class EtcdConnection {
     }
   }
 
-  /** One etcd transaction (a read when `compare` is empty and every op a range). */
+  /** One etcd transaction (a read when `compare` is empty and every op a range; `guarded`: its nested ones compare). */
   protected async txn(
     what: string,
     compare: ICompare[],
     success: IRequestOp[],
+    guarded = compare.length > 0,
   ): Promise<{ succeeded: boolean; responses: IResponseOp[]; revision: string }> {
     const t0 = performance.now();
     const res = await this.call(what, () => this.client.kv.txn({ compare, success, failure: [] }));
-    if (compare.length > 0) this.onTransaction?.(performance.now() - t0);
+    if (guarded) this.onTransaction?.(performance.now() - t0);
     return { succeeded: res.succeeded, responses: res.responses, revision: res.header.revision };
   }
 

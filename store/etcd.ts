@@ -22,10 +22,10 @@
  * on an injected clock instead, as the SQLite store does on its host's; the contract suite uses it to
  * step time.)
  *
- * Group commit: the operations of one turn on different targets are decided together: one read
- * transaction for all their keys, one guarded write transaction for all their effects (within etcd's
- * default 128 operations per transaction). If any compare fails, each operation is decided again on
- * its own.
+ * Group commit: the operations of one turn on different targets are decided together: their keys read
+ * in read transactions sent at once, their effects in one write transaction of up to 16 groups, each a
+ * nested transaction guarded by its own targets' revisions (within etcd's default 128 operations per
+ * transaction). A group whose compares fail is decided again, then each of its operations on its own.
  */
 import type { IKeyValue, IRequestOp } from 'etcd3/lib/rpc.js';
 import * as rules from './rules.js';

@@ -1519,6 +1519,88 @@ describe('etcd group commit and failures', () => {
     }
   });
 
+  it('1,000 resumes through another replica go in a few transactions, each decided on its own target', async () => {
+    const p = `/storm-${process.pid}/`;
+    const a = new EtcdStore(etcd!.endpoints, { prefix: p });
+    const b = new EtcdStore(etcd!.endpoints, { prefix: p });
+    try {
+      const refs = Array.from({ length: 1000 }, (_, i) => ({
+        target: `st-${i}.disk`,
+        requestId: `S${String(i).padStart(20, '0')}`,
+      }));
+      const opened = await Promise.all(
+        refs.map((r) => a.open({ ...r, principal: 'p', mode: 'write', session: 'sa', leaseMs: 60_000 })),
+      );
+      expect(opened.every((o) => o.ok)).toBe(true);
+      // a closed the last one: its resume is refused, every other granted.
+      expect(await a.close(refs[999]!, 'sa')).toBe(true);
+      const before = b.stats.commits;
+      const out = await b.resume(
+        refs.map((r) => ({ ...r, principal: 'p', mode: 'write', session: 'sb', leaseMs: 60_000 })),
+      );
+      expect(out.slice(0, 999).every((o) => o.granted)).toBe(true);
+      expect(out[999]).toMatchObject({ granted: false });
+      expect(b.stats.commits - before).toBeLessThanOrEqual(6);
+      for (const i of [0, 479, 480, 998]) expect(await a.record(refs[i]!.target)).toMatchObject({ session: 'sb' });
+      // The locks moved to b's session: a write through a's session is refused.
+      expect(await a.write({ ...refs[0]!, session: 'sa', seq: 1, offset: 0, data: bytes('late') })).toMatchObject({
+        ok: false,
+      });
+      // a takes one target back; b resumes them all again on what it committed: the group holding that
+      // target fails its compares and is decided again on what a wrote, the other groups commit as they are.
+      const [moved] = await a.resume([
+        { ...refs[500]!, principal: 'p', mode: 'write', session: 'sa2', leaseMs: 60_000 },
+      ]);
+      expect(moved).toMatchObject({ granted: true });
+      const conflicts = b.stats.conflicts;
+      const again = await b.resume(
+        refs.slice(0, 999).map((r) => ({ ...r, principal: 'p', mode: 'write', session: 'sb2', leaseMs: 60_000 })),
+      );
+      expect(again.every((o) => o.granted)).toBe(true);
+      expect(b.stats.conflicts - conflicts).toBe(1);
+      for (const i of [0, 500, 998]) expect(await a.record(refs[i]!.target)).toMatchObject({ session: 'sb2' });
+    } finally {
+      await a.shutdown();
+      await b.shutdown();
+    }
+  });
+
+  it('a commit of many groups of targets whose answer was lost acknowledges each write as applied, once', async () => {
+    const s = new EtcdStore(etcd!.endpoints, { prefix: `/lost-many-${process.pid}/` });
+    try {
+      // More targets than the batches in flight take one group each: one commit of nested groups.
+      const refs = Array.from({ length: 200 }, (_, i) => ({
+        target: `lm-${i}.disk`,
+        requestId: `L${String(i).padStart(20, '0')}`,
+      }));
+      const opened = await Promise.all(
+        refs.map((r) => s.open({ ...r, principal: 'p', mode: 'write', session: 's', leaseMs: 60_000 })),
+      );
+      expect(opened.every((o) => o.ok)).toBe(true);
+      // The next guarded commit reaches etcd, but its answer is lost (a member died after applying it).
+      type Req = { compare?: unknown[]; success?: Array<{ request_txn?: Req }> };
+      const guarded = (req: Req): boolean =>
+        (req.compare?.length ?? 0) > 0 || (req.success ?? []).some((op) => op.request_txn && guarded(op.request_txn));
+      const kv = (s as unknown as { client: { kv: { txn: (req: Req) => Promise<unknown> } } }).client.kv;
+      const real = kv.txn.bind(kv);
+      let lost = 0;
+      kv.txn = async (req) => {
+        const res = await real(req);
+        if (guarded(req) && lost++ === 0) throw new Error('14 UNAVAILABLE: Connection dropped');
+        return res;
+      };
+      const out = await Promise.all(
+        refs.map((r) => s.write({ ...r, session: 's', seq: 1, offset: 0, data: bytes('once') })),
+      );
+      expect(out).toEqual(refs.map(() => ({ ok: true, applied: true, version: 1 })));
+      expect(lost).toBeGreaterThan(1);
+      for (const r of [refs[0]!, refs[199]!])
+        expect(await s.read({ target: r.target, offset: 0, length: 10 })).toMatchObject({ ok: true, version: 1 });
+    } finally {
+      await s.shutdown();
+    }
+  });
+
   it('a replica decides on what it last committed without reading, but never answers from it once another replica changed the target', async () => {
     const p = `/stale-${process.pid}/`;
     let t = 0;
