@@ -22,13 +22,14 @@ export function nbdDisk(socket: string, target: string, node = 'd0'): string[] {
 
 /**
  * Start a QEMU with no guest, stopped before its first instruction (`prelaunch`), its QMP on a fresh
- * Unix socket. `cleanup` kills it (if still there) and removes the socket's directory.
+ * Unix socket (`at`, or one in a fresh directory). `cleanup` kills it (if still there) and removes the socket's directory.
  */
 export async function bareQemu(
   extra: string[] = [],
+  at?: string,
 ): Promise<{ qmpPath: string; proc: ChildProcess; exited: Promise<number | null>; cleanup: () => void }> {
   const t = tempDir();
-  const qmpPath = join(t.dir, 'qmp.sock');
+  const qmpPath = at ?? join(t.dir, 'qmp.sock');
   const args = ['-machine', 'q35', '-accel', 'tcg', '-m', '64', '-nodefaults', '-display', 'none', '-S'];
   const proc = spawn(QEMU, [...args, '-qmp', `unix:${qmpPath},server=on,wait=off`, ...extra], {
     stdio: ['ignore', 'ignore', 'pipe'],

@@ -50,7 +50,7 @@ interface Pending {
   command: string;
   resolve: (value: unknown) => void;
   reject: (err: QmpError) => void;
-  timer: NodeJS.Timeout;
+  timer: NodeJS.Timeout | undefined;
 }
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -111,15 +111,21 @@ export class QmpClient {
     return client;
   }
 
-  /** Run `command` with `args`; resolves with its `return`, rejects with a QmpError. */
+  /**
+   * Run `command` with `args`; resolves with its `return`, rejects with a QmpError. `timeoutMs` 0 waits
+   * as long as QEMU takes (its `stop` answers only once the disks' requests in flight are done).
+   */
   execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs = this.timeoutMs): Promise<T> {
     if (this.closed) return Promise.reject(new QmpError('closed', `${command}: ${this.closed.message}`));
     const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new QmpError('timeout', `${command}: no answer in ${timeoutMs} ms`));
-      }, timeoutMs);
+      const timer =
+        timeoutMs > 0
+          ? setTimeout(() => {
+              this.pending.delete(id);
+              reject(new QmpError('timeout', `${command}: no answer in ${timeoutMs} ms`));
+            }, timeoutMs)
+          : undefined;
       this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, timer });
       this.socket.write(JSON.stringify({ execute: command, ...(args ? { arguments: args } : {}), id }) + '\r\n');
     });
