@@ -168,6 +168,7 @@ export function stepVm(s: VmState, input: VmInput): VmIntent[] {
       return [];
     case 'exited':
       s.ended = 'exited';
+      s.why = 'QEMU exited';
       return [];
     case 'operator-stop':
       if (!s.stoppedBy) out.push({ type: 'stop', why: 'stopped by an operator' });

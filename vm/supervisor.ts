@@ -118,6 +118,22 @@ export class VmSupervisor {
     this.step({ type: 'disk', target, state: 'invalidated', at: this.now(), reason, details: h ? details(h) : {} });
   };
 
+  /**
+   * A disk's handle state told from elsewhere (a running cluster's timeline: `safe-resume vm run`), for
+   * a supervisor that holds no Handle of its own.
+   */
+  diskState(target: string, state: HandleState, reason?: string, details: Record<string, unknown> = {}): void {
+    const d = this.state.disks.get(target);
+    if (!d || d.state === state) return;
+    this.note(`${target}: ${state}${reason ? ` (${reason})` : ''}`);
+    const input: VmInput = { type: 'disk', target, state, at: this.now() };
+    if (state === 'invalidated') {
+      input.reason = reason ?? 'MODIFIED';
+      input.details = details;
+    }
+    this.step(input);
+  }
+
   /** Follow any handle of a disk (an application's own, not the export's). */
   watch(handle: Handle): void {
     this.onHandle(handle, handle.target);
