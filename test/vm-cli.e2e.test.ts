@@ -19,7 +19,7 @@ const t = tempDir();
 const dir = t.dir;
 afterAll(() => {
   for (const p of running) p.kill('SIGKILL');
-  spawnSync('node', [CLI, 'down', '--dir', dir], { timeout: 30_000 });
+  if (existsSync(dir)) spawnSync('node', [CLI, 'down', '--dir', dir], { timeout: 30_000 });
   t.cleanup();
 });
 
@@ -90,5 +90,10 @@ describe('safe-resume vm against a running cluster', () => {
     expect(vm.out()).toMatch(/vm vm1: QEMU exited \(0\)/);
     expect(list()).toMatch(/no VM runs/);
     expect(cli('vm', 'stop', 'vm1').code).toBe(1);
+    // The VMs' directory is the cluster's own: clean takes it with the rest.
+    expect(cli('down').code).toBe(0);
+    const cleaned = cli('clean');
+    expect(cleaned.out).toMatch(/\(and the directory\)/);
+    expect(existsSync(dir)).toBe(false);
   }, 120_000);
 });
