@@ -58,7 +58,13 @@ async function main(argv: string[]): Promise<number> {
       case 'fuzz':
         return await (await import('../bench/fuzz.js')).main(rest);
       case 'vm':
-        return await (await import('./vm.js')).vmCommand(rest, (t) => process.stdout.write(t));
+        return await (
+          await import('./vm.js')
+        ).vmCommand(
+          rest,
+          (t) => process.stdout.write(t),
+          (t) => process.stderr.write(t),
+        );
       case 'replica':
         return await (await import('./replica.js')).replicaCommand(rest, (t) => process.stdout.write(t));
       case 'credentials':

@@ -27,7 +27,11 @@ import { helpFor } from './help.js';
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const POLL_MS = 200;
 
-export async function vmCommand(argv: string[], out: (t: string) => void): Promise<number> {
+export async function vmCommand(
+  argv: string[],
+  out: (t: string) => void,
+  err: (t: string) => void = out,
+): Promise<number> {
   const dashes = argv.indexOf('--');
   const own = dashes < 0 ? argv : argv.slice(0, dashes);
   const qemuArgs = dashes < 0 ? [] : argv.slice(dashes + 1);
@@ -62,17 +66,22 @@ export async function vmCommand(argv: string[], out: (t: string) => void): Promi
     if (values.disk || values['stop-after'] !== undefined || values.node || values.qemu || qemuArgs.length)
       throw new UsageError('--disk, --stop-after, --node, --qemu and QEMU arguments are for vm run');
     const control = join(dir, 'vms', name, 'control.sock');
-    if (!existsSync(control))
-      throw new OperatorError(`no VM ${name} runs in ${dir} (vm list shows those that do)`, EXIT.failed);
+    if (!existsSync(control)) {
+      const message = `no VM ${name} runs in ${dir} (vm list shows those that do)`;
+      if (json) out(JSON.stringify({ ok: false, code: 'NOT_FOUND', message }) + '\n');
+      else err(`safe-resume vm ${sub}: NOT_FOUND: ${message}\n`);
+      return EXIT.failed;
+    }
     const a = await askVm(
       control,
       sub === 'stop' ? { op: 'stop' } : { op: 'resume', acceptModified: values['accept-modified'] === true },
     );
     if (!a.ok) {
-      out(json ? JSON.stringify(a) + '\n' : `vm ${sub} ${name}: ${a.message}\n`);
+      if (json) out(JSON.stringify(a) + '\n');
+      else err(`safe-resume vm ${sub} ${name}: ${a.code}: ${a.message}\n`);
       return EXIT.failed;
     }
-    out(json ? JSON.stringify(a.view) + '\n' : describe(a.view));
+    out(json ? JSON.stringify({ ok: true, ...a.view }) + '\n' : describe(a.view));
     return 0;
   }
   const disks = (values.disk ?? []).map(parseDisk);
@@ -196,7 +205,7 @@ async function list(dir: string, json: boolean, out: (t: string) => void): Promi
     const a = await askVm(join(root, n, 'control.sock'), { op: 'view' }, 2000).catch(() => undefined);
     if (a?.ok) views.push(a.view);
   }
-  if (json) out(JSON.stringify(views.map((v) => ({ ...v, history: undefined }))) + '\n');
+  if (json) out(JSON.stringify({ ok: true, vms: views }) + '\n');
   else out(views.length === 0 ? `no VM runs in ${dir}\n` : views.map(describe).join(''));
   return 0;
 }

@@ -81,7 +81,16 @@ describe('safe-resume vm against a running cluster', () => {
     expect(held).toMatch(/safe-resume vm resume vm1 --accept-modified/);
     const refused = cli('vm', 'resume', 'vm1');
     expect(refused.code).toBe(1);
-    expect(refused.out).toMatch(/resume denied for vm1\.disk \(MODIFIED\).*--accept-modified/);
+    expect(refused.err).toMatch(
+      /^safe-resume vm resume vm1: MODIFIED: resume denied for vm1\.disk \(MODIFIED\).*--accept-modified/,
+    );
+    const refusedJson = JSON.parse(cli('vm', 'resume', 'vm1', '--json').out) as { ok: boolean; code: string };
+    expect(refusedJson).toMatchObject({ ok: false, code: 'MODIFIED' });
+    const listed = JSON.parse(cli('vm', 'list', '--json').out) as { ok: boolean; vms: Array<Record<string, unknown>> };
+    expect(listed).toMatchObject({
+      ok: true,
+      vms: [{ name: 'vm1', phase: 'held', held: [{ target: 'vm1.disk', reason: 'MODIFIED' }] }],
+    });
     expect(cli('vm', 'resume', 'vm1', '--accept-modified').out).toMatch(/^vm1: running/);
 
     expect(cli('vm', 'stop', 'vm1').out).toMatch(/^vm1: stopped \(stopped by an operator\)/);
@@ -89,7 +98,10 @@ describe('safe-resume vm against a running cluster', () => {
     expect((await vm.exited).code).toBe(0);
     expect(vm.out()).toMatch(/vm vm1: QEMU exited \(0\)/);
     expect(list()).toMatch(/no VM runs/);
-    expect(cli('vm', 'stop', 'vm1').code).toBe(1);
+    expect(cli('vm', 'stop', 'vm1')).toMatchObject({
+      code: 1,
+      err: expect.stringMatching(/NOT_FOUND: no VM vm1 runs/) as string,
+    });
     // The VMs' directory is the cluster's own: clean takes it with the rest.
     expect(cli('down').code).toBe(0);
     const cleaned = cli('clean');

@@ -8,7 +8,7 @@ import { createServer, connect, type Server } from 'node:net';
 import type { VmSupervisor, VmView } from './supervisor.js';
 
 export type VmRequest = { op: 'view' } | { op: 'stop' } | { op: 'resume'; acceptModified?: boolean };
-export type VmAnswer = { ok: true; view: VmView } | { ok: false; message: string };
+export type VmAnswer = { ok: true; view: VmView } | { ok: false; code: string; message: string };
 
 /** The most bytes a request may have. */
 const MAX_REQUEST_BYTES = 4096;
@@ -43,16 +43,21 @@ async function answer(vm: VmSupervisor, line: string): Promise<VmAnswer> {
   try {
     req = JSON.parse(line) as VmRequest;
   } catch {
-    return { ok: false, message: 'not a JSON request' };
+    return { ok: false, code: 'INVALID_ARGUMENT', message: 'not a JSON request' };
   }
   try {
     if (req.op === 'stop') await vm.stop();
     else if (req.op === 'resume') await vm.resume({ acceptModified: req.acceptModified === true });
     else if (req.op !== 'view')
-      return { ok: false, message: `unknown op ${JSON.stringify((req as { op?: unknown }).op)}` };
+      return {
+        ok: false,
+        code: 'INVALID_ARGUMENT',
+        message: `unknown op ${JSON.stringify((req as { op?: unknown }).op)}`,
+      };
     return { ok: true, view: vm.view() };
   } catch (err) {
-    return { ok: false, message: (err as Error).message };
+    const code = (err as { code?: unknown }).code;
+    return { ok: false, code: typeof code === 'string' ? code : 'INTERNAL', message: (err as Error).message };
   }
 }
 

@@ -83,8 +83,8 @@ export type VmIntent =
   | { type: 'quit'; why: string }
   /** Step again with a `tick` at this time (the earliest a paused disk reaches stopAfterMs). */
   | { type: 'wake'; at: number }
-  /** An operator's command refused, and why. */
-  | { type: 'refuse'; why: string };
+  /** An operator's command refused: the error code (the denial's reason, or CLOSED) and why. */
+  | { type: 'refuse'; code: string; why: string };
 
 export function initialVm(disks: DiskSpec[], stopAfterMs = DEFAULT_STOP_AFTER_MS): VmState {
   if (!Number.isSafeInteger(stopAfterMs) || stopAfterMs < 0)
@@ -119,7 +119,7 @@ const waiting = (d: DiskView) => d.pausedAt !== undefined && (d.state === 'pause
 export function stepVm(s: VmState, input: VmInput): VmIntent[] {
   if (s.ended) {
     return input.type === 'operator-resume' || input.type === 'operator-stop'
-      ? [{ type: 'refuse', why: `the VM was ${s.ended}` }]
+      ? [{ type: 'refuse', code: 'CLOSED', why: `the VM was ${s.ended}` }]
       : [];
   }
   const out: VmIntent[] = [];
@@ -181,6 +181,7 @@ export function stepVm(s: VmState, input: VmInput): VmIntent[] {
         return [
           {
             type: 'refuse',
+            code: held[0]!.reason,
             why: `resume denied for ${held.map((h) => `${h.target} (${h.reason})`).join(', ')}: continuing lets the guest see I/O errors on it; resume with --accept-modified to continue anyway`,
           },
         ];

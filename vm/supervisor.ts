@@ -14,6 +14,7 @@
  * stopped or continued through another monitor) are followed, so an operator's stop is never undone.
  */
 import type { Handle, HandleState } from '../actors/application.js';
+import { isErrorCode, SafeResumeError } from '../errors.js';
 import { QmpClient, QmpError, type QmpEvent } from './qmp.js';
 import {
   holding,
@@ -203,20 +204,20 @@ export class VmSupervisor {
 
   private async operator(input: VmInput): Promise<void> {
     const refused = this.step(input);
-    if (refused) throw new Error(refused);
+    if (refused) throw new SafeResumeError(isErrorCode(refused.code) ? refused.code : 'INTERNAL', refused.why);
     await this.settled();
   }
 
-  /** Step the decisions; carry out what they say. Returns a refusal's reason, if the input was refused. */
-  private step(input: VmInput): string | undefined {
-    let refused: string | undefined;
+  /** Step the decisions; carry out what they say. Returns the refusal, if the input was refused. */
+  private step(input: VmInput): { code: string; why: string } | undefined {
+    let refused: { code: string; why: string } | undefined;
     for (const intent of stepVm(this.state, input)) {
       switch (intent.type) {
         case 'wake':
           this.wake(intent.at);
           break;
         case 'refuse':
-          refused = intent.why;
+          refused = intent;
           break;
         default:
           this.send(intent.type, intent.why);
