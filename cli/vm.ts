@@ -158,7 +158,8 @@ async function run(
   void exited.then(() => (done = true));
   for (let i = 0; i < 300 && !existsSync(qmpPath) && !done; i++) await new Promise((r) => setTimeout(r, 50));
   const server = done ? undefined : await serveVmControl(control, vm);
-  if (!done) await vm.connect();
+  // QEMU may exit before it listens (bad arguments): its exit code is the answer then.
+  if (!done) await vm.connect().catch((e: unknown) => (done ? undefined : Promise.reject(e as Error)));
   let last = '';
   vm.onChange((v) => {
     const line = `${v.phase}${v.why ? `: ${v.why}` : ''}`;

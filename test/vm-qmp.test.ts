@@ -15,10 +15,11 @@ afterEach(() => {
   for (const c of cleanups.splice(0).reverse()) c();
 });
 
+/** A bare QEMU, and its QMP connected (QEMU creates the socket's file a moment before it listens). */
 async function qemu() {
   const q = await bareQemu();
   cleanups.push(q.cleanup);
-  return q;
+  return { ...q, connect: () => QmpClient.connect(q.qmpPath, { retryMs: 10_000 }) };
 }
 
 /** A fake QMP server: `serve` decides what each connection is sent. */
@@ -68,7 +69,7 @@ describe('QMP against a real QEMU', () => {
 
   it('greets, negotiates, and answers stop, cont and query-status with the STOP/RESUME events', async () => {
     const q = await qemu();
-    const qmp = await QmpClient.connect(q.qmpPath);
+    const qmp = await q.connect();
     cleanups.push(() => qmp.close());
     expect(qmp.version).toMatchObject({ qemu: { major: expect.any(Number) as number } });
     const events: QmpEvent[] = [];
@@ -85,7 +86,7 @@ describe('QMP against a real QEMU', () => {
 
   it('an error answer is a QmpError of kind command with the class; the connection stays usable', async () => {
     const q = await qemu();
-    const qmp = await QmpClient.connect(q.qmpPath);
+    const qmp = await q.connect();
     cleanups.push(() => qmp.close());
     const err = await rejection(qmp.execute('no-such-command'));
     expect(err.kind).toBe('command');
@@ -95,7 +96,7 @@ describe('QMP against a real QEMU', () => {
 
   it('quit ends QEMU; later commands reject as closed', async () => {
     const q = await qemu();
-    const qmp = await QmpClient.connect(q.qmpPath);
+    const qmp = await q.connect();
     const closed = new Promise<QmpError>((r) => qmp.onClose(r));
     await qmp.execute('quit').catch(() => undefined);
     expect(await q.exited).toBe(0);
@@ -109,6 +110,19 @@ describe('QMP client on bad input', () => {
     const t = tempDir();
     cleanups.push(t.cleanup);
     expect((await rejection(QmpClient.connect(join(t.dir, 'absent.sock')))).kind).toBe('connect');
+  });
+
+  it('retryMs: connect waits for a socket QEMU has not listened on yet (its file may exist first)', async () => {
+    const t = tempDir();
+    cleanups.push(t.cleanup);
+    const path = join(t.dir, 'late.sock');
+    const server = createServer(negotiating(() => undefined));
+    cleanups.push(() => server.close());
+    setTimeout(() => server.listen(path), 300);
+    const qmp = await QmpClient.connect(path, { retryMs: 5000 });
+    cleanups.push(() => qmp.close());
+    expect(qmp.version).toMatchObject({ qemu: { major: 7 } });
+    expect((await rejection(QmpClient.connect(join(t.dir, 'never.sock'), { retryMs: 200 }))).kind).toBe('connect');
   });
 
   it('a greeting that is not QMP: kind greeting', async () => {

@@ -51,7 +51,7 @@ async function setUp(policy: ResumePolicy, stopAfterMs: number) {
   );
   cleanups.push(q.cleanup);
   await vm.connect();
-  const observer = await QmpClient.connect(observerPath);
+  const observer = await QmpClient.connect(observerPath, { retryMs: 10_000 });
   cleanups.push(() => observer.close());
   // While a disk is paused under the guest's requests (the firmware reads it), QEMU's `stop` pauses the
   // vCPUs and sends STOP at once but answers nothing until those requests are done: watch the events.

@@ -53,6 +53,19 @@ interface Pending {
   timer: NodeJS.Timeout | undefined;
 }
 
+/** A connected socket to `path`, or a QmpError of kind `connect`. */
+function reach(path: string): Promise<Socket> {
+  const socket = connect(path);
+  return new Promise<Socket>((resolve, reject) => {
+    const failed = (err: Error) => reject(new QmpError('connect', `cannot reach QMP at ${path}: ${err.message}`));
+    socket.once('error', failed);
+    socket.once('connect', () => {
+      socket.off('error', failed);
+      resolve(socket);
+    });
+  });
+}
+
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 export class QmpClient {
@@ -77,18 +90,24 @@ export class QmpClient {
     socket.on('close', () => this.end(new QmpError('closed', 'QMP socket closed')));
   }
 
-  /** Connect to the QMP socket at `path`, read the greeting and leave negotiation mode. */
-  static async connect(path: string, opts: { timeoutMs?: number } = {}): Promise<QmpClient> {
+  /**
+   * Connect to the QMP socket at `path`, read the greeting and leave negotiation mode. `retryMs`: keep
+   * trying for that long while nobody listens there yet (a QEMU just started creates the socket's file
+   * before it listens on it).
+   */
+  static async connect(path: string, opts: { timeoutMs?: number; retryMs?: number } = {}): Promise<QmpClient> {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_QMP_TIMEOUT_MS;
-    const socket = connect(path);
-    await new Promise<void>((resolve, reject) => {
-      const failed = (err: Error) => reject(new QmpError('connect', `cannot reach QMP at ${path}: ${err.message}`));
-      socket.once('error', failed);
-      socket.once('connect', () => {
-        socket.off('error', failed);
-        resolve();
-      });
-    });
+    const until = Date.now() + (opts.retryMs ?? 0);
+    let socket: Socket;
+    for (;;) {
+      try {
+        socket = await reach(path);
+        break;
+      } catch (err) {
+        if (Date.now() >= until) throw err;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
     const client = new QmpClient(socket, timeoutMs);
     const greeting = await new Promise<Record<string, unknown> | QmpError>((resolve) => {
       const timer = setTimeout(() => resolve(new QmpError('timeout', `no QMP greeting in ${timeoutMs} ms`)), timeoutMs);

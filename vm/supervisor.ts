@@ -15,7 +15,7 @@
  */
 import type { Handle, HandleState } from '../actors/application.js';
 import { isErrorCode, SafeResumeError } from '../errors.js';
-import { QmpClient, QmpError, type QmpEvent } from './qmp.js';
+import { DEFAULT_QMP_TIMEOUT_MS, QmpClient, QmpError, type QmpEvent } from './qmp.js';
 import {
   holding,
   initialVm,
@@ -86,9 +86,12 @@ export class VmSupervisor {
     this.ready = new Promise<void>((resolve) => (this.connected = resolve));
   }
 
-  /** Connect to QEMU's QMP socket; commands decided before then are sent once connected. */
-  async connect(timeoutMs?: number): Promise<void> {
-    const qmp = await QmpClient.connect(this.opts.qmpPath, timeoutMs === undefined ? {} : { timeoutMs });
+  /**
+   * Connect to QEMU's QMP socket (waiting up to `timeoutMs`, default 10 s, for QEMU to listen there);
+   * commands decided before then are sent once connected.
+   */
+  async connect(timeoutMs = DEFAULT_QMP_TIMEOUT_MS): Promise<void> {
+    const qmp = await QmpClient.connect(this.opts.qmpPath, { timeoutMs, retryMs: timeoutMs });
     this.qmp = qmp;
     qmp.onEvent((ev) => this.event(ev));
     qmp.onClose((err) => {
