@@ -52,6 +52,9 @@ export {
   type ListenLimits,
 } from './transport/types.js';
 export { LocalCluster, type LocalClusterOptions } from './cluster/local.js';
+export { VmSupervisor, type VmSupervisorOptions, type VmView, type VmEntry } from './vm/supervisor.js';
+export { DEFAULT_STOP_AFTER_MS, type ResumePolicy, type DiskSpec, type Denial, type VmPhase } from './vm/policy.js';
+export { QmpClient, QmpError, type QmpErrorKind, type QmpEvent, type QmpStatus } from './vm/qmp.js';
 export { FaultProxy } from './transport/fault-proxy.js';
 export { appHandleMachine } from './machines/app-handle.js';
 export { nodeSessionMachine } from './machines/node-session.js';

@@ -75,6 +75,7 @@ export const COMMAND_FLAGS: Record<string, string[]> = {
     'help',
   ],
   credentials: ['node', 'principal', 'out', 'dir', 'json', 'help'],
+  vm: [...COMMON, 'disk', 'stop-after', 'node', 'qemu', 'accept-modified'],
   completion: ['help'],
   help: [],
 };

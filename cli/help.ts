@@ -56,6 +56,19 @@ Usage:
                                       (docs/security.md; 'safe-resume credentials help' for the options)
   safe-resume credentials nbd-psk --principal NAME [--out DIR]
                                       a principal's TLS pre-shared key for the NBD export (DIR/keys.psk)
+  safe-resume vm run <name> --disk TARGET[:POLICY] ... [--stop-after MS] [--node N] [--qemu BIN] -- <qemu args>
+                                      run QEMU with each TARGET as a virtio disk from the node's NBD export
+                                      (default: the first node), supervised: stopped through QMP when a
+                                      disk stays paused MS ms (default 10000; 0: at once), continued when
+                                      every resume is granted; on a denied resume POLICY decides:
+                                      leave-paused (default: stays stopped, says why), kill (QEMU quits),
+                                      report (continues; the guest gets I/O errors on that disk); runs in
+                                      the foreground until QEMU exits
+  safe-resume vm list                 the supervised VMs: running, stopped, held by a denial (which disk,
+                                      why), and each disk's handle state
+  safe-resume vm stop <name>          stop a VM (it stays stopped until vm resume)
+  safe-resume vm resume <name> [--accept-modified]   continue a VM; one held by a denied resume only
+                                      with --accept-modified (its guest then gets I/O errors on that disk)
   safe-resume help [<command>]        show this help, or one command's (as <command> --help does)
   safe-resume --version               print the version
 

@@ -57,6 +57,14 @@ async function main(argv: string[]): Promise<number> {
         return await (await import('./bench.js')).benchCommand(rest);
       case 'fuzz':
         return await (await import('../bench/fuzz.js')).main(rest);
+      case 'vm':
+        return await (
+          await import('./vm.js')
+        ).vmCommand(
+          rest,
+          (t) => process.stdout.write(t),
+          (t) => process.stderr.write(t),
+        );
       case 'replica':
         return await (await import('./replica.js')).replicaCommand(rest, (t) => process.stdout.write(t));
       case 'credentials':

@@ -14,13 +14,13 @@ import { EXIT, OperatorError } from '../runtime/operator-error.js';
 /**
  * Everything safe-resume keeps in a data directory, by name: the store (and SQLite's files beside it),
  * each node's kept requestIds and start count (and their files written aside), the logs, the local
- * etcd members (and their certificates), the NBD exports' sockets, the control endpoint's address,
- * the launcher's lock and the cluster key. `clean` removes these and nothing else.
+ * etcd members (and their certificates), the NBD exports' sockets, the supervised VMs' directories
+ * (`vms/`), the control endpoint's address, the launcher's lock and the cluster key. `clean` removes these and nothing else.
  */
 export const CLUSTER_FILES: readonly RegExp[] = [
   /^store\.sqlite(-wal|-shm|-journal)?$/,
   /^node-\d+\.(handles\.jsonl|handles\.json|boot)(\.tmp)?$/,
-  /^(logs|etcd|nbd)$/,
+  /^(logs|etcd|nbd|vms)$/,
   /^control\.json$/,
   new RegExp(`^${LOCK_FILE.replace('.', '\\.')}$`),
   new RegExp(`^${SECRET_FILE.replace('.', '\\.')}$`),
