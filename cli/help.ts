@@ -56,8 +56,10 @@ Usage:
                                       (docs/security.md; 'safe-resume credentials help' for the options)
   safe-resume credentials nbd-psk --principal NAME [--out DIR]
                                       a principal's TLS pre-shared key for the NBD export (DIR/keys.psk)
-  safe-resume vm run <name> --disk TARGET[:POLICY] ... [--stop-after MS] [--node N] [--qemu BIN] -- <qemu args>
-                                      run QEMU with each TARGET as a virtio disk from the node's NBD export
+  safe-resume vm run <name> --disk TARGET[:POLICY] ... [--stop-after MS] [--bus virtio|nvme] [--node N]
+                    [--qemu BIN] -- <qemu args>
+                                      run QEMU with each TARGET as a disk (virtio-blk, or NVMe with --bus
+                                      nvme, for a kernel without virtio built in) from the node's NBD export
                                       (default: the first node), supervised: stopped through QMP when a
                                       disk stays paused MS ms (default 10000; 0: at once), continued when
                                       every resume is granted; on a denied resume POLICY decides:

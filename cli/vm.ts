@@ -41,6 +41,7 @@ export async function vmCommand(
       dir: { type: 'string' },
       disk: { type: 'string', multiple: true },
       'stop-after': { type: 'string' },
+      bus: { type: 'string' },
       node: { type: 'string' },
       qemu: { type: 'string' },
       'accept-modified': { type: 'boolean' },
@@ -63,8 +64,15 @@ export async function vmCommand(
     throw new UsageError(`vm ${sub} takes one VM name (letters, digits, ., _, -)`);
   if (values['accept-modified'] && sub !== 'resume') throw new UsageError('--accept-modified is for vm resume');
   if (sub !== 'run') {
-    if (values.disk || values['stop-after'] !== undefined || values.node || values.qemu || qemuArgs.length)
-      throw new UsageError('--disk, --stop-after, --node, --qemu and QEMU arguments are for vm run');
+    if (
+      values.disk ||
+      values['stop-after'] !== undefined ||
+      values.bus ||
+      values.node ||
+      values.qemu ||
+      qemuArgs.length
+    )
+      throw new UsageError('--disk, --stop-after, --bus, --node, --qemu and QEMU arguments are for vm run');
     const control = join(dir, 'vms', name, 'control.sock');
     if (!existsSync(control)) {
       const message = `no VM ${name} runs in ${dir} (vm list shows those that do)`;
@@ -88,7 +96,20 @@ export async function vmCommand(
   if (disks.length === 0) throw new UsageError('vm run needs at least one --disk TARGET[:POLICY]');
   const stopAfter = values['stop-after'] ?? String(DEFAULT_STOP_AFTER_MS);
   if (!/^\d+$/.test(stopAfter)) throw new UsageError('--stop-after takes milliseconds (0 or more)');
-  return run(dir, name, disks, Number(stopAfter), values.node, values.qemu ?? 'qemu-system-x86_64', qemuArgs, out);
+  const bus = values.bus ?? 'virtio';
+  if (bus !== 'virtio' && bus !== 'nvme') throw new UsageError('--bus is virtio or nvme');
+  const device = bus === 'nvme' ? 'nvme' : 'virtio-blk-pci';
+  return run(
+    dir,
+    name,
+    disks,
+    Number(stopAfter),
+    values.node,
+    values.qemu ?? 'qemu-system-x86_64',
+    qemuArgs,
+    out,
+    device,
+  );
 }
 
 /** `--disk TARGET[:POLICY]`. */
@@ -122,6 +143,7 @@ async function run(
   qemu: string,
   qemuArgs: string[],
   out: (t: string) => void,
+  device: string,
 ): Promise<number> {
   const { url, token } = controlOf(dir);
   const get = async <T>(path: string): Promise<T> =>
@@ -142,7 +164,7 @@ async function run(
     '-blockdev',
     `driver=nbd,server.type=unix,server.path=${nbd},export=${d.target},node-name=sr${i}`,
     '-device',
-    `virtio-blk-pci,drive=sr${i},serial=sr${i}`,
+    `${device},drive=sr${i},serial=sr${i}`,
   ]);
   // Events of the cluster before this VM are history: follow from now on.
   let after = (await get<{ next: number }>('/events')).next;
