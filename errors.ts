@@ -32,6 +32,23 @@ export type ErrorCode = keyof typeof ERROR_CODES;
 /** Reasons a handle can be invalidated (SPEC "Handle lifecycle"). */
 export type InvalidationReason = 'MODIFIED' | 'SUPERSEDED' | 'TIMEOUT' | 'CLOSED_BY_STORAGE' | 'FORBIDDEN';
 
+/** A byte range of a target: `[offset, length]`. */
+export type ByteRange = [offset: number, length: number];
+
+/** Ranges a MODIFIED denial lists at most (more are merged into coarser ones). */
+export const MAX_CHANGED_RANGES = 64;
+
+/**
+ * What a resume denied MODIFIED says another writer changed: the byte ranges of the target written
+ * (or zeroed) since the version the handle last saw, whole pages of 4096 bytes, in order, disjoint,
+ * at most MAX_CHANGED_RANGES. `coarse`: more ranges changed than that, so adjacent ones were merged
+ * into coarser ones, which cover every changed byte and some that did not change.
+ */
+export interface ChangedRanges {
+  changed: ByteRange[];
+  coarse: boolean;
+}
+
 export const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['LOCKED', 'UNAVAILABLE', 'SEQ_GAP', 'QUEUE_FULL']);
 
 export class SafeResumeError extends Error {
@@ -41,6 +58,12 @@ export class SafeResumeError extends Error {
   readonly reason: ErrorCode | undefined;
   /** For an open that reclaimed a requestId the node kept (or named) and was refused: that requestId. */
   requestId?: string | undefined;
+  /**
+   * For MODIFIED on a resume denied: the byte ranges another writer changed since the version the
+   * handle last saw (see ChangedRanges), and whether they were coarsened. Undefined when not known.
+   */
+  changed?: ByteRange[] | undefined;
+  coarse?: boolean | undefined;
   constructor(code: ErrorCode, message?: string, reason?: ErrorCode) {
     super(message ?? ERROR_CODES[code]);
     this.name = 'SafeResumeError';

@@ -27,7 +27,15 @@ export {
 } from './actors/auth.js';
 export { FileKeptIds, MemoryKeptIds, type KeptHandle, type KeptIds } from './actors/kept.js';
 export { defaultEnv, realClock, simulatedClock, seededRandom, type ActorClock, type Env } from './actors/env.js';
-export { SafeResumeError, ERROR_CODES, type ErrorCode, type InvalidationReason } from './errors.js';
+export {
+  SafeResumeError,
+  ERROR_CODES,
+  MAX_CHANGED_RANGES,
+  type ByteRange,
+  type ChangedRanges,
+  type ErrorCode,
+  type InvalidationReason,
+} from './errors.js';
 export { MemoryStore } from './store/memory.js';
 export { SqliteStore, type SqliteStoreOptions } from './store/sqlite.js';
 export { EtcdStore, type EtcdStoreOptions } from './store/etcd.js';

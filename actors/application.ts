@@ -10,7 +10,7 @@
  * and their promises live there; this class validates arguments and turns the core's reports into
  * events.
  */
-import { SafeResumeError, type ErrorCode, type InvalidationReason } from '../errors.js';
+import { SafeResumeError, type ChangedRanges, type ErrorCode, type InvalidationReason } from '../errors.js';
 import {
   EMPTY,
   type CoreHandle,
@@ -117,6 +117,15 @@ export class Handle extends LazyEmitter<HandleEvents> implements HandleOwner {
   /** Why the handle was invalidated, once it is. */
   get reason(): InvalidationReason | undefined {
     return this.core.reason;
+  }
+
+  /**
+   * Once a resume was denied MODIFIED: the byte ranges another writer changed since the version this
+   * handle last saw (as the store said; undefined if it could not tell). Also on the errors its
+   * operations reject with (`err.changed`, `err.coarse`).
+   */
+  get changes(): ChangedRanges | undefined {
+    return this.core.changed;
   }
 
   /** Whether the node holds this handle's requestId on disk (so an agent restart can resume it). */

@@ -197,7 +197,12 @@ export abstract class NodeAgentIntents extends LazyEmitter<NodeAgentEvents> {
         if (t0 !== undefined)
           this.opts.observe!.operation(s.op.kind === 'write' ? 'write' : 'read', s.ok, this.env.clock.now() - t0);
         if (s.ok) s.op.settle?.resolve(s.value);
-        else s.op.settle?.reject(new SafeResumeError(s.code, s.message, s.reason));
+        else {
+          const err = new SafeResumeError(s.code, s.message, s.reason);
+          // What another writer changed, when the store said (a resume denied MODIFIED).
+          if (s.changed) [err.changed, err.coarse] = [s.changed.changed, s.changed.coarse];
+          s.op.settle?.reject(err);
+        }
         return;
       }
       case 'pause-timer': {

@@ -10,6 +10,7 @@ import { processInspector, watchedTransport } from '../runtime/inspect.js';
 import { nodeMetrics, serveMetrics } from './metrics.js';
 import { NbdExport } from '../frontends/nbd.js';
 import { ConnectFailed, MetricsPort, TlsConfig, exit, logger, send, transportFor } from './child-process.js';
+import { describeChanged } from '../store/rules-changed.js';
 
 const NodeConfig = z.object({
   tls: TlsConfig,
@@ -125,10 +126,19 @@ export async function node(raw: unknown): Promise<void> {
     requestId: string;
     state: string;
     reason: string | null;
+    changed?: string;
   }> = [];
   const transition = (app: string, target: string, h: Handle): void => {
     if (transitions.length >= MAX_TRANSITIONS) transitions.shift();
-    transitions.push({ at: Date.now(), app, target, requestId: h.requestId, state: h.state, reason: h.reason ?? null });
+    transitions.push({
+      at: Date.now(),
+      app,
+      target,
+      requestId: h.requestId,
+      state: h.state,
+      reason: h.reason ?? null,
+      ...(h.state === 'invalidated' && h.changes ? { changed: describeChanged(h.changes) } : {}),
+    });
   };
   // The block export: programs on this host open any target as a disk (one write handle per connection),
   // on a Unix socket only its owner (or --nbd-group) reaches, and on TCP for TLS-PSK clients if asked.
@@ -335,6 +345,7 @@ export async function node(raw: unknown): Promise<void> {
         requestId: a.handle?.requestId ?? null,
         state: a.handle?.state ?? 'opening',
         reason: a.handle?.reason ?? a.lastReason ?? null,
+        ...(a.handle?.changes ? { changed: describeChanged(a.handle.changes) } : {}),
         acked: a.stats.acked,
         verified: a.stats.verified,
         failed: a.stats.failed,

@@ -86,6 +86,7 @@ export async function explain(l: Explaining, what: string): Promise<ControlResul
         app: h.app,
         state: h.state,
         reason: h.reason,
+        changed: h.changed ?? null,
         requestId: h.requestId ?? null,
         holds: record?.requestId === h.requestId,
         nodeState: node?.state ?? 'unknown',
@@ -141,6 +142,8 @@ export async function explain(l: Explaining, what: string): Promise<ControlResul
     lines.push(
       `  handle    ${h.node}/${h.app} ${h.state}${h.reason ? ` (${h.reason})` : ''}${h.requestId ? ` requestId ${h.requestId}` : ''}${h.holds ? ', the holder' : ''}${why}`,
     );
+    // What another writer changed since the handle last saw the target (its resume's denial).
+    if (h.changed) lines.push(`  changed   ${h.changed}`);
   }
   lines.push(`  store     ${l.storeSpec}; ${st.replicas.map((r) => `${r.id} ${r.state}`).join(', ')}`);
   return {

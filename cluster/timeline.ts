@@ -19,6 +19,8 @@ export type TimelineEvent = { at: number; seq: number } & (
       to: string;
       reason?: string;
       detail?: string;
+      /** Denied MODIFIED: the byte ranges another writer changed (`0-4095, 1048576-1052671 (2 ranges)`). */
+      changed?: string;
     }
 );
 
@@ -70,6 +72,7 @@ export class Timeline {
       state: string;
       reason: string | null;
       at?: number;
+      changed?: string | undefined;
     }>,
   ): Array<TimelineEvent & { kind: 'handle' }> {
     const out: Array<TimelineEvent & { kind: 'handle' }> = [];
@@ -100,6 +103,7 @@ export class Timeline {
         to: h.state,
         ...(h.state === 'invalidated' && h.reason ? { reason: h.reason } : {}),
         ...(detail ? { detail } : {}),
+        ...(h.state === 'invalidated' && h.changed ? { changed: h.changed } : {}),
       }) as TimelineEvent & { kind: 'handle' };
       out.push(ev);
     }
@@ -133,6 +137,6 @@ export function formatEvent(e: TimelineEvent): string {
     case 'process':
       return `${t}  process  ${e.id} ${e.what}${e.detail ? ` (${e.detail})` : ''}`;
     case 'handle':
-      return `${t}  handle   ${`${e.node}/${e.app}`.padEnd(14)} ${e.target}  ${e.from} -> ${e.to}${e.reason ? ` ${e.reason}` : ''}${e.detail ? ` (${e.detail})` : ''}${e.requestId ? `  requestId ${e.requestId}` : ''}`;
+      return `${t}  handle   ${`${e.node}/${e.app}`.padEnd(14)} ${e.target}  ${e.from} -> ${e.to}${e.reason ? ` ${e.reason}` : ''}${e.detail ? ` (${e.detail})` : ''}${e.requestId ? `  requestId ${e.requestId}` : ''}${e.changed ? `  changed: ${e.changed}` : ''}`;
   }
 }

@@ -100,6 +100,7 @@ export abstract class AgentReplies extends AgentSession {
           `resume of ${h.target} denied: ${r.code ?? reason}`,
         );
       h.version = r.version;
+      if (r.changed) h.changed = { changed: r.changed, coarse: r.coarse === true };
       this.lose(h, 'DENIED', reason, r.lastSeq);
     });
     if (p.kind === 'resume') this.log('info', 'handles resumed', { granted, of: hs.length });
@@ -148,7 +149,8 @@ export abstract class AgentReplies extends AgentSession {
     if (i < 0) return;
     h.ops.splice(i, 1);
     const read = msg.type !== 'written';
-    if (read) h.version = msg.version;
+    // A writer has seen the versions its own writes made: a denial lists what changed after them.
+    if (read || msg.version > h.version) h.version = msg.version;
     if (op.settle)
       this.settle({
         op,

@@ -129,6 +129,7 @@ export class AgentCore extends AgentReplies {
           ok: false,
           code: h.reason ?? 'MODIFIED',
           message: `${h.target}: handle invalidated (${h.reason})`,
+          changed: h.changed,
         });
       default:
         return this.settle({ op, ok: false, code: 'CLOSED', message: `${h.target}: handle closed` });

@@ -4,7 +4,7 @@
  * once, at load, into the lookup table `nextState` reads (machines/compile.ts), so what is drawn is
  * what runs. `nextState` is the one place the node side decides a handle's state.
  */
-import type { ErrorCode, InvalidationReason } from '../errors.js';
+import type { ChangedRanges, ErrorCode, InvalidationReason } from '../errors.js';
 import type { Mode } from '../transport/messages.js';
 import type { StateValueFrom } from 'xstate';
 import { appHandleMachine, type AppHandleEvent } from '../machines/app-handle.js';
@@ -130,6 +130,8 @@ export interface CoreHandle {
   takeover: boolean;
   state: HandleState;
   reason: InvalidationReason | undefined;
+  /** Denied MODIFIED: what the store said changed since the version the handle last saw. */
+  changed?: ChangedRanges | undefined;
   /** The target version last seen (a read handle resumes only if it is unchanged). */
   version: number;
   /**
@@ -182,6 +184,7 @@ export function newHandle(p: OpenParams): CoreHandle {
     takeover: p.takeover,
     state: 'opening',
     reason: undefined,
+    changed: undefined,
     version: p.version,
     keptVersion: p.version,
     size: p.size,
@@ -213,7 +216,15 @@ export function filler(seq: number): Op {
 /** A settlement the core asks for: resolve, or reject with a code (and the reason behind an OUTCOME_UNKNOWN). */
 export type Settlement =
   | { op: Op; ok: true; value: OpResult }
-  | { op: Op; ok: false; code: ErrorCode; message: string; reason?: ErrorCode | undefined };
+  | {
+      op: Op;
+      ok: false;
+      code: ErrorCode;
+      message: string;
+      reason?: ErrorCode | undefined;
+      /** MODIFIED (or OUTCOME_UNKNOWN because of it): what changed, when the store said. */
+      changed?: ChangedRanges | undefined;
+    };
 
 /**
  * Settle every operation of a handle that lost the target (S5). A write that was never sent, or whose
@@ -223,14 +234,15 @@ export type Settlement =
  */
 export function settleLost(h: CoreHandle, code: ErrorCode, lastSeq: number | undefined, out: Settlement[]): void {
   const message = `${h.target}: handle ${code === 'CLOSED' ? 'closed' : `invalidated (${code})`}`;
+  const changed = code === 'MODIFIED' && h.changed ? { changed: h.changed } : {};
   for (const op of h.ops) {
     if (!op.settle) continue;
-    if (op.kind !== 'write' || op.seq === 0) out.push({ op, ok: false, code, message });
+    if (op.kind !== 'write' || op.seq === 0) out.push({ op, ok: false, code, message, ...changed });
     else if (lastSeq === undefined && !op.sent)
-      out.push({ op, ok: false, code, message: `${message}; this write was not applied` });
+      out.push({ op, ok: false, code, message: `${message}; this write was not applied`, ...changed });
     else if (lastSeq !== undefined) {
       if (op.seq <= lastSeq) out.push({ op, ok: true, value: { version: h.version } });
-      else out.push({ op, ok: false, code, message: `${message}; this write was not applied` });
+      else out.push({ op, ok: false, code, message: `${message}; this write was not applied`, ...changed });
     } else {
       out.push({
         op,
@@ -238,6 +250,7 @@ export function settleLost(h: CoreHandle, code: ErrorCode, lastSeq: number | und
         code: 'OUTCOME_UNKNOWN',
         reason: code,
         message: `${message}; the write was sent, and whether it was applied is no longer known`,
+        ...changed,
       });
     }
   }

@@ -288,8 +288,13 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
       };
       if (out.lastSeq !== undefined) denied.lastSeq = out.lastSeq;
       if (out.heldEpoch !== undefined) denied.heldEpoch = out.heldEpoch;
+      if (out.changed) {
+        denied.changed = out.changed;
+        if (out.coarse) denied.coarse = true;
+      }
       return denied;
     });
+    boundChanged(results);
     this.send(s.conn, { type: 'resumed', id: msg.id, results });
   }
 
@@ -396,4 +401,26 @@ export abstract class ReplicaRequests extends ReplicaHandshake {
       grants: res.access.grants,
     });
   }
+}
+
+/**
+ * The changed ranges of one answer, at most MAX_RESUMED_RANGES in all, so the answer stays far inside
+ * the codec's header limit (1,000 denials of 64 ranges each would not): past them, an item's ranges
+ * become one, from its first to the end of its last (coarse).
+ */
+export const MAX_RESUMED_RANGES = 2048;
+
+export function boundChanged(results: ResumeResult[]): void {
+  let left = MAX_RESUMED_RANGES;
+  results.forEach((r, i) => {
+    const c = r.changed;
+    if (!c || c.length === 0) return;
+    // Room for one range for each item after this one.
+    if (c.length > Math.max(1, left - (results.length - i - 1))) {
+      const last = c[c.length - 1]!;
+      r.changed = [[c[0]![0], last[0] + last[1] - c[0]![0]]];
+      r.coarse = true;
+    }
+    left -= r.changed!.length;
+  });
 }

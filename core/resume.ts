@@ -13,9 +13,15 @@ const RESUME_ITEM_OVERHEAD = 192;
 
 /** A handle's resume item; a writer's carries `epoch`, the hand-over counter of this request. */
 export function resumeItem(h: CoreHandle, epoch: () => number): ResumeItem {
-  const item: ResumeItem = { target: h.target, requestId: h.requestId, principal: h.principal, mode: h.mode };
-  if (h.mode === 'read') item.version = h.version;
-  else {
+  // The version it last saw: a reader is granted only at it; a denial says what changed since it.
+  const item: ResumeItem = {
+    target: h.target,
+    requestId: h.requestId,
+    principal: h.principal,
+    mode: h.mode,
+    version: h.version,
+  };
+  if (h.mode === 'write') {
     item.instance = h.instance;
     if (h.takeover) item.takeover = true;
     item.epoch = epoch();

@@ -462,7 +462,8 @@ function tlRow(e) {
     const tone = ['active', 'paused', 'resuming', 'invalidated'].includes(e.to) ? e.to : 'other';
     text =
       `${esc(`${e.node}/${e.app}`)} ${esc(e.target)} ${esc(e.from)} -&gt; <span class="to ${tone}">${esc(e.to)}</span>` +
-      `${e.reason ? ` <span class="reason">${esc(e.reason)}</span>` : ''}${e.detail ? ` <span class="detail">(${esc(e.detail)})</span>` : ''}`;
+      `${e.reason ? ` <span class="reason">${esc(e.reason)}</span>` : ''}${e.detail ? ` <span class="detail">(${esc(e.detail)})</span>` : ''}` +
+      `${e.changed ? ` <span class="detail">changed: ${esc(e.changed)}</span>` : ''}`;
   }
   return `<div class="ev ${esc(cls)}" data-kind="${esc(e.kind)}" data-target="${esc(e.target || '')}" data-at="${Number(e.at)}"><span class="at">${new Date(e.at).toISOString().slice(11, 23)}</span><span class="kind ${esc(e.kind)}">${esc(e.kind)}</span><span class="text">${text}</span></div>`;
 }

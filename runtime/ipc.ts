@@ -37,6 +37,8 @@ export const HandleStatus = z.object({
   pauseLeftMs: nullable(z.number()).optional(),
   /** Writes acknowledged per second over the last few seconds. */
   writesPerS: z.number().optional(),
+  /** Denied MODIFIED: the byte ranges another writer changed, as a line (`0-4095, ... (2 ranges)`). */
+  changed: z.string().max(4096).optional(),
 });
 export type HandleStatus = z.infer<typeof HandleStatus>;
 
@@ -107,6 +109,8 @@ export const ChildReport = z.union([
           requestId: z.string(),
           state: z.string(),
           reason: nullable(z.string()),
+          /** Denied MODIFIED: the byte ranges another writer changed, as a line. */
+          changed: z.string().max(4096).optional(),
         }),
       )
       .max(1000),

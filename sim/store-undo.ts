@@ -5,7 +5,7 @@
  */
 import { memoryTx, type MemoryState } from '../store/memory.js';
 import type { Tx } from '../store/rules.js';
-import type { TargetAccess } from '../store/types.js';
+import { PAGE_BYTES, type TargetAccess } from '../store/types.js';
 
 type TargetState = MemoryState['targets'] extends Map<string, infer V> ? V : never;
 
@@ -53,6 +53,7 @@ export function undoableTx(state: MemoryState, undo: Array<() => void>, compare:
     fixedSize: read(base.fixedSize.bind(base)),
     readData: read(base.readData.bind(base)),
     keptPages: read(base.keptPages.bind(base)),
+    changedPages: read(base.changedPages.bind(base)),
     getAccess: read(base.getAccess.bind(base)),
     putAccess: (t, a) => {
       const owners = (state.access ??= new Map<string, TargetAccess>());
@@ -99,7 +100,7 @@ export function undoableTx(state: MemoryState, undo: Array<() => void>, compare:
   };
 }
 
-export function restore<V>(map: Map<string, V>, key: string, prev: V | undefined): void {
+export function restore<K, V>(map: Map<K, V>, key: K, prev: V | undefined): void {
   if (prev === undefined) map.delete(key);
   else map.set(key, prev);
 }
@@ -113,7 +114,12 @@ function undoWrite(cur: TargetState, offset: number, end: number): () => void {
   const { buf, size, version } = cur;
   const keepTo = Math.min(end, size);
   const saved = offset < keepTo ? buf.slice(offset, keepTo) : undefined;
+  // The versions of the pages the write touches, as they are now (undefined: never written).
+  const pages: Array<[number, number | undefined]> = [];
+  if (end > offset)
+    for (let p = Math.floor(offset / PAGE_BYTES); p * PAGE_BYTES < end; p++) pages.push([p, cur.pv?.get(p)]);
   return () => {
+    for (const [p, v] of pages) if (cur.pv) restore(cur.pv, p, v);
     if (cur.buf !== buf) cur.buf = buf;
     else {
       if (saved) buf.set(saved, offset);

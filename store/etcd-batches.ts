@@ -40,7 +40,7 @@ export interface Item {
   grant?: { session: string; ttl: number } | undefined;
   /** Pages a write needs read first (it covers them partly). */
   pages: number[];
-  /** Pages it writes. */
+  /** Puts it makes for its pages (a page: its data or deletion, and its version). */
   touch: number;
   /** Data bytes it writes. */
   bytes: number;

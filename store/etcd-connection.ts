@@ -6,7 +6,7 @@
 import { Etcd3 } from 'etcd3';
 import type { ICompare, IRequestOp, IResponseOp } from 'etcd3/lib/rpc.js';
 import { SafeResumeError } from '../errors.js';
-import { KEY_LAYOUT, OLD_PAGES, PAGES, PAGE_LIMIT, enc, pageKey, pageOfKey, prefixEnd } from './etcd-keys.js';
+import { CHANGES, KEY_LAYOUT, OLD_PAGES, PAGES, PAGE_LIMIT, enc, pageKey, pageOfKey, prefixEnd } from './etcd-keys.js';
 import { StoreUnavailableError, type DecisionLog } from './types.js';
 
 /** Tries of one rule when other replicas keep changing the target under it. */
@@ -98,6 +98,11 @@ export class EtcdConnection {
   /** A page's key, or (no page) the prefix of the target's page keys. The one place page keys are made. */
   protected d(target: string, page?: number): string {
     return `${this.prefix}${PAGES}${enc(target)}/${page === undefined ? '' : pageKey(page)}`;
+  }
+
+  /** The key of the version that last wrote (or freed) a page, or (no page) the prefix of the target's. */
+  protected w(target: string, page?: number): string {
+    return `${this.prefix}${CHANGES}${enc(target)}/${page === undefined ? '' : pageKey(page)}`;
   }
 
   /** The keys of the target's pages first..last, as a range (pages past the last a key can name are none). */

@@ -32,6 +32,8 @@ export interface TargetState {
   live: boolean;
   /** The lease the lock hangs on now ('0': none). */
   lockLease: string;
+  /** Page versions are kept for the writes after this version (undefined: not yet, a target of an earlier version). */
+  from: number | undefined;
 }
 
 export const enc = (target: string) => encodeURIComponent(target);
@@ -46,6 +48,12 @@ export const KEY_LAYOUT = '2';
 /** Where the pages are, under the prefix; and where the earlier layout kept them. */
 export const PAGES = 'p/';
 export const OLD_PAGES = 'd/';
+/**
+ * Where each page's last version is, under the prefix: `w/<target>/<page>` holds the version of the
+ * write that last wrote the page, or left it all zeros (its page key deleted, this one kept). Stores
+ * written before it have none: their targets' `from` (in the v key) says since when they are kept.
+ */
+export const CHANGES = 'w/';
 /**
  * Digits of a page number in its key: fixed, so etcd's byte order of page keys is their number order.
  * 10^12 pages of 4 KiB is 4 EB, far above the 2^28 pages of a disk of MAX_DISK_BYTES.
@@ -85,6 +93,8 @@ export interface Meta {
   fixed?: number;
   owner?: string;
   grants?: Grant[];
+  /** The version after which every write's pages have their `w/` key (absent in keys of an earlier version). */
+  from?: number;
 }
 
 export const metaOf = (s: TargetState): Buffer =>
@@ -94,5 +104,6 @@ export const metaOf = (s: TargetState): Buffer =>
       size: s.size,
       ...(s.fixed ? { fixed: s.fixed } : {}),
       ...(s.access ? { owner: s.access.owner, grants: s.access.grants } : {}),
+      ...(s.from !== undefined ? { from: s.from } : {}),
     }),
   );

@@ -4,8 +4,21 @@
  */
 import type { IRequestOp } from 'etcd3/lib/rpc.js';
 import type * as rules from './rules.js';
-import { ABSENT, PAGE, enc, json, metaOf, prefixEnd, type Kv, type Meta, type TargetState } from './etcd-keys.js';
+import type { ChangedRanges } from '../errors.js';
+import {
+  ABSENT,
+  PAGE,
+  enc,
+  json,
+  metaOf,
+  pageOfKey,
+  prefixEnd,
+  type Kv,
+  type Meta,
+  type TargetState,
+} from './etcd-keys.js';
 import { EtcdLeases } from './etcd-leases.js';
+import { changedOf, changedRanges, MAX_CHANGED_PAGES } from './rules-changed.js';
 import { isZeroPage, type LockRecord, type Tombstone } from './types.js';
 
 /** etcd's default --max-txn-ops is 128: a batch stays below it in compares, reads and writes. */
@@ -46,6 +59,53 @@ export class EtcdTargets extends EtcdLeases {
     return { states, pages };
   }
 
+  /**
+   * What changed in `target` since version `since` (a resume denied MODIFIED): its v key and its pages'
+   * versions, read at one revision in pages of 1,000 keys, at most MAX_CHANGED_PAGES keys (past them,
+   * the rest of the target counts as changed).
+   */
+  protected async changedSince(target: string, since: number): Promise<ChangedRanges> {
+    const prefix = this.w(target);
+    const end = prefixEnd(prefix);
+    const pages: number[] = [];
+    let from = Buffer.from(prefix);
+    let revision: string | undefined;
+    let meta: Meta | undefined;
+    let seen = 0;
+    let last = -1;
+    for (;;) {
+      const range = { key: from, range_end: end, limit: 1000, ...(revision ? { revision } : {}) };
+      const res = await this.txn(
+        'read',
+        [],
+        [{ request_range: range }, ...(revision ? [] : [{ request_range: { key: Buffer.from(this.k(target, 'v')) } }])],
+      );
+      if (!revision) {
+        revision = res.revision;
+        const v = res.responses[1]?.response_range?.kvs?.[0];
+        meta = v
+          ? json<Meta>({ value: v.value, mod: v.mod_revision, lease: v.lease }, { version: 0, size: 0 })
+          : undefined;
+        // Changes before what the target keeps are not known: the whole target may have changed.
+        if (meta && (meta.from === undefined || since < meta.from))
+          return changedOf(undefined, meta.fixed || meta.size);
+      }
+      const r = res.responses[0]?.response_range;
+      const kvs = r?.kvs ?? [];
+      for (const kv of kvs) {
+        last = pageOfKey(kv.key.toString().slice(prefix.length));
+        if (Number(kv.value.toString()) > since) pages.push(last);
+      }
+      seen += kvs.length;
+      if (!r?.more || kvs.length === 0) return changedRanges(pages);
+      if (seen >= MAX_CHANGED_PAGES) {
+        if (pages[pages.length - 1] !== last) pages.push(last);
+        return changedRanges(pages, true, meta ? meta.fixed || meta.size : 0);
+      }
+      from = Buffer.concat([kvs[kvs.length - 1]!.key, Buffer.from([0])]);
+    }
+  }
+
   /** Read every key of `targets` and the listed pages in one transaction (one revision). */
   protected async readTargets(
     targets: string[],
@@ -83,6 +143,8 @@ export class EtcdTargets extends EtcdLeases {
         access,
         live: l.value !== undefined,
         lockLease: l.lease,
+        // A target nobody wrote yet keeps every change; one of an earlier version from its next write on.
+        from: v.value ? meta.from : 0,
       });
     });
     const pages = new Map<string, Uint8Array>();
@@ -106,6 +168,8 @@ export class EtcdTargets extends EtcdLeases {
       ops.set(key, { request_put: { key: Buffer.from(key), value, ...(lease ? { lease } : {}) } });
     const del = (key: string) => ops.set(key, { request_delete_range: { key: Buffer.from(key) } });
     const target = it.target;
+    // From now on this target's writes keep their pages' versions (a target of an earlier version).
+    s.from ??= s.version;
     for (const e of effects) {
       if (e.kind === 'put') {
         s.record = e.record;
@@ -148,6 +212,8 @@ export class EtcdTargets extends EtcdLeases {
             if (old) bytes.set(old);
             bytes.set(e.data.subarray(from - e.offset, to - e.offset), from - start);
           }
+          // The version that last wrote the page, kept when it is freed too (its freeing is a change).
+          put(this.w(target, page), Buffer.from(String(s.version + 1)));
           // A page left all zeros is deleted (it reads as zeros, as one never written does).
           if (isZeroPage(bytes)) {
             pages.delete(key);

@@ -12,6 +12,7 @@
  *   k/<target>/l        the lock: present while the holder's session lease lives (lease mode)
  *   p/<target>/<page>   the data, in 4 KiB pages (a page never written or left all zeros has no key); the page number in
  *                       12 decimal digits, so etcd's byte order of keys is their number order
+ *   w/<target>/<page>   the version that last wrote the page, or left it all zeros (kept when the page key is deleted)
  *   format              the key layout (KEY_LAYOUT), put when the store is first used
  *   h/...               the decision log, when one is kept (the chaos checker's history)
  *
@@ -100,7 +101,12 @@ export class EtcdStore extends EtcdBatches implements Store {
           grant,
           decide: (s) => rules.decideResume(this.view(s), req, this.now()),
           decided: (out) => ({ op: 'resume', req, out: out as ResumeOutcome }),
-        });
+        }).then(async (out) =>
+          // A denial says what changed since the version the handle saw, read once it is decided.
+          !out.granted && out.code === 'MODIFIED' && req.version !== undefined
+            ? rules.withChanged(out, await this.changedSince(req.target, req.version))
+            : out,
+        );
       }),
     );
   }
@@ -114,7 +120,8 @@ export class EtcdStore extends EtcdBatches implements Store {
       if (req.offset % PAGE !== 0 || (first === last && end % PAGE !== 0)) pages.push(first);
       if (last !== first && end % PAGE !== 0) pages.push(last);
     }
-    const touch = req.data.length === 0 ? 0 : Math.floor((end - 1) / PAGE) - Math.floor(req.offset / PAGE) + 1;
+    // Two puts per page: its data (or its deletion) and its version.
+    const touch = req.data.length === 0 ? 0 : 2 * (Math.floor((end - 1) / PAGE) - Math.floor(req.offset / PAGE) + 1);
     return this.enqueue({
       target: req.target,
       pages,

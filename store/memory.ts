@@ -16,9 +16,10 @@ export interface MemoryState {
   tombstones: Map<string, Tombstone[]>;
   /**
    * Each target's bytes are `buf[0, size)`, zeros past `buf`'s end; `buf` has room to grow, so a write
-   * copies only itself. `fixed`: the size fixed at creation (0: none).
+   * copies only itself. `fixed`: the size fixed at creation (0: none). `pv`: each page written, with
+   * the version its last write made (a page left all zeros keeps its entry: its freeing is a change).
    */
-  targets: Map<string, { buf: Uint8Array; size: number; version: number; fixed?: number }>;
+  targets: Map<string, { buf: Uint8Array; size: number; version: number; fixed?: number; pv?: Map<number, number> }>;
   /** Each target's owner and access list (made on first use when a state without it is passed in). */
   access?: Map<string, TargetAccess>;
 }
@@ -118,7 +119,10 @@ export function memoryTx(state: MemoryState): Tx {
       }
       if (keep > 0) cur.buf.set(keep === data.length ? data : data.subarray(0, keep), offset);
       cur.size = Math.max(cur.size, end);
-      return ++cur.version;
+      const version = ++cur.version;
+      const pv = (cur.pv ??= new Map());
+      if (data.length > 0) for (let p = Math.floor(offset / PAGE_BYTES); p * PAGE_BYTES < end; p++) pv.set(p, version);
+      return version;
     },
     keptPages: (t, first, last, max) => {
       const cur = targets.get(t);
@@ -128,6 +132,11 @@ export function memoryTx(state: MemoryState): Tx {
       for (let p = first; p <= last && p * PAGE_BYTES < to && out.length < max; p++)
         if (!isZeroPage(cur.buf.subarray(p * PAGE_BYTES, Math.min(to, (p + 1) * PAGE_BYTES)))) out.push(p);
       return out;
+    },
+    changedPages: (t, since, max) => {
+      const out: number[] = [];
+      for (const [p, v] of targets.get(t)?.pv ?? []) if (v > since) out.push(p);
+      return out.sort((a, b) => a - b).slice(0, max);
     },
     pages: (t) => {
       const cur = targets.get(t);

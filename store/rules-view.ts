@@ -32,6 +32,12 @@ export interface Tx {
    * them (the first ones). A page never written or left all zeros is not kept.
    */
   keptPages(target: string, first: number, last: number, max: number): number[];
+  /**
+   * The pages written since version `since` (their last write made a version above it), ascending,
+   * at most `max` (the first ones): pages that hold data and pages a write left all zeros (freed) alike.
+   * Undefined: the store cannot tell (it kept no page versions before a later version: an older file).
+   */
+  changedPages(target: string, since: number, max: number): number[] | undefined;
   /** For inspection: how many pages of PAGE_BYTES hold the target's data (all-zero pages hold none). */
   pages(target: string): number;
   /** The target's owner and access list as recorded (undefined: none recorded). */
@@ -57,6 +63,10 @@ export interface TargetView {
    * its session's lease). Undefined: judged by the rule from the record's `expiresAt` and the store's now.
    */
   readonly live?: boolean | undefined;
+  /** The pages written (or freed) since version `since`, at most `max` (Tx.changedPages); absent: the store cannot tell. */
+  changedPages?: ((since: number, max: number) => number[] | undefined) | undefined;
+  /** The target's size (fixed, or as far as written); absent: its fixed size stands for it. */
+  readonly size?: number | undefined;
 }
 
 /** A write a decision asks for, on the target it decided about. */

@@ -31,6 +31,8 @@ import { accessOf, decideAccess, mayOpen, NO_ACCESS, settled } from './rules-acc
 import { none, type Decision, type Effect, type TargetView, type Tx } from './rules-view.js';
 import { boundElsewhere, bury, denial, handOver, staleRequest, tombOf } from './rules-records.js';
 import { extentsOf, pageSpan } from './rules-extents.js';
+import { changedOf, MAX_CHANGED_PAGES } from './rules-changed.js';
+import type { ChangedRanges } from '../errors.js';
 
 export type { Decision, Effect, TargetView, Tx } from './rules-view.js';
 export { accessOf, decideAccess, mayOpen, NO_ACCESS } from './rules-access.js';
@@ -149,6 +151,21 @@ export function decideOpen(
 }
 
 export function decideResume(v: TargetView, req: ResumeRequest, nowMs: number): Decision<ResumeOutcome> {
+  const d = decideResumeOnly(v, req, nowMs);
+  const out = d.out;
+  if (out.granted || out.code !== 'MODIFIED' || req.version === undefined || !v.changedPages) return d;
+  // What changed since the version the handle last saw: the pages whose last write made a newer one.
+  const pages = v.changedPages(req.version, MAX_CHANGED_PAGES);
+  return { ...d, out: withChanged(out, changedOf(pages, v.size ?? v.fixedSize)) };
+}
+
+/** A denial carrying what changed (for an adapter that reads the changed pages once it decided). */
+export function withChanged(out: ResumeOutcome, c: ChangedRanges): ResumeOutcome {
+  if (out.granted) return out;
+  return { ...out, changed: c.changed, ...(c.coarse ? { coarse: true as const } : {}) };
+}
+
+function decideResumeOnly(v: TargetView, req: ResumeRequest, nowMs: number): Decision<ResumeOutcome> {
   // A principal whose access was revoked (or never given) resumes nothing, and learns nothing of the
   // target (not even its version). Nobody has the target (a store that lost it): the rules below decide.
   const access = accessOf(v);
@@ -325,6 +342,14 @@ class LazyView implements TargetView {
 
   get access(): TargetAccess | undefined {
     return this.tx.getAccess(this.target);
+  }
+
+  changedPages(since: number, max: number): number[] | undefined {
+    return this.tx.changedPages(this.target, since, max);
+  }
+
+  get size(): number {
+    return this.tx.size(this.target);
   }
 }
 

@@ -12,8 +12,9 @@ const PAGE = PAGE_BYTES;
  */
 export function createSchema(db: Database.Database, clock: HostClock): void {
   db.exec(`
-    CREATE TABLE IF NOT EXISTS target_versions (target TEXT PRIMARY KEY, size INTEGER NOT NULL, version INTEGER NOT NULL, fixed INTEGER NOT NULL DEFAULT 0, owner TEXT, grants TEXT NOT NULL DEFAULT '[]') STRICT;
-    CREATE TABLE IF NOT EXISTS pages (target TEXT NOT NULL, page INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (target, page)) STRICT, WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS target_versions (target TEXT PRIMARY KEY, size INTEGER NOT NULL, version INTEGER NOT NULL, fixed INTEGER NOT NULL DEFAULT 0, owner TEXT, grants TEXT NOT NULL DEFAULT '[]', changes_from INTEGER NOT NULL DEFAULT 0) STRICT;
+    CREATE TABLE IF NOT EXISTS pages (target TEXT NOT NULL, page INTEGER NOT NULL, data BLOB NOT NULL, version INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (target, page)) STRICT, WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS freed_pages (target TEXT NOT NULL, page INTEGER NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (target, page)) STRICT, WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS records (
       target TEXT PRIMARY KEY, request_id TEXT NOT NULL, principal TEXT NOT NULL, session TEXT NOT NULL,
       expires_at INTEGER NOT NULL, last_seq INTEGER NOT NULL,
@@ -75,16 +76,41 @@ export function createSchema(db: Database.Database, clock: HostClock): void {
   ) {
     db.exec("ALTER TABLE records ADD COLUMN retired TEXT NOT NULL DEFAULT ''");
   }
+  // Databases written before pages kept the version that last wrote them: the changes before each
+  // target's version now are not known (`changes_from`; a resume from an older version is told the
+  // whole target may have changed), and every page takes that version.
+  if (
+    !db
+      .prepare<[], { name: string }>("SELECT name FROM pragma_table_info('pages')")
+      .all()
+      .some((c) => c.name === 'version')
+  ) {
+    db.exec(`ALTER TABLE pages ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+      UPDATE pages SET version = coalesce((SELECT version FROM target_versions v WHERE v.target = pages.target), 0);`);
+  }
+  if (
+    !db
+      .prepare<[], { name: string }>("SELECT name FROM pragma_table_info('target_versions')")
+      .all()
+      .some((c) => c.name === 'changes_from')
+  ) {
+    db.exec(`ALTER TABLE target_versions ADD COLUMN changes_from INTEGER NOT NULL DEFAULT 0;
+      UPDATE target_versions SET changes_from = version;`);
+  }
+  // The pages changed since a version, read without reading every page of the target.
+  db.exec(`CREATE INDEX IF NOT EXISTS pages_by_version ON pages (target, version);
+    CREATE INDEX IF NOT EXISTS freed_by_version ON freed_pages (target, version);`);
   // Databases written before targets were paged keep each target as one blob in `targets`: move them to pages.
   if (!db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'targets'").get()) return;
-  const put = db.prepare('INSERT OR REPLACE INTO pages (target, page, data) VALUES (?, ?, ?)');
+  const put = db.prepare('INSERT OR REPLACE INTO pages (target, page, data, version) VALUES (?, ?, ?, ?)');
   const meta = db.prepare('INSERT OR REPLACE INTO target_versions (target, size, version) VALUES (?, ?, ?)');
   const get = db.prepare<[string], { data: Buffer; version: number }>(
     'SELECT data, version FROM targets WHERE target = ?',
   );
   for (const { target } of db.prepare<[], { target: string }>('SELECT target FROM targets').all()) {
     const r = { target, ...get.get(target)! };
-    for (let p = 0; p * PAGE < r.data.length; p++) put.run(r.target, p, r.data.subarray(p * PAGE, (p + 1) * PAGE));
+    for (let p = 0; p * PAGE < r.data.length; p++)
+      put.run(r.target, p, r.data.subarray(p * PAGE, (p + 1) * PAGE), r.version);
     meta.run(r.target, r.data.length, r.version);
   }
   db.exec('DROP TABLE targets');

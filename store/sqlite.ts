@@ -132,9 +132,17 @@ export class SqliteStore extends TxStore {
       'SELECT data FROM pages WHERE target = ? AND page = ?',
     );
     const putPage = this.db.prepare(
-      'INSERT INTO pages (target, page, data) VALUES (?, ?, ?) ON CONFLICT(target, page) DO UPDATE SET data = excluded.data',
+      'INSERT INTO pages (target, page, data, version) VALUES (?, ?, ?, ?) ON CONFLICT(target, page) DO UPDATE SET data = excluded.data, version = excluded.version',
     );
     const deletePage = this.db.prepare('DELETE FROM pages WHERE target = ? AND page = ?');
+    // A freed page's version is kept (a tombstone, one per page number at most): its freeing is a change.
+    const freePage = this.db.prepare('INSERT OR REPLACE INTO freed_pages (target, page, version) VALUES (?, ?, ?)');
+    const changedPages = this.db.prepare<[string, number, string, number, number], { page: number }>(
+      'SELECT page FROM pages WHERE target = ? AND version > ? UNION SELECT page FROM freed_pages WHERE target = ? AND version > ? ORDER BY page LIMIT ?',
+    );
+    const changesFrom = this.db.prepare<[string], { v: number }>(
+      'SELECT changes_from AS v FROM target_versions WHERE target = ?',
+    );
     const keptPages = this.db.prepare<[string, number, number, number], { page: number }>(
       'SELECT page FROM pages WHERE target = ? AND page BETWEEN ? AND ? ORDER BY page LIMIT ?',
     );
@@ -211,13 +219,17 @@ export class SqliteStore extends TxStore {
             bytes.set(data.subarray(from - offset, to - offset), from - start);
           }
           // A page left all zeros is not kept: it reads as zeros, as one never written does.
-          if (isZeroPage(bytes)) deletePage.run(t, page);
-          else putPage.run(t, page, bytes);
+          if (isZeroPage(bytes)) {
+            deletePage.run(t, page);
+            freePage.run(t, page, version);
+          } else putPage.run(t, page, bytes, version);
         }
         putMeta.run(t, Math.max(meta?.size ?? 0, end), version);
         return version;
       },
       keptPages: (t, first, last, max) => keptPages.all(t, first, last, max).map((r) => r.page),
+      changedPages: (t, since, max) =>
+        since < (changesFrom.get(t)?.v ?? 0) ? undefined : changedPages.all(t, since, t, since, max).map((r) => r.page),
       pages: (t) => countPages.get(t)?.n ?? 0,
     };
     // From now on an operation must not hold the event loop while another process has the lock.

@@ -4,7 +4,7 @@
  * a time read from a replica's clock: replicas on hosts whose clocks disagree, or are stepped, cannot
  * shorten a hold. The rules take the store's time as an argument, so a simulated clock can drive them.
  */
-import type { InvalidationReason } from '../errors.js';
+import type { ByteRange, InvalidationReason } from '../errors.js';
 
 export type Mode = 'read' | 'write';
 
@@ -145,7 +145,10 @@ export interface ResumeRequest {
   session: string;
   /** How long the lock lasts when a write resume is granted, from the store's now. */
   leaseMs: number;
-  /** Read handles: the version they last saw. */
+  /**
+   * The target version the handle last saw. A read handle is granted only at it; a resume denied
+   * MODIFIED lists what changed since it (`changed`). Absent: a writer's denial lists nothing.
+   */
   version?: number | undefined;
   /** Write handles: the handle instance resuming. */
   instance?: string | undefined;
@@ -164,7 +167,9 @@ export type ResumeOutcome =
    * hand-over counter, `heldEpoch`, is at least this request's), so this one comes from a session its
    * node has left, and the record is left as it is. A node that gets this answer on the session it
    * uses lost count of its hand-overs (its count of starts could not be kept): it counts on from
-   * `heldEpoch` and resumes again.
+   * `heldEpoch` and resumes again. `changed` (MODIFIED, when the request named the version it last
+   * saw): the byte ranges written or zeroed since that version (errors.ts ChangedRanges), `coarse`
+   * when they were merged to fit MAX_CHANGED_RANGES; absent where the store cannot tell.
    */
   | {
       granted: false;
@@ -174,6 +179,8 @@ export type ResumeOutcome =
       lastSeq?: number | undefined;
       stale?: true | undefined;
       heldEpoch?: number | undefined;
+      changed?: ByteRange[] | undefined;
+      coarse?: true | undefined;
     };
 
 export interface WriteRequest {

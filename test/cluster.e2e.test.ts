@@ -438,6 +438,9 @@ describe('safe-resume up: a real local cluster', () => {
     await until('the timeline says who took over', () =>
       new RegExp(`-> invalidated MODIFIED \\(${tookOver}\\)`).test(cli('events', '--target', 'app-1.disk').out),
     );
+    // And what the foreign writer changed since app-1 last saw the disk: its first page, at least.
+    expect(explained).toMatch(/\n {2}changed {3}0-\d+[,( ].*\(\d+ ranges?(, coarsened)?\)/);
+    expect(cli('events', '--target', 'app-1.disk').out).toMatch(/-> invalidated MODIFIED .* {2}changed: 0-\d+/);
   }, 90_000);
 
   it('reboot-storage: every acknowledged write is still readable', async () => {

@@ -165,9 +165,8 @@ describe('etcd page keys', () => {
             data: new TextEncoder().encode(`#${page}`),
           }),
         ).toMatchObject({ ok: true, applied: true });
-      const keys = (await raw!.getAll().prefix(`${p}`).keys()).filter(
-        (k) => k.includes('/k.disk/') && !k.startsWith(`${p}k/`),
-      );
+      // The page keys (each page's version is under w/, in the same order).
+      const keys = (await raw!.getAll().prefix(`${p}`).keys()).filter((k) => k.startsWith(`${p}p/k.disk/`));
       // etcd returns keys in byte order: that order is the pages' number order.
       expect(keys).toHaveLength(pages.length);
       const sorted = [...pages].sort((x, y) => x - y);
@@ -194,6 +193,62 @@ describe('a store written with the earlier decimal page keys', () => {
     for (const [page, data] of pages)
       await raw!.put(`${p}d/${encodeURIComponent(target)}/${String(page).padStart(8, '0')}`).value(Buffer.from(data));
   }
+
+  it('a target written before pages kept their versions: a resume from before is told the whole target may have changed, one from after exactly what did', async () => {
+    const p = prefix();
+    const s = new EtcdStore(etcd!.endpoints, { prefix: p });
+    const w = rid('W');
+    try {
+      await s.open({
+        target: 'old.disk',
+        requestId: w,
+        principal: 'alice',
+        mode: 'write',
+        session: 's1',
+        leaseMs: 5000,
+      });
+      const put = (seq: number, page: number) =>
+        s.write({ target: 'old.disk', requestId: w, session: 's1', seq, offset: page * PAGE, data: pageOf(page) });
+      await put(1, 0);
+      await put(2, 2);
+      // As an earlier version left it: no page versions, and a v key without `from`.
+      await raw!.delete().prefix(`${p}w/`);
+      const vKey = `${p}k/old.disk/v`;
+      const meta = JSON.parse((await raw!.get(vKey).string())!) as Record<string, unknown>;
+      delete meta.from;
+      await raw!.put(vKey).value(JSON.stringify(meta));
+      // A new store (another replica), which has not seen the target.
+      await s.shutdown();
+      const t = new EtcdStore(etcd!.endpoints, { prefix: p });
+      try {
+        expect(
+          await t.write({ target: 'old.disk', requestId: w, session: 's1', seq: 3, offset: 5 * PAGE, data: pageOf(5) }),
+        ).toMatchObject({ ok: true, version: 3 });
+        const at = async (version: number) =>
+          (
+            await t.resume([
+              {
+                target: 'old.disk',
+                requestId: rid('R'),
+                principal: 'alice',
+                mode: 'read',
+                session: 's2',
+                leaseMs: 5000,
+                version,
+              },
+            ])
+          )[0];
+        expect(await at(1)).toMatchObject({ granted: false, changed: [[0, 6 * PAGE]], coarse: true });
+        const after = await at(2);
+        expect(after).toMatchObject({ granted: false, changed: [[5 * PAGE, PAGE]] });
+        expect(after).not.toHaveProperty('coarse');
+      } finally {
+        await t.shutdown();
+      }
+    } finally {
+      await s.shutdown();
+    }
+  });
 
   it('is refused, saying what to do; told to move it, a store moves it before serving: unavailable meanwhile, then every acknowledged byte is where it was, across the old boundary too', async () => {
     const p = prefix();

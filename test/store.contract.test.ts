@@ -840,6 +840,65 @@ for (const adapter of adapters) {
       expect(back.ok && text(back.data)).toBe('back');
     });
 
+    it('a resume denied MODIFIED says which byte ranges another writer changed since the version the handle last saw; a zeroed page counts', async () => {
+      await setup();
+      await open(X, 's1', 0, 1000);
+      expect(await write(X, 's1', 1, 0, 'mine')).toMatchObject({ ok: true, version: 1 });
+      expect(await write(X, 's1', 2, 5 * 4096, 'mine too')).toMatchObject({ ok: true, version: 2 });
+      // X's lock lapses; Y takes the target and changes two ranges, and zeroes the page X wrote first.
+      expect(await open(Y, 's2', 1000, 3000)).toMatchObject({ ok: true, version: 2 });
+      expect(await write(Y, 's2', 1, 3 * 4096 + 10, 'theirs')).toMatchObject({ ok: true, version: 3 });
+      await store.write({
+        target: T,
+        requestId: Y,
+        session: 's2',
+        seq: 2,
+        offset: 1 << 20,
+        data: new Uint8Array(8192).fill(9),
+      });
+      expect(
+        await store.write({ target: T, requestId: Y, session: 's2', seq: 3, offset: 0, data: new Uint8Array(4) }),
+      ).toMatchObject({ ok: true, version: 5 });
+      const denied = await resume(X, 's3', 10_000, 'write', 2);
+      expect(denied).toMatchObject({ granted: false, code: 'MODIFIED', lastSeq: 2 });
+      expect(denied.granted === false && [denied.changed, denied.coarse]).toEqual([
+        [
+          [0, 4096],
+          [3 * 4096, 4096],
+          [1 << 20, 8192],
+        ],
+        undefined,
+      ]);
+      // Since a later version, only what changed after it.
+      const later = await resume(X, 's3', 10_000, 'write', 4);
+      expect(later.granted === false && later.changed).toEqual([[0, 4096]]);
+      // A reader that saw version 3 learns the same way.
+      const reader = await resume('reader-1', 's4', 10_000, 'read', 3);
+      expect(reader.granted === false && reader.changed).toEqual([
+        [0, 4096],
+        [1 << 20, 8192],
+      ]);
+    });
+
+    it('the changed ranges are bounded: past 64 ranges they are merged into coarser ones that cover every change, and the denial says so', async () => {
+      await setup();
+      await open(X, 's1', 0, 1000);
+      expect(await open(Y, 's2', 1000, 3000)).toMatchObject({ ok: true, version: 0 });
+      // 100 pages apart from each other: 100 ranges; the last 46 are closer together than the first 54.
+      const pages = Array.from({ length: 100 }, (_, i) => (i < 54 ? i * 10 : 540 + (i - 54) * 2));
+      for (const [i, p] of pages.entries()) await write(Y, 's2', i + 1, p * 4096, 'x');
+      const denied = await resume(X, 's3', 10_000, 'write', 0);
+      expect(denied).toMatchObject({ granted: false, code: 'MODIFIED', coarse: true });
+      const changed = denied.granted === false ? (denied.changed ?? []) : [];
+      expect(changed.length).toBe(64);
+      // In order, disjoint, and every changed page inside one of them.
+      for (let i = 1; i < changed.length; i++)
+        expect(changed[i]![0]).toBeGreaterThan(changed[i - 1]![0] + changed[i - 1]![1]);
+      for (const p of pages) expect(changed.some(([o, l]) => o <= p * 4096 && p * 4096 + 4096 <= o + l)).toBe(true);
+      // The closest ranges were merged first: the first 54 stay a page each.
+      expect(changed.slice(0, 54)).toEqual(pages.slice(0, 54).map((p) => [p * 4096, 4096]));
+    });
+
     const refusal = { ok: false, code: 'FORBIDDEN', message: NO_ACCESS };
 
     it('a target belongs to the principal whose open created it: another is refused FORBIDDEN, in words that are the same for every target it may not open', async () => {
@@ -1246,6 +1305,40 @@ describe('sqlite specifics', () => {
         }),
       ).toMatchObject({ ok: true, size: 4096 });
       expect(b.targets().map((x) => x.target)).toEqual(['sized.disk', T]);
+    } finally {
+      await b.shutdown();
+      t.cleanup();
+    }
+  });
+
+  it('a file written before pages kept their versions: a resume from before it is told the whole target may have changed, one from after exactly what did', async () => {
+    const t = tempDir();
+    const path = join(t.dir, 's.sqlite');
+    const a = new SqliteStore(path);
+    const w = (s: SqliteStore, seq: number, offset: number) =>
+      s.write({ target: T, requestId: X, session: 's1', seq, offset, data: bytes('held') });
+    const resumeAt = async (s: SqliteStore, version: number) =>
+      (
+        await s.resume([
+          { target: T, requestId: 'R'.repeat(21), principal: P, mode: 'read', session: 's2', leaseMs: 100, version },
+        ])
+      )[0];
+    await a.open({ target: T, requestId: X, principal: P, mode: 'write', session: 's1', leaseMs: 100 });
+    await w(a, 1, 0);
+    await w(a, 2, 2 * 4096);
+    await a.shutdown();
+    // As an earlier version left the file: pages without versions, no freed pages, no changes_from.
+    const old = new Database(path);
+    old.exec(`DROP INDEX pages_by_version; ALTER TABLE pages DROP COLUMN version; DROP TABLE freed_pages;
+      ALTER TABLE target_versions DROP COLUMN changes_from`);
+    old.close();
+    const b = new SqliteStore(path);
+    try {
+      expect(await w(b, 3, 5 * 4096)).toMatchObject({ ok: true, version: 3 });
+      expect(await resumeAt(b, 1)).toMatchObject({ granted: false, changed: [[0, 5 * 4096 + 4]], coarse: true });
+      const after = await resumeAt(b, 2);
+      expect(after).toMatchObject({ granted: false, changed: [[5 * 4096, 4096]] });
+      expect(after).not.toHaveProperty('coarse');
     } finally {
       await b.shutdown();
       t.cleanup();

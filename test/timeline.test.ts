@@ -1,6 +1,7 @@
 /** The launcher's timeline: the story in the order things happened, and a cursor that misses nothing. */
 import { describe, expect, it } from 'vitest';
 import { formatEvent, Timeline } from '../cluster/timeline.js';
+import { describeChanged } from '../store/rules-changed.js';
 
 describe('timeline', () => {
   it('keeps events in the order they happened, also a handle change reported after later events', () => {
@@ -19,6 +20,24 @@ describe('timeline', () => {
     expect(formatEvent(tl.list()[2]!)).toMatch(
       /^00:00:01\.100 {2}handle {3}node-1\/app-1 +a\.disk {2}active -> paused {2}requestId r1$/,
     );
+  });
+
+  it('a handle denied MODIFIED says on its line which byte ranges another writer changed', () => {
+    const tl = new Timeline(() => 1000);
+    const h = { app: 'app-1', target: 'a.disk', requestId: 'r1' };
+    tl.handles('node-1', [{ ...h, state: 'resuming', reason: null, at: 900 }]);
+    const changed = describeChanged({
+      changed: [
+        [0, 4096],
+        [1048576, 4096],
+      ],
+      coarse: false,
+    });
+    tl.handles('node-1', [{ ...h, state: 'invalidated', reason: 'MODIFIED', changed, at: 950 }]);
+    expect(formatEvent(tl.list()[1]!)).toMatch(
+      /resuming -> invalidated MODIFIED {2}requestId r1 {2}changed: 0-4095, 1048576-1052671 \(2 ranges\)$/,
+    );
+    expect(describeChanged({ changed: [[0, 8192]], coarse: true })).toBe('0-8191 (1 range, coarsened)');
   });
 
   it('gives a reader with a cursor every event added since, wherever it sorts', () => {

@@ -3,6 +3,7 @@
  * validated here; nothing above the transport sees an unvalidated message.
  */
 import { z } from 'zod';
+import { MAX_CHANGED_RANGES } from '../errors.js';
 
 export const PROTOCOL_VERSION = 3;
 export const MAX_IO_BYTES = 1024 * 1024;
@@ -35,7 +36,10 @@ export const ResumeItem = z.object({
   requestId,
   principal,
   mode,
-  /** For a read handle: the target version it last saw. */
+  /**
+   * The target version the handle last saw: a read handle is granted only at it; a resume denied
+   * MODIFIED lists the byte ranges changed since it (`changed` in the answer).
+   */
   version: u53.optional(),
   /**
    * Write handles: the handle instance asking (see `instance` on open). Without `takeover` the resume
@@ -72,6 +76,16 @@ export const ResumeResult = z.object({
    * A node that sees it on the session it uses lost count of its hand-overs: it counts on from here.
    */
   heldEpoch: u53.optional(),
+  /**
+   * Denied MODIFIED: the byte ranges (`[offset, length]`, whole pages, in order) written or zeroed
+   * since the version the item named, at most errors.ts MAX_CHANGED_RANGES; `coarse`: merged into
+   * coarser ones to fit (they cover more than what changed). Absent when the store cannot tell.
+   */
+  changed: z
+    .array(z.tuple([u53, u53]))
+    .max(MAX_CHANGED_RANGES)
+    .optional(),
+  coarse: z.literal(true).optional(),
 });
 
 // Node agent -> replica
