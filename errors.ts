@@ -49,6 +49,13 @@ export interface ChangedRanges {
   coarse: boolean;
 }
 
+/** `0-4095, 1048576-1052671 (2 ranges)`: the ranges as inclusive byte spans, for a person to read. */
+export function describeChanged(c: ChangedRanges): string {
+  const spans = c.changed.map(([o, l]) => `${o}-${o + l - 1}`).join(', ');
+  const n = c.changed.length;
+  return `${spans || 'nothing'} (${n} range${n === 1 ? '' : 's'}${c.coarse ? ', coarsened' : ''})`;
+}
+
 export const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['LOCKED', 'UNAVAILABLE', 'SEQ_GAP', 'QUEUE_FULL']);
 
 export class SafeResumeError extends Error {

@@ -204,7 +204,13 @@ async function run(
         m.set(e.app, { state: e.to, reason: e.reason });
         const open = [...m.entries()].filter(([, s]) => s.state !== 'closed');
         const [app, cur] = open.sort((a, b) => Number(b[0].slice(4)) - Number(a[0].slice(4)))[0] ?? [];
-        if (cur) vm.diskState(e.target, cur.state as HandleState, cur.reason, { node, app, requestId: e.requestId });
+        if (cur)
+          vm.diskState(e.target, cur.state as HandleState, cur.reason, {
+            node,
+            app,
+            requestId: e.requestId,
+            ...(e.changed ? { changed: e.changed } : {}),
+          });
       }
     }
     await Promise.race([exited, new Promise((r) => setTimeout(r, POLL_MS))]);

@@ -58,9 +58,4 @@ export function changedOf(pages: readonly number[] | undefined, size: number): C
   return changedRanges(pages, pages.length >= MAX_CHANGED_PAGES, size);
 }
 
-/** `0-4095, 1048576-1052671 (2 ranges)`: the ranges as inclusive byte spans, for a person to read. */
-export function describeChanged(c: ChangedRanges): string {
-  const spans = c.changed.map(([o, l]) => `${o}-${o + l - 1}`).join(', ');
-  const n = c.changed.length;
-  return `${spans || 'nothing'} (${n} range${n === 1 ? '' : 's'}${c.coarse ? ', coarsened' : ''})`;
-}
+export { describeChanged } from '../errors.js';

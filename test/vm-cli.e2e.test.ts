@@ -78,6 +78,8 @@ describe('safe-resume vm against a running cluster', () => {
     const held = list();
     expect(held).toMatch(/vm1: held \(vm1\.disk: resume denied \(MODIFIED\); policy leave-paused\)/);
     expect(held).toMatch(/vm1\.disk \[leave-paused\]: invalidated; denied MODIFIED/);
+    // What the other writer changed: its write at the start of the disk.
+    expect(held).toMatch(/denied MODIFIED [^\n]*"changed":"0-4095 \(1 range\)"/);
     expect(held).toMatch(/safe-resume vm resume vm1 --accept-modified/);
     const refused = cli('vm', 'resume', 'vm1');
     expect(refused.code).toBe(1);

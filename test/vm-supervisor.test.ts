@@ -101,7 +101,7 @@ describe('VM supervisor with a real QEMU on the NBD export', () => {
     expect(await e.status()).toBe('paused');
     const v = e.vm.view();
     expect(v.held).toMatchObject([{ target: TARGET, reason: 'MODIFIED', policy: 'leave-paused' }]);
-    expect(v.held[0]!.details).toMatchObject({ mode: 'read' });
+    expect(v.held[0]!.details).toMatchObject({ mode: 'read', changed: '0-4095 (1 range)' });
     expect(v.why).toBe('vm1.disk: resume denied (MODIFIED); policy leave-paused');
     await expect(e.vm.resume()).rejects.toThrow(/--accept-modified/);
     expect(await e.status()).toBe('paused');

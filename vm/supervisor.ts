@@ -14,7 +14,7 @@
  * stopped or continued through another monitor) are followed, so an operator's stop is never undone.
  */
 import type { Handle, HandleState } from '../actors/application.js';
-import { isErrorCode, SafeResumeError } from '../errors.js';
+import { describeChanged, isErrorCode, SafeResumeError } from '../errors.js';
 import { DEFAULT_QMP_TIMEOUT_MS, QmpClient, QmpError, type QmpEvent } from './qmp.js';
 import {
   holding,
@@ -268,7 +268,8 @@ export class VmSupervisor {
   }
 }
 
-/** What a denied handle tells beside its reason. */
+/** What a denied handle tells beside its reason: what another writer changed, when the denial says. */
 function details(h: Handle): Record<string, unknown> {
-  return { mode: h.mode, version: h.version, requestId: h.requestId };
+  const c = h.changes;
+  return { mode: h.mode, version: h.version, requestId: h.requestId, ...(c ? { changed: describeChanged(c) } : {}) };
 }
