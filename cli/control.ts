@@ -206,6 +206,11 @@ export async function control(cmd: string, argv: string[]): Promise<number> {
   >;
   if (cmd === 'export' && out.ok) out = exportUrl(out, positionals[0]!, values.node);
   if (cmd === 'status' && out.ok && (view.id !== undefined || view.target !== undefined)) out = filterStatus(out, view);
+  if (cmd === 'explain' && out.ok) {
+    // A VM supervised with the target as a disk (safe-resume vm run): its state, and why it is stopped or held.
+    const vm = await (await import('./vm.js')).vmsWithDisk(dir, positionals[0]!);
+    if (vm.vms.length > 0) out = { ...out, vms: vm.vms, text: `${String(out.text)}\n${vm.text.trimEnd()}` };
+  }
   if (cmd === 'events' && out.ok && since !== undefined)
     out = { ...out, events: (out.events as TimelineEvent[]).filter((e) => e.at >= since) };
   if (cmd === 'create' && out.ok) {

@@ -226,7 +226,8 @@ async function run(
   return view.phase === 'killed' ? EXIT.failed : code;
 }
 
-async function list(dir: string, json: boolean, out: (t: string) => void): Promise<number> {
+/** The VMs running in `dir` (those whose control socket answers). */
+async function running(dir: string): Promise<VmView[]> {
   const root = join(dir, 'vms');
   const names = existsSync(root) ? readdirSync(root).filter((n) => NAME.test(n)) : [];
   const views: VmView[] = [];
@@ -234,6 +235,17 @@ async function list(dir: string, json: boolean, out: (t: string) => void): Promi
     const a = await askVm(join(root, n, 'control.sock'), { op: 'view' }, 2000).catch(() => undefined);
     if (a?.ok) views.push(a.view);
   }
+  return views;
+}
+
+/** For `explain <target>`: the running VMs with `target` as a disk, and what `vm list` says of each. */
+export async function vmsWithDisk(dir: string, target: string): Promise<{ vms: VmView[]; text: string }> {
+  const vms = (await running(dir)).filter((v) => v.disks.some((d) => d.target === target));
+  return { vms, text: vms.map((v) => `vm ${describe(v)}`).join('') };
+}
+
+async function list(dir: string, json: boolean, out: (t: string) => void): Promise<number> {
+  const views = await running(dir);
   if (json) out(JSON.stringify({ ok: true, vms: views }) + '\n');
   else out(views.length === 0 ? `no VM runs in ${dir}\n` : views.map(describe).join(''));
   return 0;

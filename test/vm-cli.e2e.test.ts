@@ -80,6 +80,9 @@ describe('safe-resume vm against a running cluster', () => {
     expect(held).toMatch(/vm1\.disk \[leave-paused\]: invalidated; denied MODIFIED/);
     // What the other writer changed: its write at the start of the disk.
     expect(held).toMatch(/denied MODIFIED [^\n]*"changed":"0-4095 \(1 range\)"/);
+    // explain of the disk's target names the VM it holds, and why.
+    const explained = cli('explain', 'vm1.disk');
+    expect(explained.out).toMatch(/vm vm1: held \(vm1\.disk: resume denied \(MODIFIED\); policy leave-paused\)/);
     expect(held).toMatch(/safe-resume vm resume vm1 --accept-modified/);
     const refused = cli('vm', 'resume', 'vm1');
     expect(refused.code).toBe(1);
