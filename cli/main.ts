@@ -95,8 +95,13 @@ async function main(argv: string[]): Promise<number> {
         : null;
     if (unknown) {
       const flags = COMMAND_FLAGS[cmd ?? ''] ?? ALL_FLAGS;
+      // A requestId (21+ characters of nanoid's alphabet) may start with '-': it was read as options.
+      const id = argv.find((a) => /^-[A-Za-z0-9_-]{20,}$/.test(a));
+      const hint = id
+        ? `\n${id} looks like a requestId: one that starts with '-' goes after '--' (safe-resume ${cmd ?? '<command>'} [options] -- ${id})`
+        : '';
       process.stderr.write(
-        `safe-resume: unknown option ${unknown[1]}${unknown[2]}${didYouMean(unknown[2]!, flags, (f) => `--${f}`)}\nRun 'safe-resume help${cmd && cmd in COMMAND_FLAGS ? ` ${cmd}` : ''}' for usage.\n`,
+        `safe-resume: unknown option ${unknown[1]}${unknown[2]}${didYouMean(unknown[2]!, flags, (f) => `--${f}`)}${hint}\nRun 'safe-resume help${cmd && cmd in COMMAND_FLAGS ? ` ${cmd}` : ''}' for usage.\n`,
       );
       return EXIT.usage;
     }

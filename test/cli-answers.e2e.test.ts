@@ -122,7 +122,8 @@ describe('a typo is not empty data', () => {
       handles: Array<{ requestId: string | null; target: string; state: string }>;
     };
     const h = st.handles.find((x) => x.state === 'active' && x.requestId)!;
-    const got = cli('explain', h.requestId!);
+    // A requestId may start with '-': after '--' it is an argument, never an option.
+    const got = run('explain', '--dir', t.dir, '--', h.requestId!);
     expect(got.out.split('\n')[0], got.err).toBe(h.target);
   });
 
@@ -130,6 +131,9 @@ describe('a typo is not empty data', () => {
     const c = run('staus');
     expect(c.code).toBe(2);
     expect(c.err).toContain(`unknown command "staus"; did you mean 'status'?`);
+    const id = run('explain', '-Xq3' + 'a'.repeat(18), '--dir', t.dir);
+    expect(id.code).toBe(2);
+    expect(id.err).toContain(`-Xq3${'a'.repeat(18)} looks like a requestId: one that starts with '-' goes after '--'`);
     const f = run('status', '--dri', t.dir);
     expect(f.code).toBe(2);
     expect(f.err).toContain(`unknown option --dri; did you mean --dir?`);
