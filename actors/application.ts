@@ -159,19 +159,7 @@ export class Handle extends LazyEmitter<HandleEvents> implements HandleOwner {
     // The caller may reuse its buffer once write() returns. A copy, never a view: a Node Buffer's
     // slice() is a view of the same memory.
     const copy = new Uint8Array(data);
-    return new Promise<OpResult>((resolve, reject) => {
-      this.agent.io(this.core, {
-        kind: 'write',
-        seq: 0,
-        offset,
-        data: copy,
-        length: 0,
-        inflight: 0,
-        sent: false,
-        resends: 0,
-        settle: { resolve, reject },
-      });
-    });
+    return this.submit('write', offset, copy, 0);
   }
 
   read(offset: number, length: number): Promise<Uint8Array> {
@@ -186,19 +174,7 @@ export class Handle extends LazyEmitter<HandleEvents> implements HandleOwner {
         new SafeResumeError('INVALID_ARGUMENT', `offset must be >= 0 and length between 0 and ${MAX_IO_BYTES}`),
       );
     }
-    return new Promise<OpResult>((resolve, reject) => {
-      this.agent.io(this.core, {
-        kind: 'read',
-        seq: 0,
-        offset,
-        data: undefined,
-        length,
-        inflight: 0,
-        sent: false,
-        resends: 0,
-        settle: { resolve, reject },
-      });
-    }).then((r) => r.data ?? EMPTY);
+    return this.submit('read', offset, undefined, length).then((r) => r.data ?? EMPTY);
   }
 
   /**
@@ -220,19 +196,27 @@ export class Handle extends LazyEmitter<HandleEvents> implements HandleOwner {
         new SafeResumeError('INVALID_ARGUMENT', 'offset and length must be integers >= 0 whose sum is a safe integer'),
       );
     }
+    return this.submit('extents', offset, undefined, length).then((r) => ({
+      kept: r.kept ?? [],
+      end: r.end ?? offset + length,
+    }));
+  }
+
+  /** Hand one read, write or extents request to the node agent; settled when it is answered. */
+  private submit(kind: 'read' | 'write' | 'extents', offset: number, data: Uint8Array | undefined, length: number) {
     return new Promise<OpResult>((resolve, reject) => {
       this.agent.io(this.core, {
-        kind: 'extents',
+        kind,
         seq: 0,
         offset,
-        data: undefined,
+        data,
         length,
         inflight: 0,
         sent: false,
         resends: 0,
         settle: { resolve, reject },
       });
-    }).then((r) => ({ kept: r.kept ?? [], end: r.end ?? offset + length }));
+    });
   }
 
   /**

@@ -6,8 +6,9 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { existsSync, statSync, writeFileSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { promisify } from 'node:util';
+import { SocketBytes } from './socket-bytes.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Application } from '../actors/application.js';
 import { issueCredential, nbdPskLine } from '../actors/auth.js';
@@ -29,22 +30,7 @@ function socketPath(): string {
 const socketOf = (nbd: NbdExport): string => new URL(nbd.url).searchParams.get('socket')!;
 
 /** A raw NBD client: the fixed newstyle handshake and NBD_OPT_GO, then simple requests. */
-class RawClient {
-  private buf = Buffer.alloc(0);
-  private waiters: Array<() => void> = [];
-  closed = false;
-  constructor(readonly socket: Socket) {
-    socket.on('data', (d: Buffer) => {
-      this.buf = Buffer.concat([this.buf, d]);
-      for (const w of this.waiters.splice(0)) w();
-    });
-    socket.on('close', () => {
-      this.closed = true;
-      for (const w of this.waiters.splice(0)) w();
-    });
-    socket.on('error', () => undefined);
-  }
-
+class RawClient extends SocketBytes {
   static async connect(path: string): Promise<RawClient> {
     const s = connect(path);
     await new Promise<void>((resolve, reject) => {
@@ -52,16 +38,6 @@ class RawClient {
       s.once('error', reject);
     });
     return new RawClient(s);
-  }
-
-  async take(n: number): Promise<Buffer> {
-    while (this.buf.length < n) {
-      if (this.closed) throw new Error(`connection closed with ${this.buf.length} of ${n} bytes`);
-      await new Promise<void>((r) => this.waiters.push(r));
-    }
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
   }
 
   /** Greeting, flags, NBD_OPT_GO for `name`: the final reply's type and its text (an error's message). */

@@ -9,11 +9,12 @@ import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
-import { connect, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { pino } from 'pino';
+import { SocketBytes } from './socket-bytes.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Application } from '../actors/application.js';
 import { issueCredential, nbdPsk } from '../actors/auth.js';
@@ -28,24 +29,9 @@ const dirs: Array<() => void> = [];
 afterAll(() => dirs.forEach((cleanup) => cleanup()));
 
 /** A raw NBD client (fixed newstyle, NBD_OPT_GO, simple replies), several requests in flight at once. */
-class Client {
-  private buf = Buffer.alloc(0);
-  private waiters: Array<() => void> = [];
-  private closed = false;
+class Client extends SocketBytes {
   private cookie = 0n;
   private readonly calls = new Map<bigint, { length: number; done: (r: { error: number; data?: Buffer }) => void }>();
-
-  private constructor(readonly socket: Socket) {
-    socket.on('data', (d: Buffer) => {
-      this.buf = Buffer.concat([this.buf, d]);
-      for (const w of this.waiters.splice(0)) w();
-    });
-    socket.on('close', () => {
-      this.closed = true;
-      for (const w of this.waiters.splice(0)) w();
-    });
-    socket.on('error', () => undefined);
-  }
 
   /** Connect at `path` and open `target`; with `psk`, first prove `psk.identity` over TLS (STARTTLS). */
   static async open(path: string, target: string, psk?: { identity: string; psk: Buffer }): Promise<Client> {
@@ -99,16 +85,6 @@ class Client {
     }
     void c.replies();
     return c;
-  }
-
-  private async take(n: number): Promise<Buffer> {
-    while (this.buf.length < n) {
-      if (this.closed) throw new Error(`connection closed with ${this.buf.length} of ${n} bytes`);
-      await new Promise<void>((r) => this.waiters.push(r));
-    }
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
   }
 
   private async replies(): Promise<void> {

@@ -7,9 +7,10 @@
  */
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { SocketBytes } from './socket-bytes.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Application } from '../actors/application.js';
 import { CMD, IHAVEOPT, NbdExport, OPT, REP, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC } from '../frontends/nbd.js';
@@ -55,22 +56,7 @@ interface Chunk {
 }
 
 /** A raw NBD client speaking whichever options a test sends, then requests, reading simple or structured replies. */
-class Client {
-  private buf = Buffer.alloc(0);
-  private waiters: Array<() => void> = [];
-  closed = false;
-  constructor(readonly socket: Socket) {
-    socket.on('data', (d: Buffer) => {
-      this.buf = Buffer.concat([this.buf, d]);
-      for (const w of this.waiters.splice(0)) w();
-    });
-    socket.on('close', () => {
-      this.closed = true;
-      for (const w of this.waiters.splice(0)) w();
-    });
-    socket.on('error', () => undefined);
-  }
-
+class Client extends SocketBytes {
   /** Connected, the greeting read and the client's flags sent (fixed newstyle, no zeroes). */
   static async to(nbd: NbdExport): Promise<Client> {
     const s = connect(new URL(nbd.url).searchParams.get('socket')!);
@@ -82,16 +68,6 @@ class Client {
     await c.take(18);
     s.write(Buffer.from([0, 0, 0, 3]));
     return c;
-  }
-
-  async take(n: number): Promise<Buffer> {
-    while (this.buf.length < n) {
-      if (this.closed) throw new Error(`connection closed with ${this.buf.length} of ${n} bytes`);
-      await new Promise<void>((r) => this.waiters.push(r));
-    }
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
   }
 
   /** Send an option; its replies up to the final one (ACK or an error), each as type and data. */
